@@ -1,0 +1,144 @@
+//! The iterator that walks a [`Backoff`] schedule.
+
+use core::time::Duration;
+
+use super::{Backoff, Jitter, Schedule};
+use crate::rng::SplitMix64;
+
+/// The delays of one retry sequence; see [`Backoff::delays`].
+///
+/// Every yielded delay is ≤ the cap, the iterator yields at most `max_attempts − 1` items, and
+/// the sum of yielded delays never exceeds `max_elapsed`. It is fused: once it returns `None`
+/// it always does. All arithmetic is in saturating `u64` nanoseconds, so extreme settings
+/// cannot overflow.
+#[derive(Debug, Clone)]
+pub struct Delays {
+    policy: Backoff,
+    rng: SplitMix64,
+    /// Index of the next retry (0 for the first).
+    retry: u32,
+    /// The previous raw delay (decorrelated jitter grows from it) in nanoseconds.
+    previous: u64,
+    /// The exponential schedule's current raw delay, kept as f64 so a fractional factor
+    /// compounds exactly; it stops growing once it reaches the cap.
+    exponential: f64,
+    /// Sum of the delays yielded so far, in nanoseconds.
+    elapsed: u64,
+    done: bool,
+}
+
+impl Delays {
+    pub(super) fn new(policy: Backoff, seed: u64) -> Self {
+        let initial = match policy.schedule {
+            Schedule::Constant { delay } => delay,
+            Schedule::Linear { initial, .. }
+            | Schedule::Exponential { initial, .. }
+            | Schedule::DecorrelatedJitter { initial } => initial,
+        };
+        let initial = nanos(initial);
+        Self {
+            policy,
+            rng: SplitMix64::new(seed),
+            retry: 0,
+            previous: initial,
+            exponential: to_f64(initial),
+            elapsed: 0,
+            done: false,
+        }
+    }
+
+    /// How many delays have been yielded so far.
+    pub fn retries_yielded(&self) -> u32 {
+        self.retry
+    }
+
+    /// The raw (un-jittered) delay for the current retry, at most `cap`.
+    fn raw(&mut self, cap: u64) -> u64 {
+        match self.policy.schedule {
+            Schedule::Constant { delay } => nanos(delay).min(cap),
+            Schedule::Linear { initial, step } => nanos(step)
+                .saturating_mul(u64::from(self.retry))
+                .saturating_add(nanos(initial))
+                .min(cap),
+            Schedule::Exponential { factor, .. } => {
+                let current = self.exponential.min(to_f64(cap));
+                self.exponential = (current * factor).min(to_f64(cap));
+                from_f64(current).min(cap)
+            }
+            Schedule::DecorrelatedJitter { initial } => {
+                let high = self.previous.saturating_mul(3).min(cap);
+                let next = self.rng.between(nanos(initial).min(cap), high);
+                self.previous = next;
+                next
+            }
+        }
+    }
+
+    fn jittered(&mut self, raw: u64) -> u64 {
+        match self.policy.jitter {
+            Jitter::None => raw,
+            Jitter::Full => self.rng.below_or_equal(raw),
+            Jitter::Equal => raw - raw / 2 + self.rng.below_or_equal(raw / 2),
+        }
+    }
+}
+
+impl Iterator for Delays {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.done || self.retry.saturating_add(1) >= self.policy.max_attempts {
+            self.done = true;
+            return None;
+        }
+        let cap = nanos(self.policy.max_delay);
+        let raw = self.raw(cap);
+        // The cap applies after jitter, so no jitter mode can push a delay past it.
+        let delay = self.jittered(raw).min(cap);
+        let elapsed = self.elapsed.saturating_add(delay);
+        if let Some(budget) = self.policy.max_elapsed
+            && elapsed > nanos(budget)
+        {
+            self.done = true;
+            return None;
+        }
+        self.elapsed = elapsed;
+        self.retry += 1;
+        Some(Duration::from_nanos(delay))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.done {
+            return (0, Some(0));
+        }
+        let left = self
+            .policy
+            .max_attempts
+            .saturating_sub(self.retry.saturating_add(1));
+        (0, usize::try_from(left).ok())
+    }
+}
+
+impl core::iter::FusedIterator for Delays {}
+
+/// Durations were validated to fit in u64 nanoseconds by the builder; saturate regardless.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "delays far above 2^53 ns are capped anyway"
+)]
+fn to_f64(n: u64) -> f64 {
+    n as f64
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the value is finite, non-negative and already capped at a u64; `as` saturates"
+)]
+fn from_f64(x: f64) -> u64 {
+    x as u64
+}

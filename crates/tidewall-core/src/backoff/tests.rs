@@ -1,0 +1,229 @@
+use core::time::Duration;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn collect(b: &Backoff, seed: u64) -> Vec<Duration> {
+    b.delays(seed).collect()
+}
+
+#[test]
+fn exponential_is_base_times_factor_to_the_n_not_base_to_the_n() {
+    let b = Backoff::exponential(ms(100))
+        .factor(3.0)
+        .jitter(Jitter::None)
+        .max_attempts(5);
+    let delays = collect(&b.max_delay(Duration::from_secs(60)).build().unwrap(), 0);
+    assert_eq!(delays, [ms(100), ms(300), ms(900), ms(2700)]);
+}
+
+#[test]
+fn fractional_factor_compounds() {
+    let b = Backoff::exponential(ms(1000))
+        .factor(1.5)
+        .jitter(Jitter::None)
+        .max_attempts(4);
+    assert_eq!(
+        collect(&b.build().unwrap(), 0),
+        [ms(1000), ms(1500), ms(2250)]
+    );
+}
+
+#[test]
+fn linear_and_constant() {
+    let lin = Backoff::linear(ms(10), ms(5))
+        .jitter(Jitter::None)
+        .max_attempts(4)
+        .build()
+        .unwrap();
+    assert_eq!(collect(&lin, 0), [ms(10), ms(15), ms(20)]);
+    let con = Backoff::constant(ms(7))
+        .jitter(Jitter::None)
+        .max_attempts(3)
+        .build()
+        .unwrap();
+    assert_eq!(collect(&con, 0), [ms(7), ms(7)]);
+}
+
+#[test]
+fn jitter_is_on_by_default_and_seeded() {
+    let b = Backoff::constant(ms(1000))
+        .max_attempts(50)
+        .build()
+        .unwrap();
+    assert_eq!(b.jitter_mode(), Jitter::Full);
+    let a = collect(&b, 1);
+    assert!(
+        a.iter().any(|d| *d != ms(1000)),
+        "full jitter must randomize"
+    );
+    assert_eq!(a, collect(&b, 1));
+    assert_ne!(a, collect(&b, 2));
+}
+
+#[test]
+fn equal_jitter_keeps_at_least_half() {
+    let b = Backoff::constant(ms(1000))
+        .jitter(Jitter::Equal)
+        .max_attempts(200)
+        .build()
+        .unwrap();
+    for d in collect(&b, 3) {
+        assert!(d >= ms(500) && d <= ms(1000), "{d:?}");
+    }
+}
+
+#[test]
+fn cap_applies_to_the_schedule_and_after_jitter() {
+    let b = Backoff::exponential(ms(100))
+        .jitter(Jitter::None)
+        .max_delay(ms(250))
+        .max_attempts(6);
+    assert_eq!(
+        collect(&b.build().unwrap(), 0),
+        [ms(100), ms(200), ms(250), ms(250), ms(250)]
+    );
+}
+
+#[test]
+fn max_elapsed_stops_before_the_budget_is_exceeded() {
+    let b = Backoff::constant(ms(100))
+        .jitter(Jitter::None)
+        .max_attempts(100)
+        .max_elapsed(ms(350));
+    assert_eq!(collect(&b.build().unwrap(), 0), [ms(100), ms(100), ms(100)]);
+}
+
+#[test]
+fn single_attempt_yields_no_delay() {
+    let b = Backoff::constant(ms(1)).max_attempts(1).build().unwrap();
+    assert_eq!(b.delays(0).next(), None);
+}
+
+#[test]
+fn decorrelated_jitter_stays_between_initial_and_cap() {
+    let b = Backoff::decorrelated_jitter(ms(10))
+        .max_delay(ms(500))
+        .max_attempts(100);
+    let delays = collect(&b.build().unwrap(), 9);
+    assert_eq!(delays.len(), 99);
+    assert!(delays.iter().all(|d| *d >= ms(10) && *d <= ms(500)));
+    assert!(
+        delays.iter().any(|d| *d > ms(30)),
+        "it must grow past 3 × initial"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_a_typed_error() {
+    let err = |b: BackoffBuilder| b.build().unwrap_err();
+    assert_eq!(
+        err(Backoff::constant(ms(1)).max_attempts(0)),
+        ConfigError::Zero {
+            field: "max_attempts"
+        }
+    );
+    assert_eq!(
+        err(Backoff::constant(ms(1)).max_delay(ms(0))),
+        ConfigError::Zero { field: "max_delay" }
+    );
+    assert_eq!(
+        err(Backoff::exponential(ms(1)).factor(f64::NAN)),
+        ConfigError::NotFinite { field: "factor" }
+    );
+    assert_eq!(
+        err(Backoff::exponential(ms(1)).factor(f64::INFINITY)),
+        ConfigError::NotFinite { field: "factor" }
+    );
+    assert!(matches!(
+        err(Backoff::exponential(ms(1)).factor(0.5)),
+        ConfigError::OutOfRange {
+            field: "factor",
+            ..
+        }
+    ));
+    assert_eq!(
+        err(Backoff::constant(Duration::MAX).max_delay(Duration::MAX)),
+        ConfigError::DurationOverflow { field: "max_delay" }
+    );
+    assert_eq!(
+        err(Backoff::constant(ms(1)).max_elapsed(Duration::MAX)),
+        ConfigError::DurationOverflow {
+            field: "max_elapsed"
+        }
+    );
+    assert!(matches!(
+        err(Backoff::constant(ms(100)).max_delay(ms(10))),
+        ConfigError::Conflict { .. }
+    ));
+    assert!(matches!(
+        err(Backoff::decorrelated_jitter(ms(1)).jitter(Jitter::Full)),
+        ConfigError::Conflict { .. }
+    ));
+    assert_eq!(
+        err(Backoff::decorrelated_jitter(ms(0))),
+        ConfigError::Zero { field: "initial" }
+    );
+}
+
+fn any_builder() -> impl Strategy<Value = BackoffBuilder> {
+    let nanos = prop_oneof![
+        0..1_000u64,
+        0..10_000_000_000u64,
+        Just(u64::MAX / 2),
+        Just(u64::MAX)
+    ];
+    let jitter = prop_oneof![Just(Jitter::None), Just(Jitter::Full), Just(Jitter::Equal)];
+    (0u8..4, nanos.clone(), nanos.clone(), 1.0f64..1000.0, jitter).prop_map(
+        move |(kind, a, b, factor, jitter)| {
+            let (a, b) = (Duration::from_nanos(a), Duration::from_nanos(b));
+            match kind {
+                0 => Backoff::constant(a).jitter(jitter),
+                1 => Backoff::linear(a, b).jitter(jitter),
+                2 => Backoff::exponential(a).factor(factor).jitter(jitter),
+                _ => Backoff::decorrelated_jitter(a.max(Duration::from_nanos(1))),
+            }
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn every_delay_is_capped_counted_and_within_budget(
+        builder in any_builder(),
+        cap in 1u64..=u64::MAX,
+        attempts in 1u32..200,
+        budget in proptest::option::of(0u64..=u64::MAX),
+        seed in any::<u64>(),
+    ) {
+        let mut builder = builder.max_delay(Duration::from_nanos(cap)).max_attempts(attempts);
+        if let Some(budget) = budget {
+            builder = builder.max_elapsed(Duration::from_nanos(budget));
+        }
+        // Configurations whose first delay exceeds the cap are rejected; the rest must hold.
+        if let Ok(b) = builder.build() {
+            let delays = collect(&b, seed);
+            prop_assert!(delays.len() < attempts as usize);
+            prop_assert!(delays.iter().all(|d| *d <= Duration::from_nanos(cap)));
+            let total: u128 = delays.iter().map(Duration::as_nanos).sum();
+            if let Some(budget) = budget {
+                prop_assert!(total <= u128::from(budget));
+            }
+            prop_assert_eq!(delays, collect(&b, seed));
+        }
+    }
+
+    #[test]
+    fn the_unjittered_schedule_never_shrinks(initial in 1u64..1_000_000, factor in 1.0f64..10.0) {
+        let b = Backoff::exponential(Duration::from_nanos(initial))
+            .factor(factor).jitter(Jitter::None).max_attempts(100).build().unwrap();
+        let delays = collect(&b, 0);
+        prop_assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

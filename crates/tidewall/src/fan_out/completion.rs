@@ -1,0 +1,108 @@
+//! How spawned tasks hand their results back: a shared queue plus one waker.
+//!
+//! Each task pushes `(sequence, slot, outcome)` when it finishes. A guard pushes
+//! `Err(Cancelled)` if the runtime drops the task before it finishes, so the consumer can never
+//! wait for a result that will not come.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
+
+use crate::rt::{JoinError, Panic};
+
+/// One finished task.
+pub(super) struct Completed<O> {
+    pub(super) sequence: u64,
+    pub(super) slot: usize,
+    pub(super) outcome: Result<O, JoinError>,
+}
+
+pub(super) struct Completions<O> {
+    queue: Mutex<VecDeque<Completed<O>>>,
+    consumer: AtomicWaker,
+}
+
+impl<O> Completions<O> {
+    pub(super) fn with_capacity(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+            consumer: AtomicWaker::new(),
+        })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Completed<O>>> {
+        // Pushing and popping cannot panic halfway, so a poisoned queue is still consistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, completed: Completed<O>) {
+        self.queue().push_back(completed);
+        self.consumer.wake();
+    }
+
+    pub(super) fn pop(&self) -> Option<Completed<O>> {
+        self.queue().pop_front()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    pub(super) fn register(&self, waker: &std::task::Waker) {
+        self.consumer.register(waker);
+    }
+}
+
+/// Reports `Err(Cancelled)` unless disarmed by a finished task.
+struct Reporter<O> {
+    completions: Arc<Completions<O>>,
+    sequence: u64,
+    slot: usize,
+    armed: bool,
+}
+
+impl<O> Reporter<O> {
+    fn report(mut self, outcome: Result<O, JoinError>) {
+        self.armed = false;
+        let Self { sequence, slot, .. } = self;
+        self.completions.push(Completed {
+            sequence,
+            slot,
+            outcome,
+        });
+    }
+}
+
+impl<O> Drop for Reporter<O> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (sequence, slot) = (self.sequence, self.slot);
+            self.completions.push(Completed {
+                sequence,
+                slot,
+                outcome: Err(JoinError::Cancelled),
+            });
+        }
+    }
+}
+
+/// The task body: runs `work`, catching a panic, and reports exactly once.
+pub(super) async fn report_to<F: Future>(
+    completions: Arc<Completions<F::Output>>,
+    sequence: u64,
+    slot: usize,
+    work: F,
+) {
+    let reporter = Reporter {
+        completions,
+        sequence,
+        slot,
+        armed: true,
+    };
+    let outcome = AssertUnwindSafe(work).catch_unwind().await;
+    reporter.report(outcome.map_err(|payload| JoinError::Panicked(Panic::new(payload))));
+}

@@ -1,0 +1,334 @@
+//! The fan-out streams.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use futures_util::stream::{BufferUnordered, Buffered, Map};
+
+use super::FanOutError;
+use super::completion::{Completions, report_to};
+use crate::rt::{JoinError, Runtime, TaskHandle};
+
+/// Spawned tasks by slot; aborts whatever still runs when dropped.
+struct Tasks<H: TaskHandle<()>> {
+    slots: Vec<Option<H>>,
+    free: Vec<usize>,
+}
+
+impl<H: TaskHandle<()>> Tasks<H> {
+    fn new(limit: usize) -> Self {
+        Self {
+            slots: std::iter::repeat_with(|| None).take(limit).collect(),
+            free: (0..limit).rev().collect(),
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for handle in self.slots.iter_mut().filter_map(Option::take) {
+            handle.abort();
+        }
+    }
+}
+
+impl<H: TaskHandle<()>> Drop for Tasks<H> {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
+
+/// Results that arrived and wait for the consumer.
+enum Arrived<O> {
+    /// Completion order: a plain queue.
+    Unordered(VecDeque<Result<O, JoinError>>),
+    /// Input order: slot `i` holds sequence number `next + i`.
+    Ordered {
+        next: u64,
+        slots: VecDeque<Option<Result<O, JoinError>>>,
+    },
+}
+
+impl<O> Arrived<O> {
+    fn insert(&mut self, sequence: u64, outcome: Result<O, JoinError>) {
+        match self {
+            Self::Unordered(queue) => queue.push_back(outcome),
+            Self::Ordered { next, slots } => {
+                // The sequence is at most `limit` ahead of `next`, so this fits in usize.
+                let index = usize::try_from(sequence - *next).unwrap_or(usize::MAX);
+                if slots.len() <= index {
+                    slots.resize_with(index + 1, || None);
+                }
+                slots[index] = Some(outcome);
+            }
+        }
+    }
+
+    fn take_next(&mut self) -> Option<Result<O, JoinError>> {
+        match self {
+            Self::Unordered(queue) => queue.pop_front(),
+            Self::Ordered { next, slots } => {
+                let outcome = slots.front_mut()?.take()?;
+                slots.pop_front();
+                *next += 1;
+                Some(outcome)
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The stream of a collect-all fan-out; see [`FanOut::run`](super::FanOut::run).
+    #[must_use = "streams do nothing unless polled"]
+    pub struct FanOutStream<R: Runtime, S, F, O> {
+        #[pin]
+        inputs: S,
+        inputs_done: bool,
+        rt: R,
+        f: F,
+        limit: usize,
+        // Inputs taken and not yet delivered: running, queued or arrived.
+        occupied: usize,
+        next_sequence: u64,
+        completions: Arc<Completions<O>>,
+        arrived: Arrived<O>,
+        tasks: Tasks<R::JoinHandle<()>>,
+    }
+}
+
+impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
+    pub(super) fn new(rt: R, limit: usize, ordered: bool, inputs: S, f: F) -> Self {
+        let arrived = if ordered {
+            Arrived::Ordered {
+                next: 0,
+                slots: VecDeque::with_capacity(limit),
+            }
+        } else {
+            Arrived::Unordered(VecDeque::with_capacity(limit))
+        };
+        Self {
+            inputs,
+            inputs_done: false,
+            rt,
+            f,
+            limit,
+            occupied: 0,
+            next_sequence: 0,
+            completions: Completions::with_capacity(limit),
+            arrived,
+            tasks: Tasks::new(limit),
+        }
+    }
+
+    /// Inputs taken and not yet delivered (running, or finished and waiting).
+    pub fn in_flight(&self) -> usize {
+        self.occupied
+    }
+
+    /// Aborts every running task and takes no more input; the stream then ends once the
+    /// results that already arrived are delivered.
+    pub fn abort(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.tasks.abort_all();
+        *this.inputs_done = true;
+        *this.occupied = 0;
+        *this.arrived = Arrived::Unordered(VecDeque::new());
+    }
+}
+
+impl<R, S, F, Fut> Stream for FanOutStream<R, S, F, Fut::Output>
+where
+    R: Runtime,
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    type Item = Result<Fut::Output, JoinError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            while let Some(done) = this.completions.pop() {
+                if let Some(slot) = this.tasks.slots.get_mut(done.slot) {
+                    *slot = None;
+                    this.tasks.free.push(done.slot);
+                }
+                if *this.occupied > 0 {
+                    this.arrived.insert(done.sequence, done.outcome);
+                }
+            }
+            let delivered = this.arrived.take_next();
+            if delivered.is_some() {
+                *this.occupied -= 1;
+            }
+            // Refill before handing a result out, so the freed slot works while the consumer
+            // is busy with this one.
+            while !*this.inputs_done && *this.occupied < *this.limit {
+                match this.inputs.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(input)) => {
+                        let Some(slot) = this.tasks.free.pop() else {
+                            break;
+                        };
+                        let work = report_to(
+                            Arc::clone(this.completions),
+                            *this.next_sequence,
+                            slot,
+                            (this.f)(input),
+                        );
+                        this.tasks.slots[slot] = Some(this.rt.spawn(work));
+                        *this.next_sequence += 1;
+                        *this.occupied += 1;
+                    }
+                    Poll::Ready(None) => *this.inputs_done = true,
+                    Poll::Pending => break,
+                }
+            }
+            if delivered.is_some() {
+                return Poll::Ready(delivered);
+            }
+            if *this.inputs_done && *this.occupied == 0 {
+                return Poll::Ready(None);
+            }
+            this.completions.register(cx.waker());
+            if !this.completions.is_empty() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (low, high) = if self.inputs_done {
+            (0, Some(0))
+        } else {
+            self.inputs.size_hint()
+        };
+        (
+            low.saturating_add(self.occupied),
+            high.and_then(|h| h.checked_add(self.occupied)),
+        )
+    }
+}
+
+impl<R: Runtime, S, F, O> std::fmt::Debug for FanOutStream<R, S, F, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOutStream")
+            .field("limit", &self.limit)
+            .field("in_flight", &self.occupied)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The stream of a fail-fast fan-out; see [`FanOut::try_run`](super::FanOut::try_run).
+    #[must_use = "streams do nothing unless polled"]
+    pub struct TryFanOutStream<R: Runtime, S, F, T, E> {
+        #[pin]
+        inner: FanOutStream<R, S, F, Result<T, E>>,
+        failed: bool,
+    }
+}
+
+impl<R: Runtime, S, F, T, E> TryFanOutStream<R, S, F, T, E> {
+    pub(super) fn new(inner: FanOutStream<R, S, F, Result<T, E>>) -> Self {
+        Self {
+            inner,
+            failed: false,
+        }
+    }
+}
+
+impl<R, S, F, Fut, T, E> Stream for TryFanOutStream<R, S, F, T, E>
+where
+    R: Runtime,
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    type Item = Result<T, FanOutError<E>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        let error = match std::task::ready!(this.inner.as_mut().poll_next(cx)) {
+            None => return Poll::Ready(None),
+            Some(Ok(Ok(value))) => return Poll::Ready(Some(Ok(value))),
+            Some(Ok(Err(error))) => FanOutError::Inner(error),
+            Some(Err(join_error)) => FanOutError::Task(join_error),
+        };
+        *this.failed = true;
+        this.inner.abort();
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl<R: Runtime, S, F, T, E> std::fmt::Debug for TryFanOutStream<R, S, F, T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TryFanOutStream")
+            .field("inner", &self.inner)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The in-task fan-out for `!Send` work; see [`FanOut::run_local`](super::FanOut::run_local).
+    #[must_use = "streams do nothing unless polled"]
+    pub struct LocalFanOut<S, F, Fut> where S: Stream, F: FnMut(S::Item) -> Fut, Fut: Future {
+        #[pin]
+        inner: Local<S, F, Fut>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LocalProj]
+    enum Local<S, F, Fut> where S: Stream, F: FnMut(S::Item) -> Fut, Fut: Future {
+        Ordered { #[pin] inner: Buffered<Map<S, F>> },
+        Unordered { #[pin] inner: BufferUnordered<Map<S, F>> },
+    }
+}
+
+impl<S, F, Fut> LocalFanOut<S, F, Fut>
+where
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future,
+{
+    pub(super) fn new(limit: usize, ordered: bool, inputs: S, f: F) -> Self {
+        let mapped = inputs.map(f);
+        let inner = if ordered {
+            Local::Ordered {
+                inner: mapped.buffered(limit),
+            }
+        } else {
+            Local::Unordered {
+                inner: mapped.buffer_unordered(limit),
+            }
+        };
+        Self { inner }
+    }
+}
+
+impl<S, F, Fut> Stream for LocalFanOut<S, F, Fut>
+where
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future,
+{
+    type Item = Fut::Output;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Fut::Output>> {
+        match self.project().inner.project() {
+            LocalProj::Ordered { inner } => inner.poll_next(cx),
+            LocalProj::Unordered { inner } => inner.poll_next(cx),
+        }
+    }
+}

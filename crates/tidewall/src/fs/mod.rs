@@ -1,0 +1,105 @@
+//! Cancel-safe atomic file writes.
+//!
+//! [`write_atomic`] replaces a file so that readers, crashes and cancellation only ever see the
+//! old contents or the complete new contents, never a truncated or partial file:
+//!
+//! 1. write the new contents to a fresh temporary file in the *same directory* (so the rename
+//!    below stays on one file system), carrying over the old file's permissions;
+//! 2. `fsync` the temporary file, so its data is durable before it becomes visible;
+//! 3. `rename` it over the target, which is atomic on POSIX file systems;
+//! 4. `fsync` the directory, so the rename itself survives a crash (Unix).
+//!
+//! Each step runs on the runtime's blocking pool ([`Runtime::spawn_blocking`]), never on the
+//! async threads.
+//!
+//! **Cancel safety**: dropping the future at any await point leaves the old file or the complete
+//! new one. Before the rename, the temporary file is removed on drop; a rename already handed to
+//! the blocking pool still completes (and then the new file is complete, since it was synced
+//! first). This is tested by dropping the future at every await point.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("config.json");
+//! tidewall::fs::write_atomic(&tidewall::rt::Tokio, &path, b"{\"version\": 2}".to_vec()).await?;
+//! assert_eq!(std::fs::read(&path)?, b"{\"version\": 2}");
+//! # Ok(()) }
+//! ```
+
+mod temp;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use temp::TempFile;
+
+use crate::rt::{JoinError, Runtime};
+
+/// Atomically replaces (or creates) `path` with `contents`; see the [module docs](self).
+///
+/// # Errors
+///
+/// Any I/O error from creating, writing, syncing or renaming; the target is then untouched
+/// and the temporary file removed. A panic or cancellation of a blocking step is reported as
+/// an [`io::Error`] of kind `Other`/`Interrupted`.
+pub async fn write_atomic<R: Runtime>(
+    rt: &R,
+    path: impl AsRef<Path>,
+    contents: Vec<u8>,
+) -> io::Result<()> {
+    let path = path.as_ref().to_path_buf();
+    let dir = parent_dir(&path)?;
+    let target = path.clone();
+    let (temp, file) = blocking(rt, move || TempFile::create_beside(&target)).await?;
+    let file = blocking(rt, move || {
+        let mut file = file;
+        file.write_all(&contents)?;
+        file.sync_all()?;
+        Ok(file)
+    })
+    .await?;
+    drop(file);
+    let (from, to) = (temp.path().to_path_buf(), path);
+    blocking(rt, move || std::fs::rename(from, to)).await?;
+    temp.committed();
+    blocking(rt, move || sync_dir(&dir)).await
+}
+
+fn parent_dir(path: &Path) -> io::Result<PathBuf> {
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no file name",
+        ));
+    }
+    Ok(match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    })
+}
+
+async fn blocking<R: Runtime, T: Send + 'static>(
+    rt: &R,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match rt.spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(JoinError::Cancelled) => Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "blocking file step was cancelled",
+        )),
+        Err(err) => Err(io::Error::other(err.to_string())),
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Directory handles cannot be synced portably; NTFS journals the rename itself.
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Tidewall: production-grade async runtime patterns, on any runtime.
+//!
+//! | pattern | module | entry point |
+//! |---|---|---|
+//! | runtime seam (tokio, smol, async-std) | [`rt`] | [`rt::Runtime`] |
+//! | timeouts and one shared deadline | [`time`] | [`FutureExt::timeout`], [`Deadline`] |
+//! | retry with backoff, jitter, hints | [`retry`] | [`retry::retry`], [`RetryExt::retry`] |
+//! | fallback | [`fallback`] | [`FutureExt::or_fallback`] |
+//! | racing | [`race`] | [`race::race_ok`] |
+//! | bounded fan-out / fan-in | [`fan_out`] | [`fan_out::FanOut`] |
+//! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
+//! | `Retry-After` parsing (feature `http`) | `http` | `http::retry_after` |
+//! | deterministic time for tests (feature `test-util`) | `testing` | `testing::Clocked` |
+//!
+//! Every policy waits and spawns through [`rt::Runtime`], a type parameter that defaults to
+//! tokio; pick another with `.runtime(..)`. Builders validate and return [`ConfigError`];
+//! nothing panics on user input. Every async API documents its cancel safety.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::prelude::*;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let backoff = Backoff::exponential(Duration::from_millis(100)).max_attempts(5).build()?;
+//! let mut failures = 2;
+//! let value = (|| {
+//!     let fail = failures > 0;
+//!     failures -= 1;
+//!     async move { if fail { Err("transient") } else { Ok(42) } }
+//! })
+//! .retry(backoff)
+//! .deadline(Deadline::after(&Tokio, Duration::from_secs(2)))
+//! .await?;
+//! assert_eq!(value, 42);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod fallback;
+pub mod fan_out;
+pub mod fs;
+mod hint;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod race;
+pub mod retry;
+pub mod rt;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod time;
+
+pub use hint::RetryAfter;
+pub use retry::RetryExt;
+pub use tidewall_core::ConfigError;
+pub use tidewall_core::backoff::{Backoff, Jitter};
+pub use time::{Deadline, FutureExt};
+
+/// The common imports: `use tidewall::prelude::*;`.
+pub mod prelude {
+    pub use crate::fallback::Fallback;
+    pub use crate::retry::RetryExt as _;
+    #[cfg(feature = "tokio")]
+    pub use crate::rt::Tokio;
+    pub use crate::rt::{Runtime, TaskHandle};
+    pub use crate::time::FutureExt as _;
+    pub use crate::{Backoff, ConfigError, Deadline, Jitter, RetryAfter};
+}

@@ -1,0 +1,82 @@
+//! The join handle contract shared by every adapter.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+
+/// A spawned task's handle: a future of the task's result, plus [`TaskHandle::abort`].
+///
+/// Dropping the handle detaches the task; it keeps running to completion.
+pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 'static {
+    /// Requests cancellation. The task is dropped at its next await point (a blocking task
+    /// that has already started runs to completion). Awaiting the handle afterwards yields
+    /// [`JoinError::Cancelled`] unless the task had already finished.
+    fn abort(&self);
+}
+
+/// Why a task did not produce its value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The task panicked; the payload is kept so it can be inspected or re-raised.
+    Panicked(Panic),
+    /// The task was aborted, or its runtime shut down before it finished.
+    Cancelled,
+}
+
+impl JoinError {
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Self::Panicked(_))
+    }
+
+    /// Whether the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled)
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Panicked(panic) => match panic.message() {
+                Some(message) => write!(f, "task panicked: {message}"),
+                None => f.write_str("task panicked"),
+            },
+            Self::Cancelled => f.write_str("task was cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// The payload of a panic that was caught at a task boundary.
+pub struct Panic(Box<dyn Any + Send + 'static>);
+
+impl Panic {
+    /// Wraps a payload from [`std::panic::catch_unwind`].
+    pub fn new(payload: Box<dyn Any + Send + 'static>) -> Self {
+        Self(payload)
+    }
+
+    /// The panic message, when the payload is a string (as with `panic!("...")`).
+    pub fn message(&self) -> Option<&str> {
+        self.0
+            .downcast_ref::<&'static str>()
+            .copied()
+            .or_else(|| self.0.downcast_ref::<String>().map(String::as_str))
+    }
+
+    /// The raw payload, e.g. for [`std::panic::resume_unwind`].
+    pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Panic")
+            .field(&self.message().unwrap_or("<non-string payload>"))
+            .finish()
+    }
+}

@@ -1,0 +1,220 @@
+//! The smol adapter: an explicit executor with a stated number of threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::Instant;
+
+use futures_util::future::AbortHandle;
+use tidewall_core::ConfigError;
+
+use super::catching::{catching, catching_blocking};
+use super::{JoinError, Runtime, TaskHandle};
+
+/// Spawns onto an explicit [`smol::Executor`]; timers come from `async-io`.
+///
+/// `Smol` is a cheap, cloneable handle. Get one from a [`SmolRuntime`], which owns the
+/// executor threads, or wrap an executor you drive yourself with [`Smol::new`].
+///
+/// ```
+/// use tidewall::rt::{Runtime, SmolRuntime};
+///
+/// let runtime = SmolRuntime::multi_threaded(2)?; // two worker threads
+/// let rt = runtime.handle();
+/// let value = runtime.block_on(async move { rt.spawn(async { 40 + 2 }).await });
+/// assert_eq!(value.unwrap(), 42);
+/// # Ok::<(), tidewall::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Smol {
+    executor: Arc<smol::Executor<'static>>,
+}
+
+impl Smol {
+    /// Spawns onto `executor`; something must drive it (`executor.run(..)`) for tasks to run.
+    pub fn new(executor: Arc<smol::Executor<'static>>) -> Self {
+        Self { executor }
+    }
+
+    /// The executor tasks are spawned onto.
+    pub fn executor(&self) -> &Arc<smol::Executor<'static>> {
+        &self.executor
+    }
+}
+
+impl Runtime for Smol {
+    type Sleep = SmolSleep;
+    type JoinHandle<T: Send + 'static> = SmolJoinHandle<T>;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> SmolSleep {
+        SmolSleep(smol::Timer::at(deadline))
+    }
+
+    fn spawn<F>(&self, future: F) -> SmolJoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (task, abort) = catching(future);
+        SmolJoinHandle {
+            task: Some(self.executor.spawn(task).fallible()),
+            abort: Some(abort),
+        }
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> SmolJoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = smol::unblock(move || catching_blocking(work));
+        SmolJoinHandle {
+            task: Some(task.fallible()),
+            abort: None,
+        }
+    }
+}
+
+/// An `async-io` timer; completes at its deadline.
+#[derive(Debug)]
+pub struct SmolSleep(smol::Timer);
+
+impl Future for SmolSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
+
+/// A smol task's handle. Unlike a raw `smol::Task`, dropping it detaches instead of cancelling,
+/// so it behaves like every other adapter's handle.
+#[derive(Debug)]
+pub struct SmolJoinHandle<T> {
+    task: Option<async_task::FallibleTask<Result<T, JoinError>>>,
+    abort: Option<AbortHandle>,
+}
+
+impl<T> Future for SmolJoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(task) = self.task.as_mut() else {
+            return Poll::Ready(Err(JoinError::Cancelled));
+        };
+        let output = std::task::ready!(Pin::new(task).poll(cx));
+        self.task = None;
+        // `None` means the executor dropped the task (it was shut down).
+        Poll::Ready(output.unwrap_or(Err(JoinError::Cancelled)))
+    }
+}
+
+impl<T> Drop for SmolJoinHandle<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.detach();
+        }
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for SmolJoinHandle<T> {
+    fn abort(&self) {
+        if let Some(abort) = &self.abort {
+            abort.abort();
+        }
+    }
+}
+
+/// Owns a smol executor and the threads that run it.
+///
+/// * [`SmolRuntime::multi_threaded(n)`](SmolRuntime::multi_threaded): `n` worker threads run
+///   spawned tasks; [`SmolRuntime::block_on`] drives only the main future on the calling
+///   thread. This is the same shape as a tokio multi-thread runtime with `n` workers.
+/// * [`SmolRuntime::single_threaded`]: no worker threads; `block_on` runs the executor on the
+///   calling thread, like tokio's current-thread runtime.
+///
+/// Dropping it stops the worker threads and joins them.
+#[derive(Debug)]
+pub struct SmolRuntime {
+    handle: Smol,
+    workers: Vec<thread::JoinHandle<()>>,
+    stop: Option<smol::channel::Sender<()>>,
+}
+
+impl SmolRuntime {
+    /// `threads` worker threads (at least 1) run the executor.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] when `threads` is 0.
+    pub fn multi_threaded(threads: usize) -> Result<Self, ConfigError> {
+        if threads == 0 {
+            return Err(ConfigError::Zero { field: "threads" });
+        }
+        let handle = Smol::new(Arc::new(smol::Executor::new()));
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let workers = (0..threads)
+            .map(|i| {
+                let executor = Arc::clone(&handle.executor);
+                let stopped = stopped.clone();
+                thread::Builder::new()
+                    .name(format!("tidewall-smol-{i}"))
+                    .spawn(move || {
+                        let _ = smol::block_on(executor.run(stopped.recv()));
+                    })
+                    .expect("spawning an executor thread failed (out of OS threads?)")
+            })
+            .collect();
+        Ok(Self {
+            handle,
+            workers,
+            stop: Some(stop),
+        })
+    }
+
+    /// No worker threads: [`SmolRuntime::block_on`] runs the executor on the calling thread.
+    pub fn single_threaded() -> Self {
+        let handle = Smol::new(Arc::new(smol::Executor::new()));
+        Self {
+            handle,
+            workers: Vec::new(),
+            stop: None,
+        }
+    }
+
+    /// The number of worker threads (0 when single-threaded).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// A handle to spawn with.
+    pub fn handle(&self) -> Smol {
+        self.handle.clone()
+    }
+
+    /// Runs `future` to completion on the calling thread (which also runs the executor when
+    /// there are no worker threads).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        if self.workers.is_empty() {
+            smol::block_on(self.handle.executor.run(future))
+        } else {
+            smol::block_on(future)
+        }
+    }
+}
+
+impl Drop for SmolRuntime {
+    fn drop(&mut self) {
+        // Closing the channel ends every worker's `run`.
+        drop(self.stop.take());
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The tokio adapter.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::{JoinError, Panic, Runtime, TaskHandle};
+
+/// Runs on the tokio runtime that is current where it is used: multi-thread or current-thread.
+///
+/// `Tokio` is a zero-sized handle. Its clock is tokio's, so paused time
+/// (`#[tokio::test(start_paused = true)]`) makes every Tidewall policy deterministic.
+///
+/// # Panics
+///
+/// Like `tokio::spawn` and `tokio::time::sleep`, its methods panic when called outside a tokio
+/// runtime (a programming error, not an input error).
+///
+/// ```
+/// use tidewall::rt::{Runtime, Tokio};
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+/// let value = runtime.block_on(async { Tokio.spawn(async { 1 + 1 }).await });
+/// assert_eq!(value.unwrap(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokio;
+
+impl Runtime for Tokio {
+    type Sleep = TokioSleep;
+    type JoinHandle<T: Send + 'static> = TokioJoinHandle<T>;
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> TokioSleep {
+        TokioSleep {
+            inner: tokio::time::sleep_until(deadline.into()),
+        }
+    }
+
+    fn spawn<F>(&self, future: F) -> TokioJoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        TokioJoinHandle(tokio::spawn(future))
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> TokioJoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        TokioJoinHandle(tokio::task::spawn_blocking(work))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// tokio's sleep, unboxed: creating one allocates nothing.
+    #[derive(Debug)]
+    pub struct TokioSleep {
+        #[pin]
+        inner: tokio::time::Sleep,
+    }
+}
+
+impl Future for TokioSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().inner.poll(cx)
+    }
+}
+
+/// A tokio task's handle with Tidewall's uniform [`JoinError`].
+#[derive(Debug)]
+pub struct TokioJoinHandle<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for TokioJoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|result| {
+            result.map_err(|err| match err.try_into_panic() {
+                Ok(payload) => JoinError::Panicked(Panic::new(payload)),
+                Err(_) => JoinError::Cancelled,
+            })
+        })
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for TokioJoinHandle<T> {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}

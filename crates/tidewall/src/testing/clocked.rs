@@ -1,0 +1,175 @@
+//! A runtime adapter that swaps the clock for a [`FakeClock`] and tracks its tasks.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures_channel::oneshot;
+
+use super::clock::{FakeClock, FakeSleep};
+use super::tracked::{Activity, MainWaker, Tracked};
+use crate::rt::{JoinError, Panic, Runtime, TaskHandle};
+
+/// Any runtime `R`, with virtual time. Tasks run on `R`'s executor; time comes from a shared
+/// [`FakeClock`] and moves only through [`Clocked::drive`] or the clock's own methods.
+///
+/// See the [module docs](super) for an example.
+#[derive(Debug, Clone)]
+pub struct Clocked<R> {
+    inner: R,
+    clock: FakeClock,
+    activity: Arc<Activity>,
+}
+
+impl<R: Runtime> Clocked<R> {
+    /// Wraps `inner` with a new clock.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            clock: FakeClock::new(),
+            activity: Arc::default(),
+        }
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> &FakeClock {
+        &self.clock
+    }
+
+    /// The wrapped runtime.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// Runs `future`, advancing virtual time to the next timer whenever the future and every
+    /// task spawned through this runtime are idle. Await the result on `R`'s executor.
+    ///
+    /// Tasks spawned around this runtime (directly on the executor) are invisible to it; if
+    /// they wait on this clock's timers, time may move before they run.
+    pub fn drive<F: Future>(&self, future: F) -> Drive<F> {
+        Drive {
+            future: Box::pin(future),
+            clock: self.clock.clone(),
+            activity: Arc::clone(&self.activity),
+            waker: Arc::new(MainWaker {
+                woken: AtomicBool::new(false),
+                inner: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl<R: Runtime> Runtime for Clocked<R> {
+    type Sleep = FakeSleep;
+    type JoinHandle<T: Send + 'static> = ClockedJoinHandle<T, R::JoinHandle<()>>;
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> FakeSleep {
+        self.clock.sleep_until(deadline)
+    }
+
+    fn spawn<F>(&self, future: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tracked, output) = Tracked::new(future, Arc::clone(&self.activity));
+        ClockedJoinHandle {
+            output,
+            task: self.inner.spawn(tracked),
+        }
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, output) = oneshot::channel();
+        let activity = Arc::clone(&self.activity);
+        activity.enter();
+        let task = self.inner.spawn_blocking(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(work))
+                .map_err(|payload| JoinError::Panicked(Panic::new(payload)));
+            let _ = tx.send(result);
+            activity.leave();
+        });
+        ClockedJoinHandle { output, task }
+    }
+}
+
+/// The handle of a task spawned through [`Clocked`].
+#[derive(Debug)]
+pub struct ClockedJoinHandle<T, H> {
+    output: oneshot::Receiver<Result<T, JoinError>>,
+    task: H,
+}
+
+impl<T, H: Unpin> Future for ClockedJoinHandle<T, H> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.output)
+            .poll(cx)
+            .map(|received| received.unwrap_or(Err(JoinError::Cancelled)))
+    }
+}
+
+impl<T: Send + 'static, H: TaskHandle<()>> TaskHandle<T> for ClockedJoinHandle<T, H> {
+    fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// The future returned by [`Clocked::drive`].
+pub struct Drive<F> {
+    future: Pin<Box<F>>,
+    clock: FakeClock,
+    activity: Arc<Activity>,
+    waker: Arc<MainWaker>,
+}
+
+impl<F> std::fmt::Debug for Drive<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drive")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Drive<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        *this
+            .waker
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+        let waker = Waker::from(Arc::clone(&this.waker));
+        loop {
+            this.waker.woken.store(false, SeqCst);
+            if let Poll::Ready(output) = this.future.as_mut().poll(&mut Context::from_waker(&waker))
+            {
+                return Poll::Ready(output);
+            }
+            if this.waker.woken.load(SeqCst) || !this.activity.is_quiet() {
+                // Something can still make progress without time moving: let it run first.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if !this.clock.advance_to_next_timer() {
+                // No timer left: only real I/O (or nothing) can wake us.
+                return Poll::Pending;
+            }
+        }
+    }
+}

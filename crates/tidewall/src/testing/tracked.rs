@@ -1,0 +1,202 @@
+//! Busy/idle accounting for tasks spawned through [`Clocked`](super::Clocked).
+//!
+//! A task is *active* from spawn until its poll returns `Pending` without having been woken
+//! during that poll, and again from its next wake until the poll after it. The driver may move
+//! virtual time only while no task is active: that is what makes virtual time deterministic on
+//! multi-threaded executors, where "every task is blocked on a timer" cannot be observed any
+//! other way.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_channel::oneshot;
+
+use crate::rt::{JoinError, Panic};
+
+const IDLE: u8 = 0;
+const ACTIVE: u8 = 1;
+const NOTIFIED: u8 = 2;
+const DONE: u8 = 3;
+
+/// Counts active tasks; shared by a `Clocked` runtime and its tasks.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    active: AtomicUsize,
+}
+
+impl Activity {
+    pub(super) fn is_quiet(&self) -> bool {
+        self.active.load(SeqCst) == 0
+    }
+
+    pub(super) fn enter(&self) {
+        self.active.fetch_add(1, SeqCst);
+    }
+
+    pub(super) fn leave(&self) {
+        self.active.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The waker handed to a tracked task: marks it active, then wakes the executor's waker.
+struct TaskWaker {
+    state: AtomicU8,
+    activity: Arc<Activity>,
+    inner: Mutex<Option<Waker>>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut current = self.state.load(SeqCst);
+        loop {
+            let next = match current {
+                IDLE => ACTIVE,
+                ACTIVE => NOTIFIED,
+                _ => break,
+            };
+            match self.state.compare_exchange(current, next, SeqCst, SeqCst) {
+                Ok(_) => {
+                    if current == IDLE {
+                        self.activity.enter();
+                    }
+                    break;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+        if let Some(waker) = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// A spawned future plus its accounting; delivers its output through a oneshot *before* it
+/// reports itself idle, so the receiver is marked active first and time cannot slip between.
+pub(super) struct Tracked<F: Future> {
+    future: Pin<Box<F>>,
+    waker: Arc<TaskWaker>,
+    output: Option<oneshot::Sender<Result<F::Output, JoinError>>>,
+}
+
+impl<F: Future> Tracked<F> {
+    pub(super) fn new(
+        future: F,
+        activity: Arc<Activity>,
+    ) -> (Self, oneshot::Receiver<Result<F::Output, JoinError>>) {
+        activity.enter();
+        let waker = Arc::new(TaskWaker {
+            state: AtomicU8::new(ACTIVE),
+            activity,
+            inner: Mutex::new(None),
+        });
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                future: Box::pin(future),
+                waker,
+                output: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        {
+            let mut inner = this
+                .waker
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !inner.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *inner = Some(cx.waker().clone());
+            }
+        }
+        if this.waker.state.swap(ACTIVE, SeqCst) == IDLE {
+            // Polled without a wake of ours (a spurious poll): count it while it runs.
+            this.waker.activity.enter();
+        }
+        let waker = Waker::from(Arc::clone(&this.waker));
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            this.future.as_mut().poll(&mut Context::from_waker(&waker))
+        }));
+        let output = match polled {
+            Ok(Poll::Pending) => {
+                if this
+                    .waker
+                    .state
+                    .compare_exchange(ACTIVE, IDLE, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    this.waker.activity.leave();
+                }
+                // Otherwise it was woken during the poll: it stays active until polled again.
+                return Poll::Pending;
+            }
+            Ok(Poll::Ready(value)) => Ok(value),
+            Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
+        };
+        if let Some(tx) = this.output.take() {
+            let _ = tx.send(output);
+        }
+        this.finish();
+        Poll::Ready(())
+    }
+}
+
+impl<F: Future> Tracked<F> {
+    fn finish(&self) {
+        if !matches!(self.waker.state.swap(DONE, SeqCst), IDLE | DONE) {
+            self.waker.activity.leave();
+        }
+    }
+}
+
+impl<F: Future> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        // Aborted or dropped by its executor: the receiver sees the sender go (Cancelled).
+        drop(self.output.take());
+        self.finish();
+    }
+}
+
+/// The waker the driver gives the main future: records that it was woken.
+pub(super) struct MainWaker {
+    pub(super) woken: AtomicBool,
+    pub(super) inner: Mutex<Option<Waker>>,
+}
+
+impl Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, SeqCst);
+        if let Some(waker) = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            waker.wake_by_ref();
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Timeouts and deadlines.
+//!
+//! * [`FutureExt::timeout`] bounds one future by a duration;
+//! * a [`Deadline`] is one instant shared by a whole operation: pass it down and every layer
+//!   (a retry's attempts and backoff sleeps, a fan-out) spends from the same budget, so nested
+//!   timeouts cannot add up to more than the caller allowed.
+//!
+//! Both are biased toward the operation: when the future and the timer are ready in the same
+//! poll, the future's output wins (work that finished is never thrown away).
+//!
+//! **Cancel safety**: dropping a [`Timeout`] drops the inner future and the timer, nothing else.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::prelude::*;
+//! use tidewall::time::Elapsed;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let slow = tokio::time::sleep(Duration::from_secs(10));
+//! assert_eq!(slow.timeout(Duration::from_millis(100)).await, Err(Elapsed));
+//!
+//! let deadline = Deadline::after(&Tokio, Duration::from_secs(1));
+//! let fast = async { 5 };
+//! assert_eq!(fast.deadline(deadline).await, Ok(5));
+//! # });
+//! ```
+
+mod deadline;
+mod ext;
+mod timeout;
+
+pub use deadline::Deadline;
+pub use ext::FutureExt;
+pub use timeout::{DeadlineExceeded, Elapsed, Timeout, WithDeadline};
