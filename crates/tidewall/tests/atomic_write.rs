@@ -1,0 +1,149 @@
+//! `write_atomic` dropped at every await point leaves the old file or the complete new one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use tidewall::fs::write_atomic;
+use tidewall::rt::{JoinError, Runtime, TaskHandle};
+
+/// A runtime whose blocking work runs at once, but whose handles report it one poll later:
+/// every await point of the writer becomes an exact, repeatable suspension.
+#[derive(Clone)]
+struct Stepwise;
+
+struct Ready<T>(Option<T>, bool);
+
+// `Ready` never pins its value.
+impl<T> Unpin for Ready<T> {}
+
+impl<T> Future for Ready<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.1 {
+            self.1 = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.0.take().ok_or(JoinError::Cancelled))
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for Ready<T> {
+    fn abort(&self) {}
+}
+
+impl Runtime for Stepwise {
+    type Sleep = std::future::Pending<()>;
+    type JoinHandle<T: Send + 'static> = Ready<T>;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, _: Instant) -> Self::Sleep {
+        std::future::pending()
+    }
+
+    fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        unreachable!("write_atomic only uses spawn_blocking")
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        Ready(Some(work()), false)
+    }
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn dropped_at_every_await_point_leaves_old_or_new_never_partial() {
+    let old = b"old contents".to_vec();
+    let new = vec![b'N'; 64 * 1024];
+    let mut saw_old = false;
+    let mut saw_new = false;
+    for polls_before_drop in 0..=12 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, &old).unwrap();
+        let mut write = Box::pin(write_atomic(&Stepwise, &path, new.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut finished = false;
+        for _ in 0..polls_before_drop {
+            if let Poll::Ready(result) = write.as_mut().poll(&mut cx) {
+                result.unwrap();
+                finished = true;
+                break;
+            }
+        }
+        drop(write);
+        let contents = std::fs::read(&path).unwrap();
+        assert!(
+            contents == old || contents == new,
+            "partial file after {polls_before_drop} polls"
+        );
+        saw_old |= contents == old;
+        saw_new |= contents == new;
+        assert_eq!(
+            entries(dir.path()),
+            ["state.json"],
+            "temporary file left after {polls_before_drop} polls"
+        );
+        if finished {
+            assert_eq!(contents, new);
+        }
+    }
+    assert!(saw_old && saw_new, "both outcomes must have been exercised");
+}
+
+#[tokio::test]
+async fn creates_and_replaces_on_tokio_keeping_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.txt");
+    write_atomic(&tidewall::rt::Tokio, &path, b"one".to_vec())
+        .await
+        .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    write_atomic(&tidewall::rt::Tokio, &path, b"two".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+    assert_eq!(entries(dir.path()), ["out.txt"]);
+}
+
+#[tokio::test]
+async fn a_path_without_a_file_name_is_an_error() {
+    let err = write_atomic(&tidewall::rt::Tokio, "/", b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}

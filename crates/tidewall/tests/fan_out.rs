@@ -1,0 +1,253 @@
+//! Bounded fan-out scenarios on every runtime adapter, in virtual time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tidewall::ConfigError;
+use tidewall::fan_out::{FanOut, FanOutError};
+use tidewall::rt::{JoinError, Runtime};
+
+/// Counts concurrent entries and remembers the peak.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+impl Gauge {
+    async fn hold<R: Runtime>(&self, rt: &R, d: Duration) {
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        rt.sleep(d).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.finished.fetch_add(1, SeqCst);
+    }
+}
+
+async fn bounded_and_ordered<R: Runtime>(rt: R) {
+    let gauge = Arc::new(Gauge::default());
+    let start = rt.now();
+    let (g, r) = (Arc::clone(&gauge), rt.clone());
+    let out: Vec<u64> = FanOut::with_runtime(rt.clone(), 10)
+        .unwrap()
+        .ordered()
+        .run_iter(0..100u64, move |i| {
+            let (g, r) = (Arc::clone(&g), r.clone());
+            // Later inputs finish sooner, so order has to be restored.
+            async move {
+                g.hold(&r, Duration::from_millis(1000 - i)).await;
+                i
+            }
+        })
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(out, (0..100).collect::<Vec<_>>());
+    assert_eq!(gauge.peak.load(SeqCst), 10);
+    assert!(
+        rt.now() - start <= Duration::from_secs(10),
+        "{:?}",
+        rt.now() - start
+    );
+}
+
+#[test]
+fn ordered_fan_out_is_bounded_on_every_runtime() {
+    on_every_runtime!(bounded_and_ordered);
+}
+
+async fn unordered_keeps_working_while_the_consumer_is_busy<R: Runtime>(rt: R) {
+    let gauge = Arc::new(Gauge::default());
+    let (g, r) = (Arc::clone(&gauge), rt.clone());
+    let mut results = FanOut::with_runtime(rt.clone(), 4)
+        .unwrap()
+        .run_iter(0..12u32, move |i| {
+            let (g, r) = (Arc::clone(&g), r.clone());
+            async move {
+                g.hold(&r, Duration::from_secs(1)).await;
+                i
+            }
+        });
+    assert!(results.next().await.unwrap().is_ok());
+    // The consumer is busy for 10 s; spawned work must finish meanwhile (futures'
+    // buffer_unordered would have made no progress at all).
+    rt.sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        gauge.finished.load(SeqCst),
+        5,
+        "the first result's freed slot was refilled at once"
+    );
+    assert_eq!(
+        results.in_flight(),
+        4,
+        "but no more than the limit was taken: backpressure"
+    );
+    let rest: Vec<_> = results.collect().await;
+    assert_eq!(rest.len(), 11);
+    assert_eq!(gauge.peak.load(SeqCst), 4);
+}
+
+#[test]
+fn progress_without_the_consumer_on_every_runtime() {
+    on_every_runtime!(unordered_keeps_working_while_the_consumer_is_busy);
+}
+
+async fn fail_fast_cancels_the_rest<R: Runtime>(rt: R) {
+    let gauge = Arc::new(Gauge::default());
+    let (g, r) = (Arc::clone(&gauge), rt.clone());
+    let start = rt.now();
+    let results: Vec<_> = FanOut::with_runtime(rt.clone(), 5)
+        .unwrap()
+        .try_run_iter(0..1000u32, move |i| {
+            let (g, r) = (Arc::clone(&g), r.clone());
+            async move {
+                if i == 3 {
+                    r.sleep(Duration::from_millis(10)).await;
+                    return Err("bad input 3");
+                }
+                g.hold(&r, Duration::from_secs(60)).await;
+                Ok(i)
+            }
+        })
+        .collect()
+        .await;
+    assert_eq!(results.len(), 1);
+    assert!(matches!(results[0], Err(FanOutError::Inner("bad input 3"))));
+    assert_eq!(
+        rt.now() - start,
+        Duration::from_millis(10),
+        "nothing waited for the aborted tasks"
+    );
+    rt.sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        gauge.finished.load(SeqCst),
+        0,
+        "the other tasks were aborted"
+    );
+
+    let panicked: Vec<_> = FanOut::with_runtime(rt.clone(), 2)
+        .unwrap()
+        .try_run_iter(0..10u32, |i| async move {
+            assert!(i != 1, "worker crashed");
+            Ok::<_, ()>(i)
+        })
+        .collect()
+        .await;
+    assert!(
+        panicked
+            .iter()
+            .any(|r| matches!(r, Err(FanOutError::Task(JoinError::Panicked(_)))))
+    );
+    assert!(
+        panicked.last().unwrap().is_err(),
+        "the stream ends at the failure"
+    );
+}
+
+#[test]
+fn fail_fast_on_every_runtime() {
+    on_every_runtime!(fail_fast_cancels_the_rest);
+}
+
+async fn collect_all_surfaces_panics_as_values<R: Runtime>(rt: R) {
+    let results: Vec<_> = FanOut::with_runtime(rt, 3)
+        .unwrap()
+        .run_iter(0..9u32, |i| async move {
+            assert!(i % 4 != 1, "crash on {i}");
+            i
+        })
+        .collect()
+        .await;
+    assert_eq!(results.len(), 9);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(JoinError::is_panic))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn panics_are_values_on_every_runtime() {
+    on_every_runtime!(collect_all_surfaces_panics_as_values);
+}
+
+async fn slow_consumer_pauses_the_producer<R: Runtime>(rt: R) {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&pulled);
+    let inputs = futures_util::stream::iter(0..1000u32).inspect(move |_| {
+        p.fetch_add(1, SeqCst);
+    });
+    let mut results = FanOut::with_runtime(rt.clone(), 8)
+        .unwrap()
+        .run(inputs, |i| async move { i });
+    for consumed in 1..=20 {
+        results.next().await.unwrap().unwrap();
+        rt.sleep(Duration::from_secs(1)).await;
+        assert!(
+            pulled.load(SeqCst) <= consumed + 8,
+            "pulled {} after {consumed}",
+            pulled.load(SeqCst)
+        );
+    }
+}
+
+#[test]
+fn backpressure_on_every_runtime() {
+    on_every_runtime!(slow_consumer_pauses_the_producer);
+}
+
+#[test]
+fn zero_limit_is_a_config_error_not_a_hang() {
+    assert_eq!(
+        FanOut::new(0).unwrap_err(),
+        ConfigError::Zero { field: "limit" }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_stream_aborts_running_tasks() {
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&finished);
+    let mut results = FanOut::new(4).unwrap().run_iter(0..100u32, move |_| {
+        let f = Arc::clone(&f);
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            f.fetch_add(1, SeqCst);
+        }
+    });
+    results.next().await.unwrap().unwrap();
+    drop(results);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        finished.load(SeqCst),
+        4,
+        "only the first batch ran; the refilled slot's task was aborted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_variant_runs_not_send_work() {
+    let shared = std::rc::Rc::new(std::cell::Cell::new(0));
+    let out: Vec<u32> = FanOut::new(3)
+        .unwrap()
+        .ordered()
+        .run_local(futures_util::stream::iter(0..6u32), |i| {
+            let shared = std::rc::Rc::clone(&shared);
+            async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(10 - i))).await;
+                shared.set(shared.get() + 1);
+                i
+            }
+        })
+        .collect()
+        .await;
+    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(shared.get(), 6);
+}
