@@ -1,0 +1,85 @@
+//! `tidewall tour`: every pattern against a real HTTP service on loopback, measured.
+
+mod client;
+mod report;
+mod scenarios;
+mod server;
+
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use tidewall::rt::{AsyncStd, SmolRuntime, Tokio};
+
+use report::Report;
+
+/// The worker thread count used for multi-threaded runtimes, equal on each.
+const WORKER_THREADS: usize = 2;
+
+#[derive(Args, Debug)]
+pub(crate) struct TourArgs {
+    /// The runtime the client side of every scenario runs on.
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
+    runtime: RuntimeChoice,
+    /// Smaller workloads, for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RuntimeChoice {
+    /// tokio, multi-thread scheduler with 2 workers.
+    Tokio,
+    /// tokio, current-thread scheduler.
+    TokioCurrent,
+    /// smol: an explicit executor on 2 worker threads.
+    Smol,
+    /// async-std (legacy: discontinued upstream), its global executor.
+    AsyncStd,
+}
+
+impl RuntimeChoice {
+    fn describe(self) -> String {
+        match self {
+            Self::Tokio => format!("tokio multi-thread ({WORKER_THREADS} workers)"),
+            Self::TokioCurrent => "tokio current-thread".into(),
+            Self::Smol => format!("smol explicit executor ({WORKER_THREADS} worker threads)"),
+            Self::AsyncStd => "async-std (legacy, discontinued upstream; global executor)".into(),
+        }
+    }
+}
+
+pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
+    let server = server::start()?;
+    let size = if args.quick { scenarios::Size::Quick } else { scenarios::Size::Full };
+    let started = Instant::now();
+    let sections = match args.runtime {
+        RuntimeChoice::Tokio => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(WORKER_THREADS).enable_all().build()?;
+            rt.block_on(scenarios::all(Tokio, &server, size))
+        }
+        RuntimeChoice::TokioCurrent => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(scenarios::all(Tokio, &server, size))
+        }
+        RuntimeChoice::Smol => {
+            let rt = SmolRuntime::multi_threaded(WORKER_THREADS)?;
+            rt.block_on(scenarios::all(rt.handle(), &server, size))
+        }
+        RuntimeChoice::AsyncStd => async_std::task::block_on(scenarios::all(AsyncStd, &server, size)),
+    };
+    let report = Report { runtime: args.runtime.describe(), quick: args.quick, total: started.elapsed(), sections };
+    if args.json {
+        report.print_json()?;
+    } else {
+        report.print_tables();
+    }
+    let failed = report.failed_checks();
+    if !failed.is_empty() {
+        bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The embedded service: real HTTP/1.1 (hyper) on loopback, with injectable latency and
+//! failures, on its own tokio thread so every client runtime sees the same server.
+//!
+//! Routes:
+//! * `/delay/{ms}`: 200 after `ms` milliseconds.
+//! * `/flaky/{key}/{failures}/{retry_after}`: the first `failures` requests for `key` get 503
+//!   (with `Retry-After: {retry_after}` seconds unless it is `-`), later ones 200.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// What the server observed, shared with the tour.
+#[derive(Default)]
+pub(crate) struct Stats {
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    requests: AtomicUsize,
+    flaky_counts: Mutex<HashMap<String, u32>>,
+}
+
+impl Stats {
+    /// Resets the peak so a scenario measures only its own concurrency.
+    pub(crate) fn reset_peak(&self) {
+        self.peak_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    pub(crate) fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stats: Arc<Stats>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the service on 127.0.0.1 with an OS-assigned port.
+pub(crate) fn start() -> anyhow::Result<Server> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the tour service")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(Stats::default());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = Arc::clone(&stats);
+    std::thread::Builder::new().name("tour-service".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the tour service runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            tokio::select! {
+                () = accept_loop(listener, served) => {}
+                _ = stopped => {}
+            }
+        });
+    })?;
+    Ok(Server { addr, stats, _shutdown: shutdown })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, stats: Arc<Stats>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, Arc::clone(&stats)));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Full<Bytes>>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    // hyper drops this future when the client goes away mid-request (the race's loser, a
+    // timed-out call): the guard keeps the in-flight count right in that case too.
+    let _in_flight = InFlight(&stats);
+    Ok(route(req.uri().path(), &stats).await)
+}
+
+struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn route(path: &str, stats: &Stats) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["delay", ms] => match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply(StatusCode::OK, "ok")
+            }
+            Err(_) => reply(StatusCode::BAD_REQUEST, "bad delay"),
+        },
+        ["flaky", key, failures, retry_after] => {
+            let Ok(failures) = failures.parse::<u32>() else {
+                return reply(StatusCode::BAD_REQUEST, "bad failure count");
+            };
+            let seen = {
+                let mut counts = stats.flaky_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let count = counts.entry((*key).to_owned()).or_insert(0);
+                *count += 1;
+                *count
+            };
+            if seen > failures {
+                return reply(StatusCode::OK, "recovered");
+            }
+            let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            if let Ok(value) = retry_after.parse::<http::HeaderValue>()
+                && *retry_after != "-"
+            {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+            response
+        }
+        _ => reply(StatusCode::NOT_FOUND, "no such route"),
+    }
+}
+
+fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
