@@ -5,7 +5,11 @@ mod tour;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tidewall", version, about = "Async runtime patterns for Rust, measured")]
+#[command(
+    name = "tidewall",
+    version,
+    about = "Async runtime patterns for Rust, measured"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

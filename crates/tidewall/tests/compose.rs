@@ -138,8 +138,13 @@ fn adapters_without_virtual_time_honour_the_contract_too() {
 
 #[test]
 fn smol_rejects_zero_threads() {
+    let err = tidewall::rt::SmolRuntime::multi_threaded(0).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let config = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<tidewall::ConfigError>());
     assert_eq!(
-        tidewall::rt::SmolRuntime::multi_threaded(0).unwrap_err(),
-        tidewall::ConfigError::Zero { field: "threads" }
+        config,
+        Some(&tidewall::ConfigError::Zero { field: "threads" })
     );
 }

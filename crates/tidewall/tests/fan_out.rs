@@ -251,3 +251,13 @@ async fn local_variant_runs_not_send_work() {
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
     assert_eq!(shared.get(), 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_limit_reserves_nothing_up_front() {
+    let out: Vec<_> = FanOut::new(usize::MAX)
+        .unwrap()
+        .run_iter(0..10u32, |i| async move { i })
+        .collect()
+        .await;
+    assert_eq!(out.len(), 10);
+}

@@ -57,7 +57,10 @@ pub(crate) enum HttpError {
     Connect(io::Error),
     Protocol(hyper::Error),
     /// A non-2xx status, with the server's `Retry-After` hint if it sent a valid one.
-    Status { code: u16, retry_after: Option<Duration> },
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl std::fmt::Display for HttpError {
@@ -91,11 +94,18 @@ pub(crate) struct Client<R> {
 
 impl<R: Net> Client<R> {
     pub(crate) fn new(rt: R, addr: SocketAddr) -> Self {
-        Self { rt, addr, idle: Arc::default() }
+        Self {
+            rt,
+            addr,
+            idle: Arc::default(),
+        }
     }
 
     fn checkout(&self) -> Option<SendRequest<Empty<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(sender) = idle.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -108,7 +118,11 @@ impl<R: Net> Client<R> {
         if let Some(sender) = self.checkout() {
             return Ok(sender);
         }
-        let io = self.rt.connect(self.addr).await.map_err(HttpError::Connect)?;
+        let io = self
+            .rt
+            .connect(self.addr)
+            .await
+            .map_err(HttpError::Connect)?;
         let (sender, connection) = handshake(io).await.map_err(HttpError::Protocol)?;
         // The connection task ends when the sender is dropped or the server closes.
         drop(self.rt.spawn(connection));
@@ -124,11 +138,31 @@ impl<R: Net> Client<R> {
             .header(http::header::HOST, self.addr.to_string())
             .body(Empty::new())
             .expect("a static request is valid");
-        let response = sender.send_request(request).await.map_err(HttpError::Protocol)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(HttpError::Protocol)?;
         let status = response.status();
-        let retry_after = tidewall::http::retry_after(response.headers(), SystemTime::now()).ok().flatten();
-        let body = response.into_body().collect().await.map_err(HttpError::Protocol)?.to_bytes();
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(sender);
-        if status.is_success() { Ok(body) } else { Err(HttpError::Status { code: status.as_u16(), retry_after }) }
+        let retry_after = tidewall::http::retry_after(response.headers(), SystemTime::now())
+            .ok()
+            .flatten();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(HttpError::Protocol)?
+            .to_bytes();
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sender);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(HttpError::Status {
+                code: status.as_u16(),
+                retry_after,
+            })
+        }
     }
 }

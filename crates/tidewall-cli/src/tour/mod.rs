@@ -54,24 +54,40 @@ impl RuntimeChoice {
 
 pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     let server = server::start()?;
-    let size = if args.quick { scenarios::Size::Quick } else { scenarios::Size::Full };
+    let size = if args.quick {
+        scenarios::Size::Quick
+    } else {
+        scenarios::Size::Full
+    };
     let started = Instant::now();
     let sections = match args.runtime {
         RuntimeChoice::Tokio => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(WORKER_THREADS).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(WORKER_THREADS)
+                .enable_all()
+                .build()?;
             rt.block_on(scenarios::all(Tokio, &server, size))
         }
         RuntimeChoice::TokioCurrent => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(scenarios::all(Tokio, &server, size))
         }
         RuntimeChoice::Smol => {
             let rt = SmolRuntime::multi_threaded(WORKER_THREADS)?;
             rt.block_on(scenarios::all(rt.handle(), &server, size))
         }
-        RuntimeChoice::AsyncStd => async_std::task::block_on(scenarios::all(AsyncStd, &server, size)),
+        RuntimeChoice::AsyncStd => {
+            async_std::task::block_on(scenarios::all(AsyncStd, &server, size))
+        }
     };
-    let report = Report { runtime: args.runtime.describe(), quick: args.quick, total: started.elapsed(), sections };
+    let report = Report {
+        runtime: args.runtime.describe(),
+        quick: args.quick,
+        total: started.elapsed(),
+        sections,
+    };
     if args.json {
         report.print_json()?;
     } else {

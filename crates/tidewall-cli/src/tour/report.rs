@@ -30,16 +30,27 @@ pub(crate) struct Check {
 
 impl Section {
     pub(crate) fn new(title: &'static str, api: &'static str) -> Self {
-        Self { title, api, metrics: Vec::new(), checks: Vec::new() }
+        Self {
+            title,
+            api,
+            metrics: Vec::new(),
+            checks: Vec::new(),
+        }
     }
 
     pub(crate) fn metric(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Self {
-        self.metrics.push(Metric { name: name.to_owned(), value: value.to_string() });
+        self.metrics.push(Metric {
+            name: name.to_owned(),
+            value: value.to_string(),
+        });
         self
     }
 
     pub(crate) fn check(&mut self, what: &str, passed: bool) -> &mut Self {
-        self.checks.push(Check { what: what.to_owned(), passed });
+        self.checks.push(Check {
+            what: what.to_owned(),
+            passed,
+        });
         self
     }
 }
@@ -61,35 +72,69 @@ impl Report {
     pub(crate) fn failed_checks(&self) -> Vec<String> {
         self.sections
             .iter()
-            .flat_map(|s| s.checks.iter().filter(|c| !c.passed).map(move |c| format!("{}: {}", s.title, c.what)))
+            .flat_map(|s| {
+                s.checks
+                    .iter()
+                    .filter(|c| !c.passed)
+                    .map(move |c| format!("{}: {}", s.title, c.what))
+            })
             .collect()
     }
 
-    #[allow(clippy::print_stdout, reason = "printing the report is the command's job")]
+    #[allow(
+        clippy::print_stdout,
+        reason = "printing the report is the command's job"
+    )]
     pub(crate) fn print_json(&self) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(self)?);
         Ok(())
     }
 
-    #[allow(clippy::print_stdout, reason = "printing the report is the command's job")]
+    #[allow(
+        clippy::print_stdout,
+        reason = "printing the report is the command's job"
+    )]
     pub(crate) fn print_tables(&self) {
         let mut out = String::new();
-        let _ = writeln!(out, "Tidewall tour on {}{}", self.runtime, if self.quick { " (quick)" } else { "" });
-        let _ = writeln!(out, "service: embedded hyper HTTP/1.1 server on 127.0.0.1, its own tokio thread\n");
+        let _ = writeln!(
+            out,
+            "Tidewall tour on {}{}",
+            self.runtime,
+            if self.quick { " (quick)" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "service: embedded hyper HTTP/1.1 server on 127.0.0.1, its own tokio thread\n"
+        );
         for section in &self.sections {
             let _ = writeln!(out, "== {}  [{}]", section.title, section.api);
-            let width = section.metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
+            let width = section
+                .metrics
+                .iter()
+                .map(|m| m.name.len())
+                .max()
+                .unwrap_or(0);
             for metric in &section.metrics {
                 let _ = writeln!(out, "   {:<width$}  {}", metric.name, metric.value);
             }
             for check in &section.checks {
-                let _ = writeln!(out, "   [{}] {}", if check.passed { "ok" } else { "FAILED" }, check.what);
+                let _ = writeln!(
+                    out,
+                    "   [{}] {}",
+                    if check.passed { "ok" } else { "FAILED" },
+                    check.what
+                );
             }
             out.push('\n');
         }
         let failed = self.failed_checks().len();
         let checks: usize = self.sections.iter().map(|s| s.checks.len()).sum();
-        let _ = writeln!(out, "{} of {checks} checks passed in {:.2} s", checks - failed, self.total.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "{} of {checks} checks passed in {:.2} s",
+            checks - failed,
+            self.total.as_secs_f64()
+        );
         print!("{out}");
     }
 }

@@ -36,38 +36,74 @@ pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Secti
 }
 
 async fn sequential_vs_concurrent<R: Net>(client: &Client<R>) -> Section {
-    let mut s = Section::new("three independent 100 ms calls", "futures::join vs .await in sequence");
+    let mut s = Section::new(
+        "three independent 100 ms calls",
+        "futures::join vs .await in sequence",
+    );
     let start = Instant::now();
     for _ in 0..3 {
         let _ = client.get("/delay/100").await;
     }
     let sequential = start.elapsed();
     let start = Instant::now();
-    let (a, b, c) = futures_util::join!(client.get("/delay/100"), client.get("/delay/100"), client.get("/delay/100"));
+    let (a, b, c) = futures_util::join!(
+        client.get("/delay/100"),
+        client.get("/delay/100"),
+        client.get("/delay/100")
+    );
     let concurrent = start.elapsed();
     let speedup = sequential.as_secs_f64() / concurrent.as_secs_f64();
-    s.metric("sequential", ms(sequential)).metric("concurrent", ms(concurrent)).metric("speedup", format!("{speedup:.2}x"));
-    s.check("all three concurrent calls succeeded", a.is_ok() && b.is_ok() && c.is_ok());
-    s.check("concurrent is faster than sequential", concurrent < sequential);
+    s.metric("sequential", ms(sequential))
+        .metric("concurrent", ms(concurrent))
+        .metric("speedup", format!("{speedup:.2}x"));
+    s.check(
+        "all three concurrent calls succeeded",
+        a.is_ok() && b.is_ok() && c.is_ok(),
+    );
+    s.check(
+        "concurrent is faster than sequential",
+        concurrent < sequential,
+    );
     s
 }
 
+type DelayLog = Arc<Mutex<Vec<Duration>>>;
+
 /// Records each retry's delay as the notify hook reports it.
-fn delay_log() -> (Arc<Mutex<Vec<Duration>>>, impl FnMut(&RetryEvent<'_, bytes::Bytes, HttpError>)) {
+fn delay_log() -> (
+    DelayLog,
+    impl FnMut(&RetryEvent<'_, bytes::Bytes, HttpError>),
+) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
-    (log, move |event: &RetryEvent<'_, bytes::Bytes, HttpError>| {
-        sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event.delay);
-    })
+    (
+        log,
+        move |event: &RetryEvent<'_, bytes::Bytes, HttpError>| {
+            sink.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(event.delay);
+        },
+    )
 }
 
+/// A fresh key for the service's per-key failure counters (one server per tour run).
 fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id() ^ u32::try_from(Instant::now().elapsed().subsec_nanos()).unwrap_or(0))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{name}-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 async fn retry_with_backoff<R: Net>(client: &Client<R>, rt: &R) -> Section {
-    let mut s = Section::new("retry with backoff (endpoint fails twice)", "op.retry(Backoff::exponential(..))");
-    let backoff = Backoff::exponential(Duration::from_millis(100)).max_attempts(5).build().expect("valid backoff");
+    let mut s = Section::new(
+        "retry with backoff (endpoint fails twice)",
+        "op.retry(Backoff::exponential(..))",
+    );
+    let backoff = Backoff::exponential(Duration::from_millis(100))
+        .max_attempts(5)
+        .build()
+        .expect("valid backoff");
     let path = format!("/flaky/{}/2/-", unique("retry"));
     let (delays, hook) = delay_log();
     let mut attempts = 0u32;
@@ -80,35 +116,82 @@ async fn retry_with_backoff<R: Net>(client: &Client<R>, rt: &R) -> Section {
     .notify(hook)
     .await;
     let elapsed = start.elapsed();
-    let delays = delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let delays = delays
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let slept: Duration = delays.iter().sum();
     s.metric("attempts", attempts)
-        .metric("delays (full jitter)", delays.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "))
+        .metric(
+            "delays (full jitter)",
+            delays.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "),
+        )
         .metric("slept in total", ms(slept))
         .metric("elapsed", ms(elapsed))
-        .metric("result", if result.is_ok() { "ok".into() } else { format!("{:?}", result.as_ref().err()) });
-    s.check("succeeded on the third attempt", result.is_ok() && attempts == 3);
-    s.check("delays within the exponential bounds (≤ 100 ms, ≤ 200 ms)", delays.len() == 2 && delays[0] <= Duration::from_millis(100) && delays[1] <= Duration::from_millis(200));
+        .metric(
+            "result",
+            if result.is_ok() {
+                "ok".into()
+            } else {
+                format!("{:?}", result.as_ref().err())
+            },
+        );
+    s.check(
+        "succeeded on the third attempt",
+        result.is_ok() && attempts == 3,
+    );
+    s.check(
+        "delays within the exponential bounds (≤ 100 ms, ≤ 200 ms)",
+        delays.len() == 2
+            && delays[0] <= Duration::from_millis(100)
+            && delays[1] <= Duration::from_millis(200),
+    );
     s
 }
 
 async fn retry_after_hint<R: Net>(client: &Client<R>, rt: &R) -> Section {
-    let mut s = Section::new("retry honouring Retry-After: 1 (503 once)", ".honor_retry_after()");
-    let backoff = Backoff::constant(Duration::from_millis(10)).max_attempts(3).build().expect("valid backoff");
+    let mut s = Section::new(
+        "retry honouring Retry-After: 1 (503 once)",
+        ".honor_retry_after()",
+    );
+    let backoff = Backoff::constant(Duration::from_millis(10))
+        .max_attempts(3)
+        .build()
+        .expect("valid backoff");
     let path = format!("/flaky/{}/1/1", unique("hint"));
     let (delays, hook) = delay_log();
     let start = Instant::now();
-    let result = (|| client.get(&path)).retry_on(rt.clone(), backoff).honor_retry_after().notify(hook).await;
+    let result = (|| client.get(&path))
+        .retry_on(rt.clone(), backoff)
+        .honor_retry_after()
+        .notify(hook)
+        .await;
     let elapsed = start.elapsed();
-    let delays = delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    s.metric("delay before retry", delays.first().map_or_else(|| "none".into(), |d| ms(*d))).metric("elapsed", ms(elapsed));
-    s.check("succeeded after one retry", result.is_ok() && delays.len() == 1);
-    s.check("waited the hinted 1 s, not the 10 ms backoff", delays.first() == Some(&Duration::from_secs(1)));
+    let delays = delays
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    s.metric(
+        "delay before retry",
+        delays.first().map_or_else(|| "none".into(), |d| ms(*d)),
+    )
+    .metric("elapsed", ms(elapsed));
+    s.check(
+        "succeeded after one retry",
+        result.is_ok() && delays.len() == 1,
+    );
+    s.check(
+        "waited the hinted 1 s, not the 10 ms backoff",
+        delays.first() == Some(&Duration::from_secs(1)),
+    );
     s
 }
 
 async fn timeout_with_fallback<R: Net>(client: &Client<R>, rt: &R) -> Section {
-    let mut s = Section::new("timeout with fallback (500 ms endpoint, 100 ms budget)", "fut.timeout_on(..).or_fallback(..)");
+    let mut s = Section::new(
+        "timeout with fallback (500 ms endpoint, 100 ms budget)",
+        "fut.timeout_on(..).or_fallback(..)",
+    );
     let start = Instant::now();
     let result = client
         .get("/delay/500")
@@ -122,26 +205,50 @@ async fn timeout_with_fallback<R: Net>(client: &Client<R>, rt: &R) -> Section {
     };
     s.metric("served", &served).metric("elapsed", ms(elapsed));
     s.check("the cached value was served", served == "cached");
-    s.check("it did not wait for the slow endpoint", elapsed < Duration::from_millis(500));
+    s.check(
+        "it did not wait for the slow endpoint",
+        elapsed < Duration::from_millis(500),
+    );
     s
 }
 
 async fn race_two_endpoints<R: Net>(client: &Client<R>) -> Section {
-    let mut s = Section::new("race of two endpoints (300 ms vs 50 ms)", "race::race_ok([..])");
+    let mut s = Section::new(
+        "race of two endpoints (300 ms vs 50 ms)",
+        "race::race_ok([..])",
+    );
     let start = Instant::now();
     let slow = async { client.get("/delay/300").await.map(|_| "slow (300 ms)") };
     let fast = async { client.get("/delay/50").await.map(|_| "fast (50 ms)") };
-    let winner = race_ok([futures_util::future::Either::Left(slow), futures_util::future::Either::Right(fast)]).await;
+    let winner = race_ok([
+        futures_util::future::Either::Left(slow),
+        futures_util::future::Either::Right(fast),
+    ])
+    .await;
     let elapsed = start.elapsed();
-    s.metric("winner", winner.as_ref().map_or("none", |w| *w)).metric("elapsed", ms(elapsed));
-    s.check("the fast endpoint won", winner.as_ref().is_ok_and(|w| w.starts_with("fast")));
-    s.check("the loser was not awaited", elapsed < Duration::from_millis(300));
+    s.metric("winner", winner.as_ref().map_or("none", |w| *w))
+        .metric("elapsed", ms(elapsed));
+    s.check(
+        "the fast endpoint won",
+        winner.as_ref().is_ok_and(|w| w.starts_with("fast")),
+    );
+    s.check(
+        "the loser was not awaited",
+        elapsed < Duration::from_millis(300),
+    );
     s
 }
 
 async fn deadline_across_retries<R: Net>(client: &Client<R>, rt: &R) -> Section {
-    let mut s = Section::new("one deadline across retries (always failing, 1 s budget)", ".retry(..).deadline(Deadline)");
-    let backoff = Backoff::constant(Duration::from_millis(300)).jitter(Jitter::None).max_attempts(100).build().expect("valid");
+    let mut s = Section::new(
+        "one deadline across retries (always failing, 1 s budget)",
+        ".retry(..).deadline(Deadline)",
+    );
+    let backoff = Backoff::constant(Duration::from_millis(300))
+        .jitter(Jitter::None)
+        .max_attempts(100)
+        .build()
+        .expect("valid");
     let path = format!("/flaky/{}/1000000/-", unique("deadline"));
     let mut attempts = 0u32;
     let start = Instant::now();
@@ -154,21 +261,40 @@ async fn deadline_across_retries<R: Net>(client: &Client<R>, rt: &R) -> Section 
     .await;
     let elapsed = start.elapsed();
     let outcome = match &result {
-        Err(RetryError::DeadlineExceeded { last_error: Some(e), attempts }) => {
+        Err(RetryError::DeadlineExceeded {
+            last_error: Some(e),
+            attempts,
+        }) => {
             format!("deadline exceeded after {attempts} attempts, last error: {e}")
         }
         other => format!("{other:?}"),
     };
-    s.metric("attempts", attempts).metric("elapsed", ms(elapsed)).metric("outcome", &outcome);
-    s.check("ended with DeadlineExceeded and the last error", outcome.starts_with("deadline exceeded"));
-    s.check("returned within the 1 s deadline", elapsed <= Duration::from_secs(1));
+    s.metric("attempts", attempts)
+        .metric("elapsed", ms(elapsed))
+        .metric("outcome", &outcome);
+    s.check(
+        "ended with DeadlineExceeded and the last error",
+        outcome.starts_with("deadline exceeded"),
+    );
+    s.check(
+        "returned within the 1 s deadline",
+        elapsed <= Duration::from_secs(1),
+    );
     s
 }
 
-async fn bounded_fan_out<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size) -> Section {
+async fn bounded_fan_out<R: Net>(
+    client: &Client<R>,
+    rt: &R,
+    server: &Server,
+    size: Size,
+) -> Section {
     let requests = if size == Size::Quick { 200 } else { 1000 };
     let limit = 50;
-    let mut s = Section::new("bounded fan-out (10 ms endpoint)", "FanOut::with_runtime(rt, 50)?.run_iter(..)");
+    let mut s = Section::new(
+        "bounded fan-out (10 ms endpoint)",
+        "FanOut::with_runtime(rt, 50)?.run_iter(..)",
+    );
     // Requests abandoned by earlier scenarios (the race's loser, the timed-out call) may still
     // be sleeping on the server; let them finish so the peak below is this scenario's alone.
     for _ in 0..200 {
@@ -180,7 +306,8 @@ async fn bounded_fan_out<R: Net>(client: &Client<R>, rt: &R, server: &Server, si
     server.stats.reset_peak();
     let before = server.stats.requests();
     let start = Instant::now();
-    let fan_out = tidewall::fan_out::FanOut::with_runtime(rt.clone(), limit).expect("a non-zero limit");
+    let fan_out =
+        tidewall::fan_out::FanOut::with_runtime(rt.clone(), limit).expect("a non-zero limit");
     let client = client.clone();
     let results: Vec<_> = fan_out
         .run_iter(0..requests, move |_| {
@@ -200,9 +327,18 @@ async fn bounded_fan_out<R: Net>(client: &Client<R>, rt: &R, server: &Server, si
         .metric("max in flight (server-observed)", peak)
         .metric("elapsed", ms(elapsed))
         .metric("throughput", format!("{throughput:.0} req/s"))
-        .metric("ideal at this limit", format!("{:.0} req/s", 1000.0 / 10.0 * f64::from(u32::try_from(limit).unwrap_or(0))));
+        .metric(
+            "ideal at this limit",
+            format!(
+                "{:.0} req/s",
+                1000.0 / 10.0 * f64::from(u32::try_from(limit).unwrap_or(0))
+            ),
+        );
     s.check("every request succeeded", ok == requests);
     s.check("never more than 50 in flight", peak <= limit);
-    s.check("the server saw exactly one request per input", server.stats.requests() - before == requests);
+    s.check(
+        "the server saw exactly one request per input",
+        server.stats.requests() - before == requests,
+    );
     s
 }

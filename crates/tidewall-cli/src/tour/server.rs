@@ -56,42 +56,57 @@ pub(crate) struct Server {
 
 /// Starts the service on 127.0.0.1 with an OS-assigned port.
 pub(crate) fn start() -> anyhow::Result<Server> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the tour service")?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding the tour service")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(Stats::default());
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = Arc::clone(&stats);
-    std::thread::Builder::new().name("tour-service".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("the tour service runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-            tokio::select! {
-                () = accept_loop(listener, served) => {}
-                _ = stopped => {}
-            }
-        });
-    })?;
-    Ok(Server { addr, stats, _shutdown: shutdown })
+    std::thread::Builder::new()
+        .name("tour-service".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("the tour service runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                tokio::select! {
+                    () = accept_loop(listener, served) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok(Server {
+        addr,
+        stats,
+        _shutdown: shutdown,
+    })
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, stats: Arc<Stats>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(req, Arc::clone(&stats)));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -124,7 +139,10 @@ async fn route(path: &str, stats: &Stats) -> Response<Full<Bytes>> {
                 return reply(StatusCode::BAD_REQUEST, "bad failure count");
             };
             let seen = {
-                let mut counts = stats.flaky_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut counts = stats
+                    .flaky_counts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let count = counts.entry((*key).to_owned()).or_insert(0);
                 *count += 1;
                 *count
@@ -136,7 +154,9 @@ async fn route(path: &str, stats: &Stats) -> Response<Full<Bytes>> {
             if let Ok(value) = retry_after.parse::<http::HeaderValue>()
                 && *retry_after != "-"
             {
-                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
             }
             response
         }

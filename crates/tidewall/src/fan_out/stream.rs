@@ -21,11 +21,20 @@ struct Tasks<H: TaskHandle<()>> {
 }
 
 impl<H: TaskHandle<()>> Tasks<H> {
-    fn new(limit: usize) -> Self {
+    fn new() -> Self {
         Self {
-            slots: std::iter::repeat_with(|| None).take(limit).collect(),
-            free: (0..limit).rev().collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
         }
+    }
+
+    /// A free slot index; grows the slab only when every slot is taken, so a huge limit costs
+    /// nothing up front.
+    fn free_slot(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        })
     }
 
     fn abort_all(&mut self) {
@@ -101,13 +110,15 @@ pin_project_lite::pin_project! {
 
 impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
     pub(super) fn new(rt: R, limit: usize, ordered: bool, inputs: S, f: F) -> Self {
+        // Buffers grow on demand up to `limit`; only a modest capacity is reserved up front.
+        let capacity = limit.min(1024);
         let arrived = if ordered {
             Arrived::Ordered {
                 next: 0,
-                slots: VecDeque::with_capacity(limit),
+                slots: VecDeque::with_capacity(capacity),
             }
         } else {
-            Arrived::Unordered(VecDeque::with_capacity(limit))
+            Arrived::Unordered(VecDeque::with_capacity(capacity))
         };
         Self {
             inputs,
@@ -117,9 +128,9 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             limit,
             occupied: 0,
             next_sequence: 0,
-            completions: Completions::with_capacity(limit),
+            completions: Completions::with_capacity(capacity),
             arrived,
-            tasks: Tasks::new(limit),
+            tasks: Tasks::new(),
         }
     }
 
@@ -170,9 +181,7 @@ where
             while !*this.inputs_done && *this.occupied < *this.limit {
                 match this.inputs.as_mut().poll_next(cx) {
                     Poll::Ready(Some(input)) => {
-                        let Some(slot) = this.tasks.free.pop() else {
-                            break;
-                        };
+                        let slot = this.tasks.free_slot();
                         let work = report_to(
                             Arc::clone(this.completions),
                             *this.next_sequence,

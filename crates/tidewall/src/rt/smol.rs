@@ -25,7 +25,7 @@ use super::{JoinError, Runtime, TaskHandle};
 /// let rt = runtime.handle();
 /// let value = runtime.block_on(async move { rt.spawn(async { 40 + 2 }).await });
 /// assert_eq!(value.unwrap(), 42);
-/// # Ok::<(), tidewall::ConfigError>(())
+/// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Smol {
@@ -152,30 +152,31 @@ impl SmolRuntime {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] when `threads` is 0.
-    pub fn multi_threaded(threads: usize) -> Result<Self, ConfigError> {
+    /// An error of kind `InvalidInput` wrapping [`ConfigError::Zero`] when `threads` is 0, or
+    /// the OS error when a thread cannot be started (threads already started are stopped).
+    pub fn multi_threaded(threads: usize) -> std::io::Result<Self> {
         if threads == 0 {
-            return Err(ConfigError::Zero { field: "threads" });
+            let zero = ConfigError::Zero { field: "threads" };
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, zero));
         }
         let handle = Smol::new(Arc::new(smol::Executor::new()));
         let (stop, stopped) = smol::channel::bounded::<()>(1);
-        let workers = (0..threads)
-            .map(|i| {
-                let executor = Arc::clone(&handle.executor);
-                let stopped = stopped.clone();
-                thread::Builder::new()
-                    .name(format!("tidewall-smol-{i}"))
-                    .spawn(move || {
-                        let _ = smol::block_on(executor.run(stopped.recv()));
-                    })
-                    .expect("spawning an executor thread failed (out of OS threads?)")
-            })
-            .collect();
-        Ok(Self {
+        let mut runtime = Self {
             handle,
-            workers,
+            workers: Vec::with_capacity(threads),
             stop: Some(stop),
-        })
+        };
+        for i in 0..threads {
+            let executor = Arc::clone(&runtime.handle.executor);
+            let stopped = stopped.clone();
+            let worker = thread::Builder::new()
+                .name(format!("tidewall-smol-{i}"))
+                .spawn(move || {
+                    let _ = smol::block_on(executor.run(stopped.recv()));
+                })?; // on error, dropping `runtime` stops and joins the threads already started
+            runtime.workers.push(worker);
+        }
+        Ok(runtime)
     }
 
     /// No worker threads: [`SmolRuntime::block_on`] runs the executor on the calling thread.

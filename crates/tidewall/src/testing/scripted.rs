@@ -75,6 +75,10 @@ impl<R: Runtime, T: Clone, E: Clone> Scripted<R, T, E> {
     }
 
     /// Runs the next step: records the start instant, waits its latency, returns its outcome.
+    ///
+    /// # Errors
+    ///
+    /// The step's scripted error.
     pub async fn call(&self) -> Result<T, E> {
         let index = {
             let mut started = self
