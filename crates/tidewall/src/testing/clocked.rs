@@ -161,7 +161,9 @@ impl<F: Future> Future for Drive<F> {
             {
                 return Poll::Ready(output);
             }
-            if this.waker.woken.load(SeqCst) || !this.activity.is_quiet() {
+            // Read the activity count *before* the wake flag: a task wakes its consumer before
+            // it reports itself idle, so "quiet, then not woken" cannot miss that hand-off.
+            if !this.activity.is_quiet() || this.waker.woken.load(SeqCst) {
                 // Something can still make progress without time moving: let it run first.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
