@@ -27,7 +27,7 @@
 //! let value = (|| {
 //!     let fail = failures > 0;
 //!     failures -= 1;
-//!     async move { if fail { Err("transient") } else { Ok(42) } }
+//!     async move { if fail { Err(std::io::Error::other("transient")) } else { Ok(42) } }
 //! })
 //! .retry(backoff)
 //! .deadline(Deadline::after(&Tokio, Duration::from_secs(2)))
