@@ -1,22 +1,31 @@
-//! The iterator that walks a [`Backoff`] schedule.
+//! Walking a [`Backoff`] schedule: the progress ([`DelayState`]) and the iterator ([`Delays`]).
 
 use core::time::Duration;
 
 use super::{Backoff, Jitter, Schedule};
 use crate::rng::SplitMix64;
 
-/// The delays of one retry sequence; see [`Backoff::delays`].
+/// The progress through one retry sequence, without the policy: advance it with
+/// [`Backoff::next_delay`]. Drivers that already hold the [`Backoff`] keep only this (40 bytes)
+/// instead of a second copy of the policy; most code wants the [`Delays`] iterator instead.
 ///
-/// Every yielded delay is ≤ the cap, the iterator yields at most `max_attempts − 1` items, and
-/// the sum of yielded delays never exceeds `max_elapsed`. It is fused: once it returns `None`
-/// it always does. All arithmetic is in saturating `u64` nanoseconds, so extreme settings
-/// cannot overflow.
+/// ```
+/// use core::time::Duration;
+/// use tidewall_core::backoff::{Backoff, Jitter};
+///
+/// let backoff = Backoff::constant(Duration::from_millis(5)).jitter(Jitter::None).max_attempts(3).build()?;
+/// let mut state = backoff.start(0);
+/// assert_eq!(backoff.next_delay(&mut state), Some(Duration::from_millis(5)));
+/// assert_eq!(backoff.next_delay(&mut state), Some(Duration::from_millis(5)));
+/// assert_eq!(backoff.next_delay(&mut state), None);
+/// # Ok::<(), tidewall_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
-pub struct Delays {
-    policy: Backoff,
+pub struct DelayState {
     rng: SplitMix64,
     /// Index of the next retry (0 for the first).
     retry: u32,
+    done: bool,
     /// The previous raw delay (decorrelated jitter grows from it) in nanoseconds.
     previous: u64,
     /// The exponential schedule's current raw delay, kept as f64 so a fractional factor
@@ -24,11 +33,10 @@ pub struct Delays {
     exponential: f64,
     /// Sum of the delays yielded so far, in nanoseconds.
     elapsed: u64,
-    done: bool,
 }
 
-impl Delays {
-    pub(super) fn new(policy: Backoff, seed: u64) -> Self {
+impl DelayState {
+    pub(super) fn new(policy: &Backoff, seed: u64) -> Self {
         let initial = match policy.schedule {
             Schedule::Constant { delay } => delay,
             Schedule::Linear { initial, .. }
@@ -37,13 +45,12 @@ impl Delays {
         };
         let initial = nanos(initial);
         Self {
-            policy,
             rng: SplitMix64::new(seed),
             retry: 0,
+            done: false,
             previous: initial,
             exponential: to_f64(initial),
             elapsed: 0,
-            done: false,
         }
     }
 
@@ -53,8 +60,8 @@ impl Delays {
     }
 
     /// The raw (un-jittered) delay for the current retry, at most `cap`.
-    fn raw(&mut self, cap: u64) -> u64 {
-        match self.policy.schedule {
+    fn raw(&mut self, policy: &Backoff, cap: u64) -> u64 {
+        match policy.schedule {
             Schedule::Constant { delay } => nanos(delay).min(cap),
             Schedule::Linear { initial, step } => nanos(step)
                 .saturating_mul(u64::from(self.retry))
@@ -74,29 +81,26 @@ impl Delays {
         }
     }
 
-    fn jittered(&mut self, raw: u64) -> u64 {
-        match self.policy.jitter {
+    fn jittered(&mut self, jitter: Jitter, raw: u64) -> u64 {
+        match jitter {
             Jitter::None => raw,
             Jitter::Full => self.rng.below_or_equal(raw),
             Jitter::Equal => raw - raw / 2 + self.rng.below_or_equal(raw / 2),
         }
     }
-}
 
-impl Iterator for Delays {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        if self.done || self.retry.saturating_add(1) >= self.policy.max_attempts {
+    /// The next delay of `policy`'s schedule; see [`Backoff::next_delay`].
+    pub(super) fn advance(&mut self, policy: &Backoff) -> Option<Duration> {
+        if self.done || self.retry.saturating_add(1) >= policy.max_attempts {
             self.done = true;
             return None;
         }
-        let cap = nanos(self.policy.max_delay);
-        let raw = self.raw(cap);
+        let cap = nanos(policy.max_delay);
+        let raw = self.raw(policy, cap);
         // The cap applies after jitter, so no jitter mode can push a delay past it.
-        let delay = self.jittered(raw).min(cap);
+        let delay = self.jittered(policy.jitter, raw).min(cap);
         let elapsed = self.elapsed.saturating_add(delay);
-        if let Some(budget) = self.policy.max_elapsed
+        if let Some(budget) = policy.max_elapsed
             && elapsed > nanos(budget)
         {
             self.done = true;
@@ -107,15 +111,50 @@ impl Iterator for Delays {
         Some(Duration::from_nanos(delay))
     }
 
-    fn size_hint(&self) -> (usize, Option<usize>) {
+    fn remaining(&self, policy: &Backoff) -> usize {
         if self.done {
-            return (0, Some(0));
+            return 0;
         }
-        let left = self
-            .policy
+        let left = policy
             .max_attempts
             .saturating_sub(self.retry.saturating_add(1));
-        (0, usize::try_from(left).ok())
+        usize::try_from(left).unwrap_or(usize::MAX)
+    }
+}
+
+/// The delays of one retry sequence; see [`Backoff::delays`].
+///
+/// Every yielded delay is ≤ the cap, the iterator yields at most `max_attempts − 1` items, and
+/// the sum of yielded delays never exceeds `max_elapsed`. It is fused: once it returns `None`
+/// it always does. All arithmetic is in saturating `u64` nanoseconds, so extreme settings
+/// cannot overflow.
+#[derive(Debug, Clone)]
+pub struct Delays {
+    policy: Backoff,
+    state: DelayState,
+}
+
+impl Delays {
+    pub(super) fn new(policy: Backoff, seed: u64) -> Self {
+        let state = DelayState::new(&policy, seed);
+        Self { policy, state }
+    }
+
+    /// How many delays have been yielded so far.
+    pub fn retries_yielded(&self) -> u32 {
+        self.state.retries_yielded()
+    }
+}
+
+impl Iterator for Delays {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.state.advance(&self.policy)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.state.remaining(&self.policy)))
     }
 }
 

@@ -47,7 +47,7 @@ mod delays;
 
 use core::time::Duration;
 
-pub use delays::Delays;
+pub use delays::{DelayState, Delays};
 
 use crate::ConfigError;
 use crate::error::nanos_of;
@@ -142,6 +142,17 @@ impl Backoff {
     /// The schedule's delays, randomized from `seed`: the same seed yields the same delays.
     pub fn delays(&self, seed: u64) -> Delays {
         Delays::new(*self, seed)
+    }
+
+    /// A fresh [`DelayState`] for this schedule, randomized from `seed`.
+    pub fn start(&self, seed: u64) -> DelayState {
+        DelayState::new(self, seed)
+    }
+
+    /// Advances `state` and returns the next delay, exactly as [`Delays`] would (`None` once
+    /// the schedule is exhausted). `state` must come from this policy's [`Backoff::start`].
+    pub fn next_delay(&self, state: &mut DelayState) -> Option<Duration> {
+        state.advance(self)
     }
 
     /// The schedule.

@@ -227,3 +227,14 @@ proptest! {
         prop_assert!(delays.windows(2).all(|w| w[0] <= w[1]));
     }
 }
+
+proptest! {
+    #[test]
+    fn the_state_api_matches_the_iterator(builder in any_builder(), attempts in 1u32..50, seed in any::<u64>()) {
+        if let Ok(b) = builder.max_delay(Duration::MAX / 1_000_000_000).max_attempts(attempts).build() {
+            let mut state = b.start(seed);
+            let stepped: Vec<_> = core::iter::from_fn(|| b.next_delay(&mut state)).collect();
+            prop_assert_eq!(stepped, collect(&b, seed));
+        }
+    }
+}

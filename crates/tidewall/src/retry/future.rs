@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tidewall_core::backoff::Delays;
+use tidewall_core::backoff::DelayState;
 
 use super::RetryError;
 use super::builder::{Retry, Settings};
@@ -56,10 +56,10 @@ fn deadline_exceeded<T, E>(last: Option<Failure<T, E>>, attempts: u32) -> Result
 
 pin_project_lite::pin_project! {
     #[project = StateProj]
-    enum State<Fut, S> {
+    enum State<Fut> {
         Idle,
-        Attempt { #[pin] future: Fut, #[pin] timer: Option<S> },
-        Sleeping { #[pin] sleep: S },
+        Attempt { #[pin] future: Fut },
+        Sleeping,
     }
 }
 
@@ -67,44 +67,30 @@ pin_project_lite::pin_project! {
     /// The future of a [`Retry`]; see the [module docs](super) for its behaviour.
     #[must_use = "futures do nothing unless polled"]
     pub struct RetryFuture<Op, Fut, R: Runtime, W, V, N, H, T, E> {
-        op: Op,
-        rt: R,
-        settings: Settings,
-        when: W,
-        when_ok: V,
-        notify: N,
-        hints: H,
+        // The configuration moves in whole, with no field-by-field rebuild.
+        config: Retry<Op, R, W, V, N, H>,
         attempts: u32,
-        delays: Option<Delays>,
+        // Created on the first failure, so the success path never seeds a generator.
+        delays: Option<DelayState>,
         last: Option<Failure<T, E>>,
         #[pin]
-        state: State<Fut, R::Sleep>,
+        state: State<Fut>,
+        // One timer slot serves both the attempt's timeout/deadline and the backoff sleep:
+        // they are never needed at the same time, and a runtime's sleep can be large.
+        #[pin]
+        timer: Option<R::Sleep>,
     }
 }
 
 impl<Op, Fut, R: Runtime, W, V, N, H, T, E> RetryFuture<Op, Fut, R, W, V, N, H, T, E> {
     pub(super) fn new(retry: Retry<Op, R, W, V, N, H>) -> Self {
-        let Retry {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
-            notify,
-            hints,
-        } = retry;
         Self {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
-            notify,
-            hints,
+            config: retry,
             attempts: 0,
             delays: None,
             last: None,
             state: State::Idle,
+            timer: None,
         }
     }
 }
@@ -123,14 +109,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let settings = *this.settings;
+        let config = this.config;
+        let settings: &Settings = &config.settings;
         loop {
             let failure = match this.state.as_mut().project() {
                 StateProj::Idle => {
+                    // The clock is read only when a timeout or deadline needs it.
                     let timer_at = if settings.deadline.instant().is_some()
                         || settings.attempt_timeout.is_some()
                     {
-                        let now = this.rt.now();
+                        let now = config.rt.now();
                         if !settings.deadline.allows(now, settings.min_attempt_time) {
                             return Poll::Ready(deadline_exceeded(
                                 this.last.take(),
@@ -145,31 +133,33 @@ where
                         None
                     };
                     *this.attempts += 1;
-                    let future = (this.op)();
-                    let timer = timer_at.map(|at| this.rt.sleep_until(at));
-                    this.state.set(State::Attempt { future, timer });
+                    let future = (config.op)();
+                    this.timer.set(timer_at.map(|at| config.rt.sleep_until(at)));
+                    this.state.set(State::Attempt { future });
                     continue;
                 }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Sleeping => {
+                    if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                    }
                     this.state.set(State::Idle);
                     continue;
                 }
-                StateProj::Attempt { future, timer } => match future.poll(cx) {
-                    Poll::Ready(Ok(value)) if this.when_ok.is_retryable(&value) => {
+                StateProj::Attempt { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(value)) if config.when_ok.is_retryable(&value) => {
                         Failure::Value(value)
                     }
                     Poll::Ready(Ok(value)) => return Poll::Ready(Ok(value)),
-                    Poll::Ready(Err(error)) if this.when.is_retryable(&error) => {
+                    Poll::Ready(Err(error)) if config.when.is_retryable(&error) => {
                         Failure::Error(error)
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(RetryError::Inner(error))),
                     Poll::Pending => {
-                        let Some(timer) = timer.as_pin_mut() else {
+                        let Some(timer) = this.timer.as_mut().as_pin_mut() else {
                             return Poll::Pending;
                         };
                         ready!(timer.poll(cx));
-                        if settings.deadline.is_expired(this.rt.now()) {
+                        if settings.deadline.is_expired(config.rt.now()) {
                             this.state.set(State::Idle);
                             return Poll::Ready(deadline_exceeded(
                                 this.last.take(),
@@ -181,17 +171,17 @@ where
                 },
             };
             this.state.set(State::Idle);
+            this.timer.set(None);
 
             let hint = match &failure {
-                Failure::Error(error) => this.hints.hint(error),
+                Failure::Error(error) => config.hints.hint(error),
                 _ => None,
             };
-            let delays = this.delays.get_or_insert_with(|| {
-                settings
-                    .backoff
-                    .delays(settings.seed.unwrap_or_else(fresh_seed))
-            });
-            let Some(scheduled) = delays.next() else {
+            let backoff = &settings.backoff;
+            let delays = this
+                .delays
+                .get_or_insert_with(|| backoff.start(settings.seed.unwrap_or_else(fresh_seed)));
+            let Some(scheduled) = backoff.next_delay(delays) else {
                 return Poll::Ready(failure.exhausted());
             };
             let delay = hint.map_or(scheduled, |hint| {
@@ -199,7 +189,7 @@ where
             });
             if settings.deadline.instant().is_some()
                 && !settings.deadline.allows(
-                    this.rt.now(),
+                    config.rt.now(),
                     delay.saturating_add(settings.min_attempt_time),
                 )
             {
@@ -212,12 +202,11 @@ where
                 delay,
                 hint,
             };
-            this.notify.notify(&event);
+            config.notify.notify(&event);
             *this.last = Some(failure);
             if !delay.is_zero() {
-                this.state.set(State::Sleeping {
-                    sleep: this.rt.sleep(delay),
-                });
+                this.timer.set(Some(config.rt.sleep(delay)));
+                this.state.set(State::Sleeping);
             }
         }
     }
