@@ -117,7 +117,6 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 /// `now + duration`, saturating at roughly thirty years from now instead of panicking.
 pub fn instant_after(now: Instant, duration: Duration) -> Instant {
     const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-    now.checked_add(duration.min(FAR_FUTURE))
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
+    // If even the capped sum overflows, the clock itself is at its end: `now` is all there is.
+    now.checked_add(duration.min(FAR_FUTURE)).unwrap_or(now)
 }
