@@ -1,6 +1,10 @@
-//! Bounded fan-out of 100k trivial items at limit 64 on a 2-worker tokio runtime:
-//! Tidewall `FanOut` (spawned) vs tokio `JoinSet` + `Semaphore` (spawned) vs futures
-//! `buffer_unordered` (in-task) vs Tidewall `run_local` (in-task).
+//! Bounded fan-out of 100k trivial items at limit 64, on a current-thread tokio runtime and on a
+//! 2-worker multi-thread one: Tidewall `FanOut` (spawned) vs tokio `JoinSet` + `Semaphore`
+//! (spawned) vs futures `buffer_unordered` (in-task) vs Tidewall `run_local` (in-task).
+//!
+//! The multi-thread numbers swing widely on a VM that halts idle vCPUs (single runs of the same
+//! variant vary 3x), so that group takes more samples; the current-thread group is the stable
+//! comparison of per-item cost.
 //!
 //! Run: `cargo bench -p tidewall-benches --bench fan_out`.
 
@@ -64,7 +68,11 @@ async fn joinset_semaphore() -> u64 {
 }
 
 fn fan_out(c: &mut criterion::Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
@@ -72,30 +80,35 @@ fn fan_out(c: &mut criterion::Criterion) {
     let expected: u64 = (0..ITEMS).map(|i| i * 2).sum();
     // Each variant must compute the same result, or its number means nothing.
     for (name, sum) in [
-        ("tidewall_spawned", rt.block_on(tidewall_spawned())),
-        ("tidewall_local", rt.block_on(tidewall_local())),
+        ("tidewall_spawned", multi.block_on(tidewall_spawned())),
+        ("tidewall_local", multi.block_on(tidewall_local())),
         (
             "futures_buffer_unordered",
-            rt.block_on(futures_buffer_unordered()),
+            multi.block_on(futures_buffer_unordered()),
         ),
-        ("joinset_semaphore", rt.block_on(joinset_semaphore())),
+        ("joinset_semaphore", multi.block_on(joinset_semaphore())),
     ] {
         assert_eq!(sum, expected, "{name} lost or duplicated items");
     }
-    let mut group = c.benchmark_group("fan_out_100k_limit_64");
-    group.throughput(Throughput::Elements(ITEMS));
-    group.sample_size(10);
-    group.bench_function("tidewall_spawned", |b| {
-        b.to_async(&rt).iter(tidewall_spawned)
-    });
-    group.bench_function("joinset_semaphore", |b| {
-        b.to_async(&rt).iter(joinset_semaphore)
-    });
-    group.bench_function("futures_buffer_unordered", |b| {
-        b.to_async(&rt).iter(futures_buffer_unordered)
-    });
-    group.bench_function("tidewall_local", |b| b.to_async(&rt).iter(tidewall_local));
-    group.finish();
+    for (flavor, rt, samples) in [
+        ("current_thread", &current, 20),
+        ("multi_thread_2", &multi, 40),
+    ] {
+        let mut group = c.benchmark_group(format!("fan_out_100k_limit_64/{flavor}"));
+        group.throughput(Throughput::Elements(ITEMS));
+        group.sample_size(samples);
+        group.bench_function("tidewall_spawned", |b| {
+            b.to_async(rt).iter(tidewall_spawned)
+        });
+        group.bench_function("joinset_semaphore", |b| {
+            b.to_async(rt).iter(joinset_semaphore)
+        });
+        group.bench_function("futures_buffer_unordered", |b| {
+            b.to_async(rt).iter(futures_buffer_unordered)
+        });
+        group.bench_function("tidewall_local", |b| b.to_async(rt).iter(tidewall_local));
+        group.finish();
+    }
 }
 
 // criterion_group! generates an undocumented public function.

@@ -44,8 +44,9 @@ impl<O> Completions<O> {
         self.consumer.wake();
     }
 
-    pub(super) fn pop(&self) -> Option<Completed<O>> {
-        self.queue().pop_front()
+    /// Hands every queued completion to `deliver`, taking the lock once for the whole batch.
+    pub(super) fn drain(&self, mut deliver: impl FnMut(Completed<O>)) {
+        self.queue().drain(..).for_each(&mut deliver);
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -163,15 +163,17 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         loop {
-            while let Some(done) = this.completions.pop() {
-                if let Some(slot) = this.tasks.slots.get_mut(done.slot) {
+            let (tasks, arrived, occupied) = (&mut *this.tasks, &mut *this.arrived, *this.occupied);
+            this.completions.drain(|done| {
+                if let Some(slot) = tasks.slots.get_mut(done.slot) {
                     *slot = None;
-                    this.tasks.free.push(done.slot);
+                    tasks.free.push(done.slot);
                 }
-                if *this.occupied > 0 {
-                    this.arrived.insert(done.sequence, done.outcome);
+                // After an abort nothing is owed any more: late reports are dropped.
+                if occupied > 0 {
+                    arrived.insert(done.sequence, done.outcome);
                 }
-            }
+            });
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
                 *this.occupied -= 1;
