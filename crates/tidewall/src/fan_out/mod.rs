@@ -69,7 +69,7 @@ enum Order {
 
 /// Configuration of a bounded fan-out; see the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct FanOut<R> {
+pub struct FanOut<R = crate::rt::DefaultRuntime> {
     rt: R,
     limit: usize,
     order: Order,

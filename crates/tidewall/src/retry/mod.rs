@@ -69,7 +69,9 @@ mod error;
 mod future;
 mod hooks;
 
-pub use builder::{DEFAULT_MAX_RETRY_AFTER, Retry, RetryExt, retry};
+#[cfg(feature = "tokio")]
+pub use builder::retry;
+pub use builder::{DEFAULT_MAX_RETRY_AFTER, Retry, RetryExt};
 pub use error::RetryError;
 pub use future::RetryFuture;
 pub use hooks::{

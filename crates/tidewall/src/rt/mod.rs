@@ -66,6 +66,16 @@ pub use join::{JoinError, Panic, TaskHandle};
 #[cfg(feature = "tokio")]
 pub type DefaultRuntime = Tokio;
 
+/// Without the `tokio` feature there is no default runtime: this placeholder implements
+/// nothing, so a type left on its default fails to compile and asks for `.runtime(..)`.
+#[cfg(not(feature = "tokio"))]
+pub type DefaultRuntime = NoDefaultRuntime;
+
+/// See [`DefaultRuntime`]: the placeholder used when the `tokio` feature is off.
+#[cfg(not(feature = "tokio"))]
+#[derive(Debug, Clone, Copy)]
+pub struct NoDefaultRuntime;
+
 /// The join handle type of runtime `R` for a task returning `T`.
 pub type JoinHandle<R, T> = <R as Runtime>::JoinHandle<T>;
 
