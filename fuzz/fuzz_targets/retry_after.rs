@@ -1,7 +1,9 @@
 //! Fuzzes the `Retry-After` parser: any bytes, any clock reading, never a panic, and a parsed
 //! delay is never more than the RFC's 2^31-second cap for delta-seconds.
 //!
-//! Run: `cargo +nightly fuzz run retry_after` (from the repository root).
+//! Run from `fuzz/`: `cargo fuzz run --sanitizer none retry_after -- -max_total_time=60` (works
+//! on stable; with a nightly toolchain drop `--sanitizer none` to add AddressSanitizer).
+//! CI runs it for 20 s on every change.
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
