@@ -22,7 +22,14 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// sets a closure changes one of them, so an unconfigured `Retry` stores no closure at all.
 #[must_use = "a Retry does nothing until it is awaited"]
 #[derive(Debug, Clone)]
-pub struct Retry<Op, R = crate::rt::DefaultRuntime, W = AnyError, V = NoValue, N = NoNotify, H = NoHints> {
+pub struct Retry<
+    Op,
+    R = crate::rt::DefaultRuntime,
+    W = AnyError,
+    V = NoValue,
+    N = NoNotify,
+    H = NoHints,
+> {
     pub(super) op: Op,
     pub(super) rt: R,
     pub(super) settings: Settings,
