@@ -6,6 +6,10 @@
 //!
 //! * [`backoff`]: retry delay schedules as `Iterator<Item = Duration>` values, with jitter that is
 //!   on by default, a cap that applies *after* jitter, and attempt and elapsed-time budgets.
+//! * [`gcra`]: the rate-limit math (one `u64` of state per limit) with its burst sentence.
+//! * [`breaker`]: circuit-breaker trip rules, break durations and packed window counters.
+//! * [`budget`]: the retry budget, exact in integer parts per million.
+//! * [`quantile`]: the log-linear buckets behind the streaming latency estimate for hedging.
 //! * [`rng`]: the small seedable generator behind every jitter decision.
 //! * [`ConfigError`]: the one typed error every Tidewall builder returns.
 //!
@@ -30,7 +34,11 @@
 extern crate std;
 
 pub mod backoff;
+pub mod breaker;
+pub mod budget;
 mod error;
+pub mod gcra;
+pub mod quantile;
 pub mod rng;
 
 pub use error::ConfigError;

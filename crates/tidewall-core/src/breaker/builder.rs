@@ -1,0 +1,247 @@
+//! Validating builder for [`BreakerPolicy`].
+
+use core::time::Duration;
+
+use super::{BreakerPolicy, PPM, Window};
+use crate::backoff::{Backoff, Jitter};
+use crate::{ConfigError, error::nanos_of};
+
+/// The largest count window: its totals are packed in 21-bit fields.
+pub const MAX_COUNT_WINDOW: u32 = (1 << 20) - 1;
+/// The most buckets a time window may have.
+pub const MAX_BUCKETS: u32 = 1024;
+
+/// Builder for [`BreakerPolicy`]; every setter is checked in [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct BreakerPolicyBuilder {
+    failure_rate: Option<f64>,
+    slow_rate: Option<f64>,
+    slow_call: Duration,
+    consecutive_failures: Option<u32>,
+    minimum_calls: u32,
+    window: Window,
+    break_duration: Duration,
+    break_backoff: Option<Backoff>,
+    half_open_probes: u32,
+    max_half_open_wait: Option<Duration>,
+}
+
+impl Default for BreakerPolicyBuilder {
+    fn default() -> Self {
+        Self {
+            failure_rate: Some(0.5),
+            slow_rate: None,
+            slow_call: Duration::from_secs(1),
+            consecutive_failures: None,
+            minimum_calls: 10,
+            window: Window::Count { calls: 100 },
+            break_duration: Duration::from_secs(5),
+            break_backoff: None,
+            half_open_probes: 1,
+            max_half_open_wait: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl BreakerPolicyBuilder {
+    /// Trip when at least this share of the window's calls failed, in (0, 1].
+    #[must_use]
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.failure_rate = Some(rate);
+        self
+    }
+
+    /// Do not trip on the failure rate (use slow calls or consecutive failures instead).
+    #[must_use]
+    pub fn no_failure_rate(mut self) -> Self {
+        self.failure_rate = None;
+        self
+    }
+
+    /// Trip when at least `rate` (in (0, 1]) of the window's calls took `threshold` or longer.
+    #[must_use]
+    pub fn slow_call_rate(mut self, rate: f64, threshold: Duration) -> Self {
+        self.slow_rate = Some(rate);
+        self.slow_call = threshold;
+        self
+    }
+
+    /// Trip after `n` failures in a row, whatever the window says.
+    #[must_use]
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Rates count only once the window holds this many calls.
+    #[must_use]
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// The sliding window.
+    #[must_use]
+    pub fn window(mut self, window: Window) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Stay open this long after every trip.
+    #[must_use]
+    pub fn break_duration(mut self, duration: Duration) -> Self {
+        self.break_duration = duration;
+        self.break_backoff = None;
+        self
+    }
+
+    /// Stay open longer on repeated trips: the k-th trip in a row (without a successful
+    /// close in between) stays open for the k-th delay of `backoff`, jitter included.
+    #[must_use]
+    pub fn break_backoff(mut self, backoff: Backoff) -> Self {
+        self.break_backoff = Some(backoff);
+        self
+    }
+
+    /// Probes admitted while half-open; that many successes close the breaker, one failure
+    /// reopens it.
+    #[must_use]
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.half_open_probes = n;
+        self
+    }
+
+    /// Reopen a half-open breaker whose probes have not all finished after `wait`
+    /// (`None`: wait forever for them, which a hung probe turns into a stuck breaker).
+    #[must_use]
+    pub fn max_half_open_wait(mut self, wait: Option<Duration>) -> Self {
+        self.max_half_open_wait = wait;
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// Rates outside (0, 1] or NaN, a zero or oversized window, zero probes, zero break
+    /// duration or durations that overflow, and a policy that can never trip
+    /// ([`ConfigError::Conflict`]).
+    pub fn build(self) -> Result<BreakerPolicy, ConfigError> {
+        let failure_rate_ppm = self
+            .failure_rate
+            .map(|r| ratio_ppm("failure_rate", r))
+            .transpose()?;
+        let slow_rate_ppm = self
+            .slow_rate
+            .map(|r| ratio_ppm("slow_call_rate", r))
+            .transpose()?;
+        if slow_rate_ppm.is_some() && self.slow_call.is_zero() {
+            return Err(ConfigError::Zero {
+                field: "slow_call_threshold",
+            });
+        }
+        nanos_of("slow_call_threshold", self.slow_call)?;
+        if self.consecutive_failures == Some(0) {
+            return Err(ConfigError::Zero {
+                field: "consecutive_failures",
+            });
+        }
+        if failure_rate_ppm.is_none()
+            && slow_rate_ppm.is_none()
+            && self.consecutive_failures.is_none()
+        {
+            return Err(ConfigError::Conflict {
+                reason: "no trip condition: set a failure rate, a slow-call rate or consecutive failures",
+            });
+        }
+        validate_window(self.window)?;
+        if self.half_open_probes == 0 {
+            return Err(ConfigError::Zero {
+                field: "half_open_probes",
+            });
+        }
+        if let Some(wait) = self.max_half_open_wait {
+            if wait.is_zero() {
+                return Err(ConfigError::Zero {
+                    field: "max_half_open_wait",
+                });
+            }
+            nanos_of("max_half_open_wait", wait)?;
+        }
+        let break_backoff = match self.break_backoff {
+            Some(backoff) => backoff,
+            None => {
+                if self.break_duration.is_zero() {
+                    return Err(ConfigError::Zero {
+                        field: "break_duration",
+                    });
+                }
+                nanos_of("break_duration", self.break_duration)?;
+                Backoff::constant(self.break_duration)
+                    .jitter(Jitter::None)
+                    .max_delay(self.break_duration)
+                    .build()?
+            }
+        };
+        Ok(BreakerPolicy {
+            failure_rate_ppm,
+            slow_rate_ppm,
+            slow_call: self.slow_call,
+            consecutive_failures: self.consecutive_failures,
+            minimum_calls: self.minimum_calls,
+            window: self.window,
+            break_backoff,
+            half_open_probes: self.half_open_probes,
+            max_half_open_wait: self.max_half_open_wait,
+        })
+    }
+}
+
+fn validate_window(window: Window) -> Result<(), ConfigError> {
+    match window {
+        Window::Count { calls: 0 } => Err(ConfigError::Zero {
+            field: "window.calls",
+        }),
+        Window::Count { calls } if calls > MAX_COUNT_WINDOW => Err(ConfigError::OutOfRange {
+            field: "window.calls",
+            value: f64::from(calls),
+            allowed: "<= 1048575",
+        }),
+        Window::Count { .. } => Ok(()),
+        Window::Time { buckets: 0, .. } => Err(ConfigError::Zero {
+            field: "window.buckets",
+        }),
+        Window::Time { buckets, .. } if buckets > MAX_BUCKETS => Err(ConfigError::OutOfRange {
+            field: "window.buckets",
+            value: f64::from(buckets),
+            allowed: "<= 1024",
+        }),
+        Window::Time { span, buckets } => {
+            let nanos = nanos_of("window.span", span)?;
+            if nanos / u64::from(buckets) == 0 {
+                return Err(ConfigError::Zero {
+                    field: "window.span",
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A ratio in (0, 1] as parts per million, rounded to the nearest part.
+pub(crate) fn ratio_ppm(field: &'static str, ratio: f64) -> Result<u32, ConfigError> {
+    if !ratio.is_finite() {
+        return Err(ConfigError::NotFinite { field });
+    }
+    if ratio <= 0.0 || ratio > 1.0 {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value: ratio,
+            allowed: "in (0, 1]",
+        });
+    }
+    // In range (0, 1], so the product is in (0, 1e6] and the conversion is exact enough.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ppm = (ratio * f64::from(PPM) + 0.5) as u32;
+    Ok(ppm.max(1))
+}

@@ -1,0 +1,176 @@
+//! Circuit-breaker policy: when to trip, how long to stay open, how to probe.
+//!
+//! This module holds the decisions, not the state: [`BreakerPolicy::evaluate`] looks at
+//! window [`Counts`] and says whether to trip, [`BreakerPolicy::break_duration`] says how long
+//! the k-th consecutive trip stays open, and [`window`] has the packed-counter arithmetic the
+//! lock-free windows in `tidewall::breaker` are built on.
+//!
+//! ```
+//! use core::time::Duration;
+//! use tidewall_core::breaker::{BreakerPolicy, Counts, TripReason, Window};
+//!
+//! let policy = BreakerPolicy::builder()
+//!     .failure_rate(0.5)
+//!     .minimum_calls(4)
+//!     .window(Window::Count { calls: 10 })
+//!     .build()?;
+//! assert_eq!(policy.evaluate(Counts { calls: 3, failures: 3, slow: 0 }, 3), None, "too few calls");
+//! assert_eq!(
+//!     policy.evaluate(Counts { calls: 4, failures: 2, slow: 0 }, 1),
+//!     Some(TripReason::FailureRate),
+//! );
+//! # Ok::<(), tidewall_core::ConfigError>(())
+//! ```
+
+mod builder;
+#[cfg(test)]
+mod tests;
+pub mod window;
+
+use core::time::Duration;
+
+pub use builder::{BreakerPolicyBuilder, MAX_BUCKETS, MAX_COUNT_WINDOW};
+
+use crate::backoff::Backoff;
+
+/// Parts per million: ratios are compared in exact integer arithmetic.
+pub const PPM: u32 = 1_000_000;
+
+/// How the breaker remembers recent calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The last `calls` recorded calls.
+    Count {
+        /// Window length in calls (1 ..= 1,048,575).
+        calls: u32,
+    },
+    /// The calls of the last `span`, kept in `buckets` equal buckets (the oldest bucket drops
+    /// out as a whole, so the window slides in steps of `span / buckets`).
+    Time {
+        /// Window length.
+        span: Duration,
+        /// Number of buckets (1 ..= 1024).
+        buckets: u32,
+    },
+}
+
+/// What the window saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Calls recorded (failures and successes; ignored outcomes are not recorded).
+    pub calls: u32,
+    /// Calls classified as failures.
+    pub failures: u32,
+    /// Calls slower than the slow-call threshold, failed or not.
+    pub slow: u32,
+}
+
+/// Why a closed breaker opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TripReason {
+    /// The failure rate reached its threshold.
+    FailureRate,
+    /// The slow-call rate reached its threshold.
+    SlowCallRate,
+    /// The configured number of failures in a row.
+    ConsecutiveFailures,
+    /// A half-open probe failed.
+    ProbeFailed,
+    /// No probe finished within the half-open maximum wait.
+    HalfOpenTimeout,
+}
+
+/// A validated circuit-breaker policy. Build it with [`BreakerPolicy::builder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerPolicy {
+    pub(crate) failure_rate_ppm: Option<u32>,
+    pub(crate) slow_rate_ppm: Option<u32>,
+    pub(crate) slow_call: Duration,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) minimum_calls: u32,
+    pub(crate) window: Window,
+    pub(crate) break_backoff: Backoff,
+    pub(crate) half_open_probes: u32,
+    pub(crate) max_half_open_wait: Option<Duration>,
+}
+
+impl BreakerPolicy {
+    /// Starts a policy with the defaults: trip at a 50 % failure rate over the last 100 calls
+    /// once 10 calls were seen; stay open 5 s; admit 1 probe; reopen if no probe finishes
+    /// within 60 s.
+    pub fn builder() -> BreakerPolicyBuilder {
+        BreakerPolicyBuilder::default()
+    }
+
+    /// Whether a closed breaker that saw `counts` (and `consecutive` failures in a row) trips.
+    ///
+    /// Rates count only once `counts.calls >= minimum_calls`; a rate trips when it is *at
+    /// or above* its threshold. Consecutive failures trip regardless of the minimum.
+    pub fn evaluate(&self, counts: Counts, consecutive: u32) -> Option<TripReason> {
+        if self.consecutive_failures.is_some_and(|n| consecutive >= n) {
+            return Some(TripReason::ConsecutiveFailures);
+        }
+        if counts.calls == 0 || counts.calls < self.minimum_calls {
+            return None;
+        }
+        let reaches = |part: u32, threshold_ppm: u32| {
+            u64::from(part) * u64::from(PPM) >= u64::from(threshold_ppm) * u64::from(counts.calls)
+        };
+        if self
+            .failure_rate_ppm
+            .is_some_and(|t| reaches(counts.failures, t))
+        {
+            return Some(TripReason::FailureRate);
+        }
+        if self.slow_rate_ppm.is_some_and(|t| reaches(counts.slow, t)) {
+            return Some(TripReason::SlowCallRate);
+        }
+        None
+    }
+
+    /// Whether a call that took `elapsed` counts as slow.
+    pub fn is_slow(&self, elapsed: Duration) -> bool {
+        self.slow_rate_ppm.is_some() && elapsed >= self.slow_call
+    }
+
+    /// Whether slow calls are tracked at all (a slow-call rate is configured).
+    pub fn tracks_slow_calls(&self) -> bool {
+        self.slow_rate_ppm.is_some()
+    }
+
+    /// How long the breaker stays open after its `trip`-th consecutive trip (0-based: the
+    /// first trip after a close is 0). Past the end of the backoff schedule the duration stays
+    /// at the schedule's last delay.
+    pub fn break_duration(&self, trip: u32, seed: u64) -> Duration {
+        let mut state = self.break_backoff.start(seed);
+        let mut last = None;
+        for _ in 0..=trip {
+            match self.break_backoff.next_delay(&mut state) {
+                Some(delay) => last = Some(delay),
+                None => return last.unwrap_or(self.break_backoff.max_delay_cap()),
+            }
+        }
+        last.unwrap_or(self.break_backoff.max_delay_cap())
+    }
+
+    /// Probes admitted in the half-open state; that many successes close the breaker.
+    pub fn half_open_probes(&self) -> u32 {
+        self.half_open_probes
+    }
+
+    /// How long the half-open state may last before the breaker reopens.
+    pub fn max_half_open_wait(&self) -> Option<Duration> {
+        self.max_half_open_wait
+    }
+
+    /// The window shape.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// Whether consecutive failures are tracked.
+    pub fn tracks_consecutive_failures(&self) -> bool {
+        self.consecutive_failures.is_some()
+    }
+}

@@ -1,0 +1,145 @@
+//! Packed-counter arithmetic for lock-free sliding windows.
+//!
+//! Both window kinds keep their state in `u64` words so the async side can update them with a
+//! single atomic operation:
+//!
+//! * **count window**: a ring of one-byte [`slot codes`](slot_code) plus one *totals* word
+//!   (three 21-bit fields: calls, failures, slow). Recording swaps a slot and adds
+//!   [`totals_delta`] (new slot minus old slot) to the totals in one `fetch_add`; the packed
+//!   arithmetic is exact because every field of the true result stays within its 21 bits.
+//! * **time window** (and the retry budget): a ring of [`Bucket`] words, each a 16-bit epoch
+//!   (bucket number modulo 2¹⁶) and three counters. A bucket whose epoch is not the one its
+//!   slot should hold now is stale and counts as empty.
+//!
+//! ```
+//! use tidewall_core::breaker::window::{slot_code, totals_delta, unpack_totals};
+//!
+//! let mut totals = 0u64;
+//! totals = totals.wrapping_add(totals_delta(slot_code(true, false), 0)); // a failure
+//! totals = totals.wrapping_add(totals_delta(slot_code(false, true), 0)); // a slow success
+//! // The first slot is overwritten by a fast success.
+//! totals = totals.wrapping_add(totals_delta(slot_code(false, false), slot_code(true, false)));
+//! let counts = unpack_totals(totals);
+//! assert_eq!((counts.calls, counts.failures, counts.slow), (2, 0, 1));
+//! ```
+
+use super::Counts;
+
+const FIELD_BITS: u32 = 21;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+
+/// The one-byte record of a call in a count window (`0` is an empty slot).
+pub const fn slot_code(failed: bool, slow: bool) -> u8 {
+    1 + failed as u8 + 2 * slow as u8
+}
+
+/// The packed totals contribution of one slot code.
+const fn code_totals(code: u8) -> u64 {
+    if code == 0 {
+        return 0;
+    }
+    let failed = ((code - 1) & 1) as u64;
+    let slow = ((code - 1) >> 1) as u64;
+    1 | failed << FIELD_BITS | slow << (2 * FIELD_BITS)
+}
+
+/// What to add (wrapping) to the totals word when a slot changes from `old` to `new`.
+pub const fn totals_delta(new: u8, old: u8) -> u64 {
+    code_totals(new).wrapping_sub(code_totals(old))
+}
+
+/// Reads a totals word.
+pub const fn unpack_totals(word: u64) -> Counts {
+    // Each field is masked to 21 bits, so the casts are lossless.
+    #[allow(clippy::cast_possible_truncation)]
+    Counts {
+        calls: (word & FIELD_MASK) as u32,
+        failures: ((word >> FIELD_BITS) & FIELD_MASK) as u32,
+        slow: ((word >> (2 * FIELD_BITS)) & FIELD_MASK) as u32,
+    }
+}
+
+/// The layout of a bucket word: a 16-bit epoch on top, then three counters whose widths add
+/// up to 48 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    widths: [u32; 3],
+}
+
+impl Bucket {
+    /// Circuit-breaker buckets: calls, failures and slow calls, 16 bits each.
+    pub const BREAKER: Self = Self {
+        widths: [16, 16, 16],
+    };
+    /// Retry-budget buckets: deposits and withdrawals, 24 bits each.
+    pub const BUDGET: Self = Self {
+        widths: [24, 24, 0],
+    };
+
+    const fn shift(&self, field: usize) -> u32 {
+        let mut shift = 0;
+        let mut i = 0;
+        while i < field {
+            shift += self.widths[i];
+            i += 1;
+        }
+        shift
+    }
+
+    /// The epoch stamped on a bucket word.
+    pub const fn epoch(word: u64) -> u16 {
+        (word >> 48) as u16
+    }
+
+    /// Counter `field` (0, 1 or 2) of a bucket word.
+    pub const fn field(&self, word: u64, field: usize) -> u64 {
+        let width = self.widths[field];
+        if width == 0 {
+            return 0;
+        }
+        (word >> self.shift(field)) & ((1 << width) - 1)
+    }
+
+    /// The word after adding `add` to the counters of the bucket for `epoch` (a bucket
+    /// stamped with another epoch starts from zero). `None` if a counter would overflow; the
+    /// caller decides whether that means "skip" (a sampled window) or "deny" (a budget).
+    pub const fn add(&self, word: u64, epoch: u16, add: [u64; 3]) -> Option<u64> {
+        let base = if Self::epoch(word) == epoch { word } else { 0 };
+        let mut out = (epoch as u64) << 48;
+        let mut i = 0;
+        while i < 3 {
+            let width = self.widths[i];
+            let value = self.field(base, i) + add[i];
+            if width == 0 {
+                if add[i] != 0 {
+                    return None;
+                }
+            } else if value >= 1 << width {
+                return None;
+            } else {
+                out |= value << self.shift(i);
+            }
+            i += 1;
+        }
+        Some(out)
+    }
+
+    /// The counters of bucket word `word` in slot `slot` of a ring of `slots` buckets, as seen
+    /// at bucket number `current`: zero when the word holds any epoch but the one that slot
+    /// stands for now (within the last `slots` buckets).
+    pub const fn live(&self, word: u64, slot: u64, slots: u64, current: u64) -> [u64; 3] {
+        // The epoch this slot stands for: the latest e <= current with e % slots == slot.
+        let behind = (current % slots + slots - slot) % slots;
+        let Some(expected) = current.checked_sub(behind) else {
+            return [0; 3];
+        };
+        if Self::epoch(word) != expected as u16 {
+            return [0; 3];
+        }
+        [
+            self.field(word, 0),
+            self.field(word, 1),
+            self.field(word, 2),
+        ]
+    }
+}

@@ -1,0 +1,222 @@
+//! Retry budget: retries may add at most a fixed share of the traffic, plus a floor.
+//!
+//! Every call *deposits* `ratio` of a retry; every retry *withdraws* one whole retry; the
+//! balance of the last `window` (plus `min_per_second × window` retries) decides. All of it is
+//! integer arithmetic in parts per million, so a 10 % budget over 100 calls grants exactly 10
+//! retries, never 11 (tower's `TpsBudget` converted the percentage to an integer withdrawal
+//! amount and over-granted for fractional percentages: tower issue #857).
+//!
+//! ```
+//! use core::time::Duration;
+//! use tidewall_core::budget::RetryBudgetPolicy;
+//!
+//! let budget = RetryBudgetPolicy::builder().ratio(0.1).min_per_second(0).build()?;
+//! // 100 calls deposited, 9 retries already taken: one more is allowed, then no more.
+//! assert!(budget.allows(100, 9));
+//! assert!(!budget.allows(100, 10));
+//! # Ok::<(), tidewall_core::ConfigError>(())
+//! ```
+
+use core::time::Duration;
+
+use crate::{ConfigError, error::nanos_of};
+
+const PPM: u64 = 1_000_000;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// A validated retry-budget policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetPolicy {
+    ratio_ppm: u64,
+    floor_ppm: u64,
+    window: Duration,
+    buckets: u32,
+}
+
+/// Builder for [`RetryBudgetPolicy`]: ratio 0.2, 10 retries per second of floor, a 10 s
+/// window in 10 buckets (the defaults of Finagle and tower).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryBudgetBuilder {
+    ratio: f64,
+    min_per_second: u32,
+    window: Duration,
+    buckets: u32,
+}
+
+impl RetryBudgetPolicy {
+    /// Starts a budget with the defaults.
+    pub fn builder() -> RetryBudgetBuilder {
+        RetryBudgetBuilder {
+            ratio: 0.2,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+            buckets: 10,
+        }
+    }
+
+    /// Whether one more retry fits, given the window's `deposits` (calls) and `withdrawals`
+    /// (retries already granted).
+    pub fn allows(&self, deposits: u64, withdrawals: u64) -> bool {
+        let credit = u128::from(self.floor_ppm) + u128::from(deposits) * u128::from(self.ratio_ppm);
+        credit >= (u128::from(withdrawals) + 1) * u128::from(PPM)
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Buckets in the window.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// Retries granted per call, in parts per million.
+    pub fn ratio_ppm(&self) -> u64 {
+        self.ratio_ppm
+    }
+}
+
+impl RetryBudgetBuilder {
+    /// Retries allowed per call, e.g. `0.1` for 10 % (0 ..= 1000).
+    #[must_use]
+    pub fn ratio(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Retries allowed per second whatever the traffic (so a quiet service can still retry).
+    #[must_use]
+    pub fn min_per_second(mut self, n: u32) -> Self {
+        self.min_per_second = n;
+        self
+    }
+
+    /// How long a deposit counts (default 10 s).
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Buckets the window slides by (default 10).
+    #[must_use]
+    pub fn buckets(mut self, buckets: u32) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
+    /// Validates.
+    ///
+    /// # Errors
+    ///
+    /// A NaN, negative or larger-than-1000 ratio, a zero window or bucket count, a window
+    /// shorter than one nanosecond per bucket, or one that overflows.
+    pub fn build(self) -> Result<RetryBudgetPolicy, ConfigError> {
+        if !self.ratio.is_finite() {
+            return Err(ConfigError::NotFinite { field: "ratio" });
+        }
+        if !(0.0..=1000.0).contains(&self.ratio) {
+            return Err(ConfigError::OutOfRange {
+                field: "ratio",
+                value: self.ratio,
+                allowed: "in [0, 1000]",
+            });
+        }
+        if self.buckets == 0 {
+            return Err(ConfigError::Zero { field: "buckets" });
+        }
+        let window = nanos_of("window", self.window)?;
+        if window < u64::from(self.buckets) {
+            return Err(ConfigError::Zero { field: "window" });
+        }
+        // In [0, 1e9] after the range check, so the conversion is exact to the ppm.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ratio_ppm = (self.ratio * 1e6 + 0.5) as u64;
+        let floor =
+            u128::from(self.min_per_second) * u128::from(window) * u128::from(PPM) / NANOS_PER_SEC;
+        let floor_ppm =
+            u64::try_from(floor).map_err(|_| ConfigError::DurationOverflow { field: "window" })?;
+        Ok(RetryBudgetPolicy {
+            ratio_ppm,
+            floor_ppm,
+            window: self.window,
+            buckets: self.buckets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn fractional_percentages_are_exact() {
+        for (ratio, calls, expected) in [
+            (0.1, 100, 10),
+            (0.2, 10, 2),
+            (0.25, 7, 1),
+            (0.333, 1000, 333),
+            (1.5, 4, 6),
+        ] {
+            let b = RetryBudgetPolicy::builder()
+                .ratio(ratio)
+                .min_per_second(0)
+                .build()
+                .unwrap();
+            let granted = (0..).take_while(|&w| b.allows(calls, w)).count();
+            assert_eq!(granted, expected, "ratio {ratio} over {calls} calls");
+        }
+    }
+
+    #[test]
+    fn the_floor_grants_retries_without_traffic() {
+        let b = RetryBudgetPolicy::builder()
+            .ratio(0.0)
+            .min_per_second(3)
+            .window(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        assert!(b.allows(0, 29));
+        assert!(!b.allows(0, 30));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let b = RetryBudgetPolicy::builder;
+        assert!(matches!(
+            b().ratio(f64::NAN).build(),
+            Err(ConfigError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            b().ratio(-0.1).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            b().buckets(0).build(),
+            Err(ConfigError::Zero { field: "buckets" })
+        );
+        assert_eq!(
+            b().window(Duration::ZERO).build(),
+            Err(ConfigError::Zero { field: "window" })
+        );
+        assert_eq!(
+            b().window(Duration::MAX).build(),
+            Err(ConfigError::DurationOverflow { field: "window" })
+        );
+    }
+
+    proptest! {
+        /// Granted retries never exceed floor + ratio × calls, and reach it to within one.
+        #[test]
+        fn grants_are_floor_of_the_exact_credit(ratio_permille in 0u32..2000, calls in 0u64..10_000, floor in 0u32..5) {
+            let ratio = f64::from(ratio_permille) / 1000.0;
+            let b = RetryBudgetPolicy::builder().ratio(ratio).min_per_second(floor).window(Duration::from_secs(1)).build().unwrap();
+            let exact = (u64::from(floor) * 1000 + calls * u64::from(ratio_permille)) / 1000;
+            prop_assert!(b.allows(calls, exact.saturating_sub(1)) || exact == 0);
+            prop_assert!(!b.allows(calls, exact));
+        }
+    }
+}

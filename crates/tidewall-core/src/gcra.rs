@@ -1,0 +1,149 @@
+//! The generic cell rate algorithm (GCRA): the math behind every Tidewall rate limiter.
+//!
+//! A limit is `count` cells per `period` with a `burst`. The whole state of one limit is a
+//! single `u64`, the *theoretical arrival time* (TAT) in nanoseconds on the caller's clock, so
+//! the async limiter can keep it in one atomic and the Redis limiter in one key.
+//!
+//! **Burst, in one sentence:** a limiter that has been idle for at least `burst` emission
+//! intervals admits `burst` cells at once, and from then on one cell per emission interval
+//! (`period / count`), so over any span `d` starting from rest it admits at most
+//! `burst + floor(d / interval)` cells.
+//!
+//! A TAT at or before `now` means "fully rested", exactly like a key never seen: a keyed limiter
+//! may forget such a key and nobody can tell the difference.
+//!
+//! ```
+//! use core::time::Duration;
+//! use tidewall_core::gcra::{Gcra, Denied};
+//!
+//! // 10 per second, bursts of 3.
+//! let gcra = Gcra::new(10, Duration::from_secs(1), 3)?;
+//! let mut tat = 0;
+//! for _ in 0..3 {
+//!     tat = gcra.decide(tat, 0, 1).unwrap();
+//! }
+//! // The fourth cell at t = 0 must wait one interval (100 ms).
+//! assert_eq!(gcra.decide(tat, 0, 1), Err(Denied::Wait { nanos: 100_000_000 }));
+//! # Ok::<(), tidewall_core::ConfigError>(())
+//! ```
+
+use core::time::Duration;
+
+use crate::{ConfigError, error::nanos_of};
+
+/// One rate limit: an emission interval and a burst, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    interval: u64,
+    burst: u32,
+    /// `burst * interval`: how far ahead of `now` the TAT may run.
+    horizon: u64,
+}
+
+/// Why a request for cells was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denied {
+    /// Not now; the same request is admitted after waiting this long (if nobody else takes
+    /// the capacity first).
+    Wait {
+        /// Nanoseconds to wait.
+        nanos: u64,
+    },
+    /// More cells than the burst: this request can never be admitted.
+    InsufficientCapacity {
+        /// The limiter's burst.
+        burst: u32,
+    },
+}
+
+impl Gcra {
+    /// `count` cells per `period`, admitting bursts of up to `burst` cells.
+    ///
+    /// The emission interval is `period / count`, rounded down to whole nanoseconds.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero `count`, `period` or `burst`;
+    /// [`ConfigError::OutOfRange`] when `period / count` is below one nanosecond;
+    /// [`ConfigError::DurationOverflow`] when `period` or `burst × interval` does not fit in
+    /// `u64` nanoseconds.
+    pub fn new(count: u32, period: Duration, burst: u32) -> Result<Self, ConfigError> {
+        if count == 0 {
+            return Err(ConfigError::Zero { field: "count" });
+        }
+        if burst == 0 {
+            return Err(ConfigError::Zero { field: "burst" });
+        }
+        let period = nanos_of("period", period)?;
+        if period == 0 {
+            return Err(ConfigError::Zero { field: "period" });
+        }
+        let interval = period / u64::from(count);
+        if interval == 0 {
+            return Err(ConfigError::OutOfRange {
+                field: "count",
+                value: f64::from(count),
+                allowed: "at most one cell per nanosecond of period",
+            });
+        }
+        let horizon = interval
+            .checked_mul(u64::from(burst))
+            .ok_or(ConfigError::DurationOverflow { field: "burst" })?;
+        Ok(Self {
+            interval,
+            burst,
+            horizon,
+        })
+    }
+
+    /// The emission interval in nanoseconds.
+    pub const fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+
+    /// The burst: cells admitted at once from rest.
+    pub const fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Decides whether `cells` may pass at `now`, given the stored `tat`.
+    ///
+    /// Returns the new TAT to store on success. Pure: the caller stores it (with a
+    /// compare-and-swap when the state is shared).
+    ///
+    /// # Errors
+    ///
+    /// [`Denied::Wait`] with the exact wait, or [`Denied::InsufficientCapacity`] when
+    /// `cells > burst` (`cells == 0` always passes and leaves the state unchanged).
+    pub fn decide(&self, tat: u64, now: u64, cells: u32) -> Result<u64, Denied> {
+        if cells > self.burst {
+            return Err(Denied::InsufficientCapacity { burst: self.burst });
+        }
+        // cells <= burst, so this product is <= horizon and cannot overflow.
+        let increment = self.interval * u64::from(cells);
+        let new_tat = tat.max(now).saturating_add(increment);
+        let allowed_at = new_tat.saturating_sub(self.horizon);
+        if allowed_at <= now {
+            Ok(new_tat)
+        } else {
+            Err(Denied::Wait {
+                nanos: allowed_at - now,
+            })
+        }
+    }
+
+    /// Whether a state is fully rested at `now`, i.e. indistinguishable from a fresh one.
+    pub const fn is_rested(tat: u64, now: u64) -> bool {
+        tat <= now
+    }
+
+    /// The most cells a limiter starting from rest admits during `elapsed` nanoseconds
+    /// (inclusive of both ends): `burst + floor(elapsed / interval)`.
+    pub const fn max_admitted(&self, elapsed: u64) -> u64 {
+        self.burst as u64 + elapsed / self.interval
+    }
+}
+
+#[cfg(test)]
+mod tests;

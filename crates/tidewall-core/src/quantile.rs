@@ -1,0 +1,111 @@
+//! Log-linear latency buckets for a streaming quantile estimate.
+//!
+//! A value maps to one of [`BUCKETS`] buckets: exact below 8, then eight buckets per power of
+//! two, so any estimate is within 12.5 % above the true value. The async side keeps one atomic
+//! counter per bucket; this module is the index math and the quantile walk.
+//!
+//! ```
+//! use tidewall_core::quantile::{bucket_of, bucket_upper, quantile};
+//!
+//! let mut counts = [0u64; tidewall_core::quantile::BUCKETS];
+//! for v in 1..=100u64 {
+//!     counts[bucket_of(v * 1_000)] += 1;
+//! }
+//! let p90 = quantile(|i| counts[i], 100, 0.9).unwrap();
+//! assert!((90_000..=90_000 * 9 / 8).contains(&p90), "{p90}");
+//! assert!(bucket_upper(bucket_of(12_345)) >= 12_345);
+//! ```
+
+const SUB_BITS: u32 = 3;
+const SUB: u64 = 1 << SUB_BITS;
+
+/// Number of buckets covering all of `u64`.
+pub const BUCKETS: usize = 8 + (64 - SUB_BITS as usize) * 8;
+
+/// The bucket of `value`.
+pub const fn bucket_of(value: u64) -> usize {
+    if value < SUB {
+        return value as usize;
+    }
+    let octave = 63 - value.leading_zeros();
+    let sub = (value >> (octave - SUB_BITS)) & (SUB - 1);
+    (SUB + (octave - SUB_BITS) as u64 * SUB + sub) as usize
+}
+
+/// The largest value that lands in bucket `index` (saturating for out-of-range indices).
+pub const fn bucket_upper(index: usize) -> u64 {
+    if index < SUB as usize {
+        return index as u64;
+    }
+    if index >= BUCKETS {
+        return u64::MAX;
+    }
+    let rest = (index - SUB as usize) as u64;
+    let shift = rest / SUB;
+    let lower = (SUB + rest % SUB) << shift;
+    lower + ((1 << shift) - 1)
+}
+
+/// The `q`-quantile (0 ..= 1) of `total` recorded values whose per-bucket counts `count(i)`
+/// returns, as the upper bound of the bucket holding it; `None` without values or with a `q`
+/// outside [0, 1].
+pub fn quantile(count: impl Fn(usize) -> u64, total: u64, q: f64) -> Option<u64> {
+    if total == 0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    // rank in 1..=total; q is in [0, 1] so the product fits.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = {
+        let exact = q * total as f64;
+        let floor = exact as u64;
+        let ceil = if (floor as f64) < exact {
+            floor + 1
+        } else {
+            floor
+        };
+        ceil.clamp(1, total)
+    };
+    let mut seen = 0;
+    for index in 0..BUCKETS {
+        seen += count(index);
+        if seen >= rank {
+            return Some(bucket_upper(index));
+        }
+    }
+    Some(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn covers_the_whole_range() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(7), 7);
+        assert_eq!(bucket_of(8), 8);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+        assert_eq!(bucket_upper(BUCKETS - 1), u64::MAX);
+        assert_eq!(quantile(|_| 0, 0, 0.5), None);
+        assert_eq!(quantile(|_| 1, 1, 1.5), None);
+    }
+
+    proptest! {
+        #[test]
+        fn a_value_is_within_its_bucket_and_the_bucket_is_tight(v in any::<u64>()) {
+            let i = bucket_of(v);
+            prop_assert!(v <= bucket_upper(i));
+            if i > 0 {
+                prop_assert!(v > bucket_upper(i - 1));
+            }
+            // Upper bound overestimates by at most 1/8.
+            prop_assert!(bucket_upper(i) - v <= v / 8);
+        }
+    }
+}
