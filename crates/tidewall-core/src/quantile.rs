@@ -23,6 +23,8 @@ const SUB: u64 = 1 << SUB_BITS;
 pub const BUCKETS: usize = 8 + (64 - SUB_BITS as usize) * 8;
 
 /// The bucket of `value`.
+// Bucket indices are below 496, so the casts to usize are lossless.
+#[allow(clippy::cast_possible_truncation)]
 pub const fn bucket_of(value: u64) -> usize {
     if value < SUB {
         return value as usize;
@@ -33,6 +35,7 @@ pub const fn bucket_of(value: u64) -> usize {
 }
 
 /// The largest value that lands in bucket `index` (saturating for out-of-range indices).
+#[allow(clippy::cast_possible_truncation)]
 pub const fn bucket_upper(index: usize) -> u64 {
     if index < SUB as usize {
         return index as u64;

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod breaker;
 pub mod fallback;
 pub mod fan_out;
 pub mod fs;
@@ -45,13 +46,17 @@ mod hint;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod race;
+mod reject;
 pub mod retry;
 pub mod rt;
+mod sync;
+mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod time;
 
 pub use hint::RetryAfter;
+pub use reject::{Error, Rejected};
 pub use retry::RetryExt;
 pub use tidewall_core::ConfigError;
 pub use tidewall_core::backoff::{Backoff, Jitter};

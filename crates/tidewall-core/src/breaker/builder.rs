@@ -10,6 +10,8 @@ use crate::{ConfigError, error::nanos_of};
 pub const MAX_COUNT_WINDOW: u32 = (1 << 20) - 1;
 /// The most buckets a time window may have.
 pub const MAX_BUCKETS: u32 = 1024;
+/// The most half-open probes: probe counts are packed in 12-bit fields of the state word.
+pub const MAX_HALF_OPEN_PROBES: u32 = 4095;
 
 /// Builder for [`BreakerPolicy`]; every setter is checked in [`build`](Self::build).
 #[derive(Debug, Clone)]

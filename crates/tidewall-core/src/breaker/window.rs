@@ -133,7 +133,10 @@ impl Bucket {
         let Some(expected) = current.checked_sub(behind) else {
             return [0; 3];
         };
-        if Self::epoch(word) != expected as u16 {
+        // Stamps are epochs modulo 2^16.
+        #[allow(clippy::cast_possible_truncation)]
+        let stamp = expected as u16;
+        if Self::epoch(word) != stamp {
             return [0; 3];
         }
         [

@@ -1,0 +1,166 @@
+//! Builder for [`CircuitBreaker`].
+
+use std::time::Duration;
+
+use tidewall_core::backoff::Backoff;
+use tidewall_core::breaker::{BreakerPolicy, BreakerPolicyBuilder, Window};
+
+use super::CircuitBreaker;
+use super::events::{Listener, StateChange};
+use super::shared::Shared;
+use crate::ConfigError;
+use crate::rt::Runtime;
+use crate::sync::Arc;
+
+/// Configures a [`CircuitBreaker`]. Every policy setter is validated in
+/// [`build`](Self::build).
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::breaker::{CircuitBreaker, Window};
+///
+/// let breaker = CircuitBreaker::builder()
+///     .name("payments")
+///     .failure_rate(0.5)
+///     .slow_call_rate(0.8, Duration::from_millis(500))
+///     .minimum_calls(20)
+///     .window(Window::Time { span: Duration::from_secs(10), buckets: 10 })
+///     .half_open_probes(3)
+///     .on_state_change(|change| eprintln!("{} is now {}", change.name, change.to))
+///     .build()?;
+/// assert_eq!(breaker.name(), "payments");
+/// # Ok::<(), tidewall::ConfigError>(())
+/// ```
+#[must_use]
+pub struct CircuitBreakerBuilder<R = crate::rt::DefaultRuntime> {
+    policy: BreakerPolicyBuilder,
+    rt: R,
+    name: &'static str,
+    listener: Option<Listener>,
+    seed: u64,
+}
+
+impl<R> CircuitBreakerBuilder<R> {
+    pub(super) fn new(rt: R) -> Self {
+        Self {
+            policy: BreakerPolicy::builder(),
+            rt,
+            name: "breaker",
+            listener: None,
+            seed: 0x5eed_b4ea_c0de,
+        }
+    }
+
+    /// Runs on another runtime (its clock is the one the breaker reads).
+    pub fn runtime<R2>(self, rt: R2) -> CircuitBreakerBuilder<R2> {
+        CircuitBreakerBuilder {
+            policy: self.policy,
+            rt,
+            name: self.name,
+            listener: self.listener,
+            seed: self.seed,
+        }
+    }
+
+    /// A name for events and metric labels.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Called on every state change, on the thread that caused it (keep it short).
+    pub fn on_state_change(
+        mut self,
+        listener: impl Fn(&StateChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Seeds the jitter of a [`break_backoff`](Self::break_backoff).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::failure_rate`].
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.policy = self.policy.failure_rate(rate);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::no_failure_rate`].
+    pub fn no_failure_rate(mut self) -> Self {
+        self.policy = self.policy.no_failure_rate();
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::slow_call_rate`].
+    pub fn slow_call_rate(mut self, rate: f64, threshold: Duration) -> Self {
+        self.policy = self.policy.slow_call_rate(rate, threshold);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::consecutive_failures`].
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.policy = self.policy.consecutive_failures(n);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::minimum_calls`].
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.policy = self.policy.minimum_calls(n);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::window`].
+    pub fn window(mut self, window: Window) -> Self {
+        self.policy = self.policy.window(window);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::break_duration`].
+    pub fn break_duration(mut self, duration: Duration) -> Self {
+        self.policy = self.policy.break_duration(duration);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::break_backoff`].
+    pub fn break_backoff(mut self, backoff: Backoff) -> Self {
+        self.policy = self.policy.break_backoff(backoff);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::half_open_probes`].
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.policy = self.policy.half_open_probes(n);
+        self
+    }
+
+    /// See [`BreakerPolicyBuilder::max_half_open_wait`].
+    pub fn max_half_open_wait(mut self, wait: Option<Duration>) -> Self {
+        self.policy = self.policy.max_half_open_wait(wait);
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`BreakerPolicyBuilder::build`].
+    pub fn build(self) -> Result<CircuitBreaker<R>, ConfigError>
+    where
+        R: Runtime,
+    {
+        let policy = self.policy.build()?;
+        Ok(CircuitBreaker {
+            shared: Arc::new(Shared::new(
+                policy,
+                self.rt,
+                self.name,
+                self.listener,
+                self.seed,
+            )),
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! Circuit breaker: stop calling a dependency that is failing, probe it, and come back.
+//!
+//! A [`CircuitBreaker`] watches the outcomes of calls in a sliding window (the last N calls,
+//! or the last span of time in buckets) and *opens* when the failure rate, the slow-call rate
+//! or a run of consecutive failures crosses its threshold. While open it rejects calls at once
+//! with [`Rejected::CircuitOpen`] and a `retry_after`. After the break (fixed, or growing on
+//! repeated trips with a backoff) it turns *half-open* and admits exactly
+//! [`half_open_probes`](CircuitBreakerBuilder::half_open_probes) probe calls: that many
+//! successes close it, one failure reopens it.
+//!
+//! Guarantees:
+//! * **Closed path**: admission is one atomic load; recording touches only the window
+//!   (no lock, no allocation). Without a time window or a slow-call rate it reads no clock.
+//! * **Exact probes**: a half-open slot is reserved with a compare-and-swap, so however many
+//!   callers race, exactly the configured number get through.
+//! * **RAII permits**: a permit dropped, cancelled or unwound by a panic records nothing and a
+//!   probe gives its slot back; [`max_half_open_wait`](CircuitBreakerBuilder::max_half_open_wait)
+//!   reopens a breaker whose probes hang, so it can never stay stuck half-open.
+//! * **Generations**: every transition bumps a generation the permit carries; an outcome from
+//!   an earlier state never moves the current one.
+//!
+//! When not to use it: for a dependency you call rarely (the window never fills: use
+//! `consecutive_failures`), or to protect *yourself* from overload (use a
+//! [`bulkhead`](crate::bulkhead) or a [rate limiter](crate::rate)).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::breaker::{CircuitBreaker, State};
+//! use tidewall::{Error, Rejected};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tidewall::ConfigError> {
+//! let breaker = CircuitBreaker::builder()
+//!     .consecutive_failures(3)
+//!     .break_duration(Duration::from_secs(5))
+//!     .build()?;
+//! for _ in 0..3 {
+//!     let _ = breaker.call(|| async { Err::<(), _>("boom") }).await;
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! let rejected = breaker.call(|| async { Ok::<_, &str>(()) }).await;
+//! assert!(matches!(rejected, Err(Error::Rejected(Rejected::CircuitOpen { .. }))));
+//!
+//! tokio::time::sleep(Duration::from_secs(5)).await;
+//! breaker.call(|| async { Ok::<_, &str>(()) }).await.unwrap(); // the probe succeeds
+//! assert_eq!(breaker.state(), State::Closed);
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod events;
+mod permit;
+mod shared;
+mod window;
+mod word;
+
+use std::future::Future;
+
+pub use builder::CircuitBreakerBuilder;
+pub use events::{State, StateChange, TripReason};
+pub use permit::{Outcome, OwnedPermit, Permit};
+pub use tidewall_core::breaker::{BreakerPolicy, Counts, Window};
+
+use self::shared::Shared;
+use crate::rt::{DefaultRuntime, Runtime};
+use crate::sync::Arc;
+use crate::{Error, Rejected};
+
+/// A circuit breaker. Cheap to clone: clones share one state.
+#[derive(Debug)]
+pub struct CircuitBreaker<R: Runtime = DefaultRuntime> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Runtime> Clone for CircuitBreaker<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// Starts a breaker on the default runtime with the defaults of
+    /// [`BreakerPolicy::builder`]; switch the runtime with
+    /// [`runtime`](CircuitBreakerBuilder::runtime).
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::new(DefaultRuntime::default())
+    }
+}
+
+impl<R: Runtime> CircuitBreaker<R> {
+    /// Asks to make one call: a [`Permit`] to record its outcome on, or the rejection.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::CircuitOpen`] while open, forced open, or half-open with every probe slot
+    /// taken.
+    pub fn try_acquire(&self) -> Result<Permit<'_, R>, Rejected> {
+        let ticket = self.shared.acquire()?;
+        Ok(Permit {
+            shared: &self.shared,
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle to the breaker.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
+        let ticket = self.shared.acquire()?;
+        Ok(OwnedPermit {
+            shared: Arc::clone(&self.shared),
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Calls `op` if the breaker admits it; `Ok` counts as a success and `Err` as a failure.
+    ///
+    /// **Cancel safety:** dropping the future before `op` finishes records nothing and gives a
+    /// half-open probe slot back. `op` is not even created when the call is rejected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when the breaker refuses, [`Error::Inner`] with `op`'s error.
+    pub async fn call<T, E, F, Fut>(&self, op: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_classified(op, |result| match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        })
+        .await
+    }
+
+    /// Like [`call`](Self::call), with `classify` deciding how each result counts (for
+    /// example, an HTTP 404 as [`Outcome::Ignored`], or an `Ok` carrying a 503 as a failure).
+    ///
+    /// **Cancel safety:** as [`call`](Self::call).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when the breaker refuses, [`Error::Inner`] with `op`'s error.
+    pub async fn call_classified<T, E, F, Fut, C>(&self, op: F, classify: C) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Outcome,
+    {
+        let permit = self.try_acquire()?;
+        let result = op().await;
+        permit.record(classify(&result));
+        result.map_err(Error::Inner)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.shared.state()
+    }
+
+    /// What the window holds now (calls, failures, slow calls).
+    pub fn counts(&self) -> Counts {
+        self.shared.counts()
+    }
+
+    /// Opens the breaker by hand; it stays open until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.shared.force(State::ForcedOpen);
+    }
+
+    /// Closes the breaker by hand and stops it from tripping until [`reset`](Self::reset).
+    pub fn force_closed(&self) {
+        self.shared.force(State::ForcedClosed);
+    }
+
+    /// Back to closed with an empty window and the break backoff restarted.
+    pub fn reset(&self) {
+        self.shared.force(State::Closed);
+    }
+
+    /// The breaker's name (for events and metrics).
+    pub fn name(&self) -> &'static str {
+        self.shared.name
+    }
+
+    /// The validated policy.
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.shared.policy
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Shared<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,352 @@
+//! The breaker's shared state and its transitions.
+//!
+//! Admission in the closed state is one atomic load; recording an outcome touches only the
+//! window (see `window.rs`). Transitions are rare and take the `transition` lock, re-check the
+//! generation under it, write the timestamps, then publish the new state word with `Release`,
+//! so whoever loads the word with `Acquire` sees the timestamps that belong to it.
+
+use std::time::{Duration, Instant};
+
+use tidewall_core::breaker::{BreakerPolicy, TripReason};
+
+use super::events::{Listener, StateChange, emit};
+use super::window::SlidingWindow;
+use super::word::{self, ONE_ADMITTED, ONE_SUCCEEDED};
+use super::{Outcome, State};
+use crate::Rejected;
+use crate::rt::Runtime;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering::*, lock, nanos_since};
+
+/// What an admitted call holds: enough to tell, at the end, whether its state still stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ticket {
+    pub(super) generation: u32,
+    pub(super) probe: bool,
+    /// Start time in breaker nanoseconds, when the policy needs durations.
+    pub(super) started: u64,
+}
+
+pub(crate) struct Shared<R> {
+    pub(super) policy: BreakerPolicy,
+    word: AtomicU64,
+    window: SlidingWindow,
+    consecutive: AtomicU32,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    /// Trips in a row without a successful close; indexes the break-duration backoff.
+    transition: Mutex<u32>,
+    needs_clock: bool,
+    origin: Instant,
+    pub(super) rt: R,
+    pub(super) name: &'static str,
+    listener: Option<Listener>,
+    seed: u64,
+}
+
+impl<R: Runtime> Shared<R> {
+    pub(super) fn new(
+        policy: BreakerPolicy,
+        rt: R,
+        name: &'static str,
+        listener: Option<Listener>,
+        seed: u64,
+    ) -> Self {
+        let window = SlidingWindow::new(policy.window());
+        let needs_clock = window.is_timed() || policy.tracks_slow_calls();
+        Self {
+            origin: rt.now(),
+            word: AtomicU64::new(word::pack(State::Closed, 0)),
+            window,
+            consecutive: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            transition: Mutex::new(0),
+            needs_clock,
+            rt,
+            name,
+            listener,
+            seed,
+            policy,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        nanos_since(self.origin, self.rt.now())
+    }
+
+    pub(super) fn state(&self) -> State {
+        word::state(self.word.load(Acquire))
+    }
+
+    pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
+        loop {
+            let word = self.word.load(Acquire);
+            let generation = word::generation(word);
+            match word::state(word) {
+                State::Closed | State::ForcedClosed => {
+                    let started = if self.needs_clock { self.now() } else { 0 };
+                    return Ok(Ticket {
+                        generation,
+                        probe: false,
+                        started,
+                    });
+                }
+                State::ForcedOpen => {
+                    return Err(self.reject(self.policy.break_duration(0, self.seed)));
+                }
+                State::Open => {
+                    let now = self.now();
+                    let until = self.open_until.load(Relaxed);
+                    if now < until {
+                        return Err(self.reject(nanos(until - now)));
+                    }
+                    self.to_half_open(generation, now);
+                }
+                State::HalfOpen => {
+                    let now = self.now();
+                    let since = self.half_open_since.load(Relaxed);
+                    let limit = self
+                        .policy
+                        .max_half_open_wait()
+                        .map(|d| since.saturating_add(as_nanos(d)));
+                    if limit.is_some_and(|limit| now >= limit) {
+                        self.trip(generation, TripReason::HalfOpenTimeout, now);
+                        continue;
+                    }
+                    if word::admitted(word) >= self.policy.half_open_probes() {
+                        let wait = limit
+                            .map_or(self.policy.break_duration(0, self.seed), |l| nanos(l - now));
+                        return Err(self.reject(wait));
+                    }
+                    // Reserve a slot atomically: of any number of racing callers exactly the
+                    // free slots' worth win this compare-and-swap.
+                    if self
+                        .word
+                        .compare_exchange(word, word + ONE_ADMITTED, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        return Ok(Ticket {
+                            generation,
+                            probe: true,
+                            started: now,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(&self, retry_after: Duration) -> Rejected {
+        let rejected = Rejected::CircuitOpen { retry_after };
+        crate::telemetry::rejected("breaker", self.name, &rejected);
+        rejected
+    }
+
+    /// Records how an admitted call ended. Outcomes of permits from an earlier generation are
+    /// ignored: they never move the current state.
+    pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome) {
+        let now = if self.needs_clock || ticket.probe {
+            self.now()
+        } else {
+            0
+        };
+        let slow = self
+            .policy
+            .is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
+        if ticket.probe {
+            self.finish_probe(ticket.generation, outcome, slow, now);
+            return;
+        }
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        let word = self.word.load(Acquire);
+        if word::generation(word) != ticket.generation || word::state(word) != State::Closed {
+            return;
+        }
+        let failed = outcome == Outcome::Failure;
+        self.window.record(failed, slow, now);
+        let consecutive = if !self.policy.tracks_consecutive_failures() {
+            0
+        } else if failed {
+            self.consecutive.fetch_add(1, Relaxed) + 1
+        } else {
+            if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+            0
+        };
+        if (failed || slow)
+            && let Some(reason) = self
+                .window
+                .counts(now)
+                .and_then(|c| self.policy.evaluate(c, consecutive))
+        {
+            self.trip(ticket.generation, reason, now);
+        }
+    }
+
+    fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool, now: u64) {
+        match outcome {
+            Outcome::Ignored => self.return_probe(generation),
+            Outcome::Failure => self.trip(generation, TripReason::ProbeFailed, now),
+            Outcome::Success if slow => self.trip(generation, TripReason::SlowCallRate, now),
+            Outcome::Success => {
+                let mut word = self.word.load(Acquire);
+                loop {
+                    if word::generation(word) != generation || word::state(word) != State::HalfOpen
+                    {
+                        return;
+                    }
+                    match self
+                        .word
+                        .compare_exchange(word, word + ONE_SUCCEEDED, AcqRel, Acquire)
+                    {
+                        Ok(_) => break,
+                        Err(seen) => word = seen,
+                    }
+                }
+                if word::succeeded(word) + 1 >= self.policy.half_open_probes() {
+                    self.close(generation);
+                }
+            }
+        }
+    }
+
+    /// A probe that ended without an outcome (dropped, cancelled, panicked, ignored) gives its
+    /// slot back, if its half-open state is still the current one.
+    pub(super) fn return_probe(&self, generation: u32) {
+        let mut word = self.word.load(Acquire);
+        while word::generation(word) == generation
+            && word::state(word) == State::HalfOpen
+            && word::admitted(word) > 0
+        {
+            match self
+                .word
+                .compare_exchange(word, word - ONE_ADMITTED, AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Opens the breaker if `generation` is still current and closed or half-open.
+    fn trip(&self, generation: u32, reason: TripReason, now: u64) {
+        let change = {
+            let mut trips = lock(&self.transition);
+            let word = self.word.load(Acquire);
+            let from = word::state(word);
+            if word::generation(word) != generation
+                || !matches!(from, State::Closed | State::HalfOpen)
+            {
+                return;
+            }
+            let next = generation.wrapping_add(1);
+            let pause = self
+                .policy
+                .break_duration(*trips, self.seed ^ u64::from(next));
+            *trips = trips.saturating_add(1);
+            self.open_until
+                .store(now.saturating_add(as_nanos(pause)), Relaxed);
+            self.word.store(word::pack(State::Open, next), Release);
+            StateChange {
+                name: self.name,
+                from,
+                to: State::Open,
+                reason: Some(reason),
+            }
+        };
+        emit(self.listener.as_ref(), &change);
+    }
+
+    fn to_half_open(&self, generation: u32, now: u64) {
+        let moved = {
+            let _guard = lock(&self.transition);
+            let word = self.word.load(Acquire);
+            if word::generation(word) != generation || word::state(word) != State::Open {
+                false
+            } else {
+                self.half_open_since.store(now, Relaxed);
+                self.word.store(
+                    word::pack(State::HalfOpen, generation.wrapping_add(1)),
+                    Release,
+                );
+                true
+            }
+        };
+        if moved {
+            let change = StateChange {
+                name: self.name,
+                from: State::Open,
+                to: State::HalfOpen,
+                reason: None,
+            };
+            emit(self.listener.as_ref(), &change);
+        }
+    }
+
+    fn close(&self, generation: u32) {
+        let moved = {
+            let mut trips = lock(&self.transition);
+            let word = self.word.load(Acquire);
+            if word::generation(word) != generation || word::state(word) != State::HalfOpen {
+                false
+            } else {
+                self.window.reset();
+                self.consecutive.store(0, Relaxed);
+                *trips = 0;
+                self.word.store(
+                    word::pack(State::Closed, generation.wrapping_add(1)),
+                    Release,
+                );
+                true
+            }
+        };
+        if moved {
+            let change = StateChange {
+                name: self.name,
+                from: State::HalfOpen,
+                to: State::Closed,
+                reason: None,
+            };
+            emit(self.listener.as_ref(), &change);
+        }
+    }
+
+    /// Moves to `to` by hand, whatever the current state (a new generation either way).
+    pub(super) fn force(&self, to: State) {
+        let change = {
+            let mut trips = lock(&self.transition);
+            let word = self.word.load(Acquire);
+            if to == State::Closed {
+                self.window.reset();
+                self.consecutive.store(0, Relaxed);
+                *trips = 0;
+            }
+            self.word.store(
+                word::pack(to, word::generation(word).wrapping_add(1)),
+                Release,
+            );
+            StateChange {
+                name: self.name,
+                from: word::state(word),
+                to,
+                reason: None,
+            }
+        };
+        emit(self.listener.as_ref(), &change);
+    }
+
+    pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {
+        self.window.counts(self.now()).unwrap_or_default()
+    }
+}
+
+fn nanos(n: u64) -> Duration {
+    Duration::from_nanos(n)
+}
+
+fn as_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

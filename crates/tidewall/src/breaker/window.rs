@@ -1,0 +1,137 @@
+//! Lock-free sliding windows over the packed counters of `tidewall_core::breaker::window`.
+
+use tidewall_core::breaker::window::{Bucket, slot_code, totals_delta, unpack_totals};
+use tidewall_core::breaker::{Counts, Window};
+
+use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+pub(super) enum SlidingWindow {
+    Count {
+        slots: Box<[AtomicU8]>,
+        cursor: AtomicUsize,
+        totals: AtomicU64,
+    },
+    Time {
+        buckets: Box<[AtomicU64]>,
+        bucket_nanos: u64,
+    },
+}
+
+impl SlidingWindow {
+    pub(super) fn new(shape: Window) -> Self {
+        match shape {
+            Window::Count { calls } => Self::Count {
+                slots: (0..calls).map(|_| AtomicU8::new(0)).collect(),
+                cursor: AtomicUsize::new(0),
+                totals: AtomicU64::new(0),
+            },
+            Window::Time { span, buckets } => Self::Time {
+                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                // Validated by the policy builder: fits in u64 and is at least 1.
+                bucket_nanos: u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
+                    / u64::from(buckets),
+            },
+        }
+    }
+
+    /// Whether recording needs the time.
+    pub(super) fn is_timed(&self) -> bool {
+        matches!(self, Self::Time { .. })
+    }
+
+    /// Records one call. Count windows: one `fetch_add` on the cursor, one swap, and one
+    /// `fetch_add` on the totals only when the slot's code changes. Time windows: one CAS.
+    pub(super) fn record(&self, failed: bool, slow: bool, now: u64) {
+        match self {
+            Self::Count {
+                slots,
+                cursor,
+                totals,
+            } => {
+                let index = cursor.fetch_add(1, Relaxed) % slots.len();
+                let code = slot_code(failed, slow);
+                let old = slots[index].swap(code, Relaxed);
+                if old != code {
+                    totals.fetch_add(totals_delta(code, old), Relaxed);
+                }
+            }
+            Self::Time {
+                buckets,
+                bucket_nanos,
+            } => {
+                let epoch = now / bucket_nanos;
+                let slot = &buckets[slot_of(epoch, buckets.len())];
+                let add = [1, u64::from(failed), u64::from(slow)];
+                let mut word = slot.load(Relaxed);
+                // Truncation to 16 bits is the bucket stamp (see `Bucket`).
+                #[allow(clippy::cast_possible_truncation)]
+                let stamp = epoch as u16;
+                // A full bucket (65,535 calls) keeps the rates of the calls it holds.
+                while let Some(next) = Bucket::BREAKER.add(word, stamp, add) {
+                    match slot.compare_exchange_weak(word, next, Relaxed, Relaxed) {
+                        Ok(_) => break,
+                        Err(seen) => word = seen,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The window's counts at `now`; `None` while concurrent updates leave the packed totals
+    /// momentarily inconsistent (the caller simply does not evaluate then).
+    pub(super) fn counts(&self, now: u64) -> Option<Counts> {
+        match self {
+            Self::Count { slots, totals, .. } => {
+                let c = unpack_totals(totals.load(Relaxed));
+                let len = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+                (c.calls <= len && c.failures <= c.calls && c.slow <= c.calls).then_some(c)
+            }
+            Self::Time {
+                buckets,
+                bucket_nanos,
+            } => {
+                let current = now / bucket_nanos;
+                let len = buckets.len() as u64;
+                let mut sum = [0u64; 3];
+                for (slot, bucket) in buckets.iter().enumerate() {
+                    let live =
+                        Bucket::BREAKER.live(bucket.load(Relaxed), slot as u64, len, current);
+                    for (total, part) in sum.iter_mut().zip(live) {
+                        *total += part;
+                    }
+                }
+                let field = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+                Some(Counts {
+                    calls: field(sum[0]),
+                    failures: field(sum[1]),
+                    slow: field(sum[2]),
+                })
+            }
+        }
+    }
+
+    /// Empties the window. Exact under concurrent recording: each cleared slot takes its own
+    /// contribution out of the totals.
+    pub(super) fn reset(&self) {
+        match self {
+            Self::Count { slots, totals, .. } => {
+                for slot in slots.iter() {
+                    let old = slot.swap(0, Relaxed);
+                    if old != 0 {
+                        totals.fetch_add(totals_delta(0, old), Relaxed);
+                    }
+                }
+            }
+            Self::Time { buckets, .. } => {
+                for bucket in buckets.iter() {
+                    bucket.store(0, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn slot_of(epoch: u64, len: usize) -> usize {
+    // The remainder is below `len`, so it fits back into usize.
+    usize::try_from(epoch % len as u64).unwrap_or(0)
+}
