@@ -39,6 +39,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod breaker;
+pub mod bulkhead;
 pub mod fallback;
 pub mod fan_out;
 pub mod fs;
@@ -46,6 +47,7 @@ mod hint;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod race;
+pub mod rate;
 mod reject;
 pub mod retry;
 pub mod rt;

@@ -1,0 +1,306 @@
+//! Bulkhead: a cap on concurrent calls, with a bounded FIFO queue or immediate rejection.
+//!
+//! A [`Bulkhead`] admits at most `max_concurrent` calls at once. When full, a caller either
+//! gets [`Rejected::BulkheadFull`] at once (`max_queue(0)`, or
+//! [`try_acquire`](Bulkhead::try_acquire)), or waits in a bounded first-in-first-out queue for
+//! at most `max_wait` (and never past the caller's [`Deadline`]). Compared with a bare
+//! semaphore it adds the reject-when-full policy, the wait limit and the counters.
+//!
+//! * **Permits are RAII**: dropping a permit frees the slot and hands it straight to the
+//!   longest waiter.
+//! * **Cancel safety**: a waiter dropped while queued leaves the queue; a permit granted to it
+//!   at that instant is passed on. Nothing leaks.
+//! * **Fairness**: FIFO among waiters. An arrival that finds nobody queued and a free slot
+//!   takes it directly.
+//! * **Boundedness**: the queue holds at most `max_queue` waiters.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::bulkhead::Bulkhead;
+//! use tidewall::Rejected;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tidewall::ConfigError> {
+//! let bulkhead = Bulkhead::builder(2).max_queue(1).max_wait(Duration::from_millis(100)).build()?;
+//! let a = bulkhead.acquire().await.unwrap();
+//! let _b = bulkhead.acquire().await.unwrap();
+//! assert_eq!(bulkhead.try_acquire().unwrap_err(), Rejected::BulkheadFull);
+//! // The queued waiter gets `a`'s slot when `a` is dropped.
+//! let waiter = tokio::spawn({
+//!     let bulkhead = bulkhead.clone();
+//!     async move { bulkhead.acquire().await.map(drop) }
+//! });
+//! tokio::task::yield_now().await;
+//! assert_eq!(bulkhead.queued(), 1);
+//! drop(a);
+//! assert_eq!(waiter.await.unwrap(), Ok(()));
+//! # Ok(()) }
+//! ```
+
+mod acquire;
+mod queue;
+mod shared;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use acquire::Acquire;
+
+use self::queue::Place;
+use self::shared::Shared;
+use crate::rt::{DefaultRuntime, Runtime};
+use crate::sync::{Arc, lock};
+use crate::{ConfigError, Deadline, Error, Rejected};
+
+/// A concurrency limit with a bounded wait queue. Cheap to clone: clones share the limit.
+pub struct Bulkhead<R: Runtime = DefaultRuntime> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Runtime> Clone for Bulkhead<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Bulkhead<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("name", &self.shared.name)
+            .field("capacity", &self.shared.capacity)
+            .field("in_flight", &self.in_flight())
+            .field("queued", &self.queued())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Bulkhead`]: by default callers wait in a queue of up to
+/// `max_concurrent` waiters for at most 1 s.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct BulkheadBuilder<R = DefaultRuntime> {
+    max_concurrent: usize,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    rt: R,
+    name: &'static str,
+}
+
+impl Bulkhead {
+    /// Starts a bulkhead admitting `max_concurrent` calls at once, on the default runtime.
+    pub fn builder(max_concurrent: usize) -> BulkheadBuilder {
+        BulkheadBuilder {
+            max_concurrent,
+            max_queue: max_concurrent,
+            max_wait: Some(Duration::from_secs(1)),
+            rt: DefaultRuntime::default(),
+            name: "bulkhead",
+        }
+    }
+}
+
+impl<R> BulkheadBuilder<R> {
+    /// Waiters allowed in the queue; `0` rejects at once when full.
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n;
+        self
+    }
+
+    /// How long a waiter may stay queued (`None`: until a slot frees or its deadline).
+    pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
+        self.max_wait = wait.into();
+        self
+    }
+
+    /// Never queue: reject at once when full (the same as `max_queue(0)`).
+    pub fn reject_when_full(self) -> Self {
+        self.max_queue(0)
+    }
+
+    /// A name for events and metric labels.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Runs on another runtime (its clock times the waits).
+    pub fn runtime<R2>(self, rt: R2) -> BulkheadBuilder<R2> {
+        BulkheadBuilder {
+            max_concurrent: self.max_concurrent,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            rt,
+            name: self.name,
+        }
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for `max_concurrent == 0`, a zero `max_wait` with a non-empty
+    /// queue (use `max_queue(0)` to reject at once), and [`ConfigError::DurationOverflow`]
+    /// for a `max_wait` beyond `u64` nanoseconds.
+    pub fn build(self) -> Result<Bulkhead<R>, ConfigError>
+    where
+        R: Runtime,
+    {
+        if self.max_concurrent == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_concurrent",
+            });
+        }
+        if let Some(wait) = self.max_wait {
+            if wait.is_zero() && self.max_queue > 0 {
+                return Err(ConfigError::Zero { field: "max_wait" });
+            }
+            if u64::try_from(wait.as_nanos()).is_err() {
+                return Err(ConfigError::DurationOverflow { field: "max_wait" });
+            }
+        }
+        Ok(Bulkhead {
+            shared: Arc::new(Shared::new(
+                self.max_concurrent,
+                self.max_queue,
+                self.max_wait,
+                self.rt,
+                self.name,
+            )),
+        })
+    }
+}
+
+impl<R: Runtime> Bulkhead<R> {
+    /// Takes a free slot now, or rejects without queueing.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BulkheadFull`] when every slot is taken (or waiters are queued ahead).
+    pub fn try_acquire(&self) -> Result<Permit<'_, R>, Rejected> {
+        if self.shared.try_acquire() {
+            Ok(Permit { bulkhead: self })
+        } else {
+            Err(self.shared.reject(Rejected::BulkheadFull))
+        }
+    }
+
+    /// Waits for a slot, in FIFO order, up to the configured `max_wait`.
+    ///
+    /// **Cancel safety:** see [`Acquire`]; dropping the future leaks nothing.
+    pub fn acquire(&self) -> Acquire<'_, R> {
+        Acquire::new(self, Deadline::none())
+    }
+
+    /// Like [`acquire`](Self::acquire), but never waits past `deadline`
+    /// ([`Rejected::DeadlineExceeded`] then).
+    pub fn acquire_before(&self, deadline: Deadline) -> Acquire<'_, R> {
+        Acquire::new(self, deadline)
+    }
+
+    /// Like [`acquire_before`](Self::acquire_before), with a permit that owns a handle to the
+    /// bulkhead (for `'static` futures such as tower's).
+    ///
+    /// **Cancel safety:** as [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_before`](Self::acquire_before).
+    pub fn acquire_owned(
+        &self,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<OwnedPermit<R>, Rejected>> + Send + 'static {
+        let bulkhead = self.clone();
+        async move {
+            let permit = bulkhead.acquire_before(deadline).await?;
+            std::mem::forget(permit);
+            Ok(OwnedPermit { bulkhead })
+        }
+    }
+
+    /// Runs `op` inside the bulkhead: waits for a slot (up to `max_wait`), runs, frees it.
+    ///
+    /// **Cancel safety:** dropping the future frees the slot or leaves the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when no slot was free in time, [`Error::Inner`] with `op`'s error.
+    pub async fn call<T, E, F, Fut>(&self, op: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let _permit = self.acquire().await?;
+        op().await.map_err(Error::Inner)
+    }
+
+    /// Calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// Callers waiting now.
+    pub fn queued(&self) -> usize {
+        self.shared.queued()
+    }
+
+    /// Calls rejected so far (full, waited too long, or past their deadline).
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected()
+    }
+
+    /// The concurrency limit.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Removes a waiter from the queue; `true` if it had already been granted a permit.
+    fn leave_queue(&self, place: Place) -> bool {
+        let granted = lock(&self.shared.queue).cancel(place);
+        if !granted {
+            self.shared.note_unqueued();
+        }
+        granted
+    }
+}
+
+/// A slot in a [`Bulkhead`], freed on drop.
+#[must_use = "the slot is freed as soon as the permit is dropped"]
+pub struct Permit<'a, R: Runtime> {
+    bulkhead: &'a Bulkhead<R>,
+}
+
+impl<R: Runtime> Drop for Permit<'_, R> {
+    fn drop(&mut self) {
+        self.bulkhead.shared.release();
+    }
+}
+
+/// A slot in a [`Bulkhead`] that owns a handle to it, freed on drop.
+#[must_use = "the slot is freed as soon as the permit is dropped"]
+pub struct OwnedPermit<R: Runtime> {
+    bulkhead: Bulkhead<R>,
+}
+
+impl<R: Runtime> Drop for OwnedPermit<R> {
+    fn drop(&mut self) {
+        self.bulkhead.shared.release();
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Permit<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("bulkhead", &self.bulkhead.shared.name)
+            .finish()
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for OwnedPermit<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedPermit")
+            .field("bulkhead", &self.bulkhead.shared.name)
+            .finish()
+    }
+}

@@ -1,0 +1,126 @@
+//! Permit accounting shared by every clone of a bulkhead.
+//!
+//! Fast path: `available` is a counter taken with a compare-and-swap when nobody is queued,
+//! and given back with one `fetch_add`. The queue is a mutex-protected FIFO entered only when
+//! no permit is free. A release and an arriving waiter race like Dekker's algorithm: the
+//! releaser writes `available` then reads `queued`, the waiter writes `queued` then reads
+//! `available` (all `SeqCst`), so at least one of them sees the other and the permit reaches
+//! the waiter. `tests/loom.rs` model-checks exactly this.
+
+use std::time::Duration;
+
+use super::queue::WaitQueue;
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering::*, lock};
+
+pub(crate) struct Shared<R> {
+    pub(super) capacity: usize,
+    available: AtomicUsize,
+    queued: AtomicUsize,
+    pub(super) queue: Mutex<WaitQueue>,
+    pub(super) max_queue: usize,
+    pub(super) max_wait: Option<Duration>,
+    rejected: AtomicU64,
+    pub(super) rt: R,
+    pub(super) name: &'static str,
+}
+
+impl<R> Shared<R> {
+    pub(super) fn new(
+        capacity: usize,
+        max_queue: usize,
+        max_wait: Option<Duration>,
+        rt: R,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            capacity,
+            available: AtomicUsize::new(capacity),
+            queued: AtomicUsize::new(0),
+            queue: Mutex::new(WaitQueue::default()),
+            max_queue,
+            max_wait,
+            rejected: AtomicU64::new(0),
+            rt,
+            name,
+        }
+    }
+
+    /// Takes a free permit if there is one.
+    pub(super) fn try_take(&self) -> bool {
+        let mut free = self.available.load(SeqCst);
+        while free > 0 {
+            match self
+                .available
+                .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(seen) => free = seen,
+            }
+        }
+        false
+    }
+
+    /// The fast path: a free permit, unless waiters are queued (they come first).
+    pub(super) fn try_acquire(&self) -> bool {
+        self.queued.load(SeqCst) == 0 && self.try_take()
+    }
+
+    /// Gives a permit back and hands it to the longest waiter, if any.
+    pub(super) fn release(&self) {
+        self.available.fetch_add(1, SeqCst);
+        if self.queued.load(SeqCst) > 0 {
+            self.dispatch();
+        }
+    }
+
+    /// Grants free permits to queued waiters, in arrival order, waking each outside the lock.
+    pub(super) fn dispatch(&self) {
+        loop {
+            let waker = {
+                let mut queue = lock(&self.queue);
+                if queue.waiting() == 0 || !self.try_take() {
+                    return;
+                }
+                match queue.grant_first() {
+                    Some(waker) => {
+                        self.queued.fetch_sub(1, SeqCst);
+                        waker
+                    }
+                    None => {
+                        self.available.fetch_add(1, SeqCst);
+                        return;
+                    }
+                }
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    pub(super) fn note_queued(&self) {
+        self.queued.fetch_add(1, SeqCst);
+    }
+
+    pub(super) fn note_unqueued(&self) {
+        self.queued.fetch_sub(1, SeqCst);
+    }
+
+    pub(super) fn reject(&self, reason: crate::Rejected) -> crate::Rejected {
+        self.rejected.fetch_add(1, Relaxed);
+        crate::telemetry::rejected("bulkhead", self.name, &reason);
+        reason
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.capacity - self.available.load(Relaxed).min(self.capacity)
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
+    pub(super) fn rejected(&self) -> u64 {
+        self.rejected.load(Relaxed)
+    }
+}

@@ -1,0 +1,254 @@
+//! The direct (one shared limit) rate limiter.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tidewall_core::gcra::{Denied, Gcra};
+
+use super::wait::WaitUntilReady;
+use crate::rt::{DefaultRuntime, Runtime};
+use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
+use crate::{ConfigError, Deadline, Rejected};
+
+/// A GCRA rate limiter with one shared limit: `count` per `period`, bursts of `burst`.
+///
+/// The state is one atomic `u64`; [`check`](Self::check) is a clock read and one
+/// compare-and-swap, lock-free and allocation-free. Cheap to clone: clones share the limit.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::rate::RateLimiter;
+/// use tidewall::Rejected;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tidewall::ConfigError> {
+/// let limiter = RateLimiter::builder(10, Duration::from_secs(1)).burst(2).build()?;
+/// assert!(limiter.check().is_ok());
+/// assert!(limiter.check().is_ok());
+/// assert_eq!(limiter.check(), Err(Rejected::RateLimited { retry_after: Duration::from_millis(100) }));
+/// limiter.until_ready().await?; // sleeps ~100 ms (plus jitter)
+/// # Ok(()) }
+/// ```
+pub struct RateLimiter<R: Runtime = DefaultRuntime> {
+    shared: Arc<Direct<R>>,
+}
+
+struct Direct<R> {
+    gcra: Gcra,
+    tat: AtomicU64,
+    origin: Instant,
+    rt: R,
+    jitter: Duration,
+    waits: AtomicU64,
+    name: &'static str,
+}
+
+impl<R: Runtime> Clone for RateLimiter<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for RateLimiter<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("name", &self.shared.name)
+            .field("gcra", &self.shared.gcra)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`RateLimiter`] or a [`KeyedRateLimiter`](super::KeyedRateLimiter).
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct RateLimiterBuilder<R = DefaultRuntime> {
+    pub(super) count: u32,
+    pub(super) period: Duration,
+    pub(super) burst: Option<u32>,
+    pub(super) jitter: Option<Duration>,
+    pub(super) rt: R,
+    pub(super) name: &'static str,
+}
+
+impl RateLimiter {
+    /// `count` cells per `period` on the default runtime; the burst defaults to `count`.
+    pub fn builder(count: u32, period: Duration) -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            count,
+            period,
+            burst: None,
+            jitter: None,
+            rt: DefaultRuntime::default(),
+            name: "rate",
+        }
+    }
+}
+
+impl<R> RateLimiterBuilder<R> {
+    /// Cells admitted at once from rest (see the [module docs](super) for the exact sentence).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// The most random delay added to each wait in `until_ready` (default: one emission
+    /// interval). Zero disables it.
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = Some(jitter);
+        self
+    }
+
+    /// A name for metric labels.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Runs on another runtime (its clock is the limiter's).
+    pub fn runtime<R2>(self, rt: R2) -> RateLimiterBuilder<R2> {
+        RateLimiterBuilder {
+            count: self.count,
+            period: self.period,
+            burst: self.burst,
+            jitter: self.jitter,
+            rt,
+            name: self.name,
+        }
+    }
+
+    pub(super) fn gcra(&self) -> Result<(Gcra, Duration), ConfigError> {
+        let gcra = Gcra::new(self.count, self.period, self.burst.unwrap_or(self.count))?;
+        let jitter = self
+            .jitter
+            .unwrap_or(Duration::from_nanos(gcra.interval_nanos()));
+        Ok((gcra, jitter))
+    }
+
+    /// Validates and builds a direct limiter.
+    ///
+    /// # Errors
+    ///
+    /// Zero count, period or burst, a rate above one cell per nanosecond, or a
+    /// `burst × interval` that overflows ([`Gcra::new`]).
+    pub fn build(self) -> Result<RateLimiter<R>, ConfigError>
+    where
+        R: Runtime,
+    {
+        let (gcra, jitter) = self.gcra()?;
+        Ok(RateLimiter {
+            shared: Arc::new(Direct {
+                gcra,
+                tat: AtomicU64::new(0),
+                origin: self.rt.now(),
+                rt: self.rt,
+                jitter,
+                waits: AtomicU64::new(0),
+                name: self.name,
+            }),
+        })
+    }
+}
+
+pub(super) fn rejection(denied: Denied) -> Rejected {
+    match denied {
+        Denied::Wait { nanos } => Rejected::RateLimited {
+            retry_after: Duration::from_nanos(nanos),
+        },
+        Denied::InsufficientCapacity { burst } => Rejected::InsufficientCapacity { burst },
+        _ => Rejected::InsufficientCapacity { burst: 0 },
+    }
+}
+
+impl<R: Runtime> RateLimiter<R> {
+    /// Admits one cell now, or says how long until it would be admitted.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::RateLimited`] with the exact `retry_after`.
+    pub fn check(&self) -> Result<(), Rejected> {
+        self.check_n(1)
+    }
+
+    /// Admits `cells` at once (all or nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::RateLimited`], or [`Rejected::InsufficientCapacity`] when `cells` exceeds
+    /// the burst (it could never pass).
+    pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        let shared = &*self.shared;
+        let now = nanos_since(shared.origin, shared.rt.now());
+        let mut tat = shared.tat.load(Relaxed);
+        loop {
+            let next = shared.gcra.decide(tat, now, cells).map_err(|d| {
+                let rejected = rejection(d);
+                crate::telemetry::rejected("rate", shared.name, &rejected);
+                rejected
+            })?;
+            match shared
+                .tat
+                .compare_exchange_weak(tat, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// Waits until one cell is admitted.
+    ///
+    /// **Cancel safety:** GCRA reserves nothing while waiting; dropping the future loses
+    /// nothing and takes no capacity.
+    ///
+    /// # Errors
+    ///
+    /// None in practice for one cell (the burst is at least 1); the `Result` matches
+    /// [`until_n_ready_before`](Self::until_n_ready_before).
+    pub fn until_ready(&self) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
+        self.until_n_ready_before(1, Deadline::none())
+    }
+
+    /// Waits until `cells` are admitted at once, but not past `deadline`.
+    ///
+    /// **Cancel safety:** as [`until_ready`](Self::until_ready).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
+    /// [`Rejected::InsufficientCapacity`] when `cells` exceeds the burst.
+    pub fn until_n_ready_before(
+        &self,
+        cells: u32,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
+        let seed = self.shared.waits.fetch_add(1, Relaxed);
+        WaitUntilReady::new(
+            move || self.check_n(cells),
+            self.shared.rt.clone(),
+            deadline,
+            self.shared.jitter,
+            seed,
+        )
+    }
+
+    /// Like [`until_n_ready_before`](Self::until_n_ready_before) with one cell.
+    ///
+    /// **Cancel safety:** as [`until_ready`](Self::until_ready).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline.
+    pub fn until_ready_before(
+        &self,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
+        self.until_n_ready_before(1, deadline)
+    }
+
+    /// The GCRA parameters.
+    pub fn gcra(&self) -> Gcra {
+        self.shared.gcra
+    }
+}

@@ -1,0 +1,34 @@
+//! Rate limiting with GCRA: a direct limiter and a keyed one, both exact and lock-light.
+//!
+//! **Burst, in one sentence:** a limiter that has been idle long enough admits `burst` cells
+//! at once, then one cell every `period / count`, so over any span `d` it admits at most
+//! `burst + floor(d / interval)` cells (tested exactly in `tests/rate.rs`).
+//!
+//! * [`RateLimiter`]: one shared limit; `check` is a clock read plus one compare-and-swap.
+//! * [`KeyedRateLimiter`]: a limit per key, at most `max_keys` keys, rested keys evicted
+//!   losslessly.
+//! * Waiting (`until_ready*`) sleeps exactly until the limiter would admit, plus jitter so
+//!   waiters do not wake together, and gives up at once when the wait would pass the deadline.
+//! * Rejections are values: [`Rejected::RateLimited`](crate::Rejected::RateLimited) with
+//!   `retry_after`, which the retry driver and the pipeline honour.
+//!
+//! Fairness: waiters are not queued; whoever checks first after a refill wins (the jitter
+//! spreads them). Use a [bulkhead](crate::bulkhead) in front if you need FIFO.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::rate::RateLimiter;
+//!
+//! let limiter = RateLimiter::builder(100, Duration::from_secs(1)).burst(10).build()?;
+//! let admitted = (0..50).filter(|_| limiter.check().is_ok()).count();
+//! assert_eq!(admitted, 10, "a burst of 10 at one instant, then one per 10 ms");
+//! # Ok::<(), tidewall::ConfigError>(())
+//! ```
+
+mod direct;
+mod keyed;
+mod wait;
+
+pub use direct::{RateLimiter, RateLimiterBuilder};
+pub use keyed::{KeyedRateLimiter, KeyedRateLimiterBuilder};
+pub use tidewall_core::gcra::Gcra;
