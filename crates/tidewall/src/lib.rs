@@ -39,6 +39,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod breaker;
+pub mod budget;
 pub mod bulkhead;
 pub mod fallback;
 pub mod fan_out;

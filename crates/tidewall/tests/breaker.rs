@@ -296,7 +296,7 @@ fn probe_cancellation_storm_leaves_every_slot_free() {
     let mut rng = tidewall_core_rng(42);
     let mut held = Vec::new();
     for _ in 0..100_000 {
-        if rng() % 2 == 0 || held.len() == 8 {
+        if rng().is_multiple_of(2) || held.len() == 8 {
             if !held.is_empty() {
                 let i = usize::try_from(rng() % held.len() as u64).unwrap();
                 drop(held.swap_remove(i));

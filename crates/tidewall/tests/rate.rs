@@ -17,11 +17,20 @@ fn ms(n: u64) -> Duration {
 /// A greedy caller over virtual time admits exactly `burst + floor(span / interval)`.
 #[test]
 fn admits_exactly_the_theoretical_count_for_many_rates_and_bursts() {
-    for (count, period_ms, burst, span_ms) in
-        [(10, 1000, 1, 5_000), (10, 1000, 10, 5_000), (100, 1000, 7, 2_345), (3, 10, 2, 1_000), (1000, 1000, 50, 999), (7, 3000, 3, 60_000)]
-    {
+    for (count, period_ms, burst, span_ms) in [
+        (10, 1000, 1, 5_000),
+        (10, 1000, 10, 5_000),
+        (100, 1000, 7, 2_345),
+        (3, 10, 2, 1_000),
+        (1000, 1000, 50, 999),
+        (7, 3000, 3, 60_000),
+    ] {
         let rt = Clocked::new(Tokio);
-        let limiter = RateLimiter::builder(count, ms(period_ms)).burst(burst).runtime(rt.clone()).build().unwrap();
+        let limiter = RateLimiter::builder(count, ms(period_ms))
+            .burst(burst)
+            .runtime(rt.clone())
+            .build()
+            .unwrap();
         let start = rt.now();
         let mut admitted = 0u64;
         loop {
@@ -38,12 +47,20 @@ fn admits_exactly_the_theoretical_count_for_many_rates_and_bursts() {
         }
         let interval = period_ms * 1_000_000 / u64::from(count);
         let expected = u64::from(burst) + span_ms * 1_000_000 / interval;
-        assert_eq!(admitted, expected, "{count}/{period_ms}ms burst {burst} over {span_ms}ms");
+        assert_eq!(
+            admitted, expected,
+            "{count}/{period_ms}ms burst {burst} over {span_ms}ms"
+        );
     }
 }
 
 async fn waits_with_jitter_and_deadlines<R: Runtime>(rt: Clocked<R>) {
-    let limiter = RateLimiter::builder(10, ms(1000)).burst(1).jitter(Duration::ZERO).runtime(rt.clone()).build().unwrap();
+    let limiter = RateLimiter::builder(10, ms(1000))
+        .burst(1)
+        .jitter(Duration::ZERO)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
     let start = rt.now();
     for _ in 0..5 {
         limiter.until_ready().await.unwrap();
@@ -51,9 +68,17 @@ async fn waits_with_jitter_and_deadlines<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(rt.now() - start, ms(400), "1 at once, then one per 100 ms");
     // The next cell is 100 ms away: a 50 ms deadline fails at once, without sleeping.
     let before = rt.now();
-    assert_eq!(limiter.until_ready_before(Deadline::after(&rt, ms(50))).await, Err(Rejected::DeadlineExceeded));
+    assert_eq!(
+        limiter
+            .until_ready_before(Deadline::after(&rt, ms(50)))
+            .await,
+        Err(Rejected::DeadlineExceeded)
+    );
     assert_eq!(rt.now(), before);
-    assert_eq!(limiter.until_n_ready_before(2, Deadline::none()).await, Err(Rejected::InsufficientCapacity { burst: 1 }));
+    assert_eq!(
+        limiter.until_n_ready_before(2, Deadline::none()).await,
+        Err(Rejected::InsufficientCapacity { burst: 1 })
+    );
 }
 
 #[test]
@@ -62,7 +87,12 @@ fn waits_and_deadlines_on_every_runtime() {
 }
 
 async fn jittered_waiters_do_not_wake_together<R: Runtime>(rt: Clocked<R>) {
-    let limiter = RateLimiter::builder(10, ms(1000)).burst(1).jitter(ms(50)).runtime(rt.clone()).build().unwrap();
+    let limiter = RateLimiter::builder(10, ms(1000))
+        .burst(1)
+        .jitter(ms(50))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
     limiter.check().unwrap();
     let start = rt.now();
     let waiters: Vec<_> = (0..8)
@@ -83,7 +113,10 @@ async fn jittered_waiters_do_not_wake_together<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(woke.len(), 8, "eight distinct admission times: {woke:?}");
     // Each waiter was admitted one interval after the previous one, at least.
     for pair in woke.windows(2) {
-        assert!(pair[1] - pair[0] >= ms(100) || pair[1] - pair[0] == Duration::ZERO, "{woke:?}");
+        assert!(
+            pair[1] - pair[0] >= ms(100) || pair[1] - pair[0] == Duration::ZERO,
+            "{woke:?}"
+        );
     }
 }
 
@@ -94,12 +127,25 @@ fn jitter_spreads_waiters_on_every_runtime() {
 
 #[test]
 fn bad_configuration_is_a_typed_error() {
-    let b = |count, period, burst| RateLimiter::builder(count, period).burst(burst).build().map(drop);
+    let b = |count, period, burst| {
+        RateLimiter::builder(count, period)
+            .burst(burst)
+            .build()
+            .map(drop)
+    };
     assert_eq!(b(0, ms(1), 1), Err(ConfigError::Zero { field: "count" }));
-    assert_eq!(b(1, Duration::ZERO, 1), Err(ConfigError::Zero { field: "period" }));
+    assert_eq!(
+        b(1, Duration::ZERO, 1),
+        Err(ConfigError::Zero { field: "period" })
+    );
     assert_eq!(b(1, ms(1), 0), Err(ConfigError::Zero { field: "burst" }));
-    assert_eq!(b(1, Duration::MAX, 1), Err(ConfigError::DurationOverflow { field: "period" }));
-    let keyed = KeyedRateLimiter::<u64>::builder(1, ms(1)).max_keys(0).build::<u64>();
+    assert_eq!(
+        b(1, Duration::MAX, 1),
+        Err(ConfigError::DurationOverflow { field: "period" })
+    );
+    let keyed = KeyedRateLimiter::<u64>::builder(1, ms(1))
+        .max_keys(0)
+        .build::<u64>();
     assert_eq!(keyed.unwrap_err(), ConfigError::Zero { field: "max_keys" });
 }
 
@@ -108,24 +154,39 @@ fn bad_configuration_is_a_typed_error() {
 #[test]
 fn evicting_a_rested_key_is_indistinguishable_from_a_fresh_key() {
     let rt = Clocked::new(Tokio);
-    let build = || KeyedRateLimiter::<u64>::builder(5, ms(100)).burst(3).runtime(rt.clone()).build::<u64>().unwrap();
+    let build = || {
+        KeyedRateLimiter::<u64>::builder(5, ms(100))
+            .burst(3)
+            .runtime(rt.clone())
+            .build::<u64>()
+            .unwrap()
+    };
     let (evicting, keeping) = (build(), build());
     let mut rng = tidewall_core::rng::SplitMix64::new(99);
     let mut evictions = 0;
     for _ in 0..20_000 {
         let key = rng.below_or_equal(40);
         assert_eq!(evicting.check_key(&key), keeping.check_key(&key));
-        rt.clock().advance(Duration::from_micros(rng.below_or_equal(20_000)));
+        rt.clock()
+            .advance(Duration::from_micros(rng.below_or_equal(20_000)));
         evictions += evicting.retain_recent();
     }
-    assert!(evictions > 1_000, "the test must actually evict ({evictions})");
+    assert!(
+        evictions > 1_000,
+        "the test must actually evict ({evictions})"
+    );
     assert!(keeping.len() > evicting.len());
 }
 
 #[test]
 fn keyed_memory_stays_bounded_and_full_shards_reject_new_keys_honestly() {
     let rt = Clocked::new(Tokio);
-    let limiter = KeyedRateLimiter::<u64>::builder(1, ms(1000)).burst(1).max_keys(64).runtime(rt.clone()).build::<u64>().unwrap();
+    let limiter = KeyedRateLimiter::<u64>::builder(1, ms(1000))
+        .burst(1)
+        .max_keys(64)
+        .runtime(rt.clone())
+        .build::<u64>()
+        .unwrap();
     let mut rejected_new = 0;
     for key in 0..10_000u64 {
         match limiter.check_key(&key) {
@@ -139,13 +200,22 @@ fn keyed_memory_stays_bounded_and_full_shards_reject_new_keys_honestly() {
         assert!(limiter.len() <= limiter.max_keys());
         rt.clock().advance(Duration::from_micros(500));
     }
-    assert!(rejected_new > 0, "a full limiter refuses new keys until one rests");
-    assert!(limiter.evicted() > 0, "rested keys were evicted to make room");
+    assert!(
+        rejected_new > 0,
+        "a full limiter refuses new keys until one rests"
+    );
+    assert!(
+        limiter.evicted() > 0,
+        "rested keys were evicted to make room"
+    );
 }
 
 #[test]
 fn memory_per_key_is_at_most_40_bytes() {
-    let limiter = KeyedRateLimiter::<u64>::builder(10, ms(1000)).max_keys(1 << 20).build::<u64>().unwrap();
+    let limiter = KeyedRateLimiter::<u64>::builder(10, ms(1000))
+        .max_keys(1 << 20)
+        .build::<u64>()
+        .unwrap();
     for n in [10_000u64, 100_000, 458_000] {
         for key in 0..n {
             limiter.check_key(&key).unwrap();
@@ -161,7 +231,11 @@ fn memory_per_key_is_at_most_40_bytes() {
 #[test]
 fn cancelled_waits_take_no_capacity() {
     let rt = Clocked::new(Tokio);
-    let limiter = RateLimiter::builder(10, ms(1000)).burst(5).runtime(rt.clone()).build().unwrap();
+    let limiter = RateLimiter::builder(10, ms(1000))
+        .burst(5)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
     let mut rng = tidewall_core::rng::SplitMix64::new(3);
     for _ in 0..100_000 {
         let mut wait = Box::pin(limiter.until_ready());

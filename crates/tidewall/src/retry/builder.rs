@@ -40,8 +40,9 @@ pub struct Retry<
 }
 
 /// The plain-data part of a [`Retry`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Settings {
+    pub(super) budget: Option<crate::budget::RetryBudget>,
     pub(super) backoff: Backoff,
     pub(super) seed: Option<u64>,
     pub(super) attempt_timeout: Option<Duration>,
@@ -60,6 +61,7 @@ impl<Op, R: Runtime> Retry<Op, R> {
     /// Retries `op` on `rt` according to `backoff`.
     pub fn new(rt: R, backoff: Backoff, op: Op) -> Self {
         let settings = Settings {
+            budget: None,
             backoff,
             seed: None,
             attempt_timeout: None,
@@ -221,6 +223,14 @@ impl<Op, R, W, V, N, H> Retry<Op, R, W, V, N, H> {
     /// attempt is not doomed from the start.
     pub fn min_attempt_time(mut self, budget: Duration) -> Self {
         self.settings.min_attempt_time = budget;
+        self
+    }
+
+    /// Draws every retry from a shared [`RetryBudget`](crate::budget::RetryBudget): the
+    /// first attempt deposits, each retry withdraws, and when the budget is spent the last
+    /// failure is returned as if the attempts had run out.
+    pub fn budget(mut self, budget: crate::budget::RetryBudget) -> Self {
+        self.settings.budget = Some(budget);
         self
     }
 

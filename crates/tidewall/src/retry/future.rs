@@ -132,6 +132,11 @@ where
                     } else {
                         None
                     };
+                    if *this.attempts == 0
+                        && let Some(budget) = &settings.budget
+                    {
+                        budget.deposit(config.rt.now());
+                    }
                     *this.attempts += 1;
                     let future = (config.op)();
                     this.timer.set(timer_at.map(|at| config.rt.sleep_until(at)));
@@ -184,6 +189,11 @@ where
             let Some(scheduled) = backoff.next_delay(delays) else {
                 return Poll::Ready(failure.exhausted());
             };
+            if let Some(budget) = &settings.budget
+                && !budget.try_withdraw(config.rt.now())
+            {
+                return Poll::Ready(failure.exhausted());
+            }
             let delay = hint.map_or(scheduled, |hint| {
                 scheduled.max(hint.min(settings.max_retry_after))
             });
