@@ -44,6 +44,7 @@ pub mod bulkhead;
 pub mod fallback;
 pub mod fan_out;
 pub mod fs;
+pub mod hedge;
 mod hint;
 #[cfg(feature = "http")]
 pub mod http;

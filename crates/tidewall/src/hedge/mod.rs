@@ -1,0 +1,227 @@
+//! Hedging: when a call is slow, start a second (third…) copy and take whichever answers first.
+//!
+//! Hedging trades a little extra load for a much shorter tail: if the primary attempt has not
+//! answered after the hedge delay, a hedge starts alongside it; the first success wins and
+//! the losers are dropped (cancelled). Only for **idempotent** calls — the caller says so by
+//! wrapping the operation in [`Idempotent`].
+//!
+//! * Delay: fixed, or a latency percentile (e.g. p95) from a streaming estimate of this
+//!   hedge's own successful attempts, with a fixed fallback until enough samples exist.
+//! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
+//!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting).
+//! * When every running attempt has failed, the next hedge starts at once instead of waiting.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::hedge::{Hedge, Idempotent};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tidewall::ConfigError> {
+//! let hedge = Hedge::builder().delay(Duration::from_millis(50)).max_hedges(1).build()?;
+//! let mut calls = 0;
+//! let answer = hedge
+//!     .call(Idempotent(|| {
+//!         calls += 1;
+//!         // The first copy is stuck; the hedge answers in 10 ms.
+//!         let latency = if calls == 1 { 10_000 } else { 10 };
+//!         async move {
+//!             tokio::time::sleep(Duration::from_millis(latency)).await;
+//!             Ok::<_, ()>(calls)
+//!         }
+//!     }))
+//!     .await;
+//! assert_eq!(answer, Ok(2));
+//! # Ok(()) }
+//! ```
+
+mod estimator;
+mod future;
+
+use std::time::Duration;
+
+pub use future::HedgeFuture;
+
+use self::estimator::LatencyEstimator;
+use crate::ConfigError;
+use crate::budget::{RetryBudget, RetryBudgetPolicy};
+use crate::rt::{DefaultRuntime, Runtime};
+use crate::sync::Arc;
+
+/// Marks an operation as safe to run more than once at the same time.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotent<F>(pub F);
+
+/// A hedging policy. Cheap to clone: clones share the latency estimate and the budget.
+pub struct Hedge<R: Runtime = DefaultRuntime> {
+    inner: Arc<Inner<R>>,
+}
+
+struct Inner<R> {
+    fixed: Duration,
+    estimator: LatencyEstimator,
+    percentile: bool,
+    max_hedges: u32,
+    budget: Option<RetryBudget>,
+    rt: R,
+}
+
+impl<R: Runtime> Clone for Hedge<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Hedge<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hedge")
+            .field("delay", &self.delay())
+            .field("max_hedges", &self.inner.max_hedges)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Hedge`]: by default a fixed 100 ms delay, one hedge, no budget.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct HedgeBuilder<R = DefaultRuntime> {
+    delay: Duration,
+    percentile: Option<(f64, u64)>,
+    max_hedges: u32,
+    budget_ratio: Option<f64>,
+    rt: R,
+}
+
+impl Hedge {
+    /// Starts a hedging policy on the default runtime.
+    pub fn builder() -> HedgeBuilder {
+        HedgeBuilder {
+            delay: Duration::from_millis(100),
+            percentile: None,
+            max_hedges: 1,
+            budget_ratio: None,
+            rt: DefaultRuntime::default(),
+        }
+    }
+}
+
+impl<R> HedgeBuilder<R> {
+    /// Hedge after a fixed delay (also the fallback for a percentile delay).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Hedge after the `quantile` (e.g. `0.95`) of recent successful latencies, once
+    /// `min_samples` were seen; the fixed [`delay`](Self::delay) until then.
+    pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
+        self.percentile = Some((quantile, min_samples));
+        self
+    }
+
+    /// Extra attempts per call (default 1; 0 disables hedging).
+    pub fn max_hedges(mut self, n: u32) -> Self {
+        self.max_hedges = n;
+        self
+    }
+
+    /// Hedges may add at most `ratio` of the calls (e.g. `0.05` for 5 %), over a 10 s window.
+    pub fn budget_ratio(mut self, ratio: f64) -> Self {
+        self.budget_ratio = Some(ratio);
+        self
+    }
+
+    /// Runs on another runtime.
+    pub fn runtime<R2>(self, rt: R2) -> HedgeBuilder<R2> {
+        HedgeBuilder {
+            delay: self.delay,
+            percentile: self.percentile,
+            max_hedges: self.max_hedges,
+            budget_ratio: self.budget_ratio,
+            rt,
+        }
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A zero or overflowing delay, a quantile outside (0, 1] or NaN, zero `min_samples`, a
+    /// budget ratio outside [0, 1000].
+    pub fn build(self) -> Result<Hedge<R>, ConfigError>
+    where
+        R: Runtime,
+    {
+        if self.delay.is_zero() {
+            return Err(ConfigError::Zero { field: "delay" });
+        }
+        if u64::try_from(self.delay.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow { field: "delay" });
+        }
+        let (quantile, min_samples) = self.percentile.unwrap_or((0.5, 1));
+        if !quantile.is_finite() {
+            return Err(ConfigError::NotFinite { field: "quantile" });
+        }
+        if quantile <= 0.0 || quantile > 1.0 {
+            return Err(ConfigError::OutOfRange {
+                field: "quantile",
+                value: quantile,
+                allowed: "in (0, 1]",
+            });
+        }
+        if min_samples == 0 {
+            return Err(ConfigError::Zero {
+                field: "min_samples",
+            });
+        }
+        let budget = match self.budget_ratio {
+            Some(ratio) => {
+                let policy = RetryBudgetPolicy::builder()
+                    .ratio(ratio)
+                    .min_per_second(0)
+                    .build()?;
+                Some(RetryBudget::new(policy, self.rt.now()))
+            }
+            None => None,
+        };
+        Ok(Hedge {
+            inner: Arc::new(Inner {
+                fixed: self.delay,
+                estimator: LatencyEstimator::new(quantile, min_samples),
+                percentile: self.percentile.is_some(),
+                max_hedges: self.max_hedges,
+                budget,
+                rt: self.rt,
+            }),
+        })
+    }
+}
+
+impl<R: Runtime> Hedge<R> {
+    /// Runs `op`, hedging it per the policy. See [`HedgeFuture`].
+    pub fn call<F, Fut, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, Fut, R>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        HedgeFuture::new(self, op)
+    }
+
+    /// The delay a call starting now would hedge after.
+    pub fn delay(&self) -> Duration {
+        let inner = &*self.inner;
+        if inner.percentile {
+            inner.estimator.estimate().unwrap_or(inner.fixed)
+        } else {
+            inner.fixed
+        }
+    }
+
+    fn budget_allows(&self) -> bool {
+        self.inner
+            .budget
+            .as_ref()
+            .is_none_or(|b| b.try_withdraw(self.inner.rt.now()))
+    }
+}
