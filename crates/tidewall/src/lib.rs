@@ -48,6 +48,7 @@ pub mod hedge;
 mod hint;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod pipeline;
 pub mod race;
 pub mod rate;
 mod reject;

@@ -20,11 +20,32 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange) {
     .increment(1);
 }
 
-/// A policy rejected a call.
-#[allow(unused_variables)]
-pub(crate) fn rejected(policy: &'static str, name: &'static str, reason: &crate::Rejected) {
-    #[cfg(feature = "tracing")]
-    tracing::debug!(policy, name, %reason, "call rejected");
+/// A policy's rejection telemetry. The metrics counter is registered once, when the policy
+/// is built (install the metrics recorder before building policies), so a rejection only
+/// increments it: no allocation on the rejection path.
+pub(crate) struct Rejections {
+    policy: &'static str,
+    pub(crate) name: &'static str,
     #[cfg(feature = "metrics")]
-    metrics::counter!("tidewall_rejections_total", "policy" => policy, "name" => name).increment(1);
+    counter: metrics::Counter,
+}
+
+impl Rejections {
+    pub(crate) fn new(policy: &'static str, name: &'static str) -> Self {
+        Self {
+            policy,
+            name,
+            #[cfg(feature = "metrics")]
+            counter: metrics::counter!("tidewall_rejections_total", "policy" => policy, "name" => name),
+        }
+    }
+
+    /// Records one rejection.
+    #[allow(unused_variables)]
+    pub(crate) fn record(&self, reason: &crate::Rejected) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(policy = self.policy, name = self.name, %reason, "call rejected");
+        #[cfg(feature = "metrics")]
+        self.counter.increment(1);
+    }
 }

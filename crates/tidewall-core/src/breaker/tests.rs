@@ -248,7 +248,7 @@ proptest! {
         for step in events {
             epoch += step;
             let slot = usize::try_from(epoch % slots).unwrap();
-            ring[slot] = b.add(ring[slot], epoch as u16, [1, 0, 0]).unwrap();
+            ring[slot] = b.add(ring[slot], u16::try_from(epoch % 65_536).unwrap(), [1, 0, 0]).unwrap();
             history.push(epoch);
             let live: u64 = ring
                 .iter()

@@ -39,6 +39,7 @@ pub(crate) struct Shared<R> {
     origin: Instant,
     pub(super) rt: R,
     pub(super) name: &'static str,
+    rejections: crate::telemetry::Rejections,
     listener: Option<Listener>,
     seed: u64,
 }
@@ -64,6 +65,7 @@ impl<R: Runtime> Shared<R> {
             needs_clock,
             rt,
             name,
+            rejections: crate::telemetry::Rejections::new("breaker", name),
             listener,
             seed,
             policy,
@@ -138,7 +140,7 @@ impl<R: Runtime> Shared<R> {
 
     fn reject(&self, retry_after: Duration) -> Rejected {
         let rejected = Rejected::CircuitOpen { retry_after };
-        crate::telemetry::rejected("breaker", self.name, &rejected);
+        self.rejections.record(&rejected);
         rejected
     }
 

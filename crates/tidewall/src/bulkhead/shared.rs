@@ -22,6 +22,7 @@ pub(crate) struct Shared<R> {
     rejected: AtomicU64,
     pub(super) rt: R,
     pub(super) name: &'static str,
+    rejections: crate::telemetry::Rejections,
 }
 
 impl<R> Shared<R> {
@@ -42,6 +43,7 @@ impl<R> Shared<R> {
             rejected: AtomicU64::new(0),
             rt,
             name,
+            rejections: crate::telemetry::Rejections::new("bulkhead", name),
         }
     }
 
@@ -108,7 +110,7 @@ impl<R> Shared<R> {
 
     pub(super) fn reject(&self, reason: crate::Rejected) -> crate::Rejected {
         self.rejected.fetch_add(1, Relaxed);
-        crate::telemetry::rejected("bulkhead", self.name, &reason);
+        self.rejections.record(&reason);
         reason
     }
 

@@ -41,6 +41,7 @@ struct Direct<R> {
     jitter: Duration,
     waits: AtomicU64,
     name: &'static str,
+    rejections: crate::telemetry::Rejections,
 }
 
 impl<R: Runtime> Clone for RateLimiter<R> {
@@ -146,6 +147,7 @@ impl<R> RateLimiterBuilder<R> {
                 jitter,
                 waits: AtomicU64::new(0),
                 name: self.name,
+                rejections: crate::telemetry::Rejections::new("rate", self.name),
             }),
         })
     }
@@ -184,7 +186,7 @@ impl<R: Runtime> RateLimiter<R> {
         loop {
             let next = shared.gcra.decide(tat, now, cells).map_err(|d| {
                 let rejected = rejection(d);
-                crate::telemetry::rejected("rate", shared.name, &rejected);
+                shared.rejections.record(&rejected);
                 rejected
             })?;
             match shared

@@ -63,6 +63,7 @@ struct Keyed<K, R> {
     waits: AtomicU64,
     evicted: AtomicU64,
     name: &'static str,
+    rejections: crate::telemetry::Rejections,
 }
 
 impl<K, R: Runtime> Clone for KeyedRateLimiter<K, R> {
@@ -176,6 +177,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 waits: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
                 name: rate.name,
+                rejections: crate::telemetry::Rejections::new("keyed_rate", rate.name),
             }),
         })
     }
@@ -219,7 +221,7 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
         };
         drop(shard);
         if let Err(rejected) = &result {
-            crate::telemetry::rejected("keyed_rate", shared.name, rejected);
+            shared.rejections.record(rejected);
         }
         result
     }

@@ -86,7 +86,9 @@ impl Wake for TaskWaker {
 /// A spawned future plus its accounting; delivers its output through a oneshot *before* it
 /// reports itself idle, so the receiver is marked active first and time cannot slip between.
 pub(super) struct Tracked<F: Future> {
-    future: Pin<Box<F>>,
+    // Dropped before the output is sent (or the sender dropped), so a joined or aborted
+    // task's destructors have run by the time its handle resolves, as on tokio.
+    future: Option<Pin<Box<F>>>,
     waker: Arc<TaskWaker>,
     output: Option<oneshot::Sender<Result<F::Output, JoinError>>>,
 }
@@ -105,7 +107,7 @@ impl<F: Future> Tracked<F> {
         let (tx, rx) = oneshot::channel();
         (
             Self {
-                future: Box::pin(future),
+                future: Some(Box::pin(future)),
                 waker,
                 output: Some(tx),
             },
@@ -119,6 +121,9 @@ impl<F: Future> Future for Tracked<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready(());
+        };
         {
             let mut inner = this
                 .waker
@@ -135,7 +140,7 @@ impl<F: Future> Future for Tracked<F> {
         }
         let waker = Waker::from(Arc::clone(&this.waker));
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            this.future.as_mut().poll(&mut Context::from_waker(&waker))
+            future.as_mut().poll(&mut Context::from_waker(&waker))
         }));
         let output = match polled {
             Ok(Poll::Pending) => {
@@ -153,6 +158,7 @@ impl<F: Future> Future for Tracked<F> {
             Ok(Poll::Ready(value)) => Ok(value),
             Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
         };
+        this.future = None;
         if let Some(tx) = this.output.take() {
             let _ = tx.send(output);
         }
@@ -171,7 +177,9 @@ impl<F: Future> Tracked<F> {
 
 impl<F: Future> Drop for Tracked<F> {
     fn drop(&mut self) {
-        // Aborted or dropped by its executor: the receiver sees the sender go (Cancelled).
+        // Aborted or dropped by its executor: drop the future first, then the receiver sees
+        // the sender go (Cancelled).
+        self.future = None;
         drop(self.output.take());
         self.finish();
     }

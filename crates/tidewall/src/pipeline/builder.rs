@@ -1,0 +1,191 @@
+//! The pipeline builder: stages can only be added in the recommended order, so a known-bad
+//! order is a compile error, not a runtime surprise.
+
+use std::time::Duration;
+
+use tidewall_core::backoff::Backoff;
+
+use super::Pipeline;
+use super::stages::RetryStage;
+use crate::ConfigError;
+use crate::breaker::CircuitBreaker;
+use crate::budget::RetryBudget;
+use crate::bulkhead::Bulkhead;
+use crate::rate::RateLimiter;
+use crate::rt::Runtime;
+
+/// Builds a [`Pipeline`] outermost stage first:
+/// `deadline → rate_limit → bulkhead → retry → breaker → attempt_timeout → op`.
+///
+/// Each method exists only while the stages after it are still empty, so
+/// `.bulkhead(..).rate_limit(..)` (a limiter inside a bulkhead holds slots while it waits)
+/// or `.breaker(..).retry(..)` (retries that cannot see the breaker's `CircuitOpen` hint)
+/// do not compile:
+///
+/// ```compile_fail
+/// use std::time::Duration;
+/// use tidewall::{bulkhead::Bulkhead, pipeline::Pipeline, rate::RateLimiter};
+///
+/// let limiter = RateLimiter::builder(10, Duration::from_secs(1)).build().unwrap();
+/// let bulkhead = Bulkhead::builder(4).build().unwrap();
+/// let _ = Pipeline::builder().bulkhead(bulkhead).rate_limit(limiter);
+/// ```
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct PipelineBuilder<R, L = (), B = (), T = (), C = ()> {
+    pub(super) rt: R,
+    pub(super) budget: Option<Duration>,
+    pub(super) limiter: L,
+    pub(super) bulkhead: B,
+    pub(super) retry: T,
+    pub(super) breaker: C,
+    pub(super) attempt_timeout: Option<Duration>,
+    pub(super) min_attempt_time: Duration,
+    pub(super) seed: u64,
+}
+
+impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
+    /// Every call gets at most `budget` from its start, shared by all stages (waits, sleeps,
+    /// attempts). Calls made with [`Pipeline::call_before`] keep the earlier of the two.
+    pub fn deadline(mut self, budget: Duration) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Starts an attempt (or a retry's sleep) only if this much time would be left for it.
+    pub fn min_attempt_time(mut self, time: Duration) -> Self {
+        self.min_attempt_time = time;
+        self
+    }
+
+    /// Fixes the retry jitter seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero deadline or attempt timeout,
+    /// [`ConfigError::DurationOverflow`] for durations beyond `u64` nanoseconds.
+    pub fn build(self) -> Result<Pipeline<R, L, B, T, C>, ConfigError>
+    where
+        R: Runtime,
+    {
+        for (field, value) in [
+            ("deadline", self.budget),
+            ("attempt_timeout", self.attempt_timeout),
+        ] {
+            if let Some(d) = value {
+                if d.is_zero() {
+                    return Err(ConfigError::Zero { field });
+                }
+                if u64::try_from(d.as_nanos()).is_err() {
+                    return Err(ConfigError::DurationOverflow { field });
+                }
+            }
+        }
+        Ok(Pipeline { config: self })
+    }
+}
+
+impl<R: Runtime> PipelineBuilder<R> {
+    /// Waits on `limiter` first (the wait counts against the deadline).
+    pub fn rate_limit(self, limiter: RateLimiter<R>) -> PipelineBuilder<R, RateLimiter<R>> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter,
+            bulkhead: (),
+            retry: (),
+            breaker: (),
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<R: Runtime, L> PipelineBuilder<R, L> {
+    /// Holds a bulkhead slot for the whole call, retries included.
+    pub fn bulkhead(self, bulkhead: Bulkhead<R>) -> PipelineBuilder<R, L, Bulkhead<R>> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter: self.limiter,
+            bulkhead,
+            retry: (),
+            breaker: (),
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<R, L, B> PipelineBuilder<R, L, B> {
+    /// Retries failed attempts (errors, timeouts, `CircuitOpen` rejections) after `backoff`,
+    /// waiting at least a rejection's `retry_after` (capped at 60 s).
+    pub fn retry(self, backoff: Backoff) -> PipelineBuilder<R, L, B, RetryStage> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter: self.limiter,
+            bulkhead: self.bulkhead,
+            retry: RetryStage {
+                backoff,
+                budget: None,
+                max_retry_after: Duration::from_secs(60),
+            },
+            breaker: (),
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<R, L, B> PipelineBuilder<R, L, B, RetryStage> {
+    /// Draws retries from a shared budget.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry.budget = Some(budget);
+        self
+    }
+
+    /// The largest `retry_after` hint honoured (default 60 s).
+    pub fn max_retry_after(mut self, cap: Duration) -> Self {
+        self.retry.max_retry_after = cap;
+        self
+    }
+}
+
+impl<R: Runtime, L, B, T> PipelineBuilder<R, L, B, T> {
+    /// Gates every attempt with `breaker`.
+    pub fn breaker(
+        self,
+        breaker: CircuitBreaker<R>,
+    ) -> PipelineBuilder<R, L, B, T, CircuitBreaker<R>> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter: self.limiter,
+            bulkhead: self.bulkhead,
+            retry: self.retry,
+            breaker,
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
+    /// Bounds each attempt (innermost); a timed-out attempt counts as a breaker failure and
+    /// is retryable.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+}

@@ -1,0 +1,164 @@
+//! Pipeline: the resilience policies composed statically, with one deadline through all.
+//!
+//! ```text
+//! deadline → rate limit → bulkhead → retry → circuit breaker → attempt timeout → op
+//! ```
+//!
+//! A [`Pipeline`] nests the policies it was given as type parameters (an absent stage is `()`
+//! and compiles away), so a call allocates nothing and dispatches nothing dynamically. One
+//! [`Deadline`] covers the whole call: the rate limiter's wait, the bulkhead queue, every
+//! backoff sleep and every attempt count against it, and a retry that cannot start before it
+//! is not started — the call returns the last failure instead.
+//!
+//! The retry stage retries operation errors, attempt timeouts and
+//! [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) rejections, sleeping at least the
+//! rejection's `retry_after`; with [`call_with_hints`](Pipeline::call_with_hints) it also
+//! honours the operation's own [`RetryAfter`](crate::RetryAfter) hints (e.g. an HTTP 429).
+//! The builder only accepts stages in the order above (see [`PipelineBuilder`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::breaker::CircuitBreaker;
+//! use tidewall::bulkhead::Bulkhead;
+//! use tidewall::pipeline::Pipeline;
+//! use tidewall::rate::RateLimiter;
+//! use tidewall::Backoff;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pipeline = Pipeline::builder()
+//!     .deadline(Duration::from_secs(2))
+//!     .rate_limit(RateLimiter::builder(100, Duration::from_secs(1)).build()?)
+//!     .bulkhead(Bulkhead::builder(8).build()?)
+//!     .retry(Backoff::exponential(Duration::from_millis(50)).max_attempts(4).build()?)
+//!     .breaker(CircuitBreaker::builder().consecutive_failures(5).build()?)
+//!     .attempt_timeout(Duration::from_millis(300))
+//!     .build()?;
+//!
+//! let mut failures = 2;
+//! let value = pipeline
+//!     .call(|| {
+//!         let fail = failures > 0;
+//!         failures -= 1;
+//!         async move { if fail { Err("flaky") } else { Ok(42) } }
+//!     })
+//!     .await?;
+//! assert_eq!(value, 42);
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod run;
+mod stages;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use builder::PipelineBuilder;
+pub use stages::{Admission, Gate, Retries, RetryStage};
+
+use crate::rt::{DefaultRuntime, Runtime};
+use crate::{Deadline, Error, RetryAfter};
+
+/// A composed set of policies; see the [module docs](self). Cheap to share by reference;
+/// clone it to share the same policies (their state is shared).
+#[derive(Debug, Clone)]
+pub struct Pipeline<R, L = (), B = (), T = (), C = ()> {
+    config: PipelineBuilder<R, L, B, T, C>,
+}
+
+impl Pipeline<DefaultRuntime> {
+    /// Starts an empty pipeline on the default runtime.
+    pub fn builder() -> PipelineBuilder<DefaultRuntime> {
+        Self::builder_on(DefaultRuntime::default())
+    }
+}
+
+impl<R> Pipeline<R> {
+    /// Starts an empty pipeline on `rt`; the policies added must use the same runtime.
+    pub fn builder_on(rt: R) -> PipelineBuilder<R> {
+        PipelineBuilder {
+            rt,
+            budget: None,
+            limiter: (),
+            bulkhead: (),
+            retry: (),
+            breaker: (),
+            attempt_timeout: None,
+            min_attempt_time: Duration::ZERO,
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+impl<R, L, B, T, C> Pipeline<R, L, B, T, C>
+where
+    R: Runtime,
+    L: Admission,
+    B: Admission,
+    T: Retries,
+    C: Gate,
+{
+    /// Calls `op` through every stage, within the pipeline's deadline.
+    ///
+    /// **Cancel safety:** dropping the future releases everything it holds (bulkhead slot,
+    /// breaker permit — recorded as nothing) and drops the running attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when a stage refused (and retries, if any, ran out or could not
+    /// finish before the deadline), [`Error::TimedOut`] for a last attempt that timed out,
+    /// [`Error::Inner`] with the last attempt's own error.
+    pub async fn call<F, Fut, T2, E>(&self, op: F) -> Result<T2, Error<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T2, E>>,
+    {
+        run::run(self, Deadline::none(), op, |_: &E| None).await
+    }
+
+    /// Like [`call`](Self::call), also bounded by the caller's `deadline`.
+    ///
+    /// **Cancel safety:** as [`call`](Self::call).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_before<F, Fut, T2, E>(
+        &self,
+        deadline: Deadline,
+        op: F,
+    ) -> Result<T2, Error<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T2, E>>,
+    {
+        run::run(self, deadline, op, |_: &E| None).await
+    }
+
+    /// Like [`call_before`](Self::call_before), and the retry stage also honours the
+    /// operation's own `retry_after` hints.
+    ///
+    /// **Cancel safety:** as [`call`](Self::call).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_with_hints<F, Fut, T2, E>(
+        &self,
+        deadline: Deadline,
+        op: F,
+    ) -> Result<T2, Error<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T2, E>>,
+        E: RetryAfter,
+    {
+        run::run(self, deadline, op, RetryAfter::retry_after).await
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &R {
+        &self.config.rt
+    }
+}

@@ -1,0 +1,159 @@
+//! The stages a pipeline nests, each a type parameter; `()` is the empty stage and costs
+//! nothing, so a pipeline pays only for the policies it has.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tidewall_core::backoff::{Backoff, DelayState};
+
+use crate::breaker::{CircuitBreaker, Outcome};
+use crate::budget::RetryBudget;
+use crate::bulkhead::Bulkhead;
+use crate::rate::RateLimiter;
+use crate::rt::Runtime;
+use crate::{Deadline, Rejected};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<R: crate::rt::Runtime> Sealed for crate::rate::RateLimiter<R> {}
+    impl<R: crate::rt::Runtime> Sealed for crate::bulkhead::Bulkhead<R> {}
+    impl<R: crate::rt::Runtime> Sealed for crate::breaker::CircuitBreaker<R> {}
+    impl Sealed for super::RetryStage {}
+}
+
+/// A stage that admits a call before it runs: a rate limiter, a bulkhead, or nothing.
+pub trait Admission: sealed::Sealed + Send + Sync {
+    /// Held for the whole call (a bulkhead slot), released on drop.
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+
+    /// Waits for admission, but never past `deadline`.
+    ///
+    /// **Cancel safety:** dropping the future releases whatever it was waiting for.
+    ///
+    /// # Errors
+    ///
+    /// The stage's rejection, or [`Rejected::DeadlineExceeded`].
+    fn admit(
+        &self,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send;
+}
+
+impl Admission for () {
+    type Guard<'a> = ();
+
+    async fn admit(&self, _: Deadline) -> Result<(), Rejected> {
+        Ok(())
+    }
+}
+
+impl<R: Runtime> Admission for RateLimiter<R> {
+    type Guard<'a> = ();
+
+    fn admit(&self, deadline: Deadline) -> impl Future<Output = Result<(), Rejected>> + Send {
+        self.until_ready_before(deadline)
+    }
+}
+
+impl<R: Runtime> Admission for Bulkhead<R> {
+    type Guard<'a> = crate::bulkhead::Permit<'a, R>;
+
+    fn admit(
+        &self,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send {
+        self.acquire_before(deadline)
+    }
+}
+
+/// A stage that gates each attempt: a circuit breaker, or nothing.
+pub trait Gate: sealed::Sealed + Send + Sync {
+    /// Records the attempt's outcome.
+    type Permit<'a>
+    where
+        Self: 'a;
+
+    /// Admits one attempt or rejects it.
+    ///
+    /// # Errors
+    ///
+    /// The gate's rejection (e.g. [`Rejected::CircuitOpen`]).
+    fn enter(&self) -> Result<Self::Permit<'_>, Rejected>;
+
+    /// Ends an attempt.
+    fn record(permit: Self::Permit<'_>, outcome: Outcome);
+}
+
+impl Gate for () {
+    type Permit<'a> = ();
+
+    fn enter(&self) -> Result<(), Rejected> {
+        Ok(())
+    }
+
+    fn record((): (), _: Outcome) {}
+}
+
+impl<R: Runtime> Gate for CircuitBreaker<R> {
+    type Permit<'a> = crate::breaker::Permit<'a, R>;
+
+    fn enter(&self) -> Result<Self::Permit<'_>, Rejected> {
+        self.try_acquire()
+    }
+
+    fn record(permit: Self::Permit<'_>, outcome: Outcome) {
+        permit.record(outcome);
+    }
+}
+
+/// The retry stage: a backoff and an optional shared budget.
+#[derive(Debug, Clone)]
+pub struct RetryStage {
+    pub(super) backoff: Backoff,
+    pub(super) budget: Option<RetryBudget>,
+    pub(super) max_retry_after: Duration,
+}
+
+/// Whether and how long to wait before the next attempt.
+pub trait Retries: sealed::Sealed + Send + Sync {
+    /// The next delay, or `None` when no retry is left.
+    fn next_delay(&self, state: &mut Option<DelayState>, seed: u64) -> Option<Duration>;
+
+    /// The budget retries draw from, if any.
+    fn budget(&self) -> Option<&RetryBudget>;
+
+    /// The largest hint honoured.
+    fn max_retry_after(&self) -> Duration;
+}
+
+impl Retries for () {
+    fn next_delay(&self, _: &mut Option<DelayState>, _: u64) -> Option<Duration> {
+        None
+    }
+
+    fn budget(&self) -> Option<&RetryBudget> {
+        None
+    }
+
+    fn max_retry_after(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl Retries for RetryStage {
+    fn next_delay(&self, state: &mut Option<DelayState>, seed: u64) -> Option<Duration> {
+        let state = state.get_or_insert_with(|| self.backoff.start(seed));
+        self.backoff.next_delay(state)
+    }
+
+    fn budget(&self) -> Option<&RetryBudget> {
+        self.budget.as_ref()
+    }
+
+    fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+}

@@ -1,0 +1,139 @@
+//! The composed pipeline: one deadline through every stage, hints honoured, on every runtime.
+
+mod common;
+
+use std::time::Duration;
+
+use tidewall::breaker::CircuitBreaker;
+use tidewall::bulkhead::Bulkhead;
+use tidewall::pipeline::Pipeline;
+use tidewall::rate::RateLimiter;
+use tidewall::rt::Runtime;
+use tidewall::testing::{Clocked, Scripted};
+use tidewall::{Backoff, Deadline, Error, Jitter, Rejected};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn constant(delay: Duration, attempts: u32) -> Backoff {
+    Backoff::constant(delay)
+        .jitter(Jitter::None)
+        .max_attempts(attempts)
+        .build()
+        .unwrap()
+}
+
+async fn flaky_service_through_every_stage<R: Runtime>(rt: Clocked<R>) {
+    let limiter = RateLimiter::builder(10, ms(1_000))
+        .burst(1)
+        .jitter(Duration::ZERO)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder_on(rt.clone())
+        .deadline(ms(1_000))
+        .rate_limit(limiter.clone())
+        .bulkhead(Bulkhead::builder(1).runtime(rt.clone()).build().unwrap())
+        .retry(constant(ms(50), 5))
+        .breaker(
+            CircuitBreaker::builder()
+                .runtime(rt.clone())
+                .consecutive_failures(10)
+                .build()
+                .unwrap(),
+        )
+        .attempt_timeout(ms(100))
+        .build()
+        .unwrap();
+    let start = rt.now();
+    let op = Scripted::with_latency(
+        rt.clone(),
+        [(ms(10), Err("e1")), (ms(500), Ok(1)), (ms(10), Ok(2))],
+    );
+    // Attempt 1 fails at 10 ms; sleep 50; attempt 2 times out at 160; sleep 50; attempt 3 ok at 220.
+    assert_eq!(pipeline.call(|| op.call()).await, Ok(2));
+    assert_eq!(rt.now() - start, ms(220));
+    assert_eq!(op.start_offsets(), [ms(0), ms(60), ms(210)]);
+
+    // The limiter's wait counts against the deadline: with the cell just taken, the next is
+    // 100 ms away, and a 50 ms caller deadline is refused at once.
+    limiter.check().unwrap();
+    let before = rt.now();
+    let refused = pipeline
+        .call_before(Deadline::after(&rt, ms(50)), || async { Ok::<_, ()>(()) })
+        .await;
+    assert_eq!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+    assert_eq!(rt.now(), before, "refused without waiting");
+}
+
+#[test]
+fn flaky_service_through_the_whole_pipeline_on_every_runtime() {
+    on_every_runtime!(flaky_service_through_every_stage);
+}
+
+async fn retry_honours_the_breakers_hint<R: Runtime>(rt: Clocked<R>) {
+    let breaker = CircuitBreaker::builder()
+        .runtime(rt.clone())
+        .consecutive_failures(1)
+        .break_duration(ms(300))
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder_on(rt.clone())
+        .retry(constant(ms(10), 3))
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let op = Scripted::new(rt.clone(), [Err("down"), Ok(7)]);
+    let start = rt.now();
+    // Fails at 0 → breaker opens for 300 ms; the retry after 10 ms is rejected with
+    // retry_after = 290 ms, so the next retry waits for it instead of burning attempts.
+    assert_eq!(pipeline.call(|| op.call()).await, Ok(7));
+    assert_eq!(op.start_offsets(), [ms(0), ms(300)]);
+    assert_eq!(rt.now() - start, ms(300));
+}
+
+#[test]
+fn the_retry_stage_honours_circuit_open_hints_on_every_runtime() {
+    on_every_runtime!(retry_honours_the_breakers_hint);
+}
+
+async fn no_retry_that_cannot_finish<R: Runtime>(rt: Clocked<R>) {
+    let pipeline = Pipeline::builder_on(rt.clone())
+        .deadline(ms(100))
+        .retry(constant(ms(80), 5))
+        .min_attempt_time(ms(30))
+        .build()
+        .unwrap();
+    let op = Scripted::new(rt.clone(), [Err("e1"), Err("e2"), Ok(1)]);
+    let start = rt.now();
+    // After the first failure at 0, 80 ms of sleep + 30 ms of attempt do not fit in 100 ms.
+    assert_eq!(pipeline.call(|| op.call()).await, Err(Error::Inner("e1")));
+    assert_eq!(rt.now(), start, "no pointless sleep");
+}
+
+#[test]
+fn a_retry_that_cannot_finish_is_not_started_on_every_runtime() {
+    on_every_runtime!(no_retry_that_cannot_finish);
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    let rt = Clocked::new(tidewall::rt::Tokio);
+    assert_eq!(
+        Pipeline::builder_on(rt.clone())
+            .deadline(Duration::ZERO)
+            .build()
+            .map(drop),
+        Err(tidewall::ConfigError::Zero { field: "deadline" })
+    );
+    assert_eq!(
+        Pipeline::builder_on(rt)
+            .attempt_timeout(Duration::MAX)
+            .build()
+            .map(drop),
+        Err(tidewall::ConfigError::DurationOverflow {
+            field: "attempt_timeout"
+        })
+    );
+}
