@@ -73,7 +73,8 @@ impl<R> CircuitBreakerBuilder<R> {
         mut self,
         listener: impl Fn(&StateChange) + Send + Sync + 'static,
     ) -> Self {
-        self.listener = Some(Arc::new(listener));
+        // A std Arc even under loom: loom's Arc cannot hold an unsized closure.
+        self.listener = Some(std::sync::Arc::new(listener));
         self
     }
 

@@ -67,8 +67,7 @@ use crate::sync::Arc;
 use crate::{Error, Rejected};
 
 /// A circuit breaker. Cheap to clone: clones share one state.
-#[derive(Debug)]
-pub struct CircuitBreaker<R: Runtime = DefaultRuntime> {
+pub struct CircuitBreaker<R = DefaultRuntime> {
     shared: Arc<Shared<R>>,
 }
 

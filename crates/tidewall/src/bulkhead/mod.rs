@@ -53,7 +53,7 @@ use crate::sync::{Arc, lock};
 use crate::{ConfigError, Deadline, Error, Rejected};
 
 /// A concurrency limit with a bounded wait queue. Cheap to clone: clones share the limit.
-pub struct Bulkhead<R: Runtime = DefaultRuntime> {
+pub struct Bulkhead<R = DefaultRuntime> {
     shared: Arc<Shared<R>>,
 }
 

@@ -3,9 +3,11 @@
 //! Fast path: `available` is a counter taken with a compare-and-swap when nobody is queued,
 //! and given back with one `fetch_add`. The queue is a mutex-protected FIFO entered only when
 //! no permit is free. A release and an arriving waiter race like Dekker's algorithm: the
-//! releaser writes `available` then reads `queued`, the waiter writes `queued` then reads
-//! `available` (all `SeqCst`), so at least one of them sees the other and the permit reaches
-//! the waiter. `tests/loom.rs` model-checks exactly this.
+//! releaser increments `available` then reads `queued`, the waiter increments `queued` then
+//! reads `available`. Both cross-reads are read-modify-writes (`fetch_add(0)`), which read
+//! the latest value and synchronize through each location's modification order, so at least
+//! one side sees the other and the permit reaches the waiter — without relying on `SeqCst`
+//! store-load ordering, which loom cannot model. `tests/loom.rs` checks every interleaving.
 
 use std::time::Duration;
 
@@ -67,10 +69,25 @@ impl<R> Shared<R> {
         self.queued.load(SeqCst) == 0 && self.try_take()
     }
 
+    /// Takes a free permit, reading `available` with a read-modify-write (see the module docs).
+    fn try_take_fresh(&self) -> bool {
+        let mut free = self.available.fetch_add(0, SeqCst);
+        while free > 0 {
+            match self
+                .available
+                .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(seen) => free = seen,
+            }
+        }
+        false
+    }
+
     /// Gives a permit back and hands it to the longest waiter, if any.
     pub(super) fn release(&self) {
         self.available.fetch_add(1, SeqCst);
-        if self.queued.load(SeqCst) > 0 {
+        if self.queued.fetch_add(0, SeqCst) > 0 {
             self.dispatch();
         }
     }
@@ -80,7 +97,7 @@ impl<R> Shared<R> {
         loop {
             let waker = {
                 let mut queue = lock(&self.queue);
-                if queue.waiting() == 0 || !self.try_take() {
+                if queue.waiting() == 0 || !self.try_take_fresh() {
                     return;
                 }
                 match queue.grant_first() {

@@ -52,7 +52,7 @@ use crate::sync::Arc;
 pub struct Idempotent<F>(pub F);
 
 /// A hedging policy. Cheap to clone: clones share the latency estimate and the budget.
-pub struct Hedge<R: Runtime = DefaultRuntime> {
+pub struct Hedge<R = DefaultRuntime> {
     inner: Arc<Inner<R>>,
 }
 

@@ -29,7 +29,7 @@ use crate::{ConfigError, Deadline, Rejected};
 /// limiter.until_ready().await?; // sleeps ~100 ms (plus jitter)
 /// # Ok(()) }
 /// ```
-pub struct RateLimiter<R: Runtime = DefaultRuntime> {
+pub struct RateLimiter<R = DefaultRuntime> {
     shared: Arc<Direct<R>>,
 }
 

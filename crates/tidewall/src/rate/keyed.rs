@@ -42,7 +42,7 @@ const MAX_SHARDS: usize = 64;
 /// assert!(limiter.check_key(&"bob").is_ok(), "every key has its own limit");
 /// # Ok::<(), tidewall::ConfigError>(())
 /// ```
-pub struct KeyedRateLimiter<K, R: Runtime = DefaultRuntime> {
+pub struct KeyedRateLimiter<K, R = DefaultRuntime> {
     shared: Arc<Keyed<K, R>>,
 }
 

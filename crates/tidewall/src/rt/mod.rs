@@ -73,7 +73,7 @@ pub type DefaultRuntime = NoDefaultRuntime;
 
 /// See [`DefaultRuntime`]: the placeholder used when the `tokio` feature is off.
 #[cfg(not(feature = "tokio"))]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NoDefaultRuntime;
 
 /// The join handle type of runtime `R` for a task returning `T`.

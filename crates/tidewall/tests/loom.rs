@@ -1,0 +1,179 @@
+//! loom models of the lock-free parts: the half-open probe reservation and the bulkhead's
+//! release-versus-enqueue race. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p tidewall --no-default-features --test loom --release`
+//! (scripts/test does, in its own target directory).
+#![cfg(loom)]
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tidewall::breaker::{CircuitBreaker, State};
+use tidewall::bulkhead::Bulkhead;
+use tidewall::rt::{JoinError, Runtime, TaskHandle};
+
+/// A clock the model sets by hand; it spawns nothing.
+#[derive(Clone, Default)]
+struct ModelClock {
+    offset_nanos: std::sync::Arc<AtomicU64>,
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+impl ModelClock {
+    fn advance(&self, by: Duration) {
+        self.offset_nanos
+            .fetch_add(u64::try_from(by.as_nanos()).unwrap(), Ordering::SeqCst);
+    }
+}
+
+struct NoTask<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Future for NoTask<T> {
+    type Output = Result<T, JoinError>;
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Err(JoinError::Cancelled))
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for NoTask<T> {
+    fn abort(&self) {}
+}
+
+impl Runtime for ModelClock {
+    type Sleep = std::future::Pending<()>;
+    type JoinHandle<T: Send + 'static> = NoTask<T>;
+
+    fn now(&self) -> Instant {
+        base() + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
+    }
+
+    fn sleep_until(&self, _: Instant) -> Self::Sleep {
+        std::future::pending()
+    }
+
+    fn spawn<F>(&self, _: F) -> NoTask<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        unimplemented!("the models spawn with loom::thread")
+    }
+
+    fn spawn_blocking<W, T>(&self, _: W) -> NoTask<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        unimplemented!("the models spawn with loom::thread")
+    }
+}
+
+fn half_open_breaker() -> CircuitBreaker<ModelClock> {
+    let clock = ModelClock::default();
+    let breaker = CircuitBreaker::builder()
+        .runtime(clock.clone())
+        .consecutive_failures(1)
+        .break_duration(Duration::from_millis(1))
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().failure();
+    clock.advance(Duration::from_millis(1));
+    breaker
+}
+
+/// Three callers race into a half-open breaker with one probe slot: exactly one wins, in
+/// every interleaving, including the one that performs the open → half-open transition.
+#[test]
+fn exactly_one_probe_is_admitted() {
+    loom::model(|| {
+        let breaker = half_open_breaker();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let breaker = breaker.clone();
+                loom::thread::spawn(move || breaker.try_acquire_owned().ok())
+            })
+            .collect();
+        let mut permits = vec![breaker.try_acquire_owned().ok()];
+        permits.extend(threads.into_iter().map(|t| t.join().unwrap()));
+        assert_eq!(permits.iter().flatten().count(), 1);
+    });
+}
+
+/// A probe dropped while another caller races for the slot: the slot is never lost, so a
+/// success afterwards always closes the breaker.
+#[test]
+fn a_dropped_probe_returns_its_slot_in_every_interleaving() {
+    loom::model(|| {
+        let breaker = half_open_breaker();
+        let probe = breaker.try_acquire_owned().unwrap();
+        let racer = {
+            let breaker = breaker.clone();
+            loom::thread::spawn(move || breaker.try_acquire_owned().ok())
+        };
+        drop(probe);
+        match racer.join().unwrap() {
+            Some(probe) => probe.success(),
+            None => breaker.try_acquire().unwrap().success(),
+        }
+        assert_eq!(breaker.state(), State::Closed);
+    });
+}
+
+fn bulkhead() -> Bulkhead<ModelClock> {
+    Bulkhead::builder(1)
+        .max_queue(4)
+        .max_wait(None)
+        .runtime(ModelClock::default())
+        .build()
+        .unwrap()
+}
+
+/// A release racing with a waiter that is enqueueing: the waiter always gets the permit
+/// (a lost wake-up would deadlock, which loom reports).
+#[test]
+fn a_release_always_reaches_a_waiter() {
+    loom::model(|| {
+        let bulkhead = bulkhead();
+        let held = bulkhead.try_acquire().unwrap();
+        let waiter = {
+            let bulkhead = bulkhead.clone();
+            loom::thread::spawn(move || {
+                loom::future::block_on(bulkhead.acquire()).map(drop).is_ok()
+            })
+        };
+        drop(held);
+        assert!(waiter.join().unwrap());
+        assert_eq!(bulkhead.in_flight(), 0);
+    });
+}
+
+/// A waiter that gives up while the permit is being handed to it: the permit is passed on,
+/// never lost.
+#[test]
+fn a_cancelled_waiter_never_loses_the_permit() {
+    loom::model(|| {
+        let bulkhead = bulkhead();
+        let held = bulkhead.try_acquire().unwrap();
+        let waiter = {
+            let bulkhead = bulkhead.clone();
+            loom::thread::spawn(move || {
+                let mut acquire = Box::pin(bulkhead.acquire());
+                let waker = futures_util::task::noop_waker();
+                let polled = acquire.as_mut().poll(&mut Context::from_waker(&waker));
+                drop(polled);
+                drop(acquire);
+            })
+        };
+        drop(held);
+        waiter.join().unwrap();
+        assert_eq!((bulkhead.in_flight(), bulkhead.queued()), (0, 0));
+        assert!(bulkhead.try_acquire().is_ok());
+    });
+}
