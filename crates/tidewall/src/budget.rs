@@ -97,6 +97,19 @@ impl RetryBudget {
         false
     }
 
+    /// Whether one retry would be granted now (without taking it).
+    pub fn has_balance(&self, now: Instant) -> bool {
+        let (epoch, _) = self.epoch(now);
+        let len = self.inner.ring.len() as u64;
+        let (mut deposits, mut withdrawals) = (0, 0);
+        for (i, bucket) in self.inner.ring.iter().enumerate() {
+            let [d, w, _] = Bucket::BUDGET.live(bucket.load(Relaxed), i as u64, len, epoch);
+            deposits += d;
+            withdrawals += w;
+        }
+        self.inner.policy.allows(deposits, withdrawals)
+    }
+
     /// Takes one retry from the budget if the balance allows it.
     pub fn try_withdraw(&self, now: Instant) -> bool {
         let (epoch, slot) = self.epoch(now);

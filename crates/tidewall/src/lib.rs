@@ -59,6 +59,8 @@ mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod time;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use hint::RetryAfter;
 pub use reject::{Error, Rejected};

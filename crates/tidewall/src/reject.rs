@@ -155,7 +155,7 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
         match self {
             Self::Inner(e) => Some(e),
             Self::Rejected(r) => Some(r),
-            Self::TimedOut => None,
+            Self::TimedOut => Some(&crate::time::Elapsed),
         }
     }
 }

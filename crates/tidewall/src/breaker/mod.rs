@@ -200,3 +200,9 @@ impl<R: Runtime> std::fmt::Debug for Shared<R> {
             .finish_non_exhaustive()
     }
 }
+
+impl<R: Runtime> std::fmt::Debug for CircuitBreaker<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}

@@ -186,6 +186,19 @@ impl<R: Runtime> Bulkhead<R> {
         }
     }
 
+    /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BulkheadFull`] when every slot is taken (or waiters are queued ahead).
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
+        let permit = self.try_acquire()?;
+        std::mem::forget(permit);
+        Ok(OwnedPermit {
+            bulkhead: self.clone(),
+        })
+    }
+
     /// Waits for a slot, in FIFO order, up to the configured `max_wait`.
     ///
     /// **Cancel safety:** see [`Acquire`]; dropping the future leaks nothing.

@@ -249,6 +249,11 @@ impl<R: Runtime> RateLimiter<R> {
         self.until_n_ready_before(1, deadline)
     }
 
+    /// The runtime whose clock the limiter reads.
+    pub fn runtime(&self) -> &R {
+        &self.shared.rt
+    }
+
     /// The GCRA parameters.
     pub fn gcra(&self) -> Gcra {
         self.shared.gcra

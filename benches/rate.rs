@@ -1,0 +1,120 @@
+//! Rate-limiter admission cost on the allowed path: Tidewall vs governor (default features:
+//! quanta clock, DashMap key store).
+//!
+//! Every limiter gets a quota that never denies: 10^9 cells per second (a 1 ns interval, the
+//! finest both accept) with a burst of 10^9. Tidewall reads the runtime clock
+//! (`tokio::time::Instant`, i.e. `std::time::Instant` outside a paused test runtime);
+//! governor reads quanta's TSC clock, so part of any gap is the clock, not the algorithm.
+//!
+//! * `rate_direct`: one shared limiter, `check()`.
+//! * `rate_keyed_hot`: `check_key` on one key that is always present.
+//! * `rate_keyed_new`: a never-seen key every iteration (a counter that keeps running across
+//!   samples). Each key rests 1 ns after its cell, so both stores stay bounded by evicting
+//!   rested keys, and that eviction is measured, amortized: Tidewall sweeps a shard (of
+//!   `max_keys / 64` keys) whenever it fills; governor never evicts by itself, so its variant
+//!   calls `retain_recent()` every `MAX_KEYS` new keys, the documented way to bound it.
+//!
+//! Run: `cargo bench -p tidewall-benches --bench rate`.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main};
+use tidewall::rate::{KeyedRateLimiter, RateLimiter};
+
+/// 10^9 per second: an interval of exactly 1 ns, the smallest `Gcra::new` accepts.
+const PER_SECOND: u32 = 1_000_000_000;
+const MAX_KEYS: usize = 1 << 22;
+
+fn tidewall_direct() -> RateLimiter {
+    RateLimiter::builder(PER_SECOND, Duration::from_secs(1))
+        .burst(PER_SECOND)
+        .build()
+        .unwrap()
+}
+
+fn tidewall_keyed() -> KeyedRateLimiter<u64> {
+    KeyedRateLimiter::<u64>::builder(PER_SECOND, Duration::from_secs(1))
+        .burst(PER_SECOND)
+        .max_keys(MAX_KEYS)
+        .build::<u64>()
+        .unwrap()
+}
+
+fn governor_quota() -> governor::Quota {
+    // `per_second(n)` sets both the 1 ns replenish interval and a burst of n.
+    let n = NonZeroU32::new(PER_SECOND).unwrap();
+    governor::Quota::per_second(n).allow_burst(n)
+}
+
+fn rate_direct(c: &mut criterion::Criterion) {
+    let mut group = c.benchmark_group("rate_direct");
+    let tidewall = tidewall_direct();
+    assert!((0..10_000).all(|_| tidewall.check().is_ok()));
+    group.bench_function("tidewall", |b| b.iter(|| tidewall.check()));
+    let governor: governor::DefaultDirectRateLimiter = governor::RateLimiter::direct(governor_quota());
+    assert!((0..10_000).all(|_| governor.check().is_ok()));
+    group.bench_function("governor", |b| b.iter(|| governor.check().is_ok()));
+    group.finish();
+}
+
+fn rate_keyed_hot(c: &mut criterion::Criterion) {
+    let mut group = c.benchmark_group("rate_keyed_hot");
+    let hot = 42u64;
+    let tidewall = tidewall_keyed();
+    assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
+    group.bench_function("tidewall", |b| {
+        b.iter(|| tidewall.check_key(black_box(&hot)))
+    });
+    // CHECK: in governor 0.10.x with the hasher type parameter, `DefaultKeyedRateLimiter<u64>`
+    // should still name `RateLimiter::keyed`'s return type (its `S` defaults).
+    let governor: governor::DefaultKeyedRateLimiter<u64> =
+        governor::RateLimiter::keyed(governor_quota());
+    assert!((0..10_000).all(|_| governor.check_key(&hot).is_ok()));
+    group.bench_function("governor", |b| {
+        b.iter(|| governor.check_key(black_box(&hot)).is_ok())
+    });
+    group.finish();
+}
+
+fn rate_keyed_new(c: &mut criterion::Criterion) {
+    let mut group = c.benchmark_group("rate_keyed_new");
+    let tidewall = tidewall_keyed();
+    let mut next = 0u64;
+    group.bench_function("tidewall", |b| {
+        b.iter(|| {
+            next += 1;
+            tidewall.check_key(&next)
+        });
+    });
+    // Every new key must have been admitted (a full shard of unrested keys would reject).
+    assert!(tidewall.check_key(&(next + 1)).is_ok());
+    assert!(tidewall.len() <= tidewall.max_keys());
+
+    let governor: governor::DefaultKeyedRateLimiter<u64> =
+        governor::RateLimiter::keyed(governor_quota());
+    let mut next = 0u64;
+    group.bench_function("governor", |b| {
+        b.iter(|| {
+            next += 1;
+            if next % MAX_KEYS as u64 == 0 {
+                governor.retain_recent();
+            }
+            governor.check_key(&next).is_ok()
+        });
+    });
+    group.finish();
+}
+
+// criterion_group! generates an undocumented public function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group! {
+        name = benches;
+        config = tidewall_benches::criterion();
+        targets = rate_direct, rate_keyed_hot, rate_keyed_new
+    }
+}
+criterion_main!(group::benches);

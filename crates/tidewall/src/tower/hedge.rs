@@ -1,0 +1,74 @@
+//! Hedging as a tower layer, for idempotent requests.
+
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::BoxFuture;
+use crate::hedge::{Hedge, Idempotent};
+use crate::rt::Runtime;
+
+/// Hedges every request with a [`Hedge`] policy. Apply it only to routes whose requests are
+/// idempotent: a hedge sends a clone of the request to a clone of the service.
+#[derive(Debug, Clone)]
+pub struct HedgeLayer<R: Runtime> {
+    hedge: Hedge<R>,
+}
+
+impl<R: Runtime> HedgeLayer<R> {
+    /// A layer sharing `hedge` (its latency estimate and budget).
+    pub fn new(hedge: Hedge<R>) -> Self {
+        Self { hedge }
+    }
+}
+
+impl<S, R: Runtime> Layer<S> for HedgeLayer<R> {
+    type Service = HedgeService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HedgeService {
+            inner,
+            hedge: self.hedge.clone(),
+        }
+    }
+}
+
+/// The service of a [`HedgeLayer`].
+#[derive(Debug, Clone)]
+pub struct HedgeService<S, R: Runtime> {
+    inner: S,
+    hedge: Hedge<R>,
+}
+
+impl<S, Req, R> Service<Req> for HedgeService<S, R>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Req: Clone + Send + Sync + 'static,
+    R: Runtime,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let (service, hedge) = (self.inner.clone(), self.hedge.clone());
+        Box::pin(async move {
+            let attempt = move || {
+                let (mut service, req) = (service.clone(), req.clone());
+                async move {
+                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    service.call(req).await
+                }
+            };
+            hedge.call(Idempotent(attempt)).await
+        })
+    }
+}

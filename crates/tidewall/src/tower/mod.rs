@@ -1,0 +1,81 @@
+//! tower `Layer`s and `Service`s for every policy (feature `tower`).
+//!
+//! Each layer wraps the same engine as the rest of Tidewall; there is one implementation of
+//! each policy. Compared with tower's own middleware:
+//!
+//! * [`TimeoutLayer`] also bounds the wait in `poll_ready`, and the call gets only what is
+//!   left of the same budget (tower's timeout misses the readiness wait).
+//! * [`RetryLayer`] clones the request only when a retry could follow the attempt (attempts
+//!   left, budget available); the last possible attempt sends the original.
+//! * [`RateLimitLayer`] is `Clone` and its clones share one limit (GCRA, no window-edge
+//!   double bursts), and it can reject instead of waiting.
+//! * [`BulkheadLayer`] can reject when full, or wait in a bounded queue with a max wait.
+//! * [`BreakerLayer`] and [`HedgeLayer`] have no tower counterpart.
+//!
+//! Errors stay typed: a layer that can refuse returns [`crate::Error`] around the inner
+//! service's error. Behind `BoxError` (e.g. in axum's `HandleErrorLayer`), find the cause with
+//! [`cause`]: `cause::<Rejected>(&*err)`, `cause::<Elapsed>(&*err)`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::rate::RateLimiter;
+//! use tidewall::tower::RateLimitLayer;
+//! use tower_layer::Layer;
+//! use tower_service::Service;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::builder(1, Duration::from_secs(1)).burst(1).build()?;
+//! let echo = tower_service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) });
+//! let mut service = RateLimitLayer::reject(limiter).layer(echo);
+//! std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+//! assert_eq!(service.call(7).await?, 7);
+//! assert!(service.call(8).await.is_err(), "a burst of 1: the second call is refused");
+//! # Ok(()) }
+//! # fn tower_service_fn<F, Fut>(f: F) -> Fn1<F> { Fn1(f) }
+//! # #[derive(Clone)] struct Fn1<F>(F);
+//! # impl<F: FnMut(u32) -> Fut, Fut: std::future::Future> tower_service::Service<u32> for Fn1<F> {
+//! #     type Response = u32; type Error = std::convert::Infallible; type Future = Fut;
+//! #     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> { std::task::Poll::Ready(Ok(())) }
+//! #     fn call(&mut self, x: u32) -> Fut { (self.0)(x) }
+//! # }
+//! ```
+
+mod breaker;
+mod bulkhead;
+mod hedge;
+mod rate;
+mod retry;
+mod timeout;
+
+pub use breaker::{BreakerLayer, BreakerService, Classify, ErrIsFailure};
+pub use bulkhead::{BulkheadLayer, BulkheadService};
+pub use hedge::{HedgeLayer, HedgeService};
+pub use rate::{RateLimitLayer, RateLimitService};
+pub use retry::{RetryAll, RetryLayer, RetryPredicate, RetryService};
+pub use timeout::{TimeoutLayer, TimeoutService};
+
+/// Finds an error of type `T` in `err`'s `source()` chain (including `err` itself).
+///
+/// ```
+/// use tidewall::{Error, Rejected};
+///
+/// let err: Box<dyn std::error::Error + Send + Sync> =
+///     Box::new(Error::<std::io::Error>::Rejected(Rejected::BulkheadFull));
+/// assert_eq!(tidewall::tower::cause::<Rejected>(&*err), Some(&Rejected::BulkheadFull));
+/// ```
+pub fn cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+pub(crate) type BoxFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

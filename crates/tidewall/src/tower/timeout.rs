@@ -1,0 +1,121 @@
+//! A timeout that covers readiness and the call with one budget.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::BoxFuture;
+use crate::rt::{Runtime, instant_after};
+use crate::time::FutureExt as _;
+use crate::{Deadline, Error};
+
+/// Bounds each request — waiting for the service to be ready *and* the call — by `timeout`.
+///
+/// The clock starts at the first `poll_ready` of a request; if readiness takes too long,
+/// `poll_ready` fails with [`Error::TimedOut`], and the call gets only what is left.
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer<R> {
+    rt: R,
+    timeout: Duration,
+}
+
+impl<R> TimeoutLayer<R> {
+    /// `timeout` per request on `rt`'s clock.
+    pub fn new(rt: R, timeout: Duration) -> Self {
+        Self { rt, timeout }
+    }
+}
+
+impl<S, R: Runtime> Layer<S> for TimeoutLayer<R> {
+    type Service = TimeoutService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TimeoutService {
+            inner,
+            rt: self.rt.clone(),
+            timeout: self.timeout,
+            started: None,
+            sleep: None,
+        }
+    }
+}
+
+/// The service of a [`TimeoutLayer`].
+pub struct TimeoutService<S, R: Runtime> {
+    inner: S,
+    rt: R,
+    timeout: Duration,
+    started: Option<Instant>,
+    sleep: Option<Pin<Box<R::Sleep>>>,
+}
+
+impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            rt: self.rt.clone(),
+            timeout: self.timeout,
+            started: None,
+            sleep: None,
+        }
+    }
+}
+
+impl<S, R: Runtime> std::fmt::Debug for TimeoutService<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutService")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, R> Service<Req> for TimeoutService<S, R>
+where
+    S: Service<Req>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    R: Runtime,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let started = *self.started.get_or_insert_with(|| self.rt.now());
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(result) => {
+                self.sleep = None;
+                Poll::Ready(result.map_err(Error::Inner))
+            }
+            Poll::Pending => {
+                let (rt, end) = (&self.rt, instant_after(started, self.timeout));
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(rt.sleep_until(end)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.sleep = None;
+                    self.started = None;
+                    return Poll::Ready(Err(Error::TimedOut));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let started = self.started.take().unwrap_or_else(|| self.rt.now());
+        let deadline = Deadline::at(instant_after(started, self.timeout));
+        let future = self.inner.call(req);
+        let rt = self.rt.clone();
+        Box::pin(async move {
+            match future.deadline_on(&rt, deadline).await {
+                Ok(result) => result.map_err(Error::Inner),
+                Err(_) => Err(Error::TimedOut),
+            }
+        })
+    }
+}

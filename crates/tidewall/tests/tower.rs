@@ -1,0 +1,282 @@
+//! The tower layers: readiness timeouts, clone-on-retry-only, shared limits, shedding.
+
+mod common;
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tidewall::breaker::CircuitBreaker;
+use tidewall::bulkhead::Bulkhead;
+use tidewall::hedge::Hedge;
+use tidewall::rate::RateLimiter;
+use tidewall::rt::Runtime;
+use tidewall::testing::Clocked;
+use tidewall::tower::{
+    BreakerLayer, BulkheadLayer, HedgeLayer, RateLimitLayer, RetryLayer, TimeoutLayer,
+};
+use tidewall::{Backoff, Error, Jitter, Rejected};
+use tower_layer::Layer;
+use tower_service::Service;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A service built from a closure; ready after `ready_after` from its first `poll_ready`.
+struct FnService<F, R: Runtime> {
+    f: F,
+    rt: R,
+    ready_after: Duration,
+    sleep: Option<Pin<Box<R::Sleep>>>,
+}
+
+impl<F: Clone, R: Runtime> Clone for FnService<F, R> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            rt: self.rt.clone(),
+            ready_after: self.ready_after,
+            sleep: None,
+        }
+    }
+}
+
+fn service<F, R: Runtime>(rt: &R, f: F) -> FnService<F, R> {
+    FnService {
+        f,
+        rt: rt.clone(),
+        ready_after: Duration::ZERO,
+        sleep: None,
+    }
+}
+
+impl<F, Fut, Req, T, E, R> Service<Req> for FnService<F, R>
+where
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Runtime,
+{
+    type Response = T;
+    type Error = E;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        if self.ready_after.is_zero() {
+            return Poll::Ready(Ok(()));
+        }
+        let (rt, after) = (&self.rt, self.ready_after);
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(rt.sleep(after)));
+        let ready = sleep.as_mut().poll(cx).is_ready();
+        if ready {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Fut {
+        (self.f)(req)
+    }
+}
+
+async fn ready_and_call<S: Service<Req>, Req>(
+    service: &mut S,
+    req: Req,
+) -> Result<S::Response, S::Error> {
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(req).await
+}
+
+async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
+    let slow_ready = FnService {
+        ready_after: ms(200),
+        ..service(&rt, |()| async { Ok::<_, ()>(()) })
+    };
+    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(slow_ready);
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Err(Error::TimedOut));
+    assert_eq!(
+        rt.now() - start,
+        ms(100),
+        "the readiness wait itself timed out"
+    );
+
+    // 60 ms of readiness leaves 40 ms for the call: a 50 ms call times out at 100 ms.
+    let rt2 = rt.clone();
+    let inner = FnService {
+        ready_after: ms(60),
+        ..service(&rt, move |()| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(50)).await;
+                Ok::<_, ()>(())
+            }
+        })
+    };
+    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
+    let start = rt.now();
+    assert_eq!(ready_and_call(&mut svc, ()).await, Err(Error::TimedOut));
+    assert_eq!(rt.now() - start, ms(100));
+}
+
+#[test]
+fn the_timeout_covers_poll_ready_on_every_runtime() {
+    on_every_runtime!(timeout_covers_readiness);
+}
+
+/// A request that counts its clones.
+struct Counted(Arc<AtomicUsize>);
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Self(self.0.clone())
+    }
+}
+
+async fn retry_clones_only_when_a_retry_can_follow<R: Runtime>(rt: Clocked<R>) {
+    let backoff = |n| {
+        Backoff::constant(ms(10))
+            .jitter(Jitter::None)
+            .max_attempts(n)
+            .build()
+            .unwrap()
+    };
+    for (attempts, failures, expected_clones, expected) in [
+        (3, 2, 2, Ok(3)),
+        (3, 5, 2, Err(3)),
+        (1, 5, 0, Err(1)),
+        (4, 0, 1, Ok(1)),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let inner = service(&rt, move |_: Counted| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { if n > failures { Ok(n) } else { Err(n) } }
+        });
+        let mut svc = RetryLayer::new(rt.clone(), backoff(attempts)).layer(inner);
+        let clones = Arc::new(AtomicUsize::new(0));
+        assert_eq!(
+            ready_and_call(&mut svc, Counted(clones.clone())).await,
+            expected
+        );
+        // With max_attempts 4 and success at once, one clone was taken before the first attempt
+        // (a retry was possible then) — and no more.
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            expected_clones,
+            "{attempts} attempts, {failures} failures"
+        );
+    }
+}
+
+#[test]
+fn retry_clones_the_request_only_when_a_retry_can_follow_on_every_runtime() {
+    on_every_runtime!(retry_clones_only_when_a_retry_can_follow);
+}
+
+async fn rate_limit_clones_share_one_limit<R: Runtime>(rt: Clocked<R>) {
+    let limiter = RateLimiter::builder(10, ms(1_000))
+        .burst(2)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let inner = service(&rt, |x: u32| async move { Ok::<_, ()>(x) });
+    let mut a = RateLimitLayer::reject(limiter.clone()).layer(inner.clone());
+    let mut b = a.clone();
+    assert_eq!(ready_and_call(&mut a, 1).await, Ok(1));
+    assert_eq!(ready_and_call(&mut b, 2).await, Ok(2));
+    assert!(matches!(
+        ready_and_call(&mut a, 3).await,
+        Err(Error::Rejected(Rejected::RateLimited { .. }))
+    ));
+    // The waiting flavour sleeps in poll_ready until the limiter admits.
+    let mut waiting = RateLimitLayer::wait(limiter).layer(inner);
+    let start = rt.now();
+    assert_eq!(ready_and_call(&mut waiting, 4).await, Ok(4));
+    assert_eq!(rt.now() - start, ms(100));
+}
+
+#[test]
+fn rate_limit_clones_share_the_limit_on_every_runtime() {
+    on_every_runtime!(rate_limit_clones_share_one_limit);
+}
+
+async fn bulkhead_and_breaker_shed_load<R: Runtime>(rt: Clocked<R>) {
+    let bulkhead = Bulkhead::builder(1).runtime(rt.clone()).build().unwrap();
+    let rt2 = rt.clone();
+    let slow = service(&rt, move |()| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(50)).await;
+            Ok::<_, ()>(())
+        }
+    });
+    let mut first = BulkheadLayer::reject(bulkhead.clone()).layer(slow.clone());
+    let mut second = first.clone();
+    let running = ready_and_call(&mut first, ());
+    let mut running = Box::pin(running);
+    assert!(futures_util::poll!(running.as_mut()).is_pending());
+    assert_eq!(
+        ready_and_call(&mut second, ()).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(running.await, Ok(()));
+    assert_eq!(bulkhead.in_flight(), 0);
+
+    let breaker = CircuitBreaker::builder()
+        .runtime(rt.clone())
+        .consecutive_failures(2)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let failing = service(&rt, move |()| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("down") }
+    });
+    let mut svc = BreakerLayer::new(breaker).layer(failing);
+    for _ in 0..5 {
+        let _ = ready_and_call(&mut svc, ()).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "open after 2 failures: 3 calls shed"
+    );
+}
+
+#[test]
+fn bulkhead_and_breaker_layers_shed_load_on_every_runtime() {
+    on_every_runtime!(bulkhead_and_breaker_shed_load);
+}
+
+async fn hedge_layer_cuts_the_tail<R: Runtime>(rt: Clocked<R>) {
+    let hedge = Hedge::builder()
+        .delay(ms(20))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (seen, rt2) = (calls.clone(), rt.clone());
+    let inner = service(&rt, move |()| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(if n == 0 { ms(500) } else { ms(5) }).await;
+            Ok::<_, ()>(n)
+        }
+    });
+    let mut svc = HedgeLayer::new(hedge).layer(inner);
+    let start = rt.now();
+    assert_eq!(ready_and_call(&mut svc, ()).await, Ok(1));
+    assert_eq!(rt.now() - start, ms(25));
+}
+
+#[test]
+fn hedge_layer_on_every_runtime() {
+    on_every_runtime!(hedge_layer_cuts_the_tail);
+}
