@@ -10,6 +10,9 @@ use crate::bulkhead::{Bulkhead, OwnedPermit};
 use crate::rt::Runtime;
 use crate::{Deadline, Error, Rejected};
 
+/// A pending `acquire_owned`, kept across `poll_ready` calls.
+type Acquiring<R> = BoxFuture<Result<OwnedPermit<R>, Rejected>>;
+
 /// Caps concurrent calls with a [`Bulkhead`].
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer<R: Runtime> {
@@ -45,7 +48,7 @@ impl<S, R: Runtime> Layer<S> for BulkheadLayer<R> {
             bulkhead: self.bulkhead.clone(),
             wait: self.wait,
             permit: None,
-            acquiring: None,
+            acquiring: std::sync::Mutex::new(None),
         }
     }
 }
@@ -56,7 +59,9 @@ pub struct BulkheadService<S, R: Runtime> {
     bulkhead: Bulkhead<R>,
     wait: bool,
     permit: Option<OwnedPermit<R>>,
-    acquiring: Option<BoxFuture<Result<OwnedPermit<R>, Rejected>>>,
+    // In a Mutex only to make the service `Sync` (axum requires it); always reached through
+    // `&mut self` with `get_mut`, so it is never locked.
+    acquiring: std::sync::Mutex<Option<Acquiring<R>>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
@@ -66,7 +71,7 @@ impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
             bulkhead: self.bulkhead.clone(),
             wait: self.wait,
             permit: None,
-            acquiring: None,
+            acquiring: std::sync::Mutex::new(None),
         }
     }
 }
@@ -95,13 +100,16 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.wait && self.permit.is_none() {
             let bulkhead = &self.bulkhead;
-            let acquiring = self
+            let slot = self
                 .acquiring
-                .get_or_insert_with(|| Box::pin(bulkhead.acquire_owned(Deadline::none())));
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let acquiring =
+                slot.get_or_insert_with(|| Box::pin(bulkhead.acquire_owned(Deadline::none())));
             match acquiring.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(result) => {
-                    self.acquiring = None;
+                    *slot = None;
                     match result {
                         Ok(permit) => self.permit = Some(permit),
                         Err(rejected) => return Poll::Ready(Err(Error::Rejected(rejected))),

@@ -46,7 +46,7 @@ impl<S, R: Runtime> Layer<S> for RateLimitLayer<R> {
             limiter: self.limiter.clone(),
             wait: self.wait,
             admitted: false,
-            sleep: None,
+            sleep: std::sync::Mutex::new(None),
         }
     }
 }
@@ -57,7 +57,9 @@ pub struct RateLimitService<S, R: Runtime> {
     limiter: RateLimiter<R>,
     wait: bool,
     admitted: bool,
-    sleep: Option<Pin<Box<R::Sleep>>>,
+    // In a Mutex only to make the service `Sync` (axum requires it); reached through
+    // `&mut self` with `get_mut`, never locked.
+    sleep: std::sync::Mutex<Option<Pin<Box<R::Sleep>>>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
@@ -67,7 +69,7 @@ impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
             limiter: self.limiter.clone(),
             wait: self.wait,
             admitted: false,
-            sleep: None,
+            sleep: std::sync::Mutex::new(None),
         }
     }
 }
@@ -94,17 +96,21 @@ where
     type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let sleep = self
+            .sleep
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while self.wait && !self.admitted {
-            if let Some(sleep) = self.sleep.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
+            if let Some(pending) = sleep.as_mut() {
+                if pending.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                self.sleep = None;
+                *sleep = None;
             }
             match self.limiter.check() {
                 Ok(()) => self.admitted = true,
                 Err(Rejected::RateLimited { retry_after }) => {
-                    self.sleep = Some(Box::pin(self.limiter.runtime().sleep(retry_after)));
+                    *sleep = Some(Box::pin(self.limiter.runtime().sleep(retry_after)));
                 }
                 Err(other) => return Poll::Ready(Err(Error::Rejected(other))),
             }

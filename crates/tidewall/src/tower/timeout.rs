@@ -38,7 +38,7 @@ impl<S, R: Runtime> Layer<S> for TimeoutLayer<R> {
             rt: self.rt.clone(),
             timeout: self.timeout,
             started: None,
-            sleep: None,
+            sleep: std::sync::Mutex::new(None),
         }
     }
 }
@@ -49,7 +49,9 @@ pub struct TimeoutService<S, R: Runtime> {
     rt: R,
     timeout: Duration,
     started: Option<Instant>,
-    sleep: Option<Pin<Box<R::Sleep>>>,
+    // In a Mutex only to make the service `Sync` (axum requires it); reached through
+    // `&mut self` with `get_mut`, never locked.
+    sleep: std::sync::Mutex<Option<Pin<Box<R::Sleep>>>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
@@ -59,7 +61,7 @@ impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
             rt: self.rt.clone(),
             timeout: self.timeout,
             started: None,
-            sleep: None,
+            sleep: std::sync::Mutex::new(None),
         }
     }
 }
@@ -86,18 +88,20 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let started = *self.started.get_or_insert_with(|| self.rt.now());
+        let slot = self
+            .sleep
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.inner.poll_ready(cx) {
             Poll::Ready(result) => {
-                self.sleep = None;
+                *slot = None;
                 Poll::Ready(result.map_err(Error::Inner))
             }
             Poll::Pending => {
                 let (rt, end) = (&self.rt, instant_after(started, self.timeout));
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(rt.sleep_until(end)));
+                let sleep = slot.get_or_insert_with(|| Box::pin(rt.sleep_until(end)));
                 if sleep.as_mut().poll(cx).is_ready() {
-                    self.sleep = None;
+                    *slot = None;
                     self.started = None;
                     return Poll::Ready(Err(Error::TimedOut));
                 }
@@ -107,6 +111,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        *self
+            .sleep
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let started = self.started.take().unwrap_or_else(|| self.rt.now());
         let deadline = Deadline::at(instant_after(started, self.timeout));
         let future = self.inner.call(req);
