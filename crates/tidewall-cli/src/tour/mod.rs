@@ -2,6 +2,7 @@
 
 mod client;
 mod report;
+mod resilience;
 mod scenarios;
 mod server;
 
@@ -66,21 +67,19 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
                 .worker_threads(WORKER_THREADS)
                 .enable_all()
                 .build()?;
-            rt.block_on(scenarios::all(Tokio, &server, size))
+            rt.block_on(tour(Tokio, &server, size))
         }
         RuntimeChoice::TokioCurrent => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(scenarios::all(Tokio, &server, size))
+            rt.block_on(tour(Tokio, &server, size))
         }
         RuntimeChoice::Smol => {
             let rt = SmolRuntime::multi_threaded(WORKER_THREADS)?;
-            rt.block_on(scenarios::all(rt.handle(), &server, size))
+            rt.block_on(tour(rt.handle(), &server, size))
         }
-        RuntimeChoice::AsyncStd => {
-            async_std::task::block_on(scenarios::all(AsyncStd, &server, size))
-        }
+        RuntimeChoice::AsyncStd => async_std::task::block_on(tour(AsyncStd, &server, size)),
     };
     let report = Report {
         runtime: args.runtime.describe(),
@@ -98,4 +97,15 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
         bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
     }
     Ok(())
+}
+
+/// Every section, in order: the basic scenarios, then the resilience policies.
+async fn tour<R: client::Net>(
+    rt: R,
+    server: &server::Server,
+    size: scenarios::Size,
+) -> Vec<report::Section> {
+    let mut sections = scenarios::all(rt.clone(), server, size).await;
+    sections.extend(resilience::all(rt, server, size).await);
+    sections
 }

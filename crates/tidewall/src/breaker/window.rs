@@ -39,7 +39,7 @@ impl SlidingWindow {
         matches!(self, Self::Time { .. })
     }
 
-    /// Records one call. Count windows: one `fetch_add` on the cursor, one swap, and one
+    /// Records one call. Count windows: one `fetch_add` on the cursor, then a swap and a
     /// `fetch_add` on the totals only when the slot's code changes. Time windows: one CAS.
     pub(super) fn record(&self, failed: bool, slow: bool, now: u64) {
         match self {
@@ -50,6 +50,13 @@ impl SlidingWindow {
             } => {
                 let index = cursor.fetch_add(1, Relaxed) % slots.len();
                 let code = slot_code(failed, slow);
+                // The common case rewrites a slot with the code it already holds (a success
+                // over a success): skip the write. Racing writers to one slot are possible
+                // only when the cursor laps the ring mid-call; either way the totals stay
+                // exactly the sum of the slots, because only a real change moves them.
+                if slots[index].load(Relaxed) == code {
+                    return;
+                }
                 let old = slots[index].swap(code, Relaxed);
                 if old != code {
                     totals.fetch_add(totals_delta(code, old), Relaxed);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Pipeline;
 use super::stages::{Admission, Gate, Retries};
 use crate::breaker::Outcome;
-use crate::rt::Runtime;
+use crate::rt::{Runtime, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
@@ -28,18 +28,25 @@ where
 {
     let config = &pipeline.config;
     let rt = &config.rt;
+    // One clock reading serves the whole happy path: the deadline, the limiter, the first
+    // attempt's timeout. Later attempts read the clock again.
+    let mut now = rt.now();
     let deadline = match config.budget {
-        Some(budget) => deadline.min(Deadline::after(rt, budget)),
+        Some(budget) => deadline.min(Deadline::at(instant_after(now, budget))),
         None => deadline,
     };
-    config.limiter.admit(deadline).await?;
-    let _slot = config.bulkhead.admit(deadline).await?;
+    config.limiter.admit(now, deadline).await?;
+    let _slot = config.bulkhead.admit(now, deadline).await?;
     if let Some(budget) = config.retry.budget() {
-        budget.deposit(rt.now());
+        budget.deposit(now);
     }
     let mut delays = None;
+    let mut first = true;
     loop {
-        let now = rt.now();
+        if !first {
+            now = rt.now();
+        }
+        first = false;
         if !deadline.allows(now, config.min_attempt_time) {
             return Err(Error::Rejected(Rejected::DeadlineExceeded));
         }
@@ -47,10 +54,10 @@ where
             Err(rejected) => Error::Rejected(rejected),
             Ok(permit) => {
                 let attempt_end = match config.attempt_timeout {
-                    Some(timeout) => deadline.min(Deadline::after(rt, timeout)),
+                    Some(timeout) => deadline.min(Deadline::at(instant_after(now, timeout))),
                     None => deadline,
                 };
-                match op().deadline_on(rt, attempt_end).await {
+                match bounded(rt, op(), attempt_end).await {
                     Ok(Ok(value)) => {
                         C::record(permit, Outcome::Success);
                         return Ok(value);
@@ -93,5 +100,20 @@ where
         if !delay.is_zero() {
             rt.sleep(delay).await;
         }
+    }
+}
+
+/// Runs `attempt` until `end`. A first poll that finishes needs no timer at all, so the
+/// happy path never registers one with the runtime.
+async fn bounded<R: Runtime, F: Future>(
+    rt: &R,
+    attempt: F,
+    end: Deadline,
+) -> Result<F::Output, crate::time::DeadlineExceeded> {
+    let mut attempt = std::pin::pin!(attempt);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(attempt.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => attempt.deadline_on(rt, end).await,
     }
 }

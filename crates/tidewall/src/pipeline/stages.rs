@@ -2,7 +2,7 @@
 //! nothing, so a pipeline pays only for the policies it has.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidewall_core::backoff::{Backoff, DelayState};
 
@@ -29,7 +29,7 @@ pub trait Admission: sealed::Sealed + Send + Sync {
     where
         Self: 'a;
 
-    /// Waits for admission, but never past `deadline`.
+    /// Waits for admission, but never past `deadline`; `now` is the caller's clock reading.
     ///
     /// **Cancel safety:** dropping the future releases whatever it was waiting for.
     ///
@@ -38,6 +38,7 @@ pub trait Admission: sealed::Sealed + Send + Sync {
     /// The stage's rejection, or [`Rejected::DeadlineExceeded`].
     fn admit(
         &self,
+        now: Instant,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send;
 }
@@ -45,7 +46,7 @@ pub trait Admission: sealed::Sealed + Send + Sync {
 impl Admission for () {
     type Guard<'a> = ();
 
-    async fn admit(&self, _: Deadline) -> Result<(), Rejected> {
+    async fn admit(&self, _: Instant, _: Deadline) -> Result<(), Rejected> {
         Ok(())
     }
 }
@@ -53,8 +54,13 @@ impl Admission for () {
 impl<R: Runtime> Admission for RateLimiter<R> {
     type Guard<'a> = ();
 
-    fn admit(&self, deadline: Deadline) -> impl Future<Output = Result<(), Rejected>> + Send {
-        self.until_ready_before(deadline)
+    async fn admit(&self, now: Instant, deadline: Deadline) -> Result<(), Rejected> {
+        // Most calls pass at once: check with the caller's clock reading, and only build the
+        // waiting future when the limiter says wait.
+        match self.check_n_at(1, now) {
+            Err(Rejected::RateLimited { .. }) => self.until_ready_before(deadline).await,
+            done => done,
+        }
     }
 }
 
@@ -63,6 +69,7 @@ impl<R: Runtime> Admission for Bulkhead<R> {
 
     fn admit(
         &self,
+        _: Instant,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send {
         self.acquire_before(deadline)

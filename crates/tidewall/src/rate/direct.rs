@@ -180,8 +180,19 @@ impl<R: Runtime> RateLimiter<R> {
     /// [`Rejected::RateLimited`], or [`Rejected::InsufficientCapacity`] when `cells` exceeds
     /// the burst (it could never pass).
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        self.check_n_at(cells, self.shared.rt.now())
+    }
+
+    /// Like [`check_n`](Self::check_n) at a clock reading the caller already has (from this
+    /// limiter's runtime), saving a clock read on hot paths such as the
+    /// [`Pipeline`](crate::pipeline::Pipeline).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_n`](Self::check_n).
+    pub fn check_n_at(&self, cells: u32, now: Instant) -> Result<(), Rejected> {
         let shared = &*self.shared;
-        let now = nanos_since(shared.origin, shared.rt.now());
+        let now = nanos_since(shared.origin, now);
         let mut tat = shared.tat.load(Relaxed);
         loop {
             let next = shared.gcra.decide(tat, now, cells).map_err(|d| {
