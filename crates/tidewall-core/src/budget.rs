@@ -154,7 +154,12 @@ mod tests {
 
     #[test]
     fn fractional_percentages_are_exact() {
+        // tower #857: TpsBudget truncates 1/ratio, so 0.4 grants 0.5 per call and 0.7 grants 1.
         for (ratio, calls, expected) in [
+            (0.3, 10, 3),
+            (0.4, 10, 4),
+            (0.7, 10, 7),
+            (0.9, 100, 90),
             (0.1, 100, 10),
             (0.2, 10, 2),
             (0.25, 7, 1),
