@@ -27,7 +27,10 @@ impl CounterFn for Tally {
 
 /// Records every counter by its rendered key.
 #[derive(Default, Clone)]
-struct Counters(Arc<Mutex<Vec<(String, Arc<Tally>)>>>);
+struct Counters(Arc<Mutex<Vec<Registered>>>);
+
+/// A counter's rendered key and its tally.
+type Registered = (String, Arc<Tally>);
 
 impl Counters {
     fn total(&self, name: &str) -> u64 {
