@@ -2,9 +2,10 @@
 //! quanta clock, DashMap key store).
 //!
 //! Every limiter gets a quota that never denies: 10^9 cells per second (a 1 ns interval, the
-//! finest both accept) with a burst of 10^9. Tidewall reads the runtime clock
-//! (`tokio::time::Instant`, i.e. `std::time::Instant` outside a paused test runtime);
-//! governor reads quanta's TSC clock, so part of any gap is the clock, not the algorithm.
+//! finest both accept) with a burst of 10^9. Tidewall runs twice: `tidewall` reads the
+//! runtime clock (`tokio::time::Instant`, i.e. `clock_gettime` outside a paused test
+//! runtime: virtual time works), `tidewall_tsc` reads the CPU timestamp counter through
+//! quanta (`tsc_clock()`), the same clock governor reads by default.
 //!
 //! * `rate_direct`: one shared limiter, `check()`.
 //! * `rate_keyed_hot`: `check_key` on one key that is always present.
@@ -29,20 +30,21 @@ const MAX_KEYS: usize = 1 << 22;
 /// governor sweeps every `MAX_KEYS` new keys (a power of two, so a mask test).
 const SWEEP_MASK: u64 = (1 << 22) - 1;
 
-fn tidewall_direct() -> RateLimiter {
-    RateLimiter::builder(PER_SECOND, Duration::from_secs(1))
-        .burst(PER_SECOND)
-        .build()
-        .unwrap()
+fn tidewall_direct(tsc: bool) -> RateLimiter {
+    let builder = RateLimiter::builder(PER_SECOND, Duration::from_secs(1)).burst(PER_SECOND);
+    let builder = if tsc { builder.tsc_clock() } else { builder };
+    builder.build().unwrap()
 }
 
-fn tidewall_keyed() -> KeyedRateLimiter<u64> {
-    KeyedRateLimiter::<u64>::builder(PER_SECOND, Duration::from_secs(1))
+fn tidewall_keyed(tsc: bool) -> KeyedRateLimiter<u64> {
+    let builder = KeyedRateLimiter::<u64>::builder(PER_SECOND, Duration::from_secs(1))
         .burst(PER_SECOND)
-        .max_keys(MAX_KEYS)
-        .build::<u64>()
-        .unwrap()
+        .max_keys(MAX_KEYS);
+    let builder = if tsc { builder.tsc_clock() } else { builder };
+    builder.build::<u64>().unwrap()
 }
+
+const CLOCKS: [(&str, bool); 2] = [("tidewall", false), ("tidewall_tsc", true)];
 
 fn governor_quota() -> governor::Quota {
     // `per_second(n)` sets both the 1 ns replenish interval and a burst of n.
@@ -52,9 +54,11 @@ fn governor_quota() -> governor::Quota {
 
 fn rate_direct(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_direct");
-    let tidewall = tidewall_direct();
-    assert!((0..10_000).all(|_| tidewall.check().is_ok()));
-    group.bench_function("tidewall", |b| b.iter(|| tidewall.check()));
+    for (name, tsc) in CLOCKS {
+        let tidewall = tidewall_direct(tsc);
+        assert!((0..10_000).all(|_| tidewall.check().is_ok()));
+        group.bench_function(name, |b| b.iter(|| tidewall.check()));
+    }
     let governor: governor::DefaultDirectRateLimiter =
         governor::RateLimiter::direct(governor_quota());
     assert!((0..10_000).all(|_| governor.check().is_ok()));
@@ -65,13 +69,11 @@ fn rate_direct(c: &mut criterion::Criterion) {
 fn rate_keyed_hot(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_keyed_hot");
     let hot = 42u64;
-    let tidewall = tidewall_keyed();
-    assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
-    group.bench_function("tidewall", |b| {
-        b.iter(|| tidewall.check_key(black_box(&hot)))
-    });
-    // CHECK: in governor 0.10.x with the hasher type parameter, `DefaultKeyedRateLimiter<u64>`
-    // should still name `RateLimiter::keyed`'s return type (its `S` defaults).
+    for (name, tsc) in CLOCKS {
+        let tidewall = tidewall_keyed(tsc);
+        assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
+        group.bench_function(name, |b| b.iter(|| tidewall.check_key(black_box(&hot))));
+    }
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());
     assert!((0..10_000).all(|_| governor.check_key(&hot).is_ok()));
@@ -83,20 +85,22 @@ fn rate_keyed_hot(c: &mut criterion::Criterion) {
 
 fn rate_keyed_new(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_keyed_new");
-    let tidewall = tidewall_keyed();
-    // Sanity, before measuring: twice `MAX_KEYS` new keys, so every shard fills and sweeps at
-    // least once, and every key is still admitted.
-    let warm = 2 * MAX_KEYS as u64;
-    assert!((1..=warm).all(|k| tidewall.check_key(&k).is_ok()));
-    assert!(tidewall.len() <= tidewall.max_keys());
-    let mut next = warm;
-    group.bench_function("tidewall", |b| {
-        b.iter(|| {
-            next += 1;
-            tidewall.check_key(&next)
+    for (name, tsc) in CLOCKS {
+        let tidewall = tidewall_keyed(tsc);
+        // Sanity, before measuring: twice `MAX_KEYS` new keys, so every shard fills and
+        // sweeps at least once, and every key is still admitted.
+        let warm = 2 * MAX_KEYS as u64;
+        assert!((1..=warm).all(|k| tidewall.check_key(&k).is_ok()));
+        assert!(tidewall.len() <= tidewall.max_keys());
+        let mut next = warm;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                next += 1;
+                tidewall.check_key(&next)
+            });
         });
-    });
-    assert!(tidewall.len() <= tidewall.max_keys());
+        assert!(tidewall.len() <= tidewall.max_keys());
+    }
 
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());

@@ -251,3 +251,35 @@ fn cancelled_waits_take_no_capacity() {
     let burst = (0..20).filter(|_| limiter.check().is_ok()).count();
     assert_eq!(burst, 5);
 }
+
+/// The timestamp-counter clock gives the same decisions (real time; an interval of an hour
+/// keeps the test independent of how fast it runs).
+#[cfg(feature = "quanta")]
+#[test]
+fn the_tsc_clock_limits_like_the_runtime_clock() {
+    let limiter = RateLimiter::builder(1, Duration::from_secs(3600))
+        .burst(3)
+        .tsc_clock()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        limiter.check().unwrap();
+    }
+    match limiter.check() {
+        Err(Rejected::RateLimited { retry_after }) => {
+            assert!(
+                retry_after > Duration::from_secs(3599) && retry_after <= Duration::from_secs(3600),
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let keyed = KeyedRateLimiter::<u8>::builder(1, Duration::from_secs(3600))
+        .burst(1)
+        .tsc_clock()
+        .build::<u8>()
+        .unwrap();
+    assert!(keyed.check_key(&1).is_ok());
+    assert!(keyed.check_key(&1).is_err());
+    assert!(keyed.check_key(&2).is_ok());
+}

@@ -1,5 +1,6 @@
 //! One call through the pipeline, as a single `async fn`: its future is one state machine
-//! holding every stage's state inline, with no allocation.
+//! holding every stage's state inline, with no allocation, and it reads the clock only when
+//! something has to wait.
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,36 +29,49 @@ where
 {
     let config = &pipeline.config;
     let rt = &config.rt;
-    // One clock reading serves the whole happy path: the deadline, the limiter, the first
-    // attempt's timeout. Later attempts read the clock again.
-    let mut now = rt.now();
-    let deadline = match config.budget {
-        Some(budget) => deadline.min(Deadline::at(instant_after(now, budget))),
-        None => deadline,
+    let mut clock = CallClock {
+        rt,
+        start: None,
+        caller: deadline,
+        budget: config.budget,
     };
-    config.limiter.admit(now, deadline).await?;
-    let _slot = config.bulkhead.admit(now, deadline).await?;
+    let _admitted = match config.limiter.try_admit()? {
+        Some(guard) => guard,
+        None => config.limiter.admit(clock.deadline()).await?,
+    };
+    let _slot = match config.bulkhead.try_admit()? {
+        Some(guard) => guard,
+        None => config.bulkhead.admit(clock.deadline()).await?,
+    };
     if let Some(budget) = config.retry.budget() {
-        budget.deposit(now);
+        budget.deposit(clock.now());
     }
     let mut delays = None;
-    let mut first = true;
+    let mut attempt = 0u32;
     loop {
-        if !first {
-            now = rt.now();
-        }
-        first = false;
-        if !deadline.allows(now, config.min_attempt_time) {
-            return Err(Error::Rejected(Rejected::DeadlineExceeded));
+        attempt += 1;
+        // Before a retry, or when the caller brought a deadline, check it. The first attempt
+        // of a call with only the pipeline's own budget needs no check: that budget has not
+        // started yet.
+        if attempt > 1 || deadline.instant().is_some() {
+            let now = clock.now();
+            if !clock.deadline().allows(now, config.min_attempt_time) {
+                return Err(Error::Rejected(Rejected::DeadlineExceeded));
+            }
         }
         let failure = match config.breaker.enter() {
             Err(rejected) => Error::Rejected(rejected),
             Ok(permit) => {
-                let attempt_end = match config.attempt_timeout {
-                    Some(timeout) => deadline.min(Deadline::at(instant_after(now, timeout))),
-                    None => deadline,
+                let attempt_end = |clock: &mut CallClock<'_, R>| match config.attempt_timeout {
+                    Some(timeout) => {
+                        let now = clock.now();
+                        clock
+                            .deadline()
+                            .min(Deadline::at(instant_after(now, timeout)))
+                    }
+                    None => clock.deadline(),
                 };
-                match bounded(rt, op(), attempt_end).await {
+                match bounded(rt, op(), &mut clock, attempt_end).await {
                     Ok(Ok(value)) => {
                         C::record(permit, Outcome::Success);
                         return Ok(value);
@@ -68,7 +82,8 @@ where
                     }
                     Err(_) => {
                         C::record(permit, Outcome::Failure);
-                        if deadline.is_expired(rt.now()) {
+                        let now = clock.now();
+                        if clock.deadline().is_expired(now) {
                             return Err(Error::Rejected(Rejected::DeadlineExceeded));
                         }
                         Error::TimedOut
@@ -89,11 +104,15 @@ where
         });
         // A retry that cannot start (with its minimum time) before the deadline is not
         // started: the caller gets the real failure now instead of a pointless sleep.
-        if !deadline.allows(rt.now(), delay.saturating_add(config.min_attempt_time)) {
+        let now = clock.now();
+        if !clock
+            .deadline()
+            .allows(now, delay.saturating_add(config.min_attempt_time))
+        {
             return Err(failure);
         }
         if let Some(budget) = config.retry.budget()
-            && !budget.try_withdraw(rt.now())
+            && !budget.try_withdraw(now)
         {
             return Err(failure);
         }
@@ -103,17 +122,51 @@ where
     }
 }
 
-/// Runs `attempt` until `end`. A first poll that finishes needs no timer at all, so the
-/// happy path never registers one with the runtime.
-async fn bounded<R: Runtime, F: Future>(
+/// The call's clock, read only when something needs the time. The pipeline's own deadline
+/// budget starts at the first reading: on the happy path (every stage admits at once and the
+/// operation is ready on its first poll) no clock is read at all, and when anything waits,
+/// the budget starts before that wait.
+struct CallClock<'r, R> {
+    rt: &'r R,
+    start: Option<std::time::Instant>,
+    caller: Deadline,
+    budget: Option<Duration>,
+}
+
+impl<R: Runtime> CallClock<'_, R> {
+    fn now(&mut self) -> std::time::Instant {
+        let now = self.rt.now();
+        self.start.get_or_insert(now);
+        now
+    }
+
+    fn deadline(&mut self) -> Deadline {
+        let Some(budget) = self.budget else {
+            return self.caller;
+        };
+        let start = match self.start {
+            Some(start) => start,
+            None => self.now(),
+        };
+        self.caller.min(Deadline::at(instant_after(start, budget)))
+    }
+}
+
+/// Runs `attempt`, bounded by the deadline `end` computes. A first poll that finishes needs
+/// no clock and no timer, so the happy path registers nothing with the runtime.
+async fn bounded<'r, R: Runtime, F: Future>(
     rt: &R,
     attempt: F,
-    end: Deadline,
+    clock: &mut CallClock<'r, R>,
+    end: impl FnOnce(&mut CallClock<'r, R>) -> Deadline,
 ) -> Result<F::Output, crate::time::DeadlineExceeded> {
     let mut attempt = std::pin::pin!(attempt);
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(attempt.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(output) => Ok(output),
-        std::task::Poll::Pending => attempt.deadline_on(rt, end).await,
+        std::task::Poll::Pending => {
+            let end = end(clock);
+            attempt.deadline_on(rt, end).await
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! nothing, so a pipeline pays only for the policies it has.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidewall_core::backoff::{Backoff, DelayState};
 
@@ -29,7 +29,15 @@ pub trait Admission: sealed::Sealed + Send + Sync {
     where
         Self: 'a;
 
-    /// Waits for admission, but never past `deadline`; `now` is the caller's clock reading.
+    /// Admits at once if it can: `Ok(Some(guard))`; `Ok(None)` when the caller must wait
+    /// with [`admit`](Self::admit).
+    ///
+    /// # Errors
+    ///
+    /// A rejection that no wait can fix (e.g. more cells than the burst).
+    fn try_admit(&self) -> Result<Option<Self::Guard<'_>>, Rejected>;
+
+    /// Waits for admission, but never past `deadline`.
     ///
     /// **Cancel safety:** dropping the future releases whatever it was waiting for.
     ///
@@ -38,7 +46,6 @@ pub trait Admission: sealed::Sealed + Send + Sync {
     /// The stage's rejection, or [`Rejected::DeadlineExceeded`].
     fn admit(
         &self,
-        now: Instant,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send;
 }
@@ -46,7 +53,11 @@ pub trait Admission: sealed::Sealed + Send + Sync {
 impl Admission for () {
     type Guard<'a> = ();
 
-    async fn admit(&self, _: Instant, _: Deadline) -> Result<(), Rejected> {
+    fn try_admit(&self) -> Result<Option<()>, Rejected> {
+        Ok(Some(()))
+    }
+
+    async fn admit(&self, _: Deadline) -> Result<(), Rejected> {
         Ok(())
     }
 }
@@ -54,22 +65,28 @@ impl Admission for () {
 impl<R: Runtime> Admission for RateLimiter<R> {
     type Guard<'a> = ();
 
-    async fn admit(&self, now: Instant, deadline: Deadline) -> Result<(), Rejected> {
-        // Most calls pass at once: check with the caller's clock reading, and only build the
-        // waiting future when the limiter says wait.
-        match self.check_n_at(1, now) {
-            Err(Rejected::RateLimited { .. }) => self.until_ready_before(deadline).await,
-            done => done,
+    fn try_admit(&self) -> Result<Option<()>, Rejected> {
+        match self.check() {
+            Ok(()) => Ok(Some(())),
+            Err(Rejected::RateLimited { .. }) => Ok(None),
+            Err(other) => Err(other),
         }
+    }
+
+    fn admit(&self, deadline: Deadline) -> impl Future<Output = Result<(), Rejected>> + Send {
+        self.until_ready_before(deadline)
     }
 }
 
 impl<R: Runtime> Admission for Bulkhead<R> {
     type Guard<'a> = crate::bulkhead::Permit<'a, R>;
 
+    fn try_admit(&self) -> Result<Option<Self::Guard<'_>>, Rejected> {
+        Ok(self.try_acquire().ok())
+    }
+
     fn admit(
         &self,
-        _: Instant,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Self::Guard<'_>, Rejected>> + Send {
         self.acquire_before(deadline)

@@ -1,13 +1,14 @@
 //! The direct (one shared limit) rate limiter.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidewall_core::gcra::{Denied, Gcra};
 
+use super::clock::LimiterClock;
 use super::wait::WaitUntilReady;
 use crate::rt::{DefaultRuntime, Runtime};
-use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
+use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Deadline, Rejected};
 
 /// A GCRA rate limiter with one shared limit: `count` per `period`, bursts of `burst`.
@@ -36,7 +37,7 @@ pub struct RateLimiter<R = DefaultRuntime> {
 struct Direct<R> {
     gcra: Gcra,
     tat: AtomicU64,
-    origin: Instant,
+    clock: LimiterClock,
     rt: R,
     jitter: Duration,
     waits: AtomicU64,
@@ -69,6 +70,7 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) period: Duration,
     pub(super) burst: Option<u32>,
     pub(super) jitter: Option<Duration>,
+    pub(super) tsc: bool,
     pub(super) rt: R,
     pub(super) name: &'static str,
 }
@@ -81,6 +83,7 @@ impl RateLimiter {
             period,
             burst: None,
             jitter: None,
+            tsc: false,
             rt: DefaultRuntime::default(),
             name: "rate",
         }
@@ -101,6 +104,16 @@ impl<R> RateLimiterBuilder<R> {
         self
     }
 
+    /// Reads time from the CPU's timestamp counter (through `quanta`, the clock governor
+    /// uses) instead of the runtime's clock: a decision then costs no system clock read.
+    /// The counter is real time: a limiter built this way ignores paused or fake time, so
+    /// keep it out of tests that use them.
+    #[cfg(feature = "quanta")]
+    pub fn tsc_clock(mut self) -> Self {
+        self.tsc = true;
+        self
+    }
+
     /// A name for metric labels.
     pub fn name(mut self, name: &'static str) -> Self {
         self.name = name;
@@ -114,6 +127,7 @@ impl<R> RateLimiterBuilder<R> {
             period: self.period,
             burst: self.burst,
             jitter: self.jitter,
+            tsc: self.tsc,
             rt,
             name: self.name,
         }
@@ -142,7 +156,7 @@ impl<R> RateLimiterBuilder<R> {
             shared: Arc::new(Direct {
                 gcra,
                 tat: AtomicU64::new(0),
-                origin: self.rt.now(),
+                clock: LimiterClock::new(&self.rt, self.tsc),
                 rt: self.rt,
                 jitter,
                 waits: AtomicU64::new(0),
@@ -180,19 +194,8 @@ impl<R: Runtime> RateLimiter<R> {
     /// [`Rejected::RateLimited`], or [`Rejected::InsufficientCapacity`] when `cells` exceeds
     /// the burst (it could never pass).
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
-        self.check_n_at(cells, self.shared.rt.now())
-    }
-
-    /// Like [`check_n`](Self::check_n) at a clock reading the caller already has (from this
-    /// limiter's runtime), saving a clock read on hot paths such as the
-    /// [`Pipeline`](crate::pipeline::Pipeline).
-    ///
-    /// # Errors
-    ///
-    /// As [`check_n`](Self::check_n).
-    pub fn check_n_at(&self, cells: u32, now: Instant) -> Result<(), Rejected> {
         let shared = &*self.shared;
-        let now = nanos_since(shared.origin, now);
+        let now = shared.clock.nanos(&shared.rt);
         let mut tat = shared.tat.load(Relaxed);
         loop {
             let next = shared.gcra.decide(tat, now, cells).map_err(|d| {

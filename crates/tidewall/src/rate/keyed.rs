@@ -2,16 +2,17 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 use tidewall_core::gcra::Gcra;
 
+use super::clock::LimiterClock;
 use super::direct::{RateLimiterBuilder, rejection};
 use super::wait::WaitUntilReady;
 use crate::rt::{DefaultRuntime, Runtime};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock, nanos_since};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock};
 use crate::{ConfigError, Deadline, Rejected};
 
 /// Keys per shard we aim for before adding shards (up to [`MAX_SHARDS`]).
@@ -57,7 +58,7 @@ struct Keyed<K, R> {
     shards: Box<[Mutex<Shard<K>>]>,
     shard_capacity: usize,
     hasher: DefaultHashBuilder,
-    origin: Instant,
+    clock: LimiterClock,
     rt: R,
     jitter: Duration,
     waits: AtomicU64,
@@ -125,6 +126,13 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
+    /// See [`RateLimiterBuilder::tsc_clock`].
+    #[cfg(feature = "quanta")]
+    pub fn tsc_clock(mut self) -> Self {
+        self.rate = self.rate.tsc_clock();
+        self
+    }
+
     /// A name for metric labels.
     pub fn name(mut self, name: &'static str) -> Self {
         self.rate = self.rate.name(name);
@@ -171,7 +179,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 shards,
                 shard_capacity,
                 hasher: DefaultHashBuilder::default(),
-                origin: rate.rt.now(),
+                clock: LimiterClock::new(&rate.rt, rate.tsc),
                 rt: rate.rt,
                 jitter,
                 waits: AtomicU64::new(0),
@@ -205,7 +213,7 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
         let hash = shared.hasher.hash_one(key);
         // The table uses the low bits of the hash; pick the shard with the high ones.
         let shard_index = usize::try_from(hash >> 58).unwrap_or(0) % shared.shards.len();
-        let now = nanos_since(shared.origin, shared.rt.now());
+        let now = shared.clock.nanos(&shared.rt);
         let mut shard = lock(&shared.shards[shard_index]);
         let result = if let Some((_, tat)) = shard.table.find_mut(hash, |(k, _)| k == key) {
             shared
@@ -289,7 +297,7 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
     /// Forgets every key that has fully rested (lossless: see the type's docs); returns how
     /// many were dropped. The limiter also does this by itself whenever a shard fills up.
     pub fn retain_recent(&self) -> usize {
-        let now = nanos_since(self.shared.origin, self.shared.rt.now());
+        let now = self.shared.clock.nanos(&self.shared.rt);
         let mut dropped = 0;
         for shard in &self.shared.shards {
             let mut shard = lock(shard);

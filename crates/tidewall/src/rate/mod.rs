@@ -25,6 +25,7 @@
 //! # Ok::<(), tidewall::ConfigError>(())
 //! ```
 
+mod clock;
 mod direct;
 mod keyed;
 mod wait;
