@@ -37,7 +37,7 @@ fn tidewall_direct(tsc: bool) -> RateLimiter {
 }
 
 fn tidewall_keyed(tsc: bool) -> KeyedRateLimiter<u64> {
-    let builder = KeyedRateLimiter::<u64>::builder(PER_SECOND, Duration::from_secs(1))
+    let builder = KeyedRateLimiter::builder(PER_SECOND, Duration::from_secs(1))
         .burst(PER_SECOND)
         .max_keys(MAX_KEYS);
     let builder = if tsc { builder.tsc_clock() } else { builder };

@@ -8,13 +8,22 @@
 //! | fallback | [`fallback`] | [`FutureExt::or_fallback`] |
 //! | racing | [`race`] | [`race::race_ok`] |
 //! | bounded fan-out / fan-in | [`fan_out`] | [`fan_out::FanOut`] |
+//! | circuit breaker | [`breaker`] | [`breaker::CircuitBreaker`] |
+//! | bulkhead (reject or bounded wait) | [`bulkhead`] | [`bulkhead::Bulkhead`] |
+//! | rate limiting (GCRA, direct and keyed) | [`rate`] | [`rate::RateLimiter`], [`rate::KeyedRateLimiter`] |
+//! | retry budget | [`budget`] | [`budget::RetryBudget`] |
+//! | hedging | [`hedge`] | [`hedge::Hedge`] |
+//! | policies composed with one deadline | [`pipeline`] | [`pipeline::Pipeline`] |
+//! | tower layers (feature `tower`) | `tower` | `tower::BreakerLayer`, … |
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
 //! | `Retry-After` parsing (feature `http`) | `http` | `http::retry_after` |
 //! | deterministic time for tests (feature `test-util`) | `testing` | `testing::Clocked` |
 //!
 //! Every policy waits and spawns through [`rt::Runtime`], a type parameter that defaults to
 //! tokio; pick another with `.runtime(..)`. Builders validate and return [`ConfigError`];
-//! nothing panics on user input. Every async API documents its cancel safety.
+//! nothing panics on user input. Every async API documents its cancel safety. A policy that
+//! refuses a call returns a [`Rejected`] value (inside [`Error`] when it wraps your call), whose
+//! `retry_after` hint the retry driver and the pipeline honour.
 //!
 //! ```
 //! use std::time::Duration;
@@ -77,5 +86,5 @@ pub mod prelude {
     pub use crate::rt::Tokio;
     pub use crate::rt::{Runtime, TaskHandle};
     pub use crate::time::FutureExt as _;
-    pub use crate::{Backoff, ConfigError, Deadline, Jitter, RetryAfter};
+    pub use crate::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter};
 }

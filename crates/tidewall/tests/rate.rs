@@ -143,7 +143,7 @@ fn bad_configuration_is_a_typed_error() {
         b(1, Duration::MAX, 1),
         Err(ConfigError::DurationOverflow { field: "period" })
     );
-    let keyed = KeyedRateLimiter::<u64>::builder(1, ms(1))
+    let keyed = KeyedRateLimiter::builder(1, ms(1))
         .max_keys(0)
         .build::<u64>();
     assert_eq!(keyed.unwrap_err(), ConfigError::Zero { field: "max_keys" });
@@ -155,7 +155,7 @@ fn bad_configuration_is_a_typed_error() {
 fn evicting_a_rested_key_is_indistinguishable_from_a_fresh_key() {
     let rt = Clocked::new(Tokio);
     let build = || {
-        KeyedRateLimiter::<u64>::builder(5, ms(100))
+        KeyedRateLimiter::builder(5, ms(100))
             .burst(3)
             .runtime(rt.clone())
             .build::<u64>()
@@ -181,7 +181,7 @@ fn evicting_a_rested_key_is_indistinguishable_from_a_fresh_key() {
 #[test]
 fn keyed_memory_stays_bounded_and_full_shards_reject_new_keys_honestly() {
     let rt = Clocked::new(Tokio);
-    let limiter = KeyedRateLimiter::<u64>::builder(1, ms(1000))
+    let limiter = KeyedRateLimiter::builder(1, ms(1000))
         .burst(1)
         .max_keys(64)
         .runtime(rt.clone())
@@ -212,7 +212,7 @@ fn keyed_memory_stays_bounded_and_full_shards_reject_new_keys_honestly() {
 
 #[test]
 fn memory_per_key_is_at_most_40_bytes() {
-    let limiter = KeyedRateLimiter::<u64>::builder(10, ms(1000))
+    let limiter = KeyedRateLimiter::builder(10, ms(1000))
         .max_keys(1 << 20)
         .build::<u64>()
         .unwrap();
@@ -274,7 +274,7 @@ fn the_tsc_clock_limits_like_the_runtime_clock() {
         }
         other => panic!("{other:?}"),
     }
-    let keyed = KeyedRateLimiter::<u8>::builder(1, Duration::from_secs(3600))
+    let keyed = KeyedRateLimiter::builder(1, Duration::from_secs(3600))
         .burst(1)
         .tsc_clock()
         .build::<u8>()

@@ -13,7 +13,7 @@
 //! The retry stage retries operation errors, attempt timeouts and
 //! [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) rejections, sleeping at least the
 //! rejection's `retry_after`; with [`call_with_hints`](Pipeline::call_with_hints) it also
-//! honours the operation's own [`RetryAfter`](crate::RetryAfter) hints (e.g. an HTTP 429).
+//! honours the operation's own [`RetryAfter`] hints (e.g. an HTTP 429).
 //! The builder only accepts stages in the order above (see [`PipelineBuilder`]).
 //!
 //! ```
@@ -42,8 +42,8 @@
 //!         failures -= 1;
 //!         async move { if fail { Err("flaky") } else { Ok(42) } }
 //!     })
-//!     .await?;
-//! assert_eq!(value, 42);
+//!     .await;
+//! assert_eq!(value, Ok(42));
 //! # Ok(()) }
 //! ```
 

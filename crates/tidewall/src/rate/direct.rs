@@ -27,7 +27,7 @@ use crate::{ConfigError, Deadline, Rejected};
 /// assert!(limiter.check().is_ok());
 /// assert!(limiter.check().is_ok());
 /// assert_eq!(limiter.check(), Err(Rejected::RateLimited { retry_after: Duration::from_millis(100) }));
-/// limiter.until_ready().await?; // sleeps ~100 ms (plus jitter)
+/// assert_eq!(limiter.until_ready().await, Ok(())); // sleeps ~100 ms (plus jitter)
 /// # Ok(()) }
 /// ```
 pub struct RateLimiter<R = DefaultRuntime> {

@@ -37,7 +37,7 @@ const MAX_SHARDS: usize = 64;
 /// use std::time::Duration;
 /// use tidewall::rate::KeyedRateLimiter;
 ///
-/// let limiter = KeyedRateLimiter::builder(1, Duration::from_secs(1)).burst(1).max_keys(10_000).build()?;
+/// let limiter = KeyedRateLimiter::builder(1, Duration::from_secs(1)).burst(1).max_keys(10_000).build::<&str>()?;
 /// assert!(limiter.check_key(&"alice").is_ok());
 /// assert!(limiter.check_key(&"alice").is_err());
 /// assert!(limiter.check_key(&"bob").is_ok(), "every key has its own limit");
@@ -96,9 +96,10 @@ pub struct KeyedRateLimiterBuilder<R = DefaultRuntime> {
     max_keys: usize,
 }
 
-impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
+impl KeyedRateLimiter<()> {
     /// `count` cells per `period` for each key, on the default runtime; burst defaults to
-    /// `count`.
+    /// `count`. The key type is chosen by [`build`](KeyedRateLimiterBuilder::build) (usually
+    /// inferred from the first `check_key`).
     pub fn builder(count: u32, period: Duration) -> KeyedRateLimiterBuilder {
         KeyedRateLimiterBuilder {
             rate: super::RateLimiter::builder(count, period),

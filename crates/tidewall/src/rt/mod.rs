@@ -9,7 +9,7 @@
 //! | adapter | feature | notes |
 //! |---|---|---|
 //! | [`Tokio`] | `tokio` (default) | whichever tokio runtime is current: multi-thread or current-thread |
-//! | [`Smol`] | `smol` | an explicit [`smol::Executor`]; [`SmolRuntime`] owns one with a stated thread count |
+//! | [`Smol`] | `smol` | an explicit `smol::Executor`; [`SmolRuntime`] owns one with a stated thread count |
 //! | [`AsyncStd`] | `async-std` | **legacy**: async-std is discontinued upstream; kept for existing code bases |
 //! | [`testing::Clocked`](crate::testing::Clocked) | `test-util` | any of the above with virtual time |
 //!

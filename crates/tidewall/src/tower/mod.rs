@@ -17,28 +17,37 @@
 //! [`cause`]: `cause::<Rejected>(&*err)`, `cause::<Elapsed>(&*err)`.
 //!
 //! ```
+//! use std::convert::Infallible;
+//! use std::task::{Context, Poll};
 //! use std::time::Duration;
 //! use tidewall::rate::RateLimiter;
 //! use tidewall::tower::RateLimitLayer;
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
+//! #[derive(Clone)]
+//! struct Echo;
+//!
+//! impl Service<u32> for Echo {
+//!     type Response = u32;
+//!     type Error = Infallible;
+//!     type Future = std::future::Ready<Result<u32, Infallible>>;
+//!     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+//!         Poll::Ready(Ok(()))
+//!     }
+//!     fn call(&mut self, x: u32) -> Self::Future {
+//!         std::future::ready(Ok(x))
+//!     }
+//! }
+//!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let limiter = RateLimiter::builder(1, Duration::from_secs(1)).burst(1).build()?;
-//! let echo = tower_service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) });
-//! let mut service = RateLimitLayer::reject(limiter).layer(echo);
+//! let mut service = RateLimitLayer::reject(limiter).layer(Echo);
 //! std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
 //! assert_eq!(service.call(7).await?, 7);
 //! assert!(service.call(8).await.is_err(), "a burst of 1: the second call is refused");
 //! # Ok(()) }
-//! # fn tower_service_fn<F, Fut>(f: F) -> Fn1<F> { Fn1(f) }
-//! # #[derive(Clone)] struct Fn1<F>(F);
-//! # impl<F: FnMut(u32) -> Fut, Fut: std::future::Future> tower_service::Service<u32> for Fn1<F> {
-//! #     type Response = u32; type Error = std::convert::Infallible; type Future = Fut;
-//! #     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> { std::task::Poll::Ready(Ok(())) }
-//! #     fn call(&mut self, x: u32) -> Fut { (self.0)(x) }
-//! # }
 //! ```
 
 mod breaker;
