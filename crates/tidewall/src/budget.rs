@@ -3,9 +3,10 @@
 //! Retries multiply load exactly when a dependency is struggling. A [`RetryBudget`] shared by
 //! all callers of one dependency lets retries add at most `ratio` of the calls of the last
 //! `window` (plus a floor of `min_per_second`, so a quiet service can still retry). The
-//! accounting is exact integer arithmetic (see [`RetryBudgetPolicy`]) and lock-free: a ring of
-//! packed bucket words, and a withdrawal is a compare-and-swap on the current bucket made
-//! against the very balance it checked, so concurrent retries can never overdraw it.
+//! accounting is exact integer arithmetic (see [`RetryBudgetPolicy`]) over a ring of packed
+//! bucket words. Deposits (every call) are one lock-free compare-and-swap; withdrawals (one per
+//! retry, so rare) are serialized by a small lock so that concurrent retries can never
+//! overdraw the budget, even when they straddle a bucket boundary.
 //!
 //! Use it with [`Retry::budget`](crate::retry::Retry::budget), the
 //! [`Pipeline`](crate::pipeline), the tower retry layer, or by hand:
@@ -30,7 +31,7 @@ use std::time::Instant;
 use tidewall_core::breaker::window::Bucket;
 pub use tidewall_core::budget::{RetryBudgetBuilder, RetryBudgetPolicy};
 
-use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock, nanos_since};
 
 /// A shared retry budget. Cheap to clone: clones share the balance.
 #[derive(Clone)]
@@ -43,6 +44,8 @@ struct Inner {
     ring: Box<[AtomicU64]>,
     bucket_nanos: u64,
     origin: Instant,
+    /// Serializes withdrawals; holds the epoch of the last one.
+    withdrawals: Mutex<u64>,
 }
 
 impl std::fmt::Debug for RetryBudget {
@@ -64,6 +67,7 @@ impl RetryBudget {
                 ring: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
                 bucket_nanos: window / u64::from(buckets),
                 origin,
+                withdrawals: Mutex::new(0),
                 policy,
             }),
         }
@@ -71,8 +75,11 @@ impl RetryBudget {
 
     fn epoch(&self, now: Instant) -> (u64, usize) {
         let epoch = nanos_since(self.inner.origin, now) / self.inner.bucket_nanos;
-        let slot = usize::try_from(epoch % self.inner.ring.len() as u64).unwrap_or(0);
-        (epoch, slot)
+        (epoch, self.slot_of(epoch))
+    }
+
+    fn slot_of(&self, epoch: u64) -> usize {
+        usize::try_from(epoch % self.inner.ring.len() as u64).unwrap_or(0)
     }
 
     /// Records one call (a first attempt). A full bucket (16.7 M calls) stops counting, which
@@ -111,8 +118,16 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget if the balance allows it.
+    ///
+    /// Withdrawals (one per retry, so rare next to deposits) are serialized by a small lock,
+    /// and each one uses an epoch no earlier than the last withdrawal's: so every withdrawal
+    /// sees all earlier ones still in the window, even when racing callers straddle a bucket
+    /// boundary, and the budget can never be overdrawn. Deposits stay lock-free; a deposit
+    /// racing a withdrawal only makes its compare-and-swap retry.
     pub fn try_withdraw(&self, now: Instant) -> bool {
-        let (epoch, slot) = self.epoch(now);
+        let mut last_epoch = lock(&self.inner.withdrawals);
+        let epoch = self.epoch(now).0.max(*last_epoch);
+        let slot = self.slot_of(epoch);
         let len = self.inner.ring.len() as u64;
         let cell = &self.inner.ring[slot];
         loop {
@@ -135,12 +150,11 @@ impl RetryBudget {
             let Some(next) = Bucket::BUDGET.add(current, epoch as u16, [0, 1, 0]) else {
                 return false;
             };
-            // Only the current bucket changes within an epoch, so succeeding against the word
-            // the balance was computed from means the balance still holds.
             if cell
                 .compare_exchange(current, next, Relaxed, Relaxed)
                 .is_ok()
             {
+                *last_epoch = epoch;
                 return true;
             }
         }

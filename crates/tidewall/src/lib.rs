@@ -63,6 +63,7 @@ pub mod rate;
 mod reject;
 pub mod retry;
 pub mod rt;
+mod seed;
 mod sync;
 mod telemetry;
 #[cfg(feature = "test-util")]

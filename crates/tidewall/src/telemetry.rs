@@ -9,6 +9,7 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange) {
         from = change.from.as_str(),
         to = change.to.as_str(),
         reason = ?change.reason,
+        generation = change.generation,
         "circuit breaker state change"
     );
     #[cfg(feature = "metrics")]

@@ -243,7 +243,7 @@ fn half_open_max_wait_reopens_a_stuck_breaker_and_breaks_grow() {
     rt.clock().advance(ms(100));
     let hung = breaker.try_acquire().unwrap();
     assert!(
-        matches!(breaker.try_acquire(), Err(Rejected::CircuitOpen { retry_after }) if retry_after == ms(500))
+        matches!(breaker.try_acquire(), Err(Rejected::CircuitOpen { retry_after }) if retry_after == ms(100))
     );
     rt.clock().advance(ms(500));
     // The probe hung past the max wait: the next caller reopens the breaker, for 200 ms now.

@@ -226,4 +226,8 @@ fn concurrent_stress_returns_every_permit() {
         }
     });
     assert_eq!((bulkhead.in_flight(), bulkhead.queued()), (0, 0));
+    // Exactly the capacity is free again: no permit lost, none duplicated.
+    let all: Vec<_> = (0..3).map(|_| bulkhead.try_acquire().unwrap()).collect();
+    assert!(bulkhead.try_acquire().is_err());
+    drop(all);
 }

@@ -75,12 +75,16 @@ impl Runtime for ModelClock {
 }
 
 fn half_open_breaker() -> CircuitBreaker<ModelClock> {
+    half_open_breaker_with(1)
+}
+
+fn half_open_breaker_with(probes: u32) -> CircuitBreaker<ModelClock> {
     let clock = ModelClock::default();
     let breaker = CircuitBreaker::builder()
         .runtime(clock.clone())
         .consecutive_failures(1)
         .break_duration(Duration::from_millis(1))
-        .half_open_probes(1)
+        .half_open_probes(probes)
         .build()
         .unwrap();
     breaker.try_acquire().unwrap().failure();
@@ -103,6 +107,49 @@ fn exactly_one_probe_is_admitted() {
         let mut permits = vec![breaker.try_acquire_owned().ok()];
         permits.extend(threads.into_iter().map(|t| t.join().unwrap()));
         assert_eq!(permits.iter().flatten().count(), 1);
+    });
+}
+
+/// Two slots, three racers: exactly two are admitted, in every interleaving.
+#[test]
+fn exactly_two_of_three_with_two_slots() {
+    loom::model(|| {
+        let breaker = half_open_breaker_with(2);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let breaker = breaker.clone();
+                loom::thread::spawn(move || breaker.try_acquire_owned().ok())
+            })
+            .collect();
+        let mut permits = vec![breaker.try_acquire_owned().ok()];
+        permits.extend(threads.into_iter().map(|t| t.join().unwrap()));
+        assert_eq!(permits.iter().flatten().count(), 2);
+    });
+}
+
+/// Two retries racing across a bucket boundary for the budget's last retry: only one gets it.
+#[test]
+fn the_retry_budget_is_never_overdrawn_across_a_bucket_boundary() {
+    use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    loom::model(|| {
+        // Ratio 0 and a floor of 1 retry per 10 s window: exactly one retry in the window.
+        let policy = RetryBudgetPolicy::builder()
+            .ratio(0.0)
+            .min_per_second(1)
+            .window(Duration::from_secs(1))
+            .buckets(10)
+            .build()
+            .unwrap();
+        let origin = base();
+        let budget = RetryBudget::new(policy, origin);
+        let late = {
+            let budget = budget.clone();
+            // The next bucket (100 ms buckets), still inside the window.
+            loom::thread::spawn(move || budget.try_withdraw(origin + Duration::from_millis(150)))
+        };
+        let early = budget.try_withdraw(origin + Duration::from_millis(50));
+        let late = late.join().unwrap();
+        assert_eq!(u8::from(early) + u8::from(late), 1);
     });
 }
 

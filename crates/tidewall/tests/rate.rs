@@ -86,37 +86,42 @@ fn waits_and_deadlines_on_every_runtime() {
     on_every_runtime!(waits_with_jitter_and_deadlines);
 }
 
+/// Eight waiters denied at the same instant: without jitter they all set their timer for the
+/// same instant (a herd); with jitter the timers spread over the jitter window.
 async fn jittered_waiters_do_not_wake_together<R: Runtime>(rt: Clocked<R>) {
-    let limiter = RateLimiter::builder(10, ms(1000))
-        .burst(1)
-        .jitter(ms(50))
-        .runtime(rt.clone())
-        .build()
-        .unwrap();
-    limiter.check().unwrap();
-    let start = rt.now();
-    let waiters: Vec<_> = (0..8)
-        .map(|_| {
-            let (limiter, rt) = (limiter.clone(), rt.clone());
-            rt.clone().spawn(async move {
-                limiter.until_ready().await.unwrap();
-                rt.now()
+    for (jitter, distinct) in [(Duration::ZERO, 1), (ms(50), 8)] {
+        let limiter = RateLimiter::builder(10, ms(1000))
+            .burst(1)
+            .jitter(jitter)
+            .runtime(rt.clone())
+            .build()
+            .unwrap();
+        limiter.check().unwrap();
+        let start = rt.now();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let limiter = limiter.clone();
+                rt.spawn(async move { limiter.until_ready().await })
             })
-        })
-        .collect();
-    let mut woke: Vec<Duration> = Vec::new();
-    for w in waiters {
-        woke.push(w.await.unwrap() - start);
-    }
-    woke.sort();
-    woke.dedup();
-    assert_eq!(woke.len(), 8, "eight distinct admission times: {woke:?}");
-    // Each waiter was admitted one interval after the previous one, at least.
-    for pair in woke.windows(2) {
+            .collect();
+        // Let every waiter run, get denied and park on its timer.
+        rt.sleep(Duration::from_micros(1)).await;
+        let mut wakes: Vec<Duration> = rt
+            .clock()
+            .timer_deadlines()
+            .into_iter()
+            .map(|at| at - start)
+            .collect();
+        assert_eq!(wakes.len(), 8, "{wakes:?}");
         assert!(
-            pair[1] - pair[0] >= ms(100) || pair[1] - pair[0] == Duration::ZERO,
-            "{woke:?}"
+            wakes.iter().all(|&w| w >= ms(100) && w <= ms(100) + jitter),
+            "{wakes:?}"
         );
+        wakes.dedup();
+        assert_eq!(wakes.len(), distinct, "jitter {jitter:?}: {wakes:?}");
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
     }
 }
 

@@ -280,3 +280,48 @@ async fn hedge_layer_cuts_the_tail<R: Runtime>(rt: Clocked<R>) {
 fn hedge_layer_on_every_runtime() {
     on_every_runtime!(hedge_layer_cuts_the_tail);
 }
+
+async fn bulkhead_layer_waits_for_a_slot<R: Runtime>(rt: Clocked<R>) {
+    let bulkhead = Bulkhead::builder(1)
+        .max_wait(ms(100))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let rt2 = rt.clone();
+    let slow = service(&rt, move |()| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(40)).await;
+            Ok::<_, ()>(())
+        }
+    });
+    let mut first = BulkheadLayer::wait(bulkhead.clone()).layer(slow.clone());
+    let mut second = first.clone();
+    let mut third = first.clone();
+    let start = rt.now();
+    let running = rt.spawn(async move { ready_and_call(&mut first, ()).await });
+    while bulkhead.in_flight() == 0 {
+        rt.sleep(ms(1)).await;
+    }
+    // The second caller waits in poll_ready for the first one's slot, then runs.
+    assert_eq!(ready_and_call(&mut second, ()).await, Ok(()));
+    assert_eq!(
+        rt.now() - start,
+        ms(80),
+        "40 ms waiting for the slot, 40 ms running"
+    );
+    assert_eq!(running.await.unwrap(), Ok(()));
+    // A wait longer than max_wait is refused from poll_ready.
+    let _held = bulkhead.try_acquire().unwrap();
+    let start = rt.now();
+    assert_eq!(
+        poll_fn(|cx| third.poll_ready(cx)).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(rt.now() - start, ms(100));
+}
+
+#[test]
+fn bulkhead_layer_waits_on_every_runtime() {
+    on_every_runtime!(bulkhead_layer_waits_for_a_slot);
+}

@@ -162,6 +162,13 @@ impl BreakerPolicyBuilder {
                 field: "half_open_probes",
             });
         }
+        if self.half_open_probes > MAX_HALF_OPEN_PROBES {
+            return Err(ConfigError::OutOfRange {
+                field: "half_open_probes",
+                value: f64::from(self.half_open_probes),
+                allowed: "<= 4095",
+            });
+        }
         if let Some(wait) = self.max_half_open_wait {
             if wait.is_zero() {
                 return Err(ConfigError::Zero {

@@ -96,6 +96,15 @@ fn builder_rejects_bad_input_with_typed_errors() {
         b().no_failure_rate().build(),
         Err(ConfigError::Conflict { .. })
     ));
+    // Probe counters are 12-bit fields of the state word: more would spill into the next field.
+    assert!(matches!(
+        b().half_open_probes(4096).build(),
+        Err(ConfigError::OutOfRange {
+            field: "half_open_probes",
+            ..
+        })
+    ));
+    assert!(b().half_open_probes(4095).build().is_ok());
     assert_eq!(
         b().max_half_open_wait(Some(Duration::ZERO)).build(),
         Err(ConfigError::Zero {

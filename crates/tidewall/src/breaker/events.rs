@@ -52,6 +52,10 @@ pub struct StateChange {
     pub to: State,
     /// Why it opened, for transitions to [`State::Open`].
     pub reason: Option<TripReason>,
+    /// The state's generation: one more on every transition. Listeners run after the
+    /// transition lock is released, so two transitions in quick succession can be delivered
+    /// out of order; order them by generation (wrapping).
+    pub generation: u32,
 }
 
 pub(super) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;

@@ -116,8 +116,10 @@ impl<R: Runtime> Shared<R> {
                         continue;
                     }
                     if word::admitted(word) >= self.policy.half_open_probes() {
-                        let wait = limit
-                            .map_or(self.policy.break_duration(0, self.seed), |l| nanos(l - now));
+                        // The probes decide soon; hint at most one base break (not the whole
+                        // remaining half-open wait, which can be a minute).
+                        let base = self.policy.break_duration(0, self.seed);
+                        let wait = limit.map_or(base, |l| nanos(l - now).min(base));
                         return Err(self.reject(wait));
                     }
                     // Reserve a slot atomically: of any number of racing callers exactly the
@@ -257,6 +259,7 @@ impl<R: Runtime> Shared<R> {
                 from,
                 to: State::Open,
                 reason: Some(reason),
+                generation: next,
             }
         };
         emit(self.listener.as_ref(), &change);
@@ -283,6 +286,7 @@ impl<R: Runtime> Shared<R> {
                 from: State::Open,
                 to: State::HalfOpen,
                 reason: None,
+                generation: generation.wrapping_add(1),
             };
             emit(self.listener.as_ref(), &change);
         }
@@ -311,6 +315,7 @@ impl<R: Runtime> Shared<R> {
                 from: State::HalfOpen,
                 to: State::Closed,
                 reason: None,
+                generation: generation.wrapping_add(1),
             };
             emit(self.listener.as_ref(), &change);
         }
@@ -335,6 +340,7 @@ impl<R: Runtime> Shared<R> {
                 from: word::state(word),
                 to,
                 reason: None,
+                generation: word::generation(word).wrapping_add(1),
             }
         };
         emit(self.listener.as_ref(), &change);

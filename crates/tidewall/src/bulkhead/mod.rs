@@ -186,6 +186,14 @@ impl<R: Runtime> Bulkhead<R> {
         }
     }
 
+    /// A free slot now, without counting a refusal as a rejection (the pipeline's fast path
+    /// tries this first and then waits).
+    pub(crate) fn try_acquire_quiet(&self) -> Option<Permit<'_, R>> {
+        self.shared
+            .try_acquire()
+            .then_some(Permit { bulkhead: self })
+    }
+
     /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle.
     ///
     /// # Errors

@@ -94,9 +94,20 @@ where
                 let (attempt, started) = &mut this.hedges[i];
                 match attempt.as_mut().poll(cx) {
                     Poll::Ready(Ok(value)) => {
+                        let now = inner.rt.now();
                         inner
                             .estimator
-                            .record(inner.rt.now().saturating_duration_since(*started));
+                            .record(now.saturating_duration_since(*started));
+                        // The primary lost: its latency is at least what it has run so far.
+                        // Recording that lower bound keeps the percentile from drifting down
+                        // to the hedges' (faster) latencies alone.
+                        if this.primary.is_some()
+                            && let Some(primary_started) = *this.primary_started
+                        {
+                            inner
+                                .estimator
+                                .record(now.saturating_duration_since(primary_started));
+                        }
                         return Poll::Ready(Ok(value));
                     }
                     Poll::Ready(Err(error)) => {

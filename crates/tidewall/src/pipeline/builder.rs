@@ -41,12 +41,14 @@ pub struct PipelineBuilder<R, L = (), B = (), T = (), C = ()> {
     pub(super) breaker: C,
     pub(super) attempt_timeout: Option<Duration>,
     pub(super) min_attempt_time: Duration,
-    pub(super) seed: u64,
+    pub(super) seed: Option<u64>,
 }
 
 impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
-    /// Every call gets at most `budget` from its start, shared by all stages (waits, sleeps,
-    /// attempts). Calls made with [`Pipeline::call_before`] keep the earlier of the two.
+    /// Every call gets at most `budget`, shared by all stages (waits, sleeps, attempts).
+    /// Calls made with [`Pipeline::call_before`] keep the earlier of the two. The budget
+    /// starts when the call first needs the clock — no later than its first wait, first
+    /// pending attempt or first retry; a call that never waits reads no clock at all.
     pub fn deadline(mut self, budget: Duration) -> Self {
         self.budget = Some(budget);
         self
@@ -58,9 +60,10 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
         self
     }
 
-    /// Fixes the retry jitter seed.
+    /// Fixes the retry jitter seed (by default every call draws a fresh one, so concurrent
+    /// failures do not retry in lockstep).
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 

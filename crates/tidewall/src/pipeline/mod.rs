@@ -86,7 +86,7 @@ impl<R> Pipeline<R> {
             breaker: (),
             attempt_timeout: None,
             min_attempt_time: Duration::ZERO,
-            seed: 0x9e37_79b9_7f4a_7c15,
+            seed: None,
         }
     }
 }

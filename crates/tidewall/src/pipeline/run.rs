@@ -81,11 +81,15 @@ where
                         Error::Inner(error)
                     }
                     Err(_) => {
-                        C::record(permit, Outcome::Failure);
                         let now = clock.now();
                         if clock.deadline().is_expired(now) {
+                            // Cut off by the caller's deadline, not by the service: that says
+                            // nothing about the service's health, so the breaker ignores it
+                            // (and a probe gives its slot back).
+                            C::record(permit, Outcome::Ignored);
                             return Err(Error::Rejected(Rejected::DeadlineExceeded));
                         }
+                        C::record(permit, Outcome::Failure);
                         Error::TimedOut
                     }
                 }
@@ -122,10 +126,14 @@ where
     }
 }
 
-/// The call's clock, read only when something needs the time. The pipeline's own deadline
-/// budget starts at the first reading: on the happy path (every stage admits at once and the
-/// operation is ready on its first poll) no clock is read at all, and when anything waits,
-/// the budget starts before that wait.
+/// The call's clock, read only when something needs the time.
+///
+/// The pipeline's own deadline budget starts at the call's first clock reading: at once when
+/// the call needs the time from the start (a caller deadline to check, a retry budget to
+/// deposit into), otherwise at the first wait (limiter, bulkhead), the first attempt that is
+/// pending, or the first retry. Before that point the call has only run code that did not
+/// wait — which no timer could have interrupted anyway — so on the happy path (every stage
+/// admits at once, the operation is ready on its first poll) no clock is read at all.
 struct CallClock<'r, R> {
     rt: &'r R,
     start: Option<std::time::Instant>,

@@ -66,7 +66,7 @@ impl<R: Runtime> Admission for RateLimiter<R> {
     type Guard<'a> = ();
 
     fn try_admit(&self) -> Result<Option<()>, Rejected> {
-        match self.check() {
+        match self.decide(1) {
             Ok(()) => Ok(Some(())),
             Err(Rejected::RateLimited { .. }) => Ok(None),
             Err(other) => Err(other),
@@ -82,7 +82,7 @@ impl<R: Runtime> Admission for Bulkhead<R> {
     type Guard<'a> = crate::bulkhead::Permit<'a, R>;
 
     fn try_admit(&self) -> Result<Option<Self::Guard<'_>>, Rejected> {
-        Ok(self.try_acquire().ok())
+        Ok(self.try_acquire_quiet())
     }
 
     fn admit(
@@ -143,8 +143,9 @@ pub struct RetryStage {
 
 /// Whether and how long to wait before the next attempt.
 pub trait Retries: sealed::Sealed + Send + Sync {
-    /// The next delay, or `None` when no retry is left.
-    fn next_delay(&self, state: &mut Option<DelayState>, seed: u64) -> Option<Duration>;
+    /// The next delay, or `None` when no retry is left; `seed` (or a fresh one) starts the
+    /// schedule on the first call.
+    fn next_delay(&self, state: &mut Option<DelayState>, seed: Option<u64>) -> Option<Duration>;
 
     /// The budget retries draw from, if any.
     fn budget(&self) -> Option<&RetryBudget>;
@@ -154,7 +155,7 @@ pub trait Retries: sealed::Sealed + Send + Sync {
 }
 
 impl Retries for () {
-    fn next_delay(&self, _: &mut Option<DelayState>, _: u64) -> Option<Duration> {
+    fn next_delay(&self, _: &mut Option<DelayState>, _: Option<u64>) -> Option<Duration> {
         None
     }
 
@@ -168,8 +169,11 @@ impl Retries for () {
 }
 
 impl Retries for RetryStage {
-    fn next_delay(&self, state: &mut Option<DelayState>, seed: u64) -> Option<Duration> {
-        let state = state.get_or_insert_with(|| self.backoff.start(seed));
+    fn next_delay(&self, state: &mut Option<DelayState>, seed: Option<u64>) -> Option<Duration> {
+        let state = state.get_or_insert_with(|| {
+            self.backoff
+                .start(seed.unwrap_or_else(crate::seed::fresh_seed))
+        });
         self.backoff.next_delay(state)
     }
 

@@ -194,15 +194,18 @@ impl<R: Runtime> RateLimiter<R> {
     /// [`Rejected::RateLimited`], or [`Rejected::InsufficientCapacity`] when `cells` exceeds
     /// the burst (it could never pass).
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        self.decide(cells)
+            .inspect_err(|rejected| self.shared.rejections.record(rejected))
+    }
+
+    /// The decision without telemetry: waits and the pipeline's fast path count a rejection
+    /// only when the caller is finally refused.
+    pub(crate) fn decide(&self, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
         let now = shared.clock.nanos(&shared.rt);
         let mut tat = shared.tat.load(Relaxed);
         loop {
-            let next = shared.gcra.decide(tat, now, cells).map_err(|d| {
-                let rejected = rejection(d);
-                shared.rejections.record(&rejected);
-                rejected
-            })?;
+            let next = shared.gcra.decide(tat, now, cells).map_err(rejection)?;
             match shared
                 .tat
                 .compare_exchange_weak(tat, next, Relaxed, Relaxed)
@@ -240,13 +243,17 @@ impl<R: Runtime> RateLimiter<R> {
         deadline: Deadline,
     ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
         let seed = self.shared.waits.fetch_add(1, Relaxed);
-        WaitUntilReady::new(
-            move || self.check_n(cells),
+        let wait = WaitUntilReady::new(
+            move || self.decide(cells),
             self.shared.rt.clone(),
             deadline,
             self.shared.jitter,
             seed,
-        )
+        );
+        async move {
+            wait.await
+                .inspect_err(|rejected| self.shared.rejections.record(rejected))
+        }
     }
 
     /// Like [`until_n_ready_before`](Self::until_n_ready_before) with one cell.

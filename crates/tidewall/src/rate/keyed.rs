@@ -210,29 +210,33 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
     /// As [`check_key`](Self::check_key), plus [`Rejected::InsufficientCapacity`] when
     /// `cells` exceeds the burst.
     pub fn check_key_n(&self, key: &K, cells: u32) -> Result<(), Rejected> {
+        self.decide(key, cells)
+            .inspect_err(|rejected| self.shared.rejections.record(rejected))
+    }
+
+    /// The decision without telemetry (waits count a rejection only when finally refused).
+    fn decide(&self, key: &K, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
         let hash = shared.hasher.hash_one(key);
-        // The table uses the low bits of the hash; pick the shard with the high ones.
-        let shard_index = usize::try_from(hash >> 58).unwrap_or(0) % shared.shards.len();
-        let now = shared.clock.nanos(&shared.rt);
+        // hashbrown indexes with the low bits and tags entries with the top 7: pick the shard
+        // from bits in between, so neither loses entropy inside a shard.
+        let shard_index = usize::try_from((hash >> 32) & 0xFFFF).unwrap_or(0) % shared.shards.len();
         let mut shard = lock(&shared.shards[shard_index]);
-        let result = if let Some((_, tat)) = shard.table.find_mut(hash, |(k, _)| k == key) {
-            shared
+        // Read the clock under the shard lock: a reading taken before it could be older than
+        // the one a concurrent eviction used, and a key evicted as rested at that later time
+        // might not be rested yet at ours — eviction would then be observable.
+        let now = shared.clock.nanos(&shared.rt);
+        if let Some((_, tat)) = shard.table.find_mut(hash, |(k, _)| k == key) {
+            return shared
                 .gcra
                 .decide(*tat, now, cells)
                 .map(|next| *tat = next)
-                .map_err(rejection)
-        } else {
-            match shared.gcra.decide(0, now, cells) {
-                Err(denied) => Err(rejection(denied)),
-                Ok(next) => self.insert(&mut shard, hash, key, next, now),
-            }
-        };
-        drop(shard);
-        if let Err(rejected) = &result {
-            shared.rejections.record(rejected);
+                .map_err(rejection);
         }
-        result
+        match shared.gcra.decide(0, now, cells) {
+            Err(denied) => Err(rejection(denied)),
+            Ok(next) => self.insert(&mut shard, hash, key, next, now),
+        }
     }
 
     fn insert(
@@ -286,22 +290,26 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
         K: Send + Sync,
     {
         let seed = self.shared.waits.fetch_add(1, Relaxed);
-        WaitUntilReady::new(
-            move || self.check_key(key),
+        let wait = WaitUntilReady::new(
+            move || self.decide(key, 1),
             self.shared.rt.clone(),
             deadline,
             self.shared.jitter,
             seed,
-        )
+        );
+        async move {
+            wait.await
+                .inspect_err(|rejected| self.shared.rejections.record(rejected))
+        }
     }
 
     /// Forgets every key that has fully rested (lossless: see the type's docs); returns how
     /// many were dropped. The limiter also does this by itself whenever a shard fills up.
     pub fn retain_recent(&self) -> usize {
-        let now = self.shared.clock.nanos(&self.shared.rt);
         let mut dropped = 0;
         for shard in &self.shared.shards {
             let mut shard = lock(shard);
+            let now = self.shared.clock.nanos(&self.shared.rt);
             let before = shard.table.len();
             shard.table.retain(|(_, tat)| !Gcra::is_rested(*tat, now));
             dropped += before - shard.table.len();

@@ -1,10 +1,9 @@
 //! The retry state machine.
 
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tidewall_core::backoff::DelayState;
 
@@ -183,17 +182,12 @@ where
                 _ => None,
             };
             let backoff = &settings.backoff;
-            let delays = this
-                .delays
-                .get_or_insert_with(|| backoff.start(settings.seed.unwrap_or_else(fresh_seed)));
+            let delays = this.delays.get_or_insert_with(|| {
+                backoff.start(settings.seed.unwrap_or_else(crate::seed::fresh_seed))
+            });
             let Some(scheduled) = backoff.next_delay(delays) else {
                 return Poll::Ready(failure.exhausted());
             };
-            if let Some(budget) = &settings.budget
-                && !budget.try_withdraw(config.rt.now())
-            {
-                return Poll::Ready(failure.exhausted());
-            }
             let delay = hint.map_or(scheduled, |hint| {
                 scheduled.max(hint.min(settings.max_retry_after))
             });
@@ -205,6 +199,12 @@ where
             {
                 // The sleep would end too late for another attempt: do not sleep at all.
                 return Poll::Ready(deadline_exceeded(Some(failure), *this.attempts));
+            }
+            // Only a retry that will really be attempted takes from the budget.
+            if let Some(budget) = &settings.budget
+                && !budget.try_withdraw(config.rt.now())
+            {
+                return Poll::Ready(failure.exhausted());
             }
             let event = RetryEvent {
                 attempt: *this.attempts,
@@ -227,11 +227,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// A seed that differs per call, so concurrent retries do not share a jitter sequence.
-fn fresh_seed() -> u64 {
-    std::hash::RandomState::new().hash_one(Duration::ZERO)
 }
 
 impl<Op, Fut, R: Runtime, W, V, N, H, T, E> std::fmt::Debug

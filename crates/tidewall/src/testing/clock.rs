@@ -123,6 +123,11 @@ impl FakeClock {
         self.state().timers.len()
     }
 
+    /// The deadlines of the registered timers, earliest first (equal deadlines repeated).
+    pub fn timer_deadlines(&self) -> Vec<Instant> {
+        self.state().timers.keys().map(|(at, _)| *at).collect()
+    }
+
     /// A future that completes once virtual time reaches `deadline`.
     pub fn sleep_until(&self, deadline: Instant) -> FakeSleep {
         FakeSleep {

@@ -59,12 +59,24 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let (service, hedge) = (self.inner.clone(), self.hedge.clone());
+        // The service polled ready makes the primary attempt (its readiness — a rate-limit
+        // cell, a bulkhead slot — is used, not wasted); hedges use fresh clones, each polled
+        // ready first.
+        let template = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, template.clone());
+        let hedge = self.hedge.clone();
         Box::pin(async move {
+            let mut ready = Some(ready);
             let attempt = move || {
-                let (mut service, req) = (service.clone(), req.clone());
+                let req = req.clone();
+                let (mut service, is_ready) = match ready.take() {
+                    Some(service) => (service, true),
+                    None => (template.clone(), false),
+                };
                 async move {
-                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    if !is_ready {
+                        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    }
                     service.call(req).await
                 }
             };

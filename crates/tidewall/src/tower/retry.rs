@@ -43,6 +43,7 @@ pub struct RetryLayer<R, P = RetryAll> {
     rt: R,
     backoff: Backoff,
     budget: Option<RetryBudget>,
+    seed: Option<u64>,
     predicate: P,
 }
 
@@ -53,6 +54,7 @@ impl<R> RetryLayer<R> {
             rt,
             backoff,
             budget: None,
+            seed: None,
             predicate: RetryAll,
         }
     }
@@ -66,12 +68,20 @@ impl<R, P> RetryLayer<R, P> {
         self
     }
 
+    /// Fixes the jitter seed (by default every request draws a fresh one).
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Retries only the errors `predicate` accepts.
     pub fn when<P2>(self, predicate: P2) -> RetryLayer<R, P2> {
         RetryLayer {
             rt: self.rt,
             backoff: self.backoff,
             budget: self.budget,
+            seed: self.seed,
             predicate,
         }
     }
@@ -123,12 +133,13 @@ where
                 rt,
                 backoff,
                 budget,
+                seed,
                 predicate,
             } = layer;
             if let Some(budget) = &budget {
                 budget.deposit(rt.now());
             }
-            let mut delays = backoff.start(rt.now().elapsed().subsec_nanos().into());
+            let mut delays = backoff.start(seed.unwrap_or_else(crate::seed::fresh_seed));
             let mut next = backoff.next_delay(&mut delays);
             let mut request = Some(req);
             loop {

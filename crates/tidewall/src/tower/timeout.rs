@@ -14,8 +14,9 @@ use crate::{Deadline, Error};
 
 /// Bounds each request — waiting for the service to be ready *and* the call — by `timeout`.
 ///
-/// The clock starts at the first `poll_ready` of a request; if readiness takes too long,
-/// `poll_ready` fails with [`Error::TimedOut`], and the call gets only what is left.
+/// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
+/// the service was ready at once); if readiness takes too long, `poll_ready` fails with
+/// [`Error::TimedOut`], and the call gets only what is left.
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer<R> {
     rt: R,
@@ -87,17 +88,19 @@ where
     type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let started = *self.started.get_or_insert_with(|| self.rt.now());
         let slot = self
             .sleep
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.inner.poll_ready(cx) {
+            // Ready at once: no wait to count (a service polled ready long before the call
+            // must not have spent the call's budget).
             Poll::Ready(result) => {
                 *slot = None;
                 Poll::Ready(result.map_err(Error::Inner))
             }
             Poll::Pending => {
+                let started = *self.started.get_or_insert_with(|| self.rt.now());
                 let (rt, end) = (&self.rt, instant_after(started, self.timeout));
                 let sleep = slot.get_or_insert_with(|| Box::pin(rt.sleep_until(end)));
                 if sleep.as_mut().poll(cx).is_ready() {
