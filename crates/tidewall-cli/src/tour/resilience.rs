@@ -17,7 +17,7 @@ use tidewall::{Backoff, ConfigError, Deadline, Error, Rejected};
 
 use super::client::{Client, Net};
 use super::report::{Section, ms};
-use super::scenarios::Size;
+use super::scenarios::{Size, settle};
 use super::server::Server;
 
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
@@ -59,7 +59,6 @@ async fn breaker<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         .break_duration(pause)
         .half_open_probes(2)
         .on_state_change(move |c: &StateChange| {
-            // CHECK: relies on deref coercion &Arc<Mutex<_>> -> &Mutex<_> into generic `lock`.
             lock(&sink).push((since(&clock, start), c.from, c.to, c.reason));
         });
     let breaker = valid(breaker.build());
@@ -247,8 +246,6 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
     let before = server.stats.requests();
     let hedged = timed_calls(rt, calls, move || async move {
         // Each attempt, primary or hedge, draws its own latency: a hedge is a fresh roll.
-        // CHECK: the inner FnMut's futures borrow `client`/`attempts` (references copied into
-        // this async block); if borrowck objects, move a cloned Client into the closure.
         hedge
             .call(Idempotent(|| client.get(latency_path(attempts))))
             .await
@@ -400,17 +397,6 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
         transitions == 0,
     );
     s
-}
-
-/// Waits for requests abandoned earlier (cancelled hedges, timed-out calls) to finish on the
-/// server, so a scenario's request counts and peaks are its own.
-async fn settle<R: Net>(rt: &R, server: &Server) {
-    for _ in 0..200 {
-        if server.stats.in_flight() == 0 {
-            break;
-        }
-        rt.sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn since<R: Net>(rt: &R, start: Instant) -> Duration {

@@ -297,12 +297,7 @@ async fn bounded_fan_out<R: Net>(
     );
     // Requests abandoned by earlier scenarios (the race's loser, the timed-out call) may still
     // be sleeping on the server; let them finish so the peak below is this scenario's alone.
-    for _ in 0..200 {
-        if server.stats.in_flight() == 0 {
-            break;
-        }
-        rt.sleep(Duration::from_millis(10)).await;
-    }
+    settle(rt, server).await;
     server.stats.reset_peak();
     let before = server.stats.requests();
     let start = Instant::now();
@@ -341,4 +336,15 @@ async fn bounded_fan_out<R: Net>(
         server.stats.requests() - before == requests,
     );
     s
+}
+
+/// Waits (up to 2 s) for requests abandoned earlier — cancelled hedges, timed-out calls, a
+/// race's loser — to finish on the server, so a scenario's request counts and peaks are its own.
+pub(super) async fn settle<R: Net>(rt: &R, server: &Server) {
+    for _ in 0..200 {
+        if server.stats.in_flight() == 0 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(10)).await;
+    }
 }
