@@ -127,6 +127,23 @@ fn exactly_two_of_three_with_two_slots() {
     });
 }
 
+/// With two probe slots, a success and a failure finish at once: whatever the order, one
+/// failed probe reopens the breaker and a lone success never closes it.
+#[test]
+fn a_probe_failure_wins_over_a_concurrent_success() {
+    loom::model(|| {
+        let breaker = half_open_breaker_with(2);
+        let (first, second) = (
+            breaker.try_acquire_owned().unwrap(),
+            breaker.try_acquire_owned().unwrap(),
+        );
+        let racer = loom::thread::spawn(move || first.success());
+        second.failure();
+        racer.join().unwrap();
+        assert_eq!(breaker.state(), State::Open, "{:?}", breaker.counts());
+    });
+}
+
 /// Two retries racing across a bucket boundary for the budget's last retry: only one gets it.
 #[test]
 fn the_retry_budget_is_never_overdrawn_across_a_bucket_boundary() {

@@ -137,3 +137,62 @@ fn bad_configuration_is_a_typed_error() {
         })
     );
 }
+
+async fn caller_deadline_cutoffs_leave_the_breaker_alone<R: Runtime>(rt: Clocked<R>) {
+    let breaker = CircuitBreaker::builder()
+        .runtime(rt.clone())
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder_on(rt.clone())
+        .breaker(breaker.clone())
+        .attempt_timeout(ms(500))
+        .build()
+        .unwrap();
+    let slow = Scripted::<_, (), &str>::with_latency(rt.clone(), [(ms(1_000), Ok(()))]);
+    let cut = pipeline
+        .call_before(Deadline::after(&rt, ms(20)), || slow.call())
+        .await;
+    assert_eq!(cut, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+    assert_eq!(
+        breaker.state(),
+        tidewall::breaker::State::Closed,
+        "the caller's impatience is not the service's failure"
+    );
+    // The attempt timeout, on the other hand, is the service's failure.
+    let slow = Scripted::<_, (), &str>::with_latency(rt.clone(), [(ms(1_000), Ok(()))]);
+    assert_eq!(pipeline.call(|| slow.call()).await, Err(Error::TimedOut));
+    assert_eq!(breaker.state(), tidewall::breaker::State::Open);
+}
+
+#[test]
+fn caller_deadline_cutoffs_leave_the_breaker_alone_on_every_runtime() {
+    on_every_runtime!(caller_deadline_cutoffs_leave_the_breaker_alone);
+}
+
+async fn concurrent_calls_draw_their_own_jitter<R: Runtime>(rt: Clocked<R>) {
+    let backoff = Backoff::exponential(ms(100))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder_on(rt.clone())
+        .retry(backoff)
+        .build()
+        .unwrap();
+    let (a, b) = (
+        Scripted::new(rt.clone(), [Err("e"), Ok(1)]),
+        Scripted::new(rt.clone(), [Err("e"), Ok(2)]),
+    );
+    let (ra, rb) = futures_util::join!(pipeline.call(|| a.call()), pipeline.call(|| b.call()));
+    assert_eq!((ra, rb), (Ok(1), Ok(2)));
+    assert_ne!(
+        a.start_offsets()[1],
+        b.start_offsets()[1],
+        "two calls failing together retry at different times"
+    );
+}
+
+#[test]
+fn concurrent_calls_draw_their_own_jitter_on_every_runtime() {
+    on_every_runtime!(concurrent_calls_draw_their_own_jitter);
+}

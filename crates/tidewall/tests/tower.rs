@@ -325,3 +325,52 @@ async fn bulkhead_layer_waits_for_a_slot<R: Runtime>(rt: Clocked<R>) {
 fn bulkhead_layer_waits_on_every_runtime() {
     on_every_runtime!(bulkhead_layer_waits_for_a_slot);
 }
+
+async fn timeout_starts_when_readiness_waits<R: Runtime>(rt: Clocked<R>) {
+    // Polled ready at once, called 500 ms later: the call still gets its whole 100 ms.
+    let rt2 = rt.clone();
+    let inner = service(&rt, move |()| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(80)).await;
+            Ok::<_, ()>(())
+        }
+    });
+    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    rt.sleep(ms(500)).await;
+    assert_eq!(svc.call(()).await, Ok(()));
+}
+
+#[test]
+fn the_timeout_does_not_start_at_an_early_ready_on_every_runtime() {
+    on_every_runtime!(timeout_starts_when_readiness_waits);
+}
+
+async fn hedge_layer_uses_its_readiness<R: Runtime>(rt: Clocked<R>) {
+    // A rate limit of 3 at once in front of the service: three hedged requests that do not
+    // need a hedge spend exactly three cells, so none of them waits.
+    let limiter = RateLimiter::builder(1, ms(1_000))
+        .burst(3)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let inner =
+        RateLimitLayer::wait(limiter).layer(service(&rt, |()| async { Ok::<_, Error<()>>(()) }));
+    let hedge = Hedge::builder()
+        .delay(ms(50))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let mut svc = HedgeLayer::new(hedge).layer(inner);
+    let start = rt.now();
+    for _ in 0..3 {
+        assert_eq!(ready_and_call(&mut svc, ()).await, Ok(()));
+    }
+    assert_eq!(rt.now(), start, "no request waited for a cell");
+}
+
+#[test]
+fn hedge_layer_spends_the_readiness_it_polled_on_every_runtime() {
+    on_every_runtime!(hedge_layer_uses_its_readiness);
+}

@@ -157,6 +157,14 @@ impl BreakerPolicyBuilder {
             });
         }
         validate_window(self.window)?;
+        if let Window::Count { calls } = self.window
+            && self.minimum_calls > calls
+            && self.consecutive_failures.is_none()
+        {
+            return Err(ConfigError::Conflict {
+                reason: "minimum_calls exceeds the count window: the rates could never trip",
+            });
+        }
         if self.half_open_probes == 0 {
             return Err(ConfigError::Zero {
                 field: "half_open_probes",

@@ -105,6 +105,19 @@ fn builder_rejects_bad_input_with_typed_errors() {
         })
     ));
     assert!(b().half_open_probes(4095).build().is_ok());
+    assert!(matches!(
+        b().window(Window::Count { calls: 5 })
+            .minimum_calls(6)
+            .build(),
+        Err(ConfigError::Conflict { .. })
+    ));
+    assert!(
+        b().window(Window::Count { calls: 5 })
+            .minimum_calls(6)
+            .consecutive_failures(2)
+            .build()
+            .is_ok()
+    );
     assert_eq!(
         b().max_half_open_wait(Some(Duration::ZERO)).build(),
         Err(ConfigError::Zero {
@@ -208,6 +221,9 @@ fn stale_buckets_count_as_empty() {
     assert_eq!(b.live(word, 1, 4, 9), [0, 0, 0]);
     // Adding at a new epoch starts the bucket afresh.
     assert_eq!(b.field(b.add(word, 9, [1, 0, 0]).unwrap(), 1), 0);
+    // A writer a little behind a boundary leaves the newer bucket alone.
+    let newer = b.add(0, 10, [3, 0, 0]).unwrap();
+    assert_eq!(b.add(newer, 9, [1, 0, 0]), None);
     // A counter at its limit refuses instead of wrapping.
     let full = b.add(0, 1, [65_535, 0, 0]).unwrap();
     assert_eq!(b.add(full, 1, [1, 0, 0]), None);

@@ -101,10 +101,19 @@ impl Bucket {
     }
 
     /// The word after adding `add` to the counters of the bucket for `epoch` (a bucket
-    /// stamped with another epoch starts from zero). `None` if a counter would overflow; the
+    /// stamped with an older epoch starts from zero). `None` if a counter would overflow; the
     /// caller decides whether that means "skip" (a sampled window) or "deny" (a budget).
+    ///
+    /// A bucket already stamped with a *newer* epoch is left alone (`None`): a writer whose
+    /// clock reading is a little behind a bucket boundary must not wipe the new bucket.
     pub const fn add(&self, word: u64, epoch: u16, add: [u64; 3]) -> Option<u64> {
-        let base = if Self::epoch(word) == epoch { word } else { 0 };
+        let stamp = Self::epoch(word);
+        // Stamps compare modulo 2^16: a stamp up to half the range ahead counts as newer.
+        #[allow(clippy::cast_possible_wrap)]
+        if stamp != epoch && (stamp.wrapping_sub(epoch) as i16) > 0 {
+            return None;
+        }
+        let base = if stamp == epoch { word } else { 0 };
         let mut out = (epoch as u64) << 48;
         let mut i = 0;
         while i < 3 {

@@ -253,7 +253,7 @@ impl<R: Runtime> Shared<R> {
             *trips = trips.saturating_add(1);
             self.open_until
                 .store(now.saturating_add(as_nanos(pause)), Relaxed);
-            self.word.store(word::pack(State::Open, next), Release);
+            self.publish(generation, State::Open);
             StateChange {
                 name: self.name,
                 from,
@@ -273,10 +273,7 @@ impl<R: Runtime> Shared<R> {
                 false
             } else {
                 self.half_open_since.store(now, Relaxed);
-                self.word.store(
-                    word::pack(State::HalfOpen, generation.wrapping_add(1)),
-                    Release,
-                );
+                self.publish(generation, State::HalfOpen);
                 true
             }
         };
@@ -302,10 +299,7 @@ impl<R: Runtime> Shared<R> {
                 self.window.reset();
                 self.consecutive.store(0, Relaxed);
                 *trips = 0;
-                self.word.store(
-                    word::pack(State::Closed, generation.wrapping_add(1)),
-                    Release,
-                );
+                self.publish(generation, State::Closed);
                 true
             }
         };
@@ -321,6 +315,24 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
+    /// Publishes the next generation in state `to`, with the transition lock held (so the
+    /// generation cannot change under us; only probes' counters can). A compare-and-swap
+    /// rather than a store: a probe's counter update racing with the transition either lands
+    /// before it (and is replaced) or fails against the new word — a store could not promise
+    /// that the word it overwrites is the one the check saw, and loom (whose model lets a
+    /// store slip between the read and write of a racing read-modify-write, loom #254) could
+    /// not check it.
+    fn publish(&self, generation: u32, to: State) {
+        let next = word::pack(to, generation.wrapping_add(1));
+        let mut current = self.word.load(Acquire);
+        while word::generation(current) == generation {
+            match self.word.compare_exchange(current, next, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
     pub(super) fn force(&self, to: State) {
         let change = {
@@ -331,10 +343,7 @@ impl<R: Runtime> Shared<R> {
                 self.consecutive.store(0, Relaxed);
                 *trips = 0;
             }
-            self.word.store(
-                word::pack(to, word::generation(word).wrapping_add(1)),
-                Release,
-            );
+            self.publish(word::generation(word), to);
             StateChange {
                 name: self.name,
                 from: word::state(word),
