@@ -14,6 +14,7 @@
 //! | retry budget | [`budget`] | [`budget::RetryBudget`] |
 //! | hedging | [`hedge`] | [`hedge::Hedge`] |
 //! | policies composed with one deadline | [`pipeline`] | [`pipeline::Pipeline`] |
+//! | stream operators, merges, line streaming | [`stream`] | [`stream::StreamOps`], [`stream::LineReader`] |
 //! | tower layers (feature `tower`) | `tower` | `tower::BreakerLayer`, … |
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
 //! | `Retry-After` parsing (feature `http`) | `http` | `http::retry_after` |
@@ -64,6 +65,7 @@ mod reject;
 pub mod retry;
 pub mod rt;
 mod seed;
+pub mod stream;
 mod sync;
 mod telemetry;
 #[cfg(feature = "test-util")]

@@ -313,7 +313,7 @@ where
     F: FnMut(S::Item) -> Fut,
     Fut: Future,
 {
-    pub(super) fn new(limit: usize, ordered: bool, inputs: S, f: F) -> Self {
+    pub(crate) fn new(limit: usize, ordered: bool, inputs: S, f: F) -> Self {
         let mapped = inputs.map(f);
         let inner = if ordered {
             Local::Ordered {

@@ -1,0 +1,173 @@
+//! `batch` and `batch_weighted`: group items by count or weight, or by time since the first.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+
+use crate::ConfigError;
+use crate::rt::{Runtime, instant_after};
+
+/// How much of a batch's budget an item uses.
+pub trait Weigh<T> {
+    /// The item's weight (bytes, cost units…).
+    fn weigh(&mut self, item: &T) -> u64;
+}
+
+/// Every item weighs 1: a batch of at most `max_items`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EachCountsOne;
+
+impl<T> Weigh<T> for EachCountsOne {
+    fn weigh(&mut self, _: &T) -> u64 {
+        1
+    }
+}
+
+impl<T, F: FnMut(&T) -> u64> Weigh<T> for F {
+    fn weigh(&mut self, item: &T) -> u64 {
+        self(item)
+    }
+}
+
+pin_project! {
+    /// Batches of a stream; see [`StreamOps::batch`](super::StreamOps::batch) and
+    /// [`StreamOps::batch_weighted`](super::StreamOps::batch_weighted).
+    ///
+    /// A batch is emitted when it is full (the next item would not fit), when `max_wait` has
+    /// passed since its *first* item arrived, or when the stream ends (with what it holds).
+    /// An item heavier than `max_weight` on its own is emitted alone, in a batch of one. Empty
+    /// batches are never emitted.
+    ///
+    /// **Backpressure**: at most one batch (plus one carried-over item) is held; the source is
+    /// not polled while a finished batch waits for the consumer.
+    #[must_use = "streams do nothing unless polled"]
+    pub struct Batch<S: Stream, W, R: Runtime> {
+        #[pin]
+        source: S,
+        weigh: W,
+        rt: R,
+        max_weight: u64,
+        max_wait: Duration,
+        buffer: Vec<S::Item>,
+        weight: u64,
+        // An item that did not fit in the batch just emitted: the first of the next one.
+        carried: Option<(S::Item, u64)>,
+        #[pin]
+        timer: Option<R::Sleep>,
+        done: bool,
+    }
+}
+
+impl<S: Stream, W, R: Runtime> Batch<S, W, R> {
+    pub(super) fn new(
+        source: S,
+        rt: R,
+        weigh: W,
+        max_weight: u64,
+        max_wait: Duration,
+    ) -> Result<Self, ConfigError> {
+        if max_weight == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_weight",
+            });
+        }
+        if max_wait.is_zero() {
+            return Err(ConfigError::Zero { field: "max_wait" });
+        }
+        if u64::try_from(max_wait.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow { field: "max_wait" });
+        }
+        // Count batches know their size; weighted ones start small and grow.
+        let capacity = usize::try_from(max_weight.min(1024)).unwrap_or(1024);
+        Ok(Self {
+            source,
+            weigh,
+            rt,
+            max_weight,
+            max_wait,
+            buffer: Vec::with_capacity(capacity),
+            weight: 0,
+            carried: None,
+            timer: None,
+            done: false,
+        })
+    }
+}
+
+impl<S: Stream, W: Weigh<S::Item>, R: Runtime> Stream for Batch<S, W, R> {
+    type Item = Vec<S::Item>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if let Some((item, weight)) = this.carried.take() {
+            if weight >= *this.max_weight {
+                // Too heavy to share a batch (or exactly full on its own).
+                return Poll::Ready(Some(vec![item]));
+            }
+            this.buffer.push(item);
+            *this.weight = weight;
+            this.timer.set(Some(
+                this.rt
+                    .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
+            ));
+        }
+        while !*this.done {
+            match this.source.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    let weight = this.weigh.weigh(&item);
+                    if this.buffer.is_empty() {
+                        if weight >= *this.max_weight {
+                            return Poll::Ready(Some(vec![item]));
+                        }
+                        this.timer.set(Some(
+                            this.rt
+                                .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
+                        ));
+                    } else if this.weight.saturating_add(weight) > *this.max_weight {
+                        *this.carried = Some((item, weight));
+                        return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                    }
+                    this.buffer.push(item);
+                    *this.weight += weight;
+                    if *this.weight >= *this.max_weight {
+                        return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                    }
+                }
+                Poll::Ready(None) => *this.done = true,
+                Poll::Pending => {
+                    let Some(timer) = this.timer.as_mut().as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(timer.poll(cx));
+                    return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                }
+            }
+        }
+        if this.buffer.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)))
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (_, upper) = self.source.size_hint();
+        let held = self.buffer.len() + usize::from(self.carried.is_some());
+        (usize::from(held > 0), upper.map(|u| u.saturating_add(held)))
+    }
+}
+
+/// Hands the buffered batch over, keeping a buffer of the same capacity for the next one.
+fn take_batch<T, S>(
+    buffer: &mut Vec<T>,
+    weight: &mut u64,
+    mut timer: Pin<&mut Option<S>>,
+) -> Vec<T> {
+    *weight = 0;
+    timer.set(None);
+    let capacity = buffer.capacity();
+    std::mem::replace(buffer, Vec::with_capacity(capacity))
+}

@@ -1,0 +1,308 @@
+//! Line streaming from any async reader: batches of borrowed lines from one reused buffer.
+
+use std::io;
+use std::pin::Pin;
+
+use futures_util::io::{AsyncRead, AsyncReadExt};
+
+use crate::ConfigError;
+
+/// What to do with a line longer than the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlong {
+    /// Fail with [`LinesError::TooLong`] (the default: an unbounded line is usually an attack
+    /// or a corrupt file).
+    #[default]
+    Error,
+    /// Skip the line (counted in [`LineReader::skipped`]) and go on.
+    Skip,
+}
+
+/// Why reading lines failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LinesError {
+    /// The reader failed.
+    Io(io::Error),
+    /// A line was longer than the maximum (with [`Overlong::Error`]).
+    TooLong {
+        /// The maximum, in bytes (excluding the newline).
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for LinesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "reading lines: {e}"),
+            Self::TooLong { max } => write!(f, "a line is longer than the maximum of {max} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for LinesError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            Self::TooLong { .. } => None,
+        }
+    }
+}
+
+impl From<io::Error> for LinesError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Reads lines in batches from any [`AsyncRead`], without allocating per line.
+///
+/// Each [`next_batch`](Self::next_batch) fills one reused buffer (one large read, typically
+/// many lines) and lends out the complete lines in it as a [`LineBatch`] of `&[u8]` slices,
+/// found with `memchr`. Bytes are delivered as they are: a UTF-8 view is an explicit, fallible
+/// step (`std::str::from_utf8`). A line is the bytes before `\n` (a trailing `\r` is kept);
+/// a last line without `\n` is delivered at end of input.
+///
+/// Memory is the buffer, fixed at construction: at most `max(buffer, max_line + 1)` bytes,
+/// whatever the input size. A line longer than `max_line` fails with
+/// [`LinesError::TooLong`] or is skipped, by choice ([`Overlong`]) — `AsyncBufRead::lines()`
+/// has no limit at all.
+///
+/// Not a `Stream`: a batch borrows the reader's buffer, which a `Stream` item cannot.
+///
+/// ```
+/// use tidewall::stream::{LineReader, Overlong};
+///
+/// # futures_util::FutureExt::now_or_never(async {
+/// let input: &[u8] = b"200 GET /\n404 GET /x\n500 POST /y";
+/// let mut lines = LineReader::new(input, 64 * 1024, 1024, Overlong::Error)?;
+/// let mut codes = Vec::new();
+/// while let Some(batch) = lines.next_batch().await? {
+///     for line in batch.lines() {
+///         codes.push(line[..3].to_vec());
+///     }
+/// }
+/// assert_eq!(codes, [b"200".to_vec(), b"404".to_vec(), b"500".to_vec()]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap().unwrap();
+/// ```
+pub struct LineReader<Rd> {
+    reader: Rd,
+    buf: Box<[u8]>,
+    // buf[start..end] holds bytes not yet delivered; lines end at `start`.
+    start: usize,
+    end: usize,
+    max_line: usize,
+    overlong: Overlong,
+    skipping: bool,
+    skipped: u64,
+    eof: bool,
+}
+
+impl<Rd> std::fmt::Debug for LineReader<Rd> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineReader")
+            .field("buffer", &self.buf.len())
+            .field("max_line", &self.max_line)
+            .field("skipped", &self.skipped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The complete lines of one read, borrowed from the reader's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct LineBatch<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> LineBatch<'a> {
+    /// The lines, without their `\n` (found with `memchr`).
+    pub fn lines(&self) -> Lines<'a> {
+        Lines { rest: self.bytes }
+    }
+
+    /// The raw bytes of the batch (whole lines, each ending in `\n` except possibly the last
+    /// of the input).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// The lines of a [`LineBatch`].
+#[derive(Debug, Clone)]
+pub struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (line, rest) = match memchr::memchr(b'\n', self.rest) {
+            Some(at) => (&self.rest[..at], &self.rest[at + 1..]),
+            None => (self.rest, &[][..]),
+        };
+        self.rest = rest;
+        Some(line)
+    }
+}
+
+impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
+    /// Reads lines from `reader` with a buffer of `buffer` bytes (raised to `max_line + 1`
+    /// if smaller), refusing or skipping lines longer than `max_line` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero `buffer` or `max_line`.
+    pub fn new(
+        reader: Rd,
+        buffer: usize,
+        max_line: usize,
+        overlong: Overlong,
+    ) -> Result<Self, ConfigError> {
+        if buffer == 0 {
+            return Err(ConfigError::Zero { field: "buffer" });
+        }
+        if max_line == 0 {
+            return Err(ConfigError::Zero { field: "max_line" });
+        }
+        let size = buffer.max(max_line.saturating_add(1));
+        Ok(Self {
+            reader,
+            buf: vec![0; size].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            max_line,
+            overlong,
+            skipping: false,
+            skipped: 0,
+            eof: false,
+        })
+    }
+
+    /// Lines skipped for being too long (with [`Overlong::Skip`]).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The next batch of complete lines, or `None` at end of input.
+    ///
+    /// **Cancel safety:** dropping the future between reads loses nothing; dropped during a
+    /// read, the bytes that read had not returned yet are not lost either (the reader keeps
+    /// them), but the partial line already buffered stays buffered for the next call.
+    ///
+    /// # Errors
+    ///
+    /// [`LinesError::Io`] from the reader; [`LinesError::TooLong`] for an overlong line with
+    /// [`Overlong::Error`] (the reader then stops at that line).
+    pub async fn next_batch(&mut self) -> Result<Option<LineBatch<'_>>, LinesError> {
+        loop {
+            // Lines of the previous batch are consumed: keep only the partial line.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buf.len() {
+                // A full buffer without a newline: one line longer than any allowed.
+                self.overlong_line()?;
+                self.end = 0;
+                continue;
+            }
+            let read = if self.eof {
+                0
+            } else {
+                Pin::new(&mut self.reader)
+                    .read(&mut self.buf[self.end..])
+                    .await?
+            };
+            let fresh = self.end;
+            self.end += read;
+            if read == 0 {
+                self.eof = true;
+                if self.end == 0 {
+                    return Ok(None);
+                }
+                // The last line has no newline.
+                if self.skipping {
+                    self.skipping = false;
+                    self.skipped += 1;
+                    self.end = 0;
+                    return Ok(None);
+                }
+                return self.deliver(self.end).map(Some);
+            }
+            if self.skipping {
+                // Drop bytes up to the end of the overlong line.
+                match memchr::memchr(b'\n', &self.buf[fresh..self.end]) {
+                    Some(at) => {
+                        self.skipping = false;
+                        self.skipped += 1;
+                        self.start = fresh + at + 1;
+                    }
+                    None => self.end = 0,
+                }
+                continue;
+            }
+            // Only the newest bytes can hold the batch's last newline.
+            if let Some(at) = memchr::memrchr(b'\n', &self.buf[fresh..self.end]) {
+                return self.deliver(fresh + at + 1).map(Some);
+            }
+        }
+    }
+
+    /// Lends `buf[..len]` as a batch after checking every line's length.
+    fn deliver(&mut self, len: usize) -> Result<LineBatch<'_>, LinesError> {
+        let bytes = &self.buf[..len];
+        let too_long = LineBatch { bytes }
+            .lines()
+            .any(|line| line.len() > self.max_line);
+        self.start = len;
+        if too_long {
+            match self.overlong {
+                Overlong::Error => return Err(LinesError::TooLong { max: self.max_line }),
+                Overlong::Skip => {
+                    // Rare: filter into a batch of the lines that fit, compacted in place.
+                    let kept =
+                        compact_fitting(&mut self.buf[..len], self.max_line, &mut self.skipped);
+                    return Ok(LineBatch {
+                        bytes: &self.buf[..kept],
+                    });
+                }
+            }
+        }
+        Ok(LineBatch {
+            bytes: &self.buf[..len],
+        })
+    }
+
+    fn overlong_line(&mut self) -> Result<(), LinesError> {
+        match self.overlong {
+            Overlong::Error => Err(LinesError::TooLong { max: self.max_line }),
+            Overlong::Skip => {
+                self.skipping = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Moves the lines of `batch` that fit within `max` to its front; returns the new length.
+fn compact_fitting(batch: &mut [u8], max: usize, skipped: &mut u64) -> usize {
+    let (mut read, mut write) = (0, 0);
+    while read < batch.len() {
+        let end = memchr::memchr(b'\n', &batch[read..]).map_or(batch.len(), |at| read + at + 1);
+        let line_len = end - read - usize::from(batch[end - 1] == b'\n');
+        if line_len > max {
+            *skipped += 1;
+        } else {
+            batch.copy_within(read..end, write);
+            write += end - read;
+        }
+        read = end;
+    }
+    write
+}

@@ -1,0 +1,108 @@
+//! Stream processing: operators with real backpressure, sources, and constant-memory lines.
+//!
+//! * Operators on any `futures_core::Stream` through [`StreamOps`]: [`batch`](StreamOps::batch)
+//!   by count, [`batch_weighted`](StreamOps::batch_weighted) by bytes or cost (both also by
+//!   time since a batch's first item), [`throttle`](StreamOps::throttle) (fixed spacing),
+//!   [`rate_limit`](StreamOps::rate_limit) (GCRA, bursts), [`par_map`](StreamOps::par_map) /
+//!   [`par_map_unordered`](StreamOps::par_map_unordered) (spawned, bounded, progressing while
+//!   the consumer is busy) and [`par_map_local`](StreamOps::par_map_local) for `!Send` work,
+//!   [`timeout_each`](StreamOps::timeout_each), and [`prioritized`](StreamOps::prioritized)
+//!   merging.
+//! * [`KeyedMerge`]: many keyed streams, polling only the ones that woke, with a notice when
+//!   one ends.
+//! * Sources: [`LineReader`] (batches of borrowed lines from one reused buffer, bounded line
+//!   length), [`interval_on`] (missed-tick behaviour, jitter), [`generator`] (an async
+//!   closure feeding a bounded buffer).
+//!
+//! **Backpressure** is structural: every operator holds a bounded amount (one batch, one
+//! item, `limit` in-flight items) and stops pulling its source until its consumer takes what
+//! it holds. **Bad input** — a zero limit, size, weight or period — is a [`ConfigError`](crate::ConfigError),
+//! never a stream that hangs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures_util::{StreamExt, stream};
+//! use tidewall::stream::StreamOps;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tidewall::ConfigError> {
+//! let batches: Vec<Vec<u32>> = stream::iter(1..=7).batch(3, Duration::from_millis(10))?.collect().await;
+//! assert_eq!(batches, [vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+//!
+//! let doubled: Vec<u32> = stream::iter(1..=5)
+//!     .par_map(2, |n| async move { n * 2 })?
+//!     .map(|r| r.expect("no panic"))
+//!     .collect()
+//!     .await;
+//! assert_eq!(doubled, [2, 4, 6, 8, 10]);
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod generator;
+mod interval;
+mod keyed;
+mod lines;
+mod merge;
+mod ops;
+mod pace;
+mod par_map;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use batch::{Batch, EachCountsOne, Weigh};
+pub use generator::{Generator, Yielder};
+pub use interval::{Interval, MissedTicks};
+pub use keyed::{Keyed, KeyedMerge};
+pub use lines::{LineBatch, LineReader, Lines, LinesError, Overlong};
+pub use merge::Prioritized;
+pub use ops::StreamOps;
+pub use pace::{RateLimit, Throttle, TimeoutEach};
+pub use par_map::{ParMap, ParMapLocal};
+
+use crate::ConfigError;
+use crate::rt::Runtime;
+
+/// Ticks every `period` on `rt`, with the given missed-tick behaviour. See [`Interval`].
+///
+/// # Errors
+///
+/// [`ConfigError::Zero`] for a zero period.
+pub fn interval_on<R: Runtime>(
+    rt: R,
+    period: Duration,
+    missed: MissedTicks,
+) -> Result<Interval<R>, ConfigError> {
+    Interval::new(rt, period, missed)
+}
+
+/// A stream fed by `produce`, which hands items over with [`Yielder::yield_`]; at most
+/// `capacity` items wait between producer and consumer. See [`Generator`].
+///
+/// ```
+/// use futures_util::StreamExt;
+///
+/// # futures_util::FutureExt::now_or_never(async {
+/// let squares = tidewall::stream::generator(4, |mut out| async move {
+///     for n in 1..=3u32 {
+///         if !out.yield_(n * n).await {
+///             return; // the consumer is gone
+///         }
+///     }
+/// })?;
+/// assert_eq!(squares.collect::<Vec<_>>().await, [1, 4, 9]);
+/// # Ok::<(), tidewall::ConfigError>(())
+/// # }).unwrap().unwrap();
+/// ```
+///
+/// # Errors
+///
+/// [`ConfigError::Zero`] for a zero capacity.
+pub fn generator<T, F, Fut>(capacity: usize, produce: F) -> Result<Generator<T, Fut>, ConfigError>
+where
+    F: FnOnce(Yielder<T>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    generator::new(capacity, produce)
+}

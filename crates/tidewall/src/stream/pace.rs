@@ -1,0 +1,175 @@
+//! Pacing operators: `throttle` (fixed spacing), `rate_limit` (GCRA with bursts) and
+//! `timeout_each` (a bound on the gap between items).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+
+use crate::rate::RateLimiter;
+use crate::rt::{Runtime, instant_after};
+use crate::time::Elapsed;
+use crate::{ConfigError, Rejected};
+
+pub(super) fn validate_period(field: &'static str, period: Duration) -> Result<(), ConfigError> {
+    if period.is_zero() {
+        return Err(ConfigError::Zero { field });
+    }
+    if u64::try_from(period.as_nanos()).is_err() {
+        return Err(ConfigError::DurationOverflow { field });
+    }
+    Ok(())
+}
+
+pin_project! {
+    /// Items at least `period` apart; see [`StreamOps::throttle`](super::StreamOps::throttle).
+    ///
+    /// No burst: after an item, the next is delivered no earlier than `period` later. The
+    /// source is not polled while the throttle waits, so it is paused, not buffered.
+    #[must_use = "streams do nothing unless polled"]
+    pub struct Throttle<S, R: Runtime> {
+        #[pin]
+        source: S,
+        rt: R,
+        period: Duration,
+        #[pin]
+        gap: Option<R::Sleep>,
+    }
+}
+
+impl<S, R: Runtime> Throttle<S, R> {
+    pub(super) fn new(source: S, rt: R, period: Duration) -> Result<Self, ConfigError> {
+        validate_period("period", period)?;
+        Ok(Self {
+            source,
+            rt,
+            period,
+            gap: None,
+        })
+    }
+}
+
+impl<S: Stream, R: Runtime> Stream for Throttle<S, R> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let mut this = self.project();
+        if let Some(gap) = this.gap.as_mut().as_pin_mut() {
+            ready!(gap.poll(cx));
+            this.gap.set(None);
+        }
+        let item = ready!(this.source.poll_next(cx));
+        if item.is_some() {
+            this.gap.set(Some(this.rt.sleep(*this.period)));
+        }
+        Poll::Ready(item)
+    }
+}
+
+pin_project! {
+    /// Items admitted by a shared GCRA [`RateLimiter`]; see
+    /// [`StreamOps::rate_limit`](super::StreamOps::rate_limit).
+    ///
+    /// Bursts pass at once up to the limiter's burst, then one item per emission interval.
+    /// The limiter may be shared with other streams or callers: they draw from one budget.
+    #[must_use = "streams do nothing unless polled"]
+    pub struct RateLimit<S: Stream, R: Runtime> {
+        #[pin]
+        source: S,
+        limiter: RateLimiter<R>,
+        held: Option<S::Item>,
+        #[pin]
+        wait: Option<R::Sleep>,
+    }
+}
+
+impl<S: Stream, R: Runtime> RateLimit<S, R> {
+    pub(super) fn new(source: S, limiter: RateLimiter<R>) -> Self {
+        Self {
+            source,
+            limiter,
+            held: None,
+            wait: None,
+        }
+    }
+}
+
+impl<S: Stream, R: Runtime> Stream for RateLimit<S, R> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let mut this = self.project();
+        loop {
+            if let Some(wait) = this.wait.as_mut().as_pin_mut() {
+                ready!(wait.poll(cx));
+                this.wait.set(None);
+            }
+            if this.held.is_none() {
+                match ready!(this.source.as_mut().poll_next(cx)) {
+                    Some(item) => *this.held = Some(item),
+                    None => return Poll::Ready(None),
+                }
+            }
+            match this.limiter.check() {
+                // One cell never exceeds a burst (at least 1), so the only refusal is "wait".
+                Err(Rejected::RateLimited { retry_after }) => {
+                    this.wait
+                        .set(Some(this.limiter.runtime().sleep(retry_after)));
+                }
+                _ => return Poll::Ready(this.held.take()),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Each item within `timeout` of the previous one (or of the first poll); see
+    /// [`StreamOps::timeout_each`](super::StreamOps::timeout_each).
+    ///
+    /// A gap longer than `timeout` yields `Err(Elapsed)` and the stream goes on: the next item,
+    /// when it comes, is `Ok` again (as `tokio-stream`'s `timeout`).
+    #[must_use = "streams do nothing unless polled"]
+    pub struct TimeoutEach<S, R: Runtime> {
+        #[pin]
+        source: S,
+        rt: R,
+        timeout: Duration,
+        #[pin]
+        timer: Option<R::Sleep>,
+    }
+}
+
+impl<S, R: Runtime> TimeoutEach<S, R> {
+    pub(super) fn new(source: S, rt: R, timeout: Duration) -> Result<Self, ConfigError> {
+        validate_period("timeout", timeout)?;
+        Ok(Self {
+            source,
+            rt,
+            timeout,
+            timer: None,
+        })
+    }
+}
+
+impl<S: Stream, R: Runtime> Stream for TimeoutEach<S, R> {
+    type Item = Result<S::Item, Elapsed>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if let Poll::Ready(item) = this.source.as_mut().poll_next(cx) {
+            this.timer.set(None);
+            return Poll::Ready(item.map(Ok));
+        }
+        if this.timer.is_none() {
+            let at: Instant = instant_after(this.rt.now(), *this.timeout);
+            this.timer.set(Some(this.rt.sleep_until(at)));
+        }
+        if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+            ready!(timer.poll(cx));
+        }
+        this.timer.set(None);
+        Poll::Ready(Some(Err(Elapsed)))
+    }
+}

@@ -1,0 +1,374 @@
+//! Stream operators and sources: limits, time, backpressure, order, on every runtime.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::{StreamExt, stream};
+use proptest::prelude::*;
+use tidewall::ConfigError;
+use tidewall::rate::RateLimiter;
+use tidewall::rt::Runtime;
+use tidewall::stream::{Keyed, KeyedMerge, MissedTicks, StreamOps, interval_on};
+use tidewall::testing::Clocked;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A source that counts how many items were pulled from it.
+fn counted<T>(
+    items: impl IntoIterator<Item = T>,
+    pulled: Arc<AtomicUsize>,
+) -> impl Stream<Item = T> {
+    stream::iter(items).inspect(move |_| {
+        pulled.fetch_add(1, Ordering::SeqCst);
+    })
+}
+
+async fn batches_by_count_and_time<R: Runtime>(rt: Clocked<R>) {
+    // Items every 30 ms, batches of 5 or 100 ms after their first item.
+    let rt2 = rt.clone();
+    let source = stream::iter(0..10u32).then(move |n| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(30)).await;
+            n
+        }
+    });
+    let start = rt.now();
+    let mut batches = Box::pin(source.batch_on(rt.clone(), 5, ms(100)).unwrap());
+    let mut seen = Vec::new();
+    while let Some(batch) = batches.next().await {
+        seen.push((rt.now() - start, batch));
+    }
+    // The first item comes at 30 ms; the timer cuts the batch at 130 ms, before the 5th item
+    // (at 150 ms) would have filled it.
+    assert_eq!(seen[0], (ms(130), vec![0, 1, 2, 3]));
+    let all: Vec<u32> = seen.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert_eq!(
+        all,
+        (0..10).collect::<Vec<_>>(),
+        "every item once, in order"
+    );
+    assert!(seen.iter().all(|(_, b)| !b.is_empty() && b.len() <= 5));
+}
+
+#[test]
+fn batch_by_count_and_time_on_every_runtime() {
+    on_every_runtime!(batches_by_count_and_time);
+}
+
+#[test]
+fn weighted_batches_and_heavy_items_alone() {
+    futures_util::FutureExt::now_or_never(async {
+        let words = ["aa", "bbb", "cccccccccc", "d", "ee", "fff"];
+        let rt = Clocked::new(tidewall::rt::Tokio);
+        let batches: Vec<Vec<&str>> = stream::iter(words)
+            .batch_weighted_on(rt, 5, |w: &&str| w.len() as u64, ms(10))
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(
+            batches,
+            [
+                vec!["aa", "bbb"],
+                vec!["cccccccccc"],
+                vec!["d", "ee"],
+                vec!["fff"]
+            ]
+        );
+    })
+    .unwrap();
+}
+
+#[test]
+fn zero_limits_are_typed_errors_not_hangs() {
+    let rt = Clocked::new(tidewall::rt::Tokio);
+    let s = || stream::iter([1u8]);
+    assert_eq!(
+        s().batch_on(rt.clone(), 0, ms(1)).err(),
+        Some(ConfigError::Zero { field: "max_items" })
+    );
+    assert_eq!(
+        s().batch_on(rt.clone(), 1, Duration::ZERO).err(),
+        Some(ConfigError::Zero { field: "max_wait" })
+    );
+    assert_eq!(
+        s().batch_weighted_on(rt.clone(), 0, |_: &u8| 1, ms(1))
+            .err(),
+        Some(ConfigError::Zero {
+            field: "max_weight"
+        })
+    );
+    assert_eq!(
+        s().throttle_on(rt.clone(), Duration::ZERO).err(),
+        Some(ConfigError::Zero { field: "period" })
+    );
+    assert_eq!(
+        s().timeout_each_on(rt.clone(), Duration::ZERO).err(),
+        Some(ConfigError::Zero { field: "timeout" })
+    );
+    assert!(matches!(
+        s().par_map_on(rt.clone(), 0, |x| async move { x }),
+        Err(ConfigError::Zero { .. })
+    ));
+    assert!(matches!(
+        s().par_map_local(0, |x| async move { x }),
+        Err(ConfigError::Zero { .. })
+    ));
+    assert!(matches!(
+        interval_on(rt, Duration::ZERO, MissedTicks::Skip),
+        Err(ConfigError::Zero { .. })
+    ));
+    assert!(tidewall::stream::generator::<u8, _, _>(0, |_| async {}).is_err());
+}
+
+#[test]
+fn a_slow_consumer_pauses_the_producer() {
+    futures_util::FutureExt::now_or_never(async {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let rt = Clocked::new(tidewall::rt::Tokio);
+        let mut batches = Box::pin(
+            counted(0..1_000_000u32, pulled.clone())
+                .batch_on(rt, 8, ms(10))
+                .unwrap(),
+        );
+        let first = batches.next().await.unwrap();
+        assert_eq!(first.len(), 8);
+        assert!(
+            pulled.load(Ordering::SeqCst) <= 9,
+            "one batch plus at most one carried item"
+        );
+    })
+    .unwrap();
+}
+
+proptest! {
+    /// Batches never exceed their limits, every item arrives exactly once and in order.
+    #[test]
+    fn batches_respect_limits_and_order(
+        weights in proptest::collection::vec(1u64..20, 0..200),
+        max_weight in 1u64..40,
+    ) {
+        let rt = Clocked::new(tidewall::rt::Tokio);
+        let items: Vec<(usize, u64)> = weights.iter().copied().enumerate().collect();
+        let batches: Vec<Vec<(usize, u64)>> = futures_util::FutureExt::now_or_never(
+            stream::iter(items.clone()).batch_weighted_on(rt, max_weight, |i: &(usize, u64)| i.1, ms(5)).unwrap().collect(),
+        )
+        .unwrap();
+        for batch in &batches {
+            prop_assert!(!batch.is_empty());
+            let total: u64 = batch.iter().map(|i| i.1).sum();
+            prop_assert!(total <= max_weight || batch.len() == 1, "{batch:?}");
+        }
+        let flat: Vec<(usize, u64)> = batches.into_iter().flatten().collect();
+        prop_assert_eq!(flat, items);
+    }
+}
+
+async fn pacing<R: Runtime>(rt: Clocked<R>) {
+    let start = rt.now();
+    let throttled: Vec<Duration> = stream::iter(0..4)
+        .throttle_on(rt.clone(), ms(50))
+        .unwrap()
+        .map(|_| rt.now() - start)
+        .collect()
+        .await;
+    assert_eq!(throttled, [ms(0), ms(50), ms(100), ms(150)]);
+
+    let limiter = RateLimiter::builder(10, ms(1_000))
+        .burst(3)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let start = rt.now();
+    let limited: Vec<Duration> = stream::iter(0..5)
+        .rate_limit(limiter)
+        .map(|_| rt.now() - start)
+        .collect()
+        .await;
+    assert_eq!(
+        limited,
+        [ms(0), ms(0), ms(0), ms(100), ms(200)],
+        "a burst of 3, then one per 100 ms"
+    );
+
+    let rt2 = rt.clone();
+    let gaps = stream::iter([10u64, 80, 10]).then(move |d| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(d)).await;
+            d
+        }
+    });
+    let out: Vec<Result<u64, _>> = gaps
+        .timeout_each_on(rt.clone(), ms(50))
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(out, [Ok(10), Err(tidewall::time::Elapsed), Ok(80), Ok(10)]);
+}
+
+#[test]
+fn throttle_rate_limit_and_timeout_each_on_every_runtime() {
+    on_every_runtime!(pacing);
+}
+
+async fn par_map_keeps_order_and_limit<R: Runtime>(rt: Clocked<R>) {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (running2, peak2, rt2) = (running.clone(), peak.clone(), rt.clone());
+    let out: Vec<u64> = stream::iter(0..40u64)
+        .par_map_on(rt.clone(), 4, move |n| {
+            let (running, peak, rt) = (running2.clone(), peak2.clone(), rt2.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                rt.sleep(ms(40 - n)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                n * 10
+            }
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(out, (0..40).map(|n| n * 10).collect::<Vec<_>>());
+    assert!(peak.load(Ordering::SeqCst) <= 4);
+    let panicked: Vec<bool> = stream::iter(0..3)
+        .par_map_unordered_on(rt, 2, |n| async move { assert_ne!(n, 1, "boom") })
+        .unwrap()
+        .map(|r| r.is_err())
+        .collect()
+        .await;
+    assert_eq!(
+        panicked.iter().filter(|&&p| p).count(),
+        1,
+        "the panic arrives as a value"
+    );
+}
+
+#[test]
+fn par_map_on_every_runtime() {
+    on_every_runtime!(par_map_keeps_order_and_limit);
+}
+
+#[test]
+fn prioritized_merge_serves_high_first_and_bounds_starvation() {
+    futures_util::FutureExt::now_or_never(async {
+        let biased: Vec<u8> = stream::iter([1u8; 5])
+            .prioritized(stream::iter([0u8; 2]))
+            .collect()
+            .await;
+        assert_eq!(biased, [1, 1, 1, 1, 1, 0, 0]);
+        let fair: Vec<u8> = stream::iter([1u8; 5])
+            .prioritized(stream::iter([0u8; 2]))
+            .low_at_least_every(2)
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(fair, [1, 1, 0, 1, 1, 0, 1]);
+    })
+    .unwrap();
+}
+
+/// A stream that is never ready, counting how often it is polled.
+struct Idle(Arc<AtomicUsize>);
+impl Stream for Idle {
+    type Item = u32;
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<u32>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Poll::Pending
+    }
+}
+
+/// Runs a future to completion on a current-thread tokio runtime.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+#[test]
+fn keyed_merge_polls_only_the_streams_that_woke() {
+    block_on(async {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut merge: KeyedMerge<u32, Pin<Box<dyn Stream<Item = u32> + Send>>> = KeyedMerge::new();
+        for key in 0..10_000 {
+            merge.insert(key, Box::pin(Idle(polls.clone())));
+        }
+        merge.insert(99_999, Box::pin(stream::iter(0..1_000)));
+        let mut items = 0;
+        let mut ended = None;
+        while ended.is_none() {
+            match merge.next().await {
+                Some(Keyed::Item(99_999, _)) => items += 1,
+                Some(Keyed::Ended(key)) => ended = Some(key),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((items, ended), (1_000, Some(99_999)));
+        // Each idle stream was polled once, when inserted; 1,000 ready items cost no more.
+        assert_eq!(polls.load(Ordering::SeqCst), 10_000);
+    });
+}
+
+async fn interval_missed_ticks<R: Runtime>(rt: Clocked<R>) {
+    for (missed, expected) in [
+        (MissedTicks::Burst, [100, 200, 300, 400, 500]),
+        (MissedTicks::Delay, [100, 200, 300, 550, 650]),
+        (MissedTicks::Skip, [100, 200, 300, 500, 600]),
+    ] {
+        let start = rt.now();
+        let mut ticks = Box::pin(interval_on(rt.clone(), ms(100), missed).unwrap());
+        let mut at = Vec::new();
+        for i in 0..5 {
+            let tick = ticks.next().await.unwrap();
+            at.push(u64::try_from((tick - start).as_millis()).unwrap());
+            if i == 1 {
+                // The consumer is busy for 250 ms after the second tick: tick 300 is late and
+                // tick 400 is missed.
+                rt.sleep(ms(250)).await;
+            }
+        }
+        assert_eq!(at, expected, "{missed:?}");
+    }
+}
+
+#[test]
+fn interval_missed_tick_behaviours_on_every_runtime() {
+    on_every_runtime!(interval_missed_ticks);
+}
+
+#[test]
+fn generator_applies_backpressure() {
+    block_on(async {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let counter = produced.clone();
+        let mut numbers = Box::pin(
+            tidewall::stream::generator(4, move |mut out| async move {
+                for n in 0..100u32 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if !out.yield_(n).await {
+                        return;
+                    }
+                }
+            })
+            .unwrap(),
+        );
+        assert_eq!(numbers.next().await, Some(0));
+        assert!(
+            produced.load(Ordering::SeqCst) <= 6,
+            "at most the buffer plus the item in hand"
+        );
+        let rest: Vec<u32> = numbers.collect().await;
+        assert_eq!(rest, (1..100).collect::<Vec<_>>());
+    });
+}
