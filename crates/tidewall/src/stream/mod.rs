@@ -39,6 +39,8 @@
 //! ```
 
 mod batch;
+mod file;
+mod follow;
 mod generator;
 mod interval;
 mod keyed;
@@ -47,11 +49,15 @@ mod merge;
 mod ops;
 mod pace;
 mod par_map;
+#[cfg(feature = "watch")]
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use batch::{Batch, EachCountsOne, Weigh};
+pub use file::BlockingReader;
+pub use follow::Follow;
 pub use generator::{Generator, Yielder};
 pub use interval::{Interval, MissedTicks};
 pub use keyed::{Keyed, KeyedMerge};
@@ -60,6 +66,8 @@ pub use merge::Prioritized;
 pub use ops::StreamOps;
 pub use pace::{RateLimit, Throttle, TimeoutEach};
 pub use par_map::{ParMap, ParMapLocal};
+#[cfg(feature = "watch")]
+pub use watch::{DirChanges, DirWatch, WatchError};
 
 use crate::ConfigError;
 use crate::rt::Runtime;
@@ -75,6 +83,28 @@ pub fn interval_on<R: Runtime>(
     missed: MissedTicks,
 ) -> Result<Interval<R>, ConfigError> {
     Interval::new(rt, period, missed)
+}
+
+/// Follows the file at `path` (`tail -F`): every `period`, the lines appended since the last
+/// look, across rotation and truncation; starting at its current end, or at its start with
+/// `from_start`. Lines longer than `max_line` arrive as errors. See [`Follow`].
+///
+/// # Errors
+///
+/// [`ConfigError::Zero`] for a zero period or `max_line`.
+pub fn follow_on<R: Runtime>(rt: R, path: impl AsRef<std::path::Path>, period: Duration, max_line: usize, from_start: bool) -> Result<Follow<R>, ConfigError> {
+    Follow::new(rt, path.as_ref(), period, max_line, from_start)
+}
+
+/// Watches `dir` (recursively) for changes, debounced by `debounce`. See [`DirWatch`].
+///
+/// # Errors
+///
+/// [`WatchError::Config`] for a zero debounce, [`WatchError::Notify`] when the OS watcher
+/// cannot be set up (e.g. the directory does not exist).
+#[cfg(feature = "watch")]
+pub fn watch_dir_on<R: Runtime>(rt: R, dir: impl AsRef<std::path::Path>, debounce: Duration) -> Result<DirWatch<R>, WatchError> {
+    DirWatch::new(rt, dir.as_ref(), debounce)
 }
 
 /// A stream fed by `produce`, which hands items over with [`Yielder::yield_`]; at most

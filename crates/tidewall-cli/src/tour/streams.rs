@@ -1,0 +1,404 @@
+//! The tour's stream scenarios: a large log aggregated in constant memory, sensor readings
+//! batched by size and time, and a rate-limited stream with a burst. No HTTP here: the
+//! sources are a file, a generator and an iterator.
+
+use std::io::{self, BufWriter, IsTerminal as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tidewall::rate::RateLimiter;
+use tidewall::stream::{BlockingReader, LineReader, Overlong, StreamOps, Yielder};
+
+use super::client::Net;
+use super::report::{Section, ms};
+use super::scenarios::Size;
+
+/// Every run writes the same log and the same sensor timings.
+const SEED: u64 = 0x7D3E_11AB_5EED_2026;
+const MIB: u64 = 1 << 20;
+
+pub(crate) async fn all<R: Net>(rt: R, size: Size) -> Vec<Section> {
+    vec![
+        large_log(&rt, size).await,
+        sensor_batches(&rt, size).await,
+        rate_limited(&rt).await,
+    ]
+}
+
+/// The status codes the generator writes, with weights out of 100: mostly success, a tail
+/// of errors, as an access log looks.
+const STATUSES: [u32; 7] = [200, 201, 204, 301, 404, 500, 503];
+const WEIGHTS: [u64; 7] = [70, 8, 5, 5, 7, 3, 2];
+/// Counts per minute of the day, per status: 1440 × 7 counters (80 KiB), whatever the size.
+type Table = Vec<[u64; STATUSES.len()]>;
+const MINUTES: usize = 24 * 60;
+/// The log starts at 10:00 and the clock moves one minute every this many lines.
+const FIRST_MINUTE: usize = 10 * 60;
+const LINES_PER_MINUTE: u64 = 100_000;
+/// Fixed offsets in `2026-11-25T10:15:03Z GET /api/items/12345 200 512`: the id is padded
+/// to 5 digits so the status always starts at byte 42, and parsing needs no split.
+const HOUR_AT: usize = 11;
+const MINUTE_AT: usize = 14;
+const STATUS_AT: usize = 42;
+/// Both the reader's chunks and the line buffer: few, large reads.
+const CHUNK: usize = 1 << 20;
+/// Redraw the progress bar every this many bytes.
+const TICK: u64 = 16 * MIB;
+
+async fn large_log<R: Net>(rt: &R, size: Size) -> Section {
+    let mut s = Section::new(
+        "Streams: aggregate a large log in constant memory",
+        "LineReader::new(BlockingReader::new(rt, file, 1 MiB)?, ..)?.next_batch()",
+    );
+    // An I/O failure (a full disk, a read-only temp dir) is a failed check, not a crash.
+    if let Err(e) = measure_log(rt, size, &mut s).await {
+        s.check(&format!("wrote and read the log without an error: {e:#}"), false);
+    }
+    s
+}
+
+async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Result<()> {
+    let target = if size == Size::Quick { 128 * MIB } else { 1024 * MIB };
+    // The temp dir honours TMPDIR; on a tmpfs /tmp the log occupies RAM (not this process's
+    // RSS) until the dir is dropped at the end of this function.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("access.log");
+    let rss_start = peak_rss_kib();
+    let started = Instant::now();
+    let file = path.clone();
+    // Formatting and writing a GiB blocks: keep it off the async workers.
+    let written = rt
+        .spawn_blocking(move || write_log(&file, target))
+        .await
+        .map_err(|e| anyhow::anyhow!("the log writer stopped: {e}"))??;
+    let generated = started.elapsed();
+    let file_size = std::fs::metadata(&path)?.len();
+
+    // VmHWM is a high-water mark: its rise across the aggregation bounds what the
+    // aggregation itself held at its peak (zero if it stayed below an earlier peak).
+    let rss_before = peak_rss_kib();
+    let started = Instant::now();
+    let reader = BlockingReader::new(rt.clone(), std::fs::File::open(&path)?, CHUNK)?;
+    // Boxed and pinned: `LineReader` wants an `Unpin` reader, and `R` is not known to be.
+    // CHECK: `Pin<Box<BlockingReader<R, File>>>: AsyncRead + Unpin` via futures-io's `Pin<P>` impl.
+    let mut lines = LineReader::new(Box::pin(reader), CHUNK, 64 * 1024, Overlong::Error)?;
+    let mut table: Table = vec![[0; STATUSES.len()]; MINUTES];
+    let (mut count, mut malformed, mut read, mut tick) = (0u64, 0u64, 0u64, TICK);
+    while let Some(batch) = lines.next_batch().await? {
+        read += batch.as_bytes().len() as u64;
+        for line in batch.lines() {
+            count += 1;
+            match parse(line) {
+                Some((minute, status)) => table[minute][status] += 1,
+                None => malformed += 1,
+            }
+        }
+        if read >= tick && read < file_size {
+            progress("reading", read, file_size);
+            tick += TICK;
+        }
+    }
+    progress("reading", file_size, file_size);
+    let aggregated = started.elapsed();
+    let rss_after = peak_rss_kib();
+
+    let totals = status_totals(&table);
+    let (busiest, errors) = busiest_5xx_minute(&table);
+    s.metric("file size", format!("{} MiB", file_size / MIB))
+        .metric("lines", count)
+        .metric("generated in", ms(generated))
+        .metric("aggregated in", ms(aggregated))
+        .metric("throughput (aggregation)", format!("{:.2} GB/s", gb_per_s(read, aggregated)))
+        .metric(
+            "per status",
+            STATUSES
+                .iter()
+                .zip(totals)
+                .map(|(code, n)| format!("{code}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .metric(
+            "most 5xx in one minute",
+            format!("{:02}:{:02} ({errors})", busiest / 60, busiest % 60),
+        )
+        .metric("malformed lines", malformed);
+    s.check("lines counted = lines written", count == written.lines);
+    s.check(
+        "per-status totals (and every per-minute count) equal the generator's",
+        totals == status_totals(&written.table) && table == written.table,
+    );
+    match (rss_start, rss_before, rss_after) {
+        (Some(start), Some(before), Some(after)) => {
+            let growth = after.saturating_sub(before);
+            s.metric("peak RSS (VmHWM, includes the HTTP server)", format!("{} MiB", after / 1024))
+                .metric("peak RSS growth, whole scenario", format!("{} KiB", after.saturating_sub(start)))
+                .metric("peak RSS growth, aggregation", format!("{growth} KiB"));
+            s.check("peak RSS grew ≤ 16 MiB while aggregating", growth <= 16 * 1024);
+        }
+        _ => {
+            s.metric("peak RSS", "n/a (no /proc/self/status)");
+        }
+    }
+    Ok(())
+}
+
+/// What the generator wrote: the truth the aggregation is checked against.
+struct Written {
+    lines: u64,
+    table: Table,
+}
+
+fn write_log(path: &Path, target: u64) -> io::Result<Written> {
+    let mut out = BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?);
+    let mut rng = Rng(SEED);
+    let mut table: Table = vec![[0; STATUSES.len()]; MINUTES];
+    let (mut lines, mut bytes, mut tick) = (0u64, 0u64, TICK);
+    // One reused line buffer: formatting allocates nothing per line.
+    let mut line = Vec::with_capacity(64);
+    while bytes < target {
+        let minute =
+            (FIRST_MINUTE + usize::try_from(lines / LINES_PER_MINUTE).unwrap_or(0)) % MINUTES;
+        let second = lines % LINES_PER_MINUTE * 60 / LINES_PER_MINUTE;
+        let status = weighted_status(&mut rng);
+        line.clear();
+        writeln!(
+            line,
+            "2026-11-25T{:02}:{:02}:{second:02}Z GET /api/items/{:05} {} {}",
+            minute / 60,
+            minute % 60,
+            rng.below(100_000),
+            STATUSES[status],
+            rng.below(20_000),
+        )?;
+        out.write_all(&line)?;
+        table[minute][status] += 1;
+        lines += 1;
+        bytes += line.len() as u64;
+        if bytes >= tick && bytes < target {
+            progress("writing", bytes, target);
+            tick += TICK;
+        }
+    }
+    out.flush()?;
+    progress("writing", target, target);
+    Ok(Written { lines, table })
+}
+
+fn weighted_status(rng: &mut Rng) -> usize {
+    let mut roll = rng.below(WEIGHTS.iter().sum());
+    for (i, weight) in WEIGHTS.iter().enumerate() {
+        if roll < *weight {
+            return i;
+        }
+        roll -= weight;
+    }
+    0
+}
+
+/// (minute of the day, status index) from the fixed offsets, or `None` for a foreign line.
+fn parse(line: &[u8]) -> Option<(usize, usize)> {
+    let hour = digits(line.get(HOUR_AT..HOUR_AT + 2)?)?;
+    let minute = digits(line.get(MINUTE_AT..MINUTE_AT + 2)?)?;
+    let code = digits(line.get(STATUS_AT..STATUS_AT + 3)?)?;
+    let status = STATUSES.iter().position(|s| *s == code)?;
+    let minute = usize::try_from(hour * 60 + minute).ok().filter(|m| *m < MINUTES)?;
+    Some((minute, status))
+}
+
+fn digits(bytes: &[u8]) -> Option<u32> {
+    bytes.iter().try_fold(0u32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+    })
+}
+
+fn status_totals(table: &Table) -> [u64; STATUSES.len()] {
+    let mut totals = [0; STATUSES.len()];
+    for row in table {
+        for (total, n) in totals.iter_mut().zip(row) {
+            *total += n;
+        }
+    }
+    totals
+}
+
+/// The minute of the day with the most 5xx responses, and how many.
+fn busiest_5xx_minute(table: &Table) -> (usize, u64) {
+    let fives = |row: &[u64; STATUSES.len()]| -> u64 {
+        row.iter().zip(STATUSES).filter(|(_, code)| *code >= 500).map(|(n, _)| n).sum()
+    };
+    table
+        .iter()
+        .enumerate()
+        .map(|(minute, row)| (minute, fives(row)))
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or((0, 0))
+}
+
+#[allow(clippy::cast_precision_loss, reason = "a throughput figure")]
+fn gb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9
+}
+
+/// The peak resident set size so far, in KiB (`VmHWM` in `/proc/self/status`; Linux only).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    value.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// Redraws `\r[#####.....] 512/1024 MiB` on stderr, ending the line once `done >= total`.
+/// Silent unless stderr is a terminal, so CI logs and redirected output get no `\r` noise.
+// The report goes to stdout; a progress bar belongs on stderr, which is what this lint flags.
+#[allow(clippy::print_stderr, reason = "an interactive progress bar, off the report's stdout")]
+fn progress(step: &str, done: u64, total: u64) {
+    const WIDTH: u64 = 30;
+    if !io::stderr().is_terminal() {
+        return;
+    }
+    let total = total.max(1);
+    let filled = usize::try_from(done.min(total) * WIDTH / total).unwrap_or(0);
+    let empty = usize::try_from(WIDTH).unwrap_or(0) - filled;
+    eprint!(
+        "\r{step} [{}{}] {}/{} MiB",
+        "#".repeat(filled),
+        ".".repeat(empty),
+        done.min(total) / MIB,
+        total / MIB
+    );
+    if done >= total {
+        eprintln!();
+    }
+}
+
+/// SplitMix64: seeded and dependency-free, so the log and the sensor are the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
+    const MAX: usize = 50;
+    let readings: u32 = if size == Size::Quick { 500 } else { 1_000 };
+    let max_wait = Duration::from_millis(40);
+    let mut s = Section::new(
+        "Streams: sensor readings batched by size and time",
+        "generator(..)?.batch_on(rt, 50, 40 ms)?",
+    );
+    // Readings 1–9 ms apart fill at most ~40 in 40 ms, so gaps alone only ever cut by time.
+    // Every 300th reading the sensor reconnects and flushes a backlog of 60–139 readings
+    // with no gap between them: those fill batches to 50 and are cut by size.
+    let flushes = (0..readings).filter(|seq| seq % 300 == 150).count();
+    let clock = rt.clone();
+    let sensor = tidewall::stream::generator(64, move |mut out: Yielder<u32>| async move {
+        let mut rng = Rng(SEED);
+        let mut backlog = 0;
+        for seq in 0..readings {
+            if seq % 300 == 150 {
+                backlog = 60 + rng.below(80);
+            }
+            if backlog > 0 {
+                backlog -= 1;
+            } else {
+                clock.sleep(Duration::from_millis(1 + rng.below(9))).await;
+            }
+            if !out.yield_(seq).await {
+                return;
+            }
+        }
+    })
+    .expect("a non-zero capacity");
+    let start = rt.now();
+    let batches: Vec<Vec<u32>> = sensor
+        .batch_on(rt.clone(), MAX, max_wait)
+        .expect("a valid batch configuration")
+        .collect()
+        .await;
+    let elapsed = since(rt, start);
+    // A full batch was cut by size; a short one by its timer, except perhaps the last, which
+    // the end of the stream may have cut.
+    let by_size = batches.iter().filter(|b| b.len() == MAX).count();
+    let last_short = batches.last().is_some_and(|b| b.len() < MAX);
+    let by_time = batches.len() - by_size - usize::from(last_short);
+    let delivered: Vec<u32> = batches.iter().flatten().copied().collect();
+    #[allow(clippy::cast_precision_loss, reason = "counts")]
+    let mean = delivered.len() as f64 / batches.len().max(1) as f64;
+    s.metric("readings (1–9 ms apart, plus backlog flushes)", readings)
+        .metric("backlog flushes", flushes)
+        .metric("batches", batches.len())
+        .metric("mean batch size", format!("{mean:.1}"))
+        .metric("cut by size (50)", by_size)
+        .metric("cut by time (40 ms after the first)", by_time)
+        .metric("cut by the end of the stream", usize::from(last_short))
+        .metric("elapsed", ms(elapsed));
+    s.check(
+        "every reading delivered once, in order",
+        delivered.iter().copied().eq(0..readings),
+    );
+    s.check(
+        "no batch empty or larger than 50",
+        batches.iter().all(|b| !b.is_empty() && b.len() <= MAX),
+    );
+    s.check("every backlog flush filled a batch (cut by size)", by_size >= flushes);
+    s
+}
+
+async fn rate_limited<R: Net>(rt: &R) -> Section {
+    const ITEMS: u32 = 60;
+    const BURST: u32 = 20;
+    let mut s = Section::new(
+        "Streams: rate-limited stream with a burst",
+        "stream.rate_limit(RateLimiter::builder(100, 1 s).burst(20)..)",
+    );
+    // Taken before the build: the limiter's origin is no earlier, so the theory is a floor.
+    let start = rt.now();
+    let limiter = RateLimiter::builder(100, Duration::from_secs(1))
+        .burst(BURST)
+        .jitter(Duration::ZERO)
+        .runtime(rt.clone())
+        .build()
+        .expect("a valid configuration");
+    let interval = Duration::from_nanos(limiter.gcra().interval_nanos());
+    // Pinned on the stack: `RateLimit` holds the runtime's sleep, which may not be `Unpin`.
+    let mut paced = std::pin::pin!(futures_util::stream::iter(0..ITEMS).rate_limit(limiter));
+    let mut arrivals = Vec::with_capacity(60);
+    while let Some(item) = paced.next().await {
+        arrivals.push((item, since(rt, start)));
+    }
+    let elapsed = arrivals.last().map_or(Duration::ZERO, |a| a.1);
+    let burst = arrivals.iter().filter(|a| a.1 <= Duration::from_millis(5)).count();
+    // The burst at once, then one per interval for the rest: 40 × 10 ms = 400 ms.
+    let theory = interval * (ITEMS - BURST);
+    let slack = Duration::from_millis(50);
+    s.metric("items", ITEMS)
+        .metric("rate", format!("100 / s (one per {})", ms(interval)))
+        .metric("delivered within 5 ms (the burst)", burst)
+        .metric("elapsed (last item)", ms(elapsed))
+        .metric("theory: (60 − 20) × interval", ms(theory));
+    s.check(
+        "all 60 delivered, in order",
+        arrivals.iter().map(|a| a.0).eq(0..ITEMS),
+    );
+    s.check("the burst was exactly 20", burst == 20);
+    s.check(
+        "elapsed within [theory, theory + 50 ms]",
+        elapsed >= theory && elapsed <= theory + slack,
+    );
+    s
+}
+
+fn since<R: Net>(rt: &R, start: Instant) -> Duration {
+    rt.now().saturating_duration_since(start)
+}

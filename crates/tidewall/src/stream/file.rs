@@ -1,0 +1,153 @@
+//! `BlockingReader`: any `std::io::Read` (a file) as an async reader, on any runtime.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_util::io::AsyncRead;
+
+use crate::ConfigError;
+use crate::rt::{JoinError, Runtime};
+
+/// One finished blocking read: the reader back, its buffer, and what the read returned.
+type Chunk<F> = (F, Vec<u8>, io::Result<usize>);
+
+/// Reads a blocking reader (a `std::fs::File`, a pipe) on the runtime's blocking threads, one
+/// chunk ahead of the consumer.
+///
+/// Each chunk is read by [`spawn_blocking`](Runtime::spawn_blocking) into one of two buffers
+/// of `chunk` bytes: while the consumer works through one chunk, the next is being read, so
+/// disk (or page-cache copies) and processing overlap. Memory is two chunks, whatever the
+/// file size. Runtime-agnostic: tokio's `fs::File` is tokio-only, and smol's is smol-only.
+///
+/// **Cancel safety:** dropping the reader detaches an in-flight read (it finishes on its
+/// blocking thread and is discarded).
+///
+/// ```
+/// use tidewall::rt::Tokio;
+/// use tidewall::stream::{BlockingReader, LineReader, Overlong};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let file = std::io::Cursor::new(b"one\ntwo\nthree\n".to_vec());
+/// let reader = BlockingReader::new(Tokio, file, 1 << 20)?;
+/// let mut lines = LineReader::new(reader, 1 << 20, 1024, Overlong::Error)?;
+/// let mut count = 0;
+/// while let Some(batch) = lines.next_batch().await? {
+///     count += batch.lines().count();
+/// }
+/// assert_eq!(count, 3);
+/// # Ok(()) }
+/// ```
+pub struct BlockingReader<R: Runtime, F: Send + 'static> {
+    rt: R,
+    chunk: usize,
+    /// The chunk being consumed, and how far.
+    current: Vec<u8>,
+    pos: usize,
+    /// The read in flight (it owns the reader and the other buffer), or the idle reader.
+    state: State<R, F>,
+}
+
+enum State<R: Runtime, F: Send + 'static> {
+    Idle(Option<(F, Vec<u8>)>),
+    Reading(R::JoinHandle<Chunk<F>>),
+    Done,
+}
+
+// Nothing in it is pinned: the reader moves in and out of blocking tasks by value.
+impl<R: Runtime, F: Send + 'static> Unpin for BlockingReader<R, F> {}
+
+impl<R: Runtime, F: Send + 'static> std::fmt::Debug for BlockingReader<R, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingReader").field("chunk", &self.chunk).finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime, F: Read + Send + 'static> BlockingReader<R, F> {
+    /// Reads `reader` in chunks of `chunk` bytes on `rt`'s blocking threads.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero chunk size.
+    pub fn new(rt: R, reader: F, chunk: usize) -> Result<Self, ConfigError> {
+        if chunk == 0 {
+            return Err(ConfigError::Zero { field: "chunk" });
+        }
+        let mut this = Self { rt, chunk, current: Vec::new(), pos: 0, state: State::Idle(Some((reader, vec![0; chunk]))) };
+        this.start_read();
+        Ok(this)
+    }
+
+    /// Starts reading the next chunk into the spare buffer.
+    fn start_read(&mut self) {
+        if let State::Idle(Some((mut reader, mut buf))) = std::mem::replace(&mut self.state, State::Done) {
+            buf.resize(self.chunk, 0);
+            self.state = State::Reading(self.rt.spawn_blocking(move || {
+                let result = read_full(&mut reader, &mut buf);
+                (reader, buf, result)
+            }));
+        }
+    }
+}
+
+/// Fills as much of `buf` as the reader gives before end of input (fewer, larger chunks).
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if filled > 0 => {
+                // Deliver what was read; the error comes back on the next read.
+                let _ = e;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.current.len() {
+                let n = out.len().min(this.current.len() - this.pos);
+                out[..n].copy_from_slice(&this.current[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(n));
+            }
+            let State::Reading(handle) = &mut this.state else {
+                return Poll::Ready(Ok(0));
+            };
+            let (reader, buf, result) = match ready!(Pin::new(handle).poll(cx)) {
+                Ok(done) => done,
+                Err(JoinError::Panicked(_)) => return Poll::Ready(Err(io::Error::other("the blocking read panicked"))),
+                Err(_) => return Poll::Ready(Err(io::Error::other("the blocking read was cancelled"))),
+            };
+            let read = match result {
+                Ok(0) => {
+                    this.state = State::Done;
+                    return Poll::Ready(Ok(0));
+                }
+                Ok(read) => read,
+                Err(e) => {
+                    this.state = State::Idle(Some((reader, buf)));
+                    return Poll::Ready(Err(e));
+                }
+            };
+            // The fresh chunk becomes current; the consumed one is the next read's buffer.
+            let spare = std::mem::replace(&mut this.current, buf);
+            this.current.truncate(read);
+            this.pos = 0;
+            this.state = State::Idle(Some((reader, if spare.is_empty() { vec![0; this.chunk] } else { spare })));
+            this.start_read();
+        }
+    }
+}
+
+// `Future::poll` on the join handle above.
+use std::future::Future as _;

@@ -1,0 +1,128 @@
+//! `watch_dir`: debounced changes under a directory, as a stream (feature `watch`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_channel::mpsc;
+use futures_core::Stream;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use super::pace::validate_period;
+use crate::rt::Runtime;
+
+/// Events buffered between the OS watcher and the stream; beyond this, changes are dropped
+/// and the next batch says so ([`DirChanges::overflowed`]).
+const BUFFER: usize = 1024;
+
+/// One debounced batch of changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DirChanges {
+    /// The paths that changed (created, modified, removed, renamed), sorted, each once.
+    pub paths: Vec<PathBuf>,
+    /// Some events were dropped because the consumer fell behind: rescan the directory.
+    pub overflowed: bool,
+}
+
+/// Why watching failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The configuration was invalid (zero debounce).
+    Config(crate::ConfigError),
+    /// The OS watcher failed.
+    Notify(notify::Error),
+}
+
+impl std::fmt::Display for WatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "{e}"),
+            Self::Notify(e) => write!(f, "watching failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WatchError {}
+
+/// Changes under a directory, debounced: after the first change, everything within
+/// `debounce` is gathered into one [`DirChanges`]. Backed by the `notify` crate (inotify on
+/// Linux). Bounded: at most 1024 raw events wait; past that they are dropped and the batch is
+/// marked `overflowed`. The stream ends only if the watcher stops.
+pub struct DirWatch<R: Runtime> {
+    // Kept alive for as long as the stream: dropping it stops watching.
+    _watcher: RecommendedWatcher,
+    events: mpsc::Receiver<notify::Result<Vec<PathBuf>>>,
+    overflowed: Arc<AtomicBool>,
+    rt: R,
+    debounce: Duration,
+    pending: BTreeSet<PathBuf>,
+    timer: Option<Pin<Box<R::Sleep>>>,
+}
+
+impl<R: Runtime> std::fmt::Debug for DirWatch<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirWatch").field("debounce", &self.debounce).field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> DirWatch<R> {
+    pub(super) fn new(rt: R, dir: &Path, debounce: Duration) -> Result<Self, WatchError> {
+        validate_period("debounce", debounce).map_err(WatchError::Config)?;
+        let (mut tx, events) = mpsc::channel(BUFFER);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&overflowed);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if tx.try_send(event.map(|e| e.paths)).is_err() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(WatchError::Notify)?;
+        watcher.watch(dir, RecursiveMode::Recursive).map_err(WatchError::Notify)?;
+        Ok(Self { _watcher: watcher, events, overflowed, rt, debounce, pending: BTreeSet::new(), timer: None })
+    }
+
+    fn take(&mut self) -> DirChanges {
+        self.timer = None;
+        DirChanges {
+            paths: std::mem::take(&mut self.pending).into_iter().collect(),
+            overflowed: self.overflowed.swap(false, Ordering::Relaxed),
+        }
+    }
+}
+
+impl<R: Runtime> Unpin for DirWatch<R> {}
+
+impl<R: Runtime> Stream for DirWatch<R> {
+    type Item = Result<DirChanges, WatchError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.events).poll_next(cx) {
+                Poll::Ready(Some(Ok(paths))) => {
+                    if this.timer.is_none() {
+                        this.timer = Some(Box::pin(this.rt.sleep(this.debounce)));
+                    }
+                    this.pending.extend(paths);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(WatchError::Notify(e)))),
+                Poll::Ready(None) => {
+                    return Poll::Ready((!this.pending.is_empty()).then(|| Ok(this.take())));
+                }
+                Poll::Pending => break,
+            }
+        }
+        let Some(timer) = this.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Some(Ok(this.take())))
+    }
+}
+
+use std::future::Future as _;
