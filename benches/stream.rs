@@ -29,6 +29,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use criterion::{SamplingMode, Throughput, criterion_group, criterion_main};
+use futures_util::future::LocalBoxFuture;
 use futures_util::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use futures_util::{FutureExt, Stream, StreamExt, stream};
 use tidewall::stream::{LineReader, Overlong, StreamOps};
@@ -41,50 +42,23 @@ const LIMIT: usize = 64;
 const LOG_BYTES: usize = 64 << 20;
 const READ_BUF: usize = 1 << 20;
 
-// --- batch ---------------------------------------------------------------------------------
-
 /// (batches, items): more batches than `ITEMS / 64` rounded up would mean the timer fired.
 async fn count_batches(batches: impl Stream<Item = Vec<u64>>) -> (usize, usize) {
     batches
-        .fold((0, 0), |(n, items), batch| async move { (n + 1, items + batch.len()) })
+        .fold((0, 0), |(n, items), batch| async move {
+            (n + 1, items + batch.len())
+        })
         .await
 }
 
-#[derive(Clone, Copy)]
-enum Chunker {
-    Tidewall,
-    TokioStream,
-    FuturesBatch,
-    FuturesChunks,
+/// A batching peer: runs the whole stream, returns (batches, items).
+type BatchPeer = fn() -> LocalBoxFuture<'static, (usize, usize)>;
+/// A line reader: counts (lines, bytes of line content) of a log.
+type LineCounter = fn(&[u8]) -> (usize, usize);
+
+fn numbers() -> impl Stream<Item = u64> {
+    stream::iter(0..ITEMS)
 }
-
-const BATCH_PEERS: [(&str, Chunker); 4] = [
-    ("tidewall_batch", Chunker::Tidewall),
-    ("tokio_stream_chunks_timeout", Chunker::TokioStream),
-    ("futures_batch_chunks_timeout", Chunker::FuturesBatch),
-    ("futures_chunks_baseline", Chunker::FuturesChunks),
-];
-
-async fn batch_run(peer: Chunker) -> (usize, usize) {
-    let source = stream::iter(0..ITEMS);
-    // Fully qualified: tokio-stream's and futures-batch's traits share the method name.
-    match peer {
-        Chunker::Tidewall => count_batches(source.batch(BATCH, WAIT).unwrap()).await,
-        Chunker::TokioStream => {
-            count_batches(tokio_stream::StreamExt::chunks_timeout(source, BATCH, WAIT)).await
-        }
-        // CHECK: futures-batch 0.6 `ChunksTimeoutStreamExt::chunks_timeout(self, capacity,
-        // duration)`, read from the upstream repository's src/lib.rs (not in the local
-        // registry, not compiled).
-        Chunker::FuturesBatch => {
-            let batches = futures_batch::ChunksTimeoutStreamExt::chunks_timeout(source, BATCH, WAIT);
-            count_batches(batches).await
-        }
-        Chunker::FuturesChunks => count_batches(source.chunks(BATCH)).await,
-    }
-}
-
-// --- par_map -------------------------------------------------------------------------------
 
 async fn trivial(n: u64) -> u64 {
     black_box(n * 2)
@@ -114,7 +88,7 @@ const PAR_PEERS: [(&str, Par); 5] = [
 
 async fn sum(results: impl Stream<Item = u64>) -> u64 {
     results
-        .fold(0u64, |sum, n| async move { sum.wrapping_add(n) })
+        .fold(0u64, |acc, n| async move { acc.wrapping_add(n) })
         .await
 }
 
@@ -127,15 +101,17 @@ where
     match peer {
         Par::TidewallOrdered => sum(source.par_map(LIMIT, f).unwrap().map(Result::unwrap)).await,
         Par::TidewallUnordered => {
-            sum(source.par_map_unordered(LIMIT, f).unwrap().map(Result::unwrap)).await
+            sum(source
+                .par_map_unordered(LIMIT, f)
+                .unwrap()
+                .map(Result::unwrap))
+            .await
         }
         Par::TidewallLocal => sum(source.par_map_local(LIMIT, f).unwrap()).await,
         Par::FuturesBuffered => sum(source.map(f).buffered(LIMIT)).await,
         Par::FuturesBufferUnordered => sum(source.map(f).buffer_unordered(LIMIT)).await,
     }
 }
-
-// --- lines ---------------------------------------------------------------------------------
 
 /// An access log of at least `LOG_BYTES`, with its line count and summed line lengths.
 fn make_log() -> (Vec<u8>, (usize, usize)) {
@@ -148,8 +124,11 @@ fn make_log() -> (Vec<u8>, (usize, usize)) {
         let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
         let (item, size) = (i * 7919 % 100_000, i * 31 % 65_536);
         let status = STATUS[i % STATUS.len()];
-        writeln!(data, "2026-11-25T{h:02}:{m:02}:{s:02}Z GET /api/items/{item} {status} {size}")
-            .unwrap();
+        writeln!(
+            data,
+            "2026-11-25T{h:02}:{m:02}:{s:02}Z GET /api/items/{item} {status} {size}"
+        )
+        .unwrap();
         lines += 1;
         bytes += data.len() - before - 1;
     }
@@ -192,39 +171,60 @@ async fn lines_raw(mut data: &[u8]) -> (usize, usize) {
     (newlines, total - newlines)
 }
 
-// --- groups --------------------------------------------------------------------------------
-
 fn stream_ops(c: &mut criterion::Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
 
+    // One boxed future per 100k items: negligible. Fully qualified `chunks_timeout`:
+    // tokio-stream's and futures-batch's traits share the method name.
+    let batch_peers: [(&str, BatchPeer); 4] = [
+        ("tidewall_batch", || {
+            count_batches(numbers().batch(BATCH, WAIT).unwrap()).boxed_local()
+        }),
+        ("tokio_stream_chunks_timeout", || {
+            let batches = tokio_stream::StreamExt::chunks_timeout(numbers(), BATCH, WAIT);
+            count_batches(batches).boxed_local()
+        }),
+        // CHECK: futures-batch 0.6 `ChunksTimeoutStreamExt::chunks_timeout(self, capacity,
+        // duration)`, read from the upstream repository's src/lib.rs (not compiled).
+        ("futures_batch_chunks_timeout", || {
+            let batches =
+                futures_batch::ChunksTimeoutStreamExt::chunks_timeout(numbers(), BATCH, WAIT);
+            count_batches(batches).boxed_local()
+        }),
+        ("futures_chunks_baseline", || {
+            count_batches(numbers().chunks(BATCH)).boxed_local()
+        }),
+    ];
     let items = usize::try_from(ITEMS).unwrap();
-    for (name, peer) in BATCH_PEERS {
-        let got = rt.block_on(batch_run(peer));
-        assert_eq!(got, (items.div_ceil(BATCH), items), "{name}: wrong batches");
-    }
     let mut group = c.benchmark_group("batch");
     group.throughput(Throughput::Elements(ITEMS));
-    for (name, peer) in BATCH_PEERS {
-        group.bench_function(name, |b| b.to_async(&rt).iter(|| batch_run(peer)));
+    for (name, run) in batch_peers {
+        let got = rt.block_on(run());
+        assert_eq!(got, (items.div_ceil(BATCH), items), "{name}: wrong batches");
+        group.bench_function(name, |b| b.to_async(&rt).iter(run));
     }
     group.finish();
 
     let expected: u64 = (0..PAR_ITEMS).map(|n| n * 2).sum();
-    for (name, peer) in PAR_PEERS {
-        assert_eq!(rt.block_on(par_run(peer, trivial)), expected, "trivial/{name}");
-        assert_eq!(rt.block_on(par_run(peer, yield_once)), expected, "yield_once/{name}");
-    }
     let mut group = c.benchmark_group("par_map");
     group.throughput(Throughput::Elements(PAR_ITEMS));
     for (name, peer) in PAR_PEERS {
+        assert_eq!(
+            rt.block_on(par_run(peer, trivial)),
+            expected,
+            "trivial/{name}"
+        );
+        assert_eq!(
+            rt.block_on(par_run(peer, yield_once)),
+            expected,
+            "yield_once/{name}"
+        );
         group.bench_function(format!("trivial/{name}"), |b| {
             b.to_async(&rt).iter(|| par_run(peer, trivial))
         });
-    }
-    for (name, peer) in PAR_PEERS {
         group.bench_function(format!("yield_once/{name}"), |b| {
             b.to_async(&rt).iter(|| par_run(peer, yield_once))
         });
@@ -233,9 +233,13 @@ fn stream_ops(c: &mut criterion::Criterion) {
 
     let (log, expected) = make_log();
     let log = log.as_slice();
-    let readers: [(&str, fn(&[u8]) -> (usize, usize)); 3] = [
-        ("tidewall_line_reader", |d| lines_tidewall(d).now_or_never().unwrap()),
-        ("futures_lines", |d| lines_futures(d).now_or_never().unwrap()),
+    let readers: [(&str, LineCounter); 3] = [
+        ("tidewall_line_reader", |d| {
+            lines_tidewall(d).now_or_never().unwrap()
+        }),
+        ("futures_lines", |d| {
+            lines_futures(d).now_or_never().unwrap()
+        }),
         ("raw_read_memchr", |d| lines_raw(d).now_or_never().unwrap()),
     ];
     let mut group = c.benchmark_group("lines");
