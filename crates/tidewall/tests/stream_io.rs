@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::io::AsyncRead;
 use proptest::prelude::*;
+use tidewall::FutureExt as _;
 use tidewall::rt::{Runtime, Tokio};
 use tidewall::stream::{BlockingReader, LineReader, LinesError, Overlong, follow_on};
-use tidewall::FutureExt as _;
 use tidewall::testing::Clocked;
 
 /// Hands out its input in reads of the given sizes (cycling), to exercise every split.
@@ -24,7 +24,11 @@ struct Chunky {
 }
 
 impl AsyncRead for Chunky {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
         let size = self.sizes[self.turn % self.sizes.len()].max(1);
         self.turn += 1;
         let n = size.min(buf.len()).min(self.data.len() - self.pos);
@@ -34,7 +38,12 @@ impl AsyncRead for Chunky {
     }
 }
 
-fn read_all(reader: impl AsyncRead + Unpin, buffer: usize, max_line: usize, overlong: Overlong) -> Result<(Vec<Vec<u8>>, u64), LinesError> {
+fn read_all(
+    reader: impl AsyncRead + Unpin,
+    buffer: usize,
+    max_line: usize,
+    overlong: Overlong,
+) -> Result<(Vec<Vec<u8>>, u64), LinesError> {
     futures_util::FutureExt::now_or_never(async {
         let mut lines = LineReader::new(reader, buffer, max_line, overlong).unwrap();
         let mut out = Vec::new();
@@ -73,8 +82,16 @@ proptest! {
 #[test]
 fn overlong_lines_fail_or_are_skipped_by_choice() {
     let data = b"short\nthis line is far too long\nok\n".to_vec();
-    let chunky = |d: &[u8]| Chunky { data: d.to_vec(), pos: 0, sizes: vec![7], turn: 0 };
-    assert!(matches!(read_all(chunky(&data), 8, 10, Overlong::Error), Err(LinesError::TooLong { max: 10 })));
+    let chunky = |d: &[u8]| Chunky {
+        data: d.to_vec(),
+        pos: 0,
+        sizes: vec![7],
+        turn: 0,
+    };
+    assert!(matches!(
+        read_all(chunky(&data), 8, 10, Overlong::Error),
+        Err(LinesError::TooLong { max: 10 })
+    ));
     let (lines, skipped) = read_all(chunky(&data), 8, 10, Overlong::Skip).unwrap();
     assert_eq!(lines, [b"short".to_vec(), b"ok".to_vec()]);
     assert_eq!(skipped, 1);
@@ -86,9 +103,23 @@ fn overlong_lines_fail_or_are_skipped_by_choice() {
 #[test]
 fn invalid_utf8_is_delivered_as_bytes() {
     let data = b"caf\xe9\n\xff\xfe\n".to_vec();
-    let (lines, _) = read_all(Chunky { data, pos: 0, sizes: vec![100], turn: 0 }, 64, 64, Overlong::Error).unwrap();
+    let (lines, _) = read_all(
+        Chunky {
+            data,
+            pos: 0,
+            sizes: vec![100],
+            turn: 0,
+        },
+        64,
+        64,
+        Overlong::Error,
+    )
+    .unwrap();
     assert_eq!(lines, [b"caf\xe9".to_vec(), b"\xff\xfe".to_vec()]);
-    assert!(std::str::from_utf8(&lines[0]).is_err(), "a UTF-8 view is an explicit, fallible step");
+    assert!(
+        std::str::from_utf8(&lines[0]).is_err(),
+        "a UTF-8 view is an explicit, fallible step"
+    );
 }
 
 #[test]
@@ -100,9 +131,13 @@ fn blocking_reader_reads_a_file_through_the_runtime() {
         writeln!(file, "line {i}").unwrap();
     }
     drop(file);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let count = runtime.block_on(async {
-        let reader = BlockingReader::new(Tokio, std::fs::File::open(&path).unwrap(), 64 * 1024).unwrap();
+        let reader =
+            BlockingReader::new(Tokio, std::fs::File::open(&path).unwrap(), 64 * 1024).unwrap();
         let mut lines = LineReader::new(reader, 64 * 1024, 256, Overlong::Error).unwrap();
         let (mut count, mut last) = (0u32, Vec::new());
         while let Some(batch) = lines.next_batch().await.unwrap() {
@@ -124,7 +159,10 @@ async fn follows_appends_rotation_and_truncation<R: Runtime>(rt: Clocked<R>) {
     std::fs::write(&path, b"old line, before following\n").unwrap();
     let mut lines = follow_on(rt.clone(), &path, Duration::from_millis(100), 1024, false).unwrap();
     let append = |text: &str| {
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(text.as_bytes()).unwrap();
     };
     // Let the first check record the end of the file before appending.
@@ -132,7 +170,11 @@ async fn follows_appends_rotation_and_truncation<R: Runtime>(rt: Clocked<R>) {
     append("one\ntw");
     assert_eq!(lines.next().await.unwrap().unwrap(), b"one");
     append("o\n");
-    assert_eq!(lines.next().await.unwrap().unwrap(), b"two", "a partial line waits for its newline");
+    assert_eq!(
+        lines.next().await.unwrap().unwrap(),
+        b"two",
+        "a partial line waits for its newline"
+    );
     // Rotation: the file is moved away and a new one takes its place.
     std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
     std::fs::write(&path, b"fresh\n").unwrap();
@@ -140,7 +182,14 @@ async fn follows_appends_rotation_and_truncation<R: Runtime>(rt: Clocked<R>) {
     // Truncation in place: read again from the start. (Like `tail -F`, truncation is seen
     // when a check finds the file shorter than the offset, so keep the follower polling.)
     std::fs::write(&path, b"").unwrap();
-    assert!(lines.next().timeout_on(&rt, Duration::from_millis(150)).await.is_err(), "nothing new");
+    assert!(
+        lines
+            .next()
+            .timeout_on(&rt, Duration::from_millis(150))
+            .await
+            .is_err(),
+        "nothing new"
+    );
     append("after truncate\n");
     assert_eq!(lines.next().await.unwrap().unwrap(), b"after truncate");
 }
@@ -154,9 +203,14 @@ fn follow_survives_rotation_and_truncation_on_every_runtime() {
 #[test]
 fn watch_dir_debounces_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let mut changes = tidewall::stream::watch_dir_on(Tokio, dir.path(), Duration::from_millis(50)).unwrap();
+        let mut changes =
+            tidewall::stream::watch_dir_on(Tokio, dir.path(), Duration::from_millis(50)).unwrap();
         for name in ["a", "b", "c"] {
             std::fs::write(dir.path().join(name), name).unwrap();
         }

@@ -5,6 +5,7 @@ mod report;
 mod resilience;
 mod scenarios;
 mod server;
+mod streams;
 
 use std::time::Instant;
 
@@ -99,13 +100,14 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every section, in order: the basic scenarios, then the resilience policies.
+/// Every section, in order: the basic scenarios, the resilience policies, then streams.
 async fn tour<R: client::Net>(
     rt: R,
     server: &server::Server,
     size: scenarios::Size,
 ) -> Vec<report::Section> {
     let mut sections = scenarios::all(rt.clone(), server, size).await;
-    sections.extend(resilience::all(rt, server, size).await);
+    sections.extend(resilience::all(rt.clone(), server, size).await);
+    sections.extend(streams::all(rt, size).await);
     sections
 }

@@ -60,7 +60,9 @@ impl<R: Runtime, F: Send + 'static> Unpin for BlockingReader<R, F> {}
 
 impl<R: Runtime, F: Send + 'static> std::fmt::Debug for BlockingReader<R, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockingReader").field("chunk", &self.chunk).finish_non_exhaustive()
+        f.debug_struct("BlockingReader")
+            .field("chunk", &self.chunk)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,14 +76,22 @@ impl<R: Runtime, F: Read + Send + 'static> BlockingReader<R, F> {
         if chunk == 0 {
             return Err(ConfigError::Zero { field: "chunk" });
         }
-        let mut this = Self { rt, chunk, current: Vec::new(), pos: 0, state: State::Idle(Some((reader, vec![0; chunk]))) };
+        let mut this = Self {
+            rt,
+            chunk,
+            current: Vec::new(),
+            pos: 0,
+            state: State::Idle(Some((reader, vec![0; chunk]))),
+        };
         this.start_read();
         Ok(this)
     }
 
     /// Starts reading the next chunk into the spare buffer.
     fn start_read(&mut self) {
-        if let State::Idle(Some((mut reader, mut buf))) = std::mem::replace(&mut self.state, State::Done) {
+        if let State::Idle(Some((mut reader, mut buf))) =
+            std::mem::replace(&mut self.state, State::Done)
+        {
             buf.resize(self.chunk, 0);
             self.state = State::Reading(self.rt.spawn_blocking(move || {
                 let result = read_full(&mut reader, &mut buf);
@@ -111,7 +121,11 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         loop {
             if this.pos < this.current.len() {
@@ -125,8 +139,12 @@ impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
             };
             let (reader, buf, result) = match ready!(Pin::new(handle).poll(cx)) {
                 Ok(done) => done,
-                Err(JoinError::Panicked(_)) => return Poll::Ready(Err(io::Error::other("the blocking read panicked"))),
-                Err(_) => return Poll::Ready(Err(io::Error::other("the blocking read was cancelled"))),
+                Err(JoinError::Panicked(_)) => {
+                    return Poll::Ready(Err(io::Error::other("the blocking read panicked")));
+                }
+                Err(_) => {
+                    return Poll::Ready(Err(io::Error::other("the blocking read was cancelled")));
+                }
             };
             let read = match result {
                 Ok(0) => {
@@ -143,7 +161,14 @@ impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
             let spare = std::mem::replace(&mut this.current, buf);
             this.current.truncate(read);
             this.pos = 0;
-            this.state = State::Idle(Some((reader, if spare.is_empty() { vec![0; this.chunk] } else { spare })));
+            this.state = State::Idle(Some((
+                reader,
+                if spare.is_empty() {
+                    vec![0; this.chunk]
+                } else {
+                    spare
+                },
+            )));
             this.start_read();
         }
     }

@@ -63,12 +63,21 @@ enum State<R: Runtime> {
 
 impl<R: Runtime> std::fmt::Debug for Follow<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Follow").field("path", &self.path).field("position", &self.position).finish_non_exhaustive()
+        f.debug_struct("Follow")
+            .field("path", &self.path)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
     }
 }
 
 impl<R: Runtime> Follow<R> {
-    pub(super) fn new(rt: R, path: &Path, period: Duration, max_line: usize, from_start: bool) -> Result<Self, ConfigError> {
+    pub(super) fn new(
+        rt: R,
+        path: &Path,
+        period: Duration,
+        max_line: usize,
+        from_start: bool,
+    ) -> Result<Self, ConfigError> {
         validate_period("period", period)?;
         if max_line == 0 {
             return Err(ConfigError::Zero { field: "max_line" });
@@ -94,7 +103,10 @@ impl<R: Runtime> Follow<R> {
 
     fn check_now(&mut self) {
         let (path, position, from_start) = (self.path.clone(), self.position, self.from_start);
-        self.state = State::Checking(self.rt.spawn_blocking(move || check(&path, position, from_start)));
+        self.state = State::Checking(
+            self.rt
+                .spawn_blocking(move || check(&path, position, from_start)),
+        );
     }
 
     fn wait(&mut self) {
@@ -133,7 +145,10 @@ impl<R: Runtime> Follow<R> {
 }
 
 fn too_long(max: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("a line is longer than {max} bytes"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a line is longer than {max} bytes"),
+    )
 }
 
 /// One check of the file, on a blocking thread.
@@ -141,7 +156,12 @@ fn check(path: &Path, position: Option<Position>, from_start: bool) -> io::Resul
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Check { position, data: Vec::new(), rotated: false, more: false });
+            return Ok(Check {
+                position,
+                data: Vec::new(),
+                rotated: false,
+                more: false,
+            });
         }
         Err(e) => return Err(e),
     };
@@ -159,7 +179,15 @@ fn check(path: &Path, position: Option<Position>, from_start: bool) -> io::Resul
     let mut data = vec![0; usize::try_from(want).unwrap_or(0)];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut data)?;
-    Ok(Check { position: Some(Position { file_id, offset: offset + want }), data, rotated, more: offset + want < len })
+    Ok(Check {
+        position: Some(Position {
+            file_id,
+            offset: offset + want,
+        }),
+        data,
+        rotated,
+        more: offset + want < len,
+    })
 }
 
 #[cfg(unix)]
@@ -193,7 +221,9 @@ impl<R: Runtime> Stream for Follow<R> {
                 State::Checking(handle) => {
                     let checked = match ready!(Pin::new(handle).poll(cx)) {
                         Ok(checked) => checked,
-                        Err(JoinError::Panicked(_)) => Err(io::Error::other("the file check panicked")),
+                        Err(JoinError::Panicked(_)) => {
+                            Err(io::Error::other("the file check panicked"))
+                        }
                         Err(_) => Err(io::Error::other("the file check was cancelled")),
                     };
                     match checked {
@@ -204,7 +234,11 @@ impl<R: Runtime> Stream for Follow<R> {
                             }
                             this.position = check.position;
                             this.take_lines(&check.data);
-                            if check.more { this.check_now() } else { this.wait() }
+                            if check.more {
+                                this.check_now()
+                            } else {
+                                this.wait()
+                            }
                         }
                         Err(e) => {
                             this.wait();

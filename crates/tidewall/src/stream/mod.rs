@@ -92,7 +92,13 @@ pub fn interval_on<R: Runtime>(
 /// # Errors
 ///
 /// [`ConfigError::Zero`] for a zero period or `max_line`.
-pub fn follow_on<R: Runtime>(rt: R, path: impl AsRef<std::path::Path>, period: Duration, max_line: usize, from_start: bool) -> Result<Follow<R>, ConfigError> {
+pub fn follow_on<R: Runtime>(
+    rt: R,
+    path: impl AsRef<std::path::Path>,
+    period: Duration,
+    max_line: usize,
+    from_start: bool,
+) -> Result<Follow<R>, ConfigError> {
     Follow::new(rt, path.as_ref(), period, max_line, from_start)
 }
 
@@ -103,7 +109,11 @@ pub fn follow_on<R: Runtime>(rt: R, path: impl AsRef<std::path::Path>, period: D
 /// [`WatchError::Config`] for a zero debounce, [`WatchError::Notify`] when the OS watcher
 /// cannot be set up (e.g. the directory does not exist).
 #[cfg(feature = "watch")]
-pub fn watch_dir_on<R: Runtime>(rt: R, dir: impl AsRef<std::path::Path>, debounce: Duration) -> Result<DirWatch<R>, WatchError> {
+pub fn watch_dir_on<R: Runtime>(
+    rt: R,
+    dir: impl AsRef<std::path::Path>,
+    debounce: Duration,
+) -> Result<DirWatch<R>, WatchError> {
     DirWatch::new(rt, dir.as_ref(), debounce)
 }
 

@@ -66,7 +66,10 @@ pub struct DirWatch<R: Runtime> {
 
 impl<R: Runtime> std::fmt::Debug for DirWatch<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirWatch").field("debounce", &self.debounce).field("pending", &self.pending.len()).finish_non_exhaustive()
+        f.debug_struct("DirWatch")
+            .field("debounce", &self.debounce)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,14 +79,25 @@ impl<R: Runtime> DirWatch<R> {
         let (mut tx, events) = mpsc::channel(BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&overflowed);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if tx.try_send(event.map(|e| e.paths)).is_err() {
-                flag.store(true, Ordering::Relaxed);
-            }
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if tx.try_send(event.map(|e| e.paths)).is_err() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            })
+            .map_err(WatchError::Notify)?;
+        watcher
+            .watch(dir, RecursiveMode::Recursive)
+            .map_err(WatchError::Notify)?;
+        Ok(Self {
+            _watcher: watcher,
+            events,
+            overflowed,
+            rt,
+            debounce,
+            pending: BTreeSet::new(),
+            timer: None,
         })
-        .map_err(WatchError::Notify)?;
-        watcher.watch(dir, RecursiveMode::Recursive).map_err(WatchError::Notify)?;
-        Ok(Self { _watcher: watcher, events, overflowed, rt, debounce, pending: BTreeSet::new(), timer: None })
     }
 
     fn take(&mut self) -> DirChanges {
