@@ -85,9 +85,9 @@ impl AsyncRead for GeneratedLog {
                 self.pending.clear();
                 let minute = (n / 1000) % 60;
                 let status = STATUSES[usize::try_from(n % 4).unwrap()];
-                write!(
+                writeln!(
                     self.pending,
-                    "2026-11-25T10:{minute:02}:00Z GET /api/items/{n} {status} 512\n"
+                    "2026-11-25T10:{minute:02}:00Z GET /api/items/{n} {status} 512"
                 )
                 .unwrap();
                 self.at = 0;
