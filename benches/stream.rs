@@ -252,6 +252,84 @@ fn stream_ops(c: &mut criterion::Criterion) {
         group.bench_function(name, |b| b.iter(|| read(log)));
     }
     group.finish();
+
+    lines_from_a_file(c, log, expected);
+}
+
+/// The same log, 4 times over (256 MiB), read from a file in the page cache: Tidewall's
+/// `BlockingReader` + `LineReader` on a 2-worker tokio runtime, tokio's own `fs::File` +
+/// `BufReader::lines()` (a `String` per line), and a plain blocking read loop with `memchr`
+/// on one thread (the ceiling).
+fn lines_from_a_file(c: &mut criterion::Criterion, log: &[u8], (lines, bytes): (usize, usize)) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.log");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _ in 0..4 {
+        std::io::Write::write_all(&mut file, log).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    let expected = (4 * lines, 4 * bytes);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = path.as_path();
+    let tidewall = || {
+        rt.block_on(async {
+            let file = std::fs::File::open(path).unwrap();
+            let reader =
+                tidewall::stream::BlockingReader::new(tidewall::rt::Tokio, file, 1 << 20).unwrap();
+            let mut lines = LineReader::new(reader, 1 << 20, 64 * 1024, Overlong::Error).unwrap();
+            let (mut count, mut total) = (0, 0);
+            while let Some(batch) = lines.next_batch().await.unwrap() {
+                for line in batch.lines() {
+                    count += 1;
+                    total += line.len();
+                }
+            }
+            (count, total)
+        })
+    };
+    let tokio_lines = || {
+        rt.block_on(async {
+            use tokio::io::AsyncBufReadExt;
+            let file = tokio::fs::File::open(path).await.unwrap();
+            let mut lines = tokio::io::BufReader::with_capacity(1 << 20, file).lines();
+            let (mut count, mut total) = (0, 0);
+            while let Some(line) = lines.next_line().await.unwrap() {
+                count += 1;
+                total += line.len();
+            }
+            (count, total)
+        })
+    };
+    let raw = || {
+        let mut file = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut count, mut read_total) = (0, 0);
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            count += memchr::memchr_iter(b'\n', &buf[..n]).count();
+            read_total += n;
+        }
+        (count, read_total - count)
+    };
+    let mut group = c.benchmark_group("lines_file");
+    group.throughput(Throughput::Bytes(4 * u64::try_from(log.len()).unwrap()));
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    assert_eq!(tidewall(), expected, "tidewall: wrong (lines, bytes)");
+    assert_eq!(tokio_lines(), expected, "tokio: wrong (lines, bytes)");
+    assert_eq!(raw(), expected, "raw: wrong (lines, bytes)");
+    group.bench_function("tidewall_blocking_reader", |b| b.iter(tidewall));
+    group.bench_function("tokio_fs_lines", |b| b.iter(tokio_lines));
+    group.bench_function("raw_std_read_memchr", |b| b.iter(raw));
+    group.finish();
 }
 
 // criterion_group! generates an undocumented public function.

@@ -372,3 +372,43 @@ fn generator_applies_backpressure() {
         assert_eq!(rest, (1..100).collect::<Vec<_>>());
     });
 }
+
+async fn par_map_progresses_while_the_consumer_is_busy<R: Runtime>(rt: Clocked<R>) {
+    let finished = Arc::new(AtomicUsize::new(0));
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let (done, rt2) = (finished.clone(), rt.clone());
+    let mut results = Box::pin(
+        counted(0..100u64, pulled.clone())
+            .par_map_on(rt.clone(), 4, move |n| {
+                let (done, rt) = (done.clone(), rt2.clone());
+                async move {
+                    rt.sleep(ms(10)).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    n
+                }
+            })
+            .unwrap(),
+    );
+    assert_eq!(results.next().await.unwrap().unwrap(), 0);
+    // The consumer is busy for a second. Meanwhile the work in flight finishes (the 4 slots
+    // were refilled when item 0 was delivered), and no more is taken from the source than
+    // the one delivered plus the limit (backpressure).
+    rt.sleep(ms(1_000)).await;
+    assert_eq!(
+        pulled.load(Ordering::SeqCst),
+        5,
+        "1 delivered + 4 in flight"
+    );
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        5,
+        "work went on without the consumer"
+    );
+    let rest: Vec<u64> = results.map(|r| r.unwrap()).collect().await;
+    assert_eq!(rest, (1..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn par_map_works_while_the_consumer_is_busy_on_every_runtime() {
+    on_every_runtime!(par_map_progresses_while_the_consumer_is_busy);
+}

@@ -65,7 +65,7 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
     let target = if size == Size::Quick {
         128 * MIB
     } else {
-        1024 * MIB
+        2048 * MIB
     };
     // The temp dir honours TMPDIR; on a tmpfs /tmp the log occupies RAM (not this process's
     // RSS) until the dir is dropped at the end of this function.
@@ -74,7 +74,7 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
     let rss_start = peak_rss_kib();
     let started = Instant::now();
     let file = path.clone();
-    // Formatting and writing a GiB blocks: keep it off the async workers.
+    // Formatting and writing gigabytes blocks: keep it off the async workers.
     // CHECK: awaiting `R::JoinHandle<T>` relies on `TaskHandle<T>: Future` (a supertrait of the
     // GAT's bound); `JoinError` is not `Sync`, hence the `map_err` instead of a bare `?`.
     let (written_lines, written_table) = rt
