@@ -412,3 +412,35 @@ async fn par_map_progresses_while_the_consumer_is_busy<R: Runtime>(rt: Clocked<R
 fn par_map_works_while_the_consumer_is_busy_on_every_runtime() {
     on_every_runtime!(par_map_progresses_while_the_consumer_is_busy);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Ordered `par_map` delivers every item exactly once, in input order, whatever the
+    /// latencies and the limit; the unordered one delivers the same multiset.
+    #[test]
+    fn par_map_delivers_each_item_once_in_order(
+        latencies in proptest::collection::vec(0u64..50, 0..60),
+        limit in 1usize..8,
+    ) {
+        let input: Vec<(usize, u64)> = latencies.into_iter().enumerate().collect();
+        let (ordered, mut unordered) = common::on_tokio_current_thread(|rt| {
+            let input = input.clone();
+            async move {
+                let work = |rt: Clocked<tidewall::rt::Tokio>| move |(i, d): (usize, u64)| {
+                    let rt = rt.clone();
+                    async move {
+                        rt.sleep(ms(d)).await;
+                        i
+                    }
+                };
+                let ordered: Vec<usize> = stream::iter(input.clone()).par_map_on(rt.clone(), limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
+                let unordered: Vec<usize> = stream::iter(input).par_map_unordered_on(rt.clone(), limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
+                (ordered, unordered)
+            }
+        });
+        let expected: Vec<usize> = (0..input.len()).collect();
+        prop_assert_eq!(&ordered, &expected);
+        unordered.sort_unstable();
+        prop_assert_eq!(unordered, expected);
+    }
+}

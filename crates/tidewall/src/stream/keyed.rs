@@ -34,8 +34,8 @@ pub enum Keyed<K, T> {
 ///
 /// # futures_util::FutureExt::now_or_never(async {
 /// let mut merge = KeyedMerge::new();
-/// merge.insert("a", stream::iter([1, 2]));
-/// merge.insert("b", stream::iter([10]));
+/// merge.insert("a", stream::iter(vec![1, 2]));
+/// merge.insert("b", stream::iter(vec![10]));
 /// let mut seen: Vec<Keyed<&str, i32>> = merge.collect().await;
 /// seen.sort_by_key(|k| format!("{k:?}"));
 /// assert_eq!(seen.len(), 5, "three items and two end notices");

@@ -16,7 +16,7 @@
 //!
 //! **Backpressure** is structural: every operator holds a bounded amount (one batch, one
 //! item, `limit` in-flight items) and stops pulling its source until its consumer takes what
-//! it holds. **Bad input** — a zero limit, size, weight or period — is a [`ConfigError`](crate::ConfigError),
+//! it holds. **Bad input** — a zero limit, size, weight or period — is a [`ConfigError`],
 //! never a stream that hangs.
 //!
 //! ```
