@@ -200,7 +200,7 @@ async fn pacing<R: Runtime>(rt: Clocked<R>) {
     );
 
     let rt2 = rt.clone();
-    let gaps = stream::iter([10u64, 80, 10]).then(move |d| {
+    let gaps = stream::iter([10u64, 80, 10, 170]).then(move |d| {
         let rt = rt2.clone();
         async move {
             rt.sleep(ms(d)).await;
@@ -212,7 +212,9 @@ async fn pacing<R: Runtime>(rt: Clocked<R>) {
         .unwrap()
         .collect()
         .await;
-    assert_eq!(out, [Ok(10), Err(tidewall::time::Elapsed), Ok(80), Ok(10)]);
+    // One `Elapsed` per gap, even for a gap of more than three timeouts.
+    let elapsed = Err(tidewall::time::Elapsed);
+    assert_eq!(out, [Ok(10), elapsed, Ok(80), Ok(10), elapsed, Ok(170)]);
 }
 
 #[test]

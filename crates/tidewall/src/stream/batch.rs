@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use pin_project_lite::pin_project;
@@ -12,9 +12,13 @@ use crate::rt::{Runtime, instant_after};
 
 /// How much of a batch's budget an item uses.
 pub trait Weigh<T> {
-    /// The item's weight (bytes, cost units…).
+    /// The item's weight (bytes, cost units…); 0 counts as 1.
     fn weigh(&mut self, item: &T) -> u64;
 }
+
+/// Source items taken per `poll_next` before yielding to the executor (a huge batch over an
+/// always-ready source must not monopolize its task).
+const POLL_BUDGET: usize = 4096;
 
 /// Every item weighs 1: a batch of at most `max_items`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,7 +58,7 @@ pin_project! {
         buffer: Vec<S::Item>,
         weight: u64,
         // An item that did not fit in the batch just emitted: the first of the next one.
-        carried: Option<(S::Item, u64)>,
+        carried: Option<(S::Item, u64, Instant)>,
         #[pin]
         timer: Option<R::Sleep>,
         done: bool,
@@ -102,22 +106,31 @@ impl<S: Stream, W: Weigh<S::Item>, R: Runtime> Stream for Batch<S, W, R> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        if let Some((item, weight)) = this.carried.take() {
+        if let Some((item, weight, arrived)) = this.carried.take() {
             if weight >= *this.max_weight {
                 // Too heavy to share a batch (or exactly full on its own).
                 return Poll::Ready(Some(vec![item]));
             }
             this.buffer.push(item);
             *this.weight = weight;
+            // Its max_wait counts from when it arrived, not from this poll.
             this.timer.set(Some(
-                this.rt
-                    .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
+                this.rt.sleep_until(instant_after(arrived, *this.max_wait)),
             ));
         }
+        let mut budget = POLL_BUDGET;
         while !*this.done {
+            if budget == 0 {
+                // An always-ready source and a batch that is not full yet: let the executor
+                // run other tasks, and come back.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
             match this.source.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
-                    let weight = this.weigh.weigh(&item);
+                    // A weight of 0 counts as 1, so every batch is bounded in items too.
+                    let weight = this.weigh.weigh(&item).max(1);
                     if this.buffer.is_empty() {
                         if weight >= *this.max_weight {
                             return Poll::Ready(Some(vec![item]));
@@ -127,7 +140,7 @@ impl<S: Stream, W: Weigh<S::Item>, R: Runtime> Stream for Batch<S, W, R> {
                                 .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
                         ));
                     } else if this.weight.saturating_add(weight) > *this.max_weight {
-                        *this.carried = Some((item, weight));
+                        *this.carried = Some((item, weight, this.rt.now()));
                         return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
                     }
                     this.buffer.push(item);

@@ -15,10 +15,14 @@ type Chunk<F> = (F, Vec<u8>, io::Result<usize>);
 /// Reads a blocking reader (a `std::fs::File`, a pipe) on the runtime's blocking threads, one
 /// chunk ahead of the consumer.
 ///
-/// Each chunk is read by [`spawn_blocking`](Runtime::spawn_blocking) into one of two buffers
-/// of `chunk` bytes: while the consumer works through one chunk, the next is being read, so
-/// disk (or page-cache copies) and processing overlap. Memory is two chunks, whatever the
+/// Each chunk is one `read` of up to `chunk` bytes by [`spawn_blocking`](Runtime::spawn_blocking)
+/// into one of two buffers: while the consumer works through one chunk, the next is being
+/// read, so disk (or page-cache copies) and processing overlap. A pipe delivers what it has;
+/// a regular file fills whole chunks. Memory is two chunks, whatever the
 /// file size. Runtime-agnostic: tokio's `fs::File` is tokio-only, and smol's is smol-only.
+///
+/// **Errors:** a failed read is returned once; reading again retries. A read that panicked
+/// (or was cancelled by the runtime) loses the reader: that read and every later one fail.
 ///
 /// **Cancel safety:** dropping the reader detaches an in-flight read (it finishes on its
 /// blocking thread and is discarded).
@@ -53,6 +57,8 @@ enum State<R: Runtime, F: Send + 'static> {
     Idle(Option<(F, Vec<u8>)>),
     Reading(R::JoinHandle<Chunk<F>>),
     Done,
+    /// A blocking read panicked or was cancelled: the reader is gone.
+    Lost(&'static str),
 }
 
 // Nothing in it is pinned: the reader moves in and out of blocking tasks by value.
@@ -94,30 +100,22 @@ impl<R: Runtime, F: Read + Send + 'static> BlockingReader<R, F> {
         {
             buf.resize(self.chunk, 0);
             self.state = State::Reading(self.rt.spawn_blocking(move || {
-                let result = read_full(&mut reader, &mut buf);
+                let result = read_once(&mut reader, &mut buf);
                 (reader, buf, result)
             }));
         }
     }
 }
 
-/// Fills as much of `buf` as the reader gives before end of input (fewer, larger chunks).
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
+/// One read (retried on `Interrupted`): a regular file fills the chunk, a pipe returns what
+/// it has, so a slow writer is never waited on for a whole chunk.
+fn read_once(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if filled > 0 => {
-                // Deliver what was read; the error comes back on the next read.
-                let _ = e;
-                break;
-            }
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
-    Ok(filled)
 }
 
 impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
@@ -134,16 +132,27 @@ impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
                 this.pos += n;
                 return Poll::Ready(Ok(n));
             }
-            let State::Reading(handle) = &mut this.state else {
-                return Poll::Ready(Ok(0));
+            let handle = match &mut this.state {
+                State::Reading(handle) => handle,
+                // After an error the reader is idle: a retry reads again.
+                State::Idle(_) => {
+                    this.start_read();
+                    continue;
+                }
+                State::Done => return Poll::Ready(Ok(0)),
+                State::Lost(why) => return Poll::Ready(Err(io::Error::other(*why))),
             };
             let (reader, buf, result) = match ready!(Pin::new(handle).poll(cx)) {
                 Ok(done) => done,
-                Err(JoinError::Panicked(_)) => {
-                    return Poll::Ready(Err(io::Error::other("the blocking read panicked")));
-                }
-                Err(_) => {
-                    return Poll::Ready(Err(io::Error::other("the blocking read was cancelled")));
+                Err(failure) => {
+                    let why = if matches!(failure, JoinError::Panicked(_)) {
+                        "a blocking read panicked"
+                    } else {
+                        "a blocking read was cancelled"
+                    };
+                    // The finished handle is not polled again; every later read says why.
+                    this.state = State::Lost(why);
+                    return Poll::Ready(Err(io::Error::other(why)));
                 }
             };
             let read = match result {

@@ -97,6 +97,10 @@ pub struct LineReader<Rd> {
     skipping: bool,
     skipped: u64,
     eof: bool,
+    /// `buf[..searched]` holds no newline (beyond what was delivered).
+    searched: usize,
+    /// An overlong line was met with [`Overlong::Error`]: the reader stops there.
+    failed: bool,
 }
 
 impl<Rd> std::fmt::Debug for LineReader<Rd> {
@@ -180,6 +184,8 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
             skipping: false,
             skipped: 0,
             eof: false,
+            searched: 0,
+            failed: false,
         })
     }
 
@@ -197,19 +203,35 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
     /// # Errors
     ///
     /// [`LinesError::Io`] from the reader; [`LinesError::TooLong`] for an overlong line with
-    /// [`Overlong::Error`] (the reader then stops at that line).
+    /// [`Overlong::Error`]: the complete lines before it are delivered first, then this and
+    /// every later call fails (the reader stops at that line).
     pub async fn next_batch(&mut self) -> Result<Option<LineBatch<'_>>, LinesError> {
+        if self.failed {
+            return Err(LinesError::TooLong { max: self.max_line });
+        }
         loop {
-            // Lines of the previous batch are consumed: keep only the partial line.
+            // Lines of the previous batch are consumed: keep only what follows them.
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
+                self.searched = self.searched.saturating_sub(self.start);
                 self.start = 0;
+            }
+            // Complete lines already buffered (after a skipped line, or past the end of the
+            // last batch) go out before reading more. Bytes known to hold no newline are not
+            // searched again, so a long partial line costs one scan, not one per read.
+            if !self.skipping {
+                if let Some(at) = memchr::memrchr(b'\n', &self.buf[self.searched..self.end]) {
+                    let len = self.searched + at + 1;
+                    return self.deliver(len).map(Some);
+                }
+                self.searched = self.end;
             }
             if self.end == self.buf.len() {
                 // A full buffer without a newline: one line longer than any allowed.
                 self.overlong_line()?;
                 self.end = 0;
+                self.searched = 0;
                 continue;
             }
             let read = if self.eof {
@@ -223,65 +245,98 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
             self.end += read;
             if read == 0 {
                 self.eof = true;
-                if self.end == 0 {
-                    return Ok(None);
-                }
-                // The last line has no newline.
                 if self.skipping {
+                    // The overlong line was the last, without a newline.
                     self.skipping = false;
                     self.skipped += 1;
                     self.end = 0;
                     return Ok(None);
                 }
-                return self.deliver(self.end).map(Some);
+                if self.end == 0 {
+                    return Ok(None);
+                }
+                // The last line has no newline.
+                let len = self.end;
+                return self.deliver(len).map(Some);
             }
             if self.skipping {
-                // Drop bytes up to the end of the overlong line.
+                // Drop bytes up to the end of the overlong line; what follows is searched at
+                // the top of the loop.
                 match memchr::memchr(b'\n', &self.buf[fresh..self.end]) {
                     Some(at) => {
                         self.skipping = false;
                         self.skipped += 1;
                         self.start = fresh + at + 1;
+                        self.searched = self.start;
                     }
-                    None => self.end = 0,
+                    None => {
+                        self.end = 0;
+                        self.searched = 0;
+                    }
                 }
-                continue;
-            }
-            // Only the newest bytes can hold the batch's last newline.
-            if let Some(at) = memchr::memrchr(b'\n', &self.buf[fresh..self.end]) {
-                return self.deliver(fresh + at + 1).map(Some);
             }
         }
     }
 
-    /// Lends `buf[..len]` as a batch after checking every line's length.
+    /// Lends `buf[..len]` (whole lines) as a batch after checking every line's length. With
+    /// [`Overlong::Error`], the lines before an overlong one still go out; the overlong line
+    /// then fails this call or the next, and every call after it.
     fn deliver(&mut self, len: usize) -> Result<LineBatch<'_>, LinesError> {
-        let bytes = &self.buf[..len];
-        let too_long = LineBatch { bytes }
+        let first_overlong = {
+            let mut offset = 0;
+            let mut found = None;
+            for line in (LineBatch {
+                bytes: &self.buf[..len],
+            })
             .lines()
-            .any(|line| line.len() > self.max_line);
-        self.start = len;
-        if too_long {
-            match self.overlong {
-                Overlong::Error => return Err(LinesError::TooLong { max: self.max_line }),
-                Overlong::Skip => {
-                    // Rare: filter into a batch of the lines that fit, compacted in place.
-                    let kept =
-                        compact_fitting(&mut self.buf[..len], self.max_line, &mut self.skipped);
-                    return Ok(LineBatch {
-                        bytes: &self.buf[..kept],
-                    });
+            {
+                if line.len() > self.max_line {
+                    found = Some(offset);
+                    break;
                 }
+                offset += line.len() + 1;
+            }
+            found
+        };
+        let Some(at) = first_overlong else {
+            self.start = len;
+            // What follows the batch's last newline holds none.
+            self.searched = self.end;
+            return Ok(LineBatch {
+                bytes: &self.buf[..len],
+            });
+        };
+        match self.overlong {
+            Overlong::Error if at > 0 => {
+                // Deliver the good lines before it; the next call meets it first.
+                self.start = at;
+                self.searched = at;
+                Ok(LineBatch {
+                    bytes: &self.buf[..at],
+                })
+            }
+            Overlong::Error => {
+                self.failed = true;
+                Err(LinesError::TooLong { max: self.max_line })
+            }
+            Overlong::Skip => {
+                // Rare: keep the lines that fit, compacted in place.
+                self.start = len;
+                self.searched = self.end;
+                let kept = compact_fitting(&mut self.buf[..len], self.max_line, &mut self.skipped);
+                Ok(LineBatch {
+                    bytes: &self.buf[..kept],
+                })
             }
         }
-        Ok(LineBatch {
-            bytes: &self.buf[..len],
-        })
     }
 
     fn overlong_line(&mut self) -> Result<(), LinesError> {
         match self.overlong {
-            Overlong::Error => Err(LinesError::TooLong { max: self.max_line }),
+            Overlong::Error => {
+                self.failed = true;
+                Err(LinesError::TooLong { max: self.max_line })
+            }
             Overlong::Skip => {
                 self.skipping = true;
                 Ok(())

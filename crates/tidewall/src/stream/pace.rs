@@ -112,7 +112,8 @@ impl<S: Stream, R: Runtime> Stream for RateLimit<S, R> {
                     None => return Poll::Ready(None),
                 }
             }
-            match this.limiter.check() {
+            // The quiet decision: waiting here is pacing, not a rejection to count.
+            match this.limiter.decide(1) {
                 // One cell never exceeds a burst (at least 1), so the only refusal is "wait".
                 Err(Rejected::RateLimited { retry_after }) => {
                     this.wait
@@ -128,8 +129,9 @@ pin_project! {
     /// Each item within `timeout` of the previous one (or of the first poll); see
     /// [`StreamOps::timeout_each`](super::StreamOps::timeout_each).
     ///
-    /// A gap longer than `timeout` yields `Err(Elapsed)` and the stream goes on: the next item,
-    /// when it comes, is `Ok` again (as `tokio-stream`'s `timeout`).
+    /// A gap longer than `timeout` yields one `Err(Elapsed)` and the stream goes on: the next
+    /// item, when it comes, is `Ok` again, and the clock restarts from it (as `tokio-stream`'s
+    /// `timeout`).
     #[must_use = "streams do nothing unless polled"]
     pub struct TimeoutEach<S, R: Runtime> {
         #[pin]
@@ -138,6 +140,8 @@ pin_project! {
         timeout: Duration,
         #[pin]
         timer: Option<R::Sleep>,
+        // This gap already yielded its `Elapsed`: wait quietly for the next item.
+        expired: bool,
     }
 }
 
@@ -149,6 +153,7 @@ impl<S, R: Runtime> TimeoutEach<S, R> {
             rt,
             timeout,
             timer: None,
+            expired: false,
         })
     }
 }
@@ -160,7 +165,11 @@ impl<S: Stream, R: Runtime> Stream for TimeoutEach<S, R> {
         let mut this = self.project();
         if let Poll::Ready(item) = this.source.as_mut().poll_next(cx) {
             this.timer.set(None);
+            *this.expired = false;
             return Poll::Ready(item.map(Ok));
+        }
+        if *this.expired {
+            return Poll::Pending;
         }
         if this.timer.is_none() {
             let at: Instant = instant_after(this.rt.now(), *this.timeout);
@@ -170,6 +179,7 @@ impl<S: Stream, R: Runtime> Stream for TimeoutEach<S, R> {
             ready!(timer.poll(cx));
         }
         this.timer.set(None);
+        *this.expired = true;
         Poll::Ready(Some(Err(Elapsed)))
     }
 }

@@ -81,6 +81,10 @@ impl<R: Runtime> DirWatch<R> {
         let flag = Arc::clone(&overflowed);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // The OS dropped events (inotify's queue overflowed): the consumer must rescan.
+                if event.as_ref().is_ok_and(notify::Event::need_rescan) {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 if tx.try_send(event.map(|e| e.paths)).is_err() {
                     flag.store(true, Ordering::Relaxed);
                 }
