@@ -15,6 +15,7 @@
 //! | hedging | [`hedge`] | [`hedge::Hedge`] |
 //! | policies composed with one deadline | [`pipeline`] | [`pipeline::Pipeline`] |
 //! | stream operators, merges, line streaming | [`stream`] | [`stream::StreamOps`], [`stream::LineReader`] |
+//! | cancellation with a reason | [`task`] | [`task::CancellationToken`] |
 //! | tower layers (feature `tower`) | `tower` | `tower::BreakerLayer`, … |
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
 //! | `Retry-After` parsing (feature `http`) | `http` | `http::retry_after` |
@@ -67,6 +68,7 @@ pub mod rt;
 mod seed;
 pub mod stream;
 mod sync;
+pub mod task;
 mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

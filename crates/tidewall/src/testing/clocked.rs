@@ -19,6 +19,9 @@ use crate::rt::{JoinError, Panic, Runtime, TaskHandle};
 ///
 /// See the [module docs](super) for an example.
 #[derive(Debug, Clone)]
+///
+/// A task that is never idle (it wakes itself on every poll) keeps virtual time from
+/// advancing; test such futures on a real-time runtime.
 pub struct Clocked<R> {
     inner: R,
     clock: FakeClock,

@@ -1,0 +1,350 @@
+//! Cancellation tokens that carry a reason, with children, drop guards and cancel-checked
+//! futures.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+
+use pin_project_lite::pin_project;
+
+/// Why something was cancelled: a cheap-to-clone message every child can read.
+///
+/// ```
+/// use tidewall::task::Reason;
+///
+/// let reason = Reason::new("shutdown: SIGTERM");
+/// assert_eq!(reason.as_str(), "shutdown: SIGTERM");
+/// assert_eq!(reason.clone(), reason);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Reason(Arc<str>);
+
+impl Reason {
+    /// A reason with this message.
+    pub fn new(message: impl Into<Arc<str>>) -> Self {
+        Self(message.into())
+    }
+
+    /// The message.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reason({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+/// A cancellation token: cancel it once, with a [`Reason`]; everything waiting on it, and
+/// every child token, sees the cancellation and the same reason.
+///
+/// * [`child`](Self::child) tokens are cancelled with their parent (with the parent's
+///   reason); cancelling a child leaves the parent alone.
+/// * [`cancelled`](Self::cancelled) waits for it; [`run_until_cancelled`](Self::run_until_cancelled)
+///   races any future against it, checking the token *before every poll* of that future, so
+///   even a future that is always ready stops at the next poll once cancelled.
+/// * [`drop_guard`](Self::drop_guard) cancels it when the guard goes out of scope.
+///
+/// The first cancellation wins: later `cancel` calls do not replace the reason. Memory: a
+/// child holds its parent; a parent holds its children weakly, so dropped children cost
+/// nothing once the parent next cancels or spawns a child.
+///
+/// ```
+/// use tidewall::task::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let root = CancellationToken::new();
+/// let worker = root.child();
+/// let job = tokio::spawn({
+///     let worker = worker.clone();
+///     async move { worker.run_until_cancelled(std::future::pending::<()>()).await }
+/// });
+/// root.cancel("deploy: draining");
+/// let reason = job.await.unwrap().unwrap_err();
+/// assert_eq!(reason.as_str(), "deploy: draining");
+/// assert_eq!(worker.reason().unwrap(), reason);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CancellationToken {
+    node: Arc<Node>,
+}
+
+struct Node {
+    cancelled: AtomicBool,
+    parent: Option<Arc<Node>>,
+    state: Mutex<NodeState>,
+}
+
+#[derive(Default)]
+struct NodeState {
+    reason: Option<Reason>,
+    children: Vec<Weak<Node>>,
+    waiters: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Node {
+    fn state(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cancels this node and its subtree. Wakers are woken and children cancelled outside
+    /// the lock.
+    fn cancel(&self, reason: &Reason) {
+        let (wakers, children) = {
+            let mut state = self.state();
+            if state.reason.is_some() {
+                return;
+            }
+            state.reason = Some(reason.clone());
+            self.cancelled.store(true, Ordering::Release);
+            state.free.clear();
+            (
+                std::mem::take(&mut state.waiters),
+                std::mem::take(&mut state.children),
+            )
+        };
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+        for child in children.iter().filter_map(Weak::upgrade) {
+            child.cancel(reason);
+        }
+    }
+}
+
+impl Default for CancellationToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CancellationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancellationToken")
+            .field("reason", &self.reason())
+            .finish()
+    }
+}
+
+impl CancellationToken {
+    /// A fresh, uncancelled root token.
+    pub fn new() -> Self {
+        Self {
+            node: Arc::new(Node {
+                cancelled: AtomicBool::new(false),
+                parent: None,
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A child: cancelled when this token is (with its reason), cancellable on its own.
+    pub fn child(&self) -> Self {
+        let node = Arc::new(Node {
+            cancelled: AtomicBool::new(false),
+            parent: Some(Arc::clone(&self.node)),
+            state: Mutex::default(),
+        });
+        let inherited = {
+            let mut state = self.node.state();
+            match &state.reason {
+                Some(reason) => Some(reason.clone()),
+                None => {
+                    // Forget children dropped since; keeps the list bounded by live children.
+                    state.children.retain(|c| c.strong_count() > 0);
+                    state.children.push(Arc::downgrade(&node));
+                    None
+                }
+            }
+        };
+        if let Some(reason) = inherited {
+            node.cancel(&reason);
+        }
+        Self { node }
+    }
+
+    /// Cancels this token and its children with `reason` (the first reason wins).
+    pub fn cancel(&self, reason: impl Into<Reason>) {
+        self.node.cancel(&reason.into());
+    }
+
+    /// Whether it has been cancelled (one atomic load).
+    pub fn is_cancelled(&self) -> bool {
+        self.node.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Why it was cancelled, once it was.
+    pub fn reason(&self) -> Option<Reason> {
+        if !self.is_cancelled() {
+            return None;
+        }
+        self.node.state().reason.clone()
+    }
+
+    /// Whether this token has a parent (it was made with [`child`](Self::child)).
+    pub fn has_parent(&self) -> bool {
+        self.node.parent.is_some()
+    }
+
+    /// Completes with the reason once the token is cancelled.
+    ///
+    /// **Cancel safety:** dropping the future unregisters it; nothing else happens.
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled {
+            token: self,
+            slot: None,
+        }
+    }
+
+    /// Runs `future` until it completes or the token is cancelled, whichever comes first.
+    /// The token is checked before every poll of `future`, so it stops even a future that is
+    /// always ready; it is never polled again after the cancellation is seen.
+    ///
+    /// **Cancel safety:** as `future`'s; dropping this drops `future`.
+    pub fn run_until_cancelled<F: Future>(&self, future: F) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled {
+            cancelled: self.cancelled(),
+            future,
+        }
+    }
+
+    /// A guard that cancels the token (with reason `"dropped"`) when dropped, unless
+    /// [`disarm`](DropGuard::disarm)ed.
+    pub fn drop_guard(self) -> DropGuard {
+        DropGuard { token: Some(self) }
+    }
+}
+
+/// The future of [`CancellationToken::cancelled`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancelled<'a> {
+    token: &'a CancellationToken,
+    slot: Option<usize>,
+}
+
+impl fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelled")
+            .field("token", self.token)
+            .finish()
+    }
+}
+
+impl Future for Cancelled<'_> {
+    type Output = Reason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reason> {
+        let node = &self.token.node;
+        let mut state = node.state();
+        if let Some(reason) = &state.reason {
+            return Poll::Ready(reason.clone());
+        }
+        match self.slot {
+            Some(slot) => match &mut state.waiters[slot] {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                entry => *entry = Some(cx.waker().clone()),
+            },
+            None => {
+                let waker = Some(cx.waker().clone());
+                let slot = match state.free.pop() {
+                    Some(slot) => {
+                        state.waiters[slot] = waker;
+                        slot
+                    }
+                    None => {
+                        state.waiters.push(waker);
+                        state.waiters.len() - 1
+                    }
+                };
+                drop(state);
+                self.slot = Some(slot);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            let mut state = self.token.node.state();
+            // After a cancellation the list was taken; the slot no longer exists.
+            if state.reason.is_none() && slot < state.waiters.len() {
+                state.waiters[slot] = None;
+                state.free.push(slot);
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`CancellationToken::run_until_cancelled`]: `Ok(output)`, or
+    /// `Err(reason)` if the token was cancelled first.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RunUntilCancelled<'a, F> {
+        cancelled: Cancelled<'a>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for RunUntilCancelled<'_, F> {
+    type Output = Result<F::Output, Reason>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Checked before every poll of the inner future, not only when it is pending.
+        if let Poll::Ready(reason) = Pin::new(this.cancelled).poll(cx) {
+            return Poll::Ready(Err(reason));
+        }
+        this.future.poll(cx).map(Ok)
+    }
+}
+
+/// Cancels its token on drop; see [`CancellationToken::drop_guard`].
+#[derive(Debug)]
+#[must_use = "the token is cancelled as soon as the guard is dropped"]
+pub struct DropGuard {
+    token: Option<CancellationToken>,
+}
+
+impl DropGuard {
+    /// Gives the token back without cancelling it.
+    pub fn disarm(mut self) -> CancellationToken {
+        self.token.take().unwrap_or_default()
+    }
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            token.cancel("dropped");
+        }
+    }
+}

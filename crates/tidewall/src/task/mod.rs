@@ -1,0 +1,21 @@
+//! Task management: cancellation with a reason (more to come: scopes, supervisors, worker
+//! pools, graceful shutdown).
+//!
+//! * [`CancellationToken`]: cancel once with a [`Reason`] that every child token and waiter
+//!   can read; child tokens; [`CancellationToken::run_until_cancelled`], which checks the token
+//!   before every poll of the wrapped future (an always-ready future is still stopped);
+//!   a [`DropGuard`].
+//!
+//! ```
+//! use tidewall::task::CancellationToken;
+//!
+//! let token = CancellationToken::new();
+//! let child = token.child();
+//! token.cancel("maintenance window");
+//! assert!(child.is_cancelled());
+//! assert_eq!(child.reason().unwrap().as_str(), "maintenance window");
+//! ```
+
+mod cancel;
+
+pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};

@@ -1,0 +1,138 @@
+//! Cancellation tokens: reasons, children, always-ready futures, guards, on every runtime.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::task::{CancellationToken, Reason};
+use tidewall::testing::Clocked;
+
+#[test]
+fn reasons_flow_to_children_and_the_first_one_wins() {
+    let root = CancellationToken::new();
+    let (a, b) = (root.child(), root.child());
+    let grandchild = a.child();
+    b.cancel("b alone");
+    assert!(!root.is_cancelled(), "a child never cancels its parent");
+    assert_eq!(b.reason(), Some(Reason::new("b alone")));
+    root.cancel("shutdown");
+    root.cancel("too late");
+    for token in [&root, &a, &grandchild] {
+        assert_eq!(token.reason().unwrap().as_str(), "shutdown");
+    }
+    assert_eq!(
+        b.reason().unwrap().as_str(),
+        "b alone",
+        "already cancelled with its own reason"
+    );
+    let late_child = root.child();
+    assert_eq!(
+        late_child.reason().unwrap().as_str(),
+        "shutdown",
+        "born cancelled"
+    );
+}
+
+/// A future that is always ready to make progress and never finishes: it wakes itself and
+/// returns Pending, counting its polls.
+struct Busy(Arc<AtomicUsize>);
+impl Future for Busy {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Real (not virtual) time: a busy future keeps its task active, so a virtual clock waiting
+/// for every task to idle would never advance.
+#[test]
+fn run_until_cancelled_stops_an_always_ready_future() {
+    for flavor in ["current", "multi"] {
+        let runtime = match flavor {
+            "current" => tokio::runtime::Builder::new_current_thread().build(),
+            _ => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build(),
+        }
+        .unwrap();
+        runtime.block_on(async {
+            let token = CancellationToken::new();
+            let polls = Arc::new(AtomicUsize::new(0));
+            let task = {
+                let (token, polls) = (token.child(), polls.clone());
+                tokio::spawn(async move { token.run_until_cancelled(Busy(polls)).await })
+            };
+            while polls.load(Ordering::SeqCst) < 10 {
+                tokio::task::yield_now().await;
+            }
+            token.cancel("enough");
+            let reason = task.await.unwrap().unwrap_err();
+            assert_eq!(reason.as_str(), "enough");
+            // Already cancelled: even a ready future is not polled at all.
+            let ran = Arc::new(AtomicUsize::new(0));
+            let counter = ran.clone();
+            let out = token
+                .run_until_cancelled(async move { counter.fetch_add(1, Ordering::SeqCst) })
+                .await;
+            assert_eq!((out.is_err(), ran.load(Ordering::SeqCst)), (true, 0));
+        });
+    }
+}
+
+async fn waiters_wake_and_guards_cancel<R: Runtime>(rt: Clocked<R>) {
+    let token = CancellationToken::new();
+    let waiters: Vec<_> = (0..16)
+        .map(|_| {
+            let child = token.child();
+            rt.spawn(async move { child.cancelled().await })
+        })
+        .collect();
+    // Futures created and dropped without waiting leak nothing and do not block others.
+    for _ in 0..1000 {
+        drop(futures_util::FutureExt::now_or_never(token.cancelled()));
+    }
+    {
+        let _guard = token.clone().drop_guard();
+        rt.sleep(Duration::from_millis(5)).await;
+    }
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().as_str(), "dropped");
+    }
+    let kept = CancellationToken::new();
+    let token = kept.clone().drop_guard().disarm();
+    assert!(!token.is_cancelled() && !kept.is_cancelled());
+    let task = rt.spawn(async move { kept.cancelled().await });
+    rt.sleep(Duration::from_millis(5)).await;
+    task.abort();
+    assert!(task.await.is_err(), "an aborted waiter is simply gone");
+}
+
+#[test]
+fn waiters_wake_and_drop_guards_cancel_on_every_runtime() {
+    on_every_runtime!(waiters_wake_and_guards_cancel);
+}
+
+#[test]
+fn concurrent_cancel_and_child_creation_never_miss_a_child() {
+    for _ in 0..200 {
+        let root = CancellationToken::new();
+        let children = std::thread::scope(|s| {
+            let maker = s.spawn(|| (0..50).map(|_| root.child()).collect::<Vec<_>>());
+            s.spawn(|| root.cancel("race"));
+            maker.join().unwrap()
+        });
+        assert!(
+            children
+                .iter()
+                .all(|c| c.reason().is_some_and(|r| r.as_str() == "race"))
+        );
+    }
+}
