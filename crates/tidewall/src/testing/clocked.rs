@@ -18,10 +18,10 @@ use crate::rt::{JoinError, Panic, Runtime, TaskHandle};
 /// [`FakeClock`] and moves only through [`Clocked::drive`] or the clock's own methods.
 ///
 /// See the [module docs](super) for an example.
-#[derive(Debug, Clone)]
 ///
 /// A task that is never idle (it wakes itself on every poll) keeps virtual time from
 /// advancing; test such futures on a real-time runtime.
+#[derive(Debug, Clone)]
 pub struct Clocked<R> {
     inner: R,
     clock: FakeClock,
