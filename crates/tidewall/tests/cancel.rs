@@ -136,3 +136,116 @@ fn concurrent_cancel_and_child_creation_never_miss_a_child() {
         );
     }
 }
+
+async fn periodic_runs_until_cancelled_mid_run<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::stream::MissedTicks;
+    let token = CancellationToken::new();
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start = rt.now();
+    let (log, clock) = (starts.clone(), rt.clone());
+    let runner = {
+        let token = token.clone();
+        let rt2 = rt.clone();
+        rt.spawn(async move {
+            tidewall::task::periodic(
+                rt2.clone(),
+                Duration::from_millis(100),
+                MissedTicks::Skip,
+                &token,
+                move |_| {
+                    let (log, clock) = (log.clone(), clock.clone());
+                    async move {
+                        let n = {
+                            let mut log = log.lock().unwrap();
+                            log.push(clock.now() - start);
+                            log.len()
+                        };
+                        // The second run overruns its period by 150 ms.
+                        clock
+                            .sleep(Duration::from_millis(if n == 2 { 250 } else { 10 }))
+                            .await;
+                    }
+                },
+            )
+            .unwrap()
+            .await
+        })
+    };
+    rt.sleep(Duration::from_millis(505)).await;
+    token.cancel("stop");
+    assert_eq!(runner.await.unwrap().as_str(), "stop");
+    let ms = |n| Duration::from_millis(n);
+    // Runs at 100 and 200; the second lasts until 450. With `Skip`, the tick due at 300 runs
+    // once, late, at 450, and 400 is dropped; 500 runs on schedule and is cancelled mid-way
+    // at 505 (a run never overlaps the next).
+    assert_eq!(
+        *starts.lock().unwrap(),
+        [ms(100), ms(200), ms(450), ms(500)]
+    );
+}
+
+#[test]
+fn periodic_work_with_missed_ticks_and_cancellation_on_every_runtime() {
+    on_every_runtime!(periodic_runs_until_cancelled_mid_run);
+}
+
+async fn health_checker_publishes_transitions<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::task::{Health, HealthChecker};
+    let token = CancellationToken::new();
+    let round = Arc::new(AtomicUsize::new(0));
+    let (counter, clock) = (round.clone(), rt.clone());
+    let (health, checker) = HealthChecker::start(
+        rt.clone(),
+        Duration::from_secs(1),
+        Duration::from_millis(100),
+        &token,
+        move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let clock = clock.clone();
+            async move {
+                match n {
+                    0 => Ok(()),
+                    1 => Err("db down".to_owned()),
+                    _ => {
+                        clock.sleep(Duration::from_secs(10)).await;
+                        Ok(())
+                    }
+                }
+            }
+        },
+    )
+    .unwrap();
+    let running = rt.spawn(checker);
+    let mut seen = Health::Unknown;
+    let mut history = Vec::new();
+    for _ in 0..3 {
+        seen = health.changed(&seen).await;
+        history.push(seen.clone());
+    }
+    assert_eq!(
+        history,
+        [
+            Health::Healthy,
+            Health::Unhealthy("db down".into()),
+            Health::TimedOut
+        ]
+    );
+    assert!(health.latest().1.is_some());
+    token.cancel("shutdown");
+    assert_eq!(running.await.unwrap().as_str(), "shutdown");
+    assert!(
+        HealthChecker::start(
+            rt.clone(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+            &token,
+            || async { Ok::<(), String>(()) }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn health_checker_on_every_runtime() {
+    on_every_runtime!(health_checker_publishes_transitions);
+}

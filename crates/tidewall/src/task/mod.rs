@@ -1,10 +1,13 @@
-//! Task management: cancellation with a reason (more to come: scopes, supervisors, worker
-//! pools, graceful shutdown).
+//! Task management: cancellation with a reason, periodic work, health checks (more to come:
+//! scopes, supervisors, worker pools, graceful shutdown).
 //!
 //! * [`CancellationToken`]: cancel once with a [`Reason`] that every child token and waiter
 //!   can read; child tokens; [`CancellationToken::run_until_cancelled`], which checks the token
 //!   before every poll of the wrapped future (an always-ready future is still stopped);
 //!   a [`DropGuard`].
+//! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
+//!   token; [`HealthChecker`]: a probe with a timeout each period, published through a
+//!   watch-style [`HealthHandle`].
 //!
 //! ```
 //! use tidewall::task::CancellationToken;
@@ -17,5 +20,7 @@
 //! ```
 
 mod cancel;
+mod periodic;
 
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
+pub use periodic::{Health, HealthChecker, HealthHandle, periodic};

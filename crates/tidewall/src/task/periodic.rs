@@ -1,0 +1,236 @@
+//! Periodic work that stops on cancellation, and a health checker built on it.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::cancel::{CancellationToken, Reason};
+use crate::ConfigError;
+use crate::rt::Runtime;
+use crate::stream::{MissedTicks, interval_on};
+use crate::time::FutureExt as _;
+
+/// Runs `work(tick)` every `period` until `token` is cancelled; returns the reason.
+///
+/// Each run is awaited before the next tick is considered, so runs never overlap; a run that
+/// takes longer than the period is handled by `missed` (see [`MissedTicks`]: `Skip` by
+/// default drops the ticks it overran, `Burst` catches up, `Delay` restarts the schedule).
+/// The token is checked before every poll of a run (see
+/// [`CancellationToken::run_until_cancelled`]), so a run is stopped mid-way, not only
+/// between runs.
+///
+/// **Cancel safety:** dropping the future drops the run in progress.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::rt::Tokio;
+/// use tidewall::stream::MissedTicks;
+/// use tidewall::task::{CancellationToken, periodic};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tidewall::ConfigError> {
+/// let token = CancellationToken::new();
+/// let stop = token.clone();
+/// let mut runs = 0;
+/// let reason = periodic(Tokio, Duration::from_secs(1), MissedTicks::Skip, &token, |_tick| {
+///     runs += 1;
+///     if runs == 3 {
+///         stop.cancel("three is enough");
+///     }
+///     async {}
+/// })?
+/// .await;
+/// assert_eq!((runs, reason.as_str()), (3, "three is enough"));
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`ConfigError::Zero`] for a zero period.
+pub fn periodic<'a, R, F, Fut>(
+    rt: R,
+    period: Duration,
+    missed: MissedTicks,
+    token: &'a CancellationToken,
+    mut work: F,
+) -> Result<impl Future<Output = Reason> + 'a, ConfigError>
+where
+    R: Runtime,
+    F: FnMut(Instant) -> Fut + 'a,
+    Fut: Future<Output = ()> + 'a,
+{
+    let ticks = interval_on(rt, period, missed)?;
+    Ok(async move {
+        let mut ticks = std::pin::pin!(ticks);
+        loop {
+            let tick = match token.run_until_cancelled(ticks.next()).await {
+                Ok(Some(tick)) => tick,
+                Ok(None) => return Reason::new("interval ended"),
+                Err(reason) => return reason,
+            };
+            if let Err(reason) = token.run_until_cancelled(work(tick)).await {
+                return reason;
+            }
+        }
+    })
+}
+
+/// The latest verdict of a [`HealthChecker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// No probe has finished yet.
+    Unknown,
+    /// The last probe succeeded.
+    Healthy,
+    /// The last probe failed, with its message.
+    Unhealthy(String),
+    /// The last probe did not answer within the timeout.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Published {
+    health: Health,
+    version: u64,
+    checked_at: Option<Instant>,
+    waiters: Vec<Waker>,
+}
+
+/// A watch-style handle on the latest health: read it at any time, or wait for it to change.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HealthHandle {
+    shared: Arc<Mutex<Published>>,
+}
+
+impl HealthHandle {
+    /// The latest health and when it was measured.
+    pub fn latest(&self) -> (Health, Option<Instant>) {
+        let published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        (published.health.clone(), published.checked_at)
+    }
+
+    /// Waits until the health differs from `seen` (pass [`Health::Unknown`] to wait for the
+    /// first verdict), and returns the new one.
+    ///
+    /// **Cancel safety:** dropping the future loses nothing.
+    pub async fn changed(&self, seen: &Health) -> Health {
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            if published.health != *seen {
+                return Poll::Ready(published.health.clone());
+            }
+            if !published.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                published.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn publish(&self, health: Health, at: Instant) {
+        let waiters = {
+            let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            published.version += 1;
+            published.checked_at = Some(at);
+            if published.health == health {
+                return;
+            }
+            published.health = health;
+            std::mem::take(&mut published.waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+/// Probes something every period, each probe bounded by a timeout, and publishes the latest
+/// [`Health`] through a [`HealthHandle`].
+#[derive(Debug)]
+pub struct HealthChecker;
+
+impl HealthChecker {
+    /// Returns the handle and the checker's future (run it, e.g. spawn it); it probes until
+    /// `token` is cancelled and then returns the reason.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rt::{Runtime, Tokio};
+    /// use tidewall::task::{CancellationToken, Health, HealthChecker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let token = CancellationToken::new();
+    /// let (health, checker) = HealthChecker::start(Tokio, Duration::from_secs(5), Duration::from_secs(1), &token, || async {
+    ///     Ok::<(), String>(()) // e.g. `SELECT 1`
+    /// })?;
+    /// let run = tokio::spawn(async move { checker.await });
+    /// assert_eq!(health.changed(&Health::Unknown).await, Health::Healthy);
+    /// token.cancel("bye");
+    /// assert_eq!(run.await.unwrap().as_str(), "bye");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero period or timeout.
+    pub fn start<R, P, Fut, E>(
+        rt: R,
+        period: Duration,
+        timeout: Duration,
+        token: &CancellationToken,
+        mut probe: P,
+    ) -> Result<(HealthHandle, impl Future<Output = Reason> + Send + 'static), ConfigError>
+    where
+        R: Runtime,
+        P: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        if timeout.is_zero() {
+            return Err(ConfigError::Zero { field: "timeout" });
+        }
+        let handle = HealthHandle {
+            shared: Arc::new(Mutex::new(Published {
+                health: Health::Unknown,
+                version: 0,
+                checked_at: None,
+                waiters: Vec::new(),
+            })),
+        };
+        let token = token.clone();
+        let publisher = handle.clone();
+        let ticks = interval_on(rt.clone(), period, MissedTicks::Skip)?;
+        let run = async move {
+            let mut ticks = std::pin::pin!(ticks);
+            // The first probe runs at once, then one per period.
+            let mut first = true;
+            loop {
+                if !first {
+                    match token.run_until_cancelled(ticks.next()).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Reason::new("interval ended"),
+                        Err(reason) => return reason,
+                    }
+                }
+                first = false;
+                let outcome = match token
+                    .run_until_cancelled(probe().timeout_on(&rt, timeout))
+                    .await
+                {
+                    Err(reason) => return reason,
+                    Ok(Err(_)) => Health::TimedOut,
+                    Ok(Ok(Err(e))) => Health::Unhealthy(e.to_string()),
+                    Ok(Ok(Ok(()))) => Health::Healthy,
+                };
+                publisher.publish(outcome, rt.now());
+            }
+        };
+        Ok((handle, run))
+    }
+}
