@@ -249,3 +249,37 @@ async fn health_checker_publishes_transitions<R: Runtime>(rt: Clocked<R>) {
 fn health_checker_on_every_runtime() {
     on_every_runtime!(health_checker_publishes_transitions);
 }
+
+/// Dropping the task (its awaiting future gave up) raises the flag the blocking work checks.
+#[test]
+fn abandoned_blocking_work_sees_its_flag() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (saw_cancel, seen) = std::sync::mpsc::channel();
+    runtime.block_on(async {
+        let task = tidewall::task::spawn_blocking_cancellable(&tidewall::rt::Tokio, move |flag| {
+            while !flag.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            saw_cancel.send(()).unwrap();
+        });
+        let gave_up = tidewall::FutureExt::timeout(task, Duration::from_millis(20)).await;
+        assert!(gave_up.is_err());
+    });
+    seen.recv_timeout(Duration::from_secs(10))
+        .expect("the work saw the flag and stopped");
+    // An explicit cancel works too, and the result still comes back.
+    let value = runtime.block_on(async {
+        let task = tidewall::task::spawn_blocking_cancellable(&tidewall::rt::Tokio, |flag| {
+            while !flag.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            7
+        });
+        task.cancel();
+        task.await.unwrap()
+    });
+    assert_eq!(value, 7);
+}

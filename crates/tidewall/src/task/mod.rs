@@ -8,6 +8,9 @@
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
 //!   token; [`HealthChecker`]: a probe with a timeout each period, published through a
 //!   watch-style [`HealthHandle`].
+//! * [`spawn_blocking_cancellable`]: blocking work with a cooperative [`CancelFlag`], raised
+//!   when the result is no longer wanted (see `examples/rayon_offload.rs` for CPU-bound work
+//!   on rayon).
 //!
 //! ```
 //! use tidewall::task::CancellationToken;
@@ -19,8 +22,10 @@
 //! assert_eq!(child.reason().unwrap().as_str(), "maintenance window");
 //! ```
 
+mod blocking;
 mod cancel;
 mod periodic;
 
+pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
