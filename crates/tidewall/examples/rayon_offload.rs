@@ -36,7 +36,7 @@ fn count_primes(limit: u64, flag: &CancelFlag, chunks_done: &AtomicUsize) -> Opt
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 #[tokio::main]
