@@ -36,7 +36,10 @@ fn count_primes(limit: u64, flag: &CancelFlag, chunks_done: &AtomicUsize) -> Opt
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[tokio::main]

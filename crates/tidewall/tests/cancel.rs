@@ -255,6 +255,7 @@ fn health_checker_on_every_runtime() {
 fn abandoned_blocking_work_sees_its_flag() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     let (saw_cancel, seen) = std::sync::mpsc::channel();
