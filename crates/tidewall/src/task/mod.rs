@@ -1,10 +1,13 @@
-//! Task management: cancellation with a reason, periodic work, health checks (more to come:
-//! scopes, supervisors, worker pools, graceful shutdown).
+//! Task management: cancellation with a reason, a bounded worker pool, periodic work, health
+//! checks, cancellable blocking work (more to come: scopes, supervisors, graceful shutdown).
 //!
 //! * [`CancellationToken`]: cancel once with a [`Reason`] that every child token and waiter
 //!   can read; child tokens; [`CancellationToken::run_until_cancelled`], which checks the token
 //!   before every poll of the wrapped future (an always-ready future is still stopped);
 //!   a [`DropGuard`].
+//! * [`WorkerPool`]: N workers, a bounded queue with backpressure, per-job timeouts and
+//!   result handles, panics reported; a shutdown that drains within a deadline and hands back
+//!   every job never started (`submitted = completed + failed + handed back`).
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
 //!   token; [`HealthChecker`]: a probe with a timeout each period, published through a
 //!   watch-style [`HealthHandle`].
@@ -25,7 +28,9 @@
 mod blocking;
 mod cancel;
 mod periodic;
+mod pool;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
+pub use pool::{JobHandle, JobOutcome, ShutdownReport, SubmitError, Submitter, WorkerPool};

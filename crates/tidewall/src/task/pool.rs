@@ -1,0 +1,442 @@
+//! A bounded worker pool: N workers, a bounded queue, backpressure, and a shutdown that
+//! accounts for every job.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_util::FutureExt as _;
+
+use crate::ConfigError;
+use crate::rt::{JoinHandle, Panic, Runtime, TaskHandle};
+use crate::time::FutureExt as _;
+
+/// How a job ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JobOutcome<T> {
+    /// It ran to completion.
+    Completed(T),
+    /// It panicked (the worker goes on with the next job).
+    Panicked(Panic),
+    /// It exceeded the per-job timeout and was dropped.
+    TimedOut,
+    /// The pool was shut down while it ran, past the drain deadline, and it was aborted.
+    Aborted,
+}
+
+/// Why a job was not queued: the job comes back, never lost.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubmitError<J> {
+    /// The queue is full (only from [`WorkerPool::try_submit`]).
+    Full(J),
+    /// The pool is shutting down.
+    Closed(J),
+}
+
+impl<J> SubmitError<J> {
+    /// The job, handed back.
+    pub fn into_job(self) -> J {
+        match self {
+            Self::Full(job) | Self::Closed(job) => job,
+        }
+    }
+}
+
+/// The result of one job: await it for the [`JobOutcome`].
+///
+/// Dropping it does not cancel the job (the pool still runs it).
+#[derive(Debug)]
+pub struct JobHandle<T> {
+    rx: oneshot::Receiver<JobOutcome<T>>,
+}
+
+impl<T> Future for JobHandle<T> {
+    type Output = JobOutcome<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobOutcome<T>> {
+        // A dropped sender means the worker running it was aborted at shutdown.
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(JobOutcome::Aborted))
+    }
+}
+
+/// What a shutdown found: every job ever submitted is in exactly one of these.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ShutdownReport<J> {
+    /// Jobs submitted over the pool's life.
+    pub submitted: u64,
+    /// Jobs that ran to completion.
+    pub completed: u64,
+    /// Jobs that panicked, timed out, or were aborted at the deadline.
+    pub failed: u64,
+    /// Of `failed`, those aborted at the drain deadline.
+    pub aborted: u64,
+    /// Jobs never started, handed back (dead letters) in submission order.
+    pub handed_back: Vec<J>,
+}
+
+type Queued<J, T> = (J, oneshot::Sender<JobOutcome<T>>);
+
+struct Queue<J, T> {
+    jobs: VecDeque<Queued<J, T>>,
+    closed: bool,
+    submitters: Vec<Waker>,
+    workers: Vec<Waker>,
+}
+
+struct Shared<J, T> {
+    queue: Mutex<Queue<J, T>>,
+    capacity: usize,
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    running: AtomicUsize,
+}
+
+impl<J, T> Shared<J, T> {
+    fn queue(&self) -> MutexGuard<'_, Queue<J, T>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A fixed set of workers running jobs from a bounded queue.
+///
+/// * [`submit`](Self::submit) waits for room in the queue (backpressure);
+///   [`try_submit`](Self::try_submit) hands the job back at once when it is full.
+/// * Each job runs with an optional timeout; its [`JobHandle`] reports the [`JobOutcome`]. A
+///   panicking job is reported as [`JobOutcome::Panicked`] and the worker goes on with the
+///   next job (jobs share no state, so a caught panic leaves nothing behind to replace).
+/// * [`shutdown`](Self::shutdown) stops accepting, drains the queue within a deadline, aborts
+///   what still runs, and hands back every job never started: `submitted = completed +
+///   failed + handed back`, always.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::rt::Tokio;
+/// use tidewall::task::{JobOutcome, WorkerPool};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = WorkerPool::start(Tokio, 4, 100, None, |n: u64| async move { n * n })?;
+/// let job = pool.submit(7).await?;
+/// assert!(matches!(job.await, JobOutcome::Completed(49)));
+/// let report = pool.shutdown(Duration::from_secs(5)).await;
+/// assert_eq!((report.submitted, report.completed), (1, 1));
+/// # Ok(()) }
+/// ```
+pub struct WorkerPool<J, T, R: Runtime> {
+    shared: Arc<Shared<J, T>>,
+    workers: Vec<JoinHandle<R, ()>>,
+    rt: R,
+}
+
+impl<J, T, R: Runtime> std::fmt::Debug for WorkerPool<J, T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.workers.len())
+            .field("capacity", &self.shared.capacity)
+            .field("queued", &self.shared.queue().jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J, T, R> WorkerPool<J, T, R>
+where
+    J: Send + 'static,
+    T: Send + 'static,
+    R: Runtime,
+{
+    /// Starts `workers` workers on `rt`, each running `handler(job)` for the jobs it takes
+    /// from a queue of at most `queue` jobs, each bounded by `job_timeout` if given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero workers, a zero queue or a zero timeout.
+    pub fn start<F, Fut>(
+        rt: R,
+        workers: usize,
+        queue: usize,
+        job_timeout: Option<Duration>,
+        handler: F,
+    ) -> Result<Self, ConfigError>
+    where
+        F: Fn(J) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        if workers == 0 {
+            return Err(ConfigError::Zero { field: "workers" });
+        }
+        if queue == 0 {
+            return Err(ConfigError::Zero { field: "queue" });
+        }
+        if job_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Zero {
+                field: "job_timeout",
+            });
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::with_capacity(queue.min(4096)),
+                closed: false,
+                submitters: Vec::new(),
+                workers: Vec::new(),
+            }),
+            capacity: queue,
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+        });
+        let handler = Arc::new(handler);
+        let workers = (0..workers)
+            .map(|_| {
+                let (shared, handler, rt2) =
+                    (Arc::clone(&shared), Arc::clone(&handler), rt.clone());
+                rt.spawn(async move { work(shared, handler, rt2, job_timeout).await })
+            })
+            .collect();
+        Ok(Self {
+            shared,
+            workers,
+            rt,
+        })
+    }
+
+    /// A cloneable handle that submits to this pool, for producers elsewhere; it sees
+    /// [`SubmitError::Closed`] once the pool shuts down.
+    pub fn submitter(&self) -> Submitter<J, T> {
+        Submitter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Queues `job`, waiting while the queue is full. See [`Submitter::submit`].
+    ///
+    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] with the job once the pool is shutting down.
+    pub async fn submit(&self, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+        submit(&self.shared, job).await
+    }
+
+    /// Queues `job` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Full`] or [`SubmitError::Closed`], with the job.
+    pub fn try_submit(&self, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+        try_submit(&self.shared, job)
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.shared.queue().jobs.len()
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Relaxed)
+    }
+
+    /// Stops accepting jobs, lets the workers drain the queue for up to `drain`, then aborts
+    /// what still runs and hands back the jobs never started.
+    ///
+    /// **Cancel safety:** dropping the future mid-way leaves the pool closed and its workers
+    /// running until the queue is empty (they are detached, not aborted).
+    pub async fn shutdown(self, drain: Duration) -> ShutdownReport<J> {
+        let (submitters, workers) = {
+            let mut queue = self.shared.queue();
+            queue.closed = true;
+            (
+                std::mem::take(&mut queue.submitters),
+                std::mem::take(&mut queue.workers),
+            )
+        };
+        for waker in submitters.into_iter().chain(workers) {
+            waker.wake();
+        }
+        let Self {
+            shared,
+            workers,
+            rt,
+        } = self;
+        let mut workers = workers;
+        let drained = futures_util::future::join_all(workers.iter_mut())
+            .timeout_on(&rt, drain)
+            .await;
+        let mut aborted = 0;
+        if drained.is_err() {
+            aborted = shared.running.load(Relaxed) as u64;
+            for worker in &workers {
+                worker.abort();
+            }
+            for worker in workers {
+                let _ = worker.await;
+            }
+            shared.failed.fetch_add(aborted, Relaxed);
+        }
+        let handed_back: Vec<J> = shared.queue().jobs.drain(..).map(|(job, _)| job).collect();
+        ShutdownReport {
+            submitted: shared.submitted.load(Relaxed),
+            completed: shared.completed.load(Relaxed),
+            failed: shared.failed.load(Relaxed),
+            aborted,
+            handed_back,
+        }
+    }
+}
+
+/// Submits to a [`WorkerPool`] from anywhere; cheap to clone.
+pub struct Submitter<J, T> {
+    shared: Arc<Shared<J, T>>,
+}
+
+impl<J, T> Clone for Submitter<J, T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<J, T> std::fmt::Debug for Submitter<J, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitter").finish_non_exhaustive()
+    }
+}
+
+impl<J, T> Submitter<J, T> {
+    /// Queues `job`, waiting while the queue is full (backpressure).
+    ///
+    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] with the job once the pool is shutting down (also when it
+    /// closes while this waits for room).
+    pub async fn submit(&self, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+        submit(&self.shared, job).await
+    }
+
+    /// Queues `job` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Full`] or [`SubmitError::Closed`], with the job.
+    pub fn try_submit(&self, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+        try_submit(&self.shared, job)
+    }
+}
+
+async fn submit<J, T>(shared: &Shared<J, T>, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+    let mut job = Some(job);
+    std::future::poll_fn(|cx| {
+        let mut queue = shared.queue();
+        let Some(j) = job.take() else {
+            return Poll::Pending;
+        };
+        if queue.closed {
+            return Poll::Ready(Err(SubmitError::Closed(j)));
+        }
+        if queue.jobs.len() < shared.capacity {
+            return Poll::Ready(Ok(enqueue(shared, &mut queue, j)));
+        }
+        job = Some(j);
+        if !queue.submitters.iter().any(|w| w.will_wake(cx.waker())) {
+            queue.submitters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn try_submit<J, T>(shared: &Shared<J, T>, job: J) -> Result<JobHandle<T>, SubmitError<J>> {
+    let mut queue = shared.queue();
+    if queue.closed {
+        return Err(SubmitError::Closed(job));
+    }
+    if queue.jobs.len() >= shared.capacity {
+        return Err(SubmitError::Full(job));
+    }
+    Ok(enqueue(shared, &mut queue, job))
+}
+
+fn enqueue<J, T>(shared: &Shared<J, T>, queue: &mut Queue<J, T>, job: J) -> JobHandle<T> {
+    let (tx, rx) = oneshot::channel();
+    queue.jobs.push_back((job, tx));
+    shared.submitted.fetch_add(1, Relaxed);
+    if let Some(worker) = queue.workers.pop() {
+        worker.wake();
+    }
+    JobHandle { rx }
+}
+
+/// One worker: take a job, run it (timed, panics caught), report, repeat until closed and
+/// empty.
+async fn work<J, T, F, Fut, R>(
+    shared: Arc<Shared<J, T>>,
+    handler: Arc<F>,
+    rt: R,
+    timeout: Option<Duration>,
+) where
+    F: Fn(J) -> Fut,
+    Fut: Future<Output = T>,
+    R: Runtime,
+{
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            let mut queue = shared.queue();
+            if let Some(job) = queue.jobs.pop_front() {
+                shared.running.fetch_add(1, Relaxed);
+                if let Some(submitter) = queue.submitters.pop() {
+                    submitter.wake();
+                }
+                return Poll::Ready(Some(job));
+            }
+            if queue.closed {
+                return Poll::Ready(None);
+            }
+            if !queue.workers.iter().any(|w| w.will_wake(cx.waker())) {
+                queue.workers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some((job, report)) = next else {
+            return;
+        };
+        let run = AssertUnwindSafe(handler(job)).catch_unwind();
+        let outcome = match timeout {
+            Some(limit) => match run.timeout_on(&rt, limit).await {
+                Ok(done) => done.map_or_else(
+                    |p| JobOutcome::Panicked(Panic::new(p)),
+                    JobOutcome::Completed,
+                ),
+                Err(_) => JobOutcome::TimedOut,
+            },
+            None => run.await.map_or_else(
+                |p| JobOutcome::Panicked(Panic::new(p)),
+                JobOutcome::Completed,
+            ),
+        };
+        shared.running.fetch_sub(1, Relaxed);
+        if matches!(outcome, JobOutcome::Completed(_)) {
+            shared.completed.fetch_add(1, Relaxed);
+        } else {
+            shared.failed.fetch_add(1, Relaxed);
+        }
+        let _ = report.send(outcome);
+    }
+}

@@ -1,0 +1,166 @@
+//! The worker pool: backpressure, outcomes, and shutdown accounting on every runtime.
+
+mod common;
+
+use std::time::Duration;
+
+use tidewall::ConfigError;
+use tidewall::rt::Runtime;
+use tidewall::task::{JobOutcome, SubmitError, WorkerPool};
+use tidewall::testing::Clocked;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn ten_thousand_jobs_then_shutdown<R: Runtime>(rt: Clocked<R>) {
+    let rt2 = rt.clone();
+    let pool = WorkerPool::start(rt.clone(), 4, 10_000, None, move |n: u32| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(1)).await;
+            n
+        }
+    })
+    .unwrap();
+    let mut handles = Vec::new();
+    for n in 0..10_000u32 {
+        handles.push(pool.try_submit(n).unwrap());
+    }
+    rt.sleep(ms(10)).await;
+    let report = pool.shutdown(ms(50)).await;
+    assert_eq!(report.submitted, 10_000);
+    assert_eq!(
+        report.completed + report.failed + report.handed_back.len() as u64,
+        10_000,
+        "every job accounted for"
+    );
+    assert!(
+        report.completed >= 200,
+        "about 4 per ms for 60 ms: {}",
+        report.completed
+    );
+    assert!(!report.handed_back.is_empty());
+    // Handed back in submission order, right after the last one started.
+    assert!(report.handed_back.windows(2).all(|w| w[0] + 1 == w[1]));
+    let mut outcomes = (0, 0);
+    for handle in handles {
+        match handle.await {
+            JobOutcome::Completed(_) => outcomes.0 += 1,
+            _ => outcomes.1 += 1,
+        }
+    }
+    assert_eq!(outcomes.0, report.completed);
+}
+
+#[test]
+fn ten_thousand_queued_jobs_are_all_accounted_for_on_every_runtime() {
+    on_every_runtime!(ten_thousand_jobs_then_shutdown);
+}
+
+async fn backpressure_outcomes_and_rejections<R: Runtime>(rt: Clocked<R>) {
+    let rt2 = rt.clone();
+    let pool = WorkerPool::start(rt.clone(), 1, 2, Some(ms(500)), move |job: (u64, bool)| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(job.0)).await;
+            assert!(!job.1, "job asked to panic");
+            job.0
+        }
+    })
+    .unwrap();
+    let start = rt.now();
+    let first = pool.submit((100, false)).await.unwrap();
+    rt.sleep(ms(1)).await; // the worker takes it
+    let panics = pool.submit((0, true)).await.unwrap();
+    let slow = pool.submit((1_000, false)).await.unwrap();
+    // Queue full (2 waiting): try_submit hands the job back, submit waits for room.
+    assert_eq!(
+        pool.try_submit((5, false)).unwrap_err(),
+        SubmitError::Full((5, false))
+    );
+    let waited = pool.submit((5, false)).await.unwrap();
+    assert!(
+        rt.now() - start >= ms(100),
+        "submit waited for the first job to finish"
+    );
+    assert!(matches!(first.await, JobOutcome::Completed(100)));
+    assert!(
+        matches!(panics.await, JobOutcome::Panicked(_)),
+        "a panic is reported, not lost"
+    );
+    assert!(matches!(slow.await, JobOutcome::TimedOut));
+    assert!(
+        matches!(waited.await, JobOutcome::Completed(5)),
+        "the worker went on after the panic"
+    );
+    let report = pool.shutdown(ms(100)).await;
+    assert_eq!(
+        (report.submitted, report.completed, report.failed),
+        (4, 2, 2)
+    );
+}
+
+#[test]
+fn backpressure_panics_and_timeouts_on_every_runtime() {
+    on_every_runtime!(backpressure_outcomes_and_rejections);
+}
+
+async fn closed_pools_hand_jobs_back<R: Runtime>(rt: Clocked<R>) {
+    let rt2 = rt.clone();
+    let pool = WorkerPool::start(rt.clone(), 1, 1, None, move |n: u8| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(100)).await;
+            n
+        }
+    })
+    .unwrap();
+    let submitter = pool.submitter();
+    let running = submitter.submit(1).await.unwrap();
+    rt.sleep(ms(1)).await;
+    let _queued = submitter.submit(2).await.unwrap();
+    // A producer waiting for room when the pool shuts down gets its job back.
+    let waiting = {
+        let submitter = submitter.clone();
+        rt.spawn(async move { submitter.submit(3).await.map(drop) })
+    };
+    rt.sleep(ms(1)).await;
+    let report = pool.shutdown(ms(10)).await;
+    assert_eq!(waiting.await.unwrap(), Err(SubmitError::Closed(3)));
+    assert_eq!(submitter.try_submit(4).unwrap_err(), SubmitError::Closed(4));
+    // Job 1 was aborted at the deadline; job 2 never started and comes back.
+    assert_eq!(
+        (
+            report.submitted,
+            report.completed,
+            report.aborted,
+            report.handed_back
+        ),
+        (2, 0, 1, vec![2])
+    );
+    assert!(matches!(running.await, JobOutcome::Aborted));
+}
+
+#[test]
+fn closed_pools_hand_jobs_back_on_every_runtime() {
+    on_every_runtime!(closed_pools_hand_jobs_back);
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    let rt = Clocked::new(tidewall::rt::Tokio);
+    let start =
+        |w, q, t| WorkerPool::start(rt.clone(), w, q, t, |n: u8| async move { n }).map(drop);
+    assert_eq!(
+        start(0, 1, None),
+        Err(ConfigError::Zero { field: "workers" })
+    );
+    assert_eq!(start(1, 0, None), Err(ConfigError::Zero { field: "queue" }));
+    assert_eq!(
+        start(1, 1, Some(Duration::ZERO)),
+        Err(ConfigError::Zero {
+            field: "job_timeout"
+        })
+    );
+}
