@@ -50,6 +50,17 @@ impl<J> SubmitError<J> {
     }
 }
 
+impl<J> std::fmt::Display for SubmitError<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "the worker pool's queue is full",
+            Self::Closed(_) => "the worker pool is shutting down",
+        })
+    }
+}
+
+impl<J: std::fmt::Debug> std::error::Error for SubmitError<J> {}
+
 /// The result of one job: await it for the [`JobOutcome`].
 ///
 /// Dropping it does not cancel the job (the pool still runs it).
