@@ -60,12 +60,23 @@ fn cancel_tokens(c: &mut criterion::Criterion) {
     });
     group.finish();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("pool_10k");
     group.throughput(criterion::Throughput::Elements(10_000));
     group.bench_function("tidewall_worker_pool", |b| {
         b.to_async(&rt).iter(|| async {
-            let pool = WorkerPool::start(Tokio, 2, 1024, None, |n: u64| async move { black_box(n * 2) }).unwrap();
+            let pool = WorkerPool::start(
+                Tokio,
+                2,
+                1024,
+                None,
+                |n: u64| async move { black_box(n * 2) },
+            )
+            .unwrap();
             let submitter = pool.submitter();
             let mut handles = Vec::with_capacity(10_000);
             for n in 0..10_000u64 {
@@ -83,7 +94,9 @@ fn cancel_tokens(c: &mut criterion::Criterion) {
     });
     group.bench_function("tokio_spawn_per_job", |b| {
         b.to_async(&rt).iter(|| async {
-            let handles: Vec<_> = (0..10_000u64).map(|n| tokio::spawn(async move { black_box(n * 2) })).collect();
+            let handles: Vec<_> = (0..10_000u64)
+                .map(|n| tokio::spawn(async move { black_box(n * 2) }))
+                .collect();
             let mut sum = 0;
             for handle in handles {
                 sum += handle.await.unwrap();
