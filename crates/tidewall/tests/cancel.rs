@@ -95,7 +95,7 @@ async fn waiters_wake_and_guards_cancel<R: Runtime>(rt: Clocked<R>) {
             rt.spawn(async move { child.cancelled().await })
         })
         .collect();
-    // Futures created and dropped without waiting leak nothing and do not block others.
+    // Futures created and dropped without waiting do not disturb the real waiters.
     for _ in 0..1000 {
         drop(futures_util::FutureExt::now_or_never(token.cancelled()));
     }

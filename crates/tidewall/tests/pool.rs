@@ -147,6 +147,102 @@ fn closed_pools_hand_jobs_back_on_every_runtime() {
     on_every_runtime!(closed_pools_hand_jobs_back);
 }
 
+async fn drain_deadline_with_a_finished_worker<R: Runtime>(rt: Clocked<R>) {
+    // Two workers, one long job: the idle worker exits at close, the busy one is aborted at
+    // the deadline. Each handle is awaited once (tokio's panic if polled after completion).
+    let rt2 = rt.clone();
+    let pool = WorkerPool::start(rt.clone(), 2, 4, None, move |d: u64| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(d)).await;
+            d
+        }
+    })
+    .unwrap();
+    let long = pool.submit(1_000).await.unwrap();
+    rt.sleep(ms(1)).await;
+    let report = pool.shutdown(ms(50)).await;
+    assert_eq!(
+        (
+            report.submitted,
+            report.completed,
+            report.failed,
+            report.aborted
+        ),
+        (1, 0, 1, 1)
+    );
+    assert!(matches!(long.await, JobOutcome::Aborted));
+}
+
+#[test]
+fn drain_deadline_with_a_finished_worker_on_every_runtime() {
+    on_every_runtime!(drain_deadline_with_a_finished_worker);
+}
+
+async fn a_producer_that_gives_up_does_not_strand_others<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::FutureExt as _;
+    let rt2 = rt.clone();
+    let pool = WorkerPool::start(rt.clone(), 1, 1, None, move |d: u64| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(d)).await;
+            d
+        }
+    })
+    .unwrap();
+    let submitter = pool.submitter();
+    let _running = submitter.submit(100).await.unwrap();
+    rt.sleep(ms(1)).await;
+    let _queued = submitter.submit(100).await.unwrap();
+    // B waits for room; A waits too, then gives up before room frees.
+    let b = {
+        let submitter = submitter.clone();
+        rt.spawn(async move { submitter.submit(1).await.map(drop) })
+    };
+    rt.sleep(ms(1)).await;
+    assert!(
+        submitter.submit(2).timeout_on(&rt, ms(10)).await.is_err(),
+        "A gave up"
+    );
+    assert_eq!(
+        b.await.unwrap(),
+        Ok(()),
+        "B got the room A's wake-up could have swallowed"
+    );
+    let report = pool.shutdown(ms(1_000)).await;
+    assert_eq!((report.submitted, report.completed), (3, 3));
+}
+
+#[test]
+fn a_producer_that_gives_up_does_not_strand_others_on_every_runtime() {
+    on_every_runtime!(a_producer_that_gives_up_does_not_strand_others);
+}
+
+async fn a_handler_that_panics_before_its_first_await<R: Runtime>(rt: Clocked<R>) {
+    let pool = WorkerPool::start(rt.clone(), 1, 4, None, |n: u8| {
+        assert_ne!(n, 0, "eager panic");
+        async move { n }
+    })
+    .unwrap();
+    let eager = pool.submit(0).await.unwrap();
+    let fine = pool.submit(1).await.unwrap();
+    assert!(matches!(eager.await, JobOutcome::Panicked(_)));
+    assert!(
+        matches!(fine.await, JobOutcome::Completed(1)),
+        "the worker survived"
+    );
+    let report = pool.shutdown(ms(10)).await;
+    assert_eq!(
+        (report.submitted, report.completed, report.failed),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn an_eager_handler_panic_is_reported_on_every_runtime() {
+    on_every_runtime!(a_handler_that_panics_before_its_first_await);
+}
+
 #[test]
 fn bad_configuration_is_a_typed_error() {
     let rt = Clocked::new(tidewall::rt::Tokio);
@@ -163,4 +259,26 @@ fn bad_configuration_is_a_typed_error() {
             field: "job_timeout"
         })
     );
+}
+
+/// The same on tokio's own join handles, which panic if polled after completion.
+#[test]
+fn drain_deadline_with_a_finished_worker_on_plain_tokio() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = WorkerPool::start(tidewall::rt::Tokio, 2, 4, None, |d: u64| async move {
+            tokio::time::sleep(ms(d)).await;
+            d
+        })
+        .unwrap();
+        let long = pool.submit(10_000).await.unwrap();
+        tokio::time::sleep(ms(20)).await;
+        let report = pool.shutdown(ms(50)).await;
+        assert_eq!((report.completed, report.aborted), (0, 1));
+        assert!(matches!(long.await, JobOutcome::Aborted));
+    });
 }

@@ -125,6 +125,13 @@ impl HealthHandle {
                 return Poll::Ready(published.health.clone());
             }
             if !published.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                // Abandoned waits leave their waker behind; past a bound, wake them all (the
+                // live ones register again) so the list cannot grow without limit.
+                if published.waiters.len() >= 1024 {
+                    for waker in published.waiters.drain(..) {
+                        waker.wake();
+                    }
+                }
                 published.waiters.push(cx.waker().clone());
             }
             Poll::Pending

@@ -122,7 +122,8 @@ impl<J, T> Shared<J, T> {
 
 /// A fixed set of workers running jobs from a bounded queue.
 ///
-/// * [`submit`](Self::submit) waits for room in the queue (backpressure);
+/// * [`submit`](Self::submit) waits for room in the queue (backpressure; waiting producers
+///   are all woken when room frees, so the order among them is not FIFO);
 ///   [`try_submit`](Self::try_submit) hands the job back at once when it is full.
 /// * Each job runs with an optional timeout; its [`JobHandle`] reports the [`JobOutcome`]. A
 ///   panicking job is reported as [`JobOutcome::Panicked`] and the worker goes on with the
@@ -283,19 +284,33 @@ where
             workers,
             rt,
         } = self;
-        let mut workers = workers;
-        let drained = futures_util::future::join_all(workers.iter_mut())
-            .timeout_on(&rt, drain)
-            .await;
+        // Each handle is awaited at most once: finished ones are taken out as they finish.
+        let mut workers: Vec<Option<JoinHandle<R, ()>>> = workers.into_iter().map(Some).collect();
+        let all_finished = std::future::poll_fn(|cx| {
+            for slot in &mut workers {
+                if let Some(worker) = slot
+                    && Pin::new(worker).poll(cx).is_ready()
+                {
+                    *slot = None;
+                }
+            }
+            if workers.iter().all(Option::is_none) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let drained = all_finished.timeout_on(&rt, drain).await;
         let mut aborted = 0;
         if drained.is_err() {
-            aborted = shared.running.load(Relaxed) as u64;
-            for worker in &workers {
+            for worker in workers.iter().flatten() {
                 worker.abort();
             }
-            for worker in workers {
+            for worker in workers.into_iter().flatten() {
                 let _ = worker.await;
             }
+            // Every worker has stopped: what is still counted as running was aborted.
+            aborted = shared.running.swap(0, Relaxed) as u64;
             shared.failed.fetch_add(aborted, Relaxed);
         }
         let handed_back: Vec<J> = shared.queue().jobs.drain(..).map(|(job, _)| job).collect();
@@ -362,7 +377,12 @@ async fn submit<J, T>(shared: &Shared<J, T>, job: J) -> Result<JobHandle<T>, Sub
             return Poll::Ready(Err(SubmitError::Closed(j)));
         }
         if queue.jobs.len() < shared.capacity {
-            return Poll::Ready(Ok(enqueue(shared, &mut queue, j)));
+            let (handle, worker) = enqueue(shared, &mut queue, j);
+            drop(queue);
+            if let Some(worker) = worker {
+                worker.wake();
+            }
+            return Poll::Ready(Ok(handle));
         }
         job = Some(j);
         if !queue.submitters.iter().any(|w| w.will_wake(cx.waker())) {
@@ -381,17 +401,24 @@ fn try_submit<J, T>(shared: &Shared<J, T>, job: J) -> Result<JobHandle<T>, Submi
     if queue.jobs.len() >= shared.capacity {
         return Err(SubmitError::Full(job));
     }
-    Ok(enqueue(shared, &mut queue, job))
+    let (handle, worker) = enqueue(shared, &mut queue, job);
+    drop(queue);
+    if let Some(worker) = worker {
+        worker.wake();
+    }
+    Ok(handle)
 }
 
-fn enqueue<J, T>(shared: &Shared<J, T>, queue: &mut Queue<J, T>, job: J) -> JobHandle<T> {
+/// Queues a job; returns its handle and an idle worker to wake once the lock is released.
+fn enqueue<J, T>(
+    shared: &Shared<J, T>,
+    queue: &mut Queue<J, T>,
+    job: J,
+) -> (JobHandle<T>, Option<Waker>) {
     let (tx, rx) = oneshot::channel();
     queue.jobs.push_back((job, tx));
     shared.submitted.fetch_add(1, Relaxed);
-    if let Some(worker) = queue.workers.pop() {
-        worker.wake();
-    }
-    JobHandle { rx }
+    (JobHandle { rx }, queue.workers.pop())
 }
 
 /// One worker: take a job, run it (timed, panics caught), report, repeat until closed and
@@ -411,8 +438,15 @@ async fn work<J, T, F, Fut, R>(
             let mut queue = shared.queue();
             if let Some(job) = queue.jobs.pop_front() {
                 shared.running.fetch_add(1, Relaxed);
-                if let Some(submitter) = queue.submitters.pop() {
-                    submitter.wake();
+                // This worker is busy now: an entry it left earlier must not absorb a wake-up
+                // meant for an idle one.
+                queue.workers.retain(|w| !w.will_wake(cx.waker()));
+                // Room freed: wake every waiting producer (after the lock). Waking all, not
+                // one, means a producer that gave up cannot swallow the wake-up of another.
+                let producers = std::mem::take(&mut queue.submitters);
+                drop(queue);
+                for producer in producers {
+                    producer.wake();
                 }
                 return Poll::Ready(Some(job));
             }
@@ -428,7 +462,9 @@ async fn work<J, T, F, Fut, R>(
         let Some((job, report)) = next else {
             return;
         };
-        let run = AssertUnwindSafe(handler(job)).catch_unwind();
+        // The handler is called inside the caught future: a panic before its first await is
+        // caught like any other.
+        let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
         let outcome = match timeout {
             Some(limit) => match run.timeout_on(&rt, limit).await {
                 Ok(done) => done.map_or_else(
