@@ -92,12 +92,11 @@ fn half_open_breaker_with(probes: u32) -> CircuitBreaker<ModelClock> {
     breaker
 }
 
-/// Three callers race into a half-open breaker with one probe slot: exactly one wins, in
-/// every interleaving, including the one that performs the open → half-open transition.
-#[test]
-fn exactly_one_probe_is_admitted() {
-    loom::model(|| {
-        let breaker = half_open_breaker();
+/// Three callers race for `slots` half-open probe slots: exactly `slots` win, in every
+/// interleaving, including the one that performs the open → half-open transition.
+fn three_racers_get_exactly(slots: u32) {
+    loom::model(move || {
+        let breaker = half_open_breaker_with(slots);
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let breaker = breaker.clone();
@@ -106,25 +105,21 @@ fn exactly_one_probe_is_admitted() {
             .collect();
         let mut permits = vec![breaker.try_acquire_owned().ok()];
         permits.extend(threads.into_iter().map(|t| t.join().unwrap()));
-        assert_eq!(permits.iter().flatten().count(), 1);
+        assert_eq!(
+            permits.iter().flatten().count(),
+            usize::try_from(slots).unwrap()
+        );
     });
 }
 
-/// Two slots, three racers: exactly two are admitted, in every interleaving.
+#[test]
+fn exactly_one_probe_is_admitted() {
+    three_racers_get_exactly(1);
+}
+
 #[test]
 fn exactly_two_of_three_with_two_slots() {
-    loom::model(|| {
-        let breaker = half_open_breaker_with(2);
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let breaker = breaker.clone();
-                loom::thread::spawn(move || breaker.try_acquire_owned().ok())
-            })
-            .collect();
-        let mut permits = vec![breaker.try_acquire_owned().ok()];
-        permits.extend(threads.into_iter().map(|t| t.join().unwrap()));
-        assert_eq!(permits.iter().flatten().count(), 2);
-    });
+    three_racers_get_exactly(2);
 }
 
 /// With two probe slots, a success and a failure finish at once: whatever the order, one

@@ -153,12 +153,7 @@ impl<R> HedgeBuilder<R> {
     where
         R: Runtime,
     {
-        if self.delay.is_zero() {
-            return Err(ConfigError::Zero { field: "delay" });
-        }
-        if u64::try_from(self.delay.as_nanos()).is_err() {
-            return Err(ConfigError::DurationOverflow { field: "delay" });
-        }
+        crate::time::positive_duration("delay", self.delay)?;
         let (quantile, min_samples) = self.percentile.unwrap_or((0.5, 1));
         if !quantile.is_finite() {
             return Err(ConfigError::NotFinite { field: "quantile" });

@@ -82,12 +82,7 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
             ("attempt_timeout", self.attempt_timeout),
         ] {
             if let Some(d) = value {
-                if d.is_zero() {
-                    return Err(ConfigError::Zero { field });
-                }
-                if u64::try_from(d.as_nanos()).is_err() {
-                    return Err(ConfigError::DurationOverflow { field });
-                }
+                crate::time::positive_duration(field, d)?;
             }
         }
         Ok(Pipeline { config: self })

@@ -78,12 +78,7 @@ impl<S: Stream, W, R: Runtime> Batch<S, W, R> {
                 field: "max_weight",
             });
         }
-        if max_wait.is_zero() {
-            return Err(ConfigError::Zero { field: "max_wait" });
-        }
-        if u64::try_from(max_wait.as_nanos()).is_err() {
-            return Err(ConfigError::DurationOverflow { field: "max_wait" });
-        }
+        crate::time::positive_duration("max_wait", max_wait)?;
         // Count batches know their size; weighted ones start small and grow.
         let capacity = usize::try_from(max_weight.min(1024)).unwrap_or(1024);
         Ok(Self {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use futures_core::Stream;
 
-use super::pace::validate_period;
 use crate::ConfigError;
 use crate::rt::{JoinError, Runtime};
+use crate::time::positive_duration;
 
 /// The most bytes one check reads; a file growing faster is read in several checks, back to
 /// back, without waiting for the next period.
@@ -90,7 +90,7 @@ impl<R: Runtime> Follow<R> {
         max_line: usize,
         from_start: bool,
     ) -> Result<Self, ConfigError> {
-        validate_period("period", period)?;
+        positive_duration("period", period)?;
         if max_line == 0 {
             return Err(ConfigError::Zero { field: "max_line" });
         }

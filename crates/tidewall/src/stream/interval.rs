@@ -8,9 +8,9 @@ use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tidewall_core::rng::SplitMix64;
 
-use super::pace::validate_period;
 use crate::ConfigError;
 use crate::rt::{Runtime, instant_after};
+use crate::time::positive_duration;
 
 /// What an [`Interval`] does when the consumer (or the executor) was late by one or more
 /// periods.
@@ -50,7 +50,7 @@ pin_project! {
 
 impl<R: Runtime> Interval<R> {
     pub(super) fn new(rt: R, period: Duration, missed: MissedTicks) -> Result<Self, ConfigError> {
-        validate_period("period", period)?;
+        positive_duration("period", period)?;
         let next = instant_after(rt.now(), period);
         Ok(Self {
             rt,

@@ -10,18 +10,8 @@ use pin_project_lite::pin_project;
 
 use crate::rate::RateLimiter;
 use crate::rt::{Runtime, instant_after};
-use crate::time::Elapsed;
+use crate::time::{Elapsed, positive_duration};
 use crate::{ConfigError, Rejected};
-
-pub(super) fn validate_period(field: &'static str, period: Duration) -> Result<(), ConfigError> {
-    if period.is_zero() {
-        return Err(ConfigError::Zero { field });
-    }
-    if u64::try_from(period.as_nanos()).is_err() {
-        return Err(ConfigError::DurationOverflow { field });
-    }
-    Ok(())
-}
 
 pin_project! {
     /// Items at least `period` apart; see [`StreamOps::throttle`](super::StreamOps::throttle).
@@ -41,7 +31,7 @@ pin_project! {
 
 impl<S, R: Runtime> Throttle<S, R> {
     pub(super) fn new(source: S, rt: R, period: Duration) -> Result<Self, ConfigError> {
-        validate_period("period", period)?;
+        positive_duration("period", period)?;
         Ok(Self {
             source,
             rt,
@@ -147,7 +137,7 @@ pin_project! {
 
 impl<S, R: Runtime> TimeoutEach<S, R> {
     pub(super) fn new(source: S, rt: R, timeout: Duration) -> Result<Self, ConfigError> {
-        validate_period("timeout", timeout)?;
+        positive_duration("timeout", timeout)?;
         Ok(Self {
             source,
             rt,

@@ -12,8 +12,8 @@ use futures_channel::mpsc;
 use futures_core::Stream;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use super::pace::validate_period;
 use crate::rt::Runtime;
+use crate::time::positive_duration;
 
 /// Events buffered between the OS watcher and the stream; beyond this, changes are dropped
 /// and the next batch says so ([`DirChanges::overflowed`]).
@@ -75,7 +75,7 @@ impl<R: Runtime> std::fmt::Debug for DirWatch<R> {
 
 impl<R: Runtime> DirWatch<R> {
     pub(super) fn new(rt: R, dir: &Path, debounce: Duration) -> Result<Self, WatchError> {
-        validate_period("debounce", debounce).map_err(WatchError::Config)?;
+        positive_duration("debounce", debounce).map_err(WatchError::Config)?;
         let (mut tx, events) = mpsc::channel(BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&overflowed);

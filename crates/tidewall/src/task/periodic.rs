@@ -199,9 +199,7 @@ impl HealthChecker {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        if timeout.is_zero() {
-            return Err(ConfigError::Zero { field: "timeout" });
-        }
+        crate::time::positive_duration("timeout", timeout)?;
         let handle = HealthHandle {
             shared: Arc::new(Mutex::new(Published {
                 health: Health::Unknown,

@@ -191,10 +191,8 @@ where
         if queue == 0 {
             return Err(ConfigError::Zero { field: "queue" });
         }
-        if job_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(ConfigError::Zero {
-                field: "job_timeout",
-            });
+        if let Some(limit) = job_timeout {
+            crate::time::positive_duration("job_timeout", limit)?;
         }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {

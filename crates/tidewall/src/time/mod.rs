@@ -32,3 +32,19 @@ mod timeout;
 pub use deadline::Deadline;
 pub use ext::FutureExt;
 pub use timeout::{DeadlineExceeded, Elapsed, Timeout, WithDeadline};
+
+/// Checks a duration a builder needs to be positive and to fit in `u64` nanoseconds (so
+/// adding it to a clock reading cannot overflow): the one rule behind every period, timeout
+/// and wait setting.
+pub(crate) fn positive_duration(
+    field: &'static str,
+    d: std::time::Duration,
+) -> Result<(), crate::ConfigError> {
+    if d.is_zero() {
+        return Err(crate::ConfigError::Zero { field });
+    }
+    if u64::try_from(d.as_nanos()).is_err() {
+        return Err(crate::ConfigError::DurationOverflow { field });
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::BoxFuture;
+use super::{BoxFuture, SyncSlot};
 use crate::bulkhead::{Bulkhead, OwnedPermit};
 use crate::rt::Runtime;
 use crate::{Deadline, Error, Rejected};
@@ -48,7 +48,7 @@ impl<S, R: Runtime> Layer<S> for BulkheadLayer<R> {
             bulkhead: self.bulkhead.clone(),
             wait: self.wait,
             permit: None,
-            acquiring: std::sync::Mutex::new(None),
+            acquiring: SyncSlot::empty(),
         }
     }
 }
@@ -59,9 +59,7 @@ pub struct BulkheadService<S, R: Runtime> {
     bulkhead: Bulkhead<R>,
     wait: bool,
     permit: Option<OwnedPermit<R>>,
-    // In a Mutex only to make the service `Sync` (axum requires it); always reached through
-    // `&mut self` with `get_mut`, so it is never locked.
-    acquiring: std::sync::Mutex<Option<Acquiring<R>>>,
+    acquiring: SyncSlot<Acquiring<R>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
@@ -71,7 +69,7 @@ impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
             bulkhead: self.bulkhead.clone(),
             wait: self.wait,
             permit: None,
-            acquiring: std::sync::Mutex::new(None),
+            acquiring: SyncSlot::empty(),
         }
     }
 }
@@ -100,10 +98,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.wait && self.permit.is_none() {
             let bulkhead = &self.bulkhead;
-            let slot = self
-                .acquiring
-                .get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let slot = self.acquiring.get_mut();
             let acquiring =
                 slot.get_or_insert_with(|| Box::pin(bulkhead.acquire_owned(Deadline::none())));
             match acquiring.as_mut().poll(cx) {

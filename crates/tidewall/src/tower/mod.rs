@@ -86,5 +86,22 @@ pub fn cause<'a, T: std::error::Error + 'static>(
     None
 }
 
+/// A future a service keeps between `poll_ready` calls (a readiness timer, a pending
+/// acquire). The `Mutex` exists only to make the service `Sync`, which axum requires; the slot
+/// is always reached through `&mut self` with `get_mut`, so it is never locked.
+pub(crate) struct SyncSlot<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> SyncSlot<T> {
+    pub(crate) fn empty() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut Option<T> {
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub(crate) type BoxFuture<T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::BoxFuture;
+use super::{BoxFuture, SyncSlot};
 use crate::rate::RateLimiter;
 use crate::rt::Runtime;
 use crate::{Error, Rejected};
@@ -46,7 +46,7 @@ impl<S, R: Runtime> Layer<S> for RateLimitLayer<R> {
             limiter: self.limiter.clone(),
             wait: self.wait,
             admitted: false,
-            sleep: std::sync::Mutex::new(None),
+            sleep: SyncSlot::empty(),
         }
     }
 }
@@ -57,9 +57,7 @@ pub struct RateLimitService<S, R: Runtime> {
     limiter: RateLimiter<R>,
     wait: bool,
     admitted: bool,
-    // In a Mutex only to make the service `Sync` (axum requires it); reached through
-    // `&mut self` with `get_mut`, never locked.
-    sleep: std::sync::Mutex<Option<Pin<Box<R::Sleep>>>>,
+    sleep: SyncSlot<Pin<Box<R::Sleep>>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
@@ -69,7 +67,7 @@ impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
             limiter: self.limiter.clone(),
             wait: self.wait,
             admitted: false,
-            sleep: std::sync::Mutex::new(None),
+            sleep: SyncSlot::empty(),
         }
     }
 }
@@ -96,10 +94,7 @@ where
     type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let sleep = self
-            .sleep
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sleep = self.sleep.get_mut();
         while self.wait && !self.admitted {
             if let Some(pending) = sleep.as_mut() {
                 if pending.as_mut().poll(cx).is_pending() {

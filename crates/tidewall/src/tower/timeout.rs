@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::BoxFuture;
+use super::{BoxFuture, SyncSlot};
 use crate::rt::{Runtime, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error};
@@ -39,7 +39,7 @@ impl<S, R: Runtime> Layer<S> for TimeoutLayer<R> {
             rt: self.rt.clone(),
             timeout: self.timeout,
             started: None,
-            sleep: std::sync::Mutex::new(None),
+            sleep: SyncSlot::empty(),
         }
     }
 }
@@ -50,9 +50,7 @@ pub struct TimeoutService<S, R: Runtime> {
     rt: R,
     timeout: Duration,
     started: Option<Instant>,
-    // In a Mutex only to make the service `Sync` (axum requires it); reached through
-    // `&mut self` with `get_mut`, never locked.
-    sleep: std::sync::Mutex<Option<Pin<Box<R::Sleep>>>>,
+    sleep: SyncSlot<Pin<Box<R::Sleep>>>,
 }
 
 impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
@@ -62,7 +60,7 @@ impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
             rt: self.rt.clone(),
             timeout: self.timeout,
             started: None,
-            sleep: std::sync::Mutex::new(None),
+            sleep: SyncSlot::empty(),
         }
     }
 }
@@ -88,10 +86,7 @@ where
     type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let slot = self
-            .sleep
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = self.sleep.get_mut();
         match self.inner.poll_ready(cx) {
             // Ready at once: no wait to count (a service polled ready long before the call
             // must not have spent the call's budget).
@@ -114,10 +109,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        *self
-            .sleep
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.sleep.get_mut() = None;
         let started = self.started.take().unwrap_or_else(|| self.rt.now());
         let deadline = Deadline::at(instant_after(started, self.timeout));
         let future = self.inner.call(req);
