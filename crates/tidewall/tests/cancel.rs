@@ -253,6 +253,8 @@ fn health_checker_on_every_runtime() {
 /// Dropping the task (its awaiting future gave up) raises the flag the blocking work checks.
 #[test]
 fn abandoned_blocking_work_sees_its_flag() {
+    // Real time, on purpose: tokio does not advance paused time while a blocking task runs,
+    // and this test is about a blocking task that runs until told to stop.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

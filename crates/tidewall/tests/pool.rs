@@ -264,9 +264,11 @@ fn bad_configuration_is_a_typed_error() {
 /// The same on tokio's own join handles, which panic if polled after completion.
 #[test]
 fn drain_deadline_with_a_finished_worker_on_plain_tokio() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // Paused tokio time: virtual, yet tokio's own join handles (which panic when polled
+    // after completion) and its own timers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     runtime.block_on(async {
