@@ -29,8 +29,13 @@ mod blocking;
 mod cancel;
 mod periodic;
 mod pool;
+mod scope;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
+pub use scope::{
+    ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,
+    LocalSpawner, Scope, ScopeBuilder, ScopeReport, SpawnError, Spawner,
+};
 pub use pool::{JobHandle, JobOutcome, ShutdownReport, SubmitError, Submitter, WorkerPool};

@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures_channel::oneshot;
 
 use super::clock::{FakeClock, FakeSleep};
-use super::tracked::{Activity, MainWaker, Tracked};
+use super::tracked::{AbortMark, Activity, MainWaker, Tracked};
 use crate::rt::{JoinError, Panic, Runtime, TaskHandle};
 
 /// Any runtime `R`, with virtual time. Tasks run on `R`'s executor; time comes from a shared
@@ -83,10 +83,11 @@ impl<R: Runtime> Runtime for Clocked<R> {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (tracked, output) = Tracked::new(future, Arc::clone(&self.activity));
+        let (tracked, output, mark) = Tracked::new(future, Arc::clone(&self.activity));
         ClockedJoinHandle {
             output,
             task: self.inner.spawn(tracked),
+            mark: Some(mark),
         }
     }
 
@@ -104,7 +105,12 @@ impl<R: Runtime> Runtime for Clocked<R> {
             let _ = tx.send(result);
             activity.leave();
         });
-        ClockedJoinHandle { output, task }
+        // A blocking task cannot be stopped by an abort: nothing to mark.
+        ClockedJoinHandle {
+            output,
+            task,
+            mark: None,
+        }
     }
 }
 
@@ -113,6 +119,7 @@ impl<R: Runtime> Runtime for Clocked<R> {
 pub struct ClockedJoinHandle<T, H> {
     output: oneshot::Receiver<Result<T, JoinError>>,
     task: H,
+    mark: Option<AbortMark>,
 }
 
 impl<T, H: Unpin> Future for ClockedJoinHandle<T, H> {
@@ -127,6 +134,9 @@ impl<T, H: Unpin> Future for ClockedJoinHandle<T, H> {
 
 impl<T: Send + 'static, H: TaskHandle<()>> TaskHandle<T> for ClockedJoinHandle<T, H> {
     fn abort(&self) {
+        if let Some(mark) = &self.mark {
+            mark.mark();
+        }
         self.task.abort();
     }
 }

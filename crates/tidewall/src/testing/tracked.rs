@@ -55,6 +55,21 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.mark_active();
+        if let Some(waker) = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+impl TaskWaker {
+    /// Counts the task as active until its next poll returns `Pending` (or it is dropped).
+    fn mark_active(&self) {
         let mut current = self.state.load(SeqCst);
         loop {
             let next = match current {
@@ -72,14 +87,23 @@ impl Wake for TaskWaker {
                 Err(actual) => current = actual,
             }
         }
-        if let Some(waker) = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            waker.wake_by_ref();
-        }
+    }
+}
+
+/// Kept by a task's handle: an abort marks the task active until its executor has dropped
+/// it, so virtual time cannot jump past the abort while the executor has yet to act on it.
+#[derive(Clone)]
+pub(super) struct AbortMark(Arc<TaskWaker>);
+
+impl AbortMark {
+    pub(super) fn mark(&self) {
+        self.0.mark_active();
+    }
+}
+
+impl std::fmt::Debug for AbortMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AbortMark")
     }
 }
 
@@ -97,7 +121,11 @@ impl<F: Future> Tracked<F> {
     pub(super) fn new(
         future: F,
         activity: Arc<Activity>,
-    ) -> (Self, oneshot::Receiver<Result<F::Output, JoinError>>) {
+    ) -> (
+        Self,
+        oneshot::Receiver<Result<F::Output, JoinError>>,
+        AbortMark,
+    ) {
         activity.enter();
         let waker = Arc::new(TaskWaker {
             state: AtomicU8::new(ACTIVE),
@@ -105,6 +133,7 @@ impl<F: Future> Tracked<F> {
             inner: Mutex::new(None),
         });
         let (tx, rx) = oneshot::channel();
+        let mark = AbortMark(Arc::clone(&waker));
         (
             Self {
                 future: Some(Box::pin(future)),
@@ -112,6 +141,7 @@ impl<F: Future> Tracked<F> {
                 output: Some(tx),
             },
             rx,
+            mark,
         )
     }
 }

@@ -1,0 +1,116 @@
+//! The bookkeeping both scope variants share: counts, unread reports, the failure policy.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::report::{ChildId, ChildOutcome, ChildReport, Ending, FailurePolicy, ScopeReport};
+use crate::task::Reason;
+
+pub(super) struct Ledger<T, E> {
+    reports: VecDeque<ChildReport<T, E>>,
+    policy: FailurePolicy,
+    keep_ok: bool,
+    cancelled_at: Option<Instant>,
+    /// The fail-fast reason, kept here too: the owner may see the last child end before the
+    /// failing child's task has cancelled the token.
+    fail_reason: Option<Reason>,
+    pub(super) spawned: u64,
+    succeeded: u64,
+    failed: u64,
+    panicked: u64,
+    aborted: u64,
+}
+
+impl<T, E> Ledger<T, E> {
+    pub(super) fn new(policy: FailurePolicy, keep_ok: bool) -> Self {
+        Self {
+            reports: VecDeque::new(),
+            policy,
+            keep_ok,
+            cancelled_at: None,
+            fail_reason: None,
+            spawned: 0,
+            succeeded: 0,
+            failed: 0,
+            panicked: 0,
+            aborted: 0,
+        }
+    }
+
+    /// Remembers the first time the scope was seen cancelled; returns it.
+    pub(super) fn note_cancel(&mut self, now: Instant) -> Instant {
+        *self.cancelled_at.get_or_insert(now)
+    }
+
+    /// Records a child's end. Returns the reason to cancel the scope with when this is the
+    /// failure that a fail-fast scope stops on.
+    pub(super) fn record(
+        &mut self,
+        id: ChildId,
+        outcome: ChildOutcome<T, E>,
+        spawned_at: Instant,
+        now: Instant,
+        already_cancelled: bool,
+    ) -> Option<Reason> {
+        if already_cancelled {
+            self.note_cancel(now);
+        }
+        let ending = match (self.cancelled_at, &outcome) {
+            (Some(at), ChildOutcome::Aborted) => Ending::Aborted {
+                took: now.saturating_duration_since(at),
+            },
+            (Some(at), _) => Ending::AfterCancel {
+                took: now.saturating_duration_since(at),
+            },
+            (None, _) => Ending::Finished,
+        };
+        let fail_fast = self.policy == FailurePolicy::FailFast
+            && !already_cancelled
+            && self.cancelled_at.is_none()
+            && outcome.is_failure();
+        let reason = fail_fast.then(|| match &outcome {
+            ChildOutcome::Panicked(panic) => Reason::new(format!(
+                "{id} panicked: {}",
+                panic.message().unwrap_or("<non-string payload>")
+            )),
+            _ => Reason::new(format!("{id} returned an error")),
+        });
+        if reason.is_some() {
+            self.note_cancel(now);
+            self.fail_reason.clone_from(&reason);
+        }
+        match outcome {
+            ChildOutcome::Ok(_) => self.succeeded += 1,
+            ChildOutcome::Err(_) => self.failed += 1,
+            ChildOutcome::Panicked(_) => self.panicked += 1,
+            ChildOutcome::Aborted => self.aborted += 1,
+        }
+        if self.keep_ok || !matches!(outcome, ChildOutcome::Ok(_)) {
+            self.reports.push_back(ChildReport {
+                id,
+                outcome,
+                ran_for: now.saturating_duration_since(spawned_at),
+                ending,
+            });
+        }
+        reason
+    }
+
+    pub(super) fn take_next(&mut self) -> Option<ChildReport<T, E>> {
+        self.reports.pop_front()
+    }
+
+    /// `token_reason` is the token's: the first cancel wins, a fail-fast one in flight next.
+    pub(super) fn into_report(self, token_reason: Option<Reason>) -> ScopeReport<T, E> {
+        let cancel_reason = token_reason.or(self.fail_reason);
+        ScopeReport {
+            children: self.reports.into(),
+            spawned: self.spawned,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            panicked: self.panicked,
+            aborted: self.aborted,
+            cancel_reason,
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! [`LocalScope`]: the same scope for `!Send` futures, driven by its owner.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::FutureExt as _;
+
+use super::builder::ScopeBuilder;
+use super::ledger::Ledger;
+use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
+use crate::rt::{DefaultRuntime, Panic, Runtime, instant_after};
+use crate::task::{CancellationToken, Reason};
+
+type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, ChildOutcome<T, E>)>>>;
+
+struct LocalState<T, E> {
+    /// Spawned, not yet moved into the driver's set.
+    incoming: Vec<LocalChild<T, E>>,
+    /// Spawn instant of every child not yet ended (incoming or in the set).
+    running: HashMap<u64, Instant>,
+    next_id: u64,
+    closed: bool,
+    ledger: Ledger<T, E>,
+    spawners: Vec<Waker>,
+    driver: Option<Waker>,
+}
+
+struct LocalShared<T, E, R> {
+    rt: R,
+    limit: Option<usize>,
+    grace: Duration,
+    token: CancellationToken,
+    state: RefCell<LocalState<T, E>>,
+}
+
+/// A [`Scope`](super::Scope) for `!Send` futures: same limit, failure policy, reports, join
+/// and two-phase shutdown, on one thread.
+///
+/// The children are not runtime tasks: the scope polls them itself, inside whichever task
+/// awaits [`next`](Self::next), [`join`](Self::join), [`shutdown`](Self::shutdown) or the
+/// owner's [`spawn`](Self::spawn) (which keeps the children going while it waits for a slot).
+/// So it needs no `LocalSet` and works the same inside a tokio `LocalSet` or local runtime,
+/// a smol `LocalExecutor`, or a plain `block_on` — and children make progress only while the
+/// owner awaits one of those (as with `FuturesUnordered`). "Aborting" a child drops its
+/// future. [`LocalSpawner`]s (cloneable, usable from inside children) queue children for the
+/// owner to drive.
+///
+/// ```
+/// use std::rc::Rc;
+/// use tidewall::task::Scope;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut scope = Scope::builder().limit(2).build_local::<usize, ()>()?;
+/// let shared = Rc::new(vec![1, 2, 3]); // Rc is !Send
+/// for i in 0..3 {
+///     let shared = Rc::clone(&shared);
+///     scope.spawn(async move { Ok(shared[i] * 2) }).await.ok();
+/// }
+/// let report = scope.join().await;
+/// let mut values: Vec<_> = report.children.into_iter().filter_map(|c| c.outcome.ok()).collect();
+/// values.sort();
+/// assert_eq!(values, [2, 4, 6]);
+/// # Ok(()) }
+/// ```
+pub struct LocalScope<T, E, R = DefaultRuntime> {
+    shared: Rc<LocalShared<T, E, R>>,
+    set: FuturesUnordered<LocalChild<T, E>>,
+    closed: bool,
+}
+
+/// A cloneable handle that queues `!Send` children into a [`LocalScope`].
+pub struct LocalSpawner<T, E, R = DefaultRuntime> {
+    shared: Rc<LocalShared<T, E, R>>,
+}
+
+impl<T, E, R> Clone for LocalSpawner<T, E, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Rc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, E, R> std::fmt::Debug for LocalSpawner<T, E, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSpawner")
+            .field("running", &self.shared.state.borrow().running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E, R> std::fmt::Debug for LocalScope<T, E, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalScope")
+            .field("running", &self.shared.state.borrow().running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
+    /// Queues `future` as a child, first waiting for a free slot when the scope has a limit
+    /// (the owner must be driving the scope for a slot to free).
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] with the future when the scope is closed or cancelled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future spawns nothing.
+    pub async fn spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        let mut future = Some(future);
+        poll_fn(|cx| {
+            let pending = future.take().expect("polled after completion");
+            match self.admit(pending, Some(cx.waker())) {
+                Err(SpawnError::Full(pending)) => {
+                    future = Some(pending);
+                    Poll::Pending
+                }
+                done => Poll::Ready(done),
+            }
+        })
+        .await
+    }
+
+    /// Queues `future` as a child if a slot is free now.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Full`] or [`SpawnError::Closed`], with the future.
+    pub fn try_spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        self.admit(future, None)
+    }
+
+    /// The scope's cancellation token.
+    pub fn token(&self) -> CancellationToken {
+        self.shared.token.clone()
+    }
+
+    fn admit<F>(&self, future: F, waiter: Option<&Waker>) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        let mut state = self.shared.state.borrow_mut();
+        if state.closed || self.shared.token.is_cancelled() {
+            return Err(SpawnError::Closed(future));
+        }
+        if self.shared.limit.is_some_and(|limit| state.running.len() >= limit) {
+            if let Some(waker) = waiter {
+                if !state.spawners.iter().any(|w| w.will_wake(waker)) {
+                    state.spawners.push(waker.clone());
+                }
+            }
+            return Err(SpawnError::Full(future));
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.ledger.spawned += 1;
+        state.running.insert(id, self.shared.rt.now());
+        state.incoming.push(Box::pin(async move {
+            let outcome = match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(Ok(value)) => ChildOutcome::Ok(value),
+                Ok(Err(error)) => ChildOutcome::Err(error),
+                Err(payload) => ChildOutcome::Panicked(Panic::new(payload)),
+            };
+            (id, outcome)
+        }));
+        if let Some(driver) = state.driver.take() {
+            driver.wake();
+        }
+        Ok(ChildId(id))
+    }
+}
+
+impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
+    pub(super) fn from_builder(builder: ScopeBuilder<R>) -> Self {
+        let token = builder.token();
+        Self {
+            shared: Rc::new(LocalShared {
+                rt: builder.rt,
+                limit: builder.limit,
+                grace: builder.grace,
+                token,
+                state: RefCell::new(LocalState {
+                    incoming: Vec::new(),
+                    running: HashMap::new(),
+                    next_id: 0,
+                    closed: false,
+                    ledger: Ledger::new(builder.policy, builder.keep_ok),
+                    spawners: Vec::new(),
+                    driver: None,
+                }),
+            }),
+            set: FuturesUnordered::new(),
+            closed: false,
+        }
+    }
+
+    /// A cloneable spawner (children may hold one).
+    pub fn spawner(&self) -> LocalSpawner<T, E, R> {
+        LocalSpawner {
+            shared: Rc::clone(&self.shared),
+        }
+    }
+
+    /// The scope's cancellation token.
+    pub fn token(&self) -> CancellationToken {
+        self.shared.token.clone()
+    }
+
+    /// Cancels the scope's token with `reason`.
+    pub fn cancel(&self, reason: impl Into<Reason>) {
+        self.shared.token.cancel(reason);
+    }
+
+    /// Spawns `future`, driving the running children while it waits for a free slot.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] with the future when the scope is closed or cancelled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future spawns nothing; children it drove keep their progress.
+    pub async fn spawn<F>(&mut self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        let spawner = self.spawner();
+        let mut future = Some(future);
+        poll_fn(|cx| {
+            let pending = future.take().expect("polled after completion");
+            match spawner.admit(pending, Some(cx.waker())) {
+                Err(SpawnError::Full(pending)) => {
+                    future = Some(pending);
+                    self.drive(cx);
+                    // A child may have ended during the drive: try again at once.
+                    let pending = future.take().expect("just stored");
+                    match spawner.admit(pending, Some(cx.waker())) {
+                        Err(SpawnError::Full(pending)) => {
+                            future = Some(pending);
+                            Poll::Pending
+                        }
+                        done => Poll::Ready(done),
+                    }
+                }
+                done => Poll::Ready(done),
+            }
+        })
+        .await
+    }
+
+    /// See [`Scope::next`](super::Scope::next); drives the children meanwhile.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Option<ChildReport<T, E>> {
+        poll_fn(|cx| {
+            self.drive(cx);
+            let mut state = self.shared.state.borrow_mut();
+            match state.ledger.take_next() {
+                Some(report) => Poll::Ready(Some(report)),
+                None if state.running.is_empty() => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// See [`Scope::join`](super::Scope::join).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the scope and every child still running.
+    pub async fn join(mut self) -> ScopeReport<T, E> {
+        let grace = self.shared.grace;
+        self.close_within(grace).await
+    }
+
+    /// See [`Scope::shutdown`](super::Scope::shutdown): cancel, grace, drop the rest, report.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](Self::join).
+    pub async fn shutdown(mut self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+        self.shared.token.cancel(reason);
+        self.close_within(grace).await
+    }
+
+    async fn close_within(&mut self, grace: Duration) -> ScopeReport<T, E> {
+        let shared = Rc::clone(&self.shared);
+        if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
+            let cancelled_at = shared.state.borrow_mut().ledger.note_cancel(shared.rt.now());
+            let deadline = instant_after(cancelled_at, grace);
+            if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
+                self.abort_all();
+            }
+        }
+        self.closed = true;
+        let reason = shared.token.reason();
+        let mut state = shared.state.borrow_mut();
+        let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
+        ledger.into_report(reason)
+    }
+
+    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx: &mut Context<'_>| {
+            self.drive(cx);
+            let mut state = self.shared.state.borrow_mut();
+            if state.running.is_empty() {
+                // Closed under the same borrow that saw the last child end (as in `Scope`).
+                state.closed = true;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Polls the children until none is ready, recording each that ends.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let incoming = {
+                let mut state = self.shared.state.borrow_mut();
+                state.driver = Some(cx.waker().clone());
+                std::mem::take(&mut state.incoming)
+            };
+            self.set.extend(incoming);
+            let Poll::Ready(Some((id, outcome))) = self.set.poll_next_unpin(cx) else {
+                // Children spawned from inside children during that poll are picked up here.
+                if self.shared.state.borrow().incoming.is_empty() {
+                    return;
+                }
+                continue;
+            };
+            self.record(id, outcome);
+        }
+    }
+
+    fn record(&self, id: u64, outcome: ChildOutcome<T, E>) {
+        let now = self.shared.rt.now();
+        let cancelled = self.shared.token.is_cancelled();
+        let (reason, wakers) = {
+            let mut state = self.shared.state.borrow_mut();
+            let Some(spawned_at) = state.running.remove(&id) else {
+                return;
+            };
+            let reason = state
+                .ledger
+                .record(ChildId(id), outcome, spawned_at, now, cancelled);
+            if reason.is_some() {
+                state.closed = true;
+            }
+            (reason, std::mem::take(&mut state.spawners))
+        };
+        if let Some(reason) = reason {
+            self.shared.token.cancel(reason);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Drops every child still running, recording each as aborted.
+    fn abort_all(&mut self) {
+        self.set.clear();
+        let mut state = self.shared.state.borrow_mut();
+        state.incoming.clear();
+        let now = self.shared.rt.now();
+        let mut left: Vec<_> = state.running.drain().collect();
+        left.sort_unstable_by_key(|&(id, _)| id);
+        for (id, spawned_at) in left {
+            state
+                .ledger
+                .record(ChildId(id), ChildOutcome::Aborted, spawned_at, now, true);
+        }
+    }
+}
+
+impl<T, E, R> Drop for LocalScope<T, E, R> {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.shared.token.cancel("scope dropped without being joined");
+            self.shared.state.borrow_mut().closed = true;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What a scope tells its owner: how each child ended, and the scope as a whole.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::rt::Panic;
+use crate::task::Reason;
+
+/// Identifies a child within its scope: the order in which it was spawned, from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChildId(pub(crate) u64);
+
+impl ChildId {
+    /// The spawn order, from 0.
+    pub fn index(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ChildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "child #{}", self.0)
+    }
+}
+
+/// How a child's future ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ChildOutcome<T, E> {
+    /// It returned `Ok`.
+    Ok(T),
+    /// It returned `Err`.
+    Err(E),
+    /// It panicked; the payload is kept.
+    Panicked(Panic),
+    /// It ignored the scope's cancellation past the grace period and was aborted (dropped).
+    Aborted,
+}
+
+impl<T, E> ChildOutcome<T, E> {
+    /// Whether this outcome counts as a failure for [`FailurePolicy::FailFast`].
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Err(_) | Self::Panicked(_))
+    }
+
+    /// The value, if the child returned `Ok`.
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Self::Ok(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// When a child ended relative to the scope's cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ending {
+    /// It ended on its own, before the scope was cancelled.
+    Finished,
+    /// It returned (or panicked) after the scope was cancelled, within the grace period.
+    AfterCancel {
+        /// From the cancellation to its end: how long it took to stop.
+        took: Duration,
+    },
+    /// It was still running at the end of the grace period and was aborted.
+    Aborted {
+        /// From the cancellation to the completed abort.
+        took: Duration,
+    },
+}
+
+/// One child's end: its outcome, how long it ran, and how it stopped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ChildReport<T, E> {
+    /// Which child.
+    pub id: ChildId,
+    /// What it returned.
+    pub outcome: ChildOutcome<T, E>,
+    /// From its spawn to its end.
+    pub ran_for: Duration,
+    /// Whether it ended on its own, after the cancellation, or by abort.
+    pub ending: Ending,
+}
+
+/// What to do when a child fails (returns `Err` or panics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// The first failure cancels the scope with a reason naming the child: siblings see the
+    /// token cancelled, new spawns are refused, and a join aborts stragglers after the grace
+    /// period.
+    #[default]
+    FailFast,
+    /// Failures are recorded; the siblings go on.
+    CollectAll,
+}
+
+/// Everything a closed scope knows: the children whose reports were not taken through
+/// `next`, and counts over the scope's whole life.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ScopeReport<T, E> {
+    /// Reports not yet taken with `next`, in the order the children ended.
+    pub children: Vec<ChildReport<T, E>>,
+    /// Children spawned over the scope's life.
+    pub spawned: u64,
+    /// Children that returned `Ok` (including reports dropped by `discard_ok`).
+    pub succeeded: u64,
+    /// Children that returned `Err`.
+    pub failed: u64,
+    /// Children that panicked.
+    pub panicked: u64,
+    /// Children aborted after the grace period.
+    pub aborted: u64,
+    /// Why the scope was cancelled, if it was: a fail-fast failure or the owner's reason.
+    pub cancel_reason: Option<Reason>,
+}
+
+impl<T, E> ScopeReport<T, E> {
+    /// Every spawned child is in exactly one count: `spawned = succeeded + failed + panicked
+    /// + aborted`, once the scope is closed.
+    pub fn is_balanced(&self) -> bool {
+        self.spawned == self.succeeded + self.failed + self.panicked + self.aborted
+    }
+}
+
+/// Why a spawn did not happen: the future comes back, unpolled.
+#[non_exhaustive]
+pub enum SpawnError<F> {
+    /// The scope is at its limit (only from `try_spawn`).
+    Full(F),
+    /// The scope is closed or cancelled (joined, shut down, or failed fast).
+    Closed(F),
+}
+
+impl<F> SpawnError<F> {
+    /// The future, handed back.
+    pub fn into_future(self) -> F {
+        match self {
+            Self::Full(future) | Self::Closed(future) => future,
+        }
+    }
+}
+
+impl<F> fmt::Debug for SpawnError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "Full(..)",
+            Self::Closed(_) => "Closed(..)",
+        })
+    }
+}
+
+impl<F> fmt::Display for SpawnError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "the scope is at its limit of running children",
+            Self::Closed(_) => "the scope is closed or cancelled",
+        })
+    }
+}
+
+impl<F> std::error::Error for SpawnError<F> {}

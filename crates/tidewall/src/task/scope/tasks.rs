@@ -1,0 +1,488 @@
+//! [`Scope`]: children as runtime tasks, joined before the scope closes.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+
+use super::builder::ScopeBuilder;
+use super::ledger::Ledger;
+use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
+use crate::rt::{DefaultRuntime, JoinHandle, Panic, Runtime, TaskHandle, instant_after};
+use crate::task::{CancellationToken, Reason};
+
+struct Running<R: Runtime> {
+    /// `None` between the slot's reservation and the spawn's return.
+    handle: Option<JoinHandle<R, ()>>,
+    spawned_at: Instant,
+}
+
+struct State<T, E, R: Runtime> {
+    running: HashMap<u64, Running<R>>,
+    next_id: u64,
+    closed: bool,
+    /// Set once the grace period is over: handles stored from now on are aborted at once.
+    aborting: bool,
+    ledger: Ledger<T, E>,
+    spawners: Vec<Waker>,
+    owner: Option<Waker>,
+}
+
+struct Shared<T, E, R: Runtime> {
+    rt: R,
+    limit: Option<usize>,
+    grace: Duration,
+    token: CancellationToken,
+    state: Mutex<State<T, E, R>>,
+}
+
+impl<T, E, R: Runtime> Shared<T, E, R> {
+    fn state(&self) -> MutexGuard<'_, State<T, E, R>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.
+    fn finish(&self, id: u64, outcome: ChildOutcome<T, E>) {
+        let now = self.rt.now();
+        let cancelled = self.token.is_cancelled();
+        let (reason, wakers) = {
+            let mut state = self.state();
+            let Some(running) = state.running.remove(&id) else {
+                return;
+            };
+            let reason = state
+                .ledger
+                .record(ChildId(id), outcome, running.spawned_at, now, cancelled);
+            if reason.is_some() {
+                state.closed = true;
+            }
+            let mut wakers = std::mem::take(&mut state.spawners);
+            wakers.extend(state.owner.take());
+            (reason, wakers)
+            // `running.handle` (this very task's handle) is dropped here: detaching is fine.
+        };
+        if let Some(reason) = reason {
+            self.token.cancel(reason);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Records the child's end when it completes, and as [`ChildOutcome::Aborted`] when its task
+/// is dropped unfinished (aborted, or its runtime shut down).
+struct ChildGuard<T, E, R: Runtime> {
+    shared: Arc<Shared<T, E, R>>,
+    id: u64,
+    finished: bool,
+}
+
+impl<T, E, R: Runtime> ChildGuard<T, E, R> {
+    fn finish(mut self, outcome: ChildOutcome<T, E>) {
+        self.finished = true;
+        self.shared.finish(self.id, outcome);
+    }
+}
+
+impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.finish(self.id, ChildOutcome::Aborted);
+        }
+    }
+}
+
+/// A structured-concurrency scope: children run as tasks on the runtime, and the scope does
+/// not close before every one of them has ended.
+///
+/// * **Spawning from anywhere**: [`spawner`](Self::spawner) hands out cloneable [`Spawner`]s
+///   (children can spawn siblings). With a [`limit`](ScopeBuilder::limit), `spawn` waits for
+///   a free slot and `try_spawn` hands the future back.
+/// * **Results as they complete**: [`next`](Self::next). A finished child's task is released
+///   at once (unlike a `JoinSet`, which keeps each finished task until joined); only its
+///   report is kept, and [`discard_ok`](ScopeBuilder::discard_ok) drops successful ones too.
+/// * **Failures**: with [`FailurePolicy::FailFast`](super::FailurePolicy::FailFast) the first
+///   `Err` or panic cancels the scope's [`token`](Self::token) with a reason naming the child;
+///   with `CollectAll` the siblings go on. A panic is caught and reported as a value.
+/// * **Closing**: [`join`](Self::join) waits for every child, including those that children
+///   spawn meanwhile, and closes the scope to new spawns once the last one has ended;
+///   [`shutdown`](Self::shutdown) cancels with a reason, gives the children a grace period,
+///   aborts the rest, waits until the aborted tasks are gone, and reports each child.
+///   Dropping a scope without closing it cancels its token and aborts every child.
+///
+/// Children learn of cancellation through the scope's token, which they clone in.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::task::{ChildOutcome, Scope};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut scope = Scope::builder().limit(2).build::<u32, &str>()?;
+/// for n in 0..4 {
+///     scope.spawn(async move { if n == 3 { Err("bad input") } else { Ok(n * 10) } }).await?;
+/// }
+/// let token = scope.token();
+/// scope.spawn(async move {
+///     token.cancelled().await; // a sibling that stops when told to
+///     Ok(99)
+/// }).await?;
+/// let report = scope.join().await;
+/// assert_eq!((report.succeeded, report.failed), (4, 1));
+/// assert_eq!(report.cancel_reason.unwrap().as_str(), "child #3 returned an error");
+/// assert!(report.is_balanced());
+/// # Ok(()) }
+/// ```
+pub struct Scope<T, E, R: Runtime = DefaultRuntime> {
+    spawner: Spawner<T, E, R>,
+    closed: bool,
+}
+
+/// A cloneable handle that spawns children into a [`Scope`].
+pub struct Spawner<T, E, R: Runtime = DefaultRuntime> {
+    shared: Arc<Shared<T, E, R>>,
+}
+
+impl<T, E, R: Runtime> Clone for Spawner<T, E, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, E, R: Runtime> std::fmt::Debug for Spawner<T, E, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state();
+        f.debug_struct("Spawner")
+            .field("running", &state.running.len())
+            .field("closed", &state.closed)
+            .field("limit", &self.shared.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E, R: Runtime> std::fmt::Debug for Scope<T, E, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Scope").field(&self.spawner).finish()
+    }
+}
+
+impl Scope<(), ()> {
+    /// Starts configuring a scope (on the default runtime; fail-fast, no limit, a 5 s grace).
+    pub fn builder() -> ScopeBuilder {
+        ScopeBuilder::new()
+    }
+}
+
+impl<T, E, R> Spawner<T, E, R>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    R: Runtime,
+{
+    /// Spawns `future` as a child, first waiting for a free slot when the scope has a limit.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] with the future, unpolled, when the scope is closed or
+    /// cancelled (also while waiting).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future before it resolves spawns nothing (and drops `future`).
+    pub async fn spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let mut future = Some(future);
+        poll_fn(|cx| {
+            let pending = future.take().expect("polled after completion");
+            match self.admit(Some(cx.waker())) {
+                Admission::Admitted(id) => Poll::Ready(Ok(self.launch(id, pending))),
+                Admission::Closed => Poll::Ready(Err(SpawnError::Closed(pending))),
+                Admission::Full => {
+                    future = Some(pending);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Spawns `future` as a child if a slot is free now.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Full`] at the limit, [`SpawnError::Closed`] when closed or cancelled;
+    /// either way the future comes back unpolled.
+    pub fn try_spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        match self.admit(None) {
+            Admission::Admitted(id) => Ok(self.launch(id, future)),
+            Admission::Closed => Err(SpawnError::Closed(future)),
+            Admission::Full => Err(SpawnError::Full(future)),
+        }
+    }
+
+    /// The scope's token: clone it into children so they can stop when the scope is
+    /// cancelled, and read why.
+    pub fn token(&self) -> CancellationToken {
+        self.shared.token.clone()
+    }
+
+    /// Children running now (including those whose spawn is in progress).
+    pub fn running(&self) -> usize {
+        self.shared.state().running.len()
+    }
+
+    fn admit(&self, waiter: Option<&Waker>) -> Admission {
+        let mut state = self.shared.state();
+        if state.closed || self.shared.token.is_cancelled() {
+            return Admission::Closed;
+        }
+        if self.shared.limit.is_some_and(|limit| state.running.len() >= limit) {
+            if let Some(waker) = waiter {
+                if !state.spawners.iter().any(|w| w.will_wake(waker)) {
+                    state.spawners.push(waker.clone());
+                }
+            }
+            return Admission::Full;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.ledger.spawned += 1;
+        let spawned_at = self.shared.rt.now();
+        state.running.insert(
+            id,
+            Running {
+                handle: None,
+                spawned_at,
+            },
+        );
+        Admission::Admitted(id)
+    }
+
+    fn launch<F>(&self, id: u64, future: F) -> ChildId
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let guard = ChildGuard {
+            shared: Arc::clone(&self.shared),
+            id,
+            finished: false,
+        };
+        let handle = self.shared.rt.spawn(async move {
+            let outcome = match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(Ok(value)) => ChildOutcome::Ok(value),
+                Ok(Err(error)) => ChildOutcome::Err(error),
+                Err(payload) => ChildOutcome::Panicked(Panic::new(payload)),
+            };
+            guard.finish(outcome);
+        });
+        let mut state = self.shared.state();
+        let aborting = state.aborting;
+        if let Some(running) = state.running.get_mut(&id) {
+            if aborting {
+                handle.abort();
+            }
+            running.handle = Some(handle);
+        }
+        // Otherwise the child has already finished: dropping the handle detaches nothing.
+        ChildId(id)
+    }
+}
+
+enum Admission {
+    Admitted(u64),
+    Full,
+    Closed,
+}
+
+impl<T, E, R> Scope<T, E, R>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    R: Runtime,
+{
+    pub(super) fn from_builder(builder: ScopeBuilder<R>) -> Self {
+        let token = builder.token();
+        let shared = Arc::new(Shared {
+            rt: builder.rt,
+            limit: builder.limit,
+            grace: builder.grace,
+            token,
+            state: Mutex::new(State {
+                running: HashMap::new(),
+                next_id: 0,
+                closed: false,
+                aborting: false,
+                ledger: Ledger::new(builder.policy, builder.keep_ok),
+                spawners: Vec::new(),
+                owner: None,
+            }),
+        });
+        Self {
+            spawner: Spawner { shared },
+            closed: false,
+        }
+    }
+
+    /// A cloneable spawner for this scope.
+    pub fn spawner(&self) -> Spawner<T, E, R> {
+        self.spawner.clone()
+    }
+
+    /// See [`Spawner::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] when the scope is cancelled.
+    pub async fn spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawner.spawn(future).await
+    }
+
+    /// See [`Spawner::try_spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Full`] or [`SpawnError::Closed`], with the future.
+    pub fn try_spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawner.try_spawn(future)
+    }
+
+    /// The scope's cancellation token (see [`Spawner::token`]).
+    pub fn token(&self) -> CancellationToken {
+        self.spawner.token()
+    }
+
+    /// Children running now.
+    pub fn running(&self) -> usize {
+        self.spawner.running()
+    }
+
+    /// Cancels the scope's token with `reason`; children see it, new spawns are refused.
+    pub fn cancel(&self, reason: impl Into<Reason>) {
+        self.spawner.shared.token.cancel(reason);
+    }
+
+    /// The next child to end, in completion order; `None` when no child is running and no
+    /// report is waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a report is removed only when it is returned.
+    pub async fn next(&mut self) -> Option<ChildReport<T, E>> {
+        poll_fn(|cx| {
+            let mut state = self.spawner.shared.state();
+            if let Some(report) = state.ledger.take_next() {
+                return Poll::Ready(Some(report));
+            }
+            if state.running.is_empty() {
+                return Poll::Ready(None);
+            }
+            state.owner = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits for every child (children may still spawn siblings meanwhile), then closes the
+    /// scope to new spawns. If the scope is (or becomes) cancelled,
+    /// children still running after the grace period are aborted and reported so.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the scope: its token is cancelled and every child aborted.
+    pub async fn join(mut self) -> ScopeReport<T, E> {
+        self.close().await
+    }
+
+    /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` for the
+    /// children to stop, aborts the rest, and waits until the aborted tasks are gone. The
+    /// report has each child's ending and how long it took to stop.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](Self::join).
+    pub async fn shutdown(mut self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+        self.spawner.shared.token.cancel(reason);
+        self.close_within(grace).await
+    }
+
+    async fn close(&mut self) -> ScopeReport<T, E> {
+        let grace = self.spawner.shared.grace;
+        self.close_within(grace).await
+    }
+
+    async fn close_within(&mut self, grace: Duration) -> ScopeReport<T, E> {
+        let shared = Arc::clone(&self.spawner.shared);
+        if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
+            let cancelled_at = shared.state().ledger.note_cancel(shared.rt.now());
+            let deadline = instant_after(cancelled_at, grace);
+        if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
+                self.abort_all();
+                self.all_ended().await;
+            }
+        }
+        self.closed = true;
+        let reason = shared.token.reason();
+        let mut state = shared.state();
+        let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
+        ledger.into_report(reason)
+    }
+
+    fn all_ended(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx: &mut Context<'_>| {
+            let mut state = self.spawner.shared.state();
+            if state.running.is_empty() {
+                // Only the owner's join gets here: from now on the scope is closed, so no
+                // child can start after the join has seen the last one end.
+                state.closed = true;
+                Poll::Ready(())
+            } else {
+                state.owner = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    fn abort_all(&self) {
+        let mut state = self.spawner.shared.state();
+        state.aborting = true;
+        for running in state.running.values() {
+            if let Some(handle) = &running.handle {
+                handle.abort();
+            }
+        }
+    }
+}
+
+impl<T, E, R: Runtime> Drop for Scope<T, E, R> {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let shared = &self.spawner.shared;
+        shared.token.cancel("scope dropped without being joined");
+        let mut state = shared.state();
+        state.closed = true;
+        state.aborting = true;
+        for running in state.running.values() {
+            if let Some(handle) = &running.handle {
+                handle.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Structured concurrency: limits, failure policies, panics, two-phase shutdown and the local
+//! variant, on every runtime with virtual time.
+
+mod common;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use tidewall::ConfigError;
+use tidewall::rt::Runtime;
+use tidewall::task::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
+use tidewall::testing::Clocked;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn limit_bounds_running_children<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .limit(3)
+        .build::<u64, ()>()
+        .unwrap();
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let start = rt.now();
+    for n in 0..12u64 {
+        let (rt, running, peak) = (rt.clone(), Arc::clone(&running), Arc::clone(&peak));
+        scope
+            .spawn(async move {
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                rt.sleep(ms(10)).await;
+                running.fetch_sub(1, SeqCst);
+                Ok(n)
+            })
+            .await
+            .unwrap();
+    }
+    // 12 children of 10 ms, 3 at a time: the last spawn waited for three rounds.
+    assert_eq!(rt.now() - start, ms(30));
+    assert!(matches!(
+        scope.try_spawn(async { Ok(0) }),
+        Err(SpawnError::Full(_))
+    ));
+    let report = scope.join().await;
+    assert_eq!(peak.load(SeqCst), 3);
+    assert_eq!(rt.now() - start, ms(40));
+    assert_eq!((report.spawned, report.succeeded), (12, 12));
+    let mut values: Vec<u64> = report
+        .children
+        .into_iter()
+        .filter_map(|c| c.outcome.ok())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_limit_makes_spawn_wait_for_a_free_slot_on_every_runtime() {
+    on_every_runtime!(limit_bounds_running_children);
+}
+
+/// Child 1 fails at 10 ms; child 0 stops 5 ms after the cancel; child 2 ignores it.
+async fn fail_fast_cancels_siblings_then_aborts_stragglers<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .grace(ms(100))
+        .build::<&str, &str>()
+        .unwrap();
+    let start = rt.now();
+    let stubborn_dropped = Arc::new(AtomicBool::new(false));
+    let (token, rt0) = (scope.token(), rt.clone());
+    scope
+        .spawn(async move {
+            token.cancelled().await;
+            rt0.sleep(ms(5)).await;
+            Ok("cooperative")
+        })
+        .await
+        .unwrap();
+    let rt1 = rt.clone();
+    scope
+        .spawn(async move {
+            rt1.sleep(ms(10)).await;
+            Err("disk full")
+        })
+        .await
+        .unwrap();
+    let (rt2, on_drop) = (rt.clone(), SetOnDrop(Arc::clone(&stubborn_dropped)));
+    scope
+        .spawn(async move {
+            let _on_drop = on_drop;
+            rt2.sleep(ms(10_000)).await;
+            Ok("stubborn")
+        })
+        .await
+        .unwrap();
+    let report = scope.join().await;
+    assert_eq!(rt.now() - start, ms(110), "failure at 10 ms + 100 ms grace");
+    assert!(stubborn_dropped.load(SeqCst));
+    assert_eq!(
+        report.cancel_reason.as_ref().unwrap().as_str(),
+        "child #1 returned an error"
+    );
+    assert_eq!(
+        (report.succeeded, report.failed, report.aborted),
+        (1, 1, 1)
+    );
+    assert!(report.is_balanced());
+    let endings: Vec<_> = report
+        .children
+        .iter()
+        .map(|c| (c.id.index(), c.ending))
+        .collect();
+    assert_eq!(
+        endings,
+        [
+            (1, Ending::Finished),
+            (0, Ending::AfterCancel { took: ms(5) }),
+            (2, Ending::Aborted { took: ms(100) }),
+        ]
+    );
+    assert!(matches!(report.children[0].outcome, ChildOutcome::Err("disk full")));
+    assert!(matches!(report.children[2].outcome, ChildOutcome::Aborted));
+    assert_eq!(report.children[2].ran_for, ms(110));
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+#[test]
+fn fail_fast_cancels_with_a_reason_and_aborts_at_the_grace_deadline_on_every_runtime() {
+    on_every_runtime!(fail_fast_cancels_siblings_then_aborts_stragglers);
+}
+
+async fn panics_are_values_and_collect_all_goes_on<R: Runtime>(rt: Clocked<R>) {
+    let mut scope = Scope::builder()
+        .runtime(rt.clone())
+        .policy(FailurePolicy::CollectAll)
+        .build::<u32, String>()
+        .unwrap();
+    for n in 0..6u32 {
+        let rt = rt.clone();
+        scope
+            .spawn(async move {
+                rt.sleep(ms(u64::from(10 - n))).await;
+                match n {
+                    2 => panic!("child two exploded"),
+                    4 => Err(format!("child {n} refused")),
+                    _ => Ok(n),
+                }
+            })
+            .await
+            .unwrap();
+    }
+    // Completion order: the shortest sleep first.
+    let mut order = Vec::new();
+    while let Some(child) = scope.next().await {
+        order.push(child.id.index());
+        match (child.id.index(), child.outcome) {
+            (2, ChildOutcome::Panicked(panic)) => {
+                assert_eq!(panic.message(), Some("child two exploded"));
+            }
+            (4, ChildOutcome::Err(message)) => assert_eq!(message, "child 4 refused"),
+            (n, ChildOutcome::Ok(value)) => assert_eq!(u64::from(value), n),
+            (n, other) => panic!("child {n}: unexpected {other:?}"),
+        }
+        assert_eq!(child.ending, Ending::Finished);
+    }
+    assert_eq!(order, [5, 4, 3, 2, 1, 0]);
+    let report = scope.join().await;
+    assert!(report.children.is_empty(), "all taken through next");
+    assert_eq!(
+        (report.succeeded, report.failed, report.panicked),
+        (4, 1, 1)
+    );
+    assert!(report.cancel_reason.is_none());
+}
+
+#[test]
+fn panics_surface_as_values_and_collect_all_keeps_going_on_every_runtime() {
+    on_every_runtime!(panics_are_values_and_collect_all_goes_on);
+}
+
+async fn fail_fast_on_panic_names_the_child<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<(), ()>()
+        .unwrap();
+    scope
+        .spawn(async { panic!("invariant broken") })
+        .await
+        .unwrap();
+    let report = scope.join().await;
+    assert_eq!(
+        report.cancel_reason.unwrap().as_str(),
+        "child #0 panicked: invariant broken"
+    );
+    assert_eq!(report.panicked, 1);
+}
+
+#[test]
+fn a_panic_fails_fast_with_its_message_on_every_runtime() {
+    on_every_runtime!(fail_fast_on_panic_names_the_child);
+}
+
+async fn shutdown_is_two_phase_and_refuses_new_spawns<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<u32, ()>()
+        .unwrap();
+    let spawner = scope.spawner();
+    for stop_after in [0u64, 20, 40, 10_000] {
+        let (rt, token) = (rt.clone(), spawner.token());
+        spawner
+            .spawn(async move {
+                if stop_after < 10_000 {
+                    token.cancelled().await;
+                }
+                rt.sleep(ms(stop_after)).await;
+                Ok(1)
+            })
+            .await
+            .unwrap();
+    }
+    rt.sleep(ms(5)).await;
+    let start = rt.now();
+    let report = scope.shutdown("deploy", ms(30)).await;
+    assert_eq!(rt.now() - start, ms(30));
+    assert_eq!(report.cancel_reason.as_ref().unwrap().as_str(), "deploy");
+    let endings: Vec<_> = report.children.iter().map(|c| c.ending).collect();
+    assert_eq!(
+        endings,
+        [
+            Ending::AfterCancel { took: ms(0) },
+            Ending::AfterCancel { took: ms(20) },
+            Ending::Aborted { took: ms(30) },
+            Ending::Aborted { took: ms(30) },
+        ]
+    );
+    assert!(report.is_balanced());
+    // The spawner outlives the scope: it hands futures back.
+    let refused = spawner.try_spawn(async { Ok(7) });
+    assert!(matches!(refused, Err(SpawnError::Closed(_))));
+    assert!(matches!(
+        spawner.spawn(async { Ok(7) }).await,
+        Err(SpawnError::Closed(_))
+    ));
+}
+
+#[test]
+fn shutdown_cancels_waits_the_grace_then_aborts_and_reports_on_every_runtime() {
+    on_every_runtime!(shutdown_is_two_phase_and_refuses_new_spawns);
+}
+
+async fn children_spawn_siblings_and_ok_results_can_be_discarded<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .discard_ok()
+        .policy(FailurePolicy::CollectAll)
+        .build::<u64, u64>()
+        .unwrap();
+    let spawner = scope.spawner();
+    for n in 0..10u64 {
+        let (rt, inner) = (rt.clone(), spawner.clone());
+        spawner
+            .spawn(async move {
+                rt.sleep(ms(n)).await;
+                // Every child spawns a grandchild from inside the scope.
+                inner
+                    .spawn(async move { if n == 7 { Err(n) } else { Ok(n) } })
+                    .await
+                    .map_err(|_| n)?;
+                Ok(n)
+            })
+            .await
+            .unwrap();
+    }
+    let report = scope.join().await;
+    assert_eq!((report.spawned, report.succeeded, report.failed), (20, 19, 1));
+    assert_eq!(report.children.len(), 1, "only the failure is kept");
+    assert!(matches!(report.children[0].outcome, ChildOutcome::Err(7)));
+}
+
+#[test]
+fn spawners_work_from_inside_children_and_discard_ok_keeps_nothing_on_every_runtime() {
+    on_every_runtime!(children_spawn_siblings_and_ok_results_can_be_discarded);
+}
+
+async fn dropping_a_scope_aborts_its_children<R: Runtime>(rt: Clocked<R>) {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<(), ()>()
+        .unwrap();
+    let token = scope.token();
+    let (rt2, on_drop) = (rt.clone(), SetOnDrop(Arc::clone(&dropped)));
+    scope
+        .spawn(async move {
+            let _on_drop = on_drop;
+            rt2.sleep(ms(10_000)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    drop(scope);
+    rt.sleep(ms(1)).await;
+    assert!(dropped.load(SeqCst));
+    assert!(token.is_cancelled());
+}
+
+#[test]
+fn dropping_an_unjoined_scope_cancels_and_aborts_on_every_runtime() {
+    on_every_runtime!(dropping_a_scope_aborts_its_children);
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    let zero = Scope::builder().limit(0).build::<(), ()>();
+    assert_eq!(zero.unwrap_err(), ConfigError::Zero { field: "limit" });
+    let huge = Scope::builder().grace(Duration::MAX).build::<(), ()>();
+    assert_eq!(
+        huge.unwrap_err(),
+        ConfigError::DurationOverflow { field: "grace" }
+    );
+}
+
+/// The local scope: `Rc` children, a limit, fail-fast, a stubborn child aborted at the grace
+/// deadline. Run inside a tokio `LocalSet`, a smol `LocalExecutor` and a plain `block_on`.
+async fn local_scope_scenario<R: Runtime>(rt: Clocked<R>) {
+    let mut scope = Scope::builder()
+        .runtime(rt.clone())
+        .limit(2)
+        .grace(ms(50))
+        .build_local::<usize, &str>()
+        .unwrap();
+    let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let start = rt.now();
+    for n in 0..4usize {
+        let (rt, log, token) = (rt.clone(), Rc::clone(&log), scope.token());
+        scope
+            .spawn(async move {
+                if n == 3 {
+                    rt.sleep(ms(10_000)).await; // ignores cancellation
+                }
+                token.run_until_cancelled(rt.sleep(ms(10))).await;
+                log.borrow_mut().push(n);
+                if n == 2 { Err("two failed") } else { Ok(n) }
+            })
+            .await
+            .unwrap();
+    }
+    // Children 0 and 1 ran first (limit 2); 2 and 3 started at 10 ms.
+    assert_eq!(rt.now() - start, ms(10));
+    let report = scope.join().await;
+    assert_eq!(rt.now() - start, ms(70), "failure at 20 ms + 50 ms grace");
+    assert_eq!(*log.borrow(), [0, 1, 2]);
+    assert_eq!(
+        report.cancel_reason.unwrap().as_str(),
+        "child #2 returned an error"
+    );
+    assert_eq!(
+        (report.succeeded, report.failed, report.aborted),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        report.children.last().unwrap().ending,
+        Ending::Aborted { took: ms(50) }
+    );
+}
+
+#[test]
+fn local_scope_in_a_tokio_local_set() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = Clocked::new(tidewall::rt::Tokio);
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, rt.drive(local_scope_scenario(rt.clone())));
+}
+
+#[test]
+fn local_scope_in_a_smol_local_executor() {
+    let runtime = tidewall::rt::SmolRuntime::single_threaded();
+    let rt = Clocked::new(runtime.handle());
+    let local = smol::LocalExecutor::new();
+    runtime.block_on(local.run(rt.drive(local_scope_scenario(rt.clone()))));
+}
+
+#[test]
+fn local_scope_under_async_std_block_on() {
+    let rt = Clocked::new(tidewall::rt::AsyncStd);
+    async_std::task::block_on(rt.drive(local_scope_scenario(rt.clone())));
+}
