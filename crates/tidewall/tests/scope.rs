@@ -104,10 +104,7 @@ async fn fail_fast_cancels_siblings_then_aborts_stragglers<R: Runtime>(rt: Clock
         report.cancel_reason.as_ref().unwrap().as_str(),
         "child #1 returned an error"
     );
-    assert_eq!(
-        (report.succeeded, report.failed, report.aborted),
-        (1, 1, 1)
-    );
+    assert_eq!((report.succeeded, report.failed, report.aborted), (1, 1, 1));
     assert!(report.is_balanced());
     let endings: Vec<_> = report
         .children
@@ -122,7 +119,10 @@ async fn fail_fast_cancels_siblings_then_aborts_stragglers<R: Runtime>(rt: Clock
             (2, Ending::Aborted { took: ms(100) }),
         ]
     );
-    assert!(matches!(report.children[0].outcome, ChildOutcome::Err("disk full")));
+    assert!(matches!(
+        report.children[0].outcome,
+        ChildOutcome::Err("disk full")
+    ));
     assert!(matches!(report.children[2].outcome, ChildOutcome::Aborted));
     assert_eq!(report.children[2].ran_for, ms(110));
 }
@@ -284,7 +284,10 @@ async fn children_spawn_siblings_and_ok_results_can_be_discarded<R: Runtime>(rt:
             .unwrap();
     }
     let report = scope.join().await;
-    assert_eq!((report.spawned, report.succeeded, report.failed), (20, 19, 1));
+    assert_eq!(
+        (report.spawned, report.succeeded, report.failed),
+        (20, 19, 1)
+    );
     assert_eq!(report.children.len(), 1, "only the failure is kept");
     assert!(matches!(report.children[0].outcome, ChildOutcome::Err(7)));
 }
@@ -366,10 +369,7 @@ async fn local_scope_scenario<R: Runtime>(rt: Clocked<R>) {
         report.cancel_reason.unwrap().as_str(),
         "child #2 returned an error"
     );
-    assert_eq!(
-        (report.succeeded, report.failed, report.aborted),
-        (2, 1, 1)
-    );
+    assert_eq!((report.succeeded, report.failed, report.aborted), (2, 1, 1));
     assert_eq!(
         report.children.last().unwrap().ending,
         Ending::Aborted { took: ms(50) }

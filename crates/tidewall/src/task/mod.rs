@@ -30,12 +30,17 @@ mod cancel;
 mod periodic;
 mod pool;
 mod scope;
+mod supervisor;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
+pub use pool::{JobHandle, JobOutcome, ShutdownReport, SubmitError, Submitter, WorkerPool};
 pub use scope::{
     ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,
     LocalSpawner, Scope, ScopeBuilder, ScopeReport, SpawnError, Spawner,
 };
-pub use pool::{JobHandle, JobOutcome, ShutdownReport, SubmitError, Submitter, WorkerPool};
+pub use supervisor::{
+    ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Ended, Escalation, Exit, Restart, Stopped,
+    Strategy, Supervisor, SupervisorBuilder, SupervisorEvent, SupervisorReport,
+};

@@ -9,8 +9,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use super::builder::ScopeBuilder;
 use super::ledger::Ledger;
@@ -159,7 +159,11 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         if state.closed || self.shared.token.is_cancelled() {
             return Err(SpawnError::Closed(future));
         }
-        if self.shared.limit.is_some_and(|limit| state.running.len() >= limit) {
+        if self
+            .shared
+            .limit
+            .is_some_and(|limit| state.running.len() >= limit)
+        {
             if let Some(waker) = waiter {
                 if !state.spawners.iter().any(|w| w.will_wake(waker)) {
                     state.spawners.push(waker.clone());
@@ -297,7 +301,11 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     /// # Cancel safety
     ///
     /// As [`join`](Self::join).
-    pub async fn shutdown(mut self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+    pub async fn shutdown(
+        mut self,
+        reason: impl Into<Reason>,
+        grace: Duration,
+    ) -> ScopeReport<T, E> {
         self.shared.token.cancel(reason);
         self.close_within(grace).await
     }
@@ -305,7 +313,11 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     async fn close_within(&mut self, grace: Duration) -> ScopeReport<T, E> {
         let shared = Rc::clone(&self.shared);
         if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
-            let cancelled_at = shared.state.borrow_mut().ledger.note_cancel(shared.rt.now());
+            let cancelled_at = shared
+                .state
+                .borrow_mut()
+                .ledger
+                .note_cancel(shared.rt.now());
             let deadline = instant_after(cancelled_at, grace);
             if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
                 self.abort_all();
@@ -393,7 +405,9 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
 impl<T, E, R> Drop for LocalScope<T, E, R> {
     fn drop(&mut self) {
         if !self.closed {
-            self.shared.token.cancel("scope dropped without being joined");
+            self.shared
+                .token
+                .cancel("scope dropped without being joined");
             self.shared.state.borrow_mut().closed = true;
         }
     }

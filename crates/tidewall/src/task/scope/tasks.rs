@@ -54,9 +54,10 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
             let Some(running) = state.running.remove(&id) else {
                 return;
             };
-            let reason = state
-                .ledger
-                .record(ChildId(id), outcome, running.spawned_at, now, cancelled);
+            let reason =
+                state
+                    .ledger
+                    .record(ChildId(id), outcome, running.spawned_at, now, cancelled);
             if reason.is_some() {
                 state.closed = true;
             }
@@ -246,7 +247,11 @@ where
         if state.closed || self.shared.token.is_cancelled() {
             return Admission::Closed;
         }
-        if self.shared.limit.is_some_and(|limit| state.running.len() >= limit) {
+        if self
+            .shared
+            .limit
+            .is_some_and(|limit| state.running.len() >= limit)
+        {
             if let Some(waker) = waiter {
                 if !state.spawners.iter().any(|w| w.will_wake(waker)) {
                     state.spawners.push(waker.clone());
@@ -416,7 +421,11 @@ where
     /// # Cancel safety
     ///
     /// As [`join`](Self::join).
-    pub async fn shutdown(mut self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+    pub async fn shutdown(
+        mut self,
+        reason: impl Into<Reason>,
+        grace: Duration,
+    ) -> ScopeReport<T, E> {
         self.spawner.shared.token.cancel(reason);
         self.close_within(grace).await
     }
@@ -431,7 +440,7 @@ where
         if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
             let cancelled_at = shared.state().ledger.note_cancel(shared.rt.now());
             let deadline = instant_after(cancelled_at, grace);
-        if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
+            if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
                 self.abort_all();
                 self.all_ended().await;
             }

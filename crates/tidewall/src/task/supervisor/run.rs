@@ -1,0 +1,393 @@
+//! The supervisor's loop: start, watch, restart within the intensity, stop in reverse.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tidewall_core::backoff::{Backoff, DelayState};
+
+use super::builder::{EventHook, Strategy, SupervisorBuilder};
+use super::report::{Ended, Escalation, Exit, Stopped, SupervisorEvent, SupervisorReport};
+use super::spec::{ChildError, ChildSpec, Restart};
+use crate::rt::{DefaultRuntime, JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
+use crate::task::CancellationToken;
+
+struct Running<R: Runtime> {
+    handle: JoinHandle<R, Result<(), ChildError>>,
+    stop: CancellationToken,
+    started_at: Instant,
+}
+
+struct Slot<R: Runtime> {
+    spec: ChildSpec,
+    running: Option<Running<R>>,
+    /// When a scheduled restart is due.
+    restart_at: Option<Instant>,
+    /// Temporary children that ended, transient ones that ended normally: never started again.
+    retired: bool,
+    backoff: DelayState,
+    runs: u64,
+}
+
+/// An OTP-style supervisor: starts its children in order, restarts them by [`Strategy`] and
+/// [`Restart`] kind with a jittered backoff, fails and escalates when restarts exceed the
+/// intensity, and stops its children in reverse start order, each within its own shutdown
+/// timeout.
+///
+/// Supervisors nest: [`ChildSpec::supervisor`] makes one a child of another, so an escalation
+/// is a failure of that child in its parent.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use tidewall::task::{CancellationToken, ChildSpec, Supervisor};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let starts = Arc::new(AtomicU32::new(0));
+/// let counter = Arc::clone(&starts);
+/// let supervisor = Supervisor::builder()
+///     .intensity(2, Duration::from_secs(10))
+///     .child(ChildSpec::new("flaky", move |_stop| {
+///         counter.fetch_add(1, Ordering::SeqCst);
+///         async { Err::<(), _>("connection reset") }
+///     }))
+///     .build()?;
+/// let escalation = supervisor.run(CancellationToken::new()).await.unwrap_err();
+/// assert_eq!(&*escalation.child, "flaky");
+/// assert_eq!(starts.load(Ordering::SeqCst), 3); // the first run and two restarts
+/// # Ok(()) }
+/// ```
+pub struct Supervisor<R: Runtime = DefaultRuntime> {
+    rt: R,
+    strategy: Strategy,
+    max_restarts: u32,
+    period: Duration,
+    backoff: Backoff,
+    stable_after: Duration,
+    slots: Vec<Slot<R>>,
+    restarts: VecDeque<Instant>,
+    total_restarts: u64,
+    on_event: Option<EventHook>,
+    seed: u64,
+}
+
+impl<R: Runtime> std::fmt::Debug for Supervisor<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("strategy", &self.strategy)
+            .field("max_restarts", &self.max_restarts)
+            .field("period", &self.period)
+            .field("children", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// Starts configuring a supervisor on the default runtime.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::new()
+    }
+}
+
+impl ChildSpec {
+    /// A child that is itself a supervisor, built afresh by `make` at every (re)start; its
+    /// escalation is this child's failure.
+    pub fn supervisor<R, F>(name: impl Into<Arc<str>>, mut make: F) -> Self
+    where
+        R: Runtime,
+        F: FnMut() -> Supervisor<R> + Send + 'static,
+    {
+        Self::new(name, move |stop| {
+            let supervisor = make();
+            async move { supervisor.run(stop).await.map(drop) }
+        })
+    }
+}
+
+enum Event {
+    Stop,
+    Exited(usize, Exit),
+    RestartDue,
+}
+
+impl<R: Runtime> Supervisor<R> {
+    pub(super) fn from_builder(builder: SupervisorBuilder<R>, backoff: Backoff) -> Self {
+        let mut supervisor = Self {
+            rt: builder.rt,
+            strategy: builder.strategy,
+            max_restarts: builder.max_restarts,
+            period: builder.period,
+            backoff,
+            stable_after: builder.stable_after.unwrap_or(builder.period),
+            slots: Vec::new(),
+            restarts: VecDeque::new(),
+            total_restarts: 0,
+            on_event: builder.on_event,
+            seed: builder.seed.unwrap_or_else(crate::seed::fresh_seed),
+        };
+        for spec in builder.children {
+            let seed = supervisor.next_seed();
+            supervisor.slots.push(Slot {
+                spec,
+                running: None,
+                restart_at: None,
+                retired: false,
+                backoff: backoff.start(seed),
+                runs: 0,
+            });
+        }
+        supervisor
+    }
+
+    /// Starts the children and supervises them until `stop` is cancelled (then stops them
+    /// in reverse start order and returns the report), until no child is left to run, or
+    /// until the restart intensity is exceeded.
+    ///
+    /// # Errors
+    ///
+    /// [`Escalation`] when a child needed one restart more than the intensity allows; the
+    /// children have been stopped by then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the children's handles, which detaches them: cancel `stop`
+    /// and await the future instead, so that the children are stopped in order.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<SupervisorReport, Escalation> {
+        for index in 0..self.slots.len() {
+            self.start(index);
+        }
+        loop {
+            let due = self.slots.iter().filter_map(|s| s.restart_at).min();
+            match self.next_event(&stop, due).await {
+                Event::Stop => return Ok(self.stop_all(Ended::Stopped).await),
+                Event::RestartDue => self.start_due(),
+                Event::Exited(index, exit) => {
+                    if let Some(child) = self.on_exit(index, exit).await {
+                        let max_restarts = self.max_restarts;
+                        let period = self.period;
+                        self.emit(SupervisorEvent::Escalating {
+                            child: Arc::clone(&child),
+                        });
+                        let report = self.stop_all(Ended::Stopped).await;
+                        return Err(Escalation {
+                            child,
+                            max_restarts,
+                            period,
+                            report,
+                        });
+                    }
+                }
+            }
+            let idle = self
+                .slots
+                .iter()
+                .all(|s| s.running.is_none() && s.restart_at.is_none());
+            if idle {
+                return Ok(self.stop_all(Ended::NoChildrenLeft).await);
+            }
+        }
+    }
+
+    async fn next_event(&mut self, stop: &CancellationToken, due: Option<Instant>) -> Event {
+        let mut cancelled = std::pin::pin!(stop.cancelled());
+        let mut timer: Option<Pin<Box<R::Sleep>>> = due.map(|at| Box::pin(self.rt.sleep_until(at)));
+        poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            for (index, slot) in self.slots.iter_mut().enumerate() {
+                if let Some(running) = &mut slot.running {
+                    if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
+                        return Poll::Ready(Event::Exited(index, exit_of(result)));
+                    }
+                }
+            }
+            match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Event::RestartDue),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Handles a child's own exit. Returns the child's name if restarting it would exceed
+    /// the intensity.
+    async fn on_exit(&mut self, index: usize, exit: Exit) -> Option<Arc<str>> {
+        let now = self.rt.now();
+        let slot = &mut self.slots[index];
+        let running = slot
+            .running
+            .take()
+            .expect("an exit comes from a running child");
+        let name = Arc::clone(&slot.spec.name);
+        self.emit(SupervisorEvent::Exited {
+            child: Arc::clone(&name),
+            exit: exit.clone(),
+        });
+        let slot = &mut self.slots[index];
+        let restart = match slot.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => exit.is_failure(),
+            Restart::Temporary => false,
+        };
+        if !restart {
+            slot.retired = true;
+            return None;
+        }
+        // Intensity: restarts within the last `period`, this one included.
+        while self
+            .restarts
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) >= self.period)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= self.max_restarts as usize {
+            return Some(name);
+        }
+        self.restarts.push_back(now);
+        self.total_restarts += 1;
+        if now.saturating_duration_since(running.started_at) >= self.stable_after {
+            // Stable long enough: its backoff starts over (a new seed, so not the same delays).
+            let seed = self.next_seed();
+            self.slots[index].backoff = self.backoff.start(seed);
+        }
+        let slot = &mut self.slots[index];
+        let delay = self
+            .backoff
+            .next_delay(&mut slot.backoff)
+            .unwrap_or_else(|| self.backoff.max_delay_cap());
+        self.emit(SupervisorEvent::Restarting {
+            child: name,
+            delay,
+            restarts_in_period: u32::try_from(self.restarts.len()).unwrap_or(u32::MAX),
+        });
+        let group: Vec<usize> = match self.strategy {
+            Strategy::OneForOne => vec![index],
+            Strategy::OneForAll => (0..self.slots.len()).collect(),
+            Strategy::RestForOne => (index..self.slots.len()).collect(),
+        };
+        // Siblings taken down with it stop in reverse start order.
+        for &sibling in group.iter().rev().filter(|&&i| i != index) {
+            if let Some(how) = self.stop_one(sibling).await {
+                let child = Arc::clone(&self.slots[sibling].spec.name);
+                self.emit(SupervisorEvent::Stopped { child, how });
+            }
+        }
+        let at = instant_after(now, delay);
+        for i in group {
+            let slot = &mut self.slots[i];
+            if slot.spec.restart == Restart::Temporary && i != index {
+                slot.retired = true;
+            } else if !slot.retired {
+                slot.restart_at = Some(at);
+            }
+        }
+        None
+    }
+
+    /// Seeds for the children's jitter: a SplitMix64-style sequence from the supervisor's
+    /// seed, so a seeded supervisor restarts with the same delays on every run.
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.seed
+    }
+
+    fn start_due(&mut self) {
+        let now = self.rt.now();
+        for index in 0..self.slots.len() {
+            if self.slots[index].restart_at.is_some_and(|at| at <= now) {
+                self.slots[index].restart_at = None;
+                self.start(index);
+            }
+        }
+    }
+
+    fn start(&mut self, index: usize) {
+        let stop = CancellationToken::new();
+        let slot = &mut self.slots[index];
+        let child = (slot.spec.factory)(stop.clone());
+        slot.runs += 1;
+        slot.running = Some(Running {
+            handle: self.rt.spawn(child),
+            stop,
+            started_at: self.rt.now(),
+        });
+        let event = SupervisorEvent::Started {
+            child: Arc::clone(&slot.spec.name),
+            run: slot.runs,
+        };
+        self.emit(event);
+    }
+
+    /// Cancels a running child's token, waits its shutdown timeout, then aborts it.
+    async fn stop_one(&mut self, index: usize) -> Option<Stopped> {
+        let slot = &mut self.slots[index];
+        slot.restart_at = None;
+        let mut running = slot.running.take()?;
+        let reason = format!("supervisor stopping `{}`", slot.spec.name);
+        let timeout = slot.spec.shutdown_timeout;
+        running.stop.cancel(reason);
+        let cancelled_at = self.rt.now();
+        let deadline = instant_after(cancelled_at, timeout);
+        let mut timer = Box::pin(self.rt.sleep_until(deadline));
+        let in_time = poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
+                return Poll::Ready(Some(exit_of(result)));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        if let Some(exit) = in_time {
+            let took = self.rt.now().saturating_duration_since(cancelled_at);
+            return Some(Stopped::InTime { took, exit });
+        }
+        running.handle.abort();
+        let _ = (&mut running.handle).await;
+        let took = self.rt.now().saturating_duration_since(cancelled_at);
+        Some(Stopped::Aborted { took })
+    }
+
+    async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
+        let mut stopped = Vec::new();
+        for index in (0..self.slots.len()).rev() {
+            if let Some(how) = self.stop_one(index).await {
+                let child = Arc::clone(&self.slots[index].spec.name);
+                self.emit(SupervisorEvent::Stopped {
+                    child: Arc::clone(&child),
+                    how: how.clone(),
+                });
+                stopped.push((child, how));
+            }
+        }
+        SupervisorReport {
+            ended,
+            restarts: self.total_restarts,
+            stopped,
+        }
+    }
+
+    fn emit(&self, event: SupervisorEvent) {
+        #[cfg(feature = "tracing")]
+        tracing::info!(target: "tidewall::supervisor", event = ?event, "supervisor event");
+        if let Some(hook) = &self.on_event {
+            hook(&event);
+        }
+    }
+}
+
+fn exit_of(result: Result<Result<(), ChildError>, JoinError>) -> Exit {
+    match result {
+        Ok(Ok(())) => Exit::Normal,
+        Ok(Err(error)) => Exit::Failed(error.to_string()),
+        Err(JoinError::Panicked(panic)) => {
+            Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
+        }
+        Err(_) => Exit::Aborted,
+    }
+}
