@@ -58,6 +58,10 @@ impl Runtime for AsyncStd {
         let task = async_std::task::spawn_blocking(move || catching_blocking(work));
         AsyncStdJoinHandle { task, abort: None }
     }
+
+    fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
+        super::signal::portable_signals()
+    }
 }
 
 /// An `async-io` timer.

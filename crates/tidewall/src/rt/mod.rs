@@ -46,6 +46,7 @@ mod async_std;
 #[cfg(any(feature = "smol", feature = "async-std"))]
 mod catching;
 mod join;
+mod signal;
 #[cfg(feature = "smol")]
 mod smol;
 #[cfg(feature = "tokio")]
@@ -61,6 +62,7 @@ pub use self::smol::{Smol, SmolRuntime};
 #[cfg(feature = "tokio")]
 pub use self::tokio::Tokio;
 pub use join::{JoinError, Panic, TaskHandle};
+pub use signal::{ShutdownSignals, Signal};
 
 /// The runtime Tidewall types use when none is named: [`Tokio`] with the `tokio` feature.
 #[cfg(feature = "tokio")]
@@ -122,6 +124,18 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     where
         W: FnOnce() -> T + Send + 'static,
         T: Send + 'static;
+
+    /// Starts listening for SIGINT and SIGTERM (Ctrl-C only off Unix). The handlers are in
+    /// place when this returns, so a signal sent afterwards is never lost and no longer
+    /// terminates the process; the returned future completes at the first one.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if a handler cannot be installed, or [`std::io::ErrorKind::Unsupported`]
+    /// from an adapter that does not override this (the default).
+    fn shutdown_signals(&self) -> std::io::Result<ShutdownSignals> {
+        Err(signal::unsupported())
+    }
 }
 
 /// `now + duration`, saturating at roughly thirty years from now instead of panicking.

@@ -79,6 +79,10 @@ impl Runtime for Smol {
             abort: None,
         }
     }
+
+    fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
+        super::signal::portable_signals()
+    }
 }
 
 /// An `async-io` timer; completes at its deadline.

@@ -56,6 +56,10 @@ impl Runtime for Tokio {
     {
         TokioJoinHandle(tokio::task::spawn_blocking(work))
     }
+
+    fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
+        super::signal::tokio_signals()
+    }
 }
 
 pin_project_lite::pin_project! {

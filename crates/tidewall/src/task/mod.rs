@@ -30,15 +30,20 @@ mod cancel;
 mod periodic;
 mod pool;
 mod scope;
+mod shutdown;
 mod supervisor;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
-pub use pool::{JobHandle, JobOutcome, ShutdownReport, SubmitError, Submitter, WorkerPool};
+pub use pool::{JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool};
 pub use scope::{
     ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,
     LocalSpawner, Scope, ScopeBuilder, ScopeReport, SpawnError, Spawner,
+};
+pub use shutdown::{
+    Cause, ComponentEnd, ComponentReport, DEFAULT_DEADLINE, Shutdown, ShutdownBuilder,
+    ShutdownReport,
 };
 pub use supervisor::{
     ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Ended, Escalation, Exit, Restart, Stopped,

@@ -83,7 +83,7 @@ impl<T> Future for JobHandle<T> {
 /// What a shutdown found: every job ever submitted is in exactly one of these.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct ShutdownReport<J> {
+pub struct PoolReport<J> {
     /// Jobs submitted over the pool's life.
     pub submitted: u64,
     /// Jobs that ran to completion.
@@ -265,7 +265,7 @@ where
     ///
     /// **Cancel safety:** dropping the future mid-way leaves the pool closed and its workers
     /// running until the queue is empty (they are detached, not aborted).
-    pub async fn shutdown(self, drain: Duration) -> ShutdownReport<J> {
+    pub async fn shutdown(self, drain: Duration) -> PoolReport<J> {
         let (submitters, workers) = {
             let mut queue = self.shared.queue();
             queue.closed = true;
@@ -312,7 +312,7 @@ where
             shared.failed.fetch_add(aborted, Relaxed);
         }
         let handed_back: Vec<J> = shared.queue().jobs.drain(..).map(|(job, _)| job).collect();
-        ShutdownReport {
+        PoolReport {
             submitted: shared.submitted.load(Relaxed),
             completed: shared.completed.load(Relaxed),
             failed: shared.failed.load(Relaxed),

@@ -112,6 +112,11 @@ impl<R: Runtime> Runtime for Clocked<R> {
             mark: None,
         }
     }
+
+    fn shutdown_signals(&self) -> std::io::Result<crate::rt::ShutdownSignals> {
+        // Signals are real-time events: listen through the wrapped runtime.
+        self.inner.shutdown_signals()
+    }
 }
 
 /// The handle of a task spawned through [`Clocked`].

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use tidewall_core::backoff::{Backoff, DelayState};
 
 use super::builder::{EventHook, Strategy, SupervisorBuilder};
-use super::report::{Ended, Escalation, Exit, Stopped, SupervisorEvent, SupervisorReport};
+use super::report::{Ended, Escalation, Stopped, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildError, ChildSpec, Restart};
-use crate::rt::{DefaultRuntime, JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
+use crate::rt::{DefaultRuntime, JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::CancellationToken;
+use crate::task::shutdown::exit_of;
 
 struct Running<R: Runtime> {
     handle: JoinHandle<R, Result<(), ChildError>>,
@@ -111,7 +112,7 @@ impl ChildSpec {
 
 enum Event {
     Stop,
-    Exited(usize, Exit),
+    Exited(usize, super::report::Exit),
     RestartDue,
 }
 
@@ -217,7 +218,7 @@ impl<R: Runtime> Supervisor<R> {
 
     /// Handles a child's own exit. Returns the child's name if restarting it would exceed
     /// the intensity.
-    async fn on_exit(&mut self, index: usize, exit: Exit) -> Option<Arc<str>> {
+    async fn on_exit(&mut self, index: usize, exit: super::report::Exit) -> Option<Arc<str>> {
         let now = self.rt.now();
         let slot = &mut self.slots[index];
         let running = slot
@@ -378,16 +379,5 @@ impl<R: Runtime> Supervisor<R> {
         if let Some(hook) = &self.on_event {
             hook(&event);
         }
-    }
-}
-
-fn exit_of(result: Result<Result<(), ChildError>, JoinError>) -> Exit {
-    match result {
-        Ok(Ok(())) => Exit::Normal,
-        Ok(Err(error)) => Exit::Failed(error.to_string()),
-        Err(JoinError::Panicked(panic)) => {
-            Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
-        }
-        Err(_) => Exit::Aborted,
     }
 }

@@ -1,0 +1,88 @@
+//! Shutdown signals (SIGINT, SIGTERM) through the runtime seam.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+/// A signal that asks the process to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (what `kill`, systemd and Kubernetes send).
+    Terminate,
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+        })
+    }
+}
+
+/// Completes at the first shutdown signal received after it was created; see
+/// [`Runtime::shutdown_signals`](super::Runtime::shutdown_signals).
+pub type ShutdownSignals = Pin<Box<dyn Future<Output = Signal> + Send + 'static>>;
+
+pub(super) fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this runtime adapter does not listen for shutdown signals",
+    )
+}
+
+/// Through tokio's signal driver (the runtime needs its I/O driver: `enable_all`).
+#[cfg(feature = "tokio")]
+pub(super) fn tokio_signals() -> io::Result<ShutdownSignals> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(Box::pin(async move {
+            let interrupt = std::pin::pin!(interrupt.recv());
+            let terminate = std::pin::pin!(terminate.recv());
+            match futures_util::future::select(interrupt, terminate).await {
+                futures_util::future::Either::Left(_) => Signal::Interrupt,
+                futures_util::future::Either::Right(_) => Signal::Terminate,
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(Box::pin(async {
+            // Ctrl-C is the only shutdown signal here; an error leaves nothing to wait for.
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => Signal::Interrupt,
+                Err(_) => std::future::pending().await,
+            }
+        }))
+    }
+}
+
+/// Through `async-signal` (for the smol and async-std adapters).
+#[cfg(any(feature = "smol", feature = "async-std"))]
+pub(super) fn portable_signals() -> io::Result<ShutdownSignals> {
+    use futures_util::StreamExt as _;
+    #[cfg(unix)]
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
+    #[cfg(not(unix))]
+    let mut signals = async_signal::Signals::new([async_signal::Signal::Int])?;
+    Ok(Box::pin(async move {
+        loop {
+            match signals.next().await {
+                Some(Ok(async_signal::Signal::Int)) => return Signal::Interrupt,
+                #[cfg(unix)]
+                Some(Ok(async_signal::Signal::Term)) => return Signal::Terminate,
+                // Another signal, or a read error: keep listening.
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }))
+}

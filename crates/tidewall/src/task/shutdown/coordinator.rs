@@ -1,0 +1,371 @@
+//! [`Shutdown`]: components registered in order, stopped in reverse within one deadline.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use super::report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};
+use crate::ConfigError;
+use crate::rt::{
+    DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, TaskHandle,
+    instant_after,
+};
+use crate::task::{CancellationToken, ChildError, Exit, Reason, Stopped};
+
+struct Component<R: Runtime> {
+    name: Arc<str>,
+    stop: CancellationToken,
+    handle: JoinHandle<R, Result<(), ChildError>>,
+    timeout: Option<Duration>,
+    exited: Option<Exit>,
+}
+
+/// How long a shutdown may take in all unless [`ShutdownBuilder::deadline`] says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Configures a [`Shutdown`]; see [`Shutdown::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ShutdownBuilder<R = DefaultRuntime> {
+    rt: R,
+    deadline: Duration,
+}
+
+impl<R> ShutdownBuilder<R> {
+    /// Runs the components on `rt`.
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> ShutdownBuilder<R2> {
+        ShutdownBuilder {
+            rt,
+            deadline: self.deadline,
+        }
+    }
+
+    /// The whole shutdown's budget ([`DEFAULT_DEADLINE`] by default): when it runs out, every
+    /// component still running is aborted.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+}
+
+impl<R: Runtime> ShutdownBuilder<R> {
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero deadline, [`ConfigError::DurationOverflow`] beyond
+    /// `u64::MAX` nanoseconds.
+    pub fn build(self) -> Result<Shutdown<R>, ConfigError> {
+        crate::time::positive_duration("deadline", self.deadline)?;
+        Ok(Shutdown {
+            rt: self.rt,
+            deadline: self.deadline,
+            components: Vec::new(),
+            trigger: CancellationToken::new(),
+            signals: None,
+        })
+    }
+}
+
+/// A graceful-shutdown coordinator for a service's long-lived components.
+///
+/// Register components in start order (the database pool before the HTTP server that uses
+/// it); each runs as a task with its own stop token. [`run`](Self::run) waits for the cause
+/// — a signal (after [`listen_for_signals`](Self::listen_for_signals)), the
+/// [`trigger`](Self::trigger) token, or a component failing — then stops the components in
+/// reverse order: each one's token is cancelled and it gets until its own timeout or the
+/// global deadline, whichever comes first; when the deadline passes, everything left is
+/// aborted. A second signal during the shutdown aborts everything left at once. The
+/// [`ShutdownReport`] says what happened to each.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::task::{Cause, ComponentEnd, Shutdown};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut shutdown = Shutdown::builder().deadline(Duration::from_secs(10)).build()?;
+/// // shutdown.listen_for_signals()?; // in a service: SIGINT / SIGTERM start the shutdown
+/// shutdown.register("db-pool", |stop| async move {
+///     stop.cancelled().await;
+///     Ok::<(), std::io::Error>(())
+/// });
+/// shutdown.register("http", |stop| async move {
+///     stop.cancelled().await;
+///     tokio::time::sleep(Duration::from_millis(250)).await; // drain connections
+///     Ok::<(), std::io::Error>(())
+/// });
+/// shutdown.trigger().cancel("deploy");
+/// let report = shutdown.run().await;
+/// assert!(matches!(report.cause, Cause::Triggered(ref r) if r.as_str() == "deploy"));
+/// let order: Vec<&str> = report.components.iter().map(|c| &*c.name).collect();
+/// assert_eq!(order, ["http", "db-pool"]);
+/// assert!(report.is_clean());
+/// # Ok(()) }
+/// ```
+pub struct Shutdown<R: Runtime = DefaultRuntime> {
+    rt: R,
+    deadline: Duration,
+    components: Vec<Component<R>>,
+    trigger: CancellationToken,
+    signals: Option<ShutdownSignals>,
+}
+
+impl<R: Runtime> std::fmt::Debug for Shutdown<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.components.iter().map(|c| &*c.name).collect();
+        f.debug_struct("Shutdown")
+            .field("deadline", &self.deadline)
+            .field("components", &names)
+            .field("listening", &self.signals.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shutdown {
+    /// Starts configuring a coordinator on the default runtime (30 s deadline).
+    pub fn builder() -> ShutdownBuilder {
+        ShutdownBuilder {
+            rt: DefaultRuntime::default(),
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+enum Wake {
+    Signal(Signal),
+    Triggered,
+    Exited(usize),
+}
+
+impl<R: Runtime> Shutdown<R> {
+    /// Installs the SIGINT/SIGTERM handlers now (through the runtime seam), so that a signal
+    /// from here on starts the shutdown instead of killing the process. Call it early.
+    ///
+    /// # Errors
+    ///
+    /// The OS error, or `Unsupported` from a runtime adapter without signals.
+    pub fn listen_for_signals(&mut self) -> io::Result<()> {
+        self.signals = Some(self.rt.shutdown_signals()?);
+        Ok(())
+    }
+
+    /// The token that starts the shutdown when cancelled (its reason is the cause).
+    pub fn trigger(&self) -> CancellationToken {
+        self.trigger.clone()
+    }
+
+    /// Starts a component now: `start(stop)` runs as a task until it returns; `stop` is
+    /// cancelled when its turn to stop comes. It gets as long as the global deadline allows.
+    pub fn register<F, Fut, E>(&mut self, name: impl Into<Arc<str>>, start: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<ChildError>,
+    {
+        self.start(name.into(), None, start);
+    }
+
+    /// As [`register`](Self::register), with at most `timeout` to stop once told (the global
+    /// deadline still applies). Zero aborts it as soon as its turn comes.
+    pub fn register_with_timeout<F, Fut, E>(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        timeout: Duration,
+        start: F,
+    ) where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<ChildError>,
+    {
+        self.start(name.into(), Some(timeout), start);
+    }
+
+    fn start<F, Fut, E>(&mut self, name: Arc<str>, timeout: Option<Duration>, start: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<ChildError>,
+    {
+        let stop = CancellationToken::new();
+        let running = start(stop.clone());
+        let handle = self
+            .rt
+            .spawn(async move { running.await.map_err(Into::into) });
+        self.components.push(Component {
+            name,
+            stop,
+            handle,
+            timeout,
+            exited: None,
+        });
+    }
+
+    /// Waits for the cause, then stops every component in reverse registration order within
+    /// the deadline, and reports.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future detaches the components (they keep running, their handles gone):
+    /// let it finish.
+    pub async fn run(mut self) -> ShutdownReport {
+        let cause = loop {
+            match self.wait().await {
+                Wake::Signal(signal) => break Cause::Signal(signal),
+                Wake::Triggered => {
+                    let reason = self.trigger.reason().unwrap_or_else(|| Reason::new(""));
+                    break Cause::Triggered(reason);
+                }
+                Wake::Exited(index) => {
+                    let component = &self.components[index];
+                    let exit = component.exited.clone().expect("just recorded");
+                    if exit.is_failure() {
+                        let name = Arc::clone(&component.name);
+                        break Cause::ComponentFailed { name, exit };
+                    }
+                    if self.components.iter().all(|c| c.exited.is_some()) {
+                        break Cause::AllComponentsEnded;
+                    }
+                }
+            }
+        };
+        self.stop_all(cause).await
+    }
+
+    /// Starts the shutdown now with `reason` and waits for it: as
+    /// [`trigger`](Self::trigger)`.cancel(reason)` then [`run`](Self::run).
+    pub async fn stop(self, reason: impl Into<Reason>) -> ShutdownReport {
+        self.trigger.cancel(reason);
+        self.run().await
+    }
+
+    async fn wait(&mut self) -> Wake {
+        let trigger = self.trigger.clone();
+        let mut triggered = std::pin::pin!(trigger.cancelled());
+        poll_fn(|cx| {
+            if triggered.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Triggered);
+            }
+            if let Some(signals) = &mut self.signals {
+                if let Poll::Ready(signal) = signals.as_mut().poll(cx) {
+                    self.signals = None;
+                    return Poll::Ready(Wake::Signal(signal));
+                }
+            }
+            for (index, component) in self.components.iter_mut().enumerate() {
+                if component.exited.is_some() {
+                    continue;
+                }
+                if let Poll::Ready(result) = Pin::new(&mut component.handle).poll(cx) {
+                    component.exited = Some(exit_of(result));
+                    return Poll::Ready(Wake::Exited(index));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn stop_all(mut self, cause: Cause) -> ShutdownReport {
+        let started = self.rt.now();
+        let deadline = instant_after(started, self.deadline);
+        // A second signal cuts the shutdown short: listen afresh (the first one was used up).
+        let mut second_signal = self.rt.shutdown_signals().ok();
+        let mut forced = false;
+        let mut deadline_exceeded = false;
+        let mut reports = Vec::with_capacity(self.components.len());
+        while let Some(mut component) = self.components.pop() {
+            let end = if let Some(exit) = component.exited.take() {
+                ComponentEnd::Early(exit)
+            } else {
+                component.stop.cancel("shutting down");
+                let told = self.rt.now();
+                let own = component.timeout.map(|t| instant_after(told, t));
+                let until = own.map_or(deadline, |own| own.min(deadline));
+                let exit = if forced || told >= deadline {
+                    None
+                } else {
+                    let waited = self
+                        .wait_for(&mut component.handle, until, &mut second_signal)
+                        .await;
+                    match waited {
+                        Waited::Exited(exit) => Some(exit),
+                        Waited::TimedOut => None,
+                        Waited::Forced => {
+                            forced = true;
+                            None
+                        }
+                    }
+                };
+                let stopped = match exit {
+                    Some(exit) => Stopped::InTime {
+                        took: self.rt.now().saturating_duration_since(told),
+                        exit,
+                    },
+                    None => {
+                        deadline_exceeded |= !forced && self.rt.now() >= deadline;
+                        component.handle.abort();
+                        let _ = (&mut component.handle).await;
+                        Stopped::Aborted {
+                            took: self.rt.now().saturating_duration_since(told),
+                        }
+                    }
+                };
+                ComponentEnd::Stopped(stopped)
+            };
+            reports.push(ComponentReport {
+                name: component.name,
+                end,
+            });
+        }
+        ShutdownReport {
+            cause,
+            components: reports,
+            took: self.rt.now().saturating_duration_since(started),
+            deadline_exceeded,
+            forced,
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        handle: &mut JoinHandle<R, Result<(), ChildError>>,
+        until: Instant,
+        second_signal: &mut Option<ShutdownSignals>,
+    ) -> Waited {
+        let mut timer = Box::pin(self.rt.sleep_until(until));
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut *handle).poll(cx) {
+                return Poll::Ready(Waited::Exited(exit_of(result)));
+            }
+            if let Some(signals) = second_signal {
+                if signals.as_mut().poll(cx).is_ready() {
+                    *second_signal = None;
+                    return Poll::Ready(Waited::Forced);
+                }
+            }
+            timer.as_mut().poll(cx).map(|()| Waited::TimedOut)
+        })
+        .await
+    }
+}
+
+enum Waited {
+    Exited(Exit),
+    TimedOut,
+    Forced,
+}
+
+pub(crate) fn exit_of(result: Result<Result<(), ChildError>, JoinError>) -> Exit {
+    match result {
+        Ok(Ok(())) => Exit::Normal,
+        Ok(Err(error)) => Exit::Failed(error.to_string()),
+        Err(JoinError::Panicked(panic)) => {
+            Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
+        }
+        Err(_) => Exit::Aborted,
+    }
+}
