@@ -22,6 +22,10 @@ const ACTIVE: u8 = 1;
 const NOTIFIED: u8 = 2;
 const DONE: u8 = 3;
 
+const NO_ABORT: u8 = 0;
+const ABORT_COUNTED: u8 = 1;
+const ABORT_SETTLED: u8 = 2;
+
 /// Counts active tasks; shared by a `Clocked` runtime and its tasks.
 #[derive(Debug, Default)]
 pub(super) struct Activity {
@@ -45,6 +49,9 @@ impl Activity {
 /// The waker handed to a tracked task: marks it active, then wakes the executor's waker.
 struct TaskWaker {
     state: AtomicU8,
+    /// `NO_ABORT`, `ABORT_COUNTED` (an abort holds one unit of activity until the task is
+    /// gone) or `ABORT_SETTLED` (the task is gone: a later abort counts nothing).
+    abort: AtomicU8,
     activity: Arc<Activity>,
     inner: Mutex<Option<Waker>>,
 }
@@ -96,8 +103,20 @@ impl TaskWaker {
 pub(super) struct AbortMark(Arc<TaskWaker>);
 
 impl AbortMark {
+    /// Holds the task active until it is dropped. Not a wake: a poll that starts before the
+    /// executor sees the abort would consume a wake and report the task idle while the abort
+    /// is still pending.
     pub(super) fn mark(&self) {
-        self.0.mark_active();
+        let task = &self.0;
+        task.activity.enter();
+        let counted = task
+            .abort
+            .compare_exchange(NO_ABORT, ABORT_COUNTED, SeqCst, SeqCst)
+            .is_ok();
+        if !counted {
+            // Already counted, or the task is gone.
+            task.activity.leave();
+        }
     }
 }
 
@@ -129,6 +148,7 @@ impl<F: Future> Tracked<F> {
         activity.enter();
         let waker = Arc::new(TaskWaker {
             state: AtomicU8::new(ACTIVE),
+            abort: AtomicU8::new(NO_ABORT),
             activity,
             inner: Mutex::new(None),
         });
@@ -200,6 +220,9 @@ impl<F: Future> Future for Tracked<F> {
 impl<F: Future> Tracked<F> {
     fn finish(&self) {
         if !matches!(self.waker.state.swap(DONE, SeqCst), IDLE | DONE) {
+            self.waker.activity.leave();
+        }
+        if self.waker.abort.swap(ABORT_SETTLED, SeqCst) == ABORT_COUNTED {
             self.waker.activity.leave();
         }
     }
