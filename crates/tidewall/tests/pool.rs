@@ -43,14 +43,21 @@ async fn ten_thousand_jobs_then_shutdown<R: Runtime>(rt: Clocked<R>) {
     assert!(!report.handed_back.is_empty());
     // Handed back in submission order, right after the last one started.
     assert!(report.handed_back.windows(2).all(|w| w[0] + 1 == w[1]));
-    let mut outcomes = (0, 0);
+    let mut outcomes = (0, 0, 0);
     for handle in handles {
         match handle.await {
             JobOutcome::Completed(_) => outcomes.0 += 1,
-            _ => outcomes.1 += 1,
+            JobOutcome::HandedBack => outcomes.1 += 1,
+            _ => outcomes.2 += 1,
         }
     }
     assert_eq!(outcomes.0, report.completed);
+    assert_eq!(
+        outcomes.1,
+        report.handed_back.len() as u64,
+        "each handle says why"
+    );
+    assert_eq!(outcomes.2, report.failed);
 }
 
 #[test]

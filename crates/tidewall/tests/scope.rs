@@ -353,7 +353,7 @@ async fn local_scope_scenario<R: Runtime>(rt: Clocked<R>) {
                 if n == 3 {
                     rt.sleep(ms(10_000)).await; // ignores cancellation
                 }
-                token.run_until_cancelled(rt.sleep(ms(10))).await;
+                let _stopped_early = token.run_until_cancelled(rt.sleep(ms(10))).await;
                 log.borrow_mut().push(n);
                 if n == 2 { Err("two failed") } else { Ok(n) }
             })
@@ -399,4 +399,139 @@ fn local_scope_in_a_smol_local_executor() {
 fn local_scope_under_async_std_block_on() {
     let rt = Clocked::new(tidewall::rt::AsyncStd);
     async_std::task::block_on(rt.drive(local_scope_scenario(rt.clone())));
+}
+
+async fn cancel_close_and_join_within<R: Runtime>(rt: Clocked<R>) {
+    // An owner's cancel is timed when it happens, not when the first child ends.
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .limit(1)
+        .build::<(), ()>()
+        .unwrap();
+    let (token, rt2) = (scope.token(), rt.clone());
+    scope
+        .spawn(async move {
+            token.cancelled().await;
+            rt2.sleep(ms(7)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // A spawner waiting for the only slot hears the cancel although no child ends.
+    let spawner = scope.spawner();
+    let waiting = rt.spawn(async move { spawner.spawn(async { Ok(()) }).await.is_err() });
+    rt.sleep(ms(5)).await;
+    let cancelled_at = rt.now();
+    scope.cancel("operator");
+    assert!(waiting.await.unwrap(), "refused with Closed");
+    assert_eq!(rt.now(), cancelled_at);
+    rt.sleep(ms(10)).await;
+    let report = scope.join().await;
+    assert_eq!(
+        report.children[0].ending,
+        Ending::AfterCancel { took: ms(7) }
+    );
+    assert_eq!(report.first_failure, None);
+
+    // close() refuses new children without cancelling the running ones.
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<u8, ()>()
+        .unwrap();
+    let rt2 = rt.clone();
+    scope
+        .spawn(async move {
+            rt2.sleep(ms(3)).await;
+            Ok(1)
+        })
+        .await
+        .unwrap();
+    scope.close();
+    assert!(matches!(
+        scope.try_spawn(async { Ok(2) }),
+        Err(SpawnError::Closed(_))
+    ));
+    assert!(!scope.token().is_cancelled());
+    let report = scope.join().await;
+    assert_eq!((report.succeeded, report.cancel_reason), (1, None));
+
+    // join_within: whatever still runs at the limit is cancelled, then gets the grace.
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .grace(ms(20))
+        .build::<u8, ()>()
+        .unwrap();
+    for (n, stop_takes) in [(0u8, None), (1, Some(5)), (2, Some(1_000))] {
+        let (rt, token) = (rt.clone(), scope.token());
+        scope
+            .spawn(async move {
+                if n == 0 {
+                    rt.sleep(ms(10)).await;
+                    return Ok(0);
+                }
+                token.cancelled().await;
+                rt.sleep(ms(stop_takes.unwrap())).await;
+                Ok(n)
+            })
+            .await
+            .unwrap();
+    }
+    let start = rt.now();
+    let report = scope.join_within(ms(50), "took too long").await;
+    assert_eq!(rt.now() - start, ms(70));
+    assert_eq!(
+        report.cancel_reason.as_ref().unwrap().as_str(),
+        "took too long"
+    );
+    let endings: Vec<_> = report
+        .children
+        .iter()
+        .map(|c| (c.id.index(), c.ending))
+        .collect();
+    assert_eq!(
+        endings,
+        [
+            (0, Ending::Finished),
+            (1, Ending::AfterCancel { took: ms(5) }),
+            (2, Ending::Aborted { took: ms(20) }),
+        ]
+    );
+}
+
+#[test]
+fn cancel_close_and_join_within_on_every_runtime() {
+    on_every_runtime!(cancel_close_and_join_within);
+}
+
+/// A shutdown long after a fail-fast still gives its full grace, and the report names the
+/// child that failed first.
+async fn shutdown_after_fail_fast_gives_its_own_grace<R: Runtime>(rt: Clocked<R>) {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<(), &str>()
+        .unwrap();
+    let rt2 = rt.clone();
+    scope
+        .spawn(async move {
+            rt2.sleep(ms(1_000_000)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    scope.spawn(async { Err("boom") }).await.unwrap();
+    rt.sleep(ms(10_000)).await;
+    let start = rt.now();
+    let report = scope.shutdown("late", ms(100)).await;
+    assert_eq!(rt.now() - start, ms(100));
+    assert_eq!(report.first_failure.map(|id| id.index()), Some(1));
+    assert_eq!(
+        report.cancel_reason.unwrap().as_str(),
+        "child #1 returned an error",
+        "the first reason stays"
+    );
+}
+
+#[test]
+fn shutdown_after_fail_fast_gives_its_own_grace_on_every_runtime() {
+    on_every_runtime!(shutdown_after_fail_fast_gives_its_own_grace);
 }

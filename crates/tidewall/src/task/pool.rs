@@ -29,6 +29,9 @@ pub enum JobOutcome<T> {
     TimedOut,
     /// The pool was shut down while it ran, past the drain deadline, and it was aborted.
     Aborted,
+    /// The pool was shut down before it started: the job itself is in
+    /// [`PoolReport::handed_back`].
+    HandedBack,
 }
 
 /// Why a job was not queued: the job comes back, never lost.
@@ -311,7 +314,14 @@ where
             aborted = shared.running.swap(0, Relaxed) as u64;
             shared.failed.fetch_add(aborted, Relaxed);
         }
-        let handed_back: Vec<J> = shared.queue().jobs.drain(..).map(|(job, _)| job).collect();
+        let never_run: Vec<_> = shared.queue().jobs.drain(..).collect();
+        let handed_back = never_run
+            .into_iter()
+            .map(|(job, result)| {
+                let _ = result.send(JobOutcome::HandedBack);
+                job
+            })
+            .collect();
         PoolReport {
             submitted: shared.submitted.load(Relaxed),
             completed: shared.completed.load(Relaxed),

@@ -14,6 +14,7 @@ pub(super) struct Ledger<T, E> {
     /// The fail-fast reason, kept here too: the owner may see the last child end before the
     /// failing child's task has cancelled the token.
     fail_reason: Option<Reason>,
+    first_failure: Option<ChildId>,
     pub(super) spawned: u64,
     succeeded: u64,
     failed: u64,
@@ -29,6 +30,7 @@ impl<T, E> Ledger<T, E> {
             keep_ok,
             cancelled_at: None,
             fail_reason: None,
+            first_failure: None,
             spawned: 0,
             succeeded: 0,
             failed: 0,
@@ -52,17 +54,16 @@ impl<T, E> Ledger<T, E> {
         now: Instant,
         already_cancelled: bool,
     ) -> Option<Reason> {
-        if already_cancelled {
-            self.note_cancel(now);
-        }
-        let ending = match (self.cancelled_at, &outcome) {
-            (Some(at), ChildOutcome::Aborted) => Ending::Aborted {
-                took: now.saturating_duration_since(at),
+        // A child that ended before it could see the token cancelled finished on its own,
+        // even if a failing sibling got to the ledger first.
+        let ending = match (&outcome, already_cancelled) {
+            (ChildOutcome::Aborted, _) => Ending::Aborted {
+                took: now.saturating_duration_since(self.note_cancel(now)),
             },
-            (Some(at), _) => Ending::AfterCancel {
-                took: now.saturating_duration_since(at),
+            (_, true) => Ending::AfterCancel {
+                took: now.saturating_duration_since(self.note_cancel(now)),
             },
-            (None, _) => Ending::Finished,
+            (_, false) => Ending::Finished,
         };
         let fail_fast = self.policy == FailurePolicy::FailFast
             && !already_cancelled
@@ -78,6 +79,7 @@ impl<T, E> Ledger<T, E> {
         if reason.is_some() {
             self.note_cancel(now);
             self.fail_reason.clone_from(&reason);
+            self.first_failure = Some(id);
         }
         match outcome {
             ChildOutcome::Ok(_) => self.succeeded += 1,
@@ -111,6 +113,7 @@ impl<T, E> Ledger<T, E> {
             panicked: self.panicked,
             aborted: self.aborted,
             cancel_reason,
+            first_failure: self.first_failure,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use super::builder::ScopeBuilder;
+use super::close::{Closing, Plan, close};
 use super::ledger::Ledger;
 use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{DefaultRuntime, Panic, Runtime, instant_after};
@@ -121,9 +122,13 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         F: Future<Output = Result<T, E>> + 'static,
     {
         let mut future = Some(future);
+        let mut cancelled = pin!(self.shared.token.cancelled());
         poll_fn(|cx| {
             let pending = future.take().expect("polled after completion");
             match self.admit(pending, Some(cx.waker())) {
+                Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Err(SpawnError::Closed(pending)))
+                }
                 Err(SpawnError::Full(pending)) => {
                     future = Some(pending);
                     Poll::Pending
@@ -183,7 +188,9 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
             };
             (id, outcome)
         }));
-        if let Some(driver) = state.driver.take() {
+        let driver = state.driver.take();
+        drop(state);
+        if let Some(driver) = driver {
             driver.wake();
         }
         Ok(ChildId(id))
@@ -226,9 +233,19 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         self.shared.token.clone()
     }
 
-    /// Cancels the scope's token with `reason`.
+    /// Cancels the scope's token with `reason` (see [`Scope::cancel`](super::Scope::cancel)).
     pub fn cancel(&self, reason: impl Into<Reason>) {
-        self.shared.token.cancel(reason);
+        self.cancel_now(reason.into());
+    }
+
+    /// Refuses new spawns from now on without cancelling anything.
+    pub fn close(&self) {
+        let wakers = {
+            let mut state = self.shared.state.borrow_mut();
+            state.closed = true;
+            std::mem::take(&mut state.spawners)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Spawns `future`, driving the running children while it waits for a free slot.
@@ -245,22 +262,20 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         F: Future<Output = Result<T, E>> + 'static,
     {
         let spawner = self.spawner();
+        let token = self.token();
+        let mut cancelled = pin!(token.cancelled());
         let mut future = Some(future);
         poll_fn(|cx| {
+            // Keep the children going: a slot frees only when one of them ends.
+            self.drive(cx);
             let pending = future.take().expect("polled after completion");
             match spawner.admit(pending, Some(cx.waker())) {
+                Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Err(SpawnError::Closed(pending)))
+                }
                 Err(SpawnError::Full(pending)) => {
                     future = Some(pending);
-                    self.drive(cx);
-                    // A child may have ended during the drive: try again at once.
-                    let pending = future.take().expect("just stored");
-                    match spawner.admit(pending, Some(cx.waker())) {
-                        Err(SpawnError::Full(pending)) => {
-                            future = Some(pending);
-                            Poll::Pending
-                        }
-                        done => Poll::Ready(done),
-                    }
+                    Poll::Pending
                 }
                 done => Poll::Ready(done),
             }
@@ -291,9 +306,35 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     /// # Cancel safety
     ///
     /// Dropping the future drops the scope and every child still running.
-    pub async fn join(mut self) -> ScopeReport<T, E> {
+    pub async fn join(self) -> ScopeReport<T, E> {
         let grace = self.shared.grace;
-        self.close_within(grace).await
+        self.finish(Plan {
+            grace,
+            grace_from: None,
+            cancel_at: None,
+        })
+        .await
+    }
+
+    /// See [`Scope::join_within`](super::Scope::join_within).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](Self::join).
+    pub async fn join_within(
+        self,
+        limit: Duration,
+        reason: impl Into<Reason>,
+    ) -> ScopeReport<T, E> {
+        let at = instant_after(self.shared.rt.now(), limit);
+        let grace = self.shared.grace;
+        let cancel_at = Some((at, reason.into()));
+        self.finish(Plan {
+            grace,
+            grace_from: None,
+            cancel_at,
+        })
+        .await
     }
 
     /// See [`Scope::shutdown`](super::Scope::shutdown): cancel, grace, drop the rest, report.
@@ -301,47 +342,25 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     /// # Cancel safety
     ///
     /// As [`join`](Self::join).
-    pub async fn shutdown(
-        mut self,
-        reason: impl Into<Reason>,
-        grace: Duration,
-    ) -> ScopeReport<T, E> {
-        self.shared.token.cancel(reason);
-        self.close_within(grace).await
+    pub async fn shutdown(self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+        self.cancel_now(reason.into());
+        let grace_from = Some(self.shared.rt.now());
+        self.finish(Plan {
+            grace,
+            grace_from,
+            cancel_at: None,
+        })
+        .await
     }
 
-    async fn close_within(&mut self, grace: Duration) -> ScopeReport<T, E> {
+    async fn finish(mut self, plan: Plan) -> ScopeReport<T, E> {
         let shared = Rc::clone(&self.shared);
-        if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
-            let cancelled_at = shared
-                .state
-                .borrow_mut()
-                .ledger
-                .note_cancel(shared.rt.now());
-            let deadline = instant_after(cancelled_at, grace);
-            if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
-                self.abort_all();
-            }
-        }
+        close(&mut self, &shared.rt, &shared.token, plan).await;
         self.closed = true;
         let reason = shared.token.reason();
         let mut state = shared.state.borrow_mut();
         let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
         ledger.into_report(reason)
-    }
-
-    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx: &mut Context<'_>| {
-            self.drive(cx);
-            let mut state = self.shared.state.borrow_mut();
-            if state.running.is_empty() {
-                // Closed under the same borrow that saw the last child end (as in `Scope`).
-                state.closed = true;
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
     }
 
     /// Polls the children until none is ready, recording each that ends.
@@ -385,6 +404,44 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         }
         wakers.into_iter().for_each(Waker::wake);
     }
+}
+
+impl<T, E, R> Drop for LocalScope<T, E, R> {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.shared
+                .token
+                .cancel("scope dropped without being joined");
+            self.shared.state.borrow_mut().closed = true;
+        }
+    }
+}
+
+impl<T: 'static, E: 'static, R: Runtime> Closing for LocalScope<T, E, R> {
+    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx: &mut Context<'_>| {
+            self.drive(cx);
+            let mut state = self.shared.state.borrow_mut();
+            if state.running.is_empty() {
+                // Closed under the same borrow that saw the last child end (as in `Scope`).
+                state.closed = true;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn note_cancel(&self, now: Instant) -> Instant {
+        self.shared.state.borrow_mut().ledger.note_cancel(now)
+    }
+
+    fn cancel_now(&self, reason: Reason) {
+        if !self.shared.token.is_cancelled() {
+            self.note_cancel(self.shared.rt.now());
+        }
+        self.shared.token.cancel(reason);
+    }
 
     /// Drops every child still running, recording each as aborted.
     fn abort_all(&mut self) {
@@ -398,17 +455,6 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
             state
                 .ledger
                 .record(ChildId(id), ChildOutcome::Aborted, spawned_at, now, true);
-        }
-    }
-}
-
-impl<T, E, R> Drop for LocalScope<T, E, R> {
-    fn drop(&mut self) {
-        if !self.closed {
-            self.shared
-                .token
-                .cancel("scope dropped without being joined");
-            self.shared.state.borrow_mut().closed = true;
         }
     }
 }

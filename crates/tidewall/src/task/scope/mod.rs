@@ -9,6 +9,7 @@
 //! be restarted, a [`Supervisor`](super::Supervisor).
 
 mod builder;
+mod close;
 mod ledger;
 mod local;
 mod report;

@@ -116,6 +116,8 @@ pub struct ScopeReport<T, E> {
     pub aborted: u64,
     /// Why the scope was cancelled, if it was: a fail-fast failure or the owner's reason.
     pub cancel_reason: Option<Reason>,
+    /// The child whose failure failed the scope fast, if one did.
+    pub first_failure: Option<ChildId>,
 }
 
 impl<T, E> ScopeReport<T, E> {

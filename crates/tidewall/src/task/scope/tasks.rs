@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 
 use super::builder::ScopeBuilder;
+use super::close::{Closing, Plan, close};
 use super::ledger::Ledger;
 use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{DefaultRuntime, JoinHandle, Panic, Runtime, TaskHandle, instant_after};
@@ -200,11 +202,16 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
         let mut future = Some(future);
+        // A cancel must reach a spawner waiting for a slot even if no child ends.
+        let mut cancelled = pin!(self.shared.token.cancelled());
         poll_fn(|cx| {
             let pending = future.take().expect("polled after completion");
             match self.admit(Some(cx.waker())) {
                 Admission::Admitted(id) => Poll::Ready(Ok(self.launch(id, pending))),
                 Admission::Closed => Poll::Ready(Err(SpawnError::Closed(pending))),
+                Admission::Full if cancelled.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Err(SpawnError::Closed(pending)))
+                }
                 Admission::Full => {
                     future = Some(pending);
                     Poll::Pending
@@ -377,9 +384,21 @@ where
         self.spawner.running()
     }
 
-    /// Cancels the scope's token with `reason`; children see it, new spawns are refused.
+    /// Cancels the scope's token with `reason`; children see it, new spawns are refused
+    /// (waiting ones too).
     pub fn cancel(&self, reason: impl Into<Reason>) {
-        self.spawner.shared.token.cancel(reason);
+        self.cancel_now(reason.into());
+    }
+
+    /// Refuses new spawns from now on without cancelling anything: a later
+    /// [`join`](Self::join) waits only for the children already running.
+    pub fn close(&self) {
+        let wakers = {
+            let mut state = self.spawner.shared.state();
+            state.closed = true;
+            std::mem::take(&mut state.spawners)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// The next child to end, in completion order; `None` when no child is running and no
@@ -404,55 +423,78 @@ where
     }
 
     /// Waits for every child (children may still spawn siblings meanwhile), then closes the
-    /// scope to new spawns. If the scope is (or becomes) cancelled,
-    /// children still running after the grace period are aborted and reported so.
+    /// scope to new spawns. If the scope is (or becomes) cancelled, children still running
+    /// after the grace period are aborted and reported so.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future drops the scope: its token is cancelled and every child aborted.
-    pub async fn join(mut self) -> ScopeReport<T, E> {
-        self.close().await
+    /// Dropping the future drops the scope: its token is cancelled and every child aborted
+    /// (so `join().timeout(..)` loses the report: use [`join_within`](Self::join_within)).
+    pub async fn join(self) -> ScopeReport<T, E> {
+        let grace = self.spawner.shared.grace;
+        self.finish(Plan {
+            grace,
+            grace_from: None,
+            cancel_at: None,
+        })
+        .await
     }
 
-    /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` for the
-    /// children to stop, aborts the rest, and waits until the aborted tasks are gone. The
-    /// report has each child's ending and how long it took to stop.
+    /// As [`join`](Self::join), but children still running after `limit` are cancelled with
+    /// `reason`, then get the scope's grace period before they are aborted.
     ///
     /// # Cancel safety
     ///
     /// As [`join`](Self::join).
-    pub async fn shutdown(
-        mut self,
+    pub async fn join_within(
+        self,
+        limit: Duration,
         reason: impl Into<Reason>,
-        grace: Duration,
     ) -> ScopeReport<T, E> {
-        self.spawner.shared.token.cancel(reason);
-        self.close_within(grace).await
+        let shared = &self.spawner.shared;
+        let at = instant_after(shared.rt.now(), limit);
+        let grace = shared.grace;
+        let cancel_at = Some((at, reason.into()));
+        self.finish(Plan {
+            grace,
+            grace_from: None,
+            cancel_at,
+        })
+        .await
     }
 
-    async fn close(&mut self) -> ScopeReport<T, E> {
-        let grace = self.spawner.shared.grace;
-        self.close_within(grace).await
+    /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` (from this
+    /// call) for the children to stop, aborts the rest, and waits until the aborted tasks are
+    /// gone. The report has each child's ending and how long it took to stop. On a scope
+    /// cancelled earlier, the first reason stays.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](Self::join).
+    pub async fn shutdown(self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
+        self.cancel_now(reason.into());
+        let grace_from = Some(self.spawner.shared.rt.now());
+        self.finish(Plan {
+            grace,
+            grace_from,
+            cancel_at: None,
+        })
+        .await
     }
 
-    async fn close_within(&mut self, grace: Duration) -> ScopeReport<T, E> {
+    async fn finish(mut self, plan: Plan) -> ScopeReport<T, E> {
         let shared = Arc::clone(&self.spawner.shared);
-        if !super::first_wins(self.all_ended(), shared.token.cancelled()).await {
-            let cancelled_at = shared.state().ledger.note_cancel(shared.rt.now());
-            let deadline = instant_after(cancelled_at, grace);
-            if !super::first_wins(self.all_ended(), shared.rt.sleep_until(deadline)).await {
-                self.abort_all();
-                self.all_ended().await;
-            }
-        }
+        close(&mut self, &shared.rt, &shared.token, plan).await;
         self.closed = true;
         let reason = shared.token.reason();
         let mut state = shared.state();
         let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
         ledger.into_report(reason)
     }
+}
 
-    fn all_ended(&self) -> impl Future<Output = ()> + '_ {
+impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
+    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx: &mut Context<'_>| {
             let mut state = self.spawner.shared.state();
             if state.running.is_empty() {
@@ -467,7 +509,19 @@ where
         })
     }
 
-    fn abort_all(&self) {
+    fn note_cancel(&self, now: Instant) -> Instant {
+        self.spawner.shared.state().ledger.note_cancel(now)
+    }
+
+    fn cancel_now(&self, reason: Reason) {
+        let shared = &self.spawner.shared;
+        if !shared.token.is_cancelled() {
+            shared.state().ledger.note_cancel(shared.rt.now());
+        }
+        shared.token.cancel(reason);
+    }
+
+    fn abort_all(&mut self) {
         let mut state = self.spawner.shared.state();
         state.aborting = true;
         for running in state.running.values() {
