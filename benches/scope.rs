@@ -77,7 +77,10 @@ async fn tokio_spawn(n: u64) -> u64 {
         .collect();
     let (mut count, mut sum) = (0u64, 0u64);
     for handle in handles {
-        sum += handle.await.expect("no child panics").expect("no child fails");
+        sum += handle
+            .await
+            .expect("no child panics")
+            .expect("no child fails");
         count += 1;
     }
     assert_eq!(count, n, "tokio::spawn lost children");

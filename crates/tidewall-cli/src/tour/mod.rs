@@ -5,7 +5,9 @@ mod report;
 mod resilience;
 mod scenarios;
 mod server;
+mod service;
 mod streams;
+mod tasks;
 
 use std::time::Instant;
 
@@ -100,7 +102,8 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every section, in order: the basic scenarios, the resilience policies, then streams.
+/// Every section, in order: the basic scenarios, the resilience policies, streams, tasks, then
+/// supervision and a signal-driven shutdown (last: it leaves a signal handler installed).
 async fn tour<R: client::Net>(
     rt: R,
     server: &server::Server,
@@ -108,6 +111,8 @@ async fn tour<R: client::Net>(
 ) -> Vec<report::Section> {
     let mut sections = scenarios::all(rt.clone(), server, size).await;
     sections.extend(resilience::all(rt.clone(), server, size).await);
-    sections.extend(streams::all(rt, size).await);
+    sections.extend(streams::all(rt.clone(), size).await);
+    sections.extend(tasks::all(rt.clone(), size).await);
+    sections.extend(service::all(rt).await);
     sections
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tidewall::task::{
-    CancellationToken, ChildOutcome, ChildReport, Ending, FailurePolicy, JobOutcome, Scope,
-    SubmitError, WorkerPool,
+    CancellationToken, ChildOutcome, Ending, FailurePolicy, JobOutcome, Scope, SubmitError,
+    WorkerPool,
 };
 
 use super::client::Net;
@@ -16,7 +16,10 @@ use super::report::{Section, ms};
 use super::scenarios::Size;
 
 pub(crate) async fn all<R: Net>(rt: R, size: Size) -> Vec<Section> {
-    vec![fail_fast_scope(&rt, size).await, worker_pool(&rt, size).await]
+    vec![
+        fail_fast_scope(&rt, size).await,
+        worker_pool(&rt, size).await,
+    ]
 }
 
 /// What a child of the fail-fast scope does. Its index in [`ROLES`] is its spawn order, which
@@ -59,8 +62,10 @@ const ROLES: [Role; 8] = [
     Role::Brief(10),
     Role::Cooperative(10_000),
 ];
-/// How late past `failure + grace` the scope may close: the abort and the wake-ups only.
-const CLOSE_SLACK: Duration = Duration::from_millis(100);
+/// How late past `failure + grace` the scope may close and still show the point (it did not
+/// wait for the 30 s sleep). Generous on purpose: tour checks are invariants, not timings a
+/// slow machine could miss; the measured figure is printed above.
+const CLOSE_SLACK: Duration = Duration::from_secs(5);
 
 const DONE: &str = "done";
 const STOPPED: &str = "stopped on cancel";
@@ -141,7 +146,10 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
         .metric("all spawned after", ms(all_spawned))
         .metric(
             "failure at",
-            failed_at.map_or_else(|| "never".into(), |t| ms(t.saturating_duration_since(start))),
+            failed_at.map_or_else(
+                || "never".into(),
+                |t| ms(t.saturating_duration_since(start)),
+            ),
         )
         .metric(
             "scope closed at",
@@ -169,23 +177,19 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
         );
         s.metric(&format!("#{index} ({})", role.describe()), ended);
     }
+    let counts = (
+        report.succeeded,
+        report.failed,
+        report.panicked,
+        report.aborted,
+    );
     s.metric(
         "succeeded / failed / panicked / aborted",
-        format!(
-            "{} / {} / {} / {}",
-            report.succeeded, report.failed, report.panicked, report.aborted
-        ),
+        format!("{} / {} / {} / {}", counts.0, counts.1, counts.2, counts.3),
     );
 
-    let roles_where = |wanted: fn(Role) -> bool| {
-        ROLES
-            .iter()
-            .enumerate()
-            .filter(move |(_, role)| wanted(**role))
-            .map(|(index, _)| index)
-    };
-    let failing = roles_where(|r| matches!(r, Role::Failing(_))).next();
-    let stubborn = roles_where(|r| matches!(r, Role::Stubborn(_))).next();
+    let failing = indices(|r| matches!(r, Role::Failing(_))).next();
+    let stubborn = indices(|r| matches!(r, Role::Stubborn(_))).next();
     let failing_id = failing.and_then(|i| ids.get(i).copied().flatten());
     s.check(
         "all 8 children spawned (a slot freed for each before the failure)",
@@ -210,7 +214,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
     );
     s.check(
         "the cooperative children (#4, #7) stopped on the cancel, within the grace",
-        roles_where(|r| matches!(r, Role::Cooperative(_))).all(|i| {
+        indices(|r| matches!(r, Role::Cooperative(_))).all(|i| {
             of(i).is_some_and(|c| {
                 matches!(c.outcome, ChildOutcome::Ok(STOPPED))
                     && matches!(c.ending, Ending::AfterCancel { took } if took < grace)
@@ -219,7 +223,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
     );
     s.check(
         "the brief children and the failing one ended on their own (Finished)",
-        roles_where(|r| matches!(r, Role::Brief(_))).all(|i| {
+        indices(|r| matches!(r, Role::Brief(_))).all(|i| {
             of(i).is_some_and(|c| {
                 matches!(c.outcome, ChildOutcome::Ok(DONE)) && c.ending == Ending::Finished
             })
@@ -229,9 +233,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
     );
     s.check(
         "report.is_balanced(): 8 spawned = 6 ok + 1 failed + 0 panicked + 1 aborted",
-        report.is_balanced()
-            && report.children.len() == 8
-            && (report.succeeded, report.failed, report.panicked, report.aborted) == (6, 1, 0, 1),
+        report.is_balanced() && report.children.len() == 8 && counts == (6, 1, 0, 1),
     );
     s.check(
         &format!(
@@ -243,6 +245,11 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
         }),
     );
     s
+}
+
+/// The indices (spawn order) of the roles `wanted` picks.
+fn indices(wanted: fn(Role) -> bool) -> impl Iterator<Item = usize> {
+    (0..ROLES.len()).filter(move |&index| wanted(ROLES[index]))
 }
 
 fn outcome(outcome: &ChildOutcome<&str, &str>) -> String {
@@ -345,7 +352,8 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
         peak_queued = peak_queued.max(pool.queued());
     }
     let held_back = since(rt, started);
-    let rounds = (pressed.saturating_sub(QUEUE))
+    let rounds = pressed
+        .saturating_sub(QUEUE)
         .div_ceil(WORKERS)
         .saturating_sub(1);
     let floor = JOB * u32::try_from(rounds).unwrap_or(u32::MAX);
@@ -376,9 +384,9 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
 
     let admitted_jobs: Vec<usize> = admitted.iter().map(|(job, _)| *job).collect();
     let handed_back = report.handed_back.len();
-    // Every handle resolves now: run, timed out, aborted, or dropped unstarted. A job handed
-    // back unstarted also reads `Aborted` through its handle (its sender was dropped).
-    let (mut completed, mut timed_out, mut panicked, mut gone) = (0usize, 0usize, 0usize, 0usize);
+    // Every handle resolves now: run, timed out, aborted at the deadline, or handed back.
+    let (mut completed, mut timed_out, mut panicked, mut aborted, mut never_run) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut only_slow_timed_out = true;
     for (job, handle) in admitted {
         match handle.await {
@@ -391,7 +399,8 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
                 only_slow_timed_out &= is_slow(job);
             }
             JobOutcome::Panicked(_) => panicked += 1,
-            _ => gone += 1,
+            JobOutcome::HandedBack => never_run += 1,
+            _ => aborted += 1,
         }
     }
     s.metric(
@@ -407,7 +416,10 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     .metric("backpressured jobs (submit().await)", pressed)
     .metric("producer held back", ms(held_back))
     .metric(
-        &format!("floor: ≥ {} jobs must end first, ≤ 2 per 20 ms", pressed.saturating_sub(QUEUE)),
+        &format!(
+            "floor: ≥ {} jobs must end first, ≤ 2 per 20 ms",
+            pressed.saturating_sub(QUEUE)
+        ),
         ms(floor),
     )
     .metric("queue peak (sampled after each submit)", peak_queued)
@@ -435,8 +447,8 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
             .join(", "),
     )
     .metric(
-        "handles: completed / timed out / panicked / aborted or never started",
-        format!("{completed} / {timed_out} / {panicked} / {gone}"),
+        "handles: completed / timed out / panicked / aborted / handed back",
+        format!("{completed} / {timed_out} / {panicked} / {aborted} / {never_run}"),
     );
     s.check(
         "shed + admitted = produced; every shed job came back intact in SubmitError::Full",
@@ -468,7 +480,9 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     s.check(
         "the job handles agree with the report",
         completed as u64 == report.completed
-            && (timed_out + panicked + gone) as u64 == report.failed + handed_back as u64,
+            && (timed_out + panicked + aborted) as u64 == report.failed
+            && aborted as u64 == report.aborted
+            && never_run == handed_back,
     );
     s.check(
         "the 100 ms job timeout cut only the slow jobs",
@@ -480,7 +494,3 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
 fn since<R: Net>(rt: &R, start: Instant) -> Duration {
     rt.now().saturating_duration_since(start)
 }
-
-// `ChildReport` is named so a reader sees what `of` returns.
-#[allow(dead_code)]
-type Report<'a> = Option<&'a ChildReport<&'static str, &'static str>>;
