@@ -535,3 +535,66 @@ async fn shutdown_after_fail_fast_gives_its_own_grace<R: Runtime>(rt: Clocked<R>
 fn shutdown_after_fail_fast_gives_its_own_grace_on_every_runtime() {
     on_every_runtime!(shutdown_after_fail_fast_gives_its_own_grace);
 }
+
+async fn a_parent_token_cancels_the_scope<R: Runtime>(rt: Clocked<R>) {
+    let parent = tidewall::task::CancellationToken::new();
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .parent(&parent)
+        .build::<(), ()>()
+        .unwrap();
+    let token = scope.token();
+    scope
+        .spawn(async move {
+            token.cancelled().await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (parent2, rt2) = (parent.clone(), rt.clone());
+    rt.spawn(async move {
+        rt2.sleep(ms(10)).await;
+        parent2.cancel("request aborted by the client");
+    });
+    let report = scope.join().await;
+    assert_eq!(
+        report.cancel_reason.unwrap().as_str(),
+        "request aborted by the client"
+    );
+    assert_eq!(
+        report.children[0].ending,
+        Ending::AfterCancel { took: ms(0) }
+    );
+}
+
+#[test]
+fn a_parent_token_cancels_the_scope_on_every_runtime() {
+    on_every_runtime!(a_parent_token_cancels_the_scope);
+}
+
+#[test]
+fn a_dropped_local_scope_drops_children_it_never_polled() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let scope = Scope::builder().build_local::<(), ()>().unwrap();
+    let spawner = scope.spawner();
+    let on_drop = SetOnDrop(Arc::clone(&dropped));
+    let inner = spawner.clone();
+    // Queued, never polled; it holds a spawner (an `Rc` back to the scope's state).
+    assert!(
+        spawner
+            .try_spawn(async move {
+                let _keep = (on_drop, inner);
+                Ok(())
+            })
+            .is_ok()
+    );
+    drop(scope);
+    assert!(
+        dropped.load(SeqCst),
+        "no Rc cycle keeps the queued child alive"
+    );
+    assert!(matches!(
+        spawner.try_spawn(async { Ok(()) }),
+        Err(SpawnError::Closed(_))
+    ));
+}

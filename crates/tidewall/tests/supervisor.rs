@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidewall::ConfigError;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Runtime, TaskHandle};
 use tidewall::task::{
     CancellationToken, ChildSpec, Ended, Exit, Restart, Stopped, Strategy, Supervisor,
     SupervisorEvent,
@@ -144,7 +144,7 @@ fn failures_spaced_beyond_the_period_never_escalate_on_every_runtime() {
 
 /// Children a, b, c; b fails 10 ms after its first start only.
 fn three_children<R: Runtime>(rt: &R, stop_log: &Arc<Mutex<Vec<String>>>) -> [ChildSpec; 3] {
-    let specs = ["a", "b", "c"].map(|name| {
+    ["a", "b", "c"].map(|name| {
         let (rt, stop_log) = (rt.clone(), Arc::clone(stop_log));
         let runs = Arc::new(AtomicU32::new(0));
         ChildSpec::new(name, move |stop: CancellationToken| {
@@ -160,8 +160,7 @@ fn three_children<R: Runtime>(rt: &R, stop_log: &Arc<Mutex<Vec<String>>>) -> [Ch
                 Ok(())
             }
         })
-    });
-    specs
+    })
 }
 
 async fn strategy_scenario<R: Runtime>(rt: Clocked<R>, strategy: Strategy) -> (Log, Vec<String>) {
@@ -531,4 +530,302 @@ fn bad_configuration_is_a_typed_error() {
             .build()
             .is_ok()
     );
+}
+
+async fn stop_while_a_restart_is_pending<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .backoff(fixed(ms(1_000)))
+        .on_event(hook)
+        .child(failing(&rt, "db", ms(10)))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (stopper, rt2) = (stop.clone(), rt.clone());
+    rt.spawn(async move {
+        rt2.sleep(ms(100)).await;
+        stopper.cancel("deploy");
+    });
+    let start = rt.now();
+    let report = supervisor.run(stop).await.unwrap();
+    assert_eq!(rt.now() - start, ms(100), "no waiting out the backoff");
+    assert_eq!(report.ended, Ended::Stopped);
+    assert!(report.stopped.is_empty(), "nothing was running");
+    assert_eq!(
+        starts(&log, "db"),
+        [ms(0)],
+        "the pending restart was dropped"
+    );
+}
+
+#[test]
+fn a_stop_during_a_pending_restart_ends_at_once_on_every_runtime() {
+    on_every_runtime!(stop_while_a_restart_is_pending);
+}
+
+async fn factory_and_hook_panics_are_contained<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let spec = ChildSpec::new("fragile", move |stop: CancellationToken| {
+        assert!(
+            counter.fetch_add(1, SeqCst) > 0,
+            "bad config on first start"
+        );
+        async move {
+            stop.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .backoff(fixed(ms(1)))
+        .on_event(move |event| {
+            hook(event);
+            if matches!(event, SupervisorEvent::Started { run: 2, .. }) {
+                panic!("a buggy hook");
+            }
+        })
+        .child(spec)
+        .child(steady(&rt, "sibling"))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (stopper, rt2) = (stop.clone(), rt.clone());
+    rt.spawn(async move {
+        rt2.sleep(ms(50)).await;
+        stopper.cancel("done");
+    });
+    let report = supervisor.run(stop).await.unwrap();
+    assert_eq!(report.restarts, 1);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert!(log.lock().unwrap().iter().any(|(_, e)| matches!(e,
+        SupervisorEvent::Exited { child, exit: Exit::Panicked(m) }
+            if &**child == "fragile" && m == "bad config on first start")));
+    assert_eq!(
+        report.stopped.len(),
+        2,
+        "both children were running at the end"
+    );
+}
+
+#[test]
+fn a_panicking_factory_is_a_crashed_child_and_a_panicking_hook_is_ignored_on_every_runtime() {
+    on_every_runtime!(factory_and_hook_panics_are_contained);
+}
+
+/// Spawned through a function generic over the runtime: with the runtime written as
+/// `Clocked<R>` for a generic `R`, rustc cannot prove the `run` future `Send` (a higher-ranked
+/// lifetime limitation when normalizing `Clocked<R>`'s join handle type inside the future).
+fn spawn_run<RT: Runtime>(
+    rt: &RT,
+    supervisor: Supervisor<RT>,
+) -> tidewall::rt::JoinHandle<
+    RT,
+    Result<tidewall::task::SupervisorReport, tidewall::task::Escalation>,
+> {
+    rt.spawn(supervisor.run(CancellationToken::new()))
+}
+
+async fn a_dropped_supervisor_takes_its_children_down<R: Runtime>(rt: Clocked<R>) {
+    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
+    let alive = Arc::new(AtomicU32::new(0));
+    let (seen, count) = (Arc::clone(&tokens), Arc::clone(&alive));
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .child(ChildSpec::new("worker", move |stop: CancellationToken| {
+            seen.lock().unwrap().push(stop);
+            let alive = Alive::new(Arc::clone(&count));
+            async move {
+                let _alive = alive;
+                std::future::pending::<()>().await;
+                Ok::<(), std::io::Error>(())
+            }
+        }))
+        .build()
+        .unwrap();
+    let running = spawn_run(&rt, supervisor);
+    rt.sleep(ms(10)).await;
+    assert_eq!(alive.load(SeqCst), 1);
+    running.abort();
+    assert!(running.await.is_err());
+    rt.sleep(ms(10)).await;
+    assert_eq!(alive.load(SeqCst), 0, "the worker went with its supervisor");
+    assert!(
+        tokens.lock().unwrap()[0].is_cancelled(),
+        "and its token was cancelled"
+    );
+}
+
+/// Counts live instances.
+struct Alive(Arc<AtomicU32>);
+
+impl Alive {
+    fn new(count: Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+#[test]
+fn an_aborted_supervisor_cancels_and_aborts_its_children_on_every_runtime() {
+    on_every_runtime!(a_dropped_supervisor_takes_its_children_down);
+}
+
+async fn exhausted_backoff_starts_over<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .intensity(5, ms(60_000))
+        .backoff(
+            Backoff::exponential(ms(10))
+                .jitter(Jitter::None)
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+        )
+        .on_event(hook)
+        .child(failing(&rt, "x", ms(1)))
+        .build()
+        .unwrap();
+    supervisor.run(CancellationToken::new()).await.unwrap_err();
+    let delays: Vec<Duration> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SupervisorEvent::Restarting { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    // Two delays per schedule (max_attempts 3 = 2 retries), then it starts over.
+    assert_eq!(delays, [ms(10), ms(20), ms(10), ms(20), ms(10)]);
+}
+
+#[test]
+fn a_backoff_that_runs_out_starts_over_on_every_runtime() {
+    on_every_runtime!(exhausted_backoff_starts_over);
+}
+
+/// One-for-all: a transient sibling that ended normally comes back with the group; a
+/// temporary one stopped by the group restart does not.
+async fn one_for_all_with_transient_and_temporary_siblings<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let rt2 = rt.clone();
+    let transient = ChildSpec::new("transient", move |_stop| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(5)).await;
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .restart(Restart::Transient);
+    let runs = Arc::new(AtomicU32::new(0));
+    let rt3 = rt.clone();
+    let permanent = ChildSpec::new("permanent", move |stop: CancellationToken| {
+        let (rt, run) = (rt3.clone(), runs.fetch_add(1, SeqCst));
+        async move {
+            if run == 0 {
+                rt.sleep(ms(20)).await;
+                return Err("crash");
+            }
+            stop.cancelled().await;
+            Ok(())
+        }
+    });
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::OneForAll)
+        .backoff(fixed(ms(1)))
+        .on_event(hook)
+        .child(transient)
+        .child(steady(&rt, "temporary").restart(Restart::Temporary))
+        .child(permanent)
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (stopper, rt2) = (stop.clone(), rt.clone());
+    rt.spawn(async move {
+        rt2.sleep(ms(100)).await;
+        stopper.cancel("done");
+    });
+    supervisor.run(stop).await.unwrap();
+    assert_eq!(starts(&log, "transient"), [ms(0), ms(21)]);
+    assert_eq!(starts(&log, "temporary"), [ms(0)]);
+    assert_eq!(starts(&log, "permanent"), [ms(0), ms(21)]);
+}
+
+#[test]
+fn one_for_all_restarts_transient_siblings_but_never_temporary_ones_on_every_runtime() {
+    on_every_runtime!(one_for_all_with_transient_and_temporary_siblings);
+}
+
+/// Compile-time check: a supervisor's `run` future can be spawned on tokio as is.
+#[allow(dead_code)]
+fn run_is_spawnable_on_tokio(supervisor: Supervisor) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = supervisor.run(CancellationToken::new()).await;
+    })
+}
+
+/// Compile-time check: and so are a scope's join and a shutdown's run.
+#[allow(dead_code)]
+fn closers_are_spawnable_on_tokio(
+    scope: tidewall::task::Scope<u8, ()>,
+    shutdown: tidewall::task::Shutdown,
+) {
+    drop(tokio::spawn(scope.join()));
+    drop(tokio::spawn(shutdown.run()));
+}
+
+/// A parent stopping a nested supervisor waits for its ordered shutdown, however long its
+/// children take within their own timeouts (OTP's `infinity` for supervisor children).
+async fn nested_shutdown_is_not_cut_short<R: Runtime>(rt: Clocked<R>) {
+    let stopped: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
+    let start = rt.now();
+    let (inner_rt, log) = (rt.clone(), Arc::clone(&stopped));
+    let tree = ChildSpec::supervisor("tree", move || {
+        let mut builder = Supervisor::builder().runtime(inner_rt.clone());
+        for name in ["g1", "g2"] {
+            let (rt, log) = (inner_rt.clone(), Arc::clone(&log));
+            builder = builder.child(ChildSpec::new(name, move |stop: CancellationToken| {
+                let (rt, log) = (rt.clone(), Arc::clone(&log));
+                async move {
+                    stop.cancelled().await;
+                    rt.sleep(ms(4_000)).await; // within its 5 s default timeout
+                    log.lock().unwrap().push((name, rt.now() - start));
+                    Ok::<(), std::io::Error>(())
+                }
+            }));
+        }
+        builder.build().unwrap()
+    });
+    let parent = Supervisor::builder()
+        .runtime(rt.clone())
+        .child(tree)
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    stop.cancel("shutdown");
+    let report = parent.run(stop).await.unwrap();
+    assert_eq!(
+        *stopped.lock().unwrap(),
+        [("g2", ms(4_000)), ("g1", ms(8_000))]
+    );
+    assert!(matches!(
+        report.stopped.as_slice(),
+        [(name, Stopped::InTime { took, exit: Exit::Normal })] if &**name == "tree" && *took == ms(8_000)
+    ));
+}
+
+#[test]
+fn a_nested_supervisor_gets_to_stop_its_children_in_order_on_every_runtime() {
+    on_every_runtime!(nested_shutdown_is_not_cut_short);
 }

@@ -41,19 +41,42 @@ pub(super) fn tokio_signals() -> io::Result<ShutdownSignals> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
+        // tokio panics (rather than failing) outside a runtime or on one built without its
+        // I/O driver: turn that into an error the caller can handle.
+        let install = || -> io::Result<_> {
+            Ok((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        };
+        let (mut interrupt, mut terminate) =
+            std::panic::catch_unwind(install).map_err(|_| {
+                io::Error::other("tokio signals need a runtime with its I/O driver (enable_all)")
+            })??;
         Ok(Box::pin(async move {
-            let interrupt = std::pin::pin!(interrupt.recv());
-            let terminate = std::pin::pin!(terminate.recv());
-            match futures_util::future::select(interrupt, terminate).await {
-                futures_util::future::Either::Left(_) => Signal::Interrupt,
-                futures_util::future::Either::Right(_) => Signal::Terminate,
-            }
+            // `None` means the driver is gone: there will be no signal to report.
+            let interrupt = std::pin::pin!(async {
+                match interrupt.recv().await {
+                    Some(()) => Signal::Interrupt,
+                    None => std::future::pending().await,
+                }
+            });
+            let terminate = std::pin::pin!(async {
+                match terminate.recv().await {
+                    Some(()) => Signal::Terminate,
+                    None => std::future::pending().await,
+                }
+            });
+            futures_util::future::select(interrupt, terminate)
+                .await
+                .factor_first()
+                .0
         }))
     }
     #[cfg(not(unix))]
     {
+        // Off Unix, tokio installs the Ctrl-C handler when this future is first polled, not
+        // when it is created: poll it early.
         Ok(Box::pin(async {
             // Ctrl-C is the only shutdown signal here; an error leaves nothing to wait for.
             match tokio::signal::ctrl_c().await {
@@ -79,9 +102,11 @@ pub(super) fn portable_signals() -> io::Result<ShutdownSignals> {
                 Some(Ok(async_signal::Signal::Int)) => return Signal::Interrupt,
                 #[cfg(unix)]
                 Some(Ok(async_signal::Signal::Term)) => return Signal::Terminate,
-                // Another signal, or a read error: keep listening.
-                Some(_) => {}
-                None => std::future::pending::<()>().await,
+                // A signal we did not ask for: keep listening.
+                Some(Ok(_)) => {}
+                // A read error would repeat for ever (a spin), and an end means no more
+                // signals: either way there is nothing more to report.
+                Some(Err(_)) | None => std::future::pending::<()>().await,
             }
         }
     }))

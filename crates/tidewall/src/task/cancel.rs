@@ -1,6 +1,7 @@
 //! Cancellation tokens that carry a reason, with children, drop guards and cancel-checked
 //! futures.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -220,8 +221,23 @@ impl CancellationToken {
     /// **Cancel safety:** dropping the future unregisters it; nothing else happens.
     pub fn cancelled(&self) -> Cancelled<'_> {
         Cancelled {
-            token: self,
-            slot: None,
+            waiter: Waiter {
+                token: self,
+                slot: None,
+            },
+        }
+    }
+
+    /// As [`cancelled`](Self::cancelled), holding a clone of the token: a `'static` future
+    /// to store in a struct or move into a task.
+    ///
+    /// **Cancel safety:** dropping the future unregisters it; nothing else happens.
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned {
+            waiter: Waiter {
+                token: self.clone(),
+                slot: None,
+            },
         }
     }
 
@@ -247,14 +263,28 @@ impl CancellationToken {
 /// The future of [`CancellationToken::cancelled`].
 #[must_use = "futures do nothing unless polled"]
 pub struct Cancelled<'a> {
-    token: &'a CancellationToken,
-    slot: Option<usize>,
+    waiter: Waiter<&'a CancellationToken>,
+}
+
+/// The future of [`CancellationToken::cancelled_owned`]: holds its own token, so it is
+/// `'static` (and never trips rustc's `Send` check through a borrowed token).
+#[must_use = "futures do nothing unless polled"]
+pub struct CancelledOwned {
+    waiter: Waiter<CancellationToken>,
 }
 
 impl fmt::Debug for Cancelled<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cancelled")
-            .field("token", self.token)
+            .field("token", self.waiter.token)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledOwned")
+            .field("token", &self.waiter.token)
             .finish()
     }
 }
@@ -263,7 +293,27 @@ impl Future for Cancelled<'_> {
     type Output = Reason;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reason> {
-        let node = &self.token.node;
+        self.waiter.poll(cx)
+    }
+}
+
+impl Future for CancelledOwned {
+    type Output = Reason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reason> {
+        self.waiter.poll(cx)
+    }
+}
+
+/// A registration in a token's waiter list, through a borrowed or an owned token.
+struct Waiter<T: Borrow<CancellationToken>> {
+    token: T,
+    slot: Option<usize>,
+}
+
+impl<T: Borrow<CancellationToken>> Waiter<T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Reason> {
+        let node = &self.token.borrow().node;
         let mut state = node.state();
         if let Some(reason) = &state.reason {
             return Poll::Ready(reason.clone());
@@ -293,10 +343,10 @@ impl Future for Cancelled<'_> {
     }
 }
 
-impl Drop for Cancelled<'_> {
+impl<T: Borrow<CancellationToken>> Drop for Waiter<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            let mut state = self.token.node.state();
+            let mut state = self.token.borrow().node.state();
             // After a cancellation the list was taken; the slot no longer exists.
             if state.reason.is_none() && slot < state.waiters.len() {
                 state.waiters[slot] = None;

@@ -34,7 +34,9 @@ mod shutdown;
 mod supervisor;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
-pub use cancel::{CancellationToken, Cancelled, DropGuard, Reason, RunUntilCancelled};
+pub use cancel::{
+    CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
+};
 pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
 pub use pool::{JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool};
 pub use scope::{
@@ -46,6 +48,7 @@ pub use shutdown::{
     ShutdownReport,
 };
 pub use supervisor::{
-    ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Ended, Escalation, Exit, Restart, Stopped,
-    Strategy, Supervisor, SupervisorBuilder, SupervisorEvent, SupervisorReport,
+    ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Ended, Escalation, Exit, Restart,
+    SUPERVISOR_SHUTDOWN_TIMEOUT, Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorEvent,
+    SupervisorReport,
 };

@@ -97,13 +97,15 @@ impl<R: Runtime> Runtime for Clocked<R> {
         T: Send + 'static,
     {
         let (tx, output) = oneshot::channel();
-        let activity = Arc::clone(&self.activity);
-        activity.enter();
+        self.activity.enter();
+        // Leaves when the closure has run, and also when it is dropped unrun (aborted before
+        // it started, or its runtime shut down): otherwise virtual time would stop for good.
+        let busy = LeaveOnDrop(Arc::clone(&self.activity));
         let task = self.inner.spawn_blocking(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(work))
                 .map_err(|payload| JoinError::Panicked(Panic::new(payload)));
             let _ = tx.send(result);
-            activity.leave();
+            drop(busy);
         });
         // A blocking task cannot be stopped by an abort: nothing to mark.
         ClockedJoinHandle {
@@ -191,5 +193,14 @@ impl<F: Future> Future for Drive<F> {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+/// Counts one unit of activity until dropped.
+struct LeaveOnDrop(Arc<Activity>);
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }

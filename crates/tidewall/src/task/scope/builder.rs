@@ -72,7 +72,9 @@ impl<R> ScopeBuilder<R> {
     }
 
     /// Drops each `Ok` result as it arrives (it is still counted), so a long-lived scope whose
-    /// owner never reads results holds nothing for its finished children. Failures are kept.
+    /// owner never reads results holds nothing for its finished children. Failures are kept
+    /// until read (under `CollectAll`, a long-lived scope's owner should take them with
+    /// `next`; fail-fast scopes stop at the first).
     pub fn discard_ok(mut self) -> Self {
         self.keep_ok = false;
         self

@@ -98,6 +98,10 @@ impl<T, E> Ledger<T, E> {
         reason
     }
 
+    pub(super) fn has_reports(&self) -> bool {
+        !self.reports.is_empty()
+    }
+
     pub(super) fn take_next(&mut self) -> Option<ChildReport<T, E>> {
         self.reports.pop_front()
     }

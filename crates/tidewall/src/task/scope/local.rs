@@ -124,7 +124,10 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         let mut future = Some(future);
         let mut cancelled = pin!(self.shared.token.cancelled());
         poll_fn(|cx| {
-            let pending = future.take().expect("polled after completion");
+            // Empty only after `Ready`, which the `await` never polls again.
+            let Some(pending) = future.take() else {
+                return Poll::Pending;
+            };
             match self.admit(pending, Some(cx.waker())) {
                 Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
                     Poll::Ready(Err(SpawnError::Closed(pending)))
@@ -169,10 +172,10 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
             .limit
             .is_some_and(|limit| state.running.len() >= limit)
         {
-            if let Some(waker) = waiter {
-                if !state.spawners.iter().any(|w| w.will_wake(waker)) {
-                    state.spawners.push(waker.clone());
-                }
+            if let Some(waker) = waiter
+                && !state.spawners.iter().any(|w| w.will_wake(waker))
+            {
+                state.spawners.push(waker.clone());
             }
             return Err(SpawnError::Full(future));
         }
@@ -268,7 +271,10 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         poll_fn(|cx| {
             // Keep the children going: a slot frees only when one of them ends.
             self.drive(cx);
-            let pending = future.take().expect("polled after completion");
+            // Empty only after `Ready`, which the `await` never polls again.
+            let Some(pending) = future.take() else {
+                return Poll::Pending;
+            };
             match spawner.admit(pending, Some(cx.waker())) {
                 Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
                     Poll::Ready(Err(SpawnError::Closed(pending)))
@@ -412,8 +418,16 @@ impl<T, E, R> Drop for LocalScope<T, E, R> {
             self.shared
                 .token
                 .cancel("scope dropped without being joined");
-            self.shared.state.borrow_mut().closed = true;
         }
+        // Children queued but never polled go with the scope (one holding a spawner would
+        // otherwise keep the shared state, and itself, alive in an `Rc` cycle). Dropped after
+        // the borrow ends: their destructors may use a spawner.
+        let queued = {
+            let mut state = self.shared.state.borrow_mut();
+            state.closed = true;
+            std::mem::take(&mut state.incoming)
+        };
+        drop(queued);
     }
 }
 

@@ -53,6 +53,13 @@ impl<T, E> ChildOutcome<T, E> {
 }
 
 /// When a child ended relative to the scope's cancellation.
+///
+/// Times run from the cancellation as the scope saw it: exact for [`Scope::cancel`],
+/// `shutdown`, `join_within` and a fail-fast failure; for a cancellation that reached the
+/// scope through its parent token (or its own token, cancelled directly), from the moment the
+/// scope first noticed it (a join watching, or a child ending).
+///
+/// [`Scope::cancel`]: super::Scope::cancel
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Ending {

@@ -1,6 +1,5 @@
 //! [`Scope`]: children as runtime tasks, joined before the scope closes.
 
-use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
@@ -20,11 +19,10 @@ use crate::task::{CancellationToken, Reason};
 struct Running<R: Runtime> {
     /// `None` between the slot's reservation and the spawn's return.
     handle: Option<JoinHandle<R, ()>>,
-    spawned_at: Instant,
 }
 
 struct State<T, E, R: Runtime> {
-    running: HashMap<u64, Running<R>>,
+    running: hashbrown::HashMap<u64, Running<R>>,
     next_id: u64,
     closed: bool,
     /// Set once the grace period is over: handles stored from now on are aborted at once.
@@ -32,6 +30,9 @@ struct State<T, E, R: Runtime> {
     ledger: Ledger<T, E>,
     spawners: Vec<Waker>,
     owner: Option<Waker>,
+    /// The owner waits in `join` (woken when the last child ends), not in `next` (woken by
+    /// any new report).
+    owner_waits_for_all: bool,
 }
 
 struct Shared<T, E, R: Runtime> {
@@ -42,36 +43,51 @@ struct Shared<T, E, R: Runtime> {
     state: Mutex<State<T, E, R>>,
 }
 
+impl<T, E, R: Runtime> State<T, E, R> {
+    fn register_owner(&mut self, waker: &Waker, waits_for_all: bool) {
+        if !self.owner.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.owner = Some(waker.clone());
+        }
+        self.owner_waits_for_all = waits_for_all;
+    }
+}
+
 impl<T, E, R: Runtime> Shared<T, E, R> {
     fn state(&self) -> MutexGuard<'_, State<T, E, R>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.
-    fn finish(&self, id: u64, outcome: ChildOutcome<T, E>) {
+    fn finish(&self, id: u64, spawned_at: Instant, outcome: ChildOutcome<T, E>) {
         let now = self.rt.now();
         let cancelled = self.token.is_cancelled();
-        let (reason, wakers) = {
+        let (reason, spawners, owner, _own_handle) = {
             let mut state = self.state();
             let Some(running) = state.running.remove(&id) else {
                 return;
             };
-            let reason =
-                state
-                    .ledger
-                    .record(ChildId(id), outcome, running.spawned_at, now, cancelled);
+            let reason = state
+                .ledger
+                .record(ChildId(id), outcome, spawned_at, now, cancelled);
             if reason.is_some() {
                 state.closed = true;
             }
-            let mut wakers = std::mem::take(&mut state.spawners);
-            wakers.extend(state.owner.take());
-            (reason, wakers)
-            // `running.handle` (this very task's handle) is dropped here: detaching is fine.
+            // Wake the owner only for what it waits for: a cross-thread wake per child would
+            // cost more than the child itself.
+            let owner_done = state.running.is_empty()
+                || (!state.owner_waits_for_all && state.ledger.has_reports());
+            let owner = if owner_done { state.owner.take() } else { None };
+            // This very task's handle goes too, after the lock: dropping it detaches nothing.
+            let spawners = std::mem::take(&mut state.spawners);
+            (reason, spawners, owner, running.handle)
         };
         if let Some(reason) = reason {
             self.token.cancel(reason);
         }
-        wakers.into_iter().for_each(Waker::wake);
+        spawners.into_iter().for_each(Waker::wake);
+        if let Some(owner) = owner {
+            owner.wake();
+        }
     }
 }
 
@@ -80,20 +96,22 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
 struct ChildGuard<T, E, R: Runtime> {
     shared: Arc<Shared<T, E, R>>,
     id: u64,
+    spawned_at: Instant,
     finished: bool,
 }
 
 impl<T, E, R: Runtime> ChildGuard<T, E, R> {
     fn finish(mut self, outcome: ChildOutcome<T, E>) {
         self.finished = true;
-        self.shared.finish(self.id, outcome);
+        self.shared.finish(self.id, self.spawned_at, outcome);
     }
 }
 
 impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
     fn drop(&mut self) {
         if !self.finished {
-            self.shared.finish(self.id, ChildOutcome::Aborted);
+            self.shared
+                .finish(self.id, self.spawned_at, ChildOutcome::Aborted);
         }
     }
 }
@@ -119,22 +137,21 @@ impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
 /// Children learn of cancellation through the scope's token, which they clone in.
 ///
 /// ```
-/// use std::time::Duration;
-/// use tidewall::task::{ChildOutcome, Scope};
+/// use tidewall::task::Scope;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let mut scope = Scope::builder().limit(2).build::<u32, &str>()?;
-/// for n in 0..4 {
-///     scope.spawn(async move { if n == 3 { Err("bad input") } else { Ok(n * 10) } }).await?;
-/// }
+/// let scope = Scope::builder().build::<u32, &str>()?;
 /// let token = scope.token();
 /// scope.spawn(async move {
 ///     token.cancelled().await; // a sibling that stops when told to
 ///     Ok(99)
 /// }).await?;
+/// for n in 1..=3 {
+///     scope.spawn(async move { if n == 3 { Err("bad input") } else { Ok(n * 10) } }).await?;
+/// }
 /// let report = scope.join().await;
-/// assert_eq!((report.succeeded, report.failed), (4, 1));
+/// assert_eq!((report.succeeded, report.failed), (3, 1));
 /// assert_eq!(report.cancel_reason.unwrap().as_str(), "child #3 returned an error");
 /// assert!(report.is_balanced());
 /// # Ok(()) }
@@ -205,7 +222,10 @@ where
         // A cancel must reach a spawner waiting for a slot even if no child ends.
         let mut cancelled = pin!(self.shared.token.cancelled());
         poll_fn(|cx| {
-            let pending = future.take().expect("polled after completion");
+            // Empty only after `Ready`, which the `await` never polls again.
+            let Some(pending) = future.take() else {
+                return Poll::Pending;
+            };
             match self.admit(Some(cx.waker())) {
                 Admission::Admitted(id) => Poll::Ready(Ok(self.launch(id, pending))),
                 Admission::Closed => Poll::Ready(Err(SpawnError::Closed(pending))),
@@ -259,24 +279,17 @@ where
             .limit
             .is_some_and(|limit| state.running.len() >= limit)
         {
-            if let Some(waker) = waiter {
-                if !state.spawners.iter().any(|w| w.will_wake(waker)) {
-                    state.spawners.push(waker.clone());
-                }
+            if let Some(waker) = waiter
+                && !state.spawners.iter().any(|w| w.will_wake(waker))
+            {
+                state.spawners.push(waker.clone());
             }
             return Admission::Full;
         }
         let id = state.next_id;
         state.next_id += 1;
         state.ledger.spawned += 1;
-        let spawned_at = self.shared.rt.now();
-        state.running.insert(
-            id,
-            Running {
-                handle: None,
-                spawned_at,
-            },
-        );
+        state.running.insert(id, Running { handle: None });
         Admission::Admitted(id)
     }
 
@@ -287,6 +300,7 @@ where
         let guard = ChildGuard {
             shared: Arc::clone(&self.shared),
             id,
+            spawned_at: self.shared.rt.now(),
             finished: false,
         };
         let handle = self.shared.rt.spawn(async move {
@@ -330,13 +344,14 @@ where
             grace: builder.grace,
             token,
             state: Mutex::new(State {
-                running: HashMap::new(),
+                running: hashbrown::HashMap::new(),
                 next_id: 0,
                 closed: false,
                 aborting: false,
                 ledger: Ledger::new(builder.policy, builder.keep_ok),
                 spawners: Vec::new(),
                 owner: None,
+                owner_waits_for_all: false,
             }),
         });
         Self {
@@ -416,7 +431,7 @@ where
             if state.running.is_empty() {
                 return Poll::Ready(None);
             }
-            state.owner = Some(cx.waker().clone());
+            state.register_owner(cx.waker(), false);
             Poll::Pending
         })
         .await
@@ -503,7 +518,7 @@ impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
                 state.closed = true;
                 Poll::Ready(())
             } else {
-                state.owner = Some(cx.waker().clone());
+                state.register_owner(cx.waker(), true);
                 Poll::Pending
             }
         })

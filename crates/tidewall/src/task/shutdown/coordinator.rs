@@ -18,7 +18,8 @@ use crate::task::{CancellationToken, ChildError, Exit, Reason, Stopped};
 struct Component<R: Runtime> {
     name: Arc<str>,
     stop: CancellationToken,
-    handle: JoinHandle<R, Result<(), ChildError>>,
+    /// The task reports an [`Exit`] (no boxed error in the handle's type: see [`exit_of`]).
+    handle: JoinHandle<R, Exit>,
     timeout: Option<Duration>,
     exited: Option<Exit>,
 }
@@ -138,7 +139,7 @@ impl Shutdown {
 enum Wake {
     Signal(Signal),
     Triggered,
-    Exited(usize),
+    Exited(usize, Exit),
 }
 
 impl<R: Runtime> Shutdown<R> {
@@ -194,7 +195,7 @@ impl<R: Runtime> Shutdown<R> {
         let running = start(stop.clone());
         let handle = self
             .rt
-            .spawn(async move { running.await.map_err(Into::into) });
+            .spawn(async move { exit_from(running.await.map_err(Into::into)) });
         self.components.push(Component {
             name,
             stop,
@@ -219,9 +220,8 @@ impl<R: Runtime> Shutdown<R> {
                     let reason = self.trigger.reason().unwrap_or_else(|| Reason::new(""));
                     break Cause::Triggered(reason);
                 }
-                Wake::Exited(index) => {
+                Wake::Exited(index, exit) => {
                     let component = &self.components[index];
-                    let exit = component.exited.clone().expect("just recorded");
                     if exit.is_failure() {
                         let name = Arc::clone(&component.name);
                         break Cause::ComponentFailed { name, exit };
@@ -249,19 +249,20 @@ impl<R: Runtime> Shutdown<R> {
             if triggered.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Triggered);
             }
-            if let Some(signals) = &mut self.signals {
-                if let Poll::Ready(signal) = signals.as_mut().poll(cx) {
-                    self.signals = None;
-                    return Poll::Ready(Wake::Signal(signal));
-                }
+            if let Some(signals) = &mut self.signals
+                && let Poll::Ready(signal) = signals.as_mut().poll(cx)
+            {
+                self.signals = None;
+                return Poll::Ready(Wake::Signal(signal));
             }
             for (index, component) in self.components.iter_mut().enumerate() {
                 if component.exited.is_some() {
                     continue;
                 }
                 if let Poll::Ready(result) = Pin::new(&mut component.handle).poll(cx) {
-                    component.exited = Some(exit_of(result));
-                    return Poll::Ready(Wake::Exited(index));
+                    let exit = exit_of(result);
+                    component.exited = Some(exit.clone());
+                    return Poll::Ready(Wake::Exited(index, exit));
                 }
             }
             Poll::Pending
@@ -272,8 +273,21 @@ impl<R: Runtime> Shutdown<R> {
     async fn stop_all(mut self, cause: Cause) -> ShutdownReport {
         let started = self.rt.now();
         let deadline = instant_after(started, self.deadline);
-        // A second signal cuts the shutdown short: listen afresh (the first one was used up).
-        let mut second_signal = self.rt.shutdown_signals().ok();
+        // Only a process that listens for signals is forced by one: the *second* signal of
+        // the shutdown. So a SIGTERM that follows a triggered shutdown (a Kubernetes preStop
+        // hook, then the kubelet's SIGTERM) only counts; the operator's next one forces.
+        let mut force = Force {
+            signals_left: if matches!(cause, Cause::Signal(_)) {
+                1
+            } else {
+                2
+            },
+            listener: match self.signals.take() {
+                Some(listener) => Some(listener),
+                None if matches!(cause, Cause::Signal(_)) => self.rt.shutdown_signals().ok(),
+                None => None,
+            },
+        };
         let mut forced = false;
         let mut deadline_exceeded = false;
         let mut reports = Vec::with_capacity(self.components.len());
@@ -288,9 +302,7 @@ impl<R: Runtime> Shutdown<R> {
                 let exit = if forced || told >= deadline {
                     None
                 } else {
-                    let waited = self
-                        .wait_for(&mut component.handle, until, &mut second_signal)
-                        .await;
+                    let waited = wait_for(&self.rt, &mut component.handle, until, &mut force).await;
                     match waited {
                         Waited::Exited(exit) => Some(exit),
                         Waited::TimedOut => None,
@@ -308,9 +320,15 @@ impl<R: Runtime> Shutdown<R> {
                     None => {
                         deadline_exceeded |= !forced && self.rt.now() >= deadline;
                         component.handle.abort();
-                        let _ = (&mut component.handle).await;
-                        Stopped::Aborted {
-                            took: self.rt.now().saturating_duration_since(told),
+                        let result = (&mut component.handle).await;
+                        let took = self.rt.now().saturating_duration_since(told);
+                        match result {
+                            // It ended just as the abort came: report what it returned.
+                            Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
+                                took,
+                                exit: exit_of(result),
+                            },
+                            Err(_) => Stopped::Aborted { took },
                         }
                     }
                 };
@@ -329,27 +347,53 @@ impl<R: Runtime> Shutdown<R> {
             forced,
         }
     }
+}
 
-    async fn wait_for(
-        &self,
-        handle: &mut JoinHandle<R, Result<(), ChildError>>,
-        until: Instant,
-        second_signal: &mut Option<ShutdownSignals>,
-    ) -> Waited {
-        let mut timer = Box::pin(self.rt.sleep_until(until));
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = Pin::new(&mut *handle).poll(cx) {
-                return Poll::Ready(Waited::Exited(exit_of(result)));
+/// Waits for a component to end, its time to run out, or the signal that forces the
+/// shutdown. (A free function: borrowing the coordinator across the wait would require it to
+/// be `Sync`, which its signal listener is not.)
+async fn wait_for<R: Runtime>(
+    rt: &R,
+    handle: &mut JoinHandle<R, Exit>,
+    until: Instant,
+    force: &mut Force,
+) -> Waited {
+    let mut timer = Box::pin(rt.sleep_until(until));
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut *handle).poll(cx) {
+            return Poll::Ready(Waited::Exited(exit_of(result)));
+        }
+        while let Some(listener) = &mut force.listener {
+            if listener.as_mut().poll(cx).is_pending() {
+                break;
             }
-            if let Some(signals) = second_signal {
-                if signals.as_mut().poll(cx).is_ready() {
-                    *second_signal = None;
-                    return Poll::Ready(Waited::Forced);
-                }
+            force.signals_left -= 1;
+            if force.signals_left == 0 {
+                force.listener = None;
+                return Poll::Ready(Waited::Forced);
             }
-            timer.as_mut().poll(cx).map(|()| Waited::TimedOut)
-        })
-        .await
+            // Listen for the next one (polled at once by the loop).
+            force.listener = rt.shutdown_signals().ok();
+        }
+        timer.as_mut().poll(cx).map(|()| Waited::TimedOut)
+    })
+    .await
+}
+
+/// Signals still to come before a shutdown is forced, and the listener for the next one.
+struct Force {
+    signals_left: u32,
+    listener: Option<ShutdownSignals>,
+}
+
+impl<R: Runtime> Drop for Shutdown<R> {
+    /// A coordinator dropped before `run` (an early `?` between registrations) does not leave
+    /// its components running unseen: each is told to stop and aborted.
+    fn drop(&mut self) {
+        for component in self.components.drain(..).rev() {
+            component.stop.cancel("shutdown coordinator dropped");
+            component.handle.abort();
+        }
     }
 }
 
@@ -359,10 +403,22 @@ enum Waited {
     Forced,
 }
 
-pub(crate) fn exit_of(result: Result<Result<(), ChildError>, JoinError>) -> Exit {
+/// How a child's own result reads as an [`Exit`]; computed inside the task.
+///
+/// Tasks report an `Exit`, never a `Box<dyn Error>`: a join handle whose output type holds a
+/// trait object makes rustc fail to prove the supervisor's and coordinator's futures `Send`
+/// for a concrete runtime (the object's lifetime bound is erased inside the future).
+pub(crate) fn exit_from(result: Result<(), ChildError>) -> Exit {
     match result {
-        Ok(Ok(())) => Exit::Normal,
-        Ok(Err(error)) => Exit::Failed(error.to_string()),
+        Ok(()) => Exit::Normal,
+        Err(error) => Exit::Failed(error.to_string()),
+    }
+}
+
+/// A finished task's [`Exit`], with a panic or an abort read from the join error.
+pub(crate) fn exit_of(result: Result<Exit, JoinError>) -> Exit {
+    match result {
+        Ok(exit) => exit,
         Err(JoinError::Panicked(panic)) => {
             Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
         }

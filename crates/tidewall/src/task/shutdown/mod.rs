@@ -9,6 +9,6 @@
 mod coordinator;
 mod report;
 
-pub(crate) use coordinator::exit_of;
 pub use coordinator::{DEFAULT_DEADLINE, Shutdown, ShutdownBuilder};
+pub(crate) use coordinator::{exit_from, exit_of};
 pub use report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};

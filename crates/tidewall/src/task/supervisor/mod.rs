@@ -21,4 +21,6 @@ mod spec;
 pub use builder::{Strategy, SupervisorBuilder};
 pub use report::{Ended, Escalation, Exit, Stopped, SupervisorEvent, SupervisorReport};
 pub use run::Supervisor;
-pub use spec::{ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Restart};
+pub use spec::{
+    ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Restart, SUPERVISOR_SHUTDOWN_TIMEOUT,
+};

@@ -93,6 +93,8 @@ pub enum Ended {
     Stopped,
     /// Every child ended and none is to be restarted.
     NoChildrenLeft,
+    /// The restart intensity was exceeded (the report of an [`Escalation`]).
+    Escalated,
 }
 
 /// A supervisor's account of its life.

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -10,14 +11,15 @@ use std::time::{Duration, Instant};
 use tidewall_core::backoff::{Backoff, DelayState};
 
 use super::builder::{EventHook, Strategy, SupervisorBuilder};
+use super::report::Exit;
 use super::report::{Ended, Escalation, Stopped, SupervisorEvent, SupervisorReport};
-use super::spec::{ChildError, ChildSpec, Restart};
-use crate::rt::{DefaultRuntime, JoinHandle, Runtime, TaskHandle, instant_after};
-use crate::task::CancellationToken;
-use crate::task::shutdown::exit_of;
+use super::spec::{ChildSpec, Restart};
+use crate::rt::{DefaultRuntime, JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
+use crate::task::shutdown::{exit_from, exit_of};
+use crate::task::{CancellationToken, CancelledOwned};
 
 struct Running<R: Runtime> {
-    handle: JoinHandle<R, Result<(), ChildError>>,
+    handle: JoinHandle<R, Exit>,
     stop: CancellationToken,
     started_at: Instant,
 }
@@ -27,8 +29,10 @@ struct Slot<R: Runtime> {
     running: Option<Running<R>>,
     /// When a scheduled restart is due.
     restart_at: Option<Instant>,
-    /// Temporary children that ended, transient ones that ended normally: never started again.
-    retired: bool,
+    /// A temporary child that ended or was stopped: OTP deletes it, it never starts again.
+    /// (A transient child that ended normally stays: a sibling's one-for-all or rest-for-one
+    /// restart starts it again, as in OTP.)
+    removed: bool,
     backoff: DelayState,
     runs: u64,
 }
@@ -97,7 +101,9 @@ impl Supervisor {
 
 impl ChildSpec {
     /// A child that is itself a supervisor, built afresh by `make` at every (re)start; its
-    /// escalation is this child's failure.
+    /// escalation is this child's failure. Its shutdown timeout is
+    /// [`SUPERVISOR_SHUTDOWN_TIMEOUT`](super::SUPERVISOR_SHUTDOWN_TIMEOUT) (OTP's `infinity`):
+    /// it stops its own children within theirs.
     pub fn supervisor<R, F>(name: impl Into<Arc<str>>, mut make: F) -> Self
     where
         R: Runtime,
@@ -107,12 +113,13 @@ impl ChildSpec {
             let supervisor = make();
             async move { supervisor.run(stop).await.map(drop) }
         })
+        .shutdown_timeout(super::spec::SUPERVISOR_SHUTDOWN_TIMEOUT)
     }
 }
 
 enum Event {
     Stop,
-    Exited(usize, super::report::Exit),
+    Exited(usize, Exit),
     RestartDue,
 }
 
@@ -137,7 +144,7 @@ impl<R: Runtime> Supervisor<R> {
                 spec,
                 running: None,
                 restart_at: None,
-                retired: false,
+                removed: false,
                 backoff: backoff.start(seed),
                 runs: 0,
             });
@@ -156,15 +163,16 @@ impl<R: Runtime> Supervisor<R> {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future drops the children's handles, which detaches them: cancel `stop`
-    /// and await the future instead, so that the children are stopped in order.
+    /// Dropping the future cancels every child's token and aborts it at once, without the
+    /// ordered shutdown: cancel `stop` and await the future to stop them in order.
     pub async fn run(mut self, stop: CancellationToken) -> Result<SupervisorReport, Escalation> {
         for index in 0..self.slots.len() {
             self.start(index);
         }
+        let mut cancelled = stop.cancelled_owned();
         loop {
             let due = self.slots.iter().filter_map(|s| s.restart_at).min();
-            match self.next_event(&stop, due).await {
+            match self.next_event(&mut cancelled, due).await {
                 Event::Stop => return Ok(self.stop_all(Ended::Stopped).await),
                 Event::RestartDue => self.start_due(),
                 Event::Exited(index, exit) => {
@@ -174,7 +182,7 @@ impl<R: Runtime> Supervisor<R> {
                         self.emit(SupervisorEvent::Escalating {
                             child: Arc::clone(&child),
                         });
-                        let report = self.stop_all(Ended::Stopped).await;
+                        let report = self.stop_all(Ended::Escalated).await;
                         return Err(Escalation {
                             child,
                             max_restarts,
@@ -194,18 +202,23 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
-    async fn next_event(&mut self, stop: &CancellationToken, due: Option<Instant>) -> Event {
-        let mut cancelled = std::pin::pin!(stop.cancelled());
+    /// The next thing to act on. Not an `async fn`: rustc's `Send` check on the `run` future
+    /// trips over the borrowed `Cancelled` inside one ("not general enough").
+    fn next_event<'a>(
+        &'a mut self,
+        cancelled: &'a mut CancelledOwned,
+        due: Option<Instant>,
+    ) -> impl Future<Output = Event> + 'a {
         let mut timer: Option<Pin<Box<R::Sleep>>> = due.map(|at| Box::pin(self.rt.sleep_until(at)));
-        poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
+        poll_fn(move |cx| {
+            if Pin::new(&mut *cancelled).poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
             }
             for (index, slot) in self.slots.iter_mut().enumerate() {
-                if let Some(running) = &mut slot.running {
-                    if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
-                        return Poll::Ready(Event::Exited(index, exit_of(result)));
-                    }
+                if let Some(running) = &mut slot.running
+                    && let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx)
+                {
+                    return Poll::Ready(Event::Exited(index, exit_of(result)));
                 }
             }
             match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
@@ -213,12 +226,11 @@ impl<R: Runtime> Supervisor<R> {
                 _ => Poll::Pending,
             }
         })
-        .await
     }
 
     /// Handles a child's own exit. Returns the child's name if restarting it would exceed
     /// the intensity.
-    async fn on_exit(&mut self, index: usize, exit: super::report::Exit) -> Option<Arc<str>> {
+    async fn on_exit(&mut self, index: usize, exit: Exit) -> Option<Arc<str>> {
         let now = self.rt.now();
         let slot = &mut self.slots[index];
         let running = slot
@@ -237,7 +249,7 @@ impl<R: Runtime> Supervisor<R> {
             Restart::Temporary => false,
         };
         if !restart {
-            slot.retired = true;
+            slot.removed = slot.spec.restart == Restart::Temporary;
             return None;
         }
         // Intensity: restarts within the last `period`, this one included.
@@ -258,11 +270,19 @@ impl<R: Runtime> Supervisor<R> {
             let seed = self.next_seed();
             self.slots[index].backoff = self.backoff.start(seed);
         }
-        let slot = &mut self.slots[index];
-        let delay = self
-            .backoff
-            .next_delay(&mut slot.backoff)
-            .unwrap_or_else(|| self.backoff.max_delay_cap());
+        let delay = match self.backoff.next_delay(&mut self.slots[index].backoff) {
+            Some(delay) => delay,
+            None => {
+                // The schedule ran out of attempts (the intensity bounds restarts, not the
+                // backoff): start it over rather than pin every later restart to one value.
+                let seed = self.next_seed();
+                let slot = &mut self.slots[index];
+                slot.backoff = self.backoff.start(seed);
+                self.backoff
+                    .next_delay(&mut slot.backoff)
+                    .unwrap_or_default()
+            }
+        };
         self.emit(SupervisorEvent::Restarting {
             child: name,
             delay,
@@ -274,7 +294,15 @@ impl<R: Runtime> Supervisor<R> {
             Strategy::RestForOne => (index..self.slots.len()).collect(),
         };
         // Siblings taken down with it stop in reverse start order.
-        for &sibling in group.iter().rev().filter(|&&i| i != index) {
+        // (A plain loop: an iterator with a closure held across the await would trip rustc's
+        // `Send` check on the `run` future.)
+        let siblings: Vec<usize> = group
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&i| i != index)
+            .collect();
+        for sibling in siblings {
             if let Some(how) = self.stop_one(sibling).await {
                 let child = Arc::clone(&self.slots[sibling].spec.name);
                 self.emit(SupervisorEvent::Stopped { child, how });
@@ -283,9 +311,11 @@ impl<R: Runtime> Supervisor<R> {
         let at = instant_after(now, delay);
         for i in group {
             let slot = &mut self.slots[i];
+            // Temporary siblings taken down with it are never restarted (OTP deletes them).
             if slot.spec.restart == Restart::Temporary && i != index {
-                slot.retired = true;
-            } else if !slot.retired {
+                slot.removed = true;
+            }
+            if !slot.removed {
                 slot.restart_at = Some(at);
             }
         }
@@ -312,10 +342,14 @@ impl<R: Runtime> Supervisor<R> {
     fn start(&mut self, index: usize) {
         let stop = CancellationToken::new();
         let slot = &mut self.slots[index];
-        let child = (slot.spec.factory)(stop.clone());
+        // A factory that panics is a child that panicked at once: reported and restarted
+        // like any other (it never takes the supervisor, and its other children, down).
+        let factory = &mut slot.spec.factory;
+        let child = std::panic::catch_unwind(AssertUnwindSafe(|| factory(stop.clone())))
+            .unwrap_or_else(|payload| Box::pin(async move { std::panic::resume_unwind(payload) }));
         slot.runs += 1;
         slot.running = Some(Running {
-            handle: self.rt.spawn(child),
+            handle: self.rt.spawn(async move { exit_from(child.await) }),
             stop,
             started_at: self.rt.now(),
         });
@@ -349,9 +383,16 @@ impl<R: Runtime> Supervisor<R> {
             return Some(Stopped::InTime { took, exit });
         }
         running.handle.abort();
-        let _ = (&mut running.handle).await;
+        let result = (&mut running.handle).await;
         let took = self.rt.now().saturating_duration_since(cancelled_at);
-        Some(Stopped::Aborted { took })
+        Some(match result {
+            // It finished just as the abort came: report what it returned.
+            Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
+                took,
+                exit: exit_of(result),
+            },
+            Err(_) => Stopped::Aborted { took },
+        })
     }
 
     async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
@@ -377,7 +418,23 @@ impl<R: Runtime> Supervisor<R> {
         #[cfg(feature = "tracing")]
         tracing::info!(target: "tidewall::supervisor", event = ?event, "supervisor event");
         if let Some(hook) = &self.on_event {
-            hook(&event);
+            // A panicking hook must not take the supervisor and its children down: ignored.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&event)));
+        }
+    }
+}
+
+impl<R: Runtime> Drop for Supervisor<R> {
+    /// A supervisor dropped before it stopped its children (its `run` future dropped, or
+    /// aborted by a parent after its shutdown timeout) takes them down with it: each is told
+    /// to stop and aborted, so no worker outlives its supervisor or runs twice after a
+    /// restart of the tree.
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(running) = slot.running.take() {
+                running.stop.cancel("supervisor dropped");
+                running.handle.abort();
+            }
         }
     }
 }

@@ -32,6 +32,11 @@ pub enum Restart {
 /// [`ChildSpec::shutdown_timeout`] says otherwise.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The shutdown timeout of a [`ChildSpec::supervisor`](ChildSpec::supervisor) child: a year,
+/// standing in for OTP's `infinity`, because a supervisor stops its own children one by one
+/// within their own timeouts and must not be cut short in the middle.
+pub const SUPERVISOR_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
+
 /// One supervised child: a name, a factory that starts it (called again on every restart,
 /// with a fresh token that is cancelled when the supervisor wants it to stop), its
 /// [`Restart`] kind and its shutdown timeout.
