@@ -124,7 +124,6 @@ async fn fail_fast_cancels_siblings_then_aborts_stragglers<R: Runtime>(rt: Clock
         ChildOutcome::Err("disk full")
     ));
     assert!(matches!(report.children[2].outcome, ChildOutcome::Aborted));
-    assert_eq!(report.children[2].ran_for, ms(110));
 }
 
 struct SetOnDrop(Arc<AtomicBool>);

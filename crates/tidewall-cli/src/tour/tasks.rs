@@ -166,14 +166,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
     for (index, role) in ROLES.iter().enumerate() {
         let ended = of(index).map_or_else(
             || "not spawned".into(),
-            |c| {
-                format!(
-                    "{}, {}, ran {}",
-                    outcome(&c.outcome),
-                    ending(c.ending),
-                    ms(c.ran_for)
-                )
-            },
+            |c| format!("{}, {}", outcome(&c.outcome), ending(c.ending)),
         );
         s.metric(&format!("#{index} ({})", role.describe()), ended);
     }

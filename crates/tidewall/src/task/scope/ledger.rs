@@ -45,30 +45,33 @@ impl<T, E> Ledger<T, E> {
     }
 
     /// Records a child's end. Returns the reason to cancel the scope with when this is the
-    /// failure that a fail-fast scope stops on.
+    /// failure that a fail-fast scope stops on. `now` is read only when a time is needed (an
+    /// ending after a cancellation, or the cancellation itself): a child that simply finishes
+    /// costs no clock read.
     pub(super) fn record(
         &mut self,
         id: ChildId,
         outcome: ChildOutcome<T, E>,
-        spawned_at: Instant,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         already_cancelled: bool,
     ) -> Option<Reason> {
-        // A child that ended before it could see the token cancelled finished on its own,
-        // even if a failing sibling got to the ledger first.
-        let ending = match (&outcome, already_cancelled) {
-            (ChildOutcome::Aborted, _) => Ending::Aborted {
-                took: now.saturating_duration_since(self.note_cancel(now)),
-            },
-            (_, true) => Ending::AfterCancel {
-                took: now.saturating_duration_since(self.note_cancel(now)),
-            },
-            (_, false) => Ending::Finished,
-        };
         let fail_fast = self.policy == FailurePolicy::FailFast
             && !already_cancelled
             && self.cancelled_at.is_none()
             && outcome.is_failure();
+        let aborted = matches!(outcome, ChildOutcome::Aborted);
+        let now = (already_cancelled || aborted || fail_fast).then(now);
+        // A child that ended before it could see the token cancelled finished on its own,
+        // even if a failing sibling got to the ledger first.
+        let ending = match now {
+            Some(now) if aborted => Ending::Aborted {
+                took: now.saturating_duration_since(self.note_cancel(now)),
+            },
+            Some(now) if already_cancelled => Ending::AfterCancel {
+                took: now.saturating_duration_since(self.note_cancel(now)),
+            },
+            _ => Ending::Finished,
+        };
         let reason = fail_fast.then(|| match &outcome {
             ChildOutcome::Panicked(panic) => Reason::new(format!(
                 "{id} panicked: {}",
@@ -76,7 +79,7 @@ impl<T, E> Ledger<T, E> {
             )),
             _ => Reason::new(format!("{id} returned an error")),
         });
-        if reason.is_some() {
+        if let (Some(now), Some(_)) = (now, &reason) {
             self.note_cancel(now);
             self.fail_reason.clone_from(&reason);
             self.first_failure = Some(id);
@@ -91,7 +94,6 @@ impl<T, E> Ledger<T, E> {
             self.reports.push_back(ChildReport {
                 id,
                 outcome,
-                ran_for: now.saturating_duration_since(spawned_at),
                 ending,
             });
         }

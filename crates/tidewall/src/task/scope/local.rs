@@ -1,7 +1,6 @@
 //! [`LocalScope`]: the same scope for `!Send` futures, driven by its owner.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
@@ -24,8 +23,8 @@ type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, ChildOutcome<T, E>)>>>
 struct LocalState<T, E> {
     /// Spawned, not yet moved into the driver's set.
     incoming: Vec<LocalChild<T, E>>,
-    /// Spawn instant of every child not yet ended (incoming or in the set).
-    running: HashMap<u64, Instant>,
+    /// Every child not yet ended (incoming or in the set).
+    running: hashbrown::HashSet<u64>,
     next_id: u64,
     closed: bool,
     ledger: Ledger<T, E>,
@@ -182,7 +181,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         let id = state.next_id;
         state.next_id += 1;
         state.ledger.spawned += 1;
-        state.running.insert(id, self.shared.rt.now());
+        state.running.insert(id);
         state.incoming.push(Box::pin(async move {
             let outcome = match AssertUnwindSafe(future).catch_unwind().await {
                 Ok(Ok(value)) => ChildOutcome::Ok(value),
@@ -211,7 +210,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
                 token,
                 state: RefCell::new(LocalState {
                     incoming: Vec::new(),
-                    running: HashMap::new(),
+                    running: hashbrown::HashSet::new(),
                     next_id: 0,
                     closed: false,
                     ledger: Ledger::new(builder.policy, builder.keep_ok),
@@ -390,16 +389,16 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     }
 
     fn record(&self, id: u64, outcome: ChildOutcome<T, E>) {
-        let now = self.shared.rt.now();
+        let rt = &self.shared.rt;
         let cancelled = self.shared.token.is_cancelled();
         let (reason, wakers) = {
             let mut state = self.shared.state.borrow_mut();
-            let Some(spawned_at) = state.running.remove(&id) else {
+            if !state.running.remove(&id) {
                 return;
-            };
+            }
             let reason = state
                 .ledger
-                .record(ChildId(id), outcome, spawned_at, now, cancelled);
+                .record(ChildId(id), outcome, || rt.now(), cancelled);
             if reason.is_some() {
                 state.closed = true;
             }
@@ -464,11 +463,11 @@ impl<T: 'static, E: 'static, R: Runtime> Closing for LocalScope<T, E, R> {
         state.incoming.clear();
         let now = self.shared.rt.now();
         let mut left: Vec<_> = state.running.drain().collect();
-        left.sort_unstable_by_key(|&(id, _)| id);
-        for (id, spawned_at) in left {
+        left.sort_unstable();
+        for id in left {
             state
                 .ledger
-                .record(ChildId(id), ChildOutcome::Aborted, spawned_at, now, true);
+                .record(ChildId(id), ChildOutcome::Aborted, || now, true);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! be restarted, a [`Supervisor`](super::Supervisor).
 
 mod builder;
+mod child;
 mod close;
 mod ledger;
 mod local;

@@ -77,7 +77,7 @@ pub enum Ending {
     },
 }
 
-/// One child's end: its outcome, how long it ran, and how it stopped.
+/// One child's end: its outcome, and how (and how fast) it stopped.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ChildReport<T, E> {
@@ -85,8 +85,6 @@ pub struct ChildReport<T, E> {
     pub id: ChildId,
     /// What it returned.
     pub outcome: ChildOutcome<T, E>,
-    /// From its spawn to its end.
-    pub ran_for: Duration,
     /// Whether it ended on its own, after the cancellation, or by abort.
     pub ending: Ending,
 }

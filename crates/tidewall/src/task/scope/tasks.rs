@@ -1,120 +1,19 @@
 //! [`Scope`]: children as runtime tasks, joined before the scope closes.
 
 use std::future::{Future, poll_fn};
-use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-
-use futures_util::FutureExt as _;
 
 use super::builder::ScopeBuilder;
 use super::close::{Closing, Plan, close};
 use super::ledger::Ledger;
-use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
-use crate::rt::{DefaultRuntime, JoinHandle, Panic, Runtime, TaskHandle, instant_after};
+use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
+use crate::rt::{DefaultRuntime, Runtime, instant_after};
 use crate::task::{CancellationToken, Reason};
 
-struct Running<R: Runtime> {
-    /// `None` between the slot's reservation and the spawn's return.
-    handle: Option<JoinHandle<R, ()>>,
-}
-
-struct State<T, E, R: Runtime> {
-    running: hashbrown::HashMap<u64, Running<R>>,
-    next_id: u64,
-    closed: bool,
-    /// Set once the grace period is over: handles stored from now on are aborted at once.
-    aborting: bool,
-    ledger: Ledger<T, E>,
-    spawners: Vec<Waker>,
-    owner: Option<Waker>,
-    /// The owner waits in `join` (woken when the last child ends), not in `next` (woken by
-    /// any new report).
-    owner_waits_for_all: bool,
-}
-
-struct Shared<T, E, R: Runtime> {
-    rt: R,
-    limit: Option<usize>,
-    grace: Duration,
-    token: CancellationToken,
-    state: Mutex<State<T, E, R>>,
-}
-
-impl<T, E, R: Runtime> State<T, E, R> {
-    fn register_owner(&mut self, waker: &Waker, waits_for_all: bool) {
-        if !self.owner.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.owner = Some(waker.clone());
-        }
-        self.owner_waits_for_all = waits_for_all;
-    }
-}
-
-impl<T, E, R: Runtime> Shared<T, E, R> {
-    fn state(&self) -> MutexGuard<'_, State<T, E, R>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.
-    fn finish(&self, id: u64, spawned_at: Instant, outcome: ChildOutcome<T, E>) {
-        let now = self.rt.now();
-        let cancelled = self.token.is_cancelled();
-        let (reason, spawners, owner, _own_handle) = {
-            let mut state = self.state();
-            let Some(running) = state.running.remove(&id) else {
-                return;
-            };
-            let reason = state
-                .ledger
-                .record(ChildId(id), outcome, spawned_at, now, cancelled);
-            if reason.is_some() {
-                state.closed = true;
-            }
-            // Wake the owner only for what it waits for: a cross-thread wake per child would
-            // cost more than the child itself.
-            let owner_done = state.running.is_empty()
-                || (!state.owner_waits_for_all && state.ledger.has_reports());
-            let owner = if owner_done { state.owner.take() } else { None };
-            // This very task's handle goes too, after the lock: dropping it detaches nothing.
-            let spawners = std::mem::take(&mut state.spawners);
-            (reason, spawners, owner, running.handle)
-        };
-        if let Some(reason) = reason {
-            self.token.cancel(reason);
-        }
-        spawners.into_iter().for_each(Waker::wake);
-        if let Some(owner) = owner {
-            owner.wake();
-        }
-    }
-}
-
-/// Records the child's end when it completes, and as [`ChildOutcome::Aborted`] when its task
-/// is dropped unfinished (aborted, or its runtime shut down).
-struct ChildGuard<T, E, R: Runtime> {
-    shared: Arc<Shared<T, E, R>>,
-    id: u64,
-    spawned_at: Instant,
-    finished: bool,
-}
-
-impl<T, E, R: Runtime> ChildGuard<T, E, R> {
-    fn finish(mut self, outcome: ChildOutcome<T, E>) {
-        self.finished = true;
-        self.shared.finish(self.id, self.spawned_at, outcome);
-    }
-}
-
-impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared
-                .finish(self.id, self.spawned_at, ChildOutcome::Aborted);
-        }
-    }
-}
+use super::child::{Child, Shared, State};
 
 /// A structured-concurrency scope: children run as tasks on the runtime, and the scope does
 /// not close before every one of them has ended.
@@ -178,7 +77,7 @@ impl<T, E, R: Runtime> std::fmt::Debug for Spawner<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.shared.state();
         f.debug_struct("Spawner")
-            .field("running", &state.running.len())
+            .field("running", &state.running)
             .field("closed", &state.closed)
             .field("limit", &self.shared.limit)
             .finish_non_exhaustive()
@@ -266,7 +165,7 @@ where
 
     /// Children running now (including those whose spawn is in progress).
     pub fn running(&self) -> usize {
-        self.shared.state().running.len()
+        self.shared.state().running
     }
 
     fn admit(&self, waiter: Option<&Waker>) -> Admission {
@@ -277,7 +176,7 @@ where
         if self
             .shared
             .limit
-            .is_some_and(|limit| state.running.len() >= limit)
+            .is_some_and(|limit| state.running >= limit)
         {
             if let Some(waker) = waiter
                 && !state.spawners.iter().any(|w| w.will_wake(waker))
@@ -289,7 +188,7 @@ where
         let id = state.next_id;
         state.next_id += 1;
         state.ledger.spawned += 1;
-        state.running.insert(id, Running { handle: None });
+        state.running += 1;
         Admission::Admitted(id)
     }
 
@@ -297,29 +196,12 @@ where
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let guard = ChildGuard {
-            shared: Arc::clone(&self.shared),
-            id,
-            spawned_at: self.shared.rt.now(),
-            finished: false,
-        };
-        let handle = self.shared.rt.spawn(async move {
-            let outcome = match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(value)) => ChildOutcome::Ok(value),
-                Ok(Err(error)) => ChildOutcome::Err(error),
-                Err(payload) => ChildOutcome::Panicked(Panic::new(payload)),
-            };
-            guard.finish(outcome);
-        });
-        let mut state = self.shared.state();
-        let aborting = state.aborting;
-        if let Some(running) = state.running.get_mut(&id) {
-            if aborting {
-                handle.abort();
-            }
-            running.handle = Some(handle);
-        }
-        // Otherwise the child has already finished: dropping the handle detaches nothing.
+        // Detached: the scope tracks the child through its wrapper, not a handle.
+        drop(
+            self.shared
+                .rt
+                .spawn(Child::new(Arc::clone(&self.shared), id, future)),
+        );
         ChildId(id)
     }
 }
@@ -338,22 +220,14 @@ where
 {
     pub(super) fn from_builder(builder: ScopeBuilder<R>) -> Self {
         let token = builder.token();
-        let shared = Arc::new(Shared {
-            rt: builder.rt,
-            limit: builder.limit,
-            grace: builder.grace,
+        let ledger = Ledger::new(builder.policy, builder.keep_ok);
+        let shared = Arc::new(Shared::new(
+            builder.rt,
+            builder.limit,
+            builder.grace,
             token,
-            state: Mutex::new(State {
-                running: hashbrown::HashMap::new(),
-                next_id: 0,
-                closed: false,
-                aborting: false,
-                ledger: Ledger::new(builder.policy, builder.keep_ok),
-                spawners: Vec::new(),
-                owner: None,
-                owner_waits_for_all: false,
-            }),
-        });
+            State::new(ledger),
+        ));
         Self {
             spawner: Spawner { shared },
             closed: false,
@@ -428,7 +302,7 @@ where
             if let Some(report) = state.ledger.take_next() {
                 return Poll::Ready(Some(report));
             }
-            if state.running.is_empty() {
+            if state.running == 0 {
                 return Poll::Ready(None);
             }
             state.register_owner(cx.waker(), false);
@@ -512,7 +386,7 @@ impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
     fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx: &mut Context<'_>| {
             let mut state = self.spawner.shared.state();
-            if state.running.is_empty() {
+            if state.running == 0 {
                 // Only the owner's join gets here: from now on the scope is closed, so no
                 // child can start after the join has seen the last one end.
                 state.closed = true;
@@ -537,13 +411,7 @@ impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
     }
 
     fn abort_all(&mut self) {
-        let mut state = self.spawner.shared.state();
-        state.aborting = true;
-        for running in state.running.values() {
-            if let Some(handle) = &running.handle {
-                handle.abort();
-            }
-        }
+        self.spawner.shared.abort_all();
     }
 }
 
@@ -554,13 +422,7 @@ impl<T, E, R: Runtime> Drop for Scope<T, E, R> {
         }
         let shared = &self.spawner.shared;
         shared.token.cancel("scope dropped without being joined");
-        let mut state = shared.state();
-        state.closed = true;
-        state.aborting = true;
-        for running in state.running.values() {
-            if let Some(handle) = &running.handle {
-                handle.abort();
-            }
-        }
+        shared.state().closed = true;
+        shared.abort_all();
     }
 }
