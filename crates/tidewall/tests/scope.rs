@@ -597,3 +597,81 @@ fn a_dropped_local_scope_drops_children_it_never_polled() {
         Err(SpawnError::Closed(_))
     ));
 }
+
+/// Many spawners on a multi-threaded runtime race children ending, the limit, and an abort
+/// in the middle: the limit is never exceeded and every child is counted exactly once.
+#[test]
+fn stress_spawners_limit_and_abort_race_on_a_multi_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..20u64 {
+        runtime.block_on(async move {
+            let scope = Scope::builder()
+                .limit(16)
+                .grace(Duration::ZERO)
+                .policy(FailurePolicy::CollectAll)
+                .discard_ok()
+                .build::<(), ()>()
+                .unwrap();
+            let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (admitted, parked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let mut producers = Vec::new();
+            for producer in 0..8u64 {
+                let spawner = scope.spawner();
+                let (running, peak, admitted, parked) = (
+                    Arc::clone(&running),
+                    Arc::clone(&peak),
+                    Arc::clone(&admitted),
+                    Arc::clone(&parked),
+                );
+                producers.push(tokio::spawn(async move {
+                    for n in 0..200u64 {
+                        let (running, peak, parked) =
+                            (Arc::clone(&running), Arc::clone(&peak), Arc::clone(&parked));
+                        let child = async move {
+                            let now = running.fetch_add(1, SeqCst) + 1;
+                            peak.fetch_max(now, SeqCst);
+                            // 4 children park until aborted (one each from 4 producers: the
+                            // limit of 16 always leaves room); the rest are ready at once or
+                            // yield first.
+                            if n == 50 && producer < 4 {
+                                parked.fetch_add(1, SeqCst);
+                                std::future::pending::<()>().await;
+                            }
+                            match (n + producer + round) % 3 {
+                                0 => {}
+                                1 => tokio::task::yield_now().await,
+                                _ => tokio::task::yield_now().await,
+                            }
+                            running.fetch_sub(1, SeqCst);
+                            Ok(())
+                        };
+                        if spawner.spawn(child).await.is_err() {
+                            break;
+                        }
+                        admitted.fetch_add(1, SeqCst);
+                    }
+                }));
+            }
+            // Let the producers race until half the children are in, then abort the rest.
+            while admitted.load(SeqCst) < 800 || parked.load(SeqCst) < 4 {
+                tokio::task::yield_now().await;
+            }
+            let report = scope.shutdown("stress", Duration::ZERO).await;
+            for producer in producers {
+                producer.await.unwrap();
+            }
+            assert!(
+                peak.load(SeqCst) <= 16,
+                "limit exceeded: {}",
+                peak.load(SeqCst)
+            );
+            assert!(report.is_balanced(), "{report:?}");
+            assert_eq!(report.spawned, admitted.load(SeqCst) as u64);
+            assert!(report.spawned >= 800 && report.aborted >= 4, "{report:?}");
+        });
+    }
+}
