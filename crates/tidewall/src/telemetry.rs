@@ -51,3 +51,30 @@ impl Rejections {
         self.counter.increment(1);
     }
 }
+
+/// Something happened under a supervisor (restarts and escalations are the ones to alert on).
+#[allow(unused_variables)]
+pub(crate) fn supervisor_event(event: &crate::task::SupervisorEvent) {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    use crate::task::SupervisorEvent;
+    #[cfg(feature = "tracing")]
+    match event {
+        SupervisorEvent::Restarting { .. } | SupervisorEvent::Exited { .. } => {
+            tracing::warn!(?event, "supervisor: child exited or restarting");
+        }
+        SupervisorEvent::Escalating { .. } => tracing::error!(?event, "supervisor: escalating"),
+        _ => tracing::debug!(?event, "supervisor event"),
+    }
+    #[cfg(feature = "metrics")]
+    match event {
+        SupervisorEvent::Restarting { child, .. } => {
+            metrics::counter!("tidewall_supervisor_restarts_total", "child" => child.to_string())
+                .increment(1);
+        }
+        SupervisorEvent::Escalating { child } => {
+            metrics::counter!("tidewall_supervisor_escalations_total", "child" => child.to_string())
+                .increment(1);
+        }
+        _ => {}
+    }
+}

@@ -1,5 +1,5 @@
-//! With the `metrics` feature, breaker transitions and rejections reach the installed
-//! recorder; with `tracing`, they are events.
+//! With the `metrics` feature, breaker transitions, rejections and supervisor restarts reach
+//! the installed recorder; with `tracing`, they are events.
 
 #![cfg(all(feature = "metrics", feature = "tracing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,4 +119,34 @@ fn transitions_and_rejections_reach_metrics_and_tracing() {
         3 + 3,
         "3 transitions and 3 rejections"
     );
+
+    // A supervisor whose only child keeps failing: one restart, then an escalation. Its
+    // events are emitted from the `run` future, driven on this thread.
+    let supervisor = tidewall::task::Supervisor::builder()
+        .intensity(1, Duration::from_secs(10))
+        .child(tidewall::task::ChildSpec::new("ingest", |_stop| async {
+            Err::<(), _>("broken")
+        }))
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let before = events.load(Ordering::SeqCst);
+    let escalation = runtime
+        .block_on(supervisor.run(tidewall::task::CancellationToken::new()))
+        .unwrap_err();
+    assert_eq!(&*escalation.child, "ingest");
+    assert_eq!(
+        counters.total("tidewall_supervisor_restarts_total child=ingest"),
+        1
+    );
+    assert_eq!(
+        counters.total("tidewall_supervisor_escalations_total child=ingest"),
+        1
+    );
+    // started, exited, restarting, started, exited, escalating.
+    assert_eq!(events.load(Ordering::SeqCst) - before, 6);
 }

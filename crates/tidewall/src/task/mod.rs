@@ -1,13 +1,24 @@
-//! Task management: cancellation with a reason, a bounded worker pool, periodic work, health
-//! checks, cancellable blocking work (more to come: scopes, supervisors, graceful shutdown).
+//! Task management: structured concurrency, cancellation with a reason, supervision trees,
+//! a bounded worker pool, graceful shutdown, periodic work, health checks, cancellable
+//! blocking work. Every piece runs on any [`Runtime`](crate::rt::Runtime).
 //!
 //! * [`CancellationToken`]: cancel once with a [`Reason`] that every child token and waiter
 //!   can read; child tokens; [`CancellationToken::run_until_cancelled`], which checks the token
 //!   before every poll of the wrapped future (an always-ready future is still stopped);
 //!   a [`DropGuard`].
+//! * [`Scope`] (and [`LocalScope`] for `!Send` futures): children that cannot outlive it;
+//!   cloneable spawners, an optional limit, results as they complete, fail-fast or
+//!   collect-all, panics as values, and a two-phase shutdown (cancel, grace, abort) that
+//!   reports how each child stopped.
+//! * [`Supervisor`]: OTP-style restarts ([`Strategy`], [`Restart`]) within a restart
+//!   intensity, with jittered backoff, escalation to the parent, nesting, and shutdown in
+//!   reverse start order.
 //! * [`WorkerPool`]: N workers, a bounded queue with backpressure, per-job timeouts and
 //!   result handles, panics reported; a shutdown that drains within a deadline and hands back
 //!   every job never started (`submitted = completed + failed + handed back`).
+//! * [`Shutdown`]: a service's components stopped in reverse registration order within one
+//!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
+//!   component; a final report.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
 //!   token; [`HealthChecker`]: a probe with a timeout each period, published through a
 //!   watch-style [`HealthHandle`].

@@ -415,8 +415,7 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     fn emit(&self, event: SupervisorEvent) {
-        #[cfg(feature = "tracing")]
-        tracing::info!(target: "tidewall::supervisor", event = ?event, "supervisor event");
+        crate::telemetry::supervisor_event(&event);
         if let Some(hook) = &self.on_event {
             // A panicking hook must not take the supervisor and its children down: ignored.
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&event)));
