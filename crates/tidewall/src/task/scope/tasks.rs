@@ -51,8 +51,8 @@ use super::child::{Child, Shared, State};
 /// }
 /// let report = scope.join().await;
 /// assert_eq!((report.succeeded, report.failed), (3, 1));
-/// assert_eq!(report.cancel_reason.unwrap().as_str(), "child #3 returned an error");
 /// assert!(report.is_balanced());
+/// assert_eq!(report.cancel_reason.unwrap().as_str(), "child #3 returned an error");
 /// # Ok(()) }
 /// ```
 pub struct Scope<T, E, R: Runtime = DefaultRuntime> {
