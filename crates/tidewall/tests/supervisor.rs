@@ -769,7 +769,9 @@ fn one_for_all_restarts_transient_siblings_but_never_temporary_ones_on_every_run
 
 /// Compile-time check: a supervisor's `run` future can be spawned on tokio as is.
 #[allow(dead_code)]
-fn run_is_spawnable_on_tokio(supervisor: Supervisor) -> tokio::task::JoinHandle<()> {
+fn run_is_spawnable_on_tokio(
+    supervisor: Supervisor<tidewall::rt::Tokio>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = supervisor.run(CancellationToken::new()).await;
     })
@@ -779,7 +781,7 @@ fn run_is_spawnable_on_tokio(supervisor: Supervisor) -> tokio::task::JoinHandle<
 #[allow(dead_code)]
 fn closers_are_spawnable_on_tokio(
     scope: tidewall::task::Scope<u8, ()>,
-    shutdown: tidewall::task::Shutdown,
+    shutdown: tidewall::task::Shutdown<tidewall::rt::Tokio>,
 ) {
     drop(tokio::spawn(scope.join()));
     drop(tokio::spawn(shutdown.run()));

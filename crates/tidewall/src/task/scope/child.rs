@@ -94,24 +94,7 @@ pub(super) struct Shared<T, E, R> {
     state: Mutex<State<T, E>>,
 }
 
-impl<T, E, R: Runtime> Shared<T, E, R> {
-    pub(super) fn new(
-        rt: R,
-        limit: Option<usize>,
-        grace: Duration,
-        token: CancellationToken,
-        state: State<T, E>,
-    ) -> Self {
-        Self {
-            rt,
-            limit,
-            grace,
-            token,
-            aborting: AtomicBool::new(false),
-            state: Mutex::new(state),
-        }
-    }
-
+impl<T, E, R> Shared<T, E, R> {
     pub(super) fn state(&self) -> MutexGuard<'_, State<T, E>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -128,6 +111,25 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
                 .collect()
         };
         wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl<T, E, R: Runtime> Shared<T, E, R> {
+    pub(super) fn new(
+        rt: R,
+        limit: Option<usize>,
+        grace: Duration,
+        token: CancellationToken,
+        state: State<T, E>,
+    ) -> Self {
+        Self {
+            rt,
+            limit,
+            grace,
+            token,
+            aborting: AtomicBool::new(false),
+            state: Mutex::new(state),
+        }
     }
 
     /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.

@@ -55,17 +55,17 @@ use super::child::{Child, Shared, State};
 /// assert_eq!(report.cancel_reason.unwrap().as_str(), "child #3 returned an error");
 /// # Ok(()) }
 /// ```
-pub struct Scope<T, E, R: Runtime = DefaultRuntime> {
+pub struct Scope<T, E, R = DefaultRuntime> {
     spawner: Spawner<T, E, R>,
     closed: bool,
 }
 
 /// A cloneable handle that spawns children into a [`Scope`].
-pub struct Spawner<T, E, R: Runtime = DefaultRuntime> {
+pub struct Spawner<T, E, R = DefaultRuntime> {
     shared: Arc<Shared<T, E, R>>,
 }
 
-impl<T, E, R: Runtime> Clone for Spawner<T, E, R> {
+impl<T, E, R> Clone for Spawner<T, E, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -73,7 +73,7 @@ impl<T, E, R: Runtime> Clone for Spawner<T, E, R> {
     }
 }
 
-impl<T, E, R: Runtime> std::fmt::Debug for Spawner<T, E, R> {
+impl<T, E, R> std::fmt::Debug for Spawner<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.shared.state();
         f.debug_struct("Spawner")
@@ -84,7 +84,7 @@ impl<T, E, R: Runtime> std::fmt::Debug for Spawner<T, E, R> {
     }
 }
 
-impl<T, E, R: Runtime> std::fmt::Debug for Scope<T, E, R> {
+impl<T, E, R> std::fmt::Debug for Scope<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Scope").field(&self.spawner).finish()
     }
@@ -415,7 +415,7 @@ impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
     }
 }
 
-impl<T, E, R: Runtime> Drop for Scope<T, E, R> {
+impl<T, E, R> Drop for Scope<T, E, R> {
     fn drop(&mut self) {
         if self.closed {
             return;

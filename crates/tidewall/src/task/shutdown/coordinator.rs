@@ -27,7 +27,8 @@ struct Component<R: Runtime> {
 /// How long a shutdown may take in all unless [`ShutdownBuilder::deadline`] says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Configures a [`Shutdown`]; see [`Shutdown::builder`].
+/// Configures a [`Shutdown`]: [`ShutdownBuilder::new`] (or `Shutdown::builder()` with the
+/// `tokio` feature).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ShutdownBuilder<R = DefaultRuntime> {
@@ -107,7 +108,7 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// assert!(report.is_clean());
 /// # Ok(()) }
 /// ```
-pub struct Shutdown<R: Runtime = DefaultRuntime> {
+pub struct Shutdown<R: Runtime> {
     rt: R,
     deadline: Duration,
     components: Vec<Component<R>>,
@@ -126,13 +127,30 @@ impl<R: Runtime> std::fmt::Debug for Shutdown<R> {
     }
 }
 
-impl Shutdown {
-    /// Starts configuring a coordinator on the default runtime (30 s deadline).
-    pub fn builder() -> ShutdownBuilder {
-        ShutdownBuilder {
+impl ShutdownBuilder {
+    /// Starts configuring a coordinator on the default runtime, with a 30 s deadline (set
+    /// another runtime with [`runtime`](Self::runtime); without the `tokio` feature there is
+    /// no default and `build` asks for one).
+    pub fn new() -> Self {
+        Self {
             rt: DefaultRuntime::default(),
             deadline: DEFAULT_DEADLINE,
         }
+    }
+}
+
+impl Default for ShutdownBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Shutdown<crate::rt::Tokio> {
+    /// Starts configuring a coordinator on tokio (`.runtime(..)` switches); the same as
+    /// [`ShutdownBuilder::new`], which exists without the `tokio` feature too.
+    pub fn builder() -> ShutdownBuilder {
+        ShutdownBuilder::new()
     }
 }
 

@@ -28,7 +28,8 @@ pub enum Strategy {
 
 pub(super) type EventHook = Arc<dyn Fn(&SupervisorEvent) + Send + Sync>;
 
-/// Configures a [`Supervisor`]; see [`Supervisor::builder`].
+/// Configures a [`Supervisor`]: [`SupervisorBuilder::new`] (or `Supervisor::builder()` with
+/// the `tokio` feature).
 #[must_use]
 pub struct SupervisorBuilder<R = DefaultRuntime> {
     pub(super) rt: R,
@@ -40,6 +41,12 @@ pub struct SupervisorBuilder<R = DefaultRuntime> {
     pub(super) seed: Option<u64>,
     pub(super) children: Vec<ChildSpec>,
     pub(super) on_event: Option<EventHook>,
+}
+
+impl Default for SupervisorBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<R> std::fmt::Debug for SupervisorBuilder<R> {
@@ -54,7 +61,10 @@ impl<R> std::fmt::Debug for SupervisorBuilder<R> {
 }
 
 impl SupervisorBuilder {
-    pub(super) fn new() -> Self {
+    /// Starts configuring a supervisor on the default runtime (set another with
+    /// [`runtime`](Self::runtime); without the `tokio` feature there is no default and
+    /// `build` asks for one). One-for-one, 3 restarts in 5 s, the default backoff.
+    pub fn new() -> Self {
         Self {
             rt: DefaultRuntime::default(),
             strategy: Strategy::OneForOne,

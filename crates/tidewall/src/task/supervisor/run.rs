@@ -14,7 +14,7 @@ use super::builder::{EventHook, Strategy, SupervisorBuilder};
 use super::report::Exit;
 use super::report::{Ended, Escalation, Stopped, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildSpec, Restart};
-use crate::rt::{DefaultRuntime, JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
+use crate::rt::{JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::shutdown::{exit_from, exit_of};
 use crate::task::{CancellationToken, CancelledOwned};
 
@@ -67,7 +67,7 @@ struct Slot<R: Runtime> {
 /// assert_eq!(starts.load(Ordering::SeqCst), 3); // the first run and two restarts
 /// # Ok(()) }
 /// ```
-pub struct Supervisor<R: Runtime = DefaultRuntime> {
+pub struct Supervisor<R: Runtime> {
     rt: R,
     strategy: Strategy,
     max_restarts: u32,
@@ -92,8 +92,10 @@ impl<R: Runtime> std::fmt::Debug for Supervisor<R> {
     }
 }
 
-impl Supervisor {
-    /// Starts configuring a supervisor on the default runtime.
+#[cfg(feature = "tokio")]
+impl Supervisor<crate::rt::Tokio> {
+    /// Starts configuring a supervisor on tokio (`.runtime(..)` switches); the same as
+    /// [`SupervisorBuilder::new`], which exists without the `tokio` feature too.
     pub fn builder() -> SupervisorBuilder {
         SupervisorBuilder::new()
     }
