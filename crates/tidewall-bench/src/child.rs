@@ -1,0 +1,45 @@
+//! The child process: one workload on one runtime, its result as JSON on stdout.
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtimes::{Rt, RuntimeKind};
+use crate::workloads::{self, Measurement, Workload};
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ChildArgs {
+    #[arg(long, value_enum)]
+    pub(crate) runtime: RuntimeKind,
+    #[arg(long, value_enum)]
+    pub(crate) workload: Workload,
+    /// Worker threads (tokio-ct always runs on one).
+    #[arg(long)]
+    pub(crate) threads: usize,
+    /// Operations per repetition (parked tasks for the memory workload).
+    #[arg(long)]
+    pub(crate) n: u64,
+    #[arg(long)]
+    pub(crate) quick: bool,
+}
+
+/// What a child reports: its figures, or why its workload failed its own check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChildResult {
+    pub(crate) runtime: RuntimeKind,
+    pub(crate) workload: Workload,
+    pub(crate) threads: usize,
+    pub(crate) n: u64,
+    pub(crate) result: Result<Measurement, String>,
+}
+
+pub(crate) fn run(args: &ChildArgs) -> anyhow::Result<ChildResult> {
+    let rt = Rt::start(args.runtime, args.threads)?;
+    let result =
+        workloads::run(&rt, args.workload, args.n, args.quick).map_err(|e| format!("{e:#}"));
+    Ok(ChildResult {
+        runtime: rt.kind(),
+        workload: args.workload,
+        threads: args.runtime.threads(args.threads),
+        n: args.n,
+        result,
+    })
+}

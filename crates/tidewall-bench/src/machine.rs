@@ -1,0 +1,49 @@
+//! The machine the numbers come from, printed with every run.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpu: String,
+    pub(crate) logical_cpus: usize,
+    pub(crate) kernel: String,
+    pub(crate) memory_gib: f64,
+    pub(crate) rustc: String,
+}
+
+pub(crate) fn describe() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map_or_else(|| "unknown".to_owned(), |name| name.trim().to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| std::env::consts::OS.to_owned(), |k| k.trim().to_owned());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let kib: f64 = info
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(kib / (1024.0 * 1024.0))
+        })
+        .unwrap_or(f64::NAN);
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned());
+    Machine {
+        cpu,
+        logical_cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        kernel,
+        memory_gib,
+        rustc,
+    }
+}

@@ -1,0 +1,198 @@
+//! The parent: measure the anchors, then run every (workload, size, runtime) in a fresh child
+//! process, and flag results outside their plausible band.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::anchor::{self, Anchors};
+use crate::child::ChildResult;
+use crate::machine::{self, Machine};
+use crate::runtimes::RuntimeKind;
+use crate::workloads::{Measurement, Workload};
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RunArgs {
+    /// Small sizes and few repetitions: the whole suite in well under two minutes.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Runtimes to measure (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) runtimes: Vec<RuntimeKind>,
+    /// Workloads to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) workloads: Vec<Workload>,
+    /// Worker threads for every multi-threaded runtime (equal for all; tokio-ct uses one).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+    /// Also write the raw data (every sample) as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+/// Everything one run found.
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub(crate) machine: Machine,
+    pub(crate) quick: bool,
+    pub(crate) threads: usize,
+    pub(crate) anchors: Anchors,
+    pub(crate) rows: Vec<Row>,
+}
+
+/// One workload at one size on one runtime.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    pub(crate) workload: Workload,
+    pub(crate) n: u64,
+    pub(crate) runtime: RuntimeKind,
+    pub(crate) threads: usize,
+    pub(crate) result: Result<Measurement, String>,
+    /// Set when the figure is outside the band the anchors make plausible.
+    pub(crate) flag: Option<String>,
+}
+
+impl Results {
+    pub(crate) fn failures(&self) -> usize {
+        self.rows.iter().filter(|row| row.result.is_err()).count()
+    }
+}
+
+pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
+    let runtimes = if args.runtimes.is_empty() {
+        RuntimeKind::ALL.to_vec()
+    } else {
+        args.runtimes.clone()
+    };
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    let machine = machine::describe();
+    let anchors = anchor::measure(args.quick).context("the W0 anchor probe")?;
+    let mut rows = Vec::new();
+    for &workload in &workloads {
+        for n in workload.sizes(args.quick) {
+            for &runtime in &runtimes {
+                let result = run_child(runtime, workload, n, args)?;
+                let flag = result
+                    .result
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| plausibility(workload, m.summary.median, &anchors));
+                rows.push(Row {
+                    workload,
+                    n,
+                    runtime,
+                    threads: result.threads,
+                    result: result.result,
+                    flag,
+                });
+            }
+        }
+    }
+    Ok(Results {
+        machine,
+        quick: args.quick,
+        threads: args.threads,
+        anchors,
+        rows,
+    })
+}
+
+fn run_child(
+    runtime: RuntimeKind,
+    workload: Workload,
+    n: u64,
+    args: &RunArgs,
+) -> anyhow::Result<ChildResult> {
+    let exe = std::env::current_exe().context("locating tidewall-bench")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("child")
+        .args(["--runtime", runtime.name()])
+        .args(["--workload", workload.name()])
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--n", &n.to_string()])
+        // async-std sizes its global executor from the environment, before first use.
+        .env(
+            "ASYNC_STD_THREAD_COUNT",
+            runtime.threads(args.threads).to_string(),
+        );
+    if args.quick {
+        command.arg("--quick");
+    }
+    let output = command.output().context("starting a child process")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Ok(ChildResult {
+            runtime,
+            workload,
+            threads: runtime.threads(args.threads),
+            n,
+            result: Err(format!("child exited with {}: {tail}", output.status)),
+        });
+    }
+    serde_json::from_slice(&output.stdout).context("reading a child's result")
+}
+
+/// A figure outside the band the anchors allow means the measurement, not the runtime, went
+/// wrong (or the machine is not what it seems): flagged, never hidden.
+pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -> Option<String> {
+    let atomic = anchors.atomic_ns.median;
+    let cross_thread_ns = anchors.thread_ping_pong_us.median * 1e3;
+    let (low, high, what) = match workload {
+        Workload::SpawnLocal | Workload::SpawnRemote | Workload::FanOut | Workload::Yield => {
+            (atomic, 100.0 * cross_thread_ns, "ns")
+        }
+        Workload::PingPong => (2.0 * atomic / 1e3, 100.0 * cross_thread_ns / 1e3, "µs"),
+        Workload::ParkedMemory => (16.0, 65_536.0, "B"),
+    };
+    if !median.is_finite() {
+        return Some("no finite figure".to_owned());
+    }
+    if median < low {
+        return Some(format!("below the plausible floor ({low:.3} {what})"));
+    }
+    if median > high {
+        return Some(format!("above the plausible ceiling ({high:.1} {what})"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Summary;
+
+    fn anchors() -> Anchors {
+        let one = |v: f64| Summary::of(vec![v]);
+        Anchors {
+            atomic_ns: one(4.7),
+            clock_ns: one(21.0),
+            futex_wake_ns: one(155.0),
+            thread_ping_pong_us: one(40.0),
+            tcp_round_trip_us: one(12.0),
+        }
+    }
+
+    #[test]
+    fn plausible_figures_pass_and_impossible_ones_are_flagged() {
+        let a = anchors();
+        assert_eq!(plausibility(Workload::SpawnLocal, 450.0, &a), None);
+        assert_eq!(plausibility(Workload::PingPong, 0.9, &a), None);
+        assert_eq!(plausibility(Workload::ParkedMemory, 128.0, &a), None);
+        // Faster than one atomic per task: the measurement is broken, not the runtime fast.
+        let fast = plausibility(Workload::SpawnLocal, 1.0, &a).unwrap();
+        assert!(fast.contains("below the plausible floor"), "{fast}");
+        // Slower than 100 cross-thread wake-ups per spawn.
+        let slow = plausibility(Workload::Yield, 5e6, &a).unwrap();
+        assert!(slow.contains("above the plausible ceiling"), "{slow}");
+        assert!(plausibility(Workload::ParkedMemory, 8.0, &a).is_some());
+        assert!(plausibility(Workload::FanOut, f64::NAN, &a).is_some());
+    }
+}

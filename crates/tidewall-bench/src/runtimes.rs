@@ -1,0 +1,256 @@
+//! The runtimes under test, driven through their own APIs (not Tidewall's seam, whose
+//! adapters add a panic-catching wrapper on smol and async-std), with an equal, stated number
+//! of worker threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+
+/// A runtime flavour the suite measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RuntimeKind {
+    /// tokio's work-stealing multi-thread scheduler.
+    TokioMt,
+    /// tokio's current-thread scheduler (one thread, the caller's).
+    TokioCt,
+    /// smol: an explicit `async_executor::Executor` run by N threads.
+    Smol,
+    /// async-std's global executor, N threads (`ASYNC_STD_THREAD_COUNT`). Discontinued upstream.
+    AsyncStd,
+}
+
+impl RuntimeKind {
+    pub(crate) const ALL: [Self; 4] = [Self::TokioMt, Self::TokioCt, Self::Smol, Self::AsyncStd];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::TokioMt => "tokio-mt",
+            Self::TokioCt => "tokio-ct",
+            Self::Smol => "smol",
+            Self::AsyncStd => "async-std",
+        }
+    }
+
+    /// The label shown in reports.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::AsyncStd => "async-std (discontinued)",
+            other => other.name(),
+        }
+    }
+
+    /// Worker threads it runs with when `requested` are asked for.
+    pub(crate) fn threads(self, requested: usize) -> usize {
+        match self {
+            Self::TokioCt => 1,
+            _ => requested.max(1),
+        }
+    }
+}
+
+/// A started runtime, driven by its own threads (tokio-ct by one): the workload's root future
+/// is spawned onto it and awaited from outside, so "local" spawns really are local on every
+/// runtime and "remote" ones come from a thread that is not the runtime's.
+pub(crate) struct Rt {
+    kind: RuntimeKind,
+    inner: Inner,
+}
+
+enum Inner {
+    Tokio(tokio::runtime::Runtime),
+    /// The current-thread runtime lives on its own thread, inside `block_on` until stopped:
+    /// it runs what is spawned onto it, like the other runtimes' workers.
+    TokioCt {
+        handle: tokio::runtime::Handle,
+        stop: Option<async_channel::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    Smol {
+        executor: Arc<smol::Executor<'static>>,
+        stop: Option<async_channel::Sender<()>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    },
+    AsyncStd,
+}
+
+/// A task handle of any runtime: a future of the task's output (a panic resumes).
+pub(crate) enum Task<T> {
+    Tokio(tokio::task::JoinHandle<T>),
+    Smol(smol::Task<T>),
+    AsyncStd(async_std::task::JoinHandle<T>),
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            Self::Tokio(handle) => Pin::new(handle).poll(cx).map(|joined| match joined {
+                Ok(value) => value,
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            }),
+            Self::Smol(task) => Pin::new(task).poll(cx),
+            Self::AsyncStd(handle) => Pin::new(handle).poll(cx),
+        }
+    }
+}
+
+impl Rt {
+    /// Starts `kind` with `threads` worker threads (see [`RuntimeKind::threads`]). For
+    /// async-std the count comes from `ASYNC_STD_THREAD_COUNT`, which the parent sets.
+    pub(crate) fn start(kind: RuntimeKind, threads: usize) -> anyhow::Result<Self> {
+        let threads = kind.threads(threads);
+        let inner = match kind {
+            RuntimeKind::TokioMt => Inner::Tokio(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()?,
+            ),
+            RuntimeKind::TokioCt => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let handle = runtime.handle().clone();
+                let (stop, stopped) = async_channel::bounded::<()>(1);
+                let thread = std::thread::Builder::new()
+                    .name("tokio-ct".to_owned())
+                    .spawn(move || {
+                        let _ = runtime.block_on(stopped.recv());
+                    })?;
+                Inner::TokioCt {
+                    handle,
+                    stop: Some(stop),
+                    thread: Some(thread),
+                }
+            }
+            RuntimeKind::Smol => {
+                let executor = Arc::new(smol::Executor::new());
+                let (stop, stopped) = async_channel::bounded::<()>(1);
+                let threads = (0..threads)
+                    .map(|i| {
+                        let (executor, stopped) = (Arc::clone(&executor), stopped.clone());
+                        std::thread::Builder::new()
+                            .name(format!("smol-{i}"))
+                            .spawn(move || {
+                                let _ = smol::block_on(executor.run(stopped.recv()));
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Inner::Smol {
+                    executor,
+                    stop: Some(stop),
+                    threads,
+                }
+            }
+            RuntimeKind::AsyncStd => Inner::AsyncStd,
+        };
+        Ok(Self { kind, inner })
+    }
+
+    pub(crate) fn kind(&self) -> RuntimeKind {
+        self.kind
+    }
+
+    /// Runs `root` on the runtime and waits for it from this (outside) thread.
+    pub(crate) fn run<F>(&self, root: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        futures_lite::future::block_on(self.spawn(root))
+    }
+
+    /// Spawns `future` onto the runtime; callable from any thread (a remote spawn when called
+    /// from outside it).
+    pub(crate) fn spawn<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Tokio(rt) => Task::Tokio(rt.spawn(future)),
+            Inner::TokioCt { handle, .. } => Task::Tokio(handle.spawn(future)),
+            Inner::Smol { executor, .. } => Task::Smol(executor.spawn(future)),
+            Inner::AsyncStd => Task::AsyncStd(async_std::task::spawn(future)),
+        }
+    }
+
+    /// A spawner usable from inside tasks (a local spawn).
+    pub(crate) fn spawner(&self) -> Spawner {
+        match &self.inner {
+            Inner::Tokio(rt) => Spawner::Tokio(rt.handle().clone()),
+            Inner::TokioCt { handle, .. } => Spawner::Tokio(handle.clone()),
+            Inner::Smol { executor, .. } => Spawner::Smol(Arc::clone(executor)),
+            Inner::AsyncStd => Spawner::AsyncStd,
+        }
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        match &mut self.inner {
+            Inner::Smol { stop, threads, .. } => {
+                drop(stop.take());
+                for thread in threads.drain(..) {
+                    let _ = thread.join();
+                }
+            }
+            Inner::TokioCt { stop, thread, .. } => {
+                drop(stop.take());
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            Inner::Tokio(_) | Inner::AsyncStd => {}
+        }
+    }
+}
+
+/// Spawns onto a runtime from inside its tasks.
+#[derive(Clone)]
+pub(crate) enum Spawner {
+    Tokio(tokio::runtime::Handle),
+    Smol(Arc<smol::Executor<'static>>),
+    AsyncStd,
+}
+
+impl Spawner {
+    pub(crate) fn spawn<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self {
+            Self::Tokio(handle) => Task::Tokio(handle.spawn(future)),
+            Self::Smol(executor) => Task::Smol(executor.spawn(future)),
+            Self::AsyncStd => Task::AsyncStd(async_std::task::spawn(future)),
+        }
+    }
+
+    /// Spawns `future` and lets it run on its own (a smol task is cancelled when its handle
+    /// is dropped, so dropping a [`Task`] is not the same thing everywhere).
+    pub(crate) fn spawn_detached<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self.spawn(future) {
+            Task::Smol(task) => task.detach(),
+            // tokio and async-std handles detach on drop.
+            Task::Tokio(_) | Task::AsyncStd(_) => {}
+        }
+    }
+
+    /// The runtime's own yield.
+    pub(crate) async fn yield_now(&self) {
+        match self {
+            Self::Tokio(_) => tokio::task::yield_now().await,
+            Self::Smol(_) => smol::future::yield_now().await,
+            Self::AsyncStd => async_std::task::yield_now().await,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The terminal table: one line per workload and size, one column per runtime.
+
+use std::fmt::Write as _;
+
+use crate::plan::{Results, Row};
+use crate::runtimes::RuntimeKind;
+use crate::workloads::Workload;
+
+pub(crate) fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let m = &results.machine;
+    let _ = writeln!(
+        out,
+        "machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}",
+        m.cpu, m.logical_cpus, m.memory_gib, m.kernel, m.rustc
+    );
+    let _ = writeln!(
+        out,
+        "threads: {} per multi-threaded runtime (tokio-ct: 1); {} mode; each cell: median (spread = (max−min)/median)",
+        results.threads,
+        if results.quick { "quick" } else { "full" }
+    );
+    let a = &results.anchors;
+    let _ = writeln!(
+        out,
+        "W0 anchors: atomic {:.1} ns · clock {:.1} ns · futex wake {:.0} ns · thread ping-pong {:.1} µs · loopback TCP round trip {:.1} µs",
+        a.atomic_ns.median,
+        a.clock_ns.median,
+        a.futex_wake_ns.median,
+        a.thread_ping_pong_us.median,
+        a.tcp_round_trip_us.median
+    );
+    let _ = writeln!(
+        out,
+        "note: on a VM, idle vCPUs are halted, so cross-vCPU wake-ups are expensive and work-stealing looks worse than on bare metal.\n"
+    );
+    let runtimes: Vec<RuntimeKind> = RuntimeKind::ALL
+        .into_iter()
+        .filter(|k| results.rows.iter().any(|row| row.runtime == *k))
+        .collect();
+    let _ = write!(out, "{:<24} {:<16}", "workload (n)", "unit");
+    for runtime in &runtimes {
+        let _ = write!(out, " {:>26}", runtime.label());
+    }
+    out.push('\n');
+    let mut keys: Vec<(Workload, u64)> = Vec::new();
+    for row in &results.rows {
+        if !keys.contains(&(row.workload, row.n)) {
+            keys.push((row.workload, row.n));
+        }
+    }
+    for (workload, n) in keys {
+        let cells: Vec<Option<&Row>> = runtimes
+            .iter()
+            .map(|k| {
+                results
+                    .rows
+                    .iter()
+                    .find(|r| r.workload == workload && r.n == n && r.runtime == *k)
+            })
+            .collect();
+        let unit = cells
+            .iter()
+            .flatten()
+            .find_map(|row| row.result.as_ref().ok().map(|m| m.unit.clone()))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "{:<24} {:<16}",
+            format!("{} ({n})", workload.name()),
+            unit
+        );
+        for cell in &cells {
+            let _ = write!(
+                out,
+                " {:>26}",
+                cell.map_or_else(|| "-".to_owned(), cell_text)
+            );
+        }
+        out.push('\n');
+        // Extra figures (e.g. resident bytes) on their own line.
+        let extras: Vec<String> = cells
+            .iter()
+            .flatten()
+            .filter_map(|row| row.result.as_ref().ok())
+            .flat_map(|m| m.extra.iter().map(|(name, _)| name.clone()))
+            .collect();
+        if let Some(name) = extras.first() {
+            let _ = write!(out, "{:<24} {:<16}", "", name);
+            for cell in &cells {
+                let value = cell
+                    .and_then(|row| row.result.as_ref().ok())
+                    .and_then(|m| m.extra.iter().find(|(n, _)| n == name))
+                    .map_or_else(|| "-".to_owned(), |(_, v)| format!("{v:.0}"));
+                let _ = write!(out, " {value:>26}");
+            }
+            out.push('\n');
+        }
+    }
+    for row in results
+        .rows
+        .iter()
+        .filter(|r| r.flag.is_some() || r.result.is_err())
+    {
+        let problem = match (&row.result, &row.flag) {
+            (Err(error), _) => format!("FAILED: {error}"),
+            (Ok(_), Some(flag)) => format!("flagged: {flag}"),
+            (Ok(_), None) => continue,
+        };
+        let _ = writeln!(
+            out,
+            "! {} ({}) on {}: {problem}",
+            row.workload.name(),
+            row.n,
+            row.runtime.name()
+        );
+    }
+    out
+}
+
+fn cell_text(row: &Row) -> String {
+    match &row.result {
+        Ok(m) => {
+            let s = &m.summary;
+            let spread = if s.samples.len() > 1 {
+                format!(" (±{:.0}%)", 50.0 * s.spread())
+            } else {
+                String::new()
+            };
+            let mark = if row.flag.is_some() { "!" } else { "" };
+            format!("{}{}{mark}", figure(s.median), spread)
+        }
+        Err(_) => "FAILED".to_owned(),
+    }
+}
+
+fn figure(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anchor::Anchors;
+    use crate::machine::Machine;
+    use crate::stats::Summary;
+    use crate::workloads::Measurement;
+
+    fn fixture() -> Results {
+        let one = |v: f64| Summary::of(vec![v]);
+        let row = |runtime, result, flag: Option<&str>| Row {
+            workload: Workload::SpawnLocal,
+            n: 1000,
+            runtime,
+            threads: 2,
+            result,
+            flag: flag.map(str::to_owned),
+        };
+        let measured = |median: f64| Measurement {
+            unit: "ns/task".to_owned(),
+            summary: Summary::of(vec![median * 0.9, median, median * 1.1]),
+            extra: vec![("resident B/task".to_owned(), 330.0)],
+        };
+        Results {
+            machine: Machine {
+                cpu: "Test CPU".to_owned(),
+                logical_cpus: 2,
+                kernel: "6.0".to_owned(),
+                memory_gib: 24.0,
+                rustc: "rustc 1.x".to_owned(),
+            },
+            quick: true,
+            threads: 2,
+            anchors: Anchors {
+                atomic_ns: one(4.7),
+                clock_ns: one(21.0),
+                futex_wake_ns: one(155.0),
+                thread_ping_pong_us: one(40.0),
+                tcp_round_trip_us: one(12.0),
+            },
+            rows: vec![
+                row(RuntimeKind::TokioMt, Ok(measured(600.0)), None),
+                row(
+                    RuntimeKind::Smol,
+                    Ok(measured(1.0)),
+                    Some("below the plausible floor"),
+                ),
+                row(
+                    RuntimeKind::AsyncStd,
+                    Err("fan-out: 3 of 10 received".to_owned()),
+                    None,
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_shows_every_runtime_failures_and_flags() {
+        let text = render(&fixture());
+        assert!(text.contains("machine: Test CPU (2 logical CPUs, 24.0 GiB)"));
+        assert!(text.contains("atomic 4.7 ns"));
+        assert!(text.contains("async-std (discontinued)"));
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("workload (n)"))
+            .unwrap();
+        assert!(
+            !header.contains("tokio-ct"),
+            "runtimes not run get no column: {header}"
+        );
+        // Samples at 0.9x, 1x and 1.1x the median: a spread of 20 %, shown as ±10 %.
+        assert!(text.contains("600 (±10%)"), "{text}");
+        assert!(
+            text.contains("1.00 (±10%)!"),
+            "a flagged cell is marked: {text}"
+        );
+        assert!(text.contains("FAILED"));
+        assert!(
+            text.contains("! spawn-local (1000) on async-std: FAILED: fan-out: 3 of 10 received")
+        );
+        assert!(text.contains("! spawn-local (1000) on smol: flagged: below the plausible floor"));
+        assert!(text.contains("resident B/task"));
+    }
+
+    #[test]
+    fn a_child_result_survives_the_process_boundary() {
+        let sent = crate::child::ChildResult {
+            runtime: RuntimeKind::Smol,
+            workload: Workload::PingPong,
+            threads: 2,
+            n: 10,
+            result: Err("ping-pong: ended at None".to_owned()),
+        };
+        let json = serde_json::to_string(&sent).unwrap();
+        let back: crate::child::ChildResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (back.runtime, back.workload, back.n),
+            (RuntimeKind::Smol, Workload::PingPong, 10)
+        );
+        assert_eq!(back.result.unwrap_err(), "ping-pong: ended at None");
+    }
+}
