@@ -146,9 +146,17 @@ pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -
     let atomic = anchors.atomic_ns.median;
     let cross_thread_ns = anchors.thread_ping_pong_us.median * 1e3;
     let (low, high, what) = match workload {
-        Workload::SpawnLocal | Workload::SpawnRemote | Workload::FanOut | Workload::Yield => {
-            (atomic, 100.0 * cross_thread_ns, "ns")
-        }
+        Workload::SpawnLocal
+        | Workload::SpawnRemote
+        | Workload::FanOut
+        | Workload::Yield
+        | Workload::ChannelSpscNative
+        | Workload::ChannelSpscAsyncChannel
+        | Workload::ChannelMpscNative
+        | Workload::ChannelMpscAsyncChannel => (atomic, 100.0 * cross_thread_ns, "ns"),
+        // A timer may fire on time to the microsecond, but not a second late when idle.
+        Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => (0.0, 1e6, "µs"),
+        Workload::Idle => (0.0, 1e5, "wake-ups/s"),
         Workload::PingPong => (2.0 * atomic / 1e3, 100.0 * cross_thread_ns / 1e3, "µs"),
         Workload::ParkedMemory => (16.0, 65_536.0, "B"),
     };

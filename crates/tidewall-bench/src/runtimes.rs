@@ -245,6 +245,17 @@ impl Spawner {
         }
     }
 
+    /// The runtime's own sleep.
+    pub(crate) async fn sleep(&self, duration: std::time::Duration) {
+        match self {
+            Self::Tokio(_) => tokio::time::sleep(duration).await,
+            Self::Smol(_) => {
+                smol::Timer::after(duration).await;
+            }
+            Self::AsyncStd => async_std::task::sleep(duration).await,
+        }
+    }
+
     /// The runtime's own yield.
     pub(crate) async fn yield_now(&self) {
         match self {

@@ -78,20 +78,26 @@ pub(crate) fn render(results: &Results) -> String {
             );
         }
         out.push('\n');
-        // Extra figures (e.g. resident bytes) on their own line.
-        let extras: Vec<String> = cells
+        // Extra figures (e.g. resident bytes), one line each.
+        let mut extras: Vec<String> = Vec::new();
+        for measurement in cells
             .iter()
             .flatten()
             .filter_map(|row| row.result.as_ref().ok())
-            .flat_map(|m| m.extra.iter().map(|(name, _)| name.clone()))
-            .collect();
-        if let Some(name) = extras.first() {
+        {
+            for (name, _) in &measurement.extra {
+                if !extras.contains(name) {
+                    extras.push(name.clone());
+                }
+            }
+        }
+        for name in &extras {
             let _ = write!(out, "{:<24} {:<16}", "", name);
             for cell in &cells {
                 let value = cell
                     .and_then(|row| row.result.as_ref().ok())
                     .and_then(|m| m.extra.iter().find(|(n, _)| n == name))
-                    .map_or_else(|| "-".to_owned(), |(_, v)| format!("{v:.0}"));
+                    .map_or_else(|| "-".to_owned(), |(_, v)| figure(*v));
                 let _ = write!(out, " {value:>26}");
             }
             out.push('\n');

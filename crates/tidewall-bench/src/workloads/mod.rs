@@ -2,9 +2,16 @@
 //! per repetition after a warm-up repetition, and checks its own result (every task joined,
 //! every message received); a failed check fails the run instead of reporting a number.
 
+mod channels;
+mod idle;
 mod latency;
 mod memory;
 mod spawn;
+mod timers;
+
+use std::time::Duration;
+
+use channels::Channel;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,16 +34,47 @@ pub(crate) enum Workload {
     PingPong,
     /// N tasks parked for ever: heap and resident bytes per task.
     ParkedMemory,
+    /// N messages, one producer, the runtime's own channel (tokio mpsc; async-channel is
+    /// smol's and async-std's own).
+    ChannelSpscNative,
+    /// N messages, one producer, async-channel on every runtime.
+    ChannelSpscAsyncChannel,
+    /// N messages from four producers, the runtime's own channel.
+    ChannelMpscNative,
+    /// N messages from four producers, async-channel on every runtime.
+    ChannelMpscAsyncChannel,
+    /// 100 µs sleeps, alone (n = 1) or N at once: lateness.
+    #[value(name = "timer-100us")]
+    #[serde(rename = "timer-100us")]
+    Timer100us,
+    /// 1 ms sleeps: lateness.
+    #[value(name = "timer-1ms")]
+    #[serde(rename = "timer-1ms")]
+    Timer1ms,
+    /// 10 ms sleeps: lateness.
+    #[value(name = "timer-10ms")]
+    #[serde(rename = "timer-10ms")]
+    Timer10ms,
+    /// The runtime left idle for n ms: wake-ups, CPU time, threads, resident memory.
+    Idle,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
         Self::Yield,
         Self::PingPong,
         Self::ParkedMemory,
+        Self::ChannelSpscNative,
+        Self::ChannelSpscAsyncChannel,
+        Self::ChannelMpscNative,
+        Self::ChannelMpscAsyncChannel,
+        Self::Timer100us,
+        Self::Timer1ms,
+        Self::Timer10ms,
+        Self::Idle,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -47,6 +85,24 @@ impl Workload {
             Self::Yield => "yield",
             Self::PingPong => "ping-pong",
             Self::ParkedMemory => "parked-memory",
+            Self::ChannelSpscNative => "channel-spsc-native",
+            Self::ChannelSpscAsyncChannel => "channel-spsc-async-channel",
+            Self::ChannelMpscNative => "channel-mpsc-native",
+            Self::ChannelMpscAsyncChannel => "channel-mpsc-async-channel",
+            Self::Timer100us => "timer-100us",
+            Self::Timer1ms => "timer-1ms",
+            Self::Timer10ms => "timer-10ms",
+            Self::Idle => "idle",
+        }
+    }
+
+    /// The sleep a timer workload measures.
+    fn timer(self) -> Option<Duration> {
+        match self {
+            Self::Timer100us => Some(Duration::from_micros(100)),
+            Self::Timer1ms => Some(Duration::from_millis(1)),
+            Self::Timer10ms => Some(Duration::from_millis(10)),
+            _ => None,
         }
     }
 
@@ -61,6 +117,24 @@ impl Workload {
             (Self::PingPong, false) => vec![20_000],
             (Self::ParkedMemory, true) => vec![10_000],
             (Self::ParkedMemory, false) => vec![10_000, 100_000, 1_000_000],
+            (
+                Self::ChannelSpscNative
+                | Self::ChannelSpscAsyncChannel
+                | Self::ChannelMpscNative
+                | Self::ChannelMpscAsyncChannel,
+                true,
+            ) => vec![100_000],
+            (
+                Self::ChannelSpscNative
+                | Self::ChannelSpscAsyncChannel
+                | Self::ChannelMpscNative
+                | Self::ChannelMpscAsyncChannel,
+                false,
+            ) => vec![1_000_000],
+            // Timers: 1 (sequential sleeps give the distribution) or 10k at once.
+            (Self::Timer100us | Self::Timer1ms | Self::Timer10ms, _) => vec![1, 10_000],
+            (Self::Idle, true) => vec![500],
+            (Self::Idle, false) => vec![2_000],
         }
     }
 }
@@ -90,6 +164,30 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         Workload::Yield => timed(reps, "ns/yield", || latency::yields(rt, n)),
         Workload::PingPong => timed(reps, "µs/round trip", || latency::ping_pong(rt, n)),
         Workload::ParkedMemory => memory::parked(rt, n),
+        Workload::ChannelSpscNative => timed(reps, "ns/message", || {
+            channels::throughput(rt, Channel::Native, 1, n)
+        }),
+        Workload::ChannelSpscAsyncChannel => timed(reps, "ns/message", || {
+            channels::throughput(rt, Channel::AsyncChannel, 1, n)
+        }),
+        Workload::ChannelMpscNative => timed(reps, "ns/message", || {
+            channels::throughput(rt, Channel::Native, 4, n)
+        }),
+        Workload::ChannelMpscAsyncChannel => timed(reps, "ns/message", || {
+            channels::throughput(rt, Channel::AsyncChannel, 4, n)
+        }),
+        Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => {
+            let sleep = workload.timer().unwrap_or_default();
+            // Sequential sleeps when alone: enough for a distribution, bounded in time.
+            let sequential = match (quick, sleep >= Duration::from_millis(10)) {
+                (true, true) => 20,
+                (true, false) => 50,
+                (false, true) => 100,
+                (false, false) => 500,
+            };
+            timers::lateness(rt, sleep, n, sequential)
+        }
+        Workload::Idle => idle::footprint(rt, Duration::from_millis(n)),
     }
 }
 
@@ -125,16 +223,28 @@ mod tests {
                 let n = match workload {
                     Workload::PingPong => 50,
                     Workload::ParkedMemory => 100,
+                    Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => 100,
+                    Workload::Idle => 20,
                     _ => 500,
                 };
                 let measured = run(&rt, workload, n, true)
                     .unwrap_or_else(|e| panic!("{} on {}: {e:#}", workload.name(), kind.name()));
+                // Memory, timers and idle report one figure per process (a distribution's
+                // percentile, or a one-off state); the rest, one per repetition.
+                let single = matches!(
+                    workload,
+                    Workload::ParkedMemory
+                        | Workload::Timer100us
+                        | Workload::Timer1ms
+                        | Workload::Timer10ms
+                        | Workload::Idle
+                );
+                let expected = if single { 1 } else { repetitions(true) };
                 assert_eq!(
                     measured.summary.samples.len(),
-                    match workload {
-                        Workload::ParkedMemory => 1,
-                        _ => repetitions(true),
-                    }
+                    expected,
+                    "{}",
+                    workload.name()
                 );
                 assert!(
                     measured.summary.median.is_finite(),

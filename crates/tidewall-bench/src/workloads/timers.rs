@@ -1,0 +1,101 @@
+//! Timer lateness: how long after its deadline a sleep wakes, alone or among 10k concurrent
+//! timers, with each runtime's own sleep.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+
+use super::Measurement;
+use crate::runtimes::{Rt, Spawner};
+use crate::stats::Summary;
+
+/// Lateness percentiles (µs) of `sleep` with `concurrent` timers at once; with one timer,
+/// `sequential` sleeps one after another give the distribution.
+pub(super) fn lateness(
+    rt: &Rt,
+    sleep: Duration,
+    concurrent: u64,
+    sequential: u64,
+) -> anyhow::Result<Measurement> {
+    let spawner = rt.spawner();
+    let late_us: Vec<f64> = rt.run(async move {
+        if concurrent <= 1 {
+            let mut late = Vec::new();
+            for _ in 0..sequential {
+                late.push(one(&spawner, sleep).await);
+            }
+            late
+        } else {
+            let timers: Vec<_> = (0..concurrent)
+                .map(|_| {
+                    let inner = spawner.clone();
+                    spawner.spawn(async move { one(&inner, sleep).await })
+                })
+                .collect();
+            let mut late = Vec::with_capacity(timers.len());
+            for timer in timers {
+                late.push(timer.await);
+            }
+            late
+        }
+    });
+    let expected = if concurrent <= 1 {
+        sequential
+    } else {
+        concurrent
+    };
+    ensure!(
+        late_us.len() as u64 == expected,
+        "timers: {} of {expected} fired",
+        late_us.len()
+    );
+    ensure!(
+        late_us.iter().all(|&l| l >= 0.0),
+        "a timer fired before its deadline"
+    );
+    let mut sorted = late_us.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = percentile(&sorted, 0.99);
+    let max = sorted.last().copied().unwrap_or(f64::NAN);
+    Ok(Measurement {
+        unit: "µs late (p50)".to_owned(),
+        summary: Summary::of(vec![percentile(&sorted, 0.5)]),
+        extra: vec![
+            ("µs late (p99)".to_owned(), p99),
+            ("µs late (max)".to_owned(), max),
+        ],
+    })
+}
+
+/// How late (µs) one sleep of `duration` woke.
+async fn one(spawner: &Spawner, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    spawner.sleep(duration).await;
+    Instant::now()
+        .saturating_duration_since(deadline)
+        .as_secs_f64()
+        * 1e6
+}
+
+/// The `q` quantile of sorted samples (nearest rank).
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.5).to_bits(), 50.0f64.to_bits());
+        assert_eq!(percentile(&sorted, 0.99).to_bits(), 99.0f64.to_bits());
+        assert_eq!(percentile(&sorted, 1.0).to_bits(), 100.0f64.to_bits());
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}
