@@ -82,8 +82,12 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
+    // The smallest rank r (1-based) with r ≥ q·len; no float-to-integer cast needed.
+    let wanted = q * sorted.len() as f64;
+    let rank = (1..=sorted.len())
+        .find(|&r| r as f64 >= wanted)
+        .unwrap_or(sorted.len());
+    sorted[rank - 1]
 }
 
 #[cfg(test)]
