@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! tidewall-bench [--quick] [--runtimes tokio-mt,tokio-ct,smol,async-std] [--threads 2]
-//!                [--json FILE]
+//!                [--json FILE] [--report DIR]
 //! ```
 //!
 //! The parent process runs `tidewall-bench child ...` once per (runtime, workload) and reads
@@ -14,8 +14,11 @@
 mod alloc;
 mod anchor;
 mod child;
+#[cfg(test)]
+mod fixture;
 mod machine;
 mod plan;
+mod report;
 mod runtimes;
 mod stats;
 mod table;
@@ -63,6 +66,10 @@ fn main() -> anyhow::Result<()> {
             let results = plan::run(&cli.run).context("running the suite")?;
             let mut out = std::io::stdout().lock();
             out.write_all(table::render(&results).as_bytes())?;
+            if let Some(dir) = &cli.run.report {
+                report::write(&results, dir)?;
+                writeln!(out, "report: {}", dir.join("report.md").display())?;
+            }
             if let Some(path) = &cli.run.json {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;

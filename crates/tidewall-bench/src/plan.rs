@@ -30,6 +30,9 @@ pub(crate) struct RunArgs {
     /// Also write the raw data (every sample) as JSON here.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+    /// Write a markdown report with an SVG chart per workload, and the raw data, here.
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
 }
 
 /// Everything one run found.

@@ -1,0 +1,210 @@
+//! `--report DIR`: a markdown report with one SVG chart per workload (plotters) and the raw
+//! data next to it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+
+use crate::plan::{Results, Row};
+use crate::runtimes::RuntimeKind;
+use crate::workloads::Workload;
+
+/// Writes `report.md`, `results.json` and one `<workload>-<n>.svg` per workload into `dir`.
+pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let raw = std::fs::File::create(dir.join("results.json"))?;
+    serde_json::to_writer_pretty(raw, results)?;
+    let mut md = String::new();
+    let m = &results.machine;
+    let a = &results.anchors;
+    let _ = writeln!(md, "# Runtime comparison\n");
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}. Threads: {} per \
+         multi-threaded runtime (tokio-ct: 1). Mode: {}. Each runtime ran each workload in a \
+         fresh process; figures are medians over the repetitions, with min and max.\n",
+        m.cpu,
+        m.logical_cpus,
+        m.memory_gib,
+        m.kernel,
+        m.rustc,
+        results.threads,
+        if results.quick { "quick" } else { "full" }
+    );
+    let _ = writeln!(
+        md,
+        "W0 anchors (this machine's floor): uncontended atomic {:.1} ns, clock read {:.1} ns, \
+         futex wake {:.0} ns, thread ping-pong {:.1} µs, loopback TCP round trip {:.1} µs.\n",
+        a.atomic_ns.median,
+        a.clock_ns.median,
+        a.futex_wake_ns.median,
+        a.thread_ping_pong_us.median,
+        a.tcp_round_trip_us.median
+    );
+    let _ = writeln!(
+        md,
+        "On a VM, idle vCPUs are halted: cross-vCPU wake-ups are expensive, and work-stealing \
+         looks worse than on bare metal.\n"
+    );
+    for (workload, n) in groups(results) {
+        let rows: Vec<&Row> = results
+            .rows
+            .iter()
+            .filter(|r| r.workload == workload && r.n == n)
+            .collect();
+        let unit = rows
+            .iter()
+            .find_map(|r| r.result.as_ref().ok().map(|m| m.unit.clone()))
+            .unwrap_or_default();
+        let chart = format!("{}-{n}.svg", workload.name());
+        let _ = writeln!(md, "## {} (n = {n}), {unit}\n", workload.name());
+        let _ = writeln!(
+            md,
+            "| runtime | median | min | max | other figures | flag |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for row in &rows {
+            let _ = match &row.result {
+                Ok(m) => {
+                    let extra: Vec<String> = m
+                        .extra
+                        .iter()
+                        .map(|(name, value)| format!("{name} {value:.1}"))
+                        .collect();
+                    writeln!(
+                        md,
+                        "| {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                        row.runtime.label(),
+                        m.summary.median,
+                        m.summary.min,
+                        m.summary.max,
+                        extra.join(", "),
+                        row.flag.as_deref().unwrap_or("")
+                    )
+                }
+                Err(error) => writeln!(md, "| {} | failed: {error} | | | | |", row.runtime.label()),
+            };
+        }
+        chart_svg(&dir.join(&chart), workload, n, &unit, &rows)?;
+        let _ = writeln!(md, "\n![{} chart]({chart})\n", workload.name());
+    }
+    std::fs::write(dir.join("report.md"), md)?;
+    Ok(())
+}
+
+fn groups(results: &Results) -> Vec<(Workload, u64)> {
+    let mut keys = Vec::new();
+    for row in &results.rows {
+        if !keys.contains(&(row.workload, row.n)) {
+            keys.push((row.workload, row.n));
+        }
+    }
+    keys
+}
+
+/// One bar per runtime (the median) with a whisker from min to max.
+fn chart_svg(
+    path: &Path,
+    workload: Workload,
+    n: u64,
+    unit: &str,
+    rows: &[&Row],
+) -> anyhow::Result<()> {
+    let bars: Vec<(RuntimeKind, f64, f64, f64)> = rows
+        .iter()
+        .filter_map(|row| {
+            let s = &row.result.as_ref().ok()?.summary;
+            s.median
+                .is_finite()
+                .then_some((row.runtime, s.median, s.min, s.max))
+        })
+        .collect();
+    let top = bars.iter().map(|b| b.3).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    let root = SVGBackend::new(path, (640, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let count = u32::try_from(bars.len()).unwrap_or(u32::MAX);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{} (n = {n})", workload.name()), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d((0..count).into_segmented(), 0f64..top)
+        .map_err(draw_error)?;
+    let labels: Vec<&'static str> = bars.iter().map(|b| b.0.label()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => labels
+                .get(*i as usize)
+                .map_or_else(String::new, |l| (*l).to_owned()),
+            _ => String::new(),
+        })
+        .y_desc(unit)
+        .draw()
+        .map_err(draw_error)?;
+    chart
+        .draw_series(
+            Histogram::vertical(&chart)
+                .margin(24)
+                .style(BLUE.mix(0.6).filled())
+                .data(bars.iter().zip(0u32..).map(|(bar, i)| (i, bar.1))),
+        )
+        .map_err(draw_error)?;
+    for (bar, i) in bars.iter().zip(0u32..) {
+        // The whisker: min to max over the repetitions.
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![
+                    (SegmentValue::CenterOf(i), bar.2),
+                    (SegmentValue::CenterOf(i), bar.3),
+                ],
+                BLACK.stroke_width(2),
+            )))
+            .map_err(draw_error)?;
+    }
+    root.present().map_err(draw_error)?;
+    Ok(())
+}
+
+fn draw_error<E: std::fmt::Display>(error: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a chart: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fixture::fixture;
+
+    #[test]
+    fn the_report_has_every_row_a_chart_and_the_raw_data() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write(&fixture(), dir.path()).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("# Runtime comparison"));
+        assert!(md.contains("uncontended atomic 4.7 ns"));
+        assert!(md.contains("## spawn-local (n = 1000), ns/task"));
+        assert!(
+            md.contains("| tokio-mt | 600.00 | 540.00 | 660.00 | resident B/task 330.0 |  |"),
+            "{md}"
+        );
+        assert!(md.contains("below the plausible floor"));
+        assert!(md.contains("| async-std (discontinued) | failed: fan-out: 3 of 10 received |"));
+        assert!(md.contains("![spawn-local chart](spawn-local-1000.svg)"));
+        let svg = std::fs::read_to_string(dir.path().join("spawn-local-1000.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("tokio-mt"), "{svg}");
+        let raw: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw["rows"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            raw["rows"][0]["result"]["Ok"]["summary"]["samples"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+}
