@@ -2,6 +2,7 @@
 //! per repetition after a warm-up repetition, and checks its own result (every task joined,
 //! every message received); a failed check fails the run instead of reporting a number.
 
+mod binsize;
 mod channels;
 mod idle;
 mod latency;
@@ -57,10 +58,12 @@ pub(crate) enum Workload {
     Timer10ms,
     /// The runtime left idle for n ms: wake-ups, CPU time, threads, resident memory.
     Idle,
+    /// The size of a minimal release binary (one task spawned and joined).
+    BinarySize,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 14] = [
+    pub(crate) const ALL: [Self; 15] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
@@ -75,6 +78,7 @@ impl Workload {
         Self::Timer1ms,
         Self::Timer10ms,
         Self::Idle,
+        Self::BinarySize,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Workload {
             Self::Timer1ms => "timer-1ms",
             Self::Timer10ms => "timer-10ms",
             Self::Idle => "idle",
+            Self::BinarySize => "binary-size",
         }
     }
 
@@ -135,6 +140,7 @@ impl Workload {
             (Self::Timer100us | Self::Timer1ms | Self::Timer10ms, _) => vec![1, 10_000],
             (Self::Idle, true) => vec![500],
             (Self::Idle, false) => vec![2_000],
+            (Self::BinarySize, _) => vec![1],
         }
     }
 }
@@ -188,6 +194,7 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
             timers::lateness(rt, sleep, n, sequential)
         }
         Workload::Idle => idle::footprint(rt, Duration::from_millis(n)),
+        Workload::BinarySize => binsize::minimal_binary(rt.kind()),
     }
 }
 
@@ -219,7 +226,11 @@ mod tests {
     fn every_workload_checks_out_on_every_runtime() {
         for kind in RuntimeKind::ALL {
             let rt = Rt::start(kind, 2).unwrap();
-            for workload in Workload::ALL {
+            // The binary-size workload needs the minimal binaries built; CI builds them.
+            for workload in Workload::ALL
+                .into_iter()
+                .filter(|w| *w != Workload::BinarySize)
+            {
                 let n = match workload {
                     Workload::PingPong => 50,
                     Workload::ParkedMemory => 100,
