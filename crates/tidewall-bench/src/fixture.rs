@@ -53,5 +53,6 @@ pub(crate) fn fixture() -> Results {
                 None,
             ),
         ],
+        notes: vec!["binary-size skipped: not built".to_owned()],
     }
 }

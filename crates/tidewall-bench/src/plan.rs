@@ -43,6 +43,8 @@ pub(crate) struct Results {
     pub(crate) threads: usize,
     pub(crate) anchors: Anchors,
     pub(crate) rows: Vec<Row>,
+    /// What was skipped, and why.
+    pub(crate) notes: Vec<String>,
 }
 
 /// One workload at one size on one runtime.
@@ -69,8 +71,21 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
     } else {
         args.runtimes.clone()
     };
+    let mut notes = Vec::new();
     let workloads = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
+        // Binary sizes need the minimal binaries built first: skipped (and said so) when they
+        // are not, unless asked for by name (then their absence is a failure).
+        let built = crate::workloads::binsize::all_built();
+        if !built {
+            notes.push(format!(
+                "binary-size skipped: the minimal binaries are not built ({})",
+                crate::workloads::binsize::BUILD_HINT
+            ));
+        }
+        Workload::ALL
+            .into_iter()
+            .filter(|w| built || *w != Workload::BinarySize)
+            .collect()
     } else {
         args.workloads.clone()
     };
@@ -107,6 +122,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
         threads: args.threads,
         anchors,
         rows,
+        notes,
     })
 }
 

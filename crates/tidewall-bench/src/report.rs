@@ -48,6 +48,9 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
         "On a VM, idle vCPUs are halted: cross-vCPU wake-ups are expensive, and work-stealing \
          looks worse than on bare metal.\n"
     );
+    for note in &results.notes {
+        let _ = writeln!(md, "Note: {note}.\n");
+    }
     for (workload, n) in groups(results) {
         let rows: Vec<&Row> = results
             .rows
@@ -190,6 +193,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("below the plausible floor"));
+        assert!(md.contains("Note: binary-size skipped: not built."));
         assert!(md.contains("| async-std (discontinued) | failed: fan-out: 3 of 10 received |"));
         assert!(md.contains("![spawn-local chart](spawn-local-1000.svg)"));
         let svg = std::fs::read_to_string(dir.path().join("spawn-local-1000.svg")).unwrap();

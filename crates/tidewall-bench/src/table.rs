@@ -103,6 +103,9 @@ pub(crate) fn render(results: &Results) -> String {
             out.push('\n');
         }
     }
+    for note in &results.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     for row in results
         .rows
         .iter()
@@ -181,6 +184,7 @@ mod tests {
         );
         assert!(text.contains("! spawn-local (1000) on smol: flagged: below the plausible floor"));
         assert!(text.contains("resident B/task"));
+        assert!(text.contains("note: binary-size skipped: not built"));
     }
 
     #[test]

@@ -54,6 +54,22 @@ pub(super) fn minimal_binary(kind: RuntimeKind) -> anyhow::Result<Measurement> {
         ],
     })
 }
+/// Whether every minimal binary (and the std baseline) has been built next to this one.
+pub(crate) fn all_built() -> bool {
+    [
+        "runtime-size-std",
+        "runtime-size-tokio",
+        "runtime-size-smol",
+        "runtime-size-async-std",
+    ]
+    .into_iter()
+    .all(|name| sibling(name).is_ok_and(|path| path.is_file()))
+}
+
+/// How to build them, for the note shown when they are missing.
+pub(crate) const BUILD_HINT: &str =
+    "for p in std tokio smol async-std; do cargo build --release -p runtime-size-$p; done";
+
 fn package(kind: RuntimeKind) -> &'static str {
     match kind {
         RuntimeKind::TokioMt | RuntimeKind::TokioCt => "runtime-size-tokio",

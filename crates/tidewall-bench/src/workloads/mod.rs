@@ -2,7 +2,7 @@
 //! per repetition after a warm-up repetition, and checks its own result (every task joined,
 //! every message received); a failed check fails the run instead of reporting a number.
 
-mod binsize;
+pub(crate) mod binsize;
 mod channels;
 mod idle;
 mod latency;
