@@ -176,7 +176,9 @@ pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -
         | Workload::ChannelSpscNative
         | Workload::ChannelSpscAsyncChannel
         | Workload::ChannelMpscNative
-        | Workload::ChannelMpscAsyncChannel => (atomic, 100.0 * cross_thread_ns, "ns"),
+        | Workload::ChannelMpscAsyncChannel
+        | Workload::TidewallFanOut
+        | Workload::TidewallWorkerPool => (atomic, 100.0 * cross_thread_ns, "ns"),
         // A timer may fire on time to the microsecond, but not a second late when idle.
         Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => (0.0, 1e6, "µs"),
         Workload::Idle => (0.0, 1e5, "wake-ups/s"),

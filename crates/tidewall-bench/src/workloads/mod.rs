@@ -7,6 +7,7 @@ mod channels;
 mod idle;
 mod latency;
 mod memory;
+mod patterns;
 mod spawn;
 mod timers;
 
@@ -60,10 +61,14 @@ pub(crate) enum Workload {
     Idle,
     /// The size of a minimal release binary (one task spawned and joined).
     BinarySize,
+    /// Tidewall's `FanOut` (64 in flight) over N inputs, through its runtime seam.
+    TidewallFanOut,
+    /// Tidewall's `WorkerPool` (2 workers, queue 1024), N jobs, every result awaited.
+    TidewallWorkerPool,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 15] = [
+    pub(crate) const ALL: [Self; 17] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
@@ -79,6 +84,8 @@ impl Workload {
         Self::Timer10ms,
         Self::Idle,
         Self::BinarySize,
+        Self::TidewallFanOut,
+        Self::TidewallWorkerPool,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -98,6 +105,8 @@ impl Workload {
             Self::Timer10ms => "timer-10ms",
             Self::Idle => "idle",
             Self::BinarySize => "binary-size",
+            Self::TidewallFanOut => "tidewall-fan-out",
+            Self::TidewallWorkerPool => "tidewall-worker-pool",
         }
     }
 
@@ -141,6 +150,8 @@ impl Workload {
             (Self::Idle, true) => vec![500],
             (Self::Idle, false) => vec![2_000],
             (Self::BinarySize, _) => vec![1],
+            (Self::TidewallFanOut | Self::TidewallWorkerPool, true) => vec![10_000],
+            (Self::TidewallFanOut | Self::TidewallWorkerPool, false) => vec![100_000],
         }
     }
 }
@@ -195,6 +206,12 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         }
         Workload::Idle => idle::footprint(rt, Duration::from_millis(n)),
         Workload::BinarySize => binsize::minimal_binary(rt.kind()),
+        Workload::TidewallFanOut => timed(reps, "ns/item", || {
+            patterns::run(rt, patterns::Pattern::FanOut, n)
+        }),
+        Workload::TidewallWorkerPool => timed(reps, "ns/job", || {
+            patterns::run(rt, patterns::Pattern::WorkerPool, n)
+        }),
     }
 }
 

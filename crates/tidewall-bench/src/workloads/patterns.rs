@@ -1,0 +1,84 @@
+//! Tidewall's own patterns on each runtime, through its runtime seam: a bounded fan-out and a
+//! worker pool (the pipeline is still to come).
+
+use std::time::Instant;
+
+use anyhow::{Context as _, ensure};
+use futures_util::StreamExt as _;
+use tidewall::fan_out::FanOut;
+use tidewall::rt::Runtime;
+use tidewall::task::{JobOutcome, WorkerPool};
+
+use crate::runtimes::{Rt, Spawner};
+
+/// Which pattern.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Pattern {
+    /// `FanOut` with 64 in flight over n inputs, results in completion order.
+    FanOut,
+    /// A `WorkerPool` of 2 workers and a queue of 1024, n jobs, every handle awaited.
+    WorkerPool,
+}
+
+/// ns per item.
+pub(super) fn run(rt: &Rt, pattern: Pattern, n: u64) -> anyhow::Result<f64> {
+    let spawner = rt.spawner();
+    let (elapsed, count, sum) = rt.run(async move {
+        match spawner {
+            Spawner::Tokio(_) => on(tidewall::rt::Tokio, pattern, n).await,
+            Spawner::Smol(executor) => on(tidewall::rt::Smol::new(executor), pattern, n).await,
+            Spawner::AsyncStd => on(tidewall::rt::AsyncStd, pattern, n).await,
+        }
+    })?;
+    ensure!(count == n, "{pattern:?}: {count} of {n} items");
+    ensure!(
+        sum == n * n.saturating_sub(1) / 2,
+        "{pattern:?}: the sum is off"
+    );
+    Ok(elapsed.as_nanos() as f64 / n as f64)
+}
+
+async fn on<R: Runtime>(
+    rt: R,
+    pattern: Pattern,
+    n: u64,
+) -> anyhow::Result<(std::time::Duration, u64, u64)> {
+    let start = Instant::now();
+    let (mut count, mut sum) = (0u64, 0u64);
+    match pattern {
+        Pattern::FanOut => {
+            let mut results = FanOut::with_runtime(rt, 64)?.run_iter(0..n, |i| async move { i });
+            while let Some(result) = results.next().await {
+                sum += result.ok().context("a fan-out task panicked")?;
+                count += 1;
+            }
+        }
+        Pattern::WorkerPool => {
+            let pool = WorkerPool::start(rt, 2, 1024, None, |i: u64| async move { i })?;
+            let mut handles = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+            for i in 0..n {
+                handles.push(
+                    pool.submit(i)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("submit refused"))?,
+                );
+            }
+            for handle in handles {
+                match handle.await {
+                    JobOutcome::Completed(value) => {
+                        sum += value;
+                        count += 1;
+                    }
+                    other => anyhow::bail!("a job ended {other:?}"),
+                }
+            }
+            let report = pool.shutdown(std::time::Duration::from_secs(10)).await;
+            ensure!(
+                report.completed == n,
+                "the pool completed {} of {n}",
+                report.completed
+            );
+        }
+    }
+    Ok((start.elapsed(), count, sum))
+}
