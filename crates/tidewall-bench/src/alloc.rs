@@ -1,10 +1,30 @@
-//! A global allocator that counts live heap bytes, so a workload can measure what its tasks
-//! hold (the runtime's own allocations included: that is the point).
+//! A global allocator that can count the heap bytes allocated and freed while counting is on,
+//! so the memory workload can measure what its tasks hold (the runtime's own allocations
+//! included: that is the point).
+//!
+//! Counting is off unless a workload turns it on: a shared counter updated on every
+//! allocation would bounce between cores and slow the multi-threaded runtimes more than the
+//! single-threaded one, skewing every timed workload. Off, each allocation costs one relaxed
+//! load of a flag that is never written.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated minus bytes freed while counting was on (frees of older blocks count too,
+/// so this is the net growth of the heap over the counted window).
+static NET: AtomicIsize = AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    if COUNTING.load(Relaxed) {
+        NET.fetch_add(delta, Relaxed);
+    }
+}
+
+/// `size` as a signed delta (an allocation larger than `isize::MAX` cannot exist).
+fn signed(size: usize) -> isize {
+    isize::try_from(size).unwrap_or(isize::MAX)
+}
 
 /// Forwards to the system allocator, counting bytes.
 pub(crate) struct Counting;
@@ -13,19 +33,19 @@ pub(crate) struct Counting;
 // counter is only arithmetic on the side.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Relaxed);
+        count(signed(layout.size()));
         // SAFETY: the caller upholds `alloc`'s contract; forwarded as is.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Relaxed);
+        count(-signed(layout.size()));
         // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Relaxed);
+        count(signed(layout.size()));
         // SAFETY: as `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -34,16 +54,22 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as `alloc`/`dealloc`: forwarded unchanged.
         let moved = unsafe { System.realloc(ptr, layout, new_size) };
         if !moved.is_null() {
-            LIVE.fetch_sub(layout.size(), Relaxed);
-            LIVE.fetch_add(new_size, Relaxed);
+            count(signed(new_size) - signed(layout.size()));
         }
         moved
     }
 }
 
-/// Live heap bytes right now.
-pub(crate) fn live_bytes() -> usize {
-    LIVE.load(Relaxed)
+/// Starts counting from zero.
+pub(crate) fn start_counting() {
+    NET.store(0, Relaxed);
+    COUNTING.store(true, Relaxed);
+}
+
+/// Stops counting; returns the net heap growth (bytes) since [`start_counting`].
+pub(crate) fn stop_counting() -> isize {
+    COUNTING.store(false, Relaxed);
+    NET.load(Relaxed)
 }
 
 /// Resident set size in bytes (Linux: `/proc/self/statm`), or `None` elsewhere.

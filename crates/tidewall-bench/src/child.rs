@@ -28,11 +28,17 @@ pub(crate) struct ChildResult {
     pub(crate) workload: Workload,
     pub(crate) threads: usize,
     pub(crate) n: u64,
+    /// OS threads in the child process once the runtime had run a task (the main thread and
+    /// any reactor or timer threads included).
+    pub(crate) os_threads: usize,
     pub(crate) result: Result<Measurement, String>,
 }
 
 pub(crate) fn run(args: &ChildArgs) -> anyhow::Result<ChildResult> {
     let rt = Rt::start(args.runtime, args.threads)?;
+    // One task first: async-std starts its pool, and smol its reactor thread, lazily.
+    rt.run(async {});
+    let os_threads = os_threads();
     let result =
         workloads::run(&rt, args.workload, args.n, args.quick).map_err(|e| format!("{e:#}"));
     Ok(ChildResult {
@@ -40,6 +46,12 @@ pub(crate) fn run(args: &ChildArgs) -> anyhow::Result<ChildResult> {
         workload: args.workload,
         threads: args.runtime.threads(args.threads),
         n: args.n,
+        os_threads,
         result,
     })
+}
+
+/// Threads of this process (`/proc/self/task`), 0 where that is not available.
+fn os_threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count)
 }

@@ -15,6 +15,7 @@ pub(crate) fn fixture() -> Results {
         n: 1000,
         runtime,
         threads: 2,
+        os_threads: 3,
         result,
         flag: flag.map(str::to_owned),
     };
@@ -30,6 +31,7 @@ pub(crate) fn fixture() -> Results {
             kernel: "6.0".to_owned(),
             memory_gib: 24.0,
             rustc: "rustc 1.x".to_owned(),
+            virtualized: true,
         },
         quick: true,
         threads: 2,

@@ -8,7 +8,10 @@ pub(crate) struct Machine {
     pub(crate) logical_cpus: usize,
     pub(crate) kernel: String,
     pub(crate) memory_gib: f64,
+    /// The `rustc` on PATH when the suite ran (not necessarily the one that built it).
     pub(crate) rustc: String,
+    /// Whether the CPU reports a hypervisor (the `hypervisor` flag in /proc/cpuinfo).
+    pub(crate) virtualized: bool,
 }
 
 pub(crate) fn describe() -> Machine {
@@ -39,7 +42,12 @@ pub(crate) fn describe() -> Machine {
         .ok()
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned());
+    let virtualized = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .any(|line| line.split_whitespace().any(|flag| flag == "hypervisor"));
     Machine {
+        virtualized,
         cpu,
         logical_cpus: std::thread::available_parallelism().map_or(0, usize::from),
         kernel,

@@ -54,6 +54,8 @@ pub(crate) struct Row {
     pub(crate) n: u64,
     pub(crate) runtime: RuntimeKind,
     pub(crate) threads: usize,
+    /// Measured in the child: its OS threads once the runtime had run a task.
+    pub(crate) os_threads: usize,
     pub(crate) result: Result<Measurement, String>,
     /// Set when the figure is outside the band the anchors make plausible.
     pub(crate) flag: Option<String>,
@@ -110,6 +112,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
                     n,
                     runtime,
                     threads: result.threads,
+                    os_threads: result.os_threads,
                     result: result.result,
                     flag,
                 });
@@ -124,6 +127,55 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
         rows,
         notes,
     })
+}
+
+/// How long one child may take before it is killed and its row failed (a hang must not
+/// hang the suite, or CI).
+const CHILD_LIMIT_QUICK: std::time::Duration = std::time::Duration::from_secs(60);
+const CHILD_LIMIT_FULL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `command` to completion, or kills it after `limit` (`None` then).
+fn output_within(
+    mut command: Command,
+    limit: std::time::Duration,
+) -> anyhow::Result<Option<std::process::Output>> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a child process")?;
+    // Drained on threads, so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut stderr = child.stderr.take().context("child stderr")?;
+    let out = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stdout.read_to_end(&mut buffer);
+        buffer
+    });
+    let err = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stderr.read_to_end(&mut buffer);
+        buffer
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }))
 }
 
 fn run_child(
@@ -148,19 +200,38 @@ fn run_child(
     if args.quick {
         command.arg("--quick");
     }
-    let output = command.output().context("starting a child process")?;
+    let failed = |why: String| ChildResult {
+        runtime,
+        workload,
+        threads: runtime.threads(args.threads),
+        n,
+        os_threads: 0,
+        result: Err(why),
+    };
+    let limit = if args.quick {
+        CHILD_LIMIT_QUICK
+    } else {
+        CHILD_LIMIT_FULL
+    };
+    let output = match output_within(command, limit)? {
+        Some(output) => output,
+        None => {
+            return Ok(failed(format!(
+                "killed after {} s: it did not finish",
+                limit.as_secs()
+            )));
+        }
+    };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        return Ok(ChildResult {
-            runtime,
-            workload,
-            threads: runtime.threads(args.threads),
-            n,
-            result: Err(format!("child exited with {}: {tail}", output.status)),
-        });
+        return Ok(failed(format!(
+            "child exited with {}: {tail}",
+            output.status
+        )));
     }
-    serde_json::from_slice(&output.stdout).context("reading a child's result")
+    Ok(serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| failed(format!("unreadable result: {error}"))))
 }
 
 /// A figure outside the band the anchors allow means the measurement, not the runtime, went
@@ -168,24 +239,27 @@ fn run_child(
 pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -> Option<String> {
     let atomic = anchors.atomic_ns.median;
     let cross_thread_ns = anchors.thread_ping_pong_us.median * 1e3;
+    // Floors: what the operation cannot beat (a spawn allocates and does several atomics; a
+    // hand-off needs at least two). Ceilings: ten cross-thread wake-ups per operation, a timer
+    // 100 ms late, 1000 wake-ups a second when idle: beyond them the measurement, or the
+    // machine, is suspect.
     let (low, high, what) = match workload {
         Workload::SpawnLocal
         | Workload::SpawnRemote
         | Workload::FanOut
-        | Workload::Yield
+        | Workload::TidewallFanOut
+        | Workload::TidewallWorkerPool => (4.0 * atomic, 10.0 * cross_thread_ns, "ns"),
+        Workload::Yield
         | Workload::ChannelSpscNative
         | Workload::ChannelSpscAsyncChannel
         | Workload::ChannelMpscNative
-        | Workload::ChannelMpscAsyncChannel
-        | Workload::TidewallFanOut
-        | Workload::TidewallWorkerPool => (atomic, 100.0 * cross_thread_ns, "ns"),
-        // A timer may fire on time to the microsecond, but not a second late when idle.
-        Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => (0.0, 1e6, "µs"),
-        Workload::Idle => (0.0, 1e5, "wake-ups/s"),
+        | Workload::ChannelMpscAsyncChannel => (atomic, 10.0 * cross_thread_ns, "ns"),
+        Workload::PingPong => (2.0 * atomic / 1e3, 10.0 * cross_thread_ns / 1e3, "µs"),
+        Workload::ParkedMemory => (16.0, 65_536.0, "B"),
+        Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => (0.0, 100_000.0, "µs"),
+        Workload::Idle => (0.0, 1000.0, "wake-ups/s"),
         // A program that spawns a task cannot load in less than 16 KiB, nor need 1 GiB.
         Workload::BinarySize => (16.0, 1_048_576.0, "KiB"),
-        Workload::PingPong => (2.0 * atomic / 1e3, 100.0 * cross_thread_ns / 1e3, "µs"),
-        Workload::ParkedMemory => (16.0, 65_536.0, "B"),
     };
     if !median.is_finite() {
         return Some("no finite figure".to_owned());
@@ -213,6 +287,23 @@ mod tests {
             thread_ping_pong_us: one(40.0),
             tcp_round_trip_us: one(12.0),
         }
+    }
+
+    #[test]
+    fn a_child_that_hangs_is_killed_and_one_that_ends_is_read() {
+        let mut hang = Command::new("sleep");
+        hang.arg("30");
+        assert!(
+            output_within(hang, std::time::Duration::from_millis(100))
+                .unwrap()
+                .is_none()
+        );
+        let mut ends = Command::new("echo");
+        ends.arg("done");
+        let output = output_within(ends, std::time::Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        assert_eq!(output.stdout, b"done\n");
     }
 
     #[test]

@@ -43,11 +43,13 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
         a.thread_ping_pong_us.median,
         a.tcp_round_trip_us.median
     );
-    let _ = writeln!(
-        md,
-        "On a VM, idle vCPUs are halted: cross-vCPU wake-ups are expensive, and work-stealing \
-         looks worse than on bare metal.\n"
-    );
+    if m.virtualized {
+        let _ = writeln!(
+            md,
+            "This is a VM (the CPU reports a hypervisor): idle vCPUs are halted, so cross-vCPU \
+             wake-ups are expensive and work-stealing looks worse than on bare metal.\n"
+        );
+    }
     for note in &results.notes {
         let _ = writeln!(md, "Note: {note}.\n");
     }

@@ -255,13 +255,4 @@ impl Spawner {
             Self::AsyncStd => async_std::task::sleep(duration).await,
         }
     }
-
-    /// The runtime's own yield.
-    pub(crate) async fn yield_now(&self) {
-        match self {
-            Self::Tokio(_) => tokio::task::yield_now().await,
-            Self::Smol(_) => smol::future::yield_now().await,
-            Self::AsyncStd => async_std::task::yield_now().await,
-        }
-    }
 }

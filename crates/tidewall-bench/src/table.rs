@@ -16,7 +16,7 @@ pub(crate) fn render(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "threads: {} per multi-threaded runtime (tokio-ct: 1); {} mode; each cell: median (spread = (max−min)/median)",
+        "threads: {} per multi-threaded runtime (tokio-ct: 1); {} mode; each cell: median (± half the min–max range, % of the median)",
         results.threads,
         if results.quick { "quick" } else { "full" }
     );
@@ -30,14 +30,31 @@ pub(crate) fn render(results: &Results) -> String {
         a.thread_ping_pong_us.median,
         a.tcp_round_trip_us.median
     );
-    let _ = writeln!(
-        out,
-        "note: on a VM, idle vCPUs are halted, so cross-vCPU wake-ups are expensive and work-stealing looks worse than on bare metal.\n"
-    );
+    if m.virtualized {
+        let _ = writeln!(
+            out,
+            "note: a VM (the CPU reports a hypervisor): idle vCPUs are halted, so cross-vCPU wake-ups are expensive and work-stealing looks worse than on bare metal."
+        );
+    }
     let runtimes: Vec<RuntimeKind> = RuntimeKind::ALL
         .into_iter()
         .filter(|k| results.rows.iter().any(|row| row.runtime == *k))
         .collect();
+    let measured: Vec<String> = runtimes
+        .iter()
+        .filter_map(|k| {
+            let row = results
+                .rows
+                .iter()
+                .find(|r| r.runtime == *k && r.os_threads > 0)?;
+            Some(format!("{} {}", k.name(), row.os_threads))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "OS threads measured in each child (main thread and reactor/timer threads included): {}\n",
+        measured.join(", ")
+    );
     let _ = write!(out, "{:<24} {:<16}", "workload (n)", "unit");
     for runtime in &runtimes {
         let _ = write!(out, " {:>26}", runtime.label());
@@ -174,6 +191,8 @@ mod tests {
         );
         // Samples at 0.9x, 1x and 1.1x the median: a spread of 20 %, shown as ±10 %.
         assert!(text.contains("600 (±10%)"), "{text}");
+        assert!(text.contains("OS threads measured in each child (main thread and reactor/timer threads included): tokio-mt 3, smol 3"), "{text}");
+        assert!(text.contains("note: a VM"));
         assert!(
             text.contains("1.00 (±10%)!"),
             "a flagged cell is marked: {text}"
@@ -194,6 +213,7 @@ mod tests {
             workload: Workload::PingPong,
             threads: 2,
             n: 10,
+            os_threads: 3,
             result: Err("ping-pong: ended at None".to_owned()),
         };
         let json = serde_json::to_string(&sent).unwrap();

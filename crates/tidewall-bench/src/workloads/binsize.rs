@@ -25,7 +25,10 @@ pub(super) fn minimal_binary(kind: RuntimeKind) -> anyhow::Result<Measurement> {
         )
     })?;
     let loaded = loaded_bytes(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-    let status = std::process::Command::new(&path).status()?;
+    // Its output must not mix with this child's JSON on stdout.
+    let status = std::process::Command::new(&path)
+        .stdout(std::process::Stdio::null())
+        .status()?;
     ensure!(
         status.success(),
         "{} did not run to its answer: {status}",

@@ -24,7 +24,7 @@ const CAPACITY: usize = 1024;
 pub(super) fn throughput(rt: &Rt, channel: Channel, producers: u64, n: u64) -> anyhow::Result<f64> {
     let spawner = rt.spawner();
     let tokio = matches!(spawner, Spawner::Tokio(_));
-    let per_producer = n / producers;
+    let per_producer = (n / producers.max(1)).max(1);
     let (elapsed, received, sum) = rt.run(async move {
         let start = Instant::now();
         let (received, sum) = if channel == Channel::Native && tokio {

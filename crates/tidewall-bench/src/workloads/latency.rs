@@ -6,23 +6,24 @@ use anyhow::ensure;
 
 use crate::runtimes::Rt;
 
-/// ns per yield: one task yields `n` times through the runtime's own yield.
+/// ns per yield: one task yields `n` times the same way on every runtime (wake itself, return
+/// `Pending`: `futures_lite::future::yield_now`). tokio's own `yield_now` does more (it defers
+/// the wake until its I/O and timer drivers have been polled), so it is not used here.
+/// (Nothing to check beyond completion: the loop is its own count.)
 pub(super) fn yields(rt: &Rt, n: u64) -> anyhow::Result<f64> {
-    let spawner = rt.spawner();
-    let (elapsed, yielded) = rt.run(async move {
+    let elapsed = rt.run(async move {
         let start = Instant::now();
-        let mut yielded = 0u64;
         for _ in 0..n {
-            spawner.yield_now().await;
-            yielded += 1;
+            futures_lite::future::yield_now().await;
         }
-        (start.elapsed(), yielded)
+        start.elapsed()
     });
-    ensure!(yielded == n, "yield: {yielded} of {n}");
     Ok(elapsed.as_nanos() as f64 / n as f64)
 }
 
 /// µs per round trip: two tasks pass a counter back and forth over two bounded(1) channels.
+/// Where the two tasks run is the scheduler's choice: on tokio-mt they typically share a
+/// worker (its LIFO slot), so this is a same-thread hand-off, not a cross-thread wake-up.
 pub(super) fn ping_pong(rt: &Rt, n: u64) -> anyhow::Result<f64> {
     let spawner = rt.spawner();
     let (elapsed, last) = rt.run(async move {

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 
 use super::Measurement;
-use crate::alloc::{live_bytes, resident_bytes};
+use crate::alloc::{resident_bytes, start_counting, stop_counting};
 use crate::runtimes::Rt;
 use crate::stats::Summary;
 
@@ -16,30 +15,37 @@ pub(super) fn parked(rt: &Rt, n: u64) -> anyhow::Result<Measurement> {
     // A warm-up task, so the runtime's lazily built structures are not charged to the tasks.
     rt.run(async {});
     let started = Arc::new(AtomicU64::new(0));
-    let (heap_before, rss_before) = (live_bytes(), resident_bytes());
+    let rss_before = resident_bytes();
+    start_counting();
     let spawner = rt.spawner();
     let counter = Arc::clone(&started);
     rt.run(async move {
-        for _ in 0..n {
-            let counter = Arc::clone(&counter);
-            // Each task holds its counter and parks, detached.
-            spawner.spawn_detached(async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                std::future::pending::<()>().await;
-            });
+        // In batches, each waited for until parked: spawning all N before any runs would grow
+        // the run queues to N entries and charge their capacity to the tasks.
+        const BATCH: u64 = 1024;
+        let mut spawned = 0;
+        while spawned < n {
+            let batch = BATCH.min(n - spawned);
+            for _ in 0..batch {
+                let counter = Arc::clone(&counter);
+                // Each task holds its counter and parks, detached.
+                spawner.spawn_detached(async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                });
+            }
+            spawned += batch;
+            while counter.load(Ordering::Relaxed) < spawned {
+                futures_lite::future::yield_now().await;
+            }
         }
     });
-    // Wait until every task has run to its park point (bounded: 60 s).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while started.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
     let parked = started.load(Ordering::Relaxed);
     ensure!(
         parked == n,
         "parked-memory: {parked} of {n} tasks reached their park point"
     );
-    let heap = live_bytes().saturating_sub(heap_before) as f64 / n as f64;
+    let heap = stop_counting() as f64 / n as f64;
     let rss = match (rss_before, resident_bytes()) {
         (Some(before), Some(after)) => after.saturating_sub(before) as f64 / n as f64,
         _ => f64::NAN,

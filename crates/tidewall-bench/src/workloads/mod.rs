@@ -237,8 +237,7 @@ mod tests {
     use super::*;
     use crate::runtimes::RuntimeKind;
 
-    /// Every workload passes its own check on every runtime (small sizes, in process: the
-    /// counting allocator is not installed here, so heap figures read 0).
+    /// Every workload passes its own check on every runtime (small sizes, in process).
     #[test]
     fn every_workload_checks_out_on_every_runtime() {
         for kind in RuntimeKind::ALL {

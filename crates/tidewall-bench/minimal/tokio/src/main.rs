@@ -4,6 +4,7 @@
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .expect("a runtime");
     let answer = runtime.block_on(async { tokio::spawn(async { 6 * 7 }).await });
