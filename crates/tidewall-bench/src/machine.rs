@@ -1,8 +1,8 @@
 //! The machine the numbers come from, printed with every run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Machine {
     pub(crate) cpu: String,
     pub(crate) logical_cpus: usize,
@@ -11,6 +11,7 @@ pub(crate) struct Machine {
     /// The `rustc` on PATH when the suite ran (not necessarily the one that built it).
     pub(crate) rustc: String,
     /// Whether the CPU reports a hypervisor (the `hypervisor` flag in /proc/cpuinfo).
+    #[serde(default)]
     pub(crate) virtualized: bool,
 }
 

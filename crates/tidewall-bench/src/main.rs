@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! tidewall-bench [--quick] [--runtimes tokio-mt,tokio-ct,smol,async-std] [--threads 2]
-//!                [--json FILE] [--report DIR]
+//!                [--json FILE] [--report DIR] [--from-json FILE]
 //! ```
 //!
 //! The parent process runs `tidewall-bench child ...` once per (runtime, workload) and reads

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::anchor::{self, Anchors};
 use crate::child::ChildResult;
@@ -33,10 +33,14 @@ pub(crate) struct RunArgs {
     /// Write a markdown report with an SVG chart per workload, and the raw data, here.
     #[arg(long)]
     pub(crate) report: Option<PathBuf>,
+    /// Measure nothing: render the table (and `--report`) from raw data a run saved
+    /// (`results.json` of a report, or `--json`).
+    #[arg(long)]
+    pub(crate) from_json: Option<PathBuf>,
 }
 
 /// Everything one run found.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Results {
     pub(crate) machine: Machine,
     pub(crate) quick: bool,
@@ -44,17 +48,19 @@ pub(crate) struct Results {
     pub(crate) anchors: Anchors,
     pub(crate) rows: Vec<Row>,
     /// What was skipped, and why.
+    #[serde(default)]
     pub(crate) notes: Vec<String>,
 }
 
 /// One workload at one size on one runtime.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Row {
     pub(crate) workload: Workload,
     pub(crate) n: u64,
     pub(crate) runtime: RuntimeKind,
     pub(crate) threads: usize,
     /// Measured in the child: its OS threads once the runtime had run a task.
+    #[serde(default)]
     pub(crate) os_threads: usize,
     pub(crate) result: Result<Measurement, String>,
     /// Set when the figure is outside the band the anchors make plausible.
@@ -68,6 +74,10 @@ impl Results {
 }
 
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
+    if let Some(path) = &args.from_json {
+        let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_slice(&raw).with_context(|| format!("parsing {}", path.display()));
+    }
     let runtimes = if args.runtimes.is_empty() {
         RuntimeKind::ALL.to_vec()
     } else {
@@ -232,6 +242,30 @@ fn run_child(
     }
     Ok(serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| failed(format!("unreadable result: {error}"))))
+}
+
+/// The anchor a workload's figure is also shown as a multiple of, with its name, in the
+/// workload's own unit (`None` for bytes, timers and idle, which no anchor measures).
+pub(crate) fn anchor_for(workload: Workload, anchors: &Anchors) -> Option<(&'static str, f64)> {
+    match workload {
+        Workload::SpawnLocal
+        | Workload::SpawnRemote
+        | Workload::FanOut
+        | Workload::TidewallFanOut
+        | Workload::TidewallWorkerPool
+        | Workload::Yield
+        | Workload::ChannelSpscNative
+        | Workload::ChannelSpscAsyncChannel
+        | Workload::ChannelMpscNative
+        | Workload::ChannelMpscAsyncChannel => Some(("futex wakes", anchors.futex_wake_ns.median)),
+        Workload::PingPong => Some(("thread ping-pongs", anchors.thread_ping_pong_us.median)),
+        Workload::ParkedMemory
+        | Workload::Timer100us
+        | Workload::Timer1ms
+        | Workload::Timer10ms
+        | Workload::Idle
+        | Workload::BinarySize => None,
+    }
 }
 
 /// A figure outside the band the anchors allow means the measurement, not the runtime, went

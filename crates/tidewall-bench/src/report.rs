@@ -65,11 +65,14 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
             .unwrap_or_default();
         let chart = format!("{}-{n}.svg", workload.name());
         let _ = writeln!(md, "## {} (n = {n}), {unit}\n", workload.name());
+        let anchor = crate::plan::anchor_for(workload, &results.anchors);
+        let multiple_header =
+            anchor.map_or_else(|| "× anchor".to_owned(), |(name, _)| format!("× {name}"));
         let _ = writeln!(
             md,
-            "| runtime | median | min | max | other figures | flag |"
+            "| runtime | median | min | max | {multiple_header} | other figures | flag |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for row in &rows {
             let _ = match &row.result {
                 Ok(m) => {
@@ -78,9 +81,12 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
                         .iter()
                         .map(|(name, value)| format!("{name} {value:.1}"))
                         .collect();
+                    let multiple = anchor.map_or_else(String::new, |(_, value)| {
+                        format!("{:.2}", m.summary.median / value)
+                    });
                     writeln!(
                         md,
-                        "| {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                        "| {} | {:.2} | {:.2} | {:.2} | {multiple} | {} | {} |",
                         row.runtime.label(),
                         m.summary.median,
                         m.summary.min,
@@ -89,7 +95,11 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
                         row.flag.as_deref().unwrap_or("")
                     )
                 }
-                Err(error) => writeln!(md, "| {} | failed: {error} | | | | |", row.runtime.label()),
+                Err(error) => writeln!(
+                    md,
+                    "| {} | failed: {error} | | | | | |",
+                    row.runtime.label()
+                ),
             };
         }
         chart_svg(&dir.join(&chart), workload, n, &unit, &rows)?;
@@ -191,7 +201,9 @@ mod tests {
         assert!(md.contains("uncontended atomic 4.7 ns"));
         assert!(md.contains("## spawn-local (n = 1000), ns/task"));
         assert!(
-            md.contains("| tokio-mt | 600.00 | 540.00 | 660.00 | resident B/task 330.0 |  |"),
+            md.contains(
+                "| tokio-mt | 600.00 | 540.00 | 660.00 | 3.87 | resident B/task 330.0 |  |"
+            ),
             "{md}"
         );
         assert!(md.contains("below the plausible floor"));
@@ -200,6 +212,17 @@ mod tests {
         assert!(md.contains("![spawn-local chart](spawn-local-1000.svg)"));
         let svg = std::fs::read_to_string(dir.path().join("spawn-local-1000.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("tokio-mt"), "{svg}");
+        // The raw data renders the same report again (`--from-json`).
+        let again: crate::plan::Results = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        let second = tempfile::tempdir().unwrap();
+        super::write(&again, second.path()).unwrap();
+        assert_eq!(
+            md,
+            std::fs::read_to_string(second.path().join("report.md")).unwrap()
+        );
         let raw: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
         )

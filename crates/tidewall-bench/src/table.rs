@@ -95,6 +95,17 @@ pub(crate) fn render(results: &Results) -> String {
             );
         }
         out.push('\n');
+        // The same figure as a multiple of the machine's anchor.
+        if let Some((anchor, value)) = crate::plan::anchor_for(workload, &results.anchors) {
+            let _ = write!(out, "{:<24} {:<16}", "", format!("= × {anchor}"));
+            for cell in &cells {
+                let multiple = cell
+                    .and_then(|row| row.result.as_ref().ok())
+                    .map_or_else(|| "-".to_owned(), |m| figure(m.summary.median / value));
+                let _ = write!(out, " {multiple:>26}");
+            }
+            out.push('\n');
+        }
         // Extra figures (e.g. resident bytes), one line each.
         let mut extras: Vec<String> = Vec::new();
         for measurement in cells
@@ -193,6 +204,9 @@ mod tests {
         assert!(text.contains("600 (±10%)"), "{text}");
         assert!(text.contains("OS threads measured in each child (main thread and reactor/timer threads included): tokio-mt 3, smol 3"), "{text}");
         assert!(text.contains("note: a VM"));
+        // 600 ns against a 155 ns futex wake.
+        assert!(text.contains("= × futex wakes"), "{text}");
+        assert!(text.contains("3.87"), "{text}");
         assert!(
             text.contains("1.00 (±10%)!"),
             "a flagged cell is marked: {text}"
