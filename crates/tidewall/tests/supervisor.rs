@@ -50,6 +50,21 @@ fn starts(log: &Log, name: &str) -> Vec<Duration> {
         .collect()
 }
 
+/// A stop token that a task cancels with `reason` after `after` of virtual time.
+fn cancelled_after<R: Runtime>(
+    rt: &Clocked<R>,
+    after: Duration,
+    reason: &'static str,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (stopper, rt2) = (stop.clone(), rt.clone());
+    drop(rt.spawn(async move {
+        rt2.sleep(after).await;
+        stopper.cancel(reason);
+    }));
+    stop
+}
+
 /// A child that fails `after` each start.
 fn failing<R: Runtime>(rt: &R, name: &str, after: Duration) -> ChildSpec {
     let rt = rt.clone();
@@ -124,14 +139,8 @@ async fn spaced_failures_stay_within_the_intensity<R: Runtime>(rt: Clocked<R>) {
         .child(failing(&rt, "worker", ms(1_500)))
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    let timer = rt.spawn(async move {
-        rt2.sleep(ms(10_000)).await;
-        stopper.cancel("test over");
-    });
+    let stop = cancelled_after(&rt, ms(10_000), "test over");
     let report = supervisor.run(stop).await.unwrap();
-    timer.await.unwrap();
     assert_eq!(report.ended, Ended::Stopped);
     assert_eq!(report.restarts, 6, "failures at 1.5, 3.0, ... 9.0 s");
     assert_eq!(starts(&log, "worker").len(), 7);
@@ -177,12 +186,7 @@ async fn strategy_scenario<R: Runtime>(rt: Clocked<R>, strategy: Strategy) -> (L
         .child(c)
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    rt.spawn(async move {
-        rt2.sleep(ms(100)).await;
-        stopper.cancel("done");
-    });
+    let stop = cancelled_after(&rt, ms(100), "done");
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(report.restarts, 1);
     let stopped: Vec<&str> = report.stopped.iter().map(|(n, _)| &**n).collect();
@@ -255,12 +259,7 @@ async fn restart_kinds<R: Runtime>(rt: Clocked<R>) {
         .child(ok_after("permanent-ok", 40).restart(Restart::Permanent))
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    rt.spawn(async move {
-        rt2.sleep(ms(100)).await;
-        stopper.cancel("done");
-    });
+    let stop = cancelled_after(&rt, ms(100), "done");
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(starts(&log, "transient-ok").len(), 1);
     assert_eq!(starts(&log, "temporary-fails").len(), 1);
@@ -541,12 +540,7 @@ async fn stop_while_a_restart_is_pending<R: Runtime>(rt: Clocked<R>) {
         .child(failing(&rt, "db", ms(10)))
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    rt.spawn(async move {
-        rt2.sleep(ms(100)).await;
-        stopper.cancel("deploy");
-    });
+    let stop = cancelled_after(&rt, ms(100), "deploy");
     let start = rt.now();
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(rt.now() - start, ms(100), "no waiting out the backoff");
@@ -591,12 +585,7 @@ async fn factory_and_hook_panics_are_contained<R: Runtime>(rt: Clocked<R>) {
         .child(steady(&rt, "sibling"))
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    rt.spawn(async move {
-        rt2.sleep(ms(50)).await;
-        stopper.cancel("done");
-    });
+    let stop = cancelled_after(&rt, ms(50), "done");
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(report.restarts, 1);
     assert_eq!(calls.load(SeqCst), 2);
@@ -750,12 +739,7 @@ async fn one_for_all_with_transient_and_temporary_siblings<R: Runtime>(rt: Clock
         .child(permanent)
         .build()
         .unwrap();
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    rt.spawn(async move {
-        rt2.sleep(ms(100)).await;
-        stopper.cancel("done");
-    });
+    let stop = cancelled_after(&rt, ms(100), "done");
     supervisor.run(stop).await.unwrap();
     assert_eq!(starts(&log, "transient"), [ms(0), ms(21)]);
     assert_eq!(starts(&log, "temporary"), [ms(0)]);
