@@ -32,6 +32,7 @@ pub(crate) fn fixture() -> Results {
             memory_gib: 24.0,
             rustc: "rustc 1.x".to_owned(),
             virtualized: true,
+            runtime_versions: "tokio 1.0, smol 2.0".to_owned(),
         },
         quick: true,
         threads: 2,

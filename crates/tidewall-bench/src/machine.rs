@@ -13,6 +13,9 @@ pub(crate) struct Machine {
     /// Whether the CPU reports a hypervisor (the `hypervisor` flag in /proc/cpuinfo).
     #[serde(default)]
     pub(crate) virtualized: bool,
+    /// The runtime crates this binary was built with (from `Cargo.lock`).
+    #[serde(default)]
+    pub(crate) runtime_versions: String,
 }
 
 pub(crate) fn describe() -> Machine {
@@ -48,6 +51,7 @@ pub(crate) fn describe() -> Machine {
         .filter(|line| line.starts_with("flags"))
         .any(|line| line.split_whitespace().any(|flag| flag == "hypervisor"));
     Machine {
+        runtime_versions: env!("TIDEWALL_BENCH_RUNTIME_VERSIONS").to_owned(),
         virtualized,
         cpu,
         logical_cpus: std::thread::available_parallelism().map_or(0, usize::from),

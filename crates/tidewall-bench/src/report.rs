@@ -33,6 +33,9 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
         results.threads,
         if results.quick { "quick" } else { "full" }
     );
+    if !m.runtime_versions.is_empty() {
+        let _ = writeln!(md, "Runtime crates: {}.\n", m.runtime_versions);
+    }
     let _ = writeln!(
         md,
         "W0 anchors (this machine's floor): uncontended atomic {:.1} ns, clock read {:.1} ns, \

@@ -23,10 +23,9 @@ pub(super) fn footprint(rt: &Rt, idle: Duration) -> anyhow::Result<Measurement> 
     std::thread::sleep(idle);
     let seconds = start.elapsed().as_secs_f64();
     let after = Sample::take()?;
-    // This (the measuring) thread's own sleep is one switch; not the runtime's.
     let switches = after
         .context_switches
-        .saturating_sub(before.context_switches + 1);
+        .saturating_sub(before.context_switches);
     Ok(Measurement {
         unit: "wake-ups/s".to_owned(),
         summary: Summary::of(vec![switches as f64 / seconds]),
@@ -49,12 +48,12 @@ struct Sample {
 }
 
 impl Sample {
-    /// From `/proc/self`: every thread's switches, the process's CPU time, its thread count.
+    /// From `/proc/self/task`: every thread's switches and CPU time, and the thread count.
     fn take() -> anyhow::Result<Self> {
         let mut context_switches = 0;
         let mut threads = 0;
-        for task in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
-            let status = std::fs::read_to_string(task?.path().join("status")).unwrap_or_default();
+        for task in runtime_threads()? {
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
             threads += 1;
             context_switches += status
                 .lines()
@@ -65,28 +64,36 @@ impl Sample {
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
         }
-        let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-        // Fields after the command name (which may contain spaces) end with ')'.
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of /proc/<pid>/stat, i.e. 11 and 12 here.
-        let ticks_per_second = 100.0; // USER_HZ, fixed at 100 on Linux
-        let cpu_ms = (ticks(11) + ticks(12)) * 1000.0 / ticks_per_second;
+        // CPU time in nanoseconds: the first field of each thread's schedstat (the 10 ms
+        // ticks of /proc/self/stat are too coarse for an idle runtime).
+        let mut cpu_ns = 0u64;
+        for task in runtime_threads()? {
+            let schedstat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+            cpu_ns += schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        let cpu_ms = cpu_ns as f64 / 1e6;
         Ok(Self {
             context_switches,
             cpu_ms,
-            threads,
+            // The measuring (main) thread is not counted above, but it is a thread of the process.
+            threads: threads + 1,
             resident_kib: resident_bytes().map_or(f64::NAN, |b| b as f64 / 1024.0),
         })
     }
+}
+
+/// `/proc/self/task/<tid>` of every thread but this (the measuring, main) one, whose own
+/// sleeping and reading of these files is not the runtime's activity.
+fn runtime_threads() -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let main = std::process::id().to_string();
+    Ok(std::fs::read_dir("/proc/self/task")
+        .context("reading /proc/self/task")?
+        .filter_map(Result::ok)
+        .filter(|task| task.file_name().to_str() != Some(main.as_str()))
+        .map(|task| task.path())
+        .collect())
 }
