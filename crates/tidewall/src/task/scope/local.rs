@@ -120,9 +120,23 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
     where
         F: Future<Output = Result<T, E>> + 'static,
     {
+        self.spawn_driving(future, |_| {}).await
+    }
+
+    /// Waits for a slot, calling `before_each_poll` first each time (the owner drives the
+    /// children there), and queues `future`; a cancel while waiting refuses it.
+    async fn spawn_driving<F>(
+        &self,
+        future: F,
+        mut before_each_poll: impl FnMut(&mut Context<'_>),
+    ) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
         let mut future = Some(future);
         let mut cancelled = pin!(self.shared.token.cancelled());
         poll_fn(|cx| {
+            before_each_poll(cx);
             // Empty only after `Ready`, which the `await` never polls again.
             let Some(pending) = future.take() else {
                 return Poll::Pending;
@@ -264,28 +278,8 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         F: Future<Output = Result<T, E>> + 'static,
     {
         let spawner = self.spawner();
-        let token = self.token();
-        let mut cancelled = pin!(token.cancelled());
-        let mut future = Some(future);
-        poll_fn(|cx| {
-            // Keep the children going: a slot frees only when one of them ends.
-            self.drive(cx);
-            // Empty only after `Ready`, which the `await` never polls again.
-            let Some(pending) = future.take() else {
-                return Poll::Pending;
-            };
-            match spawner.admit(pending, Some(cx.waker())) {
-                Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Err(SpawnError::Closed(pending)))
-                }
-                Err(SpawnError::Full(pending)) => {
-                    future = Some(pending);
-                    Poll::Pending
-                }
-                done => Poll::Ready(done),
-            }
-        })
-        .await
+        // Keep the children going while waiting: a slot frees only when one of them ends.
+        spawner.spawn_driving(future, |cx| self.drive(cx)).await
     }
 
     /// See [`Scope::next`](super::Scope::next); drives the children meanwhile.
