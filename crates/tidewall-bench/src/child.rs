@@ -37,7 +37,9 @@ pub(crate) struct ChildResult {
 pub(crate) fn run(args: &ChildArgs) -> anyhow::Result<ChildResult> {
     let rt = Rt::start(args.runtime, args.threads)?;
     // One task first: async-std starts its pool, and smol its reactor thread, lazily.
-    rt.run(async {});
+    if rt.general_purpose() {
+        rt.run(async {});
+    }
     let os_threads = os_threads();
     let result =
         workloads::run(&rt, args.workload, args.n, args.quick).map_err(|e| format!("{e:#}"));

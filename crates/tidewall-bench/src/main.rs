@@ -16,6 +16,7 @@ mod anchor;
 mod child;
 #[cfg(test)]
 mod fixture;
+mod loadgen;
 mod machine;
 mod plan;
 mod report;

@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
 
+use crate::workloads::Workload;
+
 /// A runtime flavour the suite measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -21,10 +23,22 @@ pub(crate) enum RuntimeKind {
     Smol,
     /// async-std's global executor, N threads (`ASYNC_STD_THREAD_COUNT`). Discontinued upstream.
     AsyncStd,
+    /// monoio: a thread-per-core runtime on io_uring (one thread), for the TCP workloads only.
+    Monoio,
+    /// embassy's executor on the host (platform-std, one thread), for the CPU workloads it can
+    /// run: its tasks live in static pools, so nothing is spawned and joined by the thousand.
+    Embassy,
 }
 
 impl RuntimeKind {
-    pub(crate) const ALL: [Self; 4] = [Self::TokioMt, Self::TokioCt, Self::Smol, Self::AsyncStd];
+    pub(crate) const ALL: [Self; 6] = [
+        Self::TokioMt,
+        Self::TokioCt,
+        Self::Smol,
+        Self::AsyncStd,
+        Self::Monoio,
+        Self::Embassy,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -32,6 +46,8 @@ impl RuntimeKind {
             Self::TokioCt => "tokio-ct",
             Self::Smol => "smol",
             Self::AsyncStd => "async-std",
+            Self::Monoio => "monoio",
+            Self::Embassy => "embassy",
         }
     }
 
@@ -39,6 +55,8 @@ impl RuntimeKind {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::AsyncStd => "async-std (discontinued)",
+            Self::Monoio => "monoio (io_uring, TCP only)",
+            Self::Embassy => "embassy (host, CPU only)",
             other => other.name(),
         }
     }
@@ -46,8 +64,33 @@ impl RuntimeKind {
     /// Worker threads it runs with when `requested` are asked for.
     pub(crate) fn threads(self, requested: usize) -> usize {
         match self {
-            Self::TokioCt => 1,
-            _ => requested.max(1),
+            Self::TokioCt | Self::Monoio | Self::Embassy => 1,
+            Self::TokioMt | Self::Smol | Self::AsyncStd => requested.max(1),
+        }
+    }
+
+    /// Whether the suite runs `workload` at size `n` on this runtime (and if not, why not).
+    pub(crate) fn runs(self, workload: Workload, n: u64) -> Result<(), &'static str> {
+        use Workload as W;
+        match self {
+            // One tokio binary serves both of its schedulers.
+            Self::TokioCt if workload == W::BinarySize => Err("tokio-mt's binary is the same"),
+            Self::TokioMt | Self::TokioCt | Self::Smol | Self::AsyncStd => Ok(()),
+            Self::Monoio => match workload {
+                W::TcpEchoThroughput | W::TcpEchoLatency | W::BinarySize => Ok(()),
+                _ => Err("monoio runs the TCP workloads only (thread-per-core, !Send tasks)"),
+            },
+            Self::Embassy => match workload {
+                W::Yield
+                | W::PingPong
+                | W::ChannelSpscNative
+                | W::ChannelSpscAsyncChannel
+                | W::BinarySize => Ok(()),
+                W::Timer100us | W::Timer1ms | W::Timer10ms if n <= 1 => Ok(()),
+                _ => Err(
+                    "embassy on the host runs yield, ping-pong, SPSC channels and single timers only (static task pools: no spawn-and-join, no 10k timers; no network stack on std)",
+                ),
+            },
         }
     }
 }
@@ -75,6 +118,9 @@ enum Inner {
         threads: Vec<std::thread::JoinHandle<()>>,
     },
     AsyncStd,
+    /// Nothing runs until a workload starts its own server thread.
+    Monoio,
+    Embassy(crate::workloads::embassy::Host),
 }
 
 /// A task handle of any runtime: a future of the task's output (a panic resumes).
@@ -148,12 +194,28 @@ impl Rt {
                 }
             }
             RuntimeKind::AsyncStd => Inner::AsyncStd,
+            RuntimeKind::Monoio => Inner::Monoio,
+            RuntimeKind::Embassy => Inner::Embassy(crate::workloads::embassy::Host::start()?),
         };
         Ok(Self { kind, inner })
     }
 
     pub(crate) fn kind(&self) -> RuntimeKind {
         self.kind
+    }
+
+    /// The embassy executor, when this is embassy.
+    pub(crate) fn embassy(&self) -> Option<&crate::workloads::embassy::Host> {
+        match &self.inner {
+            Inner::Embassy(host) => Some(host),
+            _ => None,
+        }
+    }
+
+    /// Whether `spawn`, `run` and `spawner` work (the general-purpose runtimes). The others
+    /// run only the workloads [`RuntimeKind::runs`] admits, through their own drivers.
+    pub(crate) fn general_purpose(&self) -> bool {
+        !matches!(self.inner, Inner::Monoio | Inner::Embassy(_))
     }
 
     /// Runs `root` on the runtime and waits for it from this (outside) thread.
@@ -177,6 +239,7 @@ impl Rt {
             Inner::TokioCt { handle, .. } => Task::Tokio(handle.spawn(future)),
             Inner::Smol { executor, .. } => Task::Smol(executor.spawn(future)),
             Inner::AsyncStd => Task::AsyncStd(async_std::task::spawn(future)),
+            Inner::Monoio | Inner::Embassy(_) => not_general_purpose(self.kind),
         }
     }
 
@@ -187,8 +250,19 @@ impl Rt {
             Inner::TokioCt { handle, .. } => Spawner::Tokio(handle.clone()),
             Inner::Smol { executor, .. } => Spawner::Smol(Arc::clone(executor)),
             Inner::AsyncStd => Spawner::AsyncStd,
+            Inner::Monoio | Inner::Embassy(_) => not_general_purpose(self.kind),
         }
     }
+}
+
+/// `workloads::run` checks [`RuntimeKind::runs`] first, so a workload never reaches a
+/// runtime that cannot spawn arbitrary `Send` futures; if one ever did, the child fails its
+/// row with this message.
+fn not_general_purpose(kind: RuntimeKind) -> ! {
+    panic!(
+        "{} cannot spawn arbitrary Send futures: this workload should have been refused",
+        kind.name()
+    )
 }
 
 impl Drop for Rt {
@@ -206,7 +280,7 @@ impl Drop for Rt {
                     let _ = thread.join();
                 }
             }
-            Inner::Tokio(_) | Inner::AsyncStd => {}
+            Inner::Tokio(_) | Inner::AsyncStd | Inner::Monoio | Inner::Embassy(_) => {}
         }
     }
 }

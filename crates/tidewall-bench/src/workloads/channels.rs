@@ -17,7 +17,7 @@ pub(super) enum Channel {
     AsyncChannel,
 }
 
-const CAPACITY: usize = 1024;
+pub(crate) const CAPACITY: usize = 1024;
 
 /// ns per message: `producers` tasks send `n` messages in all through a bounded channel to
 /// one consumer (the root), which checks it received every one.
@@ -34,6 +34,17 @@ pub(super) fn throughput(rt: &Rt, channel: Channel, producers: u64, n: u64) -> a
         };
         (start.elapsed(), received, sum)
     });
+    per_message_ns(elapsed, producers, per_producer, received, sum)
+}
+
+/// ns per message, once the run is checked: every message received, the sum right.
+pub(crate) fn per_message_ns(
+    elapsed: std::time::Duration,
+    producers: u64,
+    per_producer: u64,
+    received: u64,
+    sum: u64,
+) -> anyhow::Result<f64> {
     let total = per_producer * producers;
     ensure!(received == total, "channel: {received} of {total} received");
     ensure!(
@@ -67,16 +78,23 @@ async fn tokio_mpsc(spawner: &Spawner, producers: u64, per_producer: u64) -> (u6
 async fn async_channel(spawner: &Spawner, producers: u64, per_producer: u64) -> (u64, u64) {
     let (tx, rx) = async_channel::bounded::<u64>(CAPACITY);
     for _ in 0..producers {
-        let tx = tx.clone();
-        spawner.spawn_detached(async move {
-            for i in 0..per_producer {
-                if tx.send(i).await.is_err() {
-                    return;
-                }
-            }
-        });
+        spawner.spawn_detached(produce(tx.clone(), per_producer));
     }
     drop(tx);
+    consume(rx).await
+}
+
+/// Sends `0..count` (stops early if the consumer is gone).
+pub(crate) async fn produce(tx: async_channel::Sender<u64>, count: u64) {
+    for i in 0..count {
+        if tx.send(i).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Receives until every sender is gone: how many messages, and their sum.
+pub(crate) async fn consume(rx: async_channel::Receiver<u64>) -> (u64, u64) {
     let (mut received, mut sum) = (0, 0);
     while let Ok(value) = rx.recv().await {
         received += 1;

@@ -4,6 +4,8 @@
 
 pub(crate) mod binsize;
 mod channels;
+mod echo;
+pub(crate) mod embassy;
 mod idle;
 mod latency;
 mod memory;
@@ -65,10 +67,15 @@ pub(crate) enum Workload {
     TidewallFanOut,
     /// Tidewall's `WorkerPool` (2 workers, queue 1024), N jobs, every result awaited.
     TidewallWorkerPool,
+    /// TCP echo on loopback, closed loop over N connections: time per request.
+    TcpEchoThroughput,
+    /// TCP echo on loopback, open loop at N requests/s over 16 connections: latency
+    /// percentiles, coordinated omission corrected.
+    TcpEchoLatency,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 17] = [
+    pub(crate) const ALL: [Self; 19] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
@@ -86,6 +93,8 @@ impl Workload {
         Self::BinarySize,
         Self::TidewallFanOut,
         Self::TidewallWorkerPool,
+        Self::TcpEchoThroughput,
+        Self::TcpEchoLatency,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -107,6 +116,8 @@ impl Workload {
             Self::BinarySize => "binary-size",
             Self::TidewallFanOut => "tidewall-fan-out",
             Self::TidewallWorkerPool => "tidewall-worker-pool",
+            Self::TcpEchoThroughput => "tcp-echo-throughput",
+            Self::TcpEchoLatency => "tcp-echo-latency",
         }
     }
 
@@ -152,6 +163,11 @@ impl Workload {
             (Self::BinarySize, _) => vec![1],
             (Self::TidewallFanOut | Self::TidewallWorkerPool, true) => vec![10_000],
             (Self::TidewallFanOut | Self::TidewallWorkerPool, false) => vec![100_000],
+            // Connections.
+            (Self::TcpEchoThroughput, _) => vec![1, 16, 256],
+            // Requests a second.
+            (Self::TcpEchoLatency, true) => vec![10_000],
+            (Self::TcpEchoLatency, false) => vec![10_000, 30_000],
         }
     }
 }
@@ -173,6 +189,19 @@ pub(crate) fn repetitions(quick: bool) -> usize {
 }
 
 pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::Result<Measurement> {
+    if let Err(why) = rt.kind().runs(workload, n) {
+        anyhow::bail!(
+            "{} at {n} is not run on {}: {why}",
+            workload.name(),
+            rt.kind().name()
+        );
+    }
+    // embassy runs its workloads on its own executor; its binary is measured like the rest.
+    if let Some(host) = rt.embassy()
+        && workload != Workload::BinarySize
+    {
+        return on_embassy(host, workload, n, quick);
+    }
     let reps = repetitions(quick);
     match workload {
         Workload::SpawnLocal => timed(reps, "ns/task", || spawn::local(rt, n)),
@@ -195,14 +224,7 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         }),
         Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => {
             let sleep = workload.timer().unwrap_or_default();
-            // Sequential sleeps when alone: enough for a distribution, bounded in time.
-            let sequential = match (quick, sleep >= Duration::from_millis(10)) {
-                (true, true) => 20,
-                (true, false) => 50,
-                (false, true) => 100,
-                (false, false) => 500,
-            };
-            timers::lateness(rt, sleep, n, sequential)
+            timers::lateness(rt, sleep, n, sequential_sleeps(sleep, quick))
         }
         Workload::Idle => idle::footprint(rt, Duration::from_millis(n)),
         Workload::BinarySize => binsize::minimal_binary(rt.kind()),
@@ -212,6 +234,51 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         Workload::TidewallWorkerPool => timed(reps, "ns/job", || {
             patterns::run(rt, patterns::Pattern::WorkerPool, n)
         }),
+        Workload::TcpEchoThroughput => {
+            let requests = if quick { 5_000 } else { 100_000 };
+            let mut measured = timed(reps, "µs/request", || {
+                echo::throughput(rt, usize::try_from(n)?, requests)
+            })?;
+            let per_second = 1e6 / measured.summary.median;
+            measured.extra.push(("requests/s".to_owned(), per_second));
+            Ok(measured)
+        }
+        Workload::TcpEchoLatency => {
+            let seconds = if quick { 1 } else { 5 };
+            echo::latency(rt, n, Duration::from_secs(seconds))
+        }
+    }
+}
+
+/// The workloads embassy runs (see [`RuntimeKind::runs`]), through its executor thread.
+fn on_embassy(
+    host: &embassy::Host,
+    workload: Workload,
+    n: u64,
+    quick: bool,
+) -> anyhow::Result<Measurement> {
+    let reps = repetitions(quick);
+    match workload {
+        Workload::Yield => timed(reps, "ns/yield", || host.yields(n)),
+        Workload::PingPong => timed(reps, "µs/round trip", || host.ping_pong(n)),
+        Workload::ChannelSpscNative => timed(reps, "ns/message", || host.channel(true, n)),
+        Workload::ChannelSpscAsyncChannel => timed(reps, "ns/message", || host.channel(false, n)),
+        Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => {
+            let sleep = workload.timer().unwrap_or_default();
+            host.sleeps(sleep, sequential_sleeps(sleep, quick))
+        }
+        other => anyhow::bail!("embassy does not run {}", other.name()),
+    }
+}
+
+/// Sequential sleeps for a single timer's distribution: enough for percentiles, bounded in
+/// time.
+fn sequential_sleeps(sleep: Duration, quick: bool) -> u64 {
+    match (quick, sleep >= Duration::from_millis(10)) {
+        (true, true) => 20,
+        (true, false) => 50,
+        (false, true) => 100,
+        (false, false) => 500,
     }
 }
 
@@ -248,12 +315,25 @@ mod tests {
                 .filter(|w| *w != Workload::BinarySize)
             {
                 let n = match workload {
+                    Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms
+                        if kind == RuntimeKind::Embassy =>
+                    {
+                        1
+                    }
                     Workload::PingPong => 50,
                     Workload::ParkedMemory => 100,
                     Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => 100,
                     Workload::Idle => 20,
+                    Workload::TcpEchoThroughput => 16,
+                    Workload::TcpEchoLatency => 2_000,
                     _ => 500,
                 };
+                if let Err(why) = kind.runs(workload, n) {
+                    // Refused with a reason, never run half-way.
+                    let refused = run(&rt, workload, n, true).unwrap_err();
+                    assert!(refused.to_string().contains(why), "{refused:#}");
+                    continue;
+                }
                 let measured = run(&rt, workload, n, true)
                     .unwrap_or_else(|e| panic!("{} on {}: {e:#}", workload.name(), kind.name()));
                 // Memory, timers and idle report one figure per process (a distribution's
@@ -265,6 +345,7 @@ mod tests {
                         | Workload::Timer1ms
                         | Workload::Timer10ms
                         | Workload::Idle
+                        | Workload::TcpEchoLatency
                 );
                 let expected = if single { 1 } else { repetitions(true) };
                 assert_eq!(

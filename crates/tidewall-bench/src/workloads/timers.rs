@@ -44,6 +44,12 @@ pub(super) fn lateness(
     } else {
         concurrent
     };
+    summarize(late_us, expected)
+}
+
+/// Lateness percentiles (µs) once every one of `expected` timers is checked to have fired,
+/// none early.
+pub(crate) fn summarize(late_us: Vec<f64>, expected: u64) -> anyhow::Result<Measurement> {
     ensure!(
         late_us.len() as u64 == expected,
         "timers: {} of {expected} fired",
@@ -53,7 +59,7 @@ pub(super) fn lateness(
         late_us.iter().all(|&l| l >= 0.0),
         "a timer fired before its deadline"
     );
-    let mut sorted = late_us.clone();
+    let mut sorted = late_us;
     sorted.sort_by(f64::total_cmp);
     let p99 = percentile(&sorted, 0.99);
     let max = sorted.last().copied().unwrap_or(f64::NAN);
