@@ -18,11 +18,13 @@ pub(crate) fn fixture() -> Results {
         os_threads: 3,
         result,
         flag: flag.map(str::to_owned),
+        rounds: 2,
     };
     let measured = |median: f64| Measurement {
         unit: "ns/task".to_owned(),
         summary: Summary::of(vec![median * 0.9, median, median * 1.1]),
         extra: vec![("resident B/task".to_owned(), 330.0)],
+        extra_rounds: vec![("resident B/task".to_owned(), vec![320.0, 330.0])],
     };
     Results {
         machine: Machine {
@@ -33,9 +35,11 @@ pub(crate) fn fixture() -> Results {
             rustc: "rustc 1.x".to_owned(),
             virtualized: true,
             runtime_versions: "tokio 1.0, smol 2.0".to_owned(),
+            governor: "not exposed".to_owned(),
         },
         quick: true,
         threads: 2,
+        rounds: 2,
         anchors: Anchors {
             atomic_ns: one(4.7),
             clock_ns: one(21.0),

@@ -16,6 +16,9 @@ pub(crate) struct Machine {
     /// The runtime crates this binary was built with (from `Cargo.lock`).
     #[serde(default)]
     pub(crate) runtime_versions: String,
+    /// The CPU frequency governor (`scaling_governor` of cpu0), or why it is unknown.
+    #[serde(default)]
+    pub(crate) governor: String,
 }
 
 pub(crate) fn describe() -> Machine {
@@ -50,7 +53,14 @@ pub(crate) fn describe() -> Machine {
         .lines()
         .filter(|line| line.starts_with("flags"))
         .any(|line| line.split_whitespace().any(|flag| flag == "hypervisor"));
+    // A VM usually exposes no cpufreq at all: the host decides the frequency.
+    let governor = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        .map_or_else(
+            |_| "not exposed (no cpufreq; a VM's host sets the frequency)".to_owned(),
+            |g| g.trim().to_owned(),
+        );
     Machine {
+        governor,
         runtime_versions: env!("TIDEWALL_BENCH_RUNTIME_VERSIONS").to_owned(),
         virtualized,
         cpu,

@@ -24,6 +24,10 @@ pub(crate) struct RunArgs {
     /// Workloads to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) workloads: Vec<Workload>,
+    /// Times the whole suite runs, each time in fresh processes with the runtimes in a rotated
+    /// order; a row's samples come from every round (default: 1 quick, 2 full).
+    #[arg(long)]
+    pub(crate) rounds: Option<usize>,
     /// Worker threads for every multi-threaded runtime (equal for all; tokio-ct uses one).
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
@@ -45,6 +49,9 @@ pub(crate) struct Results {
     pub(crate) machine: Machine,
     pub(crate) quick: bool,
     pub(crate) threads: usize,
+    /// Rounds of fresh processes each row's samples come from.
+    #[serde(default = "one")]
+    pub(crate) rounds: usize,
     pub(crate) anchors: Anchors,
     pub(crate) rows: Vec<Row>,
     /// What was skipped, and why.
@@ -65,6 +72,13 @@ pub(crate) struct Row {
     pub(crate) result: Result<Measurement, String>,
     /// Set when the figure is outside the band the anchors make plausible.
     pub(crate) flag: Option<String>,
+    /// The fresh processes (rounds) its samples come from.
+    #[serde(default = "one")]
+    pub(crate) rounds: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Results {
@@ -103,43 +117,79 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
     };
     let machine = machine::describe();
     let anchors = anchor::measure(args.quick).context("the W0 anchor probe")?;
-    let mut rows = Vec::new();
-    for &workload in &workloads {
-        for n in workload.sizes(args.quick) {
-            for &runtime in &runtimes {
-                if let Err(why) = runtime.runs(workload, n) {
-                    let note = format!("{}: {why}", runtime.name());
-                    if !notes.contains(&note) {
-                        notes.push(note);
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 }).max(1);
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..rounds {
+        // Each round starts with a different runtime, so none always runs first (or last)
+        // after a given neighbour.
+        let mut order = runtimes.clone();
+        order.rotate_left(round % runtimes.len().max(1));
+        for &workload in &workloads {
+            for n in workload.sizes(args.quick) {
+                for &runtime in &order {
+                    if let Err(why) = runtime.runs(workload, n) {
+                        let note = format!("{}: {why}", runtime.name());
+                        if !notes.contains(&note) {
+                            notes.push(note);
+                        }
+                        continue;
                     }
-                    continue;
+                    let child = run_child(runtime, workload, n, args)?;
+                    match rows
+                        .iter_mut()
+                        .find(|r| (r.workload, r.n, r.runtime) == (workload, n, runtime))
+                    {
+                        Some(row) => row.absorb(child),
+                        None => rows.push(Row {
+                            workload,
+                            n,
+                            runtime,
+                            threads: child.threads,
+                            os_threads: child.os_threads,
+                            result: child.result,
+                            flag: None,
+                            rounds: 1,
+                        }),
+                    }
                 }
-                let result = run_child(runtime, workload, n, args)?;
-                let flag = result
-                    .result
-                    .as_ref()
-                    .ok()
-                    .and_then(|m| plausibility(workload, m.summary.median, &anchors));
-                rows.push(Row {
-                    workload,
-                    n,
-                    runtime,
-                    threads: result.threads,
-                    os_threads: result.os_threads,
-                    result: result.result,
-                    flag,
-                });
             }
         }
+    }
+    // Keep the table's order: by workload, size, then runtime as listed.
+    rows.sort_by_key(|r| {
+        let w = workloads.iter().position(|w| *w == r.workload);
+        let k = runtimes.iter().position(|k| *k == r.runtime);
+        (w, r.n, k)
+    });
+    for row in &mut rows {
+        row.flag = row
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|m| plausibility(row.workload, m.summary.median, &anchors));
     }
     Ok(Results {
         machine,
         quick: args.quick,
         threads: args.threads,
+        rounds,
         anchors,
         rows,
         notes,
     })
+}
+
+impl Row {
+    /// Adds another round's result: its samples join this row's, each extra figure becomes
+    /// the median over the rounds, and a failure in any round fails the row.
+    fn absorb(&mut self, child: ChildResult) {
+        self.rounds += 1;
+        match (&mut self.result, child.result) {
+            (Ok(mine), Ok(theirs)) => mine.absorb(theirs),
+            (Ok(_), Err(error)) => self.result = Err(error),
+            (Err(_), _) => {}
+        }
+    }
 }
 
 /// How long one child may take before it is killed and its row failed (a hang must not
@@ -256,12 +306,15 @@ pub(crate) fn anchor_for(workload: Workload, anchors: &Anchors) -> Option<(&'sta
         | Workload::FanOut
         | Workload::TidewallFanOut
         | Workload::TidewallWorkerPool
+        | Workload::TidewallPipeline
         | Workload::Yield
         | Workload::ChannelSpscNative
         | Workload::ChannelSpscAsyncChannel
         | Workload::ChannelMpscNative
         | Workload::ChannelMpscAsyncChannel => Some(("futex wakes", anchors.futex_wake_ns.median)),
-        Workload::PingPong => Some(("thread ping-pongs", anchors.thread_ping_pong_us.median)),
+        Workload::PingPong | Workload::PingPongRemote => {
+            Some(("thread ping-pongs", anchors.thread_ping_pong_us.median))
+        }
         Workload::TcpEchoThroughput | Workload::TcpEchoLatency => {
             Some(("TCP round trips", anchors.tcp_round_trip_us.median))
         }
@@ -289,13 +342,16 @@ pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -
         | Workload::SpawnRemote
         | Workload::FanOut
         | Workload::TidewallFanOut
-        | Workload::TidewallWorkerPool => (4.0 * atomic, 10.0 * cross_thread_ns, "ns"),
+        | Workload::TidewallWorkerPool
+        | Workload::TidewallPipeline => (4.0 * atomic, 10.0 * cross_thread_ns, "ns"),
         Workload::Yield
         | Workload::ChannelSpscNative
         | Workload::ChannelSpscAsyncChannel
         | Workload::ChannelMpscNative
         | Workload::ChannelMpscAsyncChannel => (atomic, 10.0 * cross_thread_ns, "ns"),
-        Workload::PingPong => (2.0 * atomic / 1e3, 10.0 * cross_thread_ns / 1e3, "µs"),
+        Workload::PingPong | Workload::PingPongRemote => {
+            (2.0 * atomic / 1e3, 10.0 * cross_thread_ns / 1e3, "µs")
+        }
         // Many connections overlap their round trips, so a request can take less than one;
         // a median 100 ms late is not a loopback echo any more.
         Workload::TcpEchoThroughput => (tcp_rtt / 100.0, 100.0 * tcp_rtt, "µs"),

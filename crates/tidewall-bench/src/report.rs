@@ -22,16 +22,19 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
     let _ = writeln!(md, "# Runtime comparison\n");
     let _ = writeln!(
         md,
-        "Machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}. Threads: {} per \
-         multi-threaded runtime (tokio-ct: 1). Mode: {}. Each runtime ran each workload in a \
-         fresh process; figures are medians over the repetitions, with min and max.\n",
+        "Machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}, CPU governor: {}. Threads: \
+         {} per multi-threaded runtime (tokio-ct, monoio, embassy: 1). Mode: {}. Each runtime \
+         ran each workload in a fresh process, {} round(s) with the runtimes in a rotated \
+         order; figures are medians over every round's repetitions, with min and max.\n",
         m.cpu,
         m.logical_cpus,
         m.memory_gib,
         m.kernel,
         m.rustc,
+        m.governor,
         results.threads,
-        if results.quick { "quick" } else { "full" }
+        if results.quick { "quick" } else { "full" },
+        results.rounds
     );
     if !m.runtime_versions.is_empty() {
         let _ = writeln!(md, "Runtime crates: {}.\n", m.runtime_versions);

@@ -11,14 +11,15 @@ pub(crate) fn render(results: &Results) -> String {
     let m = &results.machine;
     let _ = writeln!(
         out,
-        "machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}",
-        m.cpu, m.logical_cpus, m.memory_gib, m.kernel, m.rustc
+        "machine: {} ({} logical CPUs, {:.1} GiB), Linux {}, {}; CPU governor: {}",
+        m.cpu, m.logical_cpus, m.memory_gib, m.kernel, m.rustc, m.governor
     );
     let _ = writeln!(
         out,
-        "threads: {} per multi-threaded runtime (tokio-ct: 1); {} mode; each cell: median (± half the min–max range, % of the median)",
+        "threads: {} per multi-threaded runtime (tokio-ct, monoio, embassy: 1); {} mode; {} round(s) of fresh processes, runtimes in rotated order; each cell: median over every round's samples (± half the min–max range, % of the median)",
         results.threads,
-        if results.quick { "quick" } else { "full" }
+        if results.quick { "quick" } else { "full" },
+        results.rounds
     );
     if !m.runtime_versions.is_empty() {
         let _ = writeln!(out, "runtimes built with: {}", m.runtime_versions);
@@ -193,6 +194,8 @@ mod tests {
     fn the_table_shows_every_runtime_failures_and_flags() {
         let text = render(&fixture());
         assert!(text.contains("machine: Test CPU (2 logical CPUs, 24.0 GiB)"));
+        assert!(text.contains("CPU governor: not exposed"), "{text}");
+        assert!(text.contains("2 round(s) of fresh processes"), "{text}");
         assert!(text.contains("atomic 4.7 ns"));
         assert!(text.contains("async-std (discontinued)"));
         let header = text

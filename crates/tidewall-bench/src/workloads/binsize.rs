@@ -56,6 +56,7 @@ pub(super) fn minimal_binary(kind: RuntimeKind) -> anyhow::Result<Measurement> {
                 bytes.len() as f64 / 1024.0,
             ),
         ],
+        extra_rounds: Vec::new(),
     })
 }
 /// Whether every minimal binary (and the std baseline) has been built next to this one.

@@ -56,6 +56,7 @@ pub(super) fn latency(rt: &Rt, rate: u64, duration: Duration) -> anyhow::Result<
             ("µs p99, uncorrected".to_owned(), q(&run.uncorrected, 0.99)),
             ("µs sender late p99".to_owned(), q(&run.send_lateness, 0.99)),
         ],
+        extra_rounds: Vec::new(),
     })
 }
 

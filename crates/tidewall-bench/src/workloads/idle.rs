@@ -37,6 +37,7 @@ pub(super) fn footprint(rt: &Rt, idle: Duration) -> anyhow::Result<Measurement> 
             ("threads".to_owned(), after.threads as f64),
             ("resident KiB".to_owned(), after.resident_kib),
         ],
+        extra_rounds: Vec::new(),
     })
 }
 

@@ -36,6 +36,46 @@ pub(super) fn ping_pong(rt: &Rt, n: u64) -> anyhow::Result<f64> {
     per_round_trip_us(elapsed, last, n)
 }
 
+/// Each of `n` round trips timed on its own, both tasks on the runtime: the distribution
+/// (µs p50, p99, p99.9) next to the headline.
+pub(super) fn ping_pong_distribution(rt: &Rt, n: u64) -> anyhow::Result<Vec<(String, f64)>> {
+    let spawner = rt.spawner();
+    let (samples, last) = rt.run(async move {
+        let (ping, pong) = ping_pong_pair();
+        let pong = spawner.spawn(pong.run());
+        let (samples, value) = ping.run_sampled(n).await;
+        let in_order = pong.await;
+        (samples, in_order.then_some(value))
+    });
+    per_round_trip_us(std::time::Duration::ZERO, last, n)?;
+    Ok(distribution_us(samples))
+}
+
+/// µs per round trip between a task on the runtime and a plain thread outside it (blocking
+/// on each answer): every message crosses threads, so the runtime's wake-up of a parked
+/// worker is in every round trip, as in the thread ping-pong anchor.
+pub(super) fn ping_pong_remote(rt: &Rt, n: u64) -> anyhow::Result<f64> {
+    let (ping, pong) = ping_pong_pair();
+    let pong = rt.spawn(pong.run());
+    let (elapsed, value) = futures_lite::future::block_on(ping.run(n));
+    let in_order = futures_lite::future::block_on(pong);
+    per_round_trip_us(elapsed, in_order.then_some(value), n)
+}
+
+/// Percentiles (µs) of samples in ns.
+pub(crate) fn distribution_us(mut samples_ns: Vec<f64>) -> Vec<(String, f64)> {
+    samples_ns.sort_by(f64::total_cmp);
+    [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)]
+        .into_iter()
+        .map(|(name, q)| {
+            (
+                format!("µs {name} (each timed)"),
+                super::timers::percentile(&samples_ns, q) / 1e3,
+            )
+        })
+        .collect()
+}
+
 /// The two ends of a ping-pong, each a future any executor can run.
 pub(crate) fn ping_pong_pair() -> (Ping, Pong) {
     let (to_pong, from_ping) = async_channel::bounded::<u64>(1);
@@ -56,15 +96,34 @@ impl Ping {
         let start = Instant::now();
         let mut value = 0;
         for _ in 0..n {
-            if self.to_pong.send(value).await.is_err() {
-                break;
-            }
-            match self.from_pong.recv().await {
-                Ok(back) => value = back + 1,
-                Err(_) => break,
+            match self.round_trip(value).await {
+                Some(back) => value = back,
+                None => break,
             }
         }
         (start.elapsed(), value)
+    }
+
+    /// Like [`run`](Self::run), timing every round trip on its own (ns, in order): two clock
+    /// reads more per round trip, so only for the distribution, never the headline figure.
+    pub(crate) async fn run_sampled(self, n: u64) -> (Vec<f64>, u64) {
+        let mut samples = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let mut value = 0;
+        for _ in 0..n {
+            let start = Instant::now();
+            match self.round_trip(value).await {
+                Some(back) => value = back,
+                None => break,
+            }
+            samples.push(start.elapsed().as_nanos() as f64);
+        }
+        (samples, value)
+    }
+
+    /// Sends `value`, returns the answer plus one (`None` once the other end is gone).
+    async fn round_trip(&self, value: u64) -> Option<u64> {
+        self.to_pong.send(value).await.ok()?;
+        self.from_pong.recv().await.ok().map(|back| back + 1)
     }
 }
 

@@ -54,5 +54,6 @@ pub(super) fn parked(rt: &Rt, n: u64) -> anyhow::Result<Measurement> {
         unit: "heap B/task".to_owned(),
         summary: Summary::of(vec![heap]),
         extra: vec![("resident B/task".to_owned(), rss)],
+        extra_rounds: Vec::new(),
     })
 }

@@ -36,6 +36,9 @@ pub(crate) enum Workload {
     Yield,
     /// Two tasks pass a message back and forth N times over bounded channels.
     PingPong,
+    /// A task on the runtime and a thread outside it pass a message back and forth N times:
+    /// a cross-thread wake-up in every round trip.
+    PingPongRemote,
     /// N tasks parked for ever: heap and resident bytes per task.
     ParkedMemory,
     /// N messages, one producer, the runtime's own channel (tokio mpsc; async-channel is
@@ -67,6 +70,8 @@ pub(crate) enum Workload {
     TidewallFanOut,
     /// Tidewall's `WorkerPool` (2 workers, queue 1024), N jobs, every result awaited.
     TidewallWorkerPool,
+    /// Tidewall's five-policy `Pipeline`, N calls one after another.
+    TidewallPipeline,
     /// TCP echo on loopback, closed loop over N connections: time per request.
     TcpEchoThroughput,
     /// TCP echo on loopback, open loop at N requests/s over 16 connections: latency
@@ -75,12 +80,13 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 19] = [
+    pub(crate) const ALL: [Self; 21] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
         Self::Yield,
         Self::PingPong,
+        Self::PingPongRemote,
         Self::ParkedMemory,
         Self::ChannelSpscNative,
         Self::ChannelSpscAsyncChannel,
@@ -93,6 +99,7 @@ impl Workload {
         Self::BinarySize,
         Self::TidewallFanOut,
         Self::TidewallWorkerPool,
+        Self::TidewallPipeline,
         Self::TcpEchoThroughput,
         Self::TcpEchoLatency,
     ];
@@ -104,6 +111,7 @@ impl Workload {
             Self::FanOut => "fan-out",
             Self::Yield => "yield",
             Self::PingPong => "ping-pong",
+            Self::PingPongRemote => "ping-pong-remote",
             Self::ParkedMemory => "parked-memory",
             Self::ChannelSpscNative => "channel-spsc-native",
             Self::ChannelSpscAsyncChannel => "channel-spsc-async-channel",
@@ -116,6 +124,7 @@ impl Workload {
             Self::BinarySize => "binary-size",
             Self::TidewallFanOut => "tidewall-fan-out",
             Self::TidewallWorkerPool => "tidewall-worker-pool",
+            Self::TidewallPipeline => "tidewall-pipeline",
             Self::TcpEchoThroughput => "tcp-echo-throughput",
             Self::TcpEchoLatency => "tcp-echo-latency",
         }
@@ -138,8 +147,8 @@ impl Workload {
             (Self::SpawnLocal | Self::SpawnRemote | Self::FanOut, false) => vec![100_000],
             (Self::Yield, true) => vec![100_000],
             (Self::Yield, false) => vec![1_000_000],
-            (Self::PingPong, true) => vec![2_000],
-            (Self::PingPong, false) => vec![20_000],
+            (Self::PingPong | Self::PingPongRemote, true) => vec![2_000],
+            (Self::PingPong | Self::PingPongRemote, false) => vec![20_000],
             (Self::ParkedMemory, true) => vec![10_000],
             (Self::ParkedMemory, false) => vec![10_000, 100_000, 1_000_000],
             (
@@ -161,13 +170,17 @@ impl Workload {
             (Self::Idle, true) => vec![500],
             (Self::Idle, false) => vec![2_000],
             (Self::BinarySize, _) => vec![1],
-            (Self::TidewallFanOut | Self::TidewallWorkerPool, true) => vec![10_000],
-            (Self::TidewallFanOut | Self::TidewallWorkerPool, false) => vec![100_000],
+            (Self::TidewallFanOut | Self::TidewallWorkerPool | Self::TidewallPipeline, true) => {
+                vec![10_000]
+            }
+            (Self::TidewallFanOut | Self::TidewallWorkerPool | Self::TidewallPipeline, false) => {
+                vec![100_000]
+            }
             // Connections.
             (Self::TcpEchoThroughput, _) => vec![1, 16, 256],
-            // Requests a second.
-            (Self::TcpEchoLatency, true) => vec![10_000],
-            (Self::TcpEchoLatency, false) => vec![10_000, 30_000],
+            // Requests a second: a light load, and five times that.
+            (Self::TcpEchoLatency, true) => vec![2_000],
+            (Self::TcpEchoLatency, false) => vec![2_000, 10_000],
         }
     }
 }
@@ -179,13 +192,45 @@ pub(crate) struct Measurement {
     pub(crate) unit: String,
     /// The headline figure over the repetitions.
     pub(crate) summary: Summary,
-    /// Further figures (e.g. resident bytes per task next to heap bytes).
+    /// Further figures (e.g. resident bytes per task next to heap bytes); over several
+    /// rounds, each one's median over them.
     pub(crate) extra: Vec<(String, f64)>,
+    /// Every round's extra figures (raw data), once there is more than one round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) extra_rounds: Vec<(String, Vec<f64>)>,
+}
+
+impl Measurement {
+    /// Joins another round's figures: the samples are pooled, and each extra figure becomes
+    /// the median over the rounds (every round's value kept in `extra_rounds`).
+    pub(crate) fn absorb(&mut self, other: Self) {
+        let mut samples = std::mem::take(&mut self.summary.samples);
+        samples.extend(other.summary.samples);
+        self.summary = Summary::of(samples);
+        if self.extra_rounds.is_empty() {
+            self.extra_rounds = self
+                .extra
+                .iter()
+                .map(|(name, value)| (name.clone(), vec![*value]))
+                .collect();
+        }
+        for (name, value) in other.extra {
+            match self.extra_rounds.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, values)) => values.push(value),
+                None => self.extra_rounds.push((name, vec![value])),
+            }
+        }
+        self.extra = self
+            .extra_rounds
+            .iter()
+            .map(|(name, values)| (name.clone(), Summary::of(values.clone()).median))
+            .collect();
+    }
 }
 
 /// How many timed repetitions (after one warm-up).
 pub(crate) fn repetitions(quick: bool) -> usize {
-    if quick { 5 } else { 15 }
+    if quick { 5 } else { 10 }
 }
 
 pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::Result<Measurement> {
@@ -208,7 +253,16 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         Workload::SpawnRemote => timed(reps, "ns/task", || spawn::remote(rt, n)),
         Workload::FanOut => timed(reps, "ns/child", || spawn::fan_out(rt, n)),
         Workload::Yield => timed(reps, "ns/yield", || latency::yields(rt, n)),
-        Workload::PingPong => timed(reps, "µs/round trip", || latency::ping_pong(rt, n)),
+        Workload::PingPong => {
+            let mut measured = timed(reps, "µs/round trip", || latency::ping_pong(rt, n))?;
+            measured
+                .extra
+                .extend(latency::ping_pong_distribution(rt, n)?);
+            Ok(measured)
+        }
+        Workload::PingPongRemote => {
+            timed(reps, "µs/round trip", || latency::ping_pong_remote(rt, n))
+        }
         Workload::ParkedMemory => memory::parked(rt, n),
         Workload::ChannelSpscNative => timed(reps, "ns/message", || {
             channels::throughput(rt, Channel::Native, 1, n)
@@ -233,6 +287,9 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         }),
         Workload::TidewallWorkerPool => timed(reps, "ns/job", || {
             patterns::run(rt, patterns::Pattern::WorkerPool, n)
+        }),
+        Workload::TidewallPipeline => timed(reps, "ns/call", || {
+            patterns::run(rt, patterns::Pattern::Pipeline, n)
         }),
         Workload::TcpEchoThroughput => {
             let requests = if quick { 5_000 } else { 100_000 };
@@ -296,6 +353,7 @@ fn timed(
         unit: unit.to_owned(),
         summary: Summary::of(samples),
         extra: Vec::new(),
+        extra_rounds: Vec::new(),
     })
 }
 
@@ -320,7 +378,7 @@ mod tests {
                     {
                         1
                     }
-                    Workload::PingPong => 50,
+                    Workload::PingPong | Workload::PingPongRemote => 50,
                     Workload::ParkedMemory => 100,
                     Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => 100,
                     Workload::Idle => 20,
@@ -362,5 +420,30 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod absorb_tests {
+    use super::*;
+
+    #[test]
+    fn rounds_pool_their_samples_and_take_the_median_of_each_extra() {
+        let round = |samples: Vec<f64>, p99: f64| Measurement {
+            unit: "µs".to_owned(),
+            summary: Summary::of(samples),
+            extra: vec![("p99".to_owned(), p99)],
+            extra_rounds: Vec::new(),
+        };
+        let mut first = round(vec![1.0, 2.0], 10.0);
+        first.absorb(round(vec![3.0], 30.0));
+        first.absorb(round(vec![4.0, 5.0], 20.0));
+        assert_eq!(first.summary.samples, [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(first.summary.median.to_bits(), 3.0f64.to_bits());
+        assert_eq!(first.extra, [("p99".to_owned(), 20.0)]);
+        assert_eq!(
+            first.extra_rounds,
+            [("p99".to_owned(), vec![10.0, 30.0, 20.0])]
+        );
     }
 }

@@ -1,11 +1,16 @@
-//! Tidewall's own patterns on each runtime, through its runtime seam: a bounded fan-out and a
-//! worker pool (the pipeline is still to come).
+//! Tidewall's own patterns on each runtime, through its runtime seam: a bounded fan-out, a
+//! worker pool and a five-policy pipeline call.
 
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
 use futures_util::StreamExt as _;
+use tidewall::Backoff;
+use tidewall::breaker::CircuitBreaker;
+use tidewall::bulkhead::Bulkhead;
 use tidewall::fan_out::FanOut;
+use tidewall::pipeline::Pipeline;
+use tidewall::rate::RateLimiter;
 use tidewall::rt::Runtime;
 use tidewall::task::{JobOutcome, WorkerPool};
 
@@ -18,6 +23,10 @@ pub(super) enum Pattern {
     FanOut,
     /// A `WorkerPool` of 2 workers and a queue of 1024, n jobs, every handle awaited.
     WorkerPool,
+    /// n calls, one after another, through a pipeline of a rate limiter, a bulkhead, retry,
+    /// a breaker and an attempt timeout, on an operation that yields once (so the attempt
+    /// timeout is armed on the runtime's timer every call).
+    Pipeline,
 }
 
 /// ns per item.
@@ -38,7 +47,7 @@ pub(super) fn run(rt: &Rt, pattern: Pattern, n: u64) -> anyhow::Result<f64> {
     Ok(elapsed.as_nanos() as f64 / n as f64)
 }
 
-async fn on<R: Runtime>(
+async fn on<R: Runtime + Clone>(
     rt: R,
     pattern: Pattern,
     n: u64,
@@ -84,6 +93,45 @@ async fn on<R: Runtime>(
             );
             elapsed
         }
+        Pattern::Pipeline => {
+            let pipeline = five_policies(rt)?;
+            let start = Instant::now();
+            for i in 0..n {
+                let value = pipeline
+                    .call(|| async move {
+                        futures_lite::future::yield_now().await;
+                        Ok::<_, std::convert::Infallible>(i)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("pipeline call {i}: {e}"))?;
+                sum += value;
+                count += 1;
+            }
+            start.elapsed()
+        }
     };
     Ok((elapsed, count, sum))
+}
+
+/// Deadline 5 s → rate limiter (10^9/s, never denies) → bulkhead 64 → retry → breaker →
+/// attempt timeout 1 s: the happy path through every stage.
+fn five_policies<R: Runtime + Clone>(
+    rt: R,
+) -> anyhow::Result<
+    Pipeline<R, RateLimiter<R>, Bulkhead<R>, tidewall::pipeline::RetryStage, CircuitBreaker<R>>,
+> {
+    const PER_SECOND: u32 = 1_000_000_000;
+    Ok(Pipeline::builder_on(rt.clone())
+        .deadline(std::time::Duration::from_secs(5))
+        .rate_limit(
+            RateLimiter::builder(PER_SECOND, std::time::Duration::from_secs(1))
+                .burst(PER_SECOND)
+                .runtime(rt.clone())
+                .build()?,
+        )
+        .bulkhead(Bulkhead::builder(64).runtime(rt.clone()).build()?)
+        .retry(Backoff::exponential(std::time::Duration::from_millis(10)).build()?)
+        .breaker(CircuitBreaker::builder().runtime(rt).build()?)
+        .attempt_timeout(std::time::Duration::from_secs(1))
+        .build()?)
 }

@@ -70,6 +70,7 @@ pub(crate) fn summarize(late_us: Vec<f64>, expected: u64) -> anyhow::Result<Meas
             ("µs late (p99)".to_owned(), p99),
             ("µs late (max)".to_owned(), max),
         ],
+        extra_rounds: Vec::new(),
     })
 }
 
