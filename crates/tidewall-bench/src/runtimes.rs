@@ -76,6 +76,9 @@ impl RuntimeKind {
             // One tokio binary serves both of its schedulers.
             Self::TokioCt if workload == W::BinarySize => Err("tokio-mt's binary is the same"),
             Self::TokioMt | Self::TokioCt | Self::Smol | Self::AsyncStd => Ok(()),
+            Self::Monoio if !io_uring_available() => Err(
+                "monoio needs io_uring, which this kernel or its sandbox refuses (kernel.io_uring_disabled, seccomp)",
+            ),
             Self::Monoio => match workload {
                 W::TcpEchoThroughput | W::TcpEchoLatency | W::BinarySize => Ok(()),
                 _ => Err("monoio runs the TCP workloads only (thread-per-core, !Send tasks)"),
@@ -93,6 +96,23 @@ impl RuntimeKind {
             },
         }
     }
+}
+
+/// Whether an io_uring instance can be created here (probed once per process).
+fn io_uring_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .build()
+                .is_ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    })
 }
 
 /// A started runtime, driven by its own threads (tokio-ct by one): the workload's root future

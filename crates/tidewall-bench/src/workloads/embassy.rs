@@ -37,7 +37,9 @@ enum Job {
     },
     PingPong {
         n: u64,
-        reply: Reply<(Duration, u64)>,
+        /// Time each round trip on its own (the distribution) instead of all of them.
+        sampled: bool,
+        reply: Reply<(Duration, Vec<f64>, u64)>,
     },
     Channel {
         native: bool,
@@ -92,8 +94,23 @@ impl Host {
 
     /// µs per round trip between the driver and a second task.
     pub(crate) fn ping_pong(&self, n: u64) -> anyhow::Result<f64> {
-        let (elapsed, last) = self.submit(|reply| Job::PingPong { n, reply })?;
+        let (elapsed, _, last) = self.submit(|reply| Job::PingPong {
+            n,
+            sampled: false,
+            reply,
+        })?;
         latency::per_round_trip_us(elapsed, Some(last), n)
+    }
+
+    /// Each round trip timed on its own: µs p50, p99, p99.9.
+    pub(crate) fn ping_pong_distribution(&self, n: u64) -> anyhow::Result<Vec<(String, f64)>> {
+        let (_, samples, last) = self.submit(|reply| Job::PingPong {
+            n,
+            sampled: true,
+            reply,
+        })?;
+        latency::per_round_trip_us(Duration::ZERO, Some(last), n)?;
+        Ok(latency::distribution_us(samples))
     }
 
     /// ns per message from a producer task to the driver: embassy-sync's channel (`native`)
@@ -110,7 +127,9 @@ impl Host {
             count,
             reply,
         })?;
-        timers::summarize(late, count)
+        // embassy-time counts whole µs (1 MHz ticks): it may wake up to one tick before a
+        // deadline taken from std's finer clock.
+        timers::summarize(late, count, 1.0)
     }
 }
 
@@ -128,15 +147,21 @@ async fn driver(spawner: Spawner, queue: async_channel::Receiver<Job>) {
                 }
                 let _ = reply.send(Ok(start.elapsed()));
             }
-            Job::PingPong { n, reply } => {
+            Job::PingPong { n, sampled, reply } => {
                 let (ping, pong) = latency::ping_pong_pair();
                 let (done, finished) = async_channel::bounded(1);
                 let result = match pong_task(pong, done) {
                     Ok(token) => {
                         spawner.spawn(token);
-                        let (elapsed, last) = ping.run(n).await;
+                        let (elapsed, samples, last) = if sampled {
+                            let (samples, last) = ping.run_sampled(n).await;
+                            (Duration::ZERO, samples, last)
+                        } else {
+                            let (elapsed, last) = ping.run(n).await;
+                            (elapsed, Vec::new(), last)
+                        };
                         match finished.recv().await {
-                            Ok(true) => Ok((elapsed, last)),
+                            Ok(true) => Ok((elapsed, samples, last)),
                             _ => Err("ping-pong: the pong task saw a counter out of order".into()),
                         }
                     }
@@ -178,12 +203,14 @@ async fn driver(spawner: Spawner, queue: async_channel::Receiver<Job>) {
                 reply,
             } => {
                 let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+                let sleep = embassy_time::Duration::from_micros(micros);
+                // Untimed: the first timer starts embassy-time's std driver (a thread).
+                embassy_time::Timer::after(sleep).await;
                 let mut late = Vec::new();
                 for _ in 0..count {
                     let deadline = Instant::now() + duration;
-                    embassy_time::Timer::after(embassy_time::Duration::from_micros(micros)).await;
-                    let behind = Instant::now().saturating_duration_since(deadline);
-                    late.push(behind.as_secs_f64() * 1e6);
+                    embassy_time::Timer::after(sleep).await;
+                    late.push(timers::late_us(deadline));
                 }
                 let _ = reply.send(Ok(late));
             }

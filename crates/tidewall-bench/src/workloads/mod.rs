@@ -4,6 +4,7 @@
 
 pub(crate) mod binsize;
 mod channels;
+mod cpu;
 mod echo;
 pub(crate) mod embassy;
 mod idle;
@@ -32,6 +33,9 @@ pub(crate) enum Workload {
     SpawnRemote,
     /// N children each send one value to a channel the parent drains (fan-out/fan-in).
     FanOut,
+    /// N CPU-bound tasks (tens of µs of arithmetic each) spawned by one task: the time per
+    /// task, and the speed-up over running them on one thread.
+    CpuBound,
     /// One task yields to the scheduler N times.
     Yield,
     /// Two tasks pass a message back and forth N times over bounded channels.
@@ -80,10 +84,11 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    pub(crate) const ALL: [Self; 21] = [
+    pub(crate) const ALL: [Self; 22] = [
         Self::SpawnLocal,
         Self::SpawnRemote,
         Self::FanOut,
+        Self::CpuBound,
         Self::Yield,
         Self::PingPong,
         Self::PingPongRemote,
@@ -109,6 +114,7 @@ impl Workload {
             Self::SpawnLocal => "spawn-local",
             Self::SpawnRemote => "spawn-remote",
             Self::FanOut => "fan-out",
+            Self::CpuBound => "cpu-bound",
             Self::Yield => "yield",
             Self::PingPong => "ping-pong",
             Self::PingPongRemote => "ping-pong-remote",
@@ -145,6 +151,8 @@ impl Workload {
         match (self, quick) {
             (Self::SpawnLocal | Self::SpawnRemote | Self::FanOut, true) => vec![10_000],
             (Self::SpawnLocal | Self::SpawnRemote | Self::FanOut, false) => vec![100_000],
+            (Self::CpuBound, true) => vec![1_000],
+            (Self::CpuBound, false) => vec![10_000],
             (Self::Yield, true) => vec![100_000],
             (Self::Yield, false) => vec![1_000_000],
             (Self::PingPong | Self::PingPongRemote, true) => vec![2_000],
@@ -200,7 +208,18 @@ pub(crate) struct Measurement {
     pub(crate) extra_rounds: Vec<(String, Vec<f64>)>,
 }
 
+/// The extra figure that states TCP echo throughput as a rate.
+pub(crate) const REQUESTS_PER_SECOND: &str = "requests/s";
+
 impl Measurement {
+    /// Sets (or adds) the extra figure `name`.
+    pub(crate) fn set_extra(&mut self, name: &str, value: f64) {
+        match self.extra.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => self.extra.push((name.to_owned(), value)),
+        }
+    }
+
     /// Joins another round's figures: the samples are pooled, and each extra figure becomes
     /// the median over the rounds (every round's value kept in `extra_rounds`).
     pub(crate) fn absorb(&mut self, other: Self) {
@@ -252,6 +271,14 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         Workload::SpawnLocal => timed(reps, "ns/task", || spawn::local(rt, n)),
         Workload::SpawnRemote => timed(reps, "ns/task", || spawn::remote(rt, n)),
         Workload::FanOut => timed(reps, "ns/child", || spawn::fan_out(rt, n)),
+        Workload::CpuBound => {
+            let alone = cpu::one_task_ns();
+            let mut measured = timed(reps, "ns/task", || cpu::makespan(rt, n))?;
+            let speed_up = alone / measured.summary.median;
+            measured.set_extra("speed-up over one thread", speed_up);
+            measured.set_extra("ns per task alone", alone);
+            Ok(measured)
+        }
         Workload::Yield => timed(reps, "ns/yield", || latency::yields(rt, n)),
         Workload::PingPong => {
             let mut measured = timed(reps, "µs/round trip", || latency::ping_pong(rt, n))?;
@@ -297,7 +324,7 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
                 echo::throughput(rt, usize::try_from(n)?, requests)
             })?;
             let per_second = 1e6 / measured.summary.median;
-            measured.extra.push(("requests/s".to_owned(), per_second));
+            measured.set_extra(REQUESTS_PER_SECOND, per_second);
             Ok(measured)
         }
         Workload::TcpEchoLatency => {
@@ -317,7 +344,11 @@ fn on_embassy(
     let reps = repetitions(quick);
     match workload {
         Workload::Yield => timed(reps, "ns/yield", || host.yields(n)),
-        Workload::PingPong => timed(reps, "µs/round trip", || host.ping_pong(n)),
+        Workload::PingPong => {
+            let mut measured = timed(reps, "µs/round trip", || host.ping_pong(n))?;
+            measured.extra.extend(host.ping_pong_distribution(n)?);
+            Ok(measured)
+        }
         Workload::ChannelSpscNative => timed(reps, "ns/message", || host.channel(true, n)),
         Workload::ChannelSpscAsyncChannel => timed(reps, "ns/message", || host.channel(false, n)),
         Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => {
@@ -383,6 +414,7 @@ mod tests {
                     Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => 100,
                     Workload::Idle => 20,
                     Workload::TcpEchoThroughput => 16,
+                    Workload::CpuBound => 50,
                     Workload::TcpEchoLatency => 2_000,
                     _ => 500,
                 };

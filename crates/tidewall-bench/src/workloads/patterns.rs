@@ -113,13 +113,12 @@ async fn on<R: Runtime + Clone>(
     Ok((elapsed, count, sum))
 }
 
+type FivePolicies<R> =
+    Pipeline<R, RateLimiter<R>, Bulkhead<R>, tidewall::pipeline::RetryStage, CircuitBreaker<R>>;
+
 /// Deadline 5 s → rate limiter (10^9/s, never denies) → bulkhead 64 → retry → breaker →
 /// attempt timeout 1 s: the happy path through every stage.
-fn five_policies<R: Runtime + Clone>(
-    rt: R,
-) -> anyhow::Result<
-    Pipeline<R, RateLimiter<R>, Bulkhead<R>, tidewall::pipeline::RetryStage, CircuitBreaker<R>>,
-> {
+fn five_policies<R: Runtime + Clone>(rt: R) -> anyhow::Result<FivePolicies<R>> {
     const PER_SECOND: u32 = 1_000_000_000;
     Ok(Pipeline::builder_on(rt.clone())
         .deadline(std::time::Duration::from_secs(5))

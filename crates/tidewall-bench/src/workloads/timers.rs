@@ -44,19 +44,23 @@ pub(super) fn lateness(
     } else {
         concurrent
     };
-    summarize(late_us, expected)
+    summarize(late_us, expected, 0.0)
 }
 
 /// Lateness percentiles (µs) once every one of `expected` timers is checked to have fired,
-/// none early.
-pub(crate) fn summarize(late_us: Vec<f64>, expected: u64) -> anyhow::Result<Measurement> {
+/// none earlier than `early_tolerance_us` before its deadline.
+pub(crate) fn summarize(
+    late_us: Vec<f64>,
+    expected: u64,
+    early_tolerance_us: f64,
+) -> anyhow::Result<Measurement> {
     ensure!(
         late_us.len() as u64 == expected,
         "timers: {} of {expected} fired",
         late_us.len()
     );
     ensure!(
-        late_us.iter().all(|&l| l >= 0.0),
+        late_us.iter().all(|&l| l >= -early_tolerance_us),
         "a timer fired before its deadline"
     );
     let mut sorted = late_us;
@@ -78,10 +82,16 @@ pub(crate) fn summarize(late_us: Vec<f64>, expected: u64) -> anyhow::Result<Meas
 async fn one(spawner: &Spawner, duration: Duration) -> f64 {
     let deadline = Instant::now() + duration;
     spawner.sleep(duration).await;
-    Instant::now()
-        .saturating_duration_since(deadline)
-        .as_secs_f64()
-        * 1e6
+    late_us(deadline)
+}
+
+/// µs from `deadline` to now: negative when it is still ahead (a timer that fired early).
+pub(crate) fn late_us(deadline: Instant) -> f64 {
+    let now = Instant::now();
+    match now.checked_duration_since(deadline) {
+        Some(late) => late.as_secs_f64() * 1e6,
+        None => -(deadline - now).as_secs_f64() * 1e6,
+    }
 }
 
 /// The `q` quantile of sorted samples (nearest rank).
@@ -100,6 +110,15 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::percentile;
+
+    #[test]
+    fn an_early_timer_is_negative_and_fails_the_check() {
+        let ahead = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        assert!(super::late_us(ahead) < -900_000.0);
+        let error = super::summarize(vec![5.0, -2.0], 2, 1.0).unwrap_err();
+        assert!(error.to_string().contains("before its deadline"), "{error}");
+        assert!(super::summarize(vec![5.0, -0.5], 2, 1.0).is_ok());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
