@@ -11,7 +11,7 @@ use crate::anchor::{self, Anchors};
 use crate::child::ChildResult;
 use crate::machine::{self, Machine};
 use crate::runtimes::RuntimeKind;
-use crate::workloads::{Measurement, REQUESTS_PER_SECOND, Workload};
+use crate::workloads::{Measurement, Workload};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct RunArgs {
@@ -162,10 +162,8 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
         (w, r.n, k)
     });
     for row in &mut rows {
-        if let (Workload::TcpEchoThroughput, Ok(m)) = (row.workload, &mut row.result) {
-            // A figure derived from the headline follows the pooled headline (the median of
-            // per-round rates would not be its reciprocal).
-            m.set_extra(REQUESTS_PER_SECOND, 1e6 / m.summary.median);
+        if let Ok(m) = &mut row.result {
+            crate::workloads::derive_extras(row.workload, m);
         }
         row.flag = row
             .result
@@ -362,9 +360,9 @@ pub(crate) fn plausibility(workload: Workload, median: f64, anchors: &Anchors) -
         // a median 100 ms late is not a loopback echo any more.
         Workload::TcpEchoThroughput => (tcp_rtt / 100.0, 100.0 * tcp_rtt, "µs"),
         Workload::TcpEchoLatency => (tcp_rtt / 2.0, 100_000.0, "µs"),
-        // Tens of µs of arithmetic per task: below a µs per task, the work was optimized away;
-        // above 10 ms, something is badly wrong.
-        Workload::CpuBound => (1_000.0, 10_000_000.0, "ns"),
+        // Tens of µs of arithmetic per task: below 10 ns a task (even over many threads) the
+        // work was optimized away; above 10 ms, something is badly wrong.
+        Workload::CpuBound => (10.0, 10_000_000.0, "ns"),
         Workload::ParkedMemory => (16.0, 65_536.0, "B"),
         Workload::Timer100us | Workload::Timer1ms | Workload::Timer10ms => (0.0, 100_000.0, "µs"),
         Workload::Idle => (0.0, 1000.0, "wake-ups/s"),

@@ -76,11 +76,12 @@ impl RuntimeKind {
             // One tokio binary serves both of its schedulers.
             Self::TokioCt if workload == W::BinarySize => Err("tokio-mt's binary is the same"),
             Self::TokioMt | Self::TokioCt | Self::Smol | Self::AsyncStd => Ok(()),
-            Self::Monoio if !io_uring_available() => Err(
-                "monoio needs io_uring, which this kernel or its sandbox refuses (kernel.io_uring_disabled, seccomp)",
-            ),
             Self::Monoio => match workload {
-                W::TcpEchoThroughput | W::TcpEchoLatency | W::BinarySize => Ok(()),
+                W::BinarySize => Ok(()),
+                W::TcpEchoThroughput | W::TcpEchoLatency if !io_uring_available() => Err(
+                    "monoio needs io_uring, which this kernel or its sandbox refuses (kernel.io_uring_disabled, seccomp)",
+                ),
+                W::TcpEchoThroughput | W::TcpEchoLatency => Ok(()),
                 _ => Err("monoio runs the TCP workloads only (thread-per-core, !Send tasks)"),
             },
             Self::Embassy => match workload {

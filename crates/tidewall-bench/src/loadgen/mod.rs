@@ -16,6 +16,7 @@ mod servers;
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -37,13 +38,8 @@ const PRIME: u64 = u64::MAX;
 const STALL: Duration = Duration::from_secs(10);
 
 /// Connects `count` sockets to `addr` (TCP_NODELAY, non-blocking), each registered with `poll`
-/// under its index, and primes them.
-fn connect(
-    addr: SocketAddr,
-    count: usize,
-    poll: &mut Poll,
-    stall: Duration,
-) -> anyhow::Result<Vec<TcpStream>> {
+/// under its index, and primes them (within [`STALL`], whatever the run's own limit).
+fn connect(addr: SocketAddr, count: usize, poll: &mut Poll) -> anyhow::Result<Vec<TcpStream>> {
     let mut streams = (0..count)
         .map(|i| {
             let stream = std::net::TcpStream::connect(addr)
@@ -56,26 +52,27 @@ fn connect(
             Ok(stream)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    prime(&mut streams, poll, stall)?;
+    prime(&mut streams, poll)?;
     Ok(streams)
 }
 
 /// One untimed round trip on every connection.
-fn prime(streams: &mut [TcpStream], poll: &mut Poll, stall: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + stall;
+fn prime(streams: &mut [TcpStream], poll: &mut Poll) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STALL;
     for stream in streams.iter_mut() {
-        send(stream, &encode(PRIME, 0), deadline)?;
+        send(stream, &encode(PRIME, 0), deadline, None)?;
     }
     let mut pending: Vec<Vec<u8>> = vec![Vec::new(); streams.len()];
     let mut primed = vec![false; streams.len()];
     let mut remaining = streams.len();
     let mut events = Events::with_capacity(1024);
     while remaining > 0 {
-        wait(poll, &mut events, stall)?;
+        let left = deadline.saturating_duration_since(Instant::now());
         ensure!(
-            !events.is_empty(),
-            "priming: {remaining} connection(s) got no reply for {stall:?}"
+            !left.is_zero(),
+            "priming: {remaining} connection(s) unanswered after {STALL:?}"
         );
+        wait(poll, &mut events, left)?;
         for event in &events {
             let i = event.token().0;
             drain(&mut streams[i], &mut pending[i], |reply| {
@@ -88,10 +85,6 @@ fn prime(streams: &mut [TcpStream], poll: &mut Poll, stall: Duration) -> anyhow:
                 Ok(())
             })?;
         }
-        ensure!(
-            Instant::now() < deadline || remaining == 0,
-            "priming took over {stall:?}"
-        );
     }
     Ok(())
 }
@@ -124,8 +117,14 @@ fn decode(message: &[u8]) -> (u64, u64) {
 
 /// Writes all of `bytes` to a non-blocking socket whose send buffer is almost never full
 /// (16-byte messages); when it is, waits its turn (a message is never dropped) until
-/// `deadline`, after which the server is stalled and the run an error.
-fn send(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) -> anyhow::Result<()> {
+/// `deadline`, after which the server is stalled and the run an error, or until `stop` is
+/// raised (the run failed elsewhere).
+fn send(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    deadline: Instant,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         match stream.write(rest) {
@@ -136,6 +135,7 @@ fn send(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) -> anyhow::Resu
                     Instant::now() < deadline,
                     "the server stopped reading: the send buffer stayed full"
                 );
+                ensure!(!stop.is_some_and(|s| s.load(Ordering::Relaxed)), "stopped");
                 std::thread::sleep(Duration::from_micros(50));
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -153,20 +153,22 @@ fn drain(
     mut on_reply: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut buffer = [0u8; 4096];
-    loop {
+    let closed = loop {
         match stream.read(&mut buffer) {
-            Ok(0) => bail!("the server closed the connection"),
+            Ok(0) => break true,
             Ok(read) => pending.extend_from_slice(&buffer[..read]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
-    }
+    };
+    // Replies that came before a close still count (and are checked).
     let complete = pending.len() / MESSAGE * MESSAGE;
     for reply in pending[..complete].chunks_exact(MESSAGE) {
         on_reply(reply)?;
     }
     pending.drain(..complete);
+    ensure!(!closed, "the server closed the connection");
     Ok(())
 }
 

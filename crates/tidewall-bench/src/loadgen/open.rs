@@ -1,8 +1,8 @@
 //! Open loop: requests go out on a fixed schedule whatever the replies do (latency).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -67,10 +67,9 @@ pub(super) fn open_loop_within(
         "a rate of {rate}/s is outside 1..=1M/s (one sender thread)"
     );
     let mut poll = Poll::new()?;
-    let mut streams = connect(addr, connections, &mut poll, stall)?;
+    let mut streams = connect(addr, connections, &mut poll)?;
     let total = u64::try_from(duration.as_nanos() * u128::from(rate) / 1_000_000_000)?.max(1);
-    let start = Instant::now();
-    let mut sender = Sender::start(&streams, Schedule { rate }, total, start, stall)?;
+    let (mut sender, start) = Sender::start(&streams, Schedule { rate }, total, stall)?;
     let (mut corrected, mut from_send) = (histogram()?, histogram()?);
     let schedule = Schedule { rate };
     let mut pending: Vec<Vec<u8>> = vec![Vec::new(); connections];
@@ -132,13 +131,14 @@ struct Sender {
 }
 
 impl Sender {
+    /// Starts the sender and, once its thread is ready, the schedule's clock (returned): the
+    /// thread's own start-up is never counted as lateness.
     fn start(
         streams: &[TcpStream],
         schedule: Schedule,
         total: u64,
-        start: Instant,
         stall: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Instant)> {
         // It writes through duplicates of the reader's sockets.
         let mut senders = streams
             .iter()
@@ -149,11 +149,15 @@ impl Sender {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let (ready, is_ready) = mpsc::sync_channel::<()>(1);
+        let (go, started) = mpsc::sync_channel::<Instant>(1);
         let thread = std::thread::Builder::new()
             .name("loadgen-send".to_owned())
             .spawn(move || -> anyhow::Result<Histogram<u64>> {
                 precise_sleeps();
                 let mut lateness = histogram()?;
+                ready.send(())?;
+                let start = started.recv()?;
                 let count = senders.len() as u64;
                 for sequence in 0..total {
                     if stopped.load(Ordering::Relaxed) {
@@ -168,14 +172,24 @@ impl Sender {
                         &mut senders[i],
                         &encode(sequence, sent),
                         Instant::now() + stall,
+                        Some(&stopped),
                     )?;
                 }
                 Ok(lateness)
             })?;
-        Ok(Self {
+        let mut sender = Self {
             stop,
             thread: Some(thread),
-        })
+        };
+        if is_ready.recv().is_err() {
+            // The thread ended before it was ready: its error says why.
+            sender.finish()?;
+            anyhow::bail!("the sender thread ended before it started");
+        }
+        let start = Instant::now();
+        go.send(start)
+            .map_err(|_| anyhow::anyhow!("the sender thread is gone"))?;
+        Ok((sender, start))
     }
 
     fn has_ended(&self) -> bool {
@@ -275,7 +289,7 @@ mod tests {
             Duration::from_millis(300),
         )
         .unwrap_err();
-        assert!(error.to_string().contains("no reply"), "{error:#}");
+        assert!(error.to_string().starts_with("no reply for"), "{error:#}");
     }
 
     #[test]

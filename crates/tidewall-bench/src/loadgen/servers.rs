@@ -39,10 +39,12 @@ pub(super) fn echo() -> TestServer {
     serve(|mut stream, echoed| {
         let mut message = [0u8; MESSAGE];
         while stream.read_exact(&mut message).is_ok() {
+            // Counted before the reply leaves, so a client that has its last reply never
+            // reads a count that is behind.
+            echoed.fetch_add(1, Ordering::SeqCst);
             if stream.write_all(&message).is_err() {
                 return;
             }
-            echoed.fetch_add(1, Ordering::SeqCst);
         }
     })
 }

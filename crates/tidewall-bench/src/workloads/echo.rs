@@ -34,7 +34,7 @@ impl Drop for Server {
             // monoio's `block_on` is not woken from another thread (that needs its `sync`
             // feature), so the closed stop channel goes unseen until the thread wakes: one
             // more connection completes its accept, and the loop then sees the stop.
-            let _ = std::net::TcpStream::connect(self.addr);
+            let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
             let _ = thread.join();
         }
     }

@@ -209,7 +209,32 @@ pub(crate) struct Measurement {
 }
 
 /// The extra figure that states TCP echo throughput as a rate.
-pub(crate) const REQUESTS_PER_SECOND: &str = "requests/s";
+const REQUESTS_PER_SECOND: &str = "requests/s";
+/// The CPU-bound task's work timed alone on one thread.
+const NS_PER_TASK_ALONE: &str = "ns per task alone";
+/// The CPU-bound makespan against running every task on one thread.
+const SPEED_UP: &str = "speed-up over one thread";
+
+/// Sets the extra figures computed from the headline (and from other extras), so that they
+/// follow the headline: called per run, and again once rounds are pooled (a median of
+/// per-round ratios would not be the ratio of the medians).
+pub(crate) fn derive_extras(workload: Workload, measured: &mut Measurement) {
+    let median = measured.summary.median;
+    match workload {
+        Workload::TcpEchoThroughput => measured.set_extra(REQUESTS_PER_SECOND, 1e6 / median),
+        Workload::CpuBound => {
+            let alone = measured
+                .extra
+                .iter()
+                .find(|(name, _)| name == NS_PER_TASK_ALONE)
+                .map(|(_, v)| *v);
+            if let Some(alone) = alone {
+                measured.set_extra(SPEED_UP, alone / median);
+            }
+        }
+        _ => {}
+    }
+}
 
 impl Measurement {
     /// Sets (or adds) the extra figure `name`.
@@ -272,11 +297,10 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
         Workload::SpawnRemote => timed(reps, "ns/task", || spawn::remote(rt, n)),
         Workload::FanOut => timed(reps, "ns/child", || spawn::fan_out(rt, n)),
         Workload::CpuBound => {
-            let alone = cpu::one_task_ns();
             let mut measured = timed(reps, "ns/task", || cpu::makespan(rt, n))?;
-            let speed_up = alone / measured.summary.median;
-            measured.set_extra("speed-up over one thread", speed_up);
-            measured.set_extra("ns per task alone", alone);
+            // Timed after the runs, warm, like them.
+            measured.set_extra(NS_PER_TASK_ALONE, cpu::one_task_ns());
+            derive_extras(workload, &mut measured);
             Ok(measured)
         }
         Workload::Yield => timed(reps, "ns/yield", || latency::yields(rt, n)),
@@ -323,8 +347,7 @@ pub(crate) fn run(rt: &Rt, workload: Workload, n: u64, quick: bool) -> anyhow::R
             let mut measured = timed(reps, "µs/request", || {
                 echo::throughput(rt, usize::try_from(n)?, requests)
             })?;
-            let per_second = 1e6 / measured.summary.median;
-            measured.set_extra(REQUESTS_PER_SECOND, per_second);
+            derive_extras(workload, &mut measured);
             Ok(measured)
         }
         Workload::TcpEchoLatency => {
@@ -458,6 +481,26 @@ mod tests {
 #[cfg(test)]
 mod absorb_tests {
     use super::*;
+
+    #[test]
+    fn derived_figures_follow_the_pooled_headline() {
+        let mut pooled = Measurement {
+            unit: "ns/task".to_owned(),
+            summary: Summary::of(vec![20_000.0, 30_000.0, 10_000.0]),
+            extra: vec![(NS_PER_TASK_ALONE.to_owned(), 40_000.0)],
+            extra_rounds: Vec::new(),
+        };
+        derive_extras(Workload::CpuBound, &mut pooled);
+        assert!(pooled.extra.contains(&(SPEED_UP.to_owned(), 2.0)));
+        let mut echo = Measurement {
+            unit: "µs/request".to_owned(),
+            summary: Summary::of(vec![8.0, 10.0, 12.0]),
+            extra: Vec::new(),
+            extra_rounds: Vec::new(),
+        };
+        derive_extras(Workload::TcpEchoThroughput, &mut echo);
+        assert_eq!(echo.extra, [(REQUESTS_PER_SECOND.to_owned(), 100_000.0)]);
+    }
 
     #[test]
     fn rounds_pool_their_samples_and_take_the_median_of_each_extra() {
