@@ -3,7 +3,8 @@
 //! anchor probe) measured first so every figure can be read against it.
 //!
 //! ```text
-//! tidewall-bench [--quick] [--runtimes tokio-mt,tokio-ct,smol,async-std] [--threads 2]
+//! tidewall-bench [--quick] [--runtimes tokio-mt,tokio-ct,smol,async-std,monoio,embassy]
+//!                [--workloads ...] [--threads 2] [--rounds N]
 //!                [--json FILE] [--report DIR] [--from-json FILE]
 //! ```
 //!

@@ -32,6 +32,10 @@ impl Summary {
 
     /// The spread as a fraction of the median: (max − min) / median.
     pub(crate) fn spread(&self) -> f64 {
+        if self.max <= self.min {
+            // Identical samples (all zero, say): no spread, not 0/0.
+            return 0.0;
+        }
         (self.max - self.min) / self.median
     }
 }
@@ -54,5 +58,9 @@ mod tests {
         let with_nan = Summary::of(vec![f64::NAN, 5.0]);
         assert_eq!(with_nan.median.to_bits(), 5.0f64.to_bits());
         assert!(Summary::of(Vec::new()).median.is_nan());
+        assert_eq!(
+            Summary::of(vec![0.0, 0.0]).spread().to_bits(),
+            0.0f64.to_bits()
+        );
     }
 }
