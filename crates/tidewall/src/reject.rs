@@ -43,6 +43,9 @@ pub enum Rejected {
     DeadlineExceeded,
     /// The retry budget is spent, or the hedge budget is.
     BudgetExhausted,
+    /// The shared state behind a limit (e.g. Redis) did not answer within its deadline, and
+    /// the limit's failure policy is to refuse (fail closed).
+    BackendUnavailable,
 }
 
 impl RetryAfter for Rejected {
@@ -71,6 +74,9 @@ impl fmt::Display for Rejected {
             Self::BulkheadFull => f.write_str("bulkhead full"),
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
             Self::BudgetExhausted => f.write_str("budget exhausted"),
+            Self::BackendUnavailable => {
+                f.write_str("the limit's backend is unavailable (failing closed)")
+            }
         }
     }
 }

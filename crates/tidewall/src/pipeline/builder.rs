@@ -6,12 +6,10 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
-use super::stages::RetryStage;
+use super::stages::{Admission, RetryStage};
 use crate::ConfigError;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
-use crate::bulkhead::Bulkhead;
-use crate::rate::RateLimiter;
 use crate::rt::Runtime;
 
 /// Builds a [`Pipeline`] outermost stage first:
@@ -90,8 +88,9 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
 }
 
 impl<R: Runtime> PipelineBuilder<R> {
-    /// Waits on `limiter` first (the wait counts against the deadline).
-    pub fn rate_limit(self, limiter: RateLimiter<R>) -> PipelineBuilder<R, RateLimiter<R>> {
+    /// Waits on `limiter` first (the wait counts against the deadline): a
+    /// [`RateLimiter`](crate::rate::RateLimiter), or any other [`Admission`] stage (a distributed limiter).
+    pub fn rate_limit<L: Admission>(self, limiter: L) -> PipelineBuilder<R, L> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
@@ -107,8 +106,10 @@ impl<R: Runtime> PipelineBuilder<R> {
 }
 
 impl<R: Runtime, L> PipelineBuilder<R, L> {
-    /// Holds a bulkhead slot for the whole call, retries included.
-    pub fn bulkhead(self, bulkhead: Bulkhead<R>) -> PipelineBuilder<R, L, Bulkhead<R>> {
+    /// Holds a bulkhead slot for the whole call, retries included: a
+    /// [`Bulkhead`](crate::bulkhead::Bulkhead), or any
+    /// other [`Admission`] stage (a distributed bulkhead).
+    pub fn bulkhead<B: Admission>(self, bulkhead: B) -> PipelineBuilder<R, L, B> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,

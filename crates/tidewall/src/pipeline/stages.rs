@@ -23,7 +23,13 @@ mod sealed {
 }
 
 /// A stage that admits a call before it runs: a rate limiter, a bulkhead, or nothing.
-pub trait Admission: sealed::Sealed + Send + Sync {
+///
+/// Not sealed: a limiter or bulkhead kept elsewhere (e.g. `tidewall-redis`'s, shared through
+/// Redis) implements it and goes into a [`Pipeline`](super::Pipeline) or an
+/// [`AdmitLayer`](crate::tower::AdmitLayer) unchanged. An implementation that cannot decide
+/// without waiting (a network round trip) returns `Ok(None)` from `try_admit` and decides in
+/// `admit`.
+pub trait Admission: Send + Sync {
     /// Held for the whole call (a bulkhead slot), released on drop.
     type Guard<'a>: Send
     where

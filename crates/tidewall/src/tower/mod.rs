@@ -11,6 +11,8 @@
 //!   double bursts), and it can reject instead of waiting.
 //! * [`BulkheadLayer`] can reject when full, or wait in a bounded queue with a max wait.
 //! * [`BreakerLayer`] and [`HedgeLayer`] have no tower counterpart.
+//! * [`AdmitLayer`] takes any [`Admission`](crate::pipeline::Admission) stage, such as a
+//!   distributed limiter that decides after a round trip.
 //!
 //! Errors stay typed: a layer that can refuse returns [`crate::Error`] around the inner
 //! service's error. Behind `BoxError` (e.g. in axum's `HandleErrorLayer`), find the cause with
@@ -50,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admit;
 mod breaker;
 mod bulkhead;
 mod hedge;
@@ -57,6 +60,7 @@ mod rate;
 mod retry;
 mod timeout;
 
+pub use admit::{AdmitLayer, AdmitService};
 pub use breaker::{BreakerLayer, BreakerService, Classify, ErrIsFailure};
 pub use bulkhead::{BulkheadLayer, BulkheadService};
 pub use hedge::{HedgeLayer, HedgeService};

@@ -1,0 +1,69 @@
+//! Every Redis call goes through here: its own deadline, and a circuit breaker around Redis
+//! itself, so a slow or dead Redis costs each decision at most its deadline (and nothing at
+//! all while the breaker is open).
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::RedisResult;
+use tidewall::breaker::{CircuitBreaker, Outcome};
+use tidewall::rt::Tokio;
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// The deadline passed first.
+    Timeout,
+    /// The breaker around Redis is open: not even tried.
+    BreakerOpen,
+    /// Redis answered with an error, or the connection failed.
+    Failed(String),
+}
+
+/// The deadline and the breaker one limiter puts around its Redis calls.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    deadline: Duration,
+    breaker: CircuitBreaker<Tokio>,
+}
+
+impl Backend {
+    pub(crate) fn new(deadline: Duration) -> Result<Self, tidewall::ConfigError> {
+        // Five failures in a row (timeouts included) open it for 500 ms, then one probe.
+        let breaker = CircuitBreaker::builder()
+            .name("redis")
+            .consecutive_failures(5)
+            .break_duration(Duration::from_millis(500))
+            .runtime(Tokio)
+            .build()?;
+        Ok(Self { deadline, breaker })
+    }
+
+    /// Runs `call` within the deadline, through the breaker.
+    ///
+    /// **Cancel safety:** dropping it abandons the call (its reply, if any, is discarded by
+    /// the multiplexed connection) and records nothing.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|_| Unavailable::BreakerOpen)?;
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(Ok(value)) => {
+                permit.record(Outcome::Success);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                permit.record(Outcome::Failure);
+                Err(Unavailable::Failed(error.to_string()))
+            }
+            Err(_) => {
+                permit.record(Outcome::Failure);
+                Err(Unavailable::Timeout)
+            }
+        }
+    }
+}

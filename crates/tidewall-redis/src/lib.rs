@@ -1,0 +1,39 @@
+//! Tidewall's limits shared through Redis, for services that run as many replicas.
+//!
+//! A per-process limit multiplies with the replica count: ten replicas each allowing 100
+//! requests a second allow 1000. The types here keep one limit's state in Redis instead, and
+//! implement the same [`Admission`](tidewall::pipeline::Admission) trait as the in-process
+//! [`RateLimiter`](tidewall::rate::RateLimiter) and [`Bulkhead`](tidewall::bulkhead::Bulkhead),
+//! so a [`Pipeline`](tidewall::pipeline::Pipeline) or an
+//! [`AdmitLayer`](tidewall::tower::AdmitLayer) takes them unchanged. The in-process types stay
+//! the default; reach for these only when the limit must be global.
+//!
+//! * [`RedisRateLimiter`]: GCRA in a Lua script that reads Redis's own clock (`TIME`), one key
+//!   per limit and partition, run with `EVALSHA` (reloaded on `NOSCRIPT`). The same burst
+//!   semantics as the in-process limiter. A denial is remembered locally until it expires, so
+//!   repeated denials cost no round trip (exact: the stored state only ever moves later).
+//! * [`RedisBulkhead`]: permits are leases in a sorted set (expired ones reaped, admitted
+//!   below the limit), renewed while held and released in the background on drop; a crashed
+//!   holder's permit returns when its lease expires.
+//! * Every Redis call has its own deadline (default 10 ms) and goes through a circuit breaker
+//!   around Redis itself: no decision ever waits longer than its deadline, whatever Redis does.
+//!   When Redis does not answer, the limit's [`FailurePolicy`] decides: admit, refuse, or fall
+//!   back to a local limiter holding a configured share of the global limit.
+//! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
+//!   hash tag so everything one limit touches lives in one slot.
+//!
+//! Built on redis-rs's reconnecting `ConnectionManager` (one multiplexed connection, TCP_NODELAY
+//! on), so it runs on tokio.
+
+mod backend;
+mod bulkhead;
+mod conn;
+mod keys;
+mod options;
+mod policy;
+mod rate;
+
+pub use bulkhead::{RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
+pub use conn::RedisConn;
+pub use policy::FailurePolicy;
+pub use rate::{RedisRateLimiter, RedisRateLimiterBuilder};

@@ -1,0 +1,356 @@
+//! The GCRA rate limiter whose state lives in Redis.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tidewall::rate::RateLimiter;
+use tidewall::rt::{Runtime as _, Tokio};
+use tidewall::{ConfigError, Deadline, Rejected};
+use tidewall_core::gcra::Gcra;
+
+use crate::backend::{Backend, Unavailable};
+use crate::conn::RedisConn;
+use crate::options::{Common, common_options};
+use crate::policy::FailurePolicy;
+
+/// GCRA on Redis's clock, in whole microseconds (`TIME`; a Lua number holds µs since the
+/// epoch exactly, not ns). The stored value is the theoretical arrival time, exactly as the
+/// in-process limiter keeps it in an atomic; it expires once fully rested.
+///
+/// Returns `{1, 0}` when admitted, `{0, wait_µs}` when not, `{-1, burst}` for more cells than
+/// the burst.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cells = tonumber(ARGV[3])
+if cells > burst then return {-1, burst} end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval * cells
+local allowed_at = new_tat - interval * burst
+if allowed_at <= now then
+  local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+  return {1, 0}
+end
+return {0, allowed_at - now}
+";
+
+/// A rate limit shared by every replica through Redis: `count` cells per `period`, bursts of
+/// `burst`, exactly the in-process [`RateLimiter`]'s semantics (a limiter idle long enough
+/// admits `burst` at once, then one per `period / count`). Cheap to clone; clones share the
+/// local state (the remembered denial, the breaker around Redis).
+///
+/// One decision is one round trip (`EVALSHA`), bounded by the deadline (default 10 ms); a
+/// denial is remembered until it expires, so a caller that keeps asking is answered locally.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tidewall_redis::{FailurePolicy, RedisConn, RedisRateLimiter};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = RedisConn::open("redis://127.0.0.1:6379")?;
+/// let limiter = RedisRateLimiter::builder(&conn, "api", 100, Duration::from_secs(1))
+///     .burst(10)
+///     .partition("tenant-7")
+///     .failure_policy(FailurePolicy::Local { share: 0.25 })
+///     .build()?;
+/// match limiter.check().await {
+///     Ok(()) => { /* go ahead */ }
+///     Err(rejected) => { /* 429, with rejected's retry_after */ }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisRateLimiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: RedisConn,
+    key: String,
+    interval_us: u64,
+    burst: u32,
+    backend: Backend,
+    policy: FailurePolicy,
+    /// The in-process limiter of [`FailurePolicy::Local`].
+    local: Option<RateLimiter<Tokio>>,
+    /// The last denial, until it expires.
+    denied: Mutex<Option<Denial>>,
+    script: redis::Script,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Denial {
+    /// When the denied request could pass at the earliest.
+    until: Instant,
+    /// How many cells it asked for (a request for fewer might pass sooner).
+    cells: u32,
+}
+
+/// Builds a [`RedisRateLimiter`]; see [`RedisRateLimiter::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisRateLimiterBuilder {
+    common: Common,
+    count: u32,
+    period: Duration,
+    burst: Option<u32>,
+}
+
+impl RedisRateLimiter {
+    /// `count` cells per `period` under the name `name`, on `conn`. Defaults: a burst of
+    /// `count`, partition `"default"`, a 10 ms deadline per Redis call, and
+    /// [`FailurePolicy::Open`].
+    pub fn builder(
+        conn: &RedisConn,
+        name: &str,
+        count: u32,
+        period: Duration,
+    ) -> RedisRateLimiterBuilder {
+        RedisRateLimiterBuilder {
+            common: Common::new(conn, name),
+            count,
+            period,
+            burst: None,
+        }
+    }
+
+    /// One decision for one cell.
+    ///
+    /// **Cancel safety:** dropping the future abandons the round trip. If Redis had already
+    /// run the script, the cell is spent.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::RateLimited`] with the wait, [`Rejected::BackendUnavailable`] when Redis
+    /// did not answer and the policy is to fail closed.
+    pub async fn check(&self) -> Result<(), Rejected> {
+        self.check_n(1).await
+    }
+
+    /// One decision for `cells` cells.
+    ///
+    /// **Cancel safety:** as [`check`](Self::check).
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check), and [`Rejected::InsufficientCapacity`] for more cells than
+    /// the burst.
+    pub async fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        let inner = &*self.inner;
+        if cells > inner.burst {
+            return Err(Rejected::InsufficientCapacity { burst: inner.burst });
+        }
+        if let Some(retry_after) = inner.remembered_denial(cells) {
+            return Err(Rejected::RateLimited { retry_after });
+        }
+        let sent = Instant::now();
+        let mut conn = inner.conn.manager.clone();
+        let mut invocation = inner.script.key(&inner.key);
+        invocation
+            .arg(inner.interval_us)
+            .arg(inner.burst)
+            .arg(cells);
+        let reply: Result<(i64, i64), Unavailable> =
+            inner.backend.call(invocation.invoke_async(&mut conn)).await;
+        match reply {
+            Ok((1, _)) => Ok(()),
+            Ok((0, wait_us)) => {
+                let retry_after = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+                inner.remember_denial(Denial {
+                    // From when the request left: never remembered longer than Redis meant.
+                    until: sent + retry_after,
+                    cells,
+                });
+                Err(Rejected::RateLimited { retry_after })
+            }
+            Ok((_, burst)) => Err(Rejected::InsufficientCapacity {
+                burst: u32::try_from(burst).unwrap_or(inner.burst),
+            }),
+            Err(_) => inner.without_redis(cells),
+        }
+    }
+
+    /// Waits until the limit admits one cell, but never past `deadline`: sleeps exactly the
+    /// wait Redis reported, then asks again.
+    ///
+    /// **Cancel safety:** dropping it abandons the wait; no cell is taken unless the last
+    /// round trip had already run.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`; otherwise as
+    /// [`check`](Self::check).
+    pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
+        loop {
+            let wait = match self.check().await {
+                Err(Rejected::RateLimited { retry_after }) => retry_after,
+                done => return done,
+            };
+            if !deadline.allows(Tokio.now(), wait) {
+                return Err(Rejected::DeadlineExceeded);
+            }
+            Tokio.sleep(wait).await;
+        }
+    }
+
+    /// The key holding this limit's state.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+}
+
+impl Inner {
+    fn remembered_denial(&self, cells: u32) -> Option<Duration> {
+        let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
+        let denial = (*denied)?;
+        let now = Instant::now();
+        if now >= denial.until {
+            *denied = None;
+            return None;
+        }
+        // The stored state only moves later, so a request at least as large as the denied
+        // one cannot pass before the denial expires.
+        (cells >= denial.cells).then(|| denial.until - now)
+    }
+
+    fn remember_denial(&self, denial: Denial) {
+        *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(denial);
+    }
+
+    fn without_redis(&self, cells: u32) -> Result<(), Rejected> {
+        match (&self.policy, &self.local) {
+            (FailurePolicy::Closed, _) => Err(Rejected::BackendUnavailable),
+            (FailurePolicy::Local { .. }, Some(local)) => local.check_n(cells),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RedisRateLimiterBuilder {
+    /// Cells admitted at once from rest (default: `count`).
+    #[must_use]
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    common_options!();
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A zero count, period, burst or deadline; an emission interval under 1 µs (Redis's
+    /// clock resolution); a local share outside (0, 1]; an empty name.
+    pub fn build(self) -> Result<RedisRateLimiter, ConfigError> {
+        let burst = self.burst.unwrap_or(self.count);
+        let gcra = Gcra::new(self.count, self.period, burst)?;
+        let interval_us = gcra.interval_nanos() / 1_000;
+        if interval_us == 0 {
+            return Err(ConfigError::OutOfRange {
+                field: "count",
+                value: f64::from(self.count),
+                allowed: "at most one cell per microsecond of period (Redis's clock resolution)",
+            });
+        }
+        let key = self.common.validated_key("rate")?;
+        let local = match self.common.policy {
+            FailurePolicy::Local { share } => {
+                Some(local_share(self.count, self.period, burst, share)?)
+            }
+            FailurePolicy::Open | FailurePolicy::Closed => None,
+        };
+        Ok(RedisRateLimiter {
+            inner: Arc::new(Inner {
+                key,
+                conn: self.common.conn,
+                interval_us,
+                burst,
+                backend: Backend::new(self.common.deadline)?,
+                policy: self.common.policy,
+                local,
+                denied: Mutex::new(None),
+                script: redis::Script::new(GCRA),
+            }),
+        })
+    }
+}
+
+/// The in-process limiter holding `share` of the global limit (at least one cell of rate
+/// and of burst).
+fn local_share(
+    count: u32,
+    period: Duration,
+    burst: u32,
+    share: f64,
+) -> Result<RateLimiter<Tokio>, ConfigError> {
+    RateLimiter::builder(share_of(count, share)?, period)
+        .burst(share_of(burst, share)?)
+        .runtime(Tokio)
+        .build()
+}
+
+/// `share` of `n`, rounded down, at least 1.
+///
+/// # Errors
+///
+/// A share outside (0, 1] (NaN included).
+pub(crate) fn share_of(n: u32, share: f64) -> Result<u32, ConfigError> {
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(ConfigError::OutOfRange {
+            field: "share",
+            value: share,
+            allowed: "0 < share <= 1",
+        });
+    }
+    // share is in (0, 1], so n × share is in (0, n].
+    Ok(floor_within(f64::from(n) * share, n).max(1))
+}
+
+/// The largest `k <= max` with `k <= x` (a float's floor as a `u32`, without a cast).
+fn floor_within(x: f64, max: u32) -> u32 {
+    let (mut low, mut high) = (0u32, max);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if f64::from(mid) <= x {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
+}
+
+impl tidewall::pipeline::Admission for RedisRateLimiter {
+    type Guard<'a> = ();
+
+    /// Never decides without Redis: even a remembered denial is left to
+    /// [`admit`](Self::admit), which waits it out (up to the deadline).
+    fn try_admit(&self) -> Result<Option<()>, Rejected> {
+        Ok(None)
+    }
+
+    fn admit(
+        &self,
+        deadline: Deadline,
+    ) -> impl std::future::Future<Output = Result<(), Rejected>> + Send {
+        self.until_ready_before(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::floor_within;
+
+    #[test]
+    fn floors_without_casts() {
+        assert_eq!(floor_within(2.5, 10), 2);
+        assert_eq!(floor_within(10.0, 10), 10);
+        assert_eq!(floor_within(0.3, 10), 0);
+        assert_eq!(floor_within(4e9, u32::MAX), 4_000_000_000);
+    }
+}

@@ -1,0 +1,164 @@
+//! A real redis-server for the tests: started on a free loopback port in a temporary
+//! directory, with the fault injections the tests need (pause, stop, kill, restart).
+//!
+//! A missing `redis-server` fails the test with instructions: these tests never skip.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `attempt` until it gives a value (within 10 s): for what happens in the background
+/// or after a fault heals.
+pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(crate) struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub(crate) fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut server = Self {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting redis-server: {e}. Install it (Debian: apt-get install redis-server); ./scripts/test and .ci/run do"
+                )
+            });
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if self.ping().is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A synchronous connection, for set-up and fault injection.
+    pub(crate) fn admin(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    fn ping(&self) -> redis::RedisResult<String> {
+        redis::cmd("PING").query(&mut self.admin()?)
+    }
+
+    /// `CLIENT PAUSE ms ALL`: every client's commands wait until it ends.
+    pub(crate) fn pause_clients(&self, pause: Duration) {
+        let ms = u64::try_from(pause.as_millis()).expect("a short pause");
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("ALL")
+            .query(&mut self.admin().expect("admin connection"))
+            .expect("CLIENT PAUSE");
+    }
+
+    /// How many times a command ran (`INFO commandstats`), e.g. `"evalsha"`.
+    pub(crate) fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.admin().expect("admin connection"))
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a call count"))
+    }
+
+    /// Redis's clock, in µs.
+    pub(crate) fn time_us(&self) -> u64 {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query(&mut self.admin().expect("admin connection"))
+            .expect("TIME");
+        secs * 1_000_000 + micros
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("a running server");
+        let pid = rustix::process::Pid::from_child(child);
+        rustix::process::kill_process(pid, signal).expect("signalling redis-server");
+    }
+
+    /// SIGSTOP: the server holds its connections and answers nothing.
+    pub(crate) fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub(crate) fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    /// Kills the server (connections reset, the port closed).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A fresh server on the same port (its data gone).
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A frozen server would ignore SIGKILL's delivery order otherwise.
+            let pid = rustix::process::Pid::from_child(child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,50 @@
+//! The Redis limiter in a Tidewall pipeline and behind a tower layer, unchanged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RedisServer;
+use tidewall::pipeline::Pipeline;
+use tidewall::tower::AdmitLayer;
+use tidewall::{Error, Rejected};
+use tidewall_redis::{RedisConn, RedisRateLimiter};
+use tower::{Service, ServiceExt};
+
+fn one_per_ten_seconds(server: &RedisServer, name: &str) -> RedisRateLimiter {
+    let conn = RedisConn::open(server.url()).unwrap();
+    RedisRateLimiter::builder(&conn, name, 1, Duration::from_secs(10))
+        .burst(1)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pipeline_takes_the_redis_limiter_as_its_rate_limit() {
+    let server = RedisServer::start();
+    let pipeline = Pipeline::builder()
+        .deadline(Duration::from_secs(1))
+        .rate_limit(one_per_ten_seconds(&server, "pipeline"))
+        .build()
+        .unwrap();
+    let first = pipeline.call(|| async { Ok::<_, ()>(7) }).await;
+    assert_eq!(first, Ok(7));
+    // The next cell is 10 s away, past the 1 s deadline: refused at once.
+    let second = pipeline.call(|| async { Ok::<_, ()>(8) }).await;
+    assert_eq!(second, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+}
+
+#[tokio::test]
+async fn a_tower_service_admits_through_redis() {
+    let server = RedisServer::start();
+    let layer = AdmitLayer::new(one_per_ten_seconds(&server, "tower")).max_wait(Duration::ZERO);
+    let mut service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
+    assert_eq!(service.ready().await.unwrap().call(21).await.unwrap(), 42);
+    let refused = service.ready().await.unwrap().call(1).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded))),
+        "{refused:?}"
+    );
+}

@@ -1,0 +1,294 @@
+//! The Redis rate limiter against a real redis-server: the in-process limiter's semantics,
+//! one round trip per decision, a shared limit across replicas, and every failure policy
+//! under injected faults (CLIENT PAUSE, SIGSTOP/SIGCONT, kill and restart).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, eventually};
+use tidewall::Rejected;
+use tidewall::rate::RateLimiter;
+use tidewall_redis::{FailurePolicy, RedisConn, RedisRateLimiter};
+
+fn limiter(
+    server: &RedisServer,
+    name: &str,
+    count: u32,
+    period: Duration,
+    burst: u32,
+) -> RedisRateLimiter {
+    let conn = RedisConn::open(server.url()).unwrap();
+    RedisRateLimiter::builder(&conn, name, count, period)
+        .burst(burst)
+        .build()
+        .unwrap()
+}
+
+/// Asks Redis until it answers, through a fail-closed probe (so no failure policy can pass
+/// for an answer). The connection is lazy, and reconnects in the background.
+async fn until_redis_answers(server: &RedisServer) {
+    let probe = with_policy(server, "probe", FailurePolicy::Closed);
+    eventually(async || probe.check_n(0).await.ok()).await;
+}
+
+#[tokio::test]
+async fn a_burst_then_the_same_decisions_as_the_in_process_limiter() {
+    let server = RedisServer::start();
+    // One cell a second: nothing refills during the test.
+    let redis = limiter(&server, "same", 1, Duration::from_secs(1), 5);
+    let local = RateLimiter::builder(1, Duration::from_secs(1))
+        .burst(5)
+        .build()
+        .unwrap();
+    for cells in [1, 2, 1, 1, 3, 1] {
+        let remote = redis
+            .check_n(cells)
+            .await
+            .map_err(|e| std::mem::discriminant(&e));
+        let here = local.check_n(cells).map_err(|e| std::mem::discriminant(&e));
+        assert_eq!(remote, here, "{cells} cell(s)");
+    }
+    assert_eq!(
+        redis.check_n(6).await,
+        Err(Rejected::InsufficientCapacity { burst: 5 })
+    );
+}
+
+#[tokio::test]
+async fn a_denial_says_how_long_to_wait_and_is_answered_locally_until_then() {
+    let server = RedisServer::start();
+    let redis = limiter(&server, "wait", 1, Duration::from_secs(10), 1);
+    redis.check().await.unwrap();
+    let Err(Rejected::RateLimited { retry_after }) = redis.check().await else {
+        panic!("the second cell must wait");
+    };
+    assert!(
+        retry_after > Duration::from_secs(9) && retry_after <= Duration::from_secs(10),
+        "{retry_after:?}"
+    );
+    let round_trips = server.calls("evalsha") + server.calls("eval");
+    for _ in 0..100 {
+        assert!(matches!(
+            redis.check().await,
+            Err(Rejected::RateLimited { .. })
+        ));
+    }
+    assert_eq!(
+        server.calls("evalsha") + server.calls("eval"),
+        round_trips,
+        "repeated denials cost no round trip"
+    );
+}
+
+#[tokio::test]
+async fn one_round_trip_per_decision_and_the_script_reloads_after_a_flush() {
+    let server = RedisServer::start();
+    let redis = limiter(
+        &server,
+        "trips",
+        1_000_000,
+        Duration::from_secs(1),
+        1_000_000,
+    );
+    // The first decision also loads the script (EVALSHA answers NOSCRIPT, then SCRIPT LOAD).
+    redis.check().await.unwrap();
+    let (before, loads) = (server.calls("evalsha"), server.calls("script|load"));
+    for _ in 0..50 {
+        redis.check().await.unwrap();
+    }
+    assert_eq!(
+        server.calls("evalsha"),
+        before + 50,
+        "one EVALSHA per decision"
+    );
+    assert_eq!(server.calls("script|load"), loads, "no reload while cached");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.admin().unwrap())
+        .unwrap();
+    redis.check().await.unwrap();
+    assert_eq!(
+        server.calls("script|load"),
+        loads + 1,
+        "NOSCRIPT: loaded again, and the decision still made"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_limit_within_one_percent() {
+    let server = RedisServer::start();
+    // 500 cells a second, bursts of 10, three replicas each on its own connection, each
+    // asking as soon as its last denial expires.
+    let (count, burst, run) = (500u32, 10u32, Duration::from_secs(2));
+    let interval_us = 1_000_000 / u64::from(count);
+    let start_us = server.time_us();
+    let stop = Instant::now() + run;
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let replica = limiter(&server, "shared", count, Duration::from_secs(1), burst);
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                while Instant::now() < stop {
+                    match replica.check().await {
+                        Ok(()) => admitted += 1,
+                        Err(Rejected::RateLimited { retry_after }) => {
+                            tokio::time::sleep(retry_after).await;
+                        }
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for replica in replicas {
+        total += replica.await.unwrap();
+    }
+    let elapsed_us = server.time_us() - start_us;
+    // The most GCRA can admit over the span, on Redis's own clock.
+    let most = u64::from(burst) + elapsed_us / interval_us;
+    assert!(
+        total <= most,
+        "{total} admitted, more than the limit's {most}"
+    );
+    assert!(
+        total * 100 >= most * 99,
+        "{total} admitted, under 99 % of the limit's {most}"
+    );
+}
+
+/// Every decision under a fault must come back within the deadline plus this (scheduling on
+/// a loaded 2-vCPU VM included).
+const MARGIN: Duration = Duration::from_millis(40);
+const DEADLINE: Duration = Duration::from_millis(10);
+
+fn with_policy(server: &RedisServer, name: &str, policy: FailurePolicy) -> RedisRateLimiter {
+    let conn = RedisConn::open(server.url()).unwrap();
+    RedisRateLimiter::builder(&conn, name, 1000, Duration::from_secs(1))
+        .burst(1000)
+        .deadline(DEADLINE)
+        .failure_policy(policy)
+        .build()
+        .unwrap()
+}
+
+/// Runs `decisions` checks, asserting each returns within the deadline plus the margin.
+async fn timed_decisions(
+    limiter: &RedisRateLimiter,
+    decisions: usize,
+) -> Vec<Result<(), Rejected>> {
+    let mut results = Vec::with_capacity(decisions);
+    for _ in 0..decisions {
+        let started = Instant::now();
+        results.push(limiter.check().await);
+        let took = started.elapsed();
+        assert!(took <= DEADLINE + MARGIN, "a decision took {took:?}");
+    }
+    results
+}
+
+#[tokio::test]
+async fn paused_redis_fails_closed_within_the_deadline_then_recovers() {
+    let server = RedisServer::start();
+    let closed = with_policy(&server, "pause", FailurePolicy::Closed);
+    until_redis_answers(&server).await;
+    server.pause_clients(Duration::from_millis(300));
+    let during = timed_decisions(&closed, 10).await;
+    assert!(
+        during
+            .iter()
+            .all(|r| *r == Err(Rejected::BackendUnavailable)),
+        "{during:?}"
+    );
+    // After the pause (and the breaker's 500 ms), Redis decides again.
+    until_redis_answers(&server).await;
+    assert_eq!(closed.check().await, Ok(()));
+}
+
+#[tokio::test]
+async fn a_frozen_redis_fails_open_within_the_deadline_then_recovers() {
+    let server = RedisServer::start();
+    let open = with_policy(&server, "frozen", FailurePolicy::Open);
+    let probe = with_policy(&server, "frozen-probe", FailurePolicy::Closed);
+    until_redis_answers(&server).await;
+    assert_eq!(probe.check().await, Ok(()));
+    server.freeze();
+    let during = timed_decisions(&open, 20).await;
+    assert!(
+        during.iter().all(Result::is_ok),
+        "fail open admits: {during:?}"
+    );
+    assert_eq!(
+        probe.check().await,
+        Err(Rejected::BackendUnavailable),
+        "Redis really was unreachable"
+    );
+    server.thaw();
+    until_redis_answers(&server).await;
+}
+
+#[tokio::test]
+async fn a_killed_redis_falls_back_to_the_local_share_then_recovers_after_a_restart() {
+    let mut server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    // 100 per 10 s globally; alone, this instance allows a quarter: 25 per 10 s, burst 25.
+    let limiter = RedisRateLimiter::builder(&conn, "killed", 100, Duration::from_secs(10))
+        .deadline(DEADLINE)
+        .failure_policy(FailurePolicy::Local { share: 0.25 })
+        .build()
+        .unwrap();
+    until_redis_answers(&server).await;
+    server.kill();
+    let during = timed_decisions(&limiter, 40).await;
+    let admitted = during.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, 25, "the local share's burst, no more: {during:?}");
+    server.restart();
+    until_redis_answers(&server).await;
+    // The limiter's own breaker keeps Redis off its path for 500 ms after the failures,
+    // then probes. Once Redis decides again, the fresh server's global burst of 100 is
+    // there: far more than the local share's 25 (plus a cell per 400 ms).
+    let started = Instant::now();
+    loop {
+        let admitted = timed_decisions(&limiter, 60)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        if admitted >= 50 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Redis never decided again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_configurations_are_typed_errors() {
+    let conn = RedisConn::open("redis://127.0.0.1:1").unwrap();
+    let build = |count, period, policy| {
+        RedisRateLimiter::builder(&conn, "bad", count, period)
+            .failure_policy(policy)
+            .build()
+    };
+    let second = Duration::from_secs(1);
+    assert!(build(0, second, FailurePolicy::Open).is_err(), "zero count");
+    assert!(
+        build(2_000_000, second, FailurePolicy::Open).is_err(),
+        "an interval under 1 µs"
+    );
+    assert!(build(10, second, FailurePolicy::Local { share: 0.0 }).is_err());
+    assert!(build(10, second, FailurePolicy::Local { share: 1.5 }).is_err());
+    assert!(build(10, second, FailurePolicy::Local { share: f64::NAN }).is_err());
+    assert!(build(10, second, FailurePolicy::Local { share: 1.0 }).is_ok());
+    assert!(
+        RedisRateLimiter::builder(&conn, "bad", 10, second)
+            .deadline(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+}
