@@ -201,6 +201,17 @@ impl RedisRateLimiter {
     pub fn key(&self) -> &str {
         &self.inner.key
     }
+
+    /// The Lua source of the decision (for inspection, or to run the same script from
+    /// `redis-benchmark`). Its arguments: the emission interval in µs, the burst, the cells.
+    pub fn script_source() -> &'static str {
+        GCRA
+    }
+
+    /// The script's arguments for one cell of this limit, after its key.
+    pub fn script_args(&self) -> [u64; 3] {
+        [self.inner.interval_us, u64::from(self.inner.burst), 1]
+    }
 }
 
 impl Inner {
