@@ -1,6 +1,7 @@
 //! `tidewall tour`: every pattern against a real HTTP service on loopback, measured.
 
 mod client;
+mod redis;
 mod report;
 mod resilience;
 mod scenarios;
@@ -31,6 +32,10 @@ pub(crate) struct TourArgs {
     /// Print machine-readable JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also share a rate limit and a bulkhead between three simulated replicas through this
+    /// Redis (`redis://127.0.0.1:6379`).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +69,7 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
         scenarios::Size::Full
     };
     let started = Instant::now();
-    let sections = match args.runtime {
+    let mut sections = match args.runtime {
         RuntimeChoice::Tokio => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(WORKER_THREADS)
@@ -84,6 +89,9 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
         }
         RuntimeChoice::AsyncStd => async_std::task::block_on(tour(AsyncStd, &server, size)),
     };
+    if let Some(url) = &args.redis {
+        sections.extend(redis::all(url, size)?);
+    }
     let report = Report {
         runtime: args.runtime.describe(),
         quick: args.quick,

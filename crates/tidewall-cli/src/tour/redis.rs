@@ -1,0 +1,169 @@
+//! `tidewall tour --redis URL`: three simulated replicas share one rate limit and one
+//! bulkhead through Redis (tidewall-redis), each on its own connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tidewall::{Deadline, Rejected};
+use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter};
+
+use super::report::{Section, ms};
+use super::scenarios::Size;
+
+const REPLICAS: usize = 3;
+
+/// Both sections, on a tokio runtime of their own (redis-rs's connection runs on tokio,
+/// whatever runtime the rest of the tour used).
+pub(crate) fn all(url: &str, size: Size) -> anyhow::Result<Vec<Section>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // A name per run, so a second tour against the same Redis starts from rest.
+    let run = format!(
+        "tour-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    );
+    runtime.block_on(async {
+        Ok(vec![
+            shared_rate_limit(url, &run, size).await?,
+            shared_bulkhead(url, &run, size).await?,
+        ])
+    })
+}
+
+/// Each replica asks as soon as its last denial expires; together they must get the global
+/// limit, no more.
+async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<Section> {
+    let (per_second, burst) = (500u32, 20u32);
+    let span = if size == Size::Quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        let conn = RedisConn::open(url)?;
+        replicas.push(
+            RedisRateLimiter::builder(&conn, run, per_second, Duration::from_secs(1))
+                .burst(burst)
+                .deadline(Duration::from_millis(50))
+                .build()?,
+        );
+    }
+    let started = Instant::now();
+    let stop = started + span;
+    let workers: Vec<_> = replicas
+        .into_iter()
+        .map(|limiter| {
+            tokio::spawn(async move {
+                let (mut admitted, mut unavailable) = (0u64, 0u64);
+                while Instant::now() < stop {
+                    match limiter.check().await {
+                        Ok(()) => admitted += 1,
+                        Err(Rejected::RateLimited { retry_after }) => {
+                            tokio::time::sleep(retry_after).await;
+                        }
+                        Err(_) => unavailable += 1,
+                    }
+                }
+                (admitted, unavailable)
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for worker in workers {
+        counts.push(worker.await?);
+    }
+    let elapsed = started.elapsed();
+    let total: u64 = counts.iter().map(|(a, _)| a).sum();
+    let interval_us = 1_000_000 / u64::from(per_second);
+    let span_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    // GCRA over the span, from rest: the burst plus one per interval (+1 for the edges).
+    let most = u64::from(burst) + span_us / interval_us + 1;
+    let mut s = Section::new(
+        "Distributed rate limit: 3 replicas, one Redis",
+        "tidewall_redis::RedisRateLimiter",
+    );
+    s.metric(
+        "global limit",
+        format!("{per_second}/s, burst {burst}, for {}", ms(elapsed)),
+    );
+    for (i, (admitted, _)) in counts.iter().enumerate() {
+        s.metric(&format!("replica {} admitted", i + 1), admitted);
+    }
+    s.metric("admitted in all", format!("{total} of at most {most}"));
+    s.check("the replicas together never exceed the global limit", total <= most);
+    s.check(
+        "together they get at least 97 % of it",
+        total * 100 >= most * 97,
+    );
+    s.check(
+        "every decision came from Redis (none fell back)",
+        counts.iter().all(|(_, unavailable)| *unavailable == 0),
+    );
+    Ok(s)
+}
+
+/// Four workers per replica, each making calls that hold a slot for 20 ms; at most `limit`
+/// are ever held at once across the three replicas.
+async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Section> {
+    let limit = 4u32;
+    let calls = if size == Size::Quick { 5 } else { 20 };
+    let held = Arc::new(AtomicUsize::new(0));
+    let most_held = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..REPLICAS {
+        let conn = RedisConn::open(url)?;
+        let bulkhead = RedisBulkhead::builder(&conn, run, limit)
+            .lease(Duration::from_secs(5))
+            .deadline(Duration::from_millis(50))
+            .build()?;
+        for _ in 0..4 {
+            let (bulkhead, held, most_held) =
+                (bulkhead.clone(), Arc::clone(&held), Arc::clone(&most_held));
+            workers.push(tokio::spawn(async move {
+                let mut done = 0u32;
+                for _ in 0..calls {
+                    let deadline = Deadline::at(Instant::now() + Duration::from_secs(10));
+                    let Ok(permit) = bulkhead.acquire_before(deadline).await else {
+                        continue;
+                    };
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_held.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Counted down before the release, which happens after the drop.
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                    done += 1;
+                }
+                done
+            }));
+        }
+    }
+    let mut completed = 0;
+    for worker in workers {
+        completed += worker.await?;
+    }
+    let most = most_held.load(Ordering::SeqCst);
+    let expected = u32::try_from(REPLICAS * 4).unwrap_or(u32::MAX) * calls;
+    let mut s = Section::new(
+        "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
+        "tidewall_redis::RedisBulkhead",
+    );
+    s.metric("global limit", format!("{limit} slots, 20 ms calls"));
+    s.metric("calls completed", format!("{completed} of {expected}"));
+    s.metric("most slots held at once", most);
+    s.metric("took", ms(started.elapsed()));
+    s.check(
+        "never more slots held than the global limit",
+        most <= usize::try_from(limit).unwrap_or(usize::MAX),
+    );
+    s.check("the limit was reached (the slots were shared)", most >= 2);
+    s.check("every call got a slot in the end", completed == expected);
+    Ok(s)
+}
