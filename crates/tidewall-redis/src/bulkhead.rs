@@ -292,7 +292,7 @@ impl RedisBulkheadBuilder {
             }
             FailurePolicy::Open | FailurePolicy::Closed => None,
         };
-        let instance = SplitMix64::new(seed()).next_u64();
+        let instance = random_id();
         Ok(RedisBulkhead {
             inner: Arc::new(Inner {
                 key,
@@ -311,7 +311,12 @@ impl RedisBulkheadBuilder {
     }
 }
 
-/// A seed that differs between processes and between bulkheads of one process.
+/// An id that differs between processes and between calls in one process.
+pub(crate) fn random_id() -> u64 {
+    SplitMix64::new(seed()).next_u64()
+}
+
+/// A seed that differs between processes and between calls in one process.
 fn seed() -> u64 {
     static BUILT: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()

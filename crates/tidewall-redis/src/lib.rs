@@ -15,6 +15,9 @@
 //! * [`RedisBulkhead`]: permits are leases in a sorted set (expired ones reaped, admitted
 //!   below the limit), renewed while held and released in the background on drop; a crashed
 //!   holder's permit returns when its lease expires.
+//! * [`BreakerQuorum`]: circuit breakers stay per instance; this advisory layer opens the
+//!   local breaker when a quorum of instances report theirs open, refreshed on a timer so
+//!   Redis is never on a call's path.
 //! * Every Redis call has its own deadline (default 10 ms) and goes through a circuit breaker
 //!   around Redis itself: no decision ever waits longer than its deadline, whatever Redis does.
 //!   When Redis does not answer, the limit's [`FailurePolicy`] decides: admit, refuse, or fall
@@ -31,9 +34,11 @@ mod conn;
 mod keys;
 mod options;
 mod policy;
+mod quorum;
 mod rate;
 
 pub use bulkhead::{RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
 pub use conn::RedisConn;
 pub use policy::FailurePolicy;
+pub use quorum::{BreakerQuorum, BreakerQuorumBuilder, QuorumUnavailable, QuorumView, Refreshing};
 pub use rate::{RedisRateLimiter, RedisRateLimiterBuilder};

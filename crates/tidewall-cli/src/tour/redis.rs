@@ -96,7 +96,10 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
         s.metric(&format!("replica {} admitted", i + 1), admitted);
     }
     s.metric("admitted in all", format!("{total} of at most {most}"));
-    s.check("the replicas together never exceed the global limit", total <= most);
+    s.check(
+        "the replicas together never exceed the global limit",
+        total <= most,
+    );
     s.check(
         "together they get at least 97 % of it",
         total * 100 >= most * 97,

@@ -1,0 +1,272 @@
+//! An advisory layer over per-instance circuit breakers: when a quorum of instances report
+//! their breaker for a dependency open, the rest open theirs too, without waiting to fail on
+//! their own. Refreshed on a timer, so Redis is never on a call's path.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tidewall::ConfigError;
+use tidewall::breaker::{CircuitBreaker, State};
+use tidewall::rt::Tokio;
+
+use crate::backend::Backend;
+use crate::conn::RedisConn;
+use crate::options::{Common, common_options};
+
+/// Reports this instance (alive until `ttl`, and open or not), reaps expired reports, and
+/// counts: returns `{open instances, live instances}`.
+const REPORT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local expires = string.format('%.0f', now + tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('ZADD', KEYS[2], expires, ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local cutoff = string.format('%.0f', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+local keep = math.ceil(tonumber(ARGV[3]) / 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
+";
+
+/// Shares one breaker's state with the same breaker on other instances. Each
+/// [`refresh`](Self::refresh) reports whether this instance's breaker is open (on its own
+/// evidence) and reads how many live instances report theirs open. At or above the quorum,
+/// the local breaker is forced open; once the quorum is gone, the breaker this layer forced
+/// is reset. A breaker forced open by the quorum reports itself closed, so the quorum never
+/// feeds on its own decision. If Redis is away, the layer lets go of whatever it forced.
+///
+/// A breaker forced open or closed by hand is left alone.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tidewall::breaker::CircuitBreaker;
+/// use tidewall_redis::{BreakerQuorum, RedisConn};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = RedisConn::open("redis://127.0.0.1:6379")?;
+/// let breaker = CircuitBreaker::builder().build()?;
+/// let quorum = BreakerQuorum::builder(&conn, "payments-api", breaker.clone())
+///     .quorum(0.5)
+///     .every(Duration::from_millis(500))
+///     .build()?;
+/// let _refreshing = quorum.spawn(); // stops when dropped
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BreakerQuorum {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: RedisConn,
+    members_key: String,
+    open_key: String,
+    instance: String,
+    breaker: CircuitBreaker<Tokio>,
+    quorum: f64,
+    every: Duration,
+    backend: Backend,
+    /// Whether the breaker's current forced-open state is this layer's doing.
+    forced: Mutex<bool>,
+    script: redis::Script,
+}
+
+/// What one refresh saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumView {
+    /// Live instances reporting their breaker open (on their own evidence).
+    pub open: u64,
+    /// Live instances.
+    pub live: u64,
+    /// Whether the local breaker is held open by the quorum after this refresh.
+    pub forced_open: bool,
+}
+
+/// Stops the background refresh when dropped.
+#[derive(Debug)]
+pub struct Refreshing(tokio::task::JoinHandle<()>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Builds a [`BreakerQuorum`]; see [`BreakerQuorum::builder`].
+#[derive(Debug, Clone)]
+pub struct BreakerQuorumBuilder {
+    common: Common,
+    breaker: CircuitBreaker<Tokio>,
+    instance: Option<String>,
+    quorum: f64,
+    every: Duration,
+}
+
+impl BreakerQuorum {
+    /// Shares `breaker` under `name` (the dependency it guards). Defaults: quorum 0.5 (at
+    /// least half the live instances open), a refresh every 500 ms, a random instance id,
+    /// a 10 ms deadline per Redis call.
+    pub fn builder(
+        conn: &RedisConn,
+        name: &str,
+        breaker: CircuitBreaker<Tokio>,
+    ) -> BreakerQuorumBuilder {
+        BreakerQuorumBuilder {
+            common: Common::new(conn, name),
+            breaker,
+            instance: None,
+            quorum: 0.5,
+            every: Duration::from_millis(500),
+        }
+    }
+
+    /// Refreshes every period on a tokio task until the returned handle is dropped.
+    #[must_use = "the refresh stops when the handle is dropped"]
+    pub fn spawn(&self) -> Refreshing {
+        let this = self.clone();
+        Refreshing(tokio::spawn(async move {
+            loop {
+                let _ = this.refresh().await;
+                tokio::time::sleep(this.inner.every).await;
+            }
+        }))
+    }
+
+    /// One report and decision (what the timer runs): one round trip.
+    ///
+    /// **Cancel safety:** dropping it abandons the round trip; the breaker is not touched.
+    ///
+    /// # Errors
+    ///
+    /// When Redis did not answer within the deadline; the layer then lets go of a breaker it
+    /// had forced open.
+    pub async fn refresh(&self) -> Result<QuorumView, QuorumUnavailable> {
+        let inner = &*self.inner;
+        let state = inner.breaker.state();
+        let forced_by_us = *inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        let open_on_own_evidence = matches!(state, State::Open | State::HalfOpen) && !forced_by_us;
+        let mut conn = inner.conn.manager.clone();
+        let mut invocation = inner.script.key(&inner.members_key);
+        invocation
+            .key(&inner.open_key)
+            .arg(&inner.instance)
+            .arg(if open_on_own_evidence { "1" } else { "0" })
+            .arg(u64::try_from((inner.every * 3).as_micros()).unwrap_or(u64::MAX));
+        let counts = inner
+            .backend
+            .call(invocation.invoke_async::<(u64, u64)>(&mut conn))
+            .await;
+        let mut forced = inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        let Ok((open, live)) = counts else {
+            if *forced {
+                inner.breaker.reset();
+                *forced = false;
+            }
+            return Err(QuorumUnavailable);
+        };
+        // open ≤ live; the quorum is a share of the live instances.
+        let reached = open > 0 && (open as f64) >= inner.quorum * (live as f64);
+        match (reached, *forced, inner.breaker.state()) {
+            (true, false, State::Closed | State::HalfOpen) => {
+                inner.breaker.force_open();
+                *forced = true;
+            }
+            (false, true, State::ForcedOpen) => {
+                inner.breaker.reset();
+                *forced = false;
+            }
+            // Someone else changed the breaker since: it is no longer ours to release.
+            (_, true, state) if state != State::ForcedOpen => *forced = false,
+            _ => {}
+        }
+        Ok(QuorumView {
+            open,
+            live,
+            forced_open: *forced,
+        })
+    }
+}
+
+/// Redis did not answer a quorum refresh in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumUnavailable;
+
+impl std::fmt::Display for QuorumUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the breaker quorum could not be read from Redis in time")
+    }
+}
+
+impl std::error::Error for QuorumUnavailable {}
+
+impl BreakerQuorumBuilder {
+    common_options!();
+
+    /// The share of live instances (0 < quorum ≤ 1) that must report open to force this
+    /// one open (default 0.5).
+    #[must_use]
+    pub fn quorum(mut self, quorum: f64) -> Self {
+        self.quorum = quorum;
+        self
+    }
+
+    /// How often to report and read (default 500 ms). An instance that stops reporting is
+    /// forgotten after three periods.
+    #[must_use]
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// This instance's id among the others (default: random).
+    #[must_use]
+    pub fn instance(mut self, instance: &str) -> Self {
+        self.instance = Some(instance.to_owned());
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A quorum outside (0, 1], a zero period or deadline, an empty name or instance id.
+    pub fn build(self) -> Result<BreakerQuorum, ConfigError> {
+        if !(self.quorum > 0.0 && self.quorum <= 1.0) {
+            return Err(ConfigError::OutOfRange {
+                field: "quorum",
+                value: self.quorum,
+                allowed: "0 < quorum <= 1",
+            });
+        }
+        if self.every.is_zero() {
+            return Err(ConfigError::Zero { field: "every" });
+        }
+        let instance = self
+            .instance
+            .unwrap_or_else(|| format!("{:016x}", crate::bulkhead::random_id()));
+        if instance.is_empty() {
+            return Err(ConfigError::Zero { field: "instance" });
+        }
+        Ok(BreakerQuorum {
+            inner: Arc::new(Inner {
+                members_key: self.common.validated_key("breaker-live")?,
+                open_key: self.common.validated_key("breaker-open")?,
+                conn: self.common.conn,
+                instance,
+                breaker: self.breaker,
+                quorum: self.quorum,
+                every: self.every,
+                backend: Backend::new(self.common.deadline)?,
+                forced: Mutex::new(false),
+                script: redis::Script::new(REPORT),
+            }),
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! The advisory breaker quorum against a real redis-server: refreshes driven by hand, so
+//! every step is deterministic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RedisServer;
+use tidewall::breaker::{CircuitBreaker, State};
+use tidewall::rt::Tokio;
+use tidewall_redis::{BreakerQuorum, RedisConn};
+
+/// A breaker that opens on its first failure and stays open for a minute.
+fn breaker() -> CircuitBreaker<Tokio> {
+    CircuitBreaker::builder()
+        .consecutive_failures(1)
+        .break_duration(Duration::from_secs(60))
+        .runtime(Tokio)
+        .build()
+        .unwrap()
+}
+
+fn trip(breaker: &CircuitBreaker<Tokio>) {
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// Three instances of one service, each with its breaker and its quorum layer.
+fn instances(server: &RedisServer) -> Vec<(CircuitBreaker<Tokio>, BreakerQuorum)> {
+    (0..3)
+        .map(|i| {
+            let conn = RedisConn::open(server.url()).unwrap();
+            let breaker = breaker();
+            let quorum = BreakerQuorum::builder(&conn, "payments", breaker.clone())
+                .instance(&format!("pod-{i}"))
+                .quorum(0.5)
+                .deadline(Duration::from_millis(100))
+                .build()
+                .unwrap();
+            (breaker, quorum)
+        })
+        .collect()
+}
+
+async fn refresh_all(instances: &[(CircuitBreaker<Tokio>, BreakerQuorum)]) {
+    for (_, quorum) in instances {
+        quorum.refresh().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_quorum_of_open_breakers_opens_the_rest_and_lets_go_when_it_heals() {
+    let server = RedisServer::start();
+    let pods = instances(&server);
+    refresh_all(&pods).await;
+    // One of three open: below the quorum of one half.
+    trip(&pods[0].0);
+    refresh_all(&pods).await;
+    let view = pods[2].1.refresh().await.unwrap();
+    assert_eq!((view.open, view.live, view.forced_open), (1, 3, false));
+    assert_eq!(pods[2].0.state(), State::Closed);
+    // Two of three: the third is forced open without a failure of its own.
+    trip(&pods[1].0);
+    refresh_all(&pods).await;
+    let view = pods[2].1.refresh().await.unwrap();
+    assert_eq!((view.open, view.live, view.forced_open), (2, 3, true));
+    assert_eq!(pods[2].0.state(), State::ForcedOpen);
+    // The forced one does not count itself open: still two reports, not three.
+    assert_eq!(pods[0].1.refresh().await.unwrap().open, 2);
+    // The dependency heals: the two reset; the quorum is gone, and so is the force.
+    pods[0].0.reset();
+    pods[1].0.reset();
+    refresh_all(&pods).await;
+    let view = pods[2].1.refresh().await.unwrap();
+    assert_eq!((view.open, view.forced_open), (0, false));
+    assert_eq!(pods[2].0.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn a_breaker_forced_by_hand_is_left_alone() {
+    let server = RedisServer::start();
+    let pods = instances(&server);
+    pods[2].0.force_closed();
+    trip(&pods[0].0);
+    trip(&pods[1].0);
+    refresh_all(&pods).await;
+    assert_eq!(pods[2].0.state(), State::ForcedClosed);
+}
+
+#[tokio::test]
+async fn without_redis_the_layer_lets_go_of_what_it_forced() {
+    let mut server = RedisServer::start();
+    let pods = instances(&server);
+    trip(&pods[0].0);
+    trip(&pods[1].0);
+    refresh_all(&pods).await;
+    refresh_all(&pods).await;
+    assert_eq!(pods[2].0.state(), State::ForcedOpen);
+    server.kill();
+    assert!(pods[2].1.refresh().await.is_err());
+    assert_eq!(
+        pods[2].0.state(),
+        State::Closed,
+        "the local breaker decides alone again"
+    );
+}
+
+#[tokio::test]
+async fn silent_instances_are_forgotten_after_three_periods() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let quick = |id: &str, breaker: &CircuitBreaker<Tokio>| {
+        BreakerQuorum::builder(&conn, "forgetful", breaker.clone())
+            .instance(id)
+            .every(Duration::from_millis(20))
+            .deadline(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let (gone, here) = (breaker(), breaker());
+    trip(&gone);
+    quick("gone", &gone).refresh().await.unwrap();
+    let view = quick("here", &here).refresh().await.unwrap();
+    assert_eq!((view.open, view.live), (1, 2));
+    // "gone" never reports again: after three periods (60 ms) it no longer counts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let view = quick("here", &here).refresh().await.unwrap();
+    assert_eq!((view.open, view.live, view.forced_open), (0, 1, false));
+}
+
+#[tokio::test]
+async fn bad_configurations_are_typed_errors() {
+    let conn = RedisConn::open("redis://127.0.0.1:1").unwrap();
+    let build = |quorum: f64, every: Duration| {
+        BreakerQuorum::builder(&conn, "bad", breaker())
+            .quorum(quorum)
+            .every(every)
+            .build()
+    };
+    assert!(build(0.0, Duration::from_secs(1)).is_err());
+    assert!(build(1.5, Duration::from_secs(1)).is_err());
+    assert!(build(0.5, Duration::ZERO).is_err());
+    assert!(build(0.5, Duration::from_secs(1)).is_ok());
+}
