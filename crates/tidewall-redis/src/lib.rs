@@ -11,7 +11,9 @@
 //! * [`RedisRateLimiter`]: GCRA in a Lua script that reads Redis's own clock (`TIME`), one key
 //!   per limit and partition, run with `EVALSHA` (reloaded on `NOSCRIPT`). The same burst
 //!   semantics as the in-process limiter. A denial is remembered locally until it expires, so
-//!   repeated denials cost no round trip (exact: the stored state only ever moves later).
+//!   repeated denials cost no round trip. That is exact for GCRA: the stored state only ever
+//!   moves later, so the remembered wait is never too long (it is forgotten when this
+//!   instance admits a cell).
 //! * [`RedisBulkhead`]: permits are leases in a sorted set (expired ones reaped, admitted
 //!   below the limit), renewed while held and released in the background on drop; a crashed
 //!   holder's permit returns when its lease expires.

@@ -157,7 +157,11 @@ impl RedisRateLimiter {
         let reply: Result<(i64, i64), Unavailable> =
             inner.backend.call(invocation.invoke_async(&mut conn)).await;
         match reply {
-            Ok((1, _)) => Ok(()),
+            Ok((1, _)) => {
+                // An admission moves the state on: a remembered wait would now be too short.
+                inner.forget_denial();
+                Ok(())
+            }
             Ok((0, wait_us)) => {
                 let retry_after = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
                 inner.remember_denial(Denial {
@@ -224,8 +228,16 @@ impl Inner {
             return None;
         }
         // The stored state only moves later, so a request at least as large as the denied
-        // one cannot pass before the denial expires.
-        (cells >= denial.cells).then(|| denial.until - now)
+        // one cannot pass before the denial expires, nor before one more interval per extra
+        // cell (GCRA: each cell moves the arrival time one interval on).
+        (cells >= denial.cells).then(|| {
+            let extra = u64::from(cells - denial.cells).saturating_mul(self.interval_us);
+            (denial.until - now).saturating_add(Duration::from_micros(extra))
+        })
+    }
+
+    fn forget_denial(&self) {
+        *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn remember_denial(&self, denial: Denial) {

@@ -8,7 +8,7 @@ use common::RedisServer;
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::AdmitLayer;
 use tidewall::{Error, Rejected};
-use tidewall_redis::{RedisConn, RedisRateLimiter};
+use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter};
 use tower::{Service, ServiceExt};
 
 fn one_per_ten_seconds(server: &RedisServer, name: &str) -> RedisRateLimiter {
@@ -47,4 +47,29 @@ async fn a_tower_service_admits_through_redis() {
         matches!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded))),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn a_pipeline_holds_a_redis_bulkhead_slot_for_the_whole_call() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let bulkhead = RedisBulkhead::builder(&conn, "pipeline", 1)
+        .build()
+        .unwrap();
+    let other = bulkhead.clone();
+    let pipeline = Pipeline::builder()
+        .deadline(Duration::from_millis(200))
+        .bulkhead(bulkhead)
+        .build()
+        .unwrap();
+    let during = pipeline
+        .call(|| {
+            let other = other.clone();
+            async move {
+                // The one slot is held by this call: nobody else gets it meanwhile.
+                Ok::<_, ()>(other.try_acquire().await.err())
+            }
+        })
+        .await;
+    assert_eq!(during, Ok(Some(Rejected::BulkheadFull)));
 }

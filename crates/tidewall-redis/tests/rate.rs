@@ -292,3 +292,51 @@ async fn bad_configurations_are_typed_errors() {
             .is_err()
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any sequence of requests gets the same decisions from Redis as from the in-process
+    /// GCRA (`tidewall_core::gcra`), with the same waits to the microsecond. The limit
+    /// refills one cell an hour, so the few ms the sequence takes change nothing.
+    #[test]
+    fn any_sequence_decides_like_the_in_process_gcra(
+        burst in 1u32..20,
+        cells in proptest::collection::vec(0u32..25, 1..30),
+    ) {
+        use tidewall_core::gcra::{Denied, Gcra};
+        let server = shared_server();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let hour = Duration::from_secs(3600);
+        let name = format!("prop-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let redis = runtime.block_on(async { limiter(server, &name, 1, hour, burst) });
+        let gcra = Gcra::new(1, hour, burst).unwrap();
+        let mut tat = 0u64;
+        for n in cells {
+            let here = gcra.decide(tat, 0, n);
+            let there = runtime.block_on(redis.check_n(n));
+            match (here, there) {
+                (Ok(new_tat), Ok(())) => tat = new_tat,
+                (Err(Denied::Wait { nanos }), Err(Rejected::RateLimited { retry_after })) => {
+                    // The same wait, less the µs that passed on Redis's clock meanwhile.
+                    let expected_us = nanos / 1000;
+                    let got_us = u64::try_from(retry_after.as_micros()).unwrap();
+                    proptest::prop_assert!(
+                        got_us <= expected_us && expected_us - got_us < 1_000_000,
+                        "{n} cells: wait {got_us} µs, expected about {expected_us} µs"
+                    );
+                }
+                (Err(Denied::InsufficientCapacity { .. }), Err(Rejected::InsufficientCapacity { .. })) => {}
+                (here, there) => proptest::prop_assert!(false, "{n} cells: GCRA says {here:?}, Redis {there:?}"),
+            }
+        }
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One server for every proptest case (a server per case would dominate the run).
+fn shared_server() -> &'static RedisServer {
+    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
