@@ -14,7 +14,7 @@ use tidewall::rt::Tokio;
 pub(crate) enum Unavailable {
     /// The deadline passed first.
     Timeout,
-    /// The breaker around Redis is open: not even tried.
+    /// The breaker around Redis is open: not even sent.
     BreakerOpen,
     /// Redis answered with an error, or the connection failed.
     Failed(String),
@@ -47,11 +47,22 @@ impl Backend {
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, Unavailable> {
+        self.call_within(call, None).await
+    }
+
+    /// Like [`call`](Self::call), also cut short at `cap` (what is left of the caller's own
+    /// deadline).
+    pub(crate) async fn call_within<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+        cap: Option<Duration>,
+    ) -> Result<T, Unavailable> {
         let permit = self
             .breaker
             .try_acquire()
             .map_err(|_| Unavailable::BreakerOpen)?;
-        match tokio::time::timeout(self.deadline, call).await {
+        let limit = cap.map_or(self.deadline, |cap| cap.min(self.deadline));
+        match tokio::time::timeout(limit, call).await {
             Ok(Ok(value)) => {
                 permit.record(Outcome::Success);
                 Ok(value)

@@ -9,7 +9,7 @@ use tidewall::rt::{Runtime as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
 use crate::policy::FailurePolicy;
@@ -24,7 +24,8 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000)
+  local keep = math.ceil(lease / 1000) + 1000
+  if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
   return 1
 end
 return 0
@@ -37,7 +38,8 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local lease = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000)
+local keep = math.ceil(lease / 1000) + 1000
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 return 1
 ";
 
@@ -100,11 +102,13 @@ pub struct RedisPermit<'a> {
 
 #[derive(Debug)]
 enum Held<'a> {
-    /// A lease in Redis, and the task renewing it.
+    /// A lease in Redis, and the task renewing it (none outside a tokio runtime: the lease
+    /// then lapses after its term).
     Lease {
         bulkhead: RedisBulkhead,
         member: String,
-        renewing: tokio::task::JoinHandle<()>,
+        renewing: Option<tokio::task::JoinHandle<()>>,
+        runtime: Option<tokio::runtime::Handle>,
     },
     /// A slot of the local fallback, held until the permit drops.
     Local(#[allow(dead_code, reason = "held for its drop")] Permit<'a, Tokio>),
@@ -123,38 +127,58 @@ impl RedisBulkhead {
         }
     }
 
-    /// One attempt for a slot: one round trip.
+    /// One attempt for a slot: one round trip. Must run inside a tokio runtime (the renewal
+    /// and the release run on it).
     ///
-    /// **Cancel safety:** dropping the future abandons the round trip; a lease Redis granted
-    /// meanwhile is not renewed and returns when it expires.
+    /// **Cancel safety:** dropping the future (or a timeout) after the request left releases
+    /// the lease Redis may have granted meanwhile: a `ZREM` follows the acquire on the same
+    /// connection, so Redis runs it second.
     ///
     /// # Errors
     ///
     /// [`Rejected::BulkheadFull`], or [`Rejected::BackendUnavailable`] when Redis did not
     /// answer and the policy is to fail closed.
     pub async fn try_acquire(&self) -> Result<RedisPermit<'_>, Rejected> {
+        self.try_acquire_within(None).await
+    }
+
+    async fn try_acquire_within(&self, cap: Option<Duration>) -> Result<RedisPermit<'_>, Rejected> {
         let inner = &*self.inner;
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let member = format!(
             "{:016x}-{}",
             inner.instance,
             inner.leases.fetch_add(1, Ordering::Relaxed)
         );
+        // Released unless disarmed: covers a timeout and a dropped future alike.
+        let mut pending = PendingLease {
+            bulkhead: self,
+            member: Some(member.clone()),
+            runtime: runtime.clone(),
+        };
         let mut conn = inner.conn.manager.clone();
         let mut invocation = inner.acquire.key(&inner.key);
         invocation
             .arg(inner.limit)
             .arg(micros(inner.lease))
             .arg(&member);
-        match inner
+        let reply = inner
             .backend
-            .call(invocation.invoke_async::<i64>(&mut conn))
-            .await
-        {
+            .call_within(invocation.invoke_async::<i64>(&mut conn), cap)
+            .await;
+        if matches!(reply, Ok(_) | Err(Unavailable::BreakerOpen)) {
+            // Redis answered (or was never asked): nothing is left behind.
+            pending.member = None;
+        }
+        match reply {
             Ok(1) => Ok(RedisPermit {
                 held: Held::Lease {
-                    renewing: tokio::spawn(renew(self.clone(), member.clone())),
+                    renewing: runtime
+                        .as_ref()
+                        .map(|rt| rt.spawn(renew(self.clone(), member.clone()))),
                     bulkhead: self.clone(),
                     member,
+                    runtime,
                 },
             }),
             Ok(_) => Err(Rejected::BulkheadFull),
@@ -180,17 +204,25 @@ impl RedisBulkhead {
     /// [`Rejected::DeadlineExceeded`] when no slot came free in time; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit<'_>, Rejected> {
-        let mut rng = SplitMix64::new(self.inner.instance);
+        // Seeded per call, so the waiters of one replica do not retry in step.
+        let mut rng = SplitMix64::new(random_id());
         loop {
-            match self.try_acquire().await {
+            // The round trip never runs past what is left of the caller's deadline (the first
+            // one is always made).
+            let left = deadline
+                .remaining(Tokio.now())
+                .filter(|left| !left.is_zero());
+            match self.try_acquire_within(left).await {
                 Err(Rejected::BulkheadFull) => {}
                 done => return done,
             }
             let pause = Duration::from_micros(2_000 + rng.below_or_equal(3_000));
-            if !deadline.allows(Tokio.now(), pause) {
-                return Err(Rejected::DeadlineExceeded);
+            match deadline.remaining(Tokio.now()) {
+                Some(left) if left.is_zero() => return Err(Rejected::DeadlineExceeded),
+                // A last try at the deadline rather than giving up one pause early.
+                Some(left) => Tokio.sleep(pause.min(left)).await,
+                None => Tokio.sleep(pause).await,
             }
-            Tokio.sleep(pause).await;
         }
     }
 
@@ -225,24 +257,52 @@ impl Drop for RedisPermit<'_> {
             bulkhead,
             member,
             renewing,
+            runtime,
         } = &mut self.held
         {
-            renewing.abort();
-            let (bulkhead, member) = (bulkhead.clone(), std::mem::take(member));
-            // Released in the background: a drop must not wait on the network. If Redis is
-            // away, the lease expires on its own.
-            tokio::spawn(async move {
-                let inner = &*bulkhead.inner;
-                let mut conn = inner.conn.manager.clone();
-                let mut release = redis::cmd("ZREM");
-                release.arg(&inner.key).arg(&member);
-                let _ = inner
-                    .backend
-                    .call(release.query_async::<i64>(&mut conn))
-                    .await;
-            });
+            if let Some(renewing) = renewing {
+                renewing.abort();
+            }
+            release(bulkhead, std::mem::take(member), runtime.as_ref());
         }
     }
+}
+
+/// A lease asked for whose answer never came: released when dropped, unless disarmed.
+struct PendingLease<'a> {
+    bulkhead: &'a RedisBulkhead,
+    member: Option<String>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Drop for PendingLease<'_> {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            release(self.bulkhead, member, self.runtime.as_ref());
+        }
+    }
+}
+
+/// Removes `member`'s lease in the background on `runtime` (a drop must not wait on the
+/// network), outside the breaker (a release is worth trying even when Redis looked down),
+/// within one second, once more if that fails. Without a runtime, or if Redis stays away,
+/// the lease expires on its own.
+fn release(bulkhead: &RedisBulkhead, member: String, runtime: Option<&tokio::runtime::Handle>) {
+    let Some(runtime) = runtime else { return };
+    let bulkhead = bulkhead.clone();
+    runtime.spawn(async move {
+        let inner = &*bulkhead.inner;
+        for _ in 0..2 {
+            let mut conn = inner.conn.manager.clone();
+            let mut remove = redis::cmd("ZREM");
+            remove.arg(&inner.key).arg(&member);
+            let removed =
+                tokio::time::timeout(Duration::from_secs(1), remove.query_async::<i64>(&mut conn));
+            if matches!(removed.await, Ok(Ok(_))) {
+                return;
+            }
+        }
+    });
 }
 
 impl RedisPermit<'_> {

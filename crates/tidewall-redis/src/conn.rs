@@ -29,6 +29,16 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
+/// TCP_NODELAY (redis-rs's default is off), and a peer that stops acknowledging is declared
+/// dead after 2 s (TCP_USER_TIMEOUT), so the manager reconnects instead of waiting out the
+/// kernel's retransmissions (minutes) behind each call's deadline.
+fn tcp_settings() -> TcpSettings {
+    let settings = TcpSettings::default().set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(Duration::from_secs(2));
+    settings
+}
+
 impl RedisConn {
     /// A connection to `url` (`redis://host:port[/db]`), made on first use. Must be called
     /// inside a tokio runtime.
@@ -37,9 +47,7 @@ impl RedisConn {
     ///
     /// An unparsable URL.
     pub fn open<T: IntoConnectionInfo>(url: T) -> RedisResult<Self> {
-        let info = url
-            .into_connection_info()?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
         let client = Client::open(info)?;
         // Every call is bounded by its limiter's own deadline, so the manager needs no
         // response timeout; reconnection is quick and unending (capped backoff).

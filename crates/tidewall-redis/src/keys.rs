@@ -5,9 +5,24 @@
 const PREFIX: &str = "tidewall:v1:";
 
 /// `tidewall:v1:{name:partition}:kind`: everything one limit and partition touches hashes to
-/// one Cluster slot.
+/// one Cluster slot. The name and partition are escaped (`%`, `:`, `{`, `}`), so
+/// `("a", "b:c")` and `("a:b", "c")` never share a key, and a brace cannot end the hash tag.
 pub(crate) fn key(name: &str, partition: &str, kind: &str) -> String {
-    format!("{PREFIX}{{{name}:{partition}}}:{kind}")
+    format!("{PREFIX}{{{}:{}}}:{kind}", escape(name), escape(partition))
+}
+
+fn escape(part: &str) -> String {
+    let mut escaped = String::with_capacity(part.len());
+    for c in part.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            ':' => escaped.push_str("%3A"),
+            '{' => escaped.push_str("%7B"),
+            '}' => escaped.push_str("%7D"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -17,6 +32,14 @@ mod tests {
         assert_eq!(
             super::key("api", "tenant-7", "rate"),
             "tidewall:v1:{api:tenant-7}:rate"
+        );
+        assert_ne!(
+            super::key("a", "b:c", "rate"),
+            super::key("a:b", "c", "rate")
+        );
+        assert_eq!(
+            super::key("x}", "{y%", "rate"),
+            "tidewall:v1:{x%7D:%7By%25}:rate"
         );
     }
 }

@@ -28,7 +28,8 @@
 //!   hash tag so everything one limit touches lives in one slot.
 //!
 //! Built on redis-rs's reconnecting `ConnectionManager` (one multiplexed connection, TCP_NODELAY
-//! on), so it runs on tokio.
+//! on), so it runs on tokio. Needs Redis 7 or later: the scripts read `TIME` before they write,
+//! which relies on effects replication (the only mode since Redis 7).
 
 mod backend;
 mod bulkhead;

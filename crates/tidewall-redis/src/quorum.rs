@@ -29,8 +29,9 @@ local cutoff = string.format('%.0f', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 local keep = math.ceil(tonumber(ARGV[3]) / 1000) + 1000
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
+end
 return {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
 ";
 
@@ -151,30 +152,34 @@ impl BreakerQuorum {
         let inner = &*self.inner;
         let state = inner.breaker.state();
         let forced_by_us = *inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
-        let open_on_own_evidence = matches!(state, State::Open | State::HalfOpen) && !forced_by_us;
+        // Half-open is the breaker testing recovery: not reported, so the quorum never pulls
+        // a probing instance back open (nor, on its own, closes it without a probe).
+        let open_on_own_evidence = state == State::Open && !forced_by_us;
         let mut conn = inner.conn.manager.clone();
         let mut invocation = inner.script.key(&inner.members_key);
         invocation
             .key(&inner.open_key)
             .arg(&inner.instance)
             .arg(if open_on_own_evidence { "1" } else { "0" })
-            .arg(u64::try_from((inner.every * 3).as_micros()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(inner.every.saturating_mul(3).as_micros()).unwrap_or(u64::MAX));
         let counts = inner
             .backend
             .call(invocation.invoke_async::<(u64, u64)>(&mut conn))
             .await;
         let mut forced = inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
         let Ok((open, live)) = counts else {
-            if *forced {
+            // Let go, but only of a force that is still ours (not one made by hand since).
+            if *forced && inner.breaker.state() == State::ForcedOpen {
                 inner.breaker.reset();
-                *forced = false;
             }
+            *forced = false;
             return Err(QuorumUnavailable);
         };
         // open ≤ live; the quorum is a share of the live instances.
         let reached = open > 0 && (open as f64) >= inner.quorum * (live as f64);
         match (reached, *forced, inner.breaker.state()) {
-            (true, false, State::Closed | State::HalfOpen) => {
+            // Only a closed breaker is forced: an open or probing one follows its own evidence.
+            (true, false, State::Closed) => {
                 inner.breaker.force_open();
                 *forced = true;
             }

@@ -140,6 +140,11 @@ impl RedisRateLimiter {
     /// As [`check`](Self::check), and [`Rejected::InsufficientCapacity`] for more cells than
     /// the burst.
     pub async fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        self.check_n_within(cells, None).await
+    }
+
+    /// [`check_n`](Self::check_n) with the round trip also cut short at `cap`.
+    async fn check_n_within(&self, cells: u32, cap: Option<Duration>) -> Result<(), Rejected> {
         let inner = &*self.inner;
         if cells > inner.burst {
             return Err(Rejected::InsufficientCapacity { burst: inner.burst });
@@ -154,8 +159,10 @@ impl RedisRateLimiter {
             .arg(inner.interval_us)
             .arg(inner.burst)
             .arg(cells);
-        let reply: Result<(i64, i64), Unavailable> =
-            inner.backend.call(invocation.invoke_async(&mut conn)).await;
+        let reply: Result<(i64, i64), Unavailable> = inner
+            .backend
+            .call_within(invocation.invoke_async(&mut conn), cap)
+            .await;
         match reply {
             Ok((1, _)) => {
                 // An admission moves the state on: a remembered wait would now be too short.
@@ -190,7 +197,12 @@ impl RedisRateLimiter {
     /// [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
         loop {
-            let wait = match self.check().await {
+            // The round trip never runs past what is left of the caller's deadline either (the
+            // first one is always made: "now" is Redis's answer).
+            let left = deadline
+                .remaining(Tokio.now())
+                .filter(|left| !left.is_zero());
+            let wait = match self.check_n_within(1, left).await {
                 Err(Rejected::RateLimited { retry_after }) => retry_after,
                 done => return done,
             };
@@ -272,12 +284,15 @@ impl RedisRateLimiterBuilder {
     pub fn build(self) -> Result<RedisRateLimiter, ConfigError> {
         let burst = self.burst.unwrap_or(self.count);
         let gcra = Gcra::new(self.count, self.period, burst)?;
-        let interval_us = gcra.interval_nanos() / 1_000;
-        if interval_us == 0 {
+        // Redis's clock counts whole µs: the interval is rounded down to them, which must
+        // not make the limit more than 0.1 % faster than asked.
+        let interval_ns = gcra.interval_nanos();
+        let interval_us = interval_ns / 1_000;
+        if interval_us == 0 || (interval_ns - interval_us * 1_000) * 1_000 > interval_ns {
             return Err(ConfigError::OutOfRange {
                 field: "count",
                 value: f64::from(self.count),
-                allowed: "at most one cell per microsecond of period (Redis's clock resolution)",
+                allowed: "an emission interval (period / count) within 0.1 % of whole microseconds (Redis's clock counts µs)",
             });
         }
         let key = self.common.validated_key("rate")?;

@@ -112,7 +112,7 @@ async fn silent_instances_are_forgotten_after_three_periods() {
     let quick = |id: &str, breaker: &CircuitBreaker<Tokio>| {
         BreakerQuorum::builder(&conn, "forgetful", breaker.clone())
             .instance(id)
-            .every(Duration::from_millis(20))
+            .every(Duration::from_millis(100))
             .deadline(Duration::from_millis(100))
             .build()
             .unwrap()
@@ -122,8 +122,8 @@ async fn silent_instances_are_forgotten_after_three_periods() {
     quick("gone", &gone).refresh().await.unwrap();
     let view = quick("here", &here).refresh().await.unwrap();
     assert_eq!((view.open, view.live), (1, 2));
-    // "gone" never reports again: after three periods (60 ms) it no longer counts.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // "gone" never reports again: after three periods (300 ms) it no longer counts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let view = quick("here", &here).refresh().await.unwrap();
     assert_eq!((view.open, view.live, view.forced_open), (0, 1, false));
 }

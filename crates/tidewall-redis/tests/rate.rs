@@ -19,8 +19,12 @@ fn limiter(
     burst: u32,
 ) -> RedisRateLimiter {
     let conn = RedisConn::open(server.url()).unwrap();
+    // Fail closed, with a generous deadline: a slow answer on a loaded machine must fail the
+    // test, not pass for an admission.
     RedisRateLimiter::builder(&conn, name, count, period)
         .burst(burst)
+        .deadline(Duration::from_secs(2))
+        .failure_policy(FailurePolicy::Closed)
         .build()
         .unwrap()
 }
@@ -122,11 +126,18 @@ async fn three_replicas_share_one_limit_within_one_percent() {
     // asking as soon as its last denial expires.
     let (count, burst, run) = (500u32, 10u32, Duration::from_secs(2));
     let interval_us = 1_000_000 / u64::from(count);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let replica = limiter(&server, "shared", count, Duration::from_secs(1), burst);
+        // Connected and the script loaded before the clock starts.
+        replica.check_n(0).await.unwrap();
+        replicas.push(replica);
+    }
     let start_us = server.time_us();
     let stop = Instant::now() + run;
-    let replicas: Vec<_> = (0..3)
-        .map(|_| {
-            let replica = limiter(&server, "shared", count, Duration::from_secs(1), burst);
+    let replicas: Vec<_> = replicas
+        .into_iter()
+        .map(|replica| {
             tokio::spawn(async move {
                 let mut admitted = 0u64;
                 while Instant::now() < stop {
@@ -161,7 +172,7 @@ async fn three_replicas_share_one_limit_within_one_percent() {
 
 /// Every decision under a fault must come back within the deadline plus this (scheduling on
 /// a loaded 2-vCPU VM included).
-const MARGIN: Duration = Duration::from_millis(40);
+const MARGIN: Duration = Duration::from_millis(100);
 const DEADLINE: Duration = Duration::from_millis(10);
 
 fn with_policy(server: &RedisServer, name: &str, policy: FailurePolicy) -> RedisRateLimiter {
@@ -203,8 +214,7 @@ async fn paused_redis_fails_closed_within_the_deadline_then_recovers() {
         "{during:?}"
     );
     // After the pause (and the breaker's 500 ms), Redis decides again.
-    until_redis_answers(&server).await;
-    assert_eq!(closed.check().await, Ok(()));
+    eventually(async || closed.check().await.ok()).await;
 }
 
 #[tokio::test]
@@ -293,50 +303,56 @@ async fn bad_configurations_are_typed_errors() {
     );
 }
 
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
-
-    /// Any sequence of requests gets the same decisions from Redis as from the in-process
-    /// GCRA (`tidewall_core::gcra`), with the same waits to the microsecond. The limit
-    /// refills one cell an hour, so the few ms the sequence takes change nothing.
-    #[test]
-    fn any_sequence_decides_like_the_in_process_gcra(
-        burst in 1u32..20,
-        cells in proptest::collection::vec(0u32..25, 1..30),
-    ) {
-        use tidewall_core::gcra::{Denied, Gcra};
-        let server = shared_server();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let hour = Duration::from_secs(3600);
-        let name = format!("prop-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let redis = runtime.block_on(async { limiter(server, &name, 1, hour, burst) });
-        let gcra = Gcra::new(1, hour, burst).unwrap();
-        let mut tat = 0u64;
-        for n in cells {
-            let here = gcra.decide(tat, 0, n);
-            let there = runtime.block_on(redis.check_n(n));
-            match (here, there) {
-                (Ok(new_tat), Ok(())) => tat = new_tat,
-                (Err(Denied::Wait { nanos }), Err(Rejected::RateLimited { retry_after })) => {
-                    // The same wait, less the µs that passed on Redis's clock meanwhile.
-                    let expected_us = nanos / 1000;
-                    let got_us = u64::try_from(retry_after.as_micros()).unwrap();
-                    proptest::prop_assert!(
-                        got_us <= expected_us && expected_us - got_us < 1_000_000,
-                        "{n} cells: wait {got_us} µs, expected about {expected_us} µs"
-                    );
+/// Any sequence of requests gets the same decisions from Redis as from the in-process GCRA
+/// (`tidewall_core::gcra`), with the same waits to within the time the sequence takes. The
+/// limit refills one cell an hour, so those few ms change nothing. One server for every case
+/// (a server per case would dominate the run), stopped with the test.
+#[test]
+fn any_sequence_decides_like_the_in_process_gcra() {
+    use proptest::test_runner::{Config, TestRunner};
+    use tidewall_core::gcra::{Denied, Gcra};
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(Config::with_cases(24));
+    let case = std::cell::Cell::new(0u32);
+    let strategy = (1u32..20, proptest::collection::vec(0u32..25, 1..30));
+    runner
+        .run(&strategy, |(burst, cells)| {
+            case.set(case.get() + 1);
+            let hour = Duration::from_secs(3600);
+            let name = format!("prop-{}", case.get());
+            let redis = runtime.block_on(async { limiter(&server, &name, 1, hour, burst) });
+            let gcra = Gcra::new(1, hour, burst).unwrap();
+            let mut tat = 0u64;
+            for n in cells {
+                let here = gcra.decide(tat, 0, n);
+                let there = runtime.block_on(redis.check_n(n));
+                match (here, there) {
+                    (Ok(new_tat), Ok(())) => tat = new_tat,
+                    (Err(Denied::Wait { nanos }), Err(Rejected::RateLimited { retry_after })) => {
+                        let (expected_us, got_us) = (
+                            nanos / 1000,
+                            u64::try_from(retry_after.as_micros()).unwrap(),
+                        );
+                        proptest::prop_assert!(
+                            got_us <= expected_us && expected_us - got_us < 1_000_000,
+                            "{n} cells: wait {got_us} µs, expected about {expected_us} µs"
+                        );
+                    }
+                    (
+                        Err(Denied::InsufficientCapacity { .. }),
+                        Err(Rejected::InsufficientCapacity { .. }),
+                    ) => {}
+                    (here, there) => proptest::prop_assert!(
+                        false,
+                        "{n} cells: GCRA says {here:?}, Redis {there:?}"
+                    ),
                 }
-                (Err(Denied::InsufficientCapacity { .. }), Err(Rejected::InsufficientCapacity { .. })) => {}
-                (here, there) => proptest::prop_assert!(false, "{n} cells: GCRA says {here:?}, Redis {there:?}"),
             }
-        }
-    }
-}
-
-static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// One server for every proptest case (a server per case would dominate the run).
-fn shared_server() -> &'static RedisServer {
-    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
+            Ok(())
+        })
+        .unwrap();
 }

@@ -72,7 +72,14 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if self.ping().is_ok() {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
+            // Ours, not another test's server that took the port meanwhile: it works in
+            // our directory.
+            if self.ping().is_ok() && self.dir_is_ours() {
                 return;
             }
             assert!(
@@ -87,6 +94,16 @@ impl RedisServer {
     /// A synchronous connection, for set-up and fault injection.
     pub(crate) fn admin(&self) -> redis::RedisResult<redis::Connection> {
         redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    fn dir_is_ours(&self) -> bool {
+        let dir: redis::RedisResult<Vec<String>> = self
+            .admin()
+            .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut c));
+        let ours = self.dir.path().canonicalize().ok();
+        dir.ok()
+            .and_then(|pair| pair.get(1).cloned())
+            .is_some_and(|dir| std::path::Path::new(&dir).canonicalize().ok() == ours)
     }
 
     fn ping(&self) -> redis::RedisResult<String> {

@@ -15,7 +15,8 @@ use crate::{Deadline, Error};
 
 /// Admits each call through `stage` before it reaches the inner service, holding the stage's
 /// guard (a bulkhead slot) until the call's future completes. The decision is made inside the
-/// response future, so it may wait (a Redis round trip, a rate-limit delay) up to `max_wait`.
+/// response future, so it may wait (a Redis round trip, a rate-limit delay) up to `max_wait`;
+/// the inner service (which must be `Clone`) is called only once admitted.
 ///
 /// **Cancel safety:** dropping the response future drops the admission wait or the guard,
 /// releasing whatever it held.
@@ -82,9 +83,10 @@ impl<A: Admission, R: Runtime> AdmitLayer<A, R> {
         }
     }
 
-    /// Refuses a call whose admission would take longer than `max_wait` (with the stage's
-    /// own rejection, e.g. `RateLimited` and its `retry_after`); `Duration::ZERO` refuses
-    /// whatever cannot pass now.
+    /// Refuses a call whose admission would take longer than `max_wait`
+    /// ([`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded): the stages give up
+    /// at once when the wait would pass it); `Duration::ZERO` refuses whatever cannot pass
+    /// now.
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
@@ -135,7 +137,8 @@ impl<S, A, R> std::fmt::Debug for AdmitService<S, A, R> {
 impl<S, A, R, Req> Service<Req> for AdmitService<S, A, R>
 where
     R: Runtime,
-    S: Service<Req>,
+    S: Service<Req> + Clone + Send + 'static,
+    Req: Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
@@ -155,15 +158,17 @@ where
             Some(wait) => Deadline::after(&self.rt, wait),
             None => Deadline::none(),
         };
-        // The inner call is made now (tower's contract: `call` follows `poll_ready`), but not
-        // polled until the stage admits it.
-        let future = self.inner.call(req);
+        // The inner service is called only once admitted: some services act inside `call`
+        // (a buffer enqueues, a client sends). The clone that was made ready goes into the
+        // future and a fresh clone stays (tower's clone-and-swap), so readiness is honoured.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _guard = match stage.try_admit().map_err(Error::Rejected)? {
                 Some(guard) => guard,
                 None => stage.admit(deadline).await.map_err(Error::Rejected)?,
             };
-            future.await.map_err(Error::Inner)
+            ready.call(req).await.map_err(Error::Inner)
         })
     }
 }
