@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tidewall_core::rng::SplitMix64;
+
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Runtime as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
@@ -152,7 +154,7 @@ impl RedisRateLimiter {
         if let Some(retry_after) = inner.remembered_denial(cells) {
             return Err(Rejected::RateLimited { retry_after });
         }
-        let sent = Instant::now();
+        let sent = Tokio.now();
         let mut conn = inner.conn.manager.clone();
         let mut invocation = inner.script.key(&inner.key);
         invocation
@@ -185,8 +187,8 @@ impl RedisRateLimiter {
         }
     }
 
-    /// Waits until the limit admits one cell, but never past `deadline`: sleeps exactly the
-    /// wait Redis reported, then asks again.
+    /// Waits until the limit admits one cell, but never past `deadline`: sleeps the wait
+    /// Redis reported (plus up to 1 ms of jitter, within the deadline), then asks again.
     ///
     /// **Cancel safety:** dropping it abandons the wait; no cell is taken unless the last
     /// round trip had already run.
@@ -196,6 +198,9 @@ impl RedisRateLimiter {
     /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`; otherwise as
     /// [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
+        // Waiters that share a denial would all wake at its end and ask together: each adds
+        // up to a millisecond of its own.
+        let mut jitter = SplitMix64::new(crate::bulkhead::random_id());
         loop {
             // The round trip never runs past what is left of the caller's deadline either (the
             // first one is always made: "now" is Redis's answer).
@@ -209,7 +214,10 @@ impl RedisRateLimiter {
             if !deadline.allows(Tokio.now(), wait) {
                 return Err(Rejected::DeadlineExceeded);
             }
-            Tokio.sleep(wait).await;
+            let spread = Duration::from_micros(jitter.below_or_equal(1_000));
+            // `allows` above: what is left of the deadline covers the wait itself.
+            let left = deadline.remaining(Tokio.now()).unwrap_or(Duration::MAX);
+            Tokio.sleep(wait.saturating_add(spread).min(left)).await;
         }
     }
 
@@ -234,7 +242,7 @@ impl Inner {
     fn remembered_denial(&self, cells: u32) -> Option<Duration> {
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         let denial = (*denied)?;
-        let now = Instant::now();
+        let now = Tokio.now();
         if now >= denial.until {
             *denied = None;
             return None;
