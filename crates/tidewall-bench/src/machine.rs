@@ -21,6 +21,9 @@ pub(crate) struct Machine {
     pub(crate) governor: String,
 }
 
+/// The caveat printed (table) and written (report) when the machine is a VM.
+pub(crate) const VM_CAVEAT: &str = "a VM (the CPU reports a hypervisor): idle vCPUs are halted, so cross-vCPU wake-ups are expensive and work-stealing looks worse than on bare metal.";
+
 pub(crate) fn describe() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo

@@ -50,11 +50,7 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
         a.tcp_round_trip_us.median
     );
     if m.virtualized {
-        let _ = writeln!(
-            md,
-            "This is a VM (the CPU reports a hypervisor): idle vCPUs are halted, so cross-vCPU \
-             wake-ups are expensive and work-stealing looks worse than on bare metal.\n"
-        );
+        let _ = writeln!(md, "This is {}\n", crate::machine::VM_CAVEAT);
     }
     for note in &results.notes {
         let _ = writeln!(md, "Note: {note}.\n");

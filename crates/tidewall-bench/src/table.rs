@@ -35,10 +35,7 @@ pub(crate) fn render(results: &Results) -> String {
         a.tcp_round_trip_us.median
     );
     if m.virtualized {
-        let _ = writeln!(
-            out,
-            "note: a VM (the CPU reports a hypervisor): idle vCPUs are halted, so cross-vCPU wake-ups are expensive and work-stealing looks worse than on bare metal."
-        );
+        let _ = writeln!(out, "note: {}", crate::machine::VM_CAVEAT);
     }
     let runtimes: Vec<RuntimeKind> = RuntimeKind::ALL
         .into_iter()

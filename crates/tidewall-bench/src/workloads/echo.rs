@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::Measurement;
 use crate::loadgen;
-use crate::runtimes::{Rt, RuntimeKind, Spawner};
+use crate::runtimes::{Rt, RuntimeKind};
 use crate::stats::Summary;
 
 const LOOPBACK: &str = "127.0.0.1:0";
@@ -85,6 +85,36 @@ pub(super) fn latency(rt: &Rt, rate: u64, duration: Duration) -> anyhow::Result<
     })
 }
 
+/// Spawns, with `$spawner`, a task that binds `$listener` on loopback, reports its address
+/// on `$ready`, and accepts until `$stopped` closes (or accepting fails: the generator then
+/// sees refused or unanswered connections and fails the run), spawning `$echo(stream)` per
+/// connection.
+macro_rules! spawn_server {
+    ($spawner:expr, $listener:ty, $echo:path, $ready:expr, $stopped:expr) => {{
+        let (spawner, ready, stopped) = ($spawner, $ready, $stopped);
+        spawner.clone().spawn_detached(async move {
+            let listener = match <$listener>::bind(LOOPBACK).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            let _ = ready.send(listener.local_addr());
+            let accept = async {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    spawner.spawn_detached($echo(stream));
+                }
+            };
+            futures_lite::future::or(accept, async {
+                let _ = stopped.recv().await;
+            })
+            .await;
+        });
+    }};
+}
+
 /// Starts an echo server on `rt` and waits until it listens.
 pub(super) fn serve(rt: &Rt) -> anyhow::Result<Server> {
     let (stop, stopped) = async_channel::bounded::<()>(1);
@@ -92,22 +122,31 @@ pub(super) fn serve(rt: &Rt) -> anyhow::Result<Server> {
     let mut thread = None;
     match rt.kind() {
         RuntimeKind::TokioMt | RuntimeKind::TokioCt => {
-            let spawner = rt.spawner();
-            spawner
-                .clone()
-                .spawn_detached(tokio_server(spawner, ready, stopped));
+            spawn_server!(
+                rt.spawner(),
+                tokio::net::TcpListener,
+                echo_tokio,
+                ready,
+                stopped
+            );
         }
         RuntimeKind::Smol => {
-            let spawner = rt.spawner();
-            spawner
-                .clone()
-                .spawn_detached(smol_server(spawner, ready, stopped));
+            spawn_server!(
+                rt.spawner(),
+                smol::net::TcpListener,
+                echo_futures_io,
+                ready,
+                stopped
+            );
         }
         RuntimeKind::AsyncStd => {
-            let spawner = rt.spawner();
-            spawner
-                .clone()
-                .spawn_detached(async_std_server(spawner, ready, stopped));
+            spawn_server!(
+                rt.spawner(),
+                async_std::net::TcpListener,
+                echo_futures_io,
+                ready,
+                stopped
+            );
         }
         RuntimeKind::Monoio => thread = Some(monoio_server(ready, stopped)?),
         RuntimeKind::Embassy => anyhow::bail!("embassy has no network stack on the host"),
@@ -121,73 +160,6 @@ pub(super) fn serve(rt: &Rt) -> anyhow::Result<Server> {
         stop: Some(stop),
         thread,
     })
-}
-
-/// Accepts until `stopped` closes (or accepting fails: the generator then sees refused or
-/// unanswered connections and fails the run), spawning `$echo(stream)` per connection.
-macro_rules! accept_loop {
-    ($listener:expr, $spawner:expr, $ready:expr, $stopped:expr, $echo:path) => {{
-        let listener = match $listener {
-            Ok(listener) => listener,
-            Err(error) => {
-                let _ = $ready.send(Err(error));
-                return;
-            }
-        };
-        let _ = $ready.send(listener.local_addr());
-        let accept = async {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                $spawner.spawn_detached($echo(stream));
-            }
-        };
-        futures_lite::future::or(accept, async {
-            let _ = $stopped.recv().await;
-        })
-        .await;
-    }};
-}
-
-async fn tokio_server(
-    spawner: Spawner,
-    ready: mpsc::Sender<std::io::Result<SocketAddr>>,
-    stopped: async_channel::Receiver<()>,
-) {
-    accept_loop!(
-        tokio::net::TcpListener::bind(LOOPBACK).await,
-        spawner,
-        ready,
-        stopped,
-        echo_tokio
-    );
-}
-
-async fn smol_server(
-    spawner: Spawner,
-    ready: mpsc::Sender<std::io::Result<SocketAddr>>,
-    stopped: async_channel::Receiver<()>,
-) {
-    accept_loop!(
-        smol::net::TcpListener::bind(LOOPBACK).await,
-        spawner,
-        ready,
-        stopped,
-        echo_futures_io
-    );
-}
-
-async fn async_std_server(
-    spawner: Spawner,
-    ready: mpsc::Sender<std::io::Result<SocketAddr>>,
-    stopped: async_channel::Receiver<()>,
-) {
-    accept_loop!(
-        async_std::net::TcpListener::bind(LOOPBACK).await,
-        spawner,
-        ready,
-        stopped,
-        echo_futures_io
-    );
 }
 
 /// Echoes until the peer closes: tokio's I/O traits.
