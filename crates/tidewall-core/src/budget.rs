@@ -19,6 +19,8 @@
 
 use core::time::Duration;
 
+use crate::breaker::MAX_BUCKETS;
+use crate::gcra::{Names, Resolution, split};
 use crate::{ConfigError, error::nanos_of};
 
 const PPM: u64 = 1_000_000;
@@ -78,7 +80,9 @@ impl RetryBudgetPolicy {
 }
 
 impl RetryBudgetBuilder {
-    /// Retries allowed per call, e.g. `0.1` for 10 % (0 ..= 1000).
+    /// Retries allowed per call, e.g. `0.1` for 10 %: zero, or from 0.000001 to 1000. It is
+    /// kept in whole parts per million (rounded to the nearest), so a ratio under one part
+    /// per million is refused rather than silently made zero.
     #[must_use]
     pub fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = ratio;
@@ -99,7 +103,9 @@ impl RetryBudgetBuilder {
         self
     }
 
-    /// Buckets the window slides by (default 10).
+    /// Buckets the window slides by (default 10, at most [`MAX_BUCKETS`]: each is an atomic
+    /// allocated up front). Each lasts `window / buckets` rounded down to whole nanoseconds,
+    /// which must keep the window within 0.1 % of `window`.
     #[must_use]
     pub fn buckets(mut self, buckets: u32) -> Self {
         self.buckets = buckets;
@@ -110,27 +116,42 @@ impl RetryBudgetBuilder {
     ///
     /// # Errors
     ///
-    /// A NaN, negative or larger-than-1000 ratio, a zero window or bucket count, a window
-    /// shorter than one nanosecond per bucket, or one that overflows.
+    /// A NaN, negative, larger-than-1000 or nonzero-but-under-0.000001 ratio, a zero window
+    /// or bucket count, more than [`MAX_BUCKETS`] buckets, a window shorter than one
+    /// nanosecond per bucket or not within 0.1 % of a whole number of nanoseconds per
+    /// bucket, or one that overflows.
     pub fn build(self) -> Result<RetryBudgetPolicy, ConfigError> {
         if !self.ratio.is_finite() {
             return Err(ConfigError::NotFinite { field: "ratio" });
         }
-        if !(0.0..=1000.0).contains(&self.ratio) {
+        if !(self.ratio == 0.0 || (1e-6..=1000.0).contains(&self.ratio)) {
             return Err(ConfigError::OutOfRange {
                 field: "ratio",
                 value: self.ratio,
-                allowed: "in [0, 1000]",
+                allowed: "0, or in [0.000001, 1000] (kept in parts per million)",
             });
         }
         if self.buckets == 0 {
             return Err(ConfigError::Zero { field: "buckets" });
         }
+        if self.buckets > MAX_BUCKETS {
+            return Err(ConfigError::OutOfRange {
+                field: "buckets",
+                value: f64::from(self.buckets),
+                allowed: "<= 1024",
+            });
+        }
         let window = nanos_of("window", self.window)?;
         if window < u64::from(self.buckets) {
             return Err(ConfigError::Zero { field: "window" });
         }
-        // In [0, 1e9] after the range check, so the conversion is exact to the ppm.
+        let names = Names {
+            count: "buckets",
+            period: "window",
+            allowed: "such that window / buckets is within 0.1 % above a whole number of ns",
+        };
+        split(self.buckets, self.window, Resolution::Nanos, &names)?;
+        // In {0} ∪ [1, 1e9] after the range check, so the conversion is exact to the ppm.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let ratio_ppm = (self.ratio * 1e6 + 0.5) as u64;
         let floor =
@@ -211,6 +232,54 @@ mod tests {
             b().window(Duration::MAX).build(),
             Err(ConfigError::DurationOverflow { field: "window" })
         );
+    }
+
+    #[test]
+    fn buckets_are_bounded_like_the_breakers() {
+        let b = RetryBudgetPolicy::builder;
+        assert_eq!(
+            b().buckets(MAX_BUCKETS).build().map(|p| p.buckets()),
+            Ok(1024)
+        );
+        // u32::MAX buckets used to build, and the budget then allocated that many atomics.
+        for buckets in [MAX_BUCKETS + 1, u32::MAX] {
+            assert!(matches!(
+                b().buckets(buckets).build(),
+                Err(ConfigError::OutOfRange {
+                    field: "buckets",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn bucket_lengths_and_ratios_are_faithful_or_refused() {
+        let b = RetryBudgetPolicy::builder;
+        // 1024 ns in 1000 buckets would be 1000 buckets of 1 ns: a window 2.3 % short.
+        assert!(matches!(
+            b().window(Duration::from_nanos(1_024))
+                .buckets(1_000)
+                .build(),
+            Err(ConfigError::OutOfRange {
+                field: "buckets",
+                ..
+            })
+        ));
+        // 10 s in 3 buckets is 3.333… s each: 1 ns short of the window, within 0.1 %.
+        assert!(
+            b().window(Duration::from_secs(10))
+                .buckets(3)
+                .build()
+                .is_ok()
+        );
+        // A ratio under one part per million used to round to zero retries.
+        assert!(matches!(
+            b().ratio(4e-7).build(),
+            Err(ConfigError::OutOfRange { field: "ratio", .. })
+        ));
+        assert_eq!(b().ratio(1e-6).build().map(|p| p.ratio_ppm()), Ok(1));
+        assert_eq!(b().ratio(0.0).build().map(|p| p.ratio_ppm()), Ok(0));
     }
 
     proptest! {

@@ -27,9 +27,14 @@
 //! # Ok::<(), tidewall_core::ConfigError>(())
 //! ```
 
+mod interval;
+
 use core::time::Duration;
 
-use crate::{ConfigError, error::nanos_of};
+pub(crate) use interval::{Names, split};
+pub use interval::{Resolution, emission_interval};
+
+use crate::ConfigError;
 
 /// One rate limit: an emission interval and a burst, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,32 +65,21 @@ pub enum Denied {
 impl Gcra {
     /// `count` cells per `period`, admitting bursts of up to `burst` cells.
     ///
-    /// The emission interval is `period / count`, rounded down to whole nanoseconds.
+    /// The emission interval is `period / count` rounded down to whole nanoseconds, which
+    /// must not make the limit more than 0.1 % faster than asked ([`emission_interval`]):
+    /// 700,000,000 per second (1.43 ns, which 1 ns would make 43 % faster) is refused.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a zero `count`, `period` or `burst`;
-    /// [`ConfigError::OutOfRange`] when `period / count` is below one nanosecond;
+    /// [`ConfigError::OutOfRange`] (field `count`) when `period / count` is below one
+    /// nanosecond or more than 0.1 % above a whole number of them;
     /// [`ConfigError::DurationOverflow`] when `period` or `burst × interval` does not fit in
     /// `u64` nanoseconds.
     pub fn new(count: u32, period: Duration, burst: u32) -> Result<Self, ConfigError> {
-        if count == 0 {
-            return Err(ConfigError::Zero { field: "count" });
-        }
+        let interval = emission_interval(count, period, Resolution::Nanos)?;
         if burst == 0 {
             return Err(ConfigError::Zero { field: "burst" });
-        }
-        let period = nanos_of("period", period)?;
-        if period == 0 {
-            return Err(ConfigError::Zero { field: "period" });
-        }
-        let interval = period / u64::from(count);
-        if interval == 0 {
-            return Err(ConfigError::OutOfRange {
-                field: "count",
-                value: f64::from(count),
-                allowed: "at most one cell per nanosecond of period",
-            });
         }
         let horizon = interval
             .checked_mul(u64::from(burst))

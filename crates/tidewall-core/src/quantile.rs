@@ -72,9 +72,10 @@ pub fn quantile(count: impl Fn(usize) -> u64, total: u64, q: f64) -> Option<u64>
         };
         ceil.clamp(1, total)
     };
-    let mut seen = 0;
+    let mut seen: u64 = 0;
     for index in 0..BUCKETS {
-        seen += count(index);
+        // Counts read from live atomics may add up past `total`, even past u64::MAX.
+        seen = seen.saturating_add(count(index));
         if seen >= rank {
             return Some(bucket_upper(index));
         }
@@ -97,6 +98,15 @@ mod tests {
         assert_eq!(bucket_upper(BUCKETS - 1), u64::MAX);
         assert_eq!(quantile(|_| 0, 0, 0.5), None);
         assert_eq!(quantile(|_| 1, 1, 1.5), None);
+    }
+
+    #[test]
+    fn counts_that_add_up_past_u64_max_do_not_overflow() {
+        // Two buckets of u64::MAX / 2 fall one short of the rank; the third overflows a sum.
+        assert_eq!(
+            quantile(|_| u64::MAX / 2, u64::MAX, 1.0),
+            Some(bucket_upper(2))
+        );
     }
 
     proptest! {

@@ -314,7 +314,8 @@ impl RedisPermit<'_> {
 
 impl RedisBulkheadBuilder {
     /// How long a lease lasts without renewal (default 30 s): how soon a crashed holder's
-    /// slot returns.
+    /// slot returns. From 3 ms (it is renewed every third) to 2^50 µs (about 35 years: the
+    /// scripts add it to Redis's clock in Lua doubles), counted in whole µs.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -327,19 +328,23 @@ impl RedisBulkheadBuilder {
     ///
     /// # Errors
     ///
-    /// A zero limit, lease or deadline, a lease under 3 ms (renewed every third), a local
-    /// share outside (0, 1], an empty name.
+    /// A zero limit, lease or deadline, a lease under 3 ms (renewed every third) or over
+    /// 2^50 µs, a deadline beyond `u64::MAX` nanoseconds, a local share outside (0, 1], an
+    /// empty name.
     pub fn build(self) -> Result<RedisBulkhead, ConfigError> {
         if self.limit == 0 {
             return Err(ConfigError::Zero { field: "limit" });
         }
+        const ALLOWED: &str = "from 3 ms to 2^50 µs (about 35 years)";
         if self.lease < Duration::from_millis(3) {
             return Err(ConfigError::OutOfRange {
                 field: "lease",
                 value: self.lease.as_secs_f64(),
-                allowed: "at least 3 ms",
+                allowed: ALLOWED,
             });
         }
+        // Whole µs on Redis's clock; from 3 ms up, that rounding is under 0.04 %.
+        crate::options::script_micros("lease", self.lease, ALLOWED)?;
         let key = self.common.validated_key("bulkhead")?;
         let local = match self.common.policy {
             FailurePolicy::Local { share } => {
@@ -392,7 +397,7 @@ fn micros(d: Duration) -> u64 {
 impl tidewall::pipeline::Admission for RedisBulkhead {
     type Guard<'a> = RedisPermit<'a>;
 
-    /// Never decides without Redis: [`admit`](Self::admit) does the round trip.
+    /// Never decides without Redis: [`admit`](tidewall::pipeline::Admission::admit) does the round trip.
     fn try_admit(&self) -> Result<Option<RedisPermit<'_>>, Rejected> {
         Ok(None)
     }

@@ -32,6 +32,8 @@
 //! which relies on effects replication (the only mode since Redis 7).
 
 mod backend;
+#[cfg(test)]
+mod builder_tests;
 mod bulkhead;
 mod conn;
 mod keys;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tidewall::ConfigError;
+use tidewall_core::gcra::{Resolution, emission_interval};
 
 use crate::conn::RedisConn;
 use crate::keys::key;
@@ -36,11 +37,39 @@ impl Common {
         if self.deadline.is_zero() {
             return Err(ConfigError::Zero { field: "deadline" });
         }
+        if u64::try_from(self.deadline.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow { field: "deadline" });
+        }
         if self.name.is_empty() {
             return Err(ConfigError::Zero { field: "name" });
         }
         Ok(key(&self.name, &self.partition, kind))
     }
+}
+
+/// `d` in whole microseconds, as a script adds it to Redis's clock: rounded down by the
+/// emission interval's rule (at least 1 µs, at most 0.1 % shorter than asked), and at most
+/// [`MAX_LUA_MICROS`](crate::rate::MAX_LUA_MICROS) so the sum stays exact in a Lua double.
+/// `allowed` says so in the builder's words.
+pub(crate) fn script_micros(
+    field: &'static str,
+    d: Duration,
+    allowed: &'static str,
+) -> Result<u64, ConfigError> {
+    let out_of_range = ConfigError::OutOfRange {
+        field,
+        value: d.as_secs_f64(),
+        allowed,
+    };
+    let micros = emission_interval(1, d, Resolution::Micros).map_err(|error| match error {
+        ConfigError::Zero { .. } => ConfigError::Zero { field },
+        ConfigError::DurationOverflow { .. } => ConfigError::DurationOverflow { field },
+        _ => out_of_range,
+    })?;
+    if micros > crate::rate::MAX_LUA_MICROS {
+        return Err(out_of_range);
+    }
+    Ok(micros)
 }
 
 /// The builder methods for [`Common`]'s options, on a builder with a `common` field.

@@ -73,6 +73,8 @@ struct Inner {
     breaker: CircuitBreaker<Tokio>,
     quorum: f64,
     every: Duration,
+    /// Three periods in whole µs: how long a report lives.
+    expiry_us: u64,
     backend: Backend,
     /// Whether the breaker's current forced-open state is this layer's doing.
     forced: Mutex<bool>,
@@ -161,7 +163,7 @@ impl BreakerQuorum {
             .key(&inner.open_key)
             .arg(&inner.instance)
             .arg(if open_on_own_evidence { "1" } else { "0" })
-            .arg(u64::try_from(inner.every.saturating_mul(3).as_micros()).unwrap_or(u64::MAX));
+            .arg(inner.expiry_us);
         let counts = inner
             .backend
             .call(invocation.invoke_async::<(u64, u64)>(&mut conn))
@@ -223,7 +225,8 @@ impl BreakerQuorumBuilder {
     }
 
     /// How often to report and read (default 500 ms). An instance that stops reporting is
-    /// forgotten after three periods.
+    /// forgotten after three periods, counted in whole µs on Redis's clock: `3 × every`
+    /// must be at least 1 µs, within 0.1 % of whole µs, and at most 2^50 µs.
     #[must_use]
     pub fn every(mut self, every: Duration) -> Self {
         self.every = every;
@@ -241,7 +244,10 @@ impl BreakerQuorumBuilder {
     ///
     /// # Errors
     ///
-    /// A quorum outside (0, 1], a zero period or deadline, an empty name or instance id.
+    /// A quorum outside (0, 1], a zero period or deadline, a period whose three-period
+    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs
+    /// ([`ConfigError::OutOfRange`]), a deadline beyond `u64::MAX` nanoseconds, an empty
+    /// name or instance id.
     pub fn build(self) -> Result<BreakerQuorum, ConfigError> {
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
             return Err(ConfigError::OutOfRange {
@@ -253,6 +259,15 @@ impl BreakerQuorumBuilder {
         if self.every.is_zero() {
             return Err(ConfigError::Zero { field: "every" });
         }
+        let expiry = self
+            .every
+            .checked_mul(3)
+            .ok_or(ConfigError::DurationOverflow { field: "every" })?;
+        let expiry_us = crate::options::script_micros(
+            "every",
+            expiry,
+            "such that 3 × every is at least 1 µs, within 0.1 % of whole µs and at most 2^50 µs",
+        )?;
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{:016x}", crate::bulkhead::random_id()));
@@ -268,6 +283,7 @@ impl BreakerQuorumBuilder {
                 breaker: self.breaker,
                 quorum: self.quorum,
                 every: self.every,
+                expiry_us,
                 backend: Backend::new(self.common.deadline)?,
                 forced: Mutex::new(false),
                 script: redis::Script::new(REPORT),

@@ -8,7 +8,7 @@ use tidewall_core::rng::SplitMix64;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Runtime as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
-use tidewall_core::gcra::Gcra;
+use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
 
 use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
@@ -174,8 +174,9 @@ impl RedisRateLimiter {
             Ok((0, wait_us)) => {
                 let retry_after = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
                 inner.remember_denial(Denial {
-                    // From when the request left: never remembered longer than Redis meant.
-                    until: sent + retry_after,
+                    // From when the request left: never remembered longer than Redis meant
+                    // (nor past the clock's end: a shorter memory only asks Redis sooner).
+                    until: tidewall::rt::instant_after(sent, retry_after),
                     cells,
                 });
                 Err(Rejected::RateLimited { retry_after })
@@ -285,22 +286,29 @@ impl RedisRateLimiterBuilder {
 
     /// Validates and builds.
     ///
+    /// The emission interval `period / count` is kept in whole microseconds (Redis's clock),
+    /// by the same rule as the in-process limiter's nanoseconds
+    /// ([`emission_interval`](tidewall_core::gcra::emission_interval)): a rate that rounding
+    /// would make more than 0.1 % faster than asked is refused. The script computes in Lua
+    /// numbers (doubles, exact to 2^53), so `burst × interval` is at most 2^50 µs (about 35
+    /// years).
+    ///
     /// # Errors
     ///
-    /// A zero count, period, burst or deadline; an emission interval under 1 µs (Redis's
-    /// clock resolution); a local share outside (0, 1]; an empty name.
+    /// A zero count, period, burst or deadline; a `period / count` under 1 µs or more than
+    /// 0.1 % above a whole number of µs, or a `burst × interval` over 2^50 µs
+    /// ([`ConfigError::OutOfRange`]); a period or deadline beyond `u64::MAX` nanoseconds; a
+    /// local share outside (0, 1]; an empty name.
     pub fn build(self) -> Result<RedisRateLimiter, ConfigError> {
         let burst = self.burst.unwrap_or(self.count);
-        let gcra = Gcra::new(self.count, self.period, burst)?;
-        // Redis's clock counts whole µs: the interval is rounded down to them, which must
-        // not make the limit more than 0.1 % faster than asked.
-        let interval_ns = gcra.interval_nanos();
-        let interval_us = interval_ns / 1_000;
-        if interval_us == 0 || (interval_ns - interval_us * 1_000) * 1_000 > interval_ns {
+        // The in-process rule first (zero settings, overflow), then Redis's coarser clock.
+        Gcra::new(self.count, self.period, burst)?;
+        let interval_us = emission_interval(self.count, self.period, Resolution::Micros)?;
+        if interval_us.saturating_mul(u64::from(burst)) > MAX_LUA_MICROS {
             return Err(ConfigError::OutOfRange {
-                field: "count",
-                value: f64::from(self.count),
-                allowed: "an emission interval (period / count) within 0.1 % of whole microseconds (Redis's clock counts µs)",
+                field: "burst",
+                value: f64::from(burst),
+                allowed: "such that burst × period / count is at most 2^50 µs (about 35 years)",
             });
         }
         let key = self.common.validated_key("rate")?;
@@ -325,6 +333,10 @@ impl RedisRateLimiterBuilder {
         })
     }
 }
+
+/// The most µs a script adds to Redis's clock: Lua numbers are doubles, exact up to 2^53, and
+/// the clock (µs since 1970) plus twice this stays below that until the 2180s.
+pub(crate) const MAX_LUA_MICROS: u64 = 1 << 50;
 
 /// The in-process limiter holding `share` of the global limit (at least one cell of rate
 /// and of burst).
@@ -375,7 +387,7 @@ impl tidewall::pipeline::Admission for RedisRateLimiter {
     type Guard<'a> = ();
 
     /// Never decides without Redis: even a remembered denial is left to
-    /// [`admit`](Self::admit), which waits it out (up to the deadline).
+    /// [`admit`](tidewall::pipeline::Admission::admit), which waits it out (up to the deadline).
     fn try_admit(&self) -> Result<Option<()>, Rejected> {
         Ok(None)
     }

@@ -67,10 +67,18 @@ impl DelayState {
                 .saturating_mul(u64::from(self.retry))
                 .saturating_add(nanos(initial))
                 .min(cap),
-            Schedule::Exponential { factor, .. } => {
+            Schedule::Exponential { initial, factor } => {
                 let current = self.exponential.min(to_f64(cap));
                 self.exponential = (current * factor).min(to_f64(cap));
-                from_f64(current).min(cap)
+                // An f64 holds 53 bits: the first delay (and every delay of a factor of 1)
+                // is the initial delay exactly, not its nearest f64, and no later delay
+                // falls below it.
+                let initial = nanos(initial);
+                if self.retry == 0 || factor <= 1.0 {
+                    initial.min(cap)
+                } else {
+                    from_f64(current).max(initial).min(cap)
+                }
             }
             Schedule::DecorrelatedJitter { initial } => {
                 let high = self.previous.saturating_mul(3).min(cap);

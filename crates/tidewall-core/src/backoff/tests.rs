@@ -172,6 +172,25 @@ fn invalid_configuration_is_a_typed_error() {
     );
 }
 
+#[test]
+fn exponential_delays_beyond_f64_precision_are_exact() {
+    // 2^53 + 1 ns (104 days) is the first delay an f64 cannot hold.
+    let initial = Duration::from_nanos((1 << 53) + 1);
+    let b = |factor| {
+        Backoff::exponential(initial)
+            .factor(factor)
+            .jitter(Jitter::None)
+            .max_delay(Duration::from_nanos(u64::MAX))
+            .max_attempts(4)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(collect(&b(1.0), 0), [initial; 3]);
+    let doubling = collect(&b(2.0), 0);
+    assert_eq!(doubling[0], initial);
+    assert!(doubling.windows(2).all(|w| w[0] <= w[1]), "{doubling:?}");
+}
+
 fn any_builder() -> impl Strategy<Value = BackoffBuilder> {
     let nanos = prop_oneof![
         0..1_000u64,

@@ -4,6 +4,7 @@ use core::time::Duration;
 
 use super::{BreakerPolicy, PPM, Window};
 use crate::backoff::{Backoff, Jitter};
+use crate::gcra::{Names, Resolution, split};
 use crate::{ConfigError, error::nanos_of};
 
 /// The largest count window: its totals are packed in 21-bit fields.
@@ -46,7 +47,8 @@ impl Default for BreakerPolicyBuilder {
 }
 
 impl BreakerPolicyBuilder {
-    /// Trip when at least this share of the window's calls failed, in (0, 1].
+    /// Trip when at least this share of the window's calls failed, in [0.000001, 1]; it is
+    /// kept in whole parts per million (rounded to the nearest).
     #[must_use]
     pub fn failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = Some(rate);
@@ -60,7 +62,8 @@ impl BreakerPolicyBuilder {
         self
     }
 
-    /// Trip when at least `rate` (in (0, 1]) of the window's calls took `threshold` or longer.
+    /// Trip when at least `rate` (in [0.000001, 1], kept in whole parts per million) of the
+    /// window's calls took `threshold` or longer.
     #[must_use]
     pub fn slow_call_rate(mut self, rate: f64, threshold: Duration) -> Self {
         self.slow_rate = Some(rate);
@@ -75,14 +78,16 @@ impl BreakerPolicyBuilder {
         self
     }
 
-    /// Rates count only once the window holds this many calls.
+    /// Rates count only once the window holds this many calls (without consecutive
+    /// failures, at most what the window can hold: its calls, or 65,535 per time bucket).
     #[must_use]
     pub fn minimum_calls(mut self, n: u32) -> Self {
         self.minimum_calls = n;
         self
     }
 
-    /// The sliding window.
+    /// The sliding window. A time window's buckets last `span / buckets` rounded down to whole
+    /// nanoseconds, which must keep the window within 0.1 % of `span`.
     #[must_use]
     pub fn window(mut self, window: Window) -> Self {
         self.window = window;
@@ -125,9 +130,11 @@ impl BreakerPolicyBuilder {
     ///
     /// # Errors
     ///
-    /// Rates outside (0, 1] or NaN, a zero or oversized window, zero probes, zero break
-    /// duration or durations that overflow, and a policy that can never trip
-    /// ([`ConfigError::Conflict`]).
+    /// Rates outside [0.000001, 1] or NaN, a zero or oversized window (more than
+    /// [`MAX_COUNT_WINDOW`] calls or [`MAX_BUCKETS`] buckets), a time window whose span is
+    /// not within 0.1 % of a whole number of nanoseconds per bucket, more than
+    /// [`MAX_HALF_OPEN_PROBES`] or zero probes, zero break duration or durations that
+    /// overflow, and a policy that can never trip ([`ConfigError::Conflict`]).
     pub fn build(self) -> Result<BreakerPolicy, ConfigError> {
         let failure_rate_ppm = self
             .failure_rate
@@ -163,6 +170,14 @@ impl BreakerPolicyBuilder {
         {
             return Err(ConfigError::Conflict {
                 reason: "minimum_calls exceeds the count window: the rates could never trip",
+            });
+        }
+        if let Window::Time { buckets, .. } = self.window
+            && u64::from(self.minimum_calls) > u64::from(buckets) * max_calls_per_bucket()
+            && self.consecutive_failures.is_none()
+        {
+            return Err(ConfigError::Conflict {
+                reason: "minimum_calls exceeds what the time window's buckets can count: the rates could never trip",
             });
         }
         if self.half_open_probes == 0 {
@@ -214,6 +229,11 @@ impl BreakerPolicyBuilder {
     }
 }
 
+/// The most calls one time-window bucket counts (its calls field, all ones).
+fn max_calls_per_bucket() -> u64 {
+    super::window::Bucket::BREAKER.field(u64::MAX, 0)
+}
+
 fn validate_window(window: Window) -> Result<(), ConfigError> {
     match window {
         Window::Count { calls: 0 } => Err(ConfigError::Zero {
@@ -240,25 +260,110 @@ fn validate_window(window: Window) -> Result<(), ConfigError> {
                     field: "window.span",
                 });
             }
-            Ok(())
+            // Buckets last a whole number of nanoseconds: the window they add up to must be
+            // the span asked for, to within 0.1 % (the rule every limiter's interval follows).
+            let names = Names {
+                count: "window.buckets",
+                period: "window.span",
+                allowed: "such that window.span / buckets is within 0.1 % above a whole number of ns",
+            };
+            split(buckets, span, Resolution::Nanos, &names).map(drop)
         }
     }
 }
 
-/// A ratio in (0, 1] as parts per million, rounded to the nearest part.
+/// A ratio in [0.000001, 1] as parts per million, rounded to the nearest part.
+///
+/// Ratios below one part per million are refused rather than raised to it (a 1e-9 threshold
+/// silently becoming 1e-6 would trip a thousand times later than asked).
 pub(crate) fn ratio_ppm(field: &'static str, ratio: f64) -> Result<u32, ConfigError> {
     if !ratio.is_finite() {
         return Err(ConfigError::NotFinite { field });
     }
-    if ratio <= 0.0 || ratio > 1.0 {
+    if !(MIN_RATIO..=1.0).contains(&ratio) {
         return Err(ConfigError::OutOfRange {
             field,
             value: ratio,
-            allowed: "in (0, 1]",
+            allowed: "in [0.000001, 1] (kept in parts per million)",
         });
     }
-    // In range (0, 1], so the product is in (0, 1e6] and the conversion is exact enough.
+    // In range [1e-6, 1], so the product is in [1, 1e6] and the conversion is exact enough.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let ppm = (ratio * f64::from(PPM) + 0.5) as u32;
-    Ok(ppm.max(1))
+    Ok(ppm)
+}
+
+/// The smallest rate threshold: one part per million.
+const MIN_RATIO: f64 = 1e-6;
+
+#[cfg(test)]
+mod tests {
+    use core::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_time_window_is_the_span_asked_for_or_refused() {
+        let with = |span, buckets| {
+            BreakerPolicyBuilder::default()
+                .window(Window::Time { span, buckets })
+                .build()
+        };
+        // 2047 ns in 1024 buckets would be buckets of 1 ns: a window of 1024 ns, half the span.
+        assert!(matches!(
+            with(Duration::from_nanos(2_047), 1024),
+            Err(ConfigError::OutOfRange {
+                field: "window.buckets",
+                ..
+            })
+        ));
+        // 1 s in 3 buckets loses 1 ns of 1 s: faithful.
+        assert!(with(Duration::from_secs(1), 3).is_ok());
+        assert!(with(Duration::from_nanos(u64::MAX), MAX_BUCKETS).is_ok());
+    }
+
+    #[test]
+    fn a_minimum_no_time_window_can_count_is_a_conflict() {
+        let window = Window::Time {
+            span: Duration::from_secs(1),
+            buckets: 2,
+        };
+        let with = |minimum| {
+            BreakerPolicyBuilder::default()
+                .window(window)
+                .minimum_calls(minimum)
+        };
+        assert!(with(2 * 65_535).build().is_ok());
+        for minimum in [2 * 65_535 + 1, u32::MAX] {
+            assert!(matches!(
+                with(minimum).build(),
+                Err(ConfigError::Conflict { .. })
+            ));
+            // Consecutive failures can still trip it.
+            assert!(with(minimum).consecutive_failures(3).build().is_ok());
+        }
+    }
+
+    #[test]
+    fn a_rate_under_one_part_per_million_is_refused_not_raised() {
+        let b = BreakerPolicyBuilder::default;
+        for rate in [1e-9, 4e-7, f64::MIN_POSITIVE] {
+            assert!(matches!(
+                b().failure_rate(rate).build(),
+                Err(ConfigError::OutOfRange {
+                    field: "failure_rate",
+                    ..
+                })
+            ));
+            assert!(matches!(
+                b().slow_call_rate(rate, Duration::from_secs(1)).build(),
+                Err(ConfigError::OutOfRange {
+                    field: "slow_call_rate",
+                    ..
+                })
+            ));
+        }
+        assert_eq!(ratio_ppm("r", 1e-6), Ok(1));
+        assert_eq!(ratio_ppm("r", 1.0), Ok(1_000_000));
+    }
 }

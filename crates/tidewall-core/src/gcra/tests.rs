@@ -120,3 +120,122 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn seven_hundred_million_per_second_is_refused_not_rounded_to_a_billion() {
+    // 1.43 ns rounded down to 1 ns would admit 1,000,000,001 cells a second: 43 % too many.
+    let second = Duration::from_secs(1);
+    for resolution in [Resolution::Nanos, Resolution::Micros] {
+        assert!(matches!(
+            emission_interval(700_000_000, second, resolution),
+            Err(ConfigError::OutOfRange { field: "count", .. })
+        ));
+    }
+    assert!(matches!(
+        Gcra::new(700_000_000, second, 1),
+        Err(ConfigError::OutOfRange { field: "count", .. })
+    ));
+    // Exact divisions and roundings under 0.1 % still pass.
+    assert_eq!(
+        Gcra::new(1_000_000_000, second, 1).map(|g| g.interval_nanos()),
+        Ok(1)
+    );
+    assert_eq!(
+        Gcra::new(999_000, second, 1).map(|g| g.interval_nanos()),
+        Ok(1_001)
+    );
+    assert_eq!(
+        Gcra::new(3, second, 1).map(|g| g.interval_nanos()),
+        Ok(333_333_333)
+    );
+}
+
+#[test]
+fn the_rounding_rule_is_exactly_one_part_in_a_thousand() {
+    // 1001 ns / 1000 units: a remainder of 1 over a period of 1001 is exactly 0.1 %.
+    assert_eq!(
+        emission_interval(1, Duration::from_nanos(1_001), Resolution::Micros),
+        Ok(1)
+    );
+    assert!(emission_interval(1, Duration::from_nanos(1_000), Resolution::Micros).is_ok());
+    // 1000.999 ns for one cell is 0.0999 % above 1 µs; 999 ns is under one unit.
+    assert!(emission_interval(1_000, Duration::from_nanos(1_000_999), Resolution::Micros).is_ok());
+    assert!(emission_interval(1, Duration::from_nanos(999), Resolution::Micros).is_err());
+    // 2 cells in 1001 ns: 500.5 ns rounded to 500 is exactly 0.1 % faster, still allowed;
+    // 2 in 999 ns: 499.5 ns rounded to 499 is 0.1002 % faster, refused.
+    assert_eq!(
+        emission_interval(2, Duration::from_nanos(1_001), Resolution::Nanos),
+        Ok(500)
+    );
+    assert!(emission_interval(2, Duration::from_nanos(999), Resolution::Nanos).is_err());
+}
+
+/// The rule's promise, checked without its arithmetic: the admitted rate is never below the
+/// rate asked, nor more than 0.1 % above it (rates compared as exact fractions).
+fn assert_faithful(
+    count: u32,
+    period: u128,
+    unit: u64,
+    interval: u64,
+) -> Result<(), TestCaseError> {
+    prop_assert!(interval >= 1);
+    // Admitted: one cell per `interval × unit` ns. Asked: `count` per `period` ns.
+    let admitted_period = u128::from(interval) * u128::from(unit) * u128::from(count);
+    prop_assert!(admitted_period <= period, "never slower than asked");
+    prop_assert!(
+        period * 1000 <= admitted_period * 1001,
+        "at most 0.1 % faster"
+    );
+    Ok(())
+}
+
+/// A period, in ns, near a multiple of `count × unit` or anywhere in u64.
+fn periods(count: u32, unit: u64) -> impl Strategy<Value = u64> {
+    let step = u64::from(count) * unit;
+    prop_oneof![
+        (1u64..4_000, 0..step).prop_map(move |(k, r)| k.saturating_mul(step).saturating_add(r)),
+        1u64..=u64::MAX,
+        1u64..2_000_000,
+    ]
+}
+
+proptest! {
+    /// Over the whole input range (any count, any period from 1 ns up to and past `u64::MAX`
+    /// ns, both units): an interval within 0.1 % of the asked rate, or a typed error that
+    /// says why — never a panic, never a silent over-rate.
+    #[test]
+    fn an_interval_is_within_a_tenth_of_a_percent_or_refused(
+        (count, unit, period) in (1u32..=u32::MAX, prop_oneof![Just(1u64), Just(1_000u64)])
+            .prop_flat_map(|(count, unit)| (Just(count), Just(unit), periods(count, unit))),
+        beyond in any::<bool>(),
+    ) {
+        let resolution = if unit == 1 { Resolution::Nanos } else { Resolution::Micros };
+        let period = if beyond {
+            // Past u64::MAX ns: refused as an overflow, whatever the count.
+            Duration::from_secs(u64::MAX / 1_000_000_000 + 1 + period % 1_000_000)
+        } else {
+            Duration::from_nanos(period)
+        };
+        let nanos = period.as_nanos();
+        match emission_interval(count, period, resolution) {
+            Ok(interval) => assert_faithful(count, nanos, unit, interval)?,
+            Err(ConfigError::DurationOverflow { field: "period" }) => prop_assert!(nanos > u128::from(u64::MAX)),
+            Err(ConfigError::OutOfRange { field: "count", .. }) => {
+                prop_assert!(nanos <= u128::from(u64::MAX));
+                // Refused only when the rounded-down interval really breaks the rule.
+                let floor = nanos / (u128::from(count) * u128::from(unit));
+                let admitted_period = floor * u128::from(unit) * u128::from(count);
+                prop_assert!(floor == 0 || nanos * 1000 > admitted_period * 1001);
+            }
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+        // The GCRA agrees with the rule it is built on.
+        if resolution == Resolution::Nanos {
+            match (Gcra::new(count, period, 1), emission_interval(count, period, resolution)) {
+                (Ok(g), Ok(interval)) => prop_assert_eq!(g.interval_nanos(), interval),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{a:?} vs {b:?}"),
+            }
+        }
+    }
+}

@@ -120,7 +120,10 @@ impl<R> HedgeBuilder<R> {
         self
     }
 
-    /// Extra attempts per call (default 1; 0 disables hedging).
+    /// Extra attempts per call (default 1; 0 disables hedging). Each waits for the hedge
+    /// delay, except after every running attempt has failed: then the next starts at once, so
+    /// an operation that fails at once can be started `1 + n` times back to back (bound it
+    /// with a budget, or keep `n` small).
     pub fn max_hedges(mut self, n: u32) -> Self {
         self.max_hedges = n;
         self
@@ -148,7 +151,8 @@ impl<R> HedgeBuilder<R> {
     /// # Errors
     ///
     /// A zero or overflowing delay, a quantile outside (0, 1] or NaN, zero `min_samples`, a
-    /// budget ratio outside [0, 1000].
+    /// budget ratio outside [0, 1000] or a nonzero one under 0.000001 (the budget counts in
+    /// parts per million).
     pub fn build(self) -> Result<Hedge<R>, ConfigError>
     where
         R: Runtime,

@@ -83,6 +83,12 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
                 crate::time::positive_duration(field, d)?;
             }
         }
+        // Zero is allowed (no minimum); past u64 nanoseconds no deadline could ever hold it.
+        if u64::try_from(self.min_attempt_time.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow {
+                field: "min_attempt_time",
+            });
+        }
         Ok(Pipeline { config: self })
     }
 }

@@ -98,7 +98,7 @@ impl<R> RateLimiterBuilder<R> {
     }
 
     /// The most random delay added to each wait in `until_ready` (default: one emission
-    /// interval). Zero disables it.
+    /// interval). Zero disables it; more than `u64::MAX` nanoseconds is refused by `build`.
     pub fn jitter(mut self, jitter: Duration) -> Self {
         self.jitter = Some(jitter);
         self
@@ -135,18 +135,41 @@ impl<R> RateLimiterBuilder<R> {
 
     pub(super) fn gcra(&self) -> Result<(Gcra, Duration), ConfigError> {
         let gcra = Gcra::new(self.count, self.period, self.burst.unwrap_or(self.count))?;
-        let jitter = self
-            .jitter
-            .unwrap_or(Duration::from_nanos(gcra.interval_nanos()));
+        let jitter = match self.jitter {
+            Some(jitter) if u64::try_from(jitter.as_nanos()).is_err() => {
+                return Err(ConfigError::DurationOverflow { field: "jitter" });
+            }
+            Some(jitter) => jitter,
+            None => Duration::from_nanos(gcra.interval_nanos()),
+        };
         Ok((gcra, jitter))
     }
 
     /// Validates and builds a direct limiter.
     ///
+    /// The emission interval `period / count` is kept in whole nanoseconds, and a rate that
+    /// rounding would make more than 0.1 % faster than asked is refused
+    /// ([`emission_interval`](tidewall_core::gcra::emission_interval)):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::ConfigError;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// // 1.43 ns per cell: 1 ns would admit 1,000,000,001 a second, 43 % too many.
+    /// let too_fine = RateLimiter::builder(700_000_000, Duration::from_secs(1)).build();
+    /// assert!(matches!(too_fine, Err(ConfigError::OutOfRange { field: "count", .. })));
+    /// let limiter = RateLimiter::builder(500_000_000, Duration::from_secs(1)).build()?;
+    /// assert_eq!(limiter.gcra().interval_nanos(), 2);
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// Zero count, period or burst, a rate above one cell per nanosecond, or a
-    /// `burst × interval` that overflows ([`Gcra::new`]).
+    /// Zero count, period or burst; a `period / count` under one nanosecond or more than
+    /// 0.1 % above a whole number of them ([`ConfigError::OutOfRange`]); a period, a
+    /// `burst × interval` or a jitter beyond `u64::MAX` nanoseconds
+    /// ([`ConfigError::DurationOverflow`]).
     pub fn build(self) -> Result<RateLimiter<R>, ConfigError>
     where
         R: Runtime,

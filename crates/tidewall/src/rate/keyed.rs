@@ -49,6 +49,8 @@ pub struct KeyedRateLimiter<K, R = DefaultRuntime> {
 
 struct Shard<K> {
     table: HashTable<(K, u64)>,
+    /// The most keys this shard holds: the shards' capacities add up to `max_keys` exactly.
+    capacity: usize,
     /// When this (full) shard's first key rests: no sweep can free anything before then.
     full_until: u64,
 }
@@ -56,7 +58,7 @@ struct Shard<K> {
 struct Keyed<K, R> {
     gcra: Gcra,
     shards: Box<[Mutex<Shard<K>>]>,
-    shard_capacity: usize,
+    max_keys: usize,
     hasher: DefaultHashBuilder,
     clock: LimiterClock,
     rt: R,
@@ -80,10 +82,7 @@ impl<K, R: Runtime> std::fmt::Debug for KeyedRateLimiter<K, R> {
         f.debug_struct("KeyedRateLimiter")
             .field("name", &self.shared.name)
             .field("gcra", &self.shared.gcra)
-            .field(
-                "max_keys",
-                &(self.shared.shard_capacity * self.shared.shards.len()),
-            )
+            .field("max_keys", &self.shared.max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +114,8 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
-    /// The most keys held at once (rounded up to a multiple of the shard count).
+    /// The most keys held at once, exactly (any `usize` but zero: the tables grow as keys
+    /// arrive, so a large bound costs nothing until it is used).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -152,7 +152,8 @@ impl<R> KeyedRateLimiterBuilder<R> {
     ///
     /// # Errors
     ///
-    /// As the direct limiter, plus [`ConfigError::Zero`] for `max_keys == 0`.
+    /// As the [direct limiter](RateLimiterBuilder::build), plus [`ConfigError::Zero`] for
+    /// `max_keys == 0`.
     pub fn build<K: Hash + Eq + Clone>(self) -> Result<KeyedRateLimiter<K, R>, ConfigError>
     where
         R: Runtime,
@@ -164,11 +165,14 @@ impl<R> KeyedRateLimiterBuilder<R> {
         let shard_count = (self.max_keys / KEYS_PER_SHARD)
             .next_power_of_two()
             .clamp(1, MAX_SHARDS);
-        let shard_capacity = self.max_keys.div_ceil(shard_count);
+        // The bound split as evenly as whole keys allow: the first `rest` shards hold one
+        // more (a rounded-up split overflowed for bounds near usize::MAX).
+        let (base, rest) = (self.max_keys / shard_count, self.max_keys % shard_count);
         let shards = (0..shard_count)
-            .map(|_| {
+            .map(|i| {
                 Mutex::new(Shard {
                     table: HashTable::new(),
+                    capacity: base + usize::from(i < rest),
                     full_until: 0,
                 })
             })
@@ -178,7 +182,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
             shared: Arc::new(Keyed {
                 gcra,
                 shards,
-                shard_capacity,
+                max_keys: self.max_keys,
                 hasher: DefaultHashBuilder::default(),
                 clock: LimiterClock::new(&rate.rt, rate.tsc),
                 rt: rate.rt,
@@ -248,7 +252,7 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
         now: u64,
     ) -> Result<(), Rejected> {
         let shared = &*self.shared;
-        if shard.table.len() >= shared.shard_capacity {
+        if shard.table.len() >= shard.capacity {
             if now < shard.full_until {
                 return Err(Rejected::RateLimited {
                     retry_after: Duration::from_nanos(shard.full_until - now),
@@ -259,7 +263,7 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
             shared
                 .evicted
                 .fetch_add((before - shard.table.len()) as u64, Relaxed);
-            if shard.table.len() >= shared.shard_capacity {
+            if shard.table.len() >= shard.capacity {
                 let first_rest = shard.table.iter().map(|(_, tat)| *tat).min().unwrap_or(now);
                 shard.full_until = first_rest;
                 return Err(Rejected::RateLimited {
@@ -333,9 +337,9 @@ impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
         self.shared.evicted.load(Relaxed)
     }
 
-    /// The most keys this limiter holds.
+    /// The most keys this limiter holds: the `max_keys` it was built with.
     pub fn max_keys(&self) -> usize {
-        self.shared.shard_capacity * self.shared.shards.len()
+        self.shared.max_keys
     }
 
     /// Bytes allocated by the key tables now (for memory accounting).

@@ -77,17 +77,19 @@ impl<R: Runtime, F: Read + Send + 'static> BlockingReader<R, F> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero chunk size.
+    /// [`ConfigError::Zero`] for a zero chunk size; [`ConfigError::OutOfRange`] for a chunk
+    /// over [`MAX_BUFFER`](super::MAX_BUFFER) or one that cannot be allocated.
     pub fn new(rt: R, reader: F, chunk: usize) -> Result<Self, ConfigError> {
         if chunk == 0 {
             return Err(ConfigError::Zero { field: "chunk" });
         }
+        let first = super::zeroed_buffer("chunk", chunk)?;
         let mut this = Self {
             rt,
             chunk,
             current: Vec::new(),
             pos: 0,
-            state: State::Idle(Some((reader, vec![0; chunk]))),
+            state: State::Idle(Some((reader, first))),
         };
         this.start_read();
         Ok(this)

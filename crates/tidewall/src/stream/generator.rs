@@ -45,6 +45,9 @@ pin_project! {
     }
 }
 
+/// The most items a generator may run ahead of its consumer.
+const MAX_CAPACITY: usize = 1 << 30;
+
 pub(super) fn new<T, F, Fut>(capacity: usize, produce: F) -> Result<Generator<T, Fut>, ConfigError>
 where
     F: FnOnce(Yielder<T>) -> Fut,
@@ -52,6 +55,17 @@ where
 {
     if capacity == 0 {
         return Err(ConfigError::Zero { field: "capacity" });
+    }
+    // futures' channel keeps its capacity in a word it shares with a flag, and panics past
+    // this; nobody needs a generator that far ahead of its consumer.
+    if capacity > MAX_CAPACITY {
+        return Err(ConfigError::OutOfRange {
+            field: "capacity",
+            // Reported as f64: exact for any capacity that fits the bound.
+            #[allow(clippy::cast_precision_loss)]
+            value: capacity as f64,
+            allowed: "at most 2^30",
+        });
     }
     // mpsc's buffer is `capacity` plus one slot per sender; with one sender, `capacity - 1`
     // gives exactly `capacity` queued items.

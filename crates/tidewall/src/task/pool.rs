@@ -99,6 +99,10 @@ pub struct PoolReport<J> {
     pub handed_back: Vec<J>,
 }
 
+/// The most workers a pool starts: each is spawned (and its handle kept) up front, so an
+/// unbounded count would spawn without end or overflow the handles' allocation.
+const MAX_WORKERS: usize = 1 << 16;
+
 type Queued<J, T> = (J, oneshot::Sender<JobOutcome<T>>);
 
 struct Queue<J, T> {
@@ -174,9 +178,14 @@ where
     /// Starts `workers` workers on `rt`, each running `handler(job)` for the jobs it takes
     /// from a queue of at most `queue` jobs, each bounded by `job_timeout` if given.
     ///
+    /// Every worker is a task spawned here, so `workers` is at most 65,536; the queue is
+    /// any size (it grows as jobs arrive).
+    ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for zero workers, a zero queue or a zero timeout.
+    /// [`ConfigError::Zero`] for zero workers, a zero queue or a zero timeout;
+    /// [`ConfigError::OutOfRange`] for more than 65,536 workers;
+    /// [`ConfigError::DurationOverflow`] for a timeout beyond `u64::MAX` nanoseconds.
     pub fn start<F, Fut>(
         rt: R,
         workers: usize,
@@ -190,6 +199,13 @@ where
     {
         if workers == 0 {
             return Err(ConfigError::Zero { field: "workers" });
+        }
+        if workers > MAX_WORKERS {
+            return Err(ConfigError::OutOfRange {
+                field: "workers",
+                value: workers as f64,
+                allowed: "<= 65536",
+            });
         }
         if queue == 0 {
             return Err(ConfigError::Zero { field: "queue" });
