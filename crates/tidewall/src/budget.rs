@@ -31,9 +31,14 @@ use std::time::Instant;
 use tidewall_core::breaker::window::Bucket;
 pub use tidewall_core::budget::{RetryBudgetBuilder, RetryBudgetPolicy};
 
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock, nanos_since};
+use crate::bucket_ring::{BucketRing, stamp};
+use crate::sync::{Arc, Mutex, lock, nanos_since};
 
 /// A shared retry budget. Cheap to clone: clones share the balance.
+///
+/// Right at any age: a budget built long before its first use, or idle for any time between
+/// uses, counts exactly the calls and retries of its last window. Its memory is one word per
+/// bucket (at most [`MAX_BUCKETS`](tidewall_core::breaker::MAX_BUCKETS), 1024).
 #[derive(Clone)]
 pub struct RetryBudget {
     inner: Arc<Inner>,
@@ -41,7 +46,7 @@ pub struct RetryBudget {
 
 struct Inner {
     policy: RetryBudgetPolicy,
-    ring: Box<[AtomicU64]>,
+    ring: BucketRing,
     bucket_nanos: u64,
     origin: Instant,
     /// Serializes withdrawals; holds the epoch of the last one.
@@ -64,8 +69,9 @@ impl RetryBudget {
         let window = u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX);
         Self {
             inner: Arc::new(Inner {
-                ring: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-                bucket_nanos: window / u64::from(buckets),
+                ring: BucketRing::new(Bucket::BUDGET, buckets),
+                // The policy guarantees at least one nanosecond per bucket.
+                bucket_nanos: (window / u64::from(buckets.max(1))).max(1),
                 origin,
                 withdrawals: Mutex::new(0),
                 policy,
@@ -73,47 +79,19 @@ impl RetryBudget {
         }
     }
 
-    fn epoch(&self, now: Instant) -> (u64, usize) {
-        let epoch = nanos_since(self.inner.origin, now) / self.inner.bucket_nanos;
-        (epoch, self.slot_of(epoch))
-    }
-
-    fn slot_of(&self, epoch: u64) -> usize {
-        usize::try_from(epoch % self.inner.ring.len() as u64).unwrap_or(0)
+    fn epoch(&self, now: Instant) -> u64 {
+        nanos_since(self.inner.origin, now) / self.inner.bucket_nanos
     }
 
     /// Records one call (a first attempt). A full bucket (16.7 M calls) stops counting, which
     /// only ever makes the budget stricter.
     pub fn deposit(&self, now: Instant) {
-        self.add(now, [1, 0, 0]);
-    }
-
-    fn add(&self, now: Instant, add: [u64; 3]) -> bool {
-        let (epoch, slot) = self.epoch(now);
-        let cell = &self.inner.ring[slot];
-        let mut word = cell.load(Relaxed);
-        // Bucket stamps are epochs modulo 2^16.
-        #[allow(clippy::cast_possible_truncation)]
-        let stamp = epoch as u16;
-        while let Some(next) = Bucket::BUDGET.add(word, stamp, add) {
-            match cell.compare_exchange_weak(word, next, Relaxed, Relaxed) {
-                Ok(_) => return true,
-                Err(seen) => word = seen,
-            }
-        }
-        false
+        self.inner.ring.add(self.epoch(now), [1, 0, 0]);
     }
 
     /// Whether one retry would be granted now (without taking it).
     pub fn has_balance(&self, now: Instant) -> bool {
-        let (epoch, _) = self.epoch(now);
-        let len = self.inner.ring.len() as u64;
-        let (mut deposits, mut withdrawals) = (0, 0);
-        for (i, bucket) in self.inner.ring.iter().enumerate() {
-            let [d, w, _] = Bucket::BUDGET.live(bucket.load(Relaxed), i as u64, len, epoch);
-            deposits += d;
-            withdrawals += w;
-        }
+        let [deposits, withdrawals, _] = self.inner.ring.totals(self.epoch(now), None);
         self.inner.policy.allows(deposits, withdrawals)
     }
 
@@ -125,35 +103,21 @@ impl RetryBudget {
     /// boundary, and the budget can never be overdrawn. Deposits stay lock-free; a deposit
     /// racing a withdrawal only makes its compare-and-swap retry.
     pub fn try_withdraw(&self, now: Instant) -> bool {
+        let ring = &self.inner.ring;
         let mut last_epoch = lock(&self.inner.withdrawals);
-        let epoch = self.epoch(now).0.max(*last_epoch);
-        let slot = self.slot_of(epoch);
-        let len = self.inner.ring.len() as u64;
-        let cell = &self.inner.ring[slot];
+        let epoch = self.epoch(now).max(*last_epoch);
+        let slot = ring.slot(epoch);
+        ring.prepare(epoch);
         loop {
-            let current = cell.load(Relaxed);
-            let (mut deposits, mut withdrawals) = (0, 0);
-            for (i, bucket) in self.inner.ring.iter().enumerate() {
-                let word = if i == slot {
-                    current
-                } else {
-                    bucket.load(Relaxed)
-                };
-                let [d, w, _] = Bucket::BUDGET.live(word, i as u64, len, epoch);
-                deposits += d;
-                withdrawals += w;
-            }
+            let current = ring.load(slot);
+            let [deposits, withdrawals, _] = ring.totals(epoch, Some((slot, current)));
             if !self.inner.policy.allows(deposits, withdrawals) {
                 return false;
             }
-            #[allow(clippy::cast_possible_truncation)]
-            let Some(next) = Bucket::BUDGET.add(current, epoch as u16, [0, 1, 0]) else {
+            let Some(next) = ring.layout().add(current, stamp(epoch), [0, 1, 0]) else {
                 return false;
             };
-            if cell
-                .compare_exchange(current, next, Relaxed, Relaxed)
-                .is_ok()
-            {
+            if ring.replace(slot, current, next) {
                 *last_epoch = epoch;
                 return true;
             }

@@ -50,6 +50,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod breaker;
+mod bucket_ring;
 pub mod budget;
 pub mod bulkhead;
 pub mod fallback;

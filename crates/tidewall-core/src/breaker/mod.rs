@@ -65,6 +65,26 @@ pub struct Counts {
     pub slow: u32,
 }
 
+/// The break durations of consecutive trips: see [`BreakerPolicy::break_durations`].
+#[derive(Debug, Clone)]
+pub struct BreakDurations {
+    backoff: Backoff,
+    state: crate::backoff::DelayState,
+    last: Option<Duration>,
+}
+
+impl BreakDurations {
+    /// How long the next trip stays open. Past the end of the backoff schedule (its
+    /// `max_attempts` or `max_elapsed`) the duration stays at the schedule's last delay, so
+    /// this never runs out, however many trips a long-lived breaker sees.
+    pub fn next_break(&mut self) -> Duration {
+        if let Some(delay) = self.backoff.next_delay(&mut self.state) {
+            self.last = Some(delay);
+        }
+        self.last.unwrap_or(self.backoff.max_delay_cap())
+    }
+}
+
 /// Why a closed breaker opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -142,16 +162,44 @@ impl BreakerPolicy {
     /// How long the breaker stays open after its `trip`-th consecutive trip (0-based: the
     /// first trip after a close is 0). Past the end of the backoff schedule the duration stays
     /// at the schedule's last delay.
+    ///
+    /// This replays the schedule from the start, so it costs `trip` steps; a breaker that
+    /// trips again and again keeps a [`BreakDurations`] instead and pays one step per trip.
     pub fn break_duration(&self, trip: u32, seed: u64) -> Duration {
-        let mut state = self.break_backoff.start(seed);
-        let mut last = None;
-        for _ in 0..=trip {
-            match self.break_backoff.next_delay(&mut state) {
-                Some(delay) => last = Some(delay),
-                None => return last.unwrap_or(self.break_backoff.max_delay_cap()),
-            }
+        let mut durations = self.break_durations(seed);
+        let mut last = durations.next_break();
+        for _ in 0..trip {
+            last = durations.next_break();
         }
-        last.unwrap_or(self.break_backoff.max_delay_cap())
+        last
+    }
+
+    /// The break durations of consecutive trips, one step each, randomized from `seed`:
+    /// the `k`-th call of [`BreakDurations::next_break`] returns
+    /// [`break_duration(k, seed)`](Self::break_duration).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tidewall_core::backoff::{Backoff, Jitter};
+    /// use tidewall_core::breaker::BreakerPolicy;
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_secs(1))
+    ///     .factor(2.0)
+    ///     .jitter(Jitter::None)
+    ///     .max_delay(Duration::from_secs(3))
+    ///     .build()?;
+    /// let policy = BreakerPolicy::builder().break_backoff(backoff).build()?;
+    /// let mut breaks = policy.break_durations(7);
+    /// let secs: Vec<u64> = (0..4).map(|_| breaks.next_break().as_secs()).collect();
+    /// assert_eq!(secs, [1, 2, 3, 3]);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub fn break_durations(&self, seed: u64) -> BreakDurations {
+        BreakDurations {
+            backoff: self.break_backoff,
+            state: self.break_backoff.start(seed),
+            last: None,
+        }
     }
 
     /// Probes admitted in the half-open state; that many successes close the breaker.

@@ -285,3 +285,77 @@ proptest! {
         }
     }
 }
+
+/// An empty word (as a ring starts, or after a sweep) is never "newer" than a write, whatever
+/// its stamp: a ring built 2^15..2^16 buckets before its first use must count that use.
+#[test]
+fn an_empty_bucket_takes_any_epoch() {
+    for epoch in [1u16, 0x7FFF, 0x8000, 0x8001, 0xFFFF] {
+        let b = Bucket::BREAKER;
+        assert_eq!(b.add(0, epoch, [1, 0, 0]).map(Bucket::epoch), Some(epoch));
+        assert_eq!(
+            Bucket::BUDGET
+                .add(0, epoch, [1, 0, 0])
+                .map(|w| Bucket::BUDGET.field(w, 0)),
+            Some(1)
+        );
+    }
+}
+
+#[test]
+fn a_sweep_keeps_live_and_newer_words_and_drops_stale_ones() {
+    let b = Bucket::BREAKER;
+    let at = |epoch: u64| {
+        b.add(0, u16::try_from(epoch % 65_536).unwrap(), [1, 0, 0])
+            .unwrap()
+    };
+    // Ring of 10, last sweep at 100_000, sweeping at 110_000 (slot 0 stands for 110_000).
+    assert!(Bucket::survives_sweep(at(110_000), 0, 10, 100_000, 110_000));
+    assert!(
+        Bucket::survives_sweep(at(110_010), 0, 10, 100_000, 110_000),
+        "ahead of the sweeper"
+    );
+    assert!(!Bucket::survives_sweep(
+        at(109_990),
+        0,
+        10,
+        100_000,
+        110_000
+    ));
+    assert!(!Bucket::survives_sweep(
+        at(100_000),
+        0,
+        10,
+        100_000,
+        110_000
+    ));
+    assert!(!Bucket::survives_sweep(0, 0, 10, 100_000, 110_000), "empty");
+    assert_eq!(Bucket::unstamp(0xFFFF, 65_536), 65_535);
+    assert_eq!(Bucket::unstamp(5, 65_536), 65_541);
+    assert_eq!(Bucket::unstamp(0xFFFF, 0), 0, "never before bucket 0");
+}
+
+proptest! {
+    /// One step per trip gives the same breaks as replaying the schedule for each trip.
+    #[test]
+    fn break_durations_step_like_break_duration(
+        initial_ms in 1u64..10_000,
+        factor in 1.0f64..4.0,
+        max_attempts in 1u32..20,
+        jitter in prop_oneof![Just(crate::backoff::Jitter::None), Just(crate::backoff::Jitter::Full), Just(crate::backoff::Jitter::Equal)],
+        seed in any::<u64>(),
+    ) {
+        let backoff = crate::backoff::Backoff::exponential(Duration::from_millis(initial_ms))
+            .factor(factor)
+            .jitter(jitter)
+            .max_delay(Duration::from_secs(60))
+            .max_attempts(max_attempts)
+            .build()
+            .unwrap();
+        let policy = BreakerPolicy::builder().break_backoff(backoff).build().unwrap();
+        let mut breaks = policy.break_durations(seed);
+        for trip in 0..40 {
+            prop_assert_eq!(breaks.next_break(), policy.break_duration(trip, seed));
+        }
+    }
+}

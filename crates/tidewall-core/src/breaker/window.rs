@@ -8,8 +8,16 @@
 //!   [`totals_delta`] (new slot minus old slot) to the totals in one `fetch_add`; the packed
 //!   arithmetic is exact because every field of the true result stays within its 21 bits.
 //! * **time window** (and the retry budget): a ring of [`Bucket`] words, each a 16-bit epoch
-//!   (bucket number modulo 2¹⁶) and three counters. A bucket whose epoch is not the one its
-//!   slot should hold now is stale and counts as empty.
+//!   stamp (bucket number modulo 2¹⁶) and three counters. A bucket whose epoch is not the one
+//!   its slot should hold now is stale and counts as empty; a word whose counters are all zero
+//!   is empty whatever its stamp.
+//!
+//! A 16-bit stamp tells epochs apart only within 2¹⁵ buckets of each other. The ring that
+//! holds the words keeps every non-empty word that close to the present: at least once every
+//! [`SWEEP_EVERY`] buckets (and before the first use after a longer gap) it sweeps, emptying
+//! each word that [`Bucket::survives_sweep`] rejects. Between sweeps every non-empty word is
+//! less than `SWEEP_EVERY + MAX_BUCKETS` buckets old, so comparing stamps is exact after any
+//! age and any idle gap.
 //!
 //! ```
 //! use tidewall_core::breaker::window::{slot_code, totals_delta, unpack_totals};
@@ -23,7 +31,18 @@
 //! assert_eq!((counts.calls, counts.failures, counts.slow), (2, 0, 1));
 //! ```
 
-use super::Counts;
+use super::{Counts, MAX_BUCKETS};
+
+/// How many buckets may pass between two sweeps of a stamped ring (see the module docs).
+pub const SWEEP_EVERY: u64 = 1 << 14;
+
+// A stamp tells two epochs apart while they are less than 2^15 buckets apart: the oldest word
+// a ring may hold between sweeps must be younger than that, with room for clock skew between
+// concurrent callers.
+const _: () = assert!(SWEEP_EVERY + MAX_BUCKETS as u64 <= (1 << 15) - (1 << 12));
+
+/// The counters of a bucket word (everything below the 16-bit stamp).
+const COUNTERS: u64 = (1 << 48) - 1;
 
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
@@ -105,15 +124,18 @@ impl Bucket {
     /// caller decides whether that means "skip" (a sampled window) or "deny" (a budget).
     ///
     /// A bucket already stamped with a *newer* epoch is left alone (`None`): a writer whose
-    /// clock reading is a little behind a bucket boundary must not wipe the new bucket.
+    /// clock reading is a little behind a bucket boundary must not wipe the new bucket. An
+    /// empty word (all counters zero) is never newer: it holds nothing to wipe.
     pub const fn add(&self, word: u64, epoch: u16, add: [u64; 3]) -> Option<u64> {
         let stamp = Self::epoch(word);
-        // Stamps compare modulo 2^16: a stamp up to half the range ahead counts as newer.
+        let empty = word & COUNTERS == 0;
+        // Stamps compare modulo 2^16: a stamp up to half the range ahead counts as newer
+        // (exact while the ring keeps its words within 2^15 buckets, see the module docs).
         #[allow(clippy::cast_possible_wrap)]
-        if stamp != epoch && (stamp.wrapping_sub(epoch) as i16) > 0 {
+        if !empty && stamp != epoch && (stamp.wrapping_sub(epoch) as i16) > 0 {
             return None;
         }
-        let base = if stamp == epoch { word } else { 0 };
+        let base = if stamp == epoch && !empty { word } else { 0 };
         let mut out = (epoch as u64) << 48;
         let mut i = 0;
         while i < 3 {
@@ -131,6 +153,51 @@ impl Bucket {
             i += 1;
         }
         Some(out)
+    }
+
+    /// The bucket number a stamp stands for: of the epochs with that stamp, the one nearest
+    /// `reference` (within 2¹⁵ buckets of it).
+    pub const fn unstamp(stamp: u16, reference: u64) -> u64 {
+        // The truncation is the stamp arithmetic: offsets are taken modulo 2^16.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        let offset = stamp.wrapping_sub(reference as u16) as i16;
+        reference.saturating_add_signed(offset as i64)
+    }
+
+    /// Whether a sweep at bucket number `current` keeps `word` in slot `slot` of a ring of
+    /// `slots` buckets: `false` when the word is empty, or holds an epoch older than the one
+    /// its slot stands for at `current` (it would count as stale, and left alone its stamp
+    /// would come round again after 2¹⁶ buckets). `reference` is the bucket number of the
+    /// previous sweep; every word written since is within 2¹⁵ buckets of it, which is what
+    /// makes the stamp exact (see the module docs). A word *ahead* of `current` (written by a
+    /// caller whose clock is a little ahead) is kept.
+    ///
+    /// ```
+    /// use tidewall_core::breaker::window::Bucket;
+    ///
+    /// let b = Bucket::BREAKER;
+    /// // A call recorded in bucket 70_000 (slot 0 of 10), swept at 70_005: still live.
+    /// let word = b.add(0, 70_000u64 as u16, [1, 1, 0]).unwrap();
+    /// assert!(Bucket::survives_sweep(word, 0, 10, 65_536, 70_005));
+    /// // Swept 65,536 buckets later its stamp matches again, but it is long stale.
+    /// assert!(!Bucket::survives_sweep(word, 0, 10, 70_005, 70_000 + 65_536));
+    /// ```
+    pub const fn survives_sweep(
+        word: u64,
+        slot: u64,
+        slots: u64,
+        reference: u64,
+        current: u64,
+    ) -> bool {
+        if word & COUNTERS == 0 {
+            return false;
+        }
+        let written = Self::unstamp(Self::epoch(word), reference);
+        let behind = (current % slots + slots - slot) % slots;
+        match current.checked_sub(behind) {
+            Some(expected) => written >= expected,
+            None => true,
+        }
     }
 
     /// The counters of bucket word `word` in slot `slot` of a ring of `slots` buckets, as seen

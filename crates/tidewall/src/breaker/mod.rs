@@ -9,8 +9,15 @@
 //! successes close it, one failure reopens it.
 //!
 //! Guarantees:
+//! * **Every outcome decides**: the thresholds are evaluated after every recorded outcome,
+//!   successes included (a success can bring the window to `minimum_calls` with the failure
+//!   rate already at its threshold, or arrive as older successes leave a time window).
 //! * **Closed path**: admission is one atomic load; recording touches only the window
-//!   (no lock, no allocation). Without a time window or a slow-call rate it reads no clock.
+//!   (no lock, no allocation). Without a time window or a slow-call rate it reads no clock;
+//!   a trip reads it once, so the break always starts when the breaker opens.
+//! * **Any age**: a breaker behaves the same an hour, a month or a century after it was
+//!   built, and after any idle gap: a time window's stale buckets never count again, and
+//!   repeated trips cost one backoff step each however many came before.
 //! * **Exact probes**: a half-open slot is reserved with a compare-and-swap, so however many
 //!   callers race, exactly the configured number get through.
 //! * **RAII permits**: a permit dropped, cancelled or unwound by a panic records nothing and a

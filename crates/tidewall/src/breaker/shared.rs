@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use tidewall_core::breaker::{BreakerPolicy, TripReason};
+use tidewall_core::breaker::{BreakDurations, BreakerPolicy, TripReason};
 
 use super::events::{Listener, StateChange, emit};
 use super::window::SlidingWindow;
@@ -33,8 +33,8 @@ pub(crate) struct Shared<R> {
     consecutive: AtomicU32,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
-    /// Trips in a row without a successful close; indexes the break-duration backoff.
-    transition: Mutex<u32>,
+    /// Serializes transitions; holds the break durations of the trips since the last close.
+    transition: Mutex<BreakDurations>,
     needs_clock: bool,
     origin: Instant,
     pub(super) rt: R,
@@ -61,7 +61,7 @@ impl<R: Runtime> Shared<R> {
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
-            transition: Mutex::new(0),
+            transition: Mutex::new(policy.break_durations(seed)),
             needs_clock,
             rt,
             name,
@@ -112,7 +112,7 @@ impl<R: Runtime> Shared<R> {
                         .max_half_open_wait()
                         .map(|d| since.saturating_add(as_nanos(d)));
                     if limit.is_some_and(|limit| now >= limit) {
-                        self.trip(generation, TripReason::HalfOpenTimeout, now);
+                        self.trip(generation, TripReason::HalfOpenTimeout);
                         continue;
                     }
                     if word::admitted(word) >= self.policy.half_open_probes() {
@@ -158,7 +158,7 @@ impl<R: Runtime> Shared<R> {
             .policy
             .is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
         if ticket.probe {
-            self.finish_probe(ticket.generation, outcome, slow, now);
+            self.finish_probe(ticket.generation, outcome, slow);
             return;
         }
         if outcome == Outcome::Ignored {
@@ -169,32 +169,41 @@ impl<R: Runtime> Shared<R> {
             return;
         }
         let failed = outcome == Outcome::Failure;
-        self.window.record(failed, slow, now);
+        let changed = self.window.record(failed, slow, now);
         let consecutive = if !self.policy.tracks_consecutive_failures() {
             0
         } else if failed {
-            self.consecutive.fetch_add(1, Relaxed) + 1
+            // Saturating: a run of failures never wraps back to a short one.
+            let previous = self
+                .consecutive
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1)))
+                .unwrap_or(u32::MAX);
+            previous.saturating_add(1)
         } else {
             if self.consecutive.load(Relaxed) != 0 {
                 self.consecutive.store(0, Relaxed);
             }
             0
         };
-        if (failed || slow)
+        // Every recorded outcome is evaluated, successes too: a success can bring the window
+        // to its minimum number of calls with the failure rate already over the threshold,
+        // and in a time window it can arrive as older successes expire. Only an outcome that
+        // left the counts as they were (a success over a success) cannot change the verdict.
+        if (changed || failed)
             && let Some(reason) = self
                 .window
                 .counts(now)
                 .and_then(|c| self.policy.evaluate(c, consecutive))
         {
-            self.trip(ticket.generation, reason, now);
+            self.trip(ticket.generation, reason);
         }
     }
 
-    fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool, now: u64) {
+    fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool) {
         match outcome {
             Outcome::Ignored => self.return_probe(generation),
-            Outcome::Failure => self.trip(generation, TripReason::ProbeFailed, now),
-            Outcome::Success if slow => self.trip(generation, TripReason::SlowCallRate, now),
+            Outcome::Failure => self.trip(generation, TripReason::ProbeFailed),
+            Outcome::Success if slow => self.trip(generation, TripReason::SlowCallRate),
             Outcome::Success => {
                 let mut word = self.word.load(Acquire);
                 loop {
@@ -235,10 +244,13 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    /// Opens the breaker if `generation` is still current and closed or half-open.
-    fn trip(&self, generation: u32, reason: TripReason, now: u64) {
+    /// Opens the breaker if `generation` is still current and closed or half-open. The break
+    /// is measured from the clock read here, under the lock: callers on the closed path do
+    /// not read the clock unless their policy needs it, and a break measured from anything
+    /// but now would end early on any breaker older than its break.
+    fn trip(&self, generation: u32, reason: TripReason) {
         let change = {
-            let mut trips = lock(&self.transition);
+            let mut breaks = lock(&self.transition);
             let word = self.word.load(Acquire);
             let from = word::state(word);
             if word::generation(word) != generation
@@ -247,12 +259,9 @@ impl<R: Runtime> Shared<R> {
                 return;
             }
             let next = generation.wrapping_add(1);
-            let pause = self
-                .policy
-                .break_duration(*trips, self.seed ^ u64::from(next));
-            *trips = trips.saturating_add(1);
+            let pause = breaks.next_break();
             self.open_until
-                .store(now.saturating_add(as_nanos(pause)), Relaxed);
+                .store(self.now().saturating_add(as_nanos(pause)), Relaxed);
             self.publish(generation, State::Open);
             StateChange {
                 name: self.name,
@@ -291,14 +300,14 @@ impl<R: Runtime> Shared<R> {
 
     fn close(&self, generation: u32) {
         let moved = {
-            let mut trips = lock(&self.transition);
+            let mut breaks = lock(&self.transition);
             let word = self.word.load(Acquire);
             if word::generation(word) != generation || word::state(word) != State::HalfOpen {
                 false
             } else {
                 self.window.reset();
                 self.consecutive.store(0, Relaxed);
-                *trips = 0;
+                *breaks = self.fresh_breaks(generation);
                 self.publish(generation, State::Closed);
                 true
             }
@@ -336,12 +345,12 @@ impl<R: Runtime> Shared<R> {
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
     pub(super) fn force(&self, to: State) {
         let change = {
-            let mut trips = lock(&self.transition);
+            let mut breaks = lock(&self.transition);
             let word = self.word.load(Acquire);
             if to == State::Closed {
                 self.window.reset();
                 self.consecutive.store(0, Relaxed);
-                *trips = 0;
+                *breaks = self.fresh_breaks(word::generation(word));
             }
             self.publish(word::generation(word), to);
             StateChange {
@@ -353,6 +362,13 @@ impl<R: Runtime> Shared<R> {
             }
         };
         emit(self.listener.as_ref(), &change);
+    }
+
+    /// The break durations after a close: the schedule starts over, with jitter drawn anew
+    /// for each closed period.
+    fn fresh_breaks(&self, generation: u32) -> BreakDurations {
+        self.policy
+            .break_durations(self.seed ^ u64::from(generation))
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {

@@ -3,6 +3,7 @@
 use tidewall_core::breaker::window::{Bucket, slot_code, totals_delta, unpack_totals};
 use tidewall_core::breaker::{Counts, Window};
 
+use crate::bucket_ring::BucketRing;
 use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 pub(super) enum SlidingWindow {
@@ -12,7 +13,7 @@ pub(super) enum SlidingWindow {
         totals: AtomicU64,
     },
     Time {
-        buckets: Box<[AtomicU64]>,
+        ring: BucketRing,
         bucket_nanos: u64,
     },
 }
@@ -26,7 +27,7 @@ impl SlidingWindow {
                 totals: AtomicU64::new(0),
             },
             Window::Time { span, buckets } => Self::Time {
-                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                ring: BucketRing::new(Bucket::BREAKER, buckets),
                 // Validated by the policy builder: fits in u64 and is at least 1.
                 bucket_nanos: u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
                     / u64::from(buckets),
@@ -41,7 +42,11 @@ impl SlidingWindow {
 
     /// Records one call. Count windows: one `fetch_add` on the cursor, then a swap and a
     /// `fetch_add` on the totals only when the slot's code changes. Time windows: one CAS.
-    pub(super) fn record(&self, failed: bool, slow: bool, now: u64) {
+    ///
+    /// Returns whether the counts may have changed: `false` only when a count window's slot
+    /// already held the same outcome (a success over a success), which leaves every rate
+    /// as it was, so the caller need not evaluate the thresholds again.
+    pub(super) fn record(&self, failed: bool, slow: bool, now: u64) -> bool {
         match self {
             Self::Count {
                 slots,
@@ -55,31 +60,18 @@ impl SlidingWindow {
                 // only when the cursor laps the ring mid-call; either way the totals stay
                 // exactly the sum of the slots, because only a real change moves them.
                 if slots[index].load(Relaxed) == code {
-                    return;
+                    return false;
                 }
                 let old = slots[index].swap(code, Relaxed);
                 if old != code {
                     totals.fetch_add(totals_delta(code, old), Relaxed);
                 }
+                true
             }
-            Self::Time {
-                buckets,
-                bucket_nanos,
-            } => {
-                let epoch = now / bucket_nanos;
-                let slot = &buckets[slot_of(epoch, buckets.len())];
-                let add = [1, u64::from(failed), u64::from(slow)];
-                let mut word = slot.load(Relaxed);
-                // Truncation to 16 bits is the bucket stamp (see `Bucket`).
-                #[allow(clippy::cast_possible_truncation)]
-                let stamp = epoch as u16;
+            Self::Time { ring, bucket_nanos } => {
                 // A full bucket (65,535 calls) keeps the rates of the calls it holds.
-                while let Some(next) = Bucket::BREAKER.add(word, stamp, add) {
-                    match slot.compare_exchange_weak(word, next, Relaxed, Relaxed) {
-                        Ok(_) => break,
-                        Err(seen) => word = seen,
-                    }
-                }
+                ring.add(now / bucket_nanos, [1, u64::from(failed), u64::from(slow)]);
+                true
             }
         }
     }
@@ -93,20 +85,8 @@ impl SlidingWindow {
                 let len = u32::try_from(slots.len()).unwrap_or(u32::MAX);
                 (c.calls <= len && c.failures <= c.calls && c.slow <= c.calls).then_some(c)
             }
-            Self::Time {
-                buckets,
-                bucket_nanos,
-            } => {
-                let current = now / bucket_nanos;
-                let len = buckets.len() as u64;
-                let mut sum = [0u64; 3];
-                for (slot, bucket) in buckets.iter().enumerate() {
-                    let live =
-                        Bucket::BREAKER.live(bucket.load(Relaxed), slot as u64, len, current);
-                    for (total, part) in sum.iter_mut().zip(live) {
-                        *total += part;
-                    }
-                }
+            Self::Time { ring, bucket_nanos } => {
+                let sum = ring.totals(now / bucket_nanos, None);
                 let field = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
                 Some(Counts {
                     calls: field(sum[0]),
@@ -129,16 +109,7 @@ impl SlidingWindow {
                     }
                 }
             }
-            Self::Time { buckets, .. } => {
-                for bucket in buckets.iter() {
-                    bucket.store(0, Relaxed);
-                }
-            }
+            Self::Time { ring, .. } => ring.reset(),
         }
     }
-}
-
-fn slot_of(epoch: u64, len: usize) -> usize {
-    // The remainder is below `len`, so it fits back into usize.
-    usize::try_from(epoch % len as u64).unwrap_or(0)
 }
