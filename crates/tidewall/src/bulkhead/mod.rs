@@ -189,9 +189,13 @@ impl<R: Runtime> Bulkhead<R> {
     /// A free slot now, without counting a refusal as a rejection (the pipeline's fast path
     /// tries this first and then waits).
     pub(crate) fn try_acquire_quiet(&self) -> Option<Permit<'_, R>> {
-        self.shared
-            .try_acquire()
-            .then_some(Permit { bulkhead: self })
+        // The permit must be built only once the slot is taken: a permit built eagerly and
+        // dropped on refusal would release a slot nobody holds.
+        if self.shared.try_acquire() {
+            Some(Permit { bulkhead: self })
+        } else {
+            None
+        }
     }
 
     /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle.
@@ -256,9 +260,34 @@ impl<R: Runtime> Bulkhead<R> {
         op().await.map_err(Error::Inner)
     }
 
-    /// Calls running now.
+    /// Calls running now: [`capacity`](Self::capacity) minus [`available`](Self::available)
+    /// (zero if more slots were released than taken, which [`available`](Self::available)
+    /// shows).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight()
+    }
+
+    /// Free slots now, as counted: never more than [`capacity`](Self::capacity) while every
+    /// permit is released exactly once. Unlike [`in_flight`](Self::in_flight) it is not
+    /// clamped, so a slot released twice shows as `available() > capacity()` (and debug
+    /// builds panic at the release itself). Once nothing is running or queued, it equals the
+    /// capacity: tests check that capacity is conserved this way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let bulkhead = Bulkhead::builder(2).build()?;
+    /// let permit = bulkhead.try_acquire().unwrap();
+    /// assert_eq!(bulkhead.available(), 1);
+    /// drop(permit);
+    /// assert_eq!(bulkhead.available(), bulkhead.capacity());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn available(&self) -> usize {
+        self.shared.available()
     }
 
     /// Callers waiting now.
@@ -323,5 +352,33 @@ impl<R: Runtime> std::fmt::Debug for OwnedPermit<R> {
         f.debug_struct("OwnedPermit")
             .field("bulkhead", &self.bulkhead.shared.name)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The pipeline's fast path: refusing on a full bulkhead must not release anything.
+    #[test]
+    fn a_quiet_refusal_releases_no_slot() {
+        let bulkhead = Bulkhead::builder(1).build().unwrap();
+        let held = bulkhead.try_acquire_quiet().expect("a free slot");
+        for _ in 0..3 {
+            assert!(bulkhead.try_acquire_quiet().is_none());
+        }
+        assert_eq!(bulkhead.available(), 0);
+        assert_eq!(bulkhead.rejected(), 0, "quiet refusals are not counted");
+        drop(held);
+        assert_eq!(bulkhead.available(), 1);
+    }
+
+    /// A slot released twice is a bug that must not go unnoticed: debug builds panic.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "released that was never taken")]
+    fn an_over_release_panics_in_debug_builds() {
+        let bulkhead = Bulkhead::builder(1).build().unwrap();
+        bulkhead.shared.release();
     }
 }

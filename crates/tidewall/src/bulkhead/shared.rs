@@ -86,7 +86,13 @@ impl<R> Shared<R> {
 
     /// Gives a permit back and hands it to the longest waiter, if any.
     pub(super) fn release(&self) {
-        self.available.fetch_add(1, SeqCst);
+        let before = self.available.fetch_add(1, SeqCst);
+        debug_assert!(
+            before < self.capacity,
+            "bulkhead {:?}: a slot was released that was never taken ({before} of {} already free)",
+            self.name,
+            self.capacity
+        );
         if self.queued.fetch_add(0, SeqCst) > 0 {
             self.dispatch();
         }
@@ -133,6 +139,10 @@ impl<R> Shared<R> {
 
     pub(super) fn in_flight(&self) -> usize {
         self.capacity - self.available.load(Relaxed).min(self.capacity)
+    }
+
+    pub(super) fn available(&self) -> usize {
+        self.available.load(Relaxed)
     }
 
     pub(super) fn queued(&self) -> usize {
