@@ -173,6 +173,46 @@ async fn collect_all_surfaces_panics_as_values<R: Runtime>(rt: R) {
     );
 }
 
+/// `abort` delivers the results that arrived before it (in input order when ordered, the
+/// aborted inputs skipped), then ends; the running tasks are aborted and deliver nothing.
+async fn abort_delivers_what_already_arrived<R: Runtime>(rt: R) {
+    for ordered in [false, true] {
+        let gauge = Arc::new(Gauge::default());
+        let (g, r) = (Arc::clone(&gauge), rt.clone());
+        let fan_out = FanOut::with_runtime(rt.clone(), 4).unwrap();
+        let fan_out = if ordered { fan_out.ordered() } else { fan_out };
+        // Input 0 is the slowest: an ordered fan-out holds 1 and 2 behind it.
+        let mut results = std::pin::pin!(fan_out.run_iter([4u64, 2, 1, 5], move |secs| {
+            let (g, r) = (Arc::clone(&g), r.clone());
+            async move {
+                g.hold(&r, Duration::from_secs(secs)).await;
+                secs
+            }
+        }));
+        // One poll starts all four; nothing is ready yet.
+        assert!(futures_util::FutureExt::now_or_never(results.next()).is_none());
+        // The consumer is busy for 3 s: inputs 1 and 2 finish meanwhile.
+        rt.sleep(Duration::from_secs(3)).await;
+        results.as_mut().abort();
+        assert_eq!(results.in_flight(), 2, "ordered: {ordered}");
+        results.as_mut().abort(); // a second abort changes nothing
+        let rest: Vec<u64> = results.map(Result::unwrap).collect().await;
+        let expected: [u64; 2] = if ordered { [2, 1] } else { [1, 2] };
+        assert_eq!(rest, expected, "ordered: {ordered}");
+        rt.sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            gauge.finished.load(SeqCst),
+            2,
+            "ordered: {ordered}: the running tasks were aborted"
+        );
+    }
+}
+
+#[test]
+fn abort_delivers_what_already_arrived_on_every_runtime() {
+    on_every_runtime!(abort_delivers_what_already_arrived);
+}
+
 #[test]
 fn panics_are_values_on_every_runtime() {
     on_every_runtime!(collect_all_surfaces_panics_as_values);

@@ -349,6 +349,64 @@ fn interval_missed_tick_behaviours_on_every_runtime() {
     on_every_runtime!(interval_missed_ticks);
 }
 
+/// `start + nanos` (nanos as wide as any stall).
+fn after_nanos(start: std::time::Instant, nanos: u128) -> std::time::Instant {
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap();
+    start + Duration::new(secs, u32::try_from(nanos % 1_000_000_000).unwrap())
+}
+
+/// With `Skip`, a stall of any length (a fraction of a period to a century, across 2^32
+/// periods, where a 32-bit count of skipped periods saturated) gives one late tick at once,
+/// the earliest missed point, then the first point of the schedule after it, on time.
+async fn interval_skip_after_any_stall<R: Runtime>(rt: Clocked<R>) {
+    const CENTURY_NANOS: u128 = 100 * 365 * 86_400 * 1_000_000_000;
+    for period in [Duration::from_nanos(1), ms(1)] {
+        let p = period.as_nanos();
+        for stall in [
+            p / 2,
+            p,
+            p * 3 / 2,
+            p * 250,
+            p * u128::from(u32::MAX),
+            p * ((1 << 32) + 1) + p / 3,
+            p * ((1 << 33) + 7),
+            p * (1 << 40),
+            CENTURY_NANOS,
+        ] {
+            let case = format!("period {period:?}, stall {stall} ns");
+            let start = rt.now();
+            let mut ticks = Box::pin(interval_on(rt.clone(), period, MissedTicks::Skip).unwrap());
+            assert_eq!(ticks.next().await, Some(after_nanos(start, p)), "{case}");
+            // The consumer is busy (the clock jumps: no timer is pending).
+            rt.clock().advance_to(after_nanos(start, p + stall));
+            let busy_until = rt.now();
+            let late = ticks.next().await.unwrap();
+            assert_eq!(
+                late,
+                after_nanos(start, 2 * p),
+                "{case}: the earliest missed point"
+            );
+            let delivered_at = rt.now();
+            assert_eq!(
+                delivered_at,
+                busy_until.max(late),
+                "{case}: at once when late"
+            );
+            let resume = ((delivered_at - start).as_nanos() / p + 1) * p;
+            for k in 0..3 {
+                let tick = ticks.next().await.unwrap();
+                assert_eq!(tick, after_nanos(start, resume + k * p), "{case}: tick {k}");
+                assert_eq!(rt.now(), tick, "{case}: on time, not from the past");
+            }
+        }
+    }
+}
+
+#[test]
+fn interval_skip_survives_stalls_of_any_length_on_every_runtime() {
+    on_every_runtime!(interval_skip_after_any_stall);
+}
+
 #[test]
 fn generator_applies_backpressure() {
     block_on(async {

@@ -76,6 +76,15 @@ impl<O> Arrived<O> {
         }
     }
 
+    /// Results that will never be joined by more: in input order for an ordered fan-out,
+    /// closing the gaps of the ones that will not come.
+    fn into_unordered(self) -> VecDeque<Result<O, JoinError>> {
+        match self {
+            Self::Unordered(queue) => queue,
+            Self::Ordered { slots, .. } => slots.into_iter().flatten().collect(),
+        }
+    }
+
     fn take_next(&mut self) -> Option<Result<O, JoinError>> {
         match self {
             Self::Unordered(queue) => queue.pop_front(),
@@ -101,6 +110,8 @@ pin_project_lite::pin_project! {
         limit: usize,
         // Inputs taken and not yet delivered: running, queued or arrived.
         occupied: usize,
+        // After `abort`, reports that come in are late (aborted tasks report `Cancelled`).
+        aborted: bool,
         next_sequence: u64,
         completions: Arc<Completions<O>>,
         arrived: Arrived<O>,
@@ -127,6 +138,7 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             f,
             limit,
             occupied: 0,
+            aborted: false,
             next_sequence: 0,
             completions: Completions::with_capacity(capacity),
             arrived,
@@ -141,13 +153,61 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
 
     /// Aborts every running task and takes no more input; the stream then ends once the
     /// results that already arrived are delivered.
+    ///
+    /// A result has arrived when its task finished before this call: it is delivered (in
+    /// input order for an [ordered](super::FanOut::ordered) fan-out, skipping the inputs that
+    /// were aborted). Tasks still running are aborted and deliver nothing, not even
+    /// `Err(Cancelled)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use tidewall::fan_out::FanOut;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let mut results = std::pin::pin!(FanOut::new(4)?.run_iter([1u64, 2, 3, 4], |secs| async move {
+    ///     tokio::time::sleep(Duration::from_secs(secs)).await;
+    ///     secs
+    /// }));
+    /// assert_eq!(results.next().await.unwrap().unwrap(), 1);
+    /// // Inputs 2 and 3 finish while the consumer is busy; 4 is still running.
+    /// tokio::time::sleep(Duration::from_millis(2500)).await;
+    /// results.as_mut().abort();
+    /// let rest: Vec<u64> = results.map(Result::unwrap).collect().await;
+    /// assert_eq!(rest, [2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn abort(self: Pin<&mut Self>) {
         let this = self.project();
+        if *this.aborted {
+            return;
+        }
+        // Results reported so far arrived before the abort; whatever comes later is late.
+        absorb(this.completions, this.tasks, this.arrived);
         this.tasks.abort_all();
         *this.inputs_done = true;
-        *this.occupied = 0;
-        *this.arrived = Arrived::Unordered(VecDeque::new());
+        *this.aborted = true;
+        let waiting =
+            std::mem::replace(this.arrived, Arrived::Unordered(VecDeque::new())).into_unordered();
+        *this.occupied = waiting.len();
+        *this.arrived = Arrived::Unordered(waiting);
     }
+}
+
+/// Moves every reported completion into `arrived` and frees its task slot.
+fn absorb<O, H: TaskHandle<()>>(
+    completions: &Completions<O>,
+    tasks: &mut Tasks<H>,
+    arrived: &mut Arrived<O>,
+) {
+    completions.drain(|done| {
+        if let Some(slot) = tasks.slots.get_mut(done.slot) {
+            *slot = None;
+            tasks.free.push(done.slot);
+        }
+        arrived.insert(done.sequence, done.outcome);
+    });
 }
 
 impl<R, S, F, Fut> Stream for FanOutStream<R, S, F, Fut::Output>
@@ -163,17 +223,12 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         loop {
-            let (tasks, arrived, occupied) = (&mut *this.tasks, &mut *this.arrived, *this.occupied);
-            this.completions.drain(|done| {
-                if let Some(slot) = tasks.slots.get_mut(done.slot) {
-                    *slot = None;
-                    tasks.free.push(done.slot);
-                }
-                // After an abort nothing is owed any more: late reports are dropped.
-                if occupied > 0 {
-                    arrived.insert(done.sequence, done.outcome);
-                }
-            });
+            if *this.aborted {
+                // Late reports of aborted tasks: nothing is owed for them.
+                this.completions.drain(drop);
+            } else {
+                absorb(this.completions, this.tasks, this.arrived);
+            }
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
                 *this.occupied -= 1;

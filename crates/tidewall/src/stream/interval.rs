@@ -22,8 +22,9 @@ pub enum MissedTicks {
     /// Deliver one tick now and restart the schedule from it: spacing is at least `period`,
     /// the count drifts.
     Delay,
-    /// Deliver one tick now and drop the missed ones; the next tick is the next point of the
-    /// original schedule (the default: no bursts, no drift).
+    /// Deliver one tick now (the earliest missed point) and drop the other missed ones; the
+    /// next tick is the first point of the original schedule after the late one was
+    /// delivered, however long the stall (the default: no bursts, no drift).
     #[default]
     Skip,
 }
@@ -32,9 +33,34 @@ pin_project! {
     /// Ticks every `period`: each item is the tick's scheduled instant. See
     /// [`interval_on`](super::interval_on).
     ///
-    /// The first tick is one period after the start. Jitter, if set, delays each wake-up by a
-    /// random amount up to the jitter (seeded, reproducible), without moving the schedule.
+    /// The first tick is one period after the interval was created (by
+    /// [`interval_on`](super::interval_on)), then one per period on that schedule; a consumer
+    /// late by one or more periods gets what its [`MissedTicks`] says, for a stall of any
+    /// length. Jitter, if set, delays each wake-up by a random amount up to the jitter
+    /// (seeded, reproducible), without moving the schedule.
     /// Never ends; stop it by dropping it (or with `take_until` on a cancellation).
+    ///
+    /// **Cancel safety:** dropping a `next()` future loses no tick: the tick it waited for is
+    /// the next one delivered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use tidewall::rt::{Runtime, Tokio};
+    /// use tidewall::stream::{MissedTicks, interval_on};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let start = Tokio.now();
+    /// let mut ticks = std::pin::pin!(interval_on(Tokio, Duration::from_secs(1), MissedTicks::Skip)?);
+    /// assert_eq!(ticks.next().await, Some(start + Duration::from_secs(1)));
+    /// // The consumer stalls for 90 days: one late tick at once (the one due at 2 s), then the
+    /// // schedule resumes at its first point after the stall.
+    /// tokio::time::sleep(Duration::from_secs(90 * 86_400)).await;
+    /// assert_eq!(ticks.next().await, Some(start + Duration::from_secs(2)));
+    /// assert_eq!(ticks.next().await, Some(start + Duration::from_secs(90 * 86_400 + 2)));
+    /// # Ok(()) }
+    /// ```
     #[must_use = "streams do nothing unless polled"]
     pub struct Interval<R: Runtime> {
         rt: R,
@@ -61,6 +87,14 @@ impl<R: Runtime> Interval<R> {
             rng: SplitMix64::new(0),
             sleep: None,
         })
+    }
+
+    /// The same interval with its schedule restarted from now: the first tick is one period
+    /// from now. For owners that build the interval (to validate it) before they start it.
+    pub(crate) fn restarted(mut self) -> Self {
+        self.next = instant_after(self.rt.now(), self.period);
+        self.sleep = None;
+        self
     }
 
     /// Delays each wake-up by up to `jitter` (seeded by `seed`), so many intervals started
@@ -99,18 +133,78 @@ impl<R: Runtime> Stream for Interval<R> {
         *this.next = match this.missed {
             MissedTicks::Burst => instant_after(tick, *this.period),
             MissedTicks::Delay => instant_after(now.max(tick), *this.period),
-            MissedTicks::Skip => {
-                let mut next = instant_after(tick, *this.period);
-                if next <= now {
-                    // Jump to the first scheduled point after now, in one step.
-                    let behind = now.duration_since(tick).as_nanos();
-                    let periods = behind / this.period.as_nanos() + 1;
-                    let skip = u32::try_from(periods).unwrap_or(u32::MAX);
-                    next = instant_after(tick, this.period.saturating_mul(skip));
-                }
-                next
-            }
+            MissedTicks::Skip => first_point_after(tick, now, *this.period),
         };
         Poll::Ready(Some(tick))
+    }
+}
+
+/// The first point of the schedule `tick + k × period` (k ≥ 1) strictly after `now`.
+///
+/// Computed from the remainder of the stall, never from a count of missed periods: the
+/// distance to the next point is at most one period, whatever the stall (a count would have
+/// to hold 2^32 and more periods after a long enough stall at a short period).
+fn first_point_after(tick: Instant, now: Instant, period: Duration) -> Instant {
+    let next = instant_after(tick, period);
+    if next > now {
+        return next;
+    }
+    // `period` is non-zero and fits in u64 nanoseconds (checked at construction); the stall is
+    // a `Duration`, whose nanoseconds fit in u128 for any stall.
+    let period_nanos = period.as_nanos();
+    let into_period = now.duration_since(tick).as_nanos() % period_nanos;
+    let until_next = u64::try_from(period_nanos - into_period).unwrap_or(u64::MAX);
+    instant_after(now, Duration::from_nanos(until_next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_nanos(nanos: u128) -> Duration {
+        Duration::new(
+            u64::try_from(nanos / 1_000_000_000).unwrap(),
+            u32::try_from(nanos % 1_000_000_000).unwrap(),
+        )
+    }
+
+    /// A count of skipped periods in a `u32` saturated after 2^32 periods and put the next
+    /// point days in the past; the next point must be within one period after `now`, on the
+    /// schedule, for any stall.
+    #[test]
+    fn the_next_point_is_within_one_period_after_any_stall() {
+        let tick = Instant::now();
+        let stalls = [
+            0u128,
+            1,
+            2,
+            3,
+            1_000,
+            u128::from(u32::MAX) - 1,
+            u128::from(u32::MAX),
+            1 << 32,
+            (1 << 32) + 1,
+            (1 << 33) + 7,
+            1 << 40,
+        ];
+        for period in [
+            Duration::from_nanos(1),
+            Duration::from_millis(1),
+            Duration::from_millis(250),
+        ] {
+            for periods in stalls {
+                for extra in [Duration::ZERO, Duration::from_nanos(1), period / 2] {
+                    let behind = from_nanos(period.as_nanos() * periods + extra.as_nanos());
+                    let Some(now) = tick.checked_add(behind) else {
+                        continue;
+                    };
+                    let next = first_point_after(tick, now, period);
+                    let case = format!("period {period:?}, stall of {periods} periods + {extra:?}");
+                    assert!(next > now, "{case}");
+                    assert!(next - now <= period, "{case}");
+                    assert_eq!((next - tick).as_nanos() % period.as_nanos(), 0, "{case}");
+                }
+            }
+        }
     }
 }

@@ -14,7 +14,8 @@ pub enum Overlong {
     /// or a corrupt file).
     #[default]
     Error,
-    /// Skip the line (counted in [`LineReader::skipped`]) and go on.
+    /// Skip the line (counted in [`LineReader::skipped`]) and go on; a batch of only skipped
+    /// lines is not delivered (reading goes on).
     Skip,
 }
 
@@ -160,7 +161,9 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero `buffer` or `max_line`.
+    /// [`ConfigError::Zero`] for a zero `buffer` or `max_line`; [`ConfigError::OutOfRange`]
+    /// when the buffer (`buffer`, or `max_line + 1` if larger) would exceed
+    /// [`MAX_BUFFER`](super::MAX_BUFFER) or cannot be allocated.
     pub fn new(
         reader: Rd,
         buffer: usize,
@@ -173,10 +176,15 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
         if max_line == 0 {
             return Err(ConfigError::Zero { field: "max_line" });
         }
-        let size = buffer.max(max_line.saturating_add(1));
+        let size = if max_line >= buffer {
+            let size = max_line.saturating_add(1);
+            super::zeroed_buffer("max_line", size)?
+        } else {
+            super::zeroed_buffer("buffer", buffer)?
+        };
         Ok(Self {
             reader,
-            buf: vec![0; size].into_boxed_slice(),
+            buf: size.into_boxed_slice(),
             start: 0,
             end: 0,
             max_line,
@@ -194,7 +202,9 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
         self.skipped
     }
 
-    /// The next batch of complete lines, or `None` at end of input.
+    /// The next batch of complete lines, or `None` at end of input. A batch is never empty:
+    /// with [`Overlong::Skip`], when every line a read brought in is skipped, reading goes on
+    /// until a line fits or the input ends.
     ///
     /// **Cancel safety:** dropping the future between reads loses nothing; dropped during a
     /// read, the bytes that read had not returned yet are not lost either (the reader keeps
@@ -223,7 +233,12 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
             if !self.skipping {
                 if let Some(at) = memchr::memrchr(b'\n', &self.buf[self.searched..self.end]) {
                     let len = self.searched + at + 1;
-                    return self.deliver(len).map(Some);
+                    let lent = self.settle(len)?;
+                    if lent > 0 {
+                        return Ok(Some(self.lend(lent)));
+                    }
+                    // Every line of it was skipped: a batch is never empty, read on.
+                    continue;
                 }
                 self.searched = self.end;
             }
@@ -257,7 +272,12 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
                 }
                 // The last line has no newline.
                 let len = self.end;
-                return self.deliver(len).map(Some);
+                let lent = self.settle(len)?;
+                if lent > 0 {
+                    return Ok(Some(self.lend(lent)));
+                }
+                // It was skipped; the next turn finds the buffer empty and ends.
+                continue;
             }
             if self.skipping {
                 // Drop bytes up to the end of the overlong line; what follows is searched at
@@ -278,10 +298,11 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
         }
     }
 
-    /// Lends `buf[..len]` (whole lines) as a batch after checking every line's length. With
-    /// [`Overlong::Error`], the lines before an overlong one still go out; the overlong line
-    /// then fails this call or the next, and every call after it.
-    fn deliver(&mut self, len: usize) -> Result<LineBatch<'_>, LinesError> {
+    /// Checks every line's length in `buf[..len]` (whole lines) and returns how many bytes at
+    /// the front of the buffer go out as a batch: 0 when [`Overlong::Skip`] dropped every
+    /// line. With [`Overlong::Error`], the lines before an overlong one still go out; the
+    /// overlong line then fails this call or the next, and every call after it.
+    fn settle(&mut self, len: usize) -> Result<usize, LinesError> {
         let first_overlong = {
             let mut offset = 0;
             let mut found = None;
@@ -302,18 +323,14 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
             self.start = len;
             // What follows the batch's last newline holds none.
             self.searched = self.end;
-            return Ok(LineBatch {
-                bytes: &self.buf[..len],
-            });
+            return Ok(len);
         };
         match self.overlong {
             Overlong::Error if at > 0 => {
                 // Deliver the good lines before it; the next call meets it first.
                 self.start = at;
                 self.searched = at;
-                Ok(LineBatch {
-                    bytes: &self.buf[..at],
-                })
+                Ok(at)
             }
             Overlong::Error => {
                 self.failed = true;
@@ -323,11 +340,18 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
                 // Rare: keep the lines that fit, compacted in place.
                 self.start = len;
                 self.searched = self.end;
-                let kept = compact_fitting(&mut self.buf[..len], self.max_line, &mut self.skipped);
-                Ok(LineBatch {
-                    bytes: &self.buf[..kept],
-                })
+                Ok(compact_fitting(
+                    &mut self.buf[..len],
+                    self.max_line,
+                    &mut self.skipped,
+                ))
             }
+        }
+    }
+
+    fn lend(&self, len: usize) -> LineBatch<'_> {
+        LineBatch {
+            bytes: &self.buf[..len],
         }
     }
 
@@ -360,4 +384,40 @@ fn compact_fitting(batch: &mut [u8], max: usize, skipped: &mut u64) -> usize {
         read = end;
     }
     write
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    /// Every batch `next_batch` returns, as lines, until the end or an error.
+    fn batches(input: &[u8], buffer: usize, max_line: usize) -> (Vec<Vec<Vec<u8>>>, u64) {
+        let mut reader = LineReader::new(input, buffer, max_line, Overlong::Skip).unwrap();
+        let mut out = Vec::new();
+        while let Some(batch) = reader.next_batch().now_or_never().unwrap().unwrap() {
+            out.push(batch.lines().map(<[u8]>::to_vec).collect());
+        }
+        (out, reader.skipped())
+    }
+
+    /// A read that brings in only overlong lines used to come back as a batch of zero lines.
+    #[test]
+    fn a_read_of_only_skipped_lines_yields_no_batch() {
+        // One 16-byte read holds two overlong lines and the start of a fitting one.
+        let (got, skipped) = batches(b"aaaaaa\nbbbbbb\nok\n", 16, 4);
+        assert_eq!(got, [vec![b"ok".to_vec()]]);
+        assert_eq!(skipped, 2);
+    }
+
+    #[test]
+    fn an_overlong_last_line_without_newline_yields_no_batch() {
+        let (got, skipped) = batches(b"ok\naaaaaa", 64, 4);
+        assert_eq!(got, [vec![b"ok".to_vec()]]);
+        assert_eq!(skipped, 1);
+        let (got, skipped) = batches(b"aaaaaa", 64, 4);
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(skipped, 1);
+    }
 }

@@ -69,6 +69,30 @@ pub use par_map::{ParMap, ParMapLocal};
 #[cfg(feature = "watch")]
 pub use watch::{DirChanges, DirWatch, WatchError};
 
+/// The largest read buffer, line length or chunk a reader accepts (1 GiB): a size past it is
+/// refused with a typed error instead of aborting the process when the allocation fails.
+pub const MAX_BUFFER: usize = 1 << 30;
+
+/// A zeroed buffer of `len` bytes for a reader's `field`, or the error that says why not.
+fn zeroed_buffer(field: &'static str, len: usize) -> Result<Vec<u8>, ConfigError> {
+    let refused = |allowed| ConfigError::OutOfRange {
+        field,
+        // Sizes are reported as f64, exact up to 2^53 bytes.
+        #[allow(clippy::cast_precision_loss)]
+        value: len as f64,
+        allowed,
+    };
+    if len > MAX_BUFFER {
+        return Err(refused("at most 1 GiB (stream::MAX_BUFFER)"));
+    }
+    let mut buffer = Vec::new();
+    buffer
+        .try_reserve_exact(len)
+        .map_err(|_| refused("a size this process can allocate"))?;
+    buffer.resize(len, 0);
+    Ok(buffer)
+}
+
 use crate::ConfigError;
 use crate::rt::Runtime;
 
@@ -85,9 +109,11 @@ pub fn interval_on<R: Runtime>(
     Interval::new(rt, period, missed)
 }
 
-/// Follows the file at `path` (`tail -F`): every `period`, the lines appended since the last
-/// look, across rotation and truncation; starting at its current end, or at its start with
-/// `from_start`. Lines longer than `max_line` arrive as errors. See [`Follow`].
+/// Follows the file at `path` (`tail -F`): the lines appended since the last look, looking
+/// every `period` while the stream is polled (it looks at the file only then: rotation and
+/// truncation between polls are noticed at the next look, within the limits [`Follow`]
+/// states); starting at its current end, or at its start with `from_start`. Lines longer
+/// than `max_line` arrive as errors.
 ///
 /// # Errors
 ///
@@ -138,7 +164,7 @@ pub fn watch_dir_on<R: Runtime>(
 ///
 /// # Errors
 ///
-/// [`ConfigError::Zero`] for a zero capacity.
+/// [`ConfigError::Zero`] for a zero capacity; [`ConfigError::OutOfRange`] for one over 2^30.
 pub fn generator<T, F, Fut>(capacity: usize, produce: F) -> Result<Generator<T, Fut>, ConfigError>
 where
     F: FnOnce(Yielder<T>) -> Fut,

@@ -127,8 +127,9 @@ pub trait StreamOps: Stream + Sized {
         RateLimit::new(self, limiter)
     }
 
-    /// Yields `Err(Elapsed)` whenever the next item takes longer than `timeout` (and goes on).
-    /// See [`TimeoutEach`].
+    /// Yields `Err(Elapsed)` once whenever the upstream takes longer than `timeout` to produce
+    /// the next item after the consumer asked for it (and goes on waiting for that item). The
+    /// consumer's own time with an item is never counted. See [`TimeoutEach`].
     ///
     /// # Errors
     ///

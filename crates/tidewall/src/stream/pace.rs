@@ -116,12 +116,45 @@ impl<S: Stream, R: Runtime> Stream for RateLimit<S, R> {
 }
 
 pin_project! {
-    /// Each item within `timeout` of the previous one (or of the first poll); see
+    /// Each item within `timeout` of being asked for; see
     /// [`StreamOps::timeout_each`](super::StreamOps::timeout_each).
     ///
-    /// A gap longer than `timeout` yields one `Err(Elapsed)` and the stream goes on: the next
-    /// item, when it comes, is `Ok` again, and the clock restarts from it (as `tokio-stream`'s
-    /// `timeout`).
+    /// The timer measures the upstream, not the consumer: it starts when the consumer asks
+    /// for the next item (the first `poll_next` after the previous item was delivered, or the
+    /// very first) and finds it not ready. The time the consumer spends with an item before
+    /// asking for the next is not counted, so a slow consumer never causes `Elapsed` (unlike
+    /// `tokio-stream`'s `timeout`, whose timer runs from the delivery of the previous item).
+    ///
+    /// If the item has not come `timeout` after it was asked for, the stream yields one
+    /// `Err(Elapsed)` and goes on waiting for it without a timer: when it comes it is `Ok`,
+    /// and the timer of the item after it starts when that one is asked for. The upstream is
+    /// polled before the timer, so an item that is ready when the timer fires is delivered.
+    ///
+    /// **Cancel safety:** dropping a `next()` future loses nothing; the timer of the item
+    /// being waited for keeps running for the next poll.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures_util::{StreamExt, stream};
+    /// use tidewall::stream::StreamOps;
+    /// use tidewall::time::Elapsed;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// // The upstream takes 40 ms, then 80 ms, from being asked for each item.
+    /// let upstream = stream::iter([40, 80]).then(|ms| async move {
+    ///     tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///     ms
+    /// });
+    /// let mut items = std::pin::pin!(upstream.timeout_each(Duration::from_millis(50))?);
+    /// assert_eq!(items.next().await, Some(Ok(40)));
+    /// // A consumer busy for a second is not the upstream's fault.
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert_eq!(items.next().await, Some(Err(Elapsed))); // 50 ms into the 80
+    /// assert_eq!(items.next().await, Some(Ok(80)));
+    /// assert_eq!(items.next().await, None);
+    /// # Ok(()) }
+    /// ```
     #[must_use = "streams do nothing unless polled"]
     pub struct TimeoutEach<S, R: Runtime> {
         #[pin]

@@ -20,8 +20,8 @@
 //!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
 //!   component; a final report.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
-//!   token; [`HealthChecker`]: a probe with a timeout each period, published through a
-//!   watch-style [`HealthHandle`].
+//!   token; [`HealthChecker`]: a probe at once, then one each period, each with a timeout,
+//!   published through a watch-style [`HealthHandle`].
 //! * [`spawn_blocking_cancellable`]: blocking work with a cooperative [`CancelFlag`], raised
 //!   when the result is no longer wanted (see `examples/rayon_offload.rs` for CPU-bound work
 //!   on rayon).

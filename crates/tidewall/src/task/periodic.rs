@@ -15,9 +15,18 @@ use crate::time::FutureExt as _;
 
 /// Runs `work(tick)` every `period` until `token` is cancelled; returns the reason.
 ///
-/// Each run is awaited before the next tick is considered, so runs never overlap; a run that
-/// takes longer than the period is handled by `missed` (see [`MissedTicks`]: `Skip` by
-/// default drops the ticks it overran, `Burst` catches up, `Delay` restarts the schedule).
+/// The schedule starts when the returned future is first polled: the first run is one period
+/// later, and runs follow `start + k × period` (`tick` is the run's scheduled instant). Each
+/// run is awaited before the next tick is considered, so runs never overlap. A run that
+/// overruns one or more ticks is handled by `missed` (see [`MissedTicks`]):
+///
+/// * `Skip`: the next run starts at once, late, for the earliest tick it overran; the other
+///   overrun ticks are dropped, and runs return to the original schedule at its first point
+///   after the late run started. An overrun of any length behaves so, from one period to
+///   centuries.
+/// * `Burst`: one run per overrun tick, back to back, until the schedule is caught up.
+/// * `Delay`: the next run starts at once and the schedule restarts from it.
+///
 /// The token is checked before every poll of a run (see
 /// [`CancellationToken::run_until_cancelled`]), so a run is stopped mid-way, not only
 /// between runs.
@@ -64,7 +73,7 @@ where
 {
     let ticks = interval_on(rt, period, missed)?;
     Ok(async move {
-        let mut ticks = std::pin::pin!(ticks);
+        let mut ticks = std::pin::pin!(ticks.restarted());
         loop {
             let tick = match token.run_until_cancelled(ticks.next()).await {
                 Ok(Some(tick)) => tick,
@@ -158,12 +167,23 @@ impl HealthHandle {
 
 /// Probes something every period, each probe bounded by a timeout, and publishes the latest
 /// [`Health`] through a [`HealthHandle`].
+///
+/// **Schedule:** the first probe starts as soon as the checker's future is first polled, so a
+/// verdict arrives without waiting a period; later probes start at `first + k × period`.
+/// Probes never overlap: a probe that overruns ticks (it can, when the timeout is longer than
+/// the period) is followed at once by one late probe, and the other overrun ticks are dropped
+/// ([`MissedTicks::Skip`]), for an overrun of any length. Each finished probe publishes its
+/// verdict with the instant it finished ([`HealthHandle::latest`]).
 #[derive(Debug)]
 pub struct HealthChecker;
 
 impl HealthChecker {
-    /// Returns the handle and the checker's future (run it, e.g. spawn it); it probes until
-    /// `token` is cancelled and then returns the reason.
+    /// Returns the handle and the checker's future (run it, e.g. spawn it); it probes at once
+    /// when first polled, then every `period` (see [`HealthChecker`]), until `token` is
+    /// cancelled, and then returns the reason.
+    ///
+    /// **Cancel safety:** dropping the checker's future drops the probe in progress; the
+    /// handle keeps the last published verdict.
     ///
     /// ```
     /// use std::time::Duration;
@@ -176,8 +196,11 @@ impl HealthChecker {
     /// let (health, checker) = HealthChecker::start(Tokio, Duration::from_secs(5), Duration::from_secs(1), &token, || async {
     ///     Ok::<(), String>(()) // e.g. `SELECT 1`
     /// })?;
+    /// let started = Tokio.now();
     /// let run = tokio::spawn(async move { checker.await });
     /// assert_eq!(health.changed(&Health::Unknown).await, Health::Healthy);
+    /// // The first probe ran at once, not one period (5 s) later.
+    /// assert_eq!(health.latest(), (Health::Healthy, Some(started)));
     /// token.cancel("bye");
     /// assert_eq!(run.await.unwrap().as_str(), "bye");
     /// # Ok(()) }
@@ -212,18 +235,8 @@ impl HealthChecker {
         let publisher = handle.clone();
         let ticks = interval_on(rt.clone(), period, MissedTicks::Skip)?;
         let run = async move {
-            let mut ticks = std::pin::pin!(ticks);
-            // The first probe runs at once, then one per period.
-            let mut first = true;
+            let mut ticks = std::pin::pin!(ticks.restarted());
             loop {
-                if !first {
-                    match token.run_until_cancelled(ticks.next()).await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => return Reason::new("interval ended"),
-                        Err(reason) => return reason,
-                    }
-                }
-                first = false;
                 let outcome = match token
                     .run_until_cancelled(probe().timeout_on(&rt, timeout))
                     .await
@@ -234,6 +247,11 @@ impl HealthChecker {
                     Ok(Ok(Ok(()))) => Health::Healthy,
                 };
                 publisher.publish(outcome, rt.now());
+                match token.run_until_cancelled(ticks.next()).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Reason::new("interval ended"),
+                    Err(reason) => return reason,
+                }
             }
         };
         Ok((handle, run))
