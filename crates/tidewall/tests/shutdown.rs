@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewall::ConfigError;
+use tidewall::FutureExt as _;
 use tidewall::rt::Runtime;
 use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, ShutdownReport, Stopped};
 use tidewall::testing::Clocked;
@@ -190,4 +191,147 @@ fn a_failing_or_panicking_component_starts_the_shutdown_on_every_runtime() {
 fn bad_configuration_is_a_typed_error() {
     let zero = Shutdown::builder().deadline(Duration::ZERO).build();
     assert_eq!(zero.unwrap_err(), ConfigError::Zero { field: "deadline" });
+}
+
+/// Components that ended on their own (returned, failed, panicked) while nobody polled
+/// `run` are `Early`; one still running is stopped; one that ends on its own once the
+/// shutdown has begun, before its turn, is `Stopped` with `took` zero.
+async fn components_that_ended_before_the_shutdown_are_early<R: Runtime>(rt: Clocked<R>) {
+    let told = Arc::default();
+    let mut shutdown = Shutdown::builder()
+        .runtime(rt.clone())
+        .deadline(ms(1_000))
+        .build()
+        .unwrap();
+    let rt2 = rt.clone();
+    shutdown.register("ends-during", move |_stop| async move {
+        rt2.sleep(ms(1_005)).await;
+        Ok::<(), std::io::Error>(())
+    });
+    shutdown.register("returned", |_stop| async { Ok::<(), std::io::Error>(()) });
+    shutdown.register("failed", |_stop| async { Err::<(), _>("no config") });
+    shutdown.register("panicked", |_stop| async {
+        if true {
+            panic!("bad state");
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    component(&mut shutdown, &rt, &told, "server", Some(10), None);
+    // Nobody polls `run` while they end.
+    rt.sleep(ms(1_000)).await;
+    let start = rt.now();
+    let report = shutdown.stop("deploy").await;
+    assert!(matches!(&report.cause, Cause::Triggered(r) if r.as_str() == "deploy"));
+    assert_eq!(
+        pairs(&report),
+        [
+            stopped("server", 10),
+            (
+                "panicked".to_owned(),
+                ComponentEnd::Early(Exit::Panicked("bad state".into()))
+            ),
+            (
+                "failed".to_owned(),
+                ComponentEnd::Early(Exit::Failed("no config".into()))
+            ),
+            ("returned".to_owned(), ComponentEnd::Early(Exit::Normal)),
+            stopped("ends-during", 0),
+        ]
+    );
+    assert_eq!(rt.now() - start, ms(10));
+    assert!(report.is_clean() && !report.deadline_exceeded);
+    assert_eq!(*told.lock().unwrap(), [("server", ms(1_000))]);
+}
+
+#[test]
+fn components_that_ended_before_the_shutdown_are_early_on_every_runtime() {
+    on_every_runtime!(components_that_ended_before_the_shutdown_are_early);
+}
+
+/// The shutdown begins when the trigger is cancelled, not when `run` is first polled: a
+/// component that ends on its own in between is `Stopped`, one that ended before is `Early`.
+async fn the_trigger_marks_the_beginning_not_the_first_poll<R: Runtime>(rt: Clocked<R>) {
+    let mut shutdown = Shutdown::builder().runtime(rt.clone()).build().unwrap();
+    let (rt2, rt3) = (rt.clone(), rt.clone());
+    shutdown.register("before", move |_stop| async move {
+        rt2.sleep(ms(5)).await;
+        Ok::<(), std::io::Error>(())
+    });
+    shutdown.register("after", move |_stop| async move {
+        rt3.sleep(ms(15)).await;
+        Ok::<(), std::io::Error>(())
+    });
+    rt.sleep(ms(10)).await;
+    shutdown.trigger().cancel("maintenance");
+    rt.sleep(ms(10)).await;
+    let report = shutdown.run().await;
+    assert!(matches!(&report.cause, Cause::Triggered(r) if r.as_str() == "maintenance"));
+    assert_eq!(
+        pairs(&report),
+        [
+            stopped("after", 0),
+            ("before".to_owned(), ComponentEnd::Early(Exit::Normal)),
+        ]
+    );
+    assert_eq!(report.took, ms(0));
+}
+
+#[test]
+fn the_trigger_marks_the_beginning_of_the_shutdown_on_every_runtime() {
+    on_every_runtime!(the_trigger_marks_the_beginning_not_the_first_poll);
+}
+
+/// Sets its flag when dropped (a component's future, aborted or finished).
+struct FlagOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for FlagOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Dropping `stop`'s future mid-shutdown: the component being stopped goes on alone, the
+/// ones not reached yet are told and aborted.
+async fn dropping_the_shutdown_future_aborts_what_is_left<R: Runtime>(rt: Clocked<R>) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let mut shutdown = Shutdown::builder().runtime(rt.clone()).build().unwrap();
+    let (db_gone, http_done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut db_token = None;
+    let gone = FlagOnDrop(Arc::clone(&db_gone));
+    shutdown.register("db", |stop| {
+        db_token = Some(stop);
+        async move {
+            let _gone = gone;
+            std::future::pending::<()>().await;
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    let (rt2, done) = (rt.clone(), Arc::clone(&http_done));
+    shutdown.register("http", move |stop| async move {
+        stop.cancelled().await;
+        rt2.sleep(ms(100)).await;
+        done.store(true, SeqCst);
+        Ok::<(), std::io::Error>(())
+    });
+    let stopping = shutdown.stop("deploy").timeout_on(&rt, ms(10)).await;
+    assert!(stopping.is_err(), "dropped while `http` drains");
+    rt.sleep(ms(200)).await;
+    let db_token = db_token.unwrap();
+    assert_eq!(
+        db_token.reason().unwrap().as_str(),
+        "shutdown coordinator dropped"
+    );
+    assert!(db_gone.load(SeqCst), "`db` was aborted");
+    assert!(
+        !http_done.load(SeqCst),
+        "`http`, dropped mid-drain with its coordinator, was aborted too"
+    );
+}
+
+#[test]
+fn dropping_the_shutdown_future_aborts_what_is_left_on_every_runtime() {
+    on_every_runtime!(dropping_the_shutdown_future_aborts_what_is_left);
 }

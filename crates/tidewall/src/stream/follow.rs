@@ -19,12 +19,26 @@ use crate::time::positive_duration;
 /// back, without waiting for the next period.
 const CHUNK: u64 = 1 << 20;
 
+/// How many of the bytes just before the read offset every check reads again (in the same
+/// read as the new bytes) and compares with what it read there before: a file truncated and
+/// written past that offset between two checks shows up as a difference.
+const TAIL: usize = 64;
+
 /// The file being followed, kept open across checks so that a rotated file is read to its
-/// end before the new one is opened (no line written just before a rotation is lost).
+/// end before the new one is opened.
 struct Open {
     file: File,
     id: u64,
     offset: u64,
+    /// The last (at most `TAIL`) bytes before `offset`, as they were read.
+    tail: Vec<u8>,
+}
+
+impl Open {
+    fn rewind(&mut self) {
+        self.offset = 0;
+        self.tail.clear();
+    }
 }
 
 /// What one check found.
@@ -36,32 +50,86 @@ struct Check {
     more: bool,
 }
 
+impl Check {
+    fn nothing() -> Self {
+        Self {
+            data: Vec::new(),
+            restarted: false,
+            more: false,
+        }
+    }
+}
+
 /// The open file travels into the blocking check and back.
 type Checked = (Option<Open>, io::Result<Check>);
 
 /// Follows a file like `tail -F`: yields each complete line appended to it.
 ///
-/// Every `period` (which also debounces bursts of writes) a blocking task checks the file.
-/// The follower keeps the file open: new bytes are read from it; when the path now names
-/// another file (rotation), the old one is read to its end first, then the new one from its
-/// start; a file truncated in place is read again from its start; a missing file is waited
-/// for, and read from its start when it appears. A partial last line is held until its
-/// newline arrives (at most `max_line` bytes; a longer line is delivered as an `InvalidData`
-/// error and skipped). The stream never ends: drop it to stop following.
+/// The file is looked at only while the stream is polled. Each check runs on a blocking
+/// task: the first is started when the follower is built; each next one by a poll that
+/// comes `period` or more after the previous one's result was taken (which also debounces
+/// bursts of writes), or at once when that check left bytes unread (more than 1 MiB were
+/// waiting) or let a rotated or truncated file go. Whatever happens to the file while the
+/// stream is not polled is seen by the next check, with these guarantees:
 ///
-/// Like `tail -F`, a copy-then-truncate rotation is seen only if a check runs while the file
-/// is shorter than what was read; if it has already grown past that point, the bytes before
-/// it are taken as old.
+/// - **Appends** are read from the file the follower keeps open.
+/// - **Rotation** (the path renamed away, and perhaps a new file created under it): each
+///   check looks at the path *before* it reads the open file to its end, so every byte
+///   written to the old file before its rename is read before the old file is let go; then
+///   the file now at the path is read from its start. Bytes written to the old file after its
+///   rename (by a writer that still has it open) are read if they land before the check
+///   that notices the rename, and lost after it. If the path was replaced more than once
+///   since the last check, the file the follower had open and the one now at the path are
+///   read: the ones in between came and went unseen.
+/// - **Truncation in place** (copy-then-truncate rotation): a check notices it when the file
+///   is shorter than what was read, or when the (up to) 64 bytes before that point are no
+///   longer the ones read there; the file is then read again from its start. Lines that were in the
+///   file before the truncation and not yet read are gone with it (they are in the copy). A
+///   file truncated and written past that point with the very same bytes there (a log of
+///   identical lines) is taken as unchanged, and its start as already read.
+/// - **A missing file** is waited for, and read from its start when it appears.
 ///
-/// **Cancel safety:** dropping it detaches at most one in-flight check.
+/// It starts at the file's current end, or at its start with `from_start` (a file that
+/// does not exist yet is read from its start either way). A partial last line is held until
+/// its newline arrives; a partial last line left in a file that was rotated or truncated is
+/// dropped. A line longer than `max_line` bytes is delivered as an `InvalidData` error and
+/// skipped. An I/O error is delivered as an item, and the follower checks again a period
+/// later. The stream never ends: drop it to stop following.
+///
+/// Rotation is recognised by inode: on platforms without one (not Unix) a renamed file is
+/// followed on, and the new file at the path is read only if a check found no file there
+/// in between.
+///
+/// **Cancel safety:** dropping it detaches at most one in-flight check, which then ends on
+/// its own.
+///
+/// ```
+/// use std::io::Write as _;
+/// use std::time::Duration;
+/// use futures_util::StreamExt as _;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("app.log");
+/// std::fs::write(&path, "started\n")?;
+/// let period = Duration::from_millis(100);
+/// let mut lines = tidewall::stream::follow_on(tidewall::rt::Tokio, &path, period, 4096, true)?;
+/// assert_eq!(lines.next().await.unwrap()?, b"started");
+/// // Rotation while the stream is not polled: a last line, a rename, a new file.
+/// std::fs::OpenOptions::new().append(true).open(&path)?.write_all(b"last words\n")?;
+/// std::fs::rename(&path, dir.path().join("app.log.1"))?;
+/// std::fs::write(&path, "fresh\n")?;
+/// assert_eq!(lines.next().await.unwrap()?, b"last words");
+/// assert_eq!(lines.next().await.unwrap()?, b"fresh");
+/// # Ok(()) }
+/// ```
 pub struct Follow<R: Runtime> {
     rt: R,
     path: PathBuf,
     period: Duration,
-    max_line: usize,
     from_start: bool,
-    partial: Vec<u8>,
-    skipping: bool,
+    splitter: Splitter,
     ready: VecDeque<io::Result<Vec<u8>>>,
     state: State<R>,
 }
@@ -98,10 +166,8 @@ impl<R: Runtime> Follow<R> {
             rt,
             path: path.to_owned(),
             period,
-            max_line,
             from_start,
-            partial: Vec::new(),
-            skipping: false,
+            splitter: Splitter::new(max_line),
             ready: VecDeque::new(),
             state: State::Moving,
         };
@@ -113,7 +179,7 @@ impl<R: Runtime> Follow<R> {
         let (path, from_start) = (self.path.clone(), self.from_start);
         self.state = State::Checking(
             self.rt
-                .spawn_blocking(move || check(&path, open, from_start)),
+                .spawn_blocking(move || check(&path, open, from_start, &mut || {})),
         );
         // Only the very first look at an existing file starts at its end: a file that appears
         // (or replaces the followed one) later is new, and read from its start.
@@ -123,9 +189,32 @@ impl<R: Runtime> Follow<R> {
     fn wait(&mut self, open: Option<Open>) {
         self.state = State::Waiting(open, Box::pin(self.rt.sleep(self.period)));
     }
+}
 
-    /// Splits fresh bytes into complete lines, keeping the partial last one.
-    fn take_lines(&mut self, data: &[u8]) {
+/// Cuts the bytes read into complete lines, holding the partial last one.
+struct Splitter {
+    max_line: usize,
+    partial: Vec<u8>,
+    /// Inside a line that was already reported as too long: drop up to its newline.
+    skipping: bool,
+}
+
+impl Splitter {
+    fn new(max_line: usize) -> Self {
+        Self {
+            max_line,
+            partial: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// The bytes that follow start a new file: forget the partial line.
+    fn restart(&mut self) {
+        self.partial.clear();
+        self.skipping = false;
+    }
+
+    fn split(&mut self, data: &[u8], out: &mut VecDeque<io::Result<Vec<u8>>>) {
         let mut rest = data;
         while let Some(at) = memchr::memchr(b'\n', rest) {
             let (piece, tail) = (&rest[..at], &rest[at + 1..]);
@@ -135,12 +224,12 @@ impl<R: Runtime> Follow<R> {
             }
             if self.partial.len() + piece.len() > self.max_line {
                 self.partial.clear();
-                self.ready.push_back(Err(too_long(self.max_line)));
+                out.push_back(Err(too_long(self.max_line)));
                 continue;
             }
             let mut line = std::mem::take(&mut self.partial);
             line.extend_from_slice(piece);
-            self.ready.push_back(Ok(line));
+            out.push_back(Ok(line));
         }
         if self.skipping {
             return;
@@ -148,7 +237,7 @@ impl<R: Runtime> Follow<R> {
         if self.partial.len() + rest.len() > self.max_line {
             self.partial.clear();
             self.skipping = true;
-            self.ready.push_back(Err(too_long(self.max_line)));
+            out.push_back(Err(too_long(self.max_line)));
         } else {
             self.partial.extend_from_slice(rest);
         }
@@ -162,102 +251,137 @@ fn too_long(max: usize) -> io::Error {
     )
 }
 
-/// One check of the file, on a blocking thread.
-fn check(path: &Path, open: Option<Open>, from_start: bool) -> Checked {
-    let mut open = match open {
-        Some(open) => open,
-        None => match File::open(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return (
-                    None,
-                    Ok(Check {
-                        data: Vec::new(),
-                        restarted: false,
-                        more: false,
-                    }),
-                );
-            }
-            Err(e) => return (None, Err(e)),
-            Ok(file) => match file.metadata() {
-                Err(e) => return (None, Err(e)),
-                Ok(meta) => {
-                    let offset = if from_start { 0 } else { meta.len() };
-                    let open = Open {
-                        file,
-                        id: file_id(&meta),
-                        offset,
-                    };
-                    // A newly opened file is a new start: drop any partial line of the old.
-                    return match read_new(open, true) {
-                        (open, Ok(check)) => (open, Ok(check)),
-                        (open, Err(e)) => (open, Err(e)),
-                    };
-                }
-            },
-        },
+/// One check of the file, on a blocking thread. `step` runs before each file-system call
+/// (a no-op outside tests, where it changes the files between any two calls).
+fn check(path: &Path, open: Option<Open>, from_start: bool, step: &mut impl FnMut()) -> Checked {
+    let Some(open) = open else {
+        return open_path(path, from_start, step);
     };
-    let len = match open.file.metadata() {
-        Ok(meta) => meta.len(),
+    // The path is looked at *before* the open file's length is taken (in `read_new`): a
+    // rename seen here happened before that, so every byte written to the old file before
+    // its rename is within that length and is read before the file is let go.
+    step();
+    let replaced = match std::fs::metadata(path) {
+        Ok(meta) => file_id(&meta) != open.id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        // Whether it was replaced is unknown: keep the file, say why, look again later.
         Err(e) => return (Some(open), Err(e)),
     };
-    let mut restarted = false;
-    if len < open.offset {
-        // Truncated in place: read it again from the start.
-        open.offset = 0;
-        restarted = true;
+    match read_new(open, false, step) {
+        // Drained a file the path no longer names: the next check opens whatever is there
+        // now, from its start.
+        (Some(_), Ok(check)) if replaced && !check.more => (
+            None,
+            Ok(Check {
+                more: true,
+                ..check
+            }),
+        ),
+        other => other,
     }
-    let (open, checked) = read_new(open, restarted);
-    let Some(open) = open else {
-        return (None, checked);
-    };
-    let Ok(check) = checked else {
-        return (Some(open), checked);
-    };
-    if !check.more {
-        // Drained: if the path now names another file (or none), that was a rotation; the
-        // next check opens whatever is there now, from its start.
-        let replaced = std::fs::metadata(path).map_or(true, |meta| file_id(&meta) != open.id);
-        if replaced {
-            return (
-                None,
-                Ok(Check {
-                    more: true,
-                    ..check
-                }),
-            );
-        }
-    }
-    (Some(open), Ok(check))
 }
 
-/// Reads up to `CHUNK` new bytes from the open file.
-fn read_new(mut open: Open, restarted: bool) -> Checked {
+/// Opens the file at `path`: at its end for the very first look unless `from_start`, else
+/// at its start.
+fn open_path(path: &Path, from_start: bool, step: &mut impl FnMut()) -> Checked {
+    step();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (None, Ok(Check::nothing())),
+        Err(e) => return (None, Err(e)),
+    };
+    step();
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return (None, Err(e)),
+    };
+    let mut open = Open {
+        file,
+        id: file_id(&meta),
+        offset: 0,
+        tail: Vec::new(),
+    };
+    if !from_start {
+        // Start at the end, knowing the bytes just before it (to notice a rewrite).
+        let start = meta.len().saturating_sub(TAIL as u64);
+        let mut tail = vec![0; usize::try_from(meta.len() - start).unwrap_or(TAIL)];
+        step();
+        match read_at(&mut open.file, start, &mut tail) {
+            Ok(n) => {
+                tail.truncate(n);
+                open.offset = start + n as u64;
+                open.tail = tail;
+            }
+            Err(e) => return (Some(open), Err(e)),
+        }
+    }
+    // A newly opened file is a new start: drop any partial line of the old.
+    read_new(open, true, step)
+}
+
+/// Reads up to `CHUNK` new bytes from the open file, after checking that it was not
+/// truncated since the last read (else it is read again from its start).
+fn read_new(mut open: Open, mut restarted: bool, step: &mut impl FnMut()) -> Checked {
+    step();
     let len = match open.file.metadata() {
         Ok(meta) => meta.len(),
         Err(e) => return (Some(open), Err(e)),
     };
-    let want = len.saturating_sub(open.offset).min(CHUNK);
-    let mut data = vec![0; usize::try_from(want).unwrap_or(0)];
-    let read = open
-        .file
-        .seek(SeekFrom::Start(open.offset))
-        .and_then(|_| open.file.read(&mut data));
-    match read {
-        Ok(n) => {
-            data.truncate(n);
-            open.offset += n as u64;
-            let more = open.offset < len;
-            (
-                Some(open),
-                Ok(Check {
-                    data,
-                    restarted,
-                    more,
-                }),
-            )
-        }
-        Err(e) => (Some(open), Err(e)),
+    if len < open.offset {
+        open.rewind();
+        restarted = true;
     }
+    let keep = open.tail.len();
+    let want = usize::try_from((len - open.offset).min(CHUNK)).unwrap_or(0);
+    let mut data = vec![0; keep + want];
+    step();
+    // One read covers the remembered tail and the new bytes, so the comparison below is
+    // about the very bytes that follow it.
+    let n = match read_at(&mut open.file, open.offset - keep as u64, &mut data) {
+        Ok(n) => n,
+        Err(e) => return (Some(open), Err(e)),
+    };
+    data.truncate(n);
+    if data.get(..keep) != Some(&open.tail[..]) {
+        // Truncated (and written again past the offset) since the last read.
+        open.rewind();
+        let check = Check {
+            data: Vec::new(),
+            restarted: true,
+            more: true,
+        };
+        return (Some(open), Ok(check));
+    }
+    data.drain(..keep);
+    open.offset += data.len() as u64;
+    open.tail
+        .extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
+    let excess = open.tail.len().saturating_sub(TAIL);
+    open.tail.drain(..excess);
+    let more = open.offset < len;
+    (
+        Some(open),
+        Ok(Check {
+            data,
+            restarted,
+            more,
+        }),
+    )
+}
+
+/// Fills `buf` from `at`, stopping early only at the end of the file.
+fn read_at(file: &mut File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
+    file.seek(SeekFrom::Start(at))?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(unix)]
@@ -268,7 +392,8 @@ fn file_id(meta: &std::fs::Metadata) -> u64 {
 
 #[cfg(not(unix))]
 fn file_id(_: &std::fs::Metadata) -> u64 {
-    // Without inodes, rotation is detected by truncation only.
+    // Without inodes every file looks the same: a rotation is noticed only through a
+    // truncation or a check that finds no file at the path.
     0
 }
 
@@ -303,10 +428,9 @@ impl<R: Runtime> Stream for Follow<R> {
                     match checked {
                         Ok(check) => {
                             if check.restarted {
-                                this.partial.clear();
-                                this.skipping = false;
+                                this.splitter.restart();
                             }
-                            this.take_lines(&check.data);
+                            this.splitter.split(&check.data, &mut this.ready);
                             if check.more {
                                 this.check_now(open)
                             } else {
@@ -328,3 +452,7 @@ impl<R: Runtime> Stream for Follow<R> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "follow_interleavings.rs"]
+mod interleavings;

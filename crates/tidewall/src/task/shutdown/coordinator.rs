@@ -4,7 +4,8 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};
@@ -21,7 +22,55 @@ struct Component<R: Runtime> {
     /// The task reports an [`Exit`] (no boxed error in the handle's type: see [`exit_of`]).
     handle: JoinHandle<R, Exit>,
     timeout: Option<Duration>,
+    /// Its end as `run` saw it while waiting for the cause (the handle is then spent).
     exited: Option<Exit>,
+    ended: Arc<EndMark>,
+}
+
+/// Whether the shutdown has begun, as the components' own tasks see it when they end: the
+/// trigger was cancelled, or `run` noticed another cause.
+struct Began {
+    trigger: CancellationToken,
+    noticed: AtomicBool,
+}
+
+impl Began {
+    fn has(&self) -> bool {
+        self.trigger.is_cancelled() || self.noticed.load(SeqCst)
+    }
+}
+
+/// Where a component's task records, as it ends, whether the shutdown had begun.
+struct EndMark(AtomicU8);
+
+const RUNNING: u8 = 0;
+const ENDED_BEFORE: u8 = 1;
+const ENDED_AFTER: u8 = 2;
+
+impl EndMark {
+    /// It ended on its own before the shutdown began (final once its task is done).
+    fn before(&self) -> bool {
+        self.0.load(SeqCst) == ENDED_BEFORE
+    }
+}
+
+/// Lives in a component's task and records its end when dropped: when the component
+/// returns, and also when it panics (dropped while unwinding) or its task is aborted. In
+/// the task itself, so the end is recorded whether or not anyone polls the handle.
+struct RecordEnd {
+    began: Arc<Began>,
+    ended: Arc<EndMark>,
+}
+
+impl Drop for RecordEnd {
+    fn drop(&mut self) {
+        let when = if self.began.has() {
+            ENDED_AFTER
+        } else {
+            ENDED_BEFORE
+        };
+        self.ended.0.store(when, SeqCst);
+    }
 }
 
 /// How long a shutdown may take in all unless [`ShutdownBuilder::deadline`] says otherwise.
@@ -45,8 +94,9 @@ impl<R> ShutdownBuilder<R> {
         }
     }
 
-    /// The whole shutdown's budget ([`DEFAULT_DEADLINE`] by default): when it runs out, every
-    /// component still running is aborted.
+    /// The whole shutdown's budget ([`DEFAULT_DEADLINE`] by default), counted from the moment
+    /// [`Shutdown::run`] begins stopping components: when it runs out, every component still
+    /// running is aborted.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -62,11 +112,16 @@ impl<R: Runtime> ShutdownBuilder<R> {
     /// `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<Shutdown<R>, ConfigError> {
         crate::time::positive_duration("deadline", self.deadline)?;
+        let trigger = CancellationToken::new();
         Ok(Shutdown {
             rt: self.rt,
             deadline: self.deadline,
             components: Vec::new(),
-            trigger: CancellationToken::new(),
+            began: Arc::new(Began {
+                trigger: trigger.clone(),
+                noticed: AtomicBool::new(false),
+            }),
+            trigger,
             signals: None,
         })
     }
@@ -77,11 +132,20 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// Register components in start order (the database pool before the HTTP server that uses
 /// it); each runs as a task with its own stop token. [`run`](Self::run) waits for the cause
 /// — a signal (after [`listen_for_signals`](Self::listen_for_signals)), the
-/// [`trigger`](Self::trigger) token, or a component failing — then stops the components in
-/// reverse order: each one's token is cancelled and it gets until its own timeout or the
-/// global deadline, whichever comes first; when the deadline passes, everything left is
-/// aborted. A second signal during the shutdown aborts everything left at once. The
-/// [`ShutdownReport`] says what happened to each.
+/// [`trigger`](Self::trigger) token, a component failing, or every component ending — then
+/// stops the components in reverse order: each one's token is cancelled and it gets until
+/// its own timeout or the global deadline, whichever comes first; when the deadline passes,
+/// everything left is aborted. A second signal during the shutdown aborts everything left
+/// at once. The [`ShutdownReport`] says what happened to each.
+///
+/// **When the shutdown begins:** at the moment the trigger is cancelled (by anyone, or by
+/// [`stop`](Self::stop)), or when `run` notices another cause. Each component's task notes,
+/// as it ends (returns, fails, or panics), whether the shutdown had begun. A component that
+/// ended before is reported as [`ComponentEnd::Early`], whether or not `run` was being
+/// polled at the time, and its token is never cancelled. Every other one is stopped at its
+/// turn and reported as [`ComponentEnd::Stopped`]: one that ended on its own after the
+/// shutdown began, before its turn came, reads [`Stopped::InTime`] with a `took` of about
+/// zero.
 ///
 /// ```
 /// use std::time::Duration;
@@ -113,6 +177,7 @@ pub struct Shutdown<R: Runtime> {
     deadline: Duration,
     components: Vec<Component<R>>,
     trigger: CancellationToken,
+    began: Arc<Began>,
     signals: Option<ShutdownSignals>,
 }
 
@@ -211,25 +276,38 @@ impl<R: Runtime> Shutdown<R> {
     {
         let stop = CancellationToken::new();
         let running = start(stop.clone());
-        let handle = self
-            .rt
-            .spawn(async move { exit_from(running.await.map_err(Into::into)) });
+        let ended = Arc::new(EndMark(AtomicU8::new(RUNNING)));
+        let record = RecordEnd {
+            began: Arc::clone(&self.began),
+            ended: Arc::clone(&ended),
+        };
+        let handle = self.rt.spawn(async move {
+            let _record = record;
+            exit_from(running.await.map_err(Into::into))
+        });
         self.components.push(Component {
             name,
             stop,
             handle,
             timeout,
             exited: None,
+            ended,
         });
     }
 
     /// Waits for the cause, then stops every component in reverse registration order within
     /// the deadline, and reports.
     ///
+    /// The cause is what it sees first; when several are there at one poll, the trigger
+    /// comes first, then a signal, then the components' ends in registration order. The
+    /// deadline and the report's `took` count from the moment it begins stopping components.
+    ///
     /// # Cancel safety
     ///
-    /// Dropping the future detaches the components (they keep running, their handles gone):
-    /// let it finish.
+    /// Let it finish. Dropping the future ends the shutdown there, as dropping a `Shutdown`
+    /// does: every component not yet stopped has its token cancelled (reason "shutdown
+    /// coordinator dropped") and is aborted at once, and so is the one being stopped at
+    /// that moment (its token already cancelled): no component outlives the coordinator.
     pub async fn run(mut self) -> ShutdownReport {
         let cause = loop {
             match self.wait().await {
@@ -250,14 +328,20 @@ impl<R: Runtime> Shutdown<R> {
                 }
             }
         };
+        self.began.noticed.store(true, SeqCst);
         self.stop_all(cause).await
     }
 
-    /// Starts the shutdown now with `reason` and waits for it: as
-    /// [`trigger`](Self::trigger)`.cancel(reason)` then [`run`](Self::run).
-    pub async fn stop(self, reason: impl Into<Reason>) -> ShutdownReport {
+    /// Starts the shutdown now, at the call (not at the first poll), with `reason`; the
+    /// future it returns waits for it: [`trigger`](Self::trigger)`.cancel(reason)`, then
+    /// [`run`](Self::run).
+    ///
+    /// # Cancel safety
+    ///
+    /// As `run`'s: dropping the future aborts every component not yet stopped.
+    pub fn stop(self, reason: impl Into<Reason>) -> impl Future<Output = ShutdownReport> {
         self.trigger.cancel(reason);
-        self.run().await
+        self.run()
     }
 
     async fn wait(&mut self) -> Wake {
@@ -309,9 +393,29 @@ impl<R: Runtime> Shutdown<R> {
         let mut forced = false;
         let mut deadline_exceeded = false;
         let mut reports = Vec::with_capacity(self.components.len());
-        while let Some(mut component) = self.components.pop() {
-            let end = if let Some(exit) = component.exited.take() {
+        // Each component stays in `self.components` until it has ended: if this future is
+        // dropped mid-wait, `Drop` still finds the one being stopped and aborts it.
+        while let Some(component) = self.components.last_mut() {
+            // Take in any signal already delivered (and listen for the next one) before this
+            // component is told to stop: what it does then may raise the next signal at once.
+            if !forced {
+                let mut cx = Context::from_waker(Waker::noop());
+                forced = force.poll(&self.rt, &mut cx).is_ready();
+            }
+            let end = if component.ended.before() {
+                let exit = match component.exited.take() {
+                    Some(exit) => exit,
+                    // Its task is done (it recorded its end last): the handle is ready.
+                    None => exit_of((&mut component.handle).await),
+                };
                 ComponentEnd::Early(exit)
+            } else if let Some(exit) = component.exited.take() {
+                // `run` saw it end, just after the shutdown began.
+                component.stop.cancel("shutting down");
+                ComponentEnd::Stopped(Stopped::InTime {
+                    took: Duration::ZERO,
+                    exit,
+                })
             } else {
                 component.stop.cancel("shutting down");
                 let told = self.rt.now();
@@ -350,12 +454,21 @@ impl<R: Runtime> Shutdown<R> {
                         }
                     }
                 };
-                ComponentEnd::Stopped(stopped)
+                match stopped {
+                    // It ended before the shutdown began, but recorded so only after this
+                    // coordinator looked: what it recorded decides.
+                    Stopped::InTime { exit, .. } if component.ended.before() => {
+                        ComponentEnd::Early(exit)
+                    }
+                    stopped => ComponentEnd::Stopped(stopped),
+                }
             };
-            reports.push(ComponentReport {
-                name: component.name,
-                end,
-            });
+            if let Some(component) = self.components.pop() {
+                reports.push(ComponentReport {
+                    name: component.name,
+                    end,
+                });
+            }
         }
         ShutdownReport {
             cause,
@@ -381,17 +494,8 @@ async fn wait_for<R: Runtime>(
         if let Poll::Ready(result) = Pin::new(&mut *handle).poll(cx) {
             return Poll::Ready(Waited::Exited(exit_of(result)));
         }
-        while let Some(listener) = &mut force.listener {
-            if listener.as_mut().poll(cx).is_pending() {
-                break;
-            }
-            force.signals_left -= 1;
-            if force.signals_left == 0 {
-                force.listener = None;
-                return Poll::Ready(Waited::Forced);
-            }
-            // Listen for the next one (polled at once by the loop).
-            force.listener = rt.shutdown_signals().ok();
+        if force.poll(rt, cx).is_ready() {
+            return Poll::Ready(Waited::Forced);
         }
         timer.as_mut().poll(cx).map(|()| Waited::TimedOut)
     })
@@ -402,6 +506,27 @@ async fn wait_for<R: Runtime>(
 struct Force {
     signals_left: u32,
     listener: Option<ShutdownSignals>,
+}
+
+impl Force {
+    /// Counts the signals delivered so far; ready once the last one needed has come. A
+    /// listener that fires is replaced at once, in the same poll, so the window in which a
+    /// signal can slip between two listeners is as short as it can be.
+    fn poll<R: Runtime>(&mut self, rt: &R, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(listener) = &mut self.listener {
+            if listener.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            self.signals_left -= 1;
+            if self.signals_left == 0 {
+                self.listener = None;
+                return Poll::Ready(());
+            }
+            // Listen for the next one (polled at once by the loop).
+            self.listener = rt.shutdown_signals().ok();
+        }
+        Poll::Pending
+    }
 }
 
 impl<R: Runtime> Drop for Shutdown<R> {

@@ -15,14 +15,16 @@ pub enum Cause {
     Signal(Signal),
     /// The trigger token was cancelled (or [`Shutdown::stop`](super::Shutdown::stop) called).
     Triggered(Reason),
-    /// A component failed before any shutdown was asked for.
+    /// While [`run`](super::Shutdown::run) waited for a cause, it saw this component fail
+    /// (return an error or panic) with the trigger not cancelled and no signal come.
     ComponentFailed {
         /// The component.
         name: Arc<str>,
         /// How it failed.
         exit: Exit,
     },
-    /// Every component ended on its own.
+    /// While [`run`](super::Shutdown::run) waited for a cause, it saw every component end on
+    /// its own, none failing.
     AllComponentsEnded,
 }
 
@@ -40,12 +42,42 @@ impl fmt::Display for Cause {
 }
 
 /// How one component ended.
+///
+/// A component that ends on its own before the shutdown begins is `Early`, even when nobody
+/// was polling [`run`](super::Shutdown::run) as it ended (see
+/// [`Shutdown`](super::Shutdown) for when the shutdown begins):
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::task::{ComponentEnd, Exit, Shutdown, Stopped};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut shutdown = Shutdown::builder().build()?;
+/// shutdown.register("migrations", |_stop| async { Ok::<(), std::io::Error>(()) });
+/// shutdown.register("server", |stop| async move {
+///     stop.cancelled().await;
+///     Ok::<(), std::io::Error>(())
+/// });
+/// tokio::time::sleep(Duration::from_secs(1)).await; // the migrations finish meanwhile
+/// let report = shutdown.stop("deploy").await;
+/// assert_eq!(report.components[1].end, ComponentEnd::Early(Exit::Normal));
+/// assert!(matches!(
+///     report.components[0].end,
+///     ComponentEnd::Stopped(Stopped::InTime { exit: Exit::Normal, .. })
+/// ));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ComponentEnd {
-    /// It had ended on its own before the shutdown began.
+    /// It ended on its own (returned, failed, or panicked) before the shutdown began; its
+    /// token was never cancelled.
     Early(Exit),
-    /// It was stopped: within its time, or aborted.
+    /// It was still running when the shutdown began. At its turn its token was cancelled,
+    /// and it ended ([`Stopped::InTime`], `took` counted from the cancel) or was aborted
+    /// ([`Stopped::Aborted`]). One that ended on its own during the shutdown, before its
+    /// turn came, reads `InTime` with a `took` of about zero.
     Stopped(Stopped),
 }
 
@@ -68,7 +100,9 @@ pub struct ShutdownReport {
     pub cause: Cause,
     /// Each component, in stop order.
     pub components: Vec<ComponentReport>,
-    /// From the cause to the last component gone.
+    /// From the moment [`run`](super::Shutdown::run) began stopping components (when it
+    /// noticed the cause, or at its first poll for a trigger cancelled earlier) to the last
+    /// component gone.
     pub took: Duration,
     /// Whether the global deadline passed and the remaining components were aborted.
     pub deadline_exceeded: bool,
@@ -77,7 +111,8 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    /// Whether every component stopped (or had ended) without being aborted.
+    /// Whether the shutdown aborted no component (one that failed, panicked or was lost on
+    /// its own still counts as clean).
     pub fn is_clean(&self) -> bool {
         self.components
             .iter()
