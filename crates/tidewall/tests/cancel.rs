@@ -1,4 +1,5 @@
-//! Cancellation tokens: reasons, children, always-ready futures, guards, on every runtime.
+//! Cancellation tokens: reasons, children, always-ready futures, guards, on every runtime;
+//! chains and trees of any depth and width on a thread with a 2 MiB stack.
 
 mod common;
 
@@ -285,4 +286,139 @@ fn abandoned_blocking_work_sees_its_flag() {
         task.await.unwrap()
     });
     assert_eq!(value, 7);
+}
+
+/// The stack of a thread the tests below run on: Rust's default for spawned threads, small
+/// enough that a walk recursing once per token overflows long before the deepest chain.
+const STACK: usize = 2 << 20;
+
+/// Runs `f` on a fresh thread with a [`STACK`]-sized stack and returns its result.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// A root and the leaf of `depth` nested children below it; only these two tokens are
+/// held, so the chain in between lives only through each child's link to its parent.
+fn chain(depth: usize) -> (CancellationToken, CancellationToken) {
+    let root = CancellationToken::new();
+    let mut leaf = root.child();
+    for _ in 1..depth {
+        leaf = leaf.child();
+    }
+    (root, leaf)
+}
+
+#[test]
+fn cancelling_a_deep_chain_reaches_the_leaf_with_the_reason() {
+    for depth in [100_000, 1_000_000] {
+        on_small_stack(move || {
+            let (root, leaf) = chain(depth);
+            assert!(leaf.has_parent() && !leaf.is_cancelled());
+            root.cancel("deep");
+            assert_eq!(leaf.reason(), Some(Reason::new("deep")), "depth {depth}");
+            // A child born under the cancelled leaf inherits the reason too.
+            assert_eq!(leaf.child().reason(), Some(Reason::new("deep")));
+            // Dropping the cancelled chain is as depth-proof as dropping a live one.
+            drop(root);
+            drop(leaf);
+        });
+    }
+}
+
+#[test]
+fn a_deep_chain_drops_root_first_or_leaf_first() {
+    for depth in [100_000, 1_000_000] {
+        on_small_stack(move || {
+            // Root first: the leaf's drop then frees the whole chain.
+            let (root, leaf) = chain(depth);
+            drop(root);
+            assert!(!leaf.is_cancelled(), "dropping a token never cancels it");
+            drop(leaf);
+            // Leaf first: the chain is freed up to the root, which is still held.
+            let (root, leaf) = chain(depth);
+            drop(leaf);
+            assert!(!root.is_cancelled());
+            root.cancel("after the chain is gone");
+            drop(root);
+        });
+    }
+}
+
+/// Every token of the chain held in a `Vec`, dropped in either order, and a waiter on the
+/// leaf woken from the root.
+#[test]
+fn a_deep_chain_held_token_by_token_wakes_its_leaf_and_drops_in_either_order() {
+    on_small_stack(|| {
+        for leaf_first in [false, true] {
+            let mut tokens = vec![CancellationToken::new()];
+            for _ in 0..100_000 {
+                let next = tokens.last().unwrap().child();
+                tokens.push(next);
+            }
+            let leaf = tokens.last().unwrap().clone();
+            let mut waiting = Box::pin(leaf.cancelled_owned());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            tokens[0].cancel("root");
+            assert_eq!(
+                waiting.as_mut().poll(&mut cx),
+                Poll::Ready(Reason::new("root"))
+            );
+            if leaf_first {
+                tokens.reverse();
+            }
+            drop(leaf);
+            drop(waiting);
+            drop(tokens);
+        }
+    });
+}
+
+/// One parent, 100,000 children: half are dropped on one thread while another cancels the
+/// parent; every child still held ends up cancelled with the parent's reason, and the parent
+/// keeps working afterwards.
+#[test]
+fn a_wide_tree_cancels_while_its_children_are_dropped() {
+    on_small_stack(|| {
+        for round in 0..4 {
+            let parent = CancellationToken::new();
+            let (kept, dropped): (Vec<_>, Vec<_>) = (0..100_000)
+                .map(|i| (i, parent.child()))
+                .partition(|(i, _)| i % 2 == 0);
+            std::thread::scope(|s| {
+                let dropping = std::thread::Builder::new()
+                    .stack_size(STACK)
+                    .spawn_scoped(s, move || {
+                        // Alternate the order between rounds: from the front or the back.
+                        if round % 2 == 0 {
+                            dropped.into_iter().for_each(drop);
+                        } else {
+                            dropped.into_iter().rev().for_each(drop);
+                        }
+                    })
+                    .unwrap();
+                parent.cancel("wide");
+                dropping.join().unwrap();
+            });
+            assert!(
+                kept.iter()
+                    .all(|(_, c)| c.reason() == Some(Reason::new("wide")))
+            );
+            assert_eq!(parent.child().reason(), Some(Reason::new("wide")));
+        }
+        // Children dropped before the parent cancels are swept as the list grows: a parent
+        // that spawns and drops children for ever still cancels the live ones.
+        let parent = CancellationToken::new();
+        for _ in 0..100_000 {
+            drop(parent.child());
+        }
+        let live = parent.child();
+        parent.cancel("swept");
+        assert_eq!(live.reason(), Some(Reason::new("swept")));
+    });
 }

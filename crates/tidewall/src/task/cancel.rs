@@ -70,8 +70,11 @@ impl From<String> for Reason {
 /// * [`drop_guard`](Self::drop_guard) cancels it when the guard goes out of scope.
 ///
 /// The first cancellation wins: later `cancel` calls do not replace the reason. Memory: a
-/// child holds its parent; a parent holds its children weakly, so dropped children cost
-/// nothing once the parent next cancels or spawns a child.
+/// child holds its parent; a parent holds its children weakly and forgets dropped ones when
+/// it is cancelled or when its list of children would otherwise grow, so the list stays
+/// within about twice the most children alive at once. Depth does not matter: cancelling a
+/// token and dropping the last token of a chain walk it iteratively, so a chain of a million
+/// nested children needs no more stack than one child.
 ///
 /// ```
 /// use tidewall::task::CancellationToken;
@@ -114,9 +117,22 @@ impl Node {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Cancels this node and its subtree. Wakers are woken and children cancelled outside
-    /// the lock.
+    /// Cancels this node and its subtree, depth first, iteratively: the subtree may be any
+    /// depth. Wakers are woken and children cancelled outside every lock.
     fn cancel(&self, reason: &Reason) {
+        let mut pending = Vec::new();
+        self.cancel_alone(reason, &mut pending);
+        while let Some(child) = pending.pop() {
+            // A child dropped meanwhile has nothing left to cancel.
+            if let Some(child) = child.upgrade() {
+                child.cancel_alone(reason, &mut pending);
+            }
+        }
+    }
+
+    /// Cancels this node only, wakes its waiters and hands its children to `pending`. A node
+    /// already cancelled stops here: its subtree was handed on when it was cancelled.
+    fn cancel_alone(&self, reason: &Reason, pending: &mut Vec<Weak<Node>>) {
         let (wakers, children) = {
             let mut state = self.state();
             if state.reason.is_some() {
@@ -133,8 +149,19 @@ impl Node {
         for waker in wakers.into_iter().flatten() {
             waker.wake();
         }
-        for child in children.iter().filter_map(Weak::upgrade) {
-            child.cancel(reason);
+        // Reversed onto the stack, so the first child is cancelled (with its subtree) first.
+        pending.extend(children.into_iter().rev());
+    }
+}
+
+impl Drop for Node {
+    /// Releases the chain of ancestors one at a time: the default drop would recurse once
+    /// per ancestor this node held the last reference to.
+    fn drop(&mut self) {
+        let mut parent = self.parent.take();
+        while let Some(node) = parent {
+            // `None` when another reference keeps the parent alive; the walk ends there.
+            parent = Arc::into_inner(node).and_then(|mut node| node.parent.take());
         }
     }
 }
@@ -399,5 +426,71 @@ impl Drop for DropGuard {
         if let Some(token) = self.token.take() {
             token.cancel("dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Far less stack than the chains below would need at one frame per token.
+    const SMALL_STACK: usize = 128 << 10;
+    const DEPTH: usize = 200_000;
+
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// The root, the leaf `depth` children below it, and nothing held in between.
+    fn chain(depth: usize) -> (CancellationToken, CancellationToken) {
+        let root = CancellationToken::new();
+        let mut leaf = root.child();
+        for _ in 1..depth {
+            leaf = leaf.child();
+        }
+        (root, leaf)
+    }
+
+    #[test]
+    fn cancel_walks_a_chain_of_any_depth_without_recursing() {
+        on_small_stack(|| {
+            let (root, leaf) = chain(DEPTH);
+            root.node.cancel(&Reason::new("deep"));
+            assert!(leaf.node.cancelled.load(Ordering::Acquire));
+            assert_eq!(leaf.node.state().reason, Some(Reason::new("deep")));
+            assert!(root.node.state().children.is_empty(), "handed on, not kept");
+        });
+    }
+
+    #[test]
+    fn dropping_the_last_token_of_a_chain_releases_it_without_recursing() {
+        on_small_stack(|| {
+            let (root, leaf) = chain(DEPTH);
+            drop(leaf);
+            // Every node in between is gone: the root is held by its token alone.
+            assert_eq!(Arc::strong_count(&root.node), 1);
+            let (root, leaf) = chain(DEPTH);
+            drop(root);
+            drop(leaf);
+        });
+    }
+
+    #[test]
+    fn the_release_stops_at_an_ancestor_still_held() {
+        let root = CancellationToken::new();
+        let held = root.child();
+        let leaf = held.child().child();
+        drop(leaf);
+        // `held` keeps its node (and so the link to the root); only the two below went.
+        assert_eq!(Arc::strong_count(&held.node), 1);
+        assert!(held.has_parent());
+        assert_eq!(Arc::strong_count(&root.node), 2);
+        root.cancel("still linked");
+        assert_eq!(held.reason(), Some(Reason::new("still linked")));
     }
 }
