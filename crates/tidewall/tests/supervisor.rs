@@ -815,3 +815,47 @@ async fn nested_shutdown_is_not_cut_short<R: Runtime>(rt: Clocked<R>) {
 fn a_nested_supervisor_gets_to_stop_its_children_in_order_on_every_runtime() {
     on_every_runtime!(nested_shutdown_is_not_cut_short);
 }
+
+/// A supervisor dropped while it waits out a child's shutdown timeout (its ordered stop under
+/// way) still aborts that child: the child stays in its slot until it has ended, so the
+/// supervisor's `Drop` finds it, instead of a handle dropped mid-wait detaching it.
+async fn dropped_mid_stop_aborts_the_child_being_stopped<R: Runtime>(rt: Clocked<R>) {
+    let alive = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&alive);
+    let clock = rt.clone();
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .child(
+            ChildSpec::new("stubborn", move |_stop| {
+                let (count, clock) = (Arc::clone(&count), clock.clone());
+                async move {
+                    let _alive = Alive::new(count);
+                    // Ignores its token: only an abort stops it.
+                    clock.sleep(Duration::from_secs(86_400)).await;
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .shutdown_timeout(Duration::from_secs(10)),
+        )
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let run = rt.spawn(supervisor.run(stop.clone()));
+    rt.sleep(Duration::from_millis(1)).await;
+    assert_eq!(alive.load(SeqCst), 1);
+    stop.cancel("ordered stop");
+    // One second into the child's ten-second shutdown timeout, the supervisor goes.
+    rt.sleep(Duration::from_secs(1)).await;
+    assert_eq!(alive.load(SeqCst), 1, "still within its shutdown timeout");
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    rt.sleep(Duration::from_millis(1)).await;
+    assert_eq!(alive.load(SeqCst), 0, "the child outlived its supervisor");
+    rt.sleep(Duration::from_secs(86_400 * 2)).await;
+    assert_eq!(alive.load(SeqCst), 0);
+}
+
+#[test]
+fn a_supervisor_dropped_mid_stop_aborts_the_child_being_stopped_on_every_runtime() {
+    on_every_runtime!(dropped_mid_stop_aborts_the_child_being_stopped);
+}

@@ -363,16 +363,21 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     /// Cancels a running child's token, waits its shutdown timeout, then aborts it.
+    ///
+    /// The child stays in its slot until it has ended: if this future is dropped mid-wait
+    /// (the supervisor's own `run` dropped or aborted), `Drop` still finds it and aborts it,
+    /// instead of a handle dropped here detaching a child that ignores its token.
     async fn stop_one(&mut self, index: usize) -> Option<Stopped> {
+        let rt = self.rt.clone();
         let slot = &mut self.slots[index];
         slot.restart_at = None;
-        let mut running = slot.running.take()?;
+        let running = slot.running.as_mut()?;
         let reason = format!("supervisor stopping `{}`", slot.spec.name);
         let timeout = slot.spec.shutdown_timeout;
         running.stop.cancel(reason);
-        let cancelled_at = self.rt.now();
+        let cancelled_at = rt.now();
         let deadline = instant_after(cancelled_at, timeout);
-        let mut timer = Box::pin(self.rt.sleep_until(deadline));
+        let mut timer = Box::pin(rt.sleep_until(deadline));
         let in_time = poll_fn(|cx| {
             if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
                 return Poll::Ready(Some(exit_of(result)));
@@ -380,21 +385,24 @@ impl<R: Runtime> Supervisor<R> {
             timer.as_mut().poll(cx).map(|()| None)
         })
         .await;
-        if let Some(exit) = in_time {
-            let took = self.rt.now().saturating_duration_since(cancelled_at);
-            return Some(Stopped::InTime { took, exit });
-        }
-        running.handle.abort();
-        let result = (&mut running.handle).await;
-        let took = self.rt.now().saturating_duration_since(cancelled_at);
-        Some(match result {
-            // It finished just as the abort came: report what it returned.
-            Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
-                took,
-                exit: exit_of(result),
-            },
-            Err(_) => Stopped::Aborted { took },
-        })
+        let stopped = if let Some(exit) = in_time {
+            let took = rt.now().saturating_duration_since(cancelled_at);
+            Stopped::InTime { took, exit }
+        } else {
+            running.handle.abort();
+            let result = (&mut running.handle).await;
+            let took = rt.now().saturating_duration_since(cancelled_at);
+            match result {
+                // It finished just as the abort came: report what it returned.
+                Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
+                    took,
+                    exit: exit_of(result),
+                },
+                Err(_) => Stopped::Aborted { took },
+            }
+        };
+        self.slots[index].running = None;
+        Some(stopped)
     }
 
     async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
