@@ -138,9 +138,22 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     }
 }
 
-/// `now + duration`, saturating at roughly thirty years from now instead of panicking.
+/// `now + duration` exactly when it fits the clock; when it does not, roughly thirty years
+/// from now ("forever", as tokio's far future) instead of panicking.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use tidewall::rt::instant_after;
+///
+/// let now = Instant::now();
+/// let century = Duration::from_secs(100 * 365 * 86_400);
+/// assert_eq!(instant_after(now, century), now + century);
+/// assert!(instant_after(now, Duration::MAX) > now + Duration::from_secs(29 * 365 * 86_400));
+/// ```
 pub fn instant_after(now: Instant, duration: Duration) -> Instant {
     const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-    // If even the capped sum overflows, the clock itself is at its end: `now` is all there is.
-    now.checked_add(duration.min(FAR_FUTURE)).unwrap_or(now)
+    // If even the far future overflows, the clock itself is at its end: `now` is all there is.
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }
