@@ -1,5 +1,5 @@
-//! loom models of the lock-free parts: the half-open probe reservation and the bulkhead's
-//! release-versus-enqueue race. Run with
+//! loom models of the lock-free parts: the half-open probe reservation, the bulkhead's
+//! release-versus-enqueue race, and the bucket ring's sweep racing a write. Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p tidewall --no-default-features --test loom --release`
 //! (scripts/test does, in its own target directory).
 #![cfg(loom)]
@@ -162,6 +162,47 @@ fn the_retry_budget_is_never_overdrawn_across_a_bucket_boundary() {
         let early = budget.try_withdraw(origin + Duration::from_millis(50));
         let late = late.join().unwrap();
         assert_eq!(u8::from(early) + u8::from(late), 1);
+    });
+}
+
+/// A deposit racing the sweep that keeps bucket stamps exact (the first use 2^14 buckets after
+/// the last sweep): the sweep empties the stale bucket and never the fresh deposit, in every
+/// interleaving.
+#[test]
+fn a_sweep_never_loses_a_racing_deposit() {
+    use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    // The sweep interval of tidewall_core::breaker::window::SWEEP_EVERY, in 1 ns buckets.
+    const SWEEP_EVERY: u64 = 1 << 14;
+    loom::model(|| {
+        // Ratio 1 and no floor: one retry per deposit in the window of two 1 ns buckets.
+        let policy = RetryBudgetPolicy::builder()
+            .ratio(1.0)
+            .min_per_second(0)
+            .window(Duration::from_nanos(2))
+            .buckets(2)
+            .build()
+            .unwrap();
+        let origin = base();
+        let at = move |bucket: u64| origin + Duration::from_nanos(bucket);
+        let budget = RetryBudget::new(policy, origin);
+        // Bucket 0's deposit will be long stale; its stamp must not come back.
+        budget.deposit(at(0));
+        let writer = {
+            let budget = budget.clone();
+            // Bucket 2^14 - 1: no sweep due yet for this caller.
+            loom::thread::spawn(move || budget.deposit(at(SWEEP_EVERY - 1)))
+        };
+        // Bucket 2^14: this caller sweeps. (Both callers on spawned threads: loom then
+        // explores the write landing before, during and after the sweep.)
+        let sweeper = {
+            let budget = budget.clone();
+            loom::thread::spawn(move || budget.has_balance(at(SWEEP_EVERY)))
+        };
+        writer.join().unwrap();
+        sweeper.join().unwrap();
+        // Live at 2^14: buckets 2^14 - 1 and 2^14, so exactly the racing deposit.
+        assert!(budget.try_withdraw(at(SWEEP_EVERY)));
+        assert!(!budget.try_withdraw(at(SWEEP_EVERY)));
     });
 }
 
