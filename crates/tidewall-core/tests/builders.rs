@@ -198,18 +198,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-fn seven_hundred_million_per_second_is_refused_in_every_unit() {
-    let second = Duration::from_secs(1);
-    for resolution in [Resolution::Nanos, Resolution::Micros] {
-        assert!(matches!(
-            emission_interval(700_000_000, second, resolution),
-            Err(ConfigError::OutOfRange { field: "count", .. })
-        ));
-    }
-    assert!(matches!(
-        Gcra::new(700_000_000, second, 700_000_000),
-        Err(ConfigError::OutOfRange { field: "count", .. })
-    ));
-}

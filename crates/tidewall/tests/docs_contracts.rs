@@ -2,15 +2,14 @@
 //! the health checker's first probe, `timeout_each`'s timer, `LineReader`'s batches.
 
 mod common;
+mod support;
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::io::AsyncRead;
 use futures_util::{StreamExt, stream};
 use proptest::prelude::*;
+use support::Chunky;
 use tidewall::rt::Runtime;
 use tidewall::stream::{LineReader, MissedTicks, Overlong, StreamOps};
 use tidewall::task::{CancellationToken, Health, HealthChecker, periodic};
@@ -258,29 +257,6 @@ async fn timeout_each_ignores_a_slow_consumer_on_tokio() {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     assert_eq!(seen, [Ok(0), Ok(1), Ok(2)]);
-}
-
-/// Hands out its input in reads of the given sizes (cycling).
-struct Chunky {
-    data: Vec<u8>,
-    pos: usize,
-    sizes: Vec<usize>,
-    turn: usize,
-}
-
-impl AsyncRead for Chunky {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let size = self.sizes[self.turn % self.sizes.len()].max(1);
-        self.turn += 1;
-        let n = size.min(buf.len()).min(self.data.len() - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        Poll::Ready(Ok(n))
-    }
 }
 
 proptest! {

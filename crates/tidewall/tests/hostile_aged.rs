@@ -4,14 +4,14 @@
 //! zero to centuries (no wrapping stamps)."
 
 mod common;
-mod hostile_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hostile_support::{AGES, ms};
+use support::{AGES, ms};
 use tidewall::breaker::{CircuitBreaker, State, Window};
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
@@ -271,7 +271,7 @@ async fn bulkhead_max_wait_after_gaps<R: Runtime>(rt: Clocked<R>) {
         );
         drop(p);
         drop(release);
-        hostile_support::assert_conserved(&b);
+        support::assert_conserved(&b);
     }
 }
 

@@ -3,14 +3,14 @@
 //! checked to be conserved afterwards; and builders fed extreme values.
 
 mod common;
-mod hostile_support;
+mod support;
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use hostile_support::{Gauge, Rng, assert_conserved, maybe_cancel, ms};
+use support::{Gauge, Rng, assert_conserved, maybe_cancel, ms};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::hedge::{Hedge, Idempotent};
@@ -366,6 +366,31 @@ fn hedged_attempts_holding_bulkhead_slots_conserve_capacity_on_every_runtime() {
 
 // --- tower --------------------------------------------------------------------------------
 
+/// `calls` requests (each a sleep below `longest` ms) through clones of `svc`, each cancelled
+/// at a seeded random point or its task aborted at a random moment; returns once all are done.
+async fn storm<R, S>(rt: &Clocked<R>, svc: &S, rng: &mut Rng, calls: usize, longest: u64)
+where
+    R: Runtime,
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+{
+    let mut handles = Vec::new();
+    for _ in 0..calls {
+        let (mut svc, clock) = (svc.clone(), rt.clone());
+        let (d, draw) = (rng.below(longest), rng.next());
+        handles.push(rt.spawn(async move {
+            let call = async move {
+                let ready = svc.ready().await.map_err(|e| e.to_string())?;
+                ready.call(d).await.map_err(|e| e.to_string())
+            };
+            maybe_cancel(&clock, draw, call).await
+        }));
+    }
+    let _ = join_with_random_aborts(rt, rng, handles).await;
+}
+
 fn sleeper<R: Runtime>(
     rt: &R,
     gauge: &Gauge,
@@ -398,19 +423,7 @@ async fn tower_bulkhead_wait_under_random_cancellation<R: Runtime>(rt: Clocked<R
     let gauge = Gauge::default();
     let svc = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
     let mut rng = Rng(0x70E4);
-    let mut handles = Vec::new();
-    for _ in 0..150 {
-        let (mut svc, clock) = (svc.clone(), rt.clone());
-        let (d, draw) = (rng.below(15), rng.next());
-        handles.push(rt.spawn(async move {
-            let call = async move {
-                let ready = svc.ready().await?;
-                ready.call(d).await
-            };
-            maybe_cancel(&clock, draw, call).await
-        }));
-    }
-    let _ = join_with_random_aborts(&rt, &mut rng, handles).await;
+    storm(&rt, &svc, &mut rng, 150, 15).await;
     drop(svc);
     assert_eq!(gauge.now(), 0);
     assert!(
@@ -530,19 +543,7 @@ async fn admit_layer_bulkhead_under_random_cancellation<R: Runtime>(rt: Clocked<
         .max_wait(ms(60))
         .layer(sleeper(&rt, &gauge));
     let mut rng = Rng(0xAD417);
-    let mut handles = Vec::new();
-    for _ in 0..150 {
-        let (mut svc, clock) = (svc.clone(), rt.clone());
-        let (d, draw) = (rng.below(15), rng.next());
-        handles.push(rt.spawn(async move {
-            let call = async move {
-                let ready = svc.ready().await?;
-                ready.call(d).await
-            };
-            maybe_cancel(&clock, draw, call).await
-        }));
-    }
-    let _ = join_with_random_aborts(&rt, &mut rng, handles).await;
+    storm(&rt, &svc, &mut rng, 150, 15).await;
     drop(svc);
     assert_eq!(gauge.now(), 0);
     assert!(
@@ -581,19 +582,7 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     let inner = RetryLayer::new(rt.clone(), backoff(3, ms(2))).layer(inner);
     let svc = TimeoutLayer::new(rt.clone(), ms(80)).layer(inner);
     let mut rng = Rng(0x57AC);
-    let mut handles = Vec::new();
-    for _ in 0..150 {
-        let (mut svc, clock) = (svc.clone(), rt.clone());
-        let (d, draw) = (rng.below(20), rng.next());
-        handles.push(rt.spawn(async move {
-            let call = async move {
-                let ready = svc.ready().await.map_err(|e| format!("{e}"))?;
-                ready.call(d).await.map_err(|e| format!("{e}"))
-            };
-            maybe_cancel(&clock, draw, call).await
-        }));
-    }
-    let _ = join_with_random_aborts(&rt, &mut rng, handles).await;
+    storm(&rt, &svc, &mut rng, 150, 20).await;
     assert_eq!(gauge.now(), 0);
     assert!(gauge.most() <= 2);
     rt.sleep(Duration::from_secs(1)).await;
@@ -1160,7 +1149,7 @@ async fn tower_rate_wait_counts_one_cell_per_request<R: Runtime>(rt: Clocked<R>)
         "10 requests, burst 1, 100 ms apart"
     );
     // After an idle hour the limiter is rested: one request passes at once.
-    rt.sleep(hostile_support::HOUR).await;
+    rt.sleep(support::HOUR).await;
     let t = rt.now();
     let s = svc.ready().await.unwrap();
     assert_eq!(s.call(2).await, Ok(2));
@@ -1187,7 +1176,7 @@ async fn tower_timeout_budget_is_per_request_after_idle_gaps<R: Runtime>(rt: Clo
     let gauge = Gauge::default();
     let inner = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
     let svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
-    for gap in hostile_support::AGES {
+    for gap in support::AGES {
         let hog = bulkhead.try_acquire_owned().unwrap();
         let release = rt.spawn({
             let rt = rt.clone();

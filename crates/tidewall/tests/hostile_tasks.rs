@@ -3,7 +3,7 @@
 //! points (seeded), with every job, slot and child accounted for afterwards.
 
 mod common;
-mod hostile_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hostile_support::{Gauge, Rng, assert_conserved, maybe_cancel, ms};
+use support::{Gauge, Rng, assert_conserved, maybe_cancel, ms};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::fan_out::FanOut;

@@ -1,42 +1,19 @@
 //! Line streaming, file reading, following and watching: real bytes, real files.
 
 mod common;
+mod support;
 
 use std::io::Write;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::io::AsyncRead;
 use proptest::prelude::*;
+use support::Chunky;
 use tidewall::FutureExt as _;
 use tidewall::rt::{Runtime, Tokio};
 use tidewall::stream::{BlockingReader, LineReader, LinesError, Overlong, follow_on};
 use tidewall::testing::Clocked;
-
-/// Hands out its input in reads of the given sizes (cycling), to exercise every split.
-struct Chunky {
-    data: Vec<u8>,
-    pos: usize,
-    sizes: Vec<usize>,
-    turn: usize,
-}
-
-impl AsyncRead for Chunky {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let size = self.sizes[self.turn % self.sizes.len()].max(1);
-        self.turn += 1;
-        let n = size.min(buf.len()).min(self.data.len() - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        Poll::Ready(Ok(n))
-    }
-}
 
 fn read_all(
     reader: impl AsyncRead + Unpin,

@@ -1,4 +1,4 @@
-//! Shared pieces of the hostile (black-box, docs-only) tests: a seeded generator, the ages a
+//! Shared pieces of the stress, aging and black-box tests: a seeded generator, the ages a
 //! policy lives before a scenario, capacity checks, and ways to drop a future at a random
 //! await point.
 #![allow(dead_code, unreachable_pub)]
@@ -154,5 +154,28 @@ pub async fn maybe_cancel<R: Runtime, F: Future>(
             .timeout_on(rt, Duration::from_micros(rng_draw % 5_000))
             .await
             .ok(),
+    }
+}
+
+/// Hands out its input in reads of the given sizes (cycling), to exercise every split.
+pub struct Chunky {
+    pub data: Vec<u8>,
+    pub pos: usize,
+    pub sizes: Vec<usize>,
+    pub turn: usize,
+}
+
+impl futures_util::AsyncRead for Chunky {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let size = self.sizes[self.turn % self.sizes.len()].max(1);
+        self.turn += 1;
+        let n = size.min(buf.len()).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(n))
     }
 }
