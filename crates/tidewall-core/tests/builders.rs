@@ -8,7 +8,7 @@ use tidewall_core::ConfigError;
 use tidewall_core::backoff::{Backoff, Jitter};
 use tidewall_core::breaker::{BreakerPolicy, MAX_BUCKETS, Window};
 use tidewall_core::budget::RetryBudgetPolicy;
-use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
+use tidewall_core::gcra::Gcra;
 
 /// Durations at and around every edge: zero, one tick, the largest that fits in `u64`
 /// nanoseconds, and past it.
