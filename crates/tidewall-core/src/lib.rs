@@ -42,3 +42,8 @@ pub mod quantile;
 pub mod rng;
 
 pub use error::ConfigError;
+
+/// This crate's README example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -94,3 +94,9 @@ pub mod prelude {
     pub use crate::time::FutureExt as _;
     pub use crate::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter};
 }
+
+/// The workspace README's and this crate's README's examples, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
