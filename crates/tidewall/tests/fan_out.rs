@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::Stream;
 use tidewall::ConfigError;
 use tidewall::fan_out::{FanOut, FanOutError};
 use tidewall::rt::{JoinError, Runtime};
@@ -29,36 +30,160 @@ impl Gauge {
     }
 }
 
-async fn bounded_and_ordered<R: Runtime>(rt: R) {
-    let gauge = Arc::new(Gauge::default());
-    let start = rt.now();
-    let (g, r) = (Arc::clone(&gauge), rt.clone());
-    let out: Vec<u64> = FanOut::with_runtime(rt.clone(), 10)
+/// The ordered workload: 100 inputs, at most 10 at once.
+const INPUTS: u64 = 100;
+const LIMIT: usize = 10;
+
+/// Input `i` takes 100, 200 or 300 ms in turn. Later inputs often finish sooner (input 3
+/// before 1 and 2), so order has to be restored; and input 0 can be delivered at 100 ms, long
+/// before the slowest of the first ten, so a sliding window and chunks of ten part ways at once.
+/// Were the head of the window always its slowest input, the finished results behind it would
+/// hold their slots until it finished, and an ordered sliding window would run exactly as
+/// chunks do: such a workload cannot tell them apart.
+fn work_time(i: u64) -> Duration {
+    Duration::from_millis(100 * (i % 3 + 1))
+}
+
+/// When each input started and finished, on the runtime's (virtual) clock.
+struct Record {
+    origin: Instant,
+    started: Mutex<Vec<Duration>>,
+    finished: Mutex<Vec<Duration>>,
+    gauge: Gauge,
+}
+
+impl Record {
+    fn new<R: Runtime>(rt: &R) -> Arc<Self> {
+        let unset = vec![Duration::MAX; usize::try_from(INPUTS).unwrap()];
+        Arc::new(Self {
+            origin: rt.now(),
+            started: Mutex::new(unset.clone()),
+            finished: Mutex::new(unset),
+            gauge: Gauge::default(),
+        })
+    }
+
+    fn schedule<R: Runtime>(&self, rt: &R, out: Vec<u64>) -> Schedule {
+        Schedule {
+            started: self.started.lock().unwrap().clone(),
+            finished: self.finished.lock().unwrap().clone(),
+            out,
+            peak: self.gauge.peak.load(SeqCst),
+            elapsed: rt.now() - self.origin,
+        }
+    }
+}
+
+/// One input of the workload, its start and finish recorded.
+async fn timed_input<R: Runtime>(rt: R, record: Arc<Record>, i: u64) -> u64 {
+    let index = usize::try_from(i).unwrap();
+    record.started.lock().unwrap()[index] = rt.now() - record.origin;
+    record.gauge.hold(&rt, work_time(i)).await;
+    record.finished.lock().unwrap()[index] = rt.now() - record.origin;
+    i
+}
+
+/// What an ordered fan-out did with the workload.
+struct Schedule {
+    started: Vec<Duration>,
+    finished: Vec<Duration>,
+    out: Vec<u64>,
+    peak: usize,
+    elapsed: Duration,
+}
+
+/// Why `schedule` is not a full sliding window of `LIMIT`, or `None`. The first `LIMIT` inputs
+/// start at once; every later input `i` starts the moment input `i - LIMIT` can be delivered
+/// (it and every input before it have finished), so the window stays full while inputs remain.
+/// Chunks fail this: they start input `i` only once its predecessor's whole chunk has finished.
+fn not_a_sliding_window(schedule: &Schedule) -> Option<String> {
+    if let Some(i) = schedule.started[..LIMIT]
+        .iter()
+        .position(|at| *at != Duration::ZERO)
+    {
+        return Some(format!(
+            "input {i} started at {:?}, not at once",
+            schedule.started[i]
+        ));
+    }
+    let mut deliverable = Duration::ZERO;
+    for i in LIMIT..schedule.started.len() {
+        deliverable = deliverable.max(schedule.finished[i - LIMIT]);
+        if schedule.started[i] != deliverable {
+            return Some(format!(
+                "input {i} started at {:?}, but input {} was deliverable at {deliverable:?}",
+                schedule.started[i],
+                i - LIMIT
+            ));
+        }
+    }
+    None
+}
+
+async fn ordered_sliding_window<R: Runtime>(rt: R) {
+    let record = Record::new(&rt);
+    let (rec, r) = (Arc::clone(&record), rt.clone());
+    let out: Vec<u64> = FanOut::with_runtime(rt.clone(), LIMIT)
         .unwrap()
         .ordered()
-        .run_iter(0..100u64, move |i| {
-            let (g, r) = (Arc::clone(&g), r.clone());
-            // Later inputs finish sooner, so order has to be restored.
-            async move {
-                g.hold(&r, Duration::from_millis(1000 - i)).await;
-                i
-            }
+        .run_iter(0..INPUTS, move |i| {
+            timed_input(r.clone(), Arc::clone(&rec), i)
         })
         .map(Result::unwrap)
         .collect()
         .await;
-    assert_eq!(out, (0..100).collect::<Vec<_>>());
-    assert_eq!(gauge.peak.load(SeqCst), 10);
-    assert!(
-        rt.now() - start <= Duration::from_secs(10),
-        "{:?}",
-        rt.now() - start
+    let schedule = record.schedule(&rt, out);
+    assert_eq!(schedule.out, (0..INPUTS).collect::<Vec<_>>());
+    assert_eq!(schedule.peak, LIMIT);
+    assert_eq!(not_a_sliding_window(&schedule), None);
+    assert_eq!(
+        schedule.started[LIMIT],
+        Duration::from_millis(100),
+        "input 10 took input 0's slot the moment it finished"
+    );
+    // The sliding schedule, exactly; chunks of ten take 3 s (ten chunks of 300 ms).
+    assert_eq!(schedule.elapsed, Duration::from_millis(2700));
+}
+
+#[test]
+fn ordered_fan_out_is_a_bounded_sliding_window_on_every_runtime() {
+    on_every_runtime!(ordered_sliding_window);
+}
+
+/// A chunked fan-out, for contrast only: it takes `LIMIT` inputs, runs them all, delivers them
+/// in order, then takes the next `LIMIT`. Bounded and ordered, but not a sliding window.
+fn chunked<R: Runtime>(rt: R, record: Arc<Record>) -> impl Stream<Item = u64> {
+    let inputs: Vec<u64> = (0..INPUTS).collect();
+    let chunks: Vec<Vec<u64>> = inputs.chunks(LIMIT).map(<[u64]>::to_vec).collect();
+    futures_util::stream::iter(chunks)
+        .then(move |chunk| {
+            let tasks: Vec<_> = chunk
+                .into_iter()
+                .map(|i| rt.spawn(timed_input(rt.clone(), Arc::clone(&record), i)))
+                .collect();
+            futures_util::future::join_all(tasks)
+        })
+        .flat_map(|outcomes| futures_util::stream::iter(outcomes.into_iter().map(Result::unwrap)))
+}
+
+/// The check above discriminates: a chunked fan-out is ordered, bounded and done well within
+/// 10 s, and it fails the check.
+async fn chunked_is_not_a_sliding_window<R: Runtime>(rt: R) {
+    let record = Record::new(&rt);
+    let out: Vec<u64> = chunked(rt.clone(), Arc::clone(&record)).collect().await;
+    let schedule = record.schedule(&rt, out);
+    assert_eq!(schedule.out, (0..INPUTS).collect::<Vec<_>>());
+    assert_eq!(schedule.peak, LIMIT);
+    assert_eq!(schedule.elapsed, Duration::from_millis(3000));
+    assert_eq!(
+        not_a_sliding_window(&schedule).as_deref(),
+        Some("input 10 started at 300ms, but input 0 was deliverable at 100ms")
     );
 }
 
 #[test]
-fn ordered_fan_out_is_bounded_on_every_runtime() {
-    on_every_runtime!(bounded_and_ordered);
+fn a_chunked_fan_out_fails_the_sliding_window_check_on_every_runtime() {
+    on_every_runtime!(chunked_is_not_a_sliding_window);
 }
 
 async fn unordered_keeps_working_while_the_consumer_is_busy<R: Runtime>(rt: R) {

@@ -1,4 +1,5 @@
-//! `tidewall tour`: every pattern against a real HTTP service on loopback, measured.
+//! `tidewall tour`: measured scenarios of the main patterns (the README lists which), most of
+//! them against a real HTTP service on loopback.
 
 mod client;
 mod redis;

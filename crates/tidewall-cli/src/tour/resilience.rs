@@ -236,22 +236,29 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
     settle(rt, server).await;
     let attempts = AtomicUsize::new(0);
     let attempts = &attempts;
-    let plain = timed_calls(rt, calls, move || async move {
+    let plain = timed_calls(rt, calls, move |_| async move {
         client.get(latency_path(attempts)).await.is_ok()
     })
     .await;
     attempts.store(0, SeqCst);
     let hedge = Hedge::builder().delay(delay).max_hedges(1);
     let hedge = &valid(hedge.runtime(rt.clone()).build());
+    // Attempts per call, primary included: the bound is per call, which a total cannot show.
+    let per_call: &[AtomicUsize] = &(0..calls).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>();
     let before = server.stats.requests();
-    let hedged = timed_calls(rt, calls, move || async move {
+    let hedged = timed_calls(rt, calls, move |call| async move {
+        let mine = &per_call[call];
         // Each attempt, primary or hedge, draws its own latency: a hedge is a fresh roll.
         hedge
-            .call(Idempotent(|| client.get(latency_path(attempts))))
+            .call(Idempotent(|| {
+                mine.fetch_add(1, SeqCst);
+                client.get(latency_path(attempts))
+            }))
             .await
             .is_ok()
     })
     .await;
+    let per_call: Vec<usize> = per_call.iter().map(|n| n.load(SeqCst)).collect();
     let launched = attempts.load(SeqCst).saturating_sub(calls);
     // A hedge dropped before its request was read never counts at the server.
     let extra = (server.stats.requests() - before).saturating_sub(calls);
@@ -272,14 +279,32 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
             "hedges launched",
             format!("{launched} (+{} %)", launched * 100 / calls),
         )
+        .metric(
+            "calls with 1 / 2 / more attempts",
+            format!(
+                "{} / {} / {}",
+                per_call.iter().filter(|n| **n == 1).count(),
+                per_call.iter().filter(|n| **n == 2).count(),
+                per_call.iter().filter(|n| **n > 2).count()
+            ),
+        )
         .metric("extra requests at the server", extra);
     s.check(
         "every call succeeded in both runs",
         plain.1 == calls && hedged.1 == calls,
     );
     s.check("p99 with hedging < p99 without", p99_hedged < p99_plain);
-    s.check("at most one hedge per call", launched <= calls);
+    s.check(
+        "at most one hedge per call (every call made 1 or 2 attempts)",
+        at_most_one_hedge_each(&per_call),
+    );
     s
+}
+
+/// Whether every call made its primary attempt and at most one hedge. The per-call counts
+/// matter: a total of `calls` hedges also fits one call with three hedges and others with none.
+fn at_most_one_hedge_each(attempts_per_call: &[usize]) -> bool {
+    !attempts_per_call.is_empty() && attempts_per_call.iter().all(|n| (1..=2).contains(n))
 }
 
 /// Every 20th attempt, by a shared counter, is slow.
@@ -291,15 +316,16 @@ fn latency_path(attempts: &AtomicUsize) -> &'static str {
     }
 }
 
-/// Runs `calls` calls, 8 at a time; their sorted latencies and how many succeeded.
+/// Runs `calls` calls (`call(i)` for i in `0..calls`), 8 at a time; their sorted latencies and
+/// how many succeeded.
 async fn timed_calls<R: Net, F, Fut>(rt: &R, calls: usize, call: F) -> (Vec<Duration>, usize)
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: Future<Output = bool>,
 {
     let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..calls)
-        .map(|_| {
-            let attempt = call();
+        .map(|i| {
+            let attempt = call(i);
             async move {
                 let started = rt.now();
                 let ok = attempt.await;
@@ -411,4 +437,22 @@ fn valid<T>(built: Result<T, ConfigError>) -> T {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_most_one_hedge_each;
+
+    #[test]
+    fn one_call_with_three_hedges_fails_even_when_the_total_fits() {
+        // Five calls, three hedges in all (the old total check passed it), all on one call.
+        assert!(!at_most_one_hedge_each(&[1, 4, 1, 1, 1]));
+        assert!(at_most_one_hedge_each(&[1, 2, 1, 2, 1]));
+    }
+
+    #[test]
+    fn a_call_without_an_attempt_or_no_calls_fail() {
+        assert!(!at_most_one_hedge_each(&[1, 0, 2]));
+        assert!(!at_most_one_hedge_each(&[]));
+    }
 }

@@ -1,10 +1,11 @@
 //! The tour's scenarios. Each runs its client side on runtime `R` against the shared service
 //! and reports what it measured, plus invariants it checked.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tidewall::fallback::{self, Fallback};
 use tidewall::race::race_ok;
 use tidewall::retry::{RetryError, RetryEvent};
@@ -304,13 +305,15 @@ async fn bounded_fan_out<R: Net>(
     let fan_out =
         tidewall::fan_out::FanOut::with_runtime(rt.clone(), limit).expect("a non-zero limit");
     let client = client.clone();
-    let results: Vec<_> = fan_out
-        .run_iter(0..requests, move |_| {
-            let client = client.clone();
-            async move { client.get("/delay/10").await.is_ok() }
-        })
-        .collect()
-        .await;
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&taken);
+    let stream = fan_out.run_iter(0..requests, move |_| {
+        // Called as the fan-out takes an input, just before it spawns the request.
+        counter.fetch_add(1, Ordering::SeqCst);
+        let client = client.clone();
+        async move { client.get("/delay/10").await.is_ok() }
+    });
+    let (results, window) = drain_watching_window(stream, &taken, requests).await;
     let elapsed = start.elapsed();
     let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();
     let peak = server.stats.peak_in_flight();
@@ -320,6 +323,15 @@ async fn bounded_fan_out<R: Net>(
         .metric("limit", limit)
         .metric("succeeded", ok)
         .metric("max in flight (server-observed)", peak)
+        .metric(
+            "in flight after each result while inputs remained (min–max)",
+            format!(
+                "{}–{} over {} results",
+                window.iter().min().copied().unwrap_or(0),
+                window.iter().max().copied().unwrap_or(0),
+                window.len()
+            ),
+        )
         .metric("elapsed", ms(elapsed))
         .metric("throughput", format!("{throughput:.0} req/s"))
         .metric(
@@ -332,10 +344,44 @@ async fn bounded_fan_out<R: Net>(
     s.check("every request succeeded", ok == requests);
     s.check("never more than 50 in flight", peak <= limit);
     s.check(
+        "a sliding window, not chunks: 50 in flight after every result while inputs remained",
+        window_stayed_full(&window, limit, requests),
+    );
+    s.check(
         "the server saw exactly one request per input",
         server.stats.requests() - before == requests,
     );
     s
+}
+
+/// Drains a fan-out's results. After each result delivered while inputs remained, records how
+/// many inputs were in flight: taken (`taken` counts them, bumped by the fan-out's function as
+/// it takes each one) and not yet delivered.
+async fn drain_watching_window<S: Stream + Unpin>(
+    mut results: S,
+    taken: &AtomicUsize,
+    inputs: usize,
+) -> (Vec<S::Item>, Vec<usize>) {
+    let mut delivered = Vec::with_capacity(inputs);
+    let mut window = Vec::new();
+    while let Some(result) = results.next().await {
+        delivered.push(result);
+        let taken = taken.load(Ordering::SeqCst);
+        if taken < inputs {
+            window.push(taken.saturating_sub(delivered.len()));
+        }
+    }
+    (delivered, window)
+}
+
+/// Whether the window stayed full: a sliding window takes the next input the moment a result
+/// frees a slot, so `limit` are in flight after every result while inputs remain; chunks
+/// drain to zero before the next chunk starts. There must be such results (at least `limit + 2`
+/// inputs), or nothing was shown.
+fn window_stayed_full(window: &[usize], limit: usize, inputs: usize) -> bool {
+    !window.is_empty()
+        && inputs.checked_sub(limit + 1) == Some(window.len())
+        && window.iter().all(|n| *n == limit)
 }
 
 /// Waits (up to 2 s) for requests abandoned earlier — cancelled hedges, timed-out calls, a
@@ -346,5 +392,98 @@ pub(super) async fn settle<R: Net>(rt: &R, server: &Server) {
             break;
         }
         rt.sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::{Stream, StreamExt};
+    use tidewall::fan_out::FanOut;
+    use tidewall::rt::{AsyncStd, Runtime, SmolRuntime, Tokio};
+
+    use super::{drain_watching_window, window_stayed_full};
+
+    const INPUTS: usize = 40;
+    const LIMIT: usize = 8;
+
+    /// Counts each input as it is taken; the work itself is ready at once, so no clock is
+    /// involved and the window depends only on when inputs are taken.
+    fn counted(taken: &Arc<AtomicUsize>) -> impl FnMut(usize) -> std::future::Ready<usize> {
+        let taken = Arc::clone(taken);
+        move |i| {
+            taken.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(i)
+        }
+    }
+
+    /// A chunked fan-out, the broken variant: takes `LIMIT` inputs, runs them all, delivers
+    /// them, and only then takes the next `LIMIT`.
+    fn chunked<R: Runtime>(rt: R, taken: &Arc<AtomicUsize>) -> impl Stream<Item = usize> + Unpin {
+        let mut work = counted(taken);
+        let chunks: Vec<Vec<usize>> = (0..INPUTS)
+            .collect::<Vec<_>>()
+            .chunks(LIMIT)
+            .map(<[usize]>::to_vec)
+            .collect();
+        Box::pin(
+            futures_util::stream::iter(chunks)
+                .then(move |chunk| {
+                    let tasks: Vec<_> = chunk.into_iter().map(|i| rt.spawn(work(i))).collect();
+                    futures_util::future::join_all(tasks)
+                })
+                .flat_map(|outcomes| {
+                    futures_util::stream::iter(outcomes.into_iter().map(Result::unwrap))
+                }),
+        )
+    }
+
+    async fn windows<R: Runtime>(rt: R) -> (Vec<usize>, Vec<usize>) {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let sliding = FanOut::with_runtime(rt.clone(), LIMIT)
+            .unwrap()
+            .run_iter(0..INPUTS, counted(&taken));
+        let (results, sliding) = drain_watching_window(sliding, &taken, INPUTS).await;
+        assert_eq!(results.len(), INPUTS);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (results, chunks) = drain_watching_window(chunked(rt, &taken), &taken, INPUTS).await;
+        assert_eq!(results.len(), INPUTS);
+        (sliding, chunks)
+    }
+
+    fn assert_only_the_sliding_window_passes((sliding, chunks): (Vec<usize>, Vec<usize>)) {
+        assert_eq!(sliding, [LIMIT; INPUTS - LIMIT - 1]);
+        assert!(window_stayed_full(&sliding, LIMIT, INPUTS));
+        // Each chunk drains: 7, 6, …, 0 in flight before the next one is taken.
+        assert_eq!(chunks[..LIMIT], [7, 6, 5, 4, 3, 2, 1, 0]);
+        assert!(!window_stayed_full(&chunks, LIMIT, INPUTS));
+    }
+
+    #[test]
+    fn the_window_check_passes_the_fan_out_and_fails_chunks_on_every_runtime() {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_only_the_sliding_window_passes(tokio.block_on(windows(Tokio)));
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        assert_only_the_sliding_window_passes(tokio.block_on(windows(Tokio)));
+        let smol = SmolRuntime::single_threaded();
+        assert_only_the_sliding_window_passes(smol.block_on(windows(smol.handle())));
+        let smol = SmolRuntime::multi_threaded(2).unwrap();
+        assert_only_the_sliding_window_passes(smol.block_on(windows(smol.handle())));
+        assert_only_the_sliding_window_passes(async_std::task::block_on(windows(AsyncStd)));
+    }
+
+    #[test]
+    fn an_empty_or_short_window_shows_nothing() {
+        assert!(!window_stayed_full(&[], LIMIT, INPUTS));
+        assert!(!window_stayed_full(&[], LIMIT, LIMIT + 1));
+        assert!(!window_stayed_full(&[LIMIT; 3], LIMIT, INPUTS));
+        assert!(window_stayed_full(&[LIMIT], LIMIT, LIMIT + 2));
     }
 }
