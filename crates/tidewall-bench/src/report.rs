@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use plotters::prelude::*;
 
 use crate::plan::{Results, Row};
-use crate::runtimes::RuntimeKind;
 use crate::workloads::Workload;
+
+mod chart;
 
 /// Writes `report.md`, `results.json` and one `<workload>-<n>.svg` per workload into `dir`.
 pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
@@ -65,7 +65,7 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
             .iter()
             .find_map(|r| r.result.as_ref().ok().map(|m| m.unit.clone()))
             .unwrap_or_default();
-        let chart = format!("{}-{n}.svg", workload.name());
+        let chart_file = format!("{}-{n}.svg", workload.name());
         let _ = writeln!(md, "## {} (n = {n}), {unit}\n", workload.name());
         let anchor = crate::plan::anchor_for(workload, &results.anchors);
         let multiple_header =
@@ -104,8 +104,10 @@ pub(crate) fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
                 ),
             };
         }
-        chart_svg(&dir.join(&chart), workload, n, &unit, &rows)?;
-        let _ = writeln!(md, "\n![{} chart]({chart})\n", workload.name());
+        let slots: Vec<chart::Slot> = rows.iter().copied().map(chart::Slot::of).collect();
+        let title = format!("{} (n = {n})", workload.name());
+        chart::write_svg(&dir.join(&chart_file), &title, &unit, &slots)?;
+        let _ = writeln!(md, "\n![{} chart]({chart_file})\n", workload.name());
     }
     std::fs::write(dir.join("report.md"), md)?;
     Ok(())
@@ -119,75 +121,6 @@ fn groups(results: &Results) -> Vec<(Workload, u64)> {
         }
     }
     keys
-}
-
-/// One bar per runtime (the median) with a whisker from min to max.
-fn chart_svg(
-    path: &Path,
-    workload: Workload,
-    n: u64,
-    unit: &str,
-    rows: &[&Row],
-) -> anyhow::Result<()> {
-    let bars: Vec<(RuntimeKind, f64, f64, f64)> = rows
-        .iter()
-        .filter_map(|row| {
-            let s = &row.result.as_ref().ok()?.summary;
-            s.median
-                .is_finite()
-                .then_some((row.runtime, s.median, s.min, s.max))
-        })
-        .collect();
-    let top = bars.iter().map(|b| b.3).fold(0.0f64, f64::max).max(1e-9) * 1.15;
-    let root = SVGBackend::new(path, (640, 360)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_error)?;
-    let count = u32::try_from(bars.len()).unwrap_or(u32::MAX);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} (n = {n})", workload.name()), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
-        .build_cartesian_2d((0..count).into_segmented(), 0f64..top)
-        .map_err(draw_error)?;
-    let labels: Vec<&'static str> = bars.iter().map(|b| b.0.label()).collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => labels
-                .get(*i as usize)
-                .map_or_else(String::new, |l| (*l).to_owned()),
-            _ => String::new(),
-        })
-        .y_desc(unit)
-        .draw()
-        .map_err(draw_error)?;
-    chart
-        .draw_series(
-            Histogram::vertical(&chart)
-                .margin(24)
-                .style(BLUE.mix(0.6).filled())
-                .data(bars.iter().zip(0u32..).map(|(bar, i)| (i, bar.1))),
-        )
-        .map_err(draw_error)?;
-    for (bar, i) in bars.iter().zip(0u32..) {
-        // The whisker: min to max over the repetitions.
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![
-                    (SegmentValue::CenterOf(i), bar.2),
-                    (SegmentValue::CenterOf(i), bar.3),
-                ],
-                BLACK.stroke_width(2),
-            )))
-            .map_err(draw_error)?;
-    }
-    root.present().map_err(draw_error)?;
-    Ok(())
-}
-
-fn draw_error<E: std::fmt::Display>(error: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing a chart: {error}")
 }
 
 #[cfg(test)]
