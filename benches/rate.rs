@@ -14,6 +14,8 @@
 //!   rested keys, and that eviction is measured, amortized: Tidewall sweeps a shard (of
 //!   `max_keys / 64` keys) whenever it fills; governor never evicts by itself, so its variant
 //!   calls `retain_recent()` every `MAX_KEYS` new keys, the documented way to bound it.
+//!   Every limiter starts from the same state: each first sees the same 2 × `MAX_KEYS` new
+//!   keys through the code the timed loop runs, so no table is timed while it first grows.
 //!
 //! Run: `cargo bench -p tidewall-benches --bench rate`.
 
@@ -21,7 +23,8 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, criterion_group, criterion_main};
 use tidewall::rate::{KeyedRateLimiter, RateLimiter};
 
 /// 10^9 per second: an interval of exactly 1 ns, the smallest `Gcra::new` accepts.
@@ -29,6 +32,8 @@ const PER_SECOND: u32 = 1_000_000_000;
 const MAX_KEYS: usize = 1 << 22;
 /// governor sweeps every `MAX_KEYS` new keys (a power of two, so a mask test).
 const SWEEP_MASK: u64 = (1 << 22) - 1;
+/// New keys each keyed limiter sees before `rate_keyed_new` times it.
+const WARM_KEYS: u64 = 2 * MAX_KEYS as u64;
 
 fn tidewall_direct(tsc: bool) -> RateLimiter {
     let builder = RateLimiter::builder(PER_SECOND, Duration::from_secs(1)).burst(PER_SECOND);
@@ -83,37 +88,66 @@ fn rate_keyed_hot(c: &mut criterion::Criterion) {
     group.finish();
 }
 
+/// `check_key` on a never-seen key, for a limiter that bounds its keys by itself (Tidewall
+/// sweeps a full shard) or through `retain_recent` every `MAX_KEYS` keys (governor).
+trait NewKeys {
+    fn admit_new(&self, key: u64) -> bool;
+    fn keys(&self) -> usize;
+}
+
+impl NewKeys for KeyedRateLimiter<u64> {
+    fn admit_new(&self, key: u64) -> bool {
+        self.check_key(&key).is_ok()
+    }
+    fn keys(&self) -> usize {
+        self.len()
+    }
+}
+
+impl NewKeys for governor::DefaultKeyedRateLimiter<u64> {
+    fn admit_new(&self, key: u64) -> bool {
+        if key & SWEEP_MASK == 0 {
+            self.retain_recent();
+        }
+        self.check_key(&key).is_ok()
+    }
+    fn keys(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Every limiter starts from the same state: it has seen the same `WARM_KEYS` new keys,
+/// through the same code the timed loop runs, so every table has grown to its working size
+/// (and each Tidewall shard has swept at least once) before timing.
+fn bench_new_keys(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, limiter: &impl NewKeys) {
+    assert!((1..=WARM_KEYS).all(|k| limiter.admit_new(k)), "{name}");
+    assert!(
+        limiter.keys() <= MAX_KEYS,
+        "{name}: {} keys",
+        limiter.keys()
+    );
+    let mut next = WARM_KEYS;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            next += 1;
+            limiter.admit_new(black_box(next))
+        });
+    });
+    assert!(
+        limiter.keys() <= MAX_KEYS,
+        "{name}: {} keys",
+        limiter.keys()
+    );
+}
+
 fn rate_keyed_new(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_keyed_new");
     for (name, tsc) in CLOCKS {
-        let tidewall = tidewall_keyed(tsc);
-        // Sanity, before measuring: twice `MAX_KEYS` new keys, so every shard fills and
-        // sweeps at least once, and every key is still admitted.
-        let warm = 2 * MAX_KEYS as u64;
-        assert!((1..=warm).all(|k| tidewall.check_key(&k).is_ok()));
-        assert!(tidewall.len() <= tidewall.max_keys());
-        let mut next = warm;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                next += 1;
-                tidewall.check_key(&next)
-            });
-        });
-        assert!(tidewall.len() <= tidewall.max_keys());
+        bench_new_keys(&mut group, name, &tidewall_keyed(tsc));
     }
-
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());
-    let mut next = 0u64;
-    group.bench_function("governor", |b| {
-        b.iter(|| {
-            next += 1;
-            if next & SWEEP_MASK == 0 {
-                governor.retain_recent();
-            }
-            governor.check_key(&next).is_ok()
-        });
-    });
+    bench_new_keys(&mut group, "governor", &governor);
     group.finish();
 }
 
