@@ -29,6 +29,8 @@
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+// On docs.rs, `doc_cfg` labels any platform-gated item with what it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(test)]
 extern crate std;

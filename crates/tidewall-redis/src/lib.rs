@@ -30,6 +30,9 @@
 //! Built on redis-rs's reconnecting `ConnectionManager` (one multiplexed connection, TCP_NODELAY
 //! on), so it runs on tokio. Needs Redis 7 or later: the scripts read `TIME` before they write,
 //! which relies on effects replication (the only mode since Redis 7).
+#![forbid(unsafe_code)]
+// On docs.rs, `doc_cfg` labels any feature- or platform-gated item with what it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 #[cfg(test)]

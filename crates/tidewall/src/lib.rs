@@ -47,7 +47,8 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// On docs.rs, `doc_cfg` labels every feature- or platform-gated item with what it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;
 mod bucket_ring;

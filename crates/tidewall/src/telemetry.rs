@@ -24,7 +24,9 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange) {
 /// A policy's rejection telemetry. The metrics counter is registered once, when the policy
 /// is built (install the metrics recorder before building policies), so a rejection only
 /// increments it: no allocation on the rejection path.
-#[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
+// Only the tracing event reads the names back; the metrics counter takes them as labels
+// when it is registered, so without `tracing` they are kept but unread.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) struct Rejections {
     policy: &'static str,
     pub(crate) name: &'static str,
