@@ -1,37 +1,59 @@
-//! What the constant-memory tests share: a global allocator that counts the whole process's
-//! heap, a log generated on the fly, and the aggregation the tour runs. The counters see every
-//! thread, so each test using them has a test binary to itself (a test running beside it on
-//! another thread would be counted too).
+//! What the constant-memory tests share: a global allocator that counts the heap while a
+//! measurement runs, a log generated on the fly, and the aggregation the tour runs. Work that
+//! stays on one thread is measured on that thread alone ([`measure_this_thread`]): under plain
+//! `cargo test` the harness's own threads allocate too. Work spread over threads (a blocking
+//! pool) is measured process-wide ([`measure`]), so each test has a test binary to itself.
 #![allow(dead_code, unreachable_pub)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll};
 
 use futures_util::io::AsyncRead;
 use tidewall::stream::{LineReader, Overlong};
 
-/// Counts the process's live heap, its peak and its allocations, on every thread.
+/// Counts the live heap, its peak and the allocations of the thread inside [`measure`].
 pub struct Tracking;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static CURRENT: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether every thread is counted (otherwise only a thread whose `MEASURING` is set).
+static EVERY_THREAD: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // A const-initialized `Cell` with no destructor: reading it never allocates.
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn measuring() -> bool {
+    EVERY_THREAD.load(SeqCst) || MEASURING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn size_of(layout: Layout) -> isize {
+    isize::try_from(layout.size()).unwrap_or(isize::MAX)
+}
 
 // SAFETY: forwards to the system allocator unchanged; only keeps counters.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now = CURRENT.fetch_add(layout.size(), SeqCst) + layout.size();
-        PEAK.fetch_max(now, SeqCst);
-        ALLOCATIONS.fetch_add(1, SeqCst);
+        if measuring() {
+            let now = CURRENT.fetch_add(size_of(layout), SeqCst) + size_of(layout);
+            PEAK.fetch_max(now, SeqCst);
+            ALLOCATIONS.fetch_add(1, SeqCst);
+        }
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        CURRENT.fetch_sub(layout.size(), SeqCst);
+        if measuring() {
+            CURRENT.fetch_sub(size_of(layout), SeqCst);
+        }
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -40,16 +62,26 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static GLOBAL: Tracking = Tracking;
 
-/// Peak heap growth and allocation count while `f` runs.
+/// Peak heap growth and allocation count of the whole process while `f` runs.
 pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
-    let base = CURRENT.load(SeqCst);
-    PEAK.store(base, SeqCst);
-    let allocations = ALLOCATIONS.load(SeqCst);
+    EVERY_THREAD.store(true, SeqCst);
+    let measured = measure_this_thread(f);
+    EVERY_THREAD.store(false, SeqCst);
+    measured
+}
+
+/// Peak heap growth and allocation count of this thread while `f` runs.
+pub fn measure_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+    CURRENT.store(0, SeqCst);
+    PEAK.store(0, SeqCst);
+    ALLOCATIONS.store(0, SeqCst);
+    MEASURING.with(|m| m.set(true));
     let out = f();
+    MEASURING.with(|m| m.set(false));
     (
         out,
-        PEAK.load(SeqCst) - base,
-        ALLOCATIONS.load(SeqCst) - allocations,
+        usize::try_from(PEAK.load(SeqCst)).unwrap_or(0),
+        ALLOCATIONS.load(SeqCst),
     )
 }
 
