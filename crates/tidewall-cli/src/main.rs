@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every pattern against an embedded HTTP service on loopback and print what was measured.
+    /// Run the tour's scenarios against an embedded HTTP service on loopback and print what was
+    /// measured (the README lists them).
     Tour(tour::TourArgs),
 }
 

@@ -293,7 +293,13 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         "every call succeeded in both runs",
         plain.1 == calls && hedged.1 == calls,
     );
-    s.check("p99 with hedging < p99 without", p99_hedged < p99_plain);
+    // One attempt in 20 is slow, so without hedging the p99 is a slow attempt; with one hedge a
+    // call is slow only if both rolls are (1 in 400), so the p99 falls to about delay + 5 ms.
+    s.check(
+        "p99 without hedging shows the 200 ms tail",
+        p99_plain >= Duration::from_millis(200),
+    );
+    s.check("hedging at least halves p99", p99_hedged * 2 < p99_plain);
     s.check(
         "at most one hedge per call (every call made 1 or 2 attempts)",
         at_most_one_hedge_each(&per_call),
