@@ -12,6 +12,7 @@
 //! | bulkhead (reject or bounded wait) | [`bulkhead`] | [`bulkhead::Bulkhead`] |
 //! | rate limiting (GCRA, direct and keyed) | [`rate`] | [`rate::RateLimiter`], [`rate::KeyedRateLimiter`] |
 //! | retry budget | [`budget`] | [`budget::RetryBudget`] |
+//! | outcome classification for retry, breaker, pipeline, tower | [`classify`] | [`classify::Classify`], [`classify::Verdict`] |
 //! | hedging | [`hedge`] | [`hedge::Hedge`] |
 //! | policies composed with one deadline | [`pipeline`] | [`pipeline::Pipeline`] |
 //! | stream operators, merges, line streaming | [`stream`] | [`stream::StreamOps`], [`stream::LineReader`] |
@@ -54,6 +55,7 @@ pub mod breaker;
 mod bucket_ring;
 pub mod budget;
 pub mod bulkhead;
+pub mod classify;
 pub mod fallback;
 pub mod fan_out;
 pub mod fs;

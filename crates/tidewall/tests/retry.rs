@@ -5,6 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tidewall::classify::Verdict;
 use tidewall::retry::{Outcome, RetryError, RetryEvent};
 use tidewall::rt::Runtime;
 use tidewall::testing::Scripted;
@@ -205,7 +206,7 @@ async fn predicates_and_notify<R: Runtime>(rt: R) {
     let log = Arc::clone(&events);
     let result = (|| pending.call())
         .retry_on(rt.clone(), exact(ms(10), 5))
-        .retry_if_ok(|v: &&str| *v == "pending")
+        .classify(pending_is_retryable)
         .notify(move |e: &RetryEvent<'_, &str, ApiError>| {
             assert!(matches!(e.outcome, Outcome::Value(&"pending")));
             log.lock().unwrap().push((e.attempt, e.delay));
@@ -218,9 +219,17 @@ async fn predicates_and_notify<R: Runtime>(rt: R) {
     let stuck = Scripted::<_, &str, ApiError>::new(rt.clone(), [Ok("pending")]);
     let result = (|| stuck.call())
         .retry_on(rt, exact(ms(10), 2))
-        .retry_if_ok(|v: &&str| *v == "pending")
+        .classify(pending_is_retryable)
         .await;
     assert_eq!(result, Ok("pending"));
+}
+
+/// `Ok("pending")` is retried; every error is too.
+fn pending_is_retryable(result: Result<&&str, &ApiError>) -> Verdict {
+    match result {
+        Ok(&"pending") | Err(_) => Verdict::RetryableFailure,
+        Ok(_) => Verdict::Success,
+    }
 }
 
 #[test]

@@ -6,10 +6,12 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
-use super::stages::{Admission, RetryStage};
+use super::stages::{Admission, Retries, RetryStage};
 use crate::ConfigError;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
+use crate::classify::DefaultClassifier;
+use crate::retry::engine::RetryRules;
 use crate::rt::Runtime;
 
 /// Builds a [`Pipeline`] outermost stage first:
@@ -30,7 +32,7 @@ use crate::rt::Runtime;
 /// ```
 #[must_use]
 #[derive(Debug, Clone)]
-pub struct PipelineBuilder<R, L = (), B = (), T = (), C = ()> {
+pub struct PipelineBuilder<R, L = (), B = (), T = (), C = (), K = DefaultClassifier> {
     pub(super) rt: R,
     pub(super) budget: Option<Duration>,
     pub(super) limiter: L,
@@ -40,9 +42,10 @@ pub struct PipelineBuilder<R, L = (), B = (), T = (), C = ()> {
     pub(super) attempt_timeout: Option<Duration>,
     pub(super) min_attempt_time: Duration,
     pub(super) seed: Option<u64>,
+    pub(super) classify: K,
 }
 
-impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
+impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// Every call gets at most `budget`, shared by all stages (waits, sleeps, attempts).
     /// Calls made with [`Pipeline::call_before`] keep the earlier of the two. The budget
     /// starts when the call first needs the clock — no later than its first wait, first
@@ -71,9 +74,10 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
     ///
     /// [`ConfigError::Zero`] for a zero deadline or attempt timeout,
     /// [`ConfigError::DurationOverflow`] for durations beyond `u64` nanoseconds.
-    pub fn build(self) -> Result<Pipeline<R, L, B, T, C>, ConfigError>
+    pub fn build(mut self) -> Result<Pipeline<R, L, B, T, C, K>, ConfigError>
     where
         R: Runtime,
+        T: Retries,
     {
         for (field, value) in [
             ("deadline", self.budget),
@@ -89,14 +93,15 @@ impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
                 field: "min_attempt_time",
             });
         }
+        self.retry.set_call_rules(self.min_attempt_time, self.seed);
         Ok(Pipeline { config: self })
     }
 }
 
-impl<R: Runtime> PipelineBuilder<R> {
+impl<R: Runtime, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Waits on `limiter` first (the wait counts against the deadline): a
     /// [`RateLimiter`](crate::rate::RateLimiter), or any other [`Admission`] stage (a distributed limiter).
-    pub fn rate_limit<L: Admission>(self, limiter: L) -> PipelineBuilder<R, L> {
+    pub fn rate_limit<L: Admission>(self, limiter: L) -> PipelineBuilder<R, L, (), (), (), K> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
@@ -107,15 +112,16 @@ impl<R: Runtime> PipelineBuilder<R> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            classify: self.classify,
         }
     }
 }
 
-impl<R: Runtime, L> PipelineBuilder<R, L> {
+impl<R: Runtime, L, K> PipelineBuilder<R, L, (), (), (), K> {
     /// Holds a bulkhead slot for the whole call, retries included: a
     /// [`Bulkhead`](crate::bulkhead::Bulkhead), or any
     /// other [`Admission`] stage (a distributed bulkhead).
-    pub fn bulkhead<B: Admission>(self, bulkhead: B) -> PipelineBuilder<R, L, B> {
+    pub fn bulkhead<B: Admission>(self, bulkhead: B) -> PipelineBuilder<R, L, B, (), (), K> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
@@ -126,52 +132,56 @@ impl<R: Runtime, L> PipelineBuilder<R, L> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            classify: self.classify,
         }
     }
 }
 
-impl<R, L, B> PipelineBuilder<R, L, B> {
-    /// Retries failed attempts (errors, timeouts, `CircuitOpen` rejections) after `backoff`,
-    /// waiting at least a rejection's `retry_after` (capped at 60 s).
-    pub fn retry(self, backoff: Backoff) -> PipelineBuilder<R, L, B, RetryStage> {
+impl<R, L, B, K> PipelineBuilder<R, L, B, (), (), K> {
+    /// Retries failed attempts (results the [classifier](Self::classify) judges retryable,
+    /// attempt timeouts, `CircuitOpen` rejections) after `backoff`, waiting at least a
+    /// rejection's `retry_after` (capped by [`max_retry_after`](Self::max_retry_after)).
+    pub fn retry(self, backoff: Backoff) -> PipelineBuilder<R, L, B, RetryStage, (), K> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
             limiter: self.limiter,
             bulkhead: self.bulkhead,
             retry: RetryStage {
-                backoff,
-                budget: None,
-                max_retry_after: Duration::from_secs(60),
+                rules: RetryRules::new(backoff),
             },
             breaker: (),
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            classify: self.classify,
         }
     }
 }
 
-impl<R, L, B> PipelineBuilder<R, L, B, RetryStage> {
+impl<R, L, B, K> PipelineBuilder<R, L, B, RetryStage, (), K> {
     /// Draws retries from a shared budget.
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
-        self.retry.budget = Some(budget);
+        self.retry.rules.budget = Some(budget);
         self
     }
 
-    /// The largest `retry_after` hint honoured (default 60 s).
+    /// The largest `retry_after` hint honoured (default
+    /// [`DEFAULT_MAX_RETRY_AFTER`](crate::retry::DEFAULT_MAX_RETRY_AFTER), 60 s, as for the
+    /// retry future).
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
-        self.retry.max_retry_after = cap;
+        self.retry.rules.max_retry_after = cap;
         self
     }
 }
 
-impl<R: Runtime, L, B, T> PipelineBuilder<R, L, B, T> {
-    /// Gates every attempt with `breaker`.
+impl<R: Runtime, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
+    /// Gates every attempt with `breaker`; the [classifier](Self::classify) decides how each
+    /// result counts.
     pub fn breaker(
         self,
         breaker: CircuitBreaker<R>,
-    ) -> PipelineBuilder<R, L, B, T, CircuitBreaker<R>> {
+    ) -> PipelineBuilder<R, L, B, T, CircuitBreaker<R>, K> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
@@ -182,15 +192,35 @@ impl<R: Runtime, L, B, T> PipelineBuilder<R, L, B, T> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            classify: self.classify,
         }
     }
 }
 
-impl<R, L, B, T, C> PipelineBuilder<R, L, B, T, C> {
+impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// Bounds each attempt (innermost); a timed-out attempt counts as a breaker failure and
     /// is retryable.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
+    }
+
+    /// Judges each attempt's result with `classifier` (see [`classify`](crate::classify)):
+    /// the breaker counts its verdict, and the retry stage retries only a
+    /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure). The default judges
+    /// `Ok` a success and every `Err` a retryable failure.
+    pub fn classify<K2>(self, classifier: K2) -> PipelineBuilder<R, L, B, T, C, K2> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter: self.limiter,
+            bulkhead: self.bulkhead,
+            retry: self.retry,
+            breaker: self.breaker,
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+            classify: classifier,
+        }
     }
 }

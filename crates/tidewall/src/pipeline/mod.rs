@@ -10,7 +10,10 @@
 //! backoff sleep and every attempt count against it, and a retry that cannot start before it
 //! is not started — the call returns the last failure instead.
 //!
-//! The retry stage retries operation errors, attempt timeouts and
+//! The retry stage is the [retry engine](crate::retry) (the same rules as the retry future),
+//! and a [classifier](crate::classify) set with [`PipelineBuilder::classify`] judges each
+//! result for both the breaker and the retry stage. It retries retryable failures (by default
+//! every operation error), attempt timeouts and
 //! [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) rejections, sleeping at least the
 //! rejection's `retry_after`; with [`call_with_hints`](Pipeline::call_with_hints) it also
 //! honours the operation's own [`RetryAfter`] hints (e.g. an HTTP 429).
@@ -57,14 +60,15 @@ use std::time::Duration;
 pub use builder::PipelineBuilder;
 pub use stages::{Admission, Gate, Retries, RetryStage};
 
+use crate::classify::{Classify, DefaultClassifier};
 use crate::rt::{DefaultRuntime, Runtime};
 use crate::{Deadline, Error, RetryAfter};
 
 /// A composed set of policies; see the [module docs](self). Cheap to share by reference;
 /// clone it to share the same policies (their state is shared).
 #[derive(Debug, Clone)]
-pub struct Pipeline<R, L = (), B = (), T = (), C = ()> {
-    config: PipelineBuilder<R, L, B, T, C>,
+pub struct Pipeline<R, L = (), B = (), T = (), C = (), K = DefaultClassifier> {
+    config: PipelineBuilder<R, L, B, T, C, K>,
 }
 
 impl Pipeline<DefaultRuntime> {
@@ -87,11 +91,12 @@ impl<R> Pipeline<R> {
             attempt_timeout: None,
             min_attempt_time: Duration::ZERO,
             seed: None,
+            classify: DefaultClassifier,
         }
     }
 }
 
-impl<R, L, B, T, C> Pipeline<R, L, B, T, C>
+impl<R, L, B, T, C, K> Pipeline<R, L, B, T, C, K>
 where
     R: Runtime,
     L: Admission,
@@ -113,6 +118,7 @@ where
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T2, E>>,
+        K: Classify<T2, E>,
     {
         run::run(self, Deadline::none(), op, |_: &E| None).await
     }
@@ -132,6 +138,7 @@ where
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T2, E>>,
+        K: Classify<T2, E>,
     {
         run::run(self, deadline, op, |_: &E| None).await
     }
@@ -152,6 +159,7 @@ where
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T2, E>>,
+        K: Classify<T2, E>,
         E: RetryAfter,
     {
         run::run(self, deadline, op, RetryAfter::retry_after).await

@@ -8,12 +8,14 @@ use std::time::Duration;
 use super::Pipeline;
 use super::stages::{Admission, Gate, Retries};
 use crate::breaker::Outcome;
+use crate::classify::{Classify, Verdict};
+use crate::retry::engine::{Attempts, Step, may_start};
 use crate::rt::{Runtime, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
-pub(super) async fn run<R, L, B, T, C, F, Fut, T2, E>(
-    pipeline: &Pipeline<R, L, B, T, C>,
+pub(super) async fn run<R, L, B, T, C, K, F, Fut, T2, E>(
+    pipeline: &Pipeline<R, L, B, T, C, K>,
     deadline: Deadline,
     mut op: F,
     hint: impl Fn(&E) -> Option<Duration>,
@@ -24,6 +26,7 @@ where
     B: Admission,
     T: Retries,
     C: Gate,
+    K: Classify<T2, E>,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T2, E>>,
 {
@@ -43,24 +46,24 @@ where
         Some(guard) => guard,
         None => config.bulkhead.admit(clock.deadline()).await?,
     };
-    if let Some(budget) = config.retry.budget() {
-        budget.deposit(clock.now());
-    }
-    let mut delays = None;
-    let mut attempt = 0u32;
+    let rules = config.retry.rules();
+    let mut attempts = Attempts::default();
     loop {
-        attempt += 1;
         // Before a retry, or when the caller brought a deadline, check it. The first attempt
         // of a call with only the pipeline's own budget needs no check: that budget has not
         // started yet.
-        if attempt > 1 || deadline.instant().is_some() {
-            let now = clock.now();
-            if !clock.deadline().allows(now, config.min_attempt_time) {
+        if attempts.started() > 0 || deadline.instant().is_some() {
+            let before = clock.deadline();
+            if !may_start(before, config.min_attempt_time, || clock.now()) {
                 return Err(Error::Rejected(Rejected::DeadlineExceeded));
             }
         }
-        let failure = match config.breaker.enter() {
-            Err(rejected) => Error::Rejected(rejected),
+        if let Some(rules) = rules {
+            rules.begin(&mut attempts, || clock.now());
+        }
+        let (verdict, last) = match config.breaker.enter() {
+            // A rejection is retried after its own `retry_after`, not within it.
+            Err(rejected) => (Verdict::RetryableFailure, Err(Error::Rejected(rejected))),
             Ok(permit) => {
                 let attempt_end = |clock: &mut CallClock<'_, R>| match config.attempt_timeout {
                     Some(timeout) => {
@@ -72,13 +75,10 @@ where
                     None => clock.deadline(),
                 };
                 match bounded(rt, op(), &mut clock, attempt_end).await {
-                    Ok(Ok(value)) => {
-                        C::record(permit, Outcome::Success);
-                        return Ok(value);
-                    }
-                    Ok(Err(error)) => {
-                        C::record(permit, Outcome::Failure);
-                        Error::Inner(error)
+                    Ok(result) => {
+                        let verdict = config.classify.classify(result.as_ref());
+                        C::record(permit, verdict.breaker_outcome());
+                        (verdict, result.map_err(Error::Inner))
                     }
                     Err(_) => {
                         let now = clock.now();
@@ -90,38 +90,26 @@ where
                             return Err(Error::Rejected(Rejected::DeadlineExceeded));
                         }
                         C::record(permit, Outcome::Failure);
-                        Error::TimedOut
+                        (Verdict::RetryableFailure, Err(Error::TimedOut))
                     }
                 }
             }
         };
-        let Some(scheduled) = config.retry.next_delay(&mut delays, config.seed) else {
-            return Err(failure);
+        let Some(rules) = rules else {
+            return last;
         };
-        let hinted = match &failure {
-            Error::Rejected(rejected) => rejected.retry_after(),
-            Error::Inner(error) => hint(error),
-            Error::TimedOut => None,
+        let hinted = match &last {
+            Err(Error::Rejected(rejected)) => rejected.retry_after(),
+            Err(Error::Inner(error)) if verdict.is_retryable() => hint(error),
+            _ => None,
         };
-        let delay = hinted.map_or(scheduled, |h| {
-            scheduled.max(h.min(config.retry.max_retry_after()))
-        });
-        // A retry that cannot start (with its minimum time) before the deadline is not
-        // started: the caller gets the real failure now instead of a pointless sleep.
-        let now = clock.now();
-        if !clock
-            .deadline()
-            .allows(now, delay.saturating_add(config.min_attempt_time))
-        {
-            return Err(failure);
-        }
-        if let Some(budget) = config.retry.budget()
-            && !budget.try_withdraw(now)
-        {
-            return Err(failure);
-        }
-        if !delay.is_zero() {
-            rt.sleep(delay).await;
+        let after = clock.deadline();
+        match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
+            Step::Retry(delay) if delay.is_zero() => {}
+            Step::Retry(delay) => rt.sleep(delay).await,
+            // A retry that cannot start (with its minimum time) before the deadline is not
+            // started: the caller gets the real failure now instead of a pointless sleep.
+            Step::Stop(_) => return last,
         }
     }
 }

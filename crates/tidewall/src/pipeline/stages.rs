@@ -4,12 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tidewall_core::backoff::{Backoff, DelayState};
-
 use crate::breaker::{CircuitBreaker, Outcome};
-use crate::budget::RetryBudget;
 use crate::bulkhead::Bulkhead;
 use crate::rate::RateLimiter;
+use crate::retry::engine::RetryRules;
 use crate::rt::Runtime;
 use crate::{Deadline, Rejected};
 
@@ -139,55 +137,39 @@ impl<R: Runtime> Gate for CircuitBreaker<R> {
     }
 }
 
-/// The retry stage: a backoff and an optional shared budget.
+/// The retry stage: the [retry engine](crate::retry)'s rules (backoff, optional shared
+/// budget, hint cap), which the pipeline drives exactly as the retry future does.
 #[derive(Debug, Clone)]
 pub struct RetryStage {
-    pub(super) backoff: Backoff,
-    pub(super) budget: Option<RetryBudget>,
-    pub(super) max_retry_after: Duration,
+    pub(super) rules: RetryRules,
 }
 
-/// Whether and how long to wait before the next attempt.
+/// Whether a pipeline retries: [`RetryStage`], or `()` for never.
 pub trait Retries: sealed::Sealed + Send + Sync {
-    /// The next delay, or `None` when no retry is left; `seed` (or a fresh one) starts the
-    /// schedule on the first call.
-    fn next_delay(&self, state: &mut Option<DelayState>, seed: Option<u64>) -> Option<Duration>;
+    /// The engine's rules, if this stage retries at all.
+    #[doc(hidden)]
+    fn rules(&self) -> Option<&RetryRules>;
 
-    /// The budget retries draw from, if any.
-    fn budget(&self) -> Option<&RetryBudget>;
-
-    /// The largest hint honoured.
-    fn max_retry_after(&self) -> Duration;
+    /// Hands the pipeline-wide settings the engine also needs to the stage.
+    #[doc(hidden)]
+    fn set_call_rules(&mut self, min_attempt_time: Duration, seed: Option<u64>);
 }
 
 impl Retries for () {
-    fn next_delay(&self, _: &mut Option<DelayState>, _: Option<u64>) -> Option<Duration> {
+    fn rules(&self) -> Option<&RetryRules> {
         None
     }
 
-    fn budget(&self) -> Option<&RetryBudget> {
-        None
-    }
-
-    fn max_retry_after(&self) -> Duration {
-        Duration::ZERO
-    }
+    fn set_call_rules(&mut self, _: Duration, _: Option<u64>) {}
 }
 
 impl Retries for RetryStage {
-    fn next_delay(&self, state: &mut Option<DelayState>, seed: Option<u64>) -> Option<Duration> {
-        let state = state.get_or_insert_with(|| {
-            self.backoff
-                .start(seed.unwrap_or_else(crate::seed::fresh_seed))
-        });
-        self.backoff.next_delay(state)
+    fn rules(&self) -> Option<&RetryRules> {
+        Some(&self.rules)
     }
 
-    fn budget(&self) -> Option<&RetryBudget> {
-        self.budget.as_ref()
-    }
-
-    fn max_retry_after(&self) -> Duration {
-        self.max_retry_after
+    fn set_call_rules(&mut self, min_attempt_time: Duration, seed: Option<u64>) {
+        self.rules.min_attempt_time = min_attempt_time;
+        self.rules.seed = seed;
     }
 }

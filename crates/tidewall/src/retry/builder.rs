@@ -5,36 +5,31 @@ use std::time::Duration;
 
 use tidewall_core::backoff::Backoff;
 
+use super::engine::RetryRules;
 use super::future::RetryFuture;
-use super::hooks::{
-    AnyError, ErrorPredicate, FromRetryAfter, HintSource, NoHints, NoNotify, NoValue, Notify,
-    OkPredicate,
-};
+use super::hooks::{FromRetryAfter, HintSource, NoHints, NoNotify, Notify};
 use crate::Deadline;
+use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
 use crate::rt::Runtime;
-
-/// The default cap on a server's "retry after" hint.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A configured retry of `op`; `.await` it to run. See the [module docs](super).
 ///
-/// The type parameters are the runtime and the pluggable decisions; each builder method that
-/// sets a closure changes one of them, so an unconfigured `Retry` stores no closure at all.
+/// The type parameters are the runtime and the pluggable decisions (the
+/// [classifier](crate::classify), the notify hook, the hint source); each builder method that
+/// sets one changes its type, so an unconfigured `Retry` stores no closure at all.
 #[must_use = "a Retry does nothing until it is awaited"]
 #[derive(Debug, Clone)]
 pub struct Retry<
     Op,
     R = crate::rt::DefaultRuntime,
-    W = AnyError,
-    V = NoValue,
+    C = DefaultClassifier,
     N = NoNotify,
     H = NoHints,
 > {
     pub(super) op: Op,
     pub(super) rt: R,
     pub(super) settings: Settings,
-    pub(super) when: W,
-    pub(super) when_ok: V,
+    pub(super) classify: C,
     pub(super) notify: N,
     pub(super) hints: H,
 }
@@ -42,13 +37,9 @@ pub struct Retry<
 /// The plain-data part of a [`Retry`].
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
-    pub(super) budget: Option<crate::budget::RetryBudget>,
-    pub(super) backoff: Backoff,
-    pub(super) seed: Option<u64>,
+    pub(super) rules: RetryRules,
     pub(super) attempt_timeout: Option<Duration>,
     pub(super) deadline: Deadline,
-    pub(super) min_attempt_time: Duration,
-    pub(super) max_retry_after: Duration,
 }
 
 /// Retries `op` on tokio according to `backoff`.
@@ -61,147 +52,89 @@ impl<Op, R: Runtime> Retry<Op, R> {
     /// Retries `op` on `rt` according to `backoff`.
     pub fn new(rt: R, backoff: Backoff, op: Op) -> Self {
         let settings = Settings {
-            budget: None,
-            backoff,
-            seed: None,
+            rules: RetryRules::new(backoff),
             attempt_timeout: None,
             deadline: Deadline::none(),
-            min_attempt_time: Duration::ZERO,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         };
         Self {
             op,
             rt,
             settings,
-            when: AnyError,
-            when_ok: NoValue,
+            classify: DefaultClassifier,
             notify: NoNotify,
             hints: NoHints,
         }
     }
 }
 
-impl<Op, R, W, V, N, H> Retry<Op, R, W, V, N, H> {
+impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
     /// Runs on another runtime (its clock and timers).
-    pub fn runtime<R2: Runtime>(self, rt: R2) -> Retry<Op, R2, W, V, N, H> {
-        let Self {
-            op,
-            settings,
-            when,
-            when_ok,
-            notify,
-            hints,
-            ..
-        } = self;
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> Retry<Op, R2, C, N, H> {
         Retry {
-            op,
+            op: self.op,
             rt,
-            settings,
-            when,
-            when_ok,
-            notify,
-            hints,
+            settings: self.settings,
+            classify: self.classify,
+            notify: self.notify,
+            hints: self.hints,
+        }
+    }
+
+    /// Judges each attempt's result with `classifier` (see [`classify`](crate::classify)):
+    /// only a [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried;
+    /// any other verdict returns the result at once. The default retries every `Err` and no
+    /// `Ok`; an `Ok` judged retryable that no retry follows is still returned as `Ok`.
+    pub fn classify<C2>(self, classifier: C2) -> Retry<Op, R, C2, N, H> {
+        Retry {
+            op: self.op,
+            rt: self.rt,
+            settings: self.settings,
+            classify: classifier,
+            notify: self.notify,
+            hints: self.hints,
         }
     }
 
     /// Retries only the errors `predicate` accepts; others return at once as
-    /// [`RetryError::Inner`](super::RetryError::Inner).
-    pub fn when<W2>(self, predicate: W2) -> Retry<Op, R, W2, V, N, H> {
-        let Self {
-            op,
-            rt,
-            settings,
-            when_ok,
-            notify,
-            hints,
-            ..
-        } = self;
-        Retry {
-            op,
-            rt,
-            settings,
-            when: predicate,
-            when_ok,
-            notify,
-            hints,
-        }
-    }
-
-    /// Also retries `Ok` values that `predicate` accepts (e.g. "still processing").
-    pub fn retry_if_ok<V2>(self, predicate: V2) -> Retry<Op, R, W, V2, N, H> {
-        let Self {
-            op,
-            rt,
-            settings,
-            when,
-            notify,
-            hints,
-            ..
-        } = self;
-        Retry {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok: predicate,
-            notify,
-            hints,
-        }
+    /// [`RetryError::Inner`](super::RetryError::Inner). Shorthand for
+    /// `.classify(ErrorsWhere(predicate))` ([`ErrorsWhere`]).
+    pub fn when<P>(self, predicate: P) -> Retry<Op, R, ErrorsWhere<P>, N, H> {
+        self.classify(ErrorsWhere(predicate))
     }
 
     /// Calls `hook` before every backoff sleep with the attempt, its outcome and the delay.
-    pub fn notify<N2>(self, hook: N2) -> Retry<Op, R, W, V, N2, H> {
-        let Self {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
-            hints,
-            ..
-        } = self;
+    pub fn notify<N2>(self, hook: N2) -> Retry<Op, R, C, N2, H> {
         Retry {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
+            op: self.op,
+            rt: self.rt,
+            settings: self.settings,
+            classify: self.classify,
             notify: hook,
-            hints,
+            hints: self.hints,
         }
     }
 
     /// Honours hints from errors that implement [`RetryAfter`](crate::RetryAfter): the next
     /// delay is at least the hint, capped at [`Retry::max_retry_after`] (default 60 s).
-    pub fn honor_retry_after(self) -> Retry<Op, R, W, V, N, FromRetryAfter> {
+    pub fn honor_retry_after(self) -> Retry<Op, R, C, N, FromRetryAfter> {
         self.retry_after_with(FromRetryAfter)
     }
 
     /// Honours hints extracted by `source` (a closure `|e: &E| -> Option<Duration>`).
-    pub fn retry_after_with<H2>(self, source: H2) -> Retry<Op, R, W, V, N, H2> {
-        let Self {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
-            notify,
-            ..
-        } = self;
+    pub fn retry_after_with<H2>(self, source: H2) -> Retry<Op, R, C, N, H2> {
         Retry {
-            op,
-            rt,
-            settings,
-            when,
-            when_ok,
-            notify,
+            op: self.op,
+            rt: self.rt,
+            settings: self.settings,
+            classify: self.classify,
+            notify: self.notify,
             hints: source,
         }
     }
 
     /// The largest hint honoured; a longer hint is cut to this (default 60 s).
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
-        self.settings.max_retry_after = cap;
+        self.settings.rules.max_retry_after = cap;
         self
     }
 
@@ -222,7 +155,7 @@ impl<Op, R, W, V, N, H> Retry<Op, R, W, V, N, H> {
     /// zero: any time left will do). Set it near the operation's typical latency so the last
     /// attempt is not doomed from the start.
     pub fn min_attempt_time(mut self, budget: Duration) -> Self {
-        self.settings.min_attempt_time = budget;
+        self.settings.rules.min_attempt_time = budget;
         self
     }
 
@@ -230,29 +163,28 @@ impl<Op, R, W, V, N, H> Retry<Op, R, W, V, N, H> {
     /// first attempt deposits, each retry withdraws, and when the budget is spent the last
     /// failure is returned as if the attempts had run out.
     pub fn budget(mut self, budget: crate::budget::RetryBudget) -> Self {
-        self.settings.budget = Some(budget);
+        self.settings.rules.budget = Some(budget);
         self
     }
 
     /// Fixes the jitter seed, making the delays reproducible.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.settings.seed = Some(seed);
+        self.settings.rules.seed = Some(seed);
         self
     }
 }
 
-impl<Op, Fut, T, E, R, W, V, N, H> IntoFuture for Retry<Op, R, W, V, N, H>
+impl<Op, Fut, T, E, R, C, N, H> IntoFuture for Retry<Op, R, C, N, H>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Runtime,
-    W: ErrorPredicate<E>,
-    V: OkPredicate<T>,
+    C: Classify<T, E>,
     N: Notify<T, E>,
     H: HintSource<E>,
 {
     type Output = Result<T, super::RetryError<E>>;
-    type IntoFuture = RetryFuture<Op, Fut, R, W, V, N, H, T, E>;
+    type IntoFuture = RetryFuture<Op, Fut, R, C, N, H, T, E>;
 
     fn into_future(self) -> Self::IntoFuture {
         RetryFuture::new(self)

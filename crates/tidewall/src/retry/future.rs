@@ -5,14 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use tidewall_core::backoff::DelayState;
-
 use super::RetryError;
 use super::builder::{Retry, Settings};
-use super::hooks::{ErrorPredicate, HintSource, Notify, OkPredicate, Outcome, RetryEvent};
+use super::engine::{Attempts, Step, Stop};
+use super::hooks::{HintSource, Notify, Outcome, RetryEvent};
+use crate::classify::{Classify, Verdict};
 use crate::rt::{Runtime, instant_after};
 
-/// What a failed attempt left behind; kept until the next attempt replaces it.
+/// What an attempt left behind; kept until the next attempt replaces it.
 enum Failure<T, E> {
     Error(E),
     Value(T),
@@ -28,7 +28,7 @@ impl<T, E> Failure<T, E> {
         }
     }
 
-    /// The result when no retry is left.
+    /// The result when no retry follows (a value is never thrown away).
     fn exhausted(self) -> Result<T, RetryError<E>> {
         match self {
             Self::Value(v) => Ok(v),
@@ -65,12 +65,10 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     /// The future of a [`Retry`]; see the [module docs](super) for its behaviour.
     #[must_use = "futures do nothing unless polled"]
-    pub struct RetryFuture<Op, Fut, R: Runtime, W, V, N, H, T, E> {
+    pub struct RetryFuture<Op, Fut, R: Runtime, C, N, H, T, E> {
         // The configuration moves in whole, with no field-by-field rebuild.
-        config: Retry<Op, R, W, V, N, H>,
-        attempts: u32,
-        // Created on the first failure, so the success path never seeds a generator.
-        delays: Option<DelayState>,
+        config: Retry<Op, R, C, N, H>,
+        attempts: Attempts,
         last: Option<Failure<T, E>>,
         #[pin]
         state: State<Fut>,
@@ -81,12 +79,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<Op, Fut, R: Runtime, W, V, N, H, T, E> RetryFuture<Op, Fut, R, W, V, N, H, T, E> {
-    pub(super) fn new(retry: Retry<Op, R, W, V, N, H>) -> Self {
+impl<Op, Fut, R: Runtime, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E> {
+    pub(super) fn new(retry: Retry<Op, R, C, N, H>) -> Self {
         Self {
             config: retry,
-            attempts: 0,
-            delays: None,
+            attempts: Attempts::default(),
             last: None,
             state: State::Idle,
             timer: None,
@@ -94,13 +91,12 @@ impl<Op, Fut, R: Runtime, W, V, N, H, T, E> RetryFuture<Op, Fut, R, W, V, N, H, 
     }
 }
 
-impl<Op, Fut, R, W, V, N, H, T, E> Future for RetryFuture<Op, Fut, R, W, V, N, H, T, E>
+impl<Op, Fut, R, C, N, H, T, E> Future for RetryFuture<Op, Fut, R, C, N, H, T, E>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Runtime,
-    W: ErrorPredicate<E>,
-    V: OkPredicate<T>,
+    C: Classify<T, E>,
     N: Notify<T, E>,
     H: HintSource<E>,
 {
@@ -110,33 +106,24 @@ where
         let mut this = self.project();
         let config = this.config;
         let settings: &Settings = &config.settings;
+        let rules = &settings.rules;
         loop {
-            let failure = match this.state.as_mut().project() {
+            let (verdict, failure) = match this.state.as_mut().project() {
                 StateProj::Idle => {
-                    // The clock is read only when a timeout or deadline needs it.
-                    let timer_at = if settings.deadline.instant().is_some()
-                        || settings.attempt_timeout.is_some()
-                    {
-                        let now = config.rt.now();
-                        if !settings.deadline.allows(now, settings.min_attempt_time) {
-                            return Poll::Ready(deadline_exceeded(
-                                this.last.take(),
-                                *this.attempts,
-                            ));
-                        }
-                        earliest(
-                            settings.attempt_timeout.map(|t| instant_after(now, t)),
-                            settings.deadline.instant(),
-                        )
-                    } else {
-                        None
-                    };
-                    if *this.attempts == 0
-                        && let Some(budget) = &settings.budget
-                    {
-                        budget.deposit(config.rt.now());
+                    if !rules.may_start(settings.deadline, || config.rt.now()) {
+                        return Poll::Ready(deadline_exceeded(
+                            this.last.take(),
+                            this.attempts.started(),
+                        ));
                     }
-                    *this.attempts += 1;
+                    // The clock is read only when a timeout needs it.
+                    let timer_at = earliest(
+                        settings
+                            .attempt_timeout
+                            .map(|t| instant_after(config.rt.now(), t)),
+                        settings.deadline.instant(),
+                    );
+                    rules.begin(this.attempts, || config.rt.now());
                     let future = (config.op)();
                     this.timer.set(timer_at.map(|at| config.rt.sleep_until(at)));
                     this.state.set(State::Attempt { future });
@@ -150,14 +137,12 @@ where
                     continue;
                 }
                 StateProj::Attempt { future } => match future.poll(cx) {
-                    Poll::Ready(Ok(value)) if config.when_ok.is_retryable(&value) => {
-                        Failure::Value(value)
+                    Poll::Ready(Ok(value)) => {
+                        (config.classify.classify(Ok(&value)), Failure::Value(value))
                     }
-                    Poll::Ready(Ok(value)) => return Poll::Ready(Ok(value)),
-                    Poll::Ready(Err(error)) if config.when.is_retryable(&error) => {
-                        Failure::Error(error)
+                    Poll::Ready(Err(error)) => {
+                        (config.classify.classify(Err(&error)), Failure::Error(error))
                     }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(RetryError::Inner(error))),
                     Poll::Pending => {
                         let Some(timer) = this.timer.as_mut().as_pin_mut() else {
                             return Poll::Pending;
@@ -167,10 +152,10 @@ where
                             this.state.set(State::Idle);
                             return Poll::Ready(deadline_exceeded(
                                 this.last.take(),
-                                *this.attempts,
+                                this.attempts.started(),
                             ));
                         }
-                        Failure::TimedOut
+                        (Verdict::RetryableFailure, Failure::TimedOut)
                     }
                 },
             };
@@ -178,36 +163,23 @@ where
             this.timer.set(None);
 
             let hint = match &failure {
-                Failure::Error(error) => config.hints.hint(error),
+                Failure::Error(error) if verdict.is_retryable() => config.hints.hint(error),
                 _ => None,
             };
-            let backoff = &settings.backoff;
-            let delays = this.delays.get_or_insert_with(|| {
-                backoff.start(settings.seed.unwrap_or_else(crate::seed::fresh_seed))
-            });
-            let Some(scheduled) = backoff.next_delay(delays) else {
-                return Poll::Ready(failure.exhausted());
+            let delay = match rules.after(this.attempts, verdict, hint, settings.deadline, || {
+                config.rt.now()
+            }) {
+                Step::Retry(delay) => delay,
+                Step::Stop(Stop::Deadline) => {
+                    // The sleep would end too late for another attempt: do not sleep at all.
+                    return Poll::Ready(deadline_exceeded(Some(failure), this.attempts.started()));
+                }
+                Step::Stop(Stop::Final | Stop::Exhausted | Stop::BudgetSpent) => {
+                    return Poll::Ready(failure.exhausted());
+                }
             };
-            let delay = hint.map_or(scheduled, |hint| {
-                scheduled.max(hint.min(settings.max_retry_after))
-            });
-            if settings.deadline.instant().is_some()
-                && !settings.deadline.allows(
-                    config.rt.now(),
-                    delay.saturating_add(settings.min_attempt_time),
-                )
-            {
-                // The sleep would end too late for another attempt: do not sleep at all.
-                return Poll::Ready(deadline_exceeded(Some(failure), *this.attempts));
-            }
-            // Only a retry that will really be attempted takes from the budget.
-            if let Some(budget) = &settings.budget
-                && !budget.try_withdraw(config.rt.now())
-            {
-                return Poll::Ready(failure.exhausted());
-            }
             let event = RetryEvent {
-                attempt: *this.attempts,
+                attempt: this.attempts.started(),
                 outcome: failure.outcome(),
                 delay,
                 hint,
@@ -229,12 +201,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-impl<Op, Fut, R: Runtime, W, V, N, H, T, E> std::fmt::Debug
-    for RetryFuture<Op, Fut, R, W, V, N, H, T, E>
+impl<Op, Fut, R: Runtime, C, N, H, T, E> std::fmt::Debug
+    for RetryFuture<Op, Fut, R, C, N, H, T, E>
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryFuture")
-            .field("attempts", &self.attempts)
+            .field("attempts", &self.attempts.started())
             .finish_non_exhaustive()
     }
 }

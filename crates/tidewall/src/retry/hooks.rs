@@ -1,53 +1,10 @@
-//! The pluggable decisions of the retry driver. Closures implement each trait; the unit types
-//! are the defaults, so an unconfigured `Retry` carries no closure at all.
+//! The retry driver's pluggable hooks (hints and notification; classification lives in
+//! [`crate::classify`]). Closures implement each trait; the unit types are the defaults, so an
+//! unconfigured `Retry` carries no closure at all.
 
 use std::time::Duration;
 
 use crate::RetryAfter;
-
-/// Decides whether an error is worth retrying.
-pub trait ErrorPredicate<E> {
-    /// `true` to retry.
-    fn is_retryable(&mut self, error: &E) -> bool;
-}
-
-impl<E, F: FnMut(&E) -> bool> ErrorPredicate<E> for F {
-    fn is_retryable(&mut self, error: &E) -> bool {
-        self(error)
-    }
-}
-
-/// The default: every error is retried.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AnyError;
-
-impl<E> ErrorPredicate<E> for AnyError {
-    fn is_retryable(&mut self, _: &E) -> bool {
-        true
-    }
-}
-
-/// Decides whether an `Ok` value should be retried anyway (e.g. "job still pending").
-pub trait OkPredicate<T> {
-    /// `true` to retry.
-    fn is_retryable(&mut self, value: &T) -> bool;
-}
-
-impl<T, F: FnMut(&T) -> bool> OkPredicate<T> for F {
-    fn is_retryable(&mut self, value: &T) -> bool {
-        self(value)
-    }
-}
-
-/// The default: `Ok` values are final.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoValue;
-
-impl<T> OkPredicate<T> for NoValue {
-    fn is_retryable(&mut self, _: &T) -> bool {
-        false
-    }
-}
 
 /// Extracts a "retry after" hint from an error.
 pub trait HintSource<E> {
@@ -86,9 +43,9 @@ impl<E: RetryAfter> HintSource<E> for FromRetryAfter {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome<'a, T, E> {
-    /// A retryable error.
+    /// An error judged a retryable failure.
     Error(&'a E),
-    /// An `Ok` value marked retryable.
+    /// An `Ok` value judged a retryable failure.
     Value(&'a T),
     /// The attempt hit the per-attempt timeout.
     TimedOut,

@@ -7,8 +7,7 @@
 //!
 //! | setting | default |
 //! |---|---|
-//! | which errors retry | all ([`Retry::when`] narrows it) |
-//! | which `Ok` values retry | none ([`Retry::retry_if_ok`]) |
+//! | which results retry | every `Err`, no `Ok` ([`Retry::classify`], [`Retry::when`]) |
 //! | per-attempt timeout | none ([`Retry::attempt_timeout`]) |
 //! | deadline for the whole operation | none ([`Retry::deadline`]) |
 //! | server hints | ignored until [`Retry::honor_retry_after`], then capped at 60 s |
@@ -65,16 +64,15 @@
 //! ```
 
 mod builder;
+pub(crate) mod engine;
 mod error;
 mod future;
 mod hooks;
 
 #[cfg(feature = "tokio")]
 pub use builder::retry;
-pub use builder::{DEFAULT_MAX_RETRY_AFTER, Retry, RetryExt};
+pub use builder::{Retry, RetryExt};
+pub use engine::DEFAULT_MAX_RETRY_AFTER;
 pub use error::RetryError;
 pub use future::RetryFuture;
-pub use hooks::{
-    AnyError, ErrorPredicate, FromRetryAfter, HintSource, NoHints, NoNotify, NoValue, Notify,
-    OkPredicate, Outcome, RetryEvent,
-};
+pub use hooks::{FromRetryAfter, HintSource, NoHints, NoNotify, Notify, Outcome, RetryEvent};

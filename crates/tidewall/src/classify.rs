@@ -1,0 +1,129 @@
+//! Outcome classification: one answer, for every policy, to "how did this call go?".
+//!
+//! Retry, circuit breaker, hedging, the pipeline and the tower layers all read a result through
+//! one [`Classify`] implementation, so a response the breaker counts as a failure is also the
+//! one retry retries:
+//!
+//! | [`Verdict`] | retry / hedge | circuit breaker |
+//! |---|---|---|
+//! | [`Success`](Verdict::Success) | returns the result | success |
+//! | [`RetryableFailure`](Verdict::RetryableFailure) | retries while the rules allow | failure |
+//! | [`Failure`](Verdict::Failure) | returns the result at once | failure |
+//! | [`Ignored`](Verdict::Ignored) | returns the result at once | not counted |
+//!
+//! A result is never thrown away: an `Ok` value judged a failure is still returned as `Ok`
+//! when no retry follows it, and an `Err` judged a success is returned as `Err`.
+//!
+//! The default, [`DefaultClassifier`], judges `Ok` a success and every `Err` a retryable
+//! failure. A closure `Fn(Result<&T, &E>) -> Verdict` is a classifier:
+//!
+//! ```
+//! use tidewall::classify::{Classify, Verdict};
+//!
+//! #[derive(Debug)]
+//! enum ApiError { Unavailable, BadRequest, Cancelled }
+//!
+//! let classify = |result: Result<&u16, &ApiError>| match result {
+//!     Ok(status) if *status >= 500 => Verdict::RetryableFailure,
+//!     Ok(_) => Verdict::Success,
+//!     Err(ApiError::Unavailable) => Verdict::RetryableFailure,
+//!     Err(ApiError::BadRequest) => Verdict::Failure,
+//!     // The caller gave up: that says nothing about the service's health.
+//!     Err(ApiError::Cancelled) => Verdict::Ignored,
+//! };
+//! assert_eq!(classify.classify(Ok(&503)), Verdict::RetryableFailure);
+//! assert_eq!(classify.classify(Err(&ApiError::BadRequest)), Verdict::Failure);
+//! ```
+
+use crate::breaker::Outcome;
+
+/// How one attempt's result counts; see the [module docs](self) for what each policy does
+/// with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The call worked.
+    Success,
+    /// The call failed, and another attempt may succeed.
+    RetryableFailure,
+    /// The call failed, and another attempt would fail the same way.
+    Failure,
+    /// The result says nothing about the service (e.g. the caller cancelled): not counted,
+    /// not retried.
+    Ignored,
+}
+
+impl Verdict {
+    /// Whether another attempt is worth making.
+    #[must_use]
+    pub fn is_retryable(self) -> bool {
+        self == Self::RetryableFailure
+    }
+
+    /// How a circuit breaker counts it.
+    #[must_use]
+    pub fn breaker_outcome(self) -> Outcome {
+        match self {
+            Self::Success => Outcome::Success,
+            Self::RetryableFailure | Self::Failure => Outcome::Failure,
+            Self::Ignored => Outcome::Ignored,
+        }
+    }
+}
+
+/// Judges one attempt's result. Implemented by [`DefaultClassifier`], [`ErrorsWhere`] and
+/// every closure `Fn(Result<&T, &E>) -> Verdict`.
+pub trait Classify<T, E> {
+    /// The verdict on `result`.
+    fn classify(&self, result: Result<&T, &E>) -> Verdict;
+}
+
+impl<T, E, F: Fn(Result<&T, &E>) -> Verdict> Classify<T, E> for F {
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
+        self(result)
+    }
+}
+
+/// The default: `Ok` is a success, every `Err` a retryable failure.
+///
+/// ```
+/// use tidewall::classify::{Classify, DefaultClassifier, Verdict};
+///
+/// assert_eq!(Classify::<u8, ()>::classify(&DefaultClassifier, Ok(&1)), Verdict::Success);
+/// assert_eq!(Classify::<u8, ()>::classify(&DefaultClassifier, Err(&())), Verdict::RetryableFailure);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+impl<T, E> Classify<T, E> for DefaultClassifier {
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::Success,
+            Err(_) => Verdict::RetryableFailure,
+        }
+    }
+}
+
+/// `Ok` is a success; an `Err` is a retryable failure when the predicate accepts it, a failure
+/// not to retry otherwise. What [`Retry::when`](crate::retry::Retry::when) sets.
+///
+/// ```
+/// use tidewall::classify::{Classify, ErrorsWhere, Verdict};
+///
+/// let transient = ErrorsWhere(|e: &std::io::Error| e.kind() == std::io::ErrorKind::TimedOut);
+/// let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+/// let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+/// assert_eq!(Classify::<(), _>::classify(&transient, Err(&timed_out)), Verdict::RetryableFailure);
+/// assert_eq!(Classify::<(), _>::classify(&transient, Err(&denied)), Verdict::Failure);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsWhere<P>(pub P);
+
+impl<T, E, P: Fn(&E) -> bool> Classify<T, E> for ErrorsWhere<P> {
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::Success,
+            Err(e) if (self.0)(e) => Verdict::RetryableFailure,
+            Err(_) => Verdict::Failure,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The retry decision engine. The retry future, the pipeline's retry stage and the tower
+//! `RetryLayer` only run attempts and sleep; whether an attempt may start, whether a failure
+//! is retried and for how long to wait are decided here, once, so the fronts cannot drift.
+
+use std::time::{Duration, Instant};
+
+use tidewall_core::backoff::{Backoff, DelayState};
+
+use crate::Deadline;
+use crate::budget::RetryBudget;
+use crate::classify::Verdict;
+
+/// The default cap on a server's "retry after" hint.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Whether an attempt needing `min_attempt_time` may start before `deadline`; reads the clock
+/// only when there is a deadline. (A pipeline without a retry stage checks this alone.)
+pub(crate) fn may_start(
+    deadline: Deadline,
+    min_attempt_time: Duration,
+    now: impl FnOnce() -> Instant,
+) -> bool {
+    deadline.instant().is_none() || deadline.allows(now(), min_attempt_time)
+}
+
+/// What every front shares: the schedule, the budget, the hint cap and the minimum time an
+/// attempt needs before the deadline.
+#[derive(Debug, Clone)]
+pub struct RetryRules {
+    pub(crate) backoff: Backoff,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) min_attempt_time: Duration,
+    pub(crate) seed: Option<u64>,
+}
+
+/// One call's progress through the rules.
+#[derive(Debug, Default)]
+pub(crate) struct Attempts {
+    started: u32,
+    // Created on the first failure, so the success path never seeds a generator.
+    delays: Option<DelayState>,
+}
+
+impl Attempts {
+    /// Attempts started so far.
+    pub(crate) fn started(&self) -> u32 {
+        self.started
+    }
+}
+
+/// The engine's answer after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Sleep this long, then attempt again (the budget has already paid for it).
+    Retry(Duration),
+    /// Do not retry; the last result stands.
+    Stop(Stop),
+}
+
+/// Why no retry follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The verdict was not a retryable failure.
+    Final,
+    /// The backoff schedule has no delay left.
+    Exhausted,
+    /// The next attempt could not start, with its minimum time, before the deadline.
+    Deadline,
+    /// The retry budget is spent.
+    BudgetSpent,
+}
+
+impl RetryRules {
+    /// Rules with the defaults every front starts from.
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            budget: None,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            min_attempt_time: Duration::ZERO,
+            seed: None,
+        }
+    }
+
+    /// Whether an attempt may start: the deadline leaves it its minimum time. Reads the clock
+    /// only when there is a deadline.
+    pub(crate) fn may_start(&self, deadline: Deadline, now: impl FnOnce() -> Instant) -> bool {
+        may_start(deadline, self.min_attempt_time, now)
+    }
+
+    /// Counts an attempt as started; the first one of a call deposits into the budget.
+    pub(crate) fn begin(&self, attempts: &mut Attempts, now: impl FnOnce() -> Instant) {
+        if attempts.started == 0
+            && let Some(budget) = &self.budget
+        {
+            budget.deposit(now());
+        }
+        attempts.started = attempts.started.saturating_add(1);
+    }
+
+    /// After an attempt judged `verdict` (with the server's `hint`, if any): retry after a
+    /// delay, or stop. The delay is the schedule's, raised to the hint (capped at
+    /// `max_retry_after`); a retry whose sleep plus minimum attempt time would pass the
+    /// deadline is not taken, and only a retry that is taken withdraws from the budget.
+    /// Reads the clock only when a deadline or budget needs it.
+    pub(crate) fn after(
+        &self,
+        attempts: &mut Attempts,
+        verdict: Verdict,
+        hint: Option<Duration>,
+        deadline: Deadline,
+        now: impl FnOnce() -> Instant,
+    ) -> Step {
+        if !verdict.is_retryable() {
+            return Step::Stop(Stop::Final);
+        }
+        let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
+        let Some(scheduled) = self.backoff.next_delay(delays) else {
+            return Step::Stop(Stop::Exhausted);
+        };
+        let delay = hint.map_or(scheduled, |hint| {
+            scheduled.max(hint.min(self.max_retry_after))
+        });
+        if deadline.instant().is_none() && self.budget.is_none() {
+            return Step::Retry(delay);
+        }
+        let now = now();
+        if !deadline.allows(now, delay.saturating_add(self.min_attempt_time)) {
+            return Step::Stop(Stop::Deadline);
+        }
+        match &self.budget {
+            Some(budget) if !budget.try_withdraw(now) => Step::Stop(Stop::BudgetSpent),
+            _ => Step::Retry(delay),
+        }
+    }
+
+    /// Whether a failure of the next attempt could still be retried: the schedule has a
+    /// delay left and the budget a retry in it. Lets a front skip work (cloning a request)
+    /// that only a retry needs.
+    pub(crate) fn retry_possible(
+        &self,
+        attempts: &mut Attempts,
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
+        // Peek on a copy of the schedule, seeded as the real one will be.
+        let mut delays = attempts
+            .delays
+            .get_or_insert_with(|| self.start_delays())
+            .clone();
+        self.backoff.next_delay(&mut delays).is_some()
+            && self.budget.as_ref().is_none_or(|b| b.has_balance(now()))
+    }
+
+    fn start_delays(&self) -> DelayState {
+        self.backoff
+            .start(self.seed.unwrap_or_else(crate::seed::fresh_seed))
+    }
+}
