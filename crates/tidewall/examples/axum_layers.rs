@@ -17,8 +17,9 @@ use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tidewall::breaker::{CircuitBreaker, Outcome};
+use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
+use tidewall::classify::Verdict;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::Tokio;
 use tidewall::time::Elapsed;
@@ -61,10 +62,10 @@ fn app() -> Result<Router, tidewall::ConfigError> {
         .consecutive_failures(3)
         .break_duration(Duration::from_secs(30))
         .build()?;
-    let server_errors_fail = |result: &Result<Response, _>| match result {
-        Ok(response) if response.status().is_server_error() => Outcome::Failure,
-        Ok(_) => Outcome::Success,
-        Err(_) => Outcome::Failure,
+    let server_errors_fail = |result: Result<&Response, &_>| match result {
+        Ok(response) if response.status().is_server_error() => Verdict::Failure,
+        Ok(_) => Verdict::Success,
+        Err(_) => Verdict::Failure,
     };
     let policies = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(refusal))

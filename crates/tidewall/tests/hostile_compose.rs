@@ -579,7 +579,9 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     let gauge = Gauge::default();
     let inner = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
     let inner = BreakerLayer::new(breaker.clone()).layer(inner);
-    let inner = RetryLayer::new(rt.clone(), backoff(3, ms(2))).layer(inner);
+    let inner = RetryLayer::new(backoff(3, ms(2)))
+        .runtime(rt.clone())
+        .layer(inner);
     let svc = TimeoutLayer::new(rt.clone(), ms(80)).layer(inner);
     let mut rng = Rng(0x57AC);
     storm(&rt, &svc, &mut rng, 150, 20).await;

@@ -157,7 +157,9 @@ async fn retry_clones_only_when_a_retry_can_follow<R: Runtime>(rt: Clocked<R>) {
             let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
             async move { if n > failures { Ok(n) } else { Err(n) } }
         });
-        let mut svc = RetryLayer::new(rt.clone(), backoff(attempts)).layer(inner);
+        let mut svc = RetryLayer::new(backoff(attempts))
+            .runtime(rt.clone())
+            .layer(inner);
         let clones = Arc::new(AtomicUsize::new(0));
         assert_eq!(
             ready_and_call(&mut svc, Counted(clones.clone())).await,

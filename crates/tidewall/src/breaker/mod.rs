@@ -136,15 +136,34 @@ impl<R: Runtime> CircuitBreaker<R> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_classified(op, |result| match result {
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
-        })
-        .await
+        self.call_classified(op, crate::classify::DefaultClassifier)
+            .await
     }
 
-    /// Like [`call`](Self::call), with `classify` deciding how each result counts (for
-    /// example, an HTTP 404 as [`Outcome::Ignored`], or an `Ok` carrying a 503 as a failure).
+    /// Like [`call`](Self::call), with a [classifier](crate::classify) deciding how the result
+    /// counts (for example, an HTTP 404 as [`Verdict::Ignored`](crate::classify::Verdict), or
+    /// an `Ok` carrying a 503 as a failure): both kinds of failure count as failures, an
+    /// ignored result records nothing.
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, State};
+    /// use tidewall::classify::Verdict;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let breaker = CircuitBreaker::builder().consecutive_failures(2).build()?;
+    /// // A 404 is the caller's mistake, not the service's: it records nothing.
+    /// let not_found_is_ignored = |result: Result<&(), &u16>| match result {
+    ///     Ok(()) => Verdict::Success,
+    ///     Err(404) => Verdict::Ignored,
+    ///     Err(_) => Verdict::Failure,
+    /// };
+    /// for _ in 0..5 {
+    ///     let _ = breaker.call_classified(|| async { Err::<(), u16>(404) }, not_found_is_ignored).await;
+    /// }
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// # Ok(()) }
+    /// ```
     ///
     /// **Cancel safety:** as [`call`](Self::call).
     ///
@@ -155,11 +174,11 @@ impl<R: Runtime> CircuitBreaker<R> {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        C: FnOnce(&Result<T, E>) -> Outcome,
+        C: crate::classify::Classify<T, E>,
     {
         let permit = self.try_acquire()?;
         let result = op().await;
-        permit.record(classify(&result));
+        permit.record(classify.classify(result.as_ref()).breaker_outcome());
         result.map_err(Error::Inner)
     }
 

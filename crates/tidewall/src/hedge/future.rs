@@ -8,16 +8,18 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 
 use super::{Hedge, Idempotent};
+use crate::classify::{Classify, Verdict};
 use crate::rt::Runtime;
 
 pin_project! {
-    /// The future of [`Hedge::call`]: resolves with the first success, or with the last
-    /// error once every attempt failed and no hedge is left.
+    /// The future of [`Hedge::call`]: resolves with the first success, with the first
+    /// result judged neither a success nor a retryable failure, or with the last failure once
+    /// every attempt failed and no hedge is left.
     ///
     /// **Cancel safety:** dropping it drops every attempt still running.
     #[must_use = "futures do nothing unless polled"]
-    pub struct HedgeFuture<'h, F, Fut: Future, R: Runtime> {
-        hedge: &'h Hedge<R>,
+    pub struct HedgeFuture<'h, F, Fut: Future, R: Runtime, K> {
+        hedge: &'h Hedge<R, K>,
         op: F,
         #[pin]
         primary: Option<Fut>,
@@ -25,15 +27,16 @@ pin_project! {
         // Hedges are boxed: only calls that actually hedge allocate.
         hedges: Vec<(Pin<Box<Fut>>, Instant)>,
         launched: u32,
-        last_error: Option<<Fut as Future>::Output>,
+        // The last retryable failure, returned if nothing better arrives.
+        last_failure: Option<<Fut as Future>::Output>,
         #[pin]
         timer: Option<R::Sleep>,
         hedges_left: bool,
     }
 }
 
-impl<'h, F, Fut: Future, R: Runtime> HedgeFuture<'h, F, Fut, R> {
-    pub(super) fn new(hedge: &'h Hedge<R>, op: Idempotent<F>) -> Self {
+impl<'h, F, Fut: Future, R: Runtime, K> HedgeFuture<'h, F, Fut, R, K> {
+    pub(super) fn new(hedge: &'h Hedge<R, K>, op: Idempotent<F>) -> Self {
         Self {
             hedge,
             op: op.0,
@@ -41,18 +44,19 @@ impl<'h, F, Fut: Future, R: Runtime> HedgeFuture<'h, F, Fut, R> {
             primary_started: None,
             hedges: Vec::new(),
             launched: 0,
-            last_error: None,
+            last_failure: None,
             timer: None,
             hedges_left: true,
         }
     }
 }
 
-impl<F, Fut, T, E, R> Future for HedgeFuture<'_, F, Fut, R>
+impl<F, Fut, T, E, R, K> Future for HedgeFuture<'_, F, Fut, R, K>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Runtime,
+    K: Classify<T, E>,
 {
     type Output = Result<T, E>;
 
@@ -77,23 +81,28 @@ where
                 && let Poll::Ready(result) = primary.poll(cx)
             {
                 this.primary.set(None);
-                match result {
-                    Ok(value) => {
+                match hedge.classify.classify(result.as_ref()) {
+                    Verdict::Success => {
                         if let Some(started) = *this.primary_started {
                             inner
                                 .estimator
                                 .record(inner.rt.now().saturating_duration_since(started));
                         }
-                        return Poll::Ready(Ok(value));
+                        return Poll::Ready(result);
                     }
-                    Err(error) => *this.last_error = Some(Err(error)),
+                    Verdict::RetryableFailure => *this.last_failure = Some(result),
+                    Verdict::Failure | Verdict::Ignored => return Poll::Ready(result),
                 }
             }
             let mut i = 0;
             while i < this.hedges.len() {
                 let (attempt, started) = &mut this.hedges[i];
-                match attempt.as_mut().poll(cx) {
-                    Poll::Ready(Ok(value)) => {
+                let Poll::Ready(result) = attempt.as_mut().poll(cx) else {
+                    i += 1;
+                    continue;
+                };
+                match hedge.classify.classify(result.as_ref()) {
+                    Verdict::Success => {
                         let now = inner.rt.now();
                         inner
                             .estimator
@@ -108,13 +117,13 @@ where
                                 .estimator
                                 .record(now.saturating_duration_since(primary_started));
                         }
-                        return Poll::Ready(Ok(value));
+                        return Poll::Ready(result);
                     }
-                    Poll::Ready(Err(error)) => {
-                        *this.last_error = Some(Err(error));
+                    Verdict::RetryableFailure => {
+                        *this.last_failure = Some(result);
                         drop(this.hedges.swap_remove(i));
                     }
-                    Poll::Pending => i += 1,
+                    Verdict::Failure | Verdict::Ignored => return Poll::Ready(result),
                 }
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
@@ -140,7 +149,7 @@ where
                 return Poll::Pending;
             }
             return Poll::Ready(
-                this.last_error
+                this.last_failure
                     .take()
                     .unwrap_or_else(unreachable_no_attempt),
             );
@@ -150,6 +159,6 @@ where
 
 #[cold]
 fn unreachable_no_attempt<T>() -> T {
-    // Every path that ends here ran at least one attempt and stored its error.
+    // Every path that ends here ran at least one attempt and stored its failure.
     unreachable!("a hedged call ended without any attempt")
 }

@@ -10,6 +10,10 @@
 //! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
 //!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting).
 //! * When every running attempt has failed, the next hedge starts at once instead of waiting.
+//! * A [classifier](crate::classify) ([`HedgeBuilder::classify`]) judges each attempt: a
+//!   success wins, a retryable failure (by default every `Err`) leaves the others running and
+//!   may start the next hedge, and any other verdict ends the call with that result at once
+//!   (another copy would fail the same way).
 //!
 //! ```
 //! use std::time::Duration;
@@ -44,6 +48,7 @@ pub use future::HedgeFuture;
 use self::estimator::LatencyEstimator;
 use crate::ConfigError;
 use crate::budget::{RetryBudget, RetryBudgetPolicy};
+use crate::classify::DefaultClassifier;
 use crate::rt::{DefaultRuntime, Runtime};
 use crate::sync::Arc;
 
@@ -52,8 +57,9 @@ use crate::sync::Arc;
 pub struct Idempotent<F>(pub F);
 
 /// A hedging policy. Cheap to clone: clones share the latency estimate and the budget.
-pub struct Hedge<R = DefaultRuntime> {
+pub struct Hedge<R = DefaultRuntime, K = DefaultClassifier> {
     inner: Arc<Inner<R>>,
+    classify: K,
 }
 
 struct Inner<R> {
@@ -65,15 +71,16 @@ struct Inner<R> {
     rt: R,
 }
 
-impl<R: Runtime> Clone for Hedge<R> {
+impl<R: Runtime, K: Clone> Clone for Hedge<R, K> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            classify: self.classify.clone(),
         }
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for Hedge<R> {
+impl<R: Runtime, K> std::fmt::Debug for Hedge<R, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hedge")
             .field("delay", &self.delay())
@@ -85,12 +92,13 @@ impl<R: Runtime> std::fmt::Debug for Hedge<R> {
 /// Configures a [`Hedge`]: by default a fixed 100 ms delay, one hedge, no budget.
 #[must_use]
 #[derive(Debug, Clone)]
-pub struct HedgeBuilder<R = DefaultRuntime> {
+pub struct HedgeBuilder<R = DefaultRuntime, K = DefaultClassifier> {
     delay: Duration,
     percentile: Option<(f64, u64)>,
     max_hedges: u32,
     budget_ratio: Option<f64>,
     rt: R,
+    classify: K,
 }
 
 impl Hedge {
@@ -102,11 +110,12 @@ impl Hedge {
             max_hedges: 1,
             budget_ratio: None,
             rt: DefaultRuntime::default(),
+            classify: DefaultClassifier,
         }
     }
 }
 
-impl<R> HedgeBuilder<R> {
+impl<R, K> HedgeBuilder<R, K> {
     /// Hedge after a fixed delay (also the fallback for a percentile delay).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
@@ -136,13 +145,54 @@ impl<R> HedgeBuilder<R> {
     }
 
     /// Runs on another runtime.
-    pub fn runtime<R2>(self, rt: R2) -> HedgeBuilder<R2> {
+    pub fn runtime<R2>(self, rt: R2) -> HedgeBuilder<R2, K> {
         HedgeBuilder {
             delay: self.delay,
             percentile: self.percentile,
             max_hedges: self.max_hedges,
             budget_ratio: self.budget_ratio,
             rt,
+            classify: self.classify,
+        }
+    }
+
+    /// Judges each attempt with `classifier` (see [`classify`](crate::classify)) instead of
+    /// `Ok` wins, `Err` may be hedged: only a
+    /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) lets the call go on;
+    /// a [`Success`](crate::classify::Verdict::Success) wins, and any other verdict ends the
+    /// call with that result.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::classify::ErrorsWhere;
+    /// use tidewall::hedge::{Hedge, Idempotent};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let hedge = Hedge::builder()
+    ///     .max_hedges(2)
+    ///     .classify(ErrorsWhere(|e: &&str| *e == "overloaded"))
+    ///     .build()?;
+    /// let mut calls = 0;
+    /// // "not found" is not worth another copy: the call ends with it at once.
+    /// let answer = hedge
+    ///     .call(Idempotent(|| {
+    ///         calls += 1;
+    ///         async { Err::<u32, _>("not found") }
+    ///     }))
+    ///     .await;
+    /// assert_eq!(answer, Err("not found"));
+    /// assert_eq!(calls, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn classify<K2>(self, classifier: K2) -> HedgeBuilder<R, K2> {
+        HedgeBuilder {
+            delay: self.delay,
+            percentile: self.percentile,
+            max_hedges: self.max_hedges,
+            budget_ratio: self.budget_ratio,
+            rt: self.rt,
+            classify: classifier,
         }
     }
 
@@ -153,7 +203,7 @@ impl<R> HedgeBuilder<R> {
     /// A zero or overflowing delay, a quantile outside (0, 1] or NaN, zero `min_samples`, a
     /// budget ratio outside [0, 1000] or a nonzero one under 0.000001 (the budget counts in
     /// parts per million).
-    pub fn build(self) -> Result<Hedge<R>, ConfigError>
+    pub fn build(self) -> Result<Hedge<R, K>, ConfigError>
     where
         R: Runtime,
     {
@@ -193,16 +243,18 @@ impl<R> HedgeBuilder<R> {
                 budget,
                 rt: self.rt,
             }),
+            classify: self.classify,
         })
     }
 }
 
-impl<R: Runtime> Hedge<R> {
+impl<R: Runtime, K> Hedge<R, K> {
     /// Runs `op`, hedging it per the policy. See [`HedgeFuture`].
-    pub fn call<F, Fut, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, Fut, R>
+    pub fn call<F, Fut, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, Fut, R, K>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
+        K: crate::classify::Classify<T, E>,
     {
         HedgeFuture::new(self, op)
     }

@@ -7,42 +7,48 @@ use tower_service::Service;
 
 use super::BoxFuture;
 use crate::Error;
-use crate::breaker::{CircuitBreaker, Outcome};
+use crate::breaker::CircuitBreaker;
+use crate::classify::{Classify, DefaultClassifier};
 use crate::rt::Runtime;
-
-/// Decides how a response counts for the breaker (e.g. an HTTP 5xx `Ok` as a failure).
-pub trait Classify<Resp, E>: Clone + Send + Sync + 'static {
-    /// The outcome of one call.
-    fn classify(&self, result: &Result<Resp, E>) -> Outcome;
-}
-
-/// The default classifier: `Ok` is a success, `Err` a failure.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ErrIsFailure;
-
-impl<Resp, E> Classify<Resp, E> for ErrIsFailure {
-    fn classify(&self, result: &Result<Resp, E>) -> Outcome {
-        if result.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        }
-    }
-}
-
-impl<Resp, E, F> Classify<Resp, E> for F
-where
-    F: Fn(&Result<Resp, E>) -> Outcome + Clone + Send + Sync + 'static,
-{
-    fn classify(&self, result: &Result<Resp, E>) -> Outcome {
-        self(result)
-    }
-}
 
 /// Wraps a service in a [`CircuitBreaker`]: an open breaker rejects at once with
 /// [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), without calling the service.
+///
+/// Each result is counted as its [classifier](crate::classify) judges it (by default `Ok` a
+/// success, `Err` a failure); an [`Ignored`](crate::classify::Verdict::Ignored) result
+/// records nothing, and a call whose response future is dropped records nothing either.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::breaker::CircuitBreaker;
+/// use tidewall::classify::Verdict;
+/// use tidewall::tower::BreakerLayer;
+/// use tidewall::{Error, Rejected};
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let breaker = CircuitBreaker::builder().consecutive_failures(2).build()?;
+/// // A status of 500 or more is a failure even though it is an `Ok` response.
+/// let server_errors = |result: Result<&u16, &std::io::Error>| match result {
+///     Ok(status) if *status >= 500 => Verdict::Failure,
+///     Ok(_) => Verdict::Success,
+///     Err(_) => Verdict::Failure,
+/// };
+/// let mut service = BreakerLayer::new(breaker)
+///     .classify(server_errors)
+///     .layer(tower::service_fn(|status: u16| async move { Ok::<_, std::io::Error>(status) }));
+/// assert_eq!(service.call(503).await.ok(), Some(503));
+/// assert_eq!(service.call(503).await.ok(), Some(503));
+/// assert!(matches!(
+///     service.call(200).await,
+///     Err(Error::Rejected(Rejected::CircuitOpen { .. }))
+/// ));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
-pub struct BreakerLayer<R: Runtime, C = ErrIsFailure> {
+pub struct BreakerLayer<R: Runtime, C = DefaultClassifier> {
     breaker: CircuitBreaker<R>,
     classify: C,
 }
@@ -52,11 +58,11 @@ impl<R: Runtime> BreakerLayer<R> {
     pub fn new(breaker: CircuitBreaker<R>) -> Self {
         Self {
             breaker,
-            classify: ErrIsFailure,
+            classify: DefaultClassifier,
         }
     }
 
-    /// Classifies results with `classify` instead of `Ok`/`Err`.
+    /// Counts results as `classify` judges them instead of `Ok`/`Err`.
     pub fn classify<C>(self, classify: C) -> BreakerLayer<R, C> {
         BreakerLayer {
             breaker: self.breaker,
@@ -79,7 +85,7 @@ impl<S, R: Runtime, C: Clone> Layer<S> for BreakerLayer<R, C> {
 
 /// The service of a [`BreakerLayer`].
 #[derive(Debug, Clone)]
-pub struct BreakerService<S, R: Runtime, C = ErrIsFailure> {
+pub struct BreakerService<S, R: Runtime, C = DefaultClassifier> {
     inner: S,
     breaker: CircuitBreaker<R>,
     classify: C,
@@ -92,7 +98,7 @@ where
     S::Response: Send + 'static,
     S::Error: Send + 'static,
     R: Runtime,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone + Send + 'static,
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
@@ -111,7 +117,7 @@ where
                 Box::pin(async move {
                     let result = future.await;
                     // Dropping this future mid-call drops the permit: nothing is recorded.
-                    permit.record(classify.classify(&result));
+                    permit.record(classify.classify(result.as_ref()).breaker_outcome());
                     result.map_err(Error::Inner)
                 })
             }

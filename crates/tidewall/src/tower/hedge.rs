@@ -6,25 +6,27 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::BoxFuture;
+use crate::classify::{Classify, DefaultClassifier};
 use crate::hedge::{Hedge, Idempotent};
 use crate::rt::Runtime;
 
 /// Hedges every request with a [`Hedge`] policy. Apply it only to routes whose requests are
-/// idempotent: a hedge sends a clone of the request to a clone of the service.
+/// idempotent: a hedge sends a clone of the request to a clone of the service. Responses are
+/// judged by the hedge's [classifier](crate::hedge::HedgeBuilder::classify).
 #[derive(Debug, Clone)]
-pub struct HedgeLayer<R: Runtime> {
-    hedge: Hedge<R>,
+pub struct HedgeLayer<R: Runtime, K = DefaultClassifier> {
+    hedge: Hedge<R, K>,
 }
 
-impl<R: Runtime> HedgeLayer<R> {
-    /// A layer sharing `hedge` (its latency estimate and budget).
-    pub fn new(hedge: Hedge<R>) -> Self {
+impl<R: Runtime, K> HedgeLayer<R, K> {
+    /// A layer sharing `hedge` (its latency estimate, budget and classifier).
+    pub fn new(hedge: Hedge<R, K>) -> Self {
         Self { hedge }
     }
 }
 
-impl<S, R: Runtime> Layer<S> for HedgeLayer<R> {
-    type Service = HedgeService<S, R>;
+impl<S, R: Runtime, K: Clone> Layer<S> for HedgeLayer<R, K> {
+    type Service = HedgeService<S, R, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         HedgeService {
@@ -36,12 +38,12 @@ impl<S, R: Runtime> Layer<S> for HedgeLayer<R> {
 
 /// The service of a [`HedgeLayer`].
 #[derive(Debug, Clone)]
-pub struct HedgeService<S, R: Runtime> {
+pub struct HedgeService<S, R: Runtime, K = DefaultClassifier> {
     inner: S,
-    hedge: Hedge<R>,
+    hedge: Hedge<R, K>,
 }
 
-impl<S, Req, R> Service<Req> for HedgeService<S, R>
+impl<S, Req, R, K> Service<Req> for HedgeService<S, R, K>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -49,6 +51,7 @@ where
     S::Error: Send + 'static,
     Req: Clone + Send + Sync + 'static,
     R: Runtime,
+    K: Classify<S::Response, S::Error> + Clone + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;

@@ -5,8 +5,9 @@
 //!
 //! * [`TimeoutLayer`] also bounds the wait in `poll_ready`, and the call gets only what is
 //!   left of the same budget (tower's timeout misses the readiness wait).
-//! * [`RetryLayer`] clones the request only when a retry could follow the attempt (attempts
-//!   left, budget available); the last possible attempt sends the original.
+//! * [`RetryLayer`] runs the same [retry engine](crate::retry) as the retry future and the
+//!   pipeline (classifier, hints, budget, deadline), and clones the request only when a retry
+//!   could follow the attempt; the last possible attempt sends the original.
 //! * [`RateLimitLayer`] is `Clone` and its clones share one limit (GCRA, no window-edge
 //!   double bursts), and it can reject instead of waiting.
 //! * [`BulkheadLayer`] can reject when full, or wait in a bounded queue with a max wait.
@@ -61,11 +62,11 @@ mod retry;
 mod timeout;
 
 pub use admit::{AdmitLayer, AdmitService};
-pub use breaker::{BreakerLayer, BreakerService, Classify, ErrIsFailure};
+pub use breaker::{BreakerLayer, BreakerService};
 pub use bulkhead::{BulkheadLayer, BulkheadService};
 pub use hedge::{HedgeLayer, HedgeService};
 pub use rate::{RateLimitLayer, RateLimitService};
-pub use retry::{RetryAll, RetryLayer, RetryPredicate, RetryService};
+pub use retry::{RetryLayer, RetryService};
 pub use timeout::{TimeoutLayer, TimeoutService};
 
 /// Finds an error of type `T` in `err`'s `source()` chain (including `err` itself).

@@ -1,94 +1,191 @@
-//! Retry as a tower layer, cloning the request only when a retry can follow.
+//! Retry as a tower layer: the [retry engine](crate::retry) driven around a service, cloning
+//! the request only when a retry can follow.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tidewall_core::backoff::Backoff;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::BoxFuture;
+use crate::Deadline;
 use crate::budget::RetryBudget;
-use crate::rt::Runtime;
+use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
+use crate::retry::engine::{Attempts, RetryRules, Step};
+use crate::retry::{FromRetryAfter, HintSource, NoHints};
+use crate::rt::{DefaultRuntime, Runtime, instant_after};
 
-/// Which errors to retry.
-pub trait RetryPredicate<E>: Clone + Send + Sync + 'static {
-    /// Whether `error` is worth another attempt.
-    fn should_retry(&self, error: &E) -> bool;
-}
-
-/// Retry every error (the default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RetryAll;
-
-impl<E> RetryPredicate<E> for RetryAll {
-    fn should_retry(&self, _: &E) -> bool {
-        true
-    }
-}
-
-impl<E, F: Fn(&E) -> bool + Clone + Send + Sync + 'static> RetryPredicate<E> for F {
-    fn should_retry(&self, error: &E) -> bool {
-        self(error)
-    }
-}
-
-/// Retries failed calls after a [`Backoff`], optionally within a shared [`RetryBudget`].
+/// Retries failed calls with the same rules as [`Retry`](crate::retry::Retry) and the
+/// [`Pipeline`](crate::pipeline::Pipeline): a [`Backoff`] schedule, a
+/// [classifier](crate::classify), server hints, a shared [`RetryBudget`] and a per-call
+/// deadline.
+///
+/// | setting | default |
+/// |---|---|
+/// | which results retry | every `Err`, no `Ok` ([`classify`](Self::classify), [`when`](Self::when)) |
+/// | server hints | ignored until [`honor_retry_after`](Self::honor_retry_after), then capped at 60 s |
+/// | deadline for a call's retries | none ([`deadline`](Self::deadline)) |
+/// | budget | none ([`budget`](Self::budget)) |
 ///
 /// The request is cloned before an attempt only if a retry could follow it — the backoff has
 /// a delay left and the budget has a retry in it; otherwise the original is sent. With
 /// `max_attempts(1)` or a spent budget, nothing is ever cloned. (tower's `Retry` clones
 /// before every attempt.)
+///
+/// The service's error type is unchanged: when no retry follows, the last attempt's result is
+/// returned as it was (an `Ok` judged a failure stays `Ok`). An error from the inner
+/// service's `poll_ready` is returned at once, unretried.
+///
+/// Over a [`BreakerLayer`](super::BreakerLayer), set
+/// [`honor_retry_after`](Self::honor_retry_after) and a [`deadline`](Self::deadline): a call
+/// shed with [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) is then retried no
+/// sooner than the breaker's `retry_after`, and returns at once when that is past the
+/// deadline.
+///
+/// **Cancel safety:** dropping the response future drops the running attempt or the backoff
+/// sleep; no further attempt is made.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tidewall::Backoff;
+/// use tidewall::tower::RetryLayer;
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let counted = calls.clone();
+/// // Fails twice, then answers.
+/// let flaky = tower::service_fn(move |x: u32| {
+///     let n = counted.fetch_add(1, Ordering::Relaxed);
+///     async move { if n < 2 { Err("unavailable") } else { Ok::<_, &str>(x) } }
+/// });
+/// let backoff = Backoff::exponential(Duration::from_millis(10)).max_attempts(4).build()?;
+/// let mut service = RetryLayer::new(backoff)
+///     .when(|e: &&str| *e == "unavailable")
+///     .deadline(Duration::from_secs(1))
+///     .layer(flaky);
+/// assert_eq!(service.call(7).await, Ok(7));
+/// assert_eq!(calls.load(Ordering::Relaxed), 3);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
-pub struct RetryLayer<R, P = RetryAll> {
+pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
     rt: R,
-    backoff: Backoff,
-    budget: Option<RetryBudget>,
-    seed: Option<u64>,
-    predicate: P,
+    rules: RetryRules,
+    classify: C,
+    hints: H,
+    within: Option<Duration>,
 }
 
-impl<R> RetryLayer<R> {
-    /// Retries on `rt` after `backoff`'s delays.
-    pub fn new(rt: R, backoff: Backoff) -> Self {
+impl RetryLayer {
+    /// Retries after `backoff`'s delays, on the default runtime.
+    pub fn new(backoff: Backoff) -> Self {
         Self {
-            rt,
-            backoff,
-            budget: None,
-            seed: None,
-            predicate: RetryAll,
+            rt: DefaultRuntime::default(),
+            rules: RetryRules::new(backoff),
+            classify: DefaultClassifier,
+            hints: NoHints,
+            within: None,
         }
     }
 }
 
-impl<R, P> RetryLayer<R, P> {
+impl<R, C, H> RetryLayer<R, C, H> {
+    /// Sleeps and reads the time on `rt`.
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> RetryLayer<R2, C, H> {
+        RetryLayer {
+            rt,
+            rules: self.rules,
+            classify: self.classify,
+            hints: self.hints,
+            within: self.within,
+        }
+    }
+
+    /// Judges each response with `classifier`: only a
+    /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried.
+    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2, H> {
+        RetryLayer {
+            rt: self.rt,
+            rules: self.rules,
+            classify: classifier,
+            hints: self.hints,
+            within: self.within,
+        }
+    }
+
+    /// Retries only the errors `predicate` accepts. Shorthand for
+    /// `.classify(ErrorsWhere(predicate))`.
+    pub fn when<P>(self, predicate: P) -> RetryLayer<R, ErrorsWhere<P>, H> {
+        self.classify(ErrorsWhere(predicate))
+    }
+
+    /// Honours hints from errors that implement [`RetryAfter`](crate::RetryAfter) (a
+    /// rejection's `retry_after`, an HTTP 429): the next delay is at least the hint, capped
+    /// at [`max_retry_after`](Self::max_retry_after).
+    pub fn honor_retry_after(self) -> RetryLayer<R, C, FromRetryAfter> {
+        self.retry_after_with(FromRetryAfter)
+    }
+
+    /// Honours hints extracted by `source` (a closure `|e: &E| -> Option<Duration>`).
+    pub fn retry_after_with<H2>(self, source: H2) -> RetryLayer<R, C, H2> {
+        RetryLayer {
+            rt: self.rt,
+            rules: self.rules,
+            classify: self.classify,
+            hints: source,
+            within: self.within,
+        }
+    }
+
+    /// The largest hint honoured; a longer hint is cut to this (default 60 s).
+    #[must_use]
+    pub fn max_retry_after(mut self, cap: Duration) -> Self {
+        self.rules.max_retry_after = cap;
+        self
+    }
+
+    /// Gives each call's retries `within` from the call: a retry whose sleep (plus
+    /// [`min_attempt_time`](Self::min_attempt_time)) would end past it is not taken, and the
+    /// last result is returned at once. The first attempt always starts, and a running
+    /// attempt is not cut off: put a [`TimeoutLayer`](super::TimeoutLayer) outside this
+    /// layer for that.
+    #[must_use]
+    pub fn deadline(mut self, within: Duration) -> Self {
+        self.within = Some(within);
+        self
+    }
+
+    /// Starts a retry only if more than `budget` remains before the deadline (default zero).
+    #[must_use]
+    pub fn min_attempt_time(mut self, budget: Duration) -> Self {
+        self.rules.min_attempt_time = budget;
+        self
+    }
+
     /// Draws retries from `budget` (each call deposits, each retry withdraws).
     #[must_use]
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
+        self.rules.budget = Some(budget);
         self
     }
 
     /// Fixes the jitter seed (by default every request draws a fresh one).
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.rules.seed = Some(seed);
         self
-    }
-
-    /// Retries only the errors `predicate` accepts.
-    pub fn when<P2>(self, predicate: P2) -> RetryLayer<R, P2> {
-        RetryLayer {
-            rt: self.rt,
-            backoff: self.backoff,
-            budget: self.budget,
-            seed: self.seed,
-            predicate,
-        }
     }
 }
 
-impl<S, R: Clone, P: Clone> Layer<S> for RetryLayer<R, P> {
-    type Service = RetryService<S, R, P>;
+impl<S, R: Clone, C: Clone, H: Clone> Layer<S> for RetryLayer<R, C, H> {
+    type Service = RetryService<S, R, C, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService {
@@ -100,12 +197,12 @@ impl<S, R: Clone, P: Clone> Layer<S> for RetryLayer<R, P> {
 
 /// The service of a [`RetryLayer`].
 #[derive(Debug, Clone)]
-pub struct RetryService<S, R, P = RetryAll> {
+pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
     inner: S,
-    layer: RetryLayer<R, P>,
+    layer: RetryLayer<R, C, H>,
 }
 
-impl<S, Req, R, P> Service<Req> for RetryService<S, R, P>
+impl<S, Req, R, C, H> Service<Req> for RetryService<S, R, C, H>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -113,7 +210,8 @@ where
     S::Error: Send + 'static,
     Req: Clone + Send + 'static,
     R: Runtime,
-    P: RetryPredicate<S::Error>,
+    C: Classify<S::Response, S::Error> + Clone + Send + 'static,
+    H: HintSource<S::Error> + Clone + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -131,42 +229,42 @@ where
         Box::pin(async move {
             let RetryLayer {
                 rt,
-                backoff,
-                budget,
-                seed,
-                predicate,
+                rules,
+                classify,
+                mut hints,
+                within,
             } = layer;
-            if let Some(budget) = &budget {
-                budget.deposit(rt.now());
-            }
-            let mut delays = backoff.start(seed.unwrap_or_else(crate::seed::fresh_seed));
-            let mut next = backoff.next_delay(&mut delays);
+            let deadline = within.map_or_else(Deadline::none, |within| {
+                Deadline::at(instant_after(rt.now(), within))
+            });
+            let mut attempts = Attempts::default();
             let mut request = Some(req);
             loop {
-                let retry_possible =
-                    next.is_some() && budget.as_ref().is_none_or(|b| b.has_balance(rt.now()));
-                let Some(this_attempt) = (if retry_possible {
+                rules.begin(&mut attempts, || rt.now());
+                let this_attempt = if rules.retry_possible(&mut attempts, || rt.now()) {
                     request.clone()
                 } else {
                     request.take()
-                }) else {
+                };
+                let Some(this_attempt) = this_attempt else {
                     unreachable_request()
                 };
                 std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-                let error = match service.call(this_attempt).await {
-                    Ok(response) => return Ok(response),
-                    Err(error) => error,
-                };
-                let Some(delay) =
-                    next.filter(|_| request.is_some() && predicate.should_retry(&error))
-                else {
-                    return Err(error);
-                };
-                if budget.as_ref().is_some_and(|b| !b.try_withdraw(rt.now())) {
-                    return Err(error);
+                let result = service.call(this_attempt).await;
+                if request.is_none() {
+                    // The original went out: nothing is left to retry with.
+                    return result;
                 }
-                rt.sleep(delay).await;
-                next = backoff.next_delay(&mut delays);
+                let verdict = classify.classify(result.as_ref());
+                let hint = match &result {
+                    Err(error) if verdict.is_retryable() => hints.hint(error),
+                    _ => None,
+                };
+                match rules.after(&mut attempts, verdict, hint, deadline, || rt.now()) {
+                    Step::Retry(delay) if delay.is_zero() => {}
+                    Step::Retry(delay) => rt.sleep(delay).await,
+                    Step::Stop(_) => return result,
+                }
             }
         })
     }
