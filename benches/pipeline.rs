@@ -21,8 +21,9 @@
 //!   `ready().await?.call(())`. Not identical semantics: tower's rate limit is a fixed window
 //!   (Tidewall's is GCRA) and its outer `Timeout` does not bound waits in `poll_ready`.
 //! * `tidewall_5_policies`: the same stages plus a breaker (defaults) between the retry and
-//!   the attempt timeout; `tidewall_5_policies_tsc_limiter`: the same with the limiter on
-//!   `tsc_clock()`. Tower has no breaker, so these have no tower peer.
+//!   the attempt timeout. Tower has no breaker, so it has no tower peer. (Every limiter here
+//!   is on default settings: the tokio clock, real time, so its decisions read the CPU
+//!   timestamp counter.)
 //! * `tower_2_layers` (ready operation only): `ConcurrencyLimit(64)` + `Timeout(1 s)`, the
 //!   smallest common stack, for scale.
 //! * `bare_future`: the operation awaited directly, the floor.
@@ -93,13 +94,8 @@ async fn pending_once_op() -> Result<u64, BoxError> {
 type Stages = PipelineBuilder<tidewall::rt::Tokio, RateLimiter, Bulkhead, RetryStage>;
 
 /// Deadline → rate limiter (never denies) → bulkhead → retry, the stages tower also has.
-fn common_stages(tsc_limiter: bool) -> Stages {
+fn common_stages() -> Stages {
     let limiter = RateLimiter::builder(PER_SECOND, Duration::from_secs(1)).burst(PER_SECOND);
-    let limiter = if tsc_limiter {
-        limiter.tsc_clock()
-    } else {
-        limiter
-    };
     Pipeline::builder()
         .deadline(DEADLINE)
         .rate_limit(limiter.build().unwrap())
@@ -117,14 +113,14 @@ type FivePolicies =
     Pipeline<tidewall::rt::Tokio, RateLimiter, Bulkhead, RetryStage, CircuitBreaker>;
 
 fn same_stages_as_tower() -> SameStages {
-    common_stages(false)
+    common_stages()
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .build()
         .unwrap()
 }
 
-fn five_policies(tsc_limiter: bool) -> FivePolicies {
-    common_stages(tsc_limiter)
+fn five_policies() -> FivePolicies {
+    common_stages()
         .breaker(CircuitBreaker::builder().build().unwrap())
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .build()
@@ -206,14 +202,12 @@ where
     Fut: Future<Output = Result<u64, BoxError>>,
 {
     let same = same_stages_as_tower();
-    let five = five_policies(false);
-    let five_tsc = five_policies(true);
-    let (same, five, five_tsc) = (&same, &five, &five_tsc);
+    let five = five_policies();
+    let (same, five) = (&same, &five);
     // Each variant must produce the value, or its number means nothing.
     assert_eq!(rt.block_on(op()).unwrap(), 1);
     assert_eq!(rt.block_on(same.call(op)).unwrap(), 1);
     assert_eq!(rt.block_on(five.call(op)).unwrap(), 1);
-    assert_eq!(rt.block_on(five_tsc.call(op)).unwrap(), 1);
     assert_eq!(
         rt.block_on(async { call_tower(&mut tower_same_stages(op)).await }),
         1
@@ -242,9 +236,6 @@ where
     });
     group.bench_function("tidewall_5_policies", |b| {
         b.to_async(rt).iter(move || five.call(op))
-    });
-    group.bench_function("tidewall_5_policies_tsc_limiter", |b| {
-        b.to_async(rt).iter(move || five_tsc.call(op))
     });
     if group_name == "pipeline_ready_op" {
         group.bench_function("tower_2_layers", |b| {

@@ -2,10 +2,12 @@
 //! quanta clock, DashMap key store).
 //!
 //! Every limiter gets a quota that never denies: 10^9 cells per second (a 1 ns interval, the
-//! finest both accept) with a burst of 10^9. Tidewall runs twice: `tidewall` reads the
-//! runtime clock (`tokio::time::Instant`, i.e. `clock_gettime` outside a paused test
-//! runtime: virtual time works), `tidewall_tsc` reads the CPU timestamp counter through
-//! quanta (`tsc_clock()`), the same clock governor reads by default.
+//! finest both accept) with a burst of 10^9. Tidewall runs twice: `tidewall` on default
+//! settings (the tokio clock, which is real time here, so decisions read the CPU timestamp
+//! counter through quanta, the clock governor reads by default; under paused tokio time the
+//! same limiter would follow the virtual clock), and `tidewall_clock_call` on a user clock
+//! that reads `std::time::Instant` (`clock_gettime`) — the path every clock that is not
+//! real time takes (virtual clocks in tests, a user's own clock): one clock call per decision.
 //!
 //! * `rate_direct`: one shared limiter, `check()`.
 //! * `rate_keyed_hot`: `check_key` on one key that is always present.
@@ -25,7 +27,10 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, criterion_group, criterion_main};
+use std::time::Instant;
+
 use tidewall::rate::{KeyedRateLimiter, RateLimiter};
+use tidewall::rt::{Clock, Tokio};
 
 /// 10^9 per second: an interval of exactly 1 ns, the smallest `Gcra::new` accepts.
 const PER_SECOND: u32 = 1_000_000_000;
@@ -35,21 +40,39 @@ const SWEEP_MASK: u64 = (1 << 22) - 1;
 /// New keys each keyed limiter sees before `rate_keyed_new` times it.
 const WARM_KEYS: u64 = 2 * MAX_KEYS as u64;
 
-fn tidewall_direct(tsc: bool) -> RateLimiter {
-    let builder = RateLimiter::builder(PER_SECOND, Duration::from_secs(1)).burst(PER_SECOND);
-    let builder = if tsc { builder.tsc_clock() } else { builder };
-    builder.build().unwrap()
+/// The machine's clock as a user would write one: it does not claim to be real time, so a
+/// limiter calls it for every decision, as it calls a virtual clock.
+#[derive(Clone)]
+struct ClockCall;
+
+impl Clock for ClockCall {
+    type Sleep = <Tokio as Clock>::Sleep;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        Tokio.sleep_until(deadline)
+    }
 }
 
-fn tidewall_keyed(tsc: bool) -> KeyedRateLimiter<u64> {
-    let builder = KeyedRateLimiter::builder(PER_SECOND, Duration::from_secs(1))
+fn tidewall_direct<C: Clock>(clock: C) -> RateLimiter<C> {
+    RateLimiter::builder(PER_SECOND, Duration::from_secs(1))
         .burst(PER_SECOND)
-        .max_keys(MAX_KEYS);
-    let builder = if tsc { builder.tsc_clock() } else { builder };
-    builder.build::<u64>().unwrap()
+        .runtime(clock)
+        .build()
+        .unwrap()
 }
 
-const CLOCKS: [(&str, bool); 2] = [("tidewall", false), ("tidewall_tsc", true)];
+fn tidewall_keyed<C: Clock>(clock: C) -> KeyedRateLimiter<u64, C> {
+    KeyedRateLimiter::builder(PER_SECOND, Duration::from_secs(1))
+        .burst(PER_SECOND)
+        .max_keys(MAX_KEYS)
+        .runtime(clock)
+        .build::<u64>()
+        .unwrap()
+}
 
 fn governor_quota() -> governor::Quota {
     // `per_second(n)` sets both the 1 ns replenish interval and a burst of n.
@@ -59,11 +82,12 @@ fn governor_quota() -> governor::Quota {
 
 fn rate_direct(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_direct");
-    for (name, tsc) in CLOCKS {
-        let tidewall = tidewall_direct(tsc);
-        assert!((0..10_000).all(|_| tidewall.check().is_ok()));
-        group.bench_function(name, |b| b.iter(|| tidewall.check()));
-    }
+    let tidewall = tidewall_direct(Tokio);
+    assert!((0..10_000).all(|_| tidewall.check().is_ok()));
+    group.bench_function("tidewall", |b| b.iter(|| tidewall.check()));
+    let tidewall = tidewall_direct(ClockCall);
+    assert!((0..10_000).all(|_| tidewall.check().is_ok()));
+    group.bench_function("tidewall_clock_call", |b| b.iter(|| tidewall.check()));
     let governor: governor::DefaultDirectRateLimiter =
         governor::RateLimiter::direct(governor_quota());
     assert!((0..10_000).all(|_| governor.check().is_ok()));
@@ -74,11 +98,16 @@ fn rate_direct(c: &mut criterion::Criterion) {
 fn rate_keyed_hot(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_keyed_hot");
     let hot = 42u64;
-    for (name, tsc) in CLOCKS {
-        let tidewall = tidewall_keyed(tsc);
-        assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
-        group.bench_function(name, |b| b.iter(|| tidewall.check_key(black_box(&hot))));
-    }
+    let tidewall = tidewall_keyed(Tokio);
+    assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
+    group.bench_function("tidewall", |b| {
+        b.iter(|| tidewall.check_key(black_box(&hot)))
+    });
+    let tidewall = tidewall_keyed(ClockCall);
+    assert!((0..10_000).all(|_| tidewall.check_key(&hot).is_ok()));
+    group.bench_function("tidewall_clock_call", |b| {
+        b.iter(|| tidewall.check_key(black_box(&hot)))
+    });
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());
     assert!((0..10_000).all(|_| governor.check_key(&hot).is_ok()));
@@ -95,7 +124,7 @@ trait NewKeys {
     fn keys(&self) -> usize;
 }
 
-impl NewKeys for KeyedRateLimiter<u64> {
+impl<C: Clock> NewKeys for KeyedRateLimiter<u64, C> {
     fn admit_new(&self, key: u64) -> bool {
         self.check_key(&key).is_ok()
     }
@@ -142,9 +171,12 @@ fn bench_new_keys(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, limiter:
 
 fn rate_keyed_new(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("rate_keyed_new");
-    for (name, tsc) in CLOCKS {
-        bench_new_keys(&mut group, name, &tidewall_keyed(tsc));
-    }
+    bench_new_keys(&mut group, "tidewall", &tidewall_keyed(Tokio));
+    bench_new_keys(
+        &mut group,
+        "tidewall_clock_call",
+        &tidewall_keyed(ClockCall),
+    );
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());
     bench_new_keys(&mut group, "governor", &governor);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tidewall::bulkhead::{Bulkhead, Permit};
-use tidewall::rt::{Runtime as _, Tokio};
+use tidewall::rt::{Clock as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
 

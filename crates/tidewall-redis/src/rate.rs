@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tidewall_core::rng::SplitMix64;
 
 use tidewall::rate::RateLimiter;
-use tidewall::rt::{Runtime as _, Tokio};
+use tidewall::rt::{Clock as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
 

@@ -93,7 +93,7 @@ pub mod prelude {
     pub use crate::retry::RetryExt as _;
     #[cfg(feature = "tokio")]
     pub use crate::rt::Tokio;
-    pub use crate::rt::{Runtime, TaskHandle};
+    pub use crate::rt::{Clock, Runtime, Spawn, TaskHandle};
     pub use crate::time::FutureExt as _;
     pub use crate::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter};
 }

@@ -14,7 +14,7 @@ use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::rate::RateLimiter;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, FakeClock};
 
 const HOUR: Duration = Duration::from_secs(3600);

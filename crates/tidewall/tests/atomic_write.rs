@@ -3,10 +3,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use tidewall::fs::write_atomic;
-use tidewall::rt::{JoinError, Runtime, TaskHandle};
+use tidewall::rt::{JoinError, Spawn, TaskHandle};
 
 /// A runtime whose blocking work runs at once, but whose handles report it one poll later:
 /// every await point of the writer becomes an exact, repeatable suspension.
@@ -35,17 +34,8 @@ impl<T: Send + 'static> TaskHandle<T> for Ready<T> {
     fn abort(&self) {}
 }
 
-impl Runtime for Stepwise {
-    type Sleep = std::future::Pending<()>;
+impl Spawn for Stepwise {
     type JoinHandle<T: Send + 'static> = Ready<T>;
-
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn sleep_until(&self, _: Instant) -> Self::Sleep {
-        std::future::pending()
-    }
 
     fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
     where

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use tidewall::breaker::{CircuitBreaker, Outcome, State, TripReason, Window};
-use tidewall::rt::{Runtime, TaskHandle, Tokio};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{Error, FutureExt, Rejected};
 

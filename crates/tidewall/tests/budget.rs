@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tidewall::Backoff;
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::retry::{Retry, RetryError};
-use tidewall::rt::{Runtime, Tokio};
+use tidewall::rt::{Clock, Tokio};
 use tidewall::testing::{Clocked, Scripted};
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tidewall::bulkhead::Bulkhead;
-use tidewall::rt::{Runtime, Tokio};
+use tidewall::rt::{Clock, Runtime, Spawn, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{Deadline, Rejected};
 

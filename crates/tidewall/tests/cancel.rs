@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{CancellationToken, Reason};
 use tidewall::testing::Clocked;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use support::{Gauge, Rng, assert_conserved, ms};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::pipeline::Pipeline;
-use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::testing::Clocked;
 
 const CAPACITY: usize = 4;

@@ -11,7 +11,7 @@ use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::classify::Verdict;
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::pipeline::Pipeline;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::tower::{BreakerLayer, HedgeLayer, RetryLayer};
 use tidewall::{Backoff, Deadline, Error, Jitter, Rejected, RetryAfter};

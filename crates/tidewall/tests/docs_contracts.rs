@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, stream};
 use proptest::prelude::*;
 use support::Chunky;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::stream::{LineReader, MissedTicks, Overlong, StreamOps};
 use tidewall::task::{CancellationToken, Health, HealthChecker, periodic};
 use tidewall::testing::Clocked;

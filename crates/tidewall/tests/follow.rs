@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tidewall::FutureExt as _;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::stream::{Follow, follow_on};
 use tidewall::testing::Clocked;
 

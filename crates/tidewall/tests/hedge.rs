@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tidewall::hedge::{Hedge, Idempotent};
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
 
 fn ms(n: u64) -> Duration {

@@ -18,7 +18,7 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::rate::{KeyedRateLimiter, RateLimiter};
 use tidewall::retry::{Retry, RetryError};
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::stream::{MissedTicks, interval_on};
 use tidewall::task::{
     CancellationToken, ChildSpec, Health, HealthChecker, JobOutcome, Supervisor, WorkerPool,
@@ -812,7 +812,7 @@ async fn periodic_skip_at_any_age<R: Runtime>(rt: Clocked<R>) {
             let clock = clock.clone();
             async move {
                 if n == 2 {
-                    // This run overruns by `age` (sleep_until: `Runtime::sleep` caps long
+                    // This run overruns by `age` (sleep_until: `Clock::sleep` caps long
                     // sleeps, see the test of that below).
                     clock.sleep_until(clock.now() + age).await;
                 }
@@ -937,7 +937,7 @@ fn timeouts_and_deadlines_fire_on_time_at_any_age_on_every_runtime() {
     on_every_runtime!(timeouts_at_any_age);
 }
 
-// Docs (`Runtime::sleep`): "Completes after `duration`. A duration too large to add to the
+// Docs (`Clock::sleep`): "Completes after `duration`. A duration too large to add to the
 // clock sleeps 'forever' (about 30 years) instead of overflowing." A century can be added to
 // the clock (`sleep_until(now + 100 years)` works), so `sleep(100 years)` must last a century;
 // DESIGN §6: "Time: correct for any gap between calls, from zero to centuries".

@@ -16,7 +16,7 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::testing::Clocked;
 use tidewall::tower::{AdmitLayer, BreakerLayer, BulkheadLayer, RetryLayer, TimeoutLayer};
 use tidewall::{Backoff, Error, Jitter, Rejected};
@@ -933,7 +933,7 @@ fn a_bulkhead_of_usize_max_counts_exactly_in_a_pipeline_on_every_runtime() {
     on_every_runtime!(huge_bulkhead_in_a_pipeline);
 }
 
-// Docs (`Runtime::sleep`): "A duration too large to add to the clock sleeps 'forever' (about
+// Docs (`Clock::sleep`): "A duration too large to add to the clock sleeps 'forever' (about
 // 30 years) instead of overflowing." (`Deadline::after`): "saturating far in the future
 // instead of overflowing". Retry's `attempt_timeout`, `max_retry_after` and a pipeline's
 // `max_retry_after` take any Duration.

@@ -15,7 +15,7 @@ use support::{Gauge, Rng, assert_conserved, maybe_cancel, ms};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::fan_out::FanOut;
-use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
     CancellationToken, ChildSpec, JobOutcome, SubmitError, Supervisor, WorkerPool,
 };

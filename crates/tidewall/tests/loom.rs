@@ -7,12 +7,12 @@
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
-use tidewall::rt::{JoinError, Runtime, TaskHandle};
+use tidewall::rt::Clock;
 
 /// A clock the model sets by hand; it spawns nothing.
 #[derive(Clone, Default)]
@@ -32,22 +32,8 @@ impl ModelClock {
     }
 }
 
-struct NoTask<T>(std::marker::PhantomData<fn() -> T>);
-
-impl<T> Future for NoTask<T> {
-    type Output = Result<T, JoinError>;
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Err(JoinError::Cancelled))
-    }
-}
-
-impl<T: Send + 'static> TaskHandle<T> for NoTask<T> {
-    fn abort(&self) {}
-}
-
-impl Runtime for ModelClock {
+impl Clock for ModelClock {
     type Sleep = std::future::Pending<()>;
-    type JoinHandle<T: Send + 'static> = NoTask<T>;
 
     fn now(&self) -> Instant {
         base() + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
@@ -55,22 +41,6 @@ impl Runtime for ModelClock {
 
     fn sleep_until(&self, _: Instant) -> Self::Sleep {
         std::future::pending()
-    }
-
-    fn spawn<F>(&self, _: F) -> NoTask<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        unimplemented!("the models spawn with loom::thread")
-    }
-
-    fn spawn_blocking<W, T>(&self, _: W) -> NoTask<T>
-    where
-        W: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        unimplemented!("the models spawn with loom::thread")
     }
 }
 

@@ -8,7 +8,7 @@ use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::{Backoff, Deadline, Error, Jitter, Rejected};
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use tidewall::ConfigError;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::task::{JobOutcome, SubmitError, WorkerPool};
 use tidewall::testing::Clocked;
 

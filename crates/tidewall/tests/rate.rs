@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tidewall::rate::{KeyedRateLimiter, RateLimiter};
-use tidewall::rt::{Runtime, Tokio};
+use tidewall::rt::{Clock, Runtime, Spawn, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{ConfigError, Deadline, Rejected};
 
@@ -257,14 +257,13 @@ fn cancelled_waits_take_no_capacity() {
     assert_eq!(burst, 5);
 }
 
-/// The timestamp-counter clock gives the same decisions (real time; an interval of an hour
-/// keeps the test independent of how fast it runs).
-#[cfg(feature = "quanta")]
+/// On real time (the default runtime outside a paused runtime, so the limiter reads the
+/// timestamp counter) a limiter decides as on virtual time; an interval of an hour keeps the
+/// test independent of how fast it runs.
 #[test]
-fn the_tsc_clock_limits_like_the_runtime_clock() {
+fn on_real_time_a_limiter_decides_as_on_virtual_time() {
     let limiter = RateLimiter::builder(1, Duration::from_secs(3600))
         .burst(3)
-        .tsc_clock()
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -281,10 +280,42 @@ fn the_tsc_clock_limits_like_the_runtime_clock() {
     }
     let keyed = KeyedRateLimiter::builder(1, Duration::from_secs(3600))
         .burst(1)
-        .tsc_clock()
         .build::<u8>()
         .unwrap();
     assert!(keyed.check_key(&1).is_ok());
     assert!(keyed.check_key(&1).is_err());
     assert!(keyed.check_key(&2).is_ok());
+}
+
+/// Under paused tokio time the default limiter follows tokio's virtual clock exactly: it
+/// refills when, and only when, virtual time moves.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn under_paused_tokio_time_the_default_limiter_follows_virtual_time() {
+    let limiter = RateLimiter::builder(10, Duration::from_secs(1))
+        .burst(2)
+        .build()
+        .unwrap();
+    let keyed = KeyedRateLimiter::builder(10, Duration::from_secs(1))
+        .burst(1)
+        .build::<u8>()
+        .unwrap();
+    assert!(limiter.check().is_ok() && limiter.check().is_ok());
+    assert!(keyed.check_key(&1).is_ok());
+    // Virtual time has not moved: refused, with exactly the full interval to wait.
+    assert_eq!(
+        limiter.check(),
+        Err(Rejected::RateLimited {
+            retry_after: ms(100)
+        })
+    );
+    assert_eq!(
+        keyed.check_key(&1),
+        Err(Rejected::RateLimited {
+            retry_after: ms(100)
+        })
+    );
+    tokio::time::advance(ms(100)).await;
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_err());
+    assert!(keyed.check_key(&1).is_ok());
 }

@@ -10,7 +10,7 @@ use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::classify::Verdict;
 use tidewall::pipeline::Pipeline;
 use tidewall::retry::RetryError;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::tower::RetryLayer;
 use tidewall::{Backoff, Deadline, Error, Jitter, RetryAfter, RetryExt};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use tidewall::ConfigError;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::task::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
 use tidewall::testing::Clocked;
 

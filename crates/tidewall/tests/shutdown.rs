@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tidewall::ConfigError;
 use tidewall::FutureExt as _;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, ShutdownReport, Stopped};
 use tidewall::testing::Clocked;
 

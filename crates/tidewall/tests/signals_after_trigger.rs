@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use signals::{pairs, send_to_self};
-use tidewall::rt::Runtime;
+use tidewall::rt::{Runtime, Signals};
 use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, Stopped};
 
 /// A shutdown started by the trigger (a preStop hook), then a SIGTERM (the kubelet's): that
 /// first signal only counts; the next one (the operator's SIGINT) forces.
-async fn a_signal_after_a_trigger_only_counts<R: Runtime>(rt: R) {
+async fn a_signal_after_a_trigger_only_counts<R: Runtime + Signals>(rt: R) {
     let mut shutdown = Shutdown::builder()
         .runtime(rt.clone())
         .deadline(Duration::from_secs(60))

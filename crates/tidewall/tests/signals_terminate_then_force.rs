@@ -11,12 +11,12 @@ mod signals;
 use std::time::Duration;
 
 use signals::{pairs, send_to_self};
-use tidewall::rt::{Runtime, Signal};
+use tidewall::rt::{Runtime, Signal, Signals};
 use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, Stopped};
 
 /// A real SIGTERM to this process starts the shutdown; a second one (SIGINT, sent by the
 /// component that will not stop) forces it.
-async fn real_signals<R: Runtime>(rt: R) {
+async fn real_signals<R: Runtime + Signals>(rt: R) {
     let mut shutdown = Shutdown::builder()
         .runtime(rt.clone())
         .deadline(Duration::from_secs(60))

@@ -2,7 +2,7 @@
 //! It sends no signal; the tests that do each have a binary to themselves (see
 //! common/signals.rs), so this one has its own too.
 
-use tidewall::rt::Runtime;
+use tidewall::rt::Signals;
 
 #[test]
 fn a_runtime_without_its_io_driver_is_an_error_not_a_panic() {

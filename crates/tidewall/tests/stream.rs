@@ -13,7 +13,7 @@ use futures_util::{StreamExt, stream};
 use proptest::prelude::*;
 use tidewall::ConfigError;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime};
 use tidewall::stream::{Keyed, KeyedMerge, MissedTicks, StreamOps, interval_on};
 use tidewall::testing::Clocked;
 

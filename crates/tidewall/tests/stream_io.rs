@@ -11,7 +11,7 @@ use futures_util::io::AsyncRead;
 use proptest::prelude::*;
 use support::Chunky;
 use tidewall::FutureExt as _;
-use tidewall::rt::{Runtime, Tokio};
+use tidewall::rt::{Clock, Runtime, Tokio};
 use tidewall::stream::{BlockingReader, LineReader, LinesError, Overlong, follow_on};
 use tidewall::testing::Clocked;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidewall::ConfigError;
-use tidewall::rt::{Runtime, TaskHandle};
+use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
     CancellationToken, ChildSpec, Ended, Exit, Restart, Stopped, Strategy, Supervisor,
     SupervisorEvent,

@@ -13,7 +13,7 @@ use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::hedge::Hedge;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::Runtime;
+use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::testing::Clocked;
 use tidewall::tower::{
     BreakerLayer, BulkheadLayer, HedgeLayer, RateLimitLayer, RetryLayer, TimeoutLayer,

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{SendRequest, handshake};
 use tidewall::RetryAfter;
-use tidewall::rt::{AsyncStd, Runtime, Smol, Tokio};
+use tidewall::rt::{AsyncStd, Runtime, Signals, Smol, Tokio};
 
 /// A runtime the tour can open TCP connections on.
-pub(crate) trait Net: Runtime {
+pub(crate) trait Net: Runtime + Signals {
     /// The connection type, adapted to hyper's I/O traits.
     type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
 

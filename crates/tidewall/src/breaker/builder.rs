@@ -9,7 +9,7 @@ use super::CircuitBreaker;
 use super::events::{Listener, StateChange};
 use super::shared::Shared;
 use crate::ConfigError;
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::sync::Arc;
 
 /// Configures a [`CircuitBreaker`]. Every policy setter is validated in
@@ -151,7 +151,7 @@ impl<R> CircuitBreakerBuilder<R> {
     /// The [`ConfigError`] of [`BreakerPolicyBuilder::build`].
     pub fn build(self) -> Result<CircuitBreaker<R>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
     {
         let policy = self.policy.build()?;
         Ok(CircuitBreaker {

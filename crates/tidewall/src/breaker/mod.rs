@@ -69,7 +69,7 @@ pub use permit::{Outcome, OwnedPermit, Permit};
 pub use tidewall_core::breaker::{BreakerPolicy, Counts, Window};
 
 use self::shared::Shared;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Arc;
 use crate::{Error, Rejected};
 
@@ -78,7 +78,7 @@ pub struct CircuitBreaker<R = DefaultRuntime> {
     shared: Arc<Shared<R>>,
 }
 
-impl<R: Runtime> Clone for CircuitBreaker<R> {
+impl<R: Clock> Clone for CircuitBreaker<R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -95,7 +95,7 @@ impl CircuitBreaker {
     }
 }
 
-impl<R: Runtime> CircuitBreaker<R> {
+impl<R: Clock> CircuitBreaker<R> {
     /// Asks to make one call: a [`Permit`] to record its outcome on, or the rejection.
     ///
     /// # Errors
@@ -218,7 +218,7 @@ impl<R: Runtime> CircuitBreaker<R> {
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for Shared<R> {
+impl<R: Clock> std::fmt::Debug for Shared<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("name", &self.name)
@@ -227,7 +227,7 @@ impl<R: Runtime> std::fmt::Debug for Shared<R> {
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for CircuitBreaker<R> {
+impl<R: Clock> std::fmt::Debug for CircuitBreaker<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.shared.fmt(f)
     }

@@ -1,7 +1,7 @@
 //! RAII permits: an admitted call ends by recording an outcome, or by being dropped.
 
 use super::shared::{Shared, Ticket};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::sync::Arc;
 
 /// How a call through the breaker ended, as the breaker should count it.
@@ -23,7 +23,7 @@ pub enum Outcome {
 /// return) records nothing, and a half-open probe gives its slot back for another caller.
 #[must_use = "a permit records nothing until you call success(), failure() or record()"]
 #[derive(Debug)]
-pub struct Permit<'a, R: Runtime> {
+pub struct Permit<'a, R: Clock> {
     pub(super) shared: &'a Shared<R>,
     pub(super) ticket: Option<Ticket>,
 }
@@ -31,7 +31,7 @@ pub struct Permit<'a, R: Runtime> {
 /// Like [`Permit`], but owning a handle to the breaker, for futures that must be `'static`.
 #[must_use = "a permit records nothing until you call success(), failure() or record()"]
 #[derive(Debug)]
-pub struct OwnedPermit<R: Runtime> {
+pub struct OwnedPermit<R: Clock> {
     pub(super) shared: Arc<Shared<R>>,
     pub(super) ticket: Option<Ticket>,
 }
@@ -62,27 +62,27 @@ macro_rules! permit_methods {
     };
 }
 
-impl<R: Runtime> Permit<'_, R> {
+impl<R: Clock> Permit<'_, R> {
     permit_methods!();
 }
 
-impl<R: Runtime> OwnedPermit<R> {
+impl<R: Clock> OwnedPermit<R> {
     permit_methods!();
 }
 
-fn release<R: Runtime>(shared: &Shared<R>, ticket: Option<Ticket>) {
+fn release<R: Clock>(shared: &Shared<R>, ticket: Option<Ticket>) {
     if let Some(ticket) = ticket.filter(|t| t.probe) {
         shared.return_probe(ticket.generation);
     }
 }
 
-impl<R: Runtime> Drop for Permit<'_, R> {
+impl<R: Clock> Drop for Permit<'_, R> {
     fn drop(&mut self) {
         release(self.shared, self.ticket.take());
     }
 }
 
-impl<R: Runtime> Drop for OwnedPermit<R> {
+impl<R: Clock> Drop for OwnedPermit<R> {
     fn drop(&mut self) {
         release(&self.shared, self.ticket.take());
     }

@@ -14,7 +14,7 @@ use super::window::SlidingWindow;
 use super::word::{self, ONE_ADMITTED, ONE_SUCCEEDED};
 use super::{Outcome, State};
 use crate::Rejected;
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering::*, lock, nanos_since};
 
 /// What an admitted call holds: enough to tell, at the end, whether its state still stands.
@@ -44,7 +44,7 @@ pub(crate) struct Shared<R> {
     seed: u64,
 }
 
-impl<R: Runtime> Shared<R> {
+impl<R: Clock> Shared<R> {
     pub(super) fn new(
         policy: BreakerPolicy,
         rt: R,

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::queue::{Place, Status};
 use super::{Bulkhead, Permit};
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::sync::lock;
 use crate::{Deadline, Rejected};
 
@@ -19,7 +19,7 @@ pin_project! {
     /// **Cancel safety:** dropping it while queued removes the waiter from the queue; a
     /// permit granted to it in the meantime is passed to the next waiter. Nothing leaks.
     #[must_use = "futures do nothing unless polled"]
-    pub struct Acquire<'a, R: Runtime> {
+    pub struct Acquire<'a, R: Clock> {
         bulkhead: &'a Bulkhead<R>,
         deadline: Deadline,
         place: Option<Place>,
@@ -30,7 +30,7 @@ pin_project! {
         done: bool,
     }
 
-    impl<'a, R: Runtime> PinnedDrop for Acquire<'a, R> {
+    impl<'a, R: Clock> PinnedDrop for Acquire<'a, R> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(place) = this.place.take()
@@ -43,7 +43,7 @@ pin_project! {
     }
 }
 
-impl<'a, R: Runtime> Acquire<'a, R> {
+impl<'a, R: Clock> Acquire<'a, R> {
     pub(super) fn new(bulkhead: &'a Bulkhead<R>, deadline: Deadline) -> Self {
         Self {
             bulkhead,
@@ -56,7 +56,7 @@ impl<'a, R: Runtime> Acquire<'a, R> {
     }
 }
 
-impl<'a, R: Runtime> Future for Acquire<'a, R> {
+impl<'a, R: Clock> Future for Acquire<'a, R> {
     type Output = Result<Permit<'a, R>, Rejected>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

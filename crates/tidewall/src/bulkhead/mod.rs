@@ -48,7 +48,7 @@ pub use acquire::Acquire;
 
 use self::queue::Place;
 use self::shared::Shared;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, lock};
 use crate::{ConfigError, Deadline, Error, Rejected};
 
@@ -57,7 +57,7 @@ pub struct Bulkhead<R = DefaultRuntime> {
     shared: Arc<Shared<R>>,
 }
 
-impl<R: Runtime> Clone for Bulkhead<R> {
+impl<R: Clock> Clone for Bulkhead<R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -65,7 +65,7 @@ impl<R: Runtime> Clone for Bulkhead<R> {
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for Bulkhead<R> {
+impl<R: Clock> std::fmt::Debug for Bulkhead<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bulkhead")
             .field("name", &self.shared.name)
@@ -145,7 +145,7 @@ impl<R> BulkheadBuilder<R> {
     /// for a `max_wait` beyond `u64` nanoseconds.
     pub fn build(self) -> Result<Bulkhead<R>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
     {
         if self.max_concurrent == 0 {
             return Err(ConfigError::Zero {
@@ -172,7 +172,7 @@ impl<R> BulkheadBuilder<R> {
     }
 }
 
-impl<R: Runtime> Bulkhead<R> {
+impl<R: Clock> Bulkhead<R> {
     /// Takes a free slot now, or rejects without queueing.
     ///
     /// # Errors
@@ -317,11 +317,11 @@ impl<R: Runtime> Bulkhead<R> {
 
 /// A slot in a [`Bulkhead`], freed on drop.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
-pub struct Permit<'a, R: Runtime> {
+pub struct Permit<'a, R: Clock> {
     bulkhead: &'a Bulkhead<R>,
 }
 
-impl<R: Runtime> Drop for Permit<'_, R> {
+impl<R: Clock> Drop for Permit<'_, R> {
     fn drop(&mut self) {
         self.bulkhead.shared.release();
     }
@@ -329,17 +329,17 @@ impl<R: Runtime> Drop for Permit<'_, R> {
 
 /// A slot in a [`Bulkhead`] that owns a handle to it, freed on drop.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
-pub struct OwnedPermit<R: Runtime> {
+pub struct OwnedPermit<R: Clock> {
     bulkhead: Bulkhead<R>,
 }
 
-impl<R: Runtime> Drop for OwnedPermit<R> {
+impl<R: Clock> Drop for OwnedPermit<R> {
     fn drop(&mut self) {
         self.bulkhead.shared.release();
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for Permit<'_, R> {
+impl<R: Clock> std::fmt::Debug for Permit<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("bulkhead", &self.bulkhead.shared.name)
@@ -347,7 +347,7 @@ impl<R: Runtime> std::fmt::Debug for Permit<'_, R> {
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for OwnedPermit<R> {
+impl<R: Clock> std::fmt::Debug for OwnedPermit<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnedPermit")
             .field("bulkhead", &self.bulkhead.shared.name)

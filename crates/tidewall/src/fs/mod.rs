@@ -9,7 +9,7 @@
 //! 3. `rename` it over the target, which is atomic on POSIX file systems;
 //! 4. `fsync` the directory, so the rename itself survives a crash (Unix).
 //!
-//! Each step runs on the runtime's blocking pool ([`Runtime::spawn_blocking`]), never on the
+//! Each step runs on the runtime's blocking pool ([`Spawn::spawn_blocking`]), never on the
 //! async threads.
 //!
 //! **Cancel safety**: dropping the future at any await point leaves the old file or the complete
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use temp::TempFile;
 
-use crate::rt::{JoinError, Runtime};
+use crate::rt::{JoinError, Spawn};
 
 /// Atomically replaces (or creates) `path` with `contents`; see the [module docs](self).
 ///
@@ -43,7 +43,7 @@ use crate::rt::{JoinError, Runtime};
 /// Any I/O error from creating, writing, syncing or renaming; the target is then untouched
 /// and the temporary file removed. A panic or cancellation of a blocking step is reported as
 /// an [`io::Error`] of kind `Other`/`Interrupted`.
-pub async fn write_atomic<R: Runtime>(
+pub async fn write_atomic<R: Spawn>(
     rt: &R,
     path: impl AsRef<Path>,
     contents: Vec<u8>,
@@ -79,7 +79,7 @@ fn parent_dir(path: &Path) -> io::Result<PathBuf> {
     })
 }
 
-async fn blocking<R: Runtime, T: Send + 'static>(
+async fn blocking<R: Spawn, T: Send + 'static>(
     rt: &R,
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {

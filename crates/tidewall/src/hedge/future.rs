@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::{Hedge, Idempotent};
 use crate::classify::{Classify, Verdict};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 pin_project! {
     /// The future of [`Hedge::call`]: resolves with the first success, with the first
@@ -18,7 +18,7 @@ pin_project! {
     ///
     /// **Cancel safety:** dropping it drops every attempt still running.
     #[must_use = "futures do nothing unless polled"]
-    pub struct HedgeFuture<'h, F, Fut: Future, R: Runtime, K> {
+    pub struct HedgeFuture<'h, F, Fut: Future, R: Clock, K> {
         hedge: &'h Hedge<R, K>,
         op: F,
         #[pin]
@@ -35,7 +35,7 @@ pin_project! {
     }
 }
 
-impl<'h, F, Fut: Future, R: Runtime, K> HedgeFuture<'h, F, Fut, R, K> {
+impl<'h, F, Fut: Future, R: Clock, K> HedgeFuture<'h, F, Fut, R, K> {
     pub(super) fn new(hedge: &'h Hedge<R, K>, op: Idempotent<F>) -> Self {
         Self {
             hedge,
@@ -55,7 +55,7 @@ impl<F, Fut, T, E, R, K> Future for HedgeFuture<'_, F, Fut, R, K>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    R: Runtime,
+    R: Clock,
     K: Classify<T, E>,
 {
     type Output = Result<T, E>;

@@ -49,7 +49,7 @@ use self::estimator::LatencyEstimator;
 use crate::ConfigError;
 use crate::budget::{RetryBudget, RetryBudgetPolicy};
 use crate::classify::DefaultClassifier;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Arc;
 
 /// Marks an operation as safe to run more than once at the same time.
@@ -71,7 +71,7 @@ struct Inner<R> {
     rt: R,
 }
 
-impl<R: Runtime, K: Clone> Clone for Hedge<R, K> {
+impl<R: Clock, K: Clone> Clone for Hedge<R, K> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -80,7 +80,7 @@ impl<R: Runtime, K: Clone> Clone for Hedge<R, K> {
     }
 }
 
-impl<R: Runtime, K> std::fmt::Debug for Hedge<R, K> {
+impl<R: Clock, K> std::fmt::Debug for Hedge<R, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hedge")
             .field("delay", &self.delay())
@@ -205,7 +205,7 @@ impl<R, K> HedgeBuilder<R, K> {
     /// parts per million).
     pub fn build(self) -> Result<Hedge<R, K>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
     {
         crate::time::positive_duration("delay", self.delay)?;
         let (quantile, min_samples) = self.percentile.unwrap_or((0.5, 1));
@@ -248,7 +248,7 @@ impl<R, K> HedgeBuilder<R, K> {
     }
 }
 
-impl<R: Runtime, K> Hedge<R, K> {
+impl<R: Clock, K> Hedge<R, K> {
     /// Runs `op`, hedging it per the policy. See [`HedgeFuture`].
     pub fn call<F, Fut, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, Fut, R, K>
     where

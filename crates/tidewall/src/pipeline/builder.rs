@@ -12,7 +12,7 @@ use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
 use crate::classify::DefaultClassifier;
 use crate::retry::engine::RetryRules;
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 /// Builds a [`Pipeline`] outermost stage first:
 /// `deadline → rate_limit → bulkhead → retry → breaker → attempt_timeout → op`.
@@ -76,7 +76,7 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// [`ConfigError::DurationOverflow`] for durations beyond `u64` nanoseconds.
     pub fn build(mut self) -> Result<Pipeline<R, L, B, T, C, K>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
         T: Retries,
     {
         for (field, value) in [
@@ -98,7 +98,7 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     }
 }
 
-impl<R: Runtime, K> PipelineBuilder<R, (), (), (), (), K> {
+impl<R: Clock, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Waits on `limiter` first (the wait counts against the deadline): a
     /// [`RateLimiter`](crate::rate::RateLimiter), or any other [`Admission`] stage (a distributed limiter).
     pub fn rate_limit<L: Admission>(self, limiter: L) -> PipelineBuilder<R, L, (), (), (), K> {
@@ -117,7 +117,7 @@ impl<R: Runtime, K> PipelineBuilder<R, (), (), (), (), K> {
     }
 }
 
-impl<R: Runtime, L, K> PipelineBuilder<R, L, (), (), (), K> {
+impl<R: Clock, L, K> PipelineBuilder<R, L, (), (), (), K> {
     /// Holds a bulkhead slot for the whole call, retries included: a
     /// [`Bulkhead`](crate::bulkhead::Bulkhead), or any
     /// other [`Admission`] stage (a distributed bulkhead).
@@ -175,7 +175,7 @@ impl<R, L, B, K> PipelineBuilder<R, L, B, RetryStage, (), K> {
     }
 }
 
-impl<R: Runtime, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
+impl<R: Clock, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
     /// Gates every attempt with `breaker`; the [classifier](Self::classify) decides how each
     /// result counts.
     pub fn breaker(

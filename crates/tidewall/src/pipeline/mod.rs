@@ -61,7 +61,7 @@ pub use builder::PipelineBuilder;
 pub use stages::{Admission, Gate, Retries, RetryStage};
 
 use crate::classify::{Classify, DefaultClassifier};
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::{Deadline, Error, RetryAfter};
 
 /// A composed set of policies; see the [module docs](self). Cheap to share by reference;
@@ -98,7 +98,7 @@ impl<R> Pipeline<R> {
 
 impl<R, L, B, T, C, K> Pipeline<R, L, B, T, C, K>
 where
-    R: Runtime,
+    R: Clock,
     L: Admission,
     B: Admission,
     T: Retries,

@@ -10,7 +10,7 @@ use super::stages::{Admission, Gate, Retries};
 use crate::breaker::Outcome;
 use crate::classify::{Classify, Verdict};
 use crate::retry::engine::{Attempts, Step, may_start};
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
@@ -21,7 +21,7 @@ pub(super) async fn run<R, L, B, T, C, K, F, Fut, T2, E>(
     hint: impl Fn(&E) -> Option<Duration>,
 ) -> Result<T2, Error<E>>
 where
-    R: Runtime,
+    R: Clock,
     L: Admission,
     B: Admission,
     T: Retries,
@@ -129,7 +129,7 @@ struct CallClock<'r, R> {
     budget: Option<Duration>,
 }
 
-impl<R: Runtime> CallClock<'_, R> {
+impl<R: Clock> CallClock<'_, R> {
     fn now(&mut self) -> std::time::Instant {
         let now = self.rt.now();
         self.start.get_or_insert(now);
@@ -150,7 +150,7 @@ impl<R: Runtime> CallClock<'_, R> {
 
 /// Runs `attempt`, bounded by the deadline `end` computes. A first poll that finishes needs
 /// no clock and no timer, so the happy path registers nothing with the runtime.
-async fn bounded<'r, R: Runtime, F: Future>(
+async fn bounded<'r, R: Clock, F: Future>(
     rt: &R,
     attempt: F,
     clock: &mut CallClock<'r, R>,

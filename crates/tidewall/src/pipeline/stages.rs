@@ -8,15 +8,15 @@ use crate::breaker::{CircuitBreaker, Outcome};
 use crate::bulkhead::Bulkhead;
 use crate::rate::RateLimiter;
 use crate::retry::engine::RetryRules;
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::{Deadline, Rejected};
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for () {}
-    impl<R: crate::rt::Runtime> Sealed for crate::rate::RateLimiter<R> {}
-    impl<R: crate::rt::Runtime> Sealed for crate::bulkhead::Bulkhead<R> {}
-    impl<R: crate::rt::Runtime> Sealed for crate::breaker::CircuitBreaker<R> {}
+    impl<R: crate::rt::Clock> Sealed for crate::rate::RateLimiter<R> {}
+    impl<R: crate::rt::Clock> Sealed for crate::bulkhead::Bulkhead<R> {}
+    impl<R: crate::rt::Clock> Sealed for crate::breaker::CircuitBreaker<R> {}
     impl Sealed for super::RetryStage {}
 }
 
@@ -66,7 +66,7 @@ impl Admission for () {
     }
 }
 
-impl<R: Runtime> Admission for RateLimiter<R> {
+impl<R: Clock> Admission for RateLimiter<R> {
     type Guard<'a> = ();
 
     fn try_admit(&self) -> Result<Option<()>, Rejected> {
@@ -82,7 +82,7 @@ impl<R: Runtime> Admission for RateLimiter<R> {
     }
 }
 
-impl<R: Runtime> Admission for Bulkhead<R> {
+impl<R: Clock> Admission for Bulkhead<R> {
     type Guard<'a> = crate::bulkhead::Permit<'a, R>;
 
     fn try_admit(&self) -> Result<Option<Self::Guard<'_>>, Rejected> {
@@ -125,7 +125,7 @@ impl Gate for () {
     fn record((): (), _: Outcome) {}
 }
 
-impl<R: Runtime> Gate for CircuitBreaker<R> {
+impl<R: Clock> Gate for CircuitBreaker<R> {
     type Permit<'a> = crate::breaker::Permit<'a, R>;
 
     fn enter(&self) -> Result<Self::Permit<'_>, Rejected> {

@@ -7,7 +7,7 @@ use tidewall_core::gcra::{Denied, Gcra};
 
 use super::clock::LimiterClock;
 use super::wait::WaitUntilReady;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Deadline, Rejected};
 
@@ -45,7 +45,7 @@ struct Direct<R> {
     rejections: crate::telemetry::Rejections,
 }
 
-impl<R: Runtime> Clone for RateLimiter<R> {
+impl<R: Clock> Clone for RateLimiter<R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -53,7 +53,7 @@ impl<R: Runtime> Clone for RateLimiter<R> {
     }
 }
 
-impl<R: Runtime> std::fmt::Debug for RateLimiter<R> {
+impl<R: Clock> std::fmt::Debug for RateLimiter<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
             .field("name", &self.shared.name)
@@ -70,7 +70,6 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) period: Duration,
     pub(super) burst: Option<u32>,
     pub(super) jitter: Option<Duration>,
-    pub(super) tsc: bool,
     pub(super) rt: R,
     pub(super) name: &'static str,
 }
@@ -83,7 +82,6 @@ impl RateLimiter {
             period,
             burst: None,
             jitter: None,
-            tsc: false,
             rt: DefaultRuntime::default(),
             name: "rate",
         }
@@ -104,30 +102,19 @@ impl<R> RateLimiterBuilder<R> {
         self
     }
 
-    /// Reads time from the CPU's timestamp counter (through `quanta`, the clock governor
-    /// uses) instead of the runtime's clock: a decision then costs no system clock read.
-    /// The counter is real time: a limiter built this way ignores paused or fake time, so
-    /// keep it out of tests that use them.
-    #[cfg(feature = "quanta")]
-    pub fn tsc_clock(mut self) -> Self {
-        self.tsc = true;
-        self
-    }
-
     /// A name for metric labels.
     pub fn name(mut self, name: &'static str) -> Self {
         self.name = name;
         self
     }
 
-    /// Runs on another runtime (its clock is the limiter's).
+    /// Reads time from another runtime or [`Clock`] (see the [module docs](super) on time).
     pub fn runtime<R2>(self, rt: R2) -> RateLimiterBuilder<R2> {
         RateLimiterBuilder {
             count: self.count,
             period: self.period,
             burst: self.burst,
             jitter: self.jitter,
-            tsc: self.tsc,
             rt,
             name: self.name,
         }
@@ -172,14 +159,14 @@ impl<R> RateLimiterBuilder<R> {
     /// ([`ConfigError::DurationOverflow`]).
     pub fn build(self) -> Result<RateLimiter<R>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
     {
         let (gcra, jitter) = self.gcra()?;
         Ok(RateLimiter {
             shared: Arc::new(Direct {
                 gcra,
                 tat: AtomicU64::new(0),
-                clock: LimiterClock::new(&self.rt, self.tsc),
+                clock: LimiterClock::new(&self.rt),
                 rt: self.rt,
                 jitter,
                 waits: AtomicU64::new(0),
@@ -200,7 +187,7 @@ pub(super) fn rejection(denied: Denied) -> Rejected {
     }
 }
 
-impl<R: Runtime> RateLimiter<R> {
+impl<R: Clock> RateLimiter<R> {
     /// Admits one cell now, or says how long until it would be admitted.
     ///
     /// # Errors

@@ -11,7 +11,7 @@ use tidewall_core::gcra::Gcra;
 use super::clock::LimiterClock;
 use super::direct::{RateLimiterBuilder, rejection};
 use super::wait::WaitUntilReady;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock};
 use crate::{ConfigError, Deadline, Rejected};
 
@@ -69,7 +69,7 @@ struct Keyed<K, R> {
     rejections: crate::telemetry::Rejections,
 }
 
-impl<K, R: Runtime> Clone for KeyedRateLimiter<K, R> {
+impl<K, R: Clock> Clone for KeyedRateLimiter<K, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -77,7 +77,7 @@ impl<K, R: Runtime> Clone for KeyedRateLimiter<K, R> {
     }
 }
 
-impl<K, R: Runtime> std::fmt::Debug for KeyedRateLimiter<K, R> {
+impl<K, R: Clock> std::fmt::Debug for KeyedRateLimiter<K, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedRateLimiter")
             .field("name", &self.shared.name)
@@ -127,13 +127,6 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
-    /// See [`RateLimiterBuilder::tsc_clock`].
-    #[cfg(feature = "quanta")]
-    pub fn tsc_clock(mut self) -> Self {
-        self.rate = self.rate.tsc_clock();
-        self
-    }
-
     /// A name for metric labels.
     pub fn name(mut self, name: &'static str) -> Self {
         self.rate = self.rate.name(name);
@@ -156,7 +149,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
     /// `max_keys == 0`.
     pub fn build<K: Hash + Eq + Clone>(self) -> Result<KeyedRateLimiter<K, R>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
     {
         let (gcra, jitter) = self.rate.gcra()?;
         if self.max_keys == 0 {
@@ -184,7 +177,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 shards,
                 max_keys: self.max_keys,
                 hasher: DefaultHashBuilder::default(),
-                clock: LimiterClock::new(&rate.rt, rate.tsc),
+                clock: LimiterClock::new(&rate.rt),
                 rt: rate.rt,
                 jitter,
                 waits: AtomicU64::new(0),
@@ -196,7 +189,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
     }
 }
 
-impl<K: Hash + Eq + Clone, R: Runtime> KeyedRateLimiter<K, R> {
+impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// Admits one cell for `key` now, or says how long until it would be.
     ///
     /// # Errors

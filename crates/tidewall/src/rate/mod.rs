@@ -12,6 +12,15 @@
 //! * Rejections are values: [`Rejected::RateLimited`](crate::Rejected::RateLimited) with
 //!   `retry_after`, which the retry driver and the pipeline honour.
 //!
+//! **Time:** a limiter reads its [`Clock`](crate::rt::Clock). When that clock is real time
+//! when the limiter is built ([`Clock::is_real_time`](crate::rt::Clock::is_real_time): a
+//! runtime adapter whose time is not paused), decisions read the CPU's timestamp counter
+//! instead (feature `quanta`, on by default), the counter governor reads: no system clock call
+//! per decision. Under paused tokio time, a [`FakeClock`](crate::testing::FakeClock), a
+//! [`Clocked`](crate::testing::Clocked) runtime or any clock of your own, the limiter follows
+//! that clock exactly, so virtual time drives it in tests. (Build the limiter after pausing
+//! tokio's time: the choice is made once.)
+//!
 //! Fairness: waiters are not queued; whoever checks first after a refill wins (the jitter
 //! spreads them). Use a [bulkhead](crate::bulkhead) in front if you need FIFO.
 //!

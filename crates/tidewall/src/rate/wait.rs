@@ -8,7 +8,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tidewall_core::rng::SplitMix64;
 
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::{Deadline, Rejected};
 
 pin_project! {
@@ -18,7 +18,7 @@ pin_project! {
     ///
     /// Fails with [`Rejected::DeadlineExceeded`] at once when the wait would end past the
     /// deadline, and passes [`Rejected::InsufficientCapacity`] through.
-    pub(crate) struct WaitUntilReady<C, R: Runtime> {
+    pub(crate) struct WaitUntilReady<C, R: Clock> {
         check: C,
         rt: R,
         deadline: Deadline,
@@ -29,7 +29,7 @@ pin_project! {
     }
 }
 
-impl<C, R: Runtime> WaitUntilReady<C, R> {
+impl<C, R: Clock> WaitUntilReady<C, R> {
     pub(crate) fn new(check: C, rt: R, deadline: Deadline, jitter: Duration, seed: u64) -> Self {
         let jitter_nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
         Self {
@@ -43,7 +43,7 @@ impl<C, R: Runtime> WaitUntilReady<C, R> {
     }
 }
 
-impl<C: FnMut() -> Result<(), Rejected>, R: Runtime> Future for WaitUntilReady<C, R> {
+impl<C: FnMut() -> Result<(), Rejected>, R: Clock> Future for WaitUntilReady<C, R> {
     type Output = Result<(), Rejected>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

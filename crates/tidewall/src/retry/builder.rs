@@ -10,7 +10,7 @@ use super::future::RetryFuture;
 use super::hooks::{FromRetryAfter, HintSource, NoHints, NoNotify, Notify};
 use crate::Deadline;
 use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 /// A configured retry of `op`; `.await` it to run. See the [module docs](super).
 ///
@@ -48,7 +48,7 @@ pub fn retry<Op>(backoff: Backoff, op: Op) -> Retry<Op, crate::rt::Tokio> {
     Retry::new(crate::rt::Tokio, backoff, op)
 }
 
-impl<Op, R: Runtime> Retry<Op, R> {
+impl<Op, R: Clock> Retry<Op, R> {
     /// Retries `op` on `rt` according to `backoff`.
     pub fn new(rt: R, backoff: Backoff, op: Op) -> Self {
         let settings = Settings {
@@ -69,7 +69,7 @@ impl<Op, R: Runtime> Retry<Op, R> {
 
 impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
     /// Runs on another runtime (its clock and timers).
-    pub fn runtime<R2: Runtime>(self, rt: R2) -> Retry<Op, R2, C, N, H> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> Retry<Op, R2, C, N, H> {
         Retry {
             op: self.op,
             rt,
@@ -178,7 +178,7 @@ impl<Op, Fut, T, E, R, C, N, H> IntoFuture for Retry<Op, R, C, N, H>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    R: Runtime,
+    R: Clock,
     C: Classify<T, E>,
     N: Notify<T, E>,
     H: HintSource<E>,
@@ -200,7 +200,7 @@ pub trait RetryExt<Fut>: FnMut() -> Fut + Sized {
     }
 
     /// Retries this operation on `rt` according to `backoff`.
-    fn retry_on<R: Runtime>(self, rt: R, backoff: Backoff) -> Retry<Self, R> {
+    fn retry_on<R: Clock>(self, rt: R, backoff: Backoff) -> Retry<Self, R> {
         Retry::new(rt, backoff, self)
     }
 }

@@ -10,7 +10,7 @@ use super::builder::{Retry, Settings};
 use super::engine::{Attempts, Step, Stop};
 use super::hooks::{HintSource, Notify, Outcome, RetryEvent};
 use crate::classify::{Classify, Verdict};
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 
 /// What an attempt left behind; kept until the next attempt replaces it.
 enum Failure<T, E> {
@@ -65,7 +65,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     /// The future of a [`Retry`]; see the [module docs](super) for its behaviour.
     #[must_use = "futures do nothing unless polled"]
-    pub struct RetryFuture<Op, Fut, R: Runtime, C, N, H, T, E> {
+    pub struct RetryFuture<Op, Fut, R: Clock, C, N, H, T, E> {
         // The configuration moves in whole, with no field-by-field rebuild.
         config: Retry<Op, R, C, N, H>,
         attempts: Attempts,
@@ -79,7 +79,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<Op, Fut, R: Runtime, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E> {
+impl<Op, Fut, R: Clock, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E> {
     pub(super) fn new(retry: Retry<Op, R, C, N, H>) -> Self {
         Self {
             config: retry,
@@ -95,7 +95,7 @@ impl<Op, Fut, R, C, N, H, T, E> Future for RetryFuture<Op, Fut, R, C, N, H, T, E
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    R: Runtime,
+    R: Clock,
     C: Classify<T, E>,
     N: Notify<T, E>,
     H: HintSource<E>,
@@ -201,9 +201,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-impl<Op, Fut, R: Runtime, C, N, H, T, E> std::fmt::Debug
-    for RetryFuture<Op, Fut, R, C, N, H, T, E>
-{
+impl<Op, Fut, R: Clock, C, N, H, T, E> std::fmt::Debug for RetryFuture<Op, Fut, R, C, N, H, T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryFuture")
             .field("attempts", &self.attempts.started())

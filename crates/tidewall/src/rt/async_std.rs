@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures_util::future::AbortHandle;
 
 use super::catching::{catching, catching_blocking};
-use super::{JoinError, Runtime, TaskHandle};
+use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto async-std's global executor. **Legacy**: async-std is discontinued upstream;
 /// prefer [`Smol`](super::Smol) for new code.
@@ -18,7 +18,7 @@ use super::{JoinError, Runtime, TaskHandle};
 /// executor sizes its thread pool from `ASYNC_STD_THREAD_COUNT` (default: the number of CPUs).
 ///
 /// ```
-/// use tidewall::rt::{AsyncStd, Runtime};
+/// use tidewall::rt::{AsyncStd, Spawn};
 ///
 /// let value = async_std::task::block_on(AsyncStd.spawn(async { 2 * 21 }));
 /// assert_eq!(value.unwrap(), 42);
@@ -26,9 +26,8 @@ use super::{JoinError, Runtime, TaskHandle};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AsyncStd;
 
-impl Runtime for AsyncStd {
+impl Clock for AsyncStd {
     type Sleep = AsyncStdSleep;
-    type JoinHandle<T: Send + 'static> = AsyncStdJoinHandle<T>;
 
     fn now(&self) -> Instant {
         Instant::now()
@@ -37,6 +36,14 @@ impl Runtime for AsyncStd {
     fn sleep_until(&self, deadline: Instant) -> AsyncStdSleep {
         AsyncStdSleep(async_io::Timer::at(deadline))
     }
+
+    fn is_real_time(&self) -> bool {
+        true
+    }
+}
+
+impl Spawn for AsyncStd {
+    type JoinHandle<T: Send + 'static> = AsyncStdJoinHandle<T>;
 
     fn spawn<F>(&self, future: F) -> AsyncStdJoinHandle<F::Output>
     where
@@ -58,7 +65,9 @@ impl Runtime for AsyncStd {
         let task = async_std::task::spawn_blocking(move || catching_blocking(work));
         AsyncStdJoinHandle { task, abort: None }
     }
+}
 
+impl Signals for AsyncStd {
     fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
         super::signal::portable_signals()
     }

@@ -1,8 +1,9 @@
-//! The runtime seam: the one trait through which every Tidewall policy waits and spawns.
+//! The runtime seam: the traits through which every Tidewall pattern waits and spawns.
 //!
-//! Policies never call `tokio::time::sleep` or `smol::spawn` directly. They are generic over a
-//! [`Runtime`], which supplies a clock ([`Runtime::now`], [`Runtime::sleep_until`]) and task
-//! spawning ([`Runtime::spawn`], [`Runtime::spawn_blocking`]). Dispatch is static: the runtime
+//! Patterns never call `tokio::time::sleep` or `smol::spawn` directly. Policies that only wait
+//! are generic over a [`Clock`] ([`Clock::now`], [`Clock::sleep_until`]); task patterns over a
+//! [`Runtime`], which is a clock plus [`Spawn`] ([`Spawn::spawn`], [`Spawn::spawn_blocking`]);
+//! listening for shutdown signals is the opt-in [`Signals`]. Dispatch is static: the runtime
 //! is a type parameter (defaulting to [`Tokio`] when the `tokio` feature is on), so there is no
 //! boxing and no virtual call on a hot path.
 //!
@@ -20,7 +21,7 @@
 //! ```
 //! # #[cfg(feature = "tokio")] {
 //! use std::time::Duration;
-//! use tidewall::rt::{JoinError, Runtime, TaskHandle, Tokio};
+//! use tidewall::rt::{Clock, JoinError, Spawn, TaskHandle, Tokio};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! let rt = Tokio;
@@ -79,27 +80,48 @@ pub type DefaultRuntime = NoDefaultRuntime;
 pub struct NoDefaultRuntime;
 
 /// The join handle type of runtime `R` for a task returning `T`.
-pub type JoinHandle<R, T> = <R as Runtime>::JoinHandle<T>;
+pub type JoinHandle<R, T> = <R as Spawn>::JoinHandle<T>;
 
-/// Time and tasks, as every Tidewall pattern needs them.
+/// Time, as every policy that waits needs it: the current instant and a timer.
 ///
-/// Implement it to run Tidewall on another executor: the adapters in this module are small and
-/// show the contract. Implementations must be cheap to clone (a unit struct or an `Arc`).
+/// Policies that only wait (retry, deadlines, breakers, bulkheads, rate limiters, hedging,
+/// pipelines, tower layers) are generic over a `Clock`, so anything that tells the time drives
+/// them: a [`Runtime`] adapter, a [`FakeClock`](crate::testing::FakeClock), or a user's own.
+/// Implementations must be cheap to clone (a unit struct or an `Arc`).
 ///
 /// # Contract
 ///
 /// * `now` is monotonic and agrees with `sleep_until`: after `sleep_until(t)` completes,
 ///   `now() >= t`.
-/// * Dropping a [`Runtime::Sleep`] cancels it; it holds no other resource.
-/// * A handle from `spawn`/`spawn_blocking` reports panics as [`JoinError::Panicked`] and
-///   aborted or runtime-cancelled tasks as [`JoinError::Cancelled`]; dropping it detaches.
-pub trait Runtime: Clone + Send + Sync + 'static {
-    /// The future returned by [`Runtime::sleep_until`].
+/// * Dropping a [`Clock::Sleep`] cancels it; it holds no other resource.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use tidewall::rt::Clock;
+///
+/// /// A clock that is always at one instant and whose timers fire at once.
+/// #[derive(Clone)]
+/// struct Frozen(Instant);
+///
+/// impl Clock for Frozen {
+///     type Sleep = std::future::Ready<()>;
+///     fn now(&self) -> Instant {
+///         self.0
+///     }
+///     fn sleep_until(&self, _: Instant) -> Self::Sleep {
+///         std::future::ready(())
+///     }
+/// }
+///
+/// let clock = Frozen(Instant::now());
+/// assert_eq!(clock.now(), clock.now());
+/// assert!(!clock.is_real_time(), "a user's clock is never taken for real time");
+/// ```
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// The future returned by [`Clock::sleep_until`].
     type Sleep: Future<Output = ()> + Send + 'static;
-    /// The handle of a spawned task.
-    type JoinHandle<T: Send + 'static>: TaskHandle<T>;
 
-    /// The current time on this runtime's clock (virtual under paused tokio time or a
+    /// The current time on this clock (virtual under paused tokio time or a
     /// [`FakeClock`](crate::testing::FakeClock)).
     fn now(&self) -> Instant;
 
@@ -111,6 +133,26 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> Self::Sleep {
         self.sleep_until(instant_after(self.now(), duration))
     }
+
+    /// Whether [`now`](Self::now) is, right now, the machine's monotonic clock, so that a hot
+    /// path that only measures durations may read the CPU's timestamp counter instead (with
+    /// the default `quanta` feature, as the rate limiter does). `false` unless an
+    /// implementation says otherwise; the runtime adapters say `true` unless their time is
+    /// paused.
+    fn is_real_time(&self) -> bool {
+        false
+    }
+}
+
+/// Task spawning, as the task patterns need it (scopes, supervisors, pools, fan-out).
+///
+/// # Contract
+///
+/// A handle from `spawn`/`spawn_blocking` reports panics as [`JoinError::Panicked`] and
+/// aborted or runtime-cancelled tasks as [`JoinError::Cancelled`]; dropping it detaches.
+pub trait Spawn: Clone + Send + Sync + 'static {
+    /// The handle of a spawned task.
+    type JoinHandle<T: Send + 'static>: TaskHandle<T>;
 
     /// Runs `future` as an independent task.
     fn spawn<F>(&self, future: F) -> Self::JoinHandle<F::Output>
@@ -124,18 +166,27 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     where
         W: FnOnce() -> T + Send + 'static,
         T: Send + 'static;
+}
 
+/// A clock and task spawning: what the task patterns need, and what every adapter in this
+/// module is. Implemented for every type that is both a [`Clock`] and a [`Spawn`]; implement
+/// those two to run Tidewall on another executor (the adapters here are small and show the
+/// contract).
+pub trait Runtime: Clock + Spawn {}
+
+impl<T: Clock + Spawn> Runtime for T {}
+
+/// Listening for shutdown signals: opt-in, for the runtimes that can
+/// ([`Shutdown::on_signals`](crate::task::Shutdown) and the CLI use it).
+pub trait Signals {
     /// Starts listening for SIGINT and SIGTERM (Ctrl-C only off Unix). The handlers are in
     /// place when this returns, so a signal sent afterwards is never lost and no longer
     /// terminates the process; the returned future completes at the first one.
     ///
     /// # Errors
     ///
-    /// The OS error if a handler cannot be installed, or [`std::io::ErrorKind::Unsupported`]
-    /// from an adapter that does not override this (the default).
-    fn shutdown_signals(&self) -> std::io::Result<ShutdownSignals> {
-        Err(signal::unsupported())
-    }
+    /// The OS error if a handler cannot be installed.
+    fn shutdown_signals(&self) -> std::io::Result<ShutdownSignals>;
 }
 
 /// `now + duration` exactly when it fits the clock; when it does not, roughly thirty years

@@ -25,15 +25,8 @@ impl fmt::Display for Signal {
 }
 
 /// Completes at the first shutdown signal received after it was created; see
-/// [`Runtime::shutdown_signals`](super::Runtime::shutdown_signals).
+/// [`Signals::shutdown_signals`](super::Signals::shutdown_signals).
 pub type ShutdownSignals = Pin<Box<dyn Future<Output = Signal> + Send + 'static>>;
-
-pub(super) fn unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "this runtime adapter does not listen for shutdown signals",
-    )
-}
 
 /// Through tokio's signal driver (the runtime needs its I/O driver: `enable_all`).
 #[cfg(feature = "tokio")]

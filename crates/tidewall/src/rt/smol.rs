@@ -11,7 +11,7 @@ use futures_util::future::AbortHandle;
 use tidewall_core::ConfigError;
 
 use super::catching::{catching, catching_blocking};
-use super::{JoinError, Runtime, TaskHandle};
+use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto an explicit [`smol::Executor`]; timers come from `async-io`.
 ///
@@ -19,7 +19,7 @@ use super::{JoinError, Runtime, TaskHandle};
 /// executor threads, or wrap an executor you drive yourself with [`Smol::new`].
 ///
 /// ```
-/// use tidewall::rt::{Runtime, SmolRuntime};
+/// use tidewall::rt::{SmolRuntime, Spawn};
 ///
 /// let runtime = SmolRuntime::multi_threaded(2)?; // two worker threads
 /// let rt = runtime.handle();
@@ -44,9 +44,8 @@ impl Smol {
     }
 }
 
-impl Runtime for Smol {
+impl Clock for Smol {
     type Sleep = SmolSleep;
-    type JoinHandle<T: Send + 'static> = SmolJoinHandle<T>;
 
     fn now(&self) -> Instant {
         Instant::now()
@@ -55,6 +54,14 @@ impl Runtime for Smol {
     fn sleep_until(&self, deadline: Instant) -> SmolSleep {
         SmolSleep(smol::Timer::at(deadline))
     }
+
+    fn is_real_time(&self) -> bool {
+        true
+    }
+}
+
+impl Spawn for Smol {
+    type JoinHandle<T: Send + 'static> = SmolJoinHandle<T>;
 
     fn spawn<F>(&self, future: F) -> SmolJoinHandle<F::Output>
     where
@@ -79,7 +86,9 @@ impl Runtime for Smol {
             abort: None,
         }
     }
+}
 
+impl Signals for Smol {
     fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
         super::signal::portable_signals()
     }

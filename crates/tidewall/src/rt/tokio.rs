@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{JoinError, Panic, Runtime, TaskHandle};
+use super::{Clock, JoinError, Panic, Signals, Spawn, TaskHandle};
 
 /// Runs on the tokio runtime that is current where it is used: multi-thread or current-thread.
 ///
@@ -18,7 +18,7 @@ use super::{JoinError, Panic, Runtime, TaskHandle};
 /// runtime (a programming error, not an input error).
 ///
 /// ```
-/// use tidewall::rt::{Runtime, Tokio};
+/// use tidewall::rt::{Spawn, Tokio};
 ///
 /// let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
 /// let value = runtime.block_on(async { Tokio.spawn(async { 1 + 1 }).await });
@@ -27,9 +27,8 @@ use super::{JoinError, Panic, Runtime, TaskHandle};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokio;
 
-impl Runtime for Tokio {
+impl Clock for Tokio {
     type Sleep = TokioSleep;
-    type JoinHandle<T: Send + 'static> = TokioJoinHandle<T>;
 
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
@@ -40,6 +39,21 @@ impl Runtime for Tokio {
             inner: tokio::time::sleep_until(deadline.into()),
         }
     }
+
+    /// `true` unless tokio's time is paused on this thread (a paused clock stands still while
+    /// real time moves; finding out spins for about a microsecond, so callers ask once).
+    fn is_real_time(&self) -> bool {
+        let paused_at = tokio::time::Instant::now();
+        let real_start = Instant::now();
+        while real_start.elapsed() < Duration::from_micros(1) {
+            std::hint::spin_loop();
+        }
+        tokio::time::Instant::now() != paused_at
+    }
+}
+
+impl Spawn for Tokio {
+    type JoinHandle<T: Send + 'static> = TokioJoinHandle<T>;
 
     fn spawn<F>(&self, future: F) -> TokioJoinHandle<F::Output>
     where
@@ -56,7 +70,9 @@ impl Runtime for Tokio {
     {
         TokioJoinHandle(tokio::task::spawn_blocking(work))
     }
+}
 
+impl Signals for Tokio {
     fn shutdown_signals(&self) -> std::io::Result<super::ShutdownSignals> {
         super::signal::tokio_signals()
     }

@@ -8,7 +8,7 @@ use futures_core::Stream;
 use pin_project_lite::pin_project;
 
 use crate::ConfigError;
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 
 /// How much of a batch's budget an item uses.
 pub trait Weigh<T> {
@@ -48,7 +48,7 @@ pin_project! {
     /// **Backpressure**: at most one batch (plus one carried-over item) is held; the source is
     /// not polled while a finished batch waits for the consumer.
     #[must_use = "streams do nothing unless polled"]
-    pub struct Batch<S: Stream, W, R: Runtime> {
+    pub struct Batch<S: Stream, W, R: Clock> {
         #[pin]
         source: S,
         weigh: W,
@@ -65,7 +65,7 @@ pin_project! {
     }
 }
 
-impl<S: Stream, W, R: Runtime> Batch<S, W, R> {
+impl<S: Stream, W, R: Clock> Batch<S, W, R> {
     pub(super) fn new(
         source: S,
         rt: R,
@@ -96,7 +96,7 @@ impl<S: Stream, W, R: Runtime> Batch<S, W, R> {
     }
 }
 
-impl<S: Stream, W: Weigh<S::Item>, R: Runtime> Stream for Batch<S, W, R> {
+impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
     type Item = Vec<S::Item>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -15,7 +15,7 @@ type Chunk<F> = (F, Vec<u8>, io::Result<usize>);
 /// Reads a blocking reader (a `std::fs::File`, a pipe) on the runtime's blocking threads, one
 /// chunk ahead of the consumer.
 ///
-/// Each chunk is one `read` of up to `chunk` bytes by [`spawn_blocking`](Runtime::spawn_blocking)
+/// Each chunk is one `read` of up to `chunk` bytes by [`spawn_blocking`](crate::rt::Spawn::spawn_blocking)
 /// into one of two buffers: while the consumer works through one chunk, the next is being
 /// read, so disk (or page-cache copies) and processing overlap. A pipe delivers what it has;
 /// a regular file fills whole chunks. Memory is two chunks, whatever the

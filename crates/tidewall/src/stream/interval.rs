@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tidewall_core::rng::SplitMix64;
 
 use crate::ConfigError;
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::time::positive_duration;
 
 /// What an [`Interval`] does when the consumer (or the executor) was late by one or more
@@ -46,7 +46,7 @@ pin_project! {
     /// ```
     /// use std::time::Duration;
     /// use futures_util::StreamExt;
-    /// use tidewall::rt::{Runtime, Tokio};
+    /// use tidewall::rt::{Clock, Tokio};
     /// use tidewall::stream::{MissedTicks, interval_on};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -62,7 +62,7 @@ pin_project! {
     /// # Ok(()) }
     /// ```
     #[must_use = "streams do nothing unless polled"]
-    pub struct Interval<R: Runtime> {
+    pub struct Interval<R: Clock> {
         rt: R,
         period: Duration,
         missed: MissedTicks,
@@ -74,7 +74,7 @@ pin_project! {
     }
 }
 
-impl<R: Runtime> Interval<R> {
+impl<R: Clock> Interval<R> {
     pub(super) fn new(rt: R, period: Duration, missed: MissedTicks) -> Result<Self, ConfigError> {
         positive_duration("period", period)?;
         let next = instant_after(rt.now(), period);
@@ -111,7 +111,7 @@ impl<R: Runtime> Interval<R> {
     }
 }
 
-impl<R: Runtime> Stream for Interval<R> {
+impl<R: Clock> Stream for Interval<R> {
     type Item = Instant;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {

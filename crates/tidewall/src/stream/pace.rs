@@ -9,7 +9,7 @@ use futures_core::Stream;
 use pin_project_lite::pin_project;
 
 use crate::rate::RateLimiter;
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::time::{Elapsed, positive_duration};
 use crate::{ConfigError, Rejected};
 
@@ -19,7 +19,7 @@ pin_project! {
     /// No burst: after an item, the next is delivered no earlier than `period` later. The
     /// source is not polled while the throttle waits, so it is paused, not buffered.
     #[must_use = "streams do nothing unless polled"]
-    pub struct Throttle<S, R: Runtime> {
+    pub struct Throttle<S, R: Clock> {
         #[pin]
         source: S,
         rt: R,
@@ -29,7 +29,7 @@ pin_project! {
     }
 }
 
-impl<S, R: Runtime> Throttle<S, R> {
+impl<S, R: Clock> Throttle<S, R> {
     pub(super) fn new(source: S, rt: R, period: Duration) -> Result<Self, ConfigError> {
         positive_duration("period", period)?;
         Ok(Self {
@@ -41,7 +41,7 @@ impl<S, R: Runtime> Throttle<S, R> {
     }
 }
 
-impl<S: Stream, R: Runtime> Stream for Throttle<S, R> {
+impl<S: Stream, R: Clock> Stream for Throttle<S, R> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
@@ -65,7 +65,7 @@ pin_project! {
     /// Bursts pass at once up to the limiter's burst, then one item per emission interval.
     /// The limiter may be shared with other streams or callers: they draw from one budget.
     #[must_use = "streams do nothing unless polled"]
-    pub struct RateLimit<S: Stream, R: Runtime> {
+    pub struct RateLimit<S: Stream, R: Clock> {
         #[pin]
         source: S,
         limiter: RateLimiter<R>,
@@ -75,7 +75,7 @@ pin_project! {
     }
 }
 
-impl<S: Stream, R: Runtime> RateLimit<S, R> {
+impl<S: Stream, R: Clock> RateLimit<S, R> {
     pub(super) fn new(source: S, limiter: RateLimiter<R>) -> Self {
         Self {
             source,
@@ -86,7 +86,7 @@ impl<S: Stream, R: Runtime> RateLimit<S, R> {
     }
 }
 
-impl<S: Stream, R: Runtime> Stream for RateLimit<S, R> {
+impl<S: Stream, R: Clock> Stream for RateLimit<S, R> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
@@ -156,7 +156,7 @@ pin_project! {
     /// # Ok(()) }
     /// ```
     #[must_use = "streams do nothing unless polled"]
-    pub struct TimeoutEach<S, R: Runtime> {
+    pub struct TimeoutEach<S, R: Clock> {
         #[pin]
         source: S,
         rt: R,
@@ -168,7 +168,7 @@ pin_project! {
     }
 }
 
-impl<S, R: Runtime> TimeoutEach<S, R> {
+impl<S, R: Clock> TimeoutEach<S, R> {
     pub(super) fn new(source: S, rt: R, timeout: Duration) -> Result<Self, ConfigError> {
         positive_duration("timeout", timeout)?;
         Ok(Self {
@@ -181,7 +181,7 @@ impl<S, R: Runtime> TimeoutEach<S, R> {
     }
 }
 
-impl<S: Stream, R: Runtime> Stream for TimeoutEach<S, R> {
+impl<S: Stream, R: Clock> Stream for TimeoutEach<S, R> {
     type Item = Result<S::Item, Elapsed>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

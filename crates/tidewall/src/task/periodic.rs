@@ -187,7 +187,7 @@ impl HealthChecker {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tidewall::rt::{Runtime, Tokio};
+    /// use tidewall::rt::{Clock, Tokio};
     /// use tidewall::task::{CancellationToken, Health, HealthChecker};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// [`FakeClock::advance_to_next_timer`] is called (or when [`Clocked::drive`](super::Clocked::drive)
 /// does so); moving it wakes every timer that has come due, in deadline order.
 ///
+/// It is a [`Clock`](crate::rt::Clock): a policy that only waits runs on it directly, with
+/// `.runtime(clock.clone())` on its builder.
+///
 /// ```
 /// use std::time::Duration;
 /// use tidewall::testing::FakeClock;
@@ -46,6 +49,18 @@ impl Default for ClockState {
             timers: BTreeMap::new(),
             next_id: 0,
         }
+    }
+}
+
+impl crate::rt::Clock for FakeClock {
+    type Sleep = FakeSleep;
+
+    fn now(&self) -> Instant {
+        FakeClock::now(self)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> FakeSleep {
+        FakeClock::sleep_until(self, deadline)
     }
 }
 

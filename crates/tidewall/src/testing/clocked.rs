@@ -12,7 +12,7 @@ use futures_channel::oneshot;
 
 use super::clock::{FakeClock, FakeSleep};
 use super::tracked::{AbortMark, Activity, MainWaker, Tracked};
-use crate::rt::{JoinError, Panic, Runtime, TaskHandle};
+use crate::rt::{Clock, JoinError, Panic, Runtime, Signals, Spawn, TaskHandle};
 
 /// Any runtime `R`, with virtual time. Tasks run on `R`'s executor; time comes from a shared
 /// [`FakeClock`] and moves only through [`Clocked::drive`] or the clock's own methods.
@@ -66,9 +66,8 @@ impl<R: Runtime> Clocked<R> {
     }
 }
 
-impl<R: Runtime> Runtime for Clocked<R> {
+impl<R: Clone + Send + Sync + 'static> Clock for Clocked<R> {
     type Sleep = FakeSleep;
-    type JoinHandle<T: Send + 'static> = ClockedJoinHandle<T, R::JoinHandle<()>>;
 
     fn now(&self) -> Instant {
         self.clock.now()
@@ -77,6 +76,10 @@ impl<R: Runtime> Runtime for Clocked<R> {
     fn sleep_until(&self, deadline: Instant) -> FakeSleep {
         self.clock.sleep_until(deadline)
     }
+}
+
+impl<R: Spawn> Spawn for Clocked<R> {
+    type JoinHandle<T: Send + 'static> = ClockedJoinHandle<T, R::JoinHandle<()>>;
 
     fn spawn<F>(&self, future: F) -> Self::JoinHandle<F::Output>
     where
@@ -114,7 +117,9 @@ impl<R: Runtime> Runtime for Clocked<R> {
             mark: None,
         }
     }
+}
 
+impl<R: Signals> Signals for Clocked<R> {
     fn shutdown_signals(&self) -> std::io::Result<crate::rt::ShutdownSignals> {
         // Signals are real-time events: listen through the wrapped runtime.
         self.inner.shutdown_signals()

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tidewall::rt::{Runtime, Tokio};
+//! use tidewall::rt::{Clock, Spawn, Tokio};
 //! use tidewall::testing::Clocked;
 //!
 //! let rt = Clocked::new(Tokio);

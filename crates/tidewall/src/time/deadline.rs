@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 
 /// The instant by which a whole operation must finish, or no limit.
 ///
@@ -38,7 +38,7 @@ impl Deadline {
     }
 
     /// `budget` from now on `rt`'s clock (saturating far in the future instead of overflowing).
-    pub fn after<R: Runtime>(rt: &R, budget: Duration) -> Self {
+    pub fn after<R: Clock>(rt: &R, budget: Duration) -> Self {
         Self::at(instant_after(rt.now(), budget))
     }
 

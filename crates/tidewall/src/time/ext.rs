@@ -5,23 +5,23 @@ use std::time::Duration;
 
 use super::{Deadline, Timeout, WithDeadline};
 use crate::fallback::{Fallback, FallbackFuture};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 /// Timeouts, deadlines and fallbacks as methods on any future.
 ///
 /// The methods without a runtime argument use tokio (feature `tokio`); the `_on` variants take
-/// any [`Runtime`].
+/// any [`Clock`].
 pub trait FutureExt: Future + Sized {
     /// Fails with [`Elapsed`](super::Elapsed) unless the future completes within `duration`.
     ///
     /// **Cancel safety**: dropping it drops the inner future.
     #[cfg(feature = "tokio")]
-    fn timeout(self, duration: Duration) -> Timeout<Self, <crate::rt::Tokio as Runtime>::Sleep> {
+    fn timeout(self, duration: Duration) -> Timeout<Self, <crate::rt::Tokio as Clock>::Sleep> {
         self.timeout_on(&crate::rt::Tokio, duration)
     }
 
     /// [`FutureExt::timeout`] on the given runtime's clock.
-    fn timeout_on<R: Runtime>(self, rt: &R, duration: Duration) -> Timeout<Self, R::Sleep> {
+    fn timeout_on<R: Clock>(self, rt: &R, duration: Duration) -> Timeout<Self, R::Sleep> {
         Timeout::new(self, Some(rt.sleep(duration)))
     }
 
@@ -31,12 +31,12 @@ pub trait FutureExt: Future + Sized {
     fn deadline(
         self,
         deadline: Deadline,
-    ) -> WithDeadline<Self, <crate::rt::Tokio as Runtime>::Sleep> {
+    ) -> WithDeadline<Self, <crate::rt::Tokio as Clock>::Sleep> {
         self.deadline_on(&crate::rt::Tokio, deadline)
     }
 
     /// [`FutureExt::deadline`] on the given runtime's clock.
-    fn deadline_on<R: Runtime>(self, rt: &R, deadline: Deadline) -> WithDeadline<Self, R::Sleep> {
+    fn deadline_on<R: Clock>(self, rt: &R, deadline: Deadline) -> WithDeadline<Self, R::Sleep> {
         let timer = deadline.instant().map(|at| rt.sleep_until(at));
         WithDeadline::new(Timeout::new(self, timer))
     }

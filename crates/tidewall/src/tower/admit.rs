@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::BoxFuture;
 use crate::pipeline::Admission;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{Clock, DefaultRuntime};
 use crate::{Deadline, Error};
 
 /// Admits each call through `stage` before it reaches the inner service, holding the stage's
@@ -73,9 +73,9 @@ impl<A: Admission> AdmitLayer<A> {
     }
 }
 
-impl<A: Admission, R: Runtime> AdmitLayer<A, R> {
+impl<A: Admission, R: Clock> AdmitLayer<A, R> {
     /// Times the wait on `rt`'s clock (the stage's runtime).
-    pub fn runtime<R2: Runtime>(self, rt: R2) -> AdmitLayer<A, R2> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> AdmitLayer<A, R2> {
         AdmitLayer {
             stage: self.stage,
             max_wait: self.max_wait,
@@ -136,7 +136,7 @@ impl<S, A, R> std::fmt::Debug for AdmitService<S, A, R> {
 
 impl<S, A, R, Req> Service<Req> for AdmitService<S, A, R>
 where
-    R: Runtime,
+    R: Clock,
     S: Service<Req> + Clone + Send + 'static,
     Req: Send + 'static,
     S::Future: Send + 'static,

@@ -9,7 +9,7 @@ use super::BoxFuture;
 use crate::Error;
 use crate::breaker::CircuitBreaker;
 use crate::classify::{Classify, DefaultClassifier};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 /// Wraps a service in a [`CircuitBreaker`]: an open breaker rejects at once with
 /// [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), without calling the service.
@@ -48,12 +48,12 @@ use crate::rt::Runtime;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct BreakerLayer<R: Runtime, C = DefaultClassifier> {
+pub struct BreakerLayer<R: Clock, C = DefaultClassifier> {
     breaker: CircuitBreaker<R>,
     classify: C,
 }
 
-impl<R: Runtime> BreakerLayer<R> {
+impl<R: Clock> BreakerLayer<R> {
     /// A layer sharing `breaker` (clones of the breaker share its state).
     pub fn new(breaker: CircuitBreaker<R>) -> Self {
         Self {
@@ -71,7 +71,7 @@ impl<R: Runtime> BreakerLayer<R> {
     }
 }
 
-impl<S, R: Runtime, C: Clone> Layer<S> for BreakerLayer<R, C> {
+impl<S, R: Clock, C: Clone> Layer<S> for BreakerLayer<R, C> {
     type Service = BreakerService<S, R, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -85,7 +85,7 @@ impl<S, R: Runtime, C: Clone> Layer<S> for BreakerLayer<R, C> {
 
 /// The service of a [`BreakerLayer`].
 #[derive(Debug, Clone)]
-pub struct BreakerService<S, R: Runtime, C = DefaultClassifier> {
+pub struct BreakerService<S, R: Clock, C = DefaultClassifier> {
     inner: S,
     breaker: CircuitBreaker<R>,
     classify: C,
@@ -97,7 +97,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    R: Runtime,
+    R: Clock,
     C: Classify<S::Response, S::Error> + Clone + Send + 'static,
 {
     type Response = S::Response;

@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::{BoxFuture, SyncSlot};
 use crate::bulkhead::{Bulkhead, OwnedPermit};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::{Deadline, Error, Rejected};
 
 /// A pending `acquire_owned`, kept across `poll_ready` calls.
@@ -15,12 +15,12 @@ type Acquiring<R> = BoxFuture<Result<OwnedPermit<R>, Rejected>>;
 
 /// Caps concurrent calls with a [`Bulkhead`].
 #[derive(Debug, Clone)]
-pub struct BulkheadLayer<R: Runtime> {
+pub struct BulkheadLayer<R: Clock> {
     bulkhead: Bulkhead<R>,
     wait: bool,
 }
 
-impl<R: Runtime> BulkheadLayer<R> {
+impl<R: Clock> BulkheadLayer<R> {
     /// When full, `call` fails at once with [`Rejected::BulkheadFull`] (load shedding).
     pub fn reject(bulkhead: Bulkhead<R>) -> Self {
         Self {
@@ -39,7 +39,7 @@ impl<R: Runtime> BulkheadLayer<R> {
     }
 }
 
-impl<S, R: Runtime> Layer<S> for BulkheadLayer<R> {
+impl<S, R: Clock> Layer<S> for BulkheadLayer<R> {
     type Service = BulkheadService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -54,7 +54,7 @@ impl<S, R: Runtime> Layer<S> for BulkheadLayer<R> {
 }
 
 /// The service of a [`BulkheadLayer`]. A clone starts without a reserved slot.
-pub struct BulkheadService<S, R: Runtime> {
+pub struct BulkheadService<S, R: Clock> {
     inner: S,
     bulkhead: Bulkhead<R>,
     wait: bool,
@@ -62,7 +62,7 @@ pub struct BulkheadService<S, R: Runtime> {
     acquiring: SyncSlot<Acquiring<R>>,
 }
 
-impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
+impl<S: Clone, R: Clock> Clone for BulkheadService<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -74,7 +74,7 @@ impl<S: Clone, R: Runtime> Clone for BulkheadService<S, R> {
     }
 }
 
-impl<S, R: Runtime> std::fmt::Debug for BulkheadService<S, R> {
+impl<S, R: Clock> std::fmt::Debug for BulkheadService<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BulkheadService")
             .field("bulkhead", &self.bulkhead)
@@ -89,7 +89,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    R: Runtime,
+    R: Clock,
 {
     type Response = S::Response;
     type Error = Error<S::Error>;

@@ -8,24 +8,24 @@ use tower_service::Service;
 use super::BoxFuture;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::hedge::{Hedge, Idempotent};
-use crate::rt::Runtime;
+use crate::rt::Clock;
 
 /// Hedges every request with a [`Hedge`] policy. Apply it only to routes whose requests are
 /// idempotent: a hedge sends a clone of the request to a clone of the service. Responses are
 /// judged by the hedge's [classifier](crate::hedge::HedgeBuilder::classify).
 #[derive(Debug, Clone)]
-pub struct HedgeLayer<R: Runtime, K = DefaultClassifier> {
+pub struct HedgeLayer<R: Clock, K = DefaultClassifier> {
     hedge: Hedge<R, K>,
 }
 
-impl<R: Runtime, K> HedgeLayer<R, K> {
+impl<R: Clock, K> HedgeLayer<R, K> {
     /// A layer sharing `hedge` (its latency estimate, budget and classifier).
     pub fn new(hedge: Hedge<R, K>) -> Self {
         Self { hedge }
     }
 }
 
-impl<S, R: Runtime, K: Clone> Layer<S> for HedgeLayer<R, K> {
+impl<S, R: Clock, K: Clone> Layer<S> for HedgeLayer<R, K> {
     type Service = HedgeService<S, R, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -38,7 +38,7 @@ impl<S, R: Runtime, K: Clone> Layer<S> for HedgeLayer<R, K> {
 
 /// The service of a [`HedgeLayer`].
 #[derive(Debug, Clone)]
-pub struct HedgeService<S, R: Runtime, K = DefaultClassifier> {
+pub struct HedgeService<S, R: Clock, K = DefaultClassifier> {
     inner: S,
     hedge: Hedge<R, K>,
 }
@@ -50,7 +50,7 @@ where
     S::Response: Send + 'static,
     S::Error: Send + 'static,
     Req: Clone + Send + Sync + 'static,
-    R: Runtime,
+    R: Clock,
     K: Classify<S::Response, S::Error> + Clone + Send + Sync + 'static,
 {
     type Response = S::Response;

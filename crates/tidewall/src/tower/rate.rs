@@ -8,17 +8,17 @@ use tower_service::Service;
 
 use super::{BoxFuture, SyncSlot};
 use crate::rate::RateLimiter;
-use crate::rt::Runtime;
+use crate::rt::Clock;
 use crate::{Error, Rejected};
 
 /// Limits the call rate with a shared GCRA [`RateLimiter`].
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer<R: Runtime> {
+pub struct RateLimitLayer<R: Clock> {
     limiter: RateLimiter<R>,
     wait: bool,
 }
 
-impl<R: Runtime> RateLimitLayer<R> {
+impl<R: Clock> RateLimitLayer<R> {
     /// Over the limit, `call` fails at once with [`Rejected::RateLimited`] and its
     /// `retry_after` (map it to HTTP 429 + `Retry-After`).
     pub fn reject(limiter: RateLimiter<R>) -> Self {
@@ -37,7 +37,7 @@ impl<R: Runtime> RateLimitLayer<R> {
     }
 }
 
-impl<S, R: Runtime> Layer<S> for RateLimitLayer<R> {
+impl<S, R: Clock> Layer<S> for RateLimitLayer<R> {
     type Service = RateLimitService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -52,7 +52,7 @@ impl<S, R: Runtime> Layer<S> for RateLimitLayer<R> {
 }
 
 /// The service of a [`RateLimitLayer`]. `Clone`: every clone draws from the same limit.
-pub struct RateLimitService<S, R: Runtime> {
+pub struct RateLimitService<S, R: Clock> {
     inner: S,
     limiter: RateLimiter<R>,
     wait: bool,
@@ -60,7 +60,7 @@ pub struct RateLimitService<S, R: Runtime> {
     sleep: SyncSlot<Pin<Box<R::Sleep>>>,
 }
 
-impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
+impl<S: Clone, R: Clock> Clone for RateLimitService<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -72,7 +72,7 @@ impl<S: Clone, R: Runtime> Clone for RateLimitService<S, R> {
     }
 }
 
-impl<S, R: Runtime> std::fmt::Debug for RateLimitService<S, R> {
+impl<S, R: Clock> std::fmt::Debug for RateLimitService<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitService")
             .field("limiter", &self.limiter)
@@ -87,7 +87,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    R: Runtime,
+    R: Clock,
 {
     type Response = S::Response;
     type Error = Error<S::Error>;

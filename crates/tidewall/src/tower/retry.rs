@@ -14,7 +14,7 @@ use crate::budget::RetryBudget;
 use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
 use crate::retry::engine::{Attempts, RetryRules, Step};
 use crate::retry::{FromRetryAfter, HintSource, NoHints};
-use crate::rt::{DefaultRuntime, Runtime, instant_after};
+use crate::rt::{Clock, DefaultRuntime, instant_after};
 
 /// Retries failed calls with the same rules as [`Retry`](crate::retry::Retry) and the
 /// [`Pipeline`](crate::pipeline::Pipeline): a [`Backoff`] schedule, a
@@ -98,7 +98,7 @@ impl RetryLayer {
 
 impl<R, C, H> RetryLayer<R, C, H> {
     /// Sleeps and reads the time on `rt`.
-    pub fn runtime<R2: Runtime>(self, rt: R2) -> RetryLayer<R2, C, H> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> RetryLayer<R2, C, H> {
         RetryLayer {
             rt,
             rules: self.rules,
@@ -209,7 +209,7 @@ where
     S::Response: Send + 'static,
     S::Error: Send + 'static,
     Req: Clone + Send + 'static,
-    R: Runtime,
+    R: Clock,
     C: Classify<S::Response, S::Error> + Clone + Send + 'static,
     H: HintSource<S::Error> + Clone + Send + 'static,
 {

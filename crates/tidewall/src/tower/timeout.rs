@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{BoxFuture, SyncSlot};
-use crate::rt::{Runtime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error};
 
@@ -30,7 +30,7 @@ impl<R> TimeoutLayer<R> {
     }
 }
 
-impl<S, R: Runtime> Layer<S> for TimeoutLayer<R> {
+impl<S, R: Clock> Layer<S> for TimeoutLayer<R> {
     type Service = TimeoutService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -45,7 +45,7 @@ impl<S, R: Runtime> Layer<S> for TimeoutLayer<R> {
 }
 
 /// The service of a [`TimeoutLayer`].
-pub struct TimeoutService<S, R: Runtime> {
+pub struct TimeoutService<S, R: Clock> {
     inner: S,
     rt: R,
     timeout: Duration,
@@ -53,7 +53,7 @@ pub struct TimeoutService<S, R: Runtime> {
     sleep: SyncSlot<Pin<Box<R::Sleep>>>,
 }
 
-impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
+impl<S: Clone, R: Clock> Clone for TimeoutService<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -65,7 +65,7 @@ impl<S: Clone, R: Runtime> Clone for TimeoutService<S, R> {
     }
 }
 
-impl<S, R: Runtime> std::fmt::Debug for TimeoutService<S, R> {
+impl<S, R: Clock> std::fmt::Debug for TimeoutService<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimeoutService")
             .field("timeout", &self.timeout)
@@ -79,7 +79,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    R: Runtime,
+    R: Clock,
 {
     type Response = S::Response;
     type Error = Error<S::Error>;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tidewall::FutureExt;
 use tidewall::bulkhead::Bulkhead;
-use tidewall::rt::Runtime;
+use tidewall::rt::Clock;
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -53,7 +53,7 @@ impl Rng {
 
 /// Every slot is free once nothing runs: `available() == capacity()`, nobody queued, and
 /// exactly `capacity` permits can be taken, no more.
-pub fn assert_conserved<R: Runtime>(bulkhead: &Bulkhead<R>) {
+pub fn assert_conserved<R: Clock>(bulkhead: &Bulkhead<R>) {
     assert_eq!(
         bulkhead.available(),
         bulkhead.capacity(),
@@ -141,11 +141,7 @@ pub fn poll_limit<F: Future>(fut: F, polls: u64) -> PollLimit<F> {
 
 /// Runs `fut`, or drops it at a random point: after a random virtual time, or after a random
 /// number of polls, or not at all. `None` when it was dropped.
-pub async fn maybe_cancel<R: Runtime, F: Future>(
-    rt: &R,
-    rng_draw: u64,
-    fut: F,
-) -> Option<F::Output> {
+pub async fn maybe_cancel<R: Clock, F: Future>(rt: &R, rng_draw: u64, fut: F) -> Option<F::Output> {
     match rng_draw % 4 {
         0 => Some(fut.await),
         1 => fut.timeout_on(rt, ms(rng_draw % 97)).await.ok(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};
 use crate::ConfigError;
 use crate::rt::{
-    DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, TaskHandle,
+    DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, Signals, TaskHandle,
     instant_after,
 };
 use crate::task::{CancellationToken, ChildError, Exit, Reason, Stopped};
@@ -123,6 +123,7 @@ impl<R: Runtime> ShutdownBuilder<R> {
             }),
             trigger,
             signals: None,
+            listen: None,
         })
     }
 }
@@ -179,7 +180,11 @@ pub struct Shutdown<R: Runtime> {
     trigger: CancellationToken,
     began: Arc<Began>,
     signals: Option<ShutdownSignals>,
+    // Set by `listen_for_signals`: how to listen again for the signal that forces a stop.
+    listen: Option<Listen<R>>,
 }
+
+type Listen<R> = fn(&R) -> io::Result<ShutdownSignals>;
 
 impl<R: Runtime> std::fmt::Debug for Shutdown<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,18 +230,21 @@ enum Wake {
     Exited(usize, Exit),
 }
 
-impl<R: Runtime> Shutdown<R> {
+impl<R: Runtime + Signals> Shutdown<R> {
     /// Installs the SIGINT/SIGTERM handlers now (through the runtime seam), so that a signal
     /// from here on starts the shutdown instead of killing the process. Call it early.
     ///
     /// # Errors
     ///
-    /// The OS error, or `Unsupported` from a runtime adapter without signals.
+    /// The OS error.
     pub fn listen_for_signals(&mut self) -> io::Result<()> {
         self.signals = Some(self.rt.shutdown_signals()?);
+        self.listen = Some(<R as Signals>::shutdown_signals);
         Ok(())
     }
+}
 
+impl<R: Runtime> Shutdown<R> {
     /// The token that starts the shutdown when cancelled (its reason is the cause).
     pub fn trigger(&self) -> CancellationToken {
         self.trigger.clone()
@@ -379,6 +387,7 @@ impl<R: Runtime> Shutdown<R> {
         // the shutdown. So a SIGTERM that follows a triggered shutdown (a Kubernetes preStop
         // hook, then the kubelet's SIGTERM) only counts; the operator's next one forces.
         let mut force = Force {
+            listen: self.listen,
             signals_left: if matches!(cause, Cause::Signal(_)) {
                 1
             } else {
@@ -386,7 +395,9 @@ impl<R: Runtime> Shutdown<R> {
             },
             listener: match self.signals.take() {
                 Some(listener) => Some(listener),
-                None if matches!(cause, Cause::Signal(_)) => self.rt.shutdown_signals().ok(),
+                None if matches!(cause, Cause::Signal(_)) => {
+                    self.listen.and_then(|listen| listen(&self.rt).ok())
+                }
                 None => None,
             },
         };
@@ -487,7 +498,7 @@ async fn wait_for<R: Runtime>(
     rt: &R,
     handle: &mut JoinHandle<R, Exit>,
     until: Instant,
-    force: &mut Force,
+    force: &mut Force<R>,
 ) -> Waited {
     let mut timer = Box::pin(rt.sleep_until(until));
     poll_fn(|cx| {
@@ -503,16 +514,17 @@ async fn wait_for<R: Runtime>(
 }
 
 /// Signals still to come before a shutdown is forced, and the listener for the next one.
-struct Force {
+struct Force<R> {
     signals_left: u32,
     listener: Option<ShutdownSignals>,
+    listen: Option<Listen<R>>,
 }
 
-impl Force {
+impl<R: Runtime> Force<R> {
     /// Counts the signals delivered so far; ready once the last one needed has come. A
     /// listener that fires is replaced at once, in the same poll, so the window in which a
     /// signal can slip between two listeners is as short as it can be.
-    fn poll<R: Runtime>(&mut self, rt: &R, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(&mut self, rt: &R, cx: &mut Context<'_>) -> Poll<()> {
         while let Some(listener) = &mut self.listener {
             if listener.as_mut().poll(cx).is_pending() {
                 break;
@@ -523,7 +535,7 @@ impl Force {
                 return Poll::Ready(());
             }
             // Listen for the next one (polled at once by the loop).
-            self.listener = rt.shutdown_signals().ok();
+            self.listener = self.listen.and_then(|listen| listen(rt).ok());
         }
         Poll::Pending
     }
