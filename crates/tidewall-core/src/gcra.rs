@@ -110,6 +110,7 @@ impl Gcra {
     ///
     /// [`Denied::Wait`] with the exact wait, or [`Denied::InsufficientCapacity`] when
     /// `cells > burst` (`cells == 0` always passes and leaves the state unchanged).
+    #[inline]
     pub fn decide(&self, tat: u64, now: u64, cells: u32) -> Result<u64, Denied> {
         if cells > self.burst {
             return Err(Denied::InsufficientCapacity { burst: self.burst });

@@ -31,6 +31,7 @@ impl LimiterClock {
     }
 
     /// Nanoseconds since the limiter was built.
+    #[inline]
     pub(super) fn nanos<C: Clock>(&self, clock: &C) -> u64 {
         #[cfg(feature = "quanta")]
         if let Some((counter, origin)) = &self.tsc {

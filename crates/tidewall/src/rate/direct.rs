@@ -193,6 +193,7 @@ impl<R: Clock> RateLimiter<R> {
     /// # Errors
     ///
     /// [`Rejected::RateLimited`] with the exact `retry_after`.
+    #[inline]
     pub fn check(&self) -> Result<(), Rejected> {
         self.check_n(1)
     }
@@ -203,6 +204,7 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// [`Rejected::RateLimited`], or [`Rejected::InsufficientCapacity`] when `cells` exceeds
     /// the burst (it could never pass).
+    #[inline]
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
         self.decide(cells)
             .inspect_err(|rejected| self.shared.rejections.record(rejected))
@@ -210,6 +212,7 @@ impl<R: Clock> RateLimiter<R> {
 
     /// The decision without telemetry: waits and the pipeline's fast path count a rejection
     /// only when the caller is finally refused.
+    #[inline]
     pub(crate) fn decide(&self, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
         let now = shared.clock.nanos(&shared.rt);
