@@ -118,8 +118,10 @@ impl BreakerPolicyBuilder {
         self
     }
 
-    /// Reopen a half-open breaker whose probes have not all finished after `wait`
-    /// (`None`: wait forever for them, which a hung probe turns into a stuck breaker).
+    /// Reopen a half-open breaker whose probes have not all finished `wait` after the first of
+    /// them started (default 60 s; `None`: wait forever for them, which a hung probe turns
+    /// into a stuck breaker). A half-open breaker with no probe in flight (none taken yet, or
+    /// every one given back) never times out, however long it stays idle.
     #[must_use]
     pub fn max_half_open_wait(mut self, wait: Option<Duration>) -> Self {
         self.max_half_open_wait = wait;

@@ -207,7 +207,7 @@ impl BreakerPolicy {
         self.half_open_probes
     }
 
-    /// How long the half-open state may last before the breaker reopens.
+    /// How long probes may run, from the first in flight, before the breaker reopens.
     pub fn max_half_open_wait(&self) -> Option<Duration> {
         self.max_half_open_wait
     }

@@ -22,7 +22,9 @@
 //!   callers race, exactly the configured number get through.
 //! * **RAII permits**: a permit dropped, cancelled or unwound by a panic records nothing and a
 //!   probe gives its slot back; [`max_half_open_wait`](CircuitBreakerBuilder::max_half_open_wait)
-//!   reopens a breaker whose probes hang, so it can never stay stuck half-open.
+//!   reopens a breaker whose probes hang (measured from the first probe in flight), so it can
+//!   never stay stuck half-open; with no probe in flight it waits for the next caller however
+//!   long it stays idle.
 //! * **Generations**: every transition bumps a generation the permit carries; an outcome from
 //!   an earlier state never moves the current one.
 //!

@@ -106,12 +106,17 @@ impl<R: Clock> Shared<R> {
                 }
                 State::HalfOpen => {
                     let now = self.now();
+                    // Probes still running: admitted and not yet succeeded (a probe that gave
+                    // its slot back is no longer admitted).
+                    let in_flight = word::admitted(word).saturating_sub(word::succeeded(word));
                     let since = self.half_open_since.load(Relaxed);
                     let limit = self
                         .policy
                         .max_half_open_wait()
                         .map(|d| since.saturating_add(as_nanos(d)));
-                    if limit.is_some_and(|limit| now >= limit) {
+                    // Only a probe that hangs reopens the breaker: with none in flight, an
+                    // idle gap of any length leaves it half-open, waiting for the next caller.
+                    if in_flight > 0 && limit.is_some_and(|limit| now >= limit) {
                         self.trip(generation, TripReason::HalfOpenTimeout);
                         continue;
                     }
@@ -119,8 +124,14 @@ impl<R: Clock> Shared<R> {
                         // The probes decide soon; hint at most one base break (not the whole
                         // remaining half-open wait, which can be a minute).
                         let base = self.policy.break_duration(0, self.seed);
-                        let wait = limit.map_or(base, |l| nanos(l - now).min(base));
+                        let wait = limit.map_or(base, |l| nanos(l.saturating_sub(now)).min(base));
                         return Err(self.reject(wait));
+                    }
+                    if in_flight == 0 {
+                        // The wait for hung probes runs from the first probe in flight. Stored
+                        // before the reservation is published, so whoever sees that probe
+                        // (Acquire on the word) also sees this start.
+                        self.half_open_since.store(now, Relaxed);
                     }
                     // Reserve a slot atomically: of any number of racing callers exactly the
                     // free slots' worth win this compare-and-swap.
