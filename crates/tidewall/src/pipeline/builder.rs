@@ -55,7 +55,10 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
         self
     }
 
-    /// Starts an attempt (or a retry's sleep) only if this much time would be left for it.
+    /// Starts an attempt (or a retry's sleep) only if more than this much time would be left
+    /// for it before the deadline, the first attempt included; a wait for the limiter or the
+    /// bulkhead that would leave less is refused at once with
+    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded).
     pub fn min_attempt_time(mut self, time: Duration) -> Self {
         self.min_attempt_time = time;
         self

@@ -38,21 +38,30 @@ where
         caller: deadline,
         budget: config.budget,
     };
+    // A wait for admission must leave the first attempt its minimum time: one that could
+    // not is refused at once instead of waiting only to be refused.
     let _admitted = match config.limiter.try_admit()? {
         Some(guard) => guard,
-        None => config.limiter.admit(clock.deadline()).await?,
+        None => {
+            let until = reserving(clock.deadline(), config.min_attempt_time);
+            config.limiter.admit(until).await?
+        }
     };
     let _slot = match config.bulkhead.try_admit()? {
         Some(guard) => guard,
-        None => config.bulkhead.admit(clock.deadline()).await?,
+        None => {
+            let until = reserving(clock.deadline(), config.min_attempt_time);
+            config.bulkhead.admit(until).await?
+        }
     };
     let rules = config.retry.rules();
     let mut attempts = Attempts::default();
     loop {
-        // Before a retry, or when the caller brought a deadline, check it. The first attempt
-        // of a call with only the pipeline's own budget needs no check: that budget has not
-        // started yet.
-        if attempts.started() > 0 || deadline.instant().is_some() {
+        // Before a retry, when the caller brought a deadline, or once the pipeline's own
+        // budget has started (a wait for the limiter or the bulkhead read the clock), check
+        // it. Only a first attempt that nothing has waited before, with no caller deadline,
+        // needs no check: its budget has not started yet.
+        if attempts.started() > 0 || deadline.instant().is_some() || clock.start.is_some() {
             let before = clock.deadline();
             if !may_start(before, config.min_attempt_time, || clock.now()) {
                 return Err(Error::Rejected(Rejected::DeadlineExceeded));
@@ -111,6 +120,15 @@ where
             // started: the caller gets the real failure now instead of a pointless sleep.
             Step::Stop(_) => return last,
         }
+    }
+}
+
+/// `deadline` brought forward by `min_attempt_time`: the latest a wait may end and still leave
+/// an attempt its minimum time.
+fn reserving(deadline: Deadline, min_attempt_time: Duration) -> Deadline {
+    match deadline.instant() {
+        Some(at) => Deadline::at(at.checked_sub(min_attempt_time).unwrap_or(at)),
+        None => deadline,
     }
 }
 

@@ -16,7 +16,7 @@
 //! # With a deadline
 //!
 //! One [`Deadline`](crate::Deadline) bounds the whole operation: no attempt starts once it has
-//! passed (or with less than [`Retry::min_attempt_time`] left); a backoff sleep that would
+//! passed (or with no more than [`Retry::min_attempt_time`] left); a backoff sleep that would
 //! end past it is not slept at all, and the driver returns
 //! [`RetryError::DeadlineExceeded`] at once with the last error attached; a running attempt
 //! is cut off when the deadline arrives.
