@@ -21,7 +21,6 @@ use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::Tokio;
 use tidewall::time::Elapsed;
 use tidewall::tower::{BreakerLayer, BulkheadLayer, RateLimitLayer, TimeoutLayer, cause};
 use tidewall::{Rejected, RetryAfter};
@@ -70,7 +69,7 @@ fn app() -> Result<Router, tidewall::ConfigError> {
     let policies = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(refusal))
         .map_err(BoxError::from)
-        .layer(TimeoutLayer::new(Tokio, Duration::from_millis(300)))
+        .layer(TimeoutLayer::new(Duration::from_millis(300)))
         .layer(RateLimitLayer::reject(limiter))
         .layer(BulkheadLayer::reject(bulkhead))
         .layer(BreakerLayer::new(breaker).classify(server_errors_fail));

@@ -123,8 +123,9 @@ fn not_a_sliding_window(schedule: &Schedule) -> Option<String> {
 async fn ordered_sliding_window<R: Runtime>(rt: R) {
     let record = Record::new(&rt);
     let (rec, r) = (Arc::clone(&record), rt.clone());
-    let out: Vec<u64> = FanOut::with_runtime(rt.clone(), LIMIT)
+    let out: Vec<u64> = FanOut::new(LIMIT)
         .unwrap()
+        .runtime(rt.clone())
         .ordered()
         .run_iter(0..INPUTS, move |i| {
             timed_input(r.clone(), Arc::clone(&rec), i)
@@ -189,8 +190,9 @@ fn a_chunked_fan_out_fails_the_sliding_window_check_on_every_runtime() {
 async fn unordered_keeps_working_while_the_consumer_is_busy<R: Runtime>(rt: R) {
     let gauge = Arc::new(Gauge::default());
     let (g, r) = (Arc::clone(&gauge), rt.clone());
-    let mut results = FanOut::with_runtime(rt.clone(), 4)
+    let mut results = FanOut::new(4)
         .unwrap()
+        .runtime(rt.clone())
         .run_iter(0..12u32, move |i| {
             let (g, r) = (Arc::clone(&g), r.clone());
             async move {
@@ -226,8 +228,9 @@ async fn fail_fast_cancels_the_rest<R: Runtime>(rt: R) {
     let gauge = Arc::new(Gauge::default());
     let (g, r) = (Arc::clone(&gauge), rt.clone());
     let start = rt.now();
-    let results: Vec<_> = FanOut::with_runtime(rt.clone(), 5)
+    let results: Vec<_> = FanOut::new(5)
         .unwrap()
+        .runtime(rt.clone())
         .try_run_iter(0..1000u32, move |i| {
             let (g, r) = (Arc::clone(&g), r.clone());
             async move {
@@ -255,8 +258,9 @@ async fn fail_fast_cancels_the_rest<R: Runtime>(rt: R) {
         "the other tasks were aborted"
     );
 
-    let panicked: Vec<_> = FanOut::with_runtime(rt.clone(), 2)
+    let panicked: Vec<_> = FanOut::new(2)
         .unwrap()
+        .runtime(rt.clone())
         .try_run_iter(0..10u32, |i| async move {
             assert!(i != 1, "worker crashed");
             Ok::<_, ()>(i)
@@ -280,8 +284,9 @@ fn fail_fast_on_every_runtime() {
 }
 
 async fn collect_all_surfaces_panics_as_values<R: Runtime>(rt: R) {
-    let results: Vec<_> = FanOut::with_runtime(rt, 3)
+    let results: Vec<_> = FanOut::new(3)
         .unwrap()
+        .runtime(rt)
         .run_iter(0..9u32, |i| async move {
             assert!(i % 4 != 1, "crash on {i}");
             i
@@ -304,7 +309,7 @@ async fn abort_delivers_what_already_arrived<R: Runtime>(rt: R) {
     for ordered in [false, true] {
         let gauge = Arc::new(Gauge::default());
         let (g, r) = (Arc::clone(&gauge), rt.clone());
-        let fan_out = FanOut::with_runtime(rt.clone(), 4).unwrap();
+        let fan_out = FanOut::new(4).unwrap().runtime(rt.clone());
         let fan_out = if ordered { fan_out.ordered() } else { fan_out };
         // Input 0 is the slowest: an ordered fan-out holds 1 and 2 behind it.
         let mut results = std::pin::pin!(fan_out.run_iter([4u64, 2, 1, 5], move |secs| {
@@ -349,8 +354,9 @@ async fn slow_consumer_pauses_the_producer<R: Runtime>(rt: R) {
     let inputs = futures_util::stream::iter(0..1000u32).inspect(move |_| {
         p.fetch_add(1, SeqCst);
     });
-    let mut results = FanOut::with_runtime(rt.clone(), 8)
+    let mut results = FanOut::new(8)
         .unwrap()
+        .runtime(rt.clone())
         .run(inputs, |i| async move { i });
     for consumed in 1..=20 {
         results.next().await.unwrap().unwrap();

@@ -582,7 +582,7 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     let inner = RetryLayer::new(backoff(3, ms(2)))
         .runtime(rt.clone())
         .layer(inner);
-    let svc = TimeoutLayer::new(rt.clone(), ms(80)).layer(inner);
+    let svc = TimeoutLayer::new(ms(80)).runtime(rt.clone()).layer(inner);
     let mut rng = Rng(0x57AC);
     storm(&rt, &svc, &mut rng, 150, 20).await;
     assert_eq!(gauge.now(), 0);
@@ -1177,7 +1177,7 @@ async fn tower_timeout_budget_is_per_request_after_idle_gaps<R: Runtime>(rt: Clo
         .unwrap();
     let gauge = Gauge::default();
     let inner = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
-    let svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
+    let svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
     for gap in support::AGES {
         let hog = bulkhead.try_acquire_owned().unwrap();
         let release = rt.spawn({

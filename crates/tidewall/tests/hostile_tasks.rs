@@ -327,7 +327,7 @@ async fn fan_out_inside_a_pipeline_op<R: Runtime>(rt: Clocked<R>) {
             let call = pipeline.call(|| {
                 let (gauge, clock) = (gauge.clone(), clock.clone());
                 async move {
-                    let fan = FanOut::with_runtime(clock.clone(), 3).unwrap();
+                    let fan = FanOut::new(3).unwrap().runtime(clock.clone());
                     let mut results = std::pin::pin!(fan.run_iter(0..40u64, move |n| {
                         let (gauge, clock) = (gauge.clone(), clock.clone());
                         async move {

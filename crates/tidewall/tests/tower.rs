@@ -96,7 +96,9 @@ async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
         ready_after: ms(200),
         ..service(&rt, |()| async { Ok::<_, ()>(()) })
     };
-    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(slow_ready);
+    let mut svc = TimeoutLayer::new(ms(100))
+        .runtime(rt.clone())
+        .layer(slow_ready);
     let start = rt.now();
     assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Err(Error::TimedOut));
     assert_eq!(
@@ -117,7 +119,7 @@ async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
             }
         })
     };
-    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
+    let mut svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
     let start = rt.now();
     assert_eq!(ready_and_call(&mut svc, ()).await, Err(Error::TimedOut));
     assert_eq!(rt.now() - start, ms(100));
@@ -338,7 +340,7 @@ async fn timeout_starts_when_readiness_waits<R: Runtime>(rt: Clocked<R>) {
             Ok::<_, ()>(())
         }
     });
-    let mut svc = TimeoutLayer::new(rt.clone(), ms(100)).layer(inner);
+    let mut svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
     poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     rt.sleep(ms(500)).await;
     assert_eq!(svc.call(()).await, Ok(()));

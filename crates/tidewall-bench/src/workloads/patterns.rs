@@ -57,7 +57,9 @@ async fn on<R: Runtime + Clone>(
     let elapsed = match pattern {
         Pattern::FanOut => {
             let start = Instant::now();
-            let mut results = FanOut::with_runtime(rt, 64)?.run_iter(0..n, |i| async move { i });
+            let mut results = FanOut::new(64)?
+                .runtime(rt)
+                .run_iter(0..n, |i| async move { i });
             while let Some(result) = results.next().await {
                 sum += result.ok().context("a fan-out task panicked")?;
                 count += 1;

@@ -294,7 +294,7 @@ async fn bounded_fan_out<R: Net>(
     let limit = 50;
     let mut s = Section::new(
         "bounded fan-out (10 ms endpoint)",
-        "FanOut::with_runtime(rt, 50)?.run_iter(..)",
+        "FanOut::new(50)?.runtime(rt).run_iter(..)",
     );
     // Requests abandoned by earlier scenarios (the race's loser, the timed-out call) may still
     // be sleeping on the server; let them finish so the peak below is this scenario's alone.
@@ -302,8 +302,9 @@ async fn bounded_fan_out<R: Net>(
     server.stats.reset_peak();
     let before = server.stats.requests();
     let start = Instant::now();
-    let fan_out =
-        tidewall::fan_out::FanOut::with_runtime(rt.clone(), limit).expect("a non-zero limit");
+    let fan_out = tidewall::fan_out::FanOut::new(limit)
+        .expect("a non-zero limit")
+        .runtime(rt.clone());
     let client = client.clone();
     let taken = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&taken);
@@ -442,8 +443,9 @@ mod tests {
 
     async fn windows<R: Runtime>(rt: R) -> (Vec<usize>, Vec<usize>) {
         let taken = Arc::new(AtomicUsize::new(0));
-        let sliding = FanOut::with_runtime(rt.clone(), LIMIT)
+        let sliding = FanOut::new(LIMIT)
             .unwrap()
+            .runtime(rt.clone())
             .run_iter(0..INPUTS, counted(&taken));
         let (results, sliding) = drain_watching_window(sliding, &taken, INPUTS).await;
         assert_eq!(results.len(), INPUTS);

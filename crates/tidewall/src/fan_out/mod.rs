@@ -75,35 +75,37 @@ pub struct FanOut<R = crate::rt::DefaultRuntime> {
     order: Order,
 }
 
-#[cfg(feature = "tokio")]
-impl FanOut<crate::rt::Tokio> {
-    /// At most `limit` inputs in flight, on tokio.
+impl FanOut {
+    /// At most `limit` inputs in flight, on the default runtime (choose another with
+    /// [`runtime`](Self::runtime)).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Zero`] when `limit` is 0 (which could never make progress).
     pub fn new(limit: usize) -> Result<Self, ConfigError> {
-        Self::with_runtime(crate::rt::Tokio, limit)
-    }
-}
-
-impl<R: Runtime> FanOut<R> {
-    /// At most `limit` inputs in flight, on `rt`.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Zero`] when `limit` is 0.
-    pub fn with_runtime(rt: R, limit: usize) -> Result<Self, ConfigError> {
         if limit == 0 {
             return Err(ConfigError::Zero { field: "limit" });
         }
         Ok(Self {
-            rt,
+            rt: crate::rt::DefaultRuntime::default(),
             limit,
             order: Order::Completion,
         })
     }
+}
 
+impl<R> FanOut<R> {
+    /// Spawns on `rt`.
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> FanOut<R2> {
+        FanOut {
+            rt,
+            limit: self.limit,
+            order: self.order,
+        }
+    }
+}
+
+impl<R: Runtime> FanOut<R> {
     /// Delivers results in input order (default: completion order).
     pub fn ordered(mut self) -> Self {
         self.order = Order::Input;

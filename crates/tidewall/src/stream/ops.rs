@@ -175,7 +175,7 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        Ok(FanOut::with_runtime(rt, limit)?.ordered().run(self, f))
+        Ok(FanOut::new(limit)?.runtime(rt).ordered().run(self, f))
     }
 
     /// Like [`par_map_on`](Self::par_map_on), delivering in completion order.
@@ -195,7 +195,7 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        Ok(FanOut::with_runtime(rt, limit)?.run(self, f))
+        Ok(FanOut::new(limit)?.runtime(rt).run(self, f))
     }
 
     /// [`par_map_on`](Self::par_map_on) on tokio.

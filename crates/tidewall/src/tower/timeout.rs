@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{BoxFuture, SyncSlot};
-use crate::rt::{Clock, instant_after};
+use crate::rt::{Clock, DefaultRuntime, instant_after};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error};
 
@@ -17,16 +17,47 @@ use crate::{Deadline, Error};
 /// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
 /// the service was ready at once); if readiness takes too long, `poll_ready` fails with
 /// [`Error::TimedOut`], and the call gets only what is left.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::Error;
+/// use tidewall::tower::TimeoutLayer;
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let slow = tower::service_fn(|(): ()| async {
+///     tokio::time::sleep(Duration::from_secs(5)).await;
+///     Ok::<_, std::convert::Infallible>("late")
+/// });
+/// let mut service = TimeoutLayer::new(Duration::from_millis(300)).layer(slow);
+/// assert!(matches!(service.call(()).await, Err(Error::TimedOut)));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
-pub struct TimeoutLayer<R> {
+pub struct TimeoutLayer<R = DefaultRuntime> {
     rt: R,
     timeout: Duration,
 }
 
+impl TimeoutLayer {
+    /// `timeout` per request, on the default runtime's clock.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            rt: DefaultRuntime::default(),
+            timeout,
+        }
+    }
+}
+
 impl<R> TimeoutLayer<R> {
-    /// `timeout` per request on `rt`'s clock.
-    pub fn new(rt: R, timeout: Duration) -> Self {
-        Self { rt, timeout }
+    /// Times requests on `rt`'s clock.
+    pub fn runtime<R2: Clock>(self, rt: R2) -> TimeoutLayer<R2> {
+        TimeoutLayer {
+            rt,
+            timeout: self.timeout,
+        }
     }
 }
 
