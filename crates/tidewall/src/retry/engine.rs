@@ -15,12 +15,20 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Whether an attempt needing `min_attempt_time` may start before `deadline`; reads the clock
 /// only when there is a deadline. (A pipeline without a retry stage checks this alone.)
+#[inline]
 pub(crate) fn may_start(
     deadline: Deadline,
     min_attempt_time: Duration,
     now: impl FnOnce() -> Instant,
 ) -> bool {
     deadline.instant().is_none() || deadline.allows(now(), min_attempt_time)
+}
+
+/// Out of line: only calls with a budget pay for its code, so the plain retry's first poll
+/// stays small enough to inline.
+#[inline(never)]
+fn deposit(budget: &RetryBudget, now: Instant) {
+    budget.deposit(now);
 }
 
 /// What every front shares: the schedule, the budget, the hint cap and the minimum time an
@@ -44,6 +52,7 @@ pub(crate) struct Attempts {
 
 impl Attempts {
     /// Attempts started so far.
+    #[inline]
     pub(crate) fn started(&self) -> u32 {
         self.started
     }
@@ -73,6 +82,7 @@ pub(crate) enum Stop {
 
 impl RetryRules {
     /// Rules with the defaults every front starts from.
+    #[inline]
     pub(crate) fn new(backoff: Backoff) -> Self {
         Self {
             backoff,
@@ -85,16 +95,18 @@ impl RetryRules {
 
     /// Whether an attempt may start: the deadline leaves it its minimum time. Reads the clock
     /// only when there is a deadline.
+    #[inline]
     pub(crate) fn may_start(&self, deadline: Deadline, now: impl FnOnce() -> Instant) -> bool {
         may_start(deadline, self.min_attempt_time, now)
     }
 
     /// Counts an attempt as started; the first one of a call deposits into the budget.
+    #[inline]
     pub(crate) fn begin(&self, attempts: &mut Attempts, now: impl FnOnce() -> Instant) {
         if attempts.started == 0
             && let Some(budget) = &self.budget
         {
-            budget.deposit(now());
+            deposit(budget, now());
         }
         attempts.started = attempts.started.saturating_add(1);
     }
@@ -138,6 +150,7 @@ impl RetryRules {
     /// Whether a failure of the next attempt could still be retried: the schedule has a
     /// delay left and the budget a retry in it. Lets a front skip work (cloning a request)
     /// that only a retry needs.
+    #[cfg(feature = "tower")]
     pub(crate) fn retry_possible(
         &self,
         attempts: &mut Attempts,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 use std::io;
 use std::pin::Pin;
 
