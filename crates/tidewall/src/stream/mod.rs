@@ -94,14 +94,14 @@ fn zeroed_buffer(field: &'static str, len: usize) -> Result<Vec<u8>, ConfigError
 }
 
 use crate::ConfigError;
-use crate::rt::Runtime;
+use crate::rt::{Clock, Runtime};
 
 /// Ticks every `period` on `rt`, with the given missed-tick behaviour. See [`Interval`].
 ///
 /// # Errors
 ///
 /// [`ConfigError::Zero`] for a zero period.
-pub fn interval_on<R: Runtime>(
+pub fn interval_on<R: Clock>(
     rt: R,
     period: Duration,
     missed: MissedTicks,

@@ -12,7 +12,7 @@ use super::par_map::{ParMap, ParMapLocal};
 use crate::ConfigError;
 use crate::fan_out::FanOut;
 use crate::rate::RateLimiter;
-use crate::rt::Runtime;
+use crate::rt::{Clock, Runtime};
 
 /// Operators for any [`Stream`]: `use tidewall::stream::StreamOps as _;`.
 ///
@@ -27,7 +27,7 @@ pub trait StreamOps: Stream + Sized {
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a zero `max_items` or `max_wait`.
-    fn batch_on<R: Runtime>(
+    fn batch_on<R: Clock>(
         self,
         rt: R,
         max_items: usize,
@@ -74,7 +74,7 @@ pub trait StreamOps: Stream + Sized {
         max_wait: Duration,
     ) -> Result<Batch<Self, W, R>, ConfigError>
     where
-        R: Runtime,
+        R: Clock,
         W: FnMut(&Self::Item) -> u64,
     {
         Batch::new(self, rt, weigh, max_weight, max_wait)
@@ -103,7 +103,7 @@ pub trait StreamOps: Stream + Sized {
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a zero period.
-    fn throttle_on<R: Runtime>(
+    fn throttle_on<R: Clock>(
         self,
         rt: R,
         period: Duration,
@@ -123,7 +123,7 @@ pub trait StreamOps: Stream + Sized {
 
     /// Delivers items as a GCRA [`RateLimiter`] admits them: bursts up to its burst, then
     /// its rate. The same limiter can pace several streams and callers. See [`RateLimit`].
-    fn rate_limit<R: Runtime>(self, limiter: RateLimiter<R>) -> RateLimit<Self, R> {
+    fn rate_limit<R: Clock>(self, limiter: RateLimiter<R>) -> RateLimit<Self, R> {
         RateLimit::new(self, limiter)
     }
 
@@ -134,7 +134,7 @@ pub trait StreamOps: Stream + Sized {
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a zero timeout.
-    fn timeout_each_on<R: Runtime>(
+    fn timeout_each_on<R: Clock>(
         self,
         rt: R,
         timeout: Duration,
