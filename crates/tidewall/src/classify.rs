@@ -55,12 +55,14 @@ pub enum Verdict {
 impl Verdict {
     /// Whether another attempt is worth making.
     #[must_use]
+    #[inline]
     pub fn is_retryable(self) -> bool {
         self == Self::RetryableFailure
     }
 
     /// How a circuit breaker counts it.
     #[must_use]
+    #[inline]
     pub fn breaker_outcome(self) -> Outcome {
         match self {
             Self::Success => Outcome::Success,

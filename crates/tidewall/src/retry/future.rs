@@ -39,6 +39,8 @@ impl<T, E> Failure<T, E> {
 }
 
 /// The result when the deadline ends the operation: a retryable value is still a value.
+#[cold]
+#[inline(never)]
 fn deadline_exceeded<T, E>(last: Option<Failure<T, E>>, attempts: u32) -> Result<T, RetryError<E>> {
     match last {
         Some(Failure::Value(v)) => Ok(v),
@@ -105,9 +107,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let config = this.config;
-        let settings: &Settings = &config.settings;
-        let rules = &settings.rules;
         loop {
+            let settings: &Settings = &config.settings;
+            let rules = &settings.rules;
             let (verdict, failure) = match this.state.as_mut().project() {
                 StateProj::Idle => {
                     if !rules.may_start(settings.deadline, || config.rt.now()) {
@@ -116,16 +118,25 @@ where
                             this.attempts.started(),
                         ));
                     }
-                    // The clock is read only when a timeout needs it.
-                    let timer_at = earliest(
-                        settings
-                            .attempt_timeout
-                            .map(|t| instant_after(config.rt.now(), t)),
-                        settings.deadline.instant(),
-                    );
+                    // The clock is read, and a timer armed, only when a timeout needs it.
+                    let timer_at = if settings.attempt_timeout.is_some()
+                        || settings.deadline.instant().is_some()
+                    {
+                        earliest(
+                            settings
+                                .attempt_timeout
+                                .map(|t| instant_after(config.rt.now(), t)),
+                            settings.deadline.instant(),
+                        )
+                    } else {
+                        None
+                    };
                     rules.begin(this.attempts, || config.rt.now());
                     let future = (config.op)();
-                    this.timer.set(timer_at.map(|at| config.rt.sleep_until(at)));
+                    // The slot is empty here: every path into `Idle` clears it.
+                    if let Some(at) = timer_at {
+                        arm(this.timer.as_mut(), &config.rt, at);
+                    }
                     this.state.set(State::Attempt { future });
                     continue;
                 }
@@ -133,15 +144,22 @@ where
                     if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
                         ready!(sleep.poll(cx));
                     }
+                    this.timer.set(None);
                     this.state.set(State::Idle);
                     continue;
                 }
                 StateProj::Attempt { future } => match future.poll(cx) {
-                    Poll::Ready(Ok(value)) => {
-                        (config.classify.classify(Ok(&value)), Failure::Value(value))
-                    }
-                    Poll::Ready(Err(error)) => {
-                        (config.classify.classify(Err(&error)), Failure::Error(error))
+                    Poll::Ready(result) => {
+                        let verdict = config.classify.classify(result.as_ref());
+                        if !verdict.is_retryable() {
+                            // What the engine answers for any verdict but a retryable failure
+                            // (`Stop::Final`), without building the failure first.
+                            return Poll::Ready(result.map_err(RetryError::Inner));
+                        }
+                        match result {
+                            Ok(value) => (verdict, Failure::Value(value)),
+                            Err(error) => (verdict, Failure::Error(error)),
+                        }
                     }
                     Poll::Pending => {
                         let Some(timer) = this.timer.as_mut().as_pin_mut() else {
@@ -161,37 +179,68 @@ where
             };
             this.state.set(State::Idle);
             this.timer.set(None);
-
-            let hint = match &failure {
-                Failure::Error(error) if verdict.is_retryable() => config.hints.hint(error),
-                _ => None,
+            let delay = match after_failure(config, this.attempts, this.last, verdict, failure) {
+                Ok(delay) => delay,
+                Err(output) => return Poll::Ready(output),
             };
-            let delay = match rules.after(this.attempts, verdict, hint, settings.deadline, || {
-                config.rt.now()
-            }) {
-                Step::Retry(delay) => delay,
-                Step::Stop(Stop::Deadline) => {
-                    // The sleep would end too late for another attempt: do not sleep at all.
-                    return Poll::Ready(deadline_exceeded(Some(failure), this.attempts.started()));
-                }
-                Step::Stop(Stop::Final | Stop::Exhausted | Stop::BudgetSpent) => {
-                    return Poll::Ready(failure.exhausted());
-                }
-            };
-            let event = RetryEvent {
-                attempt: this.attempts.started(),
-                outcome: failure.outcome(),
-                delay,
-                hint,
-            };
-            config.notify.notify(&event);
-            *this.last = Some(failure);
             if !delay.is_zero() {
                 this.timer.set(Some(config.rt.sleep(delay)));
                 this.state.set(State::Sleeping);
             }
         }
     }
+}
+
+/// Asks the engine what follows a failed attempt: the delay before the next one (after notifying
+/// it), or the call's result. Kept out of `poll` so the success path stays small enough to be
+/// inlined where the future is awaited.
+#[inline(never)]
+fn after_failure<Op, R, C, N, H, T, E>(
+    config: &mut Retry<Op, R, C, N, H>,
+    attempts: &mut Attempts,
+    last: &mut Option<Failure<T, E>>,
+    verdict: Verdict,
+    failure: Failure<T, E>,
+) -> Result<std::time::Duration, Result<T, RetryError<E>>>
+where
+    R: Clock,
+    N: Notify<T, E>,
+    H: HintSource<E>,
+{
+    let settings = &config.settings;
+    let hint = match &failure {
+        Failure::Error(error) if verdict.is_retryable() => config.hints.hint(error),
+        _ => None,
+    };
+    let rt = &config.rt;
+    let delay = match settings
+        .rules
+        .after(attempts, verdict, hint, settings.deadline, || rt.now())
+    {
+        Step::Retry(delay) => delay,
+        Step::Stop(Stop::Deadline) => {
+            // The sleep would end too late for another attempt: do not sleep at all.
+            return Err(deadline_exceeded(Some(failure), attempts.started()));
+        }
+        Step::Stop(Stop::Final | Stop::Exhausted | Stop::BudgetSpent) => {
+            return Err(failure.exhausted());
+        }
+    };
+    let event = RetryEvent {
+        attempt: attempts.started(),
+        outcome: failure.outcome(),
+        delay,
+        hint,
+    };
+    config.notify.notify(&event);
+    *last = Some(failure);
+    Ok(delay)
+}
+
+/// Arms the attempt's timer; out of line so a retry without timeouts keeps a small `poll`.
+#[inline(never)]
+fn arm<R: Clock>(mut slot: Pin<&mut Option<R::Sleep>>, rt: &R, at: Instant) {
+    slot.set(Some(rt.sleep_until(at)));
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
