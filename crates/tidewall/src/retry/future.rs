@@ -104,78 +104,133 @@ where
 {
     type Output = Result<T, RetryError<E>>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The common case, kept small so it inlines where the retry is awaited: the first
+        // attempt of a retry with no timer to arm, answered without a retryable failure.
+        let this = self.as_mut().project();
+        let settings = &this.config.settings;
+        let untimed = settings.attempt_timeout.is_none() && settings.deadline.instant().is_none();
+        if untimed && this.attempts.started() == 0 && matches!(*this.state, State::Idle) {
+            let (config, mut state) = (this.config, this.state);
+            config
+                .settings
+                .rules
+                .begin(this.attempts, || config.rt.now());
+            state.set(State::Attempt {
+                future: (config.op)(),
+            });
+            let StateProj::Attempt { future } = state.as_mut().project() else {
+                unreachable!("the attempt was just set")
+            };
+            let Poll::Ready(result) = future.poll(cx) else {
+                return Poll::Pending;
+            };
+            let verdict = config.classify.classify(result.as_ref());
+            if !verdict.is_retryable() {
+                return Poll::Ready(result.map_err(RetryError::Inner));
+            }
+            let failure = match result {
+                Ok(value) => Failure::Value(value),
+                Err(error) => Failure::Error(error),
+            };
+            return self.poll_slow(cx, Some((verdict, failure)));
+        }
+        self.poll_slow(cx, None)
+    }
+}
+
+impl<Op, Fut, R, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E>
+where
+    Op: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Clock,
+    C: Classify<T, E>,
+    N: Notify<T, E>,
+    H: HintSource<E>,
+{
+    /// Every other step: later attempts, timeouts, the deadline, retries and their sleeps.
+    /// `settled` is an attempt the fast path already ran to a retryable failure.
+    #[inline(never)]
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut settled: Option<(Verdict, Failure<T, E>)>,
+    ) -> Poll<Result<T, RetryError<E>>> {
         let mut this = self.project();
         let config = this.config;
         loop {
             let settings: &Settings = &config.settings;
             let rules = &settings.rules;
-            let (verdict, failure) = match this.state.as_mut().project() {
-                StateProj::Idle => {
-                    if !rules.may_start(settings.deadline, || config.rt.now()) {
-                        return Poll::Ready(deadline_exceeded(
-                            this.last.take(),
-                            this.attempts.started(),
-                        ));
-                    }
-                    // The clock is read, and a timer armed, only when a timeout needs it.
-                    let timer_at = if settings.attempt_timeout.is_some()
-                        || settings.deadline.instant().is_some()
-                    {
-                        earliest(
-                            settings
-                                .attempt_timeout
-                                .map(|t| instant_after(config.rt.now(), t)),
-                            settings.deadline.instant(),
-                        )
-                    } else {
-                        None
-                    };
-                    rules.begin(this.attempts, || config.rt.now());
-                    let future = (config.op)();
-                    // The slot is empty here: every path into `Idle` clears it.
-                    if let Some(at) = timer_at {
-                        arm(this.timer.as_mut(), &config.rt, at);
-                    }
-                    this.state.set(State::Attempt { future });
-                    continue;
-                }
-                StateProj::Sleeping => {
-                    if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
-                        ready!(sleep.poll(cx));
-                    }
-                    this.timer.set(None);
-                    this.state.set(State::Idle);
-                    continue;
-                }
-                StateProj::Attempt { future } => match future.poll(cx) {
-                    Poll::Ready(result) => {
-                        let verdict = config.classify.classify(result.as_ref());
-                        if !verdict.is_retryable() {
-                            // What the engine answers for any verdict but a retryable failure
-                            // (`Stop::Final`), without building the failure first.
-                            return Poll::Ready(result.map_err(RetryError::Inner));
-                        }
-                        match result {
-                            Ok(value) => (verdict, Failure::Value(value)),
-                            Err(error) => (verdict, Failure::Error(error)),
-                        }
-                    }
-                    Poll::Pending => {
-                        let Some(timer) = this.timer.as_mut().as_pin_mut() else {
-                            return Poll::Pending;
-                        };
-                        ready!(timer.poll(cx));
-                        if settings.deadline.is_expired(config.rt.now()) {
-                            this.state.set(State::Idle);
+            let (verdict, failure) = if let Some(settled) = settled.take() {
+                settled
+            } else {
+                match this.state.as_mut().project() {
+                    StateProj::Idle => {
+                        if !rules.may_start(settings.deadline, || config.rt.now()) {
                             return Poll::Ready(deadline_exceeded(
                                 this.last.take(),
                                 this.attempts.started(),
                             ));
                         }
-                        (Verdict::RetryableFailure, Failure::TimedOut)
+                        // The clock is read, and a timer armed, only when a timeout needs it.
+                        let timer_at = if settings.attempt_timeout.is_some()
+                            || settings.deadline.instant().is_some()
+                        {
+                            earliest(
+                                settings
+                                    .attempt_timeout
+                                    .map(|t| instant_after(config.rt.now(), t)),
+                                settings.deadline.instant(),
+                            )
+                        } else {
+                            None
+                        };
+                        rules.begin(this.attempts, || config.rt.now());
+                        let future = (config.op)();
+                        // The slot is empty here: every path into `Idle` clears it.
+                        if let Some(at) = timer_at {
+                            arm(this.timer.as_mut(), &config.rt, at);
+                        }
+                        this.state.set(State::Attempt { future });
+                        continue;
                     }
-                },
+                    StateProj::Sleeping => {
+                        if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
+                            ready!(sleep.poll(cx));
+                        }
+                        this.timer.set(None);
+                        this.state.set(State::Idle);
+                        continue;
+                    }
+                    StateProj::Attempt { future } => match future.poll(cx) {
+                        Poll::Ready(result) => {
+                            let verdict = config.classify.classify(result.as_ref());
+                            if !verdict.is_retryable() {
+                                // What the engine answers for any verdict but a retryable failure
+                                // (`Stop::Final`), without building the failure first.
+                                return Poll::Ready(result.map_err(RetryError::Inner));
+                            }
+                            match result {
+                                Ok(value) => (verdict, Failure::Value(value)),
+                                Err(error) => (verdict, Failure::Error(error)),
+                            }
+                        }
+                        Poll::Pending => {
+                            let Some(timer) = this.timer.as_mut().as_pin_mut() else {
+                                return Poll::Pending;
+                            };
+                            ready!(timer.poll(cx));
+                            if settings.deadline.is_expired(config.rt.now()) {
+                                this.state.set(State::Idle);
+                                return Poll::Ready(deadline_exceeded(
+                                    this.last.take(),
+                                    this.attempts.started(),
+                                ));
+                            }
+                            (Verdict::RetryableFailure, Failure::TimedOut)
+                        }
+                    },
+                }
             };
             this.state.set(State::Idle);
             this.timer.set(None);
