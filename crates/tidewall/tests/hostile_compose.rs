@@ -107,7 +107,8 @@ async fn full_pipeline_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(ms(400))
             .rate_limit(limiter)
             .bulkhead(bulkhead.clone())
@@ -140,13 +141,16 @@ async fn full_pipeline_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
 
     // Not stuck half-open: after the break, successes close the breaker.
     rt.sleep(Duration::from_secs(1)).await;
+    // The state before and after each call, for the failure message.
+    let mut trail = vec![breaker.state()];
     for _ in 0..4 {
         let r = pipeline
             .call(|| work(rt.clone(), gauge.clone(), ms(1), false))
             .await;
-        assert_eq!(r, Ok(1), "breaker state {:?}", breaker.state());
+        trail.push(breaker.state());
+        assert_eq!(r, Ok(1), "breaker states {trail:?}");
     }
-    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.state(), State::Closed, "breaker states {trail:?}");
     assert_conserved(&bulkhead);
 }
 
@@ -164,7 +168,8 @@ async fn pipeline_reject_when_full_capacity_one<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .bulkhead(bulkhead.clone())
             .retry(backoff(2, ms(1)))
             .build()
@@ -229,7 +234,8 @@ async fn nested_pipelines_under_random_cancellation<R: Runtime>(rt: Clocked<R>) 
         .build()
         .unwrap();
     let inner = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .bulkhead(inner_bh.clone())
             .retry(backoff(2, ms(2)))
             .breaker(breaker.clone())
@@ -237,7 +243,8 @@ async fn nested_pipelines_under_random_cancellation<R: Runtime>(rt: Clocked<R>) 
             .unwrap(),
     );
     let outer = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(ms(250))
             .bulkhead(outer_bh.clone())
             .retry(backoff(3, ms(3)))
@@ -305,7 +312,8 @@ async fn hedges_inside_a_bulkhead_inside_a_pipeline<R: Runtime>(rt: Clocked<R>) 
         .build()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(ms(120))
             .retry(backoff(2, ms(1)))
             .build()
@@ -589,12 +597,15 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     assert!(gauge.most() <= 2);
     rt.sleep(Duration::from_secs(1)).await;
     let mut svc = svc;
+    // The state before and after each call, for the failure message.
+    let mut trail = vec![breaker.state()];
     for _ in 0..3 {
         let s = svc.ready().await.unwrap();
         let r = s.call(4).await;
-        assert!(r.is_ok(), "breaker {:?}: {r:?}", breaker.state());
+        trail.push(breaker.state());
+        assert!(r.is_ok(), "breaker states {trail:?}: {r:?}");
     }
-    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.state(), State::Closed, "breaker states {trail:?}");
     drop(svc);
     assert_conserved(&bulkhead);
 }
@@ -817,25 +828,29 @@ fn builders_given_extreme_values_return_typed_errors_or_faithful_values() {
     assert!(hedge(hb().max_hedges(u32::MAX)).is_ok());
 
     // Pipeline.
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::MAX)
         .build();
     assert!(
         matches!(p, Err(ConfigError::DurationOverflow { .. })),
         "{p:?}"
     );
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::ZERO)
         .build();
     assert!(matches!(p, Err(ConfigError::Zero { .. })), "{p:?}");
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .attempt_timeout(Duration::MAX)
         .build();
     assert!(
         matches!(p, Err(ConfigError::DurationOverflow { .. })),
         "{p:?}"
     );
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .attempt_timeout(Duration::ZERO)
         .build();
     assert!(matches!(p, Err(ConfigError::Zero { .. })), "{p:?}");
@@ -910,7 +925,8 @@ async fn huge_bulkhead_in_a_pipeline<R: Runtime>(rt: Clocked<R>) {
     let Ok(bulkhead) = Bulkhead::builder(usize::MAX).runtime(rt.clone()).build() else {
         return;
     };
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .bulkhead(bulkhead.clone())
         .build()
         .unwrap();
@@ -982,7 +998,8 @@ async fn unvalidated_huge_durations_do_not_panic<R: Runtime>(rt: Clocked<R>) {
     );
     assert_eq!(rt.now(), start);
 
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(backoff(2, ms(1)))
         .max_retry_after(Duration::MAX)
         .build()
@@ -1013,7 +1030,8 @@ fn huge_unvalidated_durations_saturate_instead_of_panicking_on_every_runtime() {
 #[test]
 fn a_pipeline_min_attempt_time_beyond_u64_nanoseconds_is_refused() {
     let rt = Clocked::new(tidewall::rt::Tokio);
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::from_secs(1))
         .min_attempt_time(Duration::MAX)
         .build();
@@ -1027,7 +1045,8 @@ fn a_pipeline_min_attempt_time_beyond_u64_nanoseconds_is_refused() {
 // A pipeline given the largest min_attempt_time its builder accepts (u64::MAX nanoseconds)
 // must not panic when called.
 async fn a_huge_min_attempt_time_refuses_without_panicking<R: Runtime>(rt: Clocked<R>) {
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::from_secs(1))
         .retry(backoff(3, ms(1)))
         .min_attempt_time(Duration::from_nanos(u64::MAX))
@@ -1061,7 +1080,8 @@ async fn pipeline_rate_limit_is_exact_and_calls_keep_their_deadline<R: Runtime>(
         .unwrap();
     let deadline = ms(150);
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(deadline)
             .rate_limit(limiter)
             .bulkhead(bulkhead.clone())
