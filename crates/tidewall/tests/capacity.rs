@@ -25,7 +25,8 @@ async fn pipeline_bulkhead_limits_concurrency<R: Runtime>(rt: Clocked<R>, cancel
         .build()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .bulkhead(bulkhead.clone())
             .build()
             .unwrap(),

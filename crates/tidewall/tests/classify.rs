@@ -78,7 +78,8 @@ async fn call_through<R: Runtime>(
                 .await;
         }
         BreakerFront::Pipeline => {
-            let pipeline = Pipeline::builder_on(rt.clone())
+            let pipeline = Pipeline::builder()
+                .runtime(rt.clone())
                 .breaker(breaker.clone())
                 .classify(classify)
                 .build()
@@ -181,7 +182,8 @@ async fn a_shed_call_waits_for_the_breaker_or_returns_at_once<R: Runtime>(rt: Cl
         let breaker = breaker(&rt);
         trip(&breaker).await;
         let op = Scripted::new(rt.clone(), [Ok::<u32, ApiError>(1)]);
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .retry(backoff())
             .breaker(breaker)
             .build()

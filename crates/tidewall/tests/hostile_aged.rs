@@ -574,7 +574,8 @@ async fn pipeline_at_any_age<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .build()
         .unwrap();
-    let p = Pipeline::builder_on(rt.clone())
+    let p = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(secs(1))
         .bulkhead(Bulkhead::builder(2).runtime(rt.clone()).build().unwrap())
         .retry(

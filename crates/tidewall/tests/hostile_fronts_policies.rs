@@ -65,7 +65,8 @@ fn an_ignored_half_open_probe_gives_its_slot_back_through_call_classified() {
 
 async fn ignored_probe_pipeline<R: Runtime>(rt: Clocked<R>) {
     let b = breaker(&rt, 1, 1);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(10), 3))
         .breaker(b.clone())
         .classify(classify)
@@ -169,7 +170,8 @@ async fn breaker_counts_the_verdict<R: Runtime>(rt: Clocked<R>) {
 
     // Pipeline without retry: each Ok judged a failure counts, and is returned as Ok.
     let b = breaker(&rt, 2, 1);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .breaker(b.clone())
         .classify(classify)
         .build()
@@ -201,7 +203,8 @@ fn every_breaker_front_counts_the_classifiers_verdict_and_returns_the_result_unc
 /// and returns the probe's value; an `Ok` judged retryable is still returned when the retries end.
 async fn pipeline_waits_out_its_breaker<R: Runtime>(rt: Clocked<R>) {
     let b = breaker(&rt, 2, 1);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(10), 4))
         .breaker(b.clone())
         .classify(classify)
@@ -222,7 +225,8 @@ async fn pipeline_waits_out_its_breaker<R: Runtime>(rt: Clocked<R>) {
     // The docs: "Error::Rejected when a stage refused (and retries ... ran out)". Only check that
     // the operation is never called while the breaker is open.
     let b = breaker(&rt, 1, 1);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(10), 3))
         .max_retry_after(Duration::ZERO)
         .breaker(b.clone())
@@ -580,7 +584,8 @@ async fn ignored_probe_then_idle<R: Runtime>(rt: Clocked<R>) {
                 rt.clone(),
                 [Err::<u32, ApiError>(ApiError::Cancelled), Ok(1)],
             );
-            let pipeline = Pipeline::builder_on(rt.clone())
+            let pipeline = Pipeline::builder()
+                .runtime(rt.clone())
                 .retry(constant(ms(10), 3))
                 .breaker(b.clone())
                 .classify(classify)

@@ -274,7 +274,8 @@ async fn zero_deadline<R: Runtime>(rt: Clocked<R>) {
     );
     assert_eq!(seen, Seen::Err(ApiError::Busy));
 
-    let built = Pipeline::builder_on(rt.clone())
+    let built = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::ZERO)
         .build()
         .err();
@@ -307,7 +308,8 @@ async fn max_deadline<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(ends, ms(20), "{front}");
         assert_eq!(seen, Seen::Ok(5), "{front}");
     }
-    let built = Pipeline::builder_on(rt.clone())
+    let built = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(Duration::MAX)
         .build()
         .err();
@@ -511,7 +513,8 @@ async fn budget_shared_by_sequential_callers<R: Runtime>(rt: Clocked<R>) {
                     assert_eq!(r, Err(RetryError::Inner(ApiError::Busy)));
                 }
                 1 => {
-                    let p = Pipeline::builder_on(rt.clone())
+                    let p = Pipeline::builder()
+                        .runtime(rt.clone())
                         .retry(constant(ms(1), 10))
                         .retry_budget(budget.clone())
                         .classify(classify)
@@ -548,7 +551,8 @@ fn a_shared_budget_grants_exactly_its_ratio_of_retries_on_every_front() {
 async fn budget_shared_by_concurrent_callers<R: Runtime>(rt: Clocked<R>) {
     let budget = budget_of(&rt, Some((0.25, 0))).unwrap();
     let op = Scripted::with_latency(rt.clone(), [(ms(5), Err::<u32, _>(ApiError::Busy))]);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(3), 6))
         .retry_budget(budget.clone())
         .classify(classify)
@@ -608,7 +612,8 @@ async fn budget_after_an_idle_gap<R: Runtime>(rt: Clocked<R>) {
             .classify(classify)
             .budget(budget.clone())
             .layer(scripted_service(&op));
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .retry(constant(ms(1), 5))
             .retry_budget(budget.clone())
             .classify(classify)
@@ -780,7 +785,8 @@ async fn attempt_timeout_is_retryable<R: Runtime>(rt: Clocked<R>) {
     // Pipeline: "a timed-out attempt counts as a breaker failure and is retryable";
     // "[`Error::TimedOut`] for a last attempt that timed out".
     let op = Scripted::with_latency(rt.clone(), [(secs(10), Ok::<u32, ApiError>(1))]);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(10), 3))
         .attempt_timeout(ms(100))
         .classify(|_: Result<&u32, &ApiError>| Verdict::Failure)
@@ -825,7 +831,8 @@ async fn deadlines_combine<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(rt.now() - start, ms(90), "the earlier deadline wins");
     }
     for (pipeline_budget, caller) in [(ms(100), secs(10)), (secs(10), ms(100))] {
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(pipeline_budget)
             .retry(constant(ms(30), 100))
             .build()
@@ -861,7 +868,8 @@ async fn successful_calls_deposit<R: Runtime>(rt: Clocked<R>) {
         let budget = budget_of(&rt, Some((0.1, 0))).unwrap();
         let good = Scripted::new(rt.clone(), [Ok::<u32, ApiError>(1)]);
         let bad = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .retry(constant(ms(1), 10))
             .retry_budget(budget.clone())
             .classify(classify)
@@ -924,7 +932,8 @@ async fn bulkhead_wait_eats_the_minimum_time<R: Runtime>(rt: Clocked<R>) {
             };
             let call = async {
                 if with_retry {
-                    Pipeline::builder_on(rt.clone())
+                    Pipeline::builder()
+                        .runtime(rt.clone())
                         .deadline(secs(1))
                         .bulkhead(bulkhead.clone())
                         .retry(constant(ms(10), 3))
@@ -934,7 +943,8 @@ async fn bulkhead_wait_eats_the_minimum_time<R: Runtime>(rt: Clocked<R>) {
                         .call(|| op.call())
                         .await
                 } else {
-                    Pipeline::builder_on(rt.clone())
+                    Pipeline::builder()
+                        .runtime(rt.clone())
                         .deadline(secs(1))
                         .bulkhead(bulkhead.clone())
                         .min_attempt_time(ms(300))
@@ -977,7 +987,8 @@ async fn bulkhead_slot_held_across_retries<R: Runtime>(rt: Clocked<R>) {
         .reject_when_full()
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .bulkhead(bulkhead.clone())
         .retry(constant(ms(100), 3))
         .classify(classify)
@@ -1120,7 +1131,8 @@ async fn rate_limit_wait_eats_the_minimum_time<R: Runtime>(rt: Clocked<R>) {
         let op = Scripted::new(rt.clone(), [Ok::<u32, ApiError>(1)]);
         let start = rt.now();
         let result = if with_retry {
-            Pipeline::builder_on(rt.clone())
+            Pipeline::builder()
+                .runtime(rt.clone())
                 .deadline(ms(1500))
                 .rate_limit(limiter.clone())
                 .retry(constant(ms(10), 3))
@@ -1130,7 +1142,8 @@ async fn rate_limit_wait_eats_the_minimum_time<R: Runtime>(rt: Clocked<R>) {
                 .call(|| op.call())
                 .await
         } else {
-            Pipeline::builder_on(rt.clone())
+            Pipeline::builder()
+                .runtime(rt.clone())
                 .deadline(ms(1500))
                 .rate_limit(limiter.clone())
                 .min_attempt_time(ms(600))
@@ -1186,7 +1199,8 @@ async fn default_and_errors_where<R: Runtime>(rt: Clocked<R>) {
                         .classify(ErrorsWhere(busy_only))
                         .await
                         .map_err(|e| e.into_inner().unwrap()),
-                    2 => Pipeline::builder_on(rt.clone())
+                    2 => Pipeline::builder()
+                        .runtime(rt.clone())
                         .retry(exponential(ms(10), 5))
                         .classify(ErrorsWhere(busy_only))
                         .build()

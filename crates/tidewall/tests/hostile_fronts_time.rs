@@ -172,7 +172,8 @@ async fn pipeline_cancellation<R: Runtime>(rt: Clocked<R>) {
             .unwrap();
         let b = breaker(&rt, 2, 1);
         let budget = budget_of(&rt, Some((0.5, 0))).unwrap();
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(secs(5))
             .bulkhead(bulkhead.clone())
             .retry(constant(ms(100), 6))
@@ -377,7 +378,8 @@ async fn cancelled_probe<R: Runtime>(rt: Clocked<R>) {
         trip(&b, &rt).await;
         assert_eq!(b.state(), State::Open);
         let op = Scripted::with_latency(rt.clone(), [(secs(10), Ok::<u32, ApiError>(1))]);
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .breaker(b.clone())
             .classify(classify)
             .build()
@@ -434,7 +436,8 @@ async fn aged_breaker_through_fronts<R: Runtime>(rt: Clocked<R>) {
         // Pipeline.
         let b = breaker(&rt, 1, 1);
         rt.clock().advance(gap);
-        let pipeline = Pipeline::builder_on(rt.clone())
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
             .retry(constant(ms(10), 3))
             .breaker(b.clone())
             .classify(classify)
@@ -618,7 +621,8 @@ async fn pipeline_in_retry<R: Runtime>(rt: Clocked<R>) {
         .reject_when_full()
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .bulkhead(bulkhead.clone())
         .breaker(b.clone())
         .classify(classify)

@@ -311,7 +311,8 @@ async fn fan_out_inside_a_pipeline_op<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(ms(200))
             .bulkhead(bulkhead.clone())
             .build()

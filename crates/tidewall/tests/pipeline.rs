@@ -31,7 +31,8 @@ async fn flaky_service_through_every_stage<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(ms(1_000))
         .rate_limit(limiter.clone())
         .bulkhead(Bulkhead::builder(1).runtime(rt.clone()).build().unwrap())
@@ -79,7 +80,8 @@ async fn retry_honours_the_breakers_hint<R: Runtime>(rt: Clocked<R>) {
         .break_duration(ms(300))
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(constant(ms(10), 3))
         .breaker(breaker.clone())
         .build()
@@ -99,7 +101,8 @@ fn the_retry_stage_honours_circuit_open_hints_on_every_runtime() {
 }
 
 async fn no_retry_that_cannot_finish<R: Runtime>(rt: Clocked<R>) {
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(ms(100))
         .retry(constant(ms(80), 5))
         .min_attempt_time(ms(30))
@@ -121,14 +124,16 @@ fn a_retry_that_cannot_finish_is_not_started_on_every_runtime() {
 fn bad_configuration_is_a_typed_error() {
     let rt = Clocked::new(tidewall::rt::Tokio);
     assert_eq!(
-        Pipeline::builder_on(rt.clone())
+        Pipeline::builder()
+            .runtime(rt.clone())
             .deadline(Duration::ZERO)
             .build()
             .map(drop),
         Err(tidewall::ConfigError::Zero { field: "deadline" })
     );
     assert_eq!(
-        Pipeline::builder_on(rt)
+        Pipeline::builder()
+            .runtime(rt)
             .attempt_timeout(Duration::MAX)
             .build()
             .map(drop),
@@ -144,7 +149,8 @@ async fn caller_deadline_cutoffs_leave_the_breaker_alone<R: Runtime>(rt: Clocked
         .consecutive_failures(1)
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .breaker(breaker.clone())
         .attempt_timeout(ms(500))
         .build()
@@ -175,7 +181,8 @@ async fn concurrent_calls_draw_their_own_jitter<R: Runtime>(rt: Clocked<R>) {
         .max_attempts(2)
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(backoff)
         .build()
         .unwrap();

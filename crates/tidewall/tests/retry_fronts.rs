@@ -291,7 +291,8 @@ async fn through_retry_future<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) 
 
 async fn through_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) -> Seen {
     let op = Scripted::with_latency(rt.clone(), scenario.script.clone());
-    let mut builder = Pipeline::builder_on(rt.clone())
+    let mut builder = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(scenario.backoff)
         .classify(classify)
         .min_attempt_time(scenario.min_attempt_time)

@@ -122,7 +122,8 @@ type FivePolicies<R> =
 /// attempt timeout 1 s: the happy path through every stage.
 fn five_policies<R: Runtime + Clone>(rt: R) -> anyhow::Result<FivePolicies<R>> {
     const PER_SECOND: u32 = 1_000_000_000;
-    Ok(Pipeline::builder_on(rt.clone())
+    Ok(Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(std::time::Duration::from_secs(5))
         .rate_limit(
             RateLimiter::builder(PER_SECOND, std::time::Duration::from_secs(1))

@@ -358,7 +358,7 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
     let budget = Duration::from_secs(5);
     let mut s = Section::new(
         "Pipeline against the flaky service",
-        "Pipeline::builder_on(rt)..build()?.call_with_hints(..)",
+        "Pipeline::builder().runtime(rt)..build()?.call_with_hints(..)",
     );
     settle(rt, server).await;
     let transitions = Arc::new(AtomicUsize::new(0));
@@ -378,7 +378,8 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
     // Slots are held across retries (~2 s a call): one per call, so none waits.
     let bulkhead = Bulkhead::builder(8).max_queue(8).runtime(rt.clone());
     let backoff = Backoff::exponential(Duration::from_millis(50)).max_attempts(4);
-    let pipeline = Pipeline::builder_on(rt.clone())
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
         .deadline(budget)
         .rate_limit(valid(limiter.runtime(rt.clone()).build()))
         .bulkhead(valid(bulkhead.build()))

@@ -45,6 +45,25 @@ pub struct PipelineBuilder<R, L = (), B = (), T = (), C = (), K = DefaultClassif
     pub(super) classify: K,
 }
 
+impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
+    /// Reads the pipeline's time (its deadline, attempt timeouts, backoff sleeps) from `rt`,
+    /// before any stage is added; the stages added must use the same runtime or clock.
+    pub fn runtime<R2: Clock>(self, rt: R2) -> PipelineBuilder<R2, (), (), (), (), K> {
+        PipelineBuilder {
+            rt,
+            budget: self.budget,
+            limiter: (),
+            bulkhead: (),
+            retry: (),
+            breaker: (),
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+            classify: self.classify,
+        }
+    }
+}
+
 impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// Every call gets at most `budget`, shared by all stages (waits, sleeps, attempts).
     /// Calls made with [`Pipeline::call_before`] keep the earlier of the two. The budget

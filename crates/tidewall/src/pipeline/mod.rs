@@ -72,17 +72,11 @@ pub struct Pipeline<R, L = (), B = (), T = (), C = (), K = DefaultClassifier> {
 }
 
 impl Pipeline<DefaultRuntime> {
-    /// Starts an empty pipeline on the default runtime.
+    /// Starts an empty pipeline on the default runtime; choose another with
+    /// [`PipelineBuilder::runtime`] before adding stages.
     pub fn builder() -> PipelineBuilder<DefaultRuntime> {
-        Self::builder_on(DefaultRuntime::default())
-    }
-}
-
-impl<R> Pipeline<R> {
-    /// Starts an empty pipeline on `rt`; the policies added must use the same runtime.
-    pub fn builder_on(rt: R) -> PipelineBuilder<R> {
         PipelineBuilder {
-            rt,
+            rt: DefaultRuntime::default(),
             budget: None,
             limiter: (),
             bulkhead: (),

@@ -222,7 +222,8 @@ pub async fn via_retry_future<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
 
 pub async fn via_pipeline<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let op = Scripted::with_latency(rt.clone(), c.script.clone());
-    let mut builder = Pipeline::builder_on(rt.clone())
+    let mut builder = Pipeline::builder()
+        .runtime(rt.clone())
         .retry(c.backoff)
         .classify(classify)
         .min_attempt_time(c.min_attempt_time)
