@@ -78,7 +78,8 @@ fn the_retry_driver_stops_when_the_budget_is_spent() {
         .unwrap();
     let op = Scripted::new(rt.clone(), (0..20).map(|_| Err::<(), _>("down")));
     let result = runtime.block_on(rt.drive(async {
-        Retry::new(rt.clone(), backoff, || op.call())
+        Retry::new(backoff, || op.call())
+            .runtime(rt.clone())
             .budget(budget.clone())
             .await
     }));

@@ -528,7 +528,6 @@ async fn retry_deadline_at_any_age<R: Runtime>(rt: Clocked<R>) {
     let run = |rt: Clocked<R>| async move {
         let start = rt.now();
         let r = Retry::new(
-            rt.clone(),
             Backoff::constant(ms(100))
                 .jitter(Jitter::None)
                 .max_attempts(100)
@@ -542,6 +541,7 @@ async fn retry_deadline_at_any_age<R: Runtime>(rt: Clocked<R>) {
                 }
             },
         )
+        .runtime(rt.clone())
         .attempt_timeout(ms(500))
         .deadline(Deadline::after(&rt, secs(1)))
         .await;

@@ -969,11 +969,12 @@ async fn unvalidated_huge_durations_do_not_panic<R: Runtime>(rt: Clocked<R>) {
         }
     }
     let mut n = 0;
-    let r = Retry::new(rt.clone(), backoff(2, ms(1)), || {
+    let r = Retry::new(backoff(2, ms(1)), || {
         n += 1;
         let fail = n == 1;
         async move { if fail { Err(Hinted) } else { Ok(n) } }
     })
+    .runtime(rt.clone())
     .attempt_timeout(Duration::MAX)
     .honor_retry_after()
     .max_retry_after(Duration::MAX)
@@ -985,13 +986,12 @@ async fn unvalidated_huge_durations_do_not_panic<R: Runtime>(rt: Clocked<R>) {
     );
     // With a deadline, the hint that ends past it is not slept at all.
     let start = rt.now();
-    let r = Retry::new(rt.clone(), backoff(2, ms(1)), || async {
-        Err::<(), _>(Hinted)
-    })
-    .honor_retry_after()
-    .max_retry_after(Duration::MAX)
-    .deadline(d)
-    .await;
+    let r = Retry::new(backoff(2, ms(1)), || async { Err::<(), _>(Hinted) })
+        .runtime(rt.clone())
+        .honor_retry_after()
+        .max_retry_after(Duration::MAX)
+        .deadline(d)
+        .await;
     assert!(
         matches!(r, Err(tidewall::retry::RetryError::DeadlineExceeded { .. })),
         "{r:?}"

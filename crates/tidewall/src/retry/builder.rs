@@ -45,12 +45,32 @@ pub(super) struct Settings {
 /// Retries `op` on tokio according to `backoff`.
 #[cfg(feature = "tokio")]
 pub fn retry<Op>(backoff: Backoff, op: Op) -> Retry<Op, crate::rt::Tokio> {
-    Retry::new(crate::rt::Tokio, backoff, op)
+    Retry::new(backoff, op)
 }
 
-impl<Op, R: Clock> Retry<Op, R> {
-    /// Retries `op` on `rt` according to `backoff`.
-    pub fn new(rt: R, backoff: Backoff, op: Op) -> Self {
+impl<Op> Retry<Op> {
+    /// Retries `op` according to `backoff`, on the default runtime (choose another with
+    /// [`runtime`](Self::runtime)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::Backoff;
+    /// use tidewall::retry::Retry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let backoff = Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?;
+    /// let mut calls = 0;
+    /// let value = Retry::new(backoff, || {
+    ///     calls += 1;
+    ///     let ready = calls == 2;
+    ///     async move { if ready { Ok(7) } else { Err("not yet") } }
+    /// })
+    /// .await;
+    /// assert_eq!(value, Ok(7));
+    /// # Ok(()) }
+    /// ```
+    pub fn new(backoff: Backoff, op: Op) -> Self {
         let settings = Settings {
             rules: RetryRules::new(backoff),
             attempt_timeout: None,
@@ -58,7 +78,7 @@ impl<Op, R: Clock> Retry<Op, R> {
         };
         Self {
             op,
-            rt,
+            rt: crate::rt::DefaultRuntime::default(),
             settings,
             classify: DefaultClassifier,
             notify: NoNotify,
@@ -196,12 +216,12 @@ pub trait RetryExt<Fut>: FnMut() -> Fut + Sized {
     /// Retries this operation on tokio according to `backoff`.
     #[cfg(feature = "tokio")]
     fn retry(self, backoff: Backoff) -> Retry<Self, crate::rt::Tokio> {
-        Retry::new(crate::rt::Tokio, backoff, self)
+        Retry::new(backoff, self)
     }
 
     /// Retries this operation on `rt` according to `backoff`.
     fn retry_on<R: Clock>(self, rt: R, backoff: Backoff) -> Retry<Self, R> {
-        Retry::new(rt, backoff, self)
+        Retry::new(backoff, self).runtime(rt)
     }
 }
 
