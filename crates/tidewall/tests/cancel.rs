@@ -195,12 +195,11 @@ async fn health_checker_publishes_transitions<R: Runtime>(rt: Clocked<R>) {
     let token = CancellationToken::new();
     let round = Arc::new(AtomicUsize::new(0));
     let (counter, clock) = (round.clone(), rt.clone());
-    let (health, checker) = HealthChecker::start(
-        rt.clone(),
-        Duration::from_secs(1),
-        Duration::from_millis(100),
-        &token,
-        move || {
+    let (health, checker) = HealthChecker::builder()
+        .period(Duration::from_secs(1))
+        .timeout(Duration::from_millis(100))
+        .runtime(rt.clone())
+        .start(&token, move || {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             let clock = clock.clone();
             async move {
@@ -213,9 +212,8 @@ async fn health_checker_publishes_transitions<R: Runtime>(rt: Clocked<R>) {
                     }
                 }
             }
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     let running = rt.spawn(checker);
     let mut seen = Health::Unknown;
     let mut history = Vec::new();
@@ -235,14 +233,12 @@ async fn health_checker_publishes_transitions<R: Runtime>(rt: Clocked<R>) {
     token.cancel("shutdown");
     assert_eq!(running.await.unwrap().as_str(), "shutdown");
     assert!(
-        HealthChecker::start(
-            rt.clone(),
-            Duration::from_secs(1),
-            Duration::ZERO,
-            &token,
-            || async { Ok::<(), String>(()) }
-        )
-        .is_err()
+        HealthChecker::builder()
+            .period(Duration::from_secs(1))
+            .timeout(Duration::ZERO)
+            .runtime(rt.clone())
+            .start(&token, || async { Ok::<(), String>(()) })
+            .is_err()
     );
 }
 

@@ -117,17 +117,15 @@ async fn health_checker_probes_at_once_then_every_period<R: Runtime>(rt: Clocked
     let token = CancellationToken::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
     let (log, clock) = (Arc::clone(&probes), rt.clone());
-    let (health, checker) = HealthChecker::start(
-        rt.clone(),
-        Duration::from_secs(5),
-        Duration::from_secs(1),
-        &token,
-        move || {
+    let (health, checker) = HealthChecker::builder()
+        .period(Duration::from_secs(5))
+        .timeout(Duration::from_secs(1))
+        .runtime(rt.clone())
+        .start(&token, move || {
             log.lock().unwrap().push(clock.now());
             async { Ok::<(), String>(()) }
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     rt.sleep(Duration::from_secs(3600)).await;
     let spawned = rt.now();
     let running = rt.spawn(checker);
@@ -156,12 +154,11 @@ async fn health_checker_after_a_huge_overrun<R: Runtime>(rt: Clocked<R>) {
     let token = CancellationToken::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
     let (log, clock, stop) = (Arc::clone(&probes), rt.clone(), token.clone());
-    let (_health, checker) = HealthChecker::start(
-        rt.clone(),
-        period,
-        Duration::from_secs(365 * 86_400),
-        &token,
-        move || {
+    let (_health, checker) = HealthChecker::builder()
+        .period(period)
+        .timeout(Duration::from_secs(365 * 86_400))
+        .runtime(rt.clone())
+        .start(&token, move || {
             let (clock, stop) = (clock.clone(), stop.clone());
             let n = {
                 let mut log = log.lock().unwrap();
@@ -179,9 +176,8 @@ async fn health_checker_after_a_huge_overrun<R: Runtime>(rt: Clocked<R>) {
                 }
                 Ok::<(), String>(())
             }
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     let first = rt.now();
     assert_eq!(checker.await.as_str(), "five probes");
     let at = |k: u128| periods_after(first, period, k);

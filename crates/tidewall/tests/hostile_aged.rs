@@ -851,8 +851,11 @@ async fn health_checker_at_any_age<R: Runtime>(rt: Clocked<R>) {
         let token = CancellationToken::new();
         let probes = Arc::new(AtomicU32::new(0));
         let (p, clock) = (probes.clone(), rt.clone());
-        let (health, checker) =
-            HealthChecker::start(rt.clone(), secs(5), secs(1), &token, move || {
+        let (health, checker) = HealthChecker::builder()
+            .period(secs(5))
+            .timeout(secs(1))
+            .runtime(rt.clone())
+            .start(&token, move || {
                 let n = p.fetch_add(1, SeqCst) + 1;
                 let clock = clock.clone();
                 async move {

@@ -48,7 +48,7 @@ pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{
     CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
 };
-pub use periodic::{Health, HealthChecker, HealthHandle, periodic};
+pub use periodic::{Health, HealthChecker, HealthCheckerBuilder, HealthHandle, periodic};
 pub use pool::{JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool};
 pub use scope::{
     ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,

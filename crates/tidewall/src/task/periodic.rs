@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use super::cancel::{CancellationToken, Reason};
 use crate::ConfigError;
-use crate::rt::Runtime;
+use crate::rt::{DefaultRuntime, Runtime};
 use crate::stream::{MissedTicks, interval_on};
 use crate::time::FutureExt as _;
 
@@ -178,12 +178,8 @@ impl HealthHandle {
 pub struct HealthChecker;
 
 impl HealthChecker {
-    /// Returns the handle and the checker's future (run it, e.g. spawn it); it probes at once
-    /// when first polled, then every `period` (see [`HealthChecker`]), until `token` is
-    /// cancelled, and then returns the reason.
-    ///
-    /// **Cancel safety:** dropping the checker's future drops the probe in progress; the
-    /// handle keeps the last published verdict.
+    /// Configures a checker: by default a probe every 10 s, each bounded by 1 s (the defaults
+    /// of a Kubernetes probe), on the default runtime.
     ///
     /// ```
     /// use std::time::Duration;
@@ -193,9 +189,12 @@ impl HealthChecker {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), tidewall::ConfigError> {
     /// let token = CancellationToken::new();
-    /// let (health, checker) = HealthChecker::start(Tokio, Duration::from_secs(5), Duration::from_secs(1), &token, || async {
-    ///     Ok::<(), String>(()) // e.g. `SELECT 1`
-    /// })?;
+    /// let (health, checker) = HealthChecker::builder()
+    ///     .period(Duration::from_secs(5))
+    ///     .timeout(Duration::from_secs(1))
+    ///     .start(&token, || async {
+    ///         Ok::<(), String>(()) // e.g. `SELECT 1`
+    ///     })?;
     /// let started = Tokio.now();
     /// let run = tokio::spawn(async move { checker.await });
     /// assert_eq!(health.changed(&Health::Unknown).await, Health::Healthy);
@@ -205,23 +204,73 @@ impl HealthChecker {
     /// assert_eq!(run.await.unwrap().as_str(), "bye");
     /// # Ok(()) }
     /// ```
+    pub fn builder() -> HealthCheckerBuilder {
+        HealthCheckerBuilder {
+            rt: DefaultRuntime::default(),
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Configures a [`HealthChecker`]; see [`HealthChecker::builder`].
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct HealthCheckerBuilder<R = DefaultRuntime> {
+    rt: R,
+    period: Duration,
+    timeout: Duration,
+}
+
+impl<R> HealthCheckerBuilder<R> {
+    /// How often to probe (default 10 s).
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// How long one probe may take before it counts as [`Health::TimedOut`] (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs the probes on `rt`.
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> HealthCheckerBuilder<R2> {
+        HealthCheckerBuilder {
+            rt,
+            period: self.period,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<R: Runtime> HealthCheckerBuilder<R> {
+    /// Returns the handle and the checker's future (run it, e.g. spawn it); it probes at once
+    /// when first polled, then every period (see [`HealthChecker`]), until `token` is
+    /// cancelled, and then returns the reason.
+    ///
+    /// **Cancel safety:** dropping the checker's future drops the probe in progress; the
+    /// handle keeps the last published verdict.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a zero period or timeout.
-    pub fn start<R, P, Fut, E>(
-        rt: R,
-        period: Duration,
-        timeout: Duration,
+    pub fn start<P, Fut, E>(
+        self,
         token: &CancellationToken,
         mut probe: P,
     ) -> Result<(HealthHandle, impl Future<Output = Reason> + Send + 'static), ConfigError>
     where
-        R: Runtime,
         P: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
+        let Self {
+            rt,
+            period,
+            timeout,
+        } = self;
         crate::time::positive_duration("timeout", timeout)?;
         let handle = HealthHandle {
             shared: Arc::new(Mutex::new(Published {
