@@ -69,14 +69,12 @@ fn cancel_tokens(c: &mut criterion::Criterion) {
     group.throughput(criterion::Throughput::Elements(10_000));
     group.bench_function("tidewall_worker_pool", |b| {
         b.to_async(&rt).iter(|| async {
-            let pool = WorkerPool::start(
-                Tokio,
-                2,
-                1024,
-                None,
-                |n: u64| async move { black_box(n * 2) },
-            )
-            .unwrap();
+            let pool = WorkerPool::builder()
+                .workers(2)
+                .queue(1024)
+                .runtime(Tokio)
+                .start(|n: u64| async move { black_box(n * 2) })
+                .unwrap();
             let submitter = pool.submitter();
             let mut handles = Vec::with_capacity(10_000);
             for n in 0..10_000u64 {

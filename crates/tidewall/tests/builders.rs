@@ -173,8 +173,14 @@ fn rate_limiter_durations_fit_the_clock_or_are_refused() {
 
 #[tokio::test]
 async fn worker_pool_sizes_are_bounded_and_durations_fit() {
-    let start = |workers, queue, timeout| {
-        WorkerPool::start(Tokio, workers, queue, timeout, |n: u64| async move { n })
+    let start = |workers, queue, timeout: Option<Duration>| {
+        let builder = WorkerPool::builder().workers(workers).queue(queue);
+        let builder = match timeout {
+            Some(timeout) => builder.job_timeout(timeout),
+            None => builder,
+        };
+        builder
+            .start(|n: u64| async move { n })
             .map(|pool| drop(pool.submitter()))
     };
     // usize::MAX workers used to overflow the handles' allocation (a panic) after spawning.
@@ -193,10 +199,13 @@ async fn worker_pool_sizes_are_bounded_and_durations_fit() {
         })
     );
     // A queue of any size costs nothing until jobs arrive.
-    let pool = WorkerPool::start(Tokio, 2, usize::MAX, Some(LONGEST), |n: u64| async move {
-        n + 1
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .queue(usize::MAX)
+        .job_timeout(LONGEST)
+        .runtime(Tokio)
+        .start(|n: u64| async move { n + 1 })
+        .unwrap();
     let job = pool.submit(41).await.unwrap();
     assert!(matches!(
         job.await,

@@ -695,14 +695,19 @@ fn supervisor_restart_intensity_holds_at_any_age_on_every_runtime() {
 // failed + handed back`, always".
 async fn worker_pool_timeouts_at_any_age<R: Runtime>(rt: Clocked<R>) {
     let clock = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 2, 8, Some(secs(1)), move |d: u64| {
-        let clock = clock.clone();
-        async move {
-            clock.sleep(ms(d)).await;
-            d
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .queue(8)
+        .job_timeout(secs(1))
+        .runtime(rt.clone())
+        .start(move |d: u64| {
+            let clock = clock.clone();
+            async move {
+                clock.sleep(ms(d)).await;
+                d
+            }
+        })
+        .unwrap();
     for gap in AGES {
         rt.clock().advance(gap);
         let start = rt.now();

@@ -29,16 +29,21 @@ use tidewall::{Backoff, Jitter};
 async fn pool_storm<R: Runtime>(rt: Clocked<R>) {
     let started = Arc::new(Mutex::new(Vec::new()));
     let (clock, log) = (rt.clone(), started.clone());
-    let pool = WorkerPool::start(rt.clone(), 3, 5, Some(ms(40)), move |job: u64| {
-        log.lock().unwrap().push(job);
-        let clock = clock.clone();
-        async move {
-            clock.sleep(ms(job % 60)).await;
-            assert!(!job.is_multiple_of(17), "job {job} panics");
-            job
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(3)
+        .queue(5)
+        .job_timeout(ms(40))
+        .runtime(rt.clone())
+        .start(move |job: u64| {
+            log.lock().unwrap().push(job);
+            let clock = clock.clone();
+            async move {
+                clock.sleep(ms(job % 60)).await;
+                assert!(!job.is_multiple_of(17), "job {job} panics");
+                job
+            }
+        })
+        .unwrap();
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let mut rng = Rng(0x9001);
     let mut producers = Vec::new();
@@ -121,14 +126,18 @@ fn a_worker_pool_accounts_for_every_job_under_random_cancellation_on_every_runti
 // down (also when it closes while this waits for room)."
 async fn waiting_producers_get_their_jobs_back<R: Runtime>(rt: Clocked<R>) {
     let clock = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 1, 1, None, move |d: u64| {
-        let clock = clock.clone();
-        async move {
-            clock.sleep(ms(d)).await;
-            d
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(1)
+        .runtime(rt.clone())
+        .start(move |d: u64| {
+            let clock = clock.clone();
+            async move {
+                clock.sleep(ms(d)).await;
+                d
+            }
+        })
+        .unwrap();
     let running = pool.submit(1_000).await.unwrap();
     rt.sleep(ms(1)).await;
     let queued = pool.submit(1_000).await.unwrap();
@@ -159,14 +168,18 @@ fn producers_waiting_for_room_get_their_jobs_back_on_shutdown_on_every_runtime()
 async fn dropped_shutdown_leaves_workers_draining<R: Runtime>(rt: Clocked<R>) {
     use tidewall::FutureExt;
     let clock = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 1, 10, None, move |d: u64| {
-        let clock = clock.clone();
-        async move {
-            clock.sleep(ms(d)).await;
-            d
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(10)
+        .runtime(rt.clone())
+        .start(move |d: u64| {
+            let clock = clock.clone();
+            async move {
+                clock.sleep(ms(d)).await;
+                d
+            }
+        })
+        .unwrap();
     let submitter = pool.submitter();
     let mut handles = Vec::new();
     for _ in 0..5 {

@@ -15,14 +15,18 @@ fn ms(n: u64) -> Duration {
 
 async fn ten_thousand_jobs_then_shutdown<R: Runtime>(rt: Clocked<R>) {
     let rt2 = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 4, 10_000, None, move |n: u32| {
-        let rt = rt2.clone();
-        async move {
-            rt.sleep(ms(1)).await;
-            n
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(4)
+        .queue(10_000)
+        .runtime(rt.clone())
+        .start(move |n: u32| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(1)).await;
+                n
+            }
+        })
+        .unwrap();
     let mut handles = Vec::new();
     for n in 0..10_000u32 {
         handles.push(pool.try_submit(n).unwrap());
@@ -67,15 +71,20 @@ fn ten_thousand_queued_jobs_are_all_accounted_for_on_every_runtime() {
 
 async fn backpressure_outcomes_and_rejections<R: Runtime>(rt: Clocked<R>) {
     let rt2 = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 1, 2, Some(ms(500)), move |job: (u64, bool)| {
-        let rt = rt2.clone();
-        async move {
-            rt.sleep(ms(job.0)).await;
-            assert!(!job.1, "job asked to panic");
-            job.0
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(2)
+        .job_timeout(ms(500))
+        .runtime(rt.clone())
+        .start(move |job: (u64, bool)| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(job.0)).await;
+                assert!(!job.1, "job asked to panic");
+                job.0
+            }
+        })
+        .unwrap();
     let start = rt.now();
     let first = pool.submit((100, false)).await.unwrap();
     rt.sleep(ms(1)).await; // the worker takes it
@@ -115,14 +124,18 @@ fn backpressure_panics_and_timeouts_on_every_runtime() {
 
 async fn closed_pools_hand_jobs_back<R: Runtime>(rt: Clocked<R>) {
     let rt2 = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 1, 1, None, move |n: u8| {
-        let rt = rt2.clone();
-        async move {
-            rt.sleep(ms(100)).await;
-            n
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(1)
+        .runtime(rt.clone())
+        .start(move |n: u8| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(100)).await;
+                n
+            }
+        })
+        .unwrap();
     let submitter = pool.submitter();
     let running = submitter.submit(1).await.unwrap();
     rt.sleep(ms(1)).await;
@@ -158,14 +171,18 @@ async fn drain_deadline_with_a_finished_worker<R: Runtime>(rt: Clocked<R>) {
     // Two workers, one long job: the idle worker exits at close, the busy one is aborted at
     // the deadline. Each handle is awaited once (tokio's panic if polled after completion).
     let rt2 = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 2, 4, None, move |d: u64| {
-        let rt = rt2.clone();
-        async move {
-            rt.sleep(ms(d)).await;
-            d
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .queue(4)
+        .runtime(rt.clone())
+        .start(move |d: u64| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(d)).await;
+                d
+            }
+        })
+        .unwrap();
     let long = pool.submit(1_000).await.unwrap();
     rt.sleep(ms(1)).await;
     let report = pool.shutdown(ms(50)).await;
@@ -189,14 +206,18 @@ fn drain_deadline_with_a_finished_worker_on_every_runtime() {
 async fn a_producer_that_gives_up_does_not_strand_others<R: Runtime>(rt: Clocked<R>) {
     use tidewall::FutureExt as _;
     let rt2 = rt.clone();
-    let pool = WorkerPool::start(rt.clone(), 1, 1, None, move |d: u64| {
-        let rt = rt2.clone();
-        async move {
-            rt.sleep(ms(d)).await;
-            d
-        }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(1)
+        .runtime(rt.clone())
+        .start(move |d: u64| {
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(d)).await;
+                d
+            }
+        })
+        .unwrap();
     let submitter = pool.submitter();
     let _running = submitter.submit(100).await.unwrap();
     rt.sleep(ms(1)).await;
@@ -226,11 +247,15 @@ fn a_producer_that_gives_up_does_not_strand_others_on_every_runtime() {
 }
 
 async fn a_handler_that_panics_before_its_first_await<R: Runtime>(rt: Clocked<R>) {
-    let pool = WorkerPool::start(rt.clone(), 1, 4, None, |n: u8| {
-        assert_ne!(n, 0, "eager panic");
-        async move { n }
-    })
-    .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(4)
+        .runtime(rt.clone())
+        .start(|n: u8| {
+            assert_ne!(n, 0, "eager panic");
+            async move { n }
+        })
+        .unwrap();
     let eager = pool.submit(0).await.unwrap();
     let fine = pool.submit(1).await.unwrap();
     assert!(matches!(eager.await, JobOutcome::Panicked(_)));
@@ -253,8 +278,17 @@ fn an_eager_handler_panic_is_reported_on_every_runtime() {
 #[test]
 fn bad_configuration_is_a_typed_error() {
     let rt = Clocked::new(tidewall::rt::Tokio);
-    let start =
-        |w, q, t| WorkerPool::start(rt.clone(), w, q, t, |n: u8| async move { n }).map(drop);
+    let start = |w, q, t: Option<Duration>| {
+        let builder = WorkerPool::builder()
+            .workers(w)
+            .queue(q)
+            .runtime(rt.clone());
+        let builder = match t {
+            Some(t) => builder.job_timeout(t),
+            None => builder,
+        };
+        builder.start(|n: u8| async move { n }).map(drop)
+    };
     assert_eq!(
         start(0, 1, None),
         Err(ConfigError::Zero { field: "workers" })
@@ -279,11 +313,15 @@ fn drain_deadline_with_a_finished_worker_on_plain_tokio() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let pool = WorkerPool::start(tidewall::rt::Tokio, 2, 4, None, |d: u64| async move {
-            tokio::time::sleep(ms(d)).await;
-            d
-        })
-        .unwrap();
+        let pool = WorkerPool::builder()
+            .workers(2)
+            .queue(4)
+            .runtime(tidewall::rt::Tokio)
+            .start(|d: u64| async move {
+                tokio::time::sleep(ms(d)).await;
+                d
+            })
+            .unwrap();
         let long = pool.submit(10_000).await.unwrap();
         tokio::time::sleep(ms(20)).await;
         let report = pool.shutdown(ms(50)).await;

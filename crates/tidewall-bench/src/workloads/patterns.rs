@@ -67,7 +67,11 @@ async fn on<R: Runtime + Clone>(
             start.elapsed()
         }
         Pattern::WorkerPool => {
-            let pool = WorkerPool::start(rt, 2, 1024, None, |i: u64| async move { i })?;
+            let pool = WorkerPool::builder()
+                .workers(2)
+                .queue(1024)
+                .runtime(rt)
+                .start(|i: u64| async move { i })?;
             let start = Instant::now();
             let mut handles = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
             for i in 0..n {

@@ -285,23 +285,23 @@ async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     let pressed: usize = if quick { 12 } else { 24 };
     let mut s = Section::new(
         "Tasks: worker pool under overload, drained on shutdown",
-        "WorkerPool::start(rt, 2, 8, Some(100 ms), job)?; try_submit / submit / shutdown(30 ms)",
+        "WorkerPool::builder().workers(2).queue(8).job_timeout(100 ms).start(job)?; \
+         try_submit / submit / shutdown(30 ms)",
     );
     let clock = rt.clone();
-    let pool = WorkerPool::start(
-        rt.clone(),
-        WORKERS,
-        QUEUE,
-        Some(JOB_TIMEOUT),
-        move |job: usize| {
+    let pool = WorkerPool::builder()
+        .workers(WORKERS)
+        .queue(QUEUE)
+        .job_timeout(JOB_TIMEOUT)
+        .runtime(rt.clone())
+        .start(move |job: usize| {
             let clock = clock.clone();
             async move {
                 clock.sleep(if is_slow(job) { SLOW } else { JOB }).await;
                 job
             }
-        },
-    )
-    .expect("a valid configuration");
+        })
+        .expect("a valid configuration");
     // Every job produced is admitted (its handle kept) or shed (handed back by the error).
     let mut admitted = Vec::new();
     let (mut shed, mut refused_closed, mut intact) = (0usize, 0usize, true);

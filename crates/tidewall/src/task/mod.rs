@@ -49,7 +49,9 @@ pub use cancel::{
     CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
 };
 pub use periodic::{Health, HealthChecker, HealthCheckerBuilder, HealthHandle, periodic};
-pub use pool::{JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool};
+pub use pool::{
+    JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool, WorkerPoolBuilder,
+};
 pub use scope::{
     ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,
     LocalSpawner, Scope, ScopeBuilder, ScopeReport, SpawnError, Spawner,

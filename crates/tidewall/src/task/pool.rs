@@ -14,7 +14,7 @@ use futures_channel::oneshot;
 use futures_util::FutureExt as _;
 
 use crate::ConfigError;
-use crate::rt::{JoinHandle, Panic, Runtime, TaskHandle};
+use crate::rt::{DefaultRuntime, Panic, Runtime, TaskHandle};
 use crate::time::FutureExt as _;
 
 /// How a job ended.
@@ -146,57 +146,105 @@ impl<J, T> Shared<J, T> {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = WorkerPool::start(Tokio, 4, 100, None, |n: u64| async move { n * n })?;
+/// let pool = WorkerPool::builder()
+///     .workers(4)
+///     .queue(100)
+///     .runtime(Tokio)
+///     .start(|n: u64| async move { n * n })?;
 /// let job = pool.submit(7).await?;
 /// assert!(matches!(job.await, JobOutcome::Completed(49)));
 /// let report = pool.shutdown(Duration::from_secs(5)).await;
 /// assert_eq!((report.submitted, report.completed), (1, 1));
 /// # Ok(()) }
 /// ```
-pub struct WorkerPool<J, T, R: Runtime> {
+pub struct WorkerPool<J, T, R = DefaultRuntime> {
     shared: Arc<Shared<J, T>>,
-    workers: Vec<JoinHandle<R, ()>>,
+    // Boxed (once, at start) so the pool's type needs no bound on its runtime; in a `Mutex`
+    // only to keep the pool `Sync` (handles need not be): it is reached by value in
+    // `shutdown`, never locked while the pool runs.
+    workers: Mutex<Vec<Worker>>,
     rt: R,
 }
 
-impl<J, T, R: Runtime> std::fmt::Debug for WorkerPool<J, T, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerPool")
-            .field("workers", &self.workers.len())
-            .field("capacity", &self.shared.capacity)
-            .field("queued", &self.shared.queue().jobs.len())
-            .finish_non_exhaustive()
+type Worker = Box<dyn TaskHandle<()>>;
+
+impl WorkerPool<(), ()> {
+    /// Configures a pool: by default as many workers as the machine runs threads in parallel
+    /// (`std::thread::available_parallelism`, 1 if unknown), a queue of 100 jobs and no job
+    /// timeout, on the default runtime.
+    pub fn builder() -> WorkerPoolBuilder {
+        WorkerPoolBuilder {
+            rt: DefaultRuntime::default(),
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            queue: 100,
+            job_timeout: None,
+        }
     }
 }
 
-impl<J, T, R> WorkerPool<J, T, R>
-where
-    J: Send + 'static,
-    T: Send + 'static,
-    R: Runtime,
-{
-    /// Starts `workers` workers on `rt`, each running `handler(job)` for the jobs it takes
-    /// from a queue of at most `queue` jobs, each bounded by `job_timeout` if given.
-    ///
-    /// Every worker is a task spawned here, so `workers` is at most 65,536; the queue is
-    /// any size (it grows as jobs arrive).
+/// Configures a [`WorkerPool`]; see [`WorkerPool::builder`].
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct WorkerPoolBuilder<R = DefaultRuntime> {
+    rt: R,
+    workers: usize,
+    queue: usize,
+    job_timeout: Option<Duration>,
+}
+
+impl<R> WorkerPoolBuilder<R> {
+    /// How many workers run jobs at once (at most 65,536: each is a task spawned at start).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How many jobs may wait for a worker (default 100).
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Bounds each job (default: none); a job that runs longer ends as
+    /// [`JobOutcome::TimedOut`].
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// Spawns the workers on `rt`.
+    pub fn runtime<R2: Runtime>(self, rt: R2) -> WorkerPoolBuilder<R2> {
+        WorkerPoolBuilder {
+            rt,
+            workers: self.workers,
+            queue: self.queue,
+            job_timeout: self.job_timeout,
+        }
+    }
+}
+
+impl<R: Runtime> WorkerPoolBuilder<R> {
+    /// Starts the workers, each running `handler(job)` for the jobs it takes from the
+    /// queue, each bounded by the job timeout if one is set.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for zero workers, a zero queue or a zero timeout;
     /// [`ConfigError::OutOfRange`] for more than 65,536 workers;
     /// [`ConfigError::DurationOverflow`] for a timeout beyond `u64::MAX` nanoseconds.
-    pub fn start<F, Fut>(
-        rt: R,
-        workers: usize,
-        queue: usize,
-        job_timeout: Option<Duration>,
-        handler: F,
-    ) -> Result<Self, ConfigError>
+    pub fn start<J, T, F, Fut>(self, handler: F) -> Result<WorkerPool<J, T, R>, ConfigError>
     where
+        J: Send + 'static,
+        T: Send + 'static,
         F: Fn(J) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
+        let Self {
+            rt,
+            workers,
+            queue,
+            job_timeout,
+        } = self;
         if workers == 0 {
             return Err(ConfigError::Zero { field: "workers" });
         }
@@ -231,16 +279,43 @@ where
             .map(|_| {
                 let (shared, handler, rt2) =
                     (Arc::clone(&shared), Arc::clone(&handler), rt.clone());
-                rt.spawn(async move { work(shared, handler, rt2, job_timeout).await })
+                let worker: Worker = Box::new(
+                    rt.spawn(async move { work(shared, handler, rt2, job_timeout).await }),
+                );
+                worker
             })
             .collect();
-        Ok(Self {
+        Ok(WorkerPool {
             shared,
-            workers,
+            workers: Mutex::new(workers),
             rt,
         })
     }
+}
 
+impl<J, T, R> std::fmt::Debug for WorkerPool<J, T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field(
+                "workers",
+                &self
+                    .workers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )
+            .field("capacity", &self.shared.capacity)
+            .field("queued", &self.shared.queue().jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J, T, R> WorkerPool<J, T, R>
+where
+    J: Send + 'static,
+    T: Send + 'static,
+    R: Runtime,
+{
     /// A cloneable handle that submits to this pool, for producers elsewhere; it sees
     /// [`SubmitError::Closed`] once the pool shuts down.
     pub fn submitter(&self) -> Submitter<J, T> {
@@ -302,7 +377,8 @@ where
             rt,
         } = self;
         // Each handle is awaited at most once: finished ones are taken out as they finish.
-        let mut workers: Vec<Option<JoinHandle<R, ()>>> = workers.into_iter().map(Some).collect();
+        let workers = workers.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let mut workers: Vec<Option<Worker>> = workers.into_iter().map(Some).collect();
         let all_finished = std::future::poll_fn(|cx| {
             for slot in &mut workers {
                 if let Some(worker) = slot
