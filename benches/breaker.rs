@@ -51,8 +51,6 @@ fn recloser_open() -> recloser::Recloser {
 }
 
 fn failsafe_open() -> impl failsafe::CircuitBreaker {
-    // CHECK: failsafe 1.3 `failure_policy::consecutive_failures(n, backoff)` and
-    // `backoff::constant(Duration)` signatures (from /tmp/peers.md, not compiled).
     let policy =
         failsafe::failure_policy::consecutive_failures(1, failsafe::backoff::constant(HOUR));
     let cb = failsafe::Config::new().failure_policy(policy).build();
@@ -143,8 +141,8 @@ fn breaker_closed_2_threads(c: &mut criterion::Criterion) {
             })
         });
     });
-    // CHECK: that failsafe's default `StateMachine` is `Sync` (parking_lot Mutex inside an
-    // Arc; the default policy's jittered backoff must be `Send`).
+    // failsafe's default `StateMachine` is `Sync` (a parking_lot Mutex in an Arc), so both
+    // threads share one breaker, as they share Tidewall's.
     let failsafe = failsafe::Config::new().build();
     group.bench_function("failsafe", |b| {
         b.iter_custom(|iters| {

@@ -189,8 +189,6 @@ fn stream_ops(c: &mut criterion::Criterion) {
             let batches = tokio_stream::StreamExt::chunks_timeout(numbers(), BATCH, WAIT);
             count_batches(batches).boxed_local()
         }),
-        // CHECK: futures-batch 0.6 `ChunksTimeoutStreamExt::chunks_timeout(self, capacity,
-        // duration)`, read from the upstream repository's src/lib.rs (not compiled).
         ("futures_batch_chunks_timeout", || {
             let batches =
                 futures_batch::ChunksTimeoutStreamExt::chunks_timeout(numbers(), BATCH, WAIT);

@@ -8,7 +8,7 @@ use tidewall::ConfigError;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::rt::Tokio;
 
-use crate::{BreakerQuorum, FailurePolicy, RedisBulkhead, RedisConn, RedisRateLimiter};
+use crate::{BreakerQuorum, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 
 /// A connection that is never opened (nothing listens on port 1).
 fn conn() -> RedisConn {
@@ -58,7 +58,7 @@ async fn the_rate_horizon_stays_exact_in_lua_doubles() {
     );
     // The local share keeps the in-process rule too (its interval is only longer).
     let local = RedisRateLimiter::builder(&conn(), "builder", 1_000_000, Duration::from_secs(1))
-        .failure_policy(FailurePolicy::Local { share: 0.3 })
+        .when_unavailable(WhenUnavailable::Local { share: 0.3 })
         .build();
     assert!(local.is_ok(), "{local:?}");
 }

@@ -12,7 +12,7 @@ use tidewall_core::rng::SplitMix64;
 use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
-use crate::policy::FailurePolicy;
+use crate::policy::WhenUnavailable;
 
 /// Reaps expired leases, then admits if fewer than the limit are held. The score of a lease
 /// is its expiry on Redis's clock (µs). Returns 1 when admitted, 0 when full.
@@ -49,7 +49,7 @@ return 1
 /// when the lease expires. Cheap to clone; clones share everything.
 ///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
-/// answer, the [`FailurePolicy`] decides (`Local` uses an in-process bulkhead holding its
+/// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
 /// share of the limit).
 ///
 /// ```no_run
@@ -76,7 +76,7 @@ struct Inner {
     limit: u32,
     lease: Duration,
     backend: Backend,
-    policy: FailurePolicy,
+    policy: WhenUnavailable,
     local: Option<Bulkhead<Tokio>>,
     /// This instance's random prefix and a counter: every lease has its own member name.
     instance: u64,
@@ -118,7 +118,7 @@ enum Held<'a> {
 
 impl RedisBulkhead {
     /// At most `limit` concurrent calls under `name`, on `conn`. Defaults: a 30 s lease,
-    /// partition `"default"`, a 10 ms deadline per Redis call, [`FailurePolicy::Open`].
+    /// partition `"default"`, a 10 ms deadline per Redis call, [`WhenUnavailable::Open`].
     pub fn builder(conn: &RedisConn, name: &str, limit: u32) -> RedisBulkheadBuilder {
         RedisBulkheadBuilder {
             common: Common::new(conn, name),
@@ -183,8 +183,8 @@ impl RedisBulkhead {
             }),
             Ok(_) => Err(Rejected::BulkheadFull),
             Err(_) => match (&inner.policy, &inner.local) {
-                (FailurePolicy::Closed, _) => Err(Rejected::BackendUnavailable),
-                (FailurePolicy::Local { .. }, Some(local)) => Ok(RedisPermit {
+                (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
+                (WhenUnavailable::Local { .. }, Some(local)) => Ok(RedisPermit {
                     held: Held::Local(local.try_acquire()?),
                 }),
                 _ => Ok(RedisPermit {
@@ -347,7 +347,7 @@ impl RedisBulkheadBuilder {
         crate::options::script_micros("lease", self.lease, ALLOWED)?;
         let key = self.common.validated_key("bulkhead")?;
         let local = match self.common.policy {
-            FailurePolicy::Local { share } => {
+            WhenUnavailable::Local { share } => {
                 let slots = crate::rate::share_of(self.limit, share)?;
                 Some(
                     Bulkhead::builder(usize::try_from(slots).unwrap_or(usize::MAX))
@@ -355,7 +355,7 @@ impl RedisBulkheadBuilder {
                         .build()?,
                 )
             }
-            FailurePolicy::Open | FailurePolicy::Closed => None,
+            WhenUnavailable::Open | WhenUnavailable::Closed => None,
         };
         let instance = random_id();
         Ok(RedisBulkhead {

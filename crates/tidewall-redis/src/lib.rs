@@ -22,7 +22,7 @@
 //!   Redis is never on a call's path.
 //! * Every Redis call has its own deadline (default 10 ms) and goes through a circuit breaker
 //!   around Redis itself: no decision ever waits longer than its deadline, whatever Redis does.
-//!   When Redis does not answer, the limit's [`FailurePolicy`] decides: admit, refuse, or fall
+//!   When Redis does not answer, the limit's [`WhenUnavailable`] decides: admit, refuse, or fall
 //!   back to a local limiter holding a configured share of the global limit.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.
@@ -47,6 +47,6 @@ mod rate;
 
 pub use bulkhead::{RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
 pub use conn::RedisConn;
-pub use policy::FailurePolicy;
+pub use policy::WhenUnavailable;
 pub use quorum::{BreakerQuorum, BreakerQuorumBuilder, QuorumUnavailable, QuorumView, Refreshing};
 pub use rate::{RedisRateLimiter, RedisRateLimiterBuilder};

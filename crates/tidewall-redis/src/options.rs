@@ -7,7 +7,7 @@ use tidewall_core::gcra::{Resolution, emission_interval};
 
 use crate::conn::RedisConn;
 use crate::keys::key;
-use crate::policy::FailurePolicy;
+use crate::policy::WhenUnavailable;
 
 /// The connection, the key's name and partition, the deadline per Redis call and the
 /// failure policy.
@@ -17,7 +17,7 @@ pub(crate) struct Common {
     pub(crate) name: String,
     pub(crate) partition: String,
     pub(crate) deadline: Duration,
-    pub(crate) policy: FailurePolicy,
+    pub(crate) policy: WhenUnavailable,
 }
 
 impl Common {
@@ -28,7 +28,7 @@ impl Common {
             name: name.to_owned(),
             partition: "default".to_owned(),
             deadline: Duration::from_millis(10),
-            policy: FailurePolicy::Open,
+            policy: WhenUnavailable::Open,
         }
     }
 
@@ -92,7 +92,7 @@ macro_rules! common_options {
 
         /// What to do when Redis does not answer in time (default: admit).
         #[must_use]
-        pub fn failure_policy(mut self, policy: crate::policy::FailurePolicy) -> Self {
+        pub fn when_unavailable(mut self, policy: crate::policy::WhenUnavailable) -> Self {
             self.common.policy = policy;
             self
         }

@@ -4,14 +4,14 @@
 /// open).
 ///
 /// ```
-/// use tidewall_redis::FailurePolicy;
+/// use tidewall_redis::WhenUnavailable;
 ///
 /// // Each of 4 replicas allows a quarter of the global limit on its own.
-/// let policy = FailurePolicy::Local { share: 0.25 };
+/// let policy = WhenUnavailable::Local { share: 0.25 };
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub enum FailurePolicy {
+pub enum WhenUnavailable {
     /// Admit: availability over the limit.
     Open,
     /// Refuse with [`Rejected::BackendUnavailable`](tidewall::Rejected::BackendUnavailable):

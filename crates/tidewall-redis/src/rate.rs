@@ -13,7 +13,7 @@ use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
 use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
-use crate::policy::FailurePolicy;
+use crate::policy::WhenUnavailable;
 
 /// GCRA on Redis's clock, in whole microseconds (`TIME`; a Lua number holds µs since the
 /// epoch exactly, not ns). The stored value is the theoretical arrival time, exactly as the
@@ -50,14 +50,14 @@ return {0, allowed_at - now}
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tidewall_redis::{FailurePolicy, RedisConn, RedisRateLimiter};
+/// use tidewall_redis::{WhenUnavailable, RedisConn, RedisRateLimiter};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let conn = RedisConn::open("redis://127.0.0.1:6379")?;
 /// let limiter = RedisRateLimiter::builder(&conn, "api", 100, Duration::from_secs(1))
 ///     .burst(10)
 ///     .partition("tenant-7")
-///     .failure_policy(FailurePolicy::Local { share: 0.25 })
+///     .when_unavailable(WhenUnavailable::Local { share: 0.25 })
 ///     .build()?;
 /// match limiter.check().await {
 ///     Ok(()) => { /* go ahead */ }
@@ -77,8 +77,8 @@ struct Inner {
     interval_us: u64,
     burst: u32,
     backend: Backend,
-    policy: FailurePolicy,
-    /// The in-process limiter of [`FailurePolicy::Local`].
+    policy: WhenUnavailable,
+    /// The in-process limiter of [`WhenUnavailable::Local`].
     local: Option<RateLimiter<Tokio>>,
     /// The last denial, until it expires.
     denied: Mutex<Option<Denial>>,
@@ -105,7 +105,7 @@ pub struct RedisRateLimiterBuilder {
 impl RedisRateLimiter {
     /// `count` cells per `period` under the name `name`, on `conn`. Defaults: a burst of
     /// `count`, partition `"default"`, a 10 ms deadline per Redis call, and
-    /// [`FailurePolicy::Open`].
+    /// [`WhenUnavailable::Open`].
     pub fn builder(
         conn: &RedisConn,
         name: &str,
@@ -267,8 +267,8 @@ impl Inner {
 
     fn without_redis(&self, cells: u32) -> Result<(), Rejected> {
         match (&self.policy, &self.local) {
-            (FailurePolicy::Closed, _) => Err(Rejected::BackendUnavailable),
-            (FailurePolicy::Local { .. }, Some(local)) => local.check_n(cells),
+            (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
+            (WhenUnavailable::Local { .. }, Some(local)) => local.check_n(cells),
             _ => Ok(()),
         }
     }
@@ -313,10 +313,10 @@ impl RedisRateLimiterBuilder {
         }
         let key = self.common.validated_key("rate")?;
         let local = match self.common.policy {
-            FailurePolicy::Local { share } => {
+            WhenUnavailable::Local { share } => {
                 Some(local_share(self.count, self.period, burst, share)?)
             }
-            FailurePolicy::Open | FailurePolicy::Closed => None,
+            WhenUnavailable::Open | WhenUnavailable::Closed => None,
         };
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use common::{RedisServer, eventually};
 use tidewall::Rejected;
-use tidewall_redis::{FailurePolicy, RedisBulkhead, RedisConn};
+use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
 
 fn replica(server: &RedisServer, limit: u32, lease: Duration) -> RedisBulkhead {
     let conn = RedisConn::open(server.url()).unwrap();
     RedisBulkhead::builder(&conn, "db", limit)
         .lease(lease)
         .deadline(Duration::from_secs(2))
-        .failure_policy(FailurePolicy::Closed)
+        .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap()
 }
@@ -100,13 +100,13 @@ async fn a_frozen_redis_applies_the_policy_within_the_deadline() {
     let build = |policy| {
         RedisBulkhead::builder(&conn, "frozen", 8)
             .deadline(Duration::from_millis(10))
-            .failure_policy(policy)
+            .when_unavailable(policy)
             .build()
             .unwrap()
     };
     let (closed, local) = (
-        build(FailurePolicy::Closed),
-        build(FailurePolicy::Local { share: 0.25 }),
+        build(WhenUnavailable::Closed),
+        build(WhenUnavailable::Local { share: 0.25 }),
     );
     drop(eventually(async || closed.try_acquire().await.ok()).await);
     server.freeze();
@@ -131,7 +131,7 @@ async fn a_frozen_redis_applies_the_policy_within_the_deadline() {
     let conn = RedisConn::open(server.url()).unwrap();
     let same_key = RedisBulkhead::builder(&conn, "frozen", 8)
         .deadline(Duration::from_secs(2))
-        .failure_policy(FailurePolicy::Closed)
+        .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap();
     let mut held = Vec::new();
@@ -156,7 +156,7 @@ async fn bad_configurations_are_typed_errors() {
     );
     assert!(
         RedisBulkhead::builder(&conn, "bad", 1)
-            .failure_policy(FailurePolicy::Local { share: 2.0 })
+            .when_unavailable(WhenUnavailable::Local { share: 2.0 })
             .build()
             .is_err()
     );

@@ -8,7 +8,7 @@ use common::RedisServer;
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::AdmitLayer;
 use tidewall::{Error, Rejected};
-use tidewall_redis::{FailurePolicy, RedisBulkhead, RedisConn, RedisRateLimiter};
+use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 use tower::{Service, ServiceExt};
 
 fn one_per_ten_seconds(server: &RedisServer, name: &str) -> RedisRateLimiter {
@@ -16,7 +16,7 @@ fn one_per_ten_seconds(server: &RedisServer, name: &str) -> RedisRateLimiter {
     RedisRateLimiter::builder(&conn, name, 1, Duration::from_secs(10))
         .burst(1)
         .deadline(Duration::from_secs(2))
-        .failure_policy(FailurePolicy::Closed)
+        .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap()
 }
@@ -57,7 +57,7 @@ async fn a_pipeline_holds_a_redis_bulkhead_slot_for_the_whole_call() {
     let conn = RedisConn::open(server.url()).unwrap();
     let bulkhead = RedisBulkhead::builder(&conn, "pipeline", 1)
         .deadline(Duration::from_secs(2))
-        .failure_policy(FailurePolicy::Closed)
+        .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap();
     let other = bulkhead.clone();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{RedisServer, eventually};
 use tidewall::Rejected;
 use tidewall::rate::RateLimiter;
-use tidewall_redis::{FailurePolicy, RedisConn, RedisRateLimiter};
+use tidewall_redis::{RedisConn, RedisRateLimiter, WhenUnavailable};
 
 fn limiter(
     server: &RedisServer,
@@ -24,7 +24,7 @@ fn limiter(
     RedisRateLimiter::builder(&conn, name, count, period)
         .burst(burst)
         .deadline(Duration::from_secs(2))
-        .failure_policy(FailurePolicy::Closed)
+        .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap()
 }
@@ -32,7 +32,7 @@ fn limiter(
 /// Asks Redis until it answers, through a fail-closed probe (so no failure policy can pass
 /// for an answer). The connection is lazy, and reconnects in the background.
 async fn until_redis_answers(server: &RedisServer) {
-    let probe = with_policy(server, "probe", FailurePolicy::Closed);
+    let probe = with_policy(server, "probe", WhenUnavailable::Closed);
     eventually(async || probe.check_n(0).await.ok()).await;
 }
 
@@ -175,12 +175,12 @@ async fn three_replicas_share_one_limit_within_one_percent() {
 const MARGIN: Duration = Duration::from_millis(100);
 const DEADLINE: Duration = Duration::from_millis(10);
 
-fn with_policy(server: &RedisServer, name: &str, policy: FailurePolicy) -> RedisRateLimiter {
+fn with_policy(server: &RedisServer, name: &str, policy: WhenUnavailable) -> RedisRateLimiter {
     let conn = RedisConn::open(server.url()).unwrap();
     RedisRateLimiter::builder(&conn, name, 1000, Duration::from_secs(1))
         .burst(1000)
         .deadline(DEADLINE)
-        .failure_policy(policy)
+        .when_unavailable(policy)
         .build()
         .unwrap()
 }
@@ -203,7 +203,7 @@ async fn timed_decisions(
 #[tokio::test]
 async fn paused_redis_fails_closed_within_the_deadline_then_recovers() {
     let server = RedisServer::start();
-    let closed = with_policy(&server, "pause", FailurePolicy::Closed);
+    let closed = with_policy(&server, "pause", WhenUnavailable::Closed);
     until_redis_answers(&server).await;
     server.pause_clients(Duration::from_millis(300));
     let during = timed_decisions(&closed, 10).await;
@@ -220,8 +220,8 @@ async fn paused_redis_fails_closed_within_the_deadline_then_recovers() {
 #[tokio::test]
 async fn a_frozen_redis_fails_open_within_the_deadline_then_recovers() {
     let server = RedisServer::start();
-    let open = with_policy(&server, "frozen", FailurePolicy::Open);
-    let probe = with_policy(&server, "frozen-probe", FailurePolicy::Closed);
+    let open = with_policy(&server, "frozen", WhenUnavailable::Open);
+    let probe = with_policy(&server, "frozen-probe", WhenUnavailable::Closed);
     until_redis_answers(&server).await;
     assert_eq!(probe.check().await, Ok(()));
     server.freeze();
@@ -246,7 +246,7 @@ async fn a_killed_redis_falls_back_to_the_local_share_then_recovers_after_a_rest
     // 100 per 10 s globally; alone, this instance allows a quarter: 25 per 10 s, burst 25.
     let limiter = RedisRateLimiter::builder(&conn, "killed", 100, Duration::from_secs(10))
         .deadline(DEADLINE)
-        .failure_policy(FailurePolicy::Local { share: 0.25 })
+        .when_unavailable(WhenUnavailable::Local { share: 0.25 })
         .build()
         .unwrap();
     until_redis_answers(&server).await;
@@ -282,19 +282,22 @@ async fn bad_configurations_are_typed_errors() {
     let conn = RedisConn::open("redis://127.0.0.1:1").unwrap();
     let build = |count, period, policy| {
         RedisRateLimiter::builder(&conn, "bad", count, period)
-            .failure_policy(policy)
+            .when_unavailable(policy)
             .build()
     };
     let second = Duration::from_secs(1);
-    assert!(build(0, second, FailurePolicy::Open).is_err(), "zero count");
     assert!(
-        build(2_000_000, second, FailurePolicy::Open).is_err(),
+        build(0, second, WhenUnavailable::Open).is_err(),
+        "zero count"
+    );
+    assert!(
+        build(2_000_000, second, WhenUnavailable::Open).is_err(),
         "an interval under 1 µs"
     );
-    assert!(build(10, second, FailurePolicy::Local { share: 0.0 }).is_err());
-    assert!(build(10, second, FailurePolicy::Local { share: 1.5 }).is_err());
-    assert!(build(10, second, FailurePolicy::Local { share: f64::NAN }).is_err());
-    assert!(build(10, second, FailurePolicy::Local { share: 1.0 }).is_ok());
+    assert!(build(10, second, WhenUnavailable::Local { share: 0.0 }).is_err());
+    assert!(build(10, second, WhenUnavailable::Local { share: 1.5 }).is_err());
+    assert!(build(10, second, WhenUnavailable::Local { share: f64::NAN }).is_err());
+    assert!(build(10, second, WhenUnavailable::Local { share: 1.0 }).is_ok());
     assert!(
         RedisRateLimiter::builder(&conn, "bad", 10, second)
             .deadline(Duration::ZERO)

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewall::{Deadline, Rejected};
-use tidewall_redis::{FailurePolicy, RedisBulkhead, RedisConn, RedisRateLimiter};
+use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 
 use super::report::{Section, ms};
 use super::scenarios::Size;
@@ -52,7 +52,7 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
             RedisRateLimiter::builder(&conn, run, per_second, Duration::from_secs(1))
                 .burst(burst)
                 .deadline(Duration::from_millis(200))
-                .failure_policy(FailurePolicy::Closed)
+                .when_unavailable(WhenUnavailable::Closed)
                 .build()?,
         );
     }
@@ -127,7 +127,7 @@ async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Sec
         let bulkhead = RedisBulkhead::builder(&conn, run, limit)
             .lease(Duration::from_secs(5))
             .deadline(Duration::from_millis(200))
-            .failure_policy(FailurePolicy::Closed)
+            .when_unavailable(WhenUnavailable::Closed)
             .build()?;
         for _ in 0..4 {
             let (bulkhead, held, most_held) =

@@ -74,8 +74,8 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
     let started = Instant::now();
     let file = path.clone();
     // Formatting and writing gigabytes blocks: keep it off the async workers.
-    // CHECK: awaiting `R::JoinHandle<T>` relies on `TaskHandle<T>: Future` (a supertrait of the
-    // GAT's bound); `JoinError` is not `Sync`, hence the `map_err` instead of a bare `?`.
+    // `JoinError` is not `Sync` (it may hold a panic payload), hence the `map_err` instead of
+    // a bare `?` into `anyhow`.
     let (written_lines, written_table) = rt
         .spawn_blocking(move || write_log(&file, target))
         .await
