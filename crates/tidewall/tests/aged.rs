@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -28,10 +30,6 @@ const AGES: [Duration; 5] = [
     Duration::from_secs(30 * 86_400),
     Duration::from_secs(100 * 365 * 86_400),
 ];
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Trigger {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -10,10 +12,6 @@ use tidewall::breaker::{CircuitBreaker, Outcome, State, TripReason, Window};
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{Error, FutureExt, Rejected};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn tripped_breaker(clock: &Clocked<Tokio>, probes: u32) -> CircuitBreaker<Clocked<Tokio>> {
     let breaker = CircuitBreaker::builder()

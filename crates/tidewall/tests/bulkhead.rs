@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -9,10 +11,6 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::rt::{Clock, Runtime, Spawn, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{Deadline, Rejected};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 async fn admit_queue_reject_and_time_out<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = Bulkhead::builder(2)

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use tidewall::breaker::{CircuitBreaker, State};
@@ -17,10 +19,6 @@ use tidewall::tower::{BreakerLayer, HedgeLayer, RetryLayer};
 use tidewall::{Backoff, Deadline, Error, Jitter, Rejected, RetryAfter};
 use tower_layer::Layer;
 use tower_service::Service;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApiError {

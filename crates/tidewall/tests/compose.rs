@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use tidewall::fallback::{self, Fallback};
@@ -10,10 +12,6 @@ use tidewall::rt::{JoinError, Runtime, TaskHandle};
 use tidewall::testing::Scripted;
 use tidewall::time::{DeadlineExceeded, Elapsed};
 use tidewall::{Deadline, FutureExt};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 async fn timeouts_and_deadlines<R: Runtime>(rt: R) {
     let start = rt.now();

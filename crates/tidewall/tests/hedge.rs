@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,10 +11,6 @@ use std::time::Duration;
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// Counts attempts that are dropped before finishing.
 struct DropCounter(Arc<AtomicUsize>, bool);

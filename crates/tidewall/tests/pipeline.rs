@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use tidewall::breaker::CircuitBreaker;
@@ -11,10 +13,6 @@ use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::{Backoff, Deadline, Error, Jitter, Rejected};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn constant(delay: Duration, attempts: u32) -> Backoff {
     Backoff::constant(delay)

@@ -2,16 +2,14 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::task::{JobOutcome, SubmitError, WorkerPool};
 use tidewall::testing::Clocked;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 async fn ten_thousand_jobs_then_shutdown<R: Runtime>(rt: Clocked<R>) {
     let rt2 = rt.clone();

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -9,10 +11,6 @@ use tidewall::rate::{KeyedRateLimiter, RateLimiter};
 use tidewall::rt::{Clock, Runtime, Spawn, Tokio};
 use tidewall::testing::Clocked;
 use tidewall::{ConfigError, Deadline, Rejected};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A greedy caller over virtual time admits exactly `burst + floor(span / interval)`.
 #[test]

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,10 +12,6 @@ use tidewall::retry::{Outcome, RetryError, RetryEvent};
 use tidewall::rt::Runtime;
 use tidewall::testing::Scripted;
 use tidewall::{Backoff, Deadline, Jitter, RetryAfter, RetryExt};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn exact(initial: Duration, attempts: u32) -> Backoff {
     Backoff::exponential(initial)

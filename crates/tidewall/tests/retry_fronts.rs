@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::time::Duration;
 
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
@@ -16,10 +18,6 @@ use tidewall::tower::RetryLayer;
 use tidewall::{Backoff, Deadline, Error, Jitter, RetryAfter, RetryExt};
 use tower_layer::Layer;
 use tower_service::Service;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApiError {

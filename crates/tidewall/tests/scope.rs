@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -12,10 +14,6 @@ use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::task::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
 use tidewall::testing::Clocked;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 async fn limit_bounds_running_children<R: Runtime>(rt: Clocked<R>) {
     let scope = Scope::builder()

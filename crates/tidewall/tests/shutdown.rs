@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +13,6 @@ use tidewall::FutureExt as _;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, ShutdownReport, Stopped};
 use tidewall::testing::Clocked;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn pairs(report: &ShutdownReport) -> Vec<(String, ComponentEnd)> {
     report

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,10 +18,6 @@ use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::stream::{Keyed, KeyedMerge, MissedTicks, StreamOps, interval_on};
 use tidewall::testing::Clocked;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A source that counts how many items were pulled from it.
 fn counted<T>(

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,10 +17,6 @@ use tidewall::task::{
 };
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, Jitter};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn fixed(delay: Duration) -> Backoff {
     Backoff::constant(delay)

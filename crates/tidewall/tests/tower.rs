@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::ms;
+
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,10 +23,6 @@ use tidewall::tower::{
 use tidewall::{Backoff, Error, Jitter, Rejected};
 use tower_layer::Layer;
 use tower_service::Service;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A service built from a closure; ready after `ready_after` from its first `poll_ready`.
 struct FnService<F, R: Runtime> {

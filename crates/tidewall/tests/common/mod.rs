@@ -6,6 +6,11 @@ use std::future::Future;
 use tidewall::rt::{AsyncStd, SmolRuntime, Tokio};
 use tidewall::testing::Clocked;
 
+/// `n` milliseconds: the unit every scenario is written in.
+pub fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
+
 pub fn on_tokio_multi_thread<F: Future>(scenario: impl FnOnce(Clocked<Tokio>) -> F) -> F::Output {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
