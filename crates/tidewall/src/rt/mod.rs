@@ -190,7 +190,9 @@ pub trait Signals {
 }
 
 /// `now + duration` exactly when it fits the clock; when it does not, roughly thirty years
-/// from now ("forever", as tokio's far future) instead of panicking.
+/// from now ("forever", as tokio's far future) instead of panicking, and on a clock within
+/// thirty years of the end of its range, the latest instant it can hold: never earlier than
+/// either.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -203,8 +205,56 @@ pub trait Signals {
 /// ```
 pub fn instant_after(now: Instant, duration: Duration) -> Instant {
     const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-    // If even the far future overflows, the clock itself is at its end: `now` is all there is.
     now.checked_add(duration)
         .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
+        .unwrap_or_else(|| latest_after(now, FAR_FUTURE))
+}
+
+/// The latest instant the clock can hold, found from `now` by steps that halve each time one
+/// overflows (at most about 120 additions: only a clock at the end of its range gets here).
+#[cold]
+fn latest_after(now: Instant, mut step: Duration) -> Instant {
+    let mut latest = now;
+    while !step.is_zero() {
+        match latest.checked_add(step) {
+            Some(later) => latest = later,
+            None => step /= 2,
+        }
+    }
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::instant_after;
+
+    #[test]
+    fn near_the_end_of_the_clock_forever_is_its_last_instant_not_now() {
+        let now = Instant::now();
+        // The latest instant this platform's clock holds, found by the same doubling search
+        // a user's clock near its end would need.
+        let mut end = now;
+        let mut step = Duration::from_secs(u64::MAX);
+        while !step.is_zero() {
+            match end.checked_add(step) {
+                Some(later) => end = later,
+                None => step /= 2,
+            }
+        }
+        for before_end in [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400 * 365 * 2),
+        ] {
+            let at = end - before_end;
+            assert_eq!(
+                instant_after(at, Duration::MAX),
+                end,
+                "{before_end:?} before the end"
+            );
+            assert_eq!(instant_after(at, before_end), end);
+        }
+    }
 }
