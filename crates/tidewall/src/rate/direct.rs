@@ -40,7 +40,9 @@ struct Direct<R> {
     clock: LimiterClock,
     rt: R,
     jitter: Duration,
-    waits: AtomicU64,
+    // Each wait draws its jitter from the next seed; the first is random, so limiters built
+    // alike do not wake their waiters in lockstep.
+    next_seed: AtomicU64,
     name: &'static str,
     rejections: crate::telemetry::Rejections,
 }
@@ -70,6 +72,7 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) period: Duration,
     pub(super) burst: Option<u32>,
     pub(super) jitter: Option<Duration>,
+    pub(super) seed: Option<u64>,
     pub(super) rt: R,
     pub(super) name: &'static str,
 }
@@ -82,6 +85,7 @@ impl RateLimiter {
             period,
             burst: None,
             jitter: None,
+            seed: None,
             rt: DefaultRuntime::default(),
             name: "rate",
         }
@@ -108,6 +112,13 @@ impl<R> RateLimiterBuilder<R> {
         self
     }
 
+    /// Fixes the jitter seed, making the waits reproducible (by default each limiter draws a
+    /// fresh one, so limiters built alike do not wake their waiters in lockstep).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Reads time from another runtime or [`Clock`] (see the [module docs](super) on time).
     pub fn runtime<R2>(self, rt: R2) -> RateLimiterBuilder<R2> {
         RateLimiterBuilder {
@@ -115,6 +126,7 @@ impl<R> RateLimiterBuilder<R> {
             period: self.period,
             burst: self.burst,
             jitter: self.jitter,
+            seed: self.seed,
             rt,
             name: self.name,
         }
@@ -169,7 +181,7 @@ impl<R> RateLimiterBuilder<R> {
                 clock: LimiterClock::new(&self.rt),
                 rt: self.rt,
                 jitter,
-                waits: AtomicU64::new(0),
+                next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 name: self.name,
                 rejections: crate::telemetry::Rejections::new("rate", self.name),
             }),
@@ -255,7 +267,7 @@ impl<R: Clock> RateLimiter<R> {
         cells: u32,
         deadline: Deadline,
     ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
-        let seed = self.shared.waits.fetch_add(1, Relaxed);
+        let seed = self.shared.next_seed.fetch_add(1, Relaxed);
         let wait = WaitUntilReady::new(
             move || self.decide(cells),
             self.shared.rt.clone(),

@@ -63,7 +63,9 @@ struct Keyed<K, R> {
     clock: LimiterClock,
     rt: R,
     jitter: Duration,
-    waits: AtomicU64,
+    // Each wait draws its jitter from the next seed; the first is random, so limiters built
+    // alike do not wake their waiters in lockstep.
+    next_seed: AtomicU64,
     evicted: AtomicU64,
     name: &'static str,
     rejections: crate::telemetry::Rejections,
@@ -133,6 +135,12 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
+    /// See [`RateLimiterBuilder::seed`](super::RateLimiterBuilder::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rate = self.rate.seed(seed);
+        self
+    }
+
     /// Runs on another runtime.
     pub fn runtime<R2>(self, rt: R2) -> KeyedRateLimiterBuilder<R2> {
         KeyedRateLimiterBuilder {
@@ -180,7 +188,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 clock: LimiterClock::new(&rate.rt),
                 rt: rate.rt,
                 jitter,
-                waits: AtomicU64::new(0),
+                next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 evicted: AtomicU64::new(0),
                 name: rate.name,
                 rejections: crate::telemetry::Rejections::new("keyed_rate", rate.name),
@@ -286,7 +294,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     where
         K: Send + Sync,
     {
-        let seed = self.shared.waits.fetch_add(1, Relaxed);
+        let seed = self.shared.next_seed.fetch_add(1, Relaxed);
         let wait = WaitUntilReady::new(
             move || self.decide(key, 1),
             self.shared.rt.clone(),

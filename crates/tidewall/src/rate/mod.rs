@@ -18,8 +18,12 @@
 //! instead (feature `quanta`, on by default), the counter governor reads: no system clock call
 //! per decision. Under paused tokio time, a [`FakeClock`](crate::testing::FakeClock), a
 //! [`Clocked`](crate::testing::Clocked) runtime or any clock of your own, the limiter follows
-//! that clock exactly, so virtual time drives it in tests. (Build the limiter after pausing
-//! tokio's time: the choice is made once.)
+//! that clock exactly, so virtual time drives it in tests. The choice is made once, when the
+//! limiter is built: build it after pausing tokio's time, inside the paused runtime. A
+//! limiter built before the pause, outside the runtime or in a `static` keeps real time, and
+//! its `until_ready` would then sleep in virtual time while deciding in real time. Time is
+//! kept as `u64` nanoseconds since the limiter was built, so decisions are exact for 584
+//! years of its life.
 //!
 //! Fairness: waiters are not queued; whoever checks first after a refill wins (the jitter
 //! spreads them). Use a [bulkhead](crate::bulkhead) in front if you need FIFO.
