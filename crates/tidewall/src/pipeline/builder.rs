@@ -47,7 +47,8 @@ pub struct PipelineBuilder<R, L = (), B = (), T = (), C = (), K = DefaultClassif
 
 impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Reads the pipeline's time (its deadline, attempt timeouts, backoff sleeps) from `rt`,
-    /// before any stage is added; the stages added must use the same runtime or clock.
+    /// before any stage is added. Give the stages the same clock: the breaker's type enforces
+    /// it; a limiter or bulkhead on another clock is accepted and waits on its own.
     pub fn runtime<R2: Clock>(self, rt: R2) -> PipelineBuilder<R2, (), (), (), (), K> {
         PipelineBuilder {
             rt,

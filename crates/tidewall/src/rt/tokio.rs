@@ -14,8 +14,9 @@ use super::{Clock, JoinError, Panic, Signals, Spawn, TaskHandle};
 ///
 /// # Panics
 ///
-/// Like `tokio::spawn` and `tokio::time::sleep`, its methods panic when called outside a tokio
-/// runtime (a programming error, not an input error).
+/// Like `tokio::spawn` and `tokio::time::sleep`, spawning and sleeping panic when called
+/// outside a tokio runtime (a programming error, not an input error). `now` and
+/// `is_real_time` work anywhere: outside a runtime they read the machine's clock.
 ///
 /// ```
 /// use tidewall::rt::{Spawn, Tokio};
@@ -40,8 +41,10 @@ impl Clock for Tokio {
         }
     }
 
-    /// `true` unless tokio's time is paused on this thread (a paused clock stands still while
-    /// real time moves; finding out spins for about a microsecond, so callers ask once).
+    /// `true` unless the time of the tokio runtime this thread runs in (or blocks for) is
+    /// paused: a paused clock stands still while real time moves. Answered anew on each call
+    /// (it changes after `tokio::time::pause`); finding out spins for about a microsecond, so
+    /// callers ask once.
     fn is_real_time(&self) -> bool {
         let paused_at = tokio::time::Instant::now();
         let real_start = Instant::now();
