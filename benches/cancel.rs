@@ -15,7 +15,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tidewall::rt::Tokio;
-use tidewall::task::{CancellationToken, JobOutcome, WorkerPool};
+use tidewall::task::{
+    CancellationToken,
+    pool::{JobOutcome, WorkerPool},
+};
 use tokio_util::sync::CancellationToken as TokioToken;
 
 fn cancel_tokens(c: &mut criterion::Criterion) {

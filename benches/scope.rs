@@ -20,7 +20,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Throughput, criterion_group, criterion_main};
 use tidewall::rt::Tokio;
-use tidewall::task::Scope;
+use tidewall::task::scope::Scope;
 
 const SIZES: [u64; 2] = [100, 1000];
 

@@ -56,9 +56,9 @@ impl Rejections {
 
 /// Something happened under a supervisor (restarts and escalations are the ones to alert on).
 #[allow(unused_variables)]
-pub(crate) fn supervisor_event(event: &crate::task::SupervisorEvent) {
+pub(crate) fn supervisor_event(event: &crate::task::supervisor::SupervisorEvent) {
     #[cfg(any(feature = "tracing", feature = "metrics"))]
-    use crate::task::SupervisorEvent;
+    use crate::task::supervisor::SupervisorEvent;
     #[cfg(feature = "tracing")]
     match event {
         SupervisorEvent::Restarting { .. } | SupervisorEvent::Exited { .. } => {

@@ -9,7 +9,11 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::pipeline::Pipeline;
 use tidewall::rate::{KeyedRateLimiter, RateLimiter};
 use tidewall::rt::Tokio;
-use tidewall::task::{ChildSpec, Scope, SupervisorBuilder, WorkerPool};
+use tidewall::task::{
+    pool::WorkerPool,
+    scope::Scope,
+    supervisor::{ChildSpec, SupervisorBuilder},
+};
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, ConfigError, Jitter, Rejected};
 
@@ -209,7 +213,7 @@ async fn worker_pool_sizes_are_bounded_and_durations_fit() {
     let job = pool.submit(41).await.unwrap();
     assert!(matches!(
         job.await,
-        tidewall::task::JobOutcome::Completed(42)
+        tidewall::task::pool::JobOutcome::Completed(42)
     ));
     let report = pool.shutdown(Duration::MAX).await;
     assert_eq!((report.submitted, report.completed), (1, 1));

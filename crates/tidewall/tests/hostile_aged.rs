@@ -21,8 +21,9 @@ use tidewall::retry::{Retry, RetryError};
 use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::stream::{MissedTicks, interval_on};
 use tidewall::task::{
-    CancellationToken, ChildSpec, Health, HealthChecker, JobOutcome, Supervisor, WorkerPool,
-    periodic,
+    CancellationToken, Health, HealthChecker, periodic,
+    pool::{JobOutcome, WorkerPool},
+    supervisor::{ChildSpec, Supervisor},
 };
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, Deadline, Jitter, Rejected};

@@ -2164,7 +2164,7 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
     is_runtime(&mixed);
 
     // Scope.
-    let scope = tidewall::task::Scope::builder()
+    let scope = tidewall::task::scope::Scope::builder()
         .runtime(mixed.clone())
         .build::<u32, &str>()
         .unwrap();
@@ -2188,7 +2188,7 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
 
     // WorkerPool, with a job timeout on the user's clock.
     let clock = mixed.clock.clone();
-    let pool = tidewall::task::WorkerPool::builder()
+    let pool = tidewall::task::pool::WorkerPool::builder()
         .workers(2)
         .queue(8)
         .job_timeout(secs(1))
@@ -2206,7 +2206,7 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
     let quick = pool.submit(7).await.ok().unwrap();
     assert!(matches!(
         quick.await,
-        tidewall::task::JobOutcome::Completed(49)
+        tidewall::task::pool::JobOutcome::Completed(49)
     ));
     let stuck = pool.submit(0).await.ok().unwrap();
     // Wait (deterministically, on a condition) until the job and its timeout have timers.
@@ -2214,12 +2214,15 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
         yield_once().await;
     }
     mixed.clock.advance(secs(1));
-    assert!(matches!(stuck.await, tidewall::task::JobOutcome::TimedOut));
+    assert!(matches!(
+        stuck.await,
+        tidewall::task::pool::JobOutcome::TimedOut
+    ));
     let report = pool.shutdown(secs(5)).await;
     assert_eq!((report.submitted, report.completed), (2, 1));
 
     // Shutdown without Signals: register, trigger, run.
-    let mut shutdown = tidewall::task::ShutdownBuilder::new()
+    let mut shutdown = tidewall::task::shutdown::ShutdownBuilder::new()
         .runtime(mixed.clone())
         .build()
         .unwrap();

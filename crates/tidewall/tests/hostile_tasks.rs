@@ -17,7 +17,9 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::fan_out::FanOut;
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
-    CancellationToken, ChildSpec, JobOutcome, SubmitError, Supervisor, WorkerPool,
+    CancellationToken,
+    pool::{JobOutcome, SubmitError, WorkerPool},
+    supervisor::{ChildSpec, Supervisor},
 };
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, Jitter};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn};
-use tidewall::task::{JobOutcome, SubmitError, WorkerPool};
+use tidewall::task::pool::{JobOutcome, SubmitError, WorkerPool};
 use tidewall::testing::Clocked;
 
 async fn ten_thousand_jobs_then_shutdown<R: Runtime>(rt: Clocked<R>) {

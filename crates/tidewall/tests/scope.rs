@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn};
-use tidewall::task::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
+use tidewall::task::scope::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
 use tidewall::testing::Clocked;
 
 async fn limit_bounds_running_children<R: Runtime>(rt: Clocked<R>) {

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tidewall::ConfigError;
 use tidewall::FutureExt as _;
 use tidewall::rt::{Clock, Runtime};
-use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, ShutdownReport, Stopped};
+use tidewall::task::{
+    shutdown::{Cause, ComponentEnd, Shutdown, ShutdownReport},
+    supervisor::{Exit, Stopped},
+};
 use tidewall::testing::Clocked;
 
 fn pairs(report: &ShutdownReport) -> Vec<(String, ComponentEnd)> {

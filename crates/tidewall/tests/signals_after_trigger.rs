@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use signals::{pairs, send_to_self};
 use tidewall::rt::{Runtime, Signals};
-use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, Stopped};
+use tidewall::task::{
+    shutdown::{Cause, ComponentEnd, Shutdown},
+    supervisor::{Exit, Stopped},
+};
 
 /// A shutdown started by the trigger (a preStop hook), then a SIGTERM (the kubelet's): that
 /// first signal only counts; the next one (the operator's SIGINT) forces.

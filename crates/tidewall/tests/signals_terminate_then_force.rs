@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use signals::{pairs, send_to_self};
 use tidewall::rt::{Runtime, Signal, Signals};
-use tidewall::task::{Cause, ComponentEnd, Exit, Shutdown, Stopped};
+use tidewall::task::{
+    shutdown::{Cause, ComponentEnd, Shutdown},
+    supervisor::{Exit, Stopped},
+};
 
 /// A real SIGTERM to this process starts the shutdown; a second one (SIGINT, sent by the
 /// component that will not stop) forces it.

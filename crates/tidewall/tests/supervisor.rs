@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
-    CancellationToken, ChildSpec, Ended, Exit, Restart, Stopped, Strategy, Supervisor,
-    SupervisorEvent,
+    CancellationToken,
+    supervisor::{ChildSpec, Ended, Exit, Restart, Stopped, Strategy, Supervisor, SupervisorEvent},
 };
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, Jitter};
@@ -610,7 +610,7 @@ fn spawn_run<RT: Runtime>(
     supervisor: Supervisor<RT>,
 ) -> tidewall::rt::JoinHandle<
     RT,
-    Result<tidewall::task::SupervisorReport, tidewall::task::Escalation>,
+    Result<tidewall::task::supervisor::SupervisorReport, tidewall::task::supervisor::Escalation>,
 > {
     rt.spawn(supervisor.run(CancellationToken::new()))
 }
@@ -762,8 +762,8 @@ fn run_is_spawnable_on_tokio(
 /// Compile-time check: and so are a scope's join and a shutdown's run.
 #[allow(dead_code)]
 fn closers_are_spawnable_on_tokio(
-    scope: tidewall::task::Scope<u8, ()>,
-    shutdown: tidewall::task::Shutdown<tidewall::rt::Tokio>,
+    scope: tidewall::task::scope::Scope<u8, ()>,
+    shutdown: tidewall::task::shutdown::Shutdown<tidewall::rt::Tokio>,
 ) {
     drop(tokio::spawn(scope.join()));
     drop(tokio::spawn(shutdown.run()));

@@ -122,11 +122,12 @@ fn transitions_and_rejections_reach_metrics_and_tracing() {
 
     // A supervisor whose only child keeps failing: one restart, then an escalation. Its
     // events are emitted from the `run` future, driven on this thread.
-    let supervisor = tidewall::task::Supervisor::builder()
+    let supervisor = tidewall::task::supervisor::Supervisor::builder()
         .intensity(1, Duration::from_secs(10))
-        .child(tidewall::task::ChildSpec::new("ingest", |_stop| async {
-            Err::<(), _>("broken")
-        }))
+        .child(tidewall::task::supervisor::ChildSpec::new(
+            "ingest",
+            |_stop| async { Err::<(), _>("broken") },
+        ))
         .build()
         .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -12,7 +12,7 @@ use tidewall::fan_out::FanOut;
 use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::Runtime;
-use tidewall::task::{JobOutcome, WorkerPool};
+use tidewall::task::pool::{JobOutcome, WorkerPool};
 
 use crate::runtimes::{Rt, Spawner};
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tidewall::rt::Signal;
 use tidewall::task::{
-    CancellationToken, Cause, ChildSpec, ComponentEnd, Exit, Shutdown, Stopped, Supervisor,
-    SupervisorEvent,
+    CancellationToken,
+    shutdown::{Cause, ComponentEnd, Shutdown},
+    supervisor::{ChildSpec, Exit, Stopped, Supervisor, SupervisorEvent},
 };
 
 use super::client::Net;

@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tidewall::task::{
-    CancellationToken, ChildOutcome, Ending, FailurePolicy, JobOutcome, Scope, SubmitError,
-    WorkerPool,
+    CancellationToken,
+    pool::{JobOutcome, SubmitError, WorkerPool},
+    scope::{ChildOutcome, Ending, FailurePolicy, Scope},
 };
 
 use super::client::Net;

@@ -177,7 +177,7 @@ pub trait Runtime: Clock + Spawn {}
 impl<T: Clock + Spawn> Runtime for T {}
 
 /// Listening for shutdown signals: opt-in, for the runtimes that can
-/// ([`Shutdown::listen_for_signals`](crate::task::Shutdown::listen_for_signals) and the CLI use it).
+/// ([`Shutdown::listen_for_signals`](crate::task::shutdown::Shutdown::listen_for_signals) and the CLI use it).
 pub trait Signals {
     /// Starts listening for SIGINT and SIGTERM (Ctrl-C only off Unix). The handlers are in
     /// place when this returns, so a signal sent afterwards is never lost and no longer

@@ -6,17 +6,17 @@
 //!   can read; child tokens; [`CancellationToken::run_until_cancelled`], which checks the token
 //!   before every poll of the wrapped future (an always-ready future is still stopped);
 //!   a [`DropGuard`].
-//! * [`Scope`] (and [`LocalScope`] for `!Send` futures): children that cannot outlive it;
-//!   cloneable spawners, an optional limit, results as they complete, fail-fast or
-//!   collect-all, panics as values, and a two-phase shutdown (cancel, grace, abort) that
-//!   reports how each child stopped.
-//! * [`Supervisor`]: OTP-style restarts ([`Strategy`], [`Restart`]) within a restart
-//!   intensity, with jittered backoff, escalation to the parent, nesting, and shutdown in
-//!   reverse start order.
-//! * [`WorkerPool`]: N workers, a bounded queue with backpressure, per-job timeouts and
+//! * [`scope`]: a [`Scope`](scope::Scope) (and [`LocalScope`](scope::LocalScope) for `!Send`
+//!   futures) whose children cannot outlive it; cloneable spawners, an optional limit, results
+//!   as they complete, fail-fast or collect-all, panics as values, and a two-phase shutdown
+//!   (cancel, grace, abort) that reports how each child stopped.
+//! * [`supervisor`]: OTP-style restarts ([`Strategy`](supervisor::Strategy),
+//!   [`Restart`](supervisor::Restart)) within a restart intensity, with jittered backoff,
+//!   escalation to the parent, nesting, and shutdown in reverse start order.
+//! * [`pool`]: a [`WorkerPool`](pool::WorkerPool) of N workers, a bounded queue with backpressure, per-job timeouts and
 //!   result handles, panics reported; a shutdown that drains within a deadline and hands back
 //!   every job never started (`submitted = completed + failed + handed back`).
-//! * [`Shutdown`]: a service's components stopped in reverse registration order within one
+//! * [`shutdown`]: a service's components stopped in reverse registration order within one
 //!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
 //!   component; a final report.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
@@ -39,29 +39,13 @@
 mod blocking;
 mod cancel;
 mod periodic;
-mod pool;
-mod scope;
-mod shutdown;
-mod supervisor;
+pub mod pool;
+pub mod scope;
+pub mod shutdown;
+pub mod supervisor;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{
     CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
 };
 pub use periodic::{Health, HealthChecker, HealthCheckerBuilder, HealthHandle, periodic};
-pub use pool::{
-    JobHandle, JobOutcome, PoolReport, SubmitError, Submitter, WorkerPool, WorkerPoolBuilder,
-};
-pub use scope::{
-    ChildId, ChildOutcome, ChildReport, DEFAULT_GRACE, Ending, FailurePolicy, LocalScope,
-    LocalSpawner, Scope, ScopeBuilder, ScopeReport, SpawnError, Spawner,
-};
-pub use shutdown::{
-    Cause, ComponentEnd, ComponentReport, DEFAULT_DEADLINE, Shutdown, ShutdownBuilder,
-    ShutdownReport,
-};
-pub use supervisor::{
-    ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Ended, Escalation, Exit, Restart,
-    SUPERVISOR_SHUTDOWN_TIMEOUT, Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorEvent,
-    SupervisorReport,
-};

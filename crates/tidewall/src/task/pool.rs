@@ -142,7 +142,7 @@ impl<J, T> Shared<J, T> {
 /// ```
 /// use std::time::Duration;
 /// use tidewall::rt::Tokio;
-/// use tidewall::task::{JobOutcome, WorkerPool};
+/// use tidewall::task::pool::{JobOutcome, WorkerPool};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,7 +3,7 @@
 //! another thread of it would receive it too.
 #![allow(dead_code, unreachable_pub)]
 
-use tidewall::task::{ComponentEnd, ShutdownReport};
+use tidewall::task::shutdown::{ComponentEnd, ShutdownReport};
 
 /// Each component's name and how it ended, in the report's order.
 pub fn pairs(report: &ShutdownReport) -> Vec<(String, ComponentEnd)> {

@@ -54,7 +54,7 @@ struct LocalShared<T, E, R> {
 ///
 /// ```
 /// use std::rc::Rc;
-/// use tidewall::task::Scope;
+/// use tidewall::task::scope::Scope;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

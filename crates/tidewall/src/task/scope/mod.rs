@@ -5,8 +5,8 @@
 //! handler, a batch, a connection's sub-tasks): a failure cancels the siblings with a reason
 //! (or is collected), panics come back as values, and a shutdown cancels, waits a grace
 //! period, aborts the rest and reports how each child stopped. For a fixed set of workers
-//! draining a queue, use [`WorkerPool`](super::WorkerPool); for long-lived children that must
-//! be restarted, a [`Supervisor`](super::Supervisor).
+//! draining a queue, use [`WorkerPool`](super::pool::WorkerPool); for long-lived children that must
+//! be restarted, a [`Supervisor`](super::supervisor::Supervisor).
 
 mod builder;
 mod child;

@@ -36,7 +36,7 @@ use super::child::{Child, Shared, State};
 /// Children learn of cancellation through the scope's token, which they clone in.
 ///
 /// ```
-/// use tidewall::task::Scope;
+/// use tidewall::task::scope::Scope;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,7 +14,10 @@ use crate::rt::{
     DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, Signals, TaskHandle,
     instant_after,
 };
-use crate::task::{CancellationToken, ChildError, Exit, Reason, Stopped};
+use crate::task::{
+    CancellationToken, Reason,
+    supervisor::{ChildError, Exit, Stopped},
+};
 
 struct Component<R: Runtime> {
     name: Arc<str>,
@@ -150,7 +153,7 @@ impl<R: Runtime> ShutdownBuilder<R> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tidewall::task::{Cause, ComponentEnd, Shutdown};
+/// use tidewall::task::shutdown::{Cause, ComponentEnd, Shutdown};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,8 +1,8 @@
 //! Graceful shutdown: a service's components stopped in reverse start order within one
 //! deadline, started by a signal, a trigger or a failing component, with a final report.
 //!
-//! A [`Scope`](super::Scope) stops children that do related work all at once; a
-//! [`Supervisor`](super::Supervisor) restarts its children. `Shutdown` is the top of a
+//! A [`Scope`](super::scope::Scope) stops children that do related work all at once; a
+//! [`Supervisor`](super::supervisor::Supervisor) restarts its children. `Shutdown` is the top of a
 //! service: its components may be supervisors, pools or servers, and the order in which
 //! they stop matters (stop taking requests before closing the database they use).
 

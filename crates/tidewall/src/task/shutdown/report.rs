@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rt::Signal;
-use crate::task::{Exit, Reason, Stopped};
+use crate::task::{
+    Reason,
+    supervisor::{Exit, Stopped},
+};
 
 /// What started the shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +52,7 @@ impl fmt::Display for Cause {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tidewall::task::{ComponentEnd, Exit, Shutdown, Stopped};
+/// use tidewall::task::{shutdown::{ComponentEnd, Shutdown}, supervisor::{Exit, Stopped}};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

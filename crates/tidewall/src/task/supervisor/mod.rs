@@ -3,7 +3,7 @@
 //!
 //! Use a [`Supervisor`] for long-lived children that should come back when they fail (a
 //! connection loop, a consumer, a cache refresher). For work that ends, use a
-//! [`Scope`](super::Scope); for a queue of jobs, a [`WorkerPool`](super::WorkerPool).
+//! [`Scope`](super::scope::Scope); for a queue of jobs, a [`WorkerPool`](super::pool::WorkerPool).
 //!
 //! | OTP | Tidewall |
 //! |---|---|

@@ -30,8 +30,8 @@ impl Exit {
 #[non_exhaustive]
 pub enum Stopped {
     /// It ended within its shutdown timeout, this long after its token was cancelled.
-    /// (A [`Shutdown`](crate::task::Shutdown) reports a component that ended before the
-    /// shutdown began as [`ComponentEnd::Early`](crate::task::ComponentEnd::Early) instead.)
+    /// (A [`Shutdown`](crate::task::shutdown::Shutdown) reports a component that ended before the
+    /// shutdown began as [`ComponentEnd::Early`](crate::task::shutdown::ComponentEnd::Early) instead.)
     InTime {
         /// From the cancel to its end.
         took: Duration,
@@ -39,7 +39,7 @@ pub enum Stopped {
         exit: Exit,
     },
     /// It was still running when it had to stop (its own shutdown timeout; under a
-    /// [`Shutdown`](crate::task::Shutdown) also the global deadline or a second signal) and
+    /// [`Shutdown`](crate::task::shutdown::Shutdown) also the global deadline or a second signal) and
     /// was aborted.
     Aborted {
         /// From the cancel to the completed abort.

@@ -49,7 +49,7 @@ struct Slot<R: Runtime> {
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::time::Duration;
-/// use tidewall::task::{CancellationToken, ChildSpec, Supervisor};
+/// use tidewall::task::{CancellationToken, supervisor::{ChildSpec, Supervisor}};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

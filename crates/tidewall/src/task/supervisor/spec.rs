@@ -43,7 +43,7 @@ pub const SUPERVISOR_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(365 * 86_4
 ///
 /// ```
 /// use std::time::Duration;
-/// use tidewall::task::{ChildSpec, Restart};
+/// use tidewall::task::supervisor::{ChildSpec, Restart};
 ///
 /// let spec = ChildSpec::new("metrics-flusher", |stop| async move {
 ///     stop.cancelled().await; // a real child would work until told to stop
