@@ -107,6 +107,8 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The common case, kept small so it inlines where the retry is awaited: the first
         // attempt of a retry with no timer to arm, answered without a retryable failure.
+        // `poll_slow` judges a finished attempt the same way; sharing that through a helper
+        // stopped this from inlining (14 -> 21 ns in the retry bench), so it is written twice.
         let this = self.as_mut().project();
         let settings = &this.config.settings;
         let untimed = settings.attempt_timeout.is_none() && settings.deadline.instant().is_none();
