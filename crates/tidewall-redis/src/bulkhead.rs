@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tidewall::bulkhead::{Bulkhead, Permit};
+use tidewall::admission::{Admission, Wait};
+use tidewall::bulkhead::{Bulkhead, OwnedPermit};
 use tidewall::rt::{Clock as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
@@ -96,12 +97,12 @@ pub struct RedisBulkheadBuilder {
 /// A slot in a [`RedisBulkhead`]: a lease in Redis (renewed while held), or a slot of the
 /// local fallback bulkhead. Dropping it releases the slot (a Redis lease in the background).
 #[derive(Debug)]
-pub struct RedisPermit<'a> {
-    held: Held<'a>,
+pub struct RedisPermit {
+    held: Held,
 }
 
 #[derive(Debug)]
-enum Held<'a> {
+enum Held {
     /// A lease in Redis, and the task renewing it (none outside a tokio runtime: the lease
     /// then lapses after its term).
     Lease {
@@ -111,7 +112,7 @@ enum Held<'a> {
         runtime: Option<tokio::runtime::Handle>,
     },
     /// A slot of the local fallback, held until the permit drops.
-    Local(#[allow(dead_code, reason = "held for its drop")] Permit<'a, Tokio>),
+    Local(#[allow(dead_code, reason = "held for its drop")] OwnedPermit<Tokio>),
     /// Admitted without a slot (fail open).
     Unlimited,
 }
@@ -138,11 +139,11 @@ impl RedisBulkhead {
     ///
     /// [`Rejected::BulkheadFull`], or [`Rejected::BackendUnavailable`] when Redis did not
     /// answer and the policy is to fail closed.
-    pub async fn try_acquire(&self) -> Result<RedisPermit<'_>, Rejected> {
+    pub async fn try_acquire(&self) -> Result<RedisPermit, Rejected> {
         self.try_acquire_within(None).await
     }
 
-    async fn try_acquire_within(&self, cap: Option<Duration>) -> Result<RedisPermit<'_>, Rejected> {
+    async fn try_acquire_within(&self, cap: Option<Duration>) -> Result<RedisPermit, Rejected> {
         let inner = &*self.inner;
         let runtime = tokio::runtime::Handle::try_current().ok();
         let member = format!(
@@ -185,7 +186,7 @@ impl RedisBulkhead {
             Err(_) => match (&inner.policy, &inner.local) {
                 (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
                 (WhenUnavailable::Local { .. }, Some(local)) => Ok(RedisPermit {
-                    held: Held::Local(local.try_acquire()?),
+                    held: Held::Local(local.try_acquire_owned()?),
                 }),
                 _ => Ok(RedisPermit {
                     held: Held::Unlimited,
@@ -203,7 +204,7 @@ impl RedisBulkhead {
     ///
     /// [`Rejected::DeadlineExceeded`] when no slot came free in time; otherwise as
     /// [`try_acquire`](Self::try_acquire).
-    pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit<'_>, Rejected> {
+    pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
         // Seeded per call, so the waiters of one replica do not retry in step.
         let mut rng = SplitMix64::new(random_id());
         loop {
@@ -251,7 +252,7 @@ async fn renew(bulkhead: RedisBulkhead, member: String) {
     }
 }
 
-impl Drop for RedisPermit<'_> {
+impl Drop for RedisPermit {
     fn drop(&mut self) {
         if let Held::Lease {
             bulkhead,
@@ -305,7 +306,7 @@ fn release(bulkhead: &RedisBulkhead, member: String, runtime: Option<&tokio::run
     });
 }
 
-impl RedisPermit<'_> {
+impl RedisPermit {
     /// Whether the slot is a Redis lease (not the local fallback, nor fail-open).
     pub fn is_shared(&self) -> bool {
         matches!(self.held, Held::Lease { .. })
@@ -394,18 +395,29 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-impl tidewall::pipeline::Admission for RedisBulkhead {
-    type Guard<'a> = RedisPermit<'a>;
+/// The future of [`RedisBulkhead`]'s [`Admission::admit`]: boxed, as the round trip it
+/// waits on costs far more than the allocation.
+pub type RedisAdmit<G> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<G, Rejected>> + Send>>;
 
-    /// Never decides without Redis: [`admit`](tidewall::pipeline::Admission::admit) does the round trip.
-    fn try_admit(&self) -> Result<Option<RedisPermit<'_>>, Rejected> {
-        Ok(None)
+impl Admission for RedisBulkhead {
+    type Guard = RedisPermit;
+    type Admit = RedisAdmit<RedisPermit>;
+
+    /// Never decides without Redis: [`admit`](Admission::admit) does the round trip.
+    fn try_admit(&self) -> Option<RedisPermit> {
+        None
     }
 
-    fn admit(
-        &self,
-        deadline: Deadline,
-    ) -> impl std::future::Future<Output = Result<RedisPermit<'_>, Rejected>> + Send {
-        self.acquire_before(deadline)
+    /// Under [`Wait::No`] one round trip ([`try_acquire`](RedisBulkhead::try_acquire)),
+    /// under [`Wait::Until`] [`acquire_before`](RedisBulkhead::acquire_before).
+    fn admit(&self, wait: Wait) -> Self::Admit {
+        let bulkhead = self.clone();
+        Box::pin(async move {
+            match wait {
+                Wait::Until(deadline) => bulkhead.acquire_before(deadline).await,
+                _ => bulkhead.try_acquire().await,
+            }
+        })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A per-process limit multiplies with the replica count: ten replicas each allowing 100
 //! requests a second allow 1000. The types here keep one limit's state in Redis instead, and
-//! implement the same [`Admission`](tidewall::pipeline::Admission) trait as the in-process
+//! implement the same [`Admission`](tidewall::admission::Admission) trait as the in-process
 //! [`RateLimiter`](tidewall::rate::RateLimiter) and [`Bulkhead`](tidewall::bulkhead::Bulkhead),
 //! so a [`Pipeline`](tidewall::pipeline::Pipeline) or an
 //! [`AdmitLayer`](tidewall::tower::AdmitLayer) takes them unchanged. The in-process types stay
@@ -45,7 +45,7 @@ mod policy;
 mod quorum;
 mod rate;
 
-pub use bulkhead::{RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
+pub use bulkhead::{RedisAdmit, RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
 pub use conn::RedisConn;
 pub use policy::WhenUnavailable;
 pub use quorum::{BreakerQuorum, BreakerQuorumBuilder, QuorumUnavailable, QuorumView, Refreshing};

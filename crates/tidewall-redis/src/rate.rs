@@ -383,20 +383,30 @@ fn floor_within(x: f64, max: u32) -> u32 {
     low
 }
 
-impl tidewall::pipeline::Admission for RedisRateLimiter {
-    type Guard<'a> = ();
+impl tidewall::admission::Admission for RedisRateLimiter {
+    type Guard = ();
+    type Admit = crate::RedisAdmit<()>;
 
     /// Never decides without Redis: even a remembered denial is left to
-    /// [`admit`](tidewall::pipeline::Admission::admit), which waits it out (up to the deadline).
-    fn try_admit(&self) -> Result<Option<()>, Rejected> {
-        Ok(None)
+    /// [`admit`](tidewall::admission::Admission::admit).
+    fn try_admit(&self) -> Option<()> {
+        None
     }
 
-    fn admit(
-        &self,
-        deadline: Deadline,
-    ) -> impl std::future::Future<Output = Result<(), Rejected>> + Send {
-        self.until_ready_before(deadline)
+    /// Under [`Wait::No`](tidewall::admission::Wait::No) one decision
+    /// ([`check`](RedisRateLimiter::check)), under
+    /// [`Wait::Until`](tidewall::admission::Wait::Until)
+    /// [`until_ready_before`](RedisRateLimiter::until_ready_before).
+    fn admit(&self, wait: tidewall::admission::Wait) -> Self::Admit {
+        let limiter = self.clone();
+        Box::pin(async move {
+            match wait {
+                tidewall::admission::Wait::Until(deadline) => {
+                    limiter.until_ready_before(deadline).await
+                }
+                _ => limiter.check().await,
+            }
+        })
     }
 }
 

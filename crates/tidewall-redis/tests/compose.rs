@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use tidewall::pipeline::Pipeline;
-use tidewall::tower::AdmitLayer;
+use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
 use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 use tower::{Service, ServiceExt};
@@ -39,7 +39,8 @@ async fn a_pipeline_takes_the_redis_limiter_as_its_rate_limit() {
 #[tokio::test]
 async fn a_tower_service_admits_through_redis() {
     let server = RedisServer::start();
-    let layer = AdmitLayer::new(one_per_ten_seconds(&server, "tower")).max_wait(Duration::ZERO);
+    let layer = AdmitLayer::new(one_per_ten_seconds(&server, "tower"), AdmitMode::WaitCall)
+        .max_wait(Duration::ZERO);
     let mut service = tower::ServiceBuilder::new()
         .layer(layer)
         .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
@@ -49,6 +50,23 @@ async fn a_tower_service_admits_through_redis() {
         matches!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded))),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn a_shedding_tower_service_refuses_with_the_redis_limiters_hint() {
+    let server = RedisServer::start();
+    let layer = AdmitLayer::new(one_per_ten_seconds(&server, "shed"), AdmitMode::Reject);
+    let mut service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
+    assert_eq!(service.ready().await.unwrap().call(21).await.unwrap(), 42);
+    match service.ready().await.unwrap().call(1).await {
+        Err(Error::Rejected(Rejected::RateLimited { retry_after })) => assert!(
+            retry_after > Duration::from_secs(9) && retry_after <= Duration::from_secs(10),
+            "the next cell is about 10 s away, got {retry_after:?}"
+        ),
+        other => panic!("expected the limiter's own refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
 use tidewall::rate::RateLimiter;
 use tidewall::time::Elapsed;
-use tidewall::tower::{BreakerLayer, BulkheadLayer, RateLimitLayer, TimeoutLayer, cause};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer, cause};
 use tidewall::{Rejected, RetryAfter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceBuilder;
@@ -70,8 +70,8 @@ fn app() -> Result<Router, tidewall::ConfigError> {
         .layer(HandleErrorLayer::new(refusal))
         .map_err(BoxError::from)
         .layer(TimeoutLayer::new(Duration::from_millis(300)))
-        .layer(RateLimitLayer::reject(limiter))
-        .layer(BulkheadLayer::reject(bulkhead))
+        .layer(AdmitLayer::new(limiter, AdmitMode::Reject))
+        .layer(AdmitLayer::new(bulkhead, AdmitMode::Reject))
         .layer(BreakerLayer::new(breaker).classify(server_errors_fail));
     Ok(Router::new()
         .route("/ok", get(|| async { "ok" }))

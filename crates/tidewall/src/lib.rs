@@ -51,6 +51,7 @@
 // On docs.rs, `doc_cfg` labels every feature- or platform-gated item with what it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admission;
 pub mod breaker;
 mod bucket_ring;
 pub mod budget;

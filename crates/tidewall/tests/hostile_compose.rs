@@ -18,7 +18,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::testing::Clocked;
-use tidewall::tower::{AdmitLayer, BreakerLayer, BulkheadLayer, RetryLayer, TimeoutLayer};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, RetryLayer, TimeoutLayer};
 use tidewall::{Backoff, Error, Jitter, Rejected};
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -429,7 +429,7 @@ async fn tower_bulkhead_wait_under_random_cancellation<R: Runtime>(rt: Clocked<R
         .build()
         .unwrap();
     let gauge = Gauge::default();
-    let svc = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
+    let svc = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(sleeper(&rt, &gauge));
     let mut rng = Rng(0x70E4);
     storm(&rt, &svc, &mut rng, 150, 15).await;
     drop(svc);
@@ -460,9 +460,9 @@ async fn tower_bulkhead_reserved_slot_is_released_once<R: Runtime>(rt: Clocked<R
             .unwrap();
         let gauge = Gauge::default();
         let layer = if wait {
-            BulkheadLayer::wait(bulkhead.clone())
+            AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
         } else {
-            BulkheadLayer::reject(bulkhead.clone())
+            AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject)
         };
         let mut svc = layer.layer(sleeper(&rt, &gauge));
         poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
@@ -490,11 +490,11 @@ async fn tower_bulkhead_reserved_slot_is_released_once<R: Runtime>(rt: Clocked<R
     }
 }
 
-fn layer_for<R: Runtime>(wait: bool, bulkhead: &Bulkhead<R>) -> BulkheadLayer<R> {
+fn layer_for<R: Runtime>(wait: bool, bulkhead: &Bulkhead<R>) -> AdmitLayer<Bulkhead<R>> {
     if wait {
-        BulkheadLayer::wait(bulkhead.clone())
+        AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
     } else {
-        BulkheadLayer::reject(bulkhead.clone())
+        AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject)
     }
 }
 
@@ -508,7 +508,7 @@ fn a_tower_bulkhead_slot_reserved_in_poll_ready_is_released_exactly_once_on_ever
 async fn tower_bulkhead_reject_sheds_at_once<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = Bulkhead::builder(1).runtime(rt.clone()).build().unwrap();
     let gauge = Gauge::default();
-    let svc = BulkheadLayer::reject(bulkhead.clone()).layer(sleeper(&rt, &gauge));
+    let svc = AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).layer(sleeper(&rt, &gauge));
     let mut a = svc.clone();
     let first = rt.spawn(async move {
         let s = a.ready().await?;
@@ -546,7 +546,7 @@ async fn admit_layer_bulkhead_under_random_cancellation<R: Runtime>(rt: Clocked<
         .build()
         .unwrap();
     let gauge = Gauge::default();
-    let svc = AdmitLayer::new(bulkhead.clone())
+    let svc = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitCall)
         .runtime(rt.clone())
         .max_wait(ms(60))
         .layer(sleeper(&rt, &gauge));
@@ -585,7 +585,7 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let gauge = Gauge::default();
-    let inner = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
+    let inner = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(sleeper(&rt, &gauge));
     let inner = BreakerLayer::new(breaker.clone()).layer(inner);
     let inner = RetryLayer::new(backoff(3, ms(2)))
         .runtime(rt.clone())
@@ -1151,7 +1151,6 @@ fn a_pipeline_call_never_outlives_its_deadline_under_random_cancellation_on_ever
 // admits (backpressure)." Each request is one cell: n requests from rest take exactly
 // `(n - burst) × interval`, whether or not some ready services are dropped unused.
 async fn tower_rate_wait_counts_one_cell_per_request<R: Runtime>(rt: Clocked<R>) {
-    use tidewall::tower::RateLimitLayer;
     let limiter = RateLimiter::builder(10, Duration::from_secs(1))
         .burst(1)
         .jitter(Duration::ZERO)
@@ -1159,7 +1158,8 @@ async fn tower_rate_wait_counts_one_cell_per_request<R: Runtime>(rt: Clocked<R>)
         .build()
         .unwrap();
     let gauge = Gauge::default();
-    let mut svc = RateLimitLayer::wait(limiter.clone()).layer(sleeper(&rt, &gauge));
+    let mut svc =
+        AdmitLayer::new(limiter.clone(), AdmitMode::WaitReady).layer(sleeper(&rt, &gauge));
     let start = rt.now();
     for _ in 0..10 {
         let s = svc.ready().await.unwrap();
@@ -1196,7 +1196,7 @@ async fn tower_timeout_budget_is_per_request_after_idle_gaps<R: Runtime>(rt: Clo
         .build()
         .unwrap();
     let gauge = Gauge::default();
-    let inner = BulkheadLayer::wait(bulkhead.clone()).layer(sleeper(&rt, &gauge));
+    let inner = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(sleeper(&rt, &gauge));
     let svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
     for gap in support::AGES {
         let hog = bulkhead.try_acquire_owned().unwrap();

@@ -24,7 +24,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::retry::RetryError;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
-use tidewall::tower::{BreakerLayer, RetryLayer};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, RetryLayer};
 use tidewall::{Deadline, Error, Rejected, RetryExt};
 use tower::ServiceExt as _;
 use tower_layer::Layer;
@@ -247,7 +247,7 @@ async fn tower_cancellation<R: Runtime>(rt: Clocked<R>) {
                         Err(_) => Verdict::Ignored,
                     })
                     .layer(
-                        tidewall::tower::BulkheadLayer::wait(bulkhead.clone())
+                        AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
                             .layer(scripted_service(&op)),
                     ),
             );

@@ -1169,9 +1169,10 @@ fn tower_layers_wait_exactly<C: Virtual>(clock: C) {
         .runtime(clock.clone())
         .build()
         .unwrap();
-    let mut service = tidewall::tower::RateLimitLayer::wait(limiter).layer(tower::service_fn(
-        |x: u32| async move { Ok::<_, Infallible>(x) },
-    ));
+    let mut service =
+        tidewall::tower::AdmitLayer::new(limiter, tidewall::tower::AdmitMode::WaitReady).layer(
+            tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }),
+        );
     let start = clock.now();
     for (x, at) in [(1, Duration::ZERO), (2, ms(500)), (3, ms(1000))] {
         run(&clock, std::future::poll_fn(|cx| service.poll_ready(cx))).unwrap();
@@ -1741,9 +1742,10 @@ async fn a_default_pipeline_and_rate_limit_layer_under_paused_tokio_time_wait_ex
         .jitter(Duration::ZERO)
         .build()
         .unwrap();
-    let mut service = tidewall::tower::RateLimitLayer::wait(limiter).layer(tower::service_fn(
-        |x: u32| async move { Ok::<_, Infallible>(x) },
-    ));
+    let mut service =
+        tidewall::tower::AdmitLayer::new(limiter, tidewall::tower::AdmitMode::WaitReady).layer(
+            tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }),
+        );
     let start = tokio::time::Instant::now();
     for x in 0..3 {
         std::future::poll_fn(|cx| service.poll_ready(cx))

@@ -17,9 +17,7 @@ use tidewall::hedge::Hedge;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::testing::Clocked;
-use tidewall::tower::{
-    BreakerLayer, BulkheadLayer, HedgeLayer, RateLimitLayer, RetryLayer, TimeoutLayer,
-};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, HedgeLayer, RetryLayer, TimeoutLayer};
 use tidewall::{Backoff, Error, Jitter, Rejected};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -187,7 +185,7 @@ async fn rate_limit_clones_share_one_limit<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let inner = service(&rt, |x: u32| async move { Ok::<_, ()>(x) });
-    let mut a = RateLimitLayer::reject(limiter.clone()).layer(inner.clone());
+    let mut a = AdmitLayer::new(limiter.clone(), AdmitMode::Reject).layer(inner.clone());
     let mut b = a.clone();
     assert_eq!(ready_and_call(&mut a, 1).await, Ok(1));
     assert_eq!(ready_and_call(&mut b, 2).await, Ok(2));
@@ -195,11 +193,13 @@ async fn rate_limit_clones_share_one_limit<R: Runtime>(rt: Clocked<R>) {
         ready_and_call(&mut a, 3).await,
         Err(Error::Rejected(Rejected::RateLimited { .. }))
     ));
-    // The waiting flavour sleeps in poll_ready until the limiter admits.
-    let mut waiting = RateLimitLayer::wait(limiter).layer(inner);
+    // The waiting mode sleeps in poll_ready until the limiter admits: the next cell is
+    // 100 ms away, plus the limiter's jitter (by default up to one interval, 100 ms).
+    let mut waiting = AdmitLayer::new(limiter, AdmitMode::WaitReady).layer(inner);
     let start = rt.now();
     assert_eq!(ready_and_call(&mut waiting, 4).await, Ok(4));
-    assert_eq!(rt.now() - start, ms(100));
+    let waited = rt.now() - start;
+    assert!(ms(100) <= waited && waited <= ms(200), "waited {waited:?}");
 }
 
 #[test]
@@ -217,7 +217,7 @@ async fn bulkhead_and_breaker_shed_load<R: Runtime>(rt: Clocked<R>) {
             Ok::<_, ()>(())
         }
     });
-    let mut first = BulkheadLayer::reject(bulkhead.clone()).layer(slow.clone());
+    let mut first = AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).layer(slow.clone());
     let mut second = first.clone();
     let running = ready_and_call(&mut first, ());
     let mut running = Box::pin(running);
@@ -297,7 +297,7 @@ async fn bulkhead_layer_waits_for_a_slot<R: Runtime>(rt: Clocked<R>) {
             Ok::<_, ()>(())
         }
     });
-    let mut first = BulkheadLayer::wait(bulkhead.clone()).layer(slow.clone());
+    let mut first = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(slow.clone());
     let mut second = first.clone();
     let mut third = first.clone();
     let start = rt.now();
@@ -357,8 +357,8 @@ async fn hedge_layer_uses_its_readiness<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .build()
         .unwrap();
-    let inner =
-        RateLimitLayer::wait(limiter).layer(service(&rt, |()| async { Ok::<_, Error<()>>(()) }));
+    let inner = AdmitLayer::new(limiter, AdmitMode::WaitReady)
+        .layer(service(&rt, |()| async { Ok::<_, Error<()>>(()) }));
     let hedge = Hedge::builder()
         .delay(ms(50))
         .runtime(rt.clone())

@@ -125,6 +125,27 @@ impl<R: Clock> CircuitBreaker<R> {
         })
     }
 
+    /// The runtime whose clock the breaker reads.
+    pub fn runtime(&self) -> &R {
+        &self.shared.rt
+    }
+
+    /// [`try_acquire_owned`](Self::try_acquire_owned) without counting a refusal: for a
+    /// caller that waits for the breaker and is counted once, with
+    /// [`record_rejection`](Self::record_rejection), when it gives up.
+    pub(crate) fn try_acquire_owned_quiet(&self) -> Result<OwnedPermit<R>, Rejected> {
+        let ticket = self.shared.acquire_quiet()?;
+        Ok(OwnedPermit {
+            shared: Arc::clone(&self.shared),
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Counts a refusal of a caller that waited for the breaker and gave up.
+    pub(crate) fn record_rejection(&self, rejected: &Rejected) {
+        self.shared.record_rejection(rejected);
+    }
+
     /// Calls `op` if the breaker admits it; `Ok` counts as a success and `Err` as a failure.
     ///
     /// **Cancel safety:** dropping the future before `op` finishes records nothing and gives a

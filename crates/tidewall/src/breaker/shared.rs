@@ -80,7 +80,20 @@ impl<R: Clock> Shared<R> {
         word::state(self.word.load(Acquire))
     }
 
+    /// Admits one call, counting a refusal as a rejection.
     pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
+        self.acquire_quiet()
+            .inspect_err(|rejected| self.rejections.record(rejected))
+    }
+
+    /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
+    pub(super) fn record_rejection(&self, rejected: &Rejected) {
+        self.rejections.record(rejected);
+    }
+
+    /// Admits one call; a refusal is not counted (a caller that waits for the breaker is
+    /// counted once, when it gives up).
+    pub(super) fn acquire_quiet(&self) -> Result<Ticket, Rejected> {
         loop {
             let word = self.word.load(Acquire);
             let generation = word::generation(word);
@@ -94,13 +107,13 @@ impl<R: Clock> Shared<R> {
                     });
                 }
                 State::ForcedOpen => {
-                    return Err(self.reject(self.policy.break_duration(0, self.seed)));
+                    return Err(open(self.policy.break_duration(0, self.seed)));
                 }
                 State::Open => {
                     let now = self.now();
                     let until = self.open_until.load(Relaxed);
                     if now < until {
-                        return Err(self.reject(nanos(until - now)));
+                        return Err(open(nanos(until - now)));
                     }
                     self.to_half_open(generation, now);
                 }
@@ -125,7 +138,7 @@ impl<R: Clock> Shared<R> {
                         // remaining half-open wait, which can be a minute).
                         let base = self.policy.break_duration(0, self.seed);
                         let wait = limit.map_or(base, |l| nanos(l.saturating_sub(now)).min(base));
-                        return Err(self.reject(wait));
+                        return Err(open(wait));
                     }
                     if in_flight == 0 {
                         // The wait for hung probes runs from the first probe in flight. Stored
@@ -149,12 +162,6 @@ impl<R: Clock> Shared<R> {
                 }
             }
         }
-    }
-
-    fn reject(&self, retry_after: Duration) -> Rejected {
-        let rejected = Rejected::CircuitOpen { retry_after };
-        self.rejections.record(&rejected);
-        rejected
     }
 
     /// Records how an admitted call ended. Outcomes of permits from an earlier generation are
@@ -393,4 +400,8 @@ fn nanos(n: u64) -> Duration {
 
 fn as_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn open(retry_after: Duration) -> Rejected {
+    Rejected::CircuitOpen { retry_after }
 }

@@ -1,4 +1,4 @@
-//! The future that waits for a bulkhead permit.
+//! The futures that wait for a bulkhead permit: one waiting core, borrowed and owned fronts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,8 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 
 use super::queue::{Place, Status};
-use super::{Bulkhead, Permit};
+use super::{Bulkhead, OwnedPermit, Permit};
+use crate::admission::Wait;
 use crate::rt::{Clock, instant_after};
 use crate::sync::lock;
 use crate::{Deadline, Rejected};
@@ -21,24 +22,35 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct Acquire<'a, R: Clock> {
         bulkhead: &'a Bulkhead<R>,
-        deadline: Deadline,
-        place: Option<Place>,
-        // Why the timer was set: the deadline (true) or the bulkhead's max wait.
-        timer_is_deadline: bool,
         #[pin]
-        timer: Option<R::Sleep>,
-        done: bool,
+        waiter: Waiter<R>,
     }
 
     impl<'a, R: Clock> PinnedDrop for Acquire<'a, R> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(place) = this.place.take()
-                && this.bulkhead.leave_queue(place)
-            {
-                // Granted after we stopped caring: pass it on.
-                this.bulkhead.shared.release();
-            }
+            this.waiter.leave(this.bulkhead);
+        }
+    }
+}
+
+pin_project! {
+    /// Waits for a permit that owns a handle to the bulkhead, so it is `'static` (tower
+    /// services, spawned tasks): [`Bulkhead::acquire_owned`] and the bulkhead's
+    /// [`Admission::admit`](crate::admission::Admission::admit).
+    ///
+    /// **Cancel safety:** as [`Acquire`]; nothing leaks.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct AcquireOwned<R: Clock> {
+        bulkhead: Bulkhead<R>,
+        #[pin]
+        waiter: Waiter<R>,
+    }
+
+    impl<R: Clock> PinnedDrop for AcquireOwned<R> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.waiter.leave(this.bulkhead);
         }
     }
 }
@@ -47,11 +59,16 @@ impl<'a, R: Clock> Acquire<'a, R> {
     pub(super) fn new(bulkhead: &'a Bulkhead<R>, deadline: Deadline) -> Self {
         Self {
             bulkhead,
-            deadline,
-            place: None,
-            timer_is_deadline: false,
-            timer: None,
-            done: false,
+            waiter: Waiter::new(Wait::Until(deadline)),
+        }
+    }
+}
+
+impl<R: Clock> AcquireOwned<R> {
+    pub(super) fn new(bulkhead: Bulkhead<R>, wait: Wait) -> Self {
+        Self {
+            bulkhead,
+            waiter: Waiter::new(wait),
         }
     }
 }
@@ -60,8 +77,87 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
     type Output = Result<Permit<'a, R>, Rejected>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let bulkhead: &'a Bulkhead<R> = this.bulkhead;
+        this.waiter
+            .poll_slot(bulkhead, cx)
+            .map_ok(|()| Permit { bulkhead })
+    }
+}
+
+impl<R: Clock> Future for AcquireOwned<R> {
+    type Output = Result<OwnedPermit<R>, Rejected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let bulkhead = &*this.bulkhead;
+        this.waiter
+            .poll_slot(bulkhead, cx)
+            .map_ok(|()| OwnedPermit {
+                bulkhead: bulkhead.clone(),
+            })
+    }
+}
+
+impl<R: Clock> std::fmt::Debug for Acquire<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquire")
+            .field("bulkhead", self.bulkhead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Clock> std::fmt::Debug for AcquireOwned<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireOwned")
+            .field("bulkhead", &self.bulkhead)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// One caller's place in the wait: the queue position and the timer bounding it. It
+    /// takes a slot (counted in the bulkhead) when it returns `Ok`; the front builds the
+    /// permit that gives it back.
+    struct Waiter<R: Clock> {
+        wait: Wait,
+        place: Option<Place>,
+        // Why the timer was set: the deadline (true) or the bulkhead's max wait.
+        timer_is_deadline: bool,
+        #[pin]
+        timer: Option<R::Sleep>,
+        done: bool,
+    }
+}
+
+impl<R: Clock> Waiter<R> {
+    fn new(wait: Wait) -> Self {
+        Self {
+            wait,
+            place: None,
+            timer_is_deadline: false,
+            timer: None,
+            done: false,
+        }
+    }
+
+    /// Leaves the queue when the future is dropped while waiting.
+    fn leave(self: Pin<&mut Self>, bulkhead: &Bulkhead<R>) {
+        let this = self.project();
+        if let Some(place) = this.place.take()
+            && bulkhead.leave_queue(place)
+        {
+            // Granted after we stopped caring: pass it on.
+            bulkhead.shared.release();
+        }
+    }
+
+    fn poll_slot(
+        self: Pin<&mut Self>,
+        bulkhead: &Bulkhead<R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Rejected>> {
+        let mut this = self.project();
         let shared = &*bulkhead.shared;
         if *this.done {
             return Poll::Ready(Err(Rejected::BulkheadFull));
@@ -71,11 +167,18 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
             None => {
                 if shared.try_acquire() {
                     *this.done = true;
-                    return Poll::Ready(Ok(Permit { bulkhead }));
+                    return Poll::Ready(Ok(()));
                 }
+                let deadline = match *this.wait {
+                    Wait::No => {
+                        *this.done = true;
+                        return Poll::Ready(Err(shared.reject(Rejected::BulkheadFull)));
+                    }
+                    Wait::Until(deadline) => deadline,
+                };
                 let now = shared.rt.now();
                 let max_wait_end = shared.max_wait.map(|w| instant_after(now, w));
-                let refusal = if this.deadline.is_expired(now) {
+                let refusal = if deadline.is_expired(now) {
                     Some(Rejected::DeadlineExceeded)
                 } else if max_wait_end.is_some_and(|end| end <= now) {
                     Some(Rejected::BulkheadFull)
@@ -106,7 +209,7 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
                 // A permit released between the fast-path check and enqueueing is handed out
                 // here (possibly to this very waiter).
                 shared.dispatch();
-                let (end, is_deadline) = earliest(max_wait_end, this.deadline.instant());
+                let (end, is_deadline) = earliest(max_wait_end, deadline.instant());
                 if let Some(end) = end {
                     *this.timer_is_deadline = is_deadline;
                     this.timer.set(Some(shared.rt.sleep_until(end)));
@@ -117,7 +220,7 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
         if lock(&shared.queue).poll(place, cx.waker()) == Status::Granted {
             *this.place = None;
             *this.done = true;
-            return Poll::Ready(Ok(Permit { bulkhead }));
+            return Poll::Ready(Ok(()));
         }
         let timed_out = this
             .timer
@@ -130,7 +233,7 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
         *this.done = true;
         if bulkhead.leave_queue(place) {
             // Granted just as the wait ran out: take it.
-            return Poll::Ready(Ok(Permit { bulkhead }));
+            return Poll::Ready(Ok(()));
         }
         let reason = if *this.timer_is_deadline {
             Rejected::DeadlineExceeded

@@ -44,10 +44,11 @@ mod shared;
 use std::future::Future;
 use std::time::Duration;
 
-pub use acquire::Acquire;
+pub use acquire::{Acquire, AcquireOwned};
 
 use self::queue::Place;
 use self::shared::Shared;
+use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, lock};
 use crate::{ConfigError, Deadline, Error, Rejected};
@@ -186,13 +187,16 @@ impl<R: Clock> Bulkhead<R> {
         }
     }
 
-    /// A free slot now, without counting a refusal as a rejection (the pipeline's fast path
-    /// tries this first and then waits).
-    pub(crate) fn try_acquire_quiet(&self) -> Option<Permit<'_, R>> {
+    /// A free slot now, without counting a refusal as a rejection (the admission fast path
+    /// tries this first and then waits, which counts).
+    #[inline]
+    pub(crate) fn try_acquire_owned_quiet(&self) -> Option<OwnedPermit<R>> {
         // The permit must be built only once the slot is taken: a permit built eagerly and
         // dropped on refusal would release a slot nobody holds.
         if self.shared.try_acquire() {
-            Some(Permit { bulkhead: self })
+            Some(OwnedPermit {
+                bulkhead: self.clone(),
+            })
         } else {
             None
         }
@@ -232,16 +236,14 @@ impl<R: Clock> Bulkhead<R> {
     /// # Errors
     ///
     /// As [`acquire_before`](Self::acquire_before).
-    pub fn acquire_owned(
-        &self,
-        deadline: Deadline,
-    ) -> impl Future<Output = Result<OwnedPermit<R>, Rejected>> + Send + 'static {
-        let bulkhead = self.clone();
-        async move {
-            let permit = bulkhead.acquire_before(deadline).await?;
-            std::mem::forget(permit);
-            Ok(OwnedPermit { bulkhead })
-        }
+    pub fn acquire_owned(&self, deadline: Deadline) -> AcquireOwned<R> {
+        self.acquire_owned_within(Wait::Until(deadline))
+    }
+
+    /// The owned waiting future behind [`acquire_owned`](Self::acquire_owned) and the
+    /// bulkhead's [`Admission`](crate::admission::Admission).
+    pub(crate) fn acquire_owned_within(&self, wait: Wait) -> AcquireOwned<R> {
+        AcquireOwned::new(self.clone(), wait)
     }
 
     /// Runs `op` inside the bulkhead: waits for a slot (up to `max_wait`), runs, frees it.
@@ -363,9 +365,9 @@ mod tests {
     #[test]
     fn a_quiet_refusal_releases_no_slot() {
         let bulkhead = Bulkhead::builder(1).build().unwrap();
-        let held = bulkhead.try_acquire_quiet().expect("a free slot");
+        let held = bulkhead.try_acquire_owned_quiet().expect("a free slot");
         for _ in 0..3 {
-            assert!(bulkhead.try_acquire_quiet().is_none());
+            assert!(bulkhead.try_acquire_owned_quiet().is_none());
         }
         assert_eq!(bulkhead.available(), 0);
         assert_eq!(bulkhead.rejected(), 0, "quiet refusals are not counted");

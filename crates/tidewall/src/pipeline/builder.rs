@@ -6,8 +6,9 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
-use super::stages::{Admission, Retries, RetryStage};
+use super::stages::{Retries, RetryStage};
 use crate::ConfigError;
+use crate::admission::Admission;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
 use crate::classify::DefaultClassifier;

@@ -54,11 +54,12 @@ mod builder;
 mod run;
 mod stages;
 
+use crate::admission::Admission;
 use std::future::Future;
 use std::time::Duration;
 
 pub use builder::PipelineBuilder;
-pub use stages::{Admission, Gate, Retries, RetryStage};
+pub use stages::{Gate, Retries, RetryStage};
 
 use crate::classify::{Classify, DefaultClassifier};
 use crate::rt::{Clock, DefaultRuntime};

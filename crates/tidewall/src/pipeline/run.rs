@@ -6,7 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::Pipeline;
-use super::stages::{Admission, Gate, Retries};
+use super::stages::{Gate, Retries};
+use crate::admission::{Admission, Wait};
 use crate::breaker::Outcome;
 use crate::classify::{Classify, Verdict};
 use crate::retry::engine::{Attempts, Step, may_start};
@@ -40,18 +41,18 @@ where
     };
     // A wait for admission must leave the first attempt its minimum time: one that could
     // not is refused at once instead of waiting only to be refused.
-    let _admitted = match config.limiter.try_admit()? {
+    let _admitted = match config.limiter.try_admit() {
         Some(guard) => guard,
         None => {
             let until = reserving(clock.deadline(), config.min_attempt_time);
-            config.limiter.admit(until).await?
+            config.limiter.admit(Wait::Until(until)).await?
         }
     };
-    let _slot = match config.bulkhead.try_admit()? {
+    let _slot = match config.bulkhead.try_admit() {
         Some(guard) => guard,
         None => {
             let until = reserving(clock.deadline(), config.min_attempt_time);
-            config.bulkhead.admit(until).await?
+            config.bulkhead.admit(Wait::Until(until)).await?
         }
     };
     let rules = config.retry.rules();

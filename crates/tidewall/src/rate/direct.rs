@@ -1,12 +1,13 @@
 //! The direct (one shared limit) rate limiter.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tidewall_core::gcra::{Denied, Gcra};
 
 use super::clock::LimiterClock;
-use super::wait::WaitUntilReady;
+use super::until_ready::UntilReady;
+use super::wait::Waiting;
+use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Deadline, Rejected};
@@ -250,7 +251,7 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// None in practice for one cell (the burst is at least 1); the `Result` matches
     /// [`until_n_ready_before`](Self::until_n_ready_before).
-    pub fn until_ready(&self) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
+    pub fn until_ready(&self) -> UntilReady<R> {
         self.until_n_ready_before(1, Deadline::none())
     }
 
@@ -262,23 +263,8 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
     /// [`Rejected::InsufficientCapacity`] when `cells` exceeds the burst.
-    pub fn until_n_ready_before(
-        &self,
-        cells: u32,
-        deadline: Deadline,
-    ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
-        let seed = self.shared.next_seed.fetch_add(1, Relaxed);
-        let wait = WaitUntilReady::new(
-            move || self.decide(cells),
-            self.shared.rt.clone(),
-            deadline,
-            self.shared.jitter,
-            seed,
-        );
-        async move {
-            wait.await
-                .inspect_err(|rejected| self.shared.rejections.record(rejected))
-        }
+    pub fn until_n_ready_before(&self, cells: u32, deadline: Deadline) -> UntilReady<R> {
+        self.until_ready_within(cells, Wait::Until(deadline))
     }
 
     /// Like [`until_n_ready_before`](Self::until_n_ready_before) with one cell.
@@ -288,11 +274,21 @@ impl<R: Clock> RateLimiter<R> {
     /// # Errors
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline.
-    pub fn until_ready_before(
-        &self,
-        deadline: Deadline,
-    ) -> impl Future<Output = Result<(), Rejected>> + Send + '_ {
+    pub fn until_ready_before(&self, deadline: Deadline) -> UntilReady<R> {
         self.until_n_ready_before(1, deadline)
+    }
+
+    /// The waiting future behind every `until_*` method and the limiter's
+    /// [`Admission`](crate::admission::Admission).
+    pub(crate) fn until_ready_within(&self, cells: u32, wait: Wait) -> UntilReady<R> {
+        let seed = self.shared.next_seed.fetch_add(1, Relaxed);
+        let waiting = Waiting::new(self.shared.rt.clone(), wait, self.shared.jitter, seed);
+        UntilReady::new(self.clone(), cells, waiting)
+    }
+
+    /// Counts a caller finally refused (waits count only then, not per denial).
+    pub(super) fn record_rejection(&self, rejected: &Rejected) {
+        self.shared.rejections.record(rejected);
     }
 
     /// The runtime whose clock the limiter reads.

@@ -10,7 +10,8 @@ use tidewall_core::gcra::Gcra;
 
 use super::clock::LimiterClock;
 use super::direct::{RateLimiterBuilder, rejection};
-use super::wait::WaitUntilReady;
+use super::wait::Waiting;
+use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock};
 use crate::{ConfigError, Deadline, Rejected};
@@ -295,15 +296,16 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         K: Send + Sync,
     {
         let seed = self.shared.next_seed.fetch_add(1, Relaxed);
-        let wait = WaitUntilReady::new(
-            move || self.decide(key, 1),
+        let waiting = Waiting::new(
             self.shared.rt.clone(),
-            deadline,
+            Wait::Until(deadline),
             self.shared.jitter,
             seed,
         );
         async move {
-            wait.await
+            let mut waiting = std::pin::pin!(waiting);
+            std::future::poll_fn(|cx| waiting.as_mut().poll_until(cx, || self.decide(key, 1)))
+                .await
                 .inspect_err(|rejected| self.shared.rejections.record(rejected))
         }
     }

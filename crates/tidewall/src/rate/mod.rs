@@ -41,8 +41,10 @@
 mod clock;
 mod direct;
 mod keyed;
+mod until_ready;
 mod wait;
 
 pub use direct::{RateLimiter, RateLimiterBuilder};
 pub use keyed::{KeyedRateLimiter, KeyedRateLimiterBuilder};
 pub use tidewall_core::gcra::Gcra;
+pub use until_ready::UntilReady;

@@ -8,12 +8,16 @@
 //! * [`RetryLayer`] runs the same [retry engine](crate::retry) as the retry future and the
 //!   pipeline (classifier, hints, budget, deadline), and clones the request only when a retry
 //!   could follow the attempt; the last possible attempt sends the original.
-//! * [`RateLimitLayer`] is `Clone` and its clones share one limit (GCRA, no window-edge
-//!   double bursts), and it can reject instead of waiting.
-//! * [`BulkheadLayer`] can reject when full, or wait in a bounded queue with a max wait.
-//! * [`BreakerLayer`] and [`HedgeLayer`] have no tower counterpart.
-//! * [`AdmitLayer`] takes any [`Admission`](crate::pipeline::Admission) stage, such as a
-//!   distributed limiter that decides after a round trip.
+//! * [`AdmitLayer`] is one service over any [`Admission`](crate::admission::Admission): the
+//!   rate limiter (GCRA, shared by clones, no window-edge double bursts), the bulkhead (a
+//!   bounded FIFO queue with a max wait), or a distributed stage deciding after a round trip.
+//!   Its [`AdmitMode`] says where a call waits: nowhere (load shedding), in `poll_ready`
+//!   (backpressure, as `ConcurrencyLimit` and `RateLimit`), or in the response future.
+//! * [`BreakerLayer`] (reject, or hold callers in `poll_ready` until the breaker admits) and
+//!   [`HedgeLayer`] have no tower counterpart.
+//!
+//! Response futures are named types (each middleware's module holds its `ResponseFuture`),
+//! so a stack can be stored without boxing.
 //!
 //! Errors stay typed: a layer that can refuse returns [`crate::Error`] around the inner
 //! service's error. Behind `BoxError` (e.g. in axum's `HandleErrorLayer`), find the cause with
@@ -24,7 +28,7 @@
 //! use std::task::{Context, Poll};
 //! use std::time::Duration;
 //! use tidewall::rate::RateLimiter;
-//! use tidewall::tower::RateLimitLayer;
+//! use tidewall::tower::{AdmitLayer, AdmitMode};
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
@@ -46,26 +50,22 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let limiter = RateLimiter::builder(1, Duration::from_secs(1)).burst(1).build()?;
-//! let mut service = RateLimitLayer::reject(limiter).layer(Echo);
+//! let mut service = AdmitLayer::new(limiter, AdmitMode::Reject).layer(Echo);
 //! std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
 //! assert_eq!(service.call(7).await?, 7);
 //! assert!(service.call(8).await.is_err(), "a burst of 1: the second call is refused");
 //! # Ok(()) }
 //! ```
 
-mod admit;
-mod breaker;
-mod bulkhead;
+pub mod admit;
+pub mod breaker;
 mod hedge;
-mod rate;
 mod retry;
-mod timeout;
+pub mod timeout;
 
-pub use admit::{AdmitLayer, AdmitService};
+pub use admit::{AdmitLayer, AdmitMode, AdmitService};
 pub use breaker::{BreakerLayer, BreakerService};
-pub use bulkhead::{BulkheadLayer, BulkheadService};
 pub use hedge::{HedgeLayer, HedgeService};
-pub use rate::{RateLimitLayer, RateLimitService};
 pub use retry::{RetryLayer, RetryService};
 pub use timeout::{TimeoutLayer, TimeoutService};
 
@@ -91,17 +91,18 @@ pub fn cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// A future a service keeps between `poll_ready` calls (a readiness timer, a pending
-/// acquire). The `Mutex` exists only to make the service `Sync`, which axum requires; the slot
-/// is always reached through `&mut self` with `get_mut`, so it is never locked.
-pub(crate) struct SyncSlot<T>(std::sync::Mutex<Option<T>>);
+/// What a service keeps between `poll_ready` and `call` (a readiness timer, a pending
+/// admission, a guard). The `Mutex` exists only to make the service `Sync`, which axum
+/// requires; the slot is always reached through `&mut self` with `get_mut`, so it is never
+/// locked.
+pub(crate) struct SyncSlot<T>(std::sync::Mutex<T>);
 
 impl<T> SyncSlot<T> {
-    pub(crate) fn empty() -> Self {
-        Self(std::sync::Mutex::new(None))
+    pub(crate) fn new(value: T) -> Self {
+        Self(std::sync::Mutex::new(value))
     }
 
-    pub(crate) fn get_mut(&mut self) -> &mut Option<T> {
+    pub(crate) fn get_mut(&mut self) -> &mut T {
         self.0
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

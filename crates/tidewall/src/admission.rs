@@ -1,0 +1,120 @@
+//! One contract for everything that admits a call before it runs: the rate limiter, the
+//! bulkhead, and stages kept elsewhere (`tidewall-redis`'s limiter and bulkhead, shared
+//! through Redis).
+//!
+//! The [pipeline](crate::pipeline) and the tower [`AdmitLayer`](crate::tower::AdmitLayer)
+//! drive any [`Admission`] the same way: take the synchronous fast path when it admits, else
+//! decide through [`admit`](Admission::admit), either at once ([`Wait::No`]: refused with the
+//! stage's own reason and hint) or waiting up to a deadline ([`Wait::Until`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::admission::{Admission, Wait};
+//! use tidewall::bulkhead::Bulkhead;
+//! use tidewall::{Deadline, Rejected};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tidewall::ConfigError> {
+//! let bulkhead = Bulkhead::builder(1).build()?;
+//! let held = bulkhead.try_admit().expect("one free slot");
+//! // Full: refused at once with the stage's reason...
+//! assert_eq!(bulkhead.admit(Wait::No).await.err(), Some(Rejected::BulkheadFull));
+//! // ...or waiting, here no longer than 100 ms.
+//! let deadline = Deadline::after(&tidewall::rt::Tokio, Duration::from_millis(100));
+//! let waiting = bulkhead.admit(Wait::Until(deadline));
+//! drop(held); // frees the slot: the waiter gets it
+//! assert!(waiting.await.is_ok());
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+
+use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
+use crate::rate::{RateLimiter, UntilReady};
+use crate::rt::Clock;
+use crate::{Deadline, Rejected};
+
+/// How long [`Admission::admit`] may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// Not at all: a stage that cannot admit now refuses with its own reason and hint
+    /// ([`Rejected::BulkheadFull`], [`Rejected::RateLimited`] with `retry_after`). A stage
+    /// that decides remotely still makes its round trip.
+    No,
+    /// Until the stage admits, its own limits refuse (a bulkhead's `max_wait` or queue), or
+    /// `deadline` would pass ([`Rejected::DeadlineExceeded`], returned as soon as the wait is
+    /// known to end past it). `Deadline::none()` waits as long as the stage allows.
+    Until(Deadline),
+}
+
+/// A stage that admits a call before it runs and may hold something for the whole call (a
+/// bulkhead slot). Implemented by [`RateLimiter`], [`Bulkhead`] and `()` (admits
+/// everything), and open to stages kept elsewhere.
+///
+/// Guards and futures own what they need (`'static`): they live in tower response futures
+/// and in services between `poll_ready` and `call`.
+pub trait Admission: Send + Sync {
+    /// Held for the whole call and released on drop (a bulkhead slot; `()` for a limiter).
+    type Guard: Send + 'static;
+
+    /// The future [`admit`](Self::admit) returns.
+    type Admit: Future<Output = Result<Self::Guard, Rejected>> + Send + 'static;
+
+    /// Admits now if it can, without waiting and without counting a refusal as a rejection
+    /// (the caller goes on to [`admit`](Self::admit), which counts). `None` when it cannot
+    /// admit now, or cannot decide without a round trip.
+    fn try_admit(&self) -> Option<Self::Guard>;
+
+    /// Decides, waiting as `wait` allows.
+    ///
+    /// **Cancel safety:** dropping the future releases whatever it was waiting for or held;
+    /// nothing is taken from the stage.
+    ///
+    /// # Errors
+    ///
+    /// The stage's rejection ([`Rejected::BulkheadFull`], [`Rejected::RateLimited`], ...), or
+    /// [`Rejected::DeadlineExceeded`] under [`Wait::Until`].
+    fn admit(&self, wait: Wait) -> Self::Admit;
+}
+
+impl Admission for () {
+    type Guard = ();
+    type Admit = std::future::Ready<Result<(), Rejected>>;
+
+    fn try_admit(&self) -> Option<()> {
+        Some(())
+    }
+
+    fn admit(&self, _: Wait) -> Self::Admit {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl<R: Clock> Admission for RateLimiter<R> {
+    type Guard = ();
+    type Admit = UntilReady<R>;
+
+    #[inline]
+    fn try_admit(&self) -> Option<()> {
+        self.decide(1).ok()
+    }
+
+    fn admit(&self, wait: Wait) -> UntilReady<R> {
+        self.until_ready_within(1, wait)
+    }
+}
+
+impl<R: Clock> Admission for Bulkhead<R> {
+    type Guard = OwnedPermit<R>;
+    type Admit = AcquireOwned<R>;
+
+    #[inline]
+    fn try_admit(&self) -> Option<OwnedPermit<R>> {
+        self.try_acquire_owned_quiet()
+    }
+
+    fn admit(&self, wait: Wait) -> AcquireOwned<R> {
+        self.acquire_owned_within(wait)
+    }
+}

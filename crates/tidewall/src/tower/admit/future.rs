@@ -1,0 +1,105 @@
+//! The response future: admitting (when the call had to wait), then calling.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::Error;
+use crate::admission::Admission;
+
+pin_project! {
+    /// The response future of an [`AdmitService`](super::AdmitService).
+    ///
+    /// **Cancel safety:** dropping it drops the pending admission (leaving a bulkhead's
+    /// queue) or the guard (freeing the slot); nothing is held afterwards.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<S, A, Req>
+    where
+        S: Service<Req>,
+        A: Admission,
+    {
+        #[pin]
+        state: State<S, A::Admit, S::Future, A::Guard, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Admit, Call, Guard, Req> {
+        Admitting {
+            #[pin]
+            admit: Admit,
+            service: Option<S>,
+            req: Option<Req>,
+        },
+        Calling {
+            #[pin]
+            call: Call,
+            guard: Option<Guard>,
+        },
+    }
+}
+
+impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
+    pub(super) fn calling(call: S::Future, guard: A::Guard) -> Self {
+        Self {
+            state: State::Calling {
+                call,
+                guard: Some(guard),
+            },
+        }
+    }
+
+    pub(super) fn admitting(admit: A::Admit, service: S, req: Req) -> Self {
+        Self {
+            state: State::Admitting {
+                admit,
+                service: Some(service),
+                req: Some(req),
+            },
+        }
+    }
+}
+
+impl<S: Service<Req>, A: Admission, Req> Future for ResponseFuture<S, A, Req> {
+    type Output = Result<S::Response, Error<S::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Admitting {
+                    admit,
+                    service,
+                    req,
+                } => {
+                    let guard = ready!(admit.poll(cx)).map_err(Error::Rejected)?;
+                    let (Some(mut service), Some(req)) = (service.take(), req.take()) else {
+                        unreachable!("an admitted call is made once");
+                    };
+                    let call = service.call(req);
+                    state.set(State::Calling {
+                        call,
+                        guard: Some(guard),
+                    });
+                }
+                StateProj::Calling { call, guard } => {
+                    let result = ready!(call.poll(cx));
+                    // The slot is free as soon as the call is done, not when the future is
+                    // dropped.
+                    drop(guard.take());
+                    return Poll::Ready(result.map_err(Error::Inner));
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Req>, A: Admission, Req> std::fmt::Debug for ResponseFuture<S, A, Req> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,30 @@
+//! Any [`Admission`](crate::admission::Admission) as a tower layer: the rate limiter, the
+//! bulkhead, or a stage kept elsewhere (a distributed limiter that decides after a round
+//! trip), with one of three [`AdmitMode`]s.
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::AdmitLayer;
+pub use service::AdmitService;
+
+/// Where an [`AdmitLayer`] makes a call wait when its stage cannot admit it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdmitMode {
+    /// Never: the response future fails at once with the stage's own rejection
+    /// ([`Rejected::BulkheadFull`](crate::Rejected::BulkheadFull),
+    /// [`Rejected::RateLimited`](crate::Rejected::RateLimited) with its `retry_after`), and
+    /// `poll_ready` stays ready (load shedding: map it to 503 or 429).
+    Reject,
+    /// In `poll_ready`: the service is not ready until the stage admits, and the guard taken
+    /// there (a bulkhead slot) is held until the call's response future completes
+    /// (backpressure, as `tower::limit::ConcurrencyLimit`). Load balancers and buffers see a
+    /// full stage as a service that is not ready.
+    WaitReady,
+    /// In the response future: `poll_ready` is the inner service's, and each call waits for
+    /// admission on its own. The inner service is called only once admitted.
+    WaitCall,
+}

@@ -1,0 +1,178 @@
+//! The service: admits through the breaker in `call`, or waits for it in `poll_ready`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower_service::Service;
+
+use super::ResponseFuture;
+use crate::breaker::{CircuitBreaker, OwnedPermit};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::tower::SyncSlot;
+use crate::{Error, Rejected};
+
+/// The service of a [`BreakerLayer`](super::BreakerLayer). A clone shares the breaker and
+/// starts holding no permit.
+///
+/// Bounded on [`Clock`] because it keeps the breaker's permit between `poll_ready` and
+/// `call`.
+pub struct BreakerService<S, R: Clock = DefaultRuntime, C = DefaultClassifier> {
+    inner: S,
+    breaker: CircuitBreaker<R>,
+    classify: C,
+    wait: Option<Option<Duration>>,
+    waiting: SyncSlot<Waiting<R>>,
+}
+
+/// What a caller waiting in `poll_ready` has reached.
+struct Waiting<R: Clock> {
+    since: Option<Instant>,
+    timer: Option<Pin<Box<R::Sleep>>>,
+    permit: Option<OwnedPermit<R>>,
+}
+
+impl<R: Clock> Waiting<R> {
+    const fn idle() -> Self {
+        Self {
+            since: None,
+            timer: None,
+            permit: None,
+        }
+    }
+}
+
+impl<S, R: Clock, C> BreakerService<S, R, C> {
+    pub(super) fn new(
+        inner: S,
+        breaker: CircuitBreaker<R>,
+        classify: C,
+        wait: Option<Option<Duration>>,
+    ) -> Self {
+        Self {
+            inner,
+            breaker,
+            classify,
+            wait,
+            waiting: SyncSlot::new(Waiting::idle()),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; a permit taken in `poll_ready` is given back unrecorded.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The breaker.
+    pub fn breaker(&self) -> &CircuitBreaker<R> {
+        &self.breaker
+    }
+
+    /// Waits in `poll_ready` until the breaker admits (a permit is then held) or the wait
+    /// would pass `max_wait`.
+    fn poll_admitted(
+        &mut self,
+        max_wait: Option<Duration>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Rejected>> {
+        let waiting = self.waiting.get_mut();
+        loop {
+            if waiting.permit.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(timer) = waiting.timer.as_mut() {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                waiting.timer = None;
+            }
+            let retry_after = match self.breaker.try_acquire_owned_quiet() {
+                Ok(permit) => {
+                    *waiting = Waiting::idle();
+                    waiting.permit = Some(permit);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(Rejected::CircuitOpen { retry_after }) => retry_after,
+                Err(other) => return Poll::Ready(Err(self.give_up(other))),
+            };
+            let rt = self.breaker.runtime();
+            let now = rt.now();
+            let since = *waiting.since.get_or_insert(now);
+            // A zero hint (a half-open breaker at the end of its probe wait) would spin.
+            let wake = instant_after(now, retry_after.max(Duration::from_millis(1)));
+            if max_wait.is_some_and(|max| wake > instant_after(since, max)) {
+                *waiting = Waiting::idle();
+                return Poll::Ready(Err(self.give_up(Rejected::CircuitOpen { retry_after })));
+            }
+            waiting.timer = Some(Box::pin(rt.sleep_until(wake)));
+        }
+    }
+
+    fn give_up(&self, rejected: Rejected) -> Rejected {
+        self.breaker.record_rejection(&rejected);
+        rejected
+    }
+}
+
+impl<S, Req, R, C> Service<Req> for BreakerService<S, R, C>
+where
+    S: Service<Req>,
+    R: Clock,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S::Future, R, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(max_wait) = self.wait {
+            std::task::ready!(self.poll_admitted(max_wait, cx)).map_err(Error::Rejected)?;
+        }
+        self.inner.poll_ready(cx).map_err(Error::Inner)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let admitted = match self.waiting.get_mut().permit.take() {
+            Some(permit) => Ok(permit),
+            None => self.breaker.try_acquire_owned(),
+        };
+        match admitted {
+            Ok(permit) => {
+                ResponseFuture::calling(self.inner.call(req), permit, self.classify.clone())
+            }
+            Err(rejected) => ResponseFuture::rejected(rejected),
+        }
+    }
+}
+
+impl<S: Clone, R: Clock, C: Clone> Clone for BreakerService<S, R, C> {
+    fn clone(&self) -> Self {
+        Self::new(
+            self.inner.clone(),
+            self.breaker.clone(),
+            self.classify.clone(),
+            self.wait,
+        )
+    }
+}
+
+impl<S, R: Clock, C> std::fmt::Debug for BreakerService<S, R, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerService")
+            .field("breaker", &self.breaker)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}

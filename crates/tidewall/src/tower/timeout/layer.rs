@@ -1,0 +1,70 @@
+//! The layer: a timeout and the clock it is measured on.
+
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::TimeoutService;
+use crate::rt::DefaultRuntime;
+
+/// Bounds each request — waiting for the service to be ready *and* the call — by `timeout`.
+///
+/// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
+/// the service was ready at once); if readiness takes too long, `poll_ready` fails with
+/// [`Error::TimedOut`](crate::Error::TimedOut), and the call gets only what is left.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::Error;
+/// use tidewall::tower::TimeoutLayer;
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let slow = tower::service_fn(|(): ()| async {
+///     tokio::time::sleep(Duration::from_secs(5)).await;
+///     Ok::<_, std::convert::Infallible>("late")
+/// });
+/// let mut service = TimeoutLayer::new(Duration::from_millis(300)).layer(slow);
+/// assert!(matches!(service.call(()).await, Err(Error::TimedOut)));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer<R = DefaultRuntime> {
+    rt: R,
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// `timeout` per request, on the default runtime's clock.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            rt: DefaultRuntime::default(),
+            timeout,
+        }
+    }
+}
+
+impl<R> TimeoutLayer<R> {
+    /// Times requests on `rt`'s clock.
+    pub fn runtime<R2>(self, rt: R2) -> TimeoutLayer<R2> {
+        TimeoutLayer {
+            rt,
+            timeout: self.timeout,
+        }
+    }
+
+    /// The timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl<S, R: Clone> Layer<S> for TimeoutLayer<R> {
+    type Service = TimeoutService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TimeoutService::new(inner, self.rt.clone(), self.timeout)
+    }
+}

@@ -1,0 +1,108 @@
+//! The service: one budget from the first wait for readiness to the end of the call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower_service::Service;
+
+use super::ResponseFuture;
+use crate::Error;
+use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::time::Timeout;
+use crate::tower::SyncSlot;
+
+/// The readiness timer, kept between `poll_ready` calls. Boxed only when readiness has to
+/// wait, and type-erased so the service needs no bound on its runtime.
+type ReadinessTimer = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The service of a [`TimeoutLayer`](super::TimeoutLayer).
+pub struct TimeoutService<S, R = DefaultRuntime> {
+    inner: S,
+    rt: R,
+    timeout: Duration,
+    started: Option<Instant>,
+    readiness: SyncSlot<Option<ReadinessTimer>>,
+}
+
+impl<S, R> TimeoutService<S, R> {
+    pub(super) fn new(inner: S, rt: R, timeout: Duration) -> Self {
+        Self {
+            inner,
+            rt,
+            timeout,
+            started: None,
+            readiness: SyncSlot::new(None),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, R> Service<Req> for TimeoutService<S, R>
+where
+    S: Service<Req>,
+    R: Clock,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S::Future, R::Sleep>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let slot = self.readiness.get_mut();
+        match self.inner.poll_ready(cx) {
+            // Ready at once: no wait to count (a service polled ready long before the call
+            // must not have spent the call's budget).
+            Poll::Ready(result) => {
+                *slot = None;
+                Poll::Ready(result.map_err(Error::Inner))
+            }
+            Poll::Pending => {
+                let started = *self.started.get_or_insert_with(|| self.rt.now());
+                let (rt, end) = (&self.rt, instant_after(started, self.timeout));
+                let timer = slot.get_or_insert_with(|| Box::pin(rt.sleep_until(end)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                    self.started = None;
+                    return Poll::Ready(Err(Error::TimedOut));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        *self.readiness.get_mut() = None;
+        let started = self.started.take().unwrap_or_else(|| self.rt.now());
+        let timer = self.rt.sleep_until(instant_after(started, self.timeout));
+        ResponseFuture::new(Timeout::new(self.inner.call(req), Some(timer)))
+    }
+}
+
+impl<S: Clone, R: Clone> Clone for TimeoutService<S, R> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.rt.clone(), self.timeout)
+    }
+}
+
+impl<S, R> std::fmt::Debug for TimeoutService<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutService")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
