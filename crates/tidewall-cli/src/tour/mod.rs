@@ -10,6 +10,7 @@ mod server;
 mod service;
 mod streams;
 mod tasks;
+mod tower;
 
 use std::time::Instant;
 
@@ -120,6 +121,7 @@ async fn tour<R: client::Net>(
 ) -> Vec<report::Section> {
     let mut sections = scenarios::all(rt.clone(), server, size).await;
     sections.extend(resilience::all(rt.clone(), server, size).await);
+    sections.extend(tower::all(rt.clone(), server, size).await);
     sections.extend(streams::all(rt.clone(), size).await);
     sections.extend(tasks::all(rt.clone(), size).await);
     sections.extend(service::all(rt).await);

@@ -444,7 +444,7 @@ fn since<R: Net>(rt: &R, start: Instant) -> Duration {
 
 /// The tour's configurations are constants: an invalid one is a bug in the tour.
 #[track_caller]
-fn valid<T>(built: Result<T, ConfigError>) -> T {
+pub(super) fn valid<T>(built: Result<T, ConfigError>) -> T {
     built.expect("a valid configuration")
 }
 

@@ -336,6 +336,7 @@ pub struct OwnedPermit<R: Clock> {
 }
 
 impl<R: Clock> Drop for OwnedPermit<R> {
+    #[inline]
     fn drop(&mut self) {
         self.bulkhead.shared.release();
     }

@@ -50,6 +50,7 @@ impl<R> Shared<R> {
     }
 
     /// Takes a free permit if there is one.
+    #[inline]
     pub(super) fn try_take(&self) -> bool {
         let mut free = self.available.load(SeqCst);
         while free > 0 {
@@ -65,6 +66,7 @@ impl<R> Shared<R> {
     }
 
     /// The fast path: a free permit, unless waiters are queued (they come first).
+    #[inline]
     pub(super) fn try_acquire(&self) -> bool {
         self.queued.load(SeqCst) == 0 && self.try_take()
     }
@@ -85,6 +87,7 @@ impl<R> Shared<R> {
     }
 
     /// Gives a permit back and hands it to the longest waiter, if any.
+    #[inline]
     pub(super) fn release(&self) {
         let before = self.available.fetch_add(1, SeqCst);
         debug_assert!(

@@ -22,19 +22,16 @@ pin_project! {
         A: Admission,
     {
         #[pin]
-        state: State<S, A::Admit, S::Future, A::Guard, Req>,
+        state: State<S::Future, A::Guard, Pin<Box<Admitting<S, A::Admit, Req>>>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, Admit, Call, Guard, Req> {
-        Admitting {
-            #[pin]
-            admit: Admit,
-            service: Option<S>,
-            req: Option<Req>,
-        },
+    enum State<Call, Guard, Waiting> {
+        // Boxed: a wait (a timer, a queue place, the request) is large, and moving it on
+        // every admitted call would cost more than allocating on the calls that wait.
+        Admitting { waiting: Waiting },
         Calling {
             #[pin]
             call: Call,
@@ -43,7 +40,18 @@ pin_project! {
     }
 }
 
+pin_project! {
+    /// A call waiting for admission, with the service it will be made on.
+    struct Admitting<S, Admit, Req> {
+        #[pin]
+        admit: Admit,
+        service: Option<S>,
+        req: Option<Req>,
+    }
+}
+
 impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
+    #[inline]
     pub(super) fn calling(call: S::Future, guard: A::Guard) -> Self {
         Self {
             state: State::Calling {
@@ -56,9 +64,11 @@ impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
     pub(super) fn admitting(admit: A::Admit, service: S, req: Req) -> Self {
         Self {
             state: State::Admitting {
-                admit,
-                service: Some(service),
-                req: Some(req),
+                waiting: Box::pin(Admitting {
+                    admit,
+                    service: Some(service),
+                    req: Some(req),
+                }),
             },
         }
     }
@@ -67,17 +77,17 @@ impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
 impl<S: Service<Req>, A: Admission, Req> Future for ResponseFuture<S, A, Req> {
     type Output = Result<S::Response, Error<S::Error>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Admitting {
-                    admit,
-                    service,
-                    req,
-                } => {
-                    let guard = ready!(admit.poll(cx)).map_err(Error::Rejected)?;
-                    let (Some(mut service), Some(req)) = (service.take(), req.take()) else {
+                StateProj::Admitting { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    let guard = ready!(waiting.admit.poll(cx)).map_err(Error::Rejected)?;
+                    let (Some(mut service), Some(req)) =
+                        (waiting.service.take(), waiting.req.take())
+                    else {
                         unreachable!("an admitted call is made once");
                     };
                     let call = service.call(req);

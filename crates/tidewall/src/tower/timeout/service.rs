@@ -27,6 +27,7 @@ pub struct TimeoutService<S, R = DefaultRuntime> {
 }
 
 impl<S, R> TimeoutService<S, R> {
+    #[inline]
     pub(super) fn new(inner: S, rt: R, timeout: Duration) -> Self {
         Self {
             inner,
@@ -62,6 +63,7 @@ where
     type Error = Error<S::Error>;
     type Future = ResponseFuture<S::Future, R::Sleep>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let slot = self.readiness.get_mut();
         match self.inner.poll_ready(cx) {
@@ -85,6 +87,9 @@ where
         }
     }
 
+    // Always: see `AdmitService::call` (a future returned through memory stalls on
+    // store forwarding when read back).
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         *self.readiness.get_mut() = None;
         let started = self.started.take().unwrap_or_else(|| self.rt.now());

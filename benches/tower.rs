@@ -1,0 +1,224 @@
+//! Per-call cost through tower middleware: Tidewall's layers against plain tower and
+//! tower-resilience 0.13 doing the same job, in the same groups, on a current-thread tokio
+//! runtime with a trivial inner service (a ready future), nothing contended. Each iteration is
+//! one `ready().await` and one `call(..).await`.
+//!
+//! * `tower_concurrency_wait`: a limit of 64 that waits in `poll_ready` when full (never full
+//!   here): `tower::limit::ConcurrencyLimit`, Tidewall `AdmitLayer` over a `Bulkhead` in
+//!   `AdmitMode::WaitReady`, tower-resilience's bulkhead in backpressure mode.
+//! * `tower_concurrency_shed`: a limit of 64 that rejects when full: tower `LoadShed` over
+//!   `ConcurrencyLimit`, Tidewall `AdmitMode::Reject`, tower-resilience `reject_when_full`.
+//! * `tower_timeout`: a 1 s timeout: `tower::timeout::Timeout`, Tidewall `TimeoutLayer` (which
+//!   also bounds the wait in `poll_ready`), tower-resilience `TimeLimiter`.
+//! * `tower_breaker`: a closed breaker recording successes: Tidewall `BreakerLayer`,
+//!   tower-resilience `CircuitBreaker` (tower has none).
+//! * `tower_stack`: timeout → breaker → waiting bulkhead; tower has no breaker, so its row is
+//!   timeout → `ConcurrencyLimit` (less work: say so wherever it is quoted).
+//!
+//! Run: `cargo bench -p tidewall-benches --bench tower`.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, criterion_group, criterion_main, measurement::WallTime};
+use tidewall::breaker::CircuitBreaker;
+use tidewall::bulkhead::Bulkhead;
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt as _};
+use tower_resilience::bulkhead::BulkheadLayer as TrBulkheadLayer;
+use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrBreakerLayer;
+use tower_resilience::timelimiter::TimeLimiterLayer as TrTimeLimiterLayer;
+
+const SLOTS: usize = 64;
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The inner service: answers at once.
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u32> for Echo {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = Ready<Result<u32, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        ready(Ok(x))
+    }
+}
+
+/// Times `ready().await` + `call().await` on a clone of `service` made once per batch.
+fn per_call<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, rt: &Runtime, service: S)
+where
+    S: Service<u32, Response = u32> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut service = service.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let out = service
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(std::hint::black_box(7))
+                        .await
+                        .unwrap();
+                    std::hint::black_box(out);
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn bulkhead() -> Bulkhead {
+    Bulkhead::builder(SLOTS).build().unwrap()
+}
+
+fn tr_bulkhead(backpressure: bool) -> TrBulkheadLayer {
+    let builder = TrBulkheadLayer::builder().max_concurrent_calls(SLOTS);
+    let builder = if backpressure {
+        builder.backpressure()
+    } else {
+        builder.reject_when_full()
+    };
+    builder.build().unwrap()
+}
+
+fn tr_breaker() -> TrBreakerLayer {
+    TrBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap()
+}
+
+fn concurrency(c: &mut criterion::Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tower_concurrency_wait");
+    let tower = tower::limit::ConcurrencyLimitLayer::new(SLOTS).layer(Echo);
+    per_call(&mut group, "tower", &rt, tower);
+    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::WaitReady).layer(Echo);
+    per_call(&mut group, "tidewall", &rt, tidewall);
+    per_call(
+        &mut group,
+        "tower_resilience",
+        &rt,
+        tr_bulkhead(true).layer(Echo),
+    );
+    group.finish();
+
+    let mut group = c.benchmark_group("tower_concurrency_shed");
+    let tower = ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(SLOTS)
+        .service(Echo);
+    per_call(&mut group, "tower", &rt, tower);
+    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::Reject).layer(Echo);
+    per_call(&mut group, "tidewall", &rt, tidewall);
+    per_call(
+        &mut group,
+        "tower_resilience",
+        &rt,
+        tr_bulkhead(false).layer(Echo),
+    );
+    group.finish();
+}
+
+fn timeout(c: &mut criterion::Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tower_timeout");
+    let tower = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(Echo);
+    per_call(&mut group, "tower", &rt, tower);
+    per_call(
+        &mut group,
+        "tidewall",
+        &rt,
+        TimeoutLayer::new(TIMEOUT).layer(Echo),
+    );
+    let tr = TrTimeLimiterLayer::builder()
+        .timeout_duration(TIMEOUT)
+        .cancel_running_future(true)
+        .build();
+    per_call(&mut group, "tower_resilience", &rt, tr.layer(Echo));
+    group.finish();
+}
+
+fn breaker(c: &mut criterion::Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tower_breaker");
+    let breaker = CircuitBreaker::builder().build().unwrap();
+    per_call(
+        &mut group,
+        "tidewall",
+        &rt,
+        BreakerLayer::new(breaker).layer(Echo),
+    );
+    per_call(
+        &mut group,
+        "tower_resilience",
+        &rt,
+        tr_breaker().layer(Echo),
+    );
+    group.finish();
+}
+
+fn stack(c: &mut criterion::Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tower_stack");
+    let tower = ServiceBuilder::new()
+        .timeout(TIMEOUT)
+        .concurrency_limit(SLOTS)
+        .service(Echo);
+    per_call(&mut group, "tower_without_breaker", &rt, tower);
+    let tidewall = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(TIMEOUT))
+        .layer(BreakerLayer::new(
+            CircuitBreaker::builder().build().unwrap(),
+        ))
+        .layer(AdmitLayer::new(bulkhead(), AdmitMode::WaitReady))
+        .service(Echo);
+    per_call(&mut group, "tidewall", &rt, tidewall);
+    let tr = ServiceBuilder::new()
+        .layer(
+            TrTimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .cancel_running_future(true)
+                .build(),
+        )
+        .layer(tr_breaker())
+        .layer(tr_bulkhead(true))
+        .service(Echo);
+    per_call(&mut group, "tower_resilience", &rt, tr);
+    group.finish();
+}
+
+// criterion_group! generates an undocumented public function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group! {
+        name = benches;
+        config = tidewall_benches::criterion();
+        targets = concurrency, timeout, breaker, stack
+    }
+}
+criterion_main!(group::benches);

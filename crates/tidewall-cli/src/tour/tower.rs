@@ -1,0 +1,195 @@
+//! The tour's tower section: the HTTP client behind tower layers, as a service team stacks
+//! them: a breaker that judges responses with a classifier, and a bulkhead that sheds.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use tidewall::breaker::{CircuitBreaker, State};
+use tidewall::bulkhead::Bulkhead;
+use tidewall::classify::Verdict;
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer};
+use tidewall::{Error, Rejected};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::client::{Client, HttpError, Net};
+use super::report::{Section, ms};
+use super::resilience::valid;
+use super::scenarios::{Size, settle};
+use super::server::Server;
+
+pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
+    let get = Get(Arc::new(Client::new(rt.clone(), server.addr)));
+    vec![
+        classified(&get, &rt, server, size).await,
+        shedding(&get, &rt, server).await,
+    ]
+}
+
+/// GET as a tower service: the request is the path.
+struct Get<R>(Arc<Client<R>>);
+
+impl<R> Clone for Get<R> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<R: Net> Service<String> for Get<R> {
+    type Response = Bytes;
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Bytes, HttpError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, path: String) -> Self::Future {
+        let client = Arc::clone(&self.0);
+        Box::pin(async move { client.get(&path).await })
+    }
+}
+
+/// Calls `service` once, as tower's callers do: ready, then call.
+async fn call_once<S: Service<String>>(
+    service: &mut S,
+    path: &str,
+) -> Result<S::Response, S::Error> {
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(path.to_owned()).await
+}
+
+/// A 4xx other than 408 and 429 says the service is up and the request was wrong: not a
+/// failure of the service.
+fn http_outcome(result: Result<&Bytes, &HttpError>) -> Verdict {
+    match result {
+        Ok(_) => Verdict::Success,
+        Err(HttpError::Status { code, .. })
+            if (400..500).contains(code) && ![408, 429].contains(code) =>
+        {
+            Verdict::Success
+        }
+        Err(_) => Verdict::Failure,
+    }
+}
+
+async fn classified<R: Net>(get: &Get<R>, rt: &R, server: &Server, size: Size) -> Section {
+    const TRIP_AFTER: u32 = 5;
+    let calls = if size == Size::Quick { 12 } else { 20 };
+    let mut s = Section::new(
+        "tower: a breaker that judges responses, not just Ok and Err",
+        "BreakerLayer::new(breaker).classify(|r| ..).layer(client)",
+    );
+    settle(rt, server).await;
+    let breaker = |name| {
+        valid(
+            CircuitBreaker::builder()
+                .runtime(rt.clone())
+                .name(name)
+                .consecutive_failures(TRIP_AFTER)
+                .break_duration(Duration::from_secs(30))
+                .build(),
+        )
+    };
+    let (judged, naive) = (
+        breaker("tour-tower-classified"),
+        breaker("tour-tower-naive"),
+    );
+    let mut with_classifier = BreakerLayer::new(judged.clone())
+        .classify(http_outcome)
+        .layer(get.clone());
+    let mut without = BreakerLayer::new(naive.clone()).layer(get.clone());
+    let before = server.stats.requests();
+    let (mut not_found, mut naive_shed) = (0usize, 0usize);
+    for _ in 0..calls {
+        if let Err(Error::Inner(HttpError::Status { code: 404, .. })) =
+            call_once(&mut with_classifier, "/missing").await
+        {
+            not_found += 1;
+        }
+        if let Err(Error::Rejected(Rejected::CircuitOpen { .. })) =
+            call_once(&mut without, "/missing").await
+        {
+            naive_shed += 1;
+        }
+    }
+    let reached = server.stats.requests() - before;
+    s.metric("calls to a missing page, through each stack", calls)
+        .metric("404s returned to the caller (classified stack)", not_found)
+        .metric("classified breaker", judged.state())
+        .metric("breaker counting every Err", naive.state())
+        .metric("calls it shed (the service was up)", naive_shed)
+        .metric("requests at the server", reached);
+    s.check(
+        "every 404 reached the caller and the classified breaker stayed closed",
+        not_found == calls && judged.state() == State::Closed,
+    );
+    s.check(
+        "counting every Err, 5 404s opened the breaker on a healthy service",
+        naive.state() == State::Open && naive_shed == calls - TRIP_AFTER as usize,
+    );
+    s
+}
+
+async fn shedding<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
+    const SLOTS: usize = 2;
+    const CALLS: usize = 6;
+    let mut s = Section::new(
+        "tower: a full bulkhead sheds at once",
+        "AdmitLayer::new(bulkhead, AdmitMode::Reject).layer(client)",
+    );
+    settle(rt, server).await;
+    let bulkhead = valid(
+        Bulkhead::builder(SLOTS)
+            .runtime(rt.clone())
+            .name("tour-tower")
+            .build(),
+    );
+    let service = AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).layer(get.clone());
+    let before = server.stats.requests();
+    let outcomes = join_all((0..CALLS).map(|_| {
+        let mut service = service.clone();
+        async move {
+            let start = rt.now();
+            let result = call_once(&mut service, "/delay/150").await;
+            (result, rt.now().saturating_duration_since(start))
+        }
+    }))
+    .await;
+    let reached = server.stats.requests() - before;
+    let shed: Vec<Duration> = outcomes
+        .iter()
+        .filter(|(r, _)| matches!(r, Err(Error::Rejected(Rejected::BulkheadFull))))
+        .map(|(_, took)| *took)
+        .collect();
+    let served: Vec<Duration> = outcomes
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, took)| *took)
+        .collect();
+    let slowest_shed = shed.iter().max().copied().unwrap_or_default();
+    let fastest_served = served.iter().min().copied().unwrap_or_default();
+    s.metric("concurrent calls, 150 ms each", CALLS)
+        .metric("slots", SLOTS)
+        .metric("served", served.len())
+        .metric("shed with BulkheadFull", shed.len())
+        .metric("slowest shed call returned after", ms(slowest_shed))
+        .metric("fastest served call took", ms(fastest_served))
+        .metric("requests at the server", reached)
+        .metric("slots free afterwards", bulkhead.available());
+    s.check(
+        "2 calls were served and 4 shed, and only the served ones reached the server",
+        served.len() == SLOTS && shed.len() == CALLS - SLOTS && reached == SLOTS,
+    );
+    s.check(
+        "every shed call returned before any served call finished",
+        !shed.is_empty() && slowest_shed < fastest_served,
+    );
+    s.check("every slot was free again", bulkhead.available() == SLOTS);
+    s
+}
