@@ -126,6 +126,38 @@ fn the_timeout_covers_poll_ready_on_every_runtime() {
     on_every_runtime!(timeout_covers_readiness);
 }
 
+async fn timeout_budget_runs_from_the_call<R: Runtime>(rt: Clocked<R>) {
+    let sleeper = rt.clone();
+    let slow = service(&rt, move |()| {
+        let rt = sleeper.clone();
+        async move {
+            rt.sleep(ms(500)).await;
+            Ok::<_, ()>("late")
+        }
+    });
+    let mut svc = TimeoutLayer::new(ms(300)).runtime(rt.clone()).layer(slow);
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    // The response future is not polled for 400 ms: its budget ended 100 ms ago, so its
+    // first poll times out at once (the timer is armed lazily, at the budget's end).
+    let pending = svc.call(());
+    rt.sleep(ms(400)).await;
+    let polled_at = rt.now();
+    assert!(matches!(pending.await, Err(Error::TimedOut)));
+    assert_eq!(rt.now(), polled_at);
+    // Polled at once, the same call times out exactly 300 ms after it was made.
+    let start = rt.now();
+    assert!(matches!(
+        ready_and_call(&mut svc, ()).await,
+        Err(Error::TimedOut)
+    ));
+    assert_eq!(rt.now() - start, ms(300));
+}
+
+#[test]
+fn the_timeout_budget_runs_from_the_call_not_the_first_poll_on_every_runtime() {
+    on_every_runtime!(timeout_budget_runs_from_the_call);
+}
+
 /// A request that counts its clones.
 struct Counted(Arc<AtomicUsize>);
 impl Clone for Counted {

@@ -3,44 +3,69 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
 use crate::Error;
-use crate::time::Timeout;
+use crate::rt::Clock;
 
 pin_project! {
     /// The response future of a [`TimeoutService`](super::TimeoutService): the inner call,
-    /// or [`Error::TimedOut`] when the budget runs out first.
+    /// or [`Error::TimedOut`] when the budget runs out first. The budget's end is fixed at the
+    /// call; the timer is armed only if the call is still running when first polled.
     ///
     /// **Cancel safety:** dropping it drops the inner call and the timer.
     #[must_use = "futures do nothing unless polled"]
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, T> {
+    pub struct ResponseFuture<F, R: Clock> {
         #[pin]
-        inner: Timeout<F, T>,
+        call: F,
+        rt: R,
+        end: Instant,
+        #[pin]
+        timer: Option<R::Sleep>,
     }
 }
 
-impl<F, T> ResponseFuture<F, T> {
+impl<F, R: Clock> ResponseFuture<F, R> {
     #[inline]
-    pub(super) fn new(inner: Timeout<F, T>) -> Self {
-        Self { inner }
+    pub(super) fn new(call: F, rt: R, end: Instant) -> Self {
+        Self {
+            call,
+            rt,
+            end,
+            timer: None,
+        }
     }
 }
 
-impl<F, T, V, E> Future for ResponseFuture<F, T>
+impl<F, R, V, E> Future for ResponseFuture<F, R>
 where
     F: Future<Output = Result<V, E>>,
-    T: Future<Output = ()>,
+    R: Clock,
 {
     type Output = Result<V, Error<E>>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|timed| match timed {
-            Ok(result) => result.map_err(Error::Inner),
-            Err(_elapsed) => Err(Error::TimedOut),
-        })
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.call.poll(cx) {
+            return Poll::Ready(result.map_err(Error::Inner));
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(this.rt.sleep_until(*this.end)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| Err(Error::TimedOut)),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<F, R: Clock> std::fmt::Debug for ResponseFuture<F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
     }
 }

@@ -10,7 +10,6 @@ use tower_service::Service;
 use super::ResponseFuture;
 use crate::Error;
 use crate::rt::{Clock, DefaultRuntime, instant_after};
-use crate::time::Timeout;
 use crate::tower::SyncSlot;
 
 /// The readiness timer, kept between `poll_ready` calls. Boxed only when readiness has to
@@ -61,7 +60,7 @@ where
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
-    type Future = ResponseFuture<S::Future, R::Sleep>;
+    type Future = ResponseFuture<S::Future, R>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -93,8 +92,8 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         *self.readiness.get_mut() = None;
         let started = self.started.take().unwrap_or_else(|| self.rt.now());
-        let timer = self.rt.sleep_until(instant_after(started, self.timeout));
-        ResponseFuture::new(Timeout::new(self.inner.call(req), Some(timer)))
+        let end = instant_after(started, self.timeout);
+        ResponseFuture::new(self.inner.call(req), self.rt.clone(), end)
     }
 }
 
