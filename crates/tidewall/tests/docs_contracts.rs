@@ -211,7 +211,7 @@ async fn timeout_each_times_the_upstream_from_the_ask<R: Runtime>(rt: Clocked<R>
             d
         }
     });
-    let mut items = Box::pin(upstream.timeout_each_on(rt.clone(), ms(50)).unwrap());
+    let mut items = Box::pin(upstream.timeout_each_on(&rt, ms(50)).unwrap());
     let mut seen = Vec::new();
     loop {
         let asked = rt.now();

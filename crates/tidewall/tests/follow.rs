@@ -50,7 +50,7 @@ async fn quiet<R: Runtime>(rt: &Clocked<R>, lines: &mut Follow<Clocked<R>>) {
 
 /// A follower on `path`, past its first check.
 async fn follower<R: Runtime>(rt: &Clocked<R>, path: &Path) -> Follow<Clocked<R>> {
-    let lines = follow_on(rt.clone(), path, PERIOD, 1024, true).unwrap();
+    let lines = follow_on(rt, path, PERIOD, 1024, true).unwrap();
     rt.sleep(PERIOD / 2).await;
     lines
 }

@@ -745,7 +745,7 @@ async fn interval_at_any_age<R: Runtime>(rt: Clocked<R>) {
         rt.clock().advance(age);
         for period in [ms(1), secs(1)] {
             let start = rt.now();
-            let mut ticks = interval_on(rt.clone(), period, MissedTicks::Skip).unwrap();
+            let mut ticks = interval_on(&rt, period, MissedTicks::Skip).unwrap();
             assert_eq!(ticks.next().await, Some(start + period), "age {age:?}");
             // The consumer stalls for `age` plus a third of a period.
             rt.clock().advance(age + period / 3);
@@ -766,7 +766,7 @@ async fn interval_at_any_age<R: Runtime>(rt: Clocked<R>) {
             assert_eq!(ticks.next().await, Some(next + period));
         }
         let start = rt.now();
-        let mut ticks = interval_on(rt.clone(), secs(1), MissedTicks::Delay).unwrap();
+        let mut ticks = interval_on(&rt, secs(1), MissedTicks::Delay).unwrap();
         assert_eq!(ticks.next().await, Some(start + secs(1)));
         rt.clock().advance(age);
         let late = rt.now();
@@ -778,7 +778,7 @@ async fn interval_at_any_age<R: Runtime>(rt: Clocked<R>) {
         );
 
         let start = rt.now();
-        let mut ticks = interval_on(rt.clone(), ms(100), MissedTicks::Burst).unwrap();
+        let mut ticks = interval_on(&rt, ms(100), MissedTicks::Burst).unwrap();
         rt.clock().advance(ms(1_050));
         let mut got = Vec::new();
         for _ in 0..11 {

@@ -506,7 +506,7 @@ async fn budget_shared_by_sequential_callers<R: Runtime>(rt: Clocked<R>) {
             match front {
                 0 => {
                     let r = (|| op.call())
-                        .retry_on(rt.clone(), constant(ms(1), 10))
+                        .retry_on(&rt, constant(ms(1), 10))
                         .classify(classify)
                         .budget(budget.clone())
                         .await;
@@ -570,7 +570,7 @@ async fn budget_shared_by_concurrent_callers<R: Runtime>(rt: Clocked<R>) {
         calls.push(match i % 3 {
             0 => Box::pin(async move {
                 let _ = (|| op.call())
-                    .retry_on(rt, constant(ms(3), 6))
+                    .retry_on(&rt, constant(ms(3), 6))
                     .classify(classify)
                     .budget(budget)
                     .await;
@@ -623,7 +623,7 @@ async fn budget_after_an_idle_gap<R: Runtime>(rt: Clocked<R>) {
             match front {
                 0 => {
                     let _ = (|| op.call())
-                        .retry_on(rt.clone(), constant(ms(1), 5))
+                        .retry_on(&rt, constant(ms(1), 5))
                         .classify(classify)
                         .budget(budget.clone())
                         .await;
@@ -701,7 +701,7 @@ async fn notify_contract<R: Runtime>(rt: Clocked<R>) {
     );
     let seen = events.clone();
     let result = (|| op.call())
-        .retry_on(rt.clone(), constant(ms(10), 10))
+        .retry_on(&rt, constant(ms(10), 10))
         .classify(classify)
         .honor_retry_after()
         .max_retry_after(ms(100))
@@ -738,7 +738,7 @@ async fn notify_contract<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
     let seen = events.clone();
     let result = (|| op.call())
-        .retry_on(rt.clone(), constant(ms(50), 10))
+        .retry_on(&rt, constant(ms(50), 10))
         .classify(classify)
         .deadline(Deadline::after(&rt, ms(40)))
         .notify(move |e: &RetryEvent<'_, u32, ApiError>| {
@@ -770,7 +770,7 @@ async fn attempt_timeout_is_retryable<R: Runtime>(rt: Clocked<R>) {
     let notified = Arc::new(AtomicU32::new(0));
     let n = notified.clone();
     let result = (|| op.call())
-        .retry_on(rt.clone(), constant(ms(10), 3))
+        .retry_on(&rt, constant(ms(10), 3))
         .classify(|_: Result<&u32, &ApiError>| Verdict::Failure)
         .attempt_timeout(ms(100))
         .notify(move |e: &RetryEvent<'_, u32, ApiError>| {
@@ -820,7 +820,7 @@ async fn deadlines_combine<R: Runtime>(rt: Clocked<R>) {
         let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
         let start = rt.now();
         let r = (|| op.call())
-            .retry_on(rt.clone(), constant(ms(30), 100))
+            .retry_on(&rt, constant(ms(30), 100))
             .deadline(a)
             .deadline(b)
             .await;
@@ -883,7 +883,7 @@ async fn successful_calls_deposit<R: Runtime>(rt: Clocked<R>) {
             match front {
                 0 => {
                     let _ = (|| op.call())
-                        .retry_on(rt.clone(), constant(ms(1), 10))
+                        .retry_on(&rt, constant(ms(1), 10))
                         .classify(classify)
                         .budget(budget.clone())
                         .await;
@@ -1026,7 +1026,7 @@ async fn deadline_cuts_before_attempt_timeout<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::with_latency(rt.clone(), [(secs(10), Ok::<u32, ApiError>(1))]);
     let start = rt.now();
     let r = (|| op.call())
-        .retry_on(rt.clone(), constant(ms(10), 5))
+        .retry_on(&rt, constant(ms(10), 5))
         .attempt_timeout(secs(2))
         .deadline(Deadline::after(&rt, secs(1)))
         .await;
@@ -1190,12 +1190,12 @@ async fn default_and_errors_where<R: Runtime>(rt: Clocked<R>) {
             async move {
                 let r = match front {
                     0 => (|| op.call())
-                        .retry_on(rt.clone(), exponential(ms(10), 5))
+                        .retry_on(&rt, exponential(ms(10), 5))
                         .when(busy_only)
                         .await
                         .map_err(|e| e.into_inner().unwrap()),
                     1 => (|| op.call())
-                        .retry_on(rt.clone(), exponential(ms(10), 5))
+                        .retry_on(&rt, exponential(ms(10), 5))
                         .classify(ErrorsWhere(busy_only))
                         .await
                         .map_err(|e| e.into_inner().unwrap()),

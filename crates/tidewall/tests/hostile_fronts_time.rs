@@ -320,7 +320,7 @@ async fn retry_and_hedge_cancellation<R: Runtime>(rt: Clocked<R>) {
             .unwrap();
         let retry = attempt
             .clone()
-            .retry_on(rt.clone(), constant(ms(50), 5))
+            .retry_on(&rt, constant(ms(50), 5))
             .classify(classify)
             .attempt_timeout(ms(250))
             .deadline(Deadline::after(&rt, secs(2)));
@@ -331,7 +331,7 @@ async fn retry_and_hedge_cancellation<R: Runtime>(rt: Clocked<R>) {
             let attempt = attempt.clone();
             async move { hedge.call(Idempotent(attempt)).await }
         })
-        .retry_on(rt.clone(), constant(ms(30), 3))
+        .retry_on(&rt, constant(ms(30), 3))
         .classify(classify);
         let calls: Vec<Option<Call<'_>>> = vec![
             Some(Box::pin(async move {
@@ -519,7 +519,7 @@ async fn budget_at_stamp_wraps<R: Runtime>(rt: Clocked<R>) {
         // Stale deposits must not come back: a failing call deposits 0.1 and may not retry.
         let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
         let _ = (|| op.call())
-            .retry_on(rt.clone(), constant(ms(1), 5))
+            .retry_on(&rt, constant(ms(1), 5))
             .classify(classify)
             .budget(budget.clone())
             .await;
@@ -550,11 +550,11 @@ async fn retry_in_retry<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
     let result = (|| {
         (|| op.call())
-            .retry_on(rt.clone(), constant(ms(1), 3))
+            .retry_on(&rt, constant(ms(1), 3))
             .classify(classify)
             .into_future()
     })
-    .retry_on(rt.clone(), constant(ms(100), 2))
+    .retry_on(&rt, constant(ms(100), 2))
     .classify(|r: Result<&u32, &RetryError<ApiError>>| match r {
         Ok(v) => classify(Ok(v)),
         Err(e) => e.inner().map_or(Verdict::Failure, |e| classify(Err(e))),
@@ -573,11 +573,11 @@ async fn retry_in_retry<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::new(rt.clone(), [Ok::<u32, ApiError>(PENDING)]);
     let result = (|| {
         (|| op.call())
-            .retry_on(rt.clone(), constant(ms(1), 3))
+            .retry_on(&rt, constant(ms(1), 3))
             .classify(classify)
             .into_future()
     })
-    .retry_on(rt.clone(), constant(ms(100), 2))
+    .retry_on(&rt, constant(ms(100), 2))
     .classify(|r: Result<&u32, &RetryError<ApiError>>| match r {
         Ok(v) => classify(Ok(v)),
         Err(_) => Verdict::Failure,
@@ -590,12 +590,12 @@ async fn retry_in_retry<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy)]);
     let result = (|| {
         (|| op.call())
-            .retry_on(rt.clone(), constant(ms(40), 10))
+            .retry_on(&rt, constant(ms(40), 10))
             .classify(classify)
             .deadline(Deadline::after(&rt, ms(100)))
             .into_future()
     })
-    .retry_on(rt.clone(), constant(ms(10), 2))
+    .retry_on(&rt, constant(ms(10), 2))
     .classify(|_: Result<&u32, &RetryError<ApiError>>| Verdict::RetryableFailure)
     .await;
     assert_eq!(
@@ -631,7 +631,7 @@ async fn pipeline_in_retry<R: Runtime>(rt: Clocked<R>) {
     let op = Scripted::new(rt.clone(), [Err::<u32, _>(ApiError::Busy), Ok(8)]);
     let start = rt.now();
     let result = (|| pipeline.call(|| op.call()))
-        .retry_on(rt.clone(), constant(ms(10), 5))
+        .retry_on(&rt, constant(ms(10), 5))
         .classify(|r: Result<&u32, &Error<ApiError>>| match r {
             Ok(v) => classify(Ok(v)),
             Err(Error::Inner(e)) => classify(Err(e)),

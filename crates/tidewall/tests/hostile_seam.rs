@@ -756,7 +756,7 @@ fn retry_sleeps_its_backoff_exactly<C: Virtual>(clock: C) {
         .max_attempts(3)
         .build()
         .unwrap();
-    let result = run(&clock, op.retry_on(clock.clone(), backoff));
+    let result = run(&clock, op.retry_on(&clock, backoff));
     assert!(
         matches!(result, Err(RetryError::Inner("down"))),
         "{result:?}"
@@ -776,7 +776,7 @@ fn retry_draws_a_fresh_jitter_seed_per_call<C: Virtual>(clock: C) {
         let _ = run(
             &clock,
             (|| async { Err::<(), _>("down") })
-                .retry_on(clock.clone(), backoff)
+                .retry_on(&clock, backoff)
                 .notify(move |event: &tidewall::retry::RetryEvent<'_, (), &str>| {
                     seen.lock().unwrap().push(event.delay)
                 }),
@@ -810,7 +810,7 @@ fn retry_returns_at_once_when_the_next_sleep_would_pass_the_deadline<C: Virtual>
     let result = run(
         &clock,
         (|| async { Err::<(), _>("down") })
-            .retry_on(clock.clone(), backoff)
+            .retry_on(&clock, backoff)
             .deadline(Deadline::after(&clock, ms(1500))),
     );
     assert_eq!(
@@ -852,7 +852,7 @@ fn retry_cuts_each_attempt_at_its_timeout<C: Virtual>(clock: C) {
         .unwrap();
     let result = run(
         &clock,
-        op.retry_on(clock.clone(), backoff).attempt_timeout(secs(1)),
+        op.retry_on(&clock, backoff).attempt_timeout(secs(1)),
     );
     assert_eq!(result, Err(RetryError::AttemptTimedOut));
     assert_eq!(elapsed_since(&clock, start), ms(2500));
@@ -1244,7 +1244,7 @@ fn tower_layers_on_a_users_clock_or_fakeclock_wait_exactly() {
 
 fn interval_ticks_on_schedule_and_bursts_missed_ticks<C: Virtual>(clock: C) {
     let start = clock.now();
-    let ticks = interval_on(clock.clone(), secs(1), MissedTicks::Burst).unwrap();
+    let ticks = interval_on(&clock, secs(1), MissedTicks::Burst).unwrap();
     let mut ticks = pin!(ticks);
     assert_eq!(run(&clock, ticks.next()), Some(start + secs(1)));
     assert_eq!(clock.now(), start + secs(1));
@@ -1270,11 +1270,7 @@ fn interval_on_a_users_clock_or_fakeclock_ticks_on_schedule_and_bursts_missed_ti
 fn pacing_operators_follow_the_clock<C: Virtual>(clock: C) {
     // throttle_on: fixed spacing, no burst.
     let start = clock.now();
-    let mut items = pin!(
-        stream::iter(1..=3)
-            .throttle_on(clock.clone(), secs(1))
-            .unwrap()
-    );
+    let mut items = pin!(stream::iter(1..=3).throttle_on(&clock, secs(1)).unwrap());
     let mut at = Vec::new();
     while let Some(item) = run(&clock, items.next()) {
         at.push((item, clock.now() - start));
@@ -1317,7 +1313,7 @@ fn pacing_operators_follow_the_clock<C: Virtual>(clock: C) {
             }
         })
     };
-    let mut batches = pin!(upstream.batch_on(clock.clone(), 10, ms(100)).unwrap());
+    let mut batches = pin!(upstream.batch_on(&clock, 10, ms(100)).unwrap());
     assert_eq!(run(&clock, batches.next()), Some(vec![0, 30]));
     assert_eq!(elapsed_since(&clock, start), ms(100));
     assert_eq!(run(&clock, batches.next()), Some(vec![170]));
@@ -1336,7 +1332,7 @@ fn pacing_operators_follow_the_clock<C: Virtual>(clock: C) {
             }
         })
     };
-    let mut items = pin!(upstream.timeout_each_on(clock.clone(), ms(50)).unwrap());
+    let mut items = pin!(upstream.timeout_each_on(&clock, ms(50)).unwrap());
     assert_eq!(run(&clock, items.next()), Some(Ok(40)));
     assert_eq!(elapsed_since(&clock, start), ms(40));
     clock.advance_by(secs(1)); // a busy consumer is not the upstream's fault
@@ -1448,7 +1444,7 @@ fn a_retry_with_an_unbounded_deadline_on_a_clock_at_the_end_of_time_runs_its_sch
     let result = run(
         &clock,
         (|| async { Err::<(), _>("down") })
-            .retry_on(clock.clone(), backoff)
+            .retry_on(&clock, backoff)
             .deadline(Deadline::after(&clock, Duration::MAX))
             .attempt_timeout(Duration::MAX),
     );
@@ -1498,7 +1494,7 @@ fn a_breaker_and_a_bulkhead_on_a_clock_at_the_end_of_time_keep_their_durations()
 fn an_interval_and_a_timeout_on_a_clock_at_the_end_of_time_keep_their_schedule() {
     let clock = UserClock::starting_at(latest_instant() - YEAR);
     let start = clock.now();
-    let mut ticks = pin!(interval_on(clock.clone(), DAY, MissedTicks::Skip).unwrap());
+    let mut ticks = pin!(interval_on(&clock, DAY, MissedTicks::Skip).unwrap());
     assert_eq!(run(&clock, ticks.next()), Some(start + DAY));
     assert_eq!(run(&clock, ticks.next()), Some(start + 2 * DAY));
     assert_eq!(
@@ -1608,7 +1604,7 @@ fn observation_retry_deadlines_and_intervals_on_a_clock_that_goes_backwards_do_n
     let deadline = Deadline::after(&clock, secs(1));
     clock.set_offset(secs(10));
     assert_eq!(deadline.remaining(clock.now()), Some(secs(91)));
-    let mut ticks = pin!(interval_on(clock.clone(), secs(1), MissedTicks::Skip).unwrap());
+    let mut ticks = pin!(interval_on(&clock, secs(1), MissedTicks::Skip).unwrap());
     clock.set_offset(secs(0));
     let first =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&clock, ticks.next())))
@@ -1628,7 +1624,7 @@ fn observation_retry_deadlines_and_intervals_on_a_clock_that_goes_backwards_do_n
                 stepping.set_offset(stepping.offset().saturating_sub(secs(1)));
                 async { Err::<(), _>("down") }
             })
-            .retry_on(clock.clone(), backoff)
+            .retry_on(&clock, backoff)
             .deadline(Deadline::after(&clock, secs(30))),
         )
     }))
@@ -2030,7 +2026,7 @@ fn real_time_limiters_decide_by_gcra_on_every_adapter() {
 
 async fn clocked_streams_and_policies_follow_virtual_time<R: Runtime>(rt: Clocked<R>) {
     let start = rt.now();
-    let mut ticks = pin!(interval_on(rt.clone(), secs(1), MissedTicks::Delay).unwrap());
+    let mut ticks = pin!(interval_on(&rt, secs(1), MissedTicks::Delay).unwrap());
     assert_eq!(ticks.next().await, Some(start + secs(1)));
     rt.sleep(ms(2500)).await;
     assert_eq!(
@@ -2047,7 +2043,7 @@ async fn clocked_streams_and_policies_follow_virtual_time<R: Runtime>(rt: Clocke
 
     let start = rt.now();
     let items: Vec<_> = stream::iter(1..=3)
-        .throttle_on(rt.clone(), secs(1))
+        .throttle_on(&rt, secs(1))
         .unwrap()
         .map(|x| (x, rt.now() - start))
         .collect()

@@ -23,7 +23,7 @@ fn exact(initial: Duration, attempts: u32) -> Backoff {
 
 async fn fails_twice_then_succeeds<R: Runtime>(rt: R) {
     let op = Scripted::new(rt.clone(), [Err("down"), Err("down"), Ok(7)]);
-    let result = (|| op.call()).retry_on(rt, exact(ms(100), 5)).await;
+    let result = (|| op.call()).retry_on(&rt, exact(ms(100), 5)).await;
     assert_eq!(result, Ok(7));
     // base × factor^n: 100 ms, then 200 ms.
     assert_eq!(op.start_offsets(), [ms(0), ms(100), ms(300)]);
@@ -43,7 +43,7 @@ async fn deadline_stops_before_a_sleep_that_cannot_finish<R: Runtime>(rt: R) {
         .build()
         .unwrap();
     let result = (|| op.call())
-        .retry_on(rt.clone(), backoff)
+        .retry_on(&rt, backoff)
         .deadline(Deadline::after(&rt, ms(1000)))
         .await;
     assert_eq!(
@@ -67,7 +67,7 @@ async fn deadline_cuts_a_running_attempt<R: Runtime>(rt: R) {
     let op = Scripted::<_, (), &str>::with_latency(rt.clone(), [(Duration::from_secs(5), Ok(()))]);
     let start = rt.now();
     let result = (|| op.call())
-        .retry_on(rt.clone(), exact(ms(10), 3))
+        .retry_on(&rt, exact(ms(10), 3))
         .deadline(Deadline::after(&rt, ms(2000)))
         .await;
     assert_eq!(
@@ -98,7 +98,7 @@ async fn attempt_timeout_is_retryable<R: Runtime>(rt: R) {
         .build()
         .unwrap();
     let result = (|| op.call())
-        .retry_on(rt.clone(), backoff)
+        .retry_on(&rt, backoff)
         .attempt_timeout(ms(1000))
         .await;
     assert_eq!(result, Ok(2));
@@ -112,7 +112,7 @@ async fn attempt_timeout_is_retryable<R: Runtime>(rt: R) {
         .build()
         .unwrap();
     let result = (|| always_slow.call())
-        .retry_on(rt, backoff)
+        .retry_on(&rt, backoff)
         .attempt_timeout(ms(100))
         .await;
     assert_eq!(result, Err(RetryError::AttemptTimedOut));
@@ -131,7 +131,7 @@ async fn min_attempt_time_skips_a_doomed_attempt<R: Runtime>(rt: R) {
         .build()
         .unwrap();
     let result = (|| op.call())
-        .retry_on(rt.clone(), backoff)
+        .retry_on(&rt, backoff)
         .deadline(Deadline::after(&rt, ms(1000)))
         .min_attempt_time(ms(300))
         .await;
@@ -171,7 +171,7 @@ async fn hints_are_honoured_and_capped<R: Runtime>(rt: R) {
     ];
     let op = Scripted::new(rt.clone(), script);
     let result = (|| op.call())
-        .retry_on(rt.clone(), exact(ms(100), 5))
+        .retry_on(&rt, exact(ms(100), 5))
         .honor_retry_after()
         .max_retry_after(ms(10_000))
         .await;
@@ -180,7 +180,7 @@ async fn hints_are_honoured_and_capped<R: Runtime>(rt: R) {
     assert_eq!(op.start_offsets(), [ms(0), ms(5000), ms(15_000)]);
 
     let ignored = Scripted::new(rt.clone(), [Err(ApiError::Throttled(ms(5000))), Ok(1)]);
-    let _ = (|| ignored.call()).retry_on(rt, exact(ms(100), 5)).await;
+    let _ = (|| ignored.call()).retry_on(&rt, exact(ms(100), 5)).await;
     assert_eq!(ignored.start_offsets(), [ms(0), ms(100)]);
 }
 
@@ -192,7 +192,7 @@ fn retry_after_hints_on_every_runtime() {
 async fn predicates_and_notify<R: Runtime>(rt: R) {
     let op = Scripted::new(rt.clone(), [Err(ApiError::Invalid), Ok(1)]);
     let result = (|| op.call())
-        .retry_on(rt.clone(), exact(ms(1), 5))
+        .retry_on(&rt, exact(ms(1), 5))
         .when(|e: &ApiError| *e != ApiError::Invalid)
         .await;
     assert_eq!(result, Err(RetryError::Inner(ApiError::Invalid)));
@@ -203,7 +203,7 @@ async fn predicates_and_notify<R: Runtime>(rt: R) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&events);
     let result = (|| pending.call())
-        .retry_on(rt.clone(), exact(ms(10), 5))
+        .retry_on(&rt, exact(ms(10), 5))
         .classify(pending_is_retryable)
         .notify(move |e: &RetryEvent<'_, &str, ApiError>| {
             assert!(matches!(e.outcome, Outcome::Value(&"pending")));
@@ -216,7 +216,7 @@ async fn predicates_and_notify<R: Runtime>(rt: R) {
     // A retryable value is returned, not lost, when the schedule runs out.
     let stuck = Scripted::<_, &str, ApiError>::new(rt.clone(), [Ok("pending")]);
     let result = (|| stuck.call())
-        .retry_on(rt, exact(ms(10), 2))
+        .retry_on(&rt, exact(ms(10), 2))
         .classify(pending_is_retryable)
         .await;
     assert_eq!(result, Ok("pending"));

@@ -262,7 +262,7 @@ async fn through_retry_future<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) 
     let op = Scripted::with_latency(rt.clone(), scenario.script.clone());
     let start = rt.now();
     let mut retry = (|| op.call())
-        .retry_on(rt.clone(), scenario.backoff)
+        .retry_on(rt, scenario.backoff)
         .classify(classify)
         .honor_retry_after()
         .deadline(deadline(rt, scenario))

@@ -40,7 +40,7 @@ async fn batches_by_count_and_time<R: Runtime>(rt: Clocked<R>) {
         }
     });
     let start = rt.now();
-    let mut batches = Box::pin(source.batch_on(rt.clone(), 5, ms(100)).unwrap());
+    let mut batches = Box::pin(source.batch_on(&rt, 5, ms(100)).unwrap());
     let mut seen = Vec::new();
     while let Some(batch) = batches.next().await {
         seen.push((rt.now() - start, batch));
@@ -68,7 +68,7 @@ fn weighted_batches_and_heavy_items_alone() {
         let words = ["aa", "bbb", "cccccccccc", "d", "ee", "fff"];
         let rt = Clocked::new(tidewall::rt::Tokio);
         let batches: Vec<Vec<&str>> = stream::iter(words)
-            .batch_weighted_on(rt, 5, |w: &&str| w.len() as u64, ms(10))
+            .batch_weighted_on(&rt, 5, |w: &&str| w.len() as u64, ms(10))
             .unwrap()
             .collect()
             .await;
@@ -90,30 +90,29 @@ fn zero_limits_are_typed_errors_not_hangs() {
     let rt = Clocked::new(tidewall::rt::Tokio);
     let s = || stream::iter([1u8]);
     assert_eq!(
-        s().batch_on(rt.clone(), 0, ms(1)).err(),
+        s().batch_on(&rt, 0, ms(1)).err(),
         Some(ConfigError::Zero { field: "max_items" })
     );
     assert_eq!(
-        s().batch_on(rt.clone(), 1, Duration::ZERO).err(),
+        s().batch_on(&rt, 1, Duration::ZERO).err(),
         Some(ConfigError::Zero { field: "max_wait" })
     );
     assert_eq!(
-        s().batch_weighted_on(rt.clone(), 0, |_: &u8| 1, ms(1))
-            .err(),
+        s().batch_weighted_on(&rt, 0, |_: &u8| 1, ms(1)).err(),
         Some(ConfigError::Zero {
             field: "max_weight"
         })
     );
     assert_eq!(
-        s().throttle_on(rt.clone(), Duration::ZERO).err(),
+        s().throttle_on(&rt, Duration::ZERO).err(),
         Some(ConfigError::Zero { field: "period" })
     );
     assert_eq!(
-        s().timeout_each_on(rt.clone(), Duration::ZERO).err(),
+        s().timeout_each_on(&rt, Duration::ZERO).err(),
         Some(ConfigError::Zero { field: "timeout" })
     );
     assert!(matches!(
-        s().par_map_on(rt.clone(), 0, |x| async move { x }),
+        s().par_map_on(&rt, 0, |x| async move { x }),
         Err(ConfigError::Zero { .. })
     ));
     assert!(matches!(
@@ -121,7 +120,7 @@ fn zero_limits_are_typed_errors_not_hangs() {
         Err(ConfigError::Zero { .. })
     ));
     assert!(matches!(
-        interval_on(rt, Duration::ZERO, MissedTicks::Skip),
+        interval_on(&rt, Duration::ZERO, MissedTicks::Skip),
         Err(ConfigError::Zero { .. })
     ));
     assert!(tidewall::stream::generator::<u8, _, _>(0, |_| async {}).is_err());
@@ -134,7 +133,7 @@ fn a_slow_consumer_pauses_the_producer() {
         let rt = Clocked::new(tidewall::rt::Tokio);
         let mut batches = Box::pin(
             counted(0..1_000_000u32, pulled.clone())
-                .batch_on(rt, 8, ms(10))
+                .batch_on(&rt, 8, ms(10))
                 .unwrap(),
         );
         let first = batches.next().await.unwrap();
@@ -157,7 +156,7 @@ proptest! {
         let rt = Clocked::new(tidewall::rt::Tokio);
         let items: Vec<(usize, u64)> = weights.iter().copied().enumerate().collect();
         let batches: Vec<Vec<(usize, u64)>> = futures_util::FutureExt::now_or_never(
-            stream::iter(items.clone()).batch_weighted_on(rt, max_weight, |i: &(usize, u64)| i.1, ms(5)).unwrap().collect(),
+            stream::iter(items.clone()).batch_weighted_on(&rt, max_weight, |i: &(usize, u64)| i.1, ms(5)).unwrap().collect(),
         )
         .unwrap();
         for batch in &batches {
@@ -173,7 +172,7 @@ proptest! {
 async fn pacing<R: Runtime>(rt: Clocked<R>) {
     let start = rt.now();
     let throttled: Vec<Duration> = stream::iter(0..4)
-        .throttle_on(rt.clone(), ms(50))
+        .throttle_on(&rt, ms(50))
         .unwrap()
         .map(|_| rt.now() - start)
         .collect()
@@ -205,11 +204,7 @@ async fn pacing<R: Runtime>(rt: Clocked<R>) {
             d
         }
     });
-    let out: Vec<Result<u64, _>> = gaps
-        .timeout_each_on(rt.clone(), ms(50))
-        .unwrap()
-        .collect()
-        .await;
+    let out: Vec<Result<u64, _>> = gaps.timeout_each_on(&rt, ms(50)).unwrap().collect().await;
     // One `Elapsed` per gap, even for a gap of more than three timeouts.
     let elapsed = Err(tidewall::time::Elapsed);
     assert_eq!(out, [Ok(10), elapsed, Ok(80), Ok(10), elapsed, Ok(170)]);
@@ -225,7 +220,7 @@ async fn par_map_keeps_order_and_limit<R: Runtime>(rt: Clocked<R>) {
     let peak = Arc::new(AtomicUsize::new(0));
     let (running2, peak2, rt2) = (running.clone(), peak.clone(), rt.clone());
     let out: Vec<u64> = stream::iter(0..40u64)
-        .par_map_on(rt.clone(), 4, move |n| {
+        .par_map_on(&rt, 4, move |n| {
             let (running, peak, rt) = (running2.clone(), peak2.clone(), rt2.clone());
             async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -242,7 +237,7 @@ async fn par_map_keeps_order_and_limit<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(out, (0..40).map(|n| n * 10).collect::<Vec<_>>());
     assert!(peak.load(Ordering::SeqCst) <= 4);
     let panicked: Vec<bool> = stream::iter(0..3)
-        .par_map_unordered_on(rt, 2, |n| async move { assert_ne!(n, 1, "boom") })
+        .par_map_unordered_on(&rt, 2, |n| async move { assert_ne!(n, 1, "boom") })
         .unwrap()
         .map(|r| r.is_err())
         .collect()
@@ -327,7 +322,7 @@ async fn interval_missed_ticks<R: Runtime>(rt: Clocked<R>) {
         (MissedTicks::Skip, [100, 200, 300, 500, 600]),
     ] {
         let start = rt.now();
-        let mut ticks = Box::pin(interval_on(rt.clone(), ms(100), missed).unwrap());
+        let mut ticks = Box::pin(interval_on(&rt, ms(100), missed).unwrap());
         let mut at = Vec::new();
         for i in 0..5 {
             let tick = ticks.next().await.unwrap();
@@ -373,7 +368,7 @@ async fn interval_skip_after_any_stall<R: Runtime>(rt: Clocked<R>) {
         ] {
             let case = format!("period {period:?}, stall {stall} ns");
             let start = rt.now();
-            let mut ticks = Box::pin(interval_on(rt.clone(), period, MissedTicks::Skip).unwrap());
+            let mut ticks = Box::pin(interval_on(&rt, period, MissedTicks::Skip).unwrap());
             assert_eq!(ticks.next().await, Some(after_nanos(start, p)), "{case}");
             // The consumer is busy (the clock jumps: no timer is pending).
             rt.clock().advance_to(after_nanos(start, p + stall));
@@ -437,7 +432,7 @@ async fn par_map_progresses_while_the_consumer_is_busy<R: Runtime>(rt: Clocked<R
     let (done, rt2) = (finished.clone(), rt.clone());
     let mut results = Box::pin(
         counted(0..100u64, pulled.clone())
-            .par_map_on(rt.clone(), 4, move |n| {
+            .par_map_on(&rt, 4, move |n| {
                 let (done, rt) = (done.clone(), rt2.clone());
                 async move {
                     rt.sleep(ms(10)).await;
@@ -491,8 +486,8 @@ proptest! {
                         i
                     }
                 };
-                let ordered: Vec<usize> = stream::iter(input.clone()).par_map_on(rt.clone(), limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
-                let unordered: Vec<usize> = stream::iter(input).par_map_unordered_on(rt.clone(), limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
+                let ordered: Vec<usize> = stream::iter(input.clone()).par_map_on(&rt, limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
+                let unordered: Vec<usize> = stream::iter(input).par_map_unordered_on(&rt, limit, work(rt.clone())).unwrap().map(Result::unwrap).collect().await;
                 (ordered, unordered)
             }
         });

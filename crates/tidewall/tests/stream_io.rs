@@ -195,7 +195,7 @@ async fn follows_appends_rotation_and_truncation<R: Runtime>(rt: Clocked<R>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.log");
     std::fs::write(&path, b"old line, before following\n").unwrap();
-    let mut lines = follow_on(rt.clone(), &path, Duration::from_millis(100), 1024, false).unwrap();
+    let mut lines = follow_on(&rt, &path, Duration::from_millis(100), 1024, false).unwrap();
     let append = |text: &str| {
         let mut file = std::fs::OpenOptions::new()
             .append(true)
@@ -243,7 +243,7 @@ fn follow_survives_rotation_and_truncation_on_every_runtime() {
 async fn a_file_that_appears_later_is_read_from_its_start<R: Runtime>(rt: Clocked<R>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("late.log");
-    let mut lines = follow_on(rt.clone(), &path, Duration::from_millis(100), 1024, false).unwrap();
+    let mut lines = follow_on(&rt, &path, Duration::from_millis(100), 1024, false).unwrap();
     assert!(
         lines
             .next()
@@ -354,7 +354,7 @@ fn watch_dir_debounces_changes() {
         .unwrap();
     runtime.block_on(async {
         let mut changes =
-            tidewall::stream::watch_dir_on(Tokio, dir.path(), Duration::from_millis(50)).unwrap();
+            tidewall::stream::watch_dir_on(&Tokio, dir.path(), Duration::from_millis(50)).unwrap();
         for name in ["a", "b", "c"] {
             std::fs::write(dir.path().join(name), name).unwrap();
         }

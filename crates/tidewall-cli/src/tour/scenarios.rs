@@ -113,7 +113,7 @@ async fn retry_with_backoff<R: Net>(client: &Client<R>, rt: &R) -> Section {
         attempts += 1;
         client.get(&path)
     })
-    .retry_on(rt.clone(), backoff)
+    .retry_on(rt, backoff)
     .notify(hook)
     .await;
     let elapsed = start.elapsed();
@@ -163,7 +163,7 @@ async fn retry_after_hint<R: Net>(client: &Client<R>, rt: &R) -> Section {
     let (delays, hook) = delay_log();
     let start = Instant::now();
     let result = (|| client.get(&path))
-        .retry_on(rt.clone(), backoff)
+        .retry_on(rt, backoff)
         .honor_retry_after()
         .notify(hook)
         .await;
@@ -257,7 +257,7 @@ async fn deadline_across_retries<R: Net>(client: &Client<R>, rt: &R) -> Section 
         attempts += 1;
         client.get(&path)
     })
-    .retry_on(rt.clone(), backoff)
+    .retry_on(rt, backoff)
     .deadline(Deadline::after(rt, Duration::from_secs(1)))
     .await;
     let elapsed = start.elapsed();

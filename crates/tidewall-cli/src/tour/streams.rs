@@ -335,7 +335,7 @@ async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
     let max_wait = Duration::from_millis(40);
     let mut s = Section::new(
         "Streams: sensor readings batched by size and time",
-        "generator(..)?.batch_on(rt, 50, 40 ms)?",
+        "generator(..)?.batch_on(&rt, 50, 40 ms)?",
     );
     // Readings 1–9 ms apart fill at most ~40 in 40 ms, so gaps alone only ever cut by time.
     // Every 300th reading the sensor reconnects and flushes a backlog of 60–139 readings
@@ -362,7 +362,7 @@ async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
     .expect("a non-zero capacity");
     let start = rt.now();
     let batches: Vec<Vec<u32>> = sensor
-        .batch_on(rt.clone(), MAX, max_wait)
+        .batch_on(rt, MAX, max_wait)
         .expect("a valid batch configuration")
         .collect()
         .await;

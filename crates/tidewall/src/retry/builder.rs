@@ -220,8 +220,8 @@ pub trait RetryExt<Fut>: FnMut() -> Fut + Sized {
     }
 
     /// Retries this operation on `rt` according to `backoff`.
-    fn retry_on<R: Clock>(self, rt: R, backoff: Backoff) -> Retry<Self, R> {
-        Retry::new(backoff, self).runtime(rt)
+    fn retry_on<R: Clock>(self, rt: &R, backoff: Backoff) -> Retry<Self, R> {
+        Retry::new(backoff, self).runtime(rt.clone())
     }
 }
 

@@ -114,7 +114,7 @@ type Checked = (Option<Open>, io::Result<Check>);
 /// let path = dir.path().join("app.log");
 /// std::fs::write(&path, "started\n")?;
 /// let period = Duration::from_millis(100);
-/// let mut lines = tidewall::stream::follow_on(tidewall::rt::Tokio, &path, period, 4096, true)?;
+/// let mut lines = tidewall::stream::follow_on(&tidewall::rt::Tokio, &path, period, 4096, true)?;
 /// assert_eq!(lines.next().await.unwrap()?, b"started");
 /// // Rotation while the stream is not polled: a last line, a rename, a new file.
 /// std::fs::OpenOptions::new().append(true).open(&path)?.write_all(b"last words\n")?;

@@ -52,7 +52,7 @@ pin_project! {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), tidewall::ConfigError> {
     /// let start = Tokio.now();
-    /// let mut ticks = std::pin::pin!(interval_on(Tokio, Duration::from_secs(1), MissedTicks::Skip)?);
+    /// let mut ticks = std::pin::pin!(interval_on(&Tokio, Duration::from_secs(1), MissedTicks::Skip)?);
     /// assert_eq!(ticks.next().await, Some(start + Duration::from_secs(1)));
     /// // The consumer stalls for 90 days: one late tick at once (the one due at 2 s), then the
     /// // schedule resumes at its first point after the stall.

@@ -102,11 +102,11 @@ use crate::rt::{Clock, Runtime};
 ///
 /// [`ConfigError::Zero`] for a zero period.
 pub fn interval_on<R: Clock>(
-    rt: R,
+    rt: &R,
     period: Duration,
     missed: MissedTicks,
 ) -> Result<Interval<R>, ConfigError> {
-    Interval::new(rt, period, missed)
+    Interval::new(rt.clone(), period, missed)
 }
 
 /// Follows the file at `path` (`tail -F`): the lines appended since the last look, looking
@@ -119,13 +119,13 @@ pub fn interval_on<R: Clock>(
 ///
 /// [`ConfigError::Zero`] for a zero period or `max_line`.
 pub fn follow_on<R: Runtime>(
-    rt: R,
+    rt: &R,
     path: impl AsRef<std::path::Path>,
     period: Duration,
     max_line: usize,
     from_start: bool,
 ) -> Result<Follow<R>, ConfigError> {
-    Follow::new(rt, path.as_ref(), period, max_line, from_start)
+    Follow::new(rt.clone(), path.as_ref(), period, max_line, from_start)
 }
 
 /// Watches `dir` (recursively) for changes, debounced by `debounce`. See [`DirWatch`].
@@ -136,11 +136,11 @@ pub fn follow_on<R: Runtime>(
 /// cannot be set up (e.g. the directory does not exist).
 #[cfg(feature = "watch")]
 pub fn watch_dir_on<R: Runtime>(
-    rt: R,
+    rt: &R,
     dir: impl AsRef<std::path::Path>,
     debounce: Duration,
 ) -> Result<DirWatch<R>, WatchError> {
-    DirWatch::new(rt, dir.as_ref(), debounce)
+    DirWatch::new(rt.clone(), dir.as_ref(), debounce)
 }
 
 /// A stream fed by `produce`, which hands items over with [`Yielder::yield_`]; at most

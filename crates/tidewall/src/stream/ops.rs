@@ -29,7 +29,7 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for a zero `max_items` or `max_wait`.
     fn batch_on<R: Clock>(
         self,
-        rt: R,
+        rt: &R,
         max_items: usize,
         max_wait: Duration,
     ) -> Result<Batch<Self, EachCountsOne, R>, ConfigError> {
@@ -38,7 +38,7 @@ pub trait StreamOps: Stream + Sized {
         }
         Batch::new(
             self,
-            rt,
+            rt.clone(),
             EachCountsOne,
             u64::try_from(max_items).unwrap_or(u64::MAX),
             max_wait,
@@ -56,7 +56,7 @@ pub trait StreamOps: Stream + Sized {
         max_items: usize,
         max_wait: Duration,
     ) -> Result<Batch<Self, EachCountsOne, crate::rt::Tokio>, ConfigError> {
-        self.batch_on(crate::rt::Tokio, max_items, max_wait)
+        self.batch_on(&crate::rt::Tokio, max_items, max_wait)
     }
 
     /// Groups items into batches whose total `weigh(item)` stays within `max_weight` (bytes,
@@ -68,7 +68,7 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for a zero `max_weight` or `max_wait`.
     fn batch_weighted_on<R, W>(
         self,
-        rt: R,
+        rt: &R,
         max_weight: u64,
         weigh: W,
         max_wait: Duration,
@@ -77,7 +77,7 @@ pub trait StreamOps: Stream + Sized {
         R: Clock,
         W: FnMut(&Self::Item) -> u64,
     {
-        Batch::new(self, rt, weigh, max_weight, max_wait)
+        Batch::new(self, rt.clone(), weigh, max_weight, max_wait)
     }
 
     /// [`batch_weighted_on`](Self::batch_weighted_on) on tokio.
@@ -95,7 +95,7 @@ pub trait StreamOps: Stream + Sized {
     where
         W: FnMut(&Self::Item) -> u64,
     {
-        self.batch_weighted_on(crate::rt::Tokio, max_weight, weigh, max_wait)
+        self.batch_weighted_on(&crate::rt::Tokio, max_weight, weigh, max_wait)
     }
 
     /// Delivers items at least `period` apart (fixed spacing, no burst). See [`Throttle`].
@@ -105,10 +105,10 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for a zero period.
     fn throttle_on<R: Clock>(
         self,
-        rt: R,
+        rt: &R,
         period: Duration,
     ) -> Result<Throttle<Self, R>, ConfigError> {
-        Throttle::new(self, rt, period)
+        Throttle::new(self, rt.clone(), period)
     }
 
     /// [`throttle_on`](Self::throttle_on) on tokio.
@@ -118,7 +118,7 @@ pub trait StreamOps: Stream + Sized {
     /// As [`throttle_on`](Self::throttle_on).
     #[cfg(feature = "tokio")]
     fn throttle(self, period: Duration) -> Result<Throttle<Self, crate::rt::Tokio>, ConfigError> {
-        self.throttle_on(crate::rt::Tokio, period)
+        self.throttle_on(&crate::rt::Tokio, period)
     }
 
     /// Delivers items as a GCRA [`RateLimiter`] admits them: bursts up to its burst, then
@@ -136,10 +136,10 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for a zero timeout.
     fn timeout_each_on<R: Clock>(
         self,
-        rt: R,
+        rt: &R,
         timeout: Duration,
     ) -> Result<TimeoutEach<Self, R>, ConfigError> {
-        TimeoutEach::new(self, rt, timeout)
+        TimeoutEach::new(self, rt.clone(), timeout)
     }
 
     /// [`timeout_each_on`](Self::timeout_each_on) on tokio.
@@ -152,7 +152,7 @@ pub trait StreamOps: Stream + Sized {
         self,
         timeout: Duration,
     ) -> Result<TimeoutEach<Self, crate::rt::Tokio>, ConfigError> {
-        self.timeout_each_on(crate::rt::Tokio, timeout)
+        self.timeout_each_on(&crate::rt::Tokio, timeout)
     }
 
     /// Maps every item through `f` on spawned tasks, at most `limit` at a time, delivering in
@@ -165,7 +165,7 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for `limit == 0`.
     fn par_map_on<R, F, Fut>(
         self,
-        rt: R,
+        rt: &R,
         limit: usize,
         f: F,
     ) -> Result<ParMap<R, Self, F, Fut::Output>, ConfigError>
@@ -175,7 +175,10 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        Ok(FanOut::new(limit)?.runtime(rt).ordered().run(self, f))
+        Ok(FanOut::new(limit)?
+            .runtime(rt.clone())
+            .ordered()
+            .run(self, f))
     }
 
     /// Like [`par_map_on`](Self::par_map_on), delivering in completion order.
@@ -185,7 +188,7 @@ pub trait StreamOps: Stream + Sized {
     /// [`ConfigError::Zero`] for `limit == 0`.
     fn par_map_unordered_on<R, F, Fut>(
         self,
-        rt: R,
+        rt: &R,
         limit: usize,
         f: F,
     ) -> Result<ParMap<R, Self, F, Fut::Output>, ConfigError>
@@ -195,7 +198,7 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        Ok(FanOut::new(limit)?.runtime(rt).run(self, f))
+        Ok(FanOut::new(limit)?.runtime(rt.clone()).run(self, f))
     }
 
     /// [`par_map_on`](Self::par_map_on) on tokio.
@@ -214,7 +217,7 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.par_map_on(crate::rt::Tokio, limit, f)
+        self.par_map_on(&crate::rt::Tokio, limit, f)
     }
 
     /// [`par_map_unordered_on`](Self::par_map_unordered_on) on tokio.
@@ -233,7 +236,7 @@ pub trait StreamOps: Stream + Sized {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.par_map_unordered_on(crate::rt::Tokio, limit, f)
+        self.par_map_unordered_on(&crate::rt::Tokio, limit, f)
     }
 
     /// The in-task variant for `!Send` work, in input order: the futures run inside the

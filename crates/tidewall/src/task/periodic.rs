@@ -71,7 +71,7 @@ where
     F: FnMut(Instant) -> Fut + 'a,
     Fut: Future<Output = ()> + 'a,
 {
-    let ticks = interval_on(rt, period, missed)?;
+    let ticks = interval_on(&rt, period, missed)?;
     Ok(async move {
         let mut ticks = std::pin::pin!(ticks.restarted());
         loop {
@@ -282,7 +282,7 @@ impl<R: Runtime> HealthCheckerBuilder<R> {
         };
         let token = token.clone();
         let publisher = handle.clone();
-        let ticks = interval_on(rt.clone(), period, MissedTicks::Skip)?;
+        let ticks = interval_on(&rt, period, MissedTicks::Skip)?;
         let run = async move {
             let mut ticks = std::pin::pin!(ticks.restarted());
             loop {

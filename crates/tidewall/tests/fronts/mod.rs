@@ -190,7 +190,7 @@ pub async fn via_retry_future<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let hints = c.hints;
     let start = rt.now();
     let mut retry = (|| op.call())
-        .retry_on(rt.clone(), c.backoff)
+        .retry_on(rt, c.backoff)
         .classify(classify)
         .retry_after_with(move |e: &ApiError| if hints { e.retry_after() } else { None })
         .min_attempt_time(c.min_attempt_time)
