@@ -133,6 +133,7 @@ impl<R: Clock> CircuitBreaker<R> {
     /// [`try_acquire_owned`](Self::try_acquire_owned) without counting a refusal: for a
     /// caller that waits for the breaker and is counted once, with
     /// [`record_rejection`](Self::record_rejection), when it gives up.
+    #[cfg(feature = "tower")]
     pub(crate) fn try_acquire_owned_quiet(&self) -> Result<OwnedPermit<R>, Rejected> {
         let ticket = self.shared.acquire_quiet()?;
         Ok(OwnedPermit {
@@ -142,6 +143,7 @@ impl<R: Clock> CircuitBreaker<R> {
     }
 
     /// Counts a refusal of a caller that waited for the breaker and gave up.
+    #[cfg(feature = "tower")]
     pub(crate) fn record_rejection(&self, rejected: &Rejected) {
         self.shared.record_rejection(rejected);
     }

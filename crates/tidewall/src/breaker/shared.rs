@@ -87,6 +87,7 @@ impl<R: Clock> Shared<R> {
     }
 
     /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
+    #[cfg(feature = "tower")]
     pub(super) fn record_rejection(&self, rejected: &Rejected) {
         self.rejections.record(rejected);
     }

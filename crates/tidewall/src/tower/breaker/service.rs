@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::ResponseFuture;
 use crate::breaker::{CircuitBreaker, OwnedPermit};
 use crate::classify::{Classify, DefaultClassifier};
-use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::rt::{Clock, instant_after};
 use crate::tower::SyncSlot;
 use crate::{Error, Rejected};
 
@@ -19,7 +19,7 @@ use crate::{Error, Rejected};
 ///
 /// Bounded on [`Clock`] because it keeps the breaker's permit between `poll_ready` and
 /// `call`.
-pub struct BreakerService<S, R: Clock = DefaultRuntime, C = DefaultClassifier> {
+pub struct BreakerService<S, R: Clock, C = DefaultClassifier> {
     inner: S,
     breaker: CircuitBreaker<R>,
     classify: C,

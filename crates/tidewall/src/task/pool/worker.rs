@@ -1,0 +1,81 @@
+//! One worker's loop.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+
+use super::JobOutcome;
+use super::queue::Shared;
+use crate::rt::{Panic, Runtime};
+use crate::time::FutureExt as _;
+
+/// One worker: take a job, run it (timed, panics caught), report, repeat until closed and
+/// empty.
+pub(super) async fn work<J, T, F, Fut, R>(
+    shared: Arc<Shared<J, T>>,
+    handler: Arc<F>,
+    rt: R,
+    timeout: Option<Duration>,
+) where
+    F: Fn(J) -> Fut,
+    Fut: Future<Output = T>,
+    R: Runtime,
+{
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            let mut queue = shared.queue();
+            if let Some(job) = queue.jobs.pop_front() {
+                shared.running.fetch_add(1, Relaxed);
+                // This worker is busy now: an entry it left earlier must not absorb a wake-up
+                // meant for an idle one.
+                queue.workers.retain(|w| !w.will_wake(cx.waker()));
+                // Room freed: wake every waiting producer (after the lock). Waking all, not
+                // one, means a producer that gave up cannot swallow the wake-up of another.
+                let producers = std::mem::take(&mut queue.submitters);
+                drop(queue);
+                for producer in producers {
+                    producer.wake();
+                }
+                return Poll::Ready(Some(job));
+            }
+            if queue.closed {
+                return Poll::Ready(None);
+            }
+            if !queue.workers.iter().any(|w| w.will_wake(cx.waker())) {
+                queue.workers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some((job, report)) = next else {
+            return;
+        };
+        // The handler is called inside the caught future: a panic before its first await is
+        // caught like any other.
+        let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
+        let outcome = match timeout {
+            Some(limit) => match run.timeout_on(&rt, limit).await {
+                Ok(done) => done.map_or_else(
+                    |p| JobOutcome::Panicked(Panic::new(p)),
+                    JobOutcome::Completed,
+                ),
+                Err(_) => JobOutcome::TimedOut,
+            },
+            None => run.await.map_or_else(
+                |p| JobOutcome::Panicked(Panic::new(p)),
+                JobOutcome::Completed,
+            ),
+        };
+        shared.running.fetch_sub(1, Relaxed);
+        if matches!(outcome, JobOutcome::Completed(_)) {
+            shared.completed.fetch_add(1, Relaxed);
+        } else {
+            shared.failed.fetch_add(1, Relaxed);
+        }
+        let _ = report.send(outcome);
+    }
+}
