@@ -212,11 +212,15 @@ impl RedisRateLimiter {
                 Err(Rejected::RateLimited { retry_after }) => retry_after,
                 done => return done,
             };
-            if !deadline.allows(Tokio.now(), wait) {
+            // A wait that ends at the deadline is waited out; one past it is refused now.
+            if deadline
+                .remaining(Tokio.now())
+                .is_some_and(|left| left < wait)
+            {
                 return Err(Rejected::DeadlineExceeded);
             }
             let spread = Duration::from_micros(jitter.below_or_equal(1_000));
-            // `allows` above: what is left of the deadline covers the wait itself.
+            // Checked above: what is left of the deadline covers the wait itself.
             let left = deadline.remaining(Tokio.now()).unwrap_or(Duration::MAX);
             Tokio.sleep(wait.saturating_add(spread).min(left)).await;
         }

@@ -43,8 +43,9 @@ pub enum Wait {
     /// that decides remotely still makes its round trip.
     No,
     /// Until the stage admits, its own limits refuse (a bulkhead's `max_wait` or queue), or
-    /// `deadline` would pass ([`Rejected::DeadlineExceeded`], returned as soon as the wait is
-    /// known to end past it). `Deadline::none()` waits as long as the stage allows.
+    /// `deadline` passes ([`Rejected::DeadlineExceeded`]; returned at once when the wait is
+    /// known to end past it, as a limiter's is: one that ends exactly at the deadline is
+    /// waited out). `Deadline::none()` waits as long as the stage allows.
     Until(Deadline),
 }
 

@@ -158,6 +158,32 @@ fn the_timeout_budget_runs_from_the_call_not_the_first_poll_on_every_runtime() {
     on_every_runtime!(timeout_budget_runs_from_the_call);
 }
 
+async fn timed_out_call_lets_go_at_once<R: Runtime>(rt: Clocked<R>) {
+    let bulkhead = Bulkhead::builder(1).runtime(rt.clone()).build().unwrap();
+    let sleeper = rt.clone();
+    let slow = service(&rt, move |()| {
+        let rt = sleeper.clone();
+        async move {
+            rt.sleep(ms(500)).await;
+            Ok::<_, ()>(())
+        }
+    });
+    let mut svc = TimeoutLayer::new(ms(100))
+        .runtime(rt.clone())
+        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitCall).layer(slow));
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let mut pending = std::pin::pin!(svc.call(()));
+    let result = poll_fn(|cx| pending.as_mut().poll(cx)).await;
+    assert!(matches!(result, Err(Error::TimedOut)));
+    // The response future is still alive, but the call it timed out is gone, slot and all.
+    assert_eq!(bulkhead.available(), 1);
+}
+
+#[test]
+fn a_timed_out_call_is_dropped_at_once_freeing_what_it_held_on_every_runtime() {
+    on_every_runtime!(timed_out_call_lets_go_at_once);
+}
+
 /// A request that counts its clones.
 struct Counted(Arc<AtomicUsize>);
 impl Clone for Counted {

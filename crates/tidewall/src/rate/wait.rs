@@ -17,7 +17,8 @@ pin_project! {
     /// checks again. GCRA reserves nothing while waiting, so it holds no capacity.
     ///
     /// Under [`Wait::No`] a denial is returned as it is; under [`Wait::Until`] it fails with
-    /// [`Rejected::DeadlineExceeded`] at once when the wait would end past the deadline.
+    /// [`Rejected::DeadlineExceeded`] at once when the wait would end past the deadline (a
+    /// wait that ends exactly at it is waited out).
     /// [`Rejected::InsufficientCapacity`] passes through.
     pub(crate) struct Waiting<R: Clock> {
         rt: R,
@@ -62,7 +63,8 @@ impl<R: Clock> Waiting<R> {
                 (done, _) => return Poll::Ready(done),
             };
             let now = this.rt.now();
-            if !deadline.allows(now, wait) {
+            // A wait that ends at the deadline is waited out; one past it is refused now.
+            if deadline.remaining(now).is_some_and(|left| left < wait) {
                 return Poll::Ready(Err(Rejected::DeadlineExceeded));
             }
             let jitter = Duration::from_nanos(this.rng.below_or_equal(*this.jitter_nanos));

@@ -12,14 +12,15 @@ use crate::rt::Clock;
 
 pin_project! {
     /// The response future of a [`TimeoutService`](super::TimeoutService): the inner call,
-    /// or [`Error::TimedOut`] when the budget runs out first. The budget's end is fixed at the
-    /// call; the timer is armed only if the call is still running when first polled.
+    /// or [`Error::TimedOut`] when the budget runs out first, the inner call then dropped at
+    /// once (with whatever it held: a bulkhead slot, a connection). The budget's end is fixed
+    /// at the call; the timer is armed only if the call is still running when first polled.
     ///
     /// **Cancel safety:** dropping it drops the inner call and the timer.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, R: Clock> {
         #[pin]
-        call: F,
+        call: Option<F>,
         rt: R,
         end: Instant,
         #[pin]
@@ -31,7 +32,7 @@ impl<F, R: Clock> ResponseFuture<F, R> {
     #[inline]
     pub(super) fn new(call: F, rt: R, end: Instant) -> Self {
         Self {
-            call,
+            call: Some(call),
             rt,
             end,
             timer: None,
@@ -49,16 +50,24 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(result) = this.call.poll(cx) {
+        let Some(call) = this.call.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err(Error::TimedOut));
+        };
+        if let Poll::Ready(result) = call.poll(cx) {
             return Poll::Ready(result.map_err(Error::Inner));
         }
         if this.timer.is_none() {
             this.timer.set(Some(this.rt.sleep_until(*this.end)));
         }
-        match this.timer.as_pin_mut() {
-            Some(timer) => timer.poll(cx).map(|()| Err(Error::TimedOut)),
-            None => Poll::Pending,
+        let expired = this
+            .timer
+            .as_pin_mut()
+            .is_some_and(|timer| timer.poll(cx).is_ready());
+        if !expired {
+            return Poll::Pending;
         }
+        this.call.set(None);
+        Poll::Ready(Err(Error::TimedOut))
     }
 }
 
