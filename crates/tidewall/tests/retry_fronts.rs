@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::classify::Verdict;
-use tidewall::pipeline::Pipeline;
+use tidewall::pipeline::{BoxPipeline, Pipeline};
 use tidewall::retry::RetryError;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
@@ -288,6 +288,15 @@ async fn through_retry_future<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) 
 }
 
 async fn through_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) -> Seen {
+    through_a_pipeline(rt, scenario, false).await
+}
+
+/// The same pipeline behind one name (`BoxPipeline`): its stages erased, its answers not.
+async fn through_boxed_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) -> Seen {
+    through_a_pipeline(rt, scenario, true).await
+}
+
+async fn through_a_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario, boxed: bool) -> Seen {
     let op = Scripted::with_latency(rt.clone(), scenario.script.clone());
     let mut builder = Pipeline::builder()
         .runtime(rt.clone())
@@ -303,10 +312,17 @@ async fn through_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) -> S
     }
     let pipeline = builder.build().unwrap();
     let start = rt.now();
-    let result = match pipeline
-        .call_with_hints(deadline(rt, scenario), || op.call())
-        .await
-    {
+    let outcome = if boxed {
+        let pipeline: BoxPipeline<u32, ApiError> = pipeline.boxed();
+        pipeline
+            .call_with_hints(deadline(rt, scenario), || op.call())
+            .await
+    } else {
+        pipeline
+            .call_with_hints(deadline(rt, scenario), || op.call())
+            .await
+    };
+    let result = match outcome {
         Ok(value) => Ok(value),
         Err(Error::Inner(error)) => Err(error),
         Err(other) => panic!("{}: pipeline ended with {other:?}", scenario.name),
@@ -361,6 +377,10 @@ async fn every_front_gives_the_same_answer<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(seen, expected, "retry future: {}", scenario.name);
         for (front, seen) in [
             ("pipeline", through_pipeline(&rt, &scenario).await),
+            (
+                "boxed pipeline",
+                through_boxed_pipeline(&rt, &scenario).await,
+            ),
             ("tower RetryLayer", through_tower(&rt, &scenario).await),
         ] {
             // Only the retry future says, in its error type, that the deadline ended it.

@@ -19,6 +19,10 @@
 //! honours the operation's own [`RetryAfter`] hints (e.g. an HTTP 429).
 //! The builder only accepts stages in the order above (see [`PipelineBuilder`]).
 //!
+//! To store a pipeline without spelling its stages (`Pipeline<Tokio, RateLimiter, Bulkhead,
+//! RetryStage, CircuitBreaker>`), erase them: [`Pipeline::boxed`] gives a
+//! [`BoxPipeline<T, E>`], named only by what its operations return.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tidewall::breaker::CircuitBreaker;
@@ -50,6 +54,7 @@
 //! # Ok(()) }
 //! ```
 
+mod boxed;
 mod builder;
 mod run;
 mod stages;
@@ -58,6 +63,7 @@ use crate::admission::Admission;
 use std::future::Future;
 use std::time::Duration;
 
+pub use boxed::{BoxCall, BoxPipeline};
 pub use builder::PipelineBuilder;
 pub use stages::{Gate, Retries, RetryStage};
 

@@ -18,7 +18,7 @@ mod sealed {
 /// A stage that gates each attempt: a circuit breaker, or nothing.
 pub trait Gate: sealed::Sealed + Send + Sync {
     /// Records the attempt's outcome.
-    type Permit<'a>
+    type Permit<'a>: Send
     where
         Self: 'a;
 
