@@ -12,6 +12,10 @@
 //!   also bounds the wait in `poll_ready`), tower-resilience `TimeLimiter`.
 //! * `tower_breaker`: a closed breaker recording successes: Tidewall `BreakerLayer`,
 //!   tower-resilience `CircuitBreaker` (tower has none).
+//! * `tower_retry`: up to 3 attempts, the first succeeds: Tidewall `RetryLayer` (exponential
+//!   backoff from 10 ms, its engine deciding), `tower::retry::Retry` with a policy allowing 2
+//!   retries (no backoff: tower leaves that to the policy), tower-resilience `RetryLayer`
+//!   (exponential backoff from 10 ms). Each clones the request once for the first attempt.
 //! * `tower_stack`: timeout → breaker → waiting bulkhead; tower has no breaker, so its row is
 //!   timeout → `ConcurrencyLimit` (less work: say so wherever it is quoted).
 //!
@@ -22,13 +26,15 @@ use std::future::{Ready, ready};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, criterion_group, criterion_main, measurement::WallTime};
+use tidewall::Backoff;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
-use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, RetryLayer, TimeoutLayer};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt as _};
 use tower_resilience::bulkhead::BulkheadLayer as TrBulkheadLayer;
 use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrBreakerLayer;
+use tower_resilience::retry::RetryLayer as TrRetryLayer;
 use tower_resilience::timelimiter::TimeLimiterLayer as TrTimeLimiterLayer;
 
 const SLOTS: usize = 64;
@@ -181,6 +187,53 @@ fn breaker(c: &mut criterion::Criterion) {
     group.finish();
 }
 
+/// tower's retry policy: retry an error up to `left` more times, at once.
+#[derive(Clone)]
+struct Attempts {
+    left: u32,
+}
+
+impl<E> tower::retry::Policy<u32, u32, E> for Attempts {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u32, result: &mut Result<u32, E>) -> Option<Self::Future> {
+        match result {
+            Err(_) if self.left > 0 => {
+                self.left -= 1;
+                Some(ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &u32) -> Option<u32> {
+        Some(*req)
+    }
+}
+
+fn retry(c: &mut criterion::Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tower_retry");
+    let tower = tower::retry::RetryLayer::new(Attempts { left: 2 }).layer(Echo);
+    per_call(&mut group, "tower", &rt, tower);
+    let backoff = Backoff::exponential(Duration::from_millis(10))
+        .max_attempts(3)
+        .build()
+        .unwrap();
+    per_call(
+        &mut group,
+        "tidewall",
+        &rt,
+        RetryLayer::new(backoff).layer(Echo),
+    );
+    let tr = TrRetryLayer::<u32, u32, Infallible>::builder()
+        .max_attempts(3)
+        .exponential_backoff(Duration::from_millis(10))
+        .build();
+    per_call(&mut group, "tower_resilience", &rt, tr.layer(Echo));
+    group.finish();
+}
+
 fn stack(c: &mut criterion::Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("tower_stack");
@@ -218,7 +271,7 @@ mod group {
     criterion_group! {
         name = benches;
         config = tidewall_benches::criterion();
-        targets = concurrency, timeout, breaker, stack
+        targets = concurrency, timeout, breaker, retry, stack
     }
 }
 criterion_main!(group::benches);

@@ -229,6 +229,22 @@ async fn retry_clones_only_when_a_retry_can_follow<R: Runtime>(rt: Clocked<R>) {
             "{attempts} attempts, {failures} failures"
         );
     }
+    // A cap on the total delay that not even the first pause fits leaves no retry possible,
+    // whatever max_attempts says: the original goes out and nothing is cloned.
+    let capped = Backoff::constant(ms(100))
+        .jitter(Jitter::None)
+        .max_attempts(3)
+        .max_elapsed(ms(50))
+        .build()
+        .unwrap();
+    let inner = service(&rt, |_: Counted| async { Err::<u32, u32>(1) });
+    let mut svc = RetryLayer::new(capped).runtime(rt.clone()).layer(inner);
+    let clones = Arc::new(AtomicUsize::new(0));
+    assert_eq!(
+        ready_and_call(&mut svc, Counted(clones.clone())).await,
+        Err(1)
+    );
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
 }
 
 #[test]

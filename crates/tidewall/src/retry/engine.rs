@@ -156,13 +156,20 @@ impl RetryRules {
         attempts: &mut Attempts,
         now: impl FnOnce() -> Instant,
     ) -> bool {
-        // Peek on a copy of the schedule, seeded as the real one will be.
-        let mut delays = attempts
-            .delays
-            .get_or_insert_with(|| self.start_delays())
-            .clone();
-        self.backoff.next_delay(&mut delays).is_some()
-            && self.budget.as_ref().is_none_or(|b| b.has_balance(now()))
+        let delay_left = if self.backoff.max_elapsed_budget().is_none() {
+            // Without a cap on the total delay, a delay is left exactly while attempts are
+            // (the attempt just begun is counted): no need to seed and draw a schedule that
+            // a call which succeeds at once never uses.
+            attempts.started < self.backoff.max_attempts_total()
+        } else {
+            // Peek on a copy of the schedule, seeded as the real one will be.
+            let mut delays = attempts
+                .delays
+                .get_or_insert_with(|| self.start_delays())
+                .clone();
+            self.backoff.next_delay(&mut delays).is_some()
+        };
+        delay_left && self.budget.as_ref().is_none_or(|b| b.has_balance(now()))
     }
 
     fn start_delays(&self) -> DelayState {

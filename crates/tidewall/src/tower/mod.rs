@@ -60,7 +60,7 @@
 pub mod admit;
 pub mod breaker;
 mod hedge;
-mod retry;
+pub mod retry;
 pub mod timeout;
 
 pub use admit::{AdmitLayer, AdmitMode, AdmitService};

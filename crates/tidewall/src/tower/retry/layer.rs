@@ -1,20 +1,16 @@
-//! Retry as a tower layer: the [retry engine](crate::retry) driven around a service, cloning
-//! the request only when a retry can follow.
+//! The layer: the retry rules, the classifier, the hint source and an optional deadline.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tidewall_core::backoff::Backoff;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use super::BoxFuture;
-use crate::Deadline;
+use super::RetryService;
 use crate::budget::RetryBudget;
-use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
-use crate::retry::engine::{Attempts, RetryRules, Step};
-use crate::retry::{FromRetryAfter, HintSource, NoHints};
-use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::classify::{DefaultClassifier, ErrorsWhere};
+use crate::retry::engine::RetryRules;
+use crate::retry::{FromRetryAfter, NoHints};
+use crate::rt::{Clock, DefaultRuntime};
 
 /// Retries failed calls with the same rules as [`Retry`](crate::retry::Retry) and the
 /// [`Pipeline`](crate::pipeline::Pipeline): a [`Backoff`] schedule, a
@@ -76,11 +72,11 @@ use crate::rt::{Clock, DefaultRuntime, instant_after};
 /// ```
 #[derive(Debug, Clone)]
 pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
-    rt: R,
-    rules: RetryRules,
-    classify: C,
-    hints: H,
-    within: Option<Duration>,
+    pub(super) rt: R,
+    pub(super) rules: RetryRules,
+    pub(super) classify: C,
+    pub(super) hints: H,
+    pub(super) within: Option<Duration>,
 }
 
 impl RetryLayer {
@@ -188,90 +184,6 @@ impl<S, R: Clone, C: Clone, H: Clone> Layer<S> for RetryLayer<R, C, H> {
     type Service = RetryService<S, R, C, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            layer: self.clone(),
-        }
+        RetryService::new(inner, self.clone())
     }
-}
-
-/// The service of a [`RetryLayer`].
-#[derive(Debug, Clone)]
-pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
-    inner: S,
-    layer: RetryLayer<R, C, H>,
-}
-
-impl<S, Req, R, C, H> Service<Req> for RetryService<S, R, C, H>
-where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
-    Req: Clone + Send + 'static,
-    R: Clock,
-    C: Classify<S::Response, S::Error> + Clone + Send + 'static,
-    H: HintSource<S::Error> + Clone + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        // The ready service makes the first attempt; a fresh clone takes its place.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let RetryLayer {
-                rt,
-                rules,
-                classify,
-                mut hints,
-                within,
-            } = layer;
-            let deadline = within.map_or_else(Deadline::none, |within| {
-                Deadline::at(instant_after(rt.now(), within))
-            });
-            let mut attempts = Attempts::default();
-            let mut request = Some(req);
-            loop {
-                rules.begin(&mut attempts, || rt.now());
-                let this_attempt = if rules.retry_possible(&mut attempts, || rt.now()) {
-                    request.clone()
-                } else {
-                    request.take()
-                };
-                let Some(this_attempt) = this_attempt else {
-                    unreachable_request()
-                };
-                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-                let result = service.call(this_attempt).await;
-                if request.is_none() {
-                    // The original went out: nothing is left to retry with.
-                    return result;
-                }
-                let verdict = classify.classify(result.as_ref());
-                let hint = match &result {
-                    Err(error) if verdict.is_retryable() => hints.hint(error),
-                    _ => None,
-                };
-                match rules.after(&mut attempts, verdict, hint, deadline, || rt.now()) {
-                    Step::Retry(delay) if delay.is_zero() => {}
-                    Step::Retry(delay) => rt.sleep(delay).await,
-                    Step::Stop(_) => return result,
-                }
-            }
-        })
-    }
-}
-
-#[cold]
-fn unreachable_request<T>() -> T {
-    // The original is only taken when no retry can follow, and the loop then ends.
-    unreachable!("the request is kept while a retry is possible")
 }
