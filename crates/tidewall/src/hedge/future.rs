@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
-use super::{Hedge, Idempotent};
+use super::{Hedge, Idempotent, MakeAttempt};
 use crate::classify::{Classify, Verdict};
 use crate::rt::Clock;
 
@@ -18,25 +18,46 @@ pin_project! {
     ///
     /// **Cancel safety:** dropping it drops every attempt still running.
     #[must_use = "futures do nothing unless polled"]
-    pub struct HedgeFuture<'h, F, Fut: Future, R: Clock, K> {
-        hedge: &'h Hedge<R, K>,
+    pub struct HedgeFuture<'h, F: MakeAttempt, R: Clock, K> {
+        hedge: HedgeRef<'h, R, K>,
         op: F,
         #[pin]
-        primary: Option<Fut>,
+        primary: Option<F::Attempt>,
         primary_started: Option<Instant>,
         // Hedges are boxed: only calls that actually hedge allocate.
-        hedges: Vec<(Pin<Box<Fut>>, Instant)>,
+        hedges: Vec<(Pin<Box<F::Attempt>>, Instant)>,
         launched: u32,
         // The last retryable failure, returned if nothing better arrives.
-        last_failure: Option<<Fut as Future>::Output>,
+        last_failure: Option<<F::Attempt as Future>::Output>,
         #[pin]
         timer: Option<R::Sleep>,
         hedges_left: bool,
     }
 }
 
-impl<'h, F, Fut: Future, R: Clock, K> HedgeFuture<'h, F, Fut, R, K> {
-    pub(super) fn new(hedge: &'h Hedge<R, K>, op: Idempotent<F>) -> Self {
+/// The policy a hedged call runs under: borrowed by [`Hedge::call`], owned by tower's.
+pub(crate) enum HedgeRef<'h, R, K> {
+    Borrowed(&'h Hedge<R, K>),
+    #[cfg_attr(
+        not(feature = "tower"),
+        allow(dead_code, reason = "built only by tower")
+    )]
+    Owned(Hedge<R, K>),
+}
+
+impl<R, K> std::ops::Deref for HedgeRef<'_, R, K> {
+    type Target = Hedge<R, K>;
+
+    fn deref(&self) -> &Hedge<R, K> {
+        match self {
+            Self::Borrowed(hedge) => hedge,
+            Self::Owned(hedge) => hedge,
+        }
+    }
+}
+
+impl<'h, F: MakeAttempt, R: Clock, K> HedgeFuture<'h, F, R, K> {
+    pub(super) fn new(hedge: HedgeRef<'h, R, K>, op: Idempotent<F>) -> Self {
         Self {
             hedge,
             op: op.0,
@@ -51,10 +72,9 @@ impl<'h, F, Fut: Future, R: Clock, K> HedgeFuture<'h, F, Fut, R, K> {
     }
 }
 
-impl<F, Fut, T, E, R, K> Future for HedgeFuture<'_, F, Fut, R, K>
+impl<F, T, E, R, K> Future for HedgeFuture<'_, F, R, K>
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
+    F: MakeAttempt<Attempt: Future<Output = Result<T, E>>>,
     R: Clock,
     K: Classify<T, E>,
 {
@@ -62,14 +82,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let hedge = *this.hedge;
+        let hedge: &Hedge<R, K> = this.hedge;
         let inner = &*hedge.inner;
         if this.primary_started.is_none() {
             let now = inner.rt.now();
             if let Some(budget) = &inner.budget {
                 budget.deposit(now);
             }
-            this.primary.set(Some((this.op)()));
+            this.primary.set(Some(this.op.make_attempt()));
             *this.primary_started = Some(now);
             *this.hedges_left = inner.max_hedges > 0;
             if *this.hedges_left {
@@ -137,7 +157,7 @@ where
                 if *this.launched < inner.max_hedges && hedge.budget_allows() {
                     *this.launched += 1;
                     let now = inner.rt.now();
-                    this.hedges.push((Box::pin((this.op)()), now));
+                    this.hedges.push((Box::pin(this.op.make_attempt()), now));
                     if *this.launched < inner.max_hedges {
                         this.timer.set(Some(inner.rt.sleep(hedge.delay())));
                     }

@@ -56,6 +56,25 @@ use crate::sync::Arc;
 #[derive(Debug, Clone, Copy)]
 pub struct Idempotent<F>(pub F);
 
+/// Starts one attempt of a hedged call. Every `FnMut() -> impl Future` closure is one; the
+/// tower [`HedgeService`](crate::tower::HedgeService) has its own (a service and a request),
+/// so its response future is a named type.
+pub trait MakeAttempt {
+    /// One attempt.
+    type Attempt: std::future::Future;
+
+    /// Starts an attempt.
+    fn make_attempt(&mut self) -> Self::Attempt;
+}
+
+impl<F: FnMut() -> Fut, Fut: std::future::Future> MakeAttempt for F {
+    type Attempt = Fut;
+
+    fn make_attempt(&mut self) -> Fut {
+        self()
+    }
+}
+
 /// A hedging policy. Cheap to clone: clones share the latency estimate and the budget.
 pub struct Hedge<R = DefaultRuntime, K = DefaultClassifier> {
     inner: Arc<Inner<R>>,
@@ -250,13 +269,23 @@ impl<R, K> HedgeBuilder<R, K> {
 
 impl<R: Clock, K> Hedge<R, K> {
     /// Runs `op`, hedging it per the policy. See [`HedgeFuture`].
-    pub fn call<F, Fut, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, Fut, R, K>
+    pub fn call<F, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, R, K>
     where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, E>>,
+        F: MakeAttempt<Attempt: std::future::Future<Output = Result<T, E>>>,
         K: crate::classify::Classify<T, E>,
     {
-        HedgeFuture::new(self, op)
+        HedgeFuture::new(future::HedgeRef::Borrowed(self), op)
+    }
+
+    /// Like [`call`](Self::call), the future owning a handle to the policy (a tower
+    /// response future must not borrow its service).
+    #[cfg(feature = "tower")]
+    pub(crate) fn call_owned<F>(&self, op: Idempotent<F>) -> HedgeFuture<'static, F, R, K>
+    where
+        F: MakeAttempt,
+        K: Clone,
+    {
+        HedgeFuture::new(future::HedgeRef::Owned(self.clone()), op)
     }
 
     /// The delay a call starting now would hedge after.

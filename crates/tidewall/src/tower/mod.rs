@@ -59,7 +59,7 @@
 
 pub mod admit;
 pub mod breaker;
-mod hedge;
+pub mod hedge;
 pub mod retry;
 pub mod timeout;
 
@@ -108,6 +108,3 @@ impl<T> SyncSlot<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
-
-pub(crate) type BoxFuture<T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

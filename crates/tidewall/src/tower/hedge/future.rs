@@ -1,0 +1,128 @@
+//! The response future: a hedged call whose attempts are requests to the service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::classify::Classify;
+use crate::hedge::{HedgeFuture, MakeAttempt};
+use crate::rt::Clock;
+
+pin_project! {
+    /// The response future of a [`HedgeService`](super::HedgeService): a
+    /// [`HedgeFuture`] whose primary attempt goes to the service polled ready and each hedge
+    /// to a clone of it, polled ready first.
+    ///
+    /// **Cancel safety:** dropping it drops every attempt still running.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<S, Req, R, K>
+    where
+        S: Service<Req>,
+        S: Clone,
+        Req: Clone,
+        R: Clock,
+        K: 'static,
+    {
+        #[pin]
+        hedged: HedgeFuture<'static, Attempts<S, Req>, R, K>,
+    }
+}
+
+impl<S: Service<Req> + Clone, Req: Clone, R: Clock, K: 'static> ResponseFuture<S, Req, R, K> {
+    pub(super) fn new(hedged: HedgeFuture<'static, Attempts<S, Req>, R, K>) -> Self {
+        Self { hedged }
+    }
+}
+
+impl<S, Req, R, K> Future for ResponseFuture<S, Req, R, K>
+where
+    S: Service<Req> + Clone,
+    Req: Clone,
+    R: Clock,
+    K: Classify<S::Response, S::Error> + 'static,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().hedged.poll(cx)
+    }
+}
+
+impl<S: Service<Req> + Clone, Req: Clone, R: Clock, K: 'static> std::fmt::Debug
+    for ResponseFuture<S, Req, R, K>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The attempts of one hedged request: the first on the service polled ready, each later
+/// one on a fresh clone of the service.
+pub(super) struct Attempts<S, Req> {
+    ready: Option<S>,
+    template: S,
+    req: Req,
+}
+
+impl<S, Req> Attempts<S, Req> {
+    pub(super) fn new(ready: S, template: S, req: Req) -> Self {
+        Self {
+            ready: Some(ready),
+            template,
+            req,
+        }
+    }
+}
+
+impl<S: Service<Req> + Clone, Req: Clone> MakeAttempt for Attempts<S, Req> {
+    type Attempt = Attempt<S, Req>;
+
+    fn make_attempt(&mut self) -> Attempt<S, Req> {
+        match self.ready.take() {
+            Some(mut ready) => Attempt::Calling {
+                call: ready.call(self.req.clone()),
+            },
+            None => Attempt::Readying {
+                service: self.template.clone(),
+                req: Some(self.req.clone()),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// One attempt: readying a fresh clone of the service, then the call.
+    #[project = AttemptProj]
+    pub(super) enum Attempt<S, Req>
+    where
+        S: Service<Req>,
+    {
+        /// Waiting for a clone of the service to be ready.
+        Readying { service: S, req: Option<Req> },
+        /// The call.
+        Calling { #[pin] call: S::Future },
+    }
+}
+
+impl<S: Service<Req>, Req> Future for Attempt<S, Req> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                AttemptProj::Readying { service, req } => {
+                    ready!(service.poll_ready(cx))?;
+                    let Some(req) = req.take() else {
+                        unreachable!("a readied attempt is called once")
+                    };
+                    let call = service.call(req);
+                    self.set(Attempt::Calling { call });
+                }
+                AttemptProj::Calling { call } => return call.poll(cx),
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The service: each call is a hedged call whose attempts are requests to clones of the
+//! service.
+
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::ResponseFuture;
+use super::future::Attempts;
+use crate::classify::{Classify, DefaultClassifier};
+use crate::hedge::{Hedge, Idempotent};
+use crate::rt::{Clock, DefaultRuntime};
+
+/// The service of a [`HedgeLayer`](super::HedgeLayer).
+pub struct HedgeService<S, R = DefaultRuntime, K = DefaultClassifier> {
+    inner: S,
+    hedge: Hedge<R, K>,
+}
+
+impl<S, R, K> HedgeService<S, R, K> {
+    pub(super) fn new(inner: S, hedge: Hedge<R, K>) -> Self {
+        Self { inner, hedge }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, R, K> Service<Req> for HedgeService<S, R, K>
+where
+    S: Service<Req> + Clone,
+    Req: Clone,
+    R: Clock,
+    K: Classify<S::Response, S::Error> + Clone + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Req, R, K>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // The service polled ready makes the primary attempt (its readiness — a rate-limit
+        // cell, a bulkhead slot — is used, not wasted); hedges use fresh clones, each polled
+        // ready first.
+        let template = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, template.clone());
+        let attempts = Attempts::new(ready, template, req);
+        ResponseFuture::new(self.hedge.call_owned(Idempotent(attempts)))
+    }
+}
+
+impl<S: Clone, R: Clock, K: Clone> Clone for HedgeService<S, R, K> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.hedge.clone())
+    }
+}
+
+impl<S, R: Clock, K> std::fmt::Debug for HedgeService<S, R, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HedgeService")
+            .field("hedge", &self.hedge)
+            .finish_non_exhaustive()
+    }
+}
