@@ -269,83 +269,16 @@ fn settle<T>(
 
 #[cfg(feature = "metrics")]
 mod tally {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
-
-    use metrics::{
-        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-    };
-
-    #[derive(Default)]
-    struct Tally(AtomicU64);
-
-    impl CounterFn for Tally {
-        fn increment(&self, value: u64) {
-            self.0.fetch_add(value, Ordering::SeqCst);
-        }
-        fn absolute(&self, value: u64) {
-            self.0.store(value, Ordering::SeqCst);
-        }
-    }
-
-    /// Every counter, by name and labels.
-    #[derive(Default, Clone)]
-    struct Counters(Arc<Mutex<Vec<Registered>>>);
-
-    /// A counter's name, its labels (`key=value`) and its tally.
-    type Registered = (String, Vec<String>, Arc<Tally>);
-
-    impl Recorder for Counters {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let tally = Arc::new(Tally::default());
-            let labels = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            self.0
-                .lock()
-                .unwrap()
-                .push((key.name().to_owned(), labels, tally.clone()));
-            Counter::from_arc(tally)
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
-        }
-    }
-
-    fn counters() -> &'static Counters {
-        static COUNTERS: OnceLock<Counters> = OnceLock::new();
-        COUNTERS.get_or_init(|| {
-            let counters = Counters::default();
-            metrics::set_global_recorder(counters.clone()).unwrap();
-            counters
-        })
-    }
+    use super::common::tally::Counters;
 
     /// Installs the recorder (once per process): call before building the policy.
     pub(crate) fn install() {
-        counters();
+        Counters::installed();
     }
 
     /// The rejections counted for the policy named `name`.
     pub(crate) fn rejections(name: &str) -> u64 {
-        let label = format!("name={name}");
-        counters()
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(key, labels, _)| {
-                key == "tidewall_rejections_total" && labels.contains(&label)
-            })
-            .map(|(_, _, t)| t.0.load(Ordering::SeqCst))
-            .sum()
+        Counters::installed().total("tidewall_rejections_total", &[&format!("name={name}")])
     }
 }
 

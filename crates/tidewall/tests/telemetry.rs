@@ -2,71 +2,17 @@
 //! the installed recorder; with `tracing`, they are events.
 
 #![cfg(all(feature = "metrics", feature = "tracing"))]
+
+mod common;
+
+use common::tally::Counters;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
 use tidewall::breaker::CircuitBreaker;
 use tidewall::rt::Tokio;
 use tidewall::testing::Clocked;
-
-#[derive(Default)]
-struct Tally(AtomicU64);
-
-impl CounterFn for Tally {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::SeqCst);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-/// Records every counter by its rendered key.
-#[derive(Default, Clone)]
-struct Counters(Arc<Mutex<Vec<Registered>>>);
-
-/// A counter's rendered key and its tally.
-type Registered = (String, Arc<Tally>);
-
-impl Counters {
-    fn total(&self, name: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with(name))
-            .map(|(_, t)| t.0.load(Ordering::SeqCst))
-            .sum()
-    }
-}
-
-impl Recorder for Counters {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let tally = Arc::new(Tally::default());
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        self.0.lock().unwrap().push((
-            format!("{} {}", key.name(), labels.join(",")),
-            tally.clone(),
-        ));
-        Counter::from_arc(tally)
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
 
 /// Counts tracing events.
 struct Events(Arc<AtomicU64>);
@@ -89,8 +35,7 @@ impl tracing::Subscriber for Events {
 
 #[test]
 fn transitions_and_rejections_reach_metrics_and_tracing() {
-    let counters = Counters::default();
-    metrics::set_global_recorder(counters.clone()).unwrap();
+    let counters = Counters::installed();
     let events = Arc::new(AtomicU64::new(0));
     let _subscriber = tracing::subscriber::set_default(Events(events.clone()));
 
@@ -109,9 +54,12 @@ fn transitions_and_rejections_reach_metrics_and_tracing() {
     rt.clock().advance(Duration::from_secs(1));
     breaker.try_acquire().unwrap().success(); // open → half-open → closed
 
-    assert_eq!(counters.total("tidewall_breaker_transitions_total"), 3);
+    assert_eq!(counters.total("tidewall_breaker_transitions_total", &[]), 3);
     assert_eq!(
-        counters.total("tidewall_rejections_total policy=breaker,name=payments"),
+        counters.total(
+            "tidewall_rejections_total",
+            &["policy=breaker", "name=payments"]
+        ),
         3
     );
     assert_eq!(
@@ -141,11 +89,11 @@ fn transitions_and_rejections_reach_metrics_and_tracing() {
         .unwrap_err();
     assert_eq!(&*escalation.child, "ingest");
     assert_eq!(
-        counters.total("tidewall_supervisor_restarts_total child=ingest"),
+        counters.total("tidewall_supervisor_restarts_total", &["child=ingest"]),
         1
     );
     assert_eq!(
-        counters.total("tidewall_supervisor_escalations_total child=ingest"),
+        counters.total("tidewall_supervisor_escalations_total", &["child=ingest"]),
         1
     );
     // started, exited, restarting, started, exited, escalating.

@@ -57,6 +57,27 @@
 //! # Ok(()) }
 //! ```
 
+/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is the field
+/// `inner`; `$into_inner` says what `into_inner` lets go of besides the service.
+macro_rules! inner_service_accessors {
+    ($into_inner:literal) => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        #[doc = concat!("The inner service", $into_inner, ".")]
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 pub mod admit;
 pub mod breaker;
 pub mod hedge;

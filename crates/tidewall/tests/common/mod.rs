@@ -3,6 +3,9 @@
 
 use std::future::Future;
 
+#[cfg(feature = "metrics")]
+pub mod tally;
+
 use tidewall::rt::{AsyncStd, SmolRuntime, Tokio};
 use tidewall::testing::Clocked;
 

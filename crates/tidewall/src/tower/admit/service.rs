@@ -53,20 +53,7 @@ impl<S, A: Admission, R> AdmitService<S, A, R> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service; a guard admitted in `poll_ready` is released.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!("; a guard admitted in `poll_ready` is released");
 
     /// The stage.
     pub fn admission(&self) -> &A {

@@ -61,20 +61,7 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service; a permit taken in `poll_ready` is given back unrecorded.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!("; a permit taken in `poll_ready` is given back unrecorded");
 
     /// The breaker.
     pub fn breaker(&self) -> &CircuitBreaker<R> {

@@ -29,20 +29,7 @@ impl<S, R, C, H> RetryService<S, R, C, H> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!("");
 }
 
 impl<S, Req, R, C, H> Service<Req> for RetryService<S, R, C, H>

@@ -37,20 +37,7 @@ impl<S, R> TimeoutService<S, R> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!("");
 }
 
 impl<S, Req, R> Service<Req> for TimeoutService<S, R>
