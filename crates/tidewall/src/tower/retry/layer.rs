@@ -39,8 +39,31 @@ use crate::rt::{Clock, DefaultRuntime};
 /// sooner than the breaker's `retry_after`, and returns at once when that is past the
 /// deadline.
 ///
+/// The deadline runs from the call, and the first attempt is made in `call` on the service
+/// that was polled ready; each retry goes to a clone of it, polled ready first.
+///
 /// **Cancel safety:** dropping the response future drops the running attempt or the backoff
 /// sleep; no further attempt is made.
+///
+/// The request type must be `Clone` (a retry resends a copy): without it the layered service
+/// is not a `Service`, and the compiler says so in those words (``the trait bound `Req:
+/// Clone` is not satisfied``, with a hint to derive it):
+///
+/// ```compile_fail,E0599
+/// # use std::time::Duration;
+/// # use tidewall::Backoff;
+/// # use tidewall::tower::RetryLayer;
+/// # use tower::ServiceExt as _;
+/// # use tower_layer::Layer;
+/// struct Order(u32); // not Clone
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let backoff = Backoff::constant(Duration::from_millis(10)).max_attempts(2).build()?;
+/// let place = tower::service_fn(|o: Order| async move { Ok::<_, std::io::Error>(o.0) });
+/// let mut service = RetryLayer::new(backoff).layer(place);
+/// service.ready().await?;
+/// # Ok(()) }
+/// ```
 ///
 /// ```
 /// use std::convert::Infallible;
