@@ -6,8 +6,8 @@
 mod common;
 
 use common::tally::Counters;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tidewall::breaker::CircuitBreaker;
