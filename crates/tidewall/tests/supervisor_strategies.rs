@@ -1,0 +1,141 @@
+//! Supervisor strategies: which children one-for-one, one-for-all and rest-for-one restart
+//! with a failed one, and in which order they stop, on every runtime with virtual time.
+
+mod common;
+#[path = "common/supervisor.rs"]
+mod supervisor;
+
+use common::ms;
+use supervisor::{Log, cancelled_after, fixed, recorder, starts, steady};
+
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use tidewall::rt::{Clock, Runtime};
+use tidewall::task::{
+    CancellationToken,
+    supervisor::{ChildSpec, Restart, Strategy, Supervisor},
+};
+use tidewall::testing::Clocked;
+
+/// Children a, b, c; b fails 10 ms after its first start only.
+fn three_children<R: Runtime>(rt: &R, stop_log: &Arc<Mutex<Vec<String>>>) -> [ChildSpec; 3] {
+    ["a", "b", "c"].map(|name| {
+        let (rt, stop_log) = (rt.clone(), Arc::clone(stop_log));
+        let runs = Arc::new(AtomicU32::new(0));
+        ChildSpec::new(name, move |stop: CancellationToken| {
+            let (rt, stop_log) = (rt.clone(), Arc::clone(&stop_log));
+            let run = runs.fetch_add(1, SeqCst);
+            async move {
+                if name == "b" && run == 0 {
+                    rt.sleep(ms(10)).await;
+                    return Err("b crashed");
+                }
+                stop.cancelled().await;
+                stop_log.lock().unwrap().push(name.to_owned());
+                Ok(())
+            }
+        })
+    })
+}
+
+async fn strategy_scenario<R: Runtime>(rt: Clocked<R>, strategy: Strategy) -> (Log, Vec<String>) {
+    let (log, hook) = recorder(&rt);
+    let stop_log = Arc::new(Mutex::new(Vec::new()));
+    let [a, b, c] = three_children(&rt, &stop_log);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(strategy)
+        .backoff(fixed(ms(5)))
+        .on_event(hook)
+        .child(a)
+        .child(b)
+        .child(c)
+        .build()
+        .unwrap();
+    let stop = cancelled_after(&rt, ms(100), "done");
+    let report = supervisor.run(stop).await.unwrap();
+    assert_eq!(report.restarts, 1);
+    let stopped: Vec<&str> = report.stopped.iter().map(|(n, _)| &**n).collect();
+    assert_eq!(
+        stopped,
+        ["c", "b", "a"],
+        "final shutdown in reverse start order"
+    );
+    let order = stop_log.lock().unwrap().clone();
+    (log, order)
+}
+
+async fn one_for_all_and_rest_for_one<R: Runtime>(rt: Clocked<R>) {
+    let (log, order) = strategy_scenario(rt.clone(), Strategy::OneForAll).await;
+    assert_eq!(starts(&log, "a"), [ms(0), ms(15)]);
+    assert_eq!(starts(&log, "b"), [ms(0), ms(15)]);
+    assert_eq!(starts(&log, "c"), [ms(0), ms(15)]);
+    // Siblings stopped in reverse (c, a), then everyone at the end (c, b, a).
+    assert_eq!(order, ["c", "a", "c", "b", "a"]);
+
+    let (log, order) = strategy_scenario(rt.clone(), Strategy::RestForOne).await;
+    assert_eq!(starts(&log, "a"), [ms(0)]);
+    assert_eq!(starts(&log, "b"), [ms(0), ms(15)]);
+    assert_eq!(starts(&log, "c"), [ms(0), ms(15)]);
+    assert_eq!(order, ["c", "c", "b", "a"]);
+
+    let (log, order) = strategy_scenario(rt, Strategy::OneForOne).await;
+    assert_eq!(starts(&log, "a"), [ms(0)]);
+    assert_eq!(starts(&log, "b"), [ms(0), ms(15)]);
+    assert_eq!(starts(&log, "c"), [ms(0)]);
+    assert_eq!(order, ["c", "b", "a"]);
+}
+
+#[test]
+fn one_for_all_rest_for_one_and_one_for_one_restart_the_right_children_on_every_runtime() {
+    on_every_runtime!(one_for_all_and_rest_for_one);
+}
+
+/// One-for-all: a transient sibling that ended normally comes back with the group; a
+/// temporary one stopped by the group restart does not.
+async fn one_for_all_with_transient_and_temporary_siblings<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let rt2 = rt.clone();
+    let transient = ChildSpec::new("transient", move |_stop| {
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(5)).await;
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .restart(Restart::Transient);
+    let runs = Arc::new(AtomicU32::new(0));
+    let rt3 = rt.clone();
+    let permanent = ChildSpec::new("permanent", move |stop: CancellationToken| {
+        let (rt, run) = (rt3.clone(), runs.fetch_add(1, SeqCst));
+        async move {
+            if run == 0 {
+                rt.sleep(ms(20)).await;
+                return Err("crash");
+            }
+            stop.cancelled().await;
+            Ok(())
+        }
+    });
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::OneForAll)
+        .backoff(fixed(ms(1)))
+        .on_event(hook)
+        .child(transient)
+        .child(steady(&rt, "temporary").restart(Restart::Temporary))
+        .child(permanent)
+        .build()
+        .unwrap();
+    let stop = cancelled_after(&rt, ms(100), "done");
+    supervisor.run(stop).await.unwrap();
+    assert_eq!(starts(&log, "transient"), [ms(0), ms(21)]);
+    assert_eq!(starts(&log, "temporary"), [ms(0)]);
+    assert_eq!(starts(&log, "permanent"), [ms(0), ms(21)]);
+}
+
+#[test]
+fn one_for_all_restarts_transient_siblings_but_never_temporary_ones_on_every_runtime() {
+    on_every_runtime!(one_for_all_with_transient_and_temporary_siblings);
+}
