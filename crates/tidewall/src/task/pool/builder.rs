@@ -53,7 +53,7 @@ impl<R> WorkerPoolBuilder<R> {
     }
 
     /// Bounds each job (default: none); a job that runs longer ends as
-    /// [`JobOutcome::TimedOut`].
+    /// [`JobOutcome::TimedOut`](super::JobOutcome::TimedOut).
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = Some(timeout);
         self

@@ -33,7 +33,7 @@ impl<J, T> Shared<J, T> {
     }
 }
 
-/// Submits to a [`WorkerPool`] from anywhere; cheap to clone.
+/// Submits to a [`WorkerPool`](super::WorkerPool) from anywhere; cheap to clone.
 pub struct Submitter<J, T> {
     pub(super) shared: Arc<Shared<J, T>>,
 }

@@ -30,7 +30,7 @@ pub enum JobOutcome<T> {
 #[derive(Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubmitError<J> {
-    /// The queue is full (only from [`WorkerPool::try_submit`]).
+    /// The queue is full (only from [`WorkerPool::try_submit`](super::WorkerPool::try_submit)).
     Full(J),
     /// The pool is shutting down.
     Closed(J),
