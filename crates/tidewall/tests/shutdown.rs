@@ -12,34 +12,41 @@ use tidewall::ConfigError;
 use tidewall::FutureExt as _;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::task::{
-    shutdown::{Cause, ComponentEnd, Shutdown, ShutdownReport},
-    supervisor::{Exit, Stopped},
+    Ending, Exit,
+    shutdown::{Cause, Shutdown, ShutdownReport},
 };
 use tidewall::testing::Clocked;
 
-fn pairs(report: &ShutdownReport) -> Vec<(String, ComponentEnd)> {
+/// Each component's name, exit and ending, in the report's order.
+fn ends_of(report: &ShutdownReport) -> Vec<(String, Exit, Ending)> {
     report
         .components
         .iter()
-        .map(|c| (c.name.to_string(), c.end.clone()))
+        .map(|c| (c.name.to_string(), c.exit.clone(), c.ending))
         .collect()
 }
 
-fn aborted(name: &str, took: u64) -> (String, ComponentEnd) {
+/// Aborted by the shutdown, `took` ms after it was told to stop.
+fn aborted(name: &str, took: u64) -> (String, Exit, Ending) {
     (
         name.to_owned(),
-        ComponentEnd::Stopped(Stopped::Aborted { took: ms(took) }),
+        Exit::Aborted,
+        Ending::Aborted { took: ms(took) },
     )
 }
 
-fn stopped(name: &str, took: u64) -> (String, ComponentEnd) {
+/// Returned `Ok` `took` ms after it was told to stop.
+fn stopped(name: &str, took: u64) -> (String, Exit, Ending) {
     (
         name.to_owned(),
-        ComponentEnd::Stopped(Stopped::InTime {
-            took: ms(took),
-            exit: Exit::Normal,
-        }),
+        Exit::Ok(()),
+        Ending::Stopped { took: ms(took) },
     )
+}
+
+/// Ended on its own with `exit` before the shutdown began.
+fn early(name: &str, exit: Exit) -> (String, Exit, Ending) {
+    (name.to_owned(), exit, Ending::Finished)
 }
 
 /// Registers a component that needs `stop_takes` ms after its token (None: ignores it), and
@@ -85,7 +92,7 @@ async fn global_deadline_aborts_the_rest<R: Runtime>(rt: Clocked<R>) {
     let report = shutdown.stop("deploy").await;
     assert_eq!(rt.now() - start, ms(300));
     assert_eq!(
-        pairs(&report),
+        ends_of(&report),
         [
             stopped("d", 5),
             aborted("stuck", 295),
@@ -123,7 +130,7 @@ async fn reverse_order_with_own_timeouts<R: Runtime>(rt: Clocked<R>) {
     let start = rt.now();
     let report = shutdown.stop("deploy").await;
     assert_eq!(
-        pairs(&report),
+        ends_of(&report),
         [
             stopped("d", 5),
             aborted("stuck", 50),
@@ -157,16 +164,13 @@ async fn a_failing_component_starts_the_shutdown<R: Runtime>(rt: Clocked<R>) {
     shutdown.register("once", |_stop| async { Ok::<(), std::io::Error>(()) });
     let report = shutdown.run().await;
     assert!(matches!(&report.cause,
-        Cause::ComponentFailed { name, exit: Exit::Failed(message) }
+        Cause::ComponentFailed { name, exit: Exit::Err(message) }
             if &**name == "db" && message == "connection refused"));
     assert_eq!(
-        pairs(&report),
+        ends_of(&report),
         [
-            ("once".to_owned(), ComponentEnd::Early(Exit::Normal)),
-            (
-                "db".to_owned(),
-                ComponentEnd::Early(Exit::Failed("connection refused".into()))
-            ),
+            early("once", Exit::Ok(())),
+            early("db", Exit::Err("connection refused".into())),
             stopped("a", 1),
         ]
     );
@@ -195,7 +199,7 @@ fn bad_configuration_is_a_typed_error() {
 }
 
 /// Components that ended on their own (returned, failed, panicked) while nobody polled
-/// `run` are `Early`; one still running is stopped; one that ends on its own once the
+/// `run` are `Finished`; one still running is stopped; one that ends on its own once the
 /// shutdown has begun, before its turn, is `Stopped` with `took` zero.
 async fn components_that_ended_before_the_shutdown_are_early<R: Runtime>(rt: Clocked<R>) {
     let told = Arc::default();
@@ -224,18 +228,12 @@ async fn components_that_ended_before_the_shutdown_are_early<R: Runtime>(rt: Clo
     let report = shutdown.stop("deploy").await;
     assert!(matches!(&report.cause, Cause::Triggered(r) if r.as_str() == "deploy"));
     assert_eq!(
-        pairs(&report),
+        ends_of(&report),
         [
             stopped("server", 10),
-            (
-                "panicked".to_owned(),
-                ComponentEnd::Early(Exit::Panicked("bad state".into()))
-            ),
-            (
-                "failed".to_owned(),
-                ComponentEnd::Early(Exit::Failed("no config".into()))
-            ),
-            ("returned".to_owned(), ComponentEnd::Early(Exit::Normal)),
+            early("panicked", Exit::Panicked("bad state".into())),
+            early("failed", Exit::Err("no config".into())),
+            early("returned", Exit::Ok(())),
             stopped("ends-during", 0),
         ]
     );
@@ -250,7 +248,8 @@ fn components_that_ended_before_the_shutdown_are_early_on_every_runtime() {
 }
 
 /// The shutdown begins when the trigger is cancelled, not when `run` is first polled: a
-/// component that ends on its own in between is `Stopped`, one that ended before is `Early`.
+/// component that ends on its own in between is `Stopped`, one that ended before is
+/// `Finished`.
 async fn the_trigger_marks_the_beginning_not_the_first_poll<R: Runtime>(rt: Clocked<R>) {
     let mut shutdown = Shutdown::builder().runtime(rt.clone()).build().unwrap();
     let (rt2, rt3) = (rt.clone(), rt.clone());
@@ -268,11 +267,8 @@ async fn the_trigger_marks_the_beginning_not_the_first_poll<R: Runtime>(rt: Cloc
     let report = shutdown.run().await;
     assert!(matches!(&report.cause, Cause::Triggered(r) if r.as_str() == "maintenance"));
     assert_eq!(
-        pairs(&report),
-        [
-            stopped("after", 0),
-            ("before".to_owned(), ComponentEnd::Early(Exit::Normal)),
-        ]
+        ends_of(&report),
+        [stopped("after", 0), early("before", Exit::Ok(())),]
     );
     assert_eq!(report.took, ms(0));
 }

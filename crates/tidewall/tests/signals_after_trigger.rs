@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-use signals::{pairs, send_to_self};
+use signals::{ends_of, send_to_self};
 use tidewall::rt::{Runtime, Signals};
 use tidewall::task::{
-    shutdown::{Cause, ComponentEnd, Shutdown},
-    supervisor::{Exit, Stopped},
+    Ending, Exit,
+    shutdown::{Cause, Shutdown},
 };
 
 /// A shutdown started by the trigger (a preStop hook), then a SIGTERM (the kubelet's): that
@@ -50,9 +50,9 @@ async fn a_signal_after_a_trigger_only_counts<R: Runtime + Signals>(rt: R) {
     });
     let report = shutdown.stop("preStop hook").await;
     assert!(matches!(&report.cause, Cause::Triggered(r) if r.as_str() == "preStop hook"));
-    let ends = pairs(&report);
+    let ends = ends_of(&report);
     assert!(
-        matches!(&ends[0], (name, ComponentEnd::Stopped(Stopped::InTime { exit: Exit::Normal, .. })) if name == "last-registered")
+        matches!(&ends[0], (name, Exit::Ok(()), Ending::Stopped { .. }) if name == "last-registered")
     );
     assert!(
         waited_for_second.load(SeqCst),
@@ -60,7 +60,7 @@ async fn a_signal_after_a_trigger_only_counts<R: Runtime + Signals>(rt: R) {
     );
     assert!(report.forced, "the second signal did");
     assert!(
-        matches!(&ends[1], (name, ComponentEnd::Stopped(Stopped::Aborted { .. })) if name == "first-registered")
+        matches!(&ends[1], (name, Exit::Aborted, Ending::Aborted { .. }) if name == "first-registered")
     );
 }
 

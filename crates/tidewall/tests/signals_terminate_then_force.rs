@@ -10,11 +10,11 @@ mod signals;
 
 use std::time::Duration;
 
-use signals::{pairs, send_to_self};
+use signals::{ends_of, send_to_self};
 use tidewall::rt::{Runtime, Signal, Signals};
 use tidewall::task::{
-    shutdown::{Cause, ComponentEnd, Shutdown},
-    supervisor::{Exit, Stopped},
+    Ending, Exit,
+    shutdown::{Cause, Shutdown},
 };
 
 /// A real SIGTERM to this process starts the shutdown; a second one (SIGINT, sent by the
@@ -40,12 +40,10 @@ async fn real_signals<R: Runtime + Signals>(rt: R) {
     let report = shutdown.run().await;
     assert_eq!(report.cause, Cause::Signal(Signal::Terminate));
     assert!(report.forced && !report.deadline_exceeded);
-    let ends = pairs(&report);
+    let ends = ends_of(&report);
+    assert!(matches!(&ends[0], (name, Exit::Ok(()), Ending::Stopped { .. }) if name == "fast"));
     assert!(
-        matches!(&ends[0], (name, ComponentEnd::Stopped(Stopped::InTime { exit: Exit::Normal, .. })) if name == "fast")
-    );
-    assert!(
-        matches!(&ends[1], (name, ComponentEnd::Stopped(Stopped::Aborted { .. })) if name == "stubborn")
+        matches!(&ends[1], (name, Exit::Aborted, Ending::Aborted { .. }) if name == "stubborn")
     );
 }
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::task::{
-    CancellationToken,
-    supervisor::{ChildSpec, Ended, Exit, Restart, Stopped, Supervisor, SupervisorEvent},
+    CancellationToken, Ending, Exit, TaskReport,
+    supervisor::{ChildSpec, Ended, Restart, Supervisor, SupervisorEvent},
 };
 use tidewall::testing::Clocked;
 use tidewall::{Backoff, Jitter};
@@ -52,7 +52,8 @@ async fn intensity_is_exceeded_at_exactly_the_fourth_restart<R: Runtime>(rt: Clo
     // Its sibling was stopped, in time, before the supervisor failed.
     assert!(matches!(
         escalation.report.stopped.as_slice(),
-        [(name, Stopped::InTime { took, exit: Exit::Normal })] if &**name == "http" && *took == ms(0)
+        [TaskReport { name, exit: Exit::Ok(()), ending: Ending::Stopped { took }, .. }]
+            if &**name == "http" && *took == ms(0)
     ));
     assert_eq!(
         escalation.to_string(),
@@ -134,7 +135,7 @@ async fn restart_kinds<R: Runtime>(rt: Clocked<R>) {
         SupervisorEvent::Exited { child, exit: Exit::Panicked(message) }
             if &**child == "transient-panics" && message == "first run panics")));
     assert!(log.iter().any(|(_, e)| matches!(e,
-        SupervisorEvent::Exited { child, exit: Exit::Failed(message) }
+        SupervisorEvent::Exited { child, exit: Exit::Err(message) }
             if &**child == "temporary-fails" && message == "lost connection")));
 }
 
@@ -281,7 +282,7 @@ async fn nested_escalation<R: Runtime>(rt: Clocked<R>) {
         .filter_map(|(at, e)| match e {
             SupervisorEvent::Exited {
                 child,
-                exit: Exit::Failed(message),
+                exit: Exit::Err(message),
             } if &**child == "inner" => Some((*at, message.clone())),
             _ => None,
         })

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
-    CancellationToken,
-    supervisor::{ChildSpec, Ended, Exit, Stopped, Supervisor},
+    CancellationToken, Ending, Exit, TaskReport,
+    supervisor::{ChildSpec, Ended, Supervisor},
 };
 use tidewall::testing::Clocked;
 
@@ -54,24 +54,17 @@ async fn reverse_order_shutdown_with_timeouts<R: Runtime>(rt: Clocked<R>) {
     let start = rt.now();
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(rt.now() - start, ms(250));
+    let stopped: Vec<_> = report
+        .stopped
+        .iter()
+        .map(|r| (&*r.name, r.exit.clone(), r.ending))
+        .collect();
     assert_eq!(
-        report.stopped,
+        stopped,
         [
-            ("c".into(), Stopped::Aborted { took: ms(200) }),
-            (
-                "b".into(),
-                Stopped::InTime {
-                    took: ms(50),
-                    exit: Exit::Normal
-                }
-            ),
-            (
-                "a".into(),
-                Stopped::InTime {
-                    took: ms(0),
-                    exit: Exit::Normal
-                }
-            ),
+            ("c", Exit::Aborted, Ending::Aborted { took: ms(200) }),
+            ("b", Exit::Ok(()), Ending::Stopped { took: ms(50) }),
+            ("a", Exit::Ok(()), Ending::Stopped { took: ms(0) }),
         ]
     );
     // b was told only after c was gone, a only after b.
@@ -232,7 +225,8 @@ async fn nested_shutdown_is_not_cut_short<R: Runtime>(rt: Clocked<R>) {
     );
     assert!(matches!(
         report.stopped.as_slice(),
-        [(name, Stopped::InTime { took, exit: Exit::Normal })] if &**name == "tree" && *took == ms(8_000)
+        [TaskReport { name, exit: Exit::Ok(()), ending: Ending::Stopped { took }, .. }]
+            if &**name == "tree" && *took == ms(8_000)
     ));
 }
 

@@ -56,7 +56,7 @@ async fn strategy_scenario<R: Runtime>(rt: Clocked<R>, strategy: Strategy) -> (L
     let stop = cancelled_after(&rt, ms(100), "done");
     let report = supervisor.run(stop).await.unwrap();
     assert_eq!(report.restarts, 1);
-    let stopped: Vec<&str> = report.stopped.iter().map(|(n, _)| &**n).collect();
+    let stopped: Vec<&str> = report.stopped.iter().map(|r| &*r.name).collect();
     assert_eq!(
         stopped,
         ["c", "b", "a"],

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tidewall::rt::Signal;
 use tidewall::task::{
-    CancellationToken,
-    shutdown::{Cause, ComponentEnd, Shutdown},
-    supervisor::{ChildSpec, Exit, Stopped, Supervisor, SupervisorEvent},
+    CancellationToken, Ending, Exit, TaskReport,
+    shutdown::{Cause, Shutdown},
+    supervisor::{ChildSpec, Supervisor, SupervisorEvent},
 };
 
 use super::client::Net;
@@ -51,7 +51,11 @@ fn describe(event: &SupervisorEvent) -> String {
             "{child}: restart in {} (restart {restarts_in_period} in the period)",
             ms(*delay)
         ),
-        SupervisorEvent::Stopped { child, how } => format!("{child}: stopped {how:?}"),
+        SupervisorEvent::Stopped {
+            child,
+            exit,
+            ending,
+        } => format!("{child}: stopped ({exit:?}, {ending:?})"),
         SupervisorEvent::Escalating { child } => format!("{child}: intensity exceeded, escalating"),
         other => format!("{other:?}"),
     }
@@ -127,7 +131,7 @@ async fn supervisor_restarts<R: Net>(rt: &R) -> Section {
         .collect();
     match report {
         Ok(report) => {
-            let stop_order: Vec<&str> = report.stopped.iter().map(|(name, _)| &**name).collect();
+            let stop_order: Vec<&str> = report.stopped.iter().map(|r| &*r.name).collect();
             s.metric("restarts", report.restarts)
                 .metric("stopped (in order)", stop_order.join(", "));
             s.check(
@@ -143,14 +147,8 @@ async fn supervisor_restarts<R: Net>(rt: &R) -> Section {
             s.check(
                 "shutdown stopped the children in reverse start order: api, then ingest",
                 stop_order == ["api", "ingest"]
-                    && report.stopped.iter().all(|(_, how)| {
-                        matches!(
-                            how,
-                            Stopped::InTime {
-                                exit: Exit::Normal,
-                                ..
-                            }
-                        )
+                    && report.stopped.iter().all(|r| {
+                        r.exit == Exit::Ok(()) && matches!(r.ending, Ending::Stopped { .. })
                     }),
             );
         }
@@ -219,7 +217,7 @@ async fn supervisor_escalates<R: Net>(rt: &R) -> Section {
         .metric("root failed after", ms(took));
     let tree_failures = events
         .iter()
-        .filter(|(_, e)| matches!(e, SupervisorEvent::Exited { child, exit: Exit::Failed(_) } if &**child == "ingest-tree"))
+        .filter(|(_, e)| matches!(e, SupervisorEvent::Exited { child, exit: Exit::Err(_) } if &**child == "ingest-tree"))
         .count();
     match outcome {
         Ok(report) => {
@@ -241,7 +239,7 @@ async fn supervisor_escalates<R: Net>(rt: &R) -> Section {
             s.check(
                 "before failing, the root stopped its remaining child (api) in time",
                 matches!(escalation.report.stopped.as_slice(),
-                    [(name, Stopped::InTime { .. })] if &**name == "api"),
+                    [TaskReport { name, ending: Ending::Stopped { .. }, .. }] if &**name == "api"),
             );
         }
     }
@@ -314,14 +312,12 @@ async fn shutdown_on_signal<R: Net>(rt: &R) -> Section {
     .metric("cause", &report.cause)
     .metric("first component told after", ms(received_after));
     for component in &report.components {
-        let end = match &component.end {
-            ComponentEnd::Stopped(Stopped::InTime { took, exit }) => {
-                format!("stopped in {} ({exit:?})", ms(*took))
+        let end = match component.ending {
+            Ending::Stopped { took } => {
+                format!("stopped in {} ({:?})", ms(took), component.exit)
             }
-            ComponentEnd::Stopped(Stopped::Aborted { took }) => {
-                format!("aborted after {}", ms(*took))
-            }
-            other => format!("{other:?}"),
+            Ending::Aborted { took } => format!("aborted after {}", ms(took)),
+            other => format!("{other:?} ({:?})", component.exit),
         };
         s.metric(&format!("  {}", component.name), end);
     }
@@ -339,8 +335,10 @@ async fn shutdown_on_signal<R: Net>(rt: &R) -> Section {
     );
     s.check(
         "the flusher that ignored its token was aborted at its own 50 ms timeout",
-        report.components.iter().any(|c| &*c.name == "metrics-flusher"
-            && matches!(c.end, ComponentEnd::Stopped(Stopped::Aborted { took }) if took >= Duration::from_millis(50))),
+        report.components.iter().any(|c| {
+            &*c.name == "metrics-flusher"
+                && matches!(c.ending, Ending::Aborted { took } if took >= Duration::from_millis(50))
+        }),
     );
     s.check(
         "every other component stopped in time, within the global deadline",
@@ -348,15 +346,7 @@ async fn shutdown_on_signal<R: Net>(rt: &R) -> Section {
             .components
             .iter()
             .filter(|c| &*c.name != "metrics-flusher")
-            .all(|c| {
-                matches!(
-                    c.end,
-                    ComponentEnd::Stopped(Stopped::InTime {
-                        exit: Exit::Normal,
-                        ..
-                    })
-                )
-            })
+            .all(|c| c.exit == Exit::Ok(()) && matches!(c.ending, Ending::Stopped { .. }))
             && !report.deadline_exceeded,
     );
     s

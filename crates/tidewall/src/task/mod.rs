@@ -19,6 +19,9 @@
 //! * [`shutdown`]: a service's components stopped in reverse registration order within one
 //!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
 //!   component; a final report.
+//! * [`Exit`], [`Ending`], [`TaskReport`]: how a task ended, in one vocabulary for
+//!   supervisors and shutdowns: what its future did (returned `Ok` or `Err`, panicked, was
+//!   aborted) and when it ended relative to being told to stop.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
 //!   token; [`HealthChecker`]: a probe at once, then one each period, each with a timeout,
 //!   published through a watch-style [`HealthHandle`].
@@ -38,6 +41,7 @@
 
 mod blocking;
 mod cancel;
+mod exit;
 mod periodic;
 pub mod pool;
 pub mod scope;
@@ -48,4 +52,6 @@ pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{
     CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
 };
+pub use exit::{Ending, Exit, TaskReport};
+pub(crate) use exit::{exit_from, exit_of};
 pub use periodic::{Health, HealthChecker, HealthCheckerBuilder, HealthHandle, periodic};

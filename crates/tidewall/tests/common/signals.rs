@@ -3,14 +3,15 @@
 //! another thread of it would receive it too.
 #![allow(dead_code, unreachable_pub)]
 
-use tidewall::task::shutdown::{ComponentEnd, ShutdownReport};
+use tidewall::task::shutdown::ShutdownReport;
+use tidewall::task::{Ending, Exit};
 
-/// Each component's name and how it ended, in the report's order.
-pub fn pairs(report: &ShutdownReport) -> Vec<(String, ComponentEnd)> {
+/// Each component's name, exit and ending, in the report's order.
+pub fn ends_of(report: &ShutdownReport) -> Vec<(String, Exit, Ending)> {
     report
         .components
         .iter()
-        .map(|c| (c.name.to_string(), c.end.clone()))
+        .map(|c| (c.name.to_string(), c.exit.clone(), c.ending))
         .collect()
 }
 

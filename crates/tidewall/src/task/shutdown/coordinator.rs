@@ -8,21 +8,20 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};
+use super::report::{Cause, ShutdownReport};
 use crate::ConfigError;
 use crate::rt::{
     DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, Signals, TaskHandle,
     instant_after,
 };
 use crate::task::{
-    CancellationToken, Reason,
-    supervisor::{ChildError, Exit, Stopped},
+    CancellationToken, Ending, Exit, Reason, TaskReport, exit_from, exit_of, supervisor::ChildError,
 };
 
 struct Component<R: Runtime> {
     name: Arc<str>,
     stop: CancellationToken,
-    /// The task reports an [`Exit`] (no boxed error in the handle's type: see [`exit_of`]).
+    /// The task reports an [`Exit`] (no boxed error in the handle's type: see [`exit_from`]).
     handle: JoinHandle<R, Exit>,
     timeout: Option<Duration>,
     /// Its end as `run` saw it while waiting for the cause (the handle is then spent).
@@ -145,15 +144,15 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// **When the shutdown begins:** at the moment the trigger is cancelled (by anyone, or by
 /// [`stop`](Self::stop)), or when `run` notices another cause. Each component's task notes,
 /// as it ends (returns, fails, or panics), whether the shutdown had begun. A component that
-/// ended before is reported as [`ComponentEnd::Early`], whether or not `run` was being
+/// ended before is reported with [`Ending::Finished`], whether or not `run` was being
 /// polled at the time, and its token is never cancelled. Every other one is stopped at its
-/// turn and reported as [`ComponentEnd::Stopped`]: one that ended on its own after the
-/// shutdown began, before its turn came, reads [`Stopped::InTime`] with a `took` of about
-/// zero.
+/// turn and reported with [`Ending::Stopped`] or [`Ending::Aborted`]: one that ended on its
+/// own after the shutdown began, before its turn came, reads `Ending::Stopped` with a `took`
+/// of about zero.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tidewall::task::shutdown::{Cause, ComponentEnd, Shutdown};
+/// use tidewall::task::shutdown::{Cause, Shutdown};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -329,7 +328,8 @@ impl<R: Runtime> Shutdown<R> {
                 }
                 Wake::Exited(index, exit) => {
                     let component = &self.components[index];
-                    if exit.is_failure() {
+                    // Any exit but `Ok` starts it: an error, a panic, or a lost task.
+                    if !matches!(exit, Exit::Ok(())) {
                         let name = Arc::clone(&component.name);
                         break Cause::ComponentFailed { name, exit };
                     }
@@ -416,20 +416,22 @@ impl<R: Runtime> Shutdown<R> {
                 let mut cx = Context::from_waker(Waker::noop());
                 forced = force.poll(&self.rt, &mut cx).is_ready();
             }
-            let end = if component.ended.before() {
+            let (exit, ending) = if component.ended.before() {
                 let exit = match component.exited.take() {
                     Some(exit) => exit,
                     // Its task is done (it recorded its end last): the handle is ready.
                     None => exit_of((&mut component.handle).await),
                 };
-                ComponentEnd::Early(exit)
+                (exit, Ending::Finished)
             } else if let Some(exit) = component.exited.take() {
                 // `run` saw it end, just after the shutdown began.
                 component.stop.cancel("shutting down");
-                ComponentEnd::Stopped(Stopped::InTime {
-                    took: Duration::ZERO,
+                (
                     exit,
-                })
+                    Ending::Stopped {
+                        took: Duration::ZERO,
+                    },
+                )
             } else {
                 component.stop.cancel("shutting down");
                 let told = self.rt.now();
@@ -448,11 +450,11 @@ impl<R: Runtime> Shutdown<R> {
                         }
                     }
                 };
-                let stopped = match exit {
-                    Some(exit) => Stopped::InTime {
-                        took: self.rt.now().saturating_duration_since(told),
-                        exit,
-                    },
+                let (exit, ending) = match exit {
+                    Some(exit) => {
+                        let took = self.rt.now().saturating_duration_since(told);
+                        (exit, Ending::Stopped { took })
+                    }
                     None => {
                         deadline_exceeded |= !forced && self.rt.now() >= deadline;
                         component.handle.abort();
@@ -460,27 +462,25 @@ impl<R: Runtime> Shutdown<R> {
                         let took = self.rt.now().saturating_duration_since(told);
                         match result {
                             // It ended just as the abort came: report what it returned.
-                            Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
-                                took,
-                                exit: exit_of(result),
-                            },
-                            Err(_) => Stopped::Aborted { took },
+                            Ok(_) | Err(JoinError::Panicked(_)) => {
+                                (exit_of(result), Ending::Stopped { took })
+                            }
+                            Err(_) => (Exit::Aborted, Ending::Aborted { took }),
                         }
                     }
                 };
-                match stopped {
+                match ending {
                     // It ended before the shutdown began, but recorded so only after this
                     // coordinator looked: what it recorded decides.
-                    Stopped::InTime { exit, .. } if component.ended.before() => {
-                        ComponentEnd::Early(exit)
-                    }
-                    stopped => ComponentEnd::Stopped(stopped),
+                    Ending::Stopped { .. } if component.ended.before() => (exit, Ending::Finished),
+                    ending => (exit, ending),
                 }
             };
             if let Some(component) = self.components.pop() {
-                reports.push(ComponentReport {
+                reports.push(TaskReport {
                     name: component.name,
-                    end,
+                    exit,
+                    ending,
                 });
             }
         }
@@ -559,27 +559,4 @@ enum Waited {
     Exited(Exit),
     TimedOut,
     Forced,
-}
-
-/// How a child's own result reads as an [`Exit`]; computed inside the task.
-///
-/// Tasks report an `Exit`, never a `Box<dyn Error>`: a join handle whose output type holds a
-/// trait object makes rustc fail to prove the supervisor's and coordinator's futures `Send`
-/// for a concrete runtime (the object's lifetime bound is erased inside the future).
-pub(crate) fn exit_from(result: Result<(), ChildError>) -> Exit {
-    match result {
-        Ok(()) => Exit::Normal,
-        Err(error) => Exit::Failed(error.to_string()),
-    }
-}
-
-/// A finished task's [`Exit`], with a panic or an abort read from the join error.
-pub(crate) fn exit_of(result: Result<Exit, JoinError>) -> Exit {
-    match result {
-        Ok(exit) => exit,
-        Err(JoinError::Panicked(panic)) => {
-            Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
-        }
-        Err(_) => Exit::Aborted,
-    }
 }

@@ -10,5 +10,4 @@ mod coordinator;
 mod report;
 
 pub use coordinator::{DEFAULT_DEADLINE, Shutdown, ShutdownBuilder};
-pub(crate) use coordinator::{exit_from, exit_of};
-pub use report::{Cause, ComponentEnd, ComponentReport, ShutdownReport};
+pub use report::{Cause, ShutdownReport};

@@ -5,10 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rt::Signal;
-use crate::task::{
-    Reason,
-    supervisor::{Exit, Stopped},
-};
+use crate::task::{Ending, Exit, Reason, TaskReport};
 
 /// What started the shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,12 +15,13 @@ pub enum Cause {
     Signal(Signal),
     /// The trigger token was cancelled (or [`Shutdown::stop`](super::Shutdown::stop) called).
     Triggered(Reason),
-    /// While [`run`](super::Shutdown::run) waited for a cause, it saw this component fail
-    /// (return an error or panic) with the trigger not cancelled and no signal come.
+    /// While [`run`](super::Shutdown::run) waited for a cause, it saw this component end
+    /// with any exit but `Ok` (return an error, panic, or be lost by its runtime) with the
+    /// trigger not cancelled and no signal come.
     ComponentFailed {
         /// The component.
         name: Arc<str>,
-        /// How it failed.
+        /// How it ended.
         exit: Exit,
     },
     /// While [`run`](super::Shutdown::run) waited for a cause, it saw every component end on
@@ -44,15 +42,25 @@ impl fmt::Display for Cause {
     }
 }
 
-/// How one component ended.
+/// The final report: why, what happened to each component (in the order they were
+/// stopped: reverse registration order), and how long it took.
 ///
-/// A component that ends on its own before the shutdown begins is `Early`, even when nobody
-/// was polling [`run`](super::Shutdown::run) as it ended (see
-/// [`Shutdown`](super::Shutdown) for when the shutdown begins):
+/// Each component's [`TaskReport`] has the name it was registered with, its [`Exit`], and
+/// its [`Ending`]:
+///
+/// * [`Ending::Finished`]: it ended on its own (returned, failed, or panicked) before the
+///   shutdown began; its token was never cancelled. This holds even when nobody was polling
+///   [`run`](super::Shutdown::run) as it ended (see [`Shutdown`](super::Shutdown) for when
+///   the shutdown begins).
+/// * [`Ending::Stopped`]: it was still running when the shutdown began; at its turn its token
+///   was cancelled and it ended, `took` after the cancel. One that ended on its own during
+///   the shutdown, before its turn came, reads `Stopped` with a `took` of about zero.
+/// * [`Ending::Aborted`]: it was still running when its own timeout, the global deadline or
+///   a second signal came, and was aborted; its exit is [`Exit::Aborted`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use tidewall::task::{shutdown::{ComponentEnd, Shutdown}, supervisor::{Exit, Stopped}};
+/// use tidewall::task::{Ending, Exit, shutdown::Shutdown};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -64,45 +72,20 @@ impl fmt::Display for Cause {
 /// });
 /// tokio::time::sleep(Duration::from_secs(1)).await; // the migrations finish meanwhile
 /// let report = shutdown.stop("deploy").await;
-/// assert_eq!(report.components[1].end, ComponentEnd::Early(Exit::Normal));
-/// assert!(matches!(
-///     report.components[0].end,
-///     ComponentEnd::Stopped(Stopped::InTime { exit: Exit::Normal, .. })
-/// ));
+/// let migrations = &report.components[1];
+/// assert_eq!((&migrations.exit, migrations.ending), (&Exit::Ok(()), Ending::Finished));
+/// let server = &report.components[0];
+/// assert_eq!(server.exit, Exit::Ok(()));
+/// assert!(matches!(server.ending, Ending::Stopped { .. }));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ComponentEnd {
-    /// It ended on its own (returned, failed, or panicked) before the shutdown began; its
-    /// token was never cancelled.
-    Early(Exit),
-    /// It was still running when the shutdown began. At its turn its token was cancelled,
-    /// and it ended ([`Stopped::InTime`], `took` counted from the cancel) or was aborted
-    /// ([`Stopped::Aborted`]). One that ended on its own during the shutdown, before its
-    /// turn came, reads `InTime` with a `took` of about zero.
-    Stopped(Stopped),
-}
-
-/// One component's line in the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ComponentReport {
-    /// The name it was registered with.
-    pub name: Arc<str>,
-    /// How it ended.
-    pub end: ComponentEnd,
-}
-
-/// The final report: why, what happened to each component (in the order they were
-/// stopped: reverse registration order), and how long it took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// What started the shutdown.
     pub cause: Cause,
     /// Each component, in stop order.
-    pub components: Vec<ComponentReport>,
+    pub components: Vec<TaskReport>,
     /// From the moment [`run`](super::Shutdown::run) began stopping components (when it
     /// noticed the cause, or at its first poll for a trigger cancelled earlier) to the last
     /// component gone.
@@ -119,6 +102,6 @@ impl ShutdownReport {
     pub fn is_clean(&self) -> bool {
         self.components
             .iter()
-            .all(|c| !matches!(c.end, ComponentEnd::Stopped(Stopped::Aborted { .. })))
+            .all(|c| !matches!(c.ending, Ending::Aborted { .. }))
     }
 }

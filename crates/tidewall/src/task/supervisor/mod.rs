@@ -19,7 +19,7 @@ mod run;
 mod spec;
 
 pub use builder::{Strategy, SupervisorBuilder};
-pub use report::{Ended, Escalation, Exit, Stopped, SupervisorEvent, SupervisorReport};
+pub use report::{Ended, Escalation, SupervisorEvent, SupervisorReport};
 pub use run::Supervisor;
 pub use spec::{
     ChildError, ChildSpec, DEFAULT_SHUTDOWN_TIMEOUT, Restart, SUPERVISOR_SHUTDOWN_TIMEOUT,

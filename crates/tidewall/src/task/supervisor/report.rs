@@ -4,48 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a child's run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Exit {
-    /// It returned `Ok`.
-    Normal,
-    /// It returned `Err`; the error's message.
-    Failed(String),
-    /// It panicked; the panic message.
-    Panicked(String),
-    /// Its task was aborted or lost by the runtime.
-    Aborted,
-}
-
-impl Exit {
-    /// Whether this is an abnormal exit (a transient child is restarted after one).
-    pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Normal)
-    }
-}
-
-/// How a child stopped when the supervisor stopped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Stopped {
-    /// It ended within its shutdown timeout, this long after its token was cancelled.
-    /// (A [`Shutdown`](crate::task::shutdown::Shutdown) reports a component that ended before the
-    /// shutdown began as [`ComponentEnd::Early`](crate::task::shutdown::ComponentEnd::Early) instead.)
-    InTime {
-        /// From the cancel to its end.
-        took: Duration,
-        /// How it ended.
-        exit: Exit,
-    },
-    /// It was still running when it had to stop (its own shutdown timeout; under a
-    /// [`Shutdown`](crate::task::shutdown::Shutdown) also the global deadline or a second signal) and
-    /// was aborted.
-    Aborted {
-        /// From the cancel to the completed abort.
-        took: Duration,
-    },
-}
+use crate::task::{Ending, Exit, TaskReport};
 
 /// Something that happened under a supervisor, in order (see
 /// [`SupervisorBuilder::on_event`](super::SupervisorBuilder::on_event)).
@@ -63,7 +22,8 @@ pub enum SupervisorEvent {
     Exited {
         /// The child.
         child: Arc<str>,
-        /// How.
+        /// How: `Ok(())`, its error's message, its panic's message, or `Aborted` (its task
+        /// was aborted or lost by the runtime).
         exit: Exit,
     },
     /// A restart was scheduled after `delay` (the strategy may restart siblings with it).
@@ -75,12 +35,16 @@ pub enum SupervisorEvent {
         /// Restarts within the intensity period, this one included.
         restarts_in_period: u32,
     },
-    /// A child was stopped by the supervisor.
+    /// A child was stopped by the supervisor: its token cancelled, then its end awaited
+    /// within its shutdown timeout (it is aborted when the timeout runs out).
     Stopped {
         /// The child.
         child: Arc<str>,
-        /// How it stopped.
-        how: Stopped,
+        /// How its future ended: [`Exit::Aborted`] when it was aborted.
+        exit: Exit,
+        /// [`Ending::Stopped`] when it ended within its shutdown timeout,
+        /// [`Ending::Aborted`] when it was aborted; `took` counts from the cancel.
+        ending: Ending,
     },
     /// The restart intensity was exceeded: the supervisor stops its children and fails.
     Escalating {
@@ -109,8 +73,10 @@ pub struct SupervisorReport {
     pub ended: Ended,
     /// Restarts over its life.
     pub restarts: u64,
-    /// The children it stopped at the end, in the order stopped (reverse start order).
-    pub stopped: Vec<(Arc<str>, Stopped)>,
+    /// The children it stopped at the end, in the order stopped (reverse start order): each
+    /// one's exit, and [`Ending::Stopped`] (it ended within its shutdown timeout, `took`
+    /// counted from the cancel) or [`Ending::Aborted`] (it was aborted).
+    pub stopped: Vec<TaskReport>,
 }
 
 /// The supervisor failed: a child needed one restart more than the intensity allows. Its

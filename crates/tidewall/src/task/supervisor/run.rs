@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use tidewall_core::backoff::{Backoff, DelayState};
 
 use super::builder::{EventHook, Strategy, SupervisorBuilder};
-use super::report::Exit;
-use super::report::{Ended, Escalation, Stopped, SupervisorEvent, SupervisorReport};
+use super::report::{Ended, Escalation, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildSpec, Restart};
 use crate::rt::{JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
-use crate::task::shutdown::{exit_from, exit_of};
-use crate::task::{CancellationToken, CancelledOwned};
+use crate::task::{
+    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, exit_from, exit_of,
+};
 
 struct Running<R: Runtime> {
     handle: JoinHandle<R, Exit>,
@@ -247,7 +247,8 @@ impl<R: Runtime> Supervisor<R> {
         let slot = &mut self.slots[index];
         let restart = match slot.spec.restart {
             Restart::Permanent => true,
-            Restart::Transient => exit.is_failure(),
+            // After any exit but `Ok`: an error, a panic, or an abort from outside.
+            Restart::Transient => !matches!(exit, Exit::Ok(())),
             Restart::Temporary => false,
         };
         if !restart {
@@ -305,9 +306,13 @@ impl<R: Runtime> Supervisor<R> {
             .filter(|&i| i != index)
             .collect();
         for sibling in siblings {
-            if let Some(how) = self.stop_one(sibling).await {
+            if let Some((exit, ending)) = self.stop_one(sibling).await {
                 let child = Arc::clone(&self.slots[sibling].spec.name);
-                self.emit(SupervisorEvent::Stopped { child, how });
+                self.emit(SupervisorEvent::Stopped {
+                    child,
+                    exit,
+                    ending,
+                });
             }
         }
         let at = instant_after(now, delay);
@@ -362,12 +367,14 @@ impl<R: Runtime> Supervisor<R> {
         self.emit(event);
     }
 
-    /// Cancels a running child's token, waits its shutdown timeout, then aborts it.
+    /// Cancels a running child's token, waits its shutdown timeout, then aborts it. Returns
+    /// how it ended, with [`Ending::Stopped`] or [`Ending::Aborted`]; `None` when it was not
+    /// running.
     ///
     /// The child stays in its slot until it has ended: if this future is dropped mid-wait
     /// (the supervisor's own `run` dropped or aborted), `Drop` still finds it and aborts it,
     /// instead of a handle dropped here detaching a child that ignores its token.
-    async fn stop_one(&mut self, index: usize) -> Option<Stopped> {
+    async fn stop_one(&mut self, index: usize) -> Option<(Exit, Ending)> {
         let rt = self.rt.clone();
         let slot = &mut self.slots[index];
         slot.restart_at = None;
@@ -387,18 +394,15 @@ impl<R: Runtime> Supervisor<R> {
         .await;
         let stopped = if let Some(exit) = in_time {
             let took = rt.now().saturating_duration_since(cancelled_at);
-            Stopped::InTime { took, exit }
+            (exit, Ending::Stopped { took })
         } else {
             running.handle.abort();
             let result = (&mut running.handle).await;
             let took = rt.now().saturating_duration_since(cancelled_at);
             match result {
                 // It finished just as the abort came: report what it returned.
-                Ok(_) | Err(JoinError::Panicked(_)) => Stopped::InTime {
-                    took,
-                    exit: exit_of(result),
-                },
-                Err(_) => Stopped::Aborted { took },
+                Ok(_) | Err(JoinError::Panicked(_)) => (exit_of(result), Ending::Stopped { took }),
+                Err(_) => (Exit::Aborted, Ending::Aborted { took }),
             }
         };
         self.slots[index].running = None;
@@ -408,13 +412,14 @@ impl<R: Runtime> Supervisor<R> {
     async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
-            if let Some(how) = self.stop_one(index).await {
-                let child = Arc::clone(&self.slots[index].spec.name);
+            if let Some((exit, ending)) = self.stop_one(index).await {
+                let name = Arc::clone(&self.slots[index].spec.name);
                 self.emit(SupervisorEvent::Stopped {
-                    child: Arc::clone(&child),
-                    how: how.clone(),
+                    child: Arc::clone(&name),
+                    exit: exit.clone(),
+                    ending,
                 });
-                stopped.push((child, how));
+                stopped.push(TaskReport { name, exit, ending });
             }
         }
         SupervisorReport {

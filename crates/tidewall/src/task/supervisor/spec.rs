@@ -22,7 +22,7 @@ pub enum Restart {
     /// Always restarted, whether it failed or returned `Ok`.
     #[default]
     Permanent,
-    /// Restarted only when it failed (`Err`, panic, or aborted from outside).
+    /// Restarted after any exit but `Ok`: `Err`, a panic, or aborted from outside.
     Transient,
     /// Never restarted.
     Temporary,

@@ -1,0 +1,178 @@
+//! How a task ended, in one vocabulary for supervisors and shutdowns.
+//!
+//! * [`Exit`]: what the task's future did: returned `Ok` or `Err`, panicked, or was aborted.
+//! * [`Ending`]: when it ended relative to being told to stop: on its own, within its grace
+//!   period, or aborted when the grace period ran out.
+//! * [`TaskReport`]: both, for one named task.
+//!
+//! | where | how its future ended | when, relative to the stop |
+//! |---|---|---|
+//! | a supervisor's [`SupervisorEvent`](super::supervisor::SupervisorEvent)s | `Exited { exit, .. }`, `Stopped { exit, .. }` | `Stopped { ending, .. }` |
+//! | [`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped), [`ShutdownReport::components`](super::shutdown::ShutdownReport::components) | [`TaskReport::exit`] | [`TaskReport::ending`] |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::rt::JoinError;
+use crate::task::supervisor::ChildError;
+
+/// How a task's future ended.
+///
+/// The parameters are what each kind of task keeps:
+///
+/// | task | `T` | `E` | `P` |
+/// |---|---|---|---|
+/// | a supervisor's child, a shutdown's component | `()` | the error's message | the panic's message |
+///
+/// That row is the default, a plain `Exit`: messages instead of payloads, so that supervisor
+/// and shutdown reports are `Clone` and `Eq`.
+///
+/// ```
+/// use tidewall::task::Exit;
+///
+/// let exits: [Exit; 4] = [
+///     Exit::Ok(()),
+///     Exit::Err("connection reset".to_owned()),
+///     Exit::Panicked("bad state".to_owned()),
+///     Exit::Aborted,
+/// ];
+/// let failures: Vec<bool> = exits.iter().map(Exit::is_failure).collect();
+/// assert_eq!(failures, [false, true, true, false]);
+///
+/// let exit: Exit<u64> = Exit::Ok(49);
+/// assert_eq!(exit.ok(), Some(49));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit<T = (), E = String, P = String> {
+    /// It returned `Ok`.
+    Ok(T),
+    /// It returned `Err`.
+    Err(E),
+    /// It panicked: its message.
+    Panicked(P),
+    /// It was stopped before it ended: aborted when its grace period or shutdown timeout ran
+    /// out, or lost by its runtime (its task dropped unfinished).
+    Aborted,
+}
+
+impl<T, E, P> Exit<T, E, P> {
+    /// Whether it failed: returned `Err` or panicked. `Ok` and `Aborted` are not failures.
+    ///
+    /// (A transient supervisor child is restarted, and a shutdown started, after any exit but
+    /// `Ok`: an abort included.)
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Err(_) | Self::Panicked(_))
+    }
+
+    /// The value, if it returned `Ok`.
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Self::Ok(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// When a task ended relative to being told to stop, and how long the stop took.
+///
+/// `took` counts from the moment the task was told to stop: its own token cancelled by its
+/// supervisor or, at its turn, by the shutdown.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::task::Ending;
+///
+/// let endings = [
+///     Ending::Finished,
+///     Ending::Stopped { took: Duration::from_millis(20) },
+///     Ending::Aborted { took: Duration::from_secs(5) },
+/// ];
+/// let aborted = endings.iter().filter(|e| matches!(e, Ending::Aborted { .. })).count();
+/// assert_eq!(aborted, 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ending {
+    /// It ended on its own, before it was told to stop.
+    Finished,
+    /// It ended after it was told to stop, within its grace period (a supervisor child's
+    /// shutdown timeout, a shutdown component's timeout or deadline).
+    /// One that ended on its own after the stop, or just as the abort came, reads `Stopped`
+    /// too.
+    Stopped {
+        /// From the stop to its end.
+        took: Duration,
+    },
+    /// It was still running when its grace period ended, and was aborted.
+    Aborted {
+        /// From the stop to the completed abort.
+        took: Duration,
+    },
+}
+
+/// One named task's end: a supervisor's child stopped at its end
+/// ([`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped): never
+/// [`Ending::Finished`]), a shutdown's component
+/// ([`ShutdownReport::components`](super::shutdown::ShutdownReport::components)).
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::task::{CancellationToken, Ending, Exit, TaskReport};
+/// use tidewall::task::supervisor::{ChildSpec, Supervisor};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let supervisor = Supervisor::builder()
+///     .child(ChildSpec::new("consumer", |stop: CancellationToken| async move {
+///         stop.cancelled().await;
+///         tokio::time::sleep(Duration::from_millis(30)).await; // commit offsets
+///         Ok::<(), std::io::Error>(())
+///     }))
+///     .build()?;
+/// let stop = CancellationToken::new();
+/// stop.cancel("deploy");
+/// let report = supervisor.run(stop).await?;
+/// let [TaskReport { name, exit, ending, .. }] = report.stopped.as_slice() else {
+///     panic!("one child was running");
+/// };
+/// assert_eq!(&**name, "consumer");
+/// assert_eq!(*exit, Exit::Ok(()));
+/// assert_eq!(*ending, Ending::Stopped { took: Duration::from_millis(30) });
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskReport {
+    /// The name it was given (a child's spec, a component's registration).
+    pub name: Arc<str>,
+    /// How its future ended.
+    pub exit: Exit,
+    /// Whether it ended on its own, after it was told to stop, or by abort.
+    pub ending: Ending,
+}
+
+/// How a supervised child's or a component's own result reads as an [`Exit`]; computed
+/// inside its task.
+///
+/// Those tasks report an `Exit`, never a `Box<dyn Error>`: a join handle whose output type
+/// holds a trait object makes rustc fail to prove the supervisor's and the shutdown
+/// coordinator's futures `Send` for a concrete runtime (the object's lifetime bound is
+/// erased inside the future).
+pub(crate) fn exit_from(result: Result<(), ChildError>) -> Exit {
+    match result {
+        Ok(()) => Exit::Ok(()),
+        Err(error) => Exit::Err(error.to_string()),
+    }
+}
+
+/// A finished task's [`Exit`], with a panic or an abort read from the join error.
+pub(crate) fn exit_of(result: Result<Exit, JoinError>) -> Exit {
+    match result {
+        Ok(exit) => exit,
+        Err(JoinError::Panicked(panic)) => {
+            Exit::Panicked(panic.message().unwrap_or("<non-string payload>").to_owned())
+        }
+        Err(_) => Exit::Aborted,
+    }
+}
