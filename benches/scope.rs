@@ -46,7 +46,7 @@ async fn tidewall_scope(n: u64) -> u64 {
     let sum: u64 = report
         .children
         .into_iter()
-        .filter_map(|child| child.outcome.ok())
+        .filter_map(|child| child.exit.ok())
         .sum();
     assert_eq!(sum, expected_sum(n), "the scope lost or altered results");
     sum

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime, Spawn};
-use tidewall::task::scope::{ChildOutcome, Ending, FailurePolicy, Scope, SpawnError};
+use tidewall::task::scope::{FailurePolicy, Scope, SpawnError};
+use tidewall::task::{Ending, Exit};
 use tidewall::testing::Clocked;
 
 async fn limit_bounds_running_children<R: Runtime>(rt: Clocked<R>) {
@@ -49,7 +50,7 @@ async fn limit_bounds_running_children<R: Runtime>(rt: Clocked<R>) {
     let mut values: Vec<u64> = report
         .children
         .into_iter()
-        .filter_map(|c| c.outcome.ok())
+        .filter_map(|c| c.exit.ok())
         .collect();
     values.sort_unstable();
     assert_eq!(values, (0..12).collect::<Vec<_>>());
@@ -113,15 +114,12 @@ async fn fail_fast_cancels_siblings_then_aborts_stragglers<R: Runtime>(rt: Clock
         endings,
         [
             (1, Ending::Finished),
-            (0, Ending::AfterCancel { took: ms(5) }),
+            (0, Ending::Stopped { took: ms(5) }),
             (2, Ending::Aborted { took: ms(100) }),
         ]
     );
-    assert!(matches!(
-        report.children[0].outcome,
-        ChildOutcome::Err("disk full")
-    ));
-    assert!(matches!(report.children[2].outcome, ChildOutcome::Aborted));
+    assert!(matches!(report.children[0].exit, Exit::Err("disk full")));
+    assert!(matches!(report.children[2].exit, Exit::Aborted));
 }
 
 struct SetOnDrop(Arc<AtomicBool>);
@@ -161,12 +159,12 @@ async fn panics_are_values_and_collect_all_goes_on<R: Runtime>(rt: Clocked<R>) {
     let mut order = Vec::new();
     while let Some(child) = scope.next().await {
         order.push(child.id.index());
-        match (child.id.index(), child.outcome) {
-            (2, ChildOutcome::Panicked(panic)) => {
+        match (child.id.index(), child.exit) {
+            (2, Exit::Panicked(panic)) => {
                 assert_eq!(panic.message(), Some("child two exploded"));
             }
-            (4, ChildOutcome::Err(message)) => assert_eq!(message, "child 4 refused"),
-            (n, ChildOutcome::Ok(value)) => assert_eq!(u64::from(value), n),
+            (4, Exit::Err(message)) => assert_eq!(message, "child 4 refused"),
+            (n, Exit::Ok(value)) => assert_eq!(u64::from(value), n),
             (n, other) => panic!("child {n}: unexpected {other:?}"),
         }
         assert_eq!(child.ending, Ending::Finished);
@@ -236,8 +234,8 @@ async fn shutdown_is_two_phase_and_refuses_new_spawns<R: Runtime>(rt: Clocked<R>
     assert_eq!(
         endings,
         [
-            Ending::AfterCancel { took: ms(0) },
-            Ending::AfterCancel { took: ms(20) },
+            Ending::Stopped { took: ms(0) },
+            Ending::Stopped { took: ms(20) },
             Ending::Aborted { took: ms(30) },
             Ending::Aborted { took: ms(30) },
         ]
@@ -286,7 +284,7 @@ async fn children_spawn_siblings_and_ok_results_can_be_discarded<R: Runtime>(rt:
         (20, 19, 1)
     );
     assert_eq!(report.children.len(), 1, "only the failure is kept");
-    assert!(matches!(report.children[0].outcome, ChildOutcome::Err(7)));
+    assert!(matches!(report.children[0].exit, Exit::Err(7)));
 }
 
 #[test]
@@ -424,10 +422,7 @@ async fn cancel_close_and_join_within<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(rt.now(), cancelled_at);
     rt.sleep(ms(10)).await;
     let report = scope.join().await;
-    assert_eq!(
-        report.children[0].ending,
-        Ending::AfterCancel { took: ms(7) }
-    );
+    assert_eq!(report.children[0].ending, Ending::Stopped { took: ms(7) });
     assert_eq!(report.first_failure, None);
 
     // close() refuses new children without cancelling the running ones.
@@ -489,7 +484,7 @@ async fn cancel_close_and_join_within<R: Runtime>(rt: Clocked<R>) {
         endings,
         [
             (0, Ending::Finished),
-            (1, Ending::AfterCancel { took: ms(5) }),
+            (1, Ending::Stopped { took: ms(5) }),
             (2, Ending::Aborted { took: ms(20) }),
         ]
     );
@@ -558,10 +553,7 @@ async fn a_parent_token_cancels_the_scope<R: Runtime>(rt: Clocked<R>) {
         report.cancel_reason.unwrap().as_str(),
         "request aborted by the client"
     );
-    assert_eq!(
-        report.children[0].ending,
-        Ending::AfterCancel { took: ms(0) }
-    );
+    assert_eq!(report.children[0].ending, Ending::Stopped { took: ms(0) });
 }
 
 #[test]

@@ -6,10 +6,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tidewall::rt::Panic;
 use tidewall::task::{
-    CancellationToken,
+    CancellationToken, Ending, Exit,
     pool::{JobOutcome, SubmitError, WorkerPool},
-    scope::{ChildOutcome, Ending, FailurePolicy, Scope},
+    scope::{FailurePolicy, Scope},
 };
 
 use super::client::Net;
@@ -167,7 +168,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
     for (index, role) in ROLES.iter().enumerate() {
         let ended = of(index).map_or_else(
             || "not spawned".into(),
-            |c| format!("{}, {}", outcome(&c.outcome), ending(c.ending)),
+            |c| format!("{}, {}", exit(&c.exit), ending(c.ending)),
         );
         s.metric(&format!("#{index} ({})", role.describe()), ended);
     }
@@ -202,7 +203,7 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
             ms(grace)
         ),
         stubborn.and_then(of).is_some_and(|c| {
-            matches!(c.outcome, ChildOutcome::Aborted)
+            matches!(c.exit, Exit::Aborted)
                 && matches!(c.ending, Ending::Aborted { took } if took >= grace)
         }),
     );
@@ -210,20 +211,18 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
         "the cooperative children (#4, #7) stopped on the cancel, within the grace",
         indices(|r| matches!(r, Role::Cooperative(_))).all(|i| {
             of(i).is_some_and(|c| {
-                matches!(c.outcome, ChildOutcome::Ok(STOPPED))
-                    && matches!(c.ending, Ending::AfterCancel { took } if took < grace)
+                matches!(c.exit, Exit::Ok(STOPPED))
+                    && matches!(c.ending, Ending::Stopped { took } if took < grace)
             })
         }),
     );
     s.check(
         "the brief children and the failing one ended on their own (Finished)",
         indices(|r| matches!(r, Role::Brief(_))).all(|i| {
-            of(i).is_some_and(|c| {
-                matches!(c.outcome, ChildOutcome::Ok(DONE)) && c.ending == Ending::Finished
-            })
-        }) && failing.and_then(of).is_some_and(|c| {
-            matches!(c.outcome, ChildOutcome::Err(BAD)) && c.ending == Ending::Finished
-        }),
+            of(i).is_some_and(|c| matches!(c.exit, Exit::Ok(DONE)) && c.ending == Ending::Finished)
+        }) && failing
+            .and_then(of)
+            .is_some_and(|c| matches!(c.exit, Exit::Err(BAD)) && c.ending == Ending::Finished),
     );
     s.check(
         "report.is_balanced(): 8 spawned = 6 ok + 1 failed + 0 panicked + 1 aborted",
@@ -246,15 +245,15 @@ fn indices(wanted: fn(Role) -> bool) -> impl Iterator<Item = usize> {
     (0..ROLES.len()).filter(move |&index| wanted(ROLES[index]))
 }
 
-fn outcome(outcome: &ChildOutcome<&str, &str>) -> String {
-    match outcome {
-        ChildOutcome::Ok(value) => format!("Ok({value:?})"),
-        ChildOutcome::Err(error) => format!("Err({error:?})"),
-        ChildOutcome::Panicked(panic) => format!(
+fn exit(exit: &Exit<&str, &str, Panic>) -> String {
+    match exit {
+        Exit::Ok(value) => format!("Ok({value:?})"),
+        Exit::Err(error) => format!("Err({error:?})"),
+        Exit::Panicked(panic) => format!(
             "panicked: {}",
             panic.message().unwrap_or("<non-string payload>")
         ),
-        ChildOutcome::Aborted => "Aborted".into(),
+        Exit::Aborted => "Aborted".into(),
         other => format!("{other:?}"),
     }
 }
@@ -262,7 +261,7 @@ fn outcome(outcome: &ChildOutcome<&str, &str>) -> String {
 fn ending(ending: Ending) -> String {
     match ending {
         Ending::Finished => "Finished".into(),
-        Ending::AfterCancel { took } => format!("AfterCancel {{ took: {} }}", ms(took)),
+        Ending::Stopped { took } => format!("Stopped {{ took: {} }}", ms(took)),
         Ending::Aborted { took } => format!("Aborted {{ took: {} }}", ms(took)),
         other => format!("{other:?}"),
     }

@@ -1,4 +1,4 @@
-//! How a task ended, in one vocabulary for supervisors and shutdowns.
+//! How a task ended, in one vocabulary for scopes, supervisors and shutdowns.
 //!
 //! * [`Exit`]: what the task's future did: returned `Ok` or `Err`, panicked, or was aborted.
 //! * [`Ending`]: when it ended relative to being told to stop: on its own, within its grace
@@ -7,6 +7,7 @@
 //!
 //! | where | how its future ended | when, relative to the stop |
 //! |---|---|---|
+//! | a scope's [`ChildReport`](super::scope::ChildReport) | `exit: Exit<T, E, Panic>` | `ending: Ending` |
 //! | a supervisor's [`SupervisorEvent`](super::supervisor::SupervisorEvent)s | `Exited { exit, .. }`, `Stopped { exit, .. }` | `Stopped { ending, .. }` |
 //! | [`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped), [`ShutdownReport::components`](super::shutdown::ShutdownReport::components) | [`TaskReport::exit`] | [`TaskReport::ending`] |
 
@@ -22,10 +23,12 @@ use crate::task::supervisor::ChildError;
 ///
 /// | task | `T` | `E` | `P` |
 /// |---|---|---|---|
+/// | a scope's child ([`ChildReport`](super::scope::ChildReport)) | its `Ok` value | its `Err` value | the payload: [`Panic`](crate::rt::Panic) |
 /// | a supervisor's child, a shutdown's component | `()` | the error's message | the panic's message |
 ///
-/// That row is the default, a plain `Exit`: messages instead of payloads, so that supervisor
-/// and shutdown reports are `Clone` and `Eq`.
+/// The last row is the default, a plain `Exit`: messages instead of payloads, so that
+/// supervisor and shutdown reports are `Clone` and `Eq`. An `Exit` whose `P` is a
+/// [`Panic`](crate::rt::Panic) is only `Debug`.
 ///
 /// ```
 /// use tidewall::task::Exit;
@@ -39,8 +42,8 @@ use crate::task::supervisor::ChildError;
 /// let failures: Vec<bool> = exits.iter().map(Exit::is_failure).collect();
 /// assert_eq!(failures, [false, true, true, false]);
 ///
-/// let exit: Exit<u64> = Exit::Ok(49);
-/// assert_eq!(exit.ok(), Some(49));
+/// let child: Exit<u64, &str, tidewall::rt::Panic> = Exit::Ok(49);
+/// assert_eq!(child.ok(), Some(49));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,7 +52,7 @@ pub enum Exit<T = (), E = String, P = String> {
     Ok(T),
     /// It returned `Err`.
     Err(E),
-    /// It panicked: its message.
+    /// It panicked: the payload (scope) or its message (supervisor, shutdown).
     Panicked(P),
     /// It was stopped before it ended: aborted when its grace period or shutdown timeout ran
     /// out, or lost by its runtime (its task dropped unfinished).
@@ -59,8 +62,9 @@ pub enum Exit<T = (), E = String, P = String> {
 impl<T, E, P> Exit<T, E, P> {
     /// Whether it failed: returned `Err` or panicked. `Ok` and `Aborted` are not failures.
     ///
-    /// (A transient supervisor child is restarted, and a shutdown started, after any exit but
-    /// `Ok`: an abort included.)
+    /// This is what a [`FailurePolicy::FailFast`](super::scope::FailurePolicy::FailFast)
+    /// scope stops on. (A transient supervisor child is restarted, and a shutdown started,
+    /// after any exit but `Ok`: an abort included.)
     pub fn is_failure(&self) -> bool {
         matches!(self, Self::Err(_) | Self::Panicked(_))
     }
@@ -76,8 +80,9 @@ impl<T, E, P> Exit<T, E, P> {
 
 /// When a task ended relative to being told to stop, and how long the stop took.
 ///
-/// `took` counts from the moment the task was told to stop: its own token cancelled by its
-/// supervisor or, at its turn, by the shutdown.
+/// `took` counts from the moment the task was told to stop: the cancellation of its scope
+/// (as the scope saw it: see [`ChildReport`](super::scope::ChildReport)), or its own token
+/// cancelled by its supervisor or, at its turn, by the shutdown.
 ///
 /// ```
 /// use std::time::Duration;
@@ -96,8 +101,8 @@ impl<T, E, P> Exit<T, E, P> {
 pub enum Ending {
     /// It ended on its own, before it was told to stop.
     Finished,
-    /// It ended after it was told to stop, within its grace period (a supervisor child's
-    /// shutdown timeout, a shutdown component's timeout or deadline).
+    /// It ended after it was told to stop, within its grace period (a scope's grace, a
+    /// supervisor child's shutdown timeout, a shutdown component's timeout or deadline).
     /// One that ended on its own after the stop, or just as the abort came, reads `Stopped`
     /// too.
     Stopped {

@@ -19,7 +19,7 @@
 //! * [`shutdown`]: a service's components stopped in reverse registration order within one
 //!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
 //!   component; a final report.
-//! * [`Exit`], [`Ending`], [`TaskReport`]: how a task ended, in one vocabulary for
+//! * [`Exit`], [`Ending`], [`TaskReport`]: how a task ended, in one vocabulary for scopes,
 //!   supervisors and shutdowns: what its future did (returned `Ok` or `Err`, panicked, was
 //!   aborted) and when it ended relative to being told to stop.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a

@@ -19,9 +19,9 @@ use futures_util::future::CatchUnwind;
 use pin_project_lite::pin_project;
 
 use super::ledger::Ledger;
-use super::report::{ChildId, ChildOutcome};
+use super::report::ChildId;
 use crate::rt::{Panic, Runtime};
-use crate::task::CancellationToken;
+use crate::task::{CancellationToken, Exit};
 
 pub(super) struct State<T, E> {
     /// Children admitted and not yet ended (a spawn in progress counts).
@@ -133,7 +133,7 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
     }
 
     /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.
-    fn finish(&self, guard: &ChildGuard<T, E, R>, outcome: ChildOutcome<T, E>) {
+    fn finish(&self, guard: &ChildGuard<T, E, R>, exit: Exit<T, E, Panic>) {
         let cancelled = self.token.is_cancelled();
         let (reason, spawners, owner) = {
             let mut state = self.state();
@@ -142,10 +142,9 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
                 state.abort_wakers[slot] = None;
                 state.free_slots.push(slot);
             }
-            let reason =
-                state
-                    .ledger
-                    .record(ChildId(guard.id), outcome, || self.rt.now(), cancelled);
+            let reason = state
+                .ledger
+                .record(ChildId(guard.id), exit, || self.rt.now(), cancelled);
             if reason.is_some() {
                 state.closed = true;
             }
@@ -167,7 +166,7 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
 }
 
 /// Records the child's end exactly once: when it completes or is aborted by the scope, and
-/// as [`ChildOutcome::Aborted`] when its task is dropped unfinished (its runtime shut down).
+/// as [`Exit::Aborted`] when its task is dropped unfinished (its runtime shut down).
 pub(super) struct ChildGuard<T, E, R: Runtime> {
     shared: Arc<Shared<T, E, R>>,
     id: u64,
@@ -177,17 +176,17 @@ pub(super) struct ChildGuard<T, E, R: Runtime> {
 }
 
 impl<T, E, R: Runtime> ChildGuard<T, E, R> {
-    fn finish(&mut self, outcome: ChildOutcome<T, E>) {
+    fn finish(&mut self, exit: Exit<T, E, Panic>) {
         if !self.finished {
             self.finished = true;
-            self.shared.finish(self, outcome);
+            self.shared.finish(self, exit);
         }
     }
 }
 
 impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
     fn drop(&mut self) {
-        self.finish(ChildOutcome::Aborted);
+        self.finish(Exit::Aborted);
     }
 }
 
@@ -244,9 +243,9 @@ where
             if let Poll::Ready(caught) = future.poll(cx) {
                 this.future.set(None);
                 this.guard.finish(match caught {
-                    Ok(Ok(value)) => ChildOutcome::Ok(value),
-                    Ok(Err(error)) => ChildOutcome::Err(error),
-                    Err(payload) => ChildOutcome::Panicked(Panic::new(payload)),
+                    Ok(Ok(value)) => Exit::Ok(value),
+                    Ok(Err(error)) => Exit::Err(error),
+                    Err(payload) => Exit::Panicked(Panic::new(payload)),
                 });
                 return Poll::Ready(());
             }
@@ -267,7 +266,7 @@ where
         }
         // Aborted: drop the child's future first (its destructors run now), then report.
         this.future.set(None);
-        this.guard.finish(ChildOutcome::Aborted);
+        this.guard.finish(Exit::Aborted);
         Poll::Ready(())
     }
 }

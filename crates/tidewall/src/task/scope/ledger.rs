@@ -3,8 +3,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::report::{ChildId, ChildOutcome, ChildReport, Ending, FailurePolicy, ScopeReport};
-use crate::task::Reason;
+use super::report::{ChildId, ChildReport, FailurePolicy, ScopeReport};
+use crate::rt::Panic;
+use crate::task::{Ending, Exit, Reason};
 
 pub(super) struct Ledger<T, E> {
     reports: VecDeque<ChildReport<T, E>>,
@@ -51,15 +52,15 @@ impl<T, E> Ledger<T, E> {
     pub(super) fn record(
         &mut self,
         id: ChildId,
-        outcome: ChildOutcome<T, E>,
+        exit: Exit<T, E, Panic>,
         now: impl FnOnce() -> Instant,
         already_cancelled: bool,
     ) -> Option<Reason> {
         let fail_fast = self.policy == FailurePolicy::FailFast
             && !already_cancelled
             && self.cancelled_at.is_none()
-            && outcome.is_failure();
-        let aborted = matches!(outcome, ChildOutcome::Aborted);
+            && exit.is_failure();
+        let aborted = matches!(exit, Exit::Aborted);
         let now = (already_cancelled || aborted || fail_fast).then(now);
         // A child that ended before it could see the token cancelled finished on its own,
         // even if a failing sibling got to the ledger first.
@@ -67,13 +68,13 @@ impl<T, E> Ledger<T, E> {
             Some(now) if aborted => Ending::Aborted {
                 took: now.saturating_duration_since(self.note_cancel(now)),
             },
-            Some(now) if already_cancelled => Ending::AfterCancel {
+            Some(now) if already_cancelled => Ending::Stopped {
                 took: now.saturating_duration_since(self.note_cancel(now)),
             },
             _ => Ending::Finished,
         };
-        let reason = fail_fast.then(|| match &outcome {
-            ChildOutcome::Panicked(panic) => Reason::new(format!(
+        let reason = fail_fast.then(|| match &exit {
+            Exit::Panicked(panic) => Reason::new(format!(
                 "{id} panicked: {}",
                 panic.message().unwrap_or("<non-string payload>")
             )),
@@ -84,18 +85,14 @@ impl<T, E> Ledger<T, E> {
             self.fail_reason.clone_from(&reason);
             self.first_failure = Some(id);
         }
-        match outcome {
-            ChildOutcome::Ok(_) => self.succeeded += 1,
-            ChildOutcome::Err(_) => self.failed += 1,
-            ChildOutcome::Panicked(_) => self.panicked += 1,
-            ChildOutcome::Aborted => self.aborted += 1,
+        match exit {
+            Exit::Ok(_) => self.succeeded += 1,
+            Exit::Err(_) => self.failed += 1,
+            Exit::Panicked(_) => self.panicked += 1,
+            Exit::Aborted => self.aborted += 1,
         }
-        if self.keep_ok || !matches!(outcome, ChildOutcome::Ok(_)) {
-            self.reports.push_back(ChildReport {
-                id,
-                outcome,
-                ending,
-            });
+        if self.keep_ok || !matches!(exit, Exit::Ok(_)) {
+            self.reports.push_back(ChildReport { id, exit, ending });
         }
         reason
     }

@@ -14,11 +14,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use super::builder::ScopeBuilder;
 use super::close::{Closing, Plan, close};
 use super::ledger::Ledger;
-use super::report::{ChildId, ChildOutcome, ChildReport, ScopeReport, SpawnError};
+use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{DefaultRuntime, Panic, Runtime, instant_after};
-use crate::task::{CancellationToken, Reason};
+use crate::task::{CancellationToken, Exit, Reason};
 
-type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, ChildOutcome<T, E>)>>>;
+type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, Exit<T, E, Panic>)>>>;
 
 struct LocalState<T, E> {
     /// Spawned, not yet moved into the driver's set.
@@ -65,7 +65,7 @@ struct LocalShared<T, E, R> {
 ///     scope.spawn(async move { Ok(shared[i] * 2) }).await.ok();
 /// }
 /// let report = scope.join().await;
-/// let mut values: Vec<_> = report.children.into_iter().filter_map(|c| c.outcome.ok()).collect();
+/// let mut values: Vec<_> = report.children.into_iter().filter_map(|c| c.exit.ok()).collect();
 /// values.sort();
 /// assert_eq!(values, [2, 4, 6]);
 /// # Ok(()) }
@@ -197,12 +197,12 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         state.ledger.spawned += 1;
         state.running.insert(id);
         state.incoming.push(Box::pin(async move {
-            let outcome = match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(value)) => ChildOutcome::Ok(value),
-                Ok(Err(error)) => ChildOutcome::Err(error),
-                Err(payload) => ChildOutcome::Panicked(Panic::new(payload)),
+            let exit = match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(Ok(value)) => Exit::Ok(value),
+                Ok(Err(error)) => Exit::Err(error),
+                Err(payload) => Exit::Panicked(Panic::new(payload)),
             };
-            (id, outcome)
+            (id, exit)
         }));
         let driver = state.driver.take();
         drop(state);
@@ -371,18 +371,18 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
                 std::mem::take(&mut state.incoming)
             };
             self.set.extend(incoming);
-            let Poll::Ready(Some((id, outcome))) = self.set.poll_next_unpin(cx) else {
+            let Poll::Ready(Some((id, exit))) = self.set.poll_next_unpin(cx) else {
                 // Children spawned from inside children during that poll are picked up here.
                 if self.shared.state.borrow().incoming.is_empty() {
                     return;
                 }
                 continue;
             };
-            self.record(id, outcome);
+            self.record(id, exit);
         }
     }
 
-    fn record(&self, id: u64, outcome: ChildOutcome<T, E>) {
+    fn record(&self, id: u64, exit: Exit<T, E, Panic>) {
         let rt = &self.shared.rt;
         let cancelled = self.shared.token.is_cancelled();
         let (reason, wakers) = {
@@ -392,7 +392,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
             }
             let reason = state
                 .ledger
-                .record(ChildId(id), outcome, || rt.now(), cancelled);
+                .record(ChildId(id), exit, || rt.now(), cancelled);
             if reason.is_some() {
                 state.closed = true;
             }
@@ -461,7 +461,7 @@ impl<T: 'static, E: 'static, R: Runtime> Closing for LocalScope<T, E, R> {
         for id in left {
             state
                 .ledger
-                .record(ChildId(id), ChildOutcome::Aborted, || now, true);
+                .record(ChildId(id), Exit::Aborted, || now, true);
         }
     }
 }

@@ -18,9 +18,7 @@ mod tasks;
 
 pub use builder::{DEFAULT_GRACE, ScopeBuilder};
 pub use local::{LocalScope, LocalSpawner};
-pub use report::{
-    ChildId, ChildOutcome, ChildReport, Ending, FailurePolicy, ScopeReport, SpawnError,
-};
+pub use report::{ChildId, ChildReport, FailurePolicy, ScopeReport, SpawnError};
 pub use tasks::{Scope, Spawner};
 
 /// Runs both futures; `true` when `first` completes first (or both in the same poll).

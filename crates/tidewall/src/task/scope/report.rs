@@ -1,10 +1,9 @@
 //! What a scope tells its owner: how each child ended, and the scope as a whole.
 
 use std::fmt;
-use std::time::Duration;
 
 use crate::rt::Panic;
-use crate::task::Reason;
+use crate::task::{Ending, Exit, Reason};
 
 /// Identifies a child within its scope: the order in which it was spawned, from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,69 +22,25 @@ impl fmt::Display for ChildId {
     }
 }
 
-/// How a child's future ended.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ChildOutcome<T, E> {
-    /// It returned `Ok`.
-    Ok(T),
-    /// It returned `Err`.
-    Err(E),
-    /// It panicked; the payload is kept.
-    Panicked(Panic),
-    /// It ignored the scope's cancellation past the grace period and was aborted (dropped).
-    Aborted,
-}
-
-impl<T, E> ChildOutcome<T, E> {
-    /// Whether this outcome counts as a failure for [`FailurePolicy::FailFast`].
-    pub fn is_failure(&self) -> bool {
-        matches!(self, Self::Err(_) | Self::Panicked(_))
-    }
-
-    /// The value, if the child returned `Ok`.
-    pub fn ok(self) -> Option<T> {
-        match self {
-            Self::Ok(value) => Some(value),
-            _ => None,
-        }
-    }
-}
-
-/// When a child ended relative to the scope's cancellation.
+/// One child's end: how its future ended, and how (and how fast) it stopped.
 ///
-/// Times run from the cancellation as the scope saw it: exact for [`Scope::cancel`],
-/// `shutdown`, `join_within` and a fail-fast failure; for a cancellation that reached the
-/// scope through its parent token (or its own token, cancelled directly), from the moment the
-/// scope first noticed it (a join watching, or a child ending).
+/// [`Ending`] times run from the cancellation as the scope saw it: exact for
+/// [`Scope::cancel`], `shutdown`, `join_within` and a fail-fast failure; for a cancellation
+/// that reached the scope through its parent token (or its own token, cancelled directly),
+/// from the moment the scope first noticed it (a join watching, or a child ending).
 ///
 /// [`Scope::cancel`]: super::Scope::cancel
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Ending {
-    /// It ended on its own, before the scope was cancelled.
-    Finished,
-    /// It returned (or panicked) after the scope was cancelled, within the grace period.
-    AfterCancel {
-        /// From the cancellation to its end: how long it took to stop.
-        took: Duration,
-    },
-    /// It was still running at the end of the grace period and was aborted.
-    Aborted {
-        /// From the cancellation to the completed abort.
-        took: Duration,
-    },
-}
-
-/// One child's end: its outcome, and how (and how fast) it stopped.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ChildReport<T, E> {
     /// Which child.
     pub id: ChildId,
-    /// What it returned.
-    pub outcome: ChildOutcome<T, E>,
-    /// Whether it ended on its own, after the cancellation, or by abort.
+    /// What it returned (`Ok`, `Err`), its panic with the payload, or [`Exit::Aborted`]:
+    /// it ignored the scope's cancellation past the grace period and was aborted (dropped),
+    /// or its task was dropped unfinished (its runtime shut down).
+    pub exit: Exit<T, E, Panic>,
+    /// Whether it ended on its own ([`Ending::Finished`]), after the scope was cancelled,
+    /// within the grace period ([`Ending::Stopped`]), or by abort ([`Ending::Aborted`]).
     pub ending: Ending,
 }
 
