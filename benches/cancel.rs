@@ -15,10 +15,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tidewall::rt::Tokio;
-use tidewall::task::{
-    CancellationToken,
-    pool::{JobOutcome, WorkerPool},
-};
+use tidewall::task::{CancellationToken, Exit, pool::WorkerPool};
 use tokio_util::sync::CancellationToken as TokioToken;
 
 fn cancel_tokens(c: &mut criterion::Criterion) {
@@ -85,7 +82,7 @@ fn cancel_tokens(c: &mut criterion::Criterion) {
             }
             let mut sum = 0;
             for handle in handles {
-                if let JobOutcome::Completed(v) = handle.await {
+                if let Exit::Ok(v) = handle.await {
                     sum += v;
                 }
             }

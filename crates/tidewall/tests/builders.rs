@@ -211,10 +211,7 @@ async fn worker_pool_sizes_are_bounded_and_durations_fit() {
         .start(|n: u64| async move { n + 1 })
         .unwrap();
     let job = pool.submit(41).await.unwrap();
-    assert!(matches!(
-        job.await,
-        tidewall::task::pool::JobOutcome::Completed(42)
-    ));
+    assert!(matches!(job.await, tidewall::task::Exit::Ok(42)));
     let report = pool.shutdown(Duration::MAX).await;
     assert_eq!((report.submitted, report.completed), (1, 1));
 }

@@ -2202,10 +2202,7 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
         })
         .unwrap();
     let quick = pool.submit(7).await.ok().unwrap();
-    assert!(matches!(
-        quick.await,
-        tidewall::task::pool::JobOutcome::Completed(49)
-    ));
+    assert!(matches!(quick.await, tidewall::task::Exit::Ok(49)));
     let stuck = pool.submit(0).await.ok().unwrap();
     // Wait (deterministically, on a condition) until the job and its timeout have timers.
     while mixed.clock.pending_timers() < 2 {
@@ -2214,7 +2211,7 @@ async fn a_clock_plus_spawn_runs_the_task_patterns<R: Runtime>(rt: Clocked<R>) {
     mixed.clock.advance(secs(1));
     assert!(matches!(
         stuck.await,
-        tidewall::task::pool::JobOutcome::TimedOut
+        tidewall::task::Exit::Err(tidewall::time::Elapsed)
     ));
     let report = pool.shutdown(secs(5)).await;
     assert_eq!((report.submitted, report.completed), (2, 1));

@@ -17,8 +17,8 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::fan_out::FanOut;
 use tidewall::rt::{Clock, Runtime, Spawn, TaskHandle};
 use tidewall::task::{
-    CancellationToken,
-    pool::{JobOutcome, SubmitError, WorkerPool},
+    CancellationToken, Exit,
+    pool::{SubmitError, WorkerPool},
     supervisor::{ChildSpec, Supervisor},
 };
 use tidewall::testing::Clocked;
@@ -27,7 +27,7 @@ use tidewall::{Backoff, Jitter};
 // Docs (`WorkerPool::submit`): "Cancel safety: dropping the future before it resolves drops
 // `job` unqueued." (`WorkerPool`): "a shutdown that drains within a deadline and hands back
 // every job never started (`submitted = completed + failed + handed back`)"; "A panicking job
-// is reported as `JobOutcome::Panicked` and the worker goes on with the next job".
+// is reported as `Exit::Panicked` and the worker goes on with the next job".
 async fn pool_storm<R: Runtime>(rt: Clocked<R>) {
     let started = Arc::new(Mutex::new(Vec::new()));
     let (clock, log) = (rt.clone(), started.clone());
@@ -60,16 +60,12 @@ async fn pool_storm<R: Runtime>(rt: Clocked<R>) {
                 Ok(handle) => {
                     accepted.lock().unwrap().insert(job);
                     if keep {
-                        let outcome = handle.await;
-                        let ok = matches!(outcome, JobOutcome::Completed(j) if j == job);
-                        let failed = matches!(
-                            outcome,
-                            JobOutcome::Panicked(_)
-                                | JobOutcome::TimedOut
-                                | JobOutcome::Aborted
-                                | JobOutcome::HandedBack
-                        );
-                        assert!(ok || failed, "job {job}: {outcome:?}");
+                        let exit = handle.await;
+                        let ok = matches!(exit, Exit::Ok(j) if j == job);
+                        // Panicked, timed out (`Err`), or aborted or handed back at shutdown.
+                        let failed =
+                            matches!(exit, Exit::Panicked(_) | Exit::Err(_) | Exit::Aborted);
+                        assert!(ok || failed, "job {job}: {exit:?}");
                     }
                 }
                 Err(SubmitError::Closed(j)) => assert_eq!(j, job),
@@ -155,8 +151,8 @@ async fn waiting_producers_get_their_jobs_back<R: Runtime>(rt: Clocked<R>) {
     for (w, job) in waiters.into_iter().zip(10..15u64) {
         assert_eq!(w.await.unwrap(), Err(SubmitError::Closed(job)));
     }
-    assert!(matches!(running.await, JobOutcome::Completed(1_000)));
-    assert!(matches!(queued.await, JobOutcome::Completed(1_000)));
+    assert!(matches!(running.await, Exit::Ok(1_000)));
+    assert!(matches!(queued.await, Exit::Ok(1_000)));
     assert_eq!((report.submitted, report.completed), (2, 2));
 }
 
@@ -198,11 +194,8 @@ async fn dropped_shutdown_leaves_workers_draining<R: Runtime>(rt: Clocked<R>) {
         Err(SubmitError::Closed(1))
     ));
     for (i, h) in handles.into_iter().enumerate() {
-        let outcome = h.await;
-        assert!(
-            matches!(outcome, JobOutcome::Completed(100)),
-            "job {i}: {outcome:?}"
-        );
+        let exit = h.await;
+        assert!(matches!(exit, Exit::Ok(100)), "job {i}: {exit:?}");
     }
 }
 

@@ -12,7 +12,8 @@ use tidewall::fan_out::FanOut;
 use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::Runtime;
-use tidewall::task::pool::{JobOutcome, WorkerPool};
+use tidewall::task::Exit;
+use tidewall::task::pool::WorkerPool;
 
 use crate::runtimes::{Rt, Spawner};
 
@@ -83,7 +84,7 @@ async fn on<R: Runtime + Clone>(
             }
             for handle in handles {
                 match handle.await {
-                    JobOutcome::Completed(value) => {
+                    Exit::Ok(value) => {
                         sum += value;
                         count += 1;
                     }

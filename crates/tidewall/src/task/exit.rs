@@ -1,4 +1,4 @@
-//! How a task ended, in one vocabulary for scopes, supervisors and shutdowns.
+//! How a task ended, in one vocabulary for scopes, supervisors, worker pools and shutdowns.
 //!
 //! * [`Exit`]: what the task's future did: returned `Ok` or `Err`, panicked, or was aborted.
 //! * [`Ending`]: when it ended relative to being told to stop: on its own, within its grace
@@ -8,6 +8,7 @@
 //! | where | how its future ended | when, relative to the stop |
 //! |---|---|---|
 //! | a scope's [`ChildReport`](super::scope::ChildReport) | `exit: Exit<T, E, Panic>` | `ending: Ending` |
+//! | a pool's [`JobHandle`](super::pool::JobHandle) | resolves to `Exit<T, Elapsed, Panic>` | (not reported) |
 //! | a supervisor's [`SupervisorEvent`](super::supervisor::SupervisorEvent)s | `Exited { exit, .. }`, `Stopped { exit, .. }` | `Stopped { ending, .. }` |
 //! | [`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped), [`ShutdownReport::components`](super::shutdown::ShutdownReport::components) | [`TaskReport::exit`] | [`TaskReport::ending`] |
 
@@ -24,6 +25,7 @@ use crate::task::supervisor::ChildError;
 /// | task | `T` | `E` | `P` |
 /// |---|---|---|---|
 /// | a scope's child ([`ChildReport`](super::scope::ChildReport)) | its `Ok` value | its `Err` value | the payload: [`Panic`](crate::rt::Panic) |
+/// | a pool's job ([`JobHandle`](super::pool::JobHandle)) | the job's value | [`Elapsed`](crate::time::Elapsed): it exceeded the per-job timeout | the payload: [`Panic`](crate::rt::Panic) |
 /// | a supervisor's child, a shutdown's component | `()` | the error's message | the panic's message |
 ///
 /// The last row is the default, a plain `Exit`: messages instead of payloads, so that
@@ -42,20 +44,22 @@ use crate::task::supervisor::ChildError;
 /// let failures: Vec<bool> = exits.iter().map(Exit::is_failure).collect();
 /// assert_eq!(failures, [false, true, true, false]);
 ///
-/// let child: Exit<u64, &str, tidewall::rt::Panic> = Exit::Ok(49);
-/// assert_eq!(child.ok(), Some(49));
+/// let job: Exit<u64, tidewall::time::Elapsed, tidewall::rt::Panic> = Exit::Ok(49);
+/// assert_eq!(job.ok(), Some(49));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Exit<T = (), E = String, P = String> {
-    /// It returned `Ok`.
+    /// It returned `Ok` (a pool job: it returned its value).
     Ok(T),
-    /// It returned `Err`.
+    /// It returned `Err` (a pool job: it exceeded the per-job timeout and was dropped).
     Err(E),
-    /// It panicked: the payload (scope) or its message (supervisor, shutdown).
+    /// It panicked: the payload (scope, pool) or its message (supervisor, shutdown).
     Panicked(P),
-    /// It was stopped before it ended: aborted when its grace period or shutdown timeout ran
-    /// out, or lost by its runtime (its task dropped unfinished).
+    /// It was stopped before it ended: aborted when its grace period, shutdown timeout or
+    /// drain deadline ran out, or lost by its runtime (its task dropped unfinished). A pool
+    /// job also reads `Aborted` when the pool shut down before it started: the job itself is
+    /// then in [`PoolReport::handed_back`](super::pool::PoolReport::handed_back).
     Aborted,
 }
 

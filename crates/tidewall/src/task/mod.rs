@@ -20,8 +20,8 @@
 //!   deadline, started by SIGINT/SIGTERM (through the runtime seam), a trigger, or a failing
 //!   component; a final report.
 //! * [`Exit`], [`Ending`], [`TaskReport`]: how a task ended, in one vocabulary for scopes,
-//!   supervisors and shutdowns: what its future did (returned `Ok` or `Err`, panicked, was
-//!   aborted) and when it ended relative to being told to stop.
+//!   supervisors, pools and shutdowns: what its future did (returned `Ok` or `Err`,
+//!   panicked, was aborted) and when it ended relative to being told to stop.
 //! * [`periodic`]: work every period with an explicit missed-tick behaviour, stopped by a
 //!   token; [`HealthChecker`]: a probe at once, then one each period, each with a timeout,
 //!   published through a watch-style [`HealthHandle`].

@@ -52,8 +52,8 @@ impl<R> WorkerPoolBuilder<R> {
         self
     }
 
-    /// Bounds each job (default: none); a job that runs longer ends as
-    /// [`JobOutcome::TimedOut`](super::JobOutcome::TimedOut).
+    /// Bounds each job (default: none); a job that runs longer is dropped, and its handle
+    /// reads [`Exit::Err`](crate::task::Exit::Err) with [`Elapsed`](crate::time::Elapsed).
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = Some(timeout);
         self

@@ -13,21 +13,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::rt::{DefaultRuntime, Runtime, TaskHandle};
+use crate::task::Exit;
 use crate::time::FutureExt as _;
 
 pub use builder::WorkerPoolBuilder;
 pub use queue::Submitter;
 use queue::{Shared, submit, try_submit};
-pub use report::{JobHandle, JobOutcome, PoolReport, SubmitError};
+pub use report::{JobHandle, PoolReport, SubmitError};
 
 /// A fixed set of workers running jobs from a bounded queue.
 ///
 /// * [`submit`](Self::submit) waits for room in the queue (backpressure; waiting producers
 ///   are all woken when room frees, so the order among them is not FIFO);
 ///   [`try_submit`](Self::try_submit) hands the job back at once when it is full.
-/// * Each job runs with an optional timeout; its [`JobHandle`] reports the [`JobOutcome`]. A
-///   panicking job is reported as [`JobOutcome::Panicked`] and the worker goes on with the
-///   next job (jobs share no state, so a caught panic leaves nothing behind to replace).
+/// * Each job runs with an optional timeout; its [`JobHandle`] reports its [`Exit`] (a
+///   timeout is `Exit::Err`). A panicking job is reported as [`Exit::Panicked`] and the
+///   worker goes on with the next job (jobs share no state, so a caught panic leaves nothing
+///   behind to replace).
 /// * [`shutdown`](Self::shutdown) stops accepting, drains the queue within a deadline, aborts
 ///   what still runs, and hands back every job never started: `submitted = completed +
 ///   failed + handed back`, always.
@@ -35,7 +37,7 @@ pub use report::{JobHandle, JobOutcome, PoolReport, SubmitError};
 /// ```
 /// use std::time::Duration;
 /// use tidewall::rt::Tokio;
-/// use tidewall::task::pool::{JobOutcome, WorkerPool};
+/// use tidewall::task::{Exit, pool::WorkerPool};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,7 +47,7 @@ pub use report::{JobHandle, JobOutcome, PoolReport, SubmitError};
 ///     .runtime(Tokio)
 ///     .start(|n: u64| async move { n * n })?;
 /// let job = pool.submit(7).await?;
-/// assert!(matches!(job.await, JobOutcome::Completed(49)));
+/// assert!(matches!(job.await, Exit::Ok(49)));
 /// let report = pool.shutdown(Duration::from_secs(5)).await;
 /// assert_eq!((report.submitted, report.completed), (1, 1));
 /// # Ok(()) }
@@ -178,7 +180,7 @@ where
         let handed_back = never_run
             .into_iter()
             .map(|(job, result)| {
-                let _ = result.send(JobOutcome::HandedBack);
+                let _ = result.send(Exit::Aborted);
                 job
             })
             .collect();

@@ -7,9 +7,10 @@ use std::task::{Poll, Waker};
 
 use futures_channel::oneshot;
 
-use super::{JobHandle, JobOutcome, SubmitError};
+use super::report::JobExit;
+use super::{JobHandle, SubmitError};
 
-pub(super) type Queued<J, T> = (J, oneshot::Sender<JobOutcome<T>>);
+pub(super) type Queued<J, T> = (J, oneshot::Sender<JobExit<T>>);
 
 pub(super) struct Queue<J, T> {
     pub(super) jobs: VecDeque<Queued<J, T>>,

@@ -8,23 +8,11 @@ use std::task::{Context, Poll};
 use futures_channel::oneshot;
 
 use crate::rt::Panic;
+use crate::task::Exit;
+use crate::time::Elapsed;
 
-/// How a job ended.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum JobOutcome<T> {
-    /// It ran to completion.
-    Completed(T),
-    /// It panicked (the worker goes on with the next job).
-    Panicked(Panic),
-    /// It exceeded the per-job timeout and was dropped.
-    TimedOut,
-    /// The pool was shut down while it ran, past the drain deadline, and it was aborted.
-    Aborted,
-    /// The pool was shut down before it started: the job itself is in
-    /// [`PoolReport::handed_back`].
-    HandedBack,
-}
+/// How a job ended, as its [`JobHandle`] resolves.
+pub(super) type JobExit<T> = Exit<T, Elapsed, Panic>;
 
 /// Why a job was not queued: the job comes back, never lost.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,22 +44,57 @@ impl<J> std::fmt::Display for SubmitError<J> {
 
 impl<J: std::fmt::Debug> std::error::Error for SubmitError<J> {}
 
-/// The result of one job: await it for the [`JobOutcome`].
+/// The result of one job: await it for an [`Exit<T, Elapsed, Panic>`](Exit).
+///
+/// * [`Exit::Ok`]: it ran to completion; its value.
+/// * [`Exit::Err`]: it exceeded the per-job timeout
+///   ([`WorkerPoolBuilder::job_timeout`](super::WorkerPoolBuilder::job_timeout)) and was
+///   dropped; the [`Elapsed`].
+/// * [`Exit::Panicked`]: it panicked; the payload (the worker goes on with the next job).
+/// * [`Exit::Aborted`]: the pool was shut down and this job did not run to its end: either
+///   it was still running at the drain deadline and was aborted (counted in
+///   [`PoolReport::aborted`]), or it had not started and was handed back (the job itself is
+///   in [`PoolReport::handed_back`]). The handle does not say which of the two; the report
+///   counts them apart.
 ///
 /// Dropping it does not cancel the job (the pool still runs it).
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::rt::Tokio;
+/// use tidewall::task::{Exit, pool::WorkerPool};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = WorkerPool::builder()
+///     .workers(1)
+///     .queue(10)
+///     .job_timeout(Duration::from_secs(1))
+///     .runtime(Tokio)
+///     .start(|ms: u64| async move {
+///         tokio::time::sleep(Duration::from_millis(ms)).await;
+///         ms
+///     })?;
+/// let quick = pool.submit(10).await?;
+/// let slow = pool.submit(5_000).await?;
+/// assert!(matches!(quick.await, Exit::Ok(10)));
+/// assert!(matches!(slow.await, Exit::Err(tidewall::time::Elapsed)));
+/// pool.shutdown(Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct JobHandle<T> {
-    pub(super) rx: oneshot::Receiver<JobOutcome<T>>,
+    pub(super) rx: oneshot::Receiver<JobExit<T>>,
 }
 
 impl<T> Future for JobHandle<T> {
-    type Output = JobOutcome<T>;
+    type Output = Exit<T, Elapsed, Panic>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobOutcome<T>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobExit<T>> {
         // A dropped sender means the worker running it was aborted at shutdown.
         Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.unwrap_or(JobOutcome::Aborted))
+            .map(|r| r.unwrap_or(Exit::Aborted))
     }
 }
 
@@ -85,8 +108,10 @@ pub struct PoolReport<J> {
     pub completed: u64,
     /// Jobs that panicked, timed out, or were aborted at the deadline.
     pub failed: u64,
-    /// Of `failed`, those aborted at the drain deadline.
+    /// Of `failed`, those aborted at the drain deadline (their handles read
+    /// [`Exit::Aborted`]).
     pub aborted: u64,
-    /// Jobs never started, handed back (dead letters) in submission order.
+    /// Jobs never started, handed back (dead letters) in submission order (their handles
+    /// read [`Exit::Aborted`] too).
     pub handed_back: Vec<J>,
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
-use super::JobOutcome;
 use super::queue::Shared;
 use crate::rt::{Panic, Runtime};
+use crate::task::Exit;
 use crate::time::FutureExt as _;
 
 /// One worker: take a job, run it (timed, panics caught), report, repeat until closed and
@@ -57,25 +57,21 @@ pub(super) async fn work<J, T, F, Fut, R>(
         // The handler is called inside the caught future: a panic before its first await is
         // caught like any other.
         let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
-        let outcome = match timeout {
+        let exit = match timeout {
             Some(limit) => match run.timeout_on(&rt, limit).await {
-                Ok(done) => done.map_or_else(
-                    |p| JobOutcome::Panicked(Panic::new(p)),
-                    JobOutcome::Completed,
-                ),
-                Err(_) => JobOutcome::TimedOut,
+                Ok(done) => done.map_or_else(|p| Exit::Panicked(Panic::new(p)), Exit::Ok),
+                Err(elapsed) => Exit::Err(elapsed),
             },
-            None => run.await.map_or_else(
-                |p| JobOutcome::Panicked(Panic::new(p)),
-                JobOutcome::Completed,
-            ),
+            None => run
+                .await
+                .map_or_else(|p| Exit::Panicked(Panic::new(p)), Exit::Ok),
         };
         shared.running.fetch_sub(1, Relaxed);
-        if matches!(outcome, JobOutcome::Completed(_)) {
+        if matches!(exit, Exit::Ok(_)) {
             shared.completed.fetch_add(1, Relaxed);
         } else {
             shared.failed.fetch_add(1, Relaxed);
         }
-        let _ = report.send(outcome);
+        let _ = report.send(exit);
     }
 }
