@@ -17,7 +17,8 @@ pub enum AdmitMode {
     /// Never: the response future fails at once with the stage's own rejection
     /// ([`Rejected::BulkheadFull`](crate::Rejected::BulkheadFull),
     /// [`Rejected::RateLimited`](crate::Rejected::RateLimited) with its `retry_after`), and
-    /// `poll_ready` stays ready (load shedding: map it to 503 or 429).
+    /// `poll_ready` is the inner service's alone (load shedding: map it to 503 or 429). A
+    /// stage that decides remotely still makes its round trip first.
     Reject,
     /// In `poll_ready`: the service is not ready until the stage admits, and the guard taken
     /// there (a bulkhead slot) is held until the call's response future completes
