@@ -1,4 +1,5 @@
-//! A [`Scope`](super::Scope)'s shared state and the wrapper every child runs in.
+//! What a [`Scope`](super::Scope) adds to the core: its children as detached tasks, and the
+//! wrapper every child runs in.
 //!
 //! The scope keeps no join handles: a child's task is detached at spawn, and an abort is
 //! delivered by the wrapper itself, which drops the child's future when the scope's abort
@@ -10,55 +11,39 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::CatchUnwind;
 use pin_project_lite::pin_project;
 
-use super::ledger::Ledger;
-use super::report::ChildId;
+use super::engine::{Children, Core, State};
 use crate::rt::{Panic, Runtime};
-use crate::task::{CancellationToken, Exit};
+use crate::task::Exit;
 
-pub(super) struct State<T, E> {
-    /// Children admitted and not yet ended (a spawn in progress counts).
-    pub(super) running: usize,
-    pub(super) next_id: u64,
-    pub(super) closed: bool,
-    pub(super) ledger: Ledger<T, E>,
-    pub(super) spawners: Vec<Waker>,
-    pub(super) owner: Option<Waker>,
+/// A [`Scope`](super::Scope)'s running children: detached tasks, known by their number and
+/// the wakers an abort goes through.
+pub(super) struct TaskChildren {
+    running: usize,
+    owner: Option<Waker>,
     /// The owner waits in `join` (woken when the last child ends), not in `next` (woken by
     /// any new report).
-    pub(super) owner_waits_for_all: bool,
+    owner_waits_for_all: bool,
     /// Wakers of children that have been pending, so an abort reaches them; slots are reused.
     abort_wakers: Vec<Option<Waker>>,
     free_slots: Vec<usize>,
 }
 
-impl<T, E> State<T, E> {
-    pub(super) fn new(ledger: Ledger<T, E>) -> Self {
+impl TaskChildren {
+    pub(super) fn new() -> Self {
         Self {
             running: 0,
-            next_id: 0,
-            closed: false,
-            ledger,
-            spawners: Vec::new(),
             owner: None,
             owner_waits_for_all: false,
             abort_wakers: Vec::new(),
             free_slots: Vec::new(),
         }
-    }
-
-    pub(super) fn register_owner(&mut self, waker: &Waker, waits_for_all: bool) {
-        if !self.owner.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.owner = Some(waker.clone());
-        }
-        self.owner_waits_for_all = waits_for_all;
     }
 
     fn register_abort_waker(&mut self, slot: Option<usize>, waker: &Waker) -> usize {
@@ -80,31 +65,68 @@ impl<T, E> State<T, E> {
             },
         }
     }
+
+    /// Takes out a child that ended, freeing its abort-waker slot.
+    fn remove(&mut self, slot: Option<usize>) {
+        self.running -= 1;
+        if let Some(slot) = slot {
+            self.abort_wakers[slot] = None;
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// The owner, if a child's end is what it waits for: a cross-thread wake per child would
+    /// cost more than the child itself.
+    fn owner_to_wake(&mut self, has_reports: bool) -> Option<Waker> {
+        let owner_done = self.running == 0 || (!self.owner_waits_for_all && has_reports);
+        if owner_done { self.owner.take() } else { None }
+    }
 }
 
+impl Children for TaskChildren {
+    fn running(&self) -> usize {
+        self.running
+    }
+
+    fn admit(&mut self, _id: u64) {
+        self.running += 1;
+    }
+
+    fn park_owner(&mut self, waker: &Waker, waits_for_all: bool) {
+        if !self.owner.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.owner = Some(waker.clone());
+        }
+        self.owner_waits_for_all = waits_for_all;
+    }
+}
+
+pub(super) type TaskCore<T, E, R> = Core<R, Mutex<State<T, E, TaskChildren>>>;
+
+/// What a scope's spawners and children share: the engine, and the abort flag the children's
+/// wrappers read without taking the lock.
 pub(super) struct Shared<T, E, R> {
-    pub(super) rt: R,
-    pub(super) limit: Option<usize>,
-    pub(super) grace: Duration,
-    pub(super) token: CancellationToken,
+    pub(super) core: TaskCore<T, E, R>,
     /// Up once the grace period is over (or the scope is dropped): every child's wrapper
     /// drops its future at its next poll. Raised under the state lock, so a child that
     /// registers its waker under that lock either sees it or is woken by it.
     aborting: AtomicBool,
-    state: Mutex<State<T, E>>,
 }
 
 impl<T, E, R> Shared<T, E, R> {
-    pub(super) fn state(&self) -> MutexGuard<'_, State<T, E>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(super) fn new(core: TaskCore<T, E, R>) -> Self {
+        Self {
+            core,
+            aborting: AtomicBool::new(false),
+        }
     }
 
     /// Aborts every child: each drops its future at its next poll (at once if pending).
     pub(super) fn abort_all(&self) {
         let wakers: Vec<Waker> = {
-            let mut state = self.state();
+            let mut state = self.core.state();
             self.aborting.store(true, Ordering::Release);
             state
+                .children
                 .abort_wakers
                 .iter_mut()
                 .filter_map(Option::take)
@@ -115,50 +137,18 @@ impl<T, E, R> Shared<T, E, R> {
 }
 
 impl<T, E, R: Runtime> Shared<T, E, R> {
-    pub(super) fn new(
-        rt: R,
-        limit: Option<usize>,
-        grace: Duration,
-        token: CancellationToken,
-        state: State<T, E>,
-    ) -> Self {
-        Self {
-            rt,
-            limit,
-            grace,
-            token,
-            aborting: AtomicBool::new(false),
-            state: Mutex::new(state),
-        }
-    }
-
     /// Records a child's end, wakes whoever waits on the scope, and fails fast if due.
     fn finish(&self, guard: &ChildGuard<T, E, R>, exit: Exit<T, E, Panic>) {
-        let cancelled = self.token.is_cancelled();
-        let (reason, spawners, owner) = {
-            let mut state = self.state();
-            state.running -= 1;
-            if let Some(slot) = guard.slot {
-                state.abort_wakers[slot] = None;
-                state.free_slots.push(slot);
-            }
-            let reason = state
-                .ledger
-                .record(ChildId(guard.id), exit, || self.rt.now(), cancelled);
-            if reason.is_some() {
-                state.closed = true;
-            }
-            // Wake the owner only for what it waits for: a cross-thread wake per child would
-            // cost more than the child itself.
-            let owner_done =
-                state.running == 0 || (!state.owner_waits_for_all && state.ledger.has_reports());
-            let owner = if owner_done { state.owner.take() } else { None };
-            (reason, std::mem::take(&mut state.spawners), owner)
+        let core = &self.core;
+        let cancelled = core.token.is_cancelled();
+        let (ended, owner) = {
+            let mut state = core.state();
+            state.children.remove(guard.slot);
+            let ended = state.record_end(guard.id, exit, || core.rt.now(), cancelled);
+            let has_reports = state.ledger.has_reports();
+            (ended, state.children.owner_to_wake(has_reports))
         };
-        if let Some(reason) = reason {
-            self.token.cancel(reason);
-        }
-        spawners.into_iter().for_each(Waker::wake);
+        ended.settle(&core.token);
         if let Some(owner) = owner {
             owner.wake();
         }
@@ -256,10 +246,13 @@ where
             {
                 return Poll::Pending;
             }
-            let mut state = shared.state();
+            let mut state = shared.core.state();
             // Checked again under the lock the abort is raised under: no lost wake-up.
             if !shared.aborting.load(Ordering::Acquire) {
-                this.guard.slot = Some(state.register_abort_waker(this.guard.slot, cx.waker()));
+                let slot = state
+                    .children
+                    .register_abort_waker(this.guard.slot, cx.waker());
+                this.guard.slot = Some(slot);
                 *this.registered = Some(cx.waker().clone());
                 return Poll::Pending;
             }

@@ -3,42 +3,48 @@
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use super::builder::ScopeBuilder;
-use super::close::{Closing, Plan, close};
-use super::ledger::Ledger;
+use super::close::{self, Front};
+use super::engine::{Children, Core, State};
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
-use crate::rt::{DefaultRuntime, Panic, Runtime, instant_after};
+use crate::rt::{DefaultRuntime, Panic, Runtime};
 use crate::task::{CancellationToken, Exit, Reason};
 
 type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, Exit<T, E, Panic>)>>>;
 
-struct LocalState<T, E> {
+/// A [`LocalScope`]'s running children: futures the owner polls, queued by the spawners until
+/// the owner moves them into its set.
+pub(super) struct LocalChildren<T, E> {
     /// Spawned, not yet moved into the driver's set.
     incoming: Vec<LocalChild<T, E>>,
     /// Every child not yet ended (incoming or in the set).
     running: hashbrown::HashSet<u64>,
-    next_id: u64,
-    closed: bool,
-    ledger: Ledger<T, E>,
-    spawners: Vec<Waker>,
     driver: Option<Waker>,
 }
 
-struct LocalShared<T, E, R> {
-    rt: R,
-    limit: Option<usize>,
-    grace: Duration,
-    token: CancellationToken,
-    state: RefCell<LocalState<T, E>>,
+impl<T, E> Children for LocalChildren<T, E> {
+    fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn admit(&mut self, id: u64) {
+        self.running.insert(id);
+    }
+
+    /// Nothing to keep: the owner waits only while it drives the children, which registers
+    /// its waker for the spawners.
+    fn park_owner(&mut self, _: &Waker, _: bool) {}
 }
+
+pub(super) type LocalCore<T, E, R> = Core<R, RefCell<State<T, E, LocalChildren<T, E>>>>;
 
 /// A [`Scope`](super::Scope) for `!Send` futures: same limit, failure policy, reports, join
 /// and two-phase shutdown, on one thread.
@@ -71,14 +77,14 @@ struct LocalShared<T, E, R> {
 /// # Ok(()) }
 /// ```
 pub struct LocalScope<T, E, R = DefaultRuntime> {
-    shared: Rc<LocalShared<T, E, R>>,
+    shared: Rc<LocalCore<T, E, R>>,
     set: FuturesUnordered<LocalChild<T, E>>,
     closed: bool,
 }
 
 /// A cloneable handle that queues `!Send` children into a [`LocalScope`].
 pub struct LocalSpawner<T, E, R = DefaultRuntime> {
-    shared: Rc<LocalShared<T, E, R>>,
+    shared: Rc<LocalCore<T, E, R>>,
 }
 
 impl<T, E, R> Clone for LocalSpawner<T, E, R> {
@@ -92,7 +98,7 @@ impl<T, E, R> Clone for LocalSpawner<T, E, R> {
 impl<T, E, R> std::fmt::Debug for LocalSpawner<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalSpawner")
-            .field("running", &self.shared.state.borrow().running.len())
+            .field("running", &self.shared.state().children.running.len())
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +106,7 @@ impl<T, E, R> std::fmt::Debug for LocalSpawner<T, E, R> {
 impl<T, E, R> std::fmt::Debug for LocalScope<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalScope")
-            .field("running", &self.shared.state.borrow().running.len())
+            .field("running", &self.shared.state().children.running.len())
             .finish_non_exhaustive()
     }
 }
@@ -128,31 +134,16 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
     async fn spawn_driving<F>(
         &self,
         future: F,
-        mut before_each_poll: impl FnMut(&mut Context<'_>),
+        before_each_poll: impl FnMut(&mut Context<'_>),
     ) -> Result<ChildId, SpawnError<F>>
     where
         F: Future<Output = Result<T, E>> + 'static,
     {
-        let mut future = Some(future);
-        let mut cancelled = pin!(self.shared.token.cancelled());
-        poll_fn(|cx| {
-            before_each_poll(cx);
-            // Empty only after `Ready`, which the `await` never polls again.
-            let Some(pending) = future.take() else {
-                return Poll::Pending;
-            };
-            match self.admit(pending, Some(cx.waker())) {
-                Err(SpawnError::Full(pending)) if cancelled.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Err(SpawnError::Closed(pending)))
-                }
-                Err(SpawnError::Full(pending)) => {
-                    future = Some(pending);
-                    Poll::Pending
-                }
-                done => Poll::Ready(done),
-            }
-        })
-        .await
+        self.shared
+            .spawn(future, before_each_poll, |id, future| {
+                self.launch(id, future)
+            })
+            .await
     }
 
     /// Queues `future` as a child if a slot is free now.
@@ -164,7 +155,8 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
     where
         F: Future<Output = Result<T, E>> + 'static,
     {
-        self.admit(future, None)
+        self.shared
+            .try_spawn(future, |id, future| self.launch(id, future))
     }
 
     /// The scope's cancellation token.
@@ -172,66 +164,38 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         self.shared.token.clone()
     }
 
-    fn admit<F>(&self, future: F, waiter: Option<&Waker>) -> Result<ChildId, SpawnError<F>>
+    /// Queues an admitted child for the owner, and wakes the owner if it waits to drive.
+    fn launch<F>(&self, id: u64, future: F)
     where
         F: Future<Output = Result<T, E>> + 'static,
     {
-        let mut state = self.shared.state.borrow_mut();
-        if state.closed || self.shared.token.is_cancelled() {
-            return Err(SpawnError::Closed(future));
-        }
-        if self
-            .shared
-            .limit
-            .is_some_and(|limit| state.running.len() >= limit)
-        {
-            if let Some(waker) = waiter
-                && !state.spawners.iter().any(|w| w.will_wake(waker))
-            {
-                state.spawners.push(waker.clone());
-            }
-            return Err(SpawnError::Full(future));
-        }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.ledger.spawned += 1;
-        state.running.insert(id);
-        state.incoming.push(Box::pin(async move {
-            let exit = match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(value)) => Exit::Ok(value),
-                Ok(Err(error)) => Exit::Err(error),
-                Err(payload) => Exit::Panicked(Panic::new(payload)),
-            };
-            (id, exit)
-        }));
-        let driver = state.driver.take();
-        drop(state);
+        let driver = {
+            let mut state = self.shared.state();
+            state.children.incoming.push(Box::pin(async move {
+                let exit = match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(Ok(value)) => Exit::Ok(value),
+                    Ok(Err(error)) => Exit::Err(error),
+                    Err(payload) => Exit::Panicked(Panic::new(payload)),
+                };
+                (id, exit)
+            }));
+            state.children.driver.take()
+        };
         if let Some(driver) = driver {
             driver.wake();
         }
-        Ok(ChildId(id))
     }
 }
 
 impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     pub(super) fn from_builder(builder: ScopeBuilder<R>) -> Self {
-        let token = builder.token();
+        let children = LocalChildren {
+            incoming: Vec::new(),
+            running: hashbrown::HashSet::new(),
+            driver: None,
+        };
         Self {
-            shared: Rc::new(LocalShared {
-                rt: builder.rt,
-                limit: builder.limit,
-                grace: builder.grace,
-                token,
-                state: RefCell::new(LocalState {
-                    incoming: Vec::new(),
-                    running: hashbrown::HashSet::new(),
-                    next_id: 0,
-                    closed: false,
-                    ledger: Ledger::new(builder.policy, builder.keep_ok),
-                    spawners: Vec::new(),
-                    driver: None,
-                }),
-            }),
+            shared: Rc::new(Core::new(builder, children, RefCell::new)),
             set: FuturesUnordered::new(),
             closed: false,
         }
@@ -251,17 +215,12 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
 
     /// Cancels the scope's token with `reason` (see [`Scope::cancel`](super::Scope::cancel)).
     pub fn cancel(&self, reason: impl Into<Reason>) {
-        self.cancel_now(reason.into());
+        self.shared.cancel(reason.into());
     }
 
     /// Refuses new spawns from now on without cancelling anything.
     pub fn close(&self) {
-        let wakers = {
-            let mut state = self.shared.state.borrow_mut();
-            state.closed = true;
-            std::mem::take(&mut state.spawners)
-        };
-        wakers.into_iter().for_each(Waker::wake);
+        self.shared.close();
     }
 
     /// Spawns `future`, driving the running children while it waits for a free slot.
@@ -290,12 +249,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     pub async fn next(&mut self) -> Option<ChildReport<T, E>> {
         poll_fn(|cx| {
             self.drive(cx);
-            let mut state = self.shared.state.borrow_mut();
-            match state.ledger.take_next() {
-                Some(report) => Poll::Ready(Some(report)),
-                None if state.running.is_empty() => Poll::Ready(None),
-                None => Poll::Pending,
-            }
+            self.shared.poll_next(cx)
         })
         .await
     }
@@ -306,13 +260,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     ///
     /// Dropping the future drops the scope and every child still running.
     pub async fn join(self) -> ScopeReport<T, E> {
-        let grace = self.shared.grace;
-        self.finish(Plan {
-            grace,
-            grace_from: None,
-            cancel_at: None,
-        })
-        .await
+        close::join(self).await
     }
 
     /// See [`Scope::join_within`](super::Scope::join_within).
@@ -325,15 +273,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
         limit: Duration,
         reason: impl Into<Reason>,
     ) -> ScopeReport<T, E> {
-        let at = instant_after(self.shared.rt.now(), limit);
-        let grace = self.shared.grace;
-        let cancel_at = Some((at, reason.into()));
-        self.finish(Plan {
-            grace,
-            grace_from: None,
-            cancel_at,
-        })
-        .await
+        close::join_within(self, limit, reason).await
     }
 
     /// See [`Scope::shutdown`](super::Scope::shutdown): cancel, grace, drop the rest, report.
@@ -342,38 +282,21 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     ///
     /// As [`join`](Self::join).
     pub async fn shutdown(self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
-        self.cancel_now(reason.into());
-        let grace_from = Some(self.shared.rt.now());
-        self.finish(Plan {
-            grace,
-            grace_from,
-            cancel_at: None,
-        })
-        .await
-    }
-
-    async fn finish(mut self, plan: Plan) -> ScopeReport<T, E> {
-        let shared = Rc::clone(&self.shared);
-        close(&mut self, &shared.rt, &shared.token, plan).await;
-        self.closed = true;
-        let reason = shared.token.reason();
-        let mut state = shared.state.borrow_mut();
-        let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
-        ledger.into_report(reason)
+        close::shutdown(self, reason.into(), grace).await
     }
 
     /// Polls the children until none is ready, recording each that ends.
     fn drive(&mut self, cx: &mut Context<'_>) {
         loop {
             let incoming = {
-                let mut state = self.shared.state.borrow_mut();
-                state.driver = Some(cx.waker().clone());
-                std::mem::take(&mut state.incoming)
+                let mut state = self.shared.state();
+                state.children.driver = Some(cx.waker().clone());
+                std::mem::take(&mut state.children.incoming)
             };
             self.set.extend(incoming);
             let Poll::Ready(Some((id, exit))) = self.set.poll_next_unpin(cx) else {
                 // Children spawned from inside children during that poll are picked up here.
-                if self.shared.state.borrow().incoming.is_empty() {
+                if self.shared.state().children.incoming.is_empty() {
                     return;
                 }
                 continue;
@@ -383,25 +306,16 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     }
 
     fn record(&self, id: u64, exit: Exit<T, E, Panic>) {
-        let rt = &self.shared.rt;
-        let cancelled = self.shared.token.is_cancelled();
-        let (reason, wakers) = {
-            let mut state = self.shared.state.borrow_mut();
-            if !state.running.remove(&id) {
+        let core = &*self.shared;
+        let cancelled = core.token.is_cancelled();
+        let ended = {
+            let mut state = core.state();
+            if !state.children.running.remove(&id) {
                 return;
             }
-            let reason = state
-                .ledger
-                .record(ChildId(id), exit, || rt.now(), cancelled);
-            if reason.is_some() {
-                state.closed = true;
-            }
-            (reason, std::mem::take(&mut state.spawners))
+            state.record_end(id, exit, || core.rt.now(), cancelled)
         };
-        if let Some(reason) = reason {
-            self.shared.token.cancel(reason);
-        }
-        wakers.into_iter().for_each(Waker::wake);
+        ended.settle(&core.token);
     }
 }
 
@@ -416,52 +330,48 @@ impl<T, E, R> Drop for LocalScope<T, E, R> {
         // otherwise keep the shared state, and itself, alive in an `Rc` cycle). Dropped after
         // the borrow ends: their destructors may use a spawner.
         let queued = {
-            let mut state = self.shared.state.borrow_mut();
+            let mut state = self.shared.state();
             state.closed = true;
-            std::mem::take(&mut state.incoming)
+            std::mem::take(&mut state.children.incoming)
         };
         drop(queued);
     }
 }
 
-impl<T: 'static, E: 'static, R: Runtime> Closing for LocalScope<T, E, R> {
-    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx: &mut Context<'_>| {
-            self.drive(cx);
-            let mut state = self.shared.state.borrow_mut();
-            if state.running.is_empty() {
-                // Closed under the same borrow that saw the last child end (as in `Scope`).
-                state.closed = true;
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
+    type Runtime = R;
+    type Children = LocalChildren<T, E>;
+    type Lock = RefCell<State<T, E, LocalChildren<T, E>>>;
+    type Shared = Rc<LocalCore<T, E, R>>;
+
+    fn shared(&self) -> Self::Shared {
+        Rc::clone(&self.shared)
     }
 
-    fn note_cancel(&self, now: Instant) -> Instant {
-        self.shared.state.borrow_mut().ledger.note_cancel(now)
+    fn core(shared: &Self::Shared) -> &LocalCore<T, E, R> {
+        shared
     }
 
-    fn cancel_now(&self, reason: Reason) {
-        if !self.shared.token.is_cancelled() {
-            self.note_cancel(self.shared.rt.now());
-        }
-        self.shared.token.cancel(reason);
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        Self::drive(self, cx);
     }
 
     /// Drops every child still running, recording each as aborted.
     fn abort_all(&mut self) {
         self.set.clear();
-        let mut state = self.shared.state.borrow_mut();
-        state.incoming.clear();
+        let mut state = self.shared.state();
+        state.children.incoming.clear();
         let now = self.shared.rt.now();
-        let mut left: Vec<_> = state.running.drain().collect();
+        let mut left: Vec<_> = state.children.running.drain().collect();
         left.sort_unstable();
         for id in left {
             state
                 .ledger
                 .record(ChildId(id), Exit::Aborted, || now, true);
         }
+    }
+
+    fn set_closed(&mut self) {
+        self.closed = true;
     }
 }

@@ -11,8 +11,10 @@
 mod builder;
 mod child;
 mod close;
+mod engine;
 mod ledger;
 mod local;
+mod lock;
 mod report;
 mod tasks;
 

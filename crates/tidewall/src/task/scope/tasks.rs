@@ -1,19 +1,17 @@
 //! [`Scope`]: children as runtime tasks, joined before the scope closes.
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
+use std::time::Duration;
 
 use super::builder::ScopeBuilder;
-use super::close::{Closing, Plan, close};
-use super::ledger::Ledger;
+use super::child::{Child, Shared, TaskChildren, TaskCore};
+use super::close::{self, Front};
+use super::engine::{Children as _, Core, State};
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
-use crate::rt::{DefaultRuntime, Runtime, instant_after};
+use crate::rt::{DefaultRuntime, Runtime};
 use crate::task::{CancellationToken, Reason};
-
-use super::child::{Child, Shared, State};
 
 /// A structured-concurrency scope: children run as tasks on the runtime, and the scope does
 /// not close before every one of them has ended.
@@ -75,11 +73,12 @@ impl<T, E, R> Clone for Spawner<T, E, R> {
 
 impl<T, E, R> std::fmt::Debug for Spawner<T, E, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.shared.state();
+        let core = &self.shared.core;
+        let state = core.state();
         f.debug_struct("Spawner")
-            .field("running", &state.running)
+            .field("running", &state.children.running())
             .field("closed", &state.closed)
-            .field("limit", &self.shared.limit)
+            .field("limit", &core.limit())
             .finish_non_exhaustive()
     }
 }
@@ -117,27 +116,10 @@ where
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let mut future = Some(future);
-        // A cancel must reach a spawner waiting for a slot even if no child ends.
-        let mut cancelled = pin!(self.shared.token.cancelled());
-        poll_fn(|cx| {
-            // Empty only after `Ready`, which the `await` never polls again.
-            let Some(pending) = future.take() else {
-                return Poll::Pending;
-            };
-            match self.admit(Some(cx.waker())) {
-                Admission::Admitted(id) => Poll::Ready(Ok(self.launch(id, pending))),
-                Admission::Closed => Poll::Ready(Err(SpawnError::Closed(pending))),
-                Admission::Full if cancelled.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Err(SpawnError::Closed(pending)))
-                }
-                Admission::Full => {
-                    future = Some(pending);
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.shared
+            .core
+            .spawn(future, |_| {}, |id, future| self.launch(id, future))
+            .await
     }
 
     /// Spawns `future` as a child if a slot is free now.
@@ -150,66 +132,34 @@ where
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        match self.admit(None) {
-            Admission::Admitted(id) => Ok(self.launch(id, future)),
-            Admission::Closed => Err(SpawnError::Closed(future)),
-            Admission::Full => Err(SpawnError::Full(future)),
-        }
+        self.shared
+            .core
+            .try_spawn(future, |id, future| self.launch(id, future))
     }
 
     /// The scope's token: clone it into children so they can stop when the scope is
     /// cancelled, and read why.
     pub fn token(&self) -> CancellationToken {
-        self.shared.token.clone()
+        self.shared.core.token.clone()
     }
 
     /// Children running now (including those whose spawn is in progress).
     pub fn running(&self) -> usize {
-        self.shared.state().running
+        self.shared.core.running()
     }
 
-    fn admit(&self, waiter: Option<&Waker>) -> Admission {
-        let mut state = self.shared.state();
-        if state.closed || self.shared.token.is_cancelled() {
-            return Admission::Closed;
-        }
-        if self
-            .shared
-            .limit
-            .is_some_and(|limit| state.running >= limit)
-        {
-            if let Some(waker) = waiter
-                && !state.spawners.iter().any(|w| w.will_wake(waker))
-            {
-                state.spawners.push(waker.clone());
-            }
-            return Admission::Full;
-        }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.ledger.spawned += 1;
-        state.running += 1;
-        Admission::Admitted(id)
-    }
-
-    fn launch<F>(&self, id: u64, future: F) -> ChildId
+    fn launch<F>(&self, id: u64, future: F)
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
         // Detached: the scope tracks the child through its wrapper, not a handle.
         drop(
             self.shared
+                .core
                 .rt
                 .spawn(Child::new(Arc::clone(&self.shared), id, future)),
         );
-        ChildId(id)
     }
-}
-
-enum Admission {
-    Admitted(u64),
-    Full,
-    Closed,
 }
 
 impl<T, E, R> Scope<T, E, R>
@@ -219,15 +169,8 @@ where
     R: Runtime,
 {
     pub(super) fn from_builder(builder: ScopeBuilder<R>) -> Self {
-        let token = builder.token();
-        let ledger = Ledger::new(builder.policy, builder.keep_ok);
-        let shared = Arc::new(Shared::new(
-            builder.rt,
-            builder.limit,
-            builder.grace,
-            token,
-            State::new(ledger),
-        ));
+        let core = Core::new(builder, TaskChildren::new(), Mutex::new);
+        let shared = Arc::new(Shared::new(core));
         Self {
             spawner: Spawner { shared },
             closed: false,
@@ -276,18 +219,13 @@ where
     /// Cancels the scope's token with `reason`; children see it, new spawns are refused
     /// (waiting ones too).
     pub fn cancel(&self, reason: impl Into<Reason>) {
-        self.cancel_now(reason.into());
+        self.spawner.shared.core.cancel(reason.into());
     }
 
     /// Refuses new spawns from now on without cancelling anything: a later
     /// [`join`](Self::join) waits only for the children already running.
     pub fn close(&self) {
-        let wakers = {
-            let mut state = self.spawner.shared.state();
-            state.closed = true;
-            std::mem::take(&mut state.spawners)
-        };
-        wakers.into_iter().for_each(Waker::wake);
+        self.spawner.shared.core.close();
     }
 
     /// The next child to end, in completion order; `None` when no child is running and no
@@ -297,18 +235,7 @@ where
     ///
     /// Cancel-safe: a report is removed only when it is returned.
     pub async fn next(&mut self) -> Option<ChildReport<T, E>> {
-        poll_fn(|cx| {
-            let mut state = self.spawner.shared.state();
-            if let Some(report) = state.ledger.take_next() {
-                return Poll::Ready(Some(report));
-            }
-            if state.running == 0 {
-                return Poll::Ready(None);
-            }
-            state.register_owner(cx.waker(), false);
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.spawner.shared.core.poll_next(cx)).await
     }
 
     /// Waits for every child (children may still spawn siblings meanwhile), then closes the
@@ -320,13 +247,7 @@ where
     /// Dropping the future drops the scope: its token is cancelled and every child aborted
     /// (so `join().timeout(..)` loses the report: use [`join_within`](Self::join_within)).
     pub async fn join(self) -> ScopeReport<T, E> {
-        let grace = self.spawner.shared.grace;
-        self.finish(Plan {
-            grace,
-            grace_from: None,
-            cancel_at: None,
-        })
-        .await
+        close::join(self).await
     }
 
     /// As [`join`](Self::join), but children still running after `limit` are cancelled with
@@ -340,16 +261,7 @@ where
         limit: Duration,
         reason: impl Into<Reason>,
     ) -> ScopeReport<T, E> {
-        let shared = &self.spawner.shared;
-        let at = instant_after(shared.rt.now(), limit);
-        let grace = shared.grace;
-        let cancel_at = Some((at, reason.into()));
-        self.finish(Plan {
-            grace,
-            grace_from: None,
-            cancel_at,
-        })
-        .await
+        close::join_within(self, limit, reason).await
     }
 
     /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` (from this
@@ -361,57 +273,33 @@ where
     ///
     /// As [`join`](Self::join).
     pub async fn shutdown(self, reason: impl Into<Reason>, grace: Duration) -> ScopeReport<T, E> {
-        self.cancel_now(reason.into());
-        let grace_from = Some(self.spawner.shared.rt.now());
-        self.finish(Plan {
-            grace,
-            grace_from,
-            cancel_at: None,
-        })
-        .await
-    }
-
-    async fn finish(mut self, plan: Plan) -> ScopeReport<T, E> {
-        let shared = Arc::clone(&self.spawner.shared);
-        close(&mut self, &shared.rt, &shared.token, plan).await;
-        self.closed = true;
-        let reason = shared.token.reason();
-        let mut state = shared.state();
-        let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
-        ledger.into_report(reason)
+        close::shutdown(self, reason.into(), grace).await
     }
 }
 
-impl<T, E, R: Runtime> Closing for Scope<T, E, R> {
-    fn all_ended(&mut self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx: &mut Context<'_>| {
-            let mut state = self.spawner.shared.state();
-            if state.running == 0 {
-                // Only the owner's join gets here: from now on the scope is closed, so no
-                // child can start after the join has seen the last one end.
-                state.closed = true;
-                Poll::Ready(())
-            } else {
-                state.register_owner(cx.waker(), true);
-                Poll::Pending
-            }
-        })
+impl<T, E, R: Runtime> Front<T, E> for Scope<T, E, R> {
+    type Runtime = R;
+    type Children = TaskChildren;
+    type Lock = Mutex<State<T, E, TaskChildren>>;
+    type Shared = Arc<Shared<T, E, R>>;
+
+    fn shared(&self) -> Self::Shared {
+        Arc::clone(&self.spawner.shared)
     }
 
-    fn note_cancel(&self, now: Instant) -> Instant {
-        self.spawner.shared.state().ledger.note_cancel(now)
+    fn core(shared: &Self::Shared) -> &TaskCore<T, E, R> {
+        &shared.core
     }
 
-    fn cancel_now(&self, reason: Reason) {
-        let shared = &self.spawner.shared;
-        if !shared.token.is_cancelled() {
-            shared.state().ledger.note_cancel(shared.rt.now());
-        }
-        shared.token.cancel(reason);
-    }
+    /// Nothing to do: the children are tasks the runtime polls.
+    fn drive(&mut self, _: &mut Context<'_>) {}
 
     fn abort_all(&mut self) {
         self.spawner.shared.abort_all();
+    }
+
+    fn set_closed(&mut self) {
+        self.closed = true;
     }
 }
 
@@ -421,8 +309,11 @@ impl<T, E, R> Drop for Scope<T, E, R> {
             return;
         }
         let shared = &self.spawner.shared;
-        shared.token.cancel("scope dropped without being joined");
-        shared.state().closed = true;
+        shared
+            .core
+            .token
+            .cancel("scope dropped without being joined");
+        shared.core.state().closed = true;
         shared.abort_all();
     }
 }

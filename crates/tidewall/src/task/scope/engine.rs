@@ -1,0 +1,265 @@
+//! The engine both scope fronts drive: admission under the limit, closing to new spawns,
+//! cancellation, each child's end, `next`, and the final report.
+//!
+//! A front supplies only what differs: how it keeps its running children ([`Children`]) and
+//! the cell its state lives in ([`Lock`]): a [`Scope`](super::Scope)'s children are tasks
+//! on the runtime, a [`LocalScope`](super::LocalScope)'s are polled by the owner.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::builder::ScopeBuilder;
+use super::ledger::Ledger;
+use super::lock::Lock;
+use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
+use crate::rt::{Panic, Runtime};
+use crate::task::{CancellationToken, Exit, Reason};
+
+/// How a front keeps its running children.
+pub(super) trait Children {
+    /// Children admitted and not yet ended (a spawn in progress counts).
+    fn running(&self) -> usize;
+    /// Counts in a child just admitted.
+    fn admit(&mut self, id: u64);
+    /// Remembers the owner's waker while it waits: in a join (`waits_for_all`, woken when
+    /// the last child ends) or in `next` (woken by any new report).
+    fn park_owner(&mut self, waker: &Waker, waits_for_all: bool);
+}
+
+pub(super) struct State<T, E, C> {
+    next_id: u64,
+    pub(super) closed: bool,
+    pub(super) ledger: Ledger<T, E>,
+    /// Spawners waiting for a free slot.
+    spawners: Vec<Waker>,
+    pub(super) children: C,
+}
+
+impl<T, E, C> State<T, E, C> {
+    /// Records the end of a child already taken out of `children`.
+    pub(super) fn record_end(
+        &mut self,
+        id: u64,
+        exit: Exit<T, E, Panic>,
+        now: impl FnOnce() -> Instant,
+        cancelled: bool,
+    ) -> Ended {
+        let fail_fast = self.ledger.record(ChildId(id), exit, now, cancelled);
+        if fail_fast.is_some() {
+            self.closed = true;
+        }
+        Ended {
+            fail_fast,
+            spawners: std::mem::take(&mut self.spawners),
+        }
+    }
+}
+
+/// What a child's end leaves to do once the lock is released.
+#[must_use]
+pub(super) struct Ended {
+    fail_fast: Option<Reason>,
+    /// A slot is free: each may now be admitted.
+    spawners: Vec<Waker>,
+}
+
+impl Ended {
+    /// Cancels the scope if the child failed it fast, then wakes the waiting spawners.
+    pub(super) fn settle(self, token: &CancellationToken) {
+        if let Some(reason) = self.fail_fast {
+            token.cancel(reason);
+        }
+        self.spawners.into_iter().for_each(Waker::wake);
+    }
+}
+
+pub(super) enum Admission {
+    Admitted(u64),
+    Full,
+    Closed,
+}
+
+pub(super) struct Core<R, L> {
+    pub(super) rt: R,
+    limit: Option<usize>,
+    pub(super) grace: Duration,
+    pub(super) token: CancellationToken,
+    state: L,
+}
+
+impl<R, L: Lock> Core<R, L> {
+    pub(super) fn state(&self) -> L::Guard<'_> {
+        self.state.lock()
+    }
+
+    pub(super) fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+}
+
+impl<T, E, C, R, L> Core<R, L>
+where
+    C: Children,
+    R: Runtime,
+    L: Lock<Target = State<T, E, C>>,
+{
+    pub(super) fn new(
+        builder: ScopeBuilder<R>,
+        children: C,
+        cell: impl FnOnce(L::Target) -> L,
+    ) -> Self {
+        let token = builder.token();
+        let state = State {
+            next_id: 0,
+            closed: false,
+            ledger: Ledger::new(builder.policy, builder.keep_ok),
+            spawners: Vec::new(),
+            children,
+        };
+        Self {
+            rt: builder.rt,
+            limit: builder.limit,
+            grace: builder.grace,
+            token,
+            state: cell(state),
+        }
+    }
+
+    pub(super) fn running(&self) -> usize {
+        self.state().children.running()
+    }
+
+    /// Takes a slot for a new child, or says why not; a `waiter` is woken when a slot frees.
+    fn admit(&self, waiter: Option<&Waker>) -> Admission {
+        let mut state = self.state();
+        if state.closed || self.token.is_cancelled() {
+            return Admission::Closed;
+        }
+        if self
+            .limit
+            .is_some_and(|limit| state.children.running() >= limit)
+        {
+            if let Some(waker) = waiter
+                && !state.spawners.iter().any(|w| w.will_wake(waker))
+            {
+                state.spawners.push(waker.clone());
+            }
+            return Admission::Full;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.ledger.spawned += 1;
+        state.children.admit(id);
+        Admission::Admitted(id)
+    }
+
+    /// Waits for a slot, calling `before_each_poll` first each time (a local owner drives its
+    /// children there), then hands `future` to `launch`; a cancel while waiting refuses it.
+    pub(super) async fn spawn<F>(
+        &self,
+        future: F,
+        mut before_each_poll: impl FnMut(&mut Context<'_>),
+        launch: impl FnOnce(u64, F),
+    ) -> Result<ChildId, SpawnError<F>> {
+        let mut pending = Some((future, launch));
+        // A cancel must reach a spawner waiting for a slot even if no child ends.
+        let mut cancelled = pin!(self.token.cancelled());
+        poll_fn(|cx| {
+            before_each_poll(cx);
+            // Empty only after `Ready`, which the `await` never polls again.
+            let Some((future, launch)) = pending.take() else {
+                return Poll::Pending;
+            };
+            match self.admit(Some(cx.waker())) {
+                Admission::Admitted(id) => {
+                    launch(id, future);
+                    Poll::Ready(Ok(ChildId(id)))
+                }
+                Admission::Closed => Poll::Ready(Err(SpawnError::Closed(future))),
+                Admission::Full if cancelled.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Err(SpawnError::Closed(future)))
+                }
+                Admission::Full => {
+                    pending = Some((future, launch));
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Hands `future` to `launch` if a slot is free now.
+    pub(super) fn try_spawn<F>(
+        &self,
+        future: F,
+        launch: impl FnOnce(u64, F),
+    ) -> Result<ChildId, SpawnError<F>> {
+        match self.admit(None) {
+            Admission::Admitted(id) => {
+                launch(id, future);
+                Ok(ChildId(id))
+            }
+            Admission::Closed => Err(SpawnError::Closed(future)),
+            Admission::Full => Err(SpawnError::Full(future)),
+        }
+    }
+
+    /// Refuses new spawns from now on, waking the spawners waiting for a slot to say so.
+    pub(super) fn close(&self) {
+        let wakers = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.spawners)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Cancels the token, noting the instant first so the endings are timed from it.
+    pub(super) fn cancel(&self, reason: Reason) {
+        if !self.token.is_cancelled() {
+            self.note_cancel(self.rt.now());
+        }
+        self.token.cancel(reason);
+    }
+
+    /// Records the cancellation instant if none is known yet; returns the known one.
+    pub(super) fn note_cancel(&self, now: Instant) -> Instant {
+        self.state().ledger.note_cancel(now)
+    }
+
+    /// The next report, or `None` once no child runs and none is waiting.
+    pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<ChildReport<T, E>>> {
+        let mut state = self.state();
+        if let Some(report) = state.ledger.take_next() {
+            return Poll::Ready(Some(report));
+        }
+        if state.children.running() == 0 {
+            return Poll::Ready(None);
+        }
+        state.children.park_owner(cx.waker(), false);
+        Poll::Pending
+    }
+
+    /// Ready once no child runs; only a join asks, so the scope closes then, under the lock
+    /// that saw the last child end: no child can start after the join has seen it.
+    pub(super) fn poll_all_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state();
+        if state.children.running() == 0 {
+            state.closed = true;
+            Poll::Ready(())
+        } else {
+            state.children.park_owner(cx.waker(), true);
+            Poll::Pending
+        }
+    }
+
+    /// The report of a scope that has been joined.
+    pub(super) fn take_report(&self) -> ScopeReport<T, E> {
+        let reason = self.token.reason();
+        let mut state = self.state();
+        let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
+        ledger.into_report(reason)
+    }
+}
