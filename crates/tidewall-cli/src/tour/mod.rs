@@ -2,6 +2,7 @@
 //! them against a real HTTP service on loopback.
 
 mod client;
+mod pool;
 mod redis;
 mod report;
 mod resilience;

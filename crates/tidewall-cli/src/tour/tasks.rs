@@ -1,7 +1,8 @@
 //! The tour's task-management scenarios: a fail-fast structured-concurrency scope whose
 //! failure cancels its siblings (and aborts the one that will not listen), and a worker pool
-//! under overload that sheds, pushes back, and accounts for every job when it is shut down.
-//! No HTTP here: the work is the runtime's own sleep, so both run the same on every adapter.
+//! under overload that sheds, pushes back, and accounts for every job when it is shut down
+//! (in [`super::pool`]). No HTTP here: the work is the runtime's own sleep, so both run the
+//! same on every adapter.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -9,11 +10,11 @@ use std::time::{Duration, Instant};
 use tidewall::rt::Panic;
 use tidewall::task::{
     CancellationToken, Ending, Exit,
-    pool::{SubmitError, WorkerPool},
     scope::{FailurePolicy, Scope},
 };
 
 use super::client::Net;
+use super::pool::worker_pool;
 use super::report::{Section, ms};
 use super::scenarios::Size;
 
@@ -265,222 +266,6 @@ fn ending(ending: Ending) -> String {
         Ending::Aborted { took } => format!("Aborted {{ took: {} }}", ms(took)),
         other => format!("{other:?}"),
     }
-}
-
-/// The pool's jobs are numbered in submission order; every 10th (3, 13, 23, …) is slow.
-fn is_slow(job: usize) -> bool {
-    job % 10 == 3
-}
-
-async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
-    const WORKERS: usize = 2;
-    const QUEUE: usize = 8;
-    const JOB: Duration = Duration::from_millis(20);
-    const SLOW: Duration = Duration::from_secs(1);
-    const JOB_TIMEOUT: Duration = Duration::from_millis(100);
-    // 8 queued jobs are 80 ms of work for 2 workers: a 30 ms drain cannot finish them.
-    const DRAIN: Duration = Duration::from_millis(30);
-    let quick = size == Size::Quick;
-    let burst: usize = if quick { 50 } else { 100 };
-    let pressed: usize = if quick { 12 } else { 24 };
-    let mut s = Section::new(
-        "Tasks: worker pool under overload, drained on shutdown",
-        "WorkerPool::builder().workers(2).queue(8).job_timeout(100 ms).start(job)?; \
-         try_submit / submit / shutdown(30 ms)",
-    );
-    let clock = rt.clone();
-    let pool = WorkerPool::builder()
-        .workers(WORKERS)
-        .queue(QUEUE)
-        .job_timeout(JOB_TIMEOUT)
-        .runtime(rt.clone())
-        .start(move |job: usize| {
-            let clock = clock.clone();
-            async move {
-                clock.sleep(if is_slow(job) { SLOW } else { JOB }).await;
-                job
-            }
-        })
-        .expect("a valid configuration");
-    // Every job produced is admitted (its handle kept) or shed (handed back by the error).
-    let mut admitted = Vec::new();
-    let (mut shed, mut refused_closed, mut intact) = (0usize, 0usize, true);
-    let mut produced = 0usize;
-
-    // 1. A burst with try_submit: the queue fills, the rest is shed at once, nothing waits.
-    for _ in 0..burst {
-        let job = produced;
-        produced += 1;
-        match pool.try_submit(job) {
-            Ok(handle) => admitted.push((job, handle)),
-            Err(SubmitError::Full(back)) => {
-                shed += 1;
-                intact &= back == job;
-            }
-            Err(other) => {
-                refused_closed += 1;
-                intact &= other.into_job() == job;
-            }
-        }
-    }
-    let burst_admitted = admitted.len();
-    let burst_shed = shed;
-    let queued_after_burst = pool.queued();
-
-    // 2. More jobs with submit().await: the producer waits for room. At least `pressed − 8`
-    //    of them need a job to end first (even from an empty queue), and each worker ends at
-    //    most one job at once plus one per 20 ms: that bounds the wait from below.
-    let started = rt.now();
-    let mut peak_queued = queued_after_burst;
-    for _ in 0..pressed {
-        let job = produced;
-        produced += 1;
-        match pool.submit(job).await {
-            Ok(handle) => admitted.push((job, handle)),
-            Err(other) => {
-                refused_closed += 1;
-                intact &= other.into_job() == job;
-            }
-        }
-        peak_queued = peak_queued.max(pool.queued());
-    }
-    let held_back = since(rt, started);
-    let rounds = pressed
-        .saturating_sub(QUEUE)
-        .div_ceil(WORKERS)
-        .saturating_sub(1);
-    let floor = JOB * u32::try_from(rounds).unwrap_or(u32::MAX);
-
-    // 3. Fill the queue to the brim and shut down at once (no await in between): the drain
-    //    starts with 8 queued jobs, and in 30 ms two workers can start at most 4 of them.
-    for _ in 0..4 * QUEUE {
-        let job = produced;
-        produced += 1;
-        match pool.try_submit(job) {
-            Ok(handle) => admitted.push((job, handle)),
-            Err(SubmitError::Full(back)) => {
-                shed += 1;
-                intact &= back == job;
-                break;
-            }
-            Err(other) => {
-                refused_closed += 1;
-                intact &= other.into_job() == job;
-                break;
-            }
-        }
-    }
-    let queued_at_shutdown = pool.queued();
-    let stopping = rt.now();
-    let report = pool.shutdown(DRAIN).await;
-    let shutdown_took = since(rt, stopping);
-
-    let admitted_jobs: Vec<usize> = admitted.iter().map(|(job, _)| *job).collect();
-    let handed_back = report.handed_back.len();
-    // Every handle resolves now: run, timed out, or `Aborted`, which a handle reads both for
-    // a job aborted at the deadline and for one handed back (the report tells them apart).
-    let (mut completed, mut timed_out, mut panicked, mut aborted_or_handed_back) =
-        (0usize, 0usize, 0usize, 0usize);
-    let mut only_slow_timed_out = true;
-    for (job, handle) in admitted {
-        match handle.await {
-            Exit::Ok(done) => {
-                completed += 1;
-                only_slow_timed_out &= done == job && !is_slow(job);
-            }
-            Exit::Err(_) => {
-                timed_out += 1;
-                only_slow_timed_out &= is_slow(job);
-            }
-            Exit::Panicked(_) => panicked += 1,
-            _ => aborted_or_handed_back += 1,
-        }
-    }
-    s.metric(
-        "workers / queue / job timeout",
-        format!("{WORKERS} / {QUEUE} / {}", ms(JOB_TIMEOUT)),
-    )
-    .metric("jobs", "20 ms each; every 10th sleeps 1 s (times out)")
-    .metric(
-        "burst: produced / admitted / shed (try_submit)",
-        format!("{burst} / {burst_admitted} / {burst_shed}"),
-    )
-    .metric("queued after the burst", queued_after_burst)
-    .metric("backpressured jobs (submit().await)", pressed)
-    .metric("producer held back", ms(held_back))
-    .metric(
-        &format!(
-            "floor: ≥ {} jobs must end first, ≤ 2 per 20 ms",
-            pressed.saturating_sub(QUEUE)
-        ),
-        ms(floor),
-    )
-    .metric("queue peak (sampled after each submit)", peak_queued)
-    .metric("queued at shutdown (after a top-up)", queued_at_shutdown)
-    .metric("drain deadline", ms(DRAIN))
-    .metric("shutdown took", ms(shutdown_took))
-    .metric(
-        "produced / admitted / shed",
-        format!("{produced} / {} / {shed}", admitted_jobs.len()),
-    )
-    .metric(
-        "submitted / completed / failed (aborted) / handed back",
-        format!(
-            "{} / {} / {} ({}) / {handed_back}",
-            report.submitted, report.completed, report.failed, report.aborted
-        ),
-    )
-    .metric(
-        "handed back",
-        report
-            .handed_back
-            .iter()
-            .map(|job| format!("#{job}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
-    .metric(
-        "handles: completed / timed out / panicked / aborted or handed back",
-        format!("{completed} / {timed_out} / {panicked} / {aborted_or_handed_back}"),
-    );
-    s.check(
-        "shed + admitted = produced; every shed job came back intact in SubmitError::Full",
-        shed + admitted_jobs.len() == produced && refused_closed == 0 && intact,
-    );
-    s.check(
-        "the burst filled the queue (≥ 8 admitted) and shed the rest without waiting",
-        burst_admitted >= QUEUE && burst_admitted + burst_shed == burst,
-    );
-    s.check(
-        &format!(
-            "backpressure: submit() held the producer ≥ {} for {pressed} jobs",
-            ms(floor)
-        ),
-        held_back >= floor,
-    );
-    s.check(
-        "submitted = completed + failed + handed back",
-        report.submitted == report.completed + report.failed + handed_back as u64,
-    );
-    s.check(
-        "the pool counted exactly the admitted jobs (shed ones never entered)",
-        report.submitted == admitted_jobs.len() as u64,
-    );
-    s.check(
-        "the 30 ms drain was too short: jobs handed back, the latest admitted, in order",
-        handed_back > 0 && admitted_jobs.ends_with(&report.handed_back),
-    );
-    s.check(
-        "the job handles agree with the report",
-        completed as u64 == report.completed
-            && (timed_out + panicked) as u64 + report.aborted == report.failed
-            && aborted_or_handed_back as u64 == report.aborted + handed_back as u64,
-    );
-    s.check(
-        "the 100 ms job timeout cut only the slow jobs",
-        only_slow_timed_out,
-    );
-    s
 }
 
 fn since<R: Net>(rt: &R, start: Instant) -> Duration {
