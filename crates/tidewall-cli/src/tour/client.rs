@@ -21,6 +21,11 @@ pub(crate) trait Net: Runtime + Signals {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
+/// Time passed on `rt`'s clock since `start`.
+pub(crate) fn since<R: Net>(rt: &R, start: std::time::Instant) -> Duration {
+    rt.now().saturating_duration_since(start)
+}
+
 impl Net for Tokio {
     type Io = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
 

@@ -7,12 +7,12 @@
 //! [`Producer::settle`] awaits every handle; [`metrics`] prints the figures and [`checks`]
 //! verifies them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidewall::task::Exit;
 use tidewall::task::pool::{JobHandle, PoolReport, SubmitError, WorkerPool};
 
-use super::client::Net;
+use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::scenarios::Size;
 
@@ -403,8 +403,4 @@ fn checks(s: &mut Section, outcome: &Outcome) {
         "the 100 ms job timeout cut only the slow jobs",
         handles.only_slow_timed_out,
     );
-}
-
-fn since<R: Net>(rt: &R, start: Instant) -> Duration {
-    rt.now().saturating_duration_since(start)
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -15,7 +15,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::{Backoff, ConfigError, Deadline, Error, Rejected};
 
-use super::client::{Client, Net};
+use super::client::{Client, Net, since};
 use super::report::{Section, ms};
 use super::scenarios::{Size, settle};
 use super::server::Server;
@@ -436,10 +436,6 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
         transitions == 0,
     );
     s
-}
-
-fn since<R: Net>(rt: &R, start: Instant) -> Duration {
-    rt.now().saturating_duration_since(start)
 }
 
 /// The tour's configurations are constants: an invalid one is a bug in the tour.

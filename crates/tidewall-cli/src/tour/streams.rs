@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tidewall::rate::RateLimiter;
 use tidewall::stream::{BlockingReader, LineReader, Overlong, StreamOps, Yielder};
 
-use super::client::Net;
+use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::scenarios::Size;
 
@@ -444,10 +444,6 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
         (theory..=theory + slack).contains(&elapsed),
     );
     s
-}
-
-fn since<R: Net>(rt: &R, start: Instant) -> Duration {
-    rt.now().saturating_duration_since(start)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tidewall::task::{
     scope::{FailurePolicy, Scope},
 };
 
-use super::client::Net;
+use super::client::{Net, since};
 use super::pool::worker_pool;
 use super::report::{Section, ms};
 use super::scenarios::Size;
@@ -266,8 +266,4 @@ fn ending(ending: Ending) -> String {
         Ending::Aborted { took } => format!("Aborted {{ took: {} }}", ms(took)),
         other => format!("{other:?}"),
     }
-}
-
-fn since<R: Net>(rt: &R, start: Instant) -> Duration {
-    rt.now().saturating_duration_since(start)
 }
