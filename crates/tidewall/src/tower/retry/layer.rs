@@ -33,7 +33,7 @@ use crate::rt::{Clock, DefaultRuntime};
 /// returned as it was (an `Ok` judged a failure stays `Ok`). An error from the inner
 /// service's `poll_ready` is returned at once, unretried.
 ///
-/// Over a [`BreakerLayer`](super::BreakerLayer), set
+/// Over a [`BreakerLayer`](crate::tower::BreakerLayer), set
 /// [`honor_retry_after`](Self::honor_retry_after) and a [`deadline`](Self::deadline): a call
 /// shed with [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) is then retried no
 /// sooner than the breaker's `retry_after`, and returns at once when that is past the
@@ -173,7 +173,7 @@ impl<R, C, H> RetryLayer<R, C, H> {
     /// Gives each call's retries `within` from the call: a retry whose sleep (plus
     /// [`min_attempt_time`](Self::min_attempt_time)) would end past it is not taken, and the
     /// last result is returned at once. The first attempt always starts, and a running
-    /// attempt is not cut off: put a [`TimeoutLayer`](super::TimeoutLayer) outside this
+    /// attempt is not cut off: put a [`TimeoutLayer`](crate::tower::TimeoutLayer) outside this
     /// layer for that.
     #[must_use]
     pub fn deadline(mut self, within: Duration) -> Self {
