@@ -157,10 +157,10 @@ trait Erased<T, E>: Send + Sync {
 impl<R, L, B, Rt, C, K, T, E> Erased<T, E> for Pipeline<R, L, B, Rt, C, K>
 where
     R: Clock,
-    L: Admission,
-    B: Admission,
-    Rt: Retries,
-    C: Gate,
+    L: Admission + 'static,
+    B: Admission + 'static,
+    Rt: Retries + 'static,
+    C: Gate + 'static,
     K: Classify<T, E> + Send + Sync,
     Self: Send + Sync,
     T: Send,
