@@ -357,6 +357,13 @@ async fn local_scope_scenario<R: Runtime>(rt: Clocked<R>) {
     }
     // Children 0 and 1 ran first (limit 2); 2 and 3 started at 10 ms.
     assert_eq!(rt.now() - start, ms(10));
+    // At the limit, as a `Scope` would be: owner and spawner count the same two children,
+    // and a try is refused with its future.
+    assert_eq!((scope.running(), scope.spawner().running()), (2, 2));
+    assert!(matches!(
+        scope.try_spawn(async { Ok(9) }),
+        Err(SpawnError::Full(_))
+    ));
     let report = scope.join().await;
     assert_eq!(rt.now() - start, ms(70), "failure at 20 ms + 50 ms grace");
     assert_eq!(*log.borrow(), [0, 1, 2]);

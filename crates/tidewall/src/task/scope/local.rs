@@ -164,6 +164,11 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         self.shared.token.clone()
     }
 
+    /// Children running now (including those queued for the owner to start).
+    pub fn running(&self) -> usize {
+        self.shared.running()
+    }
+
     /// Queues an admitted child for the owner, and wakes the owner if it waits to drive.
     fn launch<F>(&self, id: u64, future: F)
     where
@@ -211,6 +216,23 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     /// The scope's cancellation token.
     pub fn token(&self) -> CancellationToken {
         self.shared.token.clone()
+    }
+
+    /// Children running now (including those queued for the owner to start).
+    pub fn running(&self) -> usize {
+        self.shared.running()
+    }
+
+    /// See [`LocalSpawner::try_spawn`]: queues `future` if a slot is free now.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Full`] or [`SpawnError::Closed`], with the future.
+    pub fn try_spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        self.spawner().try_spawn(future)
     }
 
     /// Cancels the scope's token with `reason` (see [`Scope::cancel`](super::Scope::cancel)).
