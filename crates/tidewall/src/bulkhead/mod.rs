@@ -208,11 +208,8 @@ impl<R: Clock> Bulkhead<R> {
     ///
     /// [`Rejected::BulkheadFull`] when every slot is taken (or waiters are queued ahead).
     pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
-        let permit = self.try_acquire()?;
-        std::mem::forget(permit);
-        Ok(OwnedPermit {
-            bulkhead: self.clone(),
-        })
+        self.try_acquire_owned_quiet()
+            .ok_or_else(|| self.shared.reject(Rejected::BulkheadFull))
     }
 
     /// Waits for a slot, in FIFO order, up to the configured `max_wait`.
