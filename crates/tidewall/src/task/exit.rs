@@ -175,6 +175,26 @@ pub(crate) fn exit_from(result: Result<(), ChildError>) -> Exit {
     }
 }
 
+/// The [`Exit`] of a future run under `catch_unwind`, its panic payload kept.
+pub(crate) fn caught<T, E>(
+    result: Result<Result<T, E>, Box<dyn std::any::Any + Send>>,
+) -> Exit<T, E, crate::rt::Panic> {
+    match result {
+        Ok(Ok(value)) => Exit::Ok(value),
+        Ok(Err(error)) => Exit::Err(error),
+        Err(payload) => Exit::Panicked(crate::rt::Panic::new(payload)),
+    }
+}
+
+/// How a task that was just aborted ended: one that finished (or panicked) as the abort came
+/// reports what it did, within its time; otherwise it was aborted.
+pub(crate) fn after_abort(result: Result<Exit, JoinError>, took: Duration) -> (Exit, Ending) {
+    match result {
+        Ok(_) | Err(JoinError::Panicked(_)) => (exit_of(result), Ending::Stopped { took }),
+        Err(_) => (Exit::Aborted, Ending::Aborted { took }),
+    }
+}
+
 /// A finished task's [`Exit`], with a panic or an abort read from the join error.
 pub(crate) fn exit_of(result: Result<Exit, JoinError>) -> Exit {
     match result {

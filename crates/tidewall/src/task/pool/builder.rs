@@ -13,7 +13,7 @@ use crate::rt::{DefaultRuntime, Runtime};
 
 /// The most workers a pool starts: each is spawned (and its handle kept) up front, so an
 /// unbounded count would spawn without end or overflow the handles' allocation.
-pub(super) const MAX_WORKERS: usize = 1 << 16;
+const MAX_WORKERS: usize = 1 << 16;
 
 impl WorkerPool<(), ()> {
     /// Configures a pool: by default as many workers as the machine runs threads in parallel

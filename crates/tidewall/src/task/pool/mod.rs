@@ -176,7 +176,8 @@ where
             aborted = shared.running.swap(0, Relaxed) as u64;
             shared.failed.fetch_add(aborted, Relaxed);
         }
-        let never_run: Vec<_> = shared.queue().jobs.drain(..).collect();
+        // Taken whole, so the handles are told outside the lock.
+        let never_run = std::mem::take(&mut shared.queue().jobs);
         let handed_back = never_run
             .into_iter()
             .map(|(job, result)| {

@@ -10,7 +10,7 @@ use futures_channel::oneshot;
 use super::report::JobExit;
 use super::{JobHandle, SubmitError};
 
-pub(super) type Queued<J, T> = (J, oneshot::Sender<JobExit<T>>);
+type Queued<J, T> = (J, oneshot::Sender<JobExit<T>>);
 
 pub(super) struct Queue<J, T> {
     pub(super) jobs: VecDeque<Queued<J, T>>,
@@ -126,7 +126,7 @@ pub(super) fn try_submit<J, T>(
 }
 
 /// Queues a job; returns its handle and an idle worker to wake once the lock is released.
-pub(super) fn enqueue<J, T>(
+fn enqueue<J, T>(
     shared: &Shared<J, T>,
     queue: &mut Queue<J, T>,
     job: J,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 
 use super::queue::Shared;
-use crate::rt::{Panic, Runtime};
+use crate::rt::Runtime;
 use crate::task::Exit;
+use crate::task::caught;
 use crate::time::FutureExt as _;
 
 /// One worker: take a job, run it (timed, panics caught), report, repeat until closed and
@@ -57,14 +58,13 @@ pub(super) async fn work<J, T, F, Fut, R>(
         // The handler is called inside the caught future: a panic before its first await is
         // caught like any other.
         let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
+        // A job returns its value; its only error is the pool's timeout.
         let exit = match timeout {
             Some(limit) => match run.timeout_on(&rt, limit).await {
-                Ok(done) => done.map_or_else(|p| Exit::Panicked(Panic::new(p)), Exit::Ok),
+                Ok(done) => caught(done.map(Ok)),
                 Err(elapsed) => Exit::Err(elapsed),
             },
-            None => run
-                .await
-                .map_or_else(|p| Exit::Panicked(Panic::new(p)), Exit::Ok),
+            None => caught(run.await.map(Ok)),
         };
         shared.running.fetch_sub(1, Relaxed);
         if matches!(exit, Exit::Ok(_)) {

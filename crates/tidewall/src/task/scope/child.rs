@@ -157,7 +157,7 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
 
 /// Records the child's end exactly once: when it completes or is aborted by the scope, and
 /// as [`Exit::Aborted`] when its task is dropped unfinished (its runtime shut down).
-pub(super) struct ChildGuard<T, E, R: Runtime> {
+struct ChildGuard<T, E, R: Runtime> {
     shared: Arc<Shared<T, E, R>>,
     id: u64,
     /// Its abort-waker slot, once it has been pending.
@@ -225,18 +225,13 @@ where
         if this.guard.finished {
             return Poll::Ready(());
         }
-        let shared = Arc::clone(&this.guard.shared);
-        if !shared.aborting.load(Ordering::Acquire) {
+        if !this.guard.shared.aborting.load(Ordering::Acquire) {
             let Some(future) = this.future.as_mut().as_pin_mut() else {
                 return Poll::Ready(());
             };
             if let Poll::Ready(caught) = future.poll(cx) {
                 this.future.set(None);
-                this.guard.finish(match caught {
-                    Ok(Ok(value)) => Exit::Ok(value),
-                    Ok(Err(error)) => Exit::Err(error),
-                    Err(payload) => Exit::Panicked(Panic::new(payload)),
-                });
+                this.guard.finish(crate::task::caught(caught));
                 return Poll::Ready(());
             }
             if this
@@ -246,16 +241,17 @@ where
             {
                 return Poll::Pending;
             }
-            let mut state = shared.core.state();
+            // Disjoint borrows of the guard: its shared state (locked) and its waker slot.
+            let guard = &mut *this.guard;
+            let mut state = guard.shared.core.state();
             // Checked again under the lock the abort is raised under: no lost wake-up.
-            if !shared.aborting.load(Ordering::Acquire) {
-                let slot = state
-                    .children
-                    .register_abort_waker(this.guard.slot, cx.waker());
-                this.guard.slot = Some(slot);
+            if !guard.shared.aborting.load(Ordering::Acquire) {
+                let slot = state.children.register_abort_waker(guard.slot, cx.waker());
+                guard.slot = Some(slot);
                 *this.registered = Some(cx.waker().clone());
                 return Poll::Pending;
             }
+            drop(state);
         }
         // Aborted: drop the child's future first (its destructors run now), then report.
         this.future.set(None);

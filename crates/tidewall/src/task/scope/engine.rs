@@ -75,7 +75,7 @@ impl Ended {
     }
 }
 
-pub(super) enum Admission {
+enum Admission {
     Admitted(u64),
     Full,
     Closed,

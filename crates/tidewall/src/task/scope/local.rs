@@ -16,7 +16,7 @@ use super::close::{self, Front};
 use super::engine::{Children, Core, State};
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{DefaultRuntime, Panic, Runtime};
-use crate::task::{CancellationToken, Exit, Reason};
+use crate::task::{CancellationToken, Exit, Reason, caught};
 
 type LocalChild<T, E> = Pin<Box<dyn Future<Output = (u64, Exit<T, E, Panic>)>>>;
 
@@ -177,12 +177,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         let driver = {
             let mut state = self.shared.state();
             state.children.incoming.push(Box::pin(async move {
-                let exit = match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(Ok(value)) => Exit::Ok(value),
-                    Ok(Err(error)) => Exit::Err(error),
-                    Err(payload) => Exit::Panicked(Panic::new(payload)),
-                };
-                (id, exit)
+                (id, caught(AssertUnwindSafe(future).catch_unwind().await))
             }));
             state.children.driver.take()
         };
@@ -381,16 +376,20 @@ impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
     /// Drops every child still running, recording each as aborted.
     fn abort_all(&mut self) {
         self.set.clear();
-        let mut state = self.shared.state();
-        state.children.incoming.clear();
-        let now = self.shared.rt.now();
-        let mut left: Vec<_> = state.children.running.drain().collect();
-        left.sort_unstable();
-        for id in left {
-            state
-                .ledger
-                .record(ChildId(id), Exit::Aborted, || now, true);
-        }
+        let queued = {
+            let mut state = self.shared.state();
+            let now = self.shared.rt.now();
+            let mut left: Vec<_> = state.children.running.drain().collect();
+            left.sort_unstable();
+            for id in left {
+                state
+                    .ledger
+                    .record(ChildId(id), Exit::Aborted, || now, true);
+            }
+            std::mem::take(&mut state.children.incoming)
+        };
+        // Dropped after the borrow ends, as in `Drop`: their destructors may use a spawner.
+        drop(queued);
     }
 
     fn set_closed(&mut self) {

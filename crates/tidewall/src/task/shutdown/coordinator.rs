@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use super::report::{Cause, ShutdownReport};
 use crate::ConfigError;
 use crate::rt::{
-    DefaultRuntime, JoinError, JoinHandle, Runtime, ShutdownSignals, Signal, Signals, TaskHandle,
+    DefaultRuntime, JoinHandle, Runtime, ShutdownSignals, Signal, Signals, TaskHandle,
     instant_after,
 };
 use crate::task::{
-    CancellationToken, Ending, Exit, Reason, TaskReport, exit_from, exit_of, supervisor::ChildError,
+    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit_from, exit_of,
+    supervisor::ChildError,
 };
 
 struct Component<R: Runtime> {
@@ -460,13 +461,7 @@ impl<R: Runtime> Shutdown<R> {
                         component.handle.abort();
                         let result = (&mut component.handle).await;
                         let took = self.rt.now().saturating_duration_since(told);
-                        match result {
-                            // It ended just as the abort came: report what it returned.
-                            Ok(_) | Err(JoinError::Panicked(_)) => {
-                                (exit_of(result), Ending::Stopped { took })
-                            }
-                            Err(_) => (Exit::Aborted, Ending::Aborted { took }),
-                        }
+                        after_abort(result, took)
                     }
                 };
                 match ending {

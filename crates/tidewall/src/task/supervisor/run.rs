@@ -13,9 +13,9 @@ use tidewall_core::backoff::{Backoff, DelayState};
 use super::builder::{EventHook, Strategy, SupervisorBuilder};
 use super::report::{Ended, Escalation, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildSpec, Restart};
-use crate::rt::{JoinError, JoinHandle, Runtime, TaskHandle, instant_after};
+use crate::rt::{JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::{
-    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, exit_from, exit_of,
+    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, exit_from, exit_of,
 };
 
 struct Running<R: Runtime> {
@@ -240,17 +240,17 @@ impl<R: Runtime> Supervisor<R> {
             .take()
             .expect("an exit comes from a running child");
         let name = Arc::clone(&slot.spec.name);
-        self.emit(SupervisorEvent::Exited {
-            child: Arc::clone(&name),
-            exit: exit.clone(),
-        });
-        let slot = &mut self.slots[index];
         let restart = match slot.spec.restart {
             Restart::Permanent => true,
             // After any exit but `Ok`: an error, a panic, or an abort from outside.
             Restart::Transient => !matches!(exit, Exit::Ok(())),
             Restart::Temporary => false,
         };
+        self.emit(SupervisorEvent::Exited {
+            child: Arc::clone(&name),
+            exit,
+        });
+        let slot = &mut self.slots[index];
         if !restart {
             slot.removed = slot.spec.restart == Restart::Temporary;
             return None;
@@ -399,11 +399,7 @@ impl<R: Runtime> Supervisor<R> {
             running.handle.abort();
             let result = (&mut running.handle).await;
             let took = rt.now().saturating_duration_since(cancelled_at);
-            match result {
-                // It finished just as the abort came: report what it returned.
-                Ok(_) | Err(JoinError::Panicked(_)) => (exit_of(result), Ending::Stopped { took }),
-                Err(_) => (Exit::Aborted, Ending::Aborted { took }),
-            }
+            after_abort(result, took)
         };
         self.slots[index].running = None;
         Some(stopped)
