@@ -418,9 +418,10 @@ fn sleeper<R: Runtime>(
     })
 }
 
-// Docs (`BulkheadLayer::wait`): "When full, `poll_ready` waits in the bulkhead's FIFO queue,
-// up to its `max_wait`, then fails with `Rejected::BulkheadFull`." (`BulkheadService`): "A
-// clone starts without a reserved slot." Docs (bulkhead): "Nothing leaks."
+// Docs (`AdmitMode::WaitReady`): "the service is not ready until the stage admits, and the
+// guard taken there (a bulkhead slot) is held until the call's response future completes."
+// (`AdmitService`): "A clone shares the stage and starts with nothing admitted." Docs
+// (bulkhead): "Nothing leaks."
 async fn tower_bulkhead_wait_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = Bulkhead::builder(2)
         .max_queue(300)
@@ -503,8 +504,8 @@ fn a_tower_bulkhead_slot_reserved_in_poll_ready_is_released_exactly_once_on_ever
     on_every_runtime!(tower_bulkhead_reserved_slot_is_released_once);
 }
 
-// Docs (`BulkheadLayer::reject`): "When full, `call` fails at once with
-// `Rejected::BulkheadFull` (load shedding)."
+// Docs (`AdmitMode::Reject`): "the response future fails at once with the stage's own
+// rejection (`Rejected::BulkheadFull`, ...)" (load shedding).
 async fn tower_bulkhead_reject_sheds_at_once<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = Bulkhead::builder(1).runtime(rt.clone()).build().unwrap();
     let gauge = Gauge::default();
@@ -1147,8 +1148,8 @@ fn a_pipeline_call_never_outlives_its_deadline_under_random_cancellation_on_ever
     on_every_runtime!(pipeline_rate_limit_is_exact_and_calls_keep_their_deadline);
 }
 
-// Docs (`RateLimitLayer::wait`): "Over the limit, `poll_ready` sleeps until the limiter
-// admits (backpressure)." Each request is one cell: n requests from rest take exactly
+// Docs (`AdmitMode::WaitReady` over a `RateLimiter`): "the service is not ready until the
+// stage admits" (backpressure). Each request is one cell: n requests from rest take exactly
 // `(n - burst) × interval`, whether or not some ready services are dropped unused.
 async fn tower_rate_wait_counts_one_cell_per_request<R: Runtime>(rt: Clocked<R>) {
     let limiter = RateLimiter::builder(10, Duration::from_secs(1))

@@ -212,7 +212,7 @@ fn dropping_pipeline_calls_at_random_points_releases_slots_probes_and_timers() {
 }
 
 /// The same with the tower stack: RetryLayer(budget, deadline, hints) over BreakerLayer over
-/// BulkheadLayer::wait. RetryLayer: "dropping the response future drops the running attempt or
+/// an AdmitLayer waiting in poll_ready on a bulkhead. RetryLayer: "dropping the response future drops the running attempt or
 /// the backoff sleep; no further attempt is made"; BreakerLayer: "a call whose response future is
 /// dropped records nothing".
 async fn tower_cancellation<R: Runtime>(rt: Clocked<R>) {

@@ -455,7 +455,7 @@ fn a_pipeline_on_a_users_clock_or_fakeclock_retries_timed_out_attempts_on_schedu
 }
 
 fn tower_layers_wait_exactly<C: Virtual>(clock: C) {
-    // RateLimitLayer::wait: poll_ready sleeps until the limiter admits.
+    // AdmitMode::WaitReady over a limiter: poll_ready sleeps until the limiter admits.
     let limiter = RateLimiter::builder(2, secs(1))
         .burst(1)
         .jitter(Duration::ZERO)

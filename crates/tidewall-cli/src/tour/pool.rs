@@ -14,6 +14,7 @@ use tidewall::task::pool::{JobHandle, PoolReport, SubmitError, WorkerPool};
 
 use super::client::{Net, since};
 use super::report::{Section, ms};
+use super::resilience::valid;
 use super::scenarios::Size;
 
 const WORKERS: usize = 2;
@@ -63,19 +64,20 @@ pub(crate) async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
 /// on `rt`'s clock and returns its number.
 fn start<R: Net>(rt: &R) -> Pool<R> {
     let clock = rt.clone();
-    WorkerPool::builder()
-        .workers(WORKERS)
-        .queue(QUEUE)
-        .job_timeout(JOB_TIMEOUT)
-        .runtime(rt.clone())
-        .start(move |job: usize| {
-            let clock = clock.clone();
-            async move {
-                clock.sleep(if is_slow(job) { SLOW } else { JOB }).await;
-                job
-            }
-        })
-        .expect("a valid configuration")
+    valid(
+        WorkerPool::builder()
+            .workers(WORKERS)
+            .queue(QUEUE)
+            .job_timeout(JOB_TIMEOUT)
+            .runtime(rt.clone())
+            .start(move |job: usize| {
+                let clock = clock.clone();
+                async move {
+                    clock.sleep(if is_slow(job) { SLOW } else { JOB }).await;
+                    job
+                }
+            }),
+    )
 }
 
 /// Makes the jobs, numbered in order. Every job produced is admitted (its handle kept) or shed

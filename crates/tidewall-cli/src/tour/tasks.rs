@@ -1,8 +1,7 @@
 //! The tour's task-management scenarios: a fail-fast structured-concurrency scope whose
-//! failure cancels its siblings (and aborts the one that will not listen), and a worker pool
-//! under overload that sheds, pushes back, and accounts for every job when it is shut down
-//! (in [`super::pool`]). No HTTP here: the work is the runtime's own sleep, so both run the
-//! same on every adapter.
+//! failure cancels its siblings (and aborts the one that will not listen), here, and a worker
+//! pool under overload ([`super::pool`]). No HTTP: the work is the runtime's own sleep, so
+//! both run the same on every adapter.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

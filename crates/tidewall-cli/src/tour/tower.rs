@@ -17,7 +17,7 @@ use tidewall::{Error, Rejected};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::client::{Client, HttpError, Net};
+use super::client::{Client, HttpError, Net, since};
 use super::report::{Section, ms};
 use super::resilience::valid;
 use super::scenarios::{Size, settle};
@@ -157,7 +157,7 @@ async fn shedding<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
         async move {
             let start = rt.now();
             let result = call_once(&mut service, "/delay/150").await;
-            (result, rt.now().saturating_duration_since(start))
+            (result, since(rt, start))
         }
     }))
     .await;
