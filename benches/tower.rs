@@ -23,6 +23,7 @@
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, criterion_group, criterion_main, measurement::WallTime};
@@ -40,19 +41,34 @@ use tower_resilience::timelimiter::TimeLimiterLayer as TrTimeLimiterLayer;
 const SLOTS: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The inner service: answers at once.
-#[derive(Clone, Copy)]
-struct Echo;
+/// The inner service: answers at once. `E` is its error type, never produced.
+struct Echo<E>(PhantomData<fn() -> E>);
 
-impl Service<u32> for Echo {
+impl<E> Clone for Echo<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Echo<E> {}
+
+/// `Echo` for tower, tower-resilience and Tidewall's `RetryLayer`, which take any error type.
+const ECHO: Echo<Infallible> = Echo(PhantomData);
+
+/// The same `Echo` under Tidewall's layers that can refuse or time out: they return their inner
+/// service's error type, which must be a `PolicyError`, so the service's error is already
+/// `tidewall::Error<Infallible>`. Only the (never produced) error type differs from `ECHO`: no
+/// `map_err` wrapper, so neither side does more work than the other. (The `Result` it answers
+/// is the size of the one Tidewall's layers returned before, when they wrapped `Infallible`
+/// into `Error<Infallible>` themselves.)
+const TYPED_ECHO: Echo<tidewall::Error<Infallible>> = Echo(PhantomData);
+
+impl<E> Service<u32> for Echo<E> {
     type Response = u32;
-    type Error = Infallible;
-    type Future = Ready<Result<u32, Infallible>>;
+    type Error = E;
+    type Future = Ready<Result<u32, E>>;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), E>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -120,15 +136,15 @@ fn tr_breaker() -> TrBreakerLayer {
 fn concurrency(c: &mut criterion::Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("tower_concurrency_wait");
-    let tower = tower::limit::ConcurrencyLimitLayer::new(SLOTS).layer(Echo);
+    let tower = tower::limit::ConcurrencyLimitLayer::new(SLOTS).layer(ECHO);
     per_call(&mut group, "tower", &rt, tower);
-    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::WaitReady).layer(Echo);
+    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::WaitReady).layer(TYPED_ECHO);
     per_call(&mut group, "tidewall", &rt, tidewall);
     per_call(
         &mut group,
         "tower_resilience",
         &rt,
-        tr_bulkhead(true).layer(Echo),
+        tr_bulkhead(true).layer(ECHO),
     );
     group.finish();
 
@@ -136,15 +152,15 @@ fn concurrency(c: &mut criterion::Criterion) {
     let tower = ServiceBuilder::new()
         .load_shed()
         .concurrency_limit(SLOTS)
-        .service(Echo);
+        .service(ECHO);
     per_call(&mut group, "tower", &rt, tower);
-    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::Reject).layer(Echo);
+    let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::Reject).layer(TYPED_ECHO);
     per_call(&mut group, "tidewall", &rt, tidewall);
     per_call(
         &mut group,
         "tower_resilience",
         &rt,
-        tr_bulkhead(false).layer(Echo),
+        tr_bulkhead(false).layer(ECHO),
     );
     group.finish();
 }
@@ -152,19 +168,19 @@ fn concurrency(c: &mut criterion::Criterion) {
 fn timeout(c: &mut criterion::Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("tower_timeout");
-    let tower = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(Echo);
+    let tower = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(ECHO);
     per_call(&mut group, "tower", &rt, tower);
     per_call(
         &mut group,
         "tidewall",
         &rt,
-        TimeoutLayer::new(TIMEOUT).layer(Echo),
+        TimeoutLayer::new(TIMEOUT).layer(TYPED_ECHO),
     );
     let tr = TrTimeLimiterLayer::builder()
         .timeout_duration(TIMEOUT)
         .cancel_running_future(true)
         .build();
-    per_call(&mut group, "tower_resilience", &rt, tr.layer(Echo));
+    per_call(&mut group, "tower_resilience", &rt, tr.layer(ECHO));
     group.finish();
 }
 
@@ -176,13 +192,13 @@ fn breaker(c: &mut criterion::Criterion) {
         &mut group,
         "tidewall",
         &rt,
-        BreakerLayer::new(breaker).layer(Echo),
+        BreakerLayer::new(breaker).layer(TYPED_ECHO),
     );
     per_call(
         &mut group,
         "tower_resilience",
         &rt,
-        tr_breaker().layer(Echo),
+        tr_breaker().layer(ECHO),
     );
     group.finish();
 }
@@ -214,7 +230,7 @@ impl<E> tower::retry::Policy<u32, u32, E> for Attempts {
 fn retry(c: &mut criterion::Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("tower_retry");
-    let tower = tower::retry::RetryLayer::new(Attempts { left: 2 }).layer(Echo);
+    let tower = tower::retry::RetryLayer::new(Attempts { left: 2 }).layer(ECHO);
     per_call(&mut group, "tower", &rt, tower);
     let backoff = Backoff::exponential(Duration::from_millis(10))
         .max_attempts(3)
@@ -224,13 +240,13 @@ fn retry(c: &mut criterion::Criterion) {
         &mut group,
         "tidewall",
         &rt,
-        RetryLayer::new(backoff).layer(Echo),
+        RetryLayer::new(backoff).layer(ECHO),
     );
     let tr = TrRetryLayer::<u32, u32, Infallible>::builder()
         .max_attempts(3)
         .exponential_backoff(Duration::from_millis(10))
         .build();
-    per_call(&mut group, "tower_resilience", &rt, tr.layer(Echo));
+    per_call(&mut group, "tower_resilience", &rt, tr.layer(ECHO));
     group.finish();
 }
 
@@ -240,7 +256,7 @@ fn stack(c: &mut criterion::Criterion) {
     let tower = ServiceBuilder::new()
         .timeout(TIMEOUT)
         .concurrency_limit(SLOTS)
-        .service(Echo);
+        .service(ECHO);
     per_call(&mut group, "tower_without_breaker", &rt, tower);
     let tidewall = ServiceBuilder::new()
         .layer(TimeoutLayer::new(TIMEOUT))
@@ -248,7 +264,7 @@ fn stack(c: &mut criterion::Criterion) {
             CircuitBreaker::builder().build().unwrap(),
         ))
         .layer(AdmitLayer::new(bulkhead(), AdmitMode::WaitReady))
-        .service(Echo);
+        .service(TYPED_ECHO);
     per_call(&mut group, "tidewall", &rt, tidewall);
     let tr = ServiceBuilder::new()
         .layer(
@@ -259,7 +275,7 @@ fn stack(c: &mut criterion::Criterion) {
         )
         .layer(tr_breaker())
         .layer(tr_bulkhead(true))
-        .service(Echo);
+        .service(ECHO);
     per_call(&mut group, "tower_resilience", &rt, tr);
     group.finish();
 }

@@ -41,8 +41,10 @@ async fn a_tower_service_admits_through_redis() {
     let server = RedisServer::start();
     let layer = AdmitLayer::new(one_per_ten_seconds(&server, "tower"), AdmitMode::WaitCall)
         .max_wait(Duration::ZERO);
+    // The service's own errors become `Error::Inner`: the layer refuses in the same type.
     let mut service = tower::ServiceBuilder::new()
         .layer(layer)
+        .map_err(Error::Inner)
         .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
     assert_eq!(service.ready().await.unwrap().call(21).await.unwrap(), 42);
     let refused = service.ready().await.unwrap().call(1).await;
@@ -58,7 +60,7 @@ async fn a_shedding_tower_service_refuses_with_the_redis_limiters_hint() {
     let layer = AdmitLayer::new(one_per_ten_seconds(&server, "shed"), AdmitMode::Reject);
     let mut service = tower::ServiceBuilder::new()
         .layer(layer)
-        .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
+        .service_fn(|x: u32| async move { Ok::<_, Error<std::convert::Infallible>>(x * 2) });
     assert_eq!(service.ready().await.unwrap().call(21).await.unwrap(), 42);
     match service.ready().await.unwrap().call(1).await {
         Err(Error::Rejected(Rejected::RateLimited { retry_after })) => assert!(

@@ -7,6 +7,8 @@
 //! Layers, outermost first: error mapping (rejections → HTTP status with `Retry-After`),
 //! a timeout covering readiness and the handler, a shared rate limiter that rejects with 429,
 //! a bulkhead that sheds with 503, and a circuit breaker that counts 5xx responses as failures.
+//! The whole stack has one error type, axum's `BoxError`: the routes' errors are boxed once,
+//! beneath the layers, and each layer boxes its own refusal or timeout into the same type.
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
@@ -68,11 +70,11 @@ fn app() -> Result<Router, tidewall::ConfigError> {
     };
     let policies = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(refusal))
-        .map_err(BoxError::from)
         .layer(TimeoutLayer::new(Duration::from_millis(300)))
         .layer(AdmitLayer::new(limiter, AdmitMode::Reject))
         .layer(AdmitLayer::new(bulkhead, AdmitMode::Reject))
-        .layer(BreakerLayer::new(breaker).classify(server_errors_fail));
+        .layer(BreakerLayer::new(breaker).classify(server_errors_fail))
+        .map_err(BoxError::from);
     Ok(Router::new()
         .route("/ok", get(|| async { "ok" }))
         .route(

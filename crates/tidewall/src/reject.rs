@@ -130,30 +130,6 @@ impl<E> Error<E> {
     }
 }
 
-impl<E> Error<Error<E>> {
-    /// One level instead of two: each Tidewall tower layer returns `Error<S::Error>`, so a
-    /// layer over another one answers `Error<Error<E>>`. Rust cannot merge the levels by
-    /// itself without knowing that the inner error is a Tidewall `Error` (that needs
-    /// specialization), so say it where the stack ends: `.map_err(Error::flatten)` once per
-    /// extra layer (or `map_err` on the `ServiceBuilder`).
-    ///
-    /// ```
-    /// use tidewall::{Error, Rejected};
-    ///
-    /// let nested: Error<Error<Error<std::io::Error>>> =
-    ///     Error::Inner(Error::Inner(Error::Rejected(Rejected::BulkheadFull)));
-    /// let flat: Error<std::io::Error> = nested.flatten().flatten();
-    /// assert_eq!(flat.rejection(), Some(Rejected::BulkheadFull));
-    /// ```
-    pub fn flatten(self) -> Error<E> {
-        match self {
-            Self::Rejected(r) => Error::Rejected(r),
-            Self::TimedOut => Error::TimedOut,
-            Self::Inner(inner) => inner,
-        }
-    }
-}
-
 impl<E> From<Rejected> for Error<E> {
     fn from(r: Rejected) -> Self {
         Self::Rejected(r)

@@ -46,6 +46,17 @@ fn classify(result: Result<&u32, &ApiError>) -> Verdict {
     }
 }
 
+/// `classify` for a breaker layer, which judges the stack's one error type `Error<ApiError>`:
+/// the service's own error (`Error::Inner`) as `classify` says, anything else (nothing beneath
+/// these breakers refuses or times out) a retryable failure.
+fn classify_typed(result: Result<&u32, &Error<ApiError>>) -> Verdict {
+    match result {
+        Ok(v) => classify(Ok(v)),
+        Err(Error::Inner(e)) => classify(Err(e)),
+        Err(_) => Verdict::RetryableFailure,
+    }
+}
+
 fn breaker<R: Runtime>(rt: &R) -> CircuitBreaker<R> {
     CircuitBreaker::builder()
         .consecutive_failures(2)
@@ -86,8 +97,10 @@ async fn call_through<R: Runtime>(
         }
         BreakerFront::Tower => {
             let mut service = BreakerLayer::new(breaker.clone())
-                .classify(classify)
-                .layer(tower::service_fn(move |(): ()| async move { result }));
+                .classify(classify_typed)
+                .layer(tower::service_fn(move |(): ()| async move {
+                    result.map_err(Error::Inner)
+                }));
             std::future::poll_fn(|cx| service.poll_ready(cx))
                 .await
                 .unwrap();
@@ -210,7 +223,7 @@ async fn a_shed_call_waits_for_the_breaker_or_returns_at_once<R: Runtime>(rt: Cl
             let op = op.clone();
             tower::service_fn(move |(): ()| {
                 let op = op.clone();
-                async move { op.call().await }
+                async move { op.call().await.map_err(Error::Inner) }
             })
         };
         let mut layer = RetryLayer::new(backoff())

@@ -399,14 +399,16 @@ where
     let _ = join_with_random_aborts(rt, rng, handles).await;
 }
 
+/// `work` as a service, its `String` errors given the stack's one error type, `Error<String>`
+/// (the layers above add their refusals and timeouts to it).
 fn sleeper<R: Runtime>(
     rt: &R,
     gauge: &Gauge,
 ) -> impl Service<
     u64,
     Response = u64,
-    Error = String,
-    Future = impl std::future::Future<Output = Result<u64, String>> + Send + 'static,
+    Error = Error<String>,
+    Future = impl std::future::Future<Output = Result<u64, Error<String>>> + Send + 'static,
 > + Clone
 + Send
 + 'static {
@@ -416,6 +418,7 @@ fn sleeper<R: Runtime>(
         // Odd durations fail.
         work(rt, gauge, ms(d), d % 2 == 1)
     })
+    .map_err(Error::Inner)
 }
 
 // Docs (`AdmitMode::WaitReady`): "the service is not ready until the stage admits, and the

@@ -97,8 +97,8 @@ async fn ignored_probe_tower<R: Runtime>(rt: Clocked<R>) {
         [Err::<u32, ApiError>(ApiError::Cancelled), Ok(1)],
     );
     let service = BreakerLayer::new(b.clone())
-        .classify(classify)
-        .layer(scripted_service(&op));
+        .classify(classify_typed)
+        .layer(scripted_service(&op).map_err(Error::Inner));
     trip(&b, &rt).await;
     assert_eq!(
         service.clone().oneshot(()).await,
@@ -153,8 +153,8 @@ async fn breaker_counts_the_verdict<R: Runtime>(rt: Clocked<R>) {
     let b = breaker(&rt, 2, 1);
     let op = Scripted::new(rt.clone(), [Ok::<u32, ApiError>(GONE), Ok(PENDING), Ok(1)]);
     let service = BreakerLayer::new(b.clone())
-        .classify(classify)
-        .layer(scripted_service(&op));
+        .classify(classify_typed)
+        .layer(scripted_service(&op).map_err(Error::Inner));
     assert_eq!(service.clone().oneshot(()).await, Ok(GONE));
     assert_eq!(service.clone().oneshot(()).await, Ok(PENDING));
     assert_eq!(
@@ -264,8 +264,8 @@ async fn retry_layer_over_open_breaker<R: Runtime>(rt: Clocked<R>) {
         .deadline(secs(10))
         .layer(
             BreakerLayer::new(b.clone())
-                .classify(classify)
-                .layer(scripted_service(&op)),
+                .classify(classify_typed)
+                .layer(scripted_service(&op).map_err(Error::Inner)),
         );
     let _ = b.call(|| async { Err::<(), _>(ApiError::Busy) }).await;
     assert_eq!(b.state(), State::Open);
@@ -288,8 +288,8 @@ async fn retry_layer_over_open_breaker<R: Runtime>(rt: Clocked<R>) {
         .deadline(ms(500))
         .layer(
             BreakerLayer::new(b.clone())
-                .classify(classify)
-                .layer(scripted_service(&op)),
+                .classify(classify_typed)
+                .layer(scripted_service(&op).map_err(Error::Inner)),
         );
     let start = rt.now();
     let r = service.oneshot(()).await;
@@ -395,6 +395,9 @@ fn a_poll_ready_error_is_returned_at_once_unretried_by_the_retry_layer() {
 
 /// A stack real users build: RetryLayer over BreakerLayer over HedgeLayer, one classifier.
 /// A `Failure` ends the hedge at once, is counted once by the breaker, and is not retried.
+/// The hedge passes its service's `ApiError` through (and judges it with `classify`); the
+/// breaker, which can refuse, needs the typed `Error<ApiError>`: `map_err(Error::Inner)` goes
+/// between the two, and the breaker judges with `classify` lifted to that type.
 async fn retry_breaker_hedge_stack<R: Runtime>(rt: Clocked<R>) {
     let b = breaker(&rt, 3, 1);
     let hedge = Hedge::builder()
@@ -420,9 +423,11 @@ async fn retry_breaker_hedge_stack<R: Runtime>(rt: Clocked<R>) {
         .honor_retry_after()
         .deadline(secs(5))
         .layer(
-            BreakerLayer::new(b.clone())
-                .classify(classify)
-                .layer(HedgeLayer::new(hedge.clone()).layer(scripted_service(&op))),
+            BreakerLayer::new(b.clone()).classify(classify_typed).layer(
+                HedgeLayer::new(hedge.clone())
+                    .layer(scripted_service(&op))
+                    .map_err(Error::Inner),
+            ),
         );
     let start = rt.now();
     let r = service.clone().oneshot(()).await;
@@ -440,9 +445,11 @@ async fn retry_breaker_hedge_stack<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .classify(outer)
         .layer(
-            BreakerLayer::new(b.clone())
-                .classify(classify)
-                .layer(HedgeLayer::new(hedge.clone()).layer(scripted_service(&op))),
+            BreakerLayer::new(b.clone()).classify(classify_typed).layer(
+                HedgeLayer::new(hedge.clone())
+                    .layer(scripted_service(&op))
+                    .map_err(Error::Inner),
+            ),
         );
     let r = service.oneshot(()).await;
     assert_eq!(r, Ok(PENDING), "the Ok value survives three layers");
@@ -592,8 +599,8 @@ async fn ignored_probe_then_idle<R: Runtime>(rt: Clocked<R>) {
                 .build()
                 .unwrap();
             let service = BreakerLayer::new(b.clone())
-                .classify(classify)
-                .layer(scripted_service(&op));
+                .classify(classify_typed)
+                .layer(scripted_service(&op).map_err(Error::Inner));
             let name = [
                 "call_classified",
                 "pipeline",

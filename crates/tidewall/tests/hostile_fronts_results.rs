@@ -1071,8 +1071,8 @@ async fn hedge_losers_record_nothing<R: Runtime>(rt: Clocked<R>) {
     );
     let service = HedgeLayer::new(hedge).layer(
         BreakerLayer::new(b.clone())
-            .classify(classify)
-            .layer(scripted_service(&op)),
+            .classify(classify_typed)
+            .layer(scripted_service(&op).map_err(Error::Inner)),
     );
     let start = rt.now();
     assert_eq!(service.oneshot(()).await, Ok(1));

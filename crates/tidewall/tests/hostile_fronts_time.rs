@@ -227,9 +227,9 @@ async fn tower_cancellation<R: Runtime>(rt: Clocked<R>) {
         let b = breaker(&rt, 2, 1);
         let budget = budget_of(&rt, Some((0.5, 0))).unwrap();
         let op = Scripted::with_latency(rt.clone(), random_script(&mut rng, 30));
-        let outer = |r: Result<&u32, &Error<Error<ApiError>>>| match r {
+        let outer = |r: Result<&u32, &Error<ApiError>>| match r {
             Ok(v) => classify(Ok(v)),
-            Err(Error::Inner(Error::Inner(e))) => classify(Err(e)),
+            Err(Error::Inner(e)) => classify(Err(e)),
             Err(Error::Rejected(Rejected::CircuitOpen { .. })) => Verdict::RetryableFailure,
             Err(_) => Verdict::Failure,
         };
@@ -248,7 +248,7 @@ async fn tower_cancellation<R: Runtime>(rt: Clocked<R>) {
                     })
                     .layer(
                         AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
-                            .layer(scripted_service(&op)),
+                            .layer(scripted_service(&op).map_err(Error::Inner)),
                     ),
             );
         let n_calls = 6;
@@ -385,8 +385,8 @@ async fn cancelled_probe<R: Runtime>(rt: Clocked<R>) {
             .build()
             .unwrap();
         let service = BreakerLayer::new(b.clone())
-            .classify(classify)
-            .layer(scripted_service(&op));
+            .classify(classify_typed)
+            .layer(scripted_service(&op).map_err(Error::Inner));
         {
             let mut call: Call<'_> = match front {
                 0 => Box::pin(async {
@@ -470,8 +470,8 @@ async fn aged_breaker_through_fronts<R: Runtime>(rt: Clocked<R>) {
             .deadline(secs(60))
             .layer(
                 BreakerLayer::new(b.clone())
-                    .classify(classify)
-                    .layer(scripted_service(&op)),
+                    .classify(classify_typed)
+                    .layer(scripted_service(&op).map_err(Error::Inner)),
             );
         let start = rt.now();
         assert_eq!(service.oneshot(()).await, Ok(4), "tower, gap {gap:?}");

@@ -464,7 +464,7 @@ fn tower_layers_wait_exactly<C: Virtual>(clock: C) {
         .unwrap();
     let mut service =
         tidewall::tower::AdmitLayer::new(limiter, tidewall::tower::AdmitMode::WaitReady).layer(
-            tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }),
+            tower::service_fn(|x: u32| async move { Ok::<_, Error<Infallible>>(x) }),
         );
     let start = clock.now();
     for (x, at) in [(1, Duration::ZERO), (2, ms(500)), (3, ms(1000))] {
@@ -480,7 +480,7 @@ fn tower_layers_wait_exactly<C: Virtual>(clock: C) {
             let clock = clock.clone();
             async move {
                 clock.sleep(secs(5)).await;
-                Ok::<_, Infallible>("late")
+                Ok::<_, Error<Infallible>>("late")
             }
         })
     };

@@ -136,7 +136,7 @@ async fn a_default_pipeline_and_rate_limit_layer_under_paused_tokio_time_wait_ex
         .unwrap();
     let mut service =
         tidewall::tower::AdmitLayer::new(limiter, tidewall::tower::AdmitMode::WaitReady).layer(
-            tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }),
+            tower::service_fn(|x: u32| async move { Ok::<_, tidewall::Error<Infallible>>(x) }),
         );
     let start = tokio::time::Instant::now();
     for x in 0..3 {

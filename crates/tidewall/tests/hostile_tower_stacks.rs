@@ -47,8 +47,9 @@ fn backoff(attempts: u32, delay: Duration) -> Backoff {
 
 // === TimeoutLayer ==========================================================================
 
-// Docs (timeout `ResponseFuture`): "the inner call, or Error::TimedOut when the budget runs out
-// first. Cancel safety: dropping it drops the inner call and the timer."
+// Docs (timeout `ResponseFuture`): "the inner call, or PolicyError::timed_out when the budget
+// runs out first. Cancel safety: dropping it drops the inner call and the timer." (Typed:
+// `Error::TimedOut`.)
 #[test]
 fn a_timeout_response_future_is_named_and_dropping_it_drops_the_call_and_the_timer() {
     let clock = FakeClock::new();
@@ -88,8 +89,9 @@ fn a_timeout_response_future_is_named_and_dropping_it_drops_the_call_and_the_tim
 }
 
 // Docs (`TimeoutLayer`): "Bounds each request — waiting for the service to be ready and the
-// call — by timeout ... if readiness takes too long, poll_ready fails with Error::TimedOut, and
-// the call gets only what is left." Over a WaitReady admission: the slot is released at the end.
+// call — by timeout ... if readiness takes too long, poll_ready fails with
+// PolicyError::timed_out (typed: Error::TimedOut), and the call gets only what is left." Over a
+// WaitReady admission: the slot is released at the end.
 #[test]
 fn a_timeout_over_a_waiting_admission_bounds_readiness_and_call_with_one_budget() {
     let clock = FakeClock::new();
@@ -333,7 +335,7 @@ fn a_stack_stored_in_a_struct_with_spelled_out_types_works_across_hours_of_idle_
 }
 
 // Docs (tower): "Behind BoxError ..., find the cause with cause: cause::<Rejected>(&*err),
-// cause::<Elapsed>(&*err)." Through three layers of `Error`.
+// cause::<Elapsed>(&*err)." Through three layers, each adding to the one typed `Error`.
 #[test]
 fn a_rejection_or_timeout_deep_in_a_stack_is_found_behind_a_box_error() {
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -457,7 +459,8 @@ fn a_service_polled_ready_repeatedly_holds_one_cell_one_slot_and_one_probe() {
 }
 
 /// A service whose `poll_ready` fails: its readiness error must reach the caller, and
-/// whatever an outer layer admitted for it must come back.
+/// whatever an outer layer admitted for it must come back. Its error is a bare `Boom`: the
+/// tests give it the stack's type with `.map_err(Error::Inner)`.
 #[derive(Clone)]
 struct Broken;
 
@@ -483,7 +486,7 @@ fn an_inner_readiness_error_reaches_the_caller_and_leaks_no_slot_or_probe() {
         let bulkhead = bulkhead(&clock, 1, None);
         let mut svc = AdmitLayer::new(bulkhead.clone(), mode)
             .runtime(clock.clone())
-            .layer(Broken);
+            .layer(Broken.map_err(Error::Inner));
         assert_eq!(
             poller.ready(&mut svc),
             Poll::Ready(Err(Error::Inner(Boom(0)))),
@@ -497,7 +500,7 @@ fn an_inner_readiness_error_reaches_the_caller_and_leaks_no_slot_or_probe() {
     let counts = breaker.counts();
     let mut svc = BreakerLayer::new(breaker.clone())
         .wait_in_ready(None)
-        .layer(Broken);
+        .layer(Broken.map_err(Error::Inner));
     assert_eq!(
         poller.ready(&mut svc),
         Poll::Ready(Err(Error::Inner(Boom(0))))

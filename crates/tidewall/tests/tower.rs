@@ -19,6 +19,7 @@ use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::testing::Clocked;
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, HedgeLayer, RetryLayer, TimeoutLayer};
 use tidewall::{Backoff, Error, Jitter, Rejected};
+use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -92,9 +93,10 @@ async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
         ready_after: ms(200),
         ..service(&rt, |()| async { Ok::<_, ()>(()) })
     };
+    // The service's own error `()` becomes `Error::Inner(())`: the timeout adds `TimedOut`.
     let mut svc = TimeoutLayer::new(ms(100))
         .runtime(rt.clone())
-        .layer(slow_ready);
+        .layer(slow_ready.map_err(Error::Inner));
     let start = rt.now();
     assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Err(Error::TimedOut));
     assert_eq!(
@@ -111,7 +113,7 @@ async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
             let rt = rt2.clone();
             async move {
                 rt.sleep(ms(50)).await;
-                Ok::<_, ()>(())
+                Ok::<_, Error<()>>(())
             }
         })
     };
@@ -132,7 +134,7 @@ async fn timeout_budget_runs_from_the_call<R: Runtime>(rt: Clocked<R>) {
         let rt = sleeper.clone();
         async move {
             rt.sleep(ms(500)).await;
-            Ok::<_, ()>("late")
+            Ok::<_, Error<()>>("late")
         }
     });
     let mut svc = TimeoutLayer::new(ms(300)).runtime(rt.clone()).layer(slow);
@@ -168,9 +170,11 @@ async fn timed_out_call_lets_go_at_once<R: Runtime>(rt: Clocked<R>) {
             Ok::<_, ()>(())
         }
     });
-    let mut svc = TimeoutLayer::new(ms(100))
-        .runtime(rt.clone())
-        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitCall).layer(slow));
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new(ms(100)).runtime(rt.clone()))
+        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitCall))
+        .map_err(Error::Inner)
+        .service(slow);
     poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     let mut pending = std::pin::pin!(svc.call(()));
     let result = poll_fn(|cx| pending.as_mut().poll(cx)).await;
@@ -258,7 +262,7 @@ async fn rate_limit_clones_share_one_limit<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .build()
         .unwrap();
-    let inner = service(&rt, |x: u32| async move { Ok::<_, ()>(x) });
+    let inner = service(&rt, |x: u32| async move { Ok::<_, Error<()>>(x) });
     let mut a = AdmitLayer::new(limiter.clone(), AdmitMode::Reject).layer(inner.clone());
     let mut b = a.clone();
     assert_eq!(ready_and_call(&mut a, 1).await, Ok(1));
@@ -288,7 +292,7 @@ async fn bulkhead_and_breaker_shed_load<R: Runtime>(rt: Clocked<R>) {
         let rt = rt2.clone();
         async move {
             rt.sleep(ms(50)).await;
-            Ok::<_, ()>(())
+            Ok::<_, Error<()>>(())
         }
     });
     let mut first = AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).layer(slow.clone());
@@ -312,7 +316,7 @@ async fn bulkhead_and_breaker_shed_load<R: Runtime>(rt: Clocked<R>) {
     let seen = calls.clone();
     let failing = service(&rt, move |()| {
         seen.fetch_add(1, Ordering::SeqCst);
-        async { Err::<(), _>("down") }
+        async { Err::<(), _>(Error::Inner("down")) }
     });
     let mut svc = BreakerLayer::new(breaker).layer(failing);
     for _ in 0..5 {
@@ -370,7 +374,8 @@ async fn bulkhead_layer_waits_for_a_slot<R: Runtime>(rt: Clocked<R>) {
             rt.sleep(ms(40)).await;
             Ok::<_, ()>(())
         }
-    });
+    })
+    .map_err(Error::Inner);
     let mut first = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(slow.clone());
     let mut second = first.clone();
     let mut third = first.clone();
@@ -409,7 +414,7 @@ async fn timeout_starts_when_readiness_waits<R: Runtime>(rt: Clocked<R>) {
         let rt = rt2.clone();
         async move {
             rt.sleep(ms(80)).await;
-            Ok::<_, ()>(())
+            Ok::<_, Error<()>>(())
         }
     });
     let mut svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);

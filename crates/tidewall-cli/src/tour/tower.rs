@@ -31,7 +31,9 @@ pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Secti
     ]
 }
 
-/// GET as a tower service: the request is the path.
+/// GET as a tower service: the request is the path. Its errors are already Tidewall's
+/// `Error<HttpError>` (the client's own error is `Error::Inner`), so the layers above it add
+/// their refusals to the same type: one error type however many layers are stacked.
 struct Get<R>(Arc<Client<R>>);
 
 impl<R> Clone for Get<R> {
@@ -42,16 +44,16 @@ impl<R> Clone for Get<R> {
 
 impl<R: Net> Service<String> for Get<R> {
     type Response = Bytes;
-    type Error = HttpError;
-    type Future = Pin<Box<dyn Future<Output = Result<Bytes, HttpError>> + Send>>;
+    type Error = Error<HttpError>;
+    type Future = Pin<Box<dyn Future<Output = Result<Bytes, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, path: String) -> Self::Future {
         let client = Arc::clone(&self.0);
-        Box::pin(async move { client.get(&path).await })
+        Box::pin(async move { client.get(&path).await.map_err(Error::Inner) })
     }
 }
 
@@ -65,11 +67,12 @@ async fn call_once<S: Service<String>>(
 }
 
 /// A 4xx other than 408 and 429 says the service is up and the request was wrong: not a
-/// failure of the service.
-fn http_outcome(result: Result<&Bytes, &HttpError>) -> Verdict {
+/// failure of the service. The breaker judges the stack's one error type, `Error<HttpError>`:
+/// the client's own errors are `Error::Inner`.
+fn http_outcome(result: Result<&Bytes, &Error<HttpError>>) -> Verdict {
     match result {
         Ok(_) => Verdict::Success,
-        Err(HttpError::Status { code, .. })
+        Err(Error::Inner(HttpError::Status { code, .. }))
             if (400..500).contains(code) && ![408, 429].contains(code) =>
         {
             Verdict::Success

@@ -19,9 +19,12 @@
 //! Response futures are named types (each middleware's module holds its `ResponseFuture`),
 //! so a stack can be stored without boxing.
 //!
-//! Errors stay typed: a layer that can refuse returns [`crate::Error`] around the inner
-//! service's error. Behind `BoxError` (e.g. in axum's `HandleErrorLayer`), find the cause with
-//! [`cause`]: `cause::<Rejected>(&*err)`, `cause::<Elapsed>(&*err)`.
+//! A stack has one error type, however deep: every layer returns its inner service's error
+//! type, and the layers that can refuse or time out need it to be a [`PolicyError`] — the
+//! typed [`crate::Error<E>`], tower's `BoxError`, or your own enum. Give the innermost service
+//! that type once (`.map_err(tidewall::Error::Inner)`); behind `BoxError` (e.g. in axum's
+//! `HandleErrorLayer`), find the cause with [`cause`]: `cause::<Rejected>(&*err)`,
+//! `cause::<Elapsed>(&*err)`.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -29,17 +32,19 @@
 //! use std::time::Duration;
 //! use tidewall::rate::RateLimiter;
 //! use tidewall::tower::{AdmitLayer, AdmitMode};
+//! use tidewall::{Error, Rejected};
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
 //! #[derive(Clone)]
 //! struct Echo;
 //!
+//! // Its errors are already Tidewall's `Error<E>`, so layers can add their refusals.
 //! impl Service<u32> for Echo {
 //!     type Response = u32;
-//!     type Error = Infallible;
-//!     type Future = std::future::Ready<Result<u32, Infallible>>;
-//!     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+//!     type Error = Error<Infallible>;
+//!     type Future = std::future::Ready<Result<u32, Self::Error>>;
+//!     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
 //!         Poll::Ready(Ok(()))
 //!     }
 //!     fn call(&mut self, x: u32) -> Self::Future {
@@ -53,7 +58,8 @@
 //! let mut service = AdmitLayer::new(limiter, AdmitMode::Reject).layer(Echo);
 //! std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
 //! assert_eq!(service.call(7).await?, 7);
-//! assert!(service.call(8).await.is_err(), "a burst of 1: the second call is refused");
+//! // A burst of 1: the second call is refused.
+//! assert!(matches!(service.call(8).await, Err(Error::Rejected(Rejected::RateLimited { .. }))));
 //! # Ok(()) }
 //! ```
 
@@ -80,12 +86,14 @@ macro_rules! inner_service_accessors {
 
 pub mod admit;
 pub mod breaker;
+mod error;
 pub mod hedge;
 pub mod retry;
 pub mod timeout;
 
 pub use admit::{AdmitLayer, AdmitMode, AdmitService};
 pub use breaker::{BreakerLayer, BreakerService};
+pub use error::PolicyError;
 pub use hedge::{HedgeLayer, HedgeService};
 pub use retry::{RetryLayer, RetryService};
 pub use timeout::{TimeoutLayer, TimeoutService};

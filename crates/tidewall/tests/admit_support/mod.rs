@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use crate::common::ms;
 use crate::support::{Gauge, Rng, Running, maybe_cancel, poll_limit};
 use pin_project_lite::pin_project;
-use tidewall::FutureExt as _;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::DefaultClassifier;
@@ -26,6 +25,7 @@ use tidewall::testing::{Clocked, FakeClock};
 use tidewall::tower::{
     AdmitMode, AdmitService, BreakerService, TimeoutService, admit, breaker, timeout,
 };
+use tidewall::{Error, FutureExt as _};
 use tower_service::Service;
 
 // --- services under the layers ------------------------------------------------------------
@@ -43,8 +43,9 @@ impl fmt::Display for Boom {
 impl std::error::Error for Boom {}
 
 /// The inner service: a call of `d` sleeps `d` ms on its clock while counted by `gauge`, then
-/// succeeds (even `d`) or fails (odd `d`). Its future is a named type, so a whole stack's
-/// future can be spelled out.
+/// succeeds (even `d`) or fails (odd `d`, `Error::Inner(Boom(d))`). Its error is already
+/// Tidewall's `Error<Boom>`, so the layers above it add their refusals and timeouts to the same
+/// type. Its future is a named type, so a whole stack's future can be spelled out.
 #[derive(Clone)]
 pub struct Work<R> {
     rt: R,
@@ -92,7 +93,7 @@ impl<R: Clock> fmt::Debug for WorkFuture<R> {
 }
 
 impl<R: Clock> Future for WorkFuture<R> {
-    type Output = Result<u64, Boom>;
+    type Output = Result<u64, Error<Boom>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -101,16 +102,20 @@ impl<R: Clock> Future for WorkFuture<R> {
         }
         this.running.take();
         let d = *this.d;
-        Poll::Ready(if d % 2 == 1 { Err(Boom(d)) } else { Ok(d) })
+        Poll::Ready(if d % 2 == 1 {
+            Err(Error::Inner(Boom(d)))
+        } else {
+            Ok(d)
+        })
     }
 }
 
 impl<R: Clock> Service<u64> for Work<R> {
     type Response = u64;
-    type Error = Boom;
+    type Error = Error<Boom>;
     type Future = WorkFuture<R>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Boom>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error<Boom>>> {
         Poll::Ready(Ok(()))
     }
 
@@ -125,7 +130,8 @@ impl<R: Clock> Service<u64> for Work<R> {
     }
 }
 
-/// An instant service answering with the request itself (for the breaker tests).
+/// An instant service answering with the request itself (for the breaker tests): `Ok(n)` or
+/// `Error::Inner(msg)`.
 #[derive(Clone, Default)]
 pub struct Answer {
     calls: Arc<AtomicUsize>,
@@ -141,16 +147,16 @@ pub type Reply = Result<u32, &'static str>;
 
 impl Service<Reply> for Answer {
     type Response = u32;
-    type Error = &'static str;
-    type Future = std::future::Ready<Reply>;
+    type Error = Error<&'static str>;
+    type Future = std::future::Ready<Result<u32, Self::Error>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, reply: Reply) -> Self::Future {
         self.calls.fetch_add(1, SeqCst);
-        std::future::ready(reply)
+        std::future::ready(reply.map_err(Error::Inner))
     }
 }
 

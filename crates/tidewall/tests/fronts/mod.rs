@@ -84,6 +84,19 @@ pub fn classify(result: Result<&u32, &ApiError>) -> Verdict {
     }
 }
 
+/// The one classifier for a breaker in a typed tower stack, whose error type is
+/// `Error<ApiError>` (the layers return their inner service's error type): the service's own
+/// errors (`Error::Inner`) are judged by [`classify`]; a timeout beneath is a retryable failure,
+/// a refusal beneath (a bulkhead, a limiter) says nothing about the service.
+pub fn classify_typed(result: Result<&u32, &Error<ApiError>>) -> Verdict {
+    match result {
+        Ok(v) => classify(Ok(v)),
+        Err(Error::Inner(e)) => classify(Err(e)),
+        Err(Error::TimedOut) => Verdict::RetryableFailure,
+        Err(_) => Verdict::Ignored,
+    }
+}
+
 pub fn constant(delay: Duration, attempts: u32) -> Backoff {
     Backoff::constant(delay)
         .jitter(Jitter::None)

@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::Error;
 use crate::admission::Admission;
+use crate::tower::PolicyError;
 
 pin_project! {
     /// The response future of an [`AdmitService`](super::AdmitService).
@@ -74,8 +74,13 @@ impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
     }
 }
 
-impl<S: Service<Req>, A: Admission, Req> Future for ResponseFuture<S, A, Req> {
-    type Output = Result<S::Response, Error<S::Error>>;
+impl<S, A, Req> Future for ResponseFuture<S, A, Req>
+where
+    S: Service<Req>,
+    S::Error: PolicyError,
+    A: Admission,
+{
+    type Output = Result<S::Response, S::Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -84,7 +89,7 @@ impl<S: Service<Req>, A: Admission, Req> Future for ResponseFuture<S, A, Req> {
             match state.as_mut().project() {
                 StateProj::Admitting { waiting } => {
                     let waiting = waiting.as_mut().project();
-                    let guard = ready!(waiting.admit.poll(cx)).map_err(Error::Rejected)?;
+                    let guard = ready!(waiting.admit.poll(cx)).map_err(S::Error::rejected)?;
                     let (Some(mut service), Some(req)) =
                         (waiting.service.take(), waiting.req.take())
                     else {
@@ -101,7 +106,7 @@ impl<S: Service<Req>, A: Admission, Req> Future for ResponseFuture<S, A, Req> {
                     // The slot is free as soon as the call is done, not when the future is
                     // dropped.
                     drop(guard.take());
-                    return Poll::Ready(result.map_err(Error::Inner));
+                    return Poll::Ready(result);
                 }
             }
         }

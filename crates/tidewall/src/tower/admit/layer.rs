@@ -13,7 +13,8 @@ use crate::rt::DefaultRuntime;
 /// stage (the stage types are handles: clones of a limiter or bulkhead share its state).
 ///
 /// The stage's guard (a bulkhead slot) is held until the response future completes, or is
-/// dropped with it.
+/// dropped with it. A refusal is the inner service's own error type, made with
+/// [`PolicyError::rejected`](crate::tower::PolicyError::rejected).
 ///
 /// ```
 /// use std::time::Duration;
@@ -27,11 +28,12 @@ use crate::rt::DefaultRuntime;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) });
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) })
+///     .map_err(Error::Inner);
 ///
 /// // Load shedding: a burst of 1, the second call is refused with the limiter's hint.
 /// let limiter = RateLimiter::builder(1, Duration::from_secs(1)).burst(1).build()?;
-/// let mut shed = AdmitLayer::new(limiter, AdmitMode::Reject).layer(echo);
+/// let mut shed = AdmitLayer::new(limiter, AdmitMode::Reject).layer(echo.clone());
 /// assert_eq!(shed.ready().await?.call(7).await?, 7);
 /// assert!(matches!(
 ///     shed.ready().await?.call(8).await,

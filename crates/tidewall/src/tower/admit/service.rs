@@ -8,10 +8,10 @@ use std::time::Duration;
 use tower_service::Service;
 
 use super::{AdmitMode, ResponseFuture};
+use crate::Deadline;
 use crate::admission::{Admission, Wait};
 use crate::rt::Clock;
-use crate::tower::SyncSlot;
-use crate::{Deadline, Error};
+use crate::tower::{PolicyError, SyncSlot};
 
 /// The service of an [`AdmitLayer`](super::AdmitLayer). A clone shares the stage and starts
 /// with nothing admitted.
@@ -72,11 +72,12 @@ fn wait_within<R: Clock>(rt: &R, max_wait: Option<Duration>) -> Wait {
 impl<S, A, R, Req> Service<Req> for AdmitService<S, A, R>
 where
     S: Service<Req> + Clone,
+    S::Error: PolicyError,
     A: Admission,
     R: Clock,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S, A, Req>;
 
     #[inline]
@@ -100,13 +101,13 @@ where
                         Poll::Ready(Ok(guard)) => *readiness = Readiness::Admitted(guard),
                         Poll::Ready(Err(rejected)) => {
                             *readiness = Readiness::Idle;
-                            return Poll::Ready(Err(Error::Rejected(rejected)));
+                            return Poll::Ready(Err(S::Error::rejected(rejected)));
                         }
                     },
                 }
             }
         }
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     // Always: a call that is not inlined returns its future through memory, and reading it

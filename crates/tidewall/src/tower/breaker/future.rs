@@ -6,10 +6,11 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
+use crate::Rejected;
 use crate::breaker::OwnedPermit;
 use crate::classify::Classify;
 use crate::rt::Clock;
-use crate::{Error, Rejected};
+use crate::tower::PolicyError;
 
 pin_project! {
     /// The response future of a [`BreakerService`](super::BreakerService): the breaker's
@@ -59,15 +60,16 @@ impl<F, R: Clock, C> ResponseFuture<F, R, C> {
 impl<F, R, C, T, E> Future for ResponseFuture<F, R, C>
 where
     F: Future<Output = Result<T, E>>,
+    E: PolicyError,
     R: Clock,
     C: Classify<T, E>,
 {
-    type Output = Result<T, Error<E>>;
+    type Output = Result<T, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Rejected { rejected } => Poll::Ready(Err(Error::Rejected(*rejected))),
+            StateProj::Rejected { rejected } => Poll::Ready(Err(E::rejected(*rejected))),
             StateProj::Calling {
                 call,
                 permit,
@@ -77,7 +79,7 @@ where
                 if let Some(permit) = permit.take() {
                     permit.record(classify.classify(result.as_ref()).breaker_outcome());
                 }
-                Poll::Ready(result.map_err(Error::Inner))
+                Poll::Ready(result)
             }
         }
     }

@@ -18,6 +18,9 @@ use crate::rt::{Clock, DefaultRuntime};
 /// Each result is counted as its [classifier](crate::classify) judges it (by default `Ok` a
 /// success, `Err` a failure); an [`Ignored`](crate::classify::Verdict::Ignored) result
 /// records nothing, and a call whose response future is dropped records nothing either.
+/// A refusal is the inner service's own error type, made with
+/// [`PolicyError::rejected`](crate::tower::PolicyError::rejected); the classifier judges that
+/// same type (in a typed stack, `Error<E>`: the service's own error is `Error::Inner`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -32,14 +35,14 @@ use crate::rt::{Clock, DefaultRuntime};
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let breaker = CircuitBreaker::builder().consecutive_failures(2).build()?;
 /// // A status of 500 or more is a failure even though it is an `Ok` response.
-/// let server_errors = |result: Result<&u16, &std::io::Error>| match result {
+/// let server_errors = |result: Result<&u16, &Error<std::io::Error>>| match result {
 ///     Ok(status) if *status >= 500 => Verdict::Failure,
 ///     Ok(_) => Verdict::Success,
 ///     Err(_) => Verdict::Failure,
 /// };
 /// let mut service = BreakerLayer::new(breaker)
 ///     .classify(server_errors)
-///     .layer(tower::service_fn(|status: u16| async move { Ok::<_, std::io::Error>(status) }));
+///     .layer(tower::service_fn(|status: u16| async move { Ok::<_, Error<std::io::Error>>(status) }));
 /// assert_eq!(service.call(503).await.ok(), Some(503));
 /// assert_eq!(service.call(503).await.ok(), Some(503));
 /// assert!(matches!(

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use tower_service::Service;
 
 use super::ResponseFuture;
+use crate::Rejected;
 use crate::breaker::{CircuitBreaker, OwnedPermit};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::rt::{Clock, instant_after};
-use crate::tower::SyncSlot;
-use crate::{Error, Rejected};
+use crate::tower::{PolicyError, SyncSlot};
 
 /// The service of a [`BreakerLayer`](super::BreakerLayer). A clone shares the breaker and
 /// starts holding no permit.
@@ -117,19 +117,20 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
 impl<S, Req, R, C> Service<Req> for BreakerService<S, R, C>
 where
     S: Service<Req>,
+    S::Error: PolicyError,
     R: Clock,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future, R, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(max_wait) = self.wait {
-            std::task::ready!(self.poll_admitted(max_wait, cx)).map_err(Error::Rejected)?;
+            std::task::ready!(self.poll_admitted(max_wait, cx)).map_err(S::Error::rejected)?;
         }
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     // Always: see `AdmitService::call` (a future returned through memory stalls on

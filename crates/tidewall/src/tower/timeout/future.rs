@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
-use crate::Error;
 use crate::rt::Clock;
+use crate::tower::PolicyError;
 
 pin_project! {
     /// The response future of a [`TimeoutService`](super::TimeoutService): the inner call,
-    /// or [`Error::TimedOut`] when the budget runs out first, the inner call then dropped at
+    /// or [`PolicyError::timed_out`] when the budget runs out first, the inner call then dropped at
     /// once (with whatever it held: a bulkhead slot, a connection). The budget's end is fixed
     /// at the call; the timer is armed only if the call is still running when first polled.
     ///
@@ -43,18 +43,19 @@ impl<F, R: Clock> ResponseFuture<F, R> {
 impl<F, R, V, E> Future for ResponseFuture<F, R>
 where
     F: Future<Output = Result<V, E>>,
+    E: PolicyError,
     R: Clock,
 {
-    type Output = Result<V, Error<E>>;
+    type Output = Result<V, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(call) = this.call.as_mut().as_pin_mut() else {
-            return Poll::Ready(Err(Error::TimedOut));
+            return Poll::Ready(Err(E::timed_out()));
         };
         if let Poll::Ready(result) = call.poll(cx) {
-            return Poll::Ready(result.map_err(Error::Inner));
+            return Poll::Ready(result);
         }
         if this.timer.is_none() {
             this.timer.set(Some(this.rt.sleep_until(*this.end)));
@@ -67,7 +68,7 @@ where
             return Poll::Pending;
         }
         this.call.set(None);
-        Poll::Ready(Err(Error::TimedOut))
+        Poll::Ready(Err(E::timed_out()))
     }
 }
 

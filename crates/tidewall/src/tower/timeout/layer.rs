@@ -11,7 +11,8 @@ use crate::rt::DefaultRuntime;
 ///
 /// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
 /// the service was ready at once); if readiness takes too long, `poll_ready` fails with
-/// [`Error::TimedOut`](crate::Error::TimedOut), and the call gets only what is left.
+/// [`PolicyError::timed_out`](crate::tower::PolicyError::timed_out) (typed:
+/// [`Error::TimedOut`](crate::Error::TimedOut)), and the call gets only what is left.
 ///
 /// ```
 /// use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::rt::DefaultRuntime;
 /// # async fn main() {
 /// let slow = tower::service_fn(|(): ()| async {
 ///     tokio::time::sleep(Duration::from_secs(5)).await;
-///     Ok::<_, std::convert::Infallible>("late")
+///     Ok::<_, Error<std::convert::Infallible>>("late")
 /// });
 /// let mut service = TimeoutLayer::new(Duration::from_millis(300)).layer(slow);
 /// assert!(matches!(service.call(()).await, Err(Error::TimedOut)));

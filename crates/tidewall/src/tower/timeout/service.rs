@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use tower_service::Service;
 
 use super::ResponseFuture;
-use crate::Error;
 use crate::rt::{Clock, DefaultRuntime, instant_after};
-use crate::tower::SyncSlot;
+use crate::tower::{PolicyError, SyncSlot};
 
 /// The readiness timer, kept between `poll_ready` calls. Boxed only when readiness has to
 /// wait, and type-erased so the service needs no bound on its runtime.
@@ -43,10 +42,11 @@ impl<S, R> TimeoutService<S, R> {
 impl<S, Req, R> Service<Req> for TimeoutService<S, R>
 where
     S: Service<Req>,
+    S::Error: PolicyError,
     R: Clock,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future, R>;
 
     #[inline]
@@ -57,7 +57,7 @@ where
             // must not have spent the call's budget).
             Poll::Ready(result) => {
                 *slot = None;
-                Poll::Ready(result.map_err(Error::Inner))
+                Poll::Ready(result)
             }
             Poll::Pending => {
                 let started = *self.started.get_or_insert_with(|| self.rt.now());
@@ -66,7 +66,7 @@ where
                 if timer.as_mut().poll(cx).is_ready() {
                     *slot = None;
                     self.started = None;
-                    return Poll::Ready(Err(Error::TimedOut));
+                    return Poll::Ready(Err(S::Error::timed_out()));
                 }
                 Poll::Pending
             }

@@ -1,0 +1,88 @@
+//! The one error type of a stack: each layer returns its inner service's error type.
+
+use crate::{Error, Rejected};
+
+/// An error type that can also say "a policy refused the call" and "the call ran out of
+/// time": what a Tidewall layer that can refuse or time out ([`AdmitLayer`],
+/// [`BreakerLayer`], [`TimeoutLayer`]) needs from the service it wraps.
+///
+/// Each such layer returns its inner service's error type unchanged, so a stack has one
+/// error type however many layers it has: `Error<E>` through four layers is `Error<E>`, not
+/// `Error<Error<Error<Error<E>>>>`. Give the innermost service that type once:
+///
+/// * [`Error<E>`](crate::Error), typed: `.map_err(tidewall::Error::Inner)` on the
+///   `ServiceBuilder`, just before `.service(..)`;
+/// * tower's `BoxError`, as tower's own middleware returns: `.map_err(BoxError::from)`
+///   (find a rejection behind it with [`cause`](super::cause));
+/// * your own error enum, with a variant for each: implement this trait for it.
+///
+/// [`RetryLayer`](super::RetryLayer) and [`HedgeLayer`](super::HedgeLayer) never add an
+/// error of their own and take any error type.
+///
+/// ```
+/// use std::num::ParseIntError;
+/// use std::time::Duration;
+/// use tidewall::breaker::CircuitBreaker;
+/// use tidewall::bulkhead::Bulkhead;
+/// use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer};
+/// use tidewall::{Error, Rejected};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let breaker = CircuitBreaker::builder().consecutive_failures(1).build()?;
+/// let bulkhead = Bulkhead::builder(4).build()?;
+/// let mut service = ServiceBuilder::new()
+///     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+///     .layer(BreakerLayer::new(breaker))
+///     .layer(AdmitLayer::new(bulkhead, AdmitMode::Reject))
+///     .map_err(Error::Inner)
+///     .service_fn(|text: &'static str| async move { text.parse::<u32>() });
+///
+/// // Three layers, one level: the service's own error, then the breaker's refusal.
+/// let failed: Result<u32, Error<ParseIntError>> = service.ready().await?.call("x").await;
+/// assert!(matches!(failed, Err(Error::Inner(_))));
+/// let shed = service.ready().await?.call("1").await;
+/// assert!(matches!(shed, Err(Error::Rejected(Rejected::CircuitOpen { .. }))));
+/// # Ok(()) }
+/// ```
+///
+/// [`AdmitLayer`]: super::AdmitLayer
+/// [`BreakerLayer`]: super::BreakerLayer
+/// [`TimeoutLayer`]: super::TimeoutLayer
+#[diagnostic::on_unimplemented(
+    message = "a Tidewall layer cannot return `{Self}`: it cannot say that a policy refused the call",
+    label = "the inner service's error type",
+    note = "give the innermost service a `PolicyError` type once: `.map_err(tidewall::Error::Inner)` (typed) or `.map_err(tower::BoxError::from)` before `.service(..)`, or implement `PolicyError` for your own error type"
+)]
+pub trait PolicyError {
+    /// A policy refused the call before it reached the inner service.
+    fn rejected(rejected: Rejected) -> Self;
+
+    /// The call (or the wait for the service to be ready) ran out of time.
+    fn timed_out() -> Self;
+}
+
+impl<E> PolicyError for Error<E> {
+    #[inline]
+    fn rejected(rejected: Rejected) -> Self {
+        Self::Rejected(rejected)
+    }
+
+    #[inline]
+    fn timed_out() -> Self {
+        Self::TimedOut
+    }
+}
+
+/// tower's `BoxError`: a rejection is boxed as [`Rejected`], a timeout as
+/// [`Elapsed`](crate::time::Elapsed).
+impl PolicyError for Box<dyn std::error::Error + Send + Sync> {
+    fn rejected(rejected: Rejected) -> Self {
+        Box::new(rejected)
+    }
+
+    fn timed_out() -> Self {
+        Box::new(crate::time::Elapsed)
+    }
+}
