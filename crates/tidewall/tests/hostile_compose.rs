@@ -829,7 +829,17 @@ fn builders_given_extreme_values_return_typed_errors_or_faithful_values() {
     assert!(hedge(hb().budget_ratio(1000.5)).is_err());
     assert!(hedge(hb().budget_ratio(f64::INFINITY)).is_err());
     assert!(hedge(hb().budget_ratio(-0.1)).is_err());
-    assert!(hedge(hb().max_hedges(u32::MAX)).is_ok());
+    assert!(hedge(hb().max_hedges(u32::MAX - 1)).is_ok());
+    assert!(
+        matches!(
+            hb().max_hedges(u32::MAX).build(),
+            Err(ConfigError::OutOfRange {
+                field: "max_hedges",
+                ..
+            })
+        ),
+        "attempts (the primary and its hedges) count in a u32"
+    );
 
     // Pipeline.
     let p = Pipeline::builder()

@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::{Hedge, Idempotent, MakeAttempt};
 use crate::classify::{Classify, Verdict};
+use crate::retry::engine::Attempts;
 use crate::rt::Clock;
 
 pin_project! {
@@ -26,12 +27,13 @@ pin_project! {
         primary_started: Option<Instant>,
         // Hedges are boxed: only calls that actually hedge allocate.
         hedges: Vec<(Pin<Box<F::Attempt>>, Instant)>,
-        launched: u32,
+        // This call's progress through the retry engine's rules.
+        attempts: Attempts,
         // The last retryable failure, returned if nothing better arrives.
         last_failure: Option<<F::Attempt as Future>::Output>,
+        // The wait for the next hedge; none once no hedge is left.
         #[pin]
         timer: Option<R::Sleep>,
-        hedges_left: bool,
     }
 }
 
@@ -64,10 +66,9 @@ impl<'h, F: MakeAttempt, R: Clock, K> HedgeFuture<'h, F, R, K> {
             primary: None,
             primary_started: None,
             hedges: Vec::new(),
-            launched: 0,
+            attempts: Attempts::default(),
             last_failure: None,
             timer: None,
-            hedges_left: true,
         }
     }
 }
@@ -84,17 +85,19 @@ where
         let mut this = self.project();
         let hedge: &Hedge<R, K> = this.hedge;
         let inner = &*hedge.inner;
+        let rules = &inner.rules;
+        // Sets the wait for the next hedge, if the schedule has one left.
+        let schedule_next = |attempts: &mut Attempts, mut timer: Pin<&mut Option<R::Sleep>>| {
+            if let Some(scheduled) = rules.next_scheduled(attempts) {
+                timer.set(Some(inner.rt.sleep(hedge.wait(scheduled))));
+            }
+        };
         if this.primary_started.is_none() {
             let now = inner.rt.now();
-            if let Some(budget) = &inner.budget {
-                budget.deposit(now);
-            }
+            rules.begin(this.attempts, || now);
             this.primary.set(Some(this.op.make_attempt()));
             *this.primary_started = Some(now);
-            *this.hedges_left = inner.max_hedges > 0;
-            if *this.hedges_left {
-                this.timer.set(Some(inner.rt.sleep(hedge.delay())));
-            }
+            schedule_next(this.attempts, this.timer.as_mut());
         }
         loop {
             if let Some(primary) = this.primary.as_mut().as_pin_mut()
@@ -147,23 +150,20 @@ where
                 }
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
-            // Launch a hedge when the delay has passed, or at once when every attempt failed.
+            // The next hedge is due when its wait is over, or at once when every attempt
+            // failed; it starts if the budget pays for it, and no hedge follows one refused.
             let due = match this.timer.as_mut().as_pin_mut() {
-                Some(timer) => timer.poll(cx).is_ready(),
+                Some(timer) => !running || timer.poll(cx).is_ready(),
                 None => false,
-            } || (!running && *this.hedges_left);
+            };
             if due {
                 this.timer.set(None);
-                if *this.launched < inner.max_hedges && hedge.budget_allows() {
-                    *this.launched += 1;
-                    let now = inner.rt.now();
+                let now = inner.rt.now();
+                if rules.launch(this.attempts, || now) {
                     this.hedges.push((Box::pin(this.op.make_attempt()), now));
-                    if *this.launched < inner.max_hedges {
-                        this.timer.set(Some(inner.rt.sleep(hedge.delay())));
-                    }
+                    schedule_next(this.attempts, this.timer.as_mut());
                     continue;
                 }
-                *this.hedges_left = false;
             }
             if running || this.timer.is_some() {
                 return Poll::Pending;

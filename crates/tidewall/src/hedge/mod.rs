@@ -8,7 +8,9 @@
 //! * Delay: fixed, or a latency percentile (e.g. p95) from a streaming estimate of this
 //!   hedge's own successful attempts, with a fixed fallback until enough samples exist.
 //! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
-//!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting).
+//!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting). These are the
+//!   [retry engine](crate::retry)'s rules, as for a retry: the schedule (the fixed delay,
+//!   `1 + max_hedges` attempts) spaces and bounds the hedges, the budget pays for each.
 //! * When every running attempt has failed, the next hedge starts at once instead of waiting.
 //! * A [classifier](crate::classify) ([`HedgeBuilder::classify`]) judges each attempt: a
 //!   success wins, a retryable failure (by default every `Err`) leaves the others running and
@@ -46,9 +48,12 @@ use std::time::Duration;
 pub use future::HedgeFuture;
 
 use self::estimator::LatencyEstimator;
+use tidewall_core::backoff::{Backoff, Jitter};
+
 use crate::ConfigError;
 use crate::budget::{RetryBudget, RetryBudgetPolicy};
 use crate::classify::DefaultClassifier;
+use crate::retry::engine::RetryRules;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Arc;
 
@@ -82,11 +87,13 @@ pub struct Hedge<R = DefaultRuntime, K = DefaultClassifier> {
 }
 
 struct Inner<R> {
+    // The retry engine's rules: the schedule gives each hedge's wait (the fixed delay) and
+    // bounds their number, the budget pays for each.
+    rules: RetryRules,
+    // The fixed delay, and the percentile delay's fallback until enough samples exist.
     fixed: Duration,
     estimator: LatencyEstimator,
     percentile: bool,
-    max_hedges: u32,
-    budget: Option<RetryBudget>,
     rt: R,
 }
 
@@ -103,7 +110,7 @@ impl<R: Clock, K> std::fmt::Debug for Hedge<R, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hedge")
             .field("delay", &self.delay())
-            .field("max_hedges", &self.inner.max_hedges)
+            .field("max_hedges", &self.max_hedges())
             .finish_non_exhaustive()
     }
 }
@@ -219,9 +226,10 @@ impl<R, K> HedgeBuilder<R, K> {
     ///
     /// # Errors
     ///
-    /// A zero or overflowing delay, a quantile outside (0, 1] or NaN, zero `min_samples`, a
-    /// budget ratio outside [0, 1000] or a nonzero one under 0.000001 (the budget counts in
-    /// parts per million).
+    /// A zero or overflowing delay, `max_hedges` of `u32::MAX` (attempts, the primary
+    /// included, are counted in a `u32`), a quantile outside (0, 1] or NaN, zero
+    /// `min_samples`, a budget ratio outside [0, 1000] or a nonzero one under 0.000001 (the
+    /// budget counts in parts per million).
     pub fn build(self) -> Result<Hedge<R, K>, ConfigError>
     where
         R: Clock,
@@ -253,13 +261,30 @@ impl<R, K> HedgeBuilder<R, K> {
             }
             None => None,
         };
+        let attempts = self
+            .max_hedges
+            .checked_add(1)
+            .ok_or(ConfigError::OutOfRange {
+                field: "max_hedges",
+                value: f64::from(self.max_hedges),
+                allowed: "at most u32::MAX - 1",
+            })?;
+        // Each hedge waits the fixed delay, exactly: no jitter, no cap below it.
+        let schedule = Backoff::constant(self.delay)
+            .jitter(Jitter::None)
+            .max_delay(self.delay)
+            .max_attempts(attempts)
+            .build()?;
+        let mut rules = RetryRules::new(schedule);
+        rules.budget = budget;
+        // Without jitter the seed draws nothing; a fixed one spares drawing a fresh one.
+        rules.seed = Some(0);
         Ok(Hedge {
             inner: Arc::new(Inner {
+                rules,
                 fixed: self.delay,
                 estimator: LatencyEstimator::new(quantile, min_samples),
                 percentile: self.percentile.is_some(),
-                max_hedges: self.max_hedges,
-                budget,
                 rt: self.rt,
             }),
             classify: self.classify,
@@ -290,18 +315,22 @@ impl<R: Clock, K> Hedge<R, K> {
 
     /// The delay a call starting now would hedge after.
     pub fn delay(&self) -> Duration {
-        let inner = &*self.inner;
-        if inner.percentile {
-            inner.estimator.estimate().unwrap_or(inner.fixed)
-        } else {
-            inner.fixed
-        }
+        self.wait(self.inner.fixed)
     }
 
-    fn budget_allows(&self) -> bool {
-        self.inner
-            .budget
-            .as_ref()
-            .is_none_or(|b| b.try_withdraw(self.inner.rt.now()))
+    /// The most hedges a call starts.
+    pub fn max_hedges(&self) -> u32 {
+        self.inner.rules.backoff.max_attempts_total() - 1
+    }
+
+    /// The wait before a hedge whose scheduled (fixed) wait is `scheduled`: the percentile
+    /// estimate instead, once there is one.
+    fn wait(&self, scheduled: Duration) -> Duration {
+        let inner = &*self.inner;
+        if inner.percentile {
+            inner.estimator.estimate().unwrap_or(scheduled)
+        } else {
+            scheduled
+        }
     }
 }

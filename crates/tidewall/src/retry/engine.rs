@@ -1,6 +1,7 @@
-//! The retry decision engine. The retry future, the pipeline's retry stage and the tower
-//! `RetryLayer` only run attempts and sleep; whether an attempt may start, whether a failure
-//! is retried and for how long to wait are decided here, once, so the fronts cannot drift.
+//! The retry decision engine. The retry future, the pipeline's retry stage, the tower
+//! `RetryLayer` and hedging only run attempts and sleep; whether an attempt may start,
+//! whether a failure is retried, whether a hedge may go and for how long to wait are decided
+//! here, once, so the fronts cannot drift.
 
 use std::time::{Duration, Instant};
 
@@ -127,8 +128,7 @@ impl RetryRules {
         if !verdict.is_retryable() {
             return Step::Stop(Stop::Final);
         }
-        let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
-        let Some(scheduled) = self.backoff.next_delay(delays) else {
+        let Some(scheduled) = self.next_scheduled(attempts) else {
             return Step::Stop(Stop::Exhausted);
         };
         let delay = hint.map_or(scheduled, |hint| {
@@ -141,10 +141,37 @@ impl RetryRules {
         if !deadline.allows(now, delay.saturating_add(self.min_attempt_time)) {
             return Step::Stop(Stop::Deadline);
         }
-        match &self.budget {
-            Some(budget) if !budget.try_withdraw(now) => Step::Stop(Stop::BudgetSpent),
-            _ => Step::Retry(delay),
+        if self.withdraw(now) {
+            Step::Retry(delay)
+        } else {
+            Step::Stop(Stop::BudgetSpent)
         }
+    }
+
+    /// The schedule's next delay for this call, if it has one left: before a retry, the
+    /// sleep; before a hedge, the wait alongside the running attempts.
+    #[inline]
+    pub(crate) fn next_scheduled(&self, attempts: &mut Attempts) -> Option<Duration> {
+        let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
+        self.backoff.next_delay(delays)
+    }
+
+    /// Starts an attempt alongside those still running (a hedge, once its scheduled wait is
+    /// over or every running attempt has failed) if the budget pays for it. The schedule
+    /// already bounded how many such attempts there are ([`next_scheduled`](Self::next_scheduled)).
+    pub(crate) fn launch(&self, attempts: &mut Attempts, now: impl FnOnce() -> Instant) -> bool {
+        let paid = self.budget.is_none() || self.withdraw(now());
+        if paid {
+            attempts.started = attempts.started.saturating_add(1);
+        }
+        paid
+    }
+
+    /// Takes one retry (or hedge) from the budget, if there is a budget.
+    fn withdraw(&self, now: Instant) -> bool {
+        self.budget
+            .as_ref()
+            .is_none_or(|budget| budget.try_withdraw(now))
     }
 
     /// Whether a failure of the next attempt could still be retried: the schedule has a
