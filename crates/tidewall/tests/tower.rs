@@ -1,4 +1,5 @@
-//! The tower layers: readiness timeouts, clone-on-retry-only, shared limits, shedding.
+//! The tower layers: readiness timeouts, clone-on-retry-only, shared limits, shedding, and one
+//! error type per stack (typed, boxed, or the user's own).
 
 mod common;
 
@@ -11,13 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tidewall::breaker::CircuitBreaker;
+use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
+use tidewall::classify::Verdict;
 use tidewall::hedge::Hedge;
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime, Spawn};
 use tidewall::testing::Clocked;
-use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, HedgeLayer, RetryLayer, TimeoutLayer};
+use tidewall::time::Elapsed;
+use tidewall::tower::{
+    AdmitLayer, AdmitMode, BreakerLayer, HedgeLayer, PolicyError, RetryLayer, TimeoutLayer, cause,
+};
 use tidewall::{Backoff, Error, Jitter, Rejected};
 use tower::ServiceExt as _;
 use tower_layer::Layer;
@@ -454,4 +459,283 @@ async fn hedge_layer_uses_its_readiness<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn hedge_layer_spends_the_readiness_it_polled_on_every_runtime() {
     on_every_runtime!(hedge_layer_uses_its_readiness);
+}
+
+// === one error type per stack ==============================================================
+//
+// The layers that can refuse or time out return their inner service's error type, which must
+// be a `PolicyError`: give the service that type once, beneath the stack, and every refusal,
+// timeout and service error arrives at one level, however many layers deep.
+
+/// The bare error of the service under the stacks: not a `PolicyError` by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Down(u64);
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "down after {} ms", self.0)
+    }
+}
+
+impl std::error::Error for Down {}
+
+/// The service under the stacks: a call of `d` takes `d` ms, then answers `d` (even `d`) or
+/// fails with its bare `Down(d)` (odd `d`); `calls` counts the calls that reached it.
+fn downstream<R: Runtime>(
+    rt: &Clocked<R>,
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<u64, Response = u64, Error = Down> + Clone {
+    let (rt2, calls) = (rt.clone(), calls.clone());
+    service(rt, move |d: u64| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let rt = rt2.clone();
+        async move {
+            rt.sleep(ms(d)).await;
+            if d % 2 == 1 { Err(Down(d)) } else { Ok(d) }
+        }
+    })
+}
+
+/// Compiles only if `svc`'s error type is exactly `E`.
+fn error_type_is<E, S: Service<u64, Error = E>>(_: &S) {}
+
+/// What the stacks below are built on: a bulkhead of one, and a breaker that opens after two
+/// failures in a row, for a second.
+fn bulkhead_and_breaker<R: Runtime>(
+    rt: &Clocked<R>,
+) -> (Bulkhead<Clocked<R>>, CircuitBreaker<Clocked<R>>) {
+    let bulkhead = Bulkhead::builder(1).runtime(rt.clone()).build().unwrap();
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(2)
+        .break_duration(ms(1_000))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    (bulkhead, breaker)
+}
+
+fn two_attempts() -> Backoff {
+    Backoff::constant(ms(10))
+        .jitter(Jitter::None)
+        .max_attempts(2)
+        .build()
+        .unwrap()
+}
+
+/// How one call through a Timeout(100 ms) → Retry(2 attempts) → Breaker → Admit(bulkhead,
+/// Reject) stack ended, in each of the five ways it can.
+struct Endings<E> {
+    answered: Result<u64, E>,
+    refused_by_the_bulkhead: Result<u64, E>,
+    timed_out: Result<u64, E>,
+    failed_downstream: Result<u64, E>,
+    refused_by_the_open_breaker: Result<u64, E>,
+}
+
+/// Drives `svc` (the stack above, over `downstream`, its breaker judging only the service's own
+/// errors as failures) through the five endings, checking when each ended and what reached the
+/// service and the breaker; the caller checks what each returned.
+async fn five_endings<R: Runtime, S: Service<u64, Response = u64>>(
+    rt: &Clocked<R>,
+    svc: &mut S,
+    bulkhead: &Bulkhead<Clocked<R>>,
+    breaker: &CircuitBreaker<Clocked<R>>,
+    calls: &AtomicUsize,
+) -> Endings<S::Error> {
+    let answered = ready_and_call(svc, 2).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A full bulkhead refuses both attempts; the breaker ignores the refusals.
+    let held = bulkhead.try_acquire().unwrap();
+    let refused_by_the_bulkhead = ready_and_call(svc, 2).await;
+    drop(held);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "refused: the service is not called"
+    );
+    assert_eq!(breaker.state(), State::Closed);
+
+    // A 200 ms call is cut at 100 ms; the dropped call records nothing in the breaker.
+    let start = rt.now();
+    let timed_out = ready_and_call(svc, 200).await;
+    assert_eq!(rt.now() - start, ms(100));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(breaker.state(), State::Closed);
+
+    // Two failing attempts (3 ms, 10 ms apart, 3 ms): the second opens the breaker.
+    let start = rt.now();
+    let failed_downstream = ready_and_call(svc, 3).await;
+    assert_eq!(rt.now() - start, ms(16));
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "tried twice");
+    assert_eq!(breaker.state(), State::Open);
+
+    let refused_by_the_open_breaker = ready_and_call(svc, 2).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "shed: the service is not called"
+    );
+    assert_eq!(bulkhead.available(), 1, "every slot came back");
+
+    Endings {
+        answered,
+        refused_by_the_bulkhead,
+        timed_out,
+        failed_downstream,
+        refused_by_the_open_breaker,
+    }
+}
+
+async fn four_layers_one_typed_error<R: Runtime>(rt: Clocked<R>) {
+    let (bulkhead, breaker) = bulkhead_and_breaker(&rt);
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The breaker judges the stack's one type: only the service's own errors count.
+    let downstream_failures = |result: Result<&u64, &Error<Down>>| match result {
+        Ok(_) => Verdict::Success,
+        Err(Error::Inner(_)) => Verdict::RetryableFailure,
+        Err(_) => Verdict::Ignored,
+    };
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new(ms(100)).runtime(rt.clone()))
+        .layer(RetryLayer::new(two_attempts()).runtime(rt.clone()))
+        .layer(BreakerLayer::new(breaker.clone()).classify(downstream_failures))
+        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .map_err(Error::Inner)
+        .service(downstream(&rt, &calls));
+    // Four layers, one level: `Error<Down>`, not `Error<Error<Error<Down>>>`.
+    error_type_is::<Error<Down>, _>(&svc);
+
+    let endings = five_endings(&rt, &mut svc, &bulkhead, &breaker, &calls).await;
+    let _: &Result<u64, Error<Down>> = &endings.answered;
+    assert_eq!(endings.answered, Ok(2));
+    assert_eq!(
+        endings.refused_by_the_bulkhead,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(endings.timed_out, Err(Error::TimedOut));
+    assert_eq!(endings.failed_downstream, Err(Error::Inner(Down(3))));
+    assert!(
+        matches!(
+            endings.refused_by_the_open_breaker,
+            Err(Error::Rejected(Rejected::CircuitOpen { .. }))
+        ),
+        "{:?}",
+        endings.refused_by_the_open_breaker
+    );
+}
+
+#[test]
+fn a_four_layer_stack_over_a_typed_service_has_one_error_level_on_every_runtime() {
+    on_every_runtime!(four_layers_one_typed_error);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn four_layers_one_box_error<R: Runtime>(rt: Clocked<R>) {
+    let (bulkhead, breaker) = bulkhead_and_breaker(&rt);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let downstream_failures = |result: Result<&u64, &BoxError>| match result {
+        Ok(_) => Verdict::Success,
+        Err(e) if cause::<Down>(&**e).is_some() => Verdict::RetryableFailure,
+        Err(_) => Verdict::Ignored,
+    };
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new(ms(100)).runtime(rt.clone()))
+        .layer(RetryLayer::new(two_attempts()).runtime(rt.clone()))
+        .layer(BreakerLayer::new(breaker.clone()).classify(downstream_failures))
+        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .map_err(BoxError::from)
+        .service(downstream(&rt, &calls));
+    // The service's `BoxError` stays the stack's error type.
+    error_type_is::<BoxError, _>(&svc);
+
+    let endings = five_endings(&rt, &mut svc, &bulkhead, &breaker, &calls).await;
+    assert_eq!(endings.answered.ok(), Some(2));
+    // Each layer boxes its own error once: found by `cause`, and by a plain downcast.
+    let err = endings.refused_by_the_bulkhead.unwrap_err();
+    assert_eq!(
+        cause::<Rejected>(&*err),
+        Some(&Rejected::BulkheadFull),
+        "{err}"
+    );
+    assert!(err.is::<Rejected>(), "{err}");
+    let err = endings.timed_out.unwrap_err();
+    assert!(cause::<Elapsed>(&*err).is_some(), "{err}");
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(cause::<Rejected>(&*err).is_none(), "{err}");
+    let err = endings.failed_downstream.unwrap_err();
+    assert_eq!(cause::<Down>(&*err), Some(&Down(3)), "{err}");
+    assert!(cause::<Rejected>(&*err).is_none(), "{err}");
+    assert!(cause::<Elapsed>(&*err).is_none(), "{err}");
+    let err = endings.refused_by_the_open_breaker.unwrap_err();
+    assert!(
+        matches!(cause::<Rejected>(&*err), Some(Rejected::CircuitOpen { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_four_layer_stack_over_a_box_error_service_keeps_box_error_and_its_causes_on_every_runtime() {
+    on_every_runtime!(four_layers_one_box_error);
+}
+
+/// A user's own error type, made a `PolicyError` so Tidewall's layers can add to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ApiError {
+    Overloaded(Rejected),
+    TooSlow,
+    Downstream(Down),
+}
+
+impl PolicyError for ApiError {
+    fn rejected(rejected: Rejected) -> Self {
+        Self::Overloaded(rejected)
+    }
+
+    fn timed_out() -> Self {
+        Self::TooSlow
+    }
+}
+
+async fn four_layers_own_error<R: Runtime>(rt: Clocked<R>) {
+    let (bulkhead, breaker) = bulkhead_and_breaker(&rt);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let downstream_failures = |result: Result<&u64, &ApiError>| match result {
+        Ok(_) => Verdict::Success,
+        Err(ApiError::Downstream(_)) => Verdict::RetryableFailure,
+        Err(ApiError::Overloaded(_) | ApiError::TooSlow) => Verdict::Ignored,
+    };
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new(ms(100)).runtime(rt.clone()))
+        .layer(RetryLayer::new(two_attempts()).runtime(rt.clone()))
+        .layer(BreakerLayer::new(breaker.clone()).classify(downstream_failures))
+        .layer(AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .service(downstream(&rt, &calls).map_err(ApiError::Downstream));
+    error_type_is::<ApiError, _>(&svc);
+
+    let endings = five_endings(&rt, &mut svc, &bulkhead, &breaker, &calls).await;
+    assert_eq!(endings.answered, Ok(2));
+    assert_eq!(
+        endings.refused_by_the_bulkhead,
+        Err(ApiError::Overloaded(Rejected::BulkheadFull))
+    );
+    assert_eq!(endings.timed_out, Err(ApiError::TooSlow));
+    assert_eq!(
+        endings.failed_downstream,
+        Err(ApiError::Downstream(Down(3)))
+    );
+    assert!(
+        matches!(
+            endings.refused_by_the_open_breaker,
+            Err(ApiError::Overloaded(Rejected::CircuitOpen { .. }))
+        ),
+        "{:?}",
+        endings.refused_by_the_open_breaker
+    );
+}
+
+#[test]
+fn a_users_own_policy_error_type_goes_through_a_four_layer_stack_on_every_runtime() {
+    on_every_runtime!(four_layers_own_error);
 }
