@@ -86,10 +86,10 @@ where
         let hedge: &Hedge<R, K> = this.hedge;
         let inner = &*hedge.inner;
         let rules = &inner.rules;
-        // Sets the wait for the next hedge, if the schedule has one left.
-        let schedule_next = |attempts: &mut Attempts, mut timer: Pin<&mut Option<R::Sleep>>| {
-            if let Some(scheduled) = rules.next_scheduled(attempts) {
-                timer.set(Some(inner.rt.sleep(hedge.wait(scheduled))));
+        // Sets the wait for the next hedge, if the rules leave one.
+        let schedule_next = |attempts: &Attempts, mut timer: Pin<&mut Option<R::Sleep>>| {
+            if rules.attempt_left(attempts) {
+                timer.set(Some(inner.rt.sleep(hedge.delay())));
             }
         };
         if this.primary_started.is_none() {

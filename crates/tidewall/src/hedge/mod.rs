@@ -9,8 +9,8 @@
 //!   hedge's own successful attempts, with a fixed fallback until enough samples exist.
 //! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
 //!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting). These are the
-//!   [retry engine](crate::retry)'s rules, as for a retry: the schedule (the fixed delay,
-//!   `1 + max_hedges` attempts) spaces and bounds the hedges, the budget pays for each.
+//!   [retry engine](crate::retry)'s rules, as for a retry: they bound the attempts
+//!   (`1 + max_hedges`) and the budget pays for each hedge.
 //! * When every running attempt has failed, the next hedge starts at once instead of waiting.
 //! * A [classifier](crate::classify) ([`HedgeBuilder::classify`]) judges each attempt: a
 //!   success wins, a retryable failure (by default every `Err`) leaves the others running and
@@ -87,8 +87,8 @@ pub struct Hedge<R = DefaultRuntime, K = DefaultClassifier> {
 }
 
 struct Inner<R> {
-    // The retry engine's rules: the schedule gives each hedge's wait (the fixed delay) and
-    // bounds their number, the budget pays for each.
+    // The retry engine's rules: the schedule bounds the attempts (1 + max_hedges), the
+    // budget pays for each hedge.
     rules: RetryRules,
     // The fixed delay, and the percentile delay's fallback until enough samples exist.
     fixed: Duration,
@@ -269,7 +269,8 @@ impl<R, K> HedgeBuilder<R, K> {
                 value: f64::from(self.max_hedges),
                 allowed: "at most u32::MAX - 1",
             })?;
-        // Each hedge waits the fixed delay, exactly: no jitter, no cap below it.
+        // The schedule is the hedges' (a constant one of the delay, without jitter); the wait
+        // before each hedge is the delay or the percentile estimate, read when it is armed.
         let schedule = Backoff::constant(self.delay)
             .jitter(Jitter::None)
             .max_delay(self.delay)
@@ -277,8 +278,6 @@ impl<R, K> HedgeBuilder<R, K> {
             .build()?;
         let mut rules = RetryRules::new(schedule);
         rules.budget = budget;
-        // Without jitter the seed draws nothing; a fixed one spares drawing a fresh one.
-        rules.seed = Some(0);
         Ok(Hedge {
             inner: Arc::new(Inner {
                 rules,
@@ -315,22 +314,23 @@ impl<R: Clock, K> Hedge<R, K> {
 
     /// The delay a call starting now would hedge after.
     pub fn delay(&self) -> Duration {
-        self.wait(self.inner.fixed)
+        let inner = &*self.inner;
+        if inner.percentile {
+            inner.estimator.estimate().unwrap_or(inner.fixed)
+        } else {
+            inner.fixed
+        }
     }
 
     /// The most hedges a call starts.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tidewall::ConfigError> {
+    /// let hedge = tidewall::hedge::Hedge::builder().max_hedges(2).build()?;
+    /// assert_eq!(hedge.max_hedges(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn max_hedges(&self) -> u32 {
         self.inner.rules.backoff.max_attempts_total() - 1
-    }
-
-    /// The wait before a hedge whose scheduled (fixed) wait is `scheduled`: the percentile
-    /// estimate instead, once there is one.
-    fn wait(&self, scheduled: Duration) -> Duration {
-        let inner = &*self.inner;
-        if inner.percentile {
-            inner.estimator.estimate().unwrap_or(scheduled)
-        } else {
-            scheduled
-        }
     }
 }

@@ -117,6 +117,7 @@ impl RetryRules {
     /// `max_retry_after`); a retry whose sleep plus minimum attempt time would pass the
     /// deadline is not taken, and only a retry that is taken withdraws from the budget.
     /// Reads the clock only when a deadline or budget needs it.
+    #[inline]
     pub(crate) fn after(
         &self,
         attempts: &mut Attempts,
@@ -125,10 +126,23 @@ impl RetryRules {
         deadline: Deadline,
         now: impl FnOnce() -> Instant,
     ) -> Step {
+        // Inline: a success (the common case) ends here, without a call.
         if !verdict.is_retryable() {
             return Step::Stop(Stop::Final);
         }
-        let Some(scheduled) = self.next_scheduled(attempts) else {
+        self.after_retryable(attempts, hint, deadline, now)
+    }
+
+    /// [`after`](Self::after) for a retryable failure.
+    fn after_retryable(
+        &self,
+        attempts: &mut Attempts,
+        hint: Option<Duration>,
+        deadline: Deadline,
+        now: impl FnOnce() -> Instant,
+    ) -> Step {
+        let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
+        let Some(scheduled) = self.backoff.next_delay(delays) else {
             return Step::Stop(Stop::Exhausted);
         };
         let delay = hint.map_or(scheduled, |hint| {
@@ -148,23 +162,23 @@ impl RetryRules {
         }
     }
 
-    /// The schedule's next delay for this call, if it has one left: before a retry, the
-    /// sleep; before a hedge, the wait alongside the running attempts.
+    /// Whether the schedule allows an attempt beyond those started. (A schedule with a cap on
+    /// its total delay may end sooner; `after` finds that out when it draws the delay.)
     #[inline]
-    pub(crate) fn next_scheduled(&self, attempts: &mut Attempts) -> Option<Duration> {
-        let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
-        self.backoff.next_delay(delays)
+    pub(crate) fn attempt_left(&self, attempts: &Attempts) -> bool {
+        attempts.started < self.backoff.max_attempts_total()
     }
 
-    /// Starts an attempt alongside those still running (a hedge, once its scheduled wait is
-    /// over or every running attempt has failed) if the budget pays for it. The schedule
-    /// already bounded how many such attempts there are ([`next_scheduled`](Self::next_scheduled)).
+    /// Starts an attempt alongside those still running (a hedge whose wait is over, or that
+    /// is due because every running attempt failed), if the schedule has one left and the
+    /// budget pays for it.
     pub(crate) fn launch(&self, attempts: &mut Attempts, now: impl FnOnce() -> Instant) -> bool {
-        let paid = self.budget.is_none() || self.withdraw(now());
-        if paid {
+        let allowed =
+            self.attempt_left(attempts) && (self.budget.is_none() || self.withdraw(now()));
+        if allowed {
             attempts.started = attempts.started.saturating_add(1);
         }
-        paid
+        allowed
     }
 
     /// Takes one retry (or hedge) from the budget, if there is a budget.
@@ -187,7 +201,7 @@ impl RetryRules {
             // Without a cap on the total delay, a delay is left exactly while attempts are
             // (the attempt just begun is counted): no need to seed and draw a schedule that
             // a call which succeeds at once never uses.
-            attempts.started < self.backoff.max_attempts_total()
+            self.attempt_left(attempts)
         } else {
             // Peek on a copy of the schedule, seeded as the real one will be.
             let mut delays = attempts
