@@ -82,35 +82,48 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
-    #[inline]
+    // Always, with the wait out of line: a poll that is not inlined returns its output through
+    // memory, and reading it back stalls on store forwarding (as `AdmitService::call`).
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Admitting { waiting } => {
-                    let waiting = waiting.as_mut().project();
-                    let guard = ready!(waiting.admit.poll(cx)).map_err(S::Error::rejected)?;
-                    let (Some(mut service), Some(req)) =
-                        (waiting.service.take(), waiting.req.take())
-                    else {
-                        unreachable!("an admitted call is made once");
-                    };
-                    let call = service.call(req);
-                    state.set(State::Calling {
-                        call,
-                        guard: Some(guard),
-                    });
-                }
-                StateProj::Calling { call, guard } => {
-                    let result = ready!(call.poll(cx));
-                    // The slot is free as soon as the call is done, not when the future is
-                    // dropped.
-                    drop(guard.take());
-                    return Poll::Ready(result);
-                }
-            }
+        if let StateProj::Admitting { waiting } = state.as_mut().project() {
+            let (call, guard) = ready!(admit_then_call::<S, A, Req>(waiting.as_mut(), cx))?;
+            state.set(State::Calling {
+                call,
+                guard: Some(guard),
+            });
         }
+        let StateProj::Calling { call, guard } = state.project() else {
+            unreachable!("the call is made once admitted");
+        };
+        let result = ready!(call.poll(cx));
+        // The slot is free as soon as the call is done, not when the future is dropped.
+        drop(guard.take());
+        Poll::Ready(result)
     }
+}
+
+/// A call made once admitted, with the guard it holds.
+type Admitted<S, A, Req> = (<S as Service<Req>>::Future, <A as Admission>::Guard);
+
+/// Polls the wait for admission and, once admitted, makes the call.
+#[inline(never)]
+fn admit_then_call<S, A, Req>(
+    waiting: Pin<&mut Admitting<S, A::Admit, Req>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Admitted<S, A, Req>, S::Error>>
+where
+    S: Service<Req>,
+    S::Error: PolicyError,
+    A: Admission,
+{
+    let waiting = waiting.project();
+    let guard = ready!(waiting.admit.poll(cx)).map_err(S::Error::rejected)?;
+    let (Some(mut service), Some(req)) = (waiting.service.take(), waiting.req.take()) else {
+        unreachable!("an admitted call is made once");
+    };
+    Poll::Ready(Ok((service.call(req), guard)))
 }
 
 impl<S: Service<Req>, A: Admission, Req> std::fmt::Debug for ResponseFuture<S, A, Req> {

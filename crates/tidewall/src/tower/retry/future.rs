@@ -1,9 +1,11 @@
 //! The response future: attempts and sleeps, each decided by the retry engine.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -92,9 +94,54 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    // Always, with everything but a finished attempt out of line: a poll that is not inlined
+    // returns its output through memory, and reading it back stalls on store forwarding.
+    #[inline(always)]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.as_mut().project();
+        let retry_after = match this.state.project() {
+            StateProj::Calling { call } => {
+                let result = ready!(call.poll(cx));
+                let last = this.request.is_none();
+                match judge(
+                    this.layer,
+                    this.hints,
+                    this.attempts,
+                    *this.deadline,
+                    last,
+                    result,
+                ) {
+                    ControlFlow::Break(output) => return Poll::Ready(output),
+                    ControlFlow::Continue(delay) => Some(delay),
+                }
+            }
+            _ => None,
+        };
+        self.poll_slow(cx, retry_after)
+    }
+}
+
+impl<S, Req, R, C, H> ResponseFuture<S, Req, R, C, H>
+where
+    S: Service<Req>,
+    Req: Clone,
+    R: Clock,
+    C: Classify<S::Response, S::Error>,
+    H: HintSource<S::Error>,
+{
+    /// Everything but an attempt that ends the call: the pause before a retry (`retry_after`,
+    /// when the attempt just judged is to be retried), readying the service, further attempts.
+    #[inline(never)]
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        retry_after: Option<Duration>,
+    ) -> Poll<Result<S::Response, S::Error>> {
         let mut this = self.project();
         let rt = &this.layer.rt;
+        if let Some(delay) = retry_after {
+            pause(this.state.as_mut(), rt, delay);
+        }
         loop {
             match this.state.as_mut().project() {
                 StateProj::Starting => {
@@ -125,29 +172,18 @@ where
                 }
                 StateProj::Calling { call } => {
                     let result = ready!(call.poll(cx));
-                    if this.request.is_none() {
-                        // The original went out: nothing is left to retry with.
-                        return Poll::Ready(result);
-                    }
-                    let verdict = this.layer.classify.classify(result.as_ref());
-                    let hint = match &result {
-                        Err(error) if verdict.is_retryable() => this.hints.hint(error),
-                        _ => None,
-                    };
-                    let step = this.layer.rules.after(
+                    let last = this.request.is_none();
+                    let layer = &**this.layer;
+                    match judge(
+                        layer,
+                        this.hints,
                         this.attempts,
-                        verdict,
-                        hint,
                         *this.deadline,
-                        || rt.now(),
-                    );
-                    match step {
-                        Step::Retry(delay) if delay.is_zero() => this.state.set(State::Starting),
-                        Step::Retry(delay) => {
-                            let pause = Box::pin(rt.sleep(delay));
-                            this.state.set(State::Pausing { pause });
-                        }
-                        Step::Stop(_) => return Poll::Ready(result),
+                        last,
+                        result,
+                    ) {
+                        ControlFlow::Break(output) => return Poll::Ready(output),
+                        ControlFlow::Continue(delay) => pause(this.state.as_mut(), rt, delay),
                     }
                 }
                 StateProj::Pausing { pause } => {
@@ -156,6 +192,52 @@ where
                 }
             }
         }
+    }
+}
+
+/// After an attempt, the engine's step: the result that ends the call, or the delay before
+/// the next attempt. `last`: the original request went out, so nothing is left to retry with.
+#[inline(always)]
+fn judge<R: Clock, C, H, T, E>(
+    layer: &RetryLayer<R, C, H>,
+    hints: &mut H,
+    attempts: &mut Attempts,
+    deadline: Deadline,
+    last: bool,
+    result: Result<T, E>,
+) -> ControlFlow<Result<T, E>, Duration>
+where
+    C: Classify<T, E>,
+    H: HintSource<E>,
+{
+    if last {
+        return ControlFlow::Break(result);
+    }
+    let verdict = layer.classify.classify(result.as_ref());
+    let hint = match &result {
+        Err(error) if verdict.is_retryable() => hints.hint(error),
+        _ => None,
+    };
+    match layer
+        .rules
+        .after(attempts, verdict, hint, deadline, || layer.rt.now())
+    {
+        Step::Retry(delay) => ControlFlow::Continue(delay),
+        Step::Stop(_) => ControlFlow::Break(result),
+    }
+}
+
+/// Waits `delay` before the next attempt (none: starts it at once).
+fn pause<Call, R: Clock>(
+    mut state: Pin<&mut State<Call, Pin<Box<R::Sleep>>>>,
+    rt: &R,
+    delay: Duration,
+) {
+    if delay.is_zero() {
+        state.set(State::Starting);
+    } else {
+        let pause = Box::pin(rt.sleep(delay));
+        state.set(State::Pausing { pause });
     }
 }
 
