@@ -1,7 +1,9 @@
 //! Per-call cost through tower middleware: Tidewall's layers against plain tower and
 //! tower-resilience 0.13 doing the same job, in the same groups, on a current-thread tokio
 //! runtime with a trivial inner service (a ready future), nothing contended. Each iteration is
-//! one `ready().await` and one `call(..).await`.
+//! one `ready().await` and one `call(..).await`. Every row of a group wraps the same inner
+//! service: `TYPED_ECHO` (errors typed `tidewall::Error<Infallible>`, which Tidewall's refusing
+//! layers need and the others take as any error), or `ECHO` in the retry group.
 //!
 //! * `tower_concurrency_wait`: a limit of 64 that waits in `poll_ready` when full (never full
 //!   here): `tower::limit::ConcurrencyLimit`, Tidewall `AdmitLayer` over a `Bulkhead` in
@@ -23,16 +25,15 @@
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{BenchmarkGroup, criterion_group, criterion_main, measurement::WallTime};
+use criterion::{criterion_group, criterion_main};
 use tidewall::Backoff;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, RetryLayer, TimeoutLayer};
-use tokio::runtime::Runtime;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt as _};
+use tidewall_benches::tower_echo::{ECHO, TYPED_ECHO, current_thread, per_call};
+use tower::{Layer, ServiceBuilder};
 use tower_resilience::bulkhead::BulkheadLayer as TrBulkheadLayer;
 use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrBreakerLayer;
 use tower_resilience::retry::RetryLayer as TrRetryLayer;
@@ -40,76 +41,6 @@ use tower_resilience::timelimiter::TimeLimiterLayer as TrTimeLimiterLayer;
 
 const SLOTS: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The inner service: answers at once. `E` is its error type, never produced.
-struct Echo<E>(PhantomData<fn() -> E>);
-
-impl<E> Clone for Echo<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<E> Copy for Echo<E> {}
-
-/// `Echo` for tower, tower-resilience and Tidewall's `RetryLayer`, which take any error type.
-const ECHO: Echo<Infallible> = Echo(PhantomData);
-
-/// The same `Echo` under Tidewall's layers that can refuse or time out: they return their inner
-/// service's error type, which must be a `PolicyError`, so the service's error is already
-/// `tidewall::Error<Infallible>`. Only the (never produced) error type differs from `ECHO`: no
-/// `map_err` wrapper, so neither side does more work than the other. (The `Result` it answers
-/// is the size of the one Tidewall's layers returned before, when they wrapped `Infallible`
-/// into `Error<Infallible>` themselves.)
-const TYPED_ECHO: Echo<tidewall::Error<Infallible>> = Echo(PhantomData);
-
-impl<E> Service<u32> for Echo<E> {
-    type Response = u32;
-    type Error = E;
-    type Future = Ready<Result<u32, E>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), E>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, x: u32) -> Self::Future {
-        ready(Ok(x))
-    }
-}
-
-/// Times `ready().await` + `call().await` on a clone of `service` made once per batch.
-fn per_call<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, rt: &Runtime, service: S)
-where
-    S: Service<u32, Response = u32> + Clone,
-    S::Error: std::fmt::Debug,
-{
-    group.bench_function(name, |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let mut service = service.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let out = service
-                        .ready()
-                        .await
-                        .unwrap()
-                        .call(std::hint::black_box(7))
-                        .await
-                        .unwrap();
-                    std::hint::black_box(out);
-                }
-                start.elapsed()
-            }
-        })
-    });
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn bulkhead() -> Bulkhead {
     Bulkhead::builder(SLOTS).build().unwrap()
@@ -134,9 +65,9 @@ fn tr_breaker() -> TrBreakerLayer {
 }
 
 fn concurrency(c: &mut criterion::Criterion) {
-    let rt = runtime();
+    let rt = current_thread();
     let mut group = c.benchmark_group("tower_concurrency_wait");
-    let tower = tower::limit::ConcurrencyLimitLayer::new(SLOTS).layer(ECHO);
+    let tower = tower::limit::ConcurrencyLimitLayer::new(SLOTS).layer(TYPED_ECHO);
     per_call(&mut group, "tower", &rt, tower);
     let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::WaitReady).layer(TYPED_ECHO);
     per_call(&mut group, "tidewall", &rt, tidewall);
@@ -144,7 +75,7 @@ fn concurrency(c: &mut criterion::Criterion) {
         &mut group,
         "tower_resilience",
         &rt,
-        tr_bulkhead(true).layer(ECHO),
+        tr_bulkhead(true).layer(TYPED_ECHO),
     );
     group.finish();
 
@@ -152,7 +83,7 @@ fn concurrency(c: &mut criterion::Criterion) {
     let tower = ServiceBuilder::new()
         .load_shed()
         .concurrency_limit(SLOTS)
-        .service(ECHO);
+        .service(TYPED_ECHO);
     per_call(&mut group, "tower", &rt, tower);
     let tidewall = AdmitLayer::new(bulkhead(), AdmitMode::Reject).layer(TYPED_ECHO);
     per_call(&mut group, "tidewall", &rt, tidewall);
@@ -160,15 +91,15 @@ fn concurrency(c: &mut criterion::Criterion) {
         &mut group,
         "tower_resilience",
         &rt,
-        tr_bulkhead(false).layer(ECHO),
+        tr_bulkhead(false).layer(TYPED_ECHO),
     );
     group.finish();
 }
 
 fn timeout(c: &mut criterion::Criterion) {
-    let rt = runtime();
+    let rt = current_thread();
     let mut group = c.benchmark_group("tower_timeout");
-    let tower = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(ECHO);
+    let tower = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(TYPED_ECHO);
     per_call(&mut group, "tower", &rt, tower);
     per_call(
         &mut group,
@@ -180,12 +111,12 @@ fn timeout(c: &mut criterion::Criterion) {
         .timeout_duration(TIMEOUT)
         .cancel_running_future(true)
         .build();
-    per_call(&mut group, "tower_resilience", &rt, tr.layer(ECHO));
+    per_call(&mut group, "tower_resilience", &rt, tr.layer(TYPED_ECHO));
     group.finish();
 }
 
 fn breaker(c: &mut criterion::Criterion) {
-    let rt = runtime();
+    let rt = current_thread();
     let mut group = c.benchmark_group("tower_breaker");
     let breaker = CircuitBreaker::builder().build().unwrap();
     per_call(
@@ -198,7 +129,7 @@ fn breaker(c: &mut criterion::Criterion) {
         &mut group,
         "tower_resilience",
         &rt,
-        tr_breaker().layer(ECHO),
+        tr_breaker().layer(TYPED_ECHO),
     );
     group.finish();
 }
@@ -228,7 +159,7 @@ impl<E> tower::retry::Policy<u32, u32, E> for Attempts {
 }
 
 fn retry(c: &mut criterion::Criterion) {
-    let rt = runtime();
+    let rt = current_thread();
     let mut group = c.benchmark_group("tower_retry");
     let tower = tower::retry::RetryLayer::new(Attempts { left: 2 }).layer(ECHO);
     per_call(&mut group, "tower", &rt, tower);
@@ -251,12 +182,12 @@ fn retry(c: &mut criterion::Criterion) {
 }
 
 fn stack(c: &mut criterion::Criterion) {
-    let rt = runtime();
+    let rt = current_thread();
     let mut group = c.benchmark_group("tower_stack");
     let tower = ServiceBuilder::new()
         .timeout(TIMEOUT)
         .concurrency_limit(SLOTS)
-        .service(ECHO);
+        .service(TYPED_ECHO);
     per_call(&mut group, "tower_without_breaker", &rt, tower);
     let tidewall = ServiceBuilder::new()
         .layer(TimeoutLayer::new(TIMEOUT))
@@ -275,7 +206,7 @@ fn stack(c: &mut criterion::Criterion) {
         )
         .layer(tr_breaker())
         .layer(tr_bulkhead(true))
-        .service(ECHO);
+        .service(TYPED_ECHO);
     per_call(&mut group, "tower_resilience", &rt, tr);
     group.finish();
 }
