@@ -8,7 +8,8 @@ use crate::{Error, Rejected};
 ///
 /// Each such layer returns its inner service's error type unchanged, so a stack has one
 /// error type however many layers it has: `Error<E>` through four layers is `Error<E>`, not
-/// `Error<Error<Error<Error<E>>>>`. Give the innermost service that type once:
+/// `Error<Error<Error<Error<E>>>>`. Give the service under the lowest such layer that type
+/// once (layers below it, such as a hedge, keep the plain error):
 ///
 /// * [`Error<E>`](crate::Error), typed: `.map_err(tidewall::Error::Inner)` on the
 ///   `ServiceBuilder`, just before `.service(..)`;
@@ -17,7 +18,10 @@ use crate::{Error, Rejected};
 /// * your own error enum, with a variant for each: implement this trait for it.
 ///
 /// [`RetryLayer`](super::RetryLayer) and [`HedgeLayer`](super::HedgeLayer) never add an
-/// error of their own and take any error type.
+/// error of their own and take any error type. A classifier on a layer above the `map_err`
+/// (a breaker's, a retry's) judges this one type: in a typed stack the service's own error
+/// is `Error::Inner(e)`, and a refusal or timeout from a layer below is a value it sees too
+/// (the default classifier counts every `Err` as a failure).
 ///
 /// ```
 /// use std::num::ParseIntError;
@@ -26,23 +30,30 @@ use crate::{Error, Rejected};
 /// use tidewall::bulkhead::Bulkhead;
 /// use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer};
 /// use tidewall::{Error, Rejected};
+/// use tower::util::BoxCloneService;
 /// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// /// A client keeps its stack under one short name: one error type, whatever the layers.
+/// struct Client {
+///     parse: BoxCloneService<&'static str, u32, Error<ParseIntError>>,
+/// }
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let breaker = CircuitBreaker::builder().consecutive_failures(1).build()?;
 /// let bulkhead = Bulkhead::builder(4).build()?;
-/// let mut service = ServiceBuilder::new()
+/// let stack = ServiceBuilder::new()
 ///     .layer(TimeoutLayer::new(Duration::from_secs(1)))
-///     .layer(BreakerLayer::new(breaker))
 ///     .layer(AdmitLayer::new(bulkhead, AdmitMode::Reject))
+///     .layer(BreakerLayer::new(breaker))
 ///     .map_err(Error::Inner)
 ///     .service_fn(|text: &'static str| async move { text.parse::<u32>() });
+/// let mut client = Client { parse: BoxCloneService::new(stack) };
 ///
 /// // Three layers, one level: the service's own error, then the breaker's refusal.
-/// let failed: Result<u32, Error<ParseIntError>> = service.ready().await?.call("x").await;
+/// let failed = client.parse.ready().await?.call("x").await;
 /// assert!(matches!(failed, Err(Error::Inner(_))));
-/// let shed = service.ready().await?.call("1").await;
+/// let shed = client.parse.ready().await?.call("1").await;
 /// assert!(matches!(shed, Err(Error::Rejected(Rejected::CircuitOpen { .. }))));
 /// # Ok(()) }
 /// ```

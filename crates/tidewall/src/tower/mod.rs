@@ -17,7 +17,8 @@
 //!   [`HedgeLayer`] have no tower counterpart.
 //!
 //! Response futures are named types (each middleware's module holds its `ResponseFuture`),
-//! so a stack can be stored without boxing.
+//! so a stack can be stored without boxing; with one error type per stack, it can also be
+//! stored without spelling its layers, as tower's `BoxCloneService<Req, Resp, Error<E>>`.
 //!
 //! A stack has one error type, however deep: every layer returns its inner service's error
 //! type, and the layers that can refuse or time out need it to be a [`PolicyError`] — the
