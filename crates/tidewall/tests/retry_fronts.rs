@@ -191,6 +191,18 @@ fn scenarios() -> Vec<Scenario> {
             )
         },
         Scenario {
+            max_retry_after: Some(ms(100)),
+            deadline: Some(ms(200)),
+            starts: vec![ms(0)],
+            ends: ms(0),
+            result: Err(ApiError::Throttled(Duration::from_secs(1))),
+            by_deadline: true,
+            ..base(
+                "a capped hint whose whole wait ends past the deadline returns at once",
+                vec![instant(Err(ApiError::Throttled(Duration::from_secs(1))))],
+            )
+        },
+        Scenario {
             backoff: exponential(ms(100), 10),
             deadline: Some(ms(350)),
             starts: vec![ms(0), ms(100), ms(300)],

@@ -192,7 +192,10 @@ impl<R, L, B, K> PipelineBuilder<R, L, B, RetryStage, (), K> {
 
     /// The largest `retry_after` hint honoured (default
     /// [`DEFAULT_MAX_RETRY_AFTER`](crate::retry::DEFAULT_MAX_RETRY_AFTER), 60 s, as for the
-    /// retry future).
+    /// retry future). The cut only shortens the sleep: a retry whose whole hint ends past the
+    /// deadline is not made (the call ends at once), and with no deadline a retry may come
+    /// before a long hint ends — the breaker then refuses it again, so set this at least as
+    /// long as the breaker's break.
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.retry.rules.max_retry_after = cap;
         self

@@ -152,7 +152,10 @@ impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
         }
     }
 
-    /// The largest hint honoured; a longer hint is cut to this (default 60 s).
+    /// The largest hint honoured; a longer hint is cut to this (default 60 s). The cut only
+    /// shortens the sleep: a retry whose whole hint ends past the deadline is not made (the
+    /// call ends at once), and with no deadline a retry may come before a long hint ends — a
+    /// breaker then refuses it again, so set this at least as long as the breaker's break.
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.settings.rules.max_retry_after = cap;
         self

@@ -114,8 +114,9 @@ impl RetryRules {
 
     /// After an attempt judged `verdict` (with the server's `hint`, if any): retry after a
     /// delay, or stop. The delay is the schedule's, raised to the hint (capped at
-    /// `max_retry_after`); a retry whose sleep plus minimum attempt time would pass the
-    /// deadline is not taken, and only a retry that is taken withdraws from the budget.
+    /// `max_retry_after`); a retry whose sleep — or whose whole hint, cap or not — plus
+    /// minimum attempt time would pass the deadline is not taken, and only a retry that is
+    /// taken withdraws from the budget.
     /// Reads the clock only when a deadline or budget needs it.
     #[inline]
     pub(crate) fn after(
@@ -151,8 +152,12 @@ impl RetryRules {
         if deadline.instant().is_none() && self.budget.is_none() {
             return Step::Retry(delay);
         }
+        // The deadline is held against the whole hint, not the capped sleep: a retry made
+        // before the hint ends would be refused again (an open breaker) or go against the
+        // server's word, and none can wait it out before the deadline.
+        let earliest = hint.map_or(delay, |hint| delay.max(hint));
         let now = now();
-        if !deadline.allows(now, delay.saturating_add(self.min_attempt_time)) {
+        if !deadline.allows(now, earliest.saturating_add(self.min_attempt_time)) {
             return Step::Stop(Stop::Deadline);
         }
         if self.withdraw(now) {
