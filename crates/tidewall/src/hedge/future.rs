@@ -34,6 +34,9 @@ pin_project! {
         // The wait for the next hedge; none once no hedge is left.
         #[pin]
         timer: Option<R::Sleep>,
+        // A hedge the budget refused while attempts were running: asked for once more when
+        // every one of them has failed.
+        refused: bool,
     }
 }
 
@@ -69,6 +72,7 @@ impl<'h, F: MakeAttempt, R: Clock, K> HedgeFuture<'h, F, R, K> {
             attempts: Attempts::default(),
             last_failure: None,
             timer: None,
+            refused: false,
         }
     }
 }
@@ -151,19 +155,23 @@ where
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
             // The next hedge is due when its wait is over, or at once when every attempt
-            // failed; it starts if the budget pays for it, and no hedge follows one refused.
+            // failed (a hedge the budget refused included); it starts if the budget pays.
             let due = match this.timer.as_mut().as_pin_mut() {
                 Some(timer) => !running || timer.poll(cx).is_ready(),
-                None => false,
+                None => !running && *this.refused,
             };
             if due {
                 this.timer.set(None);
                 let now = inner.rt.now();
+                *this.refused = false;
                 if rules.launch(this.attempts, || now) {
                     this.hedges.push((Box::pin(this.op.make_attempt()), now));
                     schedule_next(this.attempts, this.timer.as_mut());
                     continue;
                 }
+                // Refused while attempts run: asked for once more if they all fail. Refused
+                // with none running: the call ends with the last failure.
+                *this.refused = running;
             }
             if running || this.timer.is_some() {
                 return Poll::Pending;

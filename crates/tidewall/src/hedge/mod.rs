@@ -165,6 +165,9 @@ impl<R, K> HedgeBuilder<R, K> {
     }
 
     /// Hedges may add at most `ratio` of the calls (e.g. `0.05` for 5 %), over a 10 s window.
+    /// A hedge the budget refuses is not sent, and no later hedge of that call is scheduled;
+    /// if every attempt then running fails, the budget is asked once more, at once, and a
+    /// second refusal ends the call with the last failure.
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
         self.budget_ratio = Some(ratio);
         self
