@@ -1,6 +1,8 @@
 //! The one error type of a stack: each layer returns its inner service's error type.
 
-use crate::{Error, Rejected};
+use std::time::Duration;
+
+use crate::{Error, Rejected, RetryAfter};
 
 /// An error type that can also say "a policy refused the call" and "the call ran out of
 /// time": what a Tidewall layer that can refuse or time out ([`AdmitLayer`],
@@ -95,5 +97,24 @@ impl PolicyError for Box<dyn std::error::Error + Send + Sync> {
 
     fn timed_out() -> Self {
         Box::new(crate::time::Elapsed)
+    }
+}
+
+/// The hint of a [`Rejected`] in a `BoxError`'s source chain (found with
+/// [`cause`](super::cause)), so a [`RetryLayer`](super::RetryLayer) with `honor_retry_after`
+/// waits out a breaker's or a limiter's `retry_after` over a boxed stack too.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::{Rejected, RetryAfter};
+///
+/// let shed: tower::BoxError = Box::new(Rejected::CircuitOpen { retry_after: Duration::from_secs(3) });
+/// assert_eq!(shed.retry_after(), Some(Duration::from_secs(3)));
+/// let other: tower::BoxError = "refused by the server".into();
+/// assert_eq!(other.retry_after(), None);
+/// ```
+impl RetryAfter for dyn std::error::Error + Send + Sync {
+    fn retry_after(&self) -> Option<Duration> {
+        super::cause::<Rejected>(self).and_then(RetryAfter::retry_after)
     }
 }

@@ -147,7 +147,11 @@ impl<R, C, H> RetryLayer<R, C, H> {
 
     /// Honours hints from errors that implement [`RetryAfter`](crate::RetryAfter) (a
     /// rejection's `retry_after`, an HTTP 429): the next delay is at least the hint, capped
-    /// at [`max_retry_after`](Self::max_retry_after).
+    /// at [`max_retry_after`](Self::max_retry_after). Over a stack's one error type:
+    /// `Error<E>` when `E: RetryAfter`, and tower's `BoxError` (the hint of a
+    /// [`Rejected`](crate::Rejected) in its chain). For `Error<E>` with an `E` that has no
+    /// hints, read the refusals' alone:
+    /// `.retry_after_with(|e: &Error<E>| e.rejection()?.retry_after())`.
     pub fn honor_retry_after(self) -> RetryLayer<R, C, FromRetryAfter> {
         self.retry_after_with(FromRetryAfter)
     }
@@ -163,7 +167,10 @@ impl<R, C, H> RetryLayer<R, C, H> {
         }
     }
 
-    /// The largest hint honoured; a longer hint is cut to this (default 60 s).
+    /// The largest hint honoured; a longer hint is cut to this (default 60 s). The cut only
+    /// shortens the sleep: a retry whose whole hint ends past the deadline is not made (the
+    /// call ends at once), and with no deadline a retry may come before a long hint ends — a
+    /// breaker then refuses it again, so set this at least as long as the breaker's break.
     #[must_use]
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.rules.max_retry_after = cap;
