@@ -66,7 +66,7 @@ impl PolicyError for ApiError {
 
 impl RetryAfter for ApiError {
     fn retry_after(&self) -> Option<Duration> {
-        Says::rejection(self)?.retry_after()
+        Says::refusal(self)?.retry_after()
     }
 }
 
@@ -74,7 +74,7 @@ impl RetryAfter for ApiError {
 /// way (`Error`'s variants, `cause` behind a `BoxError`, the user's variants).
 trait Says: PolicyError + Send + Debug + 'static {
     fn wrap(b: Boom) -> Self;
-    fn rejection(&self) -> Option<Rejected>;
+    fn refusal(&self) -> Option<Rejected>;
     fn is_timeout(&self) -> bool;
     fn own(&self) -> Option<u64>;
 }
@@ -83,7 +83,7 @@ impl Says for Typed {
     fn wrap(b: Boom) -> Self {
         Error::Inner(b)
     }
-    fn rejection(&self) -> Option<Rejected> {
+    fn refusal(&self) -> Option<Rejected> {
         Error::rejection(self)
     }
     fn is_timeout(&self) -> bool {
@@ -98,7 +98,7 @@ impl Says for BoxError {
     fn wrap(b: Boom) -> Self {
         b.into()
     }
-    fn rejection(&self) -> Option<Rejected> {
+    fn refusal(&self) -> Option<Rejected> {
         cause::<Rejected>(&**self).copied()
     }
     fn is_timeout(&self) -> bool {
@@ -113,7 +113,7 @@ impl Says for ApiError {
     fn wrap(b: Boom) -> Self {
         ApiError::Down(b.0)
     }
-    fn rejection(&self) -> Option<Rejected> {
+    fn refusal(&self) -> Option<Rejected> {
         match self {
             ApiError::Refused(r) => Some(*r),
             _ => None,
@@ -132,7 +132,7 @@ impl Says for ApiError {
 
 /// Exactly one of the three things, and which.
 fn what<E: Says>(e: &E) -> String {
-    match (e.rejection(), e.is_timeout(), e.own()) {
+    match (e.refusal(), e.is_timeout(), e.own()) {
         (Some(r), false, None) => format!("rejected {r:?}"),
         (None, true, None) => "timed out".into(),
         (None, false, Some(d)) => format!("own {d}"),
@@ -536,9 +536,67 @@ fn the_breakers_classifier_is_shown_the_stacks_one_error_type() {
         assert_eq!(ready_and_call(&mut svc, 2).await, Ok(2));
         assert_eq!(ready_and_call(&mut svc, 3).await, Err(INNER(Boom(3))));
         assert_eq!(tripping.state(), State::Open);
+        // Docs (BreakerLayer): "A refusal from a layer below ... records nothing and is not
+        // shown to the classifier".
         let seen = seen.lock().unwrap().join(" ");
-        let shown = "Err(TimedOut) Err(Rejected(BulkheadFull)) Ok(2) Err(Inner(Boom(3)))";
+        let shown = "Err(TimedOut) Ok(2) Err(Inner(Boom(3)))";
         assert_eq!(seen, shown);
+    });
+}
+
+#[test]
+fn refusals_from_below_never_trip_a_breaker_with_the_default_classifier() {
+    on_tokio_current_thread(|rt: Rt| async move {
+        let (tripping, bulk) = (breaker(&rt, 1, ms(100)), bulkhead(&rt, 1, None));
+        let limiter = RateLimiter::builder(1, Duration::from_secs(3600))
+            .burst(1)
+            .runtime(rt.clone())
+            .build()
+            .unwrap();
+        let mut typed = ServiceBuilder::new()
+            .layer(BreakerLayer::new(tripping.clone()))
+            .layer(admit(&rt, &bulk, AdmitMode::Reject))
+            .layer(AdmitLayer::new(limiter.clone(), AdmitMode::Reject).runtime(rt.clone()))
+            .map_err(INNER)
+            .service(plain(Work::new(&rt)));
+        let held = bulk.try_acquire().unwrap();
+        for _ in 0..5 {
+            let full = ready_and_call(&mut typed, 2).await;
+            assert_eq!(full, Err(Error::Rejected(Rejected::BulkheadFull)));
+        }
+        drop(held);
+        assert_eq!(
+            ready_and_call(&mut typed, 2).await,
+            Ok(2),
+            "the limiter's one cell"
+        );
+        for _ in 0..5 {
+            let limited = ready_and_call(&mut typed, 2).await;
+            assert!(matches!(
+                limited,
+                Err(Error::Rejected(Rejected::RateLimited { .. }))
+            ));
+        }
+        assert_eq!(
+            tripping.state(),
+            State::Closed,
+            "nine refusals from below, no failure"
+        );
+
+        // The same through BoxError: the refusal is found in the box.
+        let (boxed_breaker, boxed_bulk) = (breaker(&rt, 1, ms(100)), bulkhead(&rt, 1, None));
+        let mut boxed = ServiceBuilder::new()
+            .layer(BreakerLayer::new(boxed_breaker.clone()))
+            .layer(admit(&rt, &boxed_bulk, AdmitMode::Reject))
+            .map_err(BoxError::from)
+            .service(plain(Work::new(&rt)));
+        let held = boxed_bulk.try_acquire().unwrap();
+        assert!(ready_and_call(&mut boxed, 2).await.is_err());
+        assert_eq!(boxed_breaker.state(), State::Closed);
+        drop(held);
+        // The service's own failure still counts, through either type.
+        assert!(ready_and_call(&mut boxed, 3).await.is_err());
+        assert_eq!(boxed_breaker.state(), State::Open);
     });
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use report_support::{aborted, stopped};
 use support::{DAY, Gauge, HOUR, Rng, ms};
+use tidewall::ConfigError;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::task::pool::{WorkerPool, WorkerPoolBuilder};
 use tidewall::task::scope::Scope;
@@ -22,7 +23,6 @@ use tidewall::task::supervisor::{
 };
 use tidewall::task::{CancellationToken, Ending, Exit};
 use tidewall::testing::Clocked;
-use tidewall::ConfigError;
 
 /// A builder's answer to bad input, named: never a panic.
 fn verdict<T>(f: impl FnOnce() -> Result<T, ConfigError>) -> &'static str {

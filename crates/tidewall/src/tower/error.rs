@@ -22,8 +22,9 @@ use crate::{Error, Rejected, RetryAfter};
 /// [`RetryLayer`](super::RetryLayer) and [`HedgeLayer`](super::HedgeLayer) never add an
 /// error of their own and take any error type. A classifier on a layer above the `map_err`
 /// (a breaker's, a retry's) judges this one type: in a typed stack the service's own error
-/// is `Error::Inner(e)`, and a refusal or timeout from a layer below is a value it sees too
-/// (the default classifier counts every `Err` as a failure).
+/// is `Error::Inner(e)`, and a timeout from a layer below is a value it sees too (the default
+/// classifier counts every `Err` as a failure); a breaker records a refusal from below as
+/// nothing ([`rejection`](Self::rejection)).
 ///
 /// ```
 /// use std::num::ParseIntError;
@@ -74,6 +75,15 @@ pub trait PolicyError {
 
     /// The call (or the wait for the service to be ready) ran out of time.
     fn timed_out() -> Self;
+
+    /// The refusal this error is, if a policy made it: a [`BreakerLayer`](super::BreakerLayer)
+    /// over the layer that refused records such an error as nothing (a full bulkhead below says
+    /// nothing about the service's health), before its classifier sees it. By default `None`:
+    /// implement it for your own enum so its refusals are not counted as the service's
+    /// failures.
+    fn rejection(&self) -> Option<Rejected> {
+        None
+    }
 }
 
 impl<E> PolicyError for Error<E> {
@@ -86,6 +96,11 @@ impl<E> PolicyError for Error<E> {
     fn timed_out() -> Self {
         Self::TimedOut
     }
+
+    #[inline]
+    fn rejection(&self) -> Option<Rejected> {
+        Error::rejection(self)
+    }
 }
 
 /// tower's `BoxError`: a rejection is boxed as [`Rejected`], a timeout as
@@ -97,6 +112,10 @@ impl PolicyError for Box<dyn std::error::Error + Send + Sync> {
 
     fn timed_out() -> Self {
         Box::new(crate::time::Elapsed)
+    }
+
+    fn rejection(&self) -> Option<Rejected> {
+        super::cause::<Rejected>(&**self).copied()
     }
 }
 

@@ -7,14 +7,15 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use crate::Rejected;
-use crate::breaker::OwnedPermit;
+use crate::breaker::{Outcome, OwnedPermit};
 use crate::classify::Classify;
 use crate::rt::Clock;
 use crate::tower::PolicyError;
 
 pin_project! {
     /// The response future of a [`BreakerService`](super::BreakerService): the breaker's
-    /// rejection, or the call with its outcome recorded as the classifier judges it.
+    /// rejection, or the call with its outcome recorded as the classifier judges it (a
+    /// refusal from a layer below recorded as nothing).
     ///
     /// **Cancel safety:** dropping it before the call ends records nothing and gives a
     /// half-open probe slot back.
@@ -77,7 +78,11 @@ where
             } => {
                 let result = ready!(call.poll(cx));
                 if let Some(permit) = permit.take() {
-                    permit.record(classify.classify(result.as_ref()).breaker_outcome());
+                    permit.record(match &result {
+                        // Refused below (a full bulkhead, an open breaker): not the service.
+                        Err(error) if error.rejection().is_some() => Outcome::Ignored,
+                        result => classify.classify(result.as_ref()).breaker_outcome(),
+                    });
                 }
                 Poll::Ready(result)
             }

@@ -20,10 +20,12 @@ use crate::rt::{Clock, DefaultRuntime};
 /// records nothing, and a call whose response future is dropped records nothing either.
 /// A refusal is the inner service's own error type, made with
 /// [`PolicyError::rejected`](crate::tower::PolicyError::rejected); the classifier judges that
-/// same type (in a typed stack, `Error<E>`: the service's own error is `Error::Inner`). Put
-/// admission (an [`AdmitLayer`](crate::tower::AdmitLayer)) outside the breaker, as the
-/// [`Pipeline`](crate::pipeline::Pipeline) does: under it, the default classifier would count
-/// a full bulkhead's refusals as the service's failures.
+/// same type (in a typed stack, `Error<E>`: the service's own error is `Error::Inner`). A
+/// refusal from a layer below (an error whose
+/// [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is `Some`: a full
+/// bulkhead, a rate limit, another breaker) records nothing and is not shown to the
+/// classifier: it says nothing about the service's health, so admission may sit on either
+/// side of the breaker.
 ///
 /// ```
 /// use std::time::Duration;
