@@ -35,6 +35,9 @@
 //! assert_eq!(classify.classify(Err(&ApiError::BadRequest)), Verdict::Failure);
 //! ```
 
+use std::time::Duration;
+
+use crate::RetryAfter;
 use crate::breaker::Outcome;
 
 /// How one attempt's result counts; see the [module docs](self) for what each policy does
@@ -72,11 +75,22 @@ impl Verdict {
     }
 }
 
-/// Judges one attempt's result. Implemented by [`DefaultClassifier`], [`ErrorsWhere`] and
-/// every closure `Fn(Result<&T, &E>) -> Verdict`.
+/// Judges one attempt's result, and reads the hint it carries. Implemented by
+/// [`DefaultClassifier`], [`ErrorsWhere`], [`WithRetryAfter`], [`Hinted`] and every closure
+/// `Fn(Result<&T, &E>) -> Verdict`.
 pub trait Classify<T, E> {
     /// The verdict on `result`.
     fn classify(&self, result: Result<&T, &E>) -> Verdict;
+
+    /// How long the result asks the caller to wait before trying again (an HTTP 429's
+    /// `Retry-After`, an `Ok` 503 response's as much as an error's). Read only for a result
+    /// judged a failure; uncapped (each driver caps it with its `max_retry_after`). By
+    /// default none: wrap a classifier in [`WithRetryAfter`] or [`Hinted`] to read hints.
+    #[inline]
+    fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
+        let _ = result;
+        None
+    }
 }
 
 impl<T, E, F: Fn(Result<&T, &E>) -> Verdict> Classify<T, E> for F {
@@ -127,5 +141,73 @@ impl<T, E, P: Fn(&E) -> bool> Classify<T, E> for ErrorsWhere<P> {
             Err(e) if (self.0)(e) => Verdict::RetryableFailure,
             Err(_) => Verdict::Failure,
         }
+    }
+}
+
+/// `C`'s verdicts, and the hints of errors that implement [`RetryAfter`] (a refusal's
+/// `retry_after`, an error carrying a server's `Retry-After`). What `honor_retry_after()`
+/// sets on the retry future, the pipeline and the tower `RetryLayer`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::classify::{Classify, DefaultClassifier, WithRetryAfter};
+/// use tidewall::Rejected;
+///
+/// let busy = Rejected::RateLimited { retry_after: Duration::from_millis(20) };
+/// let hinted = WithRetryAfter(DefaultClassifier);
+/// assert_eq!(Classify::<(), _>::retry_after(&hinted, Err(&busy)), Some(Duration::from_millis(20)));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WithRetryAfter<C>(pub C);
+
+impl<T, E: RetryAfter, C: Classify<T, E>> Classify<T, E> for WithRetryAfter<C> {
+    #[inline]
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
+        self.0.classify(result)
+    }
+
+    #[inline]
+    fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
+        match result {
+            Err(error) => error.retry_after(),
+            Ok(_) => self.0.retry_after(result),
+        }
+    }
+}
+
+/// `C`'s verdicts, and hints read by a closure over the whole result: an `Ok` response can
+/// carry one (a 503 with `Retry-After`) as well as an error. What `retry_after_with(f)` sets.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::classify::{Classify, Hinted, Verdict};
+///
+/// // (status, seconds to wait): a 503 is retried after the server's wait.
+/// let judge = |r: Result<&(u16, u64), &()>| match r {
+///     Ok((503, _)) => Verdict::RetryableFailure,
+///     Ok(_) => Verdict::Success,
+///     Err(()) => Verdict::RetryableFailure,
+/// };
+/// let hints = |r: Result<&(u16, u64), &()>| r.ok().map(|(_, s)| Duration::from_secs(*s));
+/// let policy = Hinted(judge, hints);
+/// assert_eq!(policy.classify(Ok(&(503, 2))), Verdict::RetryableFailure);
+/// assert_eq!(policy.retry_after(Ok(&(503, 2))), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hinted<C, F>(pub C, pub F);
+
+impl<T, E, C, F> Classify<T, E> for Hinted<C, F>
+where
+    C: Classify<T, E>,
+    F: Fn(Result<&T, &E>) -> Option<Duration>,
+{
+    #[inline]
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
+        self.0.classify(result)
+    }
+
+    #[inline]
+    fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
+        (self.1)(result)
     }
 }

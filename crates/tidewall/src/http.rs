@@ -6,7 +6,9 @@
 //! zero. Malformed input is a typed [`RetryAfterError`], never a panic: this parser faces
 //! untrusted servers (it has a fuzz target in `fuzz/`).
 //!
-//! Feed the result to the [retry driver](crate::retry) through an error type that implements
+//! Feed the result to the [retry driver](crate::retry) through the classifier's
+//! [`retry_after`](crate::classify::Classify::retry_after): `retry_after_with(..)` reading the
+//! header of an `Ok` response, or `honor_retry_after()` with an error type that implements
 //! [`RetryAfter`](crate::RetryAfter).
 //!
 //! ```

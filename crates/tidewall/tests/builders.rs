@@ -232,7 +232,7 @@ async fn retry_settings_at_their_extremes_never_panic() {
     .attempt_timeout(Duration::MAX)
     .max_retry_after(Duration::MAX)
     .min_attempt_time(Duration::MAX)
-    .retry_after_with(|_: &&str| Some(Duration::MAX))
+    .retry_after_with(|_: Result<&u32, &&str>| Some(Duration::MAX))
     .await;
     // Each hint of Duration::MAX is a sleep "forever" (about 30 years of virtual time),
     // not an overflow.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{HOUR, Rng, assert_conserved, maybe_cancel, ms};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
-use tidewall::classify::Verdict;
+use tidewall::classify::{Verdict, WithRetryAfter};
 use tidewall::pipeline::{BoxPipeline, Pipeline, RetryStage};
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
@@ -56,10 +56,21 @@ type Static<R> = Pipeline<
     Classifier,
 >;
 
+/// The same stages, the retry stage also honouring the operation's hints.
+type StaticHinted<R> = Pipeline<
+    Clocked<R>,
+    (),
+    Bulkhead<Clocked<R>>,
+    RetryStage,
+    CircuitBreaker<Clocked<R>>,
+    WithRetryAfter<Classifier>,
+>;
+
 /// The policies every scenario runs through, fresh, with the bulkhead and breaker kept to look
 /// at. `jitter` draws from the pipeline's fixed seed.
 struct Stages<R: Runtime> {
     pipeline: Static<R>,
+    hinted: StaticHinted<R>,
     bulkhead: Bulkhead<Clocked<R>>,
     breaker: CircuitBreaker<Clocked<R>>,
 }
@@ -92,11 +103,13 @@ fn stages<R: Runtime>(rt: &Clocked<R>, slots: usize, queue: usize, probes: u32) 
         .max_retry_after(ms(250))
         .breaker(breaker.clone())
         .attempt_timeout(ms(90))
-        .classify(classify as Classifier)
-        .build()
-        .unwrap();
+        .classify(classify as Classifier);
+    // Clones of the stages share their state: both pipelines use one bulkhead and breaker.
+    let hinted = pipeline.clone().honor_retry_after().build().unwrap();
+    let pipeline = pipeline.build().unwrap();
     Stages {
         pipeline,
+        hinted,
         bulkhead,
         breaker,
     }
@@ -176,8 +189,8 @@ async fn run_static<R: Runtime>(rt: &Clocked<R>, seed: u64) -> Vec<Seen> {
                     .await
             }
             Way::Hints(n) => {
-                s.pipeline
-                    .call_with_hints(Deadline::after(rt, ms(n)), || op.call())
+                s.hinted
+                    .call_before(Deadline::after(rt, ms(n)), || op.call())
                     .await
             }
         };
@@ -195,6 +208,7 @@ async fn run_static<R: Runtime>(rt: &Clocked<R>, seed: u64) -> Vec<Seen> {
 async fn run_boxed<R: Runtime>(rt: &Clocked<R>, seed: u64) -> Vec<Seen> {
     let s = stages(rt, 2, 2, 1);
     let boxed: BoxPipeline<u32, Fail> = s.pipeline.boxed();
+    let hinted: BoxPipeline<u32, Fail> = s.hinted.boxed();
     let mut seen = Vec::new();
     for (gap, way, steps) in plan(seed) {
         rt.sleep(gap).await;
@@ -208,8 +222,8 @@ async fn run_boxed<R: Runtime>(rt: &Clocked<R>, seed: u64) -> Vec<Seen> {
                     .await
             }
             Way::Hints(n) => {
-                boxed
-                    .call_with_hints(Deadline::after(rt, ms(n)), || op.call())
+                hinted
+                    .call_before(Deadline::after(rt, ms(n)), || op.call())
                     .await
             }
         };

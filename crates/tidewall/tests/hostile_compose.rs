@@ -1016,12 +1016,13 @@ async fn unvalidated_huge_durations_do_not_panic<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .retry(backoff(2, ms(1)))
         .max_retry_after(Duration::MAX)
+        .honor_retry_after()
         .build()
         .unwrap();
     let mut n = 0;
     let start = rt.now();
     let r = p
-        .call_with_hints(Deadline::after(&rt, Duration::from_secs(3_600)), || {
+        .call_before(Deadline::after(&rt, Duration::from_secs(3_600)), || {
             n += 1;
             let fail = n == 1;
             async move { if fail { Err(Hinted) } else { Ok(n) } }

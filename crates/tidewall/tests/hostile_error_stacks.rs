@@ -21,10 +21,10 @@ use common::{ms, on_tokio_current_thread, on_tokio_multi_thread};
 use support::{DAY, HOUR, Rng, assert_conserved, poll_limit};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
-use tidewall::classify::{DefaultClassifier, Verdict};
+use tidewall::classify::Classify;
+use tidewall::classify::Verdict;
 use tidewall::hedge::Hedge;
 use tidewall::rate::RateLimiter;
-use tidewall::retry::HintSource;
 use tidewall::rt::Clock;
 use tidewall::testing::Clocked;
 use tidewall::time::Elapsed;
@@ -420,13 +420,13 @@ fn a_refusal_or_timeout_in_readiness_or_in_the_call_is_made_in_the_stacks_own_ty
 /// over a service that fails once, then answers; `deep` puts a timeout, an admission and a
 /// hedge between them. With the deadline past the break the retry waits it out; before it,
 /// the call returns at once.
-async fn retry_over_breaker<E: Says, H>(
+async fn retry_over_breaker<E: Says, C>(
     rt: &Rt,
-    retry: RetryLayer<Rt, DefaultClassifier, H>,
+    retry: RetryLayer<Rt, C>,
     deadline: Duration,
     deep: bool,
 ) where
-    H: HintSource<E> + Clone,
+    C: Classify<u64, E> + Clone,
 {
     let tripping = breaker(rt, 1, ms(200));
     let flaky = Flaky::new(rt, 1);

@@ -43,13 +43,26 @@ impl RetryAfter for ApiError {
 /// An `Ok` value that means "not ready yet".
 const PENDING: u32 = 0;
 
+/// An `Ok` value from this one up means "throttled": retry after `value - THROTTLED` ms (an
+/// HTTP 503 response with `Retry-After`, which is not an error).
+const THROTTLED: u32 = 1_000;
+
 /// The one classifier every front is given.
 fn classify(result: Result<&u32, &ApiError>) -> Verdict {
     match result {
         Ok(&PENDING) | Err(ApiError::Busy | ApiError::Throttled(_)) => Verdict::RetryableFailure,
+        Ok(value) if *value >= THROTTLED => Verdict::RetryableFailure,
         Ok(_) => Verdict::Success,
         Err(ApiError::Invalid) => Verdict::Failure,
         Err(ApiError::Cancelled) => Verdict::Ignored,
+    }
+}
+
+/// The hints every front is given: an error's `retry_after`, or a throttled value's wait.
+fn hint_of(result: Result<&u32, &ApiError>) -> Option<Duration> {
+    match result {
+        Err(error) => error.retry_after(),
+        Ok(value) => Some(ms(u64::from(value.checked_sub(THROTTLED)?))),
     }
 }
 
@@ -167,6 +180,20 @@ fn scenarios() -> Vec<Scenario> {
             )
         },
         Scenario {
+            // Delays: the hint 40 ms over the schedule's 10, then the schedule's 20 over 10.
+            starts: vec![ms(0), ms(40), ms(60)],
+            ends: ms(60),
+            result: Ok(1),
+            ..base(
+                "an Ok result's hint drives the retry as an error's does",
+                vec![
+                    instant(Ok(THROTTLED + 40)),
+                    instant(Ok(THROTTLED + 10)),
+                    instant(Ok(1)),
+                ],
+            )
+        },
+        Scenario {
             max_retry_after: Some(ms(100)),
             starts: vec![ms(0), ms(100)],
             ends: ms(100),
@@ -276,7 +303,7 @@ async fn through_retry_future<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) 
     let mut retry = (|| op.call())
         .retry_on(rt, scenario.backoff)
         .classify(classify)
-        .honor_retry_after()
+        .retry_after_with(hint_of)
         .deadline(deadline(rt, scenario))
         .min_attempt_time(scenario.min_attempt_time)
         .seed(7);
@@ -314,6 +341,7 @@ async fn through_a_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario, bo
         .runtime(rt.clone())
         .retry(scenario.backoff)
         .classify(classify)
+        .retry_after_with(hint_of)
         .min_attempt_time(scenario.min_attempt_time)
         .seed(7);
     if let Some(cap) = scenario.max_retry_after {
@@ -327,11 +355,11 @@ async fn through_a_pipeline<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario, bo
     let outcome = if boxed {
         let pipeline: BoxPipeline<u32, ApiError> = pipeline.boxed();
         pipeline
-            .call_with_hints(deadline(rt, scenario), || op.call())
+            .call_before(deadline(rt, scenario), || op.call())
             .await
     } else {
         pipeline
-            .call_with_hints(deadline(rt, scenario), || op.call())
+            .call_before(deadline(rt, scenario), || op.call())
             .await
     };
     let result = match outcome {
@@ -355,7 +383,7 @@ async fn through_tower<R: Runtime>(rt: &Clocked<R>, scenario: &Scenario) -> Seen
     let mut layer = RetryLayer::new(scenario.backoff)
         .runtime(rt.clone())
         .classify(classify)
-        .honor_retry_after()
+        .retry_after_with(hint_of)
         .min_attempt_time(scenario.min_attempt_time)
         .seed(7);
     if let Some(within) = scenario.deadline {

@@ -364,7 +364,7 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
     let budget = Duration::from_secs(5);
     let mut s = Section::new(
         "Pipeline against the flaky service",
-        "Pipeline::builder().runtime(rt)..build()?.call_with_hints(..)",
+        "Pipeline::builder().runtime(rt)..honor_retry_after().build()?.call(..)",
     );
     settle(rt, server).await;
     let transitions = Arc::new(AtomicUsize::new(0));
@@ -392,6 +392,7 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
         .retry(valid(backoff.build()))
         .breaker(valid(breaker.build()))
         .attempt_timeout(Duration::from_millis(500))
+        .honor_retry_after()
         .build();
     let pipeline = &valid(pipeline);
     let before = server.stats.requests();
@@ -401,9 +402,7 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
         let path = format!("/flaky/tour-pipeline-{i}/2/1");
         async move {
             let began = rt.now();
-            let result = pipeline
-                .call_with_hints(Deadline::none(), || client.get(&path))
-                .await;
+            let result = pipeline.call(|| client.get(&path)).await;
             (result.is_ok(), since(rt, began))
         }
     }))

@@ -3,14 +3,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::stages::{Gate, Retries};
 use super::{Pipeline, run};
 use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::rt::Clock;
-use crate::{Deadline, Error, RetryAfter};
+use crate::{Deadline, Error};
 
 /// The future of a [`BoxPipeline`] call, and of each attempt it runs.
 pub type BoxCall<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -108,28 +107,7 @@ impl<T: Send + 'static, E: Send + 'static> BoxPipeline<T, E> {
         F: FnMut() -> Fut + Send + 'a,
         Fut: Future<Output = Result<T, E>> + Send + 'a,
     {
-        self.pipeline.call_erased(deadline, erase(op), |_| None)
-    }
-
-    /// As [`Pipeline::call_with_hints`].
-    ///
-    /// **Cancel safety:** as [`Pipeline::call`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Pipeline::call`].
-    pub fn call_with_hints<'a, F, Fut>(
-        &'a self,
-        deadline: Deadline,
-        op: F,
-    ) -> BoxCall<'a, Result<T, Error<E>>>
-    where
-        F: FnMut() -> Fut + Send + 'a,
-        Fut: Future<Output = Result<T, E>> + Send + 'a,
-        E: RetryAfter,
-    {
-        self.pipeline
-            .call_erased(deadline, erase(op), RetryAfter::retry_after)
+        self.pipeline.call_erased(deadline, erase(op))
     }
 }
 
@@ -147,7 +125,6 @@ trait Erased<T, E>: Send + Sync {
         &'a self,
         deadline: Deadline,
         op: BoxOp<'a, T, E>,
-        hint: fn(&E) -> Option<Duration>,
     ) -> BoxCall<'a, Result<T, Error<E>>>
     where
         T: 'a,
@@ -170,13 +147,12 @@ where
         &'a self,
         deadline: Deadline,
         op: BoxOp<'a, T, E>,
-        hint: fn(&E) -> Option<Duration>,
     ) -> BoxCall<'a, Result<T, Error<E>>>
     where
         T: 'a,
         E: 'a,
     {
-        Box::pin(run::run(self, deadline, op, hint))
+        Box::pin(run::run(self, deadline, op))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::ConfigError;
 use crate::admission::Admission;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, Hinted, WithRetryAfter};
 use crate::retry::engine::RetryRules;
 use crate::rt::Clock;
 
@@ -237,6 +237,69 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure). The default judges
     /// `Ok` a success and every `Err` a retryable failure.
     pub fn classify<K2>(self, classifier: K2) -> PipelineBuilder<R, L, B, T, C, K2> {
+        self.map_classifier(|_| classifier)
+    }
+
+    /// The retry stage also honours hints from errors that implement
+    /// [`RetryAfter`](crate::RetryAfter) (an HTTP 429's `Retry-After` carried by the error),
+    /// as it always does a rejection's `retry_after`. Wraps the classifier
+    /// ([`WithRetryAfter`]): set [`classify`](Self::classify) first, as it replaces it.
+    pub fn honor_retry_after(self) -> PipelineBuilder<R, L, B, T, C, WithRetryAfter<K>> {
+        self.map_classifier(WithRetryAfter)
+    }
+
+    /// The retry stage also honours hints read by `source` from each failed result, `Ok`
+    /// values included (a closure `|r: Result<&T, &E>| -> Option<Duration>`, e.g. a 503
+    /// response's `Retry-After`). Wraps the classifier ([`Hinted`]): set
+    /// [`classify`](Self::classify) first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::classify::Verdict;
+    /// use tidewall::pipeline::Pipeline;
+    /// use tidewall::Backoff;
+    ///
+    /// /// A response: its status and its `Retry-After`, in seconds.
+    /// struct Response { status: u16, retry_after: Option<u64> }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pipeline = Pipeline::builder()
+    ///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+    ///     .classify(|r: Result<&Response, &std::io::Error>| match r {
+    ///         Ok(response) if response.status == 503 => Verdict::RetryableFailure,
+    ///         Ok(_) => Verdict::Success,
+    ///         Err(_) => Verdict::RetryableFailure,
+    ///     })
+    ///     // A 503 is an `Ok` response, and its `Retry-After` sets the wait.
+    ///     .retry_after_with(|r: Result<&Response, &std::io::Error>| {
+    ///         r.ok()?.retry_after.map(Duration::from_secs)
+    ///     })
+    ///     .build()?;
+    /// let start = tokio::time::Instant::now();
+    /// let mut calls = 0;
+    /// let response = pipeline
+    ///     .call(|| {
+    ///         calls += 1;
+    ///         let busy = calls == 1;
+    ///         async move {
+    ///             Ok::<_, std::io::Error>(if busy {
+    ///                 Response { status: 503, retry_after: Some(2) }
+    ///             } else {
+    ///                 Response { status: 200, retry_after: None }
+    ///             })
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!((response.status, calls), (200, 2));
+    /// assert_eq!(start.elapsed(), Duration::from_secs(2), "waited the server's 2 s, not 10 ms");
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_after_with<F>(self, source: F) -> PipelineBuilder<R, L, B, T, C, Hinted<K, F>> {
+        self.map_classifier(|classify| Hinted(classify, source))
+    }
+
+    fn map_classifier<K2>(self, wrap: impl FnOnce(K) -> K2) -> PipelineBuilder<R, L, B, T, C, K2> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
@@ -247,7 +310,7 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
-            classify: classifier,
+            classify: wrap(self.classify),
         }
     }
 }

@@ -15,8 +15,9 @@
 //! result for both the breaker and the retry stage. It retries retryable failures (by default
 //! every operation error), attempt timeouts and
 //! [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen) rejections, sleeping at least the
-//! rejection's `retry_after`; with [`call_with_hints`](Pipeline::call_with_hints) it also
-//! honours the operation's own [`RetryAfter`] hints (e.g. an HTTP 429).
+//! rejection's `retry_after`; with [`PipelineBuilder::honor_retry_after`] (or
+//! [`retry_after_with`](PipelineBuilder::retry_after_with), which reads `Ok` results too) it
+//! also honours the operation's own hints (e.g. an HTTP 429's `Retry-After`).
 //! The builder only accepts stages in the order above (see [`PipelineBuilder`]).
 //!
 //! To store a pipeline without spelling its stages (`Pipeline<Tokio, RateLimiter, Bulkhead,
@@ -69,7 +70,7 @@ pub use stages::{Gate, Retries, RetryStage};
 
 use crate::classify::{Classify, DefaultClassifier};
 use crate::rt::{Clock, DefaultRuntime};
-use crate::{Deadline, Error, RetryAfter};
+use crate::{Deadline, Error};
 
 /// A composed set of policies; see the [module docs](self). Cheap to share by reference;
 /// clone it to share the same policies (their state is shared).
@@ -121,7 +122,7 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        run::run(self, Deadline::none(), op, |_: &E| None).await
+        run::run(self, Deadline::none(), op).await
     }
 
     /// Like [`call`](Self::call), also bounded by the caller's `deadline`.
@@ -141,29 +142,7 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        run::run(self, deadline, op, |_: &E| None).await
-    }
-
-    /// Like [`call_before`](Self::call_before), and the retry stage also honours the
-    /// operation's own `retry_after` hints.
-    ///
-    /// **Cancel safety:** as [`call`](Self::call).
-    ///
-    /// # Errors
-    ///
-    /// As [`call`](Self::call).
-    pub async fn call_with_hints<F, Fut, T2, E>(
-        &self,
-        deadline: Deadline,
-        op: F,
-    ) -> Result<T2, Error<E>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T2, E>>,
-        K: Classify<T2, E>,
-        E: RetryAfter,
-    {
-        run::run(self, deadline, op, RetryAfter::retry_after).await
+        run::run(self, deadline, op).await
     }
 
     /// The runtime.

@@ -19,7 +19,6 @@ pub(super) async fn run<R, L, B, T, C, K, F, Fut, T2, E>(
     pipeline: &Pipeline<R, L, B, T, C, K>,
     deadline: Deadline,
     mut op: F,
-    hint: impl Fn(&E) -> Option<Duration>,
 ) -> Result<T2, Error<E>>
 where
     R: Clock,
@@ -71,9 +70,13 @@ where
         if let Some(rules) = rules {
             rules.begin(&mut attempts, || clock.now());
         }
-        let (verdict, last) = match config.breaker.enter() {
+        let (verdict, hinted, last) = match config.breaker.enter() {
             // A rejection is retried after its own `retry_after`, not within it.
-            Err(rejected) => (Verdict::RetryableFailure, Err(Error::Rejected(rejected))),
+            Err(rejected) => (
+                Verdict::RetryableFailure,
+                rejected.retry_after(),
+                Err(Error::Rejected(rejected)),
+            ),
             Ok(permit) => {
                 let attempt_end = |clock: &mut CallClock<'_, R>| match config.attempt_timeout {
                     Some(timeout) => {
@@ -88,7 +91,12 @@ where
                     Ok(result) => {
                         let verdict = config.classify.classify(result.as_ref());
                         C::record(permit, verdict.breaker_outcome());
-                        (verdict, result.map_err(Error::Inner))
+                        let hint = if verdict.is_retryable() {
+                            config.classify.retry_after(result.as_ref())
+                        } else {
+                            None
+                        };
+                        (verdict, hint, result.map_err(Error::Inner))
                     }
                     Err(_) => {
                         let now = clock.now();
@@ -100,18 +108,13 @@ where
                             return Err(Error::Rejected(Rejected::DeadlineExceeded));
                         }
                         C::record(permit, Outcome::Failure);
-                        (Verdict::RetryableFailure, Err(Error::TimedOut))
+                        (Verdict::RetryableFailure, None, Err(Error::TimedOut))
                     }
                 }
             }
         };
         let Some(rules) = rules else {
             return last;
-        };
-        let hinted = match &last {
-            Err(Error::Rejected(rejected)) => rejected.retry_after(),
-            Err(Error::Inner(error)) if verdict.is_retryable() => hint(error),
-            _ => None,
         };
         let after = clock.deadline();
         match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {

@@ -7,31 +7,24 @@ use tidewall_core::backoff::Backoff;
 
 use super::engine::RetryRules;
 use super::future::RetryFuture;
-use super::hooks::{FromRetryAfter, HintSource, NoHints, NoNotify, Notify};
+use super::hooks::{NoNotify, Notify};
 use crate::Deadline;
-use crate::classify::{Classify, DefaultClassifier, ErrorsWhere};
+use crate::classify::{Classify, DefaultClassifier, ErrorsWhere, Hinted, WithRetryAfter};
 use crate::rt::Clock;
 
 /// A configured retry of `op`; `.await` it to run. See the [module docs](super).
 ///
 /// The type parameters are the runtime and the pluggable decisions (the
-/// [classifier](crate::classify), the notify hook, the hint source); each builder method that
-/// sets one changes its type, so an unconfigured `Retry` stores no closure at all.
+/// [classifier](crate::classify), which also reads hints, and the notify hook); each builder
+/// method that sets one changes its type, so an unconfigured `Retry` stores no closure at all.
 #[must_use = "a Retry does nothing until it is awaited"]
 #[derive(Debug, Clone)]
-pub struct Retry<
-    Op,
-    R = crate::rt::DefaultRuntime,
-    C = DefaultClassifier,
-    N = NoNotify,
-    H = NoHints,
-> {
+pub struct Retry<Op, R = crate::rt::DefaultRuntime, C = DefaultClassifier, N = NoNotify> {
     pub(super) op: Op,
     pub(super) rt: R,
     pub(super) settings: Settings,
     pub(super) classify: C,
     pub(super) notify: N,
-    pub(super) hints: H,
 }
 
 /// The plain-data part of a [`Retry`].
@@ -82,21 +75,19 @@ impl<Op> Retry<Op> {
             settings,
             classify: DefaultClassifier,
             notify: NoNotify,
-            hints: NoHints,
         }
     }
 }
 
-impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
+impl<Op, R, C, N> Retry<Op, R, C, N> {
     /// Runs on another runtime (its clock and timers).
-    pub fn runtime<R2: Clock>(self, rt: R2) -> Retry<Op, R2, C, N, H> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> Retry<Op, R2, C, N> {
         Retry {
             op: self.op,
             rt,
             settings: self.settings,
             classify: self.classify,
             notify: self.notify,
-            hints: self.hints,
         }
     }
 
@@ -104,51 +95,60 @@ impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
     /// only a [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried;
     /// any other verdict returns the result at once. The default retries every `Err` and no
     /// `Ok`; an `Ok` judged retryable that no retry follows is still returned as `Ok`.
-    pub fn classify<C2>(self, classifier: C2) -> Retry<Op, R, C2, N, H> {
+    pub fn classify<C2>(self, classifier: C2) -> Retry<Op, R, C2, N> {
         Retry {
             op: self.op,
             rt: self.rt,
             settings: self.settings,
             classify: classifier,
             notify: self.notify,
-            hints: self.hints,
         }
     }
 
     /// Retries only the errors `predicate` accepts; others return at once as
     /// [`RetryError::Inner`](super::RetryError::Inner). Shorthand for
     /// `.classify(ErrorsWhere(predicate))` ([`ErrorsWhere`]).
-    pub fn when<P>(self, predicate: P) -> Retry<Op, R, ErrorsWhere<P>, N, H> {
+    pub fn when<P>(self, predicate: P) -> Retry<Op, R, ErrorsWhere<P>, N> {
         self.classify(ErrorsWhere(predicate))
     }
 
     /// Calls `hook` before every backoff sleep with the attempt, its outcome and the delay.
-    pub fn notify<N2>(self, hook: N2) -> Retry<Op, R, C, N2, H> {
+    pub fn notify<N2>(self, hook: N2) -> Retry<Op, R, C, N2> {
         Retry {
             op: self.op,
             rt: self.rt,
             settings: self.settings,
             classify: self.classify,
             notify: hook,
-            hints: self.hints,
         }
     }
 
     /// Honours hints from errors that implement [`RetryAfter`](crate::RetryAfter): the next
-    /// delay is at least the hint, capped at [`Retry::max_retry_after`] (default 60 s).
-    pub fn honor_retry_after(self) -> Retry<Op, R, C, N, FromRetryAfter> {
-        self.retry_after_with(FromRetryAfter)
-    }
-
-    /// Honours hints extracted by `source` (a closure `|e: &E| -> Option<Duration>`).
-    pub fn retry_after_with<H2>(self, source: H2) -> Retry<Op, R, C, N, H2> {
+    /// delay is at least the hint, capped at [`Retry::max_retry_after`] (default 60 s). Wraps
+    /// the classifier ([`WithRetryAfter`]): set [`classify`](Self::classify) or
+    /// [`when`](Self::when) first, as they replace it.
+    pub fn honor_retry_after(self) -> Retry<Op, R, WithRetryAfter<C>, N> {
+        let classify = WithRetryAfter(self.classify);
         Retry {
             op: self.op,
             rt: self.rt,
             settings: self.settings,
-            classify: self.classify,
+            classify,
             notify: self.notify,
-            hints: source,
+        }
+    }
+
+    /// Honours hints read by `source` from each failed result, `Ok` values included (a
+    /// closure `|r: Result<&T, &E>| -> Option<Duration>`). Wraps the classifier
+    /// ([`Hinted`]): set [`classify`](Self::classify) or [`when`](Self::when) first.
+    pub fn retry_after_with<F>(self, source: F) -> Retry<Op, R, Hinted<C, F>, N> {
+        let classify = Hinted(self.classify, source);
+        Retry {
+            op: self.op,
+            rt: self.rt,
+            settings: self.settings,
+            classify,
+            notify: self.notify,
         }
     }
 
@@ -197,17 +197,16 @@ impl<Op, R, C, N, H> Retry<Op, R, C, N, H> {
     }
 }
 
-impl<Op, Fut, T, E, R, C, N, H> IntoFuture for Retry<Op, R, C, N, H>
+impl<Op, Fut, T, E, R, C, N> IntoFuture for Retry<Op, R, C, N>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Clock,
     C: Classify<T, E>,
     N: Notify<T, E>,
-    H: HintSource<E>,
 {
     type Output = Result<T, super::RetryError<E>>;
-    type IntoFuture = RetryFuture<Op, Fut, R, C, N, H, T, E>;
+    type IntoFuture = RetryFuture<Op, Fut, R, C, N, T, E>;
 
     fn into_future(self) -> Self::IntoFuture {
         RetryFuture::new(self)

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::RetryError;
 use super::builder::{Retry, Settings};
 use super::engine::{Attempts, Step, Stop};
-use super::hooks::{HintSource, Notify, Outcome, RetryEvent};
+use super::hooks::{Notify, Outcome, RetryEvent};
 use crate::classify::{Classify, Verdict};
 use crate::rt::{Clock, instant_after};
 
@@ -67,9 +67,9 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     /// The future of a [`Retry`]; see the [module docs](super) for its behaviour.
     #[must_use = "futures do nothing unless polled"]
-    pub struct RetryFuture<Op, Fut, R: Clock, C, N, H, T, E> {
+    pub struct RetryFuture<Op, Fut, R: Clock, C, N, T, E> {
         // The configuration moves in whole, with no field-by-field rebuild.
-        config: Retry<Op, R, C, N, H>,
+        config: Retry<Op, R, C, N>,
         attempts: Attempts,
         last: Option<Failure<T, E>>,
         #[pin]
@@ -81,8 +81,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<Op, Fut, R: Clock, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E> {
-    pub(super) fn new(retry: Retry<Op, R, C, N, H>) -> Self {
+impl<Op, Fut, R: Clock, C, N, T, E> RetryFuture<Op, Fut, R, C, N, T, E> {
+    pub(super) fn new(retry: Retry<Op, R, C, N>) -> Self {
         Self {
             config: retry,
             attempts: Attempts::default(),
@@ -93,14 +93,13 @@ impl<Op, Fut, R: Clock, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E> {
     }
 }
 
-impl<Op, Fut, R, C, N, H, T, E> Future for RetryFuture<Op, Fut, R, C, N, H, T, E>
+impl<Op, Fut, R, C, N, T, E> Future for RetryFuture<Op, Fut, R, C, N, T, E>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Clock,
     C: Classify<T, E>,
     N: Notify<T, E>,
-    H: HintSource<E>,
 {
     type Output = Result<T, RetryError<E>>;
 
@@ -141,14 +140,13 @@ where
     }
 }
 
-impl<Op, Fut, R, C, N, H, T, E> RetryFuture<Op, Fut, R, C, N, H, T, E>
+impl<Op, Fut, R, C, N, T, E> RetryFuture<Op, Fut, R, C, N, T, E>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Clock,
     C: Classify<T, E>,
     N: Notify<T, E>,
-    H: HintSource<E>,
 {
     /// Every other step: later attempts, timeouts, the deadline, retries and their sleeps.
     /// `settled` is an attempt the fast path already ran to a retryable failure.
@@ -252,8 +250,8 @@ where
 /// it), or the call's result. Kept out of `poll` so the success path stays small enough to be
 /// inlined where the future is awaited.
 #[inline(never)]
-fn after_failure<Op, R, C, N, H, T, E>(
-    config: &mut Retry<Op, R, C, N, H>,
+fn after_failure<Op, R, C, N, T, E>(
+    config: &mut Retry<Op, R, C, N>,
     attempts: &mut Attempts,
     last: &mut Option<Failure<T, E>>,
     verdict: Verdict,
@@ -261,13 +259,14 @@ fn after_failure<Op, R, C, N, H, T, E>(
 ) -> Result<std::time::Duration, Result<T, RetryError<E>>>
 where
     R: Clock,
+    C: Classify<T, E>,
     N: Notify<T, E>,
-    H: HintSource<E>,
 {
     let settings = &config.settings;
     let hint = match &failure {
-        Failure::Error(error) if verdict.is_retryable() => config.hints.hint(error),
-        _ => None,
+        Failure::Error(error) => config.classify.retry_after(Err(error)),
+        Failure::Value(value) => config.classify.retry_after(Ok(value)),
+        Failure::TimedOut => None,
     };
     let rt = &config.rt;
     let delay = match settings
@@ -307,7 +306,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-impl<Op, Fut, R: Clock, C, N, H, T, E> std::fmt::Debug for RetryFuture<Op, Fut, R, C, N, H, T, E> {
+impl<Op, Fut, R: Clock, C, N, T, E> std::fmt::Debug for RetryFuture<Op, Fut, R, C, N, T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryFuture")
             .field("attempts", &self.attempts.started())

@@ -1,43 +1,8 @@
-//! The retry driver's pluggable hooks (hints and notification; classification lives in
-//! [`crate::classify`]). Closures implement each trait; the unit types are the defaults, so an
+//! The retry driver's notification hook (classification, and the hints a result carries,
+//! live in [`crate::classify`]). Closures implement it; the unit type is the default, so an
 //! unconfigured `Retry` carries no closure at all.
 
 use std::time::Duration;
-
-use crate::RetryAfter;
-
-/// Extracts a "retry after" hint from an error.
-pub trait HintSource<E> {
-    /// The hint, if the error carries one.
-    fn hint(&mut self, error: &E) -> Option<Duration>;
-}
-
-impl<E, F: FnMut(&E) -> Option<Duration>> HintSource<E> for F {
-    fn hint(&mut self, error: &E) -> Option<Duration> {
-        self(error)
-    }
-}
-
-/// The default: hints are ignored.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoHints;
-
-impl<E> HintSource<E> for NoHints {
-    fn hint(&mut self, _: &E) -> Option<Duration> {
-        None
-    }
-}
-
-/// Reads hints through the [`RetryAfter`] trait; set by
-/// [`Retry::honor_retry_after`](super::Retry::honor_retry_after).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FromRetryAfter;
-
-impl<E: RetryAfter> HintSource<E> for FromRetryAfter {
-    fn hint(&mut self, error: &E) -> Option<Duration> {
-        error.retry_after()
-    }
-}
 
 /// What a failed attempt produced.
 #[derive(Debug)]
@@ -61,7 +26,8 @@ pub struct RetryEvent<'a, T, E> {
     pub outcome: Outcome<'a, T, E>,
     /// The sleep before the next attempt (after jitter, cap and hints).
     pub delay: Duration,
-    /// The hint the error carried, if any (before capping).
+    /// The hint the failed result carried, if any (before capping): read by the
+    /// [classifier](crate::classify::Classify::retry_after).
     pub hint: Option<Duration>,
 }
 

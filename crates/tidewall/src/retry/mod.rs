@@ -75,4 +75,4 @@ pub use builder::{Retry, RetryExt};
 pub use engine::DEFAULT_MAX_RETRY_AFTER;
 pub use error::RetryError;
 pub use future::RetryFuture;
-pub use hooks::{FromRetryAfter, HintSource, NoHints, NoNotify, Notify, Outcome, RetryEvent};
+pub use hooks::{NoNotify, Notify, Outcome, RetryEvent};

@@ -198,6 +198,15 @@ pub fn budget_of<R: Runtime>(rt: &R, spec: Option<(f64, u32)>) -> Option<RetryBu
     })
 }
 
+/// The hint of a failed result when the scenario honours hints: an error's `retry_after`.
+fn hinted(hints: bool, result: Result<&u32, &ApiError>) -> Option<Duration> {
+    if hints {
+        result.err()?.retry_after()
+    } else {
+        None
+    }
+}
+
 pub async fn via_retry_future<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let op = Scripted::with_latency(rt.clone(), c.script.clone());
     let hints = c.hints;
@@ -205,7 +214,7 @@ pub async fn via_retry_future<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let mut retry = (|| op.call())
         .retry_on(rt, c.backoff)
         .classify(classify)
-        .retry_after_with(move |e: &ApiError| if hints { e.retry_after() } else { None })
+        .retry_after_with(move |r: Result<&u32, &ApiError>| hinted(hints, r))
         .min_attempt_time(c.min_attempt_time)
         .seed(7);
     if let Some(d) = c.deadline {
@@ -235,10 +244,12 @@ pub async fn via_retry_future<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
 
 pub async fn via_pipeline<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let op = Scripted::with_latency(rt.clone(), c.script.clone());
+    let hints = c.hints;
     let mut builder = Pipeline::builder()
         .runtime(rt.clone())
         .retry(c.backoff)
         .classify(classify)
+        .retry_after_with(move |r: Result<&u32, &ApiError>| hinted(hints, r))
         .min_attempt_time(c.min_attempt_time)
         .seed(7);
     if let Some(cap) = c.max_retry_after {
@@ -252,11 +263,7 @@ pub async fn via_pipeline<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let deadline = c
         .deadline
         .map_or_else(Deadline::none, |d| Deadline::after(rt, d));
-    let result = if c.hints {
-        pipeline.call_with_hints(deadline, || op.call()).await
-    } else {
-        pipeline.call_before(deadline, || op.call()).await
-    };
+    let result = pipeline.call_before(deadline, || op.call()).await;
     let seen = match result {
         Ok(v) => Seen::Ok(v),
         Err(Error::Inner(e)) => Seen::Err(e),
@@ -282,7 +289,7 @@ pub async fn via_tower<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     let mut layer = RetryLayer::new(c.backoff)
         .runtime(rt.clone())
         .classify(classify)
-        .retry_after_with(move |e: &ApiError| if hints { e.retry_after() } else { None })
+        .retry_after_with(move |r: Result<&u32, &ApiError>| hinted(hints, r))
         .min_attempt_time(c.min_attempt_time)
         .seed(7);
     if let Some(d) = c.deadline {

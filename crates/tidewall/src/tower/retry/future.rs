@@ -13,7 +13,6 @@ use tower_service::Service;
 use super::RetryLayer;
 use crate::Deadline;
 use crate::classify::Classify;
-use crate::retry::HintSource;
 use crate::retry::engine::{Attempts, Step};
 use crate::rt::Clock;
 
@@ -25,7 +24,7 @@ pin_project! {
     /// **Cancel safety:** dropping it drops the running attempt or the pause; nothing else is
     /// held (a retry budget's deposit for this call stays made).
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, Req, R, C, H>
+    pub struct ResponseFuture<S, Req, R, C>
     where
         S: Service<Req>,
         R: Clock,
@@ -37,9 +36,7 @@ pin_project! {
         request: Option<Req>,
         // The request of the attempt about to be made.
         next: Option<Req>,
-        layer: Arc<RetryLayer<R, C, H>>,
-        // The layer's hint source, this call's own (reading a hint may change it).
-        hints: H,
+        layer: Arc<RetryLayer<R, C>>,
         deadline: Deadline,
         attempts: Attempts,
         #[pin]
@@ -59,14 +56,13 @@ pin_project! {
     }
 }
 
-impl<S: Service<Req>, Req, R: Clock, C, H> ResponseFuture<S, Req, R, C, H> {
+impl<S: Service<Req>, Req, R: Clock, C> ResponseFuture<S, Req, R, C> {
     /// The call, its first attempt already made on the service that was polled ready.
     #[inline]
     pub(super) fn first_attempt(
         first: S::Future,
         retries: Option<(S, Req)>,
-        layer: Arc<RetryLayer<R, C, H>>,
-        hints: H,
+        layer: Arc<RetryLayer<R, C>>,
         deadline: Deadline,
         attempts: Attempts,
     ) -> Self {
@@ -76,7 +72,6 @@ impl<S: Service<Req>, Req, R: Clock, C, H> ResponseFuture<S, Req, R, C, H> {
             request,
             next: None,
             layer,
-            hints,
             deadline,
             attempts,
             state: State::Calling { call: first },
@@ -84,13 +79,12 @@ impl<S: Service<Req>, Req, R: Clock, C, H> ResponseFuture<S, Req, R, C, H> {
     }
 }
 
-impl<S, Req, R, C, H> Future for ResponseFuture<S, Req, R, C, H>
+impl<S, Req, R, C> Future for ResponseFuture<S, Req, R, C>
 where
     S: Service<Req>,
     Req: Clone,
     R: Clock,
     C: Classify<S::Response, S::Error>,
-    H: HintSource<S::Error>,
 {
     type Output = Result<S::Response, S::Error>;
 
@@ -103,14 +97,7 @@ where
             StateProj::Calling { call } => {
                 let result = ready!(call.poll(cx));
                 let last = this.request.is_none();
-                match judge(
-                    this.layer,
-                    this.hints,
-                    this.attempts,
-                    *this.deadline,
-                    last,
-                    result,
-                ) {
+                match judge(this.layer, this.attempts, *this.deadline, last, result) {
                     ControlFlow::Break(output) => return Poll::Ready(output),
                     ControlFlow::Continue(delay) => Some(delay),
                 }
@@ -121,13 +108,12 @@ where
     }
 }
 
-impl<S, Req, R, C, H> ResponseFuture<S, Req, R, C, H>
+impl<S, Req, R, C> ResponseFuture<S, Req, R, C>
 where
     S: Service<Req>,
     Req: Clone,
     R: Clock,
     C: Classify<S::Response, S::Error>,
-    H: HintSource<S::Error>,
 {
     /// Everything but an attempt that ends the call: the pause before a retry (`retry_after`,
     /// when the attempt just judged is to be retried), readying the service, further attempts.
@@ -174,14 +160,7 @@ where
                     let result = ready!(call.poll(cx));
                     let last = this.request.is_none();
                     let layer = &**this.layer;
-                    match judge(
-                        layer,
-                        this.hints,
-                        this.attempts,
-                        *this.deadline,
-                        last,
-                        result,
-                    ) {
+                    match judge(layer, this.attempts, *this.deadline, last, result) {
                         ControlFlow::Break(output) => return Poll::Ready(output),
                         ControlFlow::Continue(delay) => pause(this.state.as_mut(), rt, delay),
                     }
@@ -198,9 +177,8 @@ where
 /// After an attempt, the engine's step: the result that ends the call, or the delay before
 /// the next attempt. `last`: the original request went out, so nothing is left to retry with.
 #[inline(always)]
-fn judge<R: Clock, C, H, T, E>(
-    layer: &RetryLayer<R, C, H>,
-    hints: &mut H,
+fn judge<R: Clock, C, T, E>(
+    layer: &RetryLayer<R, C>,
     attempts: &mut Attempts,
     deadline: Deadline,
     last: bool,
@@ -208,15 +186,15 @@ fn judge<R: Clock, C, H, T, E>(
 ) -> ControlFlow<Result<T, E>, Duration>
 where
     C: Classify<T, E>,
-    H: HintSource<E>,
 {
     if last {
         return ControlFlow::Break(result);
     }
     let verdict = layer.classify.classify(result.as_ref());
-    let hint = match &result {
-        Err(error) if verdict.is_retryable() => hints.hint(error),
-        _ => None,
+    let hint = if verdict.is_retryable() {
+        layer.classify.retry_after(result.as_ref())
+    } else {
+        None
     };
     match layer
         .rules
@@ -241,7 +219,7 @@ fn pause<Call, R: Clock>(
     }
 }
 
-impl<S: Service<Req>, Req, R: Clock, C, H> std::fmt::Debug for ResponseFuture<S, Req, R, C, H> {
+impl<S: Service<Req>, Req, R: Clock, C> std::fmt::Debug for ResponseFuture<S, Req, R, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("deadline", &self.deadline)

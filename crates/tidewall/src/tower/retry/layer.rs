@@ -1,4 +1,5 @@
-//! The layer: the retry rules, the classifier, the hint source and an optional deadline.
+//! The layer: the retry rules, the classifier (which also reads hints) and an optional
+//! deadline.
 
 use std::time::Duration;
 
@@ -7,9 +8,8 @@ use tower_layer::Layer;
 
 use super::RetryService;
 use crate::budget::RetryBudget;
-use crate::classify::{DefaultClassifier, ErrorsWhere};
+use crate::classify::{DefaultClassifier, ErrorsWhere, Hinted, WithRetryAfter};
 use crate::retry::engine::RetryRules;
-use crate::retry::{FromRetryAfter, NoHints};
 use crate::rt::{Clock, DefaultRuntime};
 
 /// Retries failed calls with the same rules as [`Retry`](crate::retry::Retry) and the
@@ -94,11 +94,10 @@ use crate::rt::{Clock, DefaultRuntime};
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
+pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier> {
     pub(super) rt: R,
     pub(super) rules: RetryRules,
     pub(super) classify: C,
-    pub(super) hints: H,
     pub(super) within: Option<Duration>,
 }
 
@@ -109,39 +108,36 @@ impl RetryLayer {
             rt: DefaultRuntime::default(),
             rules: RetryRules::new(backoff),
             classify: DefaultClassifier,
-            hints: NoHints,
             within: None,
         }
     }
 }
 
-impl<R, C, H> RetryLayer<R, C, H> {
+impl<R, C> RetryLayer<R, C> {
     /// Sleeps and reads the time on `rt`.
-    pub fn runtime<R2: Clock>(self, rt: R2) -> RetryLayer<R2, C, H> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> RetryLayer<R2, C> {
         RetryLayer {
             rt,
             rules: self.rules,
             classify: self.classify,
-            hints: self.hints,
             within: self.within,
         }
     }
 
     /// Judges each response with `classifier`: only a
     /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried.
-    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2, H> {
+    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2> {
         RetryLayer {
             rt: self.rt,
             rules: self.rules,
             classify: classifier,
-            hints: self.hints,
             within: self.within,
         }
     }
 
     /// Retries only the errors `predicate` accepts. Shorthand for
     /// `.classify(ErrorsWhere(predicate))`.
-    pub fn when<P>(self, predicate: P) -> RetryLayer<R, ErrorsWhere<P>, H> {
+    pub fn when<P>(self, predicate: P) -> RetryLayer<R, ErrorsWhere<P>> {
         self.classify(ErrorsWhere(predicate))
     }
 
@@ -151,18 +147,27 @@ impl<R, C, H> RetryLayer<R, C, H> {
     /// `Error<E>` when `E: RetryAfter`, and tower's `BoxError` (the hint of a
     /// [`Rejected`](crate::Rejected) in its chain). For `Error<E>` with an `E` that has no
     /// hints, read the refusals' alone:
-    /// `.retry_after_with(|e: &Error<E>| e.rejection()?.retry_after())`.
-    pub fn honor_retry_after(self) -> RetryLayer<R, C, FromRetryAfter> {
-        self.retry_after_with(FromRetryAfter)
-    }
-
-    /// Honours hints extracted by `source` (a closure `|e: &E| -> Option<Duration>`).
-    pub fn retry_after_with<H2>(self, source: H2) -> RetryLayer<R, C, H2> {
+    /// `.retry_after_with(|r: Result<&Resp, &Error<E>>| r.err()?.rejection()?.retry_after())`.
+    pub fn honor_retry_after(self) -> RetryLayer<R, WithRetryAfter<C>> {
+        let classify = WithRetryAfter(self.classify);
         RetryLayer {
             rt: self.rt,
             rules: self.rules,
-            classify: self.classify,
-            hints: source,
+            classify,
+            within: self.within,
+        }
+    }
+
+    /// Honours hints read by `source` from each failed response, `Ok` ones included (a
+    /// closure `|r: Result<&Resp, &E>| -> Option<Duration>`, e.g. a 503's `Retry-After`).
+    /// Wraps the classifier ([`Hinted`]): set [`classify`](Self::classify) or
+    /// [`when`](Self::when) first, as they replace it.
+    pub fn retry_after_with<F>(self, source: F) -> RetryLayer<R, Hinted<C, F>> {
+        let classify = Hinted(self.classify, source);
+        RetryLayer {
+            rt: self.rt,
+            rules: self.rules,
+            classify,
             within: self.within,
         }
     }
@@ -210,8 +215,8 @@ impl<R, C, H> RetryLayer<R, C, H> {
     }
 }
 
-impl<S, R: Clone, C: Clone, H: Clone> Layer<S> for RetryLayer<R, C, H> {
-    type Service = RetryService<S, R, C, H>;
+impl<S, R: Clone, C: Clone> Layer<S> for RetryLayer<R, C> {
+    type Service = RetryService<S, R, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService::new(inner, self.clone())

@@ -9,20 +9,19 @@ use super::{ResponseFuture, RetryLayer};
 use crate::Deadline;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::retry::engine::Attempts;
-use crate::retry::{HintSource, NoHints};
 use crate::rt::{Clock, DefaultRuntime, instant_after};
 
 /// The service of a [`RetryLayer`].
 #[derive(Debug, Clone)]
-pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier, H = NoHints> {
+pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier> {
     inner: S,
     // Shared with every call's future: copying the rules into each would cost more than the
     // reference count.
-    layer: Arc<RetryLayer<R, C, H>>,
+    layer: Arc<RetryLayer<R, C>>,
 }
 
-impl<S, R, C, H> RetryService<S, R, C, H> {
-    pub(super) fn new(inner: S, layer: RetryLayer<R, C, H>) -> Self {
+impl<S, R, C> RetryService<S, R, C> {
+    pub(super) fn new(inner: S, layer: RetryLayer<R, C>) -> Self {
         Self {
             inner,
             layer: Arc::new(layer),
@@ -32,17 +31,16 @@ impl<S, R, C, H> RetryService<S, R, C, H> {
     inner_service_accessors!("");
 }
 
-impl<S, Req, R, C, H> Service<Req> for RetryService<S, R, C, H>
+impl<S, Req, R, C> Service<Req> for RetryService<S, R, C>
 where
     S: Service<Req> + Clone,
     Req: Clone,
     R: Clock,
     C: Classify<S::Response, S::Error> + Clone,
-    H: HintSource<S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Req, R, C, H>;
+    type Future = ResponseFuture<S, Req, R, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -67,7 +65,6 @@ where
             (req, None)
         };
         let call = self.inner.call(first);
-        let hints = layer.hints.clone();
-        ResponseFuture::first_attempt(call, retries, layer, hints, deadline, attempts)
+        ResponseFuture::first_attempt(call, retries, layer, deadline, attempts)
     }
 }
