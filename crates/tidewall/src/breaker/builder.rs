@@ -7,7 +7,7 @@ use tidewall_core::breaker::{BreakerPolicy, BreakerPolicyBuilder, Window};
 
 use super::CircuitBreaker;
 use super::events::{Listener, StateChange};
-use super::shared::Shared;
+use super::shared::{Setup, Shared};
 use crate::ConfigError;
 use crate::rt::Clock;
 use crate::sync::Arc;
@@ -38,6 +38,7 @@ pub struct CircuitBreakerBuilder<R = crate::rt::DefaultRuntime> {
     name: &'static str,
     listener: Option<Listener>,
     seed: u64,
+    max_open_hint: Duration,
 }
 
 impl<R> CircuitBreakerBuilder<R> {
@@ -48,6 +49,7 @@ impl<R> CircuitBreakerBuilder<R> {
             name: "breaker",
             listener: None,
             seed: 0x5eed_b4ea_c0de,
+            max_open_hint: crate::retry::DEFAULT_MAX_RETRY_AFTER,
         }
     }
 
@@ -59,7 +61,38 @@ impl<R> CircuitBreakerBuilder<R> {
             name: self.name,
             listener: self.listener,
             seed: self.seed,
+            max_open_hint: self.max_open_hint,
         }
+    }
+
+    /// The longest a failure's hint (a server's `Retry-After`, read by the
+    /// [classifier](crate::classify::Classify::retry_after)) may hold the breaker open: a
+    /// failure that opens it keeps it open for its break or the hint, whichever is longer,
+    /// the hint cut to this (default 60 s; zero ignores hints).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::breaker::{CircuitBreaker, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let breaker = CircuitBreaker::builder()
+    ///     .consecutive_failures(1)
+    ///     .break_duration(Duration::from_secs(1))
+    ///     .max_open_hint(Duration::from_secs(30))
+    ///     .build()?;
+    /// // The server said "come back in 10 s": the breaker stays open that long, not 1 s.
+    /// let permit = breaker.try_acquire().expect("closed");
+    /// permit.record_hinted(Outcome::Failure, Some(Duration::from_secs(10)));
+    /// tokio::time::sleep(Duration::from_secs(5)).await;
+    /// assert!(breaker.try_acquire().is_err(), "still open after 5 s");
+    /// tokio::time::sleep(Duration::from_secs(5)).await;
+    /// assert!(breaker.try_acquire().is_ok(), "a probe after 10 s");
+    /// # Ok(()) }
+    /// ```
+    pub fn max_open_hint(mut self, cap: Duration) -> Self {
+        self.max_open_hint = cap;
+        self
     }
 
     /// A name for events and metric labels.
@@ -148,20 +181,27 @@ impl<R> CircuitBreakerBuilder<R> {
     ///
     /// # Errors
     ///
-    /// The [`ConfigError`] of [`BreakerPolicyBuilder::build`].
+    /// The [`ConfigError`] of [`BreakerPolicyBuilder::build`];
+    /// [`ConfigError::DurationOverflow`] for a `max_open_hint` above `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<CircuitBreaker<R>, ConfigError>
     where
         R: Clock,
     {
         let policy = self.policy.build()?;
+        if u64::try_from(self.max_open_hint.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow {
+                field: "max_open_hint",
+            });
+        }
+        let setup = Setup {
+            rt: self.rt,
+            name: self.name,
+            listener: self.listener,
+            seed: self.seed,
+            max_open_hint: self.max_open_hint,
+        };
         Ok(CircuitBreaker {
-            shared: Arc::new(Shared::new(
-                policy,
-                self.rt,
-                self.name,
-                self.listener,
-                self.seed,
-            )),
+            shared: Arc::new(Shared::new(policy, setup)),
         })
     }
 }

@@ -203,7 +203,8 @@ impl<R: Clock> CircuitBreaker<R> {
     {
         let permit = self.try_acquire()?;
         let result = op().await;
-        permit.record(classify.classify(result.as_ref()).breaker_outcome());
+        let (outcome, hint) = crate::classify::breaker_record(&classify, result.as_ref());
+        permit.record_hinted(outcome, hint);
         result.map_err(Error::Inner)
     }
 

@@ -39,9 +39,17 @@ pub struct OwnedPermit<R: Clock> {
 macro_rules! permit_methods {
     () => {
         /// Records the outcome and releases the permit.
-        pub fn record(mut self, outcome: Outcome) {
+        pub fn record(self, outcome: Outcome) {
+            self.record_hinted(outcome, None);
+        }
+
+        /// Records the outcome with the wait the call's result asked for (a server's
+        /// `Retry-After`) and releases the permit: a failure that opens the breaker keeps it
+        /// open at least that long, capped by
+        /// [`max_open_hint`](super::CircuitBreakerBuilder::max_open_hint).
+        pub fn record_hinted(mut self, outcome: Outcome, hint: Option<std::time::Duration>) {
             if let Some(ticket) = self.ticket.take() {
-                self.shared.finish(ticket, outcome);
+                self.shared.finish(ticket, outcome, hint);
             }
         }
 

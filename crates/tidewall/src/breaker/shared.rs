@@ -42,16 +42,28 @@ pub(crate) struct Shared<R> {
     rejections: crate::telemetry::Rejections,
     listener: Option<Listener>,
     seed: u64,
+    /// The longest a failure's hint may hold the breaker open, in nanoseconds.
+    max_open_hint: u64,
+}
+
+/// How a breaker is made, besides its policy.
+pub(super) struct Setup<R> {
+    pub(super) rt: R,
+    pub(super) name: &'static str,
+    pub(super) listener: Option<Listener>,
+    pub(super) seed: u64,
+    pub(super) max_open_hint: Duration,
 }
 
 impl<R: Clock> Shared<R> {
-    pub(super) fn new(
-        policy: BreakerPolicy,
-        rt: R,
-        name: &'static str,
-        listener: Option<Listener>,
-        seed: u64,
-    ) -> Self {
+    pub(super) fn new(policy: BreakerPolicy, setup: Setup<R>) -> Self {
+        let Setup {
+            rt,
+            name,
+            listener,
+            seed,
+            max_open_hint,
+        } = setup;
         let window = SlidingWindow::new(policy.window());
         let needs_clock = window.is_timed() || policy.tracks_slow_calls();
         Self {
@@ -68,6 +80,7 @@ impl<R: Clock> Shared<R> {
             rejections: crate::telemetry::Rejections::new("breaker", name),
             listener,
             seed,
+            max_open_hint: as_nanos(max_open_hint),
             policy,
         }
     }
@@ -131,7 +144,7 @@ impl<R: Clock> Shared<R> {
                     // Only a probe that hangs reopens the breaker: with none in flight, an
                     // idle gap of any length leaves it half-open, waiting for the next caller.
                     if in_flight > 0 && limit.is_some_and(|limit| now >= limit) {
-                        self.trip(generation, TripReason::HalfOpenTimeout);
+                        self.trip(generation, TripReason::HalfOpenTimeout, None);
                         continue;
                     }
                     if word::admitted(word) >= self.policy.half_open_probes() {
@@ -165,9 +178,11 @@ impl<R: Clock> Shared<R> {
         }
     }
 
-    /// Records how an admitted call ended. Outcomes of permits from an earlier generation are
-    /// ignored: they never move the current state.
-    pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome) {
+    /// Records how an admitted call ended, with the wait its result asked for (a server's
+    /// `Retry-After`): a failure that opens the breaker keeps it open at least that long,
+    /// capped at `max_open_hint`. Outcomes of permits from an earlier generation are ignored:
+    /// they never move the current state.
+    pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome, hint: Option<Duration>) {
         let now = if self.needs_clock || ticket.probe {
             self.now()
         } else {
@@ -177,7 +192,7 @@ impl<R: Clock> Shared<R> {
             .policy
             .is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
         if ticket.probe {
-            self.finish_probe(ticket.generation, outcome, slow);
+            self.finish_probe(ticket.generation, outcome, slow, hint);
             return;
         }
         if outcome == Outcome::Ignored {
@@ -214,15 +229,15 @@ impl<R: Clock> Shared<R> {
                 .counts(now)
                 .and_then(|c| self.policy.evaluate(c, consecutive))
         {
-            self.trip(ticket.generation, reason);
+            self.trip(ticket.generation, reason, if failed { hint } else { None });
         }
     }
 
-    fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool) {
+    fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool, hint: Option<Duration>) {
         match outcome {
             Outcome::Ignored => self.return_probe(generation),
-            Outcome::Failure => self.trip(generation, TripReason::ProbeFailed),
-            Outcome::Success if slow => self.trip(generation, TripReason::SlowCallRate),
+            Outcome::Failure => self.trip(generation, TripReason::ProbeFailed, hint),
+            Outcome::Success if slow => self.trip(generation, TripReason::SlowCallRate, None),
             Outcome::Success => {
                 let mut word = self.word.load(Acquire);
                 loop {
@@ -263,11 +278,12 @@ impl<R: Clock> Shared<R> {
         }
     }
 
-    /// Opens the breaker if `generation` is still current and closed or half-open. The break
-    /// is measured from the clock read here, under the lock: callers on the closed path do
-    /// not read the clock unless their policy needs it, and a break measured from anything
-    /// but now would end early on any breaker older than its break.
-    fn trip(&self, generation: u32, reason: TripReason) {
+    /// Opens the breaker if `generation` is still current and closed or half-open, for its
+    /// next break or the failure's `hint` (capped), whichever is longer. The break is measured
+    /// from the clock read here, under the lock: callers on the closed path do not read the
+    /// clock unless their policy needs it, and a break measured from anything but now would
+    /// end early on any breaker older than its break.
+    fn trip(&self, generation: u32, reason: TripReason, hint: Option<Duration>) {
         let change = {
             let mut breaks = lock(&self.transition);
             let word = self.word.load(Acquire);
@@ -278,9 +294,10 @@ impl<R: Clock> Shared<R> {
                 return;
             }
             let next = generation.wrapping_add(1);
-            let pause = breaks.next_break();
+            let hinted = hint.map_or(0, |hint| as_nanos(hint).min(self.max_open_hint));
+            let pause = as_nanos(breaks.next_break()).max(hinted);
             self.open_until
-                .store(self.now().saturating_add(as_nanos(pause)), Relaxed);
+                .store(self.now().saturating_add(pause), Relaxed);
             self.publish(generation, State::Open);
             StateChange {
                 name: self.name,

@@ -90,12 +90,12 @@ where
                 match bounded(rt, op(), &mut clock, attempt_end).await {
                     Ok(result) => {
                         let verdict = config.classify.classify(result.as_ref());
-                        C::record(permit, verdict.breaker_outcome());
-                        let hint = if verdict.is_retryable() {
-                            config.classify.retry_after(result.as_ref())
-                        } else {
-                            None
+                        // Read once, for a failure: the breaker's and the retry's wait.
+                        let hint = match verdict.breaker_outcome() {
+                            Outcome::Failure => config.classify.retry_after(result.as_ref()),
+                            Outcome::Success | Outcome::Ignored => None,
                         };
+                        C::record(permit, verdict.breaker_outcome(), hint);
                         (verdict, hint, result.map_err(Error::Inner))
                     }
                     Err(_) => {
@@ -104,10 +104,10 @@ where
                             // Cut off by the caller's deadline, not by the service: that says
                             // nothing about the service's health, so the breaker ignores it
                             // (and a probe gives its slot back).
-                            C::record(permit, Outcome::Ignored);
+                            C::record(permit, Outcome::Ignored, None);
                             return Err(Error::Rejected(Rejected::DeadlineExceeded));
                         }
-                        C::record(permit, Outcome::Failure);
+                        C::record(permit, Outcome::Failure, None);
                         (Verdict::RetryableFailure, None, Err(Error::TimedOut))
                     }
                 }

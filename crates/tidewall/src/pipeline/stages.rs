@@ -29,8 +29,8 @@ pub trait Gate: sealed::Sealed + Send + Sync {
     /// The gate's rejection (e.g. [`Rejected::CircuitOpen`]).
     fn enter(&self) -> Result<Self::Permit<'_>, Rejected>;
 
-    /// Ends an attempt.
-    fn record(permit: Self::Permit<'_>, outcome: Outcome);
+    /// Ends an attempt, with the wait its result asked for (a failure's hint).
+    fn record(permit: Self::Permit<'_>, outcome: Outcome, hint: Option<Duration>);
 }
 
 impl Gate for () {
@@ -40,7 +40,7 @@ impl Gate for () {
         Ok(())
     }
 
-    fn record((): (), _: Outcome) {}
+    fn record((): (), _: Outcome, _: Option<Duration>) {}
 }
 
 impl<R: Clock> Gate for CircuitBreaker<R> {
@@ -50,8 +50,8 @@ impl<R: Clock> Gate for CircuitBreaker<R> {
         self.try_acquire()
     }
 
-    fn record(permit: Self::Permit<'_>, outcome: Outcome) {
-        permit.record(outcome);
+    fn record(permit: Self::Permit<'_>, outcome: Outcome, hint: Option<Duration>) {
+        permit.record_hinted(outcome, hint);
     }
 }
 

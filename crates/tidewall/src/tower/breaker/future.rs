@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use crate::Rejected;
 use crate::breaker::{Outcome, OwnedPermit};
-use crate::classify::Classify;
+use crate::classify::{Classify, breaker_record};
 use crate::rt::Clock;
 use crate::tower::PolicyError;
 
@@ -78,11 +78,12 @@ where
             } => {
                 let result = ready!(call.poll(cx));
                 if let Some(permit) = permit.take() {
-                    permit.record(match &result {
+                    let (outcome, hint) = match &result {
                         // Refused below (a full bulkhead, an open breaker): not the service.
-                        Err(error) if error.rejection().is_some() => Outcome::Ignored,
-                        result => classify.classify(result.as_ref()).breaker_outcome(),
-                    });
+                        Err(error) if error.rejection().is_some() => (Outcome::Ignored, None),
+                        result => breaker_record(classify, result.as_ref()),
+                    };
+                    permit.record_hinted(outcome, hint);
                 }
                 Poll::Ready(result)
             }
