@@ -19,7 +19,7 @@
 //! | cancellation with a reason | [`task`] | [`task::CancellationToken`] |
 //! | tower layers (feature `tower`) | `tower` | `tower::BreakerLayer`, … |
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
-//! | `Retry-After` parsing (feature `http`) | `http` | `http::retry_after` |
+//! | HTTP presets: the standard classifier, idempotency, `Retry-After` (feature `http`) | `http` | `http::HttpClassifier`, `http::Idempotency` |
 //! | deterministic time for tests (feature `test-util`) | `testing` | `testing::Clocked` |
 //!
 //! Every policy waits and spawns through [`rt::Runtime`], a type parameter that defaults to

@@ -1,29 +1,4 @@
-//! `Retry-After` header parsing into retry hints (feature `http`).
-//!
-//! RFC 9110 §10.2.3 allows two forms: `delay-seconds` (`Retry-After: 120`) and an HTTP-date
-//! (`Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`, plus the obsolete RFC 850 and asctime forms,
-//! which recipients must accept). Both become a [`Duration`] from `now`; a date in the past is
-//! zero. Malformed input is a typed [`RetryAfterError`], never a panic: this parser faces
-//! untrusted servers (it has a fuzz target in `fuzz/`).
-//!
-//! Feed the result to the [retry driver](crate::retry) through the classifier's
-//! [`retry_after`](crate::classify::Classify::retry_after): `retry_after_with(..)` reading the
-//! header of an `Ok` response, or `honor_retry_after()` with an error type that implements
-//! [`RetryAfter`](crate::RetryAfter).
-//!
-//! ```
-//! use std::time::{Duration, SystemTime, UNIX_EPOCH};
-//! use tidewall::http::{parse_retry_after, RetryAfterError};
-//!
-//! let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
-//! assert_eq!(parse_retry_after(b"120", now), Ok(Duration::from_secs(120)));
-//! assert_eq!(
-//!     parse_retry_after(b"Wed, 21 Oct 2015 07:30:00 GMT", now),
-//!     Ok(Duration::from_secs(120))
-//! );
-//! assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:00:00 GMT", now), Ok(Duration::ZERO));
-//! assert_eq!(parse_retry_after(b"soon", now), Err(RetryAfterError::Malformed));
-//! ```
+//! `Retry-After` header parsing: RFC 9110 §10.2.3's two forms, never a panic.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
