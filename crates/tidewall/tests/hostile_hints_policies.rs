@@ -11,12 +11,12 @@ use common::ms;
 use fronts::secs;
 use hints_support::*;
 use std::time::Duration;
+use tidewall::Error;
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::pipeline::{BoxPipeline, Pipeline};
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::tower::{BreakerLayer, RetryLayer};
-use tidewall::Error;
 use tower::ServiceExt as _;
 use tower_layer::Layer;
 

@@ -6,6 +6,7 @@ mod common;
 
 use common::ms;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
@@ -46,6 +47,12 @@ impl Server {
         response.body(()).unwrap()
     }
 
+    /// One request to the server, as an operation's attempt.
+    fn request(&self) -> impl Future<Output = Result<Response<()>, std::io::Error>> + use<> {
+        let answer = self.answer();
+        async move { Ok(answer) }
+    }
+
     fn calls(&self) -> usize {
         self.calls.load(SeqCst)
     }
@@ -72,14 +79,11 @@ async fn a_503_waits_its_retry_after<R: Runtime>(rt: Clocked<R>) {
     // The retry future.
     let server = Server::new(&[503, 200]);
     let start = rt.now();
-    let answered = (|| {
-        let server = server.clone();
-        async move { Ok::<_, std::io::Error>(server.answer()) }
-    })
-    .retry_on(&rt, backoff())
-    .classify(HttpClassifier::standard())
-    .await
-    .unwrap();
+    let answered = (|| server.request())
+        .retry_on(&rt, backoff())
+        .classify(HttpClassifier::standard())
+        .await
+        .unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
     assert_eq!(
         (server.calls(), rt.now() - start),
@@ -97,13 +101,7 @@ async fn a_503_waits_its_retry_after<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     let start = rt.now();
-    let answered = pipeline
-        .call(|| {
-            let server = server.clone();
-            async move { Ok::<_, std::io::Error>(server.answer()) }
-        })
-        .await
-        .unwrap();
+    let answered = pipeline.call(|| server.request()).await.unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
     assert_eq!(
         (server.calls(), rt.now() - start),
@@ -155,13 +153,7 @@ async fn a_404_is_an_answer<R: Runtime>(rt: Clocked<R>) {
         .build()
         .unwrap();
     for _ in 0..5 {
-        let answered = pipeline
-            .call(|| {
-                let server = server.clone();
-                async move { Ok::<_, std::io::Error>(server.answer()) }
-            })
-            .await
-            .unwrap();
+        let answered = pipeline.call(|| server.request()).await.unwrap();
         assert_eq!(answered.status(), StatusCode::NOT_FOUND);
     }
     assert_eq!(server.calls(), 5, "never retried");
@@ -173,13 +165,7 @@ async fn a_404_is_an_answer<R: Runtime>(rt: Clocked<R>) {
 
     // A 501 is a failure not retried: one call, and the breaker opens.
     let server = Server::new(&[501]);
-    let answered = pipeline
-        .call(|| {
-            let server = server.clone();
-            async move { Ok::<_, std::io::Error>(server.answer()) }
-        })
-        .await
-        .unwrap();
+    let answered = pipeline.call(|| server.request()).await.unwrap();
     assert_eq!(answered.status(), StatusCode::NOT_IMPLEMENTED);
     assert_eq!(server.calls(), 1);
     assert_eq!(tripping.state(), State::Open);

@@ -96,11 +96,15 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
     /// any other verdict returns the result at once. The default retries every `Err` and no
     /// `Ok`; an `Ok` judged retryable that no retry follows is still returned as `Ok`.
     pub fn classify<C2>(self, classifier: C2) -> Retry<Op, R, C2, N> {
+        self.map_classifier(|_| classifier)
+    }
+
+    fn map_classifier<C2>(self, wrap: impl FnOnce(C) -> C2) -> Retry<Op, R, C2, N> {
         Retry {
             op: self.op,
             rt: self.rt,
             settings: self.settings,
-            classify: classifier,
+            classify: wrap(self.classify),
             notify: self.notify,
         }
     }
@@ -128,28 +132,14 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
     /// the classifier ([`WithRetryAfter`]): set [`classify`](Self::classify) or
     /// [`when`](Self::when) first, as they replace it.
     pub fn honor_retry_after(self) -> Retry<Op, R, WithRetryAfter<C>, N> {
-        let classify = WithRetryAfter(self.classify);
-        Retry {
-            op: self.op,
-            rt: self.rt,
-            settings: self.settings,
-            classify,
-            notify: self.notify,
-        }
+        self.map_classifier(WithRetryAfter)
     }
 
     /// Honours hints read by `source` from each failed result, `Ok` values included (a
     /// closure `|r: Result<&T, &E>| -> Option<Duration>`). Wraps the classifier
     /// ([`Hinted`]): set [`classify`](Self::classify) or [`when`](Self::when) first.
     pub fn retry_after_with<F>(self, source: F) -> Retry<Op, R, Hinted<C, F>, N> {
-        let classify = Hinted(self.classify, source);
-        Retry {
-            op: self.op,
-            rt: self.rt,
-            settings: self.settings,
-            classify,
-            notify: self.notify,
-        }
+        self.map_classifier(|classify| Hinted(classify, source))
     }
 
     /// The largest hint honoured; a longer hint is cut to this (default 60 s). The cut only

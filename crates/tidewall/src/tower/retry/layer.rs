@@ -127,10 +127,14 @@ impl<R, C> RetryLayer<R, C> {
     /// Judges each response with `classifier`: only a
     /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried.
     pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2> {
+        self.map_classifier(|_| classifier)
+    }
+
+    fn map_classifier<C2>(self, wrap: impl FnOnce(C) -> C2) -> RetryLayer<R, C2> {
         RetryLayer {
             rt: self.rt,
             rules: self.rules,
-            classify: classifier,
+            classify: wrap(self.classify),
             within: self.within,
         }
     }
@@ -149,13 +153,7 @@ impl<R, C> RetryLayer<R, C> {
     /// hints, read the refusals' alone:
     /// `.retry_after_with(|r: Result<&Resp, &Error<E>>| r.err()?.rejection()?.retry_after())`.
     pub fn honor_retry_after(self) -> RetryLayer<R, WithRetryAfter<C>> {
-        let classify = WithRetryAfter(self.classify);
-        RetryLayer {
-            rt: self.rt,
-            rules: self.rules,
-            classify,
-            within: self.within,
-        }
+        self.map_classifier(WithRetryAfter)
     }
 
     /// Honours hints read by `source` from each failed response, `Ok` ones included (a
@@ -163,13 +161,7 @@ impl<R, C> RetryLayer<R, C> {
     /// Wraps the classifier ([`Hinted`]): set [`classify`](Self::classify) or
     /// [`when`](Self::when) first, as they replace it.
     pub fn retry_after_with<F>(self, source: F) -> RetryLayer<R, Hinted<C, F>> {
-        let classify = Hinted(self.classify, source);
-        RetryLayer {
-            rt: self.rt,
-            rules: self.rules,
-            classify,
-            within: self.within,
-        }
+        self.map_classifier(|classify| Hinted(classify, source))
     }
 
     /// The largest hint honoured; a longer hint is cut to this (default 60 s). The cut only
