@@ -74,15 +74,21 @@ impl Gcra {
     /// [`ConfigError::Zero`] for a zero `count`, `period` or `burst`;
     /// [`ConfigError::OutOfRange`] (field `count`) when `period / count` is below one
     /// nanosecond or more than 0.1 % above a whole number of them;
-    /// [`ConfigError::DurationOverflow`] when `period` or `burst × interval` does not fit in
-    /// `u64` nanoseconds.
+    /// [`ConfigError::DurationOverflow`] when `period`, two intervals or `(burst + 1) ×
+    /// interval` does not fit in `u64` nanoseconds.
     pub fn new(count: u32, period: Duration, burst: u32) -> Result<Self, ConfigError> {
         let interval = emission_interval(count, period, Resolution::Nanos)?;
         if burst == 0 {
             return Err(ConfigError::Zero { field: "burst" });
         }
+        // The state reaches `now + horizon + interval` (a full burst and the cell after it):
+        // that must fit in u64 nanoseconds, or a saturated state would misstate the wait.
+        if interval.checked_mul(2).is_none() {
+            return Err(ConfigError::DurationOverflow { field: "period" });
+        }
         let horizon = interval
             .checked_mul(u64::from(burst))
+            .and_then(|horizon| horizon.checked_add(interval).map(|_| horizon))
             .ok_or(ConfigError::DurationOverflow { field: "burst" })?;
         Ok(Self {
             interval,

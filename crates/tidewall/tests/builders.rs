@@ -156,12 +156,23 @@ fn rate_limiter_durations_fit_the_clock_or_are_refused() {
             .build()
             .is_ok()
     );
-    // The longest period, one cell: an interval of 584 years, faithfully.
-    let slow = RateLimiter::builder(1, LONGEST).build().unwrap();
-    assert_eq!(slow.gcra().interval_nanos(), u64::MAX);
-    // u32::MAX cells bursting over the longest period overflow the horizon: refused.
+    // The longest period, one cell: its state would pass u64::MAX nanoseconds (a saturated
+    // state admitted the second cell at once): refused. Half of it builds, and is exact.
     assert_eq!(
-        RateLimiter::builder(1, LONGEST)
+        RateLimiter::builder(1, LONGEST).build().map(drop),
+        Err(ConfigError::DurationOverflow { field: "period" })
+    );
+    let half = Duration::from_nanos(u64::MAX / 2);
+    let slow = RateLimiter::builder(1, half).build().unwrap();
+    assert_eq!(slow.gcra().interval_nanos(), u64::MAX / 2);
+    assert_eq!(slow.check(), Ok(()));
+    assert!(
+        matches!(slow.check(), Err(Rejected::RateLimited { retry_after }) if retry_after >= half - Duration::from_secs(1)),
+        "the second cell waits the interval"
+    );
+    // u32::MAX cells bursting over half the longest period overflow the horizon: refused.
+    assert_eq!(
+        RateLimiter::builder(1, half)
             .burst(u32::MAX)
             .build()
             .map(drop),

@@ -27,9 +27,37 @@ fn rejects_zero_and_overflowing_configuration() {
         Gcra::new(1, Duration::MAX, 1),
         Err(ConfigError::DurationOverflow { field: "period" })
     );
+    // Two intervals must fit: the state reaches a burst and the cell after it.
     assert_eq!(
-        Gcra::new(1, Duration::from_nanos(u64::MAX), 2),
+        Gcra::new(1, Duration::from_nanos(u64::MAX), 1),
+        Err(ConfigError::DurationOverflow { field: "period" })
+    );
+    let half = u64::MAX / 2;
+    assert!(Gcra::new(1, Duration::from_nanos(half), 1).is_ok());
+    assert_eq!(
+        Gcra::new(1, Duration::from_nanos(half + 1), 1),
+        Err(ConfigError::DurationOverflow { field: "period" })
+    );
+    let quarter = u64::MAX / 4;
+    assert!(Gcra::new(1, Duration::from_nanos(quarter), 3).is_ok());
+    assert_eq!(
+        Gcra::new(1, Duration::from_nanos(quarter), 4),
         Err(ConfigError::DurationOverflow { field: "burst" })
+    );
+}
+
+#[test]
+fn the_longest_interval_that_builds_states_its_waits_exactly() {
+    // A state saturated at u64::MAX would admit the second cell at once, or misstate its wait.
+    let interval = u64::MAX / 2;
+    let g = Gcra::new(1, Duration::from_nanos(interval), 1).unwrap();
+    let tat = g.decide(0, 0, 1).unwrap();
+    assert_eq!(g.decide(tat, 0, 1), Err(Denied::Wait { nanos: interval }));
+    assert_eq!(
+        g.decide(tat, 1, 1),
+        Err(Denied::Wait {
+            nanos: interval - 1
+        })
     );
 }
 

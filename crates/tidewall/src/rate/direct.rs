@@ -167,8 +167,8 @@ impl<R> RateLimiterBuilder<R> {
     /// # Errors
     ///
     /// Zero count, period or burst; a `period / count` under one nanosecond or more than
-    /// 0.1 % above a whole number of them ([`ConfigError::OutOfRange`]); a period, a
-    /// `burst × interval` or a jitter beyond `u64::MAX` nanoseconds
+    /// 0.1 % above a whole number of them ([`ConfigError::OutOfRange`]); a period, two
+    /// intervals, a `(burst + 1) × interval` or a jitter beyond `u64::MAX` nanoseconds
     /// ([`ConfigError::DurationOverflow`]).
     pub fn build(self) -> Result<RateLimiter<R>, ConfigError>
     where
