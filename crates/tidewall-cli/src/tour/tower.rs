@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use http::StatusCode;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
+use tidewall::http::HttpClassifier;
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer};
 use tidewall::{Error, Rejected};
 use tower_layer::Layer;
@@ -66,17 +68,17 @@ async fn call_once<S: Service<String>>(
     service.call(path.to_owned()).await
 }
 
-/// A 4xx other than 408 and 429 says the service is up and the request was wrong: not a
-/// failure of the service. The breaker judges the stack's one error type, `Error<HttpError>`:
-/// the client's own errors are `Error::Inner`.
+/// The standard HTTP table (`tidewall::http::HttpClassifier`) judges the status this client
+/// reports as an error: a 4xx other than 408 and 429 says the service is up and the request
+/// was wrong, not a failure of the service. The breaker judges the stack's one error type,
+/// `Error<HttpError>`: the client's own errors are `Error::Inner`.
 fn http_outcome(result: Result<&Bytes, &Error<HttpError>>) -> Verdict {
     match result {
         Ok(_) => Verdict::Success,
-        Err(Error::Inner(HttpError::Status { code, .. }))
-            if (400..500).contains(code) && ![408, 429].contains(code) =>
-        {
-            Verdict::Success
-        }
+        Err(Error::Inner(HttpError::Status { code, .. })) => StatusCode::from_u16(*code)
+            .map_or(Verdict::Failure, |status| {
+                HttpClassifier::standard().status_verdict(status)
+            }),
         Err(_) => Verdict::Failure,
     }
 }
