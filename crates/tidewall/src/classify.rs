@@ -14,8 +14,14 @@
 //! A result is never thrown away: an `Ok` value judged a failure is still returned as `Ok`
 //! when no retry follows it, and an `Err` judged a success is returned as `Err`.
 //!
+//! A classifier also reads the wait a failed result asks for ([`Classify::retry_after`]: a
+//! 429's or 503's `Retry-After`, on an `Ok` response as much as on an error): retry sleeps at
+//! least that long, and a breaker it opens stays open that long (each capped).
+//! [`WithRetryAfter`] and [`Hinted`] add hints to any classifier; `tidewall::http`'s
+//! `HttpClassifier` reads them itself.
+//!
 //! The default, [`DefaultClassifier`], judges `Ok` a success and every `Err` a retryable
-//! failure. A closure `Fn(Result<&T, &E>) -> Verdict` is a classifier:
+//! failure, and reads no hint. A closure `Fn(Result<&T, &E>) -> Verdict` is a classifier:
 //!
 //! ```
 //! use tidewall::classify::{Classify, Verdict};
