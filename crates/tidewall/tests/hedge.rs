@@ -187,3 +187,50 @@ fn bad_configuration_is_a_typed_error() {
         Err(ConfigError::OutOfRange { .. })
     ));
 }
+
+/// The primary fails at 10 ms asking for 200 ms (its hint, read by the classifier): the hedge
+/// that would start at once waits until 210 ms. Without a hint it starts at 10 ms.
+async fn a_failures_hint_delays_the_next_hedge<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::classify::{Hinted, Verdict};
+
+    let judge = |r: Result<&u32, &u64>| match r {
+        Ok(_) => Verdict::Success,
+        Err(_) => Verdict::RetryableFailure,
+    };
+    // The error is the wait it asks for, in ms (0: none).
+    let hint = |r: Result<&u32, &u64>| r.err().filter(|wait| **wait > 0).map(|wait| ms(*wait));
+    for (asked, second_at) in [(200, ms(210)), (0, ms(10)), (3_600_000, ms(60_010))] {
+        let hedge = Hedge::builder()
+            .delay(ms(50))
+            .max_hedges(1)
+            .runtime(rt.clone())
+            .classify(Hinted(judge, hint))
+            .build()
+            .unwrap();
+        let starts = std::sync::Mutex::new(Vec::new());
+        let start = rt.now();
+        let answer = hedge
+            .call(Idempotent(|| {
+                let mut seen = starts.lock().unwrap();
+                seen.push(rt.now() - start);
+                let first = seen.len() == 1;
+                let rt = rt.clone();
+                async move {
+                    rt.sleep(ms(10)).await;
+                    if first { Err(asked) } else { Ok(7) }
+                }
+            }))
+            .await;
+        assert_eq!(answer, Ok(7));
+        assert_eq!(
+            *starts.lock().unwrap(),
+            [ms(0), second_at],
+            "asked {asked} ms (a hint is capped at 60 s, as a retry's)"
+        );
+    }
+}
+
+#[test]
+fn a_failures_hint_delays_the_next_hedge_on_every_runtime() {
+    on_every_runtime!(a_failures_hint_delays_the_next_hedge);
+}

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use super::{Hedge, Idempotent, MakeAttempt};
 use crate::classify::{Classify, Verdict};
 use crate::retry::engine::Attempts;
-use crate::rt::Clock;
+use crate::rt::{Clock, instant_after};
 
 pin_project! {
     /// The future of [`Hedge::call`]: resolves with the first success, with the first
@@ -37,6 +37,10 @@ pin_project! {
         // A hedge the budget refused while attempts were running: asked for once more when
         // every one of them has failed.
         refused: bool,
+        // No hedge starts before this: the wait a retryable failure asked for (its hint).
+        not_before: Option<Instant>,
+        // Whether `timer` is the wait for `not_before` (not the hedge delay).
+        waiting_out_hint: bool,
     }
 }
 
@@ -73,6 +77,8 @@ impl<'h, F: MakeAttempt, R: Clock, K> HedgeFuture<'h, F, R, K> {
             last_failure: None,
             timer: None,
             refused: false,
+            not_before: None,
+            waiting_out_hint: false,
         }
     }
 }
@@ -96,6 +102,13 @@ where
                 timer.set(Some(inner.rt.sleep(hedge.delay())));
             }
         };
+        // A retryable failure's hint: no hedge starts before it ends (capped as a retry's).
+        let note_hint = |not_before: &mut Option<Instant>, result: &Result<T, E>| {
+            if let Some(hint) = hedge.classify.retry_after(result.as_ref()) {
+                let until = instant_after(inner.rt.now(), hint.min(rules.max_retry_after));
+                *not_before = Some(not_before.map_or(until, |at| at.max(until)));
+            }
+        };
         if this.primary_started.is_none() {
             let now = inner.rt.now();
             rules.begin(this.attempts, || now);
@@ -117,7 +130,10 @@ where
                         }
                         return Poll::Ready(result);
                     }
-                    Verdict::RetryableFailure => *this.last_failure = Some(result),
+                    Verdict::RetryableFailure => {
+                        note_hint(this.not_before, &result);
+                        *this.last_failure = Some(result);
+                    }
                     Verdict::Failure | Verdict::Ignored => return Poll::Ready(result),
                 }
             }
@@ -147,6 +163,7 @@ where
                         return Poll::Ready(result);
                     }
                     Verdict::RetryableFailure => {
+                        note_hint(this.not_before, &result);
                         *this.last_failure = Some(result);
                         drop(this.hedges.swap_remove(i));
                     }
@@ -157,12 +174,22 @@ where
             // The next hedge is due when its wait is over, or at once when every attempt
             // failed (a hedge the budget refused included); it starts if the budget pays.
             let due = match this.timer.as_mut().as_pin_mut() {
+                Some(timer) if *this.waiting_out_hint => timer.poll(cx).is_ready(),
                 Some(timer) => !running || timer.poll(cx).is_ready(),
                 None => !running && *this.refused,
             };
             if due {
                 this.timer.set(None);
+                *this.waiting_out_hint = false;
                 let now = inner.rt.now();
+                if let Some(until) = *this.not_before
+                    && until > now
+                {
+                    // Due, but a failure asked for a wait that has not ended: wait it out.
+                    this.timer.set(Some(inner.rt.sleep_until(until)));
+                    *this.waiting_out_hint = true;
+                    continue;
+                }
                 *this.refused = false;
                 if rules.launch(this.attempts, || now) {
                     this.hedges.push((Box::pin(this.op.make_attempt()), now));

@@ -15,7 +15,9 @@
 //! * A [classifier](crate::classify) ([`HedgeBuilder::classify`]) judges each attempt: a
 //!   success wins, a retryable failure (by default every `Err`) leaves the others running and
 //!   may start the next hedge, and any other verdict ends the call with that result at once
-//!   (another copy would fail the same way).
+//!   (another copy would fail the same way). A retryable failure's hint (the classifier's
+//!   [`retry_after`](crate::classify::Classify::retry_after), capped at 60 s as a retry's)
+//!   holds every later hedge until it ends.
 //!
 //! ```
 //! use std::time::Duration;
