@@ -16,7 +16,7 @@ use tidewall::retry::RetryError;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::tower::RetryLayer;
-use tidewall::{Backoff, Deadline, Error, Jitter, RetryAfter, RetryExt};
+use tidewall::{Backoff, Deadline, Error, RetryAfter, RetryExt};
 use tower::ServiceExt as _;
 use tower_layer::Layer;
 
@@ -136,21 +136,7 @@ impl Reads {
     }
 }
 
-pub fn constant(delay: Duration, attempts: u32) -> Backoff {
-    Backoff::constant(delay)
-        .jitter(Jitter::None)
-        .max_attempts(attempts)
-        .build()
-        .unwrap()
-}
-
-pub fn exponential(first: Duration, attempts: u32) -> Backoff {
-    Backoff::exponential(first)
-        .jitter(Jitter::None)
-        .max_attempts(attempts)
-        .build()
-        .unwrap()
-}
+pub use crate::fronts::{constant, exponential};
 
 pub fn now(r: Result<u32, Api>) -> (Duration, Result<u32, Api>) {
     (Duration::ZERO, r)
