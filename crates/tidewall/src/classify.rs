@@ -105,18 +105,18 @@ impl<T, E, F: Fn(Result<&T, &E>) -> Verdict> Classify<T, E> for F {
     }
 }
 
-/// How a circuit breaker records `result`: its outcome, and for a failure the wait the result
-/// asked for (which may hold the breaker open longer).
-pub(crate) fn breaker_record<T, E, C: Classify<T, E>>(
+/// `result`'s verdict, and for a failure the wait it asked for: read once, for the breaker
+/// (which it may hold open longer) and the retry alike.
+pub(crate) fn judge<T, E, C: Classify<T, E>>(
     classify: &C,
     result: Result<&T, &E>,
-) -> (Outcome, Option<Duration>) {
-    let outcome = classify.classify(result).breaker_outcome();
-    let hint = match outcome {
+) -> (Verdict, Option<Duration>) {
+    let verdict = classify.classify(result);
+    let hint = match verdict.breaker_outcome() {
         Outcome::Failure => classify.retry_after(result),
         Outcome::Success | Outcome::Ignored => None,
     };
-    (outcome, hint)
+    (verdict, hint)
 }
 
 /// The default: `Ok` is a success, every `Err` a retryable failure.

@@ -203,8 +203,8 @@ impl<R: Clock> CircuitBreaker<R> {
     {
         let permit = self.try_acquire()?;
         let result = op().await;
-        let (outcome, hint) = crate::classify::breaker_record(&classify, result.as_ref());
-        permit.record_hinted(outcome, hint);
+        let (verdict, hint) = crate::classify::judge(&classify, result.as_ref());
+        permit.record_hinted(verdict.breaker_outcome(), hint);
         result.map_err(Error::Inner)
     }
 

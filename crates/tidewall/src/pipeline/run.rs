@@ -9,7 +9,7 @@ use super::Pipeline;
 use super::stages::{Gate, Retries};
 use crate::admission::{Admission, Wait};
 use crate::breaker::Outcome;
-use crate::classify::{Classify, Verdict};
+use crate::classify::{Classify, Verdict, judge};
 use crate::retry::engine::{Attempts, Step, may_start};
 use crate::rt::{Clock, instant_after};
 use crate::time::FutureExt as _;
@@ -89,12 +89,7 @@ where
                 };
                 match bounded(rt, op(), &mut clock, attempt_end).await {
                     Ok(result) => {
-                        let verdict = config.classify.classify(result.as_ref());
-                        // Read once, for a failure: the breaker's and the retry's wait.
-                        let hint = match verdict.breaker_outcome() {
-                            Outcome::Failure => config.classify.retry_after(result.as_ref()),
-                            Outcome::Success | Outcome::Ignored => None,
-                        };
+                        let (verdict, hint) = judge(&config.classify, result.as_ref());
                         C::record(permit, verdict.breaker_outcome(), hint);
                         (verdict, hint, result.map_err(Error::Inner))
                     }

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use crate::Rejected;
 use crate::breaker::{Outcome, OwnedPermit};
-use crate::classify::{Classify, breaker_record};
+use crate::classify::{Classify, judge};
 use crate::rt::Clock;
 use crate::tower::PolicyError;
 
@@ -81,7 +81,10 @@ where
                     let (outcome, hint) = match &result {
                         // Refused below (a full bulkhead, an open breaker): not the service.
                         Err(error) if error.rejection().is_some() => (Outcome::Ignored, None),
-                        result => breaker_record(classify, result.as_ref()),
+                        result => {
+                            let (verdict, hint) = judge(classify, result.as_ref());
+                            (verdict.breaker_outcome(), hint)
+                        }
                     };
                     permit.record_hinted(outcome, hint);
                 }

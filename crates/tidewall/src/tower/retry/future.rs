@@ -190,12 +190,7 @@ where
     if last {
         return ControlFlow::Break(result);
     }
-    let verdict = layer.classify.classify(result.as_ref());
-    let hint = if verdict.is_retryable() {
-        layer.classify.retry_after(result.as_ref())
-    } else {
-        None
-    };
+    let (verdict, hint) = crate::classify::judge(&layer.classify, result.as_ref());
     match layer
         .rules
         .after(attempts, verdict, hint, deadline, || layer.rt.now())
