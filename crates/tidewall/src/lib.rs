@@ -64,6 +64,7 @@ pub mod hedge;
 mod hint;
 #[cfg(feature = "http")]
 pub mod http;
+mod keyed_map;
 pub mod pipeline;
 pub mod race;
 pub mod rate;

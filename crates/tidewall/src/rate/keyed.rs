@@ -1,24 +1,19 @@
 //! The keyed rate limiter: one GCRA limit per key, in bounded memory.
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::time::Duration;
 
-use hashbrown::DefaultHashBuilder;
-use hashbrown::HashTable;
 use tidewall_core::gcra::Gcra;
 
 use super::clock::LimiterClock;
 use super::direct::{RateLimiterBuilder, rejection};
 use super::wait::Waiting;
 use crate::admission::Wait;
+use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock};
+use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Deadline, Rejected};
-
-/// Keys per shard we aim for before adding shards (up to [`MAX_SHARDS`]).
-const KEYS_PER_SHARD: usize = 256;
-const MAX_SHARDS: usize = 64;
 
 /// A GCRA limit per key (per client, per tenant, per IP), holding at most `max_keys` keys.
 ///
@@ -48,26 +43,28 @@ pub struct KeyedRateLimiter<K, R = DefaultRuntime> {
     shared: Arc<Keyed<K, R>>,
 }
 
-struct Shard<K> {
-    table: HashTable<(K, u64)>,
-    /// The most keys this shard holds: the shards' capacities add up to `max_keys` exactly.
-    capacity: usize,
-    /// When this (full) shard's first key rests: no sweep can free anything before then.
-    full_until: u64,
+/// A key's theoretical arrival time: rested (and so evictable without loss) once passed.
+struct Tat(u64);
+
+impl Evict for Tat {
+    fn eviction(&self, now: u64) -> Eviction {
+        if Gcra::is_rested(self.0, now) {
+            Eviction::Now
+        } else {
+            Eviction::At(self.0)
+        }
+    }
 }
 
 struct Keyed<K, R> {
     gcra: Gcra,
-    shards: Box<[Mutex<Shard<K>>]>,
-    max_keys: usize,
-    hasher: DefaultHashBuilder,
+    keys: KeyedMap<K, Tat>,
     clock: LimiterClock,
     rt: R,
     jitter: Duration,
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
-    evicted: AtomicU64,
     name: &'static str,
     rejections: crate::telemetry::Rejections,
 }
@@ -85,7 +82,7 @@ impl<K, R: Clock> std::fmt::Debug for KeyedRateLimiter<K, R> {
         f.debug_struct("KeyedRateLimiter")
             .field("name", &self.shared.name)
             .field("gcra", &self.shared.gcra)
-            .field("max_keys", &self.shared.max_keys)
+            .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()
     }
 }
@@ -161,36 +158,16 @@ impl<R> KeyedRateLimiterBuilder<R> {
         R: Clock,
     {
         let (gcra, jitter) = self.rate.gcra()?;
-        if self.max_keys == 0 {
-            return Err(ConfigError::Zero { field: "max_keys" });
-        }
-        let shard_count = (self.max_keys / KEYS_PER_SHARD)
-            .next_power_of_two()
-            .clamp(1, MAX_SHARDS);
-        // The bound split as evenly as whole keys allow: the first `rest` shards hold one
-        // more (a rounded-up split overflowed for bounds near usize::MAX).
-        let (base, rest) = (self.max_keys / shard_count, self.max_keys % shard_count);
-        let shards = (0..shard_count)
-            .map(|i| {
-                Mutex::new(Shard {
-                    table: HashTable::new(),
-                    capacity: base + usize::from(i < rest),
-                    full_until: 0,
-                })
-            })
-            .collect();
+        let keys = KeyedMap::new(self.max_keys)?;
         let rate = self.rate;
         Ok(KeyedRateLimiter {
             shared: Arc::new(Keyed {
                 gcra,
-                shards,
-                max_keys: self.max_keys,
-                hasher: DefaultHashBuilder::default(),
+                keys,
                 clock: LimiterClock::new(&rate.rt),
                 rt: rate.rt,
                 jitter,
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
-                evicted: AtomicU64::new(0),
                 name: rate.name,
                 rejections: crate::telemetry::Rejections::new("keyed_rate", rate.name),
             }),
@@ -223,61 +200,29 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// The decision without telemetry (waits count a rejection only when finally refused).
     fn decide(&self, key: &K, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
-        let hash = shared.hasher.hash_one(key);
-        // hashbrown indexes with the low bits and tags entries with the top 7: pick the shard
-        // from bits in between, so neither loses entropy inside a shard.
-        let shard_index = usize::try_from((hash >> 32) & 0xFFFF).unwrap_or(0) % shared.shards.len();
-        let mut shard = lock(&shared.shards[shard_index]);
-        // Read the clock under the shard lock: a reading taken before it could be older than
-        // the one a concurrent eviction used, and a key evicted as rested at that later time
-        // might not be rested yet at ours — eviction would then be observable.
-        let now = shared.clock.nanos(&shared.rt);
-        if let Some((_, tat)) = shard.table.find_mut(hash, |(k, _)| k == key) {
-            return shared
-                .gcra
-                .decide(*tat, now, cells)
-                .map(|next| *tat = next)
-                .map_err(rejection);
+        let decided = shared.keys.entry(
+            key,
+            || shared.clock.nanos(&shared.rt),
+            |slot, now| match slot {
+                Slot::Found(Tat(tat)) => (
+                    shared.gcra.decide(*tat, now, cells).map(|next| *tat = next),
+                    None,
+                ),
+                // Only an admitted new key is stored: a refused one would be rested anyway.
+                Slot::Vacant => match shared.gcra.decide(0, now, cells) {
+                    Ok(next) => (Ok(()), Some(Tat(next))),
+                    Err(denied) => (Err(denied), None),
+                },
+            },
+        );
+        match decided {
+            Ok(verdict) => verdict.map_err(rejection),
+            // Keys that have not rested are never forgotten early (that would hand out an
+            // extra burst): the new key waits until the first of them rests.
+            Err(full) => Err(Rejected::RateLimited {
+                retry_after: full.retry_after.unwrap_or_default(),
+            }),
         }
-        match shared.gcra.decide(0, now, cells) {
-            Err(denied) => Err(rejection(denied)),
-            Ok(next) => self.insert(&mut shard, hash, key, next, now),
-        }
-    }
-
-    fn insert(
-        &self,
-        shard: &mut Shard<K>,
-        hash: u64,
-        key: &K,
-        tat: u64,
-        now: u64,
-    ) -> Result<(), Rejected> {
-        let shared = &*self.shared;
-        if shard.table.len() >= shard.capacity {
-            if now < shard.full_until {
-                return Err(Rejected::RateLimited {
-                    retry_after: Duration::from_nanos(shard.full_until - now),
-                });
-            }
-            let before = shard.table.len();
-            shard.table.retain(|(_, tat)| !Gcra::is_rested(*tat, now));
-            shared
-                .evicted
-                .fetch_add((before - shard.table.len()) as u64, Relaxed);
-            if shard.table.len() >= shard.capacity {
-                let first_rest = shard.table.iter().map(|(_, tat)| *tat).min().unwrap_or(now);
-                shard.full_until = first_rest;
-                return Err(Rejected::RateLimited {
-                    retry_after: Duration::from_nanos(first_rest.saturating_sub(now)),
-                });
-            }
-        }
-        let hasher = &shared.hasher;
-        shard
-            .table
-            .insert_unique(hash, (key.clone(), tat), |(k, _)| hasher.hash_one(k));
-        Ok(())
     }
 
     /// Waits until `key` is admitted one cell, but not past `deadline`.
@@ -313,21 +258,15 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// Forgets every key that has fully rested (lossless: see the type's docs); returns how
     /// many were dropped. The limiter also does this by itself whenever a shard fills up.
     pub fn retain_recent(&self) -> usize {
-        let mut dropped = 0;
-        for shard in &self.shared.shards {
-            let mut shard = lock(shard);
-            let now = self.shared.clock.nanos(&self.shared.rt);
-            let before = shard.table.len();
-            shard.table.retain(|(_, tat)| !Gcra::is_rested(*tat, now));
-            dropped += before - shard.table.len();
-        }
-        self.shared.evicted.fetch_add(dropped as u64, Relaxed);
-        dropped
+        let shared = &*self.shared;
+        shared
+            .keys
+            .retain_evictable(|| shared.clock.nanos(&shared.rt))
     }
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.shared.shards.iter().map(|s| lock(s).table.len()).sum()
+        self.shared.keys.len()
     }
 
     /// Whether no key is held.
@@ -337,20 +276,16 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
 
     /// Keys evicted so far because they had rested.
     pub fn evicted(&self) -> u64 {
-        self.shared.evicted.load(Relaxed)
+        self.shared.keys.evicted()
     }
 
     /// The most keys this limiter holds: the `max_keys` it was built with.
     pub fn max_keys(&self) -> usize {
-        self.shared.max_keys
+        self.shared.keys.max_keys()
     }
 
     /// Bytes allocated by the key tables now (for memory accounting).
     pub fn allocated_bytes(&self) -> usize {
-        self.shared
-            .shards
-            .iter()
-            .map(|s| lock(s).table.allocation_size())
-            .sum()
+        self.shared.keys.allocated_bytes()
     }
 }

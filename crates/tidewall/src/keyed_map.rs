@@ -1,0 +1,229 @@
+//! The one engine behind every keyed policy: a sharded hash table holding at most `max_keys`
+//! entries, which frees room only by evicting entries that say they may go.
+//!
+//! Each value answers [`Evict::eviction`]: `Now` (forgetting it changes nothing the caller can
+//! observe, or its owner accepts the loss), `At(t)` (not before `t`) or `Blocked` (something
+//! outside the table still depends on it: a permit, a waiter, an open breaker). A full shard
+//! sweeps out what may go; if nothing may, the new key is refused with the earliest time
+//! anything could. A shard of timed entries only is not swept again before then; a shard
+//! holding a blocked entry is swept on every refusal (O(shard size), only while full).
+//!
+//! Owners read their clock *inside* [`KeyedMap::entry`] (under the shard lock): a reading
+//! taken before the lock could be older than the one a concurrent sweep used, and an entry
+//! evicted at that later time might not yet be evictable at ours.
+
+use std::hash::{BuildHasher, Hash};
+use std::time::Duration;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::ConfigError;
+use crate::sync::{AtomicU64, Mutex, Ordering::Relaxed, lock};
+
+/// Keys per shard we aim for before adding shards (up to [`MAX_SHARDS`]).
+const KEYS_PER_SHARD: usize = 256;
+const MAX_SHARDS: usize = 64;
+
+/// When an entry may be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Eviction {
+    /// Now.
+    Now,
+    /// From this time on (nanoseconds on the owner's clock).
+    At(u64),
+    /// Not while something outside the table depends on it; no time is known.
+    Blocked,
+}
+
+/// A value that knows when it may be evicted.
+pub(crate) trait Evict {
+    fn eviction(&self, now: u64) -> Eviction;
+}
+
+/// The entry [`KeyedMap::entry`] found for a key, or its absence.
+pub(crate) enum Slot<'a, V> {
+    Found(&'a mut V),
+    Vacant,
+}
+
+/// A new key met a full shard with nothing evictable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full {
+    /// The earliest an entry of the shard may be evicted; `None` if all are blocked.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+struct Shard<K, V> {
+    table: HashTable<(K, V)>,
+    /// The most entries this shard holds: the shards' capacities add up to `max_keys` exactly.
+    capacity: usize,
+    /// Until when this full shard refuses new keys without sweeping (zero: sweep each time).
+    full_until: u64,
+    /// What the refusals until `full_until` report.
+    full_hint: Option<u64>,
+}
+
+pub(crate) struct KeyedMap<K, V> {
+    shards: Box<[Mutex<Shard<K, V>>]>,
+    max_keys: usize,
+    hasher: DefaultHashBuilder,
+    evicted: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone, V: Evict> KeyedMap<K, V> {
+    /// A table for at most `max_keys` keys (allocated as keys arrive).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for `max_keys == 0`.
+    pub(crate) fn new(max_keys: usize) -> Result<Self, ConfigError> {
+        if max_keys == 0 {
+            return Err(ConfigError::Zero { field: "max_keys" });
+        }
+        let shard_count = (max_keys / KEYS_PER_SHARD)
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
+        // The bound split as evenly as whole keys allow: the first `rest` shards hold one
+        // more (a rounded-up split overflows for bounds near usize::MAX).
+        let (base, rest) = (max_keys / shard_count, max_keys % shard_count);
+        let shards = (0..shard_count)
+            .map(|i| {
+                Mutex::new(Shard {
+                    table: HashTable::new(),
+                    capacity: base + usize::from(i < rest),
+                    full_until: 0,
+                    full_hint: None,
+                })
+            })
+            .collect();
+        Ok(Self {
+            shards,
+            max_keys,
+            hasher: DefaultHashBuilder::default(),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs `f` on `key`'s entry or its vacancy, under the shard lock, with `now()` read
+    /// under that lock. For a vacancy, `f` returning a value inserts it, after evicting what
+    /// may go if the shard is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Full`] when a new value could not be stored; `f`'s output is then dropped, so it
+    /// must not stand for anything the dropped value would have to undo.
+    pub(crate) fn entry<O>(
+        &self,
+        key: &K,
+        now: impl FnOnce() -> u64,
+        f: impl FnOnce(Slot<'_, V>, u64) -> (O, Option<V>),
+    ) -> Result<O, Full> {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = lock(self.shard(hash));
+        let now = now();
+        if let Some((_, value)) = shard.table.find_mut(hash, |(k, _)| k == key) {
+            return Ok(f(Slot::Found(value), now).0);
+        }
+        let (output, value) = f(Slot::Vacant, now);
+        if let Some(value) = value {
+            self.make_room(&mut shard, now)?;
+            let hasher = &self.hasher;
+            shard
+                .table
+                .insert_unique(hash, (key.clone(), value), |(k, _)| hasher.hash_one(k));
+        }
+        Ok(output)
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
+        // hashbrown indexes with the low bits and tags entries with the top 7: pick the shard
+        // from bits in between, so neither loses entropy inside a shard.
+        let index = usize::try_from((hash >> 32) & 0xFFFF).unwrap_or(0) % self.shards.len();
+        &self.shards[index]
+    }
+
+    fn make_room(&self, shard: &mut Shard<K, V>, now: u64) -> Result<(), Full> {
+        if shard.table.len() < shard.capacity {
+            return Ok(());
+        }
+        let refusal = |hint: Option<u64>| Full {
+            retry_after: hint.map(|at| Duration::from_nanos(at.saturating_sub(now))),
+        };
+        if now < shard.full_until {
+            return Err(refusal(shard.full_hint));
+        }
+        self.sweep(shard, now);
+        if shard.table.len() < shard.capacity {
+            return Ok(());
+        }
+        let (mut first, mut blocked) = (None::<u64>, false);
+        for (_, value) in shard.table.iter() {
+            match value.eviction(now) {
+                Eviction::At(at) => first = Some(first.map_or(at, |f| f.min(at))),
+                Eviction::Blocked => blocked = true,
+                Eviction::Now => {}
+            }
+        }
+        // Only time frees a shard of timed entries (and a key used meanwhile only goes
+        // later), so refusals need not sweep again before the first of them: the hint is a
+        // lower bound. A blocked entry frees whenever its permit is released, which the table
+        // does not see, so a shard holding one sweeps on every refusal.
+        shard.full_until = if blocked { 0 } else { first.unwrap_or(0) };
+        shard.full_hint = first;
+        Err(refusal(first))
+    }
+
+    fn sweep(&self, shard: &mut Shard<K, V>, now: u64) -> usize {
+        let before = shard.table.len();
+        shard
+            .table
+            .retain(|(_, v)| v.eviction(now) != Eviction::Now);
+        let dropped = before - shard.table.len();
+        self.evicted.fetch_add(dropped as u64, Relaxed);
+        dropped
+    }
+
+    /// Evicts every entry that may go now; returns how many went.
+    pub(crate) fn retain_evictable(&self, mut now: impl FnMut() -> u64) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(shard);
+                let now = now();
+                self.sweep(&mut shard, now)
+            })
+            .sum()
+    }
+
+    /// Runs `f` on `key`'s entry, if it is held.
+    pub(crate) fn get<O>(&self, key: &K, f: impl FnOnce(&V) -> O) -> Option<O> {
+        let hash = self.hasher.hash_one(key);
+        let shard = lock(self.shard(hash));
+        shard.table.find(hash, |(k, _)| k == key).map(|(_, v)| f(v))
+    }
+}
+
+impl<K, V> KeyedMap<K, V> {
+    /// Entries held now.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    /// The bound this table was built with.
+    pub(crate) fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// Entries evicted so far.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Relaxed)
+    }
+
+    /// Bytes the tables hold (values' own allocations not included).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).table.allocation_size())
+            .sum()
+    }
+}
