@@ -43,6 +43,14 @@ pub enum Rejected {
     DeadlineExceeded,
     /// The retry budget is spent, or the hedge budget is.
     BudgetExhausted,
+    /// A keyed policy met a new key with its table full of keys it may not forget yet
+    /// (permits out, a breaker open, a key not yet rested).
+    KeysFull {
+        /// The earliest the first of those keys may be forgotten, if any time is known
+        /// (`None` when every one of them waits on something other than time, such as a
+        /// permit). A lower bound: a key used in the meantime is kept longer.
+        retry_after: Option<Duration>,
+    },
     /// The shared state behind a limit (e.g. Redis) did not answer within its deadline, and
     /// the limit's failure policy is to refuse (fail closed).
     BackendUnavailable,
@@ -54,6 +62,7 @@ impl RetryAfter for Rejected {
             Self::CircuitOpen { retry_after } | Self::RateLimited { retry_after } => {
                 Some(*retry_after)
             }
+            Self::KeysFull { retry_after } => *retry_after,
             _ => None,
         }
     }
@@ -74,6 +83,10 @@ impl fmt::Display for Rejected {
             Self::BulkheadFull => f.write_str("bulkhead full"),
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
             Self::BudgetExhausted => f.write_str("budget exhausted"),
+            Self::KeysFull {
+                retry_after: Some(retry_after),
+            } => write!(f, "key table full: retry after {retry_after:?}"),
+            Self::KeysFull { retry_after: None } => f.write_str("key table full"),
             Self::BackendUnavailable => {
                 f.write_str("the limit's backend is unavailable (failing closed)")
             }

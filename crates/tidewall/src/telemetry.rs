@@ -2,23 +2,35 @@
 
 /// A breaker changed state.
 #[allow(unused_variables)]
-pub(crate) fn breaker_transition(change: &crate::breaker::StateChange) {
+pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Option<&str>) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         breaker = change.name,
+        key,
         from = change.from.as_str(),
         to = change.to.as_str(),
         reason = ?change.reason,
         generation = change.generation,
         "circuit breaker state change"
     );
+    // A keyed breaker's entries carry their key as a label only when the user chose a label
+    // for keys (`key_label`): the label's cardinality is then theirs to bound.
     #[cfg(feature = "metrics")]
-    metrics::counter!(
-        "tidewall_breaker_transitions_total",
-        "breaker" => change.name,
-        "to" => change.to.as_str()
-    )
-    .increment(1);
+    match key {
+        None => metrics::counter!(
+            "tidewall_breaker_transitions_total",
+            "breaker" => change.name,
+            "to" => change.to.as_str()
+        )
+        .increment(1),
+        Some(key) => metrics::counter!(
+            "tidewall_breaker_transitions_total",
+            "breaker" => change.name,
+            "key" => key.to_owned(),
+            "to" => change.to.as_str()
+        )
+        .increment(1),
+    }
 }
 
 /// A policy's rejection telemetry. The metrics counter is registered once, when the policy

@@ -247,3 +247,35 @@ fn a_cancelled_waiter_never_loses_the_permit() {
         assert!(bulkhead.try_acquire().is_ok());
     });
 }
+
+/// A permit on a key dropped while another thread sweeps the full key table for a new key:
+/// the key is forgotten only once no permit is out (a permit counted in a forgotten bulkhead
+/// would be capacity lost), and the new key is admitted or honestly refused.
+#[test]
+fn a_key_is_never_forgotten_while_its_permit_is_out() {
+    loom::model(|| {
+        let bulkheads = Bulkhead::builder(1)
+            .reject_when_full()
+            .runtime(ModelClock::default())
+            .keyed()
+            .max_keys(1)
+            .build::<u8>()
+            .unwrap();
+        let held = bulkheads.try_acquire(&1).unwrap();
+        let releaser = loom::thread::spawn(move || drop(held));
+        let newcomer = bulkheads.try_acquire(&2);
+        releaser.join().unwrap();
+        match newcomer {
+            Ok(permit) => {
+                assert_eq!(bulkheads.in_flight(&2), 1);
+                assert_eq!(bulkheads.get(&1).map(|b| b.in_flight()), None);
+                drop(permit);
+            }
+            Err(refused) => {
+                assert_eq!(refused, tidewall::Rejected::KeysFull { retry_after: None });
+                assert_eq!(bulkheads.in_flight(&1), 0, "key 1 kept, its slot back");
+            }
+        }
+        assert_eq!(bulkheads.len(), 1);
+    });
+}

@@ -187,6 +187,20 @@ impl<R> CircuitBreakerBuilder<R> {
     where
         R: Clock,
     {
+        let (policy, setup) = self.validate()?;
+        Ok(CircuitBreaker {
+            shared: Arc::new(Shared::new(policy, setup)),
+        })
+    }
+
+    /// Builds a breaker per key instead, each with these settings: see
+    /// [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker).
+    pub fn keyed<K>(self) -> super::KeyedCircuitBreakerBuilder<K, R> {
+        super::KeyedCircuitBreakerBuilder::new(self)
+    }
+
+    /// The validated policy and how to make a breaker of it.
+    pub(super) fn validate(self) -> Result<(BreakerPolicy, Setup<R>), ConfigError> {
         let policy = self.policy.build()?;
         if u64::try_from(self.max_open_hint.as_nanos()).is_err() {
             return Err(ConfigError::DurationOverflow {
@@ -199,9 +213,8 @@ impl<R> CircuitBreakerBuilder<R> {
             listener: self.listener,
             seed: self.seed,
             max_open_hint: self.max_open_hint,
+            key_label: None,
         };
-        Ok(CircuitBreaker {
-            shared: Arc::new(Shared::new(policy, setup)),
-        })
+        Ok((policy, setup))
     }
 }

@@ -60,9 +60,9 @@ pub struct StateChange {
 
 pub(super) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;
 
-pub(super) fn emit(listener: Option<&Listener>, change: &StateChange) {
+pub(super) fn emit(listener: Option<&Listener>, change: &StateChange, key: Option<&str>) {
     if let Some(listener) = listener {
         listener(change);
     }
-    crate::telemetry::breaker_transition(change);
+    crate::telemetry::breaker_transition(change, key);
 }

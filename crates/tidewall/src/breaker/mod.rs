@@ -58,6 +58,7 @@
 
 mod builder;
 mod events;
+mod keyed;
 mod permit;
 mod shared;
 mod window;
@@ -67,6 +68,7 @@ use std::future::Future;
 
 pub use builder::CircuitBreakerBuilder;
 pub use events::{State, StateChange, TripReason};
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerBuilder};
 pub use permit::{Outcome, OwnedPermit, Permit};
 pub use tidewall_core::breaker::{BreakerPolicy, Counts, Window};
 

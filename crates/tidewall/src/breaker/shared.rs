@@ -44,6 +44,8 @@ pub(crate) struct Shared<R> {
     seed: u64,
     /// The longest a failure's hint may hold the breaker open, in nanoseconds.
     max_open_hint: u64,
+    /// The key of a keyed breaker's entry, as its telemetry labels it.
+    key_label: Option<Box<str>>,
 }
 
 /// How a breaker is made, besides its policy.
@@ -53,6 +55,7 @@ pub(super) struct Setup<R> {
     pub(super) listener: Option<Listener>,
     pub(super) seed: u64,
     pub(super) max_open_hint: Duration,
+    pub(super) key_label: Option<Box<str>>,
 }
 
 impl<R: Clock> Shared<R> {
@@ -63,6 +66,7 @@ impl<R: Clock> Shared<R> {
             listener,
             seed,
             max_open_hint,
+            key_label,
         } = setup;
         let window = SlidingWindow::new(policy.window());
         let needs_clock = window.is_timed() || policy.tracks_slow_calls();
@@ -81,6 +85,7 @@ impl<R: Clock> Shared<R> {
             listener,
             seed,
             max_open_hint: as_nanos(max_open_hint),
+            key_label,
             policy,
         }
     }
@@ -307,7 +312,7 @@ impl<R: Clock> Shared<R> {
                 generation: next,
             }
         };
-        emit(self.listener.as_ref(), &change);
+        emit(self.listener.as_ref(), &change, self.key_label.as_deref());
     }
 
     fn to_half_open(&self, generation: u32, now: u64) {
@@ -330,7 +335,7 @@ impl<R: Clock> Shared<R> {
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(self.listener.as_ref(), &change);
+            emit(self.listener.as_ref(), &change, self.key_label.as_deref());
         }
     }
 
@@ -356,7 +361,7 @@ impl<R: Clock> Shared<R> {
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(self.listener.as_ref(), &change);
+            emit(self.listener.as_ref(), &change, self.key_label.as_deref());
         }
     }
 
@@ -397,7 +402,7 @@ impl<R: Clock> Shared<R> {
                 generation: word::generation(word).wrapping_add(1),
             }
         };
-        emit(self.listener.as_ref(), &change);
+        emit(self.listener.as_ref(), &change, self.key_label.as_deref());
     }
 
     /// The break durations after a close: the schedule starts over, with jitter drawn anew
@@ -405,6 +410,14 @@ impl<R: Clock> Shared<R> {
     fn fresh_breaks(&self, generation: u32) -> BreakDurations {
         self.policy
             .break_durations(self.seed ^ u64::from(generation))
+    }
+
+    /// Whether forgetting this breaker loses nothing: closed, nothing in its window and no
+    /// run of failures (a fresh breaker would be the same).
+    pub(super) fn is_pristine(&self) -> bool {
+        self.state() == State::Closed
+            && self.consecutive.load(Relaxed) == 0
+            && self.counts().calls == 0
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {

@@ -38,6 +38,7 @@
 //! ```
 
 mod acquire;
+mod keyed;
 mod queue;
 mod shared;
 
@@ -45,6 +46,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use acquire::{Acquire, AcquireOwned};
+pub use keyed::{KeyedBulkhead, KeyedBulkheadBuilder};
 
 use self::queue::Place;
 use self::shared::Shared;
@@ -148,6 +150,17 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
+        self.validate()?;
+        Ok(self.make())
+    }
+
+    /// Builds a bulkhead per key instead, each with these settings: see
+    /// [`KeyedBulkhead`].
+    pub fn keyed(self) -> KeyedBulkheadBuilder<R> {
+        KeyedBulkheadBuilder::new(self)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::Zero {
                 field: "max_concurrent",
@@ -161,15 +174,23 @@ impl<R> BulkheadBuilder<R> {
                 return Err(ConfigError::DurationOverflow { field: "max_wait" });
             }
         }
-        Ok(Bulkhead {
+        Ok(())
+    }
+
+    /// A bulkhead with these (validated) settings.
+    fn make(&self) -> Bulkhead<R>
+    where
+        R: Clock,
+    {
+        Bulkhead {
             shared: Arc::new(Shared::new(
                 self.max_concurrent,
                 self.max_queue,
                 self.max_wait,
-                self.rt,
+                self.rt.clone(),
                 self.name,
             )),
-        })
+        }
     }
 }
 

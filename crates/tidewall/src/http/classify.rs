@@ -143,7 +143,7 @@ impl StatusSet {
 /// | other 4xx | `Success` ([`client_errors`](Self::client_errors)) | no | success | – |
 /// | other 5xx and above (501, 505, ...) | `Failure` | no | failure | – |
 /// | `Connect`, `Timeout`, `Interrupted` | `RetryableFailure` | yes | failure | – |
-/// | `Refused`: `CircuitOpen`, `RateLimited`, `BulkheadFull` | `RetryableFailure` | yes | not counted by a `BreakerLayer` over the refusing layer | the refusal's `retry_after` |
+/// | `Refused`: `CircuitOpen`, `RateLimited`, `BulkheadFull`, `KeysFull` | `RetryableFailure` | yes | not counted by a `BreakerLayer` over the refusing layer | the refusal's `retry_after` |
 /// | `Refused` otherwise (`DeadlineExceeded`, ...), `Local` | `Ignored` | no | not counted | – |
 /// | `Other` | `Failure` | no | failure | – |
 ///
@@ -255,7 +255,8 @@ impl HttpClassifier {
             FailureKind::Refused(
                 Rejected::CircuitOpen { .. }
                 | Rejected::RateLimited { .. }
-                | Rejected::BulkheadFull,
+                | Rejected::BulkheadFull
+                | Rejected::KeysFull { .. },
             ) => Verdict::RetryableFailure,
             FailureKind::Refused(_) | FailureKind::Local => Verdict::Ignored,
             FailureKind::Other => Verdict::Failure,

@@ -1,0 +1,420 @@
+//! A circuit breaker per key, in bounded memory.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use tidewall_core::breaker::BreakerPolicy;
+
+use super::events::{Listener, StateChange};
+use super::shared::{Setup, Shared};
+use super::{CircuitBreaker, CircuitBreakerBuilder, Counts, OwnedPermit, State};
+use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
+use crate::rt::{Clock, DefaultRuntime};
+use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
+use crate::{ConfigError, Error, Rejected};
+
+/// A [`CircuitBreaker`] per key (per host, per tenant, per shard), each with the same
+/// settings and its own state, holding at most `max_keys` keys.
+///
+/// Build it from a breaker's builder with [`keyed`](CircuitBreakerBuilder::keyed). A key's
+/// breaker is made on its first call and behaves exactly as a [`CircuitBreaker`]: one key
+/// failing opens only its own breaker.
+///
+/// **Bounded memory, never forgetting an open breaker.** A key is forgotten (and a later call
+/// starts it afresh) only when nothing depends on it: its breaker is closed, no permit or
+/// handle from [`get`](Self::get) is out, and either its window is empty or it has not been
+/// used for [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl). So an eviction forgets at most
+/// the failures of a window no call has touched for `idle_ttl`. An open, half-open or forced
+/// breaker is kept whatever the pressure: a new key meeting a table full of keys it may not
+/// forget is refused with [`Rejected::KeysFull`], whose `retry_after` says when the first of
+/// them goes idle (`None` when all are open or hold permits).
+///
+/// ```
+/// use tidewall::breaker::{CircuitBreaker, State};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tidewall::ConfigError> {
+/// let breakers = CircuitBreaker::builder().consecutive_failures(2).keyed().max_keys(1_000).build()?;
+/// for _ in 0..2 {
+///     let _ = breakers.call(&"down.example", || async { Err::<(), _>("refused") }).await;
+/// }
+/// assert_eq!(breakers.state(&"down.example"), Some(State::Open));
+/// // Another key has its own breaker.
+/// assert!(breakers.call(&"up.example", || async { Ok::<_, &str>(()) }).await.is_ok());
+/// assert_eq!(breakers.state(&"up.example"), Some(State::Closed));
+/// # Ok(()) }
+/// ```
+pub struct KeyedCircuitBreaker<K, R = DefaultRuntime> {
+    shared: Arc<Keyed<K, R>>,
+}
+
+struct Keyed<K, R> {
+    policy: BreakerPolicy,
+    rt: R,
+    name: &'static str,
+    max_open_hint: Duration,
+    listener: Option<Listener>,
+    key_listener: Option<KeyListener<K>>,
+    key_label: Option<KeyLabel<K>>,
+    /// Each key's breaker draws its break jitter from the next seed.
+    next_seed: AtomicU64,
+    idle_ttl: u64,
+    origin: Instant,
+    keys: KeyedMap<K, Entry<R>>,
+    rejections: crate::telemetry::Rejections,
+}
+
+type KeyListener<K> = std::sync::Arc<dyn Fn(&K, &StateChange) + Send + Sync>;
+type KeyLabel<K> = std::sync::Arc<dyn Fn(&K) -> String + Send + Sync>;
+
+struct Entry<R> {
+    breaker: CircuitBreaker<R>,
+    /// When a call last asked for this key, on the keyed breaker's clock.
+    last_used: u64,
+    idle_ttl: u64,
+}
+
+impl<R: Clock> Evict for Entry<R> {
+    fn eviction(&self, now: u64) -> Eviction {
+        // Permits and handles are cloned only under the shard lock, where this runs: a count
+        // of one seen here stays one until the lock is released.
+        if Arc::strong_count(&self.breaker.shared) > 1 || self.breaker.state() != State::Closed {
+            return Eviction::Blocked;
+        }
+        if self.breaker.shared.is_pristine() {
+            return Eviction::Now;
+        }
+        let idle_from = self.last_used.saturating_add(self.idle_ttl);
+        if now >= idle_from {
+            Eviction::Now
+        } else {
+            Eviction::At(idle_from)
+        }
+    }
+}
+
+/// Configures a [`KeyedCircuitBreaker`]: every setting of the [`CircuitBreakerBuilder`] it came
+/// from, plus the bound on keys and how they are named.
+#[must_use]
+pub struct KeyedCircuitBreakerBuilder<K, R = DefaultRuntime> {
+    breaker: CircuitBreakerBuilder<R>,
+    max_keys: usize,
+    idle_ttl: Duration,
+    key_listener: Option<KeyListener<K>>,
+    key_label: Option<KeyLabel<K>>,
+}
+
+impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
+    pub(super) fn new(breaker: CircuitBreakerBuilder<R>) -> Self {
+        Self {
+            breaker,
+            max_keys: 10_000,
+            idle_ttl: Duration::from_secs(60),
+            key_listener: None,
+            key_label: None,
+        }
+    }
+
+    /// The most keys held at once, exactly (default 10,000; any `usize` but zero: the table
+    /// grows as keys arrive).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// How long a closed breaker with failures in its window is kept after its last call
+    /// (default 60 s). A closed breaker with an empty window may go at once: forgetting it
+    /// loses nothing.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Called on every state change of any key's breaker, with the key, on the thread that
+    /// caused it (keep it short). A listener set on the breaker's builder is called too.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tidewall::breaker::{CircuitBreaker, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let opened = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&opened);
+    /// let breakers = CircuitBreaker::builder()
+    ///     .consecutive_failures(1)
+    ///     .keyed()
+    ///     .on_state_change(move |host: &String, change| {
+    ///         if change.to == State::Open {
+    ///             seen.lock().unwrap().push(host.clone());
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let _ = breakers.call(&"a.example".to_string(), || async { Err::<(), _>("down") }).await;
+    /// assert_eq!(*opened.lock().unwrap(), ["a.example"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_state_change(
+        mut self,
+        listener: impl Fn(&K, &StateChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.key_listener = Some(std::sync::Arc::new(listener));
+        self
+    }
+
+    /// Labels each key's `tracing` events and `metrics` series with `label(key)`, made once
+    /// when the key's breaker is made. Off by default: every key becomes a metrics series,
+    /// so choose a label of bounded cardinality (a host, not a URL).
+    pub fn key_label(mut self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
+        self.key_label = Some(std::sync::Arc::new(label));
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// As [`CircuitBreakerBuilder::build`], plus [`ConfigError::Zero`] for `max_keys == 0`
+    /// and [`ConfigError::DurationOverflow`] for an `idle_ttl` above `u64::MAX` nanoseconds.
+    pub fn build(self) -> Result<KeyedCircuitBreaker<K, R>, ConfigError>
+    where
+        K: Hash + Eq + Clone,
+        R: Clock,
+    {
+        let (policy, setup) = self.breaker.validate()?;
+        let idle_ttl = u64::try_from(self.idle_ttl.as_nanos())
+            .map_err(|_| ConfigError::DurationOverflow { field: "idle_ttl" })?;
+        let keys = KeyedMap::new(self.max_keys)?;
+        Ok(KeyedCircuitBreaker {
+            shared: Arc::new(Keyed {
+                policy,
+                origin: setup.rt.now(),
+                rt: setup.rt,
+                name: setup.name,
+                max_open_hint: setup.max_open_hint,
+                listener: setup.listener,
+                key_listener: self.key_listener,
+                key_label: self.key_label,
+                next_seed: AtomicU64::new(setup.seed),
+                idle_ttl,
+                keys,
+                rejections: crate::telemetry::Rejections::new("keyed_breaker", setup.name),
+            }),
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker<K, R> {
+    /// Asks to make one call for `key`: a permit to record its outcome on, or the rejection.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::CircuitOpen`] while `key`'s breaker refuses (see
+    /// [`CircuitBreaker::try_acquire`]); [`Rejected::KeysFull`] for a new key when the table
+    /// is full of keys it may not forget.
+    pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
+        self.with_breaker(key, CircuitBreaker::try_acquire_owned)
+    }
+
+    /// Calls `op` if `key`'s breaker admits it; `Ok` counts as a success and `Err` as a
+    /// failure.
+    ///
+    /// **Cancel safety:** as [`CircuitBreaker::call`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when refused (as [`try_acquire`](Self::try_acquire)),
+    /// [`Error::Inner`] with `op`'s error.
+    pub async fn call<T, E, F, Fut>(&self, key: &K, op: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_classified(key, op, crate::classify::DefaultClassifier)
+            .await
+    }
+
+    /// Like [`call`](Self::call), with a [classifier](crate::classify) deciding how the
+    /// result counts, and its hint how long a trip keeps the breaker open (see
+    /// [`CircuitBreaker::call_classified`]).
+    ///
+    /// **Cancel safety:** as [`CircuitBreaker::call`].
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_classified<T, E, F, Fut, C>(
+        &self,
+        key: &K,
+        op: F,
+        classify: C,
+    ) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: crate::classify::Classify<T, E>,
+    {
+        let permit = self.try_acquire(key)?;
+        let result = op().await;
+        let (verdict, hint) = crate::classify::judge(&classify, result.as_ref());
+        permit.record_hinted(verdict.breaker_outcome(), hint);
+        result.map_err(Error::Inner)
+    }
+
+    /// Runs `use_it` on `key`'s breaker (made if new) under the table's lock, so whatever it
+    /// takes from the breaker is taken before any sweep can see the entry.
+    fn with_breaker<O>(
+        &self,
+        key: &K,
+        use_it: impl FnOnce(&CircuitBreaker<R>) -> Result<O, Rejected>,
+    ) -> Result<O, Rejected> {
+        let shared = &*self.shared;
+        let found = shared.keys.entry(
+            key,
+            || nanos_since(shared.origin, shared.rt.now()),
+            |slot, now| match slot {
+                Slot::Found(entry) => {
+                    entry.last_used = now;
+                    (use_it(&entry.breaker), None)
+                }
+                Slot::Vacant => {
+                    let breaker = self.make(key);
+                    (
+                        use_it(&breaker),
+                        Some(Entry {
+                            breaker,
+                            last_used: now,
+                            idle_ttl: shared.idle_ttl,
+                        }),
+                    )
+                }
+            },
+        );
+        found.unwrap_or_else(|full| {
+            let rejected = Rejected::KeysFull {
+                retry_after: full.retry_after,
+            };
+            shared.rejections.record(&rejected);
+            Err(rejected)
+        })
+    }
+
+    fn make(&self, key: &K) -> CircuitBreaker<R> {
+        let shared = &*self.shared;
+        let listener = match (&shared.listener, &shared.key_listener) {
+            (listener, None) => listener.clone(),
+            (base, Some(keyed)) => {
+                let (base, keyed, key) = (base.clone(), keyed.clone(), key.clone());
+                let both: Listener = std::sync::Arc::new(move |change: &StateChange| {
+                    if let Some(base) = &base {
+                        base(change);
+                    }
+                    keyed(&key, change);
+                });
+                Some(both)
+            }
+        };
+        // Golden-ratio steps: neighbouring keys' jitter streams start far apart.
+        let seed = shared.next_seed.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
+        let setup = Setup {
+            rt: shared.rt.clone(),
+            name: shared.name,
+            listener,
+            seed,
+            max_open_hint: shared.max_open_hint,
+            key_label: shared.key_label.as_ref().map(|label| label(key).into()),
+        };
+        CircuitBreaker {
+            shared: Arc::new(Shared::new(shared.policy.clone(), setup)),
+        }
+    }
+
+    /// A handle to `key`'s breaker, if the key is held: to read it, force it open or closed,
+    /// or reset it. While a handle is held the key is never evicted.
+    pub fn get(&self, key: &K) -> Option<CircuitBreaker<R>> {
+        self.shared.keys.get(key, |entry| entry.breaker.clone())
+    }
+
+    /// `key`'s state, if the key is held (a key not held would start closed).
+    pub fn state(&self, key: &K) -> Option<State> {
+        self.shared.keys.get(key, |entry| entry.breaker.state())
+    }
+
+    /// What `key`'s window holds now, if the key is held.
+    pub fn counts(&self, key: &K) -> Option<Counts> {
+        self.shared.keys.get(key, |entry| entry.breaker.counts())
+    }
+
+    /// Forgets every key that may go now (see the type's docs); returns how many went. The
+    /// table also does this by itself when a new key meets a full shard.
+    pub fn retain_in_use(&self) -> usize {
+        let shared = &*self.shared;
+        shared
+            .keys
+            .retain_evictable(|| nanos_since(shared.origin, shared.rt.now()))
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.shared.keys.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys forgotten so far.
+    pub fn evicted(&self) -> u64 {
+        self.shared.keys.evicted()
+    }
+
+    /// The most keys held at once: the `max_keys` it was built with.
+    pub fn max_keys(&self) -> usize {
+        self.shared.keys.max_keys()
+    }
+
+    /// Bytes the key table holds, not counting each key's breaker (for memory accounting).
+    pub fn allocated_bytes(&self) -> usize {
+        self.shared.keys.allocated_bytes()
+    }
+
+    /// The name every key's breaker carries (for events and metrics).
+    pub fn name(&self) -> &'static str {
+        self.shared.name
+    }
+
+    /// The validated policy every key's breaker follows.
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.shared.policy
+    }
+}
+
+impl<K, R> Clone for KeyedCircuitBreaker<K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, R> fmt::Debug for KeyedCircuitBreaker<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("name", &self.shared.name)
+            .field("keys", &self.shared.keys.len())
+            .field("max_keys", &self.shared.keys.max_keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, R> fmt::Debug for KeyedCircuitBreakerBuilder<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerBuilder")
+            .field("max_keys", &self.max_keys)
+            .field("idle_ttl", &self.idle_ttl)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,241 @@
+//! A bulkhead per key, in bounded memory.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+
+use super::{Bulkhead, BulkheadBuilder, OwnedPermit};
+use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
+use crate::rt::{Clock, DefaultRuntime};
+use crate::sync::Arc;
+use crate::{ConfigError, Deadline, Error, Rejected};
+
+/// A [`Bulkhead`] per key (per host, per tenant), each with the same settings and its own
+/// slots and queue, holding at most `max_keys` keys.
+///
+/// Build it from a bulkhead's builder with [`keyed`](BulkheadBuilder::keyed). A key's
+/// bulkhead is made on its first call and behaves exactly as a [`Bulkhead`].
+///
+/// **Bounded memory, lossless eviction.** A key with no permit out, no waiter queued and no
+/// handle from [`get`](Self::get) held is indistinguishable from a key never seen, so such
+/// keys are forgotten whenever a shard fills up (and by
+/// [`retain_in_use`](Self::retain_in_use)). A key with anything out is never forgotten: a new
+/// key meeting a table full of busy keys is refused with [`Rejected::KeysFull`] (its
+/// `retry_after` is `None`: only a permit's release frees room).
+///
+/// ```
+/// use tidewall::bulkhead::Bulkhead;
+/// use tidewall::Rejected;
+///
+/// let bulkheads = Bulkhead::builder(1).reject_when_full().keyed().max_keys(1_000).build()?;
+/// let held = bulkheads.try_acquire(&"tenant-a")?;
+/// assert_eq!(bulkheads.try_acquire(&"tenant-a").unwrap_err(), Rejected::BulkheadFull);
+/// assert!(bulkheads.try_acquire(&"tenant-b").is_ok(), "every key has its own slots");
+/// drop(held);
+/// assert!(bulkheads.try_acquire(&"tenant-a").is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct KeyedBulkhead<K, R = DefaultRuntime> {
+    shared: Arc<Keyed<K, R>>,
+}
+
+struct Keyed<K, R> {
+    settings: BulkheadBuilder<R>,
+    keys: KeyedMap<K, Bulkhead<R>>,
+    rejections: crate::telemetry::Rejections,
+}
+
+impl<R: Clock> Evict for Bulkhead<R> {
+    fn eviction(&self, _now: u64) -> Eviction {
+        // Permits, waiters and handles all hold a clone, made only under the shard lock
+        // (where this runs): a count of one seen here stays one until the lock is released.
+        if Arc::strong_count(&self.shared) == 1 {
+            Eviction::Now
+        } else {
+            Eviction::Blocked
+        }
+    }
+}
+
+/// Configures a [`KeyedBulkhead`]: every setting of the [`BulkheadBuilder`] it came from,
+/// plus the bound on keys.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct KeyedBulkheadBuilder<R = DefaultRuntime> {
+    bulkhead: BulkheadBuilder<R>,
+    max_keys: usize,
+}
+
+impl<R> KeyedBulkheadBuilder<R> {
+    pub(super) fn new(bulkhead: BulkheadBuilder<R>) -> Self {
+        Self {
+            bulkhead,
+            max_keys: 10_000,
+        }
+    }
+
+    /// The most keys held at once, exactly (default 10,000; any `usize` but zero: the table
+    /// grows as keys arrive).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// As [`BulkheadBuilder::build`], plus [`ConfigError::Zero`] for `max_keys == 0`.
+    pub fn build<K: Hash + Eq + Clone>(self) -> Result<KeyedBulkhead<K, R>, ConfigError>
+    where
+        R: Clock,
+    {
+        self.bulkhead.validate()?;
+        let keys = KeyedMap::new(self.max_keys)?;
+        let rejections = crate::telemetry::Rejections::new("keyed_bulkhead", self.bulkhead.name);
+        Ok(KeyedBulkhead {
+            shared: Arc::new(Keyed {
+                settings: self.bulkhead,
+                keys,
+                rejections,
+            }),
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
+    /// Takes a free slot of `key`'s bulkhead now, or rejects without queueing.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BulkheadFull`] when every slot of `key` is taken (or waiters are queued
+    /// ahead); [`Rejected::KeysFull`] for a new key when the table is full of busy keys.
+    pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
+        self.with_bulkhead(key, Bulkhead::try_acquire_owned)
+    }
+
+    /// Waits for a slot of `key`'s bulkhead, in FIFO order, up to the configured `max_wait`
+    /// and never past `deadline`.
+    ///
+    /// **Cancel safety:** as [`Bulkhead::acquire`]: dropping the future leaves the queue
+    /// and leaks nothing. The key is held (never evicted) while the future exists.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulkhead::acquire_owned`], plus [`Rejected::KeysFull`] (at once) for a new key
+    /// when the table is full of busy keys.
+    pub fn acquire_before(
+        &self,
+        key: &K,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<OwnedPermit<R>, Rejected>> + Send + 'static {
+        let waiting = self.with_bulkhead(key, |bulkhead| Ok(bulkhead.acquire_owned(deadline)));
+        async move { waiting?.await }
+    }
+
+    /// Runs `op` inside `key`'s bulkhead: waits for a slot (up to `max_wait`), runs, frees it.
+    ///
+    /// **Cancel safety:** dropping the future frees the slot or leaves the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when no slot was free in time or the key table is full,
+    /// [`Error::Inner`] with `op`'s error.
+    pub async fn call<T, E, F, Fut>(&self, key: &K, op: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let _permit = self.acquire_before(key, Deadline::none()).await?;
+        op().await.map_err(Error::Inner)
+    }
+
+    /// Runs `use_it` on `key`'s bulkhead (made if new) under the table's lock, so whatever it
+    /// takes from the bulkhead is taken before any sweep can see the entry.
+    fn with_bulkhead<O>(
+        &self,
+        key: &K,
+        use_it: impl FnOnce(&Bulkhead<R>) -> Result<O, Rejected>,
+    ) -> Result<O, Rejected> {
+        let shared = &*self.shared;
+        let found = shared.keys.entry(
+            key,
+            || 0,
+            |slot, _| match slot {
+                Slot::Found(bulkhead) => (use_it(bulkhead), None),
+                Slot::Vacant => {
+                    let bulkhead = shared.settings.make();
+                    (use_it(&bulkhead), Some(bulkhead))
+                }
+            },
+        );
+        found.unwrap_or_else(|full| {
+            let rejected = Rejected::KeysFull {
+                retry_after: full.retry_after,
+            };
+            shared.rejections.record(&rejected);
+            Err(rejected)
+        })
+    }
+
+    /// A handle to `key`'s bulkhead, if the key is held. While a handle is held the key is
+    /// never evicted.
+    pub fn get(&self, key: &K) -> Option<Bulkhead<R>> {
+        self.shared.keys.get(key, Bulkhead::clone)
+    }
+
+    /// Calls of `key` running now (zero for a key not held).
+    pub fn in_flight(&self, key: &K) -> usize {
+        self.shared.keys.get(key, Bulkhead::in_flight).unwrap_or(0)
+    }
+
+    /// Forgets every key with nothing out (lossless: see the type's docs); returns how many
+    /// went. The table also does this by itself when a new key meets a full shard.
+    pub fn retain_in_use(&self) -> usize {
+        self.shared.keys.retain_evictable(|| 0)
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.shared.keys.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys forgotten so far.
+    pub fn evicted(&self) -> u64 {
+        self.shared.keys.evicted()
+    }
+
+    /// The most keys held at once: the `max_keys` it was built with.
+    pub fn max_keys(&self) -> usize {
+        self.shared.keys.max_keys()
+    }
+
+    /// Bytes the key table holds, not counting each key's bulkhead (for memory accounting).
+    pub fn allocated_bytes(&self) -> usize {
+        self.shared.keys.allocated_bytes()
+    }
+}
+
+impl<K, R> Clone for KeyedBulkhead<K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, R> fmt::Debug for KeyedBulkhead<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBulkhead")
+            .field("name", &self.shared.settings.name)
+            .field("capacity", &self.shared.settings.max_concurrent)
+            .field("keys", &self.shared.keys.len())
+            .field("max_keys", &self.shared.keys.max_keys())
+            .finish_non_exhaustive()
+    }
+}
