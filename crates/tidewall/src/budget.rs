@@ -124,6 +124,13 @@ impl RetryBudget {
         }
     }
 
+    /// Whether another handle shares this budget (under the keyed table's lock, where
+    /// handles are made, a `false` stays `false`).
+    #[cfg(feature = "http")]
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.inner) > 1
+    }
+
     /// The policy.
     pub fn policy(&self) -> &RetryBudgetPolicy {
         &self.inner.policy

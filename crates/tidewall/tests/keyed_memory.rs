@@ -48,7 +48,10 @@ fn bytes_per_key<T>(build: impl FnOnce() -> T, fill: impl Fn(&T, u64)) -> f64 {
 }
 
 #[test]
-#[expect(clippy::print_stderr, reason = "prints the figures docs/BENCHMARKS.md quotes")]
+#[expect(
+    clippy::print_stderr,
+    reason = "prints the figures docs/BENCHMARKS.md quotes"
+)]
 fn keyed_breakers_and_bulkheads_cost_a_bounded_number_of_bytes_per_key() {
     let limiter = bytes_per_key(
         || {

@@ -175,6 +175,27 @@ impl Backoff {
         self.max_attempts
     }
 
+    /// This policy with at most `attempts` attempts, the first included: it lowers the
+    /// count, never raises it (a per-request cap on a shared policy).
+    ///
+    /// ```
+    /// use core::num::NonZeroU32;
+    /// use core::time::Duration;
+    /// use tidewall_core::backoff::Backoff;
+    ///
+    /// let backoff = Backoff::constant(Duration::from_millis(10)).max_attempts(4).build()?;
+    /// assert_eq!(backoff.cap_attempts(NonZeroU32::MIN).max_attempts_total(), 1);
+    /// assert_eq!(backoff.cap_attempts(NonZeroU32::MAX).max_attempts_total(), 4);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub const fn cap_attempts(mut self, attempts: core::num::NonZeroU32) -> Self {
+        if attempts.get() < self.max_attempts {
+            self.max_attempts = attempts.get();
+        }
+        self
+    }
+
     /// The budget for the sum of all delays, if any.
     pub fn max_elapsed_budget(&self) -> Option<Duration> {
         self.max_elapsed

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
+use super::Inbound;
 use crate::classify::{Classify, Verdict};
 use crate::{Error, Rejected, RetryAfter};
 
@@ -132,8 +133,8 @@ impl StatusSet {
     }
 }
 
-/// The standard classification of HTTP results, a [`Classify`] for `Result<http::Response<B>,
-/// E>` with `E:` [`HttpFailure`]:
+/// The standard classification of HTTP results, a [`Classify`] for `Result<T, E>` with `T:`
+/// [`Inbound`] (an `http::Response<B>`, say) and `E:` [`HttpFailure`]:
 ///
 /// | result | verdict | retried | breaker | hint |
 /// |---|---|---|---|---|
@@ -279,15 +280,15 @@ impl HttpClassifier {
     }
 }
 
-impl<B, E: HttpFailure> Classify<http::Response<B>, E> for HttpClassifier {
-    fn classify(&self, result: Result<&http::Response<B>, &E>) -> Verdict {
+impl<T: Inbound, E: HttpFailure> Classify<T, E> for HttpClassifier {
+    fn classify(&self, result: Result<&T, &E>) -> Verdict {
         match result {
             Ok(response) => self.status_verdict(response.status()),
             Err(error) => self.failure_verdict(error.failure_kind()),
         }
     }
 
-    fn retry_after(&self, result: Result<&http::Response<B>, &E>) -> Option<Duration> {
+    fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
         match result {
             Ok(response) => self.status_hint(response.status(), response.headers()),
             Err(error) => match error.failure_kind() {

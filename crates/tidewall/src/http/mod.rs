@@ -1,6 +1,11 @@
-//! HTTP presets (feature `http`): the standard classification of responses and errors, which
-//! requests may be sent again, and `Retry-After` parsing into retry hints.
+//! HTTP presets (feature `http`): the standard resilience stack for outbound calls, the
+//! standard classification of responses and errors, which requests may be sent again, and
+//! `Retry-After` parsing into retry hints.
 //!
+//! * [`ClientPolicies`]: deadline, retry with a budget, and a breaker, bulkhead and rate limit
+//!   per [`Authority`], with attempt timeouts: one loop behind every client front (the tower
+//!   [`ClientLayer`](crate::tower::http::ClientLayer) and the tidewall-reqwest middleware), with
+//!   per-request [`Overrides`]. Other clients plug in through [`Outbound`] and [`Inbound`].
 //! * [`HttpClassifier`]: the standard table (in its docs) as a [`Classify`](crate::classify::Classify)
 //!   for `http::Response<B>` results, its hint the `Retry-After` of a 429 or 503.
 //! * [`Idempotency`]: which requests may be replayed (RFC 9110 §9.2.2, plus `Idempotency-Key`).
@@ -34,9 +39,13 @@
 //! ```
 
 mod classify;
+mod client;
+mod exchange;
 mod idempotency;
 mod retry_after;
 
 pub use classify::{FailureKind, HttpClassifier, HttpFailure};
+pub use client::{ClientPolicies, ClientPoliciesBuilder, Overrides};
+pub use exchange::{Authority, Inbound, Outbound};
 pub use idempotency::Idempotency;
 pub use retry_after::{RetryAfterError, parse_retry_after, retry_after};

@@ -15,6 +15,8 @@
 //!   (backpressure, as `ConcurrencyLimit` and `RateLimit`), or in the response future.
 //! * [`BreakerLayer`] (reject, or hold callers in `poll_ready` until the breaker admits) and
 //!   [`HedgeLayer`] have no tower counterpart.
+//! * `http::ClientLayer` (feature `http`) is the whole outbound HTTP stack of
+//!   [`ClientPolicies`](crate::http::ClientPolicies), per authority, over a client service.
 //!
 //! Response futures are named types (each middleware's module holds its `ResponseFuture`),
 //! so a stack can be stored without boxing; with one error type per stack, it can also be
@@ -89,6 +91,8 @@ pub mod admit;
 pub mod breaker;
 mod error;
 pub mod hedge;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod retry;
 pub mod timeout;
 

@@ -1,0 +1,83 @@
+//! A retry budget per authority, in the keyed table.
+
+use std::time::Instant;
+
+use crate::ConfigError;
+use crate::budget::{RetryBudget, RetryBudgetPolicy};
+use crate::http::Authority;
+use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
+use crate::sync::nanos_since;
+
+pub(super) struct Budgets {
+    policy: RetryBudgetPolicy,
+    window: u64,
+    origin: Instant,
+    keys: KeyedMap<Authority, Entry>,
+}
+
+struct Entry {
+    budget: RetryBudget,
+    /// When a call last drew on it, on the table's clock.
+    last_used: u64,
+    window: u64,
+}
+
+impl Evict for Entry {
+    fn eviction(&self, now: u64) -> Eviction {
+        // A budget a call still holds would count its retries in a copy nobody reads.
+        if self.budget.is_shared() {
+            return Eviction::Blocked;
+        }
+        // A window with no call in it is a fresh budget: forgetting it loses nothing.
+        let rested = self.last_used.saturating_add(self.window);
+        if now >= rested {
+            Eviction::Now
+        } else {
+            Eviction::At(rested)
+        }
+    }
+}
+
+impl Budgets {
+    pub(super) fn new(
+        policy: RetryBudgetPolicy,
+        max_keys: usize,
+        origin: Instant,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            window: u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX),
+            policy,
+            origin,
+            keys: KeyedMap::new(max_keys)?,
+        })
+    }
+
+    /// `authority`'s budget, made if new; `None` when the table is full of budgets in use.
+    pub(super) fn get(
+        &self,
+        authority: &Authority,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<RetryBudget> {
+        self.keys
+            .entry(
+                authority,
+                || nanos_since(self.origin, now()),
+                |slot, now| match slot {
+                    Slot::Found(entry) => {
+                        entry.last_used = now;
+                        (entry.budget.clone(), None)
+                    }
+                    Slot::Vacant => {
+                        let budget = RetryBudget::new(self.policy, self.origin);
+                        let entry = Entry {
+                            budget: budget.clone(),
+                            last_used: now,
+                            window: self.window,
+                        };
+                        (budget, Some(entry))
+                    }
+                },
+            )
+            .ok()
+    }
+}

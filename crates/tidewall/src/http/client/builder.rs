@@ -1,0 +1,328 @@
+//! Builder for [`ClientPolicies`].
+
+use std::time::Duration;
+
+use tidewall_core::backoff::{Backoff, BackoffBuilder};
+
+use super::{Budgets, ClientPolicies, Inner};
+use crate::ConfigError;
+use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder, Window};
+use crate::budget::RetryBudgetPolicy;
+use crate::bulkhead::{Bulkhead, BulkheadBuilder};
+use crate::http::{HttpClassifier, Idempotency};
+use crate::rate::KeyedRateLimiterBuilder;
+use crate::rt::{Clock, DefaultRuntime};
+use crate::sync::Arc;
+use tidewall_core::backoff::Jitter;
+
+/// Configures [`ClientPolicies`]: every setting starts at the standard stack's (see
+/// [`ClientPolicies`]); each stage can be replaced or turned off.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::breaker::CircuitBreaker;
+/// use tidewall::http::ClientPolicies;
+/// use tidewall::Backoff;
+///
+/// let policies = ClientPolicies::builder()
+///     .name("payments_client")
+///     .deadline(Some(Duration::from_secs(5)))
+///     .attempt_timeout(Some(Duration::from_secs(1)))
+///     .retry(Backoff::exponential(Duration::from_millis(50)).max_attempts(4).build()?)
+///     .breaker(Some(CircuitBreaker::builder().consecutive_failures(5)))
+///     .bulkhead(None)
+///     .build()?;
+/// # let _ = policies;
+/// # Ok::<(), tidewall::ConfigError>(())
+/// ```
+#[must_use]
+pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
+    rt: R,
+    name: &'static str,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    retry: Stage<Backoff>,
+    max_retry_after: Duration,
+    budget: Stage<RetryBudgetPolicy>,
+    breaker: Option<CircuitBreakerBuilder>,
+    bulkhead: Option<BulkheadBuilder>,
+    rate_limit: Option<KeyedRateLimiterBuilder>,
+    max_authorities: usize,
+    classifier: HttpClassifier,
+    idempotency: Idempotency,
+}
+
+/// A stage whose standard setting is validated in `build`, with the rest.
+enum Stage<T> {
+    Standard,
+    With(T),
+    Off,
+}
+
+impl<T> Stage<T> {
+    fn resolve(
+        self,
+        standard: impl FnOnce() -> Result<T, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self {
+            Self::Standard => standard().map(Some),
+            Self::With(value) => Ok(Some(value)),
+            Self::Off => Ok(None),
+        }
+    }
+}
+
+impl<T> From<Option<T>> for Stage<T> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Self::Off, Self::With)
+    }
+}
+
+/// The standard backoff: 3 attempts, 200 ms doubling up to 5 s, full jitter.
+fn standard_backoff() -> BackoffBuilder {
+    Backoff::exponential(Duration::from_millis(200))
+        .factor(2.0)
+        .max_delay(Duration::from_secs(5))
+        .jitter(Jitter::Full)
+        .max_attempts(3)
+}
+
+/// The standard breaker: half of at least 20 calls in 30 s failed opens it for 5 s.
+fn standard_breaker() -> CircuitBreakerBuilder {
+    CircuitBreaker::builder()
+        .failure_rate(0.5)
+        .minimum_calls(20)
+        .window(Window::Time {
+            span: Duration::from_secs(30),
+            buckets: 10,
+        })
+        .break_duration(Duration::from_secs(5))
+        .half_open_probes(1)
+}
+
+impl<R> ClientPoliciesBuilder<R> {
+    pub(super) fn new(rt: R) -> Self {
+        Self {
+            rt,
+            name: "http_client",
+            deadline: Some(Duration::from_secs(30)),
+            attempt_timeout: Some(Duration::from_secs(10)),
+            retry: Stage::Standard,
+            max_retry_after: crate::retry::DEFAULT_MAX_RETRY_AFTER,
+            budget: Stage::Standard,
+            breaker: Some(standard_breaker()),
+            bulkhead: Some(Bulkhead::builder(512).reject_when_full()),
+            rate_limit: None,
+            max_authorities: 10_000,
+            classifier: HttpClassifier::standard(),
+            idempotency: Idempotency::standard(),
+        }
+    }
+
+    /// Runs every timer and policy on `rt`.
+    pub fn runtime<R2>(self, rt: R2) -> ClientPoliciesBuilder<R2> {
+        ClientPoliciesBuilder {
+            rt,
+            name: self.name,
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            retry: self.retry,
+            max_retry_after: self.max_retry_after,
+            budget: self.budget,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            rate_limit: self.rate_limit,
+            max_authorities: self.max_authorities,
+            classifier: self.classifier,
+            idempotency: self.idempotency,
+        }
+    }
+
+    /// The name the policies carry in events and metrics (default `http_client`).
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The whole request's deadline (default 30 s; `None`: none).
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Each attempt's timeout (default 10 s; `None`: none).
+    pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Retries on this backoff (its `max_attempts` counts the first attempt).
+    pub fn retry(mut self, backoff: Backoff) -> Self {
+        self.retry = Stage::With(backoff);
+        self
+    }
+
+    /// Never retries: every request is sent once.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = Stage::Off;
+        self
+    }
+
+    /// The longest a `Retry-After` may hold a retry back (default 60 s).
+    pub fn max_retry_after(mut self, cap: Duration) -> Self {
+        self.max_retry_after = cap;
+        self
+    }
+
+    /// The retry budget each authority gets (default 20 % of its calls plus 10 per second;
+    /// `None`: retries are limited by the backoff alone).
+    pub fn retry_budget(mut self, budget: Option<RetryBudgetPolicy>) -> Self {
+        self.budget = budget.into();
+        self
+    }
+
+    /// The breaker each authority gets (`None`: no breaker). Its runtime is replaced by the
+    /// stack's.
+    pub fn breaker(mut self, breaker: Option<CircuitBreakerBuilder>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The bulkhead each authority gets (default 512 calls at once, no queue; `None`: no
+    /// bulkhead). Its runtime is replaced by the stack's.
+    pub fn bulkhead(mut self, bulkhead: Option<BulkheadBuilder>) -> Self {
+        self.bulkhead = bulkhead;
+        self
+    }
+
+    /// The rate limit each authority gets (default none), waited for within the deadline.
+    /// Its runtime is replaced by the stack's.
+    pub fn rate_limit(mut self, limit: Option<KeyedRateLimiterBuilder>) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// The most authorities tracked at once (default 10,000).
+    pub fn max_authorities(mut self, max: usize) -> Self {
+        self.max_authorities = max;
+        self
+    }
+
+    /// How responses and errors are classified (default [`HttpClassifier::standard`]).
+    pub fn classifier(mut self, classifier: HttpClassifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Which requests may be sent again (default [`Idempotency::standard`]).
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of any stage's builder; [`ConfigError::Zero`] for
+    /// `max_authorities == 0` or a zero deadline or attempt timeout;
+    /// [`ConfigError::DurationOverflow`] for a `max_retry_after` above `u64::MAX`
+    /// nanoseconds.
+    pub fn build(self) -> Result<ClientPolicies<R>, ConfigError>
+    where
+        R: Clock,
+    {
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Zero { field: "deadline" });
+        }
+        if self.attempt_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Zero {
+                field: "attempt_timeout",
+            });
+        }
+        if u64::try_from(self.max_retry_after.as_nanos()).is_err() {
+            return Err(ConfigError::DurationOverflow {
+                field: "max_retry_after",
+            });
+        }
+        let retry = self.retry.resolve(|| standard_backoff().build())?;
+        let backoff = match retry {
+            Some(backoff) => backoff,
+            None => Backoff::constant(Duration::from_millis(1))
+                .max_attempts(1)
+                .build()?,
+        };
+        let budget = self.budget.resolve(|| {
+            RetryBudgetPolicy::builder()
+                .ratio(0.2)
+                .min_per_second(10)
+                .build()
+        })?;
+        let budgets = match budget {
+            Some(policy) => Some(Budgets::new(policy, self.max_authorities, self.rt.now())?),
+            None => None,
+        };
+        let breakers = match self.breaker {
+            Some(breaker) => Some(
+                breaker
+                    .name(self.name)
+                    .runtime(self.rt.clone())
+                    .keyed()
+                    .max_keys(self.max_authorities)
+                    .key_label(|authority: &super::Authority| authority.to_string())
+                    .build()?,
+            ),
+            None => None,
+        };
+        let bulkheads = match self.bulkhead {
+            Some(bulkhead) => Some(
+                bulkhead
+                    .name(self.name)
+                    .runtime(self.rt.clone())
+                    .keyed()
+                    .max_keys(self.max_authorities)
+                    .build()?,
+            ),
+            None => None,
+        };
+        let limiters = match self.rate_limit {
+            Some(limit) => Some(
+                limit
+                    .name(self.name)
+                    .runtime(self.rt.clone())
+                    .max_keys(self.max_authorities)
+                    .build()?,
+            ),
+            None => None,
+        };
+        Ok(ClientPolicies {
+            inner: Arc::new(Inner {
+                rt: self.rt,
+                name: self.name,
+                deadline: self.deadline,
+                attempt_timeout: self.attempt_timeout,
+                backoff,
+                retries: retry.is_some(),
+                max_retry_after: self.max_retry_after,
+                budgets,
+                breakers,
+                bulkheads,
+                limiters,
+                max_authorities: self.max_authorities,
+                classifier: self.classifier,
+                idempotency: self.idempotency,
+            }),
+        })
+    }
+}
+
+impl<R> std::fmt::Debug for ClientPoliciesBuilder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPoliciesBuilder")
+            .field("name", &self.name)
+            .field("deadline", &self.deadline)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_authorities", &self.max_authorities)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,145 @@
+//! The standard resilience stack for outbound HTTP calls, one engine for every client front.
+
+mod budgets;
+mod builder;
+mod overrides;
+mod run;
+
+use std::time::Duration;
+
+use tidewall_core::backoff::Backoff;
+
+pub use builder::ClientPoliciesBuilder;
+pub use overrides::Overrides;
+
+use self::budgets::Budgets;
+use super::{Authority, HttpClassifier, Idempotency};
+use crate::breaker::KeyedCircuitBreaker;
+use crate::bulkhead::KeyedBulkhead;
+use crate::rate::KeyedRateLimiter;
+use crate::rt::DefaultRuntime;
+use crate::sync::Arc;
+
+/// The policies that protect outbound HTTP calls, applied per request in this order:
+///
+/// 1. a **total deadline** over every attempt and wait (default 30 s);
+/// 2. **retry** of what the [standard table](HttpClassifier) calls a retryable failure, with
+///    exponential backoff and jitter (3 attempts, 200 ms doubling up to 5 s), at least the
+///    server's `Retry-After` between attempts (capped at 60 s; a wait that would end past the
+///    deadline ends the call at once), drawing on a **retry budget per authority** (retries
+///    add at most 20 % of the authority's calls, plus 10 per second), and only for requests
+///    [`Idempotency`] allows to be sent again;
+/// 3. a **circuit breaker per authority** (opens when half of at least 20 calls in 30 s
+///    failed; 5 s break, then one probe), which a failure's `Retry-After` keeps open longer;
+/// 4. a **bulkhead per authority** (512 calls at once, no queue) and, optionally, a **rate
+///    limit per authority**;
+/// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
+///
+/// Every stage is configurable on the [builder](ClientPoliciesBuilder), and per request with
+/// [`Overrides`]. An authority is scheme, host and port ([`Authority`]); at most
+/// `max_authorities` (default 10,000) are tracked at once, idle ones forgotten, never one
+/// whose breaker is open or whose permits are out.
+///
+/// Fronts: [`ClientLayer`](crate::tower::http::ClientLayer) for a tower `Service` of
+/// `http::Request` (hyper-util's client), and the `tidewall-reqwest` crate's middleware for
+/// reqwest. Both call [`run`](Self::run), so they behave alike.
+///
+/// **Requests sent once.** A request whose method is not idempotent (POST, PATCH, without an
+/// `Idempotency-Key`), or whose body cannot be copied (a stream), is never retried: it is
+/// sent once, through the breaker, bulkhead, limiter and timeouts, and its response (a 503
+/// included) comes back as it is.
+///
+/// ```
+/// use tidewall::http::ClientPolicies;
+///
+/// let policies = ClientPolicies::standard();
+/// assert_eq!(policies.max_authorities(), 10_000);
+/// ```
+pub struct ClientPolicies<R = DefaultRuntime> {
+    inner: Arc<Inner<R>>,
+}
+
+struct Inner<R> {
+    rt: R,
+    name: &'static str,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    /// One attempt only when `retries` is off.
+    backoff: Backoff,
+    retries: bool,
+    max_retry_after: Duration,
+    budgets: Option<Budgets>,
+    breakers: Option<KeyedCircuitBreaker<Authority, R>>,
+    bulkheads: Option<KeyedBulkhead<Authority, R>>,
+    limiters: Option<KeyedRateLimiter<Authority, R>>,
+    max_authorities: usize,
+    classifier: HttpClassifier,
+    idempotency: Idempotency,
+}
+
+impl ClientPolicies {
+    /// The standard stack (see the type's docs) on the default runtime.
+    #[cfg(feature = "tokio")]
+    pub fn standard() -> Self {
+        Self::builder()
+            .build()
+            .unwrap_or_else(|e| unreachable!("the standard settings are valid: {e}"))
+    }
+
+    /// Starts from the standard stack on the default runtime.
+    pub fn builder() -> ClientPoliciesBuilder {
+        ClientPoliciesBuilder::new(DefaultRuntime::default())
+    }
+}
+
+impl<R> ClientPolicies<R> {
+    /// The per-authority breakers, if the stack has them: to watch a host's state, or to
+    /// open or close one by hand.
+    pub fn breakers(&self) -> Option<&KeyedCircuitBreaker<Authority, R>> {
+        self.inner.breakers.as_ref()
+    }
+
+    /// The per-authority bulkheads, if the stack has them.
+    pub fn bulkheads(&self) -> Option<&KeyedBulkhead<Authority, R>> {
+        self.inner.bulkheads.as_ref()
+    }
+
+    /// The per-authority rate limiters, if the stack has them.
+    pub fn limiters(&self) -> Option<&KeyedRateLimiter<Authority, R>> {
+        self.inner.limiters.as_ref()
+    }
+
+    /// The most authorities tracked at once.
+    pub fn max_authorities(&self) -> usize {
+        self.inner.max_authorities
+    }
+
+    /// The name the stack's policies carry in events and metrics.
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+}
+
+impl<R> Clone for ClientPolicies<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for ClientPolicies<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("ClientPolicies")
+            .field("name", &inner.name)
+            .field("deadline", &inner.deadline)
+            .field("attempt_timeout", &inner.attempt_timeout)
+            .field("backoff", &inner.backoff)
+            .field("breakers", &inner.breakers.is_some())
+            .field("bulkheads", &inner.bulkheads.is_some())
+            .field("limiters", &inner.limiters.is_some())
+            .field("max_authorities", &inner.max_authorities)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,72 @@
+//! Per-request changes to the client's policies.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// Changes to the [client policies](super::ClientPolicies) for one request. Put it in the
+/// request's extensions (`http::Request::extensions_mut().insert(..)`, or reqwest-middleware's
+/// `RequestBuilder::with_extension`); a request without one follows the policies as built.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use tidewall::http::Overrides;
+///
+/// let mut request = http::Request::get("https://api.example/slow").body(()).unwrap();
+/// request.extensions_mut().insert(
+///     Overrides::new().deadline(Duration::from_secs(2)).max_attempts(NonZeroU32::MIN),
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Overrides {
+    pub(super) deadline: Option<Duration>,
+    pub(super) attempt_timeout: Option<Duration>,
+    pub(super) max_attempts: Option<NonZeroU32>,
+    pub(super) no_retry: bool,
+    pub(super) idempotent: bool,
+}
+
+impl Overrides {
+    /// No change.
+    pub const fn new() -> Self {
+        Self {
+            deadline: None,
+            attempt_timeout: None,
+            max_attempts: None,
+            no_retry: false,
+            idempotent: false,
+        }
+    }
+
+    /// The whole request's deadline, attempts and waits together, instead of the client's.
+    pub const fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Each attempt's timeout, instead of the client's.
+    pub const fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// At most this many attempts, the first included (never more than the client allows).
+    pub const fn max_attempts(mut self, attempts: NonZeroU32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Sends the request once: no retry.
+    pub const fn no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self
+    }
+
+    /// Treats the request as safe to send again whatever its method (a POST the server
+    /// deduplicates by itself).
+    pub const fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+}

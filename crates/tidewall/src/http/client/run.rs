@@ -1,0 +1,257 @@
+//! The per-request loop every HTTP client front runs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use tidewall_core::backoff::Backoff;
+
+use super::{ClientPolicies, Inner, Overrides};
+use crate::classify::{Classify, Verdict, judge};
+use crate::http::{FailureKind, HttpClassifier, HttpFailure, Inbound, Outbound};
+use crate::retry::{Retry, RetryError};
+use crate::rt::Clock;
+use crate::time::FutureExt as _;
+use crate::{Deadline, Error, Rejected, RetryAfter};
+
+impl<R: Clock> ClientPolicies<R> {
+    /// Sends `request` through the policies: `send` makes one attempt with the request it is
+    /// given (the original, or a copy for a retry). It is called only once the attempt is
+    /// admitted, so a call to it is an attempt the server may see.
+    ///
+    /// Per attempt, in order: the authority's breaker (a refusal is retried after its
+    /// `retry_after`, within the deadline), its bulkhead and rate limit (waiting no longer
+    /// than the deadline), then `send` under the attempt timeout. The breaker records the
+    /// attempt's classified outcome and its `Retry-After`; an attempt the deadline cuts
+    /// records nothing.
+    ///
+    /// **Cancel safety:** dropping the future drops the attempt in flight and every permit
+    /// it holds; nothing is recorded for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inner`] with the last attempt's error; [`Error::TimedOut`] when the last
+    /// attempt timed out; [`Error::Rejected`] when a policy refused the last attempt, or
+    /// with [`Rejected::DeadlineExceeded`] when the deadline ended the request. A response
+    /// is returned as `Ok` whatever its status once no retry is left.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::http::{ClientPolicies, Overrides};
+    /// use tidewall::Backoff;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let policies = ClientPolicies::builder()
+    ///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+    ///     .build()?;
+    /// let request = http::Request::get("http://api.example/items").body(()).unwrap();
+    /// let attempts = std::sync::atomic::AtomicU32::new(0);
+    /// let response = policies
+    ///     .run(request, Overrides::new(), |_request| {
+    ///         let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    ///         let status = if n < 3 { 503 } else { 200 };
+    ///         async move {
+    ///             Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert_eq!(response.unwrap().status(), 200);
+    /// assert_eq!(attempts.into_inner(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<Q, T, E, S, Fut>(
+        &self,
+        request: Q,
+        overrides: Overrides,
+        send: S,
+    ) -> Result<T, Error<E>>
+    where
+        Q: Outbound,
+        T: Inbound,
+        E: HttpFailure,
+        S: Fn(Q) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        let authority = request.authority();
+        let deadline = overrides
+            .deadline
+            .or(inner.deadline)
+            .map_or(Deadline::none(), |d| Deadline::after(&inner.rt, d));
+        let attempt_timeout = overrides.attempt_timeout.or(inner.attempt_timeout);
+        let wants_retry = inner.retries
+            && !overrides.no_retry
+            && (overrides.idempotent
+                || inner
+                    .idempotency
+                    .may_replay(request.method(), request.headers()));
+        let backoff = attempts_for(inner, overrides);
+        // Cleared once no copy of the request is left to send: the judge then calls no
+        // failure retryable, so the engine asks for no further attempt.
+        let replayable = AtomicBool::new(wants_retry);
+        let mut next = Some(request);
+        let attempt = || {
+            let request = next.take();
+            if replayable.load(Relaxed) {
+                next = request.as_ref().and_then(Q::try_clone);
+                if next.is_none() {
+                    replayable.store(false, Relaxed);
+                }
+            }
+            let attempt = Attempt {
+                inner,
+                authority: authority.as_ref(),
+                deadline,
+                timeout: attempt_timeout,
+            };
+            attempt.run(request, &send)
+        };
+        let judge = Judge {
+            classifier: &inner.classifier,
+            replayable: &replayable,
+        };
+        let mut retry = Retry::new(backoff, attempt)
+            .runtime(inner.rt.clone())
+            .classify(judge)
+            .deadline(deadline)
+            .max_retry_after(inner.max_retry_after);
+        if wants_retry && let (Some(budgets), Some(authority)) = (&inner.budgets, &authority) {
+            match budgets.get(authority, || inner.rt.now()) {
+                Some(budget) => retry = retry.budget(budget),
+                // A full table of budgets in use: no budget to draw on, so no retry.
+                None => replayable.store(false, Relaxed),
+            }
+        }
+        match retry.await {
+            Ok(response) => Ok(response),
+            Err(RetryError::Inner(error)) => Err(error),
+            Err(RetryError::AttemptTimedOut) => Err(Error::TimedOut),
+            Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded)),
+        }
+    }
+}
+
+/// The attempts this request may make: the client's backoff, capped by the override.
+fn attempts_for<R>(inner: &Inner<R>, overrides: Overrides) -> Backoff {
+    match overrides.max_attempts {
+        Some(cap) => inner.backoff.cap_attempts(cap),
+        None => inner.backoff,
+    }
+}
+
+/// One attempt's setting.
+struct Attempt<'a, R> {
+    inner: &'a Inner<R>,
+    authority: Option<&'a crate::http::Authority>,
+    deadline: Deadline,
+    timeout: Option<Duration>,
+}
+
+impl<R: Clock> Attempt<'_, R> {
+    /// The authority's breaker, bulkhead and limiter, then the send under the attempt
+    /// timeout; the breaker records how it went.
+    async fn run<Q, T, E, S, Fut>(self, request: Option<Q>, send: &S) -> Result<T, Error<E>>
+    where
+        T: Inbound,
+        E: HttpFailure,
+        S: Fn(Q) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let Self {
+            inner,
+            authority,
+            deadline,
+            timeout,
+        } = self;
+        // Only an attempt after the last copy was spent has nothing to send, and the judge
+        // allows no such attempt.
+        let Some(request) = request else {
+            return Err(Error::Rejected(Rejected::DeadlineExceeded));
+        };
+        let permit = match (&inner.breakers, authority) {
+            (Some(breakers), Some(authority)) => {
+                Some(breakers.try_acquire(authority).map_err(Error::Rejected)?)
+            }
+            _ => None,
+        };
+        let _slot = match (&inner.bulkheads, authority) {
+            (Some(bulkheads), Some(authority)) => Some(
+                bulkheads
+                    .acquire_before(authority, deadline)
+                    .await
+                    .map_err(Error::Rejected)?,
+            ),
+            _ => None,
+        };
+        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority) {
+            limiters
+                .until_key_ready_before(authority, deadline)
+                .await
+                .map_err(Error::Rejected)?;
+        }
+        let sending = send(request);
+        let result = match timeout {
+            Some(timeout) => match sending.timeout_on(&inner.rt, timeout).await {
+                Ok(result) => result.map_err(Error::Inner),
+                Err(_elapsed) => Err(Error::TimedOut),
+            },
+            None => sending.await.map_err(Error::Inner),
+        };
+        if let Some(permit) = permit {
+            let (verdict, hint) = judge(&Standard(&inner.classifier), result.as_ref());
+            permit.record_hinted(verdict.breaker_outcome(), hint);
+        }
+        result
+    }
+}
+
+/// The standard table over an attempt's result, whose error is a policy's or the client's.
+struct Standard<'a>(&'a HttpClassifier);
+
+fn kind<E: HttpFailure>(error: &Error<E>) -> FailureKind {
+    match error {
+        Error::Rejected(rejected) => FailureKind::Refused(*rejected),
+        Error::TimedOut => FailureKind::Timeout,
+        Error::Inner(error) => error.failure_kind(),
+    }
+}
+
+impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Standard<'_> {
+    fn classify(&self, result: Result<&T, &Error<E>>) -> Verdict {
+        match result {
+            Ok(response) => self.0.status_verdict(response.status()),
+            Err(error) => self.0.failure_verdict(kind(error)),
+        }
+    }
+
+    fn retry_after(&self, result: Result<&T, &Error<E>>) -> Option<Duration> {
+        match result {
+            Ok(response) => self.0.status_hint(response.status(), response.headers()),
+            Err(error) => match kind(error) {
+                FailureKind::Refused(rejected) => rejected.retry_after(),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The retry engine's classifier: the standard table, but nothing is retryable once the
+/// request cannot be sent again.
+struct Judge<'a> {
+    classifier: &'a HttpClassifier,
+    replayable: &'a AtomicBool,
+}
+
+impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Judge<'_> {
+    fn classify(&self, result: Result<&T, &Error<E>>) -> Verdict {
+        match Standard(self.classifier).classify(result) {
+            Verdict::RetryableFailure if !self.replayable.load(Relaxed) => Verdict::Failure,
+            verdict => verdict,
+        }
+    }
+
+    fn retry_after(&self, result: Result<&T, &Error<E>>) -> Option<Duration> {
+        Standard(self.classifier).retry_after(result)
+    }
+}
