@@ -32,8 +32,10 @@ impl<R: Clock> ClientPolicies<R> {
     ///
     /// [`Error::Inner`] with the last attempt's error; [`Error::TimedOut`] when the last
     /// attempt timed out; [`Error::Rejected`] when a policy refused the last attempt, or
-    /// with [`Rejected::DeadlineExceeded`] when the deadline ended the request. A response
-    /// is returned as `Ok` whatever its status once no retry is left.
+    /// with [`Rejected::DeadlineExceeded`] once the deadline has passed. A response is
+    /// returned as `Ok` whatever its status once no retry is left. When the wait before a
+    /// retry (a `Retry-After`, an open breaker's break) would end past the deadline, the
+    /// last attempt's response or error is returned at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -126,6 +128,13 @@ impl<R: Clock> ClientPolicies<R> {
         match retry.await {
             Ok(response) => Ok(response),
             Err(RetryError::Inner(error)) => Err(error),
+            // The deadline has not passed: only the wait for a retry would have ended past
+            // it, so the last attempt's own error (an open breaker, say) is the answer, as a
+            // response would be.
+            Err(RetryError::DeadlineExceeded {
+                last_error: Some(error),
+                ..
+            }) if !deadline.is_expired(inner.rt.now()) => Err(error),
             Err(RetryError::AttemptTimedOut) => Err(Error::TimedOut),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded)),
         }

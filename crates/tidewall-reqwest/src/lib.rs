@@ -1,0 +1,69 @@
+//! Tidewall's standard resilience stack for [reqwest], as one [reqwest-middleware] middleware.
+//!
+//! [`Resilience`] applies, per request: a total deadline → retry on the standard HTTP table
+//! (`Retry-After` honoured, a retry budget per host, jitter) → a circuit breaker per host →
+//! a bulkhead and optional rate limit per host → an attempt timeout. The defaults are in
+//! [`ClientPolicies`]' docs; every stage is configurable there.
+//!
+//! ```no_run
+//! use reqwest_middleware::ClientBuilder;
+//! use tidewall_reqwest::Resilience;
+//!
+//! # async fn run() -> Result<(), reqwest_middleware::Error> {
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(Resilience::standard())
+//!     .build();
+//! let response = client.get("http://localhost:8080/items").send().await?;
+//! # let _ = response;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Per request
+//! Put [`Overrides`] in the request's extensions to change one request: its deadline, its
+//! attempts, no retry at all, or to mark a POST as safe to send again.
+//!
+//! ```
+//! use std::time::Duration;
+//! use reqwest_middleware::ClientBuilder;
+//! use tidewall_reqwest::{Overrides, Resilience};
+//!
+//! let client = ClientBuilder::new(reqwest::Client::new()).with(Resilience::standard()).build();
+//! let request = client
+//!     .post("http://localhost:8080/orders")
+//!     .with_extension(Overrides::new().deadline(Duration::from_secs(2)).idempotent());
+//! # let _ = request;
+//! ```
+//!
+//! ## What is sent again, and what is not
+//! Only requests [`Idempotency`](tidewall::http::Idempotency) allows are retried: GET, HEAD,
+//! OPTIONS, PUT, DELETE and TRACE, and POST or PATCH only with an `Idempotency-Key` header or
+//! [`Overrides::idempotent`]. **A request whose body cannot be cloned (a stream,
+//! `reqwest::Body::wrap_stream`) is sent once and never retried**: the breaker, bulkhead,
+//! rate limit and timeouts still apply, and its response comes back as it is, a 503
+//! included. Other middleware below this one runs on every attempt; what it writes into the
+//! extensions stays with that attempt.
+//!
+//! ## Errors
+//! Errors stay reqwest-middleware's: the last attempt's `reqwest::Error` as
+//! `Error::Reqwest`; a refusal by a policy (an open breaker, a full bulkhead, the deadline)
+//! as `Error::Middleware` holding a [`Rejected`](tidewall::Rejected), and an attempt timeout
+//! as `Error::Middleware` holding [`Elapsed`](tidewall::time::Elapsed): find them with
+//! [`rejection`] or `downcast_ref`.
+//!
+//! ## Beside reqwest's own retry
+//! reqwest 0.13 retries some protocol-level refusals by itself (HTTP/2 `REFUSED_STREAM`),
+//! per host and within its own budget. It can stay on: those retries happen inside one
+//! attempt here. Turn it off with `reqwest::ClientBuilder::retry(reqwest::retry::never())`.
+//!
+//! Versions: reqwest 0.13 and reqwest-middleware 0.5 only.
+//!
+//! [reqwest]: https://docs.rs/reqwest
+//! [reqwest-middleware]: https://docs.rs/reqwest-middleware
+
+mod classify;
+mod exchange;
+mod middleware;
+
+pub use classify::ReqwestClassifier;
+pub use middleware::{Resilience, rejection};
+pub use tidewall::http::{ClientPolicies, Overrides};

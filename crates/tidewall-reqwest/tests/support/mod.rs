@@ -1,0 +1,3 @@
+//! Test support: the loopback fault server.
+
+pub mod fault_server;
