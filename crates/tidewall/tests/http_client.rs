@@ -337,6 +337,14 @@ async fn a_failing_host_opens_only_its_own_breaker<R: Runtime>(rt: Clocked<R>) {
         let up = Authority::new("http", "up", Some(80)).unwrap();
         assert_eq!(breakers.state(&down), Some(State::Open));
         assert_eq!(breakers.state(&up), Some(State::Closed));
+        // Open, it answers at once: the refusal is final, not waited out and retried.
+        let start = rt.now();
+        let refused = send(front, &policies, &hosts, get("down")).await;
+        assert!(matches!(
+            refused,
+            Err(Error::Rejected(Rejected::CircuitOpen { .. }))
+        ));
+        assert_eq!(rt.now() - start, Duration::ZERO, "{front:?}");
 
         // A 503 asking for 30 s keeps its host's breaker open that long, not 10 s.
         hosts.script("busy", |_| Answer::After(503, 30));

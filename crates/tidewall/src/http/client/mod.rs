@@ -31,8 +31,10 @@ use crate::sync::Arc;
 ///    [`Idempotency`] allows to be sent again;
 /// 3. a **circuit breaker per authority** (opens when half of at least 20 calls in 30 s
 ///    failed; 5 s break, then one probe), which a failure's `Retry-After` keeps open longer;
-/// 4. a **bulkhead per authority** (512 calls at once, no queue) and, optionally, a **rate
-///    limit per authority**;
+///    while it is open, calls to that authority are refused at once
+///    ([`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), not retried);
+/// 4. a **bulkhead per authority** (512 calls at once, no queue; full, it refuses at once)
+///    and, optionally, a **rate limit per authority** (waited for within the deadline);
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
 ///
 /// Every stage is configurable on the [builder](ClientPoliciesBuilder), and per request with

@@ -19,11 +19,11 @@ impl<R: Clock> ClientPolicies<R> {
     /// given (the original, or a copy for a retry). It is called only once the attempt is
     /// admitted, so a call to it is an attempt the server may see.
     ///
-    /// Per attempt, in order: the authority's breaker (a refusal is retried after its
-    /// `retry_after`, within the deadline), its bulkhead and rate limit (waiting no longer
-    /// than the deadline), then `send` under the attempt timeout. The breaker records the
-    /// attempt's classified outcome and its `Retry-After`; an attempt the deadline cuts
-    /// records nothing.
+    /// Per attempt, in order: the authority's breaker, its bulkhead and its rate limit
+    /// (waiting no longer than the deadline), then `send` under the attempt timeout. A
+    /// refusal by any of them ends the request at once with that refusal, not retried: an
+    /// open breaker exists to answer fast. The breaker records the attempt's classified
+    /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing.
     ///
     /// **Cancel safety:** dropping the future drops the attempt in flight and every permit
     /// it holds; nothing is recorded for it.
@@ -245,8 +245,10 @@ impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Standard<'_> {
     }
 }
 
-/// The retry engine's classifier: the standard table, but nothing is retryable once the
-/// request cannot be sent again.
+/// The retry engine's classifier: the standard table, except that a refusal by the stack's
+/// own per-authority policies is final (shedding exists to answer at once, and a retry would
+/// only wait out the same refusal), and nothing is retryable once the request cannot be sent
+/// again.
 struct Judge<'a> {
     classifier: &'a HttpClassifier,
     replayable: &'a AtomicBool,
@@ -254,9 +256,10 @@ struct Judge<'a> {
 
 impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Judge<'_> {
     fn classify(&self, result: Result<&T, &Error<E>>) -> Verdict {
-        match Standard(self.classifier).classify(result) {
-            Verdict::RetryableFailure if !self.replayable.load(Relaxed) => Verdict::Failure,
-            verdict => verdict,
+        match (result, Standard(self.classifier).classify(result)) {
+            (Err(Error::Rejected(_)), _) => Verdict::Failure,
+            (_, Verdict::RetryableFailure) if !self.replayable.load(Relaxed) => Verdict::Failure,
+            (_, verdict) => verdict,
         }
     }
 
