@@ -67,3 +67,8 @@ mod middleware;
 pub use classify::ReqwestClassifier;
 pub use middleware::{Resilience, rejection};
 pub use tidewall::http::{ClientPolicies, Overrides};
+
+/// The workspace README's examples, compiled as doc tests (and run unless they need a server).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

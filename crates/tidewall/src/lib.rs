@@ -100,8 +100,8 @@ pub mod prelude {
     pub use crate::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter};
 }
 
-/// The workspace README's and this crate's README's examples, compiled and run as doc tests.
+/// This crate's README's examples, compiled and run as doc tests (the workspace README's are
+/// tidewall-reqwest's: its opening example uses that crate).
 #[cfg(all(doctest, feature = "tokio"))]
-#[doc = include_str!("../../../README.md")]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

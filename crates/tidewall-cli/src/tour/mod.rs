@@ -2,6 +2,7 @@
 //! them against a real HTTP service on loopback.
 
 mod client;
+mod http_client;
 mod pool;
 mod redis;
 mod report;
@@ -123,6 +124,7 @@ async fn tour<R: client::Net>(
     let mut sections = scenarios::all(rt.clone(), server, size).await;
     sections.extend(resilience::all(rt.clone(), server, size).await);
     sections.extend(tower::all(rt.clone(), server, size).await);
+    sections.extend(http_client::all(rt.clone(), server, size).await);
     sections.extend(streams::all(rt.clone(), size).await);
     sections.extend(tasks::all(rt.clone(), size).await);
     sections.extend(service::all(rt).await);
