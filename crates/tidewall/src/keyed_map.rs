@@ -5,8 +5,8 @@
 //! observe, or its owner accepts the loss), `At(t)` (not before `t`) or `Blocked` (something
 //! outside the table still depends on it: a permit, a waiter, an open breaker). A full shard
 //! sweeps out what may go; if nothing may, the new key is refused with the earliest time
-//! anything could. A shard of timed entries only is not swept again before then; a shard
-//! holding a blocked entry is swept on every refusal (O(shard size), only while full).
+//! anything could. A shard of values only time frees (rate-limit keys) is not swept again
+//! before then; other shards are swept on every refusal (O(shard size), only while full).
 //!
 //! Owners read their clock *inside* [`KeyedMap::entry`] (under the shard lock): a reading
 //! taken before the lock could be older than the one a concurrent sweep used, and an entry
@@ -37,6 +37,12 @@ pub(crate) enum Eviction {
 
 /// A value that knows when it may be evicted.
 pub(crate) trait Evict {
+    /// Whether only time makes a value evictable sooner than its `At` (a rate limiter's
+    /// key): then a full shard need not be swept again before the earliest `At`. A value that
+    /// something else frees (a permit released, a breaker reset) leaves it false, and a full
+    /// shard of them is swept on every refusal.
+    const ONLY_TIME_FREES: bool = false;
+
     fn eviction(&self, now: u64) -> Eviction;
 }
 
@@ -164,11 +170,15 @@ impl<K: Hash + Eq + Clone, V: Evict> KeyedMap<K, V> {
                 Eviction::Now => {}
             }
         }
-        // Only time frees a shard of timed entries (and a key used meanwhile only goes
-        // later), so refusals need not sweep again before the first of them: the hint is a
-        // lower bound. A blocked entry frees whenever its permit is released, which the table
-        // does not see, so a shard holding one sweeps on every refusal.
-        shard.full_until = if blocked { 0 } else { first.unwrap_or(0) };
+        // When only time frees entries (and a key used meanwhile only goes later), refusals
+        // need not sweep again before the first of them: the hint is a lower bound. Anything
+        // else (a permit released, a breaker reset) happens out of the table's sight, so a
+        // shard of such values is swept on every refusal.
+        shard.full_until = if V::ONLY_TIME_FREES && !blocked {
+            first.unwrap_or(0)
+        } else {
+            0
+        };
         shard.full_hint = first;
         Err(refusal(first))
     }

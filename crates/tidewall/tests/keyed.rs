@@ -83,23 +83,20 @@ async fn a_used_closed_key_goes_after_idle_ttl() {
     ));
     tokio::time::advance(secs(30)).await;
     fail(&breakers, 1).await; // touches the key again: idle from now, 90 s in
-    // The refusal's hint is a lower bound: the table does not sweep again before the 60 s it
-    // last computed, and only then learns that key 1 was used meanwhile.
+    // Each refusal looks again: the key was used, so it goes 60 s from that use.
     assert_eq!(
         breakers.try_acquire(&2).unwrap_err(),
         Rejected::KeysFull {
-            retry_after: Some(secs(30))
-        }
-    );
-    tokio::time::advance(secs(30)).await;
-    assert_eq!(
-        breakers.try_acquire(&2).unwrap_err(),
-        Rejected::KeysFull {
-            retry_after: Some(secs(30))
+            retry_after: Some(secs(60))
         },
-        "one failure, and 30 s more of idle to go"
+        "one failure, and 60 s of idle to go"
     );
-    tokio::time::advance(secs(30)).await;
+    tokio::time::advance(secs(59)).await;
+    assert!(
+        breakers.try_acquire(&2).is_err(),
+        "not idle long enough yet"
+    );
+    tokio::time::advance(secs(1)).await;
     let permit = breakers.try_acquire(&2).expect("key 1 went idle");
     permit.success();
     assert_eq!(breakers.state(&1), None, "key 1 was forgotten");

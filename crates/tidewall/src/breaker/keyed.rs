@@ -27,8 +27,9 @@ use crate::{ConfigError, Error, Rejected};
 /// handle from [`get`](Self::get) is out, and either its window is empty or it has not been
 /// used for [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl). So an eviction forgets at most
 /// the failures of a window no call has touched for `idle_ttl`. An open, half-open or forced
-/// breaker is kept whatever the pressure: a new key meeting a table full of keys it may not
-/// forget is refused with [`Rejected::KeysFull`], whose `retry_after` says when the first of
+/// breaker is kept whatever the pressure: a new key meeting a table (its shard: see
+/// [`max_keys`](KeyedCircuitBreakerBuilder::max_keys)) full of keys it may not forget is
+/// refused with [`Rejected::KeysFull`], whose `retry_after` says when the first of
 /// them goes idle (`None` when all are open or hold permits).
 ///
 /// ```
@@ -117,8 +118,11 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
         }
     }
 
-    /// The most keys held at once, exactly (default 10,000; any `usize` but zero: the table
-    /// grows as keys arrive).
+    /// The most keys held at once, a hard bound (default 10,000; any `usize` but zero: the
+    /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
+    /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
+    /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
+    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -213,7 +217,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     ///
     /// [`Rejected::CircuitOpen`] while `key`'s breaker refuses (see
     /// [`CircuitBreaker::try_acquire`]); [`Rejected::KeysFull`] for a new key when the table
-    /// is full of keys it may not forget.
+    /// (the new key's shard) is full of keys it may not forget.
     pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
         self.with_breaker(key, CircuitBreaker::try_acquire_owned)
     }

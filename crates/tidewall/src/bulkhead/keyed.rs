@@ -20,7 +20,8 @@ use crate::{ConfigError, Deadline, Error, Rejected};
 /// handle from [`get`](Self::get) held is indistinguishable from a key never seen, so such
 /// keys are forgotten whenever a shard fills up (and by
 /// [`retain_in_use`](Self::retain_in_use)). A key with anything out is never forgotten: a new
-/// key meeting a table full of busy keys is refused with [`Rejected::KeysFull`] (its
+/// key meeting a table (its shard: see [`max_keys`](KeyedBulkheadBuilder::max_keys)) full of
+/// busy keys is refused with [`Rejected::KeysFull`] (its
 /// `retry_after` is `None`: only a permit's release frees room).
 ///
 /// ```
@@ -74,8 +75,11 @@ impl<R> KeyedBulkheadBuilder<R> {
         }
     }
 
-    /// The most keys held at once, exactly (default 10,000; any `usize` but zero: the table
-    /// grows as keys arrive).
+    /// The most keys held at once, a hard bound (default 10,000; any `usize` but zero: the
+    /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
+    /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
+    /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
+    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -109,9 +113,16 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
     /// # Errors
     ///
     /// [`Rejected::BulkheadFull`] when every slot of `key` is taken (or waiters are queued
-    /// ahead); [`Rejected::KeysFull`] for a new key when the table is full of busy keys.
+    /// ahead); [`Rejected::KeysFull`] for a new key when its shard is full of busy keys.
     pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
         self.with_bulkhead(key, Bulkhead::try_acquire_owned)
+    }
+
+    /// A free slot of `key`'s bulkhead now, or `None` when full, without counting that as a
+    /// rejection (for a caller that then waits, which counts).
+    #[cfg(feature = "http")]
+    pub(crate) fn try_acquire_quiet(&self, key: &K) -> Result<Option<OwnedPermit<R>>, Rejected> {
+        self.with_bulkhead(key, |bulkhead| Ok(bulkhead.try_acquire_owned_quiet()))
     }
 
     /// Waits for a slot of `key`'s bulkhead, in FIFO order, up to the configured `max_wait`
@@ -123,7 +134,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
     /// # Errors
     ///
     /// As [`Bulkhead::acquire_owned`], plus [`Rejected::KeysFull`] (at once) for a new key
-    /// when the table is full of busy keys.
+    /// when its shard is full of busy keys.
     pub fn acquire_before(
         &self,
         key: &K,

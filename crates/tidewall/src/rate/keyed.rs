@@ -47,6 +47,8 @@ pub struct KeyedRateLimiter<K, R = DefaultRuntime> {
 struct Tat(u64);
 
 impl Evict for Tat {
+    const ONLY_TIME_FREES: bool = true;
+
     fn eviction(&self, now: u64) -> Eviction {
         if Gcra::is_rested(self.0, now) {
             Eviction::Now
@@ -114,8 +116,11 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
-    /// The most keys held at once, exactly (any `usize` but zero: the tables grow as keys
-    /// arrive, so a large bound costs nothing until it is used).
+    /// The most keys held at once, a hard bound (default 100,000; any `usize` but zero: the
+    /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
+    /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
+    /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
+    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -195,6 +200,13 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     pub fn check_key_n(&self, key: &K, cells: u32) -> Result<(), Rejected> {
         self.decide(key, cells)
             .inspect_err(|rejected| self.shared.rejections.record(rejected))
+    }
+
+    /// One cell for `key` now, without counting a refusal (for a caller that then waits,
+    /// which counts).
+    #[cfg(feature = "http")]
+    pub(crate) fn check_key_quiet(&self, key: &K) -> Result<(), Rejected> {
+        self.decide(key, 1)
     }
 
     /// The decision without telemetry (waits count a rejection only when finally refused).
