@@ -80,17 +80,27 @@ impl Authority {
     /// The authority of `scheme://host[:port]`; `None` without a port for an unknown scheme
     /// (only `http` and `https` have a default), or for an empty host.
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
-        let scheme = scheme.to_ascii_lowercase();
-        let port = port.or(match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
+        let port = port.or_else(|| {
+            if scheme.eq_ignore_ascii_case("http") {
+                Some(80)
+            } else if scheme.eq_ignore_ascii_case("https") {
+                Some(443)
+            } else {
+                None
+            }
         })?;
         if host.is_empty() {
             return None;
         }
-        let host = host.to_ascii_lowercase();
-        Some(Self(format!("{scheme}://{host}:{port}").into_boxed_str()))
+        // One allocation, sized exactly: this runs for every request.
+        let mut digits = [0u8; 5];
+        let port = port_digits(port, &mut digits);
+        let mut key = String::with_capacity(scheme.len() + 3 + host.len() + 1 + port.len());
+        for part in [scheme, "://", host, ":", port] {
+            key.push_str(part);
+        }
+        key.make_ascii_lowercase();
+        Some(Self(key.into_boxed_str()))
     }
 
     /// The authority of an absolute URI; `None` for a relative one.
@@ -104,6 +114,21 @@ impl Authority {
     }
 }
 
+/// `port` in decimal, written into `buffer`.
+fn port_digits(mut port: u16, buffer: &mut [u8; 5]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (port % 10) as u8;
+        port /= 10;
+        if port == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[start..]).unwrap_or_default()
+}
+
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -113,5 +138,38 @@ impl fmt::Display for Authority {
 impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Authority({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Authority;
+
+    #[test]
+    fn an_authority_is_lowercase_with_its_port_filled_in() {
+        let key = |scheme, host, port| Authority::new(scheme, host, port).map(|a| a.to_string());
+        assert_eq!(
+            key("HTTPS", "Api.Example", None).as_deref(),
+            Some("https://api.example:443")
+        );
+        assert_eq!(key("http", "h", None).as_deref(), Some("http://h:80"));
+        assert_eq!(key("http", "h", Some(0)).as_deref(), Some("http://h:0"));
+        assert_eq!(
+            key("http", "h", Some(65535)).as_deref(),
+            Some("http://h:65535")
+        );
+        assert_eq!(key("ws", "h", Some(9)).as_deref(), Some("ws://h:9"));
+        assert_eq!(
+            key("ws", "h", None),
+            None,
+            "no default port for other schemes"
+        );
+        assert_eq!(key("http", "", Some(80)), None, "no host");
+        let uri = "http://[::1]:8080/x".parse().unwrap();
+        assert_eq!(
+            Authority::from_uri(&uri).map(|a| a.to_string()).as_deref(),
+            Some("http://[::1]:8080")
+        );
+        assert_eq!(Authority::from_uri(&"/relative".parse().unwrap()), None);
     }
 }

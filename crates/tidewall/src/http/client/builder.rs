@@ -168,7 +168,10 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
-    /// The longest a `Retry-After` may hold a retry back (default 60 s).
+    /// The longest a `Retry-After` may hold a retry back (default 60 s): a longer one is cut
+    /// to this. The cut only shortens the sleep: the deadline is held against the server's
+    /// whole `Retry-After`, so a request whose deadline ends before the server's time is
+    /// answered at once with the response, not retried sooner than the server asked.
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.max_retry_after = cap;
         self
@@ -202,7 +205,10 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
-    /// The most authorities tracked at once (default 10,000).
+    /// The most authorities tracked at once by each per-authority table (default 10,000), a
+    /// hard bound; an authority is forgotten only when nothing depends on it. A new one
+    /// meeting a full table is refused with [`Rejected::KeysFull`](crate::Rejected::KeysFull)
+    /// (see [`KeyedCircuitBreakerBuilder::max_keys`](crate::breaker::KeyedCircuitBreakerBuilder::max_keys)).
     pub fn max_authorities(mut self, max: usize) -> Self {
         self.max_authorities = max;
         self

@@ -25,10 +25,10 @@ use crate::sync::Arc;
 /// 1. a **total deadline** over every attempt and wait (default 30 s);
 /// 2. **retry** of what the [standard table](HttpClassifier) calls a retryable failure, with
 ///    exponential backoff and jitter (3 attempts, 200 ms doubling up to 5 s), at least the
-///    server's `Retry-After` between attempts (capped at 60 s; a wait that would end past the
-///    deadline ends the call at once), drawing on a **retry budget per authority** (retries
-///    add at most 20 % of the authority's calls, plus 10 per second), and only for requests
-///    [`Idempotency`] allows to be sent again;
+///    server's `Retry-After` between attempts (the sleep capped at 60 s; a `Retry-After` that
+///    ends past the deadline ends the call at once), drawing on a **retry budget per
+///    authority** (retries add at most 20 % of the authority's calls, plus 10 per second), and
+///    only for requests [`Idempotency`] allows to be sent again;
 /// 3. a **circuit breaker per authority** (opens when half of at least 20 calls in 30 s
 ///    failed; 5 s break, then one probe), which a failure's `Retry-After` keeps open longer;
 ///    while it is open, calls to that authority are refused at once

@@ -184,18 +184,26 @@ impl<R: Clock> Attempt<'_, R> {
             }
             _ => None,
         };
+        // The waits are boxed: they are the rare path, and inline they would triple the size
+        // of every attempt's future, which is moved on every attempt.
         let _slot = match (&inner.bulkheads, authority) {
             (Some(bulkheads), Some(authority)) => Some(
-                bulkheads
-                    .acquire_before(authority, deadline)
-                    .await
-                    .map_err(Error::Rejected)?,
+                match bulkheads
+                    .try_acquire_quiet(authority)
+                    .map_err(Error::Rejected)?
+                {
+                    Some(slot) => slot,
+                    None => Box::pin(bulkheads.acquire_before(authority, deadline))
+                        .await
+                        .map_err(Error::Rejected)?,
+                },
             ),
             _ => None,
         };
-        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority) {
-            limiters
-                .until_key_ready_before(authority, deadline)
+        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
+            && limiters.check_key_quiet(authority).is_err()
+        {
+            Box::pin(limiters.until_key_ready_before(authority, deadline))
                 .await
                 .map_err(Error::Rejected)?;
         }
