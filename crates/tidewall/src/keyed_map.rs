@@ -24,6 +24,37 @@ use crate::sync::{AtomicU64, Mutex, Ordering::Relaxed, lock};
 const KEYS_PER_SHARD: usize = 256;
 const MAX_SHARDS: usize = 64;
 
+/// The table's counters on a keyed front whose shared state holds the table as `keys`;
+/// `$what` names what a key holds besides its table slot, for `allocated_bytes`' docs.
+macro_rules! keyed_table_accessors {
+    ($what:literal) => {
+        /// Keys held now.
+        pub fn len(&self) -> usize {
+            self.shared.keys.len()
+        }
+
+        /// Whether no key is held.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// Keys forgotten so far.
+        pub fn evicted(&self) -> u64 {
+            self.shared.keys.evicted()
+        }
+
+        /// The most keys held at once: the `max_keys` it was built with.
+        pub fn max_keys(&self) -> usize {
+            self.shared.keys.max_keys()
+        }
+
+        #[doc = concat!("Bytes the key table holds, ", $what, " (for memory accounting).")]
+        pub fn allocated_bytes(&self) -> usize {
+            self.shared.keys.allocated_bytes()
+        }
+    };
+}
+
 /// When an entry may be forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Eviction {

@@ -51,6 +51,10 @@
 // On docs.rs, `doc_cfg` labels every feature- or platform-gated item with what it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// First: its macro serves the keyed fronts in `breaker`, `bulkhead` and `rate`.
+#[macro_use]
+mod keyed_map;
+
 pub mod admission;
 pub mod breaker;
 mod bucket_ring;
@@ -64,7 +68,6 @@ pub mod hedge;
 mod hint;
 #[cfg(feature = "http")]
 pub mod http;
-mod keyed_map;
 pub mod pipeline;
 pub mod race;
 pub mod rate;

@@ -360,30 +360,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             .retain_evictable(|| nanos_since(shared.origin, shared.rt.now()))
     }
 
-    /// Keys held now.
-    pub fn len(&self) -> usize {
-        self.shared.keys.len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keys forgotten so far.
-    pub fn evicted(&self) -> u64 {
-        self.shared.keys.evicted()
-    }
-
-    /// The most keys held at once: the `max_keys` it was built with.
-    pub fn max_keys(&self) -> usize {
-        self.shared.keys.max_keys()
-    }
-
-    /// Bytes the key table holds, not counting each key's breaker (for memory accounting).
-    pub fn allocated_bytes(&self) -> usize {
-        self.shared.keys.allocated_bytes()
-    }
+    keyed_table_accessors!("not counting each key's breaker");
 
     /// The name every key's breaker carries (for events and metrics).
     pub fn name(&self) -> &'static str {

@@ -206,30 +206,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
         self.shared.keys.retain_evictable(|| 0)
     }
 
-    /// Keys held now.
-    pub fn len(&self) -> usize {
-        self.shared.keys.len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keys forgotten so far.
-    pub fn evicted(&self) -> u64 {
-        self.shared.keys.evicted()
-    }
-
-    /// The most keys held at once: the `max_keys` it was built with.
-    pub fn max_keys(&self) -> usize {
-        self.shared.keys.max_keys()
-    }
-
-    /// Bytes the key table holds, not counting each key's bulkhead (for memory accounting).
-    pub fn allocated_bytes(&self) -> usize {
-        self.shared.keys.allocated_bytes()
-    }
+    keyed_table_accessors!("not counting each key's bulkhead");
 }
 
 impl<K, R> Clone for KeyedBulkhead<K, R> {

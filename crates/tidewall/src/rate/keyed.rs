@@ -276,28 +276,5 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
             .retain_evictable(|| shared.clock.nanos(&shared.rt))
     }
 
-    /// Keys held now.
-    pub fn len(&self) -> usize {
-        self.shared.keys.len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keys evicted so far because they had rested.
-    pub fn evicted(&self) -> u64 {
-        self.shared.keys.evicted()
-    }
-
-    /// The most keys this limiter holds: the `max_keys` it was built with.
-    pub fn max_keys(&self) -> usize {
-        self.shared.keys.max_keys()
-    }
-
-    /// Bytes allocated by the key tables now (for memory accounting).
-    pub fn allocated_bytes(&self) -> usize {
-        self.shared.keys.allocated_bytes()
-    }
+    keyed_table_accessors!("each key's state included");
 }
