@@ -32,7 +32,9 @@ use crate::sync::Arc;
 /// 3. a **circuit breaker per authority** (opens when half of at least 20 calls in 30 s
 ///    failed; 5 s break, then one probe), which a failure's `Retry-After` keeps open longer;
 ///    while it is open, calls to that authority are refused at once
-///    ([`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), not retried);
+///    ([`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), not retried), and the failure
+///    that opened it is answered with its own response or error, not retried into the
+///    refusal;
 /// 4. a **bulkhead per authority** (512 calls at once, no queue; full, it refuses at once)
 ///    and, optionally, a **rate limit per authority** (waited for within the deadline);
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.

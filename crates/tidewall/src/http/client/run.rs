@@ -7,8 +7,9 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::{ClientPolicies, Inner, Overrides};
+use crate::breaker::{KeyedCircuitBreaker, State};
 use crate::classify::{Classify, Verdict, judge};
-use crate::http::{FailureKind, HttpClassifier, HttpFailure, Inbound, Outbound};
+use crate::http::{Authority, FailureKind, HttpClassifier, HttpFailure, Inbound, Outbound};
 use crate::retry::{Retry, RetryError};
 use crate::rt::Clock;
 use crate::time::FutureExt as _;
@@ -23,7 +24,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// (waiting no longer than the deadline), then `send` under the attempt timeout. A
     /// refusal by any of them ends the request at once with that refusal, not retried: an
     /// open breaker exists to answer fast. The breaker records the attempt's classified
-    /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing.
+    /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing. A failure
+    /// that leaves the authority's breaker open is not retried either (the retry would be
+    /// refused): its response or error is the answer.
     ///
     /// **Cancel safety:** dropping the future drops the attempt in flight and every permit
     /// it holds; nothing is recorded for it.
@@ -33,9 +36,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// [`Error::Inner`] with the last attempt's error; [`Error::TimedOut`] when the last
     /// attempt timed out; [`Error::Rejected`] when a policy refused the last attempt, or
     /// with [`Rejected::DeadlineExceeded`] once the deadline has passed. A response is
-    /// returned as `Ok` whatever its status once no retry is left. When the wait before a
-    /// retry (a `Retry-After`, an open breaker's break) would end past the deadline, the
-    /// last attempt's response or error is returned at once.
+    /// returned as `Ok` whatever its status once no retry is left. When a retry would wait
+    /// past the deadline (the server's `Retry-After` ends after it), or the failure left the
+    /// authority's breaker open, the last attempt's response or error is returned at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -112,6 +115,7 @@ impl<R: Clock> ClientPolicies<R> {
         let judge = Judge {
             classifier: &inner.classifier,
             replayable: &replayable,
+            breaker: inner.breakers.as_ref().zip(authority.as_ref()),
         };
         let mut retry = Retry::new(backoff, attempt)
             .runtime(inner.rt.clone())
@@ -255,18 +259,35 @@ impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Standard<'_> {
 
 /// The retry engine's classifier: the standard table, except that a refusal by the stack's
 /// own per-authority policies is final (shedding exists to answer at once, and a retry would
-/// only wait out the same refusal), and nothing is retryable once the request cannot be sent
-/// again.
-struct Judge<'a> {
+/// only wait out the same refusal), that a failure which left the authority's breaker open is
+/// final too (the next attempt would be refused: the caller gets the server's answer, not the
+/// refusal), and that nothing is retryable once the request cannot be sent again.
+struct Judge<'a, R> {
     classifier: &'a HttpClassifier,
     replayable: &'a AtomicBool,
+    breaker: Option<(&'a KeyedCircuitBreaker<Authority, R>, &'a Authority)>,
 }
 
-impl<T: Inbound, E: HttpFailure> Classify<T, Error<E>> for Judge<'_> {
+impl<R: Clock> Judge<'_, R> {
+    fn breaker_open(&self) -> bool {
+        self.breaker.is_some_and(|(breakers, authority)| {
+            matches!(
+                breakers.state(authority),
+                Some(State::Open | State::ForcedOpen)
+            )
+        })
+    }
+}
+
+impl<T: Inbound, E: HttpFailure, R: Clock> Classify<T, Error<E>> for Judge<'_, R> {
     fn classify(&self, result: Result<&T, &Error<E>>) -> Verdict {
         match (result, Standard(self.classifier).classify(result)) {
             (Err(Error::Rejected(_)), _) => Verdict::Failure,
-            (_, Verdict::RetryableFailure) if !self.replayable.load(Relaxed) => Verdict::Failure,
+            (_, Verdict::RetryableFailure)
+                if !self.replayable.load(Relaxed) || self.breaker_open() =>
+            {
+                Verdict::Failure
+            }
             (_, verdict) => verdict,
         }
     }
