@@ -241,7 +241,9 @@ async fn nested_pipelines_under_random_cancellation<R: Runtime>(rt: Clocked<R>) 
         .runtime(rt.clone())
         .build()
         .unwrap();
+    // Consecutive failures only, for the reason given in `full_pipeline_under_random_cancellation`.
     let breaker = CircuitBreaker::builder()
+        .no_failure_rate()
         .consecutive_failures(3)
         .break_duration(ms(20))
         .max_half_open_wait(None)
@@ -595,7 +597,9 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .build()
         .unwrap();
+    // Consecutive failures only, for the reason given in `full_pipeline_under_random_cancellation`.
     let breaker = CircuitBreaker::builder()
+        .no_failure_rate()
         .consecutive_failures(3)
         .break_duration(ms(15))
         .half_open_probes(3)
