@@ -11,6 +11,7 @@
 //! * [`budget`]: the retry budget, exact in integer parts per million.
 //! * [`quantile`]: the log-linear buckets behind the streaming latency estimate for hedging.
 //! * [`rng`]: the small seedable generator behind every jitter decision.
+//! * [`duration`]: human durations (`"250ms"`, `"1h 30m"`), parsed strictly and printed exactly.
 //! * [`ConfigError`]: the one typed error every Tidewall builder returns.
 //!
 //! ```
@@ -38,12 +39,13 @@ extern crate std;
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod duration;
 mod error;
 pub mod gcra;
 pub mod quantile;
 pub mod rng;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, ConfigRule};
 
 /// This crate's README example, compiled and run as a doc test.
 #[cfg(doctest)]
