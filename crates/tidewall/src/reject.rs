@@ -56,6 +56,48 @@ pub enum Rejected {
     BackendUnavailable,
 }
 
+impl Rejected {
+    /// A stable snake_case name for the kind of refusal, as metrics and logs label it:
+    /// `circuit_open`, `rate_limited`, `insufficient_capacity`, `bulkhead_full`,
+    /// `deadline_exceeded`, `budget_exhausted`, `keys_full`, `backend_unavailable`.
+    ///
+    /// ```
+    /// use tidewall::Rejected;
+    ///
+    /// assert_eq!(Rejected::BulkheadFull.kind(), "bulkhead_full");
+    /// assert_eq!(Rejected::KeysFull { retry_after: None }.kind(), "keys_full");
+    /// ```
+    pub const fn kind(&self) -> &'static str {
+        KINDS[self.kind_index()]
+    }
+
+    /// The position of [`kind`](Self::kind) in [`KINDS`].
+    pub(crate) const fn kind_index(&self) -> usize {
+        match self {
+            Self::CircuitOpen { .. } => 0,
+            Self::RateLimited { .. } => 1,
+            Self::InsufficientCapacity { .. } => 2,
+            Self::BulkheadFull => 3,
+            Self::DeadlineExceeded => 4,
+            Self::BudgetExhausted => 5,
+            Self::KeysFull { .. } => 6,
+            Self::BackendUnavailable => 7,
+        }
+    }
+}
+
+/// Every [`Rejected::kind`], in [`Rejected::kind_index`] order.
+pub(crate) const KINDS: [&str; 8] = [
+    "circuit_open",
+    "rate_limited",
+    "insufficient_capacity",
+    "bulkhead_full",
+    "deadline_exceeded",
+    "budget_exhausted",
+    "keys_full",
+    "backend_unavailable",
+];
+
 impl RetryAfter for Rejected {
     fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -33,17 +33,21 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Opti
     }
 }
 
-/// A policy's rejection telemetry. The metrics counter is registered once, when the policy
-/// is built (install the metrics recorder before building policies), so a rejection only
-/// increments it: no allocation on the rejection path.
-// Only the tracing event reads the names back; the metrics counter takes them as labels
-// when it is registered, so without `tracing` they are kept but unread.
-#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+/// A policy's rejection telemetry: a tracing event, and the counter
+/// `tidewall_rejections_total{policy, name, reason}` (reason: [`Rejected::kind`]). Each
+/// reason's counter handle is registered with the recorder on that reason's first rejection and
+/// kept, so later rejections only increment it, and a recorder installed after the policy was
+/// built still sees it. Shared (`Arc`) by the per-key policies of a keyed table.
+///
+/// [`Rejected::kind`]: crate::Rejected::kind
+// Only the tracing event reads the names back; the metrics counters take them as labels
+// when they are registered, so without either feature they are kept but unread.
+#[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
 pub(crate) struct Rejections {
     policy: &'static str,
     pub(crate) name: &'static str,
     #[cfg(feature = "metrics")]
-    counter: metrics::Counter,
+    counters: [std::sync::OnceLock<metrics::Counter>; crate::reject::KINDS.len()],
 }
 
 impl Rejections {
@@ -52,17 +56,37 @@ impl Rejections {
             policy,
             name,
             #[cfg(feature = "metrics")]
-            counter: metrics::counter!("tidewall_rejections_total", "policy" => policy, "name" => name),
+            counters: Default::default(),
         }
+    }
+
+    /// A handle to share among the per-key policies of a keyed table.
+    pub(crate) fn shared(policy: &'static str, name: &'static str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new(policy, name))
     }
 
     /// Records one rejection.
     #[allow(unused_variables)]
     pub(crate) fn record(&self, reason: &crate::Rejected) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(policy = self.policy, name = self.name, %reason, "call rejected");
+        tracing::debug!(
+            policy = self.policy,
+            name = self.name,
+            reason = reason.kind(),
+            retry_after = ?crate::RetryAfter::retry_after(reason),
+            "call rejected"
+        );
         #[cfg(feature = "metrics")]
-        self.counter.increment(1);
+        self.counters[reason.kind_index()]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "tidewall_rejections_total",
+                    "policy" => self.policy,
+                    "name" => self.name,
+                    "reason" => reason.kind()
+                )
+            })
+            .increment(1);
     }
 }
 

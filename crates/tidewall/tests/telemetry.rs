@@ -63,6 +63,14 @@ fn transitions_and_rejections_reach_metrics_and_tracing() {
         3
     );
     assert_eq!(
+        counters.total(
+            "tidewall_rejections_total",
+            &["policy=breaker", "name=payments", "reason=circuit_open"]
+        ),
+        3,
+        "each rejection carries its reason"
+    );
+    assert_eq!(
         events.load(Ordering::SeqCst),
         3 + 3,
         "3 transitions and 3 rejections"

@@ -44,9 +44,23 @@ fn keyed_breaker_transitions_carry_the_key_label_and_full_tables_are_counted() {
     assert_eq!(
         counters.total(
             "tidewall_rejections_total",
-            &["policy=keyed_breaker", "name=hosts"]
+            &["policy=keyed_breaker", "name=hosts", "reason=keys_full"]
         ),
         1
+    );
+    // The keys' own refusals are counted once for the table, under the breaker's name.
+    for host in ["a", "b"] {
+        assert!(
+            labelled.try_acquire(&host.to_owned()).is_err(),
+            "{host} is open"
+        );
+    }
+    assert_eq!(
+        counters.total(
+            "tidewall_rejections_total",
+            &["policy=breaker", "name=hosts", "reason=circuit_open"]
+        ),
+        2
     );
 
     // Without a label, the series carries no key: its cardinality stays one per breaker.

@@ -214,6 +214,7 @@ impl<R> CircuitBreakerBuilder<R> {
             seed: self.seed,
             max_open_hint: self.max_open_hint,
             key_label: None,
+            rejections: crate::telemetry::Rejections::shared("breaker", self.name),
         };
         Ok((policy, setup))
     }

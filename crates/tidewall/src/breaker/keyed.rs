@@ -64,7 +64,10 @@ struct Keyed<K, R> {
     idle_ttl: u64,
     origin: Instant,
     keys: KeyedMap<K, Entry<R>>,
+    /// Refusals of new keys (a full table).
     rejections: crate::telemetry::Rejections,
+    /// Refusals by the keys' breakers, one set of counters for all of them.
+    per_key: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
 type KeyListener<K> = std::sync::Arc<dyn Fn(&K, &StateChange) + Send + Sync>;
@@ -205,6 +208,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                 idle_ttl,
                 keys,
                 rejections: crate::telemetry::Rejections::new("keyed_breaker", setup.name),
+                per_key: setup.rejections,
             }),
         })
     }
@@ -329,6 +333,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             seed,
             max_open_hint: shared.max_open_hint,
             key_label: shared.key_label.as_ref().map(|label| label(key).into()),
+            rejections: std::sync::Arc::clone(&shared.per_key),
         };
         CircuitBreaker {
             shared: Arc::new(Shared::new(shared.policy.clone(), setup)),

@@ -39,7 +39,7 @@ pub(crate) struct Shared<R> {
     origin: Instant,
     pub(super) rt: R,
     pub(super) name: &'static str,
-    rejections: crate::telemetry::Rejections,
+    rejections: std::sync::Arc<crate::telemetry::Rejections>,
     listener: Option<Listener>,
     seed: u64,
     /// The longest a failure's hint may hold the breaker open, in nanoseconds.
@@ -56,6 +56,8 @@ pub(super) struct Setup<R> {
     pub(super) seed: u64,
     pub(super) max_open_hint: Duration,
     pub(super) key_label: Option<Box<str>>,
+    /// Where refusals are counted: the breaker's own, or one set for all keys of a table.
+    pub(super) rejections: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
 impl<R: Clock> Shared<R> {
@@ -67,6 +69,7 @@ impl<R: Clock> Shared<R> {
             seed,
             max_open_hint,
             key_label,
+            rejections,
         } = setup;
         let window = SlidingWindow::new(policy.window());
         let needs_clock = window.is_timed() || policy.tracks_slow_calls();
@@ -81,7 +84,7 @@ impl<R: Clock> Shared<R> {
             needs_clock,
             rt,
             name,
-            rejections: crate::telemetry::Rejections::new("breaker", name),
+            rejections,
             listener,
             seed,
             max_open_hint: as_nanos(max_open_hint),

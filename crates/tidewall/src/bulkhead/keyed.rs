@@ -43,7 +43,10 @@ pub struct KeyedBulkhead<K, R = DefaultRuntime> {
 struct Keyed<K, R> {
     settings: BulkheadBuilder<R>,
     keys: KeyedMap<K, Bulkhead<R>>,
+    /// Refusals of new keys (a full table).
     rejections: crate::telemetry::Rejections,
+    /// Refusals by the keys' bulkheads, one set of counters for all of them.
+    per_key: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
 impl<R: Clock> Evict for Bulkhead<R> {
@@ -97,11 +100,13 @@ impl<R> KeyedBulkheadBuilder<R> {
         self.bulkhead.validate()?;
         let keys = KeyedMap::new(self.max_keys)?;
         let rejections = crate::telemetry::Rejections::new("keyed_bulkhead", self.bulkhead.name);
+        let per_key = crate::telemetry::Rejections::shared("bulkhead", self.bulkhead.name);
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
                 settings: self.bulkhead,
                 keys,
                 rejections,
+                per_key,
             }),
         })
     }
@@ -175,7 +180,9 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
             |slot, _| match slot {
                 Slot::Found(bulkhead) => (use_it(bulkhead), None),
                 Slot::Vacant => {
-                    let bulkhead = shared.settings.make();
+                    let bulkhead = shared
+                        .settings
+                        .make_counted(std::sync::Arc::clone(&shared.per_key));
                     (use_it(&bulkhead), Some(bulkhead))
                 }
             },

@@ -182,6 +182,15 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
+        self.make_counted(crate::telemetry::Rejections::shared("bulkhead", self.name))
+    }
+
+    /// A bulkhead with these (validated) settings, counting its refusals in `rejections`
+    /// (shared by every key of a keyed bulkhead).
+    fn make_counted(&self, rejections: std::sync::Arc<crate::telemetry::Rejections>) -> Bulkhead<R>
+    where
+        R: Clock,
+    {
         Bulkhead {
             shared: Arc::new(Shared::new(
                 self.max_concurrent,
@@ -189,6 +198,7 @@ impl<R> BulkheadBuilder<R> {
                 self.max_wait,
                 self.rt.clone(),
                 self.name,
+                rejections,
             )),
         }
     }

@@ -24,7 +24,7 @@ pub(crate) struct Shared<R> {
     rejected: AtomicU64,
     pub(super) rt: R,
     pub(super) name: &'static str,
-    rejections: crate::telemetry::Rejections,
+    rejections: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
 impl<R> Shared<R> {
@@ -34,6 +34,7 @@ impl<R> Shared<R> {
         max_wait: Option<Duration>,
         rt: R,
         name: &'static str,
+        rejections: std::sync::Arc<crate::telemetry::Rejections>,
     ) -> Self {
         Self {
             capacity,
@@ -45,7 +46,7 @@ impl<R> Shared<R> {
             rejected: AtomicU64::new(0),
             rt,
             name,
-            rejections: crate::telemetry::Rejections::new("bulkhead", name),
+            rejections,
         }
     }
 
