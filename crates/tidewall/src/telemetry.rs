@@ -34,10 +34,11 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Opti
 }
 
 /// A policy's rejection telemetry: a tracing event, and the counter
-/// `tidewall_rejections_total{policy, name, reason}` (reason: [`Rejected::kind`]). Each
-/// reason's counter handle is registered with the recorder on that reason's first rejection and
-/// kept, so later rejections only increment it, and a recorder installed after the policy was
-/// built still sees it. Shared (`Arc`) by the per-key policies of a keyed table.
+/// `tidewall_rejections_total{policy, name, reason}` (reason: [`Rejected::kind`]). The counters
+/// of the reasons the policy gives are registered when it is built (install the recorder
+/// first), so a rejection only increments a handle and never allocates; any other reason's
+/// counter registers on its first rejection. Shared (`Arc`) by the per-key policies of a keyed
+/// table.
 ///
 /// [`Rejected::kind`]: crate::Rejected::kind
 // Only the tracing event reads the names back; the metrics counters take them as labels
@@ -51,18 +52,42 @@ pub(crate) struct Rejections {
 }
 
 impl Rejections {
-    pub(crate) fn new(policy: &'static str, name: &'static str) -> Self {
-        Self {
+    /// The telemetry of `policy` named `name`, whose refusals are of the `kinds` given (one
+    /// example value each).
+    #[allow(unused_variables)]
+    pub(crate) fn new(policy: &'static str, name: &'static str, kinds: &[crate::Rejected]) -> Self {
+        let rejections = Self {
             policy,
             name,
             #[cfg(feature = "metrics")]
             counters: Default::default(),
+        };
+        #[cfg(feature = "metrics")]
+        for kind in kinds {
+            rejections.counter(kind);
         }
+        rejections
     }
 
     /// A handle to share among the per-key policies of a keyed table.
-    pub(crate) fn shared(policy: &'static str, name: &'static str) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self::new(policy, name))
+    pub(crate) fn shared(
+        policy: &'static str,
+        name: &'static str,
+        kinds: &[crate::Rejected],
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new(policy, name, kinds))
+    }
+
+    #[cfg(feature = "metrics")]
+    fn counter(&self, reason: &crate::Rejected) -> &metrics::Counter {
+        self.counters[reason.kind_index()].get_or_init(|| {
+            metrics::counter!(
+                "tidewall_rejections_total",
+                "policy" => self.policy,
+                "name" => self.name,
+                "reason" => reason.kind()
+            )
+        })
     }
 
     /// Records one rejection.
@@ -77,16 +102,7 @@ impl Rejections {
             "call rejected"
         );
         #[cfg(feature = "metrics")]
-        self.counters[reason.kind_index()]
-            .get_or_init(|| {
-                metrics::counter!(
-                    "tidewall_rejections_total",
-                    "policy" => self.policy,
-                    "name" => self.name,
-                    "reason" => reason.kind()
-                )
-            })
-            .increment(1);
+        self.counter(reason).increment(1);
     }
 }
 

@@ -214,7 +214,13 @@ impl<R> CircuitBreakerBuilder<R> {
             seed: self.seed,
             max_open_hint: self.max_open_hint,
             key_label: None,
-            rejections: crate::telemetry::Rejections::shared("breaker", self.name),
+            rejections: crate::telemetry::Rejections::shared(
+                "breaker",
+                self.name,
+                &[crate::Rejected::CircuitOpen {
+                    retry_after: Duration::ZERO,
+                }],
+            ),
         };
         Ok((policy, setup))
     }

@@ -15,6 +15,9 @@ use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
 use crate::{ConfigError, Error, Rejected};
 
+/// The refusal a keyed table gives a new key, as its telemetry registers it.
+const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
+
 /// A [`CircuitBreaker`] per key (per host, per tenant, per shard), each with the same
 /// settings and its own state, holding at most `max_keys` keys.
 ///
@@ -207,7 +210,11 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                 next_seed: AtomicU64::new(setup.seed),
                 idle_ttl,
                 keys,
-                rejections: crate::telemetry::Rejections::new("keyed_breaker", setup.name),
+                rejections: crate::telemetry::Rejections::new(
+                    "keyed_breaker",
+                    setup.name,
+                    &[KEYS_FULL],
+                ),
                 per_key: setup.rejections,
             }),
         })

@@ -10,6 +10,9 @@ use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Arc;
 use crate::{ConfigError, Deadline, Error, Rejected};
 
+/// The refusal a keyed table gives a new key, as its telemetry registers it.
+const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
+
 /// A [`Bulkhead`] per key (per host, per tenant), each with the same settings and its own
 /// slots and queue, holding at most `max_keys` keys.
 ///
@@ -99,8 +102,10 @@ impl<R> KeyedBulkheadBuilder<R> {
     {
         self.bulkhead.validate()?;
         let keys = KeyedMap::new(self.max_keys)?;
-        let rejections = crate::telemetry::Rejections::new("keyed_bulkhead", self.bulkhead.name);
-        let per_key = crate::telemetry::Rejections::shared("bulkhead", self.bulkhead.name);
+        let rejections =
+            crate::telemetry::Rejections::new("keyed_bulkhead", self.bulkhead.name, &[KEYS_FULL]);
+        let per_key =
+            crate::telemetry::Rejections::shared("bulkhead", self.bulkhead.name, &super::REFUSALS);
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
                 settings: self.bulkhead,

@@ -55,6 +55,9 @@ use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, lock};
 use crate::{ConfigError, Deadline, Error, Rejected};
 
+/// The refusals a bulkhead gives, as its telemetry registers them.
+const REFUSALS: [Rejected; 2] = [Rejected::BulkheadFull, Rejected::DeadlineExceeded];
+
 /// A concurrency limit with a bounded wait queue. Cheap to clone: clones share the limit.
 pub struct Bulkhead<R = DefaultRuntime> {
     shared: Arc<Shared<R>>,
@@ -182,7 +185,9 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
-        self.make_counted(crate::telemetry::Rejections::shared("bulkhead", self.name))
+        self.make_counted(crate::telemetry::Rejections::shared(
+            "bulkhead", self.name, &REFUSALS,
+        ))
     }
 
     /// A bulkhead with these (validated) settings, counting its refusals in `rejections`

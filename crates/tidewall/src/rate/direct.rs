@@ -12,6 +12,15 @@ use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Deadline, Rejected};
 
+/// The refusals a rate limiter (direct or keyed) gives, as its telemetry registers them.
+pub(super) const REFUSALS: [Rejected; 3] = [
+    Rejected::RateLimited {
+        retry_after: Duration::ZERO,
+    },
+    Rejected::InsufficientCapacity { burst: 0 },
+    Rejected::DeadlineExceeded,
+];
+
 /// A GCRA rate limiter with one shared limit: `count` per `period`, bursts of `burst`.
 ///
 /// The state is one atomic `u64`; [`check`](Self::check) is a clock read and one
@@ -184,7 +193,7 @@ impl<R> RateLimiterBuilder<R> {
                 jitter,
                 next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 name: self.name,
-                rejections: crate::telemetry::Rejections::new("rate", self.name),
+                rejections: crate::telemetry::Rejections::new("rate", self.name, &REFUSALS),
             }),
         })
     }

@@ -174,7 +174,11 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 jitter,
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 name: rate.name,
-                rejections: crate::telemetry::Rejections::new("keyed_rate", rate.name),
+                rejections: crate::telemetry::Rejections::new(
+                    "keyed_rate",
+                    rate.name,
+                    &super::direct::REFUSALS,
+                ),
             }),
         })
     }
