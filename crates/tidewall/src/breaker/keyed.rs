@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidewall_core::breaker::BreakerPolicy;
 
@@ -11,8 +11,9 @@ use super::events::{Listener, StateChange};
 use super::shared::{Setup, Shared};
 use super::{CircuitBreaker, CircuitBreakerBuilder, Counts, OwnedPermit, State};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
+use crate::rate::clock::LimiterClock;
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, AtomicU64, Ordering::Relaxed, nanos_since};
+use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
 use crate::{ConfigError, Error, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
@@ -65,7 +66,9 @@ struct Keyed<K, R> {
     /// Each key's breaker draws its break jitter from the next seed.
     next_seed: AtomicU64,
     idle_ttl: u64,
-    origin: Instant,
+    /// Reads when keys were last used: the CPU's counter when the clock is real time, as the
+    /// rate limiter does, since every call reads it.
+    clock: LimiterClock,
     keys: KeyedMap<K, Entry<R>>,
     /// Refusals of new keys (a full table).
     rejections: crate::telemetry::Rejections,
@@ -200,7 +203,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
         Ok(KeyedCircuitBreaker {
             shared: Arc::new(Keyed {
                 policy,
-                origin: setup.rt.now(),
+                clock: LimiterClock::new(&setup.rt),
                 rt: setup.rt,
                 name: setup.name,
                 max_open_hint: setup.max_open_hint,
@@ -288,7 +291,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         let shared = &*self.shared;
         let found = shared.keys.entry(
             key,
-            || nanos_since(shared.origin, shared.rt.now()),
+            || shared.clock.nanos(&shared.rt),
             |slot, now| match slot {
                 Slot::Found(entry) => {
                     entry.last_used = now;
@@ -369,7 +372,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         let shared = &*self.shared;
         shared
             .keys
-            .retain_evictable(|| nanos_since(shared.origin, shared.rt.now()))
+            .retain_evictable(|| shared.clock.nanos(&shared.rt))
     }
 
     keyed_table_accessors!("not counting each key's breaker");

@@ -7,8 +7,8 @@ use std::time::Instant;
 use crate::rt::Clock;
 use crate::sync::nanos_since;
 
-/// The limiter's time source, as nanoseconds since the limiter was built.
-pub(super) struct LimiterClock {
+/// A limiter's (or a keyed table's) time source, as nanoseconds since it was built.
+pub(crate) struct LimiterClock {
     origin: Instant,
     #[cfg(feature = "quanta")]
     tsc: Option<(quanta::Clock, u64)>,
@@ -16,7 +16,7 @@ pub(super) struct LimiterClock {
 
 impl LimiterClock {
     /// Decides once, at build, whether `clock` may be replaced by the counter.
-    pub(super) fn new<C: Clock>(clock: &C) -> Self {
+    pub(crate) fn new<C: Clock>(clock: &C) -> Self {
         #[cfg(feature = "quanta")]
         let tsc = clock.is_real_time().then(|| {
             let counter = quanta::Clock::new();
@@ -32,7 +32,7 @@ impl LimiterClock {
 
     /// Nanoseconds since the limiter was built.
     #[inline]
-    pub(super) fn nanos<C: Clock>(&self, clock: &C) -> u64 {
+    pub(crate) fn nanos<C: Clock>(&self, clock: &C) -> u64 {
         #[cfg(feature = "quanta")]
         if let Some((counter, origin)) = &self.tsc {
             return counter.delta_as_nanos(*origin, counter.raw());

@@ -38,7 +38,7 @@
 //! # Ok::<(), tidewall::ConfigError>(())
 //! ```
 
-mod clock;
+pub(crate) mod clock;
 mod direct;
 mod keyed;
 mod until_ready;
