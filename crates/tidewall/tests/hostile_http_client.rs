@@ -6,6 +6,7 @@
 
 mod common;
 mod keyed_support;
+mod support;
 
 use std::num::NonZeroU32;
 use std::time::Duration;

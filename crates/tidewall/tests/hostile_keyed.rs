@@ -4,6 +4,7 @@
 //! listeners and classifiers per key, and a multi-thread stress (virtual time, seeded).
 
 mod keyed_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

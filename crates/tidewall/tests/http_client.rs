@@ -3,139 +3,21 @@
 //! each host counts them, per-host breakers, budgets, deadlines and overrides.
 
 mod common;
+mod keyed_support;
+mod support;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::ms;
-use http::{Request, Response};
+use http::Request;
+use keyed_support::client::{Answer, FRONTS, Hosts, Streaming, send, status};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::RetryBudgetPolicy;
 use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder, Overrides};
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
-use tidewall::tower::http::ClientLayer;
 use tidewall::{Backoff, Error, Jitter, Rejected};
-use tower::ServiceExt as _;
-use tower_layer::Layer;
-
-/// What a host does with one request.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Status(u16),
-    /// A status with `Retry-After` in seconds.
-    After(u16, u64),
-    /// 200 after this long.
-    Slow(Duration),
-    Refused,
-    Reset,
-}
-
-type Script = Arc<dyn Fn(u32) -> Answer + Send + Sync>;
-
-/// Hosts by name, each answering its script; every request that reaches one is counted.
-#[derive(Clone)]
-struct Hosts<R> {
-    rt: R,
-    scripts: Arc<Mutex<HashMap<String, Script>>>,
-    seen: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl<R: Clock> Hosts<R> {
-    fn new(rt: &R) -> Self {
-        Self {
-            rt: rt.clone(),
-            scripts: Arc::default(),
-            seen: Arc::default(),
-        }
-    }
-
-    fn script(&self, host: &str, script: impl Fn(u32) -> Answer + Send + Sync + 'static) {
-        self.scripts
-            .lock()
-            .unwrap()
-            .insert(host.to_owned(), Arc::new(script));
-    }
-
-    fn seen(&self, host: &str) -> u32 {
-        self.seen.lock().unwrap().get(host).copied().unwrap_or(0)
-    }
-
-    fn send(
-        &self,
-        request: Request<String>,
-    ) -> impl Future<Output = Result<Response<()>, std::io::Error>> + Send + use<R> {
-        let host = request.uri().host().unwrap().to_owned();
-        let n = {
-            let mut seen = self.seen.lock().unwrap();
-            let n = seen.entry(host.clone()).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        let script = self.scripts.lock().unwrap().get(&host).cloned();
-        let answer = script.map_or(Answer::Status(200), |script| script(n));
-        let rt = self.rt.clone();
-        async move {
-            let status = |code: u16| Response::builder().status(code).body(()).unwrap();
-            match answer {
-                Answer::Status(code) => Ok(status(code)),
-                Answer::After(code, secs) => Ok(Response::builder()
-                    .status(code)
-                    .header("retry-after", secs.to_string())
-                    .body(())
-                    .unwrap()),
-                Answer::Slow(wait) => {
-                    rt.sleep(wait).await;
-                    Ok(status(200))
-                }
-                Answer::Refused => Err(std::io::ErrorKind::ConnectionRefused.into()),
-                Answer::Reset => Err(std::io::ErrorKind::ConnectionReset.into()),
-            }
-        }
-    }
-}
-
-/// The two ways to send through the stack.
-#[derive(Debug, Clone, Copy)]
-enum Front {
-    Loop,
-    Tower,
-}
-
-const FRONTS: [Front; 2] = [Front::Loop, Front::Tower];
-
-type Outcome = Result<Response<()>, Error<std::io::Error>>;
-
-async fn send<R: Clock>(
-    front: Front,
-    policies: &ClientPolicies<Clocked<R>>,
-    hosts: &Hosts<Clocked<R>>,
-    request: Request<String>,
-) -> Outcome {
-    match front {
-        Front::Loop => {
-            let overrides = request
-                .extensions()
-                .get::<Overrides>()
-                .copied()
-                .unwrap_or_default();
-            policies
-                .run(request, overrides, |request| hosts.send(request))
-                .await
-        }
-        Front::Tower => {
-            let hosts = hosts.clone();
-            let client = tower::service_fn(move |request| hosts.send(request));
-            ClientLayer::new(policies.clone())
-                .layer(client)
-                .oneshot(request)
-                .await
-        }
-    }
-}
 
 fn get(host: &str) -> Request<String> {
     Request::get(format!("http://{host}/"))
@@ -172,16 +54,12 @@ fn builder<R: Runtime>(rt: &Clocked<R>) -> ClientPoliciesBuilder<Clocked<R>> {
         ))
 }
 
-fn status(outcome: &Outcome) -> Option<u16> {
-    outcome.as_ref().ok().map(|r| r.status().as_u16())
-}
-
 async fn retries_follow_the_table_and_retry_after<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let policies = builder(&rt).build().unwrap();
         // A 503 asking for a second: the retry waits it out, not the 10 ms backoff.
-        hosts.script("a", |n| {
+        hosts.script("a:80", |n| {
             if n == 0 {
                 Answer::After(503, 1)
             } else {
@@ -192,30 +70,30 @@ async fn retries_follow_the_table_and_retry_after<R: Runtime>(rt: Clocked<R>) {
         let outcome = send(front, &policies, &hosts, get("a")).await;
         assert_eq!(status(&outcome), Some(200), "{front:?}");
         assert_eq!(
-            (hosts.seen("a"), rt.now() - start),
+            (hosts.seen("a:80"), rt.now() - start),
             (2, Duration::from_secs(1))
         );
 
         // A 429 whose wait ends past the deadline: answered at once.
-        hosts.script("b", |_| Answer::After(429, 60));
+        hosts.script("b:80", |_| Answer::After(429, 60));
         let start = rt.now();
         let outcome = send(front, &policies, &hosts, get("b")).await;
         assert_eq!(status(&outcome), Some(429), "{front:?}");
-        assert_eq!((hosts.seen("b"), rt.now() - start), (1, Duration::ZERO));
+        assert_eq!((hosts.seen("b:80"), rt.now() - start), (1, Duration::ZERO));
 
         // A 404 is an answer: one attempt each, and the host's breaker stays closed.
-        hosts.script("c", |_| Answer::Status(404));
+        hosts.script("c:80", |_| Answer::Status(404));
         for _ in 0..10 {
             let outcome = send(front, &policies, &hosts, get("c")).await;
             assert_eq!(status(&outcome), Some(404));
         }
-        assert_eq!(hosts.seen("c"), 10);
+        assert_eq!(hosts.seen("c:80"), 10);
         let breakers = policies.breakers().unwrap();
         let c = Authority::new("http", "c", None).unwrap();
         assert_eq!(breakers.state(&c), Some(State::Closed), "{front:?}");
 
         // A slow first attempt times out and the retry answers.
-        hosts.script("d", |n| {
+        hosts.script("d:80", |n| {
             if n == 0 {
                 Answer::Slow(Duration::from_secs(1))
             } else {
@@ -225,7 +103,7 @@ async fn retries_follow_the_table_and_retry_after<R: Runtime>(rt: Clocked<R>) {
         let start = rt.now();
         let outcome = send(front, &policies, &hosts, get("d")).await;
         assert_eq!(status(&outcome), Some(200), "{front:?}");
-        assert_eq!((hosts.seen("d"), rt.now() - start), (2, ms(110)));
+        assert_eq!((hosts.seen("d:80"), rt.now() - start), (2, ms(110)));
     }
 }
 
@@ -238,36 +116,36 @@ async fn only_replayable_requests_are_sent_again<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let policies = builder(&rt).breaker(None).build().unwrap();
-        hosts.script("a", |_| Answer::Reset);
+        hosts.script("a:80", |_| Answer::Reset);
         let outcome = send(front, &policies, &hosts, get("a")).await;
         assert!(matches!(outcome, Err(Error::Inner(_))), "{front:?}");
-        assert_eq!(hosts.seen("a"), 3, "a GET is retried");
+        assert_eq!(hosts.seen("a:80"), 3, "a GET is retried");
 
-        hosts.script("b", |_| Answer::Reset);
+        hosts.script("b:80", |_| Answer::Reset);
         let outcome = send(front, &policies, &hosts, post("b")).await;
         assert!(matches!(outcome, Err(Error::Inner(_))));
-        assert_eq!(hosts.seen("b"), 1, "a POST is sent once ({front:?})");
+        assert_eq!(hosts.seen("b:80"), 1, "a POST is sent once ({front:?})");
 
-        hosts.script("c", |_| Answer::Reset);
+        hosts.script("c:80", |_| Answer::Reset);
         let mut keyed = post("c");
         keyed
             .headers_mut()
             .insert("idempotency-key", "order-7".parse().unwrap());
         let _ = send(front, &policies, &hosts, keyed).await;
         assert_eq!(
-            hosts.seen("c"),
+            hosts.seen("c:80"),
             3,
             "a POST with an Idempotency-Key is retried"
         );
 
-        hosts.script("d", |_| Answer::Status(503));
+        hosts.script("d:80", |_| Answer::Status(503));
         let mut opted_in = post("d");
         opted_in
             .extensions_mut()
             .insert(Overrides::new().idempotent());
         let outcome = send(front, &policies, &hosts, opted_in).await;
         assert_eq!(status(&outcome), Some(503));
-        assert_eq!(hosts.seen("d"), 3, "a POST marked idempotent is retried");
+        assert_eq!(hosts.seen("d:80"), 3, "a POST marked idempotent is retried");
     }
 }
 
@@ -280,23 +158,23 @@ async fn overrides_change_one_request<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let policies = builder(&rt).breaker(None).build().unwrap();
-        hosts.script("a", |_| Answer::Status(503));
+        hosts.script("a:80", |_| Answer::Status(503));
         let mut once = get("a");
         once.extensions_mut().insert(Overrides::new().no_retry());
         assert_eq!(
             status(&send(front, &policies, &hosts, once).await),
             Some(503)
         );
-        assert_eq!(hosts.seen("a"), 1, "{front:?}");
+        assert_eq!(hosts.seen("a:80"), 1, "{front:?}");
 
         let mut twice = get("a");
         twice
             .extensions_mut()
             .insert(Overrides::new().max_attempts(NonZeroU32::new(2).unwrap()));
         let _ = send(front, &policies, &hosts, twice).await;
-        assert_eq!(hosts.seen("a"), 3, "two more ({front:?})");
+        assert_eq!(hosts.seen("a:80"), 3, "two more ({front:?})");
 
-        hosts.script("b", |_| Answer::Slow(Duration::from_secs(10)));
+        hosts.script("b:80", |_| Answer::Slow(Duration::from_secs(10)));
         let mut hurried = get("b");
         hurried.extensions_mut().insert(
             Overrides::new()
@@ -322,7 +200,7 @@ async fn a_failing_host_opens_only_its_own_breaker<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let policies = builder(&rt).build().unwrap();
-        hosts.script("down", |_| Answer::Refused);
+        hosts.script("down:80", |_| Answer::Refused);
         // Three refused attempts open the host's breaker; the rest of the calls are refused
         // by it without reaching the host.
         for _ in 0..5 {
@@ -330,8 +208,8 @@ async fn a_failing_host_opens_only_its_own_breaker<R: Runtime>(rt: Clocked<R>) {
             assert!(outcome.is_err());
             let _ = send(front, &policies, &hosts, get("up")).await.unwrap();
         }
-        assert_eq!(hosts.seen("down"), 3, "{front:?}");
-        assert_eq!(hosts.seen("up"), 5);
+        assert_eq!(hosts.seen("down:80"), 3, "{front:?}");
+        assert_eq!(hosts.seen("up:80"), 5);
         let breakers = policies.breakers().unwrap();
         let down = Authority::new("http", "down", None).unwrap();
         let up = Authority::new("http", "up", Some(80)).unwrap();
@@ -347,7 +225,7 @@ async fn a_failing_host_opens_only_its_own_breaker<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(rt.now() - start, Duration::ZERO, "{front:?}");
 
         // A 503 asking for 30 s keeps its host's breaker open that long, not 10 s.
-        hosts.script("busy", |_| Answer::After(503, 30));
+        hosts.script("busy:80", |_| Answer::After(503, 30));
         for _ in 0..3 {
             let mut once = get("busy");
             once.extensions_mut().insert(Overrides::new().no_retry());
@@ -363,7 +241,7 @@ async fn a_failing_host_opens_only_its_own_breaker<R: Runtime>(rt: Clocked<R>) {
             matches!(refused, Err(Error::Rejected(Rejected::CircuitOpen { .. }))),
             "{front:?}: still open after 20 s: {refused:?}"
         );
-        assert_eq!(hosts.seen("busy"), 3);
+        assert_eq!(hosts.seen("busy:80"), 3);
     }
 }
 
@@ -385,9 +263,9 @@ async fn the_budget_bounds_the_load_on_a_failing_host<R: Runtime>(rt: Clocked<R>
             .retry_budget(Some(budget))
             .build()
             .unwrap();
-        hosts.script("down", |_| Answer::Status(500));
+        hosts.script("down:80", |_| Answer::Status(500));
         // One attempt in 11 fails: a retry rate well inside the budget.
-        hosts.script("up", |n| {
+        hosts.script("up:80", |n| {
             if n % 11 == 10 {
                 Answer::Status(502)
             } else {
@@ -403,7 +281,7 @@ async fn the_budget_bounds_the_load_on_a_failing_host<R: Runtime>(rt: Clocked<R>
         // Without the budget the failing host would see 3 attempts per call; with it, retries
         // add at most 20 % of its own calls. Each host has its own budget, so the failing one
         // does not spend the other's.
-        let down = hosts.seen("down");
+        let down = hosts.seen("down:80");
         assert!(
             down <= calls * 6 / 5,
             "{front:?}: {down} attempts for {calls} calls"
@@ -431,7 +309,7 @@ async fn a_full_authority_table_refuses_new_hosts<R: Runtime>(rt: Clocked<R>) {
             matches!(outcome, Err(Error::Rejected(Rejected::KeysFull { .. }))),
             "{front:?}: {outcome:?}"
         );
-        assert_eq!(hosts.seen("c"), 0);
+        assert_eq!(hosts.seen("c:80"), 0);
     }
 }
 
@@ -440,31 +318,10 @@ fn a_full_authority_table_refuses_new_hosts_on_every_runtime() {
     on_every_runtime!(a_full_authority_table_refuses_new_hosts);
 }
 
-/// A request whose body cannot be copied.
-struct Streaming(Request<String>);
-
-impl tidewall::http::Outbound for Streaming {
-    fn method(&self) -> &http::Method {
-        self.0.method()
-    }
-
-    fn headers(&self) -> &http::HeaderMap {
-        self.0.headers()
-    }
-
-    fn authority(&self) -> Option<Authority> {
-        Authority::from_uri(self.0.uri())
-    }
-
-    fn try_clone(&self) -> Option<Self> {
-        None
-    }
-}
-
 async fn a_body_that_cannot_be_copied_is_sent_once<R: Runtime>(rt: Clocked<R>) {
     let hosts = Hosts::new(&rt);
     let policies = builder(&rt).build().unwrap();
-    hosts.script("a", |_| Answer::Status(503));
+    hosts.script("a:80", |_| Answer::Status(503));
     let outcome = policies
         .run(
             Streaming(get("a")),
@@ -477,7 +334,7 @@ async fn a_body_that_cannot_be_copied_is_sent_once<R: Runtime>(rt: Clocked<R>) {
         Some(503),
         "the response comes back as it is"
     );
-    assert_eq!(hosts.seen("a"), 1);
+    assert_eq!(hosts.seen("a:80"), 1);
 }
 
 #[test]

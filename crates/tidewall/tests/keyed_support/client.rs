@@ -28,6 +28,8 @@ pub enum Answer {
     After(u16, u64),
     /// 200 after this long.
     Slow(Duration),
+    /// The connection is refused: nothing reaches the host's script.
+    Refused,
     Reset,
 }
 
@@ -132,6 +134,7 @@ impl<R: Clock> Hosts<R> {
                     rt.sleep(wait).await;
                     Ok(status(200))
                 }
+                Answer::Refused => Err(std::io::ErrorKind::ConnectionRefused.into()),
                 Answer::Reset => Err(std::io::ErrorKind::ConnectionReset.into()),
             }
         })
