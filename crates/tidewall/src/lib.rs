@@ -68,6 +68,7 @@ pub mod hedge;
 mod hint;
 #[cfg(feature = "http")]
 pub mod http;
+mod name;
 pub mod pipeline;
 pub mod race;
 pub mod rate;
@@ -86,6 +87,7 @@ pub mod time;
 pub mod tower;
 
 pub use hint::RetryAfter;
+pub use name::Name;
 pub use reject::{Error, Rejected};
 pub use retry::RetryExt;
 pub use tidewall_core::ConfigError;

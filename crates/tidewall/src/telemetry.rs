@@ -2,7 +2,11 @@
 
 /// A breaker changed state.
 #[allow(unused_variables)]
-pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Option<&str>) {
+pub(crate) fn breaker_transition(
+    change: &crate::breaker::StateChange<'_>,
+    name: &crate::Name,
+    key: Option<&str>,
+) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         breaker = change.name,
@@ -19,13 +23,13 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Opti
     match key {
         None => metrics::counter!(
             "tidewall_breaker_transitions_total",
-            "breaker" => change.name,
+            "breaker" => name.label(),
             "to" => change.to.as_str()
         )
         .increment(1),
         Some(key) => metrics::counter!(
             "tidewall_breaker_transitions_total",
-            "breaker" => change.name,
+            "breaker" => name.label(),
             "key" => key.to_owned(),
             "to" => change.to.as_str()
         )
@@ -46,7 +50,7 @@ pub(crate) fn breaker_transition(change: &crate::breaker::StateChange, key: Opti
 #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
 pub(crate) struct Rejections {
     policy: &'static str,
-    pub(crate) name: &'static str,
+    pub(crate) name: crate::Name,
     #[cfg(feature = "metrics")]
     counters: [std::sync::OnceLock<metrics::Counter>; crate::reject::KINDS.len()],
 }
@@ -55,10 +59,10 @@ impl Rejections {
     /// The telemetry of `policy` named `name`, whose refusals are of the `kinds` given (one
     /// example value each).
     #[allow(unused_variables)]
-    pub(crate) fn new(policy: &'static str, name: &'static str, kinds: &[crate::Rejected]) -> Self {
+    pub(crate) fn new(policy: &'static str, name: &crate::Name, kinds: &[crate::Rejected]) -> Self {
         let rejections = Self {
             policy,
-            name,
+            name: name.clone(),
             #[cfg(feature = "metrics")]
             counters: Default::default(),
         };
@@ -72,7 +76,7 @@ impl Rejections {
     /// A handle to share among the per-key policies of a keyed table.
     pub(crate) fn shared(
         policy: &'static str,
-        name: &'static str,
+        name: &crate::Name,
         kinds: &[crate::Rejected],
     ) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self::new(policy, name, kinds))
@@ -84,7 +88,7 @@ impl Rejections {
             metrics::counter!(
                 "tidewall_rejections_total",
                 "policy" => self.policy,
-                "name" => self.name,
+                "name" => self.name.label(),
                 "reason" => reason.kind()
             )
         })
@@ -96,7 +100,7 @@ impl Rejections {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             policy = self.policy,
-            name = self.name,
+            name = self.name.as_str(),
             reason = reason.kind(),
             retry_after = ?crate::RetryAfter::retry_after(reason),
             "call rejected"

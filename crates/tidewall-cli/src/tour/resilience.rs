@@ -58,7 +58,7 @@ async fn breaker<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         .consecutive_failures(OUTAGE)
         .break_duration(pause)
         .half_open_probes(2)
-        .on_state_change(move |c: &StateChange| {
+        .on_state_change(move |c: &StateChange<'_>| {
             lock(&sink).push((since(&clock, start), c.from, c.to, c.reason));
         });
     let breaker = valid(breaker.build());
@@ -377,7 +377,7 @@ async fn pipeline<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Siz
         .failure_rate(0.5)
         .minimum_calls(50)
         .window(Window::Count { calls: 100 })
-        .on_state_change(move |_: &StateChange| {
+        .on_state_change(move |_: &StateChange<'_>| {
             counter.fetch_add(1, SeqCst);
         });
     let limiter = RateLimiter::builder(20, Duration::from_secs(1)).burst(4);

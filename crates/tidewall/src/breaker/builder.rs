@@ -8,9 +8,9 @@ use tidewall_core::breaker::{BreakerPolicy, BreakerPolicyBuilder, Window};
 use super::CircuitBreaker;
 use super::events::{Listener, StateChange};
 use super::shared::{Setup, Shared};
-use crate::ConfigError;
 use crate::rt::Clock;
 use crate::sync::Arc;
+use crate::{ConfigError, Name};
 
 /// Configures a [`CircuitBreaker`]. Every policy setter is validated in
 /// [`build`](Self::build).
@@ -35,7 +35,7 @@ use crate::sync::Arc;
 pub struct CircuitBreakerBuilder<R = crate::rt::DefaultRuntime> {
     policy: BreakerPolicyBuilder,
     rt: R,
-    name: &'static str,
+    name: Name,
     listener: Option<Listener>,
     seed: u64,
     max_open_hint: Duration,
@@ -46,7 +46,7 @@ impl<R> CircuitBreakerBuilder<R> {
         Self {
             policy: BreakerPolicy::builder(),
             rt,
-            name: "breaker",
+            name: Name::from_static("breaker"),
             listener: None,
             seed: 0x5eed_b4ea_c0de,
             max_open_hint: crate::retry::DEFAULT_MAX_RETRY_AFTER,
@@ -96,15 +96,15 @@ impl<R> CircuitBreakerBuilder<R> {
     }
 
     /// A name for events and metric labels.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
         self
     }
 
     /// Called on every state change, on the thread that caused it (keep it short).
     pub fn on_state_change(
         mut self,
-        listener: impl Fn(&StateChange) + Send + Sync + 'static,
+        listener: impl Fn(&StateChange<'_>) + Send + Sync + 'static,
     ) -> Self {
         // A std Arc even under loom: loom's Arc cannot hold an unsized closure.
         self.listener = Some(std::sync::Arc::new(listener));
@@ -209,14 +209,14 @@ impl<R> CircuitBreakerBuilder<R> {
         }
         let setup = Setup {
             rt: self.rt,
-            name: self.name,
+            name: self.name.clone(),
             listener: self.listener,
             seed: self.seed,
             max_open_hint: self.max_open_hint,
             key_label: None,
             rejections: crate::telemetry::Rejections::shared(
                 "breaker",
-                self.name,
+                &self.name,
                 &[crate::Rejected::CircuitOpen {
                     retry_after: Duration::ZERO,
                 }],

@@ -43,9 +43,9 @@ impl fmt::Display for State {
 /// One transition, handed to the [`on_state_change`](super::CircuitBreakerBuilder::on_state_change)
 /// callback and, with the `tracing` / `metrics` features, emitted as an event and a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateChange {
+pub struct StateChange<'a> {
     /// The breaker's name.
-    pub name: &'static str,
+    pub name: &'a str,
     /// The state before.
     pub from: State,
     /// The state after.
@@ -58,11 +58,16 @@ pub struct StateChange {
     pub generation: u32,
 }
 
-pub(super) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;
+pub(super) type Listener = std::sync::Arc<dyn Fn(&StateChange<'_>) + Send + Sync>;
 
-pub(super) fn emit(listener: Option<&Listener>, change: &StateChange, key: Option<&str>) {
+pub(super) fn emit(
+    listener: Option<&Listener>,
+    change: &StateChange<'_>,
+    name: &crate::Name,
+    key: Option<&str>,
+) {
     if let Some(listener) = listener {
         listener(change);
     }
-    crate::telemetry::breaker_transition(change, key);
+    crate::telemetry::breaker_transition(change, name, key);
 }

@@ -14,7 +14,7 @@ use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rate::clock::LimiterClock;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
-use crate::{ConfigError, Error, Rejected};
+use crate::{ConfigError, Error, Name, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
 const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
@@ -58,7 +58,7 @@ pub struct KeyedCircuitBreaker<K, R = DefaultRuntime> {
 struct Keyed<K, R> {
     policy: BreakerPolicy,
     rt: R,
-    name: &'static str,
+    name: Name,
     max_open_hint: Duration,
     listener: Option<Listener>,
     key_listener: Option<KeyListener<K>>,
@@ -76,7 +76,7 @@ struct Keyed<K, R> {
     per_key: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
-type KeyListener<K> = std::sync::Arc<dyn Fn(&K, &StateChange) + Send + Sync>;
+type KeyListener<K> = std::sync::Arc<dyn Fn(&K, &StateChange<'_>) + Send + Sync>;
 type KeyLabel<K> = std::sync::Arc<dyn Fn(&K) -> String + Send + Sync>;
 
 struct Entry<R> {
@@ -171,7 +171,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
     /// ```
     pub fn on_state_change(
         mut self,
-        listener: impl Fn(&K, &StateChange) + Send + Sync + 'static,
+        listener: impl Fn(&K, &StateChange<'_>) + Send + Sync + 'static,
     ) -> Self {
         self.key_listener = Some(std::sync::Arc::new(listener));
         self
@@ -205,7 +205,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                 policy,
                 clock: LimiterClock::new(&setup.rt),
                 rt: setup.rt,
-                name: setup.name,
+                name: setup.name.clone(),
                 max_open_hint: setup.max_open_hint,
                 listener: setup.listener,
                 key_listener: self.key_listener,
@@ -215,7 +215,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                 keys,
                 rejections: crate::telemetry::Rejections::new(
                     "keyed_breaker",
-                    setup.name,
+                    &setup.name,
                     &[KEYS_FULL],
                 ),
                 per_key: setup.rejections,
@@ -325,7 +325,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             (listener, None) => listener.clone(),
             (base, Some(keyed)) => {
                 let (base, keyed, key) = (base.clone(), keyed.clone(), key.clone());
-                let both: Listener = std::sync::Arc::new(move |change: &StateChange| {
+                let both: Listener = std::sync::Arc::new(move |change: &StateChange<'_>| {
                     if let Some(base) = &base {
                         base(change);
                     }
@@ -338,7 +338,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         let seed = shared.next_seed.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
         let setup = Setup {
             rt: shared.rt.clone(),
-            name: shared.name,
+            name: shared.name.clone(),
             listener,
             seed,
             max_open_hint: shared.max_open_hint,
@@ -378,8 +378,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     keyed_table_accessors!("not counting each key's breaker");
 
     /// The name every key's breaker carries (for events and metrics).
-    pub fn name(&self) -> &'static str {
-        self.shared.name
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// The validated policy every key's breaker follows.

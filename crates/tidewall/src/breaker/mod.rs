@@ -236,8 +236,8 @@ impl<R: Clock> CircuitBreaker<R> {
     }
 
     /// The breaker's name (for events and metrics).
-    pub fn name(&self) -> &'static str {
-        self.shared.name
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// The validated policy.

@@ -13,9 +13,9 @@ use super::events::{Listener, StateChange, emit};
 use super::window::SlidingWindow;
 use super::word::{self, ONE_ADMITTED, ONE_SUCCEEDED};
 use super::{Outcome, State};
-use crate::Rejected;
 use crate::rt::Clock;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering::*, lock, nanos_since};
+use crate::{Name, Rejected};
 
 /// What an admitted call holds: enough to tell, at the end, whether its state still stands.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,7 @@ pub(crate) struct Shared<R> {
     needs_clock: bool,
     origin: Instant,
     pub(super) rt: R,
-    pub(super) name: &'static str,
+    pub(super) name: Name,
     rejections: std::sync::Arc<crate::telemetry::Rejections>,
     listener: Option<Listener>,
     seed: u64,
@@ -51,7 +51,7 @@ pub(crate) struct Shared<R> {
 /// How a breaker is made, besides its policy.
 pub(super) struct Setup<R> {
     pub(super) rt: R,
-    pub(super) name: &'static str,
+    pub(super) name: Name,
     pub(super) listener: Option<Listener>,
     pub(super) seed: u64,
     pub(super) max_open_hint: Duration,
@@ -308,14 +308,19 @@ impl<R: Clock> Shared<R> {
                 .store(self.now().saturating_add(pause), Relaxed);
             self.publish(generation, State::Open);
             StateChange {
-                name: self.name,
+                name: self.name.as_str(),
                 from,
                 to: State::Open,
                 reason: Some(reason),
                 generation: next,
             }
         };
-        emit(self.listener.as_ref(), &change, self.key_label.as_deref());
+        emit(
+            self.listener.as_ref(),
+            &change,
+            &self.name,
+            self.key_label.as_deref(),
+        );
     }
 
     fn to_half_open(&self, generation: u32, now: u64) {
@@ -332,13 +337,18 @@ impl<R: Clock> Shared<R> {
         };
         if moved {
             let change = StateChange {
-                name: self.name,
+                name: self.name.as_str(),
                 from: State::Open,
                 to: State::HalfOpen,
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(self.listener.as_ref(), &change, self.key_label.as_deref());
+            emit(
+                self.listener.as_ref(),
+                &change,
+                &self.name,
+                self.key_label.as_deref(),
+            );
         }
     }
 
@@ -358,13 +368,18 @@ impl<R: Clock> Shared<R> {
         };
         if moved {
             let change = StateChange {
-                name: self.name,
+                name: self.name.as_str(),
                 from: State::HalfOpen,
                 to: State::Closed,
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(self.listener.as_ref(), &change, self.key_label.as_deref());
+            emit(
+                self.listener.as_ref(),
+                &change,
+                &self.name,
+                self.key_label.as_deref(),
+            );
         }
     }
 
@@ -398,14 +413,19 @@ impl<R: Clock> Shared<R> {
             }
             self.publish(word::generation(word), to);
             StateChange {
-                name: self.name,
+                name: self.name.as_str(),
                 from: word::state(word),
                 to,
                 reason: None,
                 generation: word::generation(word).wrapping_add(1),
             }
         };
-        emit(self.listener.as_ref(), &change, self.key_label.as_deref());
+        emit(
+            self.listener.as_ref(),
+            &change,
+            &self.name,
+            self.key_label.as_deref(),
+        );
     }
 
     /// The break durations after a close: the schedule starts over, with jitter drawn anew

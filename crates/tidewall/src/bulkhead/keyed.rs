@@ -103,9 +103,9 @@ impl<R> KeyedBulkheadBuilder<R> {
         self.bulkhead.validate()?;
         let keys = KeyedMap::new(self.max_keys)?;
         let rejections =
-            crate::telemetry::Rejections::new("keyed_bulkhead", self.bulkhead.name, &[KEYS_FULL]);
+            crate::telemetry::Rejections::new("keyed_bulkhead", &self.bulkhead.name, &[KEYS_FULL]);
         let per_key =
-            crate::telemetry::Rejections::shared("bulkhead", self.bulkhead.name, &super::REFUSALS);
+            crate::telemetry::Rejections::shared("bulkhead", &self.bulkhead.name, &super::REFUSALS);
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
                 settings: self.bulkhead,
@@ -219,6 +219,19 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
     }
 
     keyed_table_accessors!("not counting each key's bulkhead");
+
+    /// The name every key's bulkhead carries (for events and metrics).
+    ///
+    /// ```
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let per_tenant = Bulkhead::builder(4).name("tenants").keyed().build::<u32>()?;
+    /// assert_eq!(per_tenant.name(), "tenants");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.shared.settings.name
+    }
 }
 
 impl<K, R> Clone for KeyedBulkhead<K, R> {

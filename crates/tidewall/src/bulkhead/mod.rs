@@ -53,7 +53,7 @@ use self::shared::Shared;
 use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, lock};
-use crate::{ConfigError, Deadline, Error, Rejected};
+use crate::{ConfigError, Deadline, Error, Name, Rejected};
 
 /// The refusals a bulkhead gives, as its telemetry registers them.
 const REFUSALS: [Rejected; 2] = [Rejected::BulkheadFull, Rejected::DeadlineExceeded];
@@ -91,7 +91,7 @@ pub struct BulkheadBuilder<R = DefaultRuntime> {
     max_queue: usize,
     max_wait: Option<Duration>,
     rt: R,
-    name: &'static str,
+    name: Name,
 }
 
 impl Bulkhead {
@@ -102,7 +102,7 @@ impl Bulkhead {
             max_queue: max_concurrent,
             max_wait: Some(Duration::from_secs(1)),
             rt: DefaultRuntime::default(),
-            name: "bulkhead",
+            name: Name::from_static("bulkhead"),
         }
     }
 }
@@ -126,8 +126,8 @@ impl<R> BulkheadBuilder<R> {
     }
 
     /// A name for events and metric labels.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -186,7 +186,7 @@ impl<R> BulkheadBuilder<R> {
         R: Clock,
     {
         self.make_counted(crate::telemetry::Rejections::shared(
-            "bulkhead", self.name, &REFUSALS,
+            "bulkhead", &self.name, &REFUSALS,
         ))
     }
 
@@ -202,7 +202,7 @@ impl<R> BulkheadBuilder<R> {
                 self.max_queue,
                 self.max_wait,
                 self.rt.clone(),
-                self.name,
+                self.name.clone(),
                 rejections,
             )),
         }
@@ -338,6 +338,19 @@ impl<R: Clock> Bulkhead<R> {
     /// The concurrency limit.
     pub fn capacity(&self) -> usize {
         self.shared.capacity
+    }
+
+    /// The name its events and metrics carry (default `bulkhead`).
+    ///
+    /// ```
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let bulkhead = Bulkhead::builder(4).name(String::from("orders")).build()?;
+    /// assert_eq!(bulkhead.name(), "orders");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// Removes a waiter from the queue; `true` if it had already been granted a permit.

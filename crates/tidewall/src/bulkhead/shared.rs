@@ -23,7 +23,7 @@ pub(crate) struct Shared<R> {
     pub(super) max_wait: Option<Duration>,
     rejected: AtomicU64,
     pub(super) rt: R,
-    pub(super) name: &'static str,
+    pub(super) name: crate::Name,
     rejections: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
@@ -33,7 +33,7 @@ impl<R> Shared<R> {
         max_queue: usize,
         max_wait: Option<Duration>,
         rt: R,
-        name: &'static str,
+        name: crate::Name,
         rejections: std::sync::Arc<crate::telemetry::Rejections>,
     ) -> Self {
         Self {

@@ -53,7 +53,7 @@ struct Direct<R> {
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
-    name: &'static str,
+    name: crate::Name,
     rejections: crate::telemetry::Rejections,
 }
 
@@ -84,7 +84,7 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) jitter: Option<Duration>,
     pub(super) seed: Option<u64>,
     pub(super) rt: R,
-    pub(super) name: &'static str,
+    pub(super) name: crate::Name,
 }
 
 impl RateLimiter {
@@ -97,7 +97,7 @@ impl RateLimiter {
             jitter: None,
             seed: None,
             rt: DefaultRuntime::default(),
-            name: "rate",
+            name: crate::Name::from_static("rate"),
         }
     }
 }
@@ -117,8 +117,8 @@ impl<R> RateLimiterBuilder<R> {
     }
 
     /// A name for metric labels.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -192,8 +192,8 @@ impl<R> RateLimiterBuilder<R> {
                 rt: self.rt,
                 jitter,
                 next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
+                rejections: crate::telemetry::Rejections::new("rate", &self.name, &REFUSALS),
                 name: self.name,
-                rejections: crate::telemetry::Rejections::new("rate", self.name, &REFUSALS),
             }),
         })
     }
@@ -308,5 +308,19 @@ impl<R: Clock> RateLimiter<R> {
     /// The GCRA parameters.
     pub fn gcra(&self) -> Gcra {
         self.shared.gcra
+    }
+
+    /// The name its events and metrics carry (default `rate`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder(10, Duration::from_secs(1)).name("search").build()?;
+    /// assert_eq!(limiter.name(), "search");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 }

@@ -67,7 +67,7 @@ struct Keyed<K, R> {
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
-    name: &'static str,
+    name: crate::Name,
     rejections: crate::telemetry::Rejections,
 }
 
@@ -133,7 +133,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
     }
 
     /// A name for metric labels.
-    pub fn name(mut self, name: &'static str) -> Self {
+    pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
         self.rate = self.rate.name(name);
         self
     }
@@ -173,12 +173,12 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 rt: rate.rt,
                 jitter,
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
-                name: rate.name,
                 rejections: crate::telemetry::Rejections::new(
                     "keyed_rate",
-                    rate.name,
+                    &rate.name,
                     &super::direct::REFUSALS,
                 ),
+                name: rate.name,
             }),
         })
     }
@@ -281,4 +281,18 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     }
 
     keyed_table_accessors!("each key's state included");
+
+    /// The name its events and metrics carry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::KeyedRateLimiter;
+    ///
+    /// let per_user = KeyedRateLimiter::builder(5, Duration::from_secs(1)).name("users").build::<u64>()?;
+    /// assert_eq!(per_user.name(), "users");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
 }

@@ -38,7 +38,7 @@ use tidewall_core::backoff::Jitter;
 #[must_use]
 pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     rt: R,
-    name: &'static str,
+    name: crate::Name,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     retry: Stage<Backoff>,
@@ -104,7 +104,7 @@ impl<R> ClientPoliciesBuilder<R> {
     pub(super) fn new(rt: R) -> Self {
         Self {
             rt,
-            name: "http_client",
+            name: crate::Name::from_static("http_client"),
             deadline: Some(Duration::from_secs(30)),
             attempt_timeout: Some(Duration::from_secs(10)),
             retry: Stage::Standard,
@@ -139,8 +139,8 @@ impl<R> ClientPoliciesBuilder<R> {
     }
 
     /// The name the policies carry in events and metrics (default `http_client`).
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -271,7 +271,7 @@ impl<R> ClientPoliciesBuilder<R> {
         let breakers = match self.breaker {
             Some(breaker) => Some(
                 breaker
-                    .name(self.name)
+                    .name(&self.name)
                     .runtime(self.rt.clone())
                     .keyed()
                     .max_keys(self.max_authorities)
@@ -283,7 +283,7 @@ impl<R> ClientPoliciesBuilder<R> {
         let bulkheads = match self.bulkhead {
             Some(bulkhead) => Some(
                 bulkhead
-                    .name(self.name)
+                    .name(&self.name)
                     .runtime(self.rt.clone())
                     .keyed()
                     .max_keys(self.max_authorities)
@@ -294,7 +294,7 @@ impl<R> ClientPoliciesBuilder<R> {
         let limiters = match self.rate_limit {
             Some(limit) => Some(
                 limit
-                    .name(self.name)
+                    .name(&self.name)
                     .runtime(self.rt.clone())
                     .max_keys(self.max_authorities)
                     .build()?,

@@ -65,7 +65,7 @@ pub struct ClientPolicies<R = DefaultRuntime> {
 
 struct Inner<R> {
     rt: R,
-    name: &'static str,
+    name: crate::Name,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     /// One attempt only when `retries` is off.
@@ -119,8 +119,8 @@ impl<R> ClientPolicies<R> {
     }
 
     /// The name the stack's policies carry in events and metrics.
-    pub fn name(&self) -> &'static str {
-        self.inner.name
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 }
 
