@@ -61,6 +61,8 @@ mod bucket_ring;
 pub mod budget;
 pub mod bulkhead;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod fallback;
 pub mod fan_out;
 pub mod fs;

@@ -32,6 +32,7 @@ use crate::{ConfigError, Name};
 /// # Ok::<(), tidewall::ConfigError>(())
 /// ```
 #[must_use]
+#[derive(Clone)]
 pub struct CircuitBreakerBuilder<R = crate::rt::DefaultRuntime> {
     policy: BreakerPolicyBuilder,
     rt: R,

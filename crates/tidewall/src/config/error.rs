@@ -1,0 +1,100 @@
+//! What is wrong with a configuration, and where.
+
+use std::fmt;
+
+use crate::ConfigError;
+
+/// A configuration that cannot be used, with the key path of what is wrong
+/// (`instances.payments.breaker.failure_rate`) and why. Nothing is built from a configuration
+/// that gives one: a registry keeps its old policies.
+///
+/// ```
+/// use tidewall::config::{Config, Problem};
+///
+/// let err = Config::from_toml(r#"
+///     [instances.payments.breaker]
+///     failure_rate = 1.5
+/// "#).unwrap_err();
+/// assert_eq!(err.path(), "instances.payments.breaker.failure_rate");
+/// assert!(matches!(err.problem(), Problem::Rule(_)));
+/// assert_eq!(
+///     err.to_string(),
+///     "instances.payments.breaker.failure_rate: must be in [0.000001, 1] (kept in parts per million), got 1.5"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    path: String,
+    problem: Problem,
+}
+
+/// Why a configuration was refused (see [`Invalid`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The text is not the format (bad syntax, an unknown key, a value of the wrong type); the
+    /// parser's message, which says where.
+    Syntax(String),
+    /// A value breaks a builder's rule.
+    Rule(ConfigError),
+    /// A key that has no default is set in no layer.
+    Missing,
+    /// `base` names a config that `configs` does not have.
+    UnknownBase(String),
+    /// The key is not allowed here (`base` outside an instance; two windows at once).
+    NotHere(&'static str),
+    /// A [`Registry`](super::Registry) already holds as many policies of this kind as it may.
+    Full {
+        /// Its [`max_instances`](super::RegistryBuilder::max_instances).
+        max: usize,
+    },
+}
+
+impl Invalid {
+    pub(super) fn new(path: impl Into<String>, problem: Problem) -> Self {
+        Self {
+            path: path.into(),
+            problem,
+        }
+    }
+
+    /// The key path of what is wrong (empty for a syntax error: its message says where).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &Problem {
+        &self.problem
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        match &self.problem {
+            Problem::Syntax(message) => f.write_str(message.trim_end()),
+            Problem::Rule(error) => write!(f, "{}", error.rule()),
+            Problem::Missing => f.write_str("must be set (it has no default)"),
+            Problem::UnknownBase(base) => write!(f, "no config named {base:?} in `configs`"),
+            Problem::NotHere(why) => f.write_str(why),
+            Problem::Full { max } => {
+                write!(
+                    f,
+                    "the registry already holds {max} policies of this kind, its most"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Invalid {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            Problem::Rule(error) => Some(error),
+            _ => None,
+        }
+    }
+}

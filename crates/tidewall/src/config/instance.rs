@@ -1,0 +1,421 @@
+//! One instance's effective settings, turned into validated builders.
+
+use std::time::{Duration, Instant};
+
+use tidewall_core::breaker::Window;
+use tidewall_core::budget::RetryBudgetPolicy;
+
+use super::sections::{
+    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
+    RetryConfig,
+};
+use super::{Invalid, Policies, Problem, Toggle};
+use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder};
+use crate::bulkhead::{Bulkhead, BulkheadBuilder};
+use crate::rate::{RateLimiter, RateLimiterBuilder};
+use crate::rt::{Clock, DefaultRuntime};
+use crate::{Backoff, ConfigError, Jitter, Name};
+
+/// An instance as its layers make it: its own keys over its base's over the defaults (see
+/// [`Config::instance`](super::Config::instance)). Each policy comes out as the same builder
+/// code would use, named after the instance and already checked, so `build` succeeds unless
+/// the caller changes it; add what a file cannot say (listeners, a runtime) before building.
+///
+/// ```
+/// use tidewall::config::Config;
+///
+/// let config = Config::from_toml(r#"
+///     [instances.payments.breaker]
+///     consecutive_failures = 5
+///     failure_rate = "off"
+/// "#)?;
+/// let breaker = config
+///     .instance("payments")?
+///     .breaker()?
+///     .on_state_change(|change| println!("{} is now {}", change.name, change.to))
+///     .build()?;
+/// assert_eq!(breaker.name(), "payments");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Instance<'a> {
+    name: &'a str,
+    /// Top first: the instance's own keys, its base's, the defaults; each with its key path.
+    layers: Vec<(String, &'a Policies)>,
+}
+
+/// A clock for checking settings: builders need one to build, and checking must not depend on
+/// a runtime being around.
+#[derive(Clone)]
+struct Checking(Instant);
+
+impl Clock for Checking {
+    type Sleep = std::future::Pending<()>;
+
+    fn now(&self) -> Instant {
+        self.0
+    }
+
+    fn sleep_until(&self, _: Instant) -> Self::Sleep {
+        std::future::pending()
+    }
+}
+
+/// Reads one section of a layer.
+type Get<S> = fn(&Policies) -> &Option<S>;
+
+/// Each policy's builder fields whose key in a file is another (the rest are the same).
+const BREAKER_KEYS: &[(&str, &str)] = &[
+    ("window.calls", "window_calls"),
+    ("window.span", "window"),
+    ("window.buckets", "window_buckets"),
+];
+const RETRY_KEYS: &[(&str, &str)] = &[("delay", "initial_delay"), ("initial", "initial_delay")];
+
+impl<'a> Instance<'a> {
+    pub(super) fn new(name: &'a str, layers: Vec<(String, &'a Policies)>) -> Self {
+        Self { name, layers }
+    }
+
+    /// The instance's name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// A scalar key from the topmost layer that sets it.
+    fn scalar<T: Clone>(&self, key: fn(&Policies) -> &Option<T>) -> Option<T> {
+        self.layers.iter().find_map(|(_, p)| key(p).clone())
+    }
+
+    /// The whole call's deadline (`None`: none, or `"off"`).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.scalar(|p| &p.deadline).and_then(Toggle::on)
+    }
+
+    /// Each attempt's timeout (`None`: none, or `"off"`).
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.scalar(|p| &p.attempt_timeout).and_then(Toggle::on)
+    }
+
+    /// The least time an attempt needs before the deadline (default zero).
+    pub fn min_attempt_time(&self) -> Duration {
+        self.scalar(|p| &p.min_attempt_time).unwrap_or_default()
+    }
+
+    /// The section merged down the layers, and the path of the topmost layer that has it.
+    fn section<S: Clone + Default>(
+        &self,
+        name: &str,
+        get: Get<S>,
+        over: fn(&S, &S) -> S,
+    ) -> (S, String) {
+        let mut merged = S::default();
+        for (_, policies) in self.layers.iter().rev() {
+            if let Some(section) = get(policies) {
+                merged = over(section, &merged);
+            }
+        }
+        let top = self
+            .layers
+            .iter()
+            .find(|(_, p)| get(p).is_some())
+            .unwrap_or(&self.layers[0]);
+        (merged, format!("{}.{name}", top.0))
+    }
+
+    /// The path of `key` in `section`: in the topmost layer that sets it, or else where the
+    /// section is (`fallback`).
+    fn key_path<S>(
+        &self,
+        section: &str,
+        get: Get<S>,
+        sets: fn(&S, &str) -> bool,
+        key: &str,
+        fallback: &str,
+    ) -> String {
+        self.layers
+            .iter()
+            .find(|(_, p)| get(p).as_ref().is_some_and(|s| sets(s, key)))
+            .map_or_else(
+                || format!("{fallback}.{key}"),
+                |(path, _)| format!("{path}.{section}.{key}"),
+            )
+    }
+
+    /// A builder's error, placed at the key that caused it.
+    fn placed<S>(
+        &self,
+        section: &str,
+        get: Get<S>,
+        sets: fn(&S, &str) -> bool,
+        keys: &[(&str, &str)],
+        at: &str,
+        error: ConfigError,
+    ) -> Invalid {
+        let path = match error.field() {
+            Some(field) => {
+                let key = keys
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .map_or(field, |(_, k)| *k);
+                self.key_path(section, get, sets, key, at)
+            }
+            None => at.to_owned(),
+        };
+        Invalid::new(path, Problem::Rule(error))
+    }
+
+    fn named(&self) -> Name {
+        Name::from(self.name.to_owned())
+    }
+
+    /// The circuit breaker, on the default runtime (choose another with
+    /// [`runtime`](CircuitBreakerBuilder::runtime)).
+    ///
+    /// # Errors
+    ///
+    /// [`Invalid`] with the key path of the first setting the builder refuses.
+    pub fn breaker(&self) -> Result<CircuitBreakerBuilder, Invalid> {
+        self.breaker_on(DefaultRuntime::default())
+    }
+
+    pub(super) fn breaker_on<R>(&self, rt: R) -> Result<CircuitBreakerBuilder<R>, Invalid> {
+        let get: Get<BreakerConfig> = |p| &p.breaker;
+        let (s, at) = self.section("breaker", get, BreakerConfig::over);
+        let window = self.window(&at)?;
+        let mut b = CircuitBreaker::builder().name(self.named());
+        match s.failure_rate {
+            Some(Toggle::On(rate)) => b = b.failure_rate(rate),
+            Some(Toggle::Off) => b = b.no_failure_rate(),
+            None => {}
+        }
+        if let Some(rate) = s.slow_call_rate {
+            let threshold = s.slow_call_threshold.unwrap_or(Duration::from_secs(1));
+            b = b.slow_call_rate(rate, threshold);
+        }
+        if let Some(n) = s.consecutive_failures {
+            b = b.consecutive_failures(n);
+        }
+        if let Some(n) = s.minimum_calls {
+            b = b.minimum_calls(n);
+        }
+        if let Some(window) = window {
+            b = b.window(window);
+        }
+        if let Some(d) = s.break_duration {
+            b = b.break_duration(d);
+        }
+        if let Some(n) = s.half_open_probes {
+            b = b.half_open_probes(n);
+        }
+        if let Some(wait) = s.max_half_open_wait {
+            b = b.max_half_open_wait(wait.on());
+        }
+        if let Some(cap) = s.max_open_hint {
+            b = b.max_open_hint(cap);
+        }
+        b.clone()
+            .runtime(Checking(Instant::now()))
+            .build()
+            .map_err(|e| self.placed("breaker", get, BreakerConfig::sets, BREAKER_KEYS, &at, e))?;
+        Ok(b.runtime(rt))
+    }
+
+    /// The window of the topmost layer that gives one: `window_calls`, or `window` with
+    /// `window_buckets` (which alone may come from any layer).
+    fn window(&self, at: &str) -> Result<Option<Window>, Invalid> {
+        let sections = || {
+            self.layers
+                .iter()
+                .filter_map(|(path, p)| Some((path, p.breaker.as_ref()?)))
+        };
+        let Some((path, top)) =
+            sections().find(|(_, s)| s.window.is_some() || s.window_calls.is_some())
+        else {
+            return Ok(None);
+        };
+        match (top.window_calls, top.window) {
+            (Some(_), Some(_)) => Err(Invalid::new(
+                format!("{path}.breaker.window"),
+                Problem::NotHere("a window is `window_calls` or `window`, not both"),
+            )),
+            (Some(calls), None) => Ok(Some(Window::Count { calls })),
+            (None, Some(span)) => {
+                let buckets = sections().find_map(|(_, s)| s.window_buckets).unwrap_or(10);
+                Ok(Some(Window::Time { span, buckets }))
+            }
+            (None, None) => {
+                debug_assert!(false, "found by having one of them");
+                Err(Invalid::new(at, Problem::Missing))
+            }
+        }
+    }
+
+    /// The bulkhead, on the default runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Problem::Missing`] when no layer sets `max_concurrent`; [`Invalid`] with the key path
+    /// of a setting the builder refuses.
+    pub fn bulkhead(&self) -> Result<BulkheadBuilder, Invalid> {
+        self.bulkhead_on(DefaultRuntime::default())
+    }
+
+    pub(super) fn bulkhead_on<R>(&self, rt: R) -> Result<BulkheadBuilder<R>, Invalid> {
+        let get: Get<BulkheadConfig> = |p| &p.bulkhead;
+        let (s, at) = self.section("bulkhead", get, BulkheadConfig::over);
+        let max_concurrent = s
+            .max_concurrent
+            .ok_or_else(|| Invalid::new(format!("{at}.max_concurrent"), Problem::Missing))?;
+        let mut b = Bulkhead::builder(max_concurrent).name(self.named());
+        if let Some(n) = s.max_queue {
+            b = b.max_queue(n);
+        }
+        if let Some(wait) = s.max_wait {
+            b = b.max_wait(wait.on());
+        }
+        b.clone()
+            .runtime(Checking(Instant::now()))
+            .build()
+            .map_err(|e| self.placed("bulkhead", get, BulkheadConfig::sets, &[], &at, e))?;
+        Ok(b.runtime(rt))
+    }
+
+    /// The rate limiter, on the default runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Problem::Missing`] when no layer sets `count` or `period`; [`Invalid`] with the key
+    /// path of a setting the builder refuses.
+    pub fn rate_limiter(&self) -> Result<RateLimiterBuilder, Invalid> {
+        self.rate_limiter_on(DefaultRuntime::default())
+    }
+
+    pub(super) fn rate_limiter_on<R>(&self, rt: R) -> Result<RateLimiterBuilder<R>, Invalid> {
+        let get: Get<RateLimitConfig> = |p| &p.rate_limit;
+        let (s, at) = self.section("rate_limit", get, RateLimitConfig::over);
+        let missing = |key: &str| Invalid::new(format!("{at}.{key}"), Problem::Missing);
+        let count = s.count.ok_or_else(|| missing("count"))?;
+        let period = s.period.ok_or_else(|| missing("period"))?;
+        let mut b = RateLimiter::builder(count, period).name(self.named());
+        if let Some(burst) = s.burst {
+            b = b.burst(burst);
+        }
+        if let Some(jitter) = s.jitter {
+            b = b.jitter(jitter);
+        }
+        b.clone()
+            .runtime(Checking(Instant::now()))
+            .build()
+            .map_err(|e| self.placed("rate_limit", get, RateLimitConfig::sets, &[], &at, e))?;
+        Ok(b.runtime(rt))
+    }
+
+    /// The retry schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`Invalid`] with the key path of the first setting [`Backoff`]'s builder refuses.
+    pub fn backoff(&self) -> Result<Backoff, Invalid> {
+        let get: Get<RetryConfig> = |p| &p.retry;
+        let (s, at) = self.section("retry", get, RetryConfig::over);
+        let initial = s.initial_delay.unwrap_or(Duration::from_millis(100));
+        let mut b = match s.backoff.unwrap_or(BackoffKind::Exponential) {
+            BackoffKind::Constant => Backoff::constant(initial),
+            BackoffKind::Linear => Backoff::linear(initial, s.step.unwrap_or(initial)),
+            BackoffKind::Exponential => Backoff::exponential(initial),
+            BackoffKind::DecorrelatedJitter => Backoff::decorrelated_jitter(initial),
+        };
+        if let Some(factor) = s.factor {
+            b = b.factor(factor);
+        }
+        if let Some(jitter) = s.jitter {
+            b = b.jitter(match jitter {
+                JitterKind::None => Jitter::None,
+                JitterKind::Full => Jitter::Full,
+                JitterKind::Equal => Jitter::Equal,
+            });
+        }
+        if let Some(cap) = s.max_delay {
+            b = b.max_delay(cap);
+        }
+        if let Some(n) = s.max_attempts {
+            b = b.max_attempts(n);
+        }
+        if let Some(budget) = s.max_elapsed {
+            b = b.max_elapsed(budget);
+        }
+        b.build()
+            .map_err(|e| self.placed("retry", get, RetryConfig::sets, RETRY_KEYS, &at, e))
+    }
+
+    /// The longest `Retry-After` hint a retry honours (default 60 s).
+    pub fn max_retry_after(&self) -> Duration {
+        self.layers
+            .iter()
+            .find_map(|(_, p)| p.retry.as_ref()?.max_retry_after)
+            .unwrap_or(crate::retry::DEFAULT_MAX_RETRY_AFTER)
+    }
+
+    /// The retry budget's policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Invalid`] with the key path of the first setting the budget's builder refuses.
+    pub fn retry_budget(&self) -> Result<RetryBudgetPolicy, Invalid> {
+        let get: Get<BudgetConfig> = |p| &p.budget;
+        let (s, at) = self.section("budget", get, BudgetConfig::over);
+        let mut b = RetryBudgetPolicy::builder();
+        if let Some(ratio) = s.ratio {
+            b = b.ratio(ratio);
+        }
+        if let Some(n) = s.min_per_second {
+            b = b.min_per_second(n);
+        }
+        if let Some(window) = s.window {
+            b = b.window(window);
+        }
+        if let Some(buckets) = s.buckets {
+            b = b.buckets(buckets);
+        }
+        b.build()
+            .map_err(|e| self.placed("budget", get, BudgetConfig::sets, &[], &at, e))
+    }
+
+    /// Checks every section some layer has. A key without a default (a bulkhead's
+    /// `max_concurrent`) must be set only for a section that `complete` requires: one the
+    /// instance or its base has, not one that only the defaults or a base alone have.
+    pub(super) fn check(&self, complete: bool) -> Result<(), Invalid> {
+        let clock = Checking(Instant::now());
+        let present = |section: fn(&Policies) -> bool| self.layers.iter().any(|(_, p)| section(p));
+        let required = |section: fn(&Policies) -> bool| {
+            complete
+                && self
+                    .layers
+                    .iter()
+                    .any(|(path, p)| path != "defaults" && section(p))
+        };
+        let settle = |section: fn(&Policies) -> bool, result: Result<(), Invalid>| match result {
+            Err(e) if matches!(e.problem(), Problem::Missing) && !required(section) => Ok(()),
+            other => other,
+        };
+        if present(|p| p.breaker.is_some()) {
+            self.breaker_on(clock.clone()).map(drop)?;
+        }
+        let bulkhead = |p: &Policies| p.bulkhead.is_some();
+        if present(bulkhead) {
+            settle(bulkhead, self.bulkhead_on(clock.clone()).map(drop))?;
+        }
+        let rate_limit = |p: &Policies| p.rate_limit.is_some();
+        if present(rate_limit) {
+            settle(rate_limit, self.rate_limiter_on(clock).map(drop))?;
+        }
+        if present(|p| p.retry.is_some()) {
+            self.backoff()?;
+        }
+        if present(|p| p.budget.is_some()) {
+            self.retry_budget()?;
+        }
+        Ok(())
+    }
+}

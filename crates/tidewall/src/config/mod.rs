@@ -1,0 +1,103 @@
+//! Policies from a configuration file, by name (feature `serde`; [`Config::from_toml`] needs
+//! feature `toml`).
+//!
+//! A [`Config`] has three layers, each a set of [`Policies`]:
+//!
+//! * `[defaults]`: what every instance starts from;
+//! * `[configs.<name>]`: named bases an instance may start from instead (resilience4j's
+//!   `configs`), themselves over the defaults;
+//! * `[instances.<name>]`: the instances, each over its `base` (if it names one) over the
+//!   defaults.
+//!
+//! An instance's value for a key is its own, else its base's, else the defaults', else the
+//! policy builder's default. An instance *has* a policy when it or its base has that section
+//! (an empty `breaker = {}` is enough); the defaults only fill sections in. A name the file
+//! does not declare gets the defaults alone.
+//!
+//! Every value goes through the same builder code would use, so a configuration is exactly as
+//! strict as the builders: nothing is clamped or rounded, and the first bad value is reported
+//! with its key path and the rule it breaks ([`Invalid`]):
+//!
+//! ```text
+//! instances.payments.breaker.failure_rate: must be in [0.000001, 1] (kept in parts per million), got 1.5
+//! ```
+//!
+//! Durations are strings in the strict [human grammar](tidewall_core::duration)
+//! (`"250ms"`, `"5s"`, `"1h 30m"`); a setting that can be turned off takes `"off"`
+//! ([`Toggle`]). Unknown keys are errors, so a typo never silently keeps a default.
+//!
+//! TOML is the documented format:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::breaker::Window;
+//! use tidewall::config::{Config, Registry};
+//!
+//! let text = r#"
+//!     [defaults.breaker]
+//!     failure_rate = 0.5
+//!     minimum_calls = 20
+//!     window = "30s"
+//!     break_duration = "5s"
+//!
+//!     [defaults.retry]
+//!     max_attempts = 3
+//!     initial_delay = "100ms"
+//!     max_delay = "2s"
+//!
+//!     [configs.critical.breaker]
+//!     failure_rate = 0.25
+//!     break_duration = "30s"
+//!
+//!     [instances.payments]
+//!     base = "critical"
+//!     deadline = "2s"
+//!     attempt_timeout = "500ms"
+//!     breaker = {}
+//!     retry = {}
+//!     [instances.payments.bulkhead]
+//!     max_concurrent = 32
+//!     max_queue = 0
+//!
+//!     [instances.search.rate_limit]
+//!     count = 100
+//!     period = "1s"
+//! "#;
+//! let config = Config::from_toml(text)?;
+//! let payments = config.instance("payments")?;
+//! assert_eq!(payments.deadline(), Some(Duration::from_secs(2)));
+//! assert_eq!(payments.backoff()?.max_attempts_total(), 3);
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+//! let registry = Registry::new(config)?;
+//! let breaker = registry.breaker("payments")?;
+//! // The window comes from the defaults, under the instance's base.
+//! assert_eq!(breaker.policy().window(), Window::Time { span: Duration::from_secs(30), buckets: 10 });
+//! # Ok::<(), tidewall::config::Invalid>(()) })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! YAML, JSON and any other serde format work too: [`Config`] is `Deserialize` (check it with
+//! [`Config::validate`] after reading it) and `Serialize`, so an admin endpoint can print the
+//! configuration in force.
+//!
+//! A [`Registry`] builds the policies of a configuration once and hands out shared handles by
+//! name; [`Config::instance`] gives one instance's builders, to add what a file cannot say (a
+//! state-change listener, a classifier) before building.
+
+mod error;
+mod human;
+mod instance;
+mod layers;
+mod registry;
+mod sections;
+
+pub use error::{Invalid, Problem};
+pub use human::Toggle;
+pub use instance::Instance;
+pub use layers::{Config, Policies};
+pub use registry::{Registry, RegistryBuilder};
+pub use sections::{
+    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
+    RetryConfig,
+};

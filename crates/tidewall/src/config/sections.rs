@@ -1,0 +1,260 @@
+//! One section per policy, as a configuration file writes it. Every key is optional: an absent
+//! key comes from the layer below (see the [module docs](super) on layers), and in the end from
+//! the policy builder's own default.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Toggle;
+use super::human::opt_duration;
+
+/// Declares a section: every field optional, unknown keys refused, and the two things layering
+/// needs — `over` (this section's keys over another's) and `sets` (whether a key is set here,
+/// to name the layer a bad value came from).
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[non_exhaustive]
+        pub struct $name {
+            $(
+                $(#[$field_meta])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl $name {
+            /// This section's keys, each falling back to `under`'s.
+            pub(super) fn over(&self, under: &Self) -> Self {
+                Self { $( $field: self.$field.clone().or_else(|| under.$field.clone()), )* }
+            }
+
+            /// Whether `key` is set in this section.
+            pub(super) fn sets(&self, key: &str) -> bool {
+                match key {
+                    $( stringify!($field) => self.$field.is_some(), )*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+section! {
+    /// `[<layer>.breaker]`: a [`CircuitBreaker`](crate::breaker::CircuitBreaker).
+    ///
+    /// A window is either `window_calls` (the last N calls) or `window` with
+    /// `window_buckets` (the calls of a span of time, default 10 buckets); setting both is an
+    /// error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [defaults.breaker]
+    ///     failure_rate = 0.5
+    ///     minimum_calls = 20
+    ///     window = "30s"
+    ///     break_duration = "5s"
+    /// "#)?;
+    /// let breaker = config.defaults.breaker.as_ref().unwrap();
+    /// assert_eq!(breaker.window, Some(Duration::from_secs(30)));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct BreakerConfig {
+        /// Trip at this failure share (0.000001 ..= 1), or `"off"` (default 0.5).
+        failure_rate: Toggle<f64>,
+        /// Trip at this share of slow calls (0.000001 ..= 1; default: not checked).
+        slow_call_rate: f64,
+        /// A call slower than this is slow (default 1 s).
+        #[serde(with = "opt_duration")]
+        slow_call_threshold: Duration,
+        /// Trip after this many failures in a row, whatever the window says.
+        consecutive_failures: u32,
+        /// Calls the window needs before its rates count (default 10).
+        minimum_calls: u32,
+        /// A count window of the last N calls (default 100).
+        window_calls: u32,
+        /// A time window of this span.
+        #[serde(with = "opt_duration")]
+        window: Duration,
+        /// Buckets of a time window (default 10).
+        window_buckets: u32,
+        /// How long it stays open (default 5 s).
+        #[serde(with = "opt_duration")]
+        break_duration: Duration,
+        /// Probes let through while half-open (default 1).
+        half_open_probes: u32,
+        /// Reopen when probes have not finished after this, or `"off"` (default 60 s).
+        max_half_open_wait: Toggle<Duration>,
+        /// The longest a server's hint may hold it open (default 60 s).
+        #[serde(with = "opt_duration")]
+        max_open_hint: Duration,
+    }
+}
+
+section! {
+    /// `[<layer>.bulkhead]`: a [`Bulkhead`](crate::bulkhead::Bulkhead). `max_concurrent` has
+    /// no default: some layer must set it.
+    ///
+    /// ```
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.orders.bulkhead]
+    ///     max_concurrent = 32
+    ///     max_queue = 0
+    /// "#)?;
+    /// assert_eq!(config.instances["orders"].bulkhead.as_ref().unwrap().max_concurrent, Some(32));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct BulkheadConfig {
+        /// Calls admitted at once.
+        max_concurrent: usize,
+        /// Calls that may wait for a slot (default: `max_concurrent`).
+        max_queue: usize,
+        /// The longest a call waits for a slot, or `"off"` (default 1 s).
+        max_wait: Toggle<Duration>,
+    }
+}
+
+section! {
+    /// `[<layer>.rate_limit]`: a [`RateLimiter`](crate::rate::RateLimiter) of `count` calls
+    /// per `period`; both have no default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.search.rate_limit]
+    ///     count = 100
+    ///     period = "1s"
+    ///     burst = 20
+    /// "#)?;
+    /// let limit = config.instances["search"].rate_limit.as_ref().unwrap();
+    /// assert_eq!((limit.count, limit.period), (Some(100), Some(Duration::from_secs(1))));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct RateLimitConfig {
+        /// Calls per period.
+        count: u32,
+        /// The period.
+        #[serde(with = "opt_duration")]
+        period: Duration,
+        /// Calls admitted at once from rest (default: `count`).
+        burst: u32,
+        /// The most random delay added to each wait (default: one emission interval).
+        #[serde(with = "opt_duration")]
+        jitter: Duration,
+    }
+}
+
+section! {
+    /// `[<layer>.retry]`: the retry schedule ([`Backoff`](crate::Backoff)).
+    ///
+    /// ```
+    /// use tidewall::config::{BackoffKind, Config};
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [defaults.retry]
+    ///     backoff = "exponential"
+    ///     initial_delay = "100ms"
+    ///     max_delay = "2s"
+    ///     max_attempts = 3
+    ///     jitter = "full"
+    /// "#)?;
+    /// assert_eq!(config.defaults.retry.as_ref().unwrap().backoff, Some(BackoffKind::Exponential));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct RetryConfig {
+        /// The schedule's shape (default exponential).
+        backoff: BackoffKind,
+        /// The first delay (the only one of a constant schedule; default 100 ms).
+        #[serde(with = "opt_duration")]
+        initial_delay: Duration,
+        /// What a linear schedule adds each time (linear only; default: `initial_delay`).
+        #[serde(with = "opt_duration")]
+        step: Duration,
+        /// An exponential schedule's growth factor (exponential only; default 2).
+        factor: f64,
+        /// How each delay is randomized (default full; not with decorrelated jitter).
+        jitter: JitterKind,
+        /// The cap on each delay (default 30 s).
+        #[serde(with = "opt_duration")]
+        max_delay: Duration,
+        /// Attempts in all, the first included (default 4).
+        max_attempts: u32,
+        /// Stop before the delays add up to more than this (default: no limit).
+        #[serde(with = "opt_duration")]
+        max_elapsed: Duration,
+        /// The longest `Retry-After` hint honoured (default 60 s).
+        #[serde(with = "opt_duration")]
+        max_retry_after: Duration,
+    }
+}
+
+section! {
+    /// `[<layer>.budget]`: a [retry budget](crate::budget): retries as a share of calls.
+    ///
+    /// ```
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [defaults.budget]
+    ///     ratio = 0.2
+    ///     min_per_second = 10
+    ///     window = "10s"
+    /// "#)?;
+    /// assert_eq!(config.defaults.budget.as_ref().unwrap().ratio, Some(0.2));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct BudgetConfig {
+        /// Retries allowed per call (0, or 0.000001 ..= 1000; default 0.2).
+        ratio: f64,
+        /// Retries allowed per second whatever the traffic (default 10).
+        min_per_second: u32,
+        /// How long a call counts (default 10 s).
+        #[serde(with = "opt_duration")]
+        window: Duration,
+        /// Buckets the window slides by (default 10).
+        buckets: u32,
+    }
+}
+
+/// The shape of a retry schedule (see [`Backoff`](crate::Backoff)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackoffKind {
+    /// The same delay every time.
+    Constant,
+    /// `initial_delay`, then `+ step` each time.
+    Linear,
+    /// `initial_delay × factor^n`.
+    Exponential,
+    /// AWS's decorrelated jitter: random in `initial_delay ..= 3 × previous`.
+    DecorrelatedJitter,
+}
+
+/// How a retry delay is randomized (see [`Jitter`](crate::Jitter)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JitterKind {
+    /// No randomness.
+    None,
+    /// Uniform in `[0, d]`.
+    Full,
+    /// Uniform in `[d/2, d]`.
+    Equal,
+}

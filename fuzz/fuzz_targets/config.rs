@@ -1,0 +1,40 @@
+//! Fuzzes reading a configuration file: any text gives a configuration or an error with a
+//! message, never a panic. A configuration that is read builds a registry (validation and
+//! building agree), and prints back to text that reads as the same configuration.
+//!
+//! Run from `fuzz/`:
+//! `cargo fuzz run --sanitizer none config corpus/config seeds/config -- -dict=dicts/config.dict -max_total_time=60`
+//! (`seeds/config` holds whole files to start from).
+//! CI runs it for 20 s on every change.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tidewall::config::{Config, Registry};
+use tidewall::testing::FakeClock;
+
+fuzz_target!(|text: &str| {
+    let config = match Config::from_toml(text) {
+        Ok(config) => config,
+        Err(error) => {
+            let _ = error.to_string();
+            return;
+        }
+    };
+    let registry = Registry::builder(config.clone())
+        .runtime(FakeClock::new())
+        .build()
+        .expect("a validated configuration builds");
+    // Names the file does not declare get the defaults, which may lack a key without a
+    // default: an error then, never a panic.
+    let _ = registry.breaker("undeclared");
+    let _ = registry.bulkhead("undeclared");
+    let _ = registry.rate_limiter("undeclared");
+    let _ = registry.retry_budget("undeclared");
+    for name in config.instances.keys() {
+        let instance = config.instance(name).expect("validated: every base exists");
+        let _ = instance.backoff();
+        let _ = (instance.deadline(), instance.attempt_timeout(), instance.max_retry_after());
+    }
+    let printed = toml::to_string(&config).expect("a read configuration prints");
+    assert_eq!(Config::from_toml(&printed).expect("and reads back"), config);
+});
