@@ -107,6 +107,36 @@ impl Gcra {
         self.burst
     }
 
+    /// The limit as two words (interval, burst), to keep it where it can be replaced while
+    /// it is read (a limiter reconfigured live); [`from_words`](Self::from_words) reads them
+    /// back.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tidewall_core::gcra::Gcra;
+    ///
+    /// let gcra = Gcra::new(10, Duration::from_secs(1), 5)?;
+    /// assert_eq!(Gcra::from_words(gcra.to_words()), gcra);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub const fn to_words(&self) -> [u64; 2] {
+        [self.interval, self.burst as u64]
+    }
+
+    /// The limit [`to_words`](Self::to_words) gave. Total: words that no validated limit has
+    /// are brought into range (an interval of at least 1 ns, a burst of 1 ..= `u32::MAX`,
+    /// the horizon saturated) rather than refused, so reading them never fails.
+    #[inline]
+    pub fn from_words(words: [u64; 2]) -> Self {
+        let interval = words[0].max(1);
+        let burst = u32::try_from(words[1]).unwrap_or(u32::MAX).max(1);
+        Self {
+            interval,
+            burst,
+            horizon: interval.saturating_mul(u64::from(burst)),
+        }
+    }
+
     /// Decides whether `cells` may pass at `now`, given the stored `tat`.
     ///
     /// Returns the new TAT to store on success. Pure: the caller stores it (with a

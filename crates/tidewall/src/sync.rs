@@ -3,14 +3,14 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,4 +32,65 @@ pub(crate) fn nanos_since(origin: std::time::Instant, now: std::time::Instant) -
         .as_secs()
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::from(elapsed.subsec_nanos()))
+}
+
+/// A few words that one writer at a time replaces while any number of readers read them
+/// whole: a sequence lock over atomics (Boehm's, with fences), so a reader never sees half
+/// of a change. Reads cost two loads of the sequence on top of the words and never block;
+/// they retry only while a write is under way. For settings changed live (a limiter's rate,
+/// a breaker's thresholds), which are read on every call and written rarely.
+pub(crate) struct Tuning<const N: usize> {
+    sequence: AtomicU64,
+    words: [AtomicU64; N],
+}
+
+impl<const N: usize> Tuning<N> {
+    pub(crate) fn new(words: [u64; N]) -> Self {
+        Self {
+            sequence: AtomicU64::new(0),
+            words: words.map(AtomicU64::new),
+        }
+    }
+
+    /// The words of one write, never a mix of two.
+    #[inline]
+    pub(crate) fn read(&self) -> [u64; N] {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let words = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return words;
+                }
+            }
+            spin();
+        }
+    }
+
+    /// Replaces the words. Callers serialize writes (each policy writes under its own lock).
+    pub(crate) fn write(&self, words: [u64; N]) {
+        let before = self.sequence.load(Ordering::Relaxed);
+        self.sequence
+            .store(before.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (slot, word) in self.words.iter().zip(words) {
+            slot.store(word, Ordering::Relaxed);
+        }
+        self.sequence
+            .store(before.wrapping_add(2), Ordering::Release);
+    }
+}
+
+#[cfg(loom)]
+use loom::sync::atomic::fence;
+#[cfg(not(loom))]
+use std::sync::atomic::fence;
+
+/// Waits a moment for a writer to finish (loom: lets the writer run).
+fn spin() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
 }

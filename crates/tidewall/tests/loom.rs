@@ -224,6 +224,100 @@ fn a_release_always_reaches_a_waiter() {
     });
 }
 
+/// A grow racing a release and a waiter that is enqueueing: the waiter gets a permit (a lost
+/// wake-up would deadlock, which loom reports), and once everything is back the bulkhead holds
+/// exactly its new capacity.
+#[test]
+fn a_grow_always_reaches_a_waiter() {
+    loom::model(|| {
+        let bulkhead = bulkhead();
+        let held = bulkhead.try_acquire().unwrap();
+        let waiter = {
+            let bulkhead = bulkhead.clone();
+            loom::thread::spawn(move || {
+                loom::future::block_on(bulkhead.acquire()).map(drop).is_ok()
+            })
+        };
+        let grower = {
+            let bulkhead = bulkhead.clone();
+            loom::thread::spawn(move || {
+                bulkhead
+                    .reconfigure(Bulkhead::builder(2).max_queue(4).max_wait(None))
+                    .unwrap();
+            })
+        };
+        assert!(waiter.join().unwrap());
+        grower.join().unwrap();
+        drop(held);
+        assert_eq!((bulkhead.in_flight(), bulkhead.available()), (0, 2));
+    });
+}
+
+/// A shrink racing the release of a held permit and a caller taking one: nothing held is
+/// revoked, at most one newcomer gets in while two were held under a limit of one, and once
+/// everything is back the bulkhead holds exactly its new capacity.
+#[test]
+fn a_shrink_never_revokes_and_never_overadmits() {
+    loom::model(|| {
+        let bulkhead = Bulkhead::builder(2)
+            .max_queue(0)
+            .runtime(ModelClock::default())
+            .build()
+            .unwrap();
+        let first = bulkhead.try_acquire_owned().unwrap();
+        let second = bulkhead.try_acquire_owned().unwrap();
+        let releaser = loom::thread::spawn(move || drop(first));
+        let shrinker = {
+            let bulkhead = bulkhead.clone();
+            loom::thread::spawn(move || {
+                bulkhead
+                    .reconfigure(Bulkhead::builder(1).max_queue(0))
+                    .unwrap();
+            })
+        };
+        let newcomer = bulkhead.try_acquire_owned().ok();
+        releaser.join().unwrap();
+        shrinker.join().unwrap();
+        // `second` is still held: with the limit at 1, only a newcomer that came before the
+        // shrink may be in as well.
+        let held = 1 + usize::from(newcomer.is_some());
+        assert_eq!(bulkhead.in_flight(), held);
+        assert!(
+            bulkhead.try_acquire().is_err(),
+            "at or over the new limit of one"
+        );
+        drop((newcomer, second));
+        assert_eq!((bulkhead.in_flight(), bulkhead.available()), (0, 1));
+    });
+}
+
+/// A limit replaced while a caller reads it: the caller sees the old limit or the new one,
+/// whole, never the interval of one with the burst of the other.
+#[test]
+fn a_reconfigured_limit_is_read_whole() {
+    loom::model(|| {
+        let slow = tidewall::rate::RateLimiter::builder(1, Duration::from_secs(1)).burst(1);
+        let fast = tidewall::rate::RateLimiter::builder(1000, Duration::from_secs(1)).burst(50);
+        let limiter = slow.clone().runtime(ModelClock::default()).build().unwrap();
+        let (before, after) = (
+            limiter.gcra(),
+            fast.clone()
+                .runtime(ModelClock::default())
+                .build()
+                .unwrap()
+                .gcra(),
+        );
+        let writer = {
+            let limiter = limiter.clone();
+            loom::thread::spawn(move || limiter.reconfigure(fast).unwrap())
+        };
+        let seen = limiter.gcra();
+        assert!(seen == before || seen == after, "a mixed limit: {seen:?}");
+        writer.join().unwrap();
+        assert_eq!(limiter.gcra(), after);
+    });
+}
+
 /// A waiter that gives up while the permit is being handed to it: the permit is passed on,
 /// never lost.
 #[test]

@@ -177,7 +177,7 @@ impl<R: Clock> Waiter<R> {
                     Wait::Until(deadline) => deadline,
                 };
                 let now = shared.rt.now();
-                let max_wait_end = shared.max_wait.map(|w| instant_after(now, w));
+                let max_wait_end = shared.max_wait().map(|w| instant_after(now, w));
                 let refusal = if deadline.is_expired(now) {
                     Some(Rejected::DeadlineExceeded)
                 } else if max_wait_end.is_some_and(|end| end <= now) {
@@ -189,7 +189,7 @@ impl<R: Clock> Waiter<R> {
                     Some(reason) => None.ok_or(reason),
                     None => {
                         let mut queue = lock(&shared.queue);
-                        if queue.waiting() >= shared.max_queue {
+                        if queue.waiting() >= shared.max_queue() {
                             Err(Rejected::BulkheadFull)
                         } else {
                             let place = queue.push(cx.waker().clone());

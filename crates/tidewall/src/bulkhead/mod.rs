@@ -75,7 +75,7 @@ impl<R: Clock> std::fmt::Debug for Bulkhead<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bulkhead")
             .field("name", &self.shared.name)
-            .field("capacity", &self.shared.capacity)
+            .field("capacity", &self.shared.capacity())
             .field("in_flight", &self.in_flight())
             .field("queued", &self.queued())
             .finish_non_exhaustive()
@@ -146,9 +146,10 @@ impl<R> BulkheadBuilder<R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for `max_concurrent == 0`, a zero `max_wait` with a non-empty
-    /// queue (use `max_queue(0)` to reject at once), and [`ConfigError::DurationOverflow`]
-    /// for a `max_wait` beyond `u64` nanoseconds.
+    /// [`ConfigError::Zero`] for `max_concurrent == 0`, [`ConfigError::OutOfRange`] for one
+    /// above `isize::MAX`, a zero `max_wait` with a non-empty queue (use `max_queue(0)` to
+    /// reject at once), and [`ConfigError::DurationOverflow`] for a `max_wait` beyond `u64`
+    /// nanoseconds.
     pub fn build(self) -> Result<Bulkhead<R>, ConfigError>
     where
         R: Clock,
@@ -167,6 +168,15 @@ impl<R> BulkheadBuilder<R> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::Zero {
                 field: "max_concurrent",
+            });
+        }
+        if isize::try_from(self.max_concurrent).is_err() {
+            #[allow(clippy::cast_precision_loss)] // only to print it
+            let value = self.max_concurrent as f64;
+            return Err(ConfigError::OutOfRange {
+                field: "max_concurrent",
+                value,
+                allowed: "at most isize::MAX",
             });
         }
         if let Some(wait) = self.max_wait {
@@ -337,7 +347,44 @@ impl<R: Clock> Bulkhead<R> {
 
     /// The concurrency limit.
     pub fn capacity(&self) -> usize {
-        self.shared.capacity
+        self.shared.capacity()
+    }
+
+    /// Applies `settings` to this bulkhead in place (its name and runtime are not changed),
+    /// validated as [`build`](BulkheadBuilder::build) validates them; on an error nothing
+    /// changes.
+    ///
+    /// No permit is revoked: growing hands the new permits to queued callers first;
+    /// shrinking below what is held admits nobody new until enough permits come back, so
+    /// [`in_flight`](Self::in_flight) may exceed the capacity for a while. Callers already
+    /// queued stay queued when the queue shrinks.
+    ///
+    /// ```
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let bulkhead = Bulkhead::builder(2).max_queue(0).build()?;
+    /// let a = bulkhead.try_acquire().unwrap();
+    /// let b = bulkhead.try_acquire().unwrap();
+    /// bulkhead.reconfigure(Bulkhead::builder(1).max_queue(0))?;
+    /// assert_eq!((bulkhead.capacity(), bulkhead.in_flight()), (1, 2), "nothing revoked");
+    /// drop(a);
+    /// assert!(bulkhead.try_acquire().is_err(), "one is still out, and 1 is the limit");
+    /// drop(b);
+    /// assert!(bulkhead.try_acquire().is_ok());
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`BulkheadBuilder::build`].
+    pub fn reconfigure<R2>(&self, settings: BulkheadBuilder<R2>) -> Result<(), ConfigError> {
+        settings.validate()?;
+        self.shared.resize(
+            settings.max_concurrent,
+            settings.max_queue,
+            settings.max_wait,
+        );
+        Ok(())
     }
 
     /// The name its events and metrics carry (default `bulkhead`).

@@ -8,19 +8,25 @@
 //! the latest value and synchronize through each location's modification order, so at least
 //! one side sees the other and the permit reaches the waiter — without relying on `SeqCst`
 //! store-load ordering, which loom cannot model. `tests/loom.rs` checks every interleaving.
+//!
+//! Resizing never revokes a permit: `available` is signed, so shrinking below what is held
+//! leaves it negative, and the permits still out pay the difference back as they are released
+//! before anyone new is admitted. Resizes and the queue's hand-offs take the queue lock.
 
 use std::time::Duration;
 
 use super::queue::WaitQueue;
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering::*, lock};
+use crate::sync::{AtomicIsize, AtomicU64, AtomicUsize, Mutex, Ordering::*, lock};
 
 pub(crate) struct Shared<R> {
-    pub(super) capacity: usize,
-    available: AtomicUsize,
+    capacity: AtomicUsize,
+    /// Free permits; negative after a shrink while more are held than the new capacity.
+    available: AtomicIsize,
     queued: AtomicUsize,
     pub(super) queue: Mutex<WaitQueue>,
-    pub(super) max_queue: usize,
-    pub(super) max_wait: Option<Duration>,
+    max_queue: AtomicUsize,
+    /// In nanoseconds; `u64::MAX` for none (a wait that long, 584 years, is the same thing).
+    max_wait: AtomicU64,
     rejected: AtomicU64,
     pub(super) rt: R,
     pub(super) name: crate::Name,
@@ -37,12 +43,12 @@ impl<R> Shared<R> {
         rejections: std::sync::Arc<crate::telemetry::Rejections>,
     ) -> Self {
         Self {
-            capacity,
-            available: AtomicUsize::new(capacity),
+            capacity: AtomicUsize::new(capacity),
+            available: AtomicIsize::new(signed(capacity)),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(WaitQueue::default()),
-            max_queue,
-            max_wait,
+            max_queue: AtomicUsize::new(max_queue),
+            max_wait: AtomicU64::new(wait_nanos(max_wait)),
             rejected: AtomicU64::new(0),
             rt,
             name,
@@ -92,10 +98,10 @@ impl<R> Shared<R> {
     pub(super) fn release(&self) {
         let before = self.available.fetch_add(1, SeqCst);
         debug_assert!(
-            before < self.capacity,
+            before < signed(self.capacity()),
             "bulkhead {:?}: a slot was released that was never taken ({before} of {} already free)",
             self.name,
-            self.capacity
+            self.capacity()
         );
         if self.queued.fetch_add(0, SeqCst) > 0 {
             self.dispatch();
@@ -141,12 +147,54 @@ impl<R> Shared<R> {
         reason
     }
 
+    /// Held permits: more than the capacity for a while after a shrink.
     pub(super) fn in_flight(&self) -> usize {
-        self.capacity - self.available.load(Relaxed).min(self.capacity)
+        let held = signed(self.capacity()).saturating_sub(self.available.load(Relaxed));
+        usize::try_from(held).unwrap_or(0)
     }
 
     pub(super) fn available(&self) -> usize {
-        self.available.load(Relaxed)
+        usize::try_from(self.available.load(Relaxed)).unwrap_or(0)
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity.load(Relaxed)
+    }
+
+    pub(super) fn max_queue(&self) -> usize {
+        self.max_queue.load(Relaxed)
+    }
+
+    pub(super) fn max_wait(&self) -> Option<Duration> {
+        match self.max_wait.load(Relaxed) {
+            u64::MAX => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Applies new (validated) limits. Held permits stay held; a larger capacity goes to the
+    /// queue first; a smaller one admits nobody new until enough permits come back. Waiters
+    /// already queued stay queued when the queue shrinks.
+    pub(super) fn resize(&self, capacity: usize, max_queue: usize, max_wait: Option<Duration>) {
+        let grew = {
+            let _queue = lock(&self.queue);
+            self.max_queue.store(max_queue, Relaxed);
+            self.max_wait.store(wait_nanos(max_wait), Relaxed);
+            let old = self.capacity();
+            // Stores and adds in the order that keeps `available <= capacity` for every
+            // reader: a release's check, `in_flight` and `available`.
+            if capacity > old {
+                self.capacity.store(capacity, SeqCst);
+                self.available.fetch_add(signed(capacity - old), SeqCst);
+            } else {
+                self.available.fetch_sub(signed(old - capacity), SeqCst);
+                self.capacity.store(capacity, SeqCst);
+            }
+            capacity > old
+        };
+        if grew {
+            self.dispatch();
+        }
     }
 
     pub(super) fn queued(&self) -> usize {
@@ -156,4 +204,16 @@ impl<R> Shared<R> {
     pub(super) fn rejected(&self) -> u64 {
         self.rejected.load(Relaxed)
     }
+}
+
+/// A capacity as the signed permit count (builders refuse capacities above `isize::MAX`).
+fn signed(permits: usize) -> isize {
+    isize::try_from(permits).unwrap_or(isize::MAX)
+}
+
+fn wait_nanos(wait: Option<Duration>) -> u64 {
+    // Builders refuse waits beyond u64::MAX nanoseconds.
+    wait.map_or(u64::MAX, |w| {
+        u64::try_from(w.as_nanos()).unwrap_or(u64::MAX)
+    })
 }

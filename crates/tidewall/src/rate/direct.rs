@@ -9,7 +9,7 @@ use super::until_ready::UntilReady;
 use super::wait::Waiting;
 use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, Tuning, lock};
 use crate::{ConfigError, Deadline, Rejected};
 
 /// The refusals a rate limiter (direct or keyed) gives, as its telemetry registers them.
@@ -45,11 +45,15 @@ pub struct RateLimiter<R = DefaultRuntime> {
 }
 
 struct Direct<R> {
-    gcra: Gcra,
+    /// The limit's words ([`Gcra::to_words`]), replaced whole by `reconfigure`.
+    limit: Tuning<2>,
     tat: AtomicU64,
     clock: LimiterClock,
     rt: R,
-    jitter: Duration,
+    /// In nanoseconds.
+    jitter: AtomicU64,
+    /// Serializes `reconfigure`.
+    retune: Mutex<()>,
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
@@ -69,7 +73,7 @@ impl<R: Clock> std::fmt::Debug for RateLimiter<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
             .field("name", &self.shared.name)
-            .field("gcra", &self.shared.gcra)
+            .field("gcra", &self.gcra())
             .finish_non_exhaustive()
     }
 }
@@ -186,11 +190,12 @@ impl<R> RateLimiterBuilder<R> {
         let (gcra, jitter) = self.gcra()?;
         Ok(RateLimiter {
             shared: Arc::new(Direct {
-                gcra,
+                limit: Tuning::new(gcra.to_words()),
                 tat: AtomicU64::new(0),
                 clock: LimiterClock::new(&self.rt),
                 rt: self.rt,
-                jitter,
+                jitter: AtomicU64::new(nanos(jitter)),
+                retune: Mutex::new(()),
                 next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 rejections: crate::telemetry::Rejections::new("rate", &self.name, &REFUSALS),
                 name: self.name,
@@ -238,9 +243,10 @@ impl<R: Clock> RateLimiter<R> {
     pub(crate) fn decide(&self, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
         let now = shared.clock.nanos(&shared.rt);
+        let gcra = self.gcra();
         let mut tat = shared.tat.load(Relaxed);
         loop {
-            let next = shared.gcra.decide(tat, now, cells).map_err(rejection)?;
+            let next = gcra.decide(tat, now, cells).map_err(rejection)?;
             match shared
                 .tat
                 .compare_exchange_weak(tat, next, Relaxed, Relaxed)
@@ -291,7 +297,8 @@ impl<R: Clock> RateLimiter<R> {
     /// [`Admission`](crate::admission::Admission).
     pub(crate) fn until_ready_within(&self, cells: u32, wait: Wait) -> UntilReady<R> {
         let seed = self.shared.next_seed.fetch_add(1, Relaxed);
-        let waiting = Waiting::new(self.shared.rt.clone(), wait, self.shared.jitter, seed);
+        let jitter = Duration::from_nanos(self.shared.jitter.load(Relaxed));
+        let waiting = Waiting::new(self.shared.rt.clone(), wait, jitter, seed);
         UntilReady::new(self.clone(), cells, waiting)
     }
 
@@ -306,8 +313,44 @@ impl<R: Clock> RateLimiter<R> {
     }
 
     /// The GCRA parameters.
+    #[inline]
     pub fn gcra(&self) -> Gcra {
-        self.shared.gcra
+        Gcra::from_words(self.shared.limit.read())
+    }
+
+    /// Applies `settings` (count, period, burst, jitter) to this limiter in place, validated
+    /// as [`build`](RateLimiterBuilder::build) validates them; on an error nothing changes.
+    /// Its name, seed and runtime are not changed.
+    ///
+    /// The cells already admitted stay admitted: the limiter keeps its state (the time its
+    /// admitted cells are paid off at, GCRA's TAT), and the new limit applies from the next
+    /// decision, so a lower rate does not readmit a burst and a higher one admits more at
+    /// once. Callers waiting in `until_ready` decide again with the new limit when they wake.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let limiter = RateLimiter::builder(1, Duration::from_secs(1)).build()?;
+    /// assert!(limiter.check().is_ok());
+    /// assert!(limiter.check().is_err(), "1 a second");
+    /// limiter.reconfigure(RateLimiter::builder(10, Duration::from_secs(1)).burst(10))?;
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert!((0..10).all(|_| limiter.check().is_ok()), "10 at once after a rest");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RateLimiterBuilder::build`].
+    pub fn reconfigure<R2>(&self, settings: RateLimiterBuilder<R2>) -> Result<(), ConfigError> {
+        let (gcra, jitter) = settings.gcra()?;
+        let _one_at_a_time = lock(&self.shared.retune);
+        self.shared.limit.write(gcra.to_words());
+        self.shared.jitter.store(nanos(jitter), Relaxed);
+        Ok(())
     }
 
     /// The name its events and metrics carry (default `rate`).
@@ -323,4 +366,9 @@ impl<R: Clock> RateLimiter<R> {
     pub fn name(&self) -> &str {
         &self.shared.name
     }
+}
+
+/// A validated jitter in nanoseconds (builders refuse jitters beyond `u64::MAX` of them).
+fn nanos(jitter: Duration) -> u64 {
+    u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX)
 }
