@@ -385,8 +385,14 @@ fn policies_built_on_the_core_keep_its_bounds() {
         .runtime(Tokio)
         .build();
     assert!(is_out_of_range(&hedge, "ratio"));
-    // Sizes are faithful up to usize::MAX where nothing is allocated up front.
-    let bulkhead = Bulkhead::builder(usize::MAX)
+    // Sizes are faithful where nothing is allocated up front: a bulkhead up to isize::MAX
+    // permits (its count is signed, so a live shrink can leave it below zero), refused with
+    // a typed error beyond, never wrapped.
+    let too_many = Bulkhead::builder(isize::MAX.unsigned_abs() + 1)
+        .runtime(Tokio)
+        .build();
+    assert!(is_out_of_range(&too_many, "max_concurrent"));
+    let bulkhead = Bulkhead::builder(isize::MAX.unsigned_abs())
         .max_queue(usize::MAX)
         .max_wait(LONGEST)
         .runtime(Tokio)
