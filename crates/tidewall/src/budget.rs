@@ -32,7 +32,7 @@ use tidewall_core::breaker::window::Bucket;
 pub use tidewall_core::budget::{RetryBudgetBuilder, RetryBudgetPolicy};
 
 use crate::bucket_ring::{BucketRing, stamp};
-use crate::sync::{Arc, Mutex, lock, nanos_since};
+use crate::sync::{Arc, Mutex, Swap, lock, nanos_since};
 
 /// A shared retry budget. Cheap to clone: clones share the balance.
 ///
@@ -45,18 +45,49 @@ pub struct RetryBudget {
 }
 
 struct Inner {
+    /// Replaced whole by `reconfigure`.
+    current: Swap<Current>,
+    origin: Instant,
+    /// Serializes withdrawals and reconfigurations; holds the epoch of the last withdrawal.
+    withdrawals: Mutex<u64>,
+}
+
+/// The policy in force and the window it counts in.
+struct Current {
     policy: RetryBudgetPolicy,
+    /// Kept by a reconfiguration that leaves its shape (window and buckets) as it was.
+    window: std::sync::Arc<Window>,
+}
+
+struct Window {
     ring: BucketRing,
     bucket_nanos: u64,
-    origin: Instant,
-    /// Serializes withdrawals; holds the epoch of the last one.
-    withdrawals: Mutex<u64>,
+}
+
+impl Window {
+    fn new(policy: &RetryBudgetPolicy) -> Self {
+        let buckets = policy.buckets();
+        let window = u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            ring: BucketRing::new(Bucket::BUDGET, buckets),
+            // The policy guarantees at least one nanosecond per bucket.
+            bucket_nanos: (window / u64::from(buckets.max(1))).max(1),
+        }
+    }
+
+    fn epoch(&self, origin: Instant, now: Instant) -> u64 {
+        nanos_since(origin, now) / self.bucket_nanos
+    }
+}
+
+fn same_shape(a: &RetryBudgetPolicy, b: &RetryBudgetPolicy) -> bool {
+    (a.window(), a.buckets()) == (b.window(), b.buckets())
 }
 
 impl std::fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryBudget")
-            .field("policy", &self.inner.policy)
+            .field("policy", &self.policy())
             .finish_non_exhaustive()
     }
 }
@@ -65,34 +96,36 @@ impl RetryBudget {
     /// A budget following `policy`, with `origin` as the start of its clock (any instant of
     /// the runtime clock you will pass to it, e.g. `rt.now()`).
     pub fn new(policy: RetryBudgetPolicy, origin: Instant) -> Self {
-        let buckets = policy.buckets();
-        let window = u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX);
         Self {
             inner: Arc::new(Inner {
-                ring: BucketRing::new(Bucket::BUDGET, buckets),
-                // The policy guarantees at least one nanosecond per bucket.
-                bucket_nanos: (window / u64::from(buckets.max(1))).max(1),
+                current: Swap::new(Current {
+                    window: std::sync::Arc::new(Window::new(&policy)),
+                    policy,
+                }),
                 origin,
                 withdrawals: Mutex::new(0),
-                policy,
             }),
         }
-    }
-
-    fn epoch(&self, now: Instant) -> u64 {
-        nanos_since(self.inner.origin, now) / self.inner.bucket_nanos
     }
 
     /// Records one call (a first attempt). A full bucket (16.7 M calls) stops counting, which
     /// only ever makes the budget stricter.
     pub fn deposit(&self, now: Instant) {
-        self.inner.ring.add(self.epoch(now), [1, 0, 0]);
+        let current = self.inner.current.load();
+        let window = &current.window;
+        window
+            .ring
+            .add(window.epoch(self.inner.origin, now), [1, 0, 0]);
     }
 
     /// Whether one retry would be granted now (without taking it).
     pub fn has_balance(&self, now: Instant) -> bool {
-        let [deposits, withdrawals, _] = self.inner.ring.totals(self.epoch(now), None);
-        self.inner.policy.allows(deposits, withdrawals)
+        let current = self.inner.current.load();
+        let window = &current.window;
+        let [deposits, withdrawals, _] = window
+            .ring
+            .totals(window.epoch(self.inner.origin, now), None);
+        current.policy.allows(deposits, withdrawals)
     }
 
     /// Takes one retry from the budget if the balance allows it.
@@ -103,15 +136,16 @@ impl RetryBudget {
     /// boundary, and the budget can never be overdrawn. Deposits stay lock-free; a deposit
     /// racing a withdrawal only makes its compare-and-swap retry.
     pub fn try_withdraw(&self, now: Instant) -> bool {
-        let ring = &self.inner.ring;
         let mut last_epoch = lock(&self.inner.withdrawals);
-        let epoch = self.epoch(now).max(*last_epoch);
+        let budget = self.inner.current.load();
+        let ring = &budget.window.ring;
+        let epoch = budget.window.epoch(self.inner.origin, now).max(*last_epoch);
         let slot = ring.slot(epoch);
         ring.prepare(epoch);
         loop {
             let current = ring.load(slot);
             let [deposits, withdrawals, _] = ring.totals(epoch, Some((slot, current)));
-            if !self.inner.policy.allows(deposits, withdrawals) {
+            if !budget.policy.allows(deposits, withdrawals) {
                 return false;
             }
             let Some(next) = ring.layout().add(current, stamp(epoch), [0, 1, 0]) else {
@@ -131,8 +165,39 @@ impl RetryBudget {
         Arc::strong_count(&self.inner) > 1
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &RetryBudgetPolicy {
-        &self.inner.policy
+    /// The policy in force.
+    pub fn policy(&self) -> RetryBudgetPolicy {
+        self.inner.current.load().policy
+    }
+
+    /// Follows `policy` from now on, shared by every clone. A policy with the same window
+    /// and buckets keeps the calls and retries counted so far (a new ratio or floor judges
+    /// them from the next withdrawal); another shape starts an empty window, which only
+    /// leaves the floor (`min_per_second`) until calls come in again.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    ///
+    /// let now = Instant::now();
+    /// let budget = RetryBudget::new(RetryBudgetPolicy::builder().ratio(0.1).min_per_second(0).build()?, now);
+    /// (0..100).for_each(|_| budget.deposit(now));
+    /// assert_eq!((0..50).filter(|_| budget.try_withdraw(now)).count(), 10);
+    /// budget.reconfigure(RetryBudgetPolicy::builder().ratio(0.2).min_per_second(0).build()?);
+    /// assert_eq!((0..50).filter(|_| budget.try_withdraw(now)).count(), 10, "20 in all now");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn reconfigure(&self, policy: RetryBudgetPolicy) {
+        let mut last_epoch = lock(&self.inner.withdrawals);
+        let window = {
+            let current = self.inner.current.load();
+            if same_shape(&current.policy, &policy) {
+                std::sync::Arc::clone(&current.window)
+            } else {
+                *last_epoch = 0;
+                std::sync::Arc::new(Window::new(&policy))
+            }
+        };
+        self.inner.current.store(Current { policy, window });
     }
 }

@@ -94,3 +94,46 @@ fn spin() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// A value replaced whole while readers use it (a breaker's window when its shape changes).
+/// A read holds the value for as long as the caller needs it without touching a reference
+/// count that every reader shares, so readers on many cores do not contend; replacing it
+/// waits for no reader, and the old value is freed when its last reader is done.
+#[cfg(not(loom))]
+pub(crate) struct Swap<T>(arc_swap::ArcSwap<T>);
+
+#[cfg(not(loom))]
+impl<T> Swap<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(value))
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<std::sync::Arc<T>> {
+        self.0.load()
+    }
+
+    pub(crate) fn store(&self, value: T) {
+        self.0.store(std::sync::Arc::new(value));
+    }
+}
+
+/// Under loom, a mutex around the pointer: loom cannot see inside arc-swap, and every access
+/// to the swapped value then goes through a primitive it models.
+#[cfg(loom)]
+pub(crate) struct Swap<T>(Mutex<std::sync::Arc<T>>);
+
+#[cfg(loom)]
+impl<T> Swap<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Mutex::new(std::sync::Arc::new(value)))
+    }
+
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        std::sync::Arc::clone(&lock(&self.0))
+    }
+
+    pub(crate) fn store(&self, value: T) {
+        *lock(&self.0) = std::sync::Arc::new(value);
+    }
+}

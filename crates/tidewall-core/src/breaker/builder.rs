@@ -218,11 +218,13 @@ impl BreakerPolicyBuilder {
             }
         };
         Ok(BreakerPolicy {
-            failure_rate_ppm,
-            slow_rate_ppm,
-            slow_call: self.slow_call,
-            consecutive_failures: self.consecutive_failures,
-            minimum_calls: self.minimum_calls,
+            thresholds: super::Thresholds {
+                failure_rate_ppm,
+                slow_rate_ppm,
+                slow_call: self.slow_call,
+                consecutive_failures: self.consecutive_failures,
+                minimum_calls: self.minimum_calls,
+            },
             window: self.window,
             break_backoff,
             half_open_probes: self.half_open_probes,

@@ -104,29 +104,31 @@ pub enum TripReason {
 /// A validated circuit-breaker policy. Build it with [`BreakerPolicy::builder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerPolicy {
-    pub(crate) failure_rate_ppm: Option<u32>,
-    pub(crate) slow_rate_ppm: Option<u32>,
-    pub(crate) slow_call: Duration,
-    pub(crate) consecutive_failures: Option<u32>,
-    pub(crate) minimum_calls: u32,
+    pub(crate) thresholds: Thresholds,
     pub(crate) window: Window,
     pub(crate) break_backoff: Backoff,
     pub(crate) half_open_probes: u32,
     pub(crate) max_half_open_wait: Option<Duration>,
 }
 
-impl BreakerPolicy {
-    /// Starts a policy with the defaults: trip at a 50 % failure rate over the last 100 calls
-    /// once 10 calls were seen; stay open 5 s; admit 1 probe; reopen if no probe finishes
-    /// within 60 s.
-    pub fn builder() -> BreakerPolicyBuilder {
-        BreakerPolicyBuilder::default()
-    }
+/// When a closed breaker trips: the part of a [`BreakerPolicy`] read on every call, small
+/// enough to keep in a few words that can be replaced while calls read them
+/// ([`to_words`](Self::to_words)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub(crate) failure_rate_ppm: Option<u32>,
+    pub(crate) slow_rate_ppm: Option<u32>,
+    pub(crate) slow_call: Duration,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) minimum_calls: u32,
+}
 
+impl Thresholds {
     /// Whether a closed breaker that saw `counts` (and `consecutive` failures in a row) trips.
     ///
     /// Rates count only once `counts.calls >= minimum_calls`; a rate trips when it is *at
     /// or above* its threshold. Consecutive failures trip regardless of the minimum.
+    #[inline]
     pub fn evaluate(&self, counts: Counts, consecutive: u32) -> Option<TripReason> {
         if self.consecutive_failures.is_some_and(|n| consecutive >= n) {
             return Some(TripReason::ConsecutiveFailures);
@@ -150,6 +152,7 @@ impl BreakerPolicy {
     }
 
     /// Whether a call that took `elapsed` counts as slow.
+    #[inline]
     pub fn is_slow(&self, elapsed: Duration) -> bool {
         self.slow_rate_ppm.is_some() && elapsed >= self.slow_call
     }
@@ -157,6 +160,77 @@ impl BreakerPolicy {
     /// Whether slow calls are tracked at all (a slow-call rate is configured).
     pub fn tracks_slow_calls(&self) -> bool {
         self.slow_rate_ppm.is_some()
+    }
+
+    /// Whether consecutive failures are tracked.
+    pub fn tracks_consecutive_failures(&self) -> bool {
+        self.consecutive_failures.is_some()
+    }
+
+    /// The thresholds as three words, read back by [`from_words`](Self::from_words).
+    ///
+    /// ```
+    /// use tidewall_core::breaker::{BreakerPolicy, Thresholds};
+    ///
+    /// let policy = BreakerPolicy::builder().failure_rate(0.25).consecutive_failures(3).build()?;
+    /// let thresholds = policy.thresholds();
+    /// assert_eq!(Thresholds::from_words(thresholds.to_words()), thresholds);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub fn to_words(&self) -> [u64; 3] {
+        // A validated rate is at least one part per million and a validated run of failures
+        // at least one, so zero stands for "not set".
+        let ppm = |rate: Option<u32>| u64::from(rate.unwrap_or(0));
+        [
+            ppm(self.failure_rate_ppm) | ppm(self.slow_rate_ppm) << 32,
+            u64::try_from(self.slow_call.as_nanos()).unwrap_or(u64::MAX),
+            u64::from(self.consecutive_failures.unwrap_or(0)) | u64::from(self.minimum_calls) << 32,
+        ]
+    }
+
+    /// The thresholds [`to_words`](Self::to_words) gave. Total: any words read as some
+    /// thresholds (zero rates and runs as "not set").
+    #[inline]
+    pub fn from_words(words: [u64; 3]) -> Self {
+        let low = |word: u64| u32::try_from(word & 0xffff_ffff).unwrap_or(u32::MAX);
+        let high = |word: u64| u32::try_from(word >> 32).unwrap_or(u32::MAX);
+        let set = |n: u32| (n != 0).then_some(n);
+        Self {
+            failure_rate_ppm: set(low(words[0])),
+            slow_rate_ppm: set(high(words[0])),
+            slow_call: Duration::from_nanos(words[1]),
+            consecutive_failures: set(low(words[2])),
+            minimum_calls: high(words[2]),
+        }
+    }
+}
+
+impl BreakerPolicy {
+    /// Starts a policy with the defaults: trip at a 50 % failure rate over the last 100 calls
+    /// once 10 calls were seen; stay open 5 s; admit 1 probe; reopen if no probe finishes
+    /// within 60 s.
+    pub fn builder() -> BreakerPolicyBuilder {
+        BreakerPolicyBuilder::default()
+    }
+
+    /// When it trips: see [`Thresholds::evaluate`].
+    pub fn evaluate(&self, counts: Counts, consecutive: u32) -> Option<TripReason> {
+        self.thresholds.evaluate(counts, consecutive)
+    }
+
+    /// Whether a call that took `elapsed` counts as slow.
+    pub fn is_slow(&self, elapsed: Duration) -> bool {
+        self.thresholds.is_slow(elapsed)
+    }
+
+    /// Whether slow calls are tracked at all (a slow-call rate is configured).
+    pub fn tracks_slow_calls(&self) -> bool {
+        self.thresholds.tracks_slow_calls()
+    }
+
+    /// The part of the policy that decides when a closed breaker trips.
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
     }
 
     /// How long the breaker stays open after its `trip`-th consecutive trip (0-based: the
@@ -219,6 +293,6 @@ impl BreakerPolicy {
 
     /// Whether consecutive failures are tracked.
     pub fn tracks_consecutive_failures(&self) -> bool {
-        self.consecutive_failures.is_some()
+        self.thresholds.tracks_consecutive_failures()
     }
 }

@@ -190,7 +190,7 @@ impl<R> CircuitBreakerBuilder<R> {
     {
         let (policy, setup) = self.validate()?;
         Ok(CircuitBreaker {
-            shared: Arc::new(Shared::new(policy, setup)),
+            shared: Arc::new(Shared::new(std::sync::Arc::new(policy), setup)),
         })
     }
 
@@ -200,14 +200,20 @@ impl<R> CircuitBreakerBuilder<R> {
         super::KeyedCircuitBreakerBuilder::new(self)
     }
 
-    /// The validated policy and how to make a breaker of it.
-    pub(super) fn validate(self) -> Result<(BreakerPolicy, Setup<R>), ConfigError> {
-        let policy = self.policy.build()?;
+    /// The validated policy and hint cap: all that [`CircuitBreaker::reconfigure`] applies.
+    pub(super) fn checked_policy(&self) -> Result<(BreakerPolicy, Duration), ConfigError> {
+        let policy = self.policy.clone().build()?;
         if u64::try_from(self.max_open_hint.as_nanos()).is_err() {
             return Err(ConfigError::DurationOverflow {
                 field: "max_open_hint",
             });
         }
+        Ok((policy, self.max_open_hint))
+    }
+
+    /// The validated policy and how to make a breaker of it.
+    pub(super) fn validate(self) -> Result<(BreakerPolicy, Setup<R>), ConfigError> {
+        let (policy, _) = self.checked_policy()?;
         let setup = Setup {
             rt: self.rt,
             name: self.name.clone(),

@@ -56,7 +56,8 @@ pub struct KeyedCircuitBreaker<K, R = DefaultRuntime> {
 }
 
 struct Keyed<K, R> {
-    policy: BreakerPolicy,
+    /// One copy for every key's breaker.
+    policy: std::sync::Arc<BreakerPolicy>,
     rt: R,
     name: Name,
     max_open_hint: Duration,
@@ -202,7 +203,7 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
         let keys = KeyedMap::new(self.max_keys)?;
         Ok(KeyedCircuitBreaker {
             shared: Arc::new(Keyed {
-                policy,
+                policy: std::sync::Arc::new(policy),
                 clock: LimiterClock::new(&setup.rt),
                 rt: setup.rt,
                 name: setup.name.clone(),
@@ -346,7 +347,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             rejections: std::sync::Arc::clone(&shared.per_key),
         };
         CircuitBreaker {
-            shared: Arc::new(Shared::new(shared.policy.clone(), setup)),
+            shared: Arc::new(Shared::new(std::sync::Arc::clone(&shared.policy), setup)),
         }
     }
 

@@ -70,6 +70,7 @@ pub use builder::CircuitBreakerBuilder;
 pub use events::{State, StateChange, TripReason};
 pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerBuilder};
 pub use permit::{Outcome, OwnedPermit, Permit};
+pub use shared::Reconfigured;
 pub use tidewall_core::breaker::{BreakerPolicy, Counts, Window};
 
 use self::shared::Shared;
@@ -235,14 +236,58 @@ impl<R: Clock> CircuitBreaker<R> {
         self.shared.force(State::Closed);
     }
 
+    /// Applies the policy of `settings` (thresholds, window, break, probes, waits, hint cap)
+    /// to this breaker in place, validated as [`build`](CircuitBreakerBuilder::build)
+    /// validates it; on an error nothing changes. Its name, listener, seed and runtime are
+    /// not changed.
+    ///
+    /// A window of the same shape is kept, with the state, the calls in it and the run of
+    /// failures: the new thresholds judge them from the next outcome, and an open breaker
+    /// stays open until its break ends (the next break follows the new schedule). A window
+    /// of another shape (length or kind) cannot hold the old calls: the breaker is
+    /// [`reset`](Self::reset), with its state-change event ([`Reconfigured::Reset`]).
+    /// Calls in flight keep their permits either way; after a reset their outcomes are
+    /// ignored, as after any reset.
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, Reconfigured, State, Window};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let breaker = CircuitBreaker::builder().failure_rate(0.5).minimum_calls(4).build()?;
+    /// for _ in 0..3 {
+    ///     breaker.try_acquire().unwrap().failure();
+    /// }
+    /// // Three failures are not enough under a minimum of four; they are under three.
+    /// let how = breaker.reconfigure(CircuitBreaker::builder().failure_rate(0.5).minimum_calls(3))?;
+    /// assert_eq!(how, Reconfigured::Kept);
+    /// breaker.try_acquire().unwrap().success(); // judged by the new minimum: 3 of 4 failed
+    /// assert_eq!(breaker.state(), State::Open);
+    ///
+    /// let how = breaker.reconfigure(CircuitBreaker::builder().window(Window::Count { calls: 10 }))?;
+    /// assert_eq!((how, breaker.state()), (Reconfigured::Reset, State::Closed));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`CircuitBreakerBuilder::build`].
+    pub fn reconfigure<R2>(
+        &self,
+        settings: CircuitBreakerBuilder<R2>,
+    ) -> Result<Reconfigured, crate::ConfigError> {
+        let (policy, max_open_hint) = settings.checked_policy()?;
+        Ok(self.shared.reconfigure(policy, max_open_hint))
+    }
+
     /// The breaker's name (for events and metrics).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
-    /// The validated policy.
-    pub fn policy(&self) -> &BreakerPolicy {
-        &self.shared.policy
+    /// The policy in force (a copy: [`reconfigure`](Self::reconfigure) may replace it).
+    pub fn policy(&self) -> BreakerPolicy {
+        self.shared.policy()
     }
 }
 

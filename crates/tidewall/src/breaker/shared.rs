@@ -4,17 +4,24 @@
 //! window (see `window.rs`). Transitions are rare and take the `transition` lock, re-check the
 //! generation under it, write the timestamps, then publish the new state word with `Release`,
 //! so whoever loads the word with `Acquire` sees the timestamps that belong to it.
+//!
+//! The policy can be replaced while calls run (`reconfigure`): what every call reads lives in
+//! atomics (the thresholds in a sequence lock, read whole), the full policy and the break
+//! schedule under the transition lock, and the window behind a swappable pointer, replaced
+//! only when its shape changes.
 
 use std::time::{Duration, Instant};
 
-use tidewall_core::breaker::{BreakDurations, BreakerPolicy, TripReason};
+use tidewall_core::breaker::{BreakDurations, BreakerPolicy, Thresholds, TripReason};
 
 use super::events::{Listener, StateChange, emit};
 use super::window::SlidingWindow;
 use super::word::{self, ONE_ADMITTED, ONE_SUCCEEDED};
 use super::{Outcome, State};
 use crate::rt::Clock;
-use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering::*, lock, nanos_since};
+use crate::sync::{
+    AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering::*, Swap, Tuning, lock, nanos_since,
+};
 use crate::{Name, Rejected};
 
 /// What an admitted call holds: enough to tell, at the end, whether its state still stands.
@@ -27,15 +34,24 @@ pub(super) struct Ticket {
 }
 
 pub(crate) struct Shared<R> {
-    pub(super) policy: BreakerPolicy,
     word: AtomicU64,
-    window: SlidingWindow,
+    window: Swap<SlidingWindow>,
     consecutive: AtomicU32,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
-    /// Serializes transitions; holds the break durations of the trips since the last close.
-    transition: Mutex<BreakDurations>,
-    needs_clock: bool,
+    /// Serializes transitions and reconfigurations; holds the policy and the break durations
+    /// of the trips since the last close.
+    transition: Mutex<Transition>,
+    /// The policy's [`Thresholds`] as words.
+    thresholds: Tuning<3>,
+    /// The policy's half-open probes.
+    probes: AtomicU32,
+    /// The policy's longest half-open wait in nanoseconds; `u64::MAX` for none.
+    half_open_wait: AtomicU64,
+    /// The first break in nanoseconds, the hint of a refusal that cannot know more.
+    first_break: AtomicU64,
+    /// Whether recording needs the time (a time window or slow-call tracking).
+    needs_clock: AtomicBool,
     origin: Instant,
     pub(super) rt: R,
     pub(super) name: Name,
@@ -43,7 +59,7 @@ pub(crate) struct Shared<R> {
     listener: Option<Listener>,
     seed: u64,
     /// The longest a failure's hint may hold the breaker open, in nanoseconds.
-    max_open_hint: u64,
+    max_open_hint: AtomicU64,
     /// The key of a keyed breaker's entry, as its telemetry labels it.
     key_label: Option<Box<str>>,
 }
@@ -60,8 +76,40 @@ pub(super) struct Setup<R> {
     pub(super) rejections: std::sync::Arc<crate::telemetry::Rejections>,
 }
 
+/// What the transition lock guards.
+struct Transition {
+    /// Shared by the keys of a keyed breaker until one is reconfigured.
+    policy: std::sync::Arc<BreakerPolicy>,
+    breaks: BreakDurations,
+}
+
+impl Transition {
+    /// The break durations after a close: the schedule starts over, with jitter drawn anew
+    /// for each closed period.
+    fn fresh_breaks(&mut self, seed: u64, generation: u32) {
+        self.breaks = self.policy.break_durations(seed ^ u64::from(generation));
+    }
+}
+
+fn needs_clock(window: &SlidingWindow, policy: &BreakerPolicy) -> bool {
+    window.is_timed() || policy.tracks_slow_calls()
+}
+
+/// How a [`reconfigure`](super::CircuitBreaker::reconfigure) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reconfigured {
+    /// The window kept its shape: the state, the window's calls and the run of failures
+    /// were kept, and the new thresholds judge them from the next outcome.
+    Kept,
+    /// The window changed shape (another length or kind): the breaker was reset to closed
+    /// with an empty window, with a state-change event, as [`reset`](super::CircuitBreaker::reset)
+    /// does.
+    Reset,
+}
+
 impl<R: Clock> Shared<R> {
-    pub(super) fn new(policy: BreakerPolicy, setup: Setup<R>) -> Self {
+    pub(super) fn new(policy: std::sync::Arc<BreakerPolicy>, setup: Setup<R>) -> Self {
         let Setup {
             rt,
             name,
@@ -72,25 +120,82 @@ impl<R: Clock> Shared<R> {
             rejections,
         } = setup;
         let window = SlidingWindow::new(policy.window());
-        let needs_clock = window.is_timed() || policy.tracks_slow_calls();
         Self {
             origin: rt.now(),
             word: AtomicU64::new(word::pack(State::Closed, 0)),
-            window,
+            needs_clock: AtomicBool::new(needs_clock(&window, &policy)),
+            window: Swap::new(window),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
-            transition: Mutex::new(policy.break_durations(seed)),
-            needs_clock,
+            thresholds: Tuning::new(policy.thresholds().to_words()),
+            probes: AtomicU32::new(policy.half_open_probes()),
+            half_open_wait: AtomicU64::new(policy.max_half_open_wait().map_or(u64::MAX, as_nanos)),
+            first_break: AtomicU64::new(as_nanos(policy.break_duration(0, seed))),
+            transition: Mutex::new(Transition {
+                breaks: policy.break_durations(seed),
+                policy,
+            }),
             rt,
             name,
             rejections,
             listener,
             seed,
-            max_open_hint: as_nanos(max_open_hint),
+            max_open_hint: AtomicU64::new(as_nanos(max_open_hint)),
             key_label,
-            policy,
         }
+    }
+
+    /// The policy in force.
+    pub(super) fn policy(&self) -> BreakerPolicy {
+        BreakerPolicy::clone(&lock(&self.transition).policy)
+    }
+
+    /// Replaces the policy (validated) and the hint cap. A window of the same shape is kept
+    /// with the state; another shape resets the breaker (see [`Reconfigured`]).
+    pub(super) fn reconfigure(
+        &self,
+        policy: BreakerPolicy,
+        max_open_hint: Duration,
+    ) -> Reconfigured {
+        let reshaped = {
+            let mut transition = lock(&self.transition);
+            let reshaped = policy.window() != transition.policy.window();
+            if reshaped {
+                self.window.store(SlidingWindow::new(policy.window()));
+            }
+            self.thresholds.write(policy.thresholds().to_words());
+            self.probes.store(policy.half_open_probes(), Relaxed);
+            self.half_open_wait.store(
+                policy.max_half_open_wait().map_or(u64::MAX, as_nanos),
+                Relaxed,
+            );
+            self.first_break
+                .store(as_nanos(policy.break_duration(0, self.seed)), Relaxed);
+            self.max_open_hint.store(as_nanos(max_open_hint), Relaxed);
+            self.needs_clock
+                .store(needs_clock(&self.window.load(), &policy), Relaxed);
+            // The breaks since the last close follow the new schedule from its start.
+            let generation = word::generation(self.word.load(Acquire));
+            transition.breaks = policy.break_durations(self.seed ^ u64::from(generation));
+            transition.policy = std::sync::Arc::new(policy);
+            reshaped
+        };
+        if reshaped {
+            // Outcomes of calls admitted before are dropped with the generation they hold.
+            self.force(State::Closed);
+            Reconfigured::Reset
+        } else {
+            Reconfigured::Kept
+        }
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds::from_words(self.thresholds.read())
+    }
+
+    fn first_break(&self) -> Duration {
+        nanos(self.first_break.load(Relaxed))
     }
 
     fn now(&self) -> u64 {
@@ -121,7 +226,11 @@ impl<R: Clock> Shared<R> {
             let generation = word::generation(word);
             match word::state(word) {
                 State::Closed | State::ForcedClosed => {
-                    let started = if self.needs_clock { self.now() } else { 0 };
+                    let started = if self.needs_clock.load(Relaxed) {
+                        self.now()
+                    } else {
+                        0
+                    };
                     return Ok(Ticket {
                         generation,
                         probe: false,
@@ -129,7 +238,7 @@ impl<R: Clock> Shared<R> {
                     });
                 }
                 State::ForcedOpen => {
-                    return Err(open(self.policy.break_duration(0, self.seed)));
+                    return Err(open(self.first_break()));
                 }
                 State::Open => {
                     let now = self.now();
@@ -145,20 +254,20 @@ impl<R: Clock> Shared<R> {
                     // its slot back is no longer admitted).
                     let in_flight = word::admitted(word).saturating_sub(word::succeeded(word));
                     let since = self.half_open_since.load(Relaxed);
-                    let limit = self
-                        .policy
-                        .max_half_open_wait()
-                        .map(|d| since.saturating_add(as_nanos(d)));
+                    let limit = match self.half_open_wait.load(Relaxed) {
+                        u64::MAX => None,
+                        wait => Some(since.saturating_add(wait)),
+                    };
                     // Only a probe that hangs reopens the breaker: with none in flight, an
                     // idle gap of any length leaves it half-open, waiting for the next caller.
                     if in_flight > 0 && limit.is_some_and(|limit| now >= limit) {
                         self.trip(generation, TripReason::HalfOpenTimeout, None);
                         continue;
                     }
-                    if word::admitted(word) >= self.policy.half_open_probes() {
+                    if word::admitted(word) >= self.probes.load(Relaxed) {
                         // The probes decide soon; hint at most one base break (not the whole
                         // remaining half-open wait, which can be a minute).
-                        let base = self.policy.break_duration(0, self.seed);
+                        let base = self.first_break();
                         let wait = limit.map_or(base, |l| nanos(l.saturating_sub(now)).min(base));
                         return Err(open(wait));
                     }
@@ -191,14 +300,13 @@ impl<R: Clock> Shared<R> {
     /// capped at `max_open_hint`. Outcomes of permits from an earlier generation are ignored:
     /// they never move the current state.
     pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome, hint: Option<Duration>) {
-        let now = if self.needs_clock || ticket.probe {
+        let now = if self.needs_clock.load(Relaxed) || ticket.probe {
             self.now()
         } else {
             0
         };
-        let slow = self
-            .policy
-            .is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
+        let thresholds = self.thresholds();
+        let slow = thresholds.is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
         if ticket.probe {
             self.finish_probe(ticket.generation, outcome, slow, hint);
             return;
@@ -211,8 +319,9 @@ impl<R: Clock> Shared<R> {
             return;
         }
         let failed = outcome == Outcome::Failure;
-        let changed = self.window.record(failed, slow, now);
-        let consecutive = if !self.policy.tracks_consecutive_failures() {
+        let window = self.window.load();
+        let changed = window.record(failed, slow, now);
+        let consecutive = if !thresholds.tracks_consecutive_failures() {
             0
         } else if failed {
             // Saturating: a run of failures never wraps back to a short one.
@@ -232,10 +341,9 @@ impl<R: Clock> Shared<R> {
         // and in a time window it can arrive as older successes expire. Only an outcome that
         // left the counts as they were (a success over a success) cannot change the verdict.
         if (changed || failed)
-            && let Some(reason) = self
-                .window
+            && let Some(reason) = window
                 .counts(now)
-                .and_then(|c| self.policy.evaluate(c, consecutive))
+                .and_then(|c| thresholds.evaluate(c, consecutive))
         {
             self.trip(ticket.generation, reason, if failed { hint } else { None });
         }
@@ -261,7 +369,7 @@ impl<R: Clock> Shared<R> {
                         Err(seen) => word = seen,
                     }
                 }
-                if word::succeeded(word) + 1 >= self.policy.half_open_probes() {
+                if word::succeeded(word) + 1 >= self.probes.load(Relaxed) {
                     self.close(generation);
                 }
             }
@@ -293,7 +401,7 @@ impl<R: Clock> Shared<R> {
     /// end early on any breaker older than its break.
     fn trip(&self, generation: u32, reason: TripReason, hint: Option<Duration>) {
         let change = {
-            let mut breaks = lock(&self.transition);
+            let mut transition = lock(&self.transition);
             let word = self.word.load(Acquire);
             let from = word::state(word);
             if word::generation(word) != generation
@@ -302,8 +410,9 @@ impl<R: Clock> Shared<R> {
                 return;
             }
             let next = generation.wrapping_add(1);
-            let hinted = hint.map_or(0, |hint| as_nanos(hint).min(self.max_open_hint));
-            let pause = as_nanos(breaks.next_break()).max(hinted);
+            let cap = self.max_open_hint.load(Relaxed);
+            let hinted = hint.map_or(0, |hint| as_nanos(hint).min(cap));
+            let pause = as_nanos(transition.breaks.next_break()).max(hinted);
             self.open_until
                 .store(self.now().saturating_add(pause), Relaxed);
             self.publish(generation, State::Open);
@@ -354,14 +463,14 @@ impl<R: Clock> Shared<R> {
 
     fn close(&self, generation: u32) {
         let moved = {
-            let mut breaks = lock(&self.transition);
+            let mut transition = lock(&self.transition);
             let word = self.word.load(Acquire);
             if word::generation(word) != generation || word::state(word) != State::HalfOpen {
                 false
             } else {
-                self.window.reset();
+                self.window.load().reset();
                 self.consecutive.store(0, Relaxed);
-                *breaks = self.fresh_breaks(generation);
+                transition.fresh_breaks(self.seed, generation);
                 self.publish(generation, State::Closed);
                 true
             }
@@ -404,12 +513,12 @@ impl<R: Clock> Shared<R> {
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
     pub(super) fn force(&self, to: State) {
         let change = {
-            let mut breaks = lock(&self.transition);
+            let mut transition = lock(&self.transition);
             let word = self.word.load(Acquire);
             if to == State::Closed {
-                self.window.reset();
+                self.window.load().reset();
                 self.consecutive.store(0, Relaxed);
-                *breaks = self.fresh_breaks(word::generation(word));
+                transition.fresh_breaks(self.seed, word::generation(word));
             }
             self.publish(word::generation(word), to);
             StateChange {
@@ -428,13 +537,6 @@ impl<R: Clock> Shared<R> {
         );
     }
 
-    /// The break durations after a close: the schedule starts over, with jitter drawn anew
-    /// for each closed period.
-    fn fresh_breaks(&self, generation: u32) -> BreakDurations {
-        self.policy
-            .break_durations(self.seed ^ u64::from(generation))
-    }
-
     /// Whether forgetting this breaker loses nothing: closed, nothing in its window and no
     /// run of failures (a fresh breaker would be the same).
     pub(super) fn is_pristine(&self) -> bool {
@@ -444,7 +546,7 @@ impl<R: Clock> Shared<R> {
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {
-        self.window.counts(self.now()).unwrap_or_default()
+        self.window.load().counts(self.now()).unwrap_or_default()
     }
 }
 
