@@ -322,10 +322,11 @@ impl<R: Clock> RateLimiter<R> {
     /// as [`build`](RateLimiterBuilder::build) validates them; on an error nothing changes.
     /// Its name, seed and runtime are not changed.
     ///
-    /// The cells already admitted stay admitted: the limiter keeps its state (the time its
-    /// admitted cells are paid off at, GCRA's TAT), and the new limit applies from the next
-    /// decision, so a lower rate does not readmit a burst and a higher one admits more at
-    /// once. Callers waiting in `until_ready` decide again with the new limit when they wake.
+    /// The cells already admitted stay admitted, as that many cells under the new limit: the
+    /// time they take to pay off (GCRA's TAT, less now) is rescaled to the new rate, so a
+    /// change never readmits a burst that was just spent, and a faster rate pays it off
+    /// sooner. Callers waiting in `until_ready` decide again with the new limit when they
+    /// wake. A decision racing the change uses the old limit or the new one.
     ///
     /// ```
     /// use std::time::Duration;
@@ -347,9 +348,21 @@ impl<R: Clock> RateLimiter<R> {
     /// As [`RateLimiterBuilder::build`].
     pub fn reconfigure<R2>(&self, settings: RateLimiterBuilder<R2>) -> Result<(), ConfigError> {
         let (gcra, jitter) = settings.gcra()?;
-        let _one_at_a_time = lock(&self.shared.retune);
-        self.shared.limit.write(gcra.to_words());
-        self.shared.jitter.store(nanos(jitter), Relaxed);
+        let shared = &*self.shared;
+        let _one_at_a_time = lock(&shared.retune);
+        let old = self.gcra();
+        shared.limit.write(gcra.to_words());
+        shared.jitter.store(nanos(jitter), Relaxed);
+        // The cells admitted and not yet paid off stay that many cells: the time they take
+        // to pay off is rescaled from the old interval to the new one.
+        let now = shared.clock.nanos(&shared.rt);
+        let rescale = |tat: u64| {
+            let owed = u128::from(tat.saturating_sub(now));
+            let owed = owed * u128::from(gcra.interval_nanos()) / u128::from(old.interval_nanos());
+            Some(now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX)))
+        };
+        // Never fails: the closure always gives a value.
+        let _ = shared.tat.fetch_update(Relaxed, Relaxed, rescale);
         Ok(())
     }
 
