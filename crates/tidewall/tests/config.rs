@@ -187,6 +187,10 @@ fn an_error_names_the_layer_and_key_the_bad_value_came_from() {
             "instances.a.base: no config named \"missing\" in `configs`",
         ),
         (
+            "[instances.\"api.v2\".bulkhead]\nmax_concurrent = 0\n",
+            "instances.\"api.v2\".bulkhead.max_concurrent: must be greater than zero",
+        ),
+        (
             "[defaults]\nbase = \"x\"\n",
             "defaults.base: only an instance has a base",
         ),

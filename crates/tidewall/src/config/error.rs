@@ -67,6 +67,12 @@ impl Invalid {
     pub fn problem(&self) -> &Problem {
         &self.problem
     }
+
+    /// Whether another layer could still make it right: settings that contradict each other
+    /// as far as they go ([`ConfigError::Conflict`]).
+    pub(super) fn is_contradiction(&self) -> bool {
+        matches!(self.problem, Problem::Rule(ConfigError::Conflict { .. }))
+    }
 }
 
 impl fmt::Display for Invalid {

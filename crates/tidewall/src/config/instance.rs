@@ -61,6 +61,15 @@ impl Clock for Checking {
     }
 }
 
+/// What to do about a key without a default that no layer sets.
+#[derive(Clone, Copy)]
+enum Absent {
+    /// [`Problem::Missing`]: the policy is to be built.
+    Refused,
+    /// A neutral stand-in, to check the keys that are set (a layer checked alone).
+    Neutral,
+}
+
 /// Reads one section of a layer.
 type Get<S> = fn(&Policies) -> &Option<S>;
 
@@ -262,11 +271,22 @@ impl<'a> Instance<'a> {
     }
 
     pub(super) fn bulkhead_on<R>(&self, rt: R) -> Result<BulkheadBuilder<R>, Invalid> {
+        self.bulkhead_with(rt, Absent::Refused)
+    }
+
+    fn bulkhead_with<R>(&self, rt: R, absent: Absent) -> Result<BulkheadBuilder<R>, Invalid> {
         let get: Get<BulkheadConfig> = |p| &p.bulkhead;
         let (s, at) = self.section("bulkhead", get, BulkheadConfig::over);
-        let max_concurrent = s
-            .max_concurrent
-            .ok_or_else(|| Invalid::new(format!("{at}.max_concurrent"), Problem::Missing))?;
+        let max_concurrent = match (s.max_concurrent, absent) {
+            (Some(n), _) => n,
+            (None, Absent::Neutral) => 1,
+            (None, Absent::Refused) => {
+                return Err(Invalid::new(
+                    format!("{at}.max_concurrent"),
+                    Problem::Missing,
+                ));
+            }
+        };
         let mut b = Bulkhead::builder(max_concurrent).name(self.named());
         if let Some(n) = s.max_queue {
             b = b.max_queue(n);
@@ -292,11 +312,35 @@ impl<'a> Instance<'a> {
     }
 
     pub(super) fn rate_limiter_on<R>(&self, rt: R) -> Result<RateLimiterBuilder<R>, Invalid> {
+        self.rate_limiter_with(rt, Absent::Refused)
+    }
+
+    fn rate_limiter_with<R>(
+        &self,
+        rt: R,
+        absent: Absent,
+    ) -> Result<RateLimiterBuilder<R>, Invalid> {
         let get: Get<RateLimitConfig> = |p| &p.rate_limit;
         let (s, at) = self.section("rate_limit", get, RateLimitConfig::over);
         let missing = |key: &str| Invalid::new(format!("{at}.{key}"), Problem::Missing);
-        let count = s.count.ok_or_else(|| missing("count"))?;
-        let period = s.period.ok_or_else(|| missing("period"))?;
+        // Neutral stand-ins make a one-millisecond interval with whichever of the two is set,
+        // so the one that is set is checked on its own rules and nothing else.
+        let (count, period) = match (s.count, s.period, absent) {
+            (Some(count), Some(period), _) => (count, period),
+            (None, _, Absent::Refused) => return Err(missing("count")),
+            (_, None, Absent::Refused) => return Err(missing("period")),
+            (Some(count), None, Absent::Neutral) => {
+                (count, Duration::from_millis(u64::from(count)))
+            }
+            (None, Some(period), Absent::Neutral) => {
+                let per_millisecond = period.as_nanos() / 1_000_000;
+                (
+                    u32::try_from(per_millisecond).unwrap_or(u32::MAX).max(1),
+                    period,
+                )
+            }
+            (None, None, Absent::Neutral) => (1, Duration::from_millis(1)),
+        };
         let mut b = RateLimiter::builder(count, period).name(self.named());
         if let Some(burst) = s.burst {
             b = b.burst(burst);
@@ -382,9 +426,11 @@ impl<'a> Instance<'a> {
             .map_err(|e| self.placed("budget", get, BudgetConfig::sets, &[], &at, e))
     }
 
-    /// Checks every section some layer has. A key without a default (a bulkhead's
-    /// `max_concurrent`) must be set only for a section that `complete` requires: one the
-    /// instance or its base has, not one that only the defaults or a base alone have.
+    /// Checks every section some layer has. A section that `complete` requires (one the
+    /// instance or its base has) must make a whole policy. Any other (one only the defaults
+    /// have, or a layer checked alone: the defaults, a base) is checked for the values it
+    /// sets: keys it leaves out that have no default stand in with neutral values, and
+    /// settings that contradict each other wait for the instance that completes them.
     pub(super) fn check(&self, complete: bool) -> Result<(), Invalid> {
         let clock = Checking(Instant::now());
         let present = |section: fn(&Policies) -> bool| self.layers.iter().any(|(_, p)| section(p));
@@ -396,25 +442,39 @@ impl<'a> Instance<'a> {
                     .any(|(path, p)| path != "defaults" && section(p))
         };
         let settle = |section: fn(&Policies) -> bool, result: Result<(), Invalid>| match result {
-            Err(e) if matches!(e.problem(), Problem::Missing) && !required(section) => Ok(()),
+            Err(e) if !required(section) && e.is_contradiction() => Ok(()),
             other => other,
         };
-        if present(|p| p.breaker.is_some()) {
-            self.breaker_on(clock.clone()).map(drop)?;
+        let absent = |section: fn(&Policies) -> bool| {
+            if required(section) {
+                Absent::Refused
+            } else {
+                Absent::Neutral
+            }
+        };
+        let breaker = |p: &Policies| p.breaker.is_some();
+        if present(breaker) {
+            settle(breaker, self.breaker_on(clock.clone()).map(drop))?;
         }
         let bulkhead = |p: &Policies| p.bulkhead.is_some();
         if present(bulkhead) {
-            settle(bulkhead, self.bulkhead_on(clock.clone()).map(drop))?;
+            let checked = self
+                .bulkhead_with(clock.clone(), absent(bulkhead))
+                .map(drop);
+            settle(bulkhead, checked)?;
         }
         let rate_limit = |p: &Policies| p.rate_limit.is_some();
         if present(rate_limit) {
-            settle(rate_limit, self.rate_limiter_on(clock).map(drop))?;
+            let checked = self.rate_limiter_with(clock, absent(rate_limit)).map(drop);
+            settle(rate_limit, checked)?;
         }
-        if present(|p| p.retry.is_some()) {
-            self.backoff()?;
+        let retry = |p: &Policies| p.retry.is_some();
+        if present(retry) {
+            settle(retry, self.backoff().map(drop))?;
         }
-        if present(|p| p.budget.is_some()) {
-            self.retry_budget()?;
+        let budget = |p: &Policies| p.budget.is_some();
+        if present(budget) {
+            settle(budget, self.retry_budget().map(drop))?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::human::opt_duration;
 use super::sections::{BreakerConfig, BudgetConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
-use super::{Instance, Invalid, Problem, Toggle};
+use super::{Instance, Invalid, Problem, Toggle, key};
 
 /// A whole configuration: `[defaults]`, `[configs.<name>]` and `[instances.<name>]`, each a
 /// set of [`Policies`]. See the [module docs](super) for how the layers combine.
@@ -158,14 +158,14 @@ impl Config {
             .find_map(|(n, p)| p.base.as_ref().map(|_| n))
         {
             return Err(Invalid::new(
-                format!("configs.{name}.base"),
+                format!("configs.{}.base", key(name)),
                 Problem::NotHere(ONLY_INSTANCES),
             ));
         }
         Instance::new("defaults", vec![("defaults".to_owned(), &self.defaults)]).check(false)?;
         for (name, config) in &self.configs {
             let layers = vec![
-                (format!("configs.{name}"), config),
+                (format!("configs.{}", key(name)), config),
                 ("defaults".to_owned(), &self.defaults),
             ];
             Instance::new(name, layers).check(false)?;
@@ -201,15 +201,15 @@ impl Config {
     pub fn instance<'a>(&'a self, name: &'a str) -> Result<Instance<'a>, Invalid> {
         let mut layers = Vec::with_capacity(3);
         if let Some(own) = self.instances.get(name) {
-            layers.push((format!("instances.{name}"), own));
+            layers.push((format!("instances.{}", key(name)), own));
             if let Some(base) = &own.base {
                 let Some(config) = self.configs.get(base) else {
                     return Err(Invalid::new(
-                        format!("instances.{name}.base"),
+                        format!("instances.{}.base", key(name)),
                         Problem::UnknownBase(base.clone()),
                     ));
                 };
-                layers.push((format!("configs.{base}"), config));
+                layers.push((format!("configs.{}", key(base)), config));
             }
         }
         layers.push(("defaults".to_owned(), &self.defaults));

@@ -85,6 +85,20 @@
 //! name; [`Config::instance`] gives one instance's builders, to add what a file cannot say (a
 //! state-change listener, a classifier) before building.
 
+/// A name as a key path writes it: bare when TOML would write it bare, quoted otherwise
+/// (`instances."api.v2".breaker`), so a path reads back unambiguously.
+fn key(name: &str) -> std::borrow::Cow<'_, str> {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.into()
+    } else {
+        format!("{name:?}").into()
+    }
+}
+
 mod error;
 mod human;
 mod instance;
@@ -96,7 +110,7 @@ pub use error::{Invalid, Problem};
 pub use human::Toggle;
 pub use instance::Instance;
 pub use layers::{Config, Policies};
-pub use registry::{Registry, RegistryBuilder};
+pub use registry::{Registry, RegistryBuilder, Reload};
 pub use sections::{
     BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
     RetryConfig,

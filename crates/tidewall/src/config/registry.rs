@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{Config, Instance, Invalid, Problem};
+use super::{Config, Invalid, Problem, key};
 use crate::Name;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
@@ -11,6 +11,7 @@ use crate::bulkhead::Bulkhead;
 use crate::rate::RateLimiter;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Mutex, lock};
+use std::sync::Arc;
 
 /// The policies of a configuration, by instance name: one circuit breaker, bulkhead, rate
 /// limiter and retry budget per name, shared by everyone who asks for it.
@@ -21,7 +22,8 @@ use crate::sync::{Mutex, lock};
 /// or a kind the instance has no section for, builds it from the layers there are (the
 /// defaults, say) on first use and keeps it: get-or-create, as resilience4j's registries do.
 /// The registry holds at most [`max_instances`](RegistryBuilder::max_instances) policies of
-/// each kind, so names taken from requests cannot grow it without bound.
+/// each kind, and keeps a place in each for every declared instance, so names taken from
+/// requests can neither grow it without bound nor take a declared instance's place.
 ///
 /// Policies are handles to shared state: a breaker got twice is one breaker.
 ///
@@ -56,7 +58,10 @@ use crate::sync::{Mutex, lock};
 /// # Ok(()) }
 /// ```
 pub struct Registry<R = DefaultRuntime> {
-    config: Config,
+    /// The configuration in force: replaced whole by `reload`.
+    config: Mutex<Arc<Config>>,
+    /// Serializes reloads.
+    reloading: Mutex<()>,
     rt: R,
     max_instances: usize,
     breakers: Mutex<BTreeMap<Name, CircuitBreaker<R>>>,
@@ -106,8 +111,9 @@ impl<R> RegistryBuilder<R> {
         }
     }
 
-    /// The most policies of each kind the registry holds (default 10,000); the declared
-    /// instances count, and a name asked for beyond it gets [`Problem::Full`].
+    /// The most policies of each kind the registry holds (default 10,000). Every declared
+    /// instance keeps a place in each kind (a file may declare at most this many); a name
+    /// the file does not declare gets [`Problem::Full`] when only reserved places are left.
     pub fn max_instances(mut self, max: usize) -> Self {
         self.max_instances = max;
         self
@@ -123,17 +129,10 @@ impl<R> RegistryBuilder<R> {
     where
         R: Clock,
     {
-        self.config.validate()?;
-        if self.config.instances.len() > self.max_instances {
-            return Err(Invalid::new(
-                "instances",
-                Problem::Full {
-                    max: self.max_instances,
-                },
-            ));
-        }
+        check(&self.config, self.max_instances)?;
         let registry = Registry {
-            config: self.config,
+            config: Mutex::new(Arc::new(self.config)),
+            reloading: Mutex::default(),
             rt: self.rt,
             max_instances: self.max_instances,
             breakers: Mutex::default(),
@@ -141,33 +140,34 @@ impl<R> RegistryBuilder<R> {
             limiters: Mutex::default(),
             budgets: Mutex::default(),
         };
-        let config = &registry.config;
-        for (name, policies) in &config.instances {
-            let base = policies.base.as_ref().and_then(|b| config.configs.get(b));
-            let has = |section: fn(&super::Policies) -> bool| {
-                section(policies) || base.is_some_and(section)
-            };
-            if has(|p| p.breaker.is_some()) {
-                registry.breaker(name)?;
-            }
-            if has(|p| p.bulkhead.is_some()) {
-                registry.bulkhead(name)?;
-            }
-            if has(|p| p.rate_limit.is_some()) {
-                registry.rate_limiter(name)?;
-            }
-            if has(|p| p.budget.is_some()) {
-                registry.retry_budget(name)?;
-            }
-        }
+        registry.build_declared()?;
         Ok(registry)
     }
+}
+
+/// A setting checked before it is applied cannot be refused.
+fn applied<T: fmt::Debug>(result: Result<T, crate::ConfigError>) -> Option<T> {
+    debug_assert!(result.is_ok(), "a checked setting was refused: {result:?}");
+    result.ok()
+}
+
+/// Validates `config` and checks that its instances fit in the registry.
+fn check(config: &Config, max_instances: usize) -> Result<(), Invalid> {
+    config.validate()?;
+    if config.instances.len() > max_instances {
+        return Err(Invalid::new(
+            "instances",
+            Problem::Full { max: max_instances },
+        ));
+    }
+    Ok(())
 }
 
 /// The entry of `name` in `map`, made by `make` if it is not there yet.
 fn get_or_create<T: Clone>(
     map: &Mutex<BTreeMap<Name, T>>,
     max: usize,
+    config: &Config,
     name: &str,
     make: impl FnOnce() -> Result<T, Invalid>,
 ) -> Result<T, Invalid> {
@@ -175,9 +175,19 @@ fn get_or_create<T: Clone>(
     if let Some(found) = map.get(name) {
         return Ok(found.clone());
     }
-    if map.len() >= max {
+    // Every declared instance keeps a place (a file declares at most `max`), so names from
+    // requests cannot crowd one out: they get what the declared ones leave.
+    let declared = config.instances.contains_key(name);
+    let reserved = || {
+        config
+            .instances
+            .keys()
+            .filter(|n| !map.contains_key(n.as_str()))
+            .count()
+    };
+    if !declared && map.len().saturating_add(reserved()) >= max {
         return Err(Invalid::new(
-            format!("instances.{name}"),
+            format!("instances.{}", key(name)),
             Problem::Full { max },
         ));
     }
@@ -194,9 +204,139 @@ fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
         .collect()
 }
 
+/// What a [`Registry::reload`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reload {
+    /// Policies that took their new settings in place, state and permits kept.
+    pub retuned: usize,
+    /// Breakers whose window changed shape: reset to closed with a state-change event.
+    pub reset: Vec<Name>,
+    /// Policies of instances the new configuration declares that the registry did not hold.
+    pub built: usize,
+}
+
 impl<R: Clock> Registry<R> {
-    fn instance<'a>(&'a self, name: &'a str) -> Result<Instance<'a>, Invalid> {
-        self.config.instance(name)
+    /// Builds the policies every declared instance has, that the registry does not hold yet.
+    fn build_declared(&self) -> Result<usize, Invalid> {
+        let held = || {
+            lock(&self.breakers).len()
+                + lock(&self.bulkheads).len()
+                + lock(&self.limiters).len()
+                + lock(&self.budgets).len()
+        };
+        let before = held();
+        let config = self.config();
+        for (name, policies) in &config.instances {
+            let base = policies.base.as_ref().and_then(|b| config.configs.get(b));
+            let has = |section: fn(&super::Policies) -> bool| {
+                section(policies) || base.is_some_and(section)
+            };
+            if has(|p| p.breaker.is_some()) {
+                self.breaker(name)?;
+            }
+            if has(|p| p.bulkhead.is_some()) {
+                self.bulkhead(name)?;
+            }
+            if has(|p| p.rate_limit.is_some()) {
+                self.rate_limiter(name)?;
+            }
+            if has(|p| p.budget.is_some()) {
+                self.retry_budget(name)?;
+            }
+        }
+        Ok(held() - before)
+    }
+
+    /// Applies `config` to every policy the registry holds, in place, without a restart.
+    ///
+    /// The new configuration is validated first and every policy's new settings are worked
+    /// out before any is applied: an invalid configuration (or one under which a policy the
+    /// registry holds could not be built, such as a bulkhead whose `max_concurrent` was only
+    /// in a section now removed) is refused with its error, and the old one stays in force,
+    /// whole. Then each policy takes its settings as its own `reconfigure` says:
+    ///
+    /// * calls in flight keep their permits; a bulkhead shrunk below what is held admits
+    ///   nobody new until enough permits come back;
+    /// * a breaker keeps its state and window when the window keeps its shape, and is reset
+    ///   with a state-change event when it does not ([`Reload::reset`]);
+    /// * a rate limiter keeps the cells it admitted; a retry budget keeps its window's
+    ///   counts when the window keeps its shape.
+    ///
+    /// Handles got before the reload are the same policies: they see the new settings.
+    /// Policies of instances new in `config` are built; those of instances it no longer
+    /// declares are kept, on the layers that remain (the defaults, say).
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::new(Config::from_toml("[instances.orders.bulkhead]\nmax_concurrent = 2\nmax_queue = 0\n")?)?;
+    /// let orders = registry.bulkhead("orders")?;
+    /// let held = orders.try_acquire_owned()?;
+    ///
+    /// let reload = registry.reload(Config::from_toml("[instances.orders.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n")?)?;
+    /// assert_eq!(reload.retuned, 1);
+    /// assert_eq!((orders.capacity(), orders.in_flight()), (1, 1), "the held permit stays held");
+    /// assert!(orders.try_acquire().is_err(), "and the new limit counts it");
+    /// drop(held);
+    /// assert!(orders.try_acquire().is_ok());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The new configuration's first [`Invalid`] setting; nothing changes then.
+    pub fn reload(&self, config: Config) -> Result<Reload, Invalid> {
+        let _one_at_a_time = lock(&self.reloading);
+        check(&config, self.max_instances)?;
+        // Every map stays locked from planning to swapping the configuration, so no policy is
+        // created from the old configuration after its new settings were worked out.
+        let breakers = lock(&self.breakers);
+        let bulkheads = lock(&self.bulkheads);
+        let limiters = lock(&self.limiters);
+        let budgets = lock(&self.budgets);
+        let breaker_plans = breakers
+            .iter()
+            .map(|(name, breaker)| Ok((name, breaker, config.instance(name)?.breaker_on(())?)))
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        let bulkhead_plans = bulkheads
+            .iter()
+            .map(|(name, bulkhead)| Ok((bulkhead, config.instance(name)?.bulkhead_on(())?)))
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        let limiter_plans = limiters
+            .iter()
+            .map(|(name, limiter)| Ok((limiter, config.instance(name)?.rate_limiter_on(())?)))
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        let budget_plans = budgets
+            .iter()
+            .map(|(name, budget)| Ok((budget, config.instance(name)?.retry_budget()?)))
+            .collect::<Result<Vec<_>, Invalid>>()?;
+
+        let mut reload = Reload::default();
+        for (name, breaker, settings) in breaker_plans {
+            if applied(breaker.reconfigure(settings)) == Some(crate::breaker::Reconfigured::Reset) {
+                reload.reset.push(name.clone());
+            }
+            reload.retuned += 1;
+        }
+        for (bulkhead, settings) in bulkhead_plans {
+            applied(bulkhead.reconfigure(settings));
+            reload.retuned += 1;
+        }
+        for (limiter, settings) in limiter_plans {
+            applied(limiter.reconfigure(settings));
+            reload.retuned += 1;
+        }
+        for (budget, policy) in budget_plans {
+            budget.reconfigure(policy);
+            reload.retuned += 1;
+        }
+        *lock(&self.config) = Arc::new(config);
+        drop((breakers, bulkheads, limiters, budgets));
+        reload.built = self.build_declared()?;
+        Ok(reload)
     }
 
     /// The circuit breaker named `name`, built on first use.
@@ -206,12 +346,19 @@ impl<R: Clock> Registry<R> {
     /// [`Invalid`] when the layers for `name` do not make a valid breaker (only possible for
     /// a name the file does not declare), or [`Problem::Full`].
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
-        get_or_create(&self.breakers, self.max_instances, name, || {
-            let builder = self.instance(name)?.breaker_on(self.rt.clone())?;
-            builder
-                .build()
-                .map_err(|e| Invalid::new(format!("instances.{name}.breaker"), Problem::Rule(e)))
-        })
+        get_or_create(
+            &self.breakers,
+            self.max_instances,
+            &self.config(),
+            name,
+            || {
+                let config = self.config();
+                let builder = config.instance(name)?.breaker_on(self.rt.clone())?;
+                builder.build().map_err(|e| {
+                    Invalid::new(format!("instances.{}.breaker", key(name)), Problem::Rule(e))
+                })
+            },
+        )
     }
 
     /// The bulkhead named `name`, built on first use.
@@ -221,12 +368,22 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets
     /// `max_concurrent`.
     pub fn bulkhead(&self, name: &str) -> Result<Bulkhead<R>, Invalid> {
-        get_or_create(&self.bulkheads, self.max_instances, name, || {
-            let builder = self.instance(name)?.bulkhead_on(self.rt.clone())?;
-            builder
-                .build()
-                .map_err(|e| Invalid::new(format!("instances.{name}.bulkhead"), Problem::Rule(e)))
-        })
+        get_or_create(
+            &self.bulkheads,
+            self.max_instances,
+            &self.config(),
+            name,
+            || {
+                let config = self.config();
+                let builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
+                builder.build().map_err(|e| {
+                    Invalid::new(
+                        format!("instances.{}.bulkhead", key(name)),
+                        Problem::Rule(e),
+                    )
+                })
+            },
+        )
     }
 
     /// The rate limiter named `name`, built on first use.
@@ -236,12 +393,22 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `count` or
     /// `period`.
     pub fn rate_limiter(&self, name: &str) -> Result<RateLimiter<R>, Invalid> {
-        get_or_create(&self.limiters, self.max_instances, name, || {
-            let builder = self.instance(name)?.rate_limiter_on(self.rt.clone())?;
-            builder
-                .build()
-                .map_err(|e| Invalid::new(format!("instances.{name}.rate_limit"), Problem::Rule(e)))
-        })
+        get_or_create(
+            &self.limiters,
+            self.max_instances,
+            &self.config(),
+            name,
+            || {
+                let config = self.config();
+                let builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
+                builder.build().map_err(|e| {
+                    Invalid::new(
+                        format!("instances.{}.rate_limit", key(name)),
+                        Problem::Rule(e),
+                    )
+                })
+            },
+        )
     }
 
     /// The retry budget named `name`, built on first use.
@@ -250,10 +417,16 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker).
     pub fn retry_budget(&self, name: &str) -> Result<RetryBudget, Invalid> {
-        get_or_create(&self.budgets, self.max_instances, name, || {
-            let policy = self.instance(name)?.retry_budget()?;
-            Ok(RetryBudget::new(policy, self.rt.now()))
-        })
+        get_or_create(
+            &self.budgets,
+            self.max_instances,
+            &self.config(),
+            name,
+            || {
+                let policy = self.config().instance(name)?.retry_budget()?;
+                Ok(RetryBudget::new(policy, self.rt.now()))
+            },
+        )
     }
 
     /// Every circuit breaker so far, by name.
@@ -276,16 +449,16 @@ impl<R: Clock> Registry<R> {
         listed(&self.budgets)
     }
 
-    /// The configuration the registry was built from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force: the one the registry was built from or last reloaded.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&lock(&self.config))
     }
 }
 
 impl<R> fmt::Debug for Registry<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("instances", &self.config.instances.len())
+            .field("instances", &lock(&self.config).instances.len())
             .field("max_instances", &self.max_instances)
             .finish_non_exhaustive()
     }
