@@ -293,3 +293,59 @@ fn a_retry_budget_keeps_its_counts_when_its_window_stays() {
         "a new window is empty"
     );
 }
+
+/// The file is replaced the way editors and deployments do it (a new file renamed over the
+/// old): the registry reloads, and a bad edit is reported while the old settings stay.
+#[cfg(feature = "watch")]
+#[test]
+fn a_watched_file_reloads_the_registry_and_a_bad_edit_keeps_the_old_one() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidewall.toml");
+    let replace = |text: &str| {
+        let next = dir.path().join("tidewall.toml.new");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+    };
+    replace("[instances.a.bulkhead]\nmax_concurrent = 2\n");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let registry = Arc::new(Registry::new(config(&text)).unwrap());
+        let bulkhead = registry.bulkhead("a").unwrap();
+        let mut reloads = tidewall::config::watch_file_on(
+            &tidewall::rt::Tokio,
+            Arc::clone(&registry),
+            &path,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+
+        // The OS may report one replacement in more than one debounced batch, so an edit can
+        // bring more than one reload of the same text: read until the edit shows.
+        replace("[instances.a.bulkhead]\nmax_concurrent = 7\n");
+        for _ in 0..10 {
+            let reload = reloads.next().await.unwrap().expect("a valid edit");
+            assert_eq!(reload.retuned, 1);
+            if bulkhead.capacity() == 7 {
+                break;
+            }
+        }
+        assert_eq!(bulkhead.capacity(), 7, "the handle got before sees the new limit");
+
+        replace("[instances.a.bulkhead]\nmax_concurrent = 0\n");
+        let refused = loop {
+            match reloads.next().await.unwrap() {
+                Ok(_) => assert_eq!(bulkhead.capacity(), 7, "only the valid edit again"),
+                Err(refused) => break refused,
+            }
+        };
+        assert_eq!(refused.path(), "instances.a.bulkhead.max_concurrent");
+        assert_eq!(bulkhead.capacity(), 7, "the old settings stay");
+    });
+}

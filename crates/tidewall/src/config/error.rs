@@ -43,6 +43,8 @@ pub enum Problem {
     UnknownBase(String),
     /// The key is not allowed here (`base` outside an instance; two windows at once).
     NotHere(&'static str),
+    /// The configuration file could not be read (or watched): the system's message.
+    Read(String),
     /// A [`Registry`](super::Registry) already holds as many policies of this kind as it may.
     Full {
         /// Its [`max_instances`](super::RegistryBuilder::max_instances).
@@ -86,6 +88,7 @@ impl fmt::Display for Invalid {
             Problem::Missing => f.write_str("must be set (it has no default)"),
             Problem::UnknownBase(base) => write!(f, "no config named {base:?} in `configs`"),
             Problem::NotHere(why) => f.write_str(why),
+            Problem::Read(message) => write!(f, "cannot read the configuration: {message}"),
             Problem::Full { max } => {
                 write!(
                     f,

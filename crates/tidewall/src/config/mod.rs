@@ -105,6 +105,8 @@ mod instance;
 mod layers;
 mod registry;
 mod sections;
+#[cfg(all(feature = "watch", feature = "toml"))]
+mod watch;
 
 pub use error::{Invalid, Problem};
 pub use human::Toggle;
@@ -115,3 +117,5 @@ pub use sections::{
     BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
     RetryConfig,
 };
+#[cfg(all(feature = "watch", feature = "toml"))]
+pub use watch::{ConfigWatch, watch_file_on};

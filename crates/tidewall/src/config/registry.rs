@@ -449,6 +449,36 @@ impl<R: Clock> Registry<R> {
         listed(&self.budgets)
     }
 
+    /// Reads the TOML file at `path` and [reloads](Self::reload) from it (as a `SIGHUP`
+    /// handler would). Blocking: it reads the file on the calling thread.
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("tidewall.toml");
+    /// std::fs::write(&path, "[instances.a.bulkhead]\nmax_concurrent = 2\n")?;
+    /// let registry = Registry::new(Config::from_toml(&std::fs::read_to_string(&path)?)?)?;
+    /// std::fs::write(&path, "[instances.a.bulkhead]\nmax_concurrent = 8\n")?;
+    /// registry.reload_file(&path)?;
+    /// assert_eq!(registry.bulkhead("a")?.capacity(), 8);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Problem::Read`] (with the file's path) when the file cannot be read; otherwise as
+    /// [`reload`](Self::reload).
+    #[cfg(feature = "toml")]
+    pub fn reload_file(&self, path: impl AsRef<std::path::Path>) -> Result<Reload, Invalid> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Invalid::new(path.display().to_string(), Problem::Read(e.to_string())))?;
+        self.reload(Config::from_toml(&text)?)
+    }
+
     /// The configuration in force: the one the registry was built from or last reloaded.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&lock(&self.config))
