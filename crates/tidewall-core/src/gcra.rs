@@ -145,7 +145,10 @@ impl Gcra {
     /// # Errors
     ///
     /// [`Denied::Wait`] with the exact wait, or [`Denied::InsufficientCapacity`] when
-    /// `cells > burst` (`cells == 0` always passes and leaves the state unchanged).
+    /// `cells > burst` (`cells == 0` always passes and leaves the state unchanged). A
+    /// request whose new state would pass `u64::MAX` nanoseconds is refused with the wait
+    /// it would need (at least 1 ns; `u64::MAX` when that does not fit): the state cannot
+    /// hold it.
     #[inline]
     pub fn decide(&self, tat: u64, now: u64, cells: u32) -> Result<u64, Denied> {
         if cells > self.burst {
@@ -153,7 +156,18 @@ impl Gcra {
         }
         // cells <= burst, so this product is <= horizon and cannot overflow.
         let increment = self.interval * u64::from(cells);
-        let new_tat = tat.max(now).saturating_add(increment);
+        let Some(new_tat) = tat.max(now).checked_add(increment) else {
+            // The state would pass u64::MAX nanoseconds (584 years after the limiter's
+            // origin) and cannot be stored: refuse. Saturating would store u64::MAX, which
+            // then looks paid off at any age past 584 years less the horizon and would admit
+            // everything from there on.
+            let allowed_at =
+                u128::from(tat.max(now)) + u128::from(increment) - u128::from(self.horizon);
+            let wait = allowed_at.saturating_sub(u128::from(now)).max(1);
+            return Err(Denied::Wait {
+                nanos: u64::try_from(wait).unwrap_or(u64::MAX),
+            });
+        };
         let allowed_at = new_tat.saturating_sub(self.horizon);
         if allowed_at <= now {
             Ok(new_tat)

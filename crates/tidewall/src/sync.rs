@@ -55,25 +55,50 @@ impl<const N: usize> Tuning<N> {
     /// The words of one write, never a mix of two.
     #[inline]
     pub(crate) fn read(&self) -> [u64; N] {
+        self.read_versioned().0
+    }
+
+    /// The words of one write and that write's sequence number, to check with
+    /// [`unchanged_since`](Self::unchanged_since) that what was read alongside them (state a
+    /// write also changes, in [`write_with`](Self::write_with)) belongs to the same write.
+    #[inline]
+    pub(crate) fn read_versioned(&self) -> ([u64; N], u64) {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before & 1 == 0 {
                 let words = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
                 fence(Ordering::Acquire);
                 if self.sequence.load(Ordering::Relaxed) == before {
-                    return words;
+                    return (words, before);
                 }
             }
             spin();
         }
     }
 
+    /// Whether no write has begun since `sequence` was read: everything loaded before this
+    /// call (after [`read_versioned`](Self::read_versioned)) was loaded before any later
+    /// write's changes.
+    #[inline]
+    pub(crate) fn unchanged_since(&self, sequence: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.sequence.load(Ordering::Relaxed) == sequence
+    }
+
     /// Replaces the words. Callers serialize writes (each policy writes under its own lock).
     pub(crate) fn write(&self, words: [u64; N]) {
+        self.write_with(words, || {});
+    }
+
+    /// Replaces the words, and runs `during` while the write is under way: readers wait for
+    /// it, and a reader that loaded something `during` changed sees the write in
+    /// [`unchanged_since`](Self::unchanged_since).
+    pub(crate) fn write_with(&self, words: [u64; N], during: impl FnOnce()) {
         let before = self.sequence.load(Ordering::Relaxed);
         self.sequence
             .store(before.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
+        during();
         for (slot, word) in self.words.iter().zip(words) {
             slot.store(word, Ordering::Relaxed);
         }

@@ -336,7 +336,11 @@ fn a_watched_file_reloads_the_registry_and_a_bad_edit_keeps_the_old_one() {
                 break;
             }
         }
-        assert_eq!(bulkhead.capacity(), 7, "the handle got before sees the new limit");
+        assert_eq!(
+            bulkhead.capacity(),
+            7,
+            "the handle got before sees the new limit"
+        );
 
         replace("[instances.a.bulkhead]\nmax_concurrent = 0\n");
         let refused = loop {

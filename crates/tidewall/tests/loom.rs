@@ -318,6 +318,28 @@ fn a_reconfigured_limit_is_read_whole() {
     });
 }
 
+/// A decision racing a change of rate: with the burst spent, the cells owed stay owed under
+/// either limit (the rescale keeps them), so the caller is refused in every interleaving this
+/// model explores. (It does not reach the pairing of the old limit with the rescaled state
+/// that the limiter's sequence check prevents: removing that check still passes here, and is
+/// caught by the threads of `hostile_reload.rs::rate_reconfigure_racing_checks_*`.)
+#[test]
+fn a_decision_racing_a_reconfigure_never_readmits_a_spent_burst() {
+    loom::model(|| {
+        let slow = tidewall::rate::RateLimiter::builder(1, Duration::from_secs(1)).burst(2);
+        let fast = tidewall::rate::RateLimiter::builder(1000, Duration::from_secs(1)).burst(2);
+        let limiter = slow.runtime(ModelClock::default()).build().unwrap();
+        assert!(limiter.check().is_ok() && limiter.check().is_ok());
+        let writer = {
+            let limiter = limiter.clone();
+            loom::thread::spawn(move || limiter.reconfigure(fast).unwrap())
+        };
+        assert!(limiter.check().is_err(), "a spent burst was readmitted");
+        writer.join().unwrap();
+        assert!(limiter.check().is_err());
+    });
+}
+
 /// A waiter that gives up while the permit is being handed to it: the permit is passed on,
 /// never lost.
 #[test]

@@ -20,6 +20,9 @@ use crate::sync::{AtomicIsize, AtomicU64, AtomicUsize, Mutex, Ordering::*, lock}
 
 pub(crate) struct Shared<R> {
     capacity: AtomicUsize,
+    /// The largest capacity ever set, for the over-release check of debug builds.
+    #[cfg(debug_assertions)]
+    largest: AtomicUsize,
     /// Free permits; negative after a shrink while more are held than the new capacity.
     available: AtomicIsize,
     queued: AtomicUsize,
@@ -44,6 +47,8 @@ impl<R> Shared<R> {
     ) -> Self {
         Self {
             capacity: AtomicUsize::new(capacity),
+            #[cfg(debug_assertions)]
+            largest: AtomicUsize::new(capacity),
             available: AtomicIsize::new(signed(capacity)),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(WaitQueue::default()),
@@ -97,12 +102,19 @@ impl<R> Shared<R> {
     #[inline]
     pub(super) fn release(&self) {
         let before = self.available.fetch_add(1, SeqCst);
+        // Checked against the largest capacity ever set, not the current one: a resize racing
+        // this release may have moved the capacity and not yet `available`, but never lifts
+        // `available` above the largest capacity. (The loom models and the conservation
+        // tests check the exact sums.)
+        #[cfg(debug_assertions)]
         debug_assert!(
-            before < signed(self.capacity()),
+            before < signed(self.largest.load(SeqCst)),
             "bulkhead {:?}: a slot was released that was never taken ({before} of {} already free)",
             self.name,
             self.capacity()
         );
+        #[cfg(not(debug_assertions))]
+        let _ = before;
         if self.queued.fetch_add(0, SeqCst) > 0 {
             self.dispatch();
         }
@@ -184,6 +196,8 @@ impl<R> Shared<R> {
             // Stores and adds in the order that keeps `available <= capacity` for every
             // reader: a release's check, `in_flight` and `available`.
             if capacity > old {
+                #[cfg(debug_assertions)]
+                self.largest.fetch_max(capacity, SeqCst);
                 self.capacity.store(capacity, SeqCst);
                 self.available.fetch_add(signed(capacity - old), SeqCst);
             } else {

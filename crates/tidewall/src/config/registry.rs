@@ -287,7 +287,9 @@ impl<R: Clock> Registry<R> {
     ///
     /// # Errors
     ///
-    /// The new configuration's first [`Invalid`] setting; nothing changes then.
+    /// The new configuration's first [`Invalid`] setting, or [`Problem::Full`] when a kind
+    /// holds too many policies to keep a place for every instance it declares (names the
+    /// old file did not declare took them); nothing changes then.
     pub fn reload(&self, config: Config) -> Result<Reload, Invalid> {
         let _one_at_a_time = lock(&self.reloading);
         check(&config, self.max_instances)?;
@@ -297,6 +299,21 @@ impl<R: Clock> Registry<R> {
         let bulkheads = lock(&self.bulkheads);
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
+        // Every declared instance needs its place in each kind, next to the policies held.
+        let places = |held: usize, holds: &dyn Fn(&str) -> bool| {
+            let new = config.instances.keys().filter(|n| !holds(n)).count();
+            held.saturating_add(new)
+        };
+        let needed = [
+            places(breakers.len(), &|n| breakers.contains_key(n)),
+            places(bulkheads.len(), &|n| bulkheads.contains_key(n)),
+            places(limiters.len(), &|n| limiters.contains_key(n)),
+            places(budgets.len(), &|n| budgets.contains_key(n)),
+        ];
+        if needed.into_iter().any(|n| n > self.max_instances) {
+            let max = self.max_instances;
+            return Err(Invalid::new("instances", Problem::Full { max }));
+        }
         let breaker_plans = breakers
             .iter()
             .map(|(name, breaker)| Ok((name, breaker, config.instance(name)?.breaker_on(())?)))

@@ -243,10 +243,20 @@ impl<R: Clock> RateLimiter<R> {
     pub(crate) fn decide(&self, cells: u32) -> Result<(), Rejected> {
         let shared = &*self.shared;
         let now = shared.clock.nanos(&shared.rt);
-        let gcra = self.gcra();
+        // The limit and the state it was written for are read as one: a `reconfigure`
+        // rescales the state while its new limit is being written, so a decision that saw
+        // either change in the middle of reading starts over with the new pair.
+        let (mut words, mut sequence) = shared.limit.read_versioned();
         let mut tat = shared.tat.load(Relaxed);
         loop {
-            let next = gcra.decide(tat, now, cells).map_err(rejection)?;
+            if !shared.limit.unchanged_since(sequence) {
+                (words, sequence) = shared.limit.read_versioned();
+                tat = shared.tat.load(Relaxed);
+                continue;
+            }
+            let next = Gcra::from_words(words)
+                .decide(tat, now, cells)
+                .map_err(rejection)?;
             match shared
                 .tat
                 .compare_exchange_weak(tat, next, Relaxed, Relaxed)
@@ -351,18 +361,31 @@ impl<R: Clock> RateLimiter<R> {
         let shared = &*self.shared;
         let _one_at_a_time = lock(&shared.retune);
         let old = self.gcra();
-        shared.limit.write(gcra.to_words());
         shared.jitter.store(nanos(jitter), Relaxed);
         // The cells admitted and not yet paid off stay that many cells: the time they take
-        // to pay off is rescaled from the old interval to the new one.
+        // to pay off is rescaled from the old interval to the new one, while the new limit
+        // is written, so that no decision pairs one limit with the other's state.
         let now = shared.clock.nanos(&shared.rt);
         let rescale = |tat: u64| {
-            let owed = u128::from(tat.saturating_sub(now));
-            let owed = owed * u128::from(gcra.interval_nanos()) / u128::from(old.interval_nanos());
+            if tat <= now {
+                // Nothing owed. Still move the value (any value up to `now` means the same),
+                // so that a decision about to store a state computed from the old one fails
+                // its compare-and-swap and starts over with the new limit. At the limiter's
+                // very first nanosecond (both zero) nothing was ever admitted to rescale.
+                return Some(if tat == now {
+                    now.saturating_sub(1)
+                } else {
+                    now
+                });
+            }
+            let owed = u128::from(tat - now) * u128::from(gcra.interval_nanos())
+                / u128::from(old.interval_nanos());
             Some(now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX)))
         };
-        // Never fails: the closure always gives a value.
-        let _ = shared.tat.fetch_update(Relaxed, Relaxed, rescale);
+        shared.limit.write_with(gcra.to_words(), || {
+            // Never fails: the closure always gives a value.
+            let _ = shared.tat.fetch_update(Relaxed, Relaxed, rescale);
+        });
         Ok(())
     }
 

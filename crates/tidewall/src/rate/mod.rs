@@ -23,7 +23,9 @@
 //! limiter built before the pause, outside the runtime or in a `static` keeps real time, and
 //! its `until_ready` would then sleep in virtual time while deciding in real time. Time is
 //! kept as `u64` nanoseconds since the limiter was built, so decisions are exact for 584
-//! years of its life.
+//! years of its life less the length of a full burst (its `burst × period / count`): past
+//! that, a cell whose cost would reach beyond 584 years is refused, never admitted. One cell
+//! a year with a burst of 500 is exact for its first 84 years.
 //!
 //! Fairness: waiters are not queued; whoever checks first after a refill wins (the jitter
 //! spreads them). Use a [bulkhead](crate::bulkhead) in front if you need FIFO.
