@@ -159,8 +159,11 @@ impl<R> Shared<R> {
         reason
     }
 
-    /// Held permits: more than the capacity for a while after a shrink.
+    /// Held permits: more than the capacity for a while after a shrink. Read under the queue
+    /// lock, which resizes hold: a resize moves the capacity and the free count one after
+    /// the other, and a reading between the two would count permits nobody holds.
     pub(super) fn in_flight(&self) -> usize {
+        let _no_resize = lock(&self.queue);
         let held = signed(self.capacity()).saturating_sub(self.available.load(Relaxed));
         usize::try_from(held).unwrap_or(0)
     }
