@@ -360,8 +360,9 @@ impl<R: Clock> Registry<R> {
     ///
     /// # Errors
     ///
-    /// [`Invalid`] when the layers for `name` do not make a valid breaker (only possible for
-    /// a name the file does not declare), or [`Problem::Full`].
+    /// [`Invalid`] when the layers for `name` do not make a valid breaker (only possible when
+    /// neither the instance nor its base has a breaker section, so the defaults alone make
+    /// it: a name the file does not declare, say), or [`Problem::Full`].
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
         get_or_create(
             &self.breakers,
