@@ -191,6 +191,18 @@ fn an_error_names_the_layer_and_key_the_bad_value_came_from() {
             "instances.\"api.v2\".bulkhead.max_concurrent: must be greater than zero",
         ),
         (
+            "[instances.a.retry]\nbackoff = \"constant\"\nfactor = 3.0\n",
+            "instances.a.retry.factor: `factor` is for `backoff = \"exponential\"`",
+        ),
+        (
+            "[defaults.retry]\nbackoff = \"exponential\"\nstep = \"1s\"\n",
+            "defaults.retry.step: `step` is for `backoff = \"linear\"`",
+        ),
+        (
+            "[instances.a.breaker]\nwindow_calls = 10\nwindow_buckets = 4\n",
+            "instances.a.breaker.window_buckets: buckets are for a time window (`window`), not `window_calls`",
+        ),
+        (
             "[defaults]\nbase = \"x\"\n",
             "defaults.base: only an instance has a base",
         ),
@@ -488,4 +500,18 @@ fn a_bulkhead_config_says_what_the_bulkhead_does() {
         bulkhead.try_acquire(),
         Err(Rejected::BulkheadFull)
     ));
+}
+
+#[test]
+fn keys_of_another_schedule_are_fine_across_layers() {
+    // The defaults may give a factor and buckets that only some instances use.
+    let config = Config::from_toml(
+        "[defaults.retry]\nfactor = 3.0\nstep = \"50ms\"\n[defaults.breaker]\nwindow_buckets = 5\n\
+         [instances.flat.retry]\nbackoff = \"constant\"\n[instances.flat.breaker]\nwindow_calls = 20\n",
+    )
+    .unwrap();
+    let flat = config.instance("flat").unwrap();
+    assert_eq!(flat.backoff().unwrap().max_attempts_total(), 4);
+    let breaker = flat.breaker().unwrap().build().unwrap();
+    assert_eq!(breaker.policy().window(), Window::Count { calls: 20 });
 }

@@ -238,6 +238,16 @@ impl<'a> Instance<'a> {
                 .iter()
                 .filter_map(|(path, p)| Some((path, p.breaker.as_ref()?)))
         };
+        // Buckets belong to a time window: next to a count window in one layer they are a
+        // mistake, not a default for later (another layer may still give `window`).
+        if let Some((path, _)) =
+            sections().find(|(_, s)| s.window_calls.is_some() && s.window_buckets.is_some())
+        {
+            return Err(Invalid::new(
+                format!("{path}.breaker.window_buckets"),
+                Problem::NotHere("buckets are for a time window (`window`), not `window_calls`"),
+            ));
+        }
         let Some((path, top)) =
             sections().find(|(_, s)| s.window.is_some() || s.window_calls.is_some())
         else {
@@ -362,6 +372,7 @@ impl<'a> Instance<'a> {
     /// [`Invalid`] with the key path of the first setting [`Backoff`]'s builder refuses.
     pub fn backoff(&self) -> Result<Backoff, Invalid> {
         let get: Get<RetryConfig> = |p| &p.retry;
+        self.schedule_keys_fit()?;
         let (s, at) = self.section("retry", get, RetryConfig::over);
         let initial = s.initial_delay.unwrap_or(Duration::from_millis(100));
         let mut b = match s.backoff.unwrap_or(BackoffKind::Exponential) {
@@ -391,6 +402,34 @@ impl<'a> Instance<'a> {
         }
         b.build()
             .map_err(|e| self.placed("retry", get, RetryConfig::sets, RETRY_KEYS, &at, e))
+    }
+
+    /// A layer that names its schedule may set only that schedule's keys: a `factor` next to
+    /// `backoff = "constant"` is a mistake, not a setting kept for another layer. (Across
+    /// layers a key of another schedule is fine: the defaults may give a factor that only
+    /// exponential instances use.)
+    fn schedule_keys_fit(&self) -> Result<(), Invalid> {
+        for (path, policies) in &self.layers {
+            let Some(retry) = &policies.retry else {
+                continue;
+            };
+            let Some(kind) = retry.backoff else {
+                continue;
+            };
+            if retry.factor.is_some() && kind != BackoffKind::Exponential {
+                return Err(Invalid::new(
+                    format!("{path}.retry.factor"),
+                    Problem::NotHere("`factor` is for `backoff = \"exponential\"`"),
+                ));
+            }
+            if retry.step.is_some() && kind != BackoffKind::Linear {
+                return Err(Invalid::new(
+                    format!("{path}.retry.step"),
+                    Problem::NotHere("`step` is for `backoff = \"linear\"`"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The longest `Retry-After` hint a retry honours (default 60 s).

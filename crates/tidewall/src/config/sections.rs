@@ -87,7 +87,7 @@ section! {
         /// A time window of this span.
         #[serde(with = "opt_duration")]
         window: Duration,
-        /// Buckets of a time window (default 10).
+        /// Buckets of a time window (default 10); not next to `window_calls` in one layer.
         window_buckets: u32,
         /// How long it stays open (default 5 s).
         #[serde(with = "opt_duration")]
@@ -182,10 +182,12 @@ section! {
         /// The first delay (the only one of a constant schedule; default 100 ms).
         #[serde(with = "opt_duration")]
         initial_delay: Duration,
-        /// What a linear schedule adds each time (linear only; default: `initial_delay`).
+        /// What a linear schedule adds each time (default: `initial_delay`). A layer that
+        /// names another `backoff` may not set it.
         #[serde(with = "opt_duration")]
         step: Duration,
-        /// An exponential schedule's growth factor (exponential only; default 2).
+        /// An exponential schedule's growth factor (default 2). A layer that names another
+        /// `backoff` may not set it.
         factor: f64,
         /// How each delay is randomized (default full; not with decorrelated jitter).
         jitter: JitterKind,
