@@ -163,39 +163,6 @@ fn check(config: &Config, max_instances: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The entry of `name` in `map`, made by `make` if it is not there yet.
-fn get_or_create<T: Clone>(
-    map: &Mutex<BTreeMap<Name, T>>,
-    max: usize,
-    config: &Config,
-    name: &str,
-    make: impl FnOnce() -> Result<T, Invalid>,
-) -> Result<T, Invalid> {
-    let mut map = lock(map);
-    if let Some(found) = map.get(name) {
-        return Ok(found.clone());
-    }
-    // Every declared instance keeps a place (a file declares at most `max`), so names from
-    // requests cannot crowd one out: they get what the declared ones leave.
-    let declared = config.instances.contains_key(name);
-    let reserved = || {
-        config
-            .instances
-            .keys()
-            .filter(|n| !map.contains_key(n.as_str()))
-            .count()
-    };
-    if !declared && map.len().saturating_add(reserved()) >= max {
-        return Err(Invalid::new(
-            format!("instances.{}", key(name)),
-            Problem::Full { max },
-        ));
-    }
-    let made = make()?;
-    map.insert(Name::from(name.to_owned()), made.clone());
-    Ok(made)
-}
-
 /// A snapshot of `map`, by name.
 fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
     lock(map)
@@ -217,6 +184,40 @@ pub struct Reload {
 }
 
 impl<R: Clock> Registry<R> {
+    /// The entry of `name` in `map`, made by `make` from the configuration in force if it is
+    /// not there yet. A hit reads nothing else: the configuration is read only to make one.
+    fn held_or_made<T: Clone>(
+        &self,
+        map: &Mutex<BTreeMap<Name, T>>,
+        name: &str,
+        make: impl FnOnce(&Config) -> Result<T, Invalid>,
+    ) -> Result<T, Invalid> {
+        let mut map = lock(map);
+        if let Some(found) = map.get(name) {
+            return Ok(found.clone());
+        }
+        let config = self.config();
+        // Every declared instance keeps a place (a file declares at most `max`), so names
+        // from requests cannot crowd one out: they get what the declared ones leave.
+        let max = self.max_instances;
+        let reserved = || {
+            config
+                .instances
+                .keys()
+                .filter(|n| !map.contains_key(n.as_str()))
+                .count()
+        };
+        if !config.instances.contains_key(name) && map.len().saturating_add(reserved()) >= max {
+            return Err(Invalid::new(
+                format!("instances.{}", key(name)),
+                Problem::Full { max },
+            ));
+        }
+        let made = make(&config)?;
+        map.insert(Name::from(name.to_owned()), made.clone());
+        Ok(made)
+    }
+
     /// Builds the policies every declared instance has, that the registry does not hold yet.
     fn build_declared(&self) -> Result<usize, Invalid> {
         let held = || {
@@ -364,19 +365,12 @@ impl<R: Clock> Registry<R> {
     /// neither the instance nor its base has a breaker section, so the defaults alone make
     /// it: a name the file does not declare, say), or [`Problem::Full`].
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
-        get_or_create(
-            &self.breakers,
-            self.max_instances,
-            &self.config(),
-            name,
-            || {
-                let config = self.config();
-                let builder = config.instance(name)?.breaker_on(self.rt.clone())?;
-                builder.build().map_err(|e| {
-                    Invalid::new(format!("instances.{}.breaker", key(name)), Problem::Rule(e))
-                })
-            },
-        )
+        self.held_or_made(&self.breakers, name, |config| {
+            let builder = config.instance(name)?.breaker_on(self.rt.clone())?;
+            builder.build().map_err(|e| {
+                Invalid::new(format!("instances.{}.breaker", key(name)), Problem::Rule(e))
+            })
+        })
     }
 
     /// The bulkhead named `name`, built on first use.
@@ -386,22 +380,15 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets
     /// `max_concurrent`.
     pub fn bulkhead(&self, name: &str) -> Result<Bulkhead<R>, Invalid> {
-        get_or_create(
-            &self.bulkheads,
-            self.max_instances,
-            &self.config(),
-            name,
-            || {
-                let config = self.config();
-                let builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
-                builder.build().map_err(|e| {
-                    Invalid::new(
-                        format!("instances.{}.bulkhead", key(name)),
-                        Problem::Rule(e),
-                    )
-                })
-            },
-        )
+        self.held_or_made(&self.bulkheads, name, |config| {
+            let builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
+            builder.build().map_err(|e| {
+                Invalid::new(
+                    format!("instances.{}.bulkhead", key(name)),
+                    Problem::Rule(e),
+                )
+            })
+        })
     }
 
     /// The rate limiter named `name`, built on first use.
@@ -411,22 +398,15 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `count` or
     /// `period`.
     pub fn rate_limiter(&self, name: &str) -> Result<RateLimiter<R>, Invalid> {
-        get_or_create(
-            &self.limiters,
-            self.max_instances,
-            &self.config(),
-            name,
-            || {
-                let config = self.config();
-                let builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
-                builder.build().map_err(|e| {
-                    Invalid::new(
-                        format!("instances.{}.rate_limit", key(name)),
-                        Problem::Rule(e),
-                    )
-                })
-            },
-        )
+        self.held_or_made(&self.limiters, name, |config| {
+            let builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
+            builder.build().map_err(|e| {
+                Invalid::new(
+                    format!("instances.{}.rate_limit", key(name)),
+                    Problem::Rule(e),
+                )
+            })
+        })
     }
 
     /// The retry budget named `name`, built on first use.
@@ -435,16 +415,10 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker).
     pub fn retry_budget(&self, name: &str) -> Result<RetryBudget, Invalid> {
-        get_or_create(
-            &self.budgets,
-            self.max_instances,
-            &self.config(),
-            name,
-            || {
-                let policy = self.config().instance(name)?.retry_budget()?;
-                Ok(RetryBudget::new(policy, self.rt.now()))
-            },
-        )
+        self.held_or_made(&self.budgets, name, |config| {
+            let policy = config.instance(name)?.retry_budget()?;
+            Ok(RetryBudget::new(policy, self.rt.now()))
+        })
     }
 
     /// Every circuit breaker so far, by name.
