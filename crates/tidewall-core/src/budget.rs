@@ -63,6 +63,24 @@ impl RetryBudgetPolicy {
         credit >= (u128::from(withdrawals) + 1) * u128::from(PPM)
     }
 
+    /// How many more retries fit, given the window's `deposits` and `withdrawals`: the
+    /// largest `n` for which [`allows`](Self::allows) holds after `n - 1` more withdrawals
+    /// (zero when none does; `u64::MAX` when more fit), for a gauge of the budget's balance.
+    ///
+    /// ```
+    /// use tidewall_core::budget::RetryBudgetPolicy;
+    ///
+    /// let budget = RetryBudgetPolicy::builder().ratio(0.1).min_per_second(0).build()?;
+    /// assert_eq!(budget.balance(100, 7), 3);
+    /// assert_eq!(budget.balance(100, 12), 0, "overdrawn by a shrunken ratio: none left");
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub fn balance(&self, deposits: u64, withdrawals: u64) -> u64 {
+        let credit = u128::from(self.floor_ppm) + u128::from(deposits) * u128::from(self.ratio_ppm);
+        let whole = credit / u128::from(PPM);
+        u64::try_from(whole.saturating_sub(u128::from(withdrawals))).unwrap_or(u64::MAX)
+    }
+
     /// The window.
     pub fn window(&self) -> Duration {
         self.window
@@ -291,6 +309,33 @@ mod tests {
             let exact = (u64::from(floor) * 1000 + calls * u64::from(ratio_permille)) / 1000;
             prop_assert!(b.allows(calls, exact.saturating_sub(1)) || exact == 0);
             prop_assert!(!b.allows(calls, exact));
+        }
+
+        /// The balance is the number of withdrawals `allows` still grants, over every count
+        /// up to the type's limit.
+        #[test]
+        fn balance_counts_exactly_what_allows_grants(
+            ratio_permille in 0u32..1_000_000,
+            floor in prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            deposits in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            withdrawals in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+        ) {
+            let ratio = f64::from(ratio_permille) / 1000.0;
+            let Ok(b) = RetryBudgetPolicy::builder().ratio(ratio).min_per_second(floor).build() else {
+                return Ok(()); // refused policies count nothing
+            };
+            let balance = b.balance(deposits, withdrawals);
+            if balance == 0 {
+                prop_assert!(!b.allows(deposits, withdrawals));
+            } else {
+                // The last granted withdrawal; past u64::MAX nobody can withdraw anyway.
+                if let Some(last) = withdrawals.checked_add(balance - 1) {
+                    prop_assert!(b.allows(deposits, last));
+                }
+                if balance < u64::MAX {
+                    prop_assert!(withdrawals.checked_add(balance).is_none_or(|w| !b.allows(deposits, w)));
+                }
+            }
         }
     }
 }

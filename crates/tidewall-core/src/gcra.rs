@@ -178,6 +178,31 @@ impl Gcra {
         }
     }
 
+    /// How many cells one request could take at `now` from the stored `tat`: the burst
+    /// when rested, fewer while earlier cells are being paid off (for a gauge of the
+    /// capacity left; a decision may still find less if others take it first).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tidewall_core::gcra::Gcra;
+    ///
+    /// let gcra = Gcra::new(10, Duration::from_secs(1), 5)?; // 100 ms a cell
+    /// assert_eq!(gcra.available(0, 0), 5);
+    /// let tat = gcra.decide(0, 0, 3).expect("3 of the 5 fit"); // taken at once
+    /// assert_eq!(gcra.available(tat, 0), 2);
+    /// assert_eq!(gcra.available(tat, 100_000_000), 3, "one paid off 100 ms later");
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub fn available(&self, tat: u64, now: u64) -> u32 {
+        if tat <= now {
+            return self.burst;
+        }
+        // A request of n cells passes when tat + n × interval - horizon <= now.
+        let room = (u128::from(now) + u128::from(self.horizon)).saturating_sub(u128::from(tat));
+        let cells = room / u128::from(self.interval);
+        u32::try_from(cells).unwrap_or(u32::MAX).min(self.burst)
+    }
+
     /// Whether a state is fully rested at `now`, i.e. indistinguishable from a fresh one.
     pub const fn is_rested(tat: u64, now: u64) -> bool {
         tat <= now

@@ -102,6 +102,30 @@ fn a_rested_state_behaves_like_a_fresh_one() {
 }
 
 proptest! {
+    /// `available` is exactly the largest request `decide` admits, at any state and any
+    /// time up to the type's limits.
+    #[test]
+    fn available_is_the_largest_request_decide_admits(
+        interval in prop_oneof![Just(1u64), Just(u64::MAX / 2), 1u64..1_000_000_000],
+        burst in prop_oneof![Just(1u32), Just(u32::MAX), 1u32..100],
+        tat in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+        now in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+    ) {
+        let Ok(g) = Gcra::new(1, Duration::from_nanos(interval), burst) else {
+            return Ok(()); // refused limits have no state to read
+        };
+        let available = g.available(tat, now);
+        prop_assert!(available <= burst);
+        if available > 0 {
+            // Admitted unless the new state itself cannot be stored (past u64::MAX).
+            let fits = u128::from(tat.max(now)) + u128::from(available) * u128::from(interval) <= u128::from(u64::MAX);
+            prop_assert_eq!(g.decide(tat, now, available).is_ok(), fits);
+        }
+        if available < burst {
+            prop_assert!(g.decide(tat, now, available + 1).is_err());
+        }
+    }
+
     /// A greedy caller that asks at every nanosecond the limiter names gets exactly
     /// `burst + floor(span / interval)` cells: the documented burst sentence, exactly.
     #[test]
