@@ -378,3 +378,46 @@ fn watch_dir_debounces_changes() {
         panic!("not every change was reported: {seen:?}");
     });
 }
+
+/// Reading a file is not a change: a consumer that reads the files it is told about (a
+/// configuration reload) must not wake itself.
+#[cfg(feature = "watch")]
+#[test]
+fn watch_dir_does_not_report_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("read"), "unchanged").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut changes =
+            tidewall::stream::watch_dir_on(&Tokio, dir.path(), Duration::from_millis(50)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("read")).unwrap(),
+                "unchanged"
+            );
+        }
+        // Written after the reads: every batch up to the one naming it holds whatever the
+        // reads produced.
+        std::fs::write(dir.path().join("written"), "new").unwrap();
+        for _ in 0..10 {
+            let batch = changes.next().await.unwrap().unwrap();
+            let names: Vec<_> = batch
+                .paths
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            assert!(
+                !names.iter().any(|n| n == "read"),
+                "a read was reported: {names:?}"
+            );
+            if names.iter().any(|n| n == "written") {
+                return;
+            }
+        }
+        panic!("the write was never reported");
+    });
+}

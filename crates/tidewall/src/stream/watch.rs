@@ -22,7 +22,8 @@ const BUFFER: usize = 1024;
 /// One debounced batch of changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DirChanges {
-    /// The paths that changed (created, modified, removed, renamed), sorted, each once.
+    /// The paths that changed (created, modified, removed, renamed, or closed after a
+    /// write), sorted, each once. Opening or reading a file is not a change.
     pub paths: Vec<PathBuf>,
     /// Some events were dropped because the consumer fell behind: rescan the directory.
     pub overflowed: bool,
@@ -81,6 +82,11 @@ impl<R: Runtime> DirWatch<R> {
         let flag = Arc::clone(&overflowed);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading a file is no change to it (and a consumer that reads what changed
+                // would otherwise wake itself forever).
+                if event.as_ref().is_ok_and(|event| is_read(event.kind)) {
+                    return;
+                }
                 // The OS dropped events (inotify's queue overflowed): the consumer must rescan.
                 if event.as_ref().is_ok_and(notify::Event::need_rescan) {
                     flag.store(true, Ordering::Relaxed);
@@ -111,6 +117,12 @@ impl<R: Runtime> DirWatch<R> {
             overflowed: self.overflowed.swap(false, Ordering::Relaxed),
         }
     }
+}
+
+/// Whether an event only says a file was opened, read or closed unwritten.
+fn is_read(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(access) if access != AccessKind::Close(AccessMode::Write))
 }
 
 impl<R: Runtime> Unpin for DirWatch<R> {}
