@@ -119,3 +119,43 @@ impl<R: Clock> Admission for Bulkhead<R> {
         self.acquire_owned_within(wait)
     }
 }
+
+/// A stage that never waits: it admits at once or refuses with its own reason and hint, as
+/// under [`Wait::No`], however long the caller would wait. For a pipeline or a service that
+/// must shed load at once (answer 429 with `Retry-After`) rather than queue for the limiter.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::admission::NoWait;
+/// use tidewall::pipeline::Pipeline;
+/// use tidewall::rate::RateLimiter;
+/// use tidewall::{Error, Rejected};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tidewall::ConfigError> {
+/// let limiter = RateLimiter::builder(1, Duration::from_secs(60)).build()?;
+/// let pipeline = Pipeline::builder()
+///     .deadline(Duration::from_secs(120)) // long enough to wait for the next cell...
+///     .rate_limit(NoWait(limiter))         // ...but this stage does not wait
+///     .build()?;
+/// assert_eq!(pipeline.call(|| async { Ok::<_, ()>(1) }).await, Ok(1));
+/// let refused = pipeline.call(|| async { Ok::<_, ()>(2) }).await;
+/// assert!(matches!(refused, Err(Error::Rejected(Rejected::RateLimited { .. }))));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NoWait<A>(pub A);
+
+impl<A: Admission> Admission for NoWait<A> {
+    type Guard = A::Guard;
+    type Admit = A::Admit;
+
+    #[inline]
+    fn try_admit(&self) -> Option<Self::Guard> {
+        self.0.try_admit()
+    }
+
+    fn admit(&self, _: Wait) -> Self::Admit {
+        self.0.admit(Wait::No)
+    }
+}

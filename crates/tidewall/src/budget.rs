@@ -128,6 +128,29 @@ impl RetryBudget {
         current.policy.allows(deposits, withdrawals)
     }
 
+    /// How many retries the budget would grant now, one after another (saturating at
+    /// `u64::MAX`): a reading for gauges and health pages.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    ///
+    /// let now = Instant::now();
+    /// let budget = RetryBudget::new(RetryBudgetPolicy::builder().ratio(0.1).min_per_second(0).build()?, now);
+    /// (0..100).for_each(|_| budget.deposit(now));
+    /// assert!(budget.try_withdraw(now));
+    /// assert_eq!(budget.balance(now), 9);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn balance(&self, now: Instant) -> u64 {
+        let current = self.inner.current.load();
+        let window = &current.window;
+        let [deposits, withdrawals, _] = window
+            .ring
+            .totals(window.epoch(self.inner.origin, now), None);
+        current.policy.balance(deposits, withdrawals)
+    }
+
     /// Takes one retry from the budget if the balance allows it.
     ///
     /// Withdrawals (one per retry, so rare next to deposits) are serialized by a small lock,

@@ -81,7 +81,7 @@ mod seed;
 pub mod stream;
 mod sync;
 pub mod task;
-mod telemetry;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod time;

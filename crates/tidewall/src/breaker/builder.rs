@@ -38,6 +38,7 @@ pub struct CircuitBreakerBuilder<R = crate::rt::DefaultRuntime> {
     rt: R,
     name: Name,
     listener: Option<Listener>,
+    events: Option<crate::telemetry::Listener>,
     seed: u64,
     max_open_hint: Duration,
 }
@@ -49,6 +50,7 @@ impl<R> CircuitBreakerBuilder<R> {
             rt,
             name: Name::from_static("breaker"),
             listener: None,
+            events: None,
             seed: 0x5eed_b4ea_c0de,
             max_open_hint: crate::retry::DEFAULT_MAX_RETRY_AFTER,
         }
@@ -61,6 +63,7 @@ impl<R> CircuitBreakerBuilder<R> {
             rt,
             name: self.name,
             listener: self.listener,
+            events: self.events,
             seed: self.seed,
             max_open_hint: self.max_open_hint,
         }
@@ -102,7 +105,38 @@ impl<R> CircuitBreakerBuilder<R> {
         self
     }
 
-    /// Called on every state change, on the thread that caused it (keep it short).
+    /// Calls `listener` with everything the breaker does: each outcome recorded, each refusal with its reason, each state change. On the caller's
+    /// thread, in the call (keep it short). See [`Event`](crate::telemetry::Event).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use tidewall::breaker::CircuitBreaker;
+    /// use tidewall::telemetry::EventKind;
+    ///
+    /// let failures = Arc::new(AtomicU32::new(0));
+    /// let counted = Arc::clone(&failures);
+    /// let breaker = CircuitBreaker::builder()
+    ///     .on_event(move |event| {
+    ///         if let EventKind::Failed = event.kind {
+    ///             counted.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// breaker.try_acquire().unwrap().failure();
+    /// assert_eq!(failures.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
+        self
+    }
+
+    /// Called on every state change, on the thread that caused it (keep it short). An
+    /// [`on_event`](Self::on_event) listener sees state changes too.
     pub fn on_state_change(
         mut self,
         listener: impl Fn(&StateChange<'_>) + Send + Sync + 'static,
@@ -221,13 +255,16 @@ impl<R> CircuitBreakerBuilder<R> {
             seed: self.seed,
             max_open_hint: self.max_open_hint,
             key_label: None,
-            rejections: crate::telemetry::Rejections::shared(
+            telemetry: crate::telemetry::PolicyTelemetry::new(
                 "breaker",
                 &self.name,
                 &[crate::Rejected::CircuitOpen {
                     retry_after: Duration::ZERO,
                 }],
-            ),
+            )
+            .with_outcomes()
+            .with_listener(self.events.clone())
+            .shared(),
         };
         Ok((policy, setup))
     }

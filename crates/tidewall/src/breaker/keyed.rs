@@ -72,9 +72,9 @@ struct Keyed<K, R> {
     clock: LimiterClock,
     keys: KeyedMap<K, Entry<R>>,
     /// Refusals of new keys (a full table).
-    rejections: crate::telemetry::Rejections,
+    rejections: crate::telemetry::PolicyTelemetry,
     /// Refusals by the keys' breakers, one set of counters for all of them.
-    per_key: std::sync::Arc<crate::telemetry::Rejections>,
+    per_key: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
 }
 
 type KeyListener<K> = std::sync::Arc<dyn Fn(&K, &StateChange<'_>) + Send + Sync>;
@@ -214,12 +214,12 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                 next_seed: AtomicU64::new(setup.seed),
                 idle_ttl,
                 keys,
-                rejections: crate::telemetry::Rejections::new(
+                rejections: crate::telemetry::PolicyTelemetry::new(
                     "keyed_breaker",
                     &setup.name,
                     &[KEYS_FULL],
                 ),
-                per_key: setup.rejections,
+                per_key: setup.telemetry,
             }),
         })
     }
@@ -344,7 +344,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             seed,
             max_open_hint: shared.max_open_hint,
             key_label: shared.key_label.as_ref().map(|label| label(key).into()),
-            rejections: std::sync::Arc::clone(&shared.per_key),
+            telemetry: std::sync::Arc::clone(&shared.per_key),
         };
         CircuitBreaker {
             shared: Arc::new(Shared::new(std::sync::Arc::clone(&shared.policy), setup)),

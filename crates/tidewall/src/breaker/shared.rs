@@ -55,7 +55,10 @@ pub(crate) struct Shared<R> {
     origin: Instant,
     pub(super) rt: R,
     pub(super) name: Name,
-    rejections: std::sync::Arc<crate::telemetry::Rejections>,
+    telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
+    /// Whether `telemetry` wants outcomes (metrics or a listener), read beside the state
+    /// rather than behind the pointer: the closed path then costs what it did without.
+    reports_outcomes: bool,
     listener: Option<Listener>,
     seed: u64,
     /// The longest a failure's hint may hold the breaker open, in nanoseconds.
@@ -73,7 +76,7 @@ pub(super) struct Setup<R> {
     pub(super) max_open_hint: Duration,
     pub(super) key_label: Option<Box<str>>,
     /// Where refusals are counted: the breaker's own, or one set for all keys of a table.
-    pub(super) rejections: std::sync::Arc<crate::telemetry::Rejections>,
+    pub(super) telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
 }
 
 /// What the transition lock guards.
@@ -117,7 +120,7 @@ impl<R: Clock> Shared<R> {
             seed,
             max_open_hint,
             key_label,
-            rejections,
+            telemetry,
         } = setup;
         let window = SlidingWindow::new(policy.window());
         Self {
@@ -138,7 +141,8 @@ impl<R: Clock> Shared<R> {
             }),
             rt,
             name,
-            rejections,
+            reports_outcomes: telemetry.reports_outcomes(),
+            telemetry,
             listener,
             seed,
             max_open_hint: AtomicU64::new(as_nanos(max_open_hint)),
@@ -209,13 +213,13 @@ impl<R: Clock> Shared<R> {
     /// Admits one call, counting a refusal as a rejection.
     pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
         self.acquire_quiet()
-            .inspect_err(|rejected| self.rejections.record(rejected))
+            .map_err(|rejected| self.telemetry.refused(rejected))
     }
 
     /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
     #[cfg(feature = "tower")]
     pub(super) fn record_rejection(&self, rejected: &Rejected) {
-        self.rejections.record(rejected);
+        self.telemetry.record(rejected);
     }
 
     /// Admits one call; a refusal is not counted (a caller that waits for the breaker is
@@ -300,6 +304,9 @@ impl<R: Clock> Shared<R> {
     /// capped at `max_open_hint`. Outcomes of permits from an earlier generation are ignored:
     /// they never move the current state.
     pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome, hint: Option<Duration>) {
+        if self.reports_outcomes {
+            self.telemetry.outcome(outcome);
+        }
         let now = if self.needs_clock.load(Relaxed) || ticket.probe {
             self.now()
         } else {
@@ -424,12 +431,7 @@ impl<R: Clock> Shared<R> {
                 generation: next,
             }
         };
-        emit(
-            self.listener.as_ref(),
-            &change,
-            &self.name,
-            self.key_label.as_deref(),
-        );
+        self.announce(&change);
     }
 
     fn to_half_open(&self, generation: u32, now: u64) {
@@ -452,12 +454,7 @@ impl<R: Clock> Shared<R> {
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(
-                self.listener.as_ref(),
-                &change,
-                &self.name,
-                self.key_label.as_deref(),
-            );
+            self.announce(&change);
         }
     }
 
@@ -483,12 +480,7 @@ impl<R: Clock> Shared<R> {
                 reason: None,
                 generation: generation.wrapping_add(1),
             };
-            emit(
-                self.listener.as_ref(),
-                &change,
-                &self.name,
-                self.key_label.as_deref(),
-            );
+            self.announce(&change);
         }
     }
 
@@ -510,6 +502,20 @@ impl<R: Clock> Shared<R> {
         }
     }
 
+    /// Tells the listeners, tracing and metrics of a state change. Cold: a transition is
+    /// rare, and its reporting stays out of the call paths that may make one.
+    #[cold]
+    fn announce(&self, change: &StateChange<'_>) {
+        emit(
+            self.listener.as_ref(),
+            change,
+            &self.name,
+            self.key_label.as_deref(),
+        );
+        self.telemetry
+            .event(crate::telemetry::EventKind::StateChanged(change));
+    }
+
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
     pub(super) fn force(&self, to: State) {
         let change = {
@@ -529,12 +535,7 @@ impl<R: Clock> Shared<R> {
                 generation: word::generation(word).wrapping_add(1),
             }
         };
-        emit(
-            self.listener.as_ref(),
-            &change,
-            &self.name,
-            self.key_label.as_deref(),
-        );
+        self.announce(&change);
     }
 
     /// Whether forgetting this breaker loses nothing: closed, nothing in its window and no

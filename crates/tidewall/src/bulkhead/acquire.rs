@@ -127,6 +127,8 @@ pin_project! {
         #[pin]
         timer: Option<R::Sleep>,
         done: bool,
+        // When it joined the queue, for the wait-time histogram.
+        queued_at: Option<Instant>,
     }
 }
 
@@ -138,6 +140,7 @@ impl<R: Clock> Waiter<R> {
             timer_is_deadline: false,
             timer: None,
             done: false,
+            queued_at: None,
         }
     }
 
@@ -206,6 +209,7 @@ impl<R: Clock> Waiter<R> {
                     }
                 };
                 *this.place = Some(place);
+                *this.queued_at = Some(now);
                 // A permit released between the fast-path check and enqueueing is handed out
                 // here (possibly to this very waiter).
                 shared.dispatch();
@@ -220,6 +224,7 @@ impl<R: Clock> Waiter<R> {
         if lock(&shared.queue).poll(place, cx.waker()) == Status::Granted {
             *this.place = None;
             *this.done = true;
+            shared.waited(*this.queued_at);
             return Poll::Ready(Ok(()));
         }
         let timed_out = this
@@ -233,6 +238,7 @@ impl<R: Clock> Waiter<R> {
         *this.done = true;
         if bulkhead.leave_queue(place) {
             // Granted just as the wait ran out: take it.
+            shared.waited(*this.queued_at);
             return Poll::Ready(Ok(()));
         }
         let reason = if *this.timer_is_deadline {

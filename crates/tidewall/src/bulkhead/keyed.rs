@@ -47,9 +47,9 @@ struct Keyed<K, R> {
     settings: BulkheadBuilder<R>,
     keys: KeyedMap<K, Bulkhead<R>>,
     /// Refusals of new keys (a full table).
-    rejections: crate::telemetry::Rejections,
+    rejections: crate::telemetry::PolicyTelemetry,
     /// Refusals by the keys' bulkheads, one set of counters for all of them.
-    per_key: std::sync::Arc<crate::telemetry::Rejections>,
+    per_key: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
 }
 
 impl<R: Clock> Evict for Bulkhead<R> {
@@ -102,10 +102,20 @@ impl<R> KeyedBulkheadBuilder<R> {
     {
         self.bulkhead.validate()?;
         let keys = KeyedMap::new(self.max_keys)?;
-        let rejections =
-            crate::telemetry::Rejections::new("keyed_bulkhead", &self.bulkhead.name, &[KEYS_FULL]);
-        let per_key =
-            crate::telemetry::Rejections::shared("bulkhead", &self.bulkhead.name, &super::REFUSALS);
+        let rejections = crate::telemetry::PolicyTelemetry::new(
+            "keyed_bulkhead",
+            &self.bulkhead.name,
+            &[KEYS_FULL],
+        )
+        .with_listener(self.bulkhead.events.clone());
+        let per_key = crate::telemetry::PolicyTelemetry::new(
+            "bulkhead",
+            &self.bulkhead.name,
+            &super::REFUSALS,
+        )
+        .with_waits()
+        .with_listener(self.bulkhead.events.clone())
+        .shared();
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
                 settings: self.bulkhead,

@@ -92,6 +92,7 @@ pub struct BulkheadBuilder<R = DefaultRuntime> {
     max_wait: Option<Duration>,
     rt: R,
     name: Name,
+    events: Option<crate::telemetry::Listener>,
 }
 
 impl Bulkhead {
@@ -103,6 +104,7 @@ impl Bulkhead {
             max_wait: Some(Duration::from_secs(1)),
             rt: DefaultRuntime::default(),
             name: Name::from_static("bulkhead"),
+            events: None,
         }
     }
 }
@@ -125,6 +127,37 @@ impl<R> BulkheadBuilder<R> {
         self.max_queue(0)
     }
 
+    /// Calls `listener` with everything the bulkhead does: each refusal with its reason, and each wait that ended admitted with its length. On the caller's
+    /// thread, in the call (keep it short). See [`Event`](crate::telemetry::Event).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tidewall::bulkhead::Bulkhead;
+    /// use tidewall::telemetry::EventKind;
+    ///
+    /// let refusals = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&refusals);
+    /// let bulkhead = Bulkhead::builder(1)
+    ///     .reject_when_full()
+    ///     .on_event(move |event| {
+    ///         if let EventKind::Rejected(why) = event.kind {
+    ///             seen.lock().unwrap().push(why.kind());
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let _held = bulkhead.try_acquire().unwrap();
+    /// assert!(bulkhead.try_acquire().is_err());
+    /// assert_eq!(*refusals.lock().unwrap(), ["bulkhead_full"]);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
+        self
+    }
+
     /// A name for events and metric labels.
     pub fn name(mut self, name: impl Into<Name>) -> Self {
         self.name = name.into();
@@ -139,6 +172,7 @@ impl<R> BulkheadBuilder<R> {
             max_wait: self.max_wait,
             rt,
             name: self.name,
+            events: self.events,
         }
     }
 
@@ -195,14 +229,20 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
-        self.make_counted(crate::telemetry::Rejections::shared(
-            "bulkhead", &self.name, &REFUSALS,
-        ))
+        self.make_counted(
+            crate::telemetry::PolicyTelemetry::new("bulkhead", &self.name, &REFUSALS)
+                .with_waits()
+                .with_listener(self.events.clone())
+                .shared(),
+        )
     }
 
-    /// A bulkhead with these (validated) settings, counting its refusals in `rejections`
+    /// A bulkhead with these (validated) settings, counting its refusals in `telemetry`
     /// (shared by every key of a keyed bulkhead).
-    fn make_counted(&self, rejections: std::sync::Arc<crate::telemetry::Rejections>) -> Bulkhead<R>
+    fn make_counted(
+        &self,
+        telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
+    ) -> Bulkhead<R>
     where
         R: Clock,
     {
@@ -213,7 +253,7 @@ impl<R> BulkheadBuilder<R> {
                 self.max_wait,
                 self.rt.clone(),
                 self.name.clone(),
-                rejections,
+                telemetry,
             )),
         }
     }

@@ -33,7 +33,7 @@ pub(crate) struct Shared<R> {
     rejected: AtomicU64,
     pub(super) rt: R,
     pub(super) name: crate::Name,
-    rejections: std::sync::Arc<crate::telemetry::Rejections>,
+    telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
 }
 
 impl<R> Shared<R> {
@@ -43,7 +43,7 @@ impl<R> Shared<R> {
         max_wait: Option<Duration>,
         rt: R,
         name: crate::Name,
-        rejections: std::sync::Arc<crate::telemetry::Rejections>,
+        telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
     ) -> Self {
         Self {
             capacity: AtomicUsize::new(capacity),
@@ -57,7 +57,7 @@ impl<R> Shared<R> {
             rejected: AtomicU64::new(0),
             rt,
             name,
-            rejections,
+            telemetry,
         }
     }
 
@@ -153,10 +153,28 @@ impl<R> Shared<R> {
         self.queued.fetch_sub(1, SeqCst);
     }
 
+    /// A waiter queued at `since` was admitted (only queued waiters are timed, and only for
+    /// metrics or a listener).
+    pub(super) fn waited(&self, since: Option<std::time::Instant>)
+    where
+        R: crate::rt::Clock,
+    {
+        if let Some(since) = since
+            && self.telemetry.times_waits()
+        {
+            self.telemetry
+                .waited(self.rt.now().saturating_duration_since(since));
+        }
+    }
+
+    /// Counts a refusal (cold and out of line, as [`PolicyTelemetry::refused`] says why).
+    ///
+    /// [`PolicyTelemetry::refused`]: crate::telemetry::PolicyTelemetry::refused
+    #[cold]
+    #[inline(never)]
     pub(super) fn reject(&self, reason: crate::Rejected) -> crate::Rejected {
         self.rejected.fetch_add(1, Relaxed);
-        self.rejections.record(&reason);
-        reason
+        self.telemetry.refused(reason)
     }
 
     /// Held permits: more than the capacity for a while after a shrink. Read under the queue

@@ -68,6 +68,7 @@ pub struct Registry<R = DefaultRuntime> {
     bulkheads: Mutex<BTreeMap<Name, Bulkhead<R>>>,
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
     budgets: Mutex<BTreeMap<Name, RetryBudget>>,
+    reloads: crate::telemetry::ReloadCounters,
 }
 
 /// Configures a [`Registry`]: its runtime and its bound.
@@ -139,6 +140,7 @@ impl<R> RegistryBuilder<R> {
             bulkheads: Mutex::default(),
             limiters: Mutex::default(),
             budgets: Mutex::default(),
+            reloads: crate::telemetry::ReloadCounters::new(),
         };
         registry.build_declared()?;
         Ok(registry)
@@ -286,12 +288,27 @@ impl<R: Clock> Registry<R> {
     /// # Ok(()) }
     /// ```
     ///
+    /// With the `metrics` feature each reload counts in
+    /// `tidewall_config_reloads_total{outcome="applied"|"refused"}` (both series exist from
+    /// the registry's start), [`reload_file`](Self::reload_file)'s unreadable or unparsable
+    /// files included.
+    ///
     /// # Errors
     ///
     /// The new configuration's first [`Invalid`] setting, or [`Problem::Full`] when a kind
     /// holds too many policies to keep a place for every instance it declares (names the
     /// old file did not declare took them); nothing changes then.
     pub fn reload(&self, config: Config) -> Result<Reload, Invalid> {
+        self.counted(self.apply(config))
+    }
+
+    /// Counts a reload as applied or refused.
+    fn counted(&self, reload: Result<Reload, Invalid>) -> Result<Reload, Invalid> {
+        self.reloads.count(reload.is_ok());
+        reload
+    }
+
+    fn apply(&self, config: Config) -> Result<Reload, Invalid> {
         let _one_at_a_time = lock(&self.reloading);
         check(&config, self.max_instances)?;
         // Every map stays locked from planning to swapping the configuration, so no policy is
@@ -466,14 +483,49 @@ impl<R: Clock> Registry<R> {
     #[cfg(feature = "toml")]
     pub fn reload_file(&self, path: impl AsRef<std::path::Path>) -> Result<Reload, Invalid> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Invalid::new(path.display().to_string(), Problem::Read(e.to_string())))?;
-        self.reload(Config::from_toml(&text)?)
+        let config = std::fs::read_to_string(path)
+            .map_err(|e| Invalid::new(path.display().to_string(), Problem::Read(e.to_string())))
+            .and_then(|text| Config::from_toml(&text));
+        self.counted(config.and_then(|config| self.apply(config)))
     }
 
     /// The configuration in force: the one the registry was built from or last reloaded.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&lock(&self.config))
+    }
+
+    /// The runtime whose clock the policies read.
+    pub fn runtime(&self) -> &R {
+        &self.rt
+    }
+
+    /// Sets the gauges of every policy held (feature `metrics`): each breaker's state, each
+    /// bulkhead's permits in flight, callers queued and capacity, each rate limiter's cells
+    /// available and each retry budget's balance, labelled with the instance's name (the
+    /// table is in [`telemetry`](crate::telemetry)). Call it before each scrape: gauges read
+    /// this way cost the calls nothing.
+    ///
+    /// ```
+    /// use metrics_util::debugging::DebuggingRecorder;
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let recorder = DebuggingRecorder::new();
+    /// let snapshotter = recorder.snapshotter();
+    /// let registry = Registry::new(Config::from_toml("[instances.db.bulkhead]\nmax_concurrent = 4\n")?)?;
+    /// let _held = registry.bulkhead("db")?.try_acquire_owned()?;
+    /// metrics::with_local_recorder(&recorder, || registry.record_gauges());
+    ///
+    /// let in_flight = snapshotter.snapshot().into_vec().into_iter().find_map(|(key, _, _, value)| {
+    ///     (key.key().name() == "tidewall_bulkhead_in_flight").then_some(value)
+    /// });
+    /// assert_eq!(in_flight, Some(metrics_util::debugging::DebugValue::Gauge(1.0.into())));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_gauges(&self) {
+        crate::telemetry::record_gauges(self);
     }
 }
 

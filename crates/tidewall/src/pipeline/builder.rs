@@ -7,13 +7,13 @@ use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
 use super::stages::{Retries, RetryStage};
-use crate::ConfigError;
 use crate::admission::Admission;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
 use crate::classify::{DefaultClassifier, Hinted, WithRetryAfter};
 use crate::retry::engine::RetryRules;
 use crate::rt::Clock;
+use crate::{ConfigError, Name};
 
 /// Builds a [`Pipeline`] outermost stage first:
 /// `deadline → rate_limit → bulkhead → retry → breaker → attempt_timeout → op`.
@@ -43,6 +43,8 @@ pub struct PipelineBuilder<R, L = (), B = (), T = (), C = (), K = DefaultClassif
     pub(super) attempt_timeout: Option<Duration>,
     pub(super) min_attempt_time: Duration,
     pub(super) seed: Option<u64>,
+    pub(super) name: Name,
+    pub(super) events: Option<crate::telemetry::Listener>,
     pub(super) classify: K,
 }
 
@@ -61,6 +63,8 @@ impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: self.classify,
         }
     }
@@ -92,6 +96,58 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
         self
     }
 
+    /// The name its metrics and tracing spans carry (default `pipeline`): see
+    /// [`telemetry`](crate::telemetry).
+    ///
+    /// ```
+    /// use tidewall::pipeline::Pipeline;
+    ///
+    /// let pipeline = Pipeline::builder().name("prices").build()?;
+    /// assert_eq!(pipeline.name(), "prices");
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Calls `listener` with each call's end (its classifier's verdict on the final result,
+    /// a refusal with its reason, a timeout, a cancellation), each retry scheduled with its
+    /// delay, and each retry the retry budget refused. On the caller's task, in the call
+    /// (keep it short). See [`Event`](crate::telemetry::Event).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use tidewall::pipeline::Pipeline;
+    /// use tidewall::telemetry::EventKind;
+    /// use tidewall::{Backoff, Jitter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let delays = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&delays);
+    /// let pipeline = Pipeline::builder()
+    ///     .retry(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None).max_attempts(3).build()?)
+    ///     .on_event(move |event| {
+    ///         if let EventKind::RetryScheduled { delay, .. } = event.kind {
+    ///             seen.lock().unwrap().push(delay);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let failed: Result<(), _> = pipeline.call(|| async { Err("down") }).await;
+    /// assert!(failed.is_err());
+    /// assert_eq!(*delays.lock().unwrap(), [Duration::from_millis(10); 2]);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -118,7 +174,14 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
             });
         }
         self.retry.set_call_rules(self.min_attempt_time, self.seed);
-        Ok(Pipeline { config: self })
+        Ok(Pipeline {
+            telemetry: crate::telemetry::CallTelemetry::new(
+                "pipeline",
+                self.name.clone(),
+                self.events.clone(),
+            ),
+            config: self,
+        })
     }
 }
 
@@ -136,6 +199,8 @@ impl<R: Clock, K> PipelineBuilder<R, (), (), (), (), K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: self.classify,
         }
     }
@@ -156,6 +221,8 @@ impl<R: Clock, L, K> PipelineBuilder<R, L, (), (), (), K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: self.classify,
         }
     }
@@ -178,6 +245,8 @@ impl<R, L, B, K> PipelineBuilder<R, L, B, (), (), K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: self.classify,
         }
     }
@@ -219,6 +288,8 @@ impl<R: Clock, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: self.classify,
         }
     }
@@ -310,6 +381,8 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
             attempt_timeout: self.attempt_timeout,
             min_attempt_time: self.min_attempt_time,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
             classify: wrap(self.classify),
         }
     }

@@ -77,6 +77,7 @@ use crate::{Deadline, Error};
 #[derive(Debug, Clone)]
 pub struct Pipeline<R, L = (), B = (), T = (), C = (), K = DefaultClassifier> {
     config: PipelineBuilder<R, L, B, T, C, K>,
+    telemetry: crate::telemetry::CallTelemetry,
 }
 
 impl Pipeline<DefaultRuntime> {
@@ -93,6 +94,8 @@ impl Pipeline<DefaultRuntime> {
             attempt_timeout: None,
             min_attempt_time: Duration::ZERO,
             seed: None,
+            name: crate::Name::from_static("pipeline"),
+            events: None,
             classify: DefaultClassifier,
         }
     }
@@ -109,7 +112,8 @@ where
     /// Calls `op` through every stage, within the pipeline's deadline.
     ///
     /// **Cancel safety:** dropping the future releases everything it holds (bulkhead slot,
-    /// breaker permit — recorded as nothing) and drops the running attempt.
+    /// breaker permit — recorded as nothing) and drops the running attempt; with the
+    /// `metrics` feature the call is counted as `cancelled`.
     ///
     /// # Errors
     ///
@@ -122,7 +126,10 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        run::run(self, Deadline::none(), op).await
+        let call = run::run(self, Deadline::none(), op);
+        #[cfg(feature = "tracing")]
+        let call = tracing::Instrument::instrument(call, self.telemetry.span());
+        call.await
     }
 
     /// Like [`call`](Self::call), also bounded by the caller's `deadline`.
@@ -142,11 +149,19 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        run::run(self, deadline, op).await
+        let call = run::run(self, deadline, op);
+        #[cfg(feature = "tracing")]
+        let call = tracing::Instrument::instrument(call, self.telemetry.span());
+        call.await
     }
 
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.config.rt
+    }
+
+    /// The name its metrics and spans carry ([`PipelineBuilder::name`]).
+    pub fn name(&self) -> &str {
+        self.telemetry.name()
     }
 }

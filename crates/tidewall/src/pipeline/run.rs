@@ -10,8 +10,9 @@ use super::stages::{Gate, Retries};
 use crate::admission::{Admission, Wait};
 use crate::breaker::Outcome;
 use crate::classify::{Classify, Verdict, judge};
-use crate::retry::engine::{Attempts, Step, may_start};
+use crate::retry::engine::{Attempts, Step, Stop, may_start};
 use crate::rt::{Clock, instant_after};
+use crate::telemetry::CallOutcome;
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
@@ -38,88 +39,127 @@ where
         caller: deadline,
         budget: config.budget,
     };
-    // A wait for admission must leave the first attempt its minimum time: one that could
-    // not is refused at once instead of waiting only to be refused.
-    let _admitted = match config.limiter.try_admit() {
-        Some(guard) => guard,
-        None => {
-            let until = reserving(clock.deadline(), config.min_attempt_time);
-            config.limiter.admit(Wait::Until(until)).await?
-        }
-    };
-    let _slot = match config.bulkhead.try_admit() {
-        Some(guard) => guard,
-        None => {
-            let until = reserving(clock.deadline(), config.min_attempt_time);
-            config.bulkhead.admit(Wait::Until(until)).await?
-        }
-    };
-    let rules = config.retry.rules();
-    let mut attempts = Attempts::default();
-    loop {
-        // Before a retry, when the caller brought a deadline, or once the pipeline's own
-        // budget has started (a wait for the limiter or the bulkhead read the clock), check
-        // it. Only a first attempt that nothing has waited before, with no caller deadline,
-        // needs no check: its budget has not started yet.
-        if attempts.started() > 0 || deadline.instant().is_some() || clock.start.is_some() {
-            let before = clock.deadline();
-            if !may_start(before, config.min_attempt_time, || clock.now()) {
-                return Err(Error::Rejected(Rejected::DeadlineExceeded));
-            }
-        }
-        if let Some(rules) = rules {
-            rules.begin(&mut attempts, || clock.now());
-        }
-        let (verdict, hinted, last) = match config.breaker.enter() {
-            // A rejection is retried after its own `retry_after`, not within it.
-            Err(rejected) => (
-                Verdict::RetryableFailure,
-                rejected.retry_after(),
-                Err(Error::Rejected(rejected)),
-            ),
-            Ok(permit) => {
-                let attempt_end = |clock: &mut CallClock<'_, R>| match config.attempt_timeout {
-                    Some(timeout) => {
-                        let now = clock.now();
-                        clock
-                            .deadline()
-                            .min(Deadline::at(instant_after(now, timeout)))
-                    }
-                    None => clock.deadline(),
-                };
-                match bounded(rt, op(), &mut clock, attempt_end).await {
-                    Ok(result) => {
-                        let (verdict, hint) = judge(&config.classify, result.as_ref());
-                        C::record(permit, verdict.breaker_outcome(), hint);
-                        (verdict, hint, result.map_err(Error::Inner))
-                    }
-                    Err(_) => {
-                        let now = clock.now();
-                        if clock.deadline().is_expired(now) {
-                            // Cut off by the caller's deadline, not by the service: that says
-                            // nothing about the service's health, so the breaker ignores it
-                            // (and a probe gives its slot back).
-                            C::record(permit, Outcome::Ignored, None);
-                            return Err(Error::Rejected(Rejected::DeadlineExceeded));
-                        }
-                        C::record(permit, Outcome::Failure, None);
-                        (Verdict::RetryableFailure, None, Err(Error::TimedOut))
-                    }
+    // Observed here rather than by a wrapping future, which cost the happy path 20-35 ns
+    // (its output moved through memory) even with nothing to report.
+    let watch = pipeline.telemetry.watch(rt);
+    let (result, verdict) = 'call: {
+        // A wait for admission must leave the first attempt its minimum time: one that could
+        // not is refused at once instead of waiting only to be refused.
+        let _admitted = match config.limiter.try_admit() {
+            Some(guard) => guard,
+            None => {
+                let until = reserving(clock.deadline(), config.min_attempt_time);
+                match config.limiter.admit(Wait::Until(until)).await {
+                    Ok(guard) => guard,
+                    Err(refused) => break 'call (Err(Error::Rejected(refused)), None),
                 }
             }
         };
-        let Some(rules) = rules else {
-            return last;
+        let _slot = match config.bulkhead.try_admit() {
+            Some(guard) => guard,
+            None => {
+                let until = reserving(clock.deadline(), config.min_attempt_time);
+                match config.bulkhead.admit(Wait::Until(until)).await {
+                    Ok(guard) => guard,
+                    Err(refused) => break 'call (Err(Error::Rejected(refused)), None),
+                }
+            }
         };
-        let after = clock.deadline();
-        match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
-            Step::Retry(delay) if delay.is_zero() => {}
-            Step::Retry(delay) => rt.sleep(delay).await,
-            // A retry that cannot start (with its minimum time) before the deadline is not
-            // started: the caller gets the real failure now instead of a pointless sleep.
-            Step::Stop(_) => return last,
+        let rules = config.retry.rules();
+        let mut attempts = Attempts::default();
+        loop {
+            // Before a retry, when the caller brought a deadline, or once the pipeline's own
+            // budget has started (a wait for the limiter or the bulkhead read the clock), check
+            // it. Only a first attempt that nothing has waited before, with no caller deadline,
+            // needs no check: its budget has not started yet.
+            if attempts.started() > 0 || deadline.instant().is_some() || clock.start.is_some() {
+                let before = clock.deadline();
+                if !may_start(before, config.min_attempt_time, || clock.now()) {
+                    break 'call (Err(Error::Rejected(Rejected::DeadlineExceeded)), None);
+                }
+            }
+            pipeline.telemetry.attempt(attempts.started() + 1);
+            if let Some(rules) = rules {
+                rules.begin(&mut attempts, || clock.now());
+            }
+            let (verdict, hinted, last) = match config.breaker.enter() {
+                // A rejection is retried after its own `retry_after`, not within it.
+                Err(rejected) => (
+                    Verdict::RetryableFailure,
+                    rejected.retry_after(),
+                    Err(Error::Rejected(rejected)),
+                ),
+                Ok(permit) => {
+                    let attempt_end = |clock: &mut CallClock<'_, R>| match config.attempt_timeout {
+                        Some(timeout) => {
+                            let now = clock.now();
+                            clock
+                                .deadline()
+                                .min(Deadline::at(instant_after(now, timeout)))
+                        }
+                        None => clock.deadline(),
+                    };
+                    match bounded(rt, op(), &mut clock, attempt_end).await {
+                        Ok(result) => {
+                            let (verdict, hint) = judge(&config.classify, result.as_ref());
+                            C::record(permit, verdict.breaker_outcome(), hint);
+                            (verdict, hint, result.map_err(Error::Inner))
+                        }
+                        Err(_) => {
+                            let now = clock.now();
+                            if clock.deadline().is_expired(now) {
+                                // Cut off by the caller's deadline, not by the service: that says
+                                // nothing about the service's health, so the breaker ignores it
+                                // (and a probe gives its slot back).
+                                C::record(permit, Outcome::Ignored, None);
+                                break 'call (
+                                    Err(Error::Rejected(Rejected::DeadlineExceeded)),
+                                    None,
+                                );
+                            }
+                            C::record(permit, Outcome::Failure, None);
+                            (Verdict::RetryableFailure, None, Err(Error::TimedOut))
+                        }
+                    }
+                }
+            };
+            let Some(rules) = rules else {
+                break 'call (last, Some(verdict));
+            };
+            let after = clock.deadline();
+            match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
+                Step::Retry(delay) => {
+                    pipeline.telemetry.retry(attempts.started(), delay);
+                    if !delay.is_zero() {
+                        rt.sleep(delay).await;
+                    }
+                }
+                // A retry that cannot start (with its minimum time) before the deadline is not
+                // started: the caller gets the real failure now instead of a pointless sleep.
+                Step::Stop(stop) => {
+                    if stop == Stop::BudgetSpent {
+                        pipeline.telemetry.budget_spent();
+                    }
+                    break 'call (last, Some(verdict));
+                }
+            }
         }
+    };
+    if let Some(watch) = watch {
+        let outcome = match (&result, verdict) {
+            (Err(Error::Rejected(why)), _) => CallOutcome::Rejected(why),
+            (Err(Error::TimedOut), _) => CallOutcome::TimedOut,
+            (_, Some(verdict)) => match verdict.breaker_outcome() {
+                Outcome::Success => CallOutcome::Success,
+                Outcome::Failure => CallOutcome::Failure,
+                Outcome::Ignored => CallOutcome::Ignored,
+            },
+            // Every other ending carries its verdict.
+            (_, None) => CallOutcome::Failure,
+        };
+        watch.finish(outcome, rt);
     }
+    result
 }
 
 /// `deadline` brought forward by `min_attempt_time`: the latest a wait may end and still leave

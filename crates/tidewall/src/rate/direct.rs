@@ -58,7 +58,7 @@ struct Direct<R> {
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
     name: crate::Name,
-    rejections: crate::telemetry::Rejections,
+    rejections: crate::telemetry::PolicyTelemetry,
 }
 
 impl<R: Clock> Clone for RateLimiter<R> {
@@ -89,6 +89,7 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) seed: Option<u64>,
     pub(super) rt: R,
     pub(super) name: crate::Name,
+    pub(super) events: Option<crate::telemetry::Listener>,
 }
 
 impl RateLimiter {
@@ -102,6 +103,7 @@ impl RateLimiter {
             seed: None,
             rt: DefaultRuntime::default(),
             name: crate::Name::from_static("rate"),
+            events: None,
         }
     }
 }
@@ -117,6 +119,35 @@ impl<R> RateLimiterBuilder<R> {
     /// interval). Zero disables it; more than `u64::MAX` nanoseconds is refused by `build`.
     pub fn jitter(mut self, jitter: Duration) -> Self {
         self.jitter = Some(jitter);
+        self
+    }
+
+    /// Calls `listener` with everything the limiter does: each refusal, with its reason and `retry_after`. On the caller's
+    /// thread, in the call (keep it short). See [`Event`](crate::telemetry::Event).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// let refused = Arc::new(AtomicU32::new(0));
+    /// let counted = Arc::clone(&refused);
+    /// let limiter = RateLimiter::builder(1, Duration::from_secs(60))
+    ///     .on_event(move |_| {
+    ///         counted.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .build()?;
+    /// assert!(limiter.check().is_ok());
+    /// assert!(limiter.check().is_err());
+    /// assert_eq!(refused.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
         self
     }
 
@@ -143,6 +174,7 @@ impl<R> RateLimiterBuilder<R> {
             seed: self.seed,
             rt,
             name: self.name,
+            events: self.events,
         }
     }
 
@@ -197,7 +229,8 @@ impl<R> RateLimiterBuilder<R> {
                 jitter: AtomicU64::new(nanos(jitter)),
                 retune: Mutex::new(()),
                 next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
-                rejections: crate::telemetry::Rejections::new("rate", &self.name, &REFUSALS),
+                rejections: crate::telemetry::PolicyTelemetry::new("rate", &self.name, &REFUSALS)
+                    .with_listener(self.events),
                 name: self.name,
             }),
         })
@@ -234,7 +267,7 @@ impl<R: Clock> RateLimiter<R> {
     #[inline]
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
         self.decide(cells)
-            .inspect_err(|rejected| self.shared.rejections.record(rejected))
+            .map_err(|rejected| self.shared.rejections.refused(rejected))
     }
 
     /// The decision without telemetry: waits and the pipeline's fast path count a rejection
@@ -320,6 +353,36 @@ impl<R: Clock> RateLimiter<R> {
     /// The runtime whose clock the limiter reads.
     pub fn runtime(&self) -> &R {
         &self.shared.rt
+    }
+
+    /// How many cells one request could take now: the burst when the limiter is rested,
+    /// fewer while admitted cells are paid off. A reading, for gauges and health pages: a
+    /// caller racing it may take the capacity first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let limiter = RateLimiter::builder(10, Duration::from_secs(1)).burst(5).build()?;
+    /// assert_eq!(limiter.available(), 5);
+    /// limiter.check_n(3).unwrap();
+    /// assert_eq!(limiter.available(), 2);
+    /// tokio::time::sleep(Duration::from_millis(100)).await;
+    /// assert_eq!(limiter.available(), 3, "one cell paid off in 100 ms");
+    /// # Ok(()) }
+    /// ```
+    pub fn available(&self) -> u32 {
+        let shared = &*self.shared;
+        let now = shared.clock.nanos(&shared.rt);
+        loop {
+            let (words, sequence) = shared.limit.read_versioned();
+            let tat = shared.tat.load(Relaxed);
+            if shared.limit.unchanged_since(sequence) {
+                return Gcra::from_words(words).available(tat, now);
+            }
+        }
     }
 
     /// The GCRA parameters.

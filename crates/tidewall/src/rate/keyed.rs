@@ -68,7 +68,7 @@ struct Keyed<K, R> {
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
     name: crate::Name,
-    rejections: crate::telemetry::Rejections,
+    rejections: crate::telemetry::PolicyTelemetry,
 }
 
 impl<K, R: Clock> Clone for KeyedRateLimiter<K, R> {
@@ -173,11 +173,12 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 rt: rate.rt,
                 jitter,
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
-                rejections: crate::telemetry::Rejections::new(
+                rejections: crate::telemetry::PolicyTelemetry::new(
                     "keyed_rate",
                     &rate.name,
                     &super::direct::REFUSALS,
-                ),
+                )
+                .with_listener(rate.events),
                 name: rate.name,
             }),
         })
@@ -203,7 +204,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// `cells` exceeds the burst.
     pub fn check_key_n(&self, key: &K, cells: u32) -> Result<(), Rejected> {
         self.decide(key, cells)
-            .inspect_err(|rejected| self.shared.rejections.record(rejected))
+            .map_err(|rejected| self.shared.rejections.refused(rejected))
     }
 
     /// One cell for `key` now, without counting a refusal (for a caller that then waits,
@@ -267,7 +268,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
             let mut waiting = std::pin::pin!(waiting);
             std::future::poll_fn(|cx| waiting.as_mut().poll_until(cx, || self.decide(key, 1)))
                 .await
-                .inspect_err(|rejected| self.shared.rejections.record(rejected))
+                .map_err(|rejected| self.shared.rejections.refused(rejected))
         }
     }
 

@@ -1,0 +1,228 @@
+//! A front's telemetry for whole calls (the pipeline's): how each ended, how long it took, the
+//! retries it made, its listener, and a tracing span around it.
+
+use std::time::Duration;
+
+use super::{Event, EventKind, Listener};
+use crate::Rejected;
+
+/// How a whole call ended, as `tidewall_calls_total` labels it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CallOutcome<'a> {
+    Success,
+    Failure,
+    Ignored,
+    Rejected(&'a Rejected),
+    TimedOut,
+    Cancelled,
+}
+
+#[cfg(feature = "metrics")]
+const LABELS: [&str; 6] = [
+    "success",
+    "failure",
+    "ignored",
+    "rejected",
+    "timed_out",
+    "cancelled",
+];
+
+impl CallOutcome<'_> {
+    /// Its place in [`LABELS`].
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    const fn index(self) -> usize {
+        match self {
+            Self::Success => 0,
+            Self::Failure => 1,
+            Self::Ignored => 2,
+            Self::Rejected(_) => 3,
+            Self::TimedOut => 4,
+            Self::Cancelled => 5,
+        }
+    }
+}
+
+/// The counters, histogram and listener of one named front, registered when it is built.
+/// Clones share them.
+#[derive(Clone)]
+#[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
+pub(crate) struct CallTelemetry {
+    policy: &'static str,
+    name: crate::Name,
+    listener: Option<Listener>,
+    #[cfg(feature = "metrics")]
+    metrics: std::sync::Arc<CallMetrics>,
+}
+
+#[cfg(feature = "metrics")]
+struct CallMetrics {
+    outcomes: [metrics::Counter; LABELS.len()],
+    retries: metrics::Counter,
+    budget_spent: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl std::fmt::Debug for CallTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTelemetry")
+            .field("policy", &self.policy)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallTelemetry {
+    /// The telemetry of the front `policy` named `name`, calling `listener` with its events.
+    pub(crate) fn new(policy: &'static str, name: crate::Name, listener: Option<Listener>) -> Self {
+        #[cfg(feature = "metrics")]
+        let metrics = {
+            let label = name.label();
+            let counter = |outcome: &'static str| {
+                metrics::counter!(
+                    "tidewall_calls_total",
+                    "policy" => policy,
+                    "name" => label.clone(),
+                    "outcome" => outcome
+                )
+            };
+            std::sync::Arc::new(CallMetrics {
+                outcomes: LABELS.map(counter),
+                retries: metrics::counter!(
+                    "tidewall_retries_total", "policy" => policy, "name" => label.clone()
+                ),
+                budget_spent: metrics::counter!(
+                    "tidewall_retry_budget_exhausted_total", "policy" => policy, "name" => label.clone()
+                ),
+                duration: metrics::histogram!(
+                    "tidewall_call_duration_seconds", "policy" => policy, "name" => label
+                ),
+            })
+        };
+        Self {
+            policy,
+            name,
+            listener,
+            #[cfg(feature = "metrics")]
+            metrics,
+        }
+    }
+
+    /// The front's name.
+    pub(crate) fn name(&self) -> &crate::Name {
+        &self.name
+    }
+
+    #[inline]
+    fn event(&self, kind: EventKind<'_>) {
+        if let Some(listener) = &self.listener {
+            listener.call(&Event {
+                policy: self.policy,
+                name: self.name.as_str(),
+                kind,
+            });
+        }
+    }
+
+    /// The span a call runs in.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span(&self) -> tracing::Span {
+        tracing::debug_span!("tidewall.call", pipeline = self.name.as_str())
+    }
+
+    /// An attempt is starting (`attempt` counts from 1).
+    #[inline]
+    #[allow(unused_variables)]
+    pub(crate) fn attempt(&self, attempt: u32) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(attempt, "attempt");
+    }
+
+    /// A retry was scheduled after `delay`.
+    #[inline]
+    pub(crate) fn retry(&self, attempt: u32, delay: Duration) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(failed_attempt = attempt, ?delay, "retry scheduled");
+        #[cfg(feature = "metrics")]
+        self.metrics.retries.increment(1);
+        self.event(EventKind::RetryScheduled { attempt, delay });
+    }
+
+    /// A retry was refused by the retry budget.
+    pub(crate) fn budget_spent(&self) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("retry budget exhausted");
+        #[cfg(feature = "metrics")]
+        self.metrics.budget_spent.increment(1);
+        self.event(EventKind::BudgetExhausted);
+    }
+
+    /// A call ended with `outcome` after `elapsed` (none when it was cancelled, or when no
+    /// metric needs it).
+    #[allow(unused_variables)]
+    pub(crate) fn finished(&self, outcome: CallOutcome<'_>, elapsed: Option<Duration>) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(outcome = ?outcome, ?elapsed, "call ended");
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.outcomes[outcome.index()].increment(1);
+            if let Some(elapsed) = elapsed {
+                self.metrics.duration.record(elapsed.as_secs_f64());
+            }
+        }
+        if self.listener.is_some() {
+            self.event(match outcome {
+                CallOutcome::Success => EventKind::Succeeded,
+                CallOutcome::Failure => EventKind::Failed,
+                CallOutcome::Ignored => EventKind::Ignored,
+                CallOutcome::Cancelled => EventKind::Cancelled,
+                CallOutcome::Rejected(why) => EventKind::Rejected(why),
+                CallOutcome::TimedOut => EventKind::TimedOut,
+            });
+        }
+    }
+}
+
+/// Counts a call as cancelled if it is dropped before [`finish`](Self::finish).
+pub(crate) struct Watch<'a> {
+    telemetry: Option<&'a CallTelemetry>,
+    /// For the duration histogram.
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl CallTelemetry {
+    /// A guard for one call, if its end is reported anywhere (metrics, tracing or a
+    /// listener); none otherwise, and the call runs unobserved.
+    #[inline]
+    #[allow(unused_variables)]
+    pub(crate) fn watch<R: crate::rt::Clock>(&self, rt: &R) -> Option<Watch<'_>> {
+        (cfg!(any(feature = "metrics", feature = "tracing")) || self.listener.is_some()).then(
+            || Watch {
+                telemetry: Some(self),
+                #[cfg(feature = "metrics")]
+                started: rt.now(),
+            },
+        )
+    }
+}
+
+impl Watch<'_> {
+    #[allow(unused_variables)]
+    pub(crate) fn finish<R: crate::rt::Clock>(mut self, outcome: CallOutcome<'_>, rt: &R) {
+        #[cfg(feature = "metrics")]
+        let elapsed = Some(rt.now().saturating_duration_since(self.started));
+        #[cfg(not(feature = "metrics"))]
+        let elapsed = None;
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.finished(outcome, elapsed);
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.finished(CallOutcome::Cancelled, None);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The gauges, read from a registry's policies when asked (before a scrape), so that calls
+//! pay nothing for them.
+
+use crate::breaker::State;
+use crate::config::Registry;
+use crate::rt::Clock;
+
+/// Every state a breaker can be in, for its one-hot gauge.
+const STATES: [State; 5] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::ForcedClosed,
+];
+
+/// Sets the gauges of every policy `registry` holds.
+pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
+    for (name, breaker) in registry.breakers() {
+        let state = breaker.state();
+        for each in STATES {
+            metrics::gauge!("tidewall_breaker_state", "name" => name.label(), "state" => each.as_str())
+                .set(if each == state { 1.0 } else { 0.0 });
+        }
+    }
+    for (name, bulkhead) in registry.bulkheads() {
+        metrics::gauge!("tidewall_bulkhead_in_flight", "name" => name.label())
+            .set(bulkhead.in_flight() as f64);
+        metrics::gauge!("tidewall_bulkhead_queued", "name" => name.label())
+            .set(bulkhead.queued() as f64);
+        metrics::gauge!("tidewall_bulkhead_capacity", "name" => name.label())
+            .set(bulkhead.capacity() as f64);
+    }
+    for (name, limiter) in registry.rate_limiters() {
+        metrics::gauge!("tidewall_rate_limit_available", "name" => name.label())
+            .set(f64::from(limiter.available()));
+    }
+    let now = registry.runtime().now();
+    for (name, budget) in registry.retry_budgets() {
+        metrics::gauge!("tidewall_retry_budget_balance", "name" => name.label())
+            .set(budget.balance(now) as f64);
+    }
+}

@@ -1,0 +1,102 @@
+//! Event listeners: a closure a builder's `on_event` gives a policy, called with each thing it
+//! does. Not behind a feature: a policy without a listener pays one branch per event.
+
+use std::time::Duration;
+
+use crate::Rejected;
+use crate::breaker::StateChange;
+
+/// Something a policy did, handed to the listener set with the builder's `on_event`
+/// ([`CircuitBreakerBuilder`](crate::breaker::CircuitBreakerBuilder::on_event),
+/// [`BulkheadBuilder`](crate::bulkhead::BulkheadBuilder::on_event),
+/// [`RateLimiterBuilder`](crate::rate::RateLimiterBuilder::on_event),
+/// [`PipelineBuilder`](crate::pipeline::PipelineBuilder::on_event)).
+///
+/// Listeners run on the caller's thread, in the call, after the policy's state has changed:
+/// keep them short (count, log, send on a channel) and never call the same policy from one.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tidewall::breaker::CircuitBreaker;
+/// use tidewall::telemetry::{Event, EventKind};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = Arc::clone(&seen);
+/// let breaker = CircuitBreaker::builder()
+///     .name("payments")
+///     .consecutive_failures(1)
+///     .on_event(move |event: &Event<'_>| log.lock().unwrap().push(format!("{}: {:?}", event.name, event.kind)))
+///     .build()?;
+/// breaker.try_acquire().unwrap().failure();
+/// assert!(breaker.try_acquire().is_err());
+///
+/// let seen = seen.lock().unwrap();
+/// assert_eq!(seen[0], "payments: Failed");
+/// assert!(seen[1].starts_with("payments: StateChanged"));
+/// assert!(seen[2].starts_with("payments: Rejected(CircuitOpen"));
+/// # Ok::<(), tidewall::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Event<'a> {
+    /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate` or
+    /// `pipeline`.
+    pub policy: &'static str,
+    /// The policy's name.
+    pub name: &'a str,
+    /// What happened.
+    pub kind: EventKind<'a>,
+}
+
+/// What happened, in an [`Event`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum EventKind<'a> {
+    /// A call ended well: a breaker's permit recorded a success, or a pipeline call's final
+    /// result was judged one by its classifier.
+    Succeeded,
+    /// A call failed (as above).
+    Failed,
+    /// A call ended with an outcome that says nothing of the service (as above).
+    Ignored,
+    /// A pipeline call's last attempt timed out.
+    TimedOut,
+    /// A pipeline call was dropped before it ended.
+    Cancelled,
+    /// A caller was refused, finally (a wait that ends admitted is not a refusal).
+    Rejected(&'a Rejected),
+    /// A breaker changed state.
+    StateChanged(&'a StateChange<'a>),
+    /// A pipeline will retry after `delay` (jitter, cap and hints applied).
+    RetryScheduled {
+        /// The attempt that failed (1 for the first).
+        attempt: u32,
+        /// The sleep before the next attempt.
+        delay: Duration,
+    },
+    /// A pipeline would have retried, but its retry budget was spent.
+    BudgetExhausted,
+    /// A bulkhead admitted a caller that had waited in its queue this long.
+    Waited(Duration),
+}
+
+/// A listener, shared by clones of its policy (and the keys of a keyed table).
+#[derive(Clone)]
+pub(crate) struct Listener(std::sync::Arc<dyn Fn(&Event<'_>) + Send + Sync>);
+
+impl Listener {
+    // A std Arc even under loom: loom's Arc cannot hold an unsized closure.
+    pub(crate) fn new(listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(listener))
+    }
+
+    pub(crate) fn call(&self, event: &Event<'_>) {
+        (self.0)(event);
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}
