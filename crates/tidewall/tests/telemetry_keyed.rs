@@ -37,7 +37,7 @@ fn keyed_breaker_transitions_carry_the_key_label_and_full_tables_are_counted() {
     let opened = |key: &str| {
         counters.total(
             "tidewall_breaker_transitions_total",
-            &["breaker=hosts", &format!("key={key}"), "to=open"],
+            &["name=hosts", &format!("key={key}"), "to=open"],
         )
     };
     assert_eq!((opened("host-a"), opened("host-b")), (1, 1));
@@ -77,14 +77,14 @@ fn keyed_breaker_transitions_carry_the_key_label_and_full_tables_are_counted() {
     assert_eq!(
         counters.total(
             "tidewall_breaker_transitions_total",
-            &["breaker=tenants", "to=open"]
+            &["name=tenants", "to=open"]
         ),
         5
     );
     assert_eq!(
         counters.total(
             "tidewall_breaker_transitions_total",
-            &["breaker=tenants", "key=0"]
+            &["name=tenants", "key=0"]
         ),
         0
     );

@@ -589,3 +589,62 @@ async fn listeners_hear_every_event_of_their_policy_in_order() {
         ]
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_hedge_counts_and_tells_each_hedge_launched_and_each_its_budget_refused() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let heard = Heard::default();
+    let hedge = metrics::with_local_recorder(&recorder, || {
+        tidewall::hedge::Hedge::builder()
+            .name("replicas")
+            .delay(Duration::from_millis(10))
+            .max_hedges(3)
+            .on_event(heard.listener())
+            .build()
+            .unwrap()
+    });
+    // Slower than three delays: all three hedges go out, the primary answers first.
+    let slow = hedge
+        .call(tidewall::hedge::Idempotent(|| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, ()>(1)
+        }))
+        .await;
+    assert_eq!(slow, Ok(1));
+    assert_eq!(
+        heard.take(),
+        [
+            "hedge replicas: HedgeLaunched { hedge: 1 }",
+            "hedge replicas: HedgeLaunched { hedge: 2 }",
+            "hedge replicas: HedgeLaunched { hedge: 3 }",
+        ]
+    );
+    // A budget of nothing (ratio 0, no floor): every hedge is refused.
+    let stingy = metrics::with_local_recorder(&recorder, || {
+        tidewall::hedge::Hedge::builder()
+            .name("stingy")
+            .delay(Duration::from_millis(10))
+            .budget_ratio(0.0)
+            .on_event(heard.listener())
+            .build()
+            .unwrap()
+    });
+    let alone = stingy
+        .call(tidewall::hedge::Idempotent(|| async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok::<_, ()>(2)
+        }))
+        .await;
+    assert_eq!(alone, Ok(2));
+    assert_eq!(heard.take(), ["hedge stingy: BudgetExhausted"]);
+
+    let seen = Seen::now(&snapshotter);
+    let of = |name| [("policy", "hedge"), ("name", name)];
+    assert_eq!(seen.counter("tidewall_hedges_total", &of("replicas")), 3);
+    assert_eq!(seen.counter("tidewall_hedges_total", &of("stingy")), 0);
+    assert_eq!(
+        seen.counter("tidewall_retry_budget_exhausted_total", &of("stingy")),
+        1
+    );
+}

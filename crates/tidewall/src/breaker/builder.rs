@@ -263,6 +263,7 @@ impl<R> CircuitBreakerBuilder<R> {
                 }],
             )
             .with_outcomes()
+            .with_transitions()
             .with_listener(self.events.clone())
             .shared(),
         };

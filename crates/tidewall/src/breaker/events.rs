@@ -22,7 +22,24 @@ pub enum State {
 }
 
 impl State {
-    /// A short lowercase name, for logs and metric labels.
+    /// Every state, in declaration order (e.g. for a one-hot gauge per state).
+    ///
+    /// ```
+    /// use tidewall::breaker::State;
+    ///
+    /// let labels: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+    /// assert_eq!(labels, ["closed", "open", "half_open", "forced_open", "forced_closed"]);
+    /// ```
+    pub const ALL: [Self; 5] = [
+        Self::Closed,
+        Self::Open,
+        Self::HalfOpen,
+        Self::ForcedOpen,
+        Self::ForcedClosed,
+    ];
+
+    /// A short lowercase name, for logs and metric labels: `closed`, `open`, `half_open`,
+    /// `forced_open`, `forced_closed`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
@@ -60,14 +77,9 @@ pub struct StateChange<'a> {
 
 pub(super) type Listener = std::sync::Arc<dyn Fn(&StateChange<'_>) + Send + Sync>;
 
-pub(super) fn emit(
-    listener: Option<&Listener>,
-    change: &StateChange<'_>,
-    name: &crate::Name,
-    key: Option<&str>,
-) {
+/// Calls the state-change listener, if there is one.
+pub(super) fn emit(listener: Option<&Listener>, change: &StateChange<'_>) {
     if let Some(listener) = listener {
         listener(change);
     }
-    crate::telemetry::breaker_transition(change, name, key);
 }

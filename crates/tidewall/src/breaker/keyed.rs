@@ -218,7 +218,8 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
                     "keyed_breaker",
                     &setup.name,
                     &[KEYS_FULL],
-                ),
+                )
+                .with_listener(setup.telemetry.listener()),
                 per_key: setup.telemetry,
             }),
         })

@@ -212,8 +212,11 @@ impl<R: Clock> Shared<R> {
 
     /// Admits one call, counting a refusal as a rejection.
     pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
-        self.acquire_quiet()
-            .map_err(|rejected| self.telemetry.refused(rejected))
+        let admitted = self.acquire_quiet();
+        if let Err(rejected) = &admitted {
+            self.telemetry.refused(rejected);
+        }
+        admitted
     }
 
     /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
@@ -506,14 +509,8 @@ impl<R: Clock> Shared<R> {
     /// rare, and its reporting stays out of the call paths that may make one.
     #[cold]
     fn announce(&self, change: &StateChange<'_>) {
-        emit(
-            self.listener.as_ref(),
-            change,
-            &self.name,
-            self.key_label.as_deref(),
-        );
-        self.telemetry
-            .event(crate::telemetry::EventKind::StateChanged(change));
+        emit(self.listener.as_ref(), change);
+        self.telemetry.transition(change, self.key_label.as_deref());
     }
 
     /// Moves to `to` by hand, whatever the current state (a new generation either way).

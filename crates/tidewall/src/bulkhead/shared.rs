@@ -174,7 +174,8 @@ impl<R> Shared<R> {
     #[inline(never)]
     pub(super) fn reject(&self, reason: crate::Rejected) -> crate::Rejected {
         self.rejected.fetch_add(1, Relaxed);
-        self.telemetry.refused(reason)
+        self.telemetry.refused(&reason);
+        reason
     }
 
     /// Held permits: more than the capacity for a while after a shrink. Read under the queue

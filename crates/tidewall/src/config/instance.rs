@@ -49,6 +49,16 @@ pub struct Instance<'a> {
 #[derive(Clone)]
 struct Checking(Instant);
 
+/// Builds a policy only to check its settings. Without a recorder of its own it would
+/// register its metric series (named after the layer checked, `defaults` say) with the
+/// process's recorder, where a dashboard would list policies that do not exist.
+fn checked<T>(build: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "metrics")]
+    return metrics::with_local_recorder(&metrics::NoopRecorder, build);
+    #[cfg(not(feature = "metrics"))]
+    build()
+}
+
 impl Clock for Checking {
     type Sleep = std::future::Pending<()>;
 
@@ -223,9 +233,7 @@ impl<'a> Instance<'a> {
         if let Some(cap) = s.max_open_hint {
             b = b.max_open_hint(cap);
         }
-        b.clone()
-            .runtime(Checking(Instant::now()))
-            .build()
+        checked(|| b.clone().runtime(Checking(Instant::now())).build())
             .map_err(|e| self.placed("breaker", get, BreakerConfig::sets, BREAKER_KEYS, &at, e))?;
         Ok(b.runtime(rt))
     }
@@ -304,9 +312,7 @@ impl<'a> Instance<'a> {
         if let Some(wait) = s.max_wait {
             b = b.max_wait(wait.on());
         }
-        b.clone()
-            .runtime(Checking(Instant::now()))
-            .build()
+        checked(|| b.clone().runtime(Checking(Instant::now())).build())
             .map_err(|e| self.placed("bulkhead", get, BulkheadConfig::sets, &[], &at, e))?;
         Ok(b.runtime(rt))
     }
@@ -358,9 +364,7 @@ impl<'a> Instance<'a> {
         if let Some(jitter) = s.jitter {
             b = b.jitter(jitter);
         }
-        b.clone()
-            .runtime(Checking(Instant::now()))
-            .build()
+        checked(|| b.clone().runtime(Checking(Instant::now())).build())
             .map_err(|e| self.placed("rate_limit", get, RateLimitConfig::sets, &[], &at, e))?;
         Ok(b.runtime(rt))
     }

@@ -192,9 +192,15 @@ where
                 }
                 *this.refused = false;
                 if rules.launch(this.attempts, || now) {
+                    inner
+                        .telemetry
+                        .hedge_launched(this.attempts.started().saturating_sub(1));
                     this.hedges.push((Box::pin(this.op.make_attempt()), now));
                     schedule_next(this.attempts, this.timer.as_mut());
                     continue;
+                }
+                if rules.attempt_left(this.attempts) {
+                    inner.telemetry.budget_spent();
                 }
                 // Refused while attempts run: asked for once more if they all fail. Refused
                 // with none running: the call ends with the last failure.

@@ -97,6 +97,7 @@ struct Inner<R> {
     estimator: LatencyEstimator,
     percentile: bool,
     rt: R,
+    telemetry: crate::telemetry::PolicyTelemetry,
 }
 
 impl<R: Clock, K: Clone> Clone for Hedge<R, K> {
@@ -127,6 +128,8 @@ pub struct HedgeBuilder<R = DefaultRuntime, K = DefaultClassifier> {
     budget_ratio: Option<f64>,
     rt: R,
     classify: K,
+    name: crate::Name,
+    events: Option<crate::telemetry::Listener>,
 }
 
 impl Hedge {
@@ -139,6 +142,8 @@ impl Hedge {
             budget_ratio: None,
             rt: DefaultRuntime::default(),
             classify: DefaultClassifier,
+            name: crate::Name::from_static("hedge"),
+            events: None,
         }
     }
 }
@@ -175,6 +180,54 @@ impl<R, K> HedgeBuilder<R, K> {
         self
     }
 
+    /// The name its metrics and events carry (default `hedge`): see
+    /// [`telemetry`](crate::telemetry).
+    pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Calls `listener` with each hedge launched (numbered from 1) and each hedge the hedge
+    /// budget refused. On the caller's task, in the call (keep it short). See
+    /// [`Event`](crate::telemetry::Event).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tidewall::hedge::{Hedge, Idempotent};
+    /// use tidewall::telemetry::EventKind;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let launched = Arc::new(AtomicU32::new(0));
+    /// let counted = Arc::clone(&launched);
+    /// let hedge = Hedge::builder()
+    ///     .delay(Duration::from_millis(10))
+    ///     .on_event(move |event| {
+    ///         if let EventKind::HedgeLaunched { .. } = event.kind {
+    ///             counted.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let slow = hedge
+    ///     .call(Idempotent(|| async {
+    ///         tokio::time::sleep(Duration::from_millis(50)).await;
+    ///         Ok::<_, ()>(1)
+    ///     }))
+    ///     .await;
+    /// assert_eq!(slow, Ok(1));
+    /// assert_eq!(launched.load(Ordering::Relaxed), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
+        self
+    }
+
     /// Runs on another runtime.
     pub fn runtime<R2>(self, rt: R2) -> HedgeBuilder<R2, K> {
         HedgeBuilder {
@@ -184,6 +237,8 @@ impl<R, K> HedgeBuilder<R, K> {
             budget_ratio: self.budget_ratio,
             rt,
             classify: self.classify,
+            name: self.name,
+            events: self.events,
         }
     }
 
@@ -224,6 +279,8 @@ impl<R, K> HedgeBuilder<R, K> {
             budget_ratio: self.budget_ratio,
             rt: self.rt,
             classify: classifier,
+            name: self.name,
+            events: self.events,
         }
     }
 
@@ -290,6 +347,9 @@ impl<R, K> HedgeBuilder<R, K> {
                 estimator: LatencyEstimator::new(quantile, min_samples),
                 percentile: self.percentile.is_some(),
                 rt: self.rt,
+                telemetry: crate::telemetry::PolicyTelemetry::new("hedge", &self.name, &[])
+                    .with_hedges()
+                    .with_listener(self.events),
             }),
             classify: self.classify,
         })

@@ -118,8 +118,13 @@ where
     /// # Errors
     ///
     /// [`Error::Rejected`] when a stage refused (and retries, if any, ran out or could not
-    /// finish before the deadline), [`Error::TimedOut`] for a last attempt that timed out,
-    /// [`Error::Inner`] with the last attempt's own error.
+    /// finish before the deadline), and [`Rejected::DeadlineExceeded`] when the deadline
+    /// ended the call, an attempt still running included (the deadline cut it, not the
+    /// service: the breaker records nothing for it); [`Error::TimedOut`] for a last attempt
+    /// that its own `attempt_timeout` cut off; [`Error::Inner`] with the last attempt's own
+    /// error.
+    ///
+    /// [`Rejected::DeadlineExceeded`]: crate::Rejected::DeadlineExceeded
     pub async fn call<F, Fut, T2, E>(&self, op: F) -> Result<T2, Error<E>>
     where
         F: FnMut() -> Fut,

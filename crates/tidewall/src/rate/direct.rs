@@ -122,8 +122,10 @@ impl<R> RateLimiterBuilder<R> {
         self
     }
 
-    /// Calls `listener` with everything the limiter does: each refusal, with its reason and `retry_after`. On the caller's
-    /// thread, in the call (keep it short). See [`Event`](crate::telemetry::Event).
+    /// Calls `listener` with everything the limiter does: each refusal, with its reason and
+    /// `retry_after`; a keyed limiter built from this builder calls it too (a full key table
+    /// as `keyed_rate`). On the caller's thread, in the call (keep it short). See
+    /// [`Event`](crate::telemetry::Event).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};
@@ -267,7 +269,7 @@ impl<R: Clock> RateLimiter<R> {
     #[inline]
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
         self.decide(cells)
-            .map_err(|rejected| self.shared.rejections.refused(rejected))
+            .inspect_err(|rejected| self.shared.rejections.refused(rejected))
     }
 
     /// The decision without telemetry: waits and the pipeline's fast path count a rejection

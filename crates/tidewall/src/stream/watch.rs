@@ -22,8 +22,9 @@ const BUFFER: usize = 1024;
 /// One debounced batch of changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DirChanges {
-    /// The paths that changed (created, modified, removed, renamed, or closed after a
-    /// write), sorted, each once. Opening or reading a file is not a change.
+    /// The paths that changed (created, modified, removed, renamed, or closed after being
+    /// opened for writing: the OS does not say whether anything was written), sorted, each
+    /// once. Opening a file to read it, or reading it, is not a change.
     pub paths: Vec<PathBuf>,
     /// Some events were dropped because the consumer fell behind: rescan the directory.
     pub overflowed: bool,

@@ -1,41 +1,4 @@
-//! Breaker transitions, configuration reloads and supervisor events as `tracing` events and `metrics` counters.
-
-/// A breaker changed state.
-#[allow(unused_variables)]
-pub(crate) fn breaker_transition(
-    change: &crate::breaker::StateChange<'_>,
-    name: &crate::Name,
-    key: Option<&str>,
-) {
-    #[cfg(feature = "tracing")]
-    tracing::info!(
-        breaker = change.name,
-        key,
-        from = change.from.as_str(),
-        to = change.to.as_str(),
-        reason = ?change.reason,
-        generation = change.generation,
-        "circuit breaker state change"
-    );
-    // A keyed breaker's entries carry their key as a label only when the user chose a label
-    // for keys (`key_label`): the label's cardinality is then theirs to bound.
-    #[cfg(feature = "metrics")]
-    match key {
-        None => metrics::counter!(
-            "tidewall_breaker_transitions_total",
-            "breaker" => name.label(),
-            "to" => change.to.as_str()
-        )
-        .increment(1),
-        Some(key) => metrics::counter!(
-            "tidewall_breaker_transitions_total",
-            "breaker" => name.label(),
-            "key" => key.to_owned(),
-            "to" => change.to.as_str()
-        )
-        .increment(1),
-    }
-}
+//! Configuration reloads and supervisor events as `tracing` events and `metrics` counters.
 
 /// Something happened under a supervisor (restarts and escalations are the ones to alert on).
 #[allow(unused_variables)]

@@ -5,20 +5,11 @@ use crate::breaker::State;
 use crate::config::Registry;
 use crate::rt::Clock;
 
-/// Every state a breaker can be in, for its one-hot gauge.
-const STATES: [State; 5] = [
-    State::Closed,
-    State::Open,
-    State::HalfOpen,
-    State::ForcedOpen,
-    State::ForcedClosed,
-];
-
 /// Sets the gauges of every policy `registry` holds.
 pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
     for (name, breaker) in registry.breakers() {
         let state = breaker.state();
-        for each in STATES {
+        for each in State::ALL {
             metrics::gauge!("tidewall_breaker_state", "name" => name.label(), "state" => each.as_str())
                 .set(if each == state { 1.0 } else { 0.0 });
         }

@@ -10,7 +10,8 @@ use crate::breaker::StateChange;
 /// ([`CircuitBreakerBuilder`](crate::breaker::CircuitBreakerBuilder::on_event),
 /// [`BulkheadBuilder`](crate::bulkhead::BulkheadBuilder::on_event),
 /// [`RateLimiterBuilder`](crate::rate::RateLimiterBuilder::on_event),
-/// [`PipelineBuilder`](crate::pipeline::PipelineBuilder::on_event)).
+/// [`PipelineBuilder`](crate::pipeline::PipelineBuilder::on_event),
+/// [`HedgeBuilder`](crate::hedge::HedgeBuilder::on_event)).
 ///
 /// Listeners run on the caller's thread, in the call, after the policy's state has changed:
 /// keep them short (count, log, send on a channel) and never call the same policy from one.
@@ -39,8 +40,10 @@ use crate::breaker::StateChange;
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct Event<'a> {
-    /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate` or
-    /// `pipeline`.
+    /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate`,
+    /// `pipeline` or `hedge`; a keyed table's own refusals (a full table) come as
+    /// `keyed_breaker`, `keyed_bulkhead` or `keyed_rate`, and its keys' events as the
+    /// policy's.
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,
@@ -61,9 +64,12 @@ pub enum EventKind<'a> {
     Ignored,
     /// A pipeline call's last attempt timed out.
     TimedOut,
-    /// A pipeline call was dropped before it ended.
+    /// A pipeline call was dropped before it ended (after its first poll: a call never
+    /// polled never started).
     Cancelled,
-    /// A caller was refused, finally (a wait that ends admitted is not a refusal).
+    /// A caller was refused, finally (a wait that ends admitted is not a refusal). A
+    /// pipeline that retries past an open breaker makes the breaker refuse each attempt it
+    /// refuses.
     Rejected(&'a Rejected),
     /// A breaker changed state.
     StateChanged(&'a StateChange<'a>),
@@ -74,8 +80,14 @@ pub enum EventKind<'a> {
         /// The sleep before the next attempt.
         delay: Duration,
     },
-    /// A pipeline would have retried, but its retry budget was spent.
+    /// A pipeline would have retried, or a hedge launched another attempt, but its budget
+    /// was spent.
     BudgetExhausted,
+    /// A hedge launched another copy of the call.
+    HedgeLaunched {
+        /// Which hedge: 1 for the first (the primary attempt is not one).
+        hedge: u32,
+    },
     /// A bulkhead admitted a caller that had waited in its queue this long.
     Waited(Duration),
 }

@@ -1,21 +1,27 @@
 //! What the policies report, with the `metrics` and `tracing` features: compiled out without
-//! them, and with them only a handle increment per event (every counter a policy can touch is
-//! registered when it is built, so install the recorder first).
+//! them; with `metrics`, a handle increment per event (every counter a policy can touch is
+//! registered when it is built, so install the recorder first) and, for a pipeline call's
+//! duration, two clock reads per call. The cost is measured in `docs/BENCHMARKS.md`
+//! (`cargo bench -p tidewall-benches --bench telemetry`).
 //!
-//! Every metric carries the policy's kind (`policy`) and its instance name (`name`, set with
-//! the builder's `name`; the config [`Registry`](crate::config::Registry) names each policy
-//! after its instance). Names are Prometheus-style; durations are in seconds.
+//! Every policy's metric carries the policy's kind (`policy`) and its instance name (`name`,
+//! set with the builder's `name`; the config [`Registry`](crate::config::Registry) names each
+//! policy after its instance); gauges, read by name from a registry, carry `name` only.
+//! Names are Prometheus-style; durations are in seconds. Checking a configuration
+//! ([`Config::validate`](crate::config::Config::validate), a layer that is not an instance)
+//! registers nothing.
 //!
 //! | metric | kind | labels | counts |
 //! |---|---|---|---|
-//! | `tidewall_calls_total` | counter | `policy` (`breaker`, `pipeline`), `name`, `outcome` | calls by how they ended: a breaker's `success`, `failure`, `ignored` as recorded; a pipeline's `success`, `failure`, `ignored` (its classifier's verdict on the final result), `rejected`, `timed_out`, `cancelled` (the call's future dropped) |
+//! | `tidewall_calls_total` | counter | `policy` (`breaker`, `pipeline`), `name`, `outcome` | calls by how they ended: a breaker's `success`, `failure`, `ignored` as recorded; a pipeline's `success`, `failure`, `ignored` (its classifier's verdict on the final result), `rejected` (its error is [`Error::Rejected`](crate::Error::Rejected)), `timed_out` ([`Error::TimedOut`](crate::Error::TimedOut)), `cancelled` (the call's future dropped after its first poll) |
 //! | `tidewall_rejections_total` | counter | `policy`, `name`, `reason` ([`Rejected::kind`](crate::Rejected::kind)) | refusals, as the caller was finally refused (a wait that ends admitted is not one) |
 //! | `tidewall_retries_total` | counter | `policy` (`pipeline`), `name` | retries scheduled |
-//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`), `name` | retries the retry budget refused |
-//! | `tidewall_breaker_transitions_total` | counter | `breaker`, `to` (and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label)) | state changes |
+//! | `tidewall_hedges_total` | counter | `policy` (`hedge`), `name` | hedges launched (the primary attempt is not one) |
+//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`), `name` | retries (hedges) the budget refused |
+//! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes (a keyed table's key series are made on a key's first change) |
 //! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`), `name` | a call's time, waits and retries included (not for cancelled calls) |
 //! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`), `name` | time queued for a permit, for waits that ended admitted |
-//! | `tidewall_breaker_state` | gauge | `name`, `state` | 1 for the state the breaker is in, 0 for the others |
+//! | `tidewall_breaker_state` | gauge | `name`, `state` ([`State::as_str`](crate::breaker::State::as_str)) | 1 for the state the breaker is in, 0 for the others |
 //! | `tidewall_bulkhead_in_flight`, `tidewall_bulkhead_queued`, `tidewall_bulkhead_capacity` | gauge | `name` | permits held, callers waiting, permits in all |
 //! | `tidewall_rate_limit_available` | gauge | `name` | cells one request could take now |
 //! | `tidewall_retry_budget_balance` | gauge | `name` | retries the budget would grant now |
@@ -28,11 +34,13 @@
 //!
 //! Without any feature, every policy takes a listener: `on_event` on its builder is called
 //! with each [`Event`] (outcomes, refusals with their reason, state changes, retries with
-//! their delay, a spent retry budget, waits).
+//! their delay, hedges launched, a spent budget, waits). With no listener set, a policy tests
+//! one flag where an event would be.
 //!
 //! With `tracing`, each [pipeline](crate::pipeline) call runs in a `tidewall.call` span (field
-//! `pipeline`: its name) with a debug event per attempt and per retry scheduled (its delay);
-//! rejections and breaker state changes are events too.
+//! `pipeline`: its name) with a debug event per attempt, per retry scheduled (its delay) and at
+//! its end (its outcome); rejections, hedges launched, breaker state changes and reloads are
+//! events too.
 
 mod calls;
 mod events;
@@ -44,7 +52,7 @@ mod policy;
 pub(crate) use calls::{CallOutcome, CallTelemetry};
 #[cfg(feature = "serde")]
 pub(crate) use events::ReloadCounters;
-pub(crate) use events::{breaker_transition, supervisor_event};
+pub(crate) use events::supervisor_event;
 #[cfg(all(feature = "metrics", feature = "serde"))]
 pub(crate) use gauges::record_gauges;
 pub(crate) use listener::Listener;

@@ -27,6 +27,12 @@ pub(crate) struct PolicyTelemetry {
     outcomes: Option<[metrics::Counter; 3]>,
     #[cfg(feature = "metrics")]
     waits: Option<metrics::Histogram>,
+    /// Hedges launched and refused by the budget.
+    #[cfg(feature = "metrics")]
+    hedges: Option<[metrics::Counter; 2]>,
+    /// A breaker's transitions, by the state moved to.
+    #[cfg(feature = "metrics")]
+    transitions: Option<[metrics::Counter; crate::breaker::State::ALL.len()]>,
 }
 
 impl PolicyTelemetry {
@@ -44,6 +50,10 @@ impl PolicyTelemetry {
             outcomes: None,
             #[cfg(feature = "metrics")]
             waits: None,
+            #[cfg(feature = "metrics")]
+            hedges: None,
+            #[cfg(feature = "metrics")]
+            transitions: None,
         };
         #[cfg(feature = "metrics")]
         for kind in kinds {
@@ -56,6 +66,11 @@ impl PolicyTelemetry {
     #[must_use]
     pub(crate) fn with_listener(self, listener: Option<Listener>) -> Self {
         Self { listener, ..self }
+    }
+
+    /// Its listener, for a keyed table's own refusals (a full table).
+    pub(crate) fn listener(&self) -> Option<Listener> {
+        self.listener.clone()
     }
 
     /// Calls the listener, if there is one.
@@ -143,6 +158,121 @@ impl PolicyTelemetry {
         }
     }
 
+    /// Also counts hedges launched (`tidewall_hedges_total`) and refused by the budget
+    /// (`tidewall_retry_budget_exhausted_total`).
+    #[must_use]
+    pub(crate) fn with_hedges(self) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        return self;
+        #[cfg(feature = "metrics")]
+        {
+            let labels = |name: &'static str| metrics::counter!(name, "policy" => self.policy, "name" => self.name.label());
+            let hedges = [
+                labels("tidewall_hedges_total"),
+                labels("tidewall_retry_budget_exhausted_total"),
+            ];
+            Self {
+                hedges: Some(hedges),
+                ..self
+            }
+        }
+    }
+
+    /// Also counts a breaker's transitions by the state it moved to
+    /// (`tidewall_breaker_transitions_total`).
+    #[must_use]
+    pub(crate) fn with_transitions(self) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        return self;
+        #[cfg(feature = "metrics")]
+        {
+            let transitions = crate::breaker::State::ALL.map(|to| {
+                metrics::counter!(
+                    "tidewall_breaker_transitions_total",
+                    "policy" => self.policy,
+                    "name" => self.name.label(),
+                    "to" => to.as_str()
+                )
+            });
+            Self {
+                transitions: Some(transitions),
+                ..self
+            }
+        }
+    }
+
+    /// A breaker changed state; `key` is a keyed breaker's entry's label, when its table was
+    /// given one (`key_label`).
+    #[allow(unused_variables)]
+    pub(crate) fn transition(&self, change: &crate::breaker::StateChange<'_>, key: Option<&str>) {
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            policy = self.policy,
+            name = change.name,
+            key,
+            from = change.from.as_str(),
+            to = change.to.as_str(),
+            reason = ?change.reason,
+            generation = change.generation,
+            "circuit breaker state change"
+        );
+        // A keyed breaker's entries carry their key as a label only when the user chose a
+        // label for keys: the label's cardinality is then theirs to bound, and its series are
+        // made on a key's first transition (keys are not known in advance).
+        #[cfg(feature = "metrics")]
+        match (key, &self.transitions) {
+            (None, Some(transitions)) => {
+                let to = crate::breaker::State::ALL
+                    .iter()
+                    .position(|s| *s == change.to)
+                    .unwrap_or(0);
+                transitions[to].increment(1);
+            }
+            (None, None) => {}
+            (Some(key), _) => metrics::counter!(
+                "tidewall_breaker_transitions_total",
+                "policy" => self.policy,
+                "name" => self.name.label(),
+                "key" => key.to_owned(),
+                "to" => change.to.as_str()
+            )
+            .increment(1),
+        }
+        self.event(EventKind::StateChanged(change));
+    }
+
+    /// A hedge was launched (`hedge` from 1).
+    #[allow(unused_variables)]
+    pub(crate) fn hedge_launched(&self, hedge: u32) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            policy = self.policy,
+            name = self.name.as_str(),
+            hedge,
+            "hedge launched"
+        );
+        #[cfg(feature = "metrics")]
+        if let Some([launched, _]) = &self.hedges {
+            launched.increment(1);
+        }
+        self.event(EventKind::HedgeLaunched { hedge });
+    }
+
+    /// A hedge was refused by the budget.
+    pub(crate) fn budget_spent(&self) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            policy = self.policy,
+            name = self.name.as_str(),
+            "hedge budget exhausted"
+        );
+        #[cfg(feature = "metrics")]
+        if let Some([_, refused]) = &self.hedges {
+            refused.increment(1);
+        }
+        self.event(EventKind::BudgetExhausted);
+    }
+
     /// A handle to share among the per-key policies of a keyed table.
     pub(crate) fn shared(self) -> std::sync::Arc<Self> {
         std::sync::Arc::new(self)
@@ -160,24 +290,20 @@ impl PolicyTelemetry {
         })
     }
 
-    /// Records one rejection and gives it back, for the admitting paths: with nothing to
-    /// report to (no `metrics` or `tracing`, no listener) it is a test of one flag; otherwise
-    /// the recording is out of line and cold, and the reason passed by value (a borrowed one
-    /// would have to be stored first, which cost a breaker's closed path 2 ns).
+    /// Records one rejection, for the admitting paths: with nothing to report to (no
+    /// `metrics` or `tracing`, no listener) it is a test of one flag; otherwise the recording
+    /// is out of line and cold, so that the paths keep the shape they have without it.
     #[inline]
-    pub(crate) fn refused(&self, reason: crate::Rejected) -> crate::Rejected {
+    pub(crate) fn refused(&self, reason: &crate::Rejected) {
         if self.reports() {
-            self.refused_reported(reason)
-        } else {
-            reason
+            self.refused_reported(reason);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn refused_reported(&self, reason: crate::Rejected) -> crate::Rejected {
-        self.record(&reason);
-        reason
+    fn refused_reported(&self, reason: &crate::Rejected) {
+        self.record(reason);
     }
 
     /// Whether anything is reported: the features compiled in, or a listener.
