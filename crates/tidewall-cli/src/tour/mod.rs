@@ -2,6 +2,7 @@
 //! them against a real HTTP service on loopback.
 
 mod client;
+mod config;
 mod http_client;
 mod pool;
 mod redis;
@@ -125,6 +126,7 @@ async fn tour<R: client::Net>(
     sections.extend(resilience::all(rt.clone(), server, size).await);
     sections.extend(tower::all(rt.clone(), server, size).await);
     sections.extend(http_client::all(rt.clone(), server, size).await);
+    sections.extend(config::all(rt.clone(), server, size).await);
     sections.extend(streams::all(rt.clone(), size).await);
     sections.extend(tasks::all(rt.clone(), size).await);
     sections.extend(service::all(rt).await);

@@ -1,0 +1,129 @@
+//! The tour's configuration section: a pipeline on a registry's bulkhead, raised by a reload
+//! while calls queue behind it. The held permits stay held, the queue is served at once, and
+//! every call is answered.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tidewall::config::{Config, Registry};
+use tidewall::pipeline::Pipeline;
+
+use super::client::{Client, Net, since};
+use super::report::{Section, ms};
+use super::scenarios::{Size, settle};
+use super::server::Server;
+
+/// The instance whose bulkhead the reload raises.
+const INSTANCE: &str = "tour-reload";
+/// Its capacity before and after.
+const BEFORE: usize = 2;
+const AFTER: usize = 8;
+/// Each call's time at the server.
+const CALL: &str = "/delay/20";
+
+pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
+    vec![reload_mid_traffic(&rt, server, size).await]
+}
+
+/// The configuration with the bulkhead at `max_concurrent`: a queue long enough for every
+/// call, a wait long enough for the slowest.
+fn config(max_concurrent: usize) -> Config {
+    let text = format!(
+        "[instances.{INSTANCE}.bulkhead]\n\
+         max_concurrent = {max_concurrent}\n\
+         max_queue = 1000\n\
+         max_wait = \"60s\"\n"
+    );
+    Config::from_toml(&text).expect("a valid configuration")
+}
+
+async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Section {
+    let calls = if size == Size::Quick { 40 } else { 120 };
+    let mut s = Section::new(
+        "config: a reload in the middle of traffic",
+        "Registry::reload(config) while a pipeline's calls queue on its bulkhead",
+    );
+    settle(rt, server).await;
+    let registry = Registry::builder(config(BEFORE))
+        .runtime(rt.clone())
+        .build()
+        .expect("a valid registry");
+    let bulkhead = registry.bulkhead(INSTANCE).expect("a declared bulkhead");
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
+        .name(INSTANCE)
+        .bulkhead(bulkhead.clone())
+        .build()
+        .expect("a valid pipeline");
+    let client = Client::new(rt.clone(), server.addr);
+    let before = server.stats.requests();
+    server.stats.reset_peak();
+    let start = rt.now();
+    let traffic = join_all((0..calls).map(|_| {
+        let (pipeline, client) = (&pipeline, &client);
+        async move { pipeline.call(|| client.get(CALL)).await.is_ok() }
+    }));
+    // A quarter of the calls through at the old capacity, then the reload.
+    let reload = async {
+        while server.stats.requests() - before < calls / 4 {
+            rt.sleep(Duration::from_millis(2)).await;
+        }
+        let peak_before = server.stats.peak_in_flight();
+        let held = bulkhead.in_flight();
+        let done_before = server.stats.requests() - before;
+        let reached_at = since(rt, start);
+        server.stats.reset_peak();
+        let asked = Instant::now();
+        let reload = registry.reload(config(AFTER));
+        let took = asked.elapsed();
+        (reload, took, peak_before, held, done_before, reached_at)
+    };
+    let (answered, (reload, took, peak_before, held, done_before, reached_at)) =
+        futures_util::join!(traffic, reload);
+    let elapsed = since(rt, start);
+    let peak_after = server.stats.peak_in_flight();
+    let answered = answered.iter().filter(|ok| **ok).count();
+    let retuned = reload.as_ref().map_or(0, |r| r.retuned);
+    let after = calls - done_before;
+    let rate =
+        |n: usize, d: Duration| format!("{:.0} calls/s", n as f64 / d.as_secs_f64().max(1e-9));
+    s.metric("calls (all at once, 20 ms each at the server)", calls)
+        .metric("bulkhead", format!("{BEFORE} → {AFTER} by a reload"))
+        .metric(
+            "reload applied after",
+            format!("{done_before} calls, {}", ms(reached_at)),
+        )
+        .metric("permits held through the reload", held)
+        .metric("the reload took", format!("{} µs", took.as_micros()))
+        .metric(
+            "max in flight before / after (server-observed)",
+            format!("{peak_before} / {peak_after}"),
+        )
+        .metric("throughput before", rate(done_before, reached_at))
+        .metric(
+            "throughput after",
+            rate(after, elapsed.saturating_sub(reached_at)),
+        )
+        .metric("answered", format!("{answered} of {calls}"));
+    s.check(
+        "the reload was applied, retuning the bulkhead",
+        reload.is_ok() && retuned == 1,
+    );
+    s.check(
+        "every call was answered: none lost, none refused",
+        answered == calls,
+    );
+    s.check(
+        &format!("never more than {BEFORE} in flight before the reload"),
+        peak_before <= BEFORE,
+    );
+    s.check(
+        &format!("more than {BEFORE}, never more than {AFTER}, in flight after it"),
+        peak_after > BEFORE && peak_after <= AFTER,
+    );
+    s.check(
+        "the permits held at the reload stayed held, and the new capacity counts them",
+        held == BEFORE && bulkhead.capacity() == AFTER,
+    );
+    s
+}
