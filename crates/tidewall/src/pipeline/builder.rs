@@ -179,6 +179,7 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
                 "pipeline",
                 self.name.clone(),
                 self.events.clone(),
+                &self.rt,
             ),
             config: self,
         })
