@@ -137,7 +137,9 @@ impl RetryBudgetBuilder {
     /// A NaN, negative, larger-than-1000 or nonzero-but-under-0.000001 ratio, a zero window
     /// or bucket count, more than [`MAX_BUCKETS`] buckets, a window shorter than one
     /// nanosecond per bucket or not within 0.1 % of a whole number of nanoseconds per
-    /// bucket, or one that overflows.
+    /// bucket, or one that overflows; `OutOfRange` on `min_per_second` when the floor's
+    /// retries a window (`min_per_second × window`) pass 18,446,744,073,709 (they are kept in
+    /// `u64` parts per million).
     pub fn build(self) -> Result<RetryBudgetPolicy, ConfigError> {
         if !self.ratio.is_finite() {
             return Err(ConfigError::NotFinite { field: "ratio" });
@@ -174,8 +176,13 @@ impl RetryBudgetBuilder {
         let ratio_ppm = (self.ratio * 1e6 + 0.5) as u64;
         let floor =
             u128::from(self.min_per_second) * u128::from(window) * u128::from(PPM) / NANOS_PER_SEC;
-        let floor_ppm =
-            u64::try_from(floor).map_err(|_| ConfigError::DurationOverflow { field: "window" })?;
+        // The floor is kept in u64 parts per million of a retry: at most 18,446,744,073,709
+        // retries a window. The rate is what is too high for the window, not the window.
+        let floor_ppm = u64::try_from(floor).map_err(|_| ConfigError::OutOfRange {
+            field: "min_per_second",
+            value: f64::from(self.min_per_second),
+            allowed: "such that min_per_second × window is at most 18,446,744,073,709 retries",
+        })?;
         Ok(RetryBudgetPolicy {
             ratio_ppm,
             floor_ppm,
@@ -250,6 +257,13 @@ mod tests {
             b().window(Duration::MAX).build(),
             Err(ConfigError::DurationOverflow { field: "window" })
         );
+        // A window that fits, with a floor whose retries a window do not: the rate is named.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert!(matches!(
+            b().window(year).min_per_second(u32::MAX).build(),
+            Err(ConfigError::OutOfRange { field: "min_per_second", .. })
+        ));
+        assert!(b().window(year).min_per_second(500_000).build().is_ok());
     }
 
     #[test]

@@ -170,7 +170,7 @@ proptest! {
                 }
             }
             Err(ConfigError::OutOfRange { field, .. }) => {
-                prop_assert!(["ratio", "buckets"].contains(&field), "{field}");
+                prop_assert!(["ratio", "buckets", "min_per_second"].contains(&field), "{field}");
             }
             Err(ConfigError::NotFinite { field: "ratio" }) => prop_assert!(!ratio.is_finite()),
             Err(ConfigError::Zero { field }) => prop_assert!(["buckets", "window"].contains(&field), "{field}"),
