@@ -261,7 +261,10 @@ mod tests {
         let year = Duration::from_secs(365 * 24 * 3600);
         assert!(matches!(
             b().window(year).min_per_second(u32::MAX).build(),
-            Err(ConfigError::OutOfRange { field: "min_per_second", .. })
+            Err(ConfigError::OutOfRange {
+                field: "min_per_second",
+                ..
+            })
         ));
         assert!(b().window(year).min_per_second(500_000).build().is_ok());
     }

@@ -1,8 +1,9 @@
 //! What the policies report, with the `metrics` and `tracing` features: compiled out without
 //! them; with `metrics`, a handle increment per event (every counter a policy can touch is
 //! registered when it is built, so install the recorder first) and, for a pipeline call's
-//! duration, two clock reads per call. The cost is measured in `docs/BENCHMARKS.md`
-//! (`cargo bench -p tidewall-benches --bench telemetry`).
+//! duration, two reads of the CPU counter per call (of its runtime's clock when that is
+//! virtual). The cost is measured in `docs/BENCHMARKS.md` (`cargo bench -p tidewall-benches
+//! --bench telemetry`).
 //!
 //! Every policy's metric carries the policy's kind (`policy`) and its instance name (`name`,
 //! set with the builder's `name`; the config [`Registry`](crate::config::Registry) names each
