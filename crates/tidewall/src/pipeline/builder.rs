@@ -81,8 +81,12 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     }
 
     /// Starts an attempt (or a retry's sleep) only if more than this much time would be left
-    /// for it before the deadline, the first attempt included; a wait for the limiter or the
-    /// bulkhead that would leave less is refused at once with
+    /// for it before the deadline: every retry, and the first attempt once the call has
+    /// waited (for the limiter or the bulkhead) or brought its own deadline
+    /// ([`call_before`](Pipeline::call_before)). A first attempt that waited for nothing
+    /// starts at once, with the pipeline's whole `deadline` before it (its budget starts
+    /// then), whatever this minimum. A wait for the limiter or the bulkhead that would leave
+    /// less is refused at once with
     /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded).
     pub fn min_attempt_time(mut self, time: Duration) -> Self {
         self.min_attempt_time = time;
