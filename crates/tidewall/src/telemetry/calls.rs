@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Event, EventKind, Listener};
+use super::{EventKind, Listener};
 use crate::Rejected;
 
 /// How a whole call ended, as `tidewall_calls_total` labels it.
@@ -126,11 +126,7 @@ impl CallTelemetry {
     #[inline]
     fn event(&self, kind: EventKind<'_>) {
         if let Some(listener) = &self.listener {
-            listener.call(&Event {
-                policy: self.policy,
-                name: self.name.as_str(),
-                kind,
-            });
+            listener.tell(self.policy, self.name.as_str(), kind);
         }
     }
 

@@ -102,8 +102,13 @@ impl Listener {
         Self(std::sync::Arc::new(listener))
     }
 
-    pub(crate) fn call(&self, event: &Event<'_>) {
-        (self.0)(event);
+    /// Tells the listener what `policy` named `name` did. Out of line: the policies' call
+    /// paths stay as small as they are without listeners, which keeps the compiler inlining
+    /// them as it did (a breaker's closed path lost 2 ns to a changed inlining when this
+    /// call was inline).
+    #[inline(never)]
+    pub(crate) fn tell(&self, policy: &'static str, name: &str, kind: EventKind<'_>) {
+        (self.0)(&Event { policy, name, kind });
     }
 }
 

@@ -1,7 +1,7 @@
 //! A policy's own counters: rejections by reason, and calls by outcome for the policies that
 //! see outcomes.
 
-use super::{Event, EventKind, Listener};
+use super::{EventKind, Listener};
 use crate::breaker::Outcome;
 
 /// A policy's telemetry: for each rejection a tracing event and the counter
@@ -77,20 +77,8 @@ impl PolicyTelemetry {
     #[inline]
     pub(crate) fn event(&self, kind: EventKind<'_>) {
         if let Some(listener) = &self.listener {
-            self.tell(listener, kind);
+            listener.tell(self.policy, self.name.as_str(), kind);
         }
-    }
-
-    /// Out of line: the policies' call paths stay as small as they were without listeners,
-    /// which keeps the compiler inlining them as it did (a breaker's closed path lost 2 ns
-    /// to a changed inlining when the call was inline here).
-    #[inline(never)]
-    fn tell(&self, listener: &Listener, kind: EventKind<'_>) {
-        listener.call(&Event {
-            policy: self.policy,
-            name: self.name.as_str(),
-            kind,
-        });
     }
 
     /// Whether [`outcome`](Self::outcome) reports anything: counters or a listener.
@@ -119,19 +107,14 @@ impl PolicyTelemetry {
         return self;
         #[cfg(feature = "metrics")]
         {
-            let counter = |outcome: &'static str| {
+            let outcomes = OUTCOME_LABELS.map(|outcome| {
                 metrics::counter!(
                     "tidewall_calls_total",
                     "policy" => self.policy,
                     "name" => self.name.label(),
                     "outcome" => outcome
                 )
-            };
-            let outcomes = [
-                counter(outcome_label(Outcome::Success)),
-                counter(outcome_label(Outcome::Failure)),
-                counter(outcome_label(Outcome::Ignored)),
-            ];
+            });
             Self {
                 outcomes: Some(outcomes),
                 ..self
@@ -291,19 +274,14 @@ impl PolicyTelemetry {
     }
 
     /// Records one rejection, for the admitting paths: with nothing to report to (no
-    /// `metrics` or `tracing`, no listener) it is a test of one flag; otherwise the recording
-    /// is out of line and cold, so that the paths keep the shape they have without it.
+    /// `metrics` or `tracing`, no listener) it is a test of one flag; otherwise
+    /// [`record`](Self::record), out of line and cold, so that the paths keep the shape they
+    /// have without it.
     #[inline]
     pub(crate) fn refused(&self, reason: &crate::Rejected) {
         if self.reports() {
-            self.refused_reported(reason);
+            self.record(reason);
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn refused_reported(&self, reason: &crate::Rejected) {
-        self.record(reason);
     }
 
     /// Whether anything is reported: the features compiled in, or a listener.
@@ -313,6 +291,8 @@ impl PolicyTelemetry {
     }
 
     /// Records one rejection.
+    #[cold]
+    #[inline(never)]
     #[allow(unused_variables)]
     pub(crate) fn record(&self, reason: &crate::Rejected) {
         #[cfg(feature = "tracing")]
@@ -328,6 +308,16 @@ impl PolicyTelemetry {
         self.event(EventKind::Rejected(reason));
     }
 
+    /// Records a wait that ended admitted (in the histogram when built
+    /// [`with_waits`](Self::with_waits)).
+    pub(crate) fn waited(&self, wait: std::time::Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(waits) = &self.waits {
+            waits.record(wait.as_secs_f64());
+        }
+        self.event(EventKind::Waited(wait));
+    }
+
     /// Records how an admitted call ended (counted only when built
     /// [`with_outcomes`](Self::with_outcomes)).
     #[inline]
@@ -335,12 +325,7 @@ impl PolicyTelemetry {
     pub(crate) fn outcome(&self, outcome: Outcome) {
         #[cfg(feature = "metrics")]
         if let Some(outcomes) = &self.outcomes {
-            let index = match outcome {
-                Outcome::Success => 0,
-                Outcome::Failure => 1,
-                _ => 2,
-            };
-            outcomes[index].increment(1);
+            outcomes[outcome_index(outcome)].increment(1);
         }
         if self.listener.is_some() {
             self.event(match outcome {
@@ -352,24 +337,16 @@ impl PolicyTelemetry {
     }
 }
 
-impl PolicyTelemetry {
-    /// Records a wait that ended admitted (in the histogram when built
-    /// [`with_waits`](Self::with_waits)).
-    pub(crate) fn waited(&self, wait: std::time::Duration) {
-        #[cfg(feature = "metrics")]
-        if let Some(waits) = &self.waits {
-            waits.record(wait.as_secs_f64());
-        }
-        self.event(EventKind::Waited(wait));
-    }
-}
-
-/// The `outcome` label of a breaker's outcome.
+/// The `outcome` labels of a breaker's outcomes, in [`outcome_index`] order.
 #[cfg(feature = "metrics")]
-const fn outcome_label(outcome: Outcome) -> &'static str {
+const OUTCOME_LABELS: [&str; 3] = ["success", "failure", "ignored"];
+
+/// An outcome's place in [`OUTCOME_LABELS`].
+#[cfg(feature = "metrics")]
+const fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
-        Outcome::Success => "success",
-        Outcome::Failure => "failure",
-        _ => "ignored",
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Ignored => 2,
     }
 }
