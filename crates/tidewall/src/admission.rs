@@ -50,8 +50,10 @@ pub enum Wait {
 }
 
 /// A stage that admits a call before it runs and may hold something for the whole call (a
-/// bulkhead slot). Implemented by [`RateLimiter`], [`Bulkhead`] and `()` (admits
-/// everything), and open to stages kept elsewhere.
+/// bulkhead slot). Implemented by [`RateLimiter`], [`Bulkhead`], `()` (admits everything) and
+/// `Option` of any of them (`None` admits everything: a stage chosen at run time, as a
+/// [pipeline from configuration](crate::config::LivePipeline) has), and open to stages kept
+/// elsewhere.
 ///
 /// Guards and futures own what they need (`'static`): they live in tower response futures
 /// and in services between `poll_ready` and `call`.
@@ -89,6 +91,53 @@ impl Admission for () {
 
     fn admit(&self, _: Wait) -> Self::Admit {
         std::future::ready(Ok(()))
+    }
+}
+
+impl<A: Admission> Admission for Option<A> {
+    type Guard = Option<A::Guard>;
+    type Admit = MaybeAdmit<A::Admit>;
+
+    #[inline]
+    fn try_admit(&self) -> Option<Self::Guard> {
+        match self {
+            Some(stage) => stage.try_admit().map(Some),
+            None => Some(None),
+        }
+    }
+
+    fn admit(&self, wait: Wait) -> Self::Admit {
+        MaybeAdmit {
+            admit: self.as_ref().map(|stage| stage.admit(wait)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Admission::admit`] future of an `Option` stage: the stage's own, or admitted at
+    /// once when there is none.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct MaybeAdmit<F> {
+        #[pin]
+        admit: Option<F>,
+    }
+}
+
+impl<F, G> Future for MaybeAdmit<F>
+where
+    F: Future<Output = Result<G, Rejected>>,
+{
+    type Output = Result<Option<G>, Rejected>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project().admit.as_pin_mut() {
+            Some(admit) => admit.poll(cx).map(|admitted| admitted.map(Some)),
+            None => std::task::Poll::Ready(Ok(None)),
+        }
     }
 }
 

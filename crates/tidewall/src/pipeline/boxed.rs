@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::Pipeline;
 use super::stages::{Gate, Retries};
-use super::{Pipeline, run};
 use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::rt::Clock;
@@ -152,7 +152,7 @@ where
         T: 'a,
         E: 'a,
     {
-        Box::pin(run::run(self, deadline, op))
+        Box::pin(self.judged(&self.config.classify, deadline, op))
     }
 }
 

@@ -190,6 +190,33 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     }
 }
 
+impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
+    /// Every stage at once, each possibly chosen at run time (an `Option`): how a
+    /// [pipeline from configuration](crate::config::LivePipeline) is made.
+    pub(crate) fn stages<L, B, T, C>(
+        self,
+        limiter: L,
+        bulkhead: B,
+        retry: T,
+        breaker: C,
+    ) -> PipelineBuilder<R, L, B, T, C, K> {
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter,
+            bulkhead,
+            retry,
+            breaker,
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+            name: self.name,
+            events: self.events,
+            classify: self.classify,
+        }
+    }
+}
+
 impl<R: Clock, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Waits on `limiter` first (the wait counts against the deadline): a
     /// [`RateLimiter`](crate::rate::RateLimiter), or any other [`Admission`] stage (a distributed limiter).

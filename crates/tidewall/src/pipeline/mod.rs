@@ -131,10 +131,8 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        let call = run::run(self, Deadline::none(), op);
-        #[cfg(feature = "tracing")]
-        let call = tracing::Instrument::instrument(call, self.telemetry.span());
-        call.await
+        self.judged(&self.config.classify, Deadline::none(), op)
+            .await
     }
 
     /// Like [`call`](Self::call), also bounded by the caller's `deadline`.
@@ -154,10 +152,27 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        let call = run::run(self, deadline, op);
+        self.judged(&self.config.classify, deadline, op).await
+    }
+
+    /// A call whose results `classify` judges, in the pipeline's span: the one body behind
+    /// every front (`call`, `call_before`, [`BoxPipeline`], the configured
+    /// [`LivePipeline`](crate::config::LivePipeline), which brings its own classifier).
+    pub(crate) fn judged<'a, F, Fut, T2, E, K2>(
+        &'a self,
+        classify: &'a K2,
+        deadline: Deadline,
+        op: F,
+    ) -> impl Future<Output = Result<T2, Error<E>>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T2, E>>,
+        K2: Classify<T2, E>,
+    {
+        let call = run::run(self, classify, deadline, op);
         #[cfg(feature = "tracing")]
         let call = tracing::Instrument::instrument(call, self.telemetry.span());
-        call.await
+        call
     }
 
     /// The runtime.

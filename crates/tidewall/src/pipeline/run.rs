@@ -16,8 +16,12 @@ use crate::telemetry::CallOutcome;
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
-pub(super) async fn run<R, L, B, T, C, K, F, Fut, T2, E>(
-    pipeline: &Pipeline<R, L, B, T, C, K>,
+/// Runs `op` through `pipeline`'s stages, judging results with `classify` (the pipeline's
+/// own, or a [`LivePipeline`](crate::config::LivePipeline)'s, which keeps its classifier
+/// across the pipelines a reload builds).
+pub(crate) async fn run<R, L, B, T, C, K0, K, F, Fut, T2, E>(
+    pipeline: &Pipeline<R, L, B, T, C, K0>,
+    classify: &K,
     deadline: Deadline,
     mut op: F,
 ) -> Result<T2, Error<E>>
@@ -101,7 +105,7 @@ where
                     };
                     match bounded(rt, op(), &mut clock, attempt_end).await {
                         Ok(result) => {
-                            let (verdict, hint) = judge(&config.classify, result.as_ref());
+                            let (verdict, hint) = judge(classify, result.as_ref());
                             C::record(permit, verdict.breaker_outcome(), hint);
                             (verdict, hint, result.map_err(Error::Inner))
                         }

@@ -13,9 +13,11 @@ mod sealed {
     impl Sealed for () {}
     impl<R: crate::rt::Clock> Sealed for crate::breaker::CircuitBreaker<R> {}
     impl Sealed for super::RetryStage {}
+    impl<S: Sealed> Sealed for Option<S> {}
 }
 
-/// A stage that gates each attempt: a circuit breaker, or nothing.
+/// A stage that gates each attempt: a circuit breaker, or nothing (`()`, or `None` of an
+/// `Option` chosen at run time).
 pub trait Gate: sealed::Sealed + Send + Sync {
     /// Records the attempt's outcome.
     type Permit<'a>: Send
@@ -55,6 +57,25 @@ impl<R: Clock> Gate for CircuitBreaker<R> {
     }
 }
 
+impl<G: Gate> Gate for Option<G> {
+    type Permit<'a>
+        = Option<G::Permit<'a>>
+    where
+        Self: 'a;
+
+    #[inline]
+    fn enter(&self) -> Result<Self::Permit<'_>, Rejected> {
+        self.as_ref().map(G::enter).transpose()
+    }
+
+    #[inline]
+    fn record(permit: Self::Permit<'_>, outcome: Outcome, hint: Option<Duration>) {
+        if let Some(permit) = permit {
+            G::record(permit, outcome, hint);
+        }
+    }
+}
+
 /// The retry stage: the [retry engine](crate::retry)'s rules (backoff, optional shared
 /// budget, hint cap), which the pipeline drives exactly as the retry future does.
 #[derive(Debug, Clone)]
@@ -62,7 +83,22 @@ pub struct RetryStage {
     pub(super) rules: RetryRules,
 }
 
-/// Whether a pipeline retries: [`RetryStage`], or `()` for never.
+impl RetryStage {
+    /// `backoff`'s schedule, drawing retries from `budget` if there is one, honouring hints up
+    /// to `max_retry_after`.
+    pub(crate) fn new(
+        backoff: crate::Backoff,
+        budget: Option<crate::budget::RetryBudget>,
+        max_retry_after: Duration,
+    ) -> Self {
+        let mut rules = RetryRules::new(backoff);
+        rules.budget = budget;
+        rules.max_retry_after = max_retry_after;
+        Self { rules }
+    }
+}
+
+/// Whether a pipeline retries: [`RetryStage`], or `()` (or `None`) for never.
 pub trait Retries: sealed::Sealed + Send + Sync {
     /// The engine's rules, if this stage retries at all.
     #[doc(hidden)]
@@ -89,5 +125,17 @@ impl Retries for RetryStage {
     fn set_call_rules(&mut self, min_attempt_time: Duration, seed: Option<u64>) {
         self.rules.min_attempt_time = min_attempt_time;
         self.rules.seed = seed;
+    }
+}
+
+impl<S: Retries> Retries for Option<S> {
+    fn rules(&self) -> Option<&RetryRules> {
+        self.as_ref().and_then(S::rules)
+    }
+
+    fn set_call_rules(&mut self, min_attempt_time: Duration, seed: Option<u64>) {
+        if let Some(stage) = self {
+            stage.set_call_rules(min_attempt_time, seed);
+        }
     }
 }
