@@ -245,6 +245,33 @@ impl<K: Hash + Eq + Clone, V: Evict> KeyedMap<K, V> {
 }
 
 impl<K, V> KeyedMap<K, V> {
+    /// `f` of every entry held, one shard at a time (a key made meanwhile in a shard
+    /// already visited is missed: callers publish what new keys read first).
+    pub(crate) fn each<O>(&self, mut f: impl FnMut(&V) -> O) -> Vec<O> {
+        let mut found = Vec::new();
+        for shard in &*self.shards {
+            found.extend(lock(shard).table.iter().map(|(_, v)| f(v)));
+        }
+        found
+    }
+
+    /// Runs `first`, then `each` on every entry with what `first` made, with every shard locked throughout (in
+    /// index order): no decision, which holds one shard's lock, sees the change half made.
+    pub(crate) fn all_at_once<T>(
+        &self,
+        first: impl FnOnce() -> T,
+        mut each: impl FnMut(&T, &mut V),
+    ) -> T {
+        let mut shards: Vec<_> = self.shards.iter().map(lock).collect();
+        let made = first();
+        for shard in &mut shards {
+            for (_, value) in shard.table.iter_mut() {
+                each(&made, value);
+            }
+        }
+        made
+    }
+
     /// Entries held now.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).table.len()).sum()

@@ -13,7 +13,7 @@ use super::{CircuitBreaker, CircuitBreakerBuilder, Counts, OwnedPermit, State};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rate::clock::LimiterClock;
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, AtomicU64, Ordering::Relaxed};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, lock};
 use crate::{ConfigError, Error, Name, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
@@ -56,11 +56,11 @@ pub struct KeyedCircuitBreaker<K, R = DefaultRuntime> {
 }
 
 struct Keyed<K, R> {
-    /// One copy for every key's breaker.
-    policy: std::sync::Arc<BreakerPolicy>,
+    /// What a new key's breaker is made with (one copy of the policy for every key), and its
+    /// cap on a server's hint; `reconfigure` replaces both.
+    made_with: Mutex<(std::sync::Arc<BreakerPolicy>, Duration)>,
     rt: R,
     name: Name,
-    max_open_hint: Duration,
     listener: Option<Listener>,
     key_listener: Option<KeyListener<K>>,
     key_label: Option<KeyLabel<K>>,
@@ -203,11 +203,10 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
         let keys = KeyedMap::new(self.max_keys)?;
         Ok(KeyedCircuitBreaker {
             shared: Arc::new(Keyed {
-                policy: std::sync::Arc::new(policy),
+                made_with: Mutex::new((std::sync::Arc::new(policy), setup.max_open_hint)),
                 clock: LimiterClock::new(&setup.rt),
                 rt: setup.rt,
                 name: setup.name.clone(),
-                max_open_hint: setup.max_open_hint,
                 listener: setup.listener,
                 key_listener: self.key_listener,
                 key_label: self.key_label,
@@ -338,17 +337,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         };
         // Golden-ratio steps: neighbouring keys' jitter streams start far apart.
         let seed = shared.next_seed.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
+        let (policy, max_open_hint) = lock(&shared.made_with).clone();
         let setup = Setup {
             rt: shared.rt.clone(),
             name: shared.name.clone(),
             listener,
             seed,
-            max_open_hint: shared.max_open_hint,
+            max_open_hint,
             key_label: shared.key_label.as_ref().map(|label| label(key).into()),
             telemetry: std::sync::Arc::clone(&shared.per_key),
         };
         CircuitBreaker {
-            shared: Arc::new(Shared::new(std::sync::Arc::clone(&shared.policy), setup)),
+            shared: Arc::new(Shared::new(policy, setup)),
         }
     }
 
@@ -384,9 +384,69 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         &self.shared.name
     }
 
-    /// The validated policy every key's breaker follows.
-    pub fn policy(&self) -> &BreakerPolicy {
-        &self.shared.policy
+    /// How long a closed key with failures in its window is kept after its last call (see
+    /// [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl)).
+    pub fn idle_ttl(&self) -> Duration {
+        Duration::from_nanos(self.shared.idle_ttl)
+    }
+
+    /// The policy every key's breaker follows (a copy: [`reconfigure`](Self::reconfigure)
+    /// may replace it).
+    pub fn policy(&self) -> BreakerPolicy {
+        BreakerPolicy::clone(&lock(&self.shared.made_with).0)
+    }
+
+    /// Applies the policy of `settings` (thresholds, window, break, probes, waits, hint cap)
+    /// to every key's breaker in place, and to keys made from now on, validated as
+    /// [`build`](CircuitBreakerBuilder::build) validates it; on an error nothing changes. Its
+    /// name, listeners, `max_keys`, `idle_ttl` and runtime are not changed (the table's
+    /// bounds are fixed at build).
+    ///
+    /// Each key's breaker changes as [`CircuitBreaker::reconfigure`] says: a window of the
+    /// same shape keeps its state and calls; one of another shape is reset, with its
+    /// state-change event. Returns how many keys' breakers were reset.
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, State, Window};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let per_host = CircuitBreaker::builder().consecutive_failures(2).keyed().build()?;
+    /// let _ = per_host.call(&"a", || async { Err::<(), _>("down") }).await;
+    /// // One failure: not enough under two in a row, enough under one.
+    /// let reset = per_host.reconfigure(CircuitBreaker::builder().consecutive_failures(1))?;
+    /// assert_eq!(reset, 0, "the window kept its shape");
+    /// let _ = per_host.call(&"a", || async { Err::<(), _>("down") }).await;
+    /// assert_eq!(per_host.state(&"a"), Some(State::Open));
+    ///
+    /// let reset = per_host.reconfigure(CircuitBreaker::builder().window(Window::Count { calls: 10 }))?;
+    /// assert_eq!((reset, per_host.state(&"a")), (1, Some(State::Closed)));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`CircuitBreakerBuilder::build`].
+    pub fn reconfigure<R2>(
+        &self,
+        settings: CircuitBreakerBuilder<R2>,
+    ) -> Result<usize, ConfigError> {
+        let (policy, max_open_hint) = settings.checked_policy()?;
+        let shared = &*self.shared;
+        // Published before the keys are visited: a key made after its shard was visited is
+        // made with the new policy. Each key's breaker changes outside the table's locks, as
+        // its state-change listeners may call back into the table.
+        *lock(&shared.made_with) = (std::sync::Arc::new(policy.clone()), max_open_hint);
+        let resets = shared
+            .keys
+            .each(|entry| entry.breaker.clone())
+            .into_iter()
+            .filter(|breaker| {
+                breaker.shared.reconfigure(policy.clone(), max_open_hint)
+                    == super::Reconfigured::Reset
+            })
+            .count();
+        Ok(resets)
     }
 }
 

@@ -7,8 +7,8 @@ use std::hash::Hash;
 use super::{Bulkhead, BulkheadBuilder, OwnedPermit};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::Arc;
-use crate::{ConfigError, Deadline, Error, Rejected};
+use crate::sync::{Arc, Mutex, lock};
+use crate::{ConfigError, Deadline, Error, Name, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
 const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
@@ -44,7 +44,9 @@ pub struct KeyedBulkhead<K, R = DefaultRuntime> {
 }
 
 struct Keyed<K, R> {
-    settings: BulkheadBuilder<R>,
+    /// What a new key's bulkhead is made with; `reconfigure` changes its sizes.
+    settings: Mutex<BulkheadBuilder<R>>,
+    name: Name,
     keys: KeyedMap<K, Bulkhead<R>>,
     /// Refusals of new keys (a full table).
     rejections: crate::telemetry::PolicyTelemetry,
@@ -118,7 +120,8 @@ impl<R> KeyedBulkheadBuilder<R> {
         .shared();
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
-                settings: self.bulkhead,
+                name: self.bulkhead.name.clone(),
+                settings: Mutex::new(self.bulkhead),
                 keys,
                 rejections,
                 per_key,
@@ -195,9 +198,8 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
             |slot, _| match slot {
                 Slot::Found(bulkhead) => (use_it(bulkhead), None),
                 Slot::Vacant => {
-                    let bulkhead = shared
-                        .settings
-                        .make_counted(std::sync::Arc::clone(&shared.per_key));
+                    let bulkhead =
+                        lock(&shared.settings).make_counted(std::sync::Arc::clone(&shared.per_key));
                     (use_it(&bulkhead), Some(bulkhead))
                 }
             },
@@ -240,7 +242,52 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
     /// # Ok::<(), tidewall::ConfigError>(())
     /// ```
     pub fn name(&self) -> &str {
-        &self.shared.settings.name
+        &self.shared.name
+    }
+
+    /// Applies the sizes of `settings` (`max_concurrent`, `max_queue`, `max_wait`) to every
+    /// key's bulkhead in place, and to keys made from now on, validated as
+    /// [`build`](BulkheadBuilder::build) validates them; on an error nothing changes. Its
+    /// name, `max_keys` and runtime are not changed (the table's bound is fixed at build).
+    ///
+    /// Each key's bulkhead changes as [`Bulkhead::reconfigure`] says: permits held stay
+    /// held, and a key shrunk below what it holds admits nobody new until enough come back.
+    ///
+    /// ```
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let per_tenant = Bulkhead::builder(1).reject_when_full().keyed().build()?;
+    /// let held = per_tenant.try_acquire(&"a")?;
+    /// per_tenant.reconfigure(Bulkhead::builder(2).reject_when_full())?;
+    /// let second = per_tenant.try_acquire(&"a")?;
+    /// assert_eq!(per_tenant.in_flight(&"a"), 2);
+    /// per_tenant.try_acquire(&"b")?; // a new key gets the new size too
+    /// # drop((held, second));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`BulkheadBuilder::build`].
+    pub fn reconfigure<R2>(&self, settings: BulkheadBuilder<R2>) -> Result<(), ConfigError> {
+        settings.validate()?;
+        let shared = &*self.shared;
+        {
+            // Published before the keys are visited: a key made after its shard was visited
+            // is made with the new sizes.
+            let mut made_with = lock(&shared.settings);
+            made_with.max_concurrent = settings.max_concurrent;
+            made_with.max_queue = settings.max_queue;
+            made_with.max_wait = settings.max_wait;
+        }
+        for bulkhead in shared.keys.each(Bulkhead::clone) {
+            bulkhead.shared.resize(
+                settings.max_concurrent,
+                settings.max_queue,
+                settings.max_wait,
+            );
+        }
+        Ok(())
     }
 }
 
@@ -255,8 +302,8 @@ impl<K, R> Clone for KeyedBulkhead<K, R> {
 impl<K, R> fmt::Debug for KeyedBulkhead<K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBulkhead")
-            .field("name", &self.shared.settings.name)
-            .field("capacity", &self.shared.settings.max_concurrent)
+            .field("name", &self.shared.name)
+            .field("capacity", &lock(&self.shared.settings).max_concurrent)
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()

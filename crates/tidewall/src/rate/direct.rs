@@ -192,6 +192,24 @@ impl<R> RateLimiterBuilder<R> {
         Ok((gcra, jitter))
     }
 
+    /// Builds a limit per key instead, each with these settings: see
+    /// [`KeyedRateLimiter`](super::KeyedRateLimiter) (the same as
+    /// [`KeyedRateLimiter::builder`](super::KeyedRateLimiter::builder), from a builder at
+    /// hand).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// let per_user = RateLimiter::builder(5, Duration::from_secs(1)).keyed().max_keys(1_000).build::<u64>()?;
+    /// assert!(per_user.check_key_n(&7, 5).is_ok());
+    /// assert!(per_user.check_key(&7).is_err());
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn keyed(self) -> super::KeyedRateLimiterBuilder<R> {
+        super::KeyedRateLimiterBuilder::new(self)
+    }
+
     /// Validates and builds a direct limiter.
     ///
     /// The emission interval `period / count` is kept in whole nanoseconds, and a rate that
@@ -443,9 +461,7 @@ impl<R: Clock> RateLimiter<R> {
                     now
                 });
             }
-            let owed = u128::from(tat - now) * u128::from(gcra.interval_nanos())
-                / u128::from(old.interval_nanos());
-            Some(now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX)))
+            Some(rescaled(tat, now, &old, &gcra))
         };
         shared.limit.write_with(gcra.to_words(), || {
             // Never fails: the closure always gives a value.
@@ -470,6 +486,14 @@ impl<R: Clock> RateLimiter<R> {
 }
 
 /// A validated jitter in nanoseconds (builders refuse jitters beyond `u64::MAX` of them).
-fn nanos(jitter: Duration) -> u64 {
+/// A TAT past `now` under `old`, as many cells owed under `new`: the time left to pay them
+/// off scaled by the ratio of the intervals.
+pub(super) fn rescaled(tat: u64, now: u64, old: &Gcra, new: &Gcra) -> u64 {
+    let owed = u128::from(tat.saturating_sub(now)) * u128::from(new.interval_nanos())
+        / u128::from(old.interval_nanos());
+    now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX))
+}
+
+pub(super) fn nanos(jitter: Duration) -> u64 {
     u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -59,11 +59,14 @@ impl Evict for Tat {
 }
 
 struct Keyed<K, R> {
-    gcra: Gcra,
+    /// The limit's words ([`Gcra::to_words`]): written only with every shard locked, and read
+    /// under a shard's lock, so a decision sees one limit whole.
+    limit: [AtomicU64; 2],
     keys: KeyedMap<K, Tat>,
     clock: LimiterClock,
     rt: R,
-    jitter: Duration,
+    /// Nanoseconds.
+    jitter: AtomicU64,
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
@@ -83,7 +86,7 @@ impl<K, R: Clock> std::fmt::Debug for KeyedRateLimiter<K, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedRateLimiter")
             .field("name", &self.shared.name)
-            .field("gcra", &self.shared.gcra)
+            .field("gcra", &self.shared.limit_whole())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()
     }
@@ -102,8 +105,14 @@ impl KeyedRateLimiter<()> {
     /// `count`. The key type is chosen by [`build`](KeyedRateLimiterBuilder::build) (usually
     /// inferred from the first `check_key`).
     pub fn builder(count: u32, period: Duration) -> KeyedRateLimiterBuilder {
-        KeyedRateLimiterBuilder {
-            rate: super::RateLimiter::builder(count, period),
+        super::RateLimiter::builder(count, period).keyed()
+    }
+}
+
+impl<R> KeyedRateLimiterBuilder<R> {
+    pub(super) fn new(rate: RateLimiterBuilder<R>) -> Self {
+        Self {
+            rate,
             max_keys: 100_000,
         }
     }
@@ -167,11 +176,11 @@ impl<R> KeyedRateLimiterBuilder<R> {
         let rate = self.rate;
         Ok(KeyedRateLimiter {
             shared: Arc::new(Keyed {
-                gcra,
+                limit: gcra.to_words().map(AtomicU64::new),
                 keys,
                 clock: LimiterClock::new(&rate.rt),
                 rt: rate.rt,
-                jitter,
+                jitter: AtomicU64::new(super::direct::nanos(jitter)),
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 rejections: crate::telemetry::PolicyTelemetry::new(
                     "keyed_rate",
@@ -220,16 +229,18 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         let decided = shared.keys.entry(
             key,
             || shared.clock.nanos(&shared.rt),
-            |slot, now| match slot {
-                Slot::Found(Tat(tat)) => (
-                    shared.gcra.decide(*tat, now, cells).map(|next| *tat = next),
-                    None,
-                ),
-                // Only an admitted new key is stored: a refused one would be rested anyway.
-                Slot::Vacant => match shared.gcra.decide(0, now, cells) {
-                    Ok(next) => (Ok(()), Some(Tat(next))),
-                    Err(denied) => (Err(denied), None),
-                },
+            |slot, now| {
+                let gcra = shared.limit();
+                match slot {
+                    Slot::Found(Tat(tat)) => {
+                        (gcra.decide(*tat, now, cells).map(|next| *tat = next), None)
+                    }
+                    // Only an admitted new key is stored: a refused one would be rested anyway.
+                    Slot::Vacant => match gcra.decide(0, now, cells) {
+                        Ok(next) => (Ok(()), Some(Tat(next))),
+                        Err(denied) => (Err(denied), None),
+                    },
+                }
             },
         );
         match decided {
@@ -261,7 +272,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         let waiting = Waiting::new(
             self.shared.rt.clone(),
             Wait::Until(deadline),
-            self.shared.jitter,
+            Duration::from_nanos(self.shared.jitter.load(Relaxed)),
             seed,
         );
         async move {
@@ -295,5 +306,73 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// ```
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The limit every key follows now.
+    pub fn gcra(&self) -> Gcra {
+        self.shared.limit_whole()
+    }
+
+    /// Applies `settings` (count, period, burst, jitter) to every key in place, validated as
+    /// [`build`](KeyedRateLimiterBuilder::build) validates them; on an error nothing changes.
+    /// Its name, `max_keys`, seed and runtime are not changed (the table's bound is fixed at
+    /// build).
+    ///
+    /// As [`RateLimiter::reconfigure`](super::RateLimiter::reconfigure) does for its one
+    /// limit, each key keeps the cells it was admitted, as that many cells under the new
+    /// limit, so a change never hands a key a fresh burst. The change is atomic: no decision
+    /// pairs one limit with the other's state.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::rate::{KeyedRateLimiter, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let per_user = KeyedRateLimiter::builder(2, Duration::from_secs(1)).build::<&str>()?;
+    /// per_user.check_key_n(&"alice", 2)?;
+    /// per_user.reconfigure(RateLimiter::builder(10, Duration::from_secs(1)))?;
+    /// // The 2 cells alice took stay taken: 8 of the new burst of 10 are left.
+    /// assert!(per_user.check_key_n(&"alice", 9).is_err());
+    /// per_user.check_key_n(&"alice", 8)?;
+    /// per_user.check_key_n(&"bob", 10)?; // a new key gets the whole new burst
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RateLimiterBuilder::build`].
+    pub fn reconfigure<R2>(&self, settings: RateLimiterBuilder<R2>) -> Result<(), ConfigError> {
+        let (new, jitter) = settings.gcra()?;
+        let shared = &*self.shared;
+        shared.jitter.store(super::direct::nanos(jitter), Relaxed);
+        shared.keys.all_at_once(
+            || {
+                let (old, now) = (shared.limit(), shared.clock.nanos(&shared.rt));
+                for (word, value) in shared.limit.iter().zip(new.to_words()) {
+                    word.store(value, Relaxed);
+                }
+                (old, now)
+            },
+            |&(old, now), Tat(tat)| {
+                if *tat > now {
+                    *tat = super::direct::rescaled(*tat, now, &old, &new);
+                }
+            },
+        );
+        Ok(())
+    }
+}
+
+impl<K, R> Keyed<K, R> {
+    /// The limit in force. Call it under a shard's lock: the words are written only with
+    /// every shard's lock held.
+    fn limit(&self) -> Gcra {
+        Gcra::from_words([self.limit[0].load(Relaxed), self.limit[1].load(Relaxed)])
+    }
+
+    /// The limit in force, read with every shard locked (as it is written).
+    fn limit_whole(&self) -> Gcra {
+        self.keys.all_at_once(|| self.limit(), |_, _| {})
     }
 }
