@@ -141,6 +141,11 @@ impl<T> Swap<T> {
     pub(crate) fn store(&self, value: T) {
         self.0.store(std::sync::Arc::new(value));
     }
+
+    /// The value, held for as long as the caller keeps it (across awaits too).
+    pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
+        self.0.load_full()
+    }
 }
 
 /// Under loom, a mutex around the pointer: loom cannot see inside arc-swap, and every access
@@ -160,5 +165,9 @@ impl<T> Swap<T> {
 
     pub(crate) fn store(&self, value: T) {
         *lock(&self.0) = std::sync::Arc::new(value);
+    }
+
+    pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
+        self.load()
     }
 }

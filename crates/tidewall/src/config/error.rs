@@ -45,6 +45,11 @@ pub enum Problem {
     NotHere(&'static str),
     /// The configuration file could not be read (or watched): the system's message.
     Read(String),
+    /// The setting cannot change while the registry holds what it shapes (a key table's
+    /// `max_keys`): restart to apply it.
+    Fixed,
+    /// The registry holds this keyed policy with keys of another type (named here).
+    KeyType(&'static str),
     /// A [`Registry`](super::Registry) already holds as many policies of this kind as it may.
     Full {
         /// Its [`max_instances`](super::RegistryBuilder::max_instances).
@@ -89,6 +94,15 @@ impl fmt::Display for Invalid {
             Problem::UnknownBase(base) => write!(f, "no config named {base:?} in `configs`"),
             Problem::NotHere(why) => f.write_str(why),
             Problem::Read(message) => write!(f, "cannot read the configuration: {message}"),
+            Problem::Fixed => f.write_str(
+                "cannot change while the registry holds its key table; restart to apply it",
+            ),
+            Problem::KeyType(held) => {
+                write!(
+                    f,
+                    "the registry holds this keyed policy with keys of type {held}"
+                )
+            }
             Problem::Full { max } => {
                 write!(
                     f,

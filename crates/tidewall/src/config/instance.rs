@@ -6,8 +6,8 @@ use tidewall_core::breaker::Window;
 use tidewall_core::budget::RetryBudgetPolicy;
 
 use super::sections::{
-    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
-    RetryConfig,
+    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, KeysConfig,
+    RateLimitConfig, RetryConfig,
 };
 use super::{Invalid, Policies, Problem, Toggle};
 use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder};
@@ -119,6 +119,45 @@ impl<'a> Instance<'a> {
     /// The least time an attempt needs before the deadline (default zero).
     pub fn min_attempt_time(&self) -> Duration {
         self.scalar(|p| &p.min_attempt_time).unwrap_or_default()
+    }
+
+    /// Whether the instance or its base has a section (an empty one is enough); the
+    /// defaults only fill sections in.
+    pub(super) fn has(&self, section: fn(&Policies) -> bool) -> bool {
+        self.layers
+            .iter()
+            .any(|(path, p)| path != "defaults" && section(p))
+    }
+
+    /// Checks the call-wide keys (`deadline`, `attempt_timeout`, `min_attempt_time`) as a
+    /// pipeline's builder would, at the key path of the layer that sets each.
+    fn check_call_keys(&self) -> Result<(), Invalid> {
+        // Each key as the topmost layer that sets it says: `Some(None)` is set to `"off"`.
+        type Key = fn(&Policies) -> Option<Option<Duration>>;
+        let keys: [(&'static str, Key); 3] = [
+            ("deadline", |p| p.deadline.map(Toggle::on)),
+            ("attempt_timeout", |p| p.attempt_timeout.map(Toggle::on)),
+            ("min_attempt_time", |p| p.min_attempt_time.map(Some)),
+        ];
+        for (field, get) in keys {
+            let Some((path, Some(value))) = self
+                .layers
+                .iter()
+                .find_map(|(path, p)| Some((path, get(p)?)))
+            else {
+                continue;
+            };
+            let checked = if field == "min_attempt_time" {
+                // Zero means no minimum; past u64 nanoseconds no deadline could hold it.
+                u64::try_from(value.as_nanos())
+                    .map(drop)
+                    .map_err(|_| ConfigError::DurationOverflow { field })
+            } else {
+                crate::time::positive_duration(field, value)
+            };
+            checked.map_err(|e| Invalid::new(format!("{path}.{field}"), Problem::Rule(e)))?;
+        }
+        Ok(())
     }
 
     /// The section merged down the layers, and the path of the topmost layer that has it.
@@ -469,6 +508,31 @@ impl<'a> Instance<'a> {
             .map_err(|e| self.placed("budget", get, BudgetConfig::sets, &[], &at, e))
     }
 
+    /// The key table's settings (`max_keys`, `idle_ttl`) merged down the layers, each `None`
+    /// where no layer sets it (the keyed policy's own default holds).
+    ///
+    /// # Errors
+    ///
+    /// [`Invalid`] at `keys.max_keys` for zero, at `keys.idle_ttl` for one beyond `u64`
+    /// nanoseconds.
+    pub fn keys(&self) -> Result<KeysConfig, Invalid> {
+        let get: Get<KeysConfig> = |p| &p.keys;
+        let (keys, at) = self.section("keys", get, KeysConfig::over);
+        let path = |key: &str| self.key_path("keys", get, KeysConfig::sets, key, &at);
+        if keys.max_keys == Some(0) {
+            let zero = ConfigError::Zero { field: "max_keys" };
+            return Err(Invalid::new(path("max_keys"), Problem::Rule(zero)));
+        }
+        if keys
+            .idle_ttl
+            .is_some_and(|ttl| u64::try_from(ttl.as_nanos()).is_err())
+        {
+            let overflow = ConfigError::DurationOverflow { field: "idle_ttl" };
+            return Err(Invalid::new(path("idle_ttl"), Problem::Rule(overflow)));
+        }
+        Ok(keys)
+    }
+
     /// Checks every section some layer has. A section that `complete` requires (one the
     /// instance or its base has) must make a whole policy. Any other (one only the defaults
     /// have, or a layer checked alone: the defaults, a base) is checked for the values it
@@ -477,13 +541,7 @@ impl<'a> Instance<'a> {
     pub(super) fn check(&self, complete: bool) -> Result<(), Invalid> {
         let clock = Checking(Instant::now());
         let present = |section: fn(&Policies) -> bool| self.layers.iter().any(|(_, p)| section(p));
-        let required = |section: fn(&Policies) -> bool| {
-            complete
-                && self
-                    .layers
-                    .iter()
-                    .any(|(path, p)| path != "defaults" && section(p))
-        };
+        let required = |section: fn(&Policies) -> bool| complete && self.has(section);
         let settle = |section: fn(&Policies) -> bool, result: Result<(), Invalid>| match result {
             Err(e) if !required(section) && e.is_contradiction() => Ok(()),
             other => other,
@@ -495,6 +553,7 @@ impl<'a> Instance<'a> {
                 Absent::Neutral
             }
         };
+        self.check_call_keys()?;
         let breaker = |p: &Policies| p.breaker.is_some();
         if present(breaker) {
             settle(breaker, self.breaker_on(clock.clone()).map(drop))?;
@@ -518,6 +577,9 @@ impl<'a> Instance<'a> {
         let budget = |p: &Policies| p.budget.is_some();
         if present(budget) {
             settle(budget, self.retry_budget().map(drop))?;
+        }
+        if present(|p| p.keys.is_some()) {
+            self.keys()?;
         }
         Ok(())
     }

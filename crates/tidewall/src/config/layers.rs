@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::human::opt_duration;
-use super::sections::{BreakerConfig, BudgetConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
+use super::sections::{
+    BreakerConfig, BudgetConfig, BulkheadConfig, KeysConfig, RateLimitConfig, RetryConfig,
+};
 use super::{Instance, Invalid, Problem, Toggle, key};
 
 /// A whole configuration: `[defaults]`, `[configs.<name>]` and `[instances.<name>]`, each a
@@ -99,6 +101,9 @@ pub struct Policies {
     /// `[.breaker]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerConfig>,
+    /// `[.keys]`: the key table of keyed policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysConfig>,
 }
 
 impl Config {

@@ -102,7 +102,9 @@ fn key(name: &str) -> std::borrow::Cow<'_, str> {
 mod error;
 mod human;
 mod instance;
+mod keyed;
 mod layers;
+mod live;
 mod registry;
 mod sections;
 #[cfg(all(feature = "watch", feature = "toml"))]
@@ -111,11 +113,13 @@ mod watch;
 pub use error::{Invalid, Problem};
 pub use human::Toggle;
 pub use instance::Instance;
+pub use keyed::KeyedTable;
 pub use layers::{Config, Policies};
+pub use live::{ConfiguredPipeline, LivePipeline};
 pub use registry::{Registry, RegistryBuilder, Reload};
 pub use sections::{
-    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, RateLimitConfig,
-    RetryConfig,
+    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, KeysConfig,
+    RateLimitConfig, RetryConfig,
 };
 #[cfg(all(feature = "watch", feature = "toml"))]
 pub use watch::{ConfigWatch, watch_file_on};

@@ -1,8 +1,10 @@
 //! Named policy instances built from a configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::keyed::{Tables, retune};
+use super::live::{Cell, LivePipeline, stages_of};
 use super::{Config, Invalid, Problem, key};
 use crate::Name;
 use crate::breaker::CircuitBreaker;
@@ -11,6 +13,7 @@ use crate::bulkhead::Bulkhead;
 use crate::rate::RateLimiter;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Mutex, lock};
+use crate::telemetry::Listener;
 use std::sync::Arc;
 
 /// The policies of a configuration, by instance name: one circuit breaker, bulkhead, rate
@@ -68,6 +71,13 @@ pub struct Registry<R = DefaultRuntime> {
     bulkheads: Mutex<BTreeMap<Name, Bulkhead<R>>>,
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
     budgets: Mutex<BTreeMap<Name, RetryBudget>>,
+    /// Locked before any policy map: making a pipeline makes its policies.
+    pipelines: Mutex<BTreeMap<Name, Cell<R>>>,
+    pub(super) keyed_breakers: Tables,
+    pub(super) keyed_bulkheads: Tables,
+    pub(super) keyed_limiters: Tables,
+    /// Told of every event of every policy and pipeline the registry makes.
+    events: Option<Listener>,
     reloads: crate::telemetry::ReloadCounters,
 }
 
@@ -77,6 +87,7 @@ pub struct RegistryBuilder<R = DefaultRuntime> {
     config: Config,
     rt: R,
     max_instances: usize,
+    events: Option<Listener>,
 }
 
 impl Registry {
@@ -98,6 +109,7 @@ impl Registry {
             config,
             rt: DefaultRuntime::default(),
             max_instances: 10_000,
+            events: None,
         }
     }
 }
@@ -109,7 +121,43 @@ impl<R> RegistryBuilder<R> {
             config: self.config,
             rt,
             max_instances: self.max_instances,
+            events: self.events,
         }
+    }
+
+    /// Tells `listener` of every event of every policy and pipeline the registry makes (each
+    /// [`Event`](crate::telemetry::Event) names its policy and instance), as the builders'
+    /// own `on_event` would: on the thread the event happens on, so keep it short. Retry
+    /// budgets have no events.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tidewall::config::{Config, Registry};
+    /// use tidewall::telemetry::EventKind;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let registry = Registry::builder(Config::from_toml("[instances.db.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n")?)
+    ///     .on_event(move |event| {
+    ///         if let EventKind::Rejected(why) = event.kind {
+    ///             log.lock().unwrap().push(format!("{} {}: {why}", event.policy, event.name));
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let db = registry.bulkhead("db")?;
+    /// let _held = db.try_acquire()?;
+    /// assert!(db.try_acquire().is_err());
+    /// assert_eq!(seen.lock().unwrap().len(), 1, "{:?}", seen.lock().unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(Listener::new(listener));
+        self
     }
 
     /// The most policies of each kind the registry holds (default 10,000). Every declared
@@ -140,6 +188,11 @@ impl<R> RegistryBuilder<R> {
             bulkheads: Mutex::default(),
             limiters: Mutex::default(),
             budgets: Mutex::default(),
+            pipelines: Mutex::default(),
+            keyed_breakers: Mutex::default(),
+            keyed_bulkheads: Mutex::default(),
+            keyed_limiters: Mutex::default(),
+            events: self.events,
             reloads: crate::telemetry::ReloadCounters::new(),
         };
         registry.build_declared()?;
@@ -181,6 +234,9 @@ pub struct Reload {
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
+    /// [Pipelines](Registry::pipeline) made anew from the new configuration: their handles
+    /// run every call after the reload on it.
+    pub pipelines: usize,
     /// Policies of instances the new configuration declares that the registry did not hold.
     pub built: usize,
 }
@@ -188,7 +244,7 @@ pub struct Reload {
 impl<R: Clock> Registry<R> {
     /// The entry of `name` in `map`, made by `make` from the configuration in force if it is
     /// not there yet. A hit reads nothing else: the configuration is read only to make one.
-    fn held_or_made<T: Clone>(
+    pub(super) fn held_or_made<T: Clone>(
         &self,
         map: &Mutex<BTreeMap<Name, T>>,
         name: &str,
@@ -312,21 +368,37 @@ impl<R: Clock> Registry<R> {
         let _one_at_a_time = lock(&self.reloading);
         check(&config, self.max_instances)?;
         // Every map stays locked from planning to swapping the configuration, so no policy is
-        // created from the old configuration after its new settings were worked out.
+        // created from the old configuration after its new settings were worked out; the
+        // pipelines stay locked until they are made anew, so none is made from the old one.
+        let pipelines = lock(&self.pipelines);
         let breakers = lock(&self.breakers);
         let bulkheads = lock(&self.bulkheads);
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
-        // Every declared instance needs its place in each kind, next to the policies held.
-        let places = |held: usize, holds: &dyn Fn(&str) -> bool| {
-            let new = config.instances.keys().filter(|n| !holds(n)).count();
-            held.saturating_add(new)
+        let tables = [
+            lock(&self.keyed_breakers),
+            lock(&self.keyed_bulkheads),
+            lock(&self.keyed_limiters),
+        ];
+        let tables = tables.each_ref().map(|held| &**held);
+        // Each kind needs a place for every declared instance and for every pipeline that will
+        // have that stage, next to the policies it holds.
+        let stages = pipelines
+            .keys()
+            .map(|name| Ok((name.as_str(), stages_of(&config, name)?)))
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        let places = |held: usize, holds: &dyn Fn(&str) -> bool, stage: usize| {
+            let declared = config.instances.keys().map(String::as_str);
+            let staged = stages.iter().filter(|(_, has)| has[stage]).map(|(n, _)| *n);
+            let new: BTreeSet<&str> = declared.chain(staged).filter(|n| !holds(n)).collect();
+            held.saturating_add(new.len())
         };
+        // The stages in `stages_of`'s order: rate limit, bulkhead, budget, breaker.
         let needed = [
-            places(breakers.len(), &|n| breakers.contains_key(n)),
-            places(bulkheads.len(), &|n| bulkheads.contains_key(n)),
-            places(limiters.len(), &|n| limiters.contains_key(n)),
-            places(budgets.len(), &|n| budgets.contains_key(n)),
+            places(breakers.len(), &|n| breakers.contains_key(n), 3),
+            places(bulkheads.len(), &|n| bulkheads.contains_key(n), 1),
+            places(limiters.len(), &|n| limiters.contains_key(n), 0),
+            places(budgets.len(), &|n| budgets.contains_key(n), 2),
         ];
         if needed.into_iter().any(|n| n > self.max_instances) {
             let max = self.max_instances;
@@ -348,6 +420,7 @@ impl<R: Clock> Registry<R> {
             .iter()
             .map(|(name, budget)| Ok((budget, config.instance(name)?.retry_budget()?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
+        retune(&tables, &config, false)?;
 
         let mut reload = Reload::default();
         for (name, breaker, settings) in breaker_plans {
@@ -368,9 +441,24 @@ impl<R: Clock> Registry<R> {
             budget.reconfigure(policy);
             reload.retuned += 1;
         }
+        // Checked above; every table then retunes each of its keys.
+        let retuned = retune(&tables, &config, true);
+        debug_assert!(retuned.is_ok(), "a checked table was refused: {retuned:?}");
+        reload.retuned += tables.iter().map(|held| held.len()).sum::<usize>();
         *lock(&self.config) = Arc::new(config);
-        drop((breakers, bulkheads, limiters, budgets));
+        drop((breakers, bulkheads, limiters, budgets, tables));
         reload.built = self.build_declared()?;
+        let config = self.config();
+        for (name, cell) in pipelines.iter() {
+            // Checked above: its settings are valid and its policies have their places.
+            match self.configured(&config, name) {
+                Ok(pipeline) => {
+                    cell.replace(pipeline);
+                    reload.pipelines += 1;
+                }
+                Err(refused) => debug_assert!(false, "a checked pipeline was refused: {refused}"),
+            }
+        }
         Ok(reload)
     }
 
@@ -383,7 +471,10 @@ impl<R: Clock> Registry<R> {
     /// it: a name the file does not declare, say), or [`Problem::Full`].
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
         self.held_or_made(&self.breakers, name, |config| {
-            let builder = config.instance(name)?.breaker_on(self.rt.clone())?;
+            let mut builder = config.instance(name)?.breaker_on(self.rt.clone())?;
+            if let Some(listener) = self.listener() {
+                builder = builder.on_event(listener);
+            }
             builder.build().map_err(|e| {
                 Invalid::new(format!("instances.{}.breaker", key(name)), Problem::Rule(e))
             })
@@ -398,7 +489,10 @@ impl<R: Clock> Registry<R> {
     /// `max_concurrent`.
     pub fn bulkhead(&self, name: &str) -> Result<Bulkhead<R>, Invalid> {
         self.held_or_made(&self.bulkheads, name, |config| {
-            let builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
+            let mut builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
+            if let Some(listener) = self.listener() {
+                builder = builder.on_event(listener);
+            }
             builder.build().map_err(|e| {
                 Invalid::new(
                     format!("instances.{}.bulkhead", key(name)),
@@ -416,7 +510,10 @@ impl<R: Clock> Registry<R> {
     /// `period`.
     pub fn rate_limiter(&self, name: &str) -> Result<RateLimiter<R>, Invalid> {
         self.held_or_made(&self.limiters, name, |config| {
-            let builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
+            let mut builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
+            if let Some(listener) = self.listener() {
+                builder = builder.on_event(listener);
+            }
             builder.build().map_err(|e| {
                 Invalid::new(
                     format!("instances.{}.rate_limit", key(name)),
@@ -436,6 +533,40 @@ impl<R: Clock> Registry<R> {
             let policy = config.instance(name)?.retry_budget()?;
             Ok(RetryBudget::new(policy, self.rt.now()))
         })
+    }
+
+    /// The pipeline of `name`, made on first use from the configuration in force (see
+    /// [`LivePipeline`]): the registry's rate limiter, bulkhead, retry (with its budget) and
+    /// breaker of that name, each when the instance or its base has the section, under the
+    /// instance's `deadline`, `attempt_timeout` and `min_attempt_time`. Every handle follows
+    /// reloads. A name the file does not declare gets a pipeline of no stages, bounded by the
+    /// defaults' deadline and attempt timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`breaker`](Self::breaker) for each stage's policy, or [`Problem::Full`] when the
+    /// registry holds [`max_instances`](RegistryBuilder::max_instances) pipelines.
+    pub fn pipeline(&self, name: &str) -> Result<LivePipeline<R>, Invalid> {
+        let cell = self.held_or_made(&self.pipelines, name, |config| {
+            Ok(Cell::new(self.configured(config, name)?))
+        })?;
+        Ok(cell.handle())
+    }
+
+    /// Every pipeline got so far, by name.
+    pub fn pipelines(&self) -> Vec<(Name, LivePipeline<R>)> {
+        lock(&self.pipelines)
+            .iter()
+            .map(|(name, cell)| (name.clone(), cell.handle()))
+            .collect()
+    }
+
+    /// The registry's listener, as a builder's `on_event` takes it.
+    pub(super) fn listener(
+        &self,
+    ) -> Option<impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static> {
+        let listener = self.events.clone()?;
+        Some(move |event: &crate::telemetry::Event<'_>| listener.forward(event))
     }
 
     /// Every circuit breaker so far, by name.

@@ -233,6 +233,36 @@ section! {
     }
 }
 
+section! {
+    /// `[<layer>.keys]`: the key table of the instance's keyed policies (see
+    /// [`Registry::keyed_breaker`](super::Registry::keyed_breaker) and its siblings). Both are
+    /// fixed when a table is made: a reload that changes them for a table the registry holds
+    /// is refused ([`Problem::Fixed`](super::Problem::Fixed)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.hosts.keys]
+    ///     max_keys = 1000
+    ///     idle_ttl = "5m"
+    /// "#)?;
+    /// let keys = config.instances["hosts"].keys.as_ref().unwrap();
+    /// assert_eq!((keys.max_keys, keys.idle_ttl), (Some(1000), Some(Duration::from_secs(300))));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct KeysConfig {
+        /// The most keys a table holds (not zero; default 10,000 for breakers and bulkheads,
+        /// 100,000 for rate limiters).
+        max_keys: usize,
+        /// How long a keyed breaker keeps a closed key with failures in its window after its
+        /// last call (default 60 s).
+        #[serde(with = "opt_duration")]
+        idle_ttl: Duration,
+    }
+}
+
 /// The shape of a retry schedule (see [`Backoff`](crate::Backoff)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

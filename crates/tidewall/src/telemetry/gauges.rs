@@ -26,6 +26,12 @@ pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
         metrics::gauge!("tidewall_rate_limit_available", "name" => name.label())
             .set(f64::from(limiter.available()));
     }
+    for table in registry.keyed_tables() {
+        metrics::gauge!("tidewall_keyed_keys", "policy" => table.policy, "name" => table.name.label())
+            .set(table.keys as f64);
+        metrics::gauge!("tidewall_keyed_max_keys", "policy" => table.policy, "name" => table.name.label())
+            .set(table.max_keys as f64);
+    }
     let now = registry.runtime().now();
     for (name, budget) in registry.retry_budgets() {
         metrics::gauge!("tidewall_retry_budget_balance", "name" => name.label())

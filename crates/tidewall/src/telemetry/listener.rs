@@ -110,6 +110,11 @@ impl Listener {
     pub(crate) fn tell(&self, policy: &'static str, name: &str, kind: EventKind<'_>) {
         (self.0)(&Event { policy, name, kind });
     }
+
+    /// Passes on an event told to another listener.
+    pub(crate) fn forward(&self, event: &Event<'_>) {
+        (self.0)(event);
+    }
 }
 
 impl std::fmt::Debug for Listener {
