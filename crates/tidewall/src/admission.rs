@@ -172,6 +172,9 @@ impl<R: Clock> Admission for Bulkhead<R> {
 /// A stage that never waits: it admits at once or refuses with its own reason and hint, as
 /// under [`Wait::No`], however long the caller would wait. For a pipeline or a service that
 /// must shed load at once (answer 429 with `Retry-After`) rather than queue for the limiter.
+/// It wraps any stage (one kept in Redis too); a [`RateLimiter`]'s own
+/// [`max_wait`](crate::rate::RateLimiterBuilder::max_wait) of zero says the same in its
+/// settings, where a configuration file can set it.
 ///
 /// ```
 /// use std::time::Duration;

@@ -403,6 +403,9 @@ impl<'a> Instance<'a> {
         if let Some(jitter) = s.jitter {
             b = b.jitter(jitter);
         }
+        if let Some(wait) = s.max_wait {
+            b = b.max_wait(wait.on());
+        }
         checked(|| b.clone().runtime(Checking(Instant::now())).build())
             .map_err(|e| self.placed("rate_limit", get, RateLimitConfig::sets, &[], &at, e))?;
         Ok(b.runtime(rt))

@@ -156,6 +156,9 @@ section! {
         /// The most random delay added to each wait (default: one emission interval).
         #[serde(with = "opt_duration")]
         jitter: Duration,
+        /// The longest a caller waits for a cell, or `"off"` (the default: as long as the
+        /// call's deadline allows); `"0s"` refuses at once with `retry_after`.
+        max_wait: Toggle<Duration>,
     }
 }
 

@@ -6,7 +6,7 @@ use tidewall_core::gcra::{Denied, Gcra};
 
 use super::clock::LimiterClock;
 use super::until_ready::UntilReady;
-use super::wait::Waiting;
+use super::wait::{NO_MAX_WAIT, Waiting};
 use crate::admission::Wait;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering::Relaxed, Tuning, lock};
@@ -52,6 +52,8 @@ struct Direct<R> {
     rt: R,
     /// In nanoseconds.
     jitter: AtomicU64,
+    /// In nanoseconds, [`NO_MAX_WAIT`] for none.
+    max_wait: AtomicU64,
     /// Serializes `reconfigure`.
     retune: Mutex<()>,
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
@@ -86,6 +88,7 @@ pub struct RateLimiterBuilder<R = DefaultRuntime> {
     pub(super) period: Duration,
     pub(super) burst: Option<u32>,
     pub(super) jitter: Option<Duration>,
+    pub(super) max_wait: Option<Duration>,
     pub(super) seed: Option<u64>,
     pub(super) rt: R,
     pub(super) name: crate::Name,
@@ -100,6 +103,7 @@ impl RateLimiter {
             period,
             burst: None,
             jitter: None,
+            max_wait: None,
             seed: None,
             rt: DefaultRuntime::default(),
             name: crate::Name::from_static("rate"),
@@ -119,6 +123,38 @@ impl<R> RateLimiterBuilder<R> {
     /// interval). Zero disables it; more than `u64::MAX` nanoseconds is refused by `build`.
     pub fn jitter(mut self, jitter: Duration) -> Self {
         self.jitter = Some(jitter);
+        self
+    }
+
+    /// The longest a caller waits for cells ([`until_ready`](RateLimiter::until_ready) and its
+    /// siblings, a [pipeline](crate::pipeline)'s or a tower layer's wait, a keyed limiter's
+    /// wait for its key), counted from the first refusal: a wait that would end later is
+    /// refused at once with [`Rejected::RateLimited`] and its `retry_after`, as
+    /// [`check`](RateLimiter::check) refuses, rather than waiting. `Duration::ZERO` never waits
+    /// (to answer 429 with `Retry-After` rather than queue); `None` (the default) waits as
+    /// long as the caller's deadline allows. More than `u64::MAX` nanoseconds is refused by
+    /// `build`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::Rejected;
+    /// use tidewall::rate::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let limiter = RateLimiter::builder(1, Duration::from_secs(1))
+    ///     .max_wait(Duration::from_millis(500))
+    ///     .jitter(Duration::ZERO)
+    ///     .build()?;
+    /// limiter.until_ready().await?;
+    /// // The next cell is 1 s away, past the 500 ms this limiter waits.
+    /// assert_eq!(limiter.until_ready().await, Err(Rejected::RateLimited { retry_after: Duration::from_secs(1) }));
+    /// tokio::time::advance(Duration::from_millis(600)).await;
+    /// limiter.until_ready().await?; // 400 ms away: waited out
+    /// # Ok(()) }
+    /// ```
+    pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
+        self.max_wait = wait.into();
         self
     }
 
@@ -173,6 +209,7 @@ impl<R> RateLimiterBuilder<R> {
             period: self.period,
             burst: self.burst,
             jitter: self.jitter,
+            max_wait: self.max_wait,
             seed: self.seed,
             rt,
             name: self.name,
@@ -180,16 +217,22 @@ impl<R> RateLimiterBuilder<R> {
         }
     }
 
-    pub(super) fn gcra(&self) -> Result<(Gcra, Duration), ConfigError> {
+    /// The validated limit and waits: the limit, the jitter and `max_wait` in nanoseconds
+    /// ([`NO_MAX_WAIT`] for none).
+    pub(super) fn checked(&self) -> Result<(Gcra, u64, u64), ConfigError> {
         let gcra = Gcra::new(self.count, self.period, self.burst.unwrap_or(self.count))?;
-        let jitter = match self.jitter {
-            Some(jitter) if u64::try_from(jitter.as_nanos()).is_err() => {
-                return Err(ConfigError::DurationOverflow { field: "jitter" });
-            }
-            Some(jitter) => jitter,
-            None => Duration::from_nanos(gcra.interval_nanos()),
+        let in_nanos = |d: Duration, field| {
+            u64::try_from(d.as_nanos()).map_err(|_| ConfigError::DurationOverflow { field })
         };
-        Ok((gcra, jitter))
+        let jitter = match self.jitter {
+            Some(jitter) => in_nanos(jitter, "jitter")?,
+            None => gcra.interval_nanos(),
+        };
+        let max_wait = match self.max_wait {
+            Some(wait) => in_nanos(wait, "max_wait")?.min(NO_MAX_WAIT - 1),
+            None => NO_MAX_WAIT,
+        };
+        Ok((gcra, jitter, max_wait))
     }
 
     /// Builds a limit per key instead, each with these settings: see
@@ -233,20 +276,21 @@ impl<R> RateLimiterBuilder<R> {
     ///
     /// Zero count, period or burst; a `period / count` under one nanosecond or more than
     /// 0.1 % above a whole number of them ([`ConfigError::OutOfRange`]); a period, two
-    /// intervals, a `(burst + 1) × interval` or a jitter beyond `u64::MAX` nanoseconds
-    /// ([`ConfigError::DurationOverflow`]).
+    /// intervals, a `(burst + 1) × interval`, a jitter or a `max_wait` beyond `u64::MAX`
+    /// nanoseconds ([`ConfigError::DurationOverflow`]).
     pub fn build(self) -> Result<RateLimiter<R>, ConfigError>
     where
         R: Clock,
     {
-        let (gcra, jitter) = self.gcra()?;
+        let (gcra, jitter, max_wait) = self.checked()?;
         Ok(RateLimiter {
             shared: Arc::new(Direct {
                 limit: Tuning::new(gcra.to_words()),
                 tat: AtomicU64::new(0),
                 clock: LimiterClock::new(&self.rt),
                 rt: self.rt,
-                jitter: AtomicU64::new(nanos(jitter)),
+                jitter: AtomicU64::new(jitter),
+                max_wait: AtomicU64::new(max_wait),
                 retune: Mutex::new(()),
                 next_seed: AtomicU64::new(self.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 rejections: crate::telemetry::PolicyTelemetry::new("rate", &self.name, &REFUSALS)
@@ -360,8 +404,9 @@ impl<R: Clock> RateLimiter<R> {
     /// [`Admission`](crate::admission::Admission).
     pub(crate) fn until_ready_within(&self, cells: u32, wait: Wait) -> UntilReady<R> {
         let seed = self.shared.next_seed.fetch_add(1, Relaxed);
-        let jitter = Duration::from_nanos(self.shared.jitter.load(Relaxed));
-        let waiting = Waiting::new(self.shared.rt.clone(), wait, jitter, seed);
+        let shared = &*self.shared;
+        let (jitter, max_wait) = (shared.jitter.load(Relaxed), shared.max_wait.load(Relaxed));
+        let waiting = Waiting::new(shared.rt.clone(), wait, jitter, max_wait, seed);
         UntilReady::new(self.clone(), cells, waiting)
     }
 
@@ -411,9 +456,9 @@ impl<R: Clock> RateLimiter<R> {
         Gcra::from_words(self.shared.limit.read())
     }
 
-    /// Applies `settings` (count, period, burst, jitter) to this limiter in place, validated
-    /// as [`build`](RateLimiterBuilder::build) validates them; on an error nothing changes.
-    /// Its name, seed and runtime are not changed.
+    /// Applies `settings` (count, period, burst, jitter, `max_wait`) to this limiter in place,
+    /// validated as [`build`](RateLimiterBuilder::build) validates them; on an error nothing
+    /// changes. Its name, seed and runtime are not changed.
     ///
     /// The cells already admitted stay admitted, as that many cells under the new limit: the
     /// time they take to pay off (GCRA's TAT, less now) is rescaled to the new rate, so a
@@ -440,11 +485,12 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// As [`RateLimiterBuilder::build`].
     pub fn reconfigure<R2>(&self, settings: RateLimiterBuilder<R2>) -> Result<(), ConfigError> {
-        let (gcra, jitter) = settings.gcra()?;
+        let (gcra, jitter, max_wait) = settings.checked()?;
         let shared = &*self.shared;
         let _one_at_a_time = lock(&shared.retune);
         let old = self.gcra();
-        shared.jitter.store(nanos(jitter), Relaxed);
+        shared.jitter.store(jitter, Relaxed);
+        shared.max_wait.store(max_wait, Relaxed);
         // The cells admitted and not yet paid off stay that many cells: the time they take
         // to pay off is rescaled from the old interval to the new one, while the new limit
         // is written, so that no decision pairs one limit with the other's state.
@@ -492,8 +538,4 @@ pub(super) fn rescaled(tat: u64, now: u64, old: &Gcra, new: &Gcra) -> u64 {
     let owed = u128::from(tat.saturating_sub(now)) * u128::from(new.interval_nanos())
         / u128::from(old.interval_nanos());
     now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX))
-}
-
-pub(super) fn nanos(jitter: Duration) -> u64 {
-    u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -67,6 +67,8 @@ struct Keyed<K, R> {
     rt: R,
     /// Nanoseconds.
     jitter: AtomicU64,
+    /// Nanoseconds, `NO_MAX_WAIT` for none.
+    max_wait: AtomicU64,
     // Each wait draws its jitter from the next seed; the first is random, so limiters built
     // alike do not wake their waiters in lockstep.
     next_seed: AtomicU64,
@@ -141,6 +143,14 @@ impl<R> KeyedRateLimiterBuilder<R> {
         self
     }
 
+    /// The longest a caller waits for its key's cell, as
+    /// [`RateLimiterBuilder::max_wait`] says (default `None`: as long as the caller's
+    /// deadline allows).
+    pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
+        self.rate = self.rate.max_wait(wait);
+        self
+    }
+
     /// A name for metric labels.
     pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
         self.rate = self.rate.name(name);
@@ -171,7 +181,7 @@ impl<R> KeyedRateLimiterBuilder<R> {
     where
         R: Clock,
     {
-        let (gcra, jitter) = self.rate.gcra()?;
+        let (gcra, jitter, max_wait) = self.rate.checked()?;
         let keys = KeyedMap::new(self.max_keys)?;
         let rate = self.rate;
         Ok(KeyedRateLimiter {
@@ -180,7 +190,8 @@ impl<R> KeyedRateLimiterBuilder<R> {
                 keys,
                 clock: LimiterClock::new(&rate.rt),
                 rt: rate.rt,
-                jitter: AtomicU64::new(super::direct::nanos(jitter)),
+                jitter: AtomicU64::new(jitter),
+                max_wait: AtomicU64::new(max_wait),
                 next_seed: AtomicU64::new(rate.seed.unwrap_or_else(crate::seed::fresh_seed)),
                 rejections: crate::telemetry::PolicyTelemetry::new(
                     "keyed_rate",
@@ -272,7 +283,8 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         let waiting = Waiting::new(
             self.shared.rt.clone(),
             Wait::Until(deadline),
-            Duration::from_nanos(self.shared.jitter.load(Relaxed)),
+            self.shared.jitter.load(Relaxed),
+            self.shared.max_wait.load(Relaxed),
             seed,
         );
         async move {
@@ -313,10 +325,10 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         self.shared.limit_whole()
     }
 
-    /// Applies `settings` (count, period, burst, jitter) to every key in place, validated as
-    /// [`build`](KeyedRateLimiterBuilder::build) validates them; on an error nothing changes.
-    /// Its name, `max_keys`, seed and runtime are not changed (the table's bound is fixed at
-    /// build).
+    /// Applies `settings` (count, period, burst, jitter, `max_wait`) to every key in place,
+    /// validated as [`build`](KeyedRateLimiterBuilder::build) validates them; on an error
+    /// nothing changes. Its name, `max_keys`, seed and runtime are not changed (the table's
+    /// bound is fixed at build).
     ///
     /// As [`RateLimiter::reconfigure`](super::RateLimiter::reconfigure) does for its one
     /// limit, each key keeps the cells it was admitted, as that many cells under the new
@@ -343,9 +355,10 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     ///
     /// As [`RateLimiterBuilder::build`].
     pub fn reconfigure<R2>(&self, settings: RateLimiterBuilder<R2>) -> Result<(), ConfigError> {
-        let (new, jitter) = settings.gcra()?;
+        let (new, jitter, max_wait) = settings.checked()?;
         let shared = &*self.shared;
-        shared.jitter.store(super::direct::nanos(jitter), Relaxed);
+        shared.jitter.store(jitter, Relaxed);
+        shared.max_wait.store(max_wait, Relaxed);
         shared.keys.all_at_once(
             || {
                 let (old, now) = (shared.limit(), shared.clock.nanos(&shared.rt));
