@@ -23,12 +23,8 @@ use axum::routing;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
-use tidewall::admission::NoWait;
-use tidewall::breaker::{CircuitBreaker, State as BreakerState};
-use tidewall::bulkhead::Bulkhead;
-use tidewall::config::{Registry, watch_file_on};
-use tidewall::pipeline::{Pipeline, RetryStage};
-use tidewall::rate::RateLimiter;
+use tidewall::breaker::State as BreakerState;
+use tidewall::config::{LivePipeline, Registry, watch_file_on};
 use tidewall::rt::{Clock, Tokio};
 use tidewall::{Error, Rejected, RetryAfter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,16 +47,6 @@ pub(crate) const FAILING: &str = "FAIL";
 
 /// How long the watcher waits after a change for the writes that follow it.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-
-/// The quotes pipeline: rate limit, bulkhead, retry with a budget, breaker.
-///
-/// Its rate limit refuses at once ([`NoWait`]): a pipeline waits for its limiter within the
-/// deadline, and a limit of 5 an hour would make a caller wait 12 minutes. The service
-/// answers 429 with `Retry-After` instead.
-type Quotes = Pipeline<Tokio, NoWait<RateLimiter>, Bulkhead, RetryStage, CircuitBreaker>;
-
-/// The flaky pipeline: the same without a rate limit.
-type Flaky = Pipeline<Tokio, (), Bulkhead, RetryStage, CircuitBreaker>;
 
 /// The upstream's error.
 #[derive(Debug)]
@@ -91,8 +77,8 @@ async fn upstream(symbol: &str) -> Result<f64, UpstreamError> {
 /// pipelines and its metrics.
 pub(crate) struct App {
     registry: Arc<Registry>,
-    quotes: Quotes,
-    flaky: Flaky,
+    quotes: LivePipeline,
+    flaky: LivePipeline,
     metrics: PrometheusHandle,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -103,48 +89,14 @@ impl App {
     /// runtime, after installing the recorder `metrics` belongs to: policies register their
     /// metrics when they are built.
     ///
-    /// The policies follow every valid change of the file in place. The pipelines' deadline,
-    /// attempt timeout and retry schedule are read once, here.
+    /// The pipelines follow every valid change of the file: their policies in place, their
+    /// deadline, attempt timeout and retry schedule for the calls after the reload.
     pub(crate) fn new(path: impl AsRef<Path>, metrics: PrometheusHandle) -> Result<Self, BoxError> {
         let path = path.as_ref();
         let config = tidewall::config::Config::from_toml(&std::fs::read_to_string(path)?)?;
         let registry = Arc::new(Registry::new(config)?);
-        let config = registry.config();
-
-        let quotes = config.instance(QUOTES)?;
-        let mut builder = Pipeline::builder()
-            .name(QUOTES)
-            .rate_limit(NoWait(registry.rate_limiter(QUOTES)?))
-            .bulkhead(registry.bulkhead(QUOTES)?)
-            .retry(quotes.backoff()?)
-            .retry_budget(registry.retry_budget(QUOTES)?)
-            .max_retry_after(quotes.max_retry_after())
-            .breaker(registry.breaker(QUOTES)?)
-            .min_attempt_time(quotes.min_attempt_time());
-        if let Some(deadline) = quotes.deadline() {
-            builder = builder.deadline(deadline);
-        }
-        if let Some(timeout) = quotes.attempt_timeout() {
-            builder = builder.attempt_timeout(timeout);
-        }
-        let quotes = builder.build()?;
-
-        let flaky = config.instance(FLAKY)?;
-        let mut builder = Pipeline::builder()
-            .name(FLAKY)
-            .bulkhead(registry.bulkhead(FLAKY)?)
-            .retry(flaky.backoff()?)
-            .retry_budget(registry.retry_budget(FLAKY)?)
-            .max_retry_after(flaky.max_retry_after())
-            .breaker(registry.breaker(FLAKY)?)
-            .min_attempt_time(flaky.min_attempt_time());
-        if let Some(deadline) = flaky.deadline() {
-            builder = builder.deadline(deadline);
-        }
-        if let Some(timeout) = flaky.attempt_timeout() {
-            builder = builder.attempt_timeout(timeout);
-        }
-        let flaky = builder.build()?;
+        let quotes = registry.pipeline(QUOTES)?;
+        let flaky = registry.pipeline(FLAKY)?;
 
         let mut reloads = watch_file_on(&Tokio, Arc::clone(&registry), path, DEBOUNCE)?;
         let shown = path.display().to_string();
@@ -152,8 +104,8 @@ impl App {
             while let Some(outcome) = reloads.next().await {
                 match outcome {
                     Ok(reload) => eprintln!(
-                        "config_service: {shown} reloaded ({} policies retuned, {} built)",
-                        reload.retuned, reload.built
+                        "config_service: {shown} reloaded ({} policies retuned, {} built, {} pipelines)",
+                        reload.retuned, reload.built, reload.pipelines
                     ),
                     Err(refused) => eprintln!(
                         "config_service: {shown} refused, the configuration in force stays: {refused}"

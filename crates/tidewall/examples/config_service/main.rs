@@ -1,7 +1,7 @@
 //! A small quote service whose resilience policies come from a TOML file it watches.
 //!
-//! It shows a config `Registry` built from `tidewall.toml`, pipelines built from the
-//! registry's policies, Prometheus metrics, a health page, and a live reload of the file.
+//! It shows a config `Registry` built from `tidewall.toml`, the registry's pipelines,
+//! Prometheus metrics, a health page, and a live reload of the file.
 //!
 //! Routes:
 //!
@@ -16,10 +16,10 @@
 //! * `GET /health`: JSON with each policy's state. 200 "up", or 503 "degraded" while a
 //!   breaker is open.
 //!
-//! The limit is 5 quotes an hour, all 5 at once. The pipeline's rate-limit stage refuses at
-//! once (`tidewall::admission::NoWait`): a pipeline would otherwise wait for the limiter.
-//! The policies follow every valid change of the file. The pipelines' deadline, attempt
-//! timeout and retry schedule are read once, at start.
+//! The limit is 5 quotes an hour, all 5 at once, and its `max_wait = "0s"` refuses at once:
+//! a pipeline would otherwise wait for the limiter within its deadline. The pipelines follow
+//! every valid change of the file: their policies in place, and their deadline, attempt
+//! timeout and retry schedule for the calls after the reload.
 //!
 //! By default it runs a short demo on a free port, prints what it does, and exits. It works
 //! on a copy of `tidewall.toml` in a temporary directory. It sends 8 quotes (5 pass, 3 are
