@@ -1,6 +1,7 @@
 //! Fuzzes reading a configuration file: any text gives a configuration or an error with a
-//! message, never a panic. A configuration that is read builds a registry (validation and
-//! building agree), and prints back to text that reads as the same configuration.
+//! message, never a panic. A configuration that is read builds a registry and its pipelines
+//! (validation and building agree), reloads onto itself, and prints back to text that reads
+//! as the same configuration.
 //!
 //! Run from `fuzz/`:
 //! `cargo fuzz run --sanitizer none config corpus/config seeds/config -- -dict=dicts/config.dict -max_total_time=60`
@@ -30,11 +31,21 @@ fuzz_target!(|text: &str| {
     let _ = registry.bulkhead("undeclared");
     let _ = registry.rate_limiter("undeclared");
     let _ = registry.retry_budget("undeclared");
+    let _ = registry.pipeline("undeclared");
     for name in config.instances.keys() {
         let instance = config.instance(name).expect("validated: every base exists");
         let _ = instance.backoff();
         let _ = (instance.deadline(), instance.attempt_timeout(), instance.max_retry_after());
+        // A declared instance's pipeline and keyed tables build from what validation passed.
+        registry.pipeline(name).expect("a validated instance's pipeline builds");
+        let _ = registry.keyed_breaker::<u64>(name);
+        let _ = registry.keyed_bulkhead::<u64>(name);
+        let _ = registry.keyed_rate_limiter::<u64>(name);
     }
+    // Reloading the configuration in force changes nothing that could be refused.
+    registry
+        .reload(config.clone())
+        .expect("the configuration in force reloads");
     let printed = toml::to_string(&config).expect("a read configuration prints");
     assert_eq!(Config::from_toml(&printed).expect("and reads back"), config);
 });

@@ -1,12 +1,11 @@
-//! The tour's configuration section: a pipeline on a registry's bulkhead, raised by a reload
-//! while calls queue behind it. The held permits stay held, the queue is served at once, and
-//! every call is answered.
+//! The tour's configuration section: a registry's pipeline, its bulkhead raised and its
+//! deadline lengthened by a reload while calls queue behind it. The held permits stay held,
+//! the queue is served at once, the pipeline is made anew, and every call is answered.
 
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tidewall::config::{Config, Registry};
-use tidewall::pipeline::Pipeline;
 
 use super::client::{Client, Net, since};
 use super::report::{Section, ms};
@@ -25,11 +24,14 @@ pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Secti
     vec![reload_mid_traffic(&rt, server, size).await]
 }
 
-/// The configuration with the bulkhead at `max_concurrent`: a queue long enough for every
-/// call, a wait long enough for the slowest.
-fn config(max_concurrent: usize) -> Config {
+/// The configuration with the bulkhead at `max_concurrent` and the pipeline's deadline at
+/// `deadline_s` seconds: a queue long enough for every call, a wait long enough for the
+/// slowest.
+fn config(max_concurrent: usize, deadline_s: u32) -> Config {
     let text = format!(
-        "[instances.{INSTANCE}.bulkhead]\n\
+        "[instances.{INSTANCE}]\n\
+         deadline = \"{deadline_s}s\"\n\
+         [instances.{INSTANCE}.bulkhead]\n\
          max_concurrent = {max_concurrent}\n\
          max_queue = 1000\n\
          max_wait = \"60s\"\n"
@@ -41,20 +43,15 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
     let calls = if size == Size::Quick { 40 } else { 120 };
     let mut s = Section::new(
         "config: a reload in the middle of traffic",
-        "Registry::reload(config) while a pipeline's calls queue on its bulkhead",
+        "Registry::reload(config) while the registry's pipeline queues calls on its bulkhead",
     );
     settle(rt, server).await;
-    let registry = Registry::builder(config(BEFORE))
+    let registry = Registry::builder(config(BEFORE, 60))
         .runtime(rt.clone())
         .build()
         .expect("a valid registry");
     let bulkhead = registry.bulkhead(INSTANCE).expect("a declared bulkhead");
-    let pipeline = Pipeline::builder()
-        .runtime(rt.clone())
-        .name(INSTANCE)
-        .bulkhead(bulkhead.clone())
-        .build()
-        .expect("a valid pipeline");
+    let pipeline = registry.pipeline(INSTANCE).expect("a declared pipeline");
     let client = Client::new(rt.clone(), server.addr);
     let before = server.stats.requests();
     server.stats.reset_peak();
@@ -74,7 +71,7 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
         let reached_at = since(rt, start);
         server.stats.reset_peak();
         let asked = Instant::now();
-        let reload = registry.reload(config(AFTER));
+        let reload = registry.reload(config(AFTER, 120));
         let took = asked.elapsed();
         (reload, took, peak_before, held, done_before, reached_at)
     };
@@ -83,12 +80,13 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
     let elapsed = since(rt, start);
     let peak_after = server.stats.peak_in_flight();
     let answered = answered.iter().filter(|ok| **ok).count();
-    let retuned = reload.as_ref().map_or(0, |r| r.retuned);
+    let (retuned, remade) = reload.as_ref().map_or((0, 0), |r| (r.retuned, r.pipelines));
     let after = calls - done_before;
     let rate =
         |n: usize, d: Duration| format!("{:.0} calls/s", n as f64 / d.as_secs_f64().max(1e-9));
     s.metric("calls (all at once, 20 ms each at the server)", calls)
         .metric("bulkhead", format!("{BEFORE} → {AFTER} by a reload"))
+        .metric("pipeline deadline", "60 s → 120 s by the same reload")
         .metric(
             "reload applied after",
             format!("{done_before} calls, {}", ms(reached_at)),
@@ -106,8 +104,8 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
         )
         .metric("answered", format!("{answered} of {calls}"));
     s.check(
-        "the reload was applied, retuning the bulkhead",
-        reload.is_ok() && retuned == 1,
+        "the reload was applied, retuning the bulkhead and making the pipeline anew",
+        reload.is_ok() && retuned == 1 && remade == 1,
     );
     s.check(
         "every call was answered: none lost, none refused",
