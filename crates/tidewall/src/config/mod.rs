@@ -82,8 +82,12 @@
 //! configuration in force.
 //!
 //! A [`Registry`] builds the policies of a configuration once and hands out shared handles by
-//! name; [`Config::instance`] gives one instance's builders, to add what a file cannot say (a
-//! state-change listener, a classifier) before building.
+//! name: breakers, bulkheads, rate limiters and retry budgets; an instance's whole pipeline
+//! ([`Registry::pipeline`], a [`LivePipeline`]); and keyed tables, a policy per key
+//! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`). A
+//! [reload](Registry::reload) reaches all of them. [`Config::instance`] gives one instance's
+//! builders, to add what a file cannot say (a state-change listener, a classifier) before
+//! building.
 
 /// A name as a key path writes it: bare when TOML would write it bare, quoted otherwise
 /// (`instances."api.v2".breaker`), so a path reads back unambiguously.
