@@ -201,3 +201,55 @@ async fn concurrent_calls_draw_their_own_jitter<R: Runtime>(rt: Clocked<R>) {
 fn concurrent_calls_draw_their_own_jitter_on_every_runtime() {
     on_every_runtime!(concurrent_calls_draw_their_own_jitter);
 }
+
+/// Stages chosen at run time: `Some` runs the stage, `None` admits and gates nothing, and
+/// both are one pipeline type.
+#[tokio::test(start_paused = true)]
+async fn optional_stages_run_when_some_and_admit_everything_when_none() {
+    fn build(
+        with: bool,
+    ) -> Pipeline<
+        tidewall::rt::Tokio,
+        Option<RateLimiter>,
+        Option<Bulkhead>,
+        (),
+        Option<CircuitBreaker>,
+    > {
+        let limiter = RateLimiter::builder(1, Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let bulkhead = Bulkhead::builder(1).build().unwrap();
+        let breaker = CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .build()
+            .unwrap();
+        Pipeline::builder()
+            .deadline(ms(10))
+            .rate_limit(with.then_some(limiter))
+            .bulkhead(with.then_some(bulkhead))
+            .breaker(with.then_some(breaker))
+            .build()
+            .unwrap()
+    }
+    let some = build(true);
+    assert_eq!(
+        some.call(|| async { Err::<(), _>("down") }).await,
+        Err(Error::Inner("down"))
+    );
+    // The limiter's next cell is a minute away, past the 10 ms deadline.
+    let refused = some.call(|| async { Ok::<_, &str>(()) }).await;
+    assert_eq!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+
+    let none = build(false);
+    for _ in 0..3 {
+        assert_eq!(
+            none.call(|| async { Err::<(), _>("down") }).await,
+            Err(Error::Inner("down"))
+        );
+    }
+    assert_eq!(
+        none.call(|| async { Ok::<_, &str>(7) }).await,
+        Ok(7),
+        "no breaker opened"
+    );
+}

@@ -6,9 +6,8 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
-use super::stages::{Retries, RetryStage};
+use super::stages::{Gate, Retries, RetryStage};
 use crate::admission::Admission;
-use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
 use crate::classify::{DefaultClassifier, Hinted, WithRetryAfter};
 use crate::retry::engine::RetryRules;
@@ -304,12 +303,10 @@ impl<R, L, B, K> PipelineBuilder<R, L, B, RetryStage, (), K> {
 }
 
 impl<R: Clock, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
-    /// Gates every attempt with `breaker`; the [classifier](Self::classify) decides how each
-    /// result counts.
-    pub fn breaker(
-        self,
-        breaker: CircuitBreaker<R>,
-    ) -> PipelineBuilder<R, L, B, T, CircuitBreaker<R>, K> {
+    /// Gates every attempt with `breaker`: a [`CircuitBreaker`](crate::breaker::CircuitBreaker),
+    /// or an `Option` of one chosen at run time (`None` gates nothing). The
+    /// [classifier](Self::classify) decides how each result counts.
+    pub fn breaker<G: Gate>(self, breaker: G) -> PipelineBuilder<R, L, B, T, G, K> {
         PipelineBuilder {
             rt: self.rt,
             budget: self.budget,
