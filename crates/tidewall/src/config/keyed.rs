@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Config, Invalid, Problem, Registry, key};
+use super::{Config, Instance, Invalid, KeysConfig, Problem, Registry, key};
 use crate::breaker::KeyedCircuitBreaker;
 use crate::bulkhead::KeyedBulkhead;
 use crate::rate::KeyedRateLimiter;
@@ -50,7 +50,6 @@ pub struct KeyedTable {
 
 /// Refuses a change of a table's bound.
 fn same<T: PartialEq>(
-    config: &Config,
     name: &str,
     key_name: &str,
     held: T,
@@ -60,12 +59,8 @@ fn same<T: PartialEq>(
     if wanted.unwrap_or(default) == held {
         return Ok(());
     }
-    let at = config.instances.get(name).map_or_else(
-        || "defaults".to_owned(),
-        |_| format!("instances.{}", key(name)),
-    );
     Err(Invalid::new(
-        format!("{at}.keys.{key_name}"),
+        format!("instances.{}.keys.{key_name}", key(name)),
         Problem::Fixed,
     ))
 }
@@ -78,179 +73,175 @@ fn placed(name: &str, section: &str, error: ConfigError) -> Invalid {
     )
 }
 
-const BREAKER_KEYS: usize = 10_000;
-const BULKHEAD_KEYS: usize = 10_000;
-const RATE_KEYS: usize = 100_000;
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
-impl<K, R> Table for KeyedCircuitBreaker<K, R>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    R: Clock,
-{
+/// What differs between the three keyed policies, for one [`Table`] impl and one getter.
+trait Kind: Clone + Send + Sync + 'static {
+    /// Its `policy` label.
+    const POLICY: &'static str;
+    /// Its section in a layer.
+    const SECTION: &'static str;
+    /// Its builder's default `max_keys`.
+    const MAX_KEYS: usize;
+    type Key: 'static;
+
+    fn max_keys(&self) -> usize;
+    fn summary_counts(&self) -> (usize, u64);
+
+    /// Refuses a change of any bound but `max_keys` (checked for every kind).
+    fn other_bounds_kept(&self, _name: &str, _keys: &KeysConfig) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Applies (`apply`) or checks the per-key settings the instance `name` gives.
+    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid>;
+}
+
+impl<T: Kind> Table for T {
     fn as_any(&self) -> &dyn Any {
         self
     }
 
     fn key_type(&self) -> &'static str {
-        std::any::type_name::<K>()
+        std::any::type_name::<T::Key>()
     }
 
     fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<(), Invalid> {
         let instance = config.instance(name)?;
         let keys = instance.keys()?;
         same(
-            config,
             name,
             "max_keys",
             self.max_keys(),
             keys.max_keys,
-            BREAKER_KEYS,
+            T::MAX_KEYS,
         )?;
-        same(
-            config,
-            name,
-            "idle_ttl",
-            self.idle_ttl(),
-            keys.idle_ttl,
-            IDLE_TTL,
-        )?;
+        self.other_bounds_kept(name, &keys)?;
+        self.retune_from(&instance, name, apply)
+    }
+
+    fn summary(&self, name: &Name) -> KeyedTable {
+        let (keys, evicted) = self.summary_counts();
+        KeyedTable {
+            policy: T::POLICY,
+            name: name.clone(),
+            keys,
+            max_keys: self.max_keys(),
+            evicted,
+        }
+    }
+}
+
+impl<K, R> Kind for KeyedCircuitBreaker<K, R>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    R: Clock,
+{
+    const POLICY: &'static str = "keyed_breaker";
+    const SECTION: &'static str = "breaker";
+    const MAX_KEYS: usize = 10_000;
+    type Key = K;
+
+    fn max_keys(&self) -> usize {
+        KeyedCircuitBreaker::max_keys(self)
+    }
+
+    fn summary_counts(&self) -> (usize, u64) {
+        (self.len(), self.evicted())
+    }
+
+    fn other_bounds_kept(&self, name: &str, keys: &KeysConfig) -> Result<(), Invalid> {
+        same(name, "idle_ttl", self.idle_ttl(), keys.idle_ttl, IDLE_TTL)
+    }
+
+    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
         let settings = instance.breaker_on(())?;
         if apply {
             self.reconfigure(settings)
-                .map_err(|e| placed(name, "breaker", e))?;
+                .map_err(|e| placed(name, Self::SECTION, e))?;
         }
         Ok(())
     }
-
-    fn summary(&self, name: &Name) -> KeyedTable {
-        summary(
-            "keyed_breaker",
-            name,
-            self.len(),
-            self.max_keys(),
-            self.evicted(),
-        )
-    }
 }
 
-impl<K, R> Table for KeyedBulkhead<K, R>
+impl<K, R> Kind for KeyedBulkhead<K, R>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     R: Clock,
 {
-    fn as_any(&self) -> &dyn Any {
-        self
+    const POLICY: &'static str = "keyed_bulkhead";
+    const SECTION: &'static str = "bulkhead";
+    const MAX_KEYS: usize = 10_000;
+    type Key = K;
+
+    fn max_keys(&self) -> usize {
+        KeyedBulkhead::max_keys(self)
     }
 
-    fn key_type(&self) -> &'static str {
-        std::any::type_name::<K>()
+    fn summary_counts(&self) -> (usize, u64) {
+        (self.len(), self.evicted())
     }
 
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<(), Invalid> {
-        let instance = config.instance(name)?;
-        let keys = instance.keys()?;
-        same(
-            config,
-            name,
-            "max_keys",
-            self.max_keys(),
-            keys.max_keys,
-            BULKHEAD_KEYS,
-        )?;
+    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
         let settings = instance.bulkhead_on(())?;
         if apply {
             self.reconfigure(settings)
-                .map_err(|e| placed(name, "bulkhead", e))?;
+                .map_err(|e| placed(name, Self::SECTION, e))?;
         }
         Ok(())
     }
-
-    fn summary(&self, name: &Name) -> KeyedTable {
-        summary(
-            "keyed_bulkhead",
-            name,
-            self.len(),
-            self.max_keys(),
-            self.evicted(),
-        )
-    }
 }
 
-impl<K, R> Table for KeyedRateLimiter<K, R>
+impl<K, R> Kind for KeyedRateLimiter<K, R>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     R: Clock,
 {
-    fn as_any(&self) -> &dyn Any {
-        self
+    const POLICY: &'static str = "keyed_rate";
+    const SECTION: &'static str = "rate_limit";
+    const MAX_KEYS: usize = 100_000;
+    type Key = K;
+
+    fn max_keys(&self) -> usize {
+        KeyedRateLimiter::max_keys(self)
     }
 
-    fn key_type(&self) -> &'static str {
-        std::any::type_name::<K>()
+    fn summary_counts(&self) -> (usize, u64) {
+        (self.len(), self.evicted())
     }
 
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<(), Invalid> {
-        let instance = config.instance(name)?;
-        let keys = instance.keys()?;
-        same(
-            config,
-            name,
-            "max_keys",
-            self.max_keys(),
-            keys.max_keys,
-            RATE_KEYS,
-        )?;
+    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
         let settings = instance.rate_limiter_on(())?;
         if apply {
             self.reconfigure(settings)
-                .map_err(|e| placed(name, "rate_limit", e))?;
+                .map_err(|e| placed(name, Self::SECTION, e))?;
         }
         Ok(())
     }
-
-    fn summary(&self, name: &Name) -> KeyedTable {
-        summary(
-            "keyed_rate",
-            name,
-            self.len(),
-            self.max_keys(),
-            self.evicted(),
-        )
-    }
-}
-
-fn summary(
-    policy: &'static str,
-    name: &Name,
-    keys: usize,
-    max_keys: usize,
-    evicted: u64,
-) -> KeyedTable {
-    KeyedTable {
-        policy,
-        name: name.clone(),
-        keys,
-        max_keys,
-        evicted,
-    }
-}
-
-/// `table` as the type the caller asked for.
-fn typed<T: Clone + 'static>(
-    table: &Arc<dyn Table>,
-    name: &str,
-    section: &str,
-) -> Result<T, Invalid> {
-    table.as_any().downcast_ref::<T>().cloned().ok_or_else(|| {
-        Invalid::new(
-            format!("instances.{}.{section}", key(name)),
-            Problem::KeyType(table.key_type()),
-        )
-    })
 }
 
 impl<R: Clock> Registry<R> {
+    /// The table of `name` in `tables` as a `T`, made by `make` from the instance and its
+    /// `[keys]` if the registry does not hold it yet.
+    fn keyed<T: Kind>(
+        &self,
+        tables: &Tables,
+        name: &str,
+        make: impl FnOnce(&Instance<'_>, &KeysConfig) -> Result<T, Invalid>,
+    ) -> Result<T, Invalid> {
+        let table = self.held_or_made(tables, name, |config| {
+            let instance = config.instance(name)?;
+            let keys = instance.keys()?;
+            Ok(Arc::new(make(&instance, &keys)?) as Arc<dyn Table>)
+        })?;
+        table.as_any().downcast_ref::<T>().cloned().ok_or_else(|| {
+            Invalid::new(
+                format!("instances.{}.{}", key(name), T::SECTION),
+                Problem::KeyType(table.key_type()),
+            )
+        })
+    }
+
     /// The keyed circuit breaker of `name` (a [`KeyedCircuitBreaker`]: a breaker per key, per
     /// host say, each with the instance's breaker settings), made on first use with keys of
     /// type `K`, its table bounded by the instance's `[keys]`. A
@@ -288,22 +279,21 @@ impl<R: Clock> Registry<R> {
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
-        let table = self.held_or_made(&self.keyed_breakers, name, |config| {
-            let instance = config.instance(name)?;
-            let keys = instance.keys()?;
+        self.keyed(&self.keyed_breakers, name, |instance, keys| {
             let mut builder = instance.breaker_on(self.runtime().clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
             }
-            let table = builder
-                .keyed::<K>()
-                .max_keys(keys.max_keys.unwrap_or(BREAKER_KEYS))
+            builder
+                .keyed()
+                .max_keys(
+                    keys.max_keys
+                        .unwrap_or(KeyedCircuitBreaker::<K, R>::MAX_KEYS),
+                )
                 .idle_ttl(keys.idle_ttl.unwrap_or(IDLE_TTL))
                 .build()
-                .map_err(|e| placed(name, "breaker", e))?;
-            Ok(Arc::new(table) as Arc<dyn Table>)
-        })?;
-        typed(&table, name, "breaker")
+                .map_err(|e| placed(name, "breaker", e))
+        })
     }
 
     /// The keyed bulkhead of `name` (a [`KeyedBulkhead`]: a bulkhead per key, per tenant say),
@@ -318,21 +308,17 @@ impl<R: Clock> Registry<R> {
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
-        let table = self.held_or_made(&self.keyed_bulkheads, name, |config| {
-            let instance = config.instance(name)?;
-            let keys = instance.keys()?;
+        self.keyed(&self.keyed_bulkheads, name, |instance, keys| {
             let mut builder = instance.bulkhead_on(self.runtime().clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
             }
-            let table = builder
+            builder
                 .keyed()
-                .max_keys(keys.max_keys.unwrap_or(BULKHEAD_KEYS))
-                .build::<K>()
-                .map_err(|e| placed(name, "bulkhead", e))?;
-            Ok(Arc::new(table) as Arc<dyn Table>)
-        })?;
-        typed(&table, name, "bulkhead")
+                .max_keys(keys.max_keys.unwrap_or(KeyedBulkhead::<K, R>::MAX_KEYS))
+                .build()
+                .map_err(|e| placed(name, "bulkhead", e))
+        })
     }
 
     /// The keyed rate limiter of `name` (a [`KeyedRateLimiter`]: a limit per key, per client
@@ -347,21 +333,17 @@ impl<R: Clock> Registry<R> {
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
-        let table = self.held_or_made(&self.keyed_limiters, name, |config| {
-            let instance = config.instance(name)?;
-            let keys = instance.keys()?;
+        self.keyed(&self.keyed_limiters, name, |instance, keys| {
             let mut builder = instance.rate_limiter_on(self.runtime().clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
             }
-            let table = builder
+            builder
                 .keyed()
-                .max_keys(keys.max_keys.unwrap_or(RATE_KEYS))
-                .build::<K>()
-                .map_err(|e| placed(name, "rate_limit", e))?;
-            Ok(Arc::new(table) as Arc<dyn Table>)
-        })?;
-        typed(&table, name, "rate_limit")
+                .max_keys(keys.max_keys.unwrap_or(KeyedRateLimiter::<K, R>::MAX_KEYS))
+                .build()
+                .map_err(|e| placed(name, "rate_limit", e))
+        })
     }
 
     /// Every keyed policy's table so far: breakers, then bulkheads, then rate limiters, each

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::Pipeline;
+use super::stages::sealed::OnClock;
 use super::stages::{Gate, Retries, RetryStage};
 use crate::admission::Admission;
 use crate::budget::RetryBudget;
@@ -199,20 +200,7 @@ impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
         retry: T,
         breaker: C,
     ) -> PipelineBuilder<R, L, B, T, C, K> {
-        PipelineBuilder {
-            rt: self.rt,
-            budget: self.budget,
-            limiter,
-            bulkhead,
-            retry,
-            breaker,
-            attempt_timeout: self.attempt_timeout,
-            min_attempt_time: self.min_attempt_time,
-            seed: self.seed,
-            name: self.name,
-            events: self.events,
-            classify: self.classify,
-        }
+        self.restaged(|(), (), (), ()| (limiter, bulkhead, retry, breaker))
     }
 }
 
@@ -220,20 +208,7 @@ impl<R: Clock, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Waits on `limiter` first (the wait counts against the deadline): a
     /// [`RateLimiter`](crate::rate::RateLimiter), or any other [`Admission`] stage (a distributed limiter).
     pub fn rate_limit<L: Admission>(self, limiter: L) -> PipelineBuilder<R, L, (), (), (), K> {
-        PipelineBuilder {
-            rt: self.rt,
-            budget: self.budget,
-            limiter,
-            bulkhead: (),
-            retry: (),
-            breaker: (),
-            attempt_timeout: self.attempt_timeout,
-            min_attempt_time: self.min_attempt_time,
-            seed: self.seed,
-            name: self.name,
-            events: self.events,
-            classify: self.classify,
-        }
+        self.restaged(|(), (), (), ()| (limiter, (), (), ()))
     }
 }
 
@@ -242,20 +217,7 @@ impl<R: Clock, L, K> PipelineBuilder<R, L, (), (), (), K> {
     /// [`Bulkhead`](crate::bulkhead::Bulkhead), or any
     /// other [`Admission`] stage (a distributed bulkhead).
     pub fn bulkhead<B: Admission>(self, bulkhead: B) -> PipelineBuilder<R, L, B, (), (), K> {
-        PipelineBuilder {
-            rt: self.rt,
-            budget: self.budget,
-            limiter: self.limiter,
-            bulkhead,
-            retry: (),
-            breaker: (),
-            attempt_timeout: self.attempt_timeout,
-            min_attempt_time: self.min_attempt_time,
-            seed: self.seed,
-            name: self.name,
-            events: self.events,
-            classify: self.classify,
-        }
+        self.restaged(|limiter, (), (), ()| (limiter, bulkhead, (), ()))
     }
 }
 
@@ -264,22 +226,12 @@ impl<R, L, B, K> PipelineBuilder<R, L, B, (), (), K> {
     /// attempt timeouts, `CircuitOpen` rejections) after `backoff`, waiting at least a
     /// rejection's `retry_after` (capped by [`max_retry_after`](Self::max_retry_after)).
     pub fn retry(self, backoff: Backoff) -> PipelineBuilder<R, L, B, RetryStage, (), K> {
-        PipelineBuilder {
-            rt: self.rt,
-            budget: self.budget,
-            limiter: self.limiter,
-            bulkhead: self.bulkhead,
-            retry: RetryStage {
+        self.restaged(|limiter, bulkhead, (), ()| {
+            let retry = RetryStage {
                 rules: RetryRules::new(backoff),
-            },
-            breaker: (),
-            attempt_timeout: self.attempt_timeout,
-            min_attempt_time: self.min_attempt_time,
-            seed: self.seed,
-            name: self.name,
-            events: self.events,
-            classify: self.classify,
-        }
+            };
+            (limiter, bulkhead, retry, ())
+        })
     }
 }
 
@@ -306,21 +258,11 @@ impl<R: Clock, L, B, T, K> PipelineBuilder<R, L, B, T, (), K> {
     /// Gates every attempt with `breaker`: a [`CircuitBreaker`](crate::breaker::CircuitBreaker),
     /// or an `Option` of one chosen at run time (`None` gates nothing). The
     /// [classifier](Self::classify) decides how each result counts.
-    pub fn breaker<G: Gate>(self, breaker: G) -> PipelineBuilder<R, L, B, T, G, K> {
-        PipelineBuilder {
-            rt: self.rt,
-            budget: self.budget,
-            limiter: self.limiter,
-            bulkhead: self.bulkhead,
-            retry: self.retry,
-            breaker,
-            attempt_timeout: self.attempt_timeout,
-            min_attempt_time: self.min_attempt_time,
-            seed: self.seed,
-            name: self.name,
-            events: self.events,
-            classify: self.classify,
-        }
+    pub fn breaker<G>(self, breaker: G) -> PipelineBuilder<R, L, B, T, G, K>
+    where
+        G: Gate + OnClock<R>,
+    {
+        self.restaged(|limiter, bulkhead, retry, ()| (limiter, bulkhead, retry, breaker))
     }
 }
 
@@ -397,6 +339,29 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// ```
     pub fn retry_after_with<F>(self, source: F) -> PipelineBuilder<R, L, B, T, C, Hinted<K, F>> {
         self.map_classifier(|classify| Hinted(classify, source))
+    }
+
+    /// The same settings around other stages, made from these: how each stage is added.
+    fn restaged<L2, B2, T2, C2>(
+        self,
+        stages: impl FnOnce(L, B, T, C) -> (L2, B2, T2, C2),
+    ) -> PipelineBuilder<R, L2, B2, T2, C2, K> {
+        let (limiter, bulkhead, retry, breaker) =
+            stages(self.limiter, self.bulkhead, self.retry, self.breaker);
+        PipelineBuilder {
+            rt: self.rt,
+            budget: self.budget,
+            limiter,
+            bulkhead,
+            retry,
+            breaker,
+            attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
+            seed: self.seed,
+            name: self.name,
+            events: self.events,
+            classify: self.classify,
+        }
     }
 
     fn map_classifier<K2>(self, wrap: impl FnOnce(K) -> K2) -> PipelineBuilder<R, L, B, T, C, K2> {

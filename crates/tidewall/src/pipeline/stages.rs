@@ -8,12 +8,20 @@ use crate::breaker::{CircuitBreaker, Outcome};
 use crate::retry::engine::RetryRules;
 use crate::rt::Clock;
 
-mod sealed {
+pub(super) mod sealed {
+    use crate::breaker::CircuitBreaker;
+    use crate::rt::Clock;
+
     pub trait Sealed {}
     impl Sealed for () {}
-    impl<R: crate::rt::Clock> Sealed for crate::breaker::CircuitBreaker<R> {}
+    impl<R: Clock> Sealed for CircuitBreaker<R> {}
     impl Sealed for super::RetryStage {}
     impl<S: Sealed> Sealed for Option<S> {}
+
+    /// A breaker on the pipeline's clock `R` (possibly absent): the one a pipeline accepts.
+    pub trait OnClock<R> {}
+    impl<R: Clock> OnClock<R> for CircuitBreaker<R> {}
+    impl<R: Clock> OnClock<R> for Option<CircuitBreaker<R>> {}
 }
 
 /// A stage that gates each attempt: a circuit breaker, or nothing (`()`, or `None` of an
