@@ -268,6 +268,9 @@ impl<K, V> KeyedMap<K, V> {
             for (_, value) in shard.table.iter_mut() {
                 each(&made, value);
             }
+            // The entries changed: when a full shard frees up is to be found again.
+            shard.full_until = 0;
+            shard.full_hint = None;
         }
         made
     }

@@ -308,3 +308,92 @@ fn a_keyed_limiter_reconfigure_is_atomic_under_concurrent_decisions() {
         );
     }
 }
+
+proptest! {
+    /// Changes back and forth between any two limits, at one frozen instant, never round a
+    /// debt away: the time owed is rescaled up, never down, so a key (or the direct limiter)
+    /// that owes part of a cell is never admitted a cell more than it was before the changes.
+    #[test]
+    fn flips_between_any_two_limits_never_round_cells_away(
+        a_nanos in 1_u64..1_000,
+        b_nanos in 1_000_u64..2_000_000_000,
+        burst in 1_u32..64,
+        taken_seed in any::<u32>(),
+        paid_seed in any::<u64>(),
+        flips in 1_usize..40,
+    ) {
+        let limit = |nanos: u64| RateLimiter::builder(1, Duration::from_nanos(nanos)).burst(burst);
+        let clock = tidewall::testing::FakeClock::new();
+        let keyed = limit(a_nanos).runtime(clock.clone()).keyed().build::<u8>().unwrap();
+        let direct = limit(a_nanos).runtime(clock.clone()).build().unwrap();
+        let taken = taken_seed % burst + 1;
+        keyed.check_key_n(&1, taken).unwrap();
+        direct.check_n(taken).unwrap();
+        // Part of the debt paid off: what is left is rarely a whole number of cells.
+        let debt = u64::from(taken) * a_nanos;
+        clock.advance(Duration::from_nanos(paid_seed % debt));
+        let owed_cells = (debt - paid_seed % debt).div_ceil(a_nanos);
+        let left = burst - u32::try_from(owed_cells).unwrap();
+        for flip in 0..flips {
+            let nanos = if flip % 2 == 0 { b_nanos } else { a_nanos };
+            keyed.reconfigure(limit(nanos)).unwrap();
+            direct.reconfigure(limit(nanos)).unwrap();
+        }
+        prop_assert!(keyed.check_key_n(&1, left + 1).is_err(), "keyed: more than {} left", left);
+        prop_assert!(direct.check_n(left + 1).is_err(), "direct: more than {} left", left);
+    }
+}
+
+/// A listener may look the registry up while a reload tells it of a reset: the reload
+/// applies its plans with no map locked. (Before, a reset told under the breakers' lock
+/// deadlocked a listener that listed the breakers.)
+#[test]
+fn a_listener_may_look_the_registry_up_during_a_reload() {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    use tidewall::telemetry::EventKind;
+
+    let cell: Arc<OnceLock<Arc<Registry<tidewall::testing::FakeClock>>>> = Arc::default();
+    let seen = Arc::new(AtomicU64::new(0));
+    let (looked_up, heard) = (Arc::clone(&cell), Arc::clone(&seen));
+    let text = |calls: u32| {
+        format!("{HOSTS}[instances.hosts.breaker.window_calls]\n")
+            .replace("[instances.hosts.breaker.window_calls]\n", "")
+            .replace(
+                "consecutive_failures = 2",
+                &format!("consecutive_failures = 2\nwindow_calls = {calls}"),
+            )
+    };
+    let registry = Registry::builder(config(&text(10)))
+        .runtime(tidewall::testing::FakeClock::new())
+        .on_event(move |event| {
+            if matches!(event.kind, EventKind::StateChanged { .. }) {
+                let registry = looked_up.get().expect("set before any reload");
+                // Every kind of lookup, during the reload that caused the event.
+                let listed = registry.breakers().len() + registry.pipelines().len();
+                let _ = registry.keyed_breaker::<u8>("hosts").map(|t| t.len());
+                let _ = registry.pipeline("hosts");
+                heard.fetch_add(u64::try_from(listed).unwrap_or(0) + 1, SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let registry = Arc::new(registry);
+    assert!(cell.set(Arc::clone(&registry)).is_ok());
+    registry.breaker("hosts").unwrap();
+    let table = registry.keyed_breaker::<u8>("hosts").unwrap();
+    let _ =
+        futures_util::FutureExt::now_or_never(table.call(&1, || async { Err::<(), _>("down") }));
+    let (done, finished) = mpsc::channel();
+    let reloading = Arc::clone(&registry);
+    // The window changes shape: the breaker and the key's breaker reset, each with its event.
+    std::thread::spawn(move || {
+        let reload = reloading.reload(config(&text(20)));
+        let _ = done.send(reload.map(|r| r.reset.len()));
+    });
+    let reset = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reload finishes: a listener that looks the registry up does not deadlock it");
+    assert_eq!(reset, Ok(1));
+    assert!(seen.load(SeqCst) >= 2, "both resets were heard");
+}

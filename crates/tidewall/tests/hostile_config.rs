@@ -2121,7 +2121,8 @@ fn everything() -> String {
         breaker = {{}}
         [instances.b]
         base = "flat"
-        deadline = "0"
+        deadline = "1ns"
+        min_attempt_time = "0"
         [instances.b.bulkhead]
         max_concurrent = 1
         max_wait = "1s"

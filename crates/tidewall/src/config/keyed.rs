@@ -364,15 +364,3 @@ impl<R: Clock> Registry<R> {
         .collect()
     }
 }
-
-/// Checks (or, with `apply`, applies) `config` for every table in `tables`.
-pub(super) fn retune(
-    tables: &[&std::collections::BTreeMap<Name, Arc<dyn Table>>],
-    config: &Config,
-    apply: bool,
-) -> Result<(), Invalid> {
-    for (name, table) in tables.iter().flat_map(|held| held.iter()) {
-        table.retune(config, name, apply)?;
-    }
-    Ok(())
-}

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::keyed::{Tables, retune};
+use super::keyed::Tables;
 use super::live::{Cell, LivePipeline, stages_of};
 use super::{Config, Invalid, Problem, key};
 use crate::Name;
@@ -230,7 +230,8 @@ fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reload {
-    /// Policies that took their new settings in place, state and permits kept.
+    /// Policies that took their new settings in place, state and permits kept (a keyed table
+    /// counts once, however many keys it retuned).
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
@@ -370,17 +371,22 @@ impl<R: Clock> Registry<R> {
         // Every map stays locked from planning to swapping the configuration, so no policy is
         // created from the old configuration after its new settings were worked out; the
         // pipelines stay locked until they are made anew, so none is made from the old one.
-        let pipelines = lock(&self.pipelines);
+        // The plans are applied after that, with no map locked: a reconfigured breaker tells
+        // its listeners, which may look the registry up.
+        let mut pipelines = lock(&self.pipelines);
         let breakers = lock(&self.breakers);
         let bulkheads = lock(&self.bulkheads);
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
-        let tables = [
+        let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
             lock(&self.keyed_limiters),
         ];
-        let tables = tables.each_ref().map(|held| &**held);
+        let tables: Vec<(Name, Arc<dyn super::keyed::Table>)> = held_tables
+            .iter()
+            .flat_map(|held| held.iter().map(|(n, t)| (n.clone(), Arc::clone(t))))
+            .collect();
         // Each kind needs a place for every declared instance and for every pipeline that will
         // have that stage, next to the policies it holds.
         let stages = pipelines
@@ -406,23 +412,49 @@ impl<R: Clock> Registry<R> {
         }
         let breaker_plans = breakers
             .iter()
-            .map(|(name, breaker)| Ok((name, breaker, config.instance(name)?.breaker_on(())?)))
+            .map(|(name, b)| {
+                Ok((
+                    name.clone(),
+                    b.clone(),
+                    config.instance(name)?.breaker_on(())?,
+                ))
+            })
             .collect::<Result<Vec<_>, Invalid>>()?;
         let bulkhead_plans = bulkheads
             .iter()
-            .map(|(name, bulkhead)| Ok((bulkhead, config.instance(name)?.bulkhead_on(())?)))
+            .map(|(name, b)| Ok((b.clone(), config.instance(name)?.bulkhead_on(())?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
         let limiter_plans = limiters
             .iter()
-            .map(|(name, limiter)| Ok((limiter, config.instance(name)?.rate_limiter_on(())?)))
+            .map(|(name, l)| Ok((l.clone(), config.instance(name)?.rate_limiter_on(())?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
         let budget_plans = budgets
             .iter()
-            .map(|(name, budget)| Ok((budget, config.instance(name)?.retry_budget()?)))
+            .map(|(name, b)| Ok((b.clone(), config.instance(name)?.retry_budget()?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
-        retune(&tables, &config, false)?;
+        for (name, table) in &tables {
+            table.retune(&config, name, false)?;
+        }
 
-        let mut reload = Reload::default();
+        let config = Arc::new(config);
+        *lock(&self.config) = Arc::clone(&config);
+        drop((breakers, bulkheads, limiters, budgets, held_tables));
+        let mut reload = Reload {
+            built: self.build_declared()?,
+            ..Reload::default()
+        };
+        for (name, cell) in pipelines.iter_mut() {
+            // Checked above: its settings are valid and its policies have their places.
+            match self.configured(&config, name) {
+                Ok(pipeline) => {
+                    cell.replace(pipeline);
+                    reload.pipelines += 1;
+                }
+                Err(refused) => debug_assert!(false, "a checked pipeline was refused: {refused}"),
+            }
+        }
+        drop(pipelines);
+
         for (name, breaker, settings) in breaker_plans {
             if applied(breaker.reconfigure(settings)) == Some(crate::breaker::Reconfigured::Reset) {
                 reload.reset.push(name.clone());
@@ -441,23 +473,11 @@ impl<R: Clock> Registry<R> {
             budget.reconfigure(policy);
             reload.retuned += 1;
         }
-        // Checked above; every table then retunes each of its keys.
-        let retuned = retune(&tables, &config, true);
-        debug_assert!(retuned.is_ok(), "a checked table was refused: {retuned:?}");
-        reload.retuned += tables.iter().map(|held| held.len()).sum::<usize>();
-        *lock(&self.config) = Arc::new(config);
-        drop((breakers, bulkheads, limiters, budgets, tables));
-        reload.built = self.build_declared()?;
-        let config = self.config();
-        for (name, cell) in pipelines.iter() {
-            // Checked above: its settings are valid and its policies have their places.
-            match self.configured(&config, name) {
-                Ok(pipeline) => {
-                    cell.replace(pipeline);
-                    reload.pipelines += 1;
-                }
-                Err(refused) => debug_assert!(false, "a checked pipeline was refused: {refused}"),
-            }
+        for (name, table) in &tables {
+            // Checked above; each table retunes every key it holds.
+            let retuned = table.retune(&config, name, true);
+            debug_assert!(retuned.is_ok(), "a checked table was refused: {retuned:?}");
+            reload.retuned += 1;
         }
         Ok(reload)
     }

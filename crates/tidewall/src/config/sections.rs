@@ -238,9 +238,11 @@ section! {
 
 section! {
     /// `[<layer>.keys]`: the key table of the instance's keyed policies (see
-    /// [`Registry::keyed_breaker`](super::Registry::keyed_breaker) and its siblings). Both are
-    /// fixed when a table is made: a reload that changes them for a table the registry holds
-    /// is refused ([`Problem::Fixed`](super::Problem::Fixed)).
+    /// [`Registry::keyed_breaker`](super::Registry::keyed_breaker) and its siblings). Each is
+    /// fixed when a table it bounds is made: a reload that changes `max_keys` while the
+    /// registry holds any keyed table of the instance, or `idle_ttl` while it holds its keyed
+    /// breaker, is refused ([`Problem::Fixed`](super::Problem::Fixed), at
+    /// `instances.<name>.keys.<key>` wherever the value came from).
     ///
     /// ```
     /// use std::time::Duration;
@@ -260,7 +262,7 @@ section! {
         /// 100,000 for rate limiters).
         max_keys: usize,
         /// How long a keyed breaker keeps a closed key with failures in its window after its
-        /// last call (default 60 s).
+        /// last call (default 60 s; breakers only).
         #[serde(with = "opt_duration")]
         idle_ttl: Duration,
     }

@@ -463,8 +463,12 @@ impl<R: Clock> RateLimiter<R> {
     /// The cells already admitted stay admitted, as that many cells under the new limit: the
     /// time they take to pay off (GCRA's TAT, less now) is rescaled to the new rate, so a
     /// change never readmits a burst that was just spent, and a faster rate pays it off
-    /// sooner. Callers waiting in `until_ready` decide again with the new limit when they
-    /// wake. A decision racing the change uses the old limit or the new one.
+    /// sooner (the time owed is rounded up, so changes back and forth never round cells
+    /// away). One bound: a debt that would pass `u64::MAX` nanoseconds (584 years) under the
+    /// new limit is capped there, and a later change rescales the capped debt: 4 billion cells
+    /// taken at 1 ns each, then a limit of one an hour, then 1 ns again, owe 5 million cells,
+    /// not 4 billion. Callers waiting in `until_ready` decide again with the new limit when
+    /// they wake. A decision racing the change uses the old limit or the new one.
     ///
     /// ```
     /// use std::time::Duration;
@@ -531,11 +535,13 @@ impl<R: Clock> RateLimiter<R> {
     }
 }
 
-/// A validated jitter in nanoseconds (builders refuse jitters beyond `u64::MAX` of them).
 /// A TAT past `now` under `old`, as many cells owed under `new`: the time left to pay them
-/// off scaled by the ratio of the intervals.
+/// off scaled by the ratio of the intervals, rounded up, so that changes back and forth
+/// between intervals that do not divide each other never round a debt away. A debt past
+/// `u64::MAX` nanoseconds is capped there (584 years).
 pub(super) fn rescaled(tat: u64, now: u64, old: &Gcra, new: &Gcra) -> u64 {
-    let owed = u128::from(tat.saturating_sub(now)) * u128::from(new.interval_nanos())
-        / u128::from(old.interval_nanos());
+    let old_interval = u128::from(old.interval_nanos());
+    let owed = (u128::from(tat.saturating_sub(now)) * u128::from(new.interval_nanos()))
+        .div_ceil(old_interval);
     now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX))
 }

@@ -332,8 +332,9 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     ///
     /// As [`RateLimiter::reconfigure`](super::RateLimiter::reconfigure) does for its one
     /// limit, each key keeps the cells it was admitted, as that many cells under the new
-    /// limit, so a change never hands a key a fresh burst. The change is atomic: no decision
-    /// pairs one limit with the other's state.
+    /// limit, so a change never hands a key a fresh burst (up to the same 584-year cap on a
+    /// debt). The change is atomic: no decision pairs one limit with the other's state, and a
+    /// full table's hint for new keys is worked out again.
     ///
     /// ```
     /// use std::time::Duration;
