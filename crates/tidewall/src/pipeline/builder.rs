@@ -193,6 +193,7 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
 impl<R, K> PipelineBuilder<R, (), (), (), (), K> {
     /// Every stage at once, each possibly chosen at run time (an `Option`): how a
     /// [pipeline from configuration](crate::config::LivePipeline) is made.
+    #[cfg(feature = "serde")]
     pub(crate) fn stages<L, B, T, C>(
         self,
         limiter: L,

@@ -94,6 +94,7 @@ pub struct RetryStage {
 impl RetryStage {
     /// `backoff`'s schedule, drawing retries from `budget` if there is one, honouring hints up
     /// to `max_retry_after`.
+    #[cfg(feature = "serde")]
     pub(crate) fn new(
         backoff: crate::Backoff,
         budget: Option<crate::budget::RetryBudget>,

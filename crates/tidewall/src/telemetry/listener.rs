@@ -112,6 +112,7 @@ impl Listener {
     }
 
     /// Passes on an event told to another listener.
+    #[cfg(feature = "serde")]
     pub(crate) fn forward(&self, event: &Event<'_>) {
         (self.0)(event);
     }
