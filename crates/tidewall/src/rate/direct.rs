@@ -141,7 +141,7 @@ impl<R> RateLimiterBuilder<R> {
     /// use tidewall::rate::RateLimiter;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let limiter = RateLimiter::builder(1, Duration::from_secs(1))
     ///     .max_wait(Duration::from_millis(500))
     ///     .jitter(Duration::ZERO)
