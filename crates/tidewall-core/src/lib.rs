@@ -36,6 +36,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod adaptive;
 pub mod backoff;
 pub mod breaker;
 pub mod budget;

@@ -1,0 +1,127 @@
+//! Adaptive concurrency limits: the limit follows what the dependency's latency and drops say
+//! about its capacity, instead of a number fixed the day it was configured.
+//!
+//! Three algorithms with Netflix concurrency-limits' semantics, as pure deterministic policy:
+//! each takes one [`Sample`] per finished call (its round-trip time, the calls in flight when it
+//! started, whether it was dropped) and returns the new limit. Nothing here reads a clock, keeps
+//! a lock or draws randomness it was not seeded with, so the same samples give the same limits
+//! on every machine; the async limiter that admits calls lives in `tidewall::adaptive`.
+//!
+//! * [`Aimd`]: loss based. A drop (or a call slower than `timeout`) multiplies the limit by
+//!   `backoff_ratio`; a call that found the limit at least half used adds one.
+//! * [`Vegas`]: delay based, per sample. It estimates the queue the limit builds at the
+//!   dependency from the no-load RTT (the least RTT seen, measured afresh every so often) and
+//!   the sample's RTT, and grows while the queue is short, shrinks while it is long.
+//! * [`Gradient2`]: delay based, smoothed. It compares a long-term average RTT with the
+//!   sample's: a gradient below one (latency rising) shrinks the limit, and a queue allowance
+//!   lets it grow while latency holds.
+//!
+//! Every algorithm keeps its estimate as a real number and publishes its integer part, clamped
+//! to `[min_limit, max_limit]`; an RTT of zero counts as one nanosecond. A limiter does not
+//! grow while a call found fewer than half its slots in use (an idle service says nothing about
+//! how much more the dependency could take).
+//!
+//! ```
+//! use core::time::Duration;
+//! use tidewall_core::adaptive::{Aimd, LimitAlgorithm, Sample};
+//!
+//! let mut aimd = Aimd::builder().initial_limit(20).min_limit(5).build()?;
+//! let busy = Sample { rtt: Duration::from_millis(10), inflight: 20, dropped: false };
+//! assert_eq!(aimd.update(&busy), 21);
+//! assert_eq!(aimd.update(&Sample { dropped: true, ..busy }), 18); // 21 × 0.9, truncated
+//! # Ok::<(), tidewall_core::ConfigError>(())
+//! ```
+
+mod aimd;
+mod gradient;
+mod vegas;
+
+use core::time::Duration;
+
+pub use aimd::{Aimd, AimdBuilder};
+pub use gradient::{Gradient2, Gradient2Builder};
+pub use vegas::{Vegas, VegasBuilder};
+
+use crate::ConfigError;
+
+/// One finished call, as an algorithm learns from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// How long the call took, from admission to its end.
+    pub rtt: Duration,
+    /// Calls in flight when it was admitted, itself included.
+    pub inflight: u32,
+    /// Whether it was dropped: timed out, or refused by the dependency for load (a 503, a
+    /// 429), as the caller's classifier says.
+    pub dropped: bool,
+}
+
+/// An adaptive limit: one update per finished call.
+pub trait LimitAlgorithm {
+    /// The limit in force: calls admitted at once.
+    fn limit(&self) -> u32;
+
+    /// Learns from `sample` and returns the new limit.
+    fn update(&mut self, sample: &Sample) -> u32;
+
+    /// The least and the most the limit can be.
+    fn bounds(&self) -> (u32, u32);
+}
+
+/// An RTT in nanoseconds as a real number, zero counted as one (no ratio divides by zero).
+fn rtt_nanos(rtt: Duration) -> f64 {
+    let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+    nanos as f64
+}
+
+/// The integer part of an estimate, which every algorithm keeps finite and within its `u32`
+/// bounds: the cast only truncates.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn published(estimate: f64) -> u32 {
+    estimate as u32
+}
+
+/// Checks the bounds every algorithm has: `1 <= min <= initial <= max`.
+fn check_bounds(min: u32, initial: u32, max: u32) -> Result<(), ConfigError> {
+    if min == 0 {
+        return Err(ConfigError::Zero { field: "min_limit" });
+    }
+    if min > max {
+        return Err(ConfigError::Conflict {
+            reason: "min_limit exceeds max_limit",
+        });
+    }
+    if initial < min || initial > max {
+        return Err(ConfigError::Conflict {
+            reason: "initial_limit is outside min_limit..=max_limit",
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `value` is finite and within `low..=high` (`high_open`: excluding `high`).
+fn check_ratio(
+    field: &'static str,
+    value: f64,
+    low: f64,
+    high: f64,
+    high_open: bool,
+    allowed: &'static str,
+) -> Result<(), ConfigError> {
+    if !value.is_finite() {
+        return Err(ConfigError::NotFinite { field });
+    }
+    let above = if high_open {
+        value >= high
+    } else {
+        value > high
+    };
+    if value < low || above {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value,
+            allowed,
+        });
+    }
+    Ok(())
+}
