@@ -29,6 +29,7 @@
 
 use std::future::Future;
 
+use crate::breaker::Outcome;
 use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
 use crate::rate::{RateLimiter, UntilReady};
 use crate::rt::Clock;
@@ -79,6 +80,19 @@ pub trait Admission: Send + Sync {
     /// The stage's rejection ([`Rejected::BulkheadFull`], [`Rejected::RateLimited`], ...), or
     /// [`Rejected::DeadlineExceeded`] under [`Wait::Until`].
     fn admit(&self, wait: Wait) -> Self::Admit;
+
+    /// Ends an admitted call with how it went, for a stage that learns from its calls (an
+    /// adaptive limiter); the default just releases the guard. The pipeline and the tower
+    /// layer call it when the call ends: [`Outcome::Success`], [`Outcome::Failure`] (the
+    /// classifier's failures, timeouts, the deadline running out during the call) or
+    /// [`Outcome::Ignored`] (the classifier's verdict, or a later stage's refusal: the
+    /// dependency was not called). A guard dropped without it (a cancelled call) teaches
+    /// nothing.
+    #[inline]
+    fn finish(guard: Self::Guard, outcome: Outcome) {
+        let _ = outcome;
+        drop(guard);
+    }
 }
 
 impl Admission for () {
@@ -109,6 +123,13 @@ impl<A: Admission> Admission for Option<A> {
     fn admit(&self, wait: Wait) -> Self::Admit {
         MaybeAdmit {
             admit: self.as_ref().map(|stage| stage.admit(wait)),
+        }
+    }
+
+    #[inline]
+    fn finish(guard: Self::Guard, outcome: Outcome) {
+        if let Some(guard) = guard {
+            A::finish(guard, outcome);
         }
     }
 }
@@ -209,5 +230,10 @@ impl<A: Admission> Admission for NoWait<A> {
 
     fn admit(&self, _: Wait) -> Self::Admit {
         self.0.admit(Wait::No)
+    }
+
+    #[inline]
+    fn finish(guard: Self::Guard, outcome: Outcome) {
+        A::finish(guard, outcome);
     }
 }

@@ -55,6 +55,7 @@
 #[macro_use]
 mod keyed_map;
 
+pub mod adaptive;
 pub mod admission;
 pub mod breaker;
 mod bucket_ring;

@@ -158,6 +158,12 @@ impl<R> BulkheadBuilder<R> {
         self
     }
 
+    /// Tells `listener` as [`on_event`](Self::on_event) does (a front that built it already).
+    pub(crate) fn with_listener(mut self, listener: crate::telemetry::Listener) -> Self {
+        self.events = Some(listener);
+        self
+    }
+
     /// A name for events and metric labels.
     pub fn name(mut self, name: impl Into<Name>) -> Self {
         self.name = name.into();
@@ -325,6 +331,18 @@ impl<R: Clock> Bulkhead<R> {
 
     /// The owned waiting future behind [`acquire_owned`](Self::acquire_owned) and the
     /// bulkhead's [`Admission`](crate::admission::Admission).
+    /// The runtime whose clock bounds its waits.
+    pub(crate) fn runtime(&self) -> &R {
+        &self.shared.rt
+    }
+
+    /// Sets the capacity alone, keeping the queue and the wait: an adaptive limiter's new
+    /// limit. As [`reconfigure`](Self::reconfigure): held permits stay held.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let shared = &self.shared;
+        shared.resize(capacity, shared.max_queue(), shared.max_wait());
+    }
+
     pub(crate) fn acquire_owned_within(&self, wait: Wait) -> AcquireOwned<R> {
         AcquireOwned::new(self.clone(), wait)
     }

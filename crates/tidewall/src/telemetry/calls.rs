@@ -17,6 +17,23 @@ pub(crate) enum CallOutcome<'a> {
     Cancelled,
 }
 
+impl CallOutcome<'_> {
+    /// What a stage that learns from its calls (`Admission::finish`) makes of this ending: a
+    /// deadline or a timeout that cut the call is a failure (the dependency was too slow); a
+    /// refusal by a later stage (an open breaker, a spent budget) is ignored, since the
+    /// dependency was not called.
+    pub(crate) fn learned(&self) -> crate::breaker::Outcome {
+        use crate::breaker::Outcome;
+        match self {
+            Self::Success => Outcome::Success,
+            Self::Failure | Self::TimedOut | Self::Rejected(Rejected::DeadlineExceeded) => {
+                Outcome::Failure
+            }
+            Self::Ignored | Self::Rejected(_) | Self::Cancelled => Outcome::Ignored,
+        }
+    }
+}
+
 #[cfg(feature = "metrics")]
 const LABELS: [&str; 6] = [
     "success",

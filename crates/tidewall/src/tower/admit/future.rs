@@ -7,7 +7,9 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::Rejected;
 use crate::admission::Admission;
+use crate::breaker::Outcome;
 use crate::tower::PolicyError;
 
 pin_project! {
@@ -99,8 +101,23 @@ where
         };
         let result = ready!(call.poll(cx));
         // The slot is free as soon as the call is done, not when the future is dropped.
-        drop(guard.take());
+        if let Some(guard) = guard.take() {
+            A::finish(guard, learned(&result));
+        }
         Poll::Ready(result)
+    }
+}
+
+/// How the call ended, for `Admission::finish`: an error is a failure, unless a layer inside
+/// refused the call (the dependency was not called), which is ignored; the deadline running
+/// out is a failure.
+fn learned<T, E: PolicyError>(result: &Result<T, E>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(error) => match error.rejection() {
+            None | Some(Rejected::DeadlineExceeded) => Outcome::Failure,
+            Some(_) => Outcome::Ignored,
+        },
     }
 }
 

@@ -1,0 +1,319 @@
+//! The async front: a bulkhead whose capacity an adaptive algorithm sets after each call.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tidewall_core::adaptive::{LimitAlgorithm, Sample};
+
+use crate::admission::{Admission, Wait};
+use crate::breaker::Outcome;
+use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
+use crate::rate::clock::LimiterClock;
+use crate::rt::{Clock, DefaultRuntime};
+use crate::sync::{Arc, Mutex, lock};
+use crate::{ConfigError, Name, Rejected};
+
+/// A limit on calls in flight that an adaptive algorithm sets; see the [module docs](super).
+/// Cheap to clone: clones share the limit.
+pub struct AdaptiveLimiter<A, R = DefaultRuntime> {
+    shared: Arc<Shared<A, R>>,
+}
+
+struct Shared<A, R> {
+    /// Holds the permits, the queue and the wait; its capacity is the algorithm's limit.
+    bulkhead: Bulkhead<R>,
+    algorithm: Mutex<A>,
+    /// Times calls: the CPU's counter when the clock is real time, as the rate limiter does.
+    clock: LimiterClock,
+}
+
+/// Configures an [`AdaptiveLimiter`].
+#[must_use]
+pub struct AdaptiveLimiterBuilder<A, R = DefaultRuntime> {
+    algorithm: A,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    name: Name,
+    rt: R,
+    events: Option<crate::telemetry::Listener>,
+}
+
+impl<A: LimitAlgorithm> AdaptiveLimiter<A> {
+    /// Starts a limiter of `algorithm` on the default runtime: its initial limit, refusing at
+    /// once when full (choose a queue with [`max_queue`](AdaptiveLimiterBuilder::max_queue)).
+    pub fn builder(algorithm: A) -> AdaptiveLimiterBuilder<A> {
+        AdaptiveLimiterBuilder {
+            algorithm,
+            max_queue: 0,
+            max_wait: Some(Duration::from_secs(1)),
+            name: Name::from_static("adaptive"),
+            rt: DefaultRuntime::default(),
+            events: None,
+        }
+    }
+}
+
+impl<A, R> AdaptiveLimiterBuilder<A, R> {
+    /// Callers that may wait for a slot when the limit is reached (default 0: refused at once
+    /// with [`Rejected::BulkheadFull`], as load shedding wants).
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n;
+        self
+    }
+
+    /// The longest a queued caller waits (default 1 s; `None`: as long as its deadline allows).
+    pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
+        self.max_wait = wait.into();
+        self
+    }
+
+    /// The name its events and metrics carry (default `adaptive`). Its refusals count as a
+    /// bulkhead's of this name.
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Tells `listener` of its refusals and waits, as a bulkhead's `on_event` does.
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
+        self
+    }
+
+    /// Runs on `rt` (its clock times the calls and bounds the waits).
+    pub fn runtime<R2>(self, rt: R2) -> AdaptiveLimiterBuilder<A, R2> {
+        AdaptiveLimiterBuilder {
+            algorithm: self.algorithm,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            name: self.name,
+            rt,
+            events: self.events,
+        }
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// As [`BulkheadBuilder::build`](crate::bulkhead::BulkheadBuilder::build) for the queue and
+    /// the wait.
+    pub fn build(self) -> Result<AdaptiveLimiter<A, R>, ConfigError>
+    where
+        A: LimitAlgorithm,
+        R: Clock,
+    {
+        let limit = usize::try_from(self.algorithm.limit()).unwrap_or(usize::MAX);
+        let mut bulkhead = Bulkhead::builder(limit)
+            .max_queue(self.max_queue)
+            .max_wait(self.max_wait)
+            .name(self.name)
+            .runtime(self.rt);
+        if let Some(events) = self.events {
+            bulkhead = bulkhead.with_listener(events);
+        }
+        let bulkhead = bulkhead.build()?;
+        Ok(AdaptiveLimiter {
+            shared: Arc::new(Shared {
+                clock: LimiterClock::new(bulkhead.runtime()),
+                bulkhead,
+                algorithm: Mutex::new(self.algorithm),
+            }),
+        })
+    }
+}
+
+impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
+    /// Admits a call now if fewer than the limit are in flight; record how it ended on the
+    /// permit.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BulkheadFull`] when the limit is reached.
+    pub fn try_acquire(&self) -> Result<AdaptivePermit<A, R>, Rejected> {
+        self.shared
+            .bulkhead
+            .try_acquire_owned()
+            .map(|permit| self.permit(permit))
+    }
+
+    /// The limit in force: calls admitted at once.
+    pub fn limit(&self) -> u32 {
+        lock(&self.shared.algorithm).limit()
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.bulkhead.in_flight()
+    }
+
+    /// Callers waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.shared.bulkhead.queued()
+    }
+
+    /// The name its events and metrics carry.
+    pub fn name(&self) -> &str {
+        self.shared.bulkhead.name()
+    }
+
+    /// A permit for a call admitted now, timed from now.
+    fn permit(&self, permit: OwnedPermit<R>) -> AdaptivePermit<A, R> {
+        let shared = &*self.shared;
+        AdaptivePermit {
+            inflight: u32::try_from(shared.bulkhead.in_flight()).unwrap_or(u32::MAX),
+            started: shared.clock.nanos(shared.bulkhead.runtime()),
+            permit: Some(permit),
+            limiter: self.clone(),
+        }
+    }
+
+    /// Teaches the algorithm one call and applies the limit it gives.
+    fn learn(&self, sample: &Sample) {
+        let shared = &*self.shared;
+        let mut algorithm = lock(&shared.algorithm);
+        let before = algorithm.limit();
+        let limit = algorithm.update(sample);
+        if limit != before {
+            // Under the algorithm's lock: limits are applied in the order they were made.
+            let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
+            shared.bulkhead.set_capacity(capacity);
+        }
+    }
+}
+
+/// A call admitted by an [`AdaptiveLimiter`], holding its slot. Record how it ended with
+/// [`success`](Self::success), [`failure`](Self::failure) or [`ignore`](Self::ignore); dropped
+/// without one (a cancelled call), it frees the slot and teaches the algorithm nothing.
+#[must_use = "the slot is freed as soon as the permit is dropped"]
+pub struct AdaptivePermit<A, R: Clock = DefaultRuntime> {
+    permit: Option<OwnedPermit<R>>,
+    started: u64,
+    inflight: u32,
+    limiter: AdaptiveLimiter<A, R>,
+}
+
+impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
+    /// The call succeeded: its time since admission is a sample.
+    pub fn success(self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// The call failed (timed out, or refused by the dependency for load): a dropped sample.
+    pub fn failure(self) {
+        self.finish(Outcome::Failure);
+    }
+
+    /// The call says nothing about the dependency's capacity: no sample.
+    pub fn ignore(self) {
+        self.finish(Outcome::Ignored);
+    }
+
+    /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
+    pub fn finish(mut self, outcome: Outcome) {
+        let dropped = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => return,
+        };
+        let limiter = &self.limiter;
+        let shared = &*limiter.shared;
+        let now = shared.clock.nanos(shared.bulkhead.runtime());
+        // The slot is given back first, as the call is over; the sample still counts the
+        // calls in flight when this one was admitted.
+        drop(self.permit.take());
+        limiter.learn(&Sample {
+            rtt: Duration::from_nanos(now.saturating_sub(self.started)),
+            inflight: self.inflight,
+            dropped,
+        });
+    }
+}
+
+impl<A, R: Clock> fmt::Debug for AdaptivePermit<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptivePermit")
+            .field("inflight", &self.inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter<A, R> {
+    type Guard = AdaptivePermit<A, R>;
+    type Admit = AdaptiveAdmit<A, R>;
+
+    #[inline]
+    fn try_admit(&self) -> Option<Self::Guard> {
+        self.shared
+            .bulkhead
+            .try_acquire_owned_quiet()
+            .map(|permit| self.permit(permit))
+    }
+
+    fn admit(&self, wait: Wait) -> Self::Admit {
+        AdaptiveAdmit {
+            acquire: self.shared.bulkhead.acquire_owned_within(wait),
+            limiter: Some(self.clone()),
+        }
+    }
+
+    fn finish(guard: Self::Guard, outcome: Outcome) {
+        guard.finish(outcome);
+    }
+}
+
+pin_project! {
+    /// The [`Admission::admit`] future of an [`AdaptiveLimiter`]: a bulkhead's wait, timed
+    /// from the moment it admits.
+    ///
+    /// **Cancel safety:** as the bulkhead's: dropping it leaves the queue and holds nothing.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct AdaptiveAdmit<A, R: Clock> {
+        #[pin]
+        acquire: AcquireOwned<R>,
+        limiter: Option<AdaptiveLimiter<A, R>>,
+    }
+}
+
+impl<A: LimitAlgorithm, R: Clock> Future for AdaptiveAdmit<A, R> {
+    type Output = Result<AdaptivePermit<A, R>, Rejected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let permit = ready!(this.acquire.poll(cx))?;
+        let Some(limiter) = this.limiter.take() else {
+            unreachable!("an admission completes once");
+        };
+        Poll::Ready(Ok(limiter.permit(permit)))
+    }
+}
+
+impl<A, R: Clock> fmt::Debug for AdaptiveAdmit<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveAdmit").finish_non_exhaustive()
+    }
+}
+
+impl<A, R> Clone for AdaptiveLimiter<A, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<A, R: Clock> fmt::Debug for AdaptiveLimiter<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimiter")
+            .field("name", &self.shared.bulkhead.name())
+            .field("capacity", &self.shared.bulkhead.capacity())
+            .finish_non_exhaustive()
+    }
+}
