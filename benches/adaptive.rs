@@ -1,0 +1,69 @@
+//! What an adaptive limiter costs a call against a bulkhead, in the same run: take a slot,
+//! end the call, give the slot back, uncontended with free slots (limit 64).
+//!
+//! * `bulkhead_owned`: `Bulkhead::try_acquire_owned` and drop (the permit the adaptive
+//!   limiter holds);
+//! * `aimd`, `vegas`, `gradient2`: `AdaptiveLimiter::try_acquire` then `success()`, which
+//!   reads the clock twice (admission and end) and updates the algorithm under its lock;
+//! * `ignored`: the same with `ignore()`, which teaches nothing (no clock read at the end,
+//!   no update): what a cancelled or ignored call costs.
+//!
+//! Run: `cargo bench -p tidewall-benches --bench adaptive`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tidewall::adaptive::{AdaptiveLimiter, Aimd, Gradient2, LimitAlgorithm, Vegas};
+use tidewall::bulkhead::Bulkhead;
+
+const LIMIT: u32 = 64;
+
+fn limiter<A: LimitAlgorithm + Send + 'static>(algorithm: A) -> AdaptiveLimiter<A> {
+    AdaptiveLimiter::builder(algorithm).build().unwrap()
+}
+
+fn adaptive(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let bulkhead = Bulkhead::builder(LIMIT as usize).build().unwrap();
+    let aimd = limiter(
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(LIMIT)
+            .build()
+            .unwrap(),
+    );
+    let vegas = limiter(Vegas::builder().initial_limit(LIMIT).build().unwrap());
+    let gradient2 = limiter(Gradient2::builder().initial_limit(LIMIT).build().unwrap());
+
+    let mut group = c.benchmark_group("adaptive_round_trip");
+    group.bench_function("bulkhead_owned", |b| {
+        b.iter(|| drop(bulkhead.try_acquire_owned().unwrap()));
+    });
+    group.bench_function("aimd", |b| b.iter(|| aimd.try_acquire().unwrap().success()));
+    group.bench_function("vegas", |b| {
+        b.iter(|| vegas.try_acquire().unwrap().success())
+    });
+    group.bench_function("gradient2", |b| {
+        b.iter(|| gradient2.try_acquire().unwrap().success());
+    });
+    group.bench_function("ignored", |b| {
+        b.iter(|| aimd.try_acquire().unwrap().ignore())
+    });
+    group.finish();
+    // One call at a time is less than half the limit: no algorithm may have moved it.
+    assert_eq!(
+        (aimd.limit(), vegas.limit(), gradient2.limit()),
+        (LIMIT, LIMIT, LIMIT)
+    );
+    assert_eq!(bulkhead.in_flight() + aimd.in_flight(), 0);
+}
+
+// criterion_group! generates an undocumented public function.
+#[allow(missing_docs)]
+mod group {
+    use super::{adaptive, criterion_group};
+    criterion_group! { name = benches; config = tidewall_benches::criterion(); targets = adaptive }
+}
+criterion_main!(group::benches);
