@@ -193,7 +193,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 /// [`success`](Self::success), [`failure`](Self::failure) or [`ignore`](Self::ignore); dropped
 /// without one (a cancelled call), it frees the slot and teaches the algorithm nothing.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
-pub struct AdaptivePermit<A, R: Clock = DefaultRuntime> {
+pub struct AdaptivePermit<A, R: Clock> {
     permit: Option<OwnedPermit<R>>,
     started: u64,
     inflight: u32,
