@@ -250,3 +250,57 @@ fn limit_algorithm_is_object_safe_for_users() {
     let algorithms: Vec<Box<dyn LimitAlgorithm>> = vec![Box::new(aimd(3))];
     assert_eq!(algorithms[0].limit(), 3);
 }
+
+/// Threads taking and ending calls while every ending moves the limit: no slot is lost or
+/// leaked, and never more are in flight than the most the limit allows.
+#[test]
+fn threads_moving_the_limit_lose_no_slot() {
+    let clock = tidewall::testing::FakeClock::new();
+    let limiter = AdaptiveLimiter::builder(aimd(8))
+        .runtime(clock.clone())
+        .build()
+        .unwrap();
+    let most = std::sync::Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..4_u64)
+        .map(|t| {
+            let (limiter, most) = (limiter.clone(), std::sync::Arc::clone(&most));
+            std::thread::spawn(move || {
+                let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ t;
+                let mut held = Vec::new();
+                for _ in 0..20_000 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    if seed % 3 != 0 {
+                        if let Ok(permit) = limiter.try_acquire() {
+                            let now = u32::try_from(limiter.in_flight()).unwrap();
+                            most.fetch_max(now, SeqCst);
+                            held.push(permit);
+                        }
+                    } else if let Some(permit) = held.pop() {
+                        match seed % 5 {
+                            0 => permit.failure(),
+                            1 => permit.ignore(),
+                            2 => drop(permit),
+                            _ => permit.success(),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(limiter.in_flight(), 0, "every slot came back");
+    assert!(
+        most.load(SeqCst) <= 100,
+        "never more than max_limit in flight"
+    );
+    let limit = limiter.limit();
+    assert!((1..=100).contains(&limit), "{limit}");
+    // The slots still match the limit: exactly `limit` can be taken now.
+    let taken: Vec<_> = (0..limit).map(|_| limiter.try_acquire().unwrap()).collect();
+    assert_eq!(limiter.try_acquire().unwrap_err(), Rejected::BulkheadFull);
+    drop(taken);
+}
