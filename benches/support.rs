@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use criterion::Criterion;
 
+pub mod overload;
+
 /// Criterion settings sized for a 2-vCPU VM: short warm-up, enough samples for a stable median.
 pub fn criterion() -> Criterion {
     Criterion::default()

@@ -1,0 +1,422 @@
+//! The overload simulation: a dependency of capacity `C` concurrent requests and service time
+//! `L` (queueing beyond `C`), offered load stepping 0.5x → 3x capacity → 0.5x, and a client
+//! that admits each request by a limit strategy. Deterministic: virtual time in nanoseconds,
+//! Poisson arrivals and service jitter from a seeded generator, events in a heap. Nothing
+//! sleeps, so a minute of traffic takes milliseconds.
+//!
+//! The model:
+//! * the client admits a request while fewer than its limit are in flight, and sheds it
+//!   otherwise (refused at once, never sent);
+//! * the dependency serves `C` at a time, FIFO, each in `L` ± 10 %; a request that waits
+//!   beyond `C` queues there, so latency grows with load;
+//! * the client gives up on a request after `timeout` (a failure, a dropped sample); the
+//!   dependency does not know and serves it anyway, as real servers do: work wasted;
+//! * each strategy learns from every request that ended: its time since admission, the
+//!   requests in flight when it was admitted, whether it timed out.
+
+// A simulation of rates and nanosecond times: every cast below converts a value that is in
+// range by construction (a rate to a gap, a count to a share), never user input.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use tidewall_core::adaptive::{LimitAlgorithm, Sample};
+use tidewall_core::rng::SplitMix64;
+use tower_resilience::adaptive::ConcurrencyAlgorithm;
+
+/// What the dependency and the traffic are.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Requests the dependency serves at once.
+    pub capacity: u32,
+    /// Each request's service time (± 10 %).
+    pub service: Duration,
+    /// The client gives up after this.
+    pub timeout: Duration,
+    /// Offered load as a multiple of capacity (`capacity / service` requests a second), and
+    /// for how long.
+    pub phases: Vec<(f64, Duration)>,
+    /// Seeds arrivals and service times.
+    pub seed: u64,
+    /// The width of a measurement window.
+    pub window: Duration,
+}
+
+impl Scenario {
+    /// The scenario: 0.5x → 3x → 0.5x capacity, `each` long.
+    pub fn steps(each: Duration, seed: u64) -> Self {
+        Self {
+            capacity: 32,
+            service: Duration::from_millis(20),
+            timeout: Duration::from_millis(500),
+            phases: vec![(0.5, each), (3.0, each), (0.5, each)],
+            seed,
+            window: Duration::from_millis(100),
+        }
+    }
+
+    /// Requests a second the dependency completes at full use.
+    pub fn throughput(&self) -> f64 {
+        f64::from(self.capacity) / self.service.as_secs_f64()
+    }
+}
+
+/// A client-side limit, as the simulation drives it.
+pub trait Strategy {
+    /// Requests admitted at once now.
+    fn limit(&self) -> u32;
+    /// Learns from a request that ended.
+    fn ended(&mut self, sample: &Sample);
+}
+
+/// No limit at all.
+#[derive(Debug)]
+pub struct Unlimited;
+
+impl Strategy for Unlimited {
+    fn limit(&self) -> u32 {
+        u32::MAX
+    }
+    fn ended(&mut self, _: &Sample) {}
+}
+
+/// A fixed limit.
+#[derive(Debug)]
+pub struct Fixed(pub u32);
+
+impl Strategy for Fixed {
+    fn limit(&self) -> u32 {
+        self.0
+    }
+    fn ended(&mut self, _: &Sample) {}
+}
+
+/// One of Tidewall's algorithms.
+pub struct Tidewall(pub Box<dyn LimitAlgorithm>);
+
+impl Strategy for Tidewall {
+    fn limit(&self) -> u32 {
+        self.0.limit()
+    }
+    fn ended(&mut self, sample: &Sample) {
+        self.0.update(sample);
+    }
+}
+
+/// One of tower-resilience's algorithms, driven through its public trait exactly as its
+/// service does: a success with its latency, a failure (here: a timeout) without one.
+pub struct Tower<A>(pub A);
+
+impl<A: ConcurrencyAlgorithm> Strategy for Tower<A> {
+    fn limit(&self) -> u32 {
+        u32::try_from(self.0.limit()).unwrap_or(u32::MAX)
+    }
+    fn ended(&mut self, sample: &Sample) {
+        if sample.dropped {
+            self.0.record_failure();
+        } else {
+            self.0.record_success(sample.rtt);
+        }
+    }
+}
+
+/// What one measurement window saw.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Requests that arrived.
+    pub arrived: u64,
+    /// Requests the client shed.
+    pub shed: u64,
+    /// Requests answered in time.
+    pub succeeded: u64,
+    /// Requests the client gave up on.
+    pub timed_out: u64,
+    /// Latency of each success, in nanoseconds.
+    pub latencies: Vec<u64>,
+    /// The limit at the window's end.
+    pub limit: u32,
+}
+
+/// A whole run, window by window.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The scenario it ran.
+    pub scenario: Scenario,
+    /// Every window, in order.
+    pub windows: Vec<Window>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The next request arrives.
+    Arrival,
+    /// The dependency finishes request `id`.
+    Served(usize),
+    /// The client gives up on request `id`.
+    GiveUp(usize),
+}
+
+struct Request {
+    admitted_at: u64,
+    inflight: u32,
+    /// Ended at the client (answered or given up on).
+    ended: bool,
+}
+
+/// Runs `scenario` with `strategy`.
+pub fn simulate(scenario: &Scenario, strategy: &mut dyn Strategy) -> Run {
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let window = nanos(scenario.window);
+    let end: u64 = scenario.phases.iter().map(|(_, d)| nanos(*d)).sum();
+    let mut windows = vec![Window::default(); usize::try_from(end.div_ceil(window)).unwrap_or(0)];
+    let mut rng = SplitMix64::new(scenario.seed);
+    let mut events = BinaryHeap::new();
+    let mut seq = 0_u64;
+    let mut push = |events: &mut BinaryHeap<_>, at: u64, event: Event| {
+        seq += 1;
+        events.push(Reverse((at, seq, event)));
+    };
+    let mut requests: Vec<Request> = Vec::new();
+    let mut queue = VecDeque::new();
+    let (mut busy, mut in_flight) = (0_u32, 0_u32);
+    let service = nanos(scenario.service);
+    let timeout = nanos(scenario.timeout);
+    // Uniform in [0, 1).
+    let unit = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1_u64 << 53) as f64;
+    let rate_at = |t: u64| {
+        let mut from = 0;
+        for (load, length) in &scenario.phases {
+            from += nanos(*length);
+            if t < from {
+                return load * scenario.throughput();
+            }
+        }
+        0.0
+    };
+    let next_arrival = |rng: &mut SplitMix64, t: u64| {
+        let gap = -(1.0 - unit(rng)).ln() / rate_at(t) * 1e9;
+        t + gap as u64
+    };
+    let serve_time = |rng: &mut SplitMix64| {
+        let jitter = 0.9 + 0.2 * unit(rng);
+        (service as f64 * jitter) as u64
+    };
+    let first = next_arrival(&mut rng, 0);
+    push(&mut events, first, Event::Arrival);
+    while let Some(Reverse((now, _, event))) = events.pop() {
+        if now >= end {
+            break;
+        }
+        let at = usize::try_from(now / window).unwrap_or(0);
+        match event {
+            Event::Arrival => {
+                windows[at].arrived += 1;
+                let next = next_arrival(&mut rng, now);
+                push(&mut events, next, Event::Arrival);
+                if in_flight >= strategy.limit() {
+                    windows[at].shed += 1;
+                    continue;
+                }
+                in_flight += 1;
+                let id = requests.len();
+                requests.push(Request {
+                    admitted_at: now,
+                    inflight: in_flight,
+                    ended: false,
+                });
+                push(&mut events, now + timeout, Event::GiveUp(id));
+                if busy < scenario.capacity {
+                    busy += 1;
+                    let done = now + serve_time(&mut rng);
+                    push(&mut events, done, Event::Served(id));
+                } else {
+                    queue.push_back(id);
+                }
+            }
+            Event::Served(id) => {
+                if let Some(next) = queue.pop_front() {
+                    let done = now + serve_time(&mut rng);
+                    push(&mut events, done, Event::Served(next));
+                } else {
+                    busy -= 1;
+                }
+                let request = &mut requests[id];
+                if request.ended {
+                    continue; // given up on: the work was wasted
+                }
+                request.ended = true;
+                in_flight -= 1;
+                let rtt = now - request.admitted_at;
+                windows[at].succeeded += 1;
+                windows[at].latencies.push(rtt);
+                strategy.ended(&Sample {
+                    rtt: Duration::from_nanos(rtt),
+                    inflight: request.inflight,
+                    dropped: false,
+                });
+            }
+            Event::GiveUp(id) => {
+                let request = &mut requests[id];
+                if request.ended {
+                    continue;
+                }
+                request.ended = true;
+                in_flight -= 1;
+                windows[at].timed_out += 1;
+                strategy.ended(&Sample {
+                    rtt: Duration::from_nanos(timeout),
+                    inflight: request.inflight,
+                    dropped: true,
+                });
+            }
+        }
+        windows[at].limit = strategy.limit().min(u32::MAX - 1);
+    }
+    Run {
+        scenario: scenario.clone(),
+        windows,
+    }
+}
+
+/// One phase of a run, summed up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseSummary {
+    /// Offered load, as a multiple of capacity.
+    pub load: f64,
+    /// Answers in time per second, as a share of the dependency's throughput.
+    pub goodput: f64,
+    /// The target goodput's share: the offered load, or all of capacity under overload.
+    pub target: f64,
+    /// Median and 99th percentile latency of the answers, in milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// Share of arrivals shed.
+    pub shed: f64,
+    /// Share of admitted requests given up on.
+    pub timed_out: f64,
+    /// From the phase's start until every later half second meets its target (answers in
+    /// time at least 95 % of what arrived, or of the dependency's throughput if less; p99 at
+    /// most twice the service time): `None` if never.
+    pub settle: Option<Duration>,
+}
+
+/// The `q` quantile of `values` (sorted here).
+fn quantile(values: &mut [u64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable();
+    let at = ((values.len() - 1) as f64 * q).round() as usize;
+    values[at] as f64
+}
+
+impl Run {
+    /// Each phase summed up.
+    pub fn phases(&self) -> Vec<PhaseSummary> {
+        let s = &self.scenario;
+        let per_window = s.window.as_secs_f64();
+        let mut start = 0_usize;
+        let mut out = Vec::new();
+        for (load, length) in &s.phases {
+            let count = (length.as_secs_f64() / per_window).round() as usize;
+            let phase = &self.windows[start..(start + count).min(self.windows.len())];
+            let target = load.min(1.0);
+            let sum = |f: fn(&Window) -> u64| phase.iter().map(f).sum::<u64>() as f64;
+            let mut latencies: Vec<u64> = phase.iter().flat_map(|w| w.latencies.clone()).collect();
+            let admitted = sum(|w| w.arrived) - sum(|w| w.shed);
+            let settled = |from: usize| {
+                // Every half second (five windows) from `from` on answers in time at least
+                // 95 % of what arrived (or of what the dependency can do, if less), with a
+                // p99 of at most twice the service time.
+                phase[from..].windows(5).all(|five| {
+                    let answered = five.iter().map(|w| w.succeeded).sum::<u64>() as f64;
+                    let arrived = five.iter().map(|w| w.arrived).sum::<u64>() as f64;
+                    let possible = arrived.min(s.throughput() * 5.0 * per_window);
+                    let mut l: Vec<u64> = five.iter().flat_map(|w| w.latencies.clone()).collect();
+                    answered >= 0.95 * possible
+                        && quantile(&mut l, 0.99) <= 2.0 * s.service.as_nanos() as f64
+                })
+            };
+            let settle = (0..phase.len().saturating_sub(5))
+                .find(|&from| settled(from))
+                .map(|from| s.window * u32::try_from(from).unwrap_or(u32::MAX));
+            out.push(PhaseSummary {
+                load: *load,
+                goodput: sum(|w| w.succeeded) / length.as_secs_f64() / s.throughput(),
+                target,
+                p50_ms: quantile(&mut latencies, 0.5) / 1e6,
+                p99_ms: quantile(&mut latencies, 0.99) / 1e6,
+                shed: sum(|w| w.shed) / sum(|w| w.arrived).max(1.0),
+                timed_out: sum(|w| w.timed_out) / admitted.max(1.0),
+                settle,
+            });
+            start += count;
+        }
+        out
+    }
+}
+
+/// Every strategy the report compares, by name: no limit, fixed limits set right and wrong,
+/// Tidewall's three algorithms (Netflix's defaults, bounds 1..=1,000) and tower-resilience's
+/// two (its defaults).
+///
+/// # Panics
+///
+/// Never: every builder gets settings it accepts.
+pub fn strategies(scenario: &Scenario) -> Vec<(&'static str, Box<dyn Strategy>)> {
+    use tidewall_core::adaptive::{Aimd, Gradient2, Vegas};
+    let c = scenario.capacity;
+    vec![
+        ("no limit", Box::new(Unlimited)),
+        ("fixed, set right (C)", Box::new(Fixed(c))),
+        ("fixed, too high (4C)", Box::new(Fixed(4 * c))),
+        ("fixed, too low (C/4)", Box::new(Fixed(c / 4))),
+        (
+            "Tidewall AIMD",
+            Box::new(Tidewall(Box::new(
+                Aimd::builder()
+                    .min_limit(1)
+                    .max_limit(1000)
+                    .build()
+                    .expect("valid"),
+            ))),
+        ),
+        (
+            "Tidewall Vegas",
+            Box::new(Tidewall(Box::new(Vegas::builder().build().expect("valid")))),
+        ),
+        (
+            "Tidewall Gradient2",
+            Box::new(Tidewall(Box::new(
+                Gradient2::builder()
+                    .min_limit(1)
+                    .max_limit(1000)
+                    .build()
+                    .expect("valid"),
+            ))),
+        ),
+        (
+            "tower-resilience AIMD",
+            Box::new(Tower(
+                tower_resilience::adaptive::Aimd::builder()
+                    .build()
+                    .expect("valid"),
+            )),
+        ),
+        (
+            "tower-resilience Vegas",
+            Box::new(Tower(
+                tower_resilience::adaptive::Vegas::builder()
+                    .build()
+                    .expect("valid"),
+            )),
+        ),
+    ]
+}

@@ -1,0 +1,86 @@
+//! The overload simulation's short form (2 s phases): the model behaves as the queueing it
+//! models (a limit set right meets every target, no limit collapses under 3x and stays
+//! collapsed after it), runs are reproducible, and no request is lost from the accounts.
+
+use std::time::Duration;
+
+use tidewall_benches::overload::{Fixed, Scenario, Unlimited, simulate, strategies};
+
+fn scenario(seed: u64) -> Scenario {
+    Scenario::steps(Duration::from_secs(2), seed)
+}
+
+#[test]
+fn a_limit_set_right_meets_every_target_and_no_limit_collapses() {
+    let s = scenario(7);
+    let right = simulate(&s, &mut Fixed(s.capacity)).phases();
+    for phase in &right {
+        assert!(phase.goodput >= 0.95 * phase.target, "{phase:?}");
+        assert!(phase.p99_ms <= 2.0 * 20.0, "{phase:?}");
+        assert!(
+            phase.settle.is_some_and(|d| d <= Duration::from_secs(1)),
+            "{phase:?}"
+        );
+    }
+    let none = simulate(&s, &mut Unlimited).phases();
+    assert!(none[1].goodput < 0.5, "3x with no limit: {:?}", none[1]);
+    assert!(
+        none[2].goodput < 0.5 * none[2].target,
+        "the backlog outlives the step: {:?}",
+        none[2]
+    );
+    assert!(none[1].settle.is_none());
+}
+
+#[test]
+fn runs_are_reproducible_and_account_for_every_request() {
+    let s = scenario(11);
+    for (name, mut strategy) in strategies(&s) {
+        let run = simulate(&s, strategy.as_mut());
+        let (_, mut again) = strategies(&s)
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("the same strategy");
+        let rerun = simulate(&s, again.as_mut());
+        assert_eq!(
+            run.phases(),
+            rerun.phases(),
+            "{name}: the same seed, the same run"
+        );
+        let sum = |f: fn(&tidewall_benches::overload::Window) -> u64| {
+            run.windows.iter().map(f).sum::<u64>()
+        };
+        let admitted = sum(|w| w.arrived) - sum(|w| w.shed);
+        let ended = sum(|w| w.succeeded) + sum(|w| w.timed_out);
+        // Requests still in flight at the end are neither answered nor given up on yet; at
+        // most one timeout's worth of arrivals.
+        assert!(
+            ended <= admitted,
+            "{name}: {ended} ended of {admitted} admitted"
+        );
+        assert!(
+            admitted - ended <= 1_600,
+            "{name}: {} unaccounted",
+            admitted - ended
+        );
+        assert!(
+            run.windows.iter().all(|w| w.limit >= 1),
+            "{name}: a limit of zero admits nothing"
+        );
+    }
+}
+
+#[test]
+fn every_strategy_runs_the_short_form() {
+    let s = scenario(20_261_205);
+    for (name, mut strategy) in strategies(&s) {
+        let phases = simulate(&s, strategy.as_mut()).phases();
+        assert_eq!(phases.len(), 3, "{name}");
+        assert!(
+            phases
+                .iter()
+                .all(|p| p.goodput.is_finite() && p.goodput <= 1.05),
+            "{name}: {phases:?}"
+        );
+    }
+}
