@@ -56,23 +56,7 @@ impl Aimd {
 }
 
 impl AimdBuilder {
-    /// The limit before any sample (default 20).
-    pub fn initial_limit(mut self, limit: u32) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The least the limit falls to (default 20; at least 1).
-    pub fn min_limit(mut self, limit: u32) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The most the limit grows to (default 200).
-    pub fn max_limit(mut self, limit: u32) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    limit_setters!("20", "20", "200");
 
     /// What a drop multiplies the limit by (default 0.9; within `0.5..1`).
     pub fn backoff_ratio(mut self, ratio: f64) -> Self {

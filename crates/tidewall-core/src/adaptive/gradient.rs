@@ -109,23 +109,7 @@ impl Gradient2 {
 }
 
 impl Gradient2Builder {
-    /// The limit before any sample (default 20).
-    pub fn initial_limit(mut self, limit: u32) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The least the limit falls to (default 20; at least 1).
-    pub fn min_limit(mut self, limit: u32) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The most the limit grows to (default 200).
-    pub fn max_limit(mut self, limit: u32) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    limit_setters!("20", "20", "200");
 
     /// The weight of each new limit against the old (default 0.2; within `(0, 1]`).
     pub fn smoothing(mut self, smoothing: f64) -> Self {

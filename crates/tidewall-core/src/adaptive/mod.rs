@@ -32,6 +32,30 @@
 //! # Ok::<(), tidewall_core::ConfigError>(())
 //! ```
 
+/// The `initial_limit`, `min_limit` and `max_limit` setters every builder has; the arguments
+/// are its defaults, as its docs show them.
+macro_rules! limit_setters {
+    ($initial:literal, $min:literal, $max:literal) => {
+        #[doc = concat!("The limit before any sample (default ", $initial, ").")]
+        pub fn initial_limit(mut self, limit: u32) -> Self {
+            self.initial_limit = limit;
+            self
+        }
+
+        #[doc = concat!("The least the limit falls to (default ", $min, "; at least 1).")]
+        pub fn min_limit(mut self, limit: u32) -> Self {
+            self.min_limit = limit;
+            self
+        }
+
+        #[doc = concat!("The most the limit grows to (default ", $max, ").")]
+        pub fn max_limit(mut self, limit: u32) -> Self {
+            self.max_limit = limit;
+            self
+        }
+    };
+}
+
 mod aimd;
 mod gradient;
 mod vegas;

@@ -80,23 +80,7 @@ impl Vegas {
 }
 
 impl VegasBuilder {
-    /// The limit before any sample (default 20).
-    pub fn initial_limit(mut self, limit: u32) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// The least the limit falls to (default 1).
-    pub fn min_limit(mut self, limit: u32) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// The most the limit grows to (default 1,000).
-    pub fn max_limit(mut self, limit: u32) -> Self {
-        self.max_limit = limit;
-        self
-    }
+    limit_setters!("20", "1", "1,000");
 
     /// The weight of each new limit against the old (default 1: none kept; within `(0, 1]`).
     pub fn smoothing(mut self, smoothing: f64) -> Self {
