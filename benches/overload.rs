@@ -420,3 +420,125 @@ pub fn strategies(scenario: &Scenario) -> Vec<(&'static str, Box<dyn Strategy>)>
         ),
     ]
 }
+
+/// A line chart of one value per window for several runs, as an SVG document: time on the x
+/// axis (seconds), the value on the y axis, one polyline per run with its name in the legend.
+pub fn svg_chart(
+    title: &str,
+    unit: &str,
+    runs: &[(&str, &Run)],
+    value: fn(&Scenario, &Window) -> f64,
+) -> String {
+    use std::fmt::Write as _;
+    const COLORS: [&str; 9] = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+        "#17becf",
+    ];
+    let (width, height, left, top, plot_w, plot_h) = (900.0, 420.0, 60.0, 40.0, 600.0, 320.0);
+    let series: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|(_, run)| {
+            run.windows
+                .iter()
+                .map(|w| value(&run.scenario, w))
+                .collect()
+        })
+        .collect();
+    let longest = series.iter().map(Vec::len).max().unwrap_or(1).max(2);
+    let top_value = series.iter().flatten().copied().fold(1.0_f64, f64::max) * 1.05;
+    let window = runs
+        .first()
+        .map_or(0.1, |(_, r)| r.scenario.window.as_secs_f64());
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"##
+    );
+    let _ = write!(
+        svg,
+        r##"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="24" font-size="15">{title}</text>"##
+    );
+    let _ = write!(
+        svg,
+        r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"##,
+        top + plot_h,
+        left + plot_w,
+        top + plot_h,
+        top + plot_h
+    );
+    for tick in 0..=4 {
+        let v = top_value * f64::from(tick) / 4.0;
+        let y = top + plot_h - plot_h * f64::from(tick) / 4.0;
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="end">{v:.0}</text><line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
+            left - 6.0,
+            y + 4.0,
+            left + plot_w
+        );
+    }
+    let seconds = longest as f64 * window;
+    for tick in 0..=6 {
+        let t = seconds * f64::from(tick) / 6.0;
+        let x = left + plot_w * f64::from(tick) / 6.0;
+        let _ = write!(
+            svg,
+            r##"<text x="{x}" y="{}" text-anchor="middle">{t:.0} s</text>"##,
+            top + plot_h + 16.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="14" y="{}" transform="rotate(-90 14 {})">{unit}</text>"##,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    for (i, ((name, _), values)) in runs.iter().zip(&series).enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(n, v)| {
+                let x = left + plot_w * n as f64 / (longest - 1) as f64;
+                let y = top + plot_h - plot_h * (v / top_value).min(1.0);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            r##"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"##,
+            points.join(" ")
+        );
+        let ly = top + 16.0 * i as f64;
+        let _ = write!(
+            svg,
+            r##"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"##,
+            left + plot_w + 20.0,
+            left + plot_w + 40.0,
+            left + plot_w + 46.0,
+            ly + 4.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Per window: answers in time, as a share of the dependency's throughput (percent).
+pub fn goodput_percent(scenario: &Scenario, window: &Window) -> f64 {
+    window.succeeded as f64 / scenario.window.as_secs_f64() / scenario.throughput() * 100.0
+}
+
+/// Per window: the 99th percentile latency of the answers, in milliseconds.
+pub fn p99_ms(_: &Scenario, window: &Window) -> f64 {
+    let mut latencies = window.latencies.clone();
+    quantile(&mut latencies, 0.99) / 1e6
+}
+
+/// Per window: the limit at its end (no limit shows as zero).
+pub fn limit(_: &Scenario, window: &Window) -> f64 {
+    if window.limit >= u32::MAX - 1 {
+        0.0
+    } else {
+        f64::from(window.limit)
+    }
+}

@@ -1,14 +1,19 @@
 //! The overload simulation's full form: every strategy through 0.5x → 3x → 0.5x capacity,
 //! as tables (see `tidewall_benches::overload` for the model).
 //!
-//! `cargo run --release -p tidewall-benches --bin overload [-- <seconds per phase> <seed>]`
+//! `cargo run --release -p tidewall-benches --bin overload [-- <seconds per phase> <seed> [<svg dir>]]`
+//!
+//! With a directory, it also writes `goodput.svg`, `p99.svg` and `limit.svg` there: each
+//! strategy's value per 100 ms window.
 
 // A report printer: its output is the point.
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
-use tidewall_benches::overload::{Scenario, simulate, strategies};
+use tidewall_benches::overload::{
+    Scenario, Window, goodput_percent, limit, p99_ms, simulate, strategies, svg_chart,
+};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -30,6 +35,8 @@ fn main() {
         "| strategy | phase | goodput (of capacity) | target | p50 | p99 | shed | timed out | settled after |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let svg_dir = args.next();
+    let mut runs = Vec::new();
     for (name, mut strategy) in strategies(&scenario) {
         let run = simulate(&scenario, strategy.as_mut());
         for phase in run.phases() {
@@ -47,6 +54,30 @@ fn main() {
                 phase.shed * 100.0,
                 phase.timed_out * 100.0,
             );
+        }
+        runs.push((name, run));
+    }
+    if let Some(dir) = svg_dir {
+        let runs: Vec<_> = runs
+            .iter()
+            .filter(|(name, _)| *name != "no limit" && !name.starts_with("fixed, too"))
+            .map(|(name, run)| (*name, run))
+            .collect();
+        let charts = [
+            (
+                "goodput.svg",
+                "Goodput per 100 ms (0.5x → 3x → 0.5x capacity)",
+                "% of capacity",
+                goodput_percent as fn(&Scenario, &Window) -> f64,
+            ),
+            ("p99.svg", "p99 latency per 100 ms", "ms", p99_ms),
+            ("limit.svg", "The limit", "requests in flight", limit),
+        ];
+        for (file, title, unit, value) in charts {
+            let path = std::path::Path::new(&dir).join(file);
+            std::fs::write(&path, svg_chart(title, unit, &runs, value))
+                .expect("the chart is written");
+            println!("wrote {}", path.display());
         }
     }
 }
