@@ -271,7 +271,7 @@ fn threads_moving_the_limit_lose_no_slot() {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    if seed % 3 != 0 {
+                    if !seed.is_multiple_of(3) {
                         if let Ok(permit) = limiter.try_acquire() {
                             let now = u32::try_from(limiter.in_flight()).unwrap();
                             most.fetch_max(now, SeqCst);

@@ -143,8 +143,8 @@ impl Gradient2Builder {
     ///
     /// [`ConfigError::Zero`] for a zero `min_limit`, `long_window` or `smoothing`;
     /// [`ConfigError::Conflict`] unless `min_limit <= initial_limit <= max_limit`;
-    /// [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing` outside `(0, 1]` or an
-    /// `rtt_tolerance` below 1.
+    /// [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing` above 1 or below 0, or
+    /// an `rtt_tolerance` below 1.
     pub fn build(self) -> Result<Gradient2, ConfigError> {
         check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio("smoothing", self.smoothing, 0.0, 1.0, false, "in (0, 1]")?;

@@ -16,10 +16,11 @@
 //!   sample's: a gradient below one (latency rising) shrinks the limit, and a queue allowance
 //!   lets it grow while latency holds.
 //!
-//! Every algorithm keeps its estimate as a real number and publishes its integer part, clamped
-//! to `[min_limit, max_limit]`; an RTT of zero counts as one nanosecond. A limiter does not
-//! grow while a call found fewer than half its slots in use (an idle service says nothing about
-//! how much more the dependency could take).
+//! Vegas and Gradient2 keep their estimate as a real number and publish its integer part; AIMD's
+//! is a whole number, truncated on each backoff, as Netflix's. Every limit stays within
+//! `[min_limit, max_limit]`, and an RTT of zero counts as one nanosecond. A limit does not grow
+//! while a call found fewer than half its slots in use (an idle service says nothing about how
+//! much more the dependency could take); Gradient2's does not move at all then, drops included.
 //!
 //! ```
 //! use core::time::Duration;

@@ -19,7 +19,8 @@ use crate::rng::SplitMix64;
 ///
 /// The new limit is clamped to `[min_limit, max_limit]`, then blended with the old one by
 /// `smoothing` (1: no blending). A sample that sets or probes the no-load RTT changes nothing
-/// else, and a limit less than half used does not grow.
+/// else, a drop included (as Netflix's: a drop faster than every call before it becomes the
+/// no-load RTT), and a limit less than half used does not grow.
 ///
 /// ```
 /// use core::time::Duration;
@@ -118,10 +119,10 @@ impl VegasBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero `min_limit` or `probe_multiplier`;
+    /// [`ConfigError::Zero`] for a zero `min_limit`, `probe_multiplier` or `smoothing`;
     /// [`ConfigError::Conflict`] unless `min_limit <= initial_limit <= max_limit`, or for an
     /// `alpha` above `beta`; [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing`
-    /// outside `(0, 1]`.
+    /// above 1 or below 0.
     pub fn build(self) -> Result<Vegas, ConfigError> {
         check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio("smoothing", self.smoothing, 0.0, 1.0, false, "in (0, 1]")?;

@@ -226,14 +226,14 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
         let limiter = &self.limiter;
         let shared = &*limiter.shared;
         let now = shared.clock.nanos(shared.bulkhead.runtime());
-        // The slot is given back first, as the call is over; the sample still counts the
-        // calls in flight when this one was admitted.
-        drop(self.permit.take());
         limiter.learn(&Sample {
             rtt: Duration::from_nanos(now.saturating_sub(self.started)),
             inflight: self.inflight,
             dropped,
         });
+        // The slot goes back only once the new limit is in force: given back first, it would
+        // go to a queued caller that the smaller limit no longer admits.
+        drop(self.permit.take());
     }
 }
 

@@ -5,15 +5,17 @@
 //! An [`AdaptiveLimiter`] is a [bulkhead](crate::bulkhead) whose capacity is the algorithm's
 //! limit: it admits a call while fewer than the limit are in flight, and otherwise refuses at
 //! once or queues up to `max_wait` (never past the caller's deadline), as a bulkhead does.
-//! When a call ends, its time since admission, the calls in flight when it was admitted and
-//! whether it failed go to the algorithm, and a new limit resizes the bulkhead; a smaller
-//! one revokes nothing held. A call that was cancelled, or whose outcome was ignored, teaches
+//! When a call ends, its time since admission, the calls in flight when it was admitted (a
+//! queued caller's: when its slot was granted) and whether it failed go to the algorithm, and
+//! a new limit resizes the bulkhead before the call's slot goes back; a smaller one revokes
+//! nothing held, and admits nobody new, queued callers included, until fewer are in flight. A call that was cancelled, or whose outcome was ignored, teaches
 //! the algorithm nothing: it never counts as a fast success.
 //!
 //! It is an [`Admission`](crate::admission::Admission) stage: in a
-//! [pipeline](crate::pipeline) (as its bulkhead, told how each call ended) and behind
-//! [`AdmitLayer`](crate::tower::AdmitLayer) (an error is a failure, unless a layer inside
-//! refused the call).
+//! [pipeline](crate::pipeline) (as its bulkhead, told how each call ended: one sample per
+//! call, retries included) and behind [`AdmitLayer`](crate::tower::AdmitLayer) (an error is a
+//! failure, unless a layer inside refused the call; in `WaitReady` mode the time runs from
+//! `poll_ready`'s admission, so a service left idle after it looks slow).
 //!
 //! ```
 //! use std::time::Duration;
