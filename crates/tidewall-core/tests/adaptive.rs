@@ -14,6 +14,7 @@ fn sample(rtt_nanos: u64, inflight: u32, dropped: bool) -> Sample {
         rtt: Duration::from_nanos(rtt_nanos),
         inflight,
         dropped,
+        at: Duration::ZERO,
     }
 }
 

@@ -70,6 +70,7 @@ fn sample(rtt: Duration, inflight: u32) -> Sample {
         rtt,
         inflight,
         dropped: false,
+        at: Duration::ZERO,
     }
 }
 
@@ -78,6 +79,7 @@ fn dropped(rtt: Duration, inflight: u32) -> Sample {
         rtt,
         inflight,
         dropped: true,
+        at: Duration::ZERO,
     }
 }
 
@@ -559,6 +561,7 @@ fn vegas_probes_a_slower_dependency_afresh_and_is_seeded() {
                     rtt,
                     inflight: limit,
                     dropped: rng.chance(50),
+                    at: Duration::ZERO,
                 };
                 (v.update(&s), v.no_load_rtt())
             })
@@ -784,6 +787,7 @@ fn clones_replay_the_same_samples_identically() {
             rtt: Duration::from_micros(rng.below(100_000)),
             inflight: u32::try_from(rng.below(u64::from(limit) * 2 + 1)).unwrap(),
             dropped: rng.chance(10),
+            at: Duration::ZERO,
         };
         for _ in 0..500 {
             let s = draw(a.limit());
@@ -904,6 +908,7 @@ fn seeded_extreme_configs_keep_every_limit_within_bounds_and_never_panic() {
                 rtt,
                 inflight,
                 dropped: rng.chance(4),
+                at: Duration::ZERO,
             };
             assert_update(&mut *algo, &s, &what);
         }
@@ -985,6 +990,7 @@ fn hammer_rtts(rtts: &[Duration]) {
                             rtt,
                             inflight,
                             dropped: round % 3 == 0,
+                            at: Duration::ZERO,
                         };
                         let out = assert_update(&mut *algo, &s, &what);
                         if min == max {

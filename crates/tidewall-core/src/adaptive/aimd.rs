@@ -14,7 +14,12 @@ use crate::ConfigError;
 /// use tidewall_core::adaptive::{Aimd, LimitAlgorithm, Sample};
 ///
 /// let mut aimd = Aimd::builder().initial_limit(30).min_limit(10).max_limit(100).build()?;
-/// let ok = Sample { rtt: Duration::from_millis(5), inflight: 30, dropped: false };
+/// let ok = Sample {
+///     rtt: Duration::from_millis(5),
+///     inflight: 30,
+///     dropped: false,
+///     at: Duration::ZERO,
+/// };
 /// assert_eq!(aimd.update(&ok), 31);
 /// // Half the limit unused: the service is idle, which says nothing about capacity.
 /// assert_eq!(aimd.update(&Sample { inflight: 10, ..ok }), 31);

@@ -25,7 +25,12 @@ use crate::ConfigError;
 /// use tidewall_core::adaptive::{Gradient2, LimitAlgorithm, Sample};
 ///
 /// let mut gradient = Gradient2::builder().build()?;
-/// let at = |ms, inflight| Sample { rtt: Duration::from_millis(ms), inflight, dropped: false };
+/// let at = |ms, inflight| Sample {
+///     rtt: Duration::from_millis(ms),
+///     inflight,
+///     dropped: false,
+///     at: Duration::ZERO,
+/// };
 /// // Latency holds: each sample adds queue_size × smoothing = 0.8.
 /// for _ in 0..5 {
 ///     gradient.update(&at(10, 20));

@@ -1,7 +1,8 @@
 //! Adaptive concurrency limits: the limit follows what the dependency's latency and drops say
 //! about its capacity, instead of a number fixed the day it was configured.
 //!
-//! Three algorithms with Netflix concurrency-limits' semantics, as pure deterministic policy:
+//! Three algorithms with Netflix concurrency-limits' semantics and one with Envoy's, as pure
+//! deterministic policy:
 //! each takes one [`Sample`] per finished call (its round-trip time, the calls in flight when it
 //! started, whether it was dropped) and returns the new limit. Nothing here reads a clock, keeps
 //! a lock or draws randomness it was not seeded with, so the same samples give the same limits
@@ -15,6 +16,9 @@
 //! * [`Gradient2`]: delay based, smoothed. It compares a long-term average RTT with the
 //!   sample's: a gradient below one (latency rising) shrinks the limit, and a queue allowance
 //!   lets it grow while latency holds.
+//! * [`WindowedGradient`]: delay based, per window (Envoy's adaptive concurrency filter). It
+//!   measures the no-load RTT by lowering the limit now and then, and moves the limit once per
+//!   window of samples by the ratio of that RTT (plus a buffer) to the window's mean.
 //!
 //! Vegas and Gradient2 keep their estimate as a real number and publish its integer part; AIMD's
 //! is a whole number, truncated on each backoff, as Netflix's. Every limit stays within
@@ -27,7 +31,12 @@
 //! use tidewall_core::adaptive::{Aimd, LimitAlgorithm, Sample};
 //!
 //! let mut aimd = Aimd::builder().initial_limit(20).min_limit(5).build()?;
-//! let busy = Sample { rtt: Duration::from_millis(10), inflight: 20, dropped: false };
+//! let busy = Sample {
+//!     rtt: Duration::from_millis(10),
+//!     inflight: 20,
+//!     dropped: false,
+//!     at: Duration::ZERO,
+//! };
 //! assert_eq!(aimd.update(&busy), 21);
 //! assert_eq!(aimd.update(&Sample { dropped: true, ..busy }), 18); // 21 × 0.9, truncated
 //! # Ok::<(), tidewall_core::ConfigError>(())
@@ -60,12 +69,14 @@ macro_rules! limit_setters {
 mod aimd;
 mod gradient;
 mod vegas;
+mod windowed;
 
 use core::time::Duration;
 
 pub use aimd::{Aimd, AimdBuilder};
 pub use gradient::{Gradient2, Gradient2Builder};
 pub use vegas::{Vegas, VegasBuilder};
+pub use windowed::{WindowedGradient, WindowedGradientBuilder};
 
 use crate::ConfigError;
 
@@ -79,6 +90,10 @@ pub struct Sample {
     /// Whether it was dropped: timed out, or refused by the dependency for load (a 503, a
     /// 429), as the caller's classifier says.
     pub dropped: bool,
+    /// When it ended, as time since any fixed origin (the limiter's clock). Only differences
+    /// between samples count, for algorithms that act on a schedule ([`WindowedGradient`]'s
+    /// measurements of the no-load RTT); the others ignore it.
+    pub at: Duration,
 }
 
 /// An adaptive limit: one update per finished call.

@@ -27,7 +27,12 @@ use crate::rng::SplitMix64;
 /// use tidewall_core::adaptive::{LimitAlgorithm, Sample, Vegas};
 ///
 /// let mut vegas = Vegas::builder().initial_limit(10).max_limit(20).build()?;
-/// let at = |ms, inflight| Sample { rtt: Duration::from_millis(ms), inflight, dropped: false };
+/// let at = |ms, inflight| Sample {
+///     rtt: Duration::from_millis(ms),
+///     inflight,
+///     dropped: false,
+///     at: Duration::ZERO,
+/// };
 /// assert_eq!(vegas.update(&at(10, 1)), 10); // the first sample is the no-load RTT
 /// assert_eq!(vegas.update(&at(10, 11)), 16); // no queue: + beta (6)
 /// assert_eq!(vegas.update(&at(50, 16)), 15); // a queue of 13 > 6: - 1

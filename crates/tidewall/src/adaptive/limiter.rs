@@ -230,6 +230,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
             rtt: Duration::from_nanos(now.saturating_sub(self.started)),
             inflight: self.inflight,
             dropped,
+            at: Duration::from_nanos(now),
         });
         // The slot goes back only once the new limit is in force: given back first, it would
         // go to a queued caller that the smaller limit no longer admits.

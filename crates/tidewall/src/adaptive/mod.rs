@@ -1,6 +1,6 @@
 //! Adaptive concurrency: a limit on calls in flight that follows the dependency's latency and
 //! drops, as one of the [algorithms](tidewall_core::adaptive) ([`Aimd`], [`Vegas`],
-//! [`Gradient2`]) says after each call.
+//! [`Gradient2`], [`WindowedGradient`]) says after each call.
 //!
 //! An [`AdaptiveLimiter`] is a [bulkhead](crate::bulkhead) whose capacity is the algorithm's
 //! limit: it admits a call while fewer than the limit are in flight, and otherwise refuses at
@@ -49,4 +49,5 @@ mod limiter;
 pub use limiter::{AdaptiveAdmit, AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 pub use tidewall_core::adaptive::{
     Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas, VegasBuilder,
+    WindowedGradient, WindowedGradientBuilder,
 };
