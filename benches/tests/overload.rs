@@ -84,3 +84,40 @@ fn every_strategy_runs_the_short_form() {
         );
     }
 }
+
+/// The goal, in the short form on three seeds: the windowed gradient settles within
+/// 2 s of each step (every later half second answers 95 % of what it can with a p99 of at
+/// most twice the unloaded latency), keeps 95 % of capacity under 3x, and beats both of
+/// tower-resilience's algorithms: its AIMD never settles under 3x (its p99 stays high), its
+/// Vegas under-admits.
+#[test]
+fn the_windowed_gradient_meets_the_goal_and_beats_tower_resilience() {
+    for seed in [7, 11, 20_261_205] {
+        let s = scenario(seed);
+        let run = |wanted: &str| {
+            let (_, mut strategy) = strategies(&s)
+                .into_iter()
+                .find(|(name, _)| *name == wanted)
+                .expect("a strategy of that name");
+            simulate(&s, strategy.as_mut()).phases()
+        };
+        let windowed = run("Tidewall windowed gradient");
+        for phase in &windowed {
+            assert!(
+                phase.settle.is_some_and(|d| d <= Duration::from_secs(2)),
+                "seed {seed}: {phase:?}"
+            );
+        }
+        assert!(
+            windowed[1].goodput >= 0.95,
+            "seed {seed}: {:?}",
+            windowed[1]
+        );
+        let aimd = run("tower-resilience AIMD");
+        assert!(aimd[1].settle.is_none(), "seed {seed}: {:?}", aimd[1]);
+        assert!(windowed[1].p99_ms < aimd[1].p99_ms, "seed {seed}");
+        let vegas = run("tower-resilience Vegas");
+        assert!(vegas[1].goodput < 0.95, "seed {seed}: {:?}", vegas[1]);
+        assert!(windowed[1].goodput > vegas[1].goodput, "seed {seed}");
+    }
+}
