@@ -120,8 +120,22 @@ impl Recorder {
     fn then(&self, limit: u32) {
         self.0.lock().unwrap().plan.push_back(limit);
     }
+    /// The samples, their end times left out (see `ends`).
     fn samples(&self) -> Vec<Sample> {
-        self.0.lock().unwrap().samples.clone()
+        let script = self.0.lock().unwrap();
+        script
+            .samples
+            .iter()
+            .map(|s| Sample {
+                at: Duration::ZERO,
+                ..*s
+            })
+            .collect()
+    }
+    /// When each sample's call ended, on the limiter's clock.
+    fn ends(&self) -> Vec<Duration> {
+        let script = self.0.lock().unwrap();
+        script.samples.iter().map(|s| s.at).collect()
     }
 }
 
@@ -1305,6 +1319,8 @@ fn permits_teach_admission_inflight_and_virtual_rtt_and_nothing_else() {
             dropped(Duration::ZERO, 1),
         ]
     );
+    // Each sample's `at` is when its call ended, on the limiter's virtual clock.
+    assert_eq!(rec.ends(), [ms(12), ms(12), ms(20), ms(20)]);
     assert_eq!(limiter.in_flight(), 0);
 }
 
