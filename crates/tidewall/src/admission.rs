@@ -28,6 +28,7 @@
 //! ```
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::breaker::Outcome;
 use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
@@ -48,6 +49,101 @@ pub enum Wait {
     /// known to end past it, as a limiter's is: one that ends exactly at the deadline is
     /// waited out). `Deadline::none()` waits as long as the stage allows.
     Until(Deadline),
+}
+
+/// How much a call matters when load must be shed: the less it matters, the sooner it is
+/// refused. An [adaptive limiter](crate::adaptive::AdaptiveLimiter) admits each priority while
+/// fewer than its share of the limit are in flight, and its queue serves the most important
+/// waiters first, shedding the newest of the least important to make room.
+///
+/// ```
+/// use tidewall::admission::Priority;
+///
+/// assert!(Priority::Critical < Priority::Default && Priority::Default < Priority::Sheddable);
+/// assert_eq!(Priority::default(), Priority::Default);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Refused last: the calls the service exists for (a checkout, a login).
+    Critical,
+    /// Everything not marked otherwise.
+    #[default]
+    Default,
+    /// Refused first: work that can be dropped or done later (prefetches, analytics, retries
+    /// of background jobs).
+    Sheddable,
+}
+
+impl Priority {
+    /// Every priority, the most important first.
+    pub const ALL: [Self; 3] = [Self::Critical, Self::Default, Self::Sheddable];
+
+    /// Its place in [`ALL`](Self::ALL).
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name in metrics and configuration: `critical`, `default` or `sheddable`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::Default => "default",
+            Self::Sheddable => "sheddable",
+        }
+    }
+}
+
+/// The order a queue (a [bulkhead](crate::bulkhead)'s, an adaptive limiter's) admits its
+/// waiters in, and how long they may wait once it stands. A queue absorbs bursts; under
+/// sustained overload it only adds delay, and these disciplines keep that delay from reaching
+/// every caller.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::admission::QueueDiscipline;
+///
+/// let codel = QueueDiscipline::Codel {
+///     target: Duration::from_millis(5),
+///     interval: Duration::from_millis(100),
+/// };
+/// assert_ne!(codel, QueueDiscipline::default());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueDiscipline {
+    /// The longest waiting first.
+    #[default]
+    Fifo,
+    /// The newest first: under a standing queue, the callers who still have time to use an
+    /// answer are served, and the oldest wait until they give up.
+    Lifo,
+    /// The longest waiting first, with a wait bounded by the queue's delay rather than its
+    /// length (CoDel's rule, as Facebook's servers apply it): once the queue has not been
+    /// empty for `interval`, a caller who joins it waits at most `target`.
+    Codel {
+        /// The longest wait under a standing queue (e.g. 5 ms); not zero.
+        target: Duration,
+        /// How long the queue must stand before waits are cut to `target` (e.g. 100 ms); not
+        /// zero.
+        interval: Duration,
+    },
+}
+
+impl QueueDiscipline {
+    /// Checks a CoDel discipline's durations.
+    pub(crate) fn validate(self) -> Result<(), crate::ConfigError> {
+        if let Self::Codel { target, interval } = self {
+            for (field, value) in [("target", target), ("interval", interval)] {
+                if value.is_zero() {
+                    return Err(crate::ConfigError::Zero { field });
+                }
+                if u64::try_from(value.as_nanos()).is_err() {
+                    return Err(crate::ConfigError::DurationOverflow { field });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A stage that admits a call before it runs and may hold something for the whole call (a

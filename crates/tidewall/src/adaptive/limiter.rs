@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tidewall_core::adaptive::{LimitAlgorithm, Sample};
 
-use crate::admission::{Admission, Wait};
+use crate::admission::{Admission, Priority, QueueDiscipline, Wait};
 use crate::breaker::Outcome;
 use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
 use crate::rate::clock::LimiterClock;
@@ -21,6 +21,8 @@ use crate::{ConfigError, Name, Rejected};
 /// Cheap to clone: clones share the limit.
 pub struct AdaptiveLimiter<A, R = DefaultRuntime> {
     shared: Arc<Shared<A, R>>,
+    /// The priority of the calls this handle admits.
+    priority: Priority,
 }
 
 struct Shared<A, R> {
@@ -40,6 +42,8 @@ pub struct AdaptiveLimiterBuilder<A, R = DefaultRuntime> {
     name: Name,
     rt: R,
     events: Option<crate::telemetry::Listener>,
+    discipline: QueueDiscipline,
+    shares: [f64; Priority::ALL.len()],
 }
 
 impl<A: LimitAlgorithm> AdaptiveLimiter<A> {
@@ -53,6 +57,8 @@ impl<A: LimitAlgorithm> AdaptiveLimiter<A> {
             name: Name::from_static("adaptive"),
             rt: DefaultRuntime::default(),
             events: None,
+            discipline: QueueDiscipline::Fifo,
+            shares: [1.0, 1.0, 0.8],
         }
     }
 }
@@ -68,6 +74,34 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
     /// The longest a queued caller waits (default 1 s; `None`: as long as its deadline allows).
     pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
         self.max_wait = wait.into();
+        self
+    }
+
+    /// The order its queue admits waiters in, and how long they may wait once it stands
+    /// (default [`QueueDiscipline::Fifo`]; it matters only with a queue).
+    pub fn discipline(mut self, discipline: QueueDiscipline) -> Self {
+        self.discipline = discipline;
+        self
+    }
+
+    /// The share of the limit calls of `priority` may fill: they are admitted while fewer
+    /// than `limit × share` are in flight (always when none are). Defaults: 1 for
+    /// [`Critical`](Priority::Critical) and [`Default`](Priority::Default), 0.8 for
+    /// [`Sheddable`](Priority::Sheddable), so sheddable calls are refused once the limit is
+    /// four-fifths used. Within `(0, 1]`; critical calls always have the whole limit, and a
+    /// less important priority never more than a more important one.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, Priority, WindowedGradient};
+    ///
+    /// let limiter = AdaptiveLimiter::builder(WindowedGradient::builder().build()?)
+    ///     .share(Priority::Default, 0.9) // the last tenth for critical calls
+    ///     .share(Priority::Sheddable, 0.5)
+    ///     .build()?;
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn share(mut self, priority: Priority, share: f64) -> Self {
+        self.shares[priority.index()] = share;
         self
     }
 
@@ -96,6 +130,8 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
             name: self.name,
             rt,
             events: self.events,
+            discipline: self.discipline,
+            shares: self.shares,
         }
     }
 
@@ -103,17 +139,23 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
     ///
     /// # Errors
     ///
-    /// As [`BulkheadBuilder::build`](crate::bulkhead::BulkheadBuilder::build) for the queue and
-    /// the wait.
+    /// As [`BulkheadBuilder::build`](crate::bulkhead::BulkheadBuilder::build) for the queue,
+    /// the wait and the discipline; [`ConfigError::OutOfRange`] (or `NotFinite`) for a share
+    /// outside `(0, 1]` (the field is `critical_share`, `default_share` or
+    /// `sheddable_share`), and [`ConfigError::Conflict`] for a critical share below 1 or a
+    /// less important priority's share above a more important one's.
     pub fn build(self) -> Result<AdaptiveLimiter<A, R>, ConfigError>
     where
         A: LimitAlgorithm,
         R: Clock,
     {
+        check_shares(&self.shares)?;
         let limit = usize::try_from(self.algorithm.limit()).unwrap_or(usize::MAX);
         let mut bulkhead = Bulkhead::builder(limit)
             .max_queue(self.max_queue)
             .max_wait(self.max_wait)
+            .discipline(self.discipline)
+            .with_shares(self.shares)
             .name(self.name)
             .runtime(self.rt);
         if let Some(events) = self.events {
@@ -126,22 +168,87 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
                 bulkhead,
                 algorithm: Mutex::new(self.algorithm),
             }),
+            priority: Priority::Default,
         })
     }
 }
 
+/// Checks the priorities' shares: each within `(0, 1]`, critical's whole, none above a more
+/// important one's.
+fn check_shares(shares: &[f64; Priority::ALL.len()]) -> Result<(), ConfigError> {
+    for (priority, &share) in Priority::ALL.iter().zip(shares) {
+        let field = match priority {
+            Priority::Critical => "critical_share",
+            Priority::Default => "default_share",
+            Priority::Sheddable => "sheddable_share",
+        };
+        if !share.is_finite() {
+            return Err(ConfigError::NotFinite { field });
+        }
+        if share <= 0.0 || share > 1.0 {
+            return Err(ConfigError::OutOfRange {
+                field,
+                value: share,
+                allowed: "in (0, 1]",
+            });
+        }
+    }
+    if shares[0] < 1.0 {
+        return Err(ConfigError::Conflict {
+            reason: "critical calls always have the whole limit: critical_share must be 1",
+        });
+    }
+    if shares.windows(2).any(|pair| pair[1] > pair[0]) {
+        return Err(ConfigError::Conflict {
+            reason: "a less important priority's share exceeds a more important one's",
+        });
+    }
+    Ok(())
+}
+
 impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
-    /// Admits a call now if fewer than the limit are in flight; record how it ended on the
-    /// permit.
+    /// Admits a call of this handle's [priority](Self::priority) now if fewer than its share
+    /// of the limit are in flight (and nobody is queued); record how it ended on the permit.
     ///
     /// # Errors
     ///
-    /// [`Rejected::BulkheadFull`] when the limit is reached.
+    /// [`Rejected::BulkheadFull`] when its share of the limit is reached.
     pub fn try_acquire(&self) -> Result<AdaptivePermit<A, R>, Rejected> {
-        self.shared
-            .bulkhead
-            .try_acquire_owned()
+        let bulkhead = &self.shared.bulkhead;
+        bulkhead
+            .try_acquire_owned_as(self.priority)
             .map(|permit| self.permit(permit))
+            .ok_or_else(|| bulkhead.refused())
+    }
+
+    /// A handle to the same limiter whose calls have `priority` (this one's are
+    /// [`Priority::Default`] unless it was made here too): in a pipeline or a tower layer,
+    /// one handle per class of calls.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, Aimd, Priority};
+    ///
+    /// let aimd = Aimd::builder().min_limit(1).initial_limit(5).build()?;
+    /// let limiter = AdaptiveLimiter::builder(aimd).build()?;
+    /// let prefetch = limiter.with_priority(Priority::Sheddable);
+    /// let held: Vec<_> = (0..4).map(|_| limiter.try_acquire().unwrap()).collect();
+    /// // Four of five in flight: the sheddable share (0.8 × 5 = 4) is used up.
+    /// assert!(prefetch.try_acquire().is_err());
+    /// assert!(limiter.try_acquire().is_ok(), "default calls have the whole limit");
+    /// # drop(held);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn with_priority(&self, priority: Priority) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            priority,
+        }
+    }
+
+    /// The priority of the calls this handle admits.
+    pub fn priority(&self) -> Priority {
+        self.priority
     }
 
     /// The limit in force: calls admitted at once.
@@ -254,13 +361,13 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
     fn try_admit(&self) -> Option<Self::Guard> {
         self.shared
             .bulkhead
-            .try_acquire_owned_quiet()
+            .try_acquire_owned_as(self.priority)
             .map(|permit| self.permit(permit))
     }
 
     fn admit(&self, wait: Wait) -> Self::Admit {
         AdaptiveAdmit {
-            acquire: self.shared.bulkhead.acquire_owned_within(wait),
+            acquire: self.shared.bulkhead.acquire_owned_as(wait, self.priority),
             limiter: Some(self.clone()),
         }
     }
@@ -306,6 +413,7 @@ impl<A, R> Clone for AdaptiveLimiter<A, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            priority: self.priority,
         }
     }
 }
@@ -315,6 +423,7 @@ impl<A, R: Clock> fmt::Debug for AdaptiveLimiter<A, R> {
         f.debug_struct("AdaptiveLimiter")
             .field("name", &self.shared.bulkhead.name())
             .field("capacity", &self.shared.bulkhead.capacity())
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }

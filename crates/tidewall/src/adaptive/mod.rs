@@ -46,6 +46,7 @@
 
 mod limiter;
 
+pub use crate::admission::{Priority, QueueDiscipline};
 pub use limiter::{AdaptiveAdmit, AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 pub use tidewall_core::adaptive::{
     Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas, VegasBuilder,

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::queue::{Place, Status};
 use super::{Bulkhead, OwnedPermit, Permit};
-use crate::admission::Wait;
+use crate::admission::{Priority, Wait};
 use crate::rt::{Clock, instant_after};
 use crate::sync::lock;
 use crate::{Deadline, Rejected};
@@ -59,16 +59,16 @@ impl<'a, R: Clock> Acquire<'a, R> {
     pub(super) fn new(bulkhead: &'a Bulkhead<R>, deadline: Deadline) -> Self {
         Self {
             bulkhead,
-            waiter: Waiter::new(Wait::Until(deadline)),
+            waiter: Waiter::new(Wait::Until(deadline), Priority::Default),
         }
     }
 }
 
 impl<R: Clock> AcquireOwned<R> {
-    pub(super) fn new(bulkhead: Bulkhead<R>, wait: Wait) -> Self {
+    pub(super) fn new(bulkhead: Bulkhead<R>, wait: Wait, priority: Priority) -> Self {
         Self {
             bulkhead,
-            waiter: Waiter::new(wait),
+            waiter: Waiter::new(wait, priority),
         }
     }
 }
@@ -121,6 +121,7 @@ pin_project! {
     /// permit that gives it back.
     struct Waiter<R: Clock> {
         wait: Wait,
+        priority: Priority,
         place: Option<Place>,
         // Why the timer was set: the deadline (true) or the bulkhead's max wait.
         timer_is_deadline: bool,
@@ -133,9 +134,10 @@ pin_project! {
 }
 
 impl<R: Clock> Waiter<R> {
-    fn new(wait: Wait) -> Self {
+    fn new(wait: Wait, priority: Priority) -> Self {
         Self {
             wait,
+            priority,
             place: None,
             timer_is_deadline: false,
             timer: None,
@@ -168,7 +170,7 @@ impl<R: Clock> Waiter<R> {
         let place = match *this.place {
             Some(place) => place,
             None => {
-                if shared.try_acquire() {
+                if shared.try_acquire_as(*this.priority) {
                     *this.done = true;
                     return Poll::Ready(Ok(()));
                 }
@@ -180,7 +182,7 @@ impl<R: Clock> Waiter<R> {
                     Wait::Until(deadline) => deadline,
                 };
                 let now = shared.rt.now();
-                let max_wait_end = shared.max_wait().map(|w| instant_after(now, w));
+                let mut max_wait_end = shared.max_wait().map(|w| instant_after(now, w));
                 let refusal = if deadline.is_expired(now) {
                     Some(Rejected::DeadlineExceeded)
                 } else if max_wait_end.is_some_and(|end| end <= now) {
@@ -188,19 +190,34 @@ impl<R: Clock> Waiter<R> {
                 } else {
                     None
                 };
+                let mut shed = None;
                 let place = match refusal {
                     Some(reason) => None.ok_or(reason),
                     None => {
                         let mut queue = lock(&shared.queue);
                         if queue.waiting() >= shared.max_queue() {
+                            // Full: room only by shedding a less important waiter.
+                            shed = queue.shed_for(*this.priority);
+                            if shed.is_some() {
+                                shared.note_unqueued();
+                            }
+                        }
+                        if queue.waiting() >= shared.max_queue() {
                             Err(Rejected::BulkheadFull)
                         } else {
-                            let place = queue.push(cx.waker().clone());
+                            if let Some(bound) = queue.bound(now) {
+                                let end = instant_after(now, bound);
+                                max_wait_end = Some(max_wait_end.map_or(end, |e| e.min(end)));
+                            }
+                            let place = queue.push(cx.waker().clone(), *this.priority, now);
                             shared.note_queued();
                             Ok(place)
                         }
                     }
                 };
+                if let Some(Some(waker)) = shed {
+                    waker.wake();
+                }
                 let place = match place {
                     Ok(place) => place,
                     Err(reason) => {
@@ -221,11 +238,19 @@ impl<R: Clock> Waiter<R> {
                 place
             }
         };
-        if lock(&shared.queue).poll(place, cx.waker()) == Status::Granted {
-            *this.place = None;
-            *this.done = true;
-            shared.waited(*this.queued_at);
-            return Poll::Ready(Ok(()));
+        match lock(&shared.queue).poll(place, cx.waker()) {
+            Status::Granted => {
+                *this.place = None;
+                *this.done = true;
+                shared.waited(*this.queued_at);
+                return Poll::Ready(Ok(()));
+            }
+            Status::Shed => {
+                *this.place = None;
+                *this.done = true;
+                return Poll::Ready(Err(shared.reject(Rejected::BulkheadFull)));
+            }
+            Status::Waiting => {}
         }
         let timed_out = this
             .timer

@@ -1,17 +1,19 @@
-//! Bulkhead: a cap on concurrent calls, with a bounded FIFO queue or immediate rejection.
+//! Bulkhead: a cap on concurrent calls, with a bounded queue or immediate rejection.
 //!
 //! A [`Bulkhead`] admits at most `max_concurrent` calls at once. When full, a caller either
 //! gets [`Rejected::BulkheadFull`] at once (`max_queue(0)`, or
 //! [`try_acquire`](Bulkhead::try_acquire)), or waits in a bounded first-in-first-out queue for
 //! at most `max_wait` (and never past the caller's [`Deadline`]). Compared with a bare
-//! semaphore it adds the reject-when-full policy, the wait limit and the counters.
+//! semaphore it adds the reject-when-full policy, the wait limit, the queue's
+//! [discipline](BulkheadBuilder::discipline) for overload (LIFO, or CoDel's delay bound) and
+//! the counters.
 //!
 //! * **Permits are RAII**: dropping a permit frees the slot and hands it straight to the
 //!   longest waiter.
 //! * **Cancel safety**: a waiter dropped while queued leaves the queue; a permit granted to it
 //!   at that instant is passed on. Nothing leaks.
-//! * **Fairness**: FIFO among waiters. An arrival that finds nobody queued and a free slot
-//!   takes it directly.
+//! * **Fairness**: FIFO among waiters (unless the discipline says LIFO). An arrival that finds
+//!   nobody queued and a free slot takes it directly.
 //! * **Boundedness**: the queue holds at most `max_queue` waiters.
 //!
 //! ```
@@ -48,9 +50,9 @@ use std::time::Duration;
 pub use acquire::{Acquire, AcquireOwned};
 pub use keyed::{KeyedBulkhead, KeyedBulkheadBuilder};
 
-use self::queue::Place;
-use self::shared::Shared;
-use crate::admission::Wait;
+use self::queue::{Left, Place};
+use self::shared::{Shared, Shares};
+use crate::admission::{Priority, QueueDiscipline, Wait};
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, lock};
 use crate::{ConfigError, Deadline, Error, Name, Rejected};
@@ -93,6 +95,8 @@ pub struct BulkheadBuilder<R = DefaultRuntime> {
     rt: R,
     name: Name,
     events: Option<crate::telemetry::Listener>,
+    discipline: QueueDiscipline,
+    shares: Shares,
 }
 
 impl Bulkhead {
@@ -105,6 +109,8 @@ impl Bulkhead {
             rt: DefaultRuntime::default(),
             name: Name::from_static("bulkhead"),
             events: None,
+            discipline: QueueDiscipline::Fifo,
+            shares: [1.0; Priority::ALL.len()],
         }
     }
 }
@@ -125,6 +131,36 @@ impl<R> BulkheadBuilder<R> {
     /// Never queue: reject at once when full (the same as `max_queue(0)`).
     pub fn reject_when_full(self) -> Self {
         self.max_queue(0)
+    }
+
+    /// The order the queue admits waiters in, and how long they may wait once it stands
+    /// (default [`QueueDiscipline::Fifo`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::admission::QueueDiscipline;
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// // Under a standing queue, the newest callers first: they still have time to use.
+    /// let bulkhead = Bulkhead::builder(8).discipline(QueueDiscipline::Lifo).build()?;
+    /// // Or FIFO, but once the queue has stood for 100 ms, a caller waits 5 ms at most.
+    /// let codel = QueueDiscipline::Codel {
+    ///     target: Duration::from_millis(5),
+    ///     interval: Duration::from_millis(100),
+    /// };
+    /// let bulkhead = Bulkhead::builder(8).discipline(codel).build()?;
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn discipline(mut self, discipline: QueueDiscipline) -> Self {
+        self.discipline = discipline;
+        self
+    }
+
+    /// Per priority, the share of the capacity its calls may fill: an adaptive limiter's
+    /// shedding (validated there).
+    pub(crate) fn with_shares(mut self, shares: Shares) -> Self {
+        self.shares = shares;
+        self
     }
 
     /// Calls `listener` with everything the bulkhead does: each refusal with its reason, and each wait that ended admitted with its length. On the caller's
@@ -179,6 +215,8 @@ impl<R> BulkheadBuilder<R> {
             rt,
             name: self.name,
             events: self.events,
+            discipline: self.discipline,
+            shares: self.shares,
         }
     }
 
@@ -227,7 +265,7 @@ impl<R> BulkheadBuilder<R> {
                 return Err(ConfigError::DurationOverflow { field: "max_wait" });
             }
         }
-        Ok(())
+        self.discipline.validate()
     }
 
     /// A bulkhead with these (validated) settings.
@@ -252,15 +290,18 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
+        let shared = Shared::new(
+            self.max_concurrent,
+            self.max_queue,
+            self.max_wait,
+            self.rt.clone(),
+            self.name.clone(),
+            telemetry,
+            self.shares,
+        );
+        lock(&shared.queue).set_discipline(self.discipline);
         Bulkhead {
-            shared: Arc::new(Shared::new(
-                self.max_concurrent,
-                self.max_queue,
-                self.max_wait,
-                self.rt.clone(),
-                self.name.clone(),
-                telemetry,
-            )),
+            shared: Arc::new(shared),
         }
     }
 }
@@ -304,7 +345,7 @@ impl<R: Clock> Bulkhead<R> {
             .ok_or_else(|| self.shared.reject(Rejected::BulkheadFull))
     }
 
-    /// Waits for a slot, in FIFO order, up to the configured `max_wait`.
+    /// Waits for a slot, in the queue's order, up to the configured `max_wait`.
     ///
     /// **Cancel safety:** see [`Acquire`]; dropping the future leaks nothing.
     pub fn acquire(&self) -> Acquire<'_, R> {
@@ -344,7 +385,30 @@ impl<R: Clock> Bulkhead<R> {
     }
 
     pub(crate) fn acquire_owned_within(&self, wait: Wait) -> AcquireOwned<R> {
-        AcquireOwned::new(self.clone(), wait)
+        AcquireOwned::new(self.clone(), wait, Priority::Default)
+    }
+
+    /// As [`acquire_owned_within`](Self::acquire_owned_within), for a call of `priority`.
+    pub(crate) fn acquire_owned_as(&self, wait: Wait, priority: Priority) -> AcquireOwned<R> {
+        AcquireOwned::new(self.clone(), wait, priority)
+    }
+
+    /// Counts a refusal a front decided on (a full limit for a call of some priority).
+    pub(crate) fn refused(&self) -> Rejected {
+        self.shared.reject(Rejected::BulkheadFull)
+    }
+
+    /// As [`try_acquire_owned_quiet`](Self::try_acquire_owned_quiet), for a call of
+    /// `priority`.
+    #[inline]
+    pub(crate) fn try_acquire_owned_as(&self, priority: Priority) -> Option<OwnedPermit<R>> {
+        if self.shared.try_acquire_as(priority) {
+            Some(OwnedPermit {
+                bulkhead: self.clone(),
+            })
+        } else {
+            None
+        }
     }
 
     /// Runs `op` inside the bulkhead: waits for a slot (up to `max_wait`), runs, frees it.
@@ -437,6 +501,7 @@ impl<R: Clock> Bulkhead<R> {
     /// As [`BulkheadBuilder::build`].
     pub fn reconfigure<R2>(&self, settings: BulkheadBuilder<R2>) -> Result<(), ConfigError> {
         settings.validate()?;
+        lock(&self.shared.queue).set_discipline(settings.discipline);
         self.shared.resize(
             settings.max_concurrent,
             settings.max_queue,
@@ -460,11 +525,11 @@ impl<R: Clock> Bulkhead<R> {
 
     /// Removes a waiter from the queue; `true` if it had already been granted a permit.
     fn leave_queue(&self, place: Place) -> bool {
-        let granted = lock(&self.shared.queue).cancel(place);
-        if !granted {
+        let left = lock(&self.shared.queue).cancel(place);
+        if left == Left::Waiting {
             self.shared.note_unqueued();
         }
-        granted
+        left == Left::Granted
     }
 }
 

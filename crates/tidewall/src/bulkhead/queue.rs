@@ -1,26 +1,46 @@
-//! The FIFO wait queue: a slab of waiter slots plus the order they arrived in.
+//! The wait queue: a slab of waiter slots plus, per priority, the order they arrived in.
 //!
 //! A waiter is identified by `(slot, ticket)`; tickets are never reused, so an entry left in
-//! `order` by a cancelled waiter is recognised as stale and skipped. Stale entries are swept
+//! an order by a cancelled waiter is recognised as stale and skipped. Stale entries are swept
 //! once they outnumber live ones, keeping memory bounded by the queue limit.
+//!
+//! A free permit goes to the most important priority with a live waiter: its longest waiting
+//! one, or its newest under [`QueueDiscipline::Lifo`]. A full queue makes room for a caller by
+//! shedding the newest waiter of a less important priority.
 
 use std::collections::VecDeque;
 use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::admission::{Priority, QueueDiscipline};
 
 #[derive(Debug)]
 enum Slot {
     Vacant,
-    Waiting { ticket: u64, waker: Option<Waker> },
-    Granted { ticket: u64 },
+    Waiting {
+        ticket: u64,
+        waker: Option<Waker>,
+    },
+    Granted {
+        ticket: u64,
+    },
+    /// Pushed out of a full queue by a more important caller.
+    Shed {
+        ticket: u64,
+    },
 }
 
 #[derive(Debug, Default)]
 pub(super) struct WaitQueue {
     slots: Vec<Slot>,
     free: Vec<usize>,
-    order: VecDeque<(usize, u64)>,
+    /// Arrival order, one per priority, the most important first.
+    order: [VecDeque<(usize, u64)>; Priority::ALL.len()],
     next_ticket: u64,
     waiting: usize,
+    /// Since when someone has been waiting without a break: CoDel's standing queue.
+    busy_since: Option<Instant>,
+    discipline: QueueDiscipline,
 }
 
 /// A queued waiter's place.
@@ -35,6 +55,18 @@ pub(super) struct Place {
 pub(super) enum Status {
     Waiting,
     Granted,
+    Shed,
+}
+
+/// What a waiter that gave up had become.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Left {
+    /// Still waiting: it is gone from the queue now.
+    Waiting,
+    /// Granted a permit it must pass on.
+    Granted,
+    /// Shed before it gave up: nothing to do.
+    Shed,
 }
 
 impl WaitQueue {
@@ -42,7 +74,26 @@ impl WaitQueue {
         self.waiting
     }
 
-    pub(super) fn push(&mut self, waker: Waker) -> Place {
+    pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline) {
+        self.discipline = discipline;
+    }
+
+    /// The longest a caller joining now may wait, if the discipline bounds it: under CoDel,
+    /// its `target` once the queue has stood for `interval`.
+    pub(super) fn bound(&self, now: Instant) -> Option<Duration> {
+        match self.discipline {
+            QueueDiscipline::Codel { target, interval } => self
+                .busy_since
+                .filter(|&since| now.saturating_duration_since(since) >= interval)
+                .map(|_| target),
+            QueueDiscipline::Fifo | QueueDiscipline::Lifo => None,
+        }
+    }
+
+    pub(super) fn push(&mut self, waker: Waker, priority: Priority, now: Instant) -> Place {
+        if self.waiting == 0 {
+            self.busy_since = Some(now);
+        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let entry = Slot::Waiting {
@@ -59,33 +110,94 @@ impl WaitQueue {
                 self.slots.len() - 1
             }
         };
-        self.order.push_back((slot, ticket));
+        self.order[priority.index()].push_back((slot, ticket));
         self.waiting += 1;
         Place { slot, ticket }
     }
 
-    /// Grants the permit to the longest-waiting live waiter; returns its waker, or `None` if
-    /// nobody is waiting.
-    pub(super) fn grant_first(&mut self) -> Option<Option<Waker>> {
-        while let Some((slot, ticket)) = self.order.pop_front() {
-            if let Slot::Waiting { ticket: t, waker } = &mut self.slots[slot]
-                && *t == ticket
-            {
-                let waker = waker.take();
-                self.slots[slot] = Slot::Granted { ticket };
-                self.waiting -= 1;
-                return Some(waker);
+    /// Sheds the newest waiter less important than `priority` to make room for it; returns
+    /// its waker (to be woken outside the lock), or `None` if nobody is less important.
+    pub(super) fn shed_for(&mut self, priority: Priority) -> Option<Option<Waker>> {
+        let Self {
+            slots,
+            order,
+            waiting,
+            busy_since,
+            ..
+        } = self;
+        for tier in order[priority.index() + 1..].iter_mut().rev() {
+            while let Some((slot, ticket)) = tier.pop_back() {
+                if let Slot::Waiting { ticket: t, waker } = &mut slots[slot]
+                    && *t == ticket
+                {
+                    let waker = waker.take();
+                    slots[slot] = Slot::Shed { ticket };
+                    left(waiting, busy_since);
+                    return Some(waker);
+                }
             }
         }
         None
     }
 
-    /// Looks at a place, refreshing the waker if still waiting; a granted place is freed.
+    /// Grants a permit to the next live waiter (the most important priority first) if `take`
+    /// takes one for its priority; returns its waker, or `None` if nobody is waiting or
+    /// `take` refused.
+    pub(super) fn grant_next(
+        &mut self,
+        mut take: impl FnMut(Priority) -> bool,
+    ) -> Option<Option<Waker>> {
+        let newest_first = self.discipline == QueueDiscipline::Lifo;
+        let Self {
+            slots,
+            order,
+            waiting,
+            busy_since,
+            ..
+        } = self;
+        for (tier, priority) in order.iter_mut().zip(Priority::ALL) {
+            loop {
+                let next = if newest_first {
+                    tier.back()
+                } else {
+                    tier.front()
+                };
+                let Some(&(slot, ticket)) = next else {
+                    break;
+                };
+                let live = matches!(&slots[slot], Slot::Waiting { ticket: t, .. } if *t == ticket);
+                if live && !take(priority) {
+                    return None;
+                }
+                if newest_first {
+                    tier.pop_back();
+                } else {
+                    tier.pop_front();
+                }
+                if let Slot::Waiting { waker, .. } = &mut slots[slot]
+                    && live
+                {
+                    let waker = waker.take();
+                    slots[slot] = Slot::Granted { ticket };
+                    left(waiting, busy_since);
+                    return Some(waker);
+                }
+            }
+        }
+        None
+    }
+
+    /// Looks at a place, refreshing the waker if still waiting; a granted or shed place is
+    /// freed.
     pub(super) fn poll(&mut self, place: Place, waker: &Waker) -> Status {
         match &mut self.slots[place.slot] {
             Slot::Granted { ticket } if *ticket == place.ticket => {
                 self.release_slot(place.slot);
                 Status::Granted
+            }
+            Slot::Shed { ticket } if *ticket == place.ticket => {
+                self.release_slot(place.slot);
+                Status::Shed
             }
             Slot::Waiting {
                 ticket,
@@ -102,28 +214,38 @@ impl WaitQueue {
         }
     }
 
-    /// Removes a waiter that gives up. Returns `true` if it had been granted a permit, which
-    /// the caller must pass on.
-    pub(super) fn cancel(&mut self, place: Place) -> bool {
-        let granted = match &self.slots[place.slot] {
-            Slot::Granted { ticket } if *ticket == place.ticket => true,
+    /// Removes a waiter that gives up, and says what it had become.
+    pub(super) fn cancel(&mut self, place: Place) -> Left {
+        let left = match &self.slots[place.slot] {
+            Slot::Granted { ticket } if *ticket == place.ticket => Left::Granted,
+            Slot::Shed { ticket } if *ticket == place.ticket => Left::Shed,
             Slot::Waiting { ticket, .. } if *ticket == place.ticket => {
-                self.waiting -= 1;
-                false
+                left(&mut self.waiting, &mut self.busy_since);
+                Left::Waiting
             }
-            _ => return false,
+            _ => return Left::Shed,
         };
         self.release_slot(place.slot);
-        if self.order.len() > 2 * self.waiting + 16 {
+        let entries: usize = self.order.iter().map(VecDeque::len).sum();
+        if entries > 2 * self.waiting + 16 {
             let slots = &self.slots;
-            self.order
-                .retain(|&(slot, ticket)| matches!(slots[slot], Slot::Waiting { ticket: t, .. } if t == ticket));
+            for tier in &mut self.order {
+                tier.retain(|&(slot, ticket)| matches!(slots[slot], Slot::Waiting { ticket: t, .. } if t == ticket));
+            }
         }
-        granted
+        left
     }
 
     fn release_slot(&mut self, slot: usize) {
         self.slots[slot] = Slot::Vacant;
         self.free.push(slot);
+    }
+}
+
+/// One waiter fewer; the queue's standing time ends with the last.
+fn left(waiting: &mut usize, busy_since: &mut Option<Instant>) {
+    *waiting -= 1;
+    if *waiting == 0 {
+        *busy_since = None;
     }
 }

@@ -1,8 +1,9 @@
 //! Permit accounting shared by every clone of a bulkhead.
 //!
 //! Fast path: `available` is a counter taken with a compare-and-swap when nobody is queued,
-//! and given back with one `fetch_add`. The queue is a mutex-protected FIFO entered only when
-//! no permit is free. A release and an arriving waiter race like Dekker's algorithm: the
+//! and given back with one `fetch_add`. The queue (`queue.rs`) is behind a mutex, entered
+//! only when no permit is free (or none within the caller's priority's share: a call of a
+//! less important priority leaves a reserve of free permits). A release and an arriving waiter race like Dekker's algorithm: the
 //! releaser increments `available` then reads `queued`, the waiter increments `queued` then
 //! reads `available`. Both cross-reads are read-modify-writes (`fetch_add(0)`), which read
 //! the latest value and synchronize through each location's modification order, so at least
@@ -16,6 +17,7 @@
 use std::time::Duration;
 
 use super::queue::WaitQueue;
+use crate::admission::Priority;
 use crate::sync::{AtomicIsize, AtomicU64, AtomicUsize, Mutex, Ordering::*, lock};
 
 pub(crate) struct Shared<R> {
@@ -34,7 +36,14 @@ pub(crate) struct Shared<R> {
     pub(super) rt: R,
     pub(super) name: crate::Name,
     telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
+    /// Per priority, the share of the capacity its calls may fill (1 for all, but for an
+    /// adaptive limiter's shedding).
+    shares: Shares,
 }
+
+/// Per priority (most important first), the share of the capacity its calls may fill: each
+/// within `(0, 1]`.
+pub(crate) type Shares = [f64; Priority::ALL.len()];
 
 impl<R> Shared<R> {
     pub(super) fn new(
@@ -44,6 +53,7 @@ impl<R> Shared<R> {
         rt: R,
         name: crate::Name,
         telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
+        shares: Shares,
     ) -> Self {
         Self {
             capacity: AtomicUsize::new(capacity),
@@ -58,14 +68,15 @@ impl<R> Shared<R> {
             rt,
             name,
             telemetry,
+            shares,
         }
     }
 
-    /// Takes a free permit if there is one.
+    /// Takes a free permit if more than `reserve` are free.
     #[inline]
-    pub(super) fn try_take(&self) -> bool {
+    fn try_take_keeping(&self, reserve: isize) -> bool {
         let mut free = self.available.load(SeqCst);
-        while free > 0 {
+        while free > reserve {
             match self
                 .available
                 .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
@@ -80,13 +91,40 @@ impl<R> Shared<R> {
     /// The fast path: a free permit, unless waiters are queued (they come first).
     #[inline]
     pub(super) fn try_acquire(&self) -> bool {
-        self.queued.load(SeqCst) == 0 && self.try_take()
+        self.queued.load(SeqCst) == 0 && self.try_take_keeping(0)
     }
 
-    /// Takes a free permit, reading `available` with a read-modify-write (see the module docs).
-    fn try_take_fresh(&self) -> bool {
+    /// The fast path for a call of `priority`: a free permit that leaves the more important
+    /// priorities their part of the capacity, unless waiters are queued.
+    #[inline]
+    pub(super) fn try_acquire_as(&self, priority: Priority) -> bool {
+        self.queued.load(SeqCst) == 0 && self.try_take_keeping(self.reserve(priority))
+    }
+
+    /// The free permits a call of `priority` must leave: `capacity − ⌈capacity × share⌉`, so
+    /// it is admitted while fewer than `capacity × share` are in flight (always when none
+    /// are, the share being above zero).
+    fn reserve(&self, priority: Priority) -> isize {
+        let share = self.shares[priority.index()];
+        if share >= 1.0 {
+            return 0;
+        }
+        let capacity = self.capacity();
+        // A share in (0, 1): the product is within 0..=capacity (the cast saturates).
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let allowed = (capacity as f64 * share).ceil() as usize;
+        signed(capacity.saturating_sub(allowed))
+    }
+
+    /// Takes a free permit if more than `reserve` are free, reading `available` with a
+    /// read-modify-write (see the module docs).
+    fn try_take_fresh_keeping(&self, reserve: isize) -> bool {
         let mut free = self.available.fetch_add(0, SeqCst);
-        while free > 0 {
+        while free > reserve {
             match self
                 .available
                 .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
@@ -120,23 +158,20 @@ impl<R> Shared<R> {
         }
     }
 
-    /// Grants free permits to queued waiters, in arrival order, waking each outside the lock.
+    /// Grants free permits to queued waiters (the most important priority first, in the
+    /// queue's order within it), waking each outside the lock.
     pub(super) fn dispatch(&self) {
         loop {
             let waker = {
                 let mut queue = lock(&self.queue);
-                if queue.waiting() == 0 || !self.try_take_fresh() {
-                    return;
-                }
-                match queue.grant_first() {
+                let granted = queue
+                    .grant_next(|priority| self.try_take_fresh_keeping(self.reserve(priority)));
+                match granted {
                     Some(waker) => {
                         self.queued.fetch_sub(1, SeqCst);
                         waker
                     }
-                    None => {
-                        self.available.fetch_add(1, SeqCst);
-                        return;
-                    }
+                    None => return,
                 }
             };
             if let Some(waker) = waker {
