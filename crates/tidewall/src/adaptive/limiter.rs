@@ -217,7 +217,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         let bulkhead = &self.shared.bulkhead;
         bulkhead
             .try_acquire_owned_as(self.priority)
-            .map(|permit| self.permit(permit))
+            .map(|(permit, held)| self.permit(permit, held))
             .ok_or_else(|| bulkhead.refused())
     }
 
@@ -271,11 +271,12 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         self.shared.bulkhead.name()
     }
 
-    /// A permit for a call admitted now, timed from now.
-    fn permit(&self, permit: OwnedPermit<R>) -> AdaptivePermit<A, R> {
+    /// A permit for a call admitted now with `held` slots in use (its own included), timed
+    /// from now.
+    fn permit(&self, permit: OwnedPermit<R>, held: usize) -> AdaptivePermit<A, R> {
         let shared = &*self.shared;
         AdaptivePermit {
-            inflight: u32::try_from(shared.bulkhead.in_flight()).unwrap_or(u32::MAX),
+            inflight: u32::try_from(held).unwrap_or(u32::MAX),
             started: shared.clock.nanos(shared.bulkhead.runtime()),
             permit: Some(permit),
             limiter: self.clone(),
@@ -362,7 +363,7 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
         self.shared
             .bulkhead
             .try_acquire_owned_as(self.priority)
-            .map(|permit| self.permit(permit))
+            .map(|(permit, held)| self.permit(permit, held))
     }
 
     fn admit(&self, wait: Wait) -> Self::Admit {
@@ -399,7 +400,8 @@ impl<A: LimitAlgorithm, R: Clock> Future for AdaptiveAdmit<A, R> {
         let Some(limiter) = this.limiter.take() else {
             unreachable!("an admission completes once");
         };
-        Poll::Ready(Ok(limiter.permit(permit)))
+        let held = limiter.in_flight();
+        Poll::Ready(Ok(limiter.permit(permit, held)))
     }
 }
 

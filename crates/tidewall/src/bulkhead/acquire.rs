@@ -170,7 +170,7 @@ impl<R: Clock> Waiter<R> {
         let place = match *this.place {
             Some(place) => place,
             None => {
-                if shared.try_acquire_as(*this.priority) {
+                if shared.try_acquire_as(*this.priority).is_some() {
                     *this.done = true;
                     return Poll::Ready(Ok(()));
                 }

@@ -399,16 +399,17 @@ impl<R: Clock> Bulkhead<R> {
     }
 
     /// As [`try_acquire_owned_quiet`](Self::try_acquire_owned_quiet), for a call of
-    /// `priority`.
+    /// `priority`; with the permit, the slots held once it was taken (itself included).
     #[inline]
-    pub(crate) fn try_acquire_owned_as(&self, priority: Priority) -> Option<OwnedPermit<R>> {
-        if self.shared.try_acquire_as(priority) {
-            Some(OwnedPermit {
-                bulkhead: self.clone(),
-            })
-        } else {
-            None
-        }
+    pub(crate) fn try_acquire_owned_as(
+        &self,
+        priority: Priority,
+    ) -> Option<(OwnedPermit<R>, usize)> {
+        let held = self.shared.try_acquire_as(priority)?;
+        let permit = OwnedPermit {
+            bulkhead: self.clone(),
+        };
+        Some((permit, held))
     }
 
     /// Runs `op` inside the bulkhead: waits for a slot (up to `max_wait`), runs, frees it.

@@ -72,33 +72,40 @@ impl<R> Shared<R> {
         }
     }
 
-    /// Takes a free permit if more than `reserve` are free.
+    /// Takes a free permit if more than `reserve` are free; returns how many were free.
     #[inline]
-    fn try_take_keeping(&self, reserve: isize) -> bool {
+    fn try_take_keeping(&self, reserve: isize) -> Option<isize> {
         let mut free = self.available.load(SeqCst);
         while free > reserve {
             match self
                 .available
                 .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
             {
-                Ok(_) => return true,
+                Ok(_) => return Some(free),
                 Err(seen) => free = seen,
             }
         }
-        false
+        None
     }
 
     /// The fast path: a free permit, unless waiters are queued (they come first).
     #[inline]
     pub(super) fn try_acquire(&self) -> bool {
-        self.queued.load(SeqCst) == 0 && self.try_take_keeping(0)
+        self.queued.load(SeqCst) == 0 && self.try_take_keeping(0).is_some()
     }
 
     /// The fast path for a call of `priority`: a free permit that leaves the more important
-    /// priorities their part of the capacity, unless waiters are queued.
+    /// priorities their part of the capacity, unless waiters are queued. Returns the permits
+    /// held once it is taken, itself included (read without the queue lock: exact unless a
+    /// resize races it).
     #[inline]
-    pub(super) fn try_acquire_as(&self, priority: Priority) -> bool {
-        self.queued.load(SeqCst) == 0 && self.try_take_keeping(self.reserve(priority))
+    pub(super) fn try_acquire_as(&self, priority: Priority) -> Option<usize> {
+        if self.queued.load(SeqCst) != 0 {
+            return None;
+        }
+        let free = self.try_take_keeping(self.reserve(priority))?;
+        let held = signed(self.capacity()).saturating_sub(free - 1);
+        Some(usize::try_from(held).unwrap_or(0))
     }
 
     /// The free permits a call of `priority` must leave: `capacity − ⌈capacity × share⌉`, so
