@@ -12,7 +12,9 @@
 //! * the client gives up on a request after `timeout` (a failure, a dropped sample); the
 //!   dependency does not know and serves it anyway, as real servers do: work wasted;
 //! * each strategy learns from every request that ended: its time since admission, the
-//!   requests in flight when it was admitted, whether it timed out.
+//!   requests in flight when it was admitted, whether it timed out;
+//! * with a traffic mix of priorities, a [`Prioritized`] strategy admits each priority while
+//!   fewer than its share of the limit are in flight, as the adaptive limiter does.
 
 // A simulation of rates and nanosecond times: every cast below converts a value that is in
 // range by construction (a rate to a gap, a count to a share), never user input.
@@ -26,6 +28,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use tidewall::adaptive::Priority;
 use tidewall_core::adaptive::{LimitAlgorithm, Sample};
 use tidewall_core::rng::SplitMix64;
 use tower_resilience::adaptive::ConcurrencyAlgorithm;
@@ -46,6 +49,9 @@ pub struct Scenario {
     pub seed: u64,
     /// The width of a measurement window.
     pub window: Duration,
+    /// The share of the traffic of each priority, in [`Priority::ALL`]'s order (all default
+    /// unless [`with_mix`](Self::with_mix) says otherwise).
+    pub mix: [f64; 3],
 }
 
 impl Scenario {
@@ -58,7 +64,16 @@ impl Scenario {
             phases: vec![(0.5, each), (3.0, each), (0.5, each)],
             seed,
             window: Duration::from_millis(100),
+            mix: [0.0, 1.0, 0.0],
         }
+    }
+
+    /// The same traffic, its requests of each priority in these shares (critical, default,
+    /// sheddable; they sum to 1).
+    #[must_use]
+    pub fn with_mix(mut self, mix: [f64; 3]) -> Self {
+        self.mix = mix;
+        self
     }
 
     /// Requests a second the dependency completes at full use.
@@ -73,6 +88,36 @@ pub trait Strategy {
     fn limit(&self) -> u32;
     /// Learns from a request that ended.
     fn ended(&mut self, sample: &Sample);
+    /// Whether a request of `priority` is admitted with `in_flight` requests in flight.
+    fn admits(&self, in_flight: u32, priority: Priority) -> bool {
+        let _ = priority;
+        in_flight < self.limit()
+    }
+}
+
+/// A strategy whose priorities each fill at most a share of its limit (critical, default,
+/// sheddable): a request is admitted while fewer than `limit × share` are in flight.
+pub struct Prioritized<S> {
+    /// The strategy that sets the limit.
+    pub inner: S,
+    /// Each priority's share of it, in [`Priority::ALL`]'s order.
+    pub shares: [f64; 3],
+}
+
+impl<S: Strategy> Strategy for Prioritized<S> {
+    fn limit(&self) -> u32 {
+        self.inner.limit()
+    }
+    fn ended(&mut self, sample: &Sample) {
+        self.inner.ended(sample);
+    }
+    fn admits(&self, in_flight: u32, priority: Priority) -> bool {
+        let share = self.shares[Priority::ALL
+            .iter()
+            .position(|p| *p == priority)
+            .unwrap_or(1)];
+        f64::from(in_flight) < (f64::from(self.limit()) * share).ceil()
+    }
 }
 
 /// No limit at all.
@@ -143,6 +188,20 @@ pub struct Window {
     pub latencies: Vec<u64>,
     /// The limit at the window's end.
     pub limit: u32,
+    /// Per priority (in [`Priority::ALL`]'s order): arrivals, sheds, and answers in time to
+    /// the requests that arrived in this window.
+    pub by_priority: [PriorityCounts; 3],
+}
+
+/// One priority's requests in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriorityCounts {
+    /// Requests that arrived.
+    pub arrived: u64,
+    /// Requests the client shed.
+    pub shed: u64,
+    /// Requests that arrived in this window and were answered in time (whenever).
+    pub served: u64,
 }
 
 /// A whole run, window by window.
@@ -168,6 +227,8 @@ struct Request {
     admitted_at: u64,
     /// The window it arrived in.
     window: usize,
+    /// Its priority's place in [`Priority::ALL`].
+    priority: usize,
     inflight: u32,
     /// Ended at the client (answered or given up on).
     ended: bool,
@@ -180,6 +241,8 @@ pub fn simulate(scenario: &Scenario, strategy: &mut dyn Strategy) -> Run {
     let end: u64 = scenario.phases.iter().map(|(_, d)| nanos(*d)).sum();
     let mut windows = vec![Window::default(); usize::try_from(end.div_ceil(window)).unwrap_or(0)];
     let mut rng = SplitMix64::new(scenario.seed);
+    // Priorities come from their own generator, so a mix leaves the arrivals as they were.
+    let mut priorities = SplitMix64::new(scenario.seed ^ 0x5052_494F);
     let mut events = BinaryHeap::new();
     let mut seq = 0_u64;
     let mut push = |events: &mut BinaryHeap<_>, at: u64, event: Event| {
@@ -227,8 +290,17 @@ pub fn simulate(scenario: &Scenario, strategy: &mut dyn Strategy) -> Run {
                 windows[at].arrived += 1;
                 let next = next_arrival(&mut rng, now);
                 push(&mut events, next, Event::Arrival);
-                if in_flight >= strategy.limit() {
+                let priority = if scenario.mix[1] >= 1.0 {
+                    1
+                } else {
+                    let draw = unit(&mut priorities);
+                    let critical = scenario.mix[0];
+                    usize::from(draw >= critical) + usize::from(draw >= critical + scenario.mix[1])
+                };
+                windows[at].by_priority[priority].arrived += 1;
+                if !strategy.admits(in_flight, Priority::ALL[priority]) {
                     windows[at].shed += 1;
+                    windows[at].by_priority[priority].shed += 1;
                     continue;
                 }
                 in_flight += 1;
@@ -236,6 +308,7 @@ pub fn simulate(scenario: &Scenario, strategy: &mut dyn Strategy) -> Run {
                 requests.push(Request {
                     admitted_at: now,
                     window: at,
+                    priority,
                     inflight: in_flight,
                     ended: false,
                 });
@@ -262,6 +335,7 @@ pub fn simulate(scenario: &Scenario, strategy: &mut dyn Strategy) -> Run {
                 request.ended = true;
                 in_flight -= 1;
                 windows[request.window].served += 1;
+                windows[request.window].by_priority[request.priority].served += 1;
                 if late {
                     continue;
                 }
@@ -337,7 +411,45 @@ fn quantile(values: &mut [u64], q: f64) -> f64 {
     values[at] as f64
 }
 
+/// One priority's requests in one phase, summed up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrioritySummary {
+    /// The priority.
+    pub priority: Priority,
+    /// Its offered load, as a multiple of capacity.
+    pub offered: f64,
+    /// Share of its arrivals shed.
+    pub shed: f64,
+    /// Share of its arrivals answered in time.
+    pub served: f64,
+}
+
 impl Run {
+    /// Per phase, each priority's requests summed up (in [`Priority::ALL`]'s order).
+    pub fn priorities(&self) -> Vec<[PrioritySummary; 3]> {
+        let s = &self.scenario;
+        let mut start = 0_usize;
+        let mut out = Vec::new();
+        for (_, length) in &s.phases {
+            let count = (length.as_secs_f64() / s.window.as_secs_f64()).round() as usize;
+            let phase = &self.windows[start..(start + count).min(self.windows.len())];
+            out.push(std::array::from_fn(|i| {
+                let sum = |f: fn(&PriorityCounts) -> u64| {
+                    phase.iter().map(|w| f(&w.by_priority[i])).sum::<u64>() as f64
+                };
+                let arrived = sum(|c| c.arrived);
+                PrioritySummary {
+                    priority: Priority::ALL[i],
+                    offered: arrived / length.as_secs_f64() / s.throughput(),
+                    shed: sum(|c| c.shed) / arrived.max(1.0),
+                    served: sum(|c| c.served) / arrived.max(1.0),
+                }
+            }));
+            start += count;
+        }
+        out
+    }
+
     /// Each phase summed up.
     pub fn phases(&self) -> Vec<PhaseSummary> {
         let s = &self.scenario;

@@ -4,7 +4,8 @@
 //! `cargo run --release -p tidewall-benches --bin overload [-- <seconds per phase> <seed> [<svg dir>]]`
 //!
 //! With a directory, it also writes `goodput.svg`, `p99.svg` and `limit.svg` there: each
-//! strategy's value per 100 ms window.
+//! strategy's value per 100 ms window. Last, a table of the windowed gradient under a mix of
+//! priorities: which requests the shedding falls on, with and without shares.
 
 // A report printer: its output is the point.
 #![allow(clippy::print_stdout)]
@@ -12,8 +13,10 @@
 use std::time::Duration;
 
 use tidewall_benches::overload::{
-    Scenario, Window, goodput_percent, limit, p99_ms, simulate, strategies, svg_chart,
+    Prioritized, Scenario, Tidewall, Window, goodput_percent, limit, p99_ms, simulate, strategies,
+    svg_chart,
 };
+use tidewall_core::adaptive::WindowedGradient;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -78,6 +81,47 @@ fn main() {
             std::fs::write(&path, svg_chart(title, unit, &runs, value))
                 .expect("the chart is written");
             println!("wrote {}", path.display());
+        }
+    }
+    priorities(&scenario);
+}
+
+/// The windowed gradient under a mix of priorities, with and without shares: which requests
+/// the shedding falls on.
+fn priorities(scenario: &Scenario) {
+    const MIX: [f64; 3] = [0.2, 0.5, 0.3];
+    const SHARES: [f64; 3] = [1.0, 0.9, 0.5];
+    let scenario = scenario.clone().with_mix(MIX);
+    println!();
+    println!(
+        "Priorities: the windowed gradient, traffic {:.0} % critical, {:.0} % default, {:.0} % sheddable",
+        MIX[0] * 100.0,
+        MIX[1] * 100.0,
+        MIX[2] * 100.0
+    );
+    println!();
+    println!("| shares | phase | priority | offered | shed | answered in time |");
+    println!("|---|---|---|---|---|---|");
+    for shares in [[1.0; 3], SHARES] {
+        let algorithm = WindowedGradient::builder().build().expect("valid");
+        let mut strategy = Prioritized {
+            inner: Tidewall(Box::new(algorithm)),
+            shares,
+        };
+        let run = simulate(&scenario, &mut strategy);
+        for ((load, _), phase) in scenario.phases.iter().zip(run.priorities()) {
+            for p in phase {
+                println!(
+                    "| {} / {} / {} | {load:.1}x | {} | {:.2}x | {:.1} % | {:.1} % |",
+                    shares[0],
+                    shares[1],
+                    shares[2],
+                    p.priority.as_str(),
+                    p.offered,
+                    p.shed * 100.0,
+                    p.served * 100.0,
+                );
+            }
         }
     }
 }

@@ -121,3 +121,36 @@ fn the_windowed_gradient_meets_the_goal_and_beats_tower_resilience() {
         assert!(windowed[1].goodput > vegas[1].goodput, "seed {seed}");
     }
 }
+
+/// Under 3x with a mix of priorities (20 % critical, 50 % default, 30 % sheddable) and shares
+/// of 1, 0.9 and 0.5, the shedding falls on the sheddable requests first and on the critical
+/// ones least: critical traffic (0.6x of capacity) is nearly all answered. Without shares the
+/// three are shed alike. Either way, after the step down every priority is answered.
+#[test]
+fn shedding_falls_on_the_least_important_first() {
+    use tidewall_benches::overload::{Prioritized, Tidewall};
+    use tidewall_core::adaptive::WindowedGradient;
+    for seed in [7, 20_261_205] {
+        let s = scenario(seed).with_mix([0.2, 0.5, 0.3]);
+        let run = |shares| {
+            let mut strategy = Prioritized {
+                inner: Tidewall(Box::new(WindowedGradient::builder().build().unwrap())),
+                shares,
+            };
+            simulate(&s, &mut strategy).priorities()
+        };
+        let [critical, default, sheddable] = run([1.0, 0.9, 0.5])[1];
+        assert!(critical.shed < 0.05, "seed {seed}: {critical:?}");
+        assert!(default.shed > critical.shed, "seed {seed}: {default:?}");
+        assert!(sheddable.shed > default.shed, "seed {seed}: {sheddable:?}");
+        assert!(sheddable.shed > 0.95, "seed {seed}: {sheddable:?}");
+        let alike = run([1.0; 3])[1];
+        let (least, most) = alike.iter().fold((1.0_f64, 0.0_f64), |(l, m), p| {
+            (l.min(p.shed), m.max(p.shed))
+        });
+        assert!(most - least < 0.05, "seed {seed}: {alike:?}");
+        for p in run([1.0, 0.9, 0.5])[2] {
+            assert!(p.served > 0.95, "seed {seed}: {p:?}");
+        }
+    }
+}
