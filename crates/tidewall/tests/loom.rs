@@ -1,5 +1,6 @@
 //! loom models of the lock-free parts: the half-open probe reservation, the bulkhead's
-//! release-versus-enqueue race, and the bucket ring's sweep racing a write. Run with
+//! release-versus-enqueue race (and its priorities: a sheddable waiter's share, a waiter shed
+//! while it gives up), and the bucket ring's sweep racing a write. Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p tidewall --no-default-features --test loom --release`
 //! (scripts/test does, in its own target directory).
 #![cfg(loom)]
@@ -393,5 +394,105 @@ fn a_key_is_never_forgotten_while_its_permit_is_out() {
             }
         }
         assert_eq!(bulkheads.len(), 1);
+    });
+}
+
+/// A limit that never moves, for the adaptive limiter's admission models.
+#[derive(Debug, Clone, Copy)]
+struct Fixed(u32);
+
+impl tidewall::adaptive::LimitAlgorithm for Fixed {
+    fn limit(&self) -> u32 {
+        self.0
+    }
+    fn update(&mut self, _: &tidewall::adaptive::Sample) -> u32 {
+        self.0
+    }
+    fn bounds(&self) -> (u32, u32) {
+        (self.0, self.0)
+    }
+}
+
+fn shedding_limiter(
+    limit: u32,
+    queue: usize,
+) -> tidewall::adaptive::AdaptiveLimiter<Fixed, ModelClock> {
+    tidewall::adaptive::AdaptiveLimiter::builder(Fixed(limit))
+        .share(tidewall::adaptive::Priority::Sheddable, 0.5)
+        .max_queue(queue)
+        .max_wait(None)
+        .runtime(ModelClock::default())
+        .build()
+        .unwrap()
+}
+
+/// Releases racing a sheddable waiter that is enqueueing, with a limit of 2 and a sheddable
+/// share of one slot: the waiter is admitted once both are back (a lost wake-up, or a grant
+/// that ignored its share, would deadlock or over-admit, which the model reports).
+#[test]
+fn releases_always_reach_a_sheddable_waiter_within_its_share() {
+    use tidewall::admission::{Admission, Wait};
+    loom::model(|| {
+        let limiter = shedding_limiter(2, 2);
+        let a = limiter.try_acquire().unwrap();
+        let b = limiter.try_acquire().unwrap();
+        let waiter = {
+            let sheddable = limiter.with_priority(tidewall::adaptive::Priority::Sheddable);
+            loom::thread::spawn(move || {
+                let permit = loom::future::block_on(
+                    sheddable.admit(Wait::Until(tidewall::Deadline::none())),
+                )
+                .unwrap();
+                let held = sheddable.in_flight();
+                drop(permit);
+                held
+            })
+        };
+        drop(a);
+        drop(b);
+        assert_eq!(
+            waiter.join().unwrap(),
+            1,
+            "admitted alone: its share is one slot"
+        );
+        assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
+    });
+}
+
+/// A critical caller pushing a sheddable waiter out of a full queue while that waiter gives
+/// up and the held slot is released: no place or slot is lost or counted twice.
+#[test]
+fn a_waiter_shed_while_it_gives_up_loses_nothing() {
+    use tidewall::adaptive::Priority;
+    use tidewall::admission::{Admission, Wait};
+    loom::model(|| {
+        let limiter = shedding_limiter(1, 1);
+        let held = limiter.try_acquire().unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut shed = Box::pin(
+            limiter
+                .with_priority(Priority::Sheddable)
+                .admit(Wait::Until(tidewall::Deadline::none())),
+        );
+        assert!(
+            shed.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let critical = {
+            let critical = limiter.with_priority(Priority::Critical);
+            loom::thread::spawn(move || {
+                let waker = futures_util::task::noop_waker();
+                let mut admit = Box::pin(critical.admit(Wait::Until(tidewall::Deadline::none())));
+                let polled = admit.as_mut().poll(&mut Context::from_waker(&waker));
+                drop(polled);
+            })
+        };
+        let giving_up = loom::thread::spawn(move || drop(shed));
+        drop(held);
+        critical.join().unwrap();
+        giving_up.join().unwrap();
+        assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
+        assert!(limiter.try_acquire().is_ok());
     });
 }
