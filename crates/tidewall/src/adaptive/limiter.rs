@@ -35,6 +35,7 @@ struct Shared<A, R> {
 
 /// Configures an [`AdaptiveLimiter`].
 #[must_use]
+#[derive(Clone)]
 pub struct AdaptiveLimiterBuilder<A, R = DefaultRuntime> {
     algorithm: A,
     max_queue: usize,
@@ -427,5 +428,20 @@ impl<A, R: Clock> fmt::Debug for AdaptiveLimiter<A, R> {
             .field("capacity", &self.shared.bulkhead.capacity())
             .field("priority", &self.priority)
             .finish_non_exhaustive()
+    }
+}
+
+// For the keyed table (`keyed.rs`): its own refusals' telemetry, and eviction.
+impl<A, R> AdaptiveLimiterBuilder<A, R> {
+    /// The name and the listener the limiters it builds report with.
+    pub(crate) fn reports_as(&self) -> (&Name, Option<crate::telemetry::Listener>) {
+        (&self.name, self.events.clone())
+    }
+}
+
+impl<A, R> AdaptiveLimiter<A, R> {
+    /// Handles to this limiter's state: this one, its clones, its permits and its waiters.
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.shared)
     }
 }

@@ -43,10 +43,71 @@
 //! assert_eq!(limiter.limit(), 20);
 //! # Ok(()) }
 //! ```
+//!
+//! **Shedding by priority.** Each call has a [`Priority`]: a handle made with
+//! [`with_priority`](AdaptiveLimiter::with_priority) admits its calls while fewer than their
+//! [`share`](AdaptiveLimiterBuilder::share) of the limit are in flight (sheddable calls: 0.8
+//! of it by default), so as the limit nears, sheddable work is refused first and critical
+//! work last. With a queue, the most important waiters are served first, the newest of the
+//! least important is shed to make room, and a [`QueueDiscipline`] (LIFO, or CoDel's bound on
+//! the wait once the queue stands) keeps a standing queue from delaying everyone.
+//!
+//! ```
+//! use tidewall::adaptive::{AdaptiveLimiter, Priority, WindowedGradient};
+//!
+//! let limiter = AdaptiveLimiter::builder(WindowedGradient::builder().initial_limit(20).build()?)
+//!     .share(Priority::Sheddable, 0.5)
+//!     .build()?;
+//! let prefetch = limiter.with_priority(Priority::Sheddable);
+//! // (The windowed gradient first measures the no-load RTT at its min_limit, 3.)
+//! let held: Vec<_> = (0..2).map(|_| prefetch.try_acquire().unwrap()).collect();
+//! assert!(prefetch.try_acquire().is_err(), "2 of 3 in flight: half the limit is used");
+//! assert!(limiter.try_acquire().is_ok(), "default calls have all of it");
+//! # drop(held);
+//! # Ok::<(), tidewall::ConfigError>(())
+//! ```
+//!
+//! **Per key.** A [`KeyedAdaptiveLimiter`] (built with
+//! [`keyed`](AdaptiveLimiterBuilder::keyed)) holds a limiter per key (per host, per tenant)
+//! in bounded memory, each learning from its own calls alone: one slow host lowers its own
+//! limit and no other. A key's handle ([`get`](KeyedAdaptiveLimiter::get)) is the stage of a
+//! pipeline or a layer serving that key. A key with nothing out may be forgotten to make room,
+//! and what it learned with it: seen again, it starts from the initial limit.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidewall::adaptive::{AdaptiveLimiter, Aimd};
+//! use tidewall::pipeline::Pipeline;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let aimd = Aimd::builder()
+//!     .initial_limit(10)
+//!     .min_limit(1)
+//!     .timeout(Duration::from_millis(100))
+//!     .build()?;
+//! let hosts = AdaptiveLimiter::builder(aimd).keyed().max_keys(10_000).build::<String>()?;
+//! for host in ["fast.example", "slow.example"] {
+//!     let pipeline = Pipeline::builder().bulkhead(hosts.get(&host.to_owned())?).build()?;
+//!     let latency = if host == "slow.example" { 500 } else { 5 };
+//!     pipeline
+//!         .call(|| async move {
+//!             tokio::time::sleep(Duration::from_millis(latency)).await;
+//!             Ok::<_, std::io::Error>(())
+//!         })
+//!         .await?;
+//! }
+//! // Slower than the timeout counts as a drop: only that host's limit backs off.
+//! assert_eq!(hosts.limit(&"slow.example".to_owned()), Some(9));
+//! assert_eq!(hosts.limit(&"fast.example".to_owned()), Some(10));
+//! # Ok(()) }
+//! ```
 
+mod keyed;
 mod limiter;
 
 pub use crate::admission::{Priority, QueueDiscipline};
+pub use keyed::{KeyedAdaptiveLimiter, KeyedAdaptiveLimiterBuilder};
 pub use limiter::{AdaptiveAdmit, AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 pub use tidewall_core::adaptive::{
     Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas, VegasBuilder,
