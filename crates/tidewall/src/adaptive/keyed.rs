@@ -66,6 +66,8 @@ struct Keyed<K, A, R> {
     keys: KeyedMap<K, AdaptiveLimiter<A, R>>,
     /// Refusals of new keys (a full table).
     rejections: crate::telemetry::PolicyTelemetry,
+    /// Refusals and waits of the keys' limiters, one set of counters for all of them.
+    per_key: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
 }
 
 impl<A, R> Evict for AdaptiveLimiter<A, R> {
@@ -131,6 +133,7 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
         let rejections =
             crate::telemetry::PolicyTelemetry::new("keyed_bulkhead", &name, &[KEYS_FULL])
                 .with_listener(events);
+        let per_key = self.limiter.telemetry();
         Ok(KeyedAdaptiveLimiter {
             shared: Arc::new(Keyed {
                 settings: Mutex::new(self.limiter),
@@ -138,6 +141,7 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
                 initial_limit,
                 keys,
                 rejections,
+                per_key,
             }),
         })
     }
@@ -231,7 +235,7 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
                 Slot::Found(limiter) => (use_it(limiter), None),
                 Slot::Vacant => {
                     let settings = lock(&shared.settings).clone();
-                    match settings.build() {
+                    match settings.build_counted(Some(std::sync::Arc::clone(&shared.per_key))) {
                         Ok(limiter) => (use_it(&limiter), Some(limiter)),
                         // These settings built once; only an algorithm whose copies differ
                         // (a `Clone` giving a limit of zero) fails now: a key with no slot.

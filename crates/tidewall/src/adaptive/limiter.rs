@@ -150,19 +150,54 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         A: LimitAlgorithm,
         R: Clock,
     {
-        check_shares(&self.shares)?;
+        self.build_counted(None)
+    }
+
+    /// The bulkhead settings under the limiter: its limit, queue, wait, discipline, shares,
+    /// name and listener.
+    fn bulkhead(&self) -> crate::bulkhead::BulkheadBuilder<R>
+    where
+        A: LimitAlgorithm,
+        R: Clone,
+    {
         let limit = usize::try_from(self.algorithm.limit()).unwrap_or(usize::MAX);
-        let mut bulkhead = Bulkhead::builder(limit)
+        let bulkhead = Bulkhead::builder(limit)
             .max_queue(self.max_queue)
             .max_wait(self.max_wait)
             .discipline(self.discipline)
             .with_shares(self.shares)
-            .name(self.name)
-            .runtime(self.rt);
-        if let Some(events) = self.events {
-            bulkhead = bulkhead.with_listener(events);
+            .name(self.name.clone())
+            .runtime(self.rt.clone());
+        match &self.events {
+            Some(events) => bulkhead.with_listener(events.clone()),
+            None => bulkhead,
         }
-        let bulkhead = bulkhead.build()?;
+    }
+
+    /// What every limiter of these settings may count in together (a keyed table's keys).
+    pub(crate) fn telemetry(&self) -> std::sync::Arc<crate::telemetry::PolicyTelemetry>
+    where
+        A: LimitAlgorithm,
+        R: Clone,
+    {
+        self.bulkhead().telemetry()
+    }
+
+    /// Builds, counting in `telemetry` if given (else its own).
+    pub(crate) fn build_counted(
+        self,
+        telemetry: Option<std::sync::Arc<crate::telemetry::PolicyTelemetry>>,
+    ) -> Result<AdaptiveLimiter<A, R>, ConfigError>
+    where
+        A: LimitAlgorithm,
+        R: Clock,
+    {
+        check_shares(&self.shares)?;
+        let settings = self.bulkhead();
+        let bulkhead = match telemetry {
+            Some(telemetry) => settings.build_counted(telemetry)?,
+            None => settings.build()?,
+        };
         Ok(AdaptiveLimiter {
             shared: Arc::new(Shared {
                 clock: LimiterClock::new(bulkhead.runtime()),

@@ -110,14 +110,7 @@ impl<R> KeyedBulkheadBuilder<R> {
             &[KEYS_FULL],
         )
         .with_listener(self.bulkhead.events.clone());
-        let per_key = crate::telemetry::PolicyTelemetry::new(
-            "bulkhead",
-            &self.bulkhead.name,
-            &super::REFUSALS,
-        )
-        .with_waits()
-        .with_listener(self.bulkhead.events.clone())
-        .shared();
+        let per_key = self.bulkhead.telemetry();
         Ok(KeyedBulkhead {
             shared: Arc::new(Keyed {
                 name: self.bulkhead.name.clone(),

@@ -273,12 +273,29 @@ impl<R> BulkheadBuilder<R> {
     where
         R: Clock,
     {
-        self.make_counted(
-            crate::telemetry::PolicyTelemetry::new("bulkhead", &self.name, &REFUSALS)
-                .with_waits()
-                .with_listener(self.events.clone())
-                .shared(),
-        )
+        self.make_counted(self.telemetry())
+    }
+
+    /// What a bulkhead of these settings counts its refusals and waits in: its own, or one
+    /// for every key of a keyed table.
+    pub(crate) fn telemetry(&self) -> std::sync::Arc<crate::telemetry::PolicyTelemetry> {
+        crate::telemetry::PolicyTelemetry::new("bulkhead", &self.name, &REFUSALS)
+            .with_waits()
+            .with_listener(self.events.clone())
+            .shared()
+    }
+
+    /// Validates and builds a bulkhead counting in `telemetry` (see
+    /// [`telemetry`](Self::telemetry)).
+    pub(crate) fn build_counted(
+        self,
+        telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
+    ) -> Result<Bulkhead<R>, ConfigError>
+    where
+        R: Clock,
+    {
+        self.validate()?;
+        Ok(self.make_counted(telemetry))
     }
 
     /// A bulkhead with these (validated) settings, counting its refusals in `telemetry`
