@@ -20,11 +20,12 @@
 //!   measures the no-load RTT by lowering the limit now and then, and moves the limit once per
 //!   window of samples by the ratio of that RTT (plus a buffer) to the window's mean.
 //!
-//! Vegas and Gradient2 keep their estimate as a real number and publish its integer part; AIMD's
-//! is a whole number, truncated on each backoff, as Netflix's. Every limit stays within
-//! `[min_limit, max_limit]`, and an RTT of zero counts as one nanosecond. A limit does not grow
-//! while a call found fewer than half its slots in use (an idle service says nothing about how
-//! much more the dependency could take); Gradient2's does not move at all then, drops included.
+//! Vegas, Gradient2 and the windowed gradient keep their estimate as a real number and publish
+//! its integer part; AIMD's is a whole number, truncated on each backoff, as Netflix's. Every
+//! limit stays within `[min_limit, max_limit]`, an RTT of zero counts as one nanosecond, and
+//! one beyond `u64::MAX` nanoseconds (584 years) as that many. A limit does not grow while a
+//! call found fewer than half its slots in use (an idle service says nothing about how much
+//! more the dependency could take); Gradient2's does not move at all then, drops included.
 //!
 //! ```
 //! use core::time::Duration;

@@ -122,9 +122,11 @@ impl WindowedGradient {
         }
     }
 
-    /// The no-load RTT it measured last, if it has finished a measurement.
+    /// The no-load RTT it measured last, if it has finished a measurement (RTTs count up to
+    /// `u64::MAX` nanoseconds, 584 years, as the [module docs](super) say).
     pub fn no_load_rtt(&self) -> Option<Duration> {
-        // A mean of nanosecond counts that fit in u64: finite, non-negative, in range.
+        // A mean of RTTs counted up to u64::MAX nanoseconds each: finite, non-negative, in
+        // range.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         self.no_load
             .map(|(nanos, _)| Duration::from_nanos(nanos as u64))

@@ -244,7 +244,9 @@ fn check_shares(shares: &[f64; Priority::ALL.len()]) -> Result<(), ConfigError> 
 
 impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     /// Admits a call of this handle's [priority](Self::priority) now if fewer than its share
-    /// of the limit are in flight (and nobody is queued); record how it ended on the permit.
+    /// of the limit are in flight and nobody as important or more is queued (queued callers
+    /// of lower priority, or waiting for their own share, are passed); record how it ended on
+    /// the permit.
     ///
     /// # Errors
     ///
@@ -431,13 +433,12 @@ impl<A: LimitAlgorithm, R: Clock> Future for AdaptiveAdmit<A, R> {
     type Output = Result<AdaptivePermit<A, R>, Rejected>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let permit = ready!(this.acquire.poll(cx))?;
+        let mut this = self.project();
+        let permit = ready!(this.acquire.as_mut().poll(cx))?;
         let Some(limiter) = this.limiter.take() else {
             unreachable!("an admission completes once");
         };
-        let held = limiter.in_flight();
-        Poll::Ready(Ok(limiter.permit(permit, held)))
+        Poll::Ready(Ok(limiter.permit(permit, this.acquire.held())))
     }
 }
 

@@ -85,6 +85,14 @@ impl<'a, R: Clock> Future for Acquire<'a, R> {
     }
 }
 
+impl<R: Clock> AcquireOwned<R> {
+    /// Once it has admitted: the slots held then, its own included (a queued caller's: when
+    /// its slot was granted).
+    pub(crate) fn held(&self) -> usize {
+        self.waiter.held
+    }
+}
+
 impl<R: Clock> Future for AcquireOwned<R> {
     type Output = Result<OwnedPermit<R>, Rejected>;
 
@@ -130,6 +138,8 @@ pin_project! {
         done: bool,
         // When it joined the queue, for the wait-time histogram.
         queued_at: Option<Instant>,
+        // Once admitted: the slots held then, its own included.
+        held: usize,
     }
 }
 
@@ -143,6 +153,7 @@ impl<R: Clock> Waiter<R> {
             timer: None,
             done: false,
             queued_at: None,
+            held: 0,
         }
     }
 
@@ -150,7 +161,7 @@ impl<R: Clock> Waiter<R> {
     fn leave(self: Pin<&mut Self>, bulkhead: &Bulkhead<R>) {
         let this = self.project();
         if let Some(place) = this.place.take()
-            && bulkhead.leave_queue(place)
+            && bulkhead.leave_queue(place).is_some()
         {
             // Granted after we stopped caring: pass it on.
             bulkhead.shared.release();
@@ -170,8 +181,16 @@ impl<R: Clock> Waiter<R> {
         let place = match *this.place {
             Some(place) => place,
             None => {
-                if shared.try_acquire_as(*this.priority).is_some() {
+                let admitted = shared.try_acquire_as(*this.priority).or_else(|| {
+                    // Waiters are queued, or none of the free slots is within this call's
+                    // share: it may still pass waiters that could not use a slot.
+                    (shared.queued() > 0)
+                        .then(|| shared.take_past_queue(*this.priority))
+                        .flatten()
+                });
+                if let Some(held) = admitted {
                     *this.done = true;
+                    *this.held = held;
                     return Poll::Ready(Ok(()));
                 }
                 let deadline = match *this.wait {
@@ -239,9 +258,10 @@ impl<R: Clock> Waiter<R> {
             }
         };
         match lock(&shared.queue).poll(place, cx.waker()) {
-            Status::Granted => {
+            Status::Granted(held) => {
                 *this.place = None;
                 *this.done = true;
+                *this.held = held;
                 shared.waited(*this.queued_at);
                 return Poll::Ready(Ok(()));
             }
@@ -261,8 +281,9 @@ impl<R: Clock> Waiter<R> {
         }
         *this.place = None;
         *this.done = true;
-        if bulkhead.leave_queue(place) {
+        if let Some(held) = bulkhead.leave_queue(place) {
             // Granted just as the wait ran out: take it.
+            *this.held = held;
             shared.waited(*this.queued_at);
             return Poll::Ready(Ok(()));
         }

@@ -224,10 +224,13 @@ impl<R> BulkheadBuilder<R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for `max_concurrent == 0`, [`ConfigError::OutOfRange`] for one
-    /// above `isize::MAX`, a zero `max_wait` with a non-empty queue (use `max_queue(0)` to
-    /// reject at once), and [`ConfigError::DurationOverflow`] for a `max_wait` beyond `u64`
-    /// nanoseconds.
+    /// * [`ConfigError::Zero`] for `max_concurrent == 0`, and for a zero `max_wait` with a
+    ///   non-empty queue (use `max_queue(0)` to reject at once);
+    /// * [`ConfigError::OutOfRange`] for a `max_concurrent` above `isize::MAX`;
+    /// * [`ConfigError::DurationOverflow`] for a `max_wait` beyond `u64` nanoseconds;
+    /// * for a [CoDel discipline](QueueDiscipline::Codel): [`ConfigError::Zero`] for a zero
+    ///   `target` or `interval`, [`ConfigError::DurationOverflow`] for one beyond `u64`
+    ///   nanoseconds.
     pub fn build(self) -> Result<Bulkhead<R>, ConfigError>
     where
         R: Clock,
@@ -422,7 +425,12 @@ impl<R: Clock> Bulkhead<R> {
         &self,
         priority: Priority,
     ) -> Option<(OwnedPermit<R>, usize)> {
-        let held = self.shared.try_acquire_as(priority)?;
+        let shared = &self.shared;
+        let held = shared.try_acquire_as(priority).or_else(|| {
+            (shared.queued() > 0)
+                .then(|| shared.take_past_queue(priority))
+                .flatten()
+        })?;
         let permit = OwnedPermit {
             bulkhead: self.clone(),
         };
@@ -541,13 +549,17 @@ impl<R: Clock> Bulkhead<R> {
         &self.shared.name
     }
 
-    /// Removes a waiter from the queue; `true` if it had already been granted a permit.
-    fn leave_queue(&self, place: Place) -> bool {
-        let left = lock(&self.shared.queue).cancel(place);
-        if left == Left::Waiting {
-            self.shared.note_unqueued();
+    /// Removes a waiter from the queue; if it had already been granted a permit, how many
+    /// were held with it.
+    fn leave_queue(&self, place: Place) -> Option<usize> {
+        match lock(&self.shared.queue).cancel(place) {
+            Left::Waiting => {
+                self.shared.note_unqueued();
+                None
+            }
+            Left::Granted(held) => Some(held),
+            Left::Shed => None,
         }
-        left == Left::Granted
     }
 }
 

@@ -20,9 +20,12 @@ enum Slot {
     Waiting {
         ticket: u64,
         waker: Option<Waker>,
+        priority: Priority,
     },
+    /// Granted a permit, when `held` were held with it.
     Granted {
         ticket: u64,
+        held: usize,
     },
     /// Pushed out of a full queue by a more important caller.
     Shed {
@@ -38,6 +41,8 @@ pub(super) struct WaitQueue {
     order: [VecDeque<(usize, u64)>; Priority::ALL.len()],
     next_ticket: u64,
     waiting: usize,
+    /// Live waiters per priority.
+    live: [usize; Priority::ALL.len()],
     /// Since when someone has been waiting without a break: CoDel's standing queue.
     busy_since: Option<Instant>,
     discipline: QueueDiscipline,
@@ -54,7 +59,8 @@ pub(super) struct Place {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Status {
     Waiting,
-    Granted,
+    /// Granted, when this many permits were held with its own.
+    Granted(usize),
     Shed,
 }
 
@@ -63,8 +69,8 @@ pub(super) enum Status {
 pub(super) enum Left {
     /// Still waiting: it is gone from the queue now.
     Waiting,
-    /// Granted a permit it must pass on.
-    Granted,
+    /// Granted a permit (when this many were held with it) it must take or pass on.
+    Granted(usize),
     /// Shed before it gave up: nothing to do.
     Shed,
 }
@@ -72,6 +78,12 @@ pub(super) enum Left {
 impl WaitQueue {
     pub(super) fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// Whether anyone as important as `priority` or more is waiting: a caller of `priority`
+    /// must not take a free permit past them.
+    pub(super) fn waiting_at_or_above(&self, priority: Priority) -> bool {
+        self.live[..=priority.index()].iter().any(|&n| n > 0)
     }
 
     pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline) {
@@ -99,6 +111,7 @@ impl WaitQueue {
         let entry = Slot::Waiting {
             ticket,
             waker: Some(waker),
+            priority,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -112,27 +125,33 @@ impl WaitQueue {
         };
         self.order[priority.index()].push_back((slot, ticket));
         self.waiting += 1;
+        self.live[priority.index()] += 1;
         Place { slot, ticket }
     }
 
     /// Sheds the newest waiter less important than `priority` to make room for it; returns
-    /// its waker (to be woken outside the lock), or `None` if nobody is less important.
+    /// its waker (to be woken outside the lock), or `None` if nobody is less important. The
+    /// caller takes the place at once, so the queue does not stop standing.
     pub(super) fn shed_for(&mut self, priority: Priority) -> Option<Option<Waker>> {
         let Self {
             slots,
             order,
             waiting,
-            busy_since,
+            live,
             ..
         } = self;
-        for tier in order[priority.index() + 1..].iter_mut().rev() {
+        let less_important = order.iter_mut().zip(live).skip(priority.index() + 1);
+        for (tier, live) in less_important.rev() {
             while let Some((slot, ticket)) = tier.pop_back() {
-                if let Slot::Waiting { ticket: t, waker } = &mut slots[slot]
+                if let Slot::Waiting {
+                    ticket: t, waker, ..
+                } = &mut slots[slot]
                     && *t == ticket
                 {
                     let waker = waker.take();
                     slots[slot] = Slot::Shed { ticket };
-                    left(waiting, busy_since);
+                    *waiting -= 1;
+                    *live -= 1;
                     return Some(waker);
                 }
             }
@@ -141,21 +160,22 @@ impl WaitQueue {
     }
 
     /// Grants a permit to the next live waiter (the most important priority first) if `take`
-    /// takes one for its priority; returns its waker, or `None` if nobody is waiting or
-    /// `take` refused.
+    /// takes one for its priority (saying how many are held with it); returns the waiter's
+    /// waker, or `None` if nobody is waiting or `take` refused.
     pub(super) fn grant_next(
         &mut self,
-        mut take: impl FnMut(Priority) -> bool,
+        mut take: impl FnMut(Priority) -> Option<usize>,
     ) -> Option<Option<Waker>> {
         let newest_first = self.discipline == QueueDiscipline::Lifo;
         let Self {
             slots,
             order,
             waiting,
+            live,
             busy_since,
             ..
         } = self;
-        for (tier, priority) in order.iter_mut().zip(Priority::ALL) {
+        for ((tier, live), priority) in order.iter_mut().zip(live).zip(Priority::ALL) {
             loop {
                 let next = if newest_first {
                     tier.back()
@@ -165,20 +185,26 @@ impl WaitQueue {
                 let Some(&(slot, ticket)) = next else {
                     break;
                 };
-                let live = matches!(&slots[slot], Slot::Waiting { ticket: t, .. } if *t == ticket);
-                if live && !take(priority) {
-                    return None;
-                }
+                let waiter = match &mut slots[slot] {
+                    Slot::Waiting {
+                        ticket: t, waker, ..
+                    } if *t == ticket => Some(waker),
+                    _ => None,
+                };
+                // A live waiter is granted only if a permit is taken for it; a stale entry
+                // (its waiter gave up) is dropped.
+                let granted = match waiter {
+                    Some(waker) => Some((take(priority)?, waker.take())),
+                    None => None,
+                };
                 if newest_first {
                     tier.pop_back();
                 } else {
                     tier.pop_front();
                 }
-                if let Slot::Waiting { waker, .. } = &mut slots[slot]
-                    && live
-                {
-                    let waker = waker.take();
-                    slots[slot] = Slot::Granted { ticket };
+                if let Some((held, waker)) = granted {
+                    slots[slot] = Slot::Granted { ticket, held };
+                    *live -= 1;
                     left(waiting, busy_since);
                     return Some(waker);
                 }
@@ -191,9 +217,10 @@ impl WaitQueue {
     /// freed.
     pub(super) fn poll(&mut self, place: Place, waker: &Waker) -> Status {
         match &mut self.slots[place.slot] {
-            Slot::Granted { ticket } if *ticket == place.ticket => {
+            Slot::Granted { ticket, held } if *ticket == place.ticket => {
+                let held = *held;
                 self.release_slot(place.slot);
-                Status::Granted
+                Status::Granted(held)
             }
             Slot::Shed { ticket } if *ticket == place.ticket => {
                 self.release_slot(place.slot);
@@ -202,6 +229,7 @@ impl WaitQueue {
             Slot::Waiting {
                 ticket,
                 waker: stored,
+                ..
             } if *ticket == place.ticket => {
                 if !stored.as_ref().is_some_and(|w| w.will_wake(waker)) {
                     *stored = Some(waker.clone());
@@ -217,9 +245,12 @@ impl WaitQueue {
     /// Removes a waiter that gives up, and says what it had become.
     pub(super) fn cancel(&mut self, place: Place) -> Left {
         let left = match &self.slots[place.slot] {
-            Slot::Granted { ticket } if *ticket == place.ticket => Left::Granted,
+            Slot::Granted { ticket, held } if *ticket == place.ticket => Left::Granted(*held),
             Slot::Shed { ticket } if *ticket == place.ticket => Left::Shed,
-            Slot::Waiting { ticket, .. } if *ticket == place.ticket => {
+            Slot::Waiting {
+                ticket, priority, ..
+            } if *ticket == place.ticket => {
+                self.live[priority.index()] -= 1;
                 left(&mut self.waiting, &mut self.busy_since);
                 Left::Waiting
             }

@@ -104,8 +104,27 @@ impl<R> Shared<R> {
             return None;
         }
         let free = self.try_take_keeping(self.reserve(priority))?;
+        Some(self.held_after(free))
+    }
+
+    /// The slow path for a call of `priority` that waiters are queued ahead of: a free permit
+    /// within its share, if nobody as important or more is waiting (those waiting could not
+    /// use it: they are less important, or wait for their share). Returns the permits held.
+    pub(super) fn take_past_queue(&self, priority: Priority) -> Option<usize> {
+        let queue = lock(&self.queue);
+        if queue.waiting_at_or_above(priority) {
+            return None;
+        }
+        let held = self.try_take_fresh_keeping(self.reserve(priority));
+        drop(queue);
+        held
+    }
+
+    /// The permits held once one is taken from `free` (itself included; read without the
+    /// queue lock, exact unless a resize races it).
+    fn held_after(&self, free: isize) -> usize {
         let held = signed(self.capacity()).saturating_sub(free - 1);
-        Some(usize::try_from(held).unwrap_or(0))
+        usize::try_from(held).unwrap_or(0)
     }
 
     /// The free permits a call of `priority` must leave: `capacity − ⌈capacity × share⌉`, so
@@ -117,30 +136,23 @@ impl<R> Shared<R> {
             return 0;
         }
         let capacity = self.capacity();
-        // A share in (0, 1): the product is within 0..=capacity (the cast saturates).
-        #[allow(
-            clippy::cast_precision_loss,
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss
-        )]
-        let allowed = (capacity as f64 * share).ceil() as usize;
-        signed(capacity.saturating_sub(allowed))
+        signed(capacity.saturating_sub(share_of(capacity, share)))
     }
 
     /// Takes a free permit if more than `reserve` are free, reading `available` with a
-    /// read-modify-write (see the module docs).
-    fn try_take_fresh_keeping(&self, reserve: isize) -> bool {
+    /// read-modify-write (see the module docs); returns the permits then held.
+    fn try_take_fresh_keeping(&self, reserve: isize) -> Option<usize> {
         let mut free = self.available.fetch_add(0, SeqCst);
         while free > reserve {
             match self
                 .available
                 .compare_exchange_weak(free, free - 1, SeqCst, SeqCst)
             {
-                Ok(_) => return true,
+                Ok(_) => return Some(self.held_after(free)),
                 Err(seen) => free = seen,
             }
         }
-        false
+        None
     }
 
     /// Gives a permit back and hands it to the longest waiter, if any.
@@ -281,6 +293,28 @@ impl<R> Shared<R> {
 
     pub(super) fn rejected(&self) -> u64 {
         self.rejected.load(Relaxed)
+    }
+}
+
+/// `⌈capacity × share⌉` for a share in `(0, 1)`, a product within a trillionth of a whole
+/// number counted as that number: `100 × 0.55` is 55, though in binary it is a hair above.
+pub(crate) fn share_of(capacity: usize, share: f64) -> usize {
+    // Capacities fit in isize (builders check) and the product is below the capacity; the
+    // casts only lose precision beyond 2^53 slots.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    {
+        let exact = capacity as f64 * share;
+        let nearest = exact.round();
+        let whole = if (exact - nearest).abs() <= exact * 1e-12 {
+            nearest
+        } else {
+            exact.ceil()
+        };
+        whole as usize
     }
 }
 
