@@ -1,5 +1,6 @@
 //! `tidewall`: a measured tour of every Tidewall pattern.
 
+mod overload;
 mod tour;
 
 use clap::{Parser, Subcommand};
@@ -20,10 +21,15 @@ enum Command {
     /// Run the tour's scenarios against an embedded HTTP service on loopback and print what was
     /// measured (the README lists them).
     Tour(tour::TourArgs),
+    /// The adaptive-limit overload scenario over real HTTP on loopback: Poisson arrivals
+    /// stepping 0.5x → 3x → 0.5x of a dependency's capacity, without a limit, with a fixed
+    /// one and with the adaptive limiter; prints a table per phase (docs/ADAPTIVE.md).
+    Overload(overload::OverloadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tour(args) => tour::run(&args),
+        Command::Overload(args) => overload::run(&args),
     }
 }

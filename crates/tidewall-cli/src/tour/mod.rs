@@ -1,15 +1,17 @@
 //! `tidewall tour`: measured scenarios of the main patterns (the README lists which), most of
 //! them against a real HTTP service on loopback.
 
-mod client;
+mod capacity;
+pub(crate) mod client;
 mod config;
 mod http_client;
+mod overload;
 mod pool;
 mod redis;
 mod report;
 mod resilience;
 mod scenarios;
-mod server;
+pub(crate) mod server;
 mod service;
 mod streams;
 mod tasks;
@@ -115,7 +117,8 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every section, in order: the basic scenarios, the resilience policies, streams, tasks, then
+/// Every section, in order: the basic scenarios, the resilience policies (the adaptive limiter
+/// under overload after the configuration reload), streams, tasks, then
 /// supervision and a signal-driven shutdown (last: it leaves a signal handler installed).
 async fn tour<R: client::Net>(
     rt: R,
@@ -127,6 +130,7 @@ async fn tour<R: client::Net>(
     sections.extend(tower::all(rt.clone(), server, size).await);
     sections.extend(http_client::all(rt.clone(), server, size).await);
     sections.extend(config::all(rt.clone(), server, size).await);
+    sections.extend(overload::all(rt.clone(), server, size).await);
     sections.extend(streams::all(rt.clone(), size).await);
     sections.extend(tasks::all(rt.clone(), size).await);
     sections.extend(service::all(rt).await);

@@ -5,6 +5,9 @@
 //! * `/delay/{ms}`: 200 after `ms` milliseconds.
 //! * `/flaky/{key}/{failures}/{retry_after}`: the first `failures` requests for `key` get 503
 //!   (with `Retry-After: {retry_after}` seconds unless it is `-`), later ones 200.
+//! * `/capacity/{key}/{slots}/{ms}`: 200 from a dependency of limited capacity, one per `key`:
+//!   it serves `slots` requests at once, `ms` milliseconds each, and queues the rest FIFO; a
+//!   request whose client gave up is served anyway ([`Capacity`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,6 +23,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use super::capacity::Capacity;
+
 /// What the server observed, shared with the tour.
 #[derive(Default)]
 pub(crate) struct Stats {
@@ -27,6 +32,7 @@ pub(crate) struct Stats {
     peak_in_flight: AtomicUsize,
     requests: AtomicUsize,
     flaky_counts: Mutex<HashMap<String, u32>>,
+    capacities: Mutex<HashMap<String, Capacity>>,
 }
 
 impl Stats {
@@ -46,6 +52,37 @@ impl Stats {
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Requests the `/capacity/{key}/{slots}/{ms}` dependency has taken and not yet served
+    /// (abandoned ones included); 0 before its first request.
+    pub(crate) fn backlog(&self, key: &str, slots: usize, service_ms: u64) -> usize {
+        self.capacities()
+            .get(&capacity_key(key, slots, service_ms))
+            .map_or(0, Capacity::backlog)
+    }
+
+    fn capacities(&self) -> std::sync::MutexGuard<'_, HashMap<String, Capacity>> {
+        self.capacities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The dependency of that key and size, made on its first request; `None` for no slots.
+    fn capacity(&self, key: &str, slots: usize, service_ms: u64) -> Option<Capacity> {
+        let mut capacities = self.capacities();
+        let key = capacity_key(key, slots, service_ms);
+        if let Some(capacity) = capacities.get(&key) {
+            return Some(capacity.clone());
+        }
+        let capacity = Capacity::new(slots, Duration::from_millis(service_ms))?;
+        capacities.insert(key, capacity.clone());
+        Some(capacity)
+    }
+}
+
+/// A dependency per key and size: one asked for with other numbers is another dependency.
+fn capacity_key(key: &str, slots: usize, service_ms: u64) -> String {
+    format!("{key}/{slots}/{service_ms}")
 }
 
 pub(crate) struct Server {
@@ -159,6 +196,16 @@ async fn route(path: &str, stats: &Stats) -> Response<Full<Bytes>> {
                     .insert(http::header::RETRY_AFTER, value);
             }
             response
+        }
+        ["capacity", key, slots, ms] => {
+            let (Ok(slots), Ok(ms)) = (slots.parse::<usize>(), ms.parse::<u64>()) else {
+                return reply(StatusCode::BAD_REQUEST, "bad capacity");
+            };
+            let Some(capacity) = stats.capacity(key, slots, ms) else {
+                return reply(StatusCode::BAD_REQUEST, "bad capacity");
+            };
+            capacity.serve().await;
+            reply(StatusCode::OK, "served")
         }
         _ => reply(StatusCode::NOT_FOUND, "no such route"),
     }
