@@ -76,6 +76,16 @@ impl Scenario {
         self
     }
 
+    /// The same traffic against another dependency: `capacity` at once, `service` each, and
+    /// a client that gives up after `timeout` (the loopback run's numbers are 8, 80 ms, 2 s).
+    #[must_use]
+    pub fn with_dependency(mut self, capacity: u32, service: Duration, timeout: Duration) -> Self {
+        self.capacity = capacity;
+        self.service = service;
+        self.timeout = timeout;
+        self
+    }
+
     /// Requests a second the dependency completes at full use.
     pub fn throughput(&self) -> f64 {
         f64::from(self.capacity) / self.service.as_secs_f64()

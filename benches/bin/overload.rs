@@ -1,7 +1,10 @@
 //! The overload simulation's full form: every strategy through 0.5x → 3x → 0.5x capacity,
 //! as tables (see `tidewall_benches::overload` for the model).
 //!
-//! `cargo run --release -p tidewall-benches --bin overload [-- <seconds per phase> <seed> [<svg dir>]]`
+//! `cargo run --release -p tidewall-benches --bin overload [-- [loopback] <seconds per phase> <seed> [<svg dir>]]`
+//!
+//! With `loopback` first, the dependency is the loopback run's (`tidewall overload`): 8 at once,
+//! 80 ms each, a 2 s client timeout, for comparing the two.
 //!
 //! With a directory, it also writes `goodput.svg`, `p99.svg` and `limit.svg` there: each
 //! strategy's value per 100 ms window. Last, a table of the windowed gradient under a mix of
@@ -19,13 +22,17 @@ use tidewall_benches::overload::{
 use tidewall_core::adaptive::WindowedGradient;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let loopback = args.next_if(|a| a == "loopback").is_some();
     let each = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_u64);
     let seed = args
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_261_205_u64);
-    let scenario = Scenario::steps(Duration::from_secs(each), seed);
+    let mut scenario = Scenario::steps(Duration::from_secs(each), seed);
+    if loopback {
+        scenario = scenario.with_dependency(8, Duration::from_millis(80), Duration::from_secs(2));
+    }
     println!(
         "dependency: {} at once, {:?} each (± 10 %), {:.0} requests/s at full use; client timeout {:?}; {each} s per phase; seed {seed}",
         scenario.capacity,
