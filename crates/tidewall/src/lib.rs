@@ -61,6 +61,8 @@ pub mod breaker;
 mod bucket_ring;
 pub mod budget;
 pub mod bulkhead;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod classify;
 #[cfg(feature = "serde")]
 pub mod config;

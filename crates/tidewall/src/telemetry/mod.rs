@@ -29,6 +29,7 @@
 //! | `tidewall_retry_budget_balance` | gauge | `name` | retries the budget would grant now |
 //! | `tidewall_config_reloads_total` | counter | `outcome` (`applied`, `refused`) | [`Registry::reload`](crate::config::Registry::reload)s, from a watched file too |
 //! | `tidewall_supervisor_restarts_total`, `tidewall_supervisor_escalations_total` | counter | `child` | a supervisor's restarts and escalations |
+//! | `tidewall_chaos_injections_total` | counter | `policy` (`chaos`), `name`, `fault` (`latency`, `error`, `hang`, `alter`) | faults a [`Chaos`](crate::chaos::Chaos) handle (feature `chaos`) injected, counted when drawn: a call given latency and an error counts once under each; `alter` counts calls chosen for altering, whether or not the operation then succeeded |
 //!
 //! Gauges cost the calls nothing: they are read from the policies when you ask, with
 //! [`Registry::record_gauges`](crate::config::Registry::record_gauges) (features `metrics` and
@@ -42,9 +43,11 @@
 //! With `tracing`, each [pipeline](crate::pipeline) call runs in a `tidewall.call` span (field
 //! `pipeline`: its name) with a debug event per attempt, per retry scheduled (its delay) and at
 //! its end (its outcome); rejections, hedges launched, breaker state changes and reloads are
-//! events too.
+//! events too, and (feature `chaos`) each injected fault is a debug event.
 
 mod calls;
+#[cfg(feature = "chaos")]
+mod chaos;
 mod events;
 #[cfg(all(feature = "metrics", feature = "serde"))]
 mod gauges;
@@ -52,6 +55,8 @@ mod listener;
 mod policy;
 
 pub(crate) use calls::{CallOutcome, CallTelemetry};
+#[cfg(feature = "chaos")]
+pub(crate) use chaos::ChaosCounters;
 #[cfg(feature = "serde")]
 pub(crate) use events::ReloadCounters;
 pub(crate) use events::supervisor_event;
