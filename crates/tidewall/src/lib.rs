@@ -11,6 +11,7 @@
 //! | circuit breaker | [`breaker`] | [`breaker::CircuitBreaker`] |
 //! | bulkhead (reject or bounded wait) | [`bulkhead`] | [`bulkhead::Bulkhead`] |
 //! | rate limiting (GCRA, direct and keyed) | [`rate`] | [`rate::RateLimiter`], [`rate::KeyedRateLimiter`] |
+//! | adaptive concurrency limits, shedding by priority | [`adaptive`] | [`adaptive::AdaptiveLimiter`], [`adaptive::KeyedAdaptiveLimiter`] |
 //! | retry budget | [`budget`] | [`budget::RetryBudget`] |
 //! | outcome classification for retry, breaker, pipeline, tower | [`classify`] | [`classify::Classify`], [`classify::Verdict`] |
 //! | hedging | [`hedge`] | [`hedge::Hedge`] |
@@ -21,6 +22,7 @@
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
 //! | HTTP presets: the standard classifier, idempotency, `Retry-After` (feature `http`) | `http` | `http::HttpClassifier`, `http::Idempotency` |
 //! | deterministic time for tests (feature `test-util`) | `testing` | `testing::Clocked` |
+//! | fault injection (feature `chaos`) | `chaos` | `chaos::Chaos` |
 //!
 //! Every policy waits and spawns through [`rt::Runtime`], a type parameter that defaults to
 //! tokio; pick another with `.runtime(..)`. Builders validate and return [`ConfigError`];
