@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use support::Rng;
 use tidewall::adaptive::{
-    AdaptiveLimiter, AdaptivePermit, Aimd, KeyedAdaptiveLimiter, LimitAlgorithm, Priority, Sample,
+    AdaptiveLimiter, AdaptivePermit, Aimd, FixedLimit, KeyedAdaptiveLimiter, LimitAlgorithm,
+    Priority, Sample,
 };
 use tidewall::admission::{Admission, Wait};
 use tidewall::classify::Verdict;
@@ -47,22 +48,6 @@ fn aimd(initial: u32) -> Aimd {
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap()
-}
-
-/// A limit that never moves: for tests about admission, not learning.
-#[derive(Debug, Clone, Copy)]
-struct Fixed(u32);
-
-impl LimitAlgorithm for Fixed {
-    fn limit(&self) -> u32 {
-        self.0
-    }
-    fn update(&mut self, _: &Sample) -> u32 {
-        self.0
-    }
-    fn bounds(&self) -> (u32, u32) {
-        (self.0, self.0)
-    }
 }
 
 /// AIMD per key on `clock`, refusing at once when a key's limit is reached.
@@ -203,7 +188,7 @@ fn a_busy_key_is_never_forgotten_an_idle_one_is_with_what_it_learned() {
 #[test]
 fn a_handle_a_pipeline_or_a_waiter_keeps_its_key() {
     let clock = FakeClock::new();
-    let hosts = AdaptiveLimiter::builder(Fixed(1))
+    let hosts = AdaptiveLimiter::builder(FixedLimit(1))
         .max_queue(2)
         .max_wait(None)
         .runtime(clock.clone())
@@ -221,8 +206,8 @@ fn a_handle_a_pipeline_or_a_waiter_keeps_its_key() {
     // A granted waiter that never looks at its slot still holds the key; dropped, it passes
     // the slot on to the next waiter, and the last one's slot comes back.
     let held = hosts.try_acquire(&1).unwrap();
-    let mut first: Waiter<Fixed> = Box::pin(hosts.acquire_before(&1, Deadline::none()));
-    let mut second: Waiter<Fixed> = Box::pin(hosts.acquire_before(&1, Deadline::none()));
+    let mut first: Waiter<FixedLimit> = Box::pin(hosts.acquire_before(&1, Deadline::none()));
+    let mut second: Waiter<FixedLimit> = Box::pin(hosts.acquire_before(&1, Deadline::none()));
     assert!(poll_once(first.as_mut()).is_pending());
     assert!(poll_once(second.as_mut()).is_pending());
     assert_eq!(hosts.get(&1).unwrap().queued(), 2);
@@ -244,7 +229,7 @@ fn a_handle_a_pipeline_or_a_waiter_keeps_its_key() {
 #[test]
 fn waits_are_bounded_and_a_new_key_in_a_full_table_is_refused_at_once() {
     let clock = FakeClock::new();
-    let hosts = AdaptiveLimiter::builder(Fixed(1))
+    let hosts = AdaptiveLimiter::builder(FixedLimit(1))
         .max_queue(1)
         .max_wait(None)
         .runtime(clock.clone())
@@ -256,7 +241,7 @@ fn waits_are_bounded_and_a_new_key_in_a_full_table_is_refused_at_once() {
     let refused = hosts.acquire_before(&2, Deadline::none()).now_or_never();
     assert_eq!(refused.map(|r| r.map(drop)), Some(Err(FULL)));
     let deadline = Deadline::after(&clock, ms(100));
-    let mut waiting: Waiter<Fixed> = Box::pin(hosts.acquire_before(&1, deadline));
+    let mut waiting: Waiter<FixedLimit> = Box::pin(hosts.acquire_before(&1, deadline));
     assert!(poll_once(waiting.as_mut()).is_pending());
     let full = hosts.acquire_before(&1, Deadline::none()).now_or_never();
     assert_eq!(
@@ -367,7 +352,7 @@ async fn a_keys_handle_behind_a_tower_layer_teaches_its_key() {
 #[test]
 fn priorities_shed_per_key() {
     let clock = FakeClock::new();
-    let hosts = AdaptiveLimiter::builder(Fixed(5))
+    let hosts = AdaptiveLimiter::builder(FixedLimit(5))
         .share(Priority::Default, 0.8)
         .share(Priority::Sheddable, 0.4)
         .max_queue(4)
@@ -394,8 +379,9 @@ fn priorities_shed_per_key() {
         Rejected::BulkheadFull
     );
     // Key 1's queue serves its critical waiter first; key 2 admits meanwhile.
-    let mut shed: Waiter<Fixed> = Box::pin(shed_one.admit(Wait::Until(Deadline::none())));
-    let mut critical: Waiter<Fixed> = Box::pin(critical_one.admit(Wait::Until(Deadline::none())));
+    let mut shed: Waiter<FixedLimit> = Box::pin(shed_one.admit(Wait::Until(Deadline::none())));
+    let mut critical: Waiter<FixedLimit> =
+        Box::pin(critical_one.admit(Wait::Until(Deadline::none())));
     assert!(poll_once(shed.as_mut()).is_pending());
     assert!(poll_once(critical.as_mut()).is_pending());
     assert!(hosts.try_acquire(&2).is_ok());
@@ -415,7 +401,7 @@ fn priorities_shed_per_key() {
 fn refusals_are_reported_per_key_and_for_the_table() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
-    let hosts = AdaptiveLimiter::builder(Fixed(1))
+    let hosts = AdaptiveLimiter::builder(FixedLimit(1))
         .name("hosts")
         .on_event(move |event| {
             if let EventKind::Rejected(why) = event.kind {
@@ -497,10 +483,12 @@ fn bad_settings_are_the_limiters_typed_errors() {
         .build::<u8>()
         .unwrap_err();
     assert_eq!(keyed, ConfigError::Zero { field: "max_wait" });
-    let no_slot = AdaptiveLimiter::builder(Fixed(0)).keyed().build::<u8>();
+    let no_slot = AdaptiveLimiter::builder(FixedLimit(0))
+        .keyed()
+        .build::<u8>();
     assert_eq!(
         no_slot.unwrap_err(),
-        AdaptiveLimiter::builder(Fixed(0)).build().unwrap_err()
+        AdaptiveLimiter::builder(FixedLimit(0)).build().unwrap_err()
     );
 }
 
@@ -683,7 +671,7 @@ proptest! {
         keys in 1usize..700,
     ) {
         let clock = FakeClock::new();
-        let built = AdaptiveLimiter::builder(Fixed(1))
+        let built = AdaptiveLimiter::builder(FixedLimit(1))
             .runtime(clock)
             .keyed()
             .max_keys(max_keys)

@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::ms;
 use futures_util::task::noop_waker_ref;
 use tidewall::adaptive::{
-    AdaptiveLimiter, AdaptivePermit, LimitAlgorithm, Priority, QueueDiscipline, Sample,
+    AdaptiveLimiter, AdaptivePermit, FixedLimit, LimitAlgorithm, Priority, QueueDiscipline, Sample,
     WindowedGradient,
 };
 use tidewall::admission::{Admission, Wait};
@@ -67,22 +67,6 @@ impl Rng {
     }
 }
 
-/// A limit that never moves: these tests are about admission.
-#[derive(Debug, Clone, Copy)]
-struct Fixed(u32);
-
-impl LimitAlgorithm for Fixed {
-    fn limit(&self) -> u32 {
-        self.0
-    }
-    fn update(&mut self, _: &Sample) -> u32 {
-        self.0
-    }
-    fn bounds(&self) -> (u32, u32) {
-        (self.0, self.0)
-    }
-}
-
 /// A limit set from outside: each update answers what the knob says then.
 #[derive(Debug, Clone)]
 struct Dial {
@@ -112,7 +96,7 @@ impl LimitAlgorithm for Dial {
     }
 }
 
-type Permit<A = Fixed> = AdaptivePermit<A, FakeClock>;
+type Permit<A = FixedLimit> = AdaptivePermit<A, FakeClock>;
 type Waiting<T> = Pin<Box<dyn Future<Output = Result<T, Rejected>> + Send>>;
 
 fn cx() -> Context<'static> {
@@ -164,13 +148,14 @@ fn queued<A: LimitAlgorithm + Send + 'static>(
 }
 
 fn fixed(limit: u32, queue: usize, clock: &FakeClock) -> AdaptiveLimiterBuilderFixed {
-    AdaptiveLimiter::builder(Fixed(limit))
+    AdaptiveLimiter::builder(FixedLimit(limit))
         .max_queue(queue)
         .max_wait(None)
         .runtime(clock.clone())
 }
 
-type AdaptiveLimiterBuilderFixed = tidewall::adaptive::AdaptiveLimiterBuilder<Fixed, FakeClock>;
+type AdaptiveLimiterBuilderFixed =
+    tidewall::adaptive::AdaptiveLimiterBuilder<FixedLimit, FakeClock>;
 
 fn settled<A: LimitAlgorithm + Send + 'static>(limiter: &AdaptiveLimiter<A, FakeClock>) {
     assert_eq!(
@@ -242,7 +227,7 @@ fn a_share_holds_the_ceiling_of_limit_times_share() {
         (u32::MAX, 1e-9, 5), // 4.29…
     ] {
         for priority in [Priority::Default, Priority::Sheddable] {
-            let limiter = AdaptiveLimiter::builder(Fixed(limit))
+            let limiter = AdaptiveLimiter::builder(FixedLimit(limit))
                 .share(Priority::Default, share)
                 .share(Priority::Sheddable, share)
                 .runtime(clock.clone())
@@ -282,7 +267,7 @@ fn a_whole_limit_times_share_is_not_exceeded_by_float_rounding() {
         (100, 0.07, 7),
         (50, 0.56, 28),
     ] {
-        let limiter = AdaptiveLimiter::builder(Fixed(limit))
+        let limiter = AdaptiveLimiter::builder(FixedLimit(limit))
             .share(Priority::Sheddable, share)
             .runtime(clock.clone())
             .build()
@@ -328,7 +313,7 @@ fn any_shares_are_a_limiter_or_the_documented_error() {
         for &d in &odd {
             for &s in &odd {
                 let built = no_panic("build", || {
-                    AdaptiveLimiter::builder(Fixed(10))
+                    AdaptiveLimiter::builder(FixedLimit(10))
                         .share(Priority::Critical, c)
                         .share(Priority::Default, d)
                         .share(Priority::Sheddable, s)
@@ -362,7 +347,7 @@ fn any_shares_are_a_limiter_or_the_documented_error() {
     }
     // Exactly 1 everywhere, and a tiny sheddable share, are fine.
     assert!(
-        AdaptiveLimiter::builder(Fixed(10))
+        AdaptiveLimiter::builder(FixedLimit(10))
             .share(Priority::Critical, 1.0)
             .share(Priority::Default, 1.0)
             .share(Priority::Sheddable, 1.0)
@@ -370,7 +355,7 @@ fn any_shares_are_a_limiter_or_the_documented_error() {
             .is_ok()
     );
     assert!(
-        AdaptiveLimiter::builder(Fixed(10))
+        AdaptiveLimiter::builder(FixedLimit(10))
             .share(Priority::Sheddable, 1e-9)
             .build()
             .is_ok()
@@ -383,7 +368,7 @@ fn any_shares_are_a_limiter_or_the_documented_error() {
 /// answer without a panic.
 #[test]
 fn extreme_queue_settings_are_typed_errors_or_limiters() {
-    let base = || AdaptiveLimiter::builder(Fixed(4));
+    let base = || AdaptiveLimiter::builder(FixedLimit(4));
     assert_eq!(
         base()
             .max_queue(1)
@@ -434,7 +419,7 @@ fn extreme_queue_settings_are_typed_errors_or_limiters() {
 #[test]
 fn a_zero_max_wait_with_a_queue_is_zero_as_documented() {
     for built in [
-        AdaptiveLimiter::builder(Fixed(4))
+        AdaptiveLimiter::builder(FixedLimit(4))
             .max_queue(1)
             .max_wait(Duration::ZERO)
             .build()
@@ -762,7 +747,7 @@ fn lifo_sheds_the_newest_of_the_least_important_too() {
 #[test]
 fn with_no_queue_every_priority_is_refused_at_once() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(1))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(1))
         .runtime(clock.clone())
         .build()
         .unwrap();
@@ -1037,7 +1022,7 @@ fn the_queue_matches_a_reference_model_under_random_operations() {
             Order::Lifo
         };
         let clock = FakeClock::new();
-        let limiter = AdaptiveLimiter::builder(Fixed(limit))
+        let limiter = AdaptiveLimiter::builder(FixedLimit(limit))
             .share(Priority::Default, shares[1])
             .share(Priority::Sheddable, shares[2])
             .max_queue(max_queue)
@@ -1397,7 +1382,7 @@ fn codel_still_ends_a_wait_at_the_callers_deadline() {
 #[test]
 fn codel_bounds_every_priority_on_the_adaptive_limiter() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(1))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(1))
         .max_queue(10)
         .max_wait(Duration::from_secs(1))
         .discipline(QueueDiscipline::Codel {
@@ -1465,7 +1450,7 @@ fn codel_at_u64_max_nanoseconds_neither_panics_nor_cuts() {
 #[test]
 fn codel_keeps_counting_when_a_waiter_is_shed_for_another() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(1))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(1))
         .max_queue(1)
         .max_wait(Duration::from_secs(1))
         .discipline(QueueDiscipline::Codel {
@@ -2059,7 +2044,7 @@ fn threads_on_a_windowed_gradient_limiter_across_jumps_in_time() {
 /// is refused, in a pipeline as `Error::Rejected` — at the moment it is shed, not at its
 /// deadline. Then the default call runs when the slot frees, and nothing is held.
 async fn a_pipeline_call_is_shed_for_a_more_important_one<R: Runtime + Clock>(rt: Clocked<R>) {
-    let limiter = AdaptiveLimiter::builder(Fixed(1))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(1))
         .max_queue(1)
         .max_wait(None)
         .runtime(rt.clone())
@@ -2110,7 +2095,7 @@ fn a_pipeline_call_is_shed_for_a_more_important_one_on_every_runtime() {
 #[test]
 fn a_sheddable_pipeline_refused_by_its_share_never_runs_or_retries() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(5))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(5))
         .runtime(clock.clone())
         .build()
         .unwrap();
@@ -2151,7 +2136,7 @@ fn a_sheddable_pipeline_refused_by_its_share_never_runs_or_retries() {
 /// never more sheddable calls than `⌈limit × 0.5⌉` nor non-critical ones than `⌈limit × 0.9⌉`,
 /// and nothing held afterwards.
 async fn random_pipeline_calls<R: Runtime + Clock>(rt: Clocked<R>) {
-    let limiter = AdaptiveLimiter::builder(Fixed(5))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(5))
         .share(Priority::Default, 0.7)
         .share(Priority::Sheddable, 0.3)
         .max_queue(3)
@@ -2280,7 +2265,7 @@ fn ready_now<S: Service<u32>>(svc: &mut S) -> Poll<Result<(), S::Error>> {
 #[test]
 fn reject_mode_sheds_the_sheddable_layer_only() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(5))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(5))
         .runtime(clock.clone())
         .build()
         .unwrap();
@@ -2315,7 +2300,7 @@ fn reject_mode_sheds_the_sheddable_layer_only() {
 fn a_waiting_sheddable_service_is_shed_in_every_waiting_mode() {
     for mode in [AdmitMode::WaitReady, AdmitMode::WaitCall] {
         let clock = FakeClock::new();
-        let limiter = AdaptiveLimiter::builder(Fixed(1))
+        let limiter = AdaptiveLimiter::builder(FixedLimit(1))
             .max_queue(1)
             .max_wait(None)
             .runtime(clock.clone())
@@ -2381,7 +2366,7 @@ fn a_waiting_sheddable_service_is_shed_in_every_waiting_mode() {
 fn a_layer_max_wait_ends_a_wait_for_the_share() {
     for mode in [AdmitMode::WaitReady, AdmitMode::WaitCall] {
         let clock = FakeClock::new();
-        let limiter = AdaptiveLimiter::builder(Fixed(5))
+        let limiter = AdaptiveLimiter::builder(FixedLimit(5))
             .max_queue(2)
             .max_wait(None)
             .runtime(clock.clone())
@@ -2415,7 +2400,7 @@ fn a_layer_max_wait_ends_a_wait_for_the_share() {
 fn deep_nesting_of_priorities_on_one_limiter() {
     use Priority::{Critical as C, Default as D, Sheddable as S};
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(8))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(8))
         .max_queue(4)
         .max_wait(None)
         .runtime(clock.clone())

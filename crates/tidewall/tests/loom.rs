@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Context;
 use std::time::{Duration, Instant};
 
+use tidewall::adaptive::FixedLimit;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::rt::Clock;
@@ -397,27 +398,11 @@ fn a_key_is_never_forgotten_while_its_permit_is_out() {
     });
 }
 
-/// A limit that never moves, for the adaptive limiter's admission models.
-#[derive(Debug, Clone, Copy)]
-struct Fixed(u32);
-
-impl tidewall::adaptive::LimitAlgorithm for Fixed {
-    fn limit(&self) -> u32 {
-        self.0
-    }
-    fn update(&mut self, _: &tidewall::adaptive::Sample) -> u32 {
-        self.0
-    }
-    fn bounds(&self) -> (u32, u32) {
-        (self.0, self.0)
-    }
-}
-
 fn shedding_limiter(
     limit: u32,
     queue: usize,
-) -> tidewall::adaptive::AdaptiveLimiter<Fixed, ModelClock> {
-    tidewall::adaptive::AdaptiveLimiter::builder(Fixed(limit))
+) -> tidewall::adaptive::AdaptiveLimiter<FixedLimit, ModelClock> {
+    tidewall::adaptive::AdaptiveLimiter::builder(FixedLimit(limit))
         .share(tidewall::adaptive::Priority::Sheddable, 0.5)
         .max_queue(queue)
         .max_wait(None)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::ms;
 use futures_util::task::noop_waker_ref;
-use tidewall::adaptive::{AdaptiveLimiter, LimitAlgorithm, Priority, QueueDiscipline, Sample};
+use tidewall::adaptive::{AdaptiveLimiter, FixedLimit, Priority, QueueDiscipline};
 use tidewall::admission::{Admission, Wait};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::pipeline::Pipeline;
@@ -23,24 +23,8 @@ use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, FakeClock};
 use tidewall::{ConfigError, Deadline, Error, Rejected};
 
-/// A limit that never moves: the tests are about admission, not the algorithm.
-#[derive(Debug, Clone, Copy)]
-struct Fixed(u32);
-
-impl LimitAlgorithm for Fixed {
-    fn limit(&self) -> u32 {
-        self.0
-    }
-    fn update(&mut self, _: &Sample) -> u32 {
-        self.0
-    }
-    fn bounds(&self) -> (u32, u32) {
-        (self.0, self.0)
-    }
-}
-
-fn limiter(limit: u32, queue: usize, clock: &FakeClock) -> AdaptiveLimiter<Fixed, FakeClock> {
-    AdaptiveLimiter::builder(Fixed(limit))
+fn limiter(limit: u32, queue: usize, clock: &FakeClock) -> AdaptiveLimiter<FixedLimit, FakeClock> {
+    AdaptiveLimiter::builder(FixedLimit(limit))
         .max_queue(queue)
         .max_wait(None)
         .runtime(clock.clone())
@@ -65,9 +49,9 @@ fn poll<T>(future: &mut Waiting<T>) -> Poll<Result<T, Rejected>> {
 }
 
 fn admit_as(
-    limiter: &AdaptiveLimiter<Fixed, FakeClock>,
+    limiter: &AdaptiveLimiter<FixedLimit, FakeClock>,
     priority: Priority,
-) -> Waiting<tidewall::adaptive::AdaptivePermit<Fixed, FakeClock>> {
+) -> Waiting<tidewall::adaptive::AdaptivePermit<FixedLimit, FakeClock>> {
     queued(
         limiter
             .with_priority(priority)
@@ -78,7 +62,7 @@ fn admit_as(
 #[test]
 fn sheddable_calls_are_refused_first_as_the_limit_nears() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(10))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(10))
         .share(Priority::Default, 0.9)
         .share(Priority::Sheddable, 0.5)
         .runtime(clock.clone())
@@ -134,7 +118,7 @@ fn a_share_admits_while_fewer_than_limit_times_share_are_in_flight() {
         (7, 1.0, 7),
         (1_000, 0.333, 333),
     ] {
-        let limiter = AdaptiveLimiter::builder(Fixed(limit))
+        let limiter = AdaptiveLimiter::builder(FixedLimit(limit))
             .share(Priority::Default, share)
             .share(Priority::Sheddable, share)
             .runtime(clock.clone())
@@ -179,7 +163,7 @@ fn the_queue_serves_the_most_important_first_and_fifo_within() {
 #[test]
 fn a_queued_sheddable_call_waits_for_its_share() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(4))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(4))
         .share(Priority::Sheddable, 0.5)
         .max_queue(4)
         .max_wait(None)
@@ -335,7 +319,7 @@ fn codel_cuts_the_wait_once_the_queue_stands() {
 #[test]
 fn bad_shares_and_disciplines_are_typed_errors() {
     let build = |priority, share| {
-        AdaptiveLimiter::builder(Fixed(4))
+        AdaptiveLimiter::builder(FixedLimit(4))
             .share(priority, share)
             .build()
             .map(drop)
@@ -362,7 +346,7 @@ fn bad_shares_and_disciplines_are_typed_errors() {
         Err(ConfigError::Conflict { .. })
     ));
     assert!(matches!(
-        AdaptiveLimiter::builder(Fixed(4))
+        AdaptiveLimiter::builder(FixedLimit(4))
             .share(Priority::Default, 0.5)
             .share(Priority::Sheddable, 0.6)
             .build(),
@@ -378,7 +362,7 @@ fn bad_shares_and_disciplines_are_typed_errors() {
             Err(ConfigError::Zero { field })
         );
         assert_eq!(
-            AdaptiveLimiter::builder(Fixed(4))
+            AdaptiveLimiter::builder(FixedLimit(4))
                 .discipline(codel)
                 .build()
                 .map(drop),
@@ -401,7 +385,7 @@ fn bad_shares_and_disciplines_are_typed_errors() {
 /// is refused while the default one still gets through, and a pipeline's deadline bounds a
 /// queued sheddable call.
 async fn pipelines_per_priority<R: Runtime + Clock>(rt: Clocked<R>) {
-    let limiter = AdaptiveLimiter::builder(Fixed(4))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(4))
         .share(Priority::Sheddable, 0.5)
         .max_queue(8)
         .max_wait(None)
@@ -441,7 +425,7 @@ fn pipelines_per_priority_on_every_runtime() {
 #[test]
 fn threads_of_every_priority_lose_nothing() {
     let clock = FakeClock::new();
-    let limiter = AdaptiveLimiter::builder(Fixed(6))
+    let limiter = AdaptiveLimiter::builder(FixedLimit(6))
         .share(Priority::Default, 0.9)
         .share(Priority::Sheddable, 0.5)
         .max_queue(4)

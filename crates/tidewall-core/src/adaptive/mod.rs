@@ -166,3 +166,33 @@ fn check_ratio(
     }
     Ok(())
 }
+
+/// A limit that never moves: the limiter's admission, shares and queue without adaptation
+/// (to compare with an adaptive one behind the same code, or to shed by priority under a
+/// known capacity). A limit of zero is refused when the limiter is built.
+///
+/// ```
+/// use core::time::Duration;
+/// use tidewall_core::adaptive::{FixedLimit, LimitAlgorithm, Sample};
+///
+/// let mut fixed = FixedLimit(32);
+/// let slow = Sample { rtt: Duration::from_secs(9), inflight: 32, dropped: true, at: Duration::ZERO };
+/// assert_eq!(fixed.update(&slow), 32);
+/// assert_eq!(fixed.bounds(), (32, 32));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedLimit(pub u32);
+
+impl LimitAlgorithm for FixedLimit {
+    fn limit(&self) -> u32 {
+        self.0
+    }
+
+    fn update(&mut self, _: &Sample) -> u32 {
+        self.0
+    }
+
+    fn bounds(&self) -> (u32, u32) {
+        (self.0, self.0)
+    }
+}
