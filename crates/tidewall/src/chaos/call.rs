@@ -16,6 +16,9 @@ impl<R: Clock> Chaos<R> {
     /// `op` is called at once unless the call gets an error or a hang (then never); with
     /// latency, its future is first polled once the delay has passed, so an `async` block
     /// starts its work after the delay (code in the closure before the block runs at once).
+    /// The delay runs from this call, not from the future's first poll: a `Call` awaited
+    /// later waits less, and a call through two handles (chaos inside chaos) waits the longer
+    /// of their delays, not their sum.
     ///
     /// **Cancel safety:** dropping the future drops the delay's timer and the operation's
     /// future, whatever it was doing; nothing else is held.

@@ -5,7 +5,7 @@
 //!
 //! | fault | builder | the call | the operation |
 //! |---|---|---|---|
-//! | latency | [`latency(rate, d)`](ChaosBuilder::latency) | waits `d` on the runtime's clock, then goes on | runs after the wait |
+//! | latency | [`latency(rate, d)`](ChaosBuilder::latency) | waits `d` on the runtime's clock (from the call, not its first poll), then goes on | called at once; its future first polled after the wait |
 //! | error | [`error(rate)`](ChaosBuilder::error) | fails with [`InjectedFault::Error`] | not called |
 //! | hang | [`hang(rate)`](ChaosBuilder::hang) | never completes, until a deadline or timeout drops it | not called |
 //! | alter | [`alter(rate)`](ChaosBuilder::alter) | its success becomes [`InjectedFault::Altered`]; its errors pass | runs |
