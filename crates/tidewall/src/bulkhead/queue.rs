@@ -7,6 +7,10 @@
 //! A free permit goes to the most important priority with a live waiter: its longest waiting
 //! one, or its newest under [`QueueDiscipline::Lifo`]. A full queue makes room for a caller by
 //! shedding the newest waiter of a less important priority.
+//!
+//! A bulkhead per key holds one of these per key, most of them idle: what only other
+//! priorities or disciplines need lives in [`More`], allocated on first use, and free slots
+//! are a list threaded through the slab.
 
 use std::collections::VecDeque;
 use std::task::Waker;
@@ -14,38 +18,61 @@ use std::time::{Duration, Instant};
 
 use crate::admission::{Priority, QueueDiscipline};
 
+/// The end of the free-slot list.
+const NONE: usize = usize::MAX;
+
 #[derive(Debug)]
 enum Slot {
-    Vacant,
+    /// Free; the next free slot.
+    Vacant { next: usize },
     Waiting {
         ticket: u64,
         waker: Option<Waker>,
         priority: Priority,
     },
     /// Granted a permit, when `held` were held with it.
-    Granted {
-        ticket: u64,
-        held: usize,
-    },
+    Granted { ticket: u64, held: usize },
     /// Pushed out of a full queue by a more important caller.
-    Shed {
-        ticket: u64,
-    },
+    Shed { ticket: u64 },
 }
 
-#[derive(Debug, Default)]
+type Order = VecDeque<(usize, u64)>;
+
+#[derive(Debug)]
 pub(super) struct WaitQueue {
     slots: Vec<Slot>,
-    free: Vec<usize>,
-    /// Arrival order, one per priority, the most important first.
-    order: [VecDeque<(usize, u64)>; Priority::ALL.len()],
+    /// The first free slot ([`NONE`]: none).
+    free: usize,
+    /// The default priority's arrival order.
+    order: Order,
     next_ticket: u64,
     waiting: usize,
-    /// Live waiters per priority.
-    live: [usize; Priority::ALL.len()],
+    more: Option<Box<More>>,
+}
+
+/// What only the critical and sheddable priorities, or a discipline other than FIFO, need.
+#[derive(Debug, Default)]
+struct More {
+    /// The critical and the sheddable arrival orders.
+    orders: [Order; 2],
+    /// Live critical and sheddable waiters (the default's are the rest).
+    live: [usize; 2],
+    discipline: QueueDiscipline,
     /// Since when someone has been waiting without a break: CoDel's standing queue.
     busy_since: Option<Instant>,
-    discipline: QueueDiscipline,
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NONE,
+            order: Order::new(),
+            next_ticket: 0,
+            waiting: 0,
+            more: None,
+        }
+    }
 }
 
 /// A queued waiter's place.
@@ -75,26 +102,90 @@ pub(super) enum Left {
     Shed,
 }
 
+/// A waiter taken off an order: its place, what the picker said, its waker.
+struct Taken<T> {
+    slot: usize,
+    ticket: u64,
+    picked: T,
+    waker: Option<Waker>,
+}
+
+/// What looking at an order found.
+enum Next<T> {
+    Taken(Taken<T>),
+    /// A live waiter the picker did not take.
+    Refused,
+    /// No live waiter.
+    Empty,
+}
+
+/// The place of a priority other than the default in [`More`]'s arrays.
+fn other(priority: Priority) -> Option<usize> {
+    match priority {
+        Priority::Critical => Some(0),
+        Priority::Default => None,
+        Priority::Sheddable => Some(1),
+    }
+}
+
 impl WaitQueue {
     pub(super) fn waiting(&self) -> usize {
         self.waiting
     }
 
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// Live waiters of `priority`.
+    fn live(&self, priority: Priority) -> usize {
+        let [critical, sheddable] = self.more.as_ref().map_or([0, 0], |more| more.live);
+        match priority {
+            Priority::Critical => critical,
+            Priority::Default => self.waiting - critical - sheddable,
+            Priority::Sheddable => sheddable,
+        }
+    }
+
+    /// Counts a waiter of `priority` more (`true`) or fewer.
+    fn count(&mut self, priority: Priority, more_of_them: bool) {
+        if more_of_them {
+            self.waiting += 1;
+        } else {
+            self.waiting -= 1;
+        }
+        if let Some(i) = other(priority) {
+            let live = &mut self.more().live[i];
+            *live = if more_of_them { *live + 1 } else { *live - 1 };
+        }
+    }
+
     /// Whether anyone as important as `priority` or more is waiting: a caller of `priority`
     /// must not take a free permit past them.
     pub(super) fn waiting_at_or_above(&self, priority: Priority) -> bool {
-        self.live[..=priority.index()].iter().any(|&n| n > 0)
+        Priority::ALL[..=priority.index()]
+            .iter()
+            .any(|&p| self.live(p) > 0)
     }
 
     pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline) {
-        self.discipline = discipline;
+        if discipline != QueueDiscipline::Fifo || self.more.is_some() {
+            self.more().discipline = discipline;
+        }
+    }
+
+    fn discipline(&self) -> QueueDiscipline {
+        self.more
+            .as_ref()
+            .map_or(QueueDiscipline::Fifo, |more| more.discipline)
     }
 
     /// The longest a caller joining now may wait, if the discipline bounds it: under CoDel,
     /// its `target` once the queue has stood for `interval`.
     pub(super) fn bound(&self, now: Instant) -> Option<Duration> {
-        match self.discipline {
-            QueueDiscipline::Codel { target, interval } => self
+        let more = self.more.as_ref()?;
+        match more.discipline {
+            QueueDiscipline::Codel { target, interval } => more
                 .busy_since
                 .filter(|&since| now.saturating_duration_since(since) >= interval)
                 .map(|_| target),
@@ -102,9 +193,19 @@ impl WaitQueue {
         }
     }
 
+    /// The arrival order of `priority`.
+    fn order(&mut self, priority: Priority) -> &mut Order {
+        match other(priority) {
+            Some(i) => &mut self.more().orders[i],
+            None => &mut self.order,
+        }
+    }
+
     pub(super) fn push(&mut self, waker: Waker, priority: Priority, now: Instant) -> Place {
-        if self.waiting == 0 {
-            self.busy_since = Some(now);
+        if self.waiting == 0
+            && let Some(more) = &mut self.more
+        {
+            more.busy_since = Some(now);
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -113,47 +214,85 @@ impl WaitQueue {
             waker: Some(waker),
             priority,
         };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot] = entry;
-                slot
-            }
-            None => {
-                self.slots.push(entry);
-                self.slots.len() - 1
-            }
+        let slot = if self.free == NONE {
+            self.slots.push(entry);
+            self.slots.len() - 1
+        } else {
+            let slot = self.free;
+            self.free = match self.slots[slot] {
+                Slot::Vacant { next } => next,
+                // Only vacant slots are on the list.
+                _ => NONE,
+            };
+            self.slots[slot] = entry;
+            slot
         };
-        self.order[priority.index()].push_back((slot, ticket));
-        self.waiting += 1;
-        self.live[priority.index()] += 1;
+        self.order(priority).push_back((slot, ticket));
+        self.count(priority, true);
         Place { slot, ticket }
+    }
+
+    /// Takes the live waiter at the front (or, `newest`, the back) of `priority`'s order,
+    /// dropping stale entries on the way, if `pick` says so for that priority.
+    fn take<T>(
+        &mut self,
+        priority: Priority,
+        newest: bool,
+        pick: &mut impl FnMut(Priority) -> Option<T>,
+    ) -> Next<T> {
+        loop {
+            let order = match (other(priority), &mut self.more) {
+                (Some(i), Some(more)) => &mut more.orders[i],
+                (Some(_), None) => return Next::Empty,
+                (None, _) => &mut self.order,
+            };
+            let Some(&(slot, ticket)) = (if newest { order.back() } else { order.front() }) else {
+                return Next::Empty;
+            };
+            let live = matches!(&self.slots[slot], Slot::Waiting { ticket: t, .. } if *t == ticket);
+            let picked = if live {
+                match pick(priority) {
+                    Some(picked) => Some(picked),
+                    None => return Next::Refused,
+                }
+            } else {
+                None
+            };
+            if newest {
+                order.pop_back();
+            } else {
+                order.pop_front();
+            }
+            if let Some(picked) = picked
+                && let Slot::Waiting { waker, .. } = &mut self.slots[slot]
+            {
+                let waker = waker.take();
+                return Next::Taken(Taken {
+                    slot,
+                    ticket,
+                    picked,
+                    waker,
+                });
+            }
+        }
     }
 
     /// Sheds the newest waiter less important than `priority` to make room for it; returns
     /// its waker (to be woken outside the lock), or `None` if nobody is less important. The
     /// caller takes the place at once, so the queue does not stop standing.
     pub(super) fn shed_for(&mut self, priority: Priority) -> Option<Option<Waker>> {
-        let Self {
-            slots,
-            order,
-            waiting,
-            live,
-            ..
-        } = self;
-        let less_important = order.iter_mut().zip(live).skip(priority.index() + 1);
-        for (tier, live) in less_important.rev() {
-            while let Some((slot, ticket)) = tier.pop_back() {
-                if let Slot::Waiting {
-                    ticket: t, waker, ..
-                } = &mut slots[slot]
-                    && *t == ticket
-                {
-                    let waker = waker.take();
-                    slots[slot] = Slot::Shed { ticket };
-                    *waiting -= 1;
-                    *live -= 1;
-                    return Some(waker);
-                }
+        for &victim in Priority::ALL[priority.index() + 1..].iter().rev() {
+            if let Next::Taken(Taken {
+                slot,
+                ticket,
+                waker,
+                ..
+            }) = self.take(victim, true, &mut |_| Some(()))
+            {
+                self.slots[slot] = Slot::Shed { ticket };
+                // Not `left`: the shedder takes the place, the standing time goes on.
+                self.count(victim, false);
+                return Some(waker);
             }
         }
         None
@@ -166,48 +305,21 @@ impl WaitQueue {
         &mut self,
         mut take: impl FnMut(Priority) -> Option<usize>,
     ) -> Option<Option<Waker>> {
-        let newest_first = self.discipline == QueueDiscipline::Lifo;
-        let Self {
-            slots,
-            order,
-            waiting,
-            live,
-            busy_since,
-            ..
-        } = self;
-        for ((tier, live), priority) in order.iter_mut().zip(live).zip(Priority::ALL) {
-            loop {
-                let next = if newest_first {
-                    tier.back()
-                } else {
-                    tier.front()
-                };
-                let Some(&(slot, ticket)) = next else {
-                    break;
-                };
-                let waiter = match &mut slots[slot] {
-                    Slot::Waiting {
-                        ticket: t, waker, ..
-                    } if *t == ticket => Some(waker),
-                    _ => None,
-                };
-                // A live waiter is granted only if a permit is taken for it; a stale entry
-                // (its waiter gave up) is dropped.
-                let granted = match waiter {
-                    Some(waker) => Some((take(priority)?, waker.take())),
-                    None => None,
-                };
-                if newest_first {
-                    tier.pop_back();
-                } else {
-                    tier.pop_front();
-                }
-                if let Some((held, waker)) = granted {
-                    slots[slot] = Slot::Granted { ticket, held };
-                    *live -= 1;
-                    left(waiting, busy_since);
+        let newest = self.discipline() == QueueDiscipline::Lifo;
+        for priority in Priority::ALL {
+            match self.take(priority, newest, &mut take) {
+                Next::Taken(Taken {
+                    slot,
+                    ticket,
+                    picked: held,
+                    waker,
+                }) => {
+                    self.slots[slot] = Slot::Granted { ticket, held };
+                    self.left(priority);
                     return Some(waker);
                 }
+                Next::Refused => return None,
+                Next::Empty => {}
             }
         }
         None
@@ -250,33 +362,43 @@ impl WaitQueue {
             Slot::Waiting {
                 ticket, priority, ..
             } if *ticket == place.ticket => {
-                self.live[priority.index()] -= 1;
-                left(&mut self.waiting, &mut self.busy_since);
+                let priority = *priority;
+                self.left(priority);
                 Left::Waiting
             }
             _ => return Left::Shed,
         };
         self.release_slot(place.slot);
-        let entries: usize = self.order.iter().map(VecDeque::len).sum();
+        let entries = self.order.len()
+            + self
+                .more
+                .as_ref()
+                .map_or(0, |more| more.orders.iter().map(VecDeque::len).sum());
         if entries > 2 * self.waiting + 16 {
             let slots = &self.slots;
-            for tier in &mut self.order {
-                tier.retain(|&(slot, ticket)| matches!(slots[slot], Slot::Waiting { ticket: t, .. } if t == ticket));
+            let live = |&(slot, ticket): &(usize, u64)| matches!(slots[slot], Slot::Waiting { ticket: t, .. } if t == ticket);
+            self.order.retain(live);
+            if let Some(more) = &mut self.more {
+                for order in &mut more.orders {
+                    order.retain(live);
+                }
             }
         }
         left
     }
 
-    fn release_slot(&mut self, slot: usize) {
-        self.slots[slot] = Slot::Vacant;
-        self.free.push(slot);
+    /// One waiter of `priority` fewer; the queue's standing time ends with the last.
+    fn left(&mut self, priority: Priority) {
+        self.count(priority, false);
+        if self.waiting == 0
+            && let Some(more) = &mut self.more
+        {
+            more.busy_since = None;
+        }
     }
-}
 
-/// One waiter fewer; the queue's standing time ends with the last.
-fn left(waiting: &mut usize, busy_since: &mut Option<Instant>) {
-    *waiting -= 1;
-    if *waiting == 0 {
-        *busy_since = None;
+    fn release_slot(&mut self, slot: usize) {
+        self.slots[slot] = Slot::Vacant { next: self.free };
+        self.free = slot;
     }
 }

@@ -36,9 +36,9 @@ pub(crate) struct Shared<R> {
     pub(super) rt: R,
     pub(super) name: crate::Name,
     telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
-    /// Per priority, the share of the capacity its calls may fill (1 for all, but for an
-    /// adaptive limiter's shedding).
-    shares: Shares,
+    /// Per priority, the share of the capacity its calls may fill, if any is below 1 (an
+    /// adaptive limiter's shedding; boxed, since a bulkhead per key pays for every byte).
+    shares: Option<Box<Shares>>,
 }
 
 /// Per priority (most important first), the share of the capacity its calls may fill: each
@@ -68,7 +68,10 @@ impl<R> Shared<R> {
             rt,
             name,
             telemetry,
-            shares,
+            shares: shares
+                .iter()
+                .any(|&share| share < 1.0)
+                .then(|| Box::new(shares)),
         }
     }
 
@@ -131,7 +134,10 @@ impl<R> Shared<R> {
     /// it is admitted while fewer than `capacity × share` are in flight (always when none
     /// are, the share being above zero).
     fn reserve(&self, priority: Priority) -> isize {
-        let share = self.shares[priority.index()];
+        let Some(shares) = &self.shares else {
+            return 0;
+        };
+        let share = shares[priority.index()];
         if share >= 1.0 {
             return 0;
         }
