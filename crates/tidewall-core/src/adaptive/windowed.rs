@@ -153,7 +153,12 @@ impl WindowedGradient {
 
     fn follow(&mut self, sample: &Sample, mut window: Window) {
         let Some((no_load, measured_at)) = self.no_load else {
-            unreachable!("it follows only once it has measured");
+            // Following begins only once a measurement ended; were it ever otherwise, measure.
+            self.mode = Mode::Probing {
+                samples: 0,
+                sum: 0.0,
+            };
+            return;
         };
         if sample.at.saturating_sub(measured_at) >= self.probe_interval {
             self.mode = Mode::Probing {
