@@ -181,14 +181,7 @@ impl<R: Clock> Waiter<R> {
         let place = match *this.place {
             Some(place) => place,
             None => {
-                let admitted = shared.try_acquire_as(*this.priority).or_else(|| {
-                    // Waiters are queued, or none of the free slots is within this call's
-                    // share: it may still pass waiters that could not use a slot.
-                    (shared.queued() > 0)
-                        .then(|| shared.take_past_queue(*this.priority))
-                        .flatten()
-                });
-                if let Some(held) = admitted {
+                if let Some(held) = shared.try_admit_as(*this.priority) {
                     *this.done = true;
                     *this.held = held;
                     return Poll::Ready(Ok(()));

@@ -197,13 +197,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
                 }
             },
         );
-        found.unwrap_or_else(|full| {
-            let rejected = Rejected::KeysFull {
-                retry_after: full.retry_after,
-            };
-            shared.rejections.record(&rejected);
-            Err(rejected)
-        })
+        found.unwrap_or_else(|full| full.refuse(&shared.rejections))
     }
 
     /// A handle to `key`'s bulkhead, if the key is held. While a handle is held the key is

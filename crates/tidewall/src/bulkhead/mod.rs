@@ -425,12 +425,7 @@ impl<R: Clock> Bulkhead<R> {
         &self,
         priority: Priority,
     ) -> Option<(OwnedPermit<R>, usize)> {
-        let shared = &self.shared;
-        let held = shared.try_acquire_as(priority).or_else(|| {
-            (shared.queued() > 0)
-                .then(|| shared.take_past_queue(priority))
-                .flatten()
-        })?;
+        let held = self.shared.try_admit_as(priority)?;
         let permit = OwnedPermit {
             bulkhead: self.clone(),
         };

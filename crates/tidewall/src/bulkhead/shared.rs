@@ -97,12 +97,24 @@ impl<R> Shared<R> {
         self.queued.load(SeqCst) == 0 && self.try_take_keeping(0).is_some()
     }
 
+    /// Admits a call of `priority` now if it can, without queueing: the fast path, else (when
+    /// waiters are queued) a free slot within its share past waiters that could not use it.
+    /// Returns the permits held, its own included.
+    #[inline]
+    pub(super) fn try_admit_as(&self, priority: Priority) -> Option<usize> {
+        self.try_acquire_as(priority).or_else(|| {
+            (self.queued() > 0)
+                .then(|| self.take_past_queue(priority))
+                .flatten()
+        })
+    }
+
     /// The fast path for a call of `priority`: a free permit that leaves the more important
     /// priorities their part of the capacity, unless waiters are queued. Returns the permits
     /// held once it is taken, itself included (read without the queue lock: exact unless a
     /// resize races it).
     #[inline]
-    pub(super) fn try_acquire_as(&self, priority: Priority) -> Option<usize> {
+    fn try_acquire_as(&self, priority: Priority) -> Option<usize> {
         if self.queued.load(SeqCst) != 0 {
             return None;
         }
@@ -113,7 +125,7 @@ impl<R> Shared<R> {
     /// The slow path for a call of `priority` that waiters are queued ahead of: a free permit
     /// within its share, if nobody as important or more is waiting (those waiting could not
     /// use it: they are less important, or wait for their share). Returns the permits held.
-    pub(super) fn take_past_queue(&self, priority: Priority) -> Option<usize> {
+    fn take_past_queue(&self, priority: Priority) -> Option<usize> {
         let queue = lock(&self.queue);
         if queue.waiting_at_or_above(priority) {
             return None;
