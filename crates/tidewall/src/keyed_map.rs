@@ -90,6 +90,20 @@ pub(crate) struct Full {
     pub(crate) retry_after: Option<Duration>,
 }
 
+impl Full {
+    /// The refusal a keyed table gives the new key, counted in the table's `rejections`.
+    pub(crate) fn refuse<O>(
+        self,
+        rejections: &crate::telemetry::PolicyTelemetry,
+    ) -> Result<O, crate::Rejected> {
+        let rejected = crate::Rejected::KeysFull {
+            retry_after: self.retry_after,
+        };
+        rejections.record(&rejected);
+        Err(rejected)
+    }
+}
+
 struct Shard<K, V> {
     table: HashTable<(K, V)>,
     /// The most entries this shard holds: the shards' capacities add up to `max_keys` exactly.

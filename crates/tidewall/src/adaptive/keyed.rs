@@ -244,13 +244,7 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
                 }
             },
         );
-        found.unwrap_or_else(|full| {
-            let rejected = Rejected::KeysFull {
-                retry_after: full.retry_after,
-            };
-            shared.rejections.record(&rejected);
-            Err(rejected)
-        })
+        found.unwrap_or_else(|full| full.refuse(&shared.rejections))
     }
 
     /// The limit in force for `key`, if the key is held.

@@ -311,13 +311,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
                 }
             },
         );
-        found.unwrap_or_else(|full| {
-            let rejected = Rejected::KeysFull {
-                retry_after: full.retry_after,
-            };
-            shared.rejections.record(&rejected);
-            Err(rejected)
-        })
+        found.unwrap_or_else(|full| full.refuse(&shared.rejections))
     }
 
     fn make(&self, key: &K) -> CircuitBreaker<R> {
