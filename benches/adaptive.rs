@@ -6,13 +6,17 @@
 //! * `aimd`, `vegas`, `gradient2`: `AdaptiveLimiter::try_acquire` then `success()`, which
 //!   reads the clock twice (admission and end) and updates the algorithm under its lock;
 //! * `ignored`: the same with `ignore()`, which teaches nothing (no clock read at the end,
-//!   no update): what a cancelled or ignored call costs.
+//!   no update): what a cancelled or ignored call costs;
+//! * `floor`: the least any limiter that learns from every call can cost, built from the
+//!   same parts with nothing else: `bulkhead_owned`, the two counter reads that time the call
+//!   (the `quanta` counter `aimd` reads) and `Aimd::update` under an uncontended mutex.
 //!
 //! Run: `cargo bench -p tidewall-benches --bench adaptive`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tidewall::adaptive::{AdaptiveLimiter, Aimd, Gradient2, LimitAlgorithm, Vegas};
 use tidewall::bulkhead::Bulkhead;
+use tidewall_core::adaptive::Sample;
 
 const LIMIT: u32 = 64;
 
@@ -50,6 +54,30 @@ fn adaptive(c: &mut Criterion) {
     });
     group.bench_function("ignored", |b| {
         b.iter(|| aimd.try_acquire().unwrap().ignore())
+    });
+    let counter = quanta::Clock::new();
+    let floor_aimd = std::sync::Mutex::new(
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(LIMIT)
+            .build()
+            .unwrap(),
+    );
+    group.bench_function("floor", |b| {
+        b.iter(|| {
+            let permit = bulkhead.try_acquire_owned().unwrap();
+            let started = counter.raw();
+            let ended = counter.raw();
+            let rtt = std::time::Duration::from_nanos(counter.delta_as_nanos(started, ended));
+            let sample = Sample {
+                rtt,
+                inflight: 1,
+                dropped: false,
+                at: rtt,
+            };
+            floor_aimd.lock().unwrap().update(&sample);
+            drop(permit);
+        });
     });
     group.finish();
     // One call at a time is less than half the limit: no algorithm may have moved it.

@@ -11,7 +11,7 @@ use tidewall_core::adaptive::{LimitAlgorithm, Sample};
 
 use crate::admission::{Admission, Priority, QueueDiscipline, Wait};
 use crate::breaker::Outcome;
-use crate::bulkhead::{AcquireOwned, Bulkhead, OwnedPermit};
+use crate::bulkhead::{AcquireOwned, Bulkhead};
 use crate::rate::clock::LimiterClock;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, Mutex, lock};
@@ -252,11 +252,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     ///
     /// [`Rejected::BulkheadFull`] when its share of the limit is reached.
     pub fn try_acquire(&self) -> Result<AdaptivePermit<A, R>, Rejected> {
-        let bulkhead = &self.shared.bulkhead;
-        bulkhead
-            .try_acquire_owned_as(self.priority)
-            .map(|(permit, held)| self.permit(permit, held))
-            .ok_or_else(|| bulkhead.refused())
+        self.take().ok_or_else(|| self.shared.bulkhead.refused())
     }
 
     /// A handle to the same limiter whose calls have `priority` (this one's are
@@ -309,14 +305,20 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         self.shared.bulkhead.name()
     }
 
-    /// A permit for a call admitted now with `held` slots in use (its own included), timed
-    /// from now.
-    fn permit(&self, permit: OwnedPermit<R>, held: usize) -> AdaptivePermit<A, R> {
+    /// A slot for a call of this handle's priority, if one is free to it now.
+    #[inline]
+    fn take(&self) -> Option<AdaptivePermit<A, R>> {
+        let held = self.shared.bulkhead.try_take_slot_as(self.priority)?;
+        Some(self.permit(held))
+    }
+
+    /// The guard of a slot taken just now with `held` slots in use (its own included),
+    /// timed from now.
+    fn permit(&self, held: usize) -> AdaptivePermit<A, R> {
         let shared = &*self.shared;
         AdaptivePermit {
             inflight: u32::try_from(held).unwrap_or(u32::MAX),
             started: shared.clock.nanos(shared.bulkhead.runtime()),
-            permit: Some(permit),
             limiter: self.clone(),
         }
     }
@@ -340,10 +342,10 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 /// without one (a cancelled call), it frees the slot and teaches the algorithm nothing.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct AdaptivePermit<A, R: Clock> {
-    permit: Option<OwnedPermit<R>>,
+    /// Holds the slot: [`Drop`] gives it back to the limiter's bulkhead.
+    limiter: AdaptiveLimiter<A, R>,
     started: u64,
     inflight: u32,
-    limiter: AdaptiveLimiter<A, R>,
 }
 
 impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
@@ -363,7 +365,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
     }
 
     /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
-    pub fn finish(mut self, outcome: Outcome) {
+    pub fn finish(self, outcome: Outcome) {
         let dropped = match outcome {
             Outcome::Success => false,
             Outcome::Failure => true,
@@ -378,9 +380,15 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
             dropped,
             at: Duration::from_nanos(now),
         });
-        // The slot goes back only once the new limit is in force: given back first, it would
-        // go to a queued caller that the smaller limit no longer admits.
-        drop(self.permit.take());
+        // The slot goes back (on drop) only once the new limit is in force: given back first,
+        // it would go to a queued caller that the smaller limit no longer admits.
+    }
+}
+
+impl<A, R: Clock> Drop for AdaptivePermit<A, R> {
+    #[inline]
+    fn drop(&mut self) {
+        self.limiter.shared.bulkhead.release_slot();
     }
 }
 
@@ -398,10 +406,7 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
 
     #[inline]
     fn try_admit(&self) -> Option<Self::Guard> {
-        self.shared
-            .bulkhead
-            .try_acquire_owned_as(self.priority)
-            .map(|(permit, held)| self.permit(permit, held))
+        self.take()
     }
 
     fn admit(&self, wait: Wait) -> Self::Admit {
@@ -434,11 +439,11 @@ impl<A: LimitAlgorithm, R: Clock> Future for AdaptiveAdmit<A, R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let permit = ready!(this.acquire.as_mut().poll(cx))?;
+        ready!(this.acquire.as_mut().poll_slot(cx))?;
         let Some(limiter) = this.limiter.take() else {
             unreachable!("an admission completes once");
         };
-        Poll::Ready(Ok(limiter.permit(permit, this.acquire.held())))
+        Poll::Ready(Ok(limiter.permit(this.acquire.held())))
     }
 }
 

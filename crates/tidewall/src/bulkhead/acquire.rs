@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use pin_project_lite::pin_project;
@@ -93,17 +93,26 @@ impl<R: Clock> AcquireOwned<R> {
     }
 }
 
+impl<R: Clock> AcquireOwned<R> {
+    /// Polls for a slot without building a permit: once `Ok`, the slot is taken and the
+    /// caller's guard must give it back with [`Bulkhead::release_slot`].
+    pub(crate) fn poll_slot(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Rejected>> {
+        let this = self.project();
+        this.waiter.poll_slot(this.bulkhead, cx)
+    }
+}
+
 impl<R: Clock> Future for AcquireOwned<R> {
     type Output = Result<OwnedPermit<R>, Rejected>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let bulkhead = &*this.bulkhead;
-        this.waiter
-            .poll_slot(bulkhead, cx)
-            .map_ok(|()| OwnedPermit {
-                bulkhead: bulkhead.clone(),
-            })
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        ready!(self.as_mut().poll_slot(cx))?;
+        Poll::Ready(Ok(OwnedPermit {
+            bulkhead: self.bulkhead.clone(),
+        }))
     }
 }
 

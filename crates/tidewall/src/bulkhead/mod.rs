@@ -418,18 +418,20 @@ impl<R: Clock> Bulkhead<R> {
         self.shared.reject(Rejected::BulkheadFull)
     }
 
-    /// As [`try_acquire_owned_quiet`](Self::try_acquire_owned_quiet), for a call of
-    /// `priority`; with the permit, the slots held once it was taken (itself included).
+    /// Takes a slot for a call of `priority` without a permit, for a front whose own guard
+    /// gives it back with [`release_slot`](Self::release_slot) (an adaptive limiter's, which
+    /// holds the bulkhead already); returns the slots held once it was taken, its own
+    /// included.
     #[inline]
-    pub(crate) fn try_acquire_owned_as(
-        &self,
-        priority: Priority,
-    ) -> Option<(OwnedPermit<R>, usize)> {
-        let held = self.shared.try_admit_as(priority)?;
-        let permit = OwnedPermit {
-            bulkhead: self.clone(),
-        };
-        Some((permit, held))
+    pub(crate) fn try_take_slot_as(&self, priority: Priority) -> Option<usize> {
+        self.shared.try_admit_as(priority)
+    }
+
+    /// Gives back a slot taken by [`try_take_slot_as`](Self::try_take_slot_as) or
+    /// [`AcquireOwned::poll_slot`].
+    #[inline]
+    pub(crate) fn release_slot(&self) {
+        self.shared.release();
     }
 
     /// Runs `op` inside the bulkhead: waits for a slot (up to `max_wait`), runs, frees it.
