@@ -14,6 +14,7 @@ use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
+use crate::start::{ConnectError, fresh_probe_key, probe};
 
 /// Reaps expired leases, then admits if fewer than the limit are held. The score of a lease
 /// is its expiry on Redis's clock (µs). Returns 1 when admitted, 0 when full.
@@ -74,6 +75,8 @@ pub struct RedisBulkhead {
 struct Inner {
     conn: RedisConn,
     key: String,
+    /// Where [`verify`](RedisBulkhead::verify) runs the scripts (with a suffix of its own).
+    probe_key: String,
     limit: u32,
     lease: Duration,
     backend: Backend,
@@ -126,6 +129,62 @@ impl RedisBulkhead {
             limit,
             lease: Duration::from_secs(30),
         }
+    }
+
+    /// Checks at start-up that this limit can work: loads its scripts, then takes, renews and
+    /// releases one lease on a key of its own name's (partition `%probe`, which no real
+    /// partition has), so a user that may not load or run them, run a command they call
+    /// (`TIME`, `ZREMRANGEBYSCORE`, `ZCARD`, `ZADD`, `ZSCORE`, `PTTL`, `PEXPIRE`), release a
+    /// lease (`ZREM`) or touch its keys is reported now, not met by the failure policy on
+    /// every call. The limit itself is not touched.
+    ///
+    /// **Cancel safety:** dropping it abandons the probe; a probe lease left behind expires
+    /// within a second.
+    ///
+    /// ```no_run
+    /// use tidewall_redis::{RedisBulkhead, RedisConn};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("redis://127.0.0.1:6379").connect().await?;
+    /// let bulkhead = RedisBulkhead::builder(&conn, "db", 20).build()?;
+    /// bulkhead.verify().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisRateLimiter::verify`](crate::RedisRateLimiter::verify).
+    pub async fn verify(&self) -> Result<(), ConnectError> {
+        let inner = &*self.inner;
+        let mut conn = inner.conn.manager.clone();
+        for script in [&inner.acquire, &inner.renew] {
+            probe(script.prepare_invoke().load_async(&mut conn), None).await?;
+        }
+        let member = format!(
+            "{:016x}-probe-{}",
+            inner.instance,
+            inner.leases.fetch_add(1, Ordering::Relaxed)
+        );
+        // A one-second lease in a new set: granted, so every command of both scripts runs.
+        let key = fresh_probe_key(&inner.probe_key);
+        let lease_us = 1_000_000_u64;
+        let mut acquire = inner.acquire.key(&key);
+        acquire.arg(1).arg(lease_us).arg(&member);
+        let granted = probe(acquire.invoke_async::<i64>(&mut conn), Some(ACQUIRE)).await?;
+        let mut renew = inner.renew.key(&key);
+        renew.arg(lease_us).arg(&member);
+        let renewed = probe(renew.invoke_async::<i64>(&mut conn), Some(RENEW)).await?;
+        if (granted, renewed) != (1, 1) {
+            return Err(ConnectError::Redis {
+                reason: format!(
+                    "the probe lease was not granted and renewed (replies {granted} and {renewed})"
+                ),
+            });
+        }
+        let mut remove = redis::cmd("ZREM");
+        remove.arg(&key).arg(&member);
+        probe(remove.query_async::<i64>(&mut conn), None).await?;
+        Ok(())
     }
 
     /// One attempt for a slot: one round trip. Must run inside a tokio runtime (the renewal
@@ -362,6 +421,7 @@ impl RedisBulkheadBuilder {
         Ok(RedisBulkhead {
             inner: Arc::new(Inner {
                 key,
+                probe_key: self.common.probe_key("bulkhead"),
                 conn: self.common.conn,
                 limit: self.limit,
                 lease: self.lease,

@@ -1,22 +1,33 @@
-//! The connection every limiter shares.
+//! The connection every limiter shares, and how it is made: at once with every problem
+//! reported ([`RedisConnBuilder::connect`]), or lazily ([`RedisConn::open`]).
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisResult};
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisResult};
+
+use crate::start::ConnectError;
 
 /// One multiplexed, reconnecting connection to Redis (redis-rs's `ConnectionManager`), with
 /// TCP_NODELAY on. Cheap to clone: clones share the connection, and many limiters can use one.
 ///
-/// It connects lazily, so a service starts while Redis is down; its limiters apply their
-/// failure policy until Redis answers.
+/// Make it at start-up with [`RedisConn::builder`] and
+/// [`connect`](RedisConnBuilder::connect), which reports an unreachable server, a failed TLS
+/// handshake or wrong credentials as a [`ConnectError`]; then check each limit's permissions
+/// with its `verify`. Once made, it reconnects on its own, and while Redis does not answer
+/// its limiters apply their failure policy.
 ///
 /// ```no_run
 /// use tidewall_redis::RedisConn;
 ///
-/// let conn = RedisConn::open("redis://127.0.0.1:6379")?;
-/// # Ok::<(), redis::RedisError>(())
+/// # #[tokio::main] async fn main() -> Result<(), tidewall_redis::ConnectError> {
+/// let conn = RedisConn::builder("redis://127.0.0.1:6379")
+///     .username("tidewall")
+///     .password("from-a-secret-store")
+///     .connect()
+///     .await?;
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisConn {
@@ -40,15 +51,49 @@ fn tcp_settings() -> TcpSettings {
 }
 
 impl RedisConn {
-    /// A connection to `url` (`redis://host:port[/db]`), made on first use. Must be called
-    /// inside a tokio runtime.
+    /// A connection to `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` with
+    /// the `tls` feature), made on first use. Must be called inside a tokio runtime.
+    ///
+    /// Nothing is checked until the first call: an unreachable server or wrong credentials
+    /// then look like a Redis that does not answer, and every limit applies its failure
+    /// policy. Prefer [`builder`](Self::builder) and [`connect`](RedisConnBuilder::connect)
+    /// at start-up.
+    ///
+    /// ```no_run
+    /// use tidewall_redis::RedisConn;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), redis::RedisError> {
+    /// let conn = RedisConn::open("redis://127.0.0.1:6379")?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
     /// An unparsable URL.
     pub fn open<T: IntoConnectionInfo>(url: T) -> RedisResult<Self> {
         let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
-        let client = Client::open(info)?;
+        Self::managed(Client::open(info)?)
+    }
+
+    /// Starts a connection to `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` with the `tls` feature) with options: credentials, TLS certificates, the
+    /// start-up timeout.
+    pub fn builder(url: impl Into<String>) -> RedisConnBuilder {
+        RedisConnBuilder {
+            url: url.into(),
+            username: None,
+            password: None,
+            #[cfg(feature = "tls")]
+            tls: redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            },
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The reconnecting connection over `client`, made lazily.
+    fn managed(client: Client) -> RedisResult<Self> {
         // Every call is bounded by its limiter's own deadline, so the manager needs no
         // response timeout; reconnection is quick and unending (capped backoff).
         let config = ConnectionManagerConfig::new()
@@ -60,4 +105,203 @@ impl RedisConn {
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self { manager })
     }
+}
+
+/// Configures a [`RedisConn`]: credentials, TLS certificates and how long the start-up check
+/// may take.
+#[must_use]
+#[derive(Clone)]
+pub struct RedisConnBuilder {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: redis::TlsCertificates,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConnBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, nor the URL (it may hold one).
+        f.debug_struct("RedisConnBuilder")
+            .field("username", &self.username)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConnBuilder {
+    /// The ACL user to authenticate as (instead of the URL's; without one, `default`).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password to authenticate with (instead of the URL's).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Trusts the certificate authority in `pem` (PEM) for a `rediss://` server, instead of
+    /// the system's roots: a server whose certificate it did not sign fails the handshake.
+    ///
+    /// ```no_run
+    /// use tidewall_redis::RedisConn;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("rediss://redis.internal:6380")
+    ///     .username("tidewall")
+    ///     .password(std::env::var("REDIS_PASSWORD")?)
+    ///     .tls_root_certificate(std::fs::read("/etc/ssl/internal-ca.pem")?)
+    ///     .connect()
+    ///     .await?; // ConnectError::Tls if the server's certificate is not the CA's
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents the client certificate `cert_pem` with its key `key_pem` (both PEM), for a
+    /// server that requires one (`tls-auth-clients yes`).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_tls = Some(redis::ClientTlsConfig {
+            client_cert: cert_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
+    /// How long [`connect`](Self::connect) may take to reach Redis, finish the TLS
+    /// handshake and authenticate (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects now, and reports what stops it: the server unreachable, the TLS handshake
+    /// failed (a certificate not trusted, or not TLS at all), the user or password wrong.
+    /// The connection it returns is the reconnecting one of [`RedisConn::open`]; the one made
+    /// here to check is closed. Permissions are per limit: call each limit's `verify` next.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// **Cancel safety:** dropping the future closes the connection being made; nothing is
+    /// kept.
+    ///
+    /// ```no_run
+    /// use tidewall_redis::{ConnectError, RedisConn};
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// match RedisConn::builder("redis://127.0.0.1:6379").password("wrong").connect().await {
+    ///     Ok(_conn) => {}
+    ///     Err(ConnectError::Authentication { reason }) => eprintln!("check the secret: {reason}"),
+    ///     Err(other) => eprintln!("redis: {other}"),
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::InvalidSettings`] (the URL, or certificates for a URL
+    /// that is not `rediss://` or that do not parse), [`Unreachable`](ConnectError::Unreachable) (refused, or
+    /// no answer within the timeout), [`Tls`](ConnectError::Tls),
+    /// [`Authentication`](ConnectError::Authentication), or
+    /// [`Redis`](ConnectError::Redis) for any other error Redis answers with.
+    pub async fn connect(self) -> Result<RedisConn, ConnectError> {
+        let timeout = self.connect_timeout;
+        let client = self.client()?;
+        // One timeout for the whole start: TCP, the TLS handshake and authentication.
+        let checked = tokio::time::timeout(timeout, async {
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new().set_connection_timeout(None),
+                )
+                .await?;
+            // Without credentials nothing was checked yet: `HELLO` answers `NOAUTH` when the
+            // server wants a password, and needs no ACL permission when it does not.
+            redis::cmd("HELLO")
+                .arg(2)
+                .query_async::<redis::Value>(&mut connection)
+                .await
+        })
+        .await;
+        match checked {
+            Err(_) => return Err(ConnectError::unanswered(timeout)),
+            Ok(Err(error)) => return Err(ConnectError::from_redis(&error)),
+            Ok(Ok(_hello)) => {}
+        }
+        RedisConn::managed(client).map_err(|error| ConnectError::from_redis(&error))
+    }
+
+    /// The client for these settings, not yet connected.
+    fn client(self) -> Result<Client, ConnectError> {
+        let info: ConnectionInfo = self.url.as_str().into_connection_info().map_err(|error| {
+            ConnectError::InvalidSettings {
+                reason: error.to_string(),
+            }
+        })?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password);
+        }
+        let info = info
+            .set_redis_settings(redis)
+            .set_tcp_settings(tcp_settings());
+        #[cfg(feature = "tls")]
+        check_pems(&self.tls)?;
+        #[cfg(feature = "tls")]
+        let client = if self.tls.root_cert.is_some() || self.tls.client_tls.is_some() {
+            Client::build_with_tls(info, self.tls)
+        } else {
+            Client::open(info)
+        };
+        #[cfg(not(feature = "tls"))]
+        let client = Client::open(info);
+        client.map_err(|error| ConnectError::from_redis(&error))
+    }
+}
+
+/// Checks that every PEM given holds what it is for: redis-rs would skip a PEM without a
+/// certificate, and the handshake would then fail for a reason far from the mistake.
+#[cfg(feature = "tls")]
+fn check_pems(tls: &redis::TlsCertificates) -> Result<(), ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    fn certificates(pem: &[u8], what: &str) -> Result<(), ConnectError> {
+        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+        match parsed {
+            Ok(certificates) if !certificates.is_empty() => Ok(()),
+            Ok(_) => Err(ConnectError::InvalidSettings {
+                reason: format!("the {what} PEM holds no certificate"),
+            }),
+            Err(error) => Err(ConnectError::InvalidSettings {
+                reason: format!("the {what} PEM does not parse: {error}"),
+            }),
+        }
+    }
+    if let Some(root) = &tls.root_cert {
+        certificates(root, "root certificate")?;
+    }
+    if let Some(client) = &tls.client_tls {
+        certificates(&client.client_cert, "client certificate")?;
+        PrivateKeyDer::from_pem_slice(&client.client_key).map_err(|error| {
+            ConnectError::InvalidSettings {
+                reason: format!("the client key PEM holds no usable key: {error}"),
+            }
+        })?;
+    }
+    Ok(())
 }

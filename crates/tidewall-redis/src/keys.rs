@@ -11,6 +11,13 @@ pub(crate) fn key(name: &str, partition: &str, kind: &str) -> String {
     format!("{PREFIX}{{{}:{}}}:{kind}", escape(name), escape(partition))
 }
 
+/// The key of `kind` that a limit named `name` probes in `verify`: its name's hash tag (so the
+/// same Cluster slot and ACL key pattern as its real keys) with the partition `%probe`, which
+/// no real partition has (escaping writes every `%` as `%25`).
+pub(crate) fn probe_key(name: &str, kind: &str) -> String {
+    format!("{PREFIX}{{{}:%probe}}:{kind}", escape(name))
+}
+
 fn escape(part: &str) -> String {
     let mut escaped = String::with_capacity(part.len());
     for c in part.chars() {
@@ -36,6 +43,14 @@ mod tests {
         assert_ne!(
             super::key("a", "b:c", "rate"),
             super::key("a:b", "c", "rate")
+        );
+        assert_eq!(
+            super::probe_key("api", "rate"),
+            "tidewall:v1:{api:%probe}:rate"
+        );
+        assert_ne!(
+            super::probe_key("a", "rate"),
+            super::key("a", "%probe", "rate")
         );
         assert_eq!(
             super::key("x}", "{y%", "rate"),

@@ -27,6 +27,50 @@
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.
 //!
+//! # Start-up: TLS, ACL users, and errors found before the first call
+//!
+//! A limit whose Redis refuses its password would otherwise apply its failure policy on every
+//! call, forever: failing open without a word. So check at start-up, and stop there:
+//!
+//! 1. [`RedisConn::builder`] and [`connect`](RedisConnBuilder::connect) reach Redis now and
+//!    report a [`ConnectError`]: [`Unreachable`](ConnectError::Unreachable),
+//!    [`Tls`](ConnectError::Tls) (a certificate not trusted or not for the host, a client
+//!    certificate missing), [`Authentication`](ConnectError::Authentication) (a wrong user or
+//!    password), [`InvalidSettings`](ConnectError::InvalidSettings).
+//! 2. Each limit's `verify` ([`RedisRateLimiter::verify`], [`RedisBulkhead::verify`],
+//!    [`BreakerQuorum::verify`]) loads its scripts and runs them once on probe keys under its
+//!    own name's hash tag: a [`Permission`](ConnectError::Permission) error names the command
+//!    (or the key) the user may not use.
+//!
+//! `rediss://` URLs need the `tls` feature (rustls); trust a private certificate authority with
+//! [`tls_root_certificate`](RedisConnBuilder::tls_root_certificate) and present a client
+//! certificate with [`tls_client_certificate`](RedisConnBuilder::tls_client_certificate).
+//! The ACL rule for a user that may do exactly what Tidewall does, on Tidewall's keys only:
+//!
+//! ```text
+//! user tidewall on >PASSWORD resetkeys ~tidewall:* resetchannels -@all +evalsha +script|load
+//!   +zrem +time +get +set +zremrangebyscore +zcard +zadd +zscore +pttl +pexpire
+//! ```
+//!
+//! (one line in `users.acl` or `redis.conf`; narrow `~tidewall:*` to
+//! `~tidewall:v1:{NAME:*` for one limit's keys). The tests run every limit as this user over
+//! TLS, and every missing piece as a typed error.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tidewall_redis::{RedisConn, RedisRateLimiter};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = RedisConn::builder("redis://redis.internal:6379")
+//!     .username("tidewall")
+//!     .password(std::env::var("REDIS_PASSWORD")?)
+//!     .connect()
+//!     .await?;
+//! let limiter = RedisRateLimiter::builder(&conn, "api", 100, Duration::from_secs(1)).build()?;
+//! limiter.verify().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Built on redis-rs's reconnecting `ConnectionManager` (one multiplexed connection, TCP_NODELAY
 //! on), so it runs on tokio. Needs Redis 7 or later: the scripts read `TIME` before they write,
 //! which relies on effects replication (the only mode since Redis 7).
@@ -44,9 +88,11 @@ mod options;
 mod policy;
 mod quorum;
 mod rate;
+mod start;
 
 pub use bulkhead::{RedisAdmit, RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
-pub use conn::RedisConn;
+pub use conn::{RedisConn, RedisConnBuilder};
 pub use policy::WhenUnavailable;
 pub use quorum::{BreakerQuorum, BreakerQuorumBuilder, QuorumUnavailable, QuorumView, Refreshing};
 pub use rate::{RedisRateLimiter, RedisRateLimiterBuilder};
+pub use start::ConnectError;

@@ -6,7 +6,7 @@ use tidewall::ConfigError;
 use tidewall_core::gcra::{Resolution, emission_interval};
 
 use crate::conn::RedisConn;
-use crate::keys::key;
+use crate::keys::{key, probe_key};
 use crate::policy::WhenUnavailable;
 
 /// The connection, the key's name and partition, the deadline per Redis call and the
@@ -44,6 +44,11 @@ impl Common {
             return Err(ConfigError::Zero { field: "name" });
         }
         Ok(key(&self.name, &self.partition, kind))
+    }
+
+    /// The key of this limit's `kind` of state that `verify` probes.
+    pub(crate) fn probe_key(&self, kind: &str) -> String {
+        probe_key(&self.name, kind)
     }
 }
 

@@ -12,6 +12,7 @@ use tidewall::rt::Tokio;
 use crate::backend::Backend;
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
+use crate::start::{ConnectError, fresh_probe_key, probe};
 
 /// Reports this instance (alive until `ttl`, and open or not), reaps expired reports, and
 /// counts: returns `{open instances, live instances}`.
@@ -69,6 +70,9 @@ struct Inner {
     conn: RedisConn,
     members_key: String,
     open_key: String,
+    /// Where [`verify`](BreakerQuorum::verify) runs the script: the members' and the open
+    /// reports' keys (each with a suffix of its own).
+    probe_keys: [String; 2],
     instance: String,
     breaker: CircuitBreaker<Tokio>,
     quorum: f64,
@@ -128,6 +132,56 @@ impl BreakerQuorum {
             quorum: 0.5,
             every: Duration::from_millis(500),
         }
+    }
+
+    /// Checks at start-up that this layer can work: loads its script and runs it twice on
+    /// keys of its own name's (partition `%probe`, which no real partition has), once
+    /// reporting open and once closed, so a user that may not load or run it, run a command
+    /// it calls (`TIME`, `ZADD`, `ZREM`, `ZREMRANGEBYSCORE`, `PTTL`, `PEXPIRE`, `ZCARD`) or
+    /// touch its keys is reported now, not found by a quorum that never forms. The breaker
+    /// and the real reports are not touched.
+    ///
+    /// **Cancel safety:** dropping it abandons the probe; the probe keys expire on their own.
+    ///
+    /// ```no_run
+    /// use tidewall::breaker::CircuitBreaker;
+    /// use tidewall::rt::Tokio;
+    /// use tidewall_redis::{BreakerQuorum, RedisConn};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("redis://127.0.0.1:6379").connect().await?;
+    /// let breaker = CircuitBreaker::builder().runtime(Tokio).build()?;
+    /// let quorum = BreakerQuorum::builder(&conn, "payments-api", breaker).build()?;
+    /// quorum.verify().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisRateLimiter::verify`](crate::RedisRateLimiter::verify).
+    pub async fn verify(&self) -> Result<(), ConnectError> {
+        let inner = &*self.inner;
+        let mut conn = inner.conn.manager.clone();
+        probe(inner.script.prepare_invoke().load_async(&mut conn), None).await?;
+        let keys = inner
+            .probe_keys
+            .each_ref()
+            .map(|base| fresh_probe_key(base));
+        for open in ["1", "0"] {
+            let mut invocation = inner.script.key(&keys[0]);
+            invocation
+                .key(&keys[1])
+                .arg(&inner.instance)
+                .arg(open)
+                // Reports that expire in a millisecond.
+                .arg(1000);
+            probe(
+                invocation.invoke_async::<(u64, u64)>(&mut conn),
+                Some(REPORT),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Refreshes every period on a tokio task until the returned handle is dropped.
@@ -278,6 +332,10 @@ impl BreakerQuorumBuilder {
             inner: Arc::new(Inner {
                 members_key: self.common.validated_key("breaker-live")?,
                 open_key: self.common.validated_key("breaker-open")?,
+                probe_keys: [
+                    self.common.probe_key("breaker-live"),
+                    self.common.probe_key("breaker-open"),
+                ],
                 conn: self.common.conn,
                 instance,
                 breaker: self.breaker,

@@ -14,6 +14,7 @@ use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
+use crate::start::{ConnectError, fresh_probe_key, probe};
 
 /// GCRA on Redis's clock, in whole microseconds (`TIME`; a Lua number holds µs since the
 /// epoch exactly, not ns). The stored value is the theoretical arrival time, exactly as the
@@ -74,6 +75,8 @@ pub struct RedisRateLimiter {
 struct Inner {
     conn: RedisConn,
     key: String,
+    /// Where [`verify`](RedisRateLimiter::verify) runs the script (with a suffix of its own).
+    probe_key: String,
     interval_us: u64,
     burst: u32,
     backend: Backend,
@@ -143,6 +146,41 @@ impl RedisRateLimiter {
     /// the burst.
     pub async fn check_n(&self, cells: u32) -> Result<(), Rejected> {
         self.check_n_within(cells, None).await
+    }
+
+    /// Checks at start-up that this limit can work: loads its script and runs it once on a
+    /// key of its own name's (partition `%probe`, which no real partition has), so a user
+    /// that may not load or run it, run a command it calls (`TIME`, `GET`, `SET`), or touch
+    /// its keys is reported now, not met by the failure policy on every call. The probe's
+    /// key expires within a millisecond; the limit itself is not touched.
+    ///
+    /// **Cancel safety:** dropping it abandons the probe; nothing is left but the probe key.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tidewall_redis::{RedisConn, RedisRateLimiter};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("redis://127.0.0.1:6379").connect().await?;
+    /// let limiter = RedisRateLimiter::builder(&conn, "api", 100, Duration::from_secs(1)).build()?;
+    /// limiter.verify().await?; // a ConnectError::Permission names what is missing
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Permission`] for a missing permission;
+    /// [`Unreachable`](ConnectError::Unreachable) when Redis does not answer within 2 s, and
+    /// the other variants as [`RedisConnBuilder::connect`](crate::RedisConnBuilder::connect).
+    pub async fn verify(&self) -> Result<(), ConnectError> {
+        let inner = &*self.inner;
+        let mut conn = inner.conn.manager.clone();
+        probe(inner.script.prepare_invoke().load_async(&mut conn), None).await?;
+        let mut invocation = inner.script.key(fresh_probe_key(&inner.probe_key));
+        // One cell of a 1 µs interval on a new key: admitted, so every command runs.
+        invocation.arg(1).arg(1).arg(1);
+        probe(invocation.invoke_async::<(i64, i64)>(&mut conn), Some(GCRA)).await?;
+        Ok(())
     }
 
     /// [`check_n`](Self::check_n) with the round trip also cut short at `cap`.
@@ -325,6 +363,7 @@ impl RedisRateLimiterBuilder {
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
                 key,
+                probe_key: self.common.probe_key("rate"),
                 conn: self.common.conn,
                 interval_us,
                 burst,

@@ -46,15 +46,16 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
     };
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
-        let conn = RedisConn::open(url)?;
-        replicas.push(
-            // Fail closed: a decision Redis did not make is counted, never passed off as one.
-            RedisRateLimiter::builder(&conn, run, per_second, Duration::from_secs(1))
-                .burst(burst)
-                .deadline(Duration::from_millis(200))
-                .when_unavailable(WhenUnavailable::Closed)
-                .build()?,
-        );
+        // Checked at start-up: reachable, credentials accepted, every command permitted.
+        let conn = RedisConn::builder(url).connect().await?;
+        // Fail closed: a decision Redis did not make is counted, never passed off as one.
+        let limiter = RedisRateLimiter::builder(&conn, run, per_second, Duration::from_secs(1))
+            .burst(burst)
+            .deadline(Duration::from_millis(200))
+            .when_unavailable(WhenUnavailable::Closed)
+            .build()?;
+        limiter.verify().await?;
+        replicas.push(limiter);
     }
     let started = Instant::now();
     let stop = started + span;
@@ -94,6 +95,10 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
         "global limit",
         format!("{per_second}/s, burst {burst}, for {}", ms(elapsed)),
     );
+    s.metric(
+        "start-up",
+        "each replica connected and verified its ACL permissions (RedisConn::builder(url).connect(), limiter.verify())",
+    );
     for (i, (admitted, _)) in counts.iter().enumerate() {
         s.metric(&format!("replica {} admitted", i + 1), admitted);
     }
@@ -123,12 +128,13 @@ async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Sec
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..REPLICAS {
-        let conn = RedisConn::open(url)?;
+        let conn = RedisConn::builder(url).connect().await?;
         let bulkhead = RedisBulkhead::builder(&conn, run, limit)
             .lease(Duration::from_secs(5))
             .deadline(Duration::from_millis(200))
             .when_unavailable(WhenUnavailable::Closed)
             .build()?;
+        bulkhead.verify().await?;
         for _ in 0..4 {
             let (bulkhead, held, most_held) =
                 (bulkhead.clone(), Arc::clone(&held), Arc::clone(&most_held));
