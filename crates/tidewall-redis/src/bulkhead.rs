@@ -156,7 +156,7 @@ impl RedisBulkhead {
     /// As [`RedisRateLimiter::verify`](crate::RedisRateLimiter::verify).
     pub async fn verify(&self) -> Result<(), ConnectError> {
         let inner = &*self.inner;
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         for script in [&inner.acquire, &inner.renew] {
             probe(script.prepare_invoke().load_async(&mut conn), None).await?;
         }
@@ -216,7 +216,7 @@ impl RedisBulkhead {
             member: Some(member.clone()),
             runtime: runtime.clone(),
         };
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         let mut invocation = inner.acquire.key(&inner.key);
         invocation
             .arg(inner.limit)
@@ -298,7 +298,7 @@ async fn renew(bulkhead: RedisBulkhead, member: String) {
     let inner = &*bulkhead.inner;
     loop {
         tokio::time::sleep(inner.lease / 3).await;
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         let mut invocation = inner.renew.key(&inner.key);
         invocation.arg(micros(inner.lease)).arg(&member);
         if let Ok(0) = inner
@@ -353,7 +353,7 @@ fn release(bulkhead: &RedisBulkhead, member: String, runtime: Option<&tokio::run
     runtime.spawn(async move {
         let inner = &*bulkhead.inner;
         for _ in 0..2 {
-            let mut conn = inner.conn.manager.clone();
+            let mut conn = inner.conn.connection();
             let mut remove = redis::cmd("ZREM");
             remove.arg(&inner.key).arg(&member);
             let removed =

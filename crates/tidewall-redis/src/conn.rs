@@ -1,16 +1,22 @@
 //! The connection every limiter shares, and how it is made: at once with every problem
-//! reported ([`RedisConnBuilder::connect`]), or lazily ([`RedisConn::open`]).
+//! reported ([`RedisConnBuilder::connect`]), or lazily ([`RedisConn::open`]); to one server or
+//! to a Redis Cluster.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisResult};
+use redis::{Client, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, RedisResult, Value};
 
 use crate::start::ConnectError;
 
-/// One multiplexed, reconnecting connection to Redis (redis-rs's `ConnectionManager`), with
-/// TCP_NODELAY on. Cheap to clone: clones share the connection, and many limiters can use one.
+/// One multiplexed, reconnecting connection to Redis (redis-rs's `ConnectionManager`), or to
+/// a Redis Cluster (redis-rs's cluster client: a connection per node, commands sent to the
+/// master of their keys' slot, `MOVED`/`ASK` followed and the slot map refreshed after a
+/// failover), with TCP_NODELAY on. Cheap to clone: clones share the connections, and many
+/// limiters can use one.
 ///
 /// Make it at start-up with [`RedisConn::builder`] and
 /// [`connect`](RedisConnBuilder::connect), which reports an unreachable server, a failed TLS
@@ -31,7 +37,42 @@ use crate::start::ConnectError;
 /// ```
 #[derive(Clone)]
 pub struct RedisConn {
-    pub(crate) manager: ConnectionManager,
+    connection: Connection,
+}
+
+/// A server's connection or a cluster's: what every Redis call of a limit goes through.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -80,7 +121,8 @@ impl RedisConn {
     /// start-up timeout.
     pub fn builder(url: impl Into<String>) -> RedisConnBuilder {
         RedisConnBuilder {
-            url: url.into(),
+            nodes: vec![url.into()],
+            cluster: false,
             username: None,
             password: None,
             #[cfg(feature = "tls")]
@@ -90,6 +132,40 @@ impl RedisConn {
             },
             connect_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Starts a connection to a Redis Cluster reached first through `nodes` (URLs as for
+    /// [`builder`](Self::builder); one is enough, more survive one being down at start-up),
+    /// with the same options.
+    ///
+    /// Every limit keeps all its keys in one slot (a hash tag of its name and partition), so
+    /// each decision is one round trip to that slot's master; different names spread across
+    /// slots, so across masters.
+    ///
+    /// ```no_run
+    /// use tidewall_redis::RedisConn;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), tidewall_redis::ConnectError> {
+    /// let conn = RedisConn::cluster_builder(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_builder<I>(nodes: I) -> RedisConnBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        RedisConnBuilder {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..Self::builder(String::new())
+        }
+    }
+
+    /// The connection a limit's call goes through (a clone: they share the sockets).
+    pub(crate) fn connection(&self) -> Connection {
+        self.connection.clone()
     }
 
     /// The reconnecting connection over `client`, made lazily.
@@ -103,7 +179,9 @@ impl RedisConn {
             .set_max_delay(Duration::from_millis(500))
             .set_number_of_retries(usize::MAX);
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { manager })
+        Ok(Self {
+            connection: Connection::Single(manager),
+        })
     }
 }
 
@@ -112,7 +190,9 @@ impl RedisConn {
 #[must_use]
 #[derive(Clone)]
 pub struct RedisConnBuilder {
-    url: String,
+    /// One server's URL, or a cluster's first nodes.
+    nodes: Vec<String>,
+    cluster: bool,
     username: Option<String>,
     password: Option<String>,
     #[cfg(feature = "tls")]
@@ -124,6 +204,7 @@ impl std::fmt::Debug for RedisConnBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the password, nor the URL (it may hold one).
         f.debug_struct("RedisConnBuilder")
+            .field("cluster", &self.cluster)
             .field("username", &self.username)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
@@ -217,6 +298,9 @@ impl RedisConnBuilder {
     /// [`Authentication`](ConnectError::Authentication), or
     /// [`Redis`](ConnectError::Redis) for any other error Redis answers with.
     pub async fn connect(self) -> Result<RedisConn, ConnectError> {
+        if self.cluster {
+            return self.connect_cluster().await;
+        }
         let timeout = self.connect_timeout;
         let client = self.client()?;
         // One timeout for the whole start: TCP, the TLS handshake and authentication.
@@ -242,13 +326,66 @@ impl RedisConnBuilder {
         RedisConn::managed(client).map_err(|error| ConnectError::from_redis(&error))
     }
 
+    /// [`connect`](Self::connect) to a cluster: its client reaches a first node, reads the
+    /// slot map and connects to every master now.
+    async fn connect_cluster(self) -> Result<RedisConn, ConnectError> {
+        let timeout = self.connect_timeout;
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|node| node_info(node))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ConnectError::InvalidSettings {
+                reason: "a cluster needs at least one node".to_owned(),
+            });
+        }
+        #[cfg(feature = "tls")]
+        check_pems(&self.tls)?;
+        // Retries after a failed node wait 5 ms doubling to 500 ms, as the single server's
+        // reconnects do: redis-rs's default (from 1.28 s up to 11 minutes) left decisions on a
+        // promoted replica's slots failing for up to a second after the failover.
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(Duration::from_millis(500))
+            .min_retry_wait(5)
+            .max_retry_wait(500)
+            .retry_wait_formula(5, 2)
+            .tcp_settings(tcp_settings());
+        if let Some(username) = &self.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password);
+        }
+        #[cfg(feature = "tls")]
+        if self.tls.root_cert.is_some() || self.tls.client_tls.is_some() {
+            builder = builder.certs(self.tls);
+        }
+        let client = builder
+            .build()
+            .map_err(|error| ConnectError::from_redis(&error))?;
+        let checked = tokio::time::timeout(timeout, async {
+            let mut connection = client.get_async_connection().await?;
+            // As for one server: `NOAUTH` when a password is wanted and none was given.
+            redis::cmd("HELLO")
+                .arg(2)
+                .query_async::<redis::Value>(&mut connection)
+                .await?;
+            Ok::<_, redis::RedisError>(connection)
+        })
+        .await;
+        match checked {
+            Err(_) => Err(ConnectError::unanswered(timeout)),
+            Ok(Err(error)) => Err(ConnectError::from_redis(&error)),
+            Ok(Ok(connection)) => Ok(RedisConn {
+                connection: Connection::Cluster(connection),
+            }),
+        }
+    }
+
     /// The client for these settings, not yet connected.
     fn client(self) -> Result<Client, ConnectError> {
-        let info: ConnectionInfo = self.url.as_str().into_connection_info().map_err(|error| {
-            ConnectError::InvalidSettings {
-                reason: error.to_string(),
-            }
-        })?;
+        let info = node_info(self.nodes.first().map_or("", String::as_str))?;
         let mut redis = info.redis_settings().clone();
         if let Some(username) = &self.username {
             redis = redis.set_username(username);
@@ -304,4 +441,12 @@ fn check_pems(tls: &redis::TlsCertificates) -> Result<(), ConnectError> {
         })?;
     }
     Ok(())
+}
+
+/// A node's URL, parsed.
+fn node_info(url: &str) -> Result<ConnectionInfo, ConnectError> {
+    url.into_connection_info()
+        .map_err(|error| ConnectError::InvalidSettings {
+            reason: error.to_string(),
+        })
 }

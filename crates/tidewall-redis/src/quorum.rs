@@ -161,7 +161,7 @@ impl BreakerQuorum {
     /// As [`RedisRateLimiter::verify`](crate::RedisRateLimiter::verify).
     pub async fn verify(&self) -> Result<(), ConnectError> {
         let inner = &*self.inner;
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         probe(inner.script.prepare_invoke().load_async(&mut conn), None).await?;
         let keys = inner
             .probe_keys
@@ -211,7 +211,7 @@ impl BreakerQuorum {
         // Half-open is the breaker testing recovery: not reported, so the quorum never pulls
         // a probing instance back open (nor, on its own, closes it without a probe).
         let open_on_own_evidence = state == State::Open && !forced_by_us;
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         let mut invocation = inner.script.key(&inner.members_key);
         invocation
             .key(&inner.open_key)

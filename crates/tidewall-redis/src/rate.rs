@@ -174,7 +174,7 @@ impl RedisRateLimiter {
     /// the other variants as [`RedisConnBuilder::connect`](crate::RedisConnBuilder::connect).
     pub async fn verify(&self) -> Result<(), ConnectError> {
         let inner = &*self.inner;
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         probe(inner.script.prepare_invoke().load_async(&mut conn), None).await?;
         let mut invocation = inner.script.key(fresh_probe_key(&inner.probe_key));
         // One cell of a 1 µs interval on a new key: admitted, so every command runs.
@@ -193,7 +193,7 @@ impl RedisRateLimiter {
             return Err(Rejected::RateLimited { retry_after });
         }
         let sent = Tokio.now();
-        let mut conn = inner.conn.manager.clone();
+        let mut conn = inner.conn.connection();
         let mut invocation = inner.script.key(&inner.key);
         invocation
             .arg(inner.interval_us)

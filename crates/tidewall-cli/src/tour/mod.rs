@@ -43,6 +43,10 @@ pub(crate) struct TourArgs {
     /// Redis (`redis://127.0.0.1:6379`).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// The same two sections on a Redis Cluster reached first through these nodes
+    /// (`redis://127.0.0.1:7000,redis://127.0.0.1:7001`).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    redis_cluster: Vec<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +101,11 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
         RuntimeChoice::AsyncStd => async_std::task::block_on(tour(AsyncStd, &server, size)),
     };
     if let Some(url) = &args.redis {
-        sections.extend(redis::all(url, size)?);
+        sections.extend(redis::all(&redis::Target::Server(url.clone()), size)?);
+    }
+    if !args.redis_cluster.is_empty() {
+        let target = redis::Target::Cluster(args.redis_cluster.clone());
+        sections.extend(redis::all(&target, size)?);
     }
     let report = Report {
         runtime: args.runtime.describe(),

@@ -1,5 +1,6 @@
-//! `tidewall tour --redis URL`: three simulated replicas share one rate limit and one
-//! bulkhead through Redis (tidewall-redis), each on its own connection.
+//! `tidewall tour --redis URL` (or `--redis-cluster URL,...`): three simulated replicas share
+//! one rate limit and one bulkhead through Redis or a Redis Cluster (tidewall-redis), each on
+//! its own connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,9 +14,35 @@ use super::scenarios::Size;
 
 const REPLICAS: usize = 3;
 
+/// Where the replicas' limits live.
+pub(crate) enum Target {
+    /// One server.
+    Server(String),
+    /// A Redis Cluster, reached first through these nodes.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// A replica's connection, checked at start-up (reachable, credentials accepted).
+    async fn connect(&self) -> Result<RedisConn, tidewall_redis::ConnectError> {
+        match self {
+            Self::Server(url) => RedisConn::builder(url).connect().await,
+            Self::Cluster(nodes) => RedisConn::cluster_builder(nodes).connect().await,
+        }
+    }
+
+    /// `on_server`'s or `on_cluster`'s title, whichever this target is.
+    fn title(&self, on_server: &'static str, on_cluster: &'static str) -> &'static str {
+        match self {
+            Self::Server(_) => on_server,
+            Self::Cluster(_) => on_cluster,
+        }
+    }
+}
+
 /// Both sections, on a tokio runtime of their own (redis-rs's connection runs on tokio,
 /// whatever runtime the rest of the tour used).
-pub(crate) fn all(url: &str, size: Size) -> anyhow::Result<Vec<Section>> {
+pub(crate) fn all(target: &Target, size: Size) -> anyhow::Result<Vec<Section>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -29,15 +56,15 @@ pub(crate) fn all(url: &str, size: Size) -> anyhow::Result<Vec<Section>> {
     );
     runtime.block_on(async {
         Ok(vec![
-            shared_rate_limit(url, &run, size).await?,
-            shared_bulkhead(url, &run, size).await?,
+            shared_rate_limit(target, &run, size).await?,
+            shared_bulkhead(target, &run, size).await?,
         ])
     })
 }
 
 /// Each replica asks as soon as its last denial expires; together they must get the global
 /// limit, no more.
-async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<Section> {
+async fn shared_rate_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
     let (per_second, burst) = (500u32, 20u32);
     let span = if size == Size::Quick {
         Duration::from_secs(1)
@@ -47,7 +74,7 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
         // Checked at start-up: reachable, credentials accepted, every command permitted.
-        let conn = RedisConn::builder(url).connect().await?;
+        let conn = target.connect().await?;
         // Fail closed: a decision Redis did not make is counted, never passed off as one.
         let limiter = RedisRateLimiter::builder(&conn, run, per_second, Duration::from_secs(1))
             .burst(burst)
@@ -88,7 +115,10 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
     // GCRA over the span, from rest: the burst plus one per interval (+1 for the edges).
     let most = u64::from(burst) + span_us / interval_us + 1;
     let mut s = Section::new(
-        "Distributed rate limit: 3 replicas, one Redis",
+        target.title(
+            "Distributed rate limit: 3 replicas, one Redis",
+            "Distributed rate limit: 3 replicas, a Redis Cluster",
+        ),
         "tidewall_redis::RedisRateLimiter",
     );
     s.metric(
@@ -97,7 +127,7 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
     );
     s.metric(
         "start-up",
-        "each replica connected and verified its ACL permissions (RedisConn::builder(url).connect(), limiter.verify())",
+        "each replica connected (RedisConnBuilder::connect) and verified its ACL permissions (verify)",
     );
     for (i, (admitted, _)) in counts.iter().enumerate() {
         s.metric(&format!("replica {} admitted", i + 1), admitted);
@@ -120,7 +150,7 @@ async fn shared_rate_limit(url: &str, run: &str, size: Size) -> anyhow::Result<S
 
 /// Four workers per replica, each making calls that hold a slot for 20 ms; at most `limit`
 /// are ever held at once across the three replicas.
-async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Section> {
+async fn shared_bulkhead(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
     let limit = 4u32;
     let calls = if size == Size::Quick { 5 } else { 20 };
     let held = Arc::new(AtomicUsize::new(0));
@@ -128,7 +158,7 @@ async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Sec
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..REPLICAS {
-        let conn = RedisConn::builder(url).connect().await?;
+        let conn = target.connect().await?;
         let bulkhead = RedisBulkhead::builder(&conn, run, limit)
             .lease(Duration::from_secs(5))
             .deadline(Duration::from_millis(200))
@@ -167,7 +197,10 @@ async fn shared_bulkhead(url: &str, run: &str, size: Size) -> anyhow::Result<Sec
     let most = most_held.load(Ordering::SeqCst);
     let expected = u32::try_from(REPLICAS * 4).unwrap_or(u32::MAX) * calls;
     let mut s = Section::new(
-        "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
+        target.title(
+            "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
+            "Distributed bulkhead: 3 replicas × 4 workers, a Redis Cluster",
+        ),
         "tidewall_redis::RedisBulkhead",
     );
     s.metric("global limit", format!("{limit} slots, 20 ms calls"));
