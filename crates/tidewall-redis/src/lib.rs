@@ -53,7 +53,9 @@
 //! ```
 //!
 //! (one line in `users.acl` or `redis.conf`; narrow `~tidewall:*` to
-//! `~tidewall:v1:{NAME:*` for one limit's keys). The tests run every limit as this user over
+//! `~tidewall:v1:{NAME:*` for one limit's keys, with `NAME` as it appears in the limit's
+//! [`key`](RedisRateLimiter::key): `%`, `:`, `{` and `}` in names and partitions are written
+//! `%25`, `%3A`, `%7B` and `%7D`). The tests run every limit as this user over
 //! TLS, and every missing piece as a typed error.
 //!
 //! ```no_run
@@ -106,6 +108,7 @@ mod builder_tests;
 mod bulkhead;
 mod conn;
 mod keys;
+mod lease;
 mod options;
 mod policy;
 mod quorum;
@@ -114,6 +117,7 @@ mod start;
 
 pub use bulkhead::{RedisAdmit, RedisBulkhead, RedisBulkheadBuilder, RedisPermit};
 pub use conn::{RedisConn, RedisConnBuilder};
+pub use lease::LeaseMode;
 pub use policy::WhenUnavailable;
 pub use quorum::{BreakerQuorum, BreakerQuorumBuilder, QuorumUnavailable, QuorumView, Refreshing};
 pub use rate::{RedisRateLimiter, RedisRateLimiterBuilder};
