@@ -12,6 +12,7 @@ use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
 
 use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
+use crate::lease::{LeaseMode, Leased};
 use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
 use crate::start::{ConnectError, fresh_probe_key, probe};
@@ -86,6 +87,8 @@ struct Inner {
     /// The last denial, until it expires.
     denied: Mutex<Option<Denial>>,
     script: redis::Script,
+    /// Lease mode's cells, if it is on.
+    lease: Option<Leased>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +106,7 @@ pub struct RedisRateLimiterBuilder {
     count: u32,
     period: Duration,
     burst: Option<u32>,
+    lease: Option<LeaseMode>,
 }
 
 impl RedisRateLimiter {
@@ -120,6 +124,7 @@ impl RedisRateLimiter {
             count,
             period,
             burst: None,
+            lease: None,
         }
     }
 
@@ -180,7 +185,156 @@ impl RedisRateLimiter {
         // One cell of a 1 µs interval on a new key: admitted, so every command runs.
         invocation.arg(1).arg(1).arg(1);
         probe(invocation.invoke_async::<(i64, i64)>(&mut conn), Some(GCRA)).await?;
+        if let Some(lease) = &inner.lease {
+            for script in [&lease.lease, &lease.give_back] {
+                probe(script.prepare_invoke().load_async(&mut conn), None).await?;
+            }
+            let key = fresh_probe_key(&inner.probe_key);
+            let mut take = lease.lease.key(&key);
+            take.arg(1).arg(1).arg(1).arg(1);
+            probe(
+                take.invoke_async::<(i64, i64)>(&mut conn),
+                Some(crate::lease::LEASE),
+            )
+            .await?;
+            let mut give = lease.give_back.key(&key);
+            give.arg(1).arg(1);
+            probe(
+                give.invoke_async::<i64>(&mut conn),
+                Some(crate::lease::GIVE_BACK),
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// In [lease mode](RedisRateLimiterBuilder::lease_mode), gives this replica's unspent
+    /// cells back to Redis (one round trip): call it on shutdown so the others can use them.
+    /// Dropping the last handle gives them back too, in the background, if a tokio runtime
+    /// is still running. Returns the cells given back (0 outside lease mode).
+    ///
+    /// **Cancel safety:** dropping the future after the round trip left may lose the cells
+    /// (they were taken from this replica first); the limit is then briefly stricter, never
+    /// looser.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BackendUnavailable`] when Redis did not answer; the cells stay held.
+    pub async fn return_unspent(&self) -> Result<u64, Rejected> {
+        let inner = &*self.inner;
+        let Some(lease) = &inner.lease else {
+            return Ok(0);
+        };
+        let (_no_refills, cells) = lease.returning().await;
+        if cells == 0 {
+            return Ok(0);
+        }
+        let mut conn = inner.conn.connection();
+        let mut invocation = lease.give_back.key(&inner.key);
+        invocation.arg(inner.interval_us).arg(cells);
+        match inner
+            .backend
+            .call(invocation.invoke_async::<i64>(&mut conn))
+            .await
+        {
+            Ok(_) => Ok(cells),
+            Err(_) => {
+                lease.restore(cells);
+                Err(Rejected::BackendUnavailable)
+            }
+        }
+    }
+
+    /// A decision in lease mode: a held cell, else the next batch (one round trip, shared
+    /// by every caller waiting for it).
+    async fn check_leased(
+        &self,
+        lease: &Leased,
+        cells: u32,
+        cap: Option<Duration>,
+    ) -> Result<(), Rejected> {
+        let wanted = u64::from(cells);
+        // Three rounds at most: callers that keep losing freshly fetched cells to others
+        // are told to come back after one interval.
+        for _ in 0..3 {
+            if let Some(left) = lease.try_take(wanted) {
+                self.refill_ahead(lease, left);
+                return Ok(());
+            }
+            if let Some(retry_after) = lease.denied_for() {
+                return Err(Rejected::RateLimited { retry_after });
+            }
+            match lease
+                .refill(wanted, None, |want, at_least| {
+                    self.ask_lease(want, at_least, cap)
+                })
+                .await
+            {
+                None => return self.inner.without_redis(cells),
+                Some(true) => {}
+                Some(false) => {
+                    let retry_after = lease
+                        .denied_for()
+                        .unwrap_or(Duration::from_micros(self.inner.interval_us));
+                    return Err(Rejected::RateLimited { retry_after });
+                }
+            }
+        }
+        Err(Rejected::RateLimited {
+            retry_after: Duration::from_micros(self.inner.interval_us),
+        })
+    }
+
+    /// Starts the next batch's round trip in the background when `left` cells are below
+    /// half a batch, so a replica spending steadily never waits for Redis.
+    #[inline]
+    fn refill_ahead(&self, lease: &Leased, left: u64) {
+        if !lease.should_refill(left) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            lease.refilled();
+            return;
+        };
+        let (this, since) = (self.clone(), lease.returns());
+        runtime.spawn(async move {
+            if let Some(lease) = &this.inner.lease {
+                lease
+                    .refill(0, Some(since), |want, at_least| {
+                        this.ask_lease(want, at_least, None)
+                    })
+                    .await;
+                lease.refilled();
+            }
+        });
+    }
+
+    /// One lease round trip for `want` cells if `at_least` are free (at most the burst):
+    /// `(granted, wait_µs)`, or `None` when Redis did not answer.
+    async fn ask_lease(
+        &self,
+        want: u64,
+        at_least: u64,
+        cap: Option<Duration>,
+    ) -> Option<(u64, u64)> {
+        let inner = &*self.inner;
+        let lease = inner.lease.as_ref()?;
+        let mut conn = inner.conn.connection();
+        let mut invocation = lease.lease.key(&inner.key);
+        invocation
+            .arg(inner.interval_us)
+            .arg(inner.burst)
+            .arg(want)
+            .arg(at_least.min(u64::from(inner.burst)));
+        let (granted, wait_us): (i64, i64) = inner
+            .backend
+            .call_within(invocation.invoke_async(&mut conn), cap)
+            .await
+            .ok()?;
+        Some((
+            u64::try_from(granted).unwrap_or(0),
+            u64::try_from(wait_us).unwrap_or(0),
+        ))
     }
 
     /// [`check_n`](Self::check_n) with the round trip also cut short at `cap`.
@@ -188,6 +342,11 @@ impl RedisRateLimiter {
         let inner = &*self.inner;
         if cells > inner.burst {
             return Err(Rejected::InsufficientCapacity { burst: inner.burst });
+        }
+        if let Some(lease) = &inner.lease
+            && u64::from(cells) <= lease.max_batch()
+        {
+            return self.check_leased(lease, cells, cap).await;
         }
         if let Some(retry_after) = inner.remembered_denial(cells) {
             return Err(Rejected::RateLimited { retry_after });
@@ -324,6 +483,30 @@ impl RedisRateLimiterBuilder {
         self
     }
 
+    /// Lease mode: this replica takes cells from Redis a batch at a time and decides
+    /// locally (an atomic per decision), within the accuracy bound [`LeaseMode`] documents.
+    /// Default: off, every decision one round trip (exact). Requests for more cells than a
+    /// batch are decided exactly.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("redis://127.0.0.1:6379").connect().await?;
+    /// let limiter = RedisRateLimiter::builder(&conn, "hot", 100_000, Duration::from_secs(1))
+    ///     .lease_mode(LeaseMode::new(500)?) // each replica holds at most 500 cells
+    ///     .build()?;
+    /// limiter.check().await?; // from a held cell; Redis is asked once per batch
+    /// limiter.return_unspent().await?; // on shutdown
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn lease_mode(mut self, mode: LeaseMode) -> Self {
+        self.lease = Some(mode);
+        self
+    }
+
     common_options!();
 
     /// Validates and builds.
@@ -372,6 +555,7 @@ impl RedisRateLimiterBuilder {
                 local,
                 denied: Mutex::new(None),
                 script: redis::Script::new(GCRA),
+                lease: self.lease.map(|mode| Leased::new(mode, interval_us)),
             }),
         })
     }
@@ -426,14 +610,41 @@ fn floor_within(x: f64, max: u32) -> u32 {
     low
 }
 
+impl Drop for Inner {
+    /// Gives lease mode's unspent cells back in the background, if a runtime is running.
+    fn drop(&mut self) {
+        let Some(lease) = &self.lease else { return };
+        let cells = lease.take_all();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if cells == 0 {
+            return;
+        }
+        let mut conn = self.conn.connection();
+        let (script, key, interval_us) =
+            (lease.give_back.clone(), self.key.clone(), self.interval_us);
+        runtime.spawn(async move {
+            let mut invocation = script.key(&key);
+            invocation.arg(interval_us).arg(cells);
+            let given = invocation.invoke_async::<i64>(&mut conn);
+            let _ = tokio::time::timeout(Duration::from_secs(1), given).await;
+        });
+    }
+}
+
 impl tidewall::admission::Admission for RedisRateLimiter {
     type Guard = ();
     type Admit = crate::RedisAdmit<()>;
 
-    /// Never decides without Redis: even a remembered denial is left to
+    /// In lease mode, a held cell (and the next batch fetched ahead, in the background);
+    /// otherwise never decides without Redis: even a remembered denial is left to
     /// [`admit`](tidewall::admission::Admission::admit).
     fn try_admit(&self) -> Option<()> {
-        None
+        let lease = self.inner.lease.as_ref()?;
+        let left = lease.try_take(1)?;
+        self.refill_ahead(lease, left);
+        Some(())
     }
 
     /// Under [`Wait::No`](tidewall::admission::Wait::No) one decision

@@ -1,0 +1,234 @@
+//! Lease mode against a real redis-server: decisions from held cells with one round trip per
+//! batch, the documented accuracy bound over every window with three replicas, unspent cells
+//! given back, and the failure policy once Redis is gone and the held cells are spent.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, eventually};
+use tidewall::{ConfigError, Rejected};
+use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
+
+fn limiter(
+    server: &RedisServer,
+    name: &str,
+    per_second: u32,
+    burst: u32,
+    lease: Option<u32>,
+) -> RedisRateLimiter {
+    let conn = RedisConn::open(server.url()).unwrap();
+    let builder = RedisRateLimiter::builder(&conn, name, per_second, Duration::from_secs(1))
+        .burst(burst)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(WhenUnavailable::Closed);
+    match lease {
+        Some(max_batch) => builder.lease_mode(LeaseMode::new(max_batch).unwrap()),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+/// Admits as many cells as `limiter` gives, one after another, until refused.
+async fn drain(limiter: &RedisRateLimiter) -> u32 {
+    let mut admitted = 0;
+    while limiter.check().await.is_ok() {
+        admitted += 1;
+    }
+    admitted
+}
+
+#[test]
+fn a_zero_batch_is_refused() {
+    assert_eq!(
+        LeaseMode::new(0).unwrap_err(),
+        ConfigError::Zero { field: "max_batch" }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_replica_decides_locally_and_asks_redis_about_once_per_batch() {
+    let server = RedisServer::start();
+    let limiter = limiter(&server, "hot", 1_000_000, 1_000_000, Some(500));
+    limiter.check().await.unwrap();
+    let before = server.calls("evalsha");
+    for _ in 0..100_000 {
+        limiter.check().await.unwrap();
+    }
+    let round_trips = server.calls("evalsha") - before;
+    // The batch grows to 500 (doubling each time the replica runs dry): a few hundred round
+    // trips for 100 000 decisions, where exact mode makes 100 000.
+    assert!(
+        round_trips <= 1_000,
+        "{round_trips} round trips for 100 000 decisions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_is_kept_locally_until_the_next_cell_is_free() {
+    let server = RedisServer::start();
+    let limiter = limiter(&server, "denied", 1, 5, Some(10));
+    assert_eq!(drain(&limiter).await, 5, "the burst, then refused");
+    let before = server.calls("evalsha");
+    for _ in 0..1_000 {
+        let refused = limiter.check().await.unwrap_err();
+        let Rejected::RateLimited { retry_after } = refused else {
+            panic!("{refused:?}")
+        };
+        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+    }
+    assert_eq!(
+        server.calls("evalsha"),
+        before,
+        "no round trip while denied"
+    );
+}
+
+/// The accuracy bound, over every window: three replicas, each with two tasks asking as fast
+/// as the limit allows, admit at most what the exact limit would over the window stretched by
+/// a round trip, plus `3 × max_batch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_stay_within_the_documented_bound_over_every_window() {
+    const PER_SECOND: u32 = 2_000; // one cell every 500 µs
+    const BURST: u32 = 20;
+    const MAX_BATCH: u32 = 50;
+    let server = RedisServer::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let replica = limiter(&server, "fleet", PER_SECOND, BURST, Some(MAX_BATCH));
+        for _ in 0..2 {
+            let (replica, stop) = (replica.clone(), Arc::clone(&stop));
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match replica.check().await {
+                        Ok(()) => admitted.push(Instant::now()),
+                        Err(Rejected::RateLimited { retry_after }) => {
+                            tokio::time::sleep(retry_after).await;
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                admitted
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut admitted = Vec::new();
+    for task in tasks {
+        admitted.extend(task.await.unwrap());
+    }
+    let span = started.elapsed();
+    admitted.sort();
+    let interval = Duration::from_secs(1) / PER_SECOND;
+    // A round trip on loopback, generously: a batch granted this long before a window opens
+    // may be spent inside it.
+    let round_trip = Duration::from_millis(20);
+    for window in [
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    ] {
+        let bound = BURST as usize
+            + ((window + round_trip).as_micros() / interval.as_micros()) as usize
+            + 1
+            + 3 * MAX_BATCH as usize;
+        let mut end = 0;
+        for (start, at) in admitted.iter().enumerate() {
+            while end < admitted.len() && admitted[end] < *at + window {
+                end += 1;
+            }
+            assert!(
+                end - start <= bound,
+                "{} admitted in a {window:?} window: the bound is {bound}",
+                end - start
+            );
+        }
+    }
+    // And the fleet is not starved: held batches cost at most `3 × max_batch` at the end.
+    let least = (span.as_micros() / interval.as_micros()) as usize * 9 / 10;
+    assert!(
+        admitted.len() >= least,
+        "{} admitted in {span:?}, expected at least {least}",
+        admitted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspent_cells_given_back_are_admitted_elsewhere() {
+    let server = RedisServer::start();
+    let leased = limiter(&server, "returned", 1, 100, Some(64));
+    let mut spent = 0;
+    for _ in 0..40 {
+        leased.check().await.unwrap();
+        spent += 1;
+    }
+    // The batch has grown: cells are held that nobody spent.
+    let given = leased.return_unspent().await.unwrap();
+    assert!(given > 0, "cells were held");
+    assert_eq!(leased.return_unspent().await.unwrap(), 0, "given back once");
+    let exact = limiter(&server, "returned", 1, 100, None);
+    assert_eq!(
+        drain(&exact).await,
+        100 - spent,
+        "every cell not spent is free again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_gives_the_cells_back() {
+    let server = RedisServer::start();
+    let leased = limiter(&server, "dropped", 1, 100, Some(64));
+    for _ in 0..40 {
+        leased.check().await.unwrap();
+    }
+    drop(leased);
+    let exact = limiter(&server, "dropped", 1, 100, None);
+    // Given back in the background: eventually all 60 are admitted (none twice).
+    let mut admitted = 0;
+    eventually(async || {
+        admitted += drain(&exact).await;
+        (admitted == 60).then_some(())
+    })
+    .await;
+    assert_eq!(drain(&exact).await, 0);
+}
+
+/// Held cells are spent while Redis is gone (they were granted); then the failure policy
+/// decides, as in exact mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_cells_outlive_redis_then_the_policy_decides() {
+    let mut server = RedisServer::start();
+    let leased = limiter(&server, "outage", 1_000_000, 1_000_000, Some(100));
+    for _ in 0..1_000 {
+        leased.check().await.unwrap();
+    }
+    server.kill();
+    let mut admitted = 0;
+    let refused = loop {
+        match leased.check().await {
+            Ok(()) => admitted += 1,
+            Err(refused) => break refused,
+        }
+        assert!(admitted <= 100, "never more than a batch without Redis");
+    };
+    assert_eq!(refused, Rejected::BackendUnavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_a_batch_is_decided_exactly() {
+    let server = RedisServer::start();
+    let leased = limiter(&server, "large", 1, 100, Some(10));
+    leased.check_n(11).await.unwrap(); // the script loaded
+    let before = server.calls("evalsha");
+    leased.check_n(39).await.unwrap();
+    assert_eq!(server.calls("evalsha") - before, 1, "one exact round trip");
+    let exact = limiter(&server, "large", 1, 100, None);
+    assert_eq!(drain(&exact).await, 50);
+}
