@@ -42,7 +42,7 @@ fn main() {
     );
     let _ = writeln!(
         out,
-        "{:>6}  {:>26}  {:>16}  {:>14}  {:>9}",
+        "{:>6}  {:>32}  {:>16}  {:>14}  {:>9}",
         "mode", "decisions/s per replica", "admitted/s (all)", "allowed (exact)", "excess"
     );
     for mode in ["exact", "lease"] {
@@ -73,13 +73,10 @@ fn main() {
         }
         // GCRA from rest over the longest replica's span (they overlap within it).
         let allowed = f64::from(BURST) + longest * f64::from(PER_SECOND) + 1.0;
-        let rates: Vec<String> = rates
-            .iter()
-            .map(|rate| format!("{:.2}M", rate / 1e6))
-            .collect();
+        let rates: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
         let _ = writeln!(
             out,
-            "{mode:>6}  {:>26}  {:>16.0}  {:>14.0}  {:>9.0}",
+            "{mode:>6}  {:>32}  {:>16.0}  {:>14.0}  {:>9.0}",
             rates.join(" "),
             admitted as f64 / longest,
             allowed,

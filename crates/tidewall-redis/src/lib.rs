@@ -73,6 +73,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Lease mode for hot limits
+//!
+//! Exact mode decides every cell with a round trip, so a replica decides at the round-trip
+//! rate (about 10 000 a second from one task here). With
+//! [`lease_mode`](RedisRateLimiterBuilder::lease_mode) each replica takes cells from the same
+//! GCRA state a batch at a time and spends them with an atomic, fetching the next batch in
+//! the background: millions of decisions a second per replica, Redis asked once per batch.
+//! The price is bounded: over any window the fleet admits at most the exact limit (stretched
+//! by one round trip) plus `replicas × max_batch` ([`LeaseMode`] says why, and how the batch
+//! adapts). Exact and lease replicas can share one limit. Give unspent cells back on shutdown
+//! with [`return_unspent`](RedisRateLimiter::return_unspent).
+//!
 //! # Redis Cluster
 //!
 //! [`RedisConn::cluster_builder`] connects to a Redis Cluster through redis-rs's cluster

@@ -1,13 +1,13 @@
 //! `tidewall tour --redis URL` (or `--redis-cluster URL,...`): three simulated replicas share
 //! one rate limit and one bulkhead through Redis or a Redis Cluster (tidewall-redis), each on
-//! its own connection.
+//! its own connection, and decide a hot limit exactly and in lease mode.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewall::{Deadline, Rejected};
-use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
+use tidewall_redis::{LeaseMode, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 
 use super::report::{Section, ms};
 use super::scenarios::Size;
@@ -40,7 +40,7 @@ impl Target {
     }
 }
 
-/// Both sections, on a tokio runtime of their own (redis-rs's connection runs on tokio,
+/// The three sections, on a tokio runtime of their own (redis-rs's connection runs on tokio,
 /// whatever runtime the rest of the tour used).
 pub(crate) fn all(target: &Target, size: Size) -> anyhow::Result<Vec<Section>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -58,6 +58,7 @@ pub(crate) fn all(target: &Target, size: Size) -> anyhow::Result<Vec<Section>> {
         Ok(vec![
             shared_rate_limit(target, &run, size).await?,
             shared_bulkhead(target, &run, size).await?,
+            hot_limit(target, &run, size).await?,
         ])
     })
 }
@@ -219,6 +220,106 @@ async fn shared_bulkhead(target: &Target, run: &str, size: Size) -> anyhow::Resu
         "every call got a Redis lease in the end",
         completed == expected,
     );
+    Ok(s)
+}
+
+/// A hot limit, exact then in lease mode: each replica's one task decides as fast as it can
+/// (a refusal is counted and it asks again at once); lease mode spends cells held locally.
+async fn hot_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
+    const PER_SECOND: u32 = 20_000;
+    const BURST: u32 = 200;
+    const MAX_BATCH: u32 = 200;
+    let span = if size == Size::Quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
+    let mut s = Section::new(
+        target.title(
+            "Hot limit: lease mode beside exact mode, 3 replicas, one Redis",
+            "Hot limit: lease mode beside exact mode, 3 replicas, a Redis Cluster",
+        ),
+        "tidewall_redis::{RedisRateLimiter, LeaseMode}",
+    );
+    s.metric(
+        "global limit",
+        format!("{PER_SECOND}/s, burst {BURST}; lease batches of at most {MAX_BATCH}"),
+    );
+    for lease in [false, true] {
+        let name = format!("{run}-hot-{}", if lease { "lease" } else { "exact" });
+        let mut replicas = Vec::new();
+        for _ in 0..REPLICAS {
+            let conn = target.connect().await?;
+            let builder =
+                RedisRateLimiter::builder(&conn, &name, PER_SECOND, Duration::from_secs(1))
+                    .burst(BURST)
+                    .deadline(Duration::from_millis(200))
+                    .when_unavailable(WhenUnavailable::Closed);
+            let limiter = if lease {
+                builder.lease_mode(LeaseMode::new(MAX_BATCH)?).build()?
+            } else {
+                builder.build()?
+            };
+            limiter.verify().await?;
+            replicas.push(limiter);
+        }
+        let started = Instant::now();
+        let workers: Vec<_> = replicas
+            .into_iter()
+            .map(|limiter| {
+                tokio::spawn(async move {
+                    let (mut decisions, mut admitted, mut unavailable) = (0u64, 0u64, 0u64);
+                    while started.elapsed() < span {
+                        for _ in 0..256 {
+                            match limiter.check().await {
+                                Ok(()) => admitted += 1,
+                                Err(Rejected::RateLimited { .. }) => {}
+                                Err(_) => unavailable += 1,
+                            }
+                            decisions += 1;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    let _ = limiter.return_unspent().await;
+                    (decisions, admitted, unavailable)
+                })
+            })
+            .collect();
+        let (mut decisions, mut admitted, mut unavailable) = (0u64, 0u64, 0u64);
+        for worker in workers {
+            let (d, a, u) = worker.await?;
+            decisions += d;
+            admitted += a;
+            unavailable += u;
+        }
+        let elapsed = started.elapsed();
+        let span_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let exact_most = u64::from(BURST) + span_us * u64::from(PER_SECOND) / 1_000_000 + 1;
+        let mode = if lease { "lease" } else { "exact" };
+        let per_replica = decisions as f64 / elapsed.as_secs_f64() / REPLICAS as f64;
+        s.metric(
+            &format!("{mode}: decisions a second per replica"),
+            format!("{per_replica:.0}"),
+        );
+        s.metric(
+            &format!("{mode}: admitted in all"),
+            format!("{admitted} of at most {exact_most} (exact)"),
+        );
+        if lease {
+            let bound =
+                exact_most + u64::try_from(REPLICAS).unwrap_or(u64::MAX) * u64::from(MAX_BATCH);
+            s.check(
+                "lease mode stays within its bound: the exact limit plus 3 replicas × 200 cells",
+                admitted <= bound,
+            );
+        } else {
+            s.check("exact mode never exceeds the limit", admitted <= exact_most);
+        }
+        s.check(
+            &format!("{mode}: every decision came from Redis or held cells (none fell back)"),
+            unavailable == 0,
+        );
+    }
     Ok(s)
 }
 
