@@ -230,12 +230,5 @@ async fn a_slot_migrated_mid_run_keeps_every_limit_exact() {
         Rejected::BulkheadFull
     );
     drop(held);
-    let mut again = Vec::new();
-    common::eventually(async || {
-        if let Ok(permit) = bulkhead.try_acquire().await {
-            again.push(permit);
-        }
-        (again.len() == 2).then_some(())
-    })
-    .await;
+    common::whole_limit_free(&bulkhead, 2).await;
 }

@@ -137,24 +137,6 @@ fn quorum(
         .expect("a quorum")
 }
 
-/// Until every `want` permits of `bulkhead` are taken at once (nothing leaked), then one
-/// more is refused; the permits are released.
-async fn whole_limit_free(bulkhead: &RedisBulkhead, want: usize) {
-    let mut again = Vec::new();
-    common::eventually(async || {
-        if let Ok(permit) = bulkhead.try_acquire().await {
-            again.push(permit);
-        }
-        (again.len() == want).then_some(())
-    })
-    .await;
-    assert_eq!(
-        bulkhead.try_acquire().await.map(drop),
-        Err(Rejected::BulkheadFull),
-        "more than the limit of {want}"
-    );
-}
-
 // ---------------------------------------------------------------- without a cluster
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +462,7 @@ async fn pipeline_and_tower_calls_dropped_at_random_points_leak_no_lease() {
     assert!(most >= 1, "some calls were admitted");
 
     let conn = connect(&cluster).await;
-    whole_limit_free(&bulkhead(&conn, "cancel", LIMIT, deadline), LIMIT as usize).await;
+    common::whole_limit_free(&bulkhead(&conn, "cancel", LIMIT, deadline), LIMIT as usize).await;
 }
 
 /// Work that checks every limit on `conn`: nine names (so every master), each exact;
@@ -700,7 +682,7 @@ async fn permits_held_through_a_killed_master_never_overshoot_and_nothing_leaks(
         "a third permit beside the two held"
     );
     drop(held);
-    whole_limit_free(
+    common::whole_limit_free(
         &bulkhead(
             &connect(&cluster).await,
             name,
@@ -830,7 +812,7 @@ async fn two_failovers_in_a_row_on_one_slot() {
         Err(Rejected::BulkheadFull)
     );
     drop(held);
-    whole_limit_free(&pool, 2).await;
+    common::whole_limit_free(&pool, 2).await;
 }
 
 /// The connection used, then idle for seconds while one name's master is failed over by

@@ -25,6 +25,25 @@ pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -
     }
 }
 
+/// Until all `limit` permits of `bulkhead` are taken at once (nothing leaked: leases released
+/// in the background are eventually free), then one more is refused; the permits are
+/// released on return.
+pub(crate) async fn whole_limit_free(bulkhead: &tidewall_redis::RedisBulkhead, limit: usize) {
+    let mut again = Vec::new();
+    eventually(async || {
+        if let Ok(permit) = bulkhead.try_acquire().await {
+            again.push(permit);
+        }
+        (again.len() == limit).then_some(())
+    })
+    .await;
+    assert_eq!(
+        bulkhead.try_acquire().await.map(drop),
+        Err(tidewall::Rejected::BulkheadFull),
+        "more than the limit of {limit}"
+    );
+}
+
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
