@@ -11,6 +11,13 @@
 //!   same parts with nothing else: `bulkhead_owned`, the two counter reads that time the call
 //!   (the `quanta` counter `aimd` reads) and `Aimd::update` under an uncontended mutex.
 //!
+//! Group `adaptive_tower`, against the peer doing the same work: one `ready().await` +
+//! `call().await` on a trivial service (current-thread tokio) through an adaptive AIMD limit of
+//! 64 that waits in `poll_ready` when full (never full here) and learns from every response:
+//! tower-resilience 0.13's `AdaptiveLimiterLayer` (a tokio semaphore, `Instant::now` twice,
+//! its algorithm under a mutex) and Tidewall's `AdmitLayer` over an `AdaptiveLimiter` in
+//! `AdmitMode::WaitReady`; and, for scale, the same `AdmitLayer` over a `Bulkhead` of 64.
+//!
 //! Run: `cargo bench -p tidewall-benches --bench adaptive`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -88,10 +95,58 @@ fn adaptive(c: &mut Criterion) {
     assert_eq!(bulkhead.in_flight() + aimd.in_flight(), 0);
 }
 
+fn adaptive_tower(c: &mut Criterion) {
+    use tidewall::tower::{AdmitLayer, AdmitMode};
+    use tidewall_benches::tower_echo::{TYPED_ECHO, current_thread, per_call};
+    use tower::Layer as _;
+
+    let rt = current_thread();
+    let _entered = rt.enter();
+    let mut group = c.benchmark_group("adaptive_tower");
+    let peer = tower_resilience::adaptive::AdaptiveLimiterLayer::new(
+        tower_resilience::adaptive::Aimd::builder()
+            .initial_limit(LIMIT as usize)
+            .min_limit(1)
+            .max_limit(1_000)
+            .latency_threshold(std::time::Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    per_call(
+        &mut group,
+        "tower_resilience_aimd",
+        &rt,
+        peer.layer(TYPED_ECHO),
+    );
+    let ours = limiter(
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(LIMIT)
+            .max_limit(1_000)
+            .build()
+            .unwrap(),
+    );
+    per_call(
+        &mut group,
+        "tidewall_aimd",
+        &rt,
+        AdmitLayer::new(ours.clone(), AdmitMode::WaitReady).layer(TYPED_ECHO),
+    );
+    let bulkhead = Bulkhead::builder(LIMIT as usize).build().unwrap();
+    per_call(
+        &mut group,
+        "tidewall_bulkhead",
+        &rt,
+        AdmitLayer::new(bulkhead, AdmitMode::WaitReady).layer(TYPED_ECHO),
+    );
+    group.finish();
+    assert_eq!(ours.in_flight(), 0);
+}
+
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
-    use super::{adaptive, criterion_group};
-    criterion_group! { name = benches; config = tidewall_benches::criterion(); targets = adaptive }
+    use super::{adaptive, adaptive_tower, criterion_group};
+    criterion_group! { name = benches; config = tidewall_benches::criterion(); targets = adaptive, adaptive_tower }
 }
 criterion_main!(group::benches);
