@@ -18,6 +18,9 @@ pub(crate) enum Unavailable {
     BreakerOpen,
     /// Redis answered with an error, or the connection failed.
     Failed(String),
+    /// The caller's own deadline (shorter than the limit's) passed first: nothing is known
+    /// about Redis, and the caller is told [`Rejected::DeadlineExceeded`](tidewall::Rejected).
+    CallerDeadline,
 }
 
 /// The deadline and the breaker one limiter puts around its Redis calls.
@@ -51,7 +54,8 @@ impl Backend {
     }
 
     /// Like [`call`](Self::call), also cut short at `cap` (what is left of the caller's own
-    /// deadline).
+    /// deadline). A call cut short by `cap` before the limit's own deadline is
+    /// [`Unavailable::CallerDeadline`] and counts nothing against Redis.
     pub(crate) async fn call_within<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
@@ -61,6 +65,7 @@ impl Backend {
             .breaker
             .try_acquire()
             .map_err(|_| Unavailable::BreakerOpen)?;
+        let callers = cap.is_some_and(|cap| cap < self.deadline);
         let limit = cap.map_or(self.deadline, |cap| cap.min(self.deadline));
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(value)) => {
@@ -70,6 +75,10 @@ impl Backend {
             Ok(Err(error)) => {
                 permit.record(Outcome::Failure);
                 Err(Unavailable::Failed(error.to_string()))
+            }
+            Err(_) if callers => {
+                permit.record(Outcome::Ignored);
+                Err(Unavailable::CallerDeadline)
             }
             Err(_) => {
                 permit.record(Outcome::Failure);

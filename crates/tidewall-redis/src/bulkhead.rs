@@ -242,6 +242,8 @@ impl RedisBulkhead {
                 },
             }),
             Ok(_) => Err(Rejected::BulkheadFull),
+            // The caller's deadline passed first: the lease, if granted, is released.
+            Err(Unavailable::CallerDeadline) => Err(Rejected::DeadlineExceeded),
             Err(_) => match (&inner.policy, &inner.local) {
                 (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
                 (WhenUnavailable::Local { .. }, Some(local)) => Ok(RedisPermit {
@@ -261,7 +263,8 @@ impl RedisBulkhead {
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] when no slot came free in time; otherwise as
+    /// [`Rejected::DeadlineExceeded`] when no slot came free in time, or Redis has not answered
+    /// by the deadline (then a lease it may have granted is released); otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
         // Seeded per call, so the waiters of one replica do not retry in step.

@@ -240,28 +240,28 @@ impl Leased {
     /// trip for `want` cells and answers `(granted, wait_µs)`, the wait until `at_least`
     /// more are free. A refill ahead of need passes `since`
     /// ([`returns`](Self::returns) when it was started), and fetches nothing if the cells
-    /// were given back meanwhile. Returns `None` when Redis did not answer; otherwise whether
+    /// were given back meanwhile. Returns `ask`'s error when it failed; otherwise whether
     /// `needed` cells are held now.
-    pub(crate) async fn refill<F, Fut>(
+    pub(crate) async fn refill<F, Fut, E>(
         &self,
         needed: u64,
         since: Option<u64>,
         ask: F,
-    ) -> Option<bool>
+    ) -> Result<bool, E>
     where
         F: FnOnce(u64, u64) -> Fut,
-        Fut: Future<Output = Option<(u64, u64)>>,
+        Fut: Future<Output = Result<(u64, u64), E>>,
     {
         let mut refills = self.refill.lock().await;
         let held = self.held.load(Ordering::Acquire);
         if since.is_some_and(|since| since != self.returns()) {
-            return Some(held >= needed);
+            return Ok(held >= needed);
         }
         if held >= needed.max(1) && held >= self.target.load(Ordering::Relaxed).div_ceil(2) {
-            return Some(true); // another refill got here first
+            return Ok(true); // another refill got here first
         }
         if self.denied_for().is_some() {
-            return Some(held >= needed);
+            return Ok(held >= needed);
         }
         let now = Instant::now();
         // The rate since the last batch: what was spent of it, over the time since.
@@ -283,7 +283,7 @@ impl Leased {
         self.target.store(target, Ordering::Relaxed);
         let want = target.saturating_sub(held);
         if want == 0 {
-            return Some(held >= needed);
+            return Ok(held >= needed);
         }
         // A replica that has run dry and gets less than half its batch does not come back
         // for more until that much is free (or what frees in one horizon, for a slow limit):
@@ -307,7 +307,7 @@ impl Leased {
                 .max(1);
             self.denied_until.store(until, Ordering::Release);
         }
-        Some(held_after >= needed)
+        Ok(held_after >= needed)
     }
 }
 

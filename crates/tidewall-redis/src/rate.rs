@@ -270,9 +270,10 @@ impl RedisRateLimiter {
                 })
                 .await
             {
-                None => return self.inner.without_redis(cells),
-                Some(true) => {}
-                Some(false) => {
+                Err(Unavailable::CallerDeadline) => return Err(Rejected::DeadlineExceeded),
+                Err(_) => return self.inner.without_redis(cells),
+                Ok(true) => {}
+                Ok(false) => {
                     let retry_after = lease
                         .denied_for()
                         .unwrap_or(Duration::from_micros(self.inner.interval_us));
@@ -299,7 +300,8 @@ impl RedisRateLimiter {
         let (this, since) = (self.clone(), lease.returns());
         runtime.spawn(async move {
             if let Some(lease) = &this.inner.lease {
-                lease
+                // Ahead of need: a failure is met by the next caller that runs dry.
+                let _ = lease
                     .refill(0, Some(since), |want, at_least| {
                         this.ask_lease(want, at_least, None)
                     })
@@ -309,16 +311,18 @@ impl RedisRateLimiter {
         });
     }
 
-    /// One lease round trip for `want` cells if `at_least` are free (at most the burst):
-    /// `(granted, wait_µs)`, or `None` when Redis did not answer.
+    /// One lease round trip for `want` cells, with the wait until `at_least` more are free
+    /// (at most the burst): `(granted, wait_µs)`.
     async fn ask_lease(
         &self,
         want: u64,
         at_least: u64,
         cap: Option<Duration>,
-    ) -> Option<(u64, u64)> {
+    ) -> Result<(u64, u64), Unavailable> {
         let inner = &*self.inner;
-        let lease = inner.lease.as_ref()?;
+        let Some(lease) = inner.lease.as_ref() else {
+            return Err(Unavailable::Failed("not in lease mode".to_owned()));
+        };
         let mut conn = inner.conn.connection();
         let mut invocation = lease.lease.key(&inner.key);
         invocation
@@ -329,9 +333,8 @@ impl RedisRateLimiter {
         let (granted, wait_us): (i64, i64) = inner
             .backend
             .call_within(invocation.invoke_async(&mut conn), cap)
-            .await
-            .ok()?;
-        Some((
+            .await?;
+        Ok((
             u64::try_from(granted).unwrap_or(0),
             u64::try_from(wait_us).unwrap_or(0),
         ))
@@ -381,6 +384,7 @@ impl RedisRateLimiter {
             Ok((_, burst)) => Err(Rejected::InsufficientCapacity {
                 burst: u32::try_from(burst).unwrap_or(inner.burst),
             }),
+            Err(Unavailable::CallerDeadline) => Err(Rejected::DeadlineExceeded),
             Err(_) => inner.without_redis(cells),
         }
     }
@@ -393,8 +397,9 @@ impl RedisRateLimiter {
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`; otherwise as
-    /// [`check`](Self::check).
+    /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`, or Redis has not
+    /// answered by then (a healthy Redis slower than what is left is not "unavailable");
+    /// otherwise as [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
