@@ -213,6 +213,16 @@ impl std::fmt::Debug for RedisConnBuilder {
 
 impl RedisConnBuilder {
     /// The ACL user to authenticate as (instead of the URL's; without one, `default`).
+    ///
+    /// ```
+    /// use tidewall_redis::RedisConn;
+    ///
+    /// // Credentials from a secret store rather than the URL; `Debug` never shows them.
+    /// let builder = RedisConn::builder("redis://127.0.0.1:6379")
+    ///     .username("tidewall")
+    ///     .password("s3cret");
+    /// assert!(!format!("{builder:?}").contains("s3cret"));
+    /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
@@ -248,6 +258,21 @@ impl RedisConnBuilder {
 
     /// Presents the client certificate `cert_pem` with its key `key_pem` (both PEM), for a
     /// server that requires one (`tls-auth-clients yes`).
+    ///
+    /// ```no_run
+    /// use tidewall_redis::RedisConn;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConn::builder("rediss://redis.internal:6380")
+    ///     .tls_root_certificate(std::fs::read("/etc/ssl/internal-ca.pem")?)
+    ///     .tls_client_certificate(
+    ///         std::fs::read("/etc/ssl/tidewall.pem")?,
+    ///         std::fs::read("/etc/ssl/tidewall.key")?,
+    ///     )
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_client_certificate(
@@ -264,6 +289,21 @@ impl RedisConnBuilder {
 
     /// How long [`connect`](Self::connect) may take to reach Redis, finish the TLS
     /// handshake and authenticate (default 2 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall_redis::{ConnectError, RedisConn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Nothing listens on port 1: refused at once, well within the timeout.
+    /// let error = RedisConn::builder("redis://127.0.0.1:1")
+    ///     .connect_timeout(Duration::from_millis(200))
+    ///     .connect()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(error, ConnectError::Unreachable { .. }));
+    /// # }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

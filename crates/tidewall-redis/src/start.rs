@@ -12,6 +12,15 @@ use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 
 /// Why a connection or a limit cannot start. Messages carry Redis's or the TLS library's own
 /// words; none carries a password.
+///
+/// ```
+/// use tidewall_redis::ConnectError;
+///
+/// let error = ConnectError::Authentication { reason: "WRONGPASS".into() };
+/// assert_eq!(error.to_string(), "redis refused the credentials: WRONGPASS");
+/// // What to do about it depends on the variant: fix a secret, a certificate, an ACL rule.
+/// assert!(matches!(error, ConnectError::Authentication { .. }));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectError {
