@@ -10,7 +10,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, RedisResult, Value};
 
-use crate::start::ConnectError;
+use crate::start::{ConnectError, within};
 
 /// One multiplexed, reconnecting connection to Redis (redis-rs's `ConnectionManager`), or to
 /// a Redis Cluster (redis-rs's cluster client: a connection per node, commands sent to the
@@ -344,25 +344,9 @@ impl RedisConnBuilder {
         let timeout = self.connect_timeout;
         let client = self.client()?;
         // One timeout for the whole start: TCP, the TLS handshake and authentication.
-        let checked = tokio::time::timeout(timeout, async {
-            let mut connection = client
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new().set_connection_timeout(None),
-                )
-                .await?;
-            // Without credentials nothing was checked yet: `HELLO` answers `NOAUTH` when the
-            // server wants a password, and needs no ACL permission when it does not.
-            redis::cmd("HELLO")
-                .arg(2)
-                .query_async::<redis::Value>(&mut connection)
-                .await
-        })
-        .await;
-        match checked {
-            Err(_) => return Err(ConnectError::unanswered(timeout)),
-            Ok(Err(error)) => return Err(ConnectError::from_redis(&error)),
-            Ok(Ok(_hello)) => {}
-        }
+        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(None);
+        let check = client.get_multiplexed_async_connection_with_config(&config);
+        within(timeout, async { hello(check.await?).await }).await?;
         RedisConn::managed(client).map_err(|error| ConnectError::from_redis(&error))
     }
 
@@ -380,8 +364,6 @@ impl RedisConnBuilder {
                 reason: "a cluster needs at least one node".to_owned(),
             });
         }
-        #[cfg(feature = "tls")]
-        check_pems(&self.tls)?;
         // Retries after a failed node wait 5 ms doubling to 500 ms, as the single server's
         // reconnects do: redis-rs's default (from 1.28 s up to 11 minutes) left decisions on a
         // promoted replica's slots failing for up to a second after the failover.
@@ -398,29 +380,19 @@ impl RedisConnBuilder {
             builder = builder.password(password);
         }
         #[cfg(feature = "tls")]
-        if self.tls.root_cert.is_some() || self.tls.client_tls.is_some() {
+        if certificates_given(&self.tls)? {
             builder = builder.certs(self.tls);
         }
         let client = builder
             .build()
             .map_err(|error| ConnectError::from_redis(&error))?;
-        let checked = tokio::time::timeout(timeout, async {
-            let mut connection = client.get_async_connection().await?;
-            // As for one server: `NOAUTH` when a password is wanted and none was given.
-            redis::cmd("HELLO")
-                .arg(2)
-                .query_async::<redis::Value>(&mut connection)
-                .await?;
-            Ok::<_, redis::RedisError>(connection)
+        let connection = within(timeout, async {
+            hello(client.get_async_connection().await?).await
         })
-        .await;
-        match checked {
-            Err(_) => Err(ConnectError::unanswered(timeout)),
-            Ok(Err(error)) => Err(ConnectError::from_redis(&error)),
-            Ok(Ok(connection)) => Ok(RedisConn {
-                connection: Connection::Cluster(connection),
-            }),
-        }
+        .await?;
+        Ok(RedisConn {
+            connection: Connection::Cluster(connection),
+        })
     }
 
     /// The client for these settings, not yet connected.
@@ -437,9 +409,7 @@ impl RedisConnBuilder {
             .set_redis_settings(redis)
             .set_tcp_settings(tcp_settings());
         #[cfg(feature = "tls")]
-        check_pems(&self.tls)?;
-        #[cfg(feature = "tls")]
-        let client = if self.tls.root_cert.is_some() || self.tls.client_tls.is_some() {
+        let client = if certificates_given(&self.tls)? {
             Client::build_with_tls(info, self.tls)
         } else {
             Client::open(info)
@@ -450,10 +420,11 @@ impl RedisConnBuilder {
     }
 }
 
-/// Checks that every PEM given holds what it is for: redis-rs would skip a PEM without a
-/// certificate, and the handshake would then fail for a reason far from the mistake.
+/// Whether certificates were given, once every PEM given is checked to hold what it is for:
+/// redis-rs would skip a PEM without a certificate, and the handshake would then fail for a
+/// reason far from the mistake.
 #[cfg(feature = "tls")]
-fn check_pems(tls: &redis::TlsCertificates) -> Result<(), ConnectError> {
+fn certificates_given(tls: &redis::TlsCertificates) -> Result<bool, ConnectError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -480,7 +451,18 @@ fn check_pems(tls: &redis::TlsCertificates) -> Result<(), ConnectError> {
             }
         })?;
     }
-    Ok(())
+    Ok(tls.root_cert.is_some() || tls.client_tls.is_some())
+}
+
+/// `connection` once `HELLO` has answered: without credentials nothing was checked while
+/// connecting, and `HELLO` answers `NOAUTH` when the server wants a password (it needs no ACL
+/// permission when it does not).
+async fn hello<C: ConnectionLike>(mut connection: C) -> RedisResult<C> {
+    redis::cmd("HELLO")
+        .arg(2)
+        .query_async::<Value>(&mut connection)
+        .await?;
+    Ok(connection)
 }
 
 /// A node's URL, parsed.

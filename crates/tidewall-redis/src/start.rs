@@ -138,24 +138,31 @@ fn is_tls_library_error(_: &(dyn std::error::Error + Send + Sync + 'static)) -> 
     false
 }
 
+/// `call` within `timeout`, what stops it said as a [`ConnectError`].
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, ConnectError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(ConnectError::unanswered(timeout)),
+        Ok(result) => result.map_err(|error| ConnectError::from_redis(&error)),
+    }
+}
+
 /// Runs one of a limit's `verify` probes, with the same reporting as a connection; a
 /// refusal inside `script` (its source) is told with the line Redis names.
 pub(crate) async fn probe<T>(
     call: impl Future<Output = RedisResult<T>>,
     script: Option<&str>,
 ) -> Result<T, ConnectError> {
-    match tokio::time::timeout(PROBE_TIMEOUT, call).await {
-        Err(_) => Err(ConnectError::unanswered(PROBE_TIMEOUT)),
-        Ok(result) => result.map_err(|error| {
-            let error = ConnectError::from_redis(&error);
-            match (error, script) {
-                (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
-                    reason: with_script_line(reason, script),
-                },
-                (error, _) => error,
-            }
-        }),
-    }
+    within(PROBE_TIMEOUT, call)
+        .await
+        .map_err(|error| match (error, script) {
+            (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
+                reason: with_script_line(reason, script),
+            },
+            (error, _) => error,
+        })
 }
 
 /// `reason` with the line of `script` it names (`@user_script:N`), which Redis leaves out:
