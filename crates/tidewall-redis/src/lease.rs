@@ -62,7 +62,9 @@ return cells
 /// batch arrives doubles it. A replica that has run dry and is granted less than half its
 /// batch does not ask Redis again until that much is free (at most what frees in one
 /// horizon): on a saturated limit it makes one round trip per half batch instead of one per
-/// cell, and refuses locally meanwhile, with that wait as `retry_after`.
+/// cell, and refuses locally meanwhile, with that wait as `retry_after` (asking Redis again
+/// after [`DENIAL_RECHECK`](crate::RedisRateLimiter::DENIAL_RECHECK) at most, for cells
+/// another replica gave back).
 ///
 /// **Measured** (`cargo bench -p tidewall-redis --bench lease`, three replica processes on
 /// one 2-vCPU machine with Redis, a 100 000/s limit saturated by all three): 10.8–12.9
@@ -129,6 +131,9 @@ pub(crate) struct Leased {
     returns: AtomicU64,
     /// Until when Redis said no cell is free, in ns since `origin` (0: no denial).
     denied_until: AtomicU64,
+    /// When to ask Redis again all the same, in ns since `origin`: cells given back by
+    /// another replica may be free before `denied_until`.
+    recheck_at: AtomicU64,
     origin: Instant,
     /// The cells that free up in one horizon (at least 1).
     horizon_cells: u64,
@@ -159,6 +164,7 @@ impl Leased {
             refilling: AtomicBool::new(false),
             returns: AtomicU64::new(0),
             denied_until: AtomicU64::new(0),
+            recheck_at: AtomicU64::new(0),
             origin: now,
             horizon_cells,
             refill: tokio::sync::Mutex::new(Refills {
@@ -205,11 +211,13 @@ impl Leased {
         self.refilling.store(false, Ordering::Release);
     }
 
-    /// The wait Redis gave for the next free cell, while it lasts.
+    /// The wait Redis gave for the next free cell, while it lasts and until its recheck
+    /// ([`RedisRateLimiter::DENIAL_RECHECK`](crate::RedisRateLimiter::DENIAL_RECHECK)).
     pub(crate) fn denied_for(&self) -> Option<Duration> {
         let until = self.denied_until.load(Ordering::Acquire);
+        let recheck_at = self.recheck_at.load(Ordering::Acquire);
         let now = nanos_since(self.origin);
-        (until > now).then(|| Duration::from_nanos(until - now))
+        (until > now && recheck_at > now).then(|| Duration::from_nanos(until - now))
     }
 
     /// Takes every held cell (to give them back).
@@ -302,9 +310,11 @@ impl Leased {
             held_after,
         };
         if granted < at_least {
-            let until = nanos_since(self.origin)
-                .saturating_add(wait_us.saturating_mul(1_000))
-                .max(1);
+            let now = nanos_since(self.origin);
+            let recheck = crate::RedisRateLimiter::DENIAL_RECHECK.as_nanos();
+            let recheck_at = now.saturating_add(u64::try_from(recheck).unwrap_or(u64::MAX));
+            self.recheck_at.store(recheck_at, Ordering::Release);
+            let until = now.saturating_add(wait_us.saturating_mul(1_000)).max(1);
             self.denied_until.store(until, Ordering::Release);
         }
         Ok(held_after >= needed)

@@ -10,10 +10,11 @@
 //!
 //! * [`RedisRateLimiter`]: GCRA in a Lua script that reads Redis's own clock (`TIME`), one key
 //!   per limit and partition, run with `EVALSHA` (reloaded on `NOSCRIPT`). The same burst
-//!   semantics as the in-process limiter. A denial is remembered locally until it expires, so
-//!   repeated denials cost no round trip. That is exact for GCRA: the stored state only ever
-//!   moves later, so the remembered wait is never too long (it is forgotten when this
-//!   instance admits a cell).
+//!   semantics as the in-process limiter. A denial is remembered locally until it expires,
+//!   or for at most [`RedisRateLimiter::DENIAL_RECHECK`] (1 s), so repeated denials cost no
+//!   round trip. The remembered wait is never too long: GCRA's stored state only moves later,
+//!   except when a replica in lease mode gives cells back, and those reach the others within
+//!   the recheck. It is forgotten when this instance admits a cell.
 //! * [`RedisBulkhead`]: permits are leases in a sorted set (expired ones reaped, admitted
 //!   below the limit), renewed while held and released in the background on drop; a crashed
 //!   holder's permit returns when its lease expires.

@@ -48,7 +48,9 @@ return {0, allowed_at - now}
 /// local state (the remembered denial, the breaker around Redis).
 ///
 /// One decision is one round trip (`EVALSHA`), bounded by the deadline (default 10 ms); a
-/// denial is remembered until it expires, so a caller that keeps asking is answered locally.
+/// denial is remembered until it expires (or for
+/// [`DENIAL_RECHECK`](Self::DENIAL_RECHECK), if sooner), so a caller that keeps asking is
+/// answered locally.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -95,6 +97,9 @@ struct Inner {
 struct Denial {
     /// When the denied request could pass at the earliest.
     until: Instant,
+    /// When to ask Redis again all the same: cells another replica gave back may be free
+    /// sooner (see [`RedisRateLimiter::DENIAL_RECHECK`]).
+    recheck_at: Instant,
     /// How many cells it asked for (a request for fewer might pass sooner).
     cells: u32,
 }
@@ -110,6 +115,21 @@ pub struct RedisRateLimiterBuilder {
 }
 
 impl RedisRateLimiter {
+    /// How long a denial is answered locally at most before Redis is asked again, however
+    /// long its wait. Without lease mode the stored state only moves later, so a remembered
+    /// wait is never too long; but a replica in lease mode that gives cells back
+    /// ([`return_unspent`](Self::return_unspent), or its last handle dropped) moves it
+    /// earlier. Those cells reach a replica that was refused within this long. The
+    /// `retry_after` a refusal reports is still the whole wait Redis gave.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall_redis::RedisRateLimiter;
+    ///
+    /// assert_eq!(RedisRateLimiter::DENIAL_RECHECK, Duration::from_secs(1));
+    /// ```
+    pub const DENIAL_RECHECK: Duration = Duration::from_secs(1);
+
     /// `count` cells per `period` under the name `name`, on `conn`. Defaults: a burst of
     /// `count`, partition `"default"`, a 10 ms deadline per Redis call, and
     /// [`WhenUnavailable::Open`].
@@ -377,6 +397,10 @@ impl RedisRateLimiter {
                     // From when the request left: never remembered longer than Redis meant
                     // (nor past the clock's end: a shorter memory only asks Redis sooner).
                     until: tidewall::rt::instant_after(sent, retry_after),
+                    recheck_at: tidewall::rt::instant_after(
+                        sent,
+                        RedisRateLimiter::DENIAL_RECHECK,
+                    ),
                     cells,
                 });
                 Err(Rejected::RateLimited { retry_after })
@@ -450,7 +474,7 @@ impl Inner {
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         let denial = (*denied)?;
         let now = Tokio.now();
-        if now >= denial.until {
+        if now >= denial.until || now >= denial.recheck_at {
             *denied = None;
             return None;
         }

@@ -12,6 +12,8 @@ use common::{RedisServer, eventually};
 use tidewall::{ConfigError, Rejected};
 use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
 
+/// A limit of `per_second` cells a second and bursts of `burst`, in lease mode with batches
+/// of at most `lease`, or exact.
 fn limiter(
     server: &RedisServer,
     name: &str,
@@ -19,8 +21,21 @@ fn limiter(
     burst: u32,
     lease: Option<u32>,
 ) -> RedisRateLimiter {
+    limiter_per(server, name, per_second, SECOND, burst, lease)
+}
+
+/// A limit of `cells` per `period`: slow ones keep exact counts exact however slowly a loaded
+/// host runs the test (no cell frees meanwhile).
+fn limiter_per(
+    server: &RedisServer,
+    name: &str,
+    cells: u32,
+    period: Duration,
+    burst: u32,
+    lease: Option<u32>,
+) -> RedisRateLimiter {
     let conn = RedisConn::open(server.url()).unwrap();
-    let builder = RedisRateLimiter::builder(&conn, name, per_second, Duration::from_secs(1))
+    let builder = RedisRateLimiter::builder(&conn, name, cells, period)
         .burst(burst)
         .deadline(Duration::from_secs(1))
         .when_unavailable(WhenUnavailable::Closed);
@@ -31,6 +46,10 @@ fn limiter(
     .build()
     .unwrap()
 }
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Admits as many cells as `limiter` gives, one after another, until refused.
 async fn drain(limiter: &RedisRateLimiter) -> u32 {
@@ -70,7 +89,7 @@ async fn a_hot_replica_decides_locally_and_asks_redis_about_once_per_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_is_kept_locally_until_the_next_cell_is_free() {
     let server = RedisServer::start();
-    let limiter = limiter(&server, "denied", 1, 5, Some(10));
+    let limiter = limiter_per(&server, "denied", 1, MINUTE, 5, Some(10));
     assert_eq!(drain(&limiter).await, 5, "the burst, then refused");
     let before = server.calls("evalsha");
     for _ in 0..1_000 {
@@ -78,7 +97,7 @@ async fn a_denial_is_kept_locally_until_the_next_cell_is_free() {
         let Rejected::RateLimited { retry_after } = refused else {
             panic!("{refused:?}")
         };
-        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+        assert!(retry_after <= MINUTE, "{retry_after:?}");
     }
     assert_eq!(
         server.calls("evalsha"),
@@ -163,7 +182,7 @@ async fn three_replicas_stay_within_the_documented_bound_over_every_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unspent_cells_given_back_are_admitted_elsewhere() {
     let server = RedisServer::start();
-    let leased = limiter(&server, "returned", 1, 100, Some(64));
+    let leased = limiter_per(&server, "returned", 1, HOUR, 100, Some(64));
     let mut spent = 0;
     for _ in 0..40 {
         leased.check().await.unwrap();
@@ -173,7 +192,7 @@ async fn unspent_cells_given_back_are_admitted_elsewhere() {
     let given = leased.return_unspent().await.unwrap();
     assert!(given > 0, "cells were held");
     assert_eq!(leased.return_unspent().await.unwrap(), 0, "given back once");
-    let exact = limiter(&server, "returned", 1, 100, None);
+    let exact = limiter_per(&server, "returned", 1, HOUR, 100, None);
     assert_eq!(
         drain(&exact).await,
         100 - spent,
@@ -181,15 +200,57 @@ async fn unspent_cells_given_back_are_admitted_elsewhere() {
     );
 }
 
+/// A replica refused for an hour remembers that denial, but asks Redis again within
+/// `DENIAL_RECHECK`: cells another replica gave back meanwhile reach it then, in exact mode
+/// and in lease mode alike. Its refusals still report the whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_given_back_reach_a_refused_replica_within_the_recheck() {
+    let server = RedisServer::start();
+    for (name, refused_batch) in [("to-exact", None), ("to-leased", Some(8))] {
+        let holder = limiter_per(&server, name, 1, HOUR, 100, Some(64));
+        for _ in 0..40 {
+            holder.check().await.unwrap();
+        }
+        let refused = limiter_per(&server, name, 1, HOUR, 100, refused_batch);
+        let before = drain(&refused).await;
+        let Err(Rejected::RateLimited { retry_after }) = refused.check().await else {
+            panic!("{name}: drained, so refused");
+        };
+        assert!(
+            retry_after > MINUTE,
+            "{name}: the whole wait, {retry_after:?}"
+        );
+        let given = holder.return_unspent().await.unwrap();
+        assert!(given > 0, "{name}: cells were held");
+        let returned = Instant::now();
+        let mut after = 0;
+        eventually(async || {
+            after += drain(&refused).await;
+            (u64::from(after) >= given).then_some(())
+        })
+        .await;
+        let took = returned.elapsed();
+        assert_eq!(
+            40 + before + after,
+            100,
+            "{name}: every cell, once (40 spent by the holder)"
+        );
+        assert!(
+            took < RedisRateLimiter::DENIAL_RECHECK + Duration::from_secs(2),
+            "{name}: given-back cells reached the refused replica after {took:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_gives_the_cells_back() {
     let server = RedisServer::start();
-    let leased = limiter(&server, "dropped", 1, 100, Some(64));
+    let leased = limiter_per(&server, "dropped", 1, HOUR, 100, Some(64));
     for _ in 0..40 {
         leased.check().await.unwrap();
     }
     drop(leased);
-    let exact = limiter(&server, "dropped", 1, 100, None);
+    let exact = limiter_per(&server, "dropped", 1, HOUR, 100, None);
     // Given back in the background: eventually all 60 are admitted (none twice).
     let mut admitted = 0;
     eventually(async || {
@@ -224,11 +285,11 @@ async fn held_cells_outlive_redis_then_the_policy_decides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_larger_than_a_batch_is_decided_exactly() {
     let server = RedisServer::start();
-    let leased = limiter(&server, "large", 1, 100, Some(10));
+    let leased = limiter_per(&server, "large", 1, HOUR, 100, Some(10));
     leased.check_n(11).await.unwrap(); // the script loaded
     let before = server.calls("evalsha");
     leased.check_n(39).await.unwrap();
     assert_eq!(server.calls("evalsha") - before, 1, "one exact round trip");
-    let exact = limiter(&server, "large", 1, 100, None);
+    let exact = limiter_per(&server, "large", 1, HOUR, 100, None);
     assert_eq!(drain(&exact).await, 50);
 }
