@@ -397,10 +397,7 @@ impl RedisRateLimiter {
                     // From when the request left: never remembered longer than Redis meant
                     // (nor past the clock's end: a shorter memory only asks Redis sooner).
                     until: tidewall::rt::instant_after(sent, retry_after),
-                    recheck_at: tidewall::rt::instant_after(
-                        sent,
-                        RedisRateLimiter::DENIAL_RECHECK,
-                    ),
+                    recheck_at: tidewall::rt::instant_after(sent, RedisRateLimiter::DENIAL_RECHECK),
                     cells,
                 });
                 Err(Rejected::RateLimited { retry_after })
