@@ -397,3 +397,80 @@ fn a_listener_may_look_the_registry_up_during_a_reload() {
     assert_eq!(reset, Ok(1));
     assert!(seen.load(SeqCst) >= 2, "both resets were heard");
 }
+
+/// A listener that reloads the registry while a reload tells it of a reset: its reload is
+/// refused as `Reentrant` (it would wait for the reload it runs in), the reload in progress
+/// finishes, and a reload from the listener of another registry still works.
+#[test]
+fn a_listener_reloading_the_registry_during_its_reload_is_refused_not_deadlocked() {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    use tidewall::config::Problem;
+    use tidewall::telemetry::EventKind;
+
+    type Shared = Arc<OnceLock<Arc<Registry<tidewall::testing::FakeClock>>>>;
+    let text = |calls: u32| {
+        format!("[instances.hosts.breaker]\nconsecutive_failures = 2\nwindow_calls = {calls}\n")
+    };
+    let (this, other): (Shared, Shared) = (Arc::default(), Arc::default());
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (this_seen, other_seen, told) =
+        (Arc::clone(&this), Arc::clone(&other), Arc::clone(&answers));
+    let registry = Registry::builder(config(&text(10)))
+        .runtime(tidewall::testing::FakeClock::new())
+        .on_event(move |event| {
+            if matches!(event.kind, EventKind::StateChanged { .. }) {
+                let itself = this_seen.get().expect("set before any reload");
+                let elsewhere = other_seen.get().expect("set before any reload");
+                let mine = itself.reload(config(&text(30))).map(|r| r.retuned);
+                let theirs = elsewhere.reload(config(&text(40))).map(|r| r.retuned);
+                told.lock().unwrap().push((mine, theirs));
+            }
+        })
+        .build()
+        .unwrap();
+    let registry = Arc::new(registry);
+    let elsewhere = Arc::new(
+        Registry::builder(config(&text(10)))
+            .runtime(tidewall::testing::FakeClock::new())
+            .build()
+            .unwrap(),
+    );
+    assert!(this.set(Arc::clone(&registry)).is_ok());
+    assert!(other.set(Arc::clone(&elsewhere)).is_ok());
+    registry.breaker("hosts").unwrap();
+    elsewhere.breaker("hosts").unwrap();
+
+    let (done, finished) = mpsc::channel();
+    let reloading = Arc::clone(&registry);
+    // The window changes shape: the breaker resets, and its listener hears it.
+    std::thread::spawn(move || {
+        let reload = reloading.reload(config(&text(20)));
+        let _ = done.send(reload.map(|r| r.reset.len()));
+    });
+    let reset = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reload finishes: a listener reloading the registry does not deadlock it");
+    assert_eq!(reset, Ok(1));
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 1, "one reset, heard once: {answers:?}");
+    let (mine, theirs) = &answers[0];
+    let refused = mine
+        .as_ref()
+        .expect_err("a reload from inside its own reload");
+    assert_eq!(refused.problem(), &Problem::Reentrant);
+    assert!(refused.to_string().contains("another task"), "{refused}");
+    assert_eq!(theirs.as_ref().ok(), Some(&1), "another registry reloads");
+    // The refused reload changed nothing: the first reload's window is in force.
+    let window = |r: &Registry<_>| {
+        r.config().instances["hosts"]
+            .breaker
+            .as_ref()
+            .and_then(|b| b.window_calls)
+    };
+    assert_eq!(window(&registry), Some(20));
+    assert_eq!(window(&elsewhere), Some(40));
+    // And the registry reloads again from this thread.
+    assert!(registry.reload(config(&text(30))).is_ok());
+    assert_eq!(window(&registry), Some(30));
+}

@@ -55,6 +55,12 @@ pub enum Problem {
         /// Its [`max_instances`](super::RegistryBuilder::max_instances).
         max: usize,
     },
+    /// [`Registry::reload`](super::Registry::reload) (or `reload_file`) was called on the
+    /// thread already reloading that registry: from one of its listeners, told of the
+    /// reload's own resets. Waiting for the reload in progress would be waiting for itself.
+    /// That reload goes on unaffected; reload from another task or thread instead (it waits
+    /// for the first to finish).
+    Reentrant,
 }
 
 impl Invalid {
@@ -65,7 +71,8 @@ impl Invalid {
         }
     }
 
-    /// The key path of what is wrong (empty for a syntax error: its message says where).
+    /// The key path of what is wrong (empty for a syntax error, whose message says where, and
+    /// for [`Problem::Reentrant`]).
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -103,6 +110,10 @@ impl fmt::Display for Invalid {
                     "the registry holds this keyed policy with keys of type {held}"
                 )
             }
+            Problem::Reentrant => f.write_str(
+                "a reload from a listener of the reload in progress on this thread; \
+                 reload from another task or thread",
+            ),
             Problem::Full { max } => {
                 write!(
                     f,

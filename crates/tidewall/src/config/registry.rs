@@ -128,7 +128,9 @@ impl<R> RegistryBuilder<R> {
     /// Tells `listener` of every event of every policy and pipeline the registry makes (each
     /// [`Event`](crate::telemetry::Event) names its policy and instance), as the builders'
     /// own `on_event` would: on the thread the event happens on, so keep it short. Retry
-    /// budgets have no events.
+    /// budgets have no events. A reload tells of the resets it causes on its own thread; a
+    /// listener may look the registry up then, but its own [`reload`](Registry::reload) is
+    /// refused ([`Problem::Reentrant`]): reload from another task.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -366,6 +368,9 @@ impl<R: Clock> Registry<R> {
     }
 
     fn apply(&self, config: Config) -> Result<Reload, Invalid> {
+        let Some(_here) = ReloadingHere::enter(std::ptr::from_ref(self).addr()) else {
+            return Err(Invalid::new("", Problem::Reentrant));
+        };
         let _one_at_a_time = lock(&self.reloading);
         check(&config, self.max_instances)?;
         // Every map stays locked from planning to swapping the configuration, so no policy is
@@ -677,6 +682,35 @@ impl<R: Clock> Registry<R> {
     #[cfg(feature = "metrics")]
     pub fn record_gauges(&self) {
         crate::telemetry::record_gauges(self);
+    }
+}
+
+thread_local! {
+    /// The registries this thread is reloading, by address. A reload tells the listeners of
+    /// the breakers it resets on its own thread, still holding the registry's reload lock, so
+    /// a reload of the same registry from one of them must be refused, not wait for itself.
+    static RELOADING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One registry marked as reloading on this thread, for as long as it lives.
+struct ReloadingHere(usize);
+
+impl ReloadingHere {
+    /// Marks `registry`, unless this thread is reloading it already.
+    fn enter(registry: usize) -> Option<Self> {
+        RELOADING.with_borrow_mut(|reloading| {
+            if reloading.contains(&registry) {
+                return None;
+            }
+            reloading.push(registry);
+            Some(Self(registry))
+        })
+    }
+}
+
+impl Drop for ReloadingHere {
+    fn drop(&mut self) {
+        RELOADING.with_borrow_mut(|reloading| reloading.retain(|r| *r != self.0));
     }
 }
 
