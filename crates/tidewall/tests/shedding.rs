@@ -509,3 +509,85 @@ fn threads_of_every_priority_lose_nothing() {
     assert!(critical.try_acquire().is_err());
     drop(all);
 }
+
+/// A priority per request under tower: one `AdmitLayer` per priority over the same limiter,
+/// picked by `Steer`. In `WaitCall` mode a sheddable request waits for its share while a
+/// critical one goes through; in `WaitReady` mode `Steer` readies every layer before it calls
+/// one, which holds slots under each priority while nothing runs (why the docs rule that mode
+/// out).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_tower_layer_per_priority_behind_steer() {
+    use tidewall::tower::{AdmitLayer, AdmitMode};
+    use tower::ServiceExt as _;
+    use tower::steer::Steer;
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    let limiter = AdaptiveLimiter::builder(FixedLimit(4))
+        .share(Priority::Sheddable, 0.5)
+        .max_queue(8)
+        .max_wait(None)
+        .build()
+        .unwrap();
+    let backend = tower::service_fn(|(_, n): (Priority, u32)| async move {
+        tokio::time::sleep(ms(10)).await;
+        Ok::<_, std::convert::Infallible>(n)
+    })
+    .map_err(Error::Inner);
+    let steered = |mode| {
+        let layers = Priority::ALL.map(|priority| {
+            AdmitLayer::new(limiter.with_priority(priority), mode).layer(backend.clone())
+        });
+        Steer::new(layers, |(priority, _): &(Priority, u32), _: &[_]| {
+            Priority::ALL.iter().position(|p| p == priority).unwrap()
+        })
+    };
+
+    let mut service = steered(AdmitMode::WaitCall);
+    let held: Vec<_> = (0..2).map(|_| limiter.try_acquire().unwrap()).collect();
+    let sheddable = service
+        .ready()
+        .await
+        .unwrap()
+        .call((Priority::Sheddable, 1));
+    let mut sheddable = Box::pin(sheddable);
+    assert!(
+        futures_util::poll!(sheddable.as_mut()).is_pending(),
+        "2 of 4 in flight: the sheddable half is used, so it waits"
+    );
+    assert_eq!(limiter.queued(), 1);
+    let critical = service
+        .ready()
+        .await
+        .unwrap()
+        .call((Priority::Critical, 2))
+        .await;
+    assert_eq!(
+        critical.unwrap(),
+        2,
+        "critical requests have the whole limit"
+    );
+    drop(held);
+    assert_eq!(
+        sheddable.await.unwrap(),
+        1,
+        "admitted once its share is free"
+    );
+    assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
+
+    // Steer readies every layer before it calls one: critical and default take a slot each,
+    // and the sheddable layer queues for a share two held slots have used up, so the service
+    // is never ready and holds two slots meanwhile.
+    let mut ready_mode = steered(AdmitMode::WaitReady);
+    {
+        let mut readying = std::pin::pin!(ready_mode.ready());
+        assert!(futures_util::poll!(readying.as_mut()).is_pending());
+    }
+    assert_eq!(
+        (limiter.in_flight(), limiter.queued()),
+        (2, 1),
+        "slots held under every priority while nothing runs"
+    );
+    drop(ready_mode);
+    assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
+}

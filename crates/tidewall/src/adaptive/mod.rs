@@ -50,7 +50,9 @@
 //! of it by default), so as the limit nears, sheddable work is refused first and critical
 //! work last. With a queue, the most important waiters are served first, the newest of the
 //! least important is shed to make room, and a [`QueueDiscipline`] (LIFO, or CoDel's bound on
-//! the wait once the queue stands) keeps a standing queue from delaying everyone.
+//! the wait once the queue stands) keeps a standing queue from delaying everyone. A priority
+//! per request under tower: one [`AdmitLayer`](crate::tower::AdmitLayer) per priority, picked
+//! by `tower::steer::Steer` (its docs show how).
 //!
 //! ```
 //! use tidewall::adaptive::{AdaptiveLimiter, Priority, WindowedGradient};

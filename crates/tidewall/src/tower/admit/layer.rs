@@ -47,6 +47,58 @@ use crate::rt::DefaultRuntime;
 /// assert_eq!(bulkhead.available(), 4);
 /// # Ok(()) }
 /// ```
+///
+/// **A priority per request.** An [adaptive limiter](crate::adaptive)'s priority belongs to
+/// its handle ([`with_priority`](crate::adaptive::AdaptiveLimiter::with_priority)), so give
+/// each priority its own layer over the same limiter and pick one per request with
+/// `tower::steer::Steer`. Use [`AdmitMode::Reject`] or [`AdmitMode::WaitCall`] there, not
+/// [`AdmitMode::WaitReady`]: `Steer` readies every service before it calls one, and in
+/// `WaitReady` that takes a slot under every priority while nothing runs (and a sheddable
+/// layer waiting for its share keeps the whole service from being ready).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use tidewall::adaptive::{AdaptiveLimiter, Aimd, Priority};
+/// use tidewall::tower::{AdmitLayer, AdmitMode};
+/// use tidewall::{Error, Rejected};
+/// use tower::ServiceExt as _;
+/// use tower::steer::Steer;
+/// use tower_layer::Layer;
+/// use tower_service::Service as _;
+///
+/// fn priority_of(path: &str) -> Priority {
+///     match path {
+///         p if p.starts_with("/checkout") => Priority::Critical,
+///         p if p.starts_with("/prefetch") => Priority::Sheddable,
+///         _ => Priority::Default,
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let aimd = Aimd::builder().min_limit(1).initial_limit(5).build()?;
+/// let limiter = AdaptiveLimiter::builder(aimd).build()?;
+/// let backend = tower::service_fn(|path: &'static str| async move { Ok::<_, Infallible>(path) })
+///     .map_err(Error::Inner);
+/// // One layer per priority, in `Priority::ALL`'s order, so a priority's place picks it.
+/// let layers = Priority::ALL.map(|priority| {
+///     AdmitLayer::new(limiter.with_priority(priority), AdmitMode::Reject).layer(backend.clone())
+/// });
+/// let mut service = Steer::new(layers, |path: &&'static str, _: &[_]| {
+///     let priority = priority_of(path);
+///     Priority::ALL.iter().position(|p| *p == priority).unwrap_or(1)
+/// });
+///
+/// // Four of five in flight: the sheddable share (0.8 of the limit) is used up.
+/// let held: Vec<_> = (0..4).map(|_| limiter.try_acquire()).collect::<Result<_, _>>()?;
+/// assert!(matches!(
+///     service.ready().await?.call("/prefetch/next").await,
+///     Err(Error::Rejected(Rejected::BulkheadFull))
+/// ));
+/// assert_eq!(service.ready().await?.call("/checkout").await?, "/checkout");
+/// # drop(held);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct AdmitLayer<A, R = DefaultRuntime> {
     admission: A,
