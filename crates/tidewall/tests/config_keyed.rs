@@ -344,13 +344,29 @@ proptest! {
     }
 }
 
+/// Reloads `registry` with `config` on a thread of its own, so a reload that waits for
+/// itself fails the test instead of hanging it; returns the breakers it reset.
+fn resets_on_a_thread(
+    registry: &Arc<Registry<tidewall::testing::FakeClock>>,
+    config: Config,
+) -> Result<usize, tidewall::config::Invalid> {
+    let (done, finished) = std::sync::mpsc::channel();
+    let reloading = Arc::clone(registry);
+    std::thread::spawn(move || {
+        let reload = reloading.reload(config);
+        let _ = done.send(reload.map(|r| r.reset.len()));
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reload finishes: a listener of its own does not make it wait for itself")
+}
+
 /// A listener may look the registry up while a reload tells it of a reset: the reload
 /// applies its plans with no map locked. (Before, a reset told under the breakers' lock
 /// deadlocked a listener that listed the breakers.)
 #[test]
 fn a_listener_may_look_the_registry_up_during_a_reload() {
     use std::sync::OnceLock;
-    use std::sync::mpsc;
     use tidewall::telemetry::EventKind;
 
     let cell: Arc<OnceLock<Arc<Registry<tidewall::testing::FakeClock>>>> = Arc::default();
@@ -384,16 +400,8 @@ fn a_listener_may_look_the_registry_up_during_a_reload() {
     let table = registry.keyed_breaker::<u8>("hosts").unwrap();
     let _ =
         futures_util::FutureExt::now_or_never(table.call(&1, || async { Err::<(), _>("down") }));
-    let (done, finished) = mpsc::channel();
-    let reloading = Arc::clone(&registry);
     // The window changes shape: the breaker and the key's breaker reset, each with its event.
-    std::thread::spawn(move || {
-        let reload = reloading.reload(config(&text(20)));
-        let _ = done.send(reload.map(|r| r.reset.len()));
-    });
-    let reset = finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the reload finishes: a listener that looks the registry up does not deadlock it");
+    let reset = resets_on_a_thread(&registry, config(&text(20)));
     assert_eq!(reset, Ok(1));
     assert!(seen.load(SeqCst) >= 2, "both resets were heard");
 }
@@ -404,8 +412,6 @@ fn a_listener_may_look_the_registry_up_during_a_reload() {
 #[test]
 fn a_listener_reloading_the_registry_during_its_reload_is_refused_not_deadlocked() {
     use std::sync::OnceLock;
-    use std::sync::mpsc;
-    use tidewall::config::Problem;
     use tidewall::telemetry::EventKind;
 
     type Shared = Arc<OnceLock<Arc<Registry<tidewall::testing::FakeClock>>>>;
@@ -441,16 +447,8 @@ fn a_listener_reloading_the_registry_during_its_reload_is_refused_not_deadlocked
     registry.breaker("hosts").unwrap();
     elsewhere.breaker("hosts").unwrap();
 
-    let (done, finished) = mpsc::channel();
-    let reloading = Arc::clone(&registry);
     // The window changes shape: the breaker resets, and its listener hears it.
-    std::thread::spawn(move || {
-        let reload = reloading.reload(config(&text(20)));
-        let _ = done.send(reload.map(|r| r.reset.len()));
-    });
-    let reset = finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the reload finishes: a listener reloading the registry does not deadlock it");
+    let reset = resets_on_a_thread(&registry, config(&text(20)));
     assert_eq!(reset, Ok(1));
     let answers = answers.lock().unwrap().clone();
     assert_eq!(answers.len(), 1, "one reset, heard once: {answers:?}");
