@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, eventually};
+use common::{RedisServer, eventually, limiter_per};
 use tidewall::Rejected;
-use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
+use tidewall_redis::RedisRateLimiter;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -24,17 +24,7 @@ const SLACK: Duration = Duration::from_secs(2);
 
 /// `burst` cells, then one an hour: no cell frees during a test, so counts are exact.
 fn hourly(server: &RedisServer, name: &str, burst: u32, lease: Option<u32>) -> RedisRateLimiter {
-    let conn = RedisConn::open(server.url()).unwrap();
-    let builder = RedisRateLimiter::builder(&conn, name, 1, HOUR)
-        .burst(burst)
-        .deadline(Duration::from_secs(1))
-        .when_unavailable(WhenUnavailable::Closed);
-    match lease {
-        Some(max_batch) => builder.lease_mode(LeaseMode::new(max_batch).unwrap()),
-        None => builder,
-    }
-    .build()
-    .unwrap()
+    limiter_per(server, name, 1, HOUR, burst, lease)
 }
 
 /// Admits as many cells as `limiter` gives, one after another, until refused.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, eventually};
+use common::{RedisServer, eventually, limiter_per};
 use tidewall::{ConfigError, Rejected};
-use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
+use tidewall_redis::{LeaseMode, RedisRateLimiter};
 
 /// A limit of `per_second` cells a second and bursts of `burst`, in lease mode with batches
 /// of at most `lease`, or exact.
@@ -22,29 +22,6 @@ fn limiter(
     lease: Option<u32>,
 ) -> RedisRateLimiter {
     limiter_per(server, name, per_second, SECOND, burst, lease)
-}
-
-/// A limit of `cells` per `period`: slow ones keep exact counts exact however slowly a loaded
-/// host runs the test (no cell frees meanwhile).
-fn limiter_per(
-    server: &RedisServer,
-    name: &str,
-    cells: u32,
-    period: Duration,
-    burst: u32,
-    lease: Option<u32>,
-) -> RedisRateLimiter {
-    let conn = RedisConn::open(server.url()).unwrap();
-    let builder = RedisRateLimiter::builder(&conn, name, cells, period)
-        .burst(burst)
-        .deadline(Duration::from_secs(1))
-        .when_unavailable(WhenUnavailable::Closed);
-    match lease {
-        Some(max_batch) => builder.lease_mode(LeaseMode::new(max_batch).unwrap()),
-        None => builder,
-    }
-    .build()
-    .unwrap()
 }
 
 const SECOND: Duration = Duration::from_secs(1);

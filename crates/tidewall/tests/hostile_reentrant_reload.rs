@@ -52,6 +52,15 @@ fn on_thread<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'stat
         .unwrap_or_else(|e| panic!("{what}: did not finish within a minute ({e}): deadlocked?"))
 }
 
+/// Reloads `registry` with `text` on a thread of its own (see [`on_thread`]); returns the
+/// breakers the reload reset.
+fn resets_on_thread(registry: &Arc<Reg>, what: &str, text: &str) -> Result<usize, Invalid> {
+    let (reloading, config) = (Arc::clone(registry), config(text));
+    on_thread(what, move || {
+        reloading.reload(config).map(|r| r.reset.len())
+    })
+}
+
 fn assert_reentrant(answer: &Result<Reload, Invalid>, what: &str) {
     let refused = answer
         .as_ref()
@@ -102,12 +111,7 @@ fn reload_file_from_a_listener_is_refused_and_changes_nothing() {
     assert!(cell.set(Arc::clone(&registry)).is_ok());
     let bulkhead = registry.bulkhead("hosts").unwrap();
 
-    let reloading = Arc::clone(&registry);
-    let outer = on_thread("the outer reload", move || {
-        reloading
-            .reload(config(&text(20, 5)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&registry, "the outer reload", &text(20, 5));
     assert_eq!(outer, Ok(1), "the outer reload finishes, with its reset");
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     assert_eq!(answers.len(), 1, "one reset heard once: {answers:?}");
@@ -158,12 +162,7 @@ fn a_chain_through_another_registry_back_to_the_first_is_refused() {
     assert!(a_cell.set(Arc::clone(&a)).is_ok());
     assert!(b_cell.set(Arc::clone(&b)).is_ok());
 
-    let reloading = Arc::clone(&a);
-    let outer = on_thread("A's reload through B's listener", move || {
-        reloading
-            .reload(config(&text(20, 3)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&a, "A's reload through B's listener", &text(20, 3));
     assert_eq!(outer, Ok(1), "A's reload finishes with its reset");
     let a_answers = a_log.lock().unwrap().clone();
     assert_eq!(
@@ -187,12 +186,7 @@ fn a_chain_through_another_registry_back_to_the_first_is_refused() {
     assert_eq!(a.bulkhead("hosts").unwrap().capacity(), 3);
 
     // Reloading B directly (not within A's reload): B's listener now reloads A for real.
-    let reloading = Arc::clone(&b);
-    let outer = on_thread("B's reload", move || {
-        reloading
-            .reload(config(&text(60, 7)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&b, "B's reload", &text(60, 7));
     assert_eq!(outer, Ok(1));
     // A's reload from B's listener resets A's breaker (20 -> 50): A's listener then reloads B
     // on the thread already reloading B: refused.
@@ -356,12 +350,7 @@ fn a_listener_reloading_from_a_spawned_thread_is_applied_after_the_reload() {
         }
     });
     assert!(cell.set(Arc::clone(&registry)).is_ok());
-    let reloading = Arc::clone(&registry);
-    let outer = on_thread("the outer reload", move || {
-        reloading
-            .reload(config(&text(20, 3)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&registry, "the outer reload", &text(20, 3));
     assert_eq!(outer, Ok(1));
     let later = results
         .recv_timeout(WAIT)
@@ -480,12 +469,7 @@ fn keyed_breakers_resetting_with_a_reentrant_listener() {
     assert!(opened >= 8, "each key's breaker opened, heard: {opened}");
 
     armed.store(true, SeqCst);
-    let reloading = Arc::clone(&registry);
-    let outer = on_thread("a reload resetting keyed breakers", move || {
-        reloading
-            .reload(config(&text(20, 3)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&registry, "a reload resetting keyed breakers", &text(20, 3));
     assert!(outer.is_ok(), "the reload finishes: {outer:?}");
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     let during: Vec<_> = answers.into_iter().skip(opened).collect();
@@ -548,12 +532,7 @@ fn the_refused_reentrant_reload_counts_as_refused() {
             })
         })
     };
-    let reloading = Arc::clone(&registry);
-    let outer = on_thread("the outer reload", move || {
-        reloading
-            .reload(config(&text(20, 3)))
-            .map(|r| r.reset.len())
-    });
+    let outer = resets_on_thread(&registry, "the outer reload", &text(20, 3));
     assert_eq!(outer, Ok(1));
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     assert_eq!(answers.len(), 1, "{answers:?}");

@@ -25,6 +25,30 @@ pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -
     }
 }
 
+/// A rate limit of `cells` per `period`, bursts of `burst`, failing closed, in lease mode with
+/// batches of at most `lease` or exact. A slow limit keeps exact counts exact however slowly
+/// a loaded host runs the test (no cell frees meanwhile).
+pub(crate) fn limiter_per(
+    server: &RedisServer,
+    name: &str,
+    cells: u32,
+    period: Duration,
+    burst: u32,
+    lease: Option<u32>,
+) -> tidewall_redis::RedisRateLimiter {
+    let conn = tidewall_redis::RedisConn::open(server.url()).unwrap();
+    let builder = tidewall_redis::RedisRateLimiter::builder(&conn, name, cells, period)
+        .burst(burst)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(tidewall_redis::WhenUnavailable::Closed);
+    match lease {
+        Some(max_batch) => builder.lease_mode(tidewall_redis::LeaseMode::new(max_batch).unwrap()),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
 /// Until all `limit` permits of `bulkhead` are taken at once (nothing leaked: leases released
 /// in the background are eventually free), then one more is refused; the permits are
 /// released on return.
