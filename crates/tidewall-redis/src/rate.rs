@@ -411,7 +411,10 @@ impl RedisRateLimiter {
     }
 
     /// Waits until the limit admits one cell, but never past `deadline`: sleeps the wait
-    /// Redis reported (plus up to 1 ms of jitter, within the deadline), then asks again.
+    /// Redis reported, or [`DENIAL_RECHECK`](Self::DENIAL_RECHECK) if that is shorter (plus
+    /// up to 1 ms of jitter, within the deadline), then asks again. So a long wait still
+    /// sees cells a replica in lease mode gives back, within the recheck. A wait that Redis
+    /// says ends past `deadline` is refused at once.
     ///
     /// **Cancel safety:** dropping it abandons the wait; no cell is taken unless the last
     /// round trip had already run.
@@ -445,7 +448,8 @@ impl RedisRateLimiter {
             let spread = Duration::from_micros(jitter.below_or_equal(1_000));
             // Checked above: what is left of the deadline covers the wait itself.
             let left = deadline.remaining(Tokio.now()).unwrap_or(Duration::MAX);
-            Tokio.sleep(wait.saturating_add(spread).min(left)).await;
+            let nap = wait.min(Self::DENIAL_RECHECK).saturating_add(spread);
+            Tokio.sleep(nap.min(left)).await;
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{RedisServer, eventually, limiter_per};
-use tidewall::{ConfigError, Rejected};
+use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_redis::{LeaseMode, RedisRateLimiter};
 
 /// A limit of `per_second` cells a second and bursts of `burst`, in lease mode with batches
@@ -215,6 +215,37 @@ async fn cells_given_back_reach_a_refused_replica_within_the_recheck() {
         assert!(
             took < RedisRateLimiter::DENIAL_RECHECK + Duration::from_secs(2),
             "{name}: given-back cells reached the refused replica after {took:?}"
+        );
+    }
+}
+
+/// A caller waiting an hour with no deadline (`until_ready_before`, exact and leased) asks
+/// again within `DENIAL_RECHECK`: cells given back meanwhile admit it then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_sees_cells_given_back_within_the_recheck() {
+    let server = RedisServer::start();
+    for (name, waiter_batch) in [("wait-exact", None), ("wait-leased", Some(8))] {
+        let holder = limiter_per(&server, name, 1, HOUR, 10, Some(64));
+        for _ in 0..4 {
+            holder.check().await.unwrap();
+        }
+        let waiter = limiter_per(&server, name, 1, HOUR, 10, waiter_batch);
+        drain(&waiter).await;
+        let waiting = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.until_ready_before(Deadline::none()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "{name}: an hour's wait");
+        assert!(
+            holder.return_unspent().await.unwrap() > 0,
+            "{name}: cells held"
+        );
+        let within = RedisRateLimiter::DENIAL_RECHECK + Duration::from_secs(2);
+        let admitted = tokio::time::timeout(within, waiting).await;
+        assert!(
+            matches!(admitted, Ok(Ok(Ok(())))),
+            "{name}: the waiter saw the given-back cells within {within:?}: {admitted:?}"
         );
     }
 }
