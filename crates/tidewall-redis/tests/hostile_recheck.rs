@@ -195,8 +195,10 @@ async fn hammering_a_refused_replica_costs_no_round_trip_within_the_recheck() {
     let server = RedisServer::start();
     for (name, lease) in [("quiet-exact", None), ("quiet-leased", Some(4))] {
         let limiter = hourly(&server, name, 5, lease);
-        assert_eq!(drain(&limiter).await, 5, "{name}");
+        // Timed from before the refusal that is remembered, so `spent` never undercounts
+        // the rechecks that have come due.
         let denied = Instant::now();
+        assert_eq!(drain(&limiter).await, 5, "{name}");
         let before = server.calls("evalsha");
         for _ in 0..2_000 {
             let _ = refused_wait(&limiter, name).await;
@@ -266,7 +268,6 @@ async fn an_admission_forgets_the_denial() {
     assert!(given > 0);
     let limiter = hourly(&server, "forget", BURST, None);
     let ask = u32::try_from(given).unwrap();
-    let denied = Instant::now();
     assert!(
         matches!(
             limiter.check_n(ask + 1).await,
@@ -279,22 +280,14 @@ async fn an_admission_forgets_the_denial() {
     assert_eq!(limiter.check_n(ask).await, Ok(()), "{ask} free: admitted");
     let again = second.return_unspent().await.unwrap();
     assert!(again > 0);
+    // The admission forgot the denial: this asks Redis, whenever it runs.
     let answer = limiter.check().await;
-    let since = denied.elapsed();
-    if since < RECHECK {
-        assert_eq!(
-            answer,
-            Ok(()),
-            "{again} cells given back and the denial forgotten by the admission ({since:?} after it)"
-        );
-    } else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "host too slow ({since:?}): the recheck may explain the answer {answer:?}"
-        );
-    }
-    let rest = drain(&limiter).await + u64::from(answer.is_ok());
+    assert_eq!(
+        answer,
+        Ok(()),
+        "{again} cells given back and the denial forgotten by the admission"
+    );
+    let rest = drain(&limiter).await + 1;
     assert_eq!(
         80 + drained + given + rest,
         u64::from(BURST),
