@@ -19,31 +19,11 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rt::Tokio;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
+use tidewall_core::rng::SplitMix64;
 use tidewall_redis::{
     BreakerQuorum, ConnectError, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable,
 };
 use tower::{Service, ServiceExt};
-
-/// A small seeded generator (splitmix64): every run draws the same numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, n: u64) -> Duration {
-        Duration::from_millis(self.below(n))
-    }
-}
 
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
@@ -410,14 +390,16 @@ async fn pipeline_and_tower_calls_dropped_at_random_points_leak_no_lease() {
             .expect("a pipeline");
         let op = op.clone();
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(worker + 1);
+            let mut rng = SplitMix64::new(worker + 1);
             for _ in 0..ROUNDS {
-                let hold = rng.millis(15);
+                let hold = Duration::from_millis(rng.below_or_equal(14));
                 let call = pipeline.call(|| op(hold));
-                if rng.below(4) == 0 {
+                if rng.below_or_equal(3) == 0 {
                     let _ = call.await;
                 } else {
-                    let _ = tokio::time::timeout(rng.millis(25), call).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(rng.below_or_equal(24)), call)
+                            .await;
                 }
                 tokio::task::yield_now().await;
             }
@@ -433,17 +415,19 @@ async fn pipeline_and_tower_calls_dropped_at_random_points_leak_no_lease() {
             .map_err(Error::Inner)
             .service_fn(move |hold: Duration| op(hold));
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(worker + 1);
+            let mut rng = SplitMix64::new(worker + 1);
             for _ in 0..ROUNDS {
-                let hold = rng.millis(15);
+                let hold = Duration::from_millis(rng.below_or_equal(14));
                 let call = async {
                     let ready = service.ready().await?;
                     ready.call(hold).await
                 };
-                if rng.below(4) == 0 {
+                if rng.below_or_equal(3) == 0 {
                     let _ = call.await;
                 } else {
-                    let _ = tokio::time::timeout(rng.millis(25), call).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(rng.below_or_equal(24)), call)
+                            .await;
                 }
                 tokio::task::yield_now().await;
             }
@@ -579,7 +563,7 @@ async fn permits_held_through_a_killed_master_never_overshoot_and_nothing_leaks(
             Arc::clone(&parked),
         );
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(100 + worker);
+            let mut rng = SplitMix64::new(100 + worker);
             let mut is_parked = false;
             while !stop.load(Ordering::SeqCst) {
                 if pause.load(Ordering::SeqCst) {
@@ -605,7 +589,7 @@ async fn permits_held_through_a_killed_master_never_overshoot_and_nothing_leaks(
                         if killed.load(Ordering::SeqCst) {
                             granted_after.fetch_add(1, Ordering::SeqCst);
                         }
-                        tokio::time::sleep(Duration::from_millis(2 + rng.below(18))).await;
+                        tokio::time::sleep(Duration::from_millis(2 + rng.below_or_equal(17))).await;
                         inside.fetch_sub(1, Ordering::SeqCst);
                         drop(permit);
                     }
@@ -694,13 +678,6 @@ async fn permits_held_through_a_killed_master_never_overshoot_and_nothing_leaks(
     .await;
 }
 
-/// What one decision did, and how long it took.
-struct Decision {
-    at: Instant,
-    took: Duration,
-    outcome: Result<(), Rejected>,
-}
-
 /// Two failovers in a row on one slot: a manual one (the replica takes over), then the new
 /// master SIGKILLed (the old master, now its replica, takes back over). Decisions come
 /// within their deadline throughout, the limit is exact after, the held leases survive both.
@@ -724,29 +701,7 @@ async fn two_failovers_in_a_row_on_one_slot() {
     let key = limiter.key().to_owned();
     let first_master = cluster.master_of(&key);
     let stop = Arc::new(AtomicBool::new(false));
-    let asking = tokio::spawn({
-        let (limiter, stop) = (limiter.clone(), Arc::clone(&stop));
-        async move {
-            let mut decisions = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let at = Instant::now();
-                let outcome = limiter.check().await;
-                decisions.push(Decision {
-                    at,
-                    took: at.elapsed(),
-                    outcome,
-                });
-                match outcome {
-                    Err(Rejected::RateLimited { retry_after }) => {
-                        tokio::time::sleep(retry_after).await;
-                    }
-                    Err(_) => tokio::task::yield_now().await,
-                    Ok(()) => {}
-                }
-            }
-            decisions
-        }
-    });
+    let asking = tokio::spawn(common::ask_until(limiter.clone(), Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut cluster, second_master) = tokio::task::spawn_blocking(move || {
         let replica = cluster.replica_of(first_master);
@@ -781,7 +736,7 @@ async fn two_failovers_in_a_row_on_one_slot() {
         slowest <= DEADLINE + Duration::from_millis(250),
         "a decision took {slowest:?} with a {DEADLINE:?} deadline"
     );
-    let after: Vec<&Decision> = decisions
+    let after: Vec<&common::Decision> = decisions
         .iter()
         .filter(|d| d.at > killed && d.outcome.is_ok())
         .collect();

@@ -16,25 +16,9 @@ use tidewall::admission::Admission;
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Deadline, Error, Rejected};
+use tidewall_core::rng::SplitMix64;
 use tidewall_redis::{ConnectError, LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
 use tower::{Service, ServiceExt};
-
-/// A small seeded generator (splitmix64): every run draws the same numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -183,14 +167,14 @@ async fn a_mixed_fleet_never_spends_a_cell_twice_and_gives_back_every_unspent_on
         for t in 0..2u64 {
             let (replica, admitted) = (replica.clone(), Arc::clone(&admitted));
             tasks.push(tokio::spawn(async move {
-                let mut rng = Rng(1000 + i as u64 * 10 + t);
+                let mut rng = SplitMix64::new(1000 + i as u64 * 10 + t);
                 for _ in 0..3_000 {
-                    let cells = match rng.below(8) {
+                    let cells = match rng.below_or_equal(7) {
                         0 => max_batch.unwrap_or(5).min(BURST + 1),
                         1 => max_batch.unwrap_or(5).saturating_add(1).min(BURST + 1),
-                        2 => BURST + 1 + u32::try_from(rng.below(3)).unwrap(),
+                        2 => BURST + 1 + u32::try_from(rng.below_or_equal(2)).unwrap(),
                         3 => BURST,
-                        4 => 2 + u32::try_from(rng.below(5)).unwrap(),
+                        4 => 2 + u32::try_from(rng.below_or_equal(4)).unwrap(),
                         _ => 1,
                     };
                     match replica.check_n(cells).await {
@@ -265,11 +249,11 @@ async fn bursts_after_idle_gaps_stay_within_the_documented_bound() {
             for t in 0..2u64 {
                 let (replica, stop) = (replica.clone(), Arc::clone(&stop));
                 tasks.push(tokio::spawn(async move {
-                    let mut rng = Rng(phase * 100 + i as u64 * 10 + t);
+                    let mut rng = SplitMix64::new(phase * 100 + i as u64 * 10 + t);
                     let mut admitted = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let cells = if rng.below(4) == 0 {
-                            1 + u32::try_from(rng.below(10)).unwrap()
+                        let cells = if rng.below_or_equal(3) == 0 {
+                            1 + u32::try_from(rng.below_or_equal(9)).unwrap()
                         } else {
                             1
                         };
@@ -480,9 +464,9 @@ async fn giving_back_while_deciding_and_refilling_never_frees_a_cell_twice() {
     for t in 0..2u64 {
         let (leased, admitted, stop) = (leased.clone(), Arc::clone(&admitted), Arc::clone(&stop));
         spenders.push(tokio::spawn(async move {
-            let mut rng = Rng(77 + t);
+            let mut rng = SplitMix64::new(77 + t);
             while !stop.load(Ordering::Relaxed) {
-                let cells = 1 + u32::try_from(rng.below(3)).unwrap();
+                let cells = 1 + u32::try_from(rng.below_or_equal(2)).unwrap();
                 match leased.check_n(cells).await {
                     Ok(()) => {
                         admitted.fetch_add(u64::from(cells), Ordering::Relaxed);
@@ -495,10 +479,10 @@ async fn giving_back_while_deciding_and_refilling_never_frees_a_cell_twice() {
             }
         }));
     }
-    let mut rng = Rng(5);
+    let mut rng = SplitMix64::new(5);
     for _ in 0..300u64 {
         leased.return_unspent().await.unwrap();
-        tokio::time::sleep(Duration::from_micros(rng.below(500))).await;
+        tokio::time::sleep(Duration::from_micros(rng.below_or_equal(499))).await;
     }
     stop.store(true, Ordering::Relaxed);
     for task in spenders {
@@ -718,11 +702,11 @@ async fn a_pipeline_with_calls_dropped_at_random_points_stays_within_the_limit()
             admitted
         })
     };
-    let mut rng = Rng(4242);
+    let mut rng = SplitMix64::new(4242);
     let mut dropped = 0u32;
     for _ in 0..400 {
-        let budget = Duration::from_micros(rng.below(400));
-        let work = Duration::from_micros(rng.below(300));
+        let budget = Duration::from_micros(rng.below_or_equal(399));
+        let work = Duration::from_micros(rng.below_or_equal(299));
         let ran = Arc::clone(&ran);
         let call = pipeline.call(move || {
             let ran = Arc::clone(&ran);
@@ -767,7 +751,7 @@ async fn a_pipeline_with_calls_dropped_at_random_points_stays_within_the_limit()
 async fn a_tower_layer_with_calls_dropped_at_random_points_stays_within_the_limit() {
     const BURST: u32 = 300;
     let server = RedisServer::start();
-    let mut rng = Rng(99);
+    let mut rng = SplitMix64::new(99);
     for (name, mode) in [
         ("tower-reject", AdmitMode::Reject),
         ("tower-ready", AdmitMode::WaitReady),
@@ -790,8 +774,8 @@ async fn a_tower_layer_with_calls_dropped_at_random_points_stays_within_the_limi
             });
         for _ in 0..(BURST + 200) {
             let mut service = service.clone();
-            let budget = Duration::from_micros(rng.below(300));
-            let work = Duration::from_micros(rng.below(200));
+            let budget = Duration::from_micros(rng.below_or_equal(299));
+            let work = Duration::from_micros(rng.below_or_equal(199));
             let outcome =
                 tokio::time::timeout(
                     budget,
@@ -1197,11 +1181,11 @@ async fn short_waits_on_a_healthy_redis_never_fail_open_past_the_bound() {
             exact.clone()
         };
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(300 + t);
+            let mut rng = SplitMix64::new(300 + t);
             let mut admitted = 0u64;
             let mut unavailable = 0u64;
             while started.elapsed() < Duration::from_millis(1_000) {
-                let budget = Duration::from_micros(rng.below(2_500));
+                let budget = Duration::from_micros(rng.below_or_equal(2_499));
                 match leased
                     .until_ready_before(Deadline::at(Instant::now() + budget))
                     .await
@@ -1245,10 +1229,10 @@ async fn short_waits_on_a_healthy_redis_are_not_reported_unavailable() {
         for t in 0..4u64 {
             let leased = leased.clone();
             tasks.push(tokio::spawn(async move {
-                let mut rng = Rng(400 + t);
+                let mut rng = SplitMix64::new(400 + t);
                 let mut unavailable = 0u64;
                 while started.elapsed() < Duration::from_millis(1_000) {
-                    let budget = Duration::from_micros(rng.below(2_500));
+                    let budget = Duration::from_micros(rng.below_or_equal(2_499));
                     match leased
                         .until_ready_before(Deadline::at(Instant::now() + budget))
                         .await
