@@ -26,13 +26,6 @@ fn master_of_name(cluster: &Cluster, name: &str) -> u16 {
     cluster.master_of(&format!("{{{name}:default}}"))
 }
 
-/// What one decision did, and how long it took.
-struct Decision {
-    at: Instant,
-    took: Duration,
-    outcome: Result<(), Rejected>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_within_the_deadline_and_limits_are_exact_after() {
     let mut cluster = Cluster::start();
@@ -71,31 +64,7 @@ async fn a_killed_master_fails_over_within_the_deadline_and_limits_are_exact_aft
 
     // Ask as fast as the limit allows for the whole run.
     let stop = Arc::new(AtomicBool::new(false));
-    let asking = tokio::spawn({
-        let (limiter, stop) = (limiter.clone(), Arc::clone(&stop));
-        async move {
-            let mut decisions = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let at = Instant::now();
-                let outcome = limiter.check().await;
-                decisions.push(Decision {
-                    at,
-                    took: at.elapsed(),
-                    outcome,
-                });
-                match outcome {
-                    Err(Rejected::RateLimited { retry_after }) => {
-                        tokio::time::sleep(retry_after).await;
-                    }
-                    // Refused at once while Redis is away: yield, so a runtime shutting
-                    // down (a failed test) can stop this loop.
-                    Err(_) => tokio::task::yield_now().await,
-                    Ok(()) => {}
-                }
-            }
-            decisions
-        }
-    });
+    let asking = tokio::spawn(common::ask_until(limiter.clone(), Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
     cluster.kill(master);

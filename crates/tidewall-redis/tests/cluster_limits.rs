@@ -99,26 +99,6 @@ async fn every_limit_runs_on_a_cluster_and_names_spread_over_the_masters() {
     assert_eq!((view.open, view.live), (1, 2));
 }
 
-/// Asks `limiter` as fast as it allows until `stop`; returns what it was told, and when.
-async fn ask_until(
-    limiter: RedisRateLimiter,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<(Instant, Result<(), Rejected>)> {
-    let mut outcomes = Vec::new();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let outcome = limiter.check().await;
-        outcomes.push((Instant::now(), outcome));
-        match outcome {
-            Err(Rejected::RateLimited { retry_after }) => tokio::time::sleep(retry_after).await,
-            // Refused at once while Redis is away: yield, so a runtime shutting down (a
-            // failed test) can stop this loop.
-            Err(_) => tokio::task::yield_now().await,
-            Ok(()) => {}
-        }
-    }
-    outcomes
-}
-
 /// A limiter of 200 cells a second, bursts of 10, failing closed.
 fn hot_limiter(conn: &RedisConn, name: &str) -> RedisRateLimiter {
     RedisRateLimiter::builder(conn, name, 200, Duration::from_secs(1))
@@ -150,7 +130,7 @@ async fn a_manual_failover_moves_the_limit_and_loses_nothing() {
     let replica = cluster.replica_of(master);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
-    let asking = tokio::spawn(ask_until(limiter, std::sync::Arc::clone(&stop)));
+    let asking = tokio::spawn(common::ask_until(limiter, std::sync::Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let failover_began = Instant::now();
     let cluster = tokio::task::spawn_blocking(move || {
@@ -169,7 +149,7 @@ async fn a_manual_failover_moves_the_limit_and_loses_nothing() {
     let admitted_between = |from: Instant, to: Instant| {
         outcomes
             .iter()
-            .filter(|(at, outcome)| (from..to).contains(at) && outcome.is_ok())
+            .filter(|d| (from..to).contains(&d.at) && d.outcome.is_ok())
             .count()
     };
     let span = ended - started;
@@ -225,7 +205,10 @@ async fn a_slot_migrated_mid_run_keeps_every_limit_exact() {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = std::time::Instant::now();
-    let asking = tokio::spawn(ask_until(limiter.clone(), std::sync::Arc::clone(&stop)));
+    let asking = tokio::spawn(common::ask_until(
+        limiter.clone(),
+        std::sync::Arc::clone(&stop),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.move_slot(slot, from, to, || {
@@ -240,7 +223,7 @@ async fn a_slot_migrated_mid_run_keeps_every_limit_exact() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcomes = asking.await.unwrap();
     let span = started.elapsed();
-    let admitted = outcomes.iter().filter(|(_, o)| o.is_ok()).count();
+    let admitted = outcomes.iter().filter(|d| d.outcome.is_ok()).count();
     let most = most_admitted(span);
     assert!(
         admitted <= most,

@@ -25,6 +25,41 @@ pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -
     }
 }
 
+/// What one decision of [`ask_until`] said, when it was asked and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decision {
+    pub(crate) at: Instant,
+    pub(crate) took: Duration,
+    pub(crate) outcome: Result<(), tidewall::Rejected>,
+}
+
+/// Asks `limiter` as fast as it allows until `stop`: sleeps out each `RateLimited` refusal's
+/// `retry_after`, and yields after any other refusal (Redis away), so a runtime shutting
+/// down (a failed test) can stop the loop.
+pub(crate) async fn ask_until(
+    limiter: tidewall_redis::RedisRateLimiter,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Decision> {
+    let mut decisions = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let at = Instant::now();
+        let outcome = limiter.check().await;
+        decisions.push(Decision {
+            at,
+            took: at.elapsed(),
+            outcome,
+        });
+        match outcome {
+            Err(tidewall::Rejected::RateLimited { retry_after }) => {
+                tokio::time::sleep(retry_after).await;
+            }
+            Err(_) => tokio::task::yield_now().await,
+            Ok(()) => {}
+        }
+    }
+    decisions
+}
+
 /// A rate limit of `cells` per `period`, bursts of `burst`, failing closed, in lease mode with
 /// batches of at most `lease` or exact. A slow limit keeps exact counts exact however slowly
 /// a loaded host runs the test (no cell frees meanwhile).
