@@ -1,8 +1,8 @@
 //! Every policy's metrics as the `telemetry` module documents them: a pipeline's calls by
 //! outcome, retries and durations; a breaker's outcomes; a bulkhead's waits; the registry's
-//! gauges; a tracing span per pipeline call. Each test builds its policies under its own
-//! recorder (`metrics::with_local_recorder`: handles are registered when a policy is built),
-//! so the tests share no global state. Durations are exact: the clock is paused tokio's.
+//! gauges (a pipeline call's tracing span is tested in `telemetry_pipeline_span`). Each test
+//! builds its policies under its own recorder (`metrics::with_local_recorder`: handles are
+//! registered when a policy is built), so the tests share no global state. Durations are exact: the clock is paused tokio's.
 
 #![cfg(all(feature = "metrics", feature = "tracing", feature = "toml"))]
 // Gauges hold whole counts and histograms durations of whole milliseconds: exact in f64.
@@ -376,85 +376,6 @@ fn reloads_are_counted_applied_or_refused() {
     let seen = Seen::now(&snapshotter);
     assert_eq!(seen.counter(reloads, &[("outcome", "applied")]), 1);
     assert_eq!(seen.counter(reloads, &[("outcome", "refused")]), 3);
-}
-
-/// Spans opened and events seen, each event with the span it was in.
-#[derive(Default, Clone)]
-struct Trace(Arc<Mutex<Vec<String>>>);
-
-impl<S> tracing_subscriber::Layer<S> for Trace
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut fields = String::new();
-        attrs.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                fields.push_str(&format!("{}={value:?}", field.name()));
-            },
-        );
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("span {} {fields}", attrs.metadata().name()));
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let mut message = String::new();
-        event.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                if field.name() == "message" {
-                    message = format!("{value:?}");
-                }
-            },
-        );
-        let span = ctx.event_span(event).map(|s| s.name()).unwrap_or("-");
-        self.0.lock().unwrap().push(format!("{span}: {message}"));
-    }
-}
-
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_pipeline_call_runs_in_a_span_with_an_event_per_attempt_and_retry() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-
-    let trace = Trace::default();
-    let subscriber = tracing_subscriber::registry().with(trace.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
-    let pipeline = Pipeline::builder()
-        .name("quotes")
-        .retry(
-            Backoff::constant(Duration::from_millis(5))
-                .max_attempts(2)
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let mut failures = 1;
-    let result = pipeline
-        .call(|| {
-            let fail = failures > 0;
-            failures -= 1;
-            async move { if fail { Err("flaky") } else { Ok(1) } }
-        })
-        .await;
-    assert_eq!(result, Ok(1));
-    let seen = trace.0.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        vec![
-            "span tidewall.call pipeline=\"quotes\"",
-            "tidewall.call: attempt",
-            "tidewall.call: retry scheduled",
-            "tidewall.call: attempt",
-            "tidewall.call: call ended",
-        ]
-    );
 }
 
 /// Every event a listener got, as text.
