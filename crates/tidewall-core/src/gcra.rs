@@ -145,7 +145,7 @@ impl Gcra {
     /// # Errors
     ///
     /// [`Denied::Wait`] with the exact wait, or [`Denied::InsufficientCapacity`] when
-    /// `cells > burst` (`cells == 0` always passes and leaves the state unchanged). A
+    /// `cells > burst` (`cells == 0` always passes and returns `tat` itself). A
     /// request whose new state would pass `u64::MAX` nanoseconds is refused with the wait
     /// it would need (at least 1 ns; `u64::MAX` when that does not fit): the state cannot
     /// hold it.
@@ -154,15 +154,23 @@ impl Gcra {
         if cells > self.burst {
             return Err(Denied::InsufficientCapacity { burst: self.burst });
         }
-        // cells <= burst, so this product is <= horizon and cannot overflow.
-        let increment = self.interval * u64::from(cells);
-        let Some(new_tat) = tat.max(now).checked_add(increment) else {
+        if cells == 0 {
+            return Ok(tat);
+        }
+        // Within `horizon` for a validated limit; a limit read back from words no validated
+        // limit has may have a saturated horizon, and then the product may not fit.
+        let new_tat = self
+            .interval
+            .checked_mul(u64::from(cells))
+            .and_then(|increment| tat.max(now).checked_add(increment));
+        let Some(new_tat) = new_tat else {
             // The state would pass u64::MAX nanoseconds (584 years after the limiter's
             // origin) and cannot be stored: refuse. Saturating would store u64::MAX, which
             // then looks paid off at any age past 584 years less the horizon and would admit
             // everything from there on.
+            let increment = u128::from(self.interval) * u128::from(cells);
             let allowed_at =
-                u128::from(tat.max(now)) + u128::from(increment) - u128::from(self.horizon);
+                (u128::from(tat.max(now)) + increment).saturating_sub(u128::from(self.horizon));
             let wait = allowed_at.saturating_sub(u128::from(now)).max(1);
             return Err(Denied::Wait {
                 nanos: u64::try_from(wait).unwrap_or(u64::MAX),
@@ -209,9 +217,21 @@ impl Gcra {
     }
 
     /// The most cells a limiter starting from rest admits during `elapsed` nanoseconds
-    /// (inclusive of both ends): `burst + floor(elapsed / interval)`.
+    /// (inclusive of both ends): `burst + floor(elapsed / interval)`, saturating at
+    /// `u64::MAX`.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tidewall_core::gcra::Gcra;
+    ///
+    /// let gcra = Gcra::new(10, Duration::from_secs(1), 5)?; // 100 ms a cell
+    /// assert_eq!(gcra.max_admitted(1_000_000_000), 15);
+    /// let fastest = Gcra::new(1, Duration::from_nanos(1), u32::MAX)?;
+    /// assert_eq!(fastest.max_admitted(u64::MAX), u64::MAX);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
     pub const fn max_admitted(&self, elapsed: u64) -> u64 {
-        self.burst as u64 + elapsed / self.interval
+        (self.burst as u64).saturating_add(elapsed / self.interval)
     }
 }
 
