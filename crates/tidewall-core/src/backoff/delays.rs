@@ -68,6 +68,12 @@ impl DelayState {
                 .saturating_add(nanos(initial))
                 .min(cap),
             Schedule::Exponential { initial, factor } => {
+                // A whole factor is exact in integers: f64 steps hold 53 bits, so past about
+                // 104 days of nanoseconds they would round.
+                if let Some(whole) = whole_factor(factor) {
+                    let scale = whole.saturating_pow(self.retry);
+                    return nanos(initial).saturating_mul(scale).min(cap);
+                }
                 let current = self.exponential.min(to_f64(cap));
                 self.exponential = (current * factor).min(to_f64(cap));
                 // An f64 holds 53 bits: the first delay (and every delay of a factor of 1)
@@ -107,14 +113,16 @@ impl DelayState {
         let raw = self.raw(policy, cap);
         // The cap applies after jitter, so no jitter mode can push a delay past it.
         let delay = self.jittered(policy.jitter, raw).min(cap);
-        let elapsed = self.elapsed.saturating_add(delay);
+        // A sum past u64::MAX nanoseconds is past any budget: saturating it could land on
+        // a budget of u64::MAX exactly and never end the schedule.
+        let elapsed = self.elapsed.checked_add(delay);
         if let Some(budget) = policy.max_elapsed
-            && elapsed > nanos(budget)
+            && elapsed.is_none_or(|elapsed| elapsed > nanos(budget))
         {
             self.done = true;
             return None;
         }
-        self.elapsed = elapsed;
+        self.elapsed = elapsed.unwrap_or(u64::MAX);
         self.retry += 1;
         Some(Duration::from_nanos(delay))
     }
@@ -134,8 +142,8 @@ impl DelayState {
 ///
 /// Every yielded delay is ≤ the cap, the iterator yields at most `max_attempts − 1` items, and
 /// the sum of yielded delays never exceeds `max_elapsed`. It is fused: once it returns `None`
-/// it always does. All arithmetic is in saturating `u64` nanoseconds, so extreme settings
-/// cannot overflow.
+/// it always does. Extreme settings cannot overflow: delays saturate at `u64::MAX`
+/// nanoseconds, and a sum of delays that would pass it is past any `max_elapsed`.
 #[derive(Debug, Clone)]
 pub struct Delays {
     policy: Backoff,
@@ -188,4 +196,17 @@ fn to_f64(n: u64) -> f64 {
 )]
 fn from_f64(x: f64) -> u64 {
     x as u64
+}
+
+/// `factor` as an integer when it is a whole number that fits in `u64` (validated finite
+/// and at least 1).
+#[allow(
+    clippy::float_cmp,
+    reason = "an exact round trip is the test of a whole number"
+)]
+fn whole_factor(factor: f64) -> Option<u64> {
+    // 2^64: the first whole number past u64::MAX, exactly representable.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    let whole = from_f64(factor);
+    (factor < LIMIT && to_f64(whole) == factor).then_some(whole)
 }

@@ -16,7 +16,10 @@
 //!
 //! # Jitter, cap and budgets, in that order
 //!
-//! 1. The schedule's raw delay is computed with saturating arithmetic (never overflows).
+//! 1. The schedule's raw delay is computed with saturating arithmetic (never overflows), in
+//!    integer nanoseconds, so it is exact; only an exponential schedule with a factor that
+//!    is not a whole number steps in `f64`, which may round delays past about 104 days
+//!    (2^53 ns) by a few nanoseconds.
 //! 2. [`Jitter`] randomizes it. Jitter is **on by default** ([`Jitter::Full`]): synchronized
 //!    retries from many clients are the failure mode backoff exists to prevent.
 //! 3. `max_delay` caps the *jittered* value, so no delay ever exceeds the cap (backon's jitter
@@ -264,8 +267,9 @@ impl BackoffBuilder {
     /// # Errors
     ///
     /// [`ConfigError`] for zero attempts, a zero cap, a factor below 1 or not finite, a
-    /// duration above `u64::MAX` nanoseconds, an initial delay above the cap, or a jitter mode
-    /// set on decorrelated jitter.
+    /// duration above `u64::MAX` nanoseconds, an initial delay above the cap, or, for
+    /// decorrelated jitter, a zero initial delay (every delay would be zero) or a jitter mode
+    /// set on it.
     pub fn build(self) -> Result<Backoff, ConfigError> {
         let p = self.policy;
         if p.max_attempts == 0 {
