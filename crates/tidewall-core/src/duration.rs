@@ -144,24 +144,35 @@ fn nanos(whole: &str, fraction: &str, per: u64) -> Result<u64, DurationError> {
             .and_then(|t| t.checked_add(u64::from(digit - b'0')))
             .ok_or(DurationError::TooLarge)?;
     }
-    let mut total = total.checked_mul(per).ok_or(DurationError::TooLarge)?;
-    // Each fractional digit is worth a tenth of the one before it, in whole nanoseconds.
-    let mut place = per;
-    for digit in fraction.bytes() {
-        let digit = u64::from(digit - b'0');
-        if !place.is_multiple_of(10) {
-            // Finer than a nanosecond: only zeros may follow.
-            if digit != 0 {
-                return Err(DurationError::SubNanosecond);
-            }
-            continue;
-        }
-        place /= 10;
-        total = total
-            .checked_add(digit * place)
-            .ok_or(DurationError::TooLarge)?;
+    let total = total.checked_mul(per).ok_or(DurationError::TooLarge)?;
+    total
+        .checked_add(fraction_nanos(fraction, per)?)
+        .ok_or(DurationError::TooLarge)
+}
+
+/// `0.fraction` units of `per` nanoseconds each, when that is a whole number of nanoseconds
+/// (`0.00000000005m` is 3 ns: a minute is not a power of ten of them).
+fn fraction_nanos(fraction: &str, per: u64) -> Result<u64, DurationError> {
+    // Trailing zeros change nothing. What is left of an exact fraction of any unit here has
+    // at most 16 digits (a day is 2^16 × 3^3 × 5^11 ns), so more than 19 is never exact,
+    // and 19 digits times any unit fit in a u128.
+    let digits = fraction.trim_end_matches('0');
+    if digits.is_empty() {
+        return Ok(0);
     }
-    Ok(total)
+    if digits.len() > 19 {
+        return Err(DurationError::SubNanosecond);
+    }
+    let value = digits
+        .bytes()
+        .fold(0u128, |value, digit| value * 10 + u128::from(digit - b'0'));
+    let scale = digits.bytes().fold(1u128, |scale, _| scale * 10);
+    let scaled = value * u128::from(per);
+    if !scaled.is_multiple_of(scale) {
+        return Err(DurationError::SubNanosecond);
+    }
+    // Below `per`, since the fraction is below 1.
+    u64::try_from(scaled / scale).map_err(|_| DurationError::TooLarge)
 }
 
 /// Prints a duration as the shortest single group that is exact (`"90m"`, `"1500ms"`, `"0s"`),
@@ -225,6 +236,10 @@ mod tests {
         ok("0.000000001s", Duration::from_nanos(1));
         ok("1.50000s", Duration::from_millis(1500));
         ok("18446744073709551615ns", Duration::from_nanos(u64::MAX));
+        // Exact, though a minute, an hour or a day is no power of ten of nanoseconds.
+        ok("0.00000000005m", Duration::from_nanos(3));
+        ok("0.0000000000003125d", Duration::from_nanos(27));
+        ok("1.000000000000000000000000000000s", Duration::from_secs(1));
         let err = |s: &str, e: DurationError| assert_eq!(parse(s), Err(e), "{s:?}");
         err("", DurationError::Empty);
         err("   ", DurationError::Empty);
@@ -240,6 +255,8 @@ mod tests {
         err("5s!", DurationError::Malformed);
         err("0.0000000001s", DurationError::SubNanosecond);
         err("1.5ns", DurationError::SubNanosecond);
+        err("0.00000000001m", DurationError::SubNanosecond);
+        err("0.00000000000000000001d", DurationError::SubNanosecond);
         err("18446744073709551616ns", DurationError::TooLarge);
         err("584y", DurationError::UnknownUnit);
         err("213504d", DurationError::TooLarge);
@@ -261,8 +278,13 @@ mod tests {
             let per = [1u64, 1_000, 1_000_000, 1_000_000_000, 60_000_000_000, 3_600_000_000_000, 86_400_000_000_000];
             let text: Vec<String> = parts.iter().map(|(n, u)| std::format!("{n}{}", units[*u])).collect();
             let text = text.join(if spaced { " " } else { "" });
-            let expected = parts.iter().map(|(n, u)| n * per[*u]).sum::<u64>();
-            prop_assert_eq!(parse(&text), Ok(Duration::from_nanos(expected)));
+            // Four groups of up to 99,999 days can pass u64::MAX nanoseconds: then TooLarge.
+            let expected = parts
+                .iter()
+                .try_fold(0u64, |sum, (n, u)| sum.checked_add(n * per[*u]))
+                .map(Duration::from_nanos)
+                .ok_or(DurationError::TooLarge);
+            prop_assert_eq!(parse(&text), expected);
         }
 
         /// Any input gives a value or an error, never a panic.
