@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-/// RFC 9110 §1.2.2: a delay larger than 2^31 seconds is treated as 2^31 seconds.
+/// The longest delay either form gives: 2^31 seconds (about 68 years), the value RFC 9111
+/// §1.2.2 has a cache take for delta-seconds too large to represent.
 const MAX_DELAY_SECONDS: u64 = 1 << 31;
 
 /// Why a `Retry-After` value could not be understood.
@@ -29,6 +30,23 @@ impl std::error::Error for RetryAfterError {}
 
 /// Parses one `Retry-After` field value into the delay it asks for, measured from `now`.
 ///
+/// Delay-seconds are read as given; an HTTP-date (any of RFC 9110's three formats) is the
+/// time from `now` until it, zero when it has passed. Either form is capped at 2^31 seconds
+/// (about 68 years), the cap RFC 9111 §1.2.2 gives delta-seconds, so a date thousands of
+/// years away asks for no more than a huge number of seconds does. Whitespace around the
+/// value is ignored.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tidewall::http::parse_retry_after;
+///
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28 GMT
+/// assert_eq!(parse_retry_after(b"120", now), Ok(Duration::from_secs(120)));
+/// assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:30:00 GMT", now), Ok(Duration::from_secs(120)));
+/// assert_eq!(parse_retry_after(b"Fri, 31 Dec 9999 23:59:59 GMT", now), Ok(Duration::from_secs(1 << 31)));
+/// assert_eq!(parse_retry_after(b"99999999999999999999999", now), Ok(Duration::from_secs(1 << 31)));
+/// ```
+///
 /// # Errors
 ///
 /// [`RetryAfterError`] when the value is empty or malformed.
@@ -47,7 +65,8 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Result<Duration, Retr
     }
     let text = std::str::from_utf8(value).map_err(|_| RetryAfterError::Malformed)?;
     let at = httpdate::parse_http_date(text).map_err(|_| RetryAfterError::Malformed)?;
-    Ok(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let delay = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Ok(delay.min(Duration::from_secs(MAX_DELAY_SECONDS)))
 }
 
 /// Reads the `Retry-After` header of a response, if present.
