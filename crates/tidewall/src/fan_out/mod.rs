@@ -7,12 +7,17 @@
 //!
 //! * **Bounded**: at most `limit` inputs are taken and not yet delivered (running, or finished
 //!   and waiting for the consumer). The input stream is pulled only when a slot is free, so a
-//!   slow consumer pauses the producer: backpressure, with memory bounded by `limit`.
+//!   slow consumer pauses the producer: backpressure, with memory bounded by `limit`. A
+//!   result counts as delivered once the poll that returns it has taken it: that poll refills
+//!   its slot before handing it over, so the next input runs while the consumer handles this
+//!   result (at that moment `limit` inputs are taken, plus the result in hand).
 //! * **Ordered or not**: [`FanOut::ordered`] delivers in input order (a slow head holds later
 //!   results, within the bound); the default delivers in completion order.
 //! * **Collect-all or fail-fast**: [`FanOut::run`] delivers every outcome, panics included as
 //!   values; [`FanOut::try_run`] stops at the first error or panic, aborts the tasks still
-//!   running, takes no further input and ends after yielding that error.
+//!   running, takes no further input and ends after yielding that error. It takes no input
+//!   once an error or panic has arrived, even while an [ordered](FanOut::ordered) fan-out
+//!   still waits for earlier inputs before yielding it.
 //! * **!Send work**: [`FanOut::run_local`] runs the futures inside the consuming task instead
 //!   (no spawning). Caveat: like `buffer_unordered`, that work advances *only while the stream
 //!   is polled*; do not hold locks or permits across a slow consumer with it.

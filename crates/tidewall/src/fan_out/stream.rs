@@ -112,6 +112,11 @@ pin_project_lite::pin_project! {
         occupied: usize,
         // After `abort`, reports that come in are late (aborted tasks report `Cancelled`).
         aborted: bool,
+        // Whether an outcome ends the stream (fail-fast: an error or a panic).
+        ends: fn(&Result<O, JoinError>) -> bool,
+        // An outcome that ends the stream has arrived: every input taken from now on would
+        // be aborted undelivered, so none is.
+        ending: bool,
         next_sequence: u64,
         completions: Arc<Completions<O>>,
         arrived: Arrived<O>,
@@ -139,6 +144,8 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             limit,
             occupied: 0,
             aborted: false,
+            ends: |_| false,
+            ending: false,
             next_sequence: 0,
             completions: Completions::with_capacity(capacity),
             arrived,
@@ -184,7 +191,7 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             return;
         }
         // Results reported so far arrived before the abort; whatever comes later is late.
-        absorb(this.completions, this.tasks, this.arrived);
+        absorb(this.completions, this.tasks, this.arrived, *this.ends);
         this.tasks.abort_all();
         *this.inputs_done = true;
         *this.aborted = true;
@@ -195,19 +202,24 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
     }
 }
 
-/// Moves every reported completion into `arrived` and frees its task slot.
+/// Moves every reported completion into `arrived` and frees its task slot; whether one of
+/// them `ends` the stream.
 fn absorb<O, H: TaskHandle<()>>(
     completions: &Completions<O>,
     tasks: &mut Tasks<H>,
     arrived: &mut Arrived<O>,
-) {
+    ends: fn(&Result<O, JoinError>) -> bool,
+) -> bool {
+    let mut ending = false;
     completions.drain(|done| {
         if let Some(slot) = tasks.slots.get_mut(done.slot) {
             *slot = None;
             tasks.free.push(done.slot);
         }
+        ending |= ends(&done.outcome);
         arrived.insert(done.sequence, done.outcome);
     });
+    ending
 }
 
 impl<R, S, F, Fut> Stream for FanOutStream<R, S, F, Fut::Output>
@@ -226,8 +238,8 @@ where
             if *this.aborted {
                 // Late reports of aborted tasks: nothing is owed for them.
                 this.completions.drain(drop);
-            } else {
-                absorb(this.completions, this.tasks, this.arrived);
+            } else if absorb(this.completions, this.tasks, this.arrived, *this.ends) {
+                *this.ending = true;
             }
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
@@ -235,7 +247,7 @@ where
             }
             // Refill before handing a result out, so the freed slot works while the consumer
             // is busy with this one.
-            while !*this.inputs_done && *this.occupied < *this.limit {
+            while !*this.inputs_done && !*this.ending && *this.occupied < *this.limit {
                 match this.inputs.as_mut().poll_next(cx) {
                     Poll::Ready(Some(input)) => {
                         let slot = this.tasks.free_slot();
@@ -300,7 +312,8 @@ pin_project_lite::pin_project! {
 }
 
 impl<R: Runtime, S, F, T, E> TryFanOutStream<R, S, F, T, E> {
-    pub(super) fn new(inner: FanOutStream<R, S, F, Result<T, E>>) -> Self {
+    pub(super) fn new(mut inner: FanOutStream<R, S, F, Result<T, E>>) -> Self {
+        inner.ends = |outcome| !matches!(outcome, Ok(Ok(_)));
         Self {
             inner,
             failed: false,
