@@ -134,7 +134,11 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
                             this.rt
                                 .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
                         ));
-                    } else if this.weight.saturating_add(weight) > *this.max_weight {
+                    } else if this
+                        .weight
+                        .checked_add(weight)
+                        .is_none_or(|total| total > *this.max_weight)
+                    {
                         *this.carried = Some((item, weight, this.rt.now()));
                         return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
                     }

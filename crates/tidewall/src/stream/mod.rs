@@ -100,7 +100,8 @@ use crate::rt::{Clock, Runtime};
 ///
 /// # Errors
 ///
-/// [`ConfigError::Zero`] for a zero period.
+/// [`ConfigError::Zero`] for a zero period; [`ConfigError::DurationOverflow`] for one
+/// beyond `u64` nanoseconds (about 584 years).
 pub fn interval_on<R: Clock>(
     rt: &R,
     period: Duration,
@@ -117,7 +118,8 @@ pub fn interval_on<R: Clock>(
 ///
 /// # Errors
 ///
-/// [`ConfigError::Zero`] for a zero period or `max_line`.
+/// [`ConfigError::Zero`] for a zero period or `max_line`; [`ConfigError::DurationOverflow`]
+/// for a period beyond `u64` nanoseconds (about 584 years).
 pub fn follow_on<R: Runtime>(
     rt: &R,
     path: impl AsRef<std::path::Path>,
@@ -132,7 +134,8 @@ pub fn follow_on<R: Runtime>(
 ///
 /// # Errors
 ///
-/// [`WatchError::Config`] for a zero debounce, [`WatchError::Notify`] when the OS watcher
+/// [`WatchError::Config`] for a zero debounce or one beyond `u64` nanoseconds (about 584
+/// years), [`WatchError::Notify`] when the OS watcher
 /// cannot be set up (e.g. the directory does not exist).
 #[cfg(feature = "watch")]
 pub fn watch_dir_on<R: Runtime>(

@@ -26,7 +26,9 @@ pub trait StreamOps: Stream + Sized {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero `max_items` or `max_wait`.
+    /// [`ConfigError::Zero`] for a zero `max_items` or `max_wait`;
+    /// [`ConfigError::DurationOverflow`] for a `max_wait` beyond `u64` nanoseconds (about 584
+    /// years).
     fn batch_on<R: Clock>(
         self,
         rt: &R,
@@ -65,7 +67,9 @@ pub trait StreamOps: Stream + Sized {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero `max_weight` or `max_wait`.
+    /// [`ConfigError::Zero`] for a zero `max_weight` or `max_wait`;
+    /// [`ConfigError::DurationOverflow`] for a `max_wait` beyond `u64` nanoseconds (about 584
+    /// years).
     fn batch_weighted_on<R, W>(
         self,
         rt: &R,
@@ -102,7 +106,8 @@ pub trait StreamOps: Stream + Sized {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero period.
+    /// [`ConfigError::Zero`] for a zero period; [`ConfigError::DurationOverflow`] for one
+    /// beyond `u64` nanoseconds (about 584 years).
     fn throttle_on<R: Clock>(
         self,
         rt: &R,
@@ -133,7 +138,8 @@ pub trait StreamOps: Stream + Sized {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero timeout.
+    /// [`ConfigError::Zero`] for a zero timeout; [`ConfigError::DurationOverflow`] for one
+    /// beyond `u64` nanoseconds (about 584 years).
     fn timeout_each_on<R: Clock>(
         self,
         rt: &R,
