@@ -37,7 +37,9 @@ impl Deadline {
         Self { at: Some(instant) }
     }
 
-    /// `budget` from now on `rt`'s clock (saturating far in the future instead of overflowing).
+    /// `budget` from now on `rt`'s clock; a `budget` the clock cannot add to now (such as
+    /// `Duration::MAX`) is about thirty years instead of an overflow
+    /// ([`instant_after`](crate::rt::instant_after)).
     pub fn after<R: Clock>(rt: &R, budget: Duration) -> Self {
         Self::at(instant_after(rt.now(), budget))
     }

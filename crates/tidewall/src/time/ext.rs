@@ -13,6 +13,8 @@ use crate::rt::Clock;
 /// any [`Clock`].
 pub trait FutureExt: Future + Sized {
     /// Fails with [`Elapsed`](super::Elapsed) unless the future completes within `duration`.
+    /// A `duration` the clock cannot add to now (such as `Duration::MAX`) waits about thirty
+    /// years instead, tokio's "forever" ([`instant_after`](crate::rt::instant_after)).
     ///
     /// **Cancel safety**: dropping it drops the inner future.
     #[cfg(feature = "tokio")]
