@@ -1,15 +1,16 @@
 //! Human durations, as configuration files write them: `"250ms"`, `"5s"`, `"1h30m"`.
 //!
 //! The grammar is strict, so a typo is an error and never another duration:
-//! * one or more groups of a whole number, an optional fraction and a unit, with optional spaces
-//!   between groups (`"1h 30m"`); a lone `"0"` is zero;
+//! * one or more groups of a whole number, an optional fraction and a unit, with optional
+//!   whitespace between groups (`"1h 30m"`) and around the value, never between a number and
+//!   its unit (`"5 s"` is refused); a lone `"0"` is zero;
 //! * units `ns`, `us` (or `µs`), `ms`, `s`, `m` (or `min`), `h`, `d`; no months or years (their
 //!   length is not fixed) and no bare numbers (`"5"` could mean anything);
 //! * the result is exact in nanoseconds: a fraction finer than a nanosecond (`"0.5ns"`) and a
 //!   sum above `u64::MAX` nanoseconds (about 584 years) are errors, never rounded or wrapped.
 //!
-//! [`HumanDuration`] prints any duration back in the shortest single group that is exact, so a
-//! printed value always parses to itself.
+//! [`HumanDuration`] prints any duration back as one group, a whole number of the largest unit
+//! that holds it exactly, so a printed value always parses to itself.
 //!
 //! ```
 //! use core::time::Duration;
@@ -175,7 +176,8 @@ fn fraction_nanos(fraction: &str, per: u64) -> Result<u64, DurationError> {
     u64::try_from(scaled / scale).map_err(|_| DurationError::TooLarge)
 }
 
-/// Prints a duration as the shortest single group that is exact (`"90m"`, `"1500ms"`, `"0s"`),
+/// Prints a duration as one group, a whole number of the largest unit that holds it exactly
+/// (`"90m"`, `"1500ms"`, `"0s"`; never a fraction),
 /// which [`parse`] reads back to the same value. Durations above `u64::MAX` nanoseconds, which
 /// [`parse`] refuses, print in whole seconds and nanoseconds (`"…s …ns"`), still exactly.
 ///

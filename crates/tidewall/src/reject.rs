@@ -141,6 +141,11 @@ impl std::error::Error for Rejected {}
 /// The error of a call made through a policy: the policy rejected it, it timed out, or the
 /// operation itself failed (its error kept intact).
 ///
+/// Its `Display` is the wrapped value's own (the rejection's, "attempt timed out", or the
+/// operation's error's), and `source()` returns that value (an
+/// [`Elapsed`](crate::time::Elapsed) for a timeout), so a downcast along the chain (such as
+/// `tower::cause`) finds it; a report that prints every link shows that message twice.
+///
 /// ```
 /// use tidewall::{Error, Rejected};
 ///

@@ -40,9 +40,11 @@ use crate::rt::{JoinError, Spawn};
 ///
 /// # Errors
 ///
-/// Any I/O error from creating, writing, syncing or renaming; the target is then untouched
-/// and the temporary file removed. A panic or cancellation of a blocking step is reported as
-/// an [`io::Error`] of kind `Other`/`Interrupted`.
+/// Any I/O error from creating, writing, syncing or renaming; an error up to the rename leaves
+/// the target untouched and the temporary file removed. The directory sync comes after the
+/// rename, so its error leaves the complete new contents in place (not yet known durable). A
+/// panic or cancellation of a blocking step is reported as an [`io::Error`] of kind
+/// `Other`/`Interrupted`.
 pub async fn write_atomic<R: Spawn>(
     rt: &R,
     path: impl AsRef<Path>,

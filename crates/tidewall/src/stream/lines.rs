@@ -212,9 +212,10 @@ impl<Rd: AsyncRead + Unpin> LineReader<Rd> {
     ///
     /// # Errors
     ///
-    /// [`LinesError::Io`] from the reader; [`LinesError::TooLong`] for an overlong line with
-    /// [`Overlong::Error`]: the complete lines before it are delivered first, then this and
-    /// every later call fails (the reader stops at that line).
+    /// [`LinesError::Io`] from the reader: the partial line stays buffered, and the next call
+    /// reads on from there (a reader that fails once loses nothing). [`LinesError::TooLong`]
+    /// for an overlong line with [`Overlong::Error`]: the complete lines before it are
+    /// delivered first, then this and every later call fails (the reader stops at that line).
     pub async fn next_batch(&mut self) -> Result<Option<LineBatch<'_>>, LinesError> {
         if self.failed {
             return Err(LinesError::TooLong { max: self.max_line });
