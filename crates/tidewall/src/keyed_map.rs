@@ -170,14 +170,24 @@ impl<K: Hash + Eq + Clone, V: Evict> KeyedMap<K, V> {
         f: impl FnOnce(Slot<'_, V>, u64) -> (O, Option<V>),
     ) -> Result<O, Full> {
         let hash = self.hasher.hash_one(key);
-        let mut shard = lock(self.shard(hash));
+        let mut guard = lock(self.shard(hash));
+        let shard = &mut *guard;
         let now = now();
         if let Some((_, value)) = shard.table.find_mut(hash, |(k, _)| k == key) {
-            return Ok(f(Slot::Found(value), now).0);
+            // The key a full shard's refusals are timed by may rest later once used: their
+            // hint is then worked out again, so it stays exact.
+            let times_refusals =
+                shard.full_until != 0 && value.eviction(now) == Eviction::At(shard.full_until);
+            let (output, _) = f(Slot::Found(value), now);
+            if times_refusals {
+                shard.full_until = 0;
+                shard.full_hint = None;
+            }
+            return Ok(output);
         }
         let (output, value) = f(Slot::Vacant, now);
         if let Some(value) = value {
-            self.make_room(&mut shard, now)?;
+            self.make_room(shard, now)?;
             let hasher = &self.hasher;
             shard
                 .table
