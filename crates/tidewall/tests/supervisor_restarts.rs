@@ -377,7 +377,7 @@ fn a_panicking_factory_is_a_crashed_child_and_a_panicking_hook_is_ignored_on_eve
     on_every_runtime!(factory_and_hook_panics_are_contained);
 }
 
-async fn exhausted_backoff_starts_over<R: Runtime>(rt: Clocked<R>) {
+async fn exhausted_backoff_waits_its_cap<R: Runtime>(rt: Clocked<R>) {
     let (log, hook) = recorder(&rt);
     let supervisor = Supervisor::builder()
         .runtime(rt.clone())
@@ -386,6 +386,7 @@ async fn exhausted_backoff_starts_over<R: Runtime>(rt: Clocked<R>) {
             Backoff::exponential(ms(10))
                 .jitter(Jitter::None)
                 .max_attempts(3)
+                .max_delay(ms(500))
                 .build()
                 .unwrap(),
         )
@@ -403,11 +404,12 @@ async fn exhausted_backoff_starts_over<R: Runtime>(rt: Clocked<R>) {
             _ => None,
         })
         .collect();
-    // Two delays per schedule (max_attempts 3 = 2 retries), then it starts over.
-    assert_eq!(delays, [ms(10), ms(20), ms(10), ms(20), ms(10)]);
+    // Two delays of the schedule (max_attempts 3 = 2 retries), then its cap: a crash loop
+    // never restarts fast again until a run is stable.
+    assert_eq!(delays, [ms(10), ms(20), ms(500), ms(500), ms(500)]);
 }
 
 #[test]
-fn a_backoff_that_runs_out_starts_over_on_every_runtime() {
-    on_every_runtime!(exhausted_backoff_starts_over);
+fn a_backoff_that_runs_out_waits_its_cap_on_every_runtime() {
+    on_every_runtime!(exhausted_backoff_waits_its_cap);
 }

@@ -273,19 +273,13 @@ impl<R: Runtime> Supervisor<R> {
             let seed = self.next_seed();
             self.slots[index].backoff = self.backoff.start(seed);
         }
-        let delay = match self.backoff.next_delay(&mut self.slots[index].backoff) {
-            Some(delay) => delay,
-            None => {
-                // The schedule ran out of attempts (the intensity bounds restarts, not the
-                // backoff): start it over rather than pin every later restart to one value.
-                let seed = self.next_seed();
-                let slot = &mut self.slots[index];
-                slot.backoff = self.backoff.start(seed);
-                self.backoff
-                    .next_delay(&mut slot.backoff)
-                    .unwrap_or_default()
-            }
-        };
+        // A schedule that ran out (its attempts or its elapsed budget: the intensity bounds
+        // restarts, not the backoff) leaves every later restart at its cap until the child
+        // runs stable again; starting it over would restart a crash loop fast again.
+        let delay = self
+            .backoff
+            .next_delay(&mut self.slots[index].backoff)
+            .unwrap_or_else(|| self.backoff.max_delay_cap());
         self.emit(SupervisorEvent::Restarting {
             child: name,
             delay,
