@@ -6,7 +6,8 @@
 //! outside the table still depends on it: a permit, a waiter, an open breaker). A full shard
 //! sweeps out what may go; if nothing may, the new key is refused with the earliest time
 //! anything could. A shard of values only time frees (rate-limit keys) is not swept again
-//! before then; other shards are swept on every refusal (O(shard size), only while full).
+//! before then, unless the entry that time came from is used meanwhile; other shards are
+//! swept on every refusal (O(shard size), only while full).
 //!
 //! Owners read their clock *inside* [`KeyedMap::entry`] (under the shard lock): a reading
 //! taken before the lock could be older than the one a concurrent sweep used, and an entry
