@@ -18,8 +18,9 @@
 //!
 //! 1. The schedule's raw delay is computed with saturating arithmetic (never overflows), in
 //!    integer nanoseconds, so it is exact; only an exponential schedule with a factor that
-//!    is not a whole number steps in `f64`, which may round delays past about 104 days
-//!    (2^53 ns) by a few nanoseconds.
+//!    is not a whole number steps in `f64`, which rounds each step to 53 bits (a relative
+//!    error near 10^-16 a step: exact below about 104 days, 2^53 ns, and microseconds off at
+//!    most near `u64::MAX` nanoseconds).
 //! 2. [`Jitter`] randomizes it. Jitter is **on by default** ([`Jitter::Full`]): synchronized
 //!    retries from many clients are the failure mode backoff exists to prevent.
 //! 3. `max_delay` caps the *jittered* value, so no delay ever exceeds the cap (backon's jitter
