@@ -176,11 +176,12 @@ impl<K: Hash + Eq + Clone, V: Evict> KeyedMap<K, V> {
         let now = now();
         if let Some((_, value)) = shard.table.find_mut(hash, |(k, _)| k == key) {
             // The key a full shard's refusals are timed by may rest later once used: their
-            // hint is then worked out again, so it stays exact.
-            let times_refusals =
-                shard.full_until != 0 && value.eviction(now) == Eviction::At(shard.full_until);
-            let (output, _) = f(Slot::Found(value), now);
-            if times_refusals {
+            // hint is then worked out again, so it stays exact. (Only if it moved: a refused
+            // retry of that key leaves the cached answer standing.)
+            let timing = Eviction::At(shard.full_until);
+            let times_refusals = shard.full_until != 0 && value.eviction(now) == timing;
+            let (output, _) = f(Slot::Found(&mut *value), now);
+            if times_refusals && value.eviction(now) != timing {
                 shard.full_until = 0;
                 shard.full_hint = None;
             }
