@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::FutureExt;
@@ -24,14 +25,29 @@ pub(super) struct Completed<O> {
 pub(super) struct Completions<O> {
     queue: Mutex<VecDeque<Completed<O>>>,
     consumer: AtomicWaker,
+    /// Whether an outcome ends the stream (fail-fast: an error or a panic).
+    ends: fn(&Result<O, JoinError>) -> bool,
+    /// Set by the task that reports an outcome that `ends` the stream, before the stream
+    /// absorbs it: the stream reads it before each input it takes.
+    ending: AtomicBool,
 }
 
 impl<O> Completions<O> {
-    pub(super) fn with_capacity(capacity: usize) -> Arc<Self> {
+    pub(super) fn with_capacity(
+        capacity: usize,
+        ends: fn(&Result<O, JoinError>) -> bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::with_capacity(capacity)),
             consumer: AtomicWaker::new(),
+            ends,
+            ending: AtomicBool::new(false),
         })
+    }
+
+    /// Whether an outcome that ends the stream has been reported.
+    pub(super) fn ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Completed<O>>> {
@@ -40,6 +56,9 @@ impl<O> Completions<O> {
     }
 
     fn push(&self, completed: Completed<O>) {
+        if (self.ends)(&completed.outcome) {
+            self.ending.store(true, Ordering::Release);
+        }
         self.queue().push_back(completed);
         self.consumer.wake();
     }

@@ -16,8 +16,9 @@
 //! * **Collect-all or fail-fast**: [`FanOut::run`] delivers every outcome, panics included as
 //!   values; [`FanOut::try_run`] stops at the first error or panic, aborts the tasks still
 //!   running, takes no further input and ends after yielding that error. It takes no input
-//!   once an error or panic has arrived, even while an [ordered](FanOut::ordered) fan-out
-//!   still waits for earlier inputs before yielding it.
+//!   once an error or panic has been reported by its task (checked before each input it
+//!   takes), even while an [ordered](FanOut::ordered) fan-out still waits for earlier inputs
+//!   before yielding it.
 //! * **!Send work**: [`FanOut::run_local`] runs the futures inside the consuming task instead
 //!   (no spawning). Caveat: like `buffer_unordered`, that work advances *only while the stream
 //!   is polled*; do not hold locks or permits across a slow consumer with it.
@@ -131,7 +132,8 @@ impl<R: Runtime> FanOut<R> {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        FanOutStream::new(self.rt, self.limit, self.order == Order::Input, inputs, f)
+        let ordered = self.order == Order::Input;
+        FanOutStream::new(self.rt, self.limit, ordered, inputs, f, |_| false)
     }
 
     /// [`FanOut::run`] over an iterator.
@@ -159,7 +161,12 @@ impl<R: Runtime> FanOut<R> {
         T: Send + 'static,
         E: Send + 'static,
     {
-        TryFanOutStream::new(self.run(inputs, f))
+        let ordered = self.order == Order::Input;
+        let ends =
+            |outcome: &Result<Result<T, E>, crate::rt::JoinError>| !matches!(outcome, Ok(Ok(_)));
+        TryFanOutStream::new(FanOutStream::new(
+            self.rt, self.limit, ordered, inputs, f, ends,
+        ))
     }
 
     /// [`FanOut::try_run`] over an iterator.

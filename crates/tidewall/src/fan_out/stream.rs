@@ -112,11 +112,6 @@ pin_project_lite::pin_project! {
         occupied: usize,
         // After `abort`, reports that come in are late (aborted tasks report `Cancelled`).
         aborted: bool,
-        // Whether an outcome ends the stream (fail-fast: an error or a panic).
-        ends: fn(&Result<O, JoinError>) -> bool,
-        // An outcome that ends the stream has arrived: every input taken from now on would
-        // be aborted undelivered, so none is.
-        ending: bool,
         next_sequence: u64,
         completions: Arc<Completions<O>>,
         arrived: Arrived<O>,
@@ -125,7 +120,16 @@ pin_project_lite::pin_project! {
 }
 
 impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
-    pub(super) fn new(rt: R, limit: usize, ordered: bool, inputs: S, f: F) -> Self {
+    /// A fan-out that ends once an outcome that `ends` it has arrived (never, collecting
+    /// all): from then on every input taken would be aborted undelivered, so none is.
+    pub(super) fn new(
+        rt: R,
+        limit: usize,
+        ordered: bool,
+        inputs: S,
+        f: F,
+        ends: fn(&Result<O, JoinError>) -> bool,
+    ) -> Self {
         // Buffers grow on demand up to `limit`; only a modest capacity is reserved up front.
         let capacity = limit.min(1024);
         let arrived = if ordered {
@@ -144,10 +148,8 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             limit,
             occupied: 0,
             aborted: false,
-            ends: |_| false,
-            ending: false,
             next_sequence: 0,
-            completions: Completions::with_capacity(capacity),
+            completions: Completions::with_capacity(capacity, ends),
             arrived,
             tasks: Tasks::new(),
         }
@@ -191,7 +193,7 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             return;
         }
         // Results reported so far arrived before the abort; whatever comes later is late.
-        absorb(this.completions, this.tasks, this.arrived, *this.ends);
+        absorb(this.completions, this.tasks, this.arrived);
         this.tasks.abort_all();
         *this.inputs_done = true;
         *this.aborted = true;
@@ -202,24 +204,19 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
     }
 }
 
-/// Moves every reported completion into `arrived` and frees its task slot; whether one of
-/// them `ends` the stream.
+/// Moves every reported completion into `arrived` and frees its task slot.
 fn absorb<O, H: TaskHandle<()>>(
     completions: &Completions<O>,
     tasks: &mut Tasks<H>,
     arrived: &mut Arrived<O>,
-    ends: fn(&Result<O, JoinError>) -> bool,
-) -> bool {
-    let mut ending = false;
+) {
     completions.drain(|done| {
         if let Some(slot) = tasks.slots.get_mut(done.slot) {
             *slot = None;
             tasks.free.push(done.slot);
         }
-        ending |= ends(&done.outcome);
         arrived.insert(done.sequence, done.outcome);
     });
-    ending
 }
 
 impl<R, S, F, Fut> Stream for FanOutStream<R, S, F, Fut::Output>
@@ -238,8 +235,8 @@ where
             if *this.aborted {
                 // Late reports of aborted tasks: nothing is owed for them.
                 this.completions.drain(drop);
-            } else if absorb(this.completions, this.tasks, this.arrived, *this.ends) {
-                *this.ending = true;
+            } else {
+                absorb(this.completions, this.tasks, this.arrived);
             }
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
@@ -247,7 +244,7 @@ where
             }
             // Refill before handing a result out, so the freed slot works while the consumer
             // is busy with this one.
-            while !*this.inputs_done && !*this.ending && *this.occupied < *this.limit {
+            while !*this.inputs_done && *this.occupied < *this.limit && !this.completions.ending() {
                 match this.inputs.as_mut().poll_next(cx) {
                     Poll::Ready(Some(input)) => {
                         let slot = this.tasks.free_slot();
@@ -312,8 +309,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<R: Runtime, S, F, T, E> TryFanOutStream<R, S, F, T, E> {
-    pub(super) fn new(mut inner: FanOutStream<R, S, F, Result<T, E>>) -> Self {
-        inner.ends = |outcome| !matches!(outcome, Ok(Ok(_)));
+    pub(super) fn new(inner: FanOutStream<R, S, F, Result<T, E>>) -> Self {
         Self {
             inner,
             failed: false,
