@@ -113,7 +113,8 @@ impl<R> SupervisorBuilder<R> {
     /// The delay before each restart of a child (by default exponential from 10 ms, doubling,
     /// capped at 1 s, with equal jitter: uniform in `[d/2, d]`). Restarts are bounded by the
     /// intensity, not the backoff: once a backoff's `max_attempts` (or `max_elapsed`) are
-    /// spent, every later restart waits its cap (`max_delay`) exactly, until a run lasts
+    /// spent, every later restart waits the last delay it gave (its cap, `max_delay`, if it
+    /// gave none), as a breaker's break backoff does, until a run lasts
     /// [`stable_after`](Self::stable_after) and the backoff starts afresh.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = Some(backoff);

@@ -34,6 +34,8 @@ struct Slot<R: Runtime> {
     /// restart starts it again, as in OTP.)
     removed: bool,
     backoff: DelayState,
+    /// The last delay its backoff gave: what a spent backoff keeps giving.
+    last_delay: Option<Duration>,
     runs: u64,
 }
 
@@ -148,6 +150,7 @@ impl<R: Runtime> Supervisor<R> {
                 restart_at: None,
                 removed: false,
                 backoff: backoff.start(seed),
+                last_delay: None,
                 runs: 0,
             });
         }
@@ -271,15 +274,19 @@ impl<R: Runtime> Supervisor<R> {
         if now.saturating_duration_since(running.started_at) >= self.stable_after {
             // Stable long enough: its backoff starts over (a new seed, so not the same delays).
             let seed = self.next_seed();
-            self.slots[index].backoff = self.backoff.start(seed);
+            let slot = &mut self.slots[index];
+            slot.backoff = self.backoff.start(seed);
+            slot.last_delay = None;
         }
         // A schedule that ran out (its attempts or its elapsed budget: the intensity bounds
-        // restarts, not the backoff) leaves every later restart at its cap until the child
-        // runs stable again; starting it over would restart a crash loop fast again.
-        let delay = self
-            .backoff
-            .next_delay(&mut self.slots[index].backoff)
-            .unwrap_or_else(|| self.backoff.max_delay_cap());
+        // restarts, not the backoff) holds its last delay until the child runs stable again,
+        // as a breaker's break backoff does; starting it over would restart a crash loop fast
+        // again, and jumping to the cap would turn "restart at once" into its default 30 s.
+        let slot = &mut self.slots[index];
+        let delay = match self.backoff.next_delay(&mut slot.backoff) {
+            Some(delay) => *slot.last_delay.insert(delay),
+            None => slot.last_delay.unwrap_or(self.backoff.max_delay_cap()),
+        };
         self.emit(SupervisorEvent::Restarting {
             child: name,
             delay,
