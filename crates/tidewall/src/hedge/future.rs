@@ -15,7 +15,8 @@ use crate::rt::{Clock, instant_after};
 pin_project! {
     /// The future of [`Hedge::call`]: resolves with the first success, with the first
     /// result judged neither a success nor a retryable failure, or with the last failure once
-    /// every attempt failed and no hedge is left.
+    /// every attempt failed and no hedge is left. The attempts still running are dropped as
+    /// it resolves.
     ///
     /// **Cancel safety:** dropping it drops every attempt still running.
     #[must_use = "futures do nothing unless polled"]
@@ -116,7 +117,7 @@ where
             *this.primary_started = Some(now);
             schedule_next(this.attempts, this.timer.as_mut());
         }
-        loop {
+        let output = 'answered: loop {
             if let Some(primary) = this.primary.as_mut().as_pin_mut()
                 && let Poll::Ready(result) = primary.poll(cx)
             {
@@ -128,13 +129,13 @@ where
                                 .estimator
                                 .record(inner.rt.now().saturating_duration_since(started));
                         }
-                        return Poll::Ready(result);
+                        break 'answered result;
                     }
                     Verdict::RetryableFailure => {
                         note_hint(this.not_before, &result);
                         *this.last_failure = Some(result);
                     }
-                    Verdict::Failure | Verdict::Ignored => return Poll::Ready(result),
+                    Verdict::Failure | Verdict::Ignored => break 'answered result,
                 }
             }
             let mut i = 0;
@@ -160,14 +161,14 @@ where
                                 .estimator
                                 .record(now.saturating_duration_since(primary_started));
                         }
-                        return Poll::Ready(result);
+                        break 'answered result;
                     }
                     Verdict::RetryableFailure => {
                         note_hint(this.not_before, &result);
                         *this.last_failure = Some(result);
                         drop(this.hedges.swap_remove(i));
                     }
-                    Verdict::Failure | Verdict::Ignored => return Poll::Ready(result),
+                    Verdict::Failure | Verdict::Ignored => break 'answered result,
                 }
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
@@ -209,12 +210,16 @@ where
             if running || this.timer.is_some() {
                 return Poll::Pending;
             }
-            return Poll::Ready(
-                this.last_failure
-                    .take()
-                    .unwrap_or_else(unreachable_no_attempt),
-            );
-        }
+            break 'answered this
+                .last_failure
+                .take()
+                .unwrap_or_else(unreachable_no_attempt);
+        };
+        // The call is answered: the losers are dropped now, not when this future is.
+        this.primary.set(None);
+        this.hedges.clear();
+        this.timer.set(None);
+        Poll::Ready(output)
     }
 }
 
