@@ -8,9 +8,11 @@ use std::future::Future;
 ///
 /// Dropping the handle detaches the task; it keeps running to completion.
 pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 'static {
-    /// Requests cancellation. The task is dropped at its next await point (a blocking task
-    /// that has already started runs to completion). Awaiting the handle afterwards yields
-    /// [`JoinError::Cancelled`] unless the task had already finished.
+    /// Requests cancellation. The task is dropped at its next await point, and awaiting the
+    /// handle afterwards yields [`JoinError::Cancelled`] unless the task had already
+    /// finished. A blocking task has no await point: aborting it does not stop it, it runs
+    /// to completion and awaiting the handle yields its result (on tokio, one that has not
+    /// started yet may never start, and then yields `Cancelled`).
     fn abort(&self);
 }
 

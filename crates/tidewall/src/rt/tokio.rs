@@ -16,7 +16,10 @@ use super::{Clock, JoinError, Panic, Signals, Spawn, TaskHandle};
 ///
 /// Like `tokio::spawn` and `tokio::time::sleep`, spawning and sleeping panic when called
 /// outside a tokio runtime (a programming error, not an input error). `now` and
-/// `is_real_time` work anywhere: outside a runtime they read the machine's clock.
+/// `is_real_time` work anywhere: outside a runtime they read the machine's clock. tokio's
+/// timer also panics on a deadline within a millisecond of the latest `Instant` the
+/// machine can hold (hundreds of billions of years away; [`instant_after`](super::instant_after)
+/// gives thirty years for a duration too long to add).
 ///
 /// ```
 /// use tidewall::rt::{Spawn, Tokio};
