@@ -26,7 +26,8 @@ pub struct DelayState {
     /// Index of the next retry (0 for the first).
     retry: u32,
     done: bool,
-    /// The previous raw delay (decorrelated jitter grows from it) in nanoseconds.
+    /// The last delay yielded, in nanoseconds (the initial delay before the first): what
+    /// decorrelated jitter grows from, and what a held schedule repeats once spent.
     previous: u64,
     /// The exponential schedule's current raw delay, kept as f64 so a fractional factor
     /// compounds exactly; it stops growing once it reaches the cap.
@@ -124,7 +125,18 @@ impl DelayState {
         }
         self.elapsed = elapsed.unwrap_or(u64::MAX);
         self.retry += 1;
+        // Decorrelated jitter set it already (its delay is its raw value, within the cap).
+        self.previous = delay;
         Some(Duration::from_nanos(delay))
+    }
+
+    /// The next delay, or once the schedule is spent its last one (the cap if it gave none).
+    pub(super) fn advance_held(&mut self, policy: &Backoff) -> Duration {
+        match self.advance(policy) {
+            Some(delay) => delay,
+            None if self.retry > 0 => Duration::from_nanos(self.previous),
+            None => policy.max_delay,
+        }
     }
 
     fn remaining(&self, policy: &Backoff) -> usize {

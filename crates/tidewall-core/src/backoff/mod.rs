@@ -159,6 +159,27 @@ impl Backoff {
         state.advance(self)
     }
 
+    /// As [`next_delay`](Self::next_delay), but a schedule that never runs out: once its
+    /// `max_attempts` or `max_elapsed` are spent, every later call returns the last delay it
+    /// gave (the cap, `max_delay`, if it gave none). For waits bounded elsewhere, such as a
+    /// breaker's consecutive breaks or a supervisor's restarts, where starting the schedule
+    /// over would make a failing thing fast again.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tidewall_core::backoff::{Backoff, Jitter};
+    ///
+    /// let ms = Duration::from_millis;
+    /// let backoff = Backoff::exponential(ms(10)).jitter(Jitter::None).max_attempts(3).build()?;
+    /// let mut state = backoff.start(0);
+    /// let held: Vec<_> = (0..4).map(|_| backoff.next_delay_held(&mut state)).collect();
+    /// assert_eq!(held, [ms(10), ms(20), ms(20), ms(20)]);
+    /// # Ok::<(), tidewall_core::ConfigError>(())
+    /// ```
+    pub fn next_delay_held(&self, state: &mut DelayState) -> Duration {
+        state.advance_held(self)
+    }
+
     /// The schedule.
     pub fn schedule(&self) -> Schedule {
         self.schedule

@@ -257,3 +257,23 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// A held schedule gives the iterator's delays, then repeats the last one for ever (the
+    /// cap when it gave none), for any schedule, jitter and budget.
+    #[test]
+    fn a_held_schedule_repeats_its_last_delay_once_spent(
+        builder in any_builder(),
+        attempts in 1u32..20,
+        seed in any::<u64>(),
+    ) {
+        if let Ok(b) = builder.max_delay(Duration::MAX / 1_000_000_000).max_attempts(attempts).build() {
+            let delays = collect(&b, seed);
+            let mut state = b.start(seed);
+            let held: Vec<_> = (0..delays.len() + 5).map(|_| b.next_delay_held(&mut state)).collect();
+            prop_assert_eq!(&held[..delays.len()], &delays[..]);
+            let last = delays.last().copied().unwrap_or(b.max_delay_cap());
+            prop_assert!(held[delays.len()..].iter().all(|d| *d == last));
+        }
+    }
+}

@@ -70,18 +70,15 @@ pub struct Counts {
 pub struct BreakDurations {
     backoff: Backoff,
     state: crate::backoff::DelayState,
-    last: Option<Duration>,
 }
 
 impl BreakDurations {
     /// How long the next trip stays open. Past the end of the backoff schedule (its
     /// `max_attempts` or `max_elapsed`) the duration stays at the schedule's last delay, so
-    /// this never runs out, however many trips a long-lived breaker sees.
+    /// this never runs out, however many trips a long-lived breaker sees
+    /// ([`Backoff::next_delay_held`]).
     pub fn next_break(&mut self) -> Duration {
-        if let Some(delay) = self.backoff.next_delay(&mut self.state) {
-            self.last = Some(delay);
-        }
-        self.last.unwrap_or(self.backoff.max_delay_cap())
+        self.backoff.next_delay_held(&mut self.state)
     }
 }
 
@@ -272,7 +269,6 @@ impl BreakerPolicy {
         BreakDurations {
             backoff: self.break_backoff,
             state: self.break_backoff.start(seed),
-            last: None,
         }
     }
 

@@ -34,8 +34,6 @@ struct Slot<R: Runtime> {
     /// restart starts it again, as in OTP.)
     removed: bool,
     backoff: DelayState,
-    /// The last delay its backoff gave: what a spent backoff keeps giving.
-    last_delay: Option<Duration>,
     runs: u64,
 }
 
@@ -150,7 +148,6 @@ impl<R: Runtime> Supervisor<R> {
                 restart_at: None,
                 removed: false,
                 backoff: backoff.start(seed),
-                last_delay: None,
                 runs: 0,
             });
         }
@@ -274,19 +271,13 @@ impl<R: Runtime> Supervisor<R> {
         if now.saturating_duration_since(running.started_at) >= self.stable_after {
             // Stable long enough: its backoff starts over (a new seed, so not the same delays).
             let seed = self.next_seed();
-            let slot = &mut self.slots[index];
-            slot.backoff = self.backoff.start(seed);
-            slot.last_delay = None;
+            self.slots[index].backoff = self.backoff.start(seed);
         }
         // A schedule that ran out (its attempts or its elapsed budget: the intensity bounds
         // restarts, not the backoff) holds its last delay until the child runs stable again,
         // as a breaker's break backoff does; starting it over would restart a crash loop fast
         // again, and jumping to the cap would turn "restart at once" into its default 30 s.
-        let slot = &mut self.slots[index];
-        let delay = match self.backoff.next_delay(&mut slot.backoff) {
-            Some(delay) => *slot.last_delay.insert(delay),
-            None => slot.last_delay.unwrap_or(self.backoff.max_delay_cap()),
-        };
+        let delay = self.backoff.next_delay_held(&mut self.slots[index].backoff);
         self.emit(SupervisorEvent::Restarting {
             child: name,
             delay,
