@@ -40,6 +40,7 @@
 
 mod classify;
 mod client;
+mod date;
 mod exchange;
 mod idempotency;
 mod retry_after;

@@ -30,8 +30,10 @@ impl std::error::Error for RetryAfterError {}
 
 /// Parses one `Retry-After` field value into the delay it asks for, measured from `now`.
 ///
-/// Delay-seconds are read as given; an HTTP-date (any of RFC 9110's three formats) is the
-/// time from `now` until it, zero when it has passed. Either form is capped at 2^31 seconds
+/// Delay-seconds are read as given; an HTTP-date (any of RFC 9110's three formats, any year
+/// from 0 to 9999, its day of the week checked) is the time from `now` until it, zero when
+/// it has passed. An RFC 850 date's two-digit year is the one with those digits at most 50
+/// years after `now`'s (RFC 9110 §5.6.7). Either form is capped at 2^31 seconds
 /// (about 68 years), the cap RFC 9111 §1.2.2 gives delta-seconds, so a date thousands of
 /// years away asks for no more than a huge number of seconds does. Whitespace around the
 /// value is ignored.
@@ -64,8 +66,7 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Result<Duration, Retr
         return Ok(Duration::from_secs(seconds));
     }
     let text = std::str::from_utf8(value).map_err(|_| RetryAfterError::Malformed)?;
-    let at = httpdate::parse_http_date(text).map_err(|_| RetryAfterError::Malformed)?;
-    let delay = at.duration_since(now).unwrap_or(Duration::ZERO);
+    let delay = super::date::until(text, now).ok_or(RetryAfterError::Malformed)?;
     Ok(delay.min(Duration::from_secs(MAX_DELAY_SECONDS)))
 }
 
