@@ -192,7 +192,9 @@ impl<R> ClientPoliciesBuilder<R> {
     }
 
     /// The bulkhead each authority gets (default 512 calls at once, no queue; `None`: no
-    /// bulkhead). Its runtime is replaced by the stack's.
+    /// bulkhead). A builder given here keeps its own queue and wait (a `Bulkhead::builder`
+    /// queues by default: set `max_queue(0)` to refuse at once); its runtime is replaced by
+    /// the stack's.
     pub fn bulkhead(mut self, bulkhead: Option<BulkheadBuilder>) -> Self {
         self.bulkhead = bulkhead;
         self
