@@ -2,7 +2,8 @@
 //!
 //! Retries multiply load exactly when a dependency is struggling. A [`RetryBudget`] shared by
 //! all callers of one dependency lets retries add at most `ratio` of the calls of the last
-//! `window` (plus a floor of `min_per_second`, so a quiet service can still retry). The
+//! `window` (plus a floor of `min_per_second` retries a second, `min_per_second × window`
+//! over the window, so a quiet service can still retry). The
 //! accounting is exact integer arithmetic (see [`RetryBudgetPolicy`]) over a ring of packed
 //! bucket words. Deposits (every call) are one lock-free compare-and-swap; withdrawals (one per
 //! retry, so rare) are serialized by a small lock so that concurrent retries can never

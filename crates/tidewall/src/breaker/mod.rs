@@ -2,7 +2,8 @@
 //!
 //! A [`CircuitBreaker`] watches the outcomes of calls in a sliding window (the last N calls,
 //! or the last span of time in buckets) and *opens* when the failure rate, the slow-call rate
-//! or a run of consecutive failures crosses its threshold. While open it rejects calls at once
+//! or a run of consecutive failures reaches its threshold (a rate equal to it trips, as
+//! resilience4j's does). While open it rejects calls at once
 //! with [`Rejected::CircuitOpen`] and a `retry_after`. After the break (fixed, or growing on
 //! repeated trips with a backoff) it turns *half-open* and admits exactly
 //! [`half_open_probes`](CircuitBreakerBuilder::half_open_probes) probe calls: that many

@@ -29,7 +29,8 @@ use crate::time::FutureExt as _;
 ///
 /// The token is checked before every poll of a run (see
 /// [`CancellationToken::run_until_cancelled`]), so a run is stopped mid-way, not only
-/// between runs.
+/// between runs. A run that panics is not caught: the panic leaves this future and the
+/// schedule ends (spawned, its task reports the panic; supervised, it is a crashed child).
 ///
 /// **Cancel safety:** dropping the future drops the run in progress.
 ///
