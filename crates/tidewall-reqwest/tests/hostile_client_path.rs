@@ -175,24 +175,6 @@ fn breaker_state(resilience: &Resilience, authority: &Authority) -> Option<State
     resilience.policies().breakers().unwrap().state(authority)
 }
 
-/// SplitMix64 (the constants of `tidewall_core::rng::SplitMix64`, which this crate cannot
-/// reach as a dev-dependency): seeded, reproducible drop points.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Polls `done` every 5 ms for up to 5 s; panics naming `what` if it never holds.
 async fn wait_until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();
@@ -1086,12 +1068,16 @@ async fn calls_dropped_at_seeded_points_leave_every_bulkhead_slot_free() {
         _ => Fault::Slow(ms(600)),
     });
     let (client, _) = resilient(base(3).bulkhead(Some(no_queue(2))));
-    let mut rng = SplitMix64(0x71DE_3A11);
+    let mut rng = tidewall_core::rng::SplitMix64::new(0x71DE_3A11);
     for _wave in 0..6 {
         let mut calls = Vec::new();
         for _ in 0..4 {
-            let path = if rng.below(2) == 0 { "/retry" } else { "/slow" };
-            let drop_at = ms(rng.below(300));
+            let path = if rng.below_or_equal(1) == 0 {
+                "/retry"
+            } else {
+                "/slow"
+            };
+            let drop_at = ms(rng.below_or_equal(299));
             let call = client.get(server.url(path)).send();
             calls.push(tokio::spawn(tokio::time::timeout(drop_at, call)));
         }
