@@ -202,6 +202,21 @@ impl Gauge {
     }
 }
 
+/// `value` after `delay_ms` of virtual time, counted in `gauge` while it sleeps.
+fn gauged<T: Send + 'static>(
+    gauge: &Arc<Gauge>,
+    delay_ms: u64,
+    value: T,
+) -> impl Future<Output = T> + Send + use<T> {
+    let gauge = Arc::clone(gauge);
+    async move {
+        gauge.enter();
+        tokio::time::sleep(ms(delay_ms)).await;
+        gauge.leave();
+        value
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn par_map_never_exceeds_limit_and_delivers_in_input_order_under_random_delays() {
     for seed in 0..6u64 {
@@ -215,16 +230,7 @@ async fn par_map_never_exceeds_limit_and_delivers_in_input_order_under_random_de
         let g = Arc::clone(&gauge);
         let mut out = std::pin::pin!(
             counted(stream::iter(0..n), &pulls)
-                .par_map(limit, move |i| {
-                    let g = Arc::clone(&g);
-                    let d = delays[to_usize(i)];
-                    async move {
-                        g.enter();
-                        tokio::time::sleep(ms(d)).await;
-                        g.leave();
-                        i
-                    }
-                })
+                .par_map(limit, move |i| gauged(&g, delays[to_usize(i)], i))
                 .unwrap()
         );
         let mut got = Vec::new();
@@ -256,16 +262,7 @@ async fn par_map_unordered_never_exceeds_limit_and_loses_or_duplicates_nothing()
         let g = Arc::clone(&gauge);
         let mut out = std::pin::pin!(
             counted(stream::iter(0..n), &pulls)
-                .par_map_unordered(limit, move |i| {
-                    let g = Arc::clone(&g);
-                    let d = delays[to_usize(i)];
-                    async move {
-                        g.enter();
-                        tokio::time::sleep(ms(d)).await;
-                        g.leave();
-                        i
-                    }
-                })
+                .par_map_unordered(limit, move |i| gauged(&g, delays[to_usize(i)], i))
                 .unwrap()
         );
         let mut got = Vec::new();
@@ -289,15 +286,7 @@ async fn par_map_pulls_no_more_than_limit_ahead_of_a_consumer_that_stops_pulling
     let g = Arc::clone(&gauge);
     let mut out = std::pin::pin!(
         counted(stream::iter(0..1000u32), &pulls)
-            .par_map(4, move |i| {
-                let g = Arc::clone(&g);
-                async move {
-                    g.enter();
-                    tokio::time::sleep(ms(1)).await;
-                    g.leave();
-                    i
-                }
-            })
+            .par_map(4, move |i| gauged(&g, 1, i))
             .unwrap()
     );
     assert_eq!(out.next().await.unwrap().unwrap(), 0);
@@ -325,16 +314,7 @@ async fn par_map_next_dropped_at_random_points_loses_nothing_and_keeps_the_bound
     let g = Arc::clone(&gauge);
     let mut out = std::pin::pin!(
         stream::iter(0..200u64)
-            .par_map(6, move |i| {
-                let g = Arc::clone(&g);
-                let d = delays[to_usize(i)];
-                async move {
-                    g.enter();
-                    tokio::time::sleep(ms(d)).await;
-                    g.leave();
-                    i
-                }
-            })
+            .par_map(6, move |i| gauged(&g, delays[to_usize(i)], i))
             .unwrap()
     );
     let mut got = Vec::new();
@@ -375,15 +355,7 @@ async fn par_map_with_a_huge_limit_runs_everything_at_once_without_preallocating
     let gauge = Arc::new(Gauge::default());
     let g = Arc::clone(&gauge);
     let out: Vec<_> = stream::iter(0..100u32)
-        .par_map(usize::MAX, move |i| {
-            let g = Arc::clone(&g);
-            async move {
-                g.enter();
-                tokio::time::sleep(ms(10)).await;
-                g.leave();
-                i
-            }
-        })
+        .par_map(usize::MAX, move |i| gauged(&g, 10, i))
         .unwrap()
         .map(Result::unwrap)
         .collect()
@@ -455,15 +427,7 @@ async fn par_map_dropped_mid_stream_does_not_lose_the_caller_or_panic() {
         let take = to_usize(rng.below_or_equal(10));
         let mut out = Box::pin(
             stream::iter(0..50u32)
-                .par_map(3, move |i| {
-                    let g = Arc::clone(&g);
-                    async move {
-                        g.enter();
-                        tokio::time::sleep(ms(5)).await;
-                        g.leave();
-                        i
-                    }
-                })
+                .par_map(3, move |i| gauged(&g, 5, i))
                 .unwrap(),
         );
         for want in 0..take {
