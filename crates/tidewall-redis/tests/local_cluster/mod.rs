@@ -7,6 +7,7 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a master may be silent before its replica is elected in its place.
@@ -39,9 +40,29 @@ fn connection(port: u16) -> redis::RedisResult<redis::Connection> {
         .get_connection_with_timeout(Duration::from_secs(1))
 }
 
+/// Held from picking free ports until the nodes listen on them, so two tests of one process
+/// (plain `cargo test` runs them on threads) never pick the same ones.
+static STARTING: Mutex<()> = Mutex::new(());
+
 impl Cluster {
     /// Six nodes, three masters with a replica each, every slot served.
     pub(crate) fn start() -> Self {
+        // A port free when picked may still be taken before its node binds it (by another
+        // test process); that node exits at once, and fresh ports are tried.
+        let mut nodes = None;
+        for _ in 0..3 {
+            nodes = Self::start_nodes();
+            if nodes.is_some() {
+                break;
+            }
+        }
+        let cluster = nodes.expect("six redis-server nodes listening, in three tries");
+        cluster.create()
+    }
+
+    /// Six cluster-enabled nodes on free ports, each answering; `None` if one exited.
+    fn start_nodes() -> Option<Self> {
+        let _starting = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let ports = free_ports(6);
         let mut children = Vec::new();
@@ -68,19 +89,38 @@ impl Cluster {
                 });
             children.push(Some(child));
         }
-        let cluster = Self {
+        let mut cluster = Self {
             ports,
             children,
             _dir: dir,
         };
-        for &port in &cluster.ports {
-            cluster.wait(&format!("node {port} to answer"), || {
-                connection(port)
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok()
-            });
+        for index in 0..cluster.ports.len() {
+            let port = cluster.ports[index];
+            let started = Instant::now();
+            while connection(port)
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_err()
+            {
+                let exited = cluster.children[index]
+                    .as_mut()
+                    .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_some()));
+                if exited {
+                    return None; // its port was taken: dropping the cluster stops the rest
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "waited 30 s for node {port} to answer"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        let nodes: Vec<String> = cluster
+        Some(cluster)
+    }
+
+    /// Joins the six answering nodes into a cluster and waits until it is healthy and every
+    /// replica is in sync.
+    fn create(self) -> Self {
+        let nodes: Vec<String> = self
             .ports
             .iter()
             .map(|port| format!("127.0.0.1:{port}"))
@@ -95,17 +135,17 @@ impl Cluster {
             .status()
             .expect("running redis-cli --cluster create");
         assert!(created.success(), "redis-cli --cluster create failed");
-        cluster.wait_until_healthy();
+        self.wait_until_healthy();
         // Each master's replica has finished its first sync: a replica promoted before that
         // would take over with no data.
-        cluster.wait("every replica to be in sync", || {
-            cluster.masters().into_iter().all(|port| {
+        self.wait("every replica to be in sync", || {
+            self.masters().into_iter().all(|port| {
                 let info: redis::RedisResult<String> = connection(port)
                     .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c));
                 info.is_ok_and(|info| info.contains("slave0:") && info.contains("state=online"))
             })
         });
-        cluster
+        self
     }
 
     /// `redis://` URLs of every node, for the client's first contact.
