@@ -83,7 +83,6 @@ impl AimdBuilder {
     /// [`ConfigError::Conflict`] unless `min_limit <= initial_limit <= max_limit`;
     /// [`ConfigError::OutOfRange`] (or `NotFinite`) for a `backoff_ratio` outside `0.5..1`.
     pub fn build(self) -> Result<Aimd, ConfigError> {
-        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio(
             "backoff_ratio",
             self.backoff_ratio,
@@ -95,6 +94,8 @@ impl AimdBuilder {
         if self.timeout.is_zero() {
             return Err(ConfigError::Zero { field: "timeout" });
         }
+        // Settings that contradict each other last: each value's own error comes first.
+        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         Ok(Aimd {
             limit: self.initial_limit,
             min_limit: self.min_limit,

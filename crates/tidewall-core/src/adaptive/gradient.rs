@@ -151,7 +151,6 @@ impl Gradient2Builder {
     /// [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing` above 1 or below 0, or
     /// an `rtt_tolerance` below 1.
     pub fn build(self) -> Result<Gradient2, ConfigError> {
-        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio("smoothing", self.smoothing, 0.0, 1.0, false, "in (0, 1]")?;
         if self.smoothing <= 0.0 {
             return Err(ConfigError::Zero { field: "smoothing" });
@@ -169,6 +168,8 @@ impl Gradient2Builder {
                 field: "long_window",
             });
         }
+        // Settings that contradict each other last: each value's own error comes first.
+        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         Ok(Gradient2 {
             estimate: f64::from(self.initial_limit),
             min_limit: self.min_limit,

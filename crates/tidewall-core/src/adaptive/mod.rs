@@ -68,6 +68,7 @@ macro_rules! limit_setters {
 }
 
 mod aimd;
+mod any;
 mod gradient;
 mod vegas;
 mod windowed;
@@ -75,6 +76,7 @@ mod windowed;
 use core::time::Duration;
 
 pub use aimd::{Aimd, AimdBuilder};
+pub use any::AnyAlgorithm;
 pub use gradient::{Gradient2, Gradient2Builder};
 pub use vegas::{Vegas, VegasBuilder};
 pub use windowed::{WindowedGradient, WindowedGradientBuilder};

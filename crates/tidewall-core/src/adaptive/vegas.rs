@@ -129,7 +129,6 @@ impl VegasBuilder {
     /// `alpha` above `beta`; [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing`
     /// above 1 or below 0.
     pub fn build(self) -> Result<Vegas, ConfigError> {
-        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio("smoothing", self.smoothing, 0.0, 1.0, false, "in (0, 1]")?;
         if self.smoothing <= 0.0 {
             return Err(ConfigError::Zero { field: "smoothing" });
@@ -139,6 +138,8 @@ impl VegasBuilder {
                 field: "probe_multiplier",
             });
         }
+        // Settings that contradict each other last: each value's own error comes first.
+        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         if let (Some(alpha), Some(beta)) = (self.alpha, self.beta)
             && alpha > beta
         {

@@ -235,7 +235,6 @@ impl WindowedGradientBuilder {
     /// `min_limit <= initial_limit <= max_limit`; [`ConfigError::OutOfRange`] (or `NotFinite`)
     /// for a negative or infinite `buffer`.
     pub fn build(self) -> Result<WindowedGradient, ConfigError> {
-        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         check_ratio("buffer", self.buffer, 0.0, f64::MAX, false, ">= 0")?;
         for (field, value) in [
             ("window", self.window),
@@ -250,6 +249,8 @@ impl WindowedGradientBuilder {
                 field: "probe_interval",
             });
         }
+        // Settings that contradict each other last: each value's own error comes first.
+        check_bounds(self.min_limit, self.initial_limit, self.max_limit)?;
         Ok(WindowedGradient {
             estimate: f64::from(self.initial_limit),
             min_limit: self.min_limit,
