@@ -333,3 +333,107 @@ impl<A: Admission> Admission for NoWait<A> {
         A::finish(guard, outcome);
     }
 }
+
+/// One stage of two kinds, chosen at run time: a [pipeline from
+/// configuration](crate::config::LivePipeline) limits calls in flight with a bulkhead or an
+/// adaptive limiter, as the instance's file says. Each call goes to the stage inside, and
+/// so does its outcome.
+///
+/// ```
+/// use tidewall::adaptive::{AdaptiveLimiter, Aimd};
+/// use tidewall::admission::{Admission, Either};
+/// use tidewall::bulkhead::Bulkhead;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tidewall::ConfigError> {
+/// let learn = true;
+/// let stage = if learn {
+///     Either::Right(AdaptiveLimiter::builder(Aimd::builder().initial_limit(1).build()?).build()?)
+/// } else {
+///     Either::Left(Bulkhead::builder(1).build()?)
+/// };
+/// let held = stage.try_admit().expect("a free slot");
+/// assert!(stage.try_admit().is_none());
+/// # drop(held);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<A, B> {
+    /// The first kind.
+    Left(A),
+    /// The second kind.
+    Right(B),
+}
+
+impl<A: Admission, B: Admission> Admission for Either<A, B> {
+    type Guard = Either<A::Guard, B::Guard>;
+    type Admit = EitherAdmit<A::Admit, B::Admit>;
+
+    #[inline]
+    fn try_admit(&self) -> Option<Self::Guard> {
+        match self {
+            Self::Left(stage) => stage.try_admit().map(Either::Left),
+            Self::Right(stage) => stage.try_admit().map(Either::Right),
+        }
+    }
+
+    fn admit(&self, wait: Wait) -> Self::Admit {
+        match self {
+            Self::Left(stage) => EitherAdmit {
+                admit: OneOf::Left {
+                    admit: stage.admit(wait),
+                },
+            },
+            Self::Right(stage) => EitherAdmit {
+                admit: OneOf::Right {
+                    admit: stage.admit(wait),
+                },
+            },
+        }
+    }
+
+    #[inline]
+    fn finish(guard: Self::Guard, outcome: Outcome) {
+        match guard {
+            Either::Left(guard) => A::finish(guard, outcome),
+            Either::Right(guard) => B::finish(guard, outcome),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Admission::admit`] future of an [`Either`] stage: the one inside's.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct EitherAdmit<F, G> {
+        #[pin]
+        admit: OneOf<F, G>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[derive(Debug)]
+    #[project = OneOfProj]
+    enum OneOf<F, G> {
+        Left { #[pin] admit: F },
+        Right { #[pin] admit: G },
+    }
+}
+
+impl<F, G, FG, GG> Future for EitherAdmit<F, G>
+where
+    F: Future<Output = Result<FG, Rejected>>,
+    G: Future<Output = Result<GG, Rejected>>,
+{
+    type Output = Result<Either<FG, GG>, Rejected>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project().admit.project() {
+            OneOfProj::Left { admit } => admit.poll(cx).map(|a| a.map(Either::Left)),
+            OneOfProj::Right { admit } => admit.poll(cx).map(|a| a.map(Either::Right)),
+        }
+    }
+}

@@ -153,6 +153,21 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         self.build_counted(None)
     }
 
+    /// The algorithm, and the settings around it.
+    pub(crate) fn split(self) -> (A, AdaptiveLimiterBuilder<(), R>) {
+        let settings = AdaptiveLimiterBuilder {
+            algorithm: (),
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            name: self.name,
+            rt: self.rt,
+            events: self.events,
+            discipline: self.discipline,
+            shares: self.shares,
+        };
+        (self.algorithm, settings)
+    }
+
     /// The bulkhead settings under the limiter: its limit, queue, wait, discipline, shares,
     /// name and listener.
     fn bulkhead(&self) -> crate::bulkhead::BulkheadBuilder<R>
@@ -303,6 +318,67 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     /// The name its events and metrics carry.
     pub fn name(&self) -> &str {
         self.shared.bulkhead.name()
+    }
+
+    /// Applies `settings` in place, to every handle and clone: its algorithm replaces the
+    /// one in force, so learning starts again from the new algorithm's initial limit, and
+    /// its queue, wait, discipline and shares take effect at once. Its name, listener and
+    /// runtime are not read: those stay. Calls in flight keep their slots, and their samples
+    /// go to the new algorithm when they end; a limit below what is held admits nobody new,
+    /// queued callers included, until enough slots come back (as a bulkhead's
+    /// [`reconfigure`](crate::bulkhead::Bulkhead::reconfigure)). A larger share or limit
+    /// admits queued callers at once.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, Aimd, Priority};
+    ///
+    /// let aimd = |limit| Aimd::builder().min_limit(1).initial_limit(limit).build();
+    /// let limiter = AdaptiveLimiter::builder(aimd(4)?).build()?;
+    /// let held: Vec<_> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
+    /// limiter.reconfigure(AdaptiveLimiter::builder(aimd(2)?).share(Priority::Sheddable, 0.5))?;
+    /// assert_eq!((limiter.limit(), limiter.in_flight()), (2, 3), "nothing revoked");
+    /// assert!(limiter.try_acquire().is_err());
+    /// # drop(held);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`AdaptiveLimiterBuilder::build`]; nothing changes then.
+    pub fn reconfigure<R2>(
+        &self,
+        settings: AdaptiveLimiterBuilder<A, R2>,
+    ) -> Result<(), ConfigError> {
+        let (algorithm, settings) = settings.split();
+        self.retune(&settings, Some(algorithm))
+    }
+
+    /// Applies `settings`' queue, wait, discipline and shares, and `algorithm` if given (else
+    /// the one in force stays, with what it learned).
+    pub(crate) fn retune<R2>(
+        &self,
+        settings: &AdaptiveLimiterBuilder<(), R2>,
+        algorithm: Option<A>,
+    ) -> Result<(), ConfigError> {
+        check_shares(&settings.shares)?;
+        let shared = &*self.shared;
+        let mut in_force = lock(&shared.algorithm);
+        let limit = algorithm
+            .as_ref()
+            .map_or_else(|| in_force.limit(), A::limit);
+        let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
+        let bulkhead = Bulkhead::builder(capacity)
+            .max_queue(settings.max_queue)
+            .max_wait(settings.max_wait)
+            .discipline(settings.discipline);
+        bulkhead.validate()?;
+        if let Some(algorithm) = algorithm {
+            *in_force = algorithm;
+        }
+        // Under the algorithm's lock, as `learn` applies limits: in the order they were made.
+        shared.bulkhead.reconfigure(bulkhead)?;
+        shared.bulkhead.reshare(settings.shares);
+        Ok(())
     }
 
     /// A slot for a call of this handle's priority, if one is free to it now.

@@ -112,6 +112,6 @@ pub use crate::admission::{Priority, QueueDiscipline};
 pub use keyed::{KeyedAdaptiveLimiter, KeyedAdaptiveLimiterBuilder};
 pub use limiter::{AdaptiveAdmit, AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 pub use tidewall_core::adaptive::{
-    Aimd, AimdBuilder, FixedLimit, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas,
-    VegasBuilder, WindowedGradient, WindowedGradientBuilder,
+    Aimd, AimdBuilder, AnyAlgorithm, FixedLimit, Gradient2, Gradient2Builder, LimitAlgorithm,
+    Sample, Vegas, VegasBuilder, WindowedGradient, WindowedGradientBuilder,
 };

@@ -96,7 +96,8 @@ pub struct BulkheadBuilder<R = DefaultRuntime> {
     name: Name,
     events: Option<crate::telemetry::Listener>,
     discipline: QueueDiscipline,
-    shares: Shares,
+    /// Set only by an adaptive limiter: a bulkhead without shares never pays to read them.
+    shares: Option<Shares>,
 }
 
 impl Bulkhead {
@@ -110,7 +111,7 @@ impl Bulkhead {
             name: Name::from_static("bulkhead"),
             events: None,
             discipline: QueueDiscipline::Fifo,
-            shares: [1.0; Priority::ALL.len()],
+            shares: None,
         }
     }
 }
@@ -159,7 +160,7 @@ impl<R> BulkheadBuilder<R> {
     /// Per priority, the share of the capacity its calls may fill: an adaptive limiter's
     /// shedding (validated there).
     pub(crate) fn with_shares(mut self, shares: Shares) -> Self {
-        self.shares = shares;
+        self.shares = Some(shares);
         self
     }
 
@@ -245,7 +246,7 @@ impl<R> BulkheadBuilder<R> {
         KeyedBulkheadBuilder::new(self)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::Zero {
                 field: "max_concurrent",
@@ -402,6 +403,11 @@ impl<R: Clock> Bulkhead<R> {
     pub(crate) fn set_capacity(&self, capacity: usize) {
         let shared = &self.shared;
         shared.resize(capacity, shared.max_queue(), shared.max_wait());
+    }
+
+    /// Applies an adaptive limiter's new shares (validated there).
+    pub(crate) fn reshare(&self, shares: Shares) {
+        self.shared.reshare(shares);
     }
 
     pub(crate) fn acquire_owned_within(&self, wait: Wait) -> AcquireOwned<R> {

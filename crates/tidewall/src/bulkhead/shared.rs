@@ -36,9 +36,10 @@ pub(crate) struct Shared<R> {
     pub(super) rt: R,
     pub(super) name: crate::Name,
     telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
-    /// Per priority, the share of the capacity its calls may fill, if any is below 1 (an
-    /// adaptive limiter's shedding; boxed, since a bulkhead per key pays for every byte).
-    shares: Option<Box<Shares>>,
+    /// Per priority, the share of the capacity its calls may fill (an adaptive limiter's
+    /// shedding), as `f64` bits: a reconfiguration changes them in place. Boxed, since a
+    /// bulkhead per key pays for every byte; `None` for a plain bulkhead.
+    shares: Option<Box<[AtomicU64; Priority::ALL.len()]>>,
 }
 
 /// Per priority (most important first), the share of the capacity its calls may fill: each
@@ -53,7 +54,7 @@ impl<R> Shared<R> {
         rt: R,
         name: crate::Name,
         telemetry: std::sync::Arc<crate::telemetry::PolicyTelemetry>,
-        shares: Shares,
+        shares: Option<Shares>,
     ) -> Self {
         Self {
             capacity: AtomicUsize::new(capacity),
@@ -69,9 +70,7 @@ impl<R> Shared<R> {
             name,
             telemetry,
             shares: shares
-                .iter()
-                .any(|&share| share < 1.0)
-                .then(|| Box::new(shares)),
+                .map(|shares| Box::new(shares.map(|share| AtomicU64::new(share.to_bits())))),
         }
     }
 
@@ -149,7 +148,7 @@ impl<R> Shared<R> {
         let Some(shares) = &self.shares else {
             return 0;
         };
-        let share = shares[priority.index()];
+        let share = f64::from_bits(shares[priority.index()].load(Relaxed));
         if share >= 1.0 {
             return 0;
         }
@@ -303,6 +302,22 @@ impl<R> Shared<R> {
         if grew {
             self.dispatch();
         }
+    }
+
+    /// Applies new (validated) shares to a bulkhead built with shares, and admits the
+    /// waiters a larger share now lets in.
+    pub(super) fn reshare(&self, shares: Shares) {
+        let Some(held) = &self.shares else {
+            debug_assert!(false, "bulkhead {:?} was built without shares", self.name);
+            return;
+        };
+        {
+            let _queue = lock(&self.queue);
+            for (held, share) in held.iter().zip(shares) {
+                held.store(share.to_bits(), Relaxed);
+            }
+        }
+        self.dispatch();
     }
 
     pub(super) fn queued(&self) -> usize {
