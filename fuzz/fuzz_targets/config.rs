@@ -31,21 +31,30 @@ fuzz_target!(|text: &str| {
     let _ = registry.bulkhead("undeclared");
     let _ = registry.rate_limiter("undeclared");
     let _ = registry.retry_budget("undeclared");
+    let _ = registry.adaptive_limiter("undeclared");
     let _ = registry.pipeline("undeclared");
     for name in config.instances.keys() {
         let instance = config.instance(name).expect("validated: every base exists");
         let _ = instance.backoff();
-        let _ = (instance.deadline(), instance.attempt_timeout(), instance.max_retry_after());
+        let _ = (
+            instance.deadline(),
+            instance.attempt_timeout(),
+            instance.max_retry_after(),
+        );
         // A declared instance's pipeline and keyed tables build from what validation passed.
-        registry.pipeline(name).expect("a validated instance's pipeline builds");
+        registry
+            .pipeline(name)
+            .expect("a validated instance's pipeline builds");
         let _ = registry.keyed_breaker::<u64>(name);
         let _ = registry.keyed_bulkhead::<u64>(name);
         let _ = registry.keyed_rate_limiter::<u64>(name);
     }
-    // Reloading the configuration in force changes nothing that could be refused.
-    registry
+    // Reloading the configuration in force changes nothing that could be refused, and no
+    // adaptive limiter forgets what it learned.
+    let reload = registry
         .reload(config.clone())
         .expect("the configuration in force reloads");
+    assert!(reload.relearning.is_empty(), "{reload:?}");
     let printed = toml::to_string(&config).expect("a read configuration prints");
     assert_eq!(Config::from_toml(&printed).expect("and reads back"), config);
 });

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tidewall::config::{
-    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, Config, JitterKind, Policies,
-    RateLimitConfig, Registry, RetryConfig, Toggle,
+    AdaptiveConfig, AlgorithmKind, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig,
+    Config, DisciplineKind, JitterKind, Policies, RateLimitConfig, Registry, RetryConfig, Toggle,
 };
 use tidewall::testing::FakeClock;
 
@@ -199,6 +199,89 @@ fn budget() -> BoxedStrategy<BudgetConfig> {
         .boxed()
 }
 
+fn adaptive() -> BoxedStrategy<AdaptiveConfig> {
+    let algorithm = prop_oneof![
+        Just(AlgorithmKind::Aimd),
+        Just(AlgorithmKind::Vegas),
+        Just(AlgorithmKind::Gradient2),
+        Just(AlgorithmKind::WindowedGradient),
+    ];
+    let discipline = prop_oneof![
+        Just(DisciplineKind::Fifo),
+        Just(DisciplineKind::Lifo),
+        Just(DisciplineKind::Codel),
+    ];
+    (
+        (
+            proptest::option::of(algorithm),
+            proptest::option::weighted(0.5, small()),
+            proptest::option::weighted(0.5, small()),
+            proptest::option::weighted(0.5, small()),
+            proptest::option::weighted(0.2, ratio()),
+            proptest::option::weighted(0.2, duration()),
+            proptest::option::weighted(0.2, ratio()),
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, small()),
+        ),
+        (
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, any::<u64>()),
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, ratio()),
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, ratio()),
+            proptest::option::weighted(0.1, small()),
+            proptest::option::weighted(0.1, duration()),
+        ),
+        (
+            proptest::option::weighted(0.3, prop_oneof![0usize..=4, Just(usize::MAX)]),
+            proptest::option::weighted(0.3, toggle(duration())),
+            proptest::option::weighted(0.3, discipline),
+            proptest::option::weighted(0.2, duration()),
+            proptest::option::weighted(0.2, duration()),
+            proptest::option::weighted(0.3, ratio()),
+            proptest::option::weighted(0.3, ratio()),
+        ),
+    )
+        .prop_map(
+            |(
+                (algorithm, initial, min, max, backoff_ratio, timeout, smoothing, alpha, beta),
+                (probes, seed, queue_size, long_window, tolerance, window, buffer, samples, every),
+                (queue, wait, discipline, target, interval, default_share, sheddable_share),
+            )| {
+                let mut a = AdaptiveConfig::default();
+                a.algorithm = algorithm;
+                a.initial_limit = initial;
+                a.min_limit = min;
+                a.max_limit = max;
+                a.backoff_ratio = backoff_ratio;
+                a.timeout = timeout;
+                a.smoothing = smoothing;
+                a.alpha = alpha;
+                a.beta = beta;
+                a.probe_multiplier = probes;
+                a.seed = seed;
+                a.queue_size = queue_size;
+                a.long_window = long_window;
+                a.rtt_tolerance = tolerance;
+                a.window = window;
+                a.buffer = buffer;
+                a.probe_samples = samples;
+                a.probe_interval = every;
+                a.max_queue = queue;
+                a.max_wait = wait;
+                a.discipline = discipline;
+                a.codel_target = target;
+                a.codel_interval = interval;
+                a.default_share = default_share;
+                a.sheddable_share = sheddable_share;
+                a
+            },
+        )
+        .boxed()
+}
+
 fn policies() -> BoxedStrategy<Policies> {
     (
         proptest::option::of(toggle(duration())),
@@ -208,9 +291,10 @@ fn policies() -> BoxedStrategy<Policies> {
         proptest::option::of(rate_limit()),
         proptest::option::of(retry()),
         proptest::option::of(budget()),
+        proptest::option::weighted(0.3, adaptive()),
     )
         .prop_map(
-            |(deadline, timeout, breaker, bulkhead, rate_limit, retry, budget)| {
+            |(deadline, timeout, breaker, bulkhead, rate_limit, retry, budget, adaptive)| {
                 let mut p = Policies::default();
                 p.deadline = deadline;
                 p.attempt_timeout = timeout;
@@ -219,6 +303,7 @@ fn policies() -> BoxedStrategy<Policies> {
                 p.rate_limit = rate_limit;
                 p.retry = retry;
                 p.budget = budget;
+                p.adaptive = adaptive;
                 p
             },
         )

@@ -47,12 +47,12 @@ pub struct Instance<'a> {
 /// A clock for checking settings: builders need one to build, and checking must not depend on
 /// a runtime being around.
 #[derive(Clone)]
-struct Checking(Instant);
+pub(super) struct Checking(pub(super) Instant);
 
 /// Builds a policy only to check its settings. Without a recorder of its own it would
 /// register its metric series (named after the layer checked, `defaults` say) with the
 /// process's recorder, where a dashboard would list policies that do not exist.
-fn checked<T>(build: impl FnOnce() -> T) -> T {
+pub(super) fn checked<T>(build: impl FnOnce() -> T) -> T {
     #[cfg(feature = "metrics")]
     return metrics::with_local_recorder(&metrics::NoopRecorder, build);
     #[cfg(not(feature = "metrics"))]
@@ -73,7 +73,7 @@ impl Clock for Checking {
 
 /// What to do about a key without a default that no layer sets.
 #[derive(Clone, Copy)]
-enum Absent {
+pub(super) enum Absent {
     /// [`Problem::Missing`]: the policy is to be built.
     Refused,
     /// A neutral stand-in, to check the keys that are set (a layer checked alone).
@@ -81,7 +81,7 @@ enum Absent {
 }
 
 /// Reads one section of a layer.
-type Get<S> = fn(&Policies) -> &Option<S>;
+pub(super) type Get<S> = fn(&Policies) -> &Option<S>;
 
 /// Each policy's builder fields whose key in a file is another (the rest are the same).
 const BREAKER_KEYS: &[(&str, &str)] = &[
@@ -99,6 +99,11 @@ impl<'a> Instance<'a> {
     /// The instance's name.
     pub fn name(&self) -> &str {
         self.name
+    }
+
+    /// Its layers, top first, each with its key path.
+    pub(super) fn layers(&self) -> impl Iterator<Item = (&str, &Policies)> {
+        self.layers.iter().map(|(path, p)| (path.as_str(), *p))
     }
 
     /// A scalar key from the topmost layer that sets it.
@@ -161,7 +166,7 @@ impl<'a> Instance<'a> {
     }
 
     /// The section merged down the layers, and the path of the topmost layer that has it.
-    fn section<S: Clone + Default>(
+    pub(super) fn section<S: Clone + Default>(
         &self,
         name: &str,
         get: Get<S>,
@@ -183,7 +188,7 @@ impl<'a> Instance<'a> {
 
     /// The path of `key` in `section`: in the topmost layer that sets it, or else where the
     /// section is (`fallback`).
-    fn key_path<S>(
+    pub(super) fn key_path<S>(
         &self,
         section: &str,
         get: Get<S>,
@@ -201,7 +206,7 @@ impl<'a> Instance<'a> {
     }
 
     /// A builder's error, placed at the key that caused it.
-    fn placed<S>(
+    pub(super) fn placed<S>(
         &self,
         section: &str,
         get: Get<S>,
@@ -223,7 +228,7 @@ impl<'a> Instance<'a> {
         Invalid::new(path, Problem::Rule(error))
     }
 
-    fn named(&self) -> Name {
+    pub(super) fn named(&self) -> Name {
         Name::from(self.name.to_owned())
     }
 
@@ -580,6 +585,20 @@ impl<'a> Instance<'a> {
         let budget = |p: &Policies| p.budget.is_some();
         if present(budget) {
             settle(budget, self.retry_budget().map(drop))?;
+        }
+        let adaptive = |p: &Policies| p.adaptive.is_some();
+        if required(adaptive) && required(bulkhead) {
+            let (_, at) = self.section("adaptive", |p| &p.adaptive, super::AdaptiveConfig::over);
+            return Err(Invalid::new(
+                at,
+                Problem::NotHere(
+                    "an instance limits calls in flight with `bulkhead` or `adaptive`, not both \
+                     (an adaptive limiter's `max_limit` caps it)",
+                ),
+            ));
+        }
+        if present(adaptive) {
+            settle(adaptive, self.check_adaptive(absent(adaptive)))?;
         }
         if present(|p| p.keys.is_some()) {
             self.keys()?;

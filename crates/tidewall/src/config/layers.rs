@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::human::opt_duration;
 use super::sections::{
-    BreakerConfig, BudgetConfig, BulkheadConfig, KeysConfig, RateLimitConfig, RetryConfig,
+    AdaptiveConfig, BreakerConfig, BudgetConfig, BulkheadConfig, KeysConfig, RateLimitConfig,
+    RetryConfig,
 };
 use super::{Instance, Invalid, Problem, Toggle, key};
 
@@ -101,6 +102,9 @@ pub struct Policies {
     /// `[.breaker]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerConfig>,
+    /// `[.adaptive]`: an adaptive concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
     /// `[.keys]`: the key table of keyed policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysConfig>,

@@ -4,7 +4,8 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Config, Invalid, Problem, Registry, key};
+use super::{Config, ConfiguredAdaptive, Invalid, Problem, Registry, key};
+use crate::admission::Either;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::classify::{Classify, DefaultClassifier};
@@ -14,11 +15,12 @@ use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Swap;
 use crate::{Deadline, Error, Name};
 
-/// The pipeline a configuration makes: each stage there when the instance has its section.
+/// The pipeline a configuration makes: each stage there when the instance has its section,
+/// calls in flight limited by its bulkhead or its adaptive limiter.
 pub type ConfiguredPipeline<R = DefaultRuntime> = Pipeline<
     R,
     Option<RateLimiter<R>>,
-    Option<Bulkhead<R>>,
+    Option<Either<Bulkhead<R>, ConfiguredAdaptive<R>>>,
     Option<RetryStage>,
     Option<CircuitBreaker<R>>,
 >;
@@ -28,9 +30,9 @@ pub type ConfiguredPipeline<R = DefaultRuntime> = Pipeline<
 ///
 /// Got with [`Registry::pipeline`]. Its stages are the registry's policies of the same name
 /// (so a breaker opened through the pipeline is open for
-/// [`Registry::breaker`] too), in the pipeline's order: rate limit, bulkhead, retry (with the
-/// retry budget, when the instance has one), breaker, each there when the instance or its base
-/// has that section; `deadline`, `attempt_timeout` and `min_attempt_time` come from the
+/// [`Registry::breaker`] too), in the pipeline's order: rate limit, bulkhead or adaptive
+/// limiter, retry (with the retry budget, when the instance has one), breaker, each there
+/// when the instance or its base has that section; `deadline`, `attempt_timeout` and `min_attempt_time` come from the
 /// instance's layers. A [reload](Registry::reload) makes the pipeline anew from the new
 /// configuration: a call started before it finishes on the settings it started with, every
 /// call after it runs on the new ones, and every handle sees the change. A reload that adds or
@@ -185,14 +187,16 @@ impl<R: Clock> Cell<R> {
 }
 
 /// The registry's policies a pipeline of `name` has under `config`, by kind: rate limit,
-/// bulkhead, retry budget, breaker.
-pub(super) fn stages_of(config: &Config, name: &str) -> Result<[bool; 4], Invalid> {
+/// bulkhead, retry budget, breaker, adaptive limiter (a valid configuration gives an instance
+/// a bulkhead or an adaptive limiter, not both).
+pub(super) fn stages_of(config: &Config, name: &str) -> Result<[bool; 5], Invalid> {
     let instance = config.instance(name)?;
     Ok([
         instance.has(|p| p.rate_limit.is_some()),
         instance.has(|p| p.bulkhead.is_some()),
         instance.has(|p| p.retry.is_some()) && instance.has(|p| p.budget.is_some()),
         instance.has(|p| p.breaker.is_some()),
+        instance.has(|p| p.adaptive.is_some()),
     ])
 }
 
@@ -205,9 +209,15 @@ impl<R: Clock> Registry<R> {
         name: &str,
     ) -> Result<ConfiguredPipeline<R>, Invalid> {
         let instance = config.instance(name)?;
-        let [limited, bulkheaded, budgeted, broken] = stages_of(config, name)?;
+        let [limited, bulkheaded, budgeted, broken, adaptive] = stages_of(config, name)?;
         let limiter = limited.then(|| self.rate_limiter(name)).transpose()?;
-        let bulkhead = bulkheaded.then(|| self.bulkhead(name)).transpose()?;
+        let bulkhead = if bulkheaded {
+            Some(Either::Left(self.bulkhead(name)?))
+        } else if adaptive {
+            Some(Either::Right(self.adaptive_limiter(name)?))
+        } else {
+            None
+        };
         let breaker = broken.then(|| self.breaker(name)).transpose()?;
         let retry = if instance.has(|p| p.retry.is_some()) {
             let budget = budgeted.then(|| self.retry_budget(name)).transpose()?;

@@ -82,7 +82,8 @@
 //! configuration in force.
 //!
 //! A [`Registry`] builds the policies of a configuration once and hands out shared handles by
-//! name: breakers, bulkheads, rate limiters and retry budgets; an instance's whole pipeline
+//! name: breakers, bulkheads, adaptive limiters ([`AdaptiveConfig`]), rate limiters and retry
+//! budgets; an instance's whole pipeline
 //! ([`Registry::pipeline`], a [`LivePipeline`]); and keyed tables, a policy per key
 //! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`). A
 //! [reload](Registry::reload) reaches all of them. [`Config::instance`] gives one instance's
@@ -103,6 +104,7 @@ fn key(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+mod adaptive;
 mod error;
 mod human;
 mod instance;
@@ -114,6 +116,7 @@ mod sections;
 #[cfg(all(feature = "watch", feature = "toml"))]
 mod watch;
 
+pub use adaptive::ConfiguredAdaptive;
 pub use error::{Invalid, Problem};
 pub use human::Toggle;
 pub use instance::Instance;
@@ -122,8 +125,8 @@ pub use layers::{Config, Policies};
 pub use live::{ConfiguredPipeline, LivePipeline};
 pub use registry::{Registry, RegistryBuilder, Reload};
 pub use sections::{
-    BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, KeysConfig,
-    RateLimitConfig, RetryConfig,
+    AdaptiveConfig, AlgorithmKind, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig,
+    DisciplineKind, JitterKind, KeysConfig, RateLimitConfig, RetryConfig,
 };
 #[cfg(all(feature = "watch", feature = "toml"))]
 pub use watch::{ConfigWatch, watch_file_on};

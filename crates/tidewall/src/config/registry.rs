@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::keyed::Tables;
 use super::live::{Cell, LivePipeline, stages_of};
-use super::{Config, Invalid, Problem, key};
+use super::{Config, ConfiguredAdaptive, Invalid, Problem, key};
 use crate::Name;
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
@@ -16,8 +16,9 @@ use crate::sync::{Mutex, lock};
 use crate::telemetry::Listener;
 use std::sync::Arc;
 
-/// The policies of a configuration, by instance name: one circuit breaker, bulkhead, rate
-/// limiter and retry budget per name, shared by everyone who asks for it.
+/// The policies of a configuration, by instance name: one circuit breaker, bulkhead,
+/// adaptive limiter, rate limiter and retry budget per name, shared by everyone who asks for
+/// it.
 ///
 /// Building the registry validates the whole configuration and builds every policy an
 /// instance has (its own sections and its base's), so they are there to list from the start
@@ -71,6 +72,7 @@ pub struct Registry<R = DefaultRuntime> {
     bulkheads: Mutex<BTreeMap<Name, Bulkhead<R>>>,
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
     budgets: Mutex<BTreeMap<Name, RetryBudget>>,
+    adaptive: Mutex<BTreeMap<Name, ConfiguredAdaptive<R>>>,
     /// Locked before any policy map: making a pipeline makes its policies.
     pipelines: Mutex<BTreeMap<Name, Cell<R>>>,
     pub(super) keyed_breakers: Tables,
@@ -190,6 +192,7 @@ impl<R> RegistryBuilder<R> {
             bulkheads: Mutex::default(),
             limiters: Mutex::default(),
             budgets: Mutex::default(),
+            adaptive: Mutex::default(),
             pipelines: Mutex::default(),
             keyed_breakers: Mutex::default(),
             keyed_bulkheads: Mutex::default(),
@@ -237,6 +240,9 @@ pub struct Reload {
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
+    /// Adaptive limiters whose algorithm changed (its kind, limits or keys): they start
+    /// learning again from the new initial limit. The others keep what they learned.
+    pub relearning: Vec<Name>,
     /// [Pipelines](Registry::pipeline) made anew from the new configuration: their handles
     /// run every call after the reload on it.
     pub pipelines: usize,
@@ -286,6 +292,7 @@ impl<R: Clock> Registry<R> {
                 + lock(&self.bulkheads).len()
                 + lock(&self.limiters).len()
                 + lock(&self.budgets).len()
+                + lock(&self.adaptive).len()
         };
         let before = held();
         let config = self.config();
@@ -306,6 +313,9 @@ impl<R: Clock> Registry<R> {
             if has(|p| p.budget.is_some()) {
                 self.retry_budget(name)?;
             }
+            if has(|p| p.adaptive.is_some()) {
+                self.adaptive_limiter(name)?;
+            }
         }
         Ok(held() - before)
     }
@@ -323,7 +333,11 @@ impl<R: Clock> Registry<R> {
     /// * a breaker keeps its state and window when the window keeps its shape, and is reset
     ///   with a state-change event when it does not ([`Reload::reset`]);
     /// * a rate limiter keeps the cells it admitted; a retry budget keeps its window's
-    ///   counts when the window keeps its shape.
+    ///   counts when the window keeps its shape;
+    /// * an adaptive limiter takes its queue, wait, discipline and shares in place, and keeps
+    ///   its algorithm and what it learned unless the algorithm's settings changed (its kind,
+    ///   limits or own keys): then it starts learning again from the new initial limit
+    ///   ([`Reload::relearning`]).
     ///
     /// Handles got before the reload are the same policies: they see the new settings.
     /// Policies of instances new in `config` are built; those of instances it no longer
@@ -383,6 +397,7 @@ impl<R: Clock> Registry<R> {
         let bulkheads = lock(&self.bulkheads);
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
+        let adaptive = lock(&self.adaptive);
         let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
@@ -404,12 +419,13 @@ impl<R: Clock> Registry<R> {
             let new: BTreeSet<&str> = declared.chain(staged).filter(|n| !holds(n)).collect();
             held.saturating_add(new.len())
         };
-        // The stages in `stages_of`'s order: rate limit, bulkhead, budget, breaker.
+        // The stages in `stages_of`'s order: rate limit, bulkhead, budget, breaker, adaptive.
         let needed = [
             places(breakers.len(), &|n| breakers.contains_key(n), 3),
             places(bulkheads.len(), &|n| bulkheads.contains_key(n), 1),
             places(limiters.len(), &|n| limiters.contains_key(n), 0),
             places(budgets.len(), &|n| budgets.contains_key(n), 2),
+            places(adaptive.len(), &|n| adaptive.contains_key(n), 4),
         ];
         if needed.into_iter().any(|n| n > self.max_instances) {
             let max = self.max_instances;
@@ -437,13 +453,36 @@ impl<R: Clock> Registry<R> {
             .iter()
             .map(|(name, b)| Ok((b.clone(), config.instance(name)?.retry_budget()?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
+        let in_force = self.config();
+        let adaptive_plans = adaptive
+            .iter()
+            .map(|(name, limiter)| {
+                let instance = config.instance(name)?;
+                let (algorithm, settings) = instance.adaptive_limiter_on(())?.split();
+                let learned = in_force.instance(name)?.adaptive_algorithm();
+                let relearn = instance.adaptive_algorithm() != learned;
+                Ok((
+                    name.clone(),
+                    limiter.clone(),
+                    settings,
+                    relearn.then_some(algorithm),
+                ))
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
         for (name, table) in &tables {
             table.retune(&config, name, false)?;
         }
 
         let config = Arc::new(config);
         *lock(&self.config) = Arc::clone(&config);
-        drop((breakers, bulkheads, limiters, budgets, held_tables));
+        drop((
+            breakers,
+            bulkheads,
+            limiters,
+            budgets,
+            adaptive,
+            held_tables,
+        ));
         let mut reload = Reload {
             built: self.build_declared()?,
             ..Reload::default()
@@ -476,6 +515,13 @@ impl<R: Clock> Registry<R> {
         }
         for (budget, policy) in budget_plans {
             budget.reconfigure(policy);
+            reload.retuned += 1;
+        }
+        for (name, limiter, settings, algorithm) in adaptive_plans {
+            if algorithm.is_some() {
+                reload.relearning.push(name);
+            }
+            applied(limiter.retune(&settings, algorithm));
             reload.retuned += 1;
         }
         for (name, table) in &tables {
@@ -560,6 +606,48 @@ impl<R: Clock> Registry<R> {
         })
     }
 
+    /// The adaptive limiter named `name`, built on first use, of the algorithm its layers
+    /// name (see [`AdaptiveConfig`](super::AdaptiveConfig)). Its refusals count as a
+    /// bulkhead's of this name.
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::new(Config::from_toml(r#"
+    ///     [instances.inventory.adaptive]
+    ///     algorithm = "gradient2"
+    ///     initial_limit = 2
+    ///     max_limit = 100
+    /// "#)?)?;
+    /// let inventory = registry.adaptive_limiter("inventory")?;
+    /// let (a, b) = (inventory.try_acquire()?, inventory.try_acquire()?);
+    /// assert!(inventory.try_acquire().is_err(), "the limit is 2");
+    /// # drop((a, b));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `algorithm`.
+    pub fn adaptive_limiter(&self, name: &str) -> Result<ConfiguredAdaptive<R>, Invalid> {
+        self.held_or_made(&self.adaptive, name, |config| {
+            let mut builder = config
+                .instance(name)?
+                .adaptive_limiter_on(self.rt.clone())?;
+            if let Some(listener) = self.listener() {
+                builder = builder.on_event(listener);
+            }
+            builder.build().map_err(|e| {
+                Invalid::new(
+                    format!("instances.{}.adaptive", key(name)),
+                    Problem::Rule(e),
+                )
+            })
+        })
+    }
+
     /// The pipeline of `name`, made on first use from the configuration in force (see
     /// [`LivePipeline`]): the registry's rate limiter, bulkhead, retry (with its budget) and
     /// breaker of that name, each when the instance or its base has the section, under the
@@ -609,6 +697,11 @@ impl<R: Clock> Registry<R> {
         listed(&self.limiters)
     }
 
+    /// Every adaptive limiter so far, by name.
+    pub fn adaptive_limiters(&self) -> Vec<(Name, ConfiguredAdaptive<R>)> {
+        listed(&self.adaptive)
+    }
+
     /// Every retry budget so far, by name.
     pub fn retry_budgets(&self) -> Vec<(Name, RetryBudget)> {
         listed(&self.budgets)
@@ -656,8 +749,9 @@ impl<R: Clock> Registry<R> {
     }
 
     /// Sets the gauges of every policy held (feature `metrics`): each breaker's state, each
-    /// bulkhead's permits in flight, callers queued and capacity, each rate limiter's cells
-    /// available and each retry budget's balance, labelled with the instance's name (the
+    /// bulkhead's permits in flight, callers queued and capacity, each adaptive limiter's
+    /// limit, calls in flight and callers queued, each rate limiter's cells available and
+    /// each retry budget's balance, labelled with the instance's name (the
     /// table is in [`telemetry`](crate::telemetry)). Call it before each scrape: gauges read
     /// this way cost the calls nothing.
     ///

@@ -237,6 +237,99 @@ section! {
 }
 
 section! {
+    /// `[<layer>.adaptive]`: an [`AdaptiveLimiter`](crate::adaptive::AdaptiveLimiter), a
+    /// limit on calls in flight that an algorithm sets from their latency and drops.
+    /// `algorithm` has no default: some layer must choose one. Each algorithm takes its own
+    /// keys (named as its builder's setters, defaults as theirs); a layer that names an
+    /// algorithm may set only that algorithm's keys, as a layer that names a retry `backoff`
+    /// may set only that schedule's (across layers, the defaults may give keys only some
+    /// instances' algorithms use).
+    ///
+    /// | algorithm | its keys |
+    /// |---|---|
+    /// | `aimd` | `backoff_ratio`, `timeout` |
+    /// | `vegas` | `smoothing`, `alpha`, `beta`, `probe_multiplier`, `seed` |
+    /// | `gradient2` | `smoothing`, `queue_size`, `long_window`, `rtt_tolerance` |
+    /// | `windowed_gradient` | `window`, `buffer`, `probe_samples`, `probe_interval` |
+    ///
+    /// Every algorithm takes `initial_limit`, `min_limit` and `max_limit`; the limiter takes
+    /// `max_queue`, `max_wait`, `discipline` (with `codel_target` and `codel_interval` for
+    /// `"codel"`) and the priorities' shares.
+    ///
+    /// ```
+    /// use tidewall::config::{AlgorithmKind, Config};
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.inventory.adaptive]
+    ///     algorithm = "windowed_gradient"
+    ///     initial_limit = 20
+    ///     max_limit = 200
+    ///     sheddable_share = 0.5
+    /// "#)?;
+    /// let adaptive = config.instances["inventory"].adaptive.as_ref().unwrap();
+    /// assert_eq!(adaptive.algorithm, Some(AlgorithmKind::WindowedGradient));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct AdaptiveConfig {
+        /// The algorithm (no default).
+        algorithm: AlgorithmKind,
+        /// The limit before any sample (the algorithm's default).
+        initial_limit: u32,
+        /// The least the limit falls to (the algorithm's default; at least 1).
+        min_limit: u32,
+        /// The most the limit grows to (the algorithm's default).
+        max_limit: u32,
+        /// AIMD: what a drop multiplies the limit by (default 0.9).
+        backoff_ratio: f64,
+        /// AIMD: a call slower than this is a drop (default 5 s).
+        #[serde(with = "opt_duration")]
+        timeout: Duration,
+        /// Vegas, Gradient2: the weight of each new limit against the old.
+        smoothing: f64,
+        /// Vegas: the queue below which the limit grows (default 3 × log10 of the limit).
+        alpha: u32,
+        /// Vegas: the queue above which the limit shrinks (default 6 × log10 of the limit).
+        beta: u32,
+        /// Vegas: how often the no-load RTT is measured afresh, in samples per unit of limit.
+        probe_multiplier: u32,
+        /// Vegas: the seed of its probe jitter.
+        seed: u64,
+        /// Gradient2: the queue allowance while latency holds.
+        queue_size: u32,
+        /// Gradient2: the samples the long-term RTT averages over.
+        long_window: u32,
+        /// Gradient2: how far above the long-term RTT a sample may be before the limit shrinks.
+        rtt_tolerance: f64,
+        /// Windowed gradient: samples per window.
+        window: u32,
+        /// Windowed gradient: the latency allowance over the no-load RTT, as a share of it.
+        buffer: f64,
+        /// Windowed gradient: the calls the no-load RTT is the mean of.
+        probe_samples: u32,
+        /// Windowed gradient: the time between measurements of the no-load RTT.
+        #[serde(with = "opt_duration")]
+        probe_interval: Duration,
+        /// Calls that may wait for a slot (default 0: refused at once, as shedding wants).
+        max_queue: usize,
+        /// The longest a call waits for a slot, or `"off"` (default 1 s).
+        max_wait: Toggle<Duration>,
+        /// The queue's order (default fifo).
+        discipline: DisciplineKind,
+        /// `"codel"`: the longest wait once the queue stands (default 5 ms).
+        #[serde(with = "opt_duration")]
+        codel_target: Duration,
+        /// `"codel"`: how long the queue must stand before waits are cut (default 100 ms).
+        #[serde(with = "opt_duration")]
+        codel_interval: Duration,
+        /// The share of the limit default-priority calls may fill (default 1; critical calls
+        /// always have the whole limit).
+        default_share: f64,
+        /// The share of the limit sheddable calls may fill (default 0.8).
+        sheddable_share: f64,
+    }
+}
+
+section! {
     /// `[<layer>.keys]`: the key table of the instance's keyed policies (see
     /// [`Registry::keyed_breaker`](super::Registry::keyed_breaker) and its siblings). Each is
     /// fixed when a table it bounds is made: a reload that changes `max_keys` while the
@@ -294,4 +387,34 @@ pub enum JitterKind {
     Full,
     /// Uniform in `[d/2, d]`.
     Equal,
+}
+
+/// An adaptive limiter's algorithm (see [`tidewall::adaptive`](crate::adaptive)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AlgorithmKind {
+    /// [`Aimd`](crate::adaptive::Aimd): loss based.
+    Aimd,
+    /// [`Vegas`](crate::adaptive::Vegas): delay based, per sample.
+    Vegas,
+    /// [`Gradient2`](crate::adaptive::Gradient2): delay based, smoothed.
+    Gradient2,
+    /// [`WindowedGradient`](crate::adaptive::WindowedGradient): delay based, per window.
+    WindowedGradient,
+}
+
+/// The order an adaptive limiter's queue admits waiters in (see
+/// [`QueueDiscipline`](crate::admission::QueueDiscipline)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DisciplineKind {
+    /// The longest waiting first.
+    Fifo,
+    /// The newest first.
+    Lifo,
+    /// The longest waiting first, waits bounded by `codel_target` once the queue has stood
+    /// for `codel_interval`.
+    Codel,
 }

@@ -22,6 +22,14 @@ pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
         metrics::gauge!("tidewall_bulkhead_capacity", "name" => name.label())
             .set(bulkhead.capacity() as f64);
     }
+    for (name, limiter) in registry.adaptive_limiters() {
+        metrics::gauge!("tidewall_adaptive_limit", "name" => name.label())
+            .set(f64::from(limiter.limit()));
+        metrics::gauge!("tidewall_adaptive_in_flight", "name" => name.label())
+            .set(limiter.in_flight() as f64);
+        metrics::gauge!("tidewall_adaptive_queued", "name" => name.label())
+            .set(limiter.queued() as f64);
+    }
     for (name, limiter) in registry.rate_limiters() {
         metrics::gauge!("tidewall_rate_limit_available", "name" => name.label())
             .set(f64::from(limiter.available()));

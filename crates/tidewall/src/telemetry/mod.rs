@@ -25,6 +25,7 @@
 //! | `tidewall_breaker_state` | gauge | `name`, `state` ([`State::as_str`](crate::breaker::State::as_str)) | 1 for the state the breaker is in, 0 for the others |
 //! | `tidewall_bulkhead_in_flight`, `tidewall_bulkhead_queued`, `tidewall_bulkhead_capacity` | gauge | `name` | permits held, callers waiting, permits in all |
 //! | `tidewall_rate_limit_available` | gauge | `name` | cells one request could take now |
+//! | `tidewall_adaptive_limit`, `tidewall_adaptive_in_flight`, `tidewall_adaptive_queued` | gauge | `name` | an [adaptive limiter](crate::adaptive::AdaptiveLimiter)'s limit in force, calls in flight (above the limit for a while after it falls) and callers waiting |
 //! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | gauge | `policy`, `name` | a [keyed table](crate::config::KeyedTable)'s keys held, and its bound |
 //! | `tidewall_retry_budget_balance` | gauge | `name` | retries the budget would grant now |
 //! | `tidewall_config_reloads_total` | counter | `outcome` (`applied`, `refused`) | [`Registry::reload`](crate::config::Registry::reload)s, from a watched file too |
