@@ -213,7 +213,17 @@ async fn the_config_service_limits_reloads_and_reports_exactly() {
         "{body}"
     );
     assert_eq!(names(&body["breakers"]), [FLAKY, QUOTES], "{body}");
-    assert_eq!(names(&body["bulkheads"]), [FLAKY, QUOTES], "{body}");
+    assert_eq!(names(&body["bulkheads"]), [QUOTES], "{body}");
+    assert_eq!(names(&body["adaptive_limiters"]), [FLAKY], "{body}");
+    let initial_limit = config.instances[FLAKY]
+        .adaptive
+        .as_ref()
+        .and_then(|a| a.initial_limit)
+        .expect("the flaky instance's adaptive limit");
+    assert_eq!(
+        body["adaptive_limiters"][FLAKY]["limit"], initial_limit,
+        "{body}"
+    );
     assert_eq!(names(&body["rate_limiters"]), [QUOTES], "{body}");
     assert_eq!(names(&body["retry_budgets"]), [FLAKY, QUOTES], "{body}");
     assert_eq!(body["breakers"][QUOTES], "closed", "{body}");
@@ -305,6 +315,18 @@ async fn the_config_service_limits_reloads_and_reports_exactly() {
         ("outcome", "failure"),
     ];
     assert_series(&scrape, calls, &breaker_calls, attempt_failures);
+    // Each failed call was one drop for AIMD: the limit times 0.9 (its default) per call,
+    // truncated; the call the breaker refused taught it nothing.
+    let mut learned = initial_limit;
+    for _ in 0..calls_to_open {
+        learned = learned * 9 / 10;
+    }
+    assert_series(
+        &scrape,
+        "tidewall_adaptive_limit",
+        &[("name", FLAKY)],
+        f64::from(learned),
+    );
     let retries = [("policy", "pipeline"), ("name", FLAKY)];
     let retried = f64::from(calls_to_open * (attempts - 1));
     assert_series(&scrape, "tidewall_retries_total", &retries, retried);

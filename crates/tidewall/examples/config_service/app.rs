@@ -227,6 +227,15 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         });
         bulkheads.insert(name.to_string(), figures);
     }
+    let mut adaptive = serde_json::Map::new();
+    for (name, limiter) in registry.adaptive_limiters() {
+        let figures = json!({
+            "limit": limiter.limit(),
+            "in_flight": limiter.in_flight(),
+            "queued": limiter.queued(),
+        });
+        adaptive.insert(name.to_string(), figures);
+    }
     let mut limiters = serde_json::Map::new();
     for (name, limiter) in registry.rate_limiters() {
         let figures = json!({ "available": limiter.available(), "burst": limiter.gcra().burst() });
@@ -246,6 +255,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "status": word,
         "breakers": breakers,
         "bulkheads": bulkheads,
+        "adaptive_limiters": adaptive,
         "rate_limiters": limiters,
         "retry_budgets": budgets,
     });

@@ -10,8 +10,9 @@
 //!   429 with `Retry-After` when rate limited. 503 for the other refusals (bulkhead full,
 //!   circuit open, deadline). 502 when the upstream fails, 504 when it times out.
 //! * `GET /quote/FAIL`: an upstream that always fails. It goes through a second pipeline,
-//!   "flaky", which has no rate limit: its failures open the "flaky" breaker and spend none
-//!   of the quotes limit.
+//!   "flaky", which has no rate limit and an adaptive limit (AIMD) on calls in flight: its
+//!   failures open the "flaky" breaker, lower its adaptive limit, and spend none of the
+//!   quotes limit.
 //! * `GET /metrics`: every metric in the Prometheus text format.
 //! * `GET /health`: JSON with each policy's state. 200 "up", or 503 "degraded" while a
 //!   breaker is open.
@@ -25,7 +26,8 @@
 //! on a copy of `tidewall.toml` in a temporary directory. It sends 8 quotes (5 pass, 3 are
 //! rate limited), shows the metrics and the health page, raises the limit in the file,
 //! waits for the reload, and shows the new limit at work. Last, it makes the upstream fail
-//! until the "flaky" breaker opens. It exits non-zero if anything is not as expected.
+//! until the "flaky" breaker opens, and shows the adaptive limit the failure lowered. It
+//! exits non-zero if anything is not as expected.
 //!
 //! ```text
 //! cargo run -p tidewall --example config_service --features metrics,toml,watch
@@ -203,7 +205,10 @@ async fn demo(metrics: PrometheusHandle) -> Result<(), BoxError> {
     )?;
     show_quotes_metrics(addr, 20, 4).await?;
 
-    println!("\n5. The upstream fails: 3 attempts, and 3 failures in a row open the breaker.");
+    println!(
+        "\n5. The upstream fails: 3 attempts, 3 failures in a row open the breaker, and the \
+         failed call lowers the adaptive limit."
+    );
     for want in [502, 503] {
         let reply = app::get(addr, "/quote/FAIL").await?;
         println!("  GET /quote/FAIL -> {} {}", reply.status, reply.body);
@@ -215,6 +220,8 @@ async fn demo(metrics: PrometheusHandle) -> Result<(), BoxError> {
     let scrape = app::scrape(addr).await?;
     let open = [("name", "flaky"), ("state", "open")];
     show(&scrape, "tidewall_breaker_state", &open, 1)?;
+    // The failed call was a drop for the adaptive limit: 8 × 0.9.
+    show(&scrape, "tidewall_adaptive_limit", &[("name", "flaky")], 7)?;
     show_health(addr, 503, "degraded").await?;
 
     server.abort();
