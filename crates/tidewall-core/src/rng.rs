@@ -14,7 +14,7 @@
 /// assert_eq!(a.next_u64(), b.next_u64());
 /// assert!(a.below_or_equal(10) <= 10);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitMix64 {
     state: u64,
 }

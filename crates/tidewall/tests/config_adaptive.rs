@@ -214,6 +214,12 @@ async fn a_reload_keeps_what_was_learned_unless_the_algorithm_changed() {
     assert!(reload.relearning.is_empty(), "{reload:?}");
     assert_eq!(search.limit(), 9);
 
+    // Its defaults written out are no change.
+    let spelled = format!("{with_queue}backoff_ratio = 0.9\nmax_limit = 200\n");
+    let reload = registry.reload(config(&spelled)).unwrap();
+    assert!(reload.relearning.is_empty(), "{reload:?}");
+    assert_eq!(search.limit(), 9);
+
     // Its own key changed: learning starts again, nothing held is revoked.
     let faster = with_queue.replace("timeout = \"100ms\"", "timeout = \"50ms\"");
     let reload = registry.reload(config(&faster)).unwrap();

@@ -23,7 +23,7 @@ use super::{Aimd, FixedLimit, Gradient2, LimitAlgorithm, Sample, Vegas, Windowed
 /// assert_eq!(chosen(false)?.limit(), 20);
 /// # Ok::<(), tidewall_core::ConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum AnyAlgorithm {
     /// [`Aimd`].

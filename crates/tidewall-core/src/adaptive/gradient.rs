@@ -43,7 +43,7 @@ use crate::ConfigError;
 /// assert_eq!(gradient.update(&at(30, 24)), 23);
 /// # Ok::<(), tidewall_core::ConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gradient2 {
     estimate: f64,
     min_limit: u32,
@@ -55,7 +55,7 @@ pub struct Gradient2 {
 }
 
 /// The long-term RTT: a mean of the first `WARMUP` samples, then an exponential average.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct LongAverage {
     /// Nanoseconds.
     value: f64,

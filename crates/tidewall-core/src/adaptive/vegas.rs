@@ -38,7 +38,7 @@ use crate::rng::SplitMix64;
 /// assert_eq!(vegas.update(&at(50, 16)), 15); // a queue of 13 > 6: - 1
 /// # Ok::<(), tidewall_core::ConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Vegas {
     estimate: f64,
     min_limit: u32,

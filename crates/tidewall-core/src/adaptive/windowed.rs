@@ -63,7 +63,7 @@ use crate::ConfigError;
 /// assert_eq!(windowed.limit(), 8);
 /// # Ok::<(), tidewall_core::ConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WindowedGradient {
     estimate: f64,
     min_limit: u32,
@@ -77,7 +77,7 @@ pub struct WindowedGradient {
     mode: Mode,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     /// Measuring the no-load RTT at `min_limit`.
     Probing { samples: u32, sum: f64 },
@@ -85,7 +85,7 @@ enum Mode {
     Following(Window),
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Window {
     samples: u32,
     drops: u32,

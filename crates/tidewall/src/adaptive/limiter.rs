@@ -327,7 +327,8 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     /// go to the new algorithm when they end; a limit below what is held admits nobody new,
     /// queued callers included, until enough slots come back (as a bulkhead's
     /// [`reconfigure`](crate::bulkhead::Bulkhead::reconfigure)). A larger share or limit
-    /// admits queued callers at once.
+    /// admits queued callers at once; callers already queued keep the wait they started
+    /// with.
     ///
     /// ```
     /// use tidewall::adaptive::{AdaptiveLimiter, Aimd, Priority};

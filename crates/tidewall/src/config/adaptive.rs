@@ -243,40 +243,6 @@ impl Instance<'_> {
         Ok(b.runtime(rt))
     }
 
-    /// What makes the algorithm, merged down the layers: its kind, its limits and its own
-    /// keys. A reload that changes none of them keeps what a limiter learned.
-    pub(super) fn adaptive_algorithm(&self) -> AdaptiveConfig {
-        let (s, _) = self.section("adaptive", |p| &p.adaptive, AdaptiveConfig::over);
-        let own = s.algorithm.map_or(&[][..], |kind| {
-            ALGORITHM_KEYS
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map_or(&[][..], |(_, keys)| *keys)
-        });
-        let its = |key: &str| own.contains(&key);
-        AdaptiveConfig {
-            algorithm: s.algorithm,
-            initial_limit: s.initial_limit,
-            min_limit: s.min_limit,
-            max_limit: s.max_limit,
-            backoff_ratio: s.backoff_ratio.filter(|_| its("backoff_ratio")),
-            timeout: s.timeout.filter(|_| its("timeout")),
-            smoothing: s.smoothing.filter(|_| its("smoothing")),
-            alpha: s.alpha.filter(|_| its("alpha")),
-            beta: s.beta.filter(|_| its("beta")),
-            probe_multiplier: s.probe_multiplier.filter(|_| its("probe_multiplier")),
-            seed: s.seed.filter(|_| its("seed")),
-            queue_size: s.queue_size.filter(|_| its("queue_size")),
-            long_window: s.long_window.filter(|_| its("long_window")),
-            rtt_tolerance: s.rtt_tolerance.filter(|_| its("rtt_tolerance")),
-            window: s.window.filter(|_| its("window")),
-            buffer: s.buffer.filter(|_| its("buffer")),
-            probe_samples: s.probe_samples.filter(|_| its("probe_samples")),
-            probe_interval: s.probe_interval.filter(|_| its("probe_interval")),
-            ..AdaptiveConfig::default()
-        }
-    }
-
     /// A layer that names its algorithm may set only that algorithm's keys, and CoDel's
     /// durations only next to `discipline = "codel"` (when it names a discipline).
     fn adaptive_keys_fit(&self) -> Result<(), Invalid> {

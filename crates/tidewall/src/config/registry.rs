@@ -240,8 +240,9 @@ pub struct Reload {
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
-    /// Adaptive limiters whose algorithm changed (its kind, limits or keys): they start
-    /// learning again from the new initial limit. The others keep what they learned.
+    /// Adaptive limiters whose algorithm changed (another kind, or other settings of its
+    /// own: a default written out is no change): they start learning again from the new
+    /// initial limit. The others keep what they learned. Both count in `retuned` too.
     pub relearning: Vec<Name>,
     /// [Pipelines](Registry::pipeline) made anew from the new configuration: their handles
     /// run every call after the reload on it.
@@ -335,9 +336,10 @@ impl<R: Clock> Registry<R> {
     /// * a rate limiter keeps the cells it admitted; a retry budget keeps its window's
     ///   counts when the window keeps its shape;
     /// * an adaptive limiter takes its queue, wait, discipline and shares in place, and keeps
-    ///   its algorithm and what it learned unless the algorithm's settings changed (its kind,
-    ///   limits or own keys): then it starts learning again from the new initial limit
-    ///   ([`Reload::relearning`]).
+    ///   its algorithm and what it learned unless the algorithm changed (another kind, or
+    ///   other values for its limits or its own keys): then it starts learning again from
+    ///   the new initial limit ([`Reload::relearning`]). Callers already queued keep the
+    ///   wait they started with.
     ///
     /// Handles got before the reload are the same policies: they see the new settings.
     /// Policies of instances new in `config` are built; those of instances it no longer
@@ -459,8 +461,9 @@ impl<R: Clock> Registry<R> {
             .map(|(name, limiter)| {
                 let instance = config.instance(name)?;
                 let (algorithm, settings) = instance.adaptive_limiter_on(())?.split();
-                let learned = in_force.instance(name)?.adaptive_algorithm();
-                let relearn = instance.adaptive_algorithm() != learned;
+                // Compared as built, before any sample: a default written out is no change.
+                let before = in_force.instance(name)?.adaptive_limiter_on(());
+                let relearn = before.map_or(true, |b| b.split().0 != algorithm);
                 Ok((
                     name.clone(),
                     limiter.clone(),
