@@ -348,7 +348,7 @@ impl<A: Admission> Admission for NoWait<A> {
 /// # async fn main() -> Result<(), tidewall::ConfigError> {
 /// let learn = true;
 /// let stage = if learn {
-///     Either::Right(AdaptiveLimiter::builder(Aimd::builder().initial_limit(1).build()?).build()?)
+///     Either::Right(AdaptiveLimiter::builder(Aimd::builder().min_limit(1).initial_limit(1).build()?).build()?)
 /// } else {
 ///     Either::Left(Bulkhead::builder(1).build()?)
 /// };

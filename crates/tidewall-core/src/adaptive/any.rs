@@ -12,7 +12,7 @@ use super::{Aimd, FixedLimit, Gradient2, LimitAlgorithm, Sample, Vegas, Windowed
 ///
 /// let chosen = |loss_based: bool| -> Result<AnyAlgorithm, tidewall_core::ConfigError> {
 ///     Ok(if loss_based {
-///         Aimd::builder().initial_limit(20).build()?.into()
+///         Aimd::builder().min_limit(1).initial_limit(20).build()?.into()
 ///     } else {
 ///         Vegas::builder().initial_limit(20).build()?.into()
 ///     })

@@ -621,6 +621,7 @@ impl<R: Clock> Registry<R> {
     /// let registry = Registry::new(Config::from_toml(r#"
     ///     [instances.inventory.adaptive]
     ///     algorithm = "gradient2"
+    ///     min_limit = 1
     ///     initial_limit = 2
     ///     max_limit = 100
     /// "#)?)?;
