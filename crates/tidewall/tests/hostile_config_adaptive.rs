@@ -27,6 +27,7 @@ use tidewall::{Deadline, Error, Name, Rejected};
 use tidewall_core::adaptive::{
     Aimd, AnyAlgorithm, FixedLimit, Gradient2, LimitAlgorithm, Sample, Vegas, WindowedGradient,
 };
+use tidewall_core::rng::SplitMix64;
 
 // === shared pieces =========================================================================
 
@@ -38,24 +39,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// xorshift64*, seeded: every run draws the same numbers.
-struct Rng(u64);
+/// Seeded draws from the library's own generator: every run draws the same numbers.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Self(SplitMix64::new(seed))
     }
     fn below(&mut self, n: usize) -> usize {
-        let n64 = u64::try_from(n).unwrap();
-        usize::try_from(self.next() % n64).unwrap()
+        let max = u64::try_from(n - 1).unwrap();
+        usize::try_from(self.0.below_or_equal(max)).unwrap()
     }
     fn chance(&mut self, one_in: usize) -> bool {
         self.below(one_in) == 0
