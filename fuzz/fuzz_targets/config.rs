@@ -48,6 +48,7 @@ fuzz_target!(|text: &str| {
         let _ = registry.keyed_breaker::<u64>(name);
         let _ = registry.keyed_bulkhead::<u64>(name);
         let _ = registry.keyed_rate_limiter::<u64>(name);
+        let _ = registry.keyed_adaptive_limiter::<u64>(name);
     }
     // Reloading the configuration in force changes nothing that could be refused, and no
     // adaptive limiter forgets what it learned.

@@ -389,3 +389,92 @@ fn a_refused_reconfiguration_changes_nothing() {
     assert!(limiter.try_acquire().is_err());
     drop(held);
 }
+
+const HOSTS: &str = r#"
+    [instances.hosts.adaptive]
+    algorithm = "aimd"
+    min_limit = 1
+    initial_limit = 4
+    [instances.hosts.keys]
+    max_keys = 100
+"#;
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_keyed_table_learns_per_key_and_follows_reloads() {
+    let registry = Registry::new(config(HOSTS)).unwrap();
+    let hosts = registry.keyed_adaptive_limiter::<String>("hosts").unwrap();
+    let (slow, fast) = ("slow.example".to_owned(), "fast.example".to_owned());
+    hosts.try_acquire(&slow).unwrap().failure();
+    let held = hosts.try_acquire(&fast).unwrap();
+    assert_eq!((hosts.limit(&slow), hosts.limit(&fast)), (Some(3), Some(4)));
+    assert_eq!(hosts.max_keys(), 100);
+    assert!(
+        registry.keyed_adaptive_limiter::<u64>("hosts").is_err(),
+        "one key type per table"
+    );
+    let listed = registry.keyed_tables();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].policy, listed[0].keys), ("keyed_adaptive", 2));
+
+    // Shares and queue in place: each key keeps what it learned.
+    let shed = format!("{HOSTS}\n[instances.hosts.adaptive]\n");
+    let shed = shed.replacen(
+        "[instances.hosts.adaptive]\n",
+        "[instances.hosts.adaptive]\nsheddable_share = 0.5\nmax_queue = 2\n",
+        1,
+    );
+    let shed = shed.trim_end_matches("[instances.hosts.adaptive]\n");
+    let reload = registry.reload(config(shed)).unwrap();
+    assert!(reload.relearning.is_empty(), "{reload:?}");
+    assert_eq!((hosts.limit(&slow), hosts.limit(&fast)), (Some(3), Some(4)));
+
+    // The algorithm changed: every key starts again, new keys too; nothing held is revoked.
+    let eight = shed.replace("initial_limit = 4", "initial_limit = 8");
+    let reload = registry.reload(config(&eight)).unwrap();
+    assert_eq!(reload.relearning, vec![tidewall::Name::from("hosts")]);
+    assert_eq!((hosts.limit(&slow), hosts.limit(&fast)), (Some(8), Some(8)));
+    assert_eq!(hosts.in_flight(&fast), 1);
+    hosts
+        .try_acquire(&"new.example".to_owned())
+        .unwrap()
+        .success();
+    assert_eq!(hosts.limit(&"new.example".to_owned()), Some(8));
+    held.success();
+
+    // The bound is fixed while the table is held.
+    let wider = eight.replace("max_keys = 100", "max_keys = 200");
+    let e = registry.reload(config(&wider)).unwrap_err();
+    assert_eq!(e.path(), "instances.hosts.keys.max_keys");
+    assert!(matches!(e.problem(), Problem::Fixed), "{e}");
+}
+
+#[test]
+fn a_refused_keyed_reconfiguration_changes_no_key() {
+    use tidewall::adaptive::{AdaptiveLimiter, Aimd, FixedLimit};
+    let aimd = |limit| {
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(limit)
+            .build()
+            .unwrap()
+    };
+    let hosts = AdaptiveLimiter::builder(aimd(4))
+        .keyed()
+        .build::<u8>()
+        .unwrap();
+    hosts.try_acquire(&1).unwrap().failure();
+    let bad = AdaptiveLimiter::builder(aimd(9)).share(Priority::Default, 0.0);
+    assert!(hosts.reconfigure(bad).is_err());
+    assert_eq!(hosts.limit(&1), Some(3));
+    let zero = AdaptiveLimiter::builder(FixedLimit(0));
+    let fixed = AdaptiveLimiter::builder(FixedLimit(2))
+        .keyed()
+        .build::<u8>()
+        .unwrap();
+    assert!(
+        fixed.reconfigure(zero).is_err(),
+        "a limit of zero is refused"
+    );
+    assert_eq!(fixed.try_acquire(&1).map(|p| p.success()), Ok(()));
+    assert_eq!(fixed.limit(&1), Some(2));
+}

@@ -10,7 +10,7 @@ use super::{AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 use crate::admission::{Admission, Wait};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, Mutex, lock};
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering::Relaxed, lock};
 use crate::{ConfigError, Deadline, Name, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
@@ -58,11 +58,12 @@ pub struct KeyedAdaptiveLimiter<K, A, R = DefaultRuntime> {
 }
 
 struct Keyed<K, A, R> {
-    /// What a new key's limiter is made with (its algorithm as first given).
+    /// What a new key's limiter is made with (its algorithm as first given, or as the last
+    /// reconfiguration gave it).
     settings: Mutex<AdaptiveLimiterBuilder<A, R>>,
     name: Name,
-    /// The algorithm's initial limit: every new key's.
-    initial_limit: u32,
+    /// The initial limit of the algorithm in `settings`: every new key's.
+    initial_limit: AtomicU32,
     keys: KeyedMap<K, AdaptiveLimiter<A, R>>,
     /// Refusals of new keys (a full table).
     rejections: crate::telemetry::PolicyTelemetry,
@@ -126,7 +127,7 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
         R: Clock,
     {
         // Every key's limiter is built from a copy of these settings: checked once here.
-        let initial_limit = self.limiter.clone().build()?.limit();
+        let initial_limit = AtomicU32::new(self.limiter.clone().build()?.limit());
         let keys = KeyedMap::new(self.max_keys)?;
         let (name, events) = self.limiter.reports_as();
         let name = name.clone();
@@ -260,6 +261,72 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
             .unwrap_or(0)
     }
 
+    /// Applies `settings` to every key held and to every key made after, as each key's
+    /// [`AdaptiveLimiter::reconfigure`] says: the algorithm replaces each key's, so every
+    /// key starts learning again from the new initial limit, and the queue, wait, discipline
+    /// and shares take effect at once; permits and waiters are kept. Its name, listener and
+    /// runtime are not read, and the bound on keys stays.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, Aimd};
+    ///
+    /// let aimd = |limit| Aimd::builder().min_limit(1).initial_limit(limit).build();
+    /// let hosts = AdaptiveLimiter::builder(aimd(2)?).keyed().build::<&str>()?;
+    /// let held = hosts.try_acquire(&"a.example")?;
+    /// hosts.reconfigure(AdaptiveLimiter::builder(aimd(5)?))?;
+    /// assert_eq!(hosts.limit(&"a.example"), Some(5));
+    /// assert_eq!(hosts.in_flight(&"a.example"), 1, "nothing revoked");
+    /// # drop(held);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`AdaptiveLimiterBuilder::build`]; nothing changes then.
+    pub fn reconfigure<R2>(
+        &self,
+        settings: AdaptiveLimiterBuilder<A, R2>,
+    ) -> Result<(), ConfigError> {
+        let (algorithm, settings) = settings.split();
+        self.retune(&settings, Some(algorithm))
+    }
+
+    /// Applies `settings`' queue, wait, discipline and shares to every key, and `algorithm`
+    /// if given (else each key keeps its own, with what it learned).
+    pub(crate) fn retune<R2>(
+        &self,
+        settings: &AdaptiveLimiterBuilder<(), R2>,
+        algorithm: Option<A>,
+    ) -> Result<(), ConfigError> {
+        // Each key's limit is at least 1 (an algorithm's least): checked at the new one's.
+        settings
+            .check(algorithm.as_ref().map_or(1, A::limit))
+            .map(drop)?;
+        let shared = &*self.shared;
+        // Published before the keys are visited: a key made after its shard was visited is
+        // made with the new settings.
+        {
+            let mut made_with = lock(&shared.settings);
+            if let Some(algorithm) = &algorithm {
+                shared.initial_limit.store(algorithm.limit(), Relaxed);
+            }
+            made_with.retune_from(settings, algorithm.clone());
+        }
+        for limiter in shared.keys.each(AdaptiveLimiter::clone) {
+            let retuned = limiter.retune(settings, algorithm.clone());
+            debug_assert!(
+                retuned.is_ok(),
+                "checked settings were refused: {retuned:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The algorithm every new key starts from.
+    pub(crate) fn algorithm_given(&self) -> A {
+        lock(&self.shared.settings).algorithm().clone()
+    }
+
     /// Forgets every key with nothing out (lossless but for what it learned: see the type's
     /// docs); returns how many went. The table also does this by itself when a new key meets
     /// a full shard.
@@ -300,7 +367,7 @@ impl<K, A, R> fmt::Debug for KeyedAdaptiveLimiter<K, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedAdaptiveLimiter")
             .field("name", &self.shared.name)
-            .field("initial_limit", &self.shared.initial_limit)
+            .field("initial_limit", &self.shared.initial_limit.load(Relaxed))
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()

@@ -64,6 +64,24 @@ impl<A: LimitAlgorithm> AdaptiveLimiter<A> {
     }
 }
 
+impl<R> AdaptiveLimiterBuilder<(), R> {
+    /// Checks the settings around an algorithm whose limit is `limit`: the shares, and the
+    /// queue's as a bulkhead's of that capacity, which it returns.
+    pub(crate) fn check(
+        &self,
+        limit: u32,
+    ) -> Result<crate::bulkhead::BulkheadBuilder, ConfigError> {
+        check_shares(&self.shares)?;
+        let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
+        let bulkhead = Bulkhead::builder(capacity)
+            .max_queue(self.max_queue)
+            .max_wait(self.max_wait)
+            .discipline(self.discipline);
+        bulkhead.validate()?;
+        Ok(bulkhead)
+    }
+}
+
 impl<A, R> AdaptiveLimiterBuilder<A, R> {
     /// Callers that may wait for a slot when the limit is reached (default 0: refused at once
     /// with [`Rejected::BulkheadFull`], as load shedding wants).
@@ -151,6 +169,27 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         R: Clock,
     {
         self.build_counted(None)
+    }
+
+    /// Takes `settings`' queue, wait, discipline and shares (not its name, listener or
+    /// runtime), and `algorithm` if given.
+    pub(crate) fn retune_from<R2>(
+        &mut self,
+        settings: &AdaptiveLimiterBuilder<(), R2>,
+        algorithm: Option<A>,
+    ) {
+        self.max_queue = settings.max_queue;
+        self.max_wait = settings.max_wait;
+        self.discipline = settings.discipline;
+        self.shares = settings.shares;
+        if let Some(algorithm) = algorithm {
+            self.algorithm = algorithm;
+        }
+    }
+
+    /// The algorithm as given (before any sample).
+    pub(crate) fn algorithm(&self) -> &A {
+        &self.algorithm
     }
 
     /// The algorithm, and the settings around it.
@@ -361,18 +400,12 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         settings: &AdaptiveLimiterBuilder<(), R2>,
         algorithm: Option<A>,
     ) -> Result<(), ConfigError> {
-        check_shares(&settings.shares)?;
         let shared = &*self.shared;
         let mut in_force = lock(&shared.algorithm);
         let limit = algorithm
             .as_ref()
             .map_or_else(|| in_force.limit(), A::limit);
-        let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
-        let bulkhead = Bulkhead::builder(capacity)
-            .max_queue(settings.max_queue)
-            .max_wait(settings.max_wait)
-            .discipline(settings.discipline);
-        bulkhead.validate()?;
+        let bulkhead = settings.check(limit)?;
         if let Some(algorithm) = algorithm {
             *in_force = algorithm;
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Config, Instance, Invalid, KeysConfig, Problem, Registry, key};
+use crate::adaptive::{AnyAlgorithm, KeyedAdaptiveLimiter};
 use crate::breaker::KeyedCircuitBreaker;
 use crate::bulkhead::KeyedBulkhead;
 use crate::rate::KeyedRateLimiter;
@@ -22,8 +23,9 @@ pub(super) trait Table: Send + Sync {
     fn key_type(&self) -> &'static str;
 
     /// The settings `config` gives the table of `name`, applied if `apply` (else only
-    /// checked): [`Problem::Fixed`] if they change the table's bounds.
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<(), Invalid>;
+    /// checked): [`Problem::Fixed`] if they change the table's bounds. Whether its keys
+    /// start learning again (an adaptive limiter's algorithm changed).
+    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<bool, Invalid>;
 
     /// What a health or admin endpoint shows of it.
     fn summary(&self, name: &Name) -> KeyedTable;
@@ -36,7 +38,7 @@ pub(super) type Tables = Mutex<std::collections::BTreeMap<Name, Arc<dyn Table>>>
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyedTable {
-    /// `keyed_breaker`, `keyed_bulkhead` or `keyed_rate`.
+    /// `keyed_breaker`, `keyed_bulkhead`, `keyed_rate` or `keyed_adaptive`.
     pub policy: &'static str,
     /// The instance's name.
     pub name: Name,
@@ -93,8 +95,14 @@ trait Kind: Clone + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Applies (`apply`) or checks the per-key settings the instance `name` gives.
-    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid>;
+    /// Applies (`apply`) or checks the per-key settings the instance `name` gives; whether
+    /// its keys start learning again.
+    fn retune_from(
+        &self,
+        instance: &Instance<'_>,
+        name: &str,
+        apply: bool,
+    ) -> Result<bool, Invalid>;
 }
 
 impl<T: Kind> Table for T {
@@ -106,7 +114,7 @@ impl<T: Kind> Table for T {
         std::any::type_name::<T::Key>()
     }
 
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<(), Invalid> {
+    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<bool, Invalid> {
         let instance = config.instance(name)?;
         let keys = instance.keys()?;
         same(
@@ -154,13 +162,18 @@ where
         same(name, "idle_ttl", self.idle_ttl(), keys.idle_ttl, IDLE_TTL)
     }
 
-    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
+    fn retune_from(
+        &self,
+        instance: &Instance<'_>,
+        name: &str,
+        apply: bool,
+    ) -> Result<bool, Invalid> {
         let settings = instance.breaker_on(())?;
         if apply {
             self.reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -182,13 +195,18 @@ where
         (self.len(), self.evicted())
     }
 
-    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
+    fn retune_from(
+        &self,
+        instance: &Instance<'_>,
+        name: &str,
+        apply: bool,
+    ) -> Result<bool, Invalid> {
         let settings = instance.bulkhead_on(())?;
         if apply {
             self.reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -210,13 +228,53 @@ where
         (self.len(), self.evicted())
     }
 
-    fn retune_from(&self, instance: &Instance<'_>, name: &str, apply: bool) -> Result<(), Invalid> {
+    fn retune_from(
+        &self,
+        instance: &Instance<'_>,
+        name: &str,
+        apply: bool,
+    ) -> Result<bool, Invalid> {
         let settings = instance.rate_limiter_on(())?;
         if apply {
             self.reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(())
+        Ok(false)
+    }
+}
+
+impl<K, R> Kind for KeyedAdaptiveLimiter<K, AnyAlgorithm, R>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    R: Clock,
+{
+    const POLICY: &'static str = "keyed_adaptive";
+    const SECTION: &'static str = "adaptive";
+    const MAX_KEYS: usize = 10_000;
+    type Key = K;
+
+    fn max_keys(&self) -> usize {
+        KeyedAdaptiveLimiter::max_keys(self)
+    }
+
+    fn summary_counts(&self) -> (usize, u64) {
+        (self.len(), self.evicted())
+    }
+
+    fn retune_from(
+        &self,
+        instance: &Instance<'_>,
+        name: &str,
+        apply: bool,
+    ) -> Result<bool, Invalid> {
+        let (algorithm, settings) = instance.adaptive_limiter_on(())?.split();
+        // As a single limiter's: compared as built, so a default written out is no change.
+        let relearn = self.algorithm_given() != algorithm;
+        if apply {
+            self.retune(&settings, relearn.then_some(algorithm))
+                .map_err(|e| placed(name, Self::SECTION, e))?;
+        }
+        Ok(relearn)
     }
 }
 
@@ -346,13 +404,70 @@ impl<R: Clock> Registry<R> {
         })
     }
 
-    /// Every keyed policy's table so far: breakers, then bulkheads, then rate limiters, each
-    /// by name (for a health or admin endpoint).
+    /// The keyed adaptive limiter of `name` (a [`KeyedAdaptiveLimiter`]: an adaptive limiter
+    /// per key, per host say, each learning from its own calls, with the instance's
+    /// `[adaptive]` settings), made on first use with keys of type `K`, as
+    /// [`keyed_breaker`](Self::keyed_breaker) says. A [reload](Self::reload) retunes every
+    /// key as [`adaptive_limiter`](Self::adaptive_limiter)'s limiter is retuned: every key
+    /// keeps what it learned unless the algorithm changed, and then every key starts again
+    /// (the table's name is in [`Reload::relearning`](super::Reload::relearning)).
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::new(Config::from_toml(r#"
+    ///     [instances.hosts.adaptive]
+    ///     algorithm = "aimd"
+    ///     min_limit = 1
+    ///     initial_limit = 4
+    ///     [instances.hosts.keys]
+    ///     max_keys = 1000
+    /// "#)?)?;
+    /// let per_host = registry.keyed_adaptive_limiter::<String>("hosts")?;
+    /// per_host.try_acquire(&"slow.example".into())?.failure();
+    /// assert_eq!(per_host.limit(&"slow.example".into()), Some(3), "4 × 0.9, truncated");
+    /// assert_eq!(per_host.try_acquire(&"fast.example".into()).map(drop), Ok(()));
+    /// assert_eq!(per_host.limit(&"fast.example".into()), Some(4));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`adaptive_limiter`](Self::adaptive_limiter); [`Problem::KeyType`] when the
+    /// registry holds the table with another key type.
+    pub fn keyed_adaptive_limiter<K>(
+        &self,
+        name: &str,
+    ) -> Result<KeyedAdaptiveLimiter<K, AnyAlgorithm, R>, Invalid>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        self.keyed(&self.keyed_adaptive, name, |instance, keys| {
+            let mut builder = instance.adaptive_limiter_on(self.runtime().clone())?;
+            if let Some(listener) = self.listener() {
+                builder = builder.on_event(listener);
+            }
+            builder
+                .keyed()
+                .max_keys(
+                    keys.max_keys
+                        .unwrap_or(<KeyedAdaptiveLimiter<K, AnyAlgorithm, R> as Kind>::MAX_KEYS),
+                )
+                .build()
+                .map_err(|e| placed(name, "adaptive", e))
+        })
+    }
+
+    /// Every keyed policy's table so far: breakers, then bulkheads, then rate limiters, then
+    /// adaptive limiters, each by name (for a health or admin endpoint).
     pub fn keyed_tables(&self) -> Vec<KeyedTable> {
         [
             &self.keyed_breakers,
             &self.keyed_bulkheads,
             &self.keyed_limiters,
+            &self.keyed_adaptive,
         ]
         .into_iter()
         .flat_map(|tables| {

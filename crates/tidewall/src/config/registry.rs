@@ -78,6 +78,7 @@ pub struct Registry<R = DefaultRuntime> {
     pub(super) keyed_breakers: Tables,
     pub(super) keyed_bulkheads: Tables,
     pub(super) keyed_limiters: Tables,
+    pub(super) keyed_adaptive: Tables,
     /// Told of every event of every policy and pipeline the registry makes.
     events: Option<Listener>,
     reloads: crate::telemetry::ReloadCounters,
@@ -197,6 +198,7 @@ impl<R> RegistryBuilder<R> {
             keyed_breakers: Mutex::default(),
             keyed_bulkheads: Mutex::default(),
             keyed_limiters: Mutex::default(),
+            keyed_adaptive: Mutex::default(),
             events: self.events,
             reloads: crate::telemetry::ReloadCounters::new(),
         };
@@ -240,9 +242,10 @@ pub struct Reload {
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
-    /// Adaptive limiters whose algorithm changed (another kind, or other settings of its
-    /// own: a default written out is no change): they start learning again from the new
-    /// initial limit. The others keep what they learned. Both count in `retuned` too.
+    /// Instances whose adaptive limiter (or keyed table of them; each name once) had its
+    /// algorithm changed (another kind, or other settings of its own: a default written out
+    /// is no change): it starts learning again from the new initial limit, every key of a
+    /// table. The others keep what they learned. Both count in `retuned` too.
     pub relearning: Vec<Name>,
     /// [Pipelines](Registry::pipeline) made anew from the new configuration: their handles
     /// run every call after the reload on it.
@@ -404,6 +407,7 @@ impl<R: Clock> Registry<R> {
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
             lock(&self.keyed_limiters),
+            lock(&self.keyed_adaptive),
         ];
         let tables: Vec<(Name, Arc<dyn super::keyed::Table>)> = held_tables
             .iter()
@@ -531,6 +535,9 @@ impl<R: Clock> Registry<R> {
             // Checked above; each table retunes every key it holds.
             let retuned = table.retune(&config, name, true);
             debug_assert!(retuned.is_ok(), "a checked table was refused: {retuned:?}");
+            if retuned == Ok(true) && !reload.relearning.contains(name) {
+                reload.relearning.push(name.clone());
+            }
             reload.retuned += 1;
         }
         Ok(reload)

@@ -351,8 +351,8 @@ section! {
     /// # Ok::<(), tidewall::config::Invalid>(())
     /// ```
     pub struct KeysConfig {
-        /// The most keys a table holds (not zero; default 10,000 for breakers and bulkheads,
-        /// 100,000 for rate limiters).
+        /// The most keys a table holds (not zero; default 10,000 for breakers, bulkheads and
+        /// adaptive limiters, 100,000 for rate limiters).
         max_keys: usize,
         /// How long a keyed breaker keeps a closed key with failures in its window after its
         /// last call (default 60 s; breakers only).
