@@ -32,6 +32,7 @@ fuzz_target!(|text: &str| {
     let _ = registry.rate_limiter("undeclared");
     let _ = registry.retry_budget("undeclared");
     let _ = registry.adaptive_limiter("undeclared");
+    let _ = registry.chaos("undeclared");
     let _ = registry.pipeline("undeclared");
     for name in config.instances.keys() {
         let instance = config.instance(name).expect("validated: every base exists");

@@ -282,8 +282,37 @@ fn adaptive() -> BoxedStrategy<AdaptiveConfig> {
         .boxed()
 }
 
-fn policies() -> BoxedStrategy<Policies> {
+#[cfg(feature = "chaos")]
+fn chaos() -> BoxedStrategy<tidewall::config::ChaosConfig> {
     (
+        proptest::option::of(any::<bool>()),
+        proptest::option::weighted(0.3, any::<u64>()),
+        proptest::option::weighted(0.5, ratio()),
+        proptest::option::weighted(0.5, duration()),
+        (
+            proptest::option::weighted(0.5, ratio()),
+            proptest::option::weighted(0.3, ratio()),
+            proptest::option::weighted(0.3, ratio()),
+        ),
+    )
+        .prop_map(
+            |(enabled, seed, latency_rate, latency, (error, hang, alter))| {
+                let mut c = tidewall::config::ChaosConfig::default();
+                c.enabled = enabled;
+                c.seed = seed;
+                c.latency_rate = latency_rate;
+                c.latency = latency;
+                c.error_rate = error;
+                c.hang_rate = hang;
+                c.alter_rate = alter;
+                c
+            },
+        )
+        .boxed()
+}
+
+fn policies() -> BoxedStrategy<Policies> {
+    let policies = (
         proptest::option::of(toggle(duration())),
         proptest::option::of(toggle(duration())),
         proptest::option::of(breaker()),
@@ -306,8 +335,14 @@ fn policies() -> BoxedStrategy<Policies> {
                 p.adaptive = adaptive;
                 p
             },
-        )
-        .boxed()
+        );
+    #[cfg(feature = "chaos")]
+    let policies =
+        (policies, proptest::option::weighted(0.3, chaos())).prop_map(|(mut p, chaos)| {
+            p.chaos = chaos;
+            p
+        });
+    policies.boxed()
 }
 
 fn config() -> BoxedStrategy<Config> {

@@ -216,6 +216,28 @@ impl<R> ChaosBuilder<R> {
         }
     }
 
+    /// The switch and the rates, validated as kept.
+    pub(super) fn rates(&self) -> Result<Rates, ConfigError> {
+        let (latency_rate, latency) = self.latency;
+        let latency_ppm = rate_ppm("latency_rate", latency_rate)?;
+        let rates = Rates {
+            enabled: self.enabled,
+            latency_ppm,
+            latency_nanos: latency_nanos(latency_ppm, latency)?,
+            error_ppm: rate_ppm("error", self.error)?,
+            hang_ppm: rate_ppm("hang", self.hang)?,
+            alter_ppm: rate_ppm("alter", self.alter)?,
+        };
+        rates.check_sum()?;
+        Ok(rates)
+    }
+
+    /// The seed it was given, if any.
+    #[cfg(feature = "serde")]
+    pub(crate) fn seed_given(&self) -> Option<u64> {
+        self.seed
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -240,17 +262,7 @@ impl<R> ChaosBuilder<R> {
     where
         R: Clock,
     {
-        let (latency_rate, latency) = self.latency;
-        let latency_ppm = rate_ppm("latency_rate", latency_rate)?;
-        let rates = Rates {
-            enabled: self.enabled,
-            latency_ppm,
-            latency_nanos: latency_nanos(latency_ppm, latency)?,
-            error_ppm: rate_ppm("error", self.error)?,
-            hang_ppm: rate_ppm("hang", self.hang)?,
-            alter_ppm: rate_ppm("alter", self.alter)?,
-        };
-        rates.check_sum()?;
+        let rates = self.rates()?;
         let seed = self.seed.unwrap_or_else(crate::seed::fresh_seed);
         Ok(Chaos {
             shared: Arc::new(Shared::new(self.rt, self.name, seed, rates)),

@@ -402,6 +402,36 @@ impl<R> Chaos<R> {
         })
     }
 
+    /// Applies `settings`' switch and rates in place, all at once, for the calls that start
+    /// after this returns: checked together, so moving a share of calls from one fault to
+    /// another never passes through a sum above 1, as two `set_*` calls might. Its seed,
+    /// name and runtime are not read: the handle keeps its own, and its call numbers.
+    ///
+    /// ```
+    /// use tidewall::chaos::{Chaos, Fault};
+    ///
+    /// let chaos = Chaos::builder().seed(3).error(0.6).hang(0.4).build()?;
+    /// // One step: as two `set_*` calls, either order would sum past 1 on the way.
+    /// chaos.reconfigure(Chaos::builder().error(0.4).hang(0.6))?;
+    /// assert_eq!((chaos.settings().error_rate, chaos.settings().hang_rate), (0.4, 0.6));
+    /// assert_eq!(chaos.seed(), 3, "kept");
+    /// chaos.reconfigure(Chaos::builder().error(1.0).enabled(false))?;
+    /// assert!(chaos.decide().is_none());
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ChaosBuilder::build`](super::ChaosBuilder::build); the settings in force are then
+    /// kept.
+    pub fn reconfigure<R2>(&self, settings: super::ChaosBuilder<R2>) -> Result<(), ConfigError> {
+        let rates = settings.rates()?;
+        self.change(|current| {
+            *current = rates;
+            Ok(())
+        })
+    }
+
     /// Applies `edit` to a copy of the settings and publishes it if it is valid whole; one
     /// change at a time, so two changes cannot each pass the sum check against the other's
     /// old rate and together break it.

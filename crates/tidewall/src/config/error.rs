@@ -46,7 +46,7 @@ pub enum Problem {
     /// The configuration file could not be read (or watched): the system's message.
     Read(String),
     /// The setting cannot change while the registry holds what it shapes (a key table's
-    /// `max_keys`): restart to apply it.
+    /// `max_keys`, a fault injector's `seed`): restart to apply it.
     Fixed,
     /// The registry holds this keyed policy with keys of another type (named here).
     KeyType(&'static str),
@@ -102,7 +102,7 @@ impl fmt::Display for Invalid {
             Problem::NotHere(why) => f.write_str(why),
             Problem::Read(message) => write!(f, "cannot read the configuration: {message}"),
             Problem::Fixed => f.write_str(
-                "cannot change while the registry holds its key table; restart to apply it",
+                "cannot change while the registry holds what it shapes; restart to apply it",
             ),
             Problem::KeyType(held) => {
                 write!(

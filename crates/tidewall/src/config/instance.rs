@@ -600,6 +600,13 @@ impl<'a> Instance<'a> {
         if present(adaptive) {
             settle(adaptive, self.check_adaptive(absent(adaptive)))?;
         }
+        #[cfg(feature = "chaos")]
+        {
+            let chaos = |p: &Policies| p.chaos.is_some();
+            if present(chaos) {
+                settle(chaos, self.chaos_on(()).map(drop))?;
+            }
+        }
         if present(|p| p.keys.is_some()) {
             self.keys()?;
         }

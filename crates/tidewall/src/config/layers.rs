@@ -105,6 +105,10 @@ pub struct Policies {
     /// `[.adaptive]`: an adaptive concurrency limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveConfig>,
+    /// `[.chaos]`: fault injection (feature `chaos`).
+    #[cfg(feature = "chaos")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<super::ChaosConfig>,
     /// `[.keys]`: the key table of keyed policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysConfig>,

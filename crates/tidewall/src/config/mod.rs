@@ -82,8 +82,8 @@
 //! configuration in force.
 //!
 //! A [`Registry`] builds the policies of a configuration once and hands out shared handles by
-//! name: breakers, bulkheads, adaptive limiters ([`AdaptiveConfig`]), rate limiters and retry
-//! budgets; an instance's whole pipeline
+//! name: breakers, bulkheads, adaptive limiters ([`AdaptiveConfig`]), rate limiters, retry
+//! budgets and (feature `chaos`) fault injectors (`ChaosConfig`, [`Registry::chaos`]); an instance's whole pipeline
 //! ([`Registry::pipeline`], a [`LivePipeline`]); and keyed tables, a policy per key
 //! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`). A
 //! [reload](Registry::reload) reaches all of them. [`Config::instance`] gives one instance's
@@ -105,6 +105,8 @@ fn key(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 mod adaptive;
+#[cfg(feature = "chaos")]
+mod chaos;
 mod error;
 mod human;
 mod instance;
@@ -124,6 +126,8 @@ pub use keyed::KeyedTable;
 pub use layers::{Config, Policies};
 pub use live::{ConfiguredPipeline, LivePipeline};
 pub use registry::{Registry, RegistryBuilder, Reload};
+#[cfg(feature = "chaos")]
+pub use sections::ChaosConfig;
 pub use sections::{
     AdaptiveConfig, AlgorithmKind, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig,
     DisciplineKind, JitterKind, KeysConfig, RateLimitConfig, RetryConfig,

@@ -73,6 +73,8 @@ pub struct Registry<R = DefaultRuntime> {
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
     budgets: Mutex<BTreeMap<Name, RetryBudget>>,
     adaptive: Mutex<BTreeMap<Name, ConfiguredAdaptive<R>>>,
+    #[cfg(feature = "chaos")]
+    pub(super) chaos: super::chaos::Handles<R>,
     /// Locked before any policy map: making a pipeline makes its policies.
     pipelines: Mutex<BTreeMap<Name, Cell<R>>>,
     pub(super) keyed_breakers: Tables,
@@ -194,6 +196,8 @@ impl<R> RegistryBuilder<R> {
             limiters: Mutex::default(),
             budgets: Mutex::default(),
             adaptive: Mutex::default(),
+            #[cfg(feature = "chaos")]
+            chaos: Mutex::default(),
             pipelines: Mutex::default(),
             keyed_breakers: Mutex::default(),
             keyed_bulkheads: Mutex::default(),
@@ -226,7 +230,7 @@ fn check(config: &Config, max_instances: usize) -> Result<(), Invalid> {
 }
 
 /// A snapshot of `map`, by name.
-fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
+pub(super) fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
     lock(map)
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
@@ -297,6 +301,7 @@ impl<R: Clock> Registry<R> {
                 + lock(&self.limiters).len()
                 + lock(&self.budgets).len()
                 + lock(&self.adaptive).len()
+                + self.chaos_held()
         };
         let before = held();
         let config = self.config();
@@ -319,6 +324,10 @@ impl<R: Clock> Registry<R> {
             }
             if has(|p| p.adaptive.is_some()) {
                 self.adaptive_limiter(name)?;
+            }
+            #[cfg(feature = "chaos")]
+            if has(|p| p.chaos.is_some()) {
+                self.chaos(name)?;
             }
         }
         Ok(held() - before)
@@ -403,6 +412,8 @@ impl<R: Clock> Registry<R> {
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
         let adaptive = lock(&self.adaptive);
+        #[cfg(feature = "chaos")]
+        let chaos = lock(&self.chaos);
         let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
@@ -432,6 +443,14 @@ impl<R: Clock> Registry<R> {
             places(limiters.len(), &|n| limiters.contains_key(n), 0),
             places(budgets.len(), &|n| budgets.contains_key(n), 2),
             places(adaptive.len(), &|n| adaptive.contains_key(n), 4),
+            // Not a pipeline stage: only the declared instances need a place.
+            #[cfg(feature = "chaos")]
+            config
+                .instances
+                .keys()
+                .filter(|n| !chaos.contains_key(n.as_str()))
+                .count()
+                .saturating_add(chaos.len()),
         ];
         if needed.into_iter().any(|n| n > self.max_instances) {
             let max = self.max_instances;
@@ -476,6 +495,8 @@ impl<R: Clock> Registry<R> {
                 ))
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
+        #[cfg(feature = "chaos")]
+        let chaos_plans = super::chaos::plans(&chaos, &config)?;
         for (name, table) in &tables {
             table.retune(&config, name, false)?;
         }
@@ -490,6 +511,8 @@ impl<R: Clock> Registry<R> {
             adaptive,
             held_tables,
         ));
+        #[cfg(feature = "chaos")]
+        drop(chaos);
         let mut reload = Reload {
             built: self.build_declared()?,
             ..Reload::default()
@@ -522,6 +545,11 @@ impl<R: Clock> Registry<R> {
         }
         for (budget, policy) in budget_plans {
             budget.reconfigure(policy);
+            reload.retuned += 1;
+        }
+        #[cfg(feature = "chaos")]
+        for (chaos, settings) in chaos_plans {
+            applied(chaos.reconfigure(settings));
             reload.retuned += 1;
         }
         for (name, limiter, settings, algorithm) in adaptive_plans {
@@ -711,6 +739,14 @@ impl<R: Clock> Registry<R> {
     /// Every adaptive limiter so far, by name.
     pub fn adaptive_limiters(&self) -> Vec<(Name, ConfiguredAdaptive<R>)> {
         listed(&self.adaptive)
+    }
+
+    /// The fault injectors held (none without feature `chaos`).
+    fn chaos_held(&self) -> usize {
+        #[cfg(feature = "chaos")]
+        return lock(&self.chaos).len();
+        #[cfg(not(feature = "chaos"))]
+        0
     }
 
     /// Every retry budget so far, by name.

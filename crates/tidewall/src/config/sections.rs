@@ -329,6 +329,49 @@ section! {
     }
 }
 
+#[cfg(feature = "chaos")]
+section! {
+    /// `[<layer>.chaos]` (feature `chaos`): a [`Chaos`](crate::chaos::Chaos) fault injector,
+    /// got by name with [`Registry::chaos`](super::Registry::chaos) and wrapped around the
+    /// operation (`pipeline.call(chaos.wrap(op))`). Rates are shares of calls (0, or within
+    /// [0.000001, 1], kept in parts per million); error, hang and alter together at most 1.
+    /// A reload applies the switch and the rates at once, for the calls after it; the seed is
+    /// fixed while the registry holds the handle. Without the feature, the section is an
+    /// unknown key.
+    ///
+    /// ```
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.payments.chaos]
+    ///     seed = 7
+    ///     error_rate = 0.05
+    ///     latency_rate = 0.1
+    ///     latency = "200ms"
+    /// "#)?;
+    /// let chaos = config.instances["payments"].chaos.as_ref().unwrap();
+    /// assert_eq!(chaos.error_rate, Some(0.05));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct ChaosConfig {
+        /// Whether it injects at all (default true: a section with rates injects them).
+        enabled: bool,
+        /// The seed its draws start from (default: one drawn when it is built).
+        seed: u64,
+        /// The share of calls delayed by `latency` (default 0).
+        latency_rate: f64,
+        /// How long a delayed call is held (not zero with a latency rate).
+        #[serde(with = "opt_duration")]
+        latency: Duration,
+        /// The share of calls failed without running (default 0).
+        error_rate: f64,
+        /// The share of calls that never complete (default 0).
+        hang_rate: f64,
+        /// The share of calls whose success becomes an error (default 0).
+        alter_rate: f64,
+    }
+}
+
 section! {
     /// `[<layer>.keys]`: the key table of the instance's keyed policies (see
     /// [`Registry::keyed_breaker`](super::Registry::keyed_breaker) and its siblings). Each is
