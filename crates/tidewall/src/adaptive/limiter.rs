@@ -410,8 +410,9 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
             *in_force = algorithm;
         }
         // Under the algorithm's lock, as `learn` applies limits: in the order they were made.
-        shared.bulkhead.reconfigure(bulkhead)?;
-        shared.bulkhead.reshare(settings.shares);
+        shared
+            .bulkhead
+            .reconfigure_shared(bulkhead, settings.shares);
         Ok(())
     }
 

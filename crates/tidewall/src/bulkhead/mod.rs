@@ -405,9 +405,16 @@ impl<R: Clock> Bulkhead<R> {
         shared.resize(capacity, shared.max_queue(), shared.max_wait());
     }
 
-    /// Applies an adaptive limiter's new shares (validated there).
-    pub(crate) fn reshare(&self, shares: Shares) {
-        self.shared.reshare(shares);
+    /// Applies an adaptive limiter's new (validated) limits and shares together: see
+    /// [`reconfigure`](Self::reconfigure), with the shares.
+    pub(crate) fn reconfigure_shared<R2>(&self, settings: BulkheadBuilder<R2>, shares: Shares) {
+        lock(&self.shared.queue).set_discipline(settings.discipline);
+        self.shared.resize_reshared(
+            settings.max_concurrent,
+            settings.max_queue,
+            settings.max_wait,
+            shares,
+        );
     }
 
     pub(crate) fn acquire_owned_within(&self, wait: Wait) -> AcquireOwned<R> {

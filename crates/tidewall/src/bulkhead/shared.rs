@@ -283,40 +283,56 @@ impl<R> Shared<R> {
     pub(super) fn resize(&self, capacity: usize, max_queue: usize, max_wait: Option<Duration>) {
         let grew = {
             let _queue = lock(&self.queue);
-            self.max_queue.store(max_queue, Relaxed);
-            self.max_wait.store(wait_nanos(max_wait), Relaxed);
-            let old = self.capacity();
-            // Stores and adds in the order that keeps `available <= capacity` for every
-            // reader: a release's check, `in_flight` and `available`.
-            if capacity > old {
-                #[cfg(debug_assertions)]
-                self.largest.fetch_max(capacity, SeqCst);
-                self.capacity.store(capacity, SeqCst);
-                self.available.fetch_add(signed(capacity - old), SeqCst);
-            } else {
-                self.available.fetch_sub(signed(old - capacity), SeqCst);
-                self.capacity.store(capacity, SeqCst);
-            }
-            capacity > old
+            self.set_limits(capacity, max_queue, max_wait)
         };
         if grew {
             self.dispatch();
         }
     }
 
-    /// Applies new (validated) shares to a bulkhead built with shares, and admits the
-    /// waiters a larger share now lets in.
-    pub(super) fn reshare(&self, shares: Shares) {
-        let Some(held) = &self.shares else {
-            debug_assert!(false, "bulkhead {:?} was built without shares", self.name);
-            return;
-        };
+    /// Sets the limits, under the queue lock (which the caller holds); whether the capacity
+    /// grew.
+    fn set_limits(&self, capacity: usize, max_queue: usize, max_wait: Option<Duration>) -> bool {
+        self.max_queue.store(max_queue, Relaxed);
+        self.max_wait.store(wait_nanos(max_wait), Relaxed);
+        let old = self.capacity();
+        // Stores and adds in the order that keeps `available <= capacity` for every reader: a
+        // release's check, `in_flight` and `available`.
+        if capacity > old {
+            #[cfg(debug_assertions)]
+            self.largest.fetch_max(capacity, SeqCst);
+            self.capacity.store(capacity, SeqCst);
+            self.available.fetch_add(signed(capacity - old), SeqCst);
+        } else {
+            self.available.fetch_sub(signed(old - capacity), SeqCst);
+            self.capacity.store(capacity, SeqCst);
+        }
+        capacity > old
+    }
+
+    /// Applies new (validated) limits and shares together, under one hold of the queue
+    /// lock, then admits the waiters they let in: a waiter is granted only under both the
+    /// new capacity and the new shares, never under one new and one old. For a bulkhead
+    /// built with shares (an adaptive limiter's).
+    pub(super) fn resize_reshared(
+        &self,
+        capacity: usize,
+        max_queue: usize,
+        max_wait: Option<Duration>,
+        shares: Shares,
+    ) {
         {
             let _queue = lock(&self.queue);
-            for (held, share) in held.iter().zip(shares) {
-                held.store(share.to_bits(), Relaxed);
+            if let Some(held) = &self.shares {
+                for (held, share) in held.iter().zip(shares) {
+                    held.store(share.to_bits(), Relaxed);
+                }
+            } else {
+                debug_assert!(false, "bulkhead {:?} was built without shares", self.name);
             }
+            self.set_limits(capacity, max_queue, max_wait);
         }
+        // A larger share admits waiters as a larger capacity does.
         self.dispatch();
     }
 
