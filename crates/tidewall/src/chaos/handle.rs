@@ -404,8 +404,9 @@ impl<R> Chaos<R> {
 
     /// Applies `settings`' switch and rates in place, all at once, for the calls that start
     /// after this returns: checked together, so moving a share of calls from one fault to
-    /// another never passes through a sum above 1, as two `set_*` calls might. Its seed,
-    /// name and runtime are not read: the handle keeps its own, and its call numbers.
+    /// another never passes through a sum above 1, as two `set_*` calls might, and a call
+    /// racing it acts on the old settings or the new, never on a mix. Its seed, name and
+    /// runtime are not read: the handle keeps its own, and its call numbers.
     ///
     /// ```
     /// use tidewall::chaos::{Chaos, Fault};

@@ -80,7 +80,8 @@ impl<R: Clock> Registry<R> {
     /// attempt is a call, so retries, the breaker and timeouts see its faults). A
     /// [reload](Self::reload) applies the new switch and rates at once, for the calls that
     /// start after it; the seed, fixed while the registry holds the handle, keeps the calls'
-    /// faults replayable.
+    /// faults replayable (a reload that sets another is refused with [`Problem::Fixed`] at
+    /// the seed's key path, in the layer that sets it; one that leaves it out keeps it).
     ///
     /// ```
     /// use tidewall::chaos::InjectedFault;

@@ -241,8 +241,8 @@ pub(super) fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)>
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reload {
-    /// Policies that took their new settings in place, state and permits kept (a keyed table
-    /// counts once, however many keys it retuned).
+    /// Policies that took their new settings in place, state and permits kept (fault
+    /// injectors included; a keyed table counts once, however many keys it retuned).
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event.
     pub reset: Vec<Name>,
