@@ -322,7 +322,8 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
         Ok(())
     }
 
-    /// The algorithm every new key starts from.
+    /// The algorithm every new key starts from (for a registry's reload).
+    #[cfg(feature = "serde")]
     pub(crate) fn algorithm_given(&self) -> A {
         lock(&self.shared.settings).algorithm().clone()
     }

@@ -188,6 +188,7 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
     }
 
     /// The algorithm as given (before any sample).
+    #[cfg(feature = "serde")]
     pub(crate) fn algorithm(&self) -> &A {
         &self.algorithm
     }
