@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::ms;
 use http::Request;
-use keyed_support::client::{Answer, FRONTS, Hosts, Streaming, send, status};
+use keyed_support::client::{Answer, FRONTS, Hosts, Streaming, dropped, send, spawn_send, status};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::RetryBudgetPolicy;
 use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder, Overrides};
@@ -342,8 +342,125 @@ fn a_body_that_cannot_be_copied_is_sent_once_on_every_runtime() {
     on_every_runtime!(a_body_that_cannot_be_copied_is_sent_once);
 }
 
+async fn each_host_teaches_its_own_adaptive_limit<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::adaptive::{AdaptiveLimiter, Aimd, AnyAlgorithm};
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        let aimd = Aimd::builder()
+            .min_limit(1)
+            .initial_limit(4)
+            .backoff_ratio(0.5)
+            .build()
+            .unwrap();
+        let policies = builder(&rt)
+            .bulkhead(None)
+            .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(aimd))))
+            .build()
+            .unwrap();
+        let limits = policies.adaptive_limits().unwrap();
+        let (busy, fine, slow) = (
+            Authority::new("http", "busy", None).unwrap(),
+            Authority::new("http", "fine", None).unwrap(),
+            Authority::new("http", "slow", None).unwrap(),
+        );
+        hosts.script("busy:80", |_| Answer::After(503, 0));
+        hosts.script("fine:80", |_| Answer::Status(200));
+        hosts.script("slow:80", |_| Answer::Slow(Duration::from_secs(60)));
+
+        // Each of the three attempts was a drop for busy alone: 4, 2, 1, then the floor.
+        let answered = send(front, &policies, &hosts, get("busy")).await;
+        assert_eq!(status(&answered), Some(503), "{front:?}");
+        assert_eq!(hosts.seen("busy:80"), 3);
+        assert_eq!(limits.limit(&busy), Some(1), "{front:?}");
+        let _ = send(front, &policies, &hosts, get("fine")).await.unwrap();
+        assert_eq!(
+            limits.limit(&fine),
+            Some(4),
+            "{front:?}: fine taught only itself"
+        );
+
+        // Attempts timed out are drops; a request the caller dropped teaches nothing.
+        let mut once = get("slow");
+        once.extensions_mut().insert(Overrides::new().no_retry());
+        let timed_out = send(front, &policies, &hosts, once).await;
+        assert!(
+            matches!(timed_out, Err(Error::TimedOut)),
+            "{front:?}: {timed_out:?}"
+        );
+        assert_eq!(limits.limit(&slow), Some(2));
+        let mut patient = get("slow");
+        patient.extensions_mut().insert(
+            Overrides::new()
+                .no_retry()
+                .attempt_timeout(Duration::from_secs(3600)),
+        );
+        assert!(dropped(&rt, front, &policies, &hosts, patient, ms(50)).await);
+        assert_eq!(
+            limits.limit(&slow),
+            Some(2),
+            "{front:?}: cancelled, not a sample"
+        );
+        assert_eq!(limits.in_flight(&slow), 0, "{front:?}: its slot came back");
+
+        // Full, it refuses at once (no queue by default), and the refusal is final.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut long = get("slow");
+            long.extensions_mut().insert(
+                Overrides::new()
+                    .no_retry()
+                    .attempt_timeout(Duration::from_secs(3600)),
+            );
+            held.push(spawn_send(&rt, front, &policies, &hosts, long));
+        }
+        rt.sleep(ms(1)).await;
+        assert_eq!(limits.in_flight(&slow), 2);
+        let start = rt.now();
+        let refused = send(front, &policies, &hosts, get("slow")).await;
+        assert!(
+            matches!(refused, Err(Error::Rejected(Rejected::BulkheadFull))),
+            "{front:?}: {refused:?}"
+        );
+        assert_eq!(rt.now() - start, Duration::ZERO);
+        // The deadline (5 s) cuts the two held: their slots come back, and they teach
+        // nothing.
+        for handle in held {
+            let cut = handle.await.unwrap();
+            assert!(
+                matches!(cut, Err(Error::Rejected(Rejected::DeadlineExceeded))),
+                "{front:?}: {cut:?}"
+            );
+        }
+        assert_eq!((limits.in_flight(&slow), limits.limit(&slow)), (0, Some(2)));
+    }
+}
+
+#[test]
+fn each_host_teaches_its_own_adaptive_limit_on_every_runtime() {
+    on_every_runtime!(each_host_teaches_its_own_adaptive_limit);
+}
+
 #[test]
 fn bad_client_settings_are_typed_errors() {
+    let adaptive = tidewall::adaptive::AdaptiveLimiter::builder(
+        tidewall::adaptive::AnyAlgorithm::from(tidewall::adaptive::FixedLimit(8)),
+    );
+    assert!(
+        matches!(
+            ClientPolicies::builder()
+                .adaptive(Some(adaptive.clone()))
+                .build(),
+            Err(tidewall::ConfigError::Conflict { .. })
+        ),
+        "the standard bulkhead and an adaptive limit"
+    );
+    assert!(
+        ClientPolicies::builder()
+            .bulkhead(None)
+            .adaptive(Some(adaptive))
+            .build()
+            .is_ok()
+    );
     let zero = ClientPolicies::builder().max_authorities(0).build();
     assert_eq!(
         zero.unwrap_err(),

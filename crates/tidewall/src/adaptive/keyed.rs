@@ -336,6 +336,23 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
     }
 }
 
+impl<K, A, R> KeyedAdaptiveLimiter<K, A, R>
+where
+    K: Hash + Eq + Clone,
+    A: LimitAlgorithm + Clone + Send + 'static,
+    R: Clock,
+{
+    /// As [`try_acquire`](Self::try_acquire), but a full limit is `Ok(None)` and not counted
+    /// as a refusal: the caller goes on to [`acquire_before`](Self::acquire_before), which
+    /// counts one if it refuses.
+    pub(crate) fn try_acquire_quiet(
+        &self,
+        key: &K,
+    ) -> Result<Option<AdaptivePermit<A, R>>, Rejected> {
+        self.with_limiter(key, |limiter| Ok(limiter.try_admit()))
+    }
+}
+
 impl<K, A, R> KeyedAdaptiveLimiter<K, A, R> {
     keyed_table_accessors!("not counting each key's limiter");
 

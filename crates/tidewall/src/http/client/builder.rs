@@ -6,6 +6,7 @@ use tidewall_core::backoff::{Backoff, BackoffBuilder};
 
 use super::{Budgets, ClientPolicies, Inner};
 use crate::ConfigError;
+use crate::adaptive::{AdaptiveLimiterBuilder, AnyAlgorithm};
 use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder, Window};
 use crate::budget::RetryBudgetPolicy;
 use crate::bulkhead::{Bulkhead, BulkheadBuilder};
@@ -46,6 +47,7 @@ pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     budget: Stage<RetryBudgetPolicy>,
     breaker: Option<CircuitBreakerBuilder>,
     bulkhead: Option<BulkheadBuilder>,
+    adaptive: Option<AdaptiveLimiterBuilder<AnyAlgorithm>>,
     rate_limit: Option<KeyedRateLimiterBuilder>,
     max_authorities: usize,
     classifier: HttpClassifier,
@@ -112,6 +114,7 @@ impl<R> ClientPoliciesBuilder<R> {
             budget: Stage::Standard,
             breaker: Some(standard_breaker()),
             bulkhead: Some(Bulkhead::builder(512).reject_when_full()),
+            adaptive: None,
             rate_limit: None,
             max_authorities: 10_000,
             classifier: HttpClassifier::standard(),
@@ -131,6 +134,7 @@ impl<R> ClientPoliciesBuilder<R> {
             budget: self.budget,
             breaker: self.breaker,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             rate_limit: self.rate_limit,
             max_authorities: self.max_authorities,
             classifier: self.classifier,
@@ -200,6 +204,33 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
+    /// An adaptive limit on each authority's attempts in flight, in place of the bulkhead
+    /// (default none; set [`bulkhead(None)`](Self::bulkhead) with it): each host's limit
+    /// follows its own latency and drops, as the limiter's algorithm says. Every attempt
+    /// takes a slot, after the breaker admitted it, and teaches the algorithm how it ended,
+    /// by the [classifier](Self::classifier) as the breaker counts it: a failure (in the
+    /// standard table a 5xx, a 408, a 429, a timeout or a failed connection) is a drop, a
+    /// success a sample of the host's latency, what it ignores nothing. An attempt refused
+    /// later (by the rate limit) or cut by the deadline teaches nothing. A limiter with a queue waits within the
+    /// deadline. Its name and runtime are replaced by the stack's.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, AnyAlgorithm, Gradient2};
+    /// use tidewall::http::ClientPolicies;
+    ///
+    /// let gradient = Gradient2::builder().min_limit(4).initial_limit(32).max_limit(512).build()?;
+    /// let policies = ClientPolicies::builder()
+    ///     .bulkhead(None)
+    ///     .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(gradient))))
+    ///     .build()?;
+    /// assert!(policies.adaptive_limits().is_some());
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn adaptive(mut self, limit: Option<AdaptiveLimiterBuilder<AnyAlgorithm>>) -> Self {
+        self.adaptive = limit;
+        self
+    }
+
     /// The rate limit each authority gets (default none), waited for within the deadline.
     /// Its runtime is replaced by the stack's.
     pub fn rate_limit(mut self, limit: Option<KeyedRateLimiterBuilder>) -> Self {
@@ -232,14 +263,21 @@ impl<R> ClientPoliciesBuilder<R> {
     ///
     /// # Errors
     ///
-    /// The [`ConfigError`] of any stage's builder; [`ConfigError::Zero`] for
-    /// `max_authorities == 0` or a zero deadline or attempt timeout;
+    /// The [`ConfigError`] of any stage's builder; [`ConfigError::Conflict`] for a bulkhead
+    /// and an adaptive limit together; [`ConfigError::Zero`] for `max_authorities == 0` or a
+    /// zero deadline or attempt timeout;
     /// [`ConfigError::DurationOverflow`] for a `max_retry_after` above `u64::MAX`
     /// nanoseconds.
     pub fn build(self) -> Result<ClientPolicies<R>, ConfigError>
     where
         R: Clock,
     {
+        if self.bulkhead.is_some() && self.adaptive.is_some() {
+            return Err(ConfigError::Conflict {
+                reason: "an authority's attempts in flight are limited by a bulkhead or an \
+                         adaptive limit, not both: set bulkhead(None)",
+            });
+        }
         if self.deadline.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Zero { field: "deadline" });
         }
@@ -293,6 +331,17 @@ impl<R> ClientPoliciesBuilder<R> {
             ),
             None => None,
         };
+        let adaptive = match self.adaptive {
+            Some(limit) => Some(
+                limit
+                    .name(&self.name)
+                    .runtime(self.rt.clone())
+                    .keyed()
+                    .max_keys(self.max_authorities)
+                    .build()?,
+            ),
+            None => None,
+        };
         let limiters = match self.rate_limit {
             Some(limit) => Some(
                 limit
@@ -315,6 +364,7 @@ impl<R> ClientPoliciesBuilder<R> {
                 budgets,
                 breakers,
                 bulkheads,
+                adaptive,
                 limiters,
                 max_authorities: self.max_authorities,
                 classifier: self.classifier,

@@ -14,6 +14,7 @@ pub use overrides::Overrides;
 
 use self::budgets::Budgets;
 use super::{Authority, HttpClassifier, Idempotency};
+use crate::adaptive::{AnyAlgorithm, KeyedAdaptiveLimiter};
 use crate::breaker::KeyedCircuitBreaker;
 use crate::bulkhead::KeyedBulkhead;
 use crate::rate::KeyedRateLimiter;
@@ -35,8 +36,10 @@ use crate::sync::Arc;
 ///    ([`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), not retried), and the failure
 ///    that opened it is answered with its own response or error, not retried into the
 ///    refusal;
-/// 4. a **bulkhead per authority** (512 calls at once, no queue; full, it refuses at once)
-///    and, optionally, a **rate limit per authority** (waited for within the deadline);
+/// 4. a **bulkhead per authority** (512 calls at once, no queue; full, it refuses at once),
+///    or instead an **adaptive limit per authority** (off by default: see
+///    [`adaptive`](ClientPoliciesBuilder::adaptive)), and optionally a **rate limit per
+///    authority** (waited for within the deadline);
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
 ///
 /// Every stage is configurable on the [builder](ClientPoliciesBuilder), and per request with
@@ -75,6 +78,7 @@ struct Inner<R> {
     budgets: Option<Budgets>,
     breakers: Option<KeyedCircuitBreaker<Authority, R>>,
     bulkheads: Option<KeyedBulkhead<Authority, R>>,
+    adaptive: Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>>,
     limiters: Option<KeyedRateLimiter<Authority, R>>,
     max_authorities: usize,
     classifier: HttpClassifier,
@@ -106,6 +110,12 @@ impl<R> ClientPolicies<R> {
     /// The per-authority bulkheads, if the stack has them.
     pub fn bulkheads(&self) -> Option<&KeyedBulkhead<Authority, R>> {
         self.inner.bulkheads.as_ref()
+    }
+
+    /// The per-authority adaptive limiters, if the stack has them: to watch the limit each
+    /// host has taught its limiter.
+    pub fn adaptive_limits(&self) -> Option<&KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
+        self.inner.adaptive.as_ref()
     }
 
     /// The per-authority rate limiters, if the stack has them.
@@ -142,6 +152,7 @@ impl<R> std::fmt::Debug for ClientPolicies<R> {
             .field("backoff", &inner.backoff)
             .field("breakers", &inner.breakers.is_some())
             .field("bulkheads", &inner.bulkheads.is_some())
+            .field("adaptive", &inner.adaptive.is_some())
             .field("limiters", &inner.limiters.is_some())
             .field("max_authorities", &inner.max_authorities)
             .finish_non_exhaustive()

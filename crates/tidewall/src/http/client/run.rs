@@ -20,8 +20,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// given (the original, or a copy for a retry). It is called only once the attempt is
     /// admitted, so a call to it is an attempt the server may see.
     ///
-    /// Per attempt, in order: the authority's breaker, its bulkhead and its rate limit
-    /// (waiting no longer than the deadline), then `send` under the attempt timeout. A
+    /// Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and its
+    /// rate limit (waiting no longer than the deadline), then `send` under the attempt
+    /// timeout; the adaptive limit learns how it ended, as the breaker records it. A
     /// refusal by any of them ends the request at once with that refusal, not retried: an
     /// open breaker exists to answer fast. The breaker records the attempt's classified
     /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing. A failure
@@ -204,6 +205,20 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
+        let slot = match (&inner.adaptive, authority) {
+            (Some(limits), Some(authority)) => Some(
+                match limits
+                    .try_acquire_quiet(authority)
+                    .map_err(Error::Rejected)?
+                {
+                    Some(slot) => slot,
+                    None => Box::pin(limits.acquire_before(authority, deadline))
+                        .await
+                        .map_err(Error::Rejected)?,
+                },
+            ),
+            _ => None,
+        };
         if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
             && limiters.check_key_quiet(authority).is_err()
         {
@@ -219,9 +234,14 @@ impl<R: Clock> Attempt<'_, R> {
             },
             None => sending.await.map_err(Error::Inner),
         };
-        if let Some(permit) = permit {
+        if permit.is_some() || slot.is_some() {
             let (verdict, hint) = judge(&Standard(&inner.classifier), result.as_ref());
-            permit.record_hinted(verdict.breaker_outcome(), hint);
+            if let Some(permit) = permit {
+                permit.record_hinted(verdict.breaker_outcome(), hint);
+            }
+            if let Some(slot) = slot {
+                slot.finish(verdict.breaker_outcome());
+            }
         }
         result
     }
