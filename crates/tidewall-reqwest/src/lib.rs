@@ -2,8 +2,9 @@
 //!
 //! [`Resilience`] applies, per request: a total deadline → retry on the standard HTTP table
 //! (`Retry-After` honoured, a retry budget per host, jitter) → a circuit breaker per host →
-//! a bulkhead and optional rate limit per host → an attempt timeout. The defaults are in
-//! [`ClientPolicies`]' docs; every stage is configurable there.
+//! a bulkhead (or an adaptive limit that learns each host's capacity) and optional rate limit
+//! per host → an attempt timeout. The defaults are in [`ClientPolicies`]' docs; every stage is
+//! configurable there.
 //!
 //! ```no_run
 //! use reqwest_middleware::ClientBuilder;
