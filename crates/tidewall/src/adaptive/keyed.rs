@@ -345,6 +345,7 @@ where
     /// As [`try_acquire`](Self::try_acquire), but a full limit is `Ok(None)` and not counted
     /// as a refusal: the caller goes on to [`acquire_before`](Self::acquire_before), which
     /// counts one if it refuses.
+    #[cfg(feature = "http")]
     pub(crate) fn try_acquire_quiet(
         &self,
         key: &K,

@@ -207,7 +207,9 @@ impl<R> ClientPoliciesBuilder<R> {
     /// An adaptive limit on each authority's attempts in flight, in place of the bulkhead
     /// (default none; set [`bulkhead(None)`](Self::bulkhead) with it): each host's limit
     /// follows its own latency and drops, as the limiter's algorithm says. Every attempt
-    /// takes a slot, after the breaker admitted it, and teaches the algorithm how it ended,
+    /// takes a slot after the breaker admitted it and holds it through the rate limit's
+    /// wait; its sample is timed from its send (the stack's own waits are not the host's
+    /// latency), and teaches the algorithm how it ended,
     /// by the [classifier](Self::classifier) as the breaker counts it: a failure (in the
     /// standard table a 5xx, a 408, a 429, a timeout or a failed connection) is a drop, a
     /// success a sample of the host's latency, what it ignores nothing. An attempt refused

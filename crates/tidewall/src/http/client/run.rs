@@ -205,7 +205,7 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
-        let slot = match (&inner.adaptive, authority) {
+        let mut slot = match (&inner.adaptive, authority) {
             (Some(limits), Some(authority)) => Some(
                 match limits
                     .try_acquire_quiet(authority)
@@ -225,6 +225,10 @@ impl<R: Clock> Attempt<'_, R> {
             Box::pin(limiters.until_key_ready_before(authority, deadline))
                 .await
                 .map_err(Error::Rejected)?;
+        }
+        if let Some(slot) = &mut slot {
+            // The host's time alone: not the wait for the stack's own rate limit.
+            slot.start_now();
         }
         let sending = send(request);
         let result = match timeout {
