@@ -1,6 +1,8 @@
-//! The tour's configuration section: a registry's pipeline, its bulkhead raised and its
-//! deadline lengthened by a reload while calls queue behind it. The held permits stay held,
-//! the queue is served at once, the pipeline is made anew, and every call is answered.
+//! The tour's configuration sections: a registry's pipeline, its bulkhead raised and its
+//! deadline lengthened by a reload while calls queue behind it (the held permits stay held,
+//! the queue is served at once, the pipeline is made anew, and every call is answered); and
+//! an adaptive limit and a fault injector by name, chaos switched on by a reload and the
+//! limit learning from the latency it injects.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,110 @@ const AFTER: usize = 8;
 const CALL: &str = "/delay/20";
 
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
-    vec![reload_mid_traffic(&rt, server, size).await]
+    vec![
+        reload_mid_traffic(&rt, server, size).await,
+        game_day(&rt, server).await,
+    ]
+}
+
+/// The instance of the game day: an AIMD limit whose timeout (50 ms) is far above the
+/// server's 5 ms, and a fault injector delaying every call by 100 ms, off until `chaos`.
+fn game_day_config(chaos: bool) -> Config {
+    let text = format!(
+        "[instances.tour-game-day]\n\
+         deadline = \"10s\"\n\
+         [instances.tour-game-day.adaptive]\n\
+         algorithm = \"aimd\"\n\
+         initial_limit = 16\n\
+         min_limit = 1\n\
+         backoff_ratio = 0.5\n\
+         timeout = \"50ms\"\n\
+         [instances.tour-game-day.chaos]\n\
+         seed = 7\n\
+         enabled = {chaos}\n\
+         latency_rate = 1.0\n\
+         latency = \"100ms\"\n"
+    );
+    Config::from_toml(&text).expect("a valid configuration")
+}
+
+/// A game day by configuration: the instance's pipeline calls the server through its
+/// adaptive limit and its fault injector; a reload switches the injector on, and the limit
+/// learns from the latency it adds, one call at a time.
+async fn game_day<R: Net>(rt: &R, server: &Server) -> Section {
+    const CALLS: usize = 10;
+    const NAME: &str = "tour-game-day";
+    let mut s = Section::new(
+        "config: a game day by reload (adaptive limit + chaos)",
+        "[adaptive] and [chaos] by name; Registry::reload switches chaos on; pipeline.call(chaos.wrap(op))",
+    );
+    settle(rt, server).await;
+    let registry = Registry::builder(game_day_config(false))
+        .runtime(rt.clone())
+        .build()
+        .expect("a valid registry");
+    let pipeline = registry.pipeline(NAME).expect("a declared pipeline");
+    let chaos = registry.chaos(NAME).expect("a declared fault injector");
+    let limit = registry.adaptive_limiter(NAME).expect("a declared limiter");
+    let client = Client::new(rt.clone(), server.addr);
+    let call = || async {
+        pipeline
+            .call(chaos.wrap(|| async {
+                client
+                    .get("/delay/5")
+                    .await
+                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+            }))
+            .await
+            .is_ok()
+    };
+    let mut answered = 0;
+    let start = rt.now();
+    for _ in 0..CALLS {
+        answered += usize::from(call().await);
+    }
+    let calm = since(rt, start);
+    let limit_calm = limit.limit();
+    let reload = registry.reload(game_day_config(true));
+    let start = rt.now();
+    for _ in 0..CALLS {
+        answered += usize::from(call().await);
+    }
+    let stormy = since(rt, start);
+    let limit_stormy = limit.limit();
+    let per_call = |d: Duration| ms(d / u32::try_from(CALLS).unwrap_or(1));
+    s.metric(
+        "calls, one at a time",
+        format!("{CALLS} calm, then {CALLS} under chaos"),
+    )
+    .metric(
+        "time per call calm / under chaos",
+        format!("{} / {}", per_call(calm), per_call(stormy)),
+    )
+    .metric("faults injected", chaos.decided())
+    .metric(
+        "adaptive limit calm / under chaos",
+        format!("{limit_calm} / {limit_stormy}"),
+    )
+    .metric("answered", format!("{answered} of {}", 2 * CALLS));
+    s.check(
+        "switched off, the injector drew nothing and the limit held at 16",
+        limit_calm == 16,
+    );
+    s.check(
+        "the reload switched chaos on in place: every later call was delayed, none relearned",
+        reload.as_ref().is_ok_and(|r| r.relearning.is_empty())
+            && chaos.decided() == u64::try_from(CALLS).unwrap_or(u64::MAX),
+    );
+    s.check(
+        "each delayed call was a drop for AIMD: 16 halved to its floor of 1",
+        limit_stormy == 1,
+    );
+    s.check(
+        "every call was answered (chaos delayed, did not fail)",
+        answered == 2 * CALLS,
+    );
+    s
 }
 
 /// The configuration with the bulkhead at `max_concurrent` and the pipeline's deadline at
