@@ -10,7 +10,7 @@ use super::{AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 use crate::admission::{Admission, Wait};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering::Relaxed, lock};
+use crate::sync::{Arc, Mutex, lock};
 use crate::{ConfigError, Deadline, Name, Rejected};
 
 /// The refusal a keyed table gives a new key, as its telemetry registers it.
@@ -62,8 +62,6 @@ struct Keyed<K, A, R> {
     /// reconfiguration gave it).
     settings: Mutex<AdaptiveLimiterBuilder<A, R>>,
     name: Name,
-    /// The initial limit of the algorithm in `settings`: every new key's.
-    initial_limit: AtomicU32,
     keys: KeyedMap<K, AdaptiveLimiter<A, R>>,
     /// Refusals of new keys (a full table).
     rejections: crate::telemetry::PolicyTelemetry,
@@ -127,7 +125,7 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
         R: Clock,
     {
         // Every key's limiter is built from a copy of these settings: checked once here.
-        let initial_limit = AtomicU32::new(self.limiter.clone().build()?.limit());
+        self.limiter.clone().build()?;
         let keys = KeyedMap::new(self.max_keys)?;
         let (name, events) = self.limiter.reports_as();
         let name = name.clone();
@@ -139,7 +137,6 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
             shared: Arc::new(Keyed {
                 settings: Mutex::new(self.limiter),
                 name,
-                initial_limit,
                 keys,
                 rejections,
                 per_key,
@@ -305,13 +302,7 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
         let shared = &*self.shared;
         // Published before the keys are visited: a key made after its shard was visited is
         // made with the new settings.
-        {
-            let mut made_with = lock(&shared.settings);
-            if let Some(algorithm) = &algorithm {
-                shared.initial_limit.store(algorithm.limit(), Relaxed);
-            }
-            made_with.retune_from(settings, algorithm.clone());
-        }
+        lock(&shared.settings).retune_from(settings, algorithm.clone());
         for limiter in shared.keys.each(AdaptiveLimiter::clone) {
             let retuned = limiter.retune(settings, algorithm.clone());
             debug_assert!(
@@ -382,11 +373,14 @@ impl<K, A, R> Clone for KeyedAdaptiveLimiter<K, A, R> {
     }
 }
 
-impl<K, A, R> fmt::Debug for KeyedAdaptiveLimiter<K, A, R> {
+impl<K, A: LimitAlgorithm, R> fmt::Debug for KeyedAdaptiveLimiter<K, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedAdaptiveLimiter")
             .field("name", &self.shared.name)
-            .field("initial_limit", &self.shared.initial_limit.load(Relaxed))
+            .field(
+                "initial_limit",
+                &lock(&self.shared.settings).algorithm().limit(),
+            )
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()

@@ -72,11 +72,7 @@ impl<R> AdaptiveLimiterBuilder<(), R> {
         limit: u32,
     ) -> Result<crate::bulkhead::BulkheadBuilder, ConfigError> {
         check_shares(&self.shares)?;
-        let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
-        let bulkhead = Bulkhead::builder(capacity)
-            .max_queue(self.max_queue)
-            .max_wait(self.max_wait)
-            .discipline(self.discipline);
+        let bulkhead = self.queue_of(limit);
         bulkhead.validate()?;
         Ok(bulkhead)
     }
@@ -188,9 +184,16 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
     }
 
     /// The algorithm as given (before any sample).
-    #[cfg(feature = "serde")]
     pub(crate) fn algorithm(&self) -> &A {
         &self.algorithm
+    }
+
+    /// A bulkhead of `limit` slots with this limiter's queue, wait and discipline.
+    fn queue_of(&self, limit: u32) -> crate::bulkhead::BulkheadBuilder {
+        Bulkhead::builder(usize::try_from(limit).unwrap_or(usize::MAX))
+            .max_queue(self.max_queue)
+            .max_wait(self.max_wait)
+            .discipline(self.discipline)
     }
 
     /// The algorithm, and the settings around it.
@@ -215,11 +218,8 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         A: LimitAlgorithm,
         R: Clone,
     {
-        let limit = usize::try_from(self.algorithm.limit()).unwrap_or(usize::MAX);
-        let bulkhead = Bulkhead::builder(limit)
-            .max_queue(self.max_queue)
-            .max_wait(self.max_wait)
-            .discipline(self.discipline)
+        let bulkhead = self
+            .queue_of(self.algorithm.limit())
             .with_shares(self.shares)
             .name(self.name.clone())
             .runtime(self.rt.clone());

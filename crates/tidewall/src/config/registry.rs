@@ -430,27 +430,25 @@ impl<R: Clock> Registry<R> {
             .keys()
             .map(|name| Ok((name.as_str(), stages_of(&config, name)?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
-        let places = |held: usize, holds: &dyn Fn(&str) -> bool, stage: usize| {
+        // `stage`: the pipeline stage of the kind, if it is one.
+        let places = |held: usize, holds: &dyn Fn(&str) -> bool, stage: Option<usize>| {
             let declared = config.instances.keys().map(String::as_str);
-            let staged = stages.iter().filter(|(_, has)| has[stage]).map(|(n, _)| *n);
+            let staged = stages
+                .iter()
+                .filter(|(_, has)| stage.is_some_and(|stage| has[stage]))
+                .map(|(n, _)| *n);
             let new: BTreeSet<&str> = declared.chain(staged).filter(|n| !holds(n)).collect();
             held.saturating_add(new.len())
         };
         // The stages in `stages_of`'s order: rate limit, bulkhead, budget, breaker, adaptive.
         let needed = [
-            places(breakers.len(), &|n| breakers.contains_key(n), 3),
-            places(bulkheads.len(), &|n| bulkheads.contains_key(n), 1),
-            places(limiters.len(), &|n| limiters.contains_key(n), 0),
-            places(budgets.len(), &|n| budgets.contains_key(n), 2),
-            places(adaptive.len(), &|n| adaptive.contains_key(n), 4),
-            // Not a pipeline stage: only the declared instances need a place.
+            places(breakers.len(), &|n| breakers.contains_key(n), Some(3)),
+            places(bulkheads.len(), &|n| bulkheads.contains_key(n), Some(1)),
+            places(limiters.len(), &|n| limiters.contains_key(n), Some(0)),
+            places(budgets.len(), &|n| budgets.contains_key(n), Some(2)),
+            places(adaptive.len(), &|n| adaptive.contains_key(n), Some(4)),
             #[cfg(feature = "chaos")]
-            config
-                .instances
-                .keys()
-                .filter(|n| !chaos.contains_key(n.as_str()))
-                .count()
-                .saturating_add(chaos.len()),
+            places(chaos.len(), &|n| chaos.contains_key(n), None),
         ];
         if needed.into_iter().any(|n| n > self.max_instances) {
             let max = self.max_instances;
