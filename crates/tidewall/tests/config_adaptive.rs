@@ -113,6 +113,14 @@ fn an_instance_limits_calls_in_flight_one_way() {
          [instances.a]\nbase = \"capped\"\n[instances.a.adaptive]\nalgorithm = \"aimd\"\n",
     );
     assert!(e.contains("not both"), "{e}");
+    // A base with both could serve no instance: it is refused where it is written, used or not.
+    let e = refused(
+        "[configs.capped.bulkhead]\nmax_concurrent = 4\n[configs.capped.adaptive]\nalgorithm = \"aimd\"\n",
+    );
+    assert!(
+        e.starts_with("configs.capped.adaptive: an instance limits calls in flight"),
+        "{e}"
+    );
     let c = config(
         "[defaults.bulkhead]\nmax_concurrent = 4\n[instances.a.adaptive]\nalgorithm = \"aimd\"\n",
     );

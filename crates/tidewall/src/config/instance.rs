@@ -587,7 +587,9 @@ impl<'a> Instance<'a> {
             settle(budget, self.retry_budget().map(drop))?;
         }
         let adaptive = |p: &Policies| p.adaptive.is_some();
-        if required(adaptive) && required(bulkhead) {
+        // Not only when complete: a base with both is refused where it is written, since
+        // every instance built on it would be.
+        if self.has(adaptive) && self.has(bulkhead) {
             let (_, at) = self.section("adaptive", |p| &p.adaptive, super::AdaptiveConfig::over);
             return Err(Invalid::new(
                 at,

@@ -256,6 +256,11 @@ section! {
     /// `max_queue`, `max_wait`, `discipline` (with `codel_target` and `codel_interval` for
     /// `"codel"`) and the priorities' shares.
     ///
+    /// It takes the place of a bulkhead: an instance with its base has a `bulkhead` or an
+    /// `adaptive` section, not both, and a file where one has both (or a `configs` base has
+    /// both, used or not) is refused at the `adaptive` section's path. The defaults may have
+    /// both, since they only fill in the sections an instance has.
+    ///
     /// ```
     /// use tidewall::config::{AlgorithmKind, Config};
     ///
