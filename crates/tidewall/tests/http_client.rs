@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use common::ms;
 use http::Request;
-use keyed_support::client::{Answer, FRONTS, Hosts, Streaming, dropped, send, spawn_send, status};
+use keyed_support::client::{
+    Answer, FRONTS, Hosts, Streaming, auth, dropped, send, spawn_send, status,
+};
+use tidewall::adaptive::{AdaptiveLimiter, Aimd};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::RetryBudgetPolicy;
 use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder, Overrides};
@@ -316,6 +319,89 @@ async fn a_full_authority_table_refuses_new_hosts<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn a_full_authority_table_refuses_new_hosts_on_every_runtime() {
     on_every_runtime!(a_full_authority_table_refuses_new_hosts);
+}
+
+/// Each per-authority table forgets a host by its own rule (`ClientPolicies`' docs): a
+/// budget after its window with no call drawing on it (until then a new host gets no budget
+/// and is sent once), an adaptive limit once no call is in flight (learned again from its
+/// initial value).
+async fn each_authority_table_forgets_by_its_own_rule<R: Runtime>(rt: Clocked<R>) {
+    let window = Duration::from_secs(10);
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        let budget = RetryBudgetPolicy::builder().window(window).build().unwrap();
+        let policies = builder(&rt)
+            .breaker(None)
+            .retry_budget(Some(budget))
+            .max_authorities(1)
+            .build()
+            .unwrap();
+        assert_eq!(
+            status(&send(front, &policies, &hosts, get("a")).await),
+            Some(200)
+        );
+        let once_then_fine = |n| {
+            if n == 0 {
+                Answer::Status(503)
+            } else {
+                Answer::Status(200)
+            }
+        };
+        hosts.script("b:80", once_then_fine);
+        rt.sleep(window - ms(1)).await;
+        let outcome = send(front, &policies, &hosts, get("b")).await;
+        assert_eq!(
+            (status(&outcome), hosts.seen("b:80")),
+            (Some(503), 1),
+            "{front:?}: a's budget is drawn on within its window, so b has none"
+        );
+        rt.sleep(ms(1)).await;
+        hosts.script("c:80", once_then_fine);
+        let outcome = send(front, &policies, &hosts, get("c")).await;
+        assert_eq!(
+            (status(&outcome), hosts.seen("c:80")),
+            (Some(200), 2),
+            "{front:?}: a's window passed, so c has a budget and is retried"
+        );
+
+        let aimd = Aimd::builder()
+            .min_limit(1)
+            .initial_limit(8)
+            .backoff_ratio(0.5)
+            .build()
+            .unwrap();
+        let policies = builder(&rt)
+            .breaker(None)
+            .bulkhead(None)
+            .adaptive(Some(AdaptiveLimiter::builder(aimd.into())))
+            .max_authorities(1)
+            .build()
+            .unwrap();
+        let limits = policies.adaptive_limits().unwrap();
+        hosts.script("slow:80", |_| Answer::Reset);
+        let once = |host| send(front, &policies, &hosts, get(host));
+        let _ = once("slow").await;
+        let learned = limits.limit(&auth("http://slow/"));
+        assert!(learned.is_some_and(|l| l < 8), "{front:?}: {learned:?}");
+        assert_eq!(status(&once("d").await), Some(200), "{front:?}");
+        assert_eq!(
+            limits.limit(&auth("http://slow/")),
+            None,
+            "{front:?}: forgotten"
+        );
+        hosts.script("slow:80", |_| Answer::Status(200));
+        assert_eq!(status(&once("slow").await), Some(200), "{front:?}");
+        assert_eq!(
+            limits.limit(&auth("http://slow/")),
+            Some(8),
+            "{front:?}: learned again from the initial limit"
+        );
+    }
+}
+
+#[test]
+fn each_authority_table_forgets_by_its_own_rule_on_every_runtime() {
+    on_every_runtime!(each_authority_table_forgets_by_its_own_rule);
 }
 
 async fn a_body_that_cannot_be_copied_is_sent_once<R: Runtime>(rt: Clocked<R>) {

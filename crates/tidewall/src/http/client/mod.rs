@@ -43,9 +43,16 @@ use crate::sync::Arc;
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
 ///
 /// Every stage is configurable on the [builder](ClientPoliciesBuilder), and per request with
-/// [`Overrides`]. An authority is scheme, host and port ([`Authority`]); at most
-/// `max_authorities` (default 10,000) are tracked at once, idle ones forgotten, never one
-/// whose breaker is open or whose permits are out.
+/// [`Overrides`]. An authority is scheme, host and port ([`Authority`]). Each per-authority
+/// table tracks at most `max_authorities` (default 10,000) at once and forgets an authority
+/// only when no call of its is in flight there and, for the breakers, its breaker is closed
+/// with a window empty or untouched for the breaker's `idle_ttl`
+/// ([`KeyedCircuitBreaker`](crate::breaker::KeyedCircuitBreaker)'s rule), for the retry
+/// budgets, no call has drawn on its budget for the budget's window, and for the rate
+/// limits, its limit has rested to a full burst. One seen again starts
+/// afresh there (an adaptive limit from its initial value). A table full of authorities it
+/// may not forget refuses a new one with [`Rejected::KeysFull`](crate::Rejected::KeysFull),
+/// but for the budgets' table, which gives it no budget: its call is sent once, not retried.
 ///
 /// Fronts: [`ClientLayer`](crate::tower::http::ClientLayer) for a tower `Service` of
 /// `http::Request` (hyper-util's client), and the `tidewall-reqwest` crate's middleware for
