@@ -13,6 +13,7 @@ use secure::{Certificates, SecureServer, TIDEWALL_USER, openssl};
 use tidewall::Rejected;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::rt::Tokio;
+use tidewall_core::rng::SplitMix64;
 use tidewall_redis::{
     BreakerQuorum, ConnectError, RedisBulkhead, RedisConn, RedisConnBuilder, RedisRateLimiter,
     WhenUnavailable,
@@ -84,18 +85,6 @@ fn closed_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A tiny deterministic generator (xorshift), for the cancellation points.
-struct Seeded(u64);
-
-impl Seeded {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn connected_clients(admin: &mut redis::Connection) -> u64 {
@@ -881,10 +870,10 @@ async fn dropped_connects_keep_nothing() {
     let server = SecureServer::start(&certificates, &[TIDEWALL_USER], false);
     let mut admin = server.admin().unwrap();
     let baseline = connected_clients(&mut admin);
-    let mut random = Seeded(0x71de_3a11_5eed);
+    let mut random = SplitMix64::new(0x71de_3a11_5eed);
     let mut finished = 0;
     for _ in 0..60 {
-        let micros = random.below(30_000);
+        let micros = random.below_or_equal(29_999);
         let attempt = tidewall_user(&server, &certificates).connect();
         if let Ok(result) = tokio::time::timeout(Duration::from_micros(micros), attempt).await {
             drop(result.unwrap());
@@ -914,10 +903,10 @@ async fn dropped_verifies_never_break_a_limit() {
         .deadline(Duration::from_secs(1))
         .build()
         .unwrap();
-    let mut random = Seeded(0xdecaf_c0ffee);
+    let mut random = SplitMix64::new(0xdecaf_c0ffee);
     let mut finished = 0;
     for round in 0..90 {
-        let micros = random.below(3_000);
+        let micros = random.below_or_equal(2_999);
         let cut = Duration::from_micros(micros);
         let done = match round % 3 {
             0 => tokio::time::timeout(cut, limiter.verify()).await.is_ok(),

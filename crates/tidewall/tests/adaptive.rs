@@ -19,6 +19,7 @@ use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
+use tidewall_core::rng::SplitMix64;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -265,20 +266,17 @@ fn threads_moving_the_limit_lose_no_slot() {
         .map(|t| {
             let (limiter, most) = (limiter.clone(), std::sync::Arc::clone(&most));
             std::thread::spawn(move || {
-                let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ t;
+                let mut rng = SplitMix64::new(0x9E37_79B9_7F4A_7C15 ^ t);
                 let mut held = Vec::new();
                 for _ in 0..20_000 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    if !seed.is_multiple_of(3) {
+                    if rng.below_or_equal(2) != 0 {
                         if let Ok(permit) = limiter.try_acquire() {
                             let now = u32::try_from(limiter.in_flight()).unwrap();
                             most.fetch_max(now, SeqCst);
                             held.push(permit);
                         }
                     } else if let Some(permit) = held.pop() {
-                        match seed % 5 {
+                        match rng.below_or_equal(4) {
                             0 => permit.failure(),
                             1 => permit.ignore(),
                             2 => drop(permit),

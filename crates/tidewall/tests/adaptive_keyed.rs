@@ -545,7 +545,7 @@ fn threads_over_random_keys_lose_no_permit() {
             let (hosts, clock) = (hosts.clone(), clock.clone());
             let (most, full) = (Arc::clone(&most), Arc::clone(&full));
             std::thread::spawn(move || {
-                let mut rng = Rng(0x6b65_7965_6441 ^ t);
+                let mut rng = Rng::new(0x6b65_7965_6441 ^ t);
                 let mut held: Vec<(u64, AdaptivePermit<Aimd, FakeClock>)> = Vec::new();
                 for _ in 0..20_000 {
                     let key = rng.below(KEYS);

@@ -32,7 +32,7 @@ async fn pipeline_bulkhead_limits_concurrency<R: Runtime>(rt: Clocked<R>, cancel
             .unwrap(),
     );
     let gauge = Gauge::default();
-    let mut rng = Rng(0x5EED);
+    let mut rng = Rng::new(0x5EED);
     let mut calls = Vec::new();
     for i in 0..CALLS {
         let (pipeline, gauge, clock) = (pipeline.clone(), gauge.clone(), rt.clone());

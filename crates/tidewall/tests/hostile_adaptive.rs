@@ -29,6 +29,7 @@ use tidewall::telemetry::EventKind;
 use tidewall::testing::{Clocked, FakeClock};
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, TimeoutLayer};
 use tidewall::{Backoff, ConfigError, Deadline, Error, FutureExt as _, Jitter, Rejected};
+use tidewall_core::rng::SplitMix64;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -38,23 +39,19 @@ const HOUR: Duration = Duration::from_secs(3_600);
 const DAY: Duration = Duration::from_secs(86_400);
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-/// xorshift64*, seeded: every run draws the same numbers.
-struct Rng(u64);
+/// Seeded draws from the library's own generator: every run draws the same numbers.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Self(SplitMix64::new(seed))
     }
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
+    /// Uniform in `0..n`.
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below_or_equal(n - 1)
     }
     fn chance(&mut self, one_in: u64) -> bool {
         self.below(one_in) == 0

@@ -313,7 +313,7 @@ fn dropping_pending_rate_limiter_admits_takes_no_capacity() {
 async fn bulkhead_admissions_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = bulkhead(&rt, 3, Some(ms(40)));
     let gauge = Gauge::default();
-    let mut rng = Rng(0xAD_0155);
+    let mut rng = Rng::new(0xAD_0155);
     let mut handles = Vec::new();
     for _ in 0..150 {
         let (bh, clock, gauge, draw) = (bulkhead.clone(), rt.clone(), gauge.clone(), rng.next());
@@ -580,7 +580,7 @@ async fn remote_guards_under_random_cancellation<R: Runtime>(rt: Clocked<R>, mod
         .runtime(rt.clone())
         .max_wait(ms(20))
         .layer(work.clone());
-    let mut rng = Rng(0x7_1C4E7 ^ mode_seed(mode));
+    let mut rng = Rng::new(0x7_1C4E7 ^ mode_seed(mode));
     storm(&rt, &svc, &mut rng, 120).await;
     drop(svc);
     assert!(work.calls() > 10, "{mode:?}: the storm made calls");

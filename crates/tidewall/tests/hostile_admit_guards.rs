@@ -159,7 +159,7 @@ fn a_call_without_poll_ready_never_slips_past_the_stage_in_any_mode_on_every_run
 // (leaving a bulkhead's queue) or the guard (freeing the slot); nothing is held afterwards."
 // (`AdmitService`): keeps "the stage's guard and pending wait between poll_ready and call".
 async fn admit_mode_storm<R: Runtime>(rt: Clocked<R>, mode: AdmitMode, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for bound in [
         None,
         Some(Duration::ZERO),
@@ -365,7 +365,7 @@ async fn limiter_storm<R: Runtime>(rt: Clocked<R>, mode: AdmitMode) {
         .runtime(rt.clone())
         .max_wait(ms(30))
         .layer(work.clone());
-    let mut rng = Rng(0x6C_4A ^ mode_seed(mode));
+    let mut rng = Rng::new(0x6C_4A ^ mode_seed(mode));
     storm(&rt, &svc, &mut rng, 200).await;
     let starts = work.starts();
     assert!(starts.len() > 20, "{mode:?}: {} calls", starts.len());

@@ -147,7 +147,7 @@ fn script(rng: &mut Rng) -> Script {
 }
 
 fn plan(seed: u64) -> Vec<(Duration, Way, Script)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..25)
         .map(|_| {
             let gap = match rng.below(6) {
@@ -269,7 +269,7 @@ async fn contended<R: Runtime>(
         Arc::new(s.pipeline.clone()),
         Arc::new(s.pipeline.boxed::<u32, Fail>()),
     );
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let origin = rt.now();
     let calls = (0..8).map(|_| {
         let (offset, steps) = (ms(rng.below(60)), script(&mut rng));
@@ -318,7 +318,7 @@ async fn dropped_boxed_calls_release<R: Runtime>(rt: Clocked<R>) {
     for seed in 0..40u64 {
         let s = stages(&rt, 2, 3, 1);
         let boxed = s.pipeline.boxed::<u32, Fail>();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let calls = (0..10).map(|_| {
             let (draw, offset, steps) = (rng.next(), ms(rng.below(100)), script(&mut rng));
             let (boxed, rt) = (boxed.clone(), rt.clone());

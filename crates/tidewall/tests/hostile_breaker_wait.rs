@@ -523,7 +523,7 @@ async fn breaker_wait_storm<R: Runtime>(rt: Clocked<R>) {
     let svc = BreakerLayer::new(breaker.clone())
         .wait_in_ready(ms(35))
         .layer(work.clone());
-    let mut rng = Rng(0xB4EA_C3E5);
+    let mut rng = Rng::new(0xB4EA_C3E5);
     storm(&rt, &svc, &mut rng, 200).await;
     drop(svc);
     assert!(work.calls() > 10, "{} calls", work.calls());

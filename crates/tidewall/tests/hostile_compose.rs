@@ -124,7 +124,7 @@ async fn full_pipeline_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
             .unwrap(),
     );
     let gauge = Gauge::default();
-    let mut rng = Rng(0xC0FFEE);
+    let mut rng = Rng::new(0xC0FFEE);
     let mut handles = Vec::new();
     for _ in 0..240 {
         let (pipeline, gauge, clock) = (pipeline.clone(), gauge.clone(), rt.clone());
@@ -192,7 +192,7 @@ async fn pipeline_reject_when_full_capacity_one<R: Runtime>(rt: Clocked<R>) {
     );
     let gauge = Gauge::default();
     let full = Arc::new(AtomicUsize::new(0));
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let mut handles = Vec::new();
     for _ in 0..64 {
         let (pipeline, gauge, clock, full) =
@@ -269,7 +269,7 @@ async fn nested_pipelines_under_random_cancellation<R: Runtime>(rt: Clocked<R>) 
             .unwrap(),
     );
     let gauge = Gauge::default();
-    let mut rng = Rng(0xBEEF);
+    let mut rng = Rng::new(0xBEEF);
     let mut handles = Vec::new();
     for _ in 0..120 {
         let (outer, inner, gauge, clock) =
@@ -337,7 +337,7 @@ async fn hedges_inside_a_bulkhead_inside_a_pipeline<R: Runtime>(rt: Clocked<R>) 
             .unwrap(),
     );
     let gauge = Gauge::default();
-    let mut rng = Rng(0x4ED6E);
+    let mut rng = Rng::new(0x4ED6E);
     let mut handles = Vec::new();
     for _ in 0..100 {
         let (pipeline, hedge, bulkhead, gauge, clock) = (
@@ -358,7 +358,7 @@ async fn hedges_inside_a_bulkhead_inside_a_pipeline<R: Runtime>(rt: Clocked<R>) 
                     clock.clone(),
                 );
                 async move {
-                    let mut attempt = Rng(seed);
+                    let mut attempt = Rng::new(seed);
                     hedge
                         .call(Idempotent(|| {
                             let d = ms(attempt.below(30));
@@ -451,7 +451,7 @@ async fn tower_bulkhead_wait_under_random_cancellation<R: Runtime>(rt: Clocked<R
         .unwrap();
     let gauge = Gauge::default();
     let svc = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady).layer(sleeper(&rt, &gauge));
-    let mut rng = Rng(0x70E4);
+    let mut rng = Rng::new(0x70E4);
     storm(&rt, &svc, &mut rng, 150, 15).await;
     drop(svc);
     assert_eq!(gauge.now(), 0);
@@ -571,7 +571,7 @@ async fn admit_layer_bulkhead_under_random_cancellation<R: Runtime>(rt: Clocked<
         .runtime(rt.clone())
         .max_wait(ms(60))
         .layer(sleeper(&rt, &gauge));
-    let mut rng = Rng(0xAD417);
+    let mut rng = Rng::new(0xAD417);
     storm(&rt, &svc, &mut rng, 150, 15).await;
     drop(svc);
     assert_eq!(gauge.now(), 0);
@@ -614,7 +614,7 @@ async fn tower_stack_under_random_cancellation<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .layer(inner);
     let svc = TimeoutLayer::new(ms(80)).runtime(rt.clone()).layer(inner);
-    let mut rng = Rng(0x57AC);
+    let mut rng = Rng::new(0x57AC);
     storm(&rt, &svc, &mut rng, 150, 20).await;
     assert_eq!(gauge.now(), 0);
     assert!(gauge.most() <= 2);
@@ -1132,7 +1132,7 @@ async fn pipeline_rate_limit_is_exact_and_calls_keep_their_deadline<R: Runtime>(
     );
     let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let gauge = Gauge::default();
-    let mut rng = Rng(0xDEAD11);
+    let mut rng = Rng::new(0xDEAD11);
     let mut handles = Vec::new();
     for _ in 0..200 {
         let (pipeline, gauge, clock, starts) =

@@ -715,7 +715,7 @@ async fn storm_then_idle(rt: Rt, mode: AdmitMode, wait_in_ready: bool, seed: u64
         .layer(hedge(&rt, ms(4), 2))
         .map_err(INNER)
         .service(plain(work.clone()));
-    storm(&rt, &svc, &mut Rng(seed), 120).await;
+    storm(&rt, &svc, &mut Rng::new(seed), 120).await;
     assert_eq!(work.gauge.now(), 0, "every call ended or was dropped");
     for gap in [ms(500), HOUR, 30 * DAY] {
         rt.sleep(gap).await;

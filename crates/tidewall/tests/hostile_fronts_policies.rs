@@ -3,7 +3,7 @@
 //! sentence it checks; every assertion message quotes (or paraphrases) the doc sentence
 //! that promises it. Shared vocabulary in `fronts/`.
 //!
-//! Virtual time only (`Clocked` through `common`), seeded randomness (xorshift), no real sleeps.
+//! Virtual time only (`Clocked` through `common`), no real sleeps.
 
 mod common;
 mod fronts;

@@ -3,7 +3,8 @@
 //! sentence it checks; every assertion message quotes (or paraphrases) the doc sentence
 //! that promises it. Shared vocabulary in `fronts/`.
 //!
-//! Virtual time only (`Clocked` through `common`), seeded randomness (xorshift), no real sleeps.
+//! Virtual time only (`Clocked` through `common`), seeded randomness (`SplitMix64`), no real
+//! sleeps.
 
 mod common;
 mod fronts;
@@ -39,7 +40,7 @@ type Call<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
 /// every live call and then moves virtual time to the next timer. Returns how many were dropped.
 fn drive_and_drop<R: Runtime>(
     rt: &Clocked<R>,
-    rng: &mut XorShift,
+    rng: &mut Rng,
     mut calls: Vec<Option<Call<'_>>>,
 ) -> usize {
     let mut dropped = 0;
@@ -80,7 +81,7 @@ fn drive_and_drop<R: Runtime>(
     panic!("the calls did not finish in 10 000 steps");
 }
 
-fn random_script(rng: &mut XorShift, n: usize) -> Vec<(Duration, Result<u32, ApiError>)> {
+fn random_script(rng: &mut Rng, n: usize) -> Vec<(Duration, Result<u32, ApiError>)> {
     (0..n)
         .map(|_| {
             let latency = ms(rng.below(400));
@@ -164,7 +165,7 @@ fn breaker_not_stuck<R: Runtime>(
 async fn pipeline_cancellation<R: Runtime>(rt: Clocked<R>) {
     let mut problems = Vec::new();
     for seed in 1..=60u64 {
-        let mut rng = XorShift::new(seed);
+        let mut rng = Rng::new(seed);
         let bulkhead = Bulkhead::builder(2)
             .runtime(rt.clone())
             .max_queue(8)
@@ -218,7 +219,7 @@ fn dropping_pipeline_calls_at_random_points_releases_slots_probes_and_timers() {
 async fn tower_cancellation<R: Runtime>(rt: Clocked<R>) {
     let mut problems = Vec::new();
     for seed in 1..=60u64 {
-        let mut rng = XorShift::new(seed);
+        let mut rng = Rng::new(seed);
         let bulkhead = Bulkhead::builder(2)
             .runtime(rt.clone())
             .max_queue(8)
@@ -291,7 +292,7 @@ impl Drop for Live {
 
 async fn retry_and_hedge_cancellation<R: Runtime>(rt: Clocked<R>) {
     for seed in 1..=80u64 {
-        let mut rng = XorShift::new(seed);
+        let mut rng = Rng::new(seed);
         let live = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let script = random_script(&mut rng, 20);
@@ -492,7 +493,7 @@ fn an_old_breaker_opens_for_its_whole_break_through_every_retry_front() {
 /// no longer drop writes after 2^15 buckets or bring stale counts back after 2^16." Default
 /// budget buckets are 1 s, so gaps of exactly 2^15 and 2^16 buckets (and seeded random ones).
 async fn budget_at_stamp_wraps<R: Runtime>(rt: Clocked<R>) {
-    let mut rng = XorShift::new(99);
+    let mut rng = Rng::new(99);
     let mut gaps: Vec<Duration> = [
         1u64 << 15,
         (1 << 15) + 1,

@@ -486,7 +486,7 @@ fn hedging_through_a_bulkhead_takes_and_gives_back_one_slot_per_attempt() {
 #[test]
 fn hedged_calls_dropped_at_seeded_points_leave_no_attempt_or_slot_behind() {
     on_tokio_current_thread(|rt: Rt| async move {
-        let mut rng = Rng(0x4ED6_E5EE);
+        let mut rng = Rng::new(0x4ED6_E5EE);
         let log = Log::new(&rt);
         for mode in [AdmitMode::WaitReady, AdmitMode::WaitCall, AdmitMode::Reject] {
             let bulk = bulkhead(&rt, 3);

@@ -9,7 +9,7 @@ mod fronts;
 mod hints_support;
 
 use common::ms;
-use fronts::{XorShift, poll_once, secs};
+use fronts::{Rng, poll_once, secs};
 use hints_support::*;
 use std::time::Duration;
 use tidewall::breaker::State;
@@ -233,7 +233,7 @@ fn drive_until<R: Runtime>(
 async fn dropped_mid_hint<R: Runtime>(rt: Clocked<R>) {
     let (mut problems, mut dropped) = (Vec::new(), 0);
     for seed in 1..=40u64 {
-        let mut rng = XorShift::new(seed);
+        let mut rng = Rng::new(seed);
         let script: Vec<_> = (0..12)
             .map(|_| {
                 let r = match rng.below(5) {
@@ -315,17 +315,17 @@ fn dropping_a_call_mid_hint_releases_its_bulkhead_slot_and_breaker_probe_on_ever
 // Seeded random scenarios, edges around the deadline: the four fronts agree
 // ---------------------------------------------------------------------------------------------
 
-fn pick(rng: &mut XorShift, n: usize) -> usize {
+fn pick(rng: &mut Rng, n: usize) -> usize {
     usize::try_from(rng.below(n as u64)).unwrap()
 }
 
-fn random_case(rng: &mut XorShift) -> Case {
+fn random_case(rng: &mut Rng) -> Case {
     let mode = if rng.below(2) == 0 {
         Mode::Errors
     } else {
         Mode::Results
     };
-    let hint = |rng: &mut XorShift| match rng.below(4) {
+    let hint = |rng: &mut Rng| match rng.below(4) {
         0 => HINTS[pick(rng, 8)],
         _ => ms(rng.below(400)),
     };
@@ -341,7 +341,7 @@ fn random_case(rng: &mut XorShift) -> Case {
             (ms(rng.below(4).saturating_sub(1) * 60), r)
         })
         .collect();
-    let choose = |rng: &mut XorShift, of: &[Option<Duration>]| of[pick(rng, of.len())];
+    let choose = |rng: &mut Rng, of: &[Option<Duration>]| of[pick(rng, of.len())];
     let d = [
         None,
         Some(ms(100)),
@@ -389,7 +389,7 @@ async fn random_agreement<R: Runtime>(rt: Clocked<R>) {
             }
         }
     }
-    let mut rng = XorShift::new(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     cases.extend((0..150).map(|_| random_case(&mut rng)));
     for (n, c) in cases.iter().enumerate() {
         let reference = by_future(&rt, c, &Reads::default()).await;

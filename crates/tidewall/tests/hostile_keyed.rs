@@ -632,7 +632,7 @@ fn overlapping_keys_under_multi_thread_stress() {
                 let (bulkheads, breakers, running) =
                     (bulkheads.clone(), breakers.clone(), running.clone());
                 tokio::spawn(async move {
-                    let mut rng = Rng(0x5eed ^ t);
+                    let mut rng = Rng::new(0x5eed ^ t);
                     for _ in 0..1500 {
                         let key = rng.below(12);
                         let permit = match rng.below(3) {

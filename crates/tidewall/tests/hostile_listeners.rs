@@ -28,6 +28,7 @@ use tidewall::rate::RateLimiter;
 use tidewall::rt::Tokio;
 use tidewall::telemetry::{Event, EventKind};
 use tidewall::{Backoff, Deadline, Error, Jitter, Rejected};
+use tidewall_core::rng::SplitMix64;
 use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
@@ -171,20 +172,16 @@ impl Seen {
     }
 }
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
+/// Seeded draws from the library's own generator: every run draws the same numbers.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
     }
-
+    /// Uniform in `0..n`.
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below_or_equal(n - 1)
     }
 }
 
@@ -1535,7 +1532,7 @@ async fn seeded_random_cancellation_keeps_listeners_metrics_and_capacity_in_agre
             .build()
             .unwrap();
 
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut tally = Tally::default();
         for _wave in 0..25 {
             let mut calls = Vec::new();

@@ -15,6 +15,7 @@ use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Tokio};
 use tidewall::testing::FakeClock;
 use tidewall::{Deadline, Error, Rejected};
+use tidewall_core::rng::SplitMix64;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -41,21 +42,20 @@ fn on(clock: &FakeClock, config: Config) -> Registry<FakeClock> {
         .unwrap_or_else(|e| panic!("registry refused: {e}"))
 }
 
-/// A seeded xorshift64: deterministic randomness without a dependency.
-struct Rng(u64);
+/// Seeded draws from the library's own generator: every run draws the same numbers.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+    fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
     }
-
+    fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// Uniform in `0..n`.
     fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).unwrap()
+        let max = u64::try_from(n - 1).unwrap();
+        usize::try_from(self.0.below_or_equal(max)).unwrap()
     }
 }
 
@@ -104,7 +104,7 @@ fn bulkhead_permits_held_across_random_grow_shrink_reloads_are_conserved() {
     let clock = FakeClock::new();
     let registry = on(&clock, config(&bulkhead_text("a", 4, 0)));
     let bulkhead = registry.bulkhead("a").unwrap();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let mut held: Vec<OwnedPermit<FakeClock>> = Vec::new();
     let mut cap = 4usize;
     for step in 0..5000 {
@@ -174,7 +174,7 @@ async fn bulkhead_waiters_cancelled_and_granted_across_reloads_leak_nothing() {
     let granted: Granted = Arc::default();
     let mut waiting: BTreeMap<usize, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut granted_ever: BTreeSet<usize> = BTreeSet::new();
-    let mut rng = Rng(0xDEAD_BEEF_1234_5678);
+    let mut rng = Rng::new(0xDEAD_BEEF_1234_5678);
     let mut cap = 2usize;
     let mut next_id = 0usize;
     let mut prev_in_flight = 0usize;
@@ -782,7 +782,7 @@ fn limit(
 #[test]
 fn random_rate_reloads_mid_traffic_follow_a_model_of_outstanding_cells() {
     let clock = FakeClock::new();
-    let mut rng = Rng(0x0123_4567_89AB_CDEF);
+    let mut rng = Rng::new(0x0123_4567_89AB_CDEF);
     let (mut count, mut burst) = (10u32, 10u32);
     let limiter = limit(&clock, count, secs(1), burst).build().unwrap();
     let mut interval = 1e9 / f64::from(count);
@@ -847,7 +847,7 @@ fn a_thousand_reloads_at_one_instant_keep_the_spent_burst_spent() {
     let clock = FakeClock::new();
     let limiter = limit(&clock, 10, secs(1), 10).build().unwrap();
     assert_eq!((0..20).filter(|_| limiter.check().is_ok()).count(), 10);
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for i in 0..1000 {
         let count = EXACT_COUNTS[rng.below(EXACT_COUNTS.len())];
         limiter
@@ -1311,7 +1311,7 @@ fn reloads_racing_get_or_create_leave_no_policy_on_a_stale_configuration() {
             clock.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng(seed * 0x1234_5678_9ABC);
+            let mut rng = Rng::new(seed * 0x1234_5678_9ABC);
             barrier.wait();
             for _ in 0..3000 {
                 let name = &names[rng.below(names.len())];
@@ -1437,7 +1437,7 @@ fn thousands_of_reloads_adding_and_removing_names_leak_nothing() {
     let registry = on(&clock, config(&text(0)));
     let mut held: HashMap<String, Vec<OwnedPermit<FakeClock>>> = HashMap::new();
     let mut known: BTreeSet<String> = ["n0", "n1"].iter().map(|s| s.to_string()).collect();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let _extra = registry.bulkhead("undeclared").unwrap();
     known.insert("undeclared".into());
     let _extra_limiter = registry.rate_limiter("undeclared").unwrap();
@@ -1552,7 +1552,7 @@ fn shared_registry_round(round: u64) {
     for seed in 1..=4u64 {
         let (registry, stop) = (Arc::clone(&registry), Arc::clone(&stop));
         workers.push(std::thread::spawn(move || {
-            let mut rng = Rng(seed * 0x9E37_79B9 + round);
+            let mut rng = Rng::new(seed * 0x9E37_79B9 + round);
             let mut mine = Vec::new();
             let mut rounds = 0u32;
             while !stop.load(SeqCst) || rounds < 500 {
@@ -1648,7 +1648,7 @@ async fn a_pipeline_of_registry_policies_runs_through_reloads() {
     );
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
-    let mut rng = Rng(0xC0FF_EE00_1234);
+    let mut rng = Rng::new(0xC0FF_EE00_1234);
     let mut calls = Vec::new();
     for id in 0..300u64 {
         let start = ms(rng.below(3000) as u64);
@@ -1657,7 +1657,7 @@ async fn a_pipeline_of_registry_policies_runs_through_reloads() {
             Arc::clone(&running),
             Arc::clone(&most),
         );
-        let mut op_rng = Rng(id * 7919 + 1);
+        let mut op_rng = Rng::new(id * 7919 + 1);
         calls.push(tokio::spawn(async move {
             tokio::time::sleep(start).await;
             pipeline
@@ -1760,7 +1760,7 @@ fn bulkhead_reconfigure_racing_releases_on_threads_conserves_capacity() {
         for seed in 1..=4u64 {
             let (bulkhead, barrier) = (bulkhead.clone(), Arc::clone(&barrier));
             threads.push(std::thread::spawn(move || {
-                let mut rng = Rng(seed * 0x2545_F491_4F6C_DD1D + round);
+                let mut rng = Rng::new(seed * 0x2545_F491_4F6C_DD1D + round);
                 let mut mine = Vec::new();
                 barrier.wait();
                 for _ in 0..5000 {

@@ -154,7 +154,7 @@ fn expected(plan: Plan, id: u32, stop: Duration, grace: Duration) -> (Seen, Endi
 /// point (after an idle gap of up to a month), closed by `shutdown`, `cancel` + `join`,
 /// `join_within`, or a drop. Times avoid ties: ends ≡ 0, the stop ≡ 1, grace ≡ 2 (mod 4 ms).
 async fn modelled_scope<R: Runtime, F: Front<R>>(rt: &Clocked<R>, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let gap = pick(&mut rng, &[Duration::ZERO, HOUR, 30 * DAY]);
     let stop = gap + ms(4 * rng.below(60) + 1);
     let grace = ms(4 * rng.below(40) + 2);

@@ -65,7 +65,7 @@ fn a_limiter_on_a_users_clock_or_fakeclock_admits_its_burst_then_refills_at_exac
 }
 
 fn every_denial_names_the_exact_nanosecond_of_admission<C: Virtual>(clock: C) {
-    let mut rng = Seeded(0x5EED);
+    let mut rng = Seeded::new(0x5EED);
     for (count, period, burst) in [
         (3, secs(1), 2),
         (7, ms(10), 1),

@@ -453,7 +453,7 @@ fn shutdown_reports_every_component_ending_after_long_idle_gaps_on_every_runtime
 /// inner child outlives the pool's shutdown.
 async fn nested_accounting<R: Runtime>(rt: Clocked<R>) {
     for seed in 0..25u64 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let (gauge, inner) = (Gauge::default(), Arc::new(Mutex::new(Vec::new())));
         let (clock, alive, log) = (rt.clone(), gauge.clone(), inner.clone());
         let pool = WorkerPool::builder()

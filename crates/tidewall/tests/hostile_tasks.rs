@@ -47,7 +47,7 @@ async fn pool_storm<R: Runtime>(rt: Clocked<R>) {
         })
         .unwrap();
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut rng = Rng(0x9001);
+    let mut rng = Rng::new(0x9001);
     let mut producers = Vec::new();
     for job in 0..300u64 {
         let (submitter, accepted, clock) = (pool.submitter(), accepted.clone(), rt.clone());
@@ -327,7 +327,7 @@ async fn fan_out_inside_a_pipeline_op<R: Runtime>(rt: Clocked<R>) {
             .unwrap(),
     );
     let gauge = Gauge::default();
-    let mut rng = Rng(0xFA40);
+    let mut rng = Rng::new(0xFA40);
     let mut tasks = Vec::new();
     for _ in 0..30 {
         let (pipeline, gauge, clock) = (pipeline.clone(), gauge.clone(), rt.clone());

@@ -222,7 +222,7 @@ async fn service_builder_stack_storm<R: Runtime>(rt: Clocked<R>) {
                 .max_wait(ms(25)),
         )
         .service(work.clone());
-    let mut rng = Rng(0x57AC_4ADD);
+    let mut rng = Rng::new(0x57AC_4ADD);
     storm(&rt, &svc, &mut rng, 150).await;
     assert_eq!(work.gauge.now(), 0);
     assert!(

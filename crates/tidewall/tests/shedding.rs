@@ -22,6 +22,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, FakeClock};
 use tidewall::{ConfigError, Deadline, Error, Rejected};
+use tidewall_core::rng::SplitMix64;
 
 fn limiter(limit: u32, queue: usize, clock: &FakeClock) -> AdaptiveLimiter<FixedLimit, FakeClock> {
     AdaptiveLimiter::builder(FixedLimit(limit))
@@ -438,16 +439,14 @@ fn threads_of_every_priority_lose_nothing() {
         .map(|t| {
             let (limiter, most) = (limiter.clone(), Arc::clone(&most));
             std::thread::spawn(move || {
-                let mut seed = 0x2545_F491_4F6C_DD1D_u64 ^ (t + 1);
+                let mut rng = SplitMix64::new(0x2545_F491_4F6C_DD1D_u64 ^ (t + 1));
                 let mut held = Vec::new();
                 let mut waiting: Vec<Waiting<_>> = Vec::new();
                 for _ in 0..20_000 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let priority = Priority::ALL[usize::try_from(seed % 3).unwrap()];
+                    let draw = rng.next_u64();
+                    let priority = Priority::ALL[usize::try_from(draw % 3).unwrap()];
                     let handle = limiter.with_priority(priority);
-                    match seed % 7 {
+                    match draw % 7 {
                         0 | 1 => {
                             if let Ok(permit) = handle.try_acquire() {
                                 held.push(permit);
@@ -465,7 +464,7 @@ fn threads_of_every_priority_lose_nothing() {
                         3 => {
                             // Drop a waiter at a random point: granted or not.
                             if !waiting.is_empty() {
-                                let at = usize::try_from(seed % waiting.len() as u64).unwrap();
+                                let at = usize::try_from(draw % waiting.len() as u64).unwrap();
                                 drop(waiting.swap_remove(at));
                             }
                         }
@@ -481,7 +480,7 @@ fn threads_of_every_priority_lose_nothing() {
                         }
                         _ => {
                             if let Some(permit) = held.pop() {
-                                if seed.is_multiple_of(2) {
+                                if draw.is_multiple_of(2) {
                                     permit.success();
                                 } else {
                                     drop(permit);

@@ -10,6 +10,7 @@ use tidewall::FutureExt as _;
 use tidewall::adaptive::{AdaptiveLimiter, AdaptivePermit, LimitAlgorithm};
 use tidewall::bulkhead::{Bulkhead, OwnedPermit};
 use tidewall::rt::Clock;
+use tidewall_core::rng::SplitMix64;
 
 use crate::tour::client::{Client, Net};
 
@@ -63,7 +64,7 @@ impl Load {
     /// The arrival after one at `at`: an exponential gap at the rate in force then, as the
     /// simulation draws it.
     fn next_arrival(&self, rng: &mut SplitMix64, at: Duration) -> Duration {
-        let gap = -(1.0 - rng.unit()).ln() / self.rate_at(at);
+        let gap = -(1.0 - unit(rng)).ln() / self.rate_at(at);
         at.saturating_add(Duration::try_from_secs_f64(gap).unwrap_or(Duration::MAX))
     }
 }
@@ -189,7 +190,7 @@ pub(crate) async fn drive<R: Net, L: Limit>(
 ) -> Run {
     let path: Arc<str> = Arc::from(path);
     let end = load.length();
-    let mut rng = SplitMix64(load.seed);
+    let mut rng = SplitMix64::new(load.seed);
     let mut run = Run::default();
     let mut requests = Vec::new();
     let start = rt.now();
@@ -242,33 +243,22 @@ pub(crate) async fn drive<R: Net, L: Limit>(
     run
 }
 
-/// SplitMix64, as `tidewall_core::rng` has it (the simulation's generator).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`: the top 53 bits, exactly representable.
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "53-bit integers are exact in an f64"
-    )]
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1_u64 << 53) as f64
-    }
+/// Uniform in `[0, 1)` from the simulation's generator: the top 53 bits, exactly
+/// representable.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "53-bit integers are exact in an f64"
+)]
+fn unit(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1_u64 << 53) as f64
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{Load, SplitMix64};
+    use super::{Load, unit};
+    use tidewall_core::rng::SplitMix64;
 
     fn steps(each: Duration) -> Load {
         Load {
@@ -281,7 +271,7 @@ mod tests {
 
     /// Every arrival time of `load`, as the driver draws them.
     fn arrivals(load: &Load) -> Vec<Duration> {
-        let mut rng = SplitMix64(load.seed);
+        let mut rng = SplitMix64::new(load.seed);
         let mut out = Vec::new();
         let mut at = load.next_arrival(&mut rng, Duration::ZERO);
         while at < load.length() {
@@ -336,10 +326,10 @@ mod tests {
     #[test]
     fn the_generator_is_splitmix64() {
         // The reference sequence for seed 0 (Vigna's splitmix64.c).
-        let mut rng = SplitMix64(0);
+        let mut rng = SplitMix64::new(0);
         assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-        let unit = SplitMix64(1).unit();
+        let unit = unit(&mut SplitMix64::new(1));
         assert!((0.0..1.0).contains(&unit));
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tidewall::rate::RateLimiter;
 use tidewall::stream::{BlockingReader, LineReader, Overlong, StreamOps, Yielder};
+use tidewall_core::rng::SplitMix64;
 
 use super::client::{Net, since};
 use super::report::{Section, ms};
@@ -170,7 +171,7 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
 /// counts, as the truth the aggregation is checked against.
 fn write_log(path: &Path, target: u64) -> io::Result<(u64, Table)> {
     let mut out = BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?);
-    let mut rng = Rng(SEED);
+    let mut rng = SplitMix64::new(SEED);
     let mut table: Table = vec![[0; STATUSES.len()]; MINUTES];
     let (mut lines, mut bytes, mut tick) = (0u64, 0u64, TICK);
     // One reused line buffer: formatting allocates nothing per line.
@@ -186,9 +187,9 @@ fn write_log(path: &Path, target: u64) -> io::Result<(u64, Table)> {
             "2026-11-25T{:02}:{:02}:{second:02}Z GET /api/items/{:05} {} {}",
             minute / 60,
             minute % 60,
-            rng.below(100_000),
+            rng.next_u64() % 100_000,
             STATUSES[status],
-            rng.below(20_000),
+            rng.next_u64() % 20_000,
         )?;
         out.write_all(&line)?;
         table[minute][status] += 1;
@@ -205,8 +206,8 @@ fn write_log(path: &Path, target: u64) -> io::Result<(u64, Table)> {
 }
 
 /// An index into `STATUSES`, drawn by `WEIGHTS`.
-fn weighted_status(rng: &mut Rng) -> usize {
-    let roll = rng.below(WEIGHTS.iter().sum());
+fn weighted_status(rng: &mut SplitMix64) -> usize {
+    let roll = rng.next_u64() % WEIGHTS.iter().sum::<u64>();
     let mut below = 0u64;
     WEIGHTS
         .iter()
@@ -312,23 +313,6 @@ fn progress(step: &str, done: u64, total: u64) {
     }
 }
 
-/// SplitMix64: seeded and dependency-free, so the log and the sensor are the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
 async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
     const MAX: usize = 50;
     let readings: u32 = if size == Size::Quick { 500 } else { 1_000 };
@@ -343,16 +327,18 @@ async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
     let flushes = (0..readings).filter(|seq| seq % 300 == 150).count();
     let clock = rt.clone();
     let sensor = tidewall::stream::generator(64, move |mut out: Yielder<u32>| async move {
-        let mut rng = Rng(SEED);
+        let mut rng = SplitMix64::new(SEED);
         let mut backlog = 0;
         for seq in 0..readings {
             if seq % 300 == 150 {
-                backlog = 60 + rng.below(80);
+                backlog = 60 + rng.next_u64() % 80;
             }
             if backlog > 0 {
                 backlog -= 1;
             } else {
-                clock.sleep(Duration::from_millis(1 + rng.below(9))).await;
+                clock
+                    .sleep(Duration::from_millis(1 + rng.next_u64() % 9))
+                    .await;
             }
             if !out.yield_(seq).await {
                 return;

@@ -19,6 +19,7 @@ use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
 use tidewall::tower::{BreakerLayer, HedgeLayer, RetryLayer};
 use tidewall::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter, RetryExt};
+use tidewall_core::rng::SplitMix64;
 use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -117,23 +118,16 @@ pub fn instant(result: Result<u32, ApiError>) -> (Duration, Result<u32, ApiError
     (Duration::ZERO, result)
 }
 
-/// A tiny seeded xorshift64.
-pub struct XorShift(u64);
+/// Seeded draws from the library's own generator: every run draws the same numbers.
+pub struct Rng(SplitMix64);
 
-impl XorShift {
+impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Self(SplitMix64::new(seed))
     }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
+    /// Uniform in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below_or_equal(n - 1)
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tidewall::FutureExt;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::rt::Clock;
+use tidewall_core::rng::SplitMix64;
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -30,20 +31,21 @@ pub const AGES: [Duration; 4] = [
     Duration::from_secs(100 * 365 * 86_400),
 ];
 
-/// SplitMix64, seeded, so every run cancels at the same points.
-pub struct Rng(pub u64);
+/// Seeded draws from the library's own generator, so every run cancels at the same points.
+pub struct Rng(SplitMix64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
     }
 
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below_or_equal(n - 1)
     }
 
     pub fn chance(&mut self, one_in: u64) -> bool {
