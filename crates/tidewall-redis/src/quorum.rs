@@ -43,7 +43,9 @@ return {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
 /// is reset. A breaker forced open by the quorum reports itself closed, so the quorum never
 /// feeds on its own decision. If Redis is away, the layer lets go of whatever it forced.
 ///
-/// A breaker forced open or closed by hand is left alone.
+/// A breaker forced open or closed by hand is left alone, even one forced open by hand on
+/// top of the layer's force: the layer undoes only a force that is still the breaker's latest
+/// transition (see [`CircuitBreaker::state_and_generation`]).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -80,8 +82,9 @@ struct Inner {
     /// Three periods in whole µs: how long a report lives.
     expiry_us: u64,
     backend: Backend,
-    /// Whether the breaker's current forced-open state is this layer's doing.
-    forced: Mutex<bool>,
+    /// The generation of the breaker's force-open this layer made, while it is the breaker's
+    /// latest transition (a transition since, by hand or not, makes it no longer ours).
+    forced: Mutex<Option<u32>>,
     script: redis::Script,
 }
 
@@ -206,11 +209,10 @@ impl BreakerQuorum {
     /// had forced open.
     pub async fn refresh(&self) -> Result<QuorumView, QuorumUnavailable> {
         let inner = &*self.inner;
-        let state = inner.breaker.state();
-        let forced_by_us = *inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
-        // Half-open is the breaker testing recovery: not reported, so the quorum never pulls
-        // a probing instance back open (nor, on its own, closes it without a probe).
-        let open_on_own_evidence = state == State::Open && !forced_by_us;
+        // Open (not forced open) is always the breaker's own evidence. Half-open is the
+        // breaker testing recovery: not reported, so the quorum never pulls a probing
+        // instance back open (nor, on its own, closes it without a probe).
+        let open_on_own_evidence = inner.breaker.state() == State::Open;
         let mut conn = inner.conn.connection();
         let mut invocation = inner.script.key(&inner.members_key);
         invocation
@@ -223,34 +225,36 @@ impl BreakerQuorum {
             .call(invocation.invoke_async::<(u64, u64)>(&mut conn))
             .await;
         let mut forced = inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        let (state, generation) = inner.breaker.state_and_generation();
+        // Any transition since our force (a force by hand included) makes it not ours.
+        if forced.is_some_and(|ours| ours != generation) {
+            *forced = None;
+        }
         let Ok((open, live)) = counts else {
-            // Let go, but only of a force that is still ours (not one made by hand since).
-            if *forced && inner.breaker.state() == State::ForcedOpen {
-                inner.breaker.reset();
+            // Let go of a force that is still ours; `reset_if` leaves one made since alone.
+            if let Some(ours) = forced.take() {
+                inner.breaker.reset_if(ours);
             }
-            *forced = false;
             return Err(QuorumUnavailable);
         };
         // open ≤ live; the quorum is a share of the live instances.
         let reached = open > 0 && (open as f64) >= inner.quorum * (live as f64);
-        match (reached, *forced, inner.breaker.state()) {
-            // Only a closed breaker is forced: an open or probing one follows its own evidence.
-            (true, false, State::Closed) => {
-                inner.breaker.force_open();
-                *forced = true;
+        match (reached, *forced) {
+            // Only a closed breaker is forced: an open or probing one follows its own
+            // evidence. `force_open_if` does nothing if it tripped since it was read.
+            (true, None) if state == State::Closed => {
+                *forced = inner.breaker.force_open_if(generation);
             }
-            (false, true, State::ForcedOpen) => {
-                inner.breaker.reset();
-                *forced = false;
+            (false, Some(ours)) => {
+                inner.breaker.reset_if(ours);
+                *forced = None;
             }
-            // Someone else changed the breaker since: it is no longer ours to release.
-            (_, true, state) if state != State::ForcedOpen => *forced = false,
             _ => {}
         }
         Ok(QuorumView {
             open,
             live,
-            forced_open: *forced,
+            forced_open: forced.is_some(),
         })
     }
 }
@@ -298,9 +302,10 @@ impl BreakerQuorumBuilder {
     ///
     /// # Errors
     ///
-    /// A quorum outside (0, 1], a zero period or deadline, a period whose three-period
-    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs
-    /// ([`ConfigError::OutOfRange`]), a deadline beyond `u64::MAX` nanoseconds, an empty
+    /// [`ConfigError::OutOfRange`] for a quorum outside (0, 1] or a period whose three-period
+    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs;
+    /// [`ConfigError::DurationOverflow`] for a three-period expiry or a deadline beyond
+    /// `u64::MAX` nanoseconds; [`ConfigError::Zero`] for a zero period or deadline, an empty
     /// name or instance id.
     pub fn build(self) -> Result<BreakerQuorum, ConfigError> {
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
@@ -343,7 +348,7 @@ impl BreakerQuorumBuilder {
                 every: self.every,
                 expiry_us,
                 backend: Backend::new(self.common.deadline)?,
-                forced: Mutex::new(false),
+                forced: Mutex::new(None),
                 script: redis::Script::new(REPORT),
             }),
         })

@@ -311,3 +311,59 @@ fn tidewall_core_rng(seed: u64) -> impl FnMut() -> u64 {
     let mut rng = tidewall_core::rng::SplitMix64::new(seed);
     move || rng.next_u64()
 }
+
+/// `force_open_if` and `reset_if` act only on the generation they were given: a transition
+/// since (a trip, a break ending, a force by hand) makes them do nothing, and each
+/// transition, forced or not, moves the generation on by one, as its event says.
+#[test]
+fn conditional_forces_act_only_on_the_generation_they_saw() {
+    let clock = Clocked::new(Tokio);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let events = Arc::clone(&seen);
+    let breaker = CircuitBreaker::builder()
+        .runtime(clock.clone())
+        .consecutive_failures(1)
+        .break_duration(ms(100))
+        .on_state_change(move |change| events.lock().unwrap().push(change.generation))
+        .build()
+        .unwrap();
+    let (state, fresh) = breaker.state_and_generation();
+    assert_eq!(state, State::Closed);
+
+    // A trip between the read and the force: the force does nothing.
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.force_open_if(fresh), None);
+    assert_eq!(
+        breaker.state_and_generation(),
+        (State::Open, fresh.wrapping_add(1))
+    );
+    assert!(!breaker.reset_if(fresh));
+    assert_eq!(breaker.state(), State::Open);
+
+    // The break ends (a probe admitted: half-open), so the open generation is stale too.
+    let (_, open) = breaker.state_and_generation();
+    clock.clock().advance(ms(100));
+    breaker.try_acquire().unwrap().success();
+    assert_eq!(breaker.state(), State::Closed);
+    assert!(!breaker.reset_if(open));
+
+    // Ours, then forced by hand on top: not ours to undo; undone only with the latest one.
+    let (_, closed) = breaker.state_and_generation();
+    let ours = breaker.force_open_if(closed).unwrap();
+    assert_eq!(ours, closed.wrapping_add(1));
+    breaker.force_open();
+    assert!(!breaker.reset_if(ours));
+    assert_eq!(breaker.state(), State::ForcedOpen);
+    let (_, by_hand) = breaker.state_and_generation();
+    assert!(breaker.reset_if(by_hand));
+    assert_eq!(breaker.state(), State::Closed);
+
+    let generations = seen.lock().unwrap().clone();
+    let expected: Vec<u32> = (1..=generations.len() as u32)
+        .map(|n| fresh.wrapping_add(n))
+        .collect();
+    assert_eq!(
+        generations, expected,
+        "one step per transition, each announced"
+    );
+}

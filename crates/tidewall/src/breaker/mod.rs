@@ -237,6 +237,45 @@ impl<R: Clock> CircuitBreaker<R> {
         self.shared.force(State::Closed);
     }
 
+    /// The state with its generation, read in one step. The generation is one more on every
+    /// transition, by hand or not (wrapping; a [`StateChange`] carries the one it made), so
+    /// code that changes the breaker on its own behalf (a layer sharing decisions across
+    /// replicas, say) can later undo its change only if nothing changed the breaker since,
+    /// with [`force_open_if`](Self::force_open_if) and [`reset_if`](Self::reset_if).
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, State};
+    ///
+    /// let breaker = CircuitBreaker::builder().build()?;
+    /// let (state, seen) = breaker.state_and_generation();
+    /// assert_eq!(state, State::Closed);
+    /// let ours = breaker.force_open_if(seen).expect("nothing changed it in between");
+    ///
+    /// breaker.force_open(); // an operator's force, on top of ours: a transition of its own
+    /// assert!(!breaker.reset_if(ours), "not ours to undo any more");
+    /// assert_eq!(breaker.state(), State::ForcedOpen);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn state_and_generation(&self) -> (State, u32) {
+        self.shared.state_and_generation()
+    }
+
+    /// [`force_open`](Self::force_open), only if the breaker is still in `generation` (see
+    /// [`state_and_generation`](Self::state_and_generation)): the generation the force made,
+    /// or `None`, with nothing done, when the breaker has changed since.
+    pub fn force_open_if(&self, generation: u32) -> Option<u32> {
+        self.shared.force_if(State::ForcedOpen, Some(generation))
+    }
+
+    /// [`reset`](Self::reset), only if the breaker is still in `generation` (see
+    /// [`state_and_generation`](Self::state_and_generation)): whether it reset; `false`, with
+    /// nothing done, when the breaker has changed since.
+    pub fn reset_if(&self, generation: u32) -> bool {
+        self.shared
+            .force_if(State::Closed, Some(generation))
+            .is_some()
+    }
+
     /// Applies the policy of `settings` (thresholds, window, break, probes, waits, hint cap)
     /// to this breaker in place, validated as [`build`](CircuitBreakerBuilder::build)
     /// validates it; on an error nothing changes. Its name, listener, seed and runtime are

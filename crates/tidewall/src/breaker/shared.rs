@@ -515,9 +515,24 @@ impl<R: Clock> Shared<R> {
 
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
     pub(super) fn force(&self, to: State) {
+        self.force_if(to, None);
+    }
+
+    /// The state and generation in one read.
+    pub(super) fn state_and_generation(&self) -> (State, u32) {
+        let word = self.word.load(Acquire);
+        (word::state(word), word::generation(word))
+    }
+
+    /// Moves to `to` by hand, if the breaker is still in generation `seen` (any generation
+    /// when `None`); the generation it made, or `None` when it had moved on.
+    pub(super) fn force_if(&self, to: State, seen: Option<u32>) -> Option<u32> {
         let change = {
             let mut transition = lock(&self.transition);
             let word = self.word.load(Acquire);
+            if seen.is_some_and(|seen| seen != word::generation(word)) {
+                return None;
+            }
             if to == State::Closed {
                 self.window.load().reset();
                 self.consecutive.store(0, Relaxed);
@@ -533,6 +548,7 @@ impl<R: Clock> Shared<R> {
             }
         };
         self.announce(&change);
+        Some(change.generation)
     }
 
     /// Whether forgetting this breaker loses nothing: closed, nothing in its window and no
