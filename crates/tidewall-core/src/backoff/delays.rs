@@ -88,10 +88,10 @@ impl DelayState {
                 }
             }
             Schedule::DecorrelatedJitter { initial } => {
+                // `previous` is the last delay given: `advance` sets it, and only when the
+                // budget lets the delay through, so a held schedule repeats a delay it gave.
                 let high = self.previous.saturating_mul(3).min(cap);
-                let next = self.rng.between(nanos(initial).min(cap), high);
-                self.previous = next;
-                next
+                self.rng.between(nanos(initial).min(cap), high)
             }
         }
     }
@@ -125,7 +125,6 @@ impl DelayState {
         }
         self.elapsed = elapsed.unwrap_or(u64::MAX);
         self.retry += 1;
-        // Decorrelated jitter set it already (its delay is its raw value, within the cap).
         self.previous = delay;
         Some(Duration::from_nanos(delay))
     }

@@ -266,8 +266,15 @@ proptest! {
         builder in any_builder(),
         attempts in 1u32..20,
         seed in any::<u64>(),
+        // A budget that refuses a delay drawn must not make the held delay that one.
+        budget in proptest::option::of(1u64..1u64 << 40),
     ) {
-        if let Ok(b) = builder.max_delay(Duration::MAX / 1_000_000_000).max_attempts(attempts).build() {
+        let builder = builder.max_delay(Duration::MAX / 1_000_000_000).max_attempts(attempts);
+        let builder = match budget {
+            Some(nanos) => builder.max_elapsed(Duration::from_nanos(nanos)),
+            None => builder,
+        };
+        if let Ok(b) = builder.build() {
             let delays = collect(&b, seed);
             let mut state = b.start(seed);
             let held: Vec<_> = (0..delays.len() + 5).map(|_| b.next_delay_held(&mut state)).collect();
