@@ -138,7 +138,10 @@ where
             match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
                 Step::Retry(delay) => {
                     pipeline.telemetry.retry(attempts.started(), delay);
-                    if !delay.is_zero() {
+                    if delay.is_zero() {
+                        // Attempts that fail without waiting never hold the executor's thread.
+                        crate::rt::yield_now().await;
+                    } else {
                         rt.sleep(delay).await;
                     }
                 }

@@ -238,10 +238,14 @@ where
                 Ok(delay) => delay,
                 Err(output) => return Poll::Ready(output),
             };
-            if !delay.is_zero() {
-                this.timer.set(Some(config.rt.sleep(delay)));
-                this.state.set(State::Sleeping);
+            if delay.is_zero() {
+                // The next attempt at the next poll: attempts that fail without waiting never
+                // hold the executor's thread (nor keep an outer timeout from firing).
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
+            this.timer.set(Some(config.rt.sleep(delay)));
+            this.state.set(State::Sleeping);
         }
     }
 }

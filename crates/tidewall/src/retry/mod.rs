@@ -24,7 +24,7 @@
 //! # Outcomes
 //!
 //! * `Ok(value)` on success, or when the last attempt's `Ok` value was marked retryable but no
-//!   retry is left (a value is never thrown away);
+//!   retry is left, or the deadline leaves no time for one (a value is never thrown away);
 //! * [`RetryError::Inner`]: the operation's own error, when it is not retryable or the
 //!   schedule is exhausted;
 //! * [`RetryError::AttemptTimedOut`]: the last attempt hit the per-attempt timeout;
@@ -33,8 +33,14 @@
 //! **Cancel safety**: dropping the future drops the running attempt (or the backoff sleep);
 //! the operation is not called again. Nothing else is held.
 //!
-//! **Cost**: the success path allocates nothing and reads no clock unless a timeout or deadline
-//! is set; the seed and the delay iterator are created on the first failure.
+//! **A zero delay** (`Backoff::constant(Duration::ZERO)`, say) starts the next attempt at the
+//! next poll: the future yields once first, so an operation that fails without waiting
+//! never holds the executor's thread, and an outer timeout or cancellation can end it. The
+//! [pipeline](crate::pipeline) and the tower `RetryLayer` do the same.
+//!
+//! **Cost**: the success path allocates nothing and reads no clock unless a timeout, a deadline
+//! or a [budget](Retry::budget) is set; the seed and the delay iterator are created on the
+//! first failure.
 //!
 //! ```
 //! use std::time::Duration;

@@ -54,6 +54,7 @@ mod smol;
 mod tokio;
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "async-std")]
@@ -222,6 +223,22 @@ fn latest_after(now: Instant, mut step: Duration) -> Instant {
         }
     }
     latest
+}
+
+/// Pending once, woken at once: lets the executor run other tasks (and timers) before the
+/// caller goes on, on any runtime.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    core::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //!
 //! * [`FutureExt::timeout`] bounds one future by a duration;
 //! * a [`Deadline`] is one instant shared by a whole operation: pass it down and every layer
-//!   (a retry's attempts and backoff sleeps, a fan-out) spends from the same budget, so nested
-//!   timeouts cannot add up to more than the caller allowed.
+//!   that takes it (a retry's attempts and backoff sleeps, a pipeline call, a wait for a rate
+//!   limit or a bulkhead slot, any future through [`FutureExt::deadline`], the branches of a
+//!   fan-out included) spends from the same budget, so nested timeouts cannot add up to more
+//!   than the caller allowed.
 //!
 //! Both are biased toward the operation: when the future and the timer are ready in the same
 //! poll, the future's output wins (work that finished is never thrown away).

@@ -125,8 +125,10 @@ where
     ) -> Poll<Result<S::Response, S::Error>> {
         let mut this = self.project();
         let rt = &this.layer.rt;
-        if let Some(delay) = retry_after {
-            pause(this.state.as_mut(), rt, delay);
+        if let Some(delay) = retry_after
+            && pause(this.state.as_mut(), rt, delay, cx).is_pending()
+        {
+            return Poll::Pending;
         }
         loop {
             match this.state.as_mut().project() {
@@ -162,7 +164,9 @@ where
                     let layer = &**this.layer;
                     match judge(layer, this.attempts, *this.deadline, last, result) {
                         ControlFlow::Break(output) => return Poll::Ready(output),
-                        ControlFlow::Continue(delay) => pause(this.state.as_mut(), rt, delay),
+                        ControlFlow::Continue(delay) => {
+                            ready!(pause(this.state.as_mut(), rt, delay, cx));
+                        }
                     }
                 }
                 StateProj::Pausing { pause } => {
@@ -200,17 +204,23 @@ where
     }
 }
 
-/// Waits `delay` before the next attempt (none: starts it at once).
+/// Waits `delay` before the next attempt. No delay starts it at the next poll: `Pending`,
+/// woken at once, so attempts that fail without waiting never hold the executor's thread
+/// (nor keep an outer timeout from firing).
 fn pause<Call, R: Clock>(
     mut state: Pin<&mut State<Call, Pin<Box<R::Sleep>>>>,
     rt: &R,
     delay: Duration,
-) {
+    cx: &Context<'_>,
+) -> Poll<()> {
     if delay.is_zero() {
         state.set(State::Starting);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     } else {
         let pause = Box::pin(rt.sleep(delay));
         state.set(State::Pausing { pause });
+        Poll::Ready(())
     }
 }
 
