@@ -200,13 +200,15 @@ fn to_f64(n: u64) -> f64 {
     n as f64
 }
 
+/// The nearest whole nanosecond (`round` is not in `core`): 100 ms × 1.15 is 115 ms, not the
+/// 114.999999 ms its f64 product truncates to.
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     reason = "the value is finite, non-negative and already capped at a u64; `as` saturates"
 )]
 fn from_f64(x: f64) -> u64 {
-    x as u64
+    (x + 0.5) as u64
 }
 
 /// `factor` as an integer when it is a whole number that fits in `u64` (validated finite

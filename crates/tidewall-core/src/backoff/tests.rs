@@ -13,6 +13,20 @@ fn collect(b: &Backoff, seed: u64) -> Vec<Duration> {
     b.delays(seed).collect()
 }
 
+/// A factor that is not a whole number steps in f64, whose products of decimal numbers land
+/// a hair below the decimal result: each delay is the nearest nanosecond, not the truncation.
+#[test]
+fn a_fractional_factor_gives_the_nearest_nanosecond() {
+    let b = Backoff::exponential(ms(100))
+        .factor(1.15)
+        .jitter(Jitter::None)
+        .max_attempts(4)
+        .build()
+        .unwrap();
+    let nanos: Vec<u64> = collect(&b, 0).iter().map(|d| d.as_nanos() as u64).collect();
+    assert_eq!(nanos, [100_000_000, 115_000_000, 132_250_000]);
+}
+
 #[test]
 fn exponential_is_base_times_factor_to_the_n_not_base_to_the_n() {
     let b = Backoff::exponential(ms(100))

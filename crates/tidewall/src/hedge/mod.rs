@@ -156,7 +156,11 @@ impl<R, K> HedgeBuilder<R, K> {
     }
 
     /// Hedge after the `quantile` (e.g. `0.95`) of recent successful latencies, once
-    /// `min_samples` were seen; the fixed [`delay`](Self::delay) until then.
+    /// `min_samples` were seen; the fixed [`delay`](Self::delay) until then. The estimate is
+    /// the upper bound of the latency bucket the quantile falls in, as short as the latencies
+    /// seen: unlike a fixed delay, it may be zero (when the quantile's successes took no
+    /// time the clock could see, as every one does under a paused test clock), and then a
+    /// call not answered at once hedges at once.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
         self

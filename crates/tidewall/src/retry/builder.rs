@@ -151,7 +151,9 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
         self
     }
 
-    /// Bounds each attempt; a timed-out attempt counts as a retryable failure.
+    /// Bounds each attempt; a timed-out attempt counts as a retryable failure. As with
+    /// [`FutureExt::timeout`](crate::FutureExt::timeout), an attempt ready when the timer is
+    /// wins, so a zero timeout lets through only an attempt that is ready at its first poll.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.settings.attempt_timeout = Some(timeout);
         self
