@@ -6,7 +6,9 @@
 //! wrapping the operation in [`Idempotent`].
 //!
 //! * Delay: fixed, or a latency percentile (e.g. p95) from a streaming estimate of this
-//!   hedge's own successful attempts, with a fixed fallback until enough samples exist.
+//!   hedge's own successful attempts (and, when a hedge wins, of the primary's time so far:
+//!   a lower bound of its latency, so the estimate does not drift down to the hedges'
+//!   alone), with a fixed fallback until enough samples exist.
 //! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
 //!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting). These are the
 //!   [retry engine](crate::retry)'s rules, as for a retry: they bound the attempts

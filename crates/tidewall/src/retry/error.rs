@@ -13,7 +13,9 @@ pub enum RetryError<E> {
     Inner(E),
     /// The last attempt exceeded the per-attempt timeout and no retry was left.
     AttemptTimedOut,
-    /// The deadline passed, or the next backoff sleep would have ended past it.
+    /// The deadline passed, or no next attempt fits before it: the backoff sleep (or a
+    /// hint's whole wait), plus [`min_attempt_time`](crate::retry::Retry::min_attempt_time),
+    /// would end at it or past it.
     DeadlineExceeded {
         /// The last error seen before the deadline (`None` if no attempt had failed with an
         /// error: none had finished, or the last one timed out).

@@ -59,7 +59,8 @@ impl Deadline {
         self.at.is_some_and(|at| now >= at)
     }
 
-    /// Whether `needed` more time fits before the deadline, starting at `now`.
+    /// Whether more than `needed` is left before the deadline, starting at `now` (an exact
+    /// fit is not enough: the deadline is past once it is reached). Always true without one.
     pub fn allows(&self, now: Instant, needed: Duration) -> bool {
         self.remaining(now).is_none_or(|left| left > needed)
     }
