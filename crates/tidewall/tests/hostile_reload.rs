@@ -607,7 +607,7 @@ fn a_shape_change_resets_once_and_ignores_permits_from_before() {
 }
 
 /// Contract: a same-shape reconfigure keeps the run of consecutive failures; a lowered
-/// threshold judges it from the next outcome.
+/// threshold judges it at once.
 #[test]
 fn the_run_of_failures_survives_a_same_shape_reconfigure() {
     let clock = FakeClock::new();
@@ -641,14 +641,8 @@ fn the_run_of_failures_survives_a_same_shape_reconfigure() {
     );
     assert_eq!(
         breaker.state(),
-        State::Closed,
-        "judged from the next outcome"
-    );
-    breaker.try_acquire().unwrap().failure();
-    assert_eq!(
-        breaker.state(),
         State::Open,
-        "a run of 3 under a threshold of 2"
+        "a run of 2 under a threshold of 2, judged at the reconfigure"
     );
 }
 

@@ -143,6 +143,16 @@ impl Backoff {
         builder
     }
 
+    /// The first delay before jitter and the cap, zero only for a schedule that starts at zero.
+    pub(crate) fn first_raw_delay(&self) -> Duration {
+        match self.schedule {
+            Schedule::Constant { delay } => delay,
+            Schedule::Linear { initial, .. }
+            | Schedule::Exponential { initial, .. }
+            | Schedule::DecorrelatedJitter { initial } => initial,
+        }
+    }
+
     /// The schedule's delays, randomized from `seed`: the same seed yields the same delays.
     pub fn delays(&self, seed: u64) -> Delays {
         Delays::new(*self, seed)

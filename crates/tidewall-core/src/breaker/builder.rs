@@ -103,7 +103,9 @@ impl BreakerPolicyBuilder {
     }
 
     /// Stay open longer on repeated trips: the k-th trip in a row (without a successful
-    /// close in between) stays open for the k-th delay of `backoff`, jitter included.
+    /// close in between) stays open for the k-th delay of `backoff`, jitter included. A
+    /// schedule that starts at zero (or is capped at zero) is refused at `build`, as a zero
+    /// [`break_duration`](Self::break_duration) is.
     #[must_use]
     pub fn break_backoff(mut self, backoff: Backoff) -> Self {
         self.break_backoff = Some(backoff);
@@ -135,8 +137,8 @@ impl BreakerPolicyBuilder {
     /// Rates outside [0.000001, 1] or NaN, a zero or oversized window (more than
     /// [`MAX_COUNT_WINDOW`] calls or [`MAX_BUCKETS`] buckets), a time window whose span is
     /// not within 0.1 % of a whole number of nanoseconds per bucket, more than
-    /// [`MAX_HALF_OPEN_PROBES`] or zero probes, zero break duration or durations that
-    /// overflow, and a policy that can never trip ([`ConfigError::Conflict`]).
+    /// [`MAX_HALF_OPEN_PROBES`] or zero probes, a zero break duration or break schedule,
+    /// durations that overflow, and a policy that can never trip ([`ConfigError::Conflict`]).
     pub fn build(self) -> Result<BreakerPolicy, ConfigError> {
         let failure_rate_ppm = self
             .failure_rate
@@ -203,6 +205,15 @@ impl BreakerPolicyBuilder {
             nanos_of("max_half_open_wait", wait)?;
         }
         let break_backoff = match self.break_backoff {
+            // A break of zero is refused however it is written (jitter may still draw one
+            // short: that is the jitter asked for).
+            Some(backoff)
+                if backoff.first_raw_delay().is_zero() || backoff.max_delay_cap().is_zero() =>
+            {
+                return Err(ConfigError::Zero {
+                    field: "break_backoff",
+                });
+            }
             Some(backoff) => backoff,
             None => {
                 if self.break_duration.is_zero() {

@@ -230,6 +230,11 @@ impl BreakerPolicy {
         self.thresholds
     }
 
+    /// The schedule of break durations (see [`break_durations`](Self::break_durations)).
+    pub fn break_backoff(&self) -> Backoff {
+        self.break_backoff
+    }
+
     /// How long the breaker stays open after its `trip`-th consecutive trip (0-based: the
     /// first trip after a close is 0). Past the end of the backoff schedule the duration stays
     /// at the schedule's last delay.

@@ -163,7 +163,12 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
     /// [`Rejected::BulkheadFull`] when `key`'s limit is reached; [`Rejected::KeysFull`] for a
     /// new key when its shard is full of busy keys.
     pub fn try_acquire(&self, key: &K) -> Result<AdaptivePermit<A, R>, Rejected> {
-        self.with_limiter(key, AdaptiveLimiter::try_acquire)
+        // Taken quietly under the table's lock; a refusal is reported after it is released,
+        // so a listener may call back into the table.
+        self.with_limiter(key, |limiter| {
+            Ok(limiter.take().ok_or_else(|| limiter.clone()))
+        })?
+        .map_err(|full| full.refused())
     }
 
     /// Waits for a slot of `key`'s limiter, in its queue's order, up to the configured

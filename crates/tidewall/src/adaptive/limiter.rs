@@ -307,7 +307,12 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     ///
     /// [`Rejected::BulkheadFull`] when its share of the limit is reached.
     pub fn try_acquire(&self) -> Result<AdaptivePermit<A, R>, Rejected> {
-        self.take().ok_or_else(|| self.shared.bulkhead.refused())
+        self.take().ok_or_else(|| self.refused())
+    }
+
+    /// Reports a refusal of a full limit: the refusal to return.
+    pub(super) fn refused(&self) -> Rejected {
+        self.shared.bulkhead.refused()
     }
 
     /// A handle to the same limiter whose calls have `priority` (this one's are
@@ -419,7 +424,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 
     /// A slot for a call of this handle's priority, if one is free to it now.
     #[inline]
-    fn take(&self) -> Option<AdaptivePermit<A, R>> {
+    pub(super) fn take(&self) -> Option<AdaptivePermit<A, R>> {
         let held = self.shared.bulkhead.try_take_slot_as(self.priority)?;
         Some(self.permit(held))
     }

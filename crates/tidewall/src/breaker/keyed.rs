@@ -29,7 +29,8 @@ const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
 /// **Bounded memory, never forgetting an open breaker.** A key is forgotten (and a later call
 /// starts it afresh) only when nothing depends on it: its breaker is closed, no permit or
 /// handle from [`get`](Self::get) is out, and either its window is empty or it has not been
-/// used for [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl). So an eviction forgets at most
+/// used for [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl) (used: a call asked for, or a
+/// call of its ended in failure, however long ago it began). So an eviction forgets at most
 /// the failures of a window no call has touched for `idle_ttl`. An open, half-open or forced
 /// breaker is kept whatever the pressure: a new key meeting a table (its shard: see
 /// [`max_keys`](KeyedCircuitBreakerBuilder::max_keys)) full of keys it may not forget is
@@ -97,7 +98,12 @@ impl<R: Clock> Evict for Entry<R> {
         if self.breaker.shared.is_pristine() {
             return Eviction::Now;
         }
-        let idle_from = self.last_used.saturating_add(self.idle_ttl);
+        // Idle from the later of its last call's start and its last failure: a call longer
+        // than `idle_ttl` that just failed is a use now.
+        let failed_at = self.breaker.shared.since_last_failure().map_or(0, |ago| {
+            now.saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX))
+        });
+        let idle_from = self.last_used.max(failed_at).saturating_add(self.idle_ttl);
         if now >= idle_from {
             Eviction::Now
         } else {
@@ -138,8 +144,8 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
         self
     }
 
-    /// How long a closed breaker with failures in its window is kept after its last call
-    /// (default 60 s). A closed breaker with an empty window may go at once: forgetting it
+    /// How long a closed breaker with failures in its window is kept after its last use (a
+    /// call asked for, or one ending in failure; default 60 s). A closed breaker with an empty window may go at once: forgetting it
     /// loses nothing.
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;
@@ -234,7 +240,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     /// [`CircuitBreaker::try_acquire`]); [`Rejected::KeysFull`] for a new key when the table
     /// (the new key's shard) is full of keys it may not forget.
     pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
-        self.with_breaker(key, CircuitBreaker::try_acquire_owned)
+        // A handle taken under the table's lock (which keeps the key), the call asked for
+        // after it is released: a transition or a refusal tells listeners, which may call
+        // back into the table.
+        self.with_breaker(key, |breaker| Ok(breaker.clone()))?
+            .into_owned_permit()
     }
 
     /// Calls `op` if `key`'s breaker admits it; `Ok` counts as a success and `Err` as a
@@ -283,7 +293,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     }
 
     /// Runs `use_it` on `key`'s breaker (made if new) under the table's lock, so whatever it
-    /// takes from the breaker is taken before any sweep can see the entry.
+    /// takes from the breaker is taken before any sweep can see the entry. Nothing that may
+    /// tell a listener runs here.
     fn with_breaker<O>(
         &self,
         key: &K,

@@ -122,9 +122,14 @@ impl<R: Clock> CircuitBreaker<R> {
     ///
     /// As [`try_acquire`](Self::try_acquire).
     pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
+        self.clone().into_owned_permit()
+    }
+
+    /// [`try_acquire_owned`](Self::try_acquire_owned) with this handle moved into the permit.
+    pub(crate) fn into_owned_permit(self) -> Result<OwnedPermit<R>, Rejected> {
         let ticket = self.shared.acquire()?;
         Ok(OwnedPermit {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared,
             ticket: Some(ticket),
         })
     }
@@ -222,7 +227,9 @@ impl<R: Clock> CircuitBreaker<R> {
         self.shared.counts()
     }
 
-    /// Opens the breaker by hand; it stays open until [`reset`](Self::reset).
+    /// Opens the breaker by hand; it stays open until [`reset`](Self::reset). Its refusals
+    /// hint the first break as their `retry_after` (a force has no end a hint could name):
+    /// a caller that honours hints asks again at that pace.
     pub fn force_open(&self) {
         self.shared.force(State::ForcedOpen);
     }
@@ -282,8 +289,13 @@ impl<R: Clock> CircuitBreaker<R> {
     /// not changed.
     ///
     /// A window of the same shape is kept, with the state, the calls in it and the run of
-    /// failures: the new thresholds judge them from the next outcome, and an open breaker
-    /// stays open until its break ends (the next break follows the new schedule). A window
+    /// failures. The new thresholds judge them at once (a closed breaker whose window they
+    /// trip opens now, with its state-change event) and every outcome after; a half-open
+    /// breaker whose probes have all succeeded under a lowered `half_open_probes` closes; an
+    /// open breaker stays open until its break ends. A new break schedule starts from its
+    /// first break; the same schedule goes on from where the trips in a row had taken it, so
+    /// applying unchanged settings changes nothing. Calls admitted before a slow-call rule
+    /// was added are not judged slow (their start was not timed). A window
     /// of another shape (length or kind) cannot hold the old calls: the breaker is
     /// [`reset`](Self::reset), with its state-change event ([`Reconfigured::Reset`]).
     /// Calls in flight keep their permits either way; after a reset their outcomes are
@@ -298,11 +310,9 @@ impl<R: Clock> CircuitBreaker<R> {
     /// for _ in 0..3 {
     ///     breaker.try_acquire().unwrap().failure();
     /// }
-    /// // Three failures are not enough under a minimum of four; they are under three.
+    /// // Three failures are not enough under a minimum of four; they are under three, at once.
     /// let how = breaker.reconfigure(CircuitBreaker::builder().failure_rate(0.5).minimum_calls(3))?;
-    /// assert_eq!(how, Reconfigured::Kept);
-    /// breaker.try_acquire().unwrap().success(); // judged by the new minimum: 3 of 4 failed
-    /// assert_eq!(breaker.state(), State::Open);
+    /// assert_eq!((how, breaker.state()), (Reconfigured::Kept, State::Open));
     ///
     /// let how = breaker.reconfigure(CircuitBreaker::builder().window(Window::Count { calls: 10 }))?;
     /// assert_eq!((how, breaker.state()), (Reconfigured::Reset, State::Closed));

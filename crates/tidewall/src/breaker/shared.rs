@@ -29,9 +29,13 @@ use crate::{Name, Rejected};
 pub(super) struct Ticket {
     pub(super) generation: u32,
     pub(super) probe: bool,
-    /// Start time in breaker nanoseconds, when the policy needs durations.
+    /// Start time in breaker nanoseconds, or [`UNTIMED`] when the policy did not need
+    /// durations as it was admitted (a slow-call rule added since cannot judge it).
     pub(super) started: u64,
 }
+
+/// A ticket's start when the clock was not read.
+const UNTIMED: u64 = u64::MAX;
 
 pub(crate) struct Shared<R> {
     word: AtomicU64,
@@ -39,6 +43,9 @@ pub(crate) struct Shared<R> {
     consecutive: AtomicU32,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
+    /// When a call last ended in failure, in breaker nanoseconds ([`UNTIMED`]: never): a
+    /// keyed table keeps a key whose failures are recent, however long ago the call began.
+    last_failure: AtomicU64,
     /// Serializes transitions and reconfigurations; holds the policy and the break durations
     /// of the trips since the last close.
     transition: Mutex<Transition>,
@@ -103,7 +110,8 @@ fn needs_clock(window: &SlidingWindow, policy: &BreakerPolicy) -> bool {
 #[non_exhaustive]
 pub enum Reconfigured {
     /// The window kept its shape: the state, the window's calls and the run of failures
-    /// were kept, and the new thresholds judge them from the next outcome.
+    /// were kept, and the new thresholds judged them at once (a closed breaker they trip
+    /// opened) and judge every outcome after.
     Kept,
     /// The window changed shape (another length or kind): the breaker was reset to closed
     /// with an empty window, with a state-change event, as [`reset`](super::CircuitBreaker::reset)
@@ -129,6 +137,7 @@ impl<R: Clock> Shared<R> {
             needs_clock: AtomicBool::new(needs_clock(&window, &policy)),
             window: Swap::new(window),
             consecutive: AtomicU32::new(0),
+            last_failure: AtomicU64::new(UNTIMED),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             thresholds: Tuning::new(policy.thresholds().to_words()),
@@ -179,18 +188,53 @@ impl<R: Clock> Shared<R> {
             self.max_open_hint.store(as_nanos(max_open_hint), Relaxed);
             self.needs_clock
                 .store(needs_clock(&self.window.load(), &policy), Relaxed);
-            // The breaks since the last close follow the new schedule from its start.
-            let generation = word::generation(self.word.load(Acquire));
-            transition.breaks = policy.break_durations(self.seed ^ u64::from(generation));
+            // Another schedule of breaks starts from its first; the same one goes on where
+            // it was, so a reload that changes nothing leaves a failing dependency's breaks
+            // as long as they had grown.
+            if policy.break_backoff() != transition.policy.break_backoff() {
+                let generation = word::generation(self.word.load(Acquire));
+                transition.breaks = policy.break_durations(self.seed ^ u64::from(generation));
+            }
             transition.policy = std::sync::Arc::new(policy);
             reshaped
         };
         if reshaped {
             // Outcomes of calls admitted before are dropped with the generation they hold.
             self.force(State::Closed);
-            Reconfigured::Reset
-        } else {
-            Reconfigured::Kept
+            return Reconfigured::Reset;
+        }
+        self.rejudge();
+        Reconfigured::Kept
+    }
+
+    /// After a reconfiguration that kept the state: a closed breaker whose window the new
+    /// thresholds trip opens now (a later success over a success would change no count and
+    /// judge nothing), and a half-open one whose probes have all succeeded under fewer
+    /// probes closes (no probe is left to close it).
+    fn rejudge(&self) {
+        let word = self.word.load(Acquire);
+        let generation = word::generation(word);
+        match word::state(word) {
+            State::Closed => {
+                let thresholds = self.thresholds();
+                let consecutive = if thresholds.tracks_consecutive_failures() {
+                    self.consecutive.load(Relaxed)
+                } else {
+                    0
+                };
+                let reason = self
+                    .window
+                    .load()
+                    .counts(self.now())
+                    .and_then(|counts| thresholds.evaluate(counts, consecutive));
+                if let Some(reason) = reason {
+                    self.trip(generation, reason, None);
+                }
+            }
+            State::HalfOpen if word::succeeded(word) >= self.probes.load(Relaxed) => {
+                self.close(generation);
+            }
+            _ => {}
         }
     }
 
@@ -236,7 +280,7 @@ impl<R: Clock> Shared<R> {
                     let started = if self.needs_clock.load(Relaxed) {
                         self.now()
                     } else {
-                        0
+                        UNTIMED
                     };
                     return Ok(Ticket {
                         generation,
@@ -310,13 +354,16 @@ impl<R: Clock> Shared<R> {
         if self.reports_outcomes {
             self.telemetry.outcome(outcome);
         }
-        let now = if self.needs_clock.load(Relaxed) || ticket.probe {
-            self.now()
-        } else {
-            0
-        };
+        let timed = self.needs_clock.load(Relaxed) || ticket.probe;
+        let now = if timed { self.now() } else { 0 };
+        if outcome == Outcome::Failure {
+            // Off the success path: a failure reads the clock if the policy did not.
+            let at = if timed { now } else { self.now() };
+            self.last_failure.store(at, Relaxed);
+        }
         let thresholds = self.thresholds();
-        let slow = thresholds.is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
+        let slow = ticket.started != UNTIMED
+            && thresholds.is_slow(Duration::from_nanos(now.saturating_sub(ticket.started)));
         if ticket.probe {
             self.finish_probe(ticket.generation, outcome, slow, hint);
             return;
@@ -557,6 +604,14 @@ impl<R: Clock> Shared<R> {
         self.state() == State::Closed
             && self.consecutive.load(Relaxed) == 0
             && self.counts().calls == 0
+    }
+
+    /// How long ago a call last ended in failure, if one has.
+    pub(super) fn since_last_failure(&self) -> Option<Duration> {
+        match self.last_failure.load(Relaxed) {
+            UNTIMED => None,
+            at => Some(nanos(self.now().saturating_sub(at))),
+        }
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {

@@ -131,7 +131,14 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
     /// [`Rejected::BulkheadFull`] when every slot of `key` is taken (or waiters are queued
     /// ahead); [`Rejected::KeysFull`] for a new key when its shard is full of busy keys.
     pub fn try_acquire(&self, key: &K) -> Result<OwnedPermit<R>, Rejected> {
-        self.with_bulkhead(key, Bulkhead::try_acquire_owned)
+        // Taken quietly under the table's lock; a refusal is reported after it is released,
+        // so a listener may call back into the table.
+        self.with_bulkhead(key, |bulkhead| {
+            Ok(bulkhead
+                .try_acquire_owned_quiet()
+                .ok_or_else(|| bulkhead.clone()))
+        })?
+        .map_err(|full| full.refuse_full())
     }
 
     /// A free slot of `key`'s bulkhead now, or `None` when full, without counting that as a
@@ -232,8 +239,9 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
         &self.shared.name
     }
 
-    /// Applies the sizes of `settings` (`max_concurrent`, `max_queue`, `max_wait`) to every
-    /// key's bulkhead in place, and to keys made from now on, validated as
+    /// Applies the sizes of `settings` (`max_concurrent`, `max_queue`, `max_wait`) and its
+    /// queue discipline to every key's bulkhead in place, and to keys made from now on,
+    /// validated as
     /// [`build`](BulkheadBuilder::build) validates them; on an error nothing changes. Its
     /// name, `max_keys` and runtime are not changed (the table's bound is fixed at build).
     ///
@@ -266,13 +274,10 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
             made_with.max_concurrent = settings.max_concurrent;
             made_with.max_queue = settings.max_queue;
             made_with.max_wait = settings.max_wait;
+            made_with.discipline = settings.discipline;
         }
         for bulkhead in shared.keys.each(Bulkhead::clone) {
-            bulkhead.shared.resize(
-                settings.max_concurrent,
-                settings.max_queue,
-                settings.max_wait,
-            );
+            bulkhead.retune(&settings);
         }
         Ok(())
     }

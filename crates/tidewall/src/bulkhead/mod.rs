@@ -363,7 +363,12 @@ impl<R: Clock> Bulkhead<R> {
     /// [`Rejected::BulkheadFull`] when every slot is taken (or waiters are queued ahead).
     pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
         self.try_acquire_owned_quiet()
-            .ok_or_else(|| self.shared.reject(Rejected::BulkheadFull))
+            .ok_or_else(|| self.refuse_full())
+    }
+
+    /// Reports a refusal of a full bulkhead: the refusal to return.
+    pub(crate) fn refuse_full(&self) -> Rejected {
+        self.shared.reject(Rejected::BulkheadFull)
     }
 
     /// Waits for a slot, in the queue's order, up to the configured `max_wait`.
@@ -537,13 +542,18 @@ impl<R: Clock> Bulkhead<R> {
     /// As [`BulkheadBuilder::build`].
     pub fn reconfigure<R2>(&self, settings: BulkheadBuilder<R2>) -> Result<(), ConfigError> {
         settings.validate()?;
+        self.retune(&settings);
+        Ok(())
+    }
+
+    /// Applies validated `settings`: the queue's discipline, then the sizes.
+    pub(crate) fn retune<R2>(&self, settings: &BulkheadBuilder<R2>) {
         lock(&self.shared.queue).set_discipline(settings.discipline);
         self.shared.resize(
             settings.max_concurrent,
             settings.max_queue,
             settings.max_wait,
         );
-        Ok(())
     }
 
     /// The name its events and metrics carry (default `bulkhead`).

@@ -371,8 +371,9 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// # Errors
     ///
-    /// None in practice for one cell (the burst is at least 1); the `Result` matches
-    /// [`until_n_ready_before`](Self::until_n_ready_before).
+    /// [`Rejected::RateLimited`] (at once) when a [`max_wait`](RateLimiterBuilder::max_wait)
+    /// is set and the cell is further away than it; none otherwise (the burst is at least 1).
+    /// The `Result` matches [`until_n_ready_before`](Self::until_n_ready_before).
     pub fn until_ready(&self) -> UntilReady<R> {
         self.until_n_ready_before(1, Deadline::none())
     }
@@ -384,7 +385,9 @@ impl<R: Clock> RateLimiter<R> {
     /// # Errors
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
-    /// [`Rejected::InsufficientCapacity`] when `cells` exceeds the burst.
+    /// [`Rejected::RateLimited`] when it would be longer than a set
+    /// [`max_wait`](RateLimiterBuilder::max_wait); [`Rejected::InsufficientCapacity`] when
+    /// `cells` exceeds the burst.
     pub fn until_n_ready_before(&self, cells: u32, deadline: Deadline) -> UntilReady<R> {
         self.until_ready_within(cells, Wait::Until(deadline))
     }
@@ -395,7 +398,9 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline.
+    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
+    /// [`Rejected::RateLimited`] when it would be longer than a set
+    /// [`max_wait`](RateLimiterBuilder::max_wait).
     pub fn until_ready_before(&self, deadline: Deadline) -> UntilReady<R> {
         self.until_n_ready_before(1, deadline)
     }

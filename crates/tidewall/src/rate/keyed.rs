@@ -216,7 +216,8 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
         self.check_key_n(key, 1)
     }
 
-    /// Admits `cells` for `key` at once (all or nothing).
+    /// Admits `cells` for `key` at once (all or nothing). Zero cells take nothing and always
+    /// pass, for a new key in a full shard too, and store nothing.
     ///
     /// # Errors
     ///
@@ -236,6 +237,9 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
 
     /// The decision without telemetry (waits count a rejection only when finally refused).
     fn decide(&self, key: &K, cells: u32) -> Result<(), Rejected> {
+        if cells == 0 {
+            return Ok(());
+        }
         let shared = &*self.shared;
         let decided = shared.keys.entry(
             key,
@@ -270,7 +274,9 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline.
+    /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
+    /// [`Rejected::RateLimited`] when it would be longer than a set
+    /// [`max_wait`](KeyedRateLimiterBuilder::max_wait).
     pub fn until_key_ready_before<'a>(
         &'a self,
         key: &'a K,

@@ -104,7 +104,7 @@ pub struct BreakerModel {
     ttl: Duration,
     permits: Vec<(u64, OwnedPermit<Rt>)>,
     handles: Vec<(u64, CircuitBreaker<Rt>)>,
-    /// When each key was last asked for (the weakest reading of "used").
+    /// When each key was last asked for, or a call of its last ended in failure.
     asked: BTreeMap<u64, Instant>,
     before: BTreeMap<u64, Seen>,
     gone: u64,
@@ -203,8 +203,12 @@ impl BreakerModel {
                 self.asked.insert(k, now);
             }
             BOp::Release(i, o) if !self.permits.is_empty() => {
-                let (_, permit) = self.permits.swap_remove(i % self.permits.len());
+                let (k, permit) = self.permits.swap_remove(i % self.permits.len());
                 permit.record(outcome(o));
+                // A failure touches its key now, however long ago its call was asked for.
+                if outcome(o) == Outcome::Failure {
+                    self.asked.insert(k, now);
+                }
             }
             BOp::Handle(k) => {
                 if let Some(h) = b.get(&u64::from(k)) {
