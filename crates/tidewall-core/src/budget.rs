@@ -162,8 +162,15 @@ impl RetryBudgetBuilder {
             });
         }
         let window = nanos_of("window", self.window)?;
-        if window < u64::from(self.buckets) {
+        if window == 0 {
             return Err(ConfigError::Zero { field: "window" });
+        }
+        if window < u64::from(self.buckets) {
+            return Err(ConfigError::OutOfRange {
+                field: "window",
+                value: self.window.as_secs_f64(),
+                allowed: "at least one nanosecond per bucket",
+            });
         }
         let names = Names {
             count: "buckets",
@@ -253,6 +260,13 @@ mod tests {
             b().window(Duration::ZERO).build(),
             Err(ConfigError::Zero { field: "window" })
         );
+        assert!(matches!(
+            b().buckets(10).window(Duration::from_nanos(9)).build(),
+            Err(ConfigError::OutOfRange {
+                field: "window",
+                ..
+            })
+        ));
         assert_eq!(
             b().window(Duration::MAX).build(),
             Err(ConfigError::DurationOverflow { field: "window" })

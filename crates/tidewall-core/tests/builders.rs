@@ -120,7 +120,7 @@ proptest! {
                 }
             }
             Err(ConfigError::OutOfRange { field, .. }) => prop_assert!(
-                ["failure_rate", "window.calls", "window.buckets", "half_open_probes"].contains(&field),
+                ["failure_rate", "window.calls", "window.buckets", "window.span", "half_open_probes"].contains(&field),
                 "{field}"
             ),
             Err(ConfigError::NotFinite { field: "failure_rate" }) => prop_assert!(rate.is_nan()),
@@ -170,7 +170,7 @@ proptest! {
                 }
             }
             Err(ConfigError::OutOfRange { field, .. }) => {
-                prop_assert!(["ratio", "buckets", "min_per_second"].contains(&field), "{field}");
+                prop_assert!(["ratio", "buckets", "window", "min_per_second"].contains(&field), "{field}");
             }
             Err(ConfigError::NotFinite { field: "ratio" }) => prop_assert!(!ratio.is_finite()),
             Err(ConfigError::Zero { field }) => prop_assert!(["buckets", "window"].contains(&field), "{field}"),

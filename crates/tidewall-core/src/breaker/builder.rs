@@ -270,9 +270,16 @@ fn validate_window(window: Window) -> Result<(), ConfigError> {
         }),
         Window::Time { span, buckets } => {
             let nanos = nanos_of("window.span", span)?;
-            if nanos / u64::from(buckets) == 0 {
+            if nanos == 0 {
                 return Err(ConfigError::Zero {
                     field: "window.span",
+                });
+            }
+            if nanos < u64::from(buckets) {
+                return Err(ConfigError::OutOfRange {
+                    field: "window.span",
+                    value: span.as_secs_f64(),
+                    allowed: "at least one nanosecond per bucket",
                 });
             }
             // Buckets last a whole number of nanoseconds: the window they add up to must be

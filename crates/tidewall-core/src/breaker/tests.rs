@@ -58,6 +58,18 @@ fn builder_rejects_bad_input_with_typed_errors() {
             field: "window.span"
         })
     );
+    // Not zero, but shorter than one nanosecond per bucket: out of range, not "zero".
+    assert!(matches!(
+        b().window(Window::Time {
+            span: Duration::from_nanos(3),
+            buckets: 4
+        })
+        .build(),
+        Err(ConfigError::OutOfRange {
+            field: "window.span",
+            ..
+        })
+    ));
     assert_eq!(
         b().window(Window::Time {
             span: Duration::MAX,

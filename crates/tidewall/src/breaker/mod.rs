@@ -7,7 +7,8 @@
 //! with [`Rejected::CircuitOpen`] and a `retry_after`. After the break (fixed, or growing on
 //! repeated trips with a backoff) it turns *half-open* and admits exactly
 //! [`half_open_probes`](CircuitBreakerBuilder::half_open_probes) probe calls: that many
-//! successes close it, one failure reopens it.
+//! successes close it, one failure (or, when slow calls are tracked, one slow success)
+//! reopens it.
 //!
 //! Guarantees:
 //! * **Every outcome decides**: the thresholds are evaluated after every recorded outcome,

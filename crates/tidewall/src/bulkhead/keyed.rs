@@ -148,8 +148,8 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
         self.with_bulkhead(key, |bulkhead| Ok(bulkhead.try_acquire_owned_quiet()))
     }
 
-    /// Waits for a slot of `key`'s bulkhead, in FIFO order, up to the configured `max_wait`
-    /// and never past `deadline`.
+    /// Waits for a slot of `key`'s bulkhead, in its queue's order, up to the configured
+    /// `max_wait` and never past `deadline`.
     ///
     /// **Cancel safety:** as [`Bulkhead::acquire`]: dropping the future leaves the queue
     /// and leaks nothing. The key is held (never evicted) while the future exists.

@@ -9,7 +9,8 @@
 //! the counters.
 //!
 //! * **Permits are RAII**: dropping a permit frees the slot and hands it straight to the
-//!   longest waiter.
+//!   next waiter in the queue's order (the longest waiter, unless a discipline or priority
+//!   says otherwise).
 //! * **Cancel safety**: a waiter dropped while queued leaves the queue; a permit granted to it
 //!   at that instant is passed on. Nothing leaks.
 //! * **Fairness**: FIFO among waiters (unless the discipline says LIFO). An arrival that finds

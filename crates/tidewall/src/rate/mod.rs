@@ -34,9 +34,9 @@
 //! use std::time::Duration;
 //! use tidewall::rate::RateLimiter;
 //!
-//! let limiter = RateLimiter::builder(100, Duration::from_secs(1)).burst(10).build()?;
+//! let limiter = RateLimiter::builder(10, Duration::from_secs(3_600)).burst(10).build()?;
 //! let admitted = (0..50).filter(|_| limiter.check().is_ok()).count();
-//! assert_eq!(admitted, 10, "a burst of 10 at one instant, then one per 10 ms");
+//! assert_eq!(admitted, 10, "a burst of 10 at one instant, then one per 6 minutes");
 //! # Ok::<(), tidewall::ConfigError>(())
 //! ```
 
