@@ -359,7 +359,7 @@ fn conditional_forces_act_only_on_the_generation_they_saw() {
     assert_eq!(breaker.state(), State::Closed);
 
     let generations = seen.lock().unwrap().clone();
-    let expected: Vec<u32> = (1..=generations.len() as u32)
+    let expected: Vec<u32> = (1..=u32::try_from(generations.len()).unwrap())
         .map(|n| fresh.wrapping_add(n))
         .collect();
     assert_eq!(

@@ -354,7 +354,7 @@ fn finding_08_a_forced_open_refusal_hints_its_first_break_as_a_pace() {
         .build()
         .unwrap();
     breaker.force_open();
-    let refused = breaker.try_acquire().err().expect("forced open");
+    let refused = breaker.try_acquire().expect_err("forced open");
     clock.clock().advance(refusal_hint(&breaker));
     assert!(
         breaker.try_acquire().is_err(),

@@ -23,7 +23,10 @@ fn a_fractional_factor_gives_the_nearest_nanosecond() {
         .max_attempts(4)
         .build()
         .unwrap();
-    let nanos: Vec<u64> = collect(&b, 0).iter().map(|d| d.as_nanos() as u64).collect();
+    let nanos: Vec<u64> = collect(&b, 0)
+        .iter()
+        .map(|d| u64::try_from(d.as_nanos()).unwrap())
+        .collect();
     assert_eq!(nanos, [100_000_000, 115_000_000, 132_250_000]);
 }
 
