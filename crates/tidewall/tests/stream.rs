@@ -85,6 +85,67 @@ fn weighted_batches_and_heavy_items_alone() {
     .unwrap();
 }
 
+/// A time-only batch over a source that is always ready (each item takes 1 ms of the clock to
+/// make) still ends when `max_wait` has passed, noticed within 16 items; and a batch that grew
+/// large does not make every later batch reserve as much.
+#[test]
+fn a_busy_source_still_ends_time_batches_and_big_batches_do_not_stay_big() {
+    let rt = Clocked::new(tidewall::rt::Tokio);
+    let clock = rt.clone();
+    let busy = stream::iter(0..200_u32).inspect(move |_| clock.clock().advance(ms(1)));
+    let batches: Vec<Vec<u32>> = futures_util::FutureExt::now_or_never(
+        busy.batch_on(&rt, usize::MAX, ms(10)).unwrap().collect(),
+    )
+    .expect("a ready source and a clock that only moves with it: no wait");
+    assert!(batches.len() > 1, "one batch of {} items", batches[0].len());
+    for batch in &batches[..batches.len() - 1] {
+        assert!(
+            (10..=17).contains(&batch.len()),
+            "a batch of {}",
+            batch.len()
+        );
+    }
+    assert_eq!(
+        batches.concat(),
+        (0..200).collect::<Vec<_>>(),
+        "nothing lost, in order"
+    );
+
+    let (tx, rx) = futures_channel::mpsc::unbounded::<u32>();
+    let mut batches = Box::pin(rx.batch_on(&rt, 100_000, ms(10)).unwrap());
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    let mut next_batch = |send: u32| {
+        for item in 0..send {
+            tx.unbounded_send(item).unwrap();
+        }
+        loop {
+            match batches.as_mut().poll_next(&mut cx) {
+                Poll::Ready(Some(batch)) => return batch,
+                Poll::Ready(None) => panic!("ended"),
+                Poll::Pending => rt.clock().advance(ms(1)),
+            }
+        }
+    };
+    let big = next_batch(50_000);
+    assert!(
+        big.len() >= 10_000,
+        "a burst makes a big batch: {}",
+        big.len()
+    );
+    assert!(big.capacity() >= big.len());
+    let mut received = big.len();
+    while received < 50_000 {
+        received += next_batch(0).len();
+    }
+    let one = next_batch(1);
+    assert_eq!(one.len(), 1);
+    assert!(
+        one.capacity() <= 1024,
+        "a batch of one reserved {}",
+        one.capacity()
+    );
+}
+
 #[test]
 fn zero_limits_are_typed_errors_not_hangs() {
     let rt = Clocked::new(tidewall::rt::Tokio);

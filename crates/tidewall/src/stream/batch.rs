@@ -20,6 +20,15 @@ pub trait Weigh<T> {
 /// always-ready source must not monopolize its task).
 const POLL_BUDGET: usize = 4096;
 
+/// While the source stays ready, the clock is read every this many items to end a batch whose
+/// `max_wait` has passed: its timer fires only once the task yields, and a source that is
+/// always ready would otherwise hold a batch open (and growing) for as long as it lasts.
+const CLOCK_EVERY: usize = 16;
+
+/// The most a new batch's buffer reserves up front: a batch that grew past it once does not
+/// make every later one as large.
+const INITIAL_CAPACITY: u64 = 1024;
+
 /// Every item weighs 1: a batch of at most `max_items`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EachCountsOne;
@@ -41,7 +50,9 @@ pin_project! {
     /// [`StreamOps::batch_weighted`](super::StreamOps::batch_weighted).
     ///
     /// A batch is emitted when it is full (the next item would not fit), when `max_wait` has
-    /// passed since its *first* item arrived, or when the stream ends (with what it holds).
+    /// passed since its *first* item arrived (noticed within 16 items while the source stays
+    /// ready, so a time-only batch over a busy source still ends), or when the stream ends
+    /// (with what it holds).
     /// An item heavier than `max_weight` on its own is emitted alone, in a batch of one. Empty
     /// batches are never emitted.
     ///
@@ -59,6 +70,8 @@ pin_project! {
         weight: u64,
         // An item that did not fit in the batch just emitted: the first of the next one.
         carried: Option<(S::Item, u64, Instant)>,
+        // When the batch being filled is due, `max_wait` after its first item.
+        due: Instant,
         #[pin]
         timer: Option<R::Sleep>,
         done: bool,
@@ -80,7 +93,8 @@ impl<S: Stream, W, R: Clock> Batch<S, W, R> {
         }
         crate::time::positive_duration("max_wait", max_wait)?;
         // Count batches know their size; weighted ones start small and grow.
-        let capacity = usize::try_from(max_weight.min(1024)).unwrap_or(1024);
+        let capacity = initial_capacity(max_weight);
+        let due = rt.now();
         Ok(Self {
             source,
             weigh,
@@ -90,6 +104,7 @@ impl<S: Stream, W, R: Clock> Batch<S, W, R> {
             buffer: Vec::with_capacity(capacity),
             weight: 0,
             carried: None,
+            due,
             timer: None,
             done: false,
         })
@@ -109,12 +124,20 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
             this.buffer.push(item);
             *this.weight = weight;
             // Its max_wait counts from when it arrived, not from this poll.
-            this.timer.set(Some(
-                this.rt.sleep_until(instant_after(arrived, *this.max_wait)),
-            ));
+            *this.due = instant_after(arrived, *this.max_wait);
+            this.timer.set(Some(this.rt.sleep_until(*this.due)));
         }
         let mut budget = POLL_BUDGET;
         while !*this.done {
+            if budget % CLOCK_EVERY == 0 && !this.buffer.is_empty() && this.rt.now() >= *this.due {
+                let max_weight = *this.max_weight;
+                return Poll::Ready(Some(take_batch(
+                    this.buffer,
+                    this.weight,
+                    this.timer,
+                    max_weight,
+                )));
+            }
             if budget == 0 {
                 // An always-ready source and a batch that is not full yet: let the executor
                 // run other tasks, and come back.
@@ -130,22 +153,30 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
                         if weight >= *this.max_weight {
                             return Poll::Ready(Some(vec![item]));
                         }
-                        this.timer.set(Some(
-                            this.rt
-                                .sleep_until(instant_after(this.rt.now(), *this.max_wait)),
-                        ));
+                        *this.due = instant_after(this.rt.now(), *this.max_wait);
+                        this.timer.set(Some(this.rt.sleep_until(*this.due)));
                     } else if this
                         .weight
                         .checked_add(weight)
                         .is_none_or(|total| total > *this.max_weight)
                     {
                         *this.carried = Some((item, weight, this.rt.now()));
-                        return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                        return Poll::Ready(Some(take_batch(
+                            this.buffer,
+                            this.weight,
+                            this.timer,
+                            *this.max_weight,
+                        )));
                     }
                     this.buffer.push(item);
                     *this.weight += weight;
                     if *this.weight >= *this.max_weight {
-                        return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                        return Poll::Ready(Some(take_batch(
+                            this.buffer,
+                            this.weight,
+                            this.timer,
+                            *this.max_weight,
+                        )));
                     }
                 }
                 Poll::Ready(None) => *this.done = true,
@@ -154,14 +185,24 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
                         return Poll::Pending;
                     };
                     ready!(timer.poll(cx));
-                    return Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)));
+                    return Poll::Ready(Some(take_batch(
+                        this.buffer,
+                        this.weight,
+                        this.timer,
+                        *this.max_weight,
+                    )));
                 }
             }
         }
         if this.buffer.is_empty() {
             Poll::Ready(None)
         } else {
-            Poll::Ready(Some(take_batch(this.buffer, this.weight, this.timer)))
+            Poll::Ready(Some(take_batch(
+                this.buffer,
+                this.weight,
+                this.timer,
+                *this.max_weight,
+            )))
         }
     }
 
@@ -172,14 +213,20 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
     }
 }
 
-/// Hands the buffered batch over, keeping a buffer of the same capacity for the next one.
+/// Hands the buffered batch over; the next one starts with the initial reservation, not the
+/// capacity this one grew to.
 fn take_batch<T, S>(
     buffer: &mut Vec<T>,
     weight: &mut u64,
     mut timer: Pin<&mut Option<S>>,
+    max_weight: u64,
 ) -> Vec<T> {
     *weight = 0;
     timer.set(None);
-    let capacity = buffer.capacity();
-    std::mem::replace(buffer, Vec::with_capacity(capacity))
+    std::mem::replace(buffer, Vec::with_capacity(initial_capacity(max_weight)))
+}
+
+/// What a batch reserves up front: its whole size when that is small, else a start to grow from.
+fn initial_capacity(max_weight: u64) -> usize {
+    usize::try_from(max_weight.min(INITIAL_CAPACITY)).unwrap_or(1024)
 }
