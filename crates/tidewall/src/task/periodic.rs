@@ -59,7 +59,8 @@ use crate::time::FutureExt as _;
 ///
 /// # Errors
 ///
-/// [`ConfigError::Zero`] for a zero period.
+/// [`ConfigError::Zero`] for a zero period; [`ConfigError::DurationOverflow`] for one beyond
+/// `u64::MAX` nanoseconds.
 pub fn periodic<'a, R, F, Fut>(
     rt: R,
     period: Duration,
@@ -256,7 +257,8 @@ impl<R: Runtime> HealthCheckerBuilder<R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero period or timeout.
+    /// [`ConfigError::Zero`] for a zero period or timeout; [`ConfigError::DurationOverflow`]
+    /// for either beyond `u64::MAX` nanoseconds.
     pub fn start<P, Fut, E>(
         self,
         token: &CancellationToken,
