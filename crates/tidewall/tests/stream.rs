@@ -403,6 +403,40 @@ fn interval_missed_tick_behaviours_on_every_runtime() {
     on_every_runtime!(interval_missed_ticks);
 }
 
+/// Jitter delays each wake-up without moving the schedule, in every mode: a consumer that is
+/// never late gets ticks at `start + k × period` exactly, however much jitter delayed it (up
+/// to more than a period, which is not lateness either).
+async fn interval_jitter_never_moves_the_schedule<R: Runtime>(rt: Clocked<R>) {
+    for missed in [MissedTicks::Burst, MissedTicks::Delay, MissedTicks::Skip] {
+        for jitter in [ms(30), ms(250)] {
+            let start = rt.now();
+            let mut ticks = Box::pin(
+                interval_on(&rt, ms(100), missed)
+                    .unwrap()
+                    .jitter(jitter, 7)
+                    .unwrap(),
+            );
+            for k in 1..=20_u32 {
+                let tick = ticks.next().await.unwrap();
+                assert_eq!(
+                    tick,
+                    start + ms(100) * k,
+                    "{missed:?}, jitter {jitter:?}, tick {k}"
+                );
+                assert!(
+                    rt.now() <= tick + jitter,
+                    "{missed:?}: woken within its jitter"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn interval_jitter_never_moves_the_schedule_on_every_runtime() {
+    on_every_runtime!(interval_jitter_never_moves_the_schedule);
+}
+
 /// `start + nanos` (nanos as wide as any stall).
 fn after_nanos(start: std::time::Instant, nanos: u128) -> std::time::Instant {
     let secs = u64::try_from(nanos / 1_000_000_000).unwrap();

@@ -68,6 +68,12 @@ pin_project! {
         missed: MissedTicks,
         next: Instant,
         jitter_nanos: u64,
+        // The jitter drawn for the pending wake-up: our own delay, never the consumer's
+        // lateness.
+        jittered: Duration,
+        // When the last tick was delivered: a consumer that asks for the next one at once is
+        // not late, even when a jittered wake-up took it past that tick's time.
+        delivered: Instant,
         rng: SplitMix64,
         #[pin]
         sleep: Option<R::Sleep>,
@@ -77,13 +83,15 @@ pin_project! {
 impl<R: Clock> Interval<R> {
     pub(super) fn new(rt: R, period: Duration, missed: MissedTicks) -> Result<Self, ConfigError> {
         positive_duration("period", period)?;
-        let next = instant_after(rt.now(), period);
+        let created = rt.now();
         Ok(Self {
             rt,
             period,
             missed,
-            next,
+            next: instant_after(created, period),
             jitter_nanos: 0,
+            jittered: Duration::ZERO,
+            delivered: created,
             rng: SplitMix64::new(0),
             sleep: None,
         })
@@ -92,13 +100,16 @@ impl<R: Clock> Interval<R> {
     /// The same interval with its schedule restarted from now: the first tick is one period
     /// from now. For owners that build the interval (to validate it) before they start it.
     pub(crate) fn restarted(mut self) -> Self {
-        self.next = instant_after(self.rt.now(), self.period);
+        self.delivered = self.rt.now();
+        self.next = instant_after(self.delivered, self.period);
         self.sleep = None;
         self
     }
 
     /// Delays each wake-up by up to `jitter` (seeded by `seed`), so many intervals started
-    /// together do not fire together.
+    /// together do not fire together. The delay is never taken for lateness: a consumer on
+    /// time gets every tick on the schedule, in every [`MissedTicks`] mode, whatever the
+    /// jitter.
     ///
     /// # Errors
     ///
@@ -119,21 +130,36 @@ impl<R: Clock> Stream for Interval<R> {
         let now = this.rt.now();
         if now < *this.next {
             if this.sleep.is_none() {
-                let jitter = Duration::from_nanos(this.rng.below_or_equal(*this.jitter_nanos));
-                this.sleep
-                    .set(Some(this.rt.sleep_until(instant_after(*this.next, jitter))));
+                *this.jittered = Duration::from_nanos(this.rng.below_or_equal(*this.jitter_nanos));
+                this.sleep.set(Some(
+                    this.rt
+                        .sleep_until(instant_after(*this.next, *this.jittered)),
+                ));
             }
             if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
                 ready!(sleep.poll(cx));
             }
         }
+        let slept = this.sleep.is_some();
         this.sleep.set(None);
         let tick = *this.next;
+        // When the consumer took the tick, less what this interval delayed itself: only the
+        // consumer's (or the executor's) lateness counts as missing ticks. After a sleep, that
+        // is the time past the jittered wake-up; a tick already due when asked for is late by
+        // the time since it (or since the last delivery, if a jittered wake-up came later).
         let now = this.rt.now();
+        let lateness = if slept {
+            now.saturating_duration_since(instant_after(tick, *this.jittered))
+        } else {
+            now.saturating_duration_since(tick.max(*this.delivered))
+        };
+        let taken = instant_after(tick, lateness);
+        *this.jittered = Duration::ZERO;
+        *this.delivered = now;
         *this.next = match this.missed {
             MissedTicks::Burst => instant_after(tick, *this.period),
-            MissedTicks::Delay => instant_after(now.max(tick), *this.period),
-            MissedTicks::Skip => first_point_after(tick, now, *this.period),
+            MissedTicks::Delay => instant_after(taken, *this.period),
+            MissedTicks::Skip => first_point_after(tick, taken, *this.period),
         };
         Poll::Ready(Some(tick))
     }
