@@ -104,7 +104,9 @@ fn instant(year: i64, month: &str, day: u32, time: &str, weekday: usize) -> Opti
     // 1970-01-01 was a Thursday (3, counting Monday as 0).
     (usize::try_from((days + 3).rem_euclid(7)).ok()? == weekday).then_some(())?;
     let seconds = i64::from(hour * 3600 + minute * 60 + second);
-    Some(days * SECONDS_PER_DAY + seconds)
+    // Checked: a two-digit year is read near the caller's `now`, which may be near the end
+    // of `SystemTime`'s range, past the seconds an i64 holds.
+    days.checked_mul(SECONDS_PER_DAY)?.checked_add(seconds)
 }
 
 /// The year ending in `two_digits` that is at most 50 years after `now_year` (RFC 9110
@@ -179,6 +181,21 @@ fn nanos_since_epoch(now: SystemTime) -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A two-digit year read near the latest `now` a `SystemTime` holds: no overflow, no
+    /// panic, whatever the day name and year.
+    #[test]
+    fn a_two_digit_year_near_the_end_of_time_never_overflows() {
+        let Some(last) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(i64::MAX as u64))
+        else {
+            return; // a platform whose SystemTime ends sooner
+        };
+        for day in LONG_DAY_NAMES {
+            for year in 0..100 {
+                let _ = until(&format!("{day}, 31-Dec-{year:02} 23:59:59 GMT"), last);
+            }
+        }
+    }
 
     #[test]
     fn the_calendar_round_trips_over_ten_thousand_years() {
