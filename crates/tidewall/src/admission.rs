@@ -181,9 +181,9 @@ pub trait Admission: Send + Sync {
     /// adaptive limiter); the default just releases the guard. The pipeline and the tower
     /// layer call it when the call ends: [`Outcome::Success`], [`Outcome::Failure`] (the
     /// classifier's failures, timeouts, the deadline running out during the call) or
-    /// [`Outcome::Ignored`] (the classifier's verdict, or a later stage's refusal: the
-    /// dependency was not called). A guard dropped without it (a cancelled call) teaches
-    /// nothing.
+    /// [`Outcome::Ignored`] (the classifier's verdict, or any ending before the dependency was
+    /// called: a later stage's refusal, a deadline that left no time for a first attempt). A
+    /// guard dropped without it (a cancelled call) teaches nothing.
     #[inline]
     fn finish(guard: Self::Guard, outcome: Outcome) {
         let _ = outcome;

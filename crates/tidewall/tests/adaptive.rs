@@ -70,6 +70,41 @@ async fn a_pipeline_teaches_the_limiter_how_each_call_ended() {
     assert_eq!(limiter.in_flight(), 0);
 }
 
+/// A call that never reached the dependency teaches nothing (`Admission::finish`: "any
+/// ending before the dependency was called"): a caller deadline already past when the limiter
+/// admits it, or one that leaves less than the first attempt's minimum time.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_never_called_the_dependency_teaches_nothing() {
+    let limiter = AdaptiveLimiter::builder(aimd(10)).build().unwrap();
+    let pipeline = Pipeline::builder()
+        .bulkhead(limiter.clone())
+        .min_attempt_time(ms(100))
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let op = || {
+        calls.fetch_add(1, SeqCst);
+        async { Ok::<(), ()>(()) }
+    };
+    let rt = tidewall::rt::Tokio;
+    for left in [ms(0), ms(50)] {
+        let refused = pipeline
+            .call_before(tidewall::Deadline::after(&rt, left), op)
+            .await;
+        assert_eq!(
+            refused,
+            Err(Error::Rejected(Rejected::DeadlineExceeded)),
+            "{left:?}"
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 0);
+    assert_eq!(
+        (limiter.limit(), limiter.in_flight()),
+        (10, 0),
+        "no drop learned"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_call_never_counts_as_a_fast_success() {
     let limiter = AdaptiveLimiter::builder(aimd(2)).build().unwrap();

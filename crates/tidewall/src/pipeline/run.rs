@@ -50,6 +50,9 @@ where
     // drops them untold.
     let mut admitted = None;
     let mut slot = None;
+    // Whether the operation was called at all: an ending before that (a wait refused at the
+    // deadline, a first attempt with no time left) teaches the admission stages nothing.
+    let mut called = false;
     let (result, verdict) = 'call: {
         // A wait for admission must leave the first attempt its minimum time: one that could
         // not is refused at once instead of waiting only to be refused.
@@ -107,6 +110,7 @@ where
                         }
                         None => clock.deadline(),
                     };
+                    called = true;
                     match bounded(rt, op(), &mut clock, attempt_end).await {
                         Ok(result) => {
                             let (verdict, hint) = judge(classify, result.as_ref());
@@ -167,11 +171,16 @@ where
         // Every other ending carries its verdict.
         (_, None) => CallOutcome::Failure,
     };
+    let learned = if called {
+        outcome.learned()
+    } else {
+        crate::breaker::Outcome::Ignored
+    };
     if let Some(guard) = slot {
-        B::finish(guard, outcome.learned());
+        B::finish(guard, learned);
     }
     if let Some(guard) = admitted {
-        L::finish(guard, outcome.learned());
+        L::finish(guard, learned);
     }
     if let Some(watch) = watch {
         watch.finish(outcome, rt);
