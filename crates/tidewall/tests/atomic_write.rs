@@ -137,3 +137,22 @@ async fn a_path_without_a_file_name_is_an_error() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// A file name near the file system's limit (255 bytes) is written too: the temporary file
+/// beside it takes only part of the name, not all of it plus a suffix.
+#[test]
+fn a_name_near_the_file_systems_limit_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n".repeat(240));
+    let mut write = Box::pin(write_atomic(&Stepwise, &path, b"long".to_vec()));
+    let mut cx = Context::from_waker(Waker::noop());
+    let written = loop {
+        if let Poll::Ready(written) = write.as_mut().poll(&mut cx) {
+            break written;
+        }
+    };
+    written.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"long");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left");
+}

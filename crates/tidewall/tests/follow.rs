@@ -164,3 +164,25 @@ async fn what_a_check_cannot_see<R: Runtime>(rt: Clocked<R>) {
 fn what_a_check_cannot_see_on_every_runtime() {
     on_every_runtime!(what_a_check_cannot_see);
 }
+
+/// A `max_line` past `stream::MAX_BUFFER` is refused, as every reader refuses one: the
+/// partial line it would let grow is unbounded otherwise.
+#[tokio::test]
+async fn a_max_line_past_the_largest_buffer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let huge = follow_on(
+        &tidewall::rt::Tokio,
+        &path,
+        Duration::from_millis(10),
+        tidewall::stream::MAX_BUFFER + 1,
+        false,
+    );
+    assert!(matches!(
+        huge.map(drop),
+        Err(tidewall::ConfigError::OutOfRange {
+            field: "max_line",
+            ..
+        })
+    ));
+}

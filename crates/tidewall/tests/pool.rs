@@ -328,3 +328,53 @@ fn drain_deadline_with_a_finished_worker_on_plain_tokio() {
         assert!(matches!(long.await, Exit::Aborted));
     });
 }
+
+/// Dropped without `shutdown`, a pool closes: its queued jobs still run, a submitter is
+/// refused with `Closed`, and the workers stop (the handler they hold is released) instead
+/// of waiting for jobs for ever.
+async fn a_dropped_pool_closes_and_its_workers_stop<R: Runtime>(rt: Clocked<R>) {
+    let held = std::sync::Arc::new(());
+    let (rt2, mine) = (rt.clone(), std::sync::Arc::clone(&held));
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .queue(8)
+        .runtime(rt.clone())
+        .start(move |n: u32| {
+            let (rt, _mine) = (rt2.clone(), std::sync::Arc::clone(&mine));
+            async move {
+                rt.sleep(ms(5)).await;
+                n
+            }
+        })
+        .unwrap();
+    let submitter = pool.submitter();
+    let handles: Vec<_> = (0..6).map(|n| pool.try_submit(n).unwrap()).collect();
+    drop(pool);
+    assert!(matches!(
+        submitter.try_submit(9),
+        Err(SubmitError::Closed(9))
+    ));
+    for (n, handle) in (0..6).zip(handles) {
+        assert!(
+            matches!(handle.await, Exit::Ok(got) if got == n),
+            "job {n} ran"
+        );
+    }
+    for _ in 0..100 {
+        if std::sync::Arc::strong_count(&held) == 1 {
+            break;
+        }
+        rt.sleep(ms(1)).await;
+    }
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "every worker stopped"
+    );
+    drop(submitter);
+}
+
+#[test]
+fn a_dropped_pool_closes_and_its_workers_stop_on_every_runtime() {
+    on_every_runtime!(a_dropped_pool_closes_and_its_workers_stop);
+}

@@ -10,12 +10,19 @@
 //! 4. `fsync` the directory, so the rename itself survives a crash (Unix).
 //!
 //! Each step runs on the runtime's blocking pool ([`Spawn::spawn_blocking`]), never on the
-//! async threads.
+//! async threads; only removing the temporary file of a write dropped before its rename runs
+//! where the future is dropped.
 //!
 //! **Cancel safety**: dropping the future at any await point leaves the old file or the complete
 //! new one. Before the rename, the temporary file is removed on drop; a rename already handed to
 //! the blocking pool still completes (and then the new file is complete, since it was synced
-//! first). This is tested by dropping the future at every await point.
+//! first), but the directory is then not synced. This is tested by dropping the future at every
+//! await point.
+//!
+//! **Symbolic links**: a `path` that is a link is replaced by a regular file (the link's
+//! target is left as it was), with the permissions of the file the link pointed to. Write to
+//! the target's own path to replace the target. The temporary file's name is the target's
+//! (its first 64 characters) with a unique suffix, so names near the file system's limit fit.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -54,17 +61,21 @@ pub async fn write_atomic<R: Spawn>(
     let dir = parent_dir(&path)?;
     let target = path.clone();
     let (temp, file) = blocking(rt, move || TempFile::create_beside(&target)).await?;
-    let file = blocking(rt, move || {
+    // Closed on the blocking thread too: a close can block (NFS flushes on close).
+    blocking(rt, move || {
         let mut file = file;
         file.write_all(&contents)?;
-        file.sync_all()?;
-        Ok(file)
+        file.sync_all()
     })
     .await?;
-    drop(file);
-    let (from, to) = (temp.path().to_path_buf(), path);
-    blocking(rt, move || std::fs::rename(from, to)).await?;
-    temp.committed();
+    // The temporary file goes with the rename: dropped mid-rename, the future leaves the
+    // rename to finish on its thread (and a failed one removes the file there).
+    blocking(rt, move || {
+        std::fs::rename(temp.path(), &path)?;
+        temp.committed();
+        Ok(())
+    })
+    .await?;
     blocking(rt, move || sync_dir(&dir)).await
 }
 

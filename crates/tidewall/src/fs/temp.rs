@@ -17,7 +17,15 @@ impl TempFile {
     /// exists. The name is unique within the process and `create_new` refuses to reuse one.
     pub(super) fn create_beside(target: &Path) -> io::Result<(Self, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        // At most 64 characters of the target's name: the suffix adds up to about 45 bytes,
+        // and a name near the file system's limit (255 bytes) must still fit.
+        let name: String = target
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .chars()
+            .take(64)
+            .collect();
         let permissions = std::fs::metadata(target).ok().map(|m| m.permissions());
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);

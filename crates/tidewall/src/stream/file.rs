@@ -25,7 +25,10 @@ type Chunk<F> = (F, Vec<u8>, io::Result<usize>);
 /// (or was cancelled by the runtime) loses the reader: that read and every later one fail.
 ///
 /// **Cancel safety:** dropping the reader detaches an in-flight read (it finishes on its
-/// blocking thread and is discarded).
+/// blocking thread and is discarded). A read of a pipe or terminal that nobody writes to
+/// never finishes, and a runtime that waits for its blocking threads on shutdown (tokio's)
+/// then waits for it: close the writer, or shut the runtime down with a timeout. `new`
+/// starts the first read at once, so it needs a runtime to spawn it on.
 ///
 /// ```
 /// use tidewall::rt::Tokio;
@@ -83,11 +86,15 @@ impl<R: Runtime, F: Read + Send + 'static> BlockingReader<R, F> {
         if chunk == 0 {
             return Err(ConfigError::Zero { field: "chunk" });
         }
+        // Both buffers now, so a chunk too large to allocate twice is refused here with a
+        // typed error instead of aborting the process at the second read.
         let first = super::zeroed_buffer("chunk", chunk)?;
+        let mut second = super::zeroed_buffer("chunk", chunk)?;
+        second.clear();
         let mut this = Self {
             rt,
             chunk,
-            current: Vec::new(),
+            current: second,
             pos: 0,
             state: State::Idle(Some((reader, first))),
         };
@@ -172,14 +179,8 @@ impl<R: Runtime, F: Read + Send + 'static> AsyncRead for BlockingReader<R, F> {
             let spare = std::mem::replace(&mut this.current, buf);
             this.current.truncate(read);
             this.pos = 0;
-            this.state = State::Idle(Some((
-                reader,
-                if spare.is_empty() {
-                    vec![0; this.chunk]
-                } else {
-                    spare
-                },
-            )));
+            // Its capacity is a whole chunk: `start_read` sizes it without allocating.
+            this.state = State::Idle(Some((reader, spare)));
             this.start_read();
         }
     }

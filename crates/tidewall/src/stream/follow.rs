@@ -162,6 +162,16 @@ impl<R: Runtime> Follow<R> {
         if max_line == 0 {
             return Err(ConfigError::Zero { field: "max_line" });
         }
+        // The partial line grows up to `max_line` bytes: the bound every reader keeps.
+        if max_line > super::MAX_BUFFER {
+            return Err(ConfigError::OutOfRange {
+                field: "max_line",
+                // Exact for any size up to 2^53 bytes.
+                #[allow(clippy::cast_precision_loss)]
+                value: max_line as f64,
+                allowed: "at most 1 GiB (stream::MAX_BUFFER)",
+            });
+        }
         let mut follow = Self {
             rt,
             path: path.to_owned(),

@@ -118,8 +118,9 @@ pub fn interval_on<R: Clock>(
 ///
 /// # Errors
 ///
-/// [`ConfigError::Zero`] for a zero period or `max_line`; [`ConfigError::DurationOverflow`]
-/// for a period beyond `u64` nanoseconds (about 584 years).
+/// [`ConfigError::Zero`] for a zero period or `max_line`; [`ConfigError::OutOfRange`] for a
+/// `max_line` past [`MAX_BUFFER`]; [`ConfigError::DurationOverflow`] for a period beyond
+/// `u64` nanoseconds (about 584 years).
 pub fn follow_on<R: Runtime>(
     rt: &R,
     path: impl AsRef<std::path::Path>,

@@ -19,6 +19,10 @@ use crate::time::positive_duration;
 /// and the next batch says so ([`DirChanges::overflowed`]).
 const BUFFER: usize = 1024;
 
+/// The most distinct paths one batch holds: past it, the batch is marked overflowed (rescan)
+/// instead of growing with every path a debounce window sees.
+const MAX_PATHS: usize = 65_536;
+
 /// One debounced batch of changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DirChanges {
@@ -53,8 +57,9 @@ impl std::error::Error for WatchError {}
 
 /// Changes under a directory, debounced: after the first change, everything within
 /// `debounce` is gathered into one [`DirChanges`]. Backed by the `notify` crate (inotify on
-/// Linux). Bounded: at most 1024 raw events wait; past that they are dropped and the batch is
-/// marked `overflowed`. The stream ends only if the watcher stops.
+/// Linux). Bounded: at most 1024 raw events wait, and a batch holds at most 65,536 distinct
+/// paths; past either, the rest are dropped and the batch is marked `overflowed`. The stream
+/// ends only if the watcher stops.
 pub struct DirWatch<R: Runtime> {
     // Kept alive for as long as the stream: dropping it stops watching.
     _watcher: RecommendedWatcher,
@@ -139,7 +144,13 @@ impl<R: Runtime> Stream for DirWatch<R> {
                     if this.timer.is_none() {
                         this.timer = Some(Box::pin(this.rt.sleep(this.debounce)));
                     }
-                    this.pending.extend(paths);
+                    for path in paths {
+                        if this.pending.len() < MAX_PATHS || this.pending.contains(&path) {
+                            this.pending.insert(path);
+                        } else {
+                            this.overflowed.store(true, Ordering::Relaxed);
+                        }
+                    }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(WatchError::Notify(e)))),
                 Poll::Ready(None) => {

@@ -133,6 +133,7 @@ impl<R: Runtime> WorkerPoolBuilder<R> {
             })
             .collect();
         Ok(WorkerPool {
+            closer: super::queue::CloseOnDrop(Arc::clone(&shared)),
             shared,
             workers: Mutex::new(workers),
             rt,

@@ -33,6 +33,9 @@ pub use report::{JobHandle, PoolReport, SubmitError};
 /// * [`shutdown`](Self::shutdown) stops accepting, drains the queue within a deadline, aborts
 ///   what still runs, and hands back every job never started: `submitted = completed +
 ///   failed + handed back`, always.
+/// * Dropped without `shutdown` (an early return, a panic), the pool closes: a
+///   [`Submitter`] gets [`SubmitError::Closed`], and the workers run what is queued, then
+///   stop (detached, nothing aborted), rather than wait for jobs for ever.
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,6 +62,7 @@ pub struct WorkerPool<J, T, R = DefaultRuntime> {
     // `shutdown`, never locked while the pool runs.
     workers: Mutex<Vec<Worker>>,
     rt: R,
+    closer: queue::CloseOnDrop<J, T>,
 }
 
 type Worker = Box<dyn TaskHandle<()>>;
@@ -127,25 +131,21 @@ where
     /// Stops accepting jobs, lets the workers drain the queue for up to `drain`, then aborts
     /// what still runs and hands back the jobs never started.
     ///
-    /// **Cancel safety:** dropping the future mid-way leaves the pool closed and its workers
-    /// running until the queue is empty (they are detached, not aborted).
+    /// **Cancel safety:** dropped during the drain, the future leaves the pool closed and its
+    /// workers running until the queue is empty (detached, not aborted). Dropped after the
+    /// drain's end, the workers are already aborted and every job never started already
+    /// resolved `Exit::Aborted`; only the report is lost.
+    ///
+    /// An abort takes effect at a job's next await: a job that never yields keeps its worker,
+    /// and this future, until it returns.
     pub async fn shutdown(self, drain: Duration) -> PoolReport<J> {
-        let (submitters, workers) = {
-            let mut queue = self.shared.queue();
-            queue.closed = true;
-            (
-                std::mem::take(&mut queue.submitters),
-                std::mem::take(&mut queue.workers),
-            )
-        };
-        for waker in submitters.into_iter().chain(workers) {
-            waker.wake();
-        }
         let Self {
             shared,
             workers,
             rt,
+            closer: _closer,
         } = self;
+        shared.close();
         // Each handle is awaited at most once: finished ones are taken out as they finish.
         let workers = workers.into_inner().unwrap_or_else(PoisonError::into_inner);
         let mut workers: Vec<Option<Worker>> = workers.into_iter().map(Some).collect();
@@ -169,14 +169,11 @@ where
             for worker in workers.iter().flatten() {
                 worker.abort();
             }
-            for worker in workers.into_iter().flatten() {
-                let _ = worker.await;
-            }
-            // Every worker has stopped: what is still counted as running was aborted.
-            aborted = shared.running.swap(0, Relaxed) as u64;
-            shared.failed.fetch_add(aborted, Relaxed);
         }
-        // Taken whole, so the handles are told outside the lock.
+        // Taken whole, so the handles are told outside the lock; taken before the aborted
+        // workers are awaited, so a future dropped during that wait has told them already.
+        // (An aborted worker takes no job: the queue is closed, and it stops at its next
+        // await.)
         let never_run = std::mem::take(&mut shared.queue().jobs);
         let handed_back = never_run
             .into_iter()
@@ -185,6 +182,14 @@ where
                 job
             })
             .collect();
+        if drained.is_err() {
+            for worker in workers.into_iter().flatten() {
+                let _ = worker.await;
+            }
+            // Every worker has stopped: what is still counted as running was aborted.
+            aborted = shared.running.swap(0, Relaxed) as u64;
+            shared.failed.fetch_add(aborted, Relaxed);
+        }
         PoolReport {
             submitted: shared.submitted.load(Relaxed),
             completed: shared.completed.load(Relaxed),

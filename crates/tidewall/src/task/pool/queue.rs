@@ -32,6 +32,32 @@ impl<J, T> Shared<J, T> {
     pub(super) fn queue(&self) -> MutexGuard<'_, Queue<J, T>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Stops accepting jobs and wakes everyone waiting: submitters (refused) and idle
+    /// workers (which run what is queued, then stop). Idempotent.
+    pub(super) fn close(&self) {
+        let (submitters, workers) = {
+            let mut queue = self.queue();
+            queue.closed = true;
+            (
+                std::mem::take(&mut queue.submitters),
+                std::mem::take(&mut queue.workers),
+            )
+        };
+        for waker in submitters.into_iter().chain(workers) {
+            waker.wake();
+        }
+    }
+}
+
+/// Closes the pool when its owner goes, with or without `shutdown`: workers never outlive
+/// it waiting for jobs nobody can submit through the pool.
+pub(super) struct CloseOnDrop<J, T>(pub(super) Arc<Shared<J, T>>);
+
+impl<J, T> Drop for CloseOnDrop<J, T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Submits to a [`WorkerPool`](super::WorkerPool) from anywhere; cheap to clone.
