@@ -672,3 +672,42 @@ fn stress_spawners_limit_and_abort_race_on_a_multi_thread_runtime() {
         });
     }
 }
+
+/// A value `discard_ok` drops may call back into its scope from its `Drop` (here: how many
+/// children run): it is dropped after the scope's lock is released, so that neither
+/// deadlocks (`Scope`) nor panics on a borrow (`LocalScope`).
+#[test]
+fn a_discarded_ok_value_may_use_its_scope_when_dropped() {
+    struct Probe(tidewall::task::scope::Spawner<Probe, (), tidewall::rt::Tokio>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = self.0.running();
+        }
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let scope = Scope::builder()
+                .runtime(tidewall::rt::Tokio)
+                .discard_ok()
+                .build::<Probe, ()>()
+                .unwrap();
+            let spawner = scope.spawner();
+            for _ in 0..3 {
+                let own = spawner.clone();
+                spawner.spawn(async move { Ok(Probe(own)) }).await.unwrap();
+            }
+            drop(spawner);
+            let report = scope.join().await;
+            assert_eq!((report.spawned, report.succeeded), (3, 3));
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("joined: no deadlock when a discarded value reads its scope");
+}

@@ -141,13 +141,15 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
     fn finish(&self, guard: &ChildGuard<T, E, R>, exit: Exit<T, E, Panic>) {
         let core = &self.core;
         let cancelled = core.token.is_cancelled();
-        let (ended, owner) = {
+        let (ended, owner, discarded) = {
             let mut state = core.state();
             state.children.remove(guard.slot);
-            let ended = state.record_end(guard.id, exit, || core.rt.now(), cancelled);
+            let (ended, discarded) = state.record_end(guard.id, exit, || core.rt.now(), cancelled);
             let has_reports = state.ledger.has_reports();
-            (ended, state.children.owner_to_wake(has_reports))
+            (ended, state.children.owner_to_wake(has_reports), discarded)
         };
+        // Outside the lock: a discarded value's `Drop` may call back into the scope.
+        drop(discarded);
         ended.settle(&core.token);
         if let Some(owner) = owner {
             owner.wake();

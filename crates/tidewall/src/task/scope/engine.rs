@@ -45,15 +45,16 @@ impl<T, E, C> State<T, E, C> {
         exit: Exit<T, E, Panic>,
         now: impl FnOnce() -> Instant,
         cancelled: bool,
-    ) -> Ended {
-        let fail_fast = self.ledger.record(ChildId(id), exit, now, cancelled);
+    ) -> (Ended, Option<Exit<T, E, Panic>>) {
+        let (fail_fast, discarded) = self.ledger.record(ChildId(id), exit, now, cancelled);
         if fail_fast.is_some() {
             self.closed = true;
         }
-        Ended {
+        let ended = Ended {
             fail_fast,
             spawners: std::mem::take(&mut self.spawners),
-        }
+        };
+        (ended, discarded)
     }
 }
 

@@ -46,16 +46,18 @@ impl<T, E> Ledger<T, E> {
     }
 
     /// Records a child's end. Returns the reason to cancel the scope with when this is the
-    /// failure that a fail-fast scope stops on. `now` is read only when a time is needed (an
-    /// ending after a cancellation, or the cancellation itself): a child that simply finishes
-    /// costs no clock read.
+    /// failure that a fail-fast scope stops on, and the exit itself when it is not kept (an
+    /// `Ok` under `discard_ok`), for the caller to drop once the scope's lock is released: a
+    /// value's `Drop` may call back into the scope. `now` is read only when a time is needed
+    /// (an ending after a cancellation, or the cancellation itself): a child that simply
+    /// finishes costs no clock read.
     pub(super) fn record(
         &mut self,
         id: ChildId,
         exit: Exit<T, E, Panic>,
         now: impl FnOnce() -> Instant,
         already_cancelled: bool,
-    ) -> Option<Reason> {
+    ) -> (Option<Reason>, Option<Exit<T, E, Panic>>) {
         let fail_fast = self.policy == FailurePolicy::FailFast
             && !already_cancelled
             && self.cancelled_at.is_none()
@@ -93,8 +95,9 @@ impl<T, E> Ledger<T, E> {
         }
         if self.keep_ok || !matches!(exit, Exit::Ok(_)) {
             self.reports.push_back(ChildReport { id, exit, ending });
+            return (reason, None);
         }
-        reason
+        (reason, Some(exit))
     }
 
     pub(super) fn has_reports(&self) -> bool {

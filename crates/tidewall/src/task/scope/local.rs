@@ -325,13 +325,15 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
     fn record(&self, id: u64, exit: Exit<T, E, Panic>) {
         let core = &*self.shared;
         let cancelled = core.token.is_cancelled();
-        let ended = {
+        let (ended, discarded) = {
             let mut state = core.state();
             if !state.children.running.remove(&id) {
                 return;
             }
             state.record_end(id, exit, || core.rt.now(), cancelled)
         };
+        // Outside the borrow: a discarded value's `Drop` may call back into the scope.
+        drop(discarded);
         ended.settle(&core.token);
     }
 }
