@@ -253,3 +253,44 @@ async fn optional_stages_run_when_some_and_admit_everything_when_none() {
         "no breaker opened"
     );
 }
+
+/// A wait for the rate limit that would leave exactly `min_attempt_time` is refused at once
+/// (the attempt needs more than that), never waited out only to be refused at its end.
+async fn an_exact_fit_wait_is_refused_at_once<R: Runtime>(rt: Clocked<R>) {
+    let limiter = RateLimiter::builder(1, Duration::from_secs(1))
+        .burst(1)
+        .jitter(Duration::ZERO)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
+        .rate_limit(limiter)
+        .min_attempt_time(ms(100))
+        .build()
+        .unwrap();
+    let start = rt.now();
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let op = || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<(), ()>(()) }
+    };
+    let within = |d| Deadline::at(start + d);
+    assert_eq!(pipeline.call_before(within(ms(1100)), op).await, Ok(()));
+    // The next cell is 1 s away: it would leave exactly 100 ms of the 1.1 s.
+    let refused = pipeline.call_before(within(ms(1100)), op).await;
+    assert_eq!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+    assert_eq!(rt.now(), start, "refused at once, not after a 1 s wait");
+    // A nanosecond more fits: waited for, then called.
+    let fits = pipeline
+        .call_before(within(ms(1100) + Duration::from_nanos(1)), op)
+        .await;
+    assert_eq!(fits, Ok(()));
+    assert_eq!(rt.now() - start, Duration::from_secs(1));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_exact_fit_wait_is_refused_at_once_on_every_runtime() {
+    on_every_runtime!(an_exact_fit_wait_is_refused_at_once);
+}

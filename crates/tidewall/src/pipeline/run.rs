@@ -188,11 +188,13 @@ where
     result
 }
 
-/// `deadline` brought forward by `min_attempt_time`: the latest a wait may end and still leave
-/// an attempt its minimum time.
+/// `deadline` brought forward by `min_attempt_time` and a nanosecond: a wait must end while
+/// *more* than the minimum is left, as the first attempt's check (`may_start`) requires; a
+/// wait that ended with exactly the minimum left would be waited out only to be refused.
 fn reserving(deadline: Deadline, min_attempt_time: Duration) -> Deadline {
+    let reserve = min_attempt_time.saturating_add(Duration::from_nanos(1));
     match deadline.instant() {
-        Some(at) => Deadline::at(at.checked_sub(min_attempt_time).unwrap_or(at)),
+        Some(at) => Deadline::at(at.checked_sub(reserve).unwrap_or(at)),
         None => deadline,
     }
 }
