@@ -404,6 +404,41 @@ fn each_authority_table_forgets_by_its_own_rule_on_every_runtime() {
     on_every_runtime!(each_authority_table_forgets_by_its_own_rule);
 }
 
+/// An attempt timeout that ends at the deadline is the deadline cutting the attempt, which
+/// records nothing (`run`'s docs): a breaker that opens on one failure stays closed.
+async fn a_timeout_at_the_deadline_records_nothing<R: Runtime>(rt: Clocked<R>) {
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        let policies = builder(&rt)
+            .breaker(Some(
+                CircuitBreaker::builder()
+                    .no_failure_rate()
+                    .consecutive_failures(1),
+            ))
+            .deadline(Some(Duration::from_secs(1)))
+            .attempt_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        hosts.script("slow:80", |_| Answer::Slow(Duration::from_secs(60)));
+        let outcome = send(front, &policies, &hosts, get("slow")).await;
+        assert!(
+            matches!(outcome, Err(Error::Rejected(Rejected::DeadlineExceeded))),
+            "{front:?}: {outcome:?}"
+        );
+        let breakers = policies.breakers().unwrap();
+        assert_eq!(
+            breakers.state(&auth("http://slow/")),
+            Some(State::Closed),
+            "{front:?}: the deadline's cut is no failure of the host"
+        );
+    }
+}
+
+#[test]
+fn a_timeout_at_the_deadline_records_nothing_on_every_runtime() {
+    on_every_runtime!(a_timeout_at_the_deadline_records_nothing);
+}
+
 async fn a_body_that_cannot_be_copied_is_sent_once<R: Runtime>(rt: Clocked<R>) {
     let hosts = Hosts::new(&rt);
     let policies = builder(&rt).build().unwrap();

@@ -45,7 +45,11 @@ impl Overrides {
         self
     }
 
-    /// Each attempt's timeout, instead of the client's.
+    /// Each attempt's timeout, instead of the client's. Its timeouts count against the host
+    /// (its breaker, its adaptive limit) as the client's do, so a timeout shorter than the
+    /// host can answer in (zero: anything not answered at its first poll) teaches the host's
+    /// shared state failures; to bound only this request's time, set its
+    /// [`deadline`](Self::deadline), whose cut records nothing.
     pub const fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self

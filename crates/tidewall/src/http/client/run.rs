@@ -36,7 +36,9 @@ impl<R: Clock> ClientPolicies<R> {
     ///
     /// [`Error::Inner`] with the last attempt's error; [`Error::TimedOut`] when the last
     /// attempt timed out; [`Error::Rejected`] when a policy refused the last attempt, or
-    /// with [`Rejected::DeadlineExceeded`] once the deadline has passed. A response is
+    /// with [`Rejected::DeadlineExceeded`] once the deadline has passed (but a response an
+    /// earlier attempt got is kept: when the deadline cuts the attempt after it, that
+    /// response is returned as `Ok`). A response is
     /// returned as `Ok` whatever its status once no retry is left. When a retry would wait
     /// past the deadline (the server's `Retry-After` ends after it), or the failure left the
     /// authority's breaker open, the last attempt's response or error is returned at once.
@@ -234,6 +236,11 @@ impl<R: Clock> Attempt<'_, R> {
         let result = match timeout {
             Some(timeout) => match sending.timeout_on(&inner.rt, timeout).await {
                 Ok(result) => result.map_err(Error::Inner),
+                // A timeout at the deadline is the deadline cutting the attempt, which
+                // records nothing (the permit and the slot go back untold).
+                Err(_elapsed) if deadline.is_expired(inner.rt.now()) => {
+                    return Err(Error::Rejected(Rejected::DeadlineExceeded));
+                }
                 Err(_elapsed) => Err(Error::TimedOut),
             },
             None => sending.await.map_err(Error::Inner),
