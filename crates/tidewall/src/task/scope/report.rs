@@ -72,7 +72,7 @@ pub struct ScopeReport<T, E> {
     pub failed: u64,
     /// Children that panicked.
     pub panicked: u64,
-    /// Children aborted after the grace period.
+    /// Children aborted after the grace period, or lost by their runtime (it shut down).
     pub aborted: u64,
     /// Why the scope was cancelled, if it was: a fail-fast failure or the owner's reason.
     pub cancel_reason: Option<Reason>,

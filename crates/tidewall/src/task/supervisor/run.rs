@@ -276,7 +276,8 @@ impl<R: Runtime> Supervisor<R> {
         // A schedule that ran out (its attempts or its elapsed budget: the intensity bounds
         // restarts, not the backoff) holds its last delay until the child runs stable again,
         // as a breaker's break backoff does; starting it over would restart a crash loop fast
-        // again, and jumping to the cap would turn "restart at once" into its default 30 s.
+        // again. A schedule that gave no delay at all (`max_attempts(1)`) holds its cap, as
+        // the builder's docs say.
         let delay = self.backoff.next_delay_held(&mut self.slots[index].backoff);
         self.emit(SupervisorEvent::Restarting {
             child: name,
