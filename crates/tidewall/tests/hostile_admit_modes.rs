@@ -228,7 +228,9 @@ fn wait_call_refuses_a_limiter_wait_past_max_wait_at_once_on_every_runtime() {
     on_every_runtime!(wait_call_on_a_limiter);
 }
 
-// Docs (`AdmitMode::WaitReady`): "the service is not ready until the stage admits";
+// Docs (`AdmitMode::WaitReady`): "the service is not ready until the stage admits"; "A wait
+// the stage refuses ... is never a poll_ready error ...: poll_ready then reports ready and the
+// next call fails at once with the refusal, without calling the inner service";
 // (`max_wait`): "Bounds each wait (in poll_ready or in the call)".
 async fn wait_ready_deadlines<R: Runtime>(rt: Clocked<R>) {
     let unbounded = bulkhead(&rt, 1, None);
@@ -239,11 +241,13 @@ async fn wait_ready_deadlines<R: Runtime>(rt: Clocked<R>) {
         .layer(work.clone());
     let held = unbounded.try_acquire_owned().unwrap();
     let start = rt.now();
+    assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now() - start, ms(50));
     assert_eq!(
-        poll_fn(|cx| svc.poll_ready(cx)).await,
+        svc.call(0).await,
         Err(Error::Rejected(Rejected::DeadlineExceeded))
     );
-    assert_eq!(rt.now() - start, ms(50));
+    assert_eq!(rt.now() - start, ms(50), "the call fails at once");
     assert_eq!(unbounded.rejected(), 1);
     assert_eq!(unbounded.queued(), 0);
 
@@ -258,11 +262,12 @@ async fn wait_ready_deadlines<R: Runtime>(rt: Clocked<R>) {
     let held2 = bounded.try_acquire_owned().unwrap();
     for (svc, rejected) in [(&mut own, 1), (&mut plain, 2)] {
         let start = rt.now();
+        assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Ok(()));
+        assert_eq!(rt.now() - start, ms(20));
         assert_eq!(
-            poll_fn(|cx| svc.poll_ready(cx)).await,
+            svc.call(0).await,
             Err(Error::Rejected(Rejected::BulkheadFull))
         );
-        assert_eq!(rt.now() - start, ms(20));
         assert_eq!(bounded.rejected(), rejected);
     }
     assert_eq!(work.calls(), 0);
@@ -272,7 +277,7 @@ async fn wait_ready_deadlines<R: Runtime>(rt: Clocked<R>) {
 }
 
 #[test]
-fn wait_ready_fails_poll_ready_at_max_wait_or_the_stages_own_limit_counted_once_on_every_runtime() {
+fn wait_ready_fails_the_call_at_max_wait_or_the_stages_own_limit_counted_once_on_every_runtime() {
     on_every_runtime!(wait_ready_deadlines);
 }
 
@@ -491,7 +496,12 @@ fn repeated_polls_of_a_waiting_admit_service_queue_it_once_and_keep_its_first_de
         assert_eq!(clock.pending_timers(), timers, "step {step}: no new timers");
     }
     let out = settle(&clock, &poller, start + HOUR, |cx| svc.poll_ready(cx));
-    assert_eq!(out, Some(Err(Error::Rejected(Rejected::DeadlineExceeded))));
+    assert_eq!(out, Some(Ok(())), "ready: the refusal waits for the call");
+    let refused = poller.poll(pin!(svc.call(1)).as_mut());
+    assert_eq!(
+        refused,
+        std::task::Poll::Ready(Err(Error::Rejected(Rejected::DeadlineExceeded)))
+    );
     assert_eq!(
         clock.now() - start,
         ms(50),

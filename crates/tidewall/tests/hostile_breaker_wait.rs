@@ -59,8 +59,10 @@ fn a_caller_waiting_in_poll_ready_while_open_is_admitted_when_the_breaker_half_o
     assert_eq!(clock.pending_timers(), 0);
 }
 
-// Docs (`wait_in_ready`): "A wait longer than max_wait fails poll_ready with the breaker's
-// Rejected::CircuitOpen, at once when the breaker's hint already ends past it".
+// Docs (`wait_in_ready`): "A wait longer than max_wait gives up with the breaker's
+// Rejected::CircuitOpen, at once when the breaker's hint already ends past it"; "Giving up is
+// never a poll_ready error ...: poll_ready reports ready and the next call fails at once with
+// the refusal, the inner service not called."
 #[test]
 fn a_caller_with_a_short_max_wait_gets_circuit_open_at_once() {
     let clock = FakeClock::new();
@@ -72,7 +74,14 @@ fn a_caller_with_a_short_max_wait_gets_circuit_open_at_once() {
         let mut svc = BreakerLayer::new(breaker.clone())
             .wait_in_ready(max_wait)
             .layer(answer.clone());
-        let out = poller.ready(&mut svc);
+        assert_eq!(
+            poller.ready(&mut svc),
+            Poll::Ready(Ok(())),
+            "{max_wait:?}: ready, the refusal waits for the call"
+        );
+        let at = clock.now();
+        let out = poller.poll(pin!(svc.call(Ok(1))));
+        assert_eq!(clock.now(), at, "{max_wait:?}: the call fails at once");
         match out {
             Poll::Ready(Err(Error::Rejected(Rejected::CircuitOpen { retry_after }))) => {
                 assert!(
@@ -111,8 +120,9 @@ fn a_caller_with_a_max_wait_of_duration_max_waits_out_the_break_without_overflow
     assert_eq!(breaker.state(), State::Closed);
 }
 
-// Docs (`wait_in_ready`): a wait longer than max_wait gives up with CircuitOpen, never later.
-// Here the only probe is taken by someone else when the break ends.
+// Docs (`wait_in_ready`): a wait longer than max_wait gives up with CircuitOpen, never later:
+// "poll_ready reports ready and the next call fails at once with the refusal". Here the only
+// probe is taken by someone else when the break ends.
 #[test]
 fn a_caller_whose_wait_outlasts_max_wait_gives_up_with_circuit_open_no_later_than_max_wait() {
     let clock = FakeClock::new();
@@ -130,18 +140,22 @@ fn a_caller_whose_wait_outlasts_max_wait_gives_up_with_circuit_open_no_later_tha
     let probe = breaker.try_acquire().unwrap();
     assert!(probe.is_probe());
     let out = settle(&clock, &poller, start + HOUR, |cx| svc.poll_ready(cx));
-    assert!(
-        matches!(
-            out,
-            Some(Err(Error::Rejected(Rejected::CircuitOpen { .. })))
-        ),
-        "{out:?}"
-    );
+    assert_eq!(out, Some(Ok(())), "ready: the refusal waits for the call");
     assert!(
         clock.now() - start <= ms(150),
         "gave up {:?} after the start, past max_wait",
         clock.now() - start
     );
+    let at = clock.now();
+    let out = poller.poll(pin!(svc.call(Ok(1))));
+    assert!(
+        matches!(
+            out,
+            Poll::Ready(Err(Error::Rejected(Rejected::CircuitOpen { .. })))
+        ),
+        "{out:?}"
+    );
+    assert_eq!(clock.now(), at, "the call fails at once");
     drop(probe);
     assert_eq!(breaker.state(), State::HalfOpen);
 }
@@ -312,7 +326,13 @@ fn a_breaker_waiter_after_hours_of_idle_time_is_admitted_at_once() {
         clock.advance(7 * HOUR);
         breaker.try_acquire().unwrap().failure();
         let mut svc = layer.layer(Answer::default());
-        let out = poller.ready(&mut svc);
+        assert_eq!(
+            poller.ready(&mut svc),
+            Poll::Ready(Ok(())),
+            "round {round}: ready, the refusal waits for the call"
+        );
+        let at = clock.now();
+        let out = poller.poll(pin!(svc.call(Ok(1))));
         assert!(
             matches!(
                 out,
@@ -320,6 +340,7 @@ fn a_breaker_waiter_after_hours_of_idle_time_is_admitted_at_once() {
             ),
             "round {round}: a fresh break of 100 ms exceeds 50 ms: {out:?}"
         );
+        assert_eq!(clock.now(), at, "round {round}: the call fails at once");
         clock.advance(ms(100));
         assert_eq!(poller.ready(&mut svc), Poll::Ready(Ok(())), "round {round}");
         assert_eq!(poller.poll(pin!(svc.call(Ok(2)))), Poll::Ready(Ok(2)));
@@ -327,8 +348,9 @@ fn a_breaker_waiter_after_hours_of_idle_time_is_admitted_at_once() {
 }
 
 #[cfg(feature = "metrics")]
-// Docs (`wait_in_ready`): "fails poll_ready with the breaker's Rejected::CircuitOpen ...; the
-// rejection is counted once, then." A caller that waits and is admitted was never refused.
+// Docs (`wait_in_ready`): "gives up with the breaker's Rejected::CircuitOpen ...; the rejection
+// is counted once, then"; "poll_ready reports ready and the next call fails at once with the
+// refusal". A caller that waits and is admitted was never refused.
 #[test]
 fn a_breaker_waiter_is_counted_once_when_it_gives_up_and_never_when_admitted() {
     tally::install();
@@ -341,8 +363,15 @@ fn a_breaker_waiter_is_counted_once_when_it_gives_up_and_never_when_admitted() {
     let mut svc = BreakerLayer::new(breaker.clone())
         .wait_in_ready(ms(10))
         .layer(Answer::default());
-    assert!(poller.ready(&mut svc).is_ready());
+    assert_eq!(poller.ready(&mut svc), Poll::Ready(Ok(())));
     assert_eq!(tally::rejections(name), 1);
+    let out = poller.poll(pin!(svc.call(Ok(1))));
+    assert!(matches!(out, Poll::Ready(Err(_))), "{out:?}");
+    assert_eq!(
+        tally::rejections(name),
+        1,
+        "the failed call is not counted again"
+    );
 
     // Gives up after waiting through refusals (the probe taken by someone else).
     let name = "hostile-admit-m2";
@@ -355,8 +384,17 @@ fn a_breaker_waiter_is_counted_once_when_it_gives_up_and_never_when_admitted() {
     clock.advance(ms(100));
     let probe = breaker.try_acquire().unwrap();
     let out = settle(&clock, &poller, start + HOUR, |cx| svc.poll_ready(cx));
-    assert!(matches!(out, Some(Err(_))), "{out:?}");
+    assert_eq!(out, Some(Ok(())), "ready: the refusal waits for the call");
     assert_eq!(tally::rejections(name), 1, "counted once when it gave up");
+    let at = clock.now();
+    let out = poller.poll(pin!(svc.call(Ok(1))));
+    assert!(matches!(out, Poll::Ready(Err(_))), "{out:?}");
+    assert_eq!(clock.now(), at, "the call fails at once");
+    assert_eq!(
+        tally::rejections(name),
+        1,
+        "the failed call is not counted again"
+    );
     drop(probe);
 
     // Waits through refusals, then admitted: nothing counted.
@@ -427,9 +465,10 @@ fn a_permit_held_from_poll_ready_across_a_trip_does_not_move_the_new_state() {
     );
 }
 
-// Docs (`wait_in_ready`): "A wait longer than max_wait (None: no bound) fails poll_ready with
-// the breaker's Rejected::CircuitOpen"; (`force_open`): "it stays open until reset". A waiter
-// on a forced-open breaker must sleep (never spin) and honour its max_wait.
+// Docs (`wait_in_ready`): "A wait longer than max_wait (None: no bound) gives up with the
+// breaker's Rejected::CircuitOpen"; "poll_ready reports ready and the next call fails at once
+// with the refusal"; (`force_open`): "it stays open until reset". A waiter on a forced-open
+// breaker must sleep (never spin) and honour its max_wait.
 #[test]
 fn a_waiter_on_a_forced_open_breaker_sleeps_and_honours_its_max_wait() {
     let clock = FakeClock::new();
@@ -446,14 +485,18 @@ fn a_waiter_on_a_forced_open_breaker_sleeps_and_honours_its_max_wait() {
         .layer(Answer::default());
     let start = clock.now();
     let out = settle(&clock, &poller, start + HOUR, |cx| bounded.poll_ready(cx));
+    assert_eq!(out, Some(Ok(())), "ready: the refusal waits for the call");
+    assert!(clock.now() - start <= ms(500), "{:?}", clock.now() - start);
+    let at = clock.now();
+    let out = poller.poll(pin!(bounded.call(Ok(1))));
     assert!(
         matches!(
             out,
-            Some(Err(Error::Rejected(Rejected::CircuitOpen { .. })))
+            Poll::Ready(Err(Error::Rejected(Rejected::CircuitOpen { .. })))
         ),
         "{out:?}"
     );
-    assert!(clock.now() - start <= ms(500), "{:?}", clock.now() - start);
+    assert_eq!(clock.now(), at, "the call fails at once");
 
     let mut unbounded = BreakerLayer::new(breaker.clone())
         .wait_in_ready(None)
@@ -478,8 +521,9 @@ fn a_waiter_on_a_forced_open_breaker_sleeps_and_honours_its_max_wait() {
 
 // === boundaries ============================================================================
 
-// Docs (`wait_in_ready`): "A wait longer than max_wait ... fails ..., at once when the
-// breaker's hint already ends past it": a hint ending exactly at max_wait does not.
+// Docs (`wait_in_ready`): "A wait longer than max_wait ... gives up ..., at once when the
+// breaker's hint already ends past it" ("poll_ready reports ready and the next call fails at
+// once with the refusal"): a hint ending exactly at max_wait does not.
 #[test]
 fn a_breaker_hint_ending_exactly_at_max_wait_is_waited_out_and_one_nanosecond_more_is_not() {
     let clock = FakeClock::new();
@@ -488,13 +532,20 @@ fn a_breaker_hint_ending_exactly_at_max_wait_is_waited_out_and_one_nanosecond_mo
     let mut short = BreakerLayer::new(breaker.clone())
         .wait_in_ready(ms(100) - Duration::from_nanos(1))
         .layer(Answer::default());
+    assert_eq!(
+        poller.ready(&mut short),
+        Poll::Ready(Ok(())),
+        "1 ns short of the break: ready, the refusal waits for the call"
+    );
+    let at = clock.now();
     assert!(
         matches!(
-            poller.ready(&mut short),
+            poller.poll(pin!(short.call(Ok(1)))),
             Poll::Ready(Err(Error::Rejected(Rejected::CircuitOpen { .. })))
         ),
         "1 ns short of the break"
     );
+    assert_eq!(clock.now(), at, "the call fails at once");
     let mut exact = BreakerLayer::new(breaker.clone())
         .wait_in_ready(ms(100))
         .layer(Answer::default());

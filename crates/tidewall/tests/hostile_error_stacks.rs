@@ -360,17 +360,23 @@ fn the_same_layer_twice_keeps_one_level_and_the_tighter_bound_decides() {
 }
 
 /// Every place a layer refuses or times out (readiness, response future, at once or after a
-/// bounded wait) makes it in the stack's own type `E`.
+/// bounded wait) makes it in the stack's own type `E`. A refusal or timeout while waiting in
+/// `poll_ready` is never a `poll_ready` error (docs: "poll_ready reports ready and the next
+/// call fails at once with the refusal"): it comes from the next call, the inner service not
+/// called.
 async fn refusals_everywhere<E: Says>(rt: &Rt) {
-    let inner = Flaky::new(rt, 0).as_::<E>();
+    let flaky = Flaky::new(rt, 0);
+    let inner = flaky.as_::<E>();
     let bulk = bulkhead(rt, 1, None);
     let held = bulk.try_acquire().unwrap();
     let bounded = |mode| admit(rt, &bulk, mode).max_wait(ms(20));
     let mut ready = bounded(AdmitMode::WaitReady).layer(inner.clone());
     let start = rt.now();
-    let e = poll_fn(|cx| ready.poll_ready(cx)).await.unwrap_err();
-    assert_eq!(what(&e), "rejected DeadlineExceeded");
+    poll_fn(|cx| ready.poll_ready(cx)).await.unwrap();
     assert_eq!(since(rt, start), ms(20));
+    let e = ready.call(0).await.unwrap_err();
+    assert_eq!(what(&e), "rejected DeadlineExceeded");
+    assert_eq!(since(rt, start), ms(20), "the call fails at once");
     let mut in_call = bounded(AdmitMode::WaitCall).layer(inner.clone());
     let e = ready_and_call(&mut in_call, 0).await.unwrap_err();
     assert_eq!(what(&e), "rejected DeadlineExceeded");
@@ -378,8 +384,11 @@ async fn refusals_everywhere<E: Says>(rt: &Rt) {
     let timed = timeout(rt, ms(50));
     let waits = admit(rt, &bulk, AdmitMode::WaitReady);
     let mut timed = timed.layer(waits.layer(inner.clone()));
-    let e = poll_fn(|cx| timed.poll_ready(cx)).await.unwrap_err();
+    poll_fn(|cx| timed.poll_ready(cx)).await.unwrap();
+    assert_eq!(since(rt, start), ms(90));
+    let e = timed.call(0).await.unwrap_err();
     assert_eq!((what(&e), since(rt, start)), ("timed out".into(), ms(90)));
+    assert_eq!(flaky.starts(), [], "the inner service was not called");
     drop((held, ready, in_call, timed));
     assert_conserved(&bulk);
 
@@ -393,7 +402,8 @@ async fn refusals_everywhere<E: Says>(rt: &Rt) {
         .layer(inner.clone());
     assert!(ready_and_call(&mut limited, 0).await.is_ok());
     let start = rt.now();
-    let e = poll_fn(|cx| limited.poll_ready(cx)).await.unwrap_err();
+    poll_fn(|cx| limited.poll_ready(cx)).await.unwrap();
+    let e = limited.call(0).await.unwrap_err();
     assert_eq!(what(&e), "rejected DeadlineExceeded");
     assert_eq!(since(rt, start), ms(0), "a known-longer wait: at once");
 
@@ -402,9 +412,11 @@ async fn refusals_everywhere<E: Says>(rt: &Rt) {
     let mut waiting = BreakerLayer::new(tripped)
         .wait_in_ready(ms(100))
         .layer(inner.clone());
-    let e = poll_fn(|cx| waiting.poll_ready(cx)).await.unwrap_err();
+    poll_fn(|cx| waiting.poll_ready(cx)).await.unwrap();
+    let e = waiting.call(0).await.unwrap_err();
     assert!(what(&e).starts_with("rejected CircuitOpen"), "{e:?}");
     assert_eq!(since(rt, start), ms(0), "a hint past max_wait: at once");
+    assert_eq!(flaky.starts().len(), 1, "only the one admitted call");
 }
 
 #[test]

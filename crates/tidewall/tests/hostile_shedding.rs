@@ -2292,8 +2292,9 @@ fn reject_mode_sheds_the_sheddable_layer_only() {
 /// Doc (`AdmitMode`): a wait "in `poll_ready` (backpressure ...), or in the response future";
 /// (`Priority`): "shedding the newest of the least important to make room". A sheddable
 /// service waiting in either place is shed when a default one needs its queue place: its
-/// `poll_ready` or response future ends with `BulkheadFull`; the default call then runs when
-/// the slot frees, and nothing is held afterwards.
+/// response future ends with `BulkheadFull` (in `poll_ready`, doc (`AdmitMode::WaitReady`):
+/// "`poll_ready` then reports ready and the next call fails at once with the refusal");
+/// the default call then runs when the slot frees, and nothing is held afterwards.
 #[test]
 fn a_waiting_sheddable_service_is_shed_in_every_waiting_mode() {
     for mode in [AdmitMode::WaitReady, AdmitMode::WaitCall] {
@@ -2335,7 +2336,15 @@ fn a_waiting_sheddable_service_is_shed_in_every_waiting_mode() {
         }
         let shed = match shed_call.as_mut() {
             Some(f) => poll_any(f.as_mut()).map(|r| r.map(drop)),
-            None => ready_now(&mut sheddable),
+            None => {
+                assert_eq!(
+                    ready_now(&mut sheddable),
+                    Poll::Ready(Ok(())),
+                    "{mode:?}: ready, the refusal waits for the call"
+                );
+                // Polled once on a clock that does not move: the call fails at once.
+                poll_any(std::pin::pin!(sheddable.call(1))).map(|r| r.map(drop))
+            }
         };
         assert_eq!(
             shed,

@@ -89,9 +89,10 @@ fn a_timeout_response_future_is_named_and_dropping_it_drops_the_call_and_the_tim
 }
 
 // Docs (`TimeoutLayer`): "Bounds each request — waiting for the service to be ready and the
-// call — by timeout ... if readiness takes too long, poll_ready fails with
-// PolicyError::timed_out (typed: Error::TimedOut), and the call gets only what is left." Over a
-// WaitReady admission: the slot is released at the end.
+// call — by timeout ... if readiness takes too long, the request times out with
+// PolicyError::timed_out (typed: Error::TimedOut): poll_ready reports ready ... and the next
+// call fails at once, the inner service not called. Otherwise the call gets only what is
+// left." Over a WaitReady admission: the slot is released at the end.
 #[test]
 fn a_timeout_over_a_waiting_admission_bounds_readiness_and_call_with_one_budget() {
     let clock = FakeClock::new();
@@ -106,13 +107,21 @@ fn a_timeout_over_a_waiting_admission_bounds_readiness_and_call_with_one_budget(
         )
     };
 
-    // Readiness never comes: TimedOut at 100 ms, and the abandoned wait leaves with the service.
+    // Readiness never comes: TimedOut at 100 ms (ready, then the call fails at once), and the
+    // abandoned wait leaves with the service.
     let held = bulkhead.try_acquire_owned().unwrap();
     let mut svc = stack();
     let start = clock.now();
     let out = settle(&clock, &poller, start + HOUR, |cx| svc.poll_ready(cx));
-    assert_eq!(out, Some(Err(Error::TimedOut)));
+    assert_eq!(out, Some(Ok(())), "ready: the timeout waits for the call");
     assert_eq!(clock.now() - start, ms(100));
+    assert_eq!(
+        poller.poll(pin!(svc.call(50))),
+        Poll::Ready(Err(Error::TimedOut)),
+        "the call fails at once"
+    );
+    assert_eq!(clock.now() - start, ms(100));
+    assert_eq!(work.calls(), 0, "the inner service was not called");
     drop(svc);
     assert_eq!(bulkhead.queued(), 0);
     assert_eq!(clock.pending_timers(), 0);
@@ -159,7 +168,17 @@ fn repeated_polls_of_a_waiting_timeout_service_keep_the_first_start() {
         assert!(poller.ready(&mut svc).is_pending());
     }
     clock.advance(ms(10));
-    assert_eq!(poller.ready(&mut svc), Poll::Ready(Err(Error::TimedOut)));
+    assert_eq!(
+        poller.ready(&mut svc),
+        Poll::Ready(Ok(())),
+        "ready: the timeout waits for the call"
+    );
+    assert_eq!(clock.now() - start, ms(100));
+    assert_eq!(
+        poller.poll(pin!(svc.call(2))),
+        Poll::Ready(Err(Error::TimedOut)),
+        "the call fails at once"
+    );
     assert_eq!(clock.now() - start, ms(100));
     drop((svc, held));
     assert_conserved(&bulkhead);
@@ -233,7 +252,11 @@ async fn service_builder_stack_storm<R: Runtime>(rt: Clocked<R>) {
     rt.sleep(Duration::from_secs(1)).await;
     let mut svc = svc;
     let mut trail = vec![breaker.state()];
-    for _ in 0..3 {
+    // Healthy calls from here on. The storm's failures may still sit in the count window:
+    // the success that fills it to `minimum_calls` can trip the failure-rate rule (as the
+    // breaker's docs say every outcome decides), and two probes then close it with an empty
+    // window. So six calls: at most three to fill the window, two probes, one more closed.
+    for _ in 0..6 {
         let r = match svc.ready().await {
             Ok(ready) => ready.call(4).await,
             Err(e) => Err(e),
@@ -242,6 +265,11 @@ async fn service_builder_stack_storm<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(r, Ok(4), "breaker states {trail:?}");
     }
     assert_eq!(breaker.state(), State::Closed, "breaker states {trail:?}");
+    assert_eq!(
+        trail[trail.len() - 2..],
+        [State::Closed, State::Closed],
+        "closed, and stays closed: {trail:?}"
+    );
     drop(svc);
     assert_conserved(&bulkhead);
 }
@@ -353,7 +381,17 @@ fn a_rejection_or_timeout_deep_in_a_stack_is_found_behind_a_box_error() {
     let out = settle(&clock, &poller, start + HOUR, |cx| {
         client.stack.poll_ready(cx)
     });
-    let err: BoxError = Box::new(out.unwrap().unwrap_err());
+    // Docs (`AdmitMode::WaitReady`): "poll_ready then reports ready and the next call fails at
+    // once with the refusal, without calling the inner service".
+    assert_eq!(out, Some(Ok(())), "ready: the refusal waits for the call");
+    let refused_at = clock.now();
+    let out = poller.poll(pin!(client.stack.call(1)));
+    assert_eq!(clock.now(), refused_at, "the call fails at once");
+    assert_eq!(work.calls(), 0, "the inner service was not called");
+    let Poll::Ready(Err(err)) = out else {
+        panic!("the call should fail at once: {out:?}");
+    };
+    let err: BoxError = Box::new(err);
     assert_eq!(
         tidewall::tower::cause::<Rejected>(&*err),
         Some(&Rejected::DeadlineExceeded),
@@ -554,6 +592,8 @@ fn services_and_response_futures_format_with_debug_in_every_state() {
 
 // Docs (`max_wait`): "Bounds each wait"; (`wait_in_ready`): "A wait longer than max_wait".
 // Each new wait gets the whole bound again, however much of it the previous one used.
+// (`AdmitMode::WaitReady`): a refused wait: "poll_ready then reports ready and the next call
+// fails at once with the refusal, without calling the inner service"; that call ends it.
 async fn each_wait_gets_the_whole_bound<R: Runtime>(rt: Clocked<R>) {
     let bulkhead = bulkhead(&rt, 1, None);
     let work = Work::new(&rt);
@@ -588,18 +628,36 @@ async fn each_wait_gets_the_whole_bound<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(svc.call(0).await, Ok(0));
         // A wait refused at its bound, then a new one: again the whole bound.
         let held = bulkhead.try_acquire_owned().unwrap();
+        let calls = work.calls();
         let start = rt.now();
-        assert_eq!(
-            poll_fn(|cx| svc.poll_ready(cx)).await,
-            Err(Error::Rejected(Rejected::DeadlineExceeded))
-        );
+        assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Ok(()));
         assert_eq!(rt.now() - start, ms(50), "round {round}");
-        let start = rt.now();
         assert_eq!(
-            poll_fn(|cx| svc.poll_ready(cx)).await,
+            svc.call(0).await,
             Err(Error::Rejected(Rejected::DeadlineExceeded))
         );
+        assert_eq!(
+            rt.now() - start,
+            ms(50),
+            "round {round}: the call fails at once"
+        );
+        let start = rt.now();
+        assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Ok(()));
         assert_eq!(rt.now() - start, ms(50), "round {round}: a fresh wait");
+        assert_eq!(
+            svc.call(0).await,
+            Err(Error::Rejected(Rejected::DeadlineExceeded))
+        );
+        assert_eq!(
+            rt.now() - start,
+            ms(50),
+            "round {round}: the call fails at once"
+        );
+        assert_eq!(
+            work.calls(),
+            calls,
+            "round {round}: the inner service was not called"
+        );
         drop(held);
     }
     assert_eq!(bulkhead.rejected(), 6);

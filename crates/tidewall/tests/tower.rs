@@ -93,6 +93,10 @@ async fn ready_and_call<S: Service<Req>, Req>(
     service.call(req).await
 }
 
+// Docs (`TimeoutLayer`): "if readiness takes too long, the request times out with
+// PolicyError::timed_out (typed: Error::TimedOut): poll_ready reports ready (an error there
+// would tell tower the service is broken for good) and the next call fails at once, the inner
+// service not called. Otherwise the call gets only what is left."
 async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
     let slow_ready = FnService {
         ready_after: ms(200),
@@ -103,12 +107,14 @@ async fn timeout_covers_readiness<R: Runtime>(rt: Clocked<R>) {
         .runtime(rt.clone())
         .layer(slow_ready.map_err(Error::Inner));
     let start = rt.now();
-    assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Err(Error::TimedOut));
+    assert_eq!(poll_fn(|cx| svc.poll_ready(cx)).await, Ok(()));
     assert_eq!(
         rt.now() - start,
         ms(100),
         "the readiness wait itself timed out"
     );
+    assert_eq!(svc.call(()).await, Err(Error::TimedOut));
+    assert_eq!(rt.now() - start, ms(100), "the call fails at once");
 
     // 60 ms of readiness leaves 40 ms for the call: a 50 ms call times out at 100 ms.
     let rt2 = rt.clone();
@@ -397,14 +403,18 @@ async fn bulkhead_layer_waits_for_a_slot<R: Runtime>(rt: Clocked<R>) {
         "40 ms waiting for the slot, 40 ms running"
     );
     assert_eq!(running.await.unwrap(), Ok(()));
-    // A wait longer than max_wait is refused from poll_ready.
+    // A wait longer than max_wait is refused, never as a poll_ready error (docs,
+    // `AdmitMode::WaitReady`): "poll_ready then reports ready and the next call fails at once
+    // with the refusal, without calling the inner service".
     let _held = bulkhead.try_acquire().unwrap();
     let start = rt.now();
+    assert_eq!(poll_fn(|cx| third.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now() - start, ms(100));
     assert_eq!(
-        poll_fn(|cx| third.poll_ready(cx)).await,
+        third.call(()).await,
         Err(Error::Rejected(Rejected::BulkheadFull))
     );
-    assert_eq!(rt.now() - start, ms(100));
+    assert_eq!(rt.now() - start, ms(100), "the call fails at once");
 }
 
 #[test]
@@ -431,6 +441,113 @@ async fn timeout_starts_when_readiness_waits<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn the_timeout_does_not_start_at_an_early_ready_on_every_runtime() {
     on_every_runtime!(timeout_starts_when_readiness_waits);
+}
+
+// Docs (`AdmitMode::WaitReady`, `BreakerLayer::wait_in_ready`, `TimeoutLayer`): a wait given up
+// in poll_ready is never a poll_ready error, "which tower takes to mean the service is broken
+// for good (a Buffer would fail every later request)": poll_ready reports ready and the next
+// call fails at once, the inner service not called. Once the resource is free, the same
+// service value serves again.
+async fn refused_wait_leaves_the_service_usable<R: Runtime>(rt: Clocked<R>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let called = || calls.load(Ordering::SeqCst);
+
+    // A bulkhead of one, refusing a wait past its max_wait of 50 ms.
+    let bulkhead = Bulkhead::builder(1)
+        .max_wait(ms(50))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let mut admit = AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
+        .layer(downstream(&rt, &calls).map_err(Error::Inner));
+    let held = bulkhead.try_acquire().unwrap();
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| admit.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now() - start, ms(50), "refused at max_wait");
+    assert_eq!(
+        admit.call(2).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(rt.now() - start, ms(50), "the call fails at once");
+    assert_eq!(called(), 0, "the inner service was not called");
+    drop(held);
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| admit.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now(), start, "the freed slot is taken at once");
+    assert_eq!(admit.call(2).await, Ok(2));
+    assert_eq!(rt.now() - start, ms(2));
+    assert_eq!(called(), 1);
+    assert_eq!(bulkhead.available(), 1, "the slot came back");
+
+    // A breaker open for 100 ms, with a max_wait of 50 ms: given up at once.
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(1)
+        .break_duration(ms(100))
+        .half_open_probes(1)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let mut guarded = BreakerLayer::new(breaker.clone())
+        .wait_in_ready(ms(50))
+        .layer(downstream(&rt, &calls).map_err(Error::Inner));
+    breaker.try_acquire().unwrap().failure();
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| guarded.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now(), start, "a break past max_wait: given up at once");
+    let refused = guarded.call(2).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Rejected(Rejected::CircuitOpen { retry_after })) if retry_after > ms(50)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(rt.now(), start, "the call fails at once");
+    assert_eq!(called(), 1, "the inner service was not called");
+    // The break ends: the same service takes the probe, and its answer closes the breaker.
+    rt.sleep(ms(100)).await;
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| guarded.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now(), start, "the probe is taken at once");
+    assert_eq!(guarded.call(2).await, Ok(2));
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(called(), 2);
+
+    // An inner service ready 80 ms after its first poll, under a timeout of 50 ms.
+    let (seen, rt2) = (calls.clone(), rt.clone());
+    let slow_ready = FnService {
+        ready_after: ms(80),
+        ..service(&rt, move |d: u64| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let rt = rt2.clone();
+            async move {
+                rt.sleep(ms(d)).await;
+                Ok::<_, Error<Down>>(d)
+            }
+        })
+    };
+    let mut timed = TimeoutLayer::new(ms(50))
+        .runtime(rt.clone())
+        .layer(slow_ready);
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| timed.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now() - start, ms(50), "readiness timed out");
+    assert_eq!(timed.call(2).await, Err(Error::TimedOut));
+    assert_eq!(rt.now() - start, ms(50), "the call fails at once");
+    assert_eq!(called(), 2, "the inner service was not called");
+    // The inner service gets ready: the same service is ready at once and serves.
+    rt.sleep(ms(30)).await;
+    let start = rt.now();
+    assert_eq!(poll_fn(|cx| timed.poll_ready(cx)).await, Ok(()));
+    assert_eq!(rt.now(), start, "the inner service is ready");
+    assert_eq!(timed.call(2).await, Ok(2));
+    assert_eq!(rt.now() - start, ms(2));
+    assert_eq!(called(), 3);
+}
+
+#[test]
+fn a_refused_wait_leaves_the_service_usable_on_every_runtime() {
+    on_every_runtime!(refused_wait_leaves_the_service_usable);
 }
 
 async fn hedge_layer_uses_its_readiness<R: Runtime>(rt: Clocked<R>) {

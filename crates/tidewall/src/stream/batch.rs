@@ -129,7 +129,10 @@ impl<S: Stream, W: Weigh<S::Item>, R: Clock> Stream for Batch<S, W, R> {
         }
         let mut budget = POLL_BUDGET;
         while !*this.done {
-            if budget % CLOCK_EVERY == 0 && !this.buffer.is_empty() && this.rt.now() >= *this.due {
+            if budget.is_multiple_of(CLOCK_EVERY)
+                && !this.buffer.is_empty()
+                && this.rt.now() >= *this.due
+            {
                 let max_weight = *this.max_weight;
                 return Poll::Ready(Some(take_batch(
                     this.buffer,

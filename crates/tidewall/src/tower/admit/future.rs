@@ -39,6 +39,8 @@ pin_project! {
             call: Call,
             guard: Option<Guard>,
         },
+        // Refused while `poll_ready` waited: the call fails with it, the service uncalled.
+        Refused { rejected: Option<Rejected> },
     }
 }
 
@@ -59,6 +61,15 @@ impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
             state: State::Calling {
                 call,
                 guard: Some(guard),
+            },
+        }
+    }
+
+    /// A call whose wait in `poll_ready` was refused: it fails at once with the refusal.
+    pub(super) fn refused(rejected: Rejected) -> Self {
+        Self {
+            state: State::Refused {
+                rejected: Some(rejected),
             },
         }
     }
@@ -89,12 +100,16 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        if let StateProj::Admitting { waiting } = state.as_mut().project() {
-            let (call, guard) = ready!(admit_then_call::<S, A, Req>(waiting.as_mut(), cx))?;
-            state.set(State::Calling {
-                call,
-                guard: Some(guard),
-            });
+        match state.as_mut().project() {
+            StateProj::Admitting { waiting } => {
+                let (call, guard) = ready!(admit_then_call::<S, A, Req>(waiting.as_mut(), cx))?;
+                state.set(State::Calling {
+                    call,
+                    guard: Some(guard),
+                });
+            }
+            StateProj::Refused { rejected } => return Poll::Ready(Err(refusal(rejected))),
+            StateProj::Calling { .. } => {}
         }
         let StateProj::Calling { call, guard } = state.project() else {
             unreachable!("the call is made once admitted");
@@ -119,6 +134,12 @@ fn learned<T, E: PolicyError>(result: &Result<T, E>) -> Outcome {
             Some(_) => Outcome::Ignored,
         },
     }
+}
+
+/// The refusal a refused call fails with (once: polled again, it is the same refusal kind).
+#[cold]
+fn refusal<E: PolicyError>(rejected: &mut Option<Rejected>) -> E {
+    E::rejected(rejected.take().unwrap_or(Rejected::BulkheadFull))
 }
 
 /// A call made once admitted, with the guard it holds.

@@ -23,9 +23,13 @@ pub enum AdmitMode {
     /// In `poll_ready`: the service is not ready until the stage admits, and the guard taken
     /// there (a bulkhead slot) is held until the call's response future completes
     /// (backpressure, as `tower::limit::ConcurrencyLimit`). Load balancers and buffers see a
-    /// full stage as a service that is not ready. A call made without a ready `poll_ready`
-    /// (a breach of tower's contract) is not waited for: it is refused with the stage's own
-    /// reason if the stage cannot admit it at once.
+    /// full stage as a service that is not ready. A wait the stage refuses (its `max_wait`,
+    /// the layer's, a full queue) is never a `poll_ready` error, which tower takes to mean
+    /// the service is broken for good (a `Buffer` would fail every later request): as
+    /// `tower::load_shed` does, `poll_ready` then reports ready and the next call fails at
+    /// once with the refusal, without calling the inner service. A call made without a ready
+    /// `poll_ready` (a breach of tower's contract) is not waited for: it is refused with the
+    /// stage's own reason if the stage cannot admit it at once.
     WaitReady,
     /// In the response future: `poll_ready` is the inner service's, and each call waits for
     /// admission on its own. The inner service is called only once admitted.

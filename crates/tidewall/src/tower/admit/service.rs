@@ -32,6 +32,9 @@ enum Readiness<A: Admission> {
     Idle,
     Admitting(Pin<Box<A::Admit>>),
     Admitted(A::Guard),
+    /// The wait was refused: `poll_ready` said ready (an error there would tell tower the
+    /// service is broken for good), and the next call fails with the refusal.
+    Refused(crate::Rejected),
 }
 
 impl<S, A: Admission, R> AdmitService<S, A, R> {
@@ -87,6 +90,7 @@ where
                 let readiness = self.readiness.get_mut();
                 match readiness {
                     Readiness::Admitted(_) => break,
+                    Readiness::Refused(_) => return Poll::Ready(Ok(())),
                     Readiness::Idle => {
                         *readiness = match self.admission.try_admit() {
                             Some(guard) => Readiness::Admitted(guard),
@@ -100,8 +104,8 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(guard)) => *readiness = Readiness::Admitted(guard),
                         Poll::Ready(Err(rejected)) => {
-                            *readiness = Readiness::Idle;
-                            return Poll::Ready(Err(S::Error::rejected(rejected)));
+                            *readiness = Readiness::Refused(rejected);
+                            return Poll::Ready(Ok(()));
                         }
                     },
                 }
@@ -118,6 +122,7 @@ where
             AdmitMode::WaitReady => {
                 match std::mem::replace(self.readiness.get_mut(), Readiness::Idle) {
                     Readiness::Admitted(guard) => Some(guard),
+                    Readiness::Refused(rejected) => return ResponseFuture::refused(rejected),
                     // Called without a ready `poll_ready` (a contract breach): no waiting.
                     _ => self.admission.try_admit(),
                 }

@@ -86,9 +86,12 @@ impl<R, C> BreakerLayer<R, C> {
 
     /// While the breaker refuses, `poll_ready` waits: it sleeps for the breaker's
     /// `retry_after` and asks again, and holds the permit it gets until the call. A wait
-    /// longer than `max_wait` (`None`: no bound) fails `poll_ready` with the breaker's
+    /// longer than `max_wait` (`None`: no bound) gives up with the breaker's
     /// [`Rejected::CircuitOpen`](crate::Rejected::CircuitOpen), at once when the breaker's
-    /// hint already ends past it; the rejection is counted once, then.
+    /// hint already ends past it; the rejection is counted once, then. Giving up is never a
+    /// `poll_ready` error, which tower takes to mean the service is broken for good (a
+    /// `Buffer` would fail every later request): `poll_ready` reports ready and the next
+    /// call fails at once with the refusal, the inner service not called.
     ///
     /// **Cancel safety:** a caller that stops polling holds nothing but, once admitted, the
     /// permit (a half-open probe slot), given back when the service is dropped or called.

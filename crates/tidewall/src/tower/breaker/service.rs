@@ -32,6 +32,9 @@ struct Waiting<R: Clock> {
     since: Option<Instant>,
     timer: Option<Pin<Box<R::Sleep>>>,
     permit: Option<OwnedPermit<R>>,
+    /// The wait gave up: `poll_ready` said ready (an error there would tell tower the
+    /// service is broken for good), and the next call fails with this refusal.
+    refused: Option<Rejected>,
 }
 
 impl<R: Clock> Waiting<R> {
@@ -40,6 +43,7 @@ impl<R: Clock> Waiting<R> {
             since: None,
             timer: None,
             permit: None,
+            refused: None,
         }
     }
 }
@@ -70,15 +74,11 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
 
     /// Waits in `poll_ready` until the breaker admits (a permit is then held) or the wait
     /// would pass `max_wait`.
-    fn poll_admitted(
-        &mut self,
-        max_wait: Option<Duration>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Rejected>> {
+    fn poll_admitted(&mut self, max_wait: Option<Duration>, cx: &mut Context<'_>) -> Poll<()> {
         let waiting = self.waiting.get_mut();
         loop {
-            if waiting.permit.is_some() {
-                return Poll::Ready(Ok(()));
+            if waiting.permit.is_some() || waiting.refused.is_some() {
+                return Poll::Ready(());
             }
             if let Some(timer) = waiting.timer.as_mut() {
                 if timer.as_mut().poll(cx).is_pending() {
@@ -90,10 +90,14 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
                 Ok(permit) => {
                     *waiting = Waiting::idle();
                     waiting.permit = Some(permit);
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(());
                 }
                 Err(Rejected::CircuitOpen { retry_after }) => retry_after,
-                Err(other) => return Poll::Ready(Err(self.give_up(other))),
+                Err(other) => {
+                    self.breaker.record_rejection(&other);
+                    waiting.refused = Some(other);
+                    return Poll::Ready(());
+                }
             };
             let rt = self.breaker.runtime();
             let now = rt.now();
@@ -102,15 +106,13 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
             let wake = instant_after(now, retry_after.max(Duration::from_millis(1)));
             if max_wait.is_some_and(|max| wake > instant_after(since, max)) {
                 *waiting = Waiting::idle();
-                return Poll::Ready(Err(self.give_up(Rejected::CircuitOpen { retry_after })));
+                let refused = Rejected::CircuitOpen { retry_after };
+                self.breaker.record_rejection(&refused);
+                waiting.refused = Some(refused);
+                return Poll::Ready(());
             }
             waiting.timer = Some(Box::pin(rt.sleep_until(wake)));
         }
-    }
-
-    fn give_up(&self, rejected: Rejected) -> Rejected {
-        self.breaker.record_rejection(&rejected);
-        rejected
     }
 }
 
@@ -128,7 +130,11 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(max_wait) = self.wait {
-            std::task::ready!(self.poll_admitted(max_wait, cx)).map_err(S::Error::rejected)?;
+            std::task::ready!(self.poll_admitted(max_wait, cx));
+            if self.waiting.get_mut().refused.is_some() {
+                // The call fails with the refusal; the inner service is not readied for it.
+                return Poll::Ready(Ok(()));
+            }
         }
         self.inner.poll_ready(cx)
     }
@@ -137,9 +143,11 @@ where
     // store forwarding when read back).
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        let admitted = match self.waiting.get_mut().permit.take() {
-            Some(permit) => Ok(permit),
-            None => self.breaker.try_acquire_owned(),
+        let waiting = self.waiting.get_mut();
+        let admitted = match (waiting.permit.take(), waiting.refused.take()) {
+            (Some(permit), _) => Ok(permit),
+            (None, Some(refused)) => Err(refused),
+            (None, None) => self.breaker.try_acquire_owned(),
         };
         match admitted {
             Ok(permit) => {

@@ -40,6 +40,21 @@ impl<F, R: Clock> ResponseFuture<F, R> {
     }
 }
 
+impl<F, R: Clock> ResponseFuture<F, R> {
+    /// A call whose budget ran out while `poll_ready` waited: it times out at once, the inner
+    /// service never called.
+    #[cold]
+    pub(super) fn expired(rt: R) -> Self {
+        let end = rt.now();
+        Self {
+            call: None,
+            rt,
+            end,
+            timer: None,
+        }
+    }
+}
+
 impl<F, R, V, E> Future for ResponseFuture<F, R>
 where
     F: Future<Output = Result<V, E>>,

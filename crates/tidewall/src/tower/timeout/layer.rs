@@ -10,9 +10,11 @@ use crate::rt::DefaultRuntime;
 /// Bounds each request — waiting for the service to be ready *and* the call — by `timeout`.
 ///
 /// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
-/// the service was ready at once); if readiness takes too long, `poll_ready` fails with
+/// the service was ready at once); if readiness takes too long, the request times out with
 /// [`PolicyError::timed_out`](crate::tower::PolicyError::timed_out) (typed:
-/// [`Error::TimedOut`](crate::Error::TimedOut)), and the call gets only what is left.
+/// [`Error::TimedOut`](crate::Error::TimedOut)): `poll_ready` reports ready (an error there
+/// would tell tower the service is broken for good) and the next call fails at once, the
+/// inner service not called. Otherwise the call gets only what is left.
 ///
 /// ```
 /// use std::time::Duration;

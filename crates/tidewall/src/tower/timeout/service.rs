@@ -22,6 +22,9 @@ pub struct TimeoutService<S, R = DefaultRuntime> {
     timeout: Duration,
     started: Option<Instant>,
     readiness: SyncSlot<Option<ReadinessTimer>>,
+    /// The budget ran out in `poll_ready`: it said ready (an error there would tell tower the
+    /// service is broken for good), and the next call fails at once.
+    expired: bool,
 }
 
 impl<S, R> TimeoutService<S, R> {
@@ -33,6 +36,7 @@ impl<S, R> TimeoutService<S, R> {
             timeout,
             started: None,
             readiness: SyncSlot::new(None),
+            expired: false,
         }
     }
 
@@ -51,6 +55,9 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.expired {
+            return Poll::Ready(Ok(()));
+        }
         let slot = self.readiness.get_mut();
         match self.inner.poll_ready(cx) {
             // Ready at once: no wait to count (a service polled ready long before the call
@@ -66,7 +73,8 @@ where
                 if timer.as_mut().poll(cx).is_ready() {
                     *slot = None;
                     self.started = None;
-                    return Poll::Ready(Err(S::Error::timed_out()));
+                    self.expired = true;
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
             }
@@ -77,6 +85,9 @@ where
     // store forwarding when read back).
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
+        if std::mem::take(&mut self.expired) {
+            return ResponseFuture::expired(self.rt.clone());
+        }
         *self.readiness.get_mut() = None;
         let started = self.started.take().unwrap_or_else(|| self.rt.now());
         let end = instant_after(started, self.timeout);
