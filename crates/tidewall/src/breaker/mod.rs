@@ -123,7 +123,11 @@ impl<R: Clock> CircuitBreaker<R> {
     ///
     /// As [`try_acquire`](Self::try_acquire).
     pub fn try_acquire_owned(&self) -> Result<OwnedPermit<R>, Rejected> {
-        self.clone().into_owned_permit()
+        let ticket = self.shared.acquire()?;
+        Ok(OwnedPermit {
+            shared: Arc::clone(&self.shared),
+            ticket: Some(ticket),
+        })
     }
 
     /// [`try_acquire_owned`](Self::try_acquire_owned) with this handle moved into the permit.

@@ -40,7 +40,8 @@ pin_project! {
             guard: Option<Guard>,
         },
         // Refused while `poll_ready` waited: the call fails with it, the service uncalled.
-        Refused { rejected: Option<Rejected> },
+        // Boxed: rare, and a bigger future would be moved on every admitted call.
+        Refused { rejected: Option<Box<Rejected>> },
     }
 }
 
@@ -69,7 +70,7 @@ impl<S: Service<Req>, A: Admission, Req> ResponseFuture<S, A, Req> {
     pub(super) fn refused(rejected: Rejected) -> Self {
         Self {
             state: State::Refused {
-                rejected: Some(rejected),
+                rejected: Some(Box::new(rejected)),
             },
         }
     }
@@ -138,8 +139,12 @@ fn learned<T, E: PolicyError>(result: &Result<T, E>) -> Outcome {
 
 /// The refusal a refused call fails with (once: polled again, it is the same refusal kind).
 #[cold]
-fn refusal<E: PolicyError>(rejected: &mut Option<Rejected>) -> E {
-    E::rejected(rejected.take().unwrap_or(Rejected::BulkheadFull))
+fn refusal<E: PolicyError>(rejected: &mut Option<Box<Rejected>>) -> E {
+    E::rejected(
+        rejected
+            .take()
+            .map_or(Rejected::BulkheadFull, |rejected| *rejected),
+    )
 }
 
 /// A call made once admitted, with the guard it holds.

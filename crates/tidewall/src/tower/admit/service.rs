@@ -34,7 +34,8 @@ enum Readiness<A: Admission> {
     Admitted(A::Guard),
     /// The wait was refused: `poll_ready` said ready (an error there would tell tower the
     /// service is broken for good), and the next call fails with the refusal.
-    Refused(crate::Rejected),
+    /// Boxed: a refusal is rare, and a bigger state would be moved on every call.
+    Refused(Box<crate::Rejected>),
 }
 
 impl<S, A: Admission, R> AdmitService<S, A, R> {
@@ -104,7 +105,7 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(guard)) => *readiness = Readiness::Admitted(guard),
                         Poll::Ready(Err(rejected)) => {
-                            *readiness = Readiness::Refused(rejected);
+                            *readiness = Readiness::Refused(Box::new(rejected));
                             return Poll::Ready(Ok(()));
                         }
                     },
@@ -122,7 +123,7 @@ where
             AdmitMode::WaitReady => {
                 match std::mem::replace(self.readiness.get_mut(), Readiness::Idle) {
                     Readiness::Admitted(guard) => Some(guard),
-                    Readiness::Refused(rejected) => return ResponseFuture::refused(rejected),
+                    Readiness::Refused(rejected) => return ResponseFuture::refused(*rejected),
                     // Called without a ready `poll_ready` (a contract breach): no waiting.
                     _ => self.admission.try_admit(),
                 }

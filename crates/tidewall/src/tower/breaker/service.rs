@@ -34,7 +34,7 @@ struct Waiting<R: Clock> {
     permit: Option<OwnedPermit<R>>,
     /// The wait gave up: `poll_ready` said ready (an error there would tell tower the
     /// service is broken for good), and the next call fails with this refusal.
-    refused: Option<Rejected>,
+    refused: Option<Box<Rejected>>,
 }
 
 impl<R: Clock> Waiting<R> {
@@ -95,7 +95,7 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
                 Err(Rejected::CircuitOpen { retry_after }) => retry_after,
                 Err(other) => {
                     self.breaker.record_rejection(&other);
-                    waiting.refused = Some(other);
+                    waiting.refused = Some(Box::new(other));
                     return Poll::Ready(());
                 }
             };
@@ -108,7 +108,7 @@ impl<S, R: Clock, C> BreakerService<S, R, C> {
                 *waiting = Waiting::idle();
                 let refused = Rejected::CircuitOpen { retry_after };
                 self.breaker.record_rejection(&refused);
-                waiting.refused = Some(refused);
+                waiting.refused = Some(Box::new(refused));
                 return Poll::Ready(());
             }
             waiting.timer = Some(Box::pin(rt.sleep_until(wake)));
@@ -144,10 +144,12 @@ where
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let waiting = self.waiting.get_mut();
-        let admitted = match (waiting.permit.take(), waiting.refused.take()) {
-            (Some(permit), _) => Ok(permit),
-            (None, Some(refused)) => Err(refused),
-            (None, None) => self.breaker.try_acquire_owned(),
+        let admitted = match waiting.permit.take() {
+            Some(permit) => Ok(permit),
+            None => match waiting.refused.take() {
+                Some(refused) => Err(*refused),
+                None => self.breaker.try_acquire_owned(),
+            },
         };
         match admitted {
             Ok(permit) => {
