@@ -59,6 +59,10 @@ pub(crate) struct Shared<R> {
     first_break: AtomicU64,
     /// Whether recording needs the time (a time window or slow-call tracking).
     needs_clock: AtomicBool,
+    /// Whether a call's start is timed as it is admitted: only when slow calls are tracked
+    /// (a time window needs the time at the end alone), so a call admitted before a slow-call
+    /// rule was added is never judged by it.
+    times_calls: AtomicBool,
     origin: Instant,
     pub(super) rt: R,
     pub(super) name: Name,
@@ -135,6 +139,7 @@ impl<R: Clock> Shared<R> {
             origin: rt.now(),
             word: AtomicU64::new(word::pack(State::Closed, 0)),
             needs_clock: AtomicBool::new(needs_clock(&window, &policy)),
+            times_calls: AtomicBool::new(policy.tracks_slow_calls()),
             window: Swap::new(window),
             consecutive: AtomicU32::new(0),
             last_failure: AtomicU64::new(UNTIMED),
@@ -188,6 +193,7 @@ impl<R: Clock> Shared<R> {
             self.max_open_hint.store(as_nanos(max_open_hint), Relaxed);
             self.needs_clock
                 .store(needs_clock(&self.window.load(), &policy), Relaxed);
+            self.times_calls.store(policy.tracks_slow_calls(), Relaxed);
             // Another schedule of breaks starts from its first; the same one goes on where
             // it was, so a reload that changes nothing leaves a failing dependency's breaks
             // as long as they had grown.
@@ -277,7 +283,7 @@ impl<R: Clock> Shared<R> {
             let generation = word::generation(word);
             match word::state(word) {
                 State::Closed | State::ForcedClosed => {
-                    let started = if self.needs_clock.load(Relaxed) {
+                    let started = if self.times_calls.load(Relaxed) {
                         self.now()
                     } else {
                         UNTIMED
