@@ -18,7 +18,8 @@ type Chunk<F> = (F, Vec<u8>, io::Result<usize>);
 /// Each chunk is one `read` of up to `chunk` bytes by [`spawn_blocking`](crate::rt::Spawn::spawn_blocking)
 /// into one of two buffers: while the consumer works through one chunk, the next is being
 /// read, so disk (or page-cache copies) and processing overlap. A pipe delivers what it has;
-/// a regular file fills whole chunks. Memory is two chunks, whatever the
+/// a regular file on a local disk fills whole chunks (a network or FUSE file system may
+/// return less). Memory is two chunks, whatever the
 /// file size. Runtime-agnostic: tokio's `fs::File` is tokio-only, and smol's is smol-only.
 ///
 /// **Errors:** a failed read is returned once; reading again retries. A read that panicked

@@ -69,8 +69,9 @@ pub use par_map::{ParMap, ParMapLocal};
 #[cfg(feature = "watch")]
 pub use watch::{DirChanges, DirWatch, WatchError};
 
-/// The largest read buffer, line length or chunk a reader accepts (1 GiB): a size past it is
-/// refused with a typed error instead of aborting the process when the allocation fails.
+/// The largest read buffer or chunk a reader accepts (1 GiB): a size past it is refused with
+/// a typed error instead of aborting the process when the allocation fails. A line reader
+/// keeps its line and one byte more within it, so its `max_line` is at most `MAX_BUFFER - 1`.
 pub const MAX_BUFFER: usize = 1 << 30;
 
 /// A zeroed buffer of `len` bytes for a reader's `field`, or the error that says why not.

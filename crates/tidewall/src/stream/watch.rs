@@ -38,7 +38,7 @@ pub struct DirChanges {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum WatchError {
-    /// The configuration was invalid (zero debounce).
+    /// The configuration was invalid (a zero debounce, or one beyond `u64` nanoseconds).
     Config(crate::ConfigError),
     /// The OS watcher failed.
     Notify(notify::Error),
