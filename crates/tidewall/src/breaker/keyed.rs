@@ -145,8 +145,8 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
     }
 
     /// How long a closed breaker with failures in its window is kept after its last use (a
-    /// call asked for, or one ending in failure; default 60 s). A closed breaker with an empty window may go at once: forgetting it
-    /// loses nothing.
+    /// call asked for, or one ending in failure; default 60 s). A closed breaker with an
+    /// empty window may go at once: forgetting it loses nothing.
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;
         self

@@ -29,8 +29,8 @@ use crate::{Name, Rejected};
 pub(super) struct Ticket {
     pub(super) generation: u32,
     pub(super) probe: bool,
-    /// Start time in breaker nanoseconds, or [`UNTIMED`] when the policy did not need
-    /// durations as it was admitted (a slow-call rule added since cannot judge it).
+    /// Start time in breaker nanoseconds, or [`UNTIMED`] when slow calls were not tracked as
+    /// it was admitted (a slow-call rule added since cannot judge it).
     pub(super) started: u64,
 }
 
