@@ -439,6 +439,51 @@ fn a_timeout_at_the_deadline_records_nothing_on_every_runtime() {
     on_every_runtime!(a_timeout_at_the_deadline_records_nothing);
 }
 
+/// A call's time, which a breaker's slow-call rule judges, is the host's alone: not the
+/// stack's own wait for its rate limit before the send.
+async fn the_stacks_own_waits_are_not_the_hosts_slowness<R: Runtime>(rt: Clocked<R>) {
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        let limit = tidewall::rate::KeyedRateLimiter::builder(1, Duration::from_secs(1))
+            .burst(1)
+            .jitter(Duration::ZERO);
+        let policies = builder(&rt)
+            .breaker(Some(
+                CircuitBreaker::builder()
+                    .slow_call_rate(0.5, ms(100))
+                    .minimum_calls(1),
+            ))
+            .rate_limit(Some(limit))
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                status(&send(front, &policies, &hosts, get("a")).await),
+                Some(200)
+            );
+        }
+        let counts = policies
+            .breakers()
+            .unwrap()
+            .counts(&auth("http://a/"))
+            .unwrap();
+        assert_eq!(
+            (counts.calls, counts.slow),
+            (2, 0),
+            "{front:?}: the second call waited 1 s for the rate limit, then was answered at once"
+        );
+        assert_eq!(
+            policies.breakers().unwrap().state(&auth("http://a/")),
+            Some(State::Closed)
+        );
+    }
+}
+
+#[test]
+fn the_stacks_own_waits_are_not_the_hosts_slowness_on_every_runtime() {
+    on_every_runtime!(the_stacks_own_waits_are_not_the_hosts_slowness);
+}
+
 async fn a_body_that_cannot_be_copied_is_sent_once<R: Runtime>(rt: Clocked<R>) {
     let hosts = Hosts::new(&rt);
     let policies = builder(&rt).build().unwrap();

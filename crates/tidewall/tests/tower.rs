@@ -550,6 +550,50 @@ fn a_refused_wait_leaves_the_service_usable_on_every_runtime() {
     on_every_runtime!(refused_wait_leaves_the_service_usable);
 }
 
+/// A breaker waiting in `poll_ready` times its call from the call, not from the permit it
+/// took before the inner service's own wait (a bulkhead slot here): the slow-call rule judges
+/// the dependency's time alone.
+async fn a_wait_below_the_breaker_is_not_the_calls_slowness<R: Runtime>(rt: Clocked<R>) {
+    let breaker = CircuitBreaker::builder()
+        .slow_call_rate(0.5, ms(100))
+        .minimum_calls(1)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let bulkhead = Bulkhead::builder(1)
+        .max_wait(Duration::from_secs(10))
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let held = bulkhead.try_acquire_owned().unwrap();
+    let mut svc = BreakerLayer::new(breaker.clone())
+        .wait_in_ready(Some(Duration::from_secs(1)))
+        .layer(
+            AdmitLayer::new(bulkhead.clone(), AdmitMode::WaitReady)
+                .runtime(rt.clone())
+                .layer(service(&rt, |()| async { Ok::<_, Error<()>>(()) })),
+        );
+    let (release, rt2) = (held, rt.clone());
+    let freed = rt.spawn(async move {
+        rt2.sleep(ms(300)).await;
+        drop(release);
+    });
+    assert_eq!(ready_and_call(&mut svc, ()).await, Ok(()));
+    let _ = freed.await;
+    let counts = breaker.counts();
+    assert_eq!(
+        (counts.calls, counts.slow),
+        (1, 0),
+        "300 ms in the queue is not slowness"
+    );
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[test]
+fn a_wait_below_the_breaker_is_not_the_calls_slowness_on_every_runtime() {
+    on_every_runtime!(a_wait_below_the_breaker_is_not_the_calls_slowness);
+}
+
 async fn hedge_layer_uses_its_readiness<R: Runtime>(rt: Clocked<R>) {
     // A rate limit of 3 at once in front of the service: three hedged requests that do not
     // need a hedge spend exactly three cells, so none of them waits.

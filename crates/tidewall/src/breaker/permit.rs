@@ -76,6 +76,15 @@ impl<R: Clock> Permit<'_, R> {
 
 impl<R: Clock> OwnedPermit<R> {
     permit_methods!();
+
+    /// Times the call from now instead of from its admission, for a stack that takes the
+    /// permit before its own waits (a queue, a rate limit): the call's duration, which the
+    /// slow-call rule judges, is the dependency's alone.
+    pub(crate) fn start_now(&mut self) {
+        if let Some(ticket) = &mut self.ticket {
+            self.shared.restart(ticket);
+        }
+    }
 }
 
 fn release<R: Clock>(shared: &Shared<R>, ticket: Option<Ticket>) {

@@ -612,6 +612,13 @@ impl<R: Clock> Shared<R> {
             && self.counts().calls == 0
     }
 
+    /// Restarts a ticket's clock at now, if its start was timed (a probe's always is).
+    pub(super) fn restart(&self, ticket: &mut Ticket) {
+        if ticket.started != UNTIMED {
+            ticket.started = self.now();
+        }
+    }
+
     /// How long ago a call last ended in failure, if one has.
     pub(super) fn since_last_failure(&self) -> Option<Duration> {
         match self.last_failure.load(Relaxed) {

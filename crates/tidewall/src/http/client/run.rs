@@ -185,7 +185,7 @@ impl<R: Clock> Attempt<'_, R> {
         let Some(request) = request else {
             return Err(Error::Rejected(Rejected::DeadlineExceeded));
         };
-        let permit = match (&inner.breakers, authority) {
+        let mut permit = match (&inner.breakers, authority) {
             (Some(breakers), Some(authority)) => {
                 Some(breakers.try_acquire(authority).map_err(Error::Rejected)?)
             }
@@ -228,9 +228,12 @@ impl<R: Clock> Attempt<'_, R> {
                 .await
                 .map_err(Error::Rejected)?;
         }
+        // The host's time alone: not the waits for the stack's own queue and rate limit.
         if let Some(slot) = &mut slot {
-            // The host's time alone: not the wait for the stack's own rate limit.
             slot.start_now();
+        }
+        if let Some(permit) = &mut permit {
+            permit.start_now();
         }
         let sending = send(request);
         let result = match timeout {

@@ -145,7 +145,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let waiting = self.waiting.get_mut();
         let admitted = match waiting.permit.take() {
-            Some(permit) => Ok(permit),
+            // Taken in `poll_ready`, before the inner service's own wait: timed from the call.
+            Some(mut permit) => {
+                permit.start_now();
+                Ok(permit)
+            }
             None => match waiting.refused.take() {
                 Some(refused) => Err(*refused),
                 None => self.breaker.try_acquire_owned(),
