@@ -80,6 +80,7 @@ impl<R: Clock> OwnedPermit<R> {
     /// Times the call from now instead of from its admission, for a stack that takes the
     /// permit before its own waits (a queue, a rate limit): the call's duration, which the
     /// slow-call rule judges, is the dependency's alone.
+    #[cfg(any(feature = "http", feature = "tower"))]
     pub(crate) fn start_now(&mut self) {
         if let Some(ticket) = &mut self.ticket {
             self.shared.restart(ticket);

@@ -613,6 +613,7 @@ impl<R: Clock> Shared<R> {
     }
 
     /// Restarts a ticket's clock at now, if its start was timed (a probe's always is).
+    #[cfg(any(feature = "http", feature = "tower"))]
     pub(super) fn restart(&self, ticket: &mut Ticket) {
         if ticket.started != UNTIMED {
             ticket.started = self.now();
