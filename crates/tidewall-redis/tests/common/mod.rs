@@ -110,17 +110,25 @@ pub(crate) struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server on a free port. The port is free when asked for, but another test's server
+    /// may take it before ours binds it (then ours exits at once): a few fresh ports are
+    /// tried before giving up.
     pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut server = Self {
-            port,
+            port: 0,
             child: None,
             dir,
         };
+        for _ in 0..5 {
+            server.port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            if server.try_spawn().is_ok() {
+                return server;
+            }
+        }
         server.spawn();
         server
     }
@@ -134,6 +142,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!("redis-server on port {} exited: {status}", self.port);
+        }
+    }
+
+    /// Starts redis-server on `self.port` and waits for it; its exit status if it stopped
+    /// at once (the port was taken).
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -153,12 +169,13 @@ impl RedisServer {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("redis-server on port {} exited: {status}", self.port);
+                self.child = None;
+                return Err(status);
             }
             // Ours, not another test's server that took the port meanwhile: it works in
             // our directory.
             if self.ping().is_ok() && self.dir_is_ours() {
-                return;
+                return Ok(());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),

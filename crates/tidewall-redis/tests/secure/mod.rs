@@ -138,6 +138,26 @@ impl SecureServer {
         users: &[&str],
         client_certificates: bool,
     ) -> Self {
+        // The ports are free when asked for, but another test's server may take one before
+        // ours binds it (then ours exits at once): a few fresh pairs are tried.
+        for _ in 0..4 {
+            if let Ok(server) = Self::try_start(certificates, users, client_certificates) {
+                return server;
+            }
+        }
+        match Self::try_start(certificates, users, client_certificates) {
+            Ok(server) => server,
+            Err(status) => {
+                panic!("redis-server exited: {status} (TLS built in? redis-server --version)")
+            }
+        }
+    }
+
+    fn try_start(
+        certificates: &Certificates,
+        users: &[&str],
+        client_certificates: bool,
+    ) -> Result<Self, std::process::ExitStatus> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let plain_port = free_port();
         let tls_port = free_port();
@@ -176,13 +196,13 @@ impl SecureServer {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server exited: {status} (TLS built in? redis-server --version)");
+                return Err(status);
             }
             let pong: redis::RedisResult<String> = server
                 .admin()
                 .and_then(|mut c| redis::cmd("PING").query(&mut c));
             if pong.is_ok() {
-                return server;
+                return Ok(server);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
