@@ -15,15 +15,18 @@
 //! Every test quotes the doc sentence it checks. Time is virtual (`FakeClock`, `Clocked`),
 //! randomness seeded (`SplitMix64`); the only real waits are the hang detector's.
 
+mod admit_support;
 mod common;
+mod support;
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier, Mutex, OnceLock, mpsc};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
+use admit_support::{Poller, settle};
 use common::ms;
 use tidewall::adaptive::{AdaptiveLimiter, Aimd, KeyedAdaptiveLimiter};
 use tidewall::breaker::{
@@ -159,79 +162,6 @@ fn ready<S: Service<Req>>(svc: &mut S) -> impl Future<Output = Result<(), S::Err
 
 /// Compiles only if `S`'s error is `E`: the stack's own error type, one level deep.
 fn error_type_is<E, S: Service<Req, Error = E>>(_: &S) {}
-
-#[derive(Default)]
-struct Wakes(AtomicUsize);
-
-impl Wake for Wakes {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
-/// Polls by hand with a waker that counts its wake-ups.
-struct Poller {
-    wakes: Arc<Wakes>,
-    waker: Waker,
-}
-
-impl Poller {
-    fn new() -> Self {
-        let wakes = Arc::new(Wakes::default());
-        Self {
-            waker: Waker::from(wakes.clone()),
-            wakes,
-        }
-    }
-
-    fn wakes(&self) -> usize {
-        self.wakes.0.load(SeqCst)
-    }
-
-    fn ready<S: Service<Q>, Q>(&self, svc: &mut S) -> Poll<Result<(), S::Error>> {
-        svc.poll_ready(&mut Context::from_waker(&self.waker))
-    }
-
-    fn poll<F: Future + ?Sized>(&self, fut: Pin<&mut F>) -> Poll<F::Output> {
-        fut.poll(&mut Context::from_waker(&self.waker))
-    }
-}
-
-/// Polls `step` while it wakes itself, else moves `clock` to its next timer, until `step` is
-/// ready (`Some`) or nothing is left to happen before `until` (`None`).
-fn settle<T>(
-    clock: &FakeClock,
-    poller: &Poller,
-    until: Instant,
-    mut step: impl FnMut(&mut Context<'_>) -> Poll<T>,
-) -> Option<T> {
-    let mut spins = 0;
-    for _ in 0..200_000 {
-        let before = poller.wakes();
-        if let Poll::Ready(out) = step(&mut Context::from_waker(&poller.waker)) {
-            return Some(out);
-        }
-        if poller.wakes() != before {
-            spins += 1;
-            assert!(
-                spins < 1_000,
-                "a busy loop: woken 1000 times at one instant"
-            );
-            continue;
-        }
-        match clock.next_timer() {
-            Some(t) if t <= until => {
-                clock.advance_to(t);
-                spins = 0;
-            }
-            _ => return None,
-        }
-    }
-    panic!("no end after 200,000 steps");
-}
 
 struct Rng(SplitMix64);
 

@@ -215,7 +215,7 @@ impl Poller {
         svc.poll_ready(&mut Context::from_waker(&self.waker))
     }
 
-    pub fn poll<F: Future>(&self, fut: Pin<&mut F>) -> Poll<F::Output> {
+    pub fn poll<F: Future + ?Sized>(&self, fut: Pin<&mut F>) -> Poll<F::Output> {
         fut.poll(&mut Context::from_waker(&self.waker))
     }
 }
