@@ -20,9 +20,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// given (the original, or a copy for a retry). It is called only once the attempt is
     /// admitted, so a call to it is an attempt the server may see.
     ///
-    /// Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and its
-    /// rate limit (waiting no longer than the deadline), then `send` under the attempt
-    /// timeout; the adaptive limit learns how it ended, as the breaker records it. A
+    /// Per attempt, in order: the authority's breaker, its rate limit, and its bulkhead or
+    /// adaptive limit (each waiting no longer than the deadline), then `send` under the
+    /// attempt timeout; the adaptive limit learns how it ended, as the breaker records it. A
     /// refusal by any of them ends the request at once with that refusal, not retried: an
     /// open breaker exists to answer fast. The breaker records the attempt's classified
     /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing. A failure
@@ -192,7 +192,16 @@ impl<R: Clock> Attempt<'_, R> {
             _ => None,
         };
         // The waits are boxed: they are the rare path, and inline they would triple the size
-        // of every attempt's future, which is moved on every attempt.
+        // of every attempt's future, which is moved on every attempt. The rate limit comes
+        // before the concurrency limits, as a pipeline orders them: an attempt waiting for
+        // its turn holds no slot another attempt could use.
+        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
+            && limiters.check_key_quiet(authority).is_err()
+        {
+            Box::pin(limiters.until_key_ready_before(authority, deadline))
+                .await
+                .map_err(Error::Rejected)?;
+        }
         let _slot = match (&inner.bulkheads, authority) {
             (Some(bulkheads), Some(authority)) => Some(
                 match bulkheads
@@ -207,7 +216,7 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
-        let mut slot = match (&inner.adaptive, authority) {
+        let slot = match (&inner.adaptive, authority) {
             (Some(limits), Some(authority)) => Some(
                 match limits
                     .try_acquire_quiet(authority)
@@ -221,17 +230,7 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
-        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
-            && limiters.check_key_quiet(authority).is_err()
-        {
-            Box::pin(limiters.until_key_ready_before(authority, deadline))
-                .await
-                .map_err(Error::Rejected)?;
-        }
-        // The host's time alone: not the waits for the stack's own queue and rate limit.
-        if let Some(slot) = &mut slot {
-            slot.start_now();
-        }
+        // The host's time alone: not the waits for the stack's own rate limit and queues.
         if let Some(permit) = &mut permit {
             permit.start_now();
         }
