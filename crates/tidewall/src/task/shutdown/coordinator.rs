@@ -142,6 +142,10 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// everything left is aborted. A second signal during the shutdown aborts everything left
 /// at once. The [`ShutdownReport`] says what happened to each.
 ///
+/// An abort takes effect at the component's next await, and the shutdown waits for it to
+/// take effect before it stops the next component: a component that never yields (a blocking
+/// loop on a multi-threaded runtime) holds `run` until it returns or yields.
+///
 /// **When the shutdown begins:** at the moment the trigger is cancelled (by anyone, or by
 /// [`stop`](Self::stop)), or when `run` notices another cause. Each component's task notes,
 /// as it ends (returns, fails, or panics), whether the shutdown had begun. A component that

@@ -98,6 +98,8 @@ impl ChildSpec {
 
     /// How long the child gets to stop once told to before it is aborted
     /// ([`DEFAULT_SHUTDOWN_TIMEOUT`] by default; zero aborts at once, OTP's `brutal_kill`).
+    /// An abort takes effect at the child's next await, and the supervisor waits for it: a
+    /// child that never yields holds its supervisor's stop until it returns or yields.
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
