@@ -119,7 +119,8 @@ pub enum QueueDiscipline {
     Lifo,
     /// The longest waiting first, with a wait bounded by the queue's delay rather than its
     /// length (CoDel's rule, as Facebook's servers apply it): once the queue has not been
-    /// empty for `interval`, a caller who joins it waits at most `target`.
+    /// empty for `interval`, a caller who joins it waits at most `target`. A queue that
+    /// already stands when a `reconfigure` switches CoDel on counts as standing from then.
     Codel {
         /// The longest wait under a standing queue (e.g. 5 ms); not zero.
         target: Duration,

@@ -5,9 +5,11 @@
 //! never a timing assertion).
 #![cfg(all(feature = "tokio", feature = "test-util"))]
 
+#[path = "common/hang.rs"]
+mod hang;
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,36 +24,12 @@ use tidewall::telemetry::EventKind;
 use tidewall::testing::{Clocked, FakeClock};
 use tidewall::{Backoff, ConfigError, Deadline, Jitter, Rejected, RetryAfter};
 
+use hang::without_hanging;
+
 type Rt = Clocked<Tokio>;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-/// Runs `scenario` on its own thread and waits for it at most 10 s of real time: a deadlock
-/// fails the test instead of hanging the suite (the stuck thread is left behind), and a panic
-/// in the scenario is re-raised here.
-fn without_hanging<T: Send + 'static>(
-    what: &str,
-    scenario: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (done, finished) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let _ = done.send(scenario());
-    });
-    match finished.recv_timeout(Duration::from_secs(10)) {
-        Ok(out) => {
-            let _ = thread.join();
-            out
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what}: still blocked after 10 s of real time (deadlock)")
-        }
-        Err(RecvTimeoutError::Disconnected) => match thread.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the scenario ended without sending its result"),
-        },
-    }
 }
 
 /// The `retry_after` of the breaker's refusal now; panics if it admits.

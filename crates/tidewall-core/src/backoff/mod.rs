@@ -21,10 +21,12 @@
 //!    is not a whole number steps in `f64`, which rounds each step to 53 bits (a relative
 //!    error near 10^-16 a step: exact below about 104 days, 2^53 ns, and microseconds off at
 //!    most near `u64::MAX` nanoseconds).
-//! 2. [`Jitter`] randomizes it. Jitter is **on by default** ([`Jitter::Full`]): synchronized
-//!    retries from many clients are the failure mode backoff exists to prevent.
-//! 3. `max_delay` caps the *jittered* value, so no delay ever exceeds the cap (backon's jitter
-//!    can push a delay past its maximum; ours cannot).
+//! 2. [`Jitter`] randomizes it, capped at `max_delay` first (AWS's "full jitter": a delay
+//!    past the cap is jittered below the cap, so late delays still spread). Jitter is **on by
+//!    default** ([`Jitter::Full`]): synchronized retries from many clients are the failure
+//!    mode backoff exists to prevent.
+//! 3. `max_delay` caps the *jittered* value too, so no delay ever exceeds the cap (backon's
+//!    jitter can push a delay past its maximum; ours cannot).
 //! 4. `max_attempts` bounds the number of delays (attempts − 1), and `max_elapsed` ends the
 //!    schedule before the sum of delays would exceed it.
 //!
@@ -91,7 +93,8 @@ pub enum Schedule {
     },
 }
 
-/// How a raw delay `d` is randomized before the cap is applied.
+/// How a delay `d` (the schedule's raw delay, capped at `max_delay`) is randomized; the
+/// jittered value is capped again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Jitter {

@@ -204,7 +204,10 @@ impl<R: Clock> Waiter<R> {
                 };
                 let now = shared.rt.now();
                 let mut max_wait_end = shared.max_wait().map(|w| instant_after(now, w));
-                let refusal = if deadline.is_expired(now) {
+                // Without a queue a full bulkhead refuses as full, whatever the deadline.
+                let refusal = if shared.max_queue() == 0 {
+                    Some(Rejected::BulkheadFull)
+                } else if deadline.is_expired(now) {
                     Some(Rejected::DeadlineExceeded)
                 } else if max_wait_end.is_some_and(|end| end <= now) {
                     Some(Rejected::BulkheadFull)
@@ -259,7 +262,9 @@ impl<R: Clock> Waiter<R> {
                 place
             }
         };
-        match lock(&shared.queue).poll(place, cx.waker()) {
+        // The lock is released before the listener is told, which may look at this bulkhead.
+        let status = lock(&shared.queue).poll(place, cx.waker());
+        match status {
             Status::Granted(held) => {
                 *this.place = None;
                 *this.done = true;

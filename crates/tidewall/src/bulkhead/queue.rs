@@ -168,9 +168,16 @@ impl WaitQueue {
             .any(|&p| self.live(p) > 0)
     }
 
-    pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline) {
+    /// Switches to `discipline` at `now`. A queue that stands already counts as standing from
+    /// now if its start was not tracked (a plain FIFO queue does not track it).
+    pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline, now: Instant) {
         if discipline != QueueDiscipline::Fifo || self.more.is_some() {
-            self.more().discipline = discipline;
+            let waiting = self.waiting > 0;
+            let more = self.more();
+            more.discipline = discipline;
+            if waiting && more.busy_since.is_none() {
+                more.busy_since = Some(now);
+            }
         }
     }
 

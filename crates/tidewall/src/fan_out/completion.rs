@@ -45,6 +45,11 @@ impl<O> Completions<O> {
         })
     }
 
+    /// Whether `outcome` ends the stream.
+    pub(super) fn ends(&self, outcome: &Result<O, JoinError>) -> bool {
+        (self.ends)(outcome)
+    }
+
     /// Whether an outcome that ends the stream has been reported.
     pub(super) fn ending(&self) -> bool {
         self.ending.load(Ordering::Acquire)
@@ -56,7 +61,7 @@ impl<O> Completions<O> {
     }
 
     fn push(&self, completed: Completed<O>) {
-        if (self.ends)(&completed.outcome) {
+        if self.ends(&completed.outcome) {
             self.ending.store(true, Ordering::Release);
         }
         self.queue().push_back(completed);

@@ -17,8 +17,10 @@
 //!   values; [`FanOut::try_run`] stops at the first error or panic, aborts the tasks still
 //!   running, takes no further input and ends after yielding that error. It takes no input
 //!   once an error or panic has been reported by its task (checked before each input it
-//!   takes), even while an [ordered](FanOut::ordered) fan-out still waits for earlier inputs
-//!   before yielding it.
+//!   takes), and aborts as soon as the stream is polled after that report, without waiting
+//!   for the consumer to reach the error: every task still running, or for an
+//!   [ordered](FanOut::ordered) fan-out, the tasks of later inputs (the earlier ones run on,
+//!   and their results are yielded before the error).
 //! * **!Send work**: [`FanOut::run_local`] runs the futures inside the consuming task instead
 //!   (no spawning). Caveat: like `buffer_unordered`, that work advances *only while the stream
 //!   is polled*; do not hold locks or permits across a slow consumer with it.
@@ -152,7 +154,8 @@ impl<R: Runtime> FanOut<R> {
     }
 
     /// Fail-fast: like [`FanOut::run`] for fallible work, but the first error or panic aborts
-    /// the running tasks and ends the stream after it is yielded.
+    /// the running tasks whose results would come after it (at the first poll that sees it)
+    /// and ends the stream after it is yielded.
     pub fn try_run<S, F, Fut, T, E>(self, inputs: S, f: F) -> TryFanOutStream<R, S, F, T, E>
     where
         S: Stream,

@@ -16,8 +16,17 @@ use crate::rt::{JoinError, Runtime, TaskHandle};
 
 /// Spawned tasks by slot; aborts whatever still runs when dropped.
 struct Tasks<H: TaskHandle<()>> {
-    slots: Vec<Option<H>>,
+    slots: Vec<Slot<H>>,
     free: Vec<usize>,
+}
+
+/// A task slot.
+enum Slot<H> {
+    Free,
+    /// The task of input `sequence`, running or reported and not yet absorbed.
+    Running(H, u64),
+    /// Aborted by a fail-fast cut: its late report is dropped, then the slot is free.
+    Cut,
 }
 
 impl<H: TaskHandle<()>> Tasks<H> {
@@ -32,15 +41,32 @@ impl<H: TaskHandle<()>> Tasks<H> {
     /// nothing up front.
     fn free_slot(&mut self) -> usize {
         self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
+            self.slots.push(Slot::Free);
             self.slots.len() - 1
         })
     }
 
     fn abort_all(&mut self) {
-        for handle in self.slots.iter_mut().filter_map(Option::take) {
-            handle.abort();
+        for slot in &mut self.slots {
+            if let Slot::Running(handle, _) = std::mem::replace(slot, Slot::Free) {
+                handle.abort();
+            }
         }
+    }
+
+    /// Aborts the running tasks of inputs after `sequence` (every one when `None`), whose
+    /// results would never be delivered; returns how many.
+    fn cut_after(&mut self, sequence: Option<u64>) -> usize {
+        let mut cut = 0;
+        for slot in &mut self.slots {
+            if matches!(slot, Slot::Running(_, s) if sequence.is_none_or(|after| *s > after))
+                && let Slot::Running(handle, _) = std::mem::replace(slot, Slot::Cut)
+            {
+                handle.abort();
+                cut += 1;
+            }
+        }
+        cut
     }
 }
 
@@ -85,6 +111,10 @@ impl<O> Arrived<O> {
         }
     }
 
+    fn is_ordered(&self) -> bool {
+        matches!(self, Self::Ordered { .. })
+    }
+
     fn take_next(&mut self) -> Option<Result<O, JoinError>> {
         match self {
             Self::Unordered(queue) => queue.pop_front(),
@@ -112,6 +142,8 @@ pin_project_lite::pin_project! {
         occupied: usize,
         // After `abort`, reports that come in are late (aborted tasks report `Cancelled`).
         aborted: bool,
+        // Whether a fail-fast outcome arrived and the tasks after it were aborted.
+        cut: bool,
         next_sequence: u64,
         completions: Arc<Completions<O>>,
         arrived: Arrived<O>,
@@ -148,6 +180,7 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             limit,
             occupied: 0,
             aborted: false,
+            cut: false,
             next_sequence: 0,
             completions: Completions::with_capacity(capacity, ends),
             arrived,
@@ -204,19 +237,31 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
     }
 }
 
-/// Moves every reported completion into `arrived` and frees its task slot.
+/// Moves every reported completion into `arrived` and frees its task slot; a cut task's late
+/// report only frees its slot. Returns the sequence of the first outcome that ends the
+/// stream (fail-fast), if one came.
 fn absorb<O, H: TaskHandle<()>>(
     completions: &Completions<O>,
     tasks: &mut Tasks<H>,
     arrived: &mut Arrived<O>,
-) {
+) -> Option<u64> {
+    let mut ending = None;
     completions.drain(|done| {
-        if let Some(slot) = tasks.slots.get_mut(done.slot) {
-            *slot = None;
-            tasks.free.push(done.slot);
+        let Some(slot) = tasks.slots.get_mut(done.slot) else {
+            return;
+        };
+        let was_cut = matches!(slot, Slot::Cut);
+        *slot = Slot::Free;
+        tasks.free.push(done.slot);
+        if was_cut {
+            return;
+        }
+        if ending.is_none() && completions.ends(&done.outcome) {
+            ending = Some(done.sequence);
         }
         arrived.insert(done.sequence, done.outcome);
     });
+    ending
 }
 
 impl<R, S, F, Fut> Stream for FanOutStream<R, S, F, Fut::Output>
@@ -235,8 +280,15 @@ where
             if *this.aborted {
                 // Late reports of aborted tasks: nothing is owed for them.
                 this.completions.drain(drop);
-            } else {
-                absorb(this.completions, this.tasks, this.arrived);
+            } else if let Some(failed) = absorb(this.completions, this.tasks, this.arrived)
+                && !*this.cut
+            {
+                // Fail-fast: the stream ends with this outcome, so a task whose result would
+                // come after it (every one still running, or in input order the later inputs)
+                // is aborted now rather than when the consumer reaches the failure.
+                *this.cut = true;
+                let after = this.arrived.is_ordered().then_some(failed);
+                *this.occupied -= this.tasks.cut_after(after);
             }
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
@@ -254,7 +306,8 @@ where
                             slot,
                             (this.f)(input),
                         );
-                        this.tasks.slots[slot] = Some(this.rt.spawn(work));
+                        this.tasks.slots[slot] =
+                            Slot::Running(this.rt.spawn(work), *this.next_sequence);
                         *this.next_sequence += 1;
                         *this.occupied += 1;
                     }

@@ -150,6 +150,21 @@ impl Hedge {
     }
 }
 
+/// The budget policy's error about its `ratio`, named as this builder names it.
+fn as_budget_ratio(error: ConfigError) -> ConfigError {
+    match error {
+        ConfigError::NotFinite { .. } => ConfigError::NotFinite {
+            field: "budget_ratio",
+        },
+        ConfigError::OutOfRange { value, allowed, .. } => ConfigError::OutOfRange {
+            field: "budget_ratio",
+            value,
+            allowed,
+        },
+        other => other,
+    }
+}
+
 impl<R, K> HedgeBuilder<R, K> {
     /// Hedge after a fixed delay (also the fallback for a percentile delay).
     pub fn delay(mut self, delay: Duration) -> Self {
@@ -163,6 +178,11 @@ impl<R, K> HedgeBuilder<R, K> {
     /// seen: unlike a fixed delay, it may be zero (when the quantile's successes took no
     /// time the clock could see, as every one does under a paused test clock), and then a
     /// call not answered at once hedges at once.
+    ///
+    /// The estimate is computed when `min_samples` successes were seen and then again every
+    /// 64 successes (a quantile costs a pass over every bucket, too much for each call), so a
+    /// change in latency moves the delay within 64 calls; older latencies fade as the counts
+    /// halve every 4,096 samples.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
         self
@@ -193,8 +213,9 @@ impl<R, K> HedgeBuilder<R, K> {
         self
     }
 
-    /// Calls `listener` with each hedge launched (numbered from 1) and each hedge the hedge
-    /// budget refused. On the caller's task, in the call (keep it short). See
+    /// Calls `listener` with each hedge launched (numbered from 1) and each refusal by the
+    /// hedge budget (a hedge asked for again, once every running attempt failed, and refused
+    /// again is told twice). On the caller's task, in the call (keep it short). See
     /// [`Event`](crate::telemetry::Event).
     ///
     /// ```
@@ -324,7 +345,8 @@ impl<R, K> HedgeBuilder<R, K> {
                 let policy = RetryBudgetPolicy::builder()
                     .ratio(ratio)
                     .min_per_second(0)
-                    .build()?;
+                    .build()
+                    .map_err(as_budget_ratio)?;
                 Some(RetryBudget::new(policy, self.rt.now()))
             }
             None => None,
