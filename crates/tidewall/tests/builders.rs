@@ -384,7 +384,7 @@ fn policies_built_on_the_core_keep_its_bounds() {
         .budget_ratio(1e-9)
         .runtime(Tokio)
         .build();
-    assert!(is_out_of_range(&hedge, "ratio"));
+    assert!(is_out_of_range(&hedge, "budget_ratio"));
     // Sizes are faithful where nothing is allocated up front: a bulkhead up to isize::MAX
     // permits (its count is signed, so a live shrink can leave it below zero), refused with
     // a typed error beyond, never wrapped.
