@@ -152,7 +152,12 @@ impl<T: Send + 'static> TaskHandle<T> for SmolJoinHandle<T> {
 /// * [`SmolRuntime::single_threaded`]: no worker threads; `block_on` runs the executor on the
 ///   calling thread, like tokio's current-thread runtime.
 ///
-/// Dropping it stops the worker threads and joins them.
+/// Dropping it stops the worker threads and joins them. Its tasks belong to the executor,
+/// which every [`Smol`] handle shares: they are cancelled (their join handles report
+/// [`JoinError::Cancelled`](crate::rt::JoinError::Cancelled)) only when the last handle is
+/// dropped, and until then no thread runs them. A task that holds a handle (a clone to sleep
+/// or spawn with) keeps the executor alive itself: abort such tasks, or let them end, before
+/// dropping the runtime, or they stay pending for ever.
 #[derive(Debug)]
 pub struct SmolRuntime {
     handle: Smol,
@@ -161,16 +166,47 @@ pub struct SmolRuntime {
 }
 
 impl SmolRuntime {
-    /// `threads` worker threads (at least 1) run the executor.
+    /// The most worker threads [`multi_threaded`](Self::multi_threaded) starts: beyond it a
+    /// count is a mistake, and starting threads until the OS refuses would take the machine's
+    /// memory first.
+    pub const MAX_THREADS: usize = 4096;
+
+    /// `threads` worker threads (at least 1, at most [`MAX_THREADS`](Self::MAX_THREADS)) run
+    /// the executor.
     ///
     /// # Errors
     ///
-    /// An error of kind `InvalidInput` wrapping [`ConfigError::Zero`] when `threads` is 0, or
-    /// the OS error when a thread cannot be started (threads already started are stopped).
+    /// An error of kind `InvalidInput` wrapping [`ConfigError::Zero`] when `threads` is 0 or
+    /// [`ConfigError::OutOfRange`] when it is above `MAX_THREADS`, or the OS error when a
+    /// thread cannot be started (threads already started are stopped).
+    ///
+    /// ```
+    /// use tidewall::rt::SmolRuntime;
+    ///
+    /// assert_eq!(SmolRuntime::multi_threaded(2)?.worker_threads(), 2);
+    /// let too_many = SmolRuntime::multi_threaded(usize::MAX).unwrap_err();
+    /// assert_eq!(too_many.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn multi_threaded(threads: usize) -> std::io::Result<Self> {
-        if threads == 0 {
-            let zero = ConfigError::Zero { field: "threads" };
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, zero));
+        let refused = if threads == 0 {
+            Some(ConfigError::Zero { field: "threads" })
+        } else if threads > Self::MAX_THREADS {
+            #[allow(clippy::cast_precision_loss)] // only to print it
+            let value = threads as f64;
+            Some(ConfigError::OutOfRange {
+                field: "threads",
+                value,
+                allowed: "at most 4096",
+            })
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                refused,
+            ));
         }
         let handle = Smol::new(Arc::new(smol::Executor::new()));
         let (stop, stopped) = smol::channel::bounded::<()>(1);

@@ -15,7 +15,8 @@ use super::{Clock, JoinError, Panic, Signals, Spawn, TaskHandle};
 /// # Panics
 ///
 /// Like `tokio::spawn` and `tokio::time::sleep`, spawning and sleeping panic when called
-/// outside a tokio runtime (a programming error, not an input error). `now` and
+/// outside a tokio runtime, and sleeping on a runtime built without its time driver
+/// (`enable_time`, or `enable_all`) (programming errors, not input errors). `now` and
 /// `is_real_time` work anywhere: outside a runtime they read the machine's clock. tokio's
 /// timer also panics on a deadline within a millisecond of the latest `Instant` the
 /// machine can hold (hundreds of billions of years away; [`instant_after`](super::instant_after)

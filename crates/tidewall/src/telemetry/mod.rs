@@ -36,7 +36,9 @@
 //! [`Registry::record_gauges`](crate::config::Registry::record_gauges) (features `metrics` and
 //! `serde`) before each scrape.
 //!
-//! Without any feature, every policy takes a listener: `on_event` on its builder is called
+//! Without any feature, the breaker, bulkhead, adaptive limiter, rate limiter, hedge and
+//! pipeline builders take a listener (a keyed table, its base builder's; a retry, a hook with
+//! `notify`; the keyed rate limiter and the fault injector, none): `on_event` is called
 //! with each [`Event`] (outcomes, refusals with their reason, state changes, retries with
 //! their delay, hedges launched, a spent budget, waits). With no listener set, a policy tests
 //! one flag where an event would be.

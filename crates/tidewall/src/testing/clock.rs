@@ -89,19 +89,23 @@ impl FakeClock {
         state.now - state.origin
     }
 
-    /// Moves time forward by `by` and wakes the timers that came due.
+    /// Moves time forward by `by` and wakes the timers that came due. Advances made at once
+    /// from several threads all count: each adds its `by` to the time it finds.
     pub fn advance(&self, by: Duration) {
-        let target = crate::rt::instant_after(self.now(), by);
-        self.advance_to(target);
+        self.move_to(|now| crate::rt::instant_after(now, by));
     }
 
     /// Moves time forward to `target` (never backwards) and wakes the timers that came due.
     pub fn advance_to(&self, target: Instant) {
+        self.move_to(|now| now.max(target));
+    }
+
+    /// Sets the time to `to(now)`, read and written under one lock, and wakes the timers that
+    /// came due.
+    fn move_to(&self, to: impl FnOnce(Instant) -> Instant) {
         let due: Vec<Waker> = {
             let mut state = self.state();
-            if target > state.now {
-                state.now = target;
-            }
+            state.now = to(state.now);
             let now = state.now;
             let later = state.timers.split_off(&(now, u64::MAX));
             std::mem::replace(&mut state.timers, later)

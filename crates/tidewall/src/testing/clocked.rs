@@ -62,6 +62,7 @@ impl<R: Runtime> Clocked<R> {
                 woken: AtomicBool::new(false),
                 inner: Mutex::new(None),
             }),
+            yielded: false,
         }
     }
 }
@@ -159,6 +160,8 @@ pub struct Drive<F> {
     clock: FakeClock,
     activity: Arc<Activity>,
     waker: Arc<MainWaker>,
+    /// Whether the executor had a turn since everything last looked idle.
+    yielded: bool,
 }
 
 impl<F> std::fmt::Debug for Drive<F> {
@@ -179,9 +182,13 @@ impl<F: Future> Future for Drive<F> {
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+        this.activity.watch(cx.waker());
         let waker = Waker::from(Arc::clone(&this.waker));
         loop {
-            this.waker.woken.store(false, SeqCst);
+            if this.waker.woken.swap(false, SeqCst) {
+                // Woken since the last poll (by a wake the executor held, say): progress.
+                this.yielded = false;
+            }
             if let Poll::Ready(output) = this.future.as_mut().poll(&mut Context::from_waker(&waker))
             {
                 return Poll::Ready(output);
@@ -190,11 +197,21 @@ impl<F: Future> Future for Drive<F> {
             // it reports itself idle, so "quiet, then not woken" cannot miss that hand-off.
             if !this.activity.is_quiet() || this.waker.woken.load(SeqCst) {
                 // Something can still make progress without time moving: let it run first.
+                this.yielded = false;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
+            if !this.yielded {
+                // One turn of the executor before time moves: some wakes are held until it is
+                // about to park (tokio's `yield_now` and its cooperative budget), and they
+                // would otherwise come only after the jump.
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.yielded = false;
             if !this.clock.advance_to_next_timer() {
-                // No timer left: only real I/O (or nothing) can wake us.
+                // No timer left: only real I/O, or a task woken from outside, can wake us.
                 return Poll::Pending;
             }
         }

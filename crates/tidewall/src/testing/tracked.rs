@@ -30,6 +30,10 @@ const ABORT_SETTLED: u8 = 2;
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     active: AtomicUsize,
+    /// The executor's waker of the last driver polled: woken when the last active task goes
+    /// idle, since that task (woken from outside, say) may have just set a timer that only
+    /// the driver can reach by moving time.
+    driver: Mutex<Option<Waker>>,
 }
 
 impl Activity {
@@ -42,7 +46,26 @@ impl Activity {
     }
 
     pub(super) fn leave(&self) {
-        self.active.fetch_sub(1, SeqCst);
+        if self.active.fetch_sub(1, SeqCst) == 1
+            && let Some(driver) = self
+                .driver
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+        {
+            driver.wake_by_ref();
+        }
+    }
+
+    /// Makes `waker` the one [`leave`](Self::leave) wakes when every task is idle.
+    pub(super) fn watch(&self, waker: &Waker) {
+        let mut driver = self
+            .driver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *driver = Some(waker.clone());
+        }
     }
 }
 
