@@ -3,7 +3,7 @@
 use http::{HeaderMap, Method, StatusCode};
 use tidewall::Rejected;
 use tidewall::http::{Authority, FailureKind, HttpFailure, Inbound, Outbound};
-use tidewall::time::Elapsed;
+use tidewall::time::{DeadlineExceeded, Elapsed};
 
 /// A reqwest request going out.
 pub(crate) struct Outgoing(pub(crate) reqwest::Request);
@@ -75,7 +75,7 @@ pub(crate) fn chain_kind(error: &(dyn std::error::Error + 'static)) -> FailureKi
         if let Some(rejected) = error.downcast_ref::<Rejected>() {
             return FailureKind::Refused(*rejected);
         }
-        if error.is::<Elapsed>() {
+        if error.is::<Elapsed>() || error.is::<DeadlineExceeded>() {
             return FailureKind::Timeout;
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {

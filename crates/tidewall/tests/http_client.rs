@@ -630,7 +630,22 @@ fn bad_client_settings_are_typed_errors() {
     let zero = ClientPolicies::builder().max_authorities(0).build();
     assert_eq!(
         zero.unwrap_err(),
-        tidewall::ConfigError::Zero { field: "max_keys" }
+        tidewall::ConfigError::Zero {
+            field: "max_authorities"
+        }
+    );
+    // With no per-authority table at all, zero is still refused.
+    let bare = ClientPolicies::builder()
+        .retry_budget(None)
+        .breaker(None)
+        .bulkhead(None)
+        .max_authorities(0)
+        .build();
+    assert_eq!(
+        bare.unwrap_err(),
+        tidewall::ConfigError::Zero {
+            field: "max_authorities"
+        }
     );
     let zero = ClientPolicies::builder()
         .deadline(Some(Duration::ZERO))

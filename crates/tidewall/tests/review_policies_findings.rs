@@ -249,3 +249,102 @@ fn a_bad_hedge_budget_ratio_names_budget_ratio() {
         }
     );
 }
+
+#[cfg(feature = "http")]
+mod http_stack {
+    use std::time::Duration;
+
+    use tidewall::Backoff;
+    use tidewall::bulkhead::Bulkhead;
+    use tidewall::http::{ClientPolicies, FailureKind, HttpFailure, Overrides};
+
+    use super::ms;
+
+    fn response(status: u16) -> http::Response<()> {
+        http::Response::builder().status(status).body(()).unwrap()
+    }
+
+    fn get(path: &str) -> http::Request<()> {
+        http::Request::get(format!("http://api.example{path}"))
+            .body(())
+            .unwrap()
+    }
+
+    /// `/fail` answers 503 at once; `/hang` never answers.
+    async fn send(request: http::Request<()>) -> Result<http::Response<()>, std::io::Error> {
+        if request.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        Ok(response(503))
+    }
+
+    fn retrying(deadline: Duration) -> tidewall::http::ClientPoliciesBuilder {
+        ClientPolicies::builder()
+            .retry(
+                Backoff::constant(ms(100))
+                    .jitter(tidewall::Jitter::None)
+                    .max_attempts(3)
+                    .build()
+                    .unwrap(),
+            )
+            .retry_budget(None)
+            .breaker(None)
+            .deadline(Some(deadline))
+    }
+
+    // `ClientPolicies::run`: "a response an earlier attempt got is kept: when the deadline cuts
+    // the attempt after it, in the stack's own waits, its attempt timeout or its send, that
+    // response is returned as `Ok`". The attempt timeout ends with the deadline here.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_attempt_timeout_at_the_deadline_keeps_the_earlier_response() {
+        let policies = retrying(ms(1_000))
+            .attempt_timeout(Some(ms(900)))
+            .build()
+            .unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let outcome = policies
+            .run(get("/"), Overrides::new(), |request| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = if n == 0 { "/fail" } else { "/hang" };
+                let (mut parts, body) = request.into_parts();
+                parts.uri = format!("http://api.example{path}").parse().unwrap();
+                send(http::Request::from_parts(parts, body))
+            })
+            .await;
+        assert_eq!(outcome.map(|r| r.status().as_u16()).ok(), Some(503));
+        assert_eq!(start.elapsed(), ms(1_000));
+    }
+
+    // The same, when the deadline ends the attempt's wait in the host's bulkhead queue.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_queue_wait_cut_by_the_deadline_keeps_the_earlier_response() {
+        let policies = retrying(ms(1_000))
+            .bulkhead(Some(Bulkhead::builder(1).max_queue(4).max_wait(None)))
+            .build()
+            .unwrap();
+        let holder = {
+            let policies = policies.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ms(50)).await;
+                let _ = policies
+                    .run(get("/hang"), Overrides::new().no_retry(), send)
+                    .await;
+            })
+        };
+        let start = tokio::time::Instant::now();
+        let outcome = policies.run(get("/fail"), Overrides::new(), send).await;
+        assert_eq!(outcome.map(|r| r.status().as_u16()).ok(), Some(503));
+        assert_eq!(start.elapsed(), ms(1_000));
+        holder.abort();
+    }
+
+    // `HttpFailure` for a `BoxError`: "the first refusal, timeout or I/O error in the source
+    // chain; a timeout is Tidewall's `Elapsed` or `DeadlineExceeded`".
+    #[test]
+    fn a_boxed_deadline_exceeded_reads_as_a_timeout() {
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(tidewall::time::DeadlineExceeded);
+        assert_eq!(boxed.failure_kind(), FailureKind::Timeout);
+    }
+}

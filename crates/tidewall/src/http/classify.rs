@@ -30,8 +30,9 @@ pub enum FailureKind {
 
 /// How the [standard table](HttpClassifier) reads an error. Implemented for
 /// [`std::io::Error`] (by its kind), for Tidewall's [`Error<E>`](crate::Error) and tower's
-/// `BoxError` (a refusal, a timeout, or the first I/O error or refusal in the source chain),
-/// and for `Infallible`; implement it for your client's error type (the orphan rule allows
+/// `BoxError` (the first refusal, timeout or I/O error in the source chain; a timeout is
+/// Tidewall's [`Elapsed`](crate::time::Elapsed) or [`DeadlineExceeded`](crate::time::DeadlineExceeded):
+/// tower's own timeout error is not known here, and reads as `Other`), and for `Infallible`; implement it for your client's error type (the orphan rule allows
 /// it for your own types).
 ///
 /// ```
@@ -97,7 +98,7 @@ fn chain_kind(error: &(dyn std::error::Error + 'static)) -> FailureKind {
         if let Some(rejected) = error.downcast_ref::<Rejected>() {
             return FailureKind::Refused(*rejected);
         }
-        if error.is::<crate::time::Elapsed>() {
+        if error.is::<crate::time::Elapsed>() || error.is::<crate::time::DeadlineExceeded>() {
             return FailureKind::Timeout;
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {

@@ -188,8 +188,8 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
-    /// The breaker each authority gets (`None`: no breaker). Its runtime is replaced by the
-    /// stack's.
+    /// The breaker each authority gets (`None`: no breaker). Its name and runtime are
+    /// replaced by the stack's.
     pub fn breaker(mut self, breaker: Option<CircuitBreakerBuilder>) -> Self {
         self.breaker = breaker;
         self
@@ -197,8 +197,8 @@ impl<R> ClientPoliciesBuilder<R> {
 
     /// The bulkhead each authority gets (default 512 calls at once, no queue; `None`: no
     /// bulkhead). A builder given here keeps its own queue and wait (a `Bulkhead::builder`
-    /// queues by default: set `max_queue(0)` to refuse at once); its runtime is replaced by
-    /// the stack's.
+    /// queues by default: set `max_queue(0)` to refuse at once); its name and runtime are
+    /// replaced by the stack's.
     pub fn bulkhead(mut self, bulkhead: Option<BulkheadBuilder>) -> Self {
         self.bulkhead = bulkhead;
         self
@@ -235,7 +235,7 @@ impl<R> ClientPoliciesBuilder<R> {
     /// The rate limit each authority gets (default none), waited for within the deadline
     /// before the bulkhead or adaptive limit is asked: a wait holds no slot. Every attempt
     /// takes its token there, so an attempt the bulkhead or adaptive limit then refuses has
-    /// spent one. Its runtime is replaced by the stack's.
+    /// spent one. Its name and runtime are replaced by the stack's.
     pub fn rate_limit(mut self, limit: Option<KeyedRateLimiterBuilder>) -> Self {
         self.rate_limit = limit;
         self
@@ -244,7 +244,9 @@ impl<R> ClientPoliciesBuilder<R> {
     /// The most authorities tracked at once by each per-authority table (default 10,000), a
     /// hard bound; an authority is forgotten only when nothing depends on it. A new one
     /// meeting a full table is refused with [`Rejected::KeysFull`](crate::Rejected::KeysFull)
-    /// (see [`KeyedCircuitBreakerBuilder::max_keys`](crate::breaker::KeyedCircuitBreakerBuilder::max_keys)).
+    /// (see [`KeyedCircuitBreakerBuilder::max_keys`](crate::breaker::KeyedCircuitBreakerBuilder::max_keys)),
+    /// but for the rate limit's table, whose full shard answers `RateLimited` until a key
+    /// rests: that is waited for within the deadline, as any rate-limit wait.
     pub fn max_authorities(mut self, max: usize) -> Self {
         self.max_authorities = max;
         self
@@ -279,6 +281,11 @@ impl<R> ClientPoliciesBuilder<R> {
             return Err(ConfigError::Conflict {
                 reason: "an authority's attempts in flight are limited by a bulkhead or an \
                          adaptive limit, not both: set bulkhead(None)",
+            });
+        }
+        if self.max_authorities == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_authorities",
             });
         }
         if self.deadline.is_some_and(|d| d.is_zero()) {

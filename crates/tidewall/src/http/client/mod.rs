@@ -52,7 +52,9 @@ use crate::sync::Arc;
 /// limits, its limit has rested to a full burst. One seen again starts
 /// afresh there (an adaptive limit from its initial value). A table full of authorities it
 /// may not forget refuses a new one with [`Rejected::KeysFull`](crate::Rejected::KeysFull),
-/// but for the budgets' table, which gives it no budget: its call is sent once, not retried.
+/// but for the budgets' table, which gives it no budget (its call is sent once, not
+/// retried), and the rate limits' table, which answers `RateLimited` until a key rests, and
+/// that is waited for within the deadline as any rate-limit wait.
 ///
 /// Fronts: [`ClientLayer`](crate::tower::http::ClientLayer) for a tower `Service` of
 /// `http::Request` (hyper-util's client), and the `tidewall-reqwest` crate's middleware for

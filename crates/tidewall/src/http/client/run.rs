@@ -37,8 +37,10 @@ impl<R: Clock> ClientPolicies<R> {
     /// [`Error::Inner`] with the last attempt's error; [`Error::TimedOut`] when the last
     /// attempt timed out; [`Error::Rejected`] when a policy refused the last attempt, or
     /// with [`Rejected::DeadlineExceeded`] once the deadline has passed (but a response an
-    /// earlier attempt got is kept: when the deadline cuts the attempt after it, that
-    /// response is returned as `Ok`). A response is
+    /// earlier attempt got is kept: when the deadline cuts the attempt after it, in the
+    /// stack's own waits, its attempt timeout or its send, that response is returned as
+    /// `Ok`; only a rate-limit wait known at once to end past the deadline is refused at once,
+    /// before the deadline, with `DeadlineExceeded`). A response is
     /// returned as `Ok` whatever its status once no retry is left. When a retry would wait
     /// past the deadline (the server's `Retry-After` ends after it), or the failure left the
     /// authority's breaker open, the last attempt's response or error is returned at once.
@@ -197,10 +199,10 @@ impl<R: Clock> Attempt<'_, R> {
         // its turn holds no slot another attempt could use.
         if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
             && limiters.check_key_quiet(authority).is_err()
+            && let Err(refusal) =
+                Box::pin(limiters.until_key_ready_before(authority, deadline)).await
         {
-            Box::pin(limiters.until_key_ready_before(authority, deadline))
-                .await
-                .map_err(Error::Rejected)?;
+            return Err(refused(refusal, deadline, &inner.rt).await);
         }
         let _slot = match (&inner.bulkheads, authority) {
             (Some(bulkheads), Some(authority)) => Some(
@@ -209,9 +211,10 @@ impl<R: Clock> Attempt<'_, R> {
                     .map_err(Error::Rejected)?
                 {
                     Some(slot) => slot,
-                    None => Box::pin(bulkheads.acquire_before(authority, deadline))
-                        .await
-                        .map_err(Error::Rejected)?,
+                    None => match Box::pin(bulkheads.acquire_before(authority, deadline)).await {
+                        Ok(slot) => slot,
+                        Err(refusal) => return Err(refused(refusal, deadline, &inner.rt).await),
+                    },
                 },
             ),
             _ => None,
@@ -223,9 +226,10 @@ impl<R: Clock> Attempt<'_, R> {
                     .map_err(Error::Rejected)?
                 {
                     Some(slot) => slot,
-                    None => Box::pin(limits.acquire_before(authority, deadline))
-                        .await
-                        .map_err(Error::Rejected)?,
+                    None => match Box::pin(limits.acquire_before(authority, deadline)).await {
+                        Ok(slot) => slot,
+                        Err(refusal) => return Err(refused(refusal, deadline, &inner.rt).await),
+                    },
                 },
             ),
             _ => None,
@@ -241,7 +245,7 @@ impl<R: Clock> Attempt<'_, R> {
                 // A timeout at the deadline is the deadline cutting the attempt, which
                 // records nothing (the permit and the slot go back untold).
                 Err(_elapsed) if deadline.is_expired(inner.rt.now()) => {
-                    return Err(Error::Rejected(Rejected::DeadlineExceeded));
+                    return Err(refused(Rejected::DeadlineExceeded, deadline, &inner.rt).await);
                 }
                 Err(_elapsed) => Err(Error::TimedOut),
             },
@@ -258,6 +262,17 @@ impl<R: Clock> Attempt<'_, R> {
         }
         result
     }
+}
+
+/// The error of an attempt one of the stack's own waits refused. A refusal because the
+/// deadline has passed is the deadline's cut, and is left to the retry engine: the attempt
+/// waits for the engine's deadline timer, due now, which ends the call as it ends any attempt
+/// it cuts (an earlier attempt's response is kept). Any other refusal is the answer.
+async fn refused<E, R: Clock>(refusal: Rejected, deadline: Deadline, rt: &R) -> Error<E> {
+    if matches!(refusal, Rejected::DeadlineExceeded) && deadline.is_expired(rt.now()) {
+        std::future::pending::<()>().await;
+    }
+    Error::Rejected(refusal)
 }
 
 /// The standard table over an attempt's result, whose error is a policy's or the client's.
