@@ -184,7 +184,9 @@ pub trait Admission: Send + Sync {
     /// classifier's failures, timeouts, the deadline running out during the call) or
     /// [`Outcome::Ignored`] (the classifier's verdict, or any ending before the dependency was
     /// called: a later stage's refusal, a deadline that left no time for a first attempt). A
-    /// guard dropped without it (a cancelled call) teaches nothing.
+    /// call whose retry a later stage refused (an open breaker, a spent budget) after an
+    /// attempt reached the dependency ends with that attempt's outcome. A guard dropped
+    /// without it (a cancelled call) teaches nothing.
     #[inline]
     fn finish(guard: Self::Guard, outcome: Outcome) {
         let _ = outcome;

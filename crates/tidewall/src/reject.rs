@@ -141,10 +141,11 @@ impl std::error::Error for Rejected {}
 /// The error of a call made through a policy: the policy rejected it, it timed out, or the
 /// operation itself failed (its error kept intact).
 ///
-/// Its `Display` is the wrapped value's own (the rejection's, "attempt timed out", or the
-/// operation's error's), and `source()` returns that value (an
-/// [`Elapsed`](crate::time::Elapsed) for a timeout), so a downcast along the chain (such as
-/// `tower::cause`) finds it; a report that prints every link shows that message twice.
+/// Its `Display` is the rejection's, "attempt timed out", or the operation's error's, and
+/// `source()` returns the rejection, an [`Elapsed`](crate::time::Elapsed) ("operation timed
+/// out") for a timeout, or the operation's error, so a downcast along the chain (such as
+/// `tower::cause`) finds it; a report that prints every link shows the rejection's or the
+/// error's message twice.
 ///
 /// ```
 /// use tidewall::{Error, Rejected};
@@ -156,7 +157,9 @@ impl std::error::Error for Rejected {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error<E> {
-    /// A policy refused the call before the operation ran.
+    /// A policy refused the call. Before the operation ran, for a single policy; through a
+    /// pipeline or the HTTP stack, earlier attempts may have run: the deadline cut a later
+    /// one ([`Rejected::DeadlineExceeded`]), or a policy refused the last attempt.
     Rejected(Rejected),
     /// The attempt exceeded its timeout.
     TimedOut,

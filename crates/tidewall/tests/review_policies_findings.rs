@@ -348,3 +348,55 @@ mod http_stack {
         assert_eq!(boxed.failure_kind(), FailureKind::Timeout);
     }
 }
+
+// `Admission::finish`: "A call whose retry a later stage refused (an open breaker, a spent
+// budget) after an attempt reached the dependency ends with that attempt's outcome": a call
+// whose only attempt failed and opened the breaker, its retry refused, is a drop.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_breaker_refused_retry_teaches_the_failed_attempt() {
+    use tidewall::adaptive::Aimd;
+    use tidewall::breaker::CircuitBreaker;
+    use tidewall::pipeline::Pipeline;
+    let aimd = Aimd::builder()
+        .min_limit(1)
+        .initial_limit(8)
+        .max_limit(100)
+        .backoff_ratio(0.5)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let limiter = AdaptiveLimiter::builder(aimd).build().unwrap();
+    let pipeline = Pipeline::builder()
+        .bulkhead(limiter.clone())
+        .retry(
+            tidewall::Backoff::constant(ms(10))
+                .jitter(tidewall::Jitter::None)
+                .max_attempts(2)
+                .build()
+                .unwrap(),
+        )
+        .breaker(
+            CircuitBreaker::builder()
+                .consecutive_failures(1)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let outcome = pipeline
+        .call(|| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), &str>("down") }
+        })
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(tidewall::Error::Rejected(Rejected::CircuitOpen { .. }))
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(limiter.limit(), 4, "the failed attempt is a drop");
+}

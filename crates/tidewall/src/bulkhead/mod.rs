@@ -470,17 +470,17 @@ impl<R: Clock> Bulkhead<R> {
         op().await.map_err(Error::Inner)
     }
 
-    /// Calls running now: [`capacity`](Self::capacity) minus [`available`](Self::available)
-    /// (zero if more slots were released than taken, which [`available`](Self::available)
-    /// shows).
+    /// Calls running now: the permits held, which after a shrink exceed the
+    /// [`capacity`](Self::capacity) until enough of them end (zero if more slots were
+    /// released than taken, which [`available`](Self::available) shows).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight()
     }
 
     /// Free slots now, as counted: never more than [`capacity`](Self::capacity) while every
-    /// permit is released exactly once. Unlike [`in_flight`](Self::in_flight) it is not
-    /// clamped, so a slot released twice shows as `available() > capacity()` (and debug
-    /// builds panic at the release itself). Once nothing is running or queued, it equals the
+    /// permit is released exactly once, and zero while more are held than a shrunk capacity
+    /// allows. Above, it is not clamped: a slot released twice shows as
+    /// `available() > capacity()` (and debug builds panic at the release itself). Once nothing is running or queued, it equals the
     /// capacity: tests check that capacity is conserved this way.
     ///
     /// ```

@@ -74,7 +74,9 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// Every call gets at most `budget`, shared by all stages (waits, sleeps, attempts).
     /// Calls made with [`Pipeline::call_before`] keep the earlier of the two. The budget
     /// starts when the call first needs the clock — no later than its first wait, first
-    /// pending attempt or first retry; a call that never waits reads no clock at all.
+    /// pending attempt or first retry; a call that never waits reads no clock for it (with
+    /// the `metrics` feature, the call's duration is timed: on the CPU counter in real time,
+    /// on the runtime's clock otherwise).
     pub fn deadline(mut self, budget: Duration) -> Self {
         self.budget = Some(budget);
         self

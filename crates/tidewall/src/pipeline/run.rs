@@ -50,9 +50,11 @@ where
     // drops them untold.
     let mut admitted = None;
     let mut slot = None;
-    // Whether the operation was called at all: an ending before that (a wait refused at the
-    // deadline, a first attempt with no time left) teaches the admission stages nothing.
-    let mut called = false;
+    // How the last attempt that called the operation went, if one did: an ending before any
+    // (a wait refused at the deadline, a first attempt with no time left) teaches the
+    // admission stages nothing, and a later stage's refusal of a retry (an open breaker)
+    // teaches them that attempt's outcome.
+    let mut called = None;
     let (result, verdict) = 'call: {
         // A wait for admission must leave the first attempt its minimum time: one that could
         // not is refused at once instead of waiting only to be refused.
@@ -110,10 +112,11 @@ where
                         }
                         None => clock.deadline(),
                     };
-                    called = true;
+                    called = Some(Outcome::Ignored);
                     match bounded(rt, op(), &mut clock, attempt_end).await {
                         Ok(result) => {
                             let (verdict, hint) = judge(classify, result.as_ref());
+                            called = Some(verdict.breaker_outcome());
                             C::record(permit, verdict.breaker_outcome(), hint);
                             (verdict, hint, result.map_err(Error::Inner))
                         }
@@ -130,6 +133,7 @@ where
                                 );
                             }
                             C::record(permit, Outcome::Failure, None);
+                            called = Some(Outcome::Failure);
                             (Verdict::RetryableFailure, None, Err(Error::TimedOut))
                         }
                     }
@@ -171,10 +175,12 @@ where
         // Every other ending carries its verdict.
         (_, None) => CallOutcome::Failure,
     };
-    let learned = if called {
-        outcome.learned()
-    } else {
-        crate::breaker::Outcome::Ignored
+    let learned = match (called, &outcome) {
+        (None, _) => Outcome::Ignored,
+        (Some(attempt), CallOutcome::Rejected(why)) if **why != Rejected::DeadlineExceeded => {
+            attempt
+        }
+        (Some(_), outcome) => outcome.learned(),
     };
     if let Some(guard) = slot {
         B::finish(guard, learned);
