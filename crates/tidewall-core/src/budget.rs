@@ -114,7 +114,9 @@ impl RetryBudgetBuilder {
         self
     }
 
-    /// How long a deposit counts (default 10 s).
+    /// How long a deposit counts (default 10 s), in whole buckets: a deposit counts until
+    /// `window` after the start of its bucket (`window / buckets` long), so for between
+    /// `window − window / buckets` and `window` after it was made.
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;

@@ -38,8 +38,16 @@ use crate::sync::{Arc, Mutex, Swap, lock, nanos_since};
 /// A shared retry budget. Cheap to clone: clones share the balance.
 ///
 /// Right at any age: a budget built long before its first use, or idle for any time between
-/// uses, counts exactly the calls and retries of its last window. Its memory is one word per
-/// bucket (at most [`MAX_BUCKETS`](tidewall_core::breaker::MAX_BUCKETS), 1024).
+/// uses, counts exactly the calls and retries of its last window. The window slides by whole
+/// buckets (`window / buckets`, counted from `origin`): a call counts from its bucket's start
+/// until `window` later, so for between `window − window / buckets` and `window` after it was
+/// made. Its memory is one word per bucket (at most
+/// [`MAX_BUCKETS`](tidewall_core::breaker::MAX_BUCKETS), 1024).
+///
+/// A bucket counts at most 16,777,215 calls and as many retries: past that a deposit stops
+/// counting and a withdrawal is refused, which only makes the budget stricter
+/// ([`balance`](Self::balance) and [`has_balance`](Self::has_balance) judge by the policy
+/// alone, and do not see this cap).
 #[derive(Clone)]
 pub struct RetryBudget {
     inner: Arc<Inner>,
@@ -77,7 +85,13 @@ impl Window {
     }
 
     fn epoch(&self, origin: Instant, now: Instant) -> u64 {
-        nanos_since(origin, now) / self.bucket_nanos
+        let nanos = nanos_since(origin, now);
+        if nanos < u64::MAX {
+            return nanos / self.bucket_nanos;
+        }
+        // Past 584 years from the origin the nanoseconds no longer fit a u64; the buckets do.
+        let elapsed = now.saturating_duration_since(origin).as_nanos();
+        u64::try_from(elapsed / u128::from(self.bucket_nanos)).unwrap_or(u64::MAX)
     }
 }
 

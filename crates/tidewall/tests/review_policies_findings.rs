@@ -400,3 +400,54 @@ async fn a_breaker_refused_retry_teaches_the_failed_attempt() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(limiter.limit(), 4, "the failed attempt is a drop");
 }
+
+// `RetryBudget`: "Right at any age: a budget built long before its first use, or idle for
+// any time between uses, counts exactly the calls and retries of its last window", past the
+// 584 years a u64 of nanoseconds holds too.
+#[test]
+fn a_retry_budget_slides_past_584_years() {
+    use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    let origin = std::time::Instant::now();
+    let policy = RetryBudgetPolicy::builder()
+        .ratio(0.5)
+        .min_per_second(0)
+        .window(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let budget = RetryBudget::new(policy, origin);
+    let Some(late) = origin.checked_add(Duration::from_secs(600 * 365 * 86_400)) else {
+        return; // this platform's clock cannot hold the instant
+    };
+    for _ in 0..10 {
+        budget.deposit(late);
+    }
+    assert!(budget.try_withdraw(late));
+    assert_eq!(budget.balance(late), 4);
+    let hour = late + Duration::from_secs(3_600);
+    assert!(
+        !budget.has_balance(hour),
+        "an hour later the window's calls have left it"
+    );
+}
+
+// The same window, deposited in the middle of a bucket: it counts for at least
+// `window - window / buckets` after it was made, and not `window` after its bucket began.
+#[test]
+fn a_retry_budget_deposit_counts_for_the_documented_span() {
+    use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
+    let origin = std::time::Instant::now();
+    let policy = RetryBudgetPolicy::builder()
+        .ratio(0.5)
+        .min_per_second(0)
+        .window(Duration::from_secs(10))
+        .buckets(10)
+        .build()
+        .unwrap();
+    let budget = RetryBudget::new(policy, origin);
+    let made = origin + ms(900);
+    for _ in 0..10 {
+        budget.deposit(made);
+    }
+    assert!(budget.has_balance(made + ms(9_000)));
+    assert!(!budget.has_balance(origin + Duration::from_secs(10)));
+}
