@@ -330,3 +330,43 @@ fn bad_settings_are_refused_with_their_field() {
         Err(ConfigError::Conflict { .. })
     ));
 }
+
+proptest! {
+    /// Vegas blends the clamped limit with the old one: the blend, rounded in f64, must not
+    /// land one below `min_limit` (0.93 × 10 + 0.07 × 10 is 9.999999999999998).
+    #[test]
+    fn vegas_blending_never_leaves_the_bounds(
+        min in 1_u32..500,
+        smoothing in 0.001_f64..1.0,
+        seed in any::<u64>(),
+        drops in 1_usize..200,
+    ) {
+        // Starting at the minimum: each drop blends the minimum with itself.
+        let mut vegas = Vegas::builder()
+            .min_limit(min)
+            .initial_limit(min)
+            .max_limit(min + 50)
+            .smoothing(smoothing)
+            .seed(seed)
+            .build()
+            .unwrap();
+        vegas.update(&sample(10_000_000, min, false));
+        for _ in 0..drops {
+            let limit = vegas.update(&sample(10_000_000, min, true));
+            prop_assert!(limit >= min, "{} below {}", limit, min);
+        }
+    }
+}
+
+/// The case the review found: a minimum of 10 with a smoothing of 0.07.
+#[test]
+fn vegas_at_its_minimum_stays_there_whatever_the_smoothing() {
+    let mut vegas = Vegas::builder()
+        .min_limit(10)
+        .initial_limit(10)
+        .smoothing(0.07)
+        .build()
+        .unwrap();
+    vegas.update(&sample(10_000_000, 10, false));
+    assert_eq!(vegas.update(&sample(10_000_000, 10, true)), 10);
+}

@@ -59,6 +59,9 @@ pub struct Gradient2 {
 struct LongAverage {
     /// Nanoseconds.
     value: f64,
+    /// The warm-up samples' sum: each warm-up sample sets the value to their plain mean, so a
+    /// lowering during the warm-up lasts until the next sample (as Netflix's does).
+    sum: f64,
     count: u32,
     factor: f64,
 }
@@ -69,7 +72,8 @@ impl LongAverage {
     fn add(&mut self, sample: f64) -> f64 {
         if self.count < Self::WARMUP {
             self.count += 1;
-            self.value += (sample - self.value) / f64::from(self.count);
+            self.sum += sample;
+            self.value = self.sum / f64::from(self.count);
         } else {
             self.value += (sample - self.value) * self.factor;
         }
@@ -179,6 +183,7 @@ impl Gradient2Builder {
             rtt_tolerance: self.rtt_tolerance,
             long: LongAverage {
                 value: 0.0,
+                sum: 0.0,
                 count: 0,
                 factor: 2.0 / (f64::from(self.long_window) + 1.0),
             },
@@ -214,5 +219,26 @@ impl LimitAlgorithm for Gradient2 {
 
     fn bounds(&self) -> (u32, u32) {
         (self.min_limit, self.max_limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LongAverage;
+
+    /// Netflix's warm-up: each of the first ten samples sets the average to their plain mean,
+    /// so the 5 % lowering made after one sample lasts only until the next.
+    #[test]
+    fn the_warm_up_mean_is_plain_whatever_was_lowered() {
+        let mut long = LongAverage {
+            value: 0.0,
+            sum: 0.0,
+            count: 0,
+            factor: 2.0 / 601.0,
+        };
+        assert_eq!(long.add(100.0), 100.0);
+        assert_eq!(long.add(10.0), 55.0);
+        long.value *= 0.95;
+        assert_eq!(long.add(10.0), 40.0);
     }
 }

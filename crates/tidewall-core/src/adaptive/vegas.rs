@@ -18,9 +18,12 @@ use crate::rng::SplitMix64;
 /// * a drop shrinks it by one unit; anything else holds it.
 ///
 /// The new limit is clamped to `[min_limit, max_limit]`, then blended with the old one by
-/// `smoothing` (1: no blending). A sample that sets or probes the no-load RTT changes nothing
-/// else, a drop included (as Netflix's: a drop faster than every call before it becomes the
-/// no-load RTT), and a limit less than half used does not grow.
+/// `smoothing` (1: no blending), and the blend clamped again (f64 rounding must not take it
+/// one past a bound). Blending only approaches the new limit: with a `smoothing` below 1 a
+/// limit moving toward a bound may stay one short of it. A sample that sets or probes the
+/// no-load RTT changes nothing else, a drop included (as Netflix's: a drop faster than every
+/// call before it becomes the no-load RTT), and a limit less than half used does not move
+/// but for a drop (as Netflix's: its queue says nothing then).
 ///
 /// ```
 /// use core::time::Duration;
@@ -126,7 +129,9 @@ impl VegasBuilder {
     ///
     /// [`ConfigError::Zero`] for a zero `min_limit`, `probe_multiplier` or `smoothing`;
     /// [`ConfigError::Conflict`] unless `min_limit <= initial_limit <= max_limit`, or for an
-    /// `alpha` above `beta`; [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing`
+    /// `alpha` above `beta` when both are set (each left unset follows the limit: 3 and 6
+    /// units, so an `alpha` set alone above 6 units makes the queues between them grow the
+    /// limit); [`ConfigError::OutOfRange`] (or `NotFinite`) for a `smoothing`
     /// above 1 or below 0.
     pub fn build(self) -> Result<Vegas, ConfigError> {
         check_ratio("smoothing", self.smoothing, 0.0, 1.0, false, "in (0, 1]")?;
@@ -189,9 +194,10 @@ fn ceil(x: f64) -> f64 {
 }
 
 impl Vegas {
-    /// The no-load RTT, once a sample has set it (for tests and dashboards).
+    /// The no-load RTT, once a sample has set it (for tests and dashboards). It is kept as
+    /// an f64 of nanoseconds: exact up to 2^53 ns (about 104 days), rounded to 53 bits past.
     pub fn no_load_rtt(&self) -> Option<core::time::Duration> {
-        // Set from a nanosecond count that fit in u64: the cast is exact.
+        // Set from a nanosecond count that fit in u64, so the f64 is within u64's range.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         self.no_load
             .map(|nanos| core::time::Duration::from_nanos(nanos as u64))
@@ -240,8 +246,10 @@ impl LimitAlgorithm for Vegas {
                 return limit;
             }
         };
-        let candidate = candidate.clamp(f64::from(self.min_limit), f64::from(self.max_limit));
-        self.estimate = (1.0 - self.smoothing) * self.estimate + self.smoothing * candidate;
+        let (min, max) = (f64::from(self.min_limit), f64::from(self.max_limit));
+        let candidate = candidate.clamp(min, max);
+        self.estimate =
+            ((1.0 - self.smoothing) * self.estimate + self.smoothing * candidate).clamp(min, max);
         self.limit()
     }
 

@@ -11,7 +11,9 @@ use crate::ConfigError;
 /// It alternates between two modes:
 ///
 /// * **Measuring the no-load RTT.** The limit is `min_limit` until `probe_samples` calls
-///   admitted with at most `min_limit` in flight have ended; the mean of their RTTs is the
+///   admitted with at most `min_limit` in flight have ended without a drop (a drop says
+///   nothing of the latency, so a dependency shedding every call keeps it measuring, at
+///   `min_limit`); the mean of their RTTs is the
 ///   no-load RTT, and the limit goes back to what it was (`initial_limit` the first time). It
 ///   measures from the first sample on, and again once `probe_interval` has passed since the
 ///   last measurement (by the samples' [`at`](Sample::at)). A measurement costs throughput: for

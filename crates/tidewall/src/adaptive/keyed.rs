@@ -155,8 +155,10 @@ impl<A, R> fmt::Debug for KeyedAdaptiveLimiterBuilder<A, R> {
 }
 
 impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLimiter<K, A, R> {
-    /// Admits a call of `key` now if fewer than its limit are in flight (and nobody is queued
-    /// for it); record how it ended on the permit, which teaches `key`'s algorithm alone.
+    /// Admits a call of `key` now as [`AdaptiveLimiter::try_acquire`] does (fewer than its
+    /// share of `key`'s limit in flight, and nobody as important or more queued for `key`:
+    /// queued callers of lower priority, or waiting for their own share, are passed); record
+    /// how it ended on the permit, which teaches `key`'s algorithm alone.
     ///
     /// # Errors
     ///
