@@ -53,10 +53,35 @@ impl Backend {
         self.call_within(call, None).await
     }
 
+    /// The deadline of one Redis call.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Like [`call`](Self::call), also cut short at `cap` (what is left of the caller's own
     /// deadline). A call cut short by `cap` before the limit's own deadline is
     /// [`Unavailable::CallerDeadline`] and counts nothing against Redis.
+    ///
+    /// A zero `cap` (the caller's deadline passed before it asked) still gets the call,
+    /// within the limit's own deadline as without a cap (an answer is the only way to decide
+    /// at once), but anything other than an answer is [`Unavailable::CallerDeadline`]: past
+    /// its deadline, the caller is not answered by the failure policy. The breaker records
+    /// the call as without a cap.
     pub(crate) async fn call_within<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+        cap: Option<Duration>,
+    ) -> Result<T, Unavailable> {
+        let passed = cap.is_some_and(|cap| cap.is_zero());
+        let answered = self.call_capped(call, cap.filter(|_| !passed)).await;
+        match answered {
+            Err(_) if passed => Err(Unavailable::CallerDeadline),
+            answered => answered,
+        }
+    }
+
+    /// [`call_within`](Self::call_within) for a cap that has not passed.
+    async fn call_capped<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
         cap: Option<Duration>,

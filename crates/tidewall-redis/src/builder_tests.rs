@@ -8,7 +8,9 @@ use tidewall::ConfigError;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::rt::Tokio;
 
-use crate::{BreakerQuorum, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
+use crate::{
+    BreakerQuorum, ConnectError, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable,
+};
 
 /// A connection that is never opened (nothing listens on port 1).
 fn conn() -> RedisConn {
@@ -123,4 +125,91 @@ async fn a_quorum_report_lives_three_whole_periods() {
         quorum(Duration::ZERO),
         Err(ConfigError::Zero { field: "every" })
     );
+}
+
+/// r5 finding 3: a zero lease is `Zero`, as a zero limit and a zero deadline are, not the
+/// `OutOfRange` of a lease under 3 ms.
+#[tokio::test]
+async fn a_zero_lease_is_zero() {
+    let build = |lease: Duration| {
+        RedisBulkhead::builder(&conn(), "builder", 4)
+            .lease(lease)
+            .build()
+            .map(drop)
+    };
+    assert_eq!(
+        build(Duration::ZERO),
+        Err(ConfigError::Zero { field: "lease" })
+    );
+    assert!(is_out_of_range(build(Duration::from_nanos(1)), "lease"));
+}
+
+/// r5 finding 10: the quorum's `when_unavailable` is validated as the limits' is (and
+/// otherwise changes nothing).
+#[tokio::test]
+async fn the_quorums_failure_policy_is_validated_like_the_limits() {
+    let quorum = |policy: WhenUnavailable| {
+        let breaker = CircuitBreaker::builder()
+            .runtime(Tokio)
+            .build()
+            .expect("default breaker");
+        BreakerQuorum::builder(&conn(), "builder", breaker)
+            .when_unavailable(policy)
+            .build()
+            .map(drop)
+    };
+    for share in [2.0, 0.0, -0.5, f64::NAN, f64::INFINITY] {
+        assert!(
+            is_out_of_range(quorum(WhenUnavailable::Local { share }), "share"),
+            "{share}"
+        );
+    }
+    for policy in [
+        WhenUnavailable::Open,
+        WhenUnavailable::Closed,
+        WhenUnavailable::Local { share: 0.5 },
+    ] {
+        assert_eq!(quorum(policy), Ok(()));
+    }
+}
+
+/// r5 finding 12: a username without a password would not be sent (redis-rs authenticates
+/// only with one), and the connection would run as `default`: refused before anything is
+/// sent, for a server and a cluster, from the builder or the URL. (Nothing listens on port
+/// 1: anything sent would be `Unreachable`.)
+#[tokio::test]
+async fn a_username_without_a_password_is_invalid() {
+    for builder in [
+        RedisConn::builder("redis://127.0.0.1:1").username("tidewall"),
+        RedisConn::builder("redis://tidewall@127.0.0.1:1"),
+        RedisConn::cluster_builder(["redis://127.0.0.1:1"]).username("tidewall"),
+        RedisConn::cluster_builder(["redis://tidewall@127.0.0.1:1"]),
+    ] {
+        let error = builder.connect().await.unwrap_err();
+        assert!(
+            matches!(error, ConnectError::InvalidSettings { .. }),
+            "{error:?}"
+        );
+    }
+    // With a password, from either place, it is sent (and here unreachable).
+    for builder in [
+        RedisConn::builder("redis://127.0.0.1:1")
+            .username("tidewall")
+            .password("secret"),
+        RedisConn::builder("redis://tidewall:secret@127.0.0.1:1"),
+        RedisConn::builder("redis://tidewall@127.0.0.1:1").password("secret"),
+        RedisConn::cluster_builder(["redis://127.0.0.1:1"])
+            .username("tidewall")
+            .password("secret"),
+    ] {
+        let error = builder
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ConnectError::Unreachable { .. }),
+            "{error:?}"
+        );
+    }
 }

@@ -202,6 +202,8 @@ impl RedisBulkhead {
         self.try_acquire_within(None).await
     }
 
+    /// [`try_acquire`](Self::try_acquire) with the round trip also cut short at `cap` (what
+    /// is left of the caller's deadline; zero: see [`Backend::call_within`]).
     async fn try_acquire_within(&self, cap: Option<Duration>) -> Result<RedisPermit, Rejected> {
         let inner = &*self.inner;
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -257,33 +259,47 @@ impl RedisBulkhead {
     }
 
     /// Tries for a slot until `deadline`, asking again every few milliseconds (jittered, so
-    /// replicas do not ask in step).
+    /// replicas do not ask in step). Every try is cut short at what is left of `deadline`;
+    /// the last is made about 1 ms before it, never at or after it.
+    ///
+    /// A `deadline` that has already passed gets one try, as
+    /// [`try_acquire`](Self::try_acquire) (deciding at once takes Redis's answer, so it may
+    /// take up to the limit's own deadline), and is then refused: if Redis does not answer
+    /// that try, with [`Rejected::DeadlineExceeded`], never by the failure policy.
     ///
     /// **Cancel safety:** as [`try_acquire`](Self::try_acquire).
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] when no slot came free in time, or Redis has not answered
-    /// by the deadline (then a lease it may have granted is released); otherwise as
+    /// [`Rejected::DeadlineExceeded`] when no slot came free in time, or Redis has not
+    /// answered by the deadline (then a lease it may have granted is released), or for a
+    /// deadline already passed that Redis did not answer in time; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
+        // How long before the deadline the last try is made: a try at the deadline itself
+        // would have no time left for its answer.
+        const LAST_TRY: Duration = Duration::from_millis(1);
         // Seeded per call, so the waiters of one replica do not retry in step.
         let mut rng = SplitMix64::new(random_id());
+        let mut first = true;
         loop {
-            // The round trip never runs past what is left of the caller's deadline (the first
-            // one is always made).
-            let left = deadline
-                .remaining(Tokio.now())
-                .filter(|left| !left.is_zero());
+            // The round trip never runs past what is left of the caller's deadline. Only the
+            // first try may find it passed (a late wake-up is not another try).
+            let left = deadline.remaining(Tokio.now());
+            if !first && left.is_some_and(|left| left.is_zero()) {
+                return Err(Rejected::DeadlineExceeded);
+            }
+            first = false;
             match self.try_acquire_within(left).await {
                 Err(Rejected::BulkheadFull) => {}
                 done => return done,
             }
             let pause = Duration::from_micros(2_000 + rng.below_or_equal(3_000));
             match deadline.remaining(Tokio.now()) {
-                Some(left) if left.is_zero() => return Err(Rejected::DeadlineExceeded),
-                // A last try at the deadline rather than giving up one pause early.
-                Some(left) => Tokio.sleep(pause.min(left)).await,
+                // No time for another try to be answered.
+                Some(left) if left <= LAST_TRY => return Err(Rejected::DeadlineExceeded),
+                // The last pause ends early enough for one more try.
+                Some(left) => Tokio.sleep(pause.min(left - LAST_TRY)).await,
                 None => Tokio.sleep(pause).await,
             }
         }
@@ -391,12 +407,16 @@ impl RedisBulkheadBuilder {
     ///
     /// # Errors
     ///
-    /// A zero limit, lease or deadline, a lease under 3 ms (renewed every third) or over
-    /// 2^50 µs, a deadline beyond `u64::MAX` nanoseconds, a local share outside (0, 1], an
-    /// empty name.
+    /// [`ConfigError::Zero`] for a zero limit, lease or deadline, or an empty name;
+    /// [`ConfigError::OutOfRange`] for a lease under 3 ms (renewed every third) or over
+    /// 2^50 µs, or a local share outside (0, 1]; [`ConfigError::DurationOverflow`] for a lease
+    /// or deadline beyond `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<RedisBulkhead, ConfigError> {
         if self.limit == 0 {
             return Err(ConfigError::Zero { field: "limit" });
+        }
+        if self.lease.is_zero() {
+            return Err(ConfigError::Zero { field: "lease" });
         }
         const ALLOWED: &str = "from 3 ms to 2^50 µs (about 35 years)";
         if self.lease < Duration::from_millis(3) {

@@ -97,8 +97,9 @@ impl RedisConn {
     ///
     /// Nothing is checked until the first call: an unreachable server or wrong credentials
     /// then look like a Redis that does not answer, and every limit applies its failure
-    /// policy. Prefer [`builder`](Self::builder) and [`connect`](RedisConnBuilder::connect)
-    /// at start-up.
+    /// policy; a user without a password in the URL is not even sent (the connection runs as
+    /// `default`). Prefer [`builder`](Self::builder) and
+    /// [`connect`](RedisConnBuilder::connect) at start-up, which refuse that.
     ///
     /// ```no_run
     /// use tidewall_redis::RedisConn;
@@ -212,7 +213,11 @@ impl std::fmt::Debug for RedisConnBuilder {
 }
 
 impl RedisConnBuilder {
-    /// The ACL user to authenticate as (instead of the URL's; without one, `default`).
+    /// The ACL user to authenticate as (instead of the URL's; without one, `default`). It
+    /// needs a password, from [`password`](Self::password) or the URL:
+    /// [`connect`](Self::connect) refuses a user without one as
+    /// [`InvalidSettings`](ConnectError::InvalidSettings) (Redis would not be told the user,
+    /// and the connection would run as `default`). A `nopass` user accepts any password.
     ///
     /// ```
     /// use tidewall_redis::RedisConn;
@@ -332,9 +337,10 @@ impl RedisConnBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::InvalidSettings`] (the URL, or certificates for a URL
-    /// that is not `rediss://` or that do not parse), [`Unreachable`](ConnectError::Unreachable) (refused, or
-    /// no answer within the timeout), [`Tls`](ConnectError::Tls),
+    /// [`ConnectError::InvalidSettings`] (the URL, a username without a password,
+    /// certificates for a URL that is not `rediss://`, on a cluster for any of its nodes, or
+    /// certificates that do not parse), [`Unreachable`](ConnectError::Unreachable) (refused,
+    /// or no answer within the timeout), [`Tls`](ConnectError::Tls),
     /// [`Authentication`](ConnectError::Authentication), or
     /// [`Redis`](ConnectError::Redis) for any other error Redis answers with.
     pub async fn connect(self) -> Result<RedisConn, ConnectError> {
@@ -367,7 +373,7 @@ impl RedisConnBuilder {
         // Retries after a failed node wait 5 ms doubling to 500 ms, as the single server's
         // reconnects do: redis-rs's default (from 1.28 s up to 11 minutes) left decisions on a
         // promoted replica's slots failing for up to a second after the failover.
-        let mut builder = ClusterClientBuilder::new(nodes)
+        let mut builder = ClusterClientBuilder::new(nodes.clone())
             .connection_timeout(Duration::from_millis(500))
             .min_retry_wait(5)
             .max_retry_wait(500)
@@ -379,8 +385,26 @@ impl RedisConnBuilder {
         if let Some(password) = &self.password {
             builder = builder.password(password);
         }
+        if let Some(first) = nodes.first() {
+            let settings = first.redis_settings();
+            credentials_fit(
+                self.username.as_deref().or(settings.username()),
+                self.password.as_deref().or(settings.password()),
+            )?;
+        }
         #[cfg(feature = "tls")]
         if certificates_given(&self.tls)? {
+            // redis-rs would turn TLS on for every node whatever its scheme.
+            if nodes
+                .iter()
+                .any(|node| !matches!(node.addr(), redis::ConnectionAddr::TcpTls { .. }))
+            {
+                return Err(ConnectError::InvalidSettings {
+                    reason: "TLS certificates were given for a cluster node whose URL is not \
+                             rediss://"
+                        .to_owned(),
+                });
+            }
             builder = builder.certs(self.tls);
         }
         let client = builder
@@ -405,6 +429,7 @@ impl RedisConnBuilder {
         if let Some(password) = &self.password {
             redis = redis.set_password(password);
         }
+        credentials_fit(redis.username(), redis.password())?;
         let info = info
             .set_redis_settings(redis)
             .set_tcp_settings(tcp_settings());
@@ -418,6 +443,19 @@ impl RedisConnBuilder {
         let client = Client::open(info);
         client.map_err(|error| ConnectError::from_redis(&error))
     }
+}
+
+/// Refuses a user without a password: redis-rs authenticates only with a password, so the
+/// connection would silently run as `default`.
+fn credentials_fit(username: Option<&str>, password: Option<&str>) -> Result<(), ConnectError> {
+    if username.is_some() && password.is_none() {
+        return Err(ConnectError::InvalidSettings {
+            reason: "a username without a password: the connection would run as `default`, \
+                     not as that user (for a `nopass` user, give any password)"
+                .to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether certificates were given, once every PEM given is checked to hold what it is for:

@@ -2,9 +2,13 @@
 //! locally, so a decision costs an atomic, and Redis one round trip per batch.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tidewall::ConfigError;
+use tokio::sync::watch;
+
+use crate::backend::Unavailable;
 
 /// Takes up to `ARGV[3]` cells at once from the same GCRA state as the exact script: as many
 /// as are free now, at most the ask. Returns `{granted, wait_µs}`: the wait, from the state
@@ -29,7 +33,7 @@ return {granted, math.max(tat + at_least * interval - burst * interval - now, 0)
 ";
 
 /// Gives `ARGV[2]` unspent cells back: the state moves back as if they were never taken
-/// (never before now, which is rest). Returns the cells given back.
+/// (never before now, which is rest). Returns `ARGV[2]`, or 0 when the key had expired.
 pub(crate) const GIVE_BACK: &str = r"
 local interval = tonumber(ARGV[1])
 local cells = tonumber(ARGV[2])
@@ -54,8 +58,17 @@ return cells
 /// `replicas × max_batch`. With exact mode that extra term is 0; it is the price of deciding
 /// without Redis. Cells a replica holds are unavailable to the others until it spends them
 /// or gives them back ([`return_unspent`](crate::RedisRateLimiter::return_unspent), or when
-/// the last handle is dropped): the fleet may admit less than the limit while batches sit
-/// idle, never more than the bound.
+/// the last handle is dropped, in the background: on the current tokio runtime, or, dropped
+/// on a thread outside any, on the one it was built or first refilled on, if that one still
+/// runs): the fleet may admit less than the limit while batches sit idle, never more than
+/// the bound.
+///
+/// **Waiting for a batch.** A replica fetches one batch at a time, on a task of its own:
+/// every caller that runs dry meanwhile waits for that same round trip, each until its own
+/// deadline (the limit's, or the caller's if sooner), and is answered with its outcome (a
+/// round trip that failed is not repeated for the callers that waited on it). A caller that
+/// stops waiting, or is dropped, leaves the round trip running: the batch is held for the
+/// next callers, not lost.
 ///
 /// **The batch adapts** to the replica's own rate: a batch is what it spends in `horizon`
 /// (default 10 ms), from 1 cell up to `max_batch`; a replica that runs dry before its next
@@ -137,10 +150,30 @@ pub(crate) struct Leased {
     origin: Instant,
     /// The cells that free up in one horizon (at least 1).
     horizon_cells: u64,
-    /// One refill at a time, so the cells held never pass `max_batch`.
+    /// One refill at a time, so the cells held never pass `max_batch`; a give-back holds it
+    /// too. Only a refill's own task waits for it, never a caller.
     refill: tokio::sync::Mutex<Refills>,
+    /// The outcome of the refill under way (or of the last one), for every caller waiting on
+    /// it.
+    in_flight: Mutex<Option<RefillWatch>>,
     pub(crate) lease: redis::Script,
     pub(crate) give_back: redis::Script,
+}
+
+/// How a refill ended: the cells held just after it, or why Redis gave no batch.
+pub(crate) type RefillOutcome = Result<u64, Unavailable>;
+
+/// A refill's outcome, `None` while it runs.
+pub(crate) type RefillWatch = watch::Receiver<Option<RefillOutcome>>;
+
+/// What [`Leased::join_or_start`] found.
+#[derive(Debug)]
+pub(crate) enum Joined {
+    /// A refill is under way: wait for its outcome.
+    Waiting(RefillWatch),
+    /// None was: the caller starts one, and sends its outcome (the slot now holds the
+    /// receiver, so later callers wait on it).
+    Starting(watch::Sender<Option<RefillOutcome>>, RefillWatch),
 }
 
 /// What the refills learn the replica's rate from.
@@ -171,6 +204,7 @@ impl Leased {
                 last: now,
                 held_after: 0,
             }),
+            in_flight: Mutex::new(None),
             lease: redis::Script::new(LEASE),
             give_back: redis::Script::new(GIVE_BACK),
         }
@@ -211,6 +245,24 @@ impl Leased {
         self.refilling.store(false, Ordering::Release);
     }
 
+    /// The refill under way, to wait for; or, if none is, a new one for the caller to start.
+    /// A refill whose task ended without an outcome (its runtime shut down) is not under way.
+    pub(crate) fn join_or_start(&self) -> Joined {
+        let mut slot = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(outcome) = slot.as_ref()
+            && outcome.borrow().is_none()
+            && outcome.has_changed().is_ok()
+        {
+            return Joined::Waiting(outcome.clone());
+        }
+        let (done, outcome) = watch::channel(None);
+        *slot = Some(outcome.clone());
+        Joined::Starting(done, outcome)
+    }
+
     /// The wait Redis gave for the next free cell, while it lasts and until its recheck
     /// ([`RedisRateLimiter::DENIAL_RECHECK`](crate::RedisRateLimiter::DENIAL_RECHECK)).
     pub(crate) fn denied_for(&self) -> Option<Duration> {
@@ -248,14 +300,14 @@ impl Leased {
     /// trip for `want` cells and answers `(granted, wait_µs)`, the wait until `at_least`
     /// more are free. A refill ahead of need passes `since`
     /// ([`returns`](Self::returns) when it was started), and fetches nothing if the cells
-    /// were given back meanwhile. Returns `ask`'s error when it failed; otherwise whether
-    /// `needed` cells are held now.
+    /// were given back meanwhile. Returns `ask`'s error when it failed; otherwise the cells
+    /// held just after (at least `needed` unless Redis granted fewer).
     pub(crate) async fn refill<F, Fut, E>(
         &self,
         needed: u64,
         since: Option<u64>,
         ask: F,
-    ) -> Result<bool, E>
+    ) -> Result<u64, E>
     where
         F: FnOnce(u64, u64) -> Fut,
         Fut: Future<Output = Result<(u64, u64), E>>,
@@ -263,13 +315,13 @@ impl Leased {
         let mut refills = self.refill.lock().await;
         let held = self.held.load(Ordering::Acquire);
         if since.is_some_and(|since| since != self.returns()) {
-            return Ok(held >= needed);
+            return Ok(held);
         }
         if held >= needed.max(1) && held >= self.target.load(Ordering::Relaxed).div_ceil(2) {
-            return Ok(true); // another refill got here first
+            return Ok(held); // another refill got here first
         }
         if self.denied_for().is_some() {
-            return Ok(held >= needed);
+            return Ok(held);
         }
         let now = Instant::now();
         // The rate since the last batch: what was spent of it, over the time since.
@@ -291,7 +343,7 @@ impl Leased {
         self.target.store(target, Ordering::Relaxed);
         let want = target.saturating_sub(held);
         if want == 0 {
-            return Ok(held >= needed);
+            return Ok(held);
         }
         // A replica that has run dry and gets less than half its batch does not come back
         // for more until that much is free (or what frees in one horizon, for a slow limit):
@@ -317,7 +369,7 @@ impl Leased {
             let until = now.saturating_add(wait_us.saturating_mul(1_000)).max(1);
             self.denied_until.store(until, Ordering::Release);
         }
-        Ok(held_after >= needed)
+        Ok(held_after)
     }
 }
 

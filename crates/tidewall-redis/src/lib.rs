@@ -59,6 +59,12 @@
 //! `%25`, `%3A`, `%7B` and `%7D`). The tests run every limit as this user over
 //! TLS, and every missing piece as a typed error.
 //!
+//! That rule is for one server at database 0. The connection itself needs more elsewhere:
+//! add `+select` for a URL that names another database (`redis://host/3`: the connection
+//! sends `SELECT`), and `+cluster|slots` on a Redis Cluster (redis-rs's cluster client reads
+//! the slot map with `CLUSTER SLOTS` when it connects and after `MOVED` or a failover, and
+//! cannot route a command without it). The tests do not run the rule on a cluster.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tidewall_redis::{RedisConn, RedisRateLimiter};
@@ -89,9 +95,10 @@
 //! # Redis Cluster
 //!
 //! [`RedisConn::cluster_builder`] connects to a Redis Cluster through redis-rs's cluster
-//! client; every limit works on it unchanged. All the keys of one limit and partition share a
-//! hash tag, so each decision is one script on one slot's master, and different names spread
-//! over the slots and so over the masters. The client follows `MOVED` and `ASK` (a slot
+//! client; every limit works on it unchanged (its ACL user needs `+cluster|slots` besides
+//! the rule above). All the keys of one limit and partition share a hash tag, so each
+//! decision is one script on one slot's master, and different names spread over the slots
+//! and so over the masters. The client follows `MOVED` and `ASK` (a slot
 //! migrated while in use keeps every limit exact: the tests move one key at a time), and
 //! after a failover it finds the promoted replica (retries wait 5 ms doubling to 500 ms).
 //!

@@ -43,6 +43,9 @@ impl Common {
         if self.name.is_empty() {
             return Err(ConfigError::Zero { field: "name" });
         }
+        if let WhenUnavailable::Local { share } = self.policy {
+            crate::rate::share_of(1, share)?;
+        }
         Ok(key(&self.name, &self.partition, kind))
     }
 
@@ -77,9 +80,20 @@ pub(crate) fn script_micros(
     Ok(micros)
 }
 
-/// The builder methods for [`Common`]'s options, on a builder with a `common` field.
+/// The builder methods for [`Common`]'s options, on a builder with a `common` field; with
+/// `no_policy`, all but `when_unavailable` (the builder documents its own).
 macro_rules! common_options {
     () => {
+        crate::options::common_options!(no_policy);
+
+        /// What to do when Redis does not answer in time (default: admit).
+        #[must_use]
+        pub fn when_unavailable(mut self, policy: crate::policy::WhenUnavailable) -> Self {
+            self.common.policy = policy;
+            self
+        }
+    };
+    (no_policy) => {
         /// A separate limit under the same name (a tenant, a route): its own key.
         #[must_use]
         pub fn partition(mut self, partition: &str) -> Self {
@@ -92,13 +106,6 @@ macro_rules! common_options {
         #[must_use]
         pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
             self.common.deadline = deadline;
-            self
-        }
-
-        /// What to do when Redis does not answer in time (default: admit).
-        #[must_use]
-        pub fn when_unavailable(mut self, policy: crate::policy::WhenUnavailable) -> Self {
-            self.common.policy = policy;
             self
         }
     };

@@ -19,6 +19,14 @@ pub enum WhenUnavailable {
     Closed,
     /// Decide with an in-process limiter holding `share` (0 < share ≤ 1) of the global limit:
     /// with N replicas, `1 / N` keeps the total close to the global limit.
+    ///
+    /// For a rate limiter, `share` of the rate and of the burst (rounded down, at least one
+    /// cell of each); it refuses with [`Rejected::RateLimited`](tidewall::Rejected::RateLimited)
+    /// and its own wait. A request for more cells than the share's burst but no more than the
+    /// limit's is judged as a rate, not refused for good: admitted once the share is fully
+    /// rested, and paid for at its rate (its next cells wait until that much time has passed),
+    /// so for a moment a replica may admit up to the limit's burst. For a bulkhead, `share` of
+    /// the slots.
     Local {
         /// The fraction of the global limit this instance allows alone.
         share: f64,

@@ -2,6 +2,7 @@
 //! their breaker for a dependency open, the rest open theirs too, without waiting to fail on
 //! their own. Refreshed on a timer, so Redis is never on a call's path.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tidewall::rt::Tokio;
 use crate::backend::Backend;
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
+use crate::policy::WhenUnavailable;
 use crate::start::{ConnectError, fresh_probe_key, probe};
 
 /// Reports this instance (alive until `ttl`, and open or not), reaps expired reports, and
@@ -42,6 +44,11 @@ return {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
 /// the local breaker is forced open; once the quorum is gone, the breaker this layer forced
 /// is reset. A breaker forced open by the quorum reports itself closed, so the quorum never
 /// feeds on its own decision. If Redis is away, the layer lets go of whatever it forced.
+///
+/// Only a refresh undoes a force, so the layer lets go when it stops refreshing too: when
+/// the [`Refreshing`] handle of [`spawn`](Self::spawn) is dropped, and when the last handle
+/// of this layer is dropped. An instance that calls [`refresh`](Self::refresh) by hand and
+/// then stops, keeping the layer, keeps a force made meanwhile until it resets the breaker.
 ///
 /// A breaker forced open or closed by hand is left alone, even one forced open by hand on
 /// top of the layer's force: the layer undoes only a force that is still the breaker's latest
@@ -99,13 +106,21 @@ pub struct QuorumView {
     pub forced_open: bool,
 }
 
-/// Stops the background refresh when dropped.
+/// Stops the background refresh when dropped, and lets go of a breaker the layer forced
+/// open (unless it has moved on since: see [`BreakerQuorum`]), at once and without Redis.
 #[derive(Debug)]
-pub struct Refreshing(tokio::task::JoinHandle<()>);
+pub struct Refreshing {
+    task: tokio::task::JoinHandle<()>,
+    quorum: BreakerQuorum,
+    /// Set when dropped: a refresh of this task that is still running forces nothing more.
+    stopped: Arc<AtomicBool>,
+}
 
 impl Drop for Refreshing {
     fn drop(&mut self) {
-        self.0.abort();
+        self.stopped.store(true, Ordering::Release);
+        self.task.abort();
+        self.quorum.inner.let_go();
     }
 }
 
@@ -187,16 +202,26 @@ impl BreakerQuorum {
         Ok(())
     }
 
-    /// Refreshes every period on a tokio task until the returned handle is dropped.
+    /// Refreshes every period on a task of the current tokio runtime until the returned
+    /// handle is dropped; dropping it also lets go of a breaker the layer forced open.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns on the current one, as `tokio::spawn` does).
     #[must_use = "the refresh stops when the handle is dropped"]
     pub fn spawn(&self) -> Refreshing {
-        let this = self.clone();
-        Refreshing(tokio::spawn(async move {
-            loop {
-                let _ = this.refresh().await;
-                tokio::time::sleep(this.inner.every).await;
-            }
-        }))
+        let (this, stopped) = (self.clone(), Arc::new(AtomicBool::new(false)));
+        let stop = Arc::clone(&stopped);
+        Refreshing {
+            task: tokio::spawn(async move {
+                loop {
+                    let _ = this.refresh_unless(&stop).await;
+                    tokio::time::sleep(this.inner.every).await;
+                }
+            }),
+            quorum: self.clone(),
+            stopped,
+        }
     }
 
     /// One report and decision (what the timer runs): one round trip.
@@ -208,6 +233,12 @@ impl BreakerQuorum {
     /// When Redis did not answer within the deadline; the layer then lets go of a breaker it
     /// had forced open.
     pub async fn refresh(&self) -> Result<QuorumView, QuorumUnavailable> {
+        self.refresh_unless(&AtomicBool::new(false)).await
+    }
+
+    /// [`refresh`](Self::refresh), forcing nothing once `stopped` is set (its
+    /// [`Refreshing`] was dropped while it ran).
+    async fn refresh_unless(&self, stopped: &AtomicBool) -> Result<QuorumView, QuorumUnavailable> {
         let inner = &*self.inner;
         // Open (not forced open) is always the breaker's own evidence. Half-open is the
         // breaker testing recovery: not reported, so the quorum never pulls a probing
@@ -237,8 +268,11 @@ impl BreakerQuorum {
             }
             return Err(QuorumUnavailable);
         };
-        // open ≤ live; the quorum is a share of the live instances.
-        let reached = open > 0 && (open as f64) >= inner.quorum * (live as f64);
+        // open ≤ live; the quorum is a share of the live instances. A refresh that was
+        // stopped meanwhile (read under the lock its `Refreshing` lets go under) forces nothing.
+        let reached = open > 0
+            && (open as f64) >= inner.quorum * (live as f64)
+            && !stopped.load(Ordering::Acquire);
         match (reached, *forced) {
             // Only a closed breaker is forced: an open or probing one follows its own
             // evidence. `force_open_if` does nothing if it tripped since it was read.
@@ -259,6 +293,23 @@ impl BreakerQuorum {
     }
 }
 
+impl Inner {
+    /// Resets the breaker if this layer's force is still its latest transition.
+    fn let_go(&self) {
+        let mut forced = self.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ours) = forced.take() {
+            self.breaker.reset_if(ours);
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Nobody refreshes any more: a force still ours is let go.
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
 /// Redis did not answer a quorum refresh in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuorumUnavailable;
@@ -272,7 +323,17 @@ impl std::fmt::Display for QuorumUnavailable {
 impl std::error::Error for QuorumUnavailable {}
 
 impl BreakerQuorumBuilder {
-    common_options!();
+    common_options!(no_policy);
+
+    /// Accepted so that settings shared with the limits build here too, and validated as
+    /// they are (a [`WhenUnavailable::Local`] share outside (0, 1] is refused), but it
+    /// changes nothing: when Redis does not answer in time, the layer always lets go of what
+    /// it forced, and the local breaker decides alone.
+    #[must_use]
+    pub fn when_unavailable(mut self, policy: WhenUnavailable) -> Self {
+        self.common.policy = policy;
+        self
+    }
 
     /// The share of live instances (0 < quorum ≤ 1) that must report open to force this
     /// one open (default 0.5).
@@ -302,8 +363,9 @@ impl BreakerQuorumBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::OutOfRange`] for a quorum outside (0, 1] or a period whose three-period
-    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs;
+    /// [`ConfigError::OutOfRange`] for a quorum outside (0, 1], a period whose three-period
+    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs, or a
+    /// [`WhenUnavailable::Local`] share outside (0, 1];
     /// [`ConfigError::DurationOverflow`] for a three-period expiry or a deadline beyond
     /// `u64::MAX` nanoseconds; [`ConfigError::Zero`] for a zero period or deadline, an empty
     /// name or instance id.

@@ -1,18 +1,19 @@
 //! The GCRA rate limiter whose state lives in Redis.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tidewall_core::rng::SplitMix64;
 
-use tidewall::rate::RateLimiter;
-use tidewall::rt::{Clock as _, Tokio};
+use tidewall::rt::{Clock as _, Tokio, instant_after};
 use tidewall::{ConfigError, Deadline, Rejected};
-use tidewall_core::gcra::{Gcra, Resolution, emission_interval};
+use tidewall_core::gcra::{Denied, Gcra, Resolution, emission_interval};
+use tokio::runtime::Handle;
 
 use crate::backend::{Backend, Unavailable};
 use crate::conn::RedisConn;
-use crate::lease::{LeaseMode, Leased};
+use crate::lease::{Joined, LeaseMode, Leased, RefillOutcome};
 use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
 use crate::start::{ConnectError, fresh_probe_key, probe};
@@ -43,9 +44,9 @@ return {0, allowed_at - now}
 ";
 
 /// A rate limit shared by every replica through Redis: `count` cells per `period`, bursts of
-/// `burst`, exactly the in-process [`RateLimiter`]'s semantics (a limiter idle long enough
-/// admits `burst` at once, then one per `period / count`). Cheap to clone; clones share the
-/// local state (the remembered denial, the breaker around Redis).
+/// `burst`, exactly the in-process [`RateLimiter`](tidewall::rate::RateLimiter)'s semantics
+/// (a limiter idle long enough admits `burst` at once, then one per `period / count`). Cheap
+/// to clone; clones share the local state (the remembered denial, the breaker around Redis).
 ///
 /// One decision is one round trip (`EVALSHA`), bounded by the deadline (default 10 ms); a
 /// denial is remembered until it expires (or for
@@ -85,12 +86,15 @@ struct Inner {
     backend: Backend,
     policy: WhenUnavailable,
     /// The in-process limiter of [`WhenUnavailable::Local`].
-    local: Option<RateLimiter<Tokio>>,
+    local: Option<LocalShare>,
     /// The last denial, until it expires.
     denied: Mutex<Option<Denial>>,
     script: redis::Script,
     /// Lease mode's cells, if it is on.
     lease: Option<Leased>,
+    /// The tokio runtime it was built on, else the first it refilled on: where lease mode's
+    /// unspent cells are given back when the last handle is dropped outside any runtime.
+    runtime: OnceLock<Handle>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,12 +155,14 @@ impl RedisRateLimiter {
     /// One decision for one cell.
     ///
     /// **Cancel safety:** dropping the future abandons the round trip. If Redis had already
-    /// run the script, the cell is spent.
+    /// run the script, the cell is spent. In lease mode, a batch being fetched is not
+    /// abandoned: it is held for the next decisions.
     ///
     /// # Errors
     ///
     /// [`Rejected::RateLimited`] with the wait, [`Rejected::BackendUnavailable`] when Redis
-    /// did not answer and the policy is to fail closed.
+    /// did not answer and the policy is to fail closed (with
+    /// [`WhenUnavailable::Local`], the local share's own decision).
     pub async fn check(&self) -> Result<(), Rejected> {
         self.check_n(1).await
     }
@@ -229,9 +235,16 @@ impl RedisRateLimiter {
     }
 
     /// In [lease mode](RedisRateLimiterBuilder::lease_mode), gives this replica's unspent
-    /// cells back to Redis (one round trip): call it on shutdown so the others can use them.
-    /// Dropping the last handle gives them back too, in the background, if a tokio runtime
-    /// is still running. Returns the cells given back (0 outside lease mode).
+    /// cells back to Redis (one round trip, after the batch being fetched, if any, has
+    /// arrived): call it on shutdown so the others can use them. Dropping the last handle
+    /// gives them back too, in the background, on the current tokio runtime or else (a plain
+    /// thread) on the one the limiter was built or refilled on, while that one runs.
+    ///
+    /// Returns the cells this replica handed back once Redis answered: all it held (0
+    /// outside lease mode, or with none held). That is not what the limit gained: its state
+    /// never moves back past rest, so Redis credits fewer when the limit rested meanwhile,
+    /// and none once its key expired (a whole burst's worth of idle time) or on a restarted
+    /// Redis; the count is the same.
     ///
     /// **Cancel safety:** dropping the future after the round trip left may lose the cells
     /// (they were taken from this replica first); the limit is then briefly stricter, never
@@ -265,8 +278,12 @@ impl RedisRateLimiter {
         }
     }
 
-    /// A decision in lease mode: a held cell, else the next batch (one round trip, shared
-    /// by every caller waiting for it).
+    /// A decision in lease mode: a held cell, else the next batch. Its round trip runs on a
+    /// task of its own and is shared by every caller that runs dry meanwhile; each waits for
+    /// it until the limit's deadline from when it started, or `cap` if sooner (then
+    /// [`Rejected::DeadlineExceeded`]). A zero `cap` (the caller's deadline has passed) waits
+    /// as long as without one, but is answered `DeadlineExceeded` rather than by the failure
+    /// policy, as [`Backend::call_within`] does.
     async fn check_leased(
         &self,
         lease: &Leased,
@@ -274,6 +291,10 @@ impl RedisRateLimiter {
         cap: Option<Duration>,
     ) -> Result<(), Rejected> {
         let wanted = u64::from(cells);
+        let now = Tokio.now();
+        let own_end = instant_after(now, self.inner.backend.deadline());
+        let passed = cap.is_some_and(|cap| cap.is_zero());
+        let caller_end = cap.filter(|_| !passed).map(|cap| instant_after(now, cap));
         // Three rounds at most: callers that keep losing freshly fetched cells to others
         // are told to come back after one interval.
         for _ in 0..3 {
@@ -284,16 +305,15 @@ impl RedisRateLimiter {
             if let Some(retry_after) = lease.denied_for() {
                 return Err(Rejected::RateLimited { retry_after });
             }
-            match lease
-                .refill(wanted, None, |want, at_least| {
-                    self.ask_lease(want, at_least, cap)
-                })
-                .await
-            {
+            let (outcome, ours) = self.refilled(lease, wanted, own_end, caller_end).await;
+            match outcome {
                 Err(Unavailable::CallerDeadline) => return Err(Rejected::DeadlineExceeded),
+                Err(_) if passed => return Err(Rejected::DeadlineExceeded),
                 Err(_) => return self.inner.without_redis(cells),
-                Ok(true) => {}
-                Ok(false) => {
+                // Enough arrived, or a refill for another caller's need: try again (asking
+                // for this one's next round).
+                Ok(held) if held >= wanted || !ours => {}
+                Ok(_) => {
                     let retry_after = lease
                         .denied_for()
                         .unwrap_or(Duration::from_micros(self.inner.interval_us));
@@ -306,39 +326,100 @@ impl RedisRateLimiter {
         })
     }
 
+    /// Waits for the refill under way, or starts one for `needed` cells, until `own_end` or
+    /// `caller_end`, whichever comes first: the cells held just after it, or why there are
+    /// none ([`Unavailable::CallerDeadline`] when the caller's end came first, or has passed:
+    /// then nothing is started; [`Unavailable::Timeout`] when the limit's own did); and
+    /// whether the refill was started for this caller's `needed`.
+    async fn refilled(
+        &self,
+        lease: &Leased,
+        needed: u64,
+        own_end: Instant,
+        caller_end: Option<Instant>,
+    ) -> (Result<u64, Unavailable>, bool) {
+        let now = Tokio.now();
+        if caller_end.is_some_and(|end| end <= now) {
+            return (Err(Unavailable::CallerDeadline), false);
+        }
+        let (mut outcome, ours) = match lease.join_or_start() {
+            Joined::Waiting(outcome) => (outcome, false),
+            Joined::Starting(done, outcome) => {
+                self.start_refill(done, needed, None);
+                (outcome, true)
+            }
+        };
+        let (end, callers) = match caller_end {
+            Some(end) if end < own_end => (end, true),
+            _ => (own_end, false),
+        };
+        let left = end.saturating_duration_since(Tokio.now());
+        let outcome = match tokio::time::timeout(left, outcome.wait_for(Option::is_some)).await {
+            Ok(Ok(done)) => (*done)
+                .clone()
+                .unwrap_or(Err(Unavailable::Failed("no refill outcome".to_owned()))),
+            Ok(Err(_)) => Err(Unavailable::Failed(
+                "the refill's task ended without an outcome (its runtime shut down)".to_owned(),
+            )),
+            Err(_) if callers => Err(Unavailable::CallerDeadline),
+            Err(_) => Err(Unavailable::Timeout),
+        };
+        (outcome, ours)
+    }
+
+    /// Runs a refill for `needed` cells (ahead of need: `since`, see [`Leased::refill`]) on a
+    /// task of its own, and sends its outcome on `done`: a caller that stops waiting for it
+    /// loses nothing. Outside any runtime, sends a failure instead.
+    fn start_refill(
+        &self,
+        done: tokio::sync::watch::Sender<Option<RefillOutcome>>,
+        needed: u64,
+        since: Option<u64>,
+    ) {
+        let Some(runtime) = self.inner.runtime() else {
+            done.send_replace(Some(Err(Unavailable::Failed(
+                "not inside a tokio runtime".to_owned(),
+            ))));
+            if let Some(lease) = &self.inner.lease {
+                lease.refilled();
+            }
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            let Some(lease) = &this.inner.lease else {
+                return;
+            };
+            let outcome = lease
+                .refill(needed, since, |want, at_least| {
+                    this.ask_lease(want, at_least)
+                })
+                .await;
+            // The outcome first: a refill ahead started meanwhile then finds this one over.
+            done.send_replace(Some(outcome));
+            lease.refilled();
+        });
+    }
+
     /// Starts the next batch's round trip in the background when `left` cells are below
-    /// half a batch, so a replica spending steadily never waits for Redis.
+    /// half a batch, so a replica spending steadily never waits for Redis; callers that run
+    /// dry meanwhile wait for it rather than start their own.
     #[inline]
     fn refill_ahead(&self, lease: &Leased, left: u64) {
         if !lease.should_refill(left) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            lease.refilled();
-            return;
-        };
-        let (this, since) = (self.clone(), lease.returns());
-        runtime.spawn(async move {
-            if let Some(lease) = &this.inner.lease {
-                // Ahead of need: a failure is met by the next caller that runs dry.
-                let _ = lease
-                    .refill(0, Some(since), |want, at_least| {
-                        this.ask_lease(want, at_least, None)
-                    })
-                    .await;
-                lease.refilled();
-            }
-        });
+        match lease.join_or_start() {
+            // The refill under way marks the background refill over when it ends.
+            Joined::Waiting(_) => {}
+            Joined::Starting(done, _) => self.start_refill(done, 0, Some(lease.returns())),
+        }
     }
 
     /// One lease round trip for `want` cells, with the wait until `at_least` more are free
-    /// (at most the burst): `(granted, wait_µs)`.
-    async fn ask_lease(
-        &self,
-        want: u64,
-        at_least: u64,
-        cap: Option<Duration>,
-    ) -> Result<(u64, u64), Unavailable> {
+    /// (at most the burst): `(granted, wait_µs)`. Bounded by the limit's deadline only: a
+    /// caller that stops waiting for it does not cut it short.
+    async fn ask_lease(&self, want: u64, at_least: u64) -> Result<(u64, u64), Unavailable> {
         let inner = &*self.inner;
         let Some(lease) = inner.lease.as_ref() else {
             return Err(Unavailable::Failed("not in lease mode".to_owned()));
@@ -352,7 +433,7 @@ impl RedisRateLimiter {
             .arg(at_least.min(u64::from(inner.burst)));
         let (granted, wait_us): (i64, i64) = inner
             .backend
-            .call_within(invocation.invoke_async(&mut conn), cap)
+            .call(invocation.invoke_async(&mut conn))
             .await?;
         Ok((
             u64::try_from(granted).unwrap_or(0),
@@ -412,28 +493,40 @@ impl RedisRateLimiter {
 
     /// Waits until the limit admits one cell, but never past `deadline`: sleeps the wait
     /// Redis reported, or [`DENIAL_RECHECK`](Self::DENIAL_RECHECK) if that is shorter (plus
-    /// up to 1 ms of jitter, within the deadline), then asks again. So a long wait still
-    /// sees cells a replica in lease mode gives back, within the recheck. A wait that Redis
-    /// says ends past `deadline` is refused at once.
+    /// up to 1 ms of jitter, if that still ends before the deadline), then asks again. So a
+    /// long wait still sees cells a replica in lease mode gives back, within the recheck. A
+    /// wait that Redis says ends past `deadline` is refused at once. No wait for Redis runs
+    /// past what is left of `deadline`, and no round trip is made after a wait that reached
+    /// it.
+    ///
+    /// A `deadline` that has already passed gets one decision, as [`check`](Self::check)
+    /// (deciding at once takes Redis's answer, so it may take up to the limit's own
+    /// deadline; in lease mode a held cell admits at once): admitted, or refused with
+    /// [`Rejected::DeadlineExceeded`], never by the failure policy.
     ///
     /// **Cancel safety:** dropping it abandons the wait; no cell is taken unless the last
-    /// round trip had already run.
+    /// round trip had already run (in lease mode, a batch being fetched is still held
+    /// afterwards).
     ///
     /// # Errors
     ///
     /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`, or Redis has not
-    /// answered by then (a healthy Redis slower than what is left is not "unavailable");
-    /// otherwise as [`check`](Self::check).
+    /// answered by then (a healthy Redis slower than what is left is not "unavailable"), or
+    /// for a deadline already passed that Redis did not answer in time; otherwise as
+    /// [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
         let mut jitter = SplitMix64::new(crate::bulkhead::random_id());
+        let mut first = true;
         loop {
-            // The round trip never runs past what is left of the caller's deadline either (the
-            // first one is always made: "now" is Redis's answer).
-            let left = deadline
-                .remaining(Tokio.now())
-                .filter(|left| !left.is_zero());
+            // The round trip never runs past what is left of the caller's deadline. Only the
+            // first decision may find it passed: a wait that reached it is not asked again.
+            let left = deadline.remaining(Tokio.now());
+            if !first && left.is_some_and(|left| left.is_zero()) {
+                return Err(Rejected::DeadlineExceeded);
+            }
+            first = false;
             let wait = match self.check_n_within(1, left).await {
                 Err(Rejected::RateLimited { retry_after }) => retry_after,
                 done => return done,
@@ -448,8 +541,12 @@ impl RedisRateLimiter {
             let spread = Duration::from_micros(jitter.below_or_equal(1_000));
             // Checked above: what is left of the deadline covers the wait itself.
             let left = deadline.remaining(Tokio.now()).unwrap_or(Duration::MAX);
-            let nap = wait.min(Self::DENIAL_RECHECK).saturating_add(spread);
-            Tokio.sleep(nap.min(left)).await;
+            let nap = wait.min(Self::DENIAL_RECHECK);
+            // The jitter only while it leaves time to ask before the deadline.
+            let jittered = nap.saturating_add(spread);
+            Tokio
+                .sleep(if jittered < left { jittered } else { nap })
+                .await;
         }
     }
 
@@ -494,6 +591,20 @@ impl Inner {
 
     fn remember_denial(&self, denial: Denial) {
         *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(denial);
+    }
+
+    /// The runtime to spawn on: the current one (remembered if none was), else the one it
+    /// was built or first refilled on.
+    fn runtime(&self) -> Option<Handle> {
+        match Handle::try_current() {
+            Ok(current) => {
+                if self.runtime.get().is_none() {
+                    let _ = self.runtime.set(current.clone());
+                }
+                Some(current)
+            }
+            Err(_) => self.runtime.get().cloned(),
+        }
     }
 
     fn without_redis(&self, cells: u32) -> Result<(), Rejected> {
@@ -569,10 +680,14 @@ impl RedisRateLimiterBuilder {
         let key = self.common.validated_key("rate")?;
         let local = match self.common.policy {
             WhenUnavailable::Local { share } => {
-                Some(local_share(self.count, self.period, burst, share)?)
+                Some(LocalShare::new(self.count, self.period, burst, share)?)
             }
             WhenUnavailable::Open | WhenUnavailable::Closed => None,
         };
+        let runtime = OnceLock::new();
+        if let Ok(current) = Handle::try_current() {
+            let _ = runtime.set(current);
+        }
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
                 key,
@@ -586,6 +701,7 @@ impl RedisRateLimiterBuilder {
                 denied: Mutex::new(None),
                 script: redis::Script::new(GCRA),
                 lease: self.lease.map(|mode| Leased::new(mode, interval_us)),
+                runtime,
             }),
         })
     }
@@ -595,18 +711,77 @@ impl RedisRateLimiterBuilder {
 /// the clock (µs since 1970) plus twice this stays below that until the 2180s.
 pub(crate) const MAX_LUA_MICROS: u64 = 1 << 50;
 
-/// The in-process limiter holding `share` of the global limit (at least one cell of rate
-/// and of burst).
-fn local_share(
-    count: u32,
-    period: Duration,
-    burst: u32,
-    share: f64,
-) -> Result<RateLimiter<Tokio>, ConfigError> {
-    RateLimiter::builder(share_of(count, share)?, period)
-        .burst(share_of(burst, share)?)
-        .runtime(Tokio)
-        .build()
+/// [`WhenUnavailable::Local`]'s in-process limiter: `share` of the global rate and of its
+/// burst (at least one cell of each), GCRA on tokio's clock. A request for more cells than
+/// that burst (no more than the global one: larger ones never reach it) is judged as a
+/// rate rather than refused for good: admitted once the share is fully rested, and paid for
+/// at its rate (the share's next cells wait until it is).
+#[derive(Debug)]
+struct LocalShare {
+    gcra: Gcra,
+    /// The theoretical arrival time, in ns since `origin`.
+    tat: AtomicU64,
+    origin: Instant,
+}
+
+impl LocalShare {
+    fn new(count: u32, period: Duration, burst: u32, share: f64) -> Result<Self, ConfigError> {
+        Ok(Self {
+            gcra: Gcra::new(share_of(count, share)?, period, share_of(burst, share)?)?,
+            tat: AtomicU64::new(0),
+            origin: Tokio.now(),
+        })
+    }
+
+    /// One decision for `cells` cells.
+    fn check_n(&self, cells: u32) -> Result<(), Rejected> {
+        let now = u64::try_from(
+            Tokio
+                .now()
+                .saturating_duration_since(self.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let decided = if cells <= self.gcra.burst() {
+                self.gcra
+                    .decide(tat, now, cells)
+                    .map_err(|denied| match denied {
+                        Denied::Wait { nanos } => nanos,
+                        // Not for cells within the burst; the longest wait, should it happen.
+                        _ => u64::MAX,
+                    })
+            } else if tat > now {
+                // Beyond the share's burst: from rest only.
+                Err(tat - now)
+            } else {
+                // Paid for at the share's rate; a debt the state cannot hold (past 584 years
+                // of ns) is never admitted.
+                self.gcra
+                    .interval_nanos()
+                    .checked_mul(u64::from(cells))
+                    .and_then(|debt| now.checked_add(debt))
+                    .ok_or(u64::MAX)
+            };
+            match decided {
+                Ok(new_tat) => match self.tat.compare_exchange_weak(
+                    tat,
+                    new_tat,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok(()),
+                    Err(seen) => tat = seen,
+                },
+                Err(nanos) => {
+                    return Err(Rejected::RateLimited {
+                        retry_after: Duration::from_nanos(nanos),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// `share` of `n`, rounded down, at least 1.
@@ -641,16 +816,17 @@ fn floor_within(x: f64, max: u32) -> u32 {
 }
 
 impl Drop for Inner {
-    /// Gives lease mode's unspent cells back in the background, if a runtime is running.
+    /// Gives lease mode's unspent cells back in the background: on the current runtime, or
+    /// on the one it was built or refilled on (if that one still runs, the cells come back).
     fn drop(&mut self) {
         let Some(lease) = &self.lease else { return };
         let cells = lease.take_all();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         if cells == 0 {
             return;
         }
+        let Some(runtime) = self.runtime() else {
+            return;
+        };
         let mut conn = self.conn.connection();
         let (script, key, interval_us) =
             (lease.give_back.clone(), self.key.clone(), self.interval_us);

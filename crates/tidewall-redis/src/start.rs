@@ -24,9 +24,9 @@ use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The URL does not parse, or the TLS settings do not fit it (certificates for a URL
-    /// that is not `rediss://`, a PEM that does not parse, `rediss://` without the `tls`
-    /// feature).
+    /// The URL does not parse, a username comes without a password, or the TLS settings do
+    /// not fit it (certificates for a URL that is not `rediss://`, on a cluster for any of its
+    /// nodes; a PEM that does not parse; `rediss://` without the `tls` feature).
     InvalidSettings {
         /// What is wrong.
         reason: String,

@@ -4,10 +4,14 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{RedisServer, eventually};
-use tidewall::Rejected;
+use tidewall::{Deadline, Rejected};
 use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
 
 fn replica(server: &RedisServer, limit: u32, lease: Duration) -> RedisBulkhead {
@@ -161,4 +165,125 @@ async fn bad_configurations_are_typed_errors() {
             .is_err()
     );
     assert!(RedisBulkhead::builder(&conn, "", 1).build().is_err());
+}
+
+/// A replica failing open, with a 2 s deadline per call, on `conn`.
+fn open_replica(conn: &RedisConn, name: &str, limit: u32) -> RedisBulkhead {
+    RedisBulkhead::builder(conn, name, limit)
+        .deadline(Duration::from_secs(2))
+        .when_unavailable(WhenUnavailable::Open)
+        .build()
+        .unwrap()
+}
+
+/// A caller whose deadline has already passed gets one try: a slot when Redis answers, else
+/// `DeadlineExceeded`, never the failure policy's slot (r5 finding 1: the try ran uncapped
+/// and the open policy admitted without a lease).
+#[tokio::test]
+async fn a_deadline_already_passed_is_refused_not_failed_open() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let open = open_replica(&conn, "passed", 2);
+    // Connected through a replica that fails closed on the same connection.
+    let connected = RedisBulkhead::builder(&conn, "passed-probe", 1)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(WhenUnavailable::Closed)
+        .build()
+        .unwrap();
+    drop(eventually(async || connected.try_acquire().await.ok()).await);
+    // Redis answers: a lease, at once.
+    let permit = open
+        .acquire_before(Deadline::at(Instant::now()))
+        .await
+        .unwrap();
+    assert!(permit.is_shared());
+    server.freeze();
+    let asked = Instant::now();
+    let refused = open.acquire_before(Deadline::at(Instant::now())).await;
+    let took = asked.elapsed();
+    server.thaw();
+    assert_eq!(refused.err(), Some(Rejected::DeadlineExceeded));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+/// A TCP proxy to a server that forwards what clients send until `cutoff`, and nothing
+/// after (their connections stay open, unanswered): a Redis that goes silent at an instant.
+/// Stops taking connections when dropped.
+struct SilentAfter {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentAfter {
+    fn start(server: &RedisServer, cutoff: Instant) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, upstream) = (Arc::new(AtomicBool::new(false)), server.port());
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let (Ok(client), Ok(server)) =
+                    (client, TcpStream::connect(("127.0.0.1", upstream)))
+                else {
+                    continue;
+                };
+                let (mut requests, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut replies, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = requests.read(&mut buffer) {
+                        if Instant::now() >= cutoff || to_server.write_all(&buffer[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut replies, &mut to_client);
+                });
+            }
+        });
+        Self { port, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SilentAfter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accepting thread, which then sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// `acquire_before` on a full limit makes its last try before its deadline, never at it: a
+/// Redis that goes silent at the deadline is never asked past it, so the wait ends by the
+/// deadline with `DeadlineExceeded` (r5 finding 1: the last try was made at the deadline,
+/// uncapped, and the open policy admitted it after the limit's own 2 s deadline).
+#[tokio::test]
+async fn the_last_try_is_made_before_the_deadline_not_at_it() {
+    let server = RedisServer::start();
+    let holder = replica(&server, 1, Duration::from_secs(30));
+    let _held = eventually(async || holder.try_acquire().await.ok()).await;
+    let wait = Duration::from_millis(200);
+    let deadline = Instant::now() + Duration::from_millis(500) + wait;
+    let proxy = SilentAfter::start(&server, deadline);
+    let conn = RedisConn::open(proxy.url()).unwrap();
+    let waiter = open_replica(&conn, "db", 1);
+    // Connected and the script loaded, through the proxy, before it goes silent.
+    assert_eq!(
+        waiter.try_acquire().await.err(),
+        Some(Rejected::BulkheadFull)
+    );
+    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline - wait)).await;
+    let waited = waiter.acquire_before(Deadline::at(deadline)).await;
+    let over = Instant::now().saturating_duration_since(deadline);
+    assert_eq!(waited.err(), Some(Rejected::DeadlineExceeded));
+    assert!(over < Duration::from_secs(1), "{over:?} past the deadline");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{RedisServer, eventually, limiter_per};
 use tidewall::{ConfigError, Deadline, Rejected};
-use tidewall_redis::{LeaseMode, RedisRateLimiter};
+use tidewall_redis::{LeaseMode, RedisConn, RedisRateLimiter, WhenUnavailable};
 
 /// A limit of `per_second` cells a second and bursts of `burst`, in lease mode with batches
 /// of at most `lease`, or exact.
@@ -300,4 +300,115 @@ async fn a_request_larger_than_a_batch_is_decided_exactly() {
     assert_eq!(server.calls("evalsha") - before, 1, "one exact round trip");
     let exact = limiter_per(&server, "large", 1, HOUR, 100, None);
     assert_eq!(drain(&exact).await, 50);
+}
+
+/// A lease-mode limiter of 1000 cells a second on `conn` with batches of at most 8, failing
+/// with `policy` after `deadline`, once `conn` is connected (through an exact probe that
+/// fails closed, so no policy can pass for an answer). It holds nothing yet.
+async fn fresh_leased(
+    conn: &RedisConn,
+    name: &str,
+    deadline: Duration,
+    policy: WhenUnavailable,
+) -> RedisRateLimiter {
+    let probe = RedisRateLimiter::builder(conn, &format!("{name}-probe"), 1, HOUR)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(WhenUnavailable::Closed)
+        .build()
+        .unwrap();
+    eventually(async || probe.check_n(0).await.ok()).await;
+    RedisRateLimiter::builder(conn, name, 1000, SECOND)
+        .lease_mode(LeaseMode::new(8).unwrap())
+        .deadline(deadline)
+        .when_unavailable(policy)
+        .build()
+        .unwrap()
+}
+
+/// Callers that run dry while Redis is frozen wait for one shared round trip, each until its
+/// own deadline: none is queued behind the others' timeouts (r5 finding 2: the k-th returned
+/// after about k deadlines), and a caller with a shorter deadline of its own returns by it,
+/// not after the others' round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_a_batch_each_return_by_their_own_deadline() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let deadline = Duration::from_millis(300);
+    let leased = fresh_leased(&conn, "queued", deadline, WhenUnavailable::Closed).await;
+    server.freeze();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let leased = leased.clone();
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let decided = leased.check().await;
+                (decided, asked.elapsed())
+            })
+        })
+        .collect();
+    // The four are waiting for Redis; one more caller, with 20 ms of its own.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let asked = Instant::now();
+    let short = leased
+        .until_ready_before(Deadline::at(Instant::now() + Duration::from_millis(20)))
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(short, Err(Rejected::DeadlineExceeded));
+    assert!(
+        took < deadline,
+        "a 20 ms deadline returned after {took:?}, behind the others' round trips"
+    );
+    for caller in callers {
+        let (decided, took) = caller.await.unwrap();
+        assert_eq!(decided, Err(Rejected::BackendUnavailable));
+        assert!(
+            took < 2 * deadline,
+            "a decision with a {deadline:?} deadline took {took:?}"
+        );
+    }
+    server.thaw();
+    eventually(async || leased.check().await.ok()).await;
+}
+
+/// A caller whose deadline has already passed gets one decision, and when Redis does not
+/// answer it, `DeadlineExceeded`: never the failure policy's admission (r5 finding 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_already_passed_is_refused_not_failed_open() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let deadline = Duration::from_millis(300);
+    let leased = fresh_leased(&conn, "passed", deadline, WhenUnavailable::Open).await;
+    server.freeze();
+    let asked = Instant::now();
+    let decided = leased
+        .until_ready_before(Deadline::at(Instant::now()))
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(decided, Err(Rejected::DeadlineExceeded));
+    assert!(took < deadline + Duration::from_secs(1), "took {took:?}");
+    // Without a deadline of its own, the policy answers.
+    assert_eq!(leased.check().await, Ok(()));
+    server.thaw();
+}
+
+/// Dropping the last handle on a plain thread, the runtime still running, gives the held
+/// cells back (r5 finding 5: they were lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_on_a_plain_thread_gives_the_cells_back() {
+    let server = RedisServer::start();
+    let leased = limiter_per(&server, "thread-dropped", 1, HOUR, 100, Some(64));
+    for _ in 0..40 {
+        leased.check().await.unwrap();
+    }
+    // Any background refill lands first (it holds a handle): the thread drops the last one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::thread::spawn(move || drop(leased)).join().unwrap();
+    let exact = limiter_per(&server, "thread-dropped", 1, HOUR, 100, None);
+    let mut admitted = 0;
+    eventually(async || {
+        admitted += drain(&exact).await;
+        (admitted == 60).then_some(())
+    })
+    .await;
+    assert_eq!(drain(&exact).await, 0);
 }

@@ -142,3 +142,37 @@ async fn bad_configurations_are_typed_errors() {
     assert!(build(0.5, Duration::ZERO).is_err());
     assert!(build(0.5, Duration::from_secs(1)).is_ok());
 }
+
+/// Dropping the `Refreshing` handles of `spawn` lets go of a breaker the layer forced open:
+/// nobody refreshes any more, so nothing else ever would (r5 finding 7: it stayed
+/// `ForcedOpen`, refusing every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_refresh_lets_go_of_what_it_forced() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let (a, b) = (breaker(), breaker());
+    let layer = |id: &str, breaker: &CircuitBreaker<Tokio>| {
+        BreakerQuorum::builder(&conn, "dropped", breaker.clone())
+            .instance(id)
+            .quorum(0.5)
+            .every(Duration::from_millis(50))
+            .deadline(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    };
+    let (quorum_a, quorum_b) = (layer("a", &a), layer("b", &b));
+    let refreshing = [quorum_a.spawn(), quorum_b.spawn()];
+    trip(&a);
+    common::eventually(async || (b.state() == State::ForcedOpen).then_some(())).await;
+    drop(refreshing);
+    assert_eq!(b.state(), State::Closed, "let go when the refresh stopped");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(
+        a.state(),
+        State::Open,
+        "a breaker open on its own evidence is left alone"
+    );
+    // The layers lived until here: the handles let go, not the layers' own drop.
+    drop((quorum_a, quorum_b));
+}

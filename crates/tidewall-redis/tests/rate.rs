@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{RedisServer, eventually};
-use tidewall::Rejected;
 use tidewall::rate::RateLimiter;
+use tidewall::{Deadline, Rejected};
 use tidewall_redis::{RedisConn, RedisRateLimiter, WhenUnavailable};
 
 fn limiter(
@@ -358,4 +358,77 @@ fn any_sequence_decides_like_the_in_process_gcra() {
             Ok(())
         })
         .unwrap();
+}
+
+/// A caller whose deadline has already passed gets one decision: Redis's answer when it
+/// comes, else `DeadlineExceeded`, never the failure policy's admission (r5 finding 1: the
+/// round trip ran uncapped and the open policy admitted).
+#[tokio::test]
+async fn a_deadline_already_passed_is_refused_not_failed_open() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let deadline = Duration::from_millis(300);
+    let open = RedisRateLimiter::builder(&conn, "passed", 10, Duration::from_secs(1))
+        .deadline(deadline)
+        .when_unavailable(WhenUnavailable::Open)
+        .build()
+        .unwrap();
+    // Connected through a probe that fails closed on the same connection.
+    let probe = RedisRateLimiter::builder(&conn, "passed-probe", 10, Duration::from_secs(1))
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(WhenUnavailable::Closed)
+        .build()
+        .unwrap();
+    eventually(async || probe.check_n(0).await.ok()).await;
+    // Redis answers: the decision is made at once, as `check` makes it.
+    assert_eq!(
+        open.until_ready_before(Deadline::at(Instant::now())).await,
+        Ok(())
+    );
+    server.freeze();
+    let asked = Instant::now();
+    let decided = open.until_ready_before(Deadline::at(Instant::now())).await;
+    let took = asked.elapsed();
+    assert_eq!(decided, Err(Rejected::DeadlineExceeded));
+    assert!(took < deadline + Duration::from_secs(1), "took {took:?}");
+    server.thaw();
+}
+
+/// `WhenUnavailable::Local`: a request within the limit's burst but over the local share's
+/// is judged against the share as a rate, admitted from rest and paid for at its rate, not
+/// refused for good as `InsufficientCapacity` with a burst nobody configured (r5 finding 4).
+#[tokio::test]
+async fn the_local_share_judges_a_request_over_its_burst_as_a_rate() {
+    let mut server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    // 10 a second, bursts of 10; alone, a quarter: 2 a second (500 ms a cell), bursts of 2.
+    let limiter = RedisRateLimiter::builder(&conn, "share-burst", 10, Duration::from_secs(1))
+        .burst(10)
+        .deadline(DEADLINE)
+        .when_unavailable(WhenUnavailable::Local { share: 0.25 })
+        .build()
+        .unwrap();
+    server.kill();
+    assert_eq!(
+        limiter.check_n(11).await,
+        Err(Rejected::InsufficientCapacity { burst: 10 }),
+        "more than the limit's own burst never passes"
+    );
+    assert_eq!(limiter.check_n(5).await, Ok(()), "from rest");
+    // Five cells at 500 ms: the next one waits 2.5 s less the share's 1 s of burst.
+    match limiter.check().await {
+        Err(Rejected::RateLimited { retry_after }) => assert!(
+            retry_after > Duration::from_millis(1_500) && retry_after <= Duration::from_secs(2),
+            "{retry_after:?}"
+        ),
+        other => panic!("paid for at the share's rate: {other:?}"),
+    }
+    // Another request over the share's burst waits until the share is rested again.
+    match limiter.check_n(3).await {
+        Err(Rejected::RateLimited { retry_after }) => assert!(
+            retry_after > Duration::from_secs(2) && retry_after <= Duration::from_millis(2_500),
+            "{retry_after:?}"
+        ),
+        other => panic!("until the share is rested: {other:?}"),
+    }
 }

@@ -288,3 +288,35 @@ async fn bad_settings_are_invalid_before_anything_is_sent() {
         );
     }
 }
+
+/// r5 finding 6: certificates with a cluster node that is not `rediss://` are invalid
+/// settings, as for one server (redis-rs would turn TLS on for every node). Nothing listens
+/// on port 1: anything sent would be `Unreachable`.
+#[tokio::test]
+async fn certificates_for_a_plain_cluster_node_are_invalid() {
+    let certificates = Certificates::make();
+    for nodes in [
+        vec!["redis://127.0.0.1:1"],
+        vec!["rediss://127.0.0.1:1", "redis://127.0.0.1:2"],
+    ] {
+        let error = RedisConn::cluster_builder(nodes.clone())
+            .tls_root_certificate(certificates.pem("ca.crt"))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ConnectError::InvalidSettings { .. }),
+            "{nodes:?}: {error:?}"
+        );
+    }
+    let error = RedisConn::cluster_builder(["rediss://127.0.0.1:1"])
+        .tls_root_certificate(certificates.pem("ca.crt"))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ConnectError::Unreachable { .. }),
+        "{error:?}"
+    );
+}
