@@ -321,7 +321,7 @@ impl<R> BulkheadBuilder<R> {
             telemetry,
             self.shares,
         );
-        lock(&shared.queue).set_discipline(self.discipline, shared.rt.now());
+        lock(&shared.queue).set_discipline(self.discipline, || shared.rt.now());
         Bulkhead {
             shared: Arc::new(shared),
         }
@@ -414,8 +414,8 @@ impl<R: Clock> Bulkhead<R> {
     /// Applies an adaptive limiter's new (validated) limits and shares together: see
     /// [`reconfigure`](Self::reconfigure), with the shares.
     pub(crate) fn reconfigure_shared<R2>(&self, settings: BulkheadBuilder<R2>, shares: Shares) {
-        let now = self.shared.rt.now();
-        lock(&self.shared.queue).set_discipline(settings.discipline, now);
+        let rt = &self.shared.rt;
+        lock(&self.shared.queue).set_discipline(settings.discipline, || rt.now());
         self.shared.resize_reshared(
             settings.max_concurrent,
             settings.max_queue,
@@ -550,8 +550,8 @@ impl<R: Clock> Bulkhead<R> {
 
     /// Applies validated `settings`: the queue's discipline, then the sizes.
     pub(crate) fn retune<R2>(&self, settings: &BulkheadBuilder<R2>) {
-        let now = self.shared.rt.now();
-        lock(&self.shared.queue).set_discipline(settings.discipline, now);
+        let rt = &self.shared.rt;
+        lock(&self.shared.queue).set_discipline(settings.discipline, || rt.now());
         self.shared.resize(
             settings.max_concurrent,
             settings.max_queue,

@@ -168,15 +168,20 @@ impl WaitQueue {
             .any(|&p| self.live(p) > 0)
     }
 
-    /// Switches to `discipline` at `now`. A queue that stands already counts as standing from
-    /// now if its start was not tracked (a plain FIFO queue does not track it).
-    pub(super) fn set_discipline(&mut self, discipline: QueueDiscipline, now: Instant) {
+    /// Switches to `discipline`. A queue that stands already counts as standing from `now()`
+    /// if its start was not tracked (a plain FIFO queue does not track it); the clock is read
+    /// only then, so a bulkhead made per key reads none.
+    pub(super) fn set_discipline(
+        &mut self,
+        discipline: QueueDiscipline,
+        now: impl FnOnce() -> Instant,
+    ) {
         if discipline != QueueDiscipline::Fifo || self.more.is_some() {
             let waiting = self.waiting > 0;
             let more = self.more();
             more.discipline = discipline;
             if waiting && more.busy_since.is_none() {
-                more.busy_since = Some(now);
+                more.busy_since = Some(now());
             }
         }
     }
