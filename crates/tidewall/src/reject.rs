@@ -43,12 +43,15 @@ pub enum Rejected {
     DeadlineExceeded,
     /// The retry budget is spent, or the hedge budget is.
     BudgetExhausted,
-    /// A keyed policy met a new key with its table full of keys it may not forget yet
-    /// (permits out, a breaker open, a key not yet rested).
+    /// A keyed breaker, bulkhead or adaptive limiter met a new key with its table full of
+    /// keys it may not forget yet (permits out, a breaker open or recently used). A keyed
+    /// rate limiter's full table answers [`RateLimited`](Self::RateLimited) instead, with
+    /// the time until one of its keys has rested.
     KeysFull {
-        /// The earliest the first of those keys may be forgotten, if any time is known
-        /// (`None` when every one of them waits on something other than time, such as a
-        /// permit). A lower bound: a key used in the meantime is kept longer.
+        /// The earliest the first of those keys may be forgotten by time, if any time is
+        /// known (`None` when every one of them waits on something other than time, such as
+        /// a permit); a key used in the meantime is kept longer. A keyed breaker counting in
+        /// a time window may forget a key sooner, once its window has emptied.
         retry_after: Option<Duration>,
     },
     /// The shared state behind a limit (e.g. Redis) did not answer within its deadline, and

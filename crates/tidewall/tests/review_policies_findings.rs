@@ -451,3 +451,35 @@ fn a_retry_budget_deposit_counts_for_the_documented_span() {
     assert!(budget.has_balance(made + ms(9_000)));
     assert!(!budget.has_balance(origin + Duration::from_secs(10)));
 }
+
+// The keyed tables are `Send + Sync` and `Debug`: formatting one while another thread adds
+// keys must not deadlock (it took the settings lock, then each shard's; a new key takes its
+// shard's, then the settings').
+#[test]
+fn formatting_a_keyed_table_while_keys_are_added_never_deadlocks() {
+    without_hanging("Debug of keyed tables racing new keys", || {
+        let bulkheads = Bulkhead::builder(4)
+            .runtime(FakeClock::new())
+            .keyed()
+            .build::<u64>()
+            .unwrap();
+        let limiters = AdaptiveLimiter::builder(FixedLimit(4))
+            .runtime(FakeClock::new())
+            .keyed()
+            .build::<u64>()
+            .unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    std::hint::black_box(format!("{bulkheads:?}{limiters:?}"));
+                }
+            });
+            s.spawn(|| {
+                for key in 0..20_000_u64 {
+                    drop(bulkheads.try_acquire(&key));
+                    drop(limiters.try_acquire(&key));
+                }
+            });
+        });
+    });
+}

@@ -107,7 +107,10 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
     /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
     /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
     /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
-    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
+    /// ones as soon as one shard is full. With keys spread evenly by hash that is at exactly
+    /// `max_keys` below 512 keys (one shard), and otherwise typically (the median of random
+    /// spreads) at 94 % of the bound for 1,000 keys, 83 % for 10,000 (64 shards of 156; 75 %
+    /// in an unlucky spread), 94 % for 100,000 and 98 % for 1,000,000.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -382,12 +385,11 @@ impl<K, A, R> Clone for KeyedAdaptiveLimiter<K, A, R> {
 
 impl<K, A: LimitAlgorithm, R> fmt::Debug for KeyedAdaptiveLimiter<K, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One lock at a time: a new key takes its shard's lock, then the settings'.
+        let initial_limit = lock(&self.shared.settings).algorithm().limit();
         f.debug_struct("KeyedAdaptiveLimiter")
             .field("name", &self.shared.name)
-            .field(
-                "initial_limit",
-                &lock(&self.shared.settings).algorithm().limit(),
-            )
+            .field("initial_limit", &initial_limit)
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()

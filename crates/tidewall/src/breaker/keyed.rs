@@ -138,7 +138,10 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
     /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
     /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
     /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
-    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
+    /// ones as soon as one shard is full. With keys spread evenly by hash that is at exactly
+    /// `max_keys` below 512 keys (one shard), and otherwise typically (the median of random
+    /// spreads) at 94 % of the bound for 1,000 keys, 83 % for 10,000 (64 shards of 156; 75 %
+    /// in an unlucky spread), 94 % for 100,000 and 98 % for 1,000,000.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -186,7 +189,9 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
 
     /// Labels each key's `tracing` events and `metrics` series with `label(key)`, made once
     /// when the key's breaker is made. Off by default: every key becomes a metrics series,
-    /// so choose a label of bounded cardinality (a host, not a URL).
+    /// so choose a label of bounded cardinality (a host, not a URL). `label` is called under
+    /// the table's lock for the key's shard (keep it a pure function of the key: calling this
+    /// table from it deadlocks), for a new key before the table knows whether it has room.
     pub fn key_label(mut self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
         self.key_label = Some(std::sync::Arc::new(label));
         self

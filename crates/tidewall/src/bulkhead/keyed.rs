@@ -87,7 +87,10 @@ impl<R> KeyedBulkheadBuilder<R> {
     /// table grows as keys arrive). Keys are spread by hash over up to 64 shards of an equal
     /// share of the bound (one shard up to 511 keys), and a new key is refused when its own
     /// shard is full of keys that may not be forgotten: so a table of busy keys refuses new
-    /// ones from a little under `max_keys` keys on (a few percent under, for large bounds).
+    /// ones as soon as one shard is full. With keys spread evenly by hash that is at exactly
+    /// `max_keys` below 512 keys (one shard), and otherwise typically (the median of random
+    /// spreads) at 94 % of the bound for 1,000 keys, 83 % for 10,000 (64 shards of 156; 75 %
+    /// in an unlucky spread), 94 % for 100,000 and 98 % for 1,000,000.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -293,9 +296,11 @@ impl<K, R> Clone for KeyedBulkhead<K, R> {
 
 impl<K, R> fmt::Debug for KeyedBulkhead<K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One lock at a time: a new key takes its shard's lock, then the settings'.
+        let capacity = lock(&self.shared.settings).max_concurrent;
         f.debug_struct("KeyedBulkhead")
             .field("name", &self.shared.name)
-            .field("capacity", &lock(&self.shared.settings).max_concurrent)
+            .field("capacity", &capacity)
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()

@@ -29,7 +29,10 @@ pub enum AdmitMode {
     /// `tower::load_shed` does, `poll_ready` then reports ready and the next call fails at
     /// once with the refusal, without calling the inner service. A call made without a ready
     /// `poll_ready` (a breach of tower's contract) is not waited for: it is refused with the
-    /// stage's own reason if the stage cannot admit it at once.
+    /// stage's own reason if the stage cannot admit it at once. A caller that stops polling
+    /// (a `ready()` given up) does not end the wait: the next `poll_ready`, however much
+    /// later, continues it (its queue place kept, the layer's `max_wait` counted from the
+    /// first `poll_ready` that waited).
     WaitReady,
     /// In the response future: `poll_ready` is the inner service's, and each call waits for
     /// admission on its own. The inner service is called only once admitted.

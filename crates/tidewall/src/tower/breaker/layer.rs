@@ -94,7 +94,9 @@ impl<R, C> BreakerLayer<R, C> {
     /// call fails at once with the refusal, the inner service not called.
     ///
     /// **Cancel safety:** a caller that stops polling holds nothing but, once admitted, the
-    /// permit (a half-open probe slot), given back when the service is dropped or called.
+    /// permit (a half-open probe slot), given back when the service is dropped or called. It
+    /// does not end the wait either: the next `poll_ready`, however much later, continues it,
+    /// `max_wait` counted from the first, so it gives up at once if that has passed.
     #[must_use]
     pub fn wait_in_ready(mut self, max_wait: impl Into<Option<Duration>>) -> Self {
         self.wait = Some(max_wait.into());

@@ -14,7 +14,10 @@ use crate::rt::DefaultRuntime;
 /// [`PolicyError::timed_out`](crate::tower::PolicyError::timed_out) (typed:
 /// [`Error::TimedOut`](crate::Error::TimedOut)): `poll_ready` reports ready (an error there
 /// would tell tower the service is broken for good) and the next call fails at once, the
-/// inner service not called. Otherwise the call gets only what is left.
+/// inner service not called. Otherwise the call gets only what is left. A caller that stops
+/// polling (a `ready()` given up) does not end the request's wait: the next `poll_ready`,
+/// however much later, continues it, and times out at once if the budget has run out
+/// meanwhile.
 ///
 /// ```
 /// use std::time::Duration;
