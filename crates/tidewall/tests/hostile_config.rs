@@ -750,8 +750,6 @@ fn a_value_bad_only_in_combination_is_reported_where_it_is_set() {
         "[defaults.rate_limit]\ncount = 700000000\n[instances.a.rate_limit]\nperiod = \"1s\"\n",
         // initial_delay from the defaults above the instance's cap.
         "[defaults.retry]\ninitial_delay = \"5s\"\n[instances.a.retry]\nmax_delay = \"1s\"\n",
-        // a jitter mode from the base on the instance's decorrelated jitter.
-        "[configs.c.retry]\njitter = \"equal\"\n[instances.a]\nbase = \"c\"\n[instances.a.retry]\nbackoff = \"DJ\"\n",
         // burst from the base that overflows with the instance's interval.
         "[configs.c.rate_limit]\nburst = 4294967295\n[instances.a]\nbase = \"c\"\n[instances.a.rate_limit]\ncount = 1\nperiod = \"10s\"\n",
         // no trip condition left once the instance turns the rate off.
@@ -769,6 +767,24 @@ fn a_value_bad_only_in_combination_is_reported_where_it_is_set() {
             err.path()
         );
     }
+}
+
+// RetryConfig::jitter: "A layer that names `backoff = \"decorrelated_jitter\"` may not set it;
+// one inherited from another layer is ignored by that schedule" (a contract changed on
+// 2026-12-05: an inherited jitter used to be refused, so defaults with a jitter made decorrelated
+// jitter unusable in every instance).
+#[test]
+fn a_jitter_is_refused_only_next_to_decorrelated_jitter() {
+    let dj = serde_name(BackoffKind::DecorrelatedJitter);
+    let inherited = format!(
+        "[configs.c.retry]\njitter = \"equal\"\n[instances.a]\nbase = \"c\"\n[instances.a.retry]\nbackoff = \"{dj}\"\n"
+    );
+    let config = parse(&inherited);
+    assert!(config.instance("a").unwrap().backoff().is_ok());
+    let same_layer = format!("[instances.a.retry]\nbackoff = \"{dj}\"\njitter = \"none\"\n");
+    let err = invalid(&same_layer);
+    assert_eq!(err.path(), "instances.a.retry.jitter", "{err}");
+    assert!(is_set(&same_layer, err.path()));
 }
 
 // validate: "The defaults and a config may leave out keys that have no default (an instance

@@ -483,3 +483,78 @@ fn formatting_a_keyed_table_while_keys_are_added_never_deadlocks() {
         });
     });
 }
+
+#[cfg(all(feature = "serde", feature = "toml"))]
+mod registry_bounds {
+    use tidewall::config::{Config, Problem, Registry};
+
+    // `Registry`: "holds at most `max_instances` policies of each kind"; `reload`: `Full`
+    // when a kind cannot keep a place for every declared instance, "nothing changes then".
+    // Pipelines are a kind too.
+    #[test]
+    fn a_reload_keeps_pipelines_within_max_instances() {
+        let registry = Registry::builder(Config::default())
+            .max_instances(1)
+            .build()
+            .unwrap();
+        registry.pipeline("x").unwrap();
+        let declared = Config::from_toml("[instances.a]\ndeadline = \"1s\"\n").unwrap();
+        let refused = registry.reload(declared).unwrap_err();
+        assert!(
+            matches!(refused.problem(), Problem::Full { max: 1 }),
+            "{refused}"
+        );
+        assert_eq!(registry.pipelines().len(), 1);
+    }
+}
+
+#[cfg(all(feature = "serde", feature = "toml"))]
+mod registry_keyed_bounds {
+    use tidewall::config::{Config, Problem, Registry};
+
+    // The same bound for a keyed table.
+    #[test]
+    fn a_reload_keeps_keyed_tables_within_max_instances() {
+        let with_breaker = "[defaults.breaker]\nfailure_rate = 0.5\n";
+        let registry = Registry::builder(Config::from_toml(with_breaker).unwrap())
+            .max_instances(1)
+            .build()
+            .unwrap();
+        registry.keyed_breaker::<u64>("x").unwrap();
+        let declared =
+            Config::from_toml(&format!("{with_breaker}[instances.a.breaker]\n")).unwrap();
+        let refused = registry.reload(declared).unwrap_err();
+        assert!(
+            matches!(refused.problem(), Problem::Full { max: 1 }),
+            "{refused}"
+        );
+    }
+}
+
+#[cfg(all(feature = "serde", feature = "toml"))]
+mod retry_layers {
+    use tidewall::config::Config;
+
+    // `RetryConfig::jitter`: a layer naming `backoff = "decorrelated_jitter"` may not set it;
+    // one inherited from another layer is ignored by that schedule (as a `factor` from the
+    // defaults is, for a schedule that is not exponential).
+    #[test]
+    fn an_inherited_jitter_leaves_decorrelated_instances_alone() {
+        let config = Config::from_toml(
+            "[defaults.retry]\njitter = \"equal\"\n\
+             [instances.a.retry]\nbackoff = \"decorrelated_jitter\"\n",
+        )
+        .unwrap();
+        assert!(config.instance("a").unwrap().backoff().is_ok());
+        let same_layer = Config::from_toml(
+            "[instances.a.retry]\nbackoff = \"decorrelated_jitter\"\njitter = \"full\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            same_layer
+                .to_string()
+                .starts_with("instances.a.retry.jitter"),
+            "{same_layer}"
+        );
+    }
+}

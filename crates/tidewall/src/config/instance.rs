@@ -435,7 +435,11 @@ impl<'a> Instance<'a> {
         if let Some(factor) = s.factor {
             b = b.factor(factor);
         }
-        if let Some(jitter) = s.jitter {
+        // Decorrelated jitter is its own randomness: a `jitter` inherited from another layer
+        // is for the other schedules (one in the same layer is refused above).
+        if let Some(jitter) = s.jitter
+            && s.backoff != Some(BackoffKind::DecorrelatedJitter)
+        {
             b = b.jitter(match jitter {
                 JitterKind::None => Jitter::None,
                 JitterKind::Full => Jitter::Full,
@@ -456,9 +460,9 @@ impl<'a> Instance<'a> {
     }
 
     /// A layer that names its schedule may set only that schedule's keys: a `factor` next to
-    /// `backoff = "constant"` is a mistake, not a setting kept for another layer. (Across
-    /// layers a key of another schedule is fine: the defaults may give a factor that only
-    /// exponential instances use.)
+    /// `backoff = "constant"` (or a `jitter` next to `"decorrelated_jitter"`) is a mistake,
+    /// not a setting kept for another layer. (Across layers a key of another schedule is
+    /// fine: the defaults may give a factor that only exponential instances use.)
     fn schedule_keys_fit(&self) -> Result<(), Invalid> {
         for (path, policies) in &self.layers {
             let Some(retry) = &policies.retry else {
@@ -477,6 +481,12 @@ impl<'a> Instance<'a> {
                 return Err(Invalid::new(
                     format!("{path}.retry.step"),
                     Problem::NotHere("`step` is for `backoff = \"linear\"`"),
+                ));
+            }
+            if retry.jitter.is_some() && kind == BackoffKind::DecorrelatedJitter {
+                return Err(Invalid::new(
+                    format!("{path}.retry.jitter"),
+                    Problem::NotHere("`backoff = \"decorrelated_jitter\"` is its own jitter"),
                 ));
             }
         }

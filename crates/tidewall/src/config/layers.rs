@@ -157,7 +157,13 @@ impl Config {
     /// The first [`Invalid`] setting, in the order: `base` keys outside instances, the
     /// defaults, each config by name, each instance by name. The defaults and a config may
     /// leave out keys that have no default (an instance sets them); an instance that has a
-    /// section, itself or through its base, may not.
+    /// section, itself or through its base, may not. A layer is judged with the defaults of
+    /// the keys it leaves out that have one: a `max_wait = "0s"` without `max_queue = 0` meets
+    /// the default queue, and is refused at that key. Settings of the defaults or a config
+    /// that only contradict each other (a `Conflict`, such as error and hang rates above 1
+    /// together) are judged where an instance uses them: here for an
+    /// instance that has the section, otherwise when a registry or
+    /// [`Instance`](crate::config::Instance) builds that policy for a name.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.defaults.base.is_some() {
             return Err(Invalid::new(

@@ -244,7 +244,8 @@ pub struct Reload {
     /// Policies that took their new settings in place, state and permits kept (fault
     /// injectors included; a keyed table counts once, however many keys it retuned).
     pub retuned: usize,
-    /// Breakers whose window changed shape: reset to closed with a state-change event.
+    /// Breakers whose window changed shape: reset to closed with a state-change event. They
+    /// count in `retuned` too.
     pub reset: Vec<Name>,
     /// Instances whose adaptive limiter (or keyed table of them; each name once) had its
     /// algorithm changed (another kind, or other settings of its own: a default written out
@@ -449,8 +450,18 @@ impl<R: Clock> Registry<R> {
             places(adaptive.len(), &|n| adaptive.contains_key(n), Some(4)),
             #[cfg(feature = "chaos")]
             places(chaos.len(), &|n| chaos.contains_key(n), None),
+            places(pipelines.len(), &|n| pipelines.contains_key(n), None),
         ];
-        if needed.into_iter().any(|n| n > self.max_instances) {
+        // The keyed tables and the pipelines, like every map, keep a place for each declared
+        // instance (see `held_or_made`).
+        let tables_needed = held_tables
+            .iter()
+            .map(|held| places(held.len(), &|n| held.contains_key(n), None));
+        if needed
+            .into_iter()
+            .chain(tables_needed)
+            .any(|n| n > self.max_instances)
+        {
             let max = self.max_instances;
             return Err(Invalid::new("instances", Problem::Full { max }));
         }

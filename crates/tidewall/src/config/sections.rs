@@ -192,7 +192,9 @@ section! {
         /// An exponential schedule's growth factor (default 2). A layer that names another
         /// `backoff` may not set it.
         factor: f64,
-        /// How each delay is randomized (default full; not with decorrelated jitter).
+        /// How each delay is randomized (default full). A layer that names
+        /// `backoff = "decorrelated_jitter"` may not set it; one inherited from another layer
+        /// is ignored by that schedule.
         jitter: JitterKind,
         /// The cap on each delay (default 30 s).
         #[serde(with = "opt_duration")]
@@ -329,7 +331,9 @@ section! {
         /// The share of the limit default-priority calls may fill (default 1; critical calls
         /// always have the whole limit).
         default_share: f64,
-        /// The share of the limit sheddable calls may fill (default 0.8).
+        /// The share of the limit sheddable calls may fill (default 0.8). Never above the
+        /// default share: a `default_share` below 0.8 needs a `sheddable_share` at most as
+        /// large, or the section (whose two settings contradict) is refused at its path.
         sheddable_share: f64,
     }
 }

@@ -41,9 +41,10 @@ use crate::breaker::StateChange;
 #[non_exhaustive]
 pub struct Event<'a> {
     /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate`,
-    /// `pipeline` or `hedge`; a keyed table's own refusals (a full table) come as
-    /// `keyed_breaker`, `keyed_bulkhead` or `keyed_rate`, and its keys' events as the
-    /// policy's.
+    /// `pipeline` or `hedge`; a keyed breaker's or bulkhead's own refusals (a full table)
+    /// come as `keyed_breaker` or `keyed_bulkhead`, and its keys' events as the policy's; a
+    /// keyed rate limiter's refusals all come as `keyed_rate`, a key's and a full table's
+    /// alike (both are `RateLimited`).
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,

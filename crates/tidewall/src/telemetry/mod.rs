@@ -7,7 +7,8 @@
 //!
 //! Every policy's metric carries the policy's kind (`policy`) and its instance name (`name`,
 //! set with the builder's `name`; the config [`Registry`](crate::config::Registry) names each
-//! policy after its instance); gauges, read by name from a registry, carry `name` only.
+//! policy after its instance); gauges, read by name from a registry, carry `name` (and a
+//! breaker's state gauge its `state`, a keyed table's its `policy`: see the table below).
 //! Names are Prometheus-style; durations are in seconds. Checking a configuration
 //! ([`Config::validate`](crate::config::Config::validate), a layer that is not an instance)
 //! registers nothing.
@@ -38,7 +39,7 @@
 //!
 //! Without any feature, the breaker, bulkhead, adaptive limiter, rate limiter, hedge and
 //! pipeline builders take a listener (a keyed table, its base builder's; a retry, a hook with
-//! `notify`; the keyed rate limiter and the fault injector, none): `on_event` is called
+//! `notify`; the fault injector, none): `on_event` is called
 //! with each [`Event`] (outcomes, refusals with their reason, state changes, retries with
 //! their delay, hedges launched, a spent budget, waits). With no listener set, a policy tests
 //! one flag where an event would be.
