@@ -229,6 +229,7 @@ mod tests {
     /// Netflix's warm-up: each of the first ten samples sets the average to their plain mean,
     /// so the 5 % lowering made after one sample lasts only until the next.
     #[test]
+    #[allow(clippy::float_cmp)] // small whole numbers and their means: exact in f64
     fn the_warm_up_mean_is_plain_whatever_was_lowered() {
         let mut long = LongAverage {
             value: 0.0,
