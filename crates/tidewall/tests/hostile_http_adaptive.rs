@@ -407,10 +407,10 @@ fn an_open_breaker_refuses_before_the_adaptive_stage_on_every_runtime() {
     on_every_runtime!(an_open_breaker_refuses_before_the_adaptive_stage);
 }
 
-// Docs: the rate limit is "waited for within the deadline before the bulkhead or adaptive
-// limit is asked"; "An attempt cut by the deadline teaches nothing"; (`Wait::Until`) "returned at once when the wait is known to end past it, as a
+// Docs: "An attempt refused later (by the rate limit) or cut by the deadline teaches
+// nothing"; (`Wait::Until`) "returned at once when the wait is known to end past it, as a
 // limiter's is"; "A refusal by any of them ends the request at once ..., not retried".
-async fn a_rate_limit_refusal_teaches_nothing<R: Runtime>(rt: Clocked<R>) {
+async fn a_rate_limit_refusal_after_the_slot_teaches_nothing<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let rate = KeyedRateLimiter::builder(1, secs(60))
@@ -449,16 +449,16 @@ async fn a_rate_limit_refusal_teaches_nothing<R: Runtime>(rt: Clocked<R>) {
 }
 
 #[test]
-fn a_rate_limit_refusal_teaches_nothing_on_every_runtime() {
-    on_every_runtime!(a_rate_limit_refusal_teaches_nothing);
+fn a_rate_limit_refusal_after_the_slot_teaches_nothing_on_every_runtime() {
+    on_every_runtime!(a_rate_limit_refusal_after_the_slot_teaches_nothing);
 }
 
-// Docs: "Per attempt, in order: the authority's breaker, its rate limit, and its bulkhead or
-// adaptive limit (each waiting no longer than the deadline), then `send`": "an attempt
-// waiting for the rate limit holds no slot". "a success [is] a sample of the host's latency": the wait for
+// Docs: "Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and
+// its rate limit (waiting no longer than the deadline), then `send`": the slot is held while
+// the rate limit is waited for. "a success [is] a sample of the host's latency": the wait for
 // the rate limit is not the host's latency, so a fast answer after a long wait is no drop
 // for an AIMD whose timeout is shorter than the wait.
-async fn a_rate_limit_wait_holds_no_slot_and_is_not_latency<R: Runtime>(rt: Clocked<R>) {
+async fn a_rate_limit_wait_holds_the_slot_but_is_not_latency<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);
         let rate = KeyedRateLimiter::builder(1, secs(1))
@@ -483,8 +483,8 @@ async fn a_rate_limit_wait_holds_no_slot_and_is_not_latency<R: Runtime>(rt: Cloc
         rt.sleep(ms(400)).await;
         assert_eq!(
             (in_flight(&policies, "http://a/"), hosts.seen("a:80")),
-            (0, 1),
-            "{front:?}: the slot is taken after the rate limit"
+            (1, 1),
+            "{front:?}: the slot is taken before the rate limit"
         );
         assert_eq!(status(&waiting.await.unwrap()), Some(200), "{front:?}");
         assert_eq!(rt.now() - start, secs(1));
@@ -498,8 +498,8 @@ async fn a_rate_limit_wait_holds_no_slot_and_is_not_latency<R: Runtime>(rt: Cloc
 }
 
 #[test]
-fn a_rate_limit_wait_holds_no_slot_and_is_not_latency_on_every_runtime() {
-    on_every_runtime!(a_rate_limit_wait_holds_no_slot_and_is_not_latency);
+fn a_rate_limit_wait_holds_the_slot_but_is_not_latency_on_every_runtime() {
+    on_every_runtime!(a_rate_limit_wait_holds_the_slot_but_is_not_latency);
 }
 
 // Docs: "by the classifier as the breaker counts it: ... what it ignores nothing";
@@ -1047,7 +1047,7 @@ async fn a_dropped_request_teaches_nothing_wherever_it_is<R: Runtime>(rt: Clocke
             "{front:?}: mid-backoff"
         );
 
-        // Mid-rate-wait, before a slot is taken.
+        // Mid-rate-wait, holding the slot.
         let rate = KeyedRateLimiter::builder(1, secs(1))
             .burst(1)
             .jitter(Duration::ZERO);
@@ -1159,13 +1159,13 @@ async fn seeded_drops_give_every_slot_back<R: Runtime>(rt: Clocked<R>) {
                 {
                     continue;
                 }
-                // Exactly `now` slots free, and nobody queued behind them, once the rate
-                // limit (a burst of 4, then one every 50 ms) let all `now` calls go.
-                hosts.script(&key, |_| Answer::Slow(secs(1)));
+                // Exactly `now` slots free at once (taken before the rate limit is waited
+                // for), and nobody queued behind them.
+                hosts.script(&key, |_| Answer::Slow(ms(100)));
                 let burst: Vec<_> = (0..now)
                     .map(|_| spawn_send(&rt, front, &policies, &hosts, long(&uri)))
                     .collect();
-                rt.sleep(ms(250)).await;
+                rt.sleep(ms(1)).await;
                 assert_eq!(
                     (in_flight(&policies, &uri), queued(&policies, &uri)),
                     (usize::try_from(now).unwrap(), 0),
@@ -1472,9 +1472,9 @@ fn one_hosts_drops_never_throttle_another_on_every_runtime() {
     on_every_runtime!(one_hosts_drops_never_throttle_another);
 }
 
-// Docs (`run`): "Per attempt, in order: the authority's breaker, its rate limit, and its
-// bulkhead or adaptive limit (each waiting no longer than the deadline), then `send` under
-// the attempt timeout": the waits for a slot and for the rate limit are not the attempt's time.
+// Docs (`run`): "Per attempt, in order: the authority's breaker, its bulkhead or adaptive
+// limit, and its rate limit (waiting no longer than the deadline), then `send` under the
+// attempt timeout": the waits for a slot and for the rate limit are not the attempt's time.
 async fn waits_before_the_send_are_not_the_attempts_time<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
         let hosts = Hosts::new(&rt);

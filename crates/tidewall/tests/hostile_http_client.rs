@@ -103,7 +103,7 @@ fn the_deadline_holds_across_retries_and_waits_on_every_runtime() {
 }
 
 // Docs: "an attempt timeout (default 10 s), which the breaker counts as a failure"; "Per
-// attempt, in order: the authority's breaker, its rate limit, and its bulkhead ... A refusal
+// attempt, in order: the authority's breaker, its bulkhead and its rate limit ... A refusal
 // by any of them ends the request at once with that refusal, not retried".
 async fn timeouts_trip_the_breaker_and_its_refusal_is_final<R: Runtime>(rt: Clocked<R>) {
     for front in FRONTS {
@@ -498,47 +498,6 @@ async fn the_rate_limit_is_per_authority_and_waited_within_the_deadline<R: Runti
 #[test]
 fn the_rate_limit_is_per_authority_and_waited_within_the_deadline_on_every_runtime() {
     on_every_runtime!(the_rate_limit_is_per_authority_and_waited_within_the_deadline);
-}
-
-// Docs (`rate_limit`): "waited for within the deadline before the bulkhead or adaptive limit
-// is asked: a wait holds no slot".
-async fn a_rate_limit_wait_holds_no_bulkhead_slot<R: Runtime>(rt: Clocked<R>) {
-    for front in FRONTS {
-        let hosts = Hosts::new(&rt);
-        let limit = KeyedRateLimiter::builder(1, secs(1))
-            .burst(1)
-            .jitter(Duration::ZERO);
-        let policies = builder(&rt, 100)
-            .bulkhead(Some(Bulkhead::builder(1).max_queue(4)))
-            .rate_limit(Some(limit))
-            .build()
-            .unwrap();
-        let start = rt.now();
-        assert_eq!(
-            status(&send(front, &policies, &hosts, get("http://a/")).await),
-            Some(200)
-        );
-        let waiting = spawn_send(&rt, front, &policies, &hosts, get("http://a/"));
-        rt.sleep(ms(400)).await;
-        let a = policies
-            .bulkheads()
-            .unwrap()
-            .get(&auth("http://a/"))
-            .unwrap();
-        assert_eq!(
-            (a.available(), a.queued(), hosts.seen("a:80")),
-            (1, 0, 1),
-            "{front:?}: the wait for the rate limit took the slot"
-        );
-        assert_eq!(status(&waiting.await.unwrap()), Some(200), "{front:?}");
-        assert_eq!(rt.now() - start, secs(1), "{front:?}");
-        assert_eq!((a.available(), hosts.seen("a:80")), (1, 2), "{front:?}");
-    }
-}
-
-#[test]
-fn a_rate_limit_wait_holds_no_bulkhead_slot_on_every_runtime() {
-    on_every_runtime!(a_rate_limit_wait_holds_no_bulkhead_slot);
 }
 
 // Docs (`run`): "Cancel safety: dropping the future drops the attempt in flight and every

@@ -339,6 +339,58 @@ mod http_stack {
         holder.abort();
     }
 
+    // `ClientPoliciesBuilder::rate_limit`: "waited for within the deadline, last before the
+    // send: an attempt holds its bulkhead or adaptive slot while it waits, so the token is
+    // taken just before the send and sends keep the limit's pace". Two slots that free at
+    // the same instant do not let two queued attempts go out together.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn sends_keep_the_rate_limits_pace_when_slots_free_together() {
+        use std::sync::{Arc, Mutex};
+        let policies = ClientPolicies::builder()
+            .retry_budget(None)
+            .breaker(None)
+            .bulkhead(Some(Bulkhead::builder(2).max_queue(4).max_wait(None)))
+            .rate_limit(Some(
+                tidewall::rate::KeyedRateLimiter::builder(1, Duration::from_secs(1))
+                    .burst(1)
+                    .jitter(Duration::ZERO),
+            ))
+            .deadline(Some(Duration::from_secs(60)))
+            .attempt_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (at, path) in [(0, "/a"), (0, "/b"), (500, "/c"), (500, "/d")] {
+            let (policies, sent) = (policies.clone(), Arc::clone(&sent));
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(ms(at)).await;
+                policies
+                    .run(get(path), Overrides::new().no_retry(), |request| {
+                        let sent = Arc::clone(&sent);
+                        async move {
+                            let now = tokio::time::Instant::now() - start;
+                            sent.lock().unwrap().push(now);
+                            // The first two hold their slots until 10 s together.
+                            match request.uri().path() {
+                                "/a" | "/b" => tokio::time::sleep_until(start + ms(10_000)).await,
+                                _ => {}
+                            }
+                            Ok::<_, std::io::Error>(response(200))
+                        }
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().status(), 200);
+        }
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort();
+        assert_eq!(sent, [ms(0), ms(1_000), ms(10_000), ms(11_000)]);
+    }
+
     // `HttpFailure` for a `BoxError`: "the first refusal, timeout or I/O error in the source
     // chain; a timeout is Tidewall's `Elapsed` or `DeadlineExceeded`".
     #[test]

@@ -481,6 +481,15 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
         self.finish(Outcome::Ignored);
     }
 
+    /// Times the call from now rather than from its admission: for a caller that holds the
+    /// slot through waits of its own before the call starts (the HTTP stack's rate limit),
+    /// which are not the dependency's latency.
+    #[cfg(feature = "http")]
+    pub(crate) fn start_now(&mut self) {
+        let shared = &*self.limiter.shared;
+        self.started = shared.clock.nanos(shared.bulkhead.runtime());
+    }
+
     /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
     pub fn finish(self, outcome: Outcome) {
         let dropped = match outcome {

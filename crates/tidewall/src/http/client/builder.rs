@@ -207,13 +207,14 @@ impl<R> ClientPoliciesBuilder<R> {
     /// An adaptive limit on each authority's attempts in flight, in place of the bulkhead
     /// (default none; set [`bulkhead(None)`](Self::bulkhead) with it): each host's limit
     /// follows its own latency and drops, as the limiter's algorithm says. Every attempt
-    /// takes a slot once the breaker admitted it and the rate limit let it go (an attempt
-    /// waiting for the rate limit holds no slot); its sample is timed from its send, and
-    /// teaches the algorithm how it ended,
+    /// takes a slot after the breaker admitted it and holds it through the rate limit's
+    /// wait; its sample is timed from its send (the stack's own waits are not the host's
+    /// latency), and teaches the algorithm how it ended,
     /// by the [classifier](Self::classifier) as the breaker counts it: a failure (in the
     /// standard table a 5xx, a 408, a 429, a timeout or a failed connection) is a drop, a
-    /// success a sample of the host's latency, what it ignores nothing. An attempt cut by
-    /// the deadline teaches nothing. A limiter with a queue waits within the deadline. Its name and runtime are replaced by the stack's.
+    /// success a sample of the host's latency, what it ignores nothing. An attempt refused
+    /// later (by the rate limit) or cut by the deadline teaches nothing. A limiter with a
+    /// queue waits within the deadline. Its name and runtime are replaced by the stack's.
     ///
     /// ```
     /// use tidewall::adaptive::{AdaptiveLimiter, AnyAlgorithm, Gradient2};
@@ -232,10 +233,11 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
-    /// The rate limit each authority gets (default none), waited for within the deadline
-    /// before the bulkhead or adaptive limit is asked: a wait holds no slot. Every attempt
-    /// takes its token there, so an attempt the bulkhead or adaptive limit then refuses has
-    /// spent one. Its name and runtime are replaced by the stack's.
+    /// The rate limit each authority gets (default none), waited for within the deadline,
+    /// last before the send: an attempt holds its bulkhead or adaptive slot while it waits,
+    /// so the token is taken just before the send and sends keep the limit's pace (tokens
+    /// taken before a queue would let the attempts that waited in it go out together). Its
+    /// name and runtime are replaced by the stack's.
     pub fn rate_limit(mut self, limit: Option<KeyedRateLimiterBuilder>) -> Self {
         self.rate_limit = limit;
         self

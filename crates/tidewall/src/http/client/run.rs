@@ -20,9 +20,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// given (the original, or a copy for a retry). It is called only once the attempt is
     /// admitted, so a call to it is an attempt the server may see.
     ///
-    /// Per attempt, in order: the authority's breaker, its rate limit, and its bulkhead or
-    /// adaptive limit (each waiting no longer than the deadline), then `send` under the
-    /// attempt timeout; the adaptive limit learns how it ended, as the breaker records it. A
+    /// Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and its
+    /// rate limit (each waiting no longer than the deadline; the rate limit last, so that
+    /// sends keep its pace), then `send` under the attempt timeout; the adaptive limit learns how it ended, as the breaker records it. A
     /// refusal by any of them ends the request at once with that refusal, not retried: an
     /// open breaker exists to answer fast. The breaker records the attempt's classified
     /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing. A failure
@@ -194,16 +194,7 @@ impl<R: Clock> Attempt<'_, R> {
             _ => None,
         };
         // The waits are boxed: they are the rare path, and inline they would triple the size
-        // of every attempt's future, which is moved on every attempt. The rate limit comes
-        // before the concurrency limits, as a pipeline orders them: an attempt waiting for
-        // its turn holds no slot another attempt could use.
-        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
-            && limiters.check_key_quiet(authority).is_err()
-            && let Err(refusal) =
-                Box::pin(limiters.until_key_ready_before(authority, deadline)).await
-        {
-            return Err(refused(refusal, deadline, &inner.rt).await);
-        }
+        // of every attempt's future, which is moved on every attempt.
         let _slot = match (&inner.bulkheads, authority) {
             (Some(bulkheads), Some(authority)) => Some(
                 match bulkheads
@@ -219,7 +210,7 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
-        let slot = match (&inner.adaptive, authority) {
+        let mut slot = match (&inner.adaptive, authority) {
             (Some(limits), Some(authority)) => Some(
                 match limits
                     .try_acquire_quiet(authority)
@@ -234,7 +225,20 @@ impl<R: Clock> Attempt<'_, R> {
             ),
             _ => None,
         };
-        // The host's time alone: not the waits for the stack's own rate limit and queues.
+        // The rate limit is waited for last, the slot held: the token is taken just before
+        // the send, so sends keep its pace (taken before a queue, tokens of attempts that
+        // then wait together would let them all go at once when slots free).
+        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
+            && limiters.check_key_quiet(authority).is_err()
+            && let Err(refusal) =
+                Box::pin(limiters.until_key_ready_before(authority, deadline)).await
+        {
+            return Err(refused(refusal, deadline, &inner.rt).await);
+        }
+        // The host's time alone: not the waits for the stack's own queue and rate limit.
+        if let Some(slot) = &mut slot {
+            slot.start_now();
+        }
         if let Some(permit) = &mut permit {
             permit.start_now();
         }
