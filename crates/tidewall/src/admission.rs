@@ -183,9 +183,11 @@ pub trait Admission: Send + Sync {
     /// layer call it when the call ends: [`Outcome::Success`], [`Outcome::Failure`] (the
     /// classifier's failures, timeouts, the deadline running out during the call) or
     /// [`Outcome::Ignored`] (the classifier's verdict, or any ending before the dependency was
-    /// called: a later stage's refusal, a deadline that left no time for a first attempt). A
-    /// call whose retry a later stage refused (an open breaker, a spent budget) after an
-    /// attempt reached the dependency ends with that attempt's outcome. A guard dropped
+    /// called: a later stage's refusal, a deadline that left no time for a first attempt).
+    /// Through a pipeline, a call whose retry a later stage refused (an open breaker, a spent
+    /// budget) after an attempt reached the dependency ends with that attempt's outcome; the
+    /// tower layer sees only the inner stack's answer, so a refusal from a layer inside it
+    /// (a retry's last attempt refused by an open breaker) is ignored. A guard dropped
     /// without it (a cancelled call) teaches nothing.
     #[inline]
     fn finish(guard: Self::Guard, outcome: Outcome) {

@@ -610,3 +610,83 @@ mod retry_layers {
         );
     }
 }
+
+// Ordered fail-fast: the stream ends at the earliest failed input, so when an earlier input
+// fails after a later one did, the tasks between the two are aborted at once too.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_ordered_fail_fast_fan_out_cuts_again_at_an_earlier_failure() {
+    use futures_util::StreamExt as _;
+    static PLAN: [(u64, bool, bool); 5] = [
+        (5_000, false, false),
+        (2_000, true, false),
+        (3_000, false, true),
+        (1_000, true, false),
+        (100, false, false),
+    ];
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let results = tidewall::fan_out::FanOut::new(5)
+        .unwrap()
+        .ordered()
+        .try_run_iter(0..5, fan_out_work(&PLAN, &ran));
+    let mut results = std::pin::pin!(results);
+    assert_eq!(results.next().await.map(|r| r.ok()), Some(Some(0)));
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "input 2 ran to its end after input 1 failed"
+    );
+    assert!(matches!(results.next().await, Some(Err(_))));
+    assert!(results.next().await.is_none());
+}
+
+// The same, from LIFO (whose queue already tracks when it began to stand): "A queue that
+// already stands when a `reconfigure` switches CoDel on counts as standing from then", so a
+// caller joining just after the switch is not cut to `target`.
+#[test]
+fn codel_switched_on_from_lifo_counts_the_queue_from_the_switch() {
+    let clock = FakeClock::new();
+    let with = |discipline| {
+        Bulkhead::builder(1)
+            .max_queue(4)
+            .max_wait(Duration::from_secs(10))
+            .discipline(discipline)
+    };
+    let bulkhead = with(QueueDiscipline::Lifo)
+        .runtime(clock.clone())
+        .build()
+        .unwrap();
+    let _held = bulkhead.try_acquire().unwrap();
+    let mut standing = Box::pin(bulkhead.acquire());
+    assert!(poll_once(standing.as_mut()).is_pending());
+    clock.advance(ms(200));
+    bulkhead
+        .reconfigure(with(QueueDiscipline::Codel {
+            target: ms(5),
+            interval: ms(100),
+        }))
+        .unwrap();
+    let mut joining = Box::pin(bulkhead.acquire());
+    assert!(poll_once(joining.as_mut()).is_pending());
+    clock.advance(ms(50));
+    assert!(
+        poll_once(joining.as_mut()).is_pending(),
+        "joined a queue standing 0 ms under CoDel: its wait is not cut to 5 ms"
+    );
+}
+
+#[cfg(all(feature = "serde", feature = "toml"))]
+mod retry_layers_above {
+    use tidewall::config::Config;
+
+    // `RetryConfig::jitter`: not with decorrelated jitter "in the layer that names it or a
+    // layer above it": an instance's own jitter over a decorrelated schedule from the defaults
+    // is refused at the instance's key, never silently ignored.
+    #[test]
+    fn a_jitter_above_an_inherited_decorrelated_schedule_is_refused() {
+        let refused = Config::from_toml(
+            "[defaults.retry]\nbackoff = \"decorrelated_jitter\"\n\
+             [instances.a.retry]\njitter = \"full\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(refused.path(), "instances.a.retry.jitter", "{refused}");
+    }
+}

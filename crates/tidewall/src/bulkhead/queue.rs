@@ -168,9 +168,10 @@ impl WaitQueue {
             .any(|&p| self.live(p) > 0)
     }
 
-    /// Switches to `discipline`. A queue that stands already counts as standing from `now()`
-    /// if its start was not tracked (a plain FIFO queue does not track it); the clock is read
-    /// only then, so a bulkhead made per key reads none.
+    /// Switches to `discipline`. A queue that stands when CoDel is switched on counts as
+    /// standing from `now()`, whatever it was before (its waits were not bounded by the
+    /// queue's delay then); the clock is read only then, so a bulkhead made per key reads
+    /// none.
     pub(super) fn set_discipline(
         &mut self,
         discipline: QueueDiscipline,
@@ -179,8 +180,10 @@ impl WaitQueue {
         if discipline != QueueDiscipline::Fifo || self.more.is_some() {
             let waiting = self.waiting > 0;
             let more = self.more();
+            let switched_on = matches!(discipline, QueueDiscipline::Codel { .. })
+                && !matches!(more.discipline, QueueDiscipline::Codel { .. });
             more.discipline = discipline;
-            if waiting && more.busy_since.is_none() {
+            if waiting && switched_on {
                 more.busy_since = Some(now());
             }
         }

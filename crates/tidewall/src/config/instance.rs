@@ -435,8 +435,8 @@ impl<'a> Instance<'a> {
         if let Some(factor) = s.factor {
             b = b.factor(factor);
         }
-        // Decorrelated jitter is its own randomness: a `jitter` inherited from another layer
-        // is for the other schedules (one in the same layer is refused above).
+        // Decorrelated jitter is its own randomness: a `jitter` from a layer below the one that
+        // names it is for the other schedules (one at or above it is refused above).
         if let Some(jitter) = s.jitter
             && s.backoff != Some(BackoffKind::DecorrelatedJitter)
         {
@@ -460,9 +460,10 @@ impl<'a> Instance<'a> {
     }
 
     /// A layer that names its schedule may set only that schedule's keys: a `factor` next to
-    /// `backoff = "constant"` (or a `jitter` next to `"decorrelated_jitter"`) is a mistake,
-    /// not a setting kept for another layer. (Across layers a key of another schedule is
-    /// fine: the defaults may give a factor that only exponential instances use.)
+    /// `backoff = "constant"` is a mistake, not a setting kept for another layer. (Across
+    /// layers a key of another schedule is fine: the defaults may give a factor that only
+    /// exponential instances use.) A `jitter` is a mistake with decorrelated jitter in the
+    /// layer that names that schedule or any layer above it.
     fn schedule_keys_fit(&self) -> Result<(), Invalid> {
         for (path, policies) in &self.layers {
             let Some(retry) = &policies.retry else {
@@ -483,12 +484,25 @@ impl<'a> Instance<'a> {
                     Problem::NotHere("`step` is for `backoff = \"linear\"`"),
                 ));
             }
-            if retry.jitter.is_some() && kind == BackoffKind::DecorrelatedJitter {
-                return Err(Invalid::new(
-                    format!("{path}.retry.jitter"),
-                    Problem::NotHere("`backoff = \"decorrelated_jitter\"` is its own jitter"),
-                ));
-            }
+        }
+        // Decorrelated jitter is its own randomness: a `jitter` in the layer that names it, or
+        // in one above it, is a mistake; one below it is for the other schedules.
+        let named = self.layers.iter().position(|(_, p)| {
+            p.retry
+                .as_ref()
+                .is_some_and(|retry| retry.backoff.is_some())
+        });
+        if let Some(named) = named
+            && self.layers[named].1.retry.as_ref().and_then(|r| r.backoff)
+                == Some(BackoffKind::DecorrelatedJitter)
+            && let Some((path, _)) = self.layers[..=named]
+                .iter()
+                .find(|(_, p)| p.retry.as_ref().is_some_and(|r| r.jitter.is_some()))
+        {
+            return Err(Invalid::new(
+                format!("{path}.retry.jitter"),
+                Problem::NotHere("`backoff = \"decorrelated_jitter\"` is its own jitter"),
+            ));
         }
         Ok(())
     }

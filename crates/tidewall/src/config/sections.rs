@@ -192,9 +192,10 @@ section! {
         /// An exponential schedule's growth factor (default 2). A layer that names another
         /// `backoff` may not set it.
         factor: f64,
-        /// How each delay is randomized (default full). A layer that names
-        /// `backoff = "decorrelated_jitter"` may not set it; one inherited from another layer
-        /// is ignored by that schedule.
+        /// How each delay is randomized (default full). Not with
+        /// `backoff = "decorrelated_jitter"` in the layer that names it or a layer above it
+        /// (an instance over its base or the defaults); one from a layer below is ignored by
+        /// that schedule.
         jitter: JitterKind,
         /// The cap on each delay (default 30 s).
         #[serde(with = "opt_duration")]

@@ -142,8 +142,9 @@ pin_project_lite::pin_project! {
         occupied: usize,
         // After `abort`, reports that come in are late (aborted tasks report `Cancelled`).
         aborted: bool,
-        // Whether a fail-fast outcome arrived and the tasks after it were aborted.
-        cut: bool,
+        // The earliest input (in input order) whose fail-fast outcome arrived: the tasks of
+        // later inputs were aborted (every running one, unordered).
+        cut: Option<u64>,
         next_sequence: u64,
         completions: Arc<Completions<O>>,
         arrived: Arrived<O>,
@@ -180,7 +181,7 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
             limit,
             occupied: 0,
             aborted: false,
-            cut: false,
+            cut: None,
             next_sequence: 0,
             completions: Completions::with_capacity(capacity, ends),
             arrived,
@@ -238,8 +239,8 @@ impl<R: Runtime, S, F, O> FanOutStream<R, S, F, O> {
 }
 
 /// Moves every reported completion into `arrived` and frees its task slot; a cut task's late
-/// report only frees its slot. Returns the sequence of the first outcome that ends the
-/// stream (fail-fast), if one came.
+/// report only frees its slot. Returns the earliest input (in input order) of the outcomes
+/// that end the stream (fail-fast), if one came.
 fn absorb<O, H: TaskHandle<()>>(
     completions: &Completions<O>,
     tasks: &mut Tasks<H>,
@@ -256,8 +257,8 @@ fn absorb<O, H: TaskHandle<()>>(
         if was_cut {
             return;
         }
-        if ending.is_none() && completions.ends(&done.outcome) {
-            ending = Some(done.sequence);
+        if completions.ends(&done.outcome) {
+            ending = Some(ending.map_or(done.sequence, |e: u64| e.min(done.sequence)));
         }
         arrived.insert(done.sequence, done.outcome);
     });
@@ -280,15 +281,16 @@ where
             if *this.aborted {
                 // Late reports of aborted tasks: nothing is owed for them.
                 this.completions.drain(drop);
-            } else if let Some(failed) = absorb(this.completions, this.tasks, this.arrived)
-                && !*this.cut
-            {
+            } else if let Some(failed) = absorb(this.completions, this.tasks, this.arrived) {
                 // Fail-fast: the stream ends with this outcome, so a task whose result would
                 // come after it (every one still running, or in input order the later inputs)
-                // is aborted now rather than when the consumer reaches the failure.
-                *this.cut = true;
-                let after = this.arrived.is_ordered().then_some(failed);
-                *this.occupied -= this.tasks.cut_after(after);
+                // is aborted now rather than when the consumer reaches the failure. In input
+                // order, a failure of an earlier input moves the end, and the cut, back.
+                let ordered = this.arrived.is_ordered();
+                if this.cut.is_none_or(|cut| ordered && failed < cut) {
+                    *this.cut = Some(failed);
+                    *this.occupied -= this.tasks.cut_after(ordered.then_some(failed));
+                }
             }
             let delivered = this.arrived.take_next();
             if delivered.is_some() {
