@@ -39,11 +39,12 @@ pub(crate) struct TourArgs {
     /// Print machine-readable JSON instead of tables.
     #[arg(long)]
     json: bool,
-    /// Also share a rate limit and a bulkhead between three simulated replicas through this
-    /// Redis (`redis://127.0.0.1:6379`).
+    /// Also run three sections through this Redis (`redis://127.0.0.1:6379`): three simulated
+    /// replicas share a rate limit and a bulkhead, and decide a hot limit exactly and in lease
+    /// mode.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// The same two sections on a Redis Cluster reached first through these nodes
+    /// The same three sections on a Redis Cluster reached first through these nodes
     /// (`redis://127.0.0.1:7000,redis://127.0.0.1:7001`).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     redis_cluster: Vec<String>,

@@ -53,6 +53,14 @@ impl<R: Runtime> Clocked<R> {
     ///
     /// Tasks spawned around this runtime (directly on the executor) are invisible to it; if
     /// they wait on this clock's timers, time may move before they run.
+    ///
+    /// Before each jump the driver gives the executor one turn, so a wake the executor holds
+    /// until it is about to park (tokio's `yield_now` and its cooperative budget) is seen when
+    /// this future is the one given to a current-thread `block_on`, as in the example. Spawned
+    /// as a task instead, or for tasks on a multi-thread runtime's workers, such a held wake
+    /// may come after the jump; Tidewall's own policies never hold their wakes. Run one drive
+    /// at a time on a `Clocked` runtime (clones included): the tasks going idle wake the
+    /// driver polled last.
     pub fn drive<F: Future>(&self, future: F) -> Drive<F> {
         Drive {
             future: Box::pin(future),
