@@ -293,7 +293,11 @@ where
         hint,
     };
     config.notify.notify(&event);
-    *last = Some(failure);
+    // What the deadline's cut answers with: the latest value, if an attempt got one (a value
+    // is never thrown away for a later error or timeout), else the latest failure.
+    if matches!(failure, Failure::Value(_)) || !matches!(last, Some(Failure::Value(_))) {
+        *last = Some(failure);
+    }
     Ok(delay)
 }
 

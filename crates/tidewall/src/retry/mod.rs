@@ -19,7 +19,10 @@
 //! passed (or with no more than [`Retry::min_attempt_time`] left); a backoff sleep that would
 //! end past it is not slept at all, and the driver returns
 //! [`RetryError::DeadlineExceeded`] at once with the last error attached; a running attempt
-//! is cut off when the deadline arrives.
+//! is cut off when the deadline arrives. When the deadline cuts a running attempt, or leaves
+//! no time to start the next, the answer is the latest value an earlier attempt got (a
+//! retryable `Ok`, such as a 503 response), even if later attempts failed or timed out;
+//! without one, `DeadlineExceeded` with the latest error.
 //!
 //! # Outcomes
 //!
