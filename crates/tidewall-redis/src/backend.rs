@@ -3,11 +3,11 @@
 //! all while the breaker is open).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 use tidewall::breaker::{CircuitBreaker, Outcome};
-use tidewall::rt::Tokio;
+use tidewall::rt::{Clock as _, Tokio};
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub(crate) enum Unavailable {
     /// about Redis, and the caller is told [`Rejected::DeadlineExceeded`](tidewall::Rejected).
     CallerDeadline,
 }
+
+/// How long the one round trip of a caller whose deadline has already passed may take: a
+/// healthy Redis on a local network answers within it.
+pub(crate) const PASSED_CAP: Duration = Duration::from_millis(1);
 
 /// The deadline and the breaker one limiter puts around its Redis calls.
 #[derive(Debug)]
@@ -62,25 +66,55 @@ impl Backend {
     /// deadline). A call cut short by `cap` before the limit's own deadline is
     /// [`Unavailable::CallerDeadline`] and counts nothing against Redis.
     ///
-    /// A zero `cap` (the caller's deadline passed before it asked) still gets the call,
-    /// within the limit's own deadline as without a cap (an answer is the only way to decide
-    /// at once), but anything other than an answer is [`Unavailable::CallerDeadline`]: past
-    /// its deadline, the caller is not answered by the failure policy. The breaker records
-    /// the call as without a cap.
+    /// A zero `cap` (the caller's deadline passed before it asked) still gets the call, cut
+    /// short at [`PASSED_CAP`] (1 ms): a deadline that has passed gets one round trip of at
+    /// most 1 ms, since a healthy Redis on a local network answers within it. Only that cut
+    /// is relabelled: [`Unavailable::BreakerOpen`] (nothing was sent) and an error answer
+    /// pass unchanged, and the caller, whose deadline has passed, answers them with
+    /// [`Rejected::DeadlineExceeded`](tidewall::Rejected), never with the failure policy.
     pub(crate) async fn call_within<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
         cap: Option<Duration>,
     ) -> Result<T, Unavailable> {
-        let passed = cap.is_some_and(|cap| cap.is_zero());
-        let answered = self.call_capped(call, cap.filter(|_| !passed)).await;
-        match answered {
-            Err(_) if passed => Err(Unavailable::CallerDeadline),
-            answered => answered,
+        let cap = cap.map(|cap| if cap.is_zero() { PASSED_CAP } else { cap });
+        self.call_capped(call, cap).await
+    }
+
+    /// Like [`call`](Self::call), cut short at `end` instead of one deadline from now (a
+    /// refill's own deadline, part of which it may have spent waiting for its turn). A cut is
+    /// [`Unavailable::Timeout`] and counts against Redis, as the limit's own deadline does;
+    /// an `end` already passed sends nothing and records nothing.
+    pub(crate) async fn call_until<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+        end: Instant,
+    ) -> Result<T, Unavailable> {
+        let left = end.saturating_duration_since(Tokio.now());
+        if left.is_zero() {
+            return Err(Unavailable::Timeout);
+        }
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|_| Unavailable::BreakerOpen)?;
+        match tokio::time::timeout(left.min(self.deadline), call).await {
+            Ok(Ok(value)) => {
+                permit.record(Outcome::Success);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                permit.record(Outcome::Failure);
+                Err(Unavailable::Failed(error.to_string()))
+            }
+            Err(_) => {
+                permit.record(Outcome::Failure);
+                Err(Unavailable::Timeout)
+            }
         }
     }
 
-    /// [`call_within`](Self::call_within) for a cap that has not passed.
+    /// [`call_within`](Self::call_within) for a cap that is not zero.
     async fn call_capped<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,

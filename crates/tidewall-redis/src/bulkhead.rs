@@ -203,7 +203,8 @@ impl RedisBulkhead {
     }
 
     /// [`try_acquire`](Self::try_acquire) with the round trip also cut short at `cap` (what
-    /// is left of the caller's deadline; zero: see [`Backend::call_within`]).
+    /// is left of the caller's deadline; zero: see [`Backend::call_within`]: 1 ms, and
+    /// whatever is not an answer is [`Rejected::DeadlineExceeded`]).
     async fn try_acquire_within(&self, cap: Option<Duration>) -> Result<RedisPermit, Rejected> {
         let inner = &*self.inner;
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -246,6 +247,8 @@ impl RedisBulkhead {
             Ok(_) => Err(Rejected::BulkheadFull),
             // The caller's deadline passed first: the lease, if granted, is released.
             Err(Unavailable::CallerDeadline) => Err(Rejected::DeadlineExceeded),
+            // Past its deadline, a caller is not answered by the failure policy.
+            Err(_) if cap.is_some_and(|cap| cap.is_zero()) => Err(Rejected::DeadlineExceeded),
             Err(_) => match (&inner.policy, &inner.local) {
                 (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
                 (WhenUnavailable::Local { .. }, Some(local)) => Ok(RedisPermit {
@@ -263,9 +266,11 @@ impl RedisBulkhead {
     /// the last is made about 1 ms before it, never at or after it.
     ///
     /// A `deadline` that has already passed gets one try, as
-    /// [`try_acquire`](Self::try_acquire) (deciding at once takes Redis's answer, so it may
-    /// take up to the limit's own deadline), and is then refused: if Redis does not answer
-    /// that try, with [`Rejected::DeadlineExceeded`], never by the failure policy.
+    /// [`try_acquire`](Self::try_acquire), with one round trip of at most 1 ms (a healthy
+    /// Redis on a local network answers within it, once connected: the first call on a new
+    /// connection also connects and loads the script), and is then refused: if Redis does not
+    /// answer that try in time (or its breaker around Redis is open), with
+    /// [`Rejected::DeadlineExceeded`], never by the failure policy.
     ///
     /// **Cancel safety:** as [`try_acquire`](Self::try_acquire).
     ///
@@ -273,7 +278,7 @@ impl RedisBulkhead {
     ///
     /// [`Rejected::DeadlineExceeded`] when no slot came free in time, or Redis has not
     /// answered by the deadline (then a lease it may have granted is released), or for a
-    /// deadline already passed that Redis did not answer in time; otherwise as
+    /// deadline already passed that Redis did not answer within 1 ms; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
         // How long before the deadline the last try is made: a try at the deadline itself

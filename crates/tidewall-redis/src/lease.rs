@@ -63,12 +63,25 @@ return cells
 /// runs): the fleet may admit less than the limit while batches sit idle, never more than
 /// the bound.
 ///
-/// **Waiting for a batch.** A replica fetches one batch at a time, on a task of its own:
-/// every caller that runs dry meanwhile waits for that same round trip, each until its own
-/// deadline (the limit's, or the caller's if sooner), and is answered with its outcome (a
-/// round trip that failed is not repeated for the callers that waited on it). A caller that
-/// stops waiting, or is dropped, leaves the round trip running: the batch is held for the
-/// next callers, not lost.
+/// **Waiting for a batch.** A replica fetches one batch at a time, on a task of its own,
+/// within the limit's deadline from when the fetch started: every caller that runs dry
+/// meanwhile waits for that same round trip until that deadline (or its own, if sooner: then
+/// [`Rejected::DeadlineExceeded`](tidewall::Rejected::DeadlineExceeded)), and is answered
+/// with its outcome. Only a round trip that failed (an error, or no answer by its deadline)
+/// is answered by the failure policy, and it is not repeated for the callers that waited on
+/// it. A caller whose cells others took as the batch arrived tries again, until one deadline
+/// of the limit's from when it asked; if that passes with the next batch still on its way,
+/// it is refused with [`RateLimited`](tidewall::Rejected::RateLimited) for one interval
+/// (Redis is answering; the replica is short of cells). A caller that stops waiting, or is
+/// dropped, leaves the round trip running: the batch is held for the next callers, not
+/// lost, while the runtime it runs on keeps running.
+///
+/// **Runtimes.** A fetch (and the one fired ahead of need) runs on the current tokio
+/// runtime, and so does the give-back of a last handle dropped there. A runtime shut down
+/// while one is in flight (a `Runtime` built for one `block_on`, say, or a test's) drops
+/// it: a batch Redis granted meanwhile is spent there and never held, or cells being given
+/// back are not; the fleet then admits less than the limit, never more. Keep a lease-mode
+/// limiter on a runtime that outlives its traffic.
 ///
 /// **The batch adapts** to the replica's own rate: a batch is what it spends in `horizon`
 /// (default 10 ms), from 1 cell up to `max_batch`; a replica that runs dry before its next
@@ -151,11 +164,14 @@ pub(crate) struct Leased {
     /// The cells that free up in one horizon (at least 1).
     horizon_cells: u64,
     /// One refill at a time, so the cells held never pass `max_batch`; a give-back holds it
-    /// too. Only a refill's own task waits for it, never a caller.
+    /// too. A refill's own task waits for it (within the refill's deadline), and so does a
+    /// caller of [`return_unspent`](crate::RedisRateLimiter::return_unspent) (behind the
+    /// refill under way, if any: bounded by that refill's deadline, not by the caller); a
+    /// caller deciding never does.
     refill: tokio::sync::Mutex<Refills>,
     /// The outcome of the refill under way (or of the last one), for every caller waiting on
-    /// it.
-    in_flight: Mutex<Option<RefillWatch>>,
+    /// it, and the refill's own deadline: its outcome is known by then.
+    in_flight: Mutex<Option<(RefillWatch, Instant)>>,
     pub(crate) lease: redis::Script,
     pub(crate) give_back: redis::Script,
 }
@@ -169,10 +185,10 @@ pub(crate) type RefillWatch = watch::Receiver<Option<RefillOutcome>>;
 /// What [`Leased::join_or_start`] found.
 #[derive(Debug)]
 pub(crate) enum Joined {
-    /// A refill is under way: wait for its outcome.
-    Waiting(RefillWatch),
-    /// None was: the caller starts one, and sends its outcome (the slot now holds the
-    /// receiver, so later callers wait on it).
+    /// A refill is under way: wait for its outcome, known by its deadline (the instant).
+    Waiting(RefillWatch, Instant),
+    /// None was: the caller starts one with the deadline it passed, and sends its outcome
+    /// (the slot now holds the receiver, so later callers wait on it).
     Starting(watch::Sender<Option<RefillOutcome>>, RefillWatch),
 }
 
@@ -245,21 +261,22 @@ impl Leased {
         self.refilling.store(false, Ordering::Release);
     }
 
-    /// The refill under way, to wait for; or, if none is, a new one for the caller to start.
-    /// A refill whose task ended without an outcome (its runtime shut down) is not under way.
-    pub(crate) fn join_or_start(&self) -> Joined {
+    /// The refill under way, to wait for; or, if none is, a new one for the caller to start,
+    /// which must have its outcome by `end` (its deadline). A refill whose task ended without
+    /// an outcome (its runtime shut down) is not under way.
+    pub(crate) fn join_or_start(&self, end: Instant) -> Joined {
         let mut slot = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(outcome) = slot.as_ref()
+        if let Some((outcome, end)) = slot.as_ref()
             && outcome.borrow().is_none()
             && outcome.has_changed().is_ok()
         {
-            return Joined::Waiting(outcome.clone());
+            return Joined::Waiting(outcome.clone(), *end);
         }
         let (done, outcome) = watch::channel(None);
-        *slot = Some(outcome.clone());
+        *slot = Some((outcome.clone(), end));
         Joined::Starting(done, outcome)
     }
 
@@ -296,23 +313,27 @@ impl Leased {
         self.held.fetch_add(cells, Ordering::AcqRel);
     }
 
-    /// Fetches the next batch, one refill at a time: `ask(want, at_least)` runs the round
-    /// trip for `want` cells and answers `(granted, wait_µs)`, the wait until `at_least`
-    /// more are free. A refill ahead of need passes `since`
-    /// ([`returns`](Self::returns) when it was started), and fetches nothing if the cells
-    /// were given back meanwhile. Returns `ask`'s error when it failed; otherwise the cells
-    /// held just after (at least `needed` unless Redis granted fewer).
-    pub(crate) async fn refill<F, Fut, E>(
+    /// Fetches the next batch, one refill at a time, by `end` (its deadline): waits its turn
+    /// until then ([`Unavailable::Timeout`] if a give-back holds it that long), then
+    /// `ask(want, at_least)` runs the round trip for `want` cells (within what is left until
+    /// `end`) and answers `(granted, wait_µs)`, the wait until `at_least` more are free. A
+    /// refill ahead of need passes `since` ([`returns`](Self::returns) when it was started),
+    /// and fetches nothing if the cells were given back meanwhile. Returns `ask`'s error when
+    /// it failed; otherwise the cells held just after (at least `needed` unless Redis granted
+    /// fewer).
+    pub(crate) async fn refill<F, Fut>(
         &self,
         needed: u64,
         since: Option<u64>,
+        end: Instant,
         ask: F,
-    ) -> Result<u64, E>
+    ) -> Result<u64, Unavailable>
     where
         F: FnOnce(u64, u64) -> Fut,
-        Fut: Future<Output = Result<(u64, u64), E>>,
+        Fut: Future<Output = Result<(u64, u64), Unavailable>>,
     {
-        let mut refills = self.refill.lock().await;
+        let turn = tokio::time::timeout_at(end.into(), self.refill.lock());
+        let mut refills = turn.await.map_err(|_| Unavailable::Timeout)?;
         let held = self.held.load(Ordering::Acquire);
         if since.is_some_and(|since| since != self.returns()) {
             return Ok(held);

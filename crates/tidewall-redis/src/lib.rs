@@ -61,9 +61,12 @@
 //!
 //! That rule is for one server at database 0. The connection itself needs more elsewhere:
 //! add `+select` for a URL that names another database (`redis://host/3`: the connection
-//! sends `SELECT`), and `+cluster|slots` on a Redis Cluster (redis-rs's cluster client reads
-//! the slot map with `CLUSTER SLOTS` when it connects and after `MOVED` or a failover, and
-//! cannot route a command without it). The tests do not run the rule on a cluster.
+//! sends `SELECT`), and `+cluster|slots +ping` on a Redis Cluster (redis-rs's cluster client
+//! reads the slot map with `CLUSTER SLOTS` when it connects and after `MOVED` or a failover,
+//! and cannot route a command without it; it sends `PING` to each node it connects to, and
+//! checks each connection it keeps with `PING` when it refreshes the slot map: denied, that
+//! check fails and every refresh reconnects to every node). The tests do not run the rule
+//! on a cluster.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -95,8 +98,8 @@
 //! # Redis Cluster
 //!
 //! [`RedisConn::cluster_builder`] connects to a Redis Cluster through redis-rs's cluster
-//! client; every limit works on it unchanged (its ACL user needs `+cluster|slots` besides
-//! the rule above). All the keys of one limit and partition share a hash tag, so each
+//! client; every limit works on it unchanged (its ACL user needs `+cluster|slots` and
+//! `+ping` besides the rule above). All the keys of one limit and partition share a hash tag, so each
 //! decision is one script on one slot's master, and different names spread over the slots
 //! and so over the masters. The client follows `MOVED` and `ASK` (a slot
 //! migrated while in use keeps every limit exact: the tests move one key at a time), and

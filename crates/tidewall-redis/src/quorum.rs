@@ -2,7 +2,7 @@
 //! their breaker for a dependency open, the rest open theirs too, without waiting to fail on
 //! their own. Refreshed on a timer, so Redis is never on a call's path.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -46,8 +46,9 @@ return {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
 /// feeds on its own decision. If Redis is away, the layer lets go of whatever it forced.
 ///
 /// Only a refresh undoes a force, so the layer lets go when it stops refreshing too: when
-/// the [`Refreshing`] handle of [`spawn`](Self::spawn) is dropped, and when the last handle
-/// of this layer is dropped. An instance that calls [`refresh`](Self::refresh) by hand and
+/// the last live [`Refreshing`] handle of [`spawn`](Self::spawn) on this layer (or its
+/// clones) is dropped, and when the last handle of this layer is dropped. While one
+/// `Refreshing` still runs, dropping another lets go of nothing. An instance that calls [`refresh`](Self::refresh) by hand and
 /// then stops, keeping the layer, keeps a force made meanwhile until it resets the breaker.
 ///
 /// A breaker forced open or closed by hand is left alone, even one forced open by hand on
@@ -92,6 +93,9 @@ struct Inner {
     /// The generation of the breaker's force-open this layer made, while it is the breaker's
     /// latest transition (a transition since, by hand or not, makes it no longer ours).
     forced: Mutex<Option<u32>>,
+    /// How many [`Refreshing`] handles of this layer are alive: the force is let go when
+    /// the last one is dropped.
+    refreshers: AtomicUsize,
     script: redis::Script,
 }
 
@@ -106,8 +110,9 @@ pub struct QuorumView {
     pub forced_open: bool,
 }
 
-/// Stops the background refresh when dropped, and lets go of a breaker the layer forced
-/// open (unless it has moved on since: see [`BreakerQuorum`]), at once and without Redis.
+/// Stops the background refresh when dropped. The last one of a layer alive also lets go of
+/// a breaker the layer forced open (unless it has moved on since: see [`BreakerQuorum`]), at
+/// once and without Redis; while another still refreshes, the force stays its to keep.
 #[derive(Debug)]
 pub struct Refreshing {
     task: tokio::task::JoinHandle<()>,
@@ -120,7 +125,15 @@ impl Drop for Refreshing {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Release);
         self.task.abort();
-        self.quorum.inner.let_go();
+        let inner = &self.quorum.inner;
+        // Counted under the lock a refresh forces under: a force made by another refresher
+        // meanwhile is seen, and one of the last is let go.
+        let mut forced = inner.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.refreshers.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(ours) = forced.take()
+        {
+            inner.breaker.reset_if(ours);
+        }
     }
 }
 
@@ -203,7 +216,8 @@ impl BreakerQuorum {
     }
 
     /// Refreshes every period on a task of the current tokio runtime until the returned
-    /// handle is dropped; dropping it also lets go of a breaker the layer forced open.
+    /// handle is dropped; dropping the last such handle of this layer alive also lets go of
+    /// a breaker the layer forced open (dropping one while another refreshes does not).
     ///
     /// # Panics
     ///
@@ -212,13 +226,16 @@ impl BreakerQuorum {
     pub fn spawn(&self) -> Refreshing {
         let (this, stopped) = (self.clone(), Arc::new(AtomicBool::new(false)));
         let stop = Arc::clone(&stopped);
+        let task = tokio::spawn(async move {
+            loop {
+                let _ = this.refresh_unless(&stop).await;
+                tokio::time::sleep(this.inner.every).await;
+            }
+        });
+        // Counted once spawned (spawning panics outside a runtime), before the handle exists.
+        self.inner.refreshers.fetch_add(1, Ordering::AcqRel);
         Refreshing {
-            task: tokio::spawn(async move {
-                loop {
-                    let _ = this.refresh_unless(&stop).await;
-                    tokio::time::sleep(this.inner.every).await;
-                }
-            }),
+            task,
             quorum: self.clone(),
             stopped,
         }
@@ -411,6 +428,7 @@ impl BreakerQuorumBuilder {
                 expiry_us,
                 backend: Backend::new(self.common.deadline)?,
                 forced: Mutex::new(None),
+                refreshers: AtomicUsize::new(0),
                 script: redis::Script::new(REPORT),
             }),
         })

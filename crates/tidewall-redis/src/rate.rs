@@ -11,7 +11,7 @@ use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::gcra::{Denied, Gcra, Resolution, emission_interval};
 use tokio::runtime::Handle;
 
-use crate::backend::{Backend, Unavailable};
+use crate::backend::{Backend, PASSED_CAP, Unavailable};
 use crate::conn::RedisConn;
 use crate::lease::{Joined, LeaseMode, Leased, RefillOutcome};
 use crate::options::{Common, common_options};
@@ -97,6 +97,18 @@ struct Inner {
     runtime: OnceLock<Handle>,
 }
 
+/// How a lease-mode caller's wait for a refill ended.
+#[derive(Debug)]
+enum Waited {
+    /// The refill's outcome (an error is Redis's: the refill failed, or its deadline passed
+    /// unanswered), and whether it was started for this caller.
+    Refill(RefillOutcome, bool),
+    /// The caller's own deadline came first.
+    CallerEnd,
+    /// The limit's deadline from when the caller asked came first, the refill still running.
+    OwnEnd,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Denial {
     /// When the denied request could pass at the earliest.
@@ -156,7 +168,8 @@ impl RedisRateLimiter {
     ///
     /// **Cancel safety:** dropping the future abandons the round trip. If Redis had already
     /// run the script, the cell is spent. In lease mode, a batch being fetched is not
-    /// abandoned: it is held for the next decisions.
+    /// abandoned: it is held for the next decisions (unless the runtime it is fetched on
+    /// shuts down first: see [`LeaseMode`]).
     ///
     /// # Errors
     ///
@@ -279,11 +292,15 @@ impl RedisRateLimiter {
     }
 
     /// A decision in lease mode: a held cell, else the next batch. Its round trip runs on a
-    /// task of its own and is shared by every caller that runs dry meanwhile; each waits for
-    /// it until the limit's deadline from when it started, or `cap` if sooner (then
-    /// [`Rejected::DeadlineExceeded`]). A zero `cap` (the caller's deadline has passed) waits
-    /// as long as without one, but is answered `DeadlineExceeded` rather than by the failure
-    /// policy, as [`Backend::call_within`] does.
+    /// task of its own, within its own deadline, and is shared by every caller that runs dry
+    /// meanwhile. The first round waits for the refill under way (or one it starts) until
+    /// that refill's deadline, or `cap` if sooner (then [`Rejected::DeadlineExceeded`]).
+    /// Only a refill that failed (an error, or no answer by its deadline) is answered by the
+    /// failure policy. A caller whose refill brought cells that others took tries again,
+    /// until one deadline of the limit's from when it asked: past that, with a refill still
+    /// running, it is refused with `RateLimited` for one interval. A zero `cap` (the
+    /// caller's deadline has passed) waits [`PASSED_CAP`] at most, and is never answered by
+    /// the failure policy.
     async fn check_leased(
         &self,
         lease: &Leased,
@@ -294,10 +311,11 @@ impl RedisRateLimiter {
         let now = Tokio.now();
         let own_end = instant_after(now, self.inner.backend.deadline());
         let passed = cap.is_some_and(|cap| cap.is_zero());
-        let caller_end = cap.filter(|_| !passed).map(|cap| instant_after(now, cap));
+        let caller_end = cap.map(|cap| instant_after(now, if passed { PASSED_CAP } else { cap }));
+        let interval = Duration::from_micros(self.inner.interval_us);
         // Three rounds at most: callers that keep losing freshly fetched cells to others
         // are told to come back after one interval.
-        for _ in 0..3 {
+        for round in 0..3 {
             if let Some(left) = lease.try_take(wanted) {
                 self.refill_ahead(lease, left);
                 return Ok(());
@@ -305,76 +323,113 @@ impl RedisRateLimiter {
             if let Some(retry_after) = lease.denied_for() {
                 return Err(Rejected::RateLimited { retry_after });
             }
-            let (outcome, ours) = self.refilled(lease, wanted, own_end, caller_end).await;
-            match outcome {
-                Err(Unavailable::CallerDeadline) => return Err(Rejected::DeadlineExceeded),
-                Err(_) if passed => return Err(Rejected::DeadlineExceeded),
-                Err(_) => return self.inner.without_redis(cells),
+            let own = (round > 0).then_some(own_end);
+            match self.refilled(lease, wanted, own_end, own, caller_end).await {
+                Waited::CallerEnd => return Err(Rejected::DeadlineExceeded),
+                // Redis is not known to be away: the refill still runs, within its deadline.
+                Waited::OwnEnd => {
+                    return Err(Rejected::RateLimited {
+                        retry_after: interval,
+                    });
+                }
+                Waited::Refill(Err(_), _) if passed => return Err(Rejected::DeadlineExceeded),
+                Waited::Refill(Err(_), _) => return self.inner.without_redis(cells),
                 // Enough arrived, or a refill for another caller's need: try again (asking
                 // for this one's next round).
-                Ok(held) if held >= wanted || !ours => {}
-                Ok(_) => {
-                    let retry_after = lease
-                        .denied_for()
-                        .unwrap_or(Duration::from_micros(self.inner.interval_us));
+                Waited::Refill(Ok(held), ours) if held >= wanted || !ours => {}
+                Waited::Refill(Ok(_), _) => {
+                    let retry_after = lease.denied_for().unwrap_or(interval);
                     return Err(Rejected::RateLimited { retry_after });
                 }
             }
         }
         Err(Rejected::RateLimited {
-            retry_after: Duration::from_micros(self.inner.interval_us),
+            retry_after: interval,
         })
     }
 
-    /// Waits for the refill under way, or starts one for `needed` cells, until `own_end` or
-    /// `caller_end`, whichever comes first: the cells held just after it, or why there are
-    /// none ([`Unavailable::CallerDeadline`] when the caller's end came first, or has passed:
-    /// then nothing is started; [`Unavailable::Timeout`] when the limit's own did); and
-    /// whether the refill was started for this caller's `needed`.
+    /// Waits for the refill under way, or starts one for `needed` cells (whose deadline is
+    /// `start_end`): its outcome, and whether it was started for this caller's `needed`;
+    /// [`Waited::Refill`] with [`Unavailable::Timeout`] when its deadline passed unanswered.
+    /// The wait is cut short at `caller_end` ([`Waited::CallerEnd`]) or `own_end`
+    /// ([`Waited::OwnEnd`]), whichever comes first, if before the refill's deadline; a
+    /// caller whose end has passed starts nothing.
     async fn refilled(
         &self,
         lease: &Leased,
         needed: u64,
-        own_end: Instant,
+        start_end: Instant,
+        own_end: Option<Instant>,
         caller_end: Option<Instant>,
-    ) -> (Result<u64, Unavailable>, bool) {
+    ) -> Waited {
         let now = Tokio.now();
         if caller_end.is_some_and(|end| end <= now) {
-            return (Err(Unavailable::CallerDeadline), false);
+            return Waited::CallerEnd;
         }
-        let (mut outcome, ours) = match lease.join_or_start() {
-            Joined::Waiting(outcome) => (outcome, false),
+        if own_end.is_some_and(|end| end <= now) {
+            return Waited::OwnEnd;
+        }
+        // A refill started in a later round has a deadline of its own, from now.
+        let start_end = if own_end.is_some() {
+            instant_after(now, self.inner.backend.deadline())
+        } else {
+            start_end
+        };
+        let (mut outcome, refill_end, ours) = match lease.join_or_start(start_end) {
+            Joined::Waiting(outcome, end) => (outcome, end, false),
             Joined::Starting(done, outcome) => {
-                self.start_refill(done, needed, None);
-                (outcome, true)
+                self.start_refill(done, needed, None, start_end);
+                (outcome, start_end, true)
             }
         };
-        let (end, callers) = match caller_end {
-            Some(end) if end < own_end => (end, true),
-            _ => (own_end, false),
-        };
-        let left = end.saturating_duration_since(Tokio.now());
-        let outcome = match tokio::time::timeout(left, outcome.wait_for(Option::is_some)).await {
-            Ok(Ok(done)) => (*done)
-                .clone()
-                .unwrap_or(Err(Unavailable::Failed("no refill outcome".to_owned()))),
-            Ok(Err(_)) => Err(Unavailable::Failed(
-                "the refill's task ended without an outcome (its runtime shut down)".to_owned(),
-            )),
-            Err(_) if callers => Err(Unavailable::CallerDeadline),
-            Err(_) => Err(Unavailable::Timeout),
-        };
-        (outcome, ours)
+        // The first end to come, and what it means; the refill's own deadline wins a tie.
+        let mut end = (refill_end, Waited::Refill(Err(Unavailable::Timeout), ours));
+        for (cut, why) in [(own_end, Waited::OwnEnd), (caller_end, Waited::CallerEnd)] {
+            if let Some(cut) = cut
+                && cut < end.0
+            {
+                end = (cut, why);
+            }
+        }
+        let waited = tokio::time::timeout_at(end.0.into(), outcome.wait_for(Option::is_some))
+            .await
+            .map(|done| done.map(|done| Self::outcome_of(&done)));
+        match waited {
+            Ok(Ok(done)) => Waited::Refill(done, ours),
+            Ok(Err(_)) => Waited::Refill(
+                Err(Unavailable::Failed(
+                    "the refill's task ended without an outcome (its runtime shut down)".to_owned(),
+                )),
+                ours,
+            ),
+            // An outcome sent as the time ran out still counts.
+            Err(_) => match outcome.borrow().as_ref() {
+                Some(done) => Waited::Refill(done.clone(), ours),
+                None => end.1,
+            },
+        }
+    }
+
+    /// A refill's outcome, once sent.
+    fn outcome_of(done: &Option<RefillOutcome>) -> RefillOutcome {
+        done.clone()
+            .unwrap_or(Err(Unavailable::Failed("no refill outcome".to_owned())))
     }
 
     /// Runs a refill for `needed` cells (ahead of need: `since`, see [`Leased::refill`]) on a
-    /// task of its own, and sends its outcome on `done`: a caller that stops waiting for it
-    /// loses nothing. Outside any runtime, sends a failure instead.
+    /// task of its own, by `end` (its deadline), and sends its outcome on `done`: a caller
+    /// that stops waiting for it loses nothing. Outside any runtime, sends a failure instead.
+    ///
+    /// The task runs on the current runtime (else the one remembered, see
+    /// [`Inner::runtime`]): if that runtime shuts down while the round trip is in flight,
+    /// the task is dropped with it, and a batch Redis granted meanwhile is lost (spent in
+    /// Redis, never held).
     fn start_refill(
         &self,
         done: tokio::sync::watch::Sender<Option<RefillOutcome>>,
         needed: u64,
         since: Option<u64>,
+        end: Instant,
     ) {
         let Some(runtime) = self.inner.runtime() else {
             done.send_replace(Some(Err(Unavailable::Failed(
@@ -391,8 +446,8 @@ impl RedisRateLimiter {
                 return;
             };
             let outcome = lease
-                .refill(needed, since, |want, at_least| {
-                    this.ask_lease(want, at_least)
+                .refill(needed, since, end, |want, at_least| {
+                    this.ask_lease(want, at_least, end)
                 })
                 .await;
             // The outcome first: a refill ahead started meanwhile then finds this one over.
@@ -409,17 +464,23 @@ impl RedisRateLimiter {
         if !lease.should_refill(left) {
             return;
         }
-        match lease.join_or_start() {
+        let end = instant_after(Tokio.now(), self.inner.backend.deadline());
+        match lease.join_or_start(end) {
             // The refill under way marks the background refill over when it ends.
-            Joined::Waiting(_) => {}
-            Joined::Starting(done, _) => self.start_refill(done, 0, Some(lease.returns())),
+            Joined::Waiting(..) => {}
+            Joined::Starting(done, _) => self.start_refill(done, 0, Some(lease.returns()), end),
         }
     }
 
     /// One lease round trip for `want` cells, with the wait until `at_least` more are free
-    /// (at most the burst): `(granted, wait_µs)`. Bounded by the limit's deadline only: a
-    /// caller that stops waiting for it does not cut it short.
-    async fn ask_lease(&self, want: u64, at_least: u64) -> Result<(u64, u64), Unavailable> {
+    /// (at most the burst): `(granted, wait_µs)`. Bounded by the refill's deadline `end`
+    /// only: a caller that stops waiting for it does not cut it short.
+    async fn ask_lease(
+        &self,
+        want: u64,
+        at_least: u64,
+        end: Instant,
+    ) -> Result<(u64, u64), Unavailable> {
         let inner = &*self.inner;
         let Some(lease) = inner.lease.as_ref() else {
             return Err(Unavailable::Failed("not in lease mode".to_owned()));
@@ -433,7 +494,7 @@ impl RedisRateLimiter {
             .arg(at_least.min(u64::from(inner.burst)));
         let (granted, wait_us): (i64, i64) = inner
             .backend
-            .call(invocation.invoke_async(&mut conn))
+            .call_until(invocation.invoke_async(&mut conn), end)
             .await?;
         Ok((
             u64::try_from(granted).unwrap_or(0),
@@ -441,7 +502,9 @@ impl RedisRateLimiter {
         ))
     }
 
-    /// [`check_n`](Self::check_n) with the round trip also cut short at `cap`.
+    /// [`check_n`](Self::check_n) with the round trip also cut short at `cap` (zero: the
+    /// caller's deadline has passed: see [`Backend::call_within`]: 1 ms, and whatever is not
+    /// an answer is [`Rejected::DeadlineExceeded`]).
     async fn check_n_within(&self, cells: u32, cap: Option<Duration>) -> Result<(), Rejected> {
         let inner = &*self.inner;
         if cells > inner.burst {
@@ -487,34 +550,43 @@ impl RedisRateLimiter {
                 burst: u32::try_from(burst).unwrap_or(inner.burst),
             }),
             Err(Unavailable::CallerDeadline) => Err(Rejected::DeadlineExceeded),
+            // Past its deadline, a caller is not answered by the failure policy.
+            Err(_) if cap.is_some_and(|cap| cap.is_zero()) => Err(Rejected::DeadlineExceeded),
             Err(_) => inner.without_redis(cells),
         }
     }
 
     /// Waits until the limit admits one cell, but never past `deadline`: sleeps the wait
     /// Redis reported, or [`DENIAL_RECHECK`](Self::DENIAL_RECHECK) if that is shorter (plus
-    /// up to 1 ms of jitter, if that still ends before the deadline), then asks again. So a
-    /// long wait still sees cells a replica in lease mode gives back, within the recheck. A
-    /// wait that Redis says ends past `deadline` is refused at once. No wait for Redis runs
-    /// past what is left of `deadline`, and no round trip is made after a wait that reached
-    /// it.
+    /// up to 1 ms of jitter, if that still ends 1 ms before the deadline), then asks again.
+    /// So a long wait still sees cells a replica in lease mode gives back, within the
+    /// recheck. A wait that Redis says ends past `deadline`, or less than 1 ms before it, is
+    /// refused at once: the timer wakes up to a millisecond late, and the round trip that
+    /// follows needs time before the deadline to be answered, so waiting it out would end in
+    /// a refusal. No wait for Redis runs past what is left of `deadline`, and no round trip
+    /// is made after a wait that reached it.
     ///
-    /// A `deadline` that has already passed gets one decision, as [`check`](Self::check)
-    /// (deciding at once takes Redis's answer, so it may take up to the limit's own
-    /// deadline; in lease mode a held cell admits at once): admitted, or refused with
+    /// A `deadline` that has already passed gets one decision, as [`check`](Self::check),
+    /// with one round trip of at most 1 ms (a healthy Redis on a local network answers
+    /// within it, once connected: the first call on a new connection also connects and
+    /// loads the script, and is refused; in lease mode a held cell admits at once, and a
+    /// batch being fetched is waited for that long at most): admitted, or refused with
     /// [`Rejected::DeadlineExceeded`], never by the failure policy.
     ///
     /// **Cancel safety:** dropping it abandons the wait; no cell is taken unless the last
     /// round trip had already run (in lease mode, a batch being fetched is still held
-    /// afterwards).
+    /// afterwards, while the runtime it is fetched on runs: see [`LeaseMode`]).
     ///
     /// # Errors
     ///
-    /// [`Rejected::DeadlineExceeded`] when the wait would pass `deadline`, or Redis has not
-    /// answered by then (a healthy Redis slower than what is left is not "unavailable"), or
-    /// for a deadline already passed that Redis did not answer in time; otherwise as
-    /// [`check`](Self::check).
+    /// [`Rejected::DeadlineExceeded`] when the wait would end past `deadline` or less than
+    /// 1 ms before it, or Redis has not answered by then (a healthy Redis slower than what is
+    /// left is not "unavailable"), or for a deadline already passed that Redis did not answer
+    /// within 1 ms; otherwise as [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
+        // What a wait must leave before the deadline for the round trip after it: tokio's
+        // timers wake up to a millisecond late.
+        const MARGIN: Duration = Duration::from_millis(1);
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
         let mut jitter = SplitMix64::new(crate::bulkhead::random_id());
@@ -531,22 +603,21 @@ impl RedisRateLimiter {
                 Err(Rejected::RateLimited { retry_after }) => retry_after,
                 done => return done,
             };
-            // A wait that ends at the deadline is waited out; one past it is refused now.
-            if deadline
-                .remaining(Tokio.now())
-                .is_some_and(|left| left < wait)
-            {
-                return Err(Rejected::DeadlineExceeded);
-            }
-            let spread = Duration::from_micros(jitter.below_or_equal(1_000));
-            // Checked above: what is left of the deadline covers the wait itself.
-            let left = deadline.remaining(Tokio.now()).unwrap_or(Duration::MAX);
             let nap = wait.min(Self::DENIAL_RECHECK);
-            // The jitter only while it leaves time to ask before the deadline.
-            let jittered = nap.saturating_add(spread);
-            Tokio
-                .sleep(if jittered < left { jittered } else { nap })
-                .await;
+            let sleep = match deadline.remaining(Tokio.now()) {
+                None => nap.saturating_add(Duration::from_micros(jitter.below_or_equal(1_000))),
+                // A wait that would not leave the margin is refused now, not slept out.
+                Some(left) if left < wait.saturating_add(MARGIN) => {
+                    return Err(Rejected::DeadlineExceeded);
+                }
+                Some(left) => {
+                    // The jitter only within what is left after the nap and the margin.
+                    let room = left - MARGIN - nap;
+                    let spread = Duration::from_micros(jitter.below_or_equal(1_000));
+                    nap + spread.min(room)
+                }
+            };
+            Tokio.sleep(sleep).await;
         }
     }
 
@@ -715,7 +786,8 @@ pub(crate) const MAX_LUA_MICROS: u64 = 1 << 50;
 /// burst (at least one cell of each), GCRA on tokio's clock. A request for more cells than
 /// that burst (no more than the global one: larger ones never reach it) is judged as a
 /// rate rather than refused for good: admitted once the share is fully rested, and paid for
-/// at its rate (the share's next cells wait until it is).
+/// at its rate: its arrival time moves `cells` intervals on, so the next cell waits
+/// `cells − burst + 1` intervals (the share's burst is not owed).
 #[derive(Debug)]
 struct LocalShare {
     gcra: Gcra,

@@ -203,7 +203,45 @@ async fn a_deadline_already_passed_is_refused_not_failed_open() {
     let took = asked.elapsed();
     server.thaw();
     assert_eq!(refused.err(), Some(Rejected::DeadlineExceeded));
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // One round trip of at most 1 ms, not the limit's 2 s (r11 finding 2).
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+}
+
+/// With the breaker around Redis open, a caller whose deadline has passed is refused at
+/// once and leaves nothing behind: the acquire was never sent, so no release is either
+/// (r11 finding 4: the open breaker was taken for a cut round trip, and each such call sent
+/// a `ZREM` to the frozen server).
+#[tokio::test]
+async fn a_passed_deadline_under_an_open_breaker_sends_no_release() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let open = RedisBulkhead::builder(&conn, "breaker-open", 2)
+        .deadline(Duration::from_millis(50))
+        .when_unavailable(WhenUnavailable::Open)
+        .build()
+        .unwrap();
+    // Connected and the scripts loaded (verify's own release included).
+    eventually(async || open.verify().await.ok()).await;
+    let before = server.calls("zrem");
+    server.freeze();
+    // Five timeouts open the breaker; each releases the lease it may have been granted.
+    for _ in 0..5 {
+        assert!(!open.try_acquire().await.unwrap().is_shared());
+    }
+    for _ in 0..20 {
+        let asked = Instant::now();
+        let refused = open.acquire_before(Deadline::at(Instant::now())).await;
+        assert_eq!(refused.err(), Some(Rejected::DeadlineExceeded));
+        assert!(asked.elapsed() < Duration::from_millis(100));
+    }
+    server.thaw();
+    // Everything sent meanwhile is answered now; the releases end.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let releases = server.calls("zrem") - before;
+    assert!(
+        releases <= 10,
+        "{releases} releases: more than the five timed-out tries' (twice at most)"
+    );
 }
 
 /// A TCP proxy to a server that forwards what clients send until `cutoff`, and nothing

@@ -176,3 +176,71 @@ async fn dropping_the_refresh_lets_go_of_what_it_forced() {
     // The layers lived until here: the handles let go, not the layers' own drop.
     drop((quorum_a, quorum_b));
 }
+
+/// Two `Refreshing` handles of one layer (say, one per server worker): dropping one lets go
+/// of nothing while the other still refreshes and the quorum holds; dropping the last lets
+/// go (r11 finding 6: the first drop reset the breaker the other still kept forced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_one_of_two_refreshes_keeps_the_force_the_other_holds() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let (a, b) = (breaker(), breaker());
+    let layer = |id: &str, breaker: &CircuitBreaker<Tokio>| {
+        BreakerQuorum::builder(&conn, "two-refreshes", breaker.clone())
+            .instance(id)
+            .quorum(0.5)
+            .every(Duration::from_millis(50))
+            .deadline(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    };
+    let (quorum_a, quorum_b) = (layer("a", &a), layer("b", &b));
+    let refreshing_a = quorum_a.spawn();
+    let (first, second) = (quorum_b.spawn(), quorum_b.clone().spawn());
+    trip(&a);
+    common::eventually(async || (b.state() == State::ForcedOpen).then_some(())).await;
+    drop(first);
+    assert_eq!(
+        b.state(),
+        State::ForcedOpen,
+        "the other refresh still holds the quorum's force"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.state(), State::ForcedOpen);
+    drop(second);
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "let go when the last refresh stopped"
+    );
+    drop(refreshing_a);
+    drop((quorum_a, quorum_b));
+}
+
+/// Dropping the last handle of a layer that forced its breaker open (refreshed by hand, no
+/// `Refreshing`) lets go of the force: nobody could ever undo it otherwise.
+#[tokio::test]
+async fn dropping_the_last_handle_of_a_layer_lets_go_of_its_force() {
+    let server = RedisServer::start();
+    let pods = instances(&server);
+    trip(&pods[0].0);
+    trip(&pods[1].0);
+    refresh_all(&pods).await;
+    refresh_all(&pods).await;
+    assert_eq!(pods[2].0.state(), State::ForcedOpen);
+    let mut pods = pods;
+    let (breaker, quorum) = pods.pop().unwrap();
+    let clone = quorum.clone();
+    drop(quorum);
+    assert_eq!(
+        breaker.state(),
+        State::ForcedOpen,
+        "a clone still holds the layer"
+    );
+    drop(clone);
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "let go with the last handle"
+    );
+}

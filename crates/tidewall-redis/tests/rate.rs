@@ -361,13 +361,14 @@ fn any_sequence_decides_like_the_in_process_gcra() {
 }
 
 /// A caller whose deadline has already passed gets one decision: Redis's answer when it
-/// comes, else `DeadlineExceeded`, never the failure policy's admission (r5 finding 1: the
-/// round trip ran uncapped and the open policy admitted).
+/// comes within 1 ms, else `DeadlineExceeded`, never the failure policy's admission (r5
+/// finding 1: the round trip ran uncapped and the open policy admitted), and at once, not
+/// after the limit's own deadline (r11 finding 2).
 #[tokio::test]
 async fn a_deadline_already_passed_is_refused_not_failed_open() {
     let server = RedisServer::start();
     let conn = RedisConn::open(server.url()).unwrap();
-    let deadline = Duration::from_millis(300);
+    let deadline = Duration::from_secs(2);
     let open = RedisRateLimiter::builder(&conn, "passed", 10, Duration::from_secs(1))
         .deadline(deadline)
         .when_unavailable(WhenUnavailable::Open)
@@ -390,8 +391,34 @@ async fn a_deadline_already_passed_is_refused_not_failed_open() {
     let decided = open.until_ready_before(Deadline::at(Instant::now())).await;
     let took = asked.elapsed();
     assert_eq!(decided, Err(Rejected::DeadlineExceeded));
-    assert!(took < deadline + Duration::from_secs(1), "took {took:?}");
+    assert!(took < Duration::from_millis(100), "took {took:?}");
     server.thaw();
+}
+
+/// A wait that Redis says ends less than 1 ms before the caller's deadline is refused at
+/// once: the timer would wake at or after the deadline, too late to ask (r11 finding 3: it
+/// was slept out, then refused).
+#[tokio::test]
+async fn a_wait_ending_just_before_the_deadline_is_refused_at_once() {
+    let server = RedisServer::start();
+    // Ten a second, bursts of one: the cell after the first is 100 ms away.
+    let limiter = limiter(&server, "margin", 10, Duration::from_secs(1), 1);
+    limiter.check().await.unwrap();
+    let asked = Instant::now();
+    let Err(Rejected::RateLimited { retry_after }) = limiter.check().await else {
+        panic!("the burst is spent");
+    };
+    // The wait ends `retry_after` after the denial's request left, so at most 0.5 ms before
+    // this deadline (the request left after `asked`).
+    let deadline = Deadline::at(asked + retry_after + Duration::from_micros(500));
+    let waiting = Instant::now();
+    let waited = limiter.until_ready_before(deadline).await;
+    let took = waiting.elapsed();
+    assert_eq!(waited, Err(Rejected::DeadlineExceeded));
+    assert!(
+        took < Duration::from_millis(50),
+        "a wait of {retry_after:?} ending within 1 ms of the deadline was slept out: {took:?}"
+    );
 }
 
 /// `WhenUnavailable::Local`: a request within the limit's burst but over the local share's

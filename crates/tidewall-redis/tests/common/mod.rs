@@ -278,3 +278,79 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A TCP proxy to a server that holds each reply `delay` before passing it on (requests go
+/// through at once): a healthy Redis behind a slow network, every round trip `delay` long.
+/// Stops taking connections when dropped.
+pub(crate) struct Delayed {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Delayed {
+    pub(crate) fn start(server: &RedisServer, delay: Duration) -> Self {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stopped, upstream) = (std::sync::Arc::clone(&stop), server.port());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let (Ok(client), Ok(server)) =
+                    (client, TcpStream::connect(("127.0.0.1", upstream)))
+                else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (Ok(mut requests), Ok(mut to_server)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                let (mut replies, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut requests, &mut to_server);
+                });
+                // Replies are read as they come and written `delay` later, in order.
+                let (due, held) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = replies.read(&mut buffer) {
+                        if due
+                            .send((Instant::now() + delay, buffer[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    for (at, bytes) in held {
+                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                        if to_client.write_all(&bytes).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, stop }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wakes the accepting thread, which then sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
