@@ -120,7 +120,9 @@ pub enum QueueDiscipline {
     /// The longest waiting first, with a wait bounded by the queue's delay rather than its
     /// length (CoDel's rule, as Facebook's servers apply it): once the queue has not been
     /// empty for `interval`, a caller who joins it waits at most `target`. A queue that
-    /// already stands when a `reconfigure` switches CoDel on counts as standing from then.
+    /// already stands when a `reconfigure` switches CoDel on counts from when it began to
+    /// stand if the bulkhead knew it (it had CoDel, LIFO or priorities before), else from the
+    /// switch (a plain FIFO queue does not note when it began).
     Codel {
         /// The longest wait under a standing queue (e.g. 5 ms); not zero.
         target: Duration,

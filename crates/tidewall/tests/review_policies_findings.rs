@@ -638,11 +638,11 @@ async fn an_ordered_fail_fast_fan_out_cuts_again_at_an_earlier_failure() {
     assert!(results.next().await.is_none());
 }
 
-// The same, from LIFO (whose queue already tracks when it began to stand): "A queue that
-// already stands when a `reconfigure` switches CoDel on counts as standing from then", so a
-// caller joining just after the switch is not cut to `target`.
+// The same, from LIFO, whose queue notes when it began to stand: "counts from when it began to
+// stand if the bulkhead knew it", so after 200 ms (past `interval`) a caller joining just
+// after the switch is cut to `target`.
 #[test]
-fn codel_switched_on_from_lifo_counts_the_queue_from_the_switch() {
+fn codel_switched_on_from_lifo_counts_the_queue_from_its_start() {
     let clock = FakeClock::new();
     let with = |discipline| {
         Bulkhead::builder(1)
@@ -666,10 +666,13 @@ fn codel_switched_on_from_lifo_counts_the_queue_from_the_switch() {
         .unwrap();
     let mut joining = Box::pin(bulkhead.acquire());
     assert!(poll_once(joining.as_mut()).is_pending());
-    clock.advance(ms(50));
+    clock.advance(ms(5));
     assert!(
-        poll_once(joining.as_mut()).is_pending(),
-        "joined a queue standing 0 ms under CoDel: its wait is not cut to 5 ms"
+        matches!(
+            poll_once(joining.as_mut()),
+            Poll::Ready(Err(Rejected::BulkheadFull))
+        ),
+        "joined a queue standing 200 ms: its wait is cut to 5 ms"
     );
 }
 

@@ -168,10 +168,10 @@ impl WaitQueue {
             .any(|&p| self.live(p) > 0)
     }
 
-    /// Switches to `discipline`. A queue that stands when CoDel is switched on counts as
-    /// standing from `now()`, whatever it was before (its waits were not bounded by the
-    /// queue's delay then); the clock is read only then, so a bulkhead made per key reads
-    /// none.
+    /// Switches to `discipline`. A queue that stands keeps the time it began to stand if that
+    /// is known (a queue that had CoDel, LIFO or priorities tracks it), else counts as
+    /// standing from `now()` (a plain FIFO queue does not track it); the clock is read only
+    /// then, so a bulkhead made per key reads none.
     pub(super) fn set_discipline(
         &mut self,
         discipline: QueueDiscipline,
@@ -180,10 +180,8 @@ impl WaitQueue {
         if discipline != QueueDiscipline::Fifo || self.more.is_some() {
             let waiting = self.waiting > 0;
             let more = self.more();
-            let switched_on = matches!(discipline, QueueDiscipline::Codel { .. })
-                && !matches!(more.discipline, QueueDiscipline::Codel { .. });
             more.discipline = discipline;
-            if waiting && switched_on {
+            if waiting && more.busy_since.is_none() {
                 more.busy_since = Some(now());
             }
         }

@@ -31,9 +31,10 @@ pub enum FailureKind {
 /// How the [standard table](HttpClassifier) reads an error. Implemented for
 /// [`std::io::Error`] (by its kind), for Tidewall's [`Error<E>`](crate::Error) and tower's
 /// `BoxError` (the first refusal, timeout or I/O error in the source chain; a timeout is
-/// Tidewall's [`Elapsed`](crate::time::Elapsed) or [`DeadlineExceeded`](crate::time::DeadlineExceeded):
-/// tower's own timeout error is not known here, and reads as `Other`), and for `Infallible`; implement it for your client's error type (the orphan rule allows
-/// it for your own types).
+/// Tidewall's [`Elapsed`](crate::time::Elapsed) or
+/// [`DeadlineExceeded`](crate::time::DeadlineExceeded): tower's own timeout error is not
+/// known here, and reads as `Other`), and for `Infallible`; implement it for your client's
+/// error type (the orphan rule allows it for your own types).
 ///
 /// ```
 /// use tidewall::http::{FailureKind, HttpFailure};

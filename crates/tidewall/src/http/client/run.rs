@@ -22,8 +22,9 @@ impl<R: Clock> ClientPolicies<R> {
     ///
     /// Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and its
     /// rate limit (each waiting no longer than the deadline; the rate limit last, so that
-    /// sends keep its pace), then `send` under the attempt timeout; the adaptive limit learns how it ended, as the breaker records it. A
-    /// refusal by any of them ends the request at once with that refusal, not retried: an
+    /// sends keep its pace), then `send` under the attempt timeout; the adaptive limit learns
+    /// how it ended, as the breaker records it. A refusal by any of them ends the request at
+    /// once with that refusal, not retried: an
     /// open breaker exists to answer fast. The breaker records the attempt's classified
     /// outcome and its `Retry-After`; an attempt the deadline cuts records nothing. A failure
     /// that leaves the authority's breaker open is not retried either (the retry would be
