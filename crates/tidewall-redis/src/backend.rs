@@ -27,6 +27,11 @@ pub(crate) enum Unavailable {
 /// healthy Redis on a local network answers within it.
 pub(crate) const PASSED_CAP: Duration = Duration::from_millis(1);
 
+/// What a wait must leave before the caller's deadline for the round trip after it: tokio's
+/// timers wake up to a millisecond late, and a try at the deadline itself could not be
+/// answered in time.
+pub(crate) const LAST_TRY: Duration = Duration::from_millis(1);
+
 /// The deadline and the breaker one limiter puts around its Redis calls.
 #[derive(Debug)]
 pub(crate) struct Backend {
@@ -78,7 +83,9 @@ impl Backend {
         cap: Option<Duration>,
     ) -> Result<T, Unavailable> {
         let cap = cap.map(|cap| if cap.is_zero() { PASSED_CAP } else { cap });
-        self.call_capped(call, cap).await
+        let callers = cap.is_some_and(|cap| cap < self.deadline);
+        let limit = cap.map_or(self.deadline, |cap| cap.min(self.deadline));
+        self.timed(call, limit, callers).await
     }
 
     /// Like [`call`](Self::call), cut short at `end` instead of one deadline from now (a
@@ -94,38 +101,22 @@ impl Backend {
         if left.is_zero() {
             return Err(Unavailable::Timeout);
         }
-        let permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|_| Unavailable::BreakerOpen)?;
-        match tokio::time::timeout(left.min(self.deadline), call).await {
-            Ok(Ok(value)) => {
-                permit.record(Outcome::Success);
-                Ok(value)
-            }
-            Ok(Err(error)) => {
-                permit.record(Outcome::Failure);
-                Err(Unavailable::Failed(error.to_string()))
-            }
-            Err(_) => {
-                permit.record(Outcome::Failure);
-                Err(Unavailable::Timeout)
-            }
-        }
+        self.timed(call, left.min(self.deadline), false).await
     }
 
-    /// [`call_within`](Self::call_within) for a cap that is not zero.
-    async fn call_capped<T>(
+    /// One call through the breaker, cut at `limit`: a cut is the caller's own
+    /// ([`Unavailable::CallerDeadline`], recorded as nothing) when `callers`, else Redis's
+    /// ([`Unavailable::Timeout`], a failure).
+    async fn timed<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
-        cap: Option<Duration>,
+        limit: Duration,
+        callers: bool,
     ) -> Result<T, Unavailable> {
         let permit = self
             .breaker
             .try_acquire()
             .map_err(|_| Unavailable::BreakerOpen)?;
-        let callers = cap.is_some_and(|cap| cap < self.deadline);
-        let limit = cap.map_or(self.deadline, |cap| cap.min(self.deadline));
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(value)) => {
                 permit.record(Outcome::Success);

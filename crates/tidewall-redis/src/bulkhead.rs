@@ -10,7 +10,7 @@ use tidewall::rt::{Clock as _, Tokio};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
 
-use crate::backend::{Backend, Unavailable};
+use crate::backend::{Backend, LAST_TRY, Unavailable};
 use crate::conn::RedisConn;
 use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
@@ -281,9 +281,6 @@ impl RedisBulkhead {
     /// deadline already passed that Redis did not answer within 1 ms; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
-        // How long before the deadline the last try is made: a try at the deadline itself
-        // would have no time left for its answer.
-        const LAST_TRY: Duration = Duration::from_millis(1);
         // Seeded per call, so the waiters of one replica do not retry in step.
         let mut rng = SplitMix64::new(random_id());
         let mut first = true;

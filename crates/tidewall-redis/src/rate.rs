@@ -11,7 +11,7 @@ use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::gcra::{Denied, Gcra, Resolution, emission_interval};
 use tokio::runtime::Handle;
 
-use crate::backend::{Backend, PASSED_CAP, Unavailable};
+use crate::backend::{Backend, LAST_TRY, PASSED_CAP, Unavailable};
 use crate::conn::RedisConn;
 use crate::lease::{Joined, LeaseMode, Leased, RefillOutcome};
 use crate::options::{Common, common_options};
@@ -584,9 +584,6 @@ impl RedisRateLimiter {
     /// left is not "unavailable"), or for a deadline already passed that Redis did not answer
     /// within 1 ms; otherwise as [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
-        // What a wait must leave before the deadline for the round trip after it: tokio's
-        // timers wake up to a millisecond late.
-        const MARGIN: Duration = Duration::from_millis(1);
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
         let mut jitter = SplitMix64::new(crate::bulkhead::random_id());
@@ -607,12 +604,12 @@ impl RedisRateLimiter {
             let sleep = match deadline.remaining(Tokio.now()) {
                 None => nap.saturating_add(Duration::from_micros(jitter.below_or_equal(1_000))),
                 // A wait that would not leave the margin is refused now, not slept out.
-                Some(left) if left < wait.saturating_add(MARGIN) => {
+                Some(left) if left < wait.saturating_add(LAST_TRY) => {
                     return Err(Rejected::DeadlineExceeded);
                 }
                 Some(left) => {
                     // The jitter only within what is left after the nap and the margin.
-                    let room = left - MARGIN - nap;
+                    let room = left - LAST_TRY - nap;
                     let spread = Duration::from_micros(jitter.below_or_equal(1_000));
                     nap + spread.min(room)
                 }
