@@ -239,6 +239,29 @@ fn scenarios() -> Vec<Scenario> {
             ..base("no sleep ends past the deadline", vec![busy])
         },
         Scenario {
+            backoff: exponential(ms(100), 10),
+            deadline: Some(ms(350)),
+            // A throttled value at 0, errors at 100 and 300: no retry fits after the third.
+            starts: vec![ms(0), ms(100), ms(300)],
+            ends: ms(300),
+            result: Ok(THROTTLED),
+            ..base(
+                "the deadline's end answers with a value an attempt got, past later errors",
+                vec![instant(Ok(THROTTLED)), busy],
+            )
+        },
+        Scenario {
+            backoff: exponential(ms(100), 10),
+            deadline: Some(ms(350)),
+            starts: vec![ms(0), ms(100), ms(300)],
+            ends: ms(300),
+            result: Ok(PENDING),
+            ..base(
+                "the deadline's end answers with the latest value, not the first",
+                vec![instant(Ok(THROTTLED)), instant(Ok(PENDING)), busy],
+            )
+        },
+        Scenario {
             backoff: exponential(ms(50), 10),
             deadline: Some(ms(100)),
             min_attempt_time: ms(40),
@@ -433,4 +456,44 @@ async fn every_front_gives_the_same_answer<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn every_front_gives_the_same_answer_on_every_runtime() {
     on_every_runtime!(every_front_gives_the_same_answer);
+}
+
+/// A running attempt cut by the deadline: the retry future and the pipelines answer with the
+/// value an earlier attempt got (the tower layer's deadline bounds retries, not attempts).
+async fn a_cut_attempt_answers_with_an_earlier_value<R: Runtime>(rt: Clocked<R>) {
+    let script = vec![
+        instant(Ok(PENDING)),
+        (ms(60), Err(ApiError::Busy)),
+        (Duration::from_secs(3600), Ok(1)),
+    ];
+    let scenario = Scenario {
+        deadline: Some(ms(100)),
+        // PENDING at 0, Busy at 70 (after 10 ms asleep), the third starts at 90 and is cut.
+        starts: vec![ms(0), ms(10), ms(90)],
+        ends: ms(100),
+        result: Ok(PENDING),
+        ..base("a cut attempt", script)
+    };
+    let expected = (
+        scenario.starts.clone(),
+        scenario.ends,
+        scenario.result,
+        false,
+    );
+    assert_eq!(
+        through_retry_future(&rt, &scenario).await,
+        expected,
+        "retry future"
+    );
+    assert_eq!(through_pipeline(&rt, &scenario).await, expected, "pipeline");
+    assert_eq!(
+        through_boxed_pipeline(&rt, &scenario).await,
+        expected,
+        "boxed pipeline"
+    );
+}
+
+#[test]
+fn a_cut_attempt_answers_with_an_earlier_value_on_every_runtime() {
+    on_every_runtime!(a_cut_attempt_answers_with_an_earlier_value);
 }

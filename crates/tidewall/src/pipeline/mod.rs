@@ -124,6 +124,13 @@ where
     /// that its own `attempt_timeout` cut off; [`Error::Inner`] with the last attempt's own
     /// error.
     ///
+    /// When the deadline ends a call (cuts its attempt, or leaves no time for the next) after
+    /// an attempt got a value that was retried (an `Ok` judged a retryable failure, such as
+    /// a 503 response), the answer is `Ok` with the latest such
+    /// value, past any later errors and timeouts, as for the [retry future](crate::retry)
+    /// and the tower `RetryLayer`; the call counts as a failure in the pipeline's metrics
+    /// and for its admission stages.
+    ///
     /// [`Rejected::DeadlineExceeded`]: crate::Rejected::DeadlineExceeded
     pub async fn call<F, Fut, T2, E>(&self, op: F) -> Result<T2, Error<E>>
     where

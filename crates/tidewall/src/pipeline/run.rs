@@ -10,7 +10,7 @@ use super::stages::{Gate, Retries};
 use crate::admission::{Admission, Wait};
 use crate::breaker::Outcome;
 use crate::classify::{Classify, Verdict, judge};
-use crate::retry::engine::{Attempts, Step, Stop, may_start};
+use crate::retry::engine::{Attempts, Step, Stop, keep_value, may_start};
 use crate::rt::{Clock, instant_after};
 use crate::telemetry::CallOutcome;
 use crate::time::FutureExt as _;
@@ -80,6 +80,10 @@ where
         });
         let rules = config.retry.rules();
         let mut attempts = Attempts::default();
+        // The latest value an attempt got that was retried (a retryable `Ok`, such as a 503
+        // response): what the deadline's end answers with, past later errors and timeouts.
+        // Boxed: only calls that retry a value pay for its room in the call's future.
+        let mut kept: Option<Box<T2>> = None;
         loop {
             // Before a retry, when the caller brought a deadline, or once the pipeline's own
             // budget has started (a wait for the limiter or the bulkhead read the clock), check
@@ -88,7 +92,7 @@ where
             if attempts.started() > 0 || deadline.instant().is_some() || clock.start.is_some() {
                 let before = clock.deadline();
                 if !may_start(before, config.min_attempt_time, || clock.now()) {
-                    break 'call (Err(Error::Rejected(Rejected::DeadlineExceeded)), None);
+                    break 'call deadline_end(kept);
                 }
             }
             pipeline.telemetry.attempt(attempts.started() + 1);
@@ -127,10 +131,7 @@ where
                                 // nothing about the service's health, so the breaker ignores it
                                 // (and a probe gives its slot back).
                                 C::record(permit, Outcome::Ignored, None);
-                                break 'call (
-                                    Err(Error::Rejected(Rejected::DeadlineExceeded)),
-                                    None,
-                                );
+                                break 'call deadline_end(kept);
                             }
                             C::record(permit, Outcome::Failure, None);
                             called = Some(Outcome::Failure);
@@ -145,6 +146,9 @@ where
             let after = clock.deadline();
             match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
                 Step::Retry(delay) => {
+                    if let Ok(value) = last {
+                        keep_value(&mut kept, value);
+                    }
                     pipeline.telemetry.retry(attempts.started(), delay);
                     if delay.is_zero() {
                         // Attempts that fail without waiting never hold the executor's thread.
@@ -158,6 +162,9 @@ where
                 Step::Stop(stop) => {
                     if stop == Stop::BudgetSpent {
                         pipeline.telemetry.budget_spent();
+                    }
+                    if stop == Stop::Deadline && last.is_err() && kept.is_some() {
+                        break 'call deadline_end(kept);
                     }
                     break 'call (last, Some(verdict));
                 }
@@ -192,6 +199,15 @@ where
         watch.finish(outcome, rt);
     }
     result
+}
+
+/// The answer when the deadline ends a call: the latest value an attempt got (judged a
+/// retryable failure, as it was retried), else [`Rejected::DeadlineExceeded`].
+fn deadline_end<T, E>(kept: Option<Box<T>>) -> (Result<T, Error<E>>, Option<Verdict>) {
+    match kept {
+        Some(value) => (Ok(*value), Some(Verdict::RetryableFailure)),
+        None => (Err(Error::Rejected(Rejected::DeadlineExceeded)), None),
+    }
 }
 
 /// `deadline` brought forward by `min_attempt_time` and a nanosecond: a wait must end while

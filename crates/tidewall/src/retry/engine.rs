@@ -223,3 +223,16 @@ impl RetryRules {
             .start(self.seed.unwrap_or_else(crate::seed::fresh_seed))
     }
 }
+
+/// Keeps a value that is about to be retried (a retryable `Ok`, such as a 503 response): the
+/// answer of a call the deadline ends later, past later errors and timeouts. Boxed by the
+/// fronts that keep one, so that only calls retrying a value pay for its room in their future;
+/// out of line, as few calls do.
+#[cold]
+#[inline(never)]
+pub(crate) fn keep_value<T>(kept: &mut Option<Box<T>>, value: T) {
+    match kept {
+        Some(room) => **room = value,
+        None => *kept = Some(Box::new(value)),
+    }
+}

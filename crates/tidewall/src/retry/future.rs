@@ -280,7 +280,8 @@ where
         Step::Retry(delay) => delay,
         Step::Stop(Stop::Deadline) => {
             // The sleep would end too late for another attempt: do not sleep at all.
-            return Err(deadline_exceeded(Some(failure), attempts.started()));
+            keep(last, failure);
+            return Err(deadline_exceeded(last.take(), attempts.started()));
         }
         Step::Stop(Stop::Final | Stop::Exhausted | Stop::BudgetSpent) => {
             return Err(failure.exhausted());
@@ -293,12 +294,16 @@ where
         hint,
     };
     config.notify.notify(&event);
-    // What the deadline's cut answers with: the latest value, if an attempt got one (a value
-    // is never thrown away for a later error or timeout), else the latest failure.
+    keep(last, failure);
+    Ok(delay)
+}
+
+/// Keeps what the deadline's end answers with: the latest value, if an attempt got one (a
+/// value is never thrown away for a later error or timeout), else the latest failure.
+fn keep<T, E>(last: &mut Option<Failure<T, E>>, failure: Failure<T, E>) {
     if matches!(failure, Failure::Value(_)) || !matches!(last, Some(Failure::Value(_))) {
         *last = Some(failure);
     }
-    Ok(delay)
 }
 
 /// Arms the attempt's timer; out of line so a retry without timeouts keeps a small `poll`.

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::RetryLayer;
 use crate::Deadline;
 use crate::classify::Classify;
-use crate::retry::engine::{Attempts, Step};
+use crate::retry::engine::{Attempts, Step, Stop, keep_value};
 use crate::rt::Clock;
 
 pin_project! {
@@ -39,6 +39,10 @@ pin_project! {
         layer: Arc<RetryLayer<R, C>>,
         deadline: Deadline,
         attempts: Attempts,
+        // The latest response that was retried (judged a retryable failure): the answer if
+        // the deadline leaves no time for another attempt. Boxed: only calls that retry a
+        // response pay for its room.
+        kept: Option<Box<S::Response>>,
         #[pin]
         state: State<S::Future, Pin<Box<R::Sleep>>>,
     }
@@ -74,6 +78,7 @@ impl<S: Service<Req>, Req, R: Clock, C> ResponseFuture<S, Req, R, C> {
             layer,
             deadline,
             attempts,
+            kept: None,
             state: State::Calling { call: first },
         }
     }
@@ -97,7 +102,8 @@ where
             StateProj::Calling { call } => {
                 let result = ready!(call.poll(cx));
                 let last = this.request.is_none();
-                match judge(this.layer, this.attempts, *this.deadline, last, result) {
+                let deadline = *this.deadline;
+                match judge(this.layer, this.attempts, deadline, this.kept, last, result) {
                     ControlFlow::Break(output) => return Poll::Ready(output),
                     ControlFlow::Continue(delay) => Some(delay),
                 }
@@ -162,7 +168,8 @@ where
                     let result = ready!(call.poll(cx));
                     let last = this.request.is_none();
                     let layer = &**this.layer;
-                    match judge(layer, this.attempts, *this.deadline, last, result) {
+                    let deadline = *this.deadline;
+                    match judge(layer, this.attempts, deadline, this.kept, last, result) {
                         ControlFlow::Break(output) => return Poll::Ready(output),
                         ControlFlow::Continue(delay) => {
                             ready!(pause(this.state.as_mut(), rt, delay, cx));
@@ -185,6 +192,7 @@ fn judge<R: Clock, C, T, E>(
     layer: &RetryLayer<R, C>,
     attempts: &mut Attempts,
     deadline: Deadline,
+    kept: &mut Option<Box<T>>,
     last: bool,
     result: Result<T, E>,
 ) -> ControlFlow<Result<T, E>, Duration>
@@ -199,7 +207,16 @@ where
         .rules
         .after(attempts, verdict, hint, deadline, || layer.rt.now())
     {
-        Step::Retry(delay) => ControlFlow::Continue(delay),
+        Step::Retry(delay) => {
+            if let Ok(response) = result {
+                keep_value(kept, response);
+            }
+            ControlFlow::Continue(delay)
+        }
+        Step::Stop(Stop::Deadline) => match (result, kept.take()) {
+            (Err(_), Some(response)) => ControlFlow::Break(Ok(*response)),
+            (result, _) => ControlFlow::Break(result),
+        },
         Step::Stop(_) => ControlFlow::Break(result),
     }
 }

@@ -30,8 +30,11 @@ use crate::rt::{Clock, DefaultRuntime};
 /// before every attempt.)
 ///
 /// The service's error type is unchanged: when no retry follows, the last attempt's result is
-/// returned as it was (an `Ok` judged a failure stays `Ok`). An error from the inner
-/// service's `poll_ready` is returned at once, unretried.
+/// returned as it was (an `Ok` judged a failure stays `Ok`), except that when the
+/// [`deadline`](Self::deadline) leaves no time for a retry after an error, a response an
+/// earlier attempt got (an `Ok` judged a retryable failure, such as a 503) is returned
+/// instead, as the retry future and the pipeline do. An error from the inner service's
+/// `poll_ready` is returned at once, unretried.
 ///
 /// Over a [`BreakerLayer`](crate::tower::BreakerLayer), set
 /// [`honor_retry_after`](Self::honor_retry_after) and a [`deadline`](Self::deadline): a call
@@ -176,7 +179,8 @@ impl<R, C> RetryLayer<R, C> {
 
     /// Gives each call's retries `within` from the call: a retry whose sleep (plus
     /// [`min_attempt_time`](Self::min_attempt_time)) would end past it is not taken, and the
-    /// last result is returned at once. The first attempt always starts, and a running
+    /// last result is returned at once (or, when that is an error, the latest response an
+    /// earlier attempt got and was retried). The first attempt always starts, and a running
     /// attempt is not cut off: put a [`TimeoutLayer`](crate::tower::TimeoutLayer) outside this
     /// layer for that.
     #[must_use]
