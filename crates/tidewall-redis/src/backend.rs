@@ -104,6 +104,24 @@ impl Backend {
         self.timed(call, left.min(self.deadline), false).await
     }
 
+    /// Like [`call`](Self::call), but sent even while the breaker is open, and recording
+    /// nothing in it: for a held lease's renewal. The breaker spares callers a wait on a
+    /// Redis that has been failing; nobody waits on a renewal, and one skipped while Redis
+    /// answers again loses the lease (its slot then counts for another holder while this
+    /// one still holds it).
+    ///
+    /// **Cancel safety:** as [`call`](Self::call).
+    pub(crate) async fn call_past_breaker<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Unavailable::Failed(error.to_string())),
+            Err(_) => Err(Unavailable::Timeout),
+        }
+    }
+
     /// One call through the breaker, cut at `limit`: a cut is the caller's own
     /// ([`Unavailable::CallerDeadline`], recorded as nothing) when `callers`, else Redis's
     /// ([`Unavailable::Timeout`], a failure).

@@ -46,9 +46,12 @@ return 1
 ";
 
 /// At most `limit` calls at once across every replica. Each permit is a lease in a sorted
-/// set: renewed in the background while held (every third of the lease), released in the
-/// background when dropped. A holder that crashes stops renewing, and its permit returns
-/// when the lease expires. Cheap to clone; clones share everything.
+/// set: renewed in the background while held (every third of the lease, each renewal within
+/// the deadline, and sent even while the breaker around Redis is open, so that a breaker
+/// opened by slow acquires does not let a held lease lapse), released in the background when
+/// dropped. A holder that crashes stops renewing, and its permit returns when the lease
+/// expires; so does one whose renewals find no Redis for a whole lease. Cheap to clone;
+/// clones share everything.
 ///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
 /// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
@@ -314,7 +317,8 @@ impl RedisBulkhead {
 }
 
 /// Renews `member`'s lease every third of the lease until aborted (the permit's drop) or the
-/// lease is found gone.
+/// lease is found gone. Past the breaker around Redis: an open breaker must not let a held
+/// lease lapse while Redis answers.
 async fn renew(bulkhead: RedisBulkhead, member: String) {
     let inner = &*bulkhead.inner;
     loop {
@@ -324,7 +328,7 @@ async fn renew(bulkhead: RedisBulkhead, member: String) {
         invocation.arg(micros(inner.lease)).arg(&member);
         if let Ok(0) = inner
             .backend
-            .call(invocation.invoke_async::<i64>(&mut conn))
+            .call_past_breaker(invocation.invoke_async::<i64>(&mut conn))
             .await
         {
             return; // expired (Redis was away too long): nothing left to renew

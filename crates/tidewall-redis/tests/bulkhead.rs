@@ -325,3 +325,44 @@ async fn the_last_try_is_made_before_the_deadline_not_at_it() {
     assert_eq!(waited.err(), Some(Rejected::DeadlineExceeded));
     assert!(over < Duration::from_secs(1), "{over:?} past the deadline");
 }
+
+/// Slow acquires open the breaker around Redis (five timeouts, open 500 ms) while a permit is
+/// held; Redis answers again at once. The lease (450 ms) ends while the breaker is still
+/// open: its renewals must not wait for the breaker, or another replica takes the slot.
+#[tokio::test]
+async fn an_open_breaker_does_not_let_a_held_lease_lapse() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let lease = Duration::from_millis(450);
+    let holder = RedisBulkhead::builder(&conn, "lapse", 1)
+        .lease(lease)
+        .deadline(Duration::from_millis(10))
+        .when_unavailable(WhenUnavailable::Closed)
+        .build()
+        .unwrap();
+    let other = RedisBulkhead::builder(&conn, "lapse", 1)
+        .lease(lease)
+        .deadline(Duration::from_secs(2))
+        .when_unavailable(WhenUnavailable::Closed)
+        .build()
+        .unwrap();
+    let permit = eventually(async || holder.try_acquire().await.ok()).await;
+    let held_at = Instant::now();
+    server.freeze();
+    for _ in 0..5 {
+        assert_eq!(
+            holder.try_acquire().await.err(),
+            Some(Rejected::BackendUnavailable)
+        );
+    }
+    server.thaw();
+    // Past the lease, before the breaker (open from about 50 ms) lets a call through again.
+    tokio::time::sleep_until((held_at + lease + Duration::from_millis(50)).into()).await;
+    assert_eq!(
+        other.try_acquire().await.err(),
+        Some(Rejected::BulkheadFull),
+        "the held lease lapsed while the breaker was open"
+    );
+    drop(permit);
+    eventually(async || other.try_acquire().await.ok()).await;
+}
