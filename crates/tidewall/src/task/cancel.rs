@@ -204,10 +204,14 @@ impl CancellationToken {
             match &state.reason {
                 Some(reason) => Some(reason.clone()),
                 None => {
-                    // Forget children dropped since, but only when the list would grow: the
-                    // list stays within twice the live children, at O(1) amortized per child.
-                    if state.children.len() == state.children.capacity() {
-                        state.children.retain(|c| c.strong_count() > 0);
+                    // Forget children dropped since, but only when the list would grow, and
+                    // leave room for as many again as are alive: the next sweep is at least
+                    // that many children away, so each costs O(1) amortized however many
+                    // stay alive, and the list stays within twice the live children.
+                    let children = &mut state.children;
+                    if children.len() == children.capacity() {
+                        children.retain(|c| c.strong_count() > 0);
+                        children.reserve_exact(children.len().max(4));
                     }
                     state.children.push(Arc::downgrade(&node));
                     None

@@ -113,7 +113,8 @@ pub enum Ending {
         /// From the stop to its end.
         took: Duration,
     },
-    /// It was still running when its grace period ended, and was aborted.
+    /// It was still running when its grace period ended, and was aborted; or (with `took`
+    /// zero) its task was lost by its runtime before it was told to stop.
     Aborted {
         /// From the stop to the completed abort.
         took: Duration,

@@ -53,6 +53,11 @@ impl<R> ScopeBuilder<R> {
 
     /// At most `max_running` children at once: `spawn` waits for a free slot and `try_spawn`
     /// hands the future back. Unlimited by default.
+    ///
+    /// Not FIFO: when a child ends, every spawn waiting for a slot is woken, and the first
+    /// polled takes it. A child that awaits `spawn` on its own scope holds a slot while it
+    /// waits for one: with every slot held by such children, none ever frees (a deadlock
+    /// that only cancelling the scope ends); use `try_spawn` there.
     pub fn limit(mut self, max_running: usize) -> Self {
         self.limit = Some(max_running);
         self

@@ -61,7 +61,7 @@ pub(super) async fn join_within<T, E, F: Front<T, E>>(
     finish(front, plan).await
 }
 
-/// Cancels with `reason`, then closes with `grace` counted from this call.
+/// Cancels with `reason`, then closes with `grace` counted from the cancel (its first poll).
 pub(super) async fn shutdown<T, E, F: Front<T, E>>(
     front: F,
     reason: Reason,

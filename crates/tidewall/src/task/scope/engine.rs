@@ -232,27 +232,45 @@ where
 
     /// The next report, or `None` once no child runs and none is waiting.
     pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<ChildReport<T, E>>> {
-        let mut state = self.state();
-        if let Some(report) = state.ledger.take_next() {
-            return Poll::Ready(Some(report));
-        }
-        if state.children.running() == 0 {
-            return Poll::Ready(None);
-        }
-        state.children.park_owner(cx.waker(), false);
-        Poll::Pending
+        let (next, failed) = {
+            let mut state = self.state();
+            let next = if let Some(report) = state.ledger.take_next() {
+                Some(report)
+            } else if state.children.running() == 0 {
+                None
+            } else {
+                state.children.park_owner(cx.waker(), false);
+                return Poll::Pending;
+            };
+            (next, state.ledger.fail_reason().cloned())
+        };
+        self.fail_fast(failed);
+        Poll::Ready(next)
     }
 
     /// Ready once no child runs; only a join asks, so the scope closes then, under the lock
     /// that saw the last child end: no child can start after the join has seen it.
     pub(super) fn poll_all_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.state();
-        if state.children.running() == 0 {
+        let failed = {
+            let mut state = self.state();
+            if state.children.running() != 0 {
+                state.children.park_owner(cx.waker(), true);
+                return Poll::Pending;
+            }
             state.closed = true;
-            Poll::Ready(())
-        } else {
-            state.children.park_owner(cx.waker(), true);
-            Poll::Pending
+            state.ledger.fail_reason().cloned()
+        };
+        self.fail_fast(failed);
+        Poll::Ready(())
+    }
+
+    /// Cancels the token with a fail-fast reason the ledger holds, before the owner sees the
+    /// failure: the failing child's task cancels it too, but only after it let go of the
+    /// lock, and the owner may get there first. The first reason wins, so either is a no-op
+    /// after the other.
+    fn fail_fast(&self, failed: Option<Reason>) {
+        if let Some(reason) = failed {
+            self.token.cancel(reason);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The bookkeeping both scope variants share: counts, unread reports, the failure policy.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::report::{ChildId, ChildReport, FailurePolicy, ScopeReport};
 use crate::rt::Panic;
@@ -67,6 +67,13 @@ impl<T, E> Ledger<T, E> {
         // A child that ended before it could see the token cancelled finished on its own,
         // even if a failing sibling got to the ledger first.
         let ending = match now {
+            // Lost by its runtime before any stop: not a cancellation of the scope, which
+            // would stamp its time and bar a later fail-fast.
+            Some(_) if aborted && !already_cancelled && self.cancelled_at.is_none() => {
+                Ending::Aborted {
+                    took: Duration::ZERO,
+                }
+            }
             Some(now) if aborted => Ending::Aborted {
                 took: now.saturating_duration_since(self.note_cancel(now)),
             },
@@ -98,6 +105,11 @@ impl<T, E> Ledger<T, E> {
             return (reason, None);
         }
         (reason, Some(exit))
+    }
+
+    /// The reason a fail-fast failure cancels the scope with, once one has.
+    pub(super) fn fail_reason(&self) -> Option<&Reason> {
+        self.fail_reason.as_ref()
     }
 
     pub(super) fn has_reports(&self) -> bool {

@@ -251,7 +251,8 @@ where
     }
 
     /// As [`join`](Self::join), but children still running after `limit` are cancelled with
-    /// `reason`, then get the scope's grace period before they are aborted.
+    /// `reason`, then get the scope's grace period before they are aborted. Like every
+    /// `async fn`, it does nothing until polled: `limit` runs from its first poll.
     ///
     /// # Cancel safety
     ///
@@ -264,10 +265,11 @@ where
         close::join_within(self, limit, reason).await
     }
 
-    /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` (from this
-    /// call) for the children to stop, aborts the rest, and waits until the aborted tasks are
-    /// gone. The report has each child's ending and how long it took to stop. On a scope
-    /// cancelled earlier, the first reason stays.
+    /// Two-phase shutdown: cancels the token with `reason`, waits up to `grace` (from the
+    /// cancel, at its first poll: like every `async fn`, it does nothing until polled) for the
+    /// children to stop, aborts the rest, and waits until the aborted tasks are gone. The
+    /// report has each child's ending and how long it took to stop. On a scope cancelled
+    /// earlier, the first reason stays.
     ///
     /// # Cancel safety
     ///
