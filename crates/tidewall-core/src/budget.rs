@@ -24,6 +24,9 @@ use crate::gcra::{Names, Resolution, split};
 use crate::{ConfigError, error::nanos_of};
 
 const PPM: u64 = 1_000_000;
+
+/// The most retries a window's floor may hold: whole retries in `u64` parts per million.
+const MAX_FLOOR_RETRIES: u64 = u64::MAX / PPM;
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// A validated retry-budget policy.
@@ -187,11 +190,14 @@ impl RetryBudgetBuilder {
             u128::from(self.min_per_second) * u128::from(window) * u128::from(PPM) / NANOS_PER_SEC;
         // The floor is kept in u64 parts per million of a retry: at most 18,446,744,073,709
         // retries a window. The rate is what is too high for the window, not the window.
-        let floor_ppm = u64::try_from(floor).map_err(|_| ConfigError::OutOfRange {
-            field: "min_per_second",
-            value: f64::from(self.min_per_second),
-            allowed: "such that min_per_second × window is at most 18,446,744,073,709 retries",
-        })?;
+        let floor_ppm = u64::try_from(floor)
+            .ok()
+            .filter(|&floor| floor <= MAX_FLOOR_RETRIES * PPM)
+            .ok_or(ConfigError::OutOfRange {
+                field: "min_per_second",
+                value: f64::from(self.min_per_second),
+                allowed: "such that min_per_second × window is at most 18,446,744,073,709 retries",
+            })?;
         Ok(RetryBudgetPolicy {
             ratio_ppm,
             floor_ppm,
@@ -283,6 +289,16 @@ mod tests {
             })
         ));
         assert!(b().window(year).min_per_second(500_000).build().is_ok());
+        // The documented bound is whole retries: 18,446,744,073,709.55 of them is past it.
+        let longest = Duration::from_nanos(u64::MAX);
+        assert!(matches!(
+            b().window(longest).min_per_second(1000).build(),
+            Err(ConfigError::OutOfRange {
+                field: "min_per_second",
+                ..
+            })
+        ));
+        assert!(b().window(longest).min_per_second(999).build().is_ok());
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! A TAT at or before `now` means "fully rested", exactly like a key never seen: a keyed limiter
 //! may forget such a key and nobody can tell the difference.
 //!
+//! **The end of time:** the TAT cannot pass `u64::MAX` nanoseconds (584 years after the
+//! clock's origin). Within `burst` intervals of it a limit admits fewer cells, in the last
+//! interval none at all, fresh or not: [`decide`](Gcra::decide) then answers
+//! [`Denied::Wait`] with a wait that no later call can end, and
+//! [`available`](Gcra::available) counts only what fits.
+//!
 //! ```
 //! use core::time::Duration;
 //! use tidewall_core::gcra::{Gcra, Denied};
@@ -50,7 +56,7 @@ pub struct Gcra {
 #[non_exhaustive]
 pub enum Denied {
     /// Not now; the same request is admitted after waiting this long (if nobody else takes
-    /// the capacity first).
+    /// the capacity first), except at the [end of time](crate::gcra), where no wait helps.
     Wait {
         /// Nanoseconds to wait.
         nanos: u64,
@@ -202,13 +208,19 @@ impl Gcra {
     /// # Ok::<(), tidewall_core::ConfigError>(())
     /// ```
     pub fn available(&self, tat: u64, now: u64) -> u32 {
+        // At the end of time, only the cells whose state still fits in a u64 (see `decide`).
+        let fits = (u64::MAX - tat.max(now)) / self.interval;
+        let fits = u32::try_from(fits).unwrap_or(u32::MAX);
         if tat <= now {
-            return self.burst;
+            return self.burst.min(fits);
         }
         // A request of n cells passes when tat + n × interval - horizon <= now.
         let room = (u128::from(now) + u128::from(self.horizon)).saturating_sub(u128::from(tat));
         let cells = room / u128::from(self.interval);
-        u32::try_from(cells).unwrap_or(u32::MAX).min(self.burst)
+        u32::try_from(cells)
+            .unwrap_or(u32::MAX)
+            .min(self.burst)
+            .min(fits)
     }
 
     /// Whether a state is fully rested at `now`, i.e. indistinguishable from a fresh one.

@@ -49,6 +49,28 @@ pub const fn bucket_upper(index: usize) -> u64 {
     lower + ((1 << shift) - 1)
 }
 
+/// `ceil(q × total)` in `1..=total`, exactly: `total as f64` would round above 2^53, and
+/// `q = 1.0` could then miss the largest value. `q` is `m × 2^e` with a 53-bit `m` and
+/// `e <= -52` (as `q <= 1`), so `m × total` fits in a `u128`.
+fn rank(q: f64, total: u64) -> u64 {
+    let bits = q.to_bits();
+    let biased = (bits >> 52) & 0x7ff;
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, shift) = if biased == 0 {
+        (fraction, 1074) // subnormal (or zero)
+    } else {
+        (fraction | (1 << 52), 1075 - biased)
+    };
+    let product = u128::from(mantissa) * u128::from(total);
+    let ceil = if shift >= 128 {
+        u128::from(product > 0)
+    } else {
+        let floor = product >> shift;
+        floor + u128::from(floor << shift != product)
+    };
+    u64::try_from(ceil).unwrap_or(u64::MAX).clamp(1, total)
+}
+
 /// The `q`-quantile (0 ..= 1) of `total` recorded values whose per-bucket counts `count(i)`
 /// returns, as the upper bound of the bucket holding it; `None` without values or with a `q`
 /// outside [0, 1].
@@ -56,22 +78,7 @@ pub fn quantile(count: impl Fn(usize) -> u64, total: u64, q: f64) -> Option<u64>
     if total == 0 || !(0.0..=1.0).contains(&q) {
         return None;
     }
-    // rank in 1..=total; q is in [0, 1] so the product fits.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = {
-        let exact = q * total as f64;
-        let floor = exact as u64;
-        let ceil = if (floor as f64) < exact {
-            floor + 1
-        } else {
-            floor
-        };
-        ceil.clamp(1, total)
-    };
+    let rank = rank(q, total);
     let mut seen: u64 = 0;
     for index in 0..BUCKETS {
         // Counts read from live atomics may add up past `total`, even past u64::MAX.
@@ -109,7 +116,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_maximum_of_more_than_2_to_the_53_values_is_found() {
+        let counts = |i| match i {
+            0 => 1 << 53,
+            5 => 1,
+            _ => 0,
+        };
+        assert_eq!(quantile(counts, (1 << 53) + 1, 1.0), Some(5));
+    }
+
     proptest! {
+        /// The rank is `ceil(q × total)` exactly, checked in exact rational arithmetic:
+        /// `q = m / 2^k` with `m < 2^53` (every f64 in [0, 1] is one).
+        #[test]
+        fn the_rank_is_exact(total in 1u64.., m in 0u64..=(1 << 53), k in 53u32..=200) {
+            let q = (m as f64) / 2f64.powi(k as i32);
+            prop_assume!(q <= 1.0);
+            let product = u128::from(m) * u128::from(total);
+            let ceil = if k >= 128 {
+                u128::from(product > 0)
+            } else {
+                product.div_ceil(1 << k)
+            };
+            let want = u64::try_from(ceil).unwrap().clamp(1, total);
+            prop_assert_eq!(rank(q, total), want);
+        }
+
         #[test]
         fn a_value_is_within_its_bucket_and_the_bucket_is_tight(v in any::<u64>()) {
             let i = bucket_of(v);

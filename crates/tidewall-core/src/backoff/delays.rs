@@ -208,7 +208,13 @@ fn to_f64(n: u64) -> f64 {
     reason = "the value is finite, non-negative and already capped at a u64; `as` saturates"
 )]
 fn from_f64(x: f64) -> u64 {
-    (x + 0.5) as u64
+    // Not `(x + 0.5) as u64`: that sum rounds again (to even, at x.5 past 2^52), one ns high.
+    let whole = x as u64;
+    if x - whole as f64 >= 0.5 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    }
 }
 
 /// `factor` as an integer when it is a whole number that fits in `u64` (validated finite
@@ -220,6 +226,6 @@ fn from_f64(x: f64) -> u64 {
 fn whole_factor(factor: f64) -> Option<u64> {
     // 2^64: the first whole number past u64::MAX, exactly representable.
     const LIMIT: f64 = 18_446_744_073_709_551_616.0;
-    let whole = from_f64(factor);
+    let whole = factor as u64;
     (factor < LIMIT && to_f64(whole) == factor).then_some(whole)
 }

@@ -18,9 +18,11 @@
 //!
 //! 1. The schedule's raw delay is computed with saturating arithmetic (never overflows), in
 //!    integer nanoseconds, so it is exact; only an exponential schedule with a factor that
-//!    is not a whole number steps in `f64`, which rounds each step to 53 bits (a relative
-//!    error near 10^-16 a step: exact below about 104 days, 2^53 ns, and microseconds off at
-//!    most near `u64::MAX` nanoseconds).
+//!    is not a whole number steps in `f64`, which rounds each step to 53 bits: delay `n` is
+//!    within a relative `n × 2^-53` (about `n × 10^-16`) of `initial × factor^n`, then
+//!    rounded to the nearest nanosecond. So it is exact while that error stays under half a
+//!    nanosecond (any delay under about `2^52 / n` ns: days, for the first steps), and
+//!    microseconds off at most near `u64::MAX` nanoseconds.
 //! 2. [`Jitter`] randomizes it, capped at `max_delay` first (AWS's "full jitter": a delay
 //!    past the cap is jittered below the cap, so late delays still spread). Jitter is **on by
 //!    default** ([`Jitter::Full`]): synchronized retries from many clients are the failure

@@ -208,6 +208,25 @@ fn exponential_delays_beyond_f64_precision_are_exact() {
     assert!(doubling.windows(2).all(|w| w[0] <= w[1]), "{doubling:?}");
 }
 
+#[test]
+fn a_product_that_fits_in_53_bits_is_exact() {
+    let b = |initial, factor| {
+        Backoff::exponential(Duration::from_nanos(initial))
+            .factor(factor)
+            .jitter(Jitter::None)
+            .max_delay(Duration::from_nanos(u64::MAX))
+            .max_attempts(3)
+            .build()
+            .unwrap()
+    };
+    // An odd result between 2^52 and 2^53: `x + 0.5` rounded it to even, one ns high.
+    let halves = collect(&b(3_002_399_751_580_334, 1.5), 0);
+    assert_eq!(halves[1], Duration::from_nanos(4_503_599_627_370_501));
+    // A whole factor past 2^52 is exact in integers, not stepped in f64.
+    let whole = collect(&b(3, 4_503_599_627_370_497.0), 0);
+    assert_eq!(whole[1], Duration::from_nanos(13_510_798_882_111_491));
+}
+
 fn any_builder() -> impl Strategy<Value = BackoffBuilder> {
     let nanos = prop_oneof![
         0..1_000u64,
