@@ -12,7 +12,7 @@
 //!   (cancel, grace, abort) that reports how each child stopped.
 //! * [`supervisor`]: OTP-style restarts ([`Strategy`](supervisor::Strategy),
 //!   [`Restart`](supervisor::Restart)) within a restart intensity, with jittered backoff,
-//!   escalation to the parent, nesting, and shutdown in reverse start order.
+//!   escalation to the parent, nesting, and shutdown in reverse of the order added.
 //! * [`pool`]: a [`WorkerPool`](pool::WorkerPool) of N workers, a bounded queue with backpressure, per-job timeouts and
 //!   result handles, panics reported; a shutdown that drains within a deadline and hands back
 //!   every job never started (`submitted = completed + failed + handed back`).
@@ -47,6 +47,7 @@ pub mod pool;
 pub mod scope;
 pub mod shutdown;
 pub mod supervisor;
+mod wakers;
 
 pub use blocking::{BlockingTask, CancelFlag, spawn_blocking_cancellable};
 pub use cancel::{

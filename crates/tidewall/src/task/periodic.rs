@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
 use super::cancel::{CancellationToken, Reason};
+use super::wakers::WakerSlots;
 use crate::ConfigError;
 use crate::rt::{DefaultRuntime, Runtime};
 use crate::stream::{MissedTicks, interval_on};
@@ -108,7 +109,22 @@ struct Published {
     health: Health,
     version: u64,
     checked_at: Option<Instant>,
-    waiters: Vec<Waker>,
+    waiters: WakerSlots,
+}
+
+/// A `changed` future's place among the waiters, freed when it resolves or is dropped.
+struct WaitSlot<'a> {
+    shared: &'a Mutex<Published>,
+    key: Option<usize>,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        if self.key.is_some() {
+            let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            published.waiters.free(&mut self.key);
+        }
+    }
 }
 
 /// A watch-style handle on the latest health: read it at any time, or wait for it to change.
@@ -128,23 +144,20 @@ impl HealthHandle {
     /// Waits until the health differs from `seen` (pass [`Health::Unknown`] to wait for the
     /// first verdict), and returns the new one.
     ///
-    /// **Cancel safety:** dropping the future loses nothing.
+    /// **Cancel safety:** dropping the future loses nothing, and leaves nothing behind: the
+    /// handle holds one waker per future waiting now, however many waits were abandoned.
     pub async fn changed(&self, seen: &Health) -> Health {
+        let mut slot = WaitSlot {
+            shared: &self.shared,
+            key: None,
+        };
         std::future::poll_fn(|cx: &mut Context<'_>| {
             let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             if published.health != *seen {
+                published.waiters.free(&mut slot.key);
                 return Poll::Ready(published.health.clone());
             }
-            if !published.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                // Abandoned waits leave their waker behind; past a bound, wake them all (the
-                // live ones register again) so the list cannot grow without limit.
-                if published.waiters.len() >= 1024 {
-                    for waker in published.waiters.drain(..) {
-                        waker.wake();
-                    }
-                }
-                published.waiters.push(cx.waker().clone());
-            }
+            published.waiters.register(&mut slot.key, cx.waker());
             Poll::Pending
         })
         .await
@@ -159,7 +172,7 @@ impl HealthHandle {
                 return;
             }
             published.health = health;
-            std::mem::take(&mut published.waiters)
+            published.waiters.take_all()
         };
         for waker in waiters {
             waker.wake();
@@ -280,7 +293,7 @@ impl<R: Runtime> HealthCheckerBuilder<R> {
                 health: Health::Unknown,
                 version: 0,
                 checked_at: None,
-                waiters: Vec::new(),
+                waiters: WakerSlots::default(),
             })),
         };
         let token = token.clone();

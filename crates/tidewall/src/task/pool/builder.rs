@@ -10,6 +10,7 @@ use super::worker::work;
 use super::{Worker, WorkerPool};
 use crate::ConfigError;
 use crate::rt::{DefaultRuntime, Runtime};
+use crate::task::wakers::WakerSlots;
 
 /// The most workers a pool starts: each is spawned (and its handle kept) up front, so an
 /// unbounded count would spawn without end or overflow the handles' allocation.
@@ -112,7 +113,7 @@ impl<R: Runtime> WorkerPoolBuilder<R> {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(queue.min(4096)),
                 closed: false,
-                submitters: Vec::new(),
+                submitters: WakerSlots::default(),
                 workers: Vec::new(),
             }),
             capacity: queue,

@@ -100,7 +100,9 @@ where
 
     /// Queues `job`, waiting while the queue is full. See [`Submitter::submit`].
     ///
-    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued.
+    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued, and
+    /// its waker with it: the pool holds one waker per producer waiting now, however many
+    /// gave up.
     ///
     /// # Errors
     ///

@@ -9,13 +9,15 @@ use futures_channel::oneshot;
 
 use super::report::JobExit;
 use super::{JobHandle, SubmitError};
+use crate::task::wakers::WakerSlots;
 
 type Queued<J, T> = (J, oneshot::Sender<JobExit<T>>);
 
 pub(super) struct Queue<J, T> {
     pub(super) jobs: VecDeque<Queued<J, T>>,
     pub(super) closed: bool,
-    pub(super) submitters: Vec<Waker>,
+    /// Producers waiting for room, one slot per `submit` future.
+    pub(super) submitters: WakerSlots,
     pub(super) workers: Vec<Waker>,
 }
 
@@ -40,7 +42,7 @@ impl<J, T> Shared<J, T> {
             let mut queue = self.queue();
             queue.closed = true;
             (
-                std::mem::take(&mut queue.submitters),
+                queue.submitters.take_all(),
                 std::mem::take(&mut queue.workers),
             )
         };
@@ -82,7 +84,9 @@ impl<J, T> std::fmt::Debug for Submitter<J, T> {
 impl<J, T> Submitter<J, T> {
     /// Queues `job`, waiting while the queue is full (backpressure).
     ///
-    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued.
+    /// **Cancel safety:** dropping the future before it resolves drops `job` unqueued, and
+    /// its waker with it: the pool holds one waker per producer waiting now, however many
+    /// gave up.
     ///
     /// # Errors
     ///
@@ -107,15 +111,20 @@ pub(super) async fn submit<J, T>(
     job: J,
 ) -> Result<JobHandle<T>, SubmitError<J>> {
     let mut job = Some(job);
+    // Freed when this future resolves or is dropped, so a producer that gives up leaves no
+    // waker behind.
+    let mut slot = SubmitSlot { shared, key: None };
     std::future::poll_fn(|cx| {
         let mut queue = shared.queue();
         let Some(j) = job.take() else {
             return Poll::Pending;
         };
         if queue.closed {
+            queue.submitters.free(&mut slot.key);
             return Poll::Ready(Err(SubmitError::Closed(j)));
         }
         if queue.jobs.len() < shared.capacity {
+            queue.submitters.free(&mut slot.key);
             let (handle, worker) = enqueue(shared, &mut queue, j);
             drop(queue);
             if let Some(worker) = worker {
@@ -124,12 +133,24 @@ pub(super) async fn submit<J, T>(
             return Poll::Ready(Ok(handle));
         }
         job = Some(j);
-        if !queue.submitters.iter().any(|w| w.will_wake(cx.waker())) {
-            queue.submitters.push(cx.waker().clone());
-        }
+        queue.submitters.register(&mut slot.key, cx.waker());
         Poll::Pending
     })
     .await
+}
+
+/// A `submit` future's place among the waiting producers.
+struct SubmitSlot<'a, J, T> {
+    shared: &'a Shared<J, T>,
+    key: Option<usize>,
+}
+
+impl<J, T> Drop for SubmitSlot<'_, J, T> {
+    fn drop(&mut self) {
+        if self.key.is_some() {
+            self.shared.queue().submitters.free(&mut self.key);
+        }
+    }
 }
 
 pub(super) fn try_submit<J, T>(

@@ -36,7 +36,7 @@ pub(super) async fn work<J, T, F, Fut, R>(
                 queue.workers.retain(|w| !w.will_wake(cx.waker()));
                 // Room freed: wake every waiting producer (after the lock). Waking all, not
                 // one, means a producer that gave up cannot swallow the wake-up of another.
-                let producers = std::mem::take(&mut queue.submitters);
+                let producers = queue.submitters.take_all();
                 drop(queue);
                 for producer in producers {
                     producer.wake();

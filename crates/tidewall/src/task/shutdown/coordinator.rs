@@ -136,11 +136,12 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// Register components in start order (the database pool before the HTTP server that uses
 /// it); each runs as a task with its own stop token. [`run`](Self::run) waits for the cause
 /// — a signal (after [`listen_for_signals`](Self::listen_for_signals)), the
-/// [`trigger`](Self::trigger) token, a component failing, or every component ending — then
-/// stops the components in reverse order: each one's token is cancelled and it gets until
-/// its own timeout or the global deadline, whichever comes first; when the deadline passes,
-/// everything left is aborted. A second signal during the shutdown aborts everything left
-/// at once. The [`ShutdownReport`] says what happened to each.
+/// [`trigger`](Self::trigger) token, a component failing, or every component ending (at once
+/// when none is registered) — then stops the components in reverse order: each one's token
+/// is cancelled and it gets until its own timeout or the global deadline, whichever comes
+/// first; when the deadline passes, everything left is aborted. A second signal during the
+/// shutdown aborts everything left at once. The [`ShutdownReport`] says what happened to
+/// each.
 ///
 /// An abort takes effect at the component's next await, and the shutdown waits for it to
 /// take effect before it stops the next component: a component that never yields (a blocking
@@ -235,6 +236,8 @@ enum Wake {
     Signal(Signal),
     Triggered,
     Exited(usize, Exit),
+    /// Nothing was registered: every component (none) has ended.
+    NoComponents,
 }
 
 impl<R: Runtime + Signals> Shutdown<R> {
@@ -269,7 +272,9 @@ impl<R: Runtime> Shutdown<R> {
     }
 
     /// As [`register`](Self::register), with at most `timeout` to stop once told (the global
-    /// deadline still applies). Zero aborts it as soon as its turn comes.
+    /// deadline still applies). Zero aborts it as soon as its turn comes (OTP's
+    /// `brutal_kill`), without waiting: it reads [`Ending::Aborted`] unless it had already
+    /// ended. Its token is cancelled just after the abort, for whatever it shared it with.
     pub fn register_with_timeout<F, Fut, E>(
         &mut self,
         name: impl Into<Arc<str>>,
@@ -314,8 +319,11 @@ impl<R: Runtime> Shutdown<R> {
     /// the deadline, and reports.
     ///
     /// The cause is what it sees first; when several are there at one poll, the trigger
-    /// comes first, then a signal, then the components' ends in registration order. The
-    /// deadline and the report's `took` count from the moment it begins stopping components.
+    /// comes first, then a signal, then the components' ends in registration order. With no
+    /// component registered, every component has ended already: unless the trigger is
+    /// cancelled or a signal has come, it returns at its first poll with
+    /// [`Cause::AllComponentsEnded`] and an empty report. The deadline and the report's `took`
+    /// count from the moment it begins stopping components.
     ///
     /// # Cancel safety
     ///
@@ -331,6 +339,7 @@ impl<R: Runtime> Shutdown<R> {
                     let reason = self.trigger.reason().unwrap_or_else(|| Reason::new(""));
                     break Cause::Triggered(reason);
                 }
+                Wake::NoComponents => break Cause::AllComponentsEnded,
                 Wake::Exited(index, exit) => {
                     let component = &self.components[index];
                     // Any exit but `Ok` starts it: an error, a panic, or a lost task.
@@ -382,6 +391,9 @@ impl<R: Runtime> Shutdown<R> {
                     component.exited = Some(exit.clone());
                     return Poll::Ready(Wake::Exited(index, exit));
                 }
+            }
+            if self.components.is_empty() {
+                return Poll::Ready(Wake::NoComponents);
             }
             Poll::Pending
         })
@@ -438,13 +450,19 @@ impl<R: Runtime> Shutdown<R> {
                     },
                 )
             } else {
-                component.stop.cancel("shutting down");
                 let told = self.rt.now();
                 let own = component.timeout.map(|t| instant_after(told, t));
                 let until = own.map_or(deadline, |own| own.min(deadline));
-                let exit = if forced || told >= deadline {
+                let exit = if forced || until <= told {
+                    // No time to stop (a zero timeout, OTP's `brutal_kill`, a deadline passed
+                    // or a forced stop): aborted before the token is cancelled, so it gets no
+                    // chance to see the stop and end on its own first. (The token is still
+                    // cancelled, for whatever it shared it with.)
+                    component.handle.abort();
+                    component.stop.cancel("shutting down");
                     None
                 } else {
+                    component.stop.cancel("shutting down");
                     let waited = wait_for(&self.rt, &mut component.handle, until, &mut force).await;
                     match waited {
                         Waited::Exited(exit) => Some(exit),

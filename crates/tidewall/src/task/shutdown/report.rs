@@ -25,7 +25,7 @@ pub enum Cause {
         exit: Exit,
     },
     /// While [`run`](super::Shutdown::run) waited for a cause, it saw every component end on
-    /// its own, none failing.
+    /// its own, none failing (at once, when none was registered).
     AllComponentsEnded,
 }
 

@@ -18,8 +18,8 @@ pub enum Strategy {
     /// Only the child that ended is restarted.
     #[default]
     OneForOne,
-    /// Every child is stopped (in reverse start order) and all are restarted in order: for
-    /// children that cannot work without each other.
+    /// Every child is stopped (in reverse of the order added) and all are restarted in order:
+    /// for children that cannot work without each other.
     OneForAll,
     /// The child and every child started after it are stopped and restarted: for children
     /// that depend on the ones before them.
@@ -104,6 +104,9 @@ impl<R> SupervisorBuilder<R> {
     /// At most `max_restarts` restarts within any `period` (3 in 5 s by default); the next
     /// one fails the supervisor, which stops its children and escalates to its parent.
     /// `max_restarts = 0` escalates on the first exit that would restart.
+    ///
+    /// A restart is dated by the exit that caused it, and the window is closed, as OTP's: an
+    /// exit exactly `period` after an earlier restart still counts that restart.
     pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
         self.max_restarts = max_restarts;
         self.period = period;
@@ -122,7 +125,8 @@ impl<R> SupervisorBuilder<R> {
     }
 
     /// A child that ran at least this long before ending starts its backoff afresh (the
-    /// intensity period by default).
+    /// intensity period by default). It must be positive: [`build`](Self::build) refuses
+    /// zero.
     pub fn stable_after(mut self, stable: Duration) -> Self {
         self.stable_after = Some(stable);
         self
@@ -134,7 +138,8 @@ impl<R> SupervisorBuilder<R> {
         self
     }
 
-    /// Adds a child; children start in the order added and stop in reverse.
+    /// Adds a child; children start in the order added and stop in reverse of it (whatever
+    /// restarts happened in between, as in OTP).
     pub fn child(mut self, spec: ChildSpec) -> Self {
         self.children.push(spec);
         self
@@ -153,9 +158,10 @@ impl<R: Runtime> SupervisorBuilder<R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] for a zero intensity period (`intensity(0, ZERO)` included) or
-    /// no children; [`ConfigError::DurationOverflow`] for durations beyond `u64::MAX`
-    /// nanoseconds; [`ConfigError::Conflict`] when two children share a name.
+    /// [`ConfigError::Zero`] for a zero intensity period (`intensity(0, ZERO)` included), a
+    /// zero [`stable_after`](Self::stable_after) or no children;
+    /// [`ConfigError::DurationOverflow`] for durations beyond `u64::MAX` nanoseconds;
+    /// [`ConfigError::Conflict`] when two children share a name.
     pub fn build(self) -> Result<Supervisor<R>, ConfigError> {
         crate::time::positive_duration("period", self.period)?;
         if let Some(stable) = self.stable_after {

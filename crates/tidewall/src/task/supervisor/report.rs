@@ -36,7 +36,8 @@ pub enum SupervisorEvent {
         restarts_in_period: u32,
     },
     /// A child was stopped by the supervisor: its token cancelled, then its end awaited
-    /// within its shutdown timeout (it is aborted when the timeout runs out).
+    /// within its shutdown timeout (it is aborted when the timeout runs out; a zero timeout
+    /// aborts it at once, without waiting).
     Stopped {
         /// The child.
         child: Arc<str>,
@@ -71,11 +72,16 @@ pub enum Ended {
 pub struct SupervisorReport {
     /// Why it ended.
     pub ended: Ended,
-    /// Restarts over its life.
+    /// Restarts scheduled over its life: one per [`SupervisorEvent::Restarting`], counted
+    /// when the restart is decided (an exit that restarts siblings with it, by the
+    /// [`Strategy`](super::Strategy), counts once). A restart still waiting for its backoff
+    /// delay when `stop` was cancelled counts, though the child never started again; the exit
+    /// that exceeded the intensity does not.
     pub restarts: u64,
-    /// The children it stopped at the end, in the order stopped (reverse start order): each
-    /// one's exit, and [`Ending::Stopped`] (it ended within its shutdown timeout, `took`
-    /// counted from the cancel) or [`Ending::Aborted`] (it was aborted).
+    /// The children it stopped at the end, in the order stopped (reverse of the order they
+    /// were added, whatever restarts happened): each one's exit, and [`Ending::Stopped`] (it
+    /// ended within its shutdown timeout, `took` counted from the cancel) or
+    /// [`Ending::Aborted`] (it was aborted).
     pub stopped: Vec<TaskReport>,
 }
 

@@ -1,4 +1,5 @@
-//! The supervisor's loop: start, watch, restart within the intensity, stop in reverse.
+//! The supervisor's loop: start, watch, restart within the intensity, stop in reverse of the
+//! order added.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -39,8 +40,8 @@ struct Slot<R: Runtime> {
 
 /// An OTP-style supervisor: starts its children in order, restarts them by [`Strategy`] and
 /// [`Restart`] kind with a jittered backoff, fails and escalates when restarts exceed the
-/// intensity, and stops its children in reverse start order, each within its own shutdown
-/// timeout.
+/// intensity, and stops its children in reverse of the order they were added (OTP's order,
+/// whatever restarts happened), each within its own shutdown timeout.
 ///
 /// Supervisors nest: [`ChildSpec::supervisor`] makes one a child of another, so an escalation
 /// is a failure of that child in its parent.
@@ -155,8 +156,8 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     /// Starts the children and supervises them until `stop` is cancelled (then stops them
-    /// in reverse start order and returns the report), until no child is left to run, or
-    /// until the restart intensity is exceeded.
+    /// in reverse of the order they were added, whatever restarts happened, and returns the
+    /// report), until no child is left to run, or until the restart intensity is exceeded.
     ///
     /// # Errors
     ///
@@ -255,11 +256,12 @@ impl<R: Runtime> Supervisor<R> {
             slot.removed = slot.spec.restart == Restart::Temporary;
             return None;
         }
-        // Intensity: restarts within the last `period`, this one included.
+        // Intensity: restarts within the last `period`, this one included. The window is
+        // closed, as OTP's: a restart exactly `period` ago still counts.
         while self
             .restarts
             .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) >= self.period)
+            .is_some_and(|&at| now.saturating_duration_since(at) > self.period)
         {
             self.restarts.pop_front();
         }
@@ -289,7 +291,7 @@ impl<R: Runtime> Supervisor<R> {
             Strategy::OneForAll => (0..self.slots.len()).collect(),
             Strategy::RestForOne => (index..self.slots.len()).collect(),
         };
-        // Siblings taken down with it stop in reverse start order.
+        // Siblings taken down with it stop in reverse of the order added.
         // (A plain loop: an iterator with a closure held across the await would trip rustc's
         // `Send` check on the `run` future.)
         let siblings: Vec<usize> = group
@@ -360,9 +362,9 @@ impl<R: Runtime> Supervisor<R> {
         self.emit(event);
     }
 
-    /// Cancels a running child's token, waits its shutdown timeout, then aborts it. Returns
-    /// how it ended, with [`Ending::Stopped`] or [`Ending::Aborted`]; `None` when it was not
-    /// running.
+    /// Cancels a running child's token, waits its shutdown timeout, then aborts it (a zero
+    /// timeout aborts it first, without waiting). Returns how it ended, with
+    /// [`Ending::Stopped`] or [`Ending::Aborted`]; `None` when it was not running.
     ///
     /// The child stays in its slot until it has ended: if this future is dropped mid-wait
     /// (the supervisor's own `run` dropped or aborted), `Drop` still finds it and aborts it,
@@ -374,17 +376,26 @@ impl<R: Runtime> Supervisor<R> {
         let running = slot.running.as_mut()?;
         let reason = format!("supervisor stopping `{}`", slot.spec.name);
         let timeout = slot.spec.shutdown_timeout;
-        running.stop.cancel(reason);
         let cancelled_at = rt.now();
-        let deadline = instant_after(cancelled_at, timeout);
-        let mut timer = Box::pin(rt.sleep_until(deadline));
-        let in_time = poll_fn(|cx| {
-            if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
-                return Poll::Ready(Some(exit_of(result)));
-            }
-            timer.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
+        let in_time = if timeout.is_zero() {
+            // OTP's `brutal_kill`: aborted before the token is cancelled, so the child gets no
+            // chance to see the stop and end on its own first. (The token is still cancelled,
+            // for whatever the child shared it with.)
+            running.handle.abort();
+            running.stop.cancel(reason);
+            None
+        } else {
+            running.stop.cancel(reason);
+            let deadline = instant_after(cancelled_at, timeout);
+            let mut timer = Box::pin(rt.sleep_until(deadline));
+            poll_fn(|cx| {
+                if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
+                    return Poll::Ready(Some(exit_of(result)));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
         let stopped = if let Some(exit) = in_time {
             let took = rt.now().saturating_duration_since(cancelled_at);
             (exit, Ending::Stopped { took })

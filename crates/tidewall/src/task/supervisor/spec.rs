@@ -97,7 +97,9 @@ impl ChildSpec {
     }
 
     /// How long the child gets to stop once told to before it is aborted
-    /// ([`DEFAULT_SHUTDOWN_TIMEOUT`] by default; zero aborts at once, OTP's `brutal_kill`).
+    /// ([`DEFAULT_SHUTDOWN_TIMEOUT`] by default). Zero aborts it at once, without waiting
+    /// (OTP's `brutal_kill`): it is aborted before its token is cancelled, so it reads
+    /// [`Ending::Aborted`](crate::task::Ending::Aborted) unless it had already ended.
     /// An abort takes effect at the child's next await, and the supervisor waits for it: a
     /// child that never yields holds its supervisor's stop until it returns or yields.
     #[must_use]
