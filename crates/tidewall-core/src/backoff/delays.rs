@@ -221,7 +221,9 @@ fn from_f64(x: f64) -> u64 {
 /// and at least 1).
 #[allow(
     clippy::float_cmp,
-    reason = "an exact round trip is the test of a whole number"
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "an exact round trip is the test of a whole number; `as` truncates and saturates"
 )]
 fn whole_factor(factor: f64) -> Option<u64> {
     // 2^64: the first whole number past u64::MAX, exactly representable.
