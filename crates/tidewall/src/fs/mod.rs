@@ -4,7 +4,10 @@
 //! old contents or the complete new contents, never a truncated or partial file:
 //!
 //! 1. write the new contents to a fresh temporary file in the *same directory* (so the rename
-//!    below stays on one file system), carrying over the old file's permissions;
+//!    below stays on one file system), carrying over the old file's permissions: set when
+//!    the file is created and again after the contents are written, since a write by a
+//!    process without `CAP_FSETID` clears the setuid and setgid bits (which then survive as
+//!    far as the OS lets the writer set them);
 //! 2. `fsync` the temporary file, so its data is durable before it becomes visible;
 //! 3. `rename` it over the target, which is atomic on POSIX file systems;
 //! 4. `fsync` the directory, so the rename itself survives a crash (Unix).
@@ -22,7 +25,8 @@
 //! **Symbolic links**: a `path` that is a link is replaced by a regular file (the link's
 //! target is left as it was), with the permissions of the file the link pointed to. Write to
 //! the target's own path to replace the target. The temporary file's name is the target's
-//! (its first 64 characters) with a unique suffix, so names near the file system's limit fit.
+//! (at most its first 64 bytes, cut at a character boundary) with a unique suffix of at most
+//! 46 bytes, so names near the file system's limit fit.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -60,11 +64,14 @@ pub async fn write_atomic<R: Spawn>(
     let path = path.as_ref().to_path_buf();
     let dir = parent_dir(&path)?;
     let target = path.clone();
-    let (temp, file) = blocking(rt, move || TempFile::create_beside(&target)).await?;
+    let (temp, file, permissions) = blocking(rt, move || TempFile::create_beside(&target)).await?;
     // Closed on the blocking thread too: a close can block (NFS flushes on close).
     blocking(rt, move || {
         let mut file = file;
         file.write_all(&contents)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
         file.sync_all()
     })
     .await?;

@@ -1,9 +1,14 @@
 //! The temporary file that becomes the target, removed unless committed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The most bytes of the target's name that the temporary file's name starts with: the
+/// suffix adds at most 46 bytes, and a name near the file system's limit (255 bytes) must
+/// still fit.
+const NAME_BYTES: usize = 64;
 
 /// Removes the temporary file when dropped, unless [`TempFile::committed`] was called.
 #[derive(Debug)]
@@ -14,18 +19,17 @@ pub(super) struct TempFile {
 
 impl TempFile {
     /// Creates a new, empty temporary file next to `target`, with `target`'s permissions if it
-    /// exists. The name is unique within the process and `create_new` refuses to reuse one.
-    pub(super) fn create_beside(target: &Path) -> io::Result<(Self, File)> {
+    /// exists, which it also returns: they must be set again once the contents are written (a
+    /// write clears the setuid and setgid bits). The name is unique within the process and
+    /// `create_new` refuses to reuse one.
+    pub(super) fn create_beside(target: &Path) -> io::Result<(Self, File, Option<Permissions>)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        // At most 64 characters of the target's name: the suffix adds up to about 45 bytes,
-        // and a name near the file system's limit (255 bytes) must still fit.
-        let name: String = target
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .chars()
-            .take(64)
-            .collect();
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let mut end = name.len().min(NAME_BYTES);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = &name[..end];
         let permissions = std::fs::metadata(target).ok().map(|m| m.permissions());
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -34,10 +38,12 @@ impl TempFile {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
                     let temp = Self { path, armed: true };
-                    if let Some(permissions) = permissions {
-                        file.set_permissions(permissions)?;
+                    // Set before the contents are written too, so that they are never open to
+                    // more users than the old ones were.
+                    if let Some(permissions) = &permissions {
+                        file.set_permissions(permissions.clone())?;
                     }
-                    return Ok((temp, file));
+                    return Ok((temp, file, permissions));
                 }
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(err) => return Err(err),

@@ -66,11 +66,11 @@ type Checked = (Option<Open>, io::Result<Check>);
 /// Follows a file like `tail -F`: yields each complete line appended to it.
 ///
 /// The file is looked at only while the stream is polled. Each check runs on a blocking
-/// task: the first is started when the follower is built; each next one by a poll that
-/// comes `period` or more after the previous one's result was taken (which also debounces
-/// bursts of writes), or at once when that check left bytes unread (more than 1 MiB were
-/// waiting) or let a rotated or truncated file go. Whatever happens to the file while the
-/// stream is not polled is seen by the next check, with these guarantees:
+/// task: the first is started by the first poll; each next one by a poll that comes
+/// `period` or more after the previous one's result was taken (which also debounces bursts
+/// of writes), or at once when that check left bytes unread (more than 1 MiB were waiting)
+/// or let a rotated or truncated file go. Whatever happens to the file while the stream is
+/// not polled is seen by the next check, with these guarantees:
 ///
 /// - **Appends** are read from the file the follower keeps open.
 /// - **Rotation** (the path renamed away, and perhaps a new file created under it): each
@@ -89,16 +89,28 @@ type Checked = (Option<Open>, io::Result<Check>);
 ///   identical lines) is taken as unchanged, and its start as already read.
 /// - **A missing file** is waited for, and read from its start when it appears.
 ///
-/// It starts at the file's current end, or at its start with `from_start` (a file that
-/// does not exist yet is read from its start either way). A partial last line is held until
-/// its newline arrives; a partial last line left in a file that was rotated or truncated is
-/// dropped. A line longer than `max_line` bytes is delivered as an `InvalidData` error and
-/// skipped. An I/O error is delivered as an item, and the follower checks again a period
-/// later. The stream never ends: drop it to stop following.
+/// It starts where the file is when the follower is built: building it opens the file on
+/// the calling thread (a `stat`, an `open` and, from the end, a read of at most 64 bytes),
+/// at its end, or at its start with `from_start`. So lines appended as soon as
+/// [`follow_on`](super::follow_on) returns are delivered, and the guarantees above hold
+/// from then on. A file that does not exist yet, is not a regular file (a FIFO is not
+/// opened there: that could block), or cannot be opened or read then, is read from its
+/// start when a check first opens it. Started at an end inside a line (the file does not
+/// end with a newline), the rest of that line is skipped: the first line delivered is the
+/// first that starts after the follower's start.
+///
+/// A partial last line is held until its newline arrives; a partial last line left in a
+/// file that was rotated or truncated is dropped. A line longer than `max_line` bytes is
+/// delivered as an `InvalidData` error and skipped. An I/O error is delivered as an item,
+/// and the follower checks again a period later. The stream never ends: drop it to stop
+/// following.
 ///
 /// Rotation is recognised by inode: on platforms without one (not Unix) a renamed file is
 /// followed on, and the new file at the path is read only if a check found no file there
 /// in between.
+///
+/// Building it needs no runtime (it spawns nothing): it may be built outside one and
+/// polled inside one.
 ///
 /// **Cancel safety:** dropping it detaches at most one in-flight check, which then ends on
 /// its own.
@@ -128,13 +140,14 @@ pub struct Follow<R: Runtime> {
     rt: R,
     path: PathBuf,
     period: Duration,
-    from_start: bool,
     splitter: Splitter,
     ready: VecDeque<io::Result<Vec<u8>>>,
     state: State<R>,
 }
 
 enum State<R: Runtime> {
+    /// A check is due at the next poll.
+    Due(Option<Open>),
     Waiting(Option<Open>, Pin<Box<R::Sleep>>),
     Checking(R::JoinHandle<Checked>),
     /// Between states (never observed outside `poll_next`).
@@ -172,28 +185,28 @@ impl<R: Runtime> Follow<R> {
                 allowed: "at most 1 GiB (stream::MAX_BUFFER)",
             });
         }
-        let mut follow = Self {
+        let open = open_first(path, from_start);
+        let mut splitter = Splitter::new(max_line);
+        // The line the start is in began before it: not one of the lines appended since.
+        splitter.skipping = open
+            .as_ref()
+            .is_some_and(|open| open.tail.last().is_some_and(|&byte| byte != b'\n'));
+        Ok(Self {
             rt,
             path: path.to_owned(),
             period,
-            from_start,
-            splitter: Splitter::new(max_line),
+            splitter,
             ready: VecDeque::new(),
-            state: State::Moving,
-        };
-        follow.check_now(None);
-        Ok(follow)
+            state: State::Due(open),
+        })
     }
 
     fn check_now(&mut self, open: Option<Open>) {
-        let (path, from_start) = (self.path.clone(), self.from_start);
+        let path = self.path.clone();
         self.state = State::Checking(
             self.rt
-                .spawn_blocking(move || check(&path, open, from_start, &mut || {})),
+                .spawn_blocking(move || check(&path, open, &mut || {})),
         );
-        // Only the very first look at an existing file starts at its end: a file that appears
-        // (or replaces the followed one) later is new, and read from its start.
-        self.from_start = true;
     }
 
     fn wait(&mut self, open: Option<Open>) {
@@ -205,7 +218,8 @@ impl<R: Runtime> Follow<R> {
 struct Splitter {
     max_line: usize,
     partial: Vec<u8>,
-    /// Inside a line that was already reported as too long: drop up to its newline.
+    /// Inside a line that was already reported as too long, or that began before the
+    /// follower's start: drop up to its newline.
     skipping: bool,
 }
 
@@ -263,9 +277,9 @@ fn too_long(max: usize) -> io::Error {
 
 /// One check of the file, on a blocking thread. `step` runs before each file-system call
 /// (a no-op outside tests, where it changes the files between any two calls).
-fn check(path: &Path, open: Option<Open>, from_start: bool, step: &mut impl FnMut()) -> Checked {
+fn check(path: &Path, open: Option<Open>, step: &mut impl FnMut()) -> Checked {
     let Some(open) = open else {
-        return open_path(path, from_start, step);
+        return open_path(path, step);
     };
     // The path is looked at *before* the open file's length is taken (in `read_new`): a
     // rename seen here happened before that, so every byte written to the old file before
@@ -291,9 +305,35 @@ fn check(path: &Path, open: Option<Open>, from_start: bool, step: &mut impl FnMu
     }
 }
 
-/// Opens the file at `path`: at its end for the very first look unless `from_start`, else
-/// at its start.
-fn open_path(path: &Path, from_start: bool, step: &mut impl FnMut()) -> Checked {
+/// The file at `path` as the follower is built, opened at its end unless `from_start`; `None`
+/// when there is none, it is not a regular file, or it cannot be opened or read now.
+fn open_first(path: &Path, from_start: bool) -> Option<Open> {
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let mut open = Open {
+        file,
+        id: file_id(&meta),
+        offset: 0,
+        tail: Vec::new(),
+    };
+    if !from_start {
+        // Start at the end, knowing the bytes just before it (to notice a rewrite).
+        let start = meta.len().saturating_sub(TAIL as u64);
+        let mut tail = vec![0; usize::try_from(meta.len() - start).unwrap_or(TAIL)];
+        let n = read_at(&mut open.file, start, &mut tail).ok()?;
+        tail.truncate(n);
+        open.offset = start + n as u64;
+        open.tail = tail;
+    }
+    Some(open)
+}
+
+/// Opens the file at `path` from its start: one that was not open since the follower was
+/// built is new (it appeared, or replaced the followed one).
+fn open_path(path: &Path, step: &mut impl FnMut()) -> Checked {
     step();
     let file = match File::open(path) {
         Ok(file) => file,
@@ -305,26 +345,12 @@ fn open_path(path: &Path, from_start: bool, step: &mut impl FnMut()) -> Checked 
         Ok(meta) => meta,
         Err(e) => return (None, Err(e)),
     };
-    let mut open = Open {
+    let open = Open {
         file,
         id: file_id(&meta),
         offset: 0,
         tail: Vec::new(),
     };
-    if !from_start {
-        // Start at the end, knowing the bytes just before it (to notice a rewrite).
-        let start = meta.len().saturating_sub(TAIL as u64);
-        let mut tail = vec![0; usize::try_from(meta.len() - start).unwrap_or(TAIL)];
-        step();
-        match read_at(&mut open.file, start, &mut tail) {
-            Ok(n) => {
-                tail.truncate(n);
-                open.offset = start + n as u64;
-                open.tail = tail;
-            }
-            Err(e) => return (Some(open), Err(e)),
-        }
-    }
     // A newly opened file is a new start: drop any partial line of the old.
     read_new(open, true, step)
 }
@@ -419,6 +445,10 @@ impl<R: Runtime> Stream for Follow<R> {
                 return Poll::Ready(Some(line));
             }
             match &mut this.state {
+                State::Due(open) => {
+                    let open = open.take();
+                    this.check_now(open);
+                }
                 State::Waiting(_, sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     let State::Waiting(open, _) = std::mem::replace(&mut this.state, State::Moving)

@@ -39,7 +39,6 @@ impl Script<'_> {
 struct Follower {
     path: PathBuf,
     open: Option<super::Open>,
-    from_start: bool,
     splitter: Splitter,
     lines: VecDeque<io::Result<Vec<u8>>>,
 }
@@ -49,7 +48,6 @@ impl Follower {
         Self {
             path: path.to_owned(),
             open: None,
-            from_start: true,
             splitter: Splitter::new(1024),
             lines: VecDeque::new(),
         }
@@ -58,10 +56,9 @@ impl Follower {
     /// One poll after the period: checks until nothing more is waiting.
     fn poll(&mut self, script: &mut Script<'_>) {
         loop {
-            let (open, checked) = check(&self.path, self.open.take(), self.from_start, &mut || {
+            let (open, checked) = check(&self.path, self.open.take(), &mut || {
                 script.step();
             });
-            self.from_start = true;
             self.open = open;
             let check = checked.expect("no i/o error in these scripts");
             if check.restarted {

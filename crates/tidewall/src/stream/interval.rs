@@ -12,15 +12,19 @@ use crate::ConfigError;
 use crate::rt::{Clock, instant_after};
 use crate::time::positive_duration;
 
-/// What an [`Interval`] does when the consumer (or the executor) was late by one or more
-/// periods.
+/// What an [`Interval`] does with a late tick: one the consumer asked for after its time,
+/// or whose wake-up came late (a stalled executor). `Burst` and `Skip` keep the schedule
+/// until the lateness reaches one period (a tick is missed); `Delay` also acts on less.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MissedTicks {
     /// Deliver every missed tick at once, then continue on the original schedule
     /// (`start + k × period`): the count of ticks is exact, the spacing is not.
     Burst,
-    /// Deliver one tick now and restart the schedule from it: spacing is at least `period`,
-    /// the count drifts.
+    /// Deliver one tick now and restart the schedule from it (the next tick is one period
+    /// after this delivery): the count drifts. Any lateness of the consumer restarts it
+    /// (tokio's `MissedTickBehavior::Delay` does so past 5 ms); a wake-up the consumer was
+    /// already waiting for, made late by less than a period (timer resolution, a busy
+    /// executor), does not, so a consumer that is never late keeps the schedule.
     Delay,
     /// Deliver one tick now (the earliest missed point) and drop the other missed ones; the
     /// next tick is the first point of the original schedule after the late one was
@@ -34,10 +38,12 @@ pin_project! {
     /// [`interval_on`](super::interval_on).
     ///
     /// The first tick is one period after the interval was created (by
-    /// [`interval_on`](super::interval_on)), then one per period on that schedule; a consumer
-    /// late by one or more periods gets what its [`MissedTicks`] says, for a stall of any
-    /// length. Jitter, if set, delays each wake-up by a random amount up to the jitter
-    /// (seeded, reproducible), without moving the schedule.
+    /// [`interval_on`](super::interval_on)), then one per period on that schedule; a late
+    /// tick is handled as its [`MissedTicks`] says, for a stall of any length. Jitter, if
+    /// set, delays each wake-up by a random amount up to the jitter (seeded, reproducible),
+    /// without moving the schedule; a consumer that asked for a tick in time gets it at its
+    /// jittered wake-up, however often its task is polled before then (by other streams
+    /// merged or selected with this one).
     /// Never ends; stop it by dropping it (or with `take_until` on a cancellation).
     ///
     /// **Cancel safety:** dropping a `next()` future loses no tick: the tick it waited for is
@@ -109,7 +115,8 @@ impl<R: Clock> Interval<R> {
     /// Delays each wake-up by up to `jitter` (seeded by `seed`), so many intervals started
     /// together do not fire together. The delay is never taken for lateness: a consumer on
     /// time gets every tick on the schedule, in every [`MissedTicks`] mode, whatever the
-    /// jitter.
+    /// jitter. Polls before the jittered wake-up (another stream woke the task) do not cut it
+    /// short.
     ///
     /// # Errors
     ///
@@ -127,18 +134,17 @@ impl<R: Clock> Stream for Interval<R> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
         let mut this = self.project();
-        let now = this.rt.now();
-        if now < *this.next {
-            if this.sleep.is_none() {
-                *this.jittered = Duration::from_nanos(this.rng.below_or_equal(*this.jitter_nanos));
-                this.sleep.set(Some(
-                    this.rt
-                        .sleep_until(instant_after(*this.next, *this.jittered)),
-                ));
-            }
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                ready!(sleep.poll(cx));
-            }
+        if this.sleep.is_none() && this.rt.now() < *this.next {
+            *this.jittered = Duration::from_nanos(this.rng.below_or_equal(*this.jitter_nanos));
+            this.sleep.set(Some(
+                this.rt
+                    .sleep_until(instant_after(*this.next, *this.jittered)),
+            ));
+        }
+        // Asked for in time: the tick is due at its jittered wake-up, even when a poll comes
+        // between the tick and it (another stream woke the task).
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            ready!(sleep.poll(cx));
         }
         let slept = this.sleep.is_some();
         this.sleep.set(None);
@@ -158,6 +164,11 @@ impl<R: Clock> Stream for Interval<R> {
         *this.delivered = now;
         *this.next = match this.missed {
             MissedTicks::Burst => instant_after(tick, *this.period),
+            // The consumer asked in time: a wake-up less than a period late is the timer's or
+            // the executor's, and moving the schedule for it would drift on every tick.
+            MissedTicks::Delay if slept && lateness < *this.period => {
+                instant_after(tick, *this.period)
+            }
             MissedTicks::Delay => instant_after(taken, *this.period),
             MissedTicks::Skip => first_point_after(tick, taken, *this.period),
         };

@@ -114,8 +114,9 @@ pub fn interval_on<R: Clock>(
 /// Follows the file at `path` (`tail -F`): the lines appended since the last look, looking
 /// every `period` while the stream is polled (it looks at the file only then: rotation and
 /// truncation between polls are noticed at the next look, within the limits [`Follow`]
-/// states); starting at its current end, or at its start with `from_start`. Lines longer
-/// than `max_line` arrive as errors.
+/// states); starting at its end as this returns (it opens the file, on the calling thread),
+/// or at its start with `from_start`. Lines longer than `max_line` arrive as errors. Needs
+/// no runtime until polled.
 ///
 /// # Errors
 ///

@@ -83,7 +83,7 @@ impl<R: Runtime> std::fmt::Debug for DirWatch<R> {
 impl<R: Runtime> DirWatch<R> {
     pub(super) fn new(rt: R, dir: &Path, debounce: Duration) -> Result<Self, WatchError> {
         positive_duration("debounce", debounce).map_err(WatchError::Config)?;
-        let (mut tx, events) = mpsc::channel(BUFFER);
+        let (mut tx, events) = queue();
         let overflowed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&overflowed);
         let mut watcher =
@@ -123,6 +123,12 @@ impl<R: Runtime> DirWatch<R> {
             overflowed: self.overflowed.swap(false, Ordering::Relaxed),
         }
     }
+}
+
+/// The raw events' queue: exactly `BUFFER` of them fit (mpsc's buffer is its bound plus one
+/// slot per sender, and there is one sender).
+fn queue<T>() -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
+    mpsc::channel(BUFFER - 1)
 }
 
 /// Whether an event only says a file was opened, read or closed unwritten.
@@ -168,3 +174,16 @@ impl<R: Runtime> Stream for DirWatch<R> {
 }
 
 use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    /// "At most 1024 raw events wait": the 1025th is refused (and so counted as a drop).
+    #[test]
+    fn exactly_buffer_raw_events_wait() {
+        let (mut tx, _rx) = super::queue();
+        for n in 0..super::BUFFER {
+            assert!(tx.try_send(n).is_ok(), "event {n} refused");
+        }
+        assert!(tx.try_send(super::BUFFER).unwrap_err().is_full());
+    }
+}
