@@ -121,6 +121,7 @@ impl<R: Runtime> WorkerPoolBuilder<R> {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            aborted: AtomicU64::new(0),
         });
         let handler = Arc::new(handler);
         let workers = (0..workers)

@@ -166,7 +166,6 @@ where
             }
         });
         let drained = all_finished.timeout_on(&rt, drain).await;
-        let mut aborted = 0;
         if drained.is_err() {
             for worker in workers.iter().flatten() {
                 worker.abort();
@@ -185,18 +184,16 @@ where
             })
             .collect();
         if drained.is_err() {
+            // Each aborted worker's job counts itself as aborted when its future is dropped.
             for worker in workers.into_iter().flatten() {
                 let _ = worker.await;
             }
-            // Every worker has stopped: what is still counted as running was aborted.
-            aborted = shared.running.swap(0, Relaxed) as u64;
-            shared.failed.fetch_add(aborted, Relaxed);
         }
         PoolReport {
             submitted: shared.submitted.load(Relaxed),
             completed: shared.completed.load(Relaxed),
             failed: shared.failed.load(Relaxed),
-            aborted,
+            aborted: shared.aborted.load(Relaxed),
             handed_back,
         }
     }

@@ -28,6 +28,9 @@ pub(super) struct Shared<J, T> {
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) running: AtomicUsize,
+    /// Of `failed`, the jobs that never ended: aborted at the drain deadline, or lost with
+    /// their worker's task (its runtime shut down).
+    pub(super) aborted: AtomicU64,
 }
 
 impl<J, T> Shared<J, T> {

@@ -51,11 +51,11 @@ impl<J: std::fmt::Debug> std::error::Error for SubmitError<J> {}
 ///   ([`WorkerPoolBuilder::job_timeout`](super::WorkerPoolBuilder::job_timeout)) and was
 ///   dropped; the [`Elapsed`].
 /// * [`Exit::Panicked`]: it panicked; the payload (the worker goes on with the next job).
-/// * [`Exit::Aborted`]: the pool was shut down and this job did not run to its end: either
-///   it was still running at the drain deadline and was aborted (counted in
-///   [`PoolReport::aborted`]), or it had not started and was handed back (the job itself is
-///   in [`PoolReport::handed_back`]). The handle does not say which of the two; the report
-///   counts them apart.
+/// * [`Exit::Aborted`]: this job did not run to its end: it was still running at the drain
+///   deadline and was aborted, or its worker's task was lost by its runtime (both counted in
+///   [`PoolReport::aborted`]), or it had not started and was handed back at shutdown (the
+///   job itself is in [`PoolReport::handed_back`]). The handle does not say which; the
+///   report counts them apart.
 ///
 /// Dropping it does not cancel the job (the pool still runs it).
 ///
@@ -106,9 +106,11 @@ pub struct PoolReport<J> {
     pub submitted: u64,
     /// Jobs that ran to completion.
     pub completed: u64,
-    /// Jobs that panicked, timed out, or were aborted at the deadline.
+    /// Jobs that panicked, timed out, or were aborted (at the deadline, or lost with their
+    /// worker).
     pub failed: u64,
-    /// Of `failed`, those aborted at the drain deadline (their handles read
+    /// Of `failed`, those that never ended: aborted at the drain deadline, or lost with the
+    /// worker running them (its task dropped by its runtime) (their handles read
     /// [`Exit::Aborted`]).
     pub aborted: u64,
     /// Jobs never started, handed back (dead letters) in submission order (their handles

@@ -55,6 +55,10 @@ pub(super) async fn work<J, T, F, Fut, R>(
         let Some((job, report)) = next else {
             return;
         };
+        let mut taken = Taken {
+            shared: &shared,
+            ended: false,
+        };
         // The handler is called inside the caught future: a panic before its first await is
         // caught like any other.
         let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
@@ -66,12 +70,38 @@ pub(super) async fn work<J, T, F, Fut, R>(
             },
             None => caught(run.await.map(Ok)),
         };
-        shared.running.fetch_sub(1, Relaxed);
-        if matches!(exit, Exit::Ok(_)) {
-            shared.completed.fetch_add(1, Relaxed);
-        } else {
-            shared.failed.fetch_add(1, Relaxed);
-        }
+        taken.end(matches!(exit, Exit::Ok(_)));
         let _ = report.send(exit);
+    }
+}
+
+/// A taken job's place in the counts (it is counted running when taken). Ended, it counts as
+/// completed or failed; dropped unended (its worker aborted at the drain deadline, or its
+/// task lost by its runtime), as failed and aborted: every job is counted once, whatever
+/// happens to the worker running it.
+struct Taken<'a, J, T> {
+    shared: &'a Shared<J, T>,
+    ended: bool,
+}
+
+impl<J, T> Taken<'_, J, T> {
+    fn end(&mut self, completed: bool) {
+        self.ended = true;
+        self.shared.running.fetch_sub(1, Relaxed);
+        let count = if completed {
+            &self.shared.completed
+        } else {
+            &self.shared.failed
+        };
+        count.fetch_add(1, Relaxed);
+    }
+}
+
+impl<J, T> Drop for Taken<'_, J, T> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(false);
+            self.shared.aborted.fetch_add(1, Relaxed);
+        }
     }
 }

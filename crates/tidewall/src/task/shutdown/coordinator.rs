@@ -154,7 +154,9 @@ impl<R: Runtime> ShutdownBuilder<R> {
 /// polled at the time, and its token is never cancelled. Every other one is stopped at its
 /// turn and reported with [`Ending::Stopped`] or [`Ending::Aborted`]: one that ended on its
 /// own after the shutdown began, before its turn came, reads `Ending::Stopped` with a `took`
-/// of about zero.
+/// of about zero. A component whose task was lost by its runtime before its turn (it reads
+/// [`Exit::Aborted`](crate::task::Exit::Aborted)) reads `Ending::Aborted` with a `took` of
+/// zero, before or after the shutdown began, as a lost child of a scope does.
 ///
 /// ```
 /// use std::time::Duration;
@@ -423,6 +425,7 @@ impl<R: Runtime> Shutdown<R> {
         };
         let mut forced = false;
         let mut deadline_exceeded = false;
+        let mut aborted = 0;
         let mut reports = Vec::with_capacity(self.components.len());
         // Each component stays in `self.components` until it has ended: if this future is
         // dropped mid-wait, `Drop` still finds the one being stopped and aborts it.
@@ -439,16 +442,18 @@ impl<R: Runtime> Shutdown<R> {
                     // Its task is done (it recorded its end last): the handle is ready.
                     None => exit_of((&mut component.handle).await),
                 };
-                (exit, Ending::Finished)
+                let ending = lost_or(&exit, Ending::Finished);
+                (exit, ending)
             } else if let Some(exit) = component.exited.take() {
                 // `run` saw it end, just after the shutdown began.
                 component.stop.cancel("shutting down");
-                (
-                    exit,
+                let ending = lost_or(
+                    &exit,
                     Ending::Stopped {
                         took: Duration::ZERO,
                     },
-                )
+                );
+                (exit, ending)
             } else {
                 let told = self.rt.now();
                 let own = component.timeout.map(|t| instant_after(told, t));
@@ -483,7 +488,9 @@ impl<R: Runtime> Shutdown<R> {
                         component.handle.abort();
                         let result = (&mut component.handle).await;
                         let took = self.rt.now().saturating_duration_since(told);
-                        after_abort(result, took)
+                        let (exit, ending) = after_abort(result, took);
+                        aborted += usize::from(matches!(ending, Ending::Aborted { .. }));
+                        (exit, ending)
                     }
                 };
                 match ending {
@@ -507,6 +514,7 @@ impl<R: Runtime> Shutdown<R> {
             took: self.rt.now().saturating_duration_since(started),
             deadline_exceeded,
             forced,
+            aborted,
         }
     }
 }
@@ -576,4 +584,17 @@ enum Waited {
     Exited(Exit),
     TimedOut,
     Forced,
+}
+
+/// How a component that ended before its turn reads: `ending`, unless its task was lost by
+/// its runtime (an `Aborted` exit no stop caused), which reads `Aborted` with `took` zero, as
+/// a lost child of a scope does.
+fn lost_or(exit: &Exit, ending: Ending) -> Ending {
+    if matches!(exit, Exit::Aborted) {
+        Ending::Aborted {
+            took: Duration::ZERO,
+        }
+    } else {
+        ending
+    }
 }
