@@ -134,6 +134,28 @@ impl RetryRules {
         self.after_retryable(attempts, hint, deadline, now)
     }
 
+    /// What [`after`](Self::after) answers for an attempt that no retry can follow, because
+    /// the front sent its only copy of the request (`retry_possible` said no retry could
+    /// come): the same stop `after` would give, the deadline's included, in place of a retry
+    /// (a spent budget), and nothing withdrawn.
+    #[cfg(feature = "tower")]
+    pub(crate) fn after_last(
+        &self,
+        attempts: &mut Attempts,
+        verdict: Verdict,
+        hint: Option<Duration>,
+        deadline: Deadline,
+        now: impl FnOnce() -> Instant,
+    ) -> Stop {
+        if !verdict.is_retryable() {
+            return Stop::Final;
+        }
+        match self.retry_delay(attempts, hint, deadline, now) {
+            Err(stop) => stop,
+            Ok(_) => Stop::BudgetSpent,
+        }
+    }
+
     /// [`after`](Self::after) for a retryable failure.
     fn after_retryable(
         &self,
@@ -142,15 +164,33 @@ impl RetryRules {
         deadline: Deadline,
         now: impl FnOnce() -> Instant,
     ) -> Step {
+        match self.retry_delay(attempts, hint, deadline, now) {
+            Err(stop) => Step::Stop(stop),
+            Ok((delay, None)) => Step::Retry(delay),
+            Ok((delay, Some(now))) if self.withdraw(now) => Step::Retry(delay),
+            Ok(_) => Step::Stop(Stop::BudgetSpent),
+        }
+    }
+
+    /// The next retry's delay, or why the schedule or the deadline takes none, before the
+    /// budget is asked; with the time read for the deadline or the budget, when either
+    /// needs it.
+    fn retry_delay(
+        &self,
+        attempts: &mut Attempts,
+        hint: Option<Duration>,
+        deadline: Deadline,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<(Duration, Option<Instant>), Stop> {
         let delays = attempts.delays.get_or_insert_with(|| self.start_delays());
         let Some(scheduled) = self.backoff.next_delay(delays) else {
-            return Step::Stop(Stop::Exhausted);
+            return Err(Stop::Exhausted);
         };
         let delay = hint.map_or(scheduled, |hint| {
             scheduled.max(hint.min(self.max_retry_after))
         });
         if deadline.instant().is_none() && self.budget.is_none() {
-            return Step::Retry(delay);
+            return Ok((delay, None));
         }
         // The deadline is held against the whole hint, not the capped sleep: a retry made
         // before the hint ends would be refused again (an open breaker) or go against the
@@ -158,13 +198,9 @@ impl RetryRules {
         let earliest = hint.map_or(delay, |hint| delay.max(hint));
         let now = now();
         if !deadline.allows(now, earliest.saturating_add(self.min_attempt_time)) {
-            return Step::Stop(Stop::Deadline);
+            return Err(Stop::Deadline);
         }
-        if self.withdraw(now) {
-            Step::Retry(delay)
-        } else {
-            Step::Stop(Stop::BudgetSpent)
-        }
+        Ok((delay, Some(now)))
     }
 
     /// Whether the schedule allows an attempt beyond those started. (A schedule with a cap on

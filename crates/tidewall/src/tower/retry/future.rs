@@ -186,7 +186,8 @@ where
 }
 
 /// After an attempt, the engine's step: the result that ends the call, or the delay before
-/// the next attempt. `last`: the original request went out, so nothing is left to retry with.
+/// the next attempt. `last`: the original request went out, so nothing is left to retry with
+/// (the engine still says why the call ends: the deadline's end keeps a retried response).
 #[inline(always)]
 fn judge<R: Clock, C, T, E>(
     layer: &RetryLayer<R, C>,
@@ -199,14 +200,18 @@ fn judge<R: Clock, C, T, E>(
 where
     C: Classify<T, E>,
 {
-    if last {
-        return ControlFlow::Break(result);
-    }
     let (verdict, hint) = crate::classify::judge(&layer.classify, result.as_ref());
-    match layer
-        .rules
-        .after(attempts, verdict, hint, deadline, || layer.rt.now())
-    {
+    let now = || layer.rt.now();
+    let step = if last {
+        Step::Stop(
+            layer
+                .rules
+                .after_last(attempts, verdict, hint, deadline, now),
+        )
+    } else {
+        layer.rules.after(attempts, verdict, hint, deadline, now)
+    };
+    match step {
         Step::Retry(delay) => {
             if let Ok(response) = result {
                 keep_value(kept, response);
