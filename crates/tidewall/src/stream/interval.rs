@@ -24,7 +24,10 @@ pub enum MissedTicks {
     /// after this delivery): the count drifts. Any lateness of the consumer restarts it
     /// (tokio's `MissedTickBehavior::Delay` does so past 5 ms); a wake-up the consumer was
     /// already waiting for, made late by less than a period (timer resolution, a busy
-    /// executor), does not, so a consumer that is never late keeps the schedule.
+    /// executor), does not, so a consumer that is never late keeps the schedule. A consumer
+    /// counts as waiting from a poll that found the tick not yet due: one that dropped that
+    /// `next()` (a `select!` whose other branch won) and asks again less than a period after
+    /// the tick keeps the schedule too, as the interval cannot tell it from a late wake-up.
     Delay,
     /// Deliver one tick now (the earliest missed point) and drop the other missed ones; the
     /// next tick is the first point of the original schedule after the late one was

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rt::Signal;
-use crate::task::{Ending, Exit, Reason, TaskReport};
+#[cfg(doc)]
+use crate::task::Ending;
+use crate::task::{Exit, Reason, TaskReport};
 
 /// What started the shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
