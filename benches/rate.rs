@@ -19,6 +19,11 @@
 //!   Every limiter starts from the same state: each first sees the same 2 × `MAX_KEYS` new
 //!   keys through the code the timed loop runs, so no table is timed while it first grows.
 //!
+//! The keyed groups time governor twice: `governor` as it comes (its `keyed` constructor
+//! hashes keys with std's SipHash), and `governor_foldhash` on the hasher Tidewall's tables
+//! use (hashbrown's default, foldhash), through governor's own `dashmap_with_hasher`: the
+//! same work, hashing included.
+//!
 //! Run: `cargo bench -p tidewall-benches --bench rate`.
 
 use std::hint::black_box;
@@ -114,7 +119,26 @@ fn rate_keyed_hot(c: &mut criterion::Criterion) {
     group.bench_function("governor", |b| {
         b.iter(|| governor.check_key(black_box(&hot)).is_ok())
     });
+    let governor = governor_foldhash();
+    assert!((0..10_000).all(|_| governor.check_key(&hot).is_ok()));
+    group.bench_function("governor_foldhash", |b| {
+        b.iter(|| governor.check_key(black_box(&hot)).is_ok())
+    });
     group.finish();
+}
+
+/// governor's keyed limiter on the hasher Tidewall's tables use.
+type GovernorFoldhash = governor::RateLimiter<
+    u64,
+    governor::state::keyed::DashMapStateStore<u64, hashbrown::DefaultHashBuilder>,
+    governor::clock::DefaultClock,
+>;
+
+fn governor_foldhash() -> GovernorFoldhash {
+    governor::RateLimiter::dashmap_with_hasher(
+        governor_quota(),
+        hashbrown::DefaultHashBuilder::default(),
+    )
 }
 
 /// `check_key` on a never-seen key, for a limiter that bounds its keys by itself (Tidewall
@@ -133,7 +157,14 @@ impl<C: Clock> NewKeys for KeyedRateLimiter<u64, C> {
     }
 }
 
-impl NewKeys for governor::DefaultKeyedRateLimiter<u64> {
+/// governor's keyed limiter on any hasher (its default, SipHash, or foldhash).
+impl<S: std::hash::BuildHasher + Clone> NewKeys
+    for governor::RateLimiter<
+        u64,
+        governor::state::keyed::DashMapStateStore<u64, S>,
+        governor::clock::DefaultClock,
+    >
+{
     fn admit_new(&self, key: u64) -> bool {
         if key & SWEEP_MASK == 0 {
             self.retain_recent();
@@ -180,6 +211,7 @@ fn rate_keyed_new(c: &mut criterion::Criterion) {
     let governor: governor::DefaultKeyedRateLimiter<u64> =
         governor::RateLimiter::keyed(governor_quota());
     bench_new_keys(&mut group, "governor", &governor);
+    bench_new_keys(&mut group, "governor_foldhash", &governor_foldhash());
     group.finish();
 }
 
