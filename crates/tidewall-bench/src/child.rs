@@ -28,8 +28,10 @@ pub(crate) struct ChildResult {
     pub(crate) workload: Workload,
     pub(crate) threads: usize,
     pub(crate) n: u64,
-    /// OS threads in the child process once the runtime had run a task (the main thread and
-    /// any reactor or timer threads included).
+    /// OS threads in the child process once the runtime had started and run a task, before
+    /// the workload: the main thread and the reactor or timer threads started by then. Threads
+    /// a workload starts are not counted: monoio's runtime thread (each TCP workload starts
+    /// it), embassy-time's driver (started by the first timer), the TCP load generator's.
     pub(crate) os_threads: usize,
     pub(crate) result: Result<Measurement, String>,
 }

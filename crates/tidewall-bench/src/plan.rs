@@ -28,7 +28,8 @@ pub(crate) struct RunArgs {
     /// order; a row's samples come from every round (default: 1 quick, 2 full).
     #[arg(long)]
     pub(crate) rounds: Option<usize>,
-    /// Worker threads for every multi-threaded runtime (equal for all; tokio-ct uses one).
+    /// Worker threads for every multi-threaded runtime (equal for all; tokio-ct, monoio and
+    /// embassy always run on one).
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
     /// Also write the raw data (every sample) as JSON here.
@@ -66,7 +67,8 @@ pub(crate) struct Row {
     pub(crate) n: u64,
     pub(crate) runtime: RuntimeKind,
     pub(crate) threads: usize,
-    /// Measured in the child: its OS threads once the runtime had run a task.
+    /// Measured in the child: its OS threads once the runtime had started (and run a task),
+    /// before the workload; threads a workload starts itself are not counted.
     #[serde(default)]
     pub(crate) os_threads: usize,
     pub(crate) result: Result<Measurement, String>,
@@ -120,8 +122,9 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 }).max(1);
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..rounds {
-        // Each round starts with a different runtime, so none always runs first (or last)
-        // after a given neighbour.
+        // Each round starts with a different runtime, so none always runs first. A rotation
+        // keeps the cyclic order: each runtime follows the same neighbour in every round
+        // (bar the wrap), so this varies position, not neighbours.
         let mut order = runtimes.clone();
         order.rotate_left(round % runtimes.len().max(1));
         for &workload in &workloads {

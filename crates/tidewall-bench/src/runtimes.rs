@@ -23,7 +23,8 @@ pub(crate) enum RuntimeKind {
     Smol,
     /// async-std's global executor, N threads (`ASYNC_STD_THREAD_COUNT`). Discontinued upstream.
     AsyncStd,
-    /// monoio: a thread-per-core runtime on io_uring (one thread), for the TCP workloads only.
+    /// monoio: a thread-per-core runtime on io_uring (one thread), for the TCP workloads and
+    /// its binary size only.
     Monoio,
     /// embassy's executor on the host (platform-std, one thread), for the CPU workloads it can
     /// run: its tasks live in static pools, so nothing is spawned and joined by the thousand.
@@ -71,18 +72,28 @@ impl RuntimeKind {
 
     /// Whether the suite runs `workload` at size `n` on this runtime (and if not, why not).
     pub(crate) fn runs(self, workload: Workload, n: u64) -> Result<(), &'static str> {
+        // Probed only for monoio: it builds an io_uring instance.
+        let io_uring = self == Self::Monoio && io_uring_available();
+        self.runs_given(workload, n, io_uring)
+    }
+
+    /// [`runs`](Self::runs), given whether io_uring is available here.
+    fn runs_given(self, workload: Workload, n: u64, io_uring: bool) -> Result<(), &'static str> {
         use Workload as W;
         match self {
             // One tokio binary serves both of its schedulers.
             Self::TokioCt if workload == W::BinarySize => Err("tokio-mt's binary is the same"),
             Self::TokioMt | Self::TokioCt | Self::Smol | Self::AsyncStd => Ok(()),
             Self::Monoio => match workload {
-                W::BinarySize => Ok(()),
-                W::TcpEchoThroughput | W::TcpEchoLatency if !io_uring_available() => Err(
-                    "monoio needs io_uring, which this kernel or its sandbox refuses (kernel.io_uring_disabled, seccomp)",
+                // The size row runs the minimal program too, and monoio's builds its io_uring
+                // driver: without io_uring it would fail, not measure.
+                W::BinarySize | W::TcpEchoThroughput | W::TcpEchoLatency if !io_uring => Err(
+                    "monoio needs io_uring, which this kernel or its sandbox refuses (kernel.io_uring_disabled, seccomp): its TCP and binary-size rows are skipped",
                 ),
-                W::TcpEchoThroughput | W::TcpEchoLatency => Ok(()),
-                _ => Err("monoio runs the TCP workloads only (thread-per-core, !Send tasks)"),
+                W::BinarySize | W::TcpEchoThroughput | W::TcpEchoLatency => Ok(()),
+                _ => Err(
+                    "monoio runs the TCP workloads and its binary size only (thread-per-core, !Send tasks)",
+                ),
             },
             Self::Embassy => match workload {
                 W::Yield
@@ -349,5 +360,39 @@ impl Spawner {
             }
             Self::AsyncStd => async_std::task::sleep(duration).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeKind;
+    use crate::workloads::Workload;
+
+    /// Without io_uring, monoio's binary-size row is skipped like its TCP rows: its minimal
+    /// program builds the io_uring driver, so running it would fail the whole suite.
+    #[test]
+    fn without_io_uring_every_monoio_row_is_skipped() {
+        for workload in [
+            Workload::BinarySize,
+            Workload::TcpEchoThroughput,
+            Workload::TcpEchoLatency,
+        ] {
+            let skipped = RuntimeKind::Monoio.runs_given(workload, 1, false);
+            assert!(
+                skipped.is_err_and(|why| why.contains("io_uring")),
+                "{workload:?}: {skipped:?}"
+            );
+            assert_eq!(RuntimeKind::Monoio.runs_given(workload, 1, true), Ok(()));
+        }
+        assert!(
+            RuntimeKind::Monoio
+                .runs_given(Workload::Yield, 1, true)
+                .is_err()
+        );
+        // The other runtimes do not depend on it.
+        assert_eq!(
+            RuntimeKind::Smol.runs_given(Workload::BinarySize, 1, false),
+            Ok(())
+        );
     }
 }

@@ -53,7 +53,7 @@ pub(crate) fn render(results: &Results) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "OS threads measured in each child (main thread and reactor/timer threads included): {}\n",
+        "OS threads measured in each child before its workload (main thread and the runtime's reactor/timer threads started by then; not those a workload starts: monoio's io_uring thread, embassy-time's timer thread, the TCP load generator's): {}\n",
         measured.join(", ")
     );
     let _ = write!(out, "{:<24} {:<16}", "workload (n)", "unit");
@@ -205,7 +205,7 @@ mod tests {
         );
         // Samples at 0.9x, 1x and 1.1x the median: a spread of 20 %, shown as ±10 %.
         assert!(text.contains("600 (±10%)"), "{text}");
-        assert!(text.contains("OS threads measured in each child (main thread and reactor/timer threads included): tokio-mt 3, smol 3"), "{text}");
+        assert!(text.contains("OS threads measured in each child before its workload (main thread and the runtime's reactor/timer threads started by then; not those a workload starts: monoio's io_uring thread, embassy-time's timer thread, the TCP load generator's): tokio-mt 3, smol 3"), "{text}");
         assert!(text.contains("note: a VM"));
         assert!(text.contains("runtimes built with: tokio 1.0, smol 2.0"));
         // 600 ns against a 155 ns futex wake.

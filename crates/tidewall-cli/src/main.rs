@@ -23,7 +23,8 @@ enum Command {
     Tour(tour::TourArgs),
     /// The adaptive-limit overload scenario over real HTTP on loopback: Poisson arrivals
     /// stepping 0.5x → 3x → 0.5x of a dependency's capacity, without a limit, with a fixed
-    /// one and with the adaptive limiter; prints a table per phase (docs/ADAPTIVE.md).
+    /// one and with two adaptive limiters (WindowedGradient, Gradient2); prints one table,
+    /// a row per strategy and phase (docs/ADAPTIVE.md).
     Overload(overload::OverloadArgs),
 }
 

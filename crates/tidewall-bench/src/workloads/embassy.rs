@@ -204,14 +204,11 @@ async fn driver(spawner: Spawner, queue: async_channel::Receiver<Job>) {
             } => {
                 let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
                 let sleep = embassy_time::Duration::from_micros(micros);
-                // Untimed: the first timer starts embassy-time's std driver (a thread).
-                embassy_time::Timer::after(sleep).await;
-                let mut late = Vec::new();
-                for _ in 0..count {
-                    let deadline = Instant::now() + duration;
-                    embassy_time::Timer::after(sleep).await;
-                    late.push(timers::late_us(deadline));
-                }
+                // Its untimed first sleep starts embassy-time's std driver (a thread).
+                let late = timers::one_after_another(duration, count, || {
+                    embassy_time::Timer::after(sleep)
+                })
+                .await;
                 let _ = reply.send(Ok(late));
             }
         }

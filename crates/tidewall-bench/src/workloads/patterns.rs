@@ -26,7 +26,9 @@ pub(super) enum Pattern {
     WorkerPool,
     /// n calls, one after another, through a pipeline of a rate limiter, a bulkhead, retry,
     /// a breaker and an attempt timeout, on an operation that yields once (so the attempt
-    /// timeout is armed on the runtime's timer every call).
+    /// timeout is armed on the runtime's timer every call). The figure is the whole call, the
+    /// operation's yield included: no baseline is subtracted (the yield workload times that
+    /// yield alone, in a process of its own).
     Pipeline,
 }
 

@@ -1,15 +1,19 @@
 //! The tour's configuration sections: a registry's pipeline, its bulkhead raised and its
 //! deadline lengthened by a reload while calls queue behind it (the held permits stay held,
-//! the queue is served at once, the pipeline is made anew, and every call is answered); and
+//! the queue is served at once, the pipeline is made anew with the new deadline, and every
+//! call is answered); and
 //! an adaptive limit and a fault injector by name, chaos switched on by a reload and the
 //! limit learning from the latency it injects.
 
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use tidewall::config::{Config, Registry};
+use tidewall::classify::{DefaultClassifier, WithRetryAfter};
+use tidewall::config::{Config, LivePipeline, Registry};
 
-use super::client::{Client, Net, since};
+use super::bounded::{secs, until, within};
+use super::client::{Client, HttpError, Net, since};
 use super::report::{Section, ms};
 use super::scenarios::{Size, settle};
 use super::server::Server;
@@ -21,6 +25,23 @@ const BEFORE: usize = 2;
 const AFTER: usize = 8;
 /// Each call's time at the server.
 const CALL: &str = "/delay/20";
+/// Its pipeline's deadline before and after, in seconds.
+const DEADLINE_BEFORE: u32 = 60;
+const DEADLINE_AFTER: u32 = 120;
+/// `Retry-After` hints that pin the deadline down: the retry engine refuses at once a retry
+/// the deadline cannot wait for, and waits for one it can. 90 s lies between the two
+/// deadlines, 150 s past both.
+const BETWEEN: Duration = Duration::from_secs(90);
+const PAST_BOTH: Duration = Duration::from_secs(150);
+/// How long a call the pipeline waits to retry is watched before it is dropped: a refused
+/// one answers in microseconds, a waiting one sleeps for a minute (the capped hint).
+const WATCH: Duration = Duration::from_millis(200);
+/// How long a refusal may take to come back before the probe counts it as a wait.
+const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+/// How long the reload waits for a quarter of the calls, and how long the calls and the
+/// reload may take in all (well under a second when the patterns behave).
+const QUARTER_LIMIT: Duration = Duration::from_secs(20);
+const TRAFFIC_LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
     vec![
@@ -131,7 +152,7 @@ async fn game_day<R: Net>(rt: &R, server: &Server) -> Section {
 
 /// The configuration with the bulkhead at `max_concurrent` and the pipeline's deadline at
 /// `deadline_s` seconds: a queue long enough for every call, a wait long enough for the
-/// slowest.
+/// slowest, and a retry, through which the probes read the deadline.
 fn config(max_concurrent: usize, deadline_s: u32) -> Config {
     let text = format!(
         "[instances.{INSTANCE}]\n\
@@ -139,9 +160,39 @@ fn config(max_concurrent: usize, deadline_s: u32) -> Config {
          [instances.{INSTANCE}.bulkhead]\n\
          max_concurrent = {max_concurrent}\n\
          max_queue = 1000\n\
-         max_wait = \"60s\"\n"
+         max_wait = \"60s\"\n\
+         [instances.{INSTANCE}.retry]\n\
+         backoff = \"constant\"\n\
+         initial_delay = \"10ms\"\n\
+         max_attempts = 2\n"
     );
     Config::from_toml(&text).expect("a valid configuration")
+}
+
+/// A handle on the instance's pipeline that honours an error's `Retry-After`.
+type Probe<R> = LivePipeline<R, WithRetryAfter<DefaultClassifier>>;
+
+/// Whether `probe` answered within `wait` a call whose one attempt is a 503 asking to retry
+/// `hint` from now. It answers at once when its deadline has less than `hint` left (no time
+/// for the retry); otherwise it sleeps towards the retry, and is dropped after `wait`.
+async fn answers_within<R: Net>(rt: &R, probe: &Probe<R>, hint: Duration, wait: Duration) -> bool {
+    let busy = || async move {
+        Err::<(), _>(HttpError::Status {
+            code: 503,
+            retry_after: Some(hint),
+        })
+    };
+    within(rt, wait, probe.call(busy)).await.is_some()
+}
+
+/// What the answers to the hint probes say of the deadline: below `hint` when one `hint`
+/// away was refused at once, at least `hint` when it was waited for.
+fn deadline_vs(hint: Duration, refused: bool) -> String {
+    format!(
+        "{} {}",
+        if refused { "under" } else { "at least" },
+        secs(hint)
+    )
 }
 
 async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Section {
@@ -151,39 +202,71 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
         "Registry::reload(config) while the registry's pipeline queues calls on its bulkhead",
     );
     settle(rt, server).await;
-    let registry = Registry::builder(config(BEFORE, 60))
+    let registry = Registry::builder(config(BEFORE, DEADLINE_BEFORE))
         .runtime(rt.clone())
         .build()
         .expect("a valid registry");
     let bulkhead = registry.bulkhead(INSTANCE).expect("a declared bulkhead");
     let pipeline = registry.pipeline(INSTANCE).expect("a declared pipeline");
+    let probe: Probe<R> = registry
+        .pipeline(INSTANCE)
+        .expect("a declared pipeline")
+        .classify(WithRetryAfter(DefaultClassifier));
+    // Before the traffic, so the probe holds no slot the calls need.
+    let refused_before = answers_within(rt, &probe, BETWEEN, ANSWER_LIMIT).await;
     let client = Client::new(rt.clone(), server.addr);
     let before = server.stats.requests();
     server.stats.reset_peak();
     let start = rt.now();
-    let traffic = join_all((0..calls).map(|_| {
-        let (pipeline, client) = (&pipeline, &client);
-        async move { pipeline.call(|| client.get(CALL)).await.is_ok() }
-    }));
-    // A quarter of the calls through at the old capacity, then the reload.
+    let traffic_done = AtomicBool::new(false);
+    let traffic = async {
+        let answered = join_all((0..calls).map(|_| {
+            let (pipeline, client) = (&pipeline, &client);
+            async move { pipeline.call(|| client.get(CALL)).await.is_ok() }
+        }))
+        .await;
+        traffic_done.store(true, SeqCst);
+        answered
+    };
+    // A quarter of the calls through at the old capacity, then the reload. Calls refused
+    // before they reach the server would never make the quarter: the wait also ends when the
+    // traffic does, or at its limit, and the reload comes either way.
+    let quarter = calls / 4;
     let reload = async {
-        while server.stats.requests() - before < calls / 4 {
-            rt.sleep(Duration::from_millis(2)).await;
-        }
+        until(rt, QUARTER_LIMIT, Duration::from_millis(2), || {
+            server.stats.requests() - before >= quarter || traffic_done.load(SeqCst)
+        })
+        .await;
         let peak_before = server.stats.peak_in_flight();
         let held = bulkhead.in_flight();
         let done_before = server.stats.requests() - before;
         let reached_at = since(rt, start);
         server.stats.reset_peak();
         let asked = Instant::now();
-        let reload = registry.reload(config(AFTER, 120));
+        let reload = registry.reload(config(AFTER, DEADLINE_AFTER));
         let took = asked.elapsed();
         (reload, took, peak_before, held, done_before, reached_at)
     };
-    let (answered, (reload, took, peak_before, held, done_before, reached_at)) =
-        futures_util::join!(traffic, reload);
+    let Some((answered, (reload, took, peak_before, held, done_before, reached_at))) =
+        within(rt, TRAFFIC_LIMIT, async {
+            futures_util::join!(traffic, reload)
+        })
+        .await
+    else {
+        s.check(
+            &format!(
+                "the {calls} calls and the reload ended within {}",
+                secs(TRAFFIC_LIMIT)
+            ),
+            false,
+        );
+        return s;
+    };
     let elapsed = since(rt, start);
     let peak_after = server.stats.peak_in_flight();
+    // After the traffic: every slot is free, so only the deadline decides.
+    let waited_after = !answers_within(rt, &probe, BETWEEN, WATCH).await;
+    let refused_after = answers_within(rt, &probe, PAST_BOTH, ANSWER_LIMIT).await;
     let answered = answered.iter().filter(|ok| **ok).count();
     let (retuned, remade) = reload.as_ref().map_or((0, 0), |r| (r.retuned, r.pipelines));
     let after = calls - done_before;
@@ -191,7 +274,22 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
         |n: usize, d: Duration| format!("{:.0} calls/s", n as f64 / d.as_secs_f64().max(1e-9));
     s.metric("calls (all at once, 20 ms each at the server)", calls)
         .metric("bulkhead", format!("{BEFORE} → {AFTER} by a reload"))
-        .metric("pipeline deadline", "60 s → 120 s by the same reload")
+        .metric(
+            "pipeline deadline",
+            format!("{DEADLINE_BEFORE} s → {DEADLINE_AFTER} s by the same reload"),
+        )
+        .metric(
+            "  probed before (a 503 with Retry-After: 90 s)",
+            deadline_vs(BETWEEN, refused_before),
+        )
+        .metric(
+            "  probed after (Retry-After: 90 s, then 150 s)",
+            format!(
+                "{}, {}",
+                deadline_vs(BETWEEN, !waited_after),
+                deadline_vs(PAST_BOTH, refused_after)
+            ),
+        )
         .metric(
             "reload applied after",
             format!("{done_before} calls, {}", ms(reached_at)),
@@ -209,8 +307,17 @@ async fn reload_mid_traffic<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
         )
         .metric("answered", format!("{answered} of {calls}"));
     s.check(
+        &format!("a quarter of the calls ({quarter}) reached the server before the reload"),
+        done_before >= quarter,
+    );
+    s.check(
         "the reload was applied, retuning the bulkhead and making the pipeline anew",
         reload.is_ok() && retuned == 1 && remade == 1,
+    );
+    s.check(
+        "the new pipeline's deadline is the new one: a retry 90 s away was refused at once \
+         before the reload (60 s), waited for after it (120 s); one 150 s away was refused",
+        refused_before && waited_after && refused_after,
     );
     s.check(
         "every call was answered: none lost, none refused",

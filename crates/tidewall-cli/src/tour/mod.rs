@@ -1,6 +1,7 @@
 //! `tidewall tour`: measured scenarios of the main patterns (the README lists which), most of
 //! them against a real HTTP service on loopback.
 
+mod bounded;
 mod capacity;
 pub(crate) mod client;
 mod config;
@@ -30,7 +31,10 @@ const WORKER_THREADS: usize = 2;
 
 #[derive(Args, Debug)]
 pub(crate) struct TourArgs {
-    /// The runtime the client side of every scenario runs on.
+    /// The runtime the client side of every scenario runs on. The Redis sections (--redis,
+    /// --redis-cluster) are the exception: tidewall-redis runs on tokio only, so with smol or
+    /// async-std they run on a tokio multi-thread runtime of their own (2 workers); the report
+    /// says where they ran.
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
     runtime: RuntimeChoice,
     /// Smaller workloads, for CI.
@@ -73,6 +77,118 @@ impl RuntimeChoice {
     }
 }
 
+/// The chosen runtime, started once: the tour runs on it in two parts, with the Redis sections
+/// between them.
+enum Started {
+    Tokio(tokio::runtime::Runtime),
+    Smol(SmolRuntime),
+    AsyncStd,
+}
+
+impl Started {
+    fn new(choice: RuntimeChoice) -> anyhow::Result<Self> {
+        Ok(match choice {
+            RuntimeChoice::Tokio => Self::Tokio(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(WORKER_THREADS)
+                    .enable_all()
+                    .build()?,
+            ),
+            RuntimeChoice::TokioCurrent => Self::Tokio(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            ),
+            RuntimeChoice::Smol => Self::Smol(SmolRuntime::multi_threaded(WORKER_THREADS)?),
+            RuntimeChoice::AsyncStd => Self::AsyncStd,
+        })
+    }
+
+    fn sections(
+        &self,
+        part: Part,
+        server: &server::Server,
+        size: scenarios::Size,
+    ) -> Vec<report::Section> {
+        match self {
+            Self::Tokio(rt) => rt.block_on(part.run(Tokio, server, size)),
+            Self::Smol(rt) => rt.block_on(part.run(rt.handle(), server, size)),
+            Self::AsyncStd => async_std::task::block_on(part.run(AsyncStd, server, size)),
+        }
+    }
+
+    /// The Redis sections on `target`, and where they ran: on this runtime if it is tokio's,
+    /// else on a tokio runtime of their own (tidewall-redis runs on tokio only).
+    fn redis(
+        &self,
+        target: &redis::Target,
+        size: scenarios::Size,
+    ) -> (Vec<report::Section>, &'static str) {
+        if let Self::Tokio(rt) = self {
+            return (
+                rt.block_on(redis::all(target, size)),
+                "on the chosen tokio runtime",
+            );
+        }
+        let own = "on a tokio multi-thread runtime of their own (2 workers): tidewall-redis \
+                   runs on tokio only";
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKER_THREADS)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => (rt.block_on(redis::all(target, size)), own),
+            Err(error) => (vec![redis::failed_to_start(target, &error)], own),
+        }
+    }
+}
+
+/// The tour's parts on the chosen runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Every section but the shutdown's.
+    Local,
+    /// The graceful shutdown on a real SIGTERM, which leaves signal handlers installed.
+    Shutdown,
+}
+
+impl Part {
+    async fn run<R: client::Net>(
+        self,
+        rt: R,
+        server: &server::Server,
+        size: scenarios::Size,
+    ) -> Vec<report::Section> {
+        match self {
+            Self::Local => tour(rt, server, size).await,
+            Self::Shutdown => service::shutdown(rt).await,
+        }
+    }
+}
+
+/// What runs, in order: the Redis sections come before the shutdown section, whose signal
+/// handlers stay installed for the life of the process (with them, Ctrl-C would no longer end
+/// the tour while Redis is measured).
+fn steps(args: &TourArgs) -> Vec<Step> {
+    let mut steps = vec![Step::Part(Part::Local)];
+    if let Some(url) = &args.redis {
+        steps.push(Step::Redis(redis::Target::Server(url.clone())));
+    }
+    if !args.redis_cluster.is_empty() {
+        steps.push(Step::Redis(redis::Target::Cluster(
+            args.redis_cluster.clone(),
+        )));
+    }
+    steps.push(Step::Part(Part::Shutdown));
+    steps
+}
+
+#[derive(Debug)]
+enum Step {
+    Part(Part),
+    Redis(redis::Target),
+}
+
 pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     let server = server::start()?;
     let size = if args.quick {
@@ -81,35 +197,24 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
         scenarios::Size::Full
     };
     let started = Instant::now();
-    let mut sections = match args.runtime {
-        RuntimeChoice::Tokio => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(WORKER_THREADS)
-                .enable_all()
-                .build()?;
-            rt.block_on(tour(Tokio, &server, size))
+    let runtime = Started::new(args.runtime)?;
+    let mut sections = Vec::new();
+    let mut redis_runtime = None;
+    // Nothing from here on returns early: a failure is a failed check in the report, which
+    // is printed whatever happened.
+    for step in steps(args) {
+        match step {
+            Step::Part(part) => sections.extend(runtime.sections(part, &server, size)),
+            Step::Redis(target) => {
+                let (found, on) = runtime.redis(&target, size);
+                sections.extend(found);
+                redis_runtime = Some(on.to_owned());
+            }
         }
-        RuntimeChoice::TokioCurrent => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(tour(Tokio, &server, size))
-        }
-        RuntimeChoice::Smol => {
-            let rt = SmolRuntime::multi_threaded(WORKER_THREADS)?;
-            rt.block_on(tour(rt.handle(), &server, size))
-        }
-        RuntimeChoice::AsyncStd => async_std::task::block_on(tour(AsyncStd, &server, size)),
-    };
-    if let Some(url) = &args.redis {
-        sections.extend(redis::all(&redis::Target::Server(url.clone()), size)?);
-    }
-    if !args.redis_cluster.is_empty() {
-        let target = redis::Target::Cluster(args.redis_cluster.clone());
-        sections.extend(redis::all(&target, size)?);
     }
     let report = Report {
         runtime: args.runtime.describe(),
+        redis_runtime,
         quick: args.quick,
         total: started.elapsed(),
         sections,
@@ -123,12 +228,26 @@ pub(crate) fn run(args: &TourArgs) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
     }
+    let unmeasured = report.checks_with(report::Status::NotMeasurable);
+    if !unmeasured.is_empty() {
+        note(&format!(
+            "{} check(s) not measurable on this platform (neither passed nor failed): {}",
+            unmeasured.len(),
+            unmeasured.join("; ")
+        ));
+    }
     Ok(())
 }
 
-/// Every section, in order: the basic scenarios, the resilience policies (the adaptive limiter
-/// under overload after the configuration reload), streams, tasks, then
-/// supervision and a signal-driven shutdown (last: it leaves a signal handler installed).
+/// A line on stderr, beside the report on stdout.
+#[allow(clippy::print_stderr, reason = "a note beside the report")]
+fn note(text: &str) {
+    eprintln!("note: {text}");
+}
+
+/// Every section but the shutdown's, in order: the basic scenarios, the resilience policies
+/// (the adaptive limiter under overload after the configuration reload), streams, tasks, then
+/// supervision.
 async fn tour<R: client::Net>(
     rt: R,
     server: &server::Server,
@@ -142,6 +261,58 @@ async fn tour<R: client::Net>(
     sections.extend(overload::all(rt.clone(), server, size).await);
     sections.extend(streams::all(rt.clone(), size).await);
     sections.extend(tasks::all(rt.clone(), size).await);
-    sections.extend(service::all(rt).await);
+    sections.extend(service::supervisors(rt).await);
     sections
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Part, Step, TourArgs, steps};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tour: TourArgs,
+    }
+
+    fn steps_of(args: &[&str]) -> Vec<Step> {
+        steps(&Cli::parse_from(std::iter::once("tour").chain(args.iter().copied())).tour)
+    }
+
+    /// The shutdown section leaves SIGINT handled by the runtime: anything after it could not
+    /// be stopped with Ctrl-C.
+    #[test]
+    fn the_shutdown_section_comes_last_after_the_redis_sections() {
+        for args in [
+            &[][..],
+            &["--redis", "redis://127.0.0.1:6379"][..],
+            &[
+                "--redis",
+                "redis://a:1",
+                "--redis-cluster",
+                "redis://b:1,redis://c:1",
+            ][..],
+        ] {
+            let steps = steps_of(args);
+            assert!(
+                matches!(steps.first(), Some(Step::Part(Part::Local))),
+                "{steps:?}"
+            );
+            assert!(
+                matches!(steps.last(), Some(Step::Part(Part::Shutdown))),
+                "{steps:?}"
+            );
+            let redis = steps.iter().filter(|s| matches!(s, Step::Redis(_))).count();
+            assert_eq!(redis + 2, steps.len(), "{steps:?}");
+        }
+        assert_eq!(
+            steps_of(&["--redis-cluster", "redis://b:1,redis://c:1"])
+                .iter()
+                .filter(|s| matches!(s, Step::Redis(_)))
+                .count(),
+            1
+        );
+    }
 }

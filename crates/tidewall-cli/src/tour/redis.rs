@@ -6,15 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tidewall::rt::Tokio;
 use tidewall::{Deadline, Rejected};
 use tidewall_redis::{LeaseMode, RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
 
+use super::bounded::{secs, within};
 use super::report::{Section, ms};
 use super::scenarios::Size;
 
 const REPLICAS: usize = 3;
+/// How long the first connection may take (refused or unanswered, it is a failed check).
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+/// How long one section may take: a few seconds in full mode.
+const SECTION_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where the replicas' limits live.
+#[derive(Debug)]
 pub(crate) enum Target {
     /// One server.
     Server(String),
@@ -40,13 +47,11 @@ impl Target {
     }
 }
 
-/// The three sections, on a tokio runtime of their own (redis-rs's connection runs on tokio,
-/// whatever runtime the rest of the tour used).
-pub(crate) fn all(target: &Target, size: Size) -> anyhow::Result<Vec<Section>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+/// The three sections. Must run inside a tokio runtime (redis-rs's connection runs on tokio,
+/// whatever runtime the rest of the tour used). Never fails as a whole: an unreachable Redis
+/// is one failed check, and a section that fails keeps what it measured, with the error as a
+/// failed check, and leaves the others to run.
+pub(crate) async fn all(target: &Target, size: Size) -> Vec<Section> {
     // A name per run, so a second tour against the same Redis starts from rest.
     let run = format!(
         "tour-{}",
@@ -54,18 +59,103 @@ pub(crate) fn all(target: &Target, size: Size) -> anyhow::Result<Vec<Section>> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros())
     );
-    runtime.block_on(async {
-        Ok(vec![
-            shared_rate_limit(target, &run, size).await?,
-            shared_bulkhead(target, &run, size).await?,
-            hot_limit(target, &run, size).await?,
-        ])
-    })
+    // One connection first: a Redis that is down, or refuses the credentials, is one failed
+    // check rather than three.
+    let refused = match within(&Tokio, CONNECT_LIMIT, target.connect()).await {
+        Some(Ok(_)) => None,
+        Some(Err(error)) => Some(error.to_string()),
+        None => Some(format!("no answer within {}", secs(CONNECT_LIMIT))),
+    };
+    if let Some(why) = refused {
+        let mut s = Section::new(
+            target.title("Redis: the server", "Redis: the cluster"),
+            "RedisConn::builder(url).connect() / RedisConn::cluster_builder(nodes).connect()",
+        );
+        s.check(
+            &format!("connected, for the three Redis sections ({why})"),
+            false,
+        );
+        return vec![s];
+    }
+    let mut rate = Section::new(
+        target.title(
+            "Distributed rate limit: 3 replicas, one Redis",
+            "Distributed rate limit: 3 replicas, a Redis Cluster",
+        ),
+        "tidewall_redis::RedisRateLimiter",
+    );
+    let outcome = within(
+        &Tokio,
+        SECTION_LIMIT,
+        shared_rate_limit(target, &run, size, &mut rate),
+    )
+    .await;
+    ended(&mut rate, outcome);
+    let mut bulkhead = Section::new(
+        target.title(
+            "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
+            "Distributed bulkhead: 3 replicas × 4 workers, a Redis Cluster",
+        ),
+        "tidewall_redis::RedisBulkhead",
+    );
+    let outcome = within(
+        &Tokio,
+        SECTION_LIMIT,
+        shared_bulkhead(target, &run, size, &mut bulkhead),
+    )
+    .await;
+    ended(&mut bulkhead, outcome);
+    let mut hot = Section::new(
+        target.title(
+            "Hot limit: lease mode beside exact mode, 3 replicas, one Redis",
+            "Hot limit: lease mode beside exact mode, 3 replicas, a Redis Cluster",
+        ),
+        "tidewall_redis::{RedisRateLimiter, LeaseMode}",
+    );
+    let outcome = within(
+        &Tokio,
+        SECTION_LIMIT,
+        hot_limit(target, &run, size, &mut hot),
+    )
+    .await;
+    ended(&mut hot, outcome);
+    vec![rate, bulkhead, hot]
+}
+
+/// Records how a section's run ended, when not well: its error, or its time running out.
+fn ended(s: &mut Section, outcome: Option<anyhow::Result<()>>) {
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            s.check(&format!("ran without an error ({error:#})"), false);
+        }
+        None => {
+            s.check(&format!("ended within {}", secs(SECTION_LIMIT)), false);
+        }
+    }
+}
+
+/// The one section reported when no tokio runtime could be started for the Redis sections.
+pub(crate) fn failed_to_start(target: &Target, error: &std::io::Error) -> Section {
+    let mut s = Section::new(
+        target.title("Redis: the server", "Redis: the cluster"),
+        "tokio::runtime::Builder::new_multi_thread()",
+    );
+    s.check(
+        &format!("started a tokio runtime for the Redis sections ({error})"),
+        false,
+    );
+    s
 }
 
 /// Each replica asks as soon as its last denial expires; together they must get the global
 /// limit, no more.
-async fn shared_rate_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
+async fn shared_rate_limit(
+    target: &Target,
+    run: &str,
+    size: Size,
+    s: &mut Section,
+) -> anyhow::Result<()> {
     let (per_second, burst) = (500u32, 20u32);
     let span = if size == Size::Quick {
         Duration::from_secs(1)
@@ -115,13 +205,6 @@ async fn shared_rate_limit(target: &Target, run: &str, size: Size) -> anyhow::Re
     let span_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     // GCRA over the span, from rest: the burst plus one per interval (+1 for the edges).
     let most = u64::from(burst) + span_us / interval_us + 1;
-    let mut s = Section::new(
-        target.title(
-            "Distributed rate limit: 3 replicas, one Redis",
-            "Distributed rate limit: 3 replicas, a Redis Cluster",
-        ),
-        "tidewall_redis::RedisRateLimiter",
-    );
     s.metric(
         "global limit",
         format!("{per_second}/s, burst {burst}, for {}", ms(elapsed)),
@@ -138,20 +221,28 @@ async fn shared_rate_limit(target: &Target, run: &str, size: Size) -> anyhow::Re
         "the replicas together never exceed the global limit",
         total <= most,
     );
+    // GCRA lets a late replica catch up on the burst, so only a pause of all three for more
+    // than the burst (40 ms) costs admissions; 90 % leaves a loaded machine room for a few,
+    // and still fails a limiter that admits at a fraction of its rate.
     s.check(
-        "together they get at least 97 % of it",
-        total * 100 >= most * 97,
+        "together they get at least 90 % of it",
+        total * 100 >= most * 90,
     );
     s.check(
         "every decision came from Redis (none fell back)",
         counts.iter().all(|(_, unavailable)| *unavailable == 0),
     );
-    Ok(s)
+    Ok(())
 }
 
 /// Four workers per replica, each making calls that hold a slot for 20 ms; at most `limit`
 /// are ever held at once across the three replicas.
-async fn shared_bulkhead(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
+async fn shared_bulkhead(
+    target: &Target,
+    run: &str,
+    size: Size,
+    s: &mut Section,
+) -> anyhow::Result<()> {
     let limit = 4u32;
     let calls = if size == Size::Quick { 5 } else { 20 };
     let held = Arc::new(AtomicUsize::new(0));
@@ -197,13 +288,6 @@ async fn shared_bulkhead(target: &Target, run: &str, size: Size) -> anyhow::Resu
     }
     let most = most_held.load(Ordering::SeqCst);
     let expected = u32::try_from(REPLICAS * 4).unwrap_or(u32::MAX) * calls;
-    let mut s = Section::new(
-        target.title(
-            "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
-            "Distributed bulkhead: 3 replicas × 4 workers, a Redis Cluster",
-        ),
-        "tidewall_redis::RedisBulkhead",
-    );
     s.metric("global limit", format!("{limit} slots, 20 ms calls"));
     s.metric("calls completed", format!("{completed} of {expected}"));
     s.metric("most slots held at once", most);
@@ -220,12 +304,12 @@ async fn shared_bulkhead(target: &Target, run: &str, size: Size) -> anyhow::Resu
         "every call got a Redis lease in the end",
         completed == expected,
     );
-    Ok(s)
+    Ok(())
 }
 
 /// A hot limit, exact then in lease mode: each replica's one task decides as fast as it can
 /// (a refusal is counted and it asks again at once); lease mode spends cells held locally.
-async fn hot_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Section> {
+async fn hot_limit(target: &Target, run: &str, size: Size, s: &mut Section) -> anyhow::Result<()> {
     const PER_SECOND: u32 = 20_000;
     const BURST: u32 = 200;
     const MAX_BATCH: u32 = 200;
@@ -234,13 +318,6 @@ async fn hot_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Sec
     } else {
         Duration::from_secs(3)
     };
-    let mut s = Section::new(
-        target.title(
-            "Hot limit: lease mode beside exact mode, 3 replicas, one Redis",
-            "Hot limit: lease mode beside exact mode, 3 replicas, a Redis Cluster",
-        ),
-        "tidewall_redis::{RedisRateLimiter, LeaseMode}",
-    );
     s.metric(
         "global limit",
         format!("{PER_SECOND}/s, burst {BURST}; lease batches of at most {MAX_BATCH}"),
@@ -320,7 +397,7 @@ async fn hot_limit(target: &Target, run: &str, size: Size) -> anyhow::Result<Sec
             unavailable == 0,
         );
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Whether every slot was held at once. Half the limit would show only that slots were shared;
@@ -333,7 +410,36 @@ fn limit_reached(most: usize, limit: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::limit_reached;
+    use super::{Target, all, limit_reached};
+    use crate::tour::report::Status;
+    use crate::tour::scenarios::Size;
+
+    /// A Redis that is down is one failed check in a section of its own, not an error that
+    /// would discard the report the local sections measured before it.
+    #[test]
+    fn a_redis_that_refuses_the_connection_is_a_failed_check() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A port just released: nothing listens there, so the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = Target::Server(format!("redis://127.0.0.1:{port}"));
+        let sections = runtime.block_on(all(&target, Size::Quick));
+        assert_eq!(sections.len(), 1);
+        let checks = &sections[0].checks;
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Failed);
+        assert!(
+            checks[0].what.starts_with("connected"),
+            "{}",
+            checks[0].what
+        );
+    }
 
     #[test]
     fn half_the_limit_is_not_the_limit() {

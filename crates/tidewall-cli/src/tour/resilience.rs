@@ -1,5 +1,6 @@
-//! The tour's resilience scenarios: circuit breaker, bulkhead, rate limiter, hedging and the
-//! composed pipeline, each against the shared service, timed on the runtime's own clock.
+//! The tour's resilience scenarios: circuit breaker, bulkhead, hedging and the composed
+//! pipeline against the shared service, and the rate limiter against its own timer (it calls
+//! nothing), all timed on the runtime's own clock.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -87,7 +88,7 @@ async fn breaker<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         [opened, probing, ..] => ms(probing.0.saturating_sub(opened.0)),
         _ => "n/a".into(),
     };
-    s.metric("calls (one per 10 ms)", calls)
+    s.metric("calls (one after another, 10 ms apart)", calls)
         .metric("failed (reached the down service)", failed)
         .metric("shed while open", shed)
         .metric("succeeded", ok)
@@ -303,7 +304,13 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         "p99 without hedging shows the 200 ms tail",
         p99_plain >= Duration::from_millis(200),
     );
-    s.check("hedging at least halves p99", p99_hedged * 2 < p99_plain);
+    // The slow replica's 200 ms is a floor for any call that waited for it: a p99 below it
+    // means the tail calls were answered by their hedges (about 25 ms), with room for a
+    // loaded machine.
+    s.check(
+        "with hedging, p99 falls below the slow replica's 200 ms",
+        p99_hedged < Duration::from_millis(200),
+    );
     s.check(
         "at most one hedge per call (every call made 1 or 2 attempts)",
         at_most_one_hedge_each(&per_call),

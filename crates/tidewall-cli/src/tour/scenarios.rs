@@ -277,12 +277,22 @@ async fn deadline_across_retries<R: Net>(client: &Client<R>, rt: &R) -> Section 
         "ended with DeadlineExceeded and the last error",
         outcome.starts_with("deadline exceeded"),
     );
+    // The engine returns early when the next 300 ms backoff cannot fit; when a late wake-up
+    // lets the 4th attempt start instead, the deadline cuts it at 1 s plus the timer's
+    // lateness. The slack covers that on a loaded machine and stays under one more backoff,
+    // which an engine that overran the deadline would add.
     s.check(
-        "returned within the 1 s deadline",
-        elapsed <= Duration::from_secs(1),
+        &format!(
+            "returned by the 1 s deadline (+ {} for timer lateness; one more backoff is 300 ms)",
+            ms(DEADLINE_SLACK)
+        ),
+        elapsed <= Duration::from_secs(1) + DEADLINE_SLACK,
     );
     s
 }
+
+/// How late past the 1 s deadline the retries may return: see `deadline_across_retries`.
+const DEADLINE_SLACK: Duration = Duration::from_millis(150);
 
 async fn bounded_fan_out<R: Net>(
     client: &Client<R>,

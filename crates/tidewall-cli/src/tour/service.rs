@@ -13,16 +13,31 @@ use tidewall::task::{
     supervisor::{ChildSpec, Supervisor, SupervisorEvent},
 };
 
+use super::bounded::{Bounded, or_stop, secs};
 use super::client::Net;
 use super::report::{Section, ms};
 
-pub(crate) async fn all<R: Net>(rt: R) -> Vec<Section> {
+/// How long the escalation may take: the tree's six 20 ms crashes and their backoffs need
+/// well under a second.
+const ESCALATION_LIMIT: Duration = Duration::from_secs(30);
+/// How long the SIGTERM may take to reach the coordinator: it is sent just before.
+const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
+/// How long a supervisor or the coordinator may take to stop once told to (the coordinator's
+/// own deadline is 2 s).
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The two supervisor sections.
+pub(crate) async fn supervisors<R: Net>(rt: R) -> Vec<Section> {
     vec![
         supervisor_restarts(&rt).await,
         supervisor_escalates(&rt).await,
-        // Last: once a signal handler is installed, the runtime keeps it for the process.
-        shutdown_on_signal(&rt).await,
     ]
+}
+
+/// The shutdown section. It must come last: it installs SIGINT and SIGTERM handlers, which
+/// the runtime keeps for the life of the process, so Ctrl-C no longer ends it afterwards.
+pub(crate) async fn shutdown<R: Net>(rt: R) -> Vec<Section> {
+    vec![shutdown_on_signal(&rt).await]
 }
 
 type Timeline = Arc<Mutex<Vec<(Duration, SupervisorEvent)>>>;
@@ -205,7 +220,17 @@ async fn supervisor_escalates<R: Net>(rt: &R) -> Section {
         }
     };
     let started = rt.now();
-    let outcome = root.run(CancellationToken::new()).await;
+    // A root whose intensity miscounts would restart the tree for ever: stopped at the limit,
+    // it ends `Ok`, which fails the check below.
+    let stop = CancellationToken::new();
+    let outcome = or_stop(
+        rt,
+        (ESCALATION_LIMIT, STOP_LIMIT),
+        &stop,
+        "tour: the root did not escalate in time",
+        root.run(stop.clone()),
+    )
+    .await;
     let took = rt.now().saturating_duration_since(started);
     let events = events
         .lock()
@@ -219,6 +244,31 @@ async fn supervisor_escalates<R: Net>(rt: &R) -> Section {
         .iter()
         .filter(|(_, e)| matches!(e, SupervisorEvent::Exited { child, exit: Exit::Err(_) } if &**child == "ingest-tree"))
         .count();
+    let outcome = match outcome {
+        Bounded::Ended(outcome) => outcome,
+        Bounded::Stopped(outcome) => {
+            s.check(
+                &format!(
+                    "the root escalated within {} (it had not: stopped it)",
+                    secs(ESCALATION_LIMIT)
+                ),
+                false,
+            );
+            outcome
+        }
+        Bounded::Stuck => {
+            s.check(
+                &format!(
+                    "the root escalated within {} (it had not, and did not stop within {} \
+                     of being told to)",
+                    secs(ESCALATION_LIMIT),
+                    secs(STOP_LIMIT)
+                ),
+                false,
+            );
+            return s;
+        }
+    };
     match outcome {
         Ok(report) => {
             s.check(
@@ -300,10 +350,42 @@ async fn shutdown_on_signal<R: Net>(rt: &R) -> Section {
     }
     let sent = rt.now();
     if let Err(error) = send_sigterm_to_self() {
-        s.check(&format!("SIGTERM sent to this process ({error})"), false);
+        if error.kind() == std::io::ErrorKind::Unsupported {
+            s.not_measurable(
+                "a graceful shutdown started by a SIGTERM sent to this process",
+                &error.to_string(),
+            );
+        } else {
+            s.check(&format!("SIGTERM sent to this process ({error})"), false);
+        }
         return s;
     }
-    let report = shutdown.run().await;
+    // A signal that never reaches the coordinator would leave it waiting for a cause: at the
+    // limit the tour triggers it instead, and the cause check below fails.
+    let trigger = shutdown.trigger();
+    let report = match or_stop(
+        rt,
+        (SIGNAL_LIMIT, STOP_LIMIT),
+        &trigger,
+        "tour: no signal reached the coordinator",
+        shutdown.run(),
+    )
+    .await
+    {
+        Bounded::Ended(report) | Bounded::Stopped(report) => report,
+        Bounded::Stuck => {
+            s.check(
+                &format!(
+                    "the coordinator shut down within {} of the SIGTERM (it did not, nor \
+                     within {} of being triggered)",
+                    secs(SIGNAL_LIMIT),
+                    secs(STOP_LIMIT)
+                ),
+                false,
+            );
+            return s;
+        }
+    };
     let received_after = report_start(&told, sent);
     s.metric(
         "signal sent",
@@ -326,7 +408,10 @@ async fn shutdown_on_signal<R: Net>(rt: &R) -> Section {
     let order: Vec<&str> = report.components.iter().map(|c| &*c.name).collect();
     let expected: Vec<&str> = COMPONENTS.iter().rev().map(|(name, ..)| *name).collect();
     s.check(
-        "the cause is the SIGTERM this process received",
+        &format!(
+            "the cause is the SIGTERM this process received (waited up to {})",
+            secs(SIGNAL_LIMIT)
+        ),
         report.cause == Cause::Signal(Signal::Terminate),
     );
     s.check(

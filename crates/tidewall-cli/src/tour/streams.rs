@@ -55,19 +55,29 @@ async fn large_log<R: Net>(rt: &R, size: Size) -> Section {
     // An I/O failure (a full disk, a read-only temp dir) is a failed check, not a crash.
     if let Err(e) = measure_log(rt, size, &mut s).await {
         s.check(
-            &format!("wrote and read the log without an error: {e:#}"),
+            &format!(
+                "wrote and read the log without an error: {e:#} (this mode writes {} MiB \
+                 under the temp dir: TMPDIR moves it; --quick writes {} MiB)",
+                log_size(size) / MIB,
+                log_size(Size::Quick) / MIB
+            ),
             false,
         );
     }
     s
 }
 
-async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Result<()> {
-    let target = if size == Size::Quick {
+/// The log's size: 2 GiB in full mode, 128 MiB with `--quick`.
+fn log_size(size: Size) -> u64 {
+    if size == Size::Quick {
         128 * MIB
     } else {
         2048 * MIB
-    };
+    }
+}
+
+async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Result<()> {
+    let target = log_size(size);
     // The temp dir honours TMPDIR; on a tmpfs /tmp the log occupies RAM (not this process's
     // RSS) until the dir is dropped at the end of this function.
     let dir = tempfile::tempdir()?;
@@ -143,28 +153,63 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
         "per-status totals (and every per-minute count) equal the generator's",
         totals == status_totals(&written_table) && table == written_table,
     );
-    let measured = baseline.and_then(|base| Ok((base, rss_growth(base, peak?, read)?, peak?)));
+    let rss = rss_verdict(baseline, peak, read);
     s.metric(
         "RSS before / peak while aggregating (VmHWM, reset before)",
-        match &measured {
-            Ok((base, _, peak)) => format!("{} MiB / {} MiB", base / 1024, peak / 1024),
-            Err(why) => format!("not measured: {why}"),
+        match &rss {
+            Rss::Measured { base, peak, .. } => {
+                format!("{} MiB / {} MiB", base / 1024, peak / 1024)
+            }
+            Rss::Unmeasurable(why) | Rss::Inconsistent(why) => format!("not measured: {why}"),
         },
     )
     .metric(
         "peak RSS growth, aggregation",
-        measured.map_or_else(|_| "n/a".into(), |(_, kib, _)| format!("{kib} KiB")),
+        match &rss {
+            Rss::Measured { growth, .. } => format!("{growth} KiB"),
+            _ => "n/a".into(),
+        },
     );
-    let growth = measured.map(|(_, kib, _)| kib);
-    s.check(
-        &format!(
-            "peak RSS grew ≤ {} MiB while aggregating ≥ {} MiB (measured, not assumed)",
-            RSS_BOUND_KIB / 1024,
-            MIN_AGGREGATED / MIB
-        ),
-        growth.is_ok_and(|kib| kib <= RSS_BOUND_KIB),
+    let what = format!(
+        "peak RSS grew ≤ {} MiB while aggregating ≥ {} MiB (measured, not assumed)",
+        RSS_BOUND_KIB / 1024,
+        MIN_AGGREGATED / MIB
     );
+    match rss {
+        Rss::Measured { growth, .. } => s.check(&what, growth <= RSS_BOUND_KIB),
+        Rss::Unmeasurable(why) => s.not_measurable(&what, why),
+        Rss::Inconsistent(_) => s.check(&what, false),
+    };
     Ok(())
+}
+
+/// What the peak-RSS measurement came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Rss {
+    /// KiB: the RSS before, the peak while aggregating, and how far the peak rose.
+    Measured { base: u64, peak: u64, growth: u64 },
+    /// This platform has no way to reset and read the peak (no Linux `/proc`, or a sandbox
+    /// without `clear_refs`).
+    Unmeasurable(&'static str),
+    /// Read, but the figures cannot show the bound: a failure, not a platform's limit.
+    Inconsistent(&'static str),
+}
+
+/// Sorts the measurement's parts: reading the RSS (the `/proc` files) failing means this
+/// platform cannot measure it; figures that were read but cannot show the aggregation's
+/// memory mean the check failed.
+fn rss_verdict(
+    baseline: Result<u64, &'static str>,
+    peak: Result<u64, &'static str>,
+    processed: u64,
+) -> Rss {
+    match (baseline, peak) {
+        (Err(why), _) | (_, Err(why)) => Rss::Unmeasurable(why),
+        (Ok(base), Ok(peak)) => match rss_growth(base, peak, processed) {
+            Ok(growth) => Rss::Measured { base, peak, growth },
+            Err(why) => Rss::Inconsistent(why),
+        },
+    }
 }
 
 /// Writes `target` bytes of log (rounded up to a whole line); returns what it wrote, lines and
@@ -408,16 +453,19 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
         arrivals.push((item, since(rt, start)));
     }
     let elapsed = arrivals.last().map_or(Duration::ZERO, |a| a.1);
-    let burst = arrivals
-        .iter()
-        .filter(|a| a.1 <= Duration::from_millis(5))
-        .count();
-    // The burst at once, then one per interval for the rest: 40 × 10 ms = 400 ms.
+    // The 21st item is due one interval after the limiter's origin, which is no earlier than
+    // `start`: nothing past the burst can arrive within the first interval, however the
+    // machine runs. The burst's 20 need only microseconds of it.
+    let burst = arrivals.iter().filter(|a| a.1 < interval).count();
+    // The burst at once, then one per interval for the rest: 40 × 10 ms = 400 ms. Never
+    // sooner (the limiter is never early); later only by the last wake-up's lateness, since
+    // GCRA lets a late consumer catch up within its burst: a stall costs time only at the
+    // very end. A limiter pacing at under two thirds of its rate exceeds the slack.
     let theory = interval * (ITEMS - BURST);
-    let slack = Duration::from_millis(50);
+    let slack = theory / 2;
     s.metric("items", ITEMS)
         .metric("rate", format!("100 / s (one per {})", ms(interval)))
-        .metric("delivered within 5 ms (the burst)", burst)
+        .metric("delivered within the first interval (the burst)", burst)
         .metric("elapsed (last item)", ms(elapsed))
         .metric("theory: (60 − 20) × interval", ms(theory));
     s.check(
@@ -426,7 +474,7 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
     );
     s.check("the burst was exactly 20", burst == 20);
     s.check(
-        "elapsed within [theory, theory + 50 ms]",
+        &format!("elapsed within [theory, theory + {}]", ms(slack)),
         (theory..=theory + slack).contains(&elapsed),
     );
     s
@@ -434,7 +482,40 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIB, MIN_AGGREGATED, RSS_BOUND_KIB, reset_peak_rss, rss_growth, rss_kib};
+    use super::{
+        MIB, MIN_AGGREGATED, RSS_BOUND_KIB, Rss, reset_peak_rss, rss_growth, rss_kib, rss_verdict,
+    };
+
+    /// Only a platform that cannot read the figures makes the check "not measurable"; figures
+    /// read but unable to show the bound stay a failure.
+    #[test]
+    fn only_a_missing_proc_makes_the_rss_check_unmeasurable() {
+        let no_proc = "could not reset VmHWM (/proc/self/clear_refs)";
+        assert_eq!(
+            rss_verdict(Err(no_proc), Ok(9_000), MIN_AGGREGATED),
+            Rss::Unmeasurable(no_proc)
+        );
+        assert_eq!(
+            rss_verdict(Ok(8_000), Err("no VmHWM"), MIN_AGGREGATED),
+            Rss::Unmeasurable("no VmHWM")
+        );
+        assert!(matches!(
+            rss_verdict(Ok(8_000), Ok(9_000), MIN_AGGREGATED - 1),
+            Rss::Inconsistent(_)
+        ));
+        assert!(matches!(
+            rss_verdict(Ok(8_000), Ok(7_000), MIN_AGGREGATED),
+            Rss::Inconsistent(_)
+        ));
+        assert_eq!(
+            rss_verdict(Ok(8_000), Ok(9_000), MIN_AGGREGATED),
+            Rss::Measured {
+                base: 8_000,
+                peak: 9_000,
+                growth: 1_000
+            }
+        );
+    }
 
     #[test]
     fn a_growth_is_reported_only_when_it_can_mean_something() {
