@@ -631,6 +631,10 @@ fn a_cancelled_token_never_polls_the_wrapped_future_and_drop_guards_keep_the_fir
 
 /// A child, spawned on the second runtime, that records where it ran and then waits for the
 /// token (or for ever, when `deaf`).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "the bounds say what a spawn on the second runtime needs"
+)]
 fn lost_child<T: Send + 'static, E: Send + 'static>(
     ran_there: Arc<AtomicBool>,
     token: CancellationToken,
@@ -2245,7 +2249,7 @@ fn pool_shutdown_accounts_for_every_kind_of_ending_with_handles_dropped_on_every
 // always". Two thousand producers waiting for room, each with a seeded patience; a shutdown in
 // the middle of it.
 async fn thousands_of_producers<R: Runtime>(rt: Clocked<R>) {
-    let mut rng = SplitMix64::new(0x9800_0C3);
+    let mut rng = SplitMix64::new(0x0980_00C3);
     let ran = Arc::new(Mutex::new(BTreeSet::new()));
     let (c, r) = (rt.clone(), ran.clone());
     let pool = WorkerPool::builder()
@@ -2270,7 +2274,7 @@ async fn thousands_of_producers<R: Runtime>(rt: Clocked<R>) {
     let mut producers = Vec::new();
     for id in 0..2_000u64 {
         let mut patience = pick(&mut rng, 1, 600);
-        if patience % 10 == 0 {
+        if patience.is_multiple_of(10) {
             patience += 1; // never on a job boundary, nor on the shutdown instant
         }
         let (s, c) = (pool.submitter(), rt.clone());
@@ -2919,7 +2923,7 @@ fn a_supervisor_aborted_by_its_scope_takes_every_child_down_with_it_on_every_run
 // counts over the scope's whole life"; `succeeded` "(including reports dropped by
 // `discard_ok`)"; (`ChildId::index`) "The spawn order, from 0".
 async fn collect_all_discarding<R: Runtime>(rt: Clocked<R>) {
-    let mut rng = SplitMix64::new(0xD15C_A4D);
+    let mut rng = SplitMix64::new(0x0D15_CA4D);
     let mut scope = Scope::builder()
         .runtime(rt.clone())
         .policy(FailurePolicy::CollectAll)
@@ -4284,11 +4288,9 @@ async fn waiting_submitters_when_the_pool_is_dropped<R: Runtime>(rt: Clocked<R>)
         assert!(matches!(within(&rt, DAY, "admitted", h).await, Exit::Ok(v) if v == id));
     }
     let mut ok = 0;
-    for q in queued {
-        if let Ok(h) = q {
-            assert!(matches!(within(&rt, DAY, "queued", h).await, Exit::Ok(_)));
-            ok += 1;
-        }
+    for h in queued.into_iter().flatten() {
+        assert!(matches!(within(&rt, DAY, "queued", h).await, Exit::Ok(_)));
+        ok += 1;
     }
     assert!(ok >= 2, "vacuous");
 }
