@@ -193,7 +193,8 @@ impl Gcra {
     }
 
     /// How many cells one request could take at `now` from the stored `tat`: the burst
-    /// when rested, fewer while earlier cells are being paid off (for a gauge of the
+    /// when rested (fewer at the [end of time](crate::gcra)), fewer while earlier cells are
+    /// being paid off (for a gauge of the
     /// capacity left; a decision may still find less if others take it first).
     ///
     /// ```

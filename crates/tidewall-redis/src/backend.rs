@@ -1,6 +1,7 @@
-//! Every Redis call goes through here: its own deadline, and a circuit breaker around Redis
-//! itself, so a slow or dead Redis costs each decision at most its deadline (and nothing at
-//! all while the breaker is open).
+//! Every Redis call goes through here: its own deadline, and (for every call a decision
+//! waits on) a circuit breaker around Redis itself, so a slow or dead Redis costs each
+//! decision at most its deadline (and nothing at all while the breaker is open). A held
+//! lease's renewals go past the breaker (`call_past_breaker`): nobody waits on them.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

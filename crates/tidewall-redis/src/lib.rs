@@ -21,8 +21,10 @@
 //! * [`BreakerQuorum`]: circuit breakers stay per instance; this advisory layer opens the
 //!   local breaker when a quorum of instances report theirs open, refreshed on a timer so
 //!   Redis is never on a call's path.
-//! * Every Redis call has its own deadline (default 10 ms) and goes through a circuit breaker
-//!   around Redis itself: no decision ever waits longer than its deadline, whatever Redis does.
+//! * Every Redis call has its own deadline (default 10 ms), and every call a decision waits on
+//!   goes through a circuit breaker around Redis itself: no decision ever waits longer than
+//!   its deadline, whatever Redis does. (A leased bulkhead's background renewals and releases
+//!   go past the breaker: nobody waits on them, and a held lease must not lapse.)
 //!   When Redis does not answer, the limit's [`WhenUnavailable`] decides: admit, refuse, or fall
 //!   back to a local limiter holding a configured share of the global limit.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster

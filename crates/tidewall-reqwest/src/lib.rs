@@ -46,7 +46,8 @@
 //!
 //! ## Errors
 //! Errors stay reqwest-middleware's: the last attempt's `reqwest::Error` as
-//! `Error::Reqwest`; a refusal by a policy (an open breaker, a full bulkhead, the deadline)
+//! `Error::Reqwest` (unless an earlier attempt got a response, a 503 say, and the deadline
+//! ended the retries: that response is then the answer, as `Ok`); a refusal by a policy (an open breaker, a full bulkhead, the deadline)
 //! as `Error::Middleware` holding a [`Rejected`](tidewall::Rejected), and an attempt timeout
 //! as `Error::Middleware` holding [`Elapsed`](tidewall::time::Elapsed): find them with
 //! [`rejection`] or `downcast_ref`.

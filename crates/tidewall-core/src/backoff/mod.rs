@@ -18,10 +18,12 @@
 //!
 //! 1. The schedule's raw delay is computed with saturating arithmetic (never overflows), in
 //!    integer nanoseconds, so it is exact; only an exponential schedule with a factor that
-//!    is not a whole number steps in `f64`, which rounds each step to 53 bits: delay `n` is
-//!    within a relative `n × 2^-53` (about `n × 10^-16`) of `initial × factor^n`, then
-//!    rounded to the nearest nanosecond. So it is exact while that error stays under half a
-//!    nanosecond (any delay under about `2^52 / n` ns: days, for the first steps), and
+//!    is not a whole number steps in `f64`, which rounds the initial delay (past 2^53 ns) and
+//!    each step to 53 bits: delay `n` is within a relative `(n + 1) × 2^-53` (about
+//!    `n × 10^-16`) of `initial × factor^n`, then rounded to a whole nanosecond. So it is
+//!    within 1 ns of the exact value while that error stays under half a nanosecond (any
+//!    delay under about `2^52 / (n + 1)` ns: days, for the first steps; not always the
+//!    nearest nanosecond, when the exact value is within the error of a half), and
 //!    microseconds off at most near `u64::MAX` nanoseconds.
 //! 2. [`Jitter`] randomizes it, capped at `max_delay` first (AWS's "full jitter": a delay
 //!    past the cap is jittered below the cap, so late delays still spread). Jitter is **on by

@@ -20,7 +20,7 @@ type BoxOp<'a, T, E> = Box<dyn FnMut() -> BoxCall<'a, Result<T, E>> + Send + 'a>
 /// calls operations that return `Result<T, E>`. Made with [`Pipeline::boxed`]; clones share
 /// the pipeline.
 ///
-/// The static `Pipeline` allocates nothing per call; this one allocates the call's future
+/// The static `Pipeline` allocates nothing per call (but a retried value it keeps); this one allocates the call's future
 /// and each attempt's (the price of not spelling the stages). Behaviour is the pipeline's:
 /// the same stages, deadline, retries and classifier.
 ///

@@ -5,10 +5,12 @@
 //! ```
 //!
 //! A [`Pipeline`] nests the policies it was given as type parameters (an absent stage is `()`
-//! and compiles away), so a call allocates nothing and dispatches nothing dynamically. One
-//! [`Deadline`] covers the whole call: the rate limiter's wait, the bulkhead queue, every
-//! backoff sleep and every attempt count against it, and a retry that cannot start before it
-//! is not started — the call returns the last failure instead.
+//! and compiles away), so a call dispatches nothing dynamically and allocates nothing (but
+//! for one allocation in a call that retries an `Ok` value, a 503 say, to keep it for the
+//! deadline's answer). One [`Deadline`] covers the whole call: the rate limiter's wait, the
+//! bulkhead queue, every backoff sleep and every attempt count against it, and a retry that
+//! cannot start before it is not started — the call returns the last failure instead, or the
+//! latest retried value an attempt got (see [`Pipeline::call`]).
 //!
 //! The retry stage is the [retry engine](crate::retry) (the same rules as the retry future),
 //! and a [classifier](crate::classify) set with [`PipelineBuilder::classify`] judges each

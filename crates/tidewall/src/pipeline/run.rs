@@ -1,5 +1,6 @@
 //! One call through the pipeline, as a single `async fn`: its future is one state machine
-//! holding every stage's state inline, with no allocation, and it reads the clock only when
+//! holding every stage's state inline, with no allocation (but the kept value of a call that
+//! retries one), and it reads the clock only when
 //! something has to wait.
 
 use std::future::Future;
@@ -158,7 +159,8 @@ where
                     }
                 }
                 // A retry that cannot start (with its minimum time) before the deadline is not
-                // started: the caller gets the real failure now instead of a pointless sleep.
+                // started: the caller gets the real failure now instead of a pointless sleep (or,
+                // past a later failure, the value an earlier attempt got).
                 Step::Stop(stop) => {
                     if stop == Stop::BudgetSpent {
                         pipeline.telemetry.budget_spent();

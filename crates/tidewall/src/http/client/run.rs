@@ -43,7 +43,9 @@ impl<R: Clock> ClientPolicies<R> {
     /// `Ok`; only a rate-limit wait known at once to end past the deadline is refused at once,
     /// before the deadline, with `DeadlineExceeded`). A response is
     /// returned as `Ok` whatever its status once no retry is left. When a retry would wait
-    /// past the deadline (the server's `Retry-After` ends after it), or the failure left the
+    /// past the deadline (the server's `Retry-After` ends after it), the answer comes at once:
+    /// the latest response an attempt got (a 503 kept past a later error or timeout, as for
+    /// the deadline's cut), else the last attempt's error. When the failure left the
     /// authority's breaker open, the last attempt's response or error is returned at once.
     ///
     /// ```
