@@ -1007,6 +1007,61 @@ async fn lost_supervised_children<R: Runtime>(rt: Clocked<Lossy<R>>) {
     }
 }
 
+// Docs (`Ending::Aborted`): "or (with `took` zero) its task was lost by its runtime before it
+// was told to stop". A child lost in the same instant the supervisor is told to stop is found
+// gone at its stop, not stopped by it.
+async fn lost_as_the_supervisor_stops<R: Runtime>(rt: Clocked<Lossy<R>>) {
+    let ran_there = Arc::new(AtomicBool::new(false));
+    let (lossy, there) = (rt.inner().clone(), ran_there.clone());
+    let sup = Supervisor::builder()
+        .runtime(rt.clone())
+        .child(ChildSpec::new("worker", move |stop: CancellationToken| {
+            lossy.arm();
+            let there = there.clone();
+            async move {
+                there.store(on_lost_runtime(), SeqCst);
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            }
+        }))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let run = rt.spawn(sup.run(stop.clone()));
+    rt.sleep(SEC).await;
+    assert!(
+        ran_there.load(SeqCst),
+        "vacuous: the child never ran on the second runtime"
+    );
+    stop.cancel("end of test");
+    rt.inner().lose_everything();
+    let report = within(&rt, HOUR, "supervisor", run)
+        .await
+        .unwrap()
+        .expect("no escalation");
+    let stopped: Vec<(&str, &Exit, Ending)> = report
+        .stopped
+        .iter()
+        .map(|t| (&*t.name, &t.exit, t.ending))
+        .collect();
+    assert_eq!(
+        stopped,
+        [(
+            "worker",
+            &Exit::Aborted,
+            Ending::Aborted {
+                took: Duration::ZERO
+            }
+        )],
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_child_lost_as_its_supervisor_stops_reads_aborted_on_every_runtime() {
+    on_every_lossy_runtime!(lost_as_the_supervisor_stops);
+}
+
 #[test]
 fn children_lost_by_their_runtime_are_restarted_by_kind_on_every_runtime() {
     on_every_lossy_runtime!(lost_supervised_children);
@@ -1646,6 +1701,83 @@ async fn lost_component<R: Runtime>(rt: Clocked<Lossy<R>>) {
 fn a_component_lost_by_its_runtime_starts_the_shutdown_and_the_report_stays_clean_on_every_runtime()
 {
     on_every_lossy_runtime!(lost_component);
+}
+
+// Docs (`Shutdown`): "A component whose task was lost by its runtime before its turn (it reads
+// `Exit::Aborted`) reads `Ending::Aborted` with a `took` of zero, before or during the shutdown";
+// (`ShutdownReport::is_clean`) "one that ... was lost on its own still counts as clean". Here it
+// is lost while an earlier component is being stopped, waited for (`zero` false) or, with a
+// zero timeout, due to be aborted at once (`zero` true).
+async fn lost_while_another_stops<R: Runtime>(rt: Clocked<Lossy<R>>, zero: bool) {
+    let mut shutdown = Shutdown::builder()
+        .runtime(rt.clone())
+        .deadline(MIN)
+        .build()
+        .unwrap();
+    let ran_there = Arc::new(AtomicBool::new(false));
+    let there = ran_there.clone();
+    rt.inner().arm();
+    let worker = move |stop: CancellationToken| async move {
+        there.store(on_lost_runtime(), SeqCst);
+        stop.cancelled().await;
+        Ok::<(), String>(())
+    };
+    if zero {
+        shutdown.register_with_timeout("worker", Duration::ZERO, worker);
+    } else {
+        shutdown.register("worker", worker);
+    }
+    let c = rt.clone();
+    shutdown.register("db", move |stop| async move {
+        stop.cancelled().await;
+        c.sleep(ms(30)).await;
+        Ok::<(), String>(())
+    });
+    let trigger = shutdown.trigger();
+    let run = rt.spawn(shutdown.run());
+    rt.sleep(SEC).await;
+    assert!(
+        ran_there.load(SeqCst),
+        "vacuous: the component never ran on the second runtime"
+    );
+    trigger.cancel("deploy");
+    rt.sleep(ms(10)).await;
+    rt.inner().lose_everything();
+    let report = within(&rt, DAY, "shutdown", run).await.unwrap();
+    let got: Vec<(&str, &Exit, Ending)> = report
+        .components
+        .iter()
+        .map(|t| (&*t.name, &t.exit, t.ending))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("db", &Exit::Ok(()), Ending::Stopped { took: ms(30) }),
+            (
+                "worker",
+                &Exit::Aborted,
+                Ending::Aborted {
+                    took: Duration::ZERO
+                }
+            ),
+        ],
+        "zero timeout: {zero}"
+    );
+    assert!(report.is_clean(), "zero timeout: {zero}: {report:?}");
+}
+
+async fn lost_while_another_stops_waited<R: Runtime>(rt: Clocked<Lossy<R>>) {
+    lost_while_another_stops(rt, false).await;
+}
+
+async fn lost_while_another_stops_zero<R: Runtime>(rt: Clocked<Lossy<R>>) {
+    lost_while_another_stops(rt, true).await;
+}
+
+#[test]
+fn a_component_lost_during_the_shutdown_reads_aborted_and_stays_clean_on_every_runtime() {
+    on_every_lossy_runtime!(lost_while_another_stops_waited);
+    on_every_lossy_runtime!(lost_while_another_stops_zero);
 }
 
 // Docs (`ShutdownBuilder::deadline`): "The whole shutdown's budget ..., counted from the moment

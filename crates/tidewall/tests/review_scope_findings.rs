@@ -6,6 +6,7 @@
 #[path = "common/hang.rs"]
 mod hang;
 
+use std::future::Future as _;
 use std::time::Duration;
 
 use tidewall::task::scope::{ChildReport, Scope};
@@ -167,5 +168,53 @@ fn many_live_children_do_not_make_each_new_child_sweep_them_all() {
         }
         root.cancel("done");
         assert!(alive.iter().all(CancellationToken::is_cancelled));
+    });
+}
+
+/// A waker that counts the clones of it still alive.
+struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl std::task::Wake for Counted {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// scope (DESIGN: every queue is bounded; `Scope::spawn`'s cancel safety: dropping a waiting
+// spawn loses nothing): spawns abandoned while every slot is held must not leave their wakers
+// behind. 5,000 spawns, each polled once with its own waker and dropped, leave none.
+#[test]
+fn abandoned_spawns_leave_no_waker_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::task::{Context, Waker};
+    paused().block_on(async {
+        let scope = Scope::builder()
+            .limit(1)
+            .build::<(), &'static str>()
+            .unwrap();
+        scope.spawn(std::future::pending()).await.unwrap();
+        let live = Arc::new(AtomicUsize::new(0));
+        for _ in 0..5_000 {
+            live.fetch_add(1, SeqCst);
+            let waker = Waker::from(Arc::new(Counted(Arc::clone(&live))));
+            let mut cx = Context::from_waker(&waker);
+            let mut spawn = std::pin::pin!(scope.spawn(async { Ok(()) }));
+            assert!(
+                spawn.as_mut().poll(&mut cx).is_pending(),
+                "the slot is held"
+            );
+        }
+        assert_eq!(
+            live.load(SeqCst),
+            0,
+            "wakers of abandoned spawns still held"
+        );
+        assert_eq!(scope.running(), 1);
+        scope.cancel("done");
     });
 }

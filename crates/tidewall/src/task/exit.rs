@@ -196,6 +196,19 @@ pub(crate) fn after_abort(result: Result<Exit, JoinError>, took: Duration) -> (E
     }
 }
 
+/// How a task that ended without being aborted reads: `ending`, unless it was lost by its
+/// runtime (an `Aborted` exit no abort caused), which reads `Aborted` with `took` zero, in
+/// every report (a scope's, a supervisor's, a shutdown's).
+pub(crate) fn lost_or(exit: &Exit, ending: Ending) -> Ending {
+    if matches!(exit, Exit::Aborted) {
+        Ending::Aborted {
+            took: Duration::ZERO,
+        }
+    } else {
+        ending
+    }
+}
+
 /// A finished task's [`Exit`], with a panic or an abort read from the join error.
 pub(crate) fn exit_of(result: Result<Exit, JoinError>) -> Exit {
     match result {

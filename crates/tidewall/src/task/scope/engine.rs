@@ -7,6 +7,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use super::ledger::Ledger;
 use super::lock::Lock;
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{Panic, Runtime};
+use crate::task::wakers::WakerSlots;
 use crate::task::{CancellationToken, Exit, Reason};
 
 /// How a front keeps its running children.
@@ -32,8 +34,9 @@ pub(super) struct State<T, E, C> {
     next_id: u64,
     pub(super) closed: bool,
     pub(super) ledger: Ledger<T, E>,
-    /// Spawners waiting for a free slot.
-    spawners: Vec<Waker>,
+    /// Spawners waiting for a free slot: one slot each, freed when its spawn ends or is
+    /// dropped, so abandoned spawns leave nothing behind.
+    spawners: WakerSlots,
     pub(super) children: C,
 }
 
@@ -52,7 +55,7 @@ impl<T, E, C> State<T, E, C> {
         }
         let ended = Ended {
             fail_fast,
-            spawners: std::mem::take(&mut self.spawners),
+            spawners: self.spawners.take_all(),
         };
         (ended, discarded)
     }
@@ -116,7 +119,7 @@ where
             next_id: 0,
             closed: false,
             ledger: Ledger::new(builder.policy, builder.keep_ok),
-            spawners: Vec::new(),
+            spawners: WakerSlots::default(),
             children,
         };
         Self {
@@ -132,28 +135,32 @@ where
         self.state().children.running()
     }
 
-    /// Takes a slot for a new child, or says why not; a `waiter` is woken when a slot frees.
-    fn admit(&self, waiter: Option<&Waker>) -> Admission {
+    /// Takes a slot for a new child, or says why not; a `waiter` (its waker, and its place
+    /// among the waiting spawners) is woken when a slot frees, and gives up its place once
+    /// admitted or refused.
+    fn admit(&self, waiter: Option<(&Waker, &mut Option<usize>)>) -> Admission {
         let mut state = self.state();
-        if state.closed || self.token.is_cancelled() {
-            return Admission::Closed;
-        }
-        if self
+        let admission = if state.closed || self.token.is_cancelled() {
+            Admission::Closed
+        } else if self
             .limit
             .is_some_and(|limit| state.children.running() >= limit)
         {
-            if let Some(waker) = waiter
-                && !state.spawners.iter().any(|w| w.will_wake(waker))
-            {
-                state.spawners.push(waker.clone());
+            Admission::Full
+        } else {
+            let id = state.next_id;
+            state.next_id += 1;
+            state.ledger.spawned += 1;
+            state.children.admit(id);
+            Admission::Admitted(id)
+        };
+        if let Some((waker, place)) = waiter {
+            match admission {
+                Admission::Full => state.spawners.register(place, waker),
+                _ => state.spawners.free(place),
             }
-            return Admission::Full;
         }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.ledger.spawned += 1;
-        state.children.admit(id);
-        Admission::Admitted(id)
+        admission
     }
 
     /// Waits for a slot, calling `before_each_poll` first each time (a local owner drives its
@@ -167,13 +174,25 @@ where
         let mut pending = Some((future, launch));
         // A cancel must reach a spawner waiting for a slot even if no child ends.
         let mut cancelled = pin!(self.token.cancelled());
+        // Its place among the waiting spawners, given up when the spawn ends or is dropped
+        // (an atomic, not a `Cell`: the spawn future stays `Send`).
+        let place = AtomicUsize::new(NO_PLACE);
+        let _leave = OnDrop(|| {
+            let mut at = taken_place(&place);
+            if at.is_some() {
+                self.state().spawners.free(&mut at);
+            }
+        });
         poll_fn(|cx| {
             before_each_poll(cx);
             // Empty only after `Ready`, which the `await` never polls again.
             let Some((future, launch)) = pending.take() else {
                 return Poll::Pending;
             };
-            match self.admit(Some(cx.waker())) {
+            let mut at = taken_place(&place);
+            let admission = self.admit(Some((cx.waker(), &mut at)));
+            place.store(at.unwrap_or(NO_PLACE), Relaxed);
+            match admission {
                 Admission::Admitted(id) => {
                     launch(id, future);
                     Poll::Ready(Ok(ChildId(id)))
@@ -212,7 +231,7 @@ where
         let wakers = {
             let mut state = self.state();
             state.closed = true;
-            std::mem::take(&mut state.spawners)
+            state.spawners.take_all()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -280,5 +299,23 @@ where
         let mut state = self.state();
         let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
         ledger.into_report(reason)
+    }
+}
+
+/// A spawn not among the waiting spawners.
+const NO_PLACE: usize = usize::MAX;
+
+/// A waiting spawn's place, taken out of its cell (which keeps [`NO_PLACE`] meanwhile).
+fn taken_place(place: &AtomicUsize) -> Option<usize> {
+    Some(place.swap(NO_PLACE, Relaxed)).filter(|&at| at != NO_PLACE)
+}
+
+/// Runs its closure when dropped: a waiting spawn's way out of the waiters, whether it ends
+/// or is dropped mid-wait.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }

@@ -15,7 +15,7 @@ use crate::rt::{
     instant_after,
 };
 use crate::task::{
-    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit_from, exit_of,
+    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit_from, exit_of, lost_or,
     supervisor::ChildError,
 };
 
@@ -462,10 +462,14 @@ impl<R: Runtime> Shutdown<R> {
                     // No time to stop (a zero timeout, OTP's `brutal_kill`, a deadline passed
                     // or a forced stop): aborted before the token is cancelled, so it gets no
                     // chance to see the stop and end on its own first. (The token is still
-                    // cancelled, for whatever it shared it with.)
-                    component.handle.abort();
+                    // cancelled, for whatever it shared it with.) One already ended (lost by
+                    // its runtime, say) is not aborted by this shutdown.
+                    let ended = ended_already::<R>(&mut component.handle);
+                    if ended.is_none() {
+                        component.handle.abort();
+                    }
                     component.stop.cancel("shutting down");
-                    None
+                    ended
                 } else {
                     component.stop.cancel("shutting down");
                     let waited = wait_for(&self.rt, &mut component.handle, until, &mut force).await;
@@ -481,7 +485,8 @@ impl<R: Runtime> Shutdown<R> {
                 let (exit, ending) = match exit {
                     Some(exit) => {
                         let took = self.rt.now().saturating_duration_since(told);
-                        (exit, Ending::Stopped { took })
+                        let ending = lost_or(&exit, Ending::Stopped { took });
+                        (exit, ending)
                     }
                     None => {
                         deadline_exceeded |= !forced && self.rt.now() >= deadline;
@@ -586,15 +591,11 @@ enum Waited {
     Forced,
 }
 
-/// How a component that ended before its turn reads: `ending`, unless its task was lost by
-/// its runtime (an `Aborted` exit no stop caused), which reads `Aborted` with `took` zero, as
-/// a lost child of a scope does.
-fn lost_or(exit: &Exit, ending: Ending) -> Ending {
-    if matches!(exit, Exit::Aborted) {
-        Ending::Aborted {
-            took: Duration::ZERO,
-        }
-    } else {
-        ending
+/// The exit of a component whose task has already ended, without waiting.
+fn ended_already<R: Runtime>(handle: &mut JoinHandle<R, Exit>) -> Option<Exit> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(handle).poll(&mut cx) {
+        Poll::Ready(result) => Some(exit_of(result)),
+        Poll::Pending => None,
     }
 }

@@ -17,6 +17,7 @@ use super::spec::{ChildSpec, Restart};
 use crate::rt::{JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::{
     CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, exit_from, exit_of,
+    lost_or,
 };
 
 struct Running<R: Runtime> {
@@ -398,7 +399,8 @@ impl<R: Runtime> Supervisor<R> {
         };
         let stopped = if let Some(exit) = in_time {
             let took = rt.now().saturating_duration_since(cancelled_at);
-            (exit, Ending::Stopped { took })
+            let ending = lost_or(&exit, Ending::Stopped { took });
+            (exit, ending)
         } else {
             running.handle.abort();
             let result = (&mut running.handle).await;
