@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::cancel::{CancellationToken, Reason};
-use super::wakers::WakerSlots;
+use super::wakers::{HeldSlot, WakerSlots};
 use crate::ConfigError;
 use crate::rt::{DefaultRuntime, Runtime};
 use crate::stream::{MissedTicks, interval_on};
@@ -112,21 +112,6 @@ struct Published {
     waiters: WakerSlots,
 }
 
-/// A `changed` future's place among the waiters, freed when it resolves or is dropped.
-struct WaitSlot<'a> {
-    shared: &'a Mutex<Published>,
-    key: Option<usize>,
-}
-
-impl Drop for WaitSlot<'_> {
-    fn drop(&mut self) {
-        if self.key.is_some() {
-            let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            published.waiters.free(&mut self.key);
-        }
-    }
-}
-
 /// A watch-style handle on the latest health: read it at any time, or wait for it to change.
 /// Cheap to clone.
 #[derive(Debug, Clone)]
@@ -147,10 +132,11 @@ impl HealthHandle {
     /// **Cancel safety:** dropping the future loses nothing, and leaves nothing behind: the
     /// handle holds one waker per future waiting now, however many waits were abandoned.
     pub async fn changed(&self, seen: &Health) -> Health {
-        let mut slot = WaitSlot {
-            shared: &self.shared,
-            key: None,
-        };
+        // Freed when this future resolves or is dropped.
+        let mut slot = HeldSlot::new(|key: &mut Option<usize>| {
+            let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            published.waiters.free(key);
+        });
         std::future::poll_fn(|cx: &mut Context<'_>| {
             let mut published = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             if published.health != *seen {

@@ -64,9 +64,32 @@ impl WakerSlots {
     }
 }
 
+/// A waiting future's key to its slot in a [`WakerSlots`], which gives the slot back when the
+/// future is dropped mid-wait. `free` locks the list and frees the key it is given; the future
+/// passes [`key`](Self::key) to [`WakerSlots::register`] and [`WakerSlots::free`] meanwhile.
+pub(in crate::task) struct HeldSlot<F: FnMut(&mut Option<usize>)> {
+    pub(in crate::task) key: Option<usize>,
+    free: F,
+}
+
+impl<F: FnMut(&mut Option<usize>)> HeldSlot<F> {
+    /// A key to no slot yet, freed through `free` if it holds one when dropped.
+    pub(in crate::task) fn new(free: F) -> Self {
+        Self { key: None, free }
+    }
+}
+
+impl<F: FnMut(&mut Option<usize>)> Drop for HeldSlot<F> {
+    fn drop(&mut self) {
+        if self.key.is_some() {
+            (self.free)(&mut self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::WakerSlots;
+    use super::{HeldSlot, WakerSlots};
     use std::task::Waker;
 
     #[test]
@@ -86,5 +109,22 @@ mod tests {
         slots.free(&mut b);
         slots.free(&mut c);
         assert_eq!((slots.held(), slots.slots.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_held_slot_is_freed_when_dropped_and_a_free_key_costs_no_lock() {
+        let slots = std::cell::RefCell::new(WakerSlots::default());
+        let locks = std::cell::Cell::new(0);
+        let free = |key: &mut Option<usize>| {
+            locks.set(locks.get() + 1);
+            slots.borrow_mut().free(key);
+        };
+        drop(HeldSlot::new(free));
+        assert_eq!(locks.get(), 0);
+        let mut held = HeldSlot::new(free);
+        slots.borrow_mut().register(&mut held.key, Waker::noop());
+        assert_eq!(slots.borrow().held(), 1);
+        drop(held);
+        assert_eq!((locks.get(), slots.borrow().held()), (1, 0));
     }
 }

@@ -9,7 +9,7 @@ use futures_channel::oneshot;
 
 use super::report::JobExit;
 use super::{JobHandle, SubmitError};
-use crate::task::wakers::WakerSlots;
+use crate::task::wakers::{HeldSlot, WakerSlots};
 
 type Queued<J, T> = (J, oneshot::Sender<JobExit<T>>);
 
@@ -116,7 +116,7 @@ pub(super) async fn submit<J, T>(
     let mut job = Some(job);
     // Freed when this future resolves or is dropped, so a producer that gives up leaves no
     // waker behind.
-    let mut slot = SubmitSlot { shared, key: None };
+    let mut slot = HeldSlot::new(|key: &mut Option<usize>| shared.queue().submitters.free(key));
     std::future::poll_fn(|cx| {
         let mut queue = shared.queue();
         let Some(j) = job.take() else {
@@ -140,20 +140,6 @@ pub(super) async fn submit<J, T>(
         Poll::Pending
     })
     .await
-}
-
-/// A `submit` future's place among the waiting producers.
-struct SubmitSlot<'a, J, T> {
-    shared: &'a Shared<J, T>,
-    key: Option<usize>,
-}
-
-impl<J, T> Drop for SubmitSlot<'_, J, T> {
-    fn drop(&mut self) {
-        if self.key.is_some() {
-            self.shared.queue().submitters.free(&mut self.key);
-        }
-    }
 }
 
 pub(super) fn try_submit<J, T>(

@@ -7,7 +7,6 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use super::ledger::Ledger;
 use super::lock::Lock;
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
 use crate::rt::{Panic, Runtime};
-use crate::task::wakers::WakerSlots;
+use crate::task::wakers::{HeldSlot, WakerSlots};
 use crate::task::{CancellationToken, Exit, Reason};
 
 /// How a front keeps its running children.
@@ -174,24 +173,15 @@ where
         let mut pending = Some((future, launch));
         // A cancel must reach a spawner waiting for a slot even if no child ends.
         let mut cancelled = pin!(self.token.cancelled());
-        // Its place among the waiting spawners, given up when the spawn ends or is dropped
-        // (an atomic, not a `Cell`: the spawn future stays `Send`).
-        let place = AtomicUsize::new(NO_PLACE);
-        let _leave = OnDrop(|| {
-            let mut at = taken_place(&place);
-            if at.is_some() {
-                self.state().spawners.free(&mut at);
-            }
-        });
+        // Its place among the waiting spawners, given up when the spawn ends or is dropped.
+        let mut place = HeldSlot::new(|key: &mut Option<usize>| self.state().spawners.free(key));
         poll_fn(|cx| {
             before_each_poll(cx);
             // Empty only after `Ready`, which the `await` never polls again.
             let Some((future, launch)) = pending.take() else {
                 return Poll::Pending;
             };
-            let mut at = taken_place(&place);
-            let admission = self.admit(Some((cx.waker(), &mut at)));
-            place.store(at.unwrap_or(NO_PLACE), Relaxed);
+            let admission = self.admit(Some((cx.waker(), &mut place.key)));
             match admission {
                 Admission::Admitted(id) => {
                     launch(id, future);
@@ -299,23 +289,5 @@ where
         let mut state = self.state();
         let ledger = std::mem::replace(&mut state.ledger, Ledger::new(Default::default(), false));
         ledger.into_report(reason)
-    }
-}
-
-/// A spawn not among the waiting spawners.
-const NO_PLACE: usize = usize::MAX;
-
-/// A waiting spawn's place, taken out of its cell (which keeps [`NO_PLACE`] meanwhile).
-fn taken_place(place: &AtomicUsize) -> Option<usize> {
-    Some(place.swap(NO_PLACE, Relaxed)).filter(|&at| at != NO_PLACE)
-}
-
-/// Runs its closure when dropped: a waiting spawn's way out of the waiters, whether it ends
-/// or is dropped mid-wait.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)();
     }
 }
