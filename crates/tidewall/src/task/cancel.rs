@@ -7,9 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
+
+use super::wakers::WakerSlots;
 
 /// Why something was cancelled: a cheap-to-clone message every child can read.
 ///
@@ -108,8 +110,7 @@ struct Node {
 struct NodeState {
     reason: Option<Reason>,
     children: Vec<Weak<Node>>,
-    waiters: Vec<Option<Waker>>,
-    free: Vec<usize>,
+    waiters: WakerSlots,
 }
 
 impl Node {
@@ -140,13 +141,12 @@ impl Node {
             }
             state.reason = Some(reason.clone());
             self.cancelled.store(true, Ordering::Release);
-            state.free.clear();
             (
-                std::mem::take(&mut state.waiters),
+                state.waiters.take_all(),
                 std::mem::take(&mut state.children),
             )
         };
-        for waker in wakers.into_iter().flatten() {
+        for waker in wakers {
             waker.wake();
         }
         // Reversed onto the stack, so the first child is cancelled (with its subtree) first.
@@ -349,40 +349,20 @@ impl<T: Borrow<CancellationToken>> Waiter<T> {
         if let Some(reason) = &state.reason {
             return Poll::Ready(reason.clone());
         }
-        match self.slot {
-            Some(slot) => match &mut state.waiters[slot] {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                entry => *entry = Some(cx.waker().clone()),
-            },
-            None => {
-                let waker = Some(cx.waker().clone());
-                let slot = match state.free.pop() {
-                    Some(slot) => {
-                        state.waiters[slot] = waker;
-                        slot
-                    }
-                    None => {
-                        state.waiters.push(waker);
-                        state.waiters.len() - 1
-                    }
-                };
-                drop(state);
-                self.slot = Some(slot);
-            }
-        }
+        state.waiters.register(&mut self.slot, cx.waker());
         Poll::Pending
     }
 }
 
 impl<T: Borrow<CancellationToken>> Drop for Waiter<T> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            let mut state = self.token.borrow().node.state();
-            // After a cancellation the list was taken; the slot no longer exists.
-            if state.reason.is_none() && slot < state.waiters.len() {
-                state.waiters[slot] = None;
-                state.free.push(slot);
-            }
+        if self.slot.is_some() {
+            self.token
+                .borrow()
+                .node
+                .state()
+                .waiters
+                .free(&mut self.slot);
         }
     }
 }
