@@ -30,6 +30,10 @@ pub use report::{JobHandle, PoolReport, SubmitError};
 ///   timeout is `Exit::Err`). A panicking job is reported as [`Exit::Panicked`] and the
 ///   worker goes on with the next job (jobs share no state, so a caught panic leaves nothing
 ///   behind to replace).
+/// * A worker whose task its runtime drops (the runtime shutting down) is not replaced: its
+///   job resolves [`Exit::Aborted`] and counts as failed and aborted, the other workers go on
+///   with the queue, and whatever is still queued at [`shutdown`](Self::shutdown) is handed
+///   back, as always.
 /// * [`shutdown`](Self::shutdown) stops accepting, drains the queue within a deadline, aborts
 ///   what still runs, and hands back every job never started: `submitted = completed +
 ///   failed + handed back`, always.
