@@ -77,54 +77,49 @@ pub(crate) async fn all(target: &Target, size: Size) -> Vec<Section> {
         );
         return vec![s];
     }
-    let mut rate = Section::new(
-        target.title(
-            "Distributed rate limit: 3 replicas, one Redis",
-            "Distributed rate limit: 3 replicas, a Redis Cluster",
+    let rate = bounded(
+        Section::new(
+            target.title(
+                "Distributed rate limit: 3 replicas, one Redis",
+                "Distributed rate limit: 3 replicas, a Redis Cluster",
+            ),
+            "tidewall_redis::RedisRateLimiter",
         ),
-        "tidewall_redis::RedisRateLimiter",
-    );
-    let outcome = within(
-        &Tokio,
-        SECTION_LIMIT,
-        shared_rate_limit(target, &run, size, &mut rate),
+        async |s| shared_rate_limit(target, &run, size, s).await,
     )
     .await;
-    ended(&mut rate, outcome);
-    let mut bulkhead = Section::new(
-        target.title(
-            "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
-            "Distributed bulkhead: 3 replicas × 4 workers, a Redis Cluster",
+    let bulkhead = bounded(
+        Section::new(
+            target.title(
+                "Distributed bulkhead: 3 replicas × 4 workers, one Redis",
+                "Distributed bulkhead: 3 replicas × 4 workers, a Redis Cluster",
+            ),
+            "tidewall_redis::RedisBulkhead",
         ),
-        "tidewall_redis::RedisBulkhead",
-    );
-    let outcome = within(
-        &Tokio,
-        SECTION_LIMIT,
-        shared_bulkhead(target, &run, size, &mut bulkhead),
+        async |s| shared_bulkhead(target, &run, size, s).await,
     )
     .await;
-    ended(&mut bulkhead, outcome);
-    let mut hot = Section::new(
-        target.title(
-            "Hot limit: lease mode beside exact mode, 3 replicas, one Redis",
-            "Hot limit: lease mode beside exact mode, 3 replicas, a Redis Cluster",
+    let hot = bounded(
+        Section::new(
+            target.title(
+                "Hot limit: lease mode beside exact mode, 3 replicas, one Redis",
+                "Hot limit: lease mode beside exact mode, 3 replicas, a Redis Cluster",
+            ),
+            "tidewall_redis::{RedisRateLimiter, LeaseMode}",
         ),
-        "tidewall_redis::{RedisRateLimiter, LeaseMode}",
-    );
-    let outcome = within(
-        &Tokio,
-        SECTION_LIMIT,
-        hot_limit(target, &run, size, &mut hot),
+        async |s| hot_limit(target, &run, size, s).await,
     )
     .await;
-    ended(&mut hot, outcome);
     vec![rate, bulkhead, hot]
 }
 
-/// Records how a section's run ended, when not well: its error, or its time running out.
-fn ended(s: &mut Section, outcome: Option<anyhow::Result<()>>) {
-    match outcome {
+/// Runs one section for up to [`SECTION_LIMIT`]. Ended not well, it records why (its error,
+/// or its time running out) as a failed check, and keeps what it measured before.
+async fn bounded(
+    mut s: Section,
+    run: impl AsyncFnOnce(&mut Section) -> anyhow::Result<()>,
+) -> Section {
+    match within(&Tokio, SECTION_LIMIT, run(&mut s)).await {
         Some(Ok(())) => {}
         Some(Err(error)) => {
             s.check(&format!("ran without an error ({error:#})"), false);
@@ -133,6 +128,7 @@ fn ended(s: &mut Section, outcome: Option<anyhow::Result<()>>) {
             s.check(&format!("ended within {}", secs(SECTION_LIMIT)), false);
         }
     }
+    s
 }
 
 /// The one section reported when no tokio runtime could be started for the Redis sections.
