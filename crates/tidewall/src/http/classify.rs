@@ -36,6 +36,39 @@ pub enum FailureKind {
 /// known here, and reads as `Other`), and for `Infallible`; implement it for your client's
 /// error type (the orphan rule allows it for your own types).
 ///
+/// `Error<E>` reads `E` through that chain, never through `E`'s own `HttpFailure`, which it
+/// cannot know of (Rust has no specialization). So under a Tidewall layer (a tower retry above
+/// a breaker, say, whose errors are `Error<E>`), your error type is read by what its
+/// [`source`](std::error::Error::source) chain holds. To have your own reading there, classify
+/// with a [`Classify`] of your own that calls [`HttpClassifier::failure_verdict`] with the kind
+/// you choose.
+///
+/// ```
+/// use tidewall::Error;
+/// use tidewall::http::{FailureKind, HttpFailure};
+///
+/// #[derive(Debug)]
+/// struct Unreachable;
+///
+/// impl std::fmt::Display for Unreachable {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("host unreachable")
+///     }
+/// }
+///
+/// impl std::error::Error for Unreachable {}
+///
+/// impl HttpFailure for Unreachable {
+///     fn failure_kind(&self) -> FailureKind {
+///         FailureKind::Connect
+///     }
+/// }
+///
+/// assert_eq!(Unreachable.failure_kind(), FailureKind::Connect);
+/// // Inside `Error<E>`, it is read by its source chain, which holds nothing known.
+/// assert_eq!(Error::Inner(Unreachable).failure_kind(), FailureKind::Other);
+/// ```
+///
 /// ```
 /// use tidewall::http::{FailureKind, HttpFailure};
 ///
