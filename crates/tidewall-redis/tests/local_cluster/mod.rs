@@ -7,7 +7,7 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a master may be silent before its replica is elected in its place.
@@ -17,6 +17,38 @@ pub(crate) struct Cluster {
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
+    /// Held for the cluster's life (its nodes are killed first, in `Drop`).
+    _alone: Alone,
+}
+
+/// One cluster at a time in a test process, from picking its ports to its end. Failovers are
+/// timed in real time, so two clusters failing over side by side on two cores would stretch
+/// the outages each test measures. nextest runs these binaries alone (`.config/nextest.toml`);
+/// under plain `cargo test` their tests run on threads of one process, and this lock does the
+/// same for the clusters (and keeps two of them from picking the same free ports).
+/// (A flag and a condition variable rather than a `MutexGuard`: a cluster moves between
+/// threads, into `spawn_blocking`.)
+struct Alone;
+
+static BUSY: Mutex<bool> = Mutex::new(false);
+static FREED: Condvar = Condvar::new();
+
+impl Alone {
+    fn take() -> Self {
+        let busy = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut busy = FREED
+            .wait_while(busy, |busy| *busy)
+            .unwrap_or_else(PoisonError::into_inner);
+        *busy = true;
+        Self
+    }
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        FREED.notify_one();
+    }
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -40,10 +72,6 @@ fn connection(port: u16) -> redis::RedisResult<redis::Connection> {
         .get_connection_with_timeout(Duration::from_secs(1))
 }
 
-/// Held from picking free ports until the nodes listen on them, so two tests of one process
-/// (plain `cargo test` runs them on threads) never pick the same ones.
-static STARTING: Mutex<()> = Mutex::new(());
-
 impl Cluster {
     /// Six nodes, three masters with a replica each, every slot served.
     pub(crate) fn start() -> Self {
@@ -62,7 +90,8 @@ impl Cluster {
 
     /// Six cluster-enabled nodes on free ports, each answering; `None` if one exited.
     fn start_nodes() -> Option<Self> {
-        let _starting = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
+        // Taken before the ports are picked: so two tests of one process never pick the same.
+        let alone = Alone::take();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let ports = free_ports(6);
         let mut children = Vec::new();
@@ -93,6 +122,7 @@ impl Cluster {
             ports,
             children,
             _dir: dir,
+            _alone: alone,
         };
         for index in 0..cluster.ports.len() {
             let port = cluster.ports[index];
