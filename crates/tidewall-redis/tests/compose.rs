@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::RedisServer;
+use common::{RedisServer, answered_past_deadline};
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
@@ -38,7 +38,8 @@ async fn a_pipeline_takes_the_redis_limiter_as_its_rate_limit() {
 
 /// `max_wait(ZERO)` asks the limiter with a deadline that has passed: one round trip of at
 /// most 1 ms, which a healthy Redis on loopback answers once connected with the script
-/// loaded (a first call also connects and loads it: the zero-cell check does that first).
+/// loaded (a first call also connects and loads it: the zero-cell check does that first),
+/// unless the machine is too busy to run it that soon: then it is asked again.
 #[tokio::test]
 async fn a_tower_service_admits_through_redis() {
     let server = RedisServer::start();
@@ -50,7 +51,15 @@ async fn a_tower_service_admits_through_redis() {
         .layer(layer)
         .map_err(Error::Inner)
         .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
-    assert_eq!(service.ready().await.unwrap().call(21).await.unwrap(), 42);
+    let answer =
+        answered_past_deadline(
+            async || match service.ready().await.unwrap().call(21).await {
+                Err(Error::Rejected(missed)) => Err(missed),
+                other => Ok(other.unwrap()),
+            },
+        )
+        .await;
+    assert_eq!(answer, 42);
     let refused = service.ready().await.unwrap().call(1).await;
     assert!(
         matches!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded))),

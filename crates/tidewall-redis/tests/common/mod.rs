@@ -25,6 +25,28 @@ pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -
     }
 }
 
+/// Asks, with a deadline that has already passed, until Redis answers within the one round
+/// trip of at most 1 ms such a caller gets (a loaded machine may not run redis-server that
+/// soon); each miss must be `DeadlineExceeded`, never the failure policy's answer. Asks for
+/// up to 20 s: a miss cut after Redis ran the script may have spent a cell that takes up to
+/// 10 s to come back in these tests. The answer.
+pub(crate) async fn answered_past_deadline<T>(
+    mut ask: impl AsyncFnMut() -> Result<T, tidewall::Rejected>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match ask().await {
+            Ok(answer) => return answer,
+            Err(missed) => assert_eq!(missed, tidewall::Rejected::DeadlineExceeded),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "Redis never answered a caller past its deadline in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// What one decision of [`ask_until`] said, when it was asked and how long it took.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Decision {
