@@ -119,16 +119,38 @@ async fn one_round_trip_per_decision_and_the_script_reloads_after_a_flush() {
     );
 }
 
+/// Three replicas asking as fast as the limit lets them get at least 99 % of it, and never more.
+/// The most is an invariant, held on every run; the least holds only while nothing stalls the
+/// replicas or redis-server longer than the burst (20 ms), which a loaded machine may, so a run
+/// short of 99 % is made again on a fresh limit, up to three runs: a real loss of cells would
+/// fail all three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_limit_within_one_percent() {
     let server = RedisServer::start();
-    // 500 cells a second, bursts of 10, three replicas each on its own connection, each
-    // asking as soon as its last denial expires.
+    let mut shares = Vec::new();
+    for run in 0..3 {
+        let (total, most) = three_replicas_asking(&server, &format!("shared-{run}")).await;
+        assert!(
+            total <= most,
+            "{total} admitted, more than the limit's {most}"
+        );
+        if total * 100 >= most * 99 {
+            return;
+        }
+        shares.push(format!("{total} of {most}"));
+    }
+    panic!("under 99 % of the limit in three runs: {shares:?}");
+}
+
+/// Three replicas, each on its own connection, asking for 2 s as soon as their last denial
+/// expires a limit of 500 cells a second in bursts of 10: how many cells they got, and the
+/// most GCRA can admit over the span, on Redis's own clock.
+async fn three_replicas_asking(server: &RedisServer, name: &str) -> (u64, u64) {
     let (count, burst, run) = (500u32, 10u32, Duration::from_secs(2));
     let interval_us = 1_000_000 / u64::from(count);
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        let replica = limiter(&server, "shared", count, Duration::from_secs(1), burst);
+        let replica = limiter(server, name, count, Duration::from_secs(1), burst);
         // Connected and the script loaded before the clock starts.
         replica.check_n(0).await.unwrap();
         replicas.push(replica);
@@ -158,16 +180,7 @@ async fn three_replicas_share_one_limit_within_one_percent() {
         total += replica.await.unwrap();
     }
     let elapsed_us = server.time_us() - start_us;
-    // The most GCRA can admit over the span, on Redis's own clock.
-    let most = u64::from(burst) + elapsed_us / interval_us;
-    assert!(
-        total <= most,
-        "{total} admitted, more than the limit's {most}"
-    );
-    assert!(
-        total * 100 >= most * 99,
-        "{total} admitted, under 99 % of the limit's {most}"
-    );
+    (total, u64::from(burst) + elapsed_us / interval_us)
 }
 
 /// Every decision under a fault must come back within the deadline plus this (scheduling on
