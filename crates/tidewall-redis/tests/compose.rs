@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, answered_past_deadline};
+use common::{RedisServer, answered_past_deadline, eventually};
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
@@ -21,17 +21,23 @@ fn one_per_ten_seconds(server: &RedisServer, name: &str) -> RedisRateLimiter {
         .unwrap()
 }
 
+/// The pipeline's deadline (5 s) is not what this is about: the limiter is connected and
+/// its script loaded first, and the deadline is long enough for a loaded machine's round
+/// trip, yet well short of the 10 s the next cell is away.
 #[tokio::test]
 async fn a_pipeline_takes_the_redis_limiter_as_its_rate_limit() {
     let server = RedisServer::start();
+    let limiter = one_per_ten_seconds(&server, "pipeline");
+    // Connected and the script loaded (a zero-cell check spends nothing).
+    eventually(async || limiter.check_n(0).await.ok()).await;
     let pipeline = Pipeline::builder()
-        .deadline(Duration::from_secs(1))
-        .rate_limit(one_per_ten_seconds(&server, "pipeline"))
+        .deadline(Duration::from_secs(5))
+        .rate_limit(limiter)
         .build()
         .unwrap();
     let first = pipeline.call(|| async { Ok::<_, ()>(7) }).await;
     assert_eq!(first, Ok(7));
-    // The next cell is 10 s away, past the 1 s deadline: refused at once.
+    // The next cell is 10 s away, past the 5 s deadline: refused at once.
     let second = pipeline.call(|| async { Ok::<_, ()>(8) }).await;
     assert_eq!(second, Err(Error::Rejected(Rejected::DeadlineExceeded)));
 }
@@ -84,6 +90,8 @@ async fn a_shedding_tower_service_refuses_with_the_redis_limiters_hint() {
     }
 }
 
+/// The pipeline's deadline (5 s) only bounds the call: the bulkhead is connected and its
+/// scripts loaded first, so a loaded machine's slow round trips cannot make it expire.
 #[tokio::test]
 async fn a_pipeline_holds_a_redis_bulkhead_slot_for_the_whole_call() {
     let server = RedisServer::start();
@@ -93,9 +101,11 @@ async fn a_pipeline_holds_a_redis_bulkhead_slot_for_the_whole_call() {
         .when_unavailable(WhenUnavailable::Closed)
         .build()
         .unwrap();
+    // Connected and the scripts loaded (verify releases what it takes).
+    eventually(async || bulkhead.verify().await.ok()).await;
     let other = bulkhead.clone();
     let pipeline = Pipeline::builder()
-        .deadline(Duration::from_millis(200))
+        .deadline(Duration::from_secs(5))
         .bulkhead(bulkhead)
         .build()
         .unwrap();

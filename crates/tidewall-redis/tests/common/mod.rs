@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Polls `attempt` until it gives a value (within 10 s): for what happens in the background
-/// or after a fault heals.
+/// or after a fault heals. Kept at 10 s, not longer, on purpose: several tests prove that
+/// nothing leaked by getting every slot back within it while a leaked lease lasts 30 s
+/// (`hostile_bulkhead_shared.rs`, [`whole_limit_free`]); a longer poll would wait a leak out.
 pub(crate) async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {
@@ -199,9 +201,10 @@ impl RedisServer {
             if self.ping().is_ok() && self.dir_is_ours() {
                 return Ok(());
             }
+            // A hang guard only: a loaded 2-core machine may take seconds to start it.
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer on port {} within 10 s",
+                started.elapsed() < Duration::from_secs(30),
+                "redis-server did not answer on port {} within 30 s",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(10));
