@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -177,6 +178,84 @@ impl Middleware for ResetBelow {
     }
 }
 
+/// Below the middleware: holds every attempt until the test opens it, so the bulkhead slots
+/// of the attempts it holds stay taken for exactly as long as the test wants, and counts per
+/// port how many attempts are inside at once (held, or passed on and not yet answered).
+#[derive(Clone)]
+struct Gate(Arc<GateState>);
+
+struct GateState {
+    open: tokio::sync::watch::Sender<bool>,
+    /// Attempts that reached the gate so far.
+    arrived: tokio::sync::watch::Sender<u64>,
+    /// Per port: attempts inside now, and the most at once.
+    load: Mutex<HashMap<u16, (u64, u64)>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(GateState {
+            open: tokio::sync::watch::Sender::new(false),
+            arrived: tokio::sync::watch::Sender::new(0),
+            load: Mutex::default(),
+        }))
+    }
+}
+
+impl Gate {
+    /// Lets every attempt held, and every later one, through.
+    fn open(&self) {
+        self.0.open.send_replace(true);
+    }
+
+    /// Waits until `n` attempts reached the gate.
+    async fn arrived(&self, n: u64) {
+        let mut arrived = self.0.arrived.subscribe();
+        arrived
+            .wait_for(|&seen| seen >= n)
+            .await
+            .expect("the gate lives");
+    }
+
+    /// The most attempts to `server` inside the gate at once.
+    fn peak(&self, server: &FaultServer) -> u64 {
+        let load = self.0.load.lock().unwrap();
+        load.get(&server.addr().port()).map_or(0, |&(_, peak)| peak)
+    }
+}
+
+/// One attempt inside the gate, counted out when it ends (or is dropped).
+struct Inside<'a>(&'a GateState, u16);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        let mut load = self
+            .0
+            .load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        load.entry(self.1).or_default().0 -= 1;
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for Gate {
+    async fn handle(&self, req: Request, ext: &mut Extensions, next: Next<'_>) -> MwResult {
+        let port = req.url().port().expect("a loopback URL names its port");
+        let _inside = {
+            let mut load = self.0.load.lock().unwrap();
+            let (now, peak) = load.entry(port).or_default();
+            *now += 1;
+            *peak = (*peak).max(*now);
+            Inside(&self.0, port)
+        };
+        self.0.arrived.send_modify(|n| *n += 1);
+        let mut open = self.0.open.subscribe();
+        open.wait_for(|&open| open).await.expect("the gate lives");
+        next.run(req, ext).await
+    }
+}
+
 /// Above the middleware: puts these overrides into the extensions.
 struct Inject(Overrides);
 
@@ -341,34 +420,71 @@ async fn hosts_that_reset_or_503_never_open_another_hosts_breaker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hosts_bulkhead_caps_its_load_and_refuses_the_rest_at_once() {
-    let slow = || FaultServer::start(always(Fault::Slow(ms(1500))));
-    let hosts = [slow(), slow()];
-    let bulkhead = Bulkhead::builder(2).reject_when_full();
-    let (client, resilience) = client(policies().bulkhead(Some(bulkhead)));
-    let mut tasks = Vec::new();
+    let hosts = [
+        FaultServer::start(always(Fault::Ok)),
+        FaultServer::start(always(Fault::Ok)),
+    ];
+    // No wait limit: a call that queued instead of being refused would wait for a slot that
+    // only the test's gate frees, so it could not come back before the gate opens.
+    let bulkhead = Bulkhead::builder(2).max_wait(None).reject_when_full();
+    // Far past the test's own 60 s bounds: the held calls must not end by themselves.
+    let long = Some(Duration::from_secs(600));
+    let policies = policies().bulkhead(Some(bulkhead));
+    let resilience = Resilience::new(
+        policies
+            .attempt_timeout(long)
+            .deadline(long)
+            .build()
+            .unwrap(),
+    );
+    // The gate, below the middleware, holds the admitted calls in their slots until opened.
+    let gate = Gate::default();
+    let client = stack(&resilience, Count::default(), gate.clone());
+    let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..12 {
-        let (client, url) = (client.clone(), hosts[i % 2].url("/"));
-        tasks.push(tokio::spawn(async move {
-            let start = Instant::now();
+        let (client, url, done) = (client.clone(), hosts[i % 2].url("/"), done.clone());
+        tokio::spawn(async move {
             let result = client.get(url).send().await;
-            (result.map(|r| r.status().as_u16()), start.elapsed())
-        }));
+            done.send(result.map(|r| r.status().as_u16())).unwrap();
+        });
     }
+    drop(done);
+    // "Refuses the rest at once": with the gate shut no slot frees, so eight refusals come
+    // back before it opens, and none of them waited for a slot. The timeouts here and below
+    // bound a hang only.
+    let hang = Duration::from_secs(60);
     let (mut answered, mut refused) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            (Ok(code), _) => answered += u32::from(code == 200),
-            (Err(e), took) => {
-                assert_eq!(rejection(&e), Some(Rejected::BulkheadFull), "{e:?}");
-                assert!(took < ms(1000), "refused at once, not after {took:?}");
-                refused += 1;
-            }
+    let refusals = async {
+        while refused < 8 {
+            let result = results.recv().await.expect("a caller's result");
+            let e = result.expect_err("an answer with the gate shut");
+            assert_eq!(rejection(&e), Some(Rejected::BulkheadFull), "{e:?}");
+            refused += 1;
         }
-    }
+    };
+    let refusals = tokio::time::timeout(hang, refusals).await;
+    refusals.expect("fewer than 8 refused before any slot freed: the rest waited");
+    // Two calls per host hold their slots at the gate, at once, and nothing else ended.
+    let held = tokio::time::timeout(hang, gate.arrived(4)).await;
+    held.expect("the admitted calls never reached the gate");
+    assert!(
+        results.try_recv().is_err(),
+        "a held call ended with the gate shut"
+    );
+    gate.open();
+    let rest = async {
+        while let Some(result) = results.recv().await {
+            answered += u32::from(result.expect("an admitted call") == 200);
+        }
+    };
+    tokio::time::timeout(hang, rest)
+        .await
+        .expect("the held calls never ended");
     assert_eq!((answered, refused), (4, 8), "two per host");
     for host in &hosts {
-        let load = (host.hits(), host.peak_in_flight());
+        let load = (host.hits(), gate.peak(host));
         assert_eq!(load, (2, 2), "refusals are not retried");
+        assert!(host.peak_in_flight() <= 2, "over the cap at the host");
         // Four refusals each did not count as failures against the host.
         assert_eq!(state(&resilience, host), Some(State::Closed));
     }

@@ -27,6 +27,9 @@ fn status(code: u16) -> Fault {
 }
 
 /// Three attempts 10 ms apart; a breaker per host opening on 3 failures in a row for 10 s.
+/// Attempts time out after 5 s and calls after 30 s: far above any loopback answer even on a
+/// loaded machine, since a timed-out attempt would be retried and add a hit to the exact
+/// counts below. The tests about timeouts set their own.
 fn policies() -> ClientPoliciesBuilder {
     ClientPolicies::builder()
         .retry(
@@ -36,8 +39,8 @@ fn policies() -> ClientPoliciesBuilder {
                 .build()
                 .unwrap(),
         )
-        .attempt_timeout(Some(ms(500)))
-        .deadline(Some(Duration::from_secs(5)))
+        .attempt_timeout(Some(Duration::from_secs(5)))
+        .deadline(Some(Duration::from_secs(30)))
         .retry_budget(None)
         .breaker(Some(
             CircuitBreaker::builder()

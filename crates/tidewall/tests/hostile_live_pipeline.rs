@@ -2258,13 +2258,26 @@ fn many_callers_on_many_threads_with_reloads_from_std_threads() {
     // The last word: a known configuration, and every handle on it.
     registry.reload(text(1, 0, 1, true)).unwrap();
     runtime.block_on(async {
-        let hold = live.call(|| async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok::<_, &str>(())
+        // Ordered by signals, not by timers: the probe calls only once `hold`'s op runs (so
+        // it holds the only slot), and `hold` lets go only once the probe's call returned.
+        let (entered, is_entered) = tokio::sync::oneshot::channel::<()>();
+        let (probed, is_probed) = tokio::sync::oneshot::channel::<()>();
+        let (mut entered, mut is_probed) = (Some(entered), Some(is_probed));
+        // `move`: were the op never run, dropping it drops `entered`, and the probe fails
+        // instead of waiting for ever.
+        let hold = live.call(move || {
+            let (entered, is_probed) = (entered.take(), is_probed.take());
+            async move {
+                entered.expect("one attempt").send(()).unwrap();
+                is_probed.expect("one attempt").await.unwrap();
+                Ok::<_, &str>(())
+            }
         });
         let probe = async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            live.call(|| async { Ok::<_, &str>(()) }).await
+            is_entered.await.expect("the holding call never ran");
+            let refused = live.call(|| async { Ok::<_, &str>(()) }).await;
+            probed.send(()).unwrap();
+            refused
         };
         let (held, refused) = tokio::join!(hold, probe);
         assert_eq!(held, Ok(()));

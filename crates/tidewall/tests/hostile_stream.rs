@@ -5,6 +5,9 @@
 //! at seeded random points, `follow` on a file changing under it, and `fs::write_atomic`
 //! dropped at every await point.
 
+#[path = "common/counting_spawn.rs"]
+mod counting_spawn;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -14,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use counting_spawn::{Counting, Relay};
 use futures_util::io::AsyncRead;
 use futures_util::task::noop_waker_ref;
 use futures_util::{FutureExt, Stream, StreamExt, stream};
 use tidewall::ConfigError;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::{Clock, JoinError, Spawn, TaskHandle, Tokio};
+use tidewall::rt::{Clock, Spawn, Tokio};
 use tidewall::stream::{
     BlockingReader, Keyed, KeyedMerge, LineReader, LinesError, MAX_BUFFER, MissedTicks, Overlong,
     StreamOps, WatchError, follow_on, generator, interval_on, watch_dir_on,
@@ -2428,97 +2432,6 @@ fn watch_dir_on_a_missing_directory_is_a_notify_error() {
 // the old file's permissions" / "Any I/O error ...; the target is then untouched and the
 // temporary file removed."
 // ---------------------------------------------------------------------------------------------
-
-/// Tokio, counting the blocking jobs still alive, so a test can wait for detached steps to end
-/// before looking at the directory. A job counts as ended only once its result was handed to
-/// a handle that still wants it, or dropped (so a temporary file returned by a detached step
-/// has been removed by then).
-#[derive(Clone, Default)]
-struct Counting {
-    live: Arc<LiveJobs>,
-}
-
-#[derive(Default)]
-struct LiveJobs {
-    count: AtomicUsize,
-    ended: tokio::sync::Notify,
-}
-
-struct Live(Arc<LiveJobs>);
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, SeqCst);
-        self.0.ended.notify_waiters();
-    }
-}
-
-/// The handle `Counting` returns: the relayed result of tokio's handle.
-struct Relay<T>(futures_channel::oneshot::Receiver<Result<T, JoinError>>);
-
-impl<T> Future for Relay<T> {
-    type Output = Result<T, JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(JoinError::Cancelled)))
-    }
-}
-
-impl<T: Send + 'static> TaskHandle<T> for Relay<T> {
-    fn abort(&self) {}
-}
-
-impl Counting {
-    fn relay<T: Send + 'static>(&self, inner: <Tokio as Spawn>::JoinHandle<T>) -> Relay<T> {
-        self.live.count.fetch_add(1, SeqCst);
-        let live = Live(Arc::clone(&self.live));
-        let (tx, rx) = futures_channel::oneshot::channel();
-        tokio::spawn(async move {
-            let result = inner.await;
-            // Nobody wants it: drop it here, before the job counts as ended.
-            drop(tx.send(result));
-            drop(live);
-        });
-        Relay(rx)
-    }
-}
-
-impl Spawn for Counting {
-    type JoinHandle<T: Send + 'static> = Relay<T>;
-
-    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.relay(Tokio.spawn(fut))
-    }
-
-    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
-    where
-        W: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        self.relay(Tokio.spawn_blocking(work))
-    }
-}
-
-impl Counting {
-    /// Waits until every blocking job handed out has ended (ran, or was dropped).
-    async fn settle(&self) {
-        loop {
-            let ended = self.live.ended.notified();
-            let mut ended = std::pin::pin!(ended);
-            ended.as_mut().enable();
-            if self.live.count.load(SeqCst) == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-}
 
 fn dir_entries(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -7,6 +7,8 @@
 //! Every assertion quotes the sentence of the docs it tests.
 
 mod common;
+#[path = "common/counting_spawn.rs"]
+mod counting_spawn;
 
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use counting_spawn::Counting;
 use futures_util::future::{Either, select};
 use futures_util::io::{AsyncRead, AsyncReadExt as _};
 use futures_util::task::{ArcWake, noop_waker_ref};
@@ -230,12 +233,13 @@ fn follow_built_outside_any_runtime_starts_there_and_is_polled_inside_one() {
         .build()
         .unwrap();
     let mut f = built;
-    let first = runtime.block_on(async { tokio::time::timeout(ms(5000), f.next()).await });
+    // The timeouts below bound a hang (the line is due within a 50 ms period), no more.
+    let first = runtime.block_on(async { tokio::time::timeout(ms(30_000), f.next()).await });
     // "So lines appended as soon as follow_on returns are delivered"
     assert_eq!(first.unwrap().unwrap().unwrap(), b"after build");
     let first = smol.block_on(async {
         let timeout = async {
-            smol::Timer::after(ms(5000)).await;
+            smol::Timer::after(ms(30_000)).await;
             None
         };
         futures_util::future::select(
@@ -248,7 +252,7 @@ fn follow_built_outside_any_runtime_starts_there_and_is_polled_inside_one() {
     });
     assert_eq!(first.unwrap().unwrap(), b"after build");
     let first = async_std::task::block_on(async {
-        async_std::future::timeout(ms(5000), on_async_std.next()).await
+        async_std::future::timeout(ms(30_000), on_async_std.next()).await
     });
     assert_eq!(first.unwrap().unwrap().unwrap(), b"later");
 }
@@ -417,7 +421,8 @@ fn follow_building_on_a_fifo_does_not_block() {
             let _ = tx.send(follow_on(&Tokio, &fifo, ms(50), 64, false).is_ok());
         }
     });
-    let built = rx.recv_timeout(Duration::from_secs(5));
+    // Blocked on a FIFO, the build would never return: 30 s bounds that hang, no more.
+    let built = rx.recv_timeout(Duration::from_secs(30));
     if built.is_err() {
         // Unblock the stuck open so the thread can end, then fail.
         drop(std::fs::OpenOptions::new().write(true).open(&fifo));
@@ -1444,7 +1449,9 @@ impl io::Read for CountingFile {
 }
 
 fn settle_reads(reads: &AtomicUsize, at_least: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A bound on waiting for an expected read, never a timing assertion: a loaded machine may
+    // take long to schedule the blocking pool, and only a missing read may end the wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while reads.load(SeqCst) < at_least && std::time::Instant::now() < deadline {
         std::thread::sleep(ms(2));
     }
@@ -1900,6 +1907,7 @@ fn write_atomic_handles_255_byte_names_of_multibyte_characters_on_every_runtime(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_atomic_with_a_255_byte_name_dropped_at_random_points_leaves_old_or_new_only() {
+    let rt = Counting::default();
     let dir = tempfile::tempdir().unwrap();
     let name = names_of_255_bytes().remove(3);
     let path = dir.path().join(&name);
@@ -1912,7 +1920,7 @@ async fn write_atomic_with_a_255_byte_name_dropped_at_random_points_leaves_old_o
             "#".repeat(to_usize(rng.below_or_equal(50_000)))
         )
         .into_bytes();
-        let mut fut = Box::pin(tidewall::fs::write_atomic(&Tokio, &path, new.clone()));
+        let mut fut = Box::pin(tidewall::fs::write_atomic(&rt, &path, new.clone()));
         let polls = rng.below_or_equal(10);
         let mut done = false;
         for _ in 0..polls {
@@ -1924,8 +1932,11 @@ async fn write_atomic_with_a_255_byte_name_dropped_at_random_points_leaves_old_o
             tokio::time::sleep(Duration::from_micros(rng.below_or_equal(2000))).await;
         }
         drop(fut);
-        // Detached blocking steps end on their own.
-        tokio::time::sleep(ms(100)).await;
+        // Detached blocking steps end on their own: wait for exactly those, however slow the
+        // machine (a bound only on hanging).
+        tokio::time::timeout(Duration::from_secs(60), rt.settle())
+            .await
+            .expect("a detached blocking step never ended");
         let now = std::fs::read(&path).unwrap();
         // "dropping the future at any await point leaves the old file or the complete new one.
         // Before the rename, the temporary file is removed on drop"
@@ -2333,30 +2344,33 @@ async fn write_atomic_with_a_255_byte_name_that_is_not_utf8() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_reader_on_a_pipe_delivers_what_it_has_without_waiting_for_a_chunk() {
+    // The writer blocks on the test, not on time: it writes two lines, then waits for its
+    // stdin to close, which the test does only once those two lines came out. A reader that
+    // waited for a whole chunk (or for the end) would never see them: no timing involved.
     let mut child = std::process::Command::new("sh")
-        .args(["-c", "printf 'a\\nb\\n'; sleep 3; printf 'c\\n'"])
+        .args(["-c", "printf 'a\\nb\\n'; read x; printf 'c\\n'"])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let hold = child.stdin.take().unwrap();
     let out = child.stdout.take().unwrap();
     let reader = BlockingReader::new(Tokio, out, 1 << 20).unwrap();
     let mut lines = LineReader::new(reader, 1 << 20, 1024, Overlong::Error).unwrap();
-    let started = std::time::Instant::now();
     let mut got = Vec::new();
     while got.len() < 2 {
-        let b = tokio::time::timeout(Duration::from_secs(10), lines.next_batch())
+        // "A pipe delivers what it has" / "a slow writer is never waited on for a whole
+        // chunk": the writer sends nothing more until the test lets it, so a batch comes only
+        // from what it has already written (the timeout bounds a hang, nothing else).
+        let b = tokio::time::timeout(Duration::from_secs(60), lines.next_batch())
             .await
-            .expect("no batch")
+            .expect("the first lines waited for more from a writer that was waiting on us")
             .unwrap()
             .expect("ended early");
         got.extend(b.lines().map(<[u8]>::to_vec));
     }
-    // "A pipe delivers what it has" / "a slow writer is never waited on for a whole chunk"
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "the first lines waited {:?} for the writer",
-        started.elapsed()
-    );
+    // The writer may go on now.
+    drop(hold);
     while let Some(b) = lines.next_batch().await.unwrap() {
         got.extend(b.lines().map(<[u8]>::to_vec));
     }
@@ -2424,7 +2438,8 @@ fn dir_watch_batch_never_holds_more_than_65536_paths() {
 #[test]
 fn dir_watch_reports_a_change_on_smol_and_async_std() {
     let check = |changes: Option<tidewall::stream::DirChanges>, path: &Path| {
-        let changes = changes.expect("no batch within 5 s");
+        // A bound on a hang (the change is due within a 50 ms period), no more.
+        let changes = changes.expect("no batch within 30 s");
         // "The paths that changed (created, modified, removed, renamed [...])"
         assert!(changes.paths.iter().any(|p| p == path), "{changes:?}");
     };
@@ -2436,7 +2451,7 @@ fn dir_watch_reports_a_change_on_smol_and_async_std() {
     std::fs::write(&path, "x").unwrap();
     let got = smol.block_on(async {
         let timeout = async {
-            smol::Timer::after(Duration::from_secs(5)).await;
+            smol::Timer::after(Duration::from_secs(30)).await;
             None
         };
         let next = async { Some(watch.next().await.unwrap().unwrap()) };
@@ -2451,7 +2466,7 @@ fn dir_watch_reports_a_change_on_smol_and_async_std() {
     let got = async_std::task::block_on(async {
         let mut watch = watch_dir_on(&tidewall::rt::AsyncStd, &dir_path, ms(50)).unwrap();
         std::fs::write(dir_path.join("on-async-std"), "x").unwrap();
-        async_std::future::timeout(Duration::from_secs(5), watch.next())
+        async_std::future::timeout(Duration::from_secs(30), watch.next())
             .await
             .ok()
             .map(|b| b.unwrap().unwrap())
@@ -3639,25 +3654,28 @@ fn write_atomic_to_paths_without_a_file_name_fails_cleanly_on_every_runtime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_from_the_end_of_a_50_gib_sparse_file_reads_only_what_is_appended() {
+async fn follow_from_the_end_of_a_1_tib_sparse_file_reads_only_what_is_appended() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.log");
     let file = std::fs::File::create(&path).unwrap();
-    file.set_len(50 << 30).unwrap(); // 50 GiB of zeros, no newline: one endless line
+    // 1 TiB of zeros, no newline: one endless line. Reading it takes minutes even at memory
+    // speed, so the 30 s bounds below, generous for a loaded machine, still tell a read of
+    // the end from a read of the whole.
+    file.set_len(1 << 40).unwrap();
     drop(file);
     let built = std::time::Instant::now();
     let mut f = follow_on(&Tokio, &path, ms(50), 64, false).unwrap();
     // "building it opens the file on the calling thread (a `stat`, an `open` and, from the
     // end, a read of at most 64 bytes)"
     assert!(
-        built.elapsed() < Duration::from_secs(2),
+        built.elapsed() < Duration::from_secs(30),
         "building took {:?}",
         built.elapsed()
     );
     append(&path, b"\nafter\n");
-    let first = tokio::time::timeout(Duration::from_secs(20), f.next())
+    let first = tokio::time::timeout(Duration::from_secs(30), f.next())
         .await
-        .expect("no item within 20 s: the file was read from its start?")
+        .expect("no item within 30 s: the file was read from its start?")
         .unwrap();
     // "Started at an end inside a line [...], the rest of that line is skipped: the first line
     // delivered is the first that starts after the follower's start."

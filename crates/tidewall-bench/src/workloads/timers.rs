@@ -151,8 +151,10 @@ mod tests {
 
     #[test]
     fn an_early_timer_is_negative_and_fails_the_check() {
-        let ahead = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        assert!(super::late_us(ahead) < -900_000.0);
+        // An hour ahead, asked within a minute of it: only a stall of a minute between the
+        // two lines could fail this, while a wrong sign or unit is off by orders of magnitude.
+        let ahead = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        assert!(super::late_us(ahead) < -3_540_000_000.0);
         let error = super::summarize(vec![5.0, -2.0], 2, 1.0).unwrap_err();
         assert!(error.to_string().contains("before its deadline"), "{error}");
         assert!(super::summarize(vec![5.0, -0.5], 2, 1.0).is_ok());
