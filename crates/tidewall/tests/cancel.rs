@@ -418,3 +418,83 @@ fn a_wide_tree_cancels_while_its_children_are_dropped() {
         assert_eq!(live.reason(), Some(Reason::new("swept")));
     });
 }
+
+/// Records whether it was woken.
+#[derive(Default)]
+struct WakeFlag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// "Dropping the future loses nothing": waiters that register, refresh their waker and give
+/// up on four threads while another cancels never miss the cancel. A waiter pending when the
+/// cancel lands is woken through the waker it gave last, then ready with the reason; a waiter
+/// that registers after it is ready at once. Seeded, 200 rounds.
+#[test]
+fn waiters_that_come_and_go_while_a_cancel_lands_are_all_woken() {
+    use tidewall_core::rng::SplitMix64;
+    for round in 0..200u64 {
+        let token = CancellationToken::new();
+        let start = Arc::new(std::sync::Barrier::new(5));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (token, start) = (token.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let mut rng = SplitMix64::new(round * 4 + t);
+                    start.wait();
+                    let mut kept = Vec::new();
+                    for _ in 0..50 {
+                        let mut waiter = Box::pin(token.cancelled_owned());
+                        let mut flag = Arc::new(WakeFlag::default());
+                        let mut polls = rng.between(1, 3);
+                        let pending = loop {
+                            let waker = std::task::Waker::from(Arc::clone(&flag));
+                            if waiter
+                                .as_mut()
+                                .poll(&mut Context::from_waker(&waker))
+                                .is_ready()
+                            {
+                                break false;
+                            }
+                            polls -= 1;
+                            if polls == 0 {
+                                break true;
+                            }
+                            // A later poll gives a new waker: only that one must be woken.
+                            flag = Arc::new(WakeFlag::default());
+                        };
+                        if pending && rng.below_or_equal(1) == 0 {
+                            kept.push((waiter, flag));
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        start.wait();
+        token.cancel("stop");
+        for thread in threads {
+            for (mut waiter, flag) in thread.join().unwrap() {
+                assert!(
+                    flag.0.load(Ordering::SeqCst),
+                    "round {round}: a waiter never woken"
+                );
+                let waker = std::task::Waker::noop();
+                match waiter.as_mut().poll(&mut Context::from_waker(waker)) {
+                    Poll::Ready(reason) => assert_eq!(reason.as_str(), "stop"),
+                    Poll::Pending => panic!("round {round}: woken but still pending"),
+                }
+            }
+        }
+        // Registered after the cancel: ready at once.
+        let mut late = Box::pin(token.cancelled_owned());
+        assert!(
+            late.as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_ready()
+        );
+    }
+}
