@@ -4,10 +4,15 @@ mod common;
 
 use common::ms;
 
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tidewall::ConfigError;
-use tidewall::rt::{Clock, Runtime, Spawn};
+use tidewall::rt::{Clock, JoinError, Runtime, Spawn, TaskHandle, Tokio};
 use tidewall::task::Exit;
 use tidewall::task::pool::{SubmitError, WorkerPool};
 use tidewall::testing::Clocked;
@@ -377,4 +382,147 @@ async fn a_dropped_pool_closes_and_its_workers_stop<R: Runtime>(rt: Clocked<R>) 
 #[test]
 fn a_dropped_pool_closes_and_its_workers_stop_on_every_runtime() {
     on_every_runtime!(a_dropped_pool_closes_and_its_workers_stop);
+}
+
+/// A runtime that runs its first spawn here and its second on a runtime of its own, which the
+/// test can drop: the pool's second worker is lost while it sits idle. Each worker's first
+/// `Pending` (it parked, waiting for a job) is signalled, and the second starts only once
+/// the test lets it, so it parks after the first.
+#[derive(Clone)]
+struct SecondWorkerElsewhere {
+    spawned: Arc<AtomicUsize>,
+    elsewhere: tokio::runtime::Handle,
+    start_second: Arc<tokio::sync::Notify>,
+    parked: [Arc<tokio::sync::Notify>; 2],
+}
+
+/// A task's result as the pool wants it: `Cancelled` if the task was dropped unfinished.
+struct Joined<T> {
+    result: tokio::sync::oneshot::Receiver<T>,
+    task: tokio::task::AbortHandle,
+}
+
+impl<T> Future for Joined<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.result)
+            .poll(cx)
+            .map(|sent| sent.map_err(|_| JoinError::Cancelled))
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for Joined<T> {
+    fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Signals `parked` the first time `future` is pending.
+async fn signal_first_pending<F: Future>(future: F, parked: Arc<tokio::sync::Notify>) {
+    let mut future = pin!(future);
+    let mut signalled = false;
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() && !signalled {
+            signalled = true;
+            parked.notify_one();
+        }
+        poll.map(drop)
+    })
+    .await;
+}
+
+impl Clock for SecondWorkerElsewhere {
+    type Sleep = <Tokio as Clock>::Sleep;
+
+    fn now(&self) -> std::time::Instant {
+        Tokio.now()
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Self::Sleep {
+        Tokio.sleep_until(deadline)
+    }
+}
+
+impl Spawn for SecondWorkerElsewhere {
+    type JoinHandle<T: Send + 'static> = Joined<T>;
+
+    fn spawn<F>(&self, future: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (sent, result) = tokio::sync::oneshot::channel();
+        let run = async move {
+            drop(sent.send(future.await));
+        };
+        let nth = self.spawned.fetch_add(1, SeqCst);
+        let parked = Arc::clone(&self.parked[nth.min(1)]);
+        let task = if nth == 1 {
+            let start = Arc::clone(&self.start_second);
+            self.elsewhere.spawn(async move {
+                start.notified().await;
+                signal_first_pending(run, parked).await;
+            })
+        } else {
+            tokio::spawn(signal_first_pending(run, parked))
+        };
+        Joined {
+            result,
+            task: task.abort_handle(),
+        }
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (sent, result) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || drop(sent.send(work())));
+        Joined {
+            result,
+            task: task.abort_handle(),
+        }
+    }
+}
+
+/// A worker its runtime drops while it waits for a job takes its place among the idle
+/// workers with it: the next job goes to a worker still alive, not to a waker that wakes
+/// nobody. (Before, the lost worker's waker stayed behind; parked last, it was the one a
+/// submit woke, and the job waited with a live worker idle.)
+#[tokio::test]
+async fn a_worker_lost_while_idle_leaves_no_waker_a_job_would_go_to() {
+    let lost = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = SecondWorkerElsewhere {
+        spawned: Arc::default(),
+        elsewhere: lost.handle().clone(),
+        start_second: Arc::default(),
+        parked: [Arc::default(), Arc::default()],
+    };
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .queue(10)
+        .runtime(rt.clone())
+        .start(|n: u32| async move { n + 1 })
+        .unwrap();
+    // The first worker parks, then the second, last.
+    rt.parked[0].notified().await;
+    rt.start_second.notify_one();
+    rt.parked[1].notified().await;
+    // Its runtime goes, and the second worker with it, idle.
+    std::thread::spawn(move || drop(lost)).join().unwrap();
+    let job = pool.try_submit(41).unwrap();
+    // A bound on a hang only: the job is the live worker's at once.
+    let exit = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the job went to the lost worker's waker and nobody ran it");
+    assert!(matches!(exit, Exit::Ok(42)), "{exit:?}");
+    let report = pool.shutdown(Duration::from_secs(60)).await;
+    assert_eq!((report.submitted, report.completed), (1, 1), "{report:?}");
 }

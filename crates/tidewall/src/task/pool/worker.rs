@@ -3,7 +3,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -26,6 +26,10 @@ pub(super) async fn work<J, T, F, Fut, R>(
     Fut: Future<Output = T>,
     R: Runtime,
 {
+    let mut parked = Parked {
+        shared: &shared,
+        waker: None,
+    };
     loop {
         let next = std::future::poll_fn(|cx| {
             let mut queue = shared.queue();
@@ -33,7 +37,7 @@ pub(super) async fn work<J, T, F, Fut, R>(
                 shared.running.fetch_add(1, Relaxed);
                 // This worker is busy now: an entry it left earlier must not absorb a wake-up
                 // meant for an idle one.
-                queue.workers.retain(|w| !w.will_wake(cx.waker()));
+                parked.unpark(&mut queue.workers, cx.waker());
                 // Room freed: wake every waiting producer (after the lock). Waking all, not
                 // one, means a producer that gave up cannot swallow the wake-up of another.
                 let producers = queue.submitters.take_all();
@@ -44,10 +48,15 @@ pub(super) async fn work<J, T, F, Fut, R>(
                 return Poll::Ready(Some(job));
             }
             if queue.closed {
+                parked.waker = None;
                 return Poll::Ready(None);
             }
             if !queue.workers.iter().any(|w| w.will_wake(cx.waker())) {
+                // Polled with another waker than the one it parked with: that one goes, or a
+                // submit could choose it and wake nobody.
+                parked.unpark(&mut queue.workers, cx.waker());
                 queue.workers.push(cx.waker().clone());
+                parked.waker = Some(cx.waker().clone());
             }
             Poll::Pending
         })
@@ -72,6 +81,45 @@ pub(super) async fn work<J, T, F, Fut, R>(
         };
         taken.end(matches!(exit, Exit::Ok(_)));
         let _ = report.send(exit);
+    }
+}
+
+/// An idle worker's waker among the parked ones, taken back when its future is dropped (its
+/// runtime dropped the task): a submit would otherwise wake it in vain while another worker
+/// sits idle. If a submit chose it already, or jobs wait anyway, another idle worker is woken
+/// in its place.
+struct Parked<'a, J, T> {
+    shared: &'a Shared<J, T>,
+    waker: Option<Waker>,
+}
+
+impl<J, T> Parked<'_, J, T> {
+    /// Takes this worker's entries out of the parked `workers`: the waker it parked with, and
+    /// any that wakes it through `current`.
+    fn unpark(&mut self, workers: &mut Vec<Waker>, current: &Waker) {
+        let old = self.waker.take();
+        workers
+            .retain(|w| !w.will_wake(current) && !old.as_ref().is_some_and(|old| w.will_wake(old)));
+    }
+}
+
+impl<J, T> Drop for Parked<'_, J, T> {
+    fn drop(&mut self) {
+        let Some(mine) = self.waker.take() else {
+            return;
+        };
+        let next = {
+            let mut queue = self.shared.queue();
+            queue.workers.retain(|w| !w.will_wake(&mine));
+            if queue.jobs.is_empty() {
+                None
+            } else {
+                queue.workers.pop()
+            }
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
     }
 }
 
