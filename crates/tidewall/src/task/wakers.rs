@@ -3,9 +3,10 @@
 use std::task::Waker;
 
 /// One slot per waiting future: it takes a slot when it first waits, refreshes its waker
-/// there on every later wait, and frees the slot when it resolves or is dropped. So the list
-/// holds no more entries than there are futures waiting now, however many gave up, and a
-/// wake-up never has to be spread over abandoned entries to keep the list small.
+/// there on every later wait, and frees the slot when it is dropped (or sooner, when it
+/// resolves). So the list holds no more entries than there are futures waiting now, however
+/// many gave up, and a wake-up never has to be spread over abandoned entries to keep the list
+/// small.
 ///
 /// The caller keeps its slot's key (`Option<usize>`, `None` before the first wait) and must
 /// [`free`](Self::free) it when it is done, in its future's `Drop` included.
