@@ -15,8 +15,8 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -62,8 +62,8 @@ enum Do {
 struct Log {
     started: Mutex<Vec<u32>>,
     finished: Mutex<Vec<u32>>,
-    /// The inputs whose task is inside a poll now.
-    polling: Mutex<Vec<u32>>,
+    /// Each finished input with the (virtual) time it finished.
+    finished_at: Mutex<Vec<(u32, Instant)>>,
 }
 
 impl Log {
@@ -75,48 +75,16 @@ impl Log {
         f.sort_unstable();
         f
     }
-    /// The inputs whose task finished, or is inside a poll and so may finish in it: an abort
-    /// takes effect at a task's next poll, and on a runtime with threads a poll may be under
-    /// way on another one while the stream is dropped.
-    fn finished_or_polling(&self) -> Vec<u32> {
-        let mut f = self.finished();
-        f.extend(self.polling.lock().unwrap().iter());
-        f.sort_unstable();
-        f
-    }
-}
-
-/// A job's future, marked in its log as inside a poll while it is.
-struct Polled {
-    input: u32,
-    log: Arc<Log>,
-    job: Job,
-}
-
-/// Unmarks the poll however it ends, a panic included.
-struct LeavePoll<'a>(&'a Log, u32);
-
-impl Drop for LeavePoll<'_> {
-    fn drop(&mut self) {
-        let mut polling = self
-            .0
-            .polling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = polling.iter().position(|&i| i == self.1) {
-            polling.swap_remove(at);
-        }
-    }
-}
-
-impl Future for Polled {
-    type Output = Result<u32, u32>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        this.log.polling.lock().unwrap().push(this.input);
-        let _leave = LeavePoll(&this.log, this.input);
-        this.job.as_mut().poll(cx)
+    /// The inputs whose task finished later than `at` (virtual time).
+    fn finished_after(&self, at: Instant) -> Vec<u32> {
+        let finished = self.finished_at.lock().unwrap();
+        let mut late: Vec<u32> = finished
+            .iter()
+            .filter(|(_, t)| *t > at)
+            .map(|(i, _)| *i)
+            .collect();
+        late.sort_unstable();
+        late
     }
 }
 
@@ -132,20 +100,17 @@ fn jobs<R: Runtime, P: Fn(u32) -> Do + Send + Sync + 'static>(
     move |i| {
         let (rt, log, what) = (rt.clone(), Arc::clone(&log), plan(i));
         log.started.lock().unwrap().push(i);
-        let job = Box::pin({
-            let log = Arc::clone(&log);
-            async move {
-                let (Do::Ok(d) | Do::Err(d) | Do::Panic(d)) = what;
-                rt.sleep(ms(d)).await;
-                log.finished.lock().unwrap().push(i);
-                match what {
-                    Do::Ok(_) => Ok(i),
-                    Do::Err(_) => Err(i),
-                    Do::Panic(_) => panic!("input {i} crashed (on purpose)"),
-                }
+        Box::pin(async move {
+            let (Do::Ok(d) | Do::Err(d) | Do::Panic(d)) = what;
+            rt.sleep(ms(d)).await;
+            log.finished.lock().unwrap().push(i);
+            log.finished_at.lock().unwrap().push((i, rt.now()));
+            match what {
+                Do::Ok(_) => Ok(i),
+                Do::Err(_) => Err(i),
+                Do::Panic(_) => panic!("input {i} crashed (on purpose)"),
             }
-        });
-        Box::pin(Polled { input: i, log, job })
+        })
     }
 }
 
@@ -423,14 +388,17 @@ async fn random_fail_fast_and_drops<R: Runtime>(rt: R) {
                 got.len()
             );
         }
+        // A task woken at the same instant may be inside its poll on another thread as the
+        // stream is dropped: an abort takes effect at its next poll, so that poll may finish
+        // it, at the drop's instant (virtual time stands still while a task is busy). No
+        // task may finish at any later instant.
         drop(stream);
-        let may_finish = log.finished_or_polling();
+        let dropped_at = rt.now();
         rt.sleep(secs(30)).await;
-        let finished = log.finished();
+        let late = log.finished_after(dropped_at);
         assert!(
-            finished.iter().all(|i| may_finish.contains(i)),
-            "round {round}: a task ran on after the stream was dropped or ended: finished \
-             {finished:?}, finished or inside a poll at the drop {may_finish:?}"
+            late.is_empty(),
+            "round {round}: tasks {late:?} ran on after the stream was dropped or ended"
         );
         let first_failure = plan.iter().position(|d| !matches!(d, Do::Ok(_)));
         let what = format!("round {round}, ordered {ordered}, limit {limit}, plan {plan:?}");
