@@ -5,8 +5,8 @@
 //! at seeded random points, `follow` on a file changing under it, and `fs::write_atomic`
 //! dropped at every await point.
 
-#[path = "common/counting_spawn.rs"]
-mod counting_spawn;
+#[path = "common/spawn_adapters.rs"]
+mod spawn_adapters;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use counting_spawn::{Counting, Relay};
 use futures_util::io::AsyncRead;
 use futures_util::task::noop_waker_ref;
 use futures_util::{FutureExt, Stream, StreamExt, stream};
+use spawn_adapters::{Counting, PanicAt};
 use tidewall::ConfigError;
 use tidewall::rate::RateLimiter;
-use tidewall::rt::{Clock, Spawn, Tokio};
+use tidewall::rt::{Clock, Tokio};
 use tidewall::stream::{
     BlockingReader, Keyed, KeyedMerge, LineReader, LinesError, MAX_BUFFER, MissedTicks, Overlong,
     StreamOps, WatchError, follow_on, generator, interval_on, watch_dir_on,
@@ -2600,51 +2600,16 @@ async fn write_atomic_concurrent_writers_to_one_path_leave_one_complete_version(
     assert_eq!(dir_entries(dir.path()), ["shared"]);
 }
 
-/// Tokio whose blocking step number `fail_at` (from 0) panics instead of running.
-#[derive(Clone)]
-struct FailingStep {
-    calls: Arc<AtomicUsize>,
-    fail_at: usize,
-    inner: Counting,
-}
-
-impl Spawn for FailingStep {
-    type JoinHandle<T: Send + 'static> = Relay<T>;
-
-    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.inner.spawn(fut)
-    }
-
-    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
-    where
-        W: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        if self.calls.fetch_add(1, SeqCst) == self.fail_at {
-            self.inner.spawn_blocking(move || -> T {
-                let work = work;
-                std::panic::panic_any(std::mem::size_of_val(&work))
-            })
-        } else {
-            self.inner.spawn_blocking(work)
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_atomic_reports_a_panicking_blocking_step_as_an_error_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cfg");
     std::fs::write(&path, b"old").unwrap();
     // How many blocking steps a write takes.
-    let probe = FailingStep {
+    let probe = PanicAt {
+        inner: Counting::default(),
         calls: Arc::new(AtomicUsize::new(0)),
         fail_at: usize::MAX,
-        inner: Counting::default(),
     };
     tidewall::fs::write_atomic(&probe, &path, b"old".to_vec())
         .await
@@ -2652,10 +2617,10 @@ async fn write_atomic_reports_a_panicking_blocking_step_as_an_error_and_cleans_u
     let steps = probe.calls.load(SeqCst);
     assert!(steps >= 1);
     for fail_at in 0..steps {
-        let rt = FailingStep {
+        let rt = PanicAt {
+            inner: Counting::default(),
             calls: Arc::new(AtomicUsize::new(0)),
             fail_at,
-            inner: Counting::default(),
         };
         let e = tidewall::fs::write_atomic(&rt, &path, b"new contents".to_vec())
             .await

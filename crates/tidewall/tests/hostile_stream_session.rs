@@ -7,8 +7,8 @@
 //! Every assertion quotes the sentence of the docs it tests.
 
 mod common;
-#[path = "common/counting_spawn.rs"]
-mod counting_spawn;
+#[path = "common/spawn_adapters.rs"]
+mod spawn_adapters;
 
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use counting_spawn::Counting;
 use futures_util::future::{Either, select};
 use futures_util::io::{AsyncRead, AsyncReadExt as _};
 use futures_util::task::{ArcWake, noop_waker_ref};
 use futures_util::{Stream, StreamExt as _, stream};
+use spawn_adapters::{Counting, PanicAt};
 use tidewall::rt::{Clock, Runtime, Tokio};
 use tidewall::stream::{
     BlockingReader, Follow, LineReader, LinesError, MissedTicks, Overlong, StreamOps, follow_on,
@@ -3220,41 +3220,6 @@ async fn blocking_reader_panic<R: Runtime>(rt: R) {
 #[test]
 fn blocking_reader_after_a_panicking_read_fails_every_later_read_on_every_runtime() {
     on_every_runtime!(blocking_reader_panic);
-}
-
-/// Any runtime whose blocking job number `fail_at` (from 0) panics instead of running.
-#[derive(Clone)]
-struct PanicAt<R> {
-    inner: R,
-    calls: Arc<AtomicUsize>,
-    fail_at: usize,
-}
-
-impl<R: tidewall::rt::Spawn> tidewall::rt::Spawn for PanicAt<R> {
-    type JoinHandle<T: Send + 'static> = R::JoinHandle<T>;
-
-    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.inner.spawn(fut)
-    }
-
-    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
-    where
-        W: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        if self.calls.fetch_add(1, SeqCst) == self.fail_at {
-            self.inner.spawn_blocking(move || -> T {
-                drop(work);
-                panic!("blocking step panics (on purpose)")
-            })
-        } else {
-            self.inner.spawn_blocking(work)
-        }
-    }
 }
 
 async fn write_atomic_panics<R: Runtime>(rt: R) {

@@ -1,5 +1,6 @@
-//! A tokio runtime adapter that counts the jobs it spawned still alive, so a test can wait
-//! for detached steps (a dropped `write_atomic`'s blocking steps) instead of a guessed time.
+//! Runtime adapters for tests of detached blocking steps: `Counting`, tokio counting the jobs
+//! it spawned still alive, so a test can wait for a dropped `write_atomic`'s steps instead of
+//! a guessed time; `PanicAt`, any runtime whose chosen blocking job panics.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -97,6 +98,41 @@ impl Counting {
                 return;
             }
             ended.await;
+        }
+    }
+}
+
+/// Any runtime whose blocking job number `fail_at` (from 0) panics instead of running.
+#[derive(Clone)]
+pub struct PanicAt<R> {
+    pub inner: R,
+    pub calls: Arc<AtomicUsize>,
+    pub fail_at: usize,
+}
+
+impl<R: Spawn> Spawn for PanicAt<R> {
+    type JoinHandle<T: Send + 'static> = R::JoinHandle<T>;
+
+    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.spawn(fut)
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.calls.fetch_add(1, SeqCst) == self.fail_at {
+            self.inner.spawn_blocking(move || -> T {
+                drop(work);
+                panic!("blocking step panics (on purpose)")
+            })
+        } else {
+            self.inner.spawn_blocking(work)
         }
     }
 }
