@@ -1,7 +1,10 @@
 //! `write_atomic` dropped at every await point leaves the old file or the complete new one.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll, Waker};
 
 use tidewall::fs::write_atomic;
@@ -11,6 +14,14 @@ use tidewall::rt::{JoinError, Spawn, TaskHandle};
 /// every await point of the writer becomes an exact, repeatable suspension.
 #[derive(Clone)]
 struct Stepwise;
+
+/// `Stepwise`, except that blocking job number `cancel_at` (from 0) is dropped unrun and its
+/// handle reports `JoinError::Cancelled`, as tokio's do for jobs not started at shutdown.
+#[derive(Clone)]
+struct CancelsAt {
+    jobs: Arc<AtomicUsize>,
+    cancel_at: usize,
+}
 
 struct Ready<T>(Option<T>, bool);
 
@@ -52,6 +63,43 @@ impl Spawn for Stepwise {
     {
         Ready(Some(work()), false)
     }
+}
+
+impl Spawn for CancelsAt {
+    type JoinHandle<T: Send + 'static> = Ready<T>;
+
+    fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        unreachable!("write_atomic only uses spawn_blocking")
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.jobs.fetch_add(1, SeqCst) == self.cancel_at {
+            drop(work);
+            Ready(None, false)
+        } else {
+            Stepwise.spawn_blocking(work)
+        }
+    }
+}
+
+/// Polls a write over `Stepwise` handles to its end (each suspension is one poll long).
+fn run_stepwise<T>(fut: impl Future<Output = T>) -> T {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..100 {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("a stepwise write did not finish in 100 polls")
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
@@ -101,6 +149,46 @@ fn dropped_at_every_await_point_leaves_old_or_new_never_partial() {
         }
     }
     assert!(saw_old && saw_new, "both outcomes must have been exercised");
+}
+
+// "A blocking step ... that its runtime cancelled ... is reported as an io::Error of kind
+// Other, never Interrupted."
+#[test]
+fn a_cancelled_step_is_other_never_interrupted_and_leaves_old_or_new() {
+    let old = b"old".to_vec();
+    let new = b"new contents".to_vec();
+    let mut cancelled_steps = 0;
+    for cancel_at in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cfg");
+        std::fs::write(&path, &old).unwrap();
+        let rt = CancelsAt {
+            jobs: Arc::new(AtomicUsize::new(0)),
+            cancel_at,
+        };
+        let result = run_stepwise(write_atomic(&rt, &path, new.clone()));
+        let contents = std::fs::read(&path).unwrap();
+        let Err(e) = result else {
+            // Every step ran: `cancel_at` is past the last one.
+            assert_eq!(contents, new);
+            break;
+        };
+        cancelled_steps += 1;
+        assert_eq!(e.kind(), io::ErrorKind::Other, "step {cancel_at}: {e}");
+        assert!(e.to_string().contains("cancelled"), "step {cancel_at}: {e}");
+        assert!(
+            contents == old || contents == new,
+            "step {cancel_at}: partial file"
+        );
+        let leftovers = entries(dir.path());
+        // A cancelled create leaves no file to remove, and a cancelled rename's file is removed
+        // with the dropped job; the first steps leave the target untouched.
+        assert_eq!(leftovers, ["cfg"], "step {cancel_at}: temporary file left");
+    }
+    assert!(
+        cancelled_steps >= 4,
+        "create, write, rename and sync: {cancelled_steps}"
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use temp::TempFile;
 
-use crate::rt::{JoinError, Spawn};
+use crate::rt::Spawn;
 
 /// Atomically replaces (or creates) `path` with `contents`; see the [module docs](self).
 ///
@@ -54,8 +54,10 @@ use crate::rt::{JoinError, Spawn};
 /// Any I/O error from creating, writing, syncing or renaming; an error up to the rename leaves
 /// the target untouched and the temporary file removed. The directory sync comes after the
 /// rename, so its error leaves the complete new contents in place (not yet known durable). A
-/// panic or cancellation of a blocking step is reported as an [`io::Error`] of kind
-/// `Other`/`Interrupted`.
+/// blocking step that panicked, or that its runtime cancelled (as tokio does to blocking jobs
+/// not yet started when it shuts down), is reported as an [`io::Error`] of kind `Other`, never
+/// `Interrupted`: loops that retry `Interrupted` at once would spin against a runtime that is
+/// going away.
 pub async fn write_atomic<R: Spawn>(
     rt: &R,
     path: impl AsRef<Path>,
@@ -103,13 +105,10 @@ async fn blocking<R: Spawn, T: Send + 'static>(
     rt: &R,
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
+    // `Other` for a cancelled step too (see `write_atomic`'s errors).
     match rt.spawn_blocking(work).await {
         Ok(result) => result,
-        Err(JoinError::Cancelled) => Err(io::Error::new(
-            io::ErrorKind::Interrupted,
-            "blocking file step was cancelled",
-        )),
-        Err(err) => Err(io::Error::other(err.to_string())),
+        Err(err) => Err(io::Error::other(format!("blocking file step: {err}"))),
     }
 }
 
