@@ -162,7 +162,9 @@ async fn dropping_the_refresh_lets_go_of_what_it_forced() {
         BreakerQuorum::builder(&conn, "dropped", breaker.clone())
             .instance(id)
             .quorum(0.5)
-            .every(Duration::from_millis(50))
+            // A report lives three periods (1.5 s): a loaded machine's stall of a refresh
+            // task must not let `a`'s report lapse while the test looks.
+            .every(Duration::from_millis(500))
             .deadline(Duration::from_secs(1))
             .build()
             .unwrap()
@@ -196,7 +198,9 @@ async fn dropping_one_of_two_refreshes_keeps_the_force_the_other_holds() {
         BreakerQuorum::builder(&conn, "two-refreshes", breaker.clone())
             .instance(id)
             .quorum(0.5)
-            .every(Duration::from_millis(50))
+            // A report lives three periods (1.5 s): a loaded machine's stall of a refresh
+            // task must not let `a`'s report lapse while the test looks.
+            .every(Duration::from_millis(500))
             .deadline(Duration::from_secs(1))
             .build()
             .unwrap()
@@ -212,7 +216,8 @@ async fn dropping_one_of_two_refreshes_keeps_the_force_the_other_holds() {
         State::ForcedOpen,
         "the other refresh still holds the quorum's force"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two rounds of the remaining refresh: each keeps the force.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(b.state(), State::ForcedOpen);
     drop(second);
     assert_eq!(
