@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, answered_past_deadline, eventually};
+use common::{RedisServer, eventually};
 use tidewall::pipeline::Pipeline;
 use tidewall::tower::{AdmitLayer, AdmitMode};
 use tidewall::{Error, Rejected};
@@ -42,31 +42,27 @@ async fn a_pipeline_takes_the_redis_limiter_as_its_rate_limit() {
     assert_eq!(second, Err(Error::Rejected(Rejected::DeadlineExceeded)));
 }
 
-/// `max_wait(ZERO)` asks the limiter with a deadline that has passed: one round trip of at
-/// most 1 ms, which a healthy Redis on loopback answers once connected with the script
-/// loaded (a first call also connects and loads it: the zero-cell check does that first),
-/// unless the machine is too busy to run it that soon: then it is asked again.
+/// A waiting layer admits the first call on its first try: its 5 s wait bounds the round trip
+/// (the limiter connected and its script loaded first), not the cell, which is free. A layer
+/// that may not wait (`max_wait(ZERO)`) over the same limiter is then refused: the next cell
+/// is 10 s away. (A caller past its deadline being answered at all is `rate.rs`'s.)
 #[tokio::test]
 async fn a_tower_service_admits_through_redis() {
     let server = RedisServer::start();
     let limiter = one_per_ten_seconds(&server, "tower");
-    limiter.check_n(0).await.unwrap();
-    let layer = AdmitLayer::new(limiter, AdmitMode::WaitCall).max_wait(Duration::ZERO);
+    eventually(async || limiter.check_n(0).await.ok()).await;
     // The service's own errors become `Error::Inner`: the layer refuses in the same type.
-    let mut service = tower::ServiceBuilder::new()
-        .layer(layer)
-        .map_err(Error::Inner)
-        .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
-    let answer =
-        answered_past_deadline(
-            async || match service.ready().await.unwrap().call(21).await {
-                Err(Error::Rejected(missed)) => Err(missed),
-                other => Ok(other.unwrap()),
-            },
-        )
-        .await;
-    assert_eq!(answer, 42);
-    let refused = service.ready().await.unwrap().call(1).await;
+    let service = |max_wait| {
+        tower::ServiceBuilder::new()
+            .layer(AdmitLayer::new(limiter.clone(), AdmitMode::WaitCall).max_wait(max_wait))
+            .map_err(Error::Inner)
+            .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) })
+    };
+    let mut waiting = service(Duration::from_secs(5));
+    let answer = waiting.ready().await.unwrap().call(21).await;
+    assert_eq!(answer, Ok(42));
+    let mut impatient = service(Duration::ZERO);
+    let refused = impatient.ready().await.unwrap().call(1).await;
     assert!(
         matches!(refused, Err(Error::Rejected(Rejected::DeadlineExceeded))),
         "{refused:?}"
