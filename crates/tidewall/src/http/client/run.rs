@@ -196,47 +196,41 @@ impl<R: Clock> Attempt<'_, R> {
             }
             _ => None,
         };
-        // The waits are boxed: they are the rare path, and inline they would triple the size
-        // of every attempt's future, which is moved on every attempt.
         let _slot = match (&inner.bulkheads, authority) {
             (Some(bulkheads), Some(authority)) => Some(
-                match bulkheads
-                    .try_acquire_quiet(authority)
-                    .map_err(Error::Rejected)?
-                {
-                    Some(slot) => slot,
-                    None => match Box::pin(bulkheads.acquire_before(authority, deadline)).await {
-                        Ok(slot) => slot,
-                        Err(refusal) => return Err(refused(refusal, deadline, &inner.rt).await),
-                    },
-                },
+                taken_or_waited(
+                    bulkheads.try_acquire_quiet(authority),
+                    || bulkheads.acquire_before(authority, deadline),
+                    deadline,
+                    &inner.rt,
+                )
+                .await?,
             ),
             _ => None,
         };
         let mut slot = match (&inner.adaptive, authority) {
             (Some(limits), Some(authority)) => Some(
-                match limits
-                    .try_acquire_quiet(authority)
-                    .map_err(Error::Rejected)?
-                {
-                    Some(slot) => slot,
-                    None => match Box::pin(limits.acquire_before(authority, deadline)).await {
-                        Ok(slot) => slot,
-                        Err(refusal) => return Err(refused(refusal, deadline, &inner.rt).await),
-                    },
-                },
+                taken_or_waited(
+                    limits.try_acquire_quiet(authority),
+                    || limits.acquire_before(authority, deadline),
+                    deadline,
+                    &inner.rt,
+                )
+                .await?,
             ),
             _ => None,
         };
         // The rate limit is waited for last, the slot held: the token is taken just before
         // the send, so sends keep its pace (taken before a queue, tokens of attempts that
         // then wait together would let them all go at once when slots free).
-        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority)
-            && limiters.check_key_quiet(authority).is_err()
-            && let Err(refusal) =
-                Box::pin(limiters.until_key_ready_before(authority, deadline)).await
-        {
-            return Err(refused(refusal, deadline, &inner.rt).await);
+        if let (Some(limiters), Some(authority)) = (&inner.limiters, authority) {
+            taken_or_waited(
+                Ok(limiters.check_key_quiet(authority).ok()),
+                || limiters.until_key_ready_before(authority, deadline),
+                deadline,
+                &inner.rt,
+            )
+            .await?;
         }
         // The host's time alone: not the waits for the stack's own queue and rate limit.
         if let Some(slot) = &mut slot {
@@ -268,6 +262,27 @@ impl<R: Clock> Attempt<'_, R> {
             }
         }
         result
+    }
+}
+
+/// What `taken` took at once (a refusal is the answer), else what `wait` waits for until the
+/// deadline. The wait is boxed: it is the rare path, and inline it would triple the size of
+/// every attempt's future, which is moved on every attempt.
+async fn taken_or_waited<S, E, W, R: Clock>(
+    taken: Result<Option<S>, Rejected>,
+    wait: impl FnOnce() -> W,
+    deadline: Deadline,
+    rt: &R,
+) -> Result<S, Error<E>>
+where
+    W: Future<Output = Result<S, Rejected>>,
+{
+    if let Some(taken) = taken.map_err(Error::Rejected)? {
+        return Ok(taken);
+    }
+    match Box::pin(wait()).await {
+        Ok(waited) => Ok(waited),
+        Err(refusal) => Err(refused(refusal, deadline, rt).await),
     }
 }
 
