@@ -1,6 +1,12 @@
 //! Bounded fan-out scenarios on every runtime adapter, in virtual time.
 
 mod common;
+#[path = "common/hang.rs"]
+mod hang;
+#[path = "common/spawn_adapters.rs"]
+mod spawn_adapters;
+
+use spawn_adapters::DropsUnpolled;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -380,6 +386,60 @@ fn zero_limit_is_a_config_error_not_a_hang() {
         FanOut::new(0).unwrap_err(),
         ConfigError::Zero { field: "limit" }
     );
+}
+
+/// "yields each outcome, with a panic or a runtime cancellation as JoinError": a task its
+/// runtime drops before its first poll is an outcome too, in both orders, and frees its slot.
+async fn tasks_dropped_unpolled_are_reported_cancelled<R: Runtime>(rt: R) {
+    for ordered in [false, true] {
+        let lossy = DropsUnpolled {
+            inner: rt.clone(),
+            spawns: Arc::new(AtomicUsize::new(0)),
+            // Inputs 1 and 2, then every third: more than the limit, so a lost slot that was
+            // never freed would stop the fan-out taking inputs.
+            lose: |n| n == 1 || n == 2 || n % 3 == 0,
+        };
+        let fan_out = FanOut::new(2).unwrap().runtime(lossy);
+        let fan_out = if ordered { fan_out.ordered() } else { fan_out };
+        let r = rt.clone();
+        let results = fan_out.run_iter(0..12u32, move |i| {
+            let r = r.clone();
+            async move {
+                r.sleep(Duration::from_millis(10)).await;
+                i
+            }
+        });
+        let results: Vec<_> = results.collect().await;
+        assert_eq!(
+            results.len(),
+            12,
+            "ordered {ordered}: one outcome per input"
+        );
+        let mut kept: Vec<u32> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        if !ordered {
+            kept.sort_unstable();
+        }
+        assert_eq!(kept, [4, 5, 7, 8, 10, 11], "ordered {ordered}");
+        let lost = results
+            .iter()
+            .filter(|r| matches!(r, Err(JoinError::Cancelled)))
+            .count();
+        assert_eq!(lost, 6, "ordered {ordered}: {results:?}");
+        if ordered {
+            let cancelled_at: Vec<usize> = (0..12).filter(|&i| results[i].is_err()).collect();
+            assert_eq!(cancelled_at, [0, 1, 2, 3, 6, 9], "in input order");
+        }
+    }
+}
+
+#[test]
+fn tasks_dropped_unpolled_on_every_runtime() {
+    hang::without_hanging("a fan-out whose runtime loses tasks", || {
+        on_every_runtime!(tasks_dropped_unpolled_are_reported_cancelled);
+    });
 }
 
 #[tokio::test(start_paused = true)]

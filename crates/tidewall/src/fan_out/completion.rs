@@ -115,19 +115,23 @@ impl<O> Drop for Reporter<O> {
     }
 }
 
-/// The task body: runs `work`, catching a panic, and reports exactly once.
-pub(super) async fn report_to<F: Future>(
+/// The task body: runs `work`, catching a panic, and reports exactly once. The guard is made
+/// here, before the task is spawned, and moves into the body: a runtime that drops the task
+/// before its first poll drops the guard with it, which reports `Err(Cancelled)`.
+pub(super) fn report_to<F: Future>(
     completions: Arc<Completions<F::Output>>,
     sequence: u64,
     slot: usize,
     work: F,
-) {
+) -> impl Future<Output = ()> {
     let reporter = Reporter {
         completions,
         sequence,
         slot,
         armed: true,
     };
-    let outcome = AssertUnwindSafe(work).catch_unwind().await;
-    reporter.report(outcome.map_err(|payload| JoinError::Panicked(Panic::new(payload))));
+    async move {
+        let outcome = AssertUnwindSafe(work).catch_unwind().await;
+        reporter.report(outcome.map_err(|payload| JoinError::Panicked(Panic::new(payload))));
+    }
 }

@@ -1,6 +1,7 @@
 //! Runtime adapters for tests of detached blocking steps: `Counting`, tokio counting the jobs
 //! it spawned still alive, so a test can wait for a dropped `write_atomic`'s steps instead of
-//! a guessed time; `PanicAt`, any runtime whose chosen blocking job panics.
+//! a guessed time; `PanicAt`, any runtime whose chosen blocking job panics; `DropsUnpolled`,
+//! any runtime that drops chosen tasks before their first poll.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll};
 
-use tidewall::rt::{JoinError, Spawn, TaskHandle, Tokio};
+use tidewall::rt::{Clock, JoinError, Spawn, TaskHandle, Tokio};
 
 /// Tokio, counting the blocking jobs still alive, so a test can wait for detached steps to end
 /// before looking at the directory. A job counts as ended only once its result was handed to
@@ -134,5 +135,52 @@ impl<R: Spawn> Spawn for PanicAt<R> {
         } else {
             self.inner.spawn_blocking(work)
         }
+    }
+}
+
+/// Any runtime that drops the future of each spawn whose number (from 0) `lose` picks without
+/// polling it, as tokio does to a task spawned while it shuts down. The lost task's handle
+/// never completes (nothing awaited on it is owed an answer by this adapter).
+#[derive(Clone)]
+pub struct DropsUnpolled<R> {
+    pub inner: R,
+    pub spawns: Arc<AtomicUsize>,
+    pub lose: fn(usize) -> bool,
+}
+
+impl<R: Clock> Clock for DropsUnpolled<R> {
+    type Sleep = R::Sleep;
+
+    fn now(&self) -> std::time::Instant {
+        self.inner.now()
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Self::Sleep {
+        self.inner.sleep_until(deadline)
+    }
+}
+
+impl<R: Spawn> Spawn for DropsUnpolled<R> {
+    type JoinHandle<T: Send + 'static> = R::JoinHandle<T>;
+
+    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if (self.lose)(self.spawns.fetch_add(1, SeqCst)) {
+            drop(fut);
+            self.inner.spawn(std::future::pending())
+        } else {
+            self.inner.spawn(fut)
+        }
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.spawn_blocking(work)
     }
 }
