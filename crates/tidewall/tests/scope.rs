@@ -2,6 +2,8 @@
 //! variant, on every runtime with virtual time.
 
 mod common;
+#[path = "common/hang.rs"]
+mod hang;
 
 use common::ms;
 
@@ -710,4 +712,52 @@ fn a_discarded_ok_value_may_use_its_scope_when_dropped() {
     finished
         .recv_timeout(Duration::from_secs(10))
         .expect("joined: no deadlock when a discarded value reads its scope");
+}
+
+/// "If its `Drop` panics, the child still counts as succeeded and whoever waits on the scope
+/// (`join`, `next`, a `spawn` waiting for a slot) is still woken."
+#[test]
+fn a_discarded_value_panicking_on_drop_strands_no_waiter() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("a discarded value panics on drop (on purpose)");
+        }
+    }
+    for multi_thread in [false, true] {
+        hang::without_hanging("a discarded value panicking on drop", move || {
+            let rt = if multi_thread {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_current_thread().build()
+            };
+            rt.unwrap().block_on(async {
+                let scope = Scope::builder()
+                    .runtime(tidewall::rt::Tokio)
+                    .discard_ok()
+                    .limit(1)
+                    .build::<Bomb, ()>()
+                    .unwrap();
+                let (release, held) = futures_channel::oneshot::channel::<()>();
+                scope
+                    .spawn(async move {
+                        let _ = held.await;
+                        Ok(Bomb)
+                    })
+                    .await
+                    .unwrap();
+                // The only slot is held: this spawn waits for it.
+                let mut second = Box::pin(scope.spawn(async { Ok(Bomb) }));
+                assert!(futures_util::poll!(second.as_mut()).is_pending());
+                release.send(()).unwrap();
+                second
+                    .await
+                    .expect("woken for the slot the first child freed");
+                let report = scope.join().await;
+                assert_eq!((report.spawned, report.succeeded), (2, 2));
+            });
+        });
+    }
 }

@@ -80,6 +80,12 @@ impl<R> ScopeBuilder<R> {
     /// owner never reads results holds nothing for its finished children. Failures are kept
     /// until read (under `CollectAll`, a long-lived scope's owner should take them with
     /// `next`; fail-fast scopes stop at the first).
+    ///
+    /// A value is dropped on the thread of the child that made it, after the child's end is
+    /// recorded. If its `Drop` panics, the child still counts as succeeded and whoever waits
+    /// on the scope (`join`, `next`, a `spawn` waiting for a slot) is still woken; the panic
+    /// goes on to the child's task, as any panic of a task does on its runtime (for a
+    /// `LocalScope`, to the owner polling it).
     pub fn discard_ok(mut self) -> Self {
         self.keep_ok = false;
         self

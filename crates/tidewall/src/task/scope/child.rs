@@ -148,12 +148,7 @@ impl<T, E, R: Runtime> Shared<T, E, R> {
             let has_reports = state.ledger.has_reports();
             (ended, state.children.owner_to_wake(has_reports), discarded)
         };
-        // Outside the lock: a discarded value's `Drop` may call back into the scope.
-        drop(discarded);
-        ended.settle(&core.token);
-        if let Some(owner) = owner {
-            owner.wake();
-        }
+        ended.settle(discarded, owner, &core.token);
     }
 }
 

@@ -69,12 +69,39 @@ pub(super) struct Ended {
 }
 
 impl Ended {
-    /// Cancels the scope if the child failed it fast, then wakes the waiting spawners.
-    pub(super) fn settle(self, token: &CancellationToken) {
-        if let Some(reason) = self.fail_fast {
-            token.cancel(reason);
+    /// Drops the child's discarded value (outside the lock: its `Drop` may call back into the
+    /// scope), then cancels the scope if the child failed it fast and wakes the waiting
+    /// spawners and `owner`. They are woken even if that `Drop` panics: the panic goes on to
+    /// the child's runtime, and must not strand a `join` or a `spawn` waiting for a slot.
+    pub(super) fn settle<V>(self, discarded: V, owner: Option<Waker>, token: &CancellationToken) {
+        let wake = Settle {
+            ended: self,
+            owner,
+            token,
+        };
+        drop(discarded);
+        drop(wake);
+    }
+}
+
+/// Settles an [`Ended`] when dropped, unwinding or not.
+struct Settle<'a> {
+    ended: Ended,
+    owner: Option<Waker>,
+    token: &'a CancellationToken,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        if let Some(reason) = self.ended.fail_fast.take() {
+            self.token.cancel(reason);
         }
-        self.spawners.into_iter().for_each(Waker::wake);
+        std::mem::take(&mut self.ended.spawners)
+            .into_iter()
+            .for_each(Waker::wake);
+        if let Some(owner) = self.owner.take() {
+            owner.wake();
+        }
     }
 }
 

@@ -332,9 +332,8 @@ impl<T: 'static, E: 'static, R: Runtime> LocalScope<T, E, R> {
             }
             state.record_end(id, exit, || core.rt.now(), cancelled)
         };
-        // Outside the borrow: a discarded value's `Drop` may call back into the scope.
-        drop(discarded);
-        ended.settle(&core.token);
+        // Outside the borrow.
+        ended.settle(discarded, None, &core.token);
     }
 }
 
