@@ -8,6 +8,7 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 
 use super::queue::{Place, Status};
+use super::shared::Shared;
 use super::{Bulkhead, OwnedPermit, Permit};
 use crate::admission::{Priority, Wait};
 use crate::rt::{Clock, instant_after};
@@ -269,7 +270,7 @@ impl<R: Clock> Waiter<R> {
                 *this.place = None;
                 *this.done = true;
                 *this.held = held;
-                shared.waited(*this.queued_at);
+                tell_waited(shared, *this.queued_at);
                 return Poll::Ready(Ok(()));
             }
             Status::Shed => {
@@ -291,7 +292,7 @@ impl<R: Clock> Waiter<R> {
         if let Some(held) = bulkhead.leave_queue(place) {
             // Granted just as the wait ran out: take it.
             *this.held = held;
-            shared.waited(*this.queued_at);
+            tell_waited(shared, *this.queued_at);
             return Poll::Ready(Ok(()));
         }
         let reason = if *this.timer_is_deadline {
@@ -301,6 +302,21 @@ impl<R: Clock> Waiter<R> {
         };
         Poll::Ready(Err(shared.reject(reason)))
     }
+}
+
+/// Tells the listener how long a granted waiter waited. Its slot is taken and no permit holds
+/// it yet (the front builds one from the `Ok` this returns to): if the listener panics, the
+/// slot is given back as the waiter unwinds, so no capacity is lost to it.
+fn tell_waited<R: Clock>(shared: &Shared<R>, since: Option<Instant>) {
+    struct GiveBack<'a, R: Clock>(&'a Shared<R>);
+    impl<R: Clock> Drop for GiveBack<'_, R> {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+    let unwinding = GiveBack(shared);
+    shared.waited(since);
+    std::mem::forget(unwinding);
 }
 
 fn earliest(max_wait_end: Option<Instant>, deadline: Option<Instant>) -> (Option<Instant>, bool) {

@@ -16,6 +16,12 @@ use crate::breaker::StateChange;
 /// Listeners run on the caller's thread, in the call, after the policy's state has changed:
 /// keep them short (count, log, send on a channel) and never call the same policy from one.
 ///
+/// A listener that panics unwinds into the call it was told of, as a panic of the caller's own
+/// code would, and the policy loses nothing to it: a bulkhead's (or adaptive limiter's) slot
+/// granted to a queued caller is given back, and a breaker permit whose outcome listener
+/// panics records nothing and gives a half-open probe's slot back, as any permit unwound by a
+/// panic does.
+///
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use tidewall::breaker::CircuitBreaker;
