@@ -590,3 +590,57 @@ async fn a_tower_layer_per_priority_behind_steer() {
     drop(ready_mode);
     assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
 }
+
+/// "Callers already queued stay queued when the queue shrinks": a caller that finds the queue
+/// over-full after a reconfigure is refused, and sheds nobody, since shedding one waiter would
+/// not make room for it. Once the queue is back at its bound, shedding resumes.
+#[test]
+fn an_over_full_queue_sheds_nobody_for_a_caller_it_refuses() {
+    let clock = FakeClock::new();
+    let settings = |queue| {
+        AdaptiveLimiter::builder(FixedLimit(1))
+            .max_queue(queue)
+            .max_wait(None)
+            .runtime(clock.clone())
+    };
+    let limiter = settings(3).build().unwrap();
+    let held = limiter.try_acquire().unwrap();
+    let mut sheddable: Vec<_> = (0..3)
+        .map(|_| admit_as(&limiter, Priority::Sheddable))
+        .collect();
+    assert_eq!(limiter.queued(), 3);
+    limiter.reconfigure(settings(2)).unwrap();
+    assert_eq!(limiter.queued(), 3, "queued callers stay queued");
+    let mut critical = Box::pin(
+        limiter
+            .with_priority(Priority::Critical)
+            .admit(Wait::Until(Deadline::none())),
+    );
+    let refused = critical
+        .as_mut()
+        .poll(&mut Context::from_waker(noop_waker_ref()));
+    assert!(
+        matches!(refused, Poll::Ready(Err(Rejected::BulkheadFull))),
+        "3 queued, room for 2: refused"
+    );
+    assert_eq!(limiter.queued(), 3, "and nobody was shed for it");
+    for waiter in &mut sheddable {
+        assert!(poll(waiter).is_pending());
+    }
+    // One leaves: the queue is at its bound, so a critical caller now sheds the newest.
+    drop(sheddable.pop());
+    assert_eq!(limiter.queued(), 2);
+    let mut critical = admit_as(&limiter, Priority::Critical);
+    assert!(matches!(
+        poll(&mut sheddable[1]),
+        Poll::Ready(Err(Rejected::BulkheadFull))
+    ));
+    assert_eq!(limiter.queued(), 2);
+    drop(held);
+    assert!(
+        matches!(poll(&mut critical), Poll::Ready(Ok(_))),
+        "served first"
+    );
+    drop((critical, sheddable));
+    assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
+}

@@ -373,7 +373,8 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     /// queued callers included, until enough slots come back (as a bulkhead's
     /// [`reconfigure`](crate::bulkhead::Bulkhead::reconfigure)). A larger share or limit
     /// admits queued callers at once; callers already queued keep the wait they started
-    /// with.
+    /// with, and stay queued when the queue shrinks (until it is back within its bound, a
+    /// caller that would queue is refused, whatever its priority, and sheds nobody).
     ///
     /// ```
     /// use tidewall::adaptive::{AdaptiveLimiter, Aimd, Priority};

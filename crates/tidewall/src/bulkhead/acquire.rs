@@ -220,8 +220,10 @@ impl<R: Clock> Waiter<R> {
                     Some(reason) => None.ok_or(reason),
                     None => {
                         let mut queue = lock(&shared.queue);
-                        if queue.waiting() >= shared.max_queue() {
-                            // Full: room only by shedding a less important waiter.
+                        // Full: room only by shedding a less important waiter, and only if
+                        // one makes room (a queue shrunk below its waiters by a reconfigure
+                        // sheds nobody for a caller it would refuse anyway).
+                        if queue.waiting() == shared.max_queue() {
                             shed = queue.shed_for(*this.priority);
                             if shed.is_some() {
                                 shared.note_unqueued();

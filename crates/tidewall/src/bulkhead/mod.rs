@@ -522,7 +522,8 @@ impl<R: Clock> Bulkhead<R> {
     /// No permit is revoked: growing hands the new permits to queued callers first;
     /// shrinking below what is held admits nobody new until enough permits come back, so
     /// [`in_flight`](Self::in_flight) may exceed the capacity for a while. Callers already
-    /// queued stay queued when the queue shrinks.
+    /// queued stay queued when the queue shrinks; until it is back within its bound, a caller
+    /// that would queue is refused (and sheds nobody: shedding one waiter would not make room).
     ///
     /// ```
     /// use tidewall::bulkhead::Bulkhead;
