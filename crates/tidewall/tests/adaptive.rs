@@ -337,3 +337,39 @@ fn threads_moving_the_limit_lose_no_slot() {
     assert_eq!(limiter.try_acquire().unwrap_err(), Rejected::BulkheadFull);
     drop(taken);
 }
+
+/// An algorithm of the user's that answers a drop with a limit of zero (a "kill switch").
+struct KillSwitch(u32);
+
+impl LimitAlgorithm for KillSwitch {
+    fn limit(&self) -> u32 {
+        self.0
+    }
+    fn update(&mut self, sample: &tidewall_core::adaptive::Sample) -> u32 {
+        self.0 = if sample.dropped { 0 } else { 5 };
+        self.0
+    }
+    fn bounds(&self) -> (u32, u32) {
+        (0, 5)
+    }
+}
+
+/// "A limiter applies at least 1": a limit of zero from `update` would admit nothing, so no
+/// sample could raise it again. The limiter keeps one call going and learns from it.
+#[tokio::test(start_paused = true)]
+async fn a_limit_of_zero_from_an_algorithm_is_applied_as_one() {
+    let limiter = AdaptiveLimiter::builder(KillSwitch(3)).build().unwrap();
+    limiter.try_acquire().unwrap().failure();
+    assert_eq!(limiter.limit(), 1, "at least one call goes on");
+    let probe = limiter.try_acquire().expect("one call is admitted");
+    assert_eq!(limiter.try_acquire().unwrap_err(), Rejected::BulkheadFull);
+    probe.success();
+    assert_eq!(
+        limiter.limit(),
+        5,
+        "it learned from the call it let through"
+    );
+    let held: Vec<_> = (0..5).map(|_| limiter.try_acquire().unwrap()).collect();
+    assert_eq!(limiter.in_flight(), 5);
+    drop(held);
+}

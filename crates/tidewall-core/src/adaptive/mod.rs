@@ -104,7 +104,8 @@ pub trait LimitAlgorithm {
     /// The limit in force: calls admitted at once.
     fn limit(&self) -> u32;
 
-    /// Learns from `sample` and returns the new limit.
+    /// Learns from `sample` and returns the new limit. A limiter applies at least 1 (a limit
+    /// of zero would admit no call, and so no sample could ever raise it).
     fn update(&mut self, sample: &Sample) -> u32;
 
     /// The least and the most the limit can be.

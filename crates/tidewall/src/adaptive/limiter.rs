@@ -347,7 +347,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 
     /// The limit in force: calls admitted at once.
     pub fn limit(&self) -> u32 {
-        lock(&self.shared.algorithm).limit()
+        applied_limit(lock(&self.shared.algorithm).limit())
     }
 
     /// Calls in flight now.
@@ -411,7 +411,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         let mut in_force = lock(&shared.algorithm);
         let limit = algorithm
             .as_ref()
-            .map_or_else(|| in_force.limit(), A::limit);
+            .map_or_else(|| applied_limit(in_force.limit()), A::limit);
         let bulkhead = settings.check(limit)?;
         if let Some(algorithm) = algorithm {
             *in_force = algorithm;
@@ -445,8 +445,8 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     fn learn(&self, sample: &Sample) {
         let shared = &*self.shared;
         let mut algorithm = lock(&shared.algorithm);
-        let before = algorithm.limit();
-        let limit = algorithm.update(sample);
+        let before = applied_limit(algorithm.limit());
+        let limit = applied_limit(algorithm.update(sample));
         if limit != before {
             // Under the algorithm's lock: limits are applied in the order they were made.
             let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -612,4 +612,11 @@ impl<A, R> AdaptiveLimiter<A, R> {
     pub(crate) fn handles(&self) -> usize {
         Arc::strong_count(&self.shared)
     }
+}
+
+/// The limit applied for an algorithm's: at least 1. A limit of zero would admit no call, so
+/// no sample could ever raise it again (the algorithms here never give one; an algorithm of
+/// the user's may).
+fn applied_limit(limit: u32) -> u32 {
+    limit.max(1)
 }
