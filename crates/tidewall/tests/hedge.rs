@@ -234,3 +234,31 @@ async fn a_failures_hint_delays_the_next_hedge<R: Runtime>(rt: Clocked<R>) {
 fn a_failures_hint_delays_the_next_hedge_on_every_runtime() {
     on_every_runtime!(a_failures_hint_delays_the_next_hedge);
 }
+
+/// "older latencies fade as the counts halve whenever they hold 4,096 latencies: after the
+/// first halving, every 2,048 or so." 4,096 latencies of 1 ms, then 3,008 of 100 ms (7,104 in
+/// all, a multiple of 64, so the last one refreshes the estimate): halved at 4,096 and at
+/// 6,144, the counts hold 1,024 of 1 ms and 1,984 of 100 ms, and the 0.37 quantile is 100 ms.
+/// Halving every 4,096 instead would leave 2,048 and 3,008: a quantile of 1 ms.
+#[tokio::test(start_paused = true)]
+async fn the_percentile_forgets_at_the_documented_pace() {
+    let hedge = Hedge::builder()
+        .delay(ms(10))
+        .percentile(0.37, 1)
+        .max_hedges(0)
+        .build()
+        .unwrap();
+    for (calls, latency) in [(4_096, ms(1)), (3_008, ms(100))] {
+        for _ in 0..calls {
+            hedge
+                .call(Idempotent(|| async move {
+                    tokio::time::sleep(latency).await;
+                    Ok::<_, ()>(())
+                }))
+                .await
+                .unwrap();
+        }
+    }
+    let delay = hedge.delay();
+    assert!(delay >= ms(100) && delay <= ms(113), "{delay:?}");
+}

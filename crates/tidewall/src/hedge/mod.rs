@@ -173,16 +173,19 @@ impl<R, K> HedgeBuilder<R, K> {
     }
 
     /// Hedge after the `quantile` (e.g. `0.95`) of recent successful latencies, once
-    /// `min_samples` were seen; the fixed [`delay`](Self::delay) until then. The estimate is
+    /// `min_samples` latencies were recorded; the fixed [`delay`](Self::delay) until then.
+    /// A success records its latency; one won by a hedge also records what the losing primary
+    /// had run by then (a lower bound of its latency, which keeps the estimate from drifting
+    /// down to the hedges' faster latencies alone), so such a call counts twice. The estimate is
     /// the upper bound of the latency bucket the quantile falls in, as short as the latencies
     /// seen: unlike a fixed delay, it may be zero (when the quantile's successes took no
     /// time the clock could see, as every one does under a paused test clock), and then a
     /// call not answered at once hedges at once.
     ///
-    /// The estimate is computed when `min_samples` successes were seen and then again every
-    /// 64 successes (a quantile costs a pass over every bucket, too much for each call), so a
+    /// The estimate is computed when `min_samples` latencies were recorded and then again
+    /// every 64 (a quantile costs a pass over every bucket, too much for each call), so a
     /// change in latency moves the delay within 64 calls; older latencies fade as the counts
-    /// halve every 4,096 samples.
+    /// halve whenever they hold 4,096 latencies: after the first halving, every 2,048 or so.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
         self
