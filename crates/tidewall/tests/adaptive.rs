@@ -373,3 +373,38 @@ async fn a_limit_of_zero_from_an_algorithm_is_applied_as_one() {
     assert_eq!(limiter.in_flight(), 5);
     drop(held);
 }
+
+/// "The choice is made once, at build": a limiter built before tokio's time is paused times
+/// its calls in real time (a virtual minute's call looks instant), one built after in virtual
+/// time (the same call is slower than AIMD's 30 s timeout: a drop).
+#[cfg(feature = "quanta")]
+#[tokio::test]
+async fn the_clock_that_times_calls_is_chosen_at_build() {
+    let aimd = || {
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(2)
+            .max_limit(10)
+            .backoff_ratio(0.5)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let before = AdaptiveLimiter::builder(aimd()).build().unwrap();
+    tokio::time::pause();
+    let after = AdaptiveLimiter::builder(aimd()).build().unwrap();
+    let (early, late) = (before.try_acquire().unwrap(), after.try_acquire().unwrap());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    early.success();
+    late.success();
+    assert_eq!(
+        after.limit(),
+        1,
+        "a virtual minute is past the timeout: a drop halves 2"
+    );
+    assert_eq!(
+        before.limit(),
+        3,
+        "real time: a fast success with half the limit in use"
+    );
+}

@@ -136,7 +136,8 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         self
     }
 
-    /// Runs on `rt` (its clock times the calls and bounds the waits).
+    /// Runs on `rt`: its clock bounds the waits and times the calls (the CPU's counter times
+    /// them instead when `rt`'s clock is real time at build: see the [module docs](super)).
     pub fn runtime<R2>(self, rt: R2) -> AdaptiveLimiterBuilder<A, R2> {
         AdaptiveLimiterBuilder {
             algorithm: self.algorithm,

@@ -8,8 +8,18 @@
 //! When a call ends, its time since admission, the calls in flight when it was admitted (a
 //! queued caller's: when its slot was granted) and whether it failed go to the algorithm, and
 //! a new limit resizes the bulkhead before the call's slot goes back; a smaller one revokes
-//! nothing held, and admits nobody new, queued callers included, until fewer are in flight. A call that was cancelled, or whose outcome was ignored, teaches
-//! the algorithm nothing: it never counts as a fast success.
+//! nothing held, and admits nobody new, queued callers included, until fewer are in flight.
+//! A call that was cancelled, or whose outcome was ignored, teaches the algorithm nothing: it
+//! never counts as a fast success.
+//!
+//! **Time:** as a [rate limiter](crate::rate)'s. Calls are timed on the limiter's runtime's
+//! clock, except that when that clock is real time as the limiter is built
+//! ([`Clock::is_real_time`](crate::rt::Clock::is_real_time)) they are timed on the CPU's
+//! counter (feature `quanta`), which costs no system call. The choice is made once, at
+//! build: in a test, build the limiter after pausing tokio's time, inside the paused runtime.
+//! One built before the pause keeps timing calls in real time while its waits run in virtual
+//! time, so a virtual second's call looks instant to its algorithm. Its waits always use the
+//! runtime's clock.
 //!
 //! It is an [`Admission`](crate::admission::Admission) stage: in a
 //! [pipeline](crate::pipeline) (as its bulkhead, told how each call ended: one sample per

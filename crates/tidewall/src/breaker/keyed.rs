@@ -150,6 +150,11 @@ impl<K, R> KeyedCircuitBreakerBuilder<K, R> {
     /// How long a closed breaker with failures in its window is kept after its last use (a
     /// call asked for, or one ending in failure; default 60 s). A closed breaker with an
     /// empty window may go at once: forgetting it loses nothing.
+    ///
+    /// Last use is read on the table's runtime's clock, or on the CPU's counter when that
+    /// clock is real time as the table is built (as a [rate limiter](crate::rate) chooses):
+    /// in a test, build the table after pausing tokio's time, or idle time passes in real time
+    /// while its breakers run in virtual time.
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;
         self
