@@ -120,13 +120,6 @@ impl BucketRing {
     pub(crate) fn layout(&self) -> Bucket {
         self.layout
     }
-
-    /// Empties every bucket.
-    pub(crate) fn reset(&self) {
-        for cell in self.words.iter() {
-            cell.store(0, Relaxed);
-        }
-    }
 }
 
 /// The 16-bit stamp of bucket number `epoch` (see [`Bucket`]).

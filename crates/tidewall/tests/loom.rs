@@ -198,6 +198,28 @@ fn a_dropped_probe_returns_its_slot_in_every_interleaving() {
     });
 }
 
+/// "An outcome from an earlier state never moves the current one": a closed call's failure
+/// racing a reset never lands in the fresh window or its run of failures, whichever order the
+/// two take (it checked its generation just before the reset, then recorded).
+#[test]
+fn an_outcome_racing_a_reset_never_reaches_the_fresh_window() {
+    loom::model(|| {
+        let breaker = CircuitBreaker::builder()
+            .runtime(ModelClock::default())
+            .consecutive_failures(2)
+            .build()
+            .unwrap();
+        let permit = breaker.try_acquire_owned().unwrap();
+        let failing = loom::thread::spawn(move || permit.failure());
+        breaker.reset();
+        failing.join().unwrap();
+        assert_eq!(breaker.counts().calls, 0, "the reset forgot the call");
+        // Nor its failure in the run: one more failure makes a run of one, not two.
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), State::Closed);
+    });
+}
+
 fn bulkhead() -> Bulkhead<ModelClock> {
     Bulkhead::builder(1)
         .max_queue(4)

@@ -28,7 +28,8 @@
 //!   never stay stuck half-open; with no probe in flight it waits for the next caller however
 //!   long it stays idle.
 //! * **Generations**: every transition bumps a generation the permit carries; an outcome from
-//!   an earlier state never moves the current one.
+//!   an earlier state never moves the current one (a reset replaces the window rather than
+//!   emptying it, so not even an outcome racing the reset reaches the fresh window).
 //!
 //! When not to use it: for a dependency you call rarely (the window never fills: use
 //! `consecutive_failures`), or to protect *yourself* from overload (use a

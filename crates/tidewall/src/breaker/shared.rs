@@ -8,14 +8,14 @@
 //! The policy can be replaced while calls run (`reconfigure`): what every call reads lives in
 //! atomics (the thresholds in a sequence lock, read whole), the full policy and the break
 //! schedule under the transition lock, and the window behind a swappable pointer, replaced
-//! only when its shape changes.
+//! by every transition to closed (see `Tally`).
 
 use std::time::{Duration, Instant};
 
-use tidewall_core::breaker::{BreakDurations, BreakerPolicy, Thresholds, TripReason};
+use tidewall_core::breaker::{BreakDurations, BreakerPolicy, Thresholds, TripReason, Window};
 
 use super::events::{Listener, StateChange, emit};
-use super::window::SlidingWindow;
+use super::window::Tally;
 use super::word::{self, ONE_ADMITTED, ONE_SUCCEEDED};
 use super::{Outcome, State};
 use crate::rt::Clock;
@@ -39,8 +39,8 @@ const UNTIMED: u64 = u64::MAX;
 
 pub(crate) struct Shared<R> {
     word: AtomicU64,
-    window: Swap<SlidingWindow>,
-    consecutive: AtomicU32,
+    /// The closed period's window and run of failures.
+    tally: Swap<Tally>,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
     /// When a call last ended in failure, in breaker nanoseconds ([`UNTIMED`]: never): a
@@ -105,8 +105,8 @@ impl Transition {
     }
 }
 
-fn needs_clock(window: &SlidingWindow, policy: &BreakerPolicy) -> bool {
-    window.is_timed() || policy.tracks_slow_calls()
+fn needs_clock(policy: &BreakerPolicy) -> bool {
+    matches!(policy.window(), Window::Time { .. }) || policy.tracks_slow_calls()
 }
 
 /// How a [`reconfigure`](super::CircuitBreaker::reconfigure) went.
@@ -134,14 +134,12 @@ impl<R: Clock> Shared<R> {
             key_label,
             telemetry,
         } = setup;
-        let window = SlidingWindow::new(policy.window());
         Self {
             origin: rt.now(),
             word: AtomicU64::new(word::pack(State::Closed, 0)),
-            needs_clock: AtomicBool::new(needs_clock(&window, &policy)),
+            needs_clock: AtomicBool::new(needs_clock(&policy)),
             times_calls: AtomicBool::new(policy.tracks_slow_calls()),
-            window: Swap::new(window),
-            consecutive: AtomicU32::new(0),
+            tally: Swap::new(Tally::new(policy.window(), 0)),
             last_failure: AtomicU64::new(UNTIMED),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
@@ -176,12 +174,9 @@ impl<R: Clock> Shared<R> {
         policy: BreakerPolicy,
         max_open_hint: Duration,
     ) -> Reconfigured {
-        let reshaped = {
+        let reset = {
             let mut transition = lock(&self.transition);
             let reshaped = policy.window() != transition.policy.window();
-            if reshaped {
-                self.window.store(SlidingWindow::new(policy.window()));
-            }
             self.thresholds.write(policy.thresholds().to_words());
             self.probes.store(policy.half_open_probes(), Relaxed);
             self.half_open_wait.store(
@@ -191,8 +186,7 @@ impl<R: Clock> Shared<R> {
             self.first_break
                 .store(as_nanos(policy.break_duration(0, self.seed)), Relaxed);
             self.max_open_hint.store(as_nanos(max_open_hint), Relaxed);
-            self.needs_clock
-                .store(needs_clock(&self.window.load(), &policy), Relaxed);
+            self.needs_clock.store(needs_clock(&policy), Relaxed);
             self.times_calls.store(policy.tracks_slow_calls(), Relaxed);
             // Another schedule of breaks starts from its first; the same one goes on where
             // it was, so a reload that changes nothing leaves a failing dependency's breaks
@@ -202,11 +196,17 @@ impl<R: Clock> Shared<R> {
                 transition.breaks = policy.break_durations(self.seed ^ u64::from(generation));
             }
             transition.policy = std::sync::Arc::new(policy);
-            reshaped
+            // Under the same lock: no outcome is judged by the new thresholds in a window of
+            // the old shape. Outcomes of calls admitted before are dropped with the generation
+            // they hold.
+            if reshaped {
+                self.force_locked(&mut transition, State::Closed, None)
+            } else {
+                None
+            }
         };
-        if reshaped {
-            // Outcomes of calls admitted before are dropped with the generation they hold.
-            self.force(State::Closed);
+        if let Some(change) = reset {
+            self.announce(&change);
             return Reconfigured::Reset;
         }
         self.rejudge();
@@ -223,14 +223,14 @@ impl<R: Clock> Shared<R> {
         match word::state(word) {
             State::Closed => {
                 let thresholds = self.thresholds();
+                let tally = self.tally.load();
                 let consecutive = if thresholds.tracks_consecutive_failures() {
-                    self.consecutive.load(Relaxed)
+                    tally.consecutive.load(Relaxed)
                 } else {
                     0
                 };
-                let reason = self
+                let reason = tally
                     .window
-                    .load()
                     .counts(self.now())
                     .and_then(|counts| thresholds.evaluate(counts, consecutive));
                 if let Some(reason) = reason {
@@ -382,20 +382,26 @@ impl<R: Clock> Shared<R> {
             return;
         }
         let failed = outcome == Outcome::Failure;
-        let window = self.window.load();
+        let tally = self.tally.load();
+        if tally.generation != ticket.generation {
+            // A transition to closed is replacing the tally (or has replaced it) since the
+            // check above: this outcome belongs to the closed period it ends.
+            return;
+        }
+        let window = &tally.window;
         let changed = window.record(failed, slow, now);
         let consecutive = if !thresholds.tracks_consecutive_failures() {
             0
         } else if failed {
             // Saturating: a run of failures never wraps back to a short one.
-            let previous = self
+            let previous = tally
                 .consecutive
                 .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1)))
                 .unwrap_or(u32::MAX);
             previous.saturating_add(1)
         } else {
-            if self.consecutive.load(Relaxed) != 0 {
-                self.consecutive.store(0, Relaxed);
+            if tally.consecutive.load(Relaxed) != 0 {
+                tally.consecutive.store(0, Relaxed);
             }
             0
         };
@@ -521,8 +527,7 @@ impl<R: Clock> Shared<R> {
             if word::generation(word) != generation || word::state(word) != State::HalfOpen {
                 false
             } else {
-                self.window.load().reset();
-                self.consecutive.store(0, Relaxed);
+                self.fresh_tally(&transition, generation);
                 transition.fresh_breaks(self.seed, generation);
                 self.publish(generation, State::Closed);
                 true
@@ -580,36 +585,55 @@ impl<R: Clock> Shared<R> {
     /// Moves to `to` by hand, if the breaker is still in generation `seen` (any generation
     /// when `None`); the generation it made, or `None` when it had moved on.
     pub(super) fn force_if(&self, to: State, seen: Option<u32>) -> Option<u32> {
-        let change = {
-            let mut transition = lock(&self.transition);
-            let word = self.word.load(Acquire);
-            if seen.is_some_and(|seen| seen != word::generation(word)) {
-                return None;
-            }
-            if to == State::Closed {
-                self.window.load().reset();
-                self.consecutive.store(0, Relaxed);
-                transition.fresh_breaks(self.seed, word::generation(word));
-            }
-            self.publish(word::generation(word), to);
-            StateChange {
-                name: self.name.as_str(),
-                from: word::state(word),
-                to,
-                reason: None,
-                generation: word::generation(word).wrapping_add(1),
-            }
-        };
+        let change = self.force_locked(&mut lock(&self.transition), to, seen)?;
         self.announce(&change);
         Some(change.generation)
+    }
+
+    /// [`force_if`](Self::force_if) with the transition lock held; the change to announce
+    /// once it is released.
+    fn force_locked(
+        &self,
+        transition: &mut Transition,
+        to: State,
+        seen: Option<u32>,
+    ) -> Option<StateChange<'_>> {
+        let word = self.word.load(Acquire);
+        let generation = word::generation(word);
+        if seen.is_some_and(|seen| seen != generation) {
+            return None;
+        }
+        if to == State::Closed {
+            self.fresh_tally(transition, generation);
+            transition.fresh_breaks(self.seed, generation);
+        }
+        self.publish(generation, to);
+        Some(StateChange {
+            name: self.name.as_str(),
+            from: word::state(word),
+            to,
+            reason: None,
+            generation: generation.wrapping_add(1),
+        })
+    }
+
+    /// An empty window and run of failures for the closed period that `generation`'s
+    /// transition starts: stored before that transition is published, so a call admitted in
+    /// the new period finds it.
+    fn fresh_tally(&self, transition: &Transition, generation: u32) {
+        self.tally.store(Tally::new(
+            transition.policy.window(),
+            generation.wrapping_add(1),
+        ));
     }
 
     /// Whether forgetting this breaker loses nothing: closed, nothing in its window and no
     /// run of failures (a fresh breaker would be the same).
     pub(super) fn is_pristine(&self) -> bool {
+        let tally = self.tally.load();
         self.state() == State::Closed
-            && self.consecutive.load(Relaxed) == 0
-            && self.counts().calls == 0
+            && tally.consecutive.load(Relaxed) == 0
+            && tally.window.counts(self.now()).unwrap_or_default().calls == 0
     }
 
     /// Restarts a ticket's clock at now, if its start was timed (a probe's always is).
@@ -629,7 +653,11 @@ impl<R: Clock> Shared<R> {
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {
-        self.window.load().counts(self.now()).unwrap_or_default()
+        self.tally
+            .load()
+            .window
+            .counts(self.now())
+            .unwrap_or_default()
     }
 }
 

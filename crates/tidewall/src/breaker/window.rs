@@ -4,7 +4,28 @@ use tidewall_core::breaker::window::{Bucket, slot_code, totals_delta, unpack_tot
 use tidewall_core::breaker::{Counts, Window};
 
 use crate::bucket_ring::BucketRing;
-use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// What one closed period counts: its window and its run of failures, stamped with the
+/// generation that period began in. A transition to closed replaces the whole tally (it never
+/// empties one in place), and a call records only into the tally of its own generation: an
+/// outcome that passed its generation check just before a reset lands in the tally being
+/// replaced, never in the fresh one.
+pub(super) struct Tally {
+    pub(super) generation: u32,
+    pub(super) window: SlidingWindow,
+    pub(super) consecutive: AtomicU32,
+}
+
+impl Tally {
+    pub(super) fn new(shape: Window, generation: u32) -> Self {
+        Self {
+            generation,
+            window: SlidingWindow::new(shape),
+            consecutive: AtomicU32::new(0),
+        }
+    }
+}
 
 pub(super) enum SlidingWindow {
     Count {
@@ -33,11 +54,6 @@ impl SlidingWindow {
                     / u64::from(buckets),
             },
         }
-    }
-
-    /// Whether recording needs the time.
-    pub(super) fn is_timed(&self) -> bool {
-        matches!(self, Self::Time { .. })
     }
 
     /// Records one call. Count windows: one `fetch_add` on the cursor, then a swap and a
@@ -94,22 +110,6 @@ impl SlidingWindow {
                     slow: field(sum[2]),
                 })
             }
-        }
-    }
-
-    /// Empties the window. Exact under concurrent recording: each cleared slot takes its own
-    /// contribution out of the totals.
-    pub(super) fn reset(&self) {
-        match self {
-            Self::Count { slots, totals, .. } => {
-                for slot in slots.iter() {
-                    let old = slot.swap(0, Relaxed);
-                    if old != 0 {
-                        totals.fetch_add(totals_delta(0, old), Relaxed);
-                    }
-                }
-            }
-            Self::Time { ring, .. } => ring.reset(),
         }
     }
 }
