@@ -1,6 +1,8 @@
 //! The worker pool: backpressure, outcomes, and shutdown accounting on every runtime.
 
 mod common;
+#[path = "common/hang.rs"]
+mod hang;
 
 use common::ms;
 
@@ -127,6 +129,71 @@ async fn backpressure_outcomes_and_rejections<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn backpressure_panics_and_timeouts_on_every_runtime() {
     on_every_runtime!(backpressure_outcomes_and_rejections);
+}
+
+/// A value that panics when dropped, if armed.
+#[derive(Debug)]
+struct Bomb(bool);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.0 {
+            panic!("a job's value panics on drop (on purpose)");
+        }
+    }
+}
+
+/// "So it does when a job's destructors panic: those of a job its timeout drops, or of a value
+/// whose handle was dropped": one worker lives through both and runs the next job.
+async fn panicking_destructors_leave_the_worker<R: Runtime>(rt: Clocked<R>) {
+    let rt2 = rt.clone();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(4)
+        .job_timeout(Duration::from_secs(1))
+        .runtime(rt.clone())
+        .start(move |n: u8| {
+            let rt = rt2.clone();
+            async move {
+                let held = Bomb(n == 1);
+                rt.sleep(if n == 1 {
+                    Duration::from_secs(10)
+                } else {
+                    ms(1)
+                })
+                .await;
+                std::mem::forget(held);
+                Bomb(n == 0)
+            }
+        })
+        .unwrap();
+    // Nobody wants job 0's value: the worker drops it.
+    drop(pool.submit(0).await.unwrap());
+    let timed_out = pool.submit(1).await.unwrap();
+    let next = pool.submit(2).await.unwrap();
+    assert!(matches!(timed_out.await, Exit::Err(Elapsed)));
+    match next.await {
+        Exit::Ok(value) => assert!(!value.0),
+        other => panic!("the worker went on: {other:?}"),
+    }
+    let report = pool.shutdown(ms(100)).await;
+    assert_eq!(
+        (
+            report.submitted,
+            report.completed,
+            report.failed,
+            report.aborted
+        ),
+        (3, 2, 1, 0)
+    );
+}
+
+#[test]
+fn panicking_destructors_leave_the_worker_on_every_runtime() {
+    // A worker lost to a destructor leaves the next job waiting for ever.
+    hang::without_hanging("a job's destructor panics", || {
+        on_every_runtime!(panicking_destructors_leave_the_worker);
+    });
 }
 
 async fn closed_pools_hand_jobs_back<R: Runtime>(rt: Clocked<R>) {

@@ -29,7 +29,9 @@ pub use report::{JobHandle, PoolReport, SubmitError};
 /// * Each job runs with an optional timeout; its [`JobHandle`] reports its [`Exit`] (a
 ///   timeout is `Exit::Err`). A panicking job is reported as [`Exit::Panicked`] and the
 ///   worker goes on with the next job (jobs share no state, so a caught panic leaves nothing
-///   behind to replace).
+///   behind to replace). So it does when a job's destructors panic: those of a job its
+///   timeout drops, or of a value whose handle was dropped (the job keeps the exit it was
+///   reported with, and the panic is not reported).
 /// * A worker whose task its runtime drops (the runtime shutting down) is not replaced: its
 ///   job resolves [`Exit::Aborted`] and counts as failed and aborted, the other workers go on
 ///   with the queue, and whatever is still queued at [`shutdown`](Self::shutdown) is handed

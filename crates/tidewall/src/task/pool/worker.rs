@@ -1,6 +1,8 @@
 //! One worker's loop.
 
+use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
@@ -69,19 +71,38 @@ pub(super) async fn work<J, T, F, Fut, R>(
             ended: false,
         };
         // The handler is called inside the caught future: a panic before its first await is
-        // caught like any other.
-        let run = AssertUnwindSafe(async { handler(job).await }).catch_unwind();
+        // caught like any other. Kept in place, to be dropped below under a catch too.
+        let mut run = pin!(Some(
+            AssertUnwindSafe(async { handler(job).await }).catch_unwind()
+        ));
+        let polled = poll_fn(|cx| {
+            run.as_mut()
+                .as_pin_mut()
+                .map_or(Poll::Pending, |run| run.poll(cx))
+        });
         // A job returns its value; its only error is the pool's timeout.
-        let exit = match timeout {
-            Some(limit) => match run.timeout_on(&rt, limit).await {
-                Ok(done) => caught(done.map(Ok)),
-                Err(elapsed) => Exit::Err(elapsed),
-            },
-            None => caught(run.await.map(Ok)),
+        let ended = match timeout {
+            Some(limit) => polled.timeout_on(&rt, limit).await,
+            None => Ok(polled.await),
+        };
+        // A job ended by the timeout is dropped here: neither its destructors nor its unwanted
+        // value's below may take the worker with them.
+        survive(|| run.set(None));
+        let exit = match ended {
+            Ok(done) => caught(done.map(Ok)),
+            Err(elapsed) => Exit::Err(elapsed),
         };
         taken.end(matches!(exit, Exit::Ok(_)));
-        let _ = report.send(exit);
+        if let Err(unwanted) = report.send(exit) {
+            survive(|| drop(unwanted));
+        }
     }
+}
+
+/// Runs `drop_user_values`, a drop of the job's future or value, and goes on if it panics: the
+/// job is already counted and reported, and the worker must live on for the next one.
+fn survive(drop_user_values: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(drop_user_values));
 }
 
 /// An idle worker's waker among the parked ones, taken back when its future is dropped (its
