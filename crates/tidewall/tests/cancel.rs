@@ -247,6 +247,57 @@ fn health_checker_on_every_runtime() {
     on_every_runtime!(health_checker_publishes_transitions);
 }
 
+/// "`probe panicked: ...` for a probe that panicked, when called or while it ran": the
+/// checker publishes it as unhealthy and probes on (a dead checker would show its last
+/// verdict, maybe `Healthy`, for ever).
+async fn a_panicking_probe_is_unhealthy_and_the_checks_go_on<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::task::{Health, HealthChecker};
+    let token = CancellationToken::new();
+    let round = Arc::new(AtomicUsize::new(0));
+    let counter = round.clone();
+    let (health, checker) = HealthChecker::builder()
+        .period(Duration::from_secs(1))
+        .runtime(rt.clone())
+        .start(&token, move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            if n == 1 {
+                panic!("called (on purpose)");
+            }
+            async move {
+                if n == 3 {
+                    panic!("polled (on purpose)");
+                }
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    let running = rt.spawn(checker);
+    let mut seen = Health::Unknown;
+    let mut history = Vec::new();
+    for _ in 0..5 {
+        seen = health.changed(&seen).await;
+        history.push(seen.clone());
+    }
+    let unhealthy = |what: &str| Health::Unhealthy(format!("probe panicked: {what} (on purpose)"));
+    assert_eq!(
+        history,
+        [
+            Health::Healthy,
+            unhealthy("called"),
+            Health::Healthy,
+            unhealthy("polled"),
+            Health::Healthy,
+        ]
+    );
+    token.cancel("done");
+    assert_eq!(running.await.unwrap().as_str(), "done");
+}
+
+#[test]
+fn a_panicking_probe_on_every_runtime() {
+    on_every_runtime!(a_panicking_probe_is_unhealthy_and_the_checks_go_on);
+}
+
 /// Dropping the task (its awaiting future gave up) raises the flag the blocking work checks.
 #[test]
 fn abandoned_blocking_work_sees_its_flag() {

@@ -1,16 +1,17 @@
 //! Periodic work that stops on cancellation, and a health checker built on it.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 
 use super::cancel::{CancellationToken, Reason};
 use super::wakers::{HeldSlot, WakerSlots};
 use crate::ConfigError;
-use crate::rt::{DefaultRuntime, Runtime};
+use crate::rt::{DefaultRuntime, Panic, Runtime};
 use crate::stream::{MissedTicks, interval_on};
 use crate::time::FutureExt as _;
 
@@ -98,7 +99,8 @@ pub enum Health {
     Unknown,
     /// The last probe succeeded.
     Healthy,
-    /// The last probe failed, with its message.
+    /// The last probe failed, with its message (`probe panicked: ...` for a probe that
+    /// panicked, when called or while it ran).
     Unhealthy(String),
     /// The last probe did not answer within the timeout.
     TimedOut,
@@ -288,14 +290,21 @@ impl<R: Runtime> HealthCheckerBuilder<R> {
         let run = async move {
             let mut ticks = std::pin::pin!(ticks.restarted());
             loop {
+                // Called inside the caught future: a probe that panics, when called or when
+                // polled, is a failed probe, and the checker goes on.
+                let probed = AssertUnwindSafe(async { probe().await }).catch_unwind();
                 let outcome = match token
-                    .run_until_cancelled(probe().timeout_on(&rt, timeout))
+                    .run_until_cancelled(probed.timeout_on(&rt, timeout))
                     .await
                 {
                     Err(reason) => return reason,
                     Ok(Err(_)) => Health::TimedOut,
-                    Ok(Ok(Err(e))) => Health::Unhealthy(e.to_string()),
-                    Ok(Ok(Ok(()))) => Health::Healthy,
+                    Ok(Ok(Err(panic))) => Health::Unhealthy(match Panic::new(panic).message() {
+                        Some(message) => format!("probe panicked: {message}"),
+                        None => "probe panicked".to_owned(),
+                    }),
+                    Ok(Ok(Ok(Err(e)))) => Health::Unhealthy(e.to_string()),
+                    Ok(Ok(Ok(Ok(())))) => Health::Healthy,
                 };
                 publisher.publish(outcome, rt.now());
                 match token.run_until_cancelled(ticks.next()).await {
