@@ -2,6 +2,8 @@
 //! before a rename, each while the follower is not polled, on every runtime in virtual time.
 
 mod common;
+#[path = "common/spawn_adapters.rs"]
+mod spawn_adapters;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -185,4 +187,65 @@ async fn a_max_line_past_the_largest_buffer_is_refused() {
             ..
         })
     ));
+}
+
+/// "So is a check lost to a panic or to its runtime: the next check goes on from where the
+/// lost one began, in the same file if the path still names it." The follower's second check
+/// is lost: its lines come with the next check, once each, and nothing before them again.
+async fn a_lost_check_goes_on_where_it_began<R: Runtime>(rt: Clocked<R>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    std::fs::write(&path, "old 1\nold 2\nold 3\n").unwrap();
+    let losing = spawn_adapters::LosesBlocking {
+        inner: rt.clone(),
+        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        lose: |job| job == 1,
+    };
+    let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
+    append(&path, "new 1\n");
+    let first = lines.next().await.unwrap().unwrap();
+    assert_eq!(first, b"new 1");
+    append(&path, "new 2\npartial");
+    let lost = lines.next().await.unwrap().unwrap_err();
+    assert!(lost.to_string().contains("cancelled"), "{lost}");
+    append(&path, " line\n");
+    assert_eq!(
+        String::from_utf8(lines.next().await.unwrap().unwrap()).unwrap(),
+        "new 2"
+    );
+    assert_eq!(
+        String::from_utf8(lines.next().await.unwrap().unwrap()).unwrap(),
+        "partial line"
+    );
+    let more = lines.next().timeout_on(&rt, AWHILE).await;
+    assert!(more.is_err(), "nothing read twice: {more:?}");
+}
+
+/// "... (a file rotated away meanwhile is let go, and the one now at the path read from its
+/// start)."
+async fn a_lost_check_then_a_rotation_reads_the_new_file<R: Runtime>(rt: Clocked<R>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    std::fs::write(&path, "old\n").unwrap();
+    let losing = spawn_adapters::LosesBlocking {
+        inner: rt.clone(),
+        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        lose: |job| job == 1,
+    };
+    let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
+    append(&path, "seen\n");
+    assert_eq!(lines.next().await.unwrap().unwrap(), b"seen");
+    append(&path, "gone with the rotation\n");
+    assert!(lines.next().await.unwrap().is_err(), "the lost check");
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    std::fs::write(&path, "fresh\n").unwrap();
+    assert_eq!(lines.next().await.unwrap().unwrap(), b"fresh");
+    let more = lines.next().timeout_on(&rt, AWHILE).await;
+    assert!(more.is_err(), "nothing more: {more:?}");
+}
+
+#[test]
+fn a_lost_check_on_every_runtime() {
+    on_every_runtime!(a_lost_check_goes_on_where_it_began);
+    on_every_runtime!(a_lost_check_then_a_rotation_reads_the_new_file);
 }

@@ -34,7 +34,23 @@ struct Open {
     tail: Vec<u8>,
 }
 
+/// Where a check began in the file it had open: what a check lost with that file (to a
+/// panic, or its runtime cancelling it) leaves to go on from.
+struct Position {
+    id: u64,
+    offset: u64,
+    tail: Vec<u8>,
+}
+
 impl Open {
+    fn position(&self) -> Position {
+        Position {
+            id: self.id,
+            offset: self.offset,
+            tail: self.tail.clone(),
+        }
+    }
+
     fn rewind(&mut self) {
         self.offset = 0;
         self.tail.clear();
@@ -102,7 +118,10 @@ type Checked = (Option<Open>, io::Result<Check>);
 /// A partial last line is held until its newline arrives; a partial last line left in a
 /// file that was rotated or truncated is dropped. A line longer than `max_line` bytes is
 /// delivered as an `InvalidData` error and skipped. An I/O error is delivered as an item,
-/// and the follower checks again a period later. The stream never ends: drop it to stop
+/// and the follower checks again a period later. So is a check lost to a panic or to its
+/// runtime (a blocking job cancelled): the next check goes on from where the lost one began,
+/// in the same file if the path still names it (a file rotated away meanwhile is let go, and
+/// the one now at the path read from its start). The stream never ends: drop it to stop
 /// following.
 ///
 /// Rotation is recognised by inode: on platforms without one (not Unix) a renamed file is
@@ -143,6 +162,10 @@ pub struct Follow<R: Runtime> {
     splitter: Splitter,
     ready: VecDeque<io::Result<Vec<u8>>>,
     state: State<R>,
+    /// Where the check in flight began.
+    checking_from: Option<Position>,
+    /// Where a lost check began: the next check goes on from there.
+    resume: Option<Position>,
 }
 
 enum State<R: Runtime> {
@@ -198,14 +221,23 @@ impl<R: Runtime> Follow<R> {
             splitter,
             ready: VecDeque::new(),
             state: State::Due(open),
+            checking_from: None,
+            resume: None,
         })
     }
 
     fn check_now(&mut self, open: Option<Open>) {
         let path = self.path.clone();
+        let resume = match &open {
+            Some(open) => {
+                self.checking_from = Some(open.position());
+                None
+            }
+            None => self.resume.take(),
+        };
         self.state = State::Checking(
             self.rt
-                .spawn_blocking(move || check(&path, open, &mut || {})),
+                .spawn_blocking(move || check(&path, open, resume, &mut || {})),
         );
     }
 
@@ -277,9 +309,14 @@ fn too_long(max: usize) -> io::Error {
 
 /// One check of the file, on a blocking thread. `step` runs before each file-system call
 /// (a no-op outside tests, where it changes the files between any two calls).
-fn check(path: &Path, open: Option<Open>, step: &mut impl FnMut()) -> Checked {
+fn check(
+    path: &Path,
+    open: Option<Open>,
+    resume: Option<Position>,
+    step: &mut impl FnMut(),
+) -> Checked {
     let Some(open) = open else {
-        return open_path(path, step);
+        return open_path(path, resume, step);
     };
     // The path is looked at *before* the open file's length is taken (in `read_new`): a
     // rename seen here happened before that, so every byte written to the old file before
@@ -332,8 +369,10 @@ fn open_first(path: &Path, from_start: bool) -> Option<Open> {
 }
 
 /// Opens the file at `path` from its start: one that was not open since the follower was
-/// built is new (it appeared, or replaced the followed one).
-fn open_path(path: &Path, step: &mut impl FnMut()) -> Checked {
+/// built is new (it appeared, or replaced the followed one). Unless it is the file a lost
+/// check had open (`resume`): that one is read on from where the lost check began (a
+/// truncation since is noticed as on any check).
+fn open_path(path: &Path, resume: Option<Position>, step: &mut impl FnMut()) -> Checked {
     step();
     let file = match File::open(path) {
         Ok(file) => file,
@@ -345,14 +384,30 @@ fn open_path(path: &Path, step: &mut impl FnMut()) -> Checked {
         Ok(meta) => meta,
         Err(e) => return (None, Err(e)),
     };
-    let open = Open {
-        file,
-        id: file_id(&meta),
-        offset: 0,
-        tail: Vec::new(),
-    };
-    // A newly opened file is a new start: drop any partial line of the old.
-    read_new(open, true, step)
+    let id = file_id(&meta);
+    match resume.filter(|at| at.id == id) {
+        Some(Position { id, offset, tail }) => read_new(
+            Open {
+                file,
+                id,
+                offset,
+                tail,
+            },
+            false,
+            step,
+        ),
+        // A newly opened file is a new start: drop any partial line of the old.
+        None => read_new(
+            Open {
+                file,
+                id,
+                offset: 0,
+                tail: Vec::new(),
+            },
+            true,
+            step,
+        ),
+    }
 }
 
 /// Reads up to `CHUNK` new bytes from the open file, after checking that it was not
@@ -458,12 +513,20 @@ impl<R: Runtime> Stream for Follow<R> {
                     this.check_now(open);
                 }
                 State::Checking(handle) => {
-                    let (open, checked) = match ready!(Pin::new(handle).poll(cx)) {
+                    let joined = ready!(Pin::new(handle).poll(cx));
+                    let from = this.checking_from.take();
+                    let (open, checked) = match joined {
                         Ok(done) => done,
-                        Err(JoinError::Panicked(_)) => {
-                            (None, Err(io::Error::other("the file check panicked")))
+                        Err(lost) => {
+                            // The open file went with the check: the next one goes on from
+                            // where this one began.
+                            this.resume = from;
+                            let what = match lost {
+                                JoinError::Panicked(_) => "the file check panicked",
+                                JoinError::Cancelled => "the file check was cancelled",
+                            };
+                            (None, Err(io::Error::other(what)))
                         }
-                        Err(_) => (None, Err(io::Error::other("the file check was cancelled"))),
                     };
                     match checked {
                         Ok(check) => {

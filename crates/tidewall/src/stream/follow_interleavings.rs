@@ -56,7 +56,7 @@ impl Follower {
     /// One poll after the period: checks until nothing more is waiting.
     fn poll(&mut self, script: &mut Script<'_>) {
         loop {
-            let (open, checked) = check(&self.path, self.open.take(), &mut || {
+            let (open, checked) = check(&self.path, self.open.take(), None, &mut || {
                 script.step();
             });
             self.open = open;

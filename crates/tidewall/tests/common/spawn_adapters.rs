@@ -1,7 +1,8 @@
 //! Runtime adapters for tests of detached blocking steps: `Counting`, tokio counting the jobs
 //! it spawned still alive, so a test can wait for a dropped `write_atomic`'s steps instead of
 //! a guessed time; `PanicAt`, any runtime whose chosen blocking job panics; `DropsUnpolled`,
-//! any runtime that drops chosen tasks before their first poll.
+//! any runtime that drops chosen tasks before their first poll; `LosesBlocking`, any runtime
+//! that cancels chosen blocking jobs before they run.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -182,5 +183,77 @@ impl<R: Spawn> Spawn for DropsUnpolled<R> {
         T: Send + 'static,
     {
         self.inner.spawn_blocking(work)
+    }
+}
+
+/// Any runtime that loses each blocking job whose number (from 0) `lose` picks: the work is
+/// dropped unrun and its handle reports `JoinError::Cancelled`, as tokio's do for jobs not
+/// started when it shuts down.
+#[derive(Clone)]
+pub struct LosesBlocking<R> {
+    pub inner: R,
+    pub jobs: Arc<AtomicUsize>,
+    pub lose: fn(usize) -> bool,
+}
+
+/// The handle of a [`LosesBlocking`] job: the runtime's, or a lost job's.
+pub enum MaybeLost<H> {
+    Kept(H),
+    Lost,
+}
+
+impl<T, H: Future<Output = Result<T, JoinError>> + Unpin> Future for MaybeLost<H> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            MaybeLost::Kept(handle) => Pin::new(handle).poll(cx),
+            MaybeLost::Lost => Poll::Ready(Err(JoinError::Cancelled)),
+        }
+    }
+}
+
+impl<T: Send + 'static, H: TaskHandle<T>> TaskHandle<T> for MaybeLost<H> {
+    fn abort(&self) {
+        if let MaybeLost::Kept(handle) = self {
+            handle.abort();
+        }
+    }
+}
+
+impl<R: Clock> Clock for LosesBlocking<R> {
+    type Sleep = R::Sleep;
+
+    fn now(&self) -> std::time::Instant {
+        self.inner.now()
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Self::Sleep {
+        self.inner.sleep_until(deadline)
+    }
+}
+
+impl<R: Spawn> Spawn for LosesBlocking<R> {
+    type JoinHandle<T: Send + 'static> = MaybeLost<R::JoinHandle<T>>;
+
+    fn spawn<F>(&self, fut: F) -> Self::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        MaybeLost::Kept(self.inner.spawn(fut))
+    }
+
+    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
+    where
+        W: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if (self.lose)(self.jobs.fetch_add(1, SeqCst)) {
+            drop(work);
+            MaybeLost::Lost
+        } else {
+            MaybeLost::Kept(self.inner.spawn_blocking(work))
+        }
     }
 }
