@@ -139,3 +139,93 @@ async fn one_for_all_with_transient_and_temporary_siblings<R: Runtime>(rt: Clock
 fn one_for_all_restarts_transient_siblings_but_never_temporary_ones_on_every_runtime() {
     on_every_runtime!(one_for_all_with_transient_and_temporary_siblings);
 }
+
+/// A child that fails `secs` seconds after each start.
+fn fails_after<R: Runtime>(rt: &R, name: &'static str, secs: u64) -> ChildSpec {
+    let rt = rt.clone();
+    ChildSpec::new(name, move |_stop| {
+        let rt = rt.clone();
+        async move {
+            rt.sleep(std::time::Duration::from_secs(secs)).await;
+            Err::<(), _>(name)
+        }
+    })
+}
+
+/// The children whose exits the log tells, in order.
+fn exited(log: &Log) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, event)| match event {
+            tidewall::task::supervisor::SupervisorEvent::Exited { child, .. } => {
+                Some(child.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// "A restart is dated by the exit that caused it", even when the supervisor is busy stopping
+/// a restart group as it happens. Rest-for-one: b fails at 1 s (the one restart allowed in
+/// 3 s), and c, stopped with it, ignores its token for its whole 5 s timeout. a fails at 2 s,
+/// meanwhile: a second restart within 3 s, so the supervisor escalates on a (dated 6 s, its
+/// 1 s restart would have left the window, and b would escalate later instead).
+async fn an_exit_while_siblings_stop_is_dated_when_it_happened<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::RestForOne)
+        .intensity(1, std::time::Duration::from_secs(3))
+        .backoff(fixed(ms(1)))
+        .on_event(hook)
+        .child(fails_after(&rt, "a", 2))
+        .child(fails_after(&rt, "b", 1))
+        .child(
+            ChildSpec::new("c", |_stop| {
+                std::future::pending::<Result<(), std::convert::Infallible>>()
+            })
+            .shutdown_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let escalation = supervisor.run(CancellationToken::new()).await.unwrap_err();
+    assert_eq!(&*escalation.child, "a");
+    assert_eq!(exited(&log), ["b", "a"], "each exit told once");
+}
+
+/// The same, with `stop` cancelled at 3 s, while c is still being stopped: a's exit (at 2 s) is
+/// told as an exit, and a is not in the report as a child the shutdown stopped.
+async fn an_exit_seen_before_a_stop_is_told_as_an_exit<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::RestForOne)
+        .intensity(10, std::time::Duration::from_secs(3))
+        .backoff(fixed(ms(1)))
+        .on_event(hook)
+        .child(fails_after(&rt, "a", 2))
+        .child(fails_after(&rt, "b", 1))
+        .child(
+            ChildSpec::new("c", |_stop| {
+                std::future::pending::<Result<(), std::convert::Infallible>>()
+            })
+            .shutdown_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let stop = cancelled_after(&rt, std::time::Duration::from_secs(3), "done");
+    let report = supervisor.run(stop).await.unwrap();
+    assert!(
+        report.stopped.iter().all(|stopped| &*stopped.name != "a"),
+        "a ended on its own before the stop: {:?}",
+        report.stopped
+    );
+    assert_eq!(exited(&log), ["b", "a"]);
+}
+
+#[test]
+fn an_exit_while_siblings_stop_is_dated_when_it_happened_on_every_runtime() {
+    on_every_runtime!(an_exit_while_siblings_stop_is_dated_when_it_happened);
+    on_every_runtime!(an_exit_seen_before_a_stop_is_told_as_an_exit);
+}

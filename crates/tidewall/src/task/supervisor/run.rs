@@ -37,6 +37,16 @@ struct Slot<R: Runtime> {
     removed: bool,
     backoff: DelayState,
     runs: u64,
+    /// Its exit, seen while the supervisor was stopping other children: handled next, and
+    /// dated by when it was seen, not by when it was handled.
+    seen_exit: Option<ChildExit>,
+}
+
+/// A child's own exit: how it ended, when, and when that run had started.
+struct ChildExit {
+    exit: Exit,
+    at: Instant,
+    started_at: Instant,
 }
 
 /// An OTP-style supervisor: starts its children in order, restarts them by [`Strategy`] and
@@ -123,7 +133,7 @@ impl ChildSpec {
 
 enum Event {
     Stop,
-    Exited(usize, Exit),
+    Exited(usize, ChildExit),
     RestartDue,
 }
 
@@ -151,6 +161,7 @@ impl<R: Runtime> Supervisor<R> {
                 removed: false,
                 backoff: backoff.start(seed),
                 runs: 0,
+                seen_exit: None,
             });
         }
         supervisor
@@ -179,8 +190,8 @@ impl<R: Runtime> Supervisor<R> {
             match self.next_event(&mut cancelled, due).await {
                 Event::Stop => return Ok(self.stop_all(Ended::Stopped).await),
                 Event::RestartDue => self.start_due(),
-                Event::Exited(index, exit) => {
-                    if let Some(child) = self.on_exit(index, exit).await {
+                Event::Exited(index, exited) => {
+                    if let Some(child) = self.on_exit(index, exited).await {
                         let max_restarts = self.max_restarts;
                         let period = self.period;
                         self.emit(SupervisorEvent::Escalating {
@@ -199,7 +210,7 @@ impl<R: Runtime> Supervisor<R> {
             let idle = self
                 .slots
                 .iter()
-                .all(|s| s.running.is_none() && s.restart_at.is_none());
+                .all(|s| s.running.is_none() && s.restart_at.is_none() && s.seen_exit.is_none());
             if idle {
                 return Ok(self.stop_all(Ended::NoChildrenLeft).await);
             }
@@ -218,11 +229,15 @@ impl<R: Runtime> Supervisor<R> {
             if Pin::new(&mut *cancelled).poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
             }
+            // Exits seen earlier happened before any seen now.
             for (index, slot) in self.slots.iter_mut().enumerate() {
-                if let Some(running) = &mut slot.running
-                    && let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx)
-                {
-                    return Poll::Ready(Event::Exited(index, exit_of(result)));
+                if let Some(exited) = slot.seen_exit.take() {
+                    return Poll::Ready(Event::Exited(index, exited));
+                }
+            }
+            for index in 0..self.slots.len() {
+                if let Some(exited) = poll_exit(&mut self.slots[index], &self.rt, cx) {
+                    return Poll::Ready(Event::Exited(index, exited));
                 }
             }
             match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
@@ -232,15 +247,15 @@ impl<R: Runtime> Supervisor<R> {
         })
     }
 
-    /// Handles a child's own exit. Returns the child's name if restarting it would exceed
-    /// the intensity.
-    async fn on_exit(&mut self, index: usize, exit: Exit) -> Option<Arc<str>> {
-        let now = self.rt.now();
-        let slot = &mut self.slots[index];
-        let running = slot
-            .running
-            .take()
-            .expect("an exit comes from a running child");
+    /// Handles a child's own exit, dated by when it was seen. Returns the child's name if
+    /// restarting it would exceed the intensity.
+    async fn on_exit(&mut self, index: usize, exited: ChildExit) -> Option<Arc<str>> {
+        let ChildExit {
+            exit,
+            at: now,
+            started_at,
+        } = exited;
+        let slot = &self.slots[index];
         let name = Arc::clone(&slot.spec.name);
         let restart = match slot.spec.restart {
             Restart::Permanent => true,
@@ -271,7 +286,7 @@ impl<R: Runtime> Supervisor<R> {
         }
         self.restarts.push_back(now);
         self.total_restarts += 1;
-        if now.saturating_duration_since(running.started_at) >= self.stable_after {
+        if now.saturating_duration_since(started_at) >= self.stable_after {
             // Stable long enough: its backoff starts over (a new seed, so not the same delays).
             let seed = self.next_seed();
             self.slots[index].backoff = self.backoff.start(seed);
@@ -301,8 +316,13 @@ impl<R: Runtime> Supervisor<R> {
             .copied()
             .filter(|&i| i != index)
             .collect();
+        // The children outside the group are watched meanwhile: one that exits then is dated
+        // by its exit, not by the end of these stops (which may take their whole timeouts).
+        let outside: Vec<usize> = (0..self.slots.len())
+            .filter(|i| !group.contains(i))
+            .collect();
         for sibling in siblings {
-            if let Some((exit, ending)) = self.stop_one(sibling).await {
+            if let Some((exit, ending)) = self.stop_one(sibling, &outside).await {
                 let child = Arc::clone(&self.slots[sibling].spec.name);
                 self.emit(SupervisorEvent::Stopped {
                     child,
@@ -370,7 +390,10 @@ impl<R: Runtime> Supervisor<R> {
     /// The child stays in its slot until it has ended: if this future is dropped mid-wait
     /// (the supervisor's own `run` dropped or aborted), `Drop` still finds it and aborts it,
     /// instead of a handle dropped here detaching a child that ignores its token.
-    async fn stop_one(&mut self, index: usize) -> Option<(Exit, Ending)> {
+    ///
+    /// While it waits, the children at `watched` that exit on their own are seen, and their
+    /// exits kept (dated) for the loop to handle next.
+    async fn stop_one(&mut self, index: usize, watched: &[usize]) -> Option<(Exit, Ending)> {
         let rt = self.rt.clone();
         let slot = &mut self.slots[index];
         slot.restart_at = None;
@@ -389,7 +412,18 @@ impl<R: Runtime> Supervisor<R> {
             running.stop.cancel(reason);
             let deadline = instant_after(cancelled_at, timeout);
             let mut timer = Box::pin(rt.sleep_until(deadline));
+            let slots = &mut self.slots;
             poll_fn(|cx| {
+                for &other in watched {
+                    if other != index
+                        && let Some(exited) = poll_exit(&mut slots[other], &rt, cx)
+                    {
+                        slots[other].seen_exit = Some(exited);
+                    }
+                }
+                let Some(running) = &mut slots[index].running else {
+                    return Poll::Ready(None);
+                };
                 if let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) {
                     return Poll::Ready(Some(exit_of(result)));
                 }
@@ -397,6 +431,7 @@ impl<R: Runtime> Supervisor<R> {
             })
             .await
         };
+        let running = self.slots[index].running.as_mut()?;
         let stopped = if let Some(exit) = in_time {
             let took = rt.now().saturating_duration_since(cancelled_at);
             let ending = lost_or(&exit, Ending::Stopped { took });
@@ -412,9 +447,16 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
+        // Exits seen while siblings were being stopped, not handled yet: told, not restarted.
+        for index in 0..self.slots.len() {
+            if let Some(ChildExit { exit, .. }) = self.slots[index].seen_exit.take() {
+                let child = Arc::clone(&self.slots[index].spec.name);
+                self.emit(SupervisorEvent::Exited { child, exit });
+            }
+        }
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
-            if let Some((exit, ending)) = self.stop_one(index).await {
+            if let Some((exit, ending)) = self.stop_one(index, &[]).await {
                 let name = Arc::clone(&self.slots[index].spec.name);
                 self.emit(SupervisorEvent::Stopped {
                     child: Arc::clone(&name),
@@ -453,4 +495,23 @@ impl<R: Runtime> Drop for Supervisor<R> {
             }
         }
     }
+}
+
+/// The child's own exit, if its task has ended: taken out of its slot, dated now.
+fn poll_exit<R: Runtime>(
+    slot: &mut Slot<R>,
+    rt: &R,
+    cx: &mut std::task::Context<'_>,
+) -> Option<ChildExit> {
+    let running = slot.running.as_mut()?;
+    let Poll::Ready(result) = Pin::new(&mut running.handle).poll(cx) else {
+        return None;
+    };
+    let started_at = running.started_at;
+    slot.running = None;
+    Some(ChildExit {
+        exit: exit_of(result),
+        at: rt.now(),
+        started_at,
+    })
 }
