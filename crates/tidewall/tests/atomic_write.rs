@@ -11,16 +11,13 @@ use tidewall::fs::write_atomic;
 use tidewall::rt::{JoinError, Spawn, TaskHandle};
 
 /// A runtime whose blocking work runs at once, but whose handles report it one poll later:
-/// every await point of the writer becomes an exact, repeatable suspension.
-#[derive(Clone)]
-struct Stepwise;
-
-/// `Stepwise`, except that blocking job number `cancel_at` (from 0) is dropped unrun and its
-/// handle reports `JoinError::Cancelled`, as tokio's do for jobs not started at shutdown.
-#[derive(Clone)]
-struct CancelsAt {
+/// every await point of the writer becomes an exact, repeatable suspension. Blocking job
+/// number `cancel_at` (from 0), if any, is dropped unrun and its handle reports
+/// `JoinError::Cancelled`, as tokio's do for jobs not started at shutdown.
+#[derive(Clone, Default)]
+struct Stepwise {
     jobs: Arc<AtomicUsize>,
-    cancel_at: usize,
+    cancel_at: Option<usize>,
 }
 
 struct Ready<T>(Option<T>, bool);
@@ -61,31 +58,11 @@ impl Spawn for Stepwise {
         W: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        Ready(Some(work()), false)
-    }
-}
-
-impl Spawn for CancelsAt {
-    type JoinHandle<T: Send + 'static> = Ready<T>;
-
-    fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        unreachable!("write_atomic only uses spawn_blocking")
-    }
-
-    fn spawn_blocking<W, T>(&self, work: W) -> Self::JoinHandle<T>
-    where
-        W: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        if self.jobs.fetch_add(1, SeqCst) == self.cancel_at {
+        if Some(self.jobs.fetch_add(1, SeqCst)) == self.cancel_at {
             drop(work);
             Ready(None, false)
         } else {
-            Stepwise.spawn_blocking(work)
+            Ready(Some(work()), false)
         }
     }
 }
@@ -121,7 +98,8 @@ fn dropped_at_every_await_point_leaves_old_or_new_never_partial() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, &old).unwrap();
-        let mut write = Box::pin(write_atomic(&Stepwise, &path, new.clone()));
+        let rt = Stepwise::default();
+        let mut write = Box::pin(write_atomic(&rt, &path, new.clone()));
         let mut cx = Context::from_waker(Waker::noop());
         let mut finished = false;
         for _ in 0..polls_before_drop {
@@ -162,9 +140,9 @@ fn a_cancelled_step_is_other_never_interrupted_and_leaves_old_or_new() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cfg");
         std::fs::write(&path, &old).unwrap();
-        let rt = CancelsAt {
-            jobs: Arc::new(AtomicUsize::new(0)),
-            cancel_at,
+        let rt = Stepwise {
+            cancel_at: Some(cancel_at),
+            ..Stepwise::default()
         };
         let result = run_stepwise(write_atomic(&rt, &path, new.clone()));
         let contents = std::fs::read(&path).unwrap();
@@ -232,7 +210,8 @@ async fn a_path_without_a_file_name_is_an_error() {
 fn a_name_near_the_file_systems_limit_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n".repeat(240));
-    let mut write = Box::pin(write_atomic(&Stepwise, &path, b"long".to_vec()));
+    let rt = Stepwise::default();
+    let mut write = Box::pin(write_atomic(&rt, &path, b"long".to_vec()));
     let mut cx = Context::from_waker(Waker::noop());
     let written = loop {
         if let Poll::Ready(written) = write.as_mut().poll(&mut cx) {

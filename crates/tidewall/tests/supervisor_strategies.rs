@@ -166,21 +166,21 @@ fn exited(log: &Log) -> Vec<String> {
         .collect()
 }
 
-/// "A restart is dated by the exit that caused it", even when the supervisor is busy stopping
-/// a restart group as it happens. Rest-for-one: b fails at 1 s (the one restart allowed in
-/// 3 s), and c, stopped with it, ignores its token for its whole 5 s timeout. a fails at 2 s,
-/// meanwhile: a second restart within 3 s, so the supervisor escalates on a (dated 6 s, its
-/// 1 s restart would have left the window, and b would escalate later instead).
-async fn an_exit_while_siblings_stop_is_dated_when_it_happened<R: Runtime>(rt: Clocked<R>) {
-    let (log, hook) = recorder(&rt);
-    let supervisor = Supervisor::builder()
+/// Rest-for-one over a (fails 2 s after each start), b (1 s) and c (ignores its token for
+/// its whole 5 s shutdown timeout), at most `max_restarts` restarts in 3 s.
+fn a_b_and_slow_c<R: Runtime>(
+    rt: &Clocked<R>,
+    hook: impl Fn(&tidewall::task::supervisor::SupervisorEvent) + Send + Sync + 'static,
+    max_restarts: u32,
+) -> Supervisor<Clocked<R>> {
+    Supervisor::builder()
         .runtime(rt.clone())
         .strategy(Strategy::RestForOne)
-        .intensity(1, std::time::Duration::from_secs(3))
+        .intensity(max_restarts, std::time::Duration::from_secs(3))
         .backoff(fixed(ms(1)))
         .on_event(hook)
-        .child(fails_after(&rt, "a", 2))
-        .child(fails_after(&rt, "b", 1))
+        .child(fails_after(rt, "a", 2))
+        .child(fails_after(rt, "b", 1))
         .child(
             ChildSpec::new("c", |_stop| {
                 std::future::pending::<Result<(), std::convert::Infallible>>()
@@ -188,7 +188,17 @@ async fn an_exit_while_siblings_stop_is_dated_when_it_happened<R: Runtime>(rt: C
             .shutdown_timeout(std::time::Duration::from_secs(5)),
         )
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// "A restart is dated by the exit that caused it", even when the supervisor is busy stopping
+/// a restart group as it happens. Rest-for-one: b fails at 1 s (the one restart allowed in
+/// 3 s), and c, stopped with it, ignores its token for its whole 5 s timeout. a fails at 2 s,
+/// meanwhile: a second restart within 3 s, so the supervisor escalates on a (dated 6 s, its
+/// 1 s restart would have left the window, and b would escalate later instead).
+async fn an_exit_while_siblings_stop_is_dated_when_it_happened<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = a_b_and_slow_c(&rt, hook, 1);
     let escalation = supervisor.run(CancellationToken::new()).await.unwrap_err();
     assert_eq!(&*escalation.child, "a");
     assert_eq!(exited(&log), ["b", "a"], "each exit told once");
@@ -198,22 +208,7 @@ async fn an_exit_while_siblings_stop_is_dated_when_it_happened<R: Runtime>(rt: C
 /// told as an exit, and a is not in the report as a child the shutdown stopped.
 async fn an_exit_seen_before_a_stop_is_told_as_an_exit<R: Runtime>(rt: Clocked<R>) {
     let (log, hook) = recorder(&rt);
-    let supervisor = Supervisor::builder()
-        .runtime(rt.clone())
-        .strategy(Strategy::RestForOne)
-        .intensity(10, std::time::Duration::from_secs(3))
-        .backoff(fixed(ms(1)))
-        .on_event(hook)
-        .child(fails_after(&rt, "a", 2))
-        .child(fails_after(&rt, "b", 1))
-        .child(
-            ChildSpec::new("c", |_stop| {
-                std::future::pending::<Result<(), std::convert::Infallible>>()
-            })
-            .shutdown_timeout(std::time::Duration::from_secs(5)),
-        )
-        .build()
-        .unwrap();
+    let supervisor = a_b_and_slow_c(&rt, hook, 10);
     let stop = cancelled_after(&rt, std::time::Duration::from_secs(3), "done");
     let report = supervisor.run(stop).await.unwrap();
     assert!(
