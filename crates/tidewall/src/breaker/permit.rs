@@ -48,12 +48,8 @@ macro_rules! permit_methods {
         /// open at least that long, capped by
         /// [`max_open_hint`](super::CircuitBreakerBuilder::max_open_hint).
         pub fn record_hinted(mut self, outcome: Outcome, hint: Option<std::time::Duration>) {
-            // The ticket stays in the permit until the outcome is recorded: if the listener
-            // told of it panics first, the permit's drop gives a probe's slot back. Any later
-            // listener hears of a state change, which has already moved the generation on.
-            if let Some(ticket) = self.ticket {
+            if let Some(ticket) = self.ticket.take() {
                 self.shared.finish(ticket, outcome, hint);
-                self.ticket = None;
             }
         }
 

@@ -358,7 +358,7 @@ impl<R: Clock> Shared<R> {
     /// they never move the current state.
     pub(super) fn finish(&self, ticket: Ticket, outcome: Outcome, hint: Option<Duration>) {
         if self.reports_outcomes {
-            self.telemetry.outcome(outcome);
+            self.tell_outcome(ticket, outcome);
         }
         let timed = self.needs_clock.load(Relaxed) || ticket.probe;
         let now = if timed { self.now() } else { 0 };
@@ -416,6 +416,22 @@ impl<R: Clock> Shared<R> {
         {
             self.trip(ticket.generation, reason, if failed { hint } else { None });
         }
+    }
+
+    /// Tells the listener and metrics how a call ended, before it is recorded. A probe's
+    /// ticket has left its permit by then: if the listener panics, the probe's slot is given
+    /// back as it unwinds, as a permit unwound by a panic gives it back.
+    #[inline]
+    fn tell_outcome(&self, ticket: Ticket, outcome: Outcome) {
+        struct GiveBack<'a, R: Clock>(&'a Shared<R>, u32);
+        impl<R: Clock> Drop for GiveBack<'_, R> {
+            fn drop(&mut self) {
+                self.0.return_probe(self.1);
+            }
+        }
+        let unwinding = ticket.probe.then(|| GiveBack(self, ticket.generation));
+        self.telemetry.outcome(outcome);
+        std::mem::forget(unwinding);
     }
 
     fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool, hint: Option<Duration>) {
