@@ -139,6 +139,53 @@ fn the_timeout_covers_poll_ready_on_every_runtime() {
     on_every_runtime!(timeout_covers_readiness);
 }
 
+// Docs (`TimeoutLayer`): "A wait that ended is charged to the next call, and the time the
+// service then sits ready before that call comes is not." 60 ms of readiness, then a second
+// ready: 40 ms are left for the call, counted from the call (audit s35: the idle second was
+// charged too, so the request was sent and timed out at once).
+async fn time_spent_ready_is_not_charged<R: Runtime>(rt: Clocked<R>) {
+    for (call_takes, answered) in [(ms(30), true), (ms(50), false)] {
+        let rt2 = rt.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = FnService {
+            ready_after: ms(60),
+            ..service(&rt, move |()| {
+                let rt = rt2.clone();
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    rt.sleep(call_takes).await;
+                    Ok::<_, Error<()>>("answer")
+                }
+            })
+        };
+        let mut svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
+        poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        rt.sleep(Duration::from_secs(1)).await;
+        // A balancer or `Steer` readies it again before calling: ready at once.
+        poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        let called_at = rt.now();
+        let result = svc.call(()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        if answered {
+            assert_eq!(result, Ok("answer"));
+            assert_eq!(rt.now() - called_at, call_takes);
+        } else {
+            assert_eq!(result, Err(Error::TimedOut));
+            assert_eq!(
+                rt.now() - called_at,
+                ms(40),
+                "what readiness left of the budget"
+            );
+        }
+    }
+}
+
+#[test]
+fn time_spent_ready_is_not_charged_on_every_runtime() {
+    on_every_runtime!(time_spent_ready_is_not_charged);
+}
+
 async fn timeout_budget_runs_from_the_call<R: Runtime>(rt: Clocked<R>) {
     let sleeper = rt.clone();
     let slow = service(&rt, move |()| {

@@ -10,7 +10,9 @@ use crate::rt::DefaultRuntime;
 /// Bounds each request — waiting for the service to be ready *and* the call — by `timeout`.
 ///
 /// The clock starts when `poll_ready` first has to wait for a request (or at the call, if
-/// the service was ready at once); if readiness takes too long, the request times out with
+/// the service was ready at once). A wait that ended is charged to the next call, and the time
+/// the service then sits ready before that call comes is not (a `Steer` or a balancer readies
+/// services long before it calls one). If readiness takes too long, the request times out with
 /// [`PolicyError::timed_out`](crate::tower::PolicyError::timed_out) (typed:
 /// [`Error::TimedOut`](crate::Error::TimedOut)): `poll_ready` reports ready (an error there
 /// would tell tower the service is broken for good) and the next call fails at once, the

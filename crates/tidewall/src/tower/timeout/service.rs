@@ -1,4 +1,4 @@
-//! The service: one budget from the first wait for readiness to the end of the call.
+//! The service: one budget for a request's wait for readiness and its call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +20,11 @@ pub struct TimeoutService<S, R = DefaultRuntime> {
     inner: S,
     rt: R,
     timeout: Duration,
+    /// While `poll_ready` waits: when the wait began.
     started: Option<Instant>,
+    /// How long the last readiness wait took, once it ended: charged to the next call (the
+    /// time the service then sits ready before it is called is not).
+    waited: Duration,
     readiness: SyncSlot<Option<ReadinessTimer>>,
     /// The budget ran out in `poll_ready`: it said ready (an error there would tell tower the
     /// service is broken for good), and the next call fails at once.
@@ -35,6 +39,7 @@ impl<S, R> TimeoutService<S, R> {
             rt,
             timeout,
             started: None,
+            waited: Duration::ZERO,
             readiness: SyncSlot::new(None),
             expired: false,
         }
@@ -60,10 +65,14 @@ where
         }
         let slot = self.readiness.get_mut();
         match self.inner.poll_ready(cx) {
-            // Ready at once: no wait to count (a service polled ready long before the call
-            // must not have spent the call's budget).
+            // The wait (if any) ends here: its length goes to the next call, which is budgeted
+            // from when it comes (a service polled ready long before the call must not have
+            // spent the call's budget sitting ready).
             Poll::Ready(result) => {
                 *slot = None;
+                if let Some(started) = self.started.take() {
+                    self.waited = self.rt.now().saturating_duration_since(started);
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => {
@@ -89,8 +98,12 @@ where
             return ResponseFuture::expired(self.rt.clone());
         }
         *self.readiness.get_mut() = None;
-        let started = self.started.take().unwrap_or_else(|| self.rt.now());
-        let end = instant_after(started, self.timeout);
+        let waited = std::mem::take(&mut self.waited);
+        // A call while readiness still waits (against tower's contract) counts from the wait.
+        let end = match self.started.take() {
+            Some(started) => instant_after(started, self.timeout),
+            None => instant_after(self.rt.now(), self.timeout.saturating_sub(waited)),
+        };
         ResponseFuture::new(self.inner.call(req), self.rt.clone(), end)
     }
 }
