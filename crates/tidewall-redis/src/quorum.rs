@@ -2,8 +2,10 @@
 //! their breaker for a dependency open, the rest open theirs too, without waiting to fail on
 //! their own. Refreshed on a timer, so Redis is never on a call's path.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use tidewall::ConfigError;
@@ -217,7 +219,9 @@ impl BreakerQuorum {
 
     /// Refreshes every period on a task of the current tokio runtime until the returned
     /// handle is dropped; dropping the last such handle of this layer alive also lets go of
-    /// a breaker the layer forced open (dropping one while another refreshes does not).
+    /// a breaker the layer forced open (dropping one while another refreshes does not). A
+    /// listener of the breaker that panics as the layer forces or resets it ends that round
+    /// only: the refresh goes on, and lets go of the force when the quorum is gone.
     ///
     /// # Panics
     ///
@@ -228,7 +232,15 @@ impl BreakerQuorum {
         let stop = Arc::clone(&stopped);
         let task = tokio::spawn(async move {
             loop {
-                let _ = this.refresh_unless(&stop).await;
+                // A breaker listener that panics as this layer forces or resets it ends the
+                // round, not the refresh: the force is recorded first, so a later round (or
+                // dropping the handle) still lets go of it.
+                let mut round = std::pin::pin!(this.refresh_unless(&stop));
+                std::future::poll_fn(|cx| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| round.as_mut().poll(cx)))
+                        .map_or(Poll::Ready(()), |polled| polled.map(drop))
+                })
+                .await;
                 tokio::time::sleep(this.inner.every).await;
             }
         });
@@ -294,6 +306,10 @@ impl BreakerQuorum {
             // Only a closed breaker is forced: an open or probing one follows its own
             // evidence. `force_open_if` does nothing if it tripped since it was read.
             (true, None) if state == State::Closed => {
+                // Recorded before the force: the breaker tells its listeners before
+                // `force_open_if` returns, and one that panics must not leave behind a force
+                // nobody knows is this layer's (it would never be let go).
+                *forced = Some(generation.wrapping_add(1));
                 *forced = inner.breaker.force_open_if(generation);
             }
             (false, Some(ours)) => {

@@ -256,3 +256,79 @@ async fn dropping_the_last_handle_of_a_layer_lets_go_of_its_force() {
         "let go with the last handle"
     );
 }
+
+/// A breaker whose state-change listener panics the first time it is forced open (a metrics
+/// sink that is down, say).
+fn breaker_panicking_on_its_first_force() -> CircuitBreaker<Tokio> {
+    let armed = std::sync::atomic::AtomicBool::new(true);
+    CircuitBreaker::builder()
+        .runtime(Tokio)
+        .on_state_change(move |change| {
+            if change.to == State::ForcedOpen
+                && armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("the listener panics (on purpose)");
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+/// Docs (`telemetry::Event`, `BreakerQuorum`): a listener that panics loses the policy
+/// nothing, and "once the quorum is gone, the breaker this layer forced is reset". The force
+/// is recorded before the breaker tells its listener, so a refresh that unwound still lets
+/// go of it later.
+#[tokio::test]
+async fn a_force_whose_listener_panicked_is_still_let_go() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let (local, peer) = (breaker_panicking_on_its_first_force(), breaker());
+    let layer = |id: &str, breaker: &CircuitBreaker<Tokio>| {
+        BreakerQuorum::builder(&conn, "panicking-listener", breaker.clone())
+            .instance(id)
+            .quorum(0.5)
+            .every(Duration::from_secs(60))
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer("a", &local), layer("b", &peer));
+    a.refresh().await.unwrap();
+    trip(&peer);
+    b.refresh().await.unwrap();
+    let forcing = a.clone();
+    let unwound = tokio::spawn(async move { forcing.refresh().await }).await;
+    assert!(unwound.unwrap_err().is_panic(), "the listener's panic");
+    assert_eq!(local.state(), State::ForcedOpen);
+    peer.reset();
+    b.refresh().await.unwrap();
+    let view = a.refresh().await.unwrap();
+    assert!(!view.forced_open);
+    assert_eq!(local.state(), State::Closed, "the quorum is gone: let go");
+}
+
+/// The same through `spawn`: the panic ends one round, not the refresh.
+#[tokio::test]
+async fn a_refresh_task_outlives_a_panicking_listener() {
+    let server = RedisServer::start();
+    let conn = RedisConn::open(server.url()).unwrap();
+    let (local, peer) = (breaker_panicking_on_its_first_force(), breaker());
+    let layer = |id: &str, breaker: &CircuitBreaker<Tokio>| {
+        BreakerQuorum::builder(&conn, "panicking-listener-task", breaker.clone())
+            .instance(id)
+            .quorum(0.5)
+            .every(Duration::from_millis(500))
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer("a", &local), layer("b", &peer));
+    let refreshing = a.spawn();
+    trip(&peer);
+    b.refresh().await.unwrap();
+    common::eventually(async || (local.state() == State::ForcedOpen).then_some(())).await;
+    peer.reset();
+    b.refresh().await.unwrap();
+    common::eventually(async || (local.state() == State::Closed).then_some(())).await;
+    drop(refreshing);
+}

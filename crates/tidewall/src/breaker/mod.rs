@@ -275,7 +275,10 @@ impl<R: Clock> CircuitBreaker<R> {
 
     /// [`force_open`](Self::force_open), only if the breaker is still in `generation` (see
     /// [`state_and_generation`](Self::state_and_generation)): the generation the force made,
-    /// or `None`, with nothing done, when the breaker has changed since.
+    /// always `generation.wrapping_add(1)` (every transition adds one), or `None`, with
+    /// nothing done, when the breaker has changed since. The listeners hear of the force
+    /// before this returns: code that must not lose track of its force even if one of them
+    /// panics records `generation.wrapping_add(1)` first.
     pub fn force_open_if(&self, generation: u32) -> Option<u32> {
         self.shared.force_if(State::ForcedOpen, Some(generation))
     }
