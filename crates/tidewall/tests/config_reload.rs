@@ -356,3 +356,63 @@ fn a_watched_file_reloads_the_registry_and_a_bad_edit_keeps_the_old_one() {
         assert_eq!(bulkhead.capacity(), 7, "the old settings stay");
     });
 }
+
+/// Docs (`Registry::reload`): "A listener that panics as the reload applies (told of a reset
+/// it causes, say) leaves no reload half done: every policy still takes its settings and the
+/// reload is counted as applied; then the first such panic goes on to the caller." The
+/// reshaped window of `a`'s breaker resets it, and the listener panics on that event; the
+/// bulkhead and the breaker after it take their settings all the same.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_listener_panicking_mid_reload_leaves_it_whole() {
+    let old = "[instances.a.breaker]\nwindow_calls = 100\n\
+               [instances.z.breaker]\nwindow_calls = 100\n\
+               [instances.a.bulkhead]\nmax_concurrent = 4\nmax_queue = 0\n";
+    let new = "[instances.a.breaker]\nwindow_calls = 50\n\
+               [instances.z.breaker]\nwindow_calls = 30\n\
+               [instances.a.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n";
+    let registry = Registry::builder(config(old))
+        .on_event(|event| {
+            if matches!(event.kind, tidewall::telemetry::EventKind::StateChanged(_)) {
+                panic!("the listener panics (on purpose)");
+            }
+        })
+        .build()
+        .unwrap();
+    let (a, z) = (
+        registry.breaker("a").unwrap(),
+        registry.breaker("z").unwrap(),
+    );
+    let bulkhead = registry.bulkhead("a").unwrap();
+    let reloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry.reload(config(new))
+    }));
+    assert!(reloaded.is_err(), "the listener's panic reaches the caller");
+    assert_eq!(bulkhead.capacity(), 1, "the bulkhead took its settings");
+    let windows = [a.policy().window(), z.policy().window()];
+    assert_eq!(
+        windows,
+        [
+            tidewall_core::breaker::Window::Count { calls: 50 },
+            tidewall_core::breaker::Window::Count { calls: 30 },
+        ],
+        "both breakers took theirs"
+    );
+    assert_eq!(
+        registry.config().instances["a"]
+            .bulkhead
+            .as_ref()
+            .and_then(|b| b.max_concurrent),
+        Some(1)
+    );
+    // The registry is not left locked or marked as reloading: the way back applies too (its
+    // resets panic again).
+    let back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry.reload(config(old))
+    }));
+    assert!(back.is_err());
+    assert_eq!(bulkhead.capacity(), 4);
+    assert_eq!(
+        a.policy().window(),
+        tidewall_core::breaker::Window::Count { calls: 100 }
+    );
+}

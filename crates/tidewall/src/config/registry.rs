@@ -212,6 +212,26 @@ impl<R> RegistryBuilder<R> {
 }
 
 /// A setting checked before it is applied cannot be refused.
+/// The steps of a reload that apply settings. A listener that panics in one (told of the reset
+/// a reshaped breaker window causes, say) does not stop the others: the first panic is kept,
+/// to be raised again once every policy has taken its settings.
+#[derive(Default)]
+struct Steps {
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, step: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+            Ok(done) => Some(done),
+            Err(panic) => {
+                self.panic.get_or_insert(panic);
+                None
+            }
+        }
+    }
+}
+
 fn applied<T: fmt::Debug>(result: Result<T, crate::ConfigError>) -> Option<T> {
     debug_assert!(result.is_ok(), "a checked setting was refused: {result:?}");
     result.ok()
@@ -357,6 +377,10 @@ impl<R: Clock> Registry<R> {
     /// Handles got before the reload are the same policies: they see the new settings.
     /// Policies of instances new in `config` are built; those of instances it no longer
     /// declares are kept, on the layers that remain (the defaults, say).
+    ///
+    /// A listener that panics as the reload applies (told of a reset it causes, say) leaves
+    /// no reload half done: every policy still takes its settings and the reload is counted
+    /// as applied; then the first such panic goes on to the caller.
     ///
     /// ```
     /// use tidewall::config::{Config, Registry};
@@ -538,44 +562,56 @@ impl<R: Clock> Registry<R> {
         }
         drop(pipelines);
 
+        // Each policy takes its settings whatever a listener does meanwhile (see `reload`).
+        let mut steps = Steps::default();
         for (name, breaker, settings) in breaker_plans {
-            if applied(breaker.reconfigure(settings)) == Some(crate::breaker::Reconfigured::Reset) {
+            let reconfigured = steps.run(|| applied(breaker.reconfigure(settings)));
+            if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset) {
                 reload.reset.push(name.clone());
             }
             reload.retuned += 1;
         }
         for (bulkhead, settings) in bulkhead_plans {
-            applied(bulkhead.reconfigure(settings));
+            steps.run(|| applied(bulkhead.reconfigure(settings)));
             reload.retuned += 1;
         }
         for (limiter, settings) in limiter_plans {
-            applied(limiter.reconfigure(settings));
+            steps.run(|| applied(limiter.reconfigure(settings)));
             reload.retuned += 1;
         }
         for (budget, policy) in budget_plans {
-            budget.reconfigure(policy);
+            steps.run(|| budget.reconfigure(policy));
             reload.retuned += 1;
         }
         #[cfg(feature = "chaos")]
         for (chaos, settings) in chaos_plans {
-            applied(chaos.reconfigure(settings));
+            steps.run(|| applied(chaos.reconfigure(settings)));
             reload.retuned += 1;
         }
         for (name, limiter, settings, algorithm) in adaptive_plans {
             if algorithm.is_some() {
                 reload.relearning.push(name);
             }
-            applied(limiter.retune(&settings, algorithm));
+            steps.run(|| applied(limiter.retune(&settings, algorithm)));
             reload.retuned += 1;
         }
         for (name, table) in &tables {
             // Checked above; each table retunes every key it holds.
-            let retuned = table.retune(&config, name, true);
-            debug_assert!(retuned.is_ok(), "a checked table was refused: {retuned:?}");
-            if retuned == Ok(true) && !reload.relearning.contains(name) {
+            let retuned = steps.run(|| table.retune(&config, name, true));
+            debug_assert!(
+                retuned.as_ref().is_none_or(Result::is_ok),
+                "a checked table was refused: {retuned:?}"
+            );
+            if retuned == Some(Ok(true)) && !reload.relearning.contains(name) {
                 reload.relearning.push(name.clone());
             }
             reload.retuned += 1;
+        }
+        if let Some(panic) = steps.panic {
+            // Applied whole: counted as such before the listener's panic goes on to the
+            // caller (it skips `counted`).
+            self.reloads.count(true);
+            std::panic::resume_unwind(panic);
         }
         Ok(reload)
     }
