@@ -36,6 +36,7 @@ struct Open {
 
 /// Where a check began in the file it had open: what a check lost with that file (to a
 /// panic, or its runtime cancelling it) leaves to go on from.
+#[derive(Clone)]
 struct Position {
     id: u64,
     offset: u64,
@@ -233,7 +234,13 @@ impl<R: Runtime> Follow<R> {
                 self.checking_from = Some(open.position());
                 None
             }
-            None => self.resume.take(),
+            // A check that resumes begins where the lost one did: if it is lost too, the
+            // next goes on from there still.
+            None => {
+                let resume = self.resume.take();
+                self.checking_from.clone_from(&resume);
+                resume
+            }
         };
         self.state = State::Checking(
             self.rt
