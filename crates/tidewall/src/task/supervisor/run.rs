@@ -229,11 +229,14 @@ impl<R: Runtime> Supervisor<R> {
             if Pin::new(&mut *cancelled).poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
             }
-            // Exits seen earlier happened before any seen now.
-            for (index, slot) in self.slots.iter_mut().enumerate() {
-                if let Some(exited) = slot.seen_exit.take() {
-                    return Poll::Ready(Event::Exited(index, exited));
-                }
+            // Exits seen earlier happened before any seen now; among them, the earliest first.
+            let earliest = (self.slots.iter().enumerate())
+                .filter_map(|(index, slot)| Some((slot.seen_exit.as_ref()?.at, index)))
+                .min();
+            if let Some((_, index)) = earliest
+                && let Some(exited) = self.slots[index].seen_exit.take()
+            {
+                return Poll::Ready(Event::Exited(index, exited));
             }
             for index in 0..self.slots.len() {
                 if let Some(exited) = poll_exit(&mut self.slots[index], &self.rt, cx) {
@@ -447,12 +450,18 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     async fn stop_all(&mut self, ended: Ended) -> SupervisorReport {
-        // Exits seen while siblings were being stopped, not handled yet: told, not restarted.
-        for index in 0..self.slots.len() {
-            if let Some(ChildExit { exit, .. }) = self.slots[index].seen_exit.take() {
-                let child = Arc::clone(&self.slots[index].spec.name);
-                self.emit(SupervisorEvent::Exited { child, exit });
+        // Exits seen while siblings were being stopped, not handled yet: told in the order
+        // they happened, not restarted.
+        let mut seen: Vec<(Instant, usize, Exit)> = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(ChildExit { exit, at, .. }) = slot.seen_exit.take() {
+                seen.push((at, index, exit));
             }
+        }
+        seen.sort_by_key(|&(at, index, _)| (at, index));
+        for (_, index, exit) in seen {
+            let child = Arc::clone(&self.slots[index].spec.name);
+            self.emit(SupervisorEvent::Exited { child, exit });
         }
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
