@@ -100,7 +100,8 @@ pub enum Health {
     /// The last probe succeeded.
     Healthy,
     /// The last probe failed, with its message (`probe panicked: ...` for a probe that
-    /// panicked, when called or while it ran).
+    /// panicked, when called or while it ran: then its panic's message, or `(its payload is
+    /// not a string)`).
     Unhealthy(String),
     /// The last probe did not answer within the timeout.
     TimedOut,
@@ -299,10 +300,12 @@ impl<R: Runtime> HealthCheckerBuilder<R> {
                 {
                     Err(reason) => return reason,
                     Ok(Err(_)) => Health::TimedOut,
-                    Ok(Ok(Err(panic))) => Health::Unhealthy(match Panic::new(panic).message() {
-                        Some(message) => format!("probe panicked: {message}"),
-                        None => "probe panicked".to_owned(),
-                    }),
+                    Ok(Ok(Err(panic))) => Health::Unhealthy(format!(
+                        "probe panicked: {}",
+                        Panic::new(panic)
+                            .message()
+                            .unwrap_or("(its payload is not a string)")
+                    )),
                     Ok(Ok(Ok(Err(e)))) => Health::Unhealthy(e.to_string()),
                     Ok(Ok(Ok(Ok(())))) => Health::Healthy,
                 };
