@@ -120,6 +120,15 @@
 //! replica widens the window. Nothing is lost in a manual failover (`CLUSTER FAILOVER`: the
 //! replica catches up first), which the tests check too.
 //!
+//! **Clocks.** Every script reads the time of the master that runs it (`TIME`) and stores
+//! absolute instants: the rate limiter's theoretical arrival times, the bulkhead's lease
+//! expiries, the quorum's report expiries. A failover to a replica whose clock differs from
+//! the old master's by X (or a step of the master's clock) shifts them all by X: behind, the
+//! rate limiter refuses for up to X longer than it should; ahead, it may admit up to a burst
+//! early, and the bulkhead reaps leases with less than X to run (their holders keep running
+//! uncounted, so the limit may be overshot by as many until they drop), and the quorum
+//! forgets reports early. Keep the Redis nodes on NTP: the error is bounded by their skew.
+//!
 //! Built on redis-rs's reconnecting `ConnectionManager` (one multiplexed connection, TCP_NODELAY
 //! on) or its cluster client, so it runs on tokio. Needs Redis 7 or later: the scripts read `TIME` before they write,
 //! which relies on effects replication (the only mode since Redis 7).

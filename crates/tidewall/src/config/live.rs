@@ -32,11 +32,15 @@ pub type ConfiguredPipeline<R = DefaultRuntime> = Pipeline<
 /// (so a breaker opened through the pipeline is open for
 /// [`Registry::breaker`] too), in the pipeline's order: rate limit, bulkhead or adaptive
 /// limiter, retry (with the retry budget, when the instance has one), breaker, each there
-/// when the instance or its base has that section; `deadline`, `attempt_timeout` and `min_attempt_time` come from the
-/// instance's layers. A [reload](Registry::reload) makes the pipeline anew from the new
-/// configuration: a call started before it finishes on the settings it started with, every
-/// call after it runs on the new ones, and every handle sees the change. A reload that adds or
-/// removes a section adds or removes the stage.
+/// when the instance or its base has that section; `deadline`, `attempt_timeout` and
+/// `min_attempt_time` come from the instance's layers. A [reload](Registry::reload) makes the
+/// pipeline anew from the new configuration: a call started before it keeps the deadline,
+/// timeouts and retry schedule it started with, while the policies it passes through (the
+/// breaker, bulkhead or adaptive limiter, rate limiter and retry budget) are the registry's
+/// shared ones and take their new settings at once, as [`Registry::reload`] says (its next
+/// attempt may meet a breaker the new thresholds opened). Every call after the reload runs on
+/// the new settings, and every handle sees the change. A reload that adds or removes a section
+/// adds or removes the stage.
 ///
 /// Results are judged by the [default classifier](DefaultClassifier) (`Ok` succeeds, every
 /// `Err` is a retryable failure) unless [`classify`](Self::classify) sets another, which the
@@ -131,7 +135,7 @@ impl<R: Clock, K> LivePipeline<R, K> {
         K: Classify<T, E>,
     {
         // Held for the whole call: a reload during it builds a new pipeline for the calls
-        // after it, and this one finishes on the settings it started with.
+        // after it, and this one keeps its deadline, timeouts and retry schedule.
         let pipeline = self.current.load_full();
         pipeline.judged(&self.classify, deadline, op).await
     }
