@@ -360,6 +360,29 @@ fn configs_built_in_code_are_checked_the_same_way() {
     );
 }
 
+/// A `max_retry_after` past `u64::MAX` nanoseconds, set in code, is refused as the HTTP
+/// client's builder refuses it: printed, it would not parse back (audit s35).
+#[test]
+fn a_max_retry_after_past_u64_nanoseconds_is_refused() {
+    let mut retry = tidewall::config::RetryConfig::default();
+    retry.max_retry_after = Some(Duration::MAX);
+    let mut orders = Policies::default();
+    orders.retry = Some(retry);
+    let mut config = Config::default();
+    config.instances.insert("orders".into(), orders);
+    let err = config.validate().unwrap_err();
+    assert_eq!(err.path(), "instances.orders.retry.max_retry_after");
+    assert!(
+        matches!(
+            err.problem(),
+            Problem::Rule(ConfigError::DurationOverflow {
+                field: "max_retry_after"
+            })
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_registry_hands_out_one_shared_policy_per_name() {
     let config = Config::from_toml(

@@ -663,5 +663,21 @@ fn bad_client_settings_are_typed_errors() {
             field: "max_retry_after"
         }
     );
+    // As a pipeline refuses them, not silently cut to about 30 years (audit s35).
+    for (builder, field) in [
+        (
+            ClientPolicies::builder().deadline(Some(Duration::MAX)),
+            "deadline",
+        ),
+        (
+            ClientPolicies::builder().attempt_timeout(Some(Duration::MAX)),
+            "attempt_timeout",
+        ),
+    ] {
+        assert_eq!(
+            builder.build().unwrap_err(),
+            tidewall::ConfigError::DurationOverflow { field }
+        );
+    }
     let _ = ClientPolicies::standard();
 }

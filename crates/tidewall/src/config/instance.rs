@@ -162,6 +162,21 @@ impl<'a> Instance<'a> {
             };
             checked.map_err(|e| Invalid::new(format!("{path}.{field}"), Problem::Rule(e)))?;
         }
+        // Refused as the HTTP client refuses it: past u64 nanoseconds it would not print back
+        // as a file that parses.
+        if let Some((path, cap)) = self
+            .layers
+            .iter()
+            .find_map(|(path, p)| Some((path, p.retry.as_ref()?.max_retry_after?)))
+            && u64::try_from(cap.as_nanos()).is_err()
+        {
+            return Err(Invalid::new(
+                format!("{path}.retry.max_retry_after"),
+                Problem::Rule(ConfigError::DurationOverflow {
+                    field: "max_retry_after",
+                }),
+            ));
+        }
         Ok(())
     }
 

@@ -272,9 +272,9 @@ impl<R> ClientPoliciesBuilder<R> {
     ///
     /// The [`ConfigError`] of any stage's builder; [`ConfigError::Conflict`] for a bulkhead
     /// and an adaptive limit together; [`ConfigError::Zero`] for `max_authorities == 0` or a
-    /// zero deadline or attempt timeout;
-    /// [`ConfigError::DurationOverflow`] for a `max_retry_after` above `u64::MAX`
-    /// nanoseconds.
+    /// zero deadline or attempt timeout; [`ConfigError::DurationOverflow`] for a deadline or
+    /// attempt timeout (as a [`Pipeline`](crate::pipeline::Pipeline) refuses them), or a
+    /// `max_retry_after`, above `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<ClientPolicies<R>, ConfigError>
     where
         R: Clock,
@@ -290,13 +290,11 @@ impl<R> ClientPoliciesBuilder<R> {
                 field: "max_authorities",
             });
         }
-        if self.deadline.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Zero { field: "deadline" });
+        if let Some(deadline) = self.deadline {
+            crate::time::positive_duration("deadline", deadline)?;
         }
-        if self.attempt_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Zero {
-                field: "attempt_timeout",
-            });
+        if let Some(timeout) = self.attempt_timeout {
+            crate::time::positive_duration("attempt_timeout", timeout)?;
         }
         if u64::try_from(self.max_retry_after.as_nanos()).is_err() {
             return Err(ConfigError::DurationOverflow {
