@@ -681,3 +681,52 @@ fn bad_client_settings_are_typed_errors() {
     }
     let _ = ClientPolicies::standard();
 }
+
+/// A refusal by a policy below the stack (here: the inner client answers with a bulkhead's
+/// `BulkheadFull`, as a tidewall layer under it would) says nothing of the host: the host's
+/// breaker does not count it, as a `BreakerLayer` over the refusing layer would not (audit
+/// s35: three such refusals opened the breaker of a host that never failed).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_from_below_is_not_a_failure_of_the_host() {
+    let policies = ClientPolicies::builder()
+        .no_retry()
+        .breaker(Some(
+            CircuitBreaker::builder()
+                .no_failure_rate()
+                .consecutive_failures(3),
+        ))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let refused = policies
+            .run(get("h"), Overrides::new(), |_request| async {
+                Err::<http::Response<()>, Error<std::io::Error>>(Error::Rejected(
+                    Rejected::BulkheadFull,
+                ))
+            })
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Inner(Error::Rejected(Rejected::BulkheadFull)))
+            ),
+            "{refused:?}"
+        );
+    }
+    let host = Authority::new("http", "h", None).unwrap();
+    assert_eq!(
+        policies.breakers().unwrap().state(&host),
+        Some(State::Closed)
+    );
+    // The host's own failures still count.
+    for _ in 0..3 {
+        let _ = policies
+            .run(get("h"), Overrides::new(), |_request| async {
+                Err::<http::Response<()>, Error<std::io::Error>>(Error::Inner(
+                    std::io::ErrorKind::ConnectionRefused.into(),
+                ))
+            })
+            .await;
+    }
+    assert_eq!(policies.breakers().unwrap().state(&host), Some(State::Open));
+}

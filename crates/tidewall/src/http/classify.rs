@@ -179,7 +179,7 @@ impl StatusSet {
 /// | other 4xx | `Success` ([`client_errors`](Self::client_errors)) | no | success | – |
 /// | other 5xx and above (501, 505, ...) | `Failure` | no | failure | – |
 /// | `Connect`, `Timeout`, `Interrupted` | `RetryableFailure` | yes | failure | – |
-/// | `Refused`: `CircuitOpen`, `RateLimited`, `BulkheadFull`, `KeysFull` | `RetryableFailure` | yes | not counted by a `BreakerLayer` over the refusing layer | the refusal's `retry_after` |
+/// | `Refused`: `CircuitOpen`, `RateLimited`, `BulkheadFull`, `KeysFull` | `RetryableFailure` | yes | not counted by a `BreakerLayer` over the refusing layer, nor by [`ClientPolicies`](crate::http::ClientPolicies)' per-host breaker and adaptive limit | the refusal's `retry_after` |
 /// | `Refused` otherwise (`DeadlineExceeded`, ...), `Local` | `Ignored` | no | not counted | – |
 /// | `Other` | `Failure` | no | failure | – |
 ///

@@ -253,12 +253,23 @@ impl<R: Clock> Attempt<'_, R> {
             None => sending.await.map_err(Error::Inner),
         };
         if permit.is_some() || slot.is_some() {
-            let (verdict, hint) = judge(&Standard(&inner.classifier), result.as_ref());
+            let (outcome, hint) = match &result {
+                // A refusal by a policy below the stack (a layer or middleware under the
+                // client) says nothing of the host's health: not counted, as a `BreakerLayer`
+                // over the refusing layer does not count it.
+                Err(error) if matches!(kind(error), FailureKind::Refused(_)) => {
+                    (crate::breaker::Outcome::Ignored, None)
+                }
+                _ => {
+                    let (verdict, hint) = judge(&Standard(&inner.classifier), result.as_ref());
+                    (verdict.breaker_outcome(), hint)
+                }
+            };
             if let Some(permit) = permit {
-                permit.record_hinted(verdict.breaker_outcome(), hint);
+                permit.record_hinted(outcome, hint);
             }
             if let Some(slot) = slot {
-                slot.finish(verdict.breaker_outcome());
+                slot.finish(outcome);
             }
         }
         result
