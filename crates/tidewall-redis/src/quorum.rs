@@ -18,6 +18,9 @@ use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
 use crate::start::{ConnectError, fresh_probe_key, probe};
 
+/// The shortest refresh period: a refresh also takes a round trip and a timer tick (tokio's
+/// is 1 ms), and each report lives three periods.
+const MIN_EVERY: Duration = Duration::from_millis(10);
 /// Reports this instance (alive until `ttl`, and open or not), reaps expired reports, and
 /// counts: returns `{open instances, live instances}`.
 const REPORT: &str = r"
@@ -377,8 +380,11 @@ impl BreakerQuorumBuilder {
     }
 
     /// How often to report and read (default 500 ms). An instance that stops reporting is
-    /// forgotten after three periods, counted in whole µs on Redis's clock: `3 × every`
-    /// must be at least 1 µs, within 0.1 % of whole µs, and at most 2^50 µs.
+    /// forgotten after three periods, counted in whole µs on Redis's clock: `every` must be
+    /// at least 10 ms (a refresh takes a round trip and a timer tick besides its period, so
+    /// with a shorter one live instances' reports would lapse between refreshes and the
+    /// quorum would silently never form), `3 × every` within 0.1 % of whole µs and at most
+    /// 2^50 µs.
     #[must_use]
     pub fn every(mut self, every: Duration) -> Self {
         self.every = every;
@@ -396,8 +402,8 @@ impl BreakerQuorumBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::OutOfRange`] for a quorum outside (0, 1], a period whose three-period
-    /// expiry is under 1 µs, more than 0.1 % off whole µs or over 2^50 µs, or a
+    /// [`ConfigError::OutOfRange`] for a quorum outside (0, 1], a period under 10 ms or whose
+    /// three-period expiry is more than 0.1 % off whole µs or over 2^50 µs, or a
     /// [`WhenUnavailable::Local`] share outside (0, 1];
     /// [`ConfigError::DurationOverflow`] for a three-period expiry or a deadline beyond
     /// `u64::MAX` nanoseconds; [`ConfigError::Zero`] for a zero period or deadline, an empty
@@ -413,6 +419,13 @@ impl BreakerQuorumBuilder {
         if self.every.is_zero() {
             return Err(ConfigError::Zero { field: "every" });
         }
+        if self.every < MIN_EVERY {
+            return Err(ConfigError::OutOfRange {
+                field: "every",
+                value: self.every.as_secs_f64(),
+                allowed: "at least 10 ms (0.01 s)",
+            });
+        }
         let expiry = self
             .every
             .checked_mul(3)
@@ -420,7 +433,7 @@ impl BreakerQuorumBuilder {
         let expiry_us = crate::options::script_micros(
             "every",
             expiry,
-            "such that 3 × every is at least 1 µs, within 0.1 % of whole µs and at most 2^50 µs",
+            "such that 3 × every is within 0.1 % of whole µs and at most 2^50 µs",
         )?;
         let instance = self
             .instance
