@@ -50,8 +50,11 @@ return 1
 /// the deadline, and sent even while the breaker around Redis is open, so that a breaker
 /// opened by slow acquires does not let a held lease lapse), released in the background when
 /// dropped. A holder that crashes stops renewing, and its permit returns when the lease
-/// expires; so does one whose renewals find no Redis for a whole lease. Cheap to clone;
-/// clones share everything.
+/// expires. So does one whose renewals go unanswered: each is tried a third of the lease after
+/// the one before, so two unanswered in a row (about two-thirds of a lease plus a deadline
+/// without Redis) can let the lease lapse, and then renewing stops while the permit is held (the
+/// limit may be overshot by it until it drops). Keep the lease many deadlines long (the default
+/// 30 s is 3,000 of the default 10 ms). Cheap to clone; clones share everything.
 ///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
 /// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
@@ -400,7 +403,9 @@ impl RedisPermit {
 impl RedisBulkheadBuilder {
     /// How long a lease lasts without renewal (default 30 s): how soon a crashed holder's
     /// slot returns. From 3 ms (it is renewed every third) to 2^50 µs (about 35 years: the
-    /// scripts add it to Redis's clock in Lua doubles), counted in whole µs.
+    /// scripts add it to Redis's clock in Lua doubles), counted in whole µs. A lease not many
+    /// times the deadline can lapse while held after one or two slow renewals (see
+    /// [`RedisBulkhead`]).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
