@@ -357,6 +357,56 @@ fn a_watched_file_reloads_the_registry_and_a_bad_edit_keeps_the_old_one() {
     });
 }
 
+/// Docs (`watch_file_on`): "a change of what it resolves to is a change of the file: a
+/// Kubernetes ConfigMap volume updates its files by swapping the `..data` link beside them".
+/// The layout a ConfigMap volume has: `tidewall.toml -> ..data/tidewall.toml`,
+/// `..data -> ..v1`; an update writes `..v2` and renames a new `..data` link over the old
+/// (audit s35: no event ever named the file, and nothing reloaded).
+#[cfg(all(feature = "watch", unix))]
+#[test]
+fn a_watched_configmap_reloads_when_its_data_link_swaps() {
+    use futures_util::StreamExt;
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("tidewall.toml"), text).unwrap();
+    };
+    version("..v1", "[instances.a.bulkhead]\nmax_concurrent = 2\n");
+    symlink("..v1", dir.path().join("..data")).unwrap();
+    let path = dir.path().join("tidewall.toml");
+    symlink("..data/tidewall.toml", &path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let registry = Arc::new(Registry::new(config(&text)).unwrap());
+        let bulkhead = registry.bulkhead("a").unwrap();
+        let mut reloads = tidewall::config::watch_file_on(
+            &tidewall::rt::Tokio,
+            Arc::clone(&registry),
+            &path,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        version("..v2", "[instances.a.bulkhead]\nmax_concurrent = 9\n");
+        symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("..v1")).unwrap();
+        // A hang guard only: the watcher's events come in real time.
+        let reload = tokio::time::timeout(Duration::from_secs(30), reloads.next())
+            .await
+            .expect("the swap was seen")
+            .unwrap()
+            .expect("a valid configuration");
+        assert_eq!(reload.retuned, 1);
+        assert_eq!(bulkhead.capacity(), 9);
+    });
+}
+
 /// Docs (`Registry::reload`): "A listener that panics as the reload applies (told of a reset
 /// it causes, say) leaves no reload half done: every policy still takes its settings and the
 /// reload is counted as applied; then the first such panic goes on to the caller." The

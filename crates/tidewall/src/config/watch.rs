@@ -16,7 +16,12 @@ use crate::stream::{DirWatch, WatchError};
 /// `debounce` after a change for the writes that follow it; see [`ConfigWatch`].
 ///
 /// The file's directory is watched, not the file, so an editor or a deployment that
-/// replaces the file (writes a new one, then renames it over the old) is seen too.
+/// replaces the file (writes a new one, then renames it over the old) is seen too. A `path`
+/// that is a symbolic link is read through it, and a change of what it resolves to is a change
+/// of the file: a Kubernetes ConfigMap volume updates its files by swapping the `..data` link
+/// beside them, so they never change by name; an edit to a target in the same directory is
+/// seen too. Only the link's directory is watched: edits in place to a target in another
+/// directory are not seen.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -59,9 +64,11 @@ pub fn watch_file_on<R: Runtime, C: Clock>(
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let file = dir.join(path.file_name().unwrap_or(path.as_os_str()));
     let changes = crate::stream::watch_dir_on(rt, &dir, debounce)?;
+    let resolved = resolved(&file);
     Ok(ConfigWatch {
         changes,
         file,
+        resolved,
         registry,
     })
 }
@@ -75,7 +82,18 @@ pub fn watch_file_on<R: Runtime, C: Clock>(
 pub struct ConfigWatch<R: Runtime, C> {
     changes: DirWatch<R>,
     file: PathBuf,
+    /// What the file resolves to, when it is a symbolic link: a new target is a change.
+    resolved: Option<PathBuf>,
     registry: Arc<Registry<C>>,
+}
+
+/// The path `file` resolves to, if it is a symbolic link.
+fn resolved(file: &Path) -> Option<PathBuf> {
+    let link = std::fs::symlink_metadata(file)
+        .ok()?
+        .file_type()
+        .is_symlink();
+    link.then(|| std::fs::canonicalize(file).ok()).flatten()
 }
 
 impl<R: Runtime, C: Clock> Stream for ConfigWatch<R, C> {
@@ -85,11 +103,18 @@ impl<R: Runtime, C: Clock> Stream for ConfigWatch<R, C> {
         let this = self.get_mut();
         loop {
             match ready!(Pin::new(&mut this.changes).poll_next(cx)) {
-                // An overflowed batch may have lost the file's event: read it to be sure.
-                Some(Ok(batch)) if batch.overflowed || batch.paths.contains(&this.file) => {
-                    return Poll::Ready(Some(this.registry.reload_file(&this.file)));
+                Some(Ok(batch)) => {
+                    // A link's new target changes the file without naming it.
+                    let target = resolved(&this.file);
+                    let relinked = target != this.resolved;
+                    this.resolved = target;
+                    // An overflowed batch may have lost the file's event: read it to be sure.
+                    let named = batch.paths.contains(&this.file)
+                        || (this.resolved.as_ref()).is_some_and(|t| batch.paths.contains(t));
+                    if relinked || named || batch.overflowed {
+                        return Poll::Ready(Some(this.registry.reload_file(&this.file)));
+                    }
                 }
-                Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     let problem = Problem::Read(error.to_string());
                     return Poll::Ready(Some(Err(Invalid::new(String::new(), problem))));
