@@ -21,6 +21,13 @@ use crate::rt::{Clock, DefaultRuntime};
 /// and `Empty` are); per-request [`Overrides`] are read from the request's extensions. Each
 /// call's future is boxed: one allocation per request, next to a network call.
 ///
+/// Each attempt waits for the readiness of its own clone of the client after its
+/// per-authority admission, as part of the send: under the attempt timeout, and timed as the
+/// host's latency by the authority's breaker (slow calls) and adaptive limit. So a client that
+/// queues in `poll_ready` (a `Buffer`, a concurrency limit, a pool at its bound) shows as a
+/// slower host: limit concurrency with the layer's own bulkhead or adaptive limit instead,
+/// whose waits are not counted.
+///
 /// ```
 /// use std::convert::Infallible;
 /// use std::time::Duration;
