@@ -224,3 +224,56 @@ fn an_exit_while_siblings_stop_is_dated_when_it_happened_on_every_runtime() {
     on_every_runtime!(an_exit_while_siblings_stop_is_dated_when_it_happened);
     on_every_runtime!(an_exit_seen_before_a_stop_is_told_as_an_exit);
 }
+
+/// A child that fails `after` its first start only, then runs until told to stop.
+fn fails_once<R: Runtime>(rt: &R, name: &'static str, after: std::time::Duration) -> ChildSpec {
+    let (rt, runs) = (rt.clone(), Arc::new(AtomicU32::new(0)));
+    ChildSpec::new(name, move |stop: CancellationToken| {
+        let (rt, first) = (rt.clone(), runs.fetch_add(1, SeqCst) == 0);
+        async move {
+            if first {
+                rt.sleep(after).await;
+                return Err(name);
+            }
+            stop.cancelled().await;
+            Ok(())
+        }
+    })
+}
+
+/// Rest-for-one over a, x, b, c. b fails at 1 s (restart 1), and c takes its whole 5 s to stop;
+/// meanwhile a fails at 1.5 s and x at 2 s. a's restart (2 of the 2 allowed in 3 s) takes x
+/// down with it: x's exit is told, and x restarts with a's group, not once more on its own
+/// (review r21: it was counted as a third restart and the supervisor escalated on x).
+async fn a_group_member_seen_exiting_is_restarted_once<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::RestForOne)
+        .intensity(2, std::time::Duration::from_secs(3))
+        .backoff(fixed(ms(1)))
+        .on_event(hook)
+        .child(fails_once(&rt, "a", ms(1_500)))
+        .child(fails_once(&rt, "x", ms(2_000)))
+        .child(fails_once(&rt, "b", ms(1_000)))
+        .child(
+            ChildSpec::new("c", |_stop| {
+                std::future::pending::<Result<(), std::convert::Infallible>>()
+            })
+            .shutdown_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let stop = cancelled_after(&rt, std::time::Duration::from_secs(20), "done");
+    let report = supervisor
+        .run(stop)
+        .await
+        .expect("two restarts, as allowed");
+    assert_eq!(report.restarts, 2);
+    assert_eq!(exited(&log), ["b", "a", "x"]);
+}
+
+#[test]
+fn a_group_member_seen_exiting_is_restarted_once_on_every_runtime() {
+    on_every_runtime!(a_group_member_seen_exiting_is_restarted_once);
+}

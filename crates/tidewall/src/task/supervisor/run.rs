@@ -325,6 +325,13 @@ impl<R: Runtime> Supervisor<R> {
             .filter(|i| !group.contains(i))
             .collect();
         for sibling in siblings {
+            // Ended on its own while an earlier stop was under way: told as the exit it was,
+            // and restarted with the group, not once more on its own.
+            if let Some(ChildExit { exit, .. }) = self.slots[sibling].seen_exit.take() {
+                let child = Arc::clone(&self.slots[sibling].spec.name);
+                self.emit(SupervisorEvent::Exited { child, exit });
+                continue;
+            }
             if let Some((exit, ending)) = self.stop_one(sibling, &outside).await {
                 let child = Arc::clone(&self.slots[sibling].spec.name);
                 self.emit(SupervisorEvent::Stopped {
