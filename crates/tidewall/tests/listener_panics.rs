@@ -179,3 +179,40 @@ async fn a_pipeline_probe_whose_listener_panics_leaves_the_breaker_usable() {
     assert_eq!(pipeline.call(|| async { Ok::<_, ()>(2) }).await, Ok(2));
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// Docs (`KeyedCircuitBreaker::reconfigure`): "A listener that panics on one key's event does
+/// not leave the keys after it on the old policy: every key takes the new one, then the first
+/// such panic goes on to the caller." A new window shape resets every key, and the listener
+/// panics on the first reset (review r21: the keys after it kept the old window).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_reconfigure_whose_listener_panics_reaches_every_key() {
+    let per_host = CircuitBreaker::builder()
+        .on_state_change(|change| {
+            if change.to == State::Closed {
+                panic!("the listener panics (on purpose)");
+            }
+        })
+        .keyed()
+        .build()
+        .unwrap();
+    for host in ["a", "b", "c"] {
+        let _ = per_host.call(&host, || async { Ok::<_, ()>(()) }).await;
+    }
+    let reconfigured = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        per_host.reconfigure(
+            CircuitBreaker::builder().window(tidewall::breaker::Window::Count { calls: 150 }),
+        )
+    }));
+    assert!(
+        reconfigured.is_err(),
+        "the listener's panic reaches the caller"
+    );
+    for host in ["a", "b", "c"] {
+        let window = per_host.get(&host).unwrap().policy().window();
+        assert_eq!(
+            window,
+            tidewall::breaker::Window::Count { calls: 150 },
+            "{host}"
+        );
+    }
+}

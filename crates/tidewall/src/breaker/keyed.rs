@@ -419,7 +419,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     ///
     /// Each key's breaker changes as [`CircuitBreaker::reconfigure`] says: a window of the
     /// same shape keeps its state and calls; one of another shape is reset, with its
-    /// state-change event. Returns how many keys' breakers were reset.
+    /// state-change event. Returns how many keys' breakers were reset. A listener that panics
+    /// on one key's event does not leave the keys after it on the old policy: every key takes
+    /// the new one, then the first such panic goes on to the caller.
     ///
     /// ```
     /// use tidewall::breaker::{CircuitBreaker, State, Window};
@@ -452,15 +454,19 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         // made with the new policy. Each key's breaker changes outside the table's locks, as
         // its state-change listeners may call back into the table.
         *lock(&shared.made_with) = (std::sync::Arc::new(policy.clone()), max_open_hint);
+        // A listener that panics on one key's reset does not leave the others on the old
+        // policy: every key takes it, then the first panic goes on to the caller.
+        let mut steps = crate::telemetry::ListenerPanics::default();
         let resets = shared
             .keys
             .each(|entry| entry.breaker.clone())
             .into_iter()
             .filter(|breaker| {
-                breaker.shared.reconfigure(policy.clone(), max_open_hint)
-                    == super::Reconfigured::Reset
+                steps.run(|| breaker.shared.reconfigure(policy.clone(), max_open_hint))
+                    == Some(super::Reconfigured::Reset)
             })
             .count();
+        steps.resume();
         Ok(resets)
     }
 }

@@ -212,26 +212,6 @@ impl<R> RegistryBuilder<R> {
 }
 
 /// A setting checked before it is applied cannot be refused.
-/// The steps of a reload that apply settings. A listener that panics in one (told of the reset
-/// a reshaped breaker window causes, say) does not stop the others: the first panic is kept,
-/// to be raised again once every policy has taken its settings.
-#[derive(Default)]
-struct Steps {
-    panic: Option<Box<dyn std::any::Any + Send>>,
-}
-
-impl Steps {
-    fn run<T>(&mut self, step: impl FnOnce() -> T) -> Option<T> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
-            Ok(done) => Some(done),
-            Err(panic) => {
-                self.panic.get_or_insert(panic);
-                None
-            }
-        }
-    }
-}
-
 fn applied<T: fmt::Debug>(result: Result<T, crate::ConfigError>) -> Option<T> {
     debug_assert!(result.is_ok(), "a checked setting was refused: {result:?}");
     result.ok()
@@ -563,7 +543,7 @@ impl<R: Clock> Registry<R> {
         drop(pipelines);
 
         // Each policy takes its settings whatever a listener does meanwhile (see `reload`).
-        let mut steps = Steps::default();
+        let mut steps = crate::telemetry::ListenerPanics::default();
         for (name, breaker, settings) in breaker_plans {
             let reconfigured = steps.run(|| applied(breaker.reconfigure(settings)));
             if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset) {
@@ -607,11 +587,11 @@ impl<R: Clock> Registry<R> {
             }
             reload.retuned += 1;
         }
-        if let Some(panic) = steps.panic {
+        if steps.caught() {
             // Applied whole: counted as such before the listener's panic goes on to the
             // caller (it skips `counted`).
             self.reloads.count(true);
-            std::panic::resume_unwind(panic);
+            steps.resume();
         }
         Ok(reload)
     }

@@ -130,3 +130,36 @@ impl std::fmt::Debug for Listener {
         f.write_str("Listener")
     }
 }
+
+/// Steps that each may call listeners (policies taking new settings, say), run so that a
+/// listener that panics in one does not stop the others: the first panic is kept, to be
+/// raised again once every step has run.
+#[derive(Default)]
+pub(crate) struct ListenerPanics {
+    first: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl ListenerPanics {
+    /// Runs `step`: its result, or `None` if it panicked.
+    pub(crate) fn run<T>(&mut self, step: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+            Ok(done) => Some(done),
+            Err(panic) => {
+                self.first.get_or_insert(panic);
+                None
+            }
+        }
+    }
+
+    /// Whether a step panicked.
+    pub(crate) fn caught(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// Raises the first panic again, if a step panicked.
+    pub(crate) fn resume(self) {
+        if let Some(panic) = self.first {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}

@@ -66,6 +66,6 @@ pub(crate) use events::ReloadCounters;
 pub(crate) use events::supervisor_event;
 #[cfg(all(feature = "metrics", feature = "serde"))]
 pub(crate) use gauges::record_gauges;
-pub(crate) use listener::Listener;
 pub use listener::{Event, EventKind};
+pub(crate) use listener::{Listener, ListenerPanics};
 pub(crate) use policy::PolicyTelemetry;
