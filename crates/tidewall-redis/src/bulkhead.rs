@@ -51,10 +51,11 @@ return 1
 /// opened by slow acquires does not let a held lease lapse), released in the background when
 /// dropped. A holder that crashes stops renewing, and its permit returns when the lease
 /// expires. So does one whose renewals go unanswered: each is tried a third of the lease after
-/// the one before, so two unanswered in a row (about two-thirds of a lease plus a deadline
-/// without Redis) can let the lease lapse, and then renewing stops while the permit is held (the
-/// limit may be overshot by it until it drops). Keep the lease many deadlines long (the default
-/// 30 s is 3,000 of the default 10 ms). Cheap to clone; clones share everything.
+/// the one before, so two unanswered in a row can let the lease lapse, which an outage of
+/// about a third of a lease plus two deadlines is enough for (about 10 s with the defaults:
+/// a 30 s lease, a 10 ms deadline). Renewing then stops while the permit is held, and the
+/// limit may be overshot by it until it drops. Keep the lease many deadlines long. Cheap to
+/// clone; clones share everything.
 ///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
 /// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
