@@ -181,9 +181,94 @@ async fn time_spent_ready_is_not_charged<R: Runtime>(rt: Clocked<R>) {
     }
 }
 
+/// A service ready only inside the given windows of time since it was made (ends exclusive).
+struct ReadyWithin<R: Runtime> {
+    rt: R,
+    origin: std::time::Instant,
+    windows: Vec<(Duration, Duration)>,
+    sleep: Option<Pin<Box<R::Sleep>>>,
+}
+
+impl<R: Runtime> Service<()> for ReadyWithin<R> {
+    type Response = &'static str;
+    type Error = Error<()>;
+    type Future = Pin<Box<dyn Future<Output = Result<&'static str, Error<()>>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error<()>>> {
+        loop {
+            let now = self.rt.now() - self.origin;
+            if self
+                .windows
+                .iter()
+                .any(|&(from, to)| from <= now && now < to)
+            {
+                self.sleep = None;
+                return Poll::Ready(Ok(()));
+            }
+            let Some(next) = self
+                .windows
+                .iter()
+                .map(|&(from, _)| from)
+                .find(|&from| from > now)
+            else {
+                return Poll::Pending;
+            };
+            let (rt, at) = (&self.rt, self.origin + next);
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(rt.sleep_until(at)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+    }
+
+    /// Answers after 80 ms.
+    fn call(&mut self, (): ()) -> Self::Future {
+        let answer = self.rt.sleep(ms(80));
+        Box::pin(async move {
+            answer.await;
+            Ok("answer")
+        })
+    }
+}
+
+/// A wait that ended (40 ms) and was then followed by one that ran out (the next call fails
+/// at once) leaves no charge behind: the call after that has its whole 100 ms, and its 80 ms
+/// answer comes (review r21: the ended wait's 40 ms stayed charged to whatever call came
+/// next, which then timed out at 60 ms).
+async fn an_expired_wait_clears_the_charge_of_an_ended_one<R: Runtime>(rt: Clocked<R>) {
+    let inner = ReadyWithin {
+        rt: rt.clone(),
+        origin: rt.now(),
+        // Ready from 40 ms to 50 ms, then from 1 s on.
+        windows: vec![(ms(40), ms(50)), (ms(1_000), Duration::MAX)],
+        sleep: None,
+    };
+    let mut svc = TimeoutLayer::new(ms(100)).runtime(rt.clone()).layer(inner);
+    let start = rt.now();
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert_eq!(rt.now() - start, ms(40));
+    rt.sleep(ms(20)).await;
+    // Not ready again until 1 s: the 100 ms budget runs out at 160 ms.
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert_eq!(
+        svc.call(()).await,
+        Err(Error::TimedOut),
+        "that request failed at once"
+    );
+    rt.sleep(ms(1_000)).await;
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let called = rt.now();
+    assert_eq!(svc.call(()).await, Ok("answer"));
+    assert_eq!(rt.now() - called, ms(80));
+}
+
 #[test]
 fn time_spent_ready_is_not_charged_on_every_runtime() {
     on_every_runtime!(time_spent_ready_is_not_charged);
+    on_every_runtime!(an_expired_wait_clears_the_charge_of_an_ended_one);
 }
 
 async fn timeout_budget_runs_from_the_call<R: Runtime>(rt: Clocked<R>) {

@@ -82,6 +82,7 @@ where
                 if timer.as_mut().poll(cx).is_ready() {
                     *slot = None;
                     self.started = None;
+                    self.waited = Duration::ZERO;
                     self.expired = true;
                     return Poll::Ready(Ok(()));
                 }
