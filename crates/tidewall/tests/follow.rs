@@ -244,8 +244,46 @@ async fn a_lost_check_then_a_rotation_reads_the_new_file<R: Runtime>(rt: Clocked
     assert!(more.is_err(), "nothing more: {more:?}");
 }
 
+/// After a lost check, a check that cannot even open the path (here: a symbolic link loop put
+/// in its place) keeps the place to resume from: once the file is back, the lines come from
+/// where the lost check began, once each (review r21: the failed open dropped it, and the
+/// file was read again from its start).
+#[cfg(unix)]
+async fn a_failed_open_after_a_lost_check_keeps_the_resume_point<R: Runtime>(rt: Clocked<R>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let aside = dir.path().join("app.log.aside");
+    std::fs::write(&path, "old 1\nold 2\n").unwrap();
+    let losing = spawn_adapters::LosesBlocking {
+        inner: rt.clone(),
+        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        lose: |job| job == 1,
+    };
+    let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
+    append(&path, "new 1\n");
+    assert_eq!(lines.next().await.unwrap().unwrap(), b"new 1");
+    append(&path, "new 2\n");
+    assert!(lines.next().await.unwrap().is_err(), "the lost check");
+    std::fs::rename(&path, &aside).unwrap();
+    std::os::unix::fs::symlink(&path, &path).unwrap();
+    assert!(
+        lines.next().await.unwrap().is_err(),
+        "the path cannot be opened"
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
+    append(&path, "new 3\n");
+    for want in ["new 2", "new 3"] {
+        assert_eq!(lines.next().await.unwrap().unwrap(), want.as_bytes());
+    }
+    let more = lines.next().timeout_on(&rt, AWHILE).await;
+    assert!(more.is_err(), "nothing read twice: {more:?}");
+}
+
 #[test]
 fn a_lost_check_on_every_runtime() {
     on_every_runtime!(a_lost_check_goes_on_where_it_began);
     on_every_runtime!(a_lost_check_then_a_rotation_reads_the_new_file);
+    #[cfg(unix)]
+    on_every_runtime!(a_failed_open_after_a_lost_check_keeps_the_resume_point);
 }

@@ -523,6 +523,12 @@ impl<R: Runtime> Stream for Follow<R> {
                     let joined = ready!(Pin::new(handle).poll(cx));
                     let from = this.checking_from.take();
                     let (open, checked) = match joined {
+                        // Opened nothing and failed (the path could not be opened, say): the
+                        // next check still goes on from where this one began.
+                        Ok((None, Err(e))) => {
+                            this.resume = from;
+                            (None, Err(e))
+                        }
                         Ok(done) => done,
                         Err(lost) => {
                             // The open file went with the check: the next one goes on from
