@@ -466,7 +466,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
                     == Some(super::Reconfigured::Reset)
             })
             .count();
-        steps.resume();
+        steps.resume(|| {});
         Ok(resets)
     }
 }

@@ -587,12 +587,9 @@ impl<R: Clock> Registry<R> {
             }
             reload.retuned += 1;
         }
-        if steps.caught() {
-            // Applied whole: counted as such before the listener's panic goes on to the
-            // caller (it skips `counted`).
-            self.reloads.count(true);
-            steps.resume();
-        }
+        // Applied whole: counted as such before a listener's panic goes on to the caller (it
+        // skips `counted`).
+        steps.resume(|| self.reloads.count(true));
         Ok(reload)
     }
 

@@ -151,14 +151,11 @@ impl ListenerPanics {
         }
     }
 
-    /// Whether a step panicked.
-    pub(crate) fn caught(&self) -> bool {
-        self.first.is_some()
-    }
-
-    /// Raises the first panic again, if a step panicked.
-    pub(crate) fn resume(self) {
+    /// If a step panicked: runs `first` (what must happen before the panic goes on), then
+    /// raises the first panic again.
+    pub(crate) fn resume(self, first: impl FnOnce()) {
         if let Some(panic) = self.first {
+            first();
             std::panic::resume_unwind(panic);
         }
     }
