@@ -423,15 +423,14 @@ impl<R: Clock> Shared<R> {
     /// back as it unwinds, as a permit unwound by a panic gives it back.
     #[inline]
     fn tell_outcome(&self, ticket: Ticket, outcome: Outcome) {
-        struct GiveBack<'a, R: Clock>(&'a Shared<R>, u32);
-        impl<R: Clock> Drop for GiveBack<'_, R> {
-            fn drop(&mut self) {
-                self.0.return_probe(self.1);
-            }
+        if ticket.probe {
+            crate::telemetry::tell_or_give_back(
+                || self.telemetry.outcome(outcome),
+                || self.return_probe(ticket.generation),
+            );
+        } else {
+            self.telemetry.outcome(outcome);
         }
-        let unwinding = ticket.probe.then(|| GiveBack(self, ticket.generation));
-        self.telemetry.outcome(outcome);
-        std::mem::forget(unwinding);
     }
 
     fn finish_probe(&self, generation: u32, outcome: Outcome, slow: bool, hint: Option<Duration>) {

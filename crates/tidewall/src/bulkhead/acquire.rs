@@ -310,15 +310,7 @@ impl<R: Clock> Waiter<R> {
 /// it yet (the front builds one from the `Ok` this returns to): if the listener panics, the
 /// slot is given back as the waiter unwinds, so no capacity is lost to it.
 fn tell_waited<R: Clock>(shared: &Shared<R>, since: Option<Instant>) {
-    struct GiveBack<'a, R: Clock>(&'a Shared<R>);
-    impl<R: Clock> Drop for GiveBack<'_, R> {
-        fn drop(&mut self) {
-            self.0.release();
-        }
-    }
-    let unwinding = GiveBack(shared);
-    shared.waited(since);
-    std::mem::forget(unwinding);
+    crate::telemetry::tell_or_give_back(|| shared.waited(since), || shared.release());
 }
 
 fn earliest(max_wait_end: Option<Instant>, deadline: Option<Instant>) -> (Option<Instant>, bool) {

@@ -131,6 +131,22 @@ impl std::fmt::Debug for Listener {
     }
 }
 
+/// Tells a listener (`tell`) about something the caller has taken and no guard holds yet: if
+/// the listener panics, `give_back` runs as it unwinds, so the policy loses nothing to it.
+pub(crate) fn tell_or_give_back(tell: impl FnOnce(), give_back: impl FnOnce()) {
+    struct OnUnwind<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for OnUnwind<F> {
+        fn drop(&mut self) {
+            if let Some(give_back) = self.0.take() {
+                give_back();
+            }
+        }
+    }
+    let mut unwinding = OnUnwind(Some(give_back));
+    tell();
+    unwinding.0 = None;
+}
+
 /// Steps that each may call listeners (policies taking new settings, say), run so that a
 /// listener that panics in one does not stop the others: the first panic is kept, to be
 /// raised again once every step has run.

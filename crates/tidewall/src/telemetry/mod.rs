@@ -67,5 +67,5 @@ pub(crate) use events::supervisor_event;
 #[cfg(all(feature = "metrics", feature = "serde"))]
 pub(crate) use gauges::record_gauges;
 pub use listener::{Event, EventKind};
-pub(crate) use listener::{Listener, ListenerPanics};
+pub(crate) use listener::{Listener, ListenerPanics, tell_or_give_back};
 pub(crate) use policy::PolicyTelemetry;
