@@ -648,7 +648,7 @@ impl<R: Clock> Shared<R> {
         let tally = self.tally.load();
         self.state() == State::Closed
             && tally.consecutive.load(Relaxed) == 0
-            && tally.window.counts(self.now()).unwrap_or_default().calls == 0
+            && tally.counts(self.now()).calls == 0
     }
 
     /// Restarts a ticket's clock at now, if its start was timed (a probe's always is).
@@ -668,11 +668,7 @@ impl<R: Clock> Shared<R> {
     }
 
     pub(super) fn counts(&self) -> tidewall_core::breaker::Counts {
-        self.tally
-            .load()
-            .window
-            .counts(self.now())
-            .unwrap_or_default()
+        self.tally.load().counts(self.now())
     }
 }
 

@@ -25,6 +25,11 @@ impl Tally {
             consecutive: AtomicU32::new(0),
         }
     }
+
+    /// The window's counts at `now` (none while concurrent updates leave them inconsistent).
+    pub(super) fn counts(&self, now: u64) -> Counts {
+        self.window.counts(now).unwrap_or_default()
+    }
 }
 
 pub(super) enum SlidingWindow {

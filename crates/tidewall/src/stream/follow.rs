@@ -392,29 +392,25 @@ fn open_path(path: &Path, resume: Option<Position>, step: &mut impl FnMut()) -> 
         Err(e) => return (None, Err(e)),
     };
     let id = file_id(&meta);
-    match resume.filter(|at| at.id == id) {
-        Some(Position { id, offset, tail }) => read_new(
-            Open {
-                file,
-                id,
-                offset,
-                tail,
-            },
-            false,
-            step,
-        ),
+    let (at, restarted) = match resume.filter(|at| at.id == id) {
+        Some(at) => (at, false),
         // A newly opened file is a new start: drop any partial line of the old.
-        None => read_new(
-            Open {
-                file,
+        None => (
+            Position {
                 id,
                 offset: 0,
                 tail: Vec::new(),
             },
             true,
-            step,
         ),
-    }
+    };
+    let open = Open {
+        file,
+        id,
+        offset: at.offset,
+        tail: at.tail,
+    };
+    read_new(open, restarted, step)
 }
 
 /// Reads up to `CHUNK` new bytes from the open file, after checking that it was not
