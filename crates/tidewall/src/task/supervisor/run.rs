@@ -266,10 +266,7 @@ impl<R: Runtime> Supervisor<R> {
             Restart::Transient => !matches!(exit, Exit::Ok(())),
             Restart::Temporary => false,
         };
-        self.emit(SupervisorEvent::Exited {
-            child: Arc::clone(&name),
-            exit,
-        });
+        self.tell_exited(index, exit);
         let slot = &mut self.slots[index];
         if !restart {
             slot.removed = slot.spec.restart == Restart::Temporary;
@@ -328,8 +325,7 @@ impl<R: Runtime> Supervisor<R> {
             // Ended on its own while an earlier stop was under way: told as the exit it was,
             // and restarted with the group, not once more on its own.
             if let Some(ChildExit { exit, .. }) = self.slots[sibling].seen_exit.take() {
-                let child = Arc::clone(&self.slots[sibling].spec.name);
-                self.emit(SupervisorEvent::Exited { child, exit });
+                self.tell_exited(sibling, exit);
                 continue;
             }
             if let Some((exit, ending)) = self.stop_one(sibling, &outside).await {
@@ -467,8 +463,7 @@ impl<R: Runtime> Supervisor<R> {
         }
         seen.sort_by_key(|&(at, index, _)| (at, index));
         for (_, index, exit) in seen {
-            let child = Arc::clone(&self.slots[index].spec.name);
-            self.emit(SupervisorEvent::Exited { child, exit });
+            self.tell_exited(index, exit);
         }
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
@@ -487,6 +482,11 @@ impl<R: Runtime> Supervisor<R> {
             restarts: self.total_restarts,
             stopped,
         }
+    }
+
+    fn tell_exited(&self, index: usize, exit: Exit) {
+        let child = Arc::clone(&self.slots[index].spec.name);
+        self.emit(SupervisorEvent::Exited { child, exit });
     }
 
     fn emit(&self, event: SupervisorEvent) {
