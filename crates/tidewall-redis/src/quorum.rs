@@ -21,6 +21,7 @@ use crate::start::{ConnectError, fresh_probe_key, probe};
 /// The shortest refresh period: a refresh also takes a round trip and a timer tick (tokio's
 /// is 1 ms), and each report lives three periods.
 const MIN_EVERY: Duration = Duration::from_millis(10);
+
 /// Reports this instance (alive until `ttl`, and open or not), reaps expired reports, and
 /// counts: returns `{open instances, live instances}`.
 const REPORT: &str = r"
