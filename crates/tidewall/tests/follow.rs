@@ -189,6 +189,18 @@ async fn a_max_line_past_the_largest_buffer_is_refused() {
     ));
 }
 
+/// `rt`, losing the follower's second check (its blocking job 1) as a runtime shutting down
+/// loses a job it has not started.
+fn losing_the_second_check<R: Runtime>(
+    rt: &Clocked<R>,
+) -> spawn_adapters::LosesBlocking<Clocked<R>> {
+    spawn_adapters::LosesBlocking {
+        inner: rt.clone(),
+        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        lose: |job| job == 1,
+    }
+}
+
 /// "So is a check lost to a panic or to its runtime: the next check goes on from where the
 /// lost one began, in the same file if the path still names it." The follower's second check
 /// is lost: its lines come with the next check, once each, and nothing before them again.
@@ -196,11 +208,7 @@ async fn a_lost_check_goes_on_where_it_began<R: Runtime>(rt: Clocked<R>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.log");
     std::fs::write(&path, "old 1\nold 2\nold 3\n").unwrap();
-    let losing = spawn_adapters::LosesBlocking {
-        inner: rt.clone(),
-        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        lose: |job| job == 1,
-    };
+    let losing = losing_the_second_check(&rt);
     let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
     append(&path, "new 1\n");
     let first = lines.next().await.unwrap().unwrap();
@@ -227,11 +235,7 @@ async fn a_lost_check_then_a_rotation_reads_the_new_file<R: Runtime>(rt: Clocked
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.log");
     std::fs::write(&path, "old\n").unwrap();
-    let losing = spawn_adapters::LosesBlocking {
-        inner: rt.clone(),
-        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        lose: |job| job == 1,
-    };
+    let losing = losing_the_second_check(&rt);
     let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
     append(&path, "seen\n");
     assert_eq!(lines.next().await.unwrap().unwrap(), b"seen");
@@ -254,11 +258,7 @@ async fn a_failed_open_after_a_lost_check_keeps_the_resume_point<R: Runtime>(rt:
     let path = dir.path().join("app.log");
     let aside = dir.path().join("app.log.aside");
     std::fs::write(&path, "old 1\nold 2\n").unwrap();
-    let losing = spawn_adapters::LosesBlocking {
-        inner: rt.clone(),
-        jobs: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        lose: |job| job == 1,
-    };
+    let losing = losing_the_second_check(&rt);
     let mut lines = follow_on(&losing, &path, PERIOD, 1024, false).unwrap();
     append(&path, "new 1\n");
     assert_eq!(lines.next().await.unwrap().unwrap(), b"new 1");
