@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidewall::admission::{Admission, Wait};
 use tidewall::bulkhead::{Bulkhead, OwnedPermit};
-use tidewall::rt::{Clock as _, Tokio};
+use tidewall::rt::{Clock as _, Tokio, instant_after};
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
 
@@ -50,12 +50,15 @@ return 1
 /// the deadline, and sent even while the breaker around Redis is open, so that a breaker
 /// opened by slow acquires does not let a held lease lapse), released in the background when
 /// dropped. A holder that crashes stops renewing, and its permit returns when the lease
-/// expires. So does one whose renewals go unanswered: each is tried a third of the lease after
-/// the one before, so two unanswered in a row can let the lease lapse, which an outage of
-/// about a third of a lease plus two deadlines is enough for (about 10 s with the defaults:
-/// a 30 s lease, a 10 ms deadline). Renewing then stops while the permit is held, and the
-/// limit may be overshot by it until it drops. Keep the lease many deadlines long. Cheap to
-/// clone; clones share everything.
+/// expires. A renewal that goes unanswered is tried again a twentieth of the lease after it
+/// ended, and so on until the lease has run out on this replica's clock (counted from when
+/// the last answered renewal, or the acquire, was sent); then every third of the lease
+/// again. So a held lease lapses only when Redis stays unreachable until less than a
+/// twentieth of the lease and one deadline (plus a reconnection) is left of it: an outage of
+/// about 28 s with the defaults (a 30 s lease, a 10 ms deadline). Once Redis answers that the
+/// lease is gone, renewing stops while the permit is held, and the limit may be overshot by
+/// it until it drops. Keep the lease many deadlines long. Cheap to clone; clones share
+/// everything.
 ///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
 /// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
@@ -227,6 +230,7 @@ impl RedisBulkhead {
             runtime: runtime.clone(),
         };
         let mut conn = inner.conn.connection();
+        let asked = Tokio.now();
         let mut invocation = inner.acquire.key(&inner.key);
         invocation
             .arg(inner.limit)
@@ -245,7 +249,7 @@ impl RedisBulkhead {
                 held: Held::Lease {
                     renewing: runtime
                         .as_ref()
-                        .map(|rt| rt.spawn(renew(self.clone(), member.clone()))),
+                        .map(|rt| rt.spawn(renew(self.clone(), member.clone(), asked))),
                     bulkhead: self.clone(),
                     member,
                     runtime,
@@ -320,22 +324,37 @@ impl RedisBulkhead {
     }
 }
 
-/// Renews `member`'s lease every third of the lease until aborted (the permit's drop) or the
-/// lease is found gone. Past the breaker around Redis: an open breaker must not let a held
-/// lease lapse while Redis answers.
-async fn renew(bulkhead: RedisBulkhead, member: String) {
+/// Renews `member`'s lease, granted by an acquire sent at `asked`, every third of the lease
+/// until aborted (the permit's drop) or the lease is found gone; an unanswered renewal is
+/// tried again every twentieth of the lease while the lease may still be held. Past the
+/// breaker around Redis: an open breaker must not let a held lease lapse while Redis
+/// answers.
+async fn renew(bulkhead: RedisBulkhead, member: String, asked: Instant) {
     let inner = &*bulkhead.inner;
+    // Redis stamps a lease when the request arrives, after it was sent: counted from the
+    // sending, the lease ends here no later than it does in Redis.
+    let mut lapses_at = instant_after(asked, inner.lease);
+    let mut pause = inner.lease / 3;
     loop {
-        tokio::time::sleep(inner.lease / 3).await;
+        tokio::time::sleep(pause).await;
+        let sent = Tokio.now();
         let mut conn = inner.conn.connection();
         let mut invocation = inner.renew.key(&inner.key);
         invocation.arg(micros(inner.lease)).arg(&member);
-        if let Ok(0) = inner
+        match inner
             .backend
             .call_past_breaker(invocation.invoke_async::<i64>(&mut conn))
             .await
         {
-            return; // expired (Redis was away too long): nothing left to renew
+            Ok(0) => return, // expired (Redis was away too long): nothing left to renew
+            Ok(_) => {
+                lapses_at = instant_after(sent, inner.lease);
+                pause = inner.lease / 3;
+            }
+            // Waiting a whole third again could outlast the lease: try again soon while it
+            // may still be held.
+            Err(_) if Tokio.now() < lapses_at => pause = inner.lease / 20,
+            Err(_) => pause = inner.lease / 3,
         }
     }
 }
