@@ -40,6 +40,9 @@ impl Overrides {
     }
 
     /// The whole request's deadline, attempts and waits together, instead of the client's.
+    /// A duration too large to add to the clock's now (such as `Duration::MAX`) is about
+    /// thirty years instead, as for [`Deadline::after`](crate::Deadline::after): in effect no
+    /// deadline, never an overflow.
     pub const fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -49,7 +52,9 @@ impl Overrides {
     /// (its breaker, its adaptive limit) as the client's do, so a timeout shorter than the
     /// host can answer in (zero: anything not answered at its first poll) teaches the host's
     /// shared state failures; to bound only this request's time, set its
-    /// [`deadline`](Self::deadline), whose cut records nothing.
+    /// [`deadline`](Self::deadline), whose cut records nothing. A duration too large to add
+    /// to the clock's now waits about thirty years, as [`Clock::sleep`](crate::rt::Clock::sleep)
+    /// does.
     pub const fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
