@@ -4,8 +4,9 @@
 //! old contents or the complete new contents, never a truncated or partial file:
 //!
 //! 1. write the new contents to a fresh temporary file in the *same directory* (so the rename
-//!    below stays on one file system), carrying over the old file's permissions: set when
-//!    the file is created and again after the contents are written, since a write by a
+//!    below stays on one file system), carrying over the old file's permissions: given to
+//!    the open that creates it (Unix: no other user can open it in between), set exactly
+//!    once it is created, and again after the contents are written, since a write by a
 //!    process without `CAP_FSETID` clears the setuid and setgid bits (which then survive as
 //!    far as the OS lets the writer set them);
 //! 2. `fsync` the temporary file, so its data is durable before it becomes visible;
@@ -13,8 +14,9 @@
 //! 4. `fsync` the directory, so the rename itself survives a crash (Unix).
 //!
 //! Each step runs on the runtime's blocking pool ([`Spawn::spawn_blocking`]), never on the
-//! async threads; only removing the temporary file of a write dropped before its rename runs
-//! where the future is dropped.
+//! async threads; only removing the temporary file of a write dropped, or whose write step
+//! failed or was cancelled by its runtime, before its rename runs where the future is dropped
+//! or polled.
 //!
 //! **Cancel safety**: dropping the future at any await point leaves the old file or the complete
 //! new one. Before the rename, the temporary file is removed on drop; a rename already handed to

@@ -35,11 +35,11 @@ impl TempFile {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let path =
                 target.with_file_name(format!(".{name}.tidewall-{}-{n}.tmp", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match create_new(&path, permissions.as_ref()) {
                 Ok(file) => {
                     let temp = Self { path, armed: true };
-                    // Set before the contents are written too, so that they are never open to
-                    // more users than the old ones were.
+                    // Exactly the target's bits (the open's mode was narrowed by the umask),
+                    // before the contents are written.
                     if let Some(permissions) = &permissions {
                         file.set_permissions(permissions.clone())?;
                     }
@@ -61,11 +61,47 @@ impl TempFile {
     }
 }
 
+/// Creates `path`, failing if it exists. On Unix with `permissions`, their mode is the open's
+/// own: a file created open to everyone and narrowed afterwards could be opened by another
+/// user in between, who would keep reading it (access is checked only at the open).
+fn create_new(path: &Path, permissions: Option<&Permissions>) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if let Some(permissions) = permissions {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(permissions.mode() & 0o777);
+    }
+    #[cfg(not(unix))]
+    let _ = permissions;
+    options.open(path)
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.armed {
             // Best effort: if a rename already moved it, there is nothing to remove.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A file created for a private target is never open to more users than the target, not
+    /// even before its permissions are set: whatever the umask, the open's mode is the
+    /// target's, never the default 0o666.
+    #[test]
+    fn a_private_target_s_temporary_file_is_private_from_its_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".secret.tmp");
+        let private = Permissions::from_mode(0o600);
+        let file = create_new(&path, Some(&private)).unwrap();
+        let mode = file.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o600, 0, "created with mode {mode:o}");
     }
 }
