@@ -216,3 +216,27 @@ async fn a_keyed_reconfigure_whose_listener_panics_reaches_every_key() {
         );
     }
 }
+
+/// A state-change listener that panics still lets `on_event` hear the change it was told of
+/// (the state has changed either way), and the panic goes on to the call that made it.
+/// (Audit s36: the change was then never passed on, counted nor traced.)
+#[test]
+fn a_panicking_state_change_listener_does_not_hide_the_change_from_on_event() {
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&told);
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(1)
+        .on_state_change(|_| panic!("the state-change listener panics (on purpose)"))
+        .on_event(move |event: &Event<'_>| {
+            if let EventKind::StateChanged(change) = &event.kind {
+                log.lock().unwrap().push(change.to);
+            }
+        })
+        .build()
+        .unwrap();
+    let permit = breaker.try_acquire().unwrap();
+    let failed = std::panic::catch_unwind(AssertUnwindSafe(|| permit.failure()));
+    assert!(failed.is_err(), "the listener's panic reaches the caller");
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(*told.lock().unwrap(), [State::Open]);
+}

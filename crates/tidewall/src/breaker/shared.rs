@@ -580,10 +580,14 @@ impl<R: Clock> Shared<R> {
 
     /// Tells the listeners, tracing and metrics of a state change. Cold: a transition is
     /// rare, and its reporting stays out of the call paths that may make one.
+    /// Both are told even if the first panics (the state has changed either way), and the
+    /// first panic then goes on.
     #[cold]
     fn announce(&self, change: &StateChange<'_>) {
-        emit(self.listener.as_ref(), change);
-        self.telemetry.transition(change, self.key_label.as_deref());
+        let mut listeners = crate::telemetry::ListenerPanics::default();
+        listeners.run(|| emit(self.listener.as_ref(), change));
+        listeners.run(|| self.telemetry.transition(change, self.key_label.as_deref()));
+        listeners.resume(|| ());
     }
 
     /// Moves to `to` by hand, whatever the current state (a new generation either way).
