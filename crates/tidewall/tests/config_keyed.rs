@@ -83,6 +83,33 @@ async fn keyed_tables_are_made_once_with_the_instances_settings_and_bounds() {
     }
 }
 
+/// A keyed instance builds no plain policy of its name up front: one would be listed (for a
+/// health endpoint) and gauged as closed, idle and full for ever while its keys trip. Asked
+/// for by name (a pipeline of the instance, say), the plain one is still made. (Audit s36.)
+#[tokio::test(start_paused = true)]
+async fn a_keyed_instance_lists_no_plain_policy_nobody_asked_for() {
+    let registry = Registry::new(config(HOSTS)).unwrap();
+    assert!(registry.breakers().is_empty());
+    assert!(registry.bulkheads().is_empty());
+    assert!(registry.rate_limiters().is_empty());
+    let per_host = registry.keyed_breaker::<String>("hosts").unwrap();
+    for _ in 0..2 {
+        let _ = per_host
+            .call(&"a.example".to_owned(), || async { Err::<(), _>("down") })
+            .await;
+    }
+    assert_eq!(per_host.state(&"a.example".to_owned()), Some(State::Open));
+    assert!(
+        registry.breakers().is_empty(),
+        "nothing says `hosts: closed`"
+    );
+    let plain = registry.breaker("hosts").unwrap();
+    assert_eq!(plain.state(), State::Closed);
+    assert_eq!(registry.breakers().len(), 1);
+    let reload = registry.reload(config(HOSTS)).unwrap();
+    assert_eq!(reload.built, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reload_retunes_every_key_and_keeps_what_they_hold() {
     let registry = Registry::new(config(HOSTS)).unwrap();

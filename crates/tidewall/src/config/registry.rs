@@ -22,7 +22,12 @@ use std::sync::Arc;
 ///
 /// Building the registry validates the whole configuration and builds every policy an
 /// instance has (its own sections and its base's), so they are there to list from the start
-/// (for a health or admin endpoint). Asking for a policy of a name the file does not declare,
+/// (for a health or admin endpoint). An instance with a `[keys]` table is keyed: its
+/// breaker, bulkhead, rate limit and adaptive sections are made per key by the table asked
+/// for with its key type ([`keyed_breaker`](Self::keyed_breaker) and the like), so none of
+/// them is built up front nor listed by [`breakers`](Self::breakers) and the like until
+/// something asks for the plain policy of that name (its [`pipeline`](Self::pipeline), say).
+/// Asking for a policy of a name the file does not declare,
 /// or a kind the instance has no section for, builds it from the layers there are (the
 /// defaults, say) on first use and keeps it: get-or-create, as resilience4j's registries do.
 /// The registry holds at most [`max_instances`](RegistryBuilder::max_instances) policies of
@@ -175,7 +180,8 @@ impl<R> RegistryBuilder<R> {
         self
     }
 
-    /// Validates the configuration and builds every policy its instances have.
+    /// Validates the configuration and builds every policy its instances have (a keyed
+    /// instance's tables excepted: see [`Registry`]).
     ///
     /// # Errors
     ///
@@ -255,7 +261,8 @@ pub struct Reload {
     /// [Pipelines](Registry::pipeline) made anew from the new configuration: their handles
     /// run every call after the reload on it.
     pub pipelines: usize,
-    /// Policies of instances the new configuration declares that the registry did not hold.
+    /// Policies of instances the new configuration declares that the registry did not hold
+    /// (a keyed instance's tables are made on first use, and not counted here).
     pub built: usize,
 }
 
@@ -311,19 +318,24 @@ impl<R: Clock> Registry<R> {
             let has = |section: fn(&super::Policies) -> bool| {
                 section(policies) || base.is_some_and(section)
             };
-            if has(|p| p.breaker.is_some()) {
+            // A keyed instance's policies are its tables', made with their key type on first
+            // use: a plain one built here would be listed and gauged (a breaker closed for
+            // ever) though no call goes through it.
+            let plain =
+                |section: fn(&super::Policies) -> bool| has(section) && !has(|p| p.keys.is_some());
+            if plain(|p| p.breaker.is_some()) {
                 self.breaker(name)?;
             }
-            if has(|p| p.bulkhead.is_some()) {
+            if plain(|p| p.bulkhead.is_some()) {
                 self.bulkhead(name)?;
             }
-            if has(|p| p.rate_limit.is_some()) {
+            if plain(|p| p.rate_limit.is_some()) {
                 self.rate_limiter(name)?;
             }
             if has(|p| p.budget.is_some()) {
                 self.retry_budget(name)?;
             }
-            if has(|p| p.adaptive.is_some()) {
+            if plain(|p| p.adaptive.is_some()) {
                 self.adaptive_limiter(name)?;
             }
             #[cfg(feature = "chaos")]
@@ -820,8 +832,9 @@ impl<R: Clock> Registry<R> {
     /// Sets the gauges of every policy held (feature `metrics`): each breaker's state, each
     /// bulkhead's permits in flight, callers queued and capacity, each adaptive limiter's
     /// limit, calls in flight and callers queued, each rate limiter's cells available and
-    /// each retry budget's balance, labelled with the instance's name (the
-    /// table is in [`telemetry`](crate::telemetry)). Call it before each scrape: gauges read
+    /// each retry budget's balance, and each keyed table's keys held and bound, labelled
+    /// with the instance's name (the table is in [`telemetry`](crate::telemetry)). A keyed
+    /// table's keys have no gauges of their own. Call it before each scrape: gauges read
     /// this way cost the calls nothing.
     ///
     /// ```

@@ -10,6 +10,7 @@ use crate::breaker::StateChange;
 /// ([`CircuitBreakerBuilder`](crate::breaker::CircuitBreakerBuilder::on_event),
 /// [`BulkheadBuilder`](crate::bulkhead::BulkheadBuilder::on_event),
 /// [`RateLimiterBuilder`](crate::rate::RateLimiterBuilder::on_event),
+/// [`AdaptiveLimiterBuilder`](crate::adaptive::AdaptiveLimiterBuilder::on_event),
 /// [`PipelineBuilder`](crate::pipeline::PipelineBuilder::on_event),
 /// [`HedgeBuilder`](crate::hedge::HedgeBuilder::on_event)).
 ///
@@ -47,10 +48,12 @@ use crate::breaker::StateChange;
 #[non_exhaustive]
 pub struct Event<'a> {
     /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate`,
-    /// `pipeline` or `hedge`; a keyed breaker's or bulkhead's own refusals (a full table)
-    /// come as `keyed_breaker` or `keyed_bulkhead`, and its keys' events as the policy's; a
-    /// keyed rate limiter's refusals all come as `keyed_rate`, a key's and a full table's
-    /// alike (both are `RateLimited`).
+    /// `pipeline` or `hedge` (an adaptive limiter's as a `bulkhead`'s); a keyed breaker's or
+    /// bulkhead's own refusals (a full table) come as `keyed_breaker` or `keyed_bulkhead`, a
+    /// keyed adaptive limiter's as `keyed_bulkhead` too (the registry's gauges of that table
+    /// say `keyed_adaptive`), and its keys' events as the policy's; a keyed rate limiter's
+    /// refusals all come as `keyed_rate`, a key's and a full table's alike (both are
+    /// `RateLimited`).
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,

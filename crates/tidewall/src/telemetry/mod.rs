@@ -33,6 +33,12 @@
 //! | `tidewall_supervisor_restarts_total`, `tidewall_supervisor_escalations_total` | counter | `child` | a supervisor's restarts and escalations |
 //! | `tidewall_chaos_injections_total` | counter | `policy` (`chaos`), `name`, `fault` (`latency`, `error`, `hang`, `alter`) | faults a [`Chaos`](crate::chaos::Chaos) handle (feature `chaos`) injected, counted when drawn: a call given latency and an error counts once under each; `alter` counts calls chosen for altering, whether or not the operation then succeeded |
 //!
+//! A keyed breaker's, bulkhead's or adaptive limiter's keys count together in the series of
+//! the table's name, with the `policy` each key is (`breaker`, `bulkhead`): the series a
+//! plain policy of that name counts in too, if one is also used (a
+//! [registry](crate::config::Registry)'s pipeline of the instance, say). A keyed rate
+//! limiter's refusals count under `keyed_rate`.
+//!
 //! Gauges cost the calls nothing: they are read from the policies when you ask, with
 //! [`Registry::record_gauges`](crate::config::Registry::record_gauges) (features `metrics` and
 //! `serde`) before each scrape.
