@@ -21,7 +21,10 @@ use crate::breaker::StateChange;
 /// code would, and the policy loses nothing to it: a bulkhead's (or adaptive limiter's) slot
 /// granted to a queued caller is given back, and a breaker permit whose outcome listener
 /// panics records nothing and gives a half-open probe's slot back, as any permit unwound by a
-/// panic does.
+/// panic does. A retry budget is the exception: a retry (or hedge) is drawn from it before
+/// the listener hears [`RetryScheduled`](EventKind::RetryScheduled)
+/// ([`HedgeLaunched`](EventKind::HedgeLaunched)), so one whose listener panics stays drawn,
+/// though it never runs.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
