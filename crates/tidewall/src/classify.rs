@@ -165,8 +165,9 @@ impl<T, E, P: Fn(&E) -> bool> Classify<T, E> for ErrorsWhere<P> {
 }
 
 /// `C`'s verdicts, and the hints of errors that implement [`RetryAfter`] (a refusal's
-/// `retry_after`, an error carrying a server's `Retry-After`). What `honor_retry_after()`
-/// sets on the retry future, the pipeline and the tower `RetryLayer`.
+/// `retry_after`, an error carrying a server's `Retry-After`), else `C`'s own hint (so it
+/// stacks with [`Hinted`]). What `honor_retry_after()` sets on the retry future, the pipeline
+/// and the tower `RetryLayer`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -189,14 +190,15 @@ impl<T, E: RetryAfter, C: Classify<T, E>> Classify<T, E> for WithRetryAfter<C> {
     #[inline]
     fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
         match result {
-            Err(error) => error.retry_after(),
+            Err(error) => error.retry_after().or_else(|| self.0.retry_after(result)),
             Ok(_) => self.0.retry_after(result),
         }
     }
 }
 
-/// `C`'s verdicts, and hints read by a closure over the whole result: an `Ok` response can
-/// carry one (a 503 with `Retry-After`) as well as an error. What `retry_after_with(f)` sets.
+/// `C`'s verdicts, and hints read by a closure over the whole result (an `Ok` response can
+/// carry one, a 503 with `Retry-After`, as well as an error), else `C`'s own hint (so it
+/// stacks with [`WithRetryAfter`]). What `retry_after_with(f)` sets.
 ///
 /// ```
 /// use std::time::Duration;
@@ -228,6 +230,6 @@ where
 
     #[inline]
     fn retry_after(&self, result: Result<&T, &E>) -> Option<Duration> {
-        (self.1)(result)
+        (self.1)(result).or_else(|| self.0.retry_after(result))
     }
 }

@@ -329,3 +329,46 @@ async fn hedging_re_hedges_only_retryable_failures<R: Runtime>(rt: Clocked<R>) {
 fn hedging_re_hedges_only_retryable_failures_on_every_runtime() {
     on_every_runtime!(hedging_re_hedges_only_retryable_failures);
 }
+
+/// `honor_retry_after()` and `retry_after_with(f)` stack, in either order: an error's own hint
+/// first (for `WithRetryAfter`) or the closure's (for `Hinted`), else the wrapped
+/// classifier's. (Audit s36: the outer one's `None` dropped the inner one's hint.)
+#[test]
+fn hint_sources_stack_in_either_order() {
+    use tidewall::classify::{Classify, DefaultClassifier, Hinted, WithRetryAfter};
+    let busy = Rejected::RateLimited {
+        retry_after: ms(20),
+    };
+    assert_eq!(Rejected::BulkheadFull.retry_after(), None);
+    let server_said = |r: Result<&u32, &Rejected>| match r {
+        Ok(503) | Err(Rejected::BulkheadFull) => Some(Duration::from_secs(5)),
+        _ => None,
+    };
+    let errors_outside = WithRetryAfter(Hinted(DefaultClassifier, server_said));
+    let closure_outside = Hinted(WithRetryAfter(DefaultClassifier), server_said);
+    for (name, classifier) in [
+        (
+            "errors outside",
+            &errors_outside as &dyn Classify<u32, Rejected>,
+        ),
+        ("closure outside", &closure_outside),
+    ] {
+        let hint = |r| classifier.retry_after(r);
+        assert_eq!(
+            hint(Err(&Rejected::BulkheadFull)),
+            Some(Duration::from_secs(5)),
+            "{name}: the closure's hint for an error with none of its own"
+        );
+        assert_eq!(
+            hint(Ok(&503)),
+            Some(Duration::from_secs(5)),
+            "{name}: the closure's hint for a value"
+        );
+        assert_eq!(
+            hint(Err(&busy)),
+            Some(ms(20)),
+            "{name}: the error's own hint"
+        );
+        assert_eq!(hint(Ok(&200)), None, "{name}");
+    }
+}
