@@ -153,7 +153,9 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
 
     /// Bounds each attempt; a timed-out attempt counts as a retryable failure. As with
     /// [`FutureExt::timeout`](crate::FutureExt::timeout), an attempt ready when the timer is
-    /// wins, so a zero timeout lets through only an attempt that is ready at its first poll.
+    /// wins, so a zero timeout lets through only an attempt that is ready at its first poll
+    /// (on tokio in real time, whose timers fire on whole milliseconds: one ready at a poll
+    /// before the driver's next millisecond tick).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.settings.attempt_timeout = Some(timeout);
         self

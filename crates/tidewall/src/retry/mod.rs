@@ -27,7 +27,8 @@
 //! # Outcomes
 //!
 //! * `Ok(value)` on success, or when the last attempt's `Ok` value was marked retryable but no
-//!   retry is left, or the deadline leaves no time for one (a value is never thrown away);
+//!   retry is left, or the deadline leaves no time for one (the last attempt's value is never
+//!   thrown away; an earlier one is kept only past the deadline, as above);
 //! * [`RetryError::Inner`]: the operation's own error, when it is not retryable or the
 //!   schedule is exhausted;
 //! * [`RetryError::AttemptTimedOut`]: the last attempt hit the per-attempt timeout;

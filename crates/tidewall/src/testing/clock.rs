@@ -90,7 +90,9 @@ impl FakeClock {
     }
 
     /// Moves time forward by `by` and wakes the timers that came due. Advances made at once
-    /// from several threads all count: each adds its `by` to the time it finds.
+    /// from several threads all count: each adds its `by` to the time it finds. A `by` the
+    /// clock cannot add to its now (such as `Duration::MAX`) moves it about thirty years
+    /// instead, as [`instant_after`](crate::rt::instant_after) does.
     pub fn advance(&self, by: Duration) {
         self.move_to(|now| crate::rt::instant_after(now, by));
     }
