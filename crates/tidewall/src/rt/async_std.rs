@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures_util::future::AbortHandle;
 
 use super::catching::{catching, catching_blocking};
+use super::drop_when_done::Output;
 use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto async-std's global executor. **Legacy**: async-std is discontinued upstream;
@@ -88,7 +89,7 @@ impl Future for AsyncStdSleep {
 /// An async-std task's handle; dropping it detaches the task.
 #[derive(Debug)]
 pub struct AsyncStdJoinHandle<T> {
-    task: async_std::task::JoinHandle<Result<T, JoinError>>,
+    task: async_std::task::JoinHandle<Output<T>>,
     abort: Option<AbortHandle>,
 }
 
@@ -96,7 +97,7 @@ impl<T> Future for AsyncStdJoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.task).poll(cx)
+        Pin::new(&mut self.task).poll(cx).map(Output::into_result)
     }
 }
 

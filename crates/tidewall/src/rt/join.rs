@@ -10,7 +10,8 @@ use std::future::Future;
 pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 'static {
     /// Requests cancellation. The task is dropped at its next await point, and awaiting the
     /// handle afterwards yields [`JoinError::Cancelled`] unless the task had already
-    /// finished. A blocking task has no await point: aborting it does not stop it, it runs
+    /// finished (or its drop panicked: then [`JoinError::Panicked`], see
+    /// [`Spawn`](super::Spawn)). A blocking task has no await point: aborting it does not stop it, it runs
     /// to completion and awaiting the handle yields its result (on tokio, one that has not
     /// started yet may never start, and then yields `Cancelled`).
     fn abort(&self);

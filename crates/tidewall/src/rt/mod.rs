@@ -46,6 +46,8 @@
 mod async_std;
 #[cfg(any(feature = "smol", feature = "async-std"))]
 mod catching;
+#[cfg(any(feature = "smol", feature = "async-std", feature = "test-util"))]
+pub(crate) mod drop_when_done;
 mod join;
 mod signal;
 #[cfg(feature = "smol")]
@@ -151,6 +153,13 @@ pub trait Clock: Clone + Send + Sync + 'static {
 ///
 /// A handle from `spawn`/`spawn_blocking` reports panics as [`JoinError::Panicked`] and
 /// aborted or runtime-cancelled tasks as [`JoinError::Cancelled`]; dropping it detaches.
+///
+/// A panic while the task's future is dropped is the task's panic, as on tokio: a future that
+/// panics in `Drop` after it returned, or when it is dropped by an abort, makes the handle
+/// report `Panicked` with that payload. One case differs: a `Smol` task dropped
+/// unfinished because its executor was dropped reports `Cancelled` whatever its drop does
+/// (the panic is caught and ignored). A panic while dropping the output of a detached task
+/// is caught and ignored; so is one while dropping the handle of a finished task.
 pub trait Spawn: Clone + Send + Sync + 'static {
     /// The handle of a spawned task.
     type JoinHandle<T: Send + 'static>: TaskHandle<T>;

@@ -11,6 +11,7 @@ use futures_util::future::AbortHandle;
 use tidewall_core::ConfigError;
 
 use super::catching::{catching, catching_blocking};
+use super::drop_when_done::Output;
 use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto an explicit [`smol::Executor`]; timers come from `async-io`.
@@ -110,7 +111,7 @@ impl Future for SmolSleep {
 /// so it behaves like every other adapter's handle.
 #[derive(Debug)]
 pub struct SmolJoinHandle<T> {
-    task: Option<async_task::FallibleTask<Result<T, JoinError>>>,
+    task: Option<async_task::FallibleTask<Output<T>>>,
     abort: Option<AbortHandle>,
 }
 
@@ -124,7 +125,7 @@ impl<T> Future for SmolJoinHandle<T> {
         let output = std::task::ready!(Pin::new(task).poll(cx));
         self.task = None;
         // `None` means the executor dropped the task (it was shut down).
-        Poll::Ready(output.unwrap_or(Err(JoinError::Cancelled)))
+        Poll::Ready(output.map_or(Err(JoinError::Cancelled), Output::into_result))
     }
 }
 

@@ -12,6 +12,7 @@ use futures_channel::oneshot;
 
 use super::clock::{FakeClock, FakeSleep};
 use super::tracked::{AbortMark, Activity, MainWaker, Tracked};
+use crate::rt::drop_when_done::Output;
 use crate::rt::{Clock, JoinError, Panic, Runtime, Signals, Spawn, TaskHandle};
 
 /// Any runtime `R`, with virtual time. Tasks run on `R`'s executor; time comes from a shared
@@ -116,7 +117,7 @@ impl<R: Spawn> Spawn for Clocked<R> {
         let task = self.inner.spawn_blocking(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(work))
                 .map_err(|payload| JoinError::Panicked(Panic::new(payload)));
-            let _ = tx.send(result);
+            let _ = tx.send(Output::new(result));
             drop(busy);
         });
         // A blocking task cannot be stopped by an abort: nothing to mark.
@@ -138,7 +139,7 @@ impl<R: Signals> Signals for Clocked<R> {
 /// The handle of a task spawned through [`Clocked`].
 #[derive(Debug)]
 pub struct ClockedJoinHandle<T, H> {
-    output: oneshot::Receiver<Result<T, JoinError>>,
+    output: oneshot::Receiver<Output<T>>,
     task: H,
     mark: Option<AbortMark>,
 }
@@ -149,7 +150,7 @@ impl<T, H: Unpin> Future for ClockedJoinHandle<T, H> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.output)
             .poll(cx)
-            .map(|received| received.unwrap_or(Err(JoinError::Cancelled)))
+            .map(|received| received.map_or(Err(JoinError::Cancelled), Output::into_result))
     }
 }
 

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_channel::oneshot;
 
+use crate::rt::drop_when_done::{Output, poll_then_drop};
 use crate::rt::{JoinError, Panic};
 
 const IDLE: u8 = 0;
@@ -156,18 +157,14 @@ pub(super) struct Tracked<F: Future> {
     // task's destructors have run by the time its handle resolves, as on tokio.
     future: Option<Pin<Box<F>>>,
     waker: Arc<TaskWaker>,
-    output: Option<oneshot::Sender<Result<F::Output, JoinError>>>,
+    output: Option<oneshot::Sender<Output<F::Output>>>,
 }
 
 impl<F: Future> Tracked<F> {
     pub(super) fn new(
         future: F,
         activity: Arc<Activity>,
-    ) -> (
-        Self,
-        oneshot::Receiver<Result<F::Output, JoinError>>,
-        AbortMark,
-    ) {
+    ) -> (Self, oneshot::Receiver<Output<F::Output>>, AbortMark) {
         activity.enter();
         let waker = Arc::new(TaskWaker {
             state: AtomicU8::new(ACTIVE),
@@ -194,9 +191,9 @@ impl<F: Future> Future for Tracked<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let Some(future) = this.future.as_mut() else {
+        if this.future.is_none() {
             return Poll::Ready(());
-        };
+        }
         {
             let mut inner = this
                 .waker
@@ -212,8 +209,9 @@ impl<F: Future> Future for Tracked<F> {
             this.waker.activity.enter();
         }
         let waker = Waker::from(Arc::clone(&this.waker));
+        let slot = &mut this.future;
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            future.as_mut().poll(&mut Context::from_waker(&waker))
+            poll_then_drop(slot, &mut Context::from_waker(&waker))
         }));
         let output = match polled {
             Ok(Poll::Pending) => {
@@ -231,9 +229,10 @@ impl<F: Future> Future for Tracked<F> {
             Ok(Poll::Ready(value)) => Ok(value),
             Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
         };
-        this.future = None;
         if let Some(tx) = this.output.take() {
-            let _ = tx.send(output);
+            // Unread (the handle is gone), it is dropped here: `Output` ignores a panic of
+            // its `Drop`, as tokio does, so `finish` still runs.
+            let _ = tx.send(Output::new(output));
         }
         this.finish();
         Poll::Ready(())
@@ -254,9 +253,18 @@ impl<F: Future> Tracked<F> {
 impl<F: Future> Drop for Tracked<F> {
     fn drop(&mut self) {
         // Aborted or dropped by its executor: drop the future first, then the receiver sees
-        // the sender go (Cancelled).
-        self.future = None;
-        drop(self.output.take());
+        // the sender go (Cancelled), or gets `Panicked` if that drop panicked, as on tokio.
+        // The panic is caught so that `finish` runs: a task left counted active would stop
+        // virtual time for good.
+        let dropped = self
+            .future
+            .take()
+            .map(|future| std::panic::catch_unwind(AssertUnwindSafe(|| drop(future))));
+        if let Some(tx) = self.output.take()
+            && let Some(Err(payload)) = dropped
+        {
+            let _ = tx.send(Output::new(Err(JoinError::Panicked(Panic::new(payload)))));
+        }
         self.finish();
     }
 }
