@@ -1,5 +1,6 @@
 //! `tidewall`: a measured tour of every Tidewall pattern.
 
+mod open_files;
 mod overload;
 mod tour;
 
@@ -29,7 +30,15 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    let (needed, what) = match command {
+        Command::Tour(_) => (tour::OPEN_FILES, "the tour"),
+        Command::Overload(_) => (overload::open_files_needed(), "`tidewall overload`"),
+    };
+    if let Some(short) = open_files::raise().and_then(|l| open_files::shortfall(l, needed, what)) {
+        tour::note(&short);
+    }
+    match command {
         Command::Tour(args) => tour::run(&args),
         Command::Overload(args) => overload::run(&args),
     }

@@ -23,8 +23,23 @@ use summary::Phase;
 pub(crate) const CAPACITY: usize = 8;
 /// Each request's service time (L), in milliseconds.
 pub(crate) const SERVICE_MS: u64 = 80;
-/// The client gives up after 25 service times, as the simulation's 500 ms is 25 × 20 ms.
-pub(crate) const TIMEOUT: Duration = Duration::from_millis(25 * SERVICE_MS);
+/// The client gives up after this many service times, as the simulation's 500 ms is
+/// 25 × 20 ms.
+const TIMEOUT_IN_SERVICE_TIMES: u64 = 25;
+pub(crate) const TIMEOUT: Duration = Duration::from_millis(TIMEOUT_IN_SERVICE_TIMES * SERVICE_MS);
+/// The middle phase's load, as a multiple of the dependency's capacity.
+const PEAK: u32 = 3;
+/// Descriptors past the connections': the listener, the runtimes' and stdio.
+const SPARE_DESCRIPTORS: u64 = 128;
+
+/// Descriptors the run may hold open at once, at the end of the peak phase without a limit:
+/// every request of the last timeout is still open, each on a connection of its own (a
+/// request given up on closes its connection), and each connection is two descriptors in
+/// this process, the client's and the server's (1,328).
+pub(crate) fn open_files_needed() -> u64 {
+    let open = u64::from(PEAK) * CAPACITY as u64 * TIMEOUT_IN_SERVICE_TIMES;
+    2 * open + SPARE_DESCRIPTORS
+}
 
 /// Requests a second the dependency completes at full use (C / L): 100.
 #[allow(
@@ -114,7 +129,7 @@ pub(crate) fn run(args: &OverloadArgs) -> anyhow::Result<()> {
     let each = Duration::from_secs(args.seconds);
     let load = Load {
         throughput: throughput(),
-        phases: vec![(0.5, each), (3.0, each), (0.5, each)],
+        phases: vec![(0.5, each), (f64::from(PEAK), each), (0.5, each)],
         timeout: TIMEOUT,
         seed: args.seed,
     };
@@ -216,4 +231,17 @@ fn print(text: &str) {
     use std::io::Write as _;
     print!("{text}");
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PEAK, TIMEOUT, open_files_needed, throughput};
+
+    /// The connections open at the peak are the peak's arrivals over one timeout.
+    #[test]
+    fn the_peak_needs_two_descriptors_per_request_of_the_last_timeout() {
+        let open = f64::from(PEAK) * throughput() * TIMEOUT.as_secs_f64();
+        assert!((open - 600.0).abs() < 1e-9, "{open}");
+        assert_eq!(open_files_needed(), 2 * 600 + 128);
+    }
 }

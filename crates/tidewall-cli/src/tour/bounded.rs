@@ -1,8 +1,12 @@
 //! Bounds on the tour's waits. A section whose pattern misbehaves (a supervisor that never
-//! escalates, a signal that never arrives, calls that never reach the server) must end in a
-//! failed check, not keep the tour from its report: every open-ended wait goes through here.
-//! The bounds are tens of seconds of the runtime's clock, against the fraction of a second a
-//! correct pattern needs.
+//! escalates or stops, a scope, pool or stream that never ends, a signal that never arrives,
+//! calls that never reach the server) must end in a failed check, not keep the tour from its
+//! report. Every HTTP request gives up after
+//! [`REQUEST_LIMIT`](super::client::REQUEST_LIMIT). Every other wait on a pattern that waits
+//! by itself (on tasks, timers, a queue, a signal, a reload) goes through here, unless the
+//! pattern bounds it (a deadline, a timeout, a bulkhead's `max_wait`, a retry's attempts) and
+//! the section checks that bound. The bounds are tens of seconds of the runtime's clock,
+//! against the fraction of a second a correct pattern needs.
 
 use std::future::Future;
 use std::time::Duration;

@@ -13,6 +13,14 @@ use hyper::client::conn::http1::{SendRequest, handshake};
 use tidewall::RetryAfter;
 use tidewall::rt::{AsyncStd, Runtime, Signals, Smol, Tokio};
 
+use super::bounded::{secs, within};
+
+/// How long a request may take before the client gives up on it. The tour's slowest
+/// requests need under a second (a 500 ms endpoint) or a few (a dependency's queue, given up
+/// on after 2 s by the overload runs): a request left unanswered fails its call, and so its
+/// check, instead of keeping the tour from its report.
+pub(crate) const REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
 /// A runtime the tour can open TCP connections on.
 pub(crate) trait Net: Runtime + Signals {
     /// The connection type, adapted to hyper's I/O traits.
@@ -66,6 +74,8 @@ pub(crate) enum HttpError {
         code: u16,
         retry_after: Option<Duration>,
     },
+    /// No answer within [`REQUEST_LIMIT`].
+    TimedOut,
 }
 
 impl std::fmt::Display for HttpError {
@@ -74,6 +84,7 @@ impl std::fmt::Display for HttpError {
             Self::Connect(e) => write!(f, "connect failed: {e}"),
             Self::Protocol(e) => write!(f, "http error: {e}"),
             Self::Status { code, .. } => write!(f, "status {code}"),
+            Self::TimedOut => write!(f, "no answer within {}", secs(REQUEST_LIMIT)),
         }
     }
 }
@@ -134,8 +145,15 @@ impl<R: Net> Client<R> {
         Ok(sender)
     }
 
-    /// GETs `path`; a non-2xx status is an error carrying the `Retry-After` hint.
+    /// GETs `path`; a non-2xx status is an error carrying the `Retry-After` hint, and no
+    /// answer within [`REQUEST_LIMIT`] is [`HttpError::TimedOut`] (the connection is closed).
     pub(crate) async fn get(&self, path: &str) -> Result<Bytes, HttpError> {
+        within(&self.rt, REQUEST_LIMIT, self.exchange(path))
+            .await
+            .unwrap_or(Err(HttpError::TimedOut))
+    }
+
+    async fn exchange(&self, path: &str) -> Result<Bytes, HttpError> {
         let mut sender = self.connection().await?;
         sender.ready().await.map_err(HttpError::Protocol)?;
         let request = http::Request::builder()
@@ -169,5 +187,33 @@ impl<R: Net> Client<R> {
                 retry_after,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidewall::rt::{Clock, Tokio};
+
+    use super::{Client, HttpError, REQUEST_LIMIT};
+
+    /// A server that takes the connection and never answers: the request fails at the limit
+    /// instead of hanging (virtual time, so the 30 s cost nothing).
+    #[test]
+    fn a_request_never_answered_fails_at_the_limit() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let start = Tokio.now();
+            let answer = Client::new(Tokio, addr).get("/delay/0").await;
+            assert!(matches!(answer, Err(HttpError::TimedOut)), "{answer:?}");
+            assert_eq!(Tokio.now() - start, REQUEST_LIMIT);
+            assert_eq!(answer.unwrap_err().to_string(), "no answer within 30 s");
+        });
+        drop(silent);
     }
 }

@@ -31,6 +31,7 @@ impl HttpFailure for HttpError {
             Self::Protocol(error) if error.is_incomplete_message() || error.is_canceled() => {
                 FailureKind::Interrupted
             }
+            Self::TimedOut => FailureKind::Timeout,
             Self::Protocol(_) | Self::Status { .. } => FailureKind::Other,
         }
     }

@@ -5,13 +5,15 @@
 //! [`worker_pool`] runs it step by step: [`start`] the pool; a [`Producer`] makes jobs in three
 //! phases ([`Producer::burst`], [`Producer::press`], [`Producer::top_up_and_shut_down`]);
 //! [`Producer::settle`] awaits every handle; [`metrics`] prints the figures and [`checks`]
-//! verifies them.
+//! verifies them. Each wait on the pool is bounded ([`PHASE_LIMIT`]): a pool that hangs
+//! fails the section's check.
 
 use std::time::Duration;
 
 use tidewall::task::Exit;
 use tidewall::task::pool::{JobHandle, PoolReport, SubmitError, WorkerPool};
 
+use super::bounded::{secs, within};
 use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::resilience::valid;
@@ -24,6 +26,9 @@ const SLOW: Duration = Duration::from_secs(1);
 const JOB_TIMEOUT: Duration = Duration::from_millis(100);
 /// 8 queued jobs are 80 ms of work for 2 workers: a 30 ms drain cannot finish them.
 const DRAIN: Duration = Duration::from_millis(30);
+/// How long each phase that waits on the pool may take (the pressed submits, the shutdown,
+/// the handles): each needs under a second.
+const PHASE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The pool under test: jobs are numbered, and each returns its own number.
 type Pool<R> = WorkerPool<usize, usize, R>;
@@ -45,9 +50,17 @@ pub(crate) async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     let pool = start(rt);
     let mut producer = Producer::new();
     let burst = producer.burst(&pool, burst);
-    let press = producer.press(rt, &pool, pressed, burst.queued_after).await;
-    let stop = producer.top_up_and_shut_down(rt, pool).await;
-    let (tally, handles) = producer.settle().await;
+    let pressing = producer.press(rt, &pool, pressed, burst.queued_after);
+    let Some(press) = within(rt, PHASE_LIMIT, pressing).await else {
+        return missed(s, "submit().await admitted every job");
+    };
+    let stopping = producer.top_up_and_shut_down(rt, pool);
+    let Some(stop) = within(rt, PHASE_LIMIT, stopping).await else {
+        return missed(s, "shutdown(30 ms) returned its report");
+    };
+    let Some((tally, handles)) = within(rt, PHASE_LIMIT, producer.settle()).await else {
+        return missed(s, "every job handle resolved after the shutdown");
+    };
     let outcome = Outcome {
         burst,
         press,
@@ -57,6 +70,12 @@ pub(crate) async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     };
     metrics(&mut s, &outcome);
     checks(&mut s, &outcome);
+    s
+}
+
+/// The section when a phase of it did not end within [`PHASE_LIMIT`].
+fn missed(mut s: Section, what: &str) -> Section {
+    s.check(&format!("{what} within {}", secs(PHASE_LIMIT)), false);
     s
 }
 

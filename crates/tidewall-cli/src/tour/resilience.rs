@@ -16,6 +16,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::{Backoff, ConfigError, Deadline, Error, Rejected};
 
+use super::bounded::{secs, within};
 use super::client::{Client, Net, since};
 use super::report::{Section, ms};
 use super::scenarios::{Size, settle};
@@ -240,8 +241,10 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
     let plain = timed_calls(rt, calls, move |call| async move {
         attempts.fetch_add(1, SeqCst);
         client.get(latency_path(call, 0)).await.is_ok()
-    })
-    .await;
+    });
+    let Some(plain) = within(rt, HEDGING_LIMIT, plain).await else {
+        return missed(s, calls, "without hedging");
+    };
     attempts.store(0, SeqCst);
     let hedge = Hedge::builder().delay(delay).max_hedges(1);
     let hedge = &valid(hedge.runtime(rt.clone()).build());
@@ -258,8 +261,10 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
             }))
             .await
             .is_ok()
-    })
-    .await;
+    });
+    let Some(hedged) = within(rt, HEDGING_LIMIT, hedged).await else {
+        return missed(s, calls, "with hedging");
+    };
     let per_call: Vec<usize> = per_call.iter().map(|n| n.load(SeqCst)).collect();
     let launched = attempts.load(SeqCst).saturating_sub(calls);
     // A hedge dropped before its request was read never counts at the server.
@@ -314,6 +319,22 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
     s.check(
         "at most one hedge per call (every call made 1 or 2 attempts)",
         at_most_one_hedge_each(&per_call),
+    );
+    s
+}
+
+/// How long each run of the hedging section may take: its calls, 8 at a time, need about a
+/// second.
+const HEDGING_LIMIT: Duration = Duration::from_secs(60);
+
+/// The hedging section when a run of its calls did not end within [`HEDGING_LIMIT`].
+fn missed(mut s: Section, calls: usize, run: &str) -> Section {
+    s.check(
+        &format!(
+            "the {calls} calls {run} ended within {}",
+            secs(HEDGING_LIMIT)
+        ),
+        false,
     );
     s
 }

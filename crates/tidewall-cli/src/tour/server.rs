@@ -124,10 +124,34 @@ pub(crate) fn start() -> anyhow::Result<Server> {
     })
 }
 
+/// How long the accept loop pauses after an error that is not one connection's own: long
+/// enough not to spin, short enough to take connections again soon after descriptors free.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// What the accept loop does after `error`: `None` to accept again at once, or how long to
+/// pause first. A connection reset or aborted before it was taken fails alone. Anything
+/// else (out of descriptors, `EMFILE`/`ENFILE`, or of memory) leaves the connection in the
+/// backlog and the listener readable: accepting again at once would spin on the error, on
+/// the thread the service needs to answer the requests whose end frees descriptors. axum's
+/// `serve` tells the errors apart the same way, and pauses 1 s.
+fn pause_after(error: &std::io::Error) -> Option<Duration> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    match error.kind() {
+        ConnectionAborted | ConnectionRefused | ConnectionReset => None,
+        _ => Some(ACCEPT_PAUSE),
+    }
+}
+
 async fn accept_loop(listener: tokio::net::TcpListener, stats: Arc<Stats>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                if let Some(pause) = pause_after(&error) {
+                    tokio::time::sleep(pause).await;
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let stats = Arc::clone(&stats);
@@ -215,4 +239,40 @@ fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::{ACCEPT_PAUSE, pause_after};
+
+    /// Running out of descriptors pauses the loop; one connection's failure does not.
+    #[test]
+    fn the_accept_loop_pauses_on_a_process_wide_error_only() {
+        for kind in [
+            ErrorKind::ConnectionAborted,
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionReset,
+        ] {
+            assert_eq!(pause_after(&Error::from(kind)), None, "{kind:?}");
+        }
+        assert_eq!(
+            pause_after(&Error::from(ErrorKind::OutOfMemory)),
+            Some(ACCEPT_PAUSE)
+        );
+        assert_eq!(pause_after(&Error::other("unknown")), Some(ACCEPT_PAUSE));
+        #[cfg(unix)]
+        for errno in [
+            rustix::io::Errno::MFILE,
+            rustix::io::Errno::NFILE,
+            rustix::io::Errno::NOBUFS,
+        ] {
+            assert_eq!(
+                pause_after(&Error::from(errno)),
+                Some(ACCEPT_PAUSE),
+                "{errno}"
+            );
+        }
+    }
 }

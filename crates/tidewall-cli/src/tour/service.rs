@@ -13,10 +13,13 @@ use tidewall::task::{
     supervisor::{ChildSpec, Supervisor, SupervisorEvent},
 };
 
-use super::bounded::{Bounded, or_stop, secs};
+use super::bounded::{Bounded, or_stop, secs, within};
 use super::client::Net;
 use super::report::{Section, ms};
 
+/// How long the restarting supervisor may run: it is told to stop at 300 ms, after two
+/// 20 ms crashes and their backoffs.
+const RESTARTS_LIMIT: Duration = Duration::from_secs(30);
 /// How long the escalation may take: the tree's six 20 ms crashes and their backoffs need
 /// well under a second.
 const ESCALATION_LIMIT: Duration = Duration::from_secs(30);
@@ -129,7 +132,7 @@ async fn supervisor_restarts<R: Net>(rt: &R) -> Section {
         timer_rt.sleep(Duration::from_millis(300)).await;
         stopper.cancel("tour: stop the service");
     });
-    let report = supervisor.run(stop).await;
+    let report = within(rt, RESTARTS_LIMIT, supervisor.run(stop)).await;
     let _ = stopper.await;
     let events = events
         .lock()
@@ -144,6 +147,16 @@ async fn supervisor_restarts<R: Net>(rt: &R) -> Section {
             _ => None,
         })
         .collect();
+    let Some(report) = report else {
+        s.check(
+            &format!(
+                "the supervisor stopped within {} (told to at 300 ms)",
+                secs(RESTARTS_LIMIT)
+            ),
+            false,
+        );
+        return s;
+    };
     match report {
         Ok(report) => {
             let stop_order: Vec<&str> = report.stopped.iter().map(|r| &*r.name).collect();

@@ -11,6 +11,7 @@ use tidewall::rate::RateLimiter;
 use tidewall::stream::{BlockingReader, LineReader, Overlong, StreamOps, Yielder};
 use tidewall_core::rng::SplitMix64;
 
+use super::bounded::{secs, within};
 use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::scenarios::Size;
@@ -46,6 +47,12 @@ const STATUS_AT: usize = 42;
 const CHUNK: usize = 1 << 20;
 /// Redraw the progress bar every this many bytes.
 const TICK: u64 = 16 * MIB;
+/// How long the reader may take to deliver one batch (a 1 MiB read and its split into
+/// lines, milliseconds even from a slow disk).
+const BATCH_LIMIT: Duration = Duration::from_secs(30);
+/// How long the sensor's batched stream and the rate-limited stream may take to end: they
+/// need about 2 s (`--quick`) or 5 s, and 0.4 s.
+const STREAM_LIMIT: Duration = Duration::from_secs(30);
 
 async fn large_log<R: Net>(rt: &R, size: Size) -> Section {
     let mut s = Section::new(
@@ -104,7 +111,18 @@ async fn measure_log<R: Net>(rt: &R, size: Size, s: &mut Section) -> anyhow::Res
     let mut lines = LineReader::new(reader, CHUNK, 64 * 1024, Overlong::Error)?;
     let mut table: Table = vec![[0; STATUSES.len()]; MINUTES];
     let (mut count, mut malformed, mut read, mut tick) = (0u64, 0u64, 0u64, TICK);
-    while let Some(batch) = lines.next_batch().await? {
+    loop {
+        let Some(next) = within(rt, BATCH_LIMIT, lines.next_batch()).await else {
+            anyhow::bail!(
+                "the reader gave no batch within {} ({} MiB of {} read)",
+                secs(BATCH_LIMIT),
+                read / MIB,
+                file_size / MIB
+            );
+        };
+        let Some(batch) = next? else {
+            break;
+        };
         read += batch.as_bytes().len() as u64;
         for line in batch.lines() {
             count += 1;
@@ -392,11 +410,17 @@ async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
     })
     .expect("a non-zero capacity");
     let start = rt.now();
-    let batches: Vec<Vec<u32>> = sensor
+    let batched = sensor
         .batch_on(rt, MAX, max_wait)
         .expect("a valid batch configuration")
-        .collect()
-        .await;
+        .collect::<Vec<Vec<u32>>>();
+    let Some(batches) = within(rt, STREAM_LIMIT, batched).await else {
+        s.check(
+            &format!("the batched stream ended within {}", secs(STREAM_LIMIT)),
+            false,
+        );
+        return s;
+    };
     let elapsed = since(rt, start);
     // A full batch was cut by size; a short one by its timer, except perhaps the last, which
     // the end of the stream may have cut.
@@ -449,8 +473,21 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
     // Pinned on the stack: `RateLimit` holds the runtime's sleep, which may not be `Unpin`.
     let mut paced = std::pin::pin!(futures_util::stream::iter(0..ITEMS).rate_limit(limiter));
     let mut arrivals = Vec::with_capacity(60);
-    while let Some(item) = paced.next().await {
-        arrivals.push((item, since(rt, start)));
+    let drained = within(rt, STREAM_LIMIT, async {
+        while let Some(item) = paced.next().await {
+            arrivals.push((item, since(rt, start)));
+        }
+    });
+    if drained.await.is_none() {
+        s.check(
+            &format!(
+                "the rate-limited stream ended within {} ({} of {ITEMS} delivered)",
+                secs(STREAM_LIMIT),
+                arrivals.len()
+            ),
+            false,
+        );
+        return s;
     }
     let elapsed = arrivals.last().map_or(Duration::ZERO, |a| a.1);
     // The 21st item is due one interval after the limiter's origin, which is no earlier than
