@@ -6,14 +6,21 @@ fn main() {
     println!("cargo:rerun-if-changed={}", lock.display());
     let text = std::fs::read_to_string(&lock).unwrap_or_default();
     let mut versions = Vec::new();
-    for name in [
+    let mut names = vec![
         "tokio",
         "smol",
         "async-std",
         "async-executor",
         "async-io",
         "async-channel",
-    ] {
+    ];
+    // monoio is a dependency on Linux only (io_uring): elsewhere the lock file lists it, but
+    // this binary is built without it.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        names.push("monoio");
+    }
+    names.extend(["embassy-executor", "embassy-time"]);
+    for name in names {
         // Every `[[package]]` entry: `name = "x"` then `version = "y"` on the next line.
         let found: Vec<&str> = text
             .split("[[package]]")

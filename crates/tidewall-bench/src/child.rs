@@ -12,7 +12,7 @@ pub(crate) struct ChildArgs {
     #[arg(long, value_enum)]
     pub(crate) workload: Workload,
     /// Worker threads (tokio-ct always runs on one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::plan::at_least_one)]
     pub(crate) threads: usize,
     /// Operations per repetition (parked tasks for the memory workload).
     #[arg(long)]

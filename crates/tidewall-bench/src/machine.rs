@@ -73,3 +73,33 @@ pub(crate) fn describe() -> Machine {
         rustc,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::runtimes::RuntimeKind;
+
+    /// Every runtime the suite measures has its crate's version in the report: the one this
+    /// binary was built with (monoio only where it is built, on Linux).
+    #[test]
+    fn every_measured_runtime_has_its_version_recorded() {
+        let versions = env!("TIDEWALL_BENCH_RUNTIME_VERSIONS");
+        for kind in RuntimeKind::ALL {
+            let name = match kind {
+                RuntimeKind::TokioMt | RuntimeKind::TokioCt => "tokio",
+                RuntimeKind::Smol => "smol",
+                RuntimeKind::AsyncStd => "async-std",
+                RuntimeKind::Monoio if !cfg!(target_os = "linux") => continue,
+                RuntimeKind::Monoio => "monoio",
+                RuntimeKind::Embassy => "embassy-executor",
+            };
+            let recorded = versions
+                .split(", ")
+                .find_map(|entry| entry.strip_prefix(&format!("{name} ")));
+            assert!(
+                recorded.is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit())),
+                "no {name} version in {versions:?}"
+            );
+        }
+        assert!(versions.contains("embassy-time "), "{versions}");
+    }
+}

@@ -85,3 +85,57 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tidewall-bench").chain(args.iter().copied()))
+    }
+
+    /// Zero rounds or threads would run something other than what was asked: refused, with
+    /// the reason, by the suite and by its children alike.
+    #[test]
+    fn zero_rounds_or_threads_are_refused() {
+        for args in [
+            &["--rounds", "0"][..],
+            &["--threads", "0"],
+            &[
+                "child",
+                "--runtime",
+                "smol",
+                "--workload",
+                "yield",
+                "--threads",
+                "0",
+                "--n",
+                "1",
+            ],
+        ] {
+            let error = parse(args).expect_err("refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains("must be at least 1"), "{error}");
+        }
+        assert!(parse(&["--rounds", "-1"]).is_err());
+        let one = parse(&["--rounds", "1", "--threads", "1"]).unwrap();
+        assert_eq!((one.run.rounds, one.run.threads), (Some(1), 1));
+        let default = parse(&[]).unwrap();
+        assert_eq!((default.run.rounds, default.run.threads), (None, 2));
+        let child = parse(&[
+            "child",
+            "--runtime",
+            "smol",
+            "--workload",
+            "yield",
+            "--threads",
+            "3",
+            "--n",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(child.command, Some(Command::Child(args)) if args.threads == 3));
+    }
+}

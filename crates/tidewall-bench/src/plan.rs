@@ -25,12 +25,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) workloads: Vec<Workload>,
     /// Times the whole suite runs, each time in fresh processes with the runtimes in a rotated
-    /// order; a row's samples come from every round (default: 1 quick, 2 full).
-    #[arg(long)]
+    /// order; a row's samples come from every round (at least 1; default: 1 quick, 2 full).
+    #[arg(long, value_parser = at_least_one)]
     pub(crate) rounds: Option<usize>,
-    /// Worker threads for every multi-threaded runtime (equal for all; tokio-ct, monoio and
-    /// embassy always run on one).
-    #[arg(long, default_value_t = 2)]
+    /// Worker threads for every multi-threaded runtime (at least 1; equal for all; tokio-ct,
+    /// monoio and embassy always run on one).
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub(crate) threads: usize,
     /// Also write the raw data (every sample) as JSON here.
     #[arg(long)]
@@ -42,6 +42,16 @@ pub(crate) struct RunArgs {
     /// (`results.json` of a report, or `--json`).
     #[arg(long)]
     pub(crate) from_json: Option<PathBuf>,
+}
+
+/// Parses a count of rounds or threads. Zero is refused, not rounded up: it would run
+/// something other than what was asked for.
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Everything one run found.
@@ -119,7 +129,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<Results> {
     };
     let machine = machine::describe();
     let anchors = anchor::measure(args.quick).context("the W0 anchor probe")?;
-    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 }).max(1);
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..rounds {
         // Each round starts with a different runtime, so none always runs first. A rotation

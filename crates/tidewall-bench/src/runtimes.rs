@@ -62,11 +62,12 @@ impl RuntimeKind {
         }
     }
 
-    /// Worker threads it runs with when `requested` are asked for.
+    /// Worker threads it runs with when `requested` (at least 1, as `--threads` enforces)
+    /// are asked for.
     pub(crate) fn threads(self, requested: usize) -> usize {
         match self {
             Self::TokioCt | Self::Monoio | Self::Embassy => 1,
-            Self::TokioMt | Self::Smol | Self::AsyncStd => requested.max(1),
+            Self::TokioMt | Self::Smol | Self::AsyncStd => requested,
         }
     }
 
