@@ -128,7 +128,9 @@ pub trait Clock: Clone + Send + Sync + 'static {
     /// [`FakeClock`](crate::testing::FakeClock)).
     fn now(&self) -> Instant;
 
-    /// Completes at `deadline` (at once if it has passed).
+    /// Completes at `deadline` (at once if it has passed). On [`Tokio`] in real time, timers
+    /// fire on whole milliseconds: at the driver's first millisecond tick at or after
+    /// `deadline`, which for a deadline that has just passed can be up to a millisecond later.
     fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
 
     /// Completes after `duration`. A duration too large to add to the clock sleeps "forever"
@@ -191,7 +193,9 @@ impl<T: Clock + Spawn> Runtime for T {}
 pub trait Signals {
     /// Starts listening for SIGINT and SIGTERM (Ctrl-C only off Unix). The handlers are in
     /// place when this returns, so a signal sent afterwards is never lost and no longer
-    /// terminates the process; the returned future completes at the first one.
+    /// terminates the process; the returned future completes at the first one. One
+    /// exception: off Unix, [`Tokio`] installs its Ctrl-C handler when the future is first
+    /// polled, so poll it (spawn it) soon.
     ///
     /// # Errors
     ///
