@@ -507,7 +507,9 @@ impl Run {
 
 /// Every strategy the report compares, by name: no limit, fixed limits set right and wrong,
 /// Tidewall's four algorithms (Netflix's defaults for three, bounds 1..=1,000; Envoy's for the
-/// windowed gradient) and tower-resilience's two (its defaults).
+/// windowed gradient) and tower-resilience's two: at its defaults (a limit of at most 100),
+/// with Tidewall's bounds (1..=1,000), and its AIMD also with its latency threshold at the
+/// goal's p99 bound (twice the service time).
 ///
 /// # Panics
 ///
@@ -562,6 +564,34 @@ pub fn strategies(scenario: &Scenario) -> Vec<(&'static str, Box<dyn Strategy>)>
             "tower-resilience Vegas",
             Box::new(Tower(
                 tower_resilience::adaptive::Vegas::builder()
+                    .build()
+                    .expect("valid"),
+            )),
+        ),
+        (
+            "tower-resilience AIMD, max 1,000",
+            Box::new(Tower(
+                tower_resilience::adaptive::Aimd::builder()
+                    .max_limit(1000)
+                    .build()
+                    .expect("valid"),
+            )),
+        ),
+        (
+            "tower-resilience AIMD, max 1,000, threshold 2L",
+            Box::new(Tower(
+                tower_resilience::adaptive::Aimd::builder()
+                    .max_limit(1000)
+                    .latency_threshold(scenario.service * 2)
+                    .build()
+                    .expect("valid"),
+            )),
+        ),
+        (
+            "tower-resilience Vegas, max 1,000",
+            Box::new(Tower(
+                tower_resilience::adaptive::Vegas::builder()
+                    .max_limit(1000)
                     .build()
                     .expect("valid"),
             )),

@@ -89,7 +89,8 @@ fn every_strategy_runs_the_short_form() {
 /// 2 s of each step (every later half second answers 95 % of what it can with a p99 of at
 /// most twice the unloaded latency), keeps 95 % of capacity under 3x, and beats both of
 /// tower-resilience's algorithms: its AIMD never settles under 3x (its p99 stays high), its
-/// Vegas under-admits.
+/// Vegas under-admits; and none of their variants (other bounds, another threshold) settles
+/// under 3x.
 #[test]
 fn the_windowed_gradient_meets_the_goal_and_beats_tower_resilience() {
     for seed in [7, 11, 20_261_205] {
@@ -119,6 +120,20 @@ fn the_windowed_gradient_meets_the_goal_and_beats_tower_resilience() {
         let vegas = run("tower-resilience Vegas");
         assert!(vegas[1].goodput < 0.95, "seed {seed}: {:?}", vegas[1]);
         assert!(windowed[1].goodput > vegas[1].goodput, "seed {seed}");
+        let peers: Vec<_> = strategies(&s)
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("tower-resilience"))
+            .collect();
+        assert_eq!(peers.len(), 5);
+        for peer in peers {
+            let phases = run(peer);
+            assert!(
+                phases[1].settle.is_none(),
+                "seed {seed}, {peer}: {:?}",
+                phases[1]
+            );
+        }
     }
 }
 
