@@ -341,11 +341,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
             (listener, None) => listener.clone(),
             (base, Some(keyed)) => {
                 let (base, keyed, key) = (base.clone(), keyed.clone(), key.clone());
+                // Both hear the change even if the first panics; its panic then goes on.
                 let both: Listener = std::sync::Arc::new(move |change: &StateChange<'_>| {
+                    let mut listeners = crate::telemetry::ListenerPanics::default();
                     if let Some(base) = &base {
-                        base(change);
+                        listeners.run(|| base(change));
                     }
-                    keyed(&key, change);
+                    listeners.run(|| keyed(&key, change));
+                    listeners.resume(|| ());
                 });
                 Some(both)
             }
