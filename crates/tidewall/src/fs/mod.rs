@@ -27,8 +27,9 @@
 //! **Symbolic links**: a `path` that is a link is replaced by a regular file (the link's
 //! target is left as it was), with the permissions of the file the link pointed to. Write to
 //! the target's own path to replace the target. The temporary file's name is the target's
-//! (at most its first 64 bytes, cut at a character boundary) with a unique suffix of at most
-//! 46 bytes, so names near the file system's limit fit.
+//! (at most its first 64 bytes, cut at a character boundary) behind a dot (hidden, as
+//! editors' are) and with a unique suffix of at most 46 bytes, so names near the file
+//! system's limit fit.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
