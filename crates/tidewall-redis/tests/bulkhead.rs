@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::gate::{Gate, Mode};
 use common::{RedisServer, answered_past_deadline, eventually};
 use tidewall::{Deadline, Rejected};
 use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
@@ -425,92 +426,17 @@ async fn an_open_breaker_does_not_let_a_held_lease_lapse() {
     eventually(async || other.try_acquire().await.ok()).await;
 }
 
-/// A TCP proxy to a server that drops what clients send during an outage, and closes each
-/// connection that lost a request at its first request after the outage (as a partition
-/// whose middlebox forgot the connection would): requests in the outage go unanswered, and
-/// none is run late. Stops taking connections when dropped.
-struct Partition {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    outage: Arc<Mutex<Option<(Instant, Instant)>>>,
-}
-
-impl Partition {
-    fn start(server: &RedisServer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, upstream) = (Arc::new(AtomicBool::new(false)), server.port());
-        let outage = Arc::new(Mutex::new(None::<(Instant, Instant)>));
-        let (stopped, window) = (Arc::clone(&stop), Arc::clone(&outage));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopped.load(Ordering::Acquire) {
-                    return;
-                }
-                let (Ok(client), Ok(server)) =
-                    (client, TcpStream::connect(("127.0.0.1", upstream)))
-                else {
-                    continue;
-                };
-                let (mut requests, mut to_server) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut replies, mut to_client) = (server, client);
-                let window = Arc::clone(&window);
-                std::thread::spawn(move || {
-                    let mut buffer = [0u8; 16 * 1024];
-                    let mut lost = false;
-                    while let Ok(n @ 1..) = requests.read(&mut buffer) {
-                        let now = Instant::now();
-                        match *window.lock().unwrap() {
-                            Some((from, until)) if (from..until).contains(&now) => lost = true,
-                            Some((_, until)) if lost && now >= until => break,
-                            _ => {
-                                if to_server.write_all(&buffer[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let _ = requests.shutdown(std::net::Shutdown::Both);
-                    let _ = to_server.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut replies, &mut to_client);
-                });
-            }
-        });
-        Self { port, stop, outage }
-    }
-
-    /// Drops every request sent from `from` until `until`.
-    fn outage(&self, from: Instant, until: Instant) {
-        *self.outage.lock().unwrap() = Some((from, until));
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wakes the accepting thread, which then sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
 /// A held lease (3 s, renewed about every second) outlives an outage that swallows two
 /// renewals in a row: the renewals that went unanswered are tried again soon, not a third of
-/// the lease later, so one lands between the outage's end (1.8 s before the lease would run
+/// the lease later, so one lands between the outage's end (0.8 s before the lease would run
 /// out) and the lease's end. Until well past that end, another replica (which reaches Redis
 /// directly) finds the limit full.
 #[tokio::test]
 async fn a_held_lease_outlives_an_outage_of_most_of_its_term() {
     let server = RedisServer::start();
-    let proxy = Partition::start(&server);
+    let gate = Gate::start(&server);
     let lease = Duration::from_secs(3);
-    let holder = RedisBulkhead::builder(&RedisConn::open(proxy.url()).unwrap(), "db", 1)
+    let holder = RedisBulkhead::builder(&RedisConn::open(gate.url()).unwrap(), "db", 1)
         .lease(lease)
         .deadline(Duration::from_millis(100))
         .when_unavailable(WhenUnavailable::Closed)
@@ -522,8 +448,10 @@ async fn a_held_lease_outlives_an_outage_of_most_of_its_term() {
     // The first renewal (about 1 s in) is answered; the next two (about 2 s and 3.1 s in)
     // are lost. Without quicker tries the fourth would come after the lease ran out
     // (about 4 s in, counted from the first renewal).
-    proxy.outage(asked + lease / 2, asked + lease * 16 / 15);
+    tokio::time::sleep_until((asked + lease / 2).into()).await;
+    gate.set(Mode::Blackhole);
     tokio::time::sleep_until((asked + lease * 16 / 15).into()).await;
+    gate.set(Mode::Pass);
     while asked.elapsed() < lease * 8 / 5 {
         assert_eq!(
             other.try_acquire().await.err(),

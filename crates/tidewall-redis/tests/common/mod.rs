@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub(crate) mod gate;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
