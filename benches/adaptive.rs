@@ -15,7 +15,7 @@
 //! `call().await` on a trivial service (current-thread tokio) through an adaptive AIMD limit of
 //! 64 that waits in `poll_ready` when full (never full here) and learns from every response:
 //! tower-resilience 0.13's `AdaptiveLimiterLayer` (a tokio semaphore, `Instant::now` twice,
-//! its algorithm under a mutex) and Tidewall's `AdmitLayer` over an `AdaptiveLimiter` in
+//! a boxed future, its AIMD an atomic update) and Tidewall's `AdmitLayer` over an `AdaptiveLimiter` in
 //! `AdmitMode::WaitReady`; and, for scale, the same `AdmitLayer` over a `Bulkhead` of 64.
 //!
 //! Run: `cargo bench -p tidewall-benches --bench adaptive`.
