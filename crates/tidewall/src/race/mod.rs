@@ -8,6 +8,10 @@
 //! request (hedging), start the second future after a sleep inside it.
 //!
 //! **Cancel safety**: dropping the race drops every contestant; nothing else is held.
+//! **Panics**: a contestant that panics in `poll` panics the race (then dropped by the caller,
+//! with every other contestant). One that panics when dropped does not stop the others from
+//! being dropped: the first such panic comes out of the race's poll, or its drop, once every
+//! contestant due to be dropped then is gone.
 //! **Fairness**: contestants are polled when woken, not in a fixed order; when several are
 //! ready in the same poll, the first one polled wins.
 //!
@@ -29,9 +33,12 @@
 //! # });
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -71,22 +78,60 @@ where
     I: IntoIterator<Item = F>,
     F: Future<Output = Result<T, E>>,
 {
-    let running: FuturesUnordered<Indexed<F>> = futures
+    let panicked = DropPanic::default();
+    let running: FuturesUnordered<Contestant<F>> = futures
         .into_iter()
         .enumerate()
-        .map(|(index, future)| Indexed { index, future })
+        .map(|(index, future)| Contestant {
+            index,
+            panicked: Arc::clone(&panicked),
+            future: Some(future),
+        })
         .collect();
     let errors = std::iter::repeat_with(|| None)
         .take(running.len())
         .collect();
-    RaceOk { running, errors }
+    RaceOk {
+        running,
+        errors,
+        panicked,
+    }
 }
+
+/// The first panic of a contestant's drop, kept until every contestant dropped with it is
+/// gone.
+type DropPanic = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
 
 /// The future returned by [`race_ok`].
 #[must_use = "futures do nothing unless polled"]
 pub struct RaceOk<F, E> {
-    running: FuturesUnordered<Indexed<F>>,
+    running: FuturesUnordered<Contestant<F>>,
     errors: Vec<Option<E>>,
+    panicked: DropPanic,
+}
+
+impl<F, E> RaceOk<F, E> {
+    /// Raises the first panic a contestant's drop caught, if any.
+    fn raise_drop_panic(&self) {
+        let panic = self
+            .panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(panic) = panic {
+            resume_unwind(panic);
+        }
+    }
+}
+
+impl<F, E> Drop for RaceOk<F, E> {
+    fn drop(&mut self) {
+        self.running.clear();
+        // Raised only outside an unwinding: a second panic would abort the process.
+        if !std::thread::panicking() {
+            self.raise_drop_panic();
+        }
+    }
 }
 
 impl<F, E> fmt::Debug for RaceOk<F, E> {
@@ -112,10 +157,14 @@ where
             return Poll::Ready(Err(RaceError::Empty));
         }
         loop {
-            match Pin::new(&mut self.running).poll_next(cx) {
+            let next = Pin::new(&mut self.running).poll_next(cx);
+            // A finished contestant is dropped by the set as it yields.
+            self.raise_drop_panic();
+            match next {
                 Poll::Ready(Some((_, Ok(value)))) => {
                     // Cancel the losers now, not whenever the race itself is dropped.
                     self.running.clear();
+                    self.raise_drop_panic();
                     return Poll::Ready(Ok(value));
                 }
                 Poll::Ready(Some((index, Err(error)))) => self.errors[index] = Some(error),
@@ -133,18 +182,39 @@ where
 }
 
 pin_project_lite::pin_project! {
-    struct Indexed<F> {
+    /// A contestant and its place in the input. Its drop never unwinds into the set that holds
+    /// the others (which would stop dropping them there and leak the rest): a panic of the
+    /// future's drop is kept in `panicked` for the race to raise.
+    struct Contestant<F> {
         index: usize,
+        panicked: DropPanic,
+        // `None` only once dropped.
         #[pin]
-        future: F,
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Contestant<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut future = this.future;
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || future.set(None))) {
+                this.panicked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(panic);
+            }
+        }
     }
 }
 
-impl<F: Future> Future for Indexed<F> {
+impl<F: Future> Future for Contestant<F> {
     type Output = (usize, F::Output);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        this.future.poll(cx).map(|output| (*this.index, output))
+        match this.future.as_pin_mut() {
+            Some(future) => future.poll(cx).map(|output| (*this.index, output)),
+            None => Poll::Pending,
+        }
     }
 }
