@@ -67,7 +67,10 @@ mod exchange;
 mod middleware;
 
 pub use classify::ReqwestClassifier;
-pub use middleware::{Resilience, rejection};
+pub use middleware::{Resilience, rejection, timed_out};
+/// The policies' crate, at the version this one is built with: configure the stack through
+/// it (`tidewall_reqwest::tidewall::breaker::CircuitBreaker`, ...) to be sure the types match.
+pub use tidewall;
 pub use tidewall::http::{ClientPolicies, Overrides};
 
 /// The workspace README's examples, compiled as doc tests (and run unless they need a server).

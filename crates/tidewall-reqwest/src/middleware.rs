@@ -105,3 +105,20 @@ pub fn rejection(error: &reqwest_middleware::Error) -> Option<Rejected> {
         reqwest_middleware::Error::Reqwest(_) => None,
     }
 }
+
+/// Whether the request's last attempt ran out of its attempt timeout (with no earlier
+/// response to return instead): neither a [`rejection`] nor reqwest's own error.
+///
+/// ```
+/// use tidewall::time::Elapsed;
+///
+/// let error = reqwest_middleware::Error::middleware(Elapsed);
+/// assert!(tidewall_reqwest::timed_out(&error));
+/// assert_eq!(tidewall_reqwest::rejection(&error), None);
+/// ```
+pub fn timed_out(error: &reqwest_middleware::Error) -> bool {
+    match error {
+        reqwest_middleware::Error::Middleware(error) => error.is::<tidewall::time::Elapsed>(),
+        reqwest_middleware::Error::Reqwest(_) => false,
+    }
+}

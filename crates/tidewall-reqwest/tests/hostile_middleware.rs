@@ -20,7 +20,9 @@ use tidewall::classify::{Classify, Verdict};
 use tidewall::http::{Authority, ClientPoliciesBuilder};
 use tidewall::time::Elapsed;
 use tidewall::{Backoff, Jitter, Rejected, RetryExt};
-use tidewall_reqwest::{ClientPolicies, Overrides, ReqwestClassifier, Resilience, rejection};
+use tidewall_reqwest::{
+    ClientPolicies, Overrides, ReqwestClassifier, Resilience, rejection, timed_out,
+};
 
 type MwError = reqwest_middleware::Error;
 type MwResult = reqwest_middleware::Result<Response>;
@@ -344,6 +346,7 @@ async fn errors_keep_reqwests_error_or_carry_the_refusal_or_the_timeout() {
     let connect = matches!(&error, MwError::Reqwest(e) if e.is_connect());
     assert!(connect, "{error:?}");
     assert_eq!(rejection(&error), None);
+    assert!(!timed_out(&error));
 
     // Every attempt times out: Error::Middleware holding Elapsed, not a rejection.
     let slow = FaultServer::start(always(Fault::Slow(Duration::from_secs(3))));
@@ -351,6 +354,7 @@ async fn errors_keep_reqwests_error_or_carry_the_refusal_or_the_timeout() {
     assert!(error.is_middleware(), "{error:?}");
     assert!(held::<Elapsed>(&error).is_some(), "{error:?}");
     assert_eq!(rejection(&error), None);
+    assert!(timed_out(&error));
     assert_eq!(slow.hits(), 3, "a timeout is retried");
 
     // The breaker counted the three timeouts: the next call is refused without a hit.

@@ -42,8 +42,9 @@ use crate::sync::Arc;
 ///    authority** (waited for within the deadline);
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
 ///
-/// Every stage is configurable on the [builder](ClientPoliciesBuilder), and per request with
-/// [`Overrides`]. An authority is scheme, host and port ([`Authority`]). Each per-authority
+/// Every stage is configurable on the [builder](ClientPoliciesBuilder). Per request,
+/// [`Overrides`] changes the deadline, the attempt timeout, the number of attempts and whether
+/// the request may be sent again; the per-authority stages stay as built. An authority is scheme, host and port ([`Authority`]). Each per-authority
 /// table tracks at most `max_authorities` (default 10,000) at once and forgets an authority
 /// only when no call of its is in flight there and, for the breakers, its breaker is closed
 /// with a window empty or untouched for the breaker's `idle_ttl`
