@@ -1544,7 +1544,8 @@ use hints::{Api, Limits, Order};
 #[tokio::test(start_paused = true)]
 async fn hints_stack_in_either_order_on_every_front() {
     use Order::{ClosureOutside, ErrorsOutside};
-    let cases: [(&str, hints::HintFn, Result<u32, Api>, [u64; 2]); 6] = [
+    type Case = (&'static str, hints::HintFn, Result<u32, Api>, [u64; 2]);
+    let cases: [Case; 6] = [
         (
             "an error without a hint",
             hints::full,
@@ -1579,8 +1580,14 @@ async fn hints_stack_in_either_order_on_every_front() {
                 (ClosureOutside, closure_outside),
                 (ErrorsOutside, errors_outside),
             ] {
-                let (starts, ok) =
-                    hints::run(front, order, hint, Limits::default(), &[first.clone()]).await;
+                let (starts, ok) = hints::run(
+                    front,
+                    order,
+                    hint,
+                    Limits::default(),
+                    std::slice::from_ref(&first),
+                )
+                .await;
                 if starts != [Duration::ZERO, ms(wait)] || !ok {
                     problems.push(format!(
                         "{front}, {order:?}, {what}: attempts at {starts:?} (ok: {ok}), expected [0, {wait} ms]"
@@ -1613,8 +1620,14 @@ async fn caps_and_deadlines_apply_to_the_fallback_hint_in_either_order() {
     for front in hints::FRONTS {
         for order in [ClosureOutside, ErrorsOutside] {
             for first in [Err(Api::Plain), Ok(503), Err(Api::Throttled(ms(400)))] {
-                let (starts, _) =
-                    hints::run(front, order, hints::full, capped, &[first.clone()]).await;
+                let (starts, _) = hints::run(
+                    front,
+                    order,
+                    hints::full,
+                    capped,
+                    std::slice::from_ref(&first),
+                )
+                .await;
                 if starts != [Duration::ZERO, ms(150)] {
                     problems.push(format!(
                         "{front}, {order:?}, {first:?} capped at 150 ms: attempts at {starts:?}"
@@ -1627,7 +1640,8 @@ async fn caps_and_deadlines_apply_to_the_fallback_hint_in_either_order() {
                 (hints::partial, Err(Api::Throttled(Duration::from_secs(10)))),
             ] {
                 let start = tokio::time::Instant::now();
-                let (starts, ok) = hints::run(front, order, hint, tight, &[first.clone()]).await;
+                let (starts, ok) =
+                    hints::run(front, order, hint, tight, std::slice::from_ref(&first)).await;
                 // "an `Ok` value judged a failure is still returned as `Ok` when no retry
                 // follows it" (module docs): the value comes back; an error stays one.
                 if starts != [Duration::ZERO]
@@ -2379,8 +2393,8 @@ async fn write_atomic_keeps_modes<R: tidewall::rt::Runtime>(rt: tidewall::testin
         assert_eq!(atomic::mode(&path), 0o4700);
     }
     let mut last = b"two".to_vec();
-    for polls in 1..=3 {
-        let new = vec![b'0' + polls as u8; 256 * 1024];
+    for polls in 1..=3_u8 {
+        let new = vec![b'0' + polls; 256 * 1024];
         {
             let mut write = std::pin::pin!(tidewall::fs::write_atomic(&rt, &path, new.clone()));
             for _ in 0..polls {
