@@ -6,13 +6,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 
+use crate::rt::caught::Caught;
 use crate::rt::{JoinError, Panic};
 
 /// One finished task.
@@ -115,9 +114,12 @@ impl<O> Drop for Reporter<O> {
     }
 }
 
-/// The task body: runs `work`, catching a panic, and reports exactly once. The guard is made
-/// here, before the task is spawned, and moves into the body: a runtime that drops the task
-/// before its first poll drops the guard with it, which reports `Err(Cancelled)`.
+/// The task body: runs `work`, catching a panic, and reports exactly once. `work` is dropped
+/// inside the poll that finishes it, under the same panic guard: one that returns and then
+/// panics in its `Drop` reports `Panicked` with that payload, as on every runtime, not an
+/// unwind through the guard (which would read `Cancelled`). The guard is made here, before
+/// the task is spawned, and moves into the body: a runtime that drops the task before it
+/// finishes drops the guard with it, which reports `Err(Cancelled)`.
 pub(super) fn report_to<F: Future>(
     completions: Arc<Completions<F::Output>>,
     sequence: u64,
@@ -131,7 +133,7 @@ pub(super) fn report_to<F: Future>(
         armed: true,
     };
     async move {
-        let outcome = AssertUnwindSafe(work).catch_unwind().await;
+        let outcome = Caught::new(work).await;
         reporter.report(outcome.map_err(|payload| JoinError::Panicked(Panic::new(payload))));
     }
 }

@@ -10,7 +10,8 @@ use crate::rt::JoinError;
 pub enum FanOutError<E> {
     /// The work returned this error.
     Inner(E),
-    /// A task panicked or was cancelled by its runtime.
+    /// A task panicked (in a poll, or in its future's `Drop` after it returned: then with
+    /// that payload) or was cancelled by its runtime.
     Task(JoinError),
 }
 

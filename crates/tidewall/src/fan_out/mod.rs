@@ -14,13 +14,15 @@
 //! * **Ordered or not**: [`FanOut::ordered`] delivers in input order (a slow head holds later
 //!   results, within the bound); the default delivers in completion order.
 //! * **Collect-all or fail-fast**: [`FanOut::run`] delivers every outcome, panics included as
-//!   values; [`FanOut::try_run`] stops at the first error or panic, aborts the tasks still
-//!   running, takes no further input and ends after yielding that error. It takes no input
-//!   once an error or panic has been reported by its task (checked before each input it
-//!   takes), and aborts as soon as the stream is polled after that report, without waiting
-//!   for the consumer to reach the error: every task still running, or for an
-//!   [ordered](FanOut::ordered) fan-out, the tasks of later inputs (the earlier ones run on,
-//!   and their results are yielded before the error).
+//!   values (a task whose future returned and then panicked in its `Drop` reads
+//!   `Err(JoinError::Panicked)` with that payload, its value dropped, as the same future
+//!   spawned on the runtime does); [`FanOut::try_run`] stops at the first error or panic,
+//!   aborts the tasks still running, takes no further input and ends after yielding that
+//!   error. It takes no input once an error or panic has been reported by its task (checked
+//!   before each input it takes), and aborts as soon as the stream is polled after that
+//!   report, without waiting for the consumer to reach the error: every task still running,
+//!   or for an [ordered](FanOut::ordered) fan-out, the tasks of later inputs (the earlier
+//!   ones run on, and their results are yielded before the error).
 //! * **!Send work**: [`FanOut::run_local`] runs the futures inside the consuming task instead
 //!   (no spawning). Caveat: like `buffer_unordered`, that work advances *only while the stream
 //!   is polled*; do not hold locks or permits across a slow consumer with it.
@@ -126,7 +128,9 @@ impl<R: Runtime> FanOut<R> {
     }
 
     /// Spawns `f(input)` for every input of the stream; yields each outcome, with a panic or
-    /// a runtime cancellation as [`JoinError`](crate::rt::JoinError).
+    /// a runtime cancellation as [`JoinError`](crate::rt::JoinError). A panic in the future's
+    /// `Drop` after it returned is its panic: `Err(JoinError::Panicked)` with that payload
+    /// (the value is dropped), as when the same future is spawned on the runtime.
     pub fn run<S, F, Fut>(self, inputs: S, f: F) -> FanOutStream<R, S, F, Fut::Output>
     where
         S: Stream,
@@ -155,7 +159,9 @@ impl<R: Runtime> FanOut<R> {
 
     /// Fail-fast: like [`FanOut::run`] for fallible work, but the first error or panic aborts
     /// the running tasks whose results would come after it (at the first poll that sees it)
-    /// and ends the stream after it is yielded.
+    /// and ends the stream after it is yielded. A panic in a future's `Drop` after it returned
+    /// `Ok` or `Err` is such a panic: [`FanOutError::Task`] with
+    /// [`JoinError::Panicked`](crate::rt::JoinError::Panicked) and that payload.
     pub fn try_run<S, F, Fut, T, E>(self, inputs: S, f: F) -> TryFanOutStream<R, S, F, T, E>
     where
         S: Stream,

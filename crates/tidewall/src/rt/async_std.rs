@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures_util::future::AbortHandle;
 
 use super::catching::{catching, catching_blocking};
-use super::drop_when_done::Output;
+use super::caught::Output;
 use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto async-std's global executor. **Legacy**: async-std is discontinued upstream;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::{AbortHandle, Abortable, Aborted};
 
-use super::drop_when_done::{Output, poll_then_drop};
+use super::caught::{Caught, Output};
 use super::{JoinError, Panic};
 
 /// Wraps `future` so that a panic becomes [`JoinError::Panicked`] and an abort through the
@@ -20,7 +20,7 @@ pub(super) fn catching<F: Future>(future: F) -> (Catching<F>, AbortHandle) {
     let (handle, registration) = AbortHandle::new_pair();
     (
         Catching {
-            future: Some(Box::pin(Abortable::new(future, registration))),
+            future: Box::pin(Caught::new(Abortable::new(future, registration))),
         },
         handle,
     )
@@ -35,42 +35,25 @@ pub(super) fn catching_blocking<T>(work: impl FnOnce() -> T) -> Output<T> {
 
 /// The wrapped task future. Boxed once at spawn (the executor boxes the task anyway).
 ///
-/// It drops the inner future itself, inside the same panic guard as the poll, as soon as the
-/// future is done (ready, aborted, or panicked), as tokio does:
-/// * a panic while dropping an aborted future makes the task [`JoinError::Panicked`] with that
-///   payload, not `Cancelled`;
-/// * a panic while dropping a future that returned `Ready` makes it `Panicked` too (the value
-///   is dropped);
-/// * a future that panicked in `poll` is dropped while that panic unwinds, and the task is
-///   `Panicked` with the poll's payload.
-///
-/// A future the executor drops unfinished (its executor was dropped) is dropped in
-/// [`Drop`], where a panic is caught and ignored: the handle then reads `Cancelled`, since
-/// async-task leaves no way to hand it a result.
+/// Its [`Caught`] drops the inner future inside the poll's panic guard as soon as it is done,
+/// as tokio does: a panic while dropping an aborted future, or one that returned, makes the
+/// task [`JoinError::Panicked`] with that payload. A future the executor drops unfinished (its
+/// executor was dropped) is dropped with a panic of its `Drop` ignored: the handle then reads
+/// `Cancelled`, since async-task leaves no way to hand it a result.
 pub(super) struct Catching<F: Future> {
-    /// `None` once the future is done.
-    future: Option<Pin<Box<Abortable<F>>>>,
+    future: Pin<Box<Caught<Abortable<F>>>>,
 }
 
 impl<F: Future> Future for Catching<F> {
     type Output = Output<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let slot = &mut self.future;
-        let polled = catch_unwind(AssertUnwindSafe(|| poll_then_drop(slot, cx)));
-        Poll::Ready(Output::new(match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(value))) => Ok(value),
-            Ok(Poll::Ready(Err(Aborted))) => Err(JoinError::Cancelled),
-            Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
-        }))
-    }
-}
-
-impl<F: Future> Drop for Catching<F> {
-    fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(future)));
-        }
+        self.future.as_mut().poll(cx).map(|caught| {
+            Output::new(match caught {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(Aborted)) => Err(JoinError::Cancelled),
+                Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
+            })
+        })
     }
 }

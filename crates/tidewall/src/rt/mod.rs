@@ -46,8 +46,7 @@
 mod async_std;
 #[cfg(any(feature = "smol", feature = "async-std"))]
 mod catching;
-#[cfg(any(feature = "smol", feature = "async-std", feature = "test-util"))]
-pub(crate) mod drop_when_done;
+pub(crate) mod caught;
 mod join;
 mod signal;
 #[cfg(feature = "smol")]

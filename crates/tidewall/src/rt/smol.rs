@@ -11,7 +11,7 @@ use futures_util::future::AbortHandle;
 use tidewall_core::ConfigError;
 
 use super::catching::{catching, catching_blocking};
-use super::drop_when_done::Output;
+use super::caught::Output;
 use super::{Clock, JoinError, Signals, Spawn, TaskHandle};
 
 /// Spawns onto an explicit [`smol::Executor`]; timers come from `async-io`.

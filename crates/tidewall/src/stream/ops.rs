@@ -163,7 +163,8 @@ pub trait StreamOps: Stream + Sized {
 
     /// Maps every item through `f` on spawned tasks, at most `limit` at a time, delivering in
     /// input order. Work keeps running while the consumer is busy; the source is pulled only
-    /// when a slot is free; a panic arrives as `Err(JoinError::Panicked)`. See
+    /// when a slot is free; a panic arrives as `Err(JoinError::Panicked)`, also one in the
+    /// future's `Drop` after it returned (with that payload; the value is dropped). See
     /// [`FanOut`](crate::fan_out::FanOut) for the full contract.
     ///
     /// # Errors

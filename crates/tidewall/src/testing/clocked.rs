@@ -12,7 +12,7 @@ use futures_channel::oneshot;
 
 use super::clock::{FakeClock, FakeSleep};
 use super::tracked::{AbortMark, Activity, MainWaker, Tracked};
-use crate::rt::drop_when_done::Output;
+use crate::rt::caught::Output;
 use crate::rt::{Clock, JoinError, Panic, Runtime, Signals, Spawn, TaskHandle};
 
 /// Any runtime `R`, with virtual time. Tasks run on `R`'s executor; time comes from a shared

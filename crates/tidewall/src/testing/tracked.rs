@@ -7,7 +7,6 @@
 //! other way.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_channel::oneshot;
 
-use crate::rt::drop_when_done::{Output, poll_then_drop};
+use crate::rt::caught::{Caught, Output};
 use crate::rt::{JoinError, Panic};
 
 const IDLE: u8 = 0;
@@ -154,8 +153,9 @@ impl std::fmt::Debug for AbortMark {
 /// reports itself idle, so the receiver is marked active first and time cannot slip between.
 pub(super) struct Tracked<F: Future> {
     // Dropped before the output is sent (or the sender dropped), so a joined or aborted
-    // task's destructors have run by the time its handle resolves, as on tokio.
-    future: Option<Pin<Box<F>>>,
+    // task's destructors have run by the time its handle resolves, as on tokio. `None` once
+    // done.
+    future: Option<Pin<Box<Caught<F>>>>,
     waker: Arc<TaskWaker>,
     output: Option<oneshot::Sender<Output<F::Output>>>,
 }
@@ -176,7 +176,7 @@ impl<F: Future> Tracked<F> {
         let mark = AbortMark(Arc::clone(&waker));
         (
             Self {
-                future: Some(Box::pin(future)),
+                future: Some(Box::pin(Caught::new(future))),
                 waker,
                 output: Some(tx),
             },
@@ -209,12 +209,11 @@ impl<F: Future> Future for Tracked<F> {
             this.waker.activity.enter();
         }
         let waker = Waker::from(Arc::clone(&this.waker));
-        let slot = &mut this.future;
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            poll_then_drop(slot, &mut Context::from_waker(&waker))
-        }));
-        let output = match polled {
-            Ok(Poll::Pending) => {
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready(());
+        };
+        let output = match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => {
                 if this
                     .waker
                     .state
@@ -226,9 +225,10 @@ impl<F: Future> Future for Tracked<F> {
                 // Otherwise it was woken during the poll: it stays active until polled again.
                 return Poll::Pending;
             }
-            Ok(Poll::Ready(value)) => Ok(value),
-            Err(payload) => Err(JoinError::Panicked(Panic::new(payload))),
+            Poll::Ready(Ok(value)) => Ok(value),
+            Poll::Ready(Err(payload)) => Err(JoinError::Panicked(Panic::new(payload))),
         };
+        this.future = None;
         if let Some(tx) = this.output.take() {
             // Unread (the handle is gone), it is dropped here: `Output` ignores a panic of
             // its `Drop`, as tokio does, so `finish` still runs.
@@ -259,7 +259,7 @@ impl<F: Future> Drop for Tracked<F> {
         let dropped = self
             .future
             .take()
-            .map(|future| std::panic::catch_unwind(AssertUnwindSafe(|| drop(future))));
+            .map(|mut future| future.as_mut().drop_future());
         if let Some(tx) = self.output.take()
             && let Some(Err(payload)) = dropped
         {

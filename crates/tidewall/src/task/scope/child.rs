@@ -8,17 +8,15 @@
 //! poll never registers anything.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use futures_util::FutureExt as _;
-use futures_util::future::CatchUnwind;
 use pin_project_lite::pin_project;
 
 use super::engine::{Children, Core, State};
+use crate::rt::caught::Caught;
 use crate::rt::{Panic, Runtime};
 use crate::task::Exit;
 
@@ -178,13 +176,14 @@ impl<T, E, R: Runtime> Drop for ChildGuard<T, E, R> {
 }
 
 pin_project! {
-    /// The future a child's task runs: the child's own future with panics caught, dropped
-    /// (and reported aborted) when the scope aborts.
+    /// The future a child's task runs: the child's own future with its panics caught, in a
+    /// poll or in its `Drop` once it has returned (then it reads `Panicked`, not `Ok`), and
+    /// dropped (and reported aborted) when the scope aborts.
     pub(super) struct Child<F, T, E, R: Runtime> {
         // Declared before the guard: fields drop in order, so when the runtime drops the task
         // the child's own destructors have run before it is reported aborted.
         #[pin]
-        future: Option<CatchUnwind<AssertUnwindSafe<F>>>,
+        future: Caught<F>,
         guard: ChildGuard<T, E, R>,
         // The waker registered for aborts, to register again only when it changes.
         registered: Option<Waker>,
@@ -198,7 +197,7 @@ where
 {
     pub(super) fn new(shared: Arc<Shared<T, E, R>>, id: u64, future: F) -> Self {
         Self {
-            future: Some(AssertUnwindSafe(future).catch_unwind()),
+            future: Caught::new(future),
             guard: ChildGuard {
                 shared,
                 id,
@@ -223,11 +222,7 @@ where
             return Poll::Ready(());
         }
         if !this.guard.shared.aborting.load(Ordering::Acquire) {
-            let Some(future) = this.future.as_mut().as_pin_mut() else {
-                return Poll::Ready(());
-            };
-            if let Poll::Ready(caught) = future.poll(cx) {
-                this.future.set(None);
+            if let Poll::Ready(caught) = this.future.as_mut().poll(cx) {
                 this.guard.finish(crate::task::caught(caught));
                 return Poll::Ready(());
             }
@@ -250,8 +245,9 @@ where
             }
             drop(state);
         }
-        // Aborted: drop the child's future first (its destructors run now), then report.
-        this.future.set(None);
+        // Aborted: drop the child's future first (its destructors run now), then report. The
+        // abort is what ended it, so a panic in its `Drop` is not reported (see `ChildReport`).
+        let _ = this.future.drop_future();
         this.guard.finish(Exit::Aborted);
         Poll::Ready(())
     }

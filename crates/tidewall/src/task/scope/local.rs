@@ -2,19 +2,19 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::panic::AssertUnwindSafe;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use super::builder::ScopeBuilder;
 use super::close::{self, Front};
 use super::engine::{Children, Core, State};
 use super::report::{ChildId, ChildReport, ScopeReport, SpawnError};
+use crate::rt::caught::Caught;
 use crate::rt::{DefaultRuntime, Panic, Runtime};
 use crate::task::{CancellationToken, Exit, Reason, caught};
 
@@ -55,8 +55,9 @@ pub(super) type LocalCore<T, E, R> = Core<R, RefCell<State<T, E, LocalChildren<T
 /// So it needs no `LocalSet` and works the same inside a tokio `LocalSet` or local runtime,
 /// a smol `LocalExecutor`, or a plain `block_on` — and children make progress only while the
 /// owner awaits one of those (as with `FuturesUnordered`). "Aborting" a child drops its
-/// future. [`LocalSpawner`]s (cloneable, usable from inside children) queue children for the
-/// owner to drive.
+/// future; a panic in its `Drop` then is caught, as a runtime catches a task's, and never
+/// reaches the owner. [`LocalSpawner`]s (cloneable, usable from inside children) queue
+/// children for the owner to drive.
 ///
 /// ```
 /// use std::rc::Rc;
@@ -177,7 +178,7 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
         let driver = {
             let mut state = self.shared.state();
             state.children.incoming.push(Box::pin(async move {
-                (id, caught(AssertUnwindSafe(future).catch_unwind().await))
+                (id, caught(Caught::new(future).await))
             }));
             state.children.driver.take()
         };
@@ -352,7 +353,17 @@ impl<T, E, R> Drop for LocalScope<T, E, R> {
             state.closed = true;
             std::mem::take(&mut state.children.incoming)
         };
-        drop(queued);
+        drop_each(std::mem::take(&mut self.set));
+        drop_each(queued);
+    }
+}
+
+/// Drops children one by one, each in its own panic guard, as a runtime drops aborted tasks:
+/// a panic in one's `Drop` neither reaches the owner (which may be unwinding already) nor
+/// leaves its siblings undropped.
+fn drop_each<T, E>(children: impl IntoIterator<Item = LocalChild<T, E>>) {
+    for child in children {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(child)));
     }
 }
 
@@ -374,9 +385,10 @@ impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
         Self::drive(self, cx);
     }
 
-    /// Drops every child still running, recording each as aborted.
+    /// Drops every child still running, recording each as aborted (a panic in a child's
+    /// `Drop` is caught and ignored: the abort is what ended it).
     fn abort_all(&mut self) {
-        self.set.clear();
+        drop_each(std::mem::take(&mut self.set));
         let queued = {
             let mut state = self.shared.state();
             let now = self.shared.rt.now();
@@ -390,7 +402,7 @@ impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
             std::mem::take(&mut state.children.incoming)
         };
         // Dropped after the borrow ends, as in `Drop`: their destructors may use a spawner.
-        drop(queued);
+        drop_each(queued);
     }
 
     fn set_closed(&mut self) {

@@ -38,6 +38,11 @@ pub struct ChildReport<T, E> {
     /// What it returned (`Ok`, `Err`), its panic with the payload, or [`Exit::Aborted`]:
     /// it ignored the scope's cancellation past the grace period and was aborted (dropped),
     /// or its task was dropped unfinished (its runtime shut down).
+    ///
+    /// A panic in the child's `Drop` right after it returned is its panic: it reads
+    /// `Panicked` with that payload, and what it returned is dropped. A child that was
+    /// aborted (or whose task was dropped unfinished) reads `Aborted` even if its `Drop`
+    /// panics.
     pub exit: Exit<T, E, Panic>,
     /// Whether it ended on its own ([`Ending::Finished`]), after the scope was cancelled,
     /// within the grace period ([`Ending::Stopped`]), or by abort ([`Ending::Aborted`]).
@@ -70,7 +75,7 @@ pub struct ScopeReport<T, E> {
     pub succeeded: u64,
     /// Children that returned `Err`.
     pub failed: u64,
-    /// Children that panicked.
+    /// Children that panicked (also in their `Drop` after they returned).
     pub panicked: u64,
     /// Children aborted after the grace period, or lost by their runtime (it shut down).
     pub aborted: u64,

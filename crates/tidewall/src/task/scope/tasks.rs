@@ -24,7 +24,10 @@ use crate::task::{CancellationToken, Reason};
 ///   report is kept, and [`discard_ok`](ScopeBuilder::discard_ok) drops successful ones too.
 /// * **Failures**: with [`FailurePolicy::FailFast`](super::FailurePolicy::FailFast) the first
 ///   `Err` or panic cancels the scope's [`token`](Self::token) with a reason naming the child;
-///   with `CollectAll` the siblings go on. A panic is caught and reported as a value.
+///   with `CollectAll` the siblings go on. A panic is caught and reported as a value, also
+///   one in the child's `Drop` after it returned: that child reads `Exit::Panicked` with the
+///   payload (what it returned is dropped), as the same future spawned on the runtime reads
+///   [`JoinError::Panicked`](crate::rt::JoinError::Panicked).
 /// * **Closing**: [`join`](Self::join) waits for every child, including those that children
 ///   spawn meanwhile, and closes the scope to new spawns once the last one has ended;
 ///   [`shutdown`](Self::shutdown) cancels with a reason, gives the children a grace period,
