@@ -12,10 +12,13 @@
 //! | a supervisor's [`SupervisorEvent`](super::supervisor::SupervisorEvent)s | `Exited { exit, .. }`, `Stopped { exit, .. }` | `Stopped { ending, .. }` |
 //! | [`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped), [`ShutdownReport::components`](super::shutdown::ShutdownReport::components) | [`TaskReport::exit`] | [`TaskReport::ending`] |
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::rt::JoinError;
+use crate::rt::{JoinError, JoinHandle, Runtime};
 use crate::task::supervisor::ChildError;
 
 /// How a task's future ended.
@@ -59,7 +62,9 @@ pub enum Exit<T = (), E = String, P = String> {
     /// It was stopped before it ended: aborted when its grace period, shutdown timeout or
     /// drain deadline ran out, or lost by its runtime (its task dropped unfinished). A pool
     /// job also reads `Aborted` when the pool shut down before it started: the job itself is
-    /// then in [`PoolReport::handed_back`](super::pool::PoolReport::handed_back).
+    /// then in [`PoolReport::handed_back`](super::pool::PoolReport::handed_back). One that
+    /// panicked as the abort dropped it (a local whose `Drop` panics) reads `Aborted` too: the
+    /// abort ended it.
     Aborted,
 }
 
@@ -107,14 +112,15 @@ pub enum Ending {
     Finished,
     /// It ended after it was told to stop, within its grace period (a scope's grace, a
     /// supervisor child's shutdown timeout, a shutdown component's timeout or deadline).
-    /// One that ended on its own after the stop, or just as the abort came, reads `Stopped`
-    /// too.
+    /// One that ended on its own after the stop, or returned just as the abort came (too late
+    /// for the abort to take effect), reads `Stopped` too.
     Stopped {
         /// From the stop to its end.
         took: Duration,
     },
     /// It was still running when its grace period ended, and was aborted; or (with `took`
-    /// zero) its task was lost by its runtime before it was told to stop.
+    /// zero) its task was lost by its runtime before it was told to stop. Its exit is
+    /// [`Exit::Aborted`].
     Aborted {
         /// From the stop to the completed abort.
         took: Duration,
@@ -187,12 +193,27 @@ pub(crate) fn caught<T, E>(
     }
 }
 
-/// How a task that was just aborted ended: one that finished (or panicked) as the abort came
-/// reports what it did, within its time; otherwise it was aborted.
+/// How a task that a pattern has just aborted ended, once its handle has resolved.
+///
+/// Only a task that returned before the abort could take effect reads what it returned, with
+/// `Ending::Stopped`: the abort did not end it. Any other end is the abort's, `Exit::Aborted`
+/// and `Ending::Aborted` (counted as aborted by the shutdown): a panic out of the task as it
+/// was aborted (its drop's, which the [`Spawn`](crate::rt::Spawn) contract reports as
+/// `Panicked`) included, as the scope and the pool report it.
 pub(crate) fn after_abort(result: Result<Exit, JoinError>, took: Duration) -> (Exit, Ending) {
     match result {
-        Ok(_) | Err(JoinError::Panicked(_)) => (exit_of(result), Ending::Stopped { took }),
+        Ok(exit) => (exit, Ending::Stopped { took }),
         Err(_) => (Exit::Aborted, Ending::Aborted { took }),
+    }
+}
+
+/// The exit of a task whose handle has already resolved, without waiting: to tell one that
+/// had ended before a `brutal_kill` from one the abort ends.
+pub(crate) fn ended_already<R: Runtime>(handle: &mut JoinHandle<R, Exit>) -> Option<Exit> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(handle).poll(&mut cx) {
+        Poll::Ready(result) => Some(exit_of(result)),
+        Poll::Pending => None,
     }
 }
 

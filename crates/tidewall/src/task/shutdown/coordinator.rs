@@ -15,8 +15,8 @@ use crate::rt::{
     instant_after,
 };
 use crate::task::{
-    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit_from, exit_of, lost_or,
-    supervisor::ChildError,
+    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit::ended_already,
+    exit_from, exit_of, lost_or, supervisor::ChildError,
 };
 
 struct Component<R: Runtime> {
@@ -589,13 +589,4 @@ enum Waited {
     Exited(Exit),
     TimedOut,
     Forced,
-}
-
-/// The exit of a component whose task has already ended, without waiting.
-fn ended_already<R: Runtime>(handle: &mut JoinHandle<R, Exit>) -> Option<Exit> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(handle).poll(&mut cx) {
-        Poll::Ready(result) => Some(exit_of(result)),
-        Poll::Pending => None,
-    }
 }

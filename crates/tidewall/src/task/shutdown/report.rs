@@ -58,7 +58,8 @@ impl fmt::Display for Cause {
 ///   was cancelled and it ended, `took` after the cancel. One that ended on its own during
 ///   the shutdown, before its turn came, reads `Stopped` with a `took` of about zero.
 /// * [`Ending::Aborted`]: it was still running when its own timeout, the global deadline or
-///   a second signal came, and was aborted; its exit is [`Exit::Aborted`]. Or, with a
+///   a second signal came, and was aborted; its exit is [`Exit::Aborted`] (also when it
+///   panicked as the abort dropped it). Or, with a
 ///   `took` of zero, its task was lost by its runtime before its turn (before or during the
 ///   shutdown): the shutdown aborted nothing, and [`is_clean`](Self::is_clean) says so.
 ///
@@ -98,14 +99,14 @@ pub struct ShutdownReport {
     pub deadline_exceeded: bool,
     /// Whether a second signal cut the shutdown short (everything left was aborted).
     pub forced: bool,
-    /// How many components the shutdown itself aborted: a lost one reads
-    /// [`Ending::Aborted`] too, and is not among them.
+    /// How many components the shutdown itself aborted, whether or not their drops then
+    /// panicked: a lost one reads [`Ending::Aborted`] too, and is not among them.
     pub(super) aborted: usize,
 }
 
 impl ShutdownReport {
     /// Whether the shutdown aborted no component (one that failed, panicked or was lost on
-    /// its own still counts as clean).
+    /// its own still counts as clean; one that panicked as the shutdown aborted it does not).
     pub fn is_clean(&self) -> bool {
         self.aborted == 0
     }

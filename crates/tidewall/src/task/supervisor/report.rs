@@ -41,10 +41,12 @@ pub enum SupervisorEvent {
     Stopped {
         /// The child.
         child: Arc<str>,
-        /// How its future ended: [`Exit::Aborted`] when it was aborted.
+        /// How its future ended: [`Exit::Aborted`] when it was aborted (also when it
+        /// panicked as the abort dropped it).
         exit: Exit,
         /// [`Ending::Stopped`] when it ended within its shutdown timeout,
-        /// [`Ending::Aborted`] when it was aborted; `took` counts from the cancel.
+        /// [`Ending::Aborted`] when it was aborted (whatever its exit); `took` counts from the
+        /// cancel.
         ending: Ending,
     },
     /// The restart intensity was exceeded: the supervisor stops its children and fails.
@@ -81,7 +83,8 @@ pub struct SupervisorReport {
     /// The children it stopped at the end, in the order stopped (reverse of the order they
     /// were added, whatever restarts happened): each one's exit, and [`Ending::Stopped`] (it
     /// ended within its shutdown timeout, `took` counted from the cancel) or
-    /// [`Ending::Aborted`] (it was aborted).
+    /// [`Ending::Aborted`] (it was aborted: its exit is [`Exit::Aborted`], also when it
+    /// panicked as the abort dropped it).
     pub stopped: Vec<TaskReport>,
 }
 

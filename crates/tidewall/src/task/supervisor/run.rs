@@ -16,8 +16,8 @@ use super::report::{Ended, Escalation, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildSpec, Restart};
 use crate::rt::{JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::{
-    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, exit_from, exit_of,
-    lost_or,
+    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, exit::ended_already,
+    exit_from, exit_of, lost_or,
 };
 
 struct Running<R: Runtime> {
@@ -410,10 +410,14 @@ impl<R: Runtime> Supervisor<R> {
         let in_time = if timeout.is_zero() {
             // OTP's `brutal_kill`: aborted before the token is cancelled, so the child gets no
             // chance to see the stop and end on its own first. (The token is still cancelled,
-            // for whatever the child shared it with.)
-            running.handle.abort();
+            // for whatever the child shared it with.) One that had already ended, unseen, is
+            // not aborted: a panic of its own must not read as the abort's.
+            let ended = ended_already::<R>(&mut running.handle);
+            if ended.is_none() {
+                running.handle.abort();
+            }
             running.stop.cancel(reason);
-            None
+            ended
         } else {
             running.stop.cancel(reason);
             let deadline = instant_after(cancelled_at, timeout);
