@@ -24,23 +24,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "common/every_adapter.rs"]
+mod every_adapter;
 
-use std::any::Any;
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::mpsc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
+use every_adapter::{Run, clocked, on_each, raw, still_runs_tasks};
 use futures_channel::oneshot;
-use tidewall::rt::{AsyncStd, JoinError, Runtime, SmolRuntime, Spawn, TaskHandle, Tokio};
-use tidewall::testing::Clocked;
-
-/// How long an adapter may run before the test calls it hung. Every scenario takes
-/// milliseconds; the bound only turns a hang into a failure.
-const HANG: Duration = Duration::from_secs(20);
+use tidewall::rt::{JoinError, Runtime, SmolRuntime, Spawn, TaskHandle};
 
 /// Panics with `message` when dropped, unless a panic is already unwinding; first tells
 /// `dropped` whether one was.
@@ -104,12 +97,6 @@ impl Future for PanicsInPoll {
 
 fn panicked_with(joined: &Result<impl Sized, JoinError>, message: &str) -> bool {
     matches!(joined, Err(JoinError::Panicked(p)) if p.message() == Some(message))
-}
-
-/// The runtime still runs tasks: on a smol runtime with one worker thread, that thread
-/// survived.
-async fn still_runs_tasks<R: Runtime>(rt: &R) {
-    assert_eq!(rt.spawn(async { 7 }).await.unwrap(), 7, "a later task");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,171 +190,6 @@ async fn handle_dropped_after_output<R: Runtime>(rt: R) {
     drop(task);
     assert!(!dropped.await.unwrap(), "the output was dropped");
     still_runs_tasks(&rt).await;
-}
-
-/// Under `Clocked`: virtual time still moves, so no task was left counted active.
-async fn time_still_moves<R: Runtime>(rt: &R) {
-    let start = rt.now();
-    rt.sleep(Duration::from_secs(1)).await;
-    assert_eq!(rt.now() - start, Duration::from_secs(1));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running a scenario on every adapter
-// ---------------------------------------------------------------------------------------------
-
-type Run = Box<dyn FnOnce() + Send>;
-
-fn tokio_multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn tokio_current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// `$scenario` on each raw adapter. Smol gets one worker thread, so that a worker killed by
-/// an escaped panic leaves none to run the next task.
-macro_rules! raw {
-    ($scenario:path) => {
-        vec![
-            (
-                "Tokio (multi-thread)",
-                Box::new(|| tokio_multi_thread().block_on($scenario(Tokio))) as Run,
-            ),
-            (
-                "Tokio (current-thread)",
-                Box::new(|| tokio_current_thread().block_on($scenario(Tokio))),
-            ),
-            (
-                "Smol (one worker thread)",
-                Box::new(|| {
-                    let runtime = SmolRuntime::multi_threaded(1).unwrap();
-                    let rt = runtime.handle();
-                    runtime.block_on($scenario(rt));
-                }),
-            ),
-            (
-                "Smol (single-threaded)",
-                Box::new(|| {
-                    let runtime = SmolRuntime::single_threaded();
-                    let rt = runtime.handle();
-                    runtime.block_on($scenario(rt));
-                }),
-            ),
-            (
-                "AsyncStd",
-                Box::new(|| async_std::task::block_on($scenario(AsyncStd))),
-            ),
-        ]
-    };
-}
-
-/// `$scenario` on each adapter under `Clocked`, then a virtual sleep.
-macro_rules! clocked {
-    ($scenario:path) => {
-        vec![
-            (
-                "Clocked<Tokio> (multi-thread)",
-                Box::new(|| {
-                    common::on_tokio_multi_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }) as Run,
-            ),
-            (
-                "Clocked<Tokio> (current-thread)",
-                Box::new(|| {
-                    common::on_tokio_current_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<Smol> (multi-threaded)",
-                Box::new(|| {
-                    common::on_smol_multi_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<Smol> (single-threaded)",
-                Box::new(|| {
-                    common::on_smol_single_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<AsyncStd>",
-                Box::new(|| {
-                    common::on_async_std(|rt: Clocked<AsyncStd>| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-        ]
-    };
-}
-
-fn describe(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a non-string panic".to_owned())
-}
-
-/// Runs every adapter's scenario at once, each on its own thread, and fails naming every
-/// adapter whose scenario panicked or was still running after [`HANG`] of real time (its
-/// thread is left behind).
-fn on_each(runs: Vec<(&'static str, Run)>) {
-    let (done, finished) = mpsc::channel();
-    let mut running = BTreeSet::new();
-    for (name, run) in runs {
-        let done = done.clone();
-        running.insert(name);
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(run)).map_err(|p| describe(&*p));
-                let _ = done.send((name, outcome));
-            })
-            .unwrap();
-    }
-    drop(done);
-    let deadline = Instant::now() + HANG;
-    let mut failures = Vec::new();
-    while !running.is_empty() {
-        let Ok((name, outcome)) =
-            finished.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        else {
-            break;
-        };
-        running.remove(name);
-        if let Err(panic) = outcome {
-            failures.push(format!("{name}: {panic}"));
-        }
-    }
-    failures.extend(
-        running
-            .into_iter()
-            .map(|name| format!("{name}: still running after {HANG:?} (hung)")),
-    );
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@
 )]
 
 mod common;
+#[path = "common/every_adapter.rs"]
+mod every_adapter;
 
-use std::any::Any;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
@@ -41,15 +42,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ms;
+use every_adapter::{clocked, describe, everywhere, on_each, raw, still_runs_tasks};
 use futures_channel::oneshot;
 use futures_util::StreamExt as _;
 use tidewall::fan_out::{FanOut, FanOutError};
 use tidewall::hedge::{Hedge, Idempotent};
 use tidewall::race::race_ok;
-use tidewall::rt::{AsyncStd, Clock, JoinError, Panic, Runtime, SmolRuntime, TaskHandle, Tokio};
+use tidewall::rt::{Clock, JoinError, Panic, Runtime, TaskHandle};
 use tidewall::stream::StreamOps as _;
 use tidewall::task::pool::WorkerPool;
 use tidewall::task::scope::{FailurePolicy, Scope};
@@ -58,13 +60,7 @@ use tidewall::task::supervisor::{
     ChildSpec, Ended, Supervisor, SupervisorBuilder, SupervisorEvent,
 };
 use tidewall::task::{CancellationToken, Ending, Exit, spawn_blocking_cancellable};
-use tidewall::testing::Clocked;
 use tidewall::{Backoff, Jitter};
-
-/// How long one adapter may run before the test calls it hung. Every scenario takes well under
-/// a second; the bound only turns a hang into a failure (generous: 2 cores, debug build, ten
-/// adapters at once).
-const HANG: Duration = Duration::from_secs(60);
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -244,184 +240,6 @@ async fn wait_until<R: Clock>(rt: &R, what: &str, mut done: impl FnMut() -> bool
         rt.sleep(ms(1)).await;
     }
     panic!("{what}: still not done after 5,000 sleeps of 1 ms");
-}
-
-/// The runtime still runs tasks (on a smol runtime with one worker, that worker survived).
-async fn still_runs_tasks<R: Runtime>(rt: &R) {
-    assert_eq!(rt.spawn(async { 7 }).await.unwrap(), 7, "a later task");
-}
-
-/// Under `Clocked`: virtual time still moves, over a short sleep and a long idle gap.
-async fn time_still_moves<R: Clock>(rt: &R) {
-    let start = rt.now();
-    rt.sleep(Duration::from_secs(1)).await;
-    assert_eq!(rt.now() - start, Duration::from_secs(1));
-    rt.sleep(3 * 24 * HOUR).await;
-    assert_eq!(rt.now() - start, Duration::from_secs(1) + 3 * 24 * HOUR);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running a scenario on every adapter
-// ---------------------------------------------------------------------------------------------
-
-type Run = Box<dyn FnOnce() + Send>;
-
-fn tokio_multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn tokio_current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// `$scenario` on each raw adapter (real time: only scenarios with short sleeps). Smol gets one
-/// worker thread, so that a worker killed by an escaped panic leaves none to run the next task.
-macro_rules! raw {
-    ($scenario:path) => {
-        vec![
-            (
-                "Tokio (multi-thread)",
-                Box::new(|| tokio_multi_thread().block_on($scenario(Tokio))) as Run,
-            ),
-            (
-                "Tokio (current-thread)",
-                Box::new(|| tokio_current_thread().block_on($scenario(Tokio))),
-            ),
-            (
-                "Smol (one worker thread)",
-                Box::new(|| {
-                    let runtime = SmolRuntime::multi_threaded(1).unwrap();
-                    let rt = runtime.handle();
-                    runtime.block_on($scenario(rt));
-                }),
-            ),
-            (
-                "Smol (single-threaded)",
-                Box::new(|| {
-                    let runtime = SmolRuntime::single_threaded();
-                    let rt = runtime.handle();
-                    runtime.block_on($scenario(rt));
-                }),
-            ),
-            (
-                "AsyncStd",
-                Box::new(|| async_std::task::block_on($scenario(AsyncStd))),
-            ),
-        ]
-    };
-}
-
-/// `$scenario` on each adapter under `Clocked`, then a check that virtual time still moves.
-macro_rules! clocked {
-    ($scenario:path) => {
-        vec![
-            (
-                "Clocked<Tokio> (multi-thread)",
-                Box::new(|| {
-                    common::on_tokio_multi_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }) as Run,
-            ),
-            (
-                "Clocked<Tokio> (current-thread)",
-                Box::new(|| {
-                    common::on_tokio_current_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<Smol> (multi-threaded)",
-                Box::new(|| {
-                    common::on_smol_multi_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<Smol> (single-threaded)",
-                Box::new(|| {
-                    common::on_smol_single_thread(|rt| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-            (
-                "Clocked<AsyncStd>",
-                Box::new(|| {
-                    common::on_async_std(|rt: Clocked<AsyncStd>| async move {
-                        $scenario(rt.clone()).await;
-                        time_still_moves(&rt).await;
-                    })
-                }),
-            ),
-        ]
-    };
-}
-
-fn describe(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a non-string panic".to_owned())
-}
-
-/// Runs every adapter's scenario at once, each on its own thread, and fails naming every
-/// adapter whose scenario panicked or was still running after [`HANG`] of real time (its
-/// thread is left behind).
-fn on_each(runs: Vec<(&'static str, Run)>) {
-    let (done, finished) = mpsc::channel();
-    let mut running = BTreeSet::new();
-    for (name, run) in runs {
-        let done = done.clone();
-        running.insert(name);
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(run)).map_err(|p| describe(&*p));
-                let _ = done.send((name, outcome));
-            })
-            .unwrap();
-    }
-    drop(done);
-    let deadline = Instant::now() + HANG;
-    let mut failures = Vec::new();
-    while !running.is_empty() {
-        let Ok((name, outcome)) =
-            finished.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        else {
-            break;
-        };
-        running.remove(name);
-        if let Err(panic) = outcome {
-            failures.push(format!("{name}: {panic}"));
-        }
-    }
-    failures.extend(
-        running
-            .into_iter()
-            .map(|name| format!("{name}: still running after {HANG:?} (hung)")),
-    );
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-}
-
-fn everywhere(runs: Vec<(&'static str, Run)>, more: Vec<(&'static str, Run)>) {
-    let mut runs = runs;
-    runs.extend(more);
-    on_each(runs);
 }
 
 // ---------------------------------------------------------------------------------------------
