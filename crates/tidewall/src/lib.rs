@@ -20,7 +20,9 @@
 //! | cancellation with a reason | [`task`] | [`task::CancellationToken`] |
 //! | tower layers (feature `tower`) | `tower` | `tower::BreakerLayer`, … |
 //! | cancel-safe atomic file write | [`fs`] | [`fs::write_atomic`] |
-//! | HTTP presets: the standard classifier, idempotency, `Retry-After` (feature `http`) | `http` | `http::HttpClassifier`, `http::Idempotency` |
+//! | the outbound HTTP stack, its standard classifier, idempotency, `Retry-After` (feature `http`) | `http` | `http::ClientPolicies`, `http::HttpClassifier`, `http::Idempotency` |
+//! | policies from a file by name, live reload (features `serde`, `toml`, `watch`) | `config` | `config::Registry`, `config::watch_file_on` |
+//! | metrics, tracing and event listeners (features `metrics`, `tracing`) | [`telemetry`] | the table of metrics there, [`telemetry::Event`] |
 //! | deterministic time for tests (feature `test-util`) | `testing` | `testing::Clocked` |
 //! | fault injection (feature `chaos`) | `chaos` | `chaos::Chaos` |
 //!

@@ -15,6 +15,11 @@ use crate::stream::{DirWatch, WatchError};
 /// Reloads `registry` from the TOML file at `path` whenever the file changes, waiting
 /// `debounce` after a change for the writes that follow it; see [`ConfigWatch`].
 ///
+/// The reloads happen as the returned stream is polled (the example drains it on a task of
+/// its own): while it is not polled, nothing is reloaded. Each reload reads the file on the
+/// thread that polls it. A change made before the watch starts is not seen: start it, then
+/// [`Registry::reload_file`] once if the file may have changed since it was read.
+///
 /// The file's directory is watched, not the file, so an editor or a deployment that
 /// replaces the file (writes a new one, then renames it over the old) is seen too. A `path`
 /// that is a symbolic link is read through it, and a change of what it resolves to is a change
