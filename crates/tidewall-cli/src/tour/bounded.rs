@@ -15,6 +15,8 @@ use tidewall::FutureExt as _;
 use tidewall::rt::{Clock, instant_after};
 use tidewall::task::CancellationToken;
 
+use super::report::Section;
+
 /// `future`'s output, or `None` once `limit` has passed on `rt`'s clock (then `future` is
 /// dropped).
 pub(crate) async fn within<R: Clock, F: Future>(
@@ -73,6 +75,13 @@ pub(crate) async fn or_stop<R: Clock, F: Future>(
         Some(output) => Bounded::Stopped(output),
         None => Bounded::Stuck,
     }
+}
+
+/// `s` with a failed check that `what` happened within `limit`: the section of a wait that
+/// ran out, ended there.
+pub(crate) fn missed(mut s: Section, what: &str, limit: Duration) -> Section {
+    s.check(&format!("{what} within {}", secs(limit)), false);
+    s
 }
 
 /// "30 s", for check texts.

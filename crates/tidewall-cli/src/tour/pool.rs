@@ -13,7 +13,7 @@ use std::time::Duration;
 use tidewall::task::Exit;
 use tidewall::task::pool::{JobHandle, PoolReport, SubmitError, WorkerPool};
 
-use super::bounded::{secs, within};
+use super::bounded::{missed, within};
 use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::resilience::valid;
@@ -52,14 +52,18 @@ pub(crate) async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     let burst = producer.burst(&pool, burst);
     let pressing = producer.press(rt, &pool, pressed, burst.queued_after);
     let Some(press) = within(rt, PHASE_LIMIT, pressing).await else {
-        return missed(s, "submit().await admitted every job");
+        return missed(s, "submit().await admitted every job", PHASE_LIMIT);
     };
     let stopping = producer.top_up_and_shut_down(rt, pool);
     let Some(stop) = within(rt, PHASE_LIMIT, stopping).await else {
-        return missed(s, "shutdown(30 ms) returned its report");
+        return missed(s, "shutdown(30 ms) returned its report", PHASE_LIMIT);
     };
     let Some((tally, handles)) = within(rt, PHASE_LIMIT, producer.settle()).await else {
-        return missed(s, "every job handle resolved after the shutdown");
+        return missed(
+            s,
+            "every job handle resolved after the shutdown",
+            PHASE_LIMIT,
+        );
     };
     let outcome = Outcome {
         burst,
@@ -70,12 +74,6 @@ pub(crate) async fn worker_pool<R: Net>(rt: &R, size: Size) -> Section {
     };
     metrics(&mut s, &outcome);
     checks(&mut s, &outcome);
-    s
-}
-
-/// The section when a phase of it did not end within [`PHASE_LIMIT`].
-fn missed(mut s: Section, what: &str) -> Section {
-    s.check(&format!("{what} within {}", secs(PHASE_LIMIT)), false);
     s
 }
 

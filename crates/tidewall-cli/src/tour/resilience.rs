@@ -16,7 +16,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::rate::RateLimiter;
 use tidewall::{Backoff, ConfigError, Deadline, Error, Rejected};
 
-use super::bounded::{secs, within};
+use super::bounded::{missed, within};
 use super::client::{Client, Net, since};
 use super::report::{Section, ms};
 use super::scenarios::{Size, settle};
@@ -243,7 +243,8 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
         client.get(latency_path(call, 0)).await.is_ok()
     });
     let Some(plain) = within(rt, HEDGING_LIMIT, plain).await else {
-        return missed(s, calls, "without hedging");
+        let what = format!("the {calls} calls without hedging ended");
+        return missed(s, &what, HEDGING_LIMIT);
     };
     attempts.store(0, SeqCst);
     let hedge = Hedge::builder().delay(delay).max_hedges(1);
@@ -263,7 +264,8 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
             .is_ok()
     });
     let Some(hedged) = within(rt, HEDGING_LIMIT, hedged).await else {
-        return missed(s, calls, "with hedging");
+        let what = format!("the {calls} calls with hedging ended");
+        return missed(s, &what, HEDGING_LIMIT);
     };
     let per_call: Vec<usize> = per_call.iter().map(|n| n.load(SeqCst)).collect();
     let launched = attempts.load(SeqCst).saturating_sub(calls);
@@ -326,18 +328,6 @@ async fn hedging<R: Net>(client: &Client<R>, rt: &R, server: &Server, size: Size
 /// How long each run of the hedging section may take: its calls, 8 at a time, need about a
 /// second.
 const HEDGING_LIMIT: Duration = Duration::from_secs(60);
-
-/// The hedging section when a run of its calls did not end within [`HEDGING_LIMIT`].
-fn missed(mut s: Section, calls: usize, run: &str) -> Section {
-    s.check(
-        &format!(
-            "the {calls} calls {run} ended within {}",
-            secs(HEDGING_LIMIT)
-        ),
-        false,
-    );
-    s
-}
 
 /// Whether every call made its primary attempt and at most one hedge. The per-call counts
 /// matter: a total of `calls` hedges also fits one call with three hedges and others with none.

@@ -11,7 +11,7 @@ use tidewall::race::race_ok;
 use tidewall::retry::{RetryError, RetryEvent};
 use tidewall::{Backoff, Deadline, FutureExt, Jitter, RetryExt};
 
-use super::bounded::{secs, within};
+use super::bounded::{missed, within};
 use super::client::{Client, HttpError, Net};
 use super::report::{Section, ms};
 use super::server::Server;
@@ -336,14 +336,8 @@ async fn bounded_fan_out<R: Net>(
         drain_watching_window(stream, &taken, requests),
     );
     let Some((results, window)) = drained.await else {
-        s.check(
-            &format!(
-                "the fan-out delivered all {requests} results within {}",
-                secs(FAN_OUT_LIMIT)
-            ),
-            false,
-        );
-        return s;
+        let what = format!("the fan-out delivered all {requests} results");
+        return missed(s, &what, FAN_OUT_LIMIT);
     };
     let elapsed = start.elapsed();
     let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();

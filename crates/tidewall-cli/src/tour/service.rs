@@ -13,7 +13,7 @@ use tidewall::task::{
     supervisor::{ChildSpec, Supervisor, SupervisorEvent},
 };
 
-use super::bounded::{Bounded, or_stop, secs, within};
+use super::bounded::{Bounded, missed, or_stop, secs, within};
 use super::client::Net;
 use super::report::{Section, ms};
 
@@ -148,14 +148,11 @@ async fn supervisor_restarts<R: Net>(rt: &R) -> Section {
         })
         .collect();
     let Some(report) = report else {
-        s.check(
-            &format!(
-                "the supervisor stopped within {} (told to at 300 ms)",
-                secs(RESTARTS_LIMIT)
-            ),
-            false,
+        return missed(
+            s,
+            "the supervisor, told to stop at 300 ms, stopped",
+            RESTARTS_LIMIT,
         );
-        return s;
     };
     match report {
         Ok(report) => {

@@ -11,7 +11,7 @@ use tidewall::rate::RateLimiter;
 use tidewall::stream::{BlockingReader, LineReader, Overlong, StreamOps, Yielder};
 use tidewall_core::rng::SplitMix64;
 
-use super::bounded::{secs, within};
+use super::bounded::{missed, secs, within};
 use super::client::{Net, since};
 use super::report::{Section, ms};
 use super::scenarios::Size;
@@ -415,11 +415,7 @@ async fn sensor_batches<R: Net>(rt: &R, size: Size) -> Section {
         .expect("a valid batch configuration")
         .collect::<Vec<Vec<u32>>>();
     let Some(batches) = within(rt, STREAM_LIMIT, batched).await else {
-        s.check(
-            &format!("the batched stream ended within {}", secs(STREAM_LIMIT)),
-            false,
-        );
-        return s;
+        return missed(s, "the batched stream ended", STREAM_LIMIT);
     };
     let elapsed = since(rt, start);
     // A full batch was cut by size; a short one by its timer, except perhaps the last, which
@@ -479,15 +475,11 @@ async fn rate_limited<R: Net>(rt: &R) -> Section {
         }
     });
     if drained.await.is_none() {
-        s.check(
-            &format!(
-                "the rate-limited stream ended within {} ({} of {ITEMS} delivered)",
-                secs(STREAM_LIMIT),
-                arrivals.len()
-            ),
-            false,
+        let what = format!(
+            "the rate-limited stream ended ({} of {ITEMS} delivered)",
+            arrivals.len()
         );
-        return s;
+        return missed(s, &what, STREAM_LIMIT);
     }
     let elapsed = arrivals.last().map_or(Duration::ZERO, |a| a.1);
     // The 21st item is due one interval after the limiter's origin, which is no earlier than

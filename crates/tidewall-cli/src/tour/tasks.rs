@@ -12,7 +12,7 @@ use tidewall::task::{
     scope::{FailurePolicy, Scope},
 };
 
-use super::bounded::{secs, within};
+use super::bounded::{missed, within};
 use super::client::{Net, since};
 use super::pool::worker_pool;
 use super::report::{Section, ms};
@@ -144,14 +144,11 @@ async fn fail_fast_scope<R: Net>(rt: &R, size: Size) -> Section {
         (ids, all_spawned, scope.join().await)
     };
     let Some((ids, all_spawned, mut report)) = within(rt, SCOPE_LIMIT, run).await else {
-        s.check(
-            &format!(
-                "the scope spawned its 8 children and closed within {}",
-                secs(SCOPE_LIMIT)
-            ),
-            false,
+        return missed(
+            s,
+            "the scope spawned its 8 children and closed",
+            SCOPE_LIMIT,
         );
-        return s;
     };
     let closed_at = rt.now();
     let failed_at = failed_at.get().copied();
