@@ -761,3 +761,65 @@ fn a_discarded_value_panicking_on_drop_strands_no_waiter() {
         });
     }
 }
+
+/// Panics when dropped, counting its drops (a panic while one is already unwinding would
+/// abort the process, so it stays quiet then).
+struct PanicsOnDrop(Rc<std::cell::Cell<usize>>);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+        if !std::thread::panicking() {
+            panic!("a child's local panics on drop (on purpose)");
+        }
+    }
+}
+
+/// A local scope's children whose locals panic when dropped, aborted (by the grace running
+/// out) or dropped with the scope, whether they were polled or never were: every one is
+/// dropped, and no panic reaches the owner ("a panic in its `Drop` then is caught, as a
+/// runtime catches a task's, and never reaches the owner").
+#[test]
+fn a_local_scope_drops_every_child_whose_drop_panics_and_the_owner_sees_none() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    for polled in [false, true] {
+        for by_shutdown in [false, true] {
+            let dropped = Rc::new(std::cell::Cell::new(0));
+            let mut scope = Scope::builder()
+                .grace(ms(10))
+                .build_local::<(), &str>()
+                .unwrap();
+            let owner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async {
+                    for _ in 0..3 {
+                        let local = PanicsOnDrop(Rc::clone(&dropped));
+                        let child = async move {
+                            let _local = local;
+                            std::future::pending::<Result<(), &str>>().await
+                        };
+                        scope.spawn(child).await.unwrap();
+                    }
+                    if polled {
+                        let _ = tokio::time::timeout(ms(1), scope.next()).await;
+                    }
+                    if by_shutdown {
+                        let report = scope.shutdown("done", ms(10)).await;
+                        assert_eq!(report.aborted, 3);
+                    } else {
+                        drop(scope);
+                    }
+                })
+            }));
+            assert!(owner.is_ok(), "polled {polled}, by shutdown {by_shutdown}");
+            assert_eq!(
+                dropped.get(),
+                3,
+                "polled {polled}, by shutdown {by_shutdown}"
+            );
+        }
+    }
+}

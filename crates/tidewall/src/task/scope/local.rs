@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -175,11 +174,15 @@ impl<T: 'static, E: 'static, R: Runtime> LocalSpawner<T, E, R> {
     where
         F: Future<Output = Result<T, E>> + 'static,
     {
+        // Wrapped before it is queued: a child dropped unpolled (aborted, or its scope gone)
+        // has its drop's panic caught too.
+        let future = Caught::new(future);
         let driver = {
             let mut state = self.shared.state();
-            state.children.incoming.push(Box::pin(async move {
-                (id, caught(Caught::new(future).await))
-            }));
+            state
+                .children
+                .incoming
+                .push(Box::pin(async move { (id, caught(future.await)) }));
             state.children.driver.take()
         };
         if let Some(driver) = driver {
@@ -353,17 +356,7 @@ impl<T, E, R> Drop for LocalScope<T, E, R> {
             state.closed = true;
             std::mem::take(&mut state.children.incoming)
         };
-        drop_each(std::mem::take(&mut self.set));
-        drop_each(queued);
-    }
-}
-
-/// Drops children one by one, each in its own panic guard, as a runtime drops aborted tasks:
-/// a panic in one's `Drop` neither reaches the owner (which may be unwinding already) nor
-/// leaves its siblings undropped.
-fn drop_each<T, E>(children: impl IntoIterator<Item = LocalChild<T, E>>) {
-    for child in children {
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(child)));
+        drop(queued);
     }
 }
 
@@ -388,7 +381,7 @@ impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
     /// Drops every child still running, recording each as aborted (a panic in a child's
     /// `Drop` is caught and ignored: the abort is what ended it).
     fn abort_all(&mut self) {
-        drop_each(std::mem::take(&mut self.set));
+        self.set.clear();
         let queued = {
             let mut state = self.shared.state();
             let now = self.shared.rt.now();
@@ -402,7 +395,7 @@ impl<T: 'static, E: 'static, R: Runtime> Front<T, E> for LocalScope<T, E, R> {
             std::mem::take(&mut state.children.incoming)
         };
         // Dropped after the borrow ends, as in `Drop`: their destructors may use a spawner.
-        drop_each(queued);
+        drop(queued);
     }
 
     fn set_closed(&mut self) {
