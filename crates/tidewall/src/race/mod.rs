@@ -33,7 +33,6 @@
 //! # });
 //! ```
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -43,6 +42,8 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
+
+use crate::rt::caught::Payload;
 
 /// Why no contestant succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +101,7 @@ where
 
 /// The first panic of a contestant's drop, kept until every contestant dropped with it is
 /// gone.
-type DropPanic = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
+type DropPanic = Arc<Mutex<Option<Payload>>>;
 
 /// The future returned by [`race_ok`].
 #[must_use = "futures do nothing unless polled"]
