@@ -1,14 +1,17 @@
 //! `write_atomic` dropped at every await point leaves the old file or the complete new one.
 
+#[path = "common/ready_later.rs"]
+mod ready_later;
+
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll, Waker};
 
+use ready_later::ReadyLater;
 use tidewall::fs::write_atomic;
-use tidewall::rt::{JoinError, Spawn, TaskHandle};
+use tidewall::rt::Spawn;
 
 /// A runtime whose blocking work runs at once, but whose handles report it one poll later:
 /// every await point of the writer becomes an exact, repeatable suspension. Blocking job
@@ -20,30 +23,8 @@ struct Stepwise {
     cancel_at: Option<usize>,
 }
 
-struct Ready<T>(Option<T>, bool);
-
-// `Ready` never pins its value.
-impl<T> Unpin for Ready<T> {}
-
-impl<T> Future for Ready<T> {
-    type Output = Result<T, JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if !self.1 {
-            self.1 = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(self.0.take().ok_or(JoinError::Cancelled))
-    }
-}
-
-impl<T: Send + 'static> TaskHandle<T> for Ready<T> {
-    fn abort(&self) {}
-}
-
 impl Spawn for Stepwise {
-    type JoinHandle<T: Send + 'static> = Ready<T>;
+    type JoinHandle<T: Send + 'static> = ReadyLater<T>;
 
     fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
     where
@@ -60,9 +41,9 @@ impl Spawn for Stepwise {
     {
         if Some(self.jobs.fetch_add(1, SeqCst)) == self.cancel_at {
             drop(work);
-            Ready(None, false)
+            ReadyLater::new(None)
         } else {
-            Ready(Some(work()), false)
+            ReadyLater::new(Some(work()))
         }
     }
 }

@@ -34,6 +34,8 @@
 )]
 
 mod common;
+#[path = "common/ready_later.rs"]
+mod ready_later;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
@@ -1941,12 +1943,11 @@ mod atomic {
     use std::future::Future;
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::{Path, PathBuf};
-    use std::pin::Pin;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Waker};
 
-    use tidewall::rt::{JoinError, Spawn, TaskHandle};
+    use tidewall::rt::Spawn;
 
     /// A runtime whose blocking jobs run at once on the calling thread, their handles ready
     /// one poll later (every await point of the writer an exact suspension), and which looks
@@ -2001,30 +2002,8 @@ mod atomic {
         }
     }
 
-    pub(super) struct Ready<T>(Option<T>, bool);
-
-    // `Ready` never pins its value.
-    impl<T> Unpin for Ready<T> {}
-
-    impl<T> Future for Ready<T> {
-        type Output = Result<T, JoinError>;
-
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            if !self.1 {
-                self.1 = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(self.0.take().ok_or(JoinError::Cancelled))
-        }
-    }
-
-    impl<T: Send + 'static> TaskHandle<T> for Ready<T> {
-        fn abort(&self) {}
-    }
-
     impl Spawn for Observed {
-        type JoinHandle<T: Send + 'static> = Ready<T>;
+        type JoinHandle<T: Send + 'static> = crate::ready_later::ReadyLater<T>;
 
         fn spawn<F>(&self, _: F) -> Self::JoinHandle<F::Output>
         where
@@ -2043,7 +2022,7 @@ mod atomic {
             if Some(self.jobs.fetch_add(1, SeqCst)) == self.cancel_at {
                 drop(work);
                 self.look();
-                return Ready(None, false);
+                return crate::ready_later::ReadyLater::new(None);
             }
             let done = AtomicBool::new(false);
             let out = std::thread::scope(|scope| {
@@ -2057,7 +2036,7 @@ mod atomic {
                 out
             });
             self.look();
-            Ready(Some(out), false)
+            crate::ready_later::ReadyLater::new(Some(out))
         }
     }
 
