@@ -54,5 +54,5 @@ pub use cancel::{
     CancellationToken, Cancelled, CancelledOwned, DropGuard, Reason, RunUntilCancelled,
 };
 pub use exit::{Ending, Exit, TaskReport};
-pub(crate) use exit::{after_abort, caught, exit_from, exit_of, lost_or};
+pub(crate) use exit::{after_abort, caught, ended_already, exit_from, exit_of, lost_or};
 pub use periodic::{Health, HealthChecker, HealthCheckerBuilder, HealthHandle, periodic};

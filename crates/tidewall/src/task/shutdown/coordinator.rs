@@ -15,8 +15,8 @@ use crate::rt::{
     instant_after,
 };
 use crate::task::{
-    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, exit::ended_already,
-    exit_from, exit_of, lost_or, supervisor::ChildError,
+    CancellationToken, Ending, Exit, Reason, TaskReport, after_abort, ended_already, exit_from,
+    exit_of, lost_or, supervisor::ChildError,
 };
 
 struct Component<R: Runtime> {

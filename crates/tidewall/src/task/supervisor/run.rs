@@ -16,7 +16,7 @@ use super::report::{Ended, Escalation, SupervisorEvent, SupervisorReport};
 use super::spec::{ChildSpec, Restart};
 use crate::rt::{JoinHandle, Runtime, TaskHandle, instant_after};
 use crate::task::{
-    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, exit::ended_already,
+    CancellationToken, CancelledOwned, Ending, Exit, TaskReport, after_abort, ended_already,
     exit_from, exit_of, lost_or,
 };
 
