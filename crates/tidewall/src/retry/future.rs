@@ -283,7 +283,11 @@ where
             keep(last, failure);
             return Err(deadline_exceeded(last.take(), attempts.started()));
         }
-        Step::Stop(Stop::Final | Stop::Exhausted | Stop::BudgetSpent) => {
+        Step::Stop(Stop::BudgetSpent) => {
+            config.notify.budget_spent(attempts.started());
+            return Err(failure.exhausted());
+        }
+        Step::Stop(Stop::Final | Stop::Exhausted) => {
             return Err(failure.exhausted());
         }
     };

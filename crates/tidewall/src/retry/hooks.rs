@@ -31,10 +31,38 @@ pub struct RetryEvent<'a, T, E> {
     pub hint: Option<Duration>,
 }
 
-/// Observes retries (logging, metrics).
+/// Observes retries (logging, metrics). A closure observes the retries scheduled; implement
+/// the trait on a type to see the retries the budget refused too.
+///
+/// ```
+/// use tidewall::retry::{Notify, RetryEvent};
+///
+/// #[derive(Default)]
+/// struct Tally {
+///     retries: u32,
+///     refused: u32,
+/// }
+///
+/// impl<T, E> Notify<T, E> for Tally {
+///     fn notify(&mut self, _: &RetryEvent<'_, T, E>) {
+///         self.retries += 1;
+///     }
+///     fn budget_spent(&mut self, _attempt: u32) {
+///         self.refused += 1;
+///     }
+/// }
+/// # let _ = Tally::default();
+/// ```
 pub trait Notify<T, E> {
     /// Called once per retry, before the backoff sleep.
     fn notify(&mut self, event: &RetryEvent<'_, T, E>);
+
+    /// Called when the [retry budget](crate::retry::Retry::budget) refused the retry that
+    /// would have followed `attempt` (1 for the first call): the failure is then the
+    /// answer. Does nothing unless implemented.
+    fn budget_spent(&mut self, attempt: u32) {
+        let _ = attempt;
+    }
 }
 
 impl<T, E, F: FnMut(&RetryEvent<'_, T, E>)> Notify<T, E> for F {
