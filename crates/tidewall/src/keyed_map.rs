@@ -278,9 +278,15 @@ impl<K, V> KeyedMap<K, V> {
     /// `f` of every entry held, one shard at a time (a key made meanwhile in a shard
     /// already visited is missed: callers publish what new keys read first).
     pub(crate) fn each<O>(&self, mut f: impl FnMut(&V) -> O) -> Vec<O> {
+        self.each_found(|_, v| Some(f(v)))
+    }
+
+    /// What `f` finds in each key and entry held (as [`each`](Self::each), one shard at a
+    /// time), keeping the `Some`s.
+    pub(crate) fn each_found<O>(&self, mut f: impl FnMut(&K, &V) -> Option<O>) -> Vec<O> {
         let mut found = Vec::new();
         for shard in &*self.shards {
-            found.extend(lock(shard).table.iter().map(|(_, v)| f(v)));
+            found.extend(lock(shard).table.iter().filter_map(|(k, v)| f(k, v)));
         }
         found
     }

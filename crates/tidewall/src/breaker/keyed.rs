@@ -381,6 +381,26 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         self.shared.keys.get(key, |entry| entry.breaker.state())
     }
 
+    /// Every key held whose breaker is not closed, with its state (read one shard at a time:
+    /// a key that changes meanwhile may be read before or after): for a health endpoint,
+    /// or a dashboard of the hosts that are failing. A key not held is closed.
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, State};
+    ///
+    /// let hosts = CircuitBreaker::builder().consecutive_failures(1).keyed().build()?;
+    /// hosts.try_acquire(&"search").unwrap().success();
+    /// hosts.try_acquire(&"payments").unwrap().failure();
+    /// assert_eq!(hosts.not_closed(), vec![("payments", State::Open)]);
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn not_closed(&self) -> Vec<(K, State)> {
+        self.shared.keys.each_found(|key, entry| {
+            let state = entry.breaker.state();
+            (state != State::Closed).then(|| (key.clone(), state))
+        })
+    }
+
     /// What `key`'s window holds now, if the key is held.
     pub fn counts(&self, key: &K) -> Option<Counts> {
         self.shared.keys.get(key, |entry| entry.breaker.counts())
