@@ -1,11 +1,37 @@
-//! The gauges, read from a registry's policies when asked (before a scrape), so that calls
-//! pay nothing for them.
+//! The gauges, read from a registry's policies (or an HTTP client's tables) when asked
+//! (before a scrape), so that calls pay nothing for them.
 
 use crate::breaker::State;
+#[cfg(feature = "serde")]
 use crate::config::Registry;
+#[cfg(feature = "serde")]
 use crate::rt::Clock;
 
+/// Sets a keyed table's `tidewall_keyed_keys` and `tidewall_keyed_max_keys`.
+pub(crate) fn keyed_table(policy: &'static str, name: &crate::Name, keys: usize, max_keys: usize) {
+    metrics::gauge!("tidewall_keyed_keys", "policy" => policy, "name" => name.label())
+        .set(keys as f64);
+    metrics::gauge!("tidewall_keyed_max_keys", "policy" => policy, "name" => name.label())
+        .set(max_keys as f64);
+}
+
+/// Sets `tidewall_keyed_breaker_keys` of a keyed breaker table holding `keys` keys, of which
+/// `not_closed` are not closed: one series per state, a state no key is in at 0.
+pub(crate) fn keyed_breaker_states(name: &crate::Name, keys: usize, not_closed: &[State]) {
+    for state in State::ALL {
+        let count = if state == State::Closed {
+            // The two were read apart: a key made or forgotten between is not a negative.
+            keys.saturating_sub(not_closed.len())
+        } else {
+            not_closed.iter().filter(|s| **s == state).count()
+        };
+        metrics::gauge!("tidewall_keyed_breaker_keys", "name" => name.label(), "state" => state.as_str())
+            .set(count as f64);
+    }
+}
+
 /// Sets the gauges of every policy `registry` holds.
+#[cfg(feature = "serde")]
 pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
     for (name, breaker) in registry.breakers() {
         let state = breaker.state();
@@ -35,10 +61,7 @@ pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
             .set(f64::from(limiter.available()));
     }
     for table in registry.keyed_tables() {
-        metrics::gauge!("tidewall_keyed_keys", "policy" => table.policy, "name" => table.name.label())
-            .set(table.keys as f64);
-        metrics::gauge!("tidewall_keyed_max_keys", "policy" => table.policy, "name" => table.name.label())
-            .set(table.max_keys as f64);
+        keyed_table(table.policy, &table.name, table.keys, table.max_keys);
     }
     let now = registry.runtime().now();
     for (name, budget) in registry.retry_budgets() {

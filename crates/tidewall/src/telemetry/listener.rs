@@ -12,7 +12,8 @@ use crate::breaker::StateChange;
 /// [`RateLimiterBuilder`](crate::rate::RateLimiterBuilder::on_event),
 /// [`AdaptiveLimiterBuilder`](crate::adaptive::AdaptiveLimiterBuilder::on_event),
 /// [`PipelineBuilder`](crate::pipeline::PipelineBuilder::on_event),
-/// [`HedgeBuilder`](crate::hedge::HedgeBuilder::on_event)).
+/// [`HedgeBuilder`](crate::hedge::HedgeBuilder::on_event), and, feature `http`,
+/// `ClientPoliciesBuilder::on_event`).
 ///
 /// Listeners run on the caller's thread, in the call, after the policy's state has changed:
 /// keep them short (count, log, send on a channel) and never call the same policy from one.
@@ -51,7 +52,7 @@ use crate::breaker::StateChange;
 #[non_exhaustive]
 pub struct Event<'a> {
     /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate`,
-    /// `pipeline` or `hedge` (an adaptive limiter's as a `bulkhead`'s); a keyed breaker's or
+    /// `pipeline`, `hedge` or `http_client` (an adaptive limiter's as a `bulkhead`'s); a keyed breaker's or
     /// bulkhead's own refusals (a full table) come as `keyed_breaker` or `keyed_bulkhead`, a
     /// keyed adaptive limiter's as `keyed_bulkhead` too (the registry's gauges of that table
     /// say `keyed_adaptive`), and its keys' events as the policy's; a keyed rate limiter's
@@ -68,16 +69,16 @@ pub struct Event<'a> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum EventKind<'a> {
-    /// A call ended well: a breaker's permit recorded a success, or a pipeline call's final
-    /// result was judged one by its classifier.
+    /// A call ended well: a breaker's permit recorded a success, or a pipeline call's (or an
+    /// HTTP client request's) final result was judged one by its classifier.
     Succeeded,
     /// A call failed (as above).
     Failed,
     /// A call ended with an outcome that says nothing of the service (as above).
     Ignored,
-    /// A pipeline call's last attempt timed out.
+    /// A pipeline call's (an HTTP client request's) last attempt timed out.
     TimedOut,
-    /// A pipeline call was dropped before it ended (after its first poll: a call never
+    /// A pipeline call (an HTTP client request) was dropped before it ended (after its first poll: a call never
     /// polled never started).
     Cancelled,
     /// A caller was refused, finally (a wait that ends admitted is not a refusal). A
@@ -86,14 +87,14 @@ pub enum EventKind<'a> {
     Rejected(&'a Rejected),
     /// A breaker changed state.
     StateChanged(&'a StateChange<'a>),
-    /// A pipeline will retry after `delay` (jitter, cap and hints applied).
+    /// A pipeline (an HTTP client) will retry after `delay` (jitter, cap and hints applied).
     RetryScheduled {
         /// The attempt that failed (1 for the first).
         attempt: u32,
         /// The sleep before the next attempt.
         delay: Duration,
     },
-    /// A pipeline would have retried, or a hedge launched another attempt, but its budget
+    /// A pipeline (an HTTP client) would have retried, or a hedge launched another attempt, but its budget
     /// was spent.
     BudgetExhausted,
     /// A hedge launched another copy of the call.

@@ -15,19 +15,20 @@
 //!
 //! | metric | kind | labels | counts |
 //! |---|---|---|---|
-//! | `tidewall_calls_total` | counter | `policy` (`breaker`, `pipeline`), `name`, `outcome` | calls by how they ended: a breaker's `success`, `failure`, `ignored` as recorded; a pipeline's `success`, `failure`, `ignored` (its classifier's verdict on the final result), `rejected` (its error is [`Error::Rejected`](crate::Error::Rejected)), `timed_out` ([`Error::TimedOut`](crate::Error::TimedOut)), `cancelled` (the call's future dropped after its first poll) |
+//! | `tidewall_calls_total` | counter | `policy` (`breaker`, `pipeline`, `http_client`), `name`, `outcome` | calls by how they ended: a breaker's `success`, `failure`, `ignored` as recorded; a pipeline's or an [HTTP client](crate::http::ClientPolicies)'s (a request, however many attempts it made) `success`, `failure`, `ignored` (its classifier's verdict on the final result), `rejected` (its error is [`Error::Rejected`](crate::Error::Rejected)), `timed_out` ([`Error::TimedOut`](crate::Error::TimedOut)), `cancelled` (the call's future dropped after its first poll) |
 //! | `tidewall_rejections_total` | counter | `policy`, `name`, `reason` ([`Rejected::kind`](crate::Rejected::kind)) | refusals, as the caller was finally refused (a wait that ends admitted is not one) |
-//! | `tidewall_retries_total` | counter | `policy` (`pipeline`), `name` | retries scheduled |
+//! | `tidewall_retries_total` | counter | `policy` (`pipeline`, `http_client`), `name` | retries scheduled |
 //! | `tidewall_hedges_total` | counter | `policy` (`hedge`), `name` | hedges launched (the primary attempt is not one) |
-//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`), `name` | retries (hedges) the budget refused |
+//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`, `http_client`), `name` | retries (hedges) the budget refused |
 //! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes (a keyed table's key series are made on a key's first change) |
-//! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`), `name` | a call's time, waits and retries included (not for cancelled calls) |
+//! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`, `http_client`), `name` | a call's time, waits and retries included (not for cancelled calls) |
 //! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`), `name` | time queued for a permit, for waits that ended admitted |
 //! | `tidewall_breaker_state` | gauge | `name`, `state` ([`State::as_str`](crate::breaker::State::as_str)) | 1 for the state the breaker is in, 0 for the others |
 //! | `tidewall_bulkhead_in_flight`, `tidewall_bulkhead_queued`, `tidewall_bulkhead_capacity` | gauge | `name` | permits held, callers waiting, permits in all |
 //! | `tidewall_rate_limit_available` | gauge | `name` | cells one request could take now |
 //! | `tidewall_adaptive_limit`, `tidewall_adaptive_in_flight`, `tidewall_adaptive_queued` | gauge | `name` | an [adaptive limiter](crate::adaptive::AdaptiveLimiter)'s limit in force, calls in flight (above the limit for a while after it falls) and callers waiting |
-//! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | gauge | `policy`, `name` | a [keyed table](crate::config::KeyedTable)'s keys held, and its bound |
+//! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | gauge | `policy`, `name` | a [keyed table](crate::config::KeyedTable)'s keys held, and its bound (an HTTP client's per-authority tables too) |
+//! | `tidewall_keyed_breaker_keys` | gauge | `name`, `state` | an HTTP client's authorities whose breaker is in each state |
 //! | `tidewall_retry_budget_balance` | gauge | `name` | retries the budget would grant now |
 //! | `tidewall_config_reloads_total` | counter | `outcome` (`applied`, `refused`) | [`Registry::reload`](crate::config::Registry::reload)s, from a watched file too |
 //! | `tidewall_supervisor_restarts_total`, `tidewall_supervisor_escalations_total` | counter | `child` | a supervisor's restarts and escalations |
@@ -41,7 +42,9 @@
 //!
 //! Gauges cost the calls nothing: they are read from the policies when you ask, with
 //! [`Registry::record_gauges`](crate::config::Registry::record_gauges) (features `metrics` and
-//! `serde`) before each scrape.
+//! `serde`), or an HTTP client's
+//! [`ClientPolicies::record_gauges`](crate::http::ClientPolicies::record_gauges), before each
+//! scrape.
 //!
 //! Without any feature, the breaker, bulkhead, adaptive limiter, rate limiter, hedge and
 //! pipeline builders take a listener (a keyed table, its base builder's; a retry, a hook with
@@ -51,16 +54,17 @@
 //! one flag where an event would be.
 //!
 //! With `tracing`, each [pipeline](crate::pipeline) call runs in a `tidewall.call` span (field
-//! `pipeline`: its name) with a debug event per attempt, per retry scheduled (its delay) and at
-//! its end (its outcome); rejections, hedges launched, breaker state changes and reloads are
+//! `pipeline`: its name), and each HTTP client request in a `tidewall.http` span (fields
+//! `client`, `method`, `authority`), with a debug event per attempt, per retry scheduled (its
+//! delay) and at its end (its outcome); rejections, hedges launched, breaker state changes and reloads are
 //! events too, and (feature `chaos`) each injected fault is a debug event.
 
 mod calls;
 #[cfg(feature = "chaos")]
 mod chaos;
 mod events;
-#[cfg(all(feature = "metrics", feature = "serde"))]
-mod gauges;
+#[cfg(feature = "metrics")]
+pub(crate) mod gauges;
 mod listener;
 mod policy;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tidewall_core::backoff::{Backoff, BackoffBuilder};
 
-use super::{Budgets, ClientPolicies, Inner};
+use super::{Budgets, ClientPolicies, Inner, POLICY};
 use crate::ConfigError;
 use crate::adaptive::{AdaptiveLimiterBuilder, AnyAlgorithm};
 use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder, Window};
@@ -52,6 +52,7 @@ pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     max_authorities: usize,
     classifier: HttpClassifier,
     idempotency: Idempotency,
+    events: Option<crate::telemetry::Listener>,
 }
 
 /// A stage whose standard setting is validated in `build`, with the rest.
@@ -119,6 +120,7 @@ impl<R> ClientPoliciesBuilder<R> {
             max_authorities: 10_000,
             classifier: HttpClassifier::standard(),
             idempotency: Idempotency::standard(),
+            events: None,
         }
     }
 
@@ -139,12 +141,72 @@ impl<R> ClientPoliciesBuilder<R> {
             max_authorities: self.max_authorities,
             classifier: self.classifier,
             idempotency: self.idempotency,
+            events: self.events,
         }
     }
 
-    /// The name the policies carry in events and metrics (default `http_client`).
+    /// The name the policies carry in events and metrics (default `http_client`): give each
+    /// client its own, or two clients' requests count in one series.
     pub fn name(mut self, name: impl Into<crate::Name>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Calls `listener` with each request's [`Event`](crate::telemetry::Event)s, as
+    /// `policy` `http_client`: how the request ended ([`Succeeded`], [`Failed`] or
+    /// [`Ignored`] by the [classifier](Self::classifier)'s verdict on the answer, [`Rejected`]
+    /// with the refusal, [`TimedOut`] when the last attempt timed out, [`Cancelled`] when the
+    /// request's future was dropped after its first poll), each retry scheduled with its
+    /// delay ([`RetryScheduled`]) and each retry the authority's budget refused
+    /// ([`BudgetExhausted`]). The per-authority policies keep their own listeners (set on the
+    /// builders given to [`breaker`](Self::breaker) and the others), which hear each attempt.
+    ///
+    /// [`Succeeded`]: crate::telemetry::EventKind::Succeeded
+    /// [`Failed`]: crate::telemetry::EventKind::Failed
+    /// [`Ignored`]: crate::telemetry::EventKind::Ignored
+    /// [`Rejected`]: crate::telemetry::EventKind::Rejected
+    /// [`TimedOut`]: crate::telemetry::EventKind::TimedOut
+    /// [`Cancelled`]: crate::telemetry::EventKind::Cancelled
+    /// [`RetryScheduled`]: crate::telemetry::EventKind::RetryScheduled
+    /// [`BudgetExhausted`]: crate::telemetry::EventKind::BudgetExhausted
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use tidewall::http::{ClientPolicies, Overrides};
+    /// use tidewall::telemetry::{Event, EventKind};
+    /// use tidewall::Backoff;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let policies = ClientPolicies::builder()
+    ///     .name("catalog")
+    ///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+    ///     .on_event(move |event: &Event<'_>| log.lock().unwrap().push(format!("{:?}", event.kind)))
+    ///     .build()?;
+    /// let request = http::Request::get("http://catalog.example/items").body(()).unwrap();
+    /// let statuses = Mutex::new(vec![200, 503]);
+    /// let response = policies
+    ///     .run(request, Overrides::new(), |_request| {
+    ///         let status = statuses.lock().unwrap().pop().unwrap();
+    ///         async move {
+    ///             Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert_eq!(response.unwrap().status(), 200);
+    /// let seen = seen.lock().unwrap();
+    /// assert!(seen[0].starts_with("RetryScheduled { attempt: 1"));
+    /// assert_eq!(seen[1], "Succeeded");
+    /// # Ok(()) }
+    /// ```
+    pub fn on_event(
+        mut self,
+        listener: impl Fn(&crate::telemetry::Event<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.events = Some(crate::telemetry::Listener::new(listener));
         self
     }
 
@@ -362,10 +424,12 @@ impl<R> ClientPoliciesBuilder<R> {
             ),
             None => None,
         };
+        let telemetry =
+            crate::telemetry::CallTelemetry::new(POLICY, self.name, self.events, &self.rt);
         Ok(ClientPolicies {
             inner: Arc::new(Inner {
                 rt: self.rt,
-                name: self.name,
+                telemetry,
                 deadline: self.deadline,
                 attempt_timeout: self.attempt_timeout,
                 backoff,

@@ -76,9 +76,13 @@ pub struct ClientPolicies<R = DefaultRuntime> {
     inner: Arc<Inner<R>>,
 }
 
+/// The `policy` the stack's requests are reported as (events, metrics).
+const POLICY: &str = "http_client";
+
 struct Inner<R> {
     rt: R,
-    name: crate::Name,
+    /// The requests' telemetry; it holds the stack's name.
+    telemetry: crate::telemetry::CallTelemetry,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     /// One attempt only when `retries` is off.
@@ -140,7 +144,70 @@ impl<R> ClientPolicies<R> {
 
     /// The name the stack's policies carry in events and metrics.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.inner.telemetry.name().as_str()
+    }
+}
+
+impl<R: crate::rt::Clock> ClientPolicies<R> {
+    /// Sets the gauges of the stack's per-authority tables (feature `metrics`), labelled
+    /// with its [name](ClientPoliciesBuilder::name): `tidewall_keyed_keys` and
+    /// `tidewall_keyed_max_keys` of each table (`policy` `keyed_breaker`, `keyed_bulkhead`,
+    /// `keyed_adaptive`, `keyed_rate`), and `tidewall_keyed_breaker_keys` (`state`): how
+    /// many authorities' breakers are in each state, so a dashboard can show how many
+    /// hosts are refused now (which ones: the transitions' `key` label, or
+    /// [`not_closed`](KeyedCircuitBreaker::not_closed)). Call it before each scrape: gauges
+    /// read this way cost the requests nothing.
+    ///
+    /// ```
+    /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    /// use tidewall::breaker::CircuitBreaker;
+    /// use tidewall::http::{Authority, ClientPolicies};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policies = ClientPolicies::builder()
+    ///     .name("upstreams")
+    ///     .breaker(Some(CircuitBreaker::builder().consecutive_failures(1)))
+    ///     .build()?;
+    /// let down = Authority::from_uri(&"http://down.example/".parse()?).unwrap();
+    /// policies.breakers().unwrap().try_acquire(&down)?.failure();
+    ///
+    /// let recorder = DebuggingRecorder::new();
+    /// let snapshotter = recorder.snapshotter();
+    /// metrics::with_local_recorder(&recorder, || policies.record_gauges());
+    /// let open = snapshotter.snapshot().into_vec().into_iter().find_map(|(key, _, _, value)| {
+    ///     let key = key.key();
+    ///     let open = key.labels().any(|l| l.key() == "state" && l.value() == "open");
+    ///     (key.name() == "tidewall_keyed_breaker_keys" && open).then_some(value)
+    /// });
+    /// assert_eq!(open, Some(DebugValue::Gauge(1.0.into())));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_gauges(&self) {
+        use crate::telemetry::gauges;
+        let inner = &*self.inner;
+        let name = inner.telemetry.name();
+        if let Some(breakers) = &inner.breakers {
+            let keys = breakers.len();
+            let states: Vec<_> = breakers.not_closed().into_iter().map(|(_, s)| s).collect();
+            gauges::keyed_table("keyed_breaker", name, keys, breakers.max_keys());
+            gauges::keyed_breaker_states(name, keys, &states);
+        }
+        if let Some(bulkheads) = &inner.bulkheads {
+            gauges::keyed_table(
+                "keyed_bulkhead",
+                name,
+                bulkheads.len(),
+                bulkheads.max_keys(),
+            );
+        }
+        if let Some(limits) = &inner.adaptive {
+            gauges::keyed_table("keyed_adaptive", name, limits.len(), limits.max_keys());
+        }
+        if let Some(limiters) = &inner.limiters {
+            gauges::keyed_table("keyed_rate", name, limiters.len(), limiters.max_keys());
+        }
     }
 }
 
@@ -156,7 +223,7 @@ impl<R> std::fmt::Debug for ClientPolicies<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = &*self.inner;
         f.debug_struct("ClientPolicies")
-            .field("name", &inner.name)
+            .field("name", inner.telemetry.name())
             .field("deadline", &inner.deadline)
             .field("attempt_timeout", &inner.attempt_timeout)
             .field("backoff", &inner.backoff)

@@ -7,11 +7,12 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::{ClientPolicies, Inner, Overrides};
-use crate::breaker::{KeyedCircuitBreaker, State};
+use crate::breaker::{KeyedCircuitBreaker, Outcome, State};
 use crate::classify::{Classify, Verdict, judge};
 use crate::http::{Authority, FailureKind, HttpClassifier, HttpFailure, Inbound, Outbound};
-use crate::retry::{Retry, RetryError};
+use crate::retry::{Notify, Retry, RetryError, RetryEvent};
 use crate::rt::Clock;
+use crate::telemetry::{CallOutcome, CallTelemetry};
 use crate::time::FutureExt as _;
 use crate::{Deadline, Error, Rejected, RetryAfter};
 
@@ -31,7 +32,14 @@ impl<R: Clock> ClientPolicies<R> {
     /// refused): its response or error is the answer.
     ///
     /// **Cancel safety:** dropping the future drops the attempt in flight and every permit
-    /// it holds; nothing is recorded for it.
+    /// it holds; no policy records anything for it, and the request's telemetry counts it
+    /// `cancelled` (once polled).
+    ///
+    /// **Telemetry:** the request is reported once, however many attempts it made: to the
+    /// [listener](super::ClientPoliciesBuilder::on_event), and with the `metrics` feature as
+    /// `tidewall_calls_total{policy="http_client"}` by outcome, its retries and the retries
+    /// its budget refused, and its duration (the table in [`telemetry`](crate::telemetry));
+    /// with `tracing`, in a `tidewall.http` span.
     ///
     /// # Errors
     ///
@@ -86,8 +94,60 @@ impl<R: Clock> ClientPolicies<R> {
         S: Fn(Q) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = &*self.inner;
         let authority = request.authority();
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!(
+            "tidewall.http",
+            client = self.name(),
+            method = %request.method(),
+            authority = authority.as_ref().map(tracing::field::display),
+        );
+        let call = self.observed(request, authority, overrides, send);
+        #[cfg(feature = "tracing")]
+        let call = tracing::Instrument::instrument(call, span);
+        call.await
+    }
+
+    /// [`run`](Self::run), reported: how the request ended, and how long it took.
+    async fn observed<Q, T, E, S, Fut>(
+        &self,
+        request: Q,
+        authority: Option<Authority>,
+        overrides: Overrides,
+        send: S,
+    ) -> Result<T, Error<E>>
+    where
+        Q: Outbound,
+        T: Inbound,
+        E: HttpFailure,
+        S: Fn(Q) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        let watch = inner.telemetry.watch(&inner.rt);
+        let result = self.applied(request, authority, overrides, send).await;
+        if let Some(watch) = watch {
+            watch.finish(request_outcome(&inner.classifier, &result), &inner.rt);
+        }
+        result
+    }
+
+    /// The policies applied to one request.
+    async fn applied<Q, T, E, S, Fut>(
+        &self,
+        request: Q,
+        authority: Option<Authority>,
+        overrides: Overrides,
+        send: S,
+    ) -> Result<T, Error<E>>
+    where
+        Q: Outbound,
+        T: Inbound,
+        E: HttpFailure,
+        S: Fn(Q) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
         let deadline = overrides
             .deadline
             .or(inner.deadline)
@@ -104,7 +164,10 @@ impl<R: Clock> ClientPolicies<R> {
         // failure retryable, so the engine asks for no further attempt.
         let replayable = AtomicBool::new(wants_retry);
         let mut next = Some(request);
+        let mut started = 0;
         let attempt = || {
+            started += 1;
+            inner.telemetry.attempt(started);
             let request = next.take();
             if replayable.load(Relaxed) {
                 next = request.as_ref().and_then(Q::try_clone);
@@ -128,6 +191,7 @@ impl<R: Clock> ClientPolicies<R> {
         let mut retry = Retry::new(backoff, attempt)
             .runtime(inner.rt.clone())
             .classify(judge)
+            .notify(Observe(&inner.telemetry))
             .deadline(deadline)
             .max_retry_after(inner.max_retry_after);
         if wants_retry && let (Some(budgets), Some(authority)) = (&inner.budgets, &authority) {
@@ -150,6 +214,40 @@ impl<R: Clock> ClientPolicies<R> {
             Err(RetryError::AttemptTimedOut) => Err(Error::TimedOut),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded)),
         }
+    }
+}
+
+/// How a request ended, as its telemetry counts it: a refusal or a timeout as such, any other
+/// answer by the classifier's verdict on it (a 503 that ran out of retries is a failure, a 404
+/// ignored).
+fn request_outcome<'a, T: Inbound, E: HttpFailure>(
+    classifier: &HttpClassifier,
+    result: &'a Result<T, Error<E>>,
+) -> CallOutcome<'a> {
+    match result {
+        Err(Error::Rejected(why)) => CallOutcome::Rejected(why),
+        Err(Error::TimedOut) => CallOutcome::TimedOut,
+        _ => match Standard(classifier)
+            .classify(result.as_ref())
+            .breaker_outcome()
+        {
+            Outcome::Success => CallOutcome::Success,
+            Outcome::Failure => CallOutcome::Failure,
+            Outcome::Ignored => CallOutcome::Ignored,
+        },
+    }
+}
+
+/// Tells the request's telemetry of its retries, and of those its budget refused.
+struct Observe<'a>(&'a CallTelemetry);
+
+impl<T, E> Notify<T, E> for Observe<'_> {
+    fn notify(&mut self, event: &RetryEvent<'_, T, E>) {
+        self.0.retry(event.attempt, event.delay);
+    }
+
+    fn budget_spent(&mut self, _attempt: u32) {
+        self.0.budget_spent();
     }
 }
 
@@ -258,7 +356,7 @@ impl<R: Clock> Attempt<'_, R> {
                 // client) says nothing of the host's health: not counted, as a `BreakerLayer`
                 // over the refusing layer does not count it.
                 Err(error) if matches!(kind(error), FailureKind::Refused(_)) => {
-                    (crate::breaker::Outcome::Ignored, None)
+                    (Outcome::Ignored, None)
                 }
                 _ => {
                     let (verdict, hint) = judge(&Standard(&inner.classifier), result.as_ref());

@@ -1,0 +1,424 @@
+//! The HTTP client stack's own telemetry, through both fronts on every runtime in virtual
+//! time: each request reported once (listener and metrics) by how it ended, its retries, the
+//! retries its budget refused, its duration; the per-authority tables' gauges; the
+//! `tidewall.http` span.
+#![cfg(all(feature = "metrics", feature = "tracing"))]
+
+mod common;
+mod keyed_support;
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use keyed_support::client::{Answer, FRONTS, Hosts, builder, dropped, get, send, status};
+use keyed_support::secs;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::ms;
+use tidewall::budget::RetryBudgetPolicy;
+use tidewall::classify::Verdict;
+use tidewall::http::{ClientPolicies, ClientPoliciesBuilder, HttpClassifier, Overrides};
+use tidewall::rt::{Clock, Runtime};
+use tidewall::telemetry::{Event, EventKind};
+use tidewall::testing::Clocked;
+
+/// What the listener heard, one line per event: `policy name kind`.
+type Heard = Arc<Mutex<Vec<String>>>;
+
+fn heard_by<R>(builder: ClientPoliciesBuilder<R>) -> (ClientPoliciesBuilder<R>, Heard) {
+    let heard = Heard::default();
+    let log = Arc::clone(&heard);
+    let builder = builder.on_event(move |event: &Event<'_>| {
+        let kind = match event.kind {
+            EventKind::RetryScheduled { attempt, delay } => format!("retry {attempt} {delay:?}"),
+            EventKind::Rejected(why) => format!("rejected {}", why.kind()),
+            other => format!("{other:?}"),
+        };
+        log.lock()
+            .unwrap()
+            .push(format!("{} {} {kind}", event.policy, event.name));
+    });
+    (builder, heard)
+}
+
+fn take(heard: &Heard) -> Vec<String> {
+    std::mem::take(&mut *heard.lock().unwrap())
+}
+
+/// Builds `builder` with its metrics registered on a recorder of its own.
+fn recorded<R: Clock>(builder: ClientPoliciesBuilder<R>) -> (ClientPolicies<R>, Snapshotter) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let policies = metrics::with_local_recorder(&recorder, || builder.build()).unwrap();
+    (policies, snapshotter)
+}
+
+/// Every series in `snapshot` named `name` with all of `labels` (`key=value`): counters'
+/// totals, histograms' sample counts, gauges' values (whole counts here).
+fn series(snapshot: &[(String, Vec<String>, DebugValue)], name: &str, labels: &[&str]) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(n, have, _)| n == name && labels.iter().all(|l| have.iter().any(|h| h == l)))
+        .map(|(_, _, value)| match value {
+            DebugValue::Counter(n) => *n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            // A whole count prints without a fraction: anything else fails to parse.
+            DebugValue::Gauge(v) => format!("{v}").parse().expect("a count"),
+        })
+        .sum()
+}
+
+fn snapshot(snapshotter: &Snapshotter) -> Vec<(String, Vec<String>, DebugValue)> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            (key.name().to_owned(), labels, value)
+        })
+        .collect()
+}
+
+/// One request of each ending, counted once whatever its attempts: the listener's events in
+/// order, and the counters and histogram that match them.
+async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>) {
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        // 4xx ignored, not the standard table's successes: every ending once.
+        let classifier = HttpClassifier::standard().client_errors(Verdict::Ignored);
+        let (builder, heard) = heard_by(builder(&rt, 3).name("upstreams").classifier(classifier));
+        let (policies, snapshotter) = recorded(builder);
+        let client = "upstreams";
+
+        // A 503 then a 200: one retry, then a success.
+        hosts.play("a:80", [Answer::Status(503), Answer::Status(200)]);
+        assert_eq!(
+            status(&send(front, &policies, &hosts, get("http://a/")).await),
+            Some(200)
+        );
+        assert_eq!(
+            take(&heard),
+            [
+                format!("http_client {client} retry 1 10ms"),
+                format!("http_client {client} Succeeded"),
+            ]
+        );
+
+        // A 404: an answer this classifier ignores, sent once.
+        hosts.play("b:80", [Answer::Status(404)]);
+        assert_eq!(
+            status(&send(front, &policies, &hosts, get("http://b/")).await),
+            Some(404)
+        );
+        assert_eq!(take(&heard), [format!("http_client {client} Ignored")]);
+
+        // Three 503s: two retries, then the last 503 is the answer, a failure. The host's
+        // breaker opened on the third; the next request is refused at once.
+        hosts.play("c:80", [Answer::Status(503)]);
+        assert_eq!(
+            status(&send(front, &policies, &hosts, get("http://c/")).await),
+            Some(503)
+        );
+        let refused = send(front, &policies, &hosts, get("http://c/")).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(hosts.seen("c:80"), 3);
+        assert_eq!(
+            take(&heard),
+            [
+                format!("http_client {client} retry 1 10ms"),
+                format!("http_client {client} retry 2 10ms"),
+                format!("http_client {client} Failed"),
+                format!("http_client {client} rejected circuit_open"),
+            ]
+        );
+
+        // Every attempt too slow: three timeouts, the last one the answer.
+        hosts.play("d:80", [Answer::Slow(secs(1))]);
+        let timed_out = send(front, &policies, &hosts, get("http://d/")).await;
+        assert!(
+            matches!(timed_out, Err(tidewall::Error::TimedOut)),
+            "{timed_out:?}"
+        );
+        assert_eq!(
+            take(&heard),
+            [
+                format!("http_client {client} retry 1 10ms"),
+                format!("http_client {client} retry 2 10ms"),
+                format!("http_client {client} TimedOut"),
+            ]
+        );
+
+        // Dropped while its first attempt runs: cancelled, and not timed.
+        hosts.play("e:80", [Answer::Slow(secs(1))]);
+        assert!(dropped(&rt, front, &policies, &hosts, get("http://e/"), ms(50)).await);
+        assert_eq!(take(&heard), [format!("http_client {client} Cancelled")]);
+
+        let all = snapshot(&snapshotter);
+        let calls = |outcome: &str| {
+            let outcome = format!("outcome={outcome}");
+            let labels = ["policy=http_client", "name=upstreams", outcome.as_str()];
+            series(&all, "tidewall_calls_total", &labels)
+        };
+        let counted: Vec<u64> = [
+            "success",
+            "ignored",
+            "failure",
+            "rejected",
+            "timed_out",
+            "cancelled",
+        ]
+        .into_iter()
+        .map(calls)
+        .collect();
+        assert_eq!(counted, [1; 6], "{front:?}");
+        let client_labels = ["policy=http_client", "name=upstreams"];
+        assert_eq!(series(&all, "tidewall_retries_total", &client_labels), 5);
+        assert_eq!(
+            series(
+                &all,
+                "tidewall_retry_budget_exhausted_total",
+                &client_labels
+            ),
+            0
+        );
+        // Every request but the cancelled one is timed, on the runtime's clock, in seconds:
+        // a's retry 10 ms, c's two 20 ms, d's three timeouts and two backoffs 320 ms.
+        let timed: f64 = all
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == "tidewall_call_duration_seconds"
+                    && labels.iter().any(|l| l == "policy=http_client")
+            })
+            .flat_map(|(_, _, value)| match value {
+                DebugValue::Histogram(samples) => samples.iter().map(|s| s.into_inner()).collect(),
+                _ => Vec::new(),
+            })
+            .sum();
+        assert!((timed - 0.350).abs() < 1e-9, "{timed} s, {front:?}");
+        assert_eq!(
+            series(&all, "tidewall_call_duration_seconds", &client_labels),
+            5,
+            "{front:?}"
+        );
+    }
+}
+
+#[test]
+fn each_request_is_reported_once_by_its_ending_on_every_runtime() {
+    on_every_runtime!(each_request_is_reported_once_by_its_ending);
+}
+
+/// A budget with nothing to grant refuses the first retry: heard and counted, and the
+/// failure is the answer.
+async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {
+    for front in FRONTS {
+        let hosts = Hosts::new(&rt);
+        let none_left = RetryBudgetPolicy::builder()
+            .ratio(0.0)
+            .min_per_second(0)
+            .build()
+            .unwrap();
+        let (builder, heard) = heard_by(
+            builder(&rt, 10)
+                .name("frugal")
+                .retry_budget(Some(none_left)),
+        );
+        let (policies, snapshotter) = recorded(builder);
+        hosts.play("a:80", [Answer::Status(503)]);
+        assert_eq!(
+            status(&send(front, &policies, &hosts, get("http://a/")).await),
+            Some(503)
+        );
+        assert_eq!(hosts.seen("a:80"), 1);
+        assert_eq!(
+            take(&heard),
+            [
+                "http_client frugal BudgetExhausted",
+                "http_client frugal Failed"
+            ]
+        );
+        let all = snapshot(&snapshotter);
+        let labels = ["policy=http_client", "name=frugal"];
+        assert_eq!(
+            series(&all, "tidewall_retry_budget_exhausted_total", &labels),
+            1,
+            "{front:?}"
+        );
+        assert_eq!(series(&all, "tidewall_retries_total", &labels), 0);
+    }
+}
+
+#[test]
+fn a_refused_retry_is_reported_on_every_runtime() {
+    on_every_runtime!(a_refused_retry_is_reported);
+}
+
+/// The breaker-state gauge counts the hosts in each state, and goes back to 0 for `open` once
+/// the host recovers.
+async fn the_gauges_follow_the_hosts_breakers<R: Runtime>(rt: Clocked<R>) {
+    let hosts = Hosts::new(&rt);
+    let policies = builder(&rt, 3).name("gauged").build().unwrap();
+    hosts.play("down:80", [Answer::Status(503)]);
+    let overrides = Overrides::new().no_retry();
+    for _ in 0..3 {
+        let _ = policies
+            .run(get("http://down/"), overrides, |request| {
+                hosts.send(request)
+            })
+            .await;
+    }
+    let _ = policies
+        .run(get("http://up/"), overrides, |request| hosts.send(request))
+        .await;
+    let gauges = |policies: &ClientPolicies<Clocked<R>>| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || policies.record_gauges());
+        let all = snapshot(&snapshotter);
+        let keys = |state: &str| {
+            let state = format!("state={state}");
+            series(
+                &all,
+                "tidewall_keyed_breaker_keys",
+                &["name=gauged", &state],
+            )
+        };
+        (
+            keys("closed"),
+            keys("open"),
+            keys("half_open"),
+            series(
+                &all,
+                "tidewall_keyed_keys",
+                &["policy=keyed_breaker", "name=gauged"],
+            ),
+            series(
+                &all,
+                "tidewall_keyed_max_keys",
+                &["policy=keyed_bulkhead", "name=gauged"],
+            ),
+        )
+    };
+    assert_eq!(gauges(&policies), (1, 1, 0, 2, 10_000));
+    assert_eq!(
+        policies.breakers().unwrap().not_closed(),
+        [(
+            keyed_support::client::auth("http://down/"),
+            tidewall::breaker::State::Open
+        )]
+    );
+
+    // The break ends, the host answers again: its probe closes the breaker.
+    rt.sleep(secs(11)).await;
+    hosts.play("down:80", [Answer::Status(200)]);
+    let answer = policies
+        .run(get("http://down/"), overrides, |request| {
+            hosts.send(request)
+        })
+        .await;
+    assert_eq!(status(&answer), Some(200));
+    assert_eq!(gauges(&policies), (2, 0, 0, 2, 10_000));
+    assert!(policies.breakers().unwrap().not_closed().is_empty());
+}
+
+#[test]
+fn the_gauges_follow_the_hosts_breakers_on_every_runtime() {
+    on_every_runtime!(the_gauges_follow_the_hosts_breakers);
+}
+
+/// Each request runs in a `tidewall.http` span naming the client, the method and the host.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn each_request_runs_in_a_span_naming_its_host() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Default, Clone)]
+    struct Spans(Arc<Mutex<Vec<String>>>);
+    struct Fields<'a>(&'a mut String);
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+    impl<S> tracing_subscriber::Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut line = attrs.metadata().name().to_owned();
+            attrs.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let span = ctx.event_span(event).map(|s| s.name().to_owned());
+            let mut line = format!("event in {span:?}:");
+            event.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tidewall::rt::Tokio;
+    let policies = ClientPolicies::builder()
+        .runtime(rt)
+        .name("traced")
+        .retry(
+            tidewall::Backoff::constant(ms(10))
+                .jitter(tidewall::Jitter::None)
+                .max_attempts(2)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let answers = Mutex::new(vec![200, 503]);
+    let response = policies
+        .run(
+            get("http://api.example:8080/x"),
+            Overrides::new(),
+            |_request| {
+                let status = answers.lock().unwrap().pop().unwrap();
+                async move {
+                    Ok::<_, std::io::Error>(
+                        http::Response::builder().status(status).body(()).unwrap(),
+                    )
+                }
+            },
+        )
+        .await;
+    assert_eq!(response.unwrap().status(), 200);
+    let seen = spans.0.lock().unwrap().clone();
+    assert_eq!(
+        seen[0],
+        "tidewall.http client=traced method=GET authority=http://api.example:8080"
+    );
+    let in_span = |line: &&String| line.starts_with("event in Some(\"tidewall.http\")");
+    let events: Vec<_> = seen.iter().filter(in_span).collect();
+    assert!(events.iter().any(|l| l.contains("attempt=1")), "{seen:#?}");
+    assert!(events.iter().any(|l| l.contains("attempt=2")), "{seen:#?}");
+    assert!(
+        events.iter().any(|l| l.contains("retry scheduled")),
+        "{seen:#?}"
+    );
+    assert!(
+        events.iter().any(|l| l.contains("outcome=Success")),
+        "{seen:#?}"
+    );
+}
