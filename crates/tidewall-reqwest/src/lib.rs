@@ -52,6 +52,34 @@
 //! as `Error::Middleware` holding [`Elapsed`](tidewall::time::Elapsed): find them with
 //! [`rejection`] or `downcast_ref`.
 //!
+//! ## Metrics and tracing
+//! With this crate's `metrics` feature, each request is counted once, however many attempts
+//! it made, under `policy="http_client"` and the stack's
+//! [name](tidewall::http::ClientPoliciesBuilder::name) (default `http_client`: give each
+//! client its own, or their requests add into one series):
+//!
+//! | series | labels | what it counts |
+//! |---|---|---|
+//! | `tidewall_calls_total` | `policy="http_client"`, `name`, `outcome` | requests by how they ended, by the classifier's verdict on the answer: `success` (in the standard table a 2xx, 3xx or other 4xx), `failure` (a 5xx, 408 or 429 that ran out of retries, a connection error), `ignored` (what the classifier ignores), `rejected` (a policy refused the last attempt, or the deadline), `timed_out` (the last attempt's timeout), `cancelled` (the request's future dropped) |
+//! | `tidewall_retries_total` | `policy="http_client"`, `name` | retries scheduled |
+//! | `tidewall_retry_budget_exhausted_total` | `policy="http_client"`, `name` | retries a host's budget refused |
+//! | `tidewall_call_duration_seconds` | `policy="http_client"`, `name` | a request's time, retries and waits included (not for cancelled ones) |
+//! | `tidewall_rejections_total` | `policy` (`breaker`, `bulkhead`, `keyed_breaker`, ...), `name`, `reason` | each attempt a host's policy refused |
+//! | `tidewall_calls_total` | `policy="breaker"`, `name`, `outcome` | each attempt, as the host's breaker recorded it |
+//! | `tidewall_breaker_transitions_total` | `name`, `to`, `key` (the host) | a host's breaker changing state |
+//! | `tidewall_keyed_breaker_keys` | `name`, `state` | gauge: hosts whose breaker is in each state |
+//! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | `policy`, `name` | gauge: hosts each per-host table tracks, and its bound |
+//!
+//! Gauges are read when asked: call [`record_gauges`](ClientPolicies::record_gauges) on
+//! [`Resilience::policies`] before each scrape. **Install the recorder before building the
+//! stack**: its counters are registered when it is built, and a stack built first (in a
+//! `static`, say) counts into nothing for ever. Without the feature, a listener set with
+//! [`on_event`](tidewall::http::ClientPoliciesBuilder::on_event) hears the same endings,
+//! retries and refused retries. With the `tracing` feature each request runs in a
+//! `tidewall.http` span (fields `client`, `method`, `authority`) with a debug event per
+//! attempt, per retry scheduled and at its end. A dashboard built on these series, PromQL
+//! included, is in the repository's `docs/OBSERVABILITY.md`.
+//!
 //! ## Beside reqwest's own retry
 //! reqwest 0.13 retries some protocol-level refusals by itself (HTTP/2 `REFUSED_STREAM`),
 //! per host and within its own budget. It can stay on: those retries happen inside one
