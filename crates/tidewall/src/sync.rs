@@ -143,7 +143,7 @@ impl<T> Swap<T> {
     }
 
     /// The value, held for as long as the caller keeps it (across awaits too).
-    #[cfg(feature = "serde")]
+    #[cfg(any(feature = "serde", feature = "http"))]
     pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
         self.0.load_full()
     }
@@ -168,7 +168,7 @@ impl<T> Swap<T> {
         *lock(&self.0) = std::sync::Arc::new(value);
     }
 
-    #[cfg(feature = "serde")]
+    #[cfg(any(feature = "serde", feature = "http"))]
     pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
         self.load()
     }

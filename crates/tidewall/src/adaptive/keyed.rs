@@ -323,8 +323,8 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
         Ok(())
     }
 
-    /// The algorithm every new key starts from (for a registry's reload).
-    #[cfg(feature = "serde")]
+    /// The algorithm every new key starts from (for a reload: the same one keeps what each
+    /// key learned).
     pub(crate) fn algorithm_given(&self) -> A {
         lock(&self.shared.settings).algorithm().clone()
     }

@@ -46,7 +46,9 @@ mod idempotency;
 mod retry_after;
 
 pub use classify::{FailureKind, HttpClassifier, HttpFailure};
-pub use client::{ClientPolicies, ClientPoliciesBuilder, Overrides};
+#[cfg(feature = "serde")]
+pub(crate) use client::Plan as ClientPlan;
+pub use client::{ClientPolicies, ClientPoliciesBuilder, Overrides, Retuned};
 pub use exchange::{Authority, Inbound, Outbound};
 pub use idempotency::Idempotency;
 pub use retry_after::{RetryAfterError, parse_retry_after, retry_after};

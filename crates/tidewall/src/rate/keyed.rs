@@ -76,7 +76,7 @@ struct Keyed<K, R> {
     rejections: crate::telemetry::PolicyTelemetry,
 }
 
-impl<K, R: Clock> Clone for KeyedRateLimiter<K, R> {
+impl<K, R> Clone for KeyedRateLimiter<K, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -100,6 +100,14 @@ impl<K, R: Clock> std::fmt::Debug for KeyedRateLimiter<K, R> {
 pub struct KeyedRateLimiterBuilder<R = DefaultRuntime> {
     rate: RateLimiterBuilder<R>,
     max_keys: usize,
+}
+
+impl<R> KeyedRateLimiterBuilder<R> {
+    /// Each key's settings, as [`KeyedRateLimiter::reconfigure`] takes them.
+    #[cfg(feature = "http")]
+    pub(crate) fn per_key(&self) -> &RateLimiterBuilder<R> {
+        &self.rate
+    }
 }
 
 impl KeyedRateLimiter<()> {

@@ -6,11 +6,17 @@ use crate::ConfigError;
 use crate::budget::{RetryBudget, RetryBudgetPolicy};
 use crate::http::Authority;
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
-use crate::sync::nanos_since;
+use crate::sync::{Mutex, lock, nanos_since};
+
+/// `policy`'s window in nanoseconds (saturated: a window past `u64` never rests).
+fn window_of(policy: RetryBudgetPolicy) -> u64 {
+    u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX)
+}
 
 pub(super) struct Budgets {
-    policy: RetryBudgetPolicy,
-    window: u64,
+    /// What a new authority's budget follows, and its window in nanoseconds: read only to
+    /// make one, replaced by `reconfigure`.
+    policy: Mutex<(RetryBudgetPolicy, u64)>,
     origin: Instant,
     keys: KeyedMap<Authority, Entry>,
 }
@@ -45,11 +51,24 @@ impl Budgets {
         origin: Instant,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
-            window: u64::try_from(policy.window().as_nanos()).unwrap_or(u64::MAX),
-            policy,
+            policy: Mutex::new((policy, window_of(policy))),
             origin,
             keys: KeyedMap::new(max_keys)?,
         })
+    }
+
+    /// Every authority's budget follows `policy` from now on, keeping its window's counts
+    /// when the window keeps its shape ([`RetryBudget::reconfigure`]), and so do the
+    /// budgets made from now on.
+    pub(super) fn reconfigure(&self, policy: RetryBudgetPolicy) {
+        let window = window_of(policy);
+        self.keys.all_at_once(
+            || *lock(&self.policy) = (policy, window),
+            |(), entry| {
+                entry.budget.reconfigure(policy);
+                entry.window = window;
+            },
+        );
     }
 
     /// `authority`'s budget, made if new; `None` when the table is full of budgets in use.
@@ -68,11 +87,12 @@ impl Budgets {
                         (entry.budget.clone(), None)
                     }
                     Slot::Vacant => {
-                        let budget = RetryBudget::new(self.policy, self.origin);
+                        let (policy, window) = *lock(&self.policy);
+                        let budget = RetryBudget::new(policy, self.origin);
                         let entry = Entry {
                             budget: budget.clone(),
                             last_used: now,
-                            window: self.window,
+                            window,
                         };
                         (budget, Some(entry))
                     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tidewall_core::backoff::{Backoff, BackoffBuilder};
 
-use super::{Budgets, ClientPolicies, Inner, POLICY};
+use super::{Budgets, ClientPolicies, Inner, Live, POLICY};
 use crate::ConfigError;
 use crate::adaptive::{AdaptiveLimiterBuilder, AnyAlgorithm};
 use crate::breaker::{CircuitBreaker, CircuitBreakerBuilder, Window};
@@ -13,7 +13,7 @@ use crate::bulkhead::{Bulkhead, BulkheadBuilder};
 use crate::http::{HttpClassifier, Idempotency};
 use crate::rate::KeyedRateLimiterBuilder;
 use crate::rt::{Clock, DefaultRuntime};
-use crate::sync::Arc;
+use crate::sync::{Arc, Swap};
 use tidewall_core::backoff::Jitter;
 
 /// Configures [`ClientPolicies`]: every setting starts at the standard stack's (see
@@ -37,6 +37,7 @@ use tidewall_core::backoff::Jitter;
 /// # Ok::<(), tidewall::ConfigError>(())
 /// ```
 #[must_use]
+#[derive(Clone)]
 pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     rt: R,
     name: crate::Name,
@@ -50,12 +51,14 @@ pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     adaptive: Option<AdaptiveLimiterBuilder<AnyAlgorithm>>,
     rate_limit: Option<KeyedRateLimiterBuilder>,
     max_authorities: usize,
+    idle_ttl: Option<Duration>,
     classifier: HttpClassifier,
     idempotency: Idempotency,
     events: Option<crate::telemetry::Listener>,
 }
 
 /// A stage whose standard setting is validated in `build`, with the rest.
+#[derive(Clone)]
 enum Stage<T> {
     Standard,
     With(T),
@@ -118,6 +121,7 @@ impl<R> ClientPoliciesBuilder<R> {
             adaptive: None,
             rate_limit: None,
             max_authorities: 10_000,
+            idle_ttl: None,
             classifier: HttpClassifier::standard(),
             idempotency: Idempotency::standard(),
             events: None,
@@ -139,6 +143,7 @@ impl<R> ClientPoliciesBuilder<R> {
             adaptive: self.adaptive,
             rate_limit: self.rate_limit,
             max_authorities: self.max_authorities,
+            idle_ttl: self.idle_ttl,
             classifier: self.classifier,
             idempotency: self.idempotency,
             events: self.events,
@@ -316,6 +321,14 @@ impl<R> ClientPoliciesBuilder<R> {
         self
     }
 
+    /// How long an authority whose breaker is closed with failures in its window is kept
+    /// after its last call (default 60 s; see
+    /// [`KeyedCircuitBreakerBuilder::idle_ttl`](crate::breaker::KeyedCircuitBreakerBuilder::idle_ttl)).
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = Some(ttl);
+        self
+    }
+
     /// How responses and errors are classified (default [`HttpClassifier::standard`]).
     pub fn classifier(mut self, classifier: HttpClassifier) -> Self {
         self.classifier = classifier;
@@ -338,6 +351,38 @@ impl<R> ClientPoliciesBuilder<R> {
     /// attempt timeout (as a [`Pipeline`](crate::pipeline::Pipeline) refuses them), or a
     /// `max_retry_after`, above `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<ClientPolicies<R>, ConfigError>
+    where
+        R: Clock,
+    {
+        let (name, events, rt) = (self.name.clone(), self.events.clone(), self.rt.clone());
+        let stack = self.build_inner()?;
+        let telemetry = crate::telemetry::CallTelemetry::new(POLICY, name, events, &rt);
+        Ok(ClientPolicies {
+            live: Arc::new(Live {
+                telemetry,
+                stack: Swap::new(stack),
+            }),
+        })
+    }
+
+    /// Each per-authority stage's settings, for a reconfiguration to retune the tables it
+    /// keeps.
+    pub(super) fn stages(&self) -> Stages {
+        Stages {
+            breaker: self.breaker.clone(),
+            bulkhead: self.bulkhead.clone(),
+            adaptive: self.adaptive.clone(),
+            rate_limit: self.rate_limit.as_ref().map(|r| r.per_key().clone()),
+            budget: match &self.budget {
+                Stage::With(policy) => Some(Some(*policy)),
+                Stage::Off => Some(None),
+                Stage::Standard => None,
+            },
+        }
+    }
+
+    /// The stack these settings make, its tables new.
+    pub(super) fn build_inner(self) -> Result<Inner<R>, ConfigError>
     where
         R: Clock,
     {
@@ -370,26 +415,28 @@ impl<R> ClientPoliciesBuilder<R> {
                 .max_attempts(1)
                 .build()?,
         };
-        let budget = self.budget.resolve(|| {
-            RetryBudgetPolicy::builder()
-                .ratio(0.2)
-                .min_per_second(10)
-                .build()
-        })?;
+        let budget = self.budget.resolve(standard_budget)?;
         let budgets = match budget {
-            Some(policy) => Some(Budgets::new(policy, self.max_authorities, self.rt.now())?),
+            Some(policy) => Some(Arc::new(Budgets::new(
+                policy,
+                self.max_authorities,
+                self.rt.now(),
+            )?)),
             None => None,
         };
         let breakers = match self.breaker {
-            Some(breaker) => Some(
-                breaker
+            Some(breaker) => {
+                let mut keyed = breaker
                     .name(&self.name)
                     .runtime(self.rt.clone())
                     .keyed()
                     .max_keys(self.max_authorities)
-                    .key_label(|authority: &super::Authority| authority.to_string())
-                    .build()?,
-            ),
+                    .key_label(|authority: &super::Authority| authority.to_string());
+                if let Some(ttl) = self.idle_ttl {
+                    keyed = keyed.idle_ttl(ttl);
+                }
+                Some(keyed.build()?)
+            }
             None => None,
         };
         let bulkheads = match self.bulkhead {
@@ -424,27 +471,50 @@ impl<R> ClientPoliciesBuilder<R> {
             ),
             None => None,
         };
-        let telemetry =
-            crate::telemetry::CallTelemetry::new(POLICY, self.name, self.events, &self.rt);
-        Ok(ClientPolicies {
-            inner: Arc::new(Inner {
-                rt: self.rt,
-                telemetry,
-                deadline: self.deadline,
-                attempt_timeout: self.attempt_timeout,
-                backoff,
-                retries: retry.is_some(),
-                max_retry_after: self.max_retry_after,
-                budgets,
-                breakers,
-                bulkheads,
-                adaptive,
-                limiters,
-                max_authorities: self.max_authorities,
-                classifier: self.classifier,
-                idempotency: self.idempotency,
-            }),
+        Ok(Inner {
+            rt: self.rt,
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            backoff,
+            retries: retry.is_some(),
+            max_retry_after: self.max_retry_after,
+            budgets,
+            breakers,
+            bulkheads,
+            adaptive,
+            limiters,
+            max_authorities: self.max_authorities,
+            classifier: self.classifier,
+            idempotency: self.idempotency,
         })
+    }
+}
+
+/// The standard retry budget: 20 % of an authority's calls plus 10 a second.
+fn standard_budget() -> Result<RetryBudgetPolicy, ConfigError> {
+    RetryBudgetPolicy::builder()
+        .ratio(0.2)
+        .min_per_second(10)
+        .build()
+}
+
+/// A builder's per-authority stage settings, as the tables' `reconfigure` take them.
+pub(super) struct Stages {
+    pub(super) breaker: Option<CircuitBreakerBuilder>,
+    pub(super) bulkhead: Option<BulkheadBuilder>,
+    pub(super) adaptive: Option<AdaptiveLimiterBuilder<AnyAlgorithm>>,
+    pub(super) rate_limit: Option<crate::rate::RateLimiterBuilder>,
+    /// `None`: the standard budget.
+    pub(super) budget: Option<Option<RetryBudgetPolicy>>,
+}
+
+impl Stages {
+    /// The budget policy, resolved as `build` resolves it.
+    pub(super) fn budget(&self) -> Result<Option<RetryBudgetPolicy>, ConfigError> {
+        match self.budget {
+            Some(policy) => Ok(policy),
+            None => standard_budget().map(Some),
+        }
     }
 }
 
@@ -455,6 +525,7 @@ impl<R> std::fmt::Debug for ClientPoliciesBuilder<R> {
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_authorities", &self.max_authorities)
+            .field("idle_ttl", &self.idle_ttl)
             .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,7 @@
 mod budgets;
 mod builder;
 mod overrides;
+mod reconfigure;
 mod run;
 
 use std::time::Duration;
@@ -11,6 +12,9 @@ use tidewall_core::backoff::Backoff;
 
 pub use builder::ClientPoliciesBuilder;
 pub use overrides::Overrides;
+#[cfg(feature = "serde")]
+pub(crate) use reconfigure::Plan;
+pub use reconfigure::Retuned;
 
 use self::budgets::Budgets;
 use super::{Authority, HttpClassifier, Idempotency};
@@ -19,7 +23,7 @@ use crate::breaker::KeyedCircuitBreaker;
 use crate::bulkhead::KeyedBulkhead;
 use crate::rate::KeyedRateLimiter;
 use crate::rt::DefaultRuntime;
-use crate::sync::Arc;
+use crate::sync::{Arc, Swap};
 
 /// The policies that protect outbound HTTP calls, applied per request in this order:
 ///
@@ -73,7 +77,15 @@ use crate::sync::Arc;
 /// assert_eq!(policies.max_authorities(), 10_000);
 /// ```
 pub struct ClientPolicies<R = DefaultRuntime> {
-    inner: Arc<Inner<R>>,
+    live: Arc<Live<R>>,
+}
+
+/// What every clone shares: the requests' telemetry, fixed at build (it holds the stack's
+/// name), and the stack, replaced whole by [`reconfigure`](ClientPolicies::reconfigure).
+struct Live<R> {
+    telemetry: crate::telemetry::CallTelemetry,
+    /// A request reads it once, and keeps the settings it started with.
+    stack: Swap<Inner<R>>,
 }
 
 /// The `policy` the stack's requests are reported as (events, metrics).
@@ -81,15 +93,14 @@ const POLICY: &str = "http_client";
 
 struct Inner<R> {
     rt: R,
-    /// The requests' telemetry; it holds the stack's name.
-    telemetry: crate::telemetry::CallTelemetry,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     /// One attempt only when `retries` is off.
     backoff: Backoff,
     retries: bool,
     max_retry_after: Duration,
-    budgets: Option<Budgets>,
+    /// Shared with the stacks a reconfiguration makes, which keep its budgets.
+    budgets: Option<Arc<Budgets>>,
     breakers: Option<KeyedCircuitBreaker<Authority, R>>,
     bulkheads: Option<KeyedBulkhead<Authority, R>>,
     adaptive: Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>>,
@@ -115,36 +126,45 @@ impl ClientPolicies {
 }
 
 impl<R> ClientPolicies<R> {
-    /// The per-authority breakers, if the stack has them: to watch a host's state, or to
-    /// open or close one by hand.
-    pub fn breakers(&self) -> Option<&KeyedCircuitBreaker<Authority, R>> {
-        self.inner.breakers.as_ref()
+    /// The stack in force: what a request starting now runs on.
+    fn current(&self) -> std::sync::Arc<Inner<R>> {
+        self.live.stack.load_full()
     }
 
-    /// The per-authority bulkheads, if the stack has them.
-    pub fn bulkheads(&self) -> Option<&KeyedBulkhead<Authority, R>> {
-        self.inner.bulkheads.as_ref()
+    /// The per-authority breakers, if the stack has them: to watch a host's state, or to
+    /// open or close one by hand. A handle to the table in force: a
+    /// [`reconfigure`](Self::reconfigure) retunes it in place, or replaces it when it adds
+    /// the stage.
+    pub fn breakers(&self) -> Option<KeyedCircuitBreaker<Authority, R>> {
+        self.current().breakers.clone()
+    }
+
+    /// The per-authority bulkheads, if the stack has them (a handle, as for
+    /// [`breakers`](Self::breakers)).
+    pub fn bulkheads(&self) -> Option<KeyedBulkhead<Authority, R>> {
+        self.current().bulkheads.clone()
     }
 
     /// The per-authority adaptive limiters, if the stack has them: to watch the limit each
-    /// host has taught its limiter.
-    pub fn adaptive_limits(&self) -> Option<&KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
-        self.inner.adaptive.as_ref()
+    /// host has taught its limiter (a handle, as for [`breakers`](Self::breakers)).
+    pub fn adaptive_limits(&self) -> Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
+        self.current().adaptive.clone()
     }
 
-    /// The per-authority rate limiters, if the stack has them.
-    pub fn limiters(&self) -> Option<&KeyedRateLimiter<Authority, R>> {
-        self.inner.limiters.as_ref()
+    /// The per-authority rate limiters, if the stack has them (a handle, as for
+    /// [`breakers`](Self::breakers)).
+    pub fn limiters(&self) -> Option<KeyedRateLimiter<Authority, R>> {
+        self.current().limiters.clone()
     }
 
     /// The most authorities tracked at once.
     pub fn max_authorities(&self) -> usize {
-        self.inner.max_authorities
+        self.current().max_authorities
     }
 
     /// The name the stack's policies carry in events and metrics.
     pub fn name(&self) -> &str {
-        self.inner.telemetry.name().as_str()
+        self.live.telemetry.name().as_str()
     }
 }
 
@@ -186,8 +206,8 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
     #[cfg(feature = "metrics")]
     pub fn record_gauges(&self) {
         use crate::telemetry::gauges;
-        let inner = &*self.inner;
-        let name = inner.telemetry.name();
+        let inner = self.current();
+        let name = self.live.telemetry.name();
         if let Some(breakers) = &inner.breakers {
             let keys = breakers.len();
             let states: Vec<_> = breakers.not_closed().into_iter().map(|(_, s)| s).collect();
@@ -214,16 +234,16 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
 impl<R> Clone for ClientPolicies<R> {
     fn clone(&self) -> Self {
         Self {
-            inner: Arc::clone(&self.inner),
+            live: Arc::clone(&self.live),
         }
     }
 }
 
 impl<R> std::fmt::Debug for ClientPolicies<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inner = &*self.inner;
+        let inner = self.current();
         f.debug_struct("ClientPolicies")
-            .field("name", inner.telemetry.name())
+            .field("name", self.live.telemetry.name())
             .field("deadline", &inner.deadline)
             .field("attempt_timeout", &inner.attempt_timeout)
             .field("backoff", &inner.backoff)

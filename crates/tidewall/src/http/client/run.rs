@@ -123,18 +123,24 @@ impl<R: Clock> ClientPolicies<R> {
         S: Fn(Q) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = &*self.inner;
-        let watch = inner.telemetry.watch(&inner.rt);
-        let result = self.applied(request, authority, overrides, send).await;
+        let inner = self.current();
+        let telemetry = &self.live.telemetry;
+        let watch = telemetry.watch(&inner.rt);
+        let result = inner
+            .applied(telemetry, request, authority, overrides, send)
+            .await;
         if let Some(watch) = watch {
             watch.finish(request_outcome(&inner.classifier, &result), &inner.rt);
         }
         result
     }
+}
 
+impl<R: Clock> Inner<R> {
     /// The policies applied to one request.
     async fn applied<Q, T, E, S, Fut>(
         &self,
+        telemetry: &CallTelemetry,
         request: Q,
         authority: Option<Authority>,
         overrides: Overrides,
@@ -147,7 +153,7 @@ impl<R: Clock> ClientPolicies<R> {
         S: Fn(Q) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = &*self.inner;
+        let inner = self;
         let deadline = overrides
             .deadline
             .or(inner.deadline)
@@ -167,7 +173,7 @@ impl<R: Clock> ClientPolicies<R> {
         let mut started = 0;
         let attempt = || {
             started += 1;
-            inner.telemetry.attempt(started);
+            telemetry.attempt(started);
             let request = next.take();
             if replayable.load(Relaxed) {
                 next = request.as_ref().and_then(Q::try_clone);
@@ -191,7 +197,7 @@ impl<R: Clock> ClientPolicies<R> {
         let mut retry = Retry::new(backoff, attempt)
             .runtime(inner.rt.clone())
             .classify(judge)
-            .notify(Observe(&inner.telemetry))
+            .notify(Observe(telemetry))
             .deadline(deadline)
             .max_retry_after(inner.max_retry_after);
         if wants_retry && let (Some(budgets), Some(authority)) = (&inner.budgets, &authority) {
