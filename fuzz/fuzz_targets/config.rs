@@ -1,6 +1,6 @@
 //! Fuzzes reading a configuration file: any text gives a configuration or an error with a
-//! message, never a panic. A configuration that is read builds a registry and its pipelines
-//! (validation and building agree), reloads onto itself, and prints back to text that reads
+//! message, never a panic. A configuration that is read builds a registry, its pipelines and
+//! its HTTP clients (validation and building agree), reloads onto itself, and prints back to text that reads
 //! as the same configuration.
 //!
 //! Run from `fuzz/`:
@@ -34,6 +34,7 @@ fuzz_target!(|text: &str| {
     let _ = registry.adaptive_limiter("undeclared");
     let _ = registry.chaos("undeclared");
     let _ = registry.pipeline("undeclared");
+    let _ = registry.http_client("undeclared");
     for name in config.instances.keys() {
         let instance = config.instance(name).expect("validated: every base exists");
         let _ = instance.backoff();
@@ -50,6 +51,10 @@ fuzz_target!(|text: &str| {
         let _ = registry.keyed_bulkhead::<u64>(name);
         let _ = registry.keyed_rate_limiter::<u64>(name);
         let _ = registry.keyed_adaptive_limiter::<u64>(name);
+        // And its HTTP client, whose sections are per host.
+        registry
+            .http_client(name)
+            .expect("a validated instance's HTTP client builds");
     }
     // Reloading the configuration in force changes nothing that could be refused, and no
     // adaptive limiter forgets what it learned.

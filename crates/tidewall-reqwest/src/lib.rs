@@ -35,6 +35,38 @@
 //! # let _ = request;
 //! ```
 //!
+//! ## From a configuration file
+//! An instance with an `[http]` section in a [`Registry`](tidewall::config::Registry)'s file
+//! is this stack: each section a per-host stage (see
+//! [`Instance::http_client`](tidewall::config::Instance::http_client) for what becomes what).
+//! A [reload](tidewall::config::Registry::reload) reaches the middleware built from it:
+//! requests after it run on the new settings, each host's breaker keeps its state and its
+//! adaptive limit what it learned, and a change of the tables' bounds (`[keys]`) is refused.
+//!
+//! ```
+//! use reqwest_middleware::ClientBuilder;
+//! use tidewall_reqwest::Resilience;
+//! use tidewall_reqwest::tidewall::config::{Config, Registry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::new(Config::from_toml(r#"
+//!     [instances.catalog]
+//!     deadline = "5s"
+//!     attempt_timeout = "1s"
+//!     http = { retry_statuses = [521] }
+//!     [instances.catalog.retry]
+//!     max_attempts = 3
+//!     [instances.catalog.breaker]
+//!     consecutive_failures = 5
+//! "#)?)?;
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(Resilience::new(registry.http_client("catalog")?))
+//!     .build();
+//! # let _ = client;
+//! # Ok(()) }
+//! ```
+//!
 //! ## What is sent again, and what is not
 //! Only requests [`Idempotency`](tidewall::http::Idempotency) allows are retried: GET, HEAD,
 //! OPTIONS, PUT, DELETE and TRACE, and POST or PATCH only with an `Idempotency-Key` header or

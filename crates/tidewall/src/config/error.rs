@@ -43,6 +43,9 @@ pub enum Problem {
     UnknownBase(String),
     /// The key is not allowed here (`base` outside an instance; two windows at once).
     NotHere(&'static str),
+    /// The value is not of the kind the key takes (an HTTP method, a status code): what it
+    /// is instead.
+    Malformed(String),
     /// The configuration file could not be read (or watched): the system's message.
     Read(String),
     /// The setting cannot change while the registry holds what it shapes (a key table's
@@ -100,6 +103,7 @@ impl fmt::Display for Invalid {
             Problem::Missing => f.write_str("must be set (it has no default)"),
             Problem::UnknownBase(base) => write!(f, "no config named {base:?} in `configs`"),
             Problem::NotHere(why) => f.write_str(why),
+            Problem::Malformed(what) => f.write_str(what),
             Problem::Read(message) => write!(f, "cannot read the configuration: {message}"),
             Problem::Fixed => f.write_str(
                 "cannot change while the registry holds what it shapes; restart to apply it",

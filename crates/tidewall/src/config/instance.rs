@@ -651,6 +651,10 @@ impl<'a> Instance<'a> {
         if present(|p| p.keys.is_some()) {
             self.keys()?;
         }
+        #[cfg(feature = "http")]
+        if present(|p| p.http.is_some()) {
+            self.http_rules()?;
+        }
         Ok(())
     }
 }

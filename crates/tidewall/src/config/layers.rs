@@ -112,6 +112,10 @@ pub struct Policies {
     /// `[.keys]`: the key table of keyed policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysConfig>,
+    /// `[.http]`: the instance as an HTTP client (feature `http`).
+    #[cfg(feature = "http")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<super::HttpConfig>,
 }
 
 impl Config {

@@ -85,8 +85,10 @@
 //! name: breakers, bulkheads, adaptive limiters ([`AdaptiveConfig`]), rate limiters, retry
 //! budgets and (feature `chaos`) fault injectors (`ChaosConfig`, [`Registry::chaos`]); an instance's whole pipeline
 //! ([`Registry::pipeline`], a [`LivePipeline`]); and keyed tables, a policy per key
-//! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`). A
-//! [reload](Registry::reload) reaches all of them. [`Config::instance`] gives one instance's
+//! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`); and
+//! (feature `http`) an instance as an HTTP client, its sections per host
+//! (`Registry::http_client`, the `[http]` section: `HttpConfig`), for the reqwest
+//! middleware or the tower client layer. A [reload](Registry::reload) reaches all of them. [`Config::instance`] gives one instance's
 //! builders, to add what a file cannot say (a state-change listener, a classifier) before
 //! building.
 
@@ -108,6 +110,8 @@ mod adaptive;
 #[cfg(feature = "chaos")]
 mod chaos;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 mod human;
 mod instance;
 mod keyed;
@@ -132,5 +136,7 @@ pub use sections::{
     AdaptiveConfig, AlgorithmKind, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig,
     DisciplineKind, JitterKind, KeysConfig, RateLimitConfig, RetryConfig,
 };
+#[cfg(feature = "http")]
+pub use sections::{ClientErrors, HttpConfig};
 #[cfg(all(feature = "watch", feature = "toml"))]
 pub use watch::{ConfigWatch, watch_file_on};

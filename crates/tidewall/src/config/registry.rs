@@ -86,8 +86,10 @@ pub struct Registry<R = DefaultRuntime> {
     pub(super) keyed_bulkheads: Tables,
     pub(super) keyed_limiters: Tables,
     pub(super) keyed_adaptive: Tables,
+    #[cfg(feature = "http")]
+    pub(super) clients: super::http::Clients<R>,
     /// Told of every event of every policy and pipeline the registry makes.
-    events: Option<Listener>,
+    pub(super) events: Option<Listener>,
     reloads: crate::telemetry::ReloadCounters,
 }
 
@@ -209,6 +211,8 @@ impl<R> RegistryBuilder<R> {
             keyed_bulkheads: Mutex::default(),
             keyed_limiters: Mutex::default(),
             keyed_adaptive: Mutex::default(),
+            #[cfg(feature = "http")]
+            clients: Mutex::default(),
             events: self.events,
             reloads: crate::telemetry::ReloadCounters::new(),
         };
@@ -235,6 +239,15 @@ fn check(config: &Config, max_instances: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Whether an instance whose sections `has` tells is an HTTP client (it has `[http]`).
+#[allow(unused_variables)]
+fn is_http_client(has: &impl Fn(fn(&super::Policies) -> bool) -> bool) -> bool {
+    #[cfg(feature = "http")]
+    return has(|p| p.http.is_some());
+    #[cfg(not(feature = "http"))]
+    false
+}
+
 /// A snapshot of `map`, by name.
 pub(super) fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
     lock(map)
@@ -248,12 +261,15 @@ pub(super) fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)>
 #[non_exhaustive]
 pub struct Reload {
     /// Policies that took their new settings in place, state and permits kept (fault
-    /// injectors included; a keyed table counts once, however many keys it retuned).
+    /// injectors included; a keyed table counts once, however many keys it retuned, and an
+    /// HTTP client once, however many tables).
     pub retuned: usize,
-    /// Breakers whose window changed shape: reset to closed with a state-change event. They
+    /// Breakers whose window changed shape: reset to closed with a state-change event (an
+    /// [HTTP client](Registry::http_client)'s name when any of its hosts' breakers was). They
     /// count in `retuned` too.
     pub reset: Vec<Name>,
-    /// Instances whose adaptive limiter (or keyed table of them; each name once) had its
+    /// Instances whose adaptive limiter (or keyed table of them, or HTTP client's per-host
+    /// limits; each name once) had its
     /// algorithm changed (another kind, or other settings of its own: a default written out
     /// is no change): it starts learning again from the new initial limit, every key of a
     /// table. The others keep what they learned. Both count in `retuned` too.
@@ -310,6 +326,7 @@ impl<R: Clock> Registry<R> {
                 + lock(&self.budgets).len()
                 + lock(&self.adaptive).len()
                 + self.chaos_held()
+                + self.clients_held()
         };
         let before = held();
         let config = self.config();
@@ -321,8 +338,9 @@ impl<R: Clock> Registry<R> {
             // A keyed instance's policies are its tables', made with their key type on first
             // use: a plain one built here would be listed and gauged (a breaker closed for
             // ever) though no call goes through it.
-            let plain =
-                |section: fn(&super::Policies) -> bool| has(section) && !has(|p| p.keys.is_some());
+            // An HTTP client's sections are its per-host policies: the same holds.
+            let per_key = has(|p| p.keys.is_some()) || is_http_client(&has);
+            let plain = |section: fn(&super::Policies) -> bool| has(section) && !per_key;
             if plain(|p| p.breaker.is_some()) {
                 self.breaker(name)?;
             }
@@ -332,7 +350,7 @@ impl<R: Clock> Registry<R> {
             if plain(|p| p.rate_limit.is_some()) {
                 self.rate_limiter(name)?;
             }
-            if has(|p| p.budget.is_some()) {
+            if has(|p| p.budget.is_some()) && !is_http_client(&has) {
                 self.retry_budget(name)?;
             }
             if plain(|p| p.adaptive.is_some()) {
@@ -342,8 +360,20 @@ impl<R: Clock> Registry<R> {
             if has(|p| p.chaos.is_some()) {
                 self.chaos(name)?;
             }
+            #[cfg(feature = "http")]
+            if is_http_client(&has) {
+                self.http_client(name)?;
+            }
         }
         Ok(held() - before)
+    }
+
+    /// HTTP clients held.
+    fn clients_held(&self) -> usize {
+        #[cfg(feature = "http")]
+        return lock(&self.clients).len();
+        #[cfg(not(feature = "http"))]
+        0
     }
 
     /// Applies `config` to every policy the registry holds, in place, without a restart.
@@ -431,6 +461,8 @@ impl<R: Clock> Registry<R> {
         let adaptive = lock(&self.adaptive);
         #[cfg(feature = "chaos")]
         let chaos = lock(&self.chaos);
+        #[cfg(feature = "http")]
+        let clients = lock(&self.clients);
         let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
@@ -466,6 +498,8 @@ impl<R: Clock> Registry<R> {
             places(adaptive.len(), &|n| adaptive.contains_key(n), Some(4)),
             #[cfg(feature = "chaos")]
             places(chaos.len(), &|n| chaos.contains_key(n), None),
+            #[cfg(feature = "http")]
+            places(clients.len(), &|n| clients.contains_key(n), None),
             places(pipelines.len(), &|n| pipelines.contains_key(n), None),
         ];
         // The keyed tables and the pipelines, like every map, keep a place for each declared
@@ -522,6 +556,8 @@ impl<R: Clock> Registry<R> {
             .collect::<Result<Vec<_>, Invalid>>()?;
         #[cfg(feature = "chaos")]
         let chaos_plans = super::chaos::plans(&chaos, &config)?;
+        #[cfg(feature = "http")]
+        let client_plans = super::http::plans(&clients, &config, self.events.as_ref())?;
         for (name, table) in &tables {
             table.retune(&config, name, false)?;
         }
@@ -538,6 +574,8 @@ impl<R: Clock> Registry<R> {
         ));
         #[cfg(feature = "chaos")]
         drop(chaos);
+        #[cfg(feature = "http")]
+        drop(clients);
         let mut reload = Reload {
             built: self.build_declared()?,
             ..Reload::default()
@@ -585,6 +623,18 @@ impl<R: Clock> Registry<R> {
                 reload.relearning.push(name);
             }
             steps.run(|| applied(limiter.retune(&settings, algorithm)));
+            reload.retuned += 1;
+        }
+        #[cfg(feature = "http")]
+        for (name, plan) in client_plans {
+            if let Some(retuned) = steps.run(|| plan.apply()) {
+                if retuned.breakers_reset > 0 {
+                    reload.reset.push(name.clone());
+                }
+                if retuned.relearning {
+                    reload.relearning.push(name);
+                }
+            }
             reload.retuned += 1;
         }
         for (name, table) in &tables {
@@ -833,7 +883,9 @@ impl<R: Clock> Registry<R> {
     /// bulkhead's permits in flight, callers queued and capacity, each adaptive limiter's
     /// limit, calls in flight and callers queued, each rate limiter's cells available and
     /// each retry budget's balance, and each keyed table's keys held and bound, labelled
-    /// with the instance's name (the table is in [`telemetry`](crate::telemetry)). A keyed
+    /// with the instance's name (the table is in [`telemetry`](crate::telemetry)), and each
+    /// [HTTP client](Self::http_client)'s
+    /// ([`ClientPolicies::record_gauges`](crate::http::ClientPolicies::record_gauges)). A keyed
     /// table's keys have no gauges of their own. Call it before each scrape: gauges read
     /// this way cost the calls nothing.
     ///

@@ -33,12 +33,12 @@ macro_rules! section {
 
         impl $name {
             /// This section's keys, each falling back to `under`'s.
-            pub(super) fn over(&self, under: &Self) -> Self {
+            pub(in crate::config) fn over(&self, under: &Self) -> Self {
                 Self { $( $field: self.$field.clone().or_else(|| under.$field.clone()), )* }
             }
 
             /// Whether `key` is set in this section.
-            pub(super) fn sets(&self, key: &str) -> bool {
+            pub(in crate::config) fn sets(&self, key: &str) -> bool {
                 match key {
                     $( stringify!($field) => self.$field.is_some(), )*
                     _ => false,
@@ -379,6 +379,66 @@ section! {
         hang_rate: f64,
         /// The share of calls whose success becomes an error (default 0).
         alter_rate: f64,
+    }
+}
+
+#[cfg(feature = "http")]
+pub use http_section::{ClientErrors, HttpConfig};
+
+#[cfg(feature = "http")]
+mod http_section {
+    use super::{Deserialize, Serialize};
+
+    /// How [`HttpConfig::client_errors`] counts the 4xx statuses the table names nothing
+    /// for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    #[non_exhaustive]
+    pub enum ClientErrors {
+        /// The server's deliberate answer: a success for the breaker, not retried (the
+        /// standard table).
+        Success,
+        /// Nothing: neither a success nor a failure.
+        Ignored,
+    }
+
+    section! {
+        /// `[<layer>.http]` (feature `http`): what an
+        /// [HTTP client](super::super::Registry::http_client) made from the instance judges
+        /// and sends again, besides the
+        /// [standard table](crate::http::HttpClassifier) and
+        /// [`Idempotency`](crate::http::Idempotency)'s methods. Its presence (an empty
+        /// `http = {}` is enough) makes the instance an HTTP client: the registry builds the
+        /// client up front, and no plain breaker, bulkhead, rate limiter, adaptive limiter or
+        /// retry budget of the name, since its sections are the client's per-host ones.
+        ///
+        /// ```
+        /// use tidewall::config::{ClientErrors, Config};
+        ///
+        /// let config = Config::from_toml(r#"
+        ///     [instances.cdn.http]
+        ///     retry_statuses = [521, 522]
+        ///     fail_statuses = [409]
+        ///     client_errors = "ignored"
+        ///     replay_methods = ["POST"]
+        /// "#)?;
+        /// let http = config.instances["cdn"].http.as_ref().unwrap();
+        /// assert_eq!(http.client_errors, Some(ClientErrors::Ignored));
+        /// # Ok::<(), tidewall::config::Invalid>(())
+        /// ```
+        pub struct HttpConfig {
+            /// Statuses retried besides the standard table's (100 to 999).
+            retry_statuses: Vec<u16>,
+            /// Statuses counted as failures and not retried (100 to 999; none in
+            /// `retry_statuses`).
+            fail_statuses: Vec<u16>,
+            /// The 4xx statuses named nowhere else: `"success"` (default) or `"ignored"`.
+            client_errors: ClientErrors,
+            /// Methods sent again besides GET, HEAD, OPTIONS, PUT, DELETE and TRACE (`"POST"`,
+            /// say; a request with an `Idempotency-Key` header is sent again whatever its
+            /// method).
+            replay_methods: Vec<String>,
+        }
     }
 }
 

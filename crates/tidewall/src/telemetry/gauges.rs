@@ -63,6 +63,10 @@ pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
     for table in registry.keyed_tables() {
         keyed_table(table.policy, &table.name, table.keys, table.max_keys);
     }
+    #[cfg(feature = "http")]
+    for (_, client) in registry.http_clients() {
+        client.record_gauges();
+    }
     let now = registry.runtime().now();
     for (name, budget) in registry.retry_budgets() {
         metrics::gauge!("tidewall_retry_budget_balance", "name" => name.label())
