@@ -98,12 +98,13 @@
 //! | `tidewall_call_duration_seconds` | `policy="http_client"`, `name` | a request's time, retries and waits included (not for cancelled ones) |
 //! | `tidewall_rejections_total` | `policy` (`breaker`, `bulkhead`, `keyed_breaker`, ...), `name`, `reason` | each attempt a host's policy refused |
 //! | `tidewall_calls_total` | `policy="breaker"`, `name`, `outcome` | each attempt, as the host's breaker recorded it |
-//! | `tidewall_breaker_transitions_total` | `name`, `to`, `key` (the host) | a host's breaker changing state |
+//! | `tidewall_breaker_transitions_total` | `policy="breaker"`, `name`, `to`, `key` (the host) | a host's breaker changing state |
 //! | `tidewall_keyed_breaker_keys` | `name`, `state` | gauge: hosts whose breaker is in each state |
 //! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | `policy`, `name` | gauge: hosts each per-host table tracks, and its bound |
 //!
 //! Gauges are read when asked: call [`record_gauges`](ClientPolicies::record_gauges) on
-//! [`Resilience::policies`] before each scrape. **Install the recorder before building the
+//! [`Resilience::policies`] before each scrape (a registry's
+//! [`record_gauges`](tidewall::config::Registry::record_gauges) covers the clients it made). **Install the recorder before building the
 //! stack**: its counters are registered when it is built, and a stack built first (in a
 //! `static`, say) counts into nothing for ever. Without the feature, a listener set with
 //! [`on_event`](tidewall::http::ClientPoliciesBuilder::on_event) hears the same endings,
@@ -137,3 +138,8 @@ pub use tidewall::http::{ClientPolicies, Overrides};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The observability guide's examples, compiled as doc tests (the service is not run).
+#[cfg(all(doctest, feature = "metrics"))]
+#[doc = include_str!("../../../docs/OBSERVABILITY.md")]
+pub struct ObservabilityDoctests;
