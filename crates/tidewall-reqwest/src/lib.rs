@@ -42,6 +42,8 @@
 //! A [reload](tidewall::config::Registry::reload) reaches the middleware built from it:
 //! requests after it run on the new settings, each host's breaker keeps its state and its
 //! adaptive limit what it learned, and a change of the tables' bounds (`[keys]`) is refused.
+//! Upstreams that need different settings are different instances: one `[http]` instance,
+//! and one middleware, per upstream service.
 //!
 //! ```
 //! use reqwest_middleware::ClientBuilder;
@@ -79,10 +81,77 @@
 //! ## Errors
 //! Errors stay reqwest-middleware's: the last attempt's `reqwest::Error` as
 //! `Error::Reqwest` (unless an earlier attempt got a response, a 503 say, and the deadline
-//! ended the retries: that response is then the answer, as `Ok`); a refusal by a policy (an open breaker, a full bulkhead, the deadline)
-//! as `Error::Middleware` holding a [`Rejected`](tidewall::Rejected), and an attempt timeout
-//! as `Error::Middleware` holding [`Elapsed`](tidewall::time::Elapsed): find them with
-//! [`rejection`] or `downcast_ref`.
+//! ended the retries: that response is then the answer, as `Ok`); a refusal by a policy (an
+//! open breaker, a full bulkhead, the deadline) as `Error::Middleware` holding a
+//! [`Rejected`](tidewall::Rejected), and an attempt timeout as `Error::Middleware` holding
+//! [`Elapsed`](tidewall::time::Elapsed): find them with [`rejection`] and [`timed_out`].
+//!
+//! A service that calls upstreams to answer its own callers might map the outcomes so (a
+//! suggestion, not something the crate does):
+//!
+//! | outcome | answer your caller with |
+//! |---|---|
+//! | `Ok(response)` with a 5xx after the retries (`error_for_status` fails) | 502, or the status passed through |
+//! | [`Rejected::CircuitOpen`](tidewall::Rejected::CircuitOpen) | 503 with `Retry-After` from its `retry_after` |
+//! | `BulkheadFull`, `KeysFull`, `InsufficientCapacity` (the host's limits are full) | 503 |
+//! | `RateLimited` (your own outbound limit) | 503 with `Retry-After`, not 429: your caller did nothing wrong |
+//! | `DeadlineExceeded`, or [`timed_out`] | 504 |
+//! | `Error::Reqwest` with `is_connect()` | 502 |
+//!
+//! ```
+//! use http::StatusCode;
+//! use tidewall_reqwest::{rejection, timed_out};
+//! use tidewall_reqwest::tidewall::Rejected;
+//!
+//! fn status_for(error: &reqwest_middleware::Error) -> StatusCode {
+//!     match rejection(error) {
+//!         Some(Rejected::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
+//!         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+//!         None if timed_out(error) => StatusCode::GATEWAY_TIMEOUT,
+//!         None => StatusCode::BAD_GATEWAY,
+//!     }
+//! }
+//! let open = reqwest_middleware::Error::middleware(Rejected::BulkheadFull);
+//! assert_eq!(status_for(&open), StatusCode::SERVICE_UNAVAILABLE);
+//! ```
+//!
+//! ## Testing your code through the stack
+//! The stack is [`ClientPolicies::run`] over a function that sends one attempt: call `run`
+//! with a scripted one instead of the network, on tokio's paused clock (its `test-util`
+//! feature; or
+//! `tidewall::testing::Clocked`, tidewall's feature `test-util`, for smol and async-std), and
+//! every backoff, `Retry-After`, break and timeout passes in virtual time. Over real sockets
+//! keep the clock real: a paused clock jumps ahead while a socket is awaited, and timeouts
+//! fire early.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tidewall_reqwest::tidewall::http::{ClientPolicies, Overrides};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let policies = ClientPolicies::standard(); // or the one your code builds
+//! let calls = AtomicU32::new(0);
+//! let started = tokio::time::Instant::now();
+//! let answer = policies
+//!     .run(http::Request::get("http://api.test/").body(())?, Overrides::new(), |_request| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         let status = if n == 0 { 503 } else { 200 };
+//!         async move {
+//!             let response = http::Response::builder()
+//!                 .status(status)
+//!                 .header("retry-after", "2")
+//!                 .body(())
+//!                 .unwrap();
+//!             Ok::<_, std::io::Error>(response)
+//!         }
+//!     })
+//!     .await?;
+//! assert_eq!((answer.status().as_u16(), calls.into_inner()), (200, 2));
+//! assert_eq!(started.elapsed(), Duration::from_secs(2), "the Retry-After, in virtual time");
+//! # Ok(()) }
+//! ```
 //!
 //! ## Metrics and tracing
 //! With this crate's `metrics` feature, each request is counted once, however many attempts
