@@ -113,7 +113,7 @@ use loom::sync::atomic::fence;
 use std::sync::atomic::fence;
 
 /// Waits a moment for a writer to finish (loom: lets the writer run).
-fn spin() {
+pub(crate) fn spin() {
     #[cfg(loom)]
     loom::thread::yield_now();
     #[cfg(not(loom))]

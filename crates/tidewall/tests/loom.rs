@@ -1,6 +1,7 @@
 //! loom models of the lock-free parts: the half-open probe reservation, the bulkhead's
 //! release-versus-enqueue race (and its priorities: a sheddable waiter's share, a waiter shed
-//! while it gives up), and the bucket ring's sweep racing a write. Run with
+//! while it gives up), the bucket ring's sweep racing a write, and a count window's writers
+//! lapping each other. Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p tidewall --no-default-features --test loom --release`
 //! (scripts/test does, in its own target directory).
 #![cfg(loom)]
@@ -216,6 +217,36 @@ fn an_outcome_racing_a_reset_never_reaches_the_fresh_window() {
         assert_eq!(breaker.counts().calls, 0, "the reset forgot the call");
         // Nor its failure in the run: one more failure makes a run of one, not two.
         breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), State::Closed);
+    });
+}
+
+/// A count window's failure count never reads above what its slots hold, however the
+/// writers of one slot interleave: a writer lapped by the cursor between its slot's swap and
+/// its totals update must not let a later writer's failure be counted before its own success
+/// is (a window of two calls holding one failure read as two would trip a breaker at 100 %).
+#[test]
+fn a_lapped_count_window_never_over_reads_its_failures() {
+    loom::model(|| {
+        let breaker = CircuitBreaker::builder()
+            .runtime(ModelClock::default())
+            .window(tidewall::breaker::Window::Count { calls: 2 })
+            .failure_rate(1.0)
+            .minimum_calls(2)
+            .build()
+            .unwrap();
+        // Slot 0 a failure, slot 1 a success; the cursor at 2, back on slot 0.
+        breaker.try_acquire().unwrap().failure();
+        breaker.try_acquire().unwrap().success();
+        let other = breaker.clone();
+        let success = loom::thread::spawn(move || other.try_acquire().unwrap().success());
+        // A success then a failure: whichever slots the three calls take, the window never
+        // holds two failures.
+        breaker.try_acquire().unwrap().success();
+        if let Ok(permit) = breaker.try_acquire() {
+            permit.failure();
+        }
+        success.join().unwrap();
         assert_eq!(breaker.state(), State::Closed);
     });
 }
