@@ -176,11 +176,7 @@ where
     let outcome = match (&result, verdict) {
         (Err(Error::Rejected(why)), _) => CallOutcome::Rejected(why),
         (Err(Error::TimedOut), _) => CallOutcome::TimedOut,
-        (_, Some(verdict)) => match verdict.breaker_outcome() {
-            Outcome::Success => CallOutcome::Success,
-            Outcome::Failure => CallOutcome::Failure,
-            Outcome::Ignored => CallOutcome::Ignored,
-        },
+        (_, Some(verdict)) => verdict.breaker_outcome().into(),
         // Every other ending carries its verdict.
         (_, None) => CallOutcome::Failure,
     };

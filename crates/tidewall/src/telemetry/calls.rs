@@ -17,6 +17,18 @@ pub(crate) enum CallOutcome<'a> {
     Cancelled,
 }
 
+impl From<crate::breaker::Outcome> for CallOutcome<'_> {
+    /// An answer by the verdict its classifier gave it.
+    fn from(outcome: crate::breaker::Outcome) -> Self {
+        use crate::breaker::Outcome;
+        match outcome {
+            Outcome::Success => Self::Success,
+            Outcome::Failure => Self::Failure,
+            Outcome::Ignored => Self::Ignored,
+        }
+    }
+}
+
 impl CallOutcome<'_> {
     /// What a stage that learns from its calls (`Admission::finish`) makes of this ending: a
     /// deadline or a timeout that cut the call is a failure (the dependency was too slow); a

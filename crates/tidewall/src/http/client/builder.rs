@@ -161,10 +161,12 @@ impl<R> ClientPoliciesBuilder<R> {
     /// `policy` `http_client`: how the request ended ([`Succeeded`], [`Failed`] or
     /// [`Ignored`] by the [classifier](Self::classifier)'s verdict on the answer, [`Rejected`]
     /// with the refusal, [`TimedOut`] when the last attempt timed out, [`Cancelled`] when the
-    /// request's future was dropped after its first poll), each retry scheduled with its
-    /// delay ([`RetryScheduled`]) and each retry the authority's budget refused
-    /// ([`BudgetExhausted`]). The per-authority policies keep their own listeners (set on the
-    /// builders given to [`breaker`](Self::breaker) and the others), which hear each attempt.
+    /// request's future was dropped after its first poll, or unwound by a panic in the
+    /// send), each retry scheduled with its delay ([`RetryScheduled`]) and each retry the
+    /// authority's budget refused ([`BudgetExhausted`]; a request whose authority got no
+    /// budget, the budgets' table full, is sent once with no such event). The per-authority
+    /// policies keep their own listeners (set on the builders given to
+    /// [`breaker`](Self::breaker) and the others), which hear each attempt.
     ///
     /// [`Succeeded`]: crate::telemetry::EventKind::Succeeded
     /// [`Failed`]: crate::telemetry::EventKind::Failed

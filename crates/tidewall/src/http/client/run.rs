@@ -224,8 +224,7 @@ impl<R: Clock> Inner<R> {
 }
 
 /// How a request ended, as its telemetry counts it: a refusal or a timeout as such, any other
-/// answer by the classifier's verdict on it (a 503 that ran out of retries is a failure, a 404
-/// ignored).
+/// answer by the classifier's verdict on it (a 503 that ran out of retries is a failure).
 fn request_outcome<'a, T: Inbound, E: HttpFailure>(
     classifier: &HttpClassifier,
     result: &'a Result<T, Error<E>>,
@@ -233,14 +232,10 @@ fn request_outcome<'a, T: Inbound, E: HttpFailure>(
     match result {
         Err(Error::Rejected(why)) => CallOutcome::Rejected(why),
         Err(Error::TimedOut) => CallOutcome::TimedOut,
-        _ => match Standard(classifier)
+        _ => Standard(classifier)
             .classify(result.as_ref())
             .breaker_outcome()
-        {
-            Outcome::Success => CallOutcome::Success,
-            Outcome::Failure => CallOutcome::Failure,
-            Outcome::Ignored => CallOutcome::Ignored,
-        },
+            .into(),
     }
 }
 
