@@ -165,7 +165,7 @@
 //! | `tidewall_retries_total` | `policy="http_client"`, `name` | retries scheduled |
 //! | `tidewall_retry_budget_exhausted_total` | `policy="http_client"`, `name` | retries a host's budget refused |
 //! | `tidewall_call_duration_seconds` | `policy="http_client"`, `name` | a request's time, retries and waits included (not for cancelled ones) |
-//! | `tidewall_rejections_total` | `policy` (`breaker`, `bulkhead`, `keyed_breaker`, ...), `name`, `reason` | each attempt a host's policy refused |
+//! | `tidewall_rejections_total` | `policy` (`breaker`, `bulkhead`, `adaptive`, `keyed_breaker`, ...), `name`, `reason` | each attempt a host's policy refused |
 //! | `tidewall_calls_total` | `policy="breaker"`, `name`, `outcome` | each attempt, as the host's breaker recorded it |
 //! | `tidewall_breaker_transitions_total` | `policy="breaker"`, `name`, `to`, `key` (the host) | a host's breaker changing state |
 //! | `tidewall_keyed_breaker_keys` | `name`, `state` | gauge: hosts whose breaker is in each state |

@@ -421,8 +421,8 @@ fn refusals_are_reported_per_key_and_for_the_table() {
     assert_eq!(
         *seen.lock().unwrap(),
         [
-            ("bulkhead", "hosts".to_owned(), "bulkhead_full"),
-            ("keyed_bulkhead", "hosts".to_owned(), "keys_full"),
+            ("adaptive", "hosts".to_owned(), "bulkhead_full"),
+            ("keyed_adaptive", "hosts".to_owned(), "keys_full"),
         ]
     );
 }

@@ -1659,8 +1659,8 @@ fn limits_at_u32_max_work_through_the_limiter() {
 }
 
 // Docs (builder `on_event`): "Tells listener of its refusals and waits, as a bulkhead's on_event
-// does"; (`name`): "The name its events and metrics carry ... Its refusals count as a
-// bulkhead's of this name." EventKind::Waited: "A bulkhead admitted a caller that had waited
+// does"; (`name`): "The name its events and metrics carry ..., under `policy` `adaptive`."
+// EventKind::Waited: "A bulkhead admitted a caller that had waited
 // in its queue this long."
 #[test]
 fn on_event_reports_refusals_and_waits_under_the_limiters_name() {
@@ -1713,10 +1713,10 @@ fn on_event_reports_refusals_and_waits_under_the_limiters_name() {
     assert_eq!(
         *seen.lock().unwrap(),
         [
-            "bulkhead inventory: rejected bulkhead_full",
-            "bulkhead inventory: rejected bulkhead_full",
-            "bulkhead inventory: waited 40ms",
-            "bulkhead inventory: rejected bulkhead_full",
+            "adaptive inventory: rejected bulkhead_full",
+            "adaptive inventory: rejected bulkhead_full",
+            "adaptive inventory: waited 40ms",
+            "adaptive inventory: rejected bulkhead_full",
         ]
     );
     assert!(rec.samples().is_empty());

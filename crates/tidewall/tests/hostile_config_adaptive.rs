@@ -945,8 +945,8 @@ fn an_instance_may_not_have_both_a_bulkhead_and_an_adaptive_limiter() {
 
 /// Doc (LivePipeline): "rate limit, bulkhead or adaptive limiter, retry ..., breaker ...
 /// Its stages are the registry's policies of the same name"; (Admission::finish): failures
-/// teach the adaptive stage; (Registry::adaptive_limiter): "Its refusals count as a
-/// bulkhead's of this name".
+/// teach the adaptive stage; (Registry::adaptive_limiter): "reporting as `policy`
+/// `adaptive` under this name".
 #[tokio::test(start_paused = true)]
 async fn the_pipeline_limits_with_the_registry_limiter_and_teaches_it() {
     let heard: Arc<Mutex<Vec<(String, String, Rejected)>>> = Arc::default();
@@ -1000,10 +1000,10 @@ async fn the_pipeline_limits_with_the_registry_limiter_and_teaches_it() {
     assert_eq!(a.in_flight(), 0);
     let heard = heard.lock().unwrap().clone();
     assert!(
-        heard.iter().any(|(policy, name, why)| policy == "bulkhead"
+        heard.iter().any(|(policy, name, why)| policy == "adaptive"
             && name == "a"
             && *why == Rejected::BulkheadFull),
-        "the refusal counts as the bulkhead's of `a`: {heard:?}"
+        "the refusal counts as the adaptive limiter's of `a`: {heard:?}"
     );
 }
 
@@ -1100,7 +1100,7 @@ async fn a_relearning_reload_keeps_the_limiters_name_and_listener() {
     let heard = heard.lock().unwrap().clone();
     assert_eq!(
         heard,
-        [("bulkhead".to_owned(), "a".to_owned())],
+        [("adaptive".to_owned(), "a".to_owned())],
         "{heard:?}"
     );
 }
@@ -2805,10 +2805,10 @@ mod gauges {
         assert!(names.is_empty(), "checking registered {names:?}");
     }
 
-    /// Doc (Registry::adaptive_limiter): "Its refusals count as a bulkhead's of this name";
+    /// Doc (Registry::adaptive_limiter): "reporting as `policy` `adaptive` under this name";
     /// (telemetry) `tidewall_rejections_total{policy, name, reason}`.
     #[test]
-    fn adaptive_refusals_count_as_the_instances_bulkhead_refusals() {
+    fn adaptive_refusals_count_under_the_adaptive_policy() {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let clock = FakeClock::new();
@@ -2841,7 +2841,7 @@ mod gauges {
             })
             .collect();
         let counted = refusals.iter().any(|(labels, value)| {
-            labels.contains(&("policy".to_owned(), "bulkhead".to_owned()))
+            labels.contains(&("policy".to_owned(), "adaptive".to_owned()))
                 && labels.contains(&("name".to_owned(), "a".to_owned()))
                 && *value == DebugValue::Counter(1)
         });

@@ -515,8 +515,8 @@ async fn keyed_tables_gauge_their_keys_and_bound_and_nothing_plain() {
 /// the series of the table's name, with the `policy` each key is (`breaker`, `bulkhead`): the
 /// series a plain policy of that name counts in too, if one is also used (a registry's
 /// pipeline of the instance, say). A keyed rate limiter's refusals count under `keyed_rate`."
-/// `Event::policy`: a full table's refusals "come as `keyed_breaker` or `keyed_bulkhead`, a
-/// keyed adaptive limiter's as `keyed_bulkhead` too". Checked on the counters (the process's
+/// `Event::policy`: a full table's refusals "come as `keyed_breaker`, `keyed_bulkhead` or
+/// `keyed_adaptive`". Checked on the counters (the process's
 /// recorder, installed before the registry is built) and on the registry's listener.
 #[tokio::test(start_paused = true)]
 async fn keyed_keys_count_in_their_tables_series_alongside_the_plain_policy() {
@@ -619,7 +619,7 @@ async fn keyed_keys_count_in_their_tables_series_alongside_the_plain_policy() {
         1
     );
 
-    // Keyed adaptive: a key's refusal as a `bulkhead`'s, a full table's as `keyed_bulkhead`.
+    // Keyed adaptive: a key's refusal as an `adaptive`'s, a full table's as `keyed_adaptive`.
     let adaptive = registry.keyed_adaptive_limiter::<u8>("s36a").unwrap();
     let _slot = adaptive.try_acquire(&1).unwrap();
     assert!(adaptive.try_acquire(&1).is_err(), "a limit of one");
@@ -630,14 +630,14 @@ async fn keyed_keys_count_in_their_tables_series_alongside_the_plain_policy() {
     assert_eq!(
         total(
             "tidewall_rejections_total",
-            &["policy=bulkhead", "name=s36a"]
+            &["policy=adaptive", "name=s36a"]
         ),
         1
     );
     assert_eq!(
         total(
             "tidewall_rejections_total",
-            &["policy=keyed_bulkhead", "name=s36a", "reason=keys_full"]
+            &["policy=keyed_adaptive", "name=s36a", "reason=keys_full"]
         ),
         1
     );
@@ -671,8 +671,8 @@ async fn keyed_keys_count_in_their_tables_series_alongside_the_plain_policy() {
         "breaker s36k circuit_open",
         "keyed_breaker s36k keys_full",
         "bulkhead s36k bulkhead_full",
-        "bulkhead s36a bulkhead_full",
-        "keyed_bulkhead s36a keys_full",
+        "adaptive s36a bulkhead_full",
+        "keyed_adaptive s36a keys_full",
         "keyed_rate s36r rate_limited",
         "keyed_rate s36r rate_limited",
     ];

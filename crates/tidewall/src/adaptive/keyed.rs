@@ -35,8 +35,8 @@ const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
 /// refused with [`Rejected::KeysFull`] (its `retry_after` is `None`: only a permit's release
 /// frees room).
 ///
-/// Its keys' refusals and waits are reported as an [`AdaptiveLimiter`]'s of its name (a
-/// bulkhead's); a full table's refusals as a keyed bulkhead's (`keyed_bulkhead`).
+/// Its keys' refusals and waits are reported as an [`AdaptiveLimiter`]'s of its name
+/// (`adaptive`); a full table's refusals as `keyed_adaptive`, the label of the table's gauges.
 ///
 /// ```
 /// use tidewall::adaptive::{AdaptiveLimiter, Aimd};
@@ -133,7 +133,7 @@ impl<A, R> KeyedAdaptiveLimiterBuilder<A, R> {
         let (name, events) = self.limiter.reports_as();
         let name = name.clone();
         let rejections =
-            crate::telemetry::PolicyTelemetry::new("keyed_bulkhead", &name, &[KEYS_FULL])
+            crate::telemetry::PolicyTelemetry::new("keyed_adaptive", &name, &[KEYS_FULL])
                 .with_listener(events);
         let per_key = self.limiter.telemetry();
         Ok(KeyedAdaptiveLimiter {

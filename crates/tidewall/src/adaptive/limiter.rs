@@ -120,8 +120,8 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         self
     }
 
-    /// The name its events and metrics carry (default `adaptive`). Its refusals count as a
-    /// bulkhead's of this name.
+    /// The name its events and metrics carry (default `adaptive`), under `policy`
+    /// `adaptive`.
     pub fn name(mut self, name: impl Into<Name>) -> Self {
         self.name = name.into();
         self
@@ -222,6 +222,7 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
         let bulkhead = self
             .queue_of(self.algorithm.limit())
             .with_shares(self.shares)
+            .reported_as("adaptive")
             .name(self.name.clone())
             .runtime(self.rt.clone());
         match &self.events {

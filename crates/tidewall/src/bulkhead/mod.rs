@@ -99,6 +99,8 @@ pub struct BulkheadBuilder<R = DefaultRuntime> {
     discipline: QueueDiscipline,
     /// Set only by an adaptive limiter: a bulkhead without shares never pays to read them.
     shares: Option<Shares>,
+    /// The `policy` its refusals and waits report as: an adaptive limiter's are its own.
+    policy: &'static str,
 }
 
 impl Bulkhead {
@@ -113,6 +115,7 @@ impl Bulkhead {
             events: None,
             discipline: QueueDiscipline::Fifo,
             shares: None,
+            policy: "bulkhead",
         }
     }
 }
@@ -162,6 +165,12 @@ impl<R> BulkheadBuilder<R> {
     /// shedding (validated there).
     pub(crate) fn with_shares(mut self, shares: Shares) -> Self {
         self.shares = Some(shares);
+        self
+    }
+
+    /// Reports its refusals and waits as `policy` (an adaptive limiter's slots).
+    pub(crate) fn reported_as(mut self, policy: &'static str) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -219,6 +228,7 @@ impl<R> BulkheadBuilder<R> {
             events: self.events,
             discipline: self.discipline,
             shares: self.shares,
+            policy: self.policy,
         }
     }
 
@@ -284,7 +294,7 @@ impl<R> BulkheadBuilder<R> {
     /// What a bulkhead of these settings counts its refusals and waits in: its own, or one
     /// for every key of a keyed table.
     pub(crate) fn telemetry(&self) -> std::sync::Arc<crate::telemetry::PolicyTelemetry> {
-        crate::telemetry::PolicyTelemetry::new("bulkhead", &self.name, &REFUSALS)
+        crate::telemetry::PolicyTelemetry::new(self.policy, &self.name, &REFUSALS)
             .with_waits()
             .with_listener(self.events.clone())
             .shared()

@@ -729,8 +729,8 @@ impl<R: Clock> Registry<R> {
     }
 
     /// The adaptive limiter named `name`, built on first use, of the algorithm its layers
-    /// name (see [`AdaptiveConfig`](super::AdaptiveConfig)). Its refusals count as a
-    /// bulkhead's of this name.
+    /// name (see [`AdaptiveConfig`](super::AdaptiveConfig)), reporting as `policy`
+    /// `adaptive` under this name.
     ///
     /// ```
     /// use tidewall::config::{Config, Registry};

@@ -51,13 +51,12 @@ use crate::breaker::StateChange;
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct Event<'a> {
-    /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `rate`,
-    /// `pipeline`, `hedge` or `http_client` (an adaptive limiter's as a `bulkhead`'s); a keyed breaker's or
-    /// bulkhead's own refusals (a full table) come as `keyed_breaker` or `keyed_bulkhead`, a
-    /// keyed adaptive limiter's as `keyed_bulkhead` too (the registry's gauges of that table
-    /// say `keyed_adaptive`), and its keys' events as the policy's; a keyed rate limiter's
-    /// refusals all come as `keyed_rate`, a key's and a full table's alike (both are
-    /// `RateLimited`).
+    /// The policy's kind, as the metrics' `policy` label: `breaker`, `bulkhead`, `adaptive`,
+    /// `rate`, `pipeline`, `hedge` or `http_client`; a keyed breaker's, bulkhead's or adaptive
+    /// limiter's own refusals (a full table) come as `keyed_breaker`, `keyed_bulkhead` or
+    /// `keyed_adaptive` (the labels of the tables' gauges), and its keys' events as the
+    /// policy's; a keyed rate limiter's refusals all come as `keyed_rate`, a key's and a full
+    /// table's alike (both are `RateLimited`).
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,

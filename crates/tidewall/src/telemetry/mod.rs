@@ -22,7 +22,7 @@
 //! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`, `http_client`), `name` | retries (hedges) the budget refused |
 //! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes (a keyed table's key series are made on a key's first change) |
 //! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`, `http_client`), `name` | a call's time, waits and retries included (not for cancelled calls) |
-//! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`), `name` | time queued for a permit, for waits that ended admitted |
+//! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`, `adaptive`), `name` | time queued for a permit, for waits that ended admitted |
 //! | `tidewall_breaker_state` | gauge | `name`, `state` ([`State::as_str`](crate::breaker::State::as_str)) | 1 for the state the breaker is in, 0 for the others |
 //! | `tidewall_bulkhead_in_flight`, `tidewall_bulkhead_queued`, `tidewall_bulkhead_capacity` | gauge | `name` | permits held, callers waiting, permits in all |
 //! | `tidewall_rate_limit_available` | gauge | `name` | cells one request could take now |
@@ -35,7 +35,7 @@
 //! | `tidewall_chaos_injections_total` | counter | `policy` (`chaos`), `name`, `fault` (`latency`, `error`, `hang`, `alter`) | faults a [`Chaos`](crate::chaos::Chaos) handle (feature `chaos`) injected, counted when drawn: a call given latency and an error counts once under each; `alter` counts calls chosen for altering, whether or not the operation then succeeded |
 //!
 //! A keyed breaker's, bulkhead's or adaptive limiter's keys count together in the series of
-//! the table's name, with the `policy` each key is (`breaker`, `bulkhead`): the series a
+//! the table's name, with the `policy` each key is (`breaker`, `bulkhead`, `adaptive`): the series a
 //! plain policy of that name counts in too, if one is also used (a
 //! [registry](crate::config::Registry)'s pipeline of the instance, say). A keyed rate
 //! limiter's refusals count under `keyed_rate`.
