@@ -95,6 +95,8 @@ impl<R: Clock> ClientPolicies<R> {
         Fut: Future<Output = Result<T, E>>,
     {
         let authority = request.authority();
+        let inner = self.current();
+        let telemetry = &self.live.telemetry;
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!(
             "tidewall.http",
@@ -102,37 +104,20 @@ impl<R: Clock> ClientPolicies<R> {
             method = %request.method(),
             authority = authority.as_ref().map(tracing::field::display),
         );
-        let call = self.observed(request, authority, overrides, send);
+        // Reported once, however many attempts: how the request ended, and how long it took.
+        let call = async {
+            let watch = telemetry.watch(&inner.rt);
+            let result = inner
+                .applied(telemetry, request, authority, overrides, send)
+                .await;
+            if let Some(watch) = watch {
+                watch.finish(request_outcome(&inner.classifier, &result), &inner.rt);
+            }
+            result
+        };
         #[cfg(feature = "tracing")]
         let call = tracing::Instrument::instrument(call, span);
         call.await
-    }
-
-    /// [`run`](Self::run), reported: how the request ended, and how long it took.
-    async fn observed<Q, T, E, S, Fut>(
-        &self,
-        request: Q,
-        authority: Option<Authority>,
-        overrides: Overrides,
-        send: S,
-    ) -> Result<T, Error<E>>
-    where
-        Q: Outbound,
-        T: Inbound,
-        E: HttpFailure,
-        S: Fn(Q) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let inner = self.current();
-        let telemetry = &self.live.telemetry;
-        let watch = telemetry.watch(&inner.rt);
-        let result = inner
-            .applied(telemetry, request, authority, overrides, send)
-            .await;
-        if let Some(watch) = watch {
-            watch.finish(request_outcome(&inner.classifier, &result), &inner.rt);
-        }
-        result
     }
 }
 
