@@ -329,3 +329,52 @@ async fn reconfigure_keeps_what_the_tables_learned() {
         "{refused:?}"
     );
 }
+
+/// A listener told of a reconfiguration's reset that reconfigures the same stack is refused
+/// at once, not left waiting for the reconfiguration it is part of.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reconfiguration_from_its_own_listener_is_refused() {
+    use std::sync::{Arc, Mutex, OnceLock};
+    use tidewall::breaker::Window;
+    use tidewall::telemetry::{Event, EventKind};
+
+    let stack: Arc<OnceLock<ClientPolicies>> = Arc::default();
+    let answers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (inside, told) = (Arc::clone(&stack), Arc::clone(&answers));
+    let listener = move |event: &Event<'_>| {
+        if let (EventKind::StateChanged(_), Some(policies)) = (event.kind, inside.get()) {
+            let again = policies.reconfigure(ClientPolicies::builder());
+            told.lock().unwrap().push(format!("{again:?}"));
+        }
+    };
+    let breaker = |calls| {
+        CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .window(Window::Count { calls })
+    };
+    let policies = ClientPolicies::builder()
+        .breaker(Some(breaker(10).on_event(listener)))
+        .build()
+        .unwrap();
+    let _ = stack.set(policies.clone());
+    let host = auth("http://a/");
+    policies
+        .breakers()
+        .unwrap()
+        .try_acquire(&host)
+        .unwrap()
+        .failure();
+    answers.lock().unwrap().clear();
+
+    // Another window shape resets the open host: its listener reconfigures, and is refused.
+    let retuned = policies
+        .reconfigure(ClientPolicies::builder().breaker(Some(breaker(20))))
+        .unwrap();
+    assert_eq!(retuned.breakers_reset, 1);
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].starts_with("Err(Conflict"), "{answers:?}");
+    // The stack is the reconfiguration's, whole.
+    let window = policies.breakers().unwrap().policy().window();
+    assert_eq!(window, Window::Count { calls: 20 });
+}

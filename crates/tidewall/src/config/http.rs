@@ -246,7 +246,7 @@ impl<R: Clock> Registry<R> {
 
 /// What `config` gives each client in `clients`, checked whole: nothing is applied.
 pub(super) fn plans<R: Clock>(
-    clients: &BTreeMap<Name, ClientPolicies<R>>,
+    clients: &[(Name, ClientPolicies<R>)],
     config: &Config,
     listener: Option<&Listener>,
 ) -> Result<Vec<Plan<R>>, Invalid> {

@@ -250,8 +250,12 @@ fn is_http_client(has: &impl Fn(fn(&super::Policies) -> bool) -> bool) -> bool {
 
 /// A snapshot of `map`, by name.
 pub(super) fn listed<T: Clone>(map: &Mutex<BTreeMap<Name, T>>) -> Vec<(Name, T)> {
-    lock(map)
-        .iter()
+    listed_from(&lock(map))
+}
+
+/// A snapshot of a map already locked, by name.
+pub(super) fn listed_from<T: Clone>(map: &BTreeMap<Name, T>) -> Vec<(Name, T)> {
+    map.iter()
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
@@ -463,6 +467,16 @@ impl<R: Clock> Registry<R> {
         let chaos = lock(&self.chaos);
         #[cfg(feature = "http")]
         let clients = lock(&self.clients);
+        // Each client's reconfigurations from code wait for this reload's (and it for theirs):
+        // its plan below is applied to the stack it was worked out against.
+        #[cfg(feature = "http")]
+        let held_clients = super::registry::listed_from(&clients);
+        #[cfg(feature = "http")]
+        let _clients_reconfiguring = held_clients
+            .iter()
+            .map(|(_, client)| client.reconfiguring())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Invalid::new("", Problem::Reentrant))?;
         let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
@@ -557,7 +571,7 @@ impl<R: Clock> Registry<R> {
         #[cfg(feature = "chaos")]
         let chaos_plans = super::chaos::plans(&chaos, &config)?;
         #[cfg(feature = "http")]
-        let client_plans = super::http::plans(&clients, &config, self.events.as_ref())?;
+        let client_plans = super::http::plans(&held_clients, &config, self.events.as_ref())?;
         for (name, table) in &tables {
             table.retune(&config, name, false)?;
         }

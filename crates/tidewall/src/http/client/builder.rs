@@ -363,6 +363,7 @@ impl<R> ClientPoliciesBuilder<R> {
             live: Arc::new(Live {
                 telemetry,
                 stack: Swap::new(stack),
+                reconfiguring: crate::sync::Mutex::default(),
             }),
         })
     }

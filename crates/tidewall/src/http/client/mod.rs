@@ -86,6 +86,9 @@ struct Live<R> {
     telemetry: crate::telemetry::CallTelemetry,
     /// A request reads it once, and keeps the settings it started with.
     stack: Swap<Inner<R>>,
+    /// Held from a reconfiguration's plan to its swap: each is worked out against the stack
+    /// the one before it left, never two against one.
+    reconfiguring: crate::sync::Mutex<()>,
 }
 
 /// The `policy` the stack's requests are reported as (events, metrics).

@@ -5,6 +5,7 @@ use super::builder::{ClientPoliciesBuilder, Stages};
 use super::{ClientPolicies, Inner};
 use crate::ConfigError;
 use crate::rt::Clock;
+use crate::sync::{MutexGuard, lock};
 use crate::telemetry::ListenerPanics;
 
 /// What a [`ClientPolicies::reconfigure`] did to the per-authority tables it kept.
@@ -28,6 +29,13 @@ pub(crate) struct Plan<R> {
     stages: Stages,
     relearn: bool,
 }
+
+/// A reconfiguration of a stack from a listener told of that stack's reconfiguration, on its
+/// thread: waiting for the one in progress would be waiting for itself.
+const REENTRANT: ConfigError = ConfigError::Conflict {
+    reason: "a reconfiguration from a listener of the one in progress on this thread: \
+             reconfigure from another task or thread",
+};
 
 /// The constraint a reconfiguration cannot change.
 const FIXED: ConfigError = ConfigError::Conflict {
@@ -55,9 +63,10 @@ impl<R: Clock> ClientPolicies<R> {
     /// - The [name](ClientPoliciesBuilder::name), the [listener](ClientPoliciesBuilder::on_event)
     ///   and the runtime are kept: `settings`' are not read.
     ///
-    /// A listener that panics as a breaker is reset leaves nothing half done: every table
-    /// takes its settings and the stack is replaced, then the first such panic goes on to the
-    /// caller.
+    /// Reconfigurations of one stack (from any clone, or a registry's reload) run one at a
+    /// time, each on the stack the one before left. A listener that panics as a breaker is
+    /// reset leaves nothing half done: every table takes its settings and the stack is
+    /// replaced, then the first such panic goes on to the caller.
     ///
     /// ```
     /// use std::time::Duration;
@@ -82,12 +91,29 @@ impl<R: Clock> ClientPolicies<R> {
     /// # Errors
     ///
     /// As [`ClientPoliciesBuilder::build`]; [`ConfigError::Conflict`] when `settings` change
-    /// `max_authorities`, or the breakers' `idle_ttl` while both have breakers.
+    /// `max_authorities`, or the breakers' `idle_ttl` while both have breakers, and when
+    /// called from a listener told of this stack's reconfiguration, on its thread.
     pub fn reconfigure<R2>(
         &self,
         settings: ClientPoliciesBuilder<R2>,
     ) -> Result<Retuned, ConfigError> {
+        let _one_at_a_time = self.reconfiguring()?;
         Ok(self.plan(settings)?.apply())
+    }
+
+    /// Waits for any reconfiguration of this stack in progress, and keeps others out until
+    /// dropped: held from [`plan`](Self::plan) to [`Plan::apply`].
+    pub(crate) fn reconfiguring(&self) -> Result<Reconfiguring<'_>, ConfigError> {
+        let address = std::ptr::from_ref(&*self.live).addr();
+        if RECONFIGURING.with_borrow(|here| here.contains(&address)) {
+            return Err(REENTRANT);
+        }
+        let guard = lock(&self.live.reconfiguring);
+        RECONFIGURING.with_borrow_mut(|here| here.push(address));
+        Ok(Reconfiguring {
+            _guard: guard,
+            address,
+        })
     }
 
     /// Works `settings` out against the stack in force, checking everything; applies nothing.
@@ -123,6 +149,23 @@ impl<R: Clock> ClientPolicies<R> {
             stages,
             relearn,
         })
+    }
+}
+
+thread_local! {
+    /// The stacks this thread is reconfiguring, by address.
+    static RECONFIGURING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One stack's reconfiguration in progress on this thread, for as long as it lives.
+pub(crate) struct Reconfiguring<'a> {
+    _guard: MutexGuard<'a, ()>,
+    address: usize,
+}
+
+impl Drop for Reconfiguring<'_> {
+    fn drop(&mut self) {
+        RECONFIGURING.with_borrow_mut(|here| here.retain(|a| *a != self.address));
     }
 }
 
