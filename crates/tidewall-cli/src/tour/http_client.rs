@@ -19,7 +19,10 @@ use super::scenarios::{Size, settle};
 use super::server::Server;
 
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
-    vec![two_hosts_one_down(&rt, server, size).await]
+    vec![
+        two_hosts_one_down(&rt, server, size).await,
+        super::http_config::reload_mid_traffic(&rt, server, size).await,
+    ]
 }
 
 /// How the standard table reads the tour client's errors (a status comes back as a
@@ -171,7 +174,7 @@ async fn calls_to_both<R: Net>(
 }
 
 /// The tour client reports a status as an error; the policies read it as a response.
-fn answer(result: Result<Bytes, HttpError>) -> Result<Response<Bytes>, HttpError> {
+pub(super) fn answer(result: Result<Bytes, HttpError>) -> Result<Response<Bytes>, HttpError> {
     match result {
         Ok(body) => Ok(Response::new(body)),
         Err(HttpError::Status { code, retry_after }) => {
@@ -187,17 +190,17 @@ fn answer(result: Result<Bytes, HttpError>) -> Result<Response<Bytes>, HttpError
     }
 }
 
-fn shown(state: Option<State>) -> String {
+pub(super) fn shown(state: Option<State>) -> String {
     state.map_or_else(|| "not tracked".to_owned(), |state| state.to_string())
 }
 
-fn get(host: SocketAddr, path: &str) -> Request<()> {
+pub(super) fn get(host: SocketAddr, path: &str) -> Request<()> {
     Request::get(format!("http://{host}{path}"))
         .body(())
         .expect("a loopback URL is valid")
 }
 
-fn closed_port() -> SocketAddr {
+pub(super) fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener
         .local_addr()

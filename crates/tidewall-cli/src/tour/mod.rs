@@ -6,6 +6,7 @@ mod capacity;
 pub(crate) mod client;
 mod config;
 mod http_client;
+mod http_config;
 mod overload;
 mod pool;
 mod redis;
