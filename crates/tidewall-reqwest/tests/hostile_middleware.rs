@@ -742,7 +742,7 @@ async fn the_standard_stack_and_its_builder_edges() {
     let (max, name) = (policies.max_authorities(), policies.name());
     assert_eq!((max, name), (10_000, "http_client"));
     assert!(policies.breakers().is_some() && policies.bulkheads().is_some());
-    assert!(policies.limiters().is_none());
+    assert!(policies.rate_limiters().is_none());
     let client = with(resilience);
     let server = FaultServer::start(first_n(1, status(503)));
     assert_eq!(code(client.get(server.url("/")).send().await), 200);

@@ -277,7 +277,7 @@ async fn reconfigure_keeps_what_the_tables_learned() {
         .build()
         .unwrap();
     let host = auth("http://a/");
-    let limits = policies.adaptive_limits().unwrap();
+    let limits = policies.adaptive_limiters().unwrap();
     // A full limit's success teaches AIMD to grow.
     let held: Vec<_> = (0..9).map(|_| limits.try_acquire(&host).unwrap()).collect();
     limits.try_acquire(&host).unwrap().success();
@@ -301,7 +301,7 @@ async fn reconfigure_keeps_what_the_tables_learned() {
         "{retuned:?}"
     );
     assert_eq!(
-        policies.adaptive_limits().unwrap().limit(&host),
+        policies.adaptive_limiters().unwrap().limit(&host),
         Some(learned)
     );
     assert_eq!(policies.breakers().unwrap().state(&host), Some(State::Open));
@@ -317,7 +317,7 @@ async fn reconfigure_keeps_what_the_tables_learned() {
         retuned.relearning && retuned.breakers_reset == 1,
         "{retuned:?}"
     );
-    assert_eq!(policies.adaptive_limits().unwrap().limit(&host), Some(10));
+    assert_eq!(policies.adaptive_limiters().unwrap().limit(&host), Some(10));
     assert_eq!(
         policies.breakers().unwrap().state(&host),
         Some(State::Closed)

@@ -1,5 +1,5 @@
 //! Hostile tests of the adaptive concurrency limit per authority in the HTTP client stack
-//! (`ClientPoliciesBuilder::adaptive`, `ClientPolicies::adaptive_limits`), written from the
+//! (`ClientPoliciesBuilder::adaptive`, `ClientPolicies::adaptive_limiters`), written from the
 //! rustdoc alone, over scripted in-process hosts, through both fronts (the `run` loop and the
 //! tower `ClientLayer`) on every runtime in virtual time: what each attempt teaches its host's
 //! algorithm (drops, samples, nothing), slots across retries, backoff waits, open breakers,
@@ -60,15 +60,15 @@ fn stack<R: Runtime>(
 }
 
 fn limit<R: Runtime>(policies: &Policies<R>, uri: &str) -> Option<u32> {
-    policies.adaptive_limits().unwrap().limit(&auth(uri))
+    policies.adaptive_limiters().unwrap().limit(&auth(uri))
 }
 
 fn in_flight<R: Runtime>(policies: &Policies<R>, uri: &str) -> usize {
-    policies.adaptive_limits().unwrap().in_flight(&auth(uri))
+    policies.adaptive_limiters().unwrap().in_flight(&auth(uri))
 }
 
 fn queued<R: Runtime>(policies: &Policies<R>, uri: &str) -> usize {
-    let limits = policies.adaptive_limits().unwrap();
+    let limits = policies.adaptive_limiters().unwrap();
     limits.get(&auth(uri)).map_or(0, |handle| handle.queued())
 }
 
@@ -132,7 +132,7 @@ fn adaptive_settings_build_or_fail_as_documented() {
         .bulkhead(None)
         .build()
         .unwrap();
-    assert!(either_order.adaptive_limits().is_some() && either_order.bulkheads().is_none());
+    assert!(either_order.adaptive_limiters().is_some() && either_order.bulkheads().is_none());
     // The last setting wins: `adaptive(None)` turns it off again.
     let off = ClientPolicies::builder()
         .bulkhead(None)
@@ -140,8 +140,8 @@ fn adaptive_settings_build_or_fail_as_documented() {
         .adaptive(None)
         .build()
         .unwrap();
-    assert!(off.adaptive_limits().is_none() && off.bulkheads().is_none());
-    assert!(ClientPolicies::standard().adaptive_limits().is_none());
+    assert!(off.adaptive_limiters().is_none() && off.bulkheads().is_none());
+    assert!(ClientPolicies::standard().adaptive_limiters().is_none());
     assert!(ClientPolicies::standard().bulkheads().is_some());
 
     let named = ClientPolicies::builder()
@@ -150,7 +150,7 @@ fn adaptive_settings_build_or_fail_as_documented() {
         .adaptive(Some(fixed().name("mine")))
         .build()
         .unwrap();
-    assert_eq!(named.adaptive_limits().unwrap().name(), "payments_client");
+    assert_eq!(named.adaptive_limiters().unwrap().name(), "payments_client");
 
     // The stage's own errors come through the stack's build.
     let no_bulkhead = || ClientPolicies::builder().bulkhead(None);
@@ -1403,7 +1403,7 @@ async fn reconfiguring_the_stacks_table_keeps_its_runtime<R: Runtime>(rt: Clocke
             .timeout(ms(50))
             .build()
             .unwrap();
-        let limits = policies.adaptive_limits().unwrap();
+        let limits = policies.adaptive_limiters().unwrap();
         limits
             .reconfigure(limited(strict.into()).name("ignored"))
             .unwrap();

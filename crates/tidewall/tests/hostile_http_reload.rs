@@ -425,7 +425,7 @@ async fn adaptive_limit_kept_or_relearned_as_the_algorithm_says() {
     let registry = Registry::new(adaptive_config("max_limit = 100")).unwrap();
     let outbound = registry.http_client("outbound").unwrap();
     let h = auth("http://h/");
-    let limits = outbound.adaptive_limits().unwrap();
+    let limits = outbound.adaptive_limiters().unwrap();
     let teach = || {
         let limit = limits.limit(&h).unwrap_or(10) as usize;
         let held: Vec<_> = (0..limit - 1)
@@ -478,10 +478,10 @@ async fn adaptive_limit_kept_or_relearned_as_the_algorithm_says() {
         "[instances.outbound]\nhttp = {}\n[instances.outbound.bulkhead]\nmax_concurrent = 2\nmax_queue = 0\n",
     );
     registry.reload(bulkhead).unwrap();
-    assert!(outbound.adaptive_limits().is_none() && outbound.bulkheads().is_some());
+    assert!(outbound.adaptive_limiters().is_none() && outbound.bulkheads().is_some());
     registry.reload(adaptive_config("max_limit = 100")).unwrap();
     assert!(outbound.bulkheads().is_none());
-    let fresh = outbound.adaptive_limits().unwrap();
+    let fresh = outbound.adaptive_limiters().unwrap();
     assert!(
         matches!(fresh.limit(&h), None | Some(10)),
         "{:?}",
@@ -710,12 +710,12 @@ async fn http_instances_have_no_plain_policies_and_undeclared_names_have_no_stag
     assert_eq!(registry.http_clients().len(), 1, "built up front");
     let outbound = registry.http_client("outbound").unwrap();
     assert!(outbound.breakers().is_some() && outbound.bulkheads().is_some());
-    assert!(outbound.limiters().is_some());
+    assert!(outbound.rate_limiters().is_some());
 
     // A name not declared: a client of no stages, under the defaults' deadline.
     let stranger = registry.http_client("stranger").unwrap();
     assert!(stranger.breakers().is_none() && stranger.bulkheads().is_none());
-    assert!(stranger.limiters().is_none() && stranger.adaptive_limits().is_none());
+    assert!(stranger.rate_limiters().is_none() && stranger.adaptive_limiters().is_none());
     let hosts = Hosts::new(&Tokio);
     hosts.play("slow:80", [Answer::Slow(Duration::from_secs(1))]);
     let t0 = tokio::time::Instant::now();
@@ -1052,7 +1052,7 @@ async fn invalid_reconfigurations_change_nothing() {
             "case {i}"
         );
         assert!(
-            policies.limiters().is_none() && policies.adaptive_limits().is_none(),
+            policies.rate_limiters().is_none() && policies.adaptive_limiters().is_none(),
             "case {i}"
         );
     }
@@ -1309,7 +1309,7 @@ async fn reloads_under_load<R: Runtime>(rt: Clocked<R>) {
         if let Some(table) = outbound.bulkheads() {
             assert_eq!(table.in_flight(&key), 0, "{host}");
         }
-        if let Some(table) = outbound.adaptive_limits() {
+        if let Some(table) = outbound.adaptive_limiters() {
             assert_eq!(table.in_flight(&key), 0, "{host}");
         }
     }
@@ -1454,7 +1454,7 @@ async fn adaptive_permits_held_across_relearning_and_removal_come_back() {
     let hosts = Hosts::new(&Tokio);
     hosts.play("h:80", [Answer::Slow(Duration::from_secs(1))]);
     let h = auth("http://h/");
-    let limits = outbound.adaptive_limits().unwrap();
+    let limits = outbound.adaptive_limiters().unwrap();
     let spawn_calls = |n: usize| -> Vec<_> {
         (0..n)
             .map(|_| {
@@ -1506,7 +1506,7 @@ async fn adaptive_permits_held_across_relearning_and_removal_come_back() {
         reload.relearning.is_empty(),
         "an added stage relearns nothing: {reload:?}"
     );
-    let fresh = outbound.adaptive_limits().unwrap();
+    let fresh = outbound.adaptive_limiters().unwrap();
     assert_eq!(fresh.in_flight(&h), 0);
     for call in calls {
         assert!(call.await.unwrap());
@@ -1662,7 +1662,7 @@ fn racing_reconfigurations_leave_one_whole_stack() {
             drop(t.try_acquire(&h).unwrap());
             t.get(&h).unwrap().capacity()
         });
-        let limited = policies.limiters().is_some();
+        let limited = policies.rate_limiters().is_some();
         assert!(
             matches!(
                 (window, bulkhead, limited),

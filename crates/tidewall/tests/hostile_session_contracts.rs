@@ -1732,7 +1732,7 @@ async fn adaptive_learns_from_the_send<R: Runtime>(rt: Clocked<R>) {
                 Answer::Status(503),
             ],
         );
-        let limit = || policies.adaptive_limits().unwrap().limit(&auth(&uri));
+        let limit = || policies.adaptive_limiters().unwrap().limit(&auth(&uri));
         let once = || with(get(&uri), Overrides::new().no_retry());
         // Two at once: the second holds its slot through a 1 s rate wait, then 200 ms.
         let a = spawn_send(&rt, front, &policies, &hosts, once());

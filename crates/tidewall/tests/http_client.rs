@@ -377,7 +377,7 @@ async fn each_authority_table_forgets_by_its_own_rule<R: Runtime>(rt: Clocked<R>
             .max_authorities(1)
             .build()
             .unwrap();
-        let limits = policies.adaptive_limits().unwrap();
+        let limits = policies.adaptive_limiters().unwrap();
         hosts.script("slow:80", |_| Answer::Reset);
         let once = |host| send(front, &policies, &hosts, get(host));
         let _ = once("slow").await;
@@ -523,7 +523,7 @@ async fn each_host_teaches_its_own_adaptive_limit<R: Runtime>(rt: Clocked<R>) {
             .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(aimd))))
             .build()
             .unwrap();
-        let limits = policies.adaptive_limits().unwrap();
+        let limits = policies.adaptive_limiters().unwrap();
         let (busy, fine, slow) = (
             Authority::new("http", "busy", None).unwrap(),
             Authority::new("http", "fine", None).unwrap(),

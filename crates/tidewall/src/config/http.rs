@@ -194,7 +194,10 @@ impl<R: Clock> Registry<R> {
     /// [`ClientPolicies::reconfigure`] (a request in flight keeps the deadline, timeouts and
     /// retry schedule it started with; each per-authority table is retuned in place, what it
     /// holds kept; a section added or removed adds or removes the stage), and refuses a
-    /// change of `[keys]` (the tables' bounds) with [`Problem::Fixed`]. A name the file does
+    /// change of the tables' bounds with [`Problem::Fixed`]: `[keys] max_keys`, and
+    /// `idle_ttl` while the client has breakers. A reload that removes `[http]` keeps the
+    /// client (still reconfigured by each reload), and builds the plain policies of the
+    /// instance's sections as for any instance. A name the file does
     /// not declare gets a client of no stages, under the defaults' deadline and timeout.
     ///
     /// ```

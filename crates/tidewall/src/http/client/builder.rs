@@ -294,7 +294,7 @@ impl<R> ClientPoliciesBuilder<R> {
     ///     .bulkhead(None)
     ///     .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(gradient))))
     ///     .build()?;
-    /// assert!(policies.adaptive_limits().is_some());
+    /// assert!(policies.adaptive_limiters().is_some());
     /// # Ok::<(), tidewall::ConfigError>(())
     /// ```
     pub fn adaptive(mut self, limit: Option<AdaptiveLimiterBuilder<AnyAlgorithm>>) -> Self {

@@ -150,13 +150,13 @@ impl<R> ClientPolicies<R> {
 
     /// The per-authority adaptive limiters, if the stack has them: to watch the limit each
     /// host has taught its limiter (a handle, as for [`breakers`](Self::breakers)).
-    pub fn adaptive_limits(&self) -> Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
+    pub fn adaptive_limiters(&self) -> Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
         self.current().adaptive.clone()
     }
 
     /// The per-authority rate limiters, if the stack has them (a handle, as for
     /// [`breakers`](Self::breakers)).
-    pub fn limiters(&self) -> Option<KeyedRateLimiter<Authority, R>> {
+    pub fn rate_limiters(&self) -> Option<KeyedRateLimiter<Authority, R>> {
         self.current().limiters.clone()
     }
 

@@ -12,8 +12,9 @@ use crate::telemetry::ListenerPanics;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Retuned {
-    /// Authorities whose breaker was reset to closed, with its state-change event, because
-    /// the breaker's window changed shape.
+    /// Authorities whose breaker was reset because the breaker's window changed shape: every
+    /// authority the table held then, open or closed, each now closed with an empty window
+    /// and told with its state-change event.
     pub breakers_reset: usize,
     /// Whether every authority's adaptive limit starts learning again from the new initial
     /// limit: the algorithm changed (another kind, or other settings of its own). Otherwise
