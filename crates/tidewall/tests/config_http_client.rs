@@ -10,6 +10,7 @@ mod keyed_support;
 mod support;
 
 use keyed_support::client::{Answer, Hosts, auth, get, status};
+use keyed_support::secs;
 use support::ms;
 use tidewall::Error;
 use tidewall::breaker::{CircuitBreaker, State};
@@ -172,27 +173,40 @@ async fn a_reload_the_client_cannot_take_is_refused() {
     let outbound = registry.http_client("outbound").unwrap();
     let cases = [
         (
-            "[instances.outbound.http]\nretry_statuses = [1000]\n",
-            "instances.outbound.http.retry_statuses",
-            "1000 is not an HTTP status (100 to 999)",
+            "retry_statuses = [1000]",
+            "retry_statuses",
+            "1000 is not an error status (400 to 999)",
         ),
         (
-            "[instances.outbound.http]\nreplay_methods = [\"PO ST\"]\n",
-            "instances.outbound.http.replay_methods",
+            "fail_statuses = [200]",
+            "fail_statuses",
+            "200 is not an error status (400 to 999)",
+        ),
+        (
+            "replay_methods = [\"PO ST\"]",
+            "replay_methods",
             "\"PO ST\" is not an HTTP method",
         ),
         (
-            "[instances.outbound.http]\nretry_statuses = [409]\nfail_statuses = [409]\n",
-            "instances.outbound.http.fail_statuses",
+            "replay_methods = [\"post\"]",
+            "replay_methods",
+            "\"post\": methods are case-sensitive, write \"POST\"",
+        ),
+        (
+            "retry_statuses = [409], fail_statuses = [409]",
+            "fail_statuses",
             "a status is retried or failed, not both",
         ),
     ];
-    for (text, path, message) in cases {
-        let refused = Config::from_toml(text).unwrap_err();
-        assert_eq!(
-            (refused.path(), refused.to_string()),
-            (path, format!("{path}: {message}"))
-        );
+    for (rules, key, message) in cases {
+        let text = OUTBOUND.replace("http = {}", &format!("http = {{ {rules} }}"));
+        let path = format!("instances.outbound.http.{key}");
+        let refused = Config::from_toml(&text).unwrap_err();
+        assert_eq!(refused.to_string(), format!("{path}: {message}"));
+        // Read without the check, the reload refuses it the same way.
+        let unchecked: Config = toml::from_str(&text).unwrap();
+        let refused = registry.reload(unchecked).unwrap_err();
+        assert_eq!(refused.to_string(), format!("{path}: {message}"));
     }
     // The tables' bounds are fixed while the registry holds the client.
     let bigger = format!("{OUTBOUND}\n[instances.outbound.keys]\nmax_keys = 20000\n");
@@ -202,6 +216,7 @@ async fn a_reload_the_client_cannot_take_is_refused() {
     let ttl = format!("{OUTBOUND}\n[instances.outbound.keys]\nidle_ttl = \"5m\"\n");
     let refused = registry.reload(config(&ttl)).unwrap_err();
     assert_eq!(refused.path(), "instances.outbound.keys.idle_ttl");
+    assert!(matches!(refused.problem(), Problem::Fixed));
     // Nothing changed: three attempts still.
     let hosts = Hosts::new(&tidewall::rt::Tokio);
     hosts.play("a:80", [Answer::Status(503)]);
@@ -324,9 +339,12 @@ async fn reconfigure_keeps_what_the_tables_learned() {
     );
 
     let refused = policies.reconfigure(ClientPolicies::builder().max_authorities(5));
+    let Err(tidewall::ConfigError::Conflict { reason }) = refused else {
+        panic!("{refused:?}")
+    };
     assert!(
-        matches!(refused, Err(tidewall::ConfigError::Conflict { .. })),
-        "{refused:?}"
+        reason.starts_with("max_authorities and idle_ttl bound"),
+        "{reason}"
     );
 }
 
@@ -373,8 +391,65 @@ async fn a_reconfiguration_from_its_own_listener_is_refused() {
     assert_eq!(retuned.breakers_reset, 1);
     let answers = answers.lock().unwrap().clone();
     assert_eq!(answers.len(), 1, "{answers:?}");
-    assert!(answers[0].starts_with("Err(Conflict"), "{answers:?}");
+    assert!(
+        answers[0].contains("a reconfiguration from a listener of the one in progress"),
+        "{answers:?}"
+    );
     // The stack is the reconfiguration's, whole.
     let window = policies.breakers().unwrap().policy().window();
     assert_eq!(window, Window::Count { calls: 20 });
+}
+
+/// A stage a reconfiguration adds carries the stack's name, whatever the settings' builder
+/// says; the gauges of a stage it removes read 0 from the next scrape.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn added_stages_take_the_stacks_name_and_removed_ones_read_zero() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tidewall::adaptive::{AdaptiveLimiter, Aimd, AnyAlgorithm};
+
+    let policies = ClientPolicies::builder()
+        .name("payments")
+        .breaker(Some(CircuitBreaker::builder().consecutive_failures(1)))
+        .build()
+        .unwrap();
+    let aimd = Aimd::builder().build().unwrap();
+    let renamed = ClientPolicies::builder()
+        .name("elsewhere")
+        .bulkhead(None)
+        .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(aimd))))
+        .rate_limit(Some(tidewall::rate::KeyedRateLimiter::builder(10, secs(1))))
+        .breaker(Some(CircuitBreaker::builder().consecutive_failures(1)));
+    policies.reconfigure(renamed).unwrap();
+    assert_eq!(policies.name(), "payments");
+    assert_eq!(policies.adaptive_limiters().unwrap().name(), "payments");
+    assert_eq!(policies.rate_limiters().unwrap().name(), "payments");
+
+    let host = auth("http://down/");
+    policies
+        .breakers()
+        .unwrap()
+        .try_acquire(&host)
+        .unwrap()
+        .failure();
+    let open_hosts = || {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || policies.record_gauges());
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| {
+                let key = key.key();
+                let open = key
+                    .labels()
+                    .any(|l| l.key() == "state" && l.value() == "open");
+                (key.name() == "tidewall_keyed_breaker_keys" && open).then_some(value)
+            })
+    };
+    assert_eq!(open_hosts(), Some(DebugValue::Gauge(1.0.into())));
+    policies
+        .reconfigure(ClientPolicies::builder().breaker(None))
+        .unwrap();
+    assert_eq!(open_hosts(), Some(DebugValue::Gauge(0.0.into())));
 }

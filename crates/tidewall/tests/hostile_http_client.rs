@@ -672,7 +672,9 @@ fn bad_client_settings_are_typed_errors_and_extremes_build() {
         .bulkhead(None)
         .build()
         .unwrap();
-    assert!(bare.breakers().is_none() && bare.bulkheads().is_none() && bare.rate_limiters().is_none());
+    assert!(
+        bare.breakers().is_none() && bare.bulkheads().is_none() && bare.rate_limiters().is_none()
+    );
 }
 
 // Per-request extremes: a zero deadline has passed before the first attempt; an endless one

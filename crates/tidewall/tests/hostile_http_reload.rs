@@ -597,6 +597,9 @@ async fn bad_http_sections_are_refused_whole() {
         (r#"{"fail_statuses": [65535]}"#, "fail_statuses"),
         (r#"{"replay_methods": ["PO ST"]}"#, "replay_methods"),
         (r#"{"replay_methods": [""]}"#, "replay_methods"),
+        (r#"{"retry_statuses": [200]}"#, "retry_statuses"),
+        (r#"{"fail_statuses": [399]}"#, "fail_statuses"),
+        (r#"{"replay_methods": ["post"]}"#, "replay_methods"),
     ];
     for (i, (http, key)) in malformed.into_iter().enumerate() {
         let refused = registry.reload(unchecked(http)).unwrap_err();
@@ -629,8 +632,8 @@ async fn bad_http_sections_are_refused_whole() {
     assert_eq!(log.count("breaker", "outbound", "StateChanged"), 0);
     // The configuration in force is the old one.
     assert_eq!(*registry.config(), config(THREE_ATTEMPTS));
-    // The extremes of the range are statuses.
-    let edges = r#"{"retry_statuses": [999], "fail_statuses": [100]}"#;
+    // The extremes of the range are error statuses.
+    let edges = r#"{"retry_statuses": [999], "fail_statuses": [400]}"#;
     registry.reload(unchecked(edges)).unwrap();
     assert!(outbound.bulkheads().is_some());
 }
@@ -1102,7 +1105,7 @@ async fn extreme_settings() {
         [instances.outbound]
         deadline = "1s"
         attempt_timeout = "1ns"
-        http = { retry_statuses = [999], fail_statuses = [100] }
+        http = { retry_statuses = [999], fail_statuses = [400] }
         [instances.outbound.retry]
         backoff = "constant"
         initial_delay = "10ms"
@@ -1126,12 +1129,12 @@ async fn extreme_settings() {
     let _ = run_on(&outbound, &hosts, "http://slow/").await;
     assert!(t0.elapsed() <= Duration::from_secs(3));
 
-    // 999 retried, 100 failed and not retried.
+    // 999 retried, 400 failed and not retried.
     registry
         .reload(config(
             r#"
             [instances.outbound]
-            http = { retry_statuses = [999], fail_statuses = [100] }
+            http = { retry_statuses = [999], fail_statuses = [400] }
             [instances.outbound.retry]
             backoff = "constant"
             initial_delay = "10ms"
@@ -1149,16 +1152,16 @@ async fn extreme_settings() {
         Some(999)
     );
     assert_eq!(hosts.seen("nines:80"), 3);
-    hosts.play("hundred:80", [Answer::Status(100)]);
+    hosts.play("bad-request:80", [Answer::Status(400)]);
     assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://hundred/").await),
-        Some(100)
+        status(&run_on(&outbound, &hosts, "http://bad-request/").await),
+        Some(400)
     );
-    assert_eq!(hosts.seen("hundred:80"), 1);
+    assert_eq!(hosts.seen("bad-request:80"), 1);
     let counts = outbound
         .breakers()
         .unwrap()
-        .counts(&auth("http://hundred/"))
+        .counts(&auth("http://bad-request/"))
         .unwrap();
     assert_eq!(counts.failures, 1, "{counts:?}");
 }
@@ -1180,7 +1183,7 @@ fn http_sections_round_trip_through_toml_and_json() {
         [instances.full]
         base = "edge"
         [instances.full.http]
-        retry_statuses = [100, 521, 999]
+        retry_statuses = [400, 521, 999]
         fail_statuses = [409]
         client_errors = "ignored"
         replay_methods = ["POST", "X-CUSTOM"]

@@ -59,8 +59,8 @@ pub enum Problem {
         max: usize,
     },
     /// [`Registry::reload`](super::Registry::reload) (or `reload_file`) was called on the
-    /// thread already reloading that registry: from one of its listeners, told of the
-    /// reload's own resets. Waiting for the reload in progress would be waiting for itself.
+    /// thread already reloading that registry, or reconfiguring one of its HTTP clients: from
+    /// a listener, told of that reload's or reconfiguration's own resets. Waiting for the reload in progress would be waiting for itself.
     /// That reload goes on unaffected; reload from another task or thread instead (it waits
     /// for the first to finish).
     Reentrant,
@@ -115,8 +115,8 @@ impl fmt::Display for Invalid {
                 )
             }
             Problem::Reentrant => f.write_str(
-                "a reload from a listener of the reload in progress on this thread; \
-                 reload from another task or thread",
+                "a reload from a listener of a reload or reconfiguration in progress on this \
+                 thread; reload from another task or thread",
             ),
             Problem::Full { max } => {
                 write!(

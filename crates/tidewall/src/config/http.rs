@@ -20,7 +20,27 @@ use crate::telemetry::Listener;
 pub(super) type Clients<R> = Mutex<BTreeMap<Name, ClientPolicies<R>>>;
 
 /// A held client and the reconfiguration a reload gives it.
-pub(super) type Plan<R> = (Name, crate::http::ClientPlan<R>);
+pub(super) type Plan<R> = (Name, ClientReload<R>);
+
+/// A client's settings under a reload's new configuration, checked against its stack when
+/// the reload was planned. Applied on the stack in force when it is applied: worked out again
+/// under the client's own turn to be reconfigured, so that a reconfiguration from code
+/// meanwhile is built on, not undone in part. Nothing but that turn is held meanwhile (not
+/// the registry's maps, nor another client's), so a listener told of either may look the
+/// registry up.
+pub(super) struct ClientReload<R> {
+    client: ClientPolicies<R>,
+    settings: ClientPoliciesBuilder<()>,
+}
+
+impl<R: Clock> ClientReload<R> {
+    /// Reconfigures the client; `None` if the stack a reconfiguration from code left
+    /// meanwhile cannot take the settings (it changed a bound the reload's check read).
+    pub(super) fn apply(self) -> Option<crate::http::Retuned> {
+        let _turn = self.client.reconfiguring().ok()?;
+        Some(self.client.plan(self.settings).ok()?.apply())
+    }
+}
 
 /// The most authorities a client tracks when `[keys]` does not say.
 const MAX_AUTHORITIES: usize = 10_000;
@@ -65,9 +85,10 @@ impl Instance<'_> {
     ///
     /// # Errors
     ///
-    /// [`Invalid`] with the key path of the first setting refused: a section's, or an
-    /// `[http]` status outside 100 to 999 or in both lists, or a method that is not one
-    /// ([`Problem::Malformed`]).
+    /// [`Invalid`] with the key path of the first setting refused: a section's; an `[http]`
+    /// status that is not an error status (400 to 999), or a method that is not one or is
+    /// not spelled in capitals ([`Problem::Malformed`]); a status in both lists
+    /// ([`Problem::NotHere`]).
     pub fn http_client(&self) -> Result<ClientPoliciesBuilder, Invalid> {
         self.http_client_on(DefaultRuntime::default(), None)
     }
@@ -142,8 +163,10 @@ impl Instance<'_> {
             codes
                 .iter()
                 .map(|&code| {
-                    StatusCode::from_u16(code).map_err(|_| {
-                        let what = format!("{code} is not an HTTP status (100 to 999)");
+                    // A success or a redirect read as a failure would fail every call.
+                    let status = StatusCode::from_u16(code).ok().filter(|_| code >= 400);
+                    status.ok_or_else(|| {
+                        let what = format!("{code} is not an error status (400 to 999)");
                         Invalid::new(path(key), Problem::Malformed(what))
                     })
                 })
@@ -173,10 +196,22 @@ impl Instance<'_> {
             .client_errors(client_errors);
         let mut idempotency = Idempotency::standard();
         for method in s.replay_methods.as_deref().unwrap_or_default() {
-            let parsed = Method::from_bytes(method.as_bytes()).map_err(|_| {
-                let what = format!("{method:?} is not an HTTP method");
-                Invalid::new(path("replay_methods"), Problem::Malformed(what))
-            })?;
+            // Methods are case-sensitive: "post" would be a method of its own, never POST.
+            let spelled = method.bytes().any(|b| b.is_ascii_lowercase());
+            let parsed = Method::from_bytes(method.as_bytes())
+                .ok()
+                .filter(|_| !spelled)
+                .ok_or_else(|| {
+                    let what = if spelled {
+                        format!(
+                            "{method:?}: methods are case-sensitive, write {:?}",
+                            method.to_ascii_uppercase()
+                        )
+                    } else {
+                        format!("{method:?} is not an HTTP method")
+                    };
+                    Invalid::new(path("replay_methods"), Problem::Malformed(what))
+                })?;
             idempotency = idempotency.allow(parsed);
         }
         Ok((classifier, idempotency))
@@ -249,7 +284,7 @@ impl<R: Clock> Registry<R> {
 
 /// What `config` gives each client in `clients`, checked whole: nothing is applied.
 pub(super) fn plans<R: Clock>(
-    clients: &[(Name, ClientPolicies<R>)],
+    clients: &BTreeMap<Name, ClientPolicies<R>>,
     config: &Config,
     listener: Option<&Listener>,
 ) -> Result<Vec<Plan<R>>, Invalid> {
@@ -271,11 +306,15 @@ pub(super) fn plans<R: Clock>(
             if client.breakers().is_some_and(|b| b.idle_ttl() != ttl) {
                 return Err(fixed("idle_ttl"));
             }
+            // A reload from a listener of this client's reconfiguration would wait for it.
+            if client.reconfiguring_here() {
+                return Err(Invalid::new("", Problem::Reentrant));
+            }
             let settings = instance.http_client_on((), listener)?;
-            let plan = client
-                .plan(settings)
+            checked(|| client.plan(settings.clone()).map(drop))
                 .map_err(|e| Invalid::new(format!("instances.{}", key(name)), Problem::Rule(e)))?;
-            Ok((name.clone(), plan))
+            let client = client.clone();
+            Ok((name.clone(), ClientReload { client, settings }))
         })
         .collect()
 }

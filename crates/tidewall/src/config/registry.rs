@@ -467,16 +467,6 @@ impl<R: Clock> Registry<R> {
         let chaos = lock(&self.chaos);
         #[cfg(feature = "http")]
         let clients = lock(&self.clients);
-        // Each client's reconfigurations from code wait for this reload's (and it for theirs):
-        // its plan below is applied to the stack it was worked out against.
-        #[cfg(feature = "http")]
-        let held_clients = super::registry::listed_from(&clients);
-        #[cfg(feature = "http")]
-        let _clients_reconfiguring = held_clients
-            .iter()
-            .map(|(_, client)| client.reconfiguring())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Invalid::new("", Problem::Reentrant))?;
         let held_tables = [
             lock(&self.keyed_breakers),
             lock(&self.keyed_bulkheads),
@@ -571,7 +561,7 @@ impl<R: Clock> Registry<R> {
         #[cfg(feature = "chaos")]
         let chaos_plans = super::chaos::plans(&chaos, &config)?;
         #[cfg(feature = "http")]
-        let client_plans = super::http::plans(&held_clients, &config, self.events.as_ref())?;
+        let client_plans = super::http::plans(&clients, &config, self.events.as_ref())?;
         for (name, table) in &tables {
             table.retune(&config, name, false)?;
         }
@@ -641,7 +631,7 @@ impl<R: Clock> Registry<R> {
         }
         #[cfg(feature = "http")]
         for (name, plan) in client_plans {
-            if let Some(retuned) = steps.run(|| plan.apply()) {
+            if let Some(retuned) = steps.run(|| plan.apply()).flatten() {
                 if retuned.breakers_reset > 0 {
                     reload.reset.push(name.clone());
                 }

@@ -427,14 +427,15 @@ mod http_section {
         /// # Ok::<(), tidewall::config::Invalid>(())
         /// ```
         pub struct HttpConfig {
-            /// Statuses retried besides the standard table's (100 to 999).
+            /// Statuses retried besides the standard table's (400 to 999).
             retry_statuses: Vec<u16>,
-            /// Statuses counted as failures and not retried (100 to 999; none in
+            /// Statuses counted as failures and not retried (400 to 999; none in
             /// `retry_statuses`).
             fail_statuses: Vec<u16>,
             /// The 4xx statuses named nowhere else: `"success"` (default) or `"ignored"`.
             client_errors: ClientErrors,
-            /// Methods sent again besides GET, HEAD, OPTIONS, PUT, DELETE and TRACE (`"POST"`,
+            /// Methods sent again besides GET, HEAD, OPTIONS, PUT, DELETE and TRACE, spelled as
+            /// sent (methods are case-sensitive: `"POST"`,
             /// say; a request with an `Idempotency-Key` header is sent again whatever its
             /// method).
             replay_methods: Vec<String>,

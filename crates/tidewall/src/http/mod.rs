@@ -46,8 +46,6 @@ mod idempotency;
 mod retry_after;
 
 pub use classify::{FailureKind, HttpClassifier, HttpFailure};
-#[cfg(feature = "serde")]
-pub(crate) use client::Plan as ClientPlan;
 pub use client::{ClientPolicies, ClientPoliciesBuilder, Overrides, Retuned};
 pub use exchange::{Authority, Inbound, Outbound};
 pub use idempotency::Idempotency;

@@ -325,7 +325,17 @@ impl<R> ClientPoliciesBuilder<R> {
 
     /// How long an authority whose breaker is closed with failures in its window is kept
     /// after its last call (default 60 s; see
-    /// [`KeyedCircuitBreakerBuilder::idle_ttl`](crate::breaker::KeyedCircuitBreakerBuilder::idle_ttl)).
+    /// [`KeyedCircuitBreakerBuilder::idle_ttl`](crate::breaker::KeyedCircuitBreakerBuilder::idle_ttl));
+    /// read only with a breaker stage.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::http::ClientPolicies;
+    ///
+    /// let policies = ClientPolicies::builder().idle_ttl(Duration::from_secs(300)).build()?;
+    /// assert_eq!(policies.breakers().unwrap().idle_ttl(), Duration::from_secs(300));
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = Some(ttl);
         self

@@ -12,8 +12,6 @@ use tidewall_core::backoff::Backoff;
 
 pub use builder::ClientPoliciesBuilder;
 pub use overrides::Overrides;
-#[cfg(feature = "serde")]
-pub(crate) use reconfigure::Plan;
 pub use reconfigure::Retuned;
 
 use self::budgets::Budgets;
@@ -48,7 +46,9 @@ use crate::sync::{Arc, Swap};
 ///
 /// Every stage is configurable on the [builder](ClientPoliciesBuilder). Per request,
 /// [`Overrides`] changes the deadline, the attempt timeout, the number of attempts and whether
-/// the request may be sent again; the per-authority stages stay as built. An authority is scheme, host and port ([`Authority`]). Each per-authority
+/// the request may be sent again; the per-authority stages change only with
+/// [`reconfigure`](Self::reconfigure). An authority is scheme, host and port
+/// ([`Authority`]). Each per-authority
 /// table tracks at most `max_authorities` (default 10,000) at once and forgets an authority
 /// only when no call of its is in flight there and, for the breakers, its breaker is closed
 /// with a window empty or untouched for the breaker's `idle_ttl`
@@ -135,9 +135,10 @@ impl<R> ClientPolicies<R> {
     }
 
     /// The per-authority breakers, if the stack has them: to watch a host's state, or to
-    /// open or close one by hand. A handle to the table in force: a
-    /// [`reconfigure`](Self::reconfigure) retunes it in place, or replaces it when it adds
-    /// the stage.
+    /// open or close one by hand. A handle to the table in force now: a
+    /// [`reconfigure`](Self::reconfigure) that keeps the stage retunes this table in place,
+    /// but one that removes the stage (or removes and adds it again) leaves the handle on a
+    /// table no new request meets: ask again after a reconfiguration.
     pub fn breakers(&self) -> Option<KeyedCircuitBreaker<Authority, R>> {
         self.current().breakers.clone()
     }
@@ -175,9 +176,9 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
     /// Sets the gauges of the stack's per-authority tables (feature `metrics`), labelled
     /// with its [name](ClientPoliciesBuilder::name): `tidewall_keyed_keys` and
     /// `tidewall_keyed_max_keys` of each table (`policy` `keyed_breaker`, `keyed_bulkhead`,
-    /// `keyed_adaptive`, `keyed_rate`), and `tidewall_keyed_breaker_keys` (`state`): how
-    /// many authorities' breakers are in each state, so a dashboard can show how many
-    /// hosts are refused now (which ones: the transitions' `key` label, or
+    /// `keyed_adaptive`, `keyed_rate`; 0 and 0 for a stage the stack does not have), and
+    /// `tidewall_keyed_breaker_keys` (`state`): how many authorities' breakers are in each
+    /// state, so a dashboard can show how many hosts are refused now (which ones: the transitions' `key` label, or
     /// [`not_closed`](KeyedCircuitBreaker::not_closed)). Call it before each scrape: gauges
     /// read this way cost the requests nothing.
     ///
@@ -211,26 +212,21 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
         use crate::telemetry::gauges;
         let inner = self.current();
         let name = self.live.telemetry.name();
-        if let Some(breakers) = &inner.breakers {
-            let keys = breakers.len();
-            let states: Vec<_> = breakers.not_closed().into_iter().map(|(_, s)| s).collect();
-            gauges::keyed_table("keyed_breaker", name, keys, breakers.max_keys());
-            gauges::keyed_breaker_states(name, keys, &states);
-        }
-        if let Some(bulkheads) = &inner.bulkheads {
-            gauges::keyed_table(
-                "keyed_bulkhead",
-                name,
-                bulkheads.len(),
-                bulkheads.max_keys(),
-            );
-        }
-        if let Some(limits) = &inner.adaptive {
-            gauges::keyed_table("keyed_adaptive", name, limits.len(), limits.max_keys());
-        }
-        if let Some(limiters) = &inner.limiters {
-            gauges::keyed_table("keyed_rate", name, limiters.len(), limiters.max_keys());
-        }
+        // A stage the stack does not have (or no longer has, after a reconfiguration) reads
+        // 0 everywhere: its last values would otherwise stay in the exporter for good.
+        let (keys, max, states) = inner.breakers.as_ref().map_or((0, 0, Vec::new()), |b| {
+            let states = b.not_closed().into_iter().map(|(_, s)| s).collect();
+            (b.len(), b.max_keys(), states)
+        });
+        gauges::keyed_table("keyed_breaker", name, keys, max);
+        gauges::keyed_breaker_states(name, keys, &states);
+        let sizes = |table: Option<(usize, usize)>| table.unwrap_or((0, 0));
+        let (keys, max) = sizes(inner.bulkheads.as_ref().map(|t| (t.len(), t.max_keys())));
+        gauges::keyed_table("keyed_bulkhead", name, keys, max);
+        let (keys, max) = sizes(inner.adaptive.as_ref().map(|t| (t.len(), t.max_keys())));
+        gauges::keyed_table("keyed_adaptive", name, keys, max);
+        let (keys, max) = sizes(inner.limiters.as_ref().map(|t| (t.len(), t.max_keys())));
+        gauges::keyed_table("keyed_rate", name, keys, max);
     }
 }
 

@@ -102,13 +102,19 @@ impl<R: Clock> ClientPolicies<R> {
         Ok(self.plan(settings)?.apply())
     }
 
+    /// Whether this thread is reconfiguring this stack (a listener told of it is running).
+    pub(crate) fn reconfiguring_here(&self) -> bool {
+        let address = std::ptr::from_ref(&*self.live).addr();
+        RECONFIGURING.with_borrow(|here| here.contains(&address))
+    }
+
     /// Waits for any reconfiguration of this stack in progress, and keeps others out until
     /// dropped: held from [`plan`](Self::plan) to [`Plan::apply`].
     pub(crate) fn reconfiguring(&self) -> Result<Reconfiguring<'_>, ConfigError> {
-        let address = std::ptr::from_ref(&*self.live).addr();
-        if RECONFIGURING.with_borrow(|here| here.contains(&address)) {
+        if self.reconfiguring_here() {
             return Err(REENTRANT);
         }
+        let address = std::ptr::from_ref(&*self.live).addr();
         let guard = lock(&self.live.reconfiguring);
         RECONFIGURING.with_borrow_mut(|here| here.push(address));
         Ok(Reconfiguring {
@@ -124,7 +130,11 @@ impl<R: Clock> ClientPolicies<R> {
     ) -> Result<Plan<R>, ConfigError> {
         let now = self.current();
         let stages = settings.stages();
-        let mut next = settings.runtime(now.rt.clone()).build_inner()?;
+        // Tables it adds carry the stack's name, as those it keeps do.
+        let mut next = settings
+            .runtime(now.rt.clone())
+            .name(self.live.telemetry.name().clone())
+            .build_inner()?;
         if next.max_authorities != now.max_authorities {
             return Err(FIXED);
         }
