@@ -453,3 +453,89 @@ async fn added_stages_take_the_stacks_name_and_removed_ones_read_zero() {
         .unwrap();
     assert_eq!(open_hosts(), Some(DebugValue::Gauge(0.0.into())));
 }
+
+/// Reloads racing reconfigurations from code, whose breaker resets tell a listener that looks
+/// the registry up: neither waits for the other for ever, and each ends whole.
+#[test]
+fn reloads_and_reconfigurations_racing_never_wait_for_each_other() {
+    use std::sync::mpsc;
+    use std::sync::{Arc, OnceLock};
+    use tidewall::breaker::Window;
+    use tidewall::telemetry::EventKind;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let text = |calls: u32| {
+        format!(
+            "[instances.outbound]\nhttp = {{}}\n[instances.outbound.breaker]\n\
+             consecutive_failures = 1\nwindow_calls = {calls}\n"
+        )
+    };
+    let slot: Arc<OnceLock<Arc<Registry>>> = Arc::default();
+    let inside = Arc::clone(&slot);
+    let registry = Arc::new(
+        Registry::builder(config(&text(10)))
+            .on_event(move |event| {
+                // Told of a reset: look the registry up, as a health endpoint would.
+                if let (EventKind::StateChanged(_), Some(registry)) = (event.kind, inside.get()) {
+                    let _ = registry.breakers();
+                    let _ = registry.http_clients();
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let _ = slot.set(Arc::clone(&registry));
+    let outbound = registry.http_client("outbound").unwrap();
+    let (done, finished) = mpsc::channel();
+    let reloading = {
+        let (registry, done) = (Arc::clone(&registry), done.clone());
+        std::thread::spawn(move || {
+            for round in 0..200 {
+                let calls = if round % 2 == 0 { 20 } else { 10 };
+                registry.reload(config(&text(calls))).unwrap();
+            }
+            done.send(()).unwrap();
+        })
+    };
+    let reconfiguring = {
+        let outbound = outbound.clone();
+        std::thread::spawn(move || {
+            for round in 0..200u32 {
+                // An open host, so that a change of window shape resets it with its event.
+                let host = auth(&format!("http://h{}/", round % 4));
+                if let Ok(permit) = outbound.breakers().unwrap().try_acquire(&host) {
+                    permit.failure();
+                }
+                let calls = if round % 2 == 0 { 30 } else { 40 };
+                let breaker = CircuitBreaker::builder()
+                    .consecutive_failures(1)
+                    .window(Window::Count { calls });
+                outbound
+                    .reconfigure(ClientPolicies::builder().breaker(Some(breaker)))
+                    .unwrap();
+            }
+            done.send(()).unwrap();
+        })
+    };
+    for _ in 0..2 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a reload and a reconfiguration waited for each other");
+    }
+    reloading.join().unwrap();
+    reconfiguring.join().unwrap();
+    let window = outbound.breakers().unwrap().policy().window();
+    assert!(
+        matches!(
+            window,
+            Window::Count {
+                calls: 10 | 20 | 30 | 40
+            }
+        ),
+        "{window:?}"
+    );
+}
