@@ -248,6 +248,8 @@ fn a_lapped_count_window_never_over_reads_its_failures() {
         }
         success.join().unwrap();
         assert_eq!(breaker.state(), State::Closed);
+        let counts = breaker.counts();
+        assert!(counts.calls == 2 && counts.failures <= 1, "{counts:?}");
     });
 }
 

@@ -29,9 +29,12 @@ impl Tally {
         }
     }
 
-    /// The window's counts at `now` (none while concurrent updates leave them inconsistent).
+    /// The window's counts at `now`, for a reader that needs an answer now (not a verdict):
+    /// while a writer is half done, a count window's slots read one by one.
     pub(super) fn counts(&self, now: u64) -> Counts {
-        self.window.counts(now).unwrap_or_default()
+        self.window
+            .counts(now)
+            .unwrap_or_else(|| self.window.summed())
     }
 }
 
@@ -116,6 +119,18 @@ impl SlidingWindow {
                 ring.add(now / bucket_nanos, [1, u64::from(failed), u64::from(slow)]);
                 true
             }
+        }
+    }
+
+    /// What a count window's slots hold, read one by one (each a call that really ended, so
+    /// a plausible sum even while writers are half done; O(calls)). A time window answers
+    /// [`counts`](Self::counts) always, so has no use for it.
+    fn summed(&self) -> Counts {
+        match self {
+            Self::Count { slots, .. } => unpack_totals(slots.iter().fold(0, |sum, slot| {
+                sum.wrapping_add(totals_delta(slot.load(SeqCst), 0))
+            })),
+            Self::Time { .. } => Counts::default(),
         }
     }
 
