@@ -232,7 +232,9 @@ impl<R: Clock> Registry<R> {
     /// change of the tables' bounds with [`Problem::Fixed`]: `[keys] max_keys`, and
     /// `idle_ttl` while the client has breakers. A reload that removes `[http]` keeps the
     /// client (still reconfigured by each reload), and builds the plain policies of the
-    /// instance's sections as for any instance. A name the file does
+    /// instance's sections as for any instance; those stay held like any policy the registry
+    /// made, so later files must still let them be built (a `[bulkhead]` with its
+    /// `max_concurrent`, say), `[http]` back or not. A name the file does
     /// not declare gets a client of no stages, under the defaults' deadline and timeout.
     ///
     /// ```
