@@ -64,12 +64,57 @@ impl Log {
     fn dump(&self) -> String {
         format!("{:#?}", self.0.lock().unwrap())
     }
+    /// Asserts `count(policy, name, kind) == want`, printing every event heard if not.
+    #[track_caller]
+    fn assert_count(&self, policy: &str, name: &str, kind: &str, want: usize) {
+        assert_eq!(self.count(policy, name, kind), want, "{}", self.dump());
+    }
+}
+
+/// A registry built from `config` that tells `log` every event.
+fn logged_registry(config: Config, log: &Log) -> Registry {
+    Registry::builder(config)
+        .on_event(log.listener())
+        .build()
+        .unwrap()
+}
+
+/// `registry`'s `outbound` client and a fresh set of hosts on Tokio.
+fn outbound_client(registry: Registry) -> (Registry, ClientPolicies, Hosts<Tokio>) {
+    let outbound = registry.http_client("outbound").unwrap();
+    (registry, outbound, Hosts::new(&Tokio))
 }
 
 async fn run_on<R: Clock>(policies: &ClientPolicies<R>, hosts: &Hosts<R>, uri: &str) -> Outcome {
     policies
         .run(get(uri), Overrides::new(), |r| hosts.send(r))
         .await
+}
+
+async fn status_on<R: Clock>(
+    policies: &ClientPolicies<R>,
+    hosts: &Hosts<R>,
+    uri: &str,
+) -> Option<u16> {
+    status(&run_on(policies, hosts, uri).await)
+}
+
+/// `run_on` in a task of its own, on clones of `policies` and `hosts`.
+fn spawn_run(
+    policies: &ClientPolicies,
+    hosts: &Hosts<Tokio>,
+    uri: &'static str,
+) -> tokio::task::JoinHandle<Outcome> {
+    let (p, h) = (policies.clone(), hosts.clone());
+    tokio::spawn(async move { run_on(&p, &h, uri).await })
+}
+
+#[track_caller]
+fn assert_bulkhead_full(outcome: &Outcome) {
+    assert!(
+        matches!(rejected(outcome), Some(Rejected::BulkheadFull)),
+        "{outcome:?}"
+    );
 }
 
 fn rejected(outcome: &Outcome) -> Option<&Rejected> {
@@ -95,31 +140,33 @@ fn queue0(n: usize) -> Option<tidewall::bulkhead::BulkheadBuilder> {
 // A request in flight across a reload, on both fronts and every runtime.
 // ---------------------------------------------------------------------------------------
 
-const IN_FLIGHT_BEFORE: &str = r#"
+/// The in-flight client: `deadline` and `attempt_timeout`, `max_attempts` 100 ms apart, a
+/// breaker of `failures` in a row and a bulkhead of `concurrent` with no queue.
+fn in_flight_config(
+    deadline: &str,
+    attempt_timeout: &str,
+    max_attempts: u32,
+    failures: u32,
+    concurrent: usize,
+) -> Config {
+    config(&format!(
+        r#"
     [instances.outbound]
-    deadline = "1s"
-    attempt_timeout = "300ms"
-    http = {}
-    retry = { backoff = "constant", initial_delay = "100ms", jitter = "none", max_attempts = 4 }
-    breaker = { consecutive_failures = 10, failure_rate = "off", window_calls = 50 }
-    bulkhead = { max_concurrent = 4, max_queue = 0 }
-"#;
-
-const IN_FLIGHT_AFTER: &str = r#"
-    [instances.outbound]
-    deadline = "100ms"
-    attempt_timeout = "50ms"
-    http = {}
-    retry = { backoff = "constant", initial_delay = "100ms", jitter = "none", max_attempts = 1 }
-    breaker = { consecutive_failures = 2, failure_rate = "off", window_calls = 50 }
-    bulkhead = { max_concurrent = 1, max_queue = 0 }
-"#;
+    deadline = "{deadline}"
+    attempt_timeout = "{attempt_timeout}"
+    http = {{}}
+    retry = {{ backoff = "constant", initial_delay = "100ms", jitter = "none", max_attempts = {max_attempts} }}
+    breaker = {{ consecutive_failures = {failures}, failure_rate = "off", window_calls = 50 }}
+    bulkhead = {{ max_concurrent = {concurrent}, max_queue = 0 }}
+"#
+    ))
+}
 
 /// "A request that has started keeps the deadline, attempt timeout, retry schedule [...] it
 /// started with", while "each per-authority table [...] is retuned in place [...] at once (the
 /// next attempt of a request in flight meets it)".
 async fn in_flight_across_a_reload<R: Runtime>(rt: Clocked<R>, front: Front) {
-    let registry = Registry::builder(config(IN_FLIGHT_BEFORE))
+    let registry = Registry::builder(in_flight_config("1s", "300ms", 4, 10, 4))
         .runtime(rt.clone())
         .build()
         .unwrap();
@@ -150,7 +197,9 @@ async fn in_flight_across_a_reload<R: Runtime>(rt: Clocked<R>, front: Front) {
         (1, 1, 1)
     );
 
-    let reload = registry.reload(config(IN_FLIGHT_AFTER)).unwrap();
+    let reload = registry
+        .reload(in_flight_config("100ms", "50ms", 1, 2, 1))
+        .unwrap();
     assert!(
         reload.reset.is_empty(),
         "the window kept its shape: {reload:?}"
@@ -159,10 +208,7 @@ async fn in_flight_across_a_reload<R: Runtime>(rt: Clocked<R>, front: Front) {
 
     // The per-host bulkhead shrank at once: the held permit of `slow` fills it.
     let refused = send(front, &outbound, &hosts, get("http://slow/")).await;
-    assert!(
-        matches!(rejected(&refused), Some(Rejected::BulkheadFull)),
-        "{refused:?}"
-    );
+    assert_bulkhead_full(&refused);
     assert_eq!(hosts.seen("slow:80"), 1);
     // A request after the reload runs on the new attempt timeout.
     let started = rt.now();
@@ -237,12 +283,10 @@ fn breaker_config(failures: u32, window: &str) -> Config {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn breakers_kept_on_same_shape_reset_with_events_otherwise() {
     let log = Log::default();
-    let registry = Registry::builder(breaker_config(2, "window_calls = 50"))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) = outbound_client(logged_registry(
+        breaker_config(2, "window_calls = 50"),
+        &log,
+    ));
     hosts.play("a:80", [Answer::Status(503)]);
     hosts.play("b:80", [Answer::Status(503)]);
     hosts.play("c:80", [Answer::Status(503), Answer::Status(200)]);
@@ -272,12 +316,7 @@ async fn breakers_kept_on_same_shape_reset_with_events_otherwise() {
     assert_eq!(breakers.state(&b), Some(State::Open));
     let kept = breakers.counts(&c).unwrap();
     assert_eq!((kept.calls, kept.failures), (1, 1), "the window kept");
-    assert_eq!(
-        log.count("breaker", "outbound", "StateChanged"),
-        0,
-        "{}",
-        log.dump()
-    );
+    log.assert_count("breaker", "outbound", "StateChanged", 0);
     // The kept window counts towards the new threshold: two more failures in a row open it.
     hosts.play("c:80", [Answer::Status(503)]);
     let _ = run_on(&outbound, &hosts, "http://c/").await;
@@ -355,10 +394,7 @@ async fn bulkhead_removed_and_re_added_under_held_permits_leaks_nothing() {
     });
     let h = auth("http://h/");
     let held: Vec<_> = (0..2)
-        .map(|_| {
-            let (p, hs) = (policies.clone(), hosts.clone());
-            tokio::spawn(async move { status(&run_on(&p, &hs, "http://h/").await) })
-        })
+        .map(|_| spawn_run(&policies, &hosts, "http://h/"))
         .collect();
     tokio::time::sleep(ms(10)).await;
     let old = policies.bulkheads().unwrap();
@@ -369,18 +405,12 @@ async fn bulkhead_removed_and_re_added_under_held_permits_leaks_nothing() {
     assert_eq!(old.in_flight(&h), 2, "the held permits stay held");
     assert_eq!(old.get(&h).unwrap().capacity(), 1);
     let refused = run_on(&policies, &hosts, "http://h/").await;
-    assert!(
-        matches!(rejected(&refused), Some(Rejected::BulkheadFull)),
-        "{refused:?}"
-    );
+    assert_bulkhead_full(&refused);
 
     // Removed: requests after go through with no bulkhead.
     policies.reconfigure(base().bulkhead(None)).unwrap();
     assert!(policies.bulkheads().is_none());
-    assert_eq!(
-        status(&run_on(&policies, &hosts, "http://h/").await),
-        Some(200)
-    );
+    assert_eq!(status_on(&policies, &hosts, "http://h/").await, Some(200));
 
     // Re-added with room for three: a new table, empty, though two old calls still run.
     policies.reconfigure(base().bulkhead(queue0(3))).unwrap();
@@ -396,7 +426,7 @@ async fn bulkhead_removed_and_re_added_under_held_permits_leaks_nothing() {
 
     // The old calls end and give their permits back where they took them.
     for call in held {
-        assert_eq!(call.await.unwrap(), Some(200));
+        assert_eq!(status(&call.await.unwrap()), Some(200));
     }
     assert_eq!(new.in_flight(&h), 0);
     assert_conserved(&new.get(&h).unwrap());
@@ -494,17 +524,21 @@ async fn adaptive_limit_kept_or_relearned_as_the_algorithm_says() {
 // Retry budgets: counts kept across a reload that keeps the window's shape.
 // ---------------------------------------------------------------------------------------
 
+/// An `[instances.outbound.retry]` table: `max_attempts` at a constant, unjittered delay.
+fn retry_table(initial_delay: &str, max_attempts: u32) -> String {
+    format!(
+        "[instances.outbound.retry]\nbackoff = \"constant\"\ninitial_delay = \"{initial_delay}\"\njitter = \"none\"\nmax_attempts = {max_attempts}\n"
+    )
+}
+
 fn budget_config(deadline: &str, window: &str) -> Config {
+    let retry = retry_table("1ms", 2);
     config(&format!(
         r#"
         [instances.outbound]
         deadline = "{deadline}"
         http = {{}}
-        [instances.outbound.retry]
-        backoff = "constant"
-        initial_delay = "1ms"
-        jitter = "none"
-        max_attempts = 2
+        {retry}
         [instances.outbound.budget]
         ratio = 0
         min_per_second = 1
@@ -517,12 +551,8 @@ fn budget_config(deadline: &str, window: &str) -> Config {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn retry_budget_counts_survive_a_same_shape_reload() {
     let log = Log::default();
-    let registry = Registry::builder(budget_config("5s", "10s"))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) =
+        outbound_client(logged_registry(budget_config("5s", "10s"), &log));
     hosts.play("sick:80", [Answer::Status(503)]);
     // Spend the host's budget.
     let mut retries = 0;
@@ -584,12 +614,8 @@ async fn attempts_made(outbound: &ClientPolicies, hosts: &Hosts<Tokio>, host: &s
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn bad_http_sections_are_refused_whole() {
     let log = Log::default();
-    let registry = Registry::builder(config(THREE_ATTEMPTS))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) =
+        outbound_client(logged_registry(config(THREE_ATTEMPTS), &log));
     let malformed = [
         (r#"{"retry_statuses": [99]}"#, "retry_statuses"),
         (r#"{"retry_statuses": [1000]}"#, "retry_statuses"),
@@ -768,35 +794,18 @@ async fn http_instances_have_no_plain_policies_and_undeclared_names_have_no_stag
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_registry_listener_hears_the_client_and_stages_added_by_reload() {
     let log = Log::default();
-    let registry = Registry::builder(config(
-        "[instances.outbound]\nhttp = {}\n[instances.outbound.breaker]\nconsecutive_failures = 1\nfailure_rate = \"off\"\n",
-    ))
-    .on_event(log.listener())
-    .build()
-    .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) = outbound_client(logged_registry(
+        config(
+            "[instances.outbound]\nhttp = {}\n[instances.outbound.breaker]\nconsecutive_failures = 1\nfailure_rate = \"off\"\n",
+        ),
+        &log,
+    ));
     hosts.play("down:80", [Answer::Status(503)]);
     let _ = run_on(&outbound, &hosts, "http://ok/").await;
     let _ = run_on(&outbound, &hosts, "http://down/").await;
-    assert_eq!(
-        log.count("http_client", "outbound", "Succeeded"),
-        1,
-        "{}",
-        log.dump()
-    );
-    assert_eq!(
-        log.count("http_client", "outbound", "Failed"),
-        1,
-        "{}",
-        log.dump()
-    );
-    assert_eq!(
-        log.count("breaker", "outbound", "to: Open"),
-        1,
-        "{}",
-        log.dump()
-    );
+    log.assert_count("http_client", "outbound", "Succeeded", 1);
+    log.assert_count("http_client", "outbound", "Failed", 1);
+    log.assert_count("breaker", "outbound", "to: Open", 1);
 
     // A bulkhead added by reload tells the registry's listener too.
     registry
@@ -805,26 +814,13 @@ async fn the_registry_listener_hears_the_client_and_stages_added_by_reload() {
         ))
         .unwrap();
     hosts.play("slow:80", [Answer::Slow(Duration::from_secs(1))]);
-    let first = {
-        let (p, h) = (outbound.clone(), hosts.clone());
-        tokio::spawn(async move { run_on(&p, &h, "http://slow/").await })
-    };
+    let first = spawn_run(&outbound, &hosts, "http://slow/");
     tokio::time::sleep(ms(1)).await;
     log.clear();
     let refused = run_on(&outbound, &hosts, "http://slow/").await;
-    assert!(matches!(rejected(&refused), Some(Rejected::BulkheadFull)));
-    assert_eq!(
-        log.count("http_client", "outbound", "Rejected"),
-        1,
-        "{}",
-        log.dump()
-    );
-    assert_eq!(
-        log.count("bulkhead", "outbound", "Rejected"),
-        1,
-        "{}",
-        log.dump()
-    );
+    assert_bulkhead_full(&refused);
+    log.assert_count("http_client", "outbound", "Rejected", 1);
+    log.assert_count("bulkhead", "outbound", "Rejected", 1);
     assert!(first.await.unwrap().is_ok());
 }
 
@@ -972,12 +968,7 @@ async fn reconfigure_keeps_runtime_and_name<R: Runtime>(rt: Clocked<R>) {
         ms(50),
         "the timeout on the stack's own (virtual) clock"
     );
-    assert_eq!(
-        log.count("http_client", "mine", "TimedOut"),
-        1,
-        "{}",
-        log.dump()
-    );
+    log.assert_count("http_client", "mine", "TimedOut", 1);
     assert!(
         other.0.lock().unwrap().is_empty(),
         "the settings' listener is not read"
@@ -1059,12 +1050,7 @@ async fn invalid_reconfigurations_change_nothing() {
             "case {i}"
         );
     }
-    assert_eq!(
-        log.count("breaker", "http_client", "StateChanged"),
-        0,
-        "{}",
-        log.dump()
-    );
+    log.assert_count("breaker", "http_client", "StateChanged", 0);
     let hosts = Hosts::new(&Tokio);
     hosts.play("x:80", [Answer::Status(503)]);
     let _ = run_on(&policies, &hosts, "http://x/").await;
@@ -1100,22 +1086,19 @@ async fn invalid_reconfigurations_change_nothing() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn extreme_settings() {
     // A huge number of attempts is bounded by the deadline.
-    let registry = Registry::new(config(
-        r#"
+    let (registry, outbound, hosts) = outbound_client(
+        Registry::new(config(&format!(
+            r#"
         [instances.outbound]
         deadline = "1s"
         attempt_timeout = "1ns"
-        http = { retry_statuses = [999], fail_statuses = [400] }
-        [instances.outbound.retry]
-        backoff = "constant"
-        initial_delay = "10ms"
-        jitter = "none"
-        max_attempts = 4294967295
+        http = {{ retry_statuses = [999], fail_statuses = [400] }}
+        {}
     "#,
-    ))
-    .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+            retry_table("10ms", u32::MAX)
+        )))
+        .unwrap(),
+    );
     hosts.play("odd:80", [Answer::Status(999)]);
     let t0 = tokio::time::Instant::now();
     let out = run_on(&outbound, &hosts, "http://odd/").await;
@@ -1131,30 +1114,27 @@ async fn extreme_settings() {
 
     // 999 retried, 400 failed and not retried.
     registry
-        .reload(config(
+        .reload(config(&format!(
             r#"
             [instances.outbound]
-            http = { retry_statuses = [999], fail_statuses = [400] }
-            [instances.outbound.retry]
-            backoff = "constant"
-            initial_delay = "10ms"
-            jitter = "none"
-            max_attempts = 3
+            http = {{ retry_statuses = [999], fail_statuses = [400] }}
+            {}
             [instances.outbound.breaker]
             consecutive_failures = 100
             failure_rate = "off"
         "#,
-        ))
+            retry_table("10ms", 3)
+        )))
         .unwrap();
     hosts.play("nines:80", [Answer::Status(999)]);
     assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://nines/").await),
+        status_on(&outbound, &hosts, "http://nines/").await,
         Some(999)
     );
     assert_eq!(hosts.seen("nines:80"), 3);
     hosts.play("bad-request:80", [Answer::Status(400)]);
     assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://bad-request/").await),
+        status_on(&outbound, &hosts, "http://bad-request/").await,
         Some(400)
     );
     assert_eq!(hosts.seen("bad-request:80"), 1);
@@ -1354,16 +1334,17 @@ fn many_reloads_under_load_leak_nothing() {
 async fn in_flight_keeps_retry_after_cap_classifier_and_idempotency() {
     let stack = |http: &str, cap: &str| {
         config(&format!(
-            "[instances.outbound]\ndeadline = \"30s\"\nhttp = {http}\n[instances.outbound.retry]\nbackoff = \"constant\"\ninitial_delay = \"10ms\"\njitter = \"none\"\nmax_attempts = 3\nmax_retry_after = \"{cap}\"\n"
+            "[instances.outbound]\ndeadline = \"30s\"\nhttp = {http}\n{}max_retry_after = \"{cap}\"\n",
+            retry_table("10ms", 3)
         ))
     };
-    let registry = Registry::new(stack(
-        "{ retry_statuses = [521], replay_methods = [\"POST\"] }",
-        "5s",
-    ))
-    .unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) = outbound_client(
+        Registry::new(stack(
+            "{ retry_statuses = [521], replay_methods = [\"POST\"] }",
+            "5s",
+        ))
+        .unwrap(),
+    );
     // (`Retry-After` is read on a 429 or 503 only.)
     hosts.play("cdn:80", [Answer::Status(521), Answer::Status(201)]);
     hosts.play("busy:80", [Answer::After(503, 3), Answer::Status(200)]);
@@ -1397,7 +1378,7 @@ async fn in_flight_keeps_retry_after_cap_classifier_and_idempotency() {
     hosts.play("cdn3:80", [Answer::After(503, 3), Answer::Status(200)]);
     let t1 = tokio::time::Instant::now();
     assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://cdn3/").await),
+        status_on(&outbound, &hosts, "http://cdn3/").await,
         Some(200)
     );
     assert_eq!(t1.elapsed(), Duration::from_secs(1));
@@ -1406,17 +1387,16 @@ async fn in_flight_keeps_retry_after_cap_classifier_and_idempotency() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_request_keeps_a_removed_bulkhead_not_the_re_added_one() {
     let stack = |bulkhead: bool| {
-        let mut text = String::from(
-            "[instances.outbound]\nhttp = {}\n[instances.outbound.retry]\nbackoff = \"constant\"\ninitial_delay = \"100ms\"\njitter = \"none\"\nmax_attempts = 2\n",
+        let mut text = format!(
+            "[instances.outbound]\nhttp = {{}}\n{}",
+            retry_table("100ms", 2)
         );
         if bulkhead {
             text.push_str("[instances.outbound.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n");
         }
         config(&text)
     };
-    let registry = Registry::new(stack(true)).unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) = outbound_client(Registry::new(stack(true)).unwrap());
     hosts.script("h:80", |n| match n {
         0 => Answer::Status(503),
         1 => Answer::Slow(Duration::from_secs(1)),
@@ -1424,10 +1404,7 @@ async fn a_request_keeps_a_removed_bulkhead_not_the_re_added_one() {
     });
     let h = auth("http://h/");
     let old = outbound.bulkheads().unwrap();
-    let first = {
-        let (p, hs) = (outbound.clone(), hosts.clone());
-        tokio::spawn(async move { status(&run_on(&p, &hs, "http://h/").await) })
-    };
+    let first = spawn_run(&outbound, &hosts, "http://h/");
     tokio::time::sleep(ms(10)).await;
     registry.reload(stack(false)).unwrap();
     registry.reload(stack(true)).unwrap();
@@ -1441,29 +1418,22 @@ async fn a_request_keeps_a_removed_bulkhead_not_the_re_added_one() {
         (1, 0),
         "its own stage"
     );
-    assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://h/").await),
-        Some(200)
-    );
-    assert_eq!(first.await.unwrap(), Some(200));
+    assert_eq!(status_on(&outbound, &hosts, "http://h/").await, Some(200));
+    assert_eq!(status(&first.await.unwrap()), Some(200));
     assert_eq!((old.in_flight(&h), new.in_flight(&h)), (0, 0));
     assert_conserved(&new.get(&h).unwrap());
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn adaptive_permits_held_across_relearning_and_removal_come_back() {
-    let registry = Registry::new(adaptive_config("max_limit = 100")).unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) =
+        outbound_client(Registry::new(adaptive_config("max_limit = 100")).unwrap());
     hosts.play("h:80", [Answer::Slow(Duration::from_secs(1))]);
     let h = auth("http://h/");
     let limits = outbound.adaptive_limiters().unwrap();
     let spawn_calls = |n: usize| -> Vec<_> {
         (0..n)
-            .map(|_| {
-                let (p, hs) = (outbound.clone(), hosts.clone());
-                tokio::spawn(async move { run_on(&p, &hs, "http://h/").await.is_ok() })
-            })
+            .map(|_| spawn_run(&outbound, &hosts, "http://h/"))
             .collect()
     };
     let calls = spawn_calls(6);
@@ -1482,7 +1452,7 @@ async fn adaptive_permits_held_across_relearning_and_removal_come_back() {
         "six held fill a limit of three"
     );
     for call in calls {
-        assert!(call.await.unwrap());
+        assert!(call.await.unwrap().is_ok());
     }
     assert_eq!(limits.in_flight(&h), 0, "every permit came back");
     let limit = limits.limit(&h).unwrap() as usize;
@@ -1512,7 +1482,7 @@ async fn adaptive_permits_held_across_relearning_and_removal_come_back() {
     let fresh = outbound.adaptive_limiters().unwrap();
     assert_eq!(fresh.in_flight(&h), 0);
     for call in calls {
-        assert!(call.await.unwrap());
+        assert!(call.await.unwrap().is_ok());
     }
     assert_eq!((limits.in_flight(&h), fresh.in_flight(&h)), (0, 0));
 }
@@ -1524,13 +1494,8 @@ async fn rate_limit_cells_are_kept_across_a_reload() {
             "[instances.outbound]\ndeadline = \"{deadline}\"\nhttp = {{}}\n[instances.outbound.rate_limit]\ncount = 1\nperiod = \"1h\"\nburst = 1\nmax_wait = \"0s\"\n"
         ))
     };
-    let registry = Registry::new(stack("5s")).unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
-    assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://h/").await),
-        Some(200)
-    );
+    let (registry, outbound, hosts) = outbound_client(Registry::new(stack("5s")).unwrap());
+    assert_eq!(status_on(&outbound, &hosts, "http://h/").await, Some(200));
     let refused = run_on(&outbound, &hosts, "http://h/").await;
     assert!(
         matches!(rejected(&refused), Some(Rejected::RateLimited { .. })),
@@ -1544,7 +1509,7 @@ async fn rate_limit_cells_are_kept_across_a_reload() {
     );
     assert_eq!(hosts.seen("h:80"), 1);
     assert_eq!(
-        status(&run_on(&outbound, &hosts, "http://other/").await),
+        status_on(&outbound, &hosts, "http://other/").await,
         Some(200)
     );
 }
@@ -1592,9 +1557,8 @@ async fn reload_names_only_clients_it_reset_or_relearned() {
 async fn a_tower_service_built_before_a_reload_follows_it() {
     use tower::{Service as _, ServiceExt as _};
     use tower_layer::Layer as _;
-    let registry = Registry::new(config(THREE_ATTEMPTS)).unwrap();
-    let outbound = registry.http_client("outbound").unwrap();
-    let hosts = Hosts::new(&Tokio);
+    let (registry, outbound, hosts) =
+        outbound_client(Registry::new(config(THREE_ATTEMPTS)).unwrap());
     hosts.play("t:80", [Answer::Status(503)]);
     let h = hosts.clone();
     let mut service = tidewall::tower::http::ClientLayer::new(outbound)
