@@ -325,6 +325,7 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
 
     /// The algorithm every new key starts from (for a reload: the same one keeps what each
     /// key learned).
+    #[cfg(any(feature = "serde", feature = "http"))]
     pub(crate) fn algorithm_given(&self) -> A {
         lock(&self.shared.settings).algorithm().clone()
     }

@@ -15,8 +15,9 @@ pub(crate) fn keyed_table(policy: &'static str, name: &crate::Name, keys: usize,
         .set(max_keys as f64);
 }
 
-/// Sets `tidewall_keyed_breaker_keys` of a keyed breaker table holding `keys` keys, of which
+/// Sets `tidewall_keyed_breaker_keys` of a keyed breaker table (an HTTP client's) holding `keys` keys, of which
 /// `not_closed` are not closed: one series per state, a state no key is in at 0.
+#[cfg(feature = "http")]
 pub(crate) fn keyed_breaker_states(name: &crate::Name, keys: usize, not_closed: &[State]) {
     for state in State::ALL {
         let count = if state == State::Closed {

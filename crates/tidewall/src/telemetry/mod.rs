@@ -63,7 +63,7 @@ mod calls;
 #[cfg(feature = "chaos")]
 mod chaos;
 mod events;
-#[cfg(feature = "metrics")]
+#[cfg(all(feature = "metrics", any(feature = "serde", feature = "http")))]
 pub(crate) mod gauges;
 mod listener;
 mod policy;
