@@ -276,7 +276,8 @@ impl<R: Runtime> Shutdown<R> {
     /// As [`register`](Self::register), with at most `timeout` to stop once told (the global
     /// deadline still applies). Zero aborts it as soon as its turn comes (OTP's
     /// `brutal_kill`), without waiting: it reads [`Ending::Aborted`] unless it had already
-    /// ended. Its token is cancelled just after the abort, for whatever it shared it with.
+    /// ended. Its token is cancelled once the abort has taken effect, for whatever it shared
+    /// it with.
     pub fn register_with_timeout<F, Fut, E>(
         &mut self,
         name: impl Into<Arc<str>>,
@@ -460,15 +461,15 @@ impl<R: Runtime> Shutdown<R> {
                 let until = own.map_or(deadline, |own| own.min(deadline));
                 let exit = if forced || until <= told {
                     // No time to stop (a zero timeout, OTP's `brutal_kill`, a deadline passed
-                    // or a forced stop): aborted before the token is cancelled, so it gets no
-                    // chance to see the stop and end on its own first. (The token is still
+                    // or a forced stop): aborted, and the token cancelled only once the abort
+                    // has taken effect (below), so it gets no chance to see the stop and end
+                    // on its own first, even mid-poll on another thread. (The token is still
                     // cancelled, for whatever it shared it with.) One already ended (lost by
                     // its runtime, say) is not aborted by this shutdown.
                     let ended = ended_already::<R>(&mut component.handle);
-                    if ended.is_none() {
-                        component.handle.abort();
+                    if ended.is_some() {
+                        component.stop.cancel("shutting down");
                     }
-                    component.stop.cancel("shutting down");
                     ended
                 } else {
                     component.stop.cancel("shutting down");
@@ -492,6 +493,7 @@ impl<R: Runtime> Shutdown<R> {
                         deadline_exceeded |= !forced && self.rt.now() >= deadline;
                         component.handle.abort();
                         let result = (&mut component.handle).await;
+                        component.stop.cancel("shutting down");
                         let took = self.rt.now().saturating_duration_since(told);
                         let (exit, ending) = after_abort(result, took);
                         aborted += usize::from(matches!(ending, Ending::Aborted { .. }));
