@@ -138,19 +138,18 @@ impl<R: Clock> Inner<R> {
         S: Fn(Q) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = self;
         let deadline = overrides
             .deadline
-            .or(inner.deadline)
-            .map_or(Deadline::none(), |d| Deadline::after(&inner.rt, d));
-        let attempt_timeout = overrides.attempt_timeout.or(inner.attempt_timeout);
-        let wants_retry = inner.retries
+            .or(self.deadline)
+            .map_or(Deadline::none(), |d| Deadline::after(&self.rt, d));
+        let attempt_timeout = overrides.attempt_timeout.or(self.attempt_timeout);
+        let wants_retry = self.retries
             && !overrides.no_retry
             && (overrides.idempotent
-                || inner
+                || self
                     .idempotency
                     .may_replay(request.method(), request.headers()));
-        let backoff = attempts_for(inner, overrides);
+        let backoff = attempts_for(self, overrides);
         // Cleared once no copy of the request is left to send: the judge then calls no
         // failure retryable, so the engine asks for no further attempt.
         let replayable = AtomicBool::new(wants_retry);
@@ -167,7 +166,7 @@ impl<R: Clock> Inner<R> {
                 }
             }
             let attempt = Attempt {
-                inner,
+                inner: self,
                 authority: authority.as_ref(),
                 deadline,
                 timeout: attempt_timeout,
@@ -175,18 +174,18 @@ impl<R: Clock> Inner<R> {
             attempt.run(request, &send)
         };
         let judge = Judge {
-            classifier: &inner.classifier,
+            classifier: &self.classifier,
             replayable: &replayable,
-            breaker: inner.breakers.as_ref().zip(authority.as_ref()),
+            breaker: self.breakers.as_ref().zip(authority.as_ref()),
         };
         let mut retry = Retry::new(backoff, attempt)
-            .runtime(inner.rt.clone())
+            .runtime(self.rt.clone())
             .classify(judge)
             .notify(Observe(telemetry))
             .deadline(deadline)
-            .max_retry_after(inner.max_retry_after);
-        if wants_retry && let (Some(budgets), Some(authority)) = (&inner.budgets, &authority) {
-            match budgets.get(authority, || inner.rt.now()) {
+            .max_retry_after(self.max_retry_after);
+        if wants_retry && let (Some(budgets), Some(authority)) = (&self.budgets, &authority) {
+            match budgets.get(authority, || self.rt.now()) {
                 Some(budget) => retry = retry.budget(budget),
                 // A full table of budgets in use: no budget to draw on, so no retry.
                 None => replayable.store(false, Relaxed),
@@ -201,7 +200,7 @@ impl<R: Clock> Inner<R> {
             Err(RetryError::DeadlineExceeded {
                 last_error: Some(error),
                 ..
-            }) if !deadline.is_expired(inner.rt.now()) => Err(error),
+            }) if !deadline.is_expired(self.rt.now()) => Err(error),
             Err(RetryError::AttemptTimedOut) => Err(Error::TimedOut),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded)),
         }
