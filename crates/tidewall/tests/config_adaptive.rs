@@ -3,6 +3,8 @@
 //! what it replaces, in virtual time.
 #![cfg(feature = "toml")]
 
+mod support;
+
 use std::time::Duration;
 
 use tidewall::adaptive::{LimitAlgorithm, Priority};
@@ -318,32 +320,16 @@ fn any_algorithm_is_the_algorithm_inside() {
 #[cfg(feature = "metrics")]
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn gauges_show_the_limit_learned() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let registry = metrics::with_local_recorder(&recorder, || Registry::new(config(AIMD)).unwrap());
+    use support::snapshot::{gauge, gauges_during};
+    let registry = Registry::new(config(AIMD)).unwrap();
     let search = registry.adaptive_limiter("search").unwrap();
     search.try_acquire().unwrap().failure();
     let _held = search.try_acquire().unwrap();
-    metrics::with_local_recorder(&recorder, || registry.record_gauges());
-    let snapshot = snapshotter.snapshot().into_vec();
-    let gauge = |name: &str| {
-        snapshot
-            .iter()
-            .find_map(|(key, _, _, value)| (key.key().name() == name).then_some(value))
-    };
-    assert_eq!(
-        gauge("tidewall_adaptive_limit"),
-        Some(&DebugValue::Gauge(9.0.into()))
-    );
-    assert_eq!(
-        gauge("tidewall_adaptive_in_flight"),
-        Some(&DebugValue::Gauge(1.0.into()))
-    );
-    assert_eq!(
-        gauge("tidewall_adaptive_queued"),
-        Some(&DebugValue::Gauge(0.0.into()))
-    );
+    let all = gauges_during(|| registry.record_gauges());
+    let of_search = |name: &str| gauge(&all, name, &[("name", "search")]);
+    assert_eq!(of_search("tidewall_adaptive_limit"), Some(9.0));
+    assert_eq!(of_search("tidewall_adaptive_in_flight"), Some(1.0));
+    assert_eq!(of_search("tidewall_adaptive_queued"), Some(0.0));
 }
 
 #[test]

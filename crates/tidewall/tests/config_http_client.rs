@@ -404,7 +404,7 @@ async fn a_reconfiguration_from_its_own_listener_is_refused() {
 /// says; the gauges of a stage it removes read 0 from the next scrape.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn added_stages_take_the_stacks_name_and_removed_ones_read_zero() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use support::snapshot::{gauge, gauges_during};
     use tidewall::adaptive::{AdaptiveLimiter, Aimd, AnyAlgorithm};
 
     let policies = ClientPolicies::builder()
@@ -432,26 +432,14 @@ async fn added_stages_take_the_stacks_name_and_removed_ones_read_zero() {
         .unwrap()
         .failure();
     let open_hosts = || {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || policies.record_gauges());
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find_map(|(key, _, _, value)| {
-                let key = key.key();
-                let open = key
-                    .labels()
-                    .any(|l| l.key() == "state" && l.value() == "open");
-                (key.name() == "tidewall_keyed_breaker_keys" && open).then_some(value)
-            })
+        let all = gauges_during(|| policies.record_gauges());
+        gauge(&all, "tidewall_keyed_breaker_keys", &[("state", "open")])
     };
-    assert_eq!(open_hosts(), Some(DebugValue::Gauge(1.0.into())));
+    assert_eq!(open_hosts(), Some(1.0));
     policies
         .reconfigure(ClientPolicies::builder().breaker(None))
         .unwrap();
-    assert_eq!(open_hosts(), Some(DebugValue::Gauge(0.0.into())));
+    assert_eq!(open_hosts(), Some(0.0));
 }
 
 /// Reloads racing reconfigurations from code, whose breaker resets tell a listener that looks

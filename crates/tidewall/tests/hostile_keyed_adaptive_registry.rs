@@ -30,6 +30,8 @@
 //!   flight at the reload or when the waiter is next polled is not said; in-flight counts are
 //!   asserted only after the waiters were polled.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -2050,25 +2052,13 @@ fn keyed_gauges(
     snapshotter: &metrics_util::debugging::Snapshotter,
     name: &str,
 ) -> (Option<f64>, Option<f64>) {
-    let mut seen = (None, None);
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        let labels: BTreeMap<String, String> = key
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
-        let ours = labels.get("policy").map(String::as_str) == Some("keyed_adaptive")
-            && labels.get("name").map(String::as_str) == Some(name);
-        let metrics_util::debugging::DebugValue::Gauge(v) = value else {
-            continue;
-        };
-        match key.name() {
-            "tidewall_keyed_keys" if ours => seen.0 = Some(v.into_inner()),
-            "tidewall_keyed_max_keys" if ours => seen.1 = Some(v.into_inner()),
-            _ => {}
-        }
-    }
-    seen
+    use support::snapshot::{gauge, snapshot};
+    let all = snapshot(snapshotter);
+    let labels = [("policy", "keyed_adaptive"), ("name", name)];
+    (
+        gauge(&all, "tidewall_keyed_keys", &labels),
+        gauge(&all, "tidewall_keyed_max_keys", &labels),
+    )
 }
 
 /// Doc (brief: `tidewall_keyed_keys` / `tidewall_keyed_max_keys` via `record_gauges`, "Sets the

@@ -27,6 +27,8 @@
     feature = "metrics"
 ))]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +38,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::snapshot::snapshot;
 use tidewall::breaker::{CircuitBreaker, Counts, KeyedCircuitBreaker, State, Window};
 use tidewall::bulkhead::{Bulkhead, KeyedBulkhead, OwnedPermit};
 use tidewall::config::{Config, Problem, Registry};
@@ -1960,19 +1963,10 @@ max_keys = 32
 type Gauges = BTreeMap<(String, BTreeMap<String, String>), DebugValue>;
 
 fn gauges(snapshotter: &Snapshotter) -> Gauges {
-    snapshotter
-        .snapshot()
-        .into_vec()
+    snapshot(snapshotter)
         .into_iter()
-        .filter(|(_, _, _, value)| matches!(value, DebugValue::Gauge(_)))
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            ((key.name().to_owned(), labels), value)
-        })
+        .filter(|(_, _, value)| matches!(value, DebugValue::Gauge(_)))
+        .map(|(name, labels, value)| ((name, labels), value))
         .collect()
 }
 

@@ -14,11 +14,14 @@
 // Histogram samples are whole-millisecond durations, compared after the same conversion.
 #![allow(clippy::float_cmp)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::snapshot::{Series as Metric, samples, select, snapshot};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
@@ -116,39 +119,15 @@ impl Ear {
     }
 }
 
-/// A metric's name, its labels (sorted) and its value.
-type Metric = (String, BTreeMap<String, String>, DebugValue);
-
 struct Seen(Vec<Metric>);
 
 impl Seen {
     fn now(snapshotter: &Snapshotter) -> Self {
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(key, _, _, value)| {
-                    let key = key.key();
-                    let labels = key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    (key.name().to_owned(), labels, value)
-                })
-                .collect(),
-        )
+        Self(snapshot(snapshotter))
     }
 
     fn series(&self, name: &str, labels: &[(&str, &str)]) -> impl Iterator<Item = &Metric> {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let name = name.to_owned();
-        self.0.iter().filter(move |(have, have_labels, _)| {
-            *have == name && labels.iter().all(|(k, v)| have_labels.get(k) == Some(v))
-        })
+        select(&self.0, name, labels)
     }
 
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -161,14 +140,7 @@ impl Seen {
     }
 
     fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-        self.series(name, labels)
-            .flat_map(|(_, _, value)| match value {
-                DebugValue::Histogram(values) => {
-                    values.iter().map(|v| v.into_inner()).collect::<Vec<_>>()
-                }
-                other => panic!("{name}: not a histogram: {other:?}"),
-            })
-            .collect()
+        samples(&self.0, name, labels)
     }
 }
 

@@ -36,6 +36,7 @@
 mod common;
 #[path = "common/ready_later.rs"]
 mod ready_later;
+mod support;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
@@ -45,7 +46,7 @@ use std::time::Duration;
 use common::ms;
 use common::tally::Counters;
 use futures_util::FutureExt as _;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use support::snapshot::{Series, gauges_during};
 use tidewall::breaker::{CircuitBreaker, Reconfigured, State, Window};
 use tidewall::config::{Config, Problem, Registry};
 use tidewall::telemetry::{Event, EventKind};
@@ -71,52 +72,24 @@ fn panics<T>(what: &str, f: impl FnOnce() -> T) -> String {
 
 // === 1. Registry: keyed instances ============================================================
 
-/// Every gauge `record_gauges` sets: (name, labels as `key=value`, value).
-fn gauges<R: tidewall::rt::Clock>(registry: &Registry<R>) -> Vec<(String, Vec<String>, f64)> {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || registry.record_gauges());
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(key, _, _, value)| match value {
-            DebugValue::Gauge(v) => Some((
-                key.key().name().to_owned(),
-                key.key()
-                    .labels()
-                    .map(|l| format!("{}={}", l.key(), l.value()))
-                    .collect(),
-                v.into_inner(),
-            )),
-            _ => None,
-        })
-        .collect()
+/// Every gauge `record_gauges` sets.
+fn gauges<R: tidewall::rt::Clock>(registry: &Registry<R>) -> Vec<Series> {
+    gauges_during(|| registry.record_gauges())
 }
 
 /// The gauges carrying `name=<instance>`.
-fn gauges_of<R: tidewall::rt::Clock>(
-    registry: &Registry<R>,
-    instance: &str,
-) -> Vec<(String, Vec<String>, f64)> {
-    let label = format!("name={instance}");
-    gauges(registry)
-        .into_iter()
-        .filter(|(_, labels, _)| labels.contains(&label))
-        .collect()
+fn gauges_of<R: tidewall::rt::Clock>(registry: &Registry<R>, instance: &str) -> Vec<Series> {
+    let mut of = gauges(registry);
+    of.retain(|(_, labels, _)| labels.get("name").is_some_and(|n| n == instance));
+    of
 }
 
 fn gauge<R: tidewall::rt::Clock>(
     registry: &Registry<R>,
     metric: &str,
-    labels: &[&str],
+    labels: &[(&str, &str)],
 ) -> Option<f64> {
-    gauges(registry)
-        .into_iter()
-        .find(|(name, have, _)| {
-            name == metric && labels.iter().all(|l| have.iter().any(|h| h == l))
-        })
-        .map(|(_, _, v)| v)
+    support::snapshot::gauge(&gauges(registry), metric, labels)
 }
 
 fn names<T>(listed: Vec<(tidewall::Name, T)>) -> Vec<String> {
@@ -460,12 +433,12 @@ async fn keyed_tables_gauge_their_keys_and_bound_and_nothing_plain() {
             gauge(
                 &registry,
                 "tidewall_keyed_keys",
-                &[&format!("policy={policy}"), &format!("name={instance}")],
+                &[("policy", policy), ("name", instance)],
             ),
             gauge(
                 &registry,
                 "tidewall_keyed_max_keys",
-                &[&format!("policy={policy}"), &format!("name={instance}")],
+                &[("policy", policy), ("name", instance)],
             ),
         )
     };
@@ -497,16 +470,16 @@ async fn keyed_tables_gauge_their_keys_and_bound_and_nothing_plain() {
         gauge(
             &registry,
             "tidewall_breaker_state",
-            &["name=gh", "state=closed"]
+            &[("name", "gh"), ("state", "closed")]
         ),
         Some(1.0)
     );
     assert_eq!(
-        gauge(&registry, "tidewall_bulkhead_capacity", &["name=gh"]),
+        gauge(&registry, "tidewall_bulkhead_capacity", &[("name", "gh")]),
         Some(2.0)
     );
     assert_eq!(
-        gauge(&registry, "tidewall_adaptive_limit", &["name=ga"]),
+        gauge(&registry, "tidewall_adaptive_limit", &[("name", "ga")]),
         Some(2.0)
     );
 }

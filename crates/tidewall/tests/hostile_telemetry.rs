@@ -23,13 +23,17 @@
 // expected value is computed the same way (`Duration::as_secs_f64`).
 #![allow(clippy::float_cmp)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::snapshot::{Series as Metric, samples, select, snapshot};
+use support::trace::{Seen as Traced, Trace};
 use tidewall::admission::NoWait;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
@@ -50,42 +54,17 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A metric's name, its labels (sorted) and its value.
-type Metric = (String, BTreeMap<String, String>, DebugValue);
-
 /// One snapshot of a recorder.
 struct Seen(Vec<Metric>);
 
 impl Seen {
     fn now(snapshotter: &Snapshotter) -> Self {
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(key, _, _, value)| {
-                    let key = key.key();
-                    let labels = key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    (key.name().to_owned(), labels, value)
-                })
-                .collect(),
-        )
+        Self(snapshot(snapshotter))
     }
 
     /// Every series of `name` whose labels include all of `labels`.
     fn series(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Metric> {
-        self.0
-            .iter()
-            .filter(|(have, have_labels, _)| {
-                have == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| have_labels.get(*k).is_some_and(|hv| hv == v))
-            })
-            .collect()
+        select(&self.0, name, labels).collect()
     }
 
     /// The one series of `name` with exactly `labels` (no more, no fewer).
@@ -134,15 +113,7 @@ impl Seen {
 
     /// The samples of every histogram series of `name` with `labels` (none when absent).
     fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-        self.series(name, labels)
-            .iter()
-            .flat_map(|(_, _, value)| match value {
-                DebugValue::Histogram(values) => {
-                    values.iter().map(|v| v.into_inner()).collect::<Vec<_>>()
-                }
-                other => panic!("{name}: not a histogram: {other:?}"),
-            })
-            .collect()
+        samples(&self.0, name, labels)
     }
 
     fn calls(&self, policy: &str, name: &str, outcome: &str) -> u64 {
@@ -2153,70 +2124,10 @@ fn opening_a_file_for_writing_and_closing_it_is_a_change_even_unwritten() {
 // Tracing: a `tidewall.call` span per pipeline call
 // ---------------------------------------------------------------------------------------------
 
-/// What a tracing layer saw: spans by id with their fields, and each event with its span.
-#[derive(Default, Clone)]
-struct Trace(Arc<Mutex<TraceLog>>);
-
-#[derive(Default)]
-struct TraceLog {
-    spans: HashMap<u64, (String, String)>,
-    /// (span name and fields, or "-"; the event's message; the event's field names).
-    events: Vec<(String, String, Vec<String>)>,
-}
-
-impl<S> tracing_subscriber::Layer<S> for Trace
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut fields = String::new();
-        attrs.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                fields.push_str(&format!("{}={value:?}", field.name()));
-            },
-        );
-        self.0
-            .lock()
-            .unwrap()
-            .spans
-            .insert(id.into_u64(), (attrs.metadata().name().to_owned(), fields));
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let mut message = String::new();
-        let mut names = Vec::new();
-        event.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                if field.name() == "message" {
-                    message = format!("{value:?}");
-                } else {
-                    names.push(field.name().to_owned());
-                }
-            },
-        );
-        let mut log = self.0.lock().unwrap();
-        let span = ctx
-            .event_span(event)
-            .and_then(|s| log.spans.get(&s.id().into_u64()))
-            .map_or_else(
-                || "-".to_owned(),
-                |(name, fields)| format!("{name} {fields}"),
-            );
-        log.events.push((span, message, names));
-    }
-}
-
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn each_pipeline_call_runs_in_its_own_span_named_after_its_pipeline() {
-    use tracing_subscriber::layer::SubscriberExt as _;
     let trace = Trace::default();
-    let _default =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(trace.clone()));
+    let _default = trace.install();
     // Other tests' threads may have registered the same callsites while no subscriber was
     // listening: recompute their interest so this thread's subscriber is asked.
     tracing::callsite::rebuild_interest_cache();
@@ -2250,40 +2161,49 @@ async fn each_pipeline_call_runs_in_its_own_span_named_after_its_pipeline() {
     );
     assert_eq!(other.call(|| async { Ok::<_, ()>(()) }).await, Ok(()));
 
-    let log = trace.0.lock().unwrap();
-    let calls: Vec<_> = log
-        .spans
-        .values()
-        .filter(|(name, _)| name == "tidewall.call")
-        .map(|(_, f)| f.clone())
+    let log = trace.seen();
+    let mut calls: Vec<_> = log
+        .iter()
+        .filter_map(|seen| match seen {
+            Traced::Span(span) if span.name == "tidewall.call" => Some(span.to_string()),
+            _ => None,
+        })
         .collect();
-    let mut calls_sorted = calls.clone();
-    calls_sorted.sort();
+    calls.sort();
     assert_eq!(
-        calls_sorted,
+        calls,
         vec![
-            "pipeline=\"other\"".to_owned(),
-            format!("pipeline={name:?}")
+            "tidewall.call pipeline=\"other\"".to_owned(),
+            format!("tidewall.call pipeline={name:?}")
         ],
-        "one span per call; events: {:#?}",
-        log.events
+        "one span per call; seen: {log:#?}"
     );
     let in_quotes: Vec<_> = log
-        .events
         .iter()
-        .filter(|(span, _, _)| span.contains(&format!("{name:?}")))
+        .filter(|seen| match seen {
+            Traced::Event {
+                span: Some(span), ..
+            } => span.to_string().contains(&format!("{name:?}")),
+            _ => false,
+        })
         .collect();
-    let messages: Vec<_> = in_quotes.iter().map(|(_, m, _)| m.as_str()).collect();
+    let messages: Vec<_> = in_quotes
+        .iter()
+        .map(|e| e.message().unwrap_or(""))
+        .collect();
     assert!(
         messages.contains(&"attempt"),
         "a debug event per attempt: {messages:?}"
     );
     let retry = in_quotes
         .iter()
-        .find(|(_, m, _)| m == "retry scheduled")
+        .find(|e| e.message() == Some("retry scheduled"))
         .expect("a retry event");
     assert!(
-        retry.2.iter().any(|f| f.contains("delay")),
+        retry
+            .fields()
+            .iter()
+            .any(|(f, _)| *f != "message" && f.contains("delay")),
         "the retry event carries its delay: {retry:?}"
     );
     // The breaker's transition and its refusal are events too, in the call.

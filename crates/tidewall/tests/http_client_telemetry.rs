@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use keyed_support::client::{Answer, FRONTS, Hosts, builder, dropped, get, send, status};
 use keyed_support::secs;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::ms;
+use support::snapshot::{gauges_during, recorded, samples, series_total, snapshot};
 use tidewall::budget::RetryBudgetPolicy;
 use tidewall::classify::Verdict;
 use tidewall::http::{ClientPolicies, ClientPoliciesBuilder, HttpClassifier, Overrides};
@@ -44,45 +44,6 @@ fn take(heard: &Heard) -> Vec<String> {
     std::mem::take(&mut *heard.lock().unwrap())
 }
 
-/// Builds `builder` with its metrics registered on a recorder of its own.
-fn recorded<R: Clock>(builder: ClientPoliciesBuilder<R>) -> (ClientPolicies<R>, Snapshotter) {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let policies = metrics::with_local_recorder(&recorder, || builder.build()).unwrap();
-    (policies, snapshotter)
-}
-
-/// Every series in `snapshot` named `name` with all of `labels` (`key=value`): counters'
-/// totals, histograms' sample counts, gauges' values (whole counts here).
-fn series(snapshot: &[(String, Vec<String>, DebugValue)], name: &str, labels: &[&str]) -> u64 {
-    snapshot
-        .iter()
-        .filter(|(n, have, _)| n == name && labels.iter().all(|l| have.iter().any(|h| h == l)))
-        .map(|(_, _, value)| match value {
-            DebugValue::Counter(n) => *n,
-            DebugValue::Histogram(samples) => samples.len() as u64,
-            // A whole count prints without a fraction: anything else fails to parse.
-            DebugValue::Gauge(v) => format!("{v}").parse().expect("a count"),
-        })
-        .sum()
-}
-
-fn snapshot(snapshotter: &Snapshotter) -> Vec<(String, Vec<String>, DebugValue)> {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            (key.name().to_owned(), labels, value)
-        })
-        .collect()
-}
-
 /// One request of each ending, counted once whatever its attempts: the listener's events in
 /// order, and the counters and histogram that match them.
 async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>) {
@@ -91,7 +52,7 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         // 4xx ignored, not the standard table's successes: every ending once.
         let classifier = HttpClassifier::standard().client_errors(Verdict::Ignored);
         let (builder, heard) = heard_by(builder(&rt, 3).name("upstreams").classifier(classifier));
-        let (policies, snapshotter) = recorded(builder);
+        let (policies, snapshotter) = recorded(|| builder.build().unwrap());
         let client = "upstreams";
 
         // A 503 then a 200: one retry, then a success.
@@ -159,9 +120,12 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
 
         let all = snapshot(&snapshotter);
         let calls = |outcome: &str| {
-            let outcome = format!("outcome={outcome}");
-            let labels = ["policy=http_client", "name=upstreams", outcome.as_str()];
-            series(&all, "tidewall_calls_total", &labels)
+            let labels = [
+                ("policy", "http_client"),
+                ("name", "upstreams"),
+                ("outcome", outcome),
+            ];
+            series_total(&all, "tidewall_calls_total", &labels)
         };
         let counted: Vec<u64> = [
             "success",
@@ -175,10 +139,13 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         .map(calls)
         .collect();
         assert_eq!(counted, [1; 6], "{front:?}");
-        let client_labels = ["policy=http_client", "name=upstreams"];
-        assert_eq!(series(&all, "tidewall_retries_total", &client_labels), 5);
+        let client_labels = [("policy", "http_client"), ("name", "upstreams")];
         assert_eq!(
-            series(
+            series_total(&all, "tidewall_retries_total", &client_labels),
+            5
+        );
+        assert_eq!(
+            series_total(
                 &all,
                 "tidewall_retry_budget_exhausted_total",
                 &client_labels
@@ -187,20 +154,16 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         );
         // Every request but the cancelled one is timed, on the runtime's clock, in seconds:
         // a's retry 10 ms, c's two 20 ms, d's three timeouts and two backoffs 320 ms.
-        let timed: f64 = all
-            .iter()
-            .filter(|(name, labels, _)| {
-                name == "tidewall_call_duration_seconds"
-                    && labels.iter().any(|l| l == "policy=http_client")
-            })
-            .flat_map(|(_, _, value)| match value {
-                DebugValue::Histogram(samples) => samples.iter().map(|s| s.into_inner()).collect(),
-                _ => Vec::new(),
-            })
-            .sum();
+        let timed: f64 = samples(
+            &all,
+            "tidewall_call_duration_seconds",
+            &[("policy", "http_client")],
+        )
+        .iter()
+        .sum();
         assert!((timed - 0.350).abs() < 1e-9, "{timed} s, {front:?}");
         assert_eq!(
-            series(&all, "tidewall_call_duration_seconds", &client_labels),
+            series_total(&all, "tidewall_call_duration_seconds", &client_labels),
             5,
             "{front:?}"
         );
@@ -227,7 +190,7 @@ async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {
                 .name("frugal")
                 .retry_budget(Some(none_left)),
         );
-        let (policies, snapshotter) = recorded(builder);
+        let (policies, snapshotter) = recorded(|| builder.build().unwrap());
         hosts.play("a:80", [Answer::Status(503)]);
         assert_eq!(
             status(&send(front, &policies, &hosts, get("http://a/")).await),
@@ -242,13 +205,13 @@ async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {
             ]
         );
         let all = snapshot(&snapshotter);
-        let labels = ["policy=http_client", "name=frugal"];
+        let labels = [("policy", "http_client"), ("name", "frugal")];
         assert_eq!(
-            series(&all, "tidewall_retry_budget_exhausted_total", &labels),
+            series_total(&all, "tidewall_retry_budget_exhausted_total", &labels),
             1,
             "{front:?}"
         );
-        assert_eq!(series(&all, "tidewall_retries_total", &labels), 0);
+        assert_eq!(series_total(&all, "tidewall_retries_total", &labels), 0);
     }
 }
 
@@ -275,32 +238,20 @@ async fn the_gauges_follow_the_hosts_breakers<R: Runtime>(rt: Clocked<R>) {
         .run(get("http://up/"), overrides, |request| hosts.send(request))
         .await;
     let gauges = |policies: &ClientPolicies<Clocked<R>>| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || policies.record_gauges());
-        let all = snapshot(&snapshotter);
+        let all = gauges_during(|| policies.record_gauges());
         let keys = |state: &str| {
-            let state = format!("state={state}");
-            series(
-                &all,
-                "tidewall_keyed_breaker_keys",
-                &["name=gauged", &state],
-            )
+            let labels = [("name", "gauged"), ("state", state)];
+            series_total(&all, "tidewall_keyed_breaker_keys", &labels)
+        };
+        let table = |name: &str, policy: &str| {
+            series_total(&all, name, &[("policy", policy), ("name", "gauged")])
         };
         (
             keys("closed"),
             keys("open"),
             keys("half_open"),
-            series(
-                &all,
-                "tidewall_keyed_keys",
-                &["policy=keyed_breaker", "name=gauged"],
-            ),
-            series(
-                &all,
-                "tidewall_keyed_max_keys",
-                &["policy=keyed_bulkhead", "name=gauged"],
-            ),
+            table("tidewall_keyed_keys", "keyed_breaker"),
+            table("tidewall_keyed_max_keys", "keyed_bulkhead"),
         )
     };
     assert_eq!(gauges(&policies), (1, 1, 0, 2, 10_000));

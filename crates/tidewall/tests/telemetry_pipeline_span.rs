@@ -4,59 +4,18 @@
 //! thread-local subscriber is set (seen under plain `cargo test`: "retry scheduled" lost).
 #![cfg(all(feature = "metrics", feature = "tracing", feature = "toml"))]
 
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 
+use support::trace::Trace;
 use tidewall::Backoff;
 use tidewall::pipeline::Pipeline;
 
-/// Spans opened and events seen, each event with the span it was in.
-#[derive(Default, Clone)]
-struct Trace(Arc<Mutex<Vec<String>>>);
-
-impl<S> tracing_subscriber::Layer<S> for Trace
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut fields = String::new();
-        attrs.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                fields.push_str(&format!("{}={value:?}", field.name()));
-            },
-        );
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("span {} {fields}", attrs.metadata().name()));
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let mut message = String::new();
-        event.record(
-            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-                if field.name() == "message" {
-                    message = format!("{value:?}");
-                }
-            },
-        );
-        let span = ctx.event_span(event).map(|s| s.name()).unwrap_or("-");
-        self.0.lock().unwrap().push(format!("{span}: {message}"));
-    }
-}
-
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_pipeline_call_runs_in_a_span_with_an_event_per_attempt_and_retry() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-
     let trace = Trace::default();
-    let subscriber = tracing_subscriber::registry().with(trace.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = trace.install();
     let pipeline = Pipeline::builder()
         .name("quotes")
         .retry(
@@ -76,7 +35,7 @@ async fn a_pipeline_call_runs_in_a_span_with_an_event_per_attempt_and_retry() {
         })
         .await;
     assert_eq!(result, Ok(1));
-    let seen = trace.0.lock().unwrap().clone();
+    let seen = trace.outline();
     assert_eq!(
         seen,
         vec![

@@ -8,10 +8,13 @@
 // Gauges hold whole counts and histograms durations of whole milliseconds: exact in f64.
 #![allow(clippy::float_cmp)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::snapshot::{Series as Metric, select, snapshot};
 use tidewall::breaker::{CircuitBreaker, Outcome};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::config::{Config, Registry};
@@ -24,37 +27,16 @@ use tidewall::{Backoff, Error, Jitter};
 /// values recorded since the last snapshot.
 struct Seen(Vec<Metric>);
 
-/// A metric's name, its labels and its value.
-type Metric = (String, Vec<(String, String)>, DebugValue);
-
 impl Seen {
     fn now(snapshotter: &Snapshotter) -> Self {
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(key, _, _, value)| {
-                    let key = key.key();
-                    let labels = key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    (key.name().to_owned(), labels, value)
-                })
-                .collect(),
-        )
+        Self(snapshot(snapshotter))
     }
 
     /// The metric `name` whose labels include all of `labels`, if registered.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0.iter().find_map(|(have, have_labels, value)| {
-            let matches = have == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| have_labels.iter().any(|(hk, hv)| hk == k && hv == v));
-            matches.then_some(value)
-        })
+        select(&self.0, name, labels)
+            .next()
+            .map(|(_, _, value)| value)
     }
 
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {

@@ -1,7 +1,13 @@
 //! Shared pieces of the stress, aging and black-box tests: a seeded generator, the ages a
-//! policy lives before a scenario, capacity checks, and ways to drop a future at a random
-//! await point.
+//! policy lives before a scenario, capacity checks, ways to drop a future at a random await
+//! point, a debugging recorder's snapshots (`snapshot`) and a layer keeping what `tracing`
+//! saw (`trace`).
 #![allow(dead_code, unreachable_pub)]
+
+#[cfg(feature = "metrics")]
+pub mod snapshot;
+#[cfg(feature = "tracing")]
+pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
