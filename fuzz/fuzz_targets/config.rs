@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidewall::config::{Config, Registry};
+use tidewall::config::{Config, Problem, Registry};
 use tidewall::testing::FakeClock;
 
 fuzz_target!(|text: &str| {
@@ -33,8 +33,18 @@ fuzz_target!(|text: &str| {
     let _ = registry.retry_budget("undeclared");
     let _ = registry.adaptive_limiter("undeclared");
     let _ = registry.chaos("undeclared");
-    let _ = registry.pipeline("undeclared");
-    let _ = registry.http_client("undeclared");
+    // A stack of an undeclared name would have no stage: refused, with its own problem.
+    if !config.instances.contains_key("undeclared") {
+        let undeclared = |e: tidewall::config::Invalid| *e.problem() == Problem::Undeclared;
+        assert!(registry.pipeline("undeclared").is_err_and(undeclared));
+        assert!(registry.http_client("undeclared").is_err_and(undeclared));
+        let strict = Registry::builder(config.clone())
+            .runtime(FakeClock::new())
+            .strict(true)
+            .build()
+            .expect("a validated configuration builds strict too");
+        assert!(strict.breaker("undeclared").is_err_and(undeclared));
+    }
     for name in config.instances.keys() {
         let instance = config.instance(name).expect("validated: every base exists");
         let _ = instance.backoff();
@@ -61,7 +71,7 @@ fuzz_target!(|text: &str| {
     let reload = registry
         .reload(config.clone())
         .expect("the configuration in force reloads");
-    assert!(reload.relearning.is_empty(), "{reload:?}");
+    assert!(reload.relearning.is_empty() && reload.removed.is_empty(), "{reload:?}");
     let printed = toml::to_string(&config).expect("a read configuration prints");
     assert_eq!(Config::from_toml(&printed).expect("and reads back"), config);
 });

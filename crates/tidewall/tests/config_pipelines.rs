@@ -272,7 +272,7 @@ async fn a_handle_keeps_its_classifier_across_reloads() {
 
 #[tokio::test(start_paused = true)]
 async fn pipelines_are_listed_bounded_and_named_as_asked() {
-    let registry = Registry::builder(config(TIGHT))
+    let registry = Registry::builder(config(&format!("{TIGHT}\n[instances.\"api.v2\"]\n")))
         .max_instances(2)
         .build()
         .unwrap();
@@ -287,9 +287,12 @@ async fn pipelines_are_listed_bounded_and_named_as_asked() {
         names,
         [("api", "api"), ("api.v2", "api.v2")].map(|(a, b)| (a.to_owned(), b.to_owned()))
     );
-    let full = registry.pipeline("third").unwrap_err();
-    assert_eq!(full.path(), "instances.third");
-    assert_eq!(full.problem(), &Problem::Full { max: 2 });
+    // Only declared instances get a pipeline, each in a place of its own: a name the file
+    // does not declare is refused as such, not as a full registry.
+    let undeclared = registry.pipeline("third").unwrap_err();
+    assert_eq!(undeclared.path(), "instances.third");
+    assert_eq!(undeclared.problem(), &Problem::Undeclared);
+    assert_eq!(registry.pipelines().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,6 +7,8 @@
 //! serialization round trips; `validate` against the registry on seeded random files; and
 //! (feature `metrics`) the adaptive gauges.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -1749,9 +1751,9 @@ fn a_discipline_retuned_to_lifo_serves_the_newest_waiter_next() {
     settled(&a);
 }
 
-/// Doc (Registry::pipeline): "A name the file does not declare gets a pipeline of no stages";
-/// (config module): "the defaults only fill sections in". An instance whose base has the
-/// section gets the stage.
+/// Doc (config module): "the defaults only fill sections in". An instance whose base has the
+/// section gets the stage; one without it none; an undeclared name no pipeline at all
+/// (Registry::pipeline: "A name the file does not declare is refused").
 #[tokio::test(start_paused = true)]
 async fn only_instances_with_the_section_get_the_adaptive_stage() {
     let registry = Registry::new(config(
@@ -1759,7 +1761,9 @@ async fn only_instances_with_the_section_get_the_adaptive_stage() {
     ))
     .unwrap();
     let ok = || async { Ok::<_, ()>(()) };
-    for (name, limited) in [("based", true), ("plain", false), ("ghost", false)] {
+    let ghost = registry.pipeline("ghost").unwrap_err();
+    assert_eq!(ghost.problem(), &Problem::Undeclared, "{ghost}");
+    for (name, limited) in [("based", true), ("plain", false)] {
         let pipeline = registry.pipeline(name).unwrap();
         let limiter = registry.adaptive_limiter(name).unwrap();
         let held = limiter.try_acquire().unwrap();
@@ -1772,7 +1776,7 @@ async fn only_instances_with_the_section_get_the_adaptive_stage() {
         drop(held);
     }
     let reload = registry.reload((*registry.config()).clone()).unwrap();
-    assert_eq!(reload.pipelines, 3, "{reload:?}");
+    assert_eq!(reload.pipelines, 2, "{reload:?}");
     assert!(reload.relearning.is_empty(), "{reload:?}");
 }
 
@@ -2671,46 +2675,25 @@ fn validate_from_toml_registry_and_reload_agree_on_random_files() {
 #[cfg(feature = "metrics")]
 mod gauges {
     use super::*;
+    use crate::support::snapshot::{Series, gauge, snapshot};
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-    /// Every series of one snapshot: name, labels, value (a snapshot is taken once per
-    /// `record_gauges`: the debugging recorder hands each update out once).
-    type Series = Vec<(String, Vec<(String, String)>, DebugValue)>;
-
+    /// Every series of one snapshot (a snapshot is taken once per `record_gauges`: the
+    /// debugging recorder hands each update out once).
     fn record(
         recorder: &DebuggingRecorder,
         snapshotter: &Snapshotter,
         registry: &Registry<FakeClock>,
-    ) -> Series {
+    ) -> Vec<Series> {
         metrics::with_local_recorder(recorder, || registry.record_gauges());
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| {
-                let labels = key
-                    .key()
-                    .labels()
-                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                    .collect();
-                (key.key().name().to_owned(), labels, value)
-            })
-            .collect()
+        snapshot(snapshotter)
     }
 
-    fn gauge_of(series: &Series, metric: &str, instance: &str) -> Option<f64> {
-        series
-            .iter()
-            .find(|(name, labels, _)| {
-                name == metric && labels.iter().any(|(k, v)| k == "name" && v == instance)
-            })
-            .map(|(_, _, v)| match v {
-                DebugValue::Gauge(g) => g.into_inner(),
-                other => panic!("{metric} is not a gauge: {other:?}"),
-            })
+    fn gauge_of(series: &[Series], metric: &str, instance: &str) -> Option<f64> {
+        gauge(series, metric, &[("name", instance)])
     }
 
-    fn check(series: &Series, instance: &str, expected: [f64; 3]) {
+    fn check(series: &[Series], instance: &str, expected: [f64; 3]) {
         for (metric, want) in [
             "tidewall_adaptive_limit",
             "tidewall_adaptive_in_flight",
@@ -2755,7 +2738,7 @@ mod gauges {
         check(&series, "b", [7.0, 0.0, 0.0]);
         for (name, labels, _) in &series {
             if name.starts_with("tidewall_adaptive_") {
-                let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+                let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
                 assert_eq!(keys, ["name"], "{name}: {labels:?}");
             }
         }

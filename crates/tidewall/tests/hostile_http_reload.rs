@@ -718,10 +718,11 @@ const EVERY_STAGE: &str = r#"
     budget = { ratio = 0.1 }
     [instances.plain.breaker]
     consecutive_failures = 3
+    [instances.bare]
 "#;
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn http_instances_have_no_plain_policies_and_undeclared_names_have_no_stages() {
+async fn http_instances_have_no_plain_policies_and_undeclared_names_get_no_client() {
     let registry = Registry::new(config(EVERY_STAGE)).unwrap();
     let listed = |r: &Registry| {
         (
@@ -741,31 +742,38 @@ async fn http_instances_have_no_plain_policies_and_undeclared_names_have_no_stag
     assert!(outbound.breakers().is_some() && outbound.bulkheads().is_some());
     assert!(outbound.rate_limiters().is_some());
 
-    // A name not declared: a client of no stages, under the defaults' deadline.
-    let stranger = registry.http_client("stranger").unwrap();
-    assert!(stranger.breakers().is_none() && stranger.bulkheads().is_none());
-    assert!(stranger.rate_limiters().is_none() && stranger.adaptive_limiters().is_none());
+    // A name not declared: refused, not a client of no stages (a typo would be unprotected).
+    let refused = registry.http_client("stranger").unwrap_err();
+    assert_eq!(
+        (refused.path(), refused.problem()),
+        ("instances.stranger", &Problem::Undeclared)
+    );
+    assert_eq!(registry.http_clients().len(), 1, "nothing held for it");
+    // A declared instance with no section: a client of no stages, under the defaults'
+    // deadline.
+    let bare = registry.http_client("bare").unwrap();
+    assert!(bare.breakers().is_none() && bare.bulkheads().is_none());
+    assert!(bare.rate_limiters().is_none() && bare.adaptive_limiters().is_none());
     let hosts = Hosts::new(&Tokio);
     hosts.play("slow:80", [Answer::Slow(Duration::from_secs(1))]);
     let t0 = tokio::time::Instant::now();
-    let cut = run_on(&stranger, &hosts, "http://slow/").await;
+    let cut = run_on(&bare, &hosts, "http://slow/").await;
     assert!(cut.is_err(), "{cut:?}");
     assert_eq!(t0.elapsed(), ms(200), "the defaults' deadline");
     assert_eq!(registry.http_clients().len(), 2);
-    // The bound: declared names keep their places.
+    // The bound: undeclared names are refused before any place is counted.
     let bounded = Registry::builder(config(EVERY_STAGE))
         .max_instances(3)
         .build()
         .unwrap();
-    bounded.http_client("stranger").unwrap();
-    let full = bounded.http_client("another").unwrap_err();
-    assert!(
-        matches!(full.problem(), Problem::Full { max: 3 }),
-        "{full:?}"
-    );
-    assert_eq!(bounded.http_clients().len(), 2);
+    for name in ["stranger", "another"] {
+        let refused = bounded.http_client(name).unwrap_err();
+        assert_eq!(refused.problem(), &Problem::Undeclared, "{refused:?}");
+    }
+    assert_eq!(bounded.http_clients().len(), 1);
+    bounded.http_client("bare").unwrap();
 
-    // A reload reaches the undeclared client too, and lists no plain policies for the
+    // A reload reaches the stageless client too, and lists no plain policies for the
     // client, nor for a client the new file declares.
     let next = EVERY_STAGE.replace("deadline = \"200ms\"", "deadline = \"50ms\"")
         + "\n[instances.second]\nhttp = { client_errors = \"ignored\" }\n[instances.second.bulkhead]\nmax_concurrent = 1\n";
@@ -777,13 +785,13 @@ async fn http_instances_have_no_plain_policies_and_undeclared_names_have_no_stag
         .into_iter()
         .map(|(n, _)| n.to_string())
         .collect();
-    assert_eq!(names, ["outbound", "second", "stranger"]);
+    assert_eq!(names, ["bare", "outbound", "second"]);
     let t0 = tokio::time::Instant::now();
-    assert!(run_on(&stranger, &hosts, "http://slow/").await.is_err());
+    assert!(run_on(&bare, &hosts, "http://slow/").await.is_err());
     assert_eq!(
         t0.elapsed(),
         ms(50),
-        "the undeclared client follows the defaults"
+        "the stageless client follows the defaults"
     );
 }
 
@@ -826,7 +834,7 @@ async fn the_registry_listener_hears_the_client_and_stages_added_by_reload() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn registry_gauges_cover_the_clients_across_reloads() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use support::snapshot::{gauge, gauges_during};
     let registry = Registry::new(config(
         "[instances.outbound]\nhttp = {}\n[instances.outbound.breaker]\nconsecutive_failures = 1\n",
     ))
@@ -838,25 +846,11 @@ async fn registry_gauges_cover_the_clients_across_reloads() {
         .try_acquire(&auth("http://down/"))
         .unwrap()
         .failure();
-    let gauge = |name: &str, labels: &[(&str, &str)]| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || registry.record_gauges());
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find_map(|(key, _, _, value)| {
-                let key = key.key();
-                let has = |k: &str, v: &str| key.labels().any(|l| l.key() == k && l.value() == v);
-                let named = key.labels().any(|l| l.value() == "outbound");
-                (key.name() == name && named && labels.iter().all(|(k, v)| has(k, v)))
-                    .then_some(value)
-            })
-    };
+    let gauges = || gauges_during(|| registry.record_gauges());
+    let open = [("name", "outbound"), ("state", "open")];
     assert_eq!(
-        gauge("tidewall_keyed_breaker_keys", &[("state", "open")]),
-        Some(DebugValue::Gauge(1.0.into()))
+        gauge(&gauges(), "tidewall_keyed_breaker_keys", &open),
+        Some(1.0)
     );
     registry
         .reload(config(
@@ -864,13 +858,17 @@ async fn registry_gauges_cover_the_clients_across_reloads() {
         ))
         .unwrap();
     assert_eq!(
-        gauge("tidewall_keyed_max_keys", &[("policy", "keyed_bulkhead")]),
-        Some(DebugValue::Gauge(10_000.0.into())),
+        gauge(
+            &gauges(),
+            "tidewall_keyed_max_keys",
+            &[("name", "outbound"), ("policy", "keyed_bulkhead")]
+        ),
+        Some(10_000.0),
         "the stage the reload added"
     );
     assert_eq!(
-        gauge("tidewall_keyed_breaker_keys", &[("state", "open")]),
-        Some(DebugValue::Gauge(1.0.into())),
+        gauge(&gauges(), "tidewall_keyed_breaker_keys", &open),
+        Some(1.0),
         "the kept breaker still open"
     );
 }
@@ -1516,13 +1514,17 @@ async fn rate_limit_cells_are_kept_across_a_reload() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn reload_names_only_clients_it_reset_or_relearned() {
-    let registry = Registry::new(breaker_config(2, "window_calls = 50")).unwrap();
+    // `stranger`: a second client, declared with no stage.
+    let with_stranger = |window: &str| {
+        let mut c = breaker_config(2, window);
+        c.instances.insert("stranger".into(), Default::default());
+        c
+    };
+    let registry = Registry::new(with_stranger("window_calls = 50")).unwrap();
     let outbound = registry.http_client("outbound").unwrap();
     let stranger = registry.http_client("stranger").unwrap();
     // No host seen yet: a shape change resets no breaker.
-    let reload = registry
-        .reload(breaker_config(2, "window_calls = 20"))
-        .unwrap();
+    let reload = registry.reload(with_stranger("window_calls = 20")).unwrap();
     assert!(
         reload.reset.is_empty(),
         "no authority's breaker was reset: {reload:?}"
@@ -1536,15 +1538,15 @@ async fn reload_names_only_clients_it_reset_or_relearned() {
     }
     assert_eq!(outbound.breakers().unwrap().not_closed().len(), 1);
     let reload = registry
-        .reload(config("[instances.outbound]\nhttp = {}\n"))
+        .reload(config(
+            "[instances.outbound]\nhttp = {}\n[instances.stranger]\n",
+        ))
         .unwrap();
     assert!(
         reload.reset.is_empty() && reload.relearning.is_empty(),
         "{reload:?}"
     );
-    let reload = registry
-        .reload(breaker_config(2, "window = \"5s\""))
-        .unwrap();
+    let reload = registry.reload(with_stranger("window = \"5s\"")).unwrap();
     assert!(reload.reset.is_empty(), "{reload:?}");
     assert!(
         outbound.breakers().unwrap().not_closed().is_empty(),
@@ -1670,23 +1672,41 @@ async fn a_reset_frees_a_full_table() {
 async fn names_declared_or_dropped_by_a_reload() {
     let registry = Registry::new(config(THREE_ATTEMPTS)).unwrap();
     let outbound = registry.http_client("outbound").unwrap();
+    // Not declared yet: no client.
+    let undeclared = registry.http_client("later").unwrap_err();
+    assert_eq!(undeclared.problem(), &Problem::Undeclared);
+    registry
+        .reload(config(&format!("{THREE_ATTEMPTS}\n[instances.later]\n")))
+        .unwrap();
     let later = registry.http_client("later").unwrap();
     assert!(later.breakers().is_none());
-    // `later` declared with stages: the client already handed out takes them.
+    // `later` given stages: the client already handed out takes them.
     let next = format!(
         "{THREE_ATTEMPTS}\n[instances.later]\nhttp = {{}}\n[instances.later.breaker]\nconsecutive_failures = 1\n[instances.later.bulkhead]\nmax_concurrent = 2\n"
     );
     registry.reload(config(&next)).unwrap();
     assert!(later.breakers().is_some() && later.bulkheads().is_some());
     assert_eq!(later.name(), "later");
-    // `outbound` no longer declared: a name the file does not declare has no stages.
-    registry
+    // `outbound` no longer declared: refused, the client keeps every stage.
+    let removed = registry
         .reload(config("[instances.later]\nhttp = {}\n"))
-        .unwrap();
-    assert!(
-        outbound.breakers().is_none(),
-        "no stages for an undeclared name"
+        .unwrap_err();
+    assert_eq!(
+        (removed.path(), removed.problem()),
+        ("instances.outbound", &Problem::Removed)
     );
+    assert!(outbound.breakers().is_some(), "kept whole");
+    assert!(
+        later.breakers().is_some(),
+        "nothing of the refused reload applied"
+    );
+    // Declared with no section: the client loses its stages, as the file says.
+    registry
+        .reload(config(
+            "[instances.later]\nhttp = {}\n[instances.outbound]\n",
+        ))
+        .unwrap();
+    assert!(outbound.breakers().is_none());
     let hosts = Hosts::new(&Tokio);
     hosts.play("x:80", [Answer::Status(503)]);
     let _ = run_on(&outbound, &hosts, "http://x/").await;

@@ -705,10 +705,12 @@ fn gauges_of_absent_or_removed_stages_read_zero() {
         "reload dropped them",
         &[],
     );
-    registry
+    // The name no longer declared: refused, the client (now stageless) unchanged.
+    let removed = registry
         .reload(config("[instances.other]\nhttp = {}\n"))
-        .unwrap();
-    assert_all_zero(&scrape(|| gr.record_gauges(), "gr"), "name undeclared", &[]);
+        .unwrap_err();
+    assert_eq!(removed.problem(), &Problem::Removed, "{removed}");
+    assert_all_zero(&scrape(|| gr.record_gauges(), "gr"), "still dropped", &[]);
     registry.reload(full).unwrap();
     let g = scrape(|| registry.record_gauges(), "gr");
     assert_eq!(

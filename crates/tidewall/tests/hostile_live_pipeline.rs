@@ -6,6 +6,7 @@
 //! except in the one multi-thread stress test, which asserts only invariants.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -571,24 +572,69 @@ async fn call_before_keeps_the_earlier_of_the_caller_and_the_configured_deadline
     );
 }
 
-/// Doc (Registry::reload): policies "of instances it no longer declares are kept, on the
-/// layers that remain"; Registry::pipeline: "A name the file does not declare gets a pipeline
-/// of no stages, bounded by the defaults' deadline and attempt timeout."
-async fn an_instance_a_reload_no_longer_declares_keeps_a_pipeline_of_no_stages() {
+/// Doc (Registry::reload): "A reload that removes the instance of a pipeline or HTTP client
+/// the registry holds ... is refused with Problem::Removed: the calls through it would lose
+/// every stage"; "Nothing changes then". Policies "of instances it no longer declares are
+/// kept, on the layers that remain (the defaults, say), and named in Reload::removed"; the
+/// instance kept declared with no section: a pipeline of no stages, following the defaults.
+async fn a_reload_cannot_remove_a_held_pipelines_instance_but_can_empty_it() {
     let registry = registry(
-        "[defaults]\nattempt_timeout = \"300ms\"\n[instances.a]\ndeadline = \"50ms\"\n[instances.a.breaker]\nconsecutive_failures = 1\nbreak_duration = \"1h\"\n",
+        "[defaults]\nattempt_timeout = \"300ms\"\n[instances.a]\ndeadline = \"50ms\"\n[instances.a.breaker]\nconsecutive_failures = 1\nbreak_duration = \"1h\"\n[instances.c.breaker]\n",
     );
     let live = registry.pipeline("a").unwrap();
+    let before = live.pipeline();
     let _: R<()> = live.call(|| async { Err("down") }).await;
     assert_eq!(registry.breaker("a").unwrap().state(), State::Open);
 
+    // Removing a, whose pipeline is held: refused, and nothing of it applies.
+    let err = registry
+        .reload(cfg(
+            "[defaults]\nattempt_timeout = \"300ms\"\n[instances.b]\ndeadline = \"1s\"\n[instances.c.breaker]\n",
+        ))
+        .expect_err("a held pipeline's instance removed");
+    assert_eq!(
+        (err.path(), err.problem()),
+        ("instances.a", &Problem::Removed),
+        "{err}"
+    );
+    assert!(
+        Arc::ptr_eq(&before, &live.pipeline()),
+        "a refused reload made the pipeline anew"
+    );
+    let config = registry.config();
+    assert!(
+        config.instances.contains_key("a") && !config.instances.contains_key("b"),
+        "the refused configuration was put in force"
+    );
+    assert!(
+        registry.breakers().iter().all(|(n, _)| n != "b"),
+        "the refused reload built b"
+    );
+    assert_eq!(registry.breaker("a").unwrap().state(), State::Open);
+    let r = live.call(|| async { Ok::<_, &str>(0) }).await;
+    assert!(
+        circuit_open(&r),
+        "the breaker stage is still in force: {r:?}"
+    );
+
+    // a kept declared with no section; c, whose breaker alone is held, removed.
     let reload = registry
         .reload(cfg(
-            "[defaults]\nattempt_timeout = \"300ms\"\n[instances.b]\ndeadline = \"1s\"\n",
+            "[defaults]\nattempt_timeout = \"300ms\"\n[instances.a]\n[instances.b]\ndeadline = \"1s\"\n",
         ))
         .unwrap();
     assert_eq!(reload.pipelines, 1);
+    assert_eq!(
+        reload
+            .removed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["c"],
+        "{reload:?}"
+    );
     assert!(registry.breakers().iter().any(|(n, _)| n == "a"), "kept");
+    assert!(registry.breakers().iter().any(|(n, _)| n == "c"), "kept");
     let r = live
         .call(|| async {
             sleep(ms(200)).await;
@@ -810,13 +856,32 @@ async fn a_reload_adds_and_removes_the_retry_budget() {
     the_pipelines_retry_budget_is_the_registrys().await;
 }
 
-/// The undeclared name: "a pipeline of no stages, bounded by the defaults' deadline and
-/// attempt timeout" — and a reload that declares it with a section adds the stage.
+/// A declared instance of no section: a pipeline of no stages (the defaults only fill
+/// sections in), bounded by the defaults' deadline and attempt timeout — and a reload that
+/// gives it a section adds the stage. Registry::pipeline: "A name the file does not declare is
+/// refused (it would get a pipeline of no stage), and so is a reload that removes this one's
+/// instance (Problem::Removed)".
 #[tokio::test(start_paused = true)]
-async fn an_undeclared_name_gets_no_stages_and_follows_the_defaults() {
+async fn a_declared_instance_without_sections_gets_no_stages_and_follows_the_defaults() {
     let registry = registry(
-        "[defaults]\ndeadline = \"100ms\"\nattempt_timeout = \"50ms\"\n[defaults.breaker]\nconsecutive_failures = 1\n[defaults.retry]\nmax_attempts = 3\n",
+        "[defaults]\ndeadline = \"100ms\"\nattempt_timeout = \"50ms\"\n[defaults.breaker]\nconsecutive_failures = 1\n[defaults.retry]\nmax_attempts = 3\n[instances.ghost]\n",
     );
+    // A name the file does not declare gets no pipeline, and takes no place.
+    let typo = registry.pipeline("gohst").expect_err("an undeclared name");
+    assert_eq!(
+        (typo.path(), typo.problem()),
+        ("instances.gohst", &Problem::Undeclared),
+        "{typo}"
+    );
+    assert!(
+        registry.pipelines().is_empty(),
+        "a refused name took a place"
+    );
+    assert!(
+        registry.breakers().iter().all(|(name, _)| name != "gohst"),
+        "a refused name made a breaker"
+    );
+
     let ghost = registry.pipeline("ghost").unwrap();
     let start = Instant::now();
     let r = ghost
@@ -847,9 +912,33 @@ async fn an_undeclared_name_gets_no_stages_and_follows_the_defaults() {
         "a pipeline of no stages made a breaker"
     );
 
-    registry
+    // A reload no longer declaring ghost, whose pipeline is held: refused, nothing applies.
+    let err = registry
         .reload(cfg(
             "[defaults]\ndeadline = \"30ms\"\nattempt_timeout = \"50ms\"\n",
+        ))
+        .expect_err("ghost's pipeline is held");
+    assert_eq!(
+        (err.path(), err.problem()),
+        ("instances.ghost", &Problem::Removed),
+        "{err}"
+    );
+    let start = Instant::now();
+    let r = ghost
+        .call(|| async {
+            sleep(ms(70)).await;
+            Ok::<_, &str>(1)
+        })
+        .await;
+    assert_eq!(
+        (r, start.elapsed()),
+        (Err(Error::TimedOut), ms(50)),
+        "the refused reload's 30 ms deadline applied"
+    );
+
+    registry
+        .reload(cfg(
+            "[defaults]\ndeadline = \"30ms\"\nattempt_timeout = \"50ms\"\n[instances.ghost]\n",
         ))
         .unwrap();
     let start = Instant::now();
@@ -870,7 +959,7 @@ async fn an_undeclared_name_gets_no_stages_and_follows_the_defaults() {
     assert_eq!(reload.pipelines, 1);
     assert_eq!(
         reload.built, 1,
-        "ghost's bulkhead, new with the declaration: {reload:?}"
+        "ghost's bulkhead, new with its section: {reload:?}"
     );
     let results = concurrently(&ghost, 2, ms(10)).await;
     assert_eq!(
@@ -878,7 +967,7 @@ async fn an_undeclared_name_gets_no_stages_and_follows_the_defaults() {
         1,
         "{results:?}"
     );
-    an_instance_a_reload_no_longer_declares_keeps_a_pipeline_of_no_stages().await;
+    a_reload_cannot_remove_a_held_pipelines_instance_but_can_empty_it().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1147,11 +1236,14 @@ async fn handles_cloned_before_and_after_a_reload_share_the_pipeline_in_force() 
     assert!(format!("{h1:?}").contains('a'));
 }
 
+/// `ghost` is declared with no key: its pipeline follows the defaults' attempt timeout. A
+/// name the file does not declare gets no pipeline (Problem::Undeclared) and is not listed;
+/// a reload no longer declaring a held pipeline's instance is refused (Problem::Removed).
 #[tokio::test(start_paused = true)]
 async fn reload_counts_the_pipelines_made_anew_and_pipelines_lists_every_one_got() {
     let text = |d: u32| {
         format!(
-            "[instances.a]\ndeadline = \"{d}s\"\n[instances.b]\ndeadline = \"{d}s\"\n[instances.\"api.v2\"]\ndeadline = \"{d}s\"\n[instances.unused]\ndeadline = \"{d}s\"\n[defaults]\nattempt_timeout = \"{d}s\"\n"
+            "[instances.a]\ndeadline = \"{d}s\"\n[instances.b]\ndeadline = \"{d}s\"\n[instances.\"api.v2\"]\ndeadline = \"{d}s\"\n[instances.unused]\ndeadline = \"{d}s\"\n[instances.ghost]\n[defaults]\nattempt_timeout = \"{d}s\"\n"
         )
     };
     let registry = registry(&text(1));
@@ -1162,6 +1254,12 @@ async fn reload_counts_the_pipelines_made_anew_and_pipelines_lists_every_one_got
     let _a2 = registry.pipeline("a").unwrap();
     let _v2 = registry.pipeline("api.v2").unwrap();
     let _ghost = registry.pipeline("ghost").unwrap();
+    let typo = registry.pipeline("gohst").expect_err("an undeclared name");
+    assert_eq!(
+        (typo.path(), typo.problem()),
+        ("instances.gohst", &Problem::Undeclared),
+        "{typo}"
+    );
     let names: BTreeSet<String> = registry
         .pipelines()
         .into_iter()
@@ -1173,7 +1271,8 @@ async fn reload_counts_the_pipelines_made_anew_and_pipelines_lists_every_one_got
     assert_eq!(
         names,
         ["a", "api.v2", "ghost"].map(String::from).into(),
-        "every pipeline got so far (a declared instance never asked for is not one)"
+        "every pipeline got so far (a declared instance never asked for is not one, a name \
+         refused is not one)"
     );
     assert_eq!(
         registry.pipelines().len(),
@@ -1188,6 +1287,18 @@ async fn reload_counts_the_pipelines_made_anew_and_pipelines_lists_every_one_got
     registry.reload(bad).expect_err("zero deadline");
     let reload = registry.reload(cfg(&text(4))).unwrap();
     assert_eq!(reload.pipelines, 3);
+    // No longer declaring ghost, whose pipeline is held: refused, and nothing of it applies
+    // (every pipeline keeps the 4 s below).
+    let without_ghost = text(9).replace("[instances.ghost]\n", "");
+    let err = registry
+        .reload(cfg(&without_ghost))
+        .expect_err("ghost's pipeline is held");
+    assert_eq!(
+        (err.path(), err.problem()),
+        ("instances.ghost", &Problem::Removed),
+        "{err}"
+    );
+    assert_eq!(registry.pipelines().len(), 3);
     for (name, live) in registry.pipelines() {
         let start = Instant::now();
         let r = live
@@ -1398,8 +1509,13 @@ async fn a_dotted_name_is_one_instance_everywhere() {
     names_needing_quoting_read_back_from_their_key_paths().await;
 }
 
+/// Doc (Registry): "keeps a place in each for every declared instance, so names taken from
+/// requests can neither grow it without bound nor take a declared instance's place";
+/// Registry::pipeline: a name the file does not declare is refused (Problem::Undeclared). So
+/// a name from requests gets no pipeline, Undeclared and not Full, and takes no place; the
+/// bound on names from requests is checked on a kind made for any name, the breaker.
 #[tokio::test(start_paused = true)]
-async fn max_instances_bounds_pipelines_and_keeps_the_declared_ones_places() {
+async fn max_instances_bounds_names_from_requests_and_keeps_the_declared_ones_places() {
     // Two declared instances, a bound of two: names from requests cannot take their places.
     let registry = Registry::builder(cfg(
         "[instances.a]\ndeadline = \"1s\"\n[instances.b]\ndeadline = \"1s\"\n",
@@ -1407,39 +1523,71 @@ async fn max_instances_bounds_pipelines_and_keeps_the_declared_ones_places() {
     .max_instances(2)
     .build()
     .unwrap();
-    let x = registry.pipeline("x");
-    let y = registry.pipeline("y");
+    for name in ["x", "y", "z", "x"] {
+        let err = registry.pipeline(name).expect_err("an undeclared name");
+        assert_eq!(err.problem(), &Problem::Undeclared, "{name}: {err}");
+        assert_eq!(err.path(), format!("instances.{name}"), "{err}");
+    }
+    assert!(
+        registry.pipelines().is_empty(),
+        "a refused name took a place: {:?}",
+        registry.pipelines()
+    );
     assert!(
         registry.pipeline("a").is_ok(),
-        "a declared instance lost its place (x: {x:?}, y: {y:?})"
+        "a declared instance lost its place"
     );
     assert!(
         registry.pipeline("b").is_ok(),
-        "a declared instance lost its place (x: {x:?}, y: {y:?})"
+        "a declared instance lost its place"
     );
     let z = registry
         .pipeline("z")
         .expect_err("a third pipeline past the bound");
-    assert_eq!(z.problem(), &Problem::Full { max: 2 }, "{z}");
-    assert!(
-        registry.pipelines().len() <= 2,
-        "{:?}",
-        registry.pipelines()
+    assert_eq!(
+        z.problem(),
+        &Problem::Undeclared,
+        "undeclared, not full: {z}"
     );
+    assert_eq!(registry.pipelines().len(), 2, "{:?}", registry.pipelines());
+    // Breakers, made for any name: both places are the declared instances'.
+    let x = registry
+        .breaker("x")
+        .expect_err("a breaker past the declared ones' places");
+    assert_eq!(x.problem(), &Problem::Full { max: 2 }, "{x}");
+    assert!(
+        registry.breaker("a").is_ok(),
+        "a declared instance lost its place"
+    );
+    assert!(
+        registry.breaker("b").is_ok(),
+        "a declared instance lost its place"
+    );
+    assert_eq!(registry.breakers().len(), 2, "{:?}", registry.breakers());
 
     // One declared, a bound of three: two names from requests fit, a third does not.
     let registry = Registry::builder(cfg("[instances.a]\ndeadline = \"1s\"\n"))
         .max_instances(3)
         .build()
         .unwrap();
-    registry.pipeline("x").unwrap();
-    registry.pipeline("y").unwrap();
-    registry.pipeline("x").unwrap();
-    let err = registry.pipeline("z").expect_err("the last place is a's");
+    for name in ["x", "y", "x", "z", "w"] {
+        let err = registry.pipeline(name).expect_err("an undeclared name");
+        assert_eq!(err.problem(), &Problem::Undeclared, "{name}: {err}");
+    }
+    registry.breaker("x").unwrap();
+    registry.breaker("y").unwrap();
+    registry.breaker("x").unwrap();
+    let err = registry.breaker("z").expect_err("the last place is a's");
     assert_eq!(err.problem(), &Problem::Full { max: 3 });
+    let err = registry
+        .pipeline("x")
+        .expect_err("holding x's breaker does not declare x");
+    assert_eq!(err.problem(), &Problem::Undeclared, "{err}");
     let a = registry.pipeline("a").unwrap();
     assert_eq!(a.call(|| async { Ok::<_, &str>(1) }).await, Ok(1));
-    assert_eq!(registry.pipelines().len(), 3);
+    assert_eq!(registry.pipelines().len(), 1);
+    registry.breaker("a").unwrap();
+    assert_eq!(registry.breakers().len(), 3);
     a_reload_declaring_more_instances_keeps_their_pipeline_places().await;
 }
 
@@ -1454,7 +1602,7 @@ async fn the_registry_listener_hears_every_pipeline_and_policy_by_name_across_re
     let ear = Ear::default();
     let text = |attempts: u32| {
         format!(
-            "{}[instances.pay.breaker]\nconsecutive_failures = 4\nbreak_duration = \"1h\"\n[instances.pay.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n",
+            "{}[instances.pay.breaker]\nconsecutive_failures = 4\nbreak_duration = \"1h\"\n[instances.pay.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n[instances.ghost]\n",
             retry_text("pay", 10, attempts)
         )
     };
@@ -1550,7 +1698,17 @@ async fn the_registry_listener_hears_every_pipeline_and_policy_by_name_across_re
     drop(pay.call(|| async { Ok::<_, &str>(()) }));
     assert!(ear.take().is_empty());
 
-    // Policies made later (a pipeline of an undeclared name, a limiter declared by a reload).
+    // A name the file does not declare: refused, nothing made, nothing to hear.
+    let typo = registry.pipeline("gohst").expect_err("an undeclared name");
+    assert_eq!(
+        (typo.path(), typo.problem()),
+        ("instances.gohst", &Problem::Undeclared),
+        "{typo}"
+    );
+    assert!(ear.take().is_empty());
+
+    // Policies made later (a pipeline of an instance of no section, a limiter declared by a
+    // reload).
     let ghost = registry.pipeline("ghost").unwrap();
     let r: R<()> = ghost.call(|| async { Err("down") }).await;
     assert!(r.is_err());
@@ -2014,12 +2172,19 @@ async fn the_configured_pipeline_shares_the_registrys_policies() {
 // ---------------------------------------------------------------------------------------------
 
 /// Threads make pipelines of new names while another reloads: no handle may be left on a
-/// pipeline that a reload did not remake.
+/// pipeline that a reload did not remake. The names are declared (no section: no stage,
+/// the defaults' deadline) in every text reloaded, as a pipeline is made only for a declared
+/// instance; an undeclared name looked up amid the reloads is refused every time.
 #[test]
 fn pipelines_made_during_reloads_all_follow_the_last_one() {
     let clock = FakeClock::new();
     let text = |d: u64| {
-        format!("[defaults]\ndeadline = \"{d}ms\"\n[instances.a]\nattempt_timeout = \"1s\"\n")
+        let mut text =
+            format!("[defaults]\ndeadline = \"{d}ms\"\n[instances.a]\nattempt_timeout = \"1s\"\n");
+        for i in 0..200 {
+            writeln!(text, "[instances.n{i}]").unwrap();
+        }
+        text
     };
     let registry = Arc::new(on_clock(&clock, &text(1)));
     let stop = Arc::new(AtomicBool::new(false));
@@ -2052,6 +2217,11 @@ fn pipelines_made_during_reloads_all_follow_the_last_one() {
                     }
                     let name = format!("n{}", (i * 7 + t) % 200);
                     made.push((name.clone(), registry.pipeline(&name).unwrap()));
+                    if i % 10 == 0 {
+                        let undeclared = format!("u{}", (i * 7 + t) % 200);
+                        let err = registry.pipeline(&undeclared).expect_err(&undeclared);
+                        assert_eq!(err.problem(), &Problem::Undeclared, "{err}");
+                    }
                 }
                 made
             })
@@ -2551,7 +2721,9 @@ async fn min_attempt_time_bounds_the_bulkhead_wait_and_follows_reloads() {
 }
 
 /// A breaker got by name before the instance had a breaker section (built from the
-/// defaults) is the one a reload that adds the section puts in the pipeline.
+/// defaults) is the one a reload that adds the section puts in the pipeline. Got before the
+/// instance was declared, it does not declare it: there is no pipeline of `x` until a
+/// reload declares the instance (Problem::Undeclared).
 #[tokio::test(start_paused = true)]
 async fn a_breaker_got_before_its_section_existed_becomes_the_pipelines_stage() {
     let ear = Ear::default();
@@ -2560,12 +2732,32 @@ async fn a_breaker_got_before_its_section_existed_becomes_the_pipelines_stage() 
         .build()
         .unwrap();
     let early = registry.breaker("x").unwrap();
+    let err = registry
+        .pipeline("x")
+        .expect_err("x is not declared, its breaker held or not");
+    assert_eq!(
+        (err.path(), err.problem()),
+        ("instances.x", &Problem::Undeclared),
+        "{err}"
+    );
+    assert!(registry.pipelines().is_empty());
+    let reload = registry
+        .reload(cfg(
+            "[defaults.breaker]\nconsecutive_failures = 1\n[instances.x]\n",
+        ))
+        .unwrap();
+    assert_eq!(
+        (reload.pipelines, reload.built),
+        (0, 0),
+        "x declared with no section: {reload:?}"
+    );
+    assert!(reload.removed.is_empty(), "{reload:?}");
     let live = registry.pipeline("x").unwrap();
     early.force_open();
     assert_eq!(
         live.call(|| async { Ok::<_, &str>(1) }).await,
         Ok(1),
-        "undeclared: no stages"
+        "declared with no section: no stages"
     );
     let reload = registry
         .reload(cfg(
@@ -2597,33 +2789,50 @@ async fn a_breaker_got_before_its_section_existed_becomes_the_pipelines_stage() 
 /// Doc (Registry): "keeps a place in each for every declared instance, so names taken from
 /// requests can neither grow it without bound nor take a declared instance's place"; reload:
 /// "Problem::Full when a kind holds too many policies to keep a place for every instance it
-/// declares ... nothing changes then". AMBIGUITY: whether pipelines are such a kind for
-/// reload; either the reload is refused, or every declared instance still gets its pipeline.
+/// declares (names the old file did not declare took them) ... Nothing changes then". A name
+/// from requests gets no pipeline (Problem::Undeclared), so it takes no pipeline place and a
+/// reload declaring more instances gives each its pipeline; a breaker of such a name does
+/// take a place, and a reload leaving a declared instance none is refused whole.
 async fn a_reload_declaring_more_instances_keeps_their_pipeline_places() {
+    let two = "[instances.a]\ndeadline = \"1s\"\n[instances.b]\ndeadline = \"1s\"\n";
     let registry = Registry::builder(cfg("[instances.a]\ndeadline = \"1s\"\n"))
         .max_instances(2)
         .build()
         .unwrap();
-    registry.pipeline("x").unwrap();
-    let reload = registry.reload(cfg(
-        "[instances.a]\ndeadline = \"1s\"\n[instances.b]\ndeadline = \"1s\"\n",
+    let x = registry.pipeline("x").expect_err("an undeclared name");
+    assert_eq!(x.problem(), &Problem::Undeclared, "{x}");
+    let a = registry.pipeline("a").unwrap();
+    let reload = registry.reload(cfg(two)).unwrap();
+    assert_eq!(reload.pipelines, 1);
+    let b = registry.pipeline("b");
+    assert!(
+        b.is_ok(),
+        "a declared instance has no place for its pipeline: b {:?}",
+        b.err()
+    );
+    assert!(Arc::ptr_eq(
+        &a.pipeline(),
+        &registry.pipeline("a").unwrap().pipeline()
     ));
-    match reload {
-        Err(err) => {
-            assert_eq!(err.problem(), &Problem::Full { max: 2 }, "{err}");
-            assert!(registry.pipeline("a").is_ok());
-        }
-        Ok(_) => {
-            let a = registry.pipeline("a");
-            let b = registry.pipeline("b");
-            assert!(
-                a.is_ok() && b.is_ok(),
-                "a declared instance has no place for its pipeline: a {:?}, b {:?}",
-                a.err(),
-                b.err()
-            );
-        }
-    }
+    assert_eq!(registry.pipelines().len(), 2);
+
+    // A breaker of a name from requests takes the place a reload would need for b's.
+    let registry = Registry::builder(cfg("[instances.a]\ndeadline = \"1s\"\n"))
+        .max_instances(2)
+        .build()
+        .unwrap();
+    let a = registry.pipeline("a").unwrap();
+    registry.breaker("x").unwrap();
+    let err = registry
+        .reload(cfg(two))
+        .expect_err("x's breaker leaves b's no place");
+    assert_eq!(err.problem(), &Problem::Full { max: 2 }, "{err}");
+    let b = registry
+        .pipeline("b")
+        .expect_err("the refused reload declared b");
+    assert_eq!(b.problem(), &Problem::Undeclared, "{b}");
+    assert_eq!(a.call(|| async { Ok::<_, &str>(1) }).await, Ok(1));
+    assert_eq!(registry.pipelines().len(), 1);
 }
 
 async fn the_earlier_of_deadline_and_attempt_timeout_decides_the_error_after_each_reload() {

@@ -542,16 +542,20 @@ mod registry_bounds {
 
     // `Registry`: "holds at most `max_instances` policies of each kind"; `reload`: `Full`
     // when a kind cannot keep a place for every declared instance, "nothing changes then".
-    // Pipelines are a kind too.
+    // Pipelines are a kind too, made only for declared instances: a reload can neither drop
+    // a held one's instance to make room (`Removed`) nor declare one past the bound.
     #[test]
     fn a_reload_keeps_pipelines_within_max_instances() {
-        let registry = Registry::builder(Config::default())
+        let registry = Registry::builder(Config::from_toml("[instances.x]\n").unwrap())
             .max_instances(1)
             .build()
             .unwrap();
         registry.pipeline("x").unwrap();
         let declared = Config::from_toml("[instances.a]\ndeadline = \"1s\"\n").unwrap();
         let refused = registry.reload(declared).unwrap_err();
+        assert_eq!(refused.problem(), &Problem::Removed, "{refused}");
+        let both = Config::from_toml("[instances.x]\n[instances.a]\n").unwrap();
+        let refused = registry.reload(both).unwrap_err();
         assert!(
             matches!(refused.problem(), Problem::Full { max: 1 }),
             "{refused}"

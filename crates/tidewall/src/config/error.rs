@@ -58,6 +58,17 @@ pub enum Problem {
         /// Its [`max_instances`](super::RegistryBuilder::max_instances).
         max: usize,
     },
+    /// No instance of this name is declared, and what was asked for is made only for a
+    /// declared one: a [pipeline](super::Registry::pipeline) or an
+    /// [HTTP client](super::Registry::http_client) (its stages are the sections its instance
+    /// has, so a misspelt name would get a stack of none), or any policy of a
+    /// [strict](super::RegistryBuilder::strict) registry.
+    Undeclared,
+    /// A reload's configuration no longer declares an instance whose pipeline or HTTP client
+    /// the registry holds (or any of whose policies a [strict](super::RegistryBuilder::strict)
+    /// registry holds): the calls running through it would lose every stage. Keep the
+    /// instance declared (with no section, for a stack of none), or restart.
+    Removed,
     /// [`Registry::reload`](super::Registry::reload) (or `reload_file`) was called on the
     /// thread already reloading that registry, or reconfiguring one of its HTTP clients: from
     /// a listener, told of that reload's or reconfiguration's own resets. Waiting for the reload in progress would be waiting for itself.
@@ -114,6 +125,14 @@ impl fmt::Display for Invalid {
                     "the registry holds this keyed policy with keys of type {held}"
                 )
             }
+            Problem::Undeclared => f.write_str(
+                "no instance of this name is declared (a pipeline, an HTTP client or a strict \
+                 registry's policy is made only for a declared one)",
+            ),
+            Problem::Removed => f.write_str(
+                "the registry holds a pipeline or HTTP client of this instance (or, strict, a \
+                 policy): a reload cannot remove it; keep it declared, or restart",
+            ),
             Problem::Reentrant => f.write_str(
                 "a reload from a listener of a reload or reconfiguration in progress on this \
                  thread; reload from another task or thread",

@@ -234,8 +234,10 @@ impl<R: Clock> Registry<R> {
     /// client (still reconfigured by each reload), and builds the plain policies of the
     /// instance's sections as for any instance; those stay held like any policy the registry
     /// made, so later files must still let them be built (a `[bulkhead]` with its
-    /// `max_concurrent`, say), `[http]` back or not. A name the file does
-    /// not declare gets a client of no stages, under the defaults' deadline and timeout.
+    /// `max_concurrent`, say), `[http]` back or not. A name the file does not declare is
+    /// refused (a misspelt name would get a client of no stage), and so is a reload that
+    /// removes a held client's instance ([`Problem::Removed`]): its requests would lose every
+    /// stage.
     ///
     /// ```
     /// use tidewall::config::{Config, Registry};
@@ -267,15 +269,22 @@ impl<R: Clock> Registry<R> {
     ///
     /// # Errors
     ///
-    /// As [`Instance::http_client`], or [`Problem::Full`].
+    /// As [`Instance::http_client`]; [`Problem::Undeclared`] for a name the file does not
+    /// declare (never [`Problem::Full`]: every declared instance has its place).
     pub fn http_client(&self, name: &str) -> Result<ClientPolicies<R>, Invalid> {
-        self.held_or_made(&self.clients, name, |config| {
-            let instance = config.instance(name)?;
-            let builder = instance.http_client_on(self.runtime().clone(), self.events.as_ref())?;
-            builder
-                .build()
-                .map_err(|e| Invalid::new(format!("instances.{}", key(name)), Problem::Rule(e)))
-        })
+        self.held_or_made(
+            &self.clients,
+            name,
+            super::registry::Made::ForDeclared,
+            |config| {
+                let instance = config.instance(name)?;
+                let builder =
+                    instance.http_client_on(self.runtime().clone(), self.events.as_ref())?;
+                builder
+                    .build()
+                    .map_err(|e| Invalid::new(format!("instances.{}", key(name)), Problem::Rule(e)))
+            },
+        )
     }
 
     /// Every HTTP client got so far, by name.

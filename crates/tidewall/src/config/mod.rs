@@ -12,7 +12,8 @@
 //! An instance's value for a key is its own, else its base's, else the defaults', else the
 //! policy builder's default. An instance *has* a policy when it or its base has that section
 //! (an empty `breaker = {}` is enough); the defaults only fill sections in. A name the file
-//! does not declare gets the defaults alone.
+//! does not declare gets the defaults alone (a registry makes no pipeline or HTTP client for
+//! one, and a [strict](RegistryBuilder::strict) registry nothing at all).
 //!
 //! Every value goes through the same builder code would use, so a configuration is exactly as
 //! strict as the builders: nothing is clamped or rounded, and the first bad value is reported

@@ -29,7 +29,11 @@ use std::sync::Arc;
 /// something asks for the plain policy of that name (its [`pipeline`](Self::pipeline), say).
 /// Asking for a policy of a name the file does not declare,
 /// or a kind the instance has no section for, builds it from the layers there are (the
-/// defaults, say) on first use and keeps it: get-or-create, as resilience4j's registries do.
+/// defaults, say) on first use and keeps it: get-or-create, as resilience4j's registries do
+/// (a [strict](RegistryBuilder::strict) registry refuses undeclared names instead). A
+/// [pipeline](Self::pipeline) or an [HTTP client](Self::http_client) is made only for a
+/// declared instance: its stages are the sections the instance has, so a misspelt name would
+/// otherwise get a stack of none ([`Problem::Undeclared`]).
 /// The registry holds at most [`max_instances`](RegistryBuilder::max_instances) policies of
 /// each kind, and keeps a place in each for every declared instance, so names taken from
 /// requests can neither grow it without bound nor take a declared instance's place.
@@ -73,6 +77,8 @@ pub struct Registry<R = DefaultRuntime> {
     reloading: Mutex<()>,
     rt: R,
     max_instances: usize,
+    /// Every lookup and reload asks for declared instances only.
+    strict: bool,
     breakers: Mutex<BTreeMap<Name, CircuitBreaker<R>>>,
     bulkheads: Mutex<BTreeMap<Name, Bulkhead<R>>>,
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
@@ -99,6 +105,7 @@ pub struct RegistryBuilder<R = DefaultRuntime> {
     config: Config,
     rt: R,
     max_instances: usize,
+    strict: bool,
     events: Option<Listener>,
 }
 
@@ -121,6 +128,7 @@ impl Registry {
             config,
             rt: DefaultRuntime::default(),
             max_instances: 10_000,
+            strict: false,
             events: None,
         }
     }
@@ -133,6 +141,7 @@ impl<R> RegistryBuilder<R> {
             config: self.config,
             rt,
             max_instances: self.max_instances,
+            strict: self.strict,
             events: self.events,
         }
     }
@@ -182,6 +191,36 @@ impl<R> RegistryBuilder<R> {
         self
     }
 
+    /// Makes policies only for the instances the configuration declares (default `false`).
+    ///
+    /// By default a policy of a name the file does not declare is made from the layers there
+    /// are (the defaults) on first use, as resilience4j's registries do, and an instance a
+    /// reload removes leaves its policies on those layers ([`Reload::removed`] names them).
+    /// Strict, a misspelt name is an error instead: every lookup of a name the file does not
+    /// declare is refused with [`Problem::Undeclared`], and a reload that removes an instance
+    /// the registry holds a policy of with [`Problem::Removed`]. Pipelines and HTTP clients
+    /// are made only for declared instances either way.
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Problem, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = Config::from_toml("[instances.payments.breaker]\nconsecutive_failures = 3\n")?;
+    /// let registry = Registry::builder(config).strict(true).build()?;
+    /// assert!(registry.breaker("payments").is_ok());
+    /// let typo = registry.breaker("paymnets").unwrap_err();
+    /// assert_eq!((typo.path(), typo.problem()), ("instances.paymnets", &Problem::Undeclared));
+    ///
+    /// let removed = registry.reload(Config::from_toml("[instances.search.breaker]\n")?);
+    /// assert_eq!(removed.unwrap_err().problem(), &Problem::Removed);
+    /// # Ok(()) }
+    /// ```
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
     /// Validates the configuration and builds every policy its instances have (a keyed
     /// instance's tables excepted: see [`Registry`]).
     ///
@@ -199,6 +238,7 @@ impl<R> RegistryBuilder<R> {
             reloading: Mutex::default(),
             rt: self.rt,
             max_instances: self.max_instances,
+            strict: self.strict,
             breakers: Mutex::default(),
             bulkheads: Mutex::default(),
             limiters: Mutex::default(),
@@ -219,6 +259,17 @@ impl<R> RegistryBuilder<R> {
         registry.build_declared()?;
         Ok(registry)
     }
+}
+
+/// For which names a kind of policy is made on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Made {
+    /// Any name (the defaults make one the file does not declare), unless the registry is
+    /// strict.
+    ForAnyName,
+    /// Declared instances only: a stack (a pipeline, an HTTP client) is the sections its
+    /// instance has, so an undeclared name would get one of no stage.
+    ForDeclared,
 }
 
 /// A setting checked before it is applied cannot be refused.
@@ -284,15 +335,24 @@ pub struct Reload {
     /// Policies of instances the new configuration declares that the registry did not hold
     /// (a keyed instance's tables are made on first use, and not counted here).
     pub built: usize,
+    /// Instances the configuration before declared and the new one does not, whose policies
+    /// the registry holds: they now run on the layers that remain (the defaults), and count
+    /// in `retuned`. A [strict](RegistryBuilder::strict) registry refuses such a reload, and
+    /// every registry refuses one that removes a pipeline's or HTTP client's instance
+    /// ([`Problem::Removed`]).
+    pub removed: Vec<Name>,
 }
 
 impl<R: Clock> Registry<R> {
     /// The entry of `name` in `map`, made by `make` from the configuration in force if it is
     /// not there yet. A hit reads nothing else: the configuration is read only to make one.
+    /// `made` says for which names this kind is made (a strict registry makes every kind
+    /// for declared names only).
     pub(super) fn held_or_made<T: Clone>(
         &self,
         map: &Mutex<BTreeMap<Name, T>>,
         name: &str,
+        made: Made,
         make: impl FnOnce(&Config) -> Result<T, Invalid>,
     ) -> Result<T, Invalid> {
         let mut map = lock(map);
@@ -300,6 +360,11 @@ impl<R: Clock> Registry<R> {
             return Ok(found.clone());
         }
         let config = self.config();
+        let declared = config.instances.contains_key(name);
+        if !declared && (made == Made::ForDeclared || self.strict) {
+            let at = format!("instances.{}", key(name));
+            return Err(Invalid::new(at, Problem::Undeclared));
+        }
         // Every declared instance keeps a place (a file declares at most `max`), so names
         // from requests cannot crowd one out: they get what the declared ones leave.
         let max = self.max_instances;
@@ -310,7 +375,7 @@ impl<R: Clock> Registry<R> {
                 .filter(|n| !map.contains_key(n.as_str()))
                 .count()
         };
-        if !config.instances.contains_key(name) && map.len().saturating_add(reserved()) >= max {
+        if !declared && map.len().saturating_add(reserved()) >= max {
             return Err(Invalid::new(
                 format!("instances.{}", key(name)),
                 Problem::Full { max },
@@ -402,7 +467,11 @@ impl<R: Clock> Registry<R> {
     ///
     /// Handles got before the reload are the same policies: they see the new settings.
     /// Policies of instances new in `config` are built; those of instances it no longer
-    /// declares are kept, on the layers that remain (the defaults, say).
+    /// declares are kept, on the layers that remain (the defaults, say), and named in
+    /// [`Reload::removed`]. A reload that removes the instance of a pipeline or HTTP client
+    /// the registry holds (of any policy it holds, when it is
+    /// [strict](RegistryBuilder::strict)) is refused with [`Problem::Removed`]: the calls
+    /// through it would lose every stage.
     ///
     /// A listener that panics as the reload applies (told of a reset it causes, say) leaves
     /// no reload half done: every policy still takes its settings and the reload is counted
@@ -433,9 +502,10 @@ impl<R: Clock> Registry<R> {
     ///
     /// # Errors
     ///
-    /// The new configuration's first [`Invalid`] setting, or [`Problem::Full`] when a kind
+    /// The new configuration's first [`Invalid`] setting; [`Problem::Full`] when a kind
     /// holds too many policies to keep a place for every instance it declares (names the
-    /// old file did not declare took them); nothing changes then.
+    /// old file did not declare took them); [`Problem::Removed`] as above. Nothing changes
+    /// then.
     pub fn reload(&self, config: Config) -> Result<Reload, Invalid> {
         self.counted(self.apply(config))
     }
@@ -473,6 +543,39 @@ impl<R: Clock> Registry<R> {
             lock(&self.keyed_limiters),
             lock(&self.keyed_adaptive),
         ];
+        let in_force = self.config();
+        // Every name the registry holds a policy of, and apart those it holds a stack of.
+        #[cfg(feature = "http")]
+        let client_names = clients.keys();
+        #[cfg(not(feature = "http"))]
+        let client_names = std::iter::empty::<&Name>();
+        let stacks: Vec<&Name> = pipelines.keys().chain(client_names).collect();
+        let mut held: BTreeSet<&Name> = stacks.iter().copied().collect();
+        held.extend(
+            breakers
+                .keys()
+                .chain(bulkheads.keys())
+                .chain(limiters.keys()),
+        );
+        held.extend(budgets.keys().chain(adaptive.keys()));
+        #[cfg(feature = "chaos")]
+        held.extend(chaos.keys());
+        held.extend(held_tables.iter().flat_map(|table| table.keys()));
+        let undeclared = |name: &&Name| !config.instances.contains_key(name.as_str());
+        let refused = stacks.into_iter().find(undeclared).or_else(|| {
+            self.strict
+                .then(|| held.iter().copied().find(undeclared))
+                .flatten()
+        });
+        if let Some(name) = refused {
+            let at = format!("instances.{}", key(name));
+            return Err(Invalid::new(at, Problem::Removed));
+        }
+        let removed: Vec<Name> = held
+            .into_iter()
+            .filter(|name| undeclared(name) && in_force.instances.contains_key(name.as_str()))
+            .cloned()
+            .collect();
         let tables: Vec<(Name, Arc<dyn super::keyed::Table>)> = held_tables
             .iter()
             .flat_map(|held| held.iter().map(|(n, t)| (n.clone(), Arc::clone(t))))
@@ -541,7 +644,6 @@ impl<R: Clock> Registry<R> {
             .iter()
             .map(|(name, b)| Ok((b.clone(), config.instance(name)?.retry_budget()?)))
             .collect::<Result<Vec<_>, Invalid>>()?;
-        let in_force = self.config();
         let adaptive_plans = adaptive
             .iter()
             .map(|(name, limiter)| {
@@ -582,6 +684,7 @@ impl<R: Clock> Registry<R> {
         drop(clients);
         let mut reload = Reload {
             built: self.build_declared()?,
+            removed,
             ..Reload::default()
         };
         for (name, cell) in pipelines.iter_mut() {
@@ -665,9 +768,11 @@ impl<R: Clock> Registry<R> {
     ///
     /// [`Invalid`] when the layers for `name` do not make a valid breaker (only possible when
     /// neither the instance nor its base has a breaker section, so the defaults alone make
-    /// it: a name the file does not declare, say), or [`Problem::Full`].
+    /// it: a name the file does not declare, say), [`Problem::Full`], or
+    /// [`Problem::Undeclared`] for an undeclared name in a [strict](RegistryBuilder::strict)
+    /// registry.
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
-        self.held_or_made(&self.breakers, name, |config| {
+        self.held_or_made(&self.breakers, name, Made::ForAnyName, |config| {
             let mut builder = config.instance(name)?.breaker_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -685,7 +790,7 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets
     /// `max_concurrent`.
     pub fn bulkhead(&self, name: &str) -> Result<Bulkhead<R>, Invalid> {
-        self.held_or_made(&self.bulkheads, name, |config| {
+        self.held_or_made(&self.bulkheads, name, Made::ForAnyName, |config| {
             let mut builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -706,7 +811,7 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `count` or
     /// `period`.
     pub fn rate_limiter(&self, name: &str) -> Result<RateLimiter<R>, Invalid> {
-        self.held_or_made(&self.limiters, name, |config| {
+        self.held_or_made(&self.limiters, name, Made::ForAnyName, |config| {
             let mut builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -726,7 +831,7 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker).
     pub fn retry_budget(&self, name: &str) -> Result<RetryBudget, Invalid> {
-        self.held_or_made(&self.budgets, name, |config| {
+        self.held_or_made(&self.budgets, name, Made::ForAnyName, |config| {
             let policy = config.instance(name)?.retry_budget()?;
             Ok(RetryBudget::new(policy, self.rt.now()))
         })
@@ -759,7 +864,7 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `algorithm`.
     pub fn adaptive_limiter(&self, name: &str) -> Result<ConfiguredAdaptive<R>, Invalid> {
-        self.held_or_made(&self.adaptive, name, |config| {
+        self.held_or_made(&self.adaptive, name, Made::ForAnyName, |config| {
             let mut builder = config
                 .instance(name)?
                 .adaptive_limiter_on(self.rt.clone())?;
@@ -779,15 +884,16 @@ impl<R: Clock> Registry<R> {
     /// [`LivePipeline`]): the registry's rate limiter, bulkhead, retry (with its budget) and
     /// breaker of that name, each when the instance or its base has the section, under the
     /// instance's `deadline`, `attempt_timeout` and `min_attempt_time`. Every handle follows
-    /// reloads. A name the file does not declare gets a pipeline of no stages, bounded by the
-    /// defaults' deadline and attempt timeout.
+    /// reloads. A name the file does not declare is refused (it would get a pipeline of no
+    /// stage), and so is a reload that removes this one's instance ([`Problem::Removed`]).
     ///
     /// # Errors
     ///
-    /// As [`breaker`](Self::breaker) for each stage's policy, or [`Problem::Full`] when the
-    /// registry holds [`max_instances`](RegistryBuilder::max_instances) pipelines.
+    /// As [`breaker`](Self::breaker) for each stage's policy; [`Problem::Undeclared`] for a
+    /// name the file does not declare (never [`Problem::Full`]: every declared instance has
+    /// its place).
     pub fn pipeline(&self, name: &str) -> Result<LivePipeline<R>, Invalid> {
-        let cell = self.held_or_made(&self.pipelines, name, |config| {
+        let cell = self.held_or_made(&self.pipelines, name, Made::ForDeclared, |config| {
             Ok(Cell::new(self.configured(config, name)?))
         })?;
         Ok(cell.handle())
