@@ -182,10 +182,52 @@
 //! attempt, per retry scheduled and at its end. A dashboard built on these series, PromQL
 //! included, is in the repository's `docs/OBSERVABILITY.md`.
 //!
-//! ## Beside reqwest's own retry
-//! reqwest 0.13 retries some protocol-level refusals by itself (HTTP/2 `REFUSED_STREAM`),
-//! per host and within its own budget. It can stay on: those retries happen inside one
-//! attempt here. Turn it off with `reqwest::ClientBuilder::retry(reqwest::retry::never())`.
+//! ## Beside reqwest's own settings and other middleware
+//! - **reqwest's timeouts** (`reqwest::ClientBuilder::timeout`, `connect_timeout`,
+//!   `RequestBuilder::timeout`) bound each *attempt* here, since every attempt is one reqwest
+//!   send: one that fires is a timeout like any other, retried if the request may be sent
+//!   again and counted as a failure against the host's breaker. Prefer the stack's
+//!   `attempt_timeout` (and its `deadline` for the whole request): it is reported as
+//!   `timed_out`, and [`Overrides`] can change it per request. If both are set, the shorter
+//!   one ends the attempt.
+//! - **reqwest's own retry**: reqwest 0.13 retries some protocol-level refusals by itself
+//!   (HTTP/2 `REFUSED_STREAM`), per host and within its own budget. It can stay on: those
+//!   retries happen inside one attempt here. Turn it off with
+//!   `reqwest::ClientBuilder::retry(reqwest::retry::never())`.
+//! - **`reqwest-retry`**: do not stack it with this middleware. Above it, each of its
+//!   retries runs this whole stack again (attempts multiply, and its waits ignore the
+//!   deadline); below it, each of this stack's attempts is retried again out of sight of the
+//!   breaker and the retry budget.
+//! - **Order**: middleware runs in the order it is added, the first outermost. Added before
+//!   this one (`reqwest-tracing`'s `TracingMiddleware`, say), a middleware sees each request
+//!   once, with its final answer; added after it, each attempt.
+//!
+//! ```
+//! use reqwest_middleware::ClientBuilder;
+//! use tidewall_reqwest::Resilience;
+//!
+//! let inner = reqwest::Client::builder()
+//!     .retry(reqwest::retry::never()) // every retry is the stack's
+//!     .build()?;
+//! let client = ClientBuilder::new(inner)
+//!     // a request-level middleware here (one span per request) ...
+//!     .with(Resilience::standard())
+//!     // ... and an attempt-level one here (one span per attempt)
+//!     .build();
+//! # let _ = client;
+//! # Ok::<(), reqwest::Error>(())
+//! ```
+//!
+//! ## Features
+//! - `toml` (default): `Config::from_toml`, for the configuration file
+//!   (`tidewall/toml`); without it, read a `Config` through serde from any format.
+//! - `watch`: `tidewall::config::watch_file_on`, which reloads a registry when its file
+//!   changes (`tidewall/watch`).
+//! - `metrics`, `tracing`: the telemetry above.
+//! - `test-util`: `tidewall::testing::Clocked` and the other test helpers, for virtual time
+//!   on smol and async-std (`tidewall/test-util`).
+//!
+//! Each turns on the `tidewall` feature of the same name, so one dependency line is enough.
 //!
 //! Versions: reqwest 0.13 and reqwest-middleware 0.5 only.
 //!
