@@ -66,7 +66,8 @@ pub enum Problem {
     Undeclared,
     /// A reload's configuration no longer declares an instance whose pipeline or HTTP client
     /// the registry holds (or any of whose policies a [strict](super::RegistryBuilder::strict)
-    /// registry holds): the calls running through it would lose every stage. Keep the
+    /// registry holds): the calls running through it would lose every stage. An instance
+    /// with `[http]` has its client built with the registry, so it is always held. Keep the
     /// instance declared (with no section, for a stack of none), or restart.
     Removed,
     /// [`Registry::reload`](super::Registry::reload) (or `reload_file`) was called on the

@@ -149,9 +149,10 @@ impl<R> RegistryBuilder<R> {
     /// Tells `listener` of every event of every policy and pipeline the registry makes (each
     /// [`Event`](crate::telemetry::Event) names its policy and instance), as the builders'
     /// own `on_event` would: on the thread the event happens on, so keep it short. Retry
-    /// budgets have no events. A reload tells of the resets it causes on its own thread; a
-    /// listener may look the registry up then, but its own [`reload`](Registry::reload) is
-    /// refused ([`Problem::Reentrant`]): reload from another task.
+    /// budgets have no events. A reload tells of the resets it causes on its own thread, once
+    /// the new configuration is in force; a listener may look the registry up then (and
+    /// finds the new configuration), but its own [`reload`](Registry::reload) is refused
+    /// ([`Problem::Reentrant`]): reload from another task.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -336,10 +337,12 @@ pub struct Reload {
     /// (a keyed instance's tables are made on first use, and not counted here).
     pub built: usize,
     /// Instances the configuration before declared and the new one does not, whose policies
-    /// the registry holds: they now run on the layers that remain (the defaults), and count
-    /// in `retuned`. A [strict](RegistryBuilder::strict) registry refuses such a reload, and
-    /// every registry refuses one that removes a pipeline's or HTTP client's instance
-    /// ([`Problem::Removed`]).
+    /// the registry holds, by name: they now run on the layers that remain (the defaults),
+    /// and count in `retuned`. A [strict](RegistryBuilder::strict) registry refuses such a
+    /// reload, and every registry refuses one that removes a pipeline's or HTTP client's
+    /// instance ([`Problem::Removed`]). A held keyed table whose instance set its own
+    /// `[keys]` bound cannot fall back to the default bound: removing that instance is
+    /// refused with [`Problem::Fixed`].
     pub removed: Vec<Name>,
 }
 
@@ -470,8 +473,8 @@ impl<R: Clock> Registry<R> {
     /// declares are kept, on the layers that remain (the defaults, say), and named in
     /// [`Reload::removed`]. A reload that removes the instance of a pipeline or HTTP client
     /// the registry holds (of any policy it holds, when it is
-    /// [strict](RegistryBuilder::strict)) is refused with [`Problem::Removed`]: the calls
-    /// through it would lose every stage.
+    /// [strict](RegistryBuilder::strict)) is refused with [`Problem::Removed`], at the path of
+    /// the first such instance by name: the calls through it would lose every stage.
     ///
     /// A listener that panics as the reload applies (told of a reset it causes, say) leaves
     /// no reload half done: every policy still takes its settings and the reload is counted
