@@ -1507,6 +1507,12 @@ fn a_listener_asking_for_the_removed_instance_during_the_reload() {
 /// or be served with the reload then refused — never served with the reload applied.
 #[test]
 fn another_thread_asking_for_the_removed_instance_while_the_reload_is_held_at_a_reset() {
+    ask_while_held_at_a_reset(BEFORE, AFTER, |_| {}, "held");
+}
+
+/// Holds a reload from `before` to `after` at the first reset a listener hears (after
+/// `prepare`), while another thread asks for the removed instance named `gone`.
+fn ask_while_held_at_a_reset(before: &str, after: &str, prepare: fn(&Registry<Clk>), label: &str) {
     use std::sync::mpsc;
     for (strict, what) in DURING {
         let (paused_tx, paused_rx) = mpsc::channel::<()>();
@@ -1516,7 +1522,7 @@ fn another_thread_asking_for_the_removed_instance_while_the_reload_is_held_at_a_
         let armed = Arc::new(AtomicBool::new(false));
         let armed2 = Arc::clone(&armed);
         let r = Arc::new(
-            Registry::builder(cfg(BEFORE))
+            Registry::builder(cfg(before))
                 .runtime(Clocked::new(Tokio))
                 .strict(strict)
                 .on_event(move |event| {
@@ -1530,10 +1536,12 @@ fn another_thread_asking_for_the_removed_instance_while_the_reload_is_held_at_a_
                 .build()
                 .unwrap(),
         );
+        prepare(&r);
         armed.store(true, Ordering::SeqCst);
         let reloader = {
             let r = Arc::clone(&r);
-            std::thread::spawn(move || r.reload(cfg(AFTER)))
+            let after = cfg(after);
+            std::thread::spawn(move || r.reload(after))
         };
         paused_rx.recv().unwrap();
         let (done_tx, done_rx) = mpsc::channel();
@@ -1552,7 +1560,7 @@ fn another_thread_asking_for_the_removed_instance_while_the_reload_is_held_at_a_
         let reload = reloader.join().unwrap();
         let got = asker.join().unwrap();
         eprintln!(
-            "held strict={strict} {what:?}: reload ok={} got {got:?} answered while held {answered_while_held}",
+            "{label} strict={strict} {what:?}: reload ok={} got {got:?} answered while held {answered_while_held}",
             reload.is_ok()
         );
         match reload {
@@ -1752,73 +1760,7 @@ fn a_listener_told_of_a_client_reset_asking_for_the_removed_instance() {
 /// held at the HTTP client's host breaker reset, where the registry's maps are not held.
 #[test]
 fn another_thread_asking_while_the_reload_is_held_at_a_client_reset() {
-    use std::sync::mpsc;
-    for (strict, what) in DURING {
-        let (paused_tx, paused_rx) = mpsc::channel::<()>();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let paused_tx = Mutex::new(paused_tx);
-        let go_rx = Mutex::new(go_rx);
-        let armed = Arc::new(AtomicBool::new(false));
-        let armed2 = Arc::clone(&armed);
-        let r = Arc::new(
-            Registry::builder(cfg(BEFORE_HTTP))
-                .runtime(Clocked::new(Tokio))
-                .strict(strict)
-                .on_event(move |event| {
-                    if let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
-                        && armed2.swap(false, Ordering::SeqCst)
-                    {
-                        paused_tx.lock().unwrap().send(()).unwrap();
-                        go_rx.lock().unwrap().recv().unwrap();
-                    }
-                })
-                .build()
-                .unwrap(),
-        );
-        touch_a_host(&r);
-        armed.store(true, Ordering::SeqCst);
-        let reloader = {
-            let r = Arc::clone(&r);
-            std::thread::spawn(move || r.reload(cfg(AFTER_HTTP)))
-        };
-        paused_rx.recv().unwrap();
-        let (done_tx, done_rx) = mpsc::channel();
-        let asker = {
-            let r = Arc::clone(&r);
-            std::thread::spawn(move || {
-                let got = ask(&r, what, "gone");
-                done_tx.send(()).unwrap();
-                got
-            })
-        };
-        let answered_while_held = done_rx.recv_timeout(Duration::from_millis(300)).is_ok();
-        go_tx.send(()).unwrap();
-        let reload = reloader.join().unwrap();
-        let got = asker.join().unwrap();
-        eprintln!(
-            "client held strict={strict} {what:?}: reload ok={} got {got:?} answered while held {answered_while_held}",
-            reload.is_ok()
-        );
-        match reload {
-            Ok(_) => {
-                assert!(
-                    !holds(&r, what, "gone"),
-                    "strict={strict} {what:?}: the reload applied and the registry holds a {what:?} \
-                     of `gone`, no longer declared (asker got {got:?}, answered while held: \
-                     {answered_while_held})"
-                );
-                assert_eq!(got, Lookup::Undeclared, "strict={strict} {what:?}");
-            }
-            Err(e) => {
-                assert_eq!(
-                    e.problem(),
-                    &Problem::Removed,
-                    "strict={strict} {what:?}: {e}"
-                );
-                assert_eq!(got, Lookup::Ok, "strict={strict} {what:?}");
-            }
-        }
-    }
+    ask_while_held_at_a_reset(BEFORE_HTTP, AFTER_HTTP, touch_a_host, "client held");
 }
 
 /// Docs (`Problem::Fixed`): "The setting cannot change while the registry holds what it shapes
