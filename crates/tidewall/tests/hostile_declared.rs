@@ -1319,7 +1319,13 @@ fn concurrent_reloads_and_lookups_keep_every_held_stack_declared() {
             let r = Arc::new(registry(without_x, strict));
             let barrier = Arc::new(Barrier::new(4));
             let mut handles = Vec::new();
-            for t in 0..2u64 {
+            // Two pairs of a reloader and an asker; the reloaders favour opposite files.
+            for (t, favoured, other) in [
+                (0, with_x, without_x),
+                (1, with_x, without_x),
+                (0, without_x, with_x),
+                (1, without_x, with_x),
+            ] {
                 let (r, barrier) = (Arc::clone(&r), Arc::clone(&barrier));
                 let seed = rng.next_u64();
                 handles.push(std::thread::spawn(move || {
@@ -1329,33 +1335,12 @@ fn concurrent_reloads_and_lookups_keep_every_held_stack_declared() {
                     for _ in 0..10 {
                         spin(rng.below_or_equal(500));
                         if t == 0 {
-                            let _ = r.reload(cfg(if rng.below_or_equal(1) == 0 {
-                                with_x
+                            let file = if rng.below_or_equal(1) == 0 {
+                                favoured
                             } else {
-                                without_x
-                            }));
-                        } else if r.pipeline("x").is_ok() {
-                            served += 1;
-                        }
-                    }
-                    served
-                }));
-            }
-            for t in 0..2u64 {
-                let (r, barrier) = (Arc::clone(&r), Arc::clone(&barrier));
-                let seed = rng.next_u64();
-                handles.push(std::thread::spawn(move || {
-                    let mut rng = SplitMix64::new(seed);
-                    barrier.wait();
-                    let mut served = 0;
-                    for _ in 0..10 {
-                        spin(rng.below_or_equal(500));
-                        if t == 0 {
-                            let _ = r.reload(cfg(if rng.below_or_equal(1) == 0 {
-                                without_x
-                            } else {
-                                with_x
-                            }));
+                                other
+                            };
+                            let _ = r.reload(cfg(file));
                         } else if r.pipeline("x").is_ok() {
                             served += 1;
                         }
