@@ -78,7 +78,20 @@ pub struct Authority(Box<str>);
 
 impl Authority {
     /// The authority of `scheme://host[:port]`; `None` without a port for an unknown scheme
-    /// (only `http` and `https` have a default), or for an empty host.
+    /// (only `http` and `https` have a default), or for an empty host. An IPv6 host is
+    /// written in brackets, as a URI writes it, whether it is given with them or without
+    /// (`::1`, as `Ipv6Addr` prints, is `[::1]`), so an authority made from a socket address
+    /// is the one a request to it is filed under.
+    ///
+    /// ```
+    /// use std::net::{Ipv6Addr, SocketAddr};
+    /// use tidewall::http::Authority;
+    ///
+    /// let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, 8080));
+    /// let made = Authority::new("http", &addr.ip().to_string(), Some(addr.port())).unwrap();
+    /// let from_uri = Authority::from_uri(&"http://[::1]:8080/x".parse().unwrap()).unwrap();
+    /// assert_eq!((made.as_str(), &made), ("http://[::1]:8080", &from_uri));
+    /// ```
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
         let port = port.or_else(|| {
             if scheme.eq_ignore_ascii_case("http") {
@@ -95,8 +108,15 @@ impl Authority {
         // One allocation, sized exactly: this runs for every request.
         let mut digits = [0u8; 5];
         let port = port_digits(port, &mut digits);
-        let mut key = String::with_capacity(scheme.len() + 3 + host.len() + 1 + port.len());
-        for part in [scheme, "://", host, ":", port] {
+        let (open, close) = if host.contains(':') && !host.starts_with('[') {
+            ("[", "]")
+        } else {
+            ("", "")
+        };
+        let mut key = String::with_capacity(
+            scheme.len() + 3 + open.len() + host.len() + close.len() + 1 + port.len(),
+        );
+        for part in [scheme, "://", open, host, close, ":", port] {
             key.push_str(part);
         }
         key.make_ascii_lowercase();
