@@ -264,7 +264,8 @@ impl<R: Clock> Shared<R> {
     pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
         let admitted = self.acquire_quiet();
         if let Err(rejected) = &admitted {
-            self.telemetry.refused(rejected);
+            self.telemetry
+                .refused_of(rejected, self.key_label.as_deref());
         }
         admitted
     }
@@ -272,7 +273,8 @@ impl<R: Clock> Shared<R> {
     /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
     #[cfg(feature = "tower")]
     pub(super) fn record_rejection(&self, rejected: &Rejected) {
-        self.telemetry.record(rejected);
+        self.telemetry
+            .record_of(rejected, self.key_label.as_deref());
     }
 
     /// Admits one call; a refusal is not counted (a caller that waits for the breaker is
@@ -425,11 +427,11 @@ impl<R: Clock> Shared<R> {
     fn tell_outcome(&self, ticket: Ticket, outcome: Outcome) {
         if ticket.probe {
             crate::telemetry::tell_or_give_back(
-                || self.telemetry.outcome(outcome),
+                || self.telemetry.outcome(outcome, self.key_label.as_deref()),
                 || self.return_probe(ticket.generation),
             );
         } else {
-            self.telemetry.outcome(outcome);
+            self.telemetry.outcome(outcome, self.key_label.as_deref());
         }
     }
 

@@ -155,7 +155,7 @@ impl CallTelemetry {
     #[inline]
     fn event(&self, kind: EventKind<'_>) {
         if let Some(listener) = &self.listener {
-            listener.tell(self.policy, self.name.as_str(), kind);
+            listener.tell(self.policy, self.name.as_str(), None, kind);
         }
     }
 

@@ -28,22 +28,37 @@ pub(crate) fn supervisor_event(event: &crate::task::supervisor::SupervisorEvent)
 }
 
 /// A registry's reloads, applied or refused: both counters are registered with the
-/// registry, so a dashboard sees them at zero from the start.
+/// registry, so a dashboard sees them at zero from the start; and, as Prometheus reports its
+/// own configuration, whether the last reload was applied and when one last was (the
+/// registry's build counts as the first).
 #[cfg(feature = "serde")]
 pub(crate) struct ReloadCounters {
     #[cfg(feature = "metrics")]
     counters: [metrics::Counter; 2],
+    /// 1 when the last reload was applied, 0 when it was refused.
+    #[cfg(feature = "metrics")]
+    successful: metrics::Gauge,
+    /// When a reload was last applied, in seconds since the Unix epoch (the wall clock).
+    #[cfg(feature = "metrics")]
+    applied_at: metrics::Gauge,
 }
 
 #[cfg(feature = "serde")]
 impl ReloadCounters {
+    /// The counters of a registry built now from a valid configuration.
     pub(crate) fn new() -> Self {
-        Self {
+        let counters = Self {
             #[cfg(feature = "metrics")]
             counters: ["applied", "refused"].map(
                 |outcome| metrics::counter!("tidewall_config_reloads_total", "outcome" => outcome),
             ),
-        }
+            #[cfg(feature = "metrics")]
+            successful: metrics::gauge!("tidewall_config_last_reload_successful"),
+            #[cfg(feature = "metrics")]
+            applied_at: metrics::gauge!("tidewall_config_last_reload_success_timestamp_seconds"),
+        };
+        counters.set_last(true);
+        counters
     }
 
     /// One reload, applied or refused.
@@ -56,5 +71,23 @@ impl ReloadCounters {
         );
         #[cfg(feature = "metrics")]
         self.counters[usize::from(!applied)].increment(1);
+        self.set_last(applied);
+    }
+
+    /// Sets the last reload's gauges.
+    #[allow(unused_variables)]
+    fn set_last(&self, applied: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            self.successful.set(f64::from(u8::from(applied)));
+            if applied {
+                // The wall clock, not the registry's runtime: a dashboard compares it with
+                // Prometheus' `time()`. A clock before 1970 reads 0.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.applied_at.set(now.as_secs_f64());
+            }
+        }
     }
 }

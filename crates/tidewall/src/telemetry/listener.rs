@@ -60,6 +60,11 @@ pub struct Event<'a> {
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,
+    /// The key, for an event of one key's breaker in a keyed table that labels its keys
+    /// ([`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label)): an HTTP
+    /// client's per-host breakers carry their authority (`https://api.example:443`), so a
+    /// listener knows which host tripped. `None` for every other event.
+    pub key: Option<&'a str>,
     /// What happened.
     pub kind: EventKind<'a>,
 }
@@ -120,8 +125,19 @@ impl Listener {
     /// them as it did (a breaker's closed path lost 2 ns to a changed inlining when this
     /// call was inline).
     #[inline(never)]
-    pub(crate) fn tell(&self, policy: &'static str, name: &str, kind: EventKind<'_>) {
-        (self.0)(&Event { policy, name, kind });
+    pub(crate) fn tell(
+        &self,
+        policy: &'static str,
+        name: &str,
+        key: Option<&str>,
+        kind: EventKind<'_>,
+    ) {
+        (self.0)(&Event {
+            policy,
+            name,
+            key,
+            kind,
+        });
     }
 
     /// Passes on an event told to another listener.

@@ -76,8 +76,14 @@ impl PolicyTelemetry {
     /// Calls the listener, if there is one.
     #[inline]
     pub(crate) fn event(&self, kind: EventKind<'_>) {
+        self.event_of(kind, None);
+    }
+
+    /// Calls the listener, if there is one, with the event of the key labelled `key`.
+    #[inline]
+    pub(crate) fn event_of(&self, kind: EventKind<'_>, key: Option<&str>) {
         if let Some(listener) = &self.listener {
-            listener.tell(self.policy, self.name.as_str(), kind);
+            listener.tell(self.policy, self.name.as_str(), key, kind);
         }
     }
 
@@ -221,7 +227,7 @@ impl PolicyTelemetry {
             )
             .increment(1),
         }
-        self.event(EventKind::StateChanged(change));
+        self.event_of(EventKind::StateChanged(change), key);
     }
 
     /// A hedge was launched (`hedge` from 1).
@@ -279,8 +285,14 @@ impl PolicyTelemetry {
     /// have without it.
     #[inline]
     pub(crate) fn refused(&self, reason: &crate::Rejected) {
+        self.refused_of(reason, None);
+    }
+
+    /// As [`refused`](Self::refused), by the key labelled `key` of a keyed table.
+    #[inline]
+    pub(crate) fn refused_of(&self, reason: &crate::Rejected, key: Option<&str>) {
         if self.reports() {
-            self.record(reason);
+            self.record_of(reason, key);
         }
     }
 
@@ -291,21 +303,27 @@ impl PolicyTelemetry {
     }
 
     /// Records one rejection.
+    pub(crate) fn record(&self, reason: &crate::Rejected) {
+        self.record_of(reason, None);
+    }
+
+    /// Records one rejection by the key labelled `key` of a keyed table.
     #[cold]
     #[inline(never)]
     #[allow(unused_variables)]
-    pub(crate) fn record(&self, reason: &crate::Rejected) {
+    pub(crate) fn record_of(&self, reason: &crate::Rejected, key: Option<&str>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             policy = self.policy,
             name = self.name.as_str(),
+            key,
             reason = reason.kind(),
             retry_after = ?crate::RetryAfter::retry_after(reason),
             "call rejected"
         );
         #[cfg(feature = "metrics")]
         self.counter(reason).increment(1);
-        self.event(EventKind::Rejected(reason));
+        self.event_of(EventKind::Rejected(reason), key);
     }
 
     /// Records a wait that ended admitted (in the histogram when built
@@ -320,19 +338,21 @@ impl PolicyTelemetry {
 
     /// Records how an admitted call ended (counted only when built
     /// [`with_outcomes`](Self::with_outcomes)).
+    /// `key`: the label of the key it was a call of, in a keyed table.
     #[inline]
     #[allow(unused_variables)]
-    pub(crate) fn outcome(&self, outcome: Outcome) {
+    pub(crate) fn outcome(&self, outcome: Outcome, key: Option<&str>) {
         #[cfg(feature = "metrics")]
         if let Some(outcomes) = &self.outcomes {
             outcomes[outcome_index(outcome)].increment(1);
         }
         if self.listener.is_some() {
-            self.event(match outcome {
+            let kind = match outcome {
                 Outcome::Success => EventKind::Succeeded,
                 Outcome::Failure => EventKind::Failed,
                 Outcome::Ignored => EventKind::Ignored,
-            });
+            };
+            self.event_of(kind, key);
         }
     }
 }

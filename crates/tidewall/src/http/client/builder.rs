@@ -166,7 +166,8 @@ impl<R> ClientPoliciesBuilder<R> {
     /// authority's budget refused ([`BudgetExhausted`]; a request whose authority got no
     /// budget, the budgets' table full, is sent once with no such event). The per-authority
     /// policies keep their own listeners (set on the builders given to
-    /// [`breaker`](Self::breaker) and the others), which hear each attempt.
+    /// [`breaker`](Self::breaker) and the others), which hear each attempt; a breaker's
+    /// events carry the authority in [`Event::key`](crate::telemetry::Event::key).
     ///
     /// [`Succeeded`]: crate::telemetry::EventKind::Succeeded
     /// [`Failed`]: crate::telemetry::EventKind::Failed
