@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use reqwest_middleware::ClientBuilder;
 use tidewall::breaker::CircuitBreaker;
-use tidewall::http::Authority;
-use tidewall_reqwest::{ClientPolicies, Resilience, rejection};
+use tidewall_reqwest::{ClientPolicies, Resilience, authority, rejection};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,8 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .breakers()
         .expect("the stack has breakers");
     for (name, addr) in [("prices", up), ("quotes", down)] {
-        let authority = Authority::new("http", &addr.ip().to_string(), Some(addr.port()));
-        let state = authority.and_then(|authority| breakers.state(&authority));
+        // The key the middleware filed its requests under.
+        let host = authority(&reqwest::Url::parse(&format!("http://{addr}/"))?);
+        let state = host.and_then(|host| breakers.state(&host));
         let state = state.map_or_else(|| "not tracked".to_owned(), |state| state.to_string());
         println!("{name} breaker: {state}");
     }

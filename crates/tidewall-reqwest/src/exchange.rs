@@ -18,8 +18,7 @@ impl Outbound for Outgoing {
     }
 
     fn authority(&self) -> Option<Authority> {
-        let url = self.0.url();
-        Authority::new(url.scheme(), url.host_str()?, url.port_or_known_default())
+        crate::authority(self.0.url())
     }
 
     fn try_clone(&self) -> Option<Self> {

@@ -116,13 +116,16 @@
 //! ```
 //!
 //! ## Testing your code through the stack
-//! The stack is [`ClientPolicies::run`] over a function that sends one attempt: call `run`
-//! with a scripted one instead of the network, on tokio's paused clock (its `test-util`
-//! feature; or
-//! `tidewall::testing::Clocked`, tidewall's feature `test-util`, for smol and async-std), and
-//! every backoff, `Retry-After`, break and timeout passes in virtual time. Over real sockets
-//! keep the clock real: a paused clock jumps ahead while a socket is awaited, and timeouts
-//! fire early.
+//! With this crate's `test-util` feature, end the client your code holds with
+//! [`testing::Scripted`] instead of the network: each attempt is answered by your script,
+//! and on tokio's paused clock (tokio's `test-util` feature) every backoff, `Retry-After`,
+//! break and timeout passes in virtual time. Build the policies after pausing the clock.
+//! Over real sockets keep the clock real: a paused clock jumps ahead while a socket is
+//! awaited, and timeouts fire early.
+//!
+//! Without a client, the stack is [`ClientPolicies::run`] over a function that sends one
+//! attempt: call `run` with a scripted one (on smol and async-std, with
+//! `tidewall::testing::Clocked`, tidewall's feature `test-util`, for virtual time):
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -224,8 +227,9 @@
 //! - `watch`: `tidewall::config::watch_file_on`, which reloads a registry when its file
 //!   changes (`tidewall/watch`).
 //! - `metrics`, `tracing`: the telemetry above.
-//! - `test-util`: `tidewall::testing::Clocked` and the other test helpers, for virtual time
-//!   on smol and async-std (`tidewall/test-util`).
+//! - `test-util`: [`testing::Scripted`], a scripted end for a client under test, and
+//!   `tidewall::testing::Clocked` and the other test helpers, for virtual time on smol and
+//!   async-std (`tidewall/test-util`).
 //!
 //! Each turns on the `tidewall` feature of the same name, so one dependency line is enough.
 //!
@@ -237,6 +241,8 @@
 mod classify;
 mod exchange;
 mod middleware;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use classify::ReqwestClassifier;
 pub use middleware::{Resilience, rejection, timed_out};
@@ -244,6 +250,25 @@ pub use middleware::{Resilience, rejection, timed_out};
 /// it (`tidewall_reqwest::tidewall::breaker::CircuitBreaker`, ...) to be sure the types match.
 pub use tidewall;
 pub use tidewall::http::{ClientPolicies, Overrides};
+
+/// The authority a request to `url` is filed under by the per-host policies (its scheme,
+/// host and port, the port filled in from the scheme): the key to look a host up with in
+/// [`ClientPolicies::breakers`] and the other tables. `None` for a URL without a host.
+///
+/// ```
+/// use tidewall_reqwest::{Resilience, authority};
+///
+/// let resilience = Resilience::standard();
+/// let url = reqwest::Url::parse("https://API.example/v1/items")?;
+/// let host = authority(&url).expect("the URL has a host");
+/// assert_eq!(host.as_str(), "https://api.example:443");
+/// let breakers = resilience.policies().breakers().expect("the standard stack has breakers");
+/// assert_eq!(breakers.state(&host), None, "no request has gone there yet");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn authority(url: &reqwest::Url) -> Option<tidewall::http::Authority> {
+    tidewall::http::Authority::new(url.scheme(), url.host_str()?, url.port_or_known_default())
+}
 
 /// The workspace README's examples, compiled as doc tests (and run unless they need a server).
 #[cfg(doctest)]
