@@ -226,7 +226,10 @@ async fn the_last_reload_gauges_say_whether_the_file_in_force_is_the_last_one() 
 /// A recorder of gauges that keeps each one's last value (a debugging snapshot resets them
 /// as it reads, and "unchanged since" is what this file checks).
 #[derive(Default, Clone)]
-struct Gauges(Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>);
+struct Gauges(Arc<Mutex<Vec<NamedGauge>>>);
+
+/// A gauge's name and its value's bits.
+type NamedGauge = (String, Arc<AtomicU64>);
 
 impl Gauges {
     fn value(&self, name: &str) -> Option<f64> {
