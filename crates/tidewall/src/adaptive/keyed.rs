@@ -7,7 +7,7 @@ use std::hash::Hash;
 use tidewall_core::adaptive::LimitAlgorithm;
 
 use super::{AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
-use crate::admission::{Admission, Wait};
+use crate::admission::{Admission, Priority, Wait};
 use crate::keyed_map::{Evict, Eviction, KeyedMap, Slot};
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::{Arc, Mutex, lock};
@@ -195,7 +195,22 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
     where
         A: Send + 'static,
     {
-        let waiting = self.with_limiter(key, |limiter| Ok(limiter.admit(Wait::Until(deadline))));
+        self.acquire_before_as(key, deadline, Priority::Default)
+    }
+
+    /// As [`acquire_before`](Self::acquire_before), for a call of `priority`.
+    pub(crate) fn acquire_before_as(
+        &self,
+        key: &K,
+        deadline: Deadline,
+        priority: Priority,
+    ) -> impl Future<Output = Result<AdaptivePermit<A, R>, Rejected>> + Send + 'static
+    where
+        A: Send + 'static,
+    {
+        let waiting = self.with_limiter(key, |limiter| {
+            Ok(as_priority(limiter, priority).admit(Wait::Until(deadline)))
+        });
         async move { waiting?.await }
     }
 
@@ -348,11 +363,15 @@ where
     /// as a refusal: the caller goes on to [`acquire_before`](Self::acquire_before), which
     /// counts one if it refuses.
     #[cfg(feature = "http")]
-    pub(crate) fn try_acquire_quiet(
+    pub(crate) fn try_acquire_quiet_as(
         &self,
         key: &K,
+        priority: Priority,
     ) -> Result<Option<AdaptivePermit<A, R>>, Rejected> {
-        self.with_limiter(key, |limiter| Ok(limiter.try_admit()))
+        self.with_limiter(
+            key,
+            |limiter| Ok(as_priority(limiter, priority).try_admit()),
+        )
     }
 }
 
@@ -394,5 +413,21 @@ impl<K, A: LimitAlgorithm, R> fmt::Debug for KeyedAdaptiveLimiter<K, A, R> {
             .field("keys", &self.shared.keys.len())
             .field("max_keys", &self.shared.keys.max_keys())
             .finish_non_exhaustive()
+    }
+}
+
+/// `limiter`, or a handle to it for calls of `priority` (a table's limiters admit at the
+/// default priority).
+fn as_priority<A, R: Clock>(
+    limiter: &AdaptiveLimiter<A, R>,
+    priority: Priority,
+) -> std::borrow::Cow<'_, AdaptiveLimiter<A, R>>
+where
+    A: LimitAlgorithm,
+{
+    if limiter.priority() == priority {
+        std::borrow::Cow::Borrowed(limiter)
+    } else {
+        std::borrow::Cow::Owned(limiter.with_priority(priority))
     }
 }

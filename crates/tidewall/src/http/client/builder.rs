@@ -285,6 +285,10 @@ impl<R> ClientPoliciesBuilder<R> {
     /// success a sample of the host's latency, what it ignores nothing. An attempt refused
     /// later (by the rate limit) or cut by the deadline teaches nothing. A limiter with a
     /// queue waits within the deadline. Its name and runtime are replaced by the stack's.
+    /// Attempts have the request's [`Overrides::priority`](super::Overrides::priority)
+    /// ([`Priority::Default`](crate::admission::Priority::Default) unless it says otherwise),
+    /// and are admitted within that priority's share of the limit: a `default` share below
+    /// 1 keeps the rest of each host's limit for requests marked critical.
     ///
     /// ```
     /// use tidewall::adaptive::{AdaptiveLimiter, AnyAlgorithm, Gradient2};

@@ -45,8 +45,9 @@ use crate::sync::{Arc, Swap};
 /// 5. an **attempt timeout** (default 10 s), which the breaker counts as a failure.
 ///
 /// Every stage is configurable on the [builder](ClientPoliciesBuilder). Per request,
-/// [`Overrides`] changes the deadline, the attempt timeout, the number of attempts and whether
-/// the request may be sent again; the per-authority stages change only with
+/// [`Overrides`] changes the deadline, the attempt timeout, the number of attempts, whether
+/// the request may be sent again and its priority in the authority's adaptive limit; the
+/// per-authority stages change only with
 /// [`reconfigure`](Self::reconfigure). An authority is scheme, host and port
 /// ([`Authority`]). Each per-authority
 /// table tracks at most `max_authorities` (default 10,000) at once and forgets an authority

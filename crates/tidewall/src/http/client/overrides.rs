@@ -3,6 +3,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use crate::admission::Priority;
+
 /// Changes to the [client policies](super::ClientPolicies) for one request. Put it in the
 /// request's extensions (`http::Request::extensions_mut().insert(..)`, or reqwest-middleware's
 /// `RequestBuilder::with_extension`); a request without one follows the policies as built.
@@ -25,6 +27,7 @@ pub struct Overrides {
     pub(super) max_attempts: Option<NonZeroU32>,
     pub(super) no_retry: bool,
     pub(super) idempotent: bool,
+    pub(super) priority: Priority,
 }
 
 impl Overrides {
@@ -36,6 +39,7 @@ impl Overrides {
             max_attempts: None,
             no_retry: false,
             idempotent: false,
+            priority: Priority::Default,
         }
     }
 
@@ -76,6 +80,27 @@ impl Overrides {
     /// deduplicates by itself).
     pub const fn idempotent(mut self) -> Self {
         self.idempotent = true;
+        self
+    }
+
+    /// The priority of the request's attempts in the host's
+    /// [adaptive limit](super::ClientPoliciesBuilder::adaptive) (default
+    /// [`Priority::Default`]): an attempt is admitted while fewer than its priority's share
+    /// of the host's limit are in flight, so with the default shares
+    /// [`Sheddable`](Priority::Sheddable) requests are refused once four-fifths of it are
+    /// used, and [`Critical`](Priority::Critical) ones may use all of it. A queued attempt
+    /// waits behind the more important ones. Without an adaptive limit it changes nothing
+    /// (a bulkhead has no shares).
+    ///
+    /// ```
+    /// use tidewall::admission::Priority;
+    /// use tidewall::http::Overrides;
+    ///
+    /// let mut prefetch = http::Request::get("https://api.example/recommendations").body(()).unwrap();
+    /// prefetch.extensions_mut().insert(Overrides::new().priority(Priority::Sheddable).no_retry());
+    /// ```
+    pub const fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
         self
     }
 }

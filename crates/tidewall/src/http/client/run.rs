@@ -7,6 +7,7 @@ use std::time::Duration;
 use tidewall_core::backoff::Backoff;
 
 use super::{ClientPolicies, Inner, Overrides};
+use crate::admission::Priority;
 use crate::breaker::{KeyedCircuitBreaker, Outcome, State};
 use crate::classify::{Classify, Verdict, judge};
 use crate::http::{Authority, FailureKind, HttpClassifier, HttpFailure, Inbound, Outbound};
@@ -170,6 +171,7 @@ impl<R: Clock> Inner<R> {
                 authority: authority.as_ref(),
                 deadline,
                 timeout: attempt_timeout,
+                priority: overrides.priority,
             };
             attempt.run(request, &send)
         };
@@ -250,6 +252,8 @@ struct Attempt<'a, R> {
     authority: Option<&'a crate::http::Authority>,
     deadline: Deadline,
     timeout: Option<Duration>,
+    /// Its priority in the authority's adaptive limit.
+    priority: Priority,
 }
 
 impl<R: Clock> Attempt<'_, R> {
@@ -267,6 +271,7 @@ impl<R: Clock> Attempt<'_, R> {
             authority,
             deadline,
             timeout,
+            priority,
         } = self;
         // Only an attempt after the last copy was spent has nothing to send, and the judge
         // allows no such attempt.
@@ -294,8 +299,8 @@ impl<R: Clock> Attempt<'_, R> {
         let mut slot = match (&inner.adaptive, authority) {
             (Some(limits), Some(authority)) => Some(
                 taken_or_waited(
-                    limits.try_acquire_quiet(authority),
-                    || limits.acquire_before(authority, deadline),
+                    limits.try_acquire_quiet_as(authority, priority),
+                    || limits.acquire_before_as(authority, deadline, priority),
                     deadline,
                     &inner.rt,
                 )
