@@ -258,6 +258,7 @@ impl<R> RegistryBuilder<R> {
             reloads: crate::telemetry::ReloadCounters::new(),
         };
         registry.build_declared()?;
+        registry.reloads.built();
         Ok(registry)
     }
 }

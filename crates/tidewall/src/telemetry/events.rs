@@ -45,9 +45,9 @@ pub(crate) struct ReloadCounters {
 
 #[cfg(feature = "serde")]
 impl ReloadCounters {
-    /// The counters of a registry built now from a valid configuration.
+    /// The counters of a registry being built (see [`built`](Self::built)).
     pub(crate) fn new() -> Self {
-        let counters = Self {
+        Self {
             #[cfg(feature = "metrics")]
             counters: ["applied", "refused"].map(
                 |outcome| metrics::counter!("tidewall_config_reloads_total", "outcome" => outcome),
@@ -56,9 +56,12 @@ impl ReloadCounters {
             successful: metrics::gauge!("tidewall_config_last_reload_successful"),
             #[cfg(feature = "metrics")]
             applied_at: metrics::gauge!("tidewall_config_last_reload_success_timestamp_seconds"),
-        };
-        counters.set_last(true);
-        counters
+        }
+    }
+
+    /// The registry was built: its configuration is in force, as an applied reload's.
+    pub(crate) fn built(&self) {
+        self.set_last(true);
     }
 
     /// One reload, applied or refused.
