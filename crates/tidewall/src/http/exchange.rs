@@ -78,10 +78,11 @@ pub struct Authority(Box<str>);
 
 impl Authority {
     /// The authority of `scheme://host[:port]`; `None` without a port for an unknown scheme
-    /// (only `http` and `https` have a default), or for an empty host. An IPv6 host is
-    /// written in brackets, as a URI writes it, whether it is given with them or without
-    /// (`::1`, as `Ipv6Addr` prints, is `[::1]`), so an authority made from a socket address
-    /// is the one a request to it is filed under.
+    /// (only `http` and `https` have a default), or for an empty host (`""` or `[]`). An IPv6
+    /// address is written in brackets, as a URI writes it, whether it is given with them or
+    /// without (`::1`, as `Ipv6Addr` prints, is `[::1]`), so an authority made from a socket
+    /// address is the one a request to it is filed under; any other host is kept as given
+    /// (lowercased).
     ///
     /// ```
     /// use std::net::{Ipv6Addr, SocketAddr};
@@ -102,17 +103,16 @@ impl Authority {
                 None
             }
         })?;
-        if host.is_empty() {
+        // An IPv6 address is bracketed as a URI writes it; only an address (`::1`), not any
+        // host with a colon, and `[]` is as empty as "".
+        let bare_ipv6 = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_ok();
+        if host.is_empty() || host == "[]" {
             return None;
         }
         // One allocation, sized exactly: this runs for every request.
         let mut digits = [0u8; 5];
         let port = port_digits(port, &mut digits);
-        let (open, close) = if host.contains(':') && !host.starts_with('[') {
-            ("[", "]")
-        } else {
-            ("", "")
-        };
+        let (open, close) = if bare_ipv6 { ("[", "]") } else { ("", "") };
         let mut key = String::with_capacity(
             scheme.len() + 3 + open.len() + host.len() + close.len() + 1 + port.len(),
         );
