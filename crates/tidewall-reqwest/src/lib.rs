@@ -253,7 +253,8 @@ pub use tidewall::http::{ClientPolicies, Overrides};
 
 /// The authority a request to `url` is filed under by the per-host policies (its scheme,
 /// host and port, the port filled in from the scheme): the key to look a host up with in
-/// [`ClientPolicies::breakers`] and the other tables. `None` for a URL without a host.
+/// [`ClientPolicies::breakers`] and the other tables. `None` for a URL without a host, or
+/// without a port when its scheme has no default (`url`'s: http, https, ws, wss, ftp).
 ///
 /// ```
 /// use tidewall_reqwest::{Resilience, authority};

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
-/// A script's answer to one attempt: a response, or an I/O error as the network would give
-/// (`ConnectionRefused` reads as a connection failure, `TimedOut` as a timeout).
+/// A script's answer to one attempt: a response, or an I/O error, which the stack classifies
+/// as it would the network's (`ConnectionRefused` a connection failure, `TimedOut` a
+/// timeout). Your code receives that error as `reqwest_middleware::Error::Middleware`, not as
+/// a `reqwest::Error`: code that maps `is_connect()` sees it only over the network.
 pub type Answer = std::io::Result<http::Response<Vec<u8>>>;
 
 type Script =
@@ -23,7 +25,9 @@ type Script =
 /// and an answer that sleeps is a slow host. Build the policies after the clock is paused
 /// (a stack built before times its calls in real time).
 ///
-/// Clones share the script and the count of attempts.
+/// A response's [`url`](reqwest::Response::url) is the request's, as over the network,
+/// unless the script set another (`reqwest::ResponseBuilderExt::url`). Clones share the
+/// script and the count of attempts.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,8 +112,38 @@ impl Middleware for Scripted {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let answer = (self.script)(&request).await;
         match answer {
-            Ok(response) => Ok(reqwest::Response::from(response)),
+            Ok(response) => Ok(with_url(response, request.url())),
             Err(error) => Err(reqwest_middleware::Error::middleware(error)),
         }
+    }
+}
+
+/// The URL reqwest gives a response built without one.
+const NO_URL: &str = "http://no.url.provided.local/";
+
+/// `response` as reqwest's, its URL the request's (as over the network) unless the script
+/// set one (with `reqwest::ResponseBuilderExt::url`, a redirect's target, say).
+fn with_url(response: http::Response<Vec<u8>>, url: &reqwest::Url) -> reqwest::Response {
+    let (parts, body) = response.into_parts();
+    let probe = http::Response::from_parts(parts.clone(), Vec::<u8>::new());
+    if reqwest::Response::from(probe).url().as_str() != NO_URL {
+        return reqwest::Response::from(http::Response::from_parts(parts, body));
+    }
+    let mut builder = reqwest::ResponseBuilderExt::url(
+        http::Response::builder()
+            .status(parts.status)
+            .version(parts.version),
+        url.clone(),
+    );
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    if let Some(extensions) = builder.extensions_mut() {
+        extensions.extend(parts.extensions);
+    }
+    match builder.body(body) {
+        Ok(response) => reqwest::Response::from(response),
+        // A status and version taken from a response are valid: not reached.
+        Err(_) => reqwest::Response::from(http::Response::new(Vec::<u8>::new())),
     }
 }
