@@ -14,7 +14,7 @@ use reqwest::{Request, Response, Url};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
-use tidewall::http::{Authority, ClientPolicies};
+use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder};
 use tidewall::rate::RateLimiter;
 use tidewall::telemetry::{Event, EventKind};
 use tidewall::{Backoff, Jitter, Rejected};
@@ -67,11 +67,33 @@ fn retry(attempts: u32, backoff: Duration) -> Backoff {
         .unwrap()
 }
 
+fn resilient(policies: ClientPoliciesBuilder) -> Resilience {
+    Resilience::new(policies.build().unwrap())
+}
+
 fn scripted(resilience: &Resilience, server: &Scripted) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())
         .with(resilience.clone())
         .with(server.clone())
         .build()
+}
+
+/// A GET of `url` through `client`.
+async fn get(client: &ClientWithMiddleware, url: &str) -> reqwest_middleware::Result<Response> {
+    client.get(url).send().await
+}
+
+/// Hosts that answer every request 503, through a client that sends each once and opens a
+/// host's breaker at its first failure.
+fn failing_hosts() -> (Scripted, Resilience, ClientWithMiddleware) {
+    let server = Scripted::new(|_request| async { status(503) });
+    let resilience = resilient(
+        ClientPolicies::builder()
+            .no_retry()
+            .breaker(Some(CircuitBreaker::builder().consecutive_failures(1))),
+    );
+    let client = scripted(&resilience, &server);
+    (server, resilience, client)
 }
 
 /// Counts futures alive: one made per exchange, dropped when the exchange ends or is cut.
@@ -91,6 +113,23 @@ impl Live {
     }
     fn peak(&self) -> usize {
         self.1.load(SeqCst)
+    }
+    /// A script answering as `script` does, each exchange counted alive until it ends or is
+    /// dropped.
+    fn script<F, Fut>(&self, script: F) -> Scripted
+    where
+        F: Fn(&Request) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Answer> + Send + 'static,
+    {
+        let tracker = self.clone();
+        Scripted::new(move |request| {
+            let guard = tracker.guard();
+            let answer = script(request);
+            async move {
+                let _guard = guard;
+                answer.await
+            }
+        })
     }
 }
 
@@ -194,15 +233,7 @@ async fn authority_is_the_key_every_table_files_the_request_under() {
         ("http://ex%41mple.test/", ""),
         ("HTTP://UPPER.TEST/", "http://upper.test:80"),
     ];
-    let server = Scripted::new(|_request| async { status(503) });
-    let resilience = Resilience::new(
-        ClientPolicies::builder()
-            .no_retry()
-            .breaker(Some(CircuitBreaker::builder().consecutive_failures(1)))
-            .build()
-            .unwrap(),
-    );
-    let client = scripted(&resilience, &server);
+    let (server, resilience, client) = failing_hosts();
     let breakers = resilience.policies().breakers().unwrap();
     let mut expected = BTreeSet::new();
     for (text, written) in urls {
@@ -211,7 +242,7 @@ async fn authority_is_the_key_every_table_files_the_request_under() {
             assert_eq!(host.as_str(), written, "{text}");
         }
         assert_eq!(breakers.state(&host), None, "{text}: fresh");
-        let answer = client.get(text).send().await.unwrap();
+        let answer = get(&client, text).await.unwrap();
         assert_eq!(answer.status(), 503);
         assert_eq!(
             breakers.state(&host),
@@ -236,7 +267,7 @@ async fn a_request_in_flight_is_held_under_its_authority() {
         tokio::time::sleep(secs(5)).await;
         status(200)
     });
-    let resilience = Resilience::new(ClientPolicies::builder().no_retry().build().unwrap());
+    let resilience = resilient(ClientPolicies::builder().no_retry());
     let client = scripted(&resilience, &server);
     let bulkheads = resilience.policies().bulkheads().unwrap();
     for text in [
@@ -262,15 +293,7 @@ async fn a_request_in_flight_is_held_under_its_authority() {
 /// request is filed under none, `authority` must not name one.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn authority_never_names_a_key_the_middleware_does_not_file_under() {
-    let server = Scripted::new(|_request| async { status(503) });
-    let resilience = Resilience::new(
-        ClientPolicies::builder()
-            .no_retry()
-            .breaker(Some(CircuitBreaker::builder().consecutive_failures(1)))
-            .build()
-            .unwrap(),
-    );
-    let client = scripted(&resilience, &server);
+    let (_, resilience, client) = failing_hosts();
     let breakers = resilience.policies().breakers().unwrap();
     for text in [
         "ws://sock.test/",
@@ -285,7 +308,7 @@ async fn authority_never_names_a_key_the_middleware_does_not_file_under() {
         "mailto:someone@mail.test",
     ] {
         let before = breakers.not_closed().len();
-        let answered = client.get(text).send().await;
+        let answered = get(&client, text).await;
         let filed = breakers.not_closed().len() - before;
         match authority(&url(text)) {
             Some(host) => {
@@ -316,13 +339,11 @@ async fn attempts_count_only_what_reaches_the_script_and_clones_share_them() {
     });
     let twin = server.clone();
     let (above, below) = (Count::default(), Count::default());
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .retry(retry(3, ms(10)))
             .retry_budget(None)
-            .breaker(Some(CircuitBreaker::builder().consecutive_failures(4)))
-            .build()
-            .unwrap(),
+            .breaker(Some(CircuitBreaker::builder().consecutive_failures(4))),
     );
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(above.clone())
@@ -330,7 +351,7 @@ async fn attempts_count_only_what_reaches_the_script_and_clones_share_them() {
         .with(below.clone())
         .with(twin.clone())
         .build();
-    let answer = client.get("http://down.test/").send().await.unwrap();
+    let answer = get(&client, "http://down.test/").await.unwrap();
     assert_eq!(answer.status(), 500);
     assert_eq!((server.attempts(), twin.attempts()), (3, 3));
     assert_eq!(
@@ -342,9 +363,9 @@ async fn attempts_count_only_what_reaches_the_script_and_clones_share_them() {
     assert_eq!(below.0.load(SeqCst), 3, "below: once per attempt");
     // The fourth failure opens the breaker, and is answered with its own response; the
     // next request is refused, unsent.
-    let answer = client.get("http://down.test/").send().await.unwrap();
+    let answer = get(&client, "http://down.test/").await.unwrap();
     assert_eq!((answer.status().as_u16(), server.attempts()), (500, 4));
-    let error = client.get("http://down.test/").send().await;
+    let error = get(&client, "http://down.test/").await;
     let error = error.expect_err("the breaker is open");
     assert!(
         matches!(rejection(&error), Some(Rejected::CircuitOpen { .. })),
@@ -353,7 +374,7 @@ async fn attempts_count_only_what_reaches_the_script_and_clones_share_them() {
     assert_eq!(calls.load(SeqCst), 4);
     // Another client with another clone of the same script: one count.
     let other = client_without_policies(&server);
-    other.get("http://down.test/").send().await.unwrap();
+    get(&other, "http://down.test/").await.unwrap();
     assert_eq!((server.attempts(), twin.attempts()), (5, 5));
 }
 
@@ -389,12 +410,7 @@ async fn every_attempt_sees_the_same_request() {
         };
         async move { status(if n < 3 { 502 } else { 204 }) }
     });
-    let resilience = Resilience::new(
-        ClientPolicies::builder()
-            .retry(retry(4, ms(50)))
-            .build()
-            .unwrap(),
-    );
+    let resilience = resilient(ClientPolicies::builder().retry(retry(4, ms(50))));
     let started = Instant::now();
     let answer = scripted(&resilience, &server)
         .put("http://store.test/items/7?v=2")
@@ -436,11 +452,12 @@ async fn the_scripts_answer_reaches_the_caller_whole() {
                 .unwrap())
         }
     });
-    let answer = scripted(&Resilience::standard(), &server)
-        .get("http://whole.test/blob")
-        .send()
-        .await
-        .unwrap();
+    let answer = get(
+        &scripted(&Resilience::standard(), &server),
+        "http://whole.test/blob",
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status(), 207);
     assert_eq!(answer.headers()["x-answer"], "yes");
     assert_eq!(answer.bytes().await.unwrap().as_ref(), expected.as_slice());
@@ -452,13 +469,8 @@ async fn the_scripts_answer_reaches_the_caller_whole() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_answer_carries_the_requests_url() {
     let server = Scripted::new(|_request| async { status(502) });
-    let client = scripted(
-        &Resilience::new(ClientPolicies::builder().no_retry().build().unwrap()),
-        &server,
-    );
-    let answer = client
-        .get("http://named.test/items?page=2")
-        .send()
+    let client = scripted(&resilient(ClientPolicies::builder().no_retry()), &server);
+    let answer = get(&client, "http://named.test/items?page=2")
         .await
         .unwrap();
     assert_eq!(answer.url().as_str(), "http://named.test/items?page=2");
@@ -478,26 +490,17 @@ async fn the_answer_carries_the_requests_url() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_slow_host_is_cut_by_the_deadline_and_its_exchange_dropped() {
     let live = Live::default();
-    let tracker = live.clone();
-    let server = Scripted::new(move |_request| {
-        let guard = tracker.guard();
-        async move {
-            let _guard = guard;
-            tokio::time::sleep(secs(86_400)).await;
-            status(200)
-        }
+    let server = live.script(move |_request| async move {
+        tokio::time::sleep(secs(86_400)).await;
+        status(200)
     });
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .deadline(Some(secs(2)))
-            .attempt_timeout(None)
-            .build()
-            .unwrap(),
+            .attempt_timeout(None),
     );
     let started = Instant::now();
-    let error = scripted(&resilience, &server)
-        .get("http://slow.test/")
-        .send()
+    let error = get(&scripted(&resilience, &server), "http://slow.test/")
         .await
         .unwrap_err();
     assert_eq!(started.elapsed(), secs(2));
@@ -515,31 +518,24 @@ async fn a_slow_host_is_cut_by_the_deadline_and_its_exchange_dropped() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn attempt_timeouts_cut_slow_answers_and_count_against_the_host() {
     let live = Live::default();
-    let tracker = live.clone();
     let n = Arc::new(AtomicUsize::new(0));
-    let server = Scripted::new(move |_request| {
-        let guard = tracker.guard();
+    let server = live.script(move |_request| {
         let nth = n.fetch_add(1, SeqCst);
         async move {
-            let _guard = guard;
             if nth < 2 {
                 tokio::time::sleep(secs(3600)).await;
             }
             status(200)
         }
     });
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .retry(retry(3, ms(100)))
             .attempt_timeout(Some(ms(300)))
-            .breaker(Some(CircuitBreaker::builder().consecutive_failures(10)))
-            .build()
-            .unwrap(),
+            .breaker(Some(CircuitBreaker::builder().consecutive_failures(10))),
     );
     let started = Instant::now();
-    let answer = scripted(&resilience, &server)
-        .get("http://flaky.test/")
-        .send()
+    let answer = get(&scripted(&resilience, &server), "http://flaky.test/")
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
@@ -559,55 +555,41 @@ async fn attempt_timeouts_cut_slow_answers_and_count_against_the_host() {
 /// `max_retry_after`; one that ends past the deadline returns the answer at once.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn retry_after_paces_retries_and_is_held_against_the_deadline() {
-    let script = |first: Answer| {
+    /// One GET: `first` answered first, 200 after, 3 attempts 10 ms apart under `deadline`.
+    /// The final status, the attempts made and the time taken.
+    async fn paced(first: Answer, deadline: Option<Duration>) -> (u16, usize, Duration) {
         let first = Mutex::new(Some(first));
-        Scripted::new(move |_request| {
+        let server = Scripted::new(move |_request| {
             let answer = first.lock().unwrap().take().unwrap_or_else(|| status(200));
             async move { answer }
-        })
-    };
-    let policies = |deadline: Option<Duration>| {
-        Resilience::new(
+        });
+        let resilience = resilient(
             ClientPolicies::builder()
                 .retry(retry(3, ms(10)))
-                .deadline(deadline)
-                .build()
-                .unwrap(),
+                .deadline(deadline),
+        );
+        let started = Instant::now();
+        let answer = get(&scripted(&resilience, &server), "http://paced.test/")
+            .await
+            .unwrap();
+        (
+            answer.status().as_u16(),
+            server.attempts(),
+            started.elapsed(),
         )
-    };
+    }
 
     // 503, come back in 7 s.
-    let server = script(status_after(503, "7"));
-    let started = Instant::now();
-    let answer = scripted(&policies(Some(secs(30))), &server)
-        .get("http://paced.test/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!((answer.status().as_u16(), server.attempts()), (200, 2));
-    assert_eq!(started.elapsed(), secs(7));
+    let got = paced(status_after(503, "7"), Some(secs(30))).await;
+    assert_eq!(got, (200, 2, secs(7)));
 
     // 429 asking for 40 s under a 30 s deadline: the 429 at once, not retried.
-    let server = script(status_after(429, "40"));
-    let started = Instant::now();
-    let answer = scripted(&policies(Some(secs(30))), &server)
-        .get("http://paced.test/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!((answer.status().as_u16(), server.attempts()), (429, 1));
-    assert_eq!(started.elapsed(), Duration::ZERO);
+    let got = paced(status_after(429, "40"), Some(secs(30))).await;
+    assert_eq!(got, (429, 1, Duration::ZERO));
 
     // No deadline, 10 minutes asked: the sleep is capped at the default 60 s.
-    let server = script(status_after(503, "600"));
-    let started = Instant::now();
-    let answer = scripted(&policies(None), &server)
-        .get("http://paced.test/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!((answer.status().as_u16(), server.attempts()), (200, 2));
-    assert_eq!(started.elapsed(), secs(60));
+    let got = paced(status_after(503, "600"), None).await;
+    assert_eq!(got, (200, 2, secs(60)));
 }
 
 /// An HTTP-date `Retry-After` is read against the wall clock and waited out in virtual time.
@@ -625,16 +607,9 @@ async fn an_http_date_retry_after_is_waited_in_virtual_time() {
             }
         }
     });
-    let resilience = Resilience::new(
-        ClientPolicies::builder()
-            .retry(retry(2, ms(10)))
-            .build()
-            .unwrap(),
-    );
+    let resilience = resilient(ClientPolicies::builder().retry(retry(2, ms(10))));
     let started = Instant::now();
-    let answer = scripted(&resilience, &server)
-        .get("http://dated.test/")
-        .send()
+    let answer = get(&scripted(&resilience, &server), "http://dated.test/")
         .await
         .unwrap();
     assert_eq!((answer.status().as_u16(), server.attempts()), (200, 2));
@@ -674,29 +649,20 @@ fn http_date(at: std::time::SystemTime) -> String {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_retry_after_holds_the_hosts_breaker_open() {
     let server = Scripted::new(|_request| async { status_after(503, "20") });
-    let resilience = Resilience::new(
-        ClientPolicies::builder()
-            .no_retry()
-            .breaker(Some(
-                CircuitBreaker::builder()
-                    .consecutive_failures(1)
-                    .break_duration(secs(2)),
-            ))
-            .build()
-            .unwrap(),
+    let resilience = resilient(
+        ClientPolicies::builder().no_retry().breaker(Some(
+            CircuitBreaker::builder()
+                .consecutive_failures(1)
+                .break_duration(secs(2)),
+        )),
     );
     let client = scripted(&resilience, &server);
     assert_eq!(
-        client
-            .get("http://busy.test/")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get(&client, "http://busy.test/").await.unwrap().status(),
         503
     );
     tokio::time::advance(secs(10)).await;
-    let refused = client.get("http://busy.test/").send().await.unwrap_err();
+    let refused = get(&client, "http://busy.test/").await.unwrap_err();
     let Some(Rejected::CircuitOpen { retry_after }) = rejection(&refused) else {
         panic!("{refused:?}");
     };
@@ -705,7 +671,7 @@ async fn a_retry_after_holds_the_hosts_breaker_open() {
         "{retry_after:?}"
     );
     tokio::time::advance(secs(11)).await;
-    assert!(client.get("http://busy.test/").send().await.is_ok());
+    assert!(get(&client, "http://busy.test/").await.is_ok());
     assert_eq!(server.attempts(), 2);
 }
 
@@ -722,17 +688,13 @@ async fn io_errors_read_as_the_networks() {
         std::io::ErrorKind::TimedOut,
     ] {
         let server = Scripted::new(move |_request| async move { Err(std::io::Error::from(kind)) });
-        let resilience = Resilience::new(
+        let resilience = resilient(
             ClientPolicies::builder()
                 .retry(retry(3, ms(10)))
                 .retry_budget(None)
-                .breaker(Some(CircuitBreaker::builder().consecutive_failures(100)))
-                .build()
-                .unwrap(),
+                .breaker(Some(CircuitBreaker::builder().consecutive_failures(100))),
         );
-        let error = scripted(&resilience, &server)
-            .get("http://gone.test/")
-            .send()
+        let error = get(&scripted(&resilience, &server), "http://gone.test/")
             .await
             .unwrap_err();
         assert_eq!(server.attempts(), 3, "{kind:?}: retried");
@@ -758,13 +720,11 @@ async fn io_errors_read_as_the_networks() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn only_what_may_be_sent_again_is_retried() {
     let server = Scripted::new(|_request| async { status(503) });
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .retry(retry(3, ms(10)))
             .retry_budget(None)
-            .breaker(None)
-            .build()
-            .unwrap(),
+            .breaker(None),
     );
     let client = scripted(&resilience, &server);
     let sent = |before: usize| server.attempts() - before;
@@ -818,12 +778,10 @@ async fn a_streaming_body_is_sent_once() {
         }
         async { status(503) }
     });
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .retry(retry(5, ms(10)))
-            .retry_budget(None)
-            .build()
-            .unwrap(),
+            .retry_budget(None),
     );
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
         Ok(bytes::Bytes::from_static(b"a")),
@@ -852,16 +810,13 @@ async fn a_streaming_body_is_sent_once() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
     let live = Live::default();
-    let tracker = live.clone();
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let slow_now = Arc::clone(&slow);
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fail_now = Arc::clone(&fail);
-    let server = Scripted::new(move |_request| {
-        let guard = tracker.guard();
+    let server = live.script(move |_request| {
         let (slow, fail) = (slow_now.load(SeqCst), fail_now.load(SeqCst));
         async move {
-            let _guard = guard;
             if slow {
                 tokio::time::sleep(secs(10)).await;
             }
@@ -869,7 +824,7 @@ async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
         }
     });
     let log = Log::default();
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .name("cancelling")
             .no_retry()
@@ -880,9 +835,7 @@ async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
                     .break_duration(secs(1))
                     .half_open_probes(1),
             ))
-            .on_event(log.listener())
-            .build()
-            .unwrap(),
+            .on_event(log.listener()),
     );
     let client = scripted(&resilience, &server);
     let host = key("http://cancel.test/");
@@ -904,7 +857,7 @@ async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
     // Open the host, let the break pass, then cancel the probe.
     slow.store(false, SeqCst);
     fail.store(true, SeqCst);
-    client.get("http://cancel.test/").send().await.unwrap();
+    get(&client, "http://cancel.test/").await.unwrap();
     let breakers = resilience.policies().breakers().unwrap();
     assert_eq!(breakers.state(&host), Some(State::Open));
     tokio::time::advance(secs(2)).await;
@@ -916,7 +869,7 @@ async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
     assert_eq!(bulkheads.in_flight(&host), 0);
     // The probe slot is free again: the next request is admitted and closes the breaker.
     slow.store(false, SeqCst);
-    let answer = client.get("http://cancel.test/").send().await;
+    let answer = get(&client, "http://cancel.test/").await;
     assert_eq!(
         answer.map(|r| r.status().as_u16()).ok(),
         Some(200),
@@ -953,12 +906,10 @@ async fn hundreds_of_concurrent_requests_through_a_small_bulkhead() {
             status(200)
         }
     });
-    let resilience = Resilience::new(
+    let resilience = resilient(
         ClientPolicies::builder()
             .retry(retry(2, ms(5)))
-            .bulkhead(Some(Bulkhead::builder(4).reject_when_full()))
-            .build()
-            .unwrap(),
+            .bulkhead(Some(Bulkhead::builder(4).reject_when_full())),
     );
     let client = scripted(&resilience, &server);
     let mut rng = SplitMix64::new(42);
@@ -1019,9 +970,7 @@ async fn random_drop_points_leak_nothing() {
         (77, true),
     ] {
         let live = Live::default();
-        let tracker = live.clone();
-        let server = Scripted::new(move |request| {
-            let guard = tracker.guard();
+        let server = live.script(move |request| {
             let plan: Vec<u64> = request.headers()["x-plan"]
                 .to_str()
                 .unwrap()
@@ -1029,7 +978,6 @@ async fn random_drop_points_leak_nothing() {
                 .map(|p| p.parse().unwrap())
                 .collect();
             async move {
-                let _guard = guard;
                 tokio::time::sleep(ms(plan[0])).await;
                 status(if plan[1] == 0 { 503 } else { 200 })
             }
@@ -1052,7 +1000,7 @@ async fn random_drop_points_leak_nothing() {
             ClientPolicies::builder()
                 .bulkhead(Some(Bulkhead::builder(2).max_queue(3).max_wait(ms(100))))
         };
-        let resilience = Resilience::new(
+        let resilience = resilient(
             limits
                 .retry(retry(3, ms(20)))
                 .retry_budget(None)
@@ -1063,9 +1011,7 @@ async fn random_drop_points_leak_nothing() {
                         .consecutive_failures(5)
                         .break_duration(secs(1))
                         .half_open_probes(1),
-                ))
-                .build()
-                .unwrap(),
+                )),
         );
         let client = scripted(&resilience, &server);
         let hosts = ["http://x.test/", "http://y.test:81/", "http://[::2]/"];
@@ -1149,19 +1095,17 @@ async fn long_idle_gaps_leave_every_host_fresh() {
     let host = key("http://idle.test/");
 
     // Spend the host's retry budget: many failing requests in one second.
-    let budgeted = Resilience::new(
+    let budgeted = resilient(
         ClientPolicies::builder()
             .retry(retry(3, ms(10)))
-            .breaker(None)
-            .build()
-            .unwrap(),
+            .breaker(None),
     );
     let budgeted_client = scripted(&budgeted, &server);
     tokio::time::advance(secs(1)).await;
     let mut attempts_per_request = Vec::new();
     for _ in 0..200 {
         let before = server.attempts();
-        let _ = budgeted_client.get("http://idle.test/").send().await;
+        let _ = get(&budgeted_client, "http://idle.test/").await;
         attempts_per_request.push(server.attempts() - before);
     }
     assert!(
@@ -1171,11 +1115,7 @@ async fn long_idle_gaps_leave_every_host_fresh() {
     // Two days idle: the budget is back.
     tokio::time::advance(secs(2 * 86_400)).await;
     let before = server.attempts();
-    let answer = budgeted_client
-        .get("http://idle.test/")
-        .send()
-        .await
-        .unwrap();
+    let answer = get(&budgeted_client, "http://idle.test/").await.unwrap();
     assert_eq!(answer.status(), 503);
     assert_eq!(
         server.attempts() - before,
@@ -1185,20 +1125,14 @@ async fn long_idle_gaps_leave_every_host_fresh() {
 
     // A rate limit of 1 a second, burst 2: spent, then rested for a day: a burst at once.
     failing.store(false, SeqCst);
-    let limited = Resilience::new(
+    let limited = resilient(
         ClientPolicies::builder()
-            .rate_limit(Some(RateLimiter::builder(1, secs(1)).burst(2).keyed()))
-            .build()
-            .unwrap(),
+            .rate_limit(Some(RateLimiter::builder(1, secs(1)).burst(2).keyed())),
     );
     let limited_client = scripted(&limited, &server);
     let started = Instant::now();
     for _ in 0..4 {
-        limited_client
-            .get("http://idle.test/")
-            .send()
-            .await
-            .unwrap();
+        get(&limited_client, "http://idle.test/").await.unwrap();
     }
     assert!(
         started.elapsed() >= secs(2),
@@ -1208,11 +1142,7 @@ async fn long_idle_gaps_leave_every_host_fresh() {
     tokio::time::advance(secs(86_400)).await;
     let started = Instant::now();
     for _ in 0..2 {
-        limited_client
-            .get("http://idle.test/")
-            .send()
-            .await
-            .unwrap();
+        get(&limited_client, "http://idle.test/").await.unwrap();
     }
     assert_eq!(
         started.elapsed(),
@@ -1222,30 +1152,22 @@ async fn long_idle_gaps_leave_every_host_fresh() {
 
     // Another stack: a host's breaker opened, then a week idle: the next request is the
     // probe, and closes it.
-    let opening = Resilience::new(
-        ClientPolicies::builder()
-            .no_retry()
-            .breaker(Some(
-                CircuitBreaker::builder()
-                    .consecutive_failures(1)
-                    .break_duration(secs(30)),
-            ))
-            .build()
-            .unwrap(),
+    let opening = resilient(
+        ClientPolicies::builder().no_retry().breaker(Some(
+            CircuitBreaker::builder()
+                .consecutive_failures(1)
+                .break_duration(secs(30)),
+        )),
     );
     let opening_client = scripted(&opening, &server);
     let breakers = opening.policies().breakers().unwrap();
     failing.store(true, SeqCst);
-    let _ = opening_client.get("http://idle.test/").send().await;
+    let _ = get(&opening_client, "http://idle.test/").await;
     assert_eq!(breakers.state(&host), Some(State::Open));
     tokio::time::advance(secs(7 * 86_400)).await;
     failing.store(false, SeqCst);
     let before = server.attempts();
-    let answer = opening_client
-        .get("http://idle.test/")
-        .send()
-        .await
-        .unwrap();
+    let answer = get(&opening_client, "http://idle.test/").await.unwrap();
     assert_eq!(answer.status(), 200);
     assert_eq!(server.attempts() - before, 1);
     assert_eq!(breakers.state(&host), Some(State::Closed));
@@ -1290,16 +1212,13 @@ mod registry {
         );
         let resilience = Resilience::new(registry.http_client("catalog").unwrap());
         let live = Live::default();
-        let tracker = live.clone();
-        let server = Scripted::new(move |request| {
-            let guard = tracker.guard();
+        let server = live.script(move |request| {
             let down = request
                 .url()
                 .host_str()
                 .is_some_and(|h| h.starts_with("down"));
             let pause = u64::from(request.url().port_or_known_default().unwrap() % 7) * 30;
             async move {
-                let _guard = guard;
                 tokio::time::sleep(ms(pause)).await;
                 status(if down { 503 } else { 200 })
             }
@@ -1321,7 +1240,7 @@ mod registry {
             let client = client.clone();
             tasks.spawn(async move {
                 tokio::time::sleep(ms(start)).await;
-                let _ = client.get(target).send().await;
+                let _ = get(&client, target).await;
             });
         }
         // Mid-traffic: a reload that reshapes the breakers' window (a reset per host, told with
@@ -1374,7 +1293,7 @@ mod registry {
         // After the reload each request is sent once.
         let before = server.attempts();
         tokio::time::advance(secs(3600)).await;
-        let _ = client.get("http://down.test/").send().await;
+        let _ = get(&client, "http://down.test/").await;
         assert_eq!(server.attempts() - before, 1, "the reloaded retry schedule");
     }
 }
@@ -1392,11 +1311,8 @@ async fn a_url_the_script_sets_is_kept() {
             .body(b"body".to_vec())
             .unwrap())
     });
-    let client = scripted(
-        &Resilience::new(ClientPolicies::builder().no_retry().build().unwrap()),
-        &server,
-    );
-    let answer = client.get("http://asked.test/").send().await.unwrap();
+    let client = scripted(&resilient(ClientPolicies::builder().no_retry()), &server);
+    let answer = get(&client, "http://asked.test/").await.unwrap();
     assert_eq!(answer.url().as_str(), "http://moved.test/here");
     assert_eq!(answer.headers()["x-kept"], "1");
     assert_eq!(answer.bytes().await.unwrap().as_ref(), b"body");

@@ -288,15 +288,18 @@ fn strict_refuses_every_kind_of_lookup_of_an_undeclared_name() {
         "#,
         true,
     );
-    let before = (
-        names(r.breakers()),
-        names(r.bulkheads()),
-        names(r.rate_limiters()),
-        names(r.retry_budgets()),
-        names(r.adaptive_limiters()),
-        names(r.chaos_handles()),
-        r.keyed_tables().len(),
-    );
+    let held = |r: &Registry<Clk>| {
+        (
+            names(r.breakers()),
+            names(r.bulkheads()),
+            names(r.rate_limiters()),
+            names(r.retry_budgets()),
+            names(r.adaptive_limiters()),
+            names(r.chaos_handles()),
+            r.keyed_tables().len(),
+        )
+    };
+    let before = held(&r);
     for ghost in ["ghost", "base", "A", ""] {
         let checks: Vec<(&str, Result<(), Invalid>)> = vec![
             ("breaker", r.breaker(ghost).map(drop)),
@@ -329,15 +332,7 @@ fn strict_refuses_every_kind_of_lookup_of_an_undeclared_name() {
             }
         }
     }
-    let after = (
-        names(r.breakers()),
-        names(r.bulkheads()),
-        names(r.rate_limiters()),
-        names(r.retry_budgets()),
-        names(r.adaptive_limiters()),
-        names(r.chaos_handles()),
-        r.keyed_tables().len(),
-    );
+    let after = held(&r);
     assert_eq!(before, after, "a refused lookup holds nothing");
 
     // Declared names are served, kinds without a section included (from the defaults).
@@ -1146,6 +1141,111 @@ fn spin(n: u64) {
     }
 }
 
+/// Runs `round` (given its number, from 1) until `max` rounds have run or `budget` has passed;
+/// returns how many ran.
+fn run_rounds(max: u32, budget: Duration, mut round: impl FnMut(u32)) -> u32 {
+    let start = Instant::now();
+    let mut rounds = 0;
+    while rounds < max && start.elapsed() < budget {
+        rounds += 1;
+        round(rounds);
+    }
+    rounds
+}
+
+/// One race of lookups against a reload of `r` to `after`: two workers `w` (0 and 1), each
+/// after a seeded spin, make 20 lookups `i` (0 to 19), `lookup(r, kind + i + w)`, where `kind`
+/// is a seeded draw below or equal to `kinds` (0 with `None`); meanwhile this thread, after
+/// its own seeded spin, reloads. Returns every worker's lookups and the reload's result.
+fn race_a_removal(
+    r: &Arc<Registry<Clk>>,
+    after: &str,
+    rng: &mut SplitMix64,
+    kinds: Option<u64>,
+    lookup: fn(&Registry<Clk>, u64) -> Lookup,
+) -> (Vec<Lookup>, Result<Reload, Invalid>) {
+    let barrier = Arc::new(Barrier::new(3));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (r, barrier) = (Arc::clone(r), Arc::clone(&barrier));
+            let delay = rng.below_or_equal(2_000);
+            let kind = kinds.map_or(0, |k| rng.below_or_equal(k));
+            std::thread::spawn(move || {
+                barrier.wait();
+                spin(delay);
+                (0..20)
+                    .map(|i| lookup(&r, kind + i + w))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let delay = rng.below_or_equal(4_000);
+    barrier.wait();
+    spin(delay);
+    let reload = r.reload(cfg(after));
+    let got = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    (got, reload)
+}
+
+/// Either the removal applied and every lookup racing it was refused as `Undeclared`, or it
+/// was refused as `Removed` and every lookup was served. Returns the reload if it applied.
+fn all_or_nothing<'a>(
+    round: u32,
+    reload: &'a Result<Reload, Invalid>,
+    got: &[Lookup],
+) -> Option<&'a Reload> {
+    match reload {
+        Ok(reload) => {
+            assert!(
+                got.iter().all(|g| *g == Lookup::Undeclared),
+                "round {round}: the removal applied although x was served: {got:?} {reload:?}"
+            );
+            Some(reload)
+        }
+        Err(e) => {
+            assert_eq!(e.problem(), &Problem::Removed, "round {round}: {e}");
+            assert!(
+                got.iter().all(|g| *g == Lookup::Ok),
+                "round {round}: x still declared, yet refused: {got:?}"
+            );
+            None
+        }
+    }
+}
+
+/// `label`'s race, up to 400 rounds or 1.5 s (more than 10 rounds): each round a fresh
+/// registry on `before` (`strict` or lenient) races `race_a_removal` to `after`, seeded from
+/// `seed`; the outcome must be all or nothing, and `check` is handed the round, the registry
+/// and, if the removal applied, the reload.
+fn removal_races(
+    label: &str,
+    seed: u64,
+    (before, after): (&str, &str),
+    strict: bool,
+    kinds: Option<u64>,
+    lookup: fn(&Registry<Clk>, u64) -> Lookup,
+    mut check: impl FnMut(u32, &Registry<Clk>, Option<&Reload>),
+) {
+    let mut rng = SplitMix64::new(seed);
+    let (mut applied, mut refused) = (0, 0);
+    let rounds = run_rounds(400, Duration::from_millis(1500), |round| {
+        let r = Arc::new(registry(before, strict));
+        let (got, reload) = race_a_removal(&r, after, &mut rng, kinds, lookup);
+        let reload = all_or_nothing(round, &reload, &got);
+        if reload.is_some() {
+            applied += 1;
+        } else {
+            refused += 1;
+        }
+        check(round, &r, reload);
+    });
+    eprintln!("{label} race: {rounds} rounds, {applied} applied, {refused} refused");
+    assert!(rounds > 10);
+}
+
 /// Strict, from several threads: lookups of `x` (declared, no section, nothing held) race a
 /// reload that removes `x`. Docs: strict refuses "every lookup of a name the file does not
 /// declare" and "a reload that removes an instance the registry holds a policy of". So either
@@ -1157,78 +1257,46 @@ fn strict_lookups_racing_a_removal_are_all_or_nothing() {
     let defaults = "[defaults.bulkhead]\nmax_concurrent = 4\n[defaults.rate_limit]\ncount = 10\nperiod = \"1s\"\n[defaults.adaptive]\nalgorithm = \"aimd\"\nmin_limit = 1\ninitial_limit = 2\n";
     let with_x = format!("{defaults}[instances.keep.breaker]\n[instances.x]\ndeadline = \"1s\"\n");
     let without_x = format!("{defaults}[instances.keep.breaker]\n");
-    let (with_x, without_x) = (with_x.as_str(), without_x.as_str());
-    let mut rng = SplitMix64::new(0x5EED_0001);
-    let start = Instant::now();
-    let (mut applied, mut refused, mut rounds) = (0, 0, 0);
-    while rounds < 400 && start.elapsed() < Duration::from_millis(1500) {
-        rounds += 1;
-        let r = Arc::new(registry(with_x, true));
-        let barrier = Arc::new(Barrier::new(3));
-        let workers: Vec<_> = (0..2)
-            .map(|w| {
-                let (r, barrier) = (Arc::clone(&r), Arc::clone(&barrier));
-                let (delay, kind) = (rng.below_or_equal(2_000), rng.below_or_equal(11));
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    spin(delay);
-                    let mut got = Vec::new();
-                    for i in 0..20 {
-                        got.push(match (kind + i + w) % 12 {
-                            0 => outcome(r.breaker("x")),
-                            1 => outcome(r.pipeline("x")),
-                            2 => outcome(r.retry_budget("x")),
-                            3 => outcome(r.bulkhead("x")),
-                            4 => outcome(r.rate_limiter("x")),
-                            5 => outcome(r.adaptive_limiter("x")),
-                            6 => outcome(r.http_client("x")),
-                            7 => outcome(r.keyed_breaker::<String>("x")),
-                            8 => outcome(r.keyed_bulkhead::<String>("x")),
-                            9 => outcome(r.keyed_rate_limiter::<String>("x")),
-                            10 => outcome(r.keyed_adaptive_limiter::<String>("x")),
-                            _ => outcome(r.chaos("x")),
-                        });
-                    }
-                    got
-                })
-            })
-            .collect();
-        let delay = rng.below_or_equal(4_000);
-        barrier.wait();
-        spin(delay);
-        let reload = r.reload(cfg(without_x));
-        let got: Vec<Lookup> = workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect();
-        match reload {
-            Ok(reload) => {
-                applied += 1;
-                assert!(
-                    got.iter().all(|g| *g == Lookup::Undeclared),
-                    "round {rounds}: the removal applied although x was served: {got:?} {reload:?}"
-                );
-                assert!(!names(r.breakers()).contains(&"x".to_string()));
-                assert!(!names(r.pipelines()).contains(&"x".to_string()));
-                assert!(!names(r.retry_budgets()).contains(&"x".to_string()));
-                assert!(!names(r.bulkheads()).contains(&"x".to_string()));
-                assert!(!names(r.http_clients()).contains(&"x".to_string()));
-                assert!(!names(r.chaos_handles()).contains(&"x".to_string()));
-                assert!(r.keyed_tables().iter().all(|t| t.name != "x"));
+    let lookup = |r: &Registry<Clk>, step| match step % 12 {
+        0 => outcome(r.breaker("x")),
+        1 => outcome(r.pipeline("x")),
+        2 => outcome(r.retry_budget("x")),
+        3 => outcome(r.bulkhead("x")),
+        4 => outcome(r.rate_limiter("x")),
+        5 => outcome(r.adaptive_limiter("x")),
+        6 => outcome(r.http_client("x")),
+        7 => outcome(r.keyed_breaker::<String>("x")),
+        8 => outcome(r.keyed_bulkhead::<String>("x")),
+        9 => outcome(r.keyed_rate_limiter::<String>("x")),
+        10 => outcome(r.keyed_adaptive_limiter::<String>("x")),
+        _ => outcome(r.chaos("x")),
+    };
+    let files = (with_x.as_str(), without_x.as_str());
+    removal_races(
+        "strict",
+        0x5EED_0001,
+        files,
+        true,
+        Some(11),
+        lookup,
+        |round, r, applied| {
+            if applied.is_none() {
+                assert!(declared(r).contains(&"x".to_string()));
+                return;
             }
-            Err(e) => {
-                refused += 1;
-                assert_eq!(e.problem(), &Problem::Removed, "round {rounds}: {e}");
-                assert!(
-                    got.iter().all(|g| *g == Lookup::Ok),
-                    "round {rounds}: x still declared, yet refused: {got:?}"
-                );
-                assert!(declared(&r).contains(&"x".to_string()));
+            for held in [
+                names(r.breakers()),
+                names(r.pipelines()),
+                names(r.retry_budgets()),
+                names(r.bulkheads()),
+                names(r.http_clients()),
+                names(r.chaos_handles()),
+            ] {
+                assert!(!held.contains(&"x".to_string()), "round {round}: {held:?}");
             }
-        }
-    }
-    eprintln!("strict race: {rounds} rounds, {applied} applied, {refused} refused");
-    assert!(rounds > 10);
+            assert!(r.keyed_tables().iter().all(|t| t.name != "x"));
+        },
+    );
 }
 
 /// Lenient, from several threads: pipelines of `x` (declared, a breaker held from the start)
@@ -1240,65 +1308,32 @@ fn strict_lookups_racing_a_removal_are_all_or_nothing() {
 fn lenient_pipeline_lookups_racing_a_removal_never_leave_a_stack_of_an_undeclared_name() {
     let with_x = "[instances.keep.breaker]\n[instances.x.breaker]\n[instances.y]\nhttp = {}\n";
     let without_x = "[instances.keep.breaker]\n[instances.y]\nhttp = {}\n";
-    let mut rng = SplitMix64::new(0x5EED_0002);
-    let start = Instant::now();
-    let (mut applied, mut refused, mut rounds) = (0, 0, 0);
-    while rounds < 400 && start.elapsed() < Duration::from_millis(1500) {
-        rounds += 1;
-        let r = Arc::new(registry(with_x, false));
-        let barrier = Arc::new(Barrier::new(3));
-        let workers: Vec<_> = (0..2)
-            .map(|w| {
-                let (r, barrier) = (Arc::clone(&r), Arc::clone(&barrier));
-                let delay = rng.below_or_equal(2_000);
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    spin(delay);
-                    let mut got = Vec::new();
-                    for i in 0..20 {
-                        got.push(if (i + w) % 2 == 0 {
-                            outcome(r.pipeline("x"))
-                        } else {
-                            outcome(r.http_client("x"))
-                        });
-                        // Plain policies stay get-or-create throughout.
-                        assert!(r.breaker("x").is_ok());
-                    }
-                    got
-                })
-            })
-            .collect();
-        let delay = rng.below_or_equal(4_000);
-        barrier.wait();
-        spin(delay);
-        let reload = r.reload(cfg(without_x));
-        let got: Vec<Lookup> = workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect();
-        match reload {
-            Ok(reload) => {
-                applied += 1;
-                assert_eq!(removed_sorted(&reload), ["x"], "round {rounds}");
-                assert!(
-                    got.iter().all(|g| *g == Lookup::Undeclared),
-                    "round {rounds}: the removal applied although x's stack was served: {got:?}"
-                );
+    let lookup = |r: &Registry<Clk>, step| {
+        let got = if step % 2 == 0 {
+            outcome(r.pipeline("x"))
+        } else {
+            outcome(r.http_client("x"))
+        };
+        // Plain policies stay get-or-create throughout.
+        assert!(r.breaker("x").is_ok());
+        got
+    };
+    let files = (with_x, without_x);
+    removal_races(
+        "lenient",
+        0x5EED_0002,
+        files,
+        false,
+        None,
+        lookup,
+        |round, r, applied| {
+            if let Some(reload) = applied {
+                assert_eq!(removed_sorted(reload), ["x"], "round {round}");
                 assert!(!names(r.pipelines()).contains(&"x".to_string()));
                 assert!(!names(r.http_clients()).contains(&"x".to_string()));
             }
-            Err(e) => {
-                refused += 1;
-                assert_eq!(e.problem(), &Problem::Removed, "round {rounds}: {e}");
-                assert!(
-                    got.iter().all(|g| *g == Lookup::Ok),
-                    "round {rounds}: {got:?}"
-                );
-            }
-        }
-    }
-    eprintln!("lenient race: {rounds} rounds, {applied} applied, {refused} refused");
-    assert!(rounds > 10);
+        },
+    );
 }
 
 /// Reloads from two threads, alternating a file that declares `x` and one that does not, while
@@ -1311,10 +1346,7 @@ fn concurrent_reloads_and_lookups_keep_every_held_stack_declared() {
     let with_x = "[instances.keep.breaker]\n[instances.x.breaker]\n";
     let without_x = "[instances.keep.breaker]\n";
     let mut rng = SplitMix64::new(0x5EED_0003);
-    let start = Instant::now();
-    let mut rounds = 0;
-    while rounds < 200 && start.elapsed() < Duration::from_millis(1500) {
-        rounds += 1;
+    let rounds = run_rounds(200, Duration::from_millis(1500), |round| {
         for strict in [false, true] {
             let r = Arc::new(registry(without_x, strict));
             let barrier = Arc::new(Barrier::new(4));
@@ -1353,18 +1385,18 @@ fn concurrent_reloads_and_lookups_keep_every_held_stack_declared() {
             for held in names(r.pipelines()) {
                 assert!(
                     in_force.contains(&held),
-                    "round {rounds} strict={strict}: a pipeline of {held:?}, undeclared in {in_force:?}"
+                    "round {round} strict={strict}: a pipeline of {held:?}, undeclared in {in_force:?}"
                 );
             }
             if served > 0 {
                 assert!(
                     in_force.contains(&"x".to_string()),
-                    "round {rounds} strict={strict}"
+                    "round {round} strict={strict}"
                 );
                 assert!(r.reload(cfg(without_x)).is_err(), "x's pipeline is held");
             }
         }
-    }
+    });
     assert!(rounds > 5);
 }
 
@@ -1422,6 +1454,61 @@ const BEFORE: &str =
     "[instances.a.breaker]\nwindow_calls = 10\n[instances.gone]\ndeadline = \"1s\"\n";
 const AFTER: &str = "[instances.a.breaker]\nwindow_calls = 20\n";
 
+/// A registry on `text` (`strict` or lenient) whose listener is `listener`.
+fn listened(
+    text: &str,
+    strict: bool,
+    listener: impl Fn(&tidewall::telemetry::Event<'_>) + Send + Sync + 'static,
+) -> Arc<Registry<Clk>> {
+    Arc::new(
+        Registry::builder(cfg(text))
+            .runtime(Clocked::new(Tokio))
+            .strict(strict)
+            .on_event(listener)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// As `listened`, the listener handed the registry itself (events told before the registry
+/// is built are not passed on).
+fn self_listening(
+    text: &str,
+    strict: bool,
+    listener: impl Fn(&Registry<Clk>, &tidewall::telemetry::Event<'_>) + Send + Sync + 'static,
+) -> Arc<Registry<Clk>> {
+    let slot: Arc<OnceLock<Weak<Registry<Clk>>>> = Arc::new(OnceLock::new());
+    let slot2 = Arc::clone(&slot);
+    let r = listened(text, strict, move |event| {
+        if let Some(r) = slot2.get().and_then(Weak::upgrade) {
+            listener(&r, event);
+        }
+    });
+    slot.set(Arc::downgrade(&r)).unwrap();
+    r
+}
+
+/// A registry on `text` whose listener, once the returned switch is on (it starts `armed`),
+/// asks for `what` of `gone` each time it is told of a reset; and what the listener got.
+fn asking_listener(
+    text: &str,
+    strict: bool,
+    what: Ask,
+    armed: bool,
+) -> (Arc<Registry<Clk>>, Arc<AtomicBool>, Arc<Mutex<Vec<Lookup>>>) {
+    let got: Arc<Mutex<Vec<Lookup>>> = Arc::new(Mutex::new(Vec::new()));
+    let armed = Arc::new(AtomicBool::new(armed));
+    let (got2, armed2) = (Arc::clone(&got), Arc::clone(&armed));
+    let r = self_listening(text, strict, move |r, event| {
+        if armed2.load(Ordering::SeqCst)
+            && let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
+        {
+            got2.lock().unwrap().push(ask(r, what, "gone"));
+        }
+    });
+    (r, armed, got)
+}
+
 /// Docs (`RegistryBuilder::on_event`): "A reload tells of the resets it causes on its own
 /// thread; a listener may look the registry up then". A listener that, told of the reset,
 /// asks for a stack (or, strict, any policy) of the instance that same reload removes must
@@ -1431,24 +1518,7 @@ const AFTER: &str = "[instances.a.breaker]\nwindow_calls = 20\n";
 #[test]
 fn a_listener_asking_for_the_removed_instance_during_the_reload() {
     for (strict, what) in DURING {
-        let slot: Arc<OnceLock<Weak<Registry<Clk>>>> = Arc::new(OnceLock::new());
-        let got: Arc<Mutex<Vec<Lookup>>> = Arc::new(Mutex::new(Vec::new()));
-        let (slot2, got2) = (Arc::clone(&slot), Arc::clone(&got));
-        let r = Arc::new(
-            Registry::builder(cfg(BEFORE))
-                .runtime(Clocked::new(Tokio))
-                .strict(strict)
-                .on_event(move |event| {
-                    if let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
-                        && let Some(r) = slot2.get().and_then(Weak::upgrade)
-                    {
-                        got2.lock().unwrap().push(ask(&r, what, "gone"));
-                    }
-                })
-                .build()
-                .unwrap(),
-        );
-        slot.set(Arc::downgrade(&r)).unwrap();
+        let (r, _, got) = asking_listener(BEFORE, strict, what, true);
         let reload = r.reload(cfg(AFTER));
         let got = got.lock().unwrap().clone();
         eprintln!(
@@ -1506,21 +1576,14 @@ fn ask_while_held_at_a_reset(before: &str, after: &str, prepare: fn(&Registry<Cl
         let go_rx = Mutex::new(go_rx);
         let armed = Arc::new(AtomicBool::new(false));
         let armed2 = Arc::clone(&armed);
-        let r = Arc::new(
-            Registry::builder(cfg(before))
-                .runtime(Clocked::new(Tokio))
-                .strict(strict)
-                .on_event(move |event| {
-                    if let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
-                        && armed2.swap(false, Ordering::SeqCst)
-                    {
-                        paused_tx.lock().unwrap().send(()).unwrap();
-                        go_rx.lock().unwrap().recv().unwrap();
-                    }
-                })
-                .build()
-                .unwrap(),
-        );
+        let r = listened(before, strict, move |event| {
+            if let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
+                && armed2.swap(false, Ordering::SeqCst)
+            {
+                paused_tx.lock().unwrap().send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+            }
+        });
         prepare(&r);
         armed.store(true, Ordering::SeqCst);
         let reloader = {
@@ -1618,10 +1681,8 @@ fn lenient_removed_names_only_what_is_held() {
     let with_x = "[instances.keep.breaker]\n[instances.x]\ndeadline = \"1s\"\n";
     let without_x = "[instances.keep.breaker]\n";
     let mut rng = SplitMix64::new(0x5EED_0004);
-    let start = Instant::now();
-    let (mut named, mut rounds) = (0, 0);
-    while rounds < 300 && start.elapsed() < Duration::from_millis(1000) {
-        rounds += 1;
+    let mut named = 0;
+    let rounds = run_rounds(300, Duration::from_millis(1000), |_| {
         let r = Arc::new(registry(with_x, false));
         let barrier = Arc::new(Barrier::new(2));
         let delay = rng.below_or_equal(3_000);
@@ -1649,7 +1710,7 @@ fn lenient_removed_names_only_what_is_held() {
             reload.removed.len(),
             usize::from(reload.removed.iter().any(|n| n == "x"))
         );
-    }
+    });
     eprintln!("removed-named race: {rounds} rounds, x named in {named}");
 }
 
@@ -1674,29 +1735,7 @@ fn touch_a_host(r: &Registry<Clk>) {
 #[test]
 fn a_listener_told_of_a_client_reset_asking_for_the_removed_instance() {
     for (strict, what) in DURING {
-        let slot: Arc<OnceLock<Weak<Registry<Clk>>>> = Arc::new(OnceLock::new());
-        let got: Arc<Mutex<Vec<Lookup>>> = Arc::new(Mutex::new(Vec::new()));
-        let (slot2, got2) = (Arc::clone(&slot), Arc::clone(&got));
-        let armed = Arc::new(AtomicBool::new(false));
-        let armed2 = Arc::clone(&armed);
-        let r = Arc::new(
-            Registry::builder(cfg(BEFORE_HTTP))
-                .runtime(Clocked::new(Tokio))
-                .strict(strict)
-                .on_event(move |event| {
-                    if !armed2.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
-                        && let Some(r) = slot2.get().and_then(Weak::upgrade)
-                    {
-                        got2.lock().unwrap().push(ask(&r, what, "gone"));
-                    }
-                })
-                .build()
-                .unwrap(),
-        );
-        slot.set(Arc::downgrade(&r)).unwrap();
+        let (r, armed, got) = asking_listener(BEFORE_HTTP, strict, what, false);
         touch_a_host(&r);
         armed.store(true, Ordering::SeqCst);
         let reload = r.reload(cfg(AFTER_HTTP));
@@ -1941,27 +1980,18 @@ fn an_instance_holding_every_kind_is_named_once() {
 /// that would remove the client's instance is `Reentrant`, not `Removed`.
 #[test]
 fn a_listener_reloading_from_a_client_reset_gets_reentrant() {
-    let slot: Arc<OnceLock<Weak<Registry<Clk>>>> = Arc::new(OnceLock::new());
     let seen: Arc<Mutex<Vec<Problem>>> = Arc::new(Mutex::new(Vec::new()));
-    let (slot2, seen2) = (Arc::clone(&slot), Arc::clone(&seen));
+    let seen2 = Arc::clone(&seen);
     let armed = Arc::new(AtomicBool::new(false));
     let armed2 = Arc::clone(&armed);
-    let r = Arc::new(
-        Registry::builder(cfg(BEFORE_HTTP))
-            .runtime(Clocked::new(Tokio))
-            .on_event(move |event| {
-                if armed2.load(Ordering::SeqCst)
-                    && let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
-                {
-                    let r = slot2.get().unwrap().upgrade().unwrap();
-                    let inner = r.reload(Config::from_toml("[instances.gone]\n").unwrap());
-                    seen2.lock().unwrap().push(problem(inner));
-                }
-            })
-            .build()
-            .unwrap(),
-    );
-    slot.set(Arc::downgrade(&r)).unwrap();
+    let r = self_listening(BEFORE_HTTP, false, move |r, event| {
+        if armed2.load(Ordering::SeqCst)
+            && let tidewall::telemetry::EventKind::StateChanged(_) = event.kind
+        {
+            let inner = r.reload(Config::from_toml("[instances.gone]\n").unwrap());
+            seen2.lock().unwrap().push(problem(inner));
+        }
+    });
     touch_a_host(&r);
     armed.store(true, Ordering::SeqCst);
     let outer = r.reload(cfg(AFTER_HTTP)).expect("the outer reload applies");
@@ -2057,37 +2087,34 @@ fn a_panicking_listener_during_a_removal_leaves_it_whole_and_the_thread_free() {
 /// is then `Removed`, and a valid file applies.
 #[test]
 fn after_a_reentrant_refusal_a_listener_outside_a_reload_reloads_normally() {
-    let slot: Arc<OnceLock<Weak<Registry<Clk>>>> = Arc::new(OnceLock::new());
     let seen: Arc<Mutex<Vec<(&'static str, Result<(), Problem>)>>> =
         Arc::new(Mutex::new(Vec::new()));
-    let (slot2, seen2) = (Arc::clone(&slot), Arc::clone(&seen));
+    let seen2 = Arc::clone(&seen);
     let text = "[instances.a.breaker]\nwindow_calls = 10\n[instances.b.bulkhead]\nmax_concurrent = 1\nmax_queue = 0\n";
-    let r = Arc::new(
-        Registry::builder(cfg(text))
-            .runtime(Clocked::new(Tokio))
-            .on_event(move |event| {
-                let Some(r) = slot2.get().and_then(Weak::upgrade) else { return };
-                match event.kind {
-                    tidewall::telemetry::EventKind::StateChanged(_) => {
-                        let got = r.reload(Config::from_toml("[instances.b.bulkhead]\nmax_concurrent = 1\n").unwrap());
-                        seen2.lock().unwrap().push(("reset", got.map(drop).map_err(|e| e.problem().clone())));
-                    }
-                    tidewall::telemetry::EventKind::Rejected(_) => {
-                        let removal = r.reload(Config::from_toml("[instances.b.bulkhead]\nmax_concurrent = 1\n").unwrap());
-                        seen2.lock().unwrap().push(("rejected-removal", removal.map(drop).map_err(|e| e.problem().clone())));
-                        let valid = r.reload(Config::from_toml(
-                            // The same window as in force: no reset, so no nested listener call.
-                            "[instances.a.breaker]\nwindow_calls = 30\n[instances.b.bulkhead]\nmax_concurrent = 2\nmax_queue = 0\n",
-                        ).unwrap());
-                        seen2.lock().unwrap().push(("rejected-valid", valid.map(drop).map_err(|e| e.problem().clone())));
-                    }
-                    _ => {}
-                }
-            })
-            .build()
-            .unwrap(),
-    );
-    slot.set(Arc::downgrade(&r)).unwrap();
+    let r = self_listening(text, false, move |r, event| {
+        let reload = |label: &'static str, text: &str| {
+            let got = r.reload(Config::from_toml(text).unwrap());
+            let got = got.map(drop).map_err(|e| e.problem().clone());
+            seen2.lock().unwrap().push((label, got));
+        };
+        match event.kind {
+            tidewall::telemetry::EventKind::StateChanged(_) => {
+                reload("reset", "[instances.b.bulkhead]\nmax_concurrent = 1\n");
+            }
+            tidewall::telemetry::EventKind::Rejected(_) => {
+                reload(
+                    "rejected-removal",
+                    "[instances.b.bulkhead]\nmax_concurrent = 1\n",
+                );
+                reload(
+                    "rejected-valid",
+                    // The same window as in force: no reset, so no nested listener call.
+                    "[instances.a.breaker]\nwindow_calls = 30\n[instances.b.bulkhead]\nmax_concurrent = 2\nmax_queue = 0\n",
+                );
+            }
+            _ => {}
+        }
+    });
     let _a = r.pipeline("a").unwrap();
     r.reload(cfg(&text.replace("window_calls = 10", "window_calls = 30")))
         .unwrap();
