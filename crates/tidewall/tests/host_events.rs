@@ -135,6 +135,22 @@ async fn a_registry_clients_host_events_reach_the_registry_listener_with_the_hos
     assert!(breakers.state(&host).is_some());
 }
 
+/// Every front files a request under one authority: the default ports are the URL
+/// standard's, as the `url` crate (and so reqwest) fills them in.
+#[test]
+fn default_ports_are_the_url_standards() {
+    for (scheme, port) in [("http", 80), ("ws", 80), ("https", 443), ("wss", 443), ("ftp", 21)] {
+        let made = Authority::new(scheme, "Host.example", None).unwrap();
+        assert_eq!(made.as_str(), format!("{scheme}://host.example:{port}"));
+        let uri: http::Uri = format!("{scheme}://host.example/x").parse().unwrap();
+        assert_eq!(Authority::from_uri(&uri), Some(made));
+        let upper = Authority::new(&scheme.to_uppercase(), "host.example", None).unwrap();
+        assert_eq!(upper.as_str(), format!("{scheme}://host.example:{port}"));
+    }
+    assert_eq!(Authority::new("gopher", "host.example", None), None);
+    assert!(Authority::new("gopher", "host.example", Some(70)).is_some());
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_keyed_breaker_without_a_key_label_tells_no_key() {
     let heard = Heard::default();

@@ -77,8 +77,9 @@ impl<B> Inbound for http::Response<B> {
 pub struct Authority(Box<str>);
 
 impl Authority {
-    /// The authority of `scheme://host[:port]`; `None` without a port for an unknown scheme
-    /// (only `http` and `https` have a default), or for an empty host (`""` or `[]`). An IPv6
+    /// The authority of `scheme://host[:port]`; `None` without a port for a scheme with no
+    /// default (the URL standard's: `http` and `ws` 80, `https` and `wss` 443, `ftp` 21, as
+    /// the `url` crate fills them in), or for an empty host (`""` or `[]`). An IPv6
     /// address is written in brackets, as a URI writes it, whether it is given with them or
     /// without (`::1`, as `Ipv6Addr` prints, is `[::1]`), so an authority made from a socket
     /// address is the one a request to it is filed under; any other host is kept as given
@@ -94,15 +95,7 @@ impl Authority {
     /// assert_eq!((made.as_str(), &made), ("http://[::1]:8080", &from_uri));
     /// ```
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
-        let port = port.or_else(|| {
-            if scheme.eq_ignore_ascii_case("http") {
-                Some(80)
-            } else if scheme.eq_ignore_ascii_case("https") {
-                Some(443)
-            } else {
-                None
-            }
-        })?;
+        let port = port.or_else(|| default_port(scheme))?;
         // An IPv6 address is bracketed as a URI writes it; only an address (`::1`), not any
         // host with a colon, and `[]` is as empty as "".
         let bare_ipv6 = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_ok();
@@ -132,6 +125,23 @@ impl Authority {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The port a URL of `scheme` means when it names none: the WHATWG URL standard's special
+/// schemes, as the `url` crate (and so reqwest) fills them in, so every front files a request
+/// under one authority.
+fn default_port(scheme: &str) -> Option<u16> {
+    const DEFAULTS: [(&str, u16); 5] = [
+        ("http", 80),
+        ("https", 443),
+        ("ws", 80),
+        ("wss", 443),
+        ("ftp", 21),
+    ];
+    DEFAULTS
+        .iter()
+        .find(|(known, _)| scheme.eq_ignore_ascii_case(known))
+        .map(|&(_, port)| port)
 }
 
 /// `port` in decimal, written into `buffer`.
