@@ -949,7 +949,11 @@ fn authorities_ignore_userinfo_and_fill_default_ports_for_every_host_form() {
     assert_ne!(parse("https://api.example:80/"), plain);
     assert_eq!(parse("http://[::1]/"), parse("http://[::1]:80/"));
     assert_ne!(parse("http://[::1]:8080/"), parse("http://[::1]/"));
-    assert!(Authority::new("ftp", "files.example", None).is_none());
+    assert!(Authority::new("gopher", "files.example", None).is_none());
+    assert_eq!(
+        Authority::new("ftp", "files.example", None).map(|a| a.as_str().to_owned()),
+        Some("ftp://files.example:21".to_owned())
+    );
     assert!(Authority::new("http", "", Some(80)).is_none());
 }
 

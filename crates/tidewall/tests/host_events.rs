@@ -139,7 +139,13 @@ async fn a_registry_clients_host_events_reach_the_registry_listener_with_the_hos
 /// standard's, as the `url` crate (and so reqwest) fills them in.
 #[test]
 fn default_ports_are_the_url_standards() {
-    for (scheme, port) in [("http", 80), ("ws", 80), ("https", 443), ("wss", 443), ("ftp", 21)] {
+    for (scheme, port) in [
+        ("http", 80),
+        ("ws", 80),
+        ("https", 443),
+        ("wss", 443),
+        ("ftp", 21),
+    ] {
         let made = Authority::new(scheme, "Host.example", None).unwrap();
         assert_eq!(made.as_str(), format!("{scheme}://host.example:{port}"));
         let uri: http::Uri = format!("{scheme}://host.example/x").parse().unwrap();

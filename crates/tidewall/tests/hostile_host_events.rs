@@ -1407,8 +1407,8 @@ fn other_hosts_are_unbracketed_and_lowercased() {
     // An empty host; an unknown scheme without a port.
     assert_eq!(Authority::new("http", "", Some(80)), None);
     assert_eq!(Authority::new("http", "", None), None);
-    assert_eq!(Authority::new("ftp", "files.example", None), None);
-    assert!(Authority::new("ftp", "files.example", Some(21)).is_some());
+    assert_eq!(Authority::new("gopher", "files.example", None), None);
+    assert!(Authority::new("gopher", "files.example", Some(70)).is_some());
     // The port decides: http and https of one host are two authorities.
     assert_ne!(
         Authority::new("http", "a.example", None),
