@@ -189,10 +189,11 @@ mod tests {
             Some("http://h:65535")
         );
         assert_eq!(key("ws", "h", Some(9)).as_deref(), Some("ws://h:9"));
+        assert_eq!(key("ws", "h", None).as_deref(), Some("ws://h:80"));
         assert_eq!(
-            key("ws", "h", None),
+            key("gopher", "h", None),
             None,
-            "no default port for other schemes"
+            "no default port for schemes the URL standard gives none"
         );
         assert_eq!(key("http", "", Some(80)), None, "no host");
         let uri = "http://[::1]:8080/x".parse().unwrap();
