@@ -105,20 +105,15 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker).
     pub fn chaos(&self, name: &str) -> Result<Chaos<R>, Invalid> {
-        self.held_or_made(
-            &self.chaos,
-            name,
-            super::registry::Made::ForAnyName,
-            |config| {
-                config
-                    .instance(name)?
-                    .chaos_on(self.runtime().clone())?
-                    .build()
-                    .map_err(|e| {
-                        Invalid::new(format!("instances.{}.chaos", key(name)), Problem::Rule(e))
-                    })
-            },
-        )
+        self.held_or_made(&self.chaos, name, |config| {
+            config
+                .instance(name)?
+                .chaos_on(self.runtime().clone())?
+                .build()
+                .map_err(|e| {
+                    Invalid::new(format!("instances.{}.chaos", key(name)), Problem::Rule(e))
+                })
+        })
     }
 
     /// Every fault injector so far, by name.

@@ -272,19 +272,13 @@ impl<R: Clock> Registry<R> {
     /// As [`Instance::http_client`]; [`Problem::Undeclared`] for a name the file does not
     /// declare (never [`Problem::Full`]: every declared instance has its place).
     pub fn http_client(&self, name: &str) -> Result<ClientPolicies<R>, Invalid> {
-        self.held_or_made(
-            &self.clients,
-            name,
-            super::registry::Made::ForDeclared,
-            |config| {
-                let instance = config.instance(name)?;
-                let builder =
-                    instance.http_client_on(self.runtime().clone(), self.events.as_ref())?;
-                builder
-                    .build()
-                    .map_err(|e| Invalid::new(format!("instances.{}", key(name)), Problem::Rule(e)))
-            },
-        )
+        self.held_or_made_declared(&self.clients, name, |config| {
+            let instance = config.instance(name)?;
+            let builder = instance.http_client_on(self.runtime().clone(), self.events.as_ref())?;
+            builder
+                .build()
+                .map_err(|e| Invalid::new(format!("instances.{}", key(name)), Problem::Rule(e)))
+        })
     }
 
     /// Every HTTP client got so far, by name.

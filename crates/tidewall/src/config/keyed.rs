@@ -287,12 +287,11 @@ impl<R: Clock> Registry<R> {
         name: &str,
         make: impl FnOnce(&Instance<'_>, &KeysConfig) -> Result<T, Invalid>,
     ) -> Result<T, Invalid> {
-        let table =
-            self.held_or_made(tables, name, super::registry::Made::ForAnyName, |config| {
-                let instance = config.instance(name)?;
-                let keys = instance.keys()?;
-                Ok(Arc::new(make(&instance, &keys)?) as Arc<dyn Table>)
-            })?;
+        let table = self.held_or_made(tables, name, |config| {
+            let instance = config.instance(name)?;
+            let keys = instance.keys()?;
+            Ok(Arc::new(make(&instance, &keys)?) as Arc<dyn Table>)
+        })?;
         table.as_any().downcast_ref::<T>().cloned().ok_or_else(|| {
             Invalid::new(
                 format!("instances.{}.{}", key(name), T::SECTION),

@@ -265,7 +265,7 @@ impl<R> RegistryBuilder<R> {
 
 /// For which names a kind of policy is made on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Made {
+enum Made {
     /// Any name (the defaults make one the file does not declare), unless the registry is
     /// strict.
     ForAnyName,
@@ -349,10 +349,29 @@ pub struct Reload {
 
 impl<R: Clock> Registry<R> {
     /// The entry of `name` in `map`, made by `make` from the configuration in force if it is
-    /// not there yet. A hit reads nothing else: the configuration is read only to make one.
-    /// `made` says for which names this kind is made (a strict registry makes every kind
-    /// for declared names only).
+    /// not there yet, for any name (the defaults make one the file does not declare) unless
+    /// the registry is strict. A hit reads nothing else: the configuration is read only to
+    /// make one.
     pub(super) fn held_or_made<T: Clone>(
+        &self,
+        map: &Mutex<BTreeMap<Name, T>>,
+        name: &str,
+        make: impl FnOnce(&Config) -> Result<T, Invalid>,
+    ) -> Result<T, Invalid> {
+        self.held_or_made_for(map, name, Made::ForAnyName, make)
+    }
+
+    /// As [`held_or_made`](Self::held_or_made), for declared instances only, strict or not.
+    pub(super) fn held_or_made_declared<T: Clone>(
+        &self,
+        map: &Mutex<BTreeMap<Name, T>>,
+        name: &str,
+        make: impl FnOnce(&Config) -> Result<T, Invalid>,
+    ) -> Result<T, Invalid> {
+        self.held_or_made_for(map, name, Made::ForDeclared, make)
+    }
+
+    fn held_or_made_for<T: Clone>(
         &self,
         map: &Mutex<BTreeMap<Name, T>>,
         name: &str,
@@ -776,7 +795,7 @@ impl<R: Clock> Registry<R> {
     /// [`Problem::Undeclared`] for an undeclared name in a [strict](RegistryBuilder::strict)
     /// registry.
     pub fn breaker(&self, name: &str) -> Result<CircuitBreaker<R>, Invalid> {
-        self.held_or_made(&self.breakers, name, Made::ForAnyName, |config| {
+        self.held_or_made(&self.breakers, name, |config| {
             let mut builder = config.instance(name)?.breaker_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -794,7 +813,7 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets
     /// `max_concurrent`.
     pub fn bulkhead(&self, name: &str) -> Result<Bulkhead<R>, Invalid> {
-        self.held_or_made(&self.bulkheads, name, Made::ForAnyName, |config| {
+        self.held_or_made(&self.bulkheads, name, |config| {
             let mut builder = config.instance(name)?.bulkhead_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -815,7 +834,7 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `count` or
     /// `period`.
     pub fn rate_limiter(&self, name: &str) -> Result<RateLimiter<R>, Invalid> {
-        self.held_or_made(&self.limiters, name, Made::ForAnyName, |config| {
+        self.held_or_made(&self.limiters, name, |config| {
             let mut builder = config.instance(name)?.rate_limiter_on(self.rt.clone())?;
             if let Some(listener) = self.listener() {
                 builder = builder.on_event(listener);
@@ -835,7 +854,7 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker).
     pub fn retry_budget(&self, name: &str) -> Result<RetryBudget, Invalid> {
-        self.held_or_made(&self.budgets, name, Made::ForAnyName, |config| {
+        self.held_or_made(&self.budgets, name, |config| {
             let policy = config.instance(name)?.retry_budget()?;
             Ok(RetryBudget::new(policy, self.rt.now()))
         })
@@ -868,7 +887,7 @@ impl<R: Clock> Registry<R> {
     ///
     /// As [`breaker`](Self::breaker); [`Problem::Missing`] when no layer sets `algorithm`.
     pub fn adaptive_limiter(&self, name: &str) -> Result<ConfiguredAdaptive<R>, Invalid> {
-        self.held_or_made(&self.adaptive, name, Made::ForAnyName, |config| {
+        self.held_or_made(&self.adaptive, name, |config| {
             let mut builder = config
                 .instance(name)?
                 .adaptive_limiter_on(self.rt.clone())?;
@@ -897,7 +916,7 @@ impl<R: Clock> Registry<R> {
     /// name the file does not declare (never [`Problem::Full`]: every declared instance has
     /// its place).
     pub fn pipeline(&self, name: &str) -> Result<LivePipeline<R>, Invalid> {
-        let cell = self.held_or_made(&self.pipelines, name, Made::ForDeclared, |config| {
+        let cell = self.held_or_made_declared(&self.pipelines, name, |config| {
             Ok(Cell::new(self.configured(config, name)?))
         })?;
         Ok(cell.handle())
