@@ -100,7 +100,7 @@ impl Full {
         let rejected = crate::Rejected::KeysFull {
             retry_after: self.retry_after,
         };
-        rejections.record(&rejected);
+        rejections.record(&rejected, None);
         Err(rejected)
     }
 }

@@ -264,8 +264,7 @@ impl<R: Clock> Shared<R> {
     pub(super) fn acquire(&self) -> Result<Ticket, Rejected> {
         let admitted = self.acquire_quiet();
         if let Err(rejected) = &admitted {
-            self.telemetry
-                .refused_of(rejected, self.key_label.as_deref());
+            self.telemetry.refused(rejected, self.key_label.as_deref());
         }
         admitted
     }
@@ -273,8 +272,7 @@ impl<R: Clock> Shared<R> {
     /// Counts a refusal that [`acquire_quiet`](Self::acquire_quiet) did not.
     #[cfg(feature = "tower")]
     pub(super) fn record_rejection(&self, rejected: &Rejected) {
-        self.telemetry
-            .record_of(rejected, self.key_label.as_deref());
+        self.telemetry.record(rejected, self.key_label.as_deref());
     }
 
     /// Admits one call; a refusal is not counted (a caller that waits for the breaker is

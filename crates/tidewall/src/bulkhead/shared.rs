@@ -245,7 +245,7 @@ impl<R> Shared<R> {
     #[inline(never)]
     pub(super) fn reject(&self, reason: crate::Rejected) -> crate::Rejected {
         self.rejected.fetch_add(1, Relaxed);
-        self.telemetry.refused(&reason);
+        self.telemetry.refused(&reason, None);
         reason
     }
 

@@ -331,7 +331,7 @@ impl<R: Clock> RateLimiter<R> {
     #[inline]
     pub fn check_n(&self, cells: u32) -> Result<(), Rejected> {
         self.decide(cells)
-            .inspect_err(|rejected| self.shared.rejections.refused(rejected))
+            .inspect_err(|rejected| self.shared.rejections.refused(rejected, None))
     }
 
     /// The decision without telemetry: waits and the pipeline's fast path count a rejection
@@ -417,7 +417,7 @@ impl<R: Clock> RateLimiter<R> {
 
     /// Counts a caller finally refused (waits count only then, not per denial).
     pub(super) fn record_rejection(&self, rejected: &Rejected) {
-        self.shared.rejections.record(rejected);
+        self.shared.rejections.record(rejected, None);
     }
 
     /// The runtime whose clock the limiter reads.

@@ -236,7 +236,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     /// `cells` exceeds the burst.
     pub fn check_key_n(&self, key: &K, cells: u32) -> Result<(), Rejected> {
         self.decide(key, cells)
-            .inspect_err(|rejected| self.shared.rejections.refused(rejected))
+            .inspect_err(|rejected| self.shared.rejections.refused(rejected, None))
     }
 
     /// One cell for `key` now, without counting a refusal (for a caller that then waits,
@@ -308,7 +308,7 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
             let mut waiting = std::pin::pin!(waiting);
             std::future::poll_fn(|cx| waiting.as_mut().poll_until(cx, || self.decide(key, 1)))
                 .await
-                .inspect_err(|rejected| self.shared.rejections.refused(rejected))
+                .inspect_err(|rejected| self.shared.rejections.refused(rejected, None))
         }
     }
 

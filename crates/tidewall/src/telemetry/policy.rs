@@ -73,15 +73,10 @@ impl PolicyTelemetry {
         self.listener.clone()
     }
 
-    /// Calls the listener, if there is one.
+    /// Calls the listener, if there is one. `key`: the label of the key the event is of, in
+    /// a keyed table that labels its keys; `None` otherwise.
     #[inline]
-    pub(crate) fn event(&self, kind: EventKind<'_>) {
-        self.event_of(kind, None);
-    }
-
-    /// Calls the listener, if there is one, with the event of the key labelled `key`.
-    #[inline]
-    pub(crate) fn event_of(&self, kind: EventKind<'_>, key: Option<&str>) {
+    pub(crate) fn event(&self, kind: EventKind<'_>, key: Option<&str>) {
         if let Some(listener) = &self.listener {
             listener.tell(self.policy, self.name.as_str(), key, kind);
         }
@@ -227,7 +222,7 @@ impl PolicyTelemetry {
             )
             .increment(1),
         }
-        self.event_of(EventKind::StateChanged(change), key);
+        self.event(EventKind::StateChanged(change), key);
     }
 
     /// A hedge was launched (`hedge` from 1).
@@ -244,7 +239,7 @@ impl PolicyTelemetry {
         if let Some([launched, _]) = &self.hedges {
             launched.increment(1);
         }
-        self.event(EventKind::HedgeLaunched { hedge });
+        self.event(EventKind::HedgeLaunched { hedge }, None);
     }
 
     /// A hedge was refused by the budget.
@@ -259,7 +254,7 @@ impl PolicyTelemetry {
         if let Some([_, refused]) = &self.hedges {
             refused.increment(1);
         }
-        self.event(EventKind::BudgetExhausted);
+        self.event(EventKind::BudgetExhausted, None);
     }
 
     /// A handle to share among the per-key policies of a keyed table.
@@ -283,16 +278,11 @@ impl PolicyTelemetry {
     /// `metrics` or `tracing`, no listener) it is a test of one flag; otherwise
     /// [`record`](Self::record), out of line and cold, so that the paths keep the shape they
     /// have without it.
+    /// `key` as in [`event`](Self::event).
     #[inline]
-    pub(crate) fn refused(&self, reason: &crate::Rejected) {
-        self.refused_of(reason, None);
-    }
-
-    /// As [`refused`](Self::refused), by the key labelled `key` of a keyed table.
-    #[inline]
-    pub(crate) fn refused_of(&self, reason: &crate::Rejected, key: Option<&str>) {
+    pub(crate) fn refused(&self, reason: &crate::Rejected, key: Option<&str>) {
         if self.reports() {
-            self.record_of(reason, key);
+            self.record(reason, key);
         }
     }
 
@@ -302,16 +292,11 @@ impl PolicyTelemetry {
         cfg!(any(feature = "metrics", feature = "tracing")) || self.listener.is_some()
     }
 
-    /// Records one rejection.
-    pub(crate) fn record(&self, reason: &crate::Rejected) {
-        self.record_of(reason, None);
-    }
-
-    /// Records one rejection by the key labelled `key` of a keyed table.
+    /// Records one rejection; `key` as in [`event`](Self::event).
     #[cold]
     #[inline(never)]
     #[allow(unused_variables)]
-    pub(crate) fn record_of(&self, reason: &crate::Rejected, key: Option<&str>) {
+    pub(crate) fn record(&self, reason: &crate::Rejected, key: Option<&str>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             policy = self.policy,
@@ -323,7 +308,7 @@ impl PolicyTelemetry {
         );
         #[cfg(feature = "metrics")]
         self.counter(reason).increment(1);
-        self.event_of(EventKind::Rejected(reason), key);
+        self.event(EventKind::Rejected(reason), key);
     }
 
     /// Records a wait that ended admitted (in the histogram when built
@@ -333,7 +318,7 @@ impl PolicyTelemetry {
         if let Some(waits) = &self.waits {
             waits.record(wait.as_secs_f64());
         }
-        self.event(EventKind::Waited(wait));
+        self.event(EventKind::Waited(wait), None);
     }
 
     /// Records how an admitted call ended (counted only when built
@@ -352,7 +337,7 @@ impl PolicyTelemetry {
                 Outcome::Failure => EventKind::Failed,
                 Outcome::Ignored => EventKind::Ignored,
             };
-            self.event_of(kind, key);
+            self.event(kind, key);
         }
     }
 }
