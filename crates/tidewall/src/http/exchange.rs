@@ -96,16 +96,24 @@ impl Authority {
     /// ```
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
         let port = port.or_else(|| default_port(scheme))?;
-        // An IPv6 address is bracketed as a URI writes it; only an address (`::1`), not any
-        // host with a colon, and `[]` is as empty as "".
-        let bare_ipv6 = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_ok();
-        if host.is_empty() || host == "[]" {
+        let inside = host
+            .strip_prefix('[')
+            .and_then(|bracketed| bracketed.strip_suffix(']'))
+            .unwrap_or(host);
+        if inside.is_empty() {
             return None;
         }
+        // An IPv6 address is bracketed as a URI writes it, however it was given; any other
+        // host (one with a colon that is no address, too) is kept as given.
+        let ipv6 = inside.contains(':') && inside.parse::<std::net::Ipv6Addr>().is_ok();
+        let (open, host, close) = if ipv6 {
+            ("[", inside, "]")
+        } else {
+            ("", host, "")
+        };
         // One allocation, sized exactly: this runs for every request.
         let mut digits = [0u8; 5];
         let port = port_digits(port, &mut digits);
-        let (open, close) = if bare_ipv6 { ("[", "]") } else { ("", "") };
         let mut key = String::with_capacity(
             scheme.len() + 3 + open.len() + host.len() + close.len() + 1 + port.len(),
         );
@@ -202,5 +210,34 @@ mod tests {
             Some("http://[::1]:8080")
         );
         assert_eq!(Authority::from_uri(&"/relative".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn brackets_hold_an_ipv6_address_and_nothing_else_is_rewritten() {
+        let key = |host| Authority::new("http", host, Some(1)).map(|a| a.to_string());
+        let written = [
+            ("::1", "http://[::1]:1"),
+            ("[::1]", "http://[::1]:1"),
+            ("[0:0::1]", "http://[0:0::1]:1"),
+            // Unbalanced, or no address (a zone is not part of `Ipv6Addr`): as given.
+            ("[::1", "http://[::1:1"),
+            ("::1]", "http://::1]:1"),
+            ("fe80::1%eth0", "http://fe80::1%eth0:1"),
+        ];
+        for (host, expected) in written {
+            assert_eq!(key(host).as_deref(), Some(expected), "{host}");
+        }
+        assert_eq!(key("[]"), None, "brackets around nothing are no host");
+        assert_eq!(
+            key("[[]]").as_deref(),
+            Some("http://[[]]:1"),
+            "not an address"
+        );
+        assert_eq!(
+            key("[host]").as_deref(),
+            Some("http://[host]:1"),
+            "not an address"
+        );
+        assert_eq!(key("host:8080").as_deref(), Some("http://host:8080:1"));
     }
 }
