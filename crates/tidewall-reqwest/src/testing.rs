@@ -118,32 +118,17 @@ impl Middleware for Scripted {
     }
 }
 
-/// The URL reqwest gives a response built without one.
-const NO_URL: &str = "http://no.url.provided.local/";
-
 /// `response` as reqwest's, its URL the request's (as over the network) unless the script
 /// set one (with `reqwest::ResponseBuilderExt::url`, a redirect's target, say).
 fn with_url(response: http::Response<Vec<u8>>, url: &reqwest::Url) -> reqwest::Response {
-    let (parts, body) = response.into_parts();
-    let probe = http::Response::from_parts(parts.clone(), Vec::<u8>::new());
-    if reqwest::Response::from(probe).url().as_str() != NO_URL {
-        return reqwest::Response::from(http::Response::from_parts(parts, body));
+    let (mut parts, body) = response.into_parts();
+    // reqwest keeps the URL in an extension of a private type: set it on an empty head, then
+    // lay the script's extensions over it, so that a URL the script set wins.
+    let mut url_only = reqwest::ResponseBuilderExt::url(http::Response::builder(), url.clone());
+    if let Some(extensions) = url_only.extensions_mut() {
+        let mut extensions = std::mem::take(extensions);
+        extensions.extend(std::mem::take(&mut parts.extensions));
+        parts.extensions = extensions;
     }
-    let mut builder = reqwest::ResponseBuilderExt::url(
-        http::Response::builder()
-            .status(parts.status)
-            .version(parts.version),
-        url.clone(),
-    );
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers;
-    }
-    if let Some(extensions) = builder.extensions_mut() {
-        extensions.extend(parts.extensions);
-    }
-    match builder.body(body) {
-        Ok(response) => reqwest::Response::from(response),
-        // A status and version taken from a response are valid: not reached.
-        Err(_) => reqwest::Response::from(http::Response::new(Vec::<u8>::new())),
-    }
+    reqwest::Response::from(http::Response::from_parts(parts, body))
 }
