@@ -850,7 +850,7 @@ async fn a_cancelled_request_leaks_neither_slot_nor_probe() {
         log.take()
             .iter()
             .any(|(policy, _, key, kind)| policy == "http_client"
-                && key.is_none()
+                && key.as_deref() == Some(host.as_str())
                 && kind == "Cancelled")
     );
 
@@ -1278,7 +1278,13 @@ mod registry {
             "only the failing hosts opened"
         );
         let requests: Vec<_> = heard.iter().filter(|h| h.0 == "http_client").collect();
-        assert!(requests.iter().all(|h| h.2.is_none()), "{requests:?}");
+        let sent: BTreeSet<String> = urls.iter().map(|u| key(u).to_string()).collect();
+        assert!(
+            requests
+                .iter()
+                .all(|h| h.2.as_ref().is_some_and(|host| sent.contains(host))),
+            "each request's events name its host: {requests:?}"
+        );
         let endings = requests
             .iter()
             .filter(|h| h.3 != "retry" && h.3 != "BudgetExhausted")

@@ -21,7 +21,7 @@ use tidewall::rt::{Clock, Runtime};
 use tidewall::telemetry::{Event, EventKind};
 use tidewall::testing::Clocked;
 
-/// What the listener heard, one line per event: `policy name kind`.
+/// What the listener heard, one line per event: `policy name key kind` (`-` for no key).
 type Heard = Arc<Mutex<Vec<String>>>;
 
 fn heard_by<R>(builder: ClientPoliciesBuilder<R>) -> (ClientPoliciesBuilder<R>, Heard) {
@@ -33,9 +33,12 @@ fn heard_by<R>(builder: ClientPoliciesBuilder<R>) -> (ClientPoliciesBuilder<R>, 
             EventKind::Rejected(why) => format!("rejected {}", why.kind()),
             other => format!("{other:?}"),
         };
-        log.lock()
-            .unwrap()
-            .push(format!("{} {} {kind}", event.policy, event.name));
+        log.lock().unwrap().push(format!(
+            "{} {} {} {kind}",
+            event.policy,
+            event.name,
+            event.key.unwrap_or("-")
+        ));
     });
     (builder, heard)
 }
@@ -64,8 +67,8 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         assert_eq!(
             take(&heard),
             [
-                format!("http_client {client} retry 1 10ms"),
-                format!("http_client {client} Succeeded"),
+                format!("http_client {client} http://a:80 retry 1 10ms"),
+                format!("http_client {client} http://a:80 Succeeded"),
             ]
         );
 
@@ -75,7 +78,10 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
             status(&send(front, &policies, &hosts, get("http://b/")).await),
             Some(404)
         );
-        assert_eq!(take(&heard), [format!("http_client {client} Ignored")]);
+        assert_eq!(
+            take(&heard),
+            [format!("http_client {client} http://b:80 Ignored")]
+        );
 
         // Three 503s: two retries, then the last 503 is the answer, a failure. The host's
         // breaker opened on the third; the next request is refused at once.
@@ -90,10 +96,10 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         assert_eq!(
             take(&heard),
             [
-                format!("http_client {client} retry 1 10ms"),
-                format!("http_client {client} retry 2 10ms"),
-                format!("http_client {client} Failed"),
-                format!("http_client {client} rejected circuit_open"),
+                format!("http_client {client} http://c:80 retry 1 10ms"),
+                format!("http_client {client} http://c:80 retry 2 10ms"),
+                format!("http_client {client} http://c:80 Failed"),
+                format!("http_client {client} http://c:80 rejected circuit_open"),
             ]
         );
 
@@ -107,16 +113,19 @@ async fn each_request_is_reported_once_by_its_ending<R: Runtime>(rt: Clocked<R>)
         assert_eq!(
             take(&heard),
             [
-                format!("http_client {client} retry 1 10ms"),
-                format!("http_client {client} retry 2 10ms"),
-                format!("http_client {client} TimedOut"),
+                format!("http_client {client} http://d:80 retry 1 10ms"),
+                format!("http_client {client} http://d:80 retry 2 10ms"),
+                format!("http_client {client} http://d:80 TimedOut"),
             ]
         );
 
         // Dropped while its first attempt runs: cancelled, and not timed.
         hosts.play("e:80", [Answer::Slow(secs(1))]);
         assert!(dropped(&rt, front, &policies, &hosts, get("http://e/"), ms(50)).await);
-        assert_eq!(take(&heard), [format!("http_client {client} Cancelled")]);
+        assert_eq!(
+            take(&heard),
+            [format!("http_client {client} http://e:80 Cancelled")]
+        );
 
         let all = snapshot(&snapshotter);
         let calls = |outcome: &str| {
@@ -200,8 +209,8 @@ async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {
         assert_eq!(
             take(&heard),
             [
-                "http_client frugal BudgetExhausted",
-                "http_client frugal Failed"
+                "http_client frugal http://a:80 BudgetExhausted",
+                "http_client frugal http://a:80 Failed"
             ]
         );
         let all = snapshot(&snapshotter);
@@ -218,6 +227,37 @@ async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {
 #[test]
 fn a_refused_retry_is_reported_on_every_runtime() {
     on_every_runtime!(a_refused_retry_is_reported);
+}
+
+/// A request with no authority (a relative URI) runs with no per-host policy, and its events
+/// name no key.
+async fn a_request_without_an_authority_names_no_key<R: Runtime>(rt: Clocked<R>) {
+    let (builder, heard) = heard_by(builder(&rt, 1).name("relative"));
+    let policies = builder.build().unwrap();
+    let answers = Mutex::new(vec![200, 503]);
+    let request = http::Request::get("/items").body(()).unwrap();
+    let response = policies
+        .run(request, Overrides::new(), |_request| {
+            let status = answers.lock().unwrap().pop().unwrap();
+            async move {
+                let response = http::Response::builder().status(status).body(());
+                Ok::<_, std::io::Error>(response.unwrap())
+            }
+        })
+        .await;
+    assert_eq!(response.unwrap().status(), 200);
+    assert_eq!(
+        take(&heard),
+        [
+            "http_client relative - retry 1 10ms",
+            "http_client relative - Succeeded"
+        ]
+    );
+}
+
+#[test]
+fn a_request_without_an_authority_names_no_key_on_every_runtime() {
+    on_every_runtime!(a_request_without_an_authority_names_no_key);
 }
 
 /// The breaker-state gauge counts the hosts in each state, and goes back to 0 for `open` once

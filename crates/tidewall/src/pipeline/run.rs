@@ -46,7 +46,7 @@ where
     };
     // Observed here rather than by a wrapping future, which cost the happy path 20-35 ns
     // (its output moved through memory) even with nothing to report.
-    let watch = pipeline.telemetry.watch(rt);
+    let watch = pipeline.telemetry.watch(rt, None);
     // Held for the whole call, and told how it ended (`Admission::finish`); a cancelled call
     // drops them untold.
     let mut admitted = None;
@@ -150,7 +150,7 @@ where
                     if let Ok(value) = last {
                         keep_value(&mut kept, value);
                     }
-                    pipeline.telemetry.retry(attempts.started(), delay);
+                    pipeline.telemetry.retry(attempts.started(), delay, None);
                     if delay.is_zero() {
                         // Attempts that fail without waiting never hold the executor's thread.
                         crate::rt::yield_now().await;
@@ -163,7 +163,7 @@ where
                 // past a later failure, the value an earlier attempt got).
                 Step::Stop(stop) => {
                     if stop == Stop::BudgetSpent {
-                        pipeline.telemetry.budget_spent();
+                        pipeline.telemetry.budget_spent(None);
                     }
                     if stop == Stop::Deadline && last.is_err() && kept.is_some() {
                         break 'call deadline_end(kept);

@@ -152,10 +152,11 @@ impl CallTelemetry {
         &self.name
     }
 
+    /// `key`: the key the call was made for (an HTTP request's authority), if any.
     #[inline]
-    fn event(&self, kind: EventKind<'_>) {
+    fn event(&self, kind: EventKind<'_>, key: Option<&str>) {
         if let Some(listener) = &self.listener {
-            listener.tell(self.policy, self.name.as_str(), None, kind);
+            listener.tell(self.policy, self.name.as_str(), key, kind);
         }
     }
 
@@ -173,29 +174,34 @@ impl CallTelemetry {
         tracing::debug!(attempt, "attempt");
     }
 
-    /// A retry was scheduled after `delay`.
+    /// A retry was scheduled after `delay`; `key` as in [`watch`](Self::watch).
     #[inline]
-    pub(crate) fn retry(&self, attempt: u32, delay: Duration) {
+    pub(crate) fn retry(&self, attempt: u32, delay: Duration, key: Option<&str>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(failed_attempt = attempt, ?delay, "retry scheduled");
         #[cfg(feature = "metrics")]
         self.metrics.retries.increment(1);
-        self.event(EventKind::RetryScheduled { attempt, delay });
+        self.event(EventKind::RetryScheduled { attempt, delay }, key);
     }
 
-    /// A retry was refused by the retry budget.
-    pub(crate) fn budget_spent(&self) {
+    /// A retry was refused by the retry budget; `key` as in [`watch`](Self::watch).
+    pub(crate) fn budget_spent(&self, key: Option<&str>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("retry budget exhausted");
         #[cfg(feature = "metrics")]
         self.metrics.budget_spent.increment(1);
-        self.event(EventKind::BudgetExhausted);
+        self.event(EventKind::BudgetExhausted, key);
     }
 
     /// A call ended with `outcome` after `elapsed` (none when it was cancelled, or when no
-    /// metric needs it).
+    /// metric needs it); `key` as in [`watch`](Self::watch).
     #[allow(unused_variables)]
-    pub(crate) fn finished(&self, outcome: CallOutcome<'_>, elapsed: Option<Duration>) {
+    pub(crate) fn finished(
+        &self,
+        outcome: CallOutcome<'_>,
+        elapsed: Option<Duration>,
+        key: Option<&str>,
+    ) {
         #[cfg(feature = "tracing")]
         tracing::debug!(outcome = ?outcome, ?elapsed, "call ended");
         #[cfg(feature = "metrics")]
@@ -206,14 +212,17 @@ impl CallTelemetry {
             }
         }
         if self.listener.is_some() {
-            self.event(match outcome {
-                CallOutcome::Success => EventKind::Succeeded,
-                CallOutcome::Failure => EventKind::Failed,
-                CallOutcome::Ignored => EventKind::Ignored,
-                CallOutcome::Cancelled => EventKind::Cancelled,
-                CallOutcome::Rejected(why) => EventKind::Rejected(why),
-                CallOutcome::TimedOut => EventKind::TimedOut,
-            });
+            self.event(
+                match outcome {
+                    CallOutcome::Success => EventKind::Succeeded,
+                    CallOutcome::Failure => EventKind::Failed,
+                    CallOutcome::Ignored => EventKind::Ignored,
+                    CallOutcome::Cancelled => EventKind::Cancelled,
+                    CallOutcome::Rejected(why) => EventKind::Rejected(why),
+                    CallOutcome::TimedOut => EventKind::TimedOut,
+                },
+                key,
+            );
         }
     }
 }
@@ -221,6 +230,8 @@ impl CallTelemetry {
 /// Counts a call as cancelled if it is dropped before [`finish`](Self::finish).
 pub(crate) struct Watch<'a> {
     telemetry: Option<&'a CallTelemetry>,
+    /// The key the call is made for, told to the listener with its end.
+    key: Option<&'a str>,
     /// For the duration histogram.
     #[cfg(feature = "metrics")]
     started: u64,
@@ -228,13 +239,20 @@ pub(crate) struct Watch<'a> {
 
 impl CallTelemetry {
     /// A guard for one call, if its end is reported anywhere (metrics, tracing or a
-    /// listener); none otherwise, and the call runs unobserved.
+    /// listener); none otherwise, and the call runs unobserved. `key`: the key the call is
+    /// made for, if the front has keys (an HTTP client: the request's authority), which the
+    /// listener's events of the call carry.
     #[inline]
     #[allow(unused_variables)]
-    pub(crate) fn watch<R: crate::rt::Clock>(&self, rt: &R) -> Option<Watch<'_>> {
+    pub(crate) fn watch<'a, R: crate::rt::Clock>(
+        &'a self,
+        rt: &R,
+        key: Option<&'a str>,
+    ) -> Option<Watch<'a>> {
         (cfg!(any(feature = "metrics", feature = "tracing")) || self.listener.is_some()).then(
             || Watch {
                 telemetry: Some(self),
+                key,
                 #[cfg(feature = "metrics")]
                 started: self.metrics.clock.nanos(rt),
             },
@@ -253,7 +271,7 @@ impl Watch<'_> {
         #[cfg(not(feature = "metrics"))]
         let elapsed = None;
         if let Some(telemetry) = self.telemetry.take() {
-            telemetry.finished(outcome, elapsed);
+            telemetry.finished(outcome, elapsed, self.key);
         }
     }
 }
@@ -261,7 +279,7 @@ impl Watch<'_> {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         if let Some(telemetry) = self.telemetry.take() {
-            telemetry.finished(CallOutcome::Cancelled, None);
+            telemetry.finished(CallOutcome::Cancelled, None, self.key);
         }
     }
 }

@@ -60,10 +60,15 @@ pub struct Event<'a> {
     pub policy: &'static str,
     /// The policy's name.
     pub name: &'a str,
-    /// The key, for an event of one key's breaker in a keyed table that labels its keys
-    /// ([`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label)): an HTTP
-    /// client's per-host breakers carry their authority (`https://api.example:443`), so a
-    /// listener knows which host tripped. `None` for every other event.
+    /// The key the event is of:
+    /// - an event of one key's breaker in a keyed table that labels its keys
+    ///   ([`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label)): an HTTP
+    ///   client's per-host breakers carry their authority (`https://api.example:443`), so a
+    ///   listener knows which host tripped;
+    /// - an HTTP client's events of a request (policy `http_client`): the request's authority,
+    ///   so a listener can count requests, refusals and retries per host.
+    ///
+    /// `None` for every other event.
     pub key: Option<&'a str>,
     /// What happened.
     pub kind: EventKind<'a>,

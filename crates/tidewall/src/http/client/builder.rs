@@ -164,10 +164,13 @@ impl<R> ClientPoliciesBuilder<R> {
     /// request's future was dropped after its first poll, or unwound by a panic in the
     /// send), each retry scheduled with its delay ([`RetryScheduled`]) and each retry the
     /// authority's budget refused ([`BudgetExhausted`]; a request whose authority got no
-    /// budget, the budgets' table full, is sent once with no such event). The per-authority
-    /// policies keep their own listeners (set on the builders given to
-    /// [`breaker`](Self::breaker) and the others), which hear each attempt; a breaker's
-    /// events carry the authority in [`Event::key`](crate::telemetry::Event::key).
+    /// budget, the budgets' table full, is sent once with no such event). Each event carries
+    /// the request's authority in [`Event::key`](crate::telemetry::Event::key)
+    /// (`https://api.example:443`; `None` for a request without one), so a listener can
+    /// count requests, refusals and retries per host: which host's bulkhead or limit refused
+    /// is a `Rejected` event with that host's key. The per-authority policies keep their own
+    /// listeners (set on the builders given to [`breaker`](Self::breaker) and the others),
+    /// which hear each attempt; a breaker's events carry the authority too.
     ///
     /// [`Succeeded`]: crate::telemetry::EventKind::Succeeded
     /// [`Failed`]: crate::telemetry::EventKind::Failed
@@ -192,7 +195,9 @@ impl<R> ClientPoliciesBuilder<R> {
     /// let policies = ClientPolicies::builder()
     ///     .name("catalog")
     ///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
-    ///     .on_event(move |event: &Event<'_>| log.lock().unwrap().push(format!("{:?}", event.kind)))
+    ///     .on_event(move |event: &Event<'_>| {
+    ///         log.lock().unwrap().push(format!("{}: {:?}", event.key.unwrap_or("-"), event.kind))
+    ///     })
     ///     .build()?;
     /// let request = http::Request::get("http://catalog.example/items").body(()).unwrap();
     /// let statuses = Mutex::new(vec![200, 503]);
@@ -206,8 +211,8 @@ impl<R> ClientPoliciesBuilder<R> {
     ///     .await;
     /// assert_eq!(response.unwrap().status(), 200);
     /// let seen = seen.lock().unwrap();
-    /// assert!(seen[0].starts_with("RetryScheduled { attempt: 1"));
-    /// assert_eq!(seen[1], "Succeeded");
+    /// assert!(seen[0].starts_with("http://catalog.example:80: RetryScheduled { attempt: 1"));
+    /// assert_eq!(seen[1], "http://catalog.example:80: Succeeded");
     /// # Ok(()) }
     /// ```
     pub fn on_event(

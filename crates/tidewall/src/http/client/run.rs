@@ -107,9 +107,10 @@ impl<R: Clock> ClientPolicies<R> {
         );
         // Reported once, however many attempts: how the request ended, and how long it took.
         let call = async {
-            let watch = telemetry.watch(&inner.rt);
+            let key = authority.as_ref().map(Authority::as_str);
+            let watch = telemetry.watch(&inner.rt, key);
             let result = inner
-                .applied(telemetry, request, authority, overrides, send)
+                .applied(telemetry, request, authority.as_ref(), overrides, send)
                 .await;
             if let Some(watch) = watch {
                 watch.finish(request_outcome(&inner.classifier, &result), &inner.rt);
@@ -128,7 +129,7 @@ impl<R: Clock> Inner<R> {
         &self,
         telemetry: &CallTelemetry,
         request: Q,
-        authority: Option<Authority>,
+        authority: Option<&Authority>,
         overrides: Overrides,
         send: S,
     ) -> Result<T, Error<E>>
@@ -168,7 +169,7 @@ impl<R: Clock> Inner<R> {
             }
             let attempt = Attempt {
                 inner: self,
-                authority: authority.as_ref(),
+                authority,
                 deadline,
                 timeout: attempt_timeout,
                 priority: overrides.priority,
@@ -178,15 +179,18 @@ impl<R: Clock> Inner<R> {
         let judge = Judge {
             classifier: &self.classifier,
             replayable: &replayable,
-            breaker: self.breakers.as_ref().zip(authority.as_ref()),
+            breaker: self.breakers.as_ref().zip(authority),
         };
         let mut retry = Retry::new(backoff, attempt)
             .runtime(self.rt.clone())
             .classify(judge)
-            .notify(Observe(telemetry))
+            .notify(Observe {
+                telemetry,
+                key: authority.map(Authority::as_str),
+            })
             .deadline(deadline)
             .max_retry_after(self.max_retry_after);
-        if wants_retry && let (Some(budgets), Some(authority)) = (&self.budgets, &authority) {
+        if wants_retry && let (Some(budgets), Some(authority)) = (&self.budgets, authority) {
             match budgets.get(authority, || self.rt.now()) {
                 Some(budget) => retry = retry.budget(budget),
                 // A full table of budgets in use: no budget to draw on, so no retry.
@@ -225,16 +229,20 @@ fn request_outcome<'a, T: Inbound, E: HttpFailure>(
     }
 }
 
-/// Tells the request's telemetry of its retries, and of those its budget refused.
-struct Observe<'a>(&'a CallTelemetry);
+/// Tells the request's telemetry of its retries, and of those its budget refused, as the
+/// retries of its authority.
+struct Observe<'a> {
+    telemetry: &'a CallTelemetry,
+    key: Option<&'a str>,
+}
 
 impl<T, E> Notify<T, E> for Observe<'_> {
     fn notify(&mut self, event: &RetryEvent<'_, T, E>) {
-        self.0.retry(event.attempt, event.delay);
+        self.telemetry.retry(event.attempt, event.delay, self.key);
     }
 
     fn budget_spent(&mut self, _attempt: u32) {
-        self.0.budget_spent();
+        self.telemetry.budget_spent(self.key);
     }
 }
 
