@@ -257,6 +257,7 @@ pub use tidewall::http::{ClientPolicies, Overrides};
 /// without a port when its scheme has no default (`url`'s: http, https, ws, wss, ftp).
 ///
 /// ```
+/// use tidewall_reqwest::tidewall::breaker::State;
 /// use tidewall_reqwest::{Resilience, authority};
 ///
 /// let resilience = Resilience::standard();
@@ -265,6 +266,10 @@ pub use tidewall::http::{ClientPolicies, Overrides};
 /// assert_eq!(host.as_str(), "https://api.example:443");
 /// let breakers = resilience.policies().breakers().expect("the standard stack has breakers");
 /// assert_eq!(breakers.state(&host), None, "no request has gone there yet");
+///
+/// // Out of rotation before its first request, until reset (a reload keeps it so).
+/// breakers.get_or_make(&host).expect("room for a host").force_open();
+/// assert_eq!(breakers.state(&host), Some(State::ForcedOpen));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn authority(url: &reqwest::Url) -> Option<tidewall::http::Authority> {

@@ -253,8 +253,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         // A handle taken under the table's lock (which keeps the key), the call asked for
         // after it is released: a transition or a refusal tells listeners, which may call
         // back into the table.
-        self.with_breaker(key, |breaker| Ok(breaker.clone()))?
-            .into_owned_permit()
+        self.get_or_make(key)?.into_owned_permit()
     }
 
     /// Calls `op` if `key`'s breaker admits it; `Ok` counts as a success and `Err` as a
@@ -376,6 +375,32 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
         self.shared.keys.get(key, |entry| entry.breaker.clone())
     }
 
+    /// A handle to `key`'s breaker, made (closed) if the key is not held yet: to force a key
+    /// open before its first call (an operator taking a host out of rotation). While the
+    /// handle is held, or the breaker is not closed, the key is never evicted, so a key
+    /// forced open stays open until it is forced closed or reset.
+    ///
+    /// ```
+    /// use tidewall::breaker::{CircuitBreaker, State};
+    /// use tidewall::Rejected;
+    ///
+    /// let hosts = CircuitBreaker::builder().keyed().max_keys(100).build()?;
+    /// hosts.get_or_make(&"payments").unwrap().force_open();
+    /// assert_eq!(hosts.state(&"payments"), Some(State::ForcedOpen));
+    /// assert!(matches!(hosts.try_acquire(&"payments"), Err(Rejected::CircuitOpen { .. })));
+    /// hosts.get_or_make(&"payments").unwrap().reset();
+    /// assert!(hosts.try_acquire(&"payments").is_ok());
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::KeysFull`] for a new key when the table (the new key's shard) is full of
+    /// keys it may not forget.
+    pub fn get_or_make(&self, key: &K) -> Result<CircuitBreaker<R>, Rejected> {
+        self.with_breaker(key, |breaker| Ok(breaker.clone()))
+    }
+
     /// `key`'s state, if the key is held (a key not held would start closed).
     pub fn state(&self, key: &K) -> Option<State> {
         self.shared.keys.get(key, |entry| entry.breaker.state())
@@ -442,7 +467,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, R: Clock> KeyedCircuitBreaker
     ///
     /// Each key's breaker changes as [`CircuitBreaker::reconfigure`] says: a window of the
     /// same shape keeps its state and calls; one of another shape is reset, with its
-    /// state-change event. Returns how many keys' breakers were reset. A listener that panics
+    /// state-change event, unless it was forced open or closed by hand (it stays forced).
+    /// Returns how many keys' breakers were reset. A listener that panics
     /// on one key's event does not leave the keys after it on the old policy: every key takes
     /// the new one, then the first such panic goes on to the caller.
     ///

@@ -306,7 +306,9 @@ impl<R: Clock> CircuitBreaker<R> {
     /// applying unchanged settings changes nothing. Calls admitted before a slow-call rule
     /// was added are not judged slow (their start was not timed). A window
     /// of another shape (length or kind) cannot hold the old calls: the breaker is
-    /// [`reset`](Self::reset), with its state-change event ([`Reconfigured::Reset`]).
+    /// [`reset`](Self::reset), with its state-change event ([`Reconfigured::Reset`]), unless
+    /// it was forced open or closed by hand: it then stays forced, on an empty window of the
+    /// new shape ([`Reconfigured::KeptForced`]), so a reload does not undo an operator.
     /// Calls in flight keep their permits either way; after a reset their outcomes are
     /// ignored, as after any reset.
     ///
@@ -325,6 +327,10 @@ impl<R: Clock> CircuitBreaker<R> {
     ///
     /// let how = breaker.reconfigure(CircuitBreaker::builder().window(Window::Count { calls: 10 }))?;
     /// assert_eq!((how, breaker.state()), (Reconfigured::Reset, State::Closed));
+    ///
+    /// breaker.force_open();
+    /// let how = breaker.reconfigure(CircuitBreaker::builder().window(Window::Count { calls: 20 }))?;
+    /// assert_eq!((how, breaker.state()), (Reconfigured::KeptForced, State::ForcedOpen));
     /// # Ok(()) }
     /// ```
     ///

@@ -121,6 +121,10 @@ pub enum Reconfigured {
     /// with an empty window, with a state-change event, as [`reset`](super::CircuitBreaker::reset)
     /// does.
     Reset,
+    /// The window changed shape on a breaker forced open or closed: it stays forced (a
+    /// decision taken by hand outlives a reload), on an empty window of the new shape, with
+    /// no state-change event. Calls admitted before are dropped from it, as after a reset.
+    KeptForced,
 }
 
 impl<R: Clock> Shared<R> {
@@ -199,10 +203,17 @@ impl<R: Clock> Shared<R> {
             // Under the same lock: no outcome is judged by the new thresholds in a window of
             // the old shape. Outcomes of calls admitted before are dropped with the generation
             // they hold.
-            if reshaped {
-                self.force_locked(&mut transition, State::Closed, None)
-            } else {
+            if !reshaped {
                 None
+            } else if let Some(forced) = self.forced() {
+                // A new generation in the same state: its window is of the new shape, and
+                // outcomes of calls admitted before are dropped with their generation.
+                let generation = word::generation(self.word.load(Acquire));
+                self.fresh_tally(&transition, generation);
+                self.publish(generation, forced);
+                return Reconfigured::KeptForced;
+            } else {
+                self.force_locked(&mut transition, State::Closed, None)
             }
         };
         if let Some(change) = reset {
@@ -588,6 +599,12 @@ impl<R: Clock> Shared<R> {
         listeners.run(|| emit(self.listener.as_ref(), change));
         listeners.run(|| self.telemetry.transition(change, self.key_label.as_deref()));
         listeners.resume(|| ());
+    }
+
+    /// The state it was forced to, if it was forced open or closed by hand.
+    fn forced(&self) -> Option<State> {
+        let state = self.state();
+        matches!(state, State::ForcedOpen | State::ForcedClosed).then_some(state)
     }
 
     /// Moves to `to` by hand, whatever the current state (a new generation either way).

@@ -322,8 +322,10 @@ pub struct Reload {
     /// HTTP client once, however many tables).
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event (an
-    /// [HTTP client](Registry::http_client)'s name when any of its hosts' breakers was). They
-    /// count in `retuned` too.
+    /// [HTTP client](Registry::http_client)'s name when any of its hosts' breakers was). A
+    /// breaker forced open or closed by hand stays forced, and is not listed
+    /// ([`Reconfigured::KeptForced`](crate::breaker::Reconfigured::KeptForced)). They count
+    /// in `retuned` too.
     pub reset: Vec<Name>,
     /// Instances whose adaptive limiter (or keyed table of them, or HTTP client's per-host
     /// limits; each name once) had its

@@ -136,7 +136,9 @@ impl<R> ClientPolicies<R> {
     }
 
     /// The per-authority breakers, if the stack has them: to watch a host's state, or to
-    /// open or close one by hand. A handle to the table in force now: a
+    /// open or close one by hand, one already seen or not yet
+    /// ([`get_or_make`](KeyedCircuitBreaker::get_or_make); a host forced open stays so
+    /// through a reconfiguration, until it is reset). A handle to the table in force now: a
     /// [`reconfigure`](Self::reconfigure) that keeps the stage retunes this table in place,
     /// but one that removes the stage (or removes and adds it again) leaves the handle on a
     /// table no new request meets: ask again after a reconfiguration.
