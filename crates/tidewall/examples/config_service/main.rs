@@ -62,6 +62,16 @@ async fn main() -> Result<(), BoxError> {
     match args.as_slice() {
         [] => demo(metrics).await,
         [serve, path] if serve == "--serve" => {
+            // `install_recorder` starts no upkeep: without it, histogram samples pile up
+            // between scrapes of a long-running service.
+            let upkeep = metrics.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
             let app = App::new(path, metrics)?;
             let listener = TcpListener::bind("127.0.0.1:3000").await?;
             println!(
