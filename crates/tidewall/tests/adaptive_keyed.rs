@@ -112,14 +112,33 @@ fn one_slow_key_lowers_only_its_own_limit() {
         (hosts.limit(&"slow"), hosts.limit(&"fast")),
         (Some(1), Some(5))
     );
+    let sorted = |mut listed: Vec<(&'static str, u32)>| {
+        listed.sort_unstable();
+        listed
+    };
+    assert_eq!(sorted(hosts.limits()), [("fast", 5), ("slow", 1)]);
+    assert_eq!(hosts.busy(), [], "nothing runs");
     // Each key's slots follow its own limit.
     let slow_held = take_all(&hosts, "slow");
     let fast_held = take_all(&hosts, "fast");
     assert_eq!((slow_held.len(), fast_held.len()), (1, 5));
+    let mut busy = hosts.busy();
+    busy.sort_unstable();
+    assert_eq!(busy, [("fast", 5), ("slow", 1)]);
+    drop(fast_held);
+    assert_eq!(hosts.busy(), [("slow", 1)]);
     // A key never seen starts from the initial limit.
     assert_eq!(hosts.limit(&"new"), None);
     drop(hosts.try_acquire(&"new").unwrap());
     assert_eq!(hosts.limit(&"new"), Some(4));
+    assert_eq!(
+        sorted(hosts.limits()),
+        [("fast", 5), ("new", 4), ("slow", 1)]
+    );
+    // A forgotten key is listed no more.
+    drop(slow_held);
+    assert_eq!(hosts.retain_in_use(), 3);
+    assert_eq!((hosts.limits(), hosts.busy()), (vec![], vec![]));
 }
 
 // Docs: a permit dropped without an outcome (a cancelled call) or ignored teaches nothing.

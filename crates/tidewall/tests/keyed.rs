@@ -229,8 +229,10 @@ async fn each_key_has_its_own_slots_and_queue() {
     drop(a1);
     let permit = waiter.await.unwrap().expect("handed the freed slot");
     assert_eq!(bulkheads.in_flight(&1), 2);
+    assert_eq!(bulkheads.busy(), [(1, 2)], "key 2's permit was dropped");
     drop(permit);
     assert_eq!(bulkheads.in_flight(&1), 1);
+    assert_eq!(bulkheads.busy(), [(1, 1)]);
 }
 
 #[tokio::test(start_paused = true)]

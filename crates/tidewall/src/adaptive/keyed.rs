@@ -283,6 +283,34 @@ impl<K: Hash + Eq + Clone, A: LimitAlgorithm + Clone, R: Clock> KeyedAdaptiveLim
             .unwrap_or(0)
     }
 
+    /// Every key held, with the limit its limiter has learnt: for a gauge per key (per
+    /// host). Read one shard at a time: a key that changes meanwhile may be read before or
+    /// after. A key not listed would start from the initial limit.
+    ///
+    /// ```
+    /// use tidewall::adaptive::{AdaptiveLimiter, Aimd};
+    ///
+    /// let aimd = Aimd::builder().min_limit(1).initial_limit(8).build()?;
+    /// let hosts = AdaptiveLimiter::builder(aimd).keyed().build()?;
+    /// drop(hosts.try_acquire(&"a.example")?);
+    /// assert_eq!(hosts.limits(), [("a.example", 8)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn limits(&self) -> Vec<(K, u32)> {
+        self.shared
+            .keys
+            .each_found(|key, limiter| Some((key.clone(), limiter.limit())))
+    }
+
+    /// Every key held with calls in flight, and how many (read as [`limits`](Self::limits)).
+    /// A key not listed runs nothing.
+    pub fn busy(&self) -> Vec<(K, usize)> {
+        self.shared.keys.each_found(|key, limiter| {
+            let running = limiter.in_flight();
+            (running > 0).then(|| (key.clone(), running))
+        })
+    }
+
     /// Applies `settings` to every key held and to every key made after, as each key's
     /// [`AdaptiveLimiter::reconfigure`] says: the algorithm replaces each key's, so every
     /// key starts learning again from the new initial limit, and the queue, wait, discipline

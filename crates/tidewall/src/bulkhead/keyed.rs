@@ -221,6 +221,29 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedBulkhead<K, R> {
         self.shared.keys.get(key, Bulkhead::in_flight).unwrap_or(0)
     }
 
+    /// Every key held with calls running, and how many: for a gauge per key (per host), or
+    /// a health endpoint. Read one shard at a time: a key that changes meanwhile may be read
+    /// before or after. A key not listed runs nothing.
+    ///
+    /// ```
+    /// use tidewall::bulkhead::Bulkhead;
+    ///
+    /// let hosts = Bulkhead::builder(4).reject_when_full().keyed().build()?;
+    /// let _a = hosts.try_acquire(&"a.example")?;
+    /// let _b = (hosts.try_acquire(&"b.example")?, hosts.try_acquire(&"b.example")?);
+    /// drop(hosts.try_acquire(&"c.example")?);
+    /// let mut busy = hosts.busy();
+    /// busy.sort();
+    /// assert_eq!(busy, [("a.example", 1), ("b.example", 2)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn busy(&self) -> Vec<(K, usize)> {
+        self.shared.keys.each_found(|key, bulkhead| {
+            let running = bulkhead.in_flight();
+            (running > 0).then(|| (key.clone(), running))
+        })
+    }
+
     /// Forgets every key with nothing out (lossless: see the type's docs); returns how many
     /// went. The table also does this by itself when a new key meets a full shard.
     pub fn retain_in_use(&self) -> usize {

@@ -146,14 +146,15 @@ impl<R> ClientPolicies<R> {
         self.current().breakers.clone()
     }
 
-    /// The per-authority bulkheads, if the stack has them (a handle, as for
-    /// [`breakers`](Self::breakers)).
+    /// The per-authority bulkheads, if the stack has them: to watch the calls each host runs
+    /// ([`busy`](KeyedBulkhead::busy)); a handle, as for [`breakers`](Self::breakers).
     pub fn bulkheads(&self) -> Option<KeyedBulkhead<Authority, R>> {
         self.current().bulkheads.clone()
     }
 
     /// The per-authority adaptive limiters, if the stack has them: to watch the limit each
-    /// host has taught its limiter (a handle, as for [`breakers`](Self::breakers)).
+    /// host has taught its limiter ([`limits`](KeyedAdaptiveLimiter::limits)) and its calls
+    /// in flight; a handle, as for [`breakers`](Self::breakers).
     pub fn adaptive_limiters(&self) -> Option<KeyedAdaptiveLimiter<Authority, AnyAlgorithm, R>> {
         self.current().adaptive.clone()
     }
