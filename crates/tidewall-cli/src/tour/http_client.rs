@@ -1,16 +1,19 @@
 //! The tour's HTTP client section: the standard outbound stack (`ClientPolicies`, the loop
 //! behind tidewall-reqwest's middleware and the tower `ClientLayer`) calling two hosts, one of
-//! them down, with a breaker per host and without one.
+//! them down, with a breaker per host and without one; and a host taken out of rotation by
+//! hand, its requests heard under its name.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::http::{Authority, ClientPolicies, FailureKind, HttpFailure, Overrides};
-use tidewall::{Backoff, Jitter};
+use tidewall::telemetry::Event;
+use tidewall::{Backoff, Jitter, Rejected};
 
 use super::client::{Client, HttpError, Net, since};
 use super::report::{Section, ms};
@@ -21,6 +24,7 @@ use super::server::Server;
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
     vec![
         two_hosts_one_down(&rt, server, size).await,
+        a_host_out_by_hand(&rt, server, size).await,
         super::http_config::reload_mid_traffic(&rt, server, size).await,
     ]
 }
@@ -106,6 +110,100 @@ async fn two_hosts_one_down<R: Net>(rt: &R, server: &Server, size: Size) -> Sect
     s.check(
         "the healthy host's breaker stayed closed",
         with.up_state == Some(State::Closed),
+    );
+    s
+}
+
+/// An operator takes a host out of rotation before its first request, then puts it back;
+/// the client's listener hears every request under its host.
+async fn a_host_out_by_hand<R: Net>(rt: &R, server: &Server, size: Size) -> Section {
+    let calls = if size == Size::Quick { 5 } else { 20 };
+    let mut s = Section::new(
+        "http client: a host out of rotation by hand, and each request's host in its events",
+        "policies.breakers()?.get_or_make(&host)?.force_open(); on_event(|e| e.key)",
+    );
+    settle(rt, server).await;
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let policies = valid(
+        ClientPolicies::builder()
+            .runtime(rt.clone())
+            .name("tour-http-by-hand")
+            .breaker(Some(CircuitBreaker::builder()))
+            .on_event(move |event: &Event<'_>| {
+                let key = event.key.unwrap_or("-").to_owned();
+                log.lock().expect("no panic holds it").push(key);
+            })
+            .build(),
+    );
+    let host = Authority::new(
+        "http",
+        &server.addr.ip().to_string(),
+        Some(server.addr.port()),
+    )
+    .expect("a loopback address is a host");
+    let client = Client::new(rt.clone(), server.addr);
+    let sent = AtomicUsize::new(0);
+    let send = |request: Request<()>| {
+        sent.fetch_add(1, Relaxed);
+        let client = client.clone();
+        async move { answer(client.get(request.uri().path()).await) }
+    };
+    let Some(breakers) = policies.breakers() else {
+        s.check("the stack has per-host breakers", false);
+        return s;
+    };
+    let forced = breakers
+        .get_or_make(&host)
+        .map(|breaker| breaker.force_open());
+    let state_forced = breakers.state(&host);
+    let mut refused = 0;
+    for _ in 0..calls {
+        let result = policies
+            .run(get(server.addr, "/delay/0"), Overrides::new(), send)
+            .await;
+        refused += usize::from(matches!(
+            result,
+            Err(tidewall::Error::Rejected(Rejected::CircuitOpen { .. }))
+        ));
+    }
+    let sent_forced = sent.swap(0, Relaxed);
+    if let Some(breaker) = breakers.get(&host) {
+        breaker.reset();
+    }
+    let mut answered = 0;
+    for _ in 0..calls {
+        let result = policies
+            .run(get(server.addr, "/delay/0"), Overrides::new(), send)
+            .await;
+        answered += usize::from(result.is_ok_and(|r| r.status().is_success()));
+    }
+    let keys = std::mem::take(&mut *heard.lock().expect("no panic holds it"));
+    let of_host = keys.iter().filter(|key| **key == host.as_str()).count();
+    s.metric("host", &host)
+        .metric("calls while forced open, then after reset", calls)
+        .metric("refused while forced open", refused)
+        .metric("sent while forced open", sent_forced)
+        .metric("answered after reset", answered)
+        .metric(
+            "events heard, naming the host",
+            format!("{}, {of_host}", keys.len()),
+        );
+    s.check(
+        "the host was forced open before its first request",
+        forced.is_ok() && state_forced == Some(State::ForcedOpen),
+    );
+    s.check(
+        "while forced open every call was refused and nothing was sent",
+        refused == calls && sent_forced == 0,
+    );
+    s.check(
+        "after reset the host answered every call",
+        answered == calls,
+    );
+    s.check(
+        "each request was heard once, under its host",
+        keys.len() == 2 * calls && of_host == keys.len(),
     );
     s
 }
