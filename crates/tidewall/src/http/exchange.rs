@@ -80,9 +80,12 @@ impl Authority {
     /// The authority of `scheme://host[:port]`; `None` without a port for a scheme with no
     /// default (the URL standard's: `http` and `ws` 80, `https` and `wss` 443, `ftp` 21, as
     /// the `url` crate fills them in), or for an empty host (`""` or `[]`). An IPv6
-    /// address is written in brackets, as a URI writes it, whether it is given with them or
-    /// without (`::1`, as `Ipv6Addr` prints, is `[::1]`), so an authority made from a socket
-    /// address is the one a request to it is filed under; any other host is kept as given
+    /// address is written in brackets and in the URL standard's form, as the `url` crate
+    /// (and so reqwest) writes it, however it is given: with brackets or without (`::1`, as
+    /// `Ipv6Addr` prints), in full (`0:0:0:0:0:0:0:1`) or an IPv4-mapped one in dotted form
+    /// (`::ffff:192.0.2.1` is `[::ffff:c000:201]`). So a host has one authority whichever
+    /// front files its requests and however a URL spells it, and one made from a socket
+    /// address is the one a request to it is filed under. Any other host is kept as given
     /// (lowercased).
     ///
     /// ```
@@ -92,7 +95,9 @@ impl Authority {
     /// let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, 8080));
     /// let made = Authority::new("http", &addr.ip().to_string(), Some(addr.port())).unwrap();
     /// let from_uri = Authority::from_uri(&"http://[::1]:8080/x".parse().unwrap()).unwrap();
+    /// let in_full = Authority::from_uri(&"http://[0:0:0:0:0:0:0:1]:8080/".parse().unwrap());
     /// assert_eq!((made.as_str(), &made), ("http://[::1]:8080", &from_uri));
+    /// assert_eq!(in_full.as_ref(), Some(&made));
     /// ```
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
         let port = port.or_else(|| default_port(scheme))?;
@@ -103,23 +108,28 @@ impl Authority {
         if inside.is_empty() {
             return None;
         }
-        // An IPv6 address is bracketed as a URI writes it, however it was given; any other
-        // host (one with a colon that is no address, too) is kept as given.
-        let ipv6 = inside.contains(':') && inside.parse::<std::net::Ipv6Addr>().is_ok();
-        let (open, host, close) = if ipv6 {
-            ("[", inside, "]")
-        } else {
-            ("", host, "")
-        };
-        // One allocation, sized exactly: this runs for every request.
+        // Any host with a colon that is no address is kept as given.
+        let ipv6 = inside
+            .contains(':')
+            .then(|| inside.parse::<std::net::Ipv6Addr>().ok())
+            .flatten();
         let mut digits = [0u8; 5];
         let port = port_digits(port, &mut digits);
-        let mut key = String::with_capacity(
-            scheme.len() + 3 + open.len() + host.len() + close.len() + 1 + port.len(),
-        );
-        for part in [scheme, "://", open, host, close, ":", port] {
-            key.push_str(part);
+        // One allocation: this runs for every request. The longest IPv6 form is 41 bytes.
+        let host_len = if ipv6.is_some() { 41 } else { host.len() };
+        let mut key = String::with_capacity(scheme.len() + 3 + host_len + 1 + port.len());
+        key.push_str(scheme);
+        key.push_str("://");
+        match ipv6 {
+            Some(address) => {
+                key.push('[');
+                push_ipv6(address, &mut key);
+                key.push(']');
+            }
+            None => key.push_str(host),
         }
+        key.push(':');
+        key.push_str(port);
         key.make_ascii_lowercase();
         Some(Self(key.into_boxed_str()))
     }
@@ -150,6 +160,51 @@ fn default_port(scheme: &str) -> Option<u16> {
         .iter()
         .find(|(known, _)| scheme.eq_ignore_ascii_case(known))
         .map(|&(_, port)| port)
+}
+
+/// Appends `address` as the URL standard serializes an IPv6 host (without its brackets):
+/// its eight pieces in lowercase hex without leading zeros, the first longest run of two or
+/// more zero pieces written `::`, and no dotted IPv4 part.
+fn push_ipv6(address: std::net::Ipv6Addr, out: &mut String) {
+    let pieces = address.segments();
+    let mut compress: Option<(usize, usize)> = None;
+    let mut index = 0;
+    while index < pieces.len() {
+        let start = index;
+        while index < pieces.len() && pieces[index] == 0 {
+            index += 1;
+        }
+        let run = index - start;
+        if run > 1 && compress.is_none_or(|(_, longest)| run > longest) {
+            compress = Some((start, run));
+        }
+        index = index.max(start + 1);
+    }
+    let mut index = 0;
+    while index < pieces.len() {
+        if let Some((start, run)) = compress.filter(|&(start, _)| start == index) {
+            out.push_str(if start == 0 { "::" } else { ":" });
+            index += run;
+            continue;
+        }
+        push_hex(pieces[index], out);
+        if index + 1 < pieces.len() {
+            out.push(':');
+        }
+        index += 1;
+    }
+}
+
+/// Appends `piece` in lowercase hex, without leading zeros.
+fn push_hex(piece: u16, out: &mut String) {
+    let mut started = false;
+    for shift in [12, 8, 4, 0] {
+        let digit = u32::from((piece >> shift) & 0xf);
+        if digit != 0 || started || shift == 0 {
+            started = true;
+            out.extend(char::from_digit(digit, 16));
+        }
+    }
 }
 
 /// `port` in decimal, written into `buffer`.
@@ -218,7 +273,15 @@ mod tests {
         let written = [
             ("::1", "http://[::1]:1"),
             ("[::1]", "http://[::1]:1"),
-            ("[0:0::1]", "http://[0:0::1]:1"),
+            ("[0:0::1]", "http://[::1]:1"),
+            ("0:0:0:0:0:0:0:1", "http://[::1]:1"),
+            ("[::FFFF:192.0.2.1]", "http://[::ffff:c000:201]:1"),
+            ("[1:0:0:2:0:0:0:3]", "http://[1:0:0:2::3]:1"),
+            ("[1:0:0:2:0:0:3:4]", "http://[1::2:0:0:3:4]:1"),
+            ("[1:0:2:0:3:0:4:0]", "http://[1:0:2:0:3:0:4:0]:1"),
+            ("[1::]", "http://[1::]:1"),
+            ("[::]", "http://[::]:1"),
+            ("[ABCD:0:0:0:0:0:0:0]", "http://[abcd::]:1"),
             // Unbalanced, or no address (a zone is not part of `Ipv6Addr`): as given.
             ("[::1", "http://[::1:1"),
             ("::1]", "http://::1]:1"),
