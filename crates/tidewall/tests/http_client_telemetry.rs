@@ -260,6 +260,46 @@ fn a_request_without_an_authority_names_no_key_on_every_runtime() {
     on_every_runtime!(a_request_without_an_authority_names_no_key);
 }
 
+/// A send that panics unwinds through the request, which is heard as `Cancelled` under its
+/// host; a listener that panics there too has its panic dropped (a second panic while
+/// unwinding would abort the process), and the send's panic reaches the caller.
+async fn a_listener_panicking_while_a_send_unwinds_does_not_abort<R: Runtime>(rt: Clocked<R>) {
+    let heard = Heard::default();
+    let log = Arc::clone(&heard);
+    let policies = builder(&rt, 1)
+        .name("unwinding")
+        .on_event(move |event: &Event<'_>| {
+            log.lock()
+                .unwrap()
+                .push(format!("{:?} {:?}", event.key, event.kind));
+            if let EventKind::Cancelled = event.kind {
+                panic!("the listener panics too");
+            }
+        })
+        .build()
+        .unwrap();
+    let request = http::Request::get("http://panics.example/")
+        .body(())
+        .unwrap();
+    let run = policies.run(request, Overrides::new(), |_request| async {
+        panic!("the send panics");
+        #[allow(unreachable_code)]
+        Ok::<http::Response<()>, std::io::Error>(http::Response::new(()))
+    });
+    let unwound = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
+    let panic = unwound.expect_err("the send's panic reaches the caller");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the send panics"));
+    assert_eq!(
+        take(&heard),
+        ["Some(\"http://panics.example:80\") Cancelled"]
+    );
+}
+
+#[test]
+fn a_listener_panicking_while_a_send_unwinds_does_not_abort_on_every_runtime() {
+    on_every_runtime!(a_listener_panicking_while_a_send_unwinds_does_not_abort);
+}
+
 /// The breaker-state gauge counts the hosts in each state, and goes back to 0 for `open` once
 /// the host recovers.
 async fn the_gauges_follow_the_hosts_breakers<R: Runtime>(rt: Clocked<R>) {

@@ -25,7 +25,10 @@ use crate::breaker::StateChange;
 /// panic does. A retry budget is the exception: a retry (or hedge) is drawn from it before
 /// the listener hears [`RetryScheduled`](EventKind::RetryScheduled)
 /// ([`HedgeLaunched`](EventKind::HedgeLaunched)), so one whose listener panics stays drawn,
-/// though it never runs.
+/// though it never runs. A listener told while its thread is already unwinding (a call or a
+/// guard dropped by another panic, such as an HTTP request whose send panicked, heard as
+/// [`Cancelled`](EventKind::Cancelled)) is heard too, but its own panic is dropped there: a
+/// second panic would abort the process.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -137,12 +140,19 @@ impl Listener {
         key: Option<&str>,
         kind: EventKind<'_>,
     ) {
-        (self.0)(&Event {
+        let event = Event {
             policy,
             name,
             key,
             kind,
-        });
+        };
+        if std::thread::panicking() {
+            // Told by a drop during another panic's unwinding: a panic here would abort.
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(&event)));
+            drop(told);
+        } else {
+            (self.0)(&event);
+        }
     }
 
     /// Passes on an event told to another listener.
