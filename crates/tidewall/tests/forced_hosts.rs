@@ -58,12 +58,34 @@ fn a_reshaped_window_keeps_a_forced_state_and_empties_the_window() {
         early.failure();
         assert_eq!(breaker.counts().calls, 0, "{forced:?}: the window is empty");
 
+        // A forced breaker counts no call: one admitted while forced closed, ended after a
+        // reshape, leaves the window empty.
+        if forced == State::ForcedClosed {
+            let during = breaker.try_acquire().unwrap();
+            assert_eq!(
+                breaker.reconfigure(count(30)).unwrap(),
+                Reconfigured::KeptForced
+            );
+            during.failure();
+            breaker.try_acquire().unwrap().failure();
+            assert_eq!(breaker.counts().calls, 0);
+            assert_eq!(breaker.state(), State::ForcedClosed, "nothing trips it");
+            assert_eq!(
+                breaker.reconfigure(count(20)).unwrap(),
+                Reconfigured::KeptForced
+            );
+        }
+
         // Unchanged settings change nothing, forced or not.
         assert_eq!(breaker.reconfigure(count(20)).unwrap(), Reconfigured::Kept);
         assert_eq!(breaker.state(), forced);
 
-        // Reset by hand: closed, and the new shape trips it as it says.
-        breaker.reset();
+        // Undone by the generation that forced it, as any change made on one's own behalf.
+        let (_, generation) = breaker.state_and_generation();
+        assert!(
+            breaker.reset_if(generation),
+            "no transition since the force"
+        );
         assert_eq!(take(&changes), [format!("{forced} -> closed")]);
         breaker.try_acquire().unwrap().failure();
         breaker.try_acquire().unwrap().failure();

@@ -122,8 +122,10 @@ pub enum Reconfigured {
     /// does.
     Reset,
     /// The window changed shape on a breaker forced open or closed: it stays forced (a
-    /// decision taken by hand outlives a reload), on an empty window of the new shape, with
-    /// no state-change event. Calls admitted before are dropped from it, as after a reset.
+    /// decision taken by hand outlives a reload), in the same generation (so whoever forced
+    /// it can still undo that with [`reset_if`](super::CircuitBreaker::reset_if)), on an
+    /// empty window of the new shape, with no state-change event. A forced breaker counts
+    /// no call, so the window stays empty until it is reset.
     KeptForced,
 }
 
@@ -206,11 +208,11 @@ impl<R: Clock> Shared<R> {
             if !reshaped {
                 None
             } else if let Some(forced) = self.forced() {
-                // A new generation in the same state: its window is of the new shape, and
-                // outcomes of calls admitted before are dropped with their generation.
+                // The same state and generation, on an empty window of the new shape: no
+                // transition, so a force can still be undone by the generation it made.
                 let generation = word::generation(self.word.load(Acquire));
-                self.fresh_tally(&transition, generation);
-                self.publish(generation, forced);
+                self.tally
+                    .store(Tally::new(transition.policy.window(), generation));
                 return Reconfigured::KeptForced;
             } else {
                 self.force_locked(&mut transition, State::Closed, None)

@@ -14,7 +14,9 @@ use crate::telemetry::ListenerPanics;
 pub struct Retuned {
     /// Authorities whose breaker was reset because the breaker's window changed shape: every
     /// authority the table held then, open or closed, each now closed with an empty window
-    /// and told with its state-change event.
+    /// and told with its state-change event; but a breaker forced open or closed by hand
+    /// stays forced and is not counted
+    /// ([`Reconfigured::KeptForced`](crate::breaker::Reconfigured::KeptForced)).
     pub breakers_reset: usize,
     /// Whether every authority's adaptive limit starts learning again from the new initial
     /// limit: the algorithm changed (another kind, or other settings of its own). Otherwise
@@ -55,12 +57,15 @@ impl<R: Clock> ClientPolicies<R> {
     ///   adaptive limits, rate limits, retry budgets) is the same table, retuned in place
     ///   for every authority it holds, at once (the next attempt of a request in flight meets
     ///   it): a breaker keeps its state and window unless the window changes shape (then it
-    ///   is reset, with its event: [`Retuned::breakers_reset`]); a bulkhead shrunk below what
+    ///   is reset, with its event: [`Retuned::breakers_reset`], unless it was forced by
+    ///   hand); a bulkhead shrunk below what
     ///   is held revokes nothing; an adaptive limit keeps what it learned unless its
     ///   algorithm changed ([`Retuned::relearning`]); a retry budget keeps its window's
     ///   counts when the window keeps its shape.
     /// - A stage the new settings add starts empty; one they remove is gone for requests
-    ///   after (requests in flight keep theirs).
+    ///   after (requests in flight keep theirs), with what its table held: a host forced
+    ///   open by hand is back in rotation once the breaker stage is removed (or removed and
+    ///   added again).
     /// - The [name](ClientPoliciesBuilder::name), the [listener](ClientPoliciesBuilder::on_event)
     ///   and the runtime are kept: `settings`' are not read.
     ///
