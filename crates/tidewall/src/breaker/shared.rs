@@ -207,7 +207,7 @@ impl<R: Clock> Shared<R> {
             // they hold.
             if !reshaped {
                 None
-            } else if let Some(forced) = self.forced() {
+            } else if self.is_forced() {
                 // The same state and generation, on an empty window of the new shape: no
                 // transition, so a force can still be undone by the generation it made.
                 let generation = word::generation(self.word.load(Acquire));
@@ -603,10 +603,9 @@ impl<R: Clock> Shared<R> {
         listeners.resume(|| ());
     }
 
-    /// The state it was forced to, if it was forced open or closed by hand.
-    fn forced(&self) -> Option<State> {
-        let state = self.state();
-        matches!(state, State::ForcedOpen | State::ForcedClosed).then_some(state)
+    /// Whether it was forced open or closed by hand.
+    fn is_forced(&self) -> bool {
+        matches!(self.state(), State::ForcedOpen | State::ForcedClosed)
     }
 
     /// Moves to `to` by hand, whatever the current state (a new generation either way).

@@ -58,10 +58,9 @@ impl<R: Clock> ClientPolicies<R> {
     ///   for every authority it holds, at once (the next attempt of a request in flight meets
     ///   it): a breaker keeps its state and window unless the window changes shape (then it
     ///   is reset, with its event: [`Retuned::breakers_reset`], unless it was forced by
-    ///   hand); a bulkhead shrunk below what
-    ///   is held revokes nothing; an adaptive limit keeps what it learned unless its
-    ///   algorithm changed ([`Retuned::relearning`]); a retry budget keeps its window's
-    ///   counts when the window keeps its shape.
+    ///   hand); a bulkhead shrunk below what is held revokes nothing; an adaptive limit keeps
+    ///   what it learned unless its algorithm changed ([`Retuned::relearning`]); a retry
+    ///   budget keeps its window's counts when the window keeps its shape.
     /// - A stage the new settings add starts empty; one they remove is gone for requests
     ///   after (requests in flight keep theirs), with what its table held: a host forced
     ///   open by hand is back in rotation once the breaker stage is removed (or removed and
