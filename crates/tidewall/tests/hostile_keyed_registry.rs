@@ -887,12 +887,13 @@ fn half_open_probes_across_same_shape_and_reshaping_reloads() {
     assert_eq!(brk.policy().window(), Window::Count { calls: 20 });
 }
 
-// Docs: "a breaker ... is reset with a state-change event when it does not [keep its shape]";
-// CircuitBreaker::reset: "Back to closed with an empty window". Every key: open, forced open,
-// half-open, closed with failures. A handle from `get` held across the reload is the same
-// breaker, and sees the new policy.
+// Docs: "a breaker ... is reset with a state-change event when it does not [keep its shape]",
+// "unless it was forced open or closed by hand (it stays forced)"; CircuitBreaker::reset:
+// "Back to closed with an empty window". Every key: open, forced open, half-open, closed with
+// failures. A handle from `get` held across the reload is the same breaker, and sees the new
+// policy.
 #[test]
-fn a_reshaping_reload_resets_every_key_whatever_its_state() {
+fn a_reshaping_reload_resets_every_key_but_one_forced_by_hand() {
     let clock = FakeClock::new();
     let text = "[instances.hosts.breaker]\nconsecutive_failures = 2\nwindow_calls = 10\nbreak_duration = \"5s\"\n";
     let (registry, changes) = on_heard(&clock, text);
@@ -927,9 +928,14 @@ fn a_reshaping_reload_resets_every_key_whatever_its_state() {
         ))
         .unwrap();
     for k in 1..=4 {
+        let state = if k == 2 {
+            State::ForcedOpen
+        } else {
+            State::Closed
+        };
         assert_eq!(
             (brk.state(&k), brk.counts(&k)),
-            (Some(State::Closed), Some(Counts::default())),
+            (Some(state), Some(Counts::default())),
             "key {k}"
         );
     }
@@ -942,21 +948,26 @@ fn a_reshaping_reload_resets_every_key_whatever_its_state() {
         })
         .map(|(_, from, _)| *from)
         .collect();
-    for from in [State::Open, State::ForcedOpen, State::HalfOpen] {
+    for (from, events) in [
+        (State::Open, 1),
+        (State::ForcedOpen, 0),
+        (State::HalfOpen, 1),
+    ] {
         assert_eq!(
             heard.iter().filter(|f| **f == from).count(),
-            1,
-            "one reset event from {from:?}: {heard:?}"
+            events,
+            "reset events from {from:?}: {heard:?}"
         );
     }
     assert_eq!(
         forced.state(),
-        State::Closed,
-        "the handle is the key's breaker"
+        State::ForcedOpen,
+        "the handle is the key's breaker, still forced"
     );
     assert_eq!(forced.policy().window(), Window::Count { calls: 30 });
     drop(probe);
-    // Reset means the force is gone: two failures trip key 2 as any other.
+    // Reset by hand, the force is gone: two failures trip key 2 as any other.
+    forced.reset();
     forced.try_acquire().unwrap().failure();
     forced.try_acquire().unwrap().failure();
     assert_eq!(brk.state(&2), Some(State::Open));
