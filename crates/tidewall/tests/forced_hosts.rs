@@ -3,13 +3,13 @@
 //! forced before its first call (`get_or_make`), held until it is reset.
 #![cfg(all(feature = "toml", feature = "http", feature = "tokio"))]
 
-use std::sync::{Arc, Mutex};
+mod support;
 
+use support::forced::{
+    down_before_its_first_request, force, listened, reload_window, request, take,
+};
 use tidewall::Rejected;
 use tidewall::breaker::{CircuitBreaker, Reconfigured, State, Window};
-use tidewall::config::{Config, Registry};
-use tidewall::http::{Authority, ClientPolicies, Overrides};
-use tidewall::telemetry::{Event, EventKind};
 
 fn count(calls: u32) -> tidewall::breaker::CircuitBreakerBuilder {
     CircuitBreaker::builder()
@@ -18,36 +18,20 @@ fn count(calls: u32) -> tidewall::breaker::CircuitBreakerBuilder {
         .window(Window::Count { calls })
 }
 
-/// The state changes a listener heard, as `from -> to`.
-type Changes = Arc<Mutex<Vec<String>>>;
-
-fn changes_of(changes: &Changes) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
-    let log = Arc::clone(changes);
-    move |event: &Event<'_>| {
-        if let EventKind::StateChanged(change) = event.kind {
-            log.lock()
-                .unwrap()
-                .push(format!("{} -> {}", change.from, change.to));
-        }
-    }
-}
-
-fn take(changes: &Changes) -> Vec<String> {
-    std::mem::take(&mut *changes.lock().unwrap())
+/// Two failures on `breaker`, one call each.
+fn two_failures(breaker: &CircuitBreaker) {
+    breaker.try_acquire().unwrap().failure();
+    breaker.try_acquire().unwrap().failure();
 }
 
 #[test]
 fn a_reshaped_window_keeps_a_forced_state_and_empties_the_window() {
     for forced in [State::ForcedOpen, State::ForcedClosed] {
-        let changes = Changes::default();
-        let breaker = count(10).on_event(changes_of(&changes)).build().unwrap();
+        let (breaker, changes) = listened(count(10));
         // A call admitted before the reshape, ended after it: its outcome is dropped.
         let early = breaker.try_acquire().unwrap();
         breaker.try_acquire().unwrap().failure();
-        match forced {
-            State::ForcedOpen => breaker.force_open(),
-            _ => breaker.force_closed(),
-        }
+        force(&breaker, forced);
         take(&changes);
 
         let how = breaker.reconfigure(count(20)).unwrap();
@@ -87,8 +71,7 @@ fn a_reshaped_window_keeps_a_forced_state_and_empties_the_window() {
             "no transition since the force"
         );
         assert_eq!(take(&changes), [format!("{forced} -> closed")]);
-        breaker.try_acquire().unwrap().failure();
-        breaker.try_acquire().unwrap().failure();
+        two_failures(&breaker);
         assert_eq!(breaker.state(), State::Open);
     }
 }
@@ -98,8 +81,7 @@ fn a_reshaped_window_still_resets_a_breaker_not_forced() {
     for tripped in [false, true] {
         let breaker = count(10).build().unwrap();
         if tripped {
-            breaker.try_acquire().unwrap().failure();
-            breaker.try_acquire().unwrap().failure();
+            two_failures(&breaker);
             assert_eq!(breaker.state(), State::Open);
         }
         assert_eq!(breaker.reconfigure(count(20)).unwrap(), Reconfigured::Reset);
@@ -163,63 +145,30 @@ fn a_key_forced_before_its_first_call_is_refused_and_kept_until_reset() {
     assert_eq!(hosts.state(&8), Some(State::ForcedClosed));
 }
 
-const OUTBOUND: &str = r#"
-[instances.outbound]
-http = {}
-[instances.outbound.breaker]
-consecutive_failures = 1
-window_calls = 50
-"#;
-
-/// One request to `uri`; how many times it was sent, and how it ended.
-async fn request(policies: &ClientPolicies, uri: &str) -> (u32, Result<u16, String>) {
-    let sent = Mutex::new(0);
-    let request = http::Request::get(uri).body(()).unwrap();
-    let result = policies
-        .run(request, Overrides::new(), |_request| {
-            *sent.lock().unwrap() += 1;
-            async { Ok::<_, std::io::Error>(http::Response::new(())) }
-        })
-        .await;
-    let sent = *sent.lock().unwrap();
-    (
-        sent,
-        result
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string()),
-    )
-}
-
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_host_forced_open_before_its_first_request_survives_a_reshaping_reload() {
-    let registry = Registry::builder(Config::from_toml(OUTBOUND).unwrap())
-        .build()
-        .unwrap();
-    let client = registry.http_client("outbound").unwrap();
-    let host = Authority::new("https", "down.example", None).unwrap();
-    let breakers = client.breakers().unwrap();
-    breakers.get_or_make(&host).unwrap().force_open();
+    let (registry, client, breakers, host) = down_before_its_first_request(false);
 
-    let (sent, result) = request(&client, "https://down.example/x").await;
+    let (sent, result) = request(&client, "https://down.example/x", 200).await;
     assert_eq!(sent, 0, "refused before the send");
     assert!(result.unwrap_err().contains("circuit"), "refused as open");
-    assert_eq!(request(&client, "https://up.example/").await, (1, Ok(200)));
+    assert_eq!(
+        request(&client, "https://up.example/", 200).await,
+        (1, Ok(200))
+    );
 
-    let reshaped = OUTBOUND.replace("window_calls = 50", "window = \"10s\"");
-    let reload = registry
-        .reload(Config::from_toml(&reshaped).unwrap())
-        .unwrap();
+    let reload = reload_window(&registry, "window = \"10s\"");
     assert_eq!(reload.reset, ["outbound"], "the seen host was reset");
     assert_eq!(
         breakers.state(&host),
         Some(State::ForcedOpen),
         "kept forced"
     );
-    assert_eq!(request(&client, "https://down.example/x").await.0, 0);
+    assert_eq!(request(&client, "https://down.example/x", 200).await.0, 0);
 
     breakers.get_or_make(&host).unwrap().reset();
     assert_eq!(
-        request(&client, "https://down.example/x").await,
+        request(&client, "https://down.example/x", 200).await,
         (1, Ok(200))
     );
 }

@@ -15,18 +15,24 @@
 //! Time is virtual (`FakeClock`, tokio's paused clock), randomness seeded (xorshift); the only
 //! real wait is the hang detector's, which fires only on a deadlock.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
+use support::forced::{
+    Changes, OUTBOUND, changes_of, down_before_its_first_request, force, listened, reload_window,
+    request, take,
+};
 use tidewall::breaker::{
     CircuitBreaker, CircuitBreakerBuilder, KeyedCircuitBreaker, OwnedPermit, Reconfigured, State,
     Window,
 };
 use tidewall::config::{Config, Registry};
-use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder, Overrides};
+use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder};
 use tidewall::pipeline::Pipeline;
-use tidewall::telemetry::{Event, EventKind};
+use tidewall::telemetry::EventKind;
 use tidewall::testing::FakeClock;
 use tidewall::tower::BreakerLayer;
 use tidewall::{Error, Rejected};
@@ -79,24 +85,6 @@ fn time_window(secs: u64) -> CircuitBreakerBuilder {
         .break_duration(BREAK)
 }
 
-/// The state changes a listener heard, as `from -> to`.
-type Changes = Arc<Mutex<Vec<String>>>;
-
-fn changes_of(changes: &Changes) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
-    let log = Arc::clone(changes);
-    move |event: &Event<'_>| {
-        if let EventKind::StateChanged(change) = event.kind {
-            log.lock()
-                .unwrap()
-                .push(format!("{} -> {}", change.from, change.to));
-        }
-    }
-}
-
-fn take(changes: &Changes) -> Vec<String> {
-    std::mem::take(&mut *changes.lock().unwrap())
-}
-
 /// Runs `f` on its own thread; a deadlock fails the test instead of hanging it.
 fn without_hanging<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (done, wait) = mpsc::channel();
@@ -146,6 +134,42 @@ fn drive_to(
     probe
 }
 
+/// The state changes `reset` by hand tells, for a fresh breaker on `clock` driven into `state`.
+fn told_by_a_reset(clock: &FakeClock, state: State) -> Vec<String> {
+    let (twin, changes) = listened(count(10).runtime(clock.clone()));
+    let _probe = drive_to(&twin, clock, state);
+    take(&changes);
+    twin.reset();
+    take(&changes)
+}
+
+/// Asserts that `breaker`'s run of failures starts now: one failure leaves it closed (else
+/// `closed`, the message), a second opens it (else `open`).
+#[track_caller]
+fn trips_on_a_second_failure(breaker: &CircuitBreaker<FakeClock>, closed: &str, open: &str) {
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Closed, "{closed}");
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open, "{open}");
+}
+
+/// A fresh clock, and a table of `count(10)` breakers on it holding at most `max_keys` keys,
+/// each forgotten once idle for `idle_ttl`.
+fn keyed_on_a_clock(
+    max_keys: usize,
+    idle_ttl: Duration,
+) -> (FakeClock, KeyedCircuitBreaker<u32, FakeClock>) {
+    let clock = FakeClock::new();
+    let table = count(10)
+        .runtime(clock.clone())
+        .keyed::<u32>()
+        .max_keys(max_keys)
+        .idle_ttl(idle_ttl)
+        .build()
+        .unwrap();
+    (clock, table)
+}
+
 // === 1. CircuitBreaker::reconfigure over every state =======================================
 
 /// `reconfigure`: "A window of the same shape is kept, with the state, the calls in it and the
@@ -161,12 +185,7 @@ fn every_state_through_a_reshape_and_through_a_kept_shape() {
         for reshape in [false, true] {
             let what = format!("{state:?}, reshape {reshape}");
             let clock = FakeClock::new();
-            let changes = Changes::default();
-            let breaker = count(10)
-                .on_event(changes_of(&changes))
-                .runtime(clock.clone())
-                .build()
-                .unwrap();
+            let (breaker, changes) = listened(count(10).runtime(clock.clone()));
             let probe = drive_to(&breaker, &clock, state);
             // A call admitted before the reconfiguration, ended after it.
             let early = match state {
@@ -178,16 +197,7 @@ fn every_state_through_a_reshape_and_through_a_kept_shape() {
             let before = breaker.counts();
 
             // The twin: what `reset` by hand tells, for a breaker set up the same way.
-            let twin_changes = Changes::default();
-            let twin = count(10)
-                .on_event(changes_of(&twin_changes))
-                .runtime(clock.clone())
-                .build()
-                .unwrap();
-            let _twin_probe = drive_to(&twin, &clock, state);
-            take(&twin_changes);
-            twin.reset();
-            let reset_by_hand = take(&twin_changes);
+            let reset_by_hand = told_by_a_reset(&clock, state);
 
             let settings = if reshape {
                 count(20)
@@ -254,14 +264,11 @@ fn every_state_through_a_reshape_and_through_a_kept_shape() {
             }
             if reshape && !forced {
                 // The run of failures started over: one new failure is not two in a row.
-                breaker.try_acquire().unwrap().failure();
-                assert_eq!(
-                    breaker.state(),
-                    State::Closed,
-                    "{what}: a stale run counted"
+                trips_on_a_second_failure(
+                    &breaker,
+                    &format!("{what}: a stale run counted"),
+                    &format!("{what}: the new window trips"),
                 );
-                breaker.try_acquire().unwrap().failure();
-                assert_eq!(breaker.state(), State::Open, "{what}: the new window trips");
             }
         }
     }
@@ -322,14 +329,11 @@ fn permits_from_before_a_kept_forced_reshape_never_count() {
             }
             assert_eq!(breaker.state(), State::Closed, "{what}");
             assert_eq!(breaker.counts().calls, 0, "{what}: counted after the reset");
-            breaker.try_acquire().unwrap().failure();
-            assert_eq!(
-                breaker.state(),
-                State::Closed,
-                "{what}: one failure tripped: an old run of failures was carried over"
+            trips_on_a_second_failure(
+                &breaker,
+                &format!("{what}: one failure tripped: an old run of failures was carried over"),
+                &format!("{what}: the new shape trips"),
             );
-            breaker.try_acquire().unwrap().failure();
-            assert_eq!(breaker.state(), State::Open, "{what}: the new shape trips");
         }
     }
 }
@@ -343,12 +347,7 @@ fn permits_from_before_a_kept_forced_reshape_never_count() {
 #[test]
 fn forced_closed_never_trips_through_reshapes_and_lowered_thresholds() {
     let clock = FakeClock::new();
-    let changes = Changes::default();
-    let breaker = count(10)
-        .on_event(changes_of(&changes))
-        .runtime(clock.clone())
-        .build()
-        .unwrap();
+    let (breaker, changes) = listened(count(10).runtime(clock.clone()));
     breaker.force_closed();
     take(&changes);
     let steps: Vec<(CircuitBreakerBuilder, Reconfigured)> = vec![
@@ -479,10 +478,7 @@ fn stale_generations_do_nothing_after_a_kept_forced_reshape() {
     for forced in [State::ForcedOpen, State::ForcedClosed] {
         let breaker = count(10).build().unwrap();
         let (_, before) = breaker.state_and_generation();
-        match forced {
-            State::ForcedOpen => breaker.force_open(),
-            _ => breaker.force_closed(),
-        }
+        force(&breaker, forced);
         assert_eq!(
             breaker.reconfigure(count(30)).unwrap(),
             Reconfigured::KeptForced
@@ -639,7 +635,11 @@ fn keyed_reshape_over_every_state() {
     assert!(probe.is_probe());
     let handle = table.get_or_make(&9).unwrap();
     for (key, state) in State::ALL.into_iter().enumerate() {
-        assert_eq!(table.state(&(key as u32)), Some(state), "set up key {key}");
+        assert_eq!(
+            table.state(&u32::try_from(key).unwrap()),
+            Some(state),
+            "set up key {key}"
+        );
     }
     told.lock().unwrap().clear();
 
@@ -805,7 +805,7 @@ fn a_key_forced_through_get_or_make_survives_churn() {
                     s.spawn(move || {
                         let mut rng = XorShift::new(round * 31 + worker * 7 + max_keys as u64);
                         for _ in 0..400 {
-                            let key = 100 + rng.below(12) as u32;
+                            let key = 100 + u32::try_from(rng.below(12)).unwrap();
                             match rng.below(6) {
                                 0 | 1 => {
                                     if let Ok(permit) = table.try_acquire(&key) {
@@ -818,17 +818,17 @@ fn a_key_forced_through_get_or_make_survives_churn() {
                                 }
                                 2 => drop(table.get(&key)),
                                 3 => {
-                                    if let Ok(handle) = table.get_or_make(&key) {
-                                        if rng.below(4) == 0 {
-                                            handle.force_closed();
-                                            handle.reset();
-                                        }
+                                    if let Ok(handle) = table.get_or_make(&key)
+                                        && rng.below(4) == 0
+                                    {
+                                        handle.force_closed();
+                                        handle.reset();
                                     }
                                 }
                                 4 => {
                                     // A sweep, or a reload reshaping every key.
                                     if rng.below(3) == 0 {
-                                        let calls = 8 + rng.below(3) as u32;
+                                        let calls = 8 + u32::try_from(rng.below(3)).unwrap();
                                         table.reconfigure(churn_policy(calls)).unwrap();
                                     } else {
                                         table.retain_in_use();
@@ -860,10 +860,7 @@ fn a_key_forced_through_get_or_make_survives_churn() {
                         Err(e) => panic!("{what}: refused with no churn left: {e:?}"),
                     }
                 };
-                match forced {
-                    State::ForcedOpen => handle.force_open(),
-                    _ => handle.force_closed(),
-                }
+                force(&handle, forced);
                 is_forced.store(true, SeqCst);
                 drop(handle);
                 while churning.load(SeqCst) > 0 {
@@ -899,14 +896,7 @@ fn a_key_forced_through_get_or_make_survives_churn() {
 /// dropped the closed key is an ordinary key again.
 #[test]
 fn a_held_handle_pins_a_closed_key_until_its_last_clone_is_dropped() {
-    let clock = FakeClock::new();
-    let table = count(10)
-        .runtime(clock.clone())
-        .keyed::<u32>()
-        .max_keys(1)
-        .idle_ttl(Duration::ZERO)
-        .build()
-        .unwrap();
+    let (_clock, table) = keyed_on_a_clock(1, Duration::ZERO);
     assert!(table.get(&1).is_none(), "get makes nothing");
     assert_eq!(table.state(&1), None);
     let handle = table.get_or_make(&1).unwrap();
@@ -940,14 +930,7 @@ fn a_held_handle_pins_a_closed_key_until_its_last_clone_is_dropped() {
 fn keys_full_retry_after_is_kept_with_forced_and_pinned_keys() {
     let ttl = Duration::from_secs(10);
     for pin in ["forced_open", "forced_closed", "handle"] {
-        let clock = FakeClock::new();
-        let table = count(10)
-            .runtime(clock.clone())
-            .keyed::<u32>()
-            .max_keys(2)
-            .idle_ttl(ttl)
-            .build()
-            .unwrap();
+        let (clock, table) = keyed_on_a_clock(2, ttl);
         let handle = table.get_or_make(&1).unwrap();
         match pin {
             "forced_open" => handle.force_open(),
@@ -1000,14 +983,7 @@ fn keys_full_retry_after_is_kept_with_forced_and_pinned_keys() {
 /// A table full of forced keys only: nothing goes by time, so nothing is promised by time.
 #[test]
 fn a_table_full_of_forced_keys_promises_no_time() {
-    let clock = FakeClock::new();
-    let table = count(10)
-        .runtime(clock.clone())
-        .keyed::<u32>()
-        .max_keys(2)
-        .idle_ttl(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (clock, table) = keyed_on_a_clock(2, Duration::from_secs(10));
     table.get_or_make(&1).unwrap().force_closed();
     // Failures recorded while forced closed: the key still goes by no time.
     for _ in 0..3 {
@@ -1026,27 +1002,6 @@ fn a_table_full_of_forced_keys_promises_no_time() {
 }
 
 // === 11. the HTTP client ===================================================================
-
-/// One request to `uri` answered with `status`; how many times it was sent, and how it ended.
-async fn request(policies: &ClientPolicies, uri: &str, status: u16) -> (u32, Result<u16, String>) {
-    let sent = Mutex::new(0);
-    let request = http::Request::get(uri).body(()).unwrap();
-    let result = policies
-        .run(request, Overrides::new(), |_request| {
-            *sent.lock().unwrap() += 1;
-            let mut response = http::Response::new(());
-            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            async { Ok::<_, std::io::Error>(response) }
-        })
-        .await;
-    let sent = *sent.lock().unwrap();
-    (
-        sent,
-        result
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string()),
-    )
-}
 
 fn authority(host: &str) -> Authority {
     Authority::new("https", host, None).unwrap()
@@ -1190,14 +1145,6 @@ async fn removing_the_breaker_stage_returns_a_forced_host_as_documented() {
 
 // === 12. the registry's HTTP client ========================================================
 
-const OUTBOUND: &str = r#"
-[instances.outbound]
-http = {}
-[instances.outbound.breaker]
-consecutive_failures = 1
-window_calls = 50
-"#;
-
 /// `Reload::reset`: "A breaker forced open or closed by hand stays forced, and is not listed"
 /// — an HTTP client's name is listed "when any of its hosts' breakers was" reset. Through
 /// reloads of thresholds, breaks, window shapes and another section, strict and lenient: the
@@ -1206,14 +1153,7 @@ window_calls = 50
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn registry_reloads_keep_a_host_forced_before_its_first_request() {
     for strict in [false, true] {
-        let registry = Registry::builder(Config::from_toml(OUTBOUND).unwrap())
-            .strict(strict)
-            .build()
-            .unwrap();
-        let client = registry.http_client("outbound").unwrap();
-        let breakers = client.breakers().unwrap();
-        let down = authority("down.example");
-        breakers.get_or_make(&down).unwrap().force_open();
+        let (registry, client, breakers, down) = down_before_its_first_request(strict);
         let files = [
             OUTBOUND.replace("consecutive_failures = 1", "consecutive_failures = 3"),
             OUTBOUND.replace(
@@ -1250,10 +1190,7 @@ async fn registry_reloads_keep_a_host_forced_before_its_first_request() {
             request(&client, "https://up.example/", 200).await,
             (1, Ok(200))
         );
-        let reshaped = OUTBOUND.replace("window_calls = 50", "window_calls = 9");
-        let reload = registry
-            .reload(Config::from_toml(&reshaped).unwrap())
-            .unwrap();
+        let reload = reload_window(&registry, "window_calls = 9");
         assert_eq!(reload.reset, ["outbound"], "strict {strict}");
         assert_eq!(breakers.state(&down), Some(State::ForcedOpen));
         assert_eq!(request(&client, "https://down.example/", 200).await.0, 0);
@@ -1267,14 +1204,7 @@ async fn registry_reloads_keep_a_host_forced_before_its_first_request() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_reload_removing_the_breaker_section_drops_the_force_as_documented() {
     for strict in [false, true] {
-        let registry = Registry::builder(Config::from_toml(OUTBOUND).unwrap())
-            .strict(strict)
-            .build()
-            .unwrap();
-        let client = registry.http_client("outbound").unwrap();
-        let old = client.breakers().unwrap();
-        let down = authority("down.example");
-        old.get_or_make(&down).unwrap().force_open();
+        let (registry, client, old, down) = down_before_its_first_request(strict);
 
         let without = "[instances.outbound]\nhttp = {}\n";
         registry
@@ -1328,10 +1258,7 @@ async fn a_registry_breaker_forced_by_hand_survives_reshaping_reloads() {
                 .unwrap();
             let payments = registry.breaker("payments").unwrap();
             let pipeline = registry.pipeline("payments").unwrap();
-            match forced {
-                State::ForcedOpen => payments.force_open(),
-                _ => payments.force_closed(),
-            }
+            force(&payments, forced);
             let files = [
                 PAYMENTS.replace("window_calls = 50", "window = \"10s\""),
                 PAYMENTS.replace(
@@ -1434,15 +1361,14 @@ fn a_force_from_a_reload_listener_is_not_undone_by_the_same_reload() {
             let count = Arc::clone(&forced_in_listener);
             Registry::builder(Config::from_toml(&file(10)).unwrap())
                 .on_event(move |event| {
-                    if let EventKind::StateChanged(change) = event.kind {
-                        if event.policy == "breaker"
-                            && event.name == "a"
-                            && change.to == State::Closed
-                        {
-                            let registry = cell.get().expect("set");
-                            registry.breaker("b").unwrap().force_open();
-                            count.fetch_add(1, SeqCst);
-                        }
+                    if let EventKind::StateChanged(change) = event.kind
+                        && event.policy == "breaker"
+                        && event.name == "a"
+                        && change.to == State::Closed
+                    {
+                        let registry = cell.get().expect("set");
+                        registry.breaker("b").unwrap().force_open();
+                        count.fetch_add(1, SeqCst);
                     }
                 })
                 .build()
@@ -1573,10 +1499,7 @@ async fn a_tower_permit_held_across_a_kept_forced_reshape_counts_nothing() {
                 Err::<(), _>(Error::Inner(std::io::Error::other("down")))
             }));
         service.ready().await.unwrap();
-        match forced {
-            State::ForcedOpen => breaker.force_open(),
-            _ => breaker.force_closed(),
-        }
+        force(&breaker, forced);
         assert_eq!(
             breaker.reconfigure(count(20)).unwrap(),
             Reconfigured::KeptForced
@@ -1649,10 +1572,7 @@ fn a_force_racing_a_reshape_always_ends_forced() {
         let how = std::thread::scope(|s| {
             let operator = s.spawn(|| {
                 barrier.wait();
-                match forced {
-                    State::ForcedOpen => breaker.force_open(),
-                    _ => breaker.force_closed(),
-                }
+                force(&breaker, forced);
             });
             barrier.wait();
             let how = breaker.reconfigure(count(11 + round % 7)).unwrap();

@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use http::{Method, Request, Response};
 use keyed_support::client::{
-    Answer, FRONTS, Hosts, Outcome, Streaming, attempts, builder, get, request, send,
+    Answer, FRONTS, Hosts, Outcome, Policies, Streaming, attempts, builder, get, request, send,
 };
 use keyed_support::{poll_once, secs};
 use support::{Rng, maybe_cancel, ms};
@@ -52,7 +52,7 @@ use tidewall::http::{
     Authority, ClientPolicies, ClientPoliciesBuilder, HttpClassifier, Outbound, Overrides,
 };
 use tidewall::rate::RateLimiter;
-use tidewall::rt::{Runtime, Spawn, Tokio};
+use tidewall::rt::{Clock, Runtime, Spawn, Tokio};
 use tidewall::telemetry::{Event, EventKind};
 use tidewall::testing::Clocked;
 use tidewall::{Error, Rejected};
@@ -106,6 +106,22 @@ impl Log {
 
     fn take(&self) -> Vec<Heard> {
         std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A listener that logs every event in `log`, and panics with `message` the first time `at`
+/// holds for one.
+fn panicking_once(
+    log: &Log,
+    at: impl Fn(&Event<'_>) -> bool + Send + Sync + 'static,
+    message: &'static str,
+) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
+    let (log, fired) = (log.clone(), AtomicBool::new(false));
+    move |event: &Event<'_>| {
+        log.push(event);
+        if at(event) && !fired.swap(true, Ordering::SeqCst) {
+            panic!("{message}");
+        }
     }
 }
 
@@ -168,6 +184,9 @@ fn reply(code: u16) -> Result<Response<()>, io::Error> {
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Reply = Result<Response<()>, io::Error>;
 
+/// A host's answers: a 503, then a 200.
+const FAILS_ONCE: [Answer; 2] = [Answer::Status(503), Answer::Status(200)];
+
 /// Three attempts 10 ms apart, 100 ms attempts, 5 s deadline, no budget, no breaker, the
 /// standard bulkhead: on the default runtime (tokio, paused in these tests).
 fn base(name: &str) -> ClientPoliciesBuilder {
@@ -180,6 +199,12 @@ fn base(name: &str) -> ClientPoliciesBuilder {
         .breaker(None)
 }
 
+/// `base(name)` with one slot per host and no queue: a second request to a busy host is
+/// refused.
+fn one_slot_per_host(name: &str) -> ClientPoliciesBuilder {
+    base(name).bulkhead(Some(Bulkhead::builder(1).reject_when_full()))
+}
+
 async fn go(
     policies: &ClientPolicies,
     hosts: &Hosts<Tokio>,
@@ -189,6 +214,93 @@ async fn go(
     policies
         .run(request, overrides, |request| hosts.send(request))
         .await
+}
+
+/// `go` with a GET of `uri` and no overrides: the request is built now, sent once polled.
+fn fetch<'a>(
+    policies: &'a ClientPolicies,
+    hosts: &'a Hosts<Tokio>,
+    uri: &str,
+) -> impl Future<Output = Outcome> + use<'a> {
+    go(policies, hosts, get(uri), Overrides::new())
+}
+
+/// `fetch` on a task of its own.
+fn spawn_fetch(
+    policies: &ClientPolicies,
+    hosts: &Hosts<Tokio>,
+    uri: &'static str,
+) -> tokio::task::JoinHandle<Outcome> {
+    let (policies, hosts) = (policies.clone(), hosts.clone());
+    tokio::spawn(async move { fetch(&policies, &hosts, uri).await })
+}
+
+/// Runs `fut` once the task has given the others a turn (a request started beside another
+/// one meets it already in flight).
+async fn after_a_turn<F: Future>(fut: F) -> F::Output {
+    tokio::task::yield_now().await;
+    fut.await
+}
+
+/// A request to `first` and, once it is in flight, one to `second` (the same host, spelled
+/// another way or not): with one slot for the host, the second is refused.
+async fn one_then_another(
+    policies: &ClientPolicies,
+    hosts: &Hosts<Tokio>,
+    first: &str,
+    second: &str,
+) -> (Outcome, Outcome) {
+    tokio::join!(
+        fetch(policies, hosts, first),
+        after_a_turn(fetch(policies, hosts, second))
+    )
+}
+
+/// `request` sent through `policies` to a send that answers 200 at once.
+fn answered<'a>(
+    policies: &'a ClientPolicies,
+    request: Request<String>,
+) -> impl Future<Output = Outcome> + use<'a> {
+    policies.run(request, Overrides::new(), |_request| async { reply(200) })
+}
+
+/// `answered` for a GET of `uri`, boxed, its request built once polled: a request a
+/// listener may start on the client it is told of.
+fn answered_later(policies: ClientPolicies, uri: &'static str) -> Boxed<Outcome> {
+    Box::pin(async move { answered(&policies, get(uri)).await })
+}
+
+/// `base("paced")` with a deadline of `deadline` and one request per host every 10 s, with no
+/// jitter.
+fn paced(deadline: Duration) -> ClientPoliciesBuilder {
+    let one_per_ten_secs = RateLimiter::builder(1, secs(10)).jitter(Duration::ZERO);
+    base("paced")
+        .deadline(Some(deadline))
+        .rate_limit(Some(one_per_ten_secs.keyed()))
+}
+
+/// Asserts that `log` heard, since it was last taken, of requests under one key only, `key`,
+/// told of as `kinds`.
+#[track_caller]
+fn assert_only_heard(log: &Log, key: Option<&str>, kinds: &[&str]) {
+    let kinds = kinds.iter().map(|&kind| kind.to_owned()).collect();
+    assert_eq!(
+        by_key(&log.take()),
+        BTreeMap::from([(key.map(str::to_owned), kinds)])
+    );
+}
+
+/// `settings` built with a listener that logs what it hears: the log and the client.
+fn logged<R: Clock>(settings: ClientPoliciesBuilder<R>) -> (Log, ClientPolicies<R>) {
+    let log = Log::default();
+    let policies = settings.on_event(log.listener()).build().unwrap();
+    (log, policies)
+}
+
+/// `builder`'s client on `rt`, named `name`, that ignores 4xx answers; logged.
+fn ignoring_4xx<R: Runtime>(rt: &Clocked<R>, name: &'static str) -> (Log, Policies<R>) {
+    let classifier = HttpClassifier::standard().client_errors(Verdict::Ignored);
+    logged(builder(rt, 1_000).name(name).classifier(classifier))
 }
 
 fn code(outcome: &Outcome) -> Option<u16> {
@@ -239,17 +351,15 @@ const MENU: [Answer; 8] = [
     Answer::Slow(Duration::from_millis(40)),
 ];
 
+/// Three answers drawn from `MENU`.
+fn from_the_menu(rng: &mut Rng) -> [Answer; 3] {
+    [0; 3].map(|_| MENU[usize::try_from(rng.below(MENU.len() as u64)).unwrap()])
+}
+
 async fn interleaved_hosts_name_their_own_requests<R: Runtime>(rt: Clocked<R>) {
     let mut rng = Rng::new(0x5eed_0001);
     for front in FRONTS {
-        let log = Log::default();
-        let classifier = HttpClassifier::standard().client_errors(Verdict::Ignored);
-        let policies = builder(&rt, 1_000)
-            .name("mesh")
-            .classifier(classifier)
-            .on_event(log.listener())
-            .build()
-            .unwrap();
+        let (log, policies) = ignoring_4xx(&rt, "mesh");
         let hosts = Hosts::new(&rt);
         let mut expected = BTreeMap::new();
         let mut tasks = Vec::new();
@@ -263,7 +373,7 @@ async fn interleaved_hosts_name_their_own_requests<R: Runtime>(rt: Clocked<R>) {
                 host.clone()
             };
             let uri = format!("http://{spelled}:{port}/p/{i}?q={i}");
-            let answers = [0; 3].map(|_| MENU[rng.below(MENU.len() as u64) as usize]);
+            let answers = from_the_menu(&mut rng);
             hosts.play(&format!("{host}:{port}"), answers);
             let want = format!("http://{host}:{port}");
             assert_eq!(key(&uri).as_deref(), Some(want.as_str()));
@@ -324,20 +434,13 @@ async fn random_drops_keep_every_event_keyed<R: Runtime>(rt: Clocked<R>) {
         // cancelled after a retry, ended.
         let mut covered = [0u32; 4];
         for round in 0..3u16 {
-            let log = Log::default();
-            let classifier = HttpClassifier::standard().client_errors(Verdict::Ignored);
-            let policies = builder(&rt, 1_000)
-                .name("dropped")
-                .classifier(classifier)
-                .on_event(log.listener())
-                .build()
-                .unwrap();
+            let (log, policies) = ignoring_4xx(&rt, "dropped");
             let hosts = Hosts::new(&rt);
             let mut tasks = Vec::new();
             for i in 0..16u16 {
                 let host = format!("r{round}-{i}.example");
                 let port = 9_000 + i;
-                let answers = [0; 3].map(|_| MENU[rng.below(MENU.len() as u64) as usize]);
+                let answers = from_the_menu(&mut rng);
                 hosts.play(&format!("{host}:{port}"), answers);
                 let uri = format!("http://{host}:{port}/");
                 let draw = rng.next();
@@ -370,7 +473,9 @@ async fn random_drops_keep_every_event_keyed<R: Runtime>(rt: Clocked<R>) {
                     continue;
                 }
                 assert_one_request(&kinds, &what);
-                let retries = kinds.iter().filter(|k| k.starts_with("retry ")).count() as u32;
+                let retries =
+                    u32::try_from(kinds.iter().filter(|k| k.starts_with("retry ")).count())
+                        .unwrap();
                 let ending = kinds.last().unwrap().as_str();
                 match &result {
                     None => {
@@ -416,13 +521,7 @@ fn random_drops_keep_every_event_keyed_on_every_runtime() {
 async fn shared_hosts_tell_one_ending_per_request<R: Runtime>(rt: Clocked<R>) {
     let mut rng = Rng::new(0x0005_4a2e_d003);
     for front in FRONTS {
-        let log = Log::default();
-        let policies = builder(&rt, 1_000)
-            .name("shared")
-            .classifier(HttpClassifier::standard().client_errors(Verdict::Ignored))
-            .on_event(log.listener())
-            .build()
-            .unwrap();
+        let (log, policies) = ignoring_4xx(&rt, "shared");
         let hosts = Hosts::new(&rt);
         let names = ["alpha.example:80", "beta.example:8080", "[::1]:80"];
         let scripts: [[Answer; 5]; 3] = [
@@ -523,17 +622,14 @@ fn shared_hosts_tell_one_ending_per_request_on_every_runtime() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn every_spelling_is_keyed_as_authority_from_uri_spells_it() {
-    let log = Log::default();
     let breaker_log = Log::default();
-    let policies = base("spelt")
-        .breaker(Some(
+    let (log, policies) = logged(
+        base("spelt").breaker(Some(
             CircuitBreaker::builder()
                 .consecutive_failures(1_000)
                 .on_event(breaker_log.listener()),
-        ))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+        )),
+    );
     let long_v6 = key("http://[0:0:0:0:0:0:0:1]/");
     let mapped_v4 = key("http://[::ffff:192.0.2.1]/");
     let upper_scheme = key("GOPHER://Old.example:70/");
@@ -574,9 +670,7 @@ async fn every_spelling_is_keyed_as_authority_from_uri_spells_it() {
     ];
     for &(uri, want) in cases {
         assert_eq!(key(uri).as_deref(), want, "Authority::from_uri({uri})");
-        let response = policies
-            .run(get(uri), Overrides::new(), |_request| async { reply(200) })
-            .await;
+        let response = answered(&policies, get(uri)).await;
         assert_eq!(code(&response), Some(200), "{uri}");
         let heard = log.take();
         assert_eq!(
@@ -603,37 +697,18 @@ async fn every_spelling_is_keyed_as_authority_from_uri_spells_it() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn requests_without_an_authority_name_no_key_beside_ones_that_have_one() {
-    let log = Log::default();
-    let policies = base("mixed").on_event(log.listener()).build().unwrap();
+    let (log, policies) = logged(base("mixed"));
     let hosts = Hosts::new(&Tokio);
     hosts.play("relative", [Answer::Status(503), Answer::Slow(ms(30))]);
     hosts.play("a.example:80", [Answer::Status(503), Answer::Slow(ms(5))]);
     hosts.play("b.example:80", [Answer::Status(503)]);
     let (relative, asterisk, a, b, no_port) = tokio::join!(
-        go(&policies, &hosts, get("/items"), Overrides::new()),
+        fetch(&policies, &hosts, "/items"),
         // Asterisk-form: no authority either.
-        policies.run(
-            request(Method::OPTIONS, "*"),
-            Overrides::new(),
-            |_request| async { reply(200) }
-        ),
-        go(
-            &policies,
-            &hosts,
-            get("http://A.example/"),
-            Overrides::new()
-        ),
-        go(
-            &policies,
-            &hosts,
-            get("http://b.example:80/"),
-            Overrides::new()
-        ),
-        policies.run(
-            get("gopher://b.example/"),
-            Overrides::new(),
-            |_request| async { reply(200) }
-        ),
+        answered(&policies, request(Method::OPTIONS, "*")),
+        fetch(&policies, &hosts, "http://A.example/"),
+        fetch(&policies, &hosts, "http://b.example:80/"),
+        answered(&policies, get("gopher://b.example/")),
     );
     assert_eq!(code(&relative), Some(200));
     assert_eq!(code(&asterisk), Some(200));
@@ -697,8 +772,7 @@ impl Outbound for Routed {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_request_of_ones_own_is_keyed_by_its_outbound_authority() {
-    let log = Log::default();
-    let policies = base("own").on_event(log.listener()).build().unwrap();
+    let (log, policies) = logged(base("own"));
     let routed = Authority::new("HTTPS", "Other.Example", Some(8443));
     let routed_key = routed.as_ref().map(|a| a.as_str().to_owned());
     assert!(routed_key.is_some());
@@ -742,10 +816,7 @@ async fn a_request_of_ones_own_is_keyed_by_its_outbound_authority() {
         )
         .await;
     assert_eq!(code(&outcome), Some(200));
-    assert_eq!(
-        by_key(&log.take()),
-        BTreeMap::from([(None, vec!["Succeeded".to_owned()])])
-    );
+    assert_only_heard(&log, None, &["Succeeded"]);
 
     // A body that cannot be copied: sent once, its failure keyed.
     let outcome = policies
@@ -756,10 +827,7 @@ async fn a_request_of_ones_own_is_keyed_by_its_outbound_authority() {
         )
         .await;
     assert_eq!(code(&outcome), Some(503));
-    assert_eq!(
-        by_key(&log.take()),
-        BTreeMap::from([(some("http://stream.example:81"), vec!["Failed".to_owned()])])
-    );
+    assert_only_heard(&log, Some("http://stream.example:81"), &["Failed"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,70 +836,27 @@ async fn a_request_of_ones_own_is_keyed_by_its_outbound_authority() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_request_dropped_anywhere_is_cancelled_under_its_key() {
-    let log = Log::default();
-    let policies = base("drops")
-        .bulkhead(Some(Bulkhead::builder(1).max_queue(4).max_wait(secs(10))))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) =
+        logged(base("drops").bulkhead(Some(Bulkhead::builder(1).max_queue(4).max_wait(secs(10)))));
     let hosts = Hosts::new(&Tokio);
 
     // Mid-backoff: its first attempt failed; it is dropped while it sleeps 10 ms.
-    hosts.play(
-        "backoff.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
-    let cut = tokio::time::timeout(
-        ms(5),
-        go(
-            &policies,
-            &hosts,
-            get("http://backoff.example/"),
-            Overrides::new(),
-        ),
-    )
-    .await;
+    hosts.play("backoff.example:80", FAILS_ONCE);
+    let cut =
+        tokio::time::timeout(ms(5), fetch(&policies, &hosts, "http://backoff.example/")).await;
     assert!(cut.is_err());
     // Mid-attempt.
     hosts.play("slow.example:80", [Answer::Slow(secs(1))]);
-    let cut = tokio::time::timeout(
-        ms(50),
-        go(
-            &policies,
-            &hosts,
-            get("http://slow.example/"),
-            Overrides::new(),
-        ),
-    )
-    .await;
+    let cut = tokio::time::timeout(ms(50), fetch(&policies, &hosts, "http://slow.example/")).await;
     assert!(cut.is_err());
     // Never polled: never started, told of nothing.
-    drop(go(
-        &policies,
-        &hosts,
-        get("http://never.example/"),
-        Overrides::new(),
-    ));
+    drop(fetch(&policies, &hosts, "http://never.example/"));
     // Queued behind another request to its host, dropped while it waits for the slot.
     hosts.play("queue.example:80", [Answer::Slow(ms(80))]);
-    let holder = go(
-        &policies,
-        &hosts,
-        get("http://queue.example/"),
-        Overrides::new(),
-    );
+    let holder = fetch(&policies, &hosts, "http://queue.example/");
     let waiter = async {
         tokio::task::yield_now().await;
-        tokio::time::timeout(
-            ms(20),
-            go(
-                &policies,
-                &hosts,
-                get("http://queue.example/"),
-                Overrides::new(),
-            ),
-        )
-        .await
+        tokio::time::timeout(ms(20), fetch(&policies, &hosts, "http://queue.example/")).await
     };
     let (held, waited) = tokio::join!(holder, waiter);
     assert_eq!(code(&held), Some(200));
@@ -853,47 +878,19 @@ async fn a_request_dropped_anywhere_is_cancelled_under_its_key() {
     assert_eq!(by_key(&heard).len(), 3, "{heard:#?}");
 
     // Waiting for a rate limit's token.
-    let log = Log::default();
-    let limited = base("paced")
-        .deadline(Some(secs(30)))
-        .rate_limit(Some(
-            RateLimiter::builder(1, secs(10))
-                .jitter(Duration::ZERO)
-                .keyed(),
-        ))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, limited) = logged(paced(secs(30)));
     assert_eq!(
-        code(
-            &go(
-                &limited,
-                &hosts,
-                get("http://paced.example/"),
-                Overrides::new()
-            )
-            .await
-        ),
+        code(&fetch(&limited, &hosts, "http://paced.example/").await),
         Some(200)
     );
-    let cut = tokio::time::timeout(
-        secs(1),
-        go(
-            &limited,
-            &hosts,
-            get("http://PACED.example:80/"),
-            Overrides::new(),
-        ),
-    )
-    .await;
+    let cut =
+        tokio::time::timeout(secs(1), fetch(&limited, &hosts, "http://PACED.example:80/")).await;
     assert!(cut.is_err(), "{cut:?}");
     assert_eq!(hosts.seen("paced.example:80"), 1);
-    assert_eq!(
-        by_key(&log.take()),
-        BTreeMap::from([(
-            some("http://paced.example:80"),
-            vec!["Succeeded".to_owned(), "Cancelled".to_owned()]
-        )])
+    assert_only_heard(
+        &log,
+        Some("http://paced.example:80"),
+        &["Succeeded", "Cancelled"],
     );
 }
 
@@ -903,16 +900,13 @@ async fn a_request_dropped_anywhere_is_cancelled_under_its_key() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_send_that_panics_is_cancelled_under_its_key() {
-    let log = Log::default();
-    let policies = base("panicky")
-        .breaker(Some(
+    let (log, policies) = logged(
+        base("panicky").breaker(Some(
             CircuitBreaker::builder()
                 .no_failure_rate()
                 .consecutive_failures(3),
-        ))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+        )),
+    );
 
     // The send panics as it is called.
     let sync = AssertUnwindSafe(policies.run(
@@ -987,9 +981,7 @@ async fn a_send_that_panics_is_cancelled_under_its_key() {
         "http://polled.example:8080/",
         "https://second.example/",
     ] {
-        let outcome = policies
-            .run(get(uri), Overrides::new(), |_r| async { reply(200) })
-            .await;
+        let outcome = answered(&policies, get(uri)).await;
         assert_eq!(code(&outcome), Some(200), "{uri}");
         assert_eq!(of(&log.take(), uri), ["Succeeded"], "{uri}");
     }
@@ -1005,50 +997,26 @@ async fn a_send_that_panics_is_cancelled_under_its_key() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_listener_panicking_at_a_retry_leaves_every_request_keyed() {
     let log = Log::default();
-    let fired = Arc::new(AtomicBool::new(false));
-    let listener = {
-        let (log, fired) = (log.clone(), Arc::clone(&fired));
-        move |event: &Event<'_>| {
-            log.push(event);
-            if matches!(event.kind, EventKind::RetryScheduled { .. })
+    let listener = panicking_once(
+        &log,
+        |event: &Event<'_>| {
+            matches!(event.kind, EventKind::RetryScheduled { .. })
                 && event.key == Some("http://boom.example:80")
-                && !fired.swap(true, Ordering::SeqCst)
-            {
-                panic!("listener panicked at a retry");
-            }
-        }
-    };
+        },
+        "listener panicked at a retry",
+    );
     let policies = base("boom").on_event(listener).build().unwrap();
     let hosts = Hosts::new(&Tokio);
-    hosts.play(
-        "boom.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
+    hosts.play("boom.example:80", FAILS_ONCE);
     hosts.play(
         "calm.example:80",
         [Answer::Status(503), Answer::Slow(ms(30))],
     );
-    let calm = {
-        let (policies, hosts) = (policies.clone(), hosts.clone());
-        tokio::spawn(async move {
-            go(
-                &policies,
-                &hosts,
-                get("http://calm.example/"),
-                Overrides::new(),
-            )
-            .await
-        })
-    };
+    let calm = spawn_fetch(&policies, &hosts, "http://calm.example/");
     tokio::task::yield_now().await;
-    let boom = AssertUnwindSafe(go(
-        &policies,
-        &hosts,
-        get("http://boom.example/"),
-        Overrides::new(),
-    ))
-    .catch_unwind()
-    .await;
+    let boom = AssertUnwindSafe(fetch(&policies, &hosts, "http://boom.example/"))
+        .catch_unwind()
+        .await;
     assert!(boom.is_err(), "the listener's panic unwinds into the call");
     assert_eq!(code(&calm.await.unwrap()), Some(200));
     let heard = log.take();
@@ -1065,18 +1033,9 @@ async fn a_listener_panicking_at_a_retry_leaves_every_request_keyed() {
     assert_eq!(by_key(&heard).len(), 2, "{heard:#?}");
 
     // The same host again: served, keyed.
-    let again = go(
-        &policies,
-        &hosts,
-        get("http://BOOM.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let again = fetch(&policies, &hosts, "http://BOOM.example/").await;
     assert_eq!(code(&again), Some(200));
-    assert_eq!(
-        by_key(&log.take()),
-        BTreeMap::from([(some("http://boom.example:80"), vec!["Succeeded".to_owned()])])
-    );
+    assert_only_heard(&log, Some("http://boom.example:80"), &["Succeeded"]);
 }
 
 /// The listener panics at a request's ending: the request was told of; the unwound future's
@@ -1109,10 +1068,7 @@ async fn a_listener_panicking_at_the_ending_is_not_told_a_second_ending() {
     hosts.play("fail-panic.example:80", [Answer::Status(503)]);
     hosts.play("ignored-panic.example:80", [Answer::Status(404)]);
     hosts.play("slow-panic.example:80", [Answer::Slow(secs(1))]);
-    hosts.play(
-        "retried-panic.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
+    hosts.play("retried-panic.example:80", FAILS_ONCE);
     let cases = [
         ("http://ok-panic.example/", vec!["Succeeded"]),
         ("http://fail-panic.example/", vec!["Failed"]),
@@ -1147,18 +1103,12 @@ async fn a_listener_panicking_at_the_ending_is_not_told_a_second_ending() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_listener_panicking_at_a_cancellation_leaves_the_host_serving() {
     let log = Log::default();
-    let fired = Arc::new(AtomicBool::new(false));
-    let listener = {
-        let (log, fired) = (log.clone(), Arc::clone(&fired));
-        move |event: &Event<'_>| {
-            log.push(event);
-            if matches!(event.kind, EventKind::Cancelled) && !fired.swap(true, Ordering::SeqCst) {
-                panic!("listener panicked at a cancellation");
-            }
-        }
-    };
-    let policies = base("dropcancel")
-        .bulkhead(Some(Bulkhead::builder(1).reject_when_full()))
+    let listener = panicking_once(
+        &log,
+        |event: &Event<'_>| matches!(event.kind, EventKind::Cancelled),
+        "listener panicked at a cancellation",
+    );
+    let policies = one_slot_per_host("dropcancel")
         .on_event(listener)
         .build()
         .unwrap();
@@ -1167,25 +1117,14 @@ async fn a_listener_panicking_at_a_cancellation_leaves_the_host_serving() {
         "gone.example:80",
         [Answer::Slow(secs(1)), Answer::Status(200)],
     );
-    let mut pending = Box::pin(go(
-        &policies,
-        &hosts,
-        get("http://gone.example/"),
-        Overrides::new(),
-    ));
+    let mut pending = Box::pin(fetch(&policies, &hosts, "http://gone.example/"));
     assert!(poll_once(pending.as_mut()).is_pending());
     let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(pending)));
     assert!(
         dropped.is_err(),
         "the listener's panic comes out of the drop"
     );
-    let again = go(
-        &policies,
-        &hosts,
-        get("http://gone.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let again = fetch(&policies, &hosts, "http://gone.example/").await;
     assert_eq!(code(&again), Some(200), "{again:?}");
     let heard = log.take();
     assert_eq!(
@@ -1240,13 +1179,7 @@ async fn a_listener_calling_back_into_the_client_sees_each_request_keyed() {
                     let _ = policies.breakers().unwrap().state(&outer);
                     let _ = policies.breakers().unwrap().not_closed();
                     policies.record_gauges();
-                    let mut inner: Boxed<Outcome> = Box::pin(async move {
-                        policies
-                            .run(get("http://inner.example/"), Overrides::new(), |_r| async {
-                                reply(200)
-                            })
-                            .await
-                    });
+                    let mut inner = answered_later(policies, "http://inner.example/");
                     match poll_once(inner.as_mut()) {
                         Poll::Ready(outcome) => nested_done.lock().unwrap().push(outcome),
                         Poll::Pending => nested.lock().unwrap().push(inner),
@@ -1268,26 +1201,15 @@ async fn a_listener_calling_back_into_the_client_sees_each_request_keyed() {
         .unwrap();
     *slot.lock().unwrap() = Some(policies.clone());
     let hosts = Hosts::new(&Tokio);
-    hosts.play(
-        "outer.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
-    hosts.play(
-        "after.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
+    hosts.play("outer.example:80", FAILS_ONCE);
+    hosts.play("after.example:80", FAILS_ONCE);
 
-    let outer = go(
-        &policies,
-        &hosts,
-        get("http://outer.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let outer = fetch(&policies, &hosts, "http://outer.example/").await;
     assert_eq!(code(&outer), Some(200));
     let pending: Vec<_> = std::mem::take(&mut *nested.lock().unwrap());
     for inner in pending {
-        nested_done.lock().unwrap().push(inner.await);
+        let outcome = inner.await;
+        nested_done.lock().unwrap().push(outcome);
     }
     let done = std::mem::take(&mut *nested_done.lock().unwrap());
     assert_eq!(done.len(), 1);
@@ -1311,18 +1233,9 @@ async fn a_listener_calling_back_into_the_client_sees_each_request_keyed() {
     assert_eq!(by_key(&heard).len(), 2, "{heard:#?}");
 
     // After the reconfiguration from the listener: one attempt, keyed.
-    let after = go(
-        &policies,
-        &hosts,
-        get("http://after.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let after = fetch(&policies, &hosts, "http://after.example/").await;
     assert_eq!(code(&after), Some(503));
-    assert_eq!(
-        by_key(&log.take()),
-        BTreeMap::from([(some("http://after.example:80"), vec!["Failed".to_owned()])])
-    );
+    assert_only_heard(&log, Some("http://after.example:80"), &["Failed"]);
     slot.lock().unwrap().take();
 }
 
@@ -1349,39 +1262,22 @@ async fn a_listener_reentering_from_a_cancellation_keys_both_requests() {
                 && !entered.swap(true, Ordering::SeqCst)
             {
                 let policies = policies_in(&slot);
-                let mut inner: Boxed<Outcome> = Box::pin(async move {
-                    policies
-                        .run(
-                            get("http://single.example/"),
-                            Overrides::new(),
-                            |_r| async { reply(200) },
-                        )
-                        .await
-                });
+                let mut inner = answered_later(policies, "http://single.example/");
                 if poll_once(inner.as_mut()).is_pending() {
                     nested.lock().unwrap().push(inner);
                 }
             }
         }
     };
-    let policies = base("single")
-        .bulkhead(Some(Bulkhead::builder(1).reject_when_full()))
+    let policies = one_slot_per_host("single")
         .on_event(listener)
         .build()
         .unwrap();
     *slot.lock().unwrap() = Some(policies.clone());
     let hosts = Hosts::new(&Tokio);
     hosts.play("single.example:80", [Answer::Slow(secs(1))]);
-    let cut = tokio::time::timeout(
-        ms(50),
-        go(
-            &policies,
-            &hosts,
-            get("http://single.example/"),
-            Overrides::new(),
-        ),
-    )
-    .await;
+    let cut =
+        tokio::time::timeout(ms(50), fetch(&policies, &hosts, "http://single.example/")).await;
     assert!(cut.is_err());
     assert!(
         entered.load(Ordering::SeqCst),
@@ -1439,43 +1335,15 @@ async fn a_reconfiguration_from_a_request_listener_keeps_every_request_keyed() {
             Answer::Status(200),
         ],
     );
-    hosts.play("b.example:80", [Answer::Status(503), Answer::Status(200)]);
+    hosts.play("b.example:80", FAILS_ONCE);
     hosts.play("c.example:80", [Answer::Slow(ms(50))]);
-    let a = go(
-        &policies,
-        &hosts,
-        get("http://a.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let a = fetch(&policies, &hosts, "http://a.example/").await;
     assert_eq!(code(&a), Some(200));
     assert_eq!(*applied.lock().unwrap(), [true]);
-    let b = go(
-        &policies,
-        &hosts,
-        get("http://b.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let b = fetch(&policies, &hosts, "http://b.example/").await;
     assert_eq!(code(&b), Some(503));
-    let (c1, c2) = tokio::join!(
-        go(
-            &policies,
-            &hosts,
-            get("http://c.example/"),
-            Overrides::new()
-        ),
-        async {
-            tokio::task::yield_now().await;
-            go(
-                &policies,
-                &hosts,
-                get("http://c.example/"),
-                Overrides::new(),
-            )
-            .await
-        }
-    );
+    let (c1, c2) =
+        one_then_another(&policies, &hosts, "http://c.example/", "http://c.example/").await;
     assert_eq!(code(&c1), Some(200));
     assert_eq!(c2.unwrap_err().rejection(), Some(Rejected::BulkheadFull));
     let heard = log.take();
@@ -1500,66 +1368,44 @@ async fn a_reconfiguration_from_a_request_listener_keeps_every_request_keyed() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn overrides_change_the_attempts_never_the_key() {
-    let log = Log::default();
-    let policies = base("overridden").on_event(log.listener()).build().unwrap();
+    let (log, policies) = logged(base("overridden"));
     let hosts = Hosts::new(&Tokio);
     for host in ["once", "two", "cap", "short", "plainpost"] {
         hosts.play(&format!("{host}.example:80"), [Answer::Status(503)]);
     }
     hosts.play("quick.example:80", [Answer::Slow(secs(1))]);
     hosts.play("cut.example:80", [Answer::Slow(secs(1))]);
-    hosts.play(
-        "post.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
+    hosts.play("post.example:80", FAILS_ONCE);
     let two = NonZeroU32::new(2).unwrap();
     let nine = NonZeroU32::new(9).unwrap();
+    let run = |request, overrides| go(&policies, &hosts, request, overrides);
     let (once, two, cap, quick, short, post, plainpost, cut) = tokio::join!(
-        go(
-            &policies,
-            &hosts,
-            get("http://once.example/"),
-            Overrides::new().no_retry()
-        ),
-        go(
-            &policies,
-            &hosts,
+        run(get("http://once.example/"), Overrides::new().no_retry()),
+        run(
             get("http://TWO.example/"),
             Overrides::new().max_attempts(two)
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             get("http://cap.example:80/"),
             Overrides::new().max_attempts(nine)
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             get("http://quick.example/"),
             Overrides::new().attempt_timeout(ms(5))
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             get("http://short.example/"),
             Overrides::new().deadline(ms(15))
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             request(Method::POST, "http://post.example/"),
             Overrides::new().idempotent()
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             request(Method::POST, "http://plainpost.example/"),
             Overrides::new()
         ),
-        go(
-            &policies,
-            &hosts,
+        run(
             get("http://cut.example/"),
             Overrides::new().deadline(ms(50))
         ),
@@ -1615,21 +1461,9 @@ async fn overrides_change_the_attempts_never_the_key() {
         [Answer::After(429, 3), Answer::Status(200)],
     );
     let (soon, later, edge) = tokio::join!(
-        go(
-            &policies,
-            &hosts,
-            get("http://soon.example/"),
-            Overrides::new()
-        ),
-        go(
-            &policies,
-            &hosts,
-            get("http://later.example/"),
-            Overrides::new()
-        ),
-        go(
-            &policies,
-            &hosts,
+        fetch(&policies, &hosts, "http://soon.example/"),
+        fetch(&policies, &hosts, "http://later.example/"),
+        run(
             get("http://edge.example/"),
             Overrides::new().deadline(secs(2))
         ),
@@ -1657,17 +1491,12 @@ async fn overrides_change_the_attempts_never_the_key() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_budget_refusing_retries_names_each_host() {
-    let log = Log::default();
     let none_left = RetryBudgetPolicy::builder()
         .ratio(0.0)
         .min_per_second(0)
         .build()
         .unwrap();
-    let policies = base("frugal")
-        .retry_budget(Some(none_left))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) = logged(base("frugal").retry_budget(Some(none_left)));
     let hosts = Hosts::new(&Tokio);
     let uris: Vec<String> = (0..6)
         .map(|i| format!("http://Frugal{i}.example:{}/", 7_000 + i))
@@ -1688,8 +1517,8 @@ async fn a_budget_refusing_retries_names_each_host() {
     let results = futures_util::future::join_all(uris.iter().map(|uri| {
         let (policies, hosts) = (&policies, &hosts);
         async move {
-            let first = go(policies, hosts, get(uri), Overrides::new()).await;
-            let second = go(policies, hosts, get(uri), Overrides::new()).await;
+            let first = fetch(policies, hosts, uri).await;
+            let second = fetch(policies, hosts, uri).await;
             (code(&first), code(&second))
         }
     }))
@@ -1711,41 +1540,21 @@ async fn a_budget_refusing_retries_names_each_host() {
 
     // A full budgets' table: the new host gets no budget, is sent once, and is told of with
     // no BudgetExhausted, under its own key.
-    let log = Log::default();
     let generous = RetryBudgetPolicy::builder()
         .ratio(0.5)
         .min_per_second(10)
         .build()
         .unwrap();
-    let crowded = base("crowded")
-        .bulkhead(None)
-        .max_authorities(1)
-        .retry_budget(Some(generous))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
-    hosts.play(
-        "first.example:80",
-        [Answer::Status(503), Answer::Status(200)],
+    let (log, crowded) = logged(
+        base("crowded")
+            .bulkhead(None)
+            .max_authorities(1)
+            .retry_budget(Some(generous)),
     );
-    hosts.play(
-        "second.example:80",
-        [Answer::Status(503), Answer::Status(200)],
-    );
-    let first = go(
-        &crowded,
-        &hosts,
-        get("http://first.example/"),
-        Overrides::new(),
-    )
-    .await;
-    let second = go(
-        &crowded,
-        &hosts,
-        get("http://second.example/"),
-        Overrides::new(),
-    )
-    .await;
+    hosts.play("first.example:80", FAILS_ONCE);
+    hosts.play("second.example:80", FAILS_ONCE);
+    let first = fetch(&crowded, &hosts, "http://first.example/").await;
+    let second = fetch(&crowded, &hosts, "http://second.example/").await;
     assert_eq!((code(&first), code(&second)), (Some(200), Some(503)));
     assert_eq!(hosts.seen("second.example:80"), 1, "sent once");
     let heard = log.take();
@@ -1773,32 +1582,9 @@ async fn shedding_names_the_full_host(policies: &ClientPolicies, log: &Log, labe
         [Answer::Status(503), Answer::Slow(ms(50))],
     );
     let (held, refused, other) = tokio::join!(
-        go(
-            policies,
-            &hosts,
-            get("http://busy.example/"),
-            Overrides::new()
-        ),
-        async {
-            tokio::task::yield_now().await;
-            go(
-                policies,
-                &hosts,
-                get("http://Busy.Example:80/"),
-                Overrides::new(),
-            )
-            .await
-        },
-        async {
-            tokio::task::yield_now().await;
-            go(
-                policies,
-                &hosts,
-                get("http://idle.example/"),
-                Overrides::new(),
-            )
-            .await
-        },
+        fetch(policies, &hosts, "http://busy.example/"),
+        after_a_turn(fetch(policies, &hosts, "http://Busy.Example:80/")),
+        after_a_turn(fetch(policies, &hosts, "http://idle.example/")),
     );
     assert_eq!(code(&held), Some(200), "{label}");
     assert_eq!(
@@ -1814,24 +1600,10 @@ async fn shedding_names_the_full_host(policies: &ClientPolicies, log: &Log, labe
     );
     // A retry meeting a host's full bulkhead: `x` fails and sleeps 10 ms; `y` takes the slot
     // meanwhile; `x`'s retry is refused and that ends it.
-    let (x, y) = tokio::join!(
-        go(
-            policies,
-            &hosts,
-            get("http://retry.example/"),
-            Overrides::new()
-        ),
-        async {
-            tokio::time::sleep(ms(1)).await;
-            go(
-                policies,
-                &hosts,
-                get("http://retry.example/"),
-                Overrides::new(),
-            )
-            .await
-        },
-    );
+    let (x, y) = tokio::join!(fetch(policies, &hosts, "http://retry.example/"), async {
+        tokio::time::sleep(ms(1)).await;
+        fetch(policies, &hosts, "http://retry.example/").await
+    },);
     assert_eq!(
         x.as_ref().unwrap_err().rejection(),
         Some(Rejected::BulkheadFull),
@@ -1855,67 +1627,35 @@ async fn shedding_names_the_full_host(policies: &ClientPolicies, log: &Log, labe
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_full_bulkhead_names_the_host_it_sheds() {
-    let log = Log::default();
-    let policies = base("shed")
-        .bulkhead(Some(Bulkhead::builder(1).reject_when_full()))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) = logged(one_slot_per_host("shed"));
     shedding_names_the_full_host(&policies, &log, "bulkhead").await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_full_adaptive_limit_names_the_host_it_sheds() {
-    let log = Log::default();
-    let policies = base("limited")
-        .bulkhead(None)
-        .adaptive(Some(AdaptiveLimiter::builder(AnyAlgorithm::from(
-            FixedLimit(1),
-        ))))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) = logged(base("limited").bulkhead(None).adaptive(Some(
+        AdaptiveLimiter::builder(AnyAlgorithm::from(FixedLimit(1))),
+    )));
     shedding_names_the_full_host(&policies, &log, "adaptive").await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn an_open_breaker_and_a_full_table_refuse_under_the_refused_requests_key() {
-    let log = Log::default();
     let breaker = || {
         CircuitBreaker::builder()
             .no_failure_rate()
             .consecutive_failures(1)
             .break_duration(secs(10))
     };
-    let policies = base("tripped")
-        .breaker(Some(breaker()))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) = logged(base("tripped").breaker(Some(breaker())));
     let hosts = Hosts::new(&Tokio);
     hosts.play("down.example:443", [Answer::Status(503)]);
     hosts.play("up.example:443", [Answer::Slow(ms(20))]);
-    let down = go(
-        &policies,
-        &hosts,
-        get("https://down.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let down = fetch(&policies, &hosts, "https://down.example/").await;
     assert_eq!(code(&down), Some(503));
     let (refused, up) = tokio::join!(
-        go(
-            &policies,
-            &hosts,
-            get("https://DOWN.example:443/again"),
-            Overrides::new()
-        ),
-        go(
-            &policies,
-            &hosts,
-            get("https://up.example/"),
-            Overrides::new()
-        ),
+        fetch(&policies, &hosts, "https://DOWN.example:443/again"),
+        fetch(&policies, &hosts, "https://up.example/"),
     );
     assert!(matches!(
         refused.as_ref().unwrap_err().rejection(),
@@ -1933,28 +1673,10 @@ async fn an_open_breaker_and_a_full_table_refuse_under_the_refused_requests_key(
 
     // A table of one authority, held open: a new host is refused as a full table, and the
     // request's event names that new host (the table's own refusal names none).
-    let log = Log::default();
-    let full = base("full")
-        .max_authorities(1)
-        .breaker(Some(breaker()))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
-    let down = go(
-        &full,
-        &hosts,
-        get("https://down.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let (log, full) = logged(base("full").max_authorities(1).breaker(Some(breaker())));
+    let down = fetch(&full, &hosts, "https://down.example/").await;
     assert_eq!(code(&down), Some(503));
-    let newcomer = go(
-        &full,
-        &hosts,
-        get("http://Newcomer.example:8081/"),
-        Overrides::new(),
-    )
-    .await;
+    let newcomer = fetch(&full, &hosts, "http://Newcomer.example:8081/").await;
     assert!(
         matches!(
             newcomer.as_ref().unwrap_err().rejection(),
@@ -1975,39 +1697,13 @@ async fn an_open_breaker_and_a_full_table_refuse_under_the_refused_requests_key(
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_rate_limit_wait_past_the_deadline_is_refused_under_the_hosts_key() {
-    let log = Log::default();
-    let policies = base("paced")
-        .deadline(Some(secs(1)))
-        .rate_limit(Some(
-            RateLimiter::builder(1, secs(10))
-                .jitter(Duration::ZERO)
-                .keyed(),
-        ))
-        .on_event(log.listener())
-        .build()
-        .unwrap();
+    let (log, policies) = logged(paced(secs(1)));
     let hosts = Hosts::new(&Tokio);
-    let first = go(
-        &policies,
-        &hosts,
-        get("http://paced.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let first = fetch(&policies, &hosts, "http://paced.example/").await;
     assert_eq!(code(&first), Some(200));
     let (again, other) = tokio::join!(
-        go(
-            &policies,
-            &hosts,
-            get("http://Paced.Example/again"),
-            Overrides::new()
-        ),
-        go(
-            &policies,
-            &hosts,
-            get("http://other.example/"),
-            Overrides::new()
-        ),
+        fetch(&policies, &hosts, "http://Paced.Example/again"),
+        fetch(&policies, &hosts, "http://other.example/"),
     );
     assert_eq!(
         again.as_ref().unwrap_err().rejection(),
@@ -2040,19 +1736,11 @@ const OUTBOUND: &str = r#"
     max_attempts = 3
 "#;
 
-const ONE_ATTEMPT_ONE_SLOT: &str = r#"
-    [instances.outbound]
-    deadline = "5s"
-    http = {}
-    [instances.outbound.retry]
-    backoff = "constant"
-    initial_delay = "10ms"
-    jitter = "none"
-    max_attempts = 1
-    [instances.outbound.bulkhead]
-    max_concurrent = 1
-    max_queue = 0
-"#;
+/// `OUTBOUND` with one attempt and one slot per host, no queue.
+fn one_attempt_one_slot() -> String {
+    let bulkhead = "\n    [instances.outbound.bulkhead]\n    max_concurrent = 1\n    max_queue = 0";
+    OUTBOUND.replace("max_attempts = 3", &format!("max_attempts = 1{bulkhead}"))
+}
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_registry_client_names_each_requests_host_across_a_reload() {
@@ -2063,7 +1751,7 @@ async fn a_registry_client_names_each_requests_host_across_a_reload() {
         .unwrap();
     let outbound = registry.http_client("outbound").unwrap();
     let hosts = Hosts::new(&Tokio);
-    hosts.play("a.example:80", [Answer::Status(503), Answer::Status(200)]);
+    hosts.play("a.example:80", FAILS_ONCE);
     hosts.play(
         "inflight.example:80",
         [
@@ -2074,63 +1762,29 @@ async fn a_registry_client_names_each_requests_host_across_a_reload() {
     );
     hosts.play("b.example:80", [Answer::Status(503)]);
     hosts.play("d.example:80", [Answer::Slow(ms(50))]);
-    hosts.play("relative", [Answer::Status(503), Answer::Status(200)]);
+    hosts.play("relative", FAILS_ONCE);
 
-    let a = go(
-        &outbound,
-        &hosts,
-        get("http://A.example/"),
-        Overrides::new(),
-    )
-    .await;
+    let a = fetch(&outbound, &hosts, "http://A.example/").await;
     assert_eq!(code(&a), Some(200));
-    let relative = go(&outbound, &hosts, get("/relative"), Overrides::new()).await;
+    let relative = fetch(&outbound, &hosts, "/relative").await;
     assert_eq!(code(&relative), Some(200));
     // A request in flight across the reload: it sleeps before its second attempt.
-    let in_flight = {
-        let (outbound, hosts) = (outbound.clone(), hosts.clone());
-        tokio::spawn(async move {
-            go(
-                &outbound,
-                &hosts,
-                get("http://inflight.example/"),
-                Overrides::new(),
-            )
-            .await
-        })
-    };
+    let in_flight = spawn_fetch(&outbound, &hosts, "http://inflight.example/");
     tokio::time::sleep(ms(5)).await;
     assert_eq!(hosts.seen("inflight.example:80"), 1);
     registry
-        .reload(Config::from_toml(ONE_ATTEMPT_ONE_SLOT).unwrap())
+        .reload(Config::from_toml(&one_attempt_one_slot()).unwrap())
         .unwrap();
     assert_eq!(code(&in_flight.await.unwrap()), Some(200));
-    let b = go(
+    let b = fetch(&outbound, &hosts, "http://b.example/").await;
+    assert_eq!(code(&b), Some(503));
+    let (d1, d2) = one_then_another(
         &outbound,
         &hosts,
-        get("http://b.example/"),
-        Overrides::new(),
+        "http://d.example/",
+        "http://D.EXAMPLE:80/",
     )
     .await;
-    assert_eq!(code(&b), Some(503));
-    let (d1, d2) = tokio::join!(
-        go(
-            &outbound,
-            &hosts,
-            get("http://d.example/"),
-            Overrides::new()
-        ),
-        async {
-            tokio::task::yield_now().await;
-            go(
-                &outbound,
-                &hosts,
-                get("http://D.EXAMPLE:80/"),
-                Overrides::new(),
-            )
-            .await
-        }
-    );
     assert_eq!(code(&d1), Some(200));
     assert_eq!(d2.unwrap_err().rejection(), Some(Rejected::BulkheadFull));
 
@@ -2164,20 +1818,10 @@ async fn a_registry_client_names_each_requests_host_across_a_reload() {
     registry
         .reload(Config::from_toml(&OUTBOUND.replace("http = {}", "")).unwrap())
         .unwrap();
-    hosts.play("e.example:80", [Answer::Status(503), Answer::Status(200)]);
+    hosts.play("e.example:80", FAILS_ONCE);
     let (e1, e2) = tokio::join!(
-        go(
-            &outbound,
-            &hosts,
-            get("http://e.example/"),
-            Overrides::new()
-        ),
-        go(
-            &outbound,
-            &hosts,
-            get("http://[::1]:8080/"),
-            Overrides::new()
-        ),
+        fetch(&outbound, &hosts, "http://e.example/"),
+        fetch(&outbound, &hosts, "http://[::1]:8080/"),
     );
     assert_eq!((code(&e1), code(&e2)), (Some(200), Some(200)));
     let heard = log.take();

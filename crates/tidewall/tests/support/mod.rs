@@ -4,6 +4,8 @@
 //! saw (`trace`).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(all(feature = "http", feature = "toml"))]
+pub mod forced;
 #[cfg(feature = "metrics")]
 pub mod snapshot;
 #[cfg(feature = "tracing")]
