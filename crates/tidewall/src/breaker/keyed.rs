@@ -28,14 +28,15 @@ const KEYS_FULL: Rejected = Rejected::KeysFull { retry_after: None };
 ///
 /// **Bounded memory, never forgetting an open breaker.** A key is forgotten (and a later call
 /// starts it afresh) only when nothing depends on it: its breaker is closed, no permit or
-/// handle from [`get`](Self::get) is out, and either its window is empty or it has not been
+/// handle from [`get`](Self::get) or [`get_or_make`](Self::get_or_make) (nor a clone of one)
+/// is out, and either its window is empty or it has not been
 /// used for [`idle_ttl`](KeyedCircuitBreakerBuilder::idle_ttl) (used: a call asked for, or a
 /// call of its ended in failure, however long ago it began). So an eviction forgets at most
 /// the failures of a window no call has touched for `idle_ttl`. An open, half-open or forced
 /// breaker is kept whatever the pressure: a new key meeting a table (its shard: see
 /// [`max_keys`](KeyedCircuitBreakerBuilder::max_keys)) full of keys it may not forget is
 /// refused with [`Rejected::KeysFull`], whose `retry_after` says when the first of
-/// them goes idle (`None` when all are open or hold permits).
+/// them goes idle (`None` when all are open, forced, or held by permits or handles).
 ///
 /// ```
 /// use tidewall::breaker::{CircuitBreaker, State};

@@ -168,9 +168,12 @@ impl<R> ClientPoliciesBuilder<R> {
     /// the request's authority in [`Event::key`](crate::telemetry::Event::key)
     /// (`https://api.example:443`; `None` for a request without one), so a listener can
     /// count requests, refusals and retries per host: which host's bulkhead or limit refused
-    /// is a `Rejected` event with that host's key. The per-authority policies keep their own
-    /// listeners (set on the builders given to [`breaker`](Self::breaker) and the others),
-    /// which hear each attempt; a breaker's events carry the authority too.
+    /// is a `Rejected` event with that host's key. A listener that panics unwinds into the
+    /// request (see [`Event`](crate::telemetry::Event)): one that panics at a
+    /// `RetryScheduled` then hears the request once more, as `Cancelled`. The per-authority
+    /// policies keep their own listeners (set on the builders given to
+    /// [`breaker`](Self::breaker) and the others), which hear each attempt; a breaker's
+    /// events carry the authority too.
     ///
     /// [`Succeeded`]: crate::telemetry::EventKind::Succeeded
     /// [`Failed`]: crate::telemetry::EventKind::Failed

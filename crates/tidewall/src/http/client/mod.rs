@@ -66,6 +66,12 @@ use crate::sync::{Arc, Swap};
 /// `http::Request` (hyper-util's client), and the `tidewall-reqwest` crate's middleware for
 /// reqwest. Both call [`run`](Self::run), so they behave alike.
 ///
+/// **Hedging.** The stack has no hedge stage. A [`Hedge`](crate::hedge::Hedge) around
+/// [`run`](Self::run) launches whole requests, each with its own retries, its draws on the
+/// host's retry budget and its own slot in the host's bulkhead or limit: hedges multiply
+/// retries. Give the requests it launches [`Overrides::no_retry`] (the hedge is then the only
+/// second attempt), and hedge only requests that may be sent twice.
+///
 /// **Requests sent once.** A request whose method is not idempotent (POST, PATCH, without an
 /// `Idempotency-Key`), or whose body cannot be copied (a stream), is never retried: it is
 /// sent once, through the breaker, bulkhead, limiter and timeouts, and its response (a 503
