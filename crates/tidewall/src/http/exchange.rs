@@ -163,48 +163,16 @@ fn default_port(scheme: &str) -> Option<u16> {
 }
 
 /// Appends `address` as the URL standard serializes an IPv6 host (without its brackets):
-/// its eight pieces in lowercase hex without leading zeros, the first longest run of two or
-/// more zero pieces written `::`, and no dotted IPv4 part.
+/// RFC 5952's form, as `Ipv6Addr` prints it, but for an IPv4-mapped address, whose last two
+/// pieces the standard writes in hex where `Ipv6Addr` writes them dotted.
 fn push_ipv6(address: std::net::Ipv6Addr, out: &mut String) {
-    let pieces = address.segments();
-    let mut compress: Option<(usize, usize)> = None;
-    let mut index = 0;
-    while index < pieces.len() {
-        let start = index;
-        while index < pieces.len() && pieces[index] == 0 {
-            index += 1;
-        }
-        let run = index - start;
-        if run > 1 && compress.is_none_or(|(_, longest)| run > longest) {
-            compress = Some((start, run));
-        }
-        index = index.max(start + 1);
-    }
-    let mut index = 0;
-    while index < pieces.len() {
-        if let Some((start, run)) = compress.filter(|&(start, _)| start == index) {
-            out.push_str(if start == 0 { "::" } else { ":" });
-            index += run;
-            continue;
-        }
-        push_hex(pieces[index], out);
-        if index + 1 < pieces.len() {
-            out.push(':');
-        }
-        index += 1;
-    }
-}
-
-/// Appends `piece` in lowercase hex, without leading zeros.
-fn push_hex(piece: u16, out: &mut String) {
-    let mut started = false;
-    for shift in [12, 8, 4, 0] {
-        let digit = u32::from((piece >> shift) & 0xf);
-        if digit != 0 || started || shift == 0 {
-            started = true;
-            out.extend(char::from_digit(digit, 16));
-        }
-    }
+    use std::fmt::Write as _;
+    let [.., high, low] = address.segments();
+    // Writing to a `String` cannot fail.
+    let _ = match address.to_ipv4_mapped() {
+        Some(_) => write!(out, "::ffff:{high:x}:{low:x}"),
+        None => write!(out, "{address}"),
+    };
 }
 
 /// `port` in decimal, written into `buffer`.
