@@ -43,6 +43,7 @@ pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     name: crate::Name,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
+    min_attempt_time: Duration,
     retry: Stage<Backoff>,
     max_retry_after: Duration,
     budget: Stage<RetryBudgetPolicy>,
@@ -113,6 +114,7 @@ impl<R> ClientPoliciesBuilder<R> {
             name: crate::Name::from_static("http_client"),
             deadline: Some(Duration::from_secs(30)),
             attempt_timeout: Some(Duration::from_secs(10)),
+            min_attempt_time: Duration::ZERO,
             retry: Stage::Standard,
             max_retry_after: crate::retry::DEFAULT_MAX_RETRY_AFTER,
             budget: Stage::Standard,
@@ -135,6 +137,7 @@ impl<R> ClientPoliciesBuilder<R> {
             name: self.name,
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
             retry: self.retry,
             max_retry_after: self.max_retry_after,
             budget: self.budget,
@@ -235,6 +238,42 @@ impl<R> ClientPoliciesBuilder<R> {
     /// Each attempt's timeout (default 10 s; `None`: none).
     pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Starts an attempt, or a retry's backoff sleep, only if more than `time` would be left
+    /// for it before the deadline (default zero: any time left will do), as
+    /// [`Retry::min_attempt_time`](crate::retry::Retry::min_attempt_time): set it near the
+    /// host's usual latency, so that the last retry is not doomed from the start. A request
+    /// whose deadline is no longer than this is refused at once with
+    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded), nothing sent; a
+    /// retry it stops leaves the last attempt's answer as the request's (as when the backoff
+    /// would sleep past the deadline). Without a deadline it has no effect. The stack's own
+    /// waits inside an attempt (a bulkhead slot, a rate-limit token) are bounded by the
+    /// deadline alone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::http::{ClientPolicies, Overrides};
+    /// use tidewall::{Error, Rejected};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tidewall::ConfigError> {
+    /// let policies = ClientPolicies::builder()
+    ///     .min_attempt_time(Duration::from_millis(300))
+    ///     .build()?;
+    /// let request = http::Request::get("http://api.example/items").body(()).unwrap();
+    /// let short = Overrides::new().deadline(Duration::from_millis(200));
+    /// let result = policies
+    ///     .run(request, short, |_request| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(()))
+    ///     })
+    ///     .await;
+    /// assert!(matches!(result, Err(Error::Rejected(Rejected::DeadlineExceeded))));
+    /// # Ok(()) }
+    /// ```
+    pub fn min_attempt_time(mut self, time: Duration) -> Self {
+        self.min_attempt_time = time;
         self
     }
 
@@ -374,7 +413,7 @@ impl<R> ClientPoliciesBuilder<R> {
     /// and an adaptive limit together; [`ConfigError::Zero`] for `max_authorities == 0` or a
     /// zero deadline or attempt timeout; [`ConfigError::DurationOverflow`] for a deadline or
     /// attempt timeout (as a [`Pipeline`](crate::pipeline::Pipeline) refuses them), or a
-    /// `max_retry_after`, above `u64::MAX` nanoseconds.
+    /// `max_retry_after` or `min_attempt_time`, above `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<ClientPolicies<R>, ConfigError>
     where
         R: Clock,
@@ -429,10 +468,14 @@ impl<R> ClientPoliciesBuilder<R> {
         if let Some(timeout) = self.attempt_timeout {
             crate::time::positive_duration("attempt_timeout", timeout)?;
         }
-        if u64::try_from(self.max_retry_after.as_nanos()).is_err() {
-            return Err(ConfigError::DurationOverflow {
-                field: "max_retry_after",
-            });
+        // Zero is allowed (no minimum); past u64 nanoseconds no deadline could ever hold them.
+        for (field, value) in [
+            ("max_retry_after", self.max_retry_after),
+            ("min_attempt_time", self.min_attempt_time),
+        ] {
+            if u64::try_from(value.as_nanos()).is_err() {
+                return Err(ConfigError::DurationOverflow { field });
+            }
         }
         let retry = self.retry.resolve(|| standard_backoff().build())?;
         let backoff = match retry {
@@ -501,6 +544,7 @@ impl<R> ClientPoliciesBuilder<R> {
             rt: self.rt,
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
+            min_attempt_time: self.min_attempt_time,
             backoff,
             retries: retry.is_some(),
             max_retry_after: self.max_retry_after,

@@ -25,7 +25,9 @@ use crate::sync::{Arc, Swap};
 
 /// The policies that protect outbound HTTP calls, applied per request in this order:
 ///
-/// 1. a **total deadline** over every attempt and wait (default 30 s);
+/// 1. a **total deadline** over every attempt and wait (default 30 s; no attempt starts with
+///    less than [`min_attempt_time`](ClientPoliciesBuilder::min_attempt_time) left, default
+///    zero);
 /// 2. **retry** of what the [standard table](HttpClassifier) calls a retryable failure, with
 ///    exponential backoff and jitter (3 attempts, 200 ms doubling up to 5 s), at least the
 ///    server's `Retry-After` between attempts (the sleep capped at 60 s; a `Retry-After` that
@@ -105,6 +107,7 @@ struct Inner<R> {
     rt: R,
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
+    min_attempt_time: Duration,
     /// One attempt only when `retries` is off.
     backoff: Backoff,
     retries: bool,
@@ -255,6 +258,7 @@ impl<R> std::fmt::Debug for ClientPolicies<R> {
             .field("name", self.live.telemetry.name())
             .field("deadline", &inner.deadline)
             .field("attempt_timeout", &inner.attempt_timeout)
+            .field("min_attempt_time", &inner.min_attempt_time)
             .field("backoff", &inner.backoff)
             .field("breakers", &inner.breakers.is_some())
             .field("bulkheads", &inner.bulkheads.is_some())

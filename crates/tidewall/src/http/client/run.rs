@@ -189,6 +189,7 @@ impl<R: Clock> Inner<R> {
                 key: authority.map(Authority::as_str),
             })
             .deadline(deadline)
+            .min_attempt_time(self.min_attempt_time)
             .max_retry_after(self.max_retry_after);
         if wants_retry && let (Some(budgets), Some(authority)) = (&self.budgets, authority) {
             match budgets.get(authority, || self.rt.now()) {
