@@ -13,6 +13,9 @@ pub const MAX_COUNT_WINDOW: u32 = (1 << 20) - 1;
 pub const MAX_BUCKETS: u32 = 1024;
 /// The most half-open probes: probe counts are packed in 12-bit fields of the state word.
 pub const MAX_HALF_OPEN_PROBES: u32 = 4095;
+/// How long a breaker stays open when its builder is not told
+/// ([`break_duration`](BreakerPolicyBuilder::break_duration)).
+pub const DEFAULT_BREAK_DURATION: Duration = Duration::from_secs(5);
 
 /// Builder for [`BreakerPolicy`]; every setter is checked in [`build`](Self::build).
 #[derive(Debug, Clone)]
@@ -38,7 +41,7 @@ impl Default for BreakerPolicyBuilder {
             consecutive_failures: None,
             minimum_calls: 10,
             window: Window::Count { calls: 100 },
-            break_duration: Duration::from_secs(5),
+            break_duration: DEFAULT_BREAK_DURATION,
             break_backoff: None,
             half_open_probes: 1,
             max_half_open_wait: Some(Duration::from_secs(60)),

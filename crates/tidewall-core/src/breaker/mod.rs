@@ -29,7 +29,10 @@ pub mod window;
 
 use core::time::Duration;
 
-pub use builder::{BreakerPolicyBuilder, MAX_BUCKETS, MAX_COUNT_WINDOW, MAX_HALF_OPEN_PROBES};
+pub use builder::{
+    BreakerPolicyBuilder, DEFAULT_BREAK_DURATION, MAX_BUCKETS, MAX_COUNT_WINDOW,
+    MAX_HALF_OPEN_PROBES,
+};
 
 use crate::backoff::Backoff;
 

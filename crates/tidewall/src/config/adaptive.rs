@@ -1,14 +1,15 @@
 //! An instance's `[adaptive]` section, turned into an adaptive limiter's builder.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tidewall_core::adaptive::{Aimd, AnyAlgorithm, FixedLimit, Gradient2, Vegas, WindowedGradient};
 
+use super::discipline::{CODEL_KEYS, codel_keys_fit, discipline};
 use super::instance::{Absent, Checking, Get, checked};
-use super::sections::{AdaptiveConfig, AlgorithmKind, DisciplineKind};
+use super::sections::{AdaptiveConfig, AlgorithmKind};
 use super::{Instance, Invalid, Problem};
 use crate::ConfigError;
-use crate::adaptive::{AdaptiveLimiter, AdaptiveLimiterBuilder, Priority, QueueDiscipline};
+use crate::adaptive::{AdaptiveLimiter, AdaptiveLimiterBuilder, Priority};
 use crate::rt::DefaultRuntime;
 
 /// What an adaptive section builds: a limiter of whichever algorithm it names.
@@ -30,13 +31,6 @@ const ALGORITHM_KEYS: [(AlgorithmKind, &[&str]); 4] = [
         &["window", "buffer", "probe_samples", "probe_interval"],
     ),
 ];
-
-/// The builder's fields whose key in a file is another.
-const CODEL_KEYS: &[(&str, &str)] = &[("target", "codel_target"), ("interval", "codel_interval")];
-
-/// CoDel's defaults: Facebook's 5 ms target over a 100 ms interval.
-const CODEL_TARGET: Duration = Duration::from_millis(5);
-const CODEL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The algorithm `kind` with `s`'s keys for it (the others are not read).
 fn algorithm(kind: AlgorithmKind, s: &AdaptiveConfig) -> Result<AnyAlgorithm, ConfigError> {
@@ -136,18 +130,6 @@ fn settled(
     }
 }
 
-/// The queue discipline `s` names (CoDel's durations defaulted).
-fn discipline(s: &AdaptiveConfig) -> QueueDiscipline {
-    match s.discipline.unwrap_or(DisciplineKind::Fifo) {
-        DisciplineKind::Fifo => QueueDiscipline::Fifo,
-        DisciplineKind::Lifo => QueueDiscipline::Lifo,
-        DisciplineKind::Codel => QueueDiscipline::Codel {
-            target: s.codel_target.unwrap_or(CODEL_TARGET),
-            interval: s.codel_interval.unwrap_or(CODEL_INTERVAL),
-        },
-    }
-}
-
 impl Instance<'_> {
     /// The adaptive limiter, on the default runtime (choose another with
     /// [`runtime`](AdaptiveLimiterBuilder::runtime)): the algorithm the layers name, with
@@ -222,7 +204,7 @@ impl Instance<'_> {
         };
         let mut b = AdaptiveLimiter::builder(algorithm)
             .name(self.named())
-            .discipline(discipline(&s));
+            .discipline(discipline(s.discipline, s.codel_target, s.codel_interval));
         if let Some(n) = s.max_queue {
             b = b.max_queue(n);
         }
@@ -274,19 +256,11 @@ impl Instance<'_> {
                     ));
                 }
             }
-            let codel_key = ["codel_target", "codel_interval"]
-                .into_iter()
-                .find(|key| adaptive.sets(key));
-            if let Some(key) = codel_key
-                && adaptive
-                    .discipline
-                    .is_some_and(|d| d != DisciplineKind::Codel)
-            {
-                return Err(Invalid::new(
-                    format!("{path}.adaptive.{key}"),
-                    Problem::NotHere("CoDel's durations are for `discipline = \"codel\"`"),
-                ));
-            }
+            codel_keys_fit(
+                &format!("{path}.adaptive"),
+                |k| adaptive.sets(k),
+                adaptive.discipline,
+            )?;
         }
         Ok(())
     }

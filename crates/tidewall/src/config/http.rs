@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 
 use super::instance::{Checking, Get, checked};
 use super::sections::{ClientErrors, HttpConfig};
-use super::{Config, Instance, Invalid, Policies, Problem, Registry, key};
+use super::{Config, Instance, Invalid, Policies, Problem, Registry, Toggle, key};
 use crate::Name;
 use crate::classify::Verdict;
 use crate::http::{ClientPolicies, ClientPoliciesBuilder, HttpClassifier, Idempotency};
@@ -54,11 +54,12 @@ impl Instance<'_> {
     /// | from | becomes |
     /// |---|---|
     /// | `deadline`, `attempt_timeout` | the whole request's deadline and each attempt's timeout (none when no layer sets them) |
+    /// | `min_attempt_time` | the least time left before the deadline for an attempt or a retry's sleep to start ([`ClientPoliciesBuilder::min_attempt_time`]) |
     /// | `[retry]` | the retry schedule and its `max_retry_after`; no section, no retry |
     /// | `[budget]` | a retry budget per authority |
     /// | `[breaker]`, `[bulkhead]`, `[adaptive]`, `[rate_limit]` | a breaker, bulkhead, adaptive limit, rate limit per authority |
     /// | `[keys]` | `max_keys`: the most authorities each table tracks (default 10,000); `idle_ttl`: how long a closed breaker with failures is kept (default 60 s) |
-    /// | `[http]` | the statuses retried or failed besides the standard table, the verdict on other 4xx, the methods sent again ([`HttpConfig`]) |
+    /// | `[http]` | the statuses retried or failed besides the standard table, the verdict on other 4xx, the methods sent again and the idempotency key's header ([`HttpConfig`]) |
     ///
     /// What a file cannot say (a classifier of your own, a listener) can be added to the
     /// builder before [`build`](ClientPoliciesBuilder::build).
@@ -86,8 +87,9 @@ impl Instance<'_> {
     /// # Errors
     ///
     /// [`Invalid`] with the key path of the first setting refused: a section's; an `[http]`
-    /// status that is not an error status (400 to 999), or a method that is not one or is
-    /// not spelled in capitals ([`Problem::Malformed`]); a status in both lists
+    /// status that is not an error status (400 to 999), a method that is not one or is not
+    /// spelled in capitals, or an `idempotency_key_header` that is not a header name
+    /// ([`Problem::Malformed`]); a status in both lists
     /// ([`Problem::NotHere`]).
     pub fn http_client(&self) -> Result<ClientPoliciesBuilder, Invalid> {
         self.http_client_on(DefaultRuntime::default(), None)
@@ -110,6 +112,7 @@ impl Instance<'_> {
             .name(self.named())
             .deadline(self.deadline())
             .attempt_timeout(self.attempt_timeout())
+            .min_attempt_time(self.min_attempt_time())
             .max_retry_after(self.max_retry_after());
         b = if has(|p| p.retry.is_some()) {
             b.retry(self.backoff()?)
@@ -189,12 +192,26 @@ impl Instance<'_> {
         let client_errors = match s.client_errors {
             None | Some(ClientErrors::Success) => Verdict::Success,
             Some(ClientErrors::Ignored) => Verdict::Ignored,
+            Some(ClientErrors::Failure) => Verdict::Failure,
+            Some(ClientErrors::RetryableFailure) => Verdict::RetryableFailure,
         };
         let classifier = HttpClassifier::standard()
             .retry_status(retry)
             .fail_status(fail)
             .client_errors(client_errors);
         let mut idempotency = Idempotency::standard();
+        if let Some(header) = &s.idempotency_key_header {
+            let header = match header {
+                Toggle::Off => None,
+                Toggle::On(name) => {
+                    Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        let what = format!("{name:?} is not a header name");
+                        Invalid::new(path("idempotency_key_header"), Problem::Malformed(what))
+                    })?)
+                }
+            };
+            idempotency = idempotency.key_header(header);
+        }
         for method in s.replay_methods.as_deref().unwrap_or_default() {
             // Methods are case-sensitive: "post" would be a method of its own, never POST.
             let spelled = method.bytes().any(|b| b.is_ascii_lowercase());

@@ -115,6 +115,38 @@ impl<'de> Deserialize<'de> for Toggle<Duration> {
     }
 }
 
+impl Serialize for Toggle<String> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => serializer.serialize_str(OFF),
+            Self::On(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+/// A name, or `"off"` (so `"off"` itself is never a name).
+impl<'de> Deserialize<'de> for Toggle<String> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Toggle<String>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name, or \"off\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(if text == OFF {
+                    Toggle::Off
+                } else {
+                    Toggle::On(text.to_owned())
+                })
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
 impl Serialize for Toggle<f64> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use tidewall_core::breaker::Window;
+use tidewall_core::breaker::{DEFAULT_BREAK_DURATION, Window};
 use tidewall_core::budget::RetryBudgetPolicy;
 
+use super::discipline::{CODEL_KEYS, codel_keys_fit, discipline};
 use super::sections::{
     BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, JitterKind, KeysConfig,
     RateLimitConfig, RetryConfig,
@@ -90,6 +91,49 @@ const BREAKER_KEYS: &[(&str, &str)] = &[
     ("window.buckets", "window_buckets"),
 ];
 const RETRY_KEYS: &[(&str, &str)] = &[("delay", "initial_delay"), ("initial", "initial_delay")];
+/// The fields of a breaker's `break_backoff` schedule, and the `[breaker]` key of each.
+const BREAK_KEYS: &[(&str, &str)] = &[
+    ("delay", "break_duration"),
+    ("initial", "break_duration"),
+    ("factor", "break_factor"),
+    ("max_delay", "max_break_duration"),
+];
+/// The `[breaker]` keys that shape a `break_backoff`, and are nothing without one.
+const BREAK_SCHEDULE_KEYS: [&str; 3] = ["break_factor", "max_break_duration", "break_jitter"];
+
+/// The schedule of a breaker's breaks: from `break_duration`, growing for as many trips in a
+/// row as there are (held at `max_break_duration`), not randomized unless `break_jitter` says.
+fn break_schedule(kind: BackoffKind, s: &BreakerConfig) -> Result<Backoff, ConfigError> {
+    let first = s.break_duration.unwrap_or(DEFAULT_BREAK_DURATION);
+    // A zero break is refused as such, however the schedule would treat a zero delay.
+    crate::time::positive_duration("delay", first)?;
+    let mut b = match kind {
+        BackoffKind::Constant => Backoff::constant(first),
+        BackoffKind::Linear => Backoff::linear(first, first),
+        BackoffKind::Exponential => Backoff::exponential(first),
+        BackoffKind::DecorrelatedJitter => Backoff::decorrelated_jitter(first),
+    };
+    if let Some(factor) = s.break_factor {
+        b = b.factor(factor);
+    }
+    if kind != BackoffKind::DecorrelatedJitter {
+        b = b.jitter(jitter(s.break_jitter.unwrap_or(JitterKind::None)));
+    }
+    if let Some(cap) = s.max_break_duration {
+        crate::time::positive_duration("max_delay", cap)?;
+        b = b.max_delay(cap);
+    }
+    // Every trip in a row may grow the break: the schedule never runs out.
+    b.max_attempts(u32::MAX).build()
+}
+
+fn jitter(kind: JitterKind) -> Jitter {
+    match kind {
+        JitterKind::None => Jitter::None,
+        JitterKind::Full => Jitter::Full,
+        JitterKind::Equal => Jitter::Equal,
+    }
+}
 
 impl<'a> Instance<'a> {
     pub(super) fn new(name: &'a str, layers: Vec<(String, &'a Policies)>) -> Self {
@@ -259,6 +303,7 @@ impl<'a> Instance<'a> {
 
     pub(super) fn breaker_on<R>(&self, rt: R) -> Result<CircuitBreakerBuilder<R>, Invalid> {
         let get: Get<BreakerConfig> = |p| &p.breaker;
+        self.breaker_keys_fit()?;
         let (s, at) = self.section("breaker", get, BreakerConfig::over);
         let window = self.window(&at)?;
         let mut b = CircuitBreaker::builder().name(self.named());
@@ -283,6 +328,10 @@ impl<'a> Instance<'a> {
         if let Some(d) = s.break_duration {
             b = b.break_duration(d);
         }
+        if let Some(kind) = s.break_backoff {
+            let place = |e| self.placed("breaker", get, BreakerConfig::sets, BREAK_KEYS, &at, e);
+            b = b.break_backoff(break_schedule(kind, &s).map_err(place)?);
+        }
         if let Some(n) = s.half_open_probes {
             b = b.half_open_probes(n);
         }
@@ -295,6 +344,65 @@ impl<'a> Instance<'a> {
         checked(|| b.clone().runtime(Checking(Instant::now())).build())
             .map_err(|e| self.placed("breaker", get, BreakerConfig::sets, BREAKER_KEYS, &at, e))?;
         Ok(b.runtime(rt))
+    }
+
+    /// Keys that would be silently unused are refused where they are set (as a
+    /// [`ConfigError::Conflict`]: another layer may complete them): a slow-call threshold
+    /// with no slow-call rate; a break schedule's keys with no `break_backoff`. In one layer that names its `break_backoff`, a
+    /// `break_factor` only for `"exponential"`, a `break_jitter` not for
+    /// `"decorrelated_jitter"`.
+    fn breaker_keys_fit(&self) -> Result<(), Invalid> {
+        let get: Get<BreakerConfig> = |p| &p.breaker;
+        for (path, policies) in &self.layers {
+            let Some(breaker) = &policies.breaker else {
+                continue;
+            };
+            let Some(kind) = breaker.break_backoff else {
+                continue;
+            };
+            if breaker.break_factor.is_some() && kind != BackoffKind::Exponential {
+                return Err(Invalid::new(
+                    format!("{path}.breaker.break_factor"),
+                    Problem::NotHere("`break_factor` is for `break_backoff = \"exponential\"`"),
+                ));
+            }
+            if breaker.break_jitter.is_some() && kind == BackoffKind::DecorrelatedJitter {
+                return Err(Invalid::new(
+                    format!("{path}.breaker.break_jitter"),
+                    Problem::NotHere("decorrelated jitter is its own randomness"),
+                ));
+            }
+        }
+        let (s, at) = self.section("breaker", get, BreakerConfig::over);
+        let path = |key: &str| self.key_path("breaker", get, BreakerConfig::sets, key, &at);
+        // Incomplete rather than wrong: another layer may still give what they need, so they
+        // are contradictions (judged where an instance uses them), not misplaced keys.
+        let incomplete = |key: &str, reason| {
+            Err(Invalid::new(
+                path(key),
+                Problem::Rule(ConfigError::Conflict { reason }),
+            ))
+        };
+        if s.slow_call_threshold.is_some() && s.slow_call_rate.is_none() {
+            return incomplete(
+                "slow_call_threshold",
+                "a slow-call threshold is used only with a `slow_call_rate`",
+            );
+        }
+        // Across layers a key of another schedule is fine, as for `[retry]`: the defaults may
+        // give a factor that only the exponential instances use.
+        let unused = s
+            .break_backoff
+            .is_none()
+            .then(|| BREAK_SCHEDULE_KEYS.iter().find(|key| s.sets(key)))
+            .flatten();
+        match unused {
+            Some(key) => incomplete(
+                key,
+                "a break schedule's key is used only with a `break_backoff`",
+            ),
+            None => Ok(()),
+        }
     }
 
     /// The window of the topmost layer that gives one: `window_calls`, or `window` with
@@ -353,6 +461,12 @@ impl<'a> Instance<'a> {
 
     fn bulkhead_with<R>(&self, rt: R, absent: Absent) -> Result<BulkheadBuilder<R>, Invalid> {
         let get: Get<BulkheadConfig> = |p| &p.bulkhead;
+        for (path, policies) in self.layers() {
+            if let Some(bulkhead) = &policies.bulkhead {
+                let at = format!("{path}.bulkhead");
+                codel_keys_fit(&at, |k| bulkhead.sets(k), bulkhead.discipline)?;
+            }
+        }
         let (s, at) = self.section("bulkhead", get, BulkheadConfig::over);
         let max_concurrent = match (s.max_concurrent, absent) {
             (Some(n), _) => n,
@@ -364,7 +478,9 @@ impl<'a> Instance<'a> {
                 ));
             }
         };
-        let mut b = Bulkhead::builder(max_concurrent).name(self.named());
+        let mut b = Bulkhead::builder(max_concurrent)
+            .name(self.named())
+            .discipline(discipline(s.discipline, s.codel_target, s.codel_interval));
         if let Some(n) = s.max_queue {
             b = b.max_queue(n);
         }
@@ -372,7 +488,7 @@ impl<'a> Instance<'a> {
             b = b.max_wait(wait.on());
         }
         checked(|| b.clone().runtime(Checking(Instant::now())).build())
-            .map_err(|e| self.placed("bulkhead", get, BulkheadConfig::sets, &[], &at, e))?;
+            .map_err(|e| self.placed("bulkhead", get, BulkheadConfig::sets, CODEL_KEYS, &at, e))?;
         Ok(b.runtime(rt))
     }
 
@@ -455,11 +571,7 @@ impl<'a> Instance<'a> {
         if let Some(jitter) = s.jitter
             && s.backoff != Some(BackoffKind::DecorrelatedJitter)
         {
-            b = b.jitter(match jitter {
-                JitterKind::None => Jitter::None,
-                JitterKind::Full => Jitter::Full,
-                JitterKind::Equal => Jitter::Equal,
-            });
+            b = b.jitter(self::jitter(jitter));
         }
         if let Some(cap) = s.max_delay {
             b = b.max_delay(cap);

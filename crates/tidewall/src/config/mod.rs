@@ -23,6 +23,9 @@
 //! instances.payments.breaker.failure_rate: must be in [0.000001, 1] (kept in parts per million), got 1.5
 //! ```
 //!
+//! Every key, its default and the builder call it becomes are listed in the repository's
+//! `docs/CONFIG.md`, and on each section's type ([`BreakerConfig`], [`BulkheadConfig`], ...).
+//!
 //! Durations are strings in the strict [human grammar](tidewall_core::duration)
 //! (`"250ms"`, `"5s"`, `"1h 30m"`); a setting that can be turned off takes `"off"`
 //! ([`Toggle`]). Unknown keys are errors, so a typo never silently keeps a default.
@@ -110,6 +113,7 @@ fn key(name: &str) -> std::borrow::Cow<'_, str> {
 mod adaptive;
 #[cfg(feature = "chaos")]
 mod chaos;
+mod discipline;
 mod error;
 #[cfg(feature = "http")]
 mod http;

@@ -75,7 +75,8 @@ section! {
         failure_rate: Toggle<f64>,
         /// Trip at this share of slow calls (0.000001 ..= 1; default: not checked).
         slow_call_rate: f64,
-        /// A call slower than this is slow (default 1 s).
+        /// A call slower than this is slow (default 1 s). Used only with a `slow_call_rate`:
+        /// an instance with a threshold and no rate is refused at this key.
         #[serde(with = "opt_duration")]
         slow_call_threshold: Duration,
         /// Trip after this many failures in a row, whatever the window says.
@@ -89,9 +90,26 @@ section! {
         window: Duration,
         /// Buckets of a time window (default 10); not next to `window_calls` in one layer.
         window_buckets: u32,
-        /// How long it stays open (default 5 s).
+        /// How long it stays open (default 5 s); with a `break_backoff`, the first break.
         #[serde(with = "opt_duration")]
         break_duration: Duration,
+        /// Stay open longer on repeated trips: the k-th trip in a row (no successful close
+        /// between) stays open for the k-th delay of this schedule, from `break_duration` up
+        /// to `max_break_duration`: `"exponential"`, `"linear"` (each break `break_duration`
+        /// longer), `"decorrelated_jitter"` or `"constant"` (default: every break is
+        /// `break_duration`).
+        break_backoff: BackoffKind,
+        /// An exponential `break_backoff`'s growth factor (default 2). A layer that names
+        /// another `break_backoff` may not set it. This key, `max_break_duration` and
+        /// `break_jitter` do nothing without a `break_backoff`: an instance with one of them
+        /// and no `break_backoff` in any layer is refused at that key.
+        break_factor: f64,
+        /// The longest break a `break_backoff` grows to (default 30 s).
+        #[serde(with = "opt_duration")]
+        max_break_duration: Duration,
+        /// How each break of a `break_backoff` is randomized (default `"none"`). Not with
+        /// `break_backoff = "decorrelated_jitter"` in the layer that names it.
+        break_jitter: JitterKind,
         /// Probes let through while half-open (default 1).
         half_open_probes: u32,
         /// Reopen when probes have not finished after this, or `"off"` (default 60 s).
@@ -104,7 +122,8 @@ section! {
 
 section! {
     /// `[<layer>.bulkhead]`: a [`Bulkhead`](crate::bulkhead::Bulkhead). `max_concurrent` has
-    /// no default: some layer must set it.
+    /// no default: some layer must set it. A layer that names a `discipline` other than
+    /// `"codel"` may not set CoDel's durations ([`Problem::NotHere`](super::Problem::NotHere)).
     ///
     /// ```
     /// use tidewall::config::Config;
@@ -113,9 +132,24 @@ section! {
     ///     [instances.orders.bulkhead]
     ///     max_concurrent = 32
     ///     max_queue = 0
+    ///
+    ///     [instances.reports.bulkhead]
+    ///     max_concurrent = 4
+    ///     discipline = "codel"
+    ///     codel_target = "20ms"
     /// "#)?;
     /// assert_eq!(config.instances["orders"].bulkhead.as_ref().unwrap().max_concurrent, Some(32));
-    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// let reports = config.instance("reports")?.bulkhead()?.build()?;
+    /// assert_eq!(reports.capacity(), 4);
+    ///
+    /// let refused = Config::from_toml(r#"
+    ///     [instances.reports.bulkhead]
+    ///     max_concurrent = 4
+    ///     discipline = "lifo"
+    ///     codel_target = "20ms"
+    /// "#).unwrap_err();
+    /// assert_eq!(refused.path(), "instances.reports.bulkhead.codel_target");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub struct BulkheadConfig {
         /// Calls admitted at once.
@@ -124,6 +158,14 @@ section! {
         max_queue: usize,
         /// The longest a call waits for a slot, or `"off"` (default 1 s).
         max_wait: Toggle<Duration>,
+        /// The queue's order: `"fifo"` (default), `"lifo"` or `"codel"`.
+        discipline: DisciplineKind,
+        /// `"codel"`: the longest wait once the queue stands (default 5 ms).
+        #[serde(with = "opt_duration")]
+        codel_target: Duration,
+        /// `"codel"`: how long the queue must stand before waits are cut (default 100 ms).
+        #[serde(with = "opt_duration")]
+        codel_interval: Duration,
     }
 }
 
@@ -400,6 +442,10 @@ mod http_section {
         Success,
         /// Nothing: neither a success nor a failure.
         Ignored,
+        /// A failure for the breaker, not retried.
+        Failure,
+        /// A failure for the breaker, and retried.
+        RetryableFailure,
     }
 
     section! {
@@ -421,6 +467,7 @@ mod http_section {
         ///     fail_statuses = [409]
         ///     client_errors = "ignored"
         ///     replay_methods = ["POST"]
+        ///     idempotency_key_header = "X-Request-Id"
         /// "#)?;
         /// let http = config.instances["cdn"].http.as_ref().unwrap();
         /// assert_eq!(http.client_errors, Some(ClientErrors::Ignored));
@@ -432,13 +479,18 @@ mod http_section {
             /// Statuses counted as failures and not retried (400 to 999; none in
             /// `retry_statuses`).
             fail_statuses: Vec<u16>,
-            /// The 4xx statuses named nowhere else: `"success"` (default) or `"ignored"`.
+            /// The 4xx statuses named nowhere else: `"success"` (default), `"ignored"`,
+            /// `"failure"` or `"retryable_failure"`.
             client_errors: ClientErrors,
             /// Methods sent again besides GET, HEAD, OPTIONS, PUT, DELETE and TRACE, spelled as
             /// sent (methods are case-sensitive: `"POST"`,
-            /// say; a request with an `Idempotency-Key` header is sent again whatever its
+            /// say; a request with the `idempotency_key_header` is sent again whatever its
             /// method).
             replay_methods: Vec<String>,
+            /// The header whose presence makes any request replayable (default
+            /// `"Idempotency-Key"`; header names are case-insensitive), or `"off"`: no header
+            /// does.
+            idempotency_key_header: super::Toggle<String>,
         }
     }
 }
