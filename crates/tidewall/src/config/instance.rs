@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use tidewall_core::backoff::DEFAULT_MAX_DELAY;
 use tidewall_core::breaker::{DEFAULT_BREAK_DURATION, Window};
 use tidewall_core::budget::RetryBudgetPolicy;
 
@@ -122,6 +123,13 @@ fn break_schedule(kind: BackoffKind, s: &BreakerConfig) -> Result<Backoff, Confi
     if let Some(cap) = s.max_break_duration {
         crate::time::positive_duration("max_delay", cap)?;
         b = b.max_delay(cap);
+    }
+    // Said here in the section's own words: the schedule's would name `max_delay`.
+    if first > s.max_break_duration.unwrap_or(DEFAULT_MAX_DELAY) {
+        return Err(ConfigError::Conflict {
+            reason: "the first break (`break_duration`) is longer than `max_break_duration` \
+                     (default 30 s)",
+        });
     }
     // Every trip in a row may grow the break: the schedule never runs out.
     b.max_attempts(u32::MAX).build()
