@@ -378,3 +378,38 @@ fn every_fuzz_seed_builds() {
     }
     assert!(read >= 6, "the seeds were found: {read}");
 }
+
+/// The standard client written out in docs/CONFIG.md builds the stack
+/// `ClientPolicies::standard()` is: the same deadlines, schedule, breaker policy and table
+/// bounds, and the same bulkhead per host. (The retry budget has no getter to compare: its
+/// two keys are the standard's, and the rest the builder's defaults on both sides.)
+#[test]
+fn the_standard_client_written_out_is_the_standard_client() {
+    let doc = include_str!("../../../docs/CONFIG.md");
+    let start = doc
+        .find("```toml\n[instances.outbound]\ndeadline = \"30s\"")
+        .expect("the standard client's snippet");
+    let text = &doc[start + "```toml\n".len()..];
+    let text = &text[..text.find("```").unwrap()];
+    let clock = FakeClock::new();
+    let registry = Registry::builder(config(text))
+        .runtime(clock.clone())
+        .build()
+        .unwrap();
+    let written = registry.http_client("outbound").unwrap();
+    let standard = ClientPolicies::builder()
+        .name("outbound")
+        .runtime(clock.clone())
+        .build()
+        .unwrap();
+    assert_eq!(format!("{written:?}"), format!("{standard:?}"));
+    let host = keyed_support::client::auth("http://api/");
+    let (a, b) = (written.breakers().unwrap(), standard.breakers().unwrap());
+    assert_eq!(a.policy(), b.policy());
+    assert_eq!((a.max_keys(), a.idle_ttl()), (b.max_keys(), b.idle_ttl()));
+    let (a, b) = (written.bulkheads().unwrap(), standard.bulkheads().unwrap());
+    let (_one, _other) = (a.try_acquire(&host).unwrap(), b.try_acquire(&host).unwrap());
+    let (a, b) = (a.get(&host).unwrap(), b.get(&host).unwrap());
+    assert_eq!((a.capacity(), a.in_flight()), (b.capacity(), b.in_flight()));
+    assert_eq!(written.max_authorities(), standard.max_authorities());
+}
