@@ -1,7 +1,8 @@
-//! The keys that reach the last builder options a file could not say: a breaker's break
-//! schedule, a bulkhead's queue discipline, an HTTP client's `min_attempt_time`, its verdict on
-//! other 4xx and its idempotency key's header; the keys that would do nothing alone, refused;
-//! and every fuzz seed, built. In virtual time, the client scenarios on every runtime adapter.
+//! The keys that reach the last builder options a file could not say: a bulkhead's queue
+//! discipline, an HTTP client's `min_attempt_time`, its verdict on other 4xx and its
+//! idempotency key's header; the keys that would do nothing alone, refused; the standard
+//! client written out; and every fuzz seed, built. (A breaker's break schedule, in virtual
+//! time, is in `hostile_config_keys.rs`.) The client scenarios run on every runtime adapter.
 #![cfg(all(feature = "toml", feature = "http", feature = "metrics"))]
 
 mod common;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use keyed_support::client::{Answer, Hosts, get, request, status};
 use support::ms;
 use tidewall::ConfigError;
-use tidewall::breaker::{CircuitBreaker, Permit, State};
+use tidewall::breaker::State;
 use tidewall::config::{Config, Problem, Registry};
 use tidewall::http::{ClientPolicies, Overrides};
 use tidewall::rt::Runtime;
@@ -30,69 +31,6 @@ fn refused(text: &str) -> tidewall::config::Invalid {
         Ok(config) => panic!("refused, not read: {config:?}\n{text}"),
         Err(e) => e,
     }
-}
-
-/// The length of `n` breaks in a row: the call let through fails (tripping the breaker, or
-/// failing its probe), then time moves until a call is let through again. That call's permit
-/// is returned, a probe to end as the caller likes.
-fn breaks<'b>(
-    breaker: &'b CircuitBreaker<FakeClock>,
-    clock: &FakeClock,
-    n: usize,
-) -> (Vec<Duration>, Permit<'b, FakeClock>) {
-    let step = ms(100);
-    let mut through = breaker.try_acquire().expect("closed");
-    let mut open = Vec::new();
-    for _ in 0..n {
-        through.failure();
-        assert_eq!(breaker.state(), State::Open);
-        let mut waited = Duration::ZERO;
-        through = loop {
-            if let Ok(probe) = breaker.try_acquire() {
-                break probe;
-            }
-            clock.advance(step);
-            waited += step;
-        };
-        open.push(waited);
-    }
-    (open, through)
-}
-
-#[test]
-fn a_break_schedule_grows_each_trip_in_a_row_and_holds_at_its_cap() {
-    let clock = FakeClock::new();
-    let registry = Registry::builder(config(
-        r#"
-        [defaults.breaker]
-        consecutive_failures = 1
-        failure_rate = "off"
-        break_duration = "1s"
-        [instances.grows.breaker]
-        break_backoff = "exponential"
-        break_factor = 3.0
-        max_break_duration = "10s"
-        [instances.steady.breaker]
-        "#,
-    ))
-    .runtime(clock.clone())
-    .build()
-    .unwrap();
-    let grows = registry.breaker("grows").unwrap();
-    let (open, probe) = breaks(&grows, &clock, 4);
-    assert_eq!(open, [ms(1000), ms(3000), ms(9000), ms(10_000)]);
-    // A probe that passes closes it, and the next trip starts the schedule again.
-    probe.success();
-    assert_eq!(grows.state(), State::Closed);
-    assert_eq!(breaks(&grows, &clock, 1).0, [ms(1000)]);
-
-    let steady = registry.breaker("steady").unwrap();
-    let (open, _probe) = breaks(&steady, &clock, 3);
-    assert_eq!(
-        open,
-        [ms(1000); 3],
-        "no schedule: every break is break_duration"
-    );
 }
 
 #[test]
