@@ -356,9 +356,9 @@ impl<'a> Instance<'a> {
 
     /// Keys that would be silently unused are refused where they are set (as a
     /// [`ConfigError::Conflict`]: another layer may complete them): a slow-call threshold
-    /// with no slow-call rate; a break schedule's keys with no `break_backoff`. In one layer that names its `break_backoff`, a
-    /// `break_factor` only for `"exponential"`, a `break_jitter` not for
-    /// `"decorrelated_jitter"`.
+    /// with no slow-call rate; a break schedule's keys with no `break_backoff`. In one layer
+    /// that names its `break_backoff`: a `break_factor` only for `"exponential"`, a
+    /// `break_jitter` not for `"decorrelated_jitter"`.
     fn breaker_keys_fit(&self) -> Result<(), Invalid> {
         let get: Get<BreakerConfig> = |p| &p.breaker;
         for (path, policies) in &self.layers {
