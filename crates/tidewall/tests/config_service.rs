@@ -147,7 +147,8 @@ fn assert_quotes(scrape: &Scrape, passed: u32, refused: u32, available: u32) {
 fn assert_reloads(scrape: &Scrape, applied: u32, refused: u32) {
     let name = "tidewall_config_reloads_total";
     for (outcome, want) in [("applied", applied), ("refused", refused)] {
-        let seen = scrape.value(name, &[("outcome", outcome)]).unwrap_or(0.0);
+        let labels = [("registry", app::REGISTRY), ("outcome", outcome)];
+        let seen = scrape.value(name, &labels).unwrap_or(0.0);
         assert_eq!(
             Some(seen),
             Some(f64::from(want)),
@@ -374,7 +375,7 @@ async fn the_config_service_limits_reloads_and_reports_exactly() {
     let left = raised - burst;
     app::replace_file(&path, &app::with_quote_limit(&served, raised, raised)).expect("the edit");
     let reloads = "tidewall_config_reloads_total";
-    let applied = [("outcome", "applied")];
+    let applied = [("registry", app::REGISTRY), ("outcome", "applied")];
     let scrape = app::wait_for(addr, reloads, &applied, 1.0, RELOAD_WITHIN)
         .await
         .expect("the edit applied");
@@ -405,7 +406,7 @@ async fn the_config_service_limits_reloads_and_reports_exactly() {
     let invalid = app::with_quote_limit(&served, 0, raised);
     assert!(Config::from_toml(&invalid).is_err(), "count = 0 is invalid");
     app::replace_file(&path, &invalid).expect("the edit");
-    let refused_reloads = [("outcome", "refused")];
+    let refused_reloads = [("registry", app::REGISTRY), ("outcome", "refused")];
     let scrape = app::wait_for(addr, reloads, &refused_reloads, 1.0, RELOAD_WITHIN)
         .await
         .expect("the invalid edit counted as refused");

@@ -113,8 +113,8 @@ fn wall() -> f64 {
 #[derive(Default, Clone)]
 struct Gauges(Arc<Mutex<Vec<Cell>>>);
 
-/// A gauge's name and the bits of its value.
-type Cell = (String, Arc<AtomicU64>);
+/// A gauge's name, its labels (`k=v,` in order) and the bits of its value.
+type Cell = (String, String, Arc<AtomicU64>);
 
 const OK: &str = "tidewall_config_last_reload_successful";
 const AT: &str = "tidewall_config_last_reload_success_timestamp_seconds";
@@ -128,11 +128,16 @@ impl Gauges {
     }
 
     fn values(&self, name: &str) -> Vec<f64> {
+        self.series(name).into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Each series of `name`: its labels and value.
+    fn series(&self, name: &str) -> Vec<(String, f64)> {
         let gauges = self.0.lock().unwrap();
         gauges
             .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, cell)| f64::from_bits(cell.load(Ordering::SeqCst)))
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, labels, cell)| (labels.clone(), f64::from_bits(cell.load(Ordering::SeqCst))))
             .collect()
     }
 
@@ -151,13 +156,16 @@ impl metrics::Recorder for Gauges {
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
         let mut gauges = self.0.lock().unwrap();
         // One series per name and labels, as an exporter keeps it.
-        let id = key.name().to_owned();
-        let labelled = key.labels().next().is_some();
-        if !labelled && let Some((_, cell)) = gauges.iter().find(|(n, _)| *n == id) {
+        let name = key.name().to_owned();
+        let labels: String = key
+            .labels()
+            .map(|l| format!("{}={},", l.key(), l.value()))
+            .collect();
+        if let Some((_, _, cell)) = gauges.iter().find(|(n, l, _)| *n == name && *l == labels) {
             return metrics::Gauge::from_arc(Arc::clone(cell));
         }
         let cell = Arc::new(AtomicU64::new(0));
-        gauges.push((id, Arc::clone(&cell)));
+        gauges.push((name, labels, Arc::clone(&cell)));
         metrics::Gauge::from_arc(cell)
     }
     fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
@@ -1264,8 +1272,8 @@ async fn two_registries_under_two_recorders_keep_their_own_gauges() {
     assert_eq!(ga.read().0, Some(0.0), "a is still refused");
 }
 
-/// Registries sharing one recorder share one series (the gauge has no labels): a refusal of
-/// either must show there at once, so the alert fires.
+/// Registries of one name sharing one recorder share one series: a refusal of either must
+/// show there at once, so the alert fires.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_refusal_shows_in_a_series_two_registries_share() {
     let gauges = Gauges::default();
@@ -1278,6 +1286,38 @@ async fn a_refusal_shows_in_a_series_two_registries_share() {
     assert_eq!(gauges.values(OK), [1.0], "one series");
     a.reload_file("/nonexistent/a.toml").unwrap_err();
     assert_eq!(gauges.values(OK), [0.0], "the alert sees a's refusal");
+}
+
+/// Registries of two names under one recorder each keep their own series: another's build
+/// or applied reload does not hide a refusal.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn registries_of_two_names_keep_their_own_series() {
+    let gauges = Gauges::default();
+    let built = |name: &str, text: &str| {
+        metrics::with_local_recorder(&gauges, || {
+            Registry::builder(toml(text))
+                .name(name.to_owned())
+                .build()
+                .unwrap()
+        })
+    };
+    let a = built("inbound", "[instances.a.breaker]\n");
+    a.reload_file("/nonexistent/a.toml").unwrap_err();
+    let b = built("outbound", "[instances.b.breaker]\n");
+    b.reload(toml("[instances.b.breaker]\nconsecutive_failures = 3\n"))
+        .unwrap();
+    let mut series = gauges.series(OK);
+    series.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        series,
+        [
+            ("registry=inbound,".to_owned(), 0.0),
+            ("registry=outbound,".to_owned(), 1.0)
+        ],
+        "a's refusal still shows"
+    );
+    assert_eq!(gauges.series(AT).len(), 2);
+    assert_eq!((a.name(), b.name()), ("inbound", "outbound"));
 }
 
 /// A registry that fails to build is not a build: it does not count as applied, so it cannot

@@ -1579,7 +1579,10 @@ async fn a_reload_that_resets_an_open_breaker_counts_the_transition_and_moves_th
     );
     assert_eq!(the_one_state(&seen, "api"), State::Closed.to_string());
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "applied")]
+        ),
         1
     );
 }
@@ -1730,7 +1733,10 @@ async fn policies_keep_counting_in_their_build_recorder_after_reloads_and_reconf
     assert_eq!(refused("rate", "db", "rate_limited"), 1);
     assert_eq!(refused("bulkhead", "direct", "bulkhead_full"), 1);
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "applied")]
+        ),
         1
     );
 }
@@ -1814,11 +1820,17 @@ fn both_reload_series_exist_from_the_start_and_every_reload_path_counts() {
     });
     let seen = Seen::now(&snapshotter);
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "applied")]
+        ),
         0
     );
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "refused")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "refused")]
+        ),
         0
     );
 
@@ -1852,11 +1864,17 @@ fn both_reload_series_exist_from_the_start_and_every_reload_path_counts() {
     );
     let seen = Seen::now(&snapshotter);
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "applied")]
+        ),
         2
     );
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "refused")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "refused")]
+        ),
         4
     );
 }
@@ -1881,11 +1899,17 @@ fn reloads_count_in_the_recorder_the_registry_started_under() {
     assert!(registry.reload_file("/nonexistent/tidewall.toml").is_err());
     let seen = Seen::now(&snapshotter);
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "applied")]
+        ),
         1
     );
     assert_eq!(
-        seen.counter("tidewall_config_reloads_total", &[("outcome", "refused")]),
+        seen.counter(
+            "tidewall_config_reloads_total",
+            &[("registry", "registry"), ("outcome", "refused")]
+        ),
         1
     );
 }
@@ -1965,11 +1989,17 @@ fn a_watched_file_counts_its_reloads_and_its_own_reads_never_retrigger_it() {
 
         let seen = Seen::now(&snapshotter);
         assert_eq!(
-            seen.counter("tidewall_config_reloads_total", &[("outcome", "applied")]),
+            seen.counter(
+                "tidewall_config_reloads_total",
+                &[("registry", "registry"), ("outcome", "applied")]
+            ),
             2
         );
         assert_eq!(
-            seen.counter("tidewall_config_reloads_total", &[("outcome", "refused")]),
+            seen.counter(
+                "tidewall_config_reloads_total",
+                &[("registry", "registry"), ("outcome", "refused")]
+            ),
             2
         );
     });

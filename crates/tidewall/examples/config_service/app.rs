@@ -38,6 +38,8 @@ pub(crate) const CONFIG: &str = include_str!("tidewall.toml");
 
 /// The instance behind `GET /quote/{symbol}`.
 pub(crate) const QUOTES: &str = "quotes";
+/// The registry's name: the `registry` label of its reload series.
+pub(crate) const REGISTRY: &str = "config_service";
 
 /// The instance behind `GET /quote/FAIL`.
 pub(crate) const FLAKY: &str = "flaky";
@@ -94,7 +96,7 @@ impl App {
     pub(crate) fn new(path: impl AsRef<Path>, metrics: PrometheusHandle) -> Result<Self, BoxError> {
         let path = path.as_ref();
         let config = tidewall::config::Config::from_toml(&std::fs::read_to_string(path)?)?;
-        let registry = Arc::new(Registry::new(config)?);
+        let registry = Arc::new(Registry::builder(config).name(REGISTRY).build()?);
         let quotes = registry.pipeline(QUOTES)?;
         let flaky = registry.pipeline(FLAKY)?;
 

@@ -196,7 +196,7 @@ async fn demo(metrics: PrometheusHandle) -> Result<(), BoxError> {
 
     println!("\n3. The file now says 20 an hour, bursts of 20. Waiting for the reload.");
     app::replace_file(&path, &app::with_quote_limit(app::CONFIG, 20, 20))?;
-    let applied = [("outcome", "applied")];
+    let applied = [("registry", app::REGISTRY), ("outcome", "applied")];
     let reloads = "tidewall_config_reloads_total";
     let scrape = app::wait_for(addr, reloads, &applied, 1.0, Duration::from_secs(10)).await?;
     let sample = scrape.find(reloads, &applied).ok_or("no reload counted")?;

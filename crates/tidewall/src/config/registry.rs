@@ -96,6 +96,8 @@ pub struct Registry<R = DefaultRuntime> {
     pub(super) clients: super::http::Clients<R>,
     /// Told of every event of every policy and pipeline the registry makes.
     pub(super) events: Option<Listener>,
+    /// The `registry` label of its reload series.
+    name: Name,
     reloads: crate::telemetry::ReloadCounters,
 }
 
@@ -107,6 +109,7 @@ pub struct RegistryBuilder<R = DefaultRuntime> {
     max_instances: usize,
     strict: bool,
     events: Option<Listener>,
+    name: Name,
 }
 
 impl Registry {
@@ -130,6 +133,7 @@ impl Registry {
             max_instances: 10_000,
             strict: false,
             events: None,
+            name: Name::from_static("registry"),
         }
     }
 }
@@ -143,7 +147,30 @@ impl<R> RegistryBuilder<R> {
             max_instances: self.max_instances,
             strict: self.strict,
             events: self.events,
+            name: self.name,
         }
+    }
+
+    /// The registry's name (default `registry`): the `registry` label of its reload series
+    /// (`tidewall_config_reloads_total`, `tidewall_config_last_reload_successful`,
+    /// `tidewall_config_last_reload_success_timestamp_seconds`) and its reload's `tracing`
+    /// events. Give each registry of a process its own, or their reloads count in one set of
+    /// series, each setting the last-reload gauges over the other's (a refused reload of one
+    /// hidden by the next build or reload of another).
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = Config::from_toml("[instances.db.bulkhead]\nmax_concurrent = 1\n")?;
+    /// let registry = Registry::builder(config).name("outbound").build()?;
+    /// assert_eq!(registry.name(), "outbound");
+    /// # Ok(()) }
+    /// ```
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Tells `listener` of every event of every policy and pipeline the registry makes (each
@@ -255,7 +282,8 @@ impl<R> RegistryBuilder<R> {
             #[cfg(feature = "http")]
             clients: Mutex::default(),
             events: self.events,
-            reloads: crate::telemetry::ReloadCounters::new(),
+            reloads: crate::telemetry::ReloadCounters::new(&self.name),
+            name: self.name,
         };
         registry.build_declared()?;
         registry.reloads.built();
@@ -521,7 +549,7 @@ impl<R: Clock> Registry<R> {
     /// ```
     ///
     /// With the `metrics` feature each reload counts in
-    /// `tidewall_config_reloads_total{outcome="applied"|"refused"}` (both series exist from
+    /// `tidewall_config_reloads_total{registry, outcome="applied"|"refused"}` (both series exist from
     /// the registry's start), [`reload_file`](Self::reload_file)'s unreadable or unparsable
     /// files included.
     ///
@@ -1012,6 +1040,11 @@ impl<R: Clock> Registry<R> {
     /// The runtime whose clock the policies read.
     pub fn runtime(&self) -> &R {
         &self.rt
+    }
+
+    /// The registry's name ([`RegistryBuilder::name`]).
+    pub fn name(&self) -> &str {
+        self.name.as_str()
     }
 
     /// Sets the gauges of every policy held (feature `metrics`): each breaker's state, each

@@ -33,6 +33,9 @@ pub(crate) fn supervisor_event(event: &crate::task::supervisor::SupervisorEvent)
 /// registry's build counts as the first).
 #[cfg(feature = "serde")]
 pub(crate) struct ReloadCounters {
+    /// The registry's name: the `registry` label of each series.
+    #[cfg(feature = "tracing")]
+    registry: crate::Name,
     #[cfg(feature = "metrics")]
     counters: [metrics::Counter; 2],
     /// 1 when the last reload was applied, 0 when it was refused.
@@ -45,17 +48,30 @@ pub(crate) struct ReloadCounters {
 
 #[cfg(feature = "serde")]
 impl ReloadCounters {
-    /// The counters of a registry being built (see [`built`](Self::built)).
-    pub(crate) fn new() -> Self {
+    /// The counters of the registry `registry` being built (see [`built`](Self::built)).
+    #[allow(unused_variables)]
+    pub(crate) fn new(registry: &crate::Name) -> Self {
         Self {
+            #[cfg(feature = "tracing")]
+            registry: registry.clone(),
             #[cfg(feature = "metrics")]
-            counters: ["applied", "refused"].map(
-                |outcome| metrics::counter!("tidewall_config_reloads_total", "outcome" => outcome),
+            counters: ["applied", "refused"].map(|outcome| {
+                metrics::counter!(
+                    "tidewall_config_reloads_total",
+                    "registry" => registry.label(),
+                    "outcome" => outcome
+                )
+            }),
+            #[cfg(feature = "metrics")]
+            successful: metrics::gauge!(
+                "tidewall_config_last_reload_successful",
+                "registry" => registry.label()
             ),
             #[cfg(feature = "metrics")]
-            successful: metrics::gauge!("tidewall_config_last_reload_successful"),
-            #[cfg(feature = "metrics")]
-            applied_at: metrics::gauge!("tidewall_config_last_reload_success_timestamp_seconds"),
+            applied_at: metrics::gauge!(
+                "tidewall_config_last_reload_success_timestamp_seconds",
+                "registry" => registry.label()
+            ),
         }
     }
 
@@ -69,6 +85,7 @@ impl ReloadCounters {
     pub(crate) fn count(&self, applied: bool) {
         #[cfg(feature = "tracing")]
         tracing::info!(
+            registry = self.registry.as_str(),
             outcome = if applied { "applied" } else { "refused" },
             "configuration reload"
         );
