@@ -28,7 +28,9 @@ use crate::breaker::StateChange;
 /// though it never runs. A listener told while its thread is already unwinding (a call or a
 /// guard dropped by another panic, such as an HTTP request whose send panicked, heard as
 /// [`Cancelled`](EventKind::Cancelled)) is heard too, but its own panic is dropped there: a
-/// second panic would abort the process.
+/// second panic would abort the process. So an HTTP request whose listener panics on, say,
+/// its `RetryScheduled` is then heard once more, ending as `Cancelled`: the panic drops the
+/// request on its way out of the call.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
