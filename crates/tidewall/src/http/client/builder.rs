@@ -246,7 +246,9 @@ impl<R> ClientPoliciesBuilder<R> {
     /// [`Retry::min_attempt_time`](crate::retry::Retry::min_attempt_time): set it near the
     /// host's usual latency, so that the last retry is not doomed from the start. A request
     /// whose deadline is no longer than this is refused at once with
-    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded), nothing sent; a
+    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded), nothing sent (as
+    /// the retry future does; a [`Pipeline`](crate::pipeline::Pipeline) starts a first
+    /// attempt that waited for nothing whatever its minimum); a
     /// retry it stops leaves the last attempt's answer as the request's (as when the backoff
     /// would sleep past the deadline). Without a deadline it has no effect. The stack's own
     /// waits inside an attempt (a bulkhead slot, a rate-limit token) are bounded by the
