@@ -308,6 +308,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     /// # Errors
     ///
     /// [`Rejected::BulkheadFull`] when its share of the limit is reached.
+    #[inline(always)]
     pub fn try_acquire(&self) -> Result<AdaptivePermit<A, R>, Rejected> {
         self.take().ok_or_else(|| self.refused())
     }
@@ -426,7 +427,9 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     }
 
     /// A slot for a call of this handle's priority, if one is free to it now.
-    #[inline]
+    // Always: out of line, the permit comes back through memory, and the caller reading it
+    // back whole stalls on store forwarding (measured: about 9 ns of a 30 ns round trip).
+    #[inline(always)]
     pub(super) fn take(&self) -> Option<AdaptivePermit<A, R>> {
         let held = self.shared.bulkhead.try_take_slot_as(self.priority)?;
         Some(self.permit(held))
@@ -434,6 +437,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 
     /// The guard of a slot taken just now with `held` slots in use (its own included),
     /// timed from now.
+    #[inline(always)]
     fn permit(&self, held: usize) -> AdaptivePermit<A, R> {
         let shared = &*self.shared;
         AdaptivePermit {
@@ -470,16 +474,19 @@ pub struct AdaptivePermit<A, R: Clock> {
 
 impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
     /// The call succeeded: its time since admission is a sample.
+    #[inline]
     pub fn success(self) {
         self.finish(Outcome::Success);
     }
 
     /// The call failed (timed out, or refused by the dependency for load): a dropped sample.
+    #[inline]
     pub fn failure(self) {
         self.finish(Outcome::Failure);
     }
 
     /// The call says nothing about the dependency's capacity: no sample.
+    #[inline]
     pub fn ignore(self) {
         self.finish(Outcome::Ignored);
     }
@@ -494,6 +501,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
     }
 
     /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
+    #[inline]
     pub fn finish(self, outcome: Outcome) {
         let dropped = match outcome {
             Outcome::Success => false,
@@ -619,6 +627,7 @@ impl<A, R> AdaptiveLimiter<A, R> {
 /// The limit applied for an algorithm's: at least 1. A limit of zero would admit no call, so
 /// no sample could ever raise it again (the algorithms here never give one; an algorithm of
 /// the user's may).
+#[inline]
 fn applied_limit(limit: u32) -> u32 {
     limit.max(1)
 }
