@@ -1200,36 +1200,20 @@ async fn registries_of_different_names_keep_separate_reload_series() {
             &[("registry", registry), ("outcome", outcome)],
         )
     };
-    assert_eq!(
-        counter("one", "refused"),
-        Some(&DebugValue::Counter(1)),
-        "{seen:?}"
-    );
-    assert_eq!(
-        counter("one", "applied"),
-        Some(&DebugValue::Counter(0)),
-        "{seen:?}"
-    );
-    assert_eq!(
-        counter("two", "applied"),
-        Some(&DebugValue::Counter(2)),
-        "{seen:?}"
-    );
-    assert_eq!(
-        counter("two", "refused"),
-        Some(&DebugValue::Counter(0)),
-        "{seen:?}"
-    );
-    assert_eq!(
-        counter("registry", "applied"),
-        Some(&DebugValue::Counter(0)),
-        "{seen:?}"
-    );
-    assert_eq!(
-        counter("registry", "refused"),
-        Some(&DebugValue::Counter(0)),
-        "{seen:?}"
-    );
+    for (registry, outcome, count) in [
+        ("one", "refused", 1),
+        ("one", "applied", 0),
+        ("two", "applied", 2),
+        ("two", "refused", 0),
+        ("registry", "applied", 0),
+        ("registry", "refused", 0),
+    ] {
+        assert_eq!(
+            counter(registry, outcome),
+            Some(&DebugValue::Counter(count)),
+            "{registry} {outcome}: {seen:?}"
+        );
+    }
 
     let last = "tidewall_config_last_reload_successful";
     let gauge = |registry: &str| value_of(&seen, last, &[("registry", registry)]);
