@@ -311,8 +311,8 @@ impl<'a> Instance<'a> {
 
     pub(super) fn breaker_on<R>(&self, rt: R) -> Result<CircuitBreakerBuilder<R>, Invalid> {
         let get: Get<BreakerConfig> = |p| &p.breaker;
-        self.breaker_keys_fit()?;
         let (s, at) = self.section("breaker", get, BreakerConfig::over);
+        self.breaker_keys_fit(&s, &at)?;
         let window = self.window(&at)?;
         let mut b = CircuitBreaker::builder().name(self.named());
         match s.failure_rate {
@@ -359,7 +359,8 @@ impl<'a> Instance<'a> {
     /// with no slow-call rate; a break schedule's keys with no `break_backoff`. In one layer
     /// that names its `break_backoff`: a `break_factor` only for `"exponential"`, a
     /// `break_jitter` not for `"decorrelated_jitter"`.
-    fn breaker_keys_fit(&self) -> Result<(), Invalid> {
+    /// `s` is the merged section, at `at`.
+    fn breaker_keys_fit(&self, s: &BreakerConfig, at: &str) -> Result<(), Invalid> {
         let get: Get<BreakerConfig> = |p| &p.breaker;
         for (path, policies) in &self.layers {
             let Some(breaker) = &policies.breaker else {
@@ -381,8 +382,7 @@ impl<'a> Instance<'a> {
                 ));
             }
         }
-        let (s, at) = self.section("breaker", get, BreakerConfig::over);
-        let path = |key: &str| self.key_path("breaker", get, BreakerConfig::sets, key, &at);
+        let path = |key: &str| self.key_path("breaker", get, BreakerConfig::sets, key, at);
         // Incomplete rather than wrong: another layer may still give what they need, so they
         // are contradictions (judged where an instance uses them), not misplaced keys.
         let incomplete = |key: &str, reason| {

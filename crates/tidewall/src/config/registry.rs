@@ -96,8 +96,7 @@ pub struct Registry<R = DefaultRuntime> {
     pub(super) clients: super::http::Clients<R>,
     /// Told of every event of every policy and pipeline the registry makes.
     pub(super) events: Option<Listener>,
-    /// The `registry` label of its reload series.
-    name: Name,
+    /// Its reload series, labelled with its name.
     reloads: crate::telemetry::ReloadCounters,
 }
 
@@ -282,8 +281,7 @@ impl<R> RegistryBuilder<R> {
             #[cfg(feature = "http")]
             clients: Mutex::default(),
             events: self.events,
-            reloads: crate::telemetry::ReloadCounters::new(&self.name),
-            name: self.name,
+            reloads: crate::telemetry::ReloadCounters::new(self.name),
         };
         registry.build_declared()?;
         registry.reloads.built();
@@ -1044,7 +1042,7 @@ impl<R: Clock> Registry<R> {
 
     /// The registry's name ([`RegistryBuilder::name`]).
     pub fn name(&self) -> &str {
-        self.name.as_str()
+        self.reloads.registry()
     }
 
     /// Sets the gauges of every policy held (feature `metrics`): each breaker's state, each

@@ -34,7 +34,6 @@ pub(crate) fn supervisor_event(event: &crate::task::supervisor::SupervisorEvent)
 #[cfg(feature = "serde")]
 pub(crate) struct ReloadCounters {
     /// The registry's name: the `registry` label of each series.
-    #[cfg(feature = "tracing")]
     registry: crate::Name,
     #[cfg(feature = "metrics")]
     counters: [metrics::Counter; 2],
@@ -49,11 +48,8 @@ pub(crate) struct ReloadCounters {
 #[cfg(feature = "serde")]
 impl ReloadCounters {
     /// The counters of the registry `registry` being built (see [`built`](Self::built)).
-    #[allow(unused_variables)]
-    pub(crate) fn new(registry: &crate::Name) -> Self {
+    pub(crate) fn new(registry: crate::Name) -> Self {
         Self {
-            #[cfg(feature = "tracing")]
-            registry: registry.clone(),
             #[cfg(feature = "metrics")]
             counters: ["applied", "refused"].map(|outcome| {
                 metrics::counter!(
@@ -72,7 +68,13 @@ impl ReloadCounters {
                 "tidewall_config_last_reload_success_timestamp_seconds",
                 "registry" => registry.label()
             ),
+            registry,
         }
+    }
+
+    /// The registry's name.
+    pub(crate) fn registry(&self) -> &str {
+        self.registry.as_str()
     }
 
     /// The registry was built: its configuration is in force, as an applied reload's.
