@@ -42,6 +42,19 @@ fn config(text: &str) -> Config {
     Config::from_toml(text).unwrap_or_else(|e| panic!("a valid configuration: {e}\n{text}"))
 }
 
+/// The breaker `[instances.a.breaker]` with `keys` builds, and the file's text.
+fn breaker_of(keys: &str) -> (String, tidewall::breaker::CircuitBreaker) {
+    let text = format!("[instances.a.breaker]\n{keys}\n");
+    let built = config(&text)
+        .instance("a")
+        .unwrap()
+        .breaker()
+        .unwrap()
+        .build()
+        .unwrap();
+    (text, built)
+}
+
 fn refused(text: &str) -> Invalid {
     match Config::from_toml(text) {
         Ok(config) => panic!("refused, not read: {config:?}\n{text}"),
@@ -213,14 +226,7 @@ fn breaker_keys_map_to_their_builder_calls() {
         ),
     ];
     for (keys, expected) in rows {
-        let text = format!("[instances.a.breaker]\n{keys}\n");
-        let built = config(&text)
-            .instance("a")
-            .unwrap()
-            .breaker()
-            .unwrap()
-            .build()
-            .unwrap();
+        let (text, built) = breaker_of(keys);
         let expected = expected.build().unwrap();
         assert_eq!(built.policy(), expected.policy(), "{text}");
         assert_eq!(built.name(), "a");
@@ -266,14 +272,7 @@ fn break_schedules_follow_the_documented_delays() {
         ),
     ];
     for (keys, breaks) in rows {
-        let text = format!("[instances.a.breaker]\n{keys}\n");
-        let built = config(&text)
-            .instance("a")
-            .unwrap()
-            .breaker()
-            .unwrap()
-            .build()
-            .unwrap();
+        let (text, built) = breaker_of(keys);
         let mut durations = built.policy().break_durations(17);
         let seen: Vec<u64> = breaks
             .iter()
