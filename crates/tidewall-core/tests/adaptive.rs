@@ -7,7 +7,10 @@ use core::time::Duration;
 
 use proptest::prelude::*;
 use tidewall_core::ConfigError;
-use tidewall_core::adaptive::{Aimd, Gradient2, LimitAlgorithm, Sample, Vegas};
+use tidewall_core::adaptive::{
+    Aimd, AnyAlgorithm, FixedLimit, Gradient2, LimitAlgorithm, Sample, Steady, Vegas,
+    WindowedGradient,
+};
 
 fn sample(rtt_nanos: u64, inflight: u32, dropped: bool) -> Sample {
     Sample {
@@ -369,4 +372,119 @@ fn vegas_at_its_minimum_stays_there_whatever_the_smoothing() {
         .unwrap();
     vegas.update(&sample(10_000_000, 10, false));
     assert_eq!(vegas.update(&sample(10_000_000, 10, true)), 10);
+}
+
+/// Every algorithm as an [`AnyAlgorithm`] (comparable whole), AIMD with `timeout`.
+fn comparable(
+    (min, initial, max): (u32, u32, u32),
+    ratio: f64,
+    timeout: Duration,
+    seed: u64,
+) -> Vec<AnyAlgorithm> {
+    let aimd = Aimd::builder()
+        .min_limit(min)
+        .initial_limit(initial)
+        .max_limit(max)
+        .backoff_ratio(0.5 + ratio / 2.0)
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let vegas = Vegas::builder()
+        .min_limit(min)
+        .initial_limit(initial)
+        .max_limit(max)
+        .seed(seed)
+        .build()
+        .unwrap();
+    let gradient2 = Gradient2::builder()
+        .min_limit(min)
+        .initial_limit(initial)
+        .max_limit(max)
+        .build()
+        .unwrap();
+    let windowed = WindowedGradient::builder()
+        .min_limit(min)
+        .initial_limit(initial)
+        .max_limit(max)
+        .build()
+        .unwrap();
+    vec![
+        aimd.into(),
+        vegas.into(),
+        gradient2.into(),
+        windowed.into(),
+        FixedLimit(initial).into(),
+    ]
+}
+
+proptest! {
+    /// What `steady` claims holds: in any state a sequence of samples leads to, a sample it
+    /// covers leaves the algorithm exactly as it was (the limiter skips its update).
+    #[test]
+    fn a_steady_sample_changes_nothing(
+        // Narrow bounds too, so that sequences reach the least and the most limits.
+        bounds in prop_oneof![bounds(), (1_u32..40, 0_u32..10, 0_u32..10).prop_map(|(min, a, b)| (min, min + a.min(b), min + a.max(b)))],
+        ratio in 0.0_f64..0.999,
+        timeout in prop_oneof![Just(1_u64), Just(u64::MAX), 1_u64..=u64::MAX, 1_u64..10_000_000],
+        seed in any::<u64>(),
+        samples in prop::collection::vec(any_sample(), 1..200),
+    ) {
+        for mut algorithm in comparable(bounds, ratio, Duration::from_nanos(timeout), seed) {
+            for sample in &samples {
+                // The sample, and its neighbours at each edge a claim could be off by one at.
+                let limit = algorithm.limit();
+                let inflights = [
+                    sample.inflight, 0, 1, limit / 2, limit.div_ceil(2), limit - 1, limit,
+                    limit.saturating_add(1), u32::MAX - 1, u32::MAX,
+                ];
+                let rtts = [sample.rtt.as_nanos(), 0, timeout.into(), u128::from(timeout) + 1];
+                for inflight in inflights {
+                    for &rtt in &rtts {
+                        for dropped in [false, true] {
+                            let rtt = u64::try_from(rtt).unwrap_or(u64::MAX);
+                            let rtt = Duration::from_nanos(rtt);
+                            let probe = Sample { rtt, inflight, dropped, at: sample.at };
+                            if algorithm.steady().holds(&probe) {
+                                let mut updated = algorithm.clone();
+                                updated.update(&probe);
+                                prop_assert_eq!(&updated, &algorithm, "{:?}", probe);
+                            }
+                        }
+                    }
+                }
+                algorithm.update(sample);
+            }
+        }
+    }
+}
+
+/// AIMD's steady samples: successes within its timeout below half the limit, or any number
+/// at the most; never a drop or a slow call. The fixed limit's: all.
+#[test]
+fn aimd_is_steady_below_half_and_at_its_most() {
+    let timeout = Duration::from_millis(100);
+    let mut aimd = Aimd::builder()
+        .initial_limit(20)
+        .max_limit(21)
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let steady = aimd.steady();
+    let ok = |inflight| sample(100_000_000, inflight, false);
+    assert!(steady.holds(&ok(9)));
+    assert!(!steady.holds(&ok(10)), "half of 20 in use: it grows");
+    assert!(
+        !steady.holds(&sample(100_000_001, 1, false)),
+        "slower than the timeout"
+    );
+    assert!(!steady.holds(&sample(1, 1, true)), "a drop");
+    assert_eq!(aimd.update(&ok(10)), 21);
+    let steady = aimd.steady();
+    assert!(
+        steady.holds(&ok(u32::MAX - 1)),
+        "at its most: nothing grows it"
+    );
+    assert!(!steady.holds(&sample(1, 1, true)));
+    assert_eq!(FixedLimit(3).steady(), Steady::ALL);
+    assert_eq!(Vegas::builder().build().unwrap().steady(), Steady::NONE);
 }

@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-use super::{LimitAlgorithm, Sample, check_bounds, check_ratio, published};
+use super::{LimitAlgorithm, Sample, Steady, check_bounds, check_ratio, published};
 use crate::ConfigError;
 
 /// Loss-based adaptive limit (Netflix's `AIMDLimit`): a dropped call, or one slower than
@@ -125,5 +125,20 @@ impl LimitAlgorithm for Aimd {
 
     fn bounds(&self) -> (u32, u32) {
         (self.min_limit, self.max_limit)
+    }
+
+    /// Successes within `timeout` that found under half the limit in use, or any number once
+    /// the limit is at its most: neither grows it.
+    fn steady(&self) -> Steady {
+        let below_inflight = if self.limit >= self.max_limit {
+            u32::MAX
+        } else {
+            self.limit.div_ceil(2)
+        };
+        Steady {
+            below_inflight,
+            rtt_within: self.timeout,
+            dropped: false,
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! One type for any of the algorithms, chosen at run time (from configuration, say).
 
-use super::{Aimd, FixedLimit, Gradient2, LimitAlgorithm, Sample, Vegas, WindowedGradient};
+use super::{Aimd, FixedLimit, Gradient2, LimitAlgorithm, Sample, Steady, Vegas, WindowedGradient};
 
 /// Any one of the algorithms, as a single type: what a limiter built from configuration
 /// runs, where the algorithm is a setting rather than a type. Each call goes to the
@@ -68,6 +68,10 @@ impl LimitAlgorithm for AnyAlgorithm {
 
     fn bounds(&self) -> (u32, u32) {
         self.inner().bounds()
+    }
+
+    fn steady(&self) -> Steady {
+        self.inner().steady()
     }
 }
 

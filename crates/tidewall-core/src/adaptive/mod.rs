@@ -70,6 +70,7 @@ macro_rules! limit_setters {
 mod aimd;
 mod any;
 mod gradient;
+mod steady;
 mod vegas;
 mod windowed;
 
@@ -78,6 +79,7 @@ use core::time::Duration;
 pub use aimd::{Aimd, AimdBuilder};
 pub use any::AnyAlgorithm;
 pub use gradient::{Gradient2, Gradient2Builder};
+pub use steady::Steady;
 pub use vegas::{Vegas, VegasBuilder};
 pub use windowed::{WindowedGradient, WindowedGradientBuilder};
 
@@ -110,6 +112,14 @@ pub trait LimitAlgorithm {
 
     /// The least and the most the limit can be.
     fn bounds(&self) -> (u32, u32);
+
+    /// The samples that, in the state the algorithm is in now, [`update`](Self::update)
+    /// would leave it exactly as it is: a limiter skips their update, and the lock it takes.
+    /// The default, [`Steady::NONE`], is always correct; an algorithm that claims more must
+    /// hold to it for every sample the answer covers.
+    fn steady(&self) -> Steady {
+        Steady::NONE
+    }
 }
 
 /// An RTT in nanoseconds as a real number, zero counted as one (no ratio divides by zero).
@@ -197,5 +207,9 @@ impl LimitAlgorithm for FixedLimit {
 
     fn bounds(&self) -> (u32, u32) {
         (self.0, self.0)
+    }
+
+    fn steady(&self) -> Steady {
+        Steady::ALL
     }
 }
