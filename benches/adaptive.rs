@@ -4,12 +4,18 @@
 //! * `bulkhead_owned`: `Bulkhead::try_acquire_owned` and drop (the permit the adaptive
 //!   limiter holds);
 //! * `aimd`, `vegas`, `gradient2`: `AdaptiveLimiter::try_acquire` then `success()`, which
-//!   reads the clock twice (admission and end) and updates the algorithm under its lock;
+//!   reads the clock twice (admission and end) and gives the algorithm the sample. One call
+//!   at a time finds under half the limit in use: Vegas and Gradient2 update under their lock
+//!   all the same, AIMD would not move, so its sample is steady and skips the lock;
+//! * `aimd_learning`: the same with `failure()` at AIMD's least limit, so that every call
+//!   takes the lock and updates it (the backoff, held at the least): AIMD's cost when it
+//!   learns;
 //! * `ignored`: the same with `ignore()`, which teaches nothing (no clock read at the end,
 //!   no update): what a cancelled or ignored call costs;
-//! * `floor`: the least any limiter that learns from every call can cost, built from the
-//!   same parts with nothing else: `bulkhead_owned`, the two counter reads that time the call
-//!   (the `quanta` counter `aimd` reads) and `Aimd::update` under an uncontended mutex.
+//! * `floor`, `floor_vegas`, `floor_gradient2`: the least a limiter that updates its
+//!   algorithm on every call under a lock can cost, built from the same parts with nothing
+//!   else: `bulkhead_owned`, the two counter reads that time the call (the `quanta` counter
+//!   the limiter reads) and the algorithm's `update` under an uncontended mutex.
 //!
 //! Group `adaptive_tower`, against the peer doing the same work: one `ready().await` +
 //! `call().await` on a trivial service (current-thread tokio) through an adaptive AIMD limit of
@@ -20,7 +26,8 @@
 //!
 //! Run: `cargo bench -p tidewall-benches --bench adaptive`.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use tidewall::adaptive::{AdaptiveLimiter, Aimd, Gradient2, LimitAlgorithm, Vegas};
 use tidewall::bulkhead::Bulkhead;
 use tidewall_core::adaptive::Sample;
@@ -62,15 +69,47 @@ fn adaptive(c: &mut Criterion) {
     group.bench_function("ignored", |b| {
         b.iter(|| aimd.try_acquire().unwrap().ignore())
     });
-    let counter = quanta::Clock::new();
-    let floor_aimd = std::sync::Mutex::new(
+    let learning = limiter(
         Aimd::builder()
-            .min_limit(1)
+            .min_limit(LIMIT)
             .initial_limit(LIMIT)
             .build()
             .unwrap(),
     );
-    group.bench_function("floor", |b| {
+    group.bench_function("aimd_learning", |b| {
+        b.iter(|| learning.try_acquire().unwrap().failure());
+    });
+    let aimd_floor = Aimd::builder()
+        .min_limit(1)
+        .initial_limit(LIMIT)
+        .build()
+        .unwrap();
+    floor(&mut group, "floor", &bulkhead, aimd_floor);
+    let vegas_floor = Vegas::builder().initial_limit(LIMIT).build().unwrap();
+    floor(&mut group, "floor_vegas", &bulkhead, vegas_floor);
+    let gradient2_floor = Gradient2::builder().initial_limit(LIMIT).build().unwrap();
+    floor(&mut group, "floor_gradient2", &bulkhead, gradient2_floor);
+    group.finish();
+    // One call at a time is less than half the limit: no algorithm may have moved it.
+    assert_eq!(
+        (aimd.limit(), vegas.limit(), gradient2.limit()),
+        (LIMIT, LIMIT, LIMIT)
+    );
+    assert_eq!(learning.limit(), LIMIT, "held at its least");
+    assert_eq!(bulkhead.in_flight() + aimd.in_flight(), 0);
+}
+
+/// The parts of a round trip that updates `algorithm` under a lock, with nothing else (see the
+/// module docs).
+fn floor<A: LimitAlgorithm>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    bulkhead: &Bulkhead,
+    algorithm: A,
+) {
+    let counter = quanta::Clock::new();
+    let algorithm = std::sync::Mutex::new(algorithm);
+    group.bench_function(name, |b| {
         b.iter(|| {
             let permit = bulkhead.try_acquire_owned().unwrap();
             let started = counter.raw();
@@ -82,17 +121,10 @@ fn adaptive(c: &mut Criterion) {
                 dropped: false,
                 at: rtt,
             };
-            floor_aimd.lock().unwrap().update(&sample);
+            algorithm.lock().unwrap().update(&sample);
             drop(permit);
         });
     });
-    group.finish();
-    // One call at a time is less than half the limit: no algorithm may have moved it.
-    assert_eq!(
-        (aimd.limit(), vegas.limit(), gradient2.limit()),
-        (LIMIT, LIMIT, LIMIT)
-    );
-    assert_eq!(bulkhead.in_flight() + aimd.in_flight(), 0);
 }
 
 fn adaptive_tower(c: &mut Criterion) {

@@ -1,7 +1,8 @@
 //! loom models of the lock-free parts: the half-open probe reservation, the bulkhead's
 //! release-versus-enqueue race (and its priorities: a sheddable waiter's share, a waiter shed
-//! while it gives up), the bucket ring's sweep racing a write, and a count window's writers
-//! lapping each other. Run with
+//! while it gives up), the bucket ring's sweep racing a write, a count window's writers
+//! lapping each other, and an adaptive call that skips its algorithm's lock racing one that
+//! takes it. Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p tidewall --no-default-features --test loom --release`
 //! (scripts/test does, in its own target directory).
 #![cfg(loom)]
@@ -534,5 +535,42 @@ fn a_waiter_shed_while_it_gives_up_loses_nothing() {
         giving_up.join().unwrap();
         assert_eq!((limiter.in_flight(), limiter.queued()), (0, 0));
         assert!(limiter.try_acquire().is_ok());
+    });
+}
+
+/// A call AIMD learns from racing one that its update makes steady (an AIMD limit of 4: the
+/// second slot's success grows it, unless the third's success grew it to 5 first, when the
+/// second's finds under half in use and ends without the lock). Whichever ends first, the
+/// limit is one the two updates made one after the other: 5 (the third first) or 6.
+#[test]
+fn a_steady_call_skips_only_an_update_that_would_change_nothing() {
+    use tidewall::adaptive::{AdaptiveLimiter, Aimd};
+    loom::model(|| {
+        let aimd = Aimd::builder()
+            .min_limit(1)
+            .initial_limit(4)
+            .max_limit(8)
+            .build()
+            .unwrap();
+        let limiter = AdaptiveLimiter::builder(aimd)
+            .runtime(ModelClock::default())
+            .build()
+            .unwrap();
+        let first = limiter.try_acquire().unwrap();
+        let second = limiter.try_acquire().unwrap();
+        let third = limiter.try_acquire().unwrap();
+        let grows = loom::thread::spawn(move || third.success());
+        second.success();
+        grows.join().unwrap();
+        first.ignore();
+        let limit = limiter.limit();
+        assert!(limit == 5 || limit == 6, "limit {limit}");
+        assert_eq!(limiter.in_flight(), 0);
+        // The answer published last is the limit's: a call at half of it still grows it.
+        let held: Vec<_> = (0..limit.div_ceil(2))
+            .map(|_| limiter.try_acquire().unwrap())
+            .collect();
+        held.into_iter().next_back().unwrap().success();
+        assert_eq!(limiter.limit(), limit + 1);
     });
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tidewall_core::adaptive::{LimitAlgorithm, Sample};
 
+use super::steady::SteadyWord;
 use crate::admission::{Admission, Priority, QueueDiscipline, Wait};
 use crate::breaker::Outcome;
 use crate::bulkhead::{AcquireOwned, Bulkhead};
@@ -29,6 +30,9 @@ struct Shared<A, R> {
     /// Holds the permits, the queue and the wait; its capacity is the algorithm's limit.
     bulkhead: Bulkhead<R>,
     algorithm: Mutex<A>,
+    /// The samples `algorithm` would learn nothing from, as it is now: their calls end
+    /// without its lock.
+    steady: SteadyWord,
     /// Times calls: the CPU's counter when the clock is real time, as the rate limiter does.
     clock: LimiterClock,
 }
@@ -259,6 +263,7 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
             shared: Arc::new(Shared {
                 clock: LimiterClock::new(bulkhead.runtime()),
                 bulkhead,
+                steady: SteadyWord::new(self.algorithm.steady()),
                 algorithm: Mutex::new(self.algorithm),
             }),
             priority: Priority::Default,
@@ -417,6 +422,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
             .map_or_else(|| applied_limit(in_force.limit()), A::limit);
         let bulkhead = settings.check(limit)?;
         if let Some(algorithm) = algorithm {
+            shared.steady.publish(algorithm.steady());
             *in_force = algorithm;
         }
         // Under the algorithm's lock, as `learn` applies limits: in the order they were made.
@@ -453,6 +459,7 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
         let mut algorithm = lock(&shared.algorithm);
         let before = applied_limit(algorithm.limit());
         let limit = applied_limit(algorithm.update(sample));
+        shared.steady.publish(algorithm.steady());
         if limit != before {
             // Under the algorithm's lock: limits are applied in the order they were made.
             let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -511,8 +518,13 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
         let limiter = &self.limiter;
         let shared = &*limiter.shared;
         let now = shared.clock.nanos(shared.bulkhead.runtime());
+        let rtt = now.saturating_sub(self.started);
+        if shared.steady.holds(rtt, self.inflight, dropped) {
+            // Nothing to learn: the update would leave the algorithm as it is.
+            return;
+        }
         limiter.learn(&Sample {
-            rtt: Duration::from_nanos(now.saturating_sub(self.started)),
+            rtt: Duration::from_nanos(rtt),
             inflight: self.inflight,
             dropped,
             at: Duration::from_nanos(now),

@@ -12,6 +12,13 @@
 //! A call that was cancelled, or whose outcome was ignored, teaches the algorithm nothing: it
 //! never counts as a fast success.
 //!
+//! Updates are made one at a time, under the algorithm's lock, except for a sample that the
+//! algorithm says ([`LimitAlgorithm::steady`]) would leave it exactly as it is: that call
+//! ends without the lock, with the same outcome. AIMD's steady samples are the successes
+//! within its timeout that found under half the limit in use (or any number, at its most
+//! limit), a fixed limit's are all of them; Vegas and Gradient2 learn from every sample, so
+//! every call of theirs takes the lock.
+//!
 //! **Time:** as a [rate limiter](crate::rate)'s. Calls are timed on the limiter's runtime's
 //! clock, except that when that clock is real time as the limiter is built
 //! ([`Clock::is_real_time`](crate::rt::Clock::is_real_time)) they are timed on the CPU's
@@ -117,11 +124,12 @@
 
 mod keyed;
 mod limiter;
+mod steady;
 
 pub use crate::admission::{Priority, QueueDiscipline};
 pub use keyed::{KeyedAdaptiveLimiter, KeyedAdaptiveLimiterBuilder};
 pub use limiter::{AdaptiveAdmit, AdaptiveLimiter, AdaptiveLimiterBuilder, AdaptivePermit};
 pub use tidewall_core::adaptive::{
     Aimd, AimdBuilder, AnyAlgorithm, FixedLimit, Gradient2, Gradient2Builder, LimitAlgorithm,
-    Sample, Vegas, VegasBuilder, WindowedGradient, WindowedGradientBuilder,
+    Sample, Steady, Vegas, VegasBuilder, WindowedGradient, WindowedGradientBuilder,
 };
