@@ -45,7 +45,9 @@ impl Steady {
         dropped: false,
     };
 
-    /// Every sample is steady: an algorithm that never moves.
+    /// Every sample with fewer than `u32::MAX` calls in flight is steady, which is every
+    /// sample short of four billion calls at once: for an algorithm that never moves. (A
+    /// limiter counts that many or more as `u32::MAX`, and the bound is strict.)
     pub const ALL: Self = Self {
         below_inflight: u32::MAX,
         rtt_within: Duration::MAX,
