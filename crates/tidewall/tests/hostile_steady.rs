@@ -338,16 +338,23 @@ fn aimd_at_min_with_failures_and_slow_successes() {
 fn aimd_sub_microsecond_timeouts_at_and_around_the_rtt_boundary() {
     for t in ODD_TIMEOUTS_NS.map(Duration::from_nanos) {
         for rtt in around(t) {
-            let mut rig = Rig::new(aimd(1, 20, 100, t));
-            rig.call(rtt, Outcome::Success);
-            assert_eq!(
-                rig.limiter.limit(),
-                if rtt > t { 18 } else { 20 },
-                "timeout {t:?} rtt {rtt:?}"
-            );
+            let mut rig = lone_success(t, rtt);
             rig.call(rtt, Outcome::Failure);
         }
     }
+}
+
+/// A fresh AIMD limiter (limit 20, `timeout`) after one lone success of `rtt`: it backed off
+/// to 18 only if the call was slower than the timeout.
+fn lone_success(timeout: Duration, rtt: Duration) -> Rig<Aimd> {
+    let mut rig = Rig::new(aimd(1, 20, 100, timeout));
+    rig.call(rtt, Outcome::Success);
+    assert_eq!(
+        rig.limiter.limit(),
+        if rtt > timeout { 18 } else { 20 },
+        "timeout {timeout:?} rtt {rtt:?}"
+    );
+    rig
 }
 
 /// Timeouts near 2^31 µs (and its multiples), hours, days: a success just over them backs off.
@@ -377,13 +384,7 @@ fn aimd_huge_timeouts_near_31_and_32_bit_microsecond_counts() {
     ]);
     for t in timeouts {
         for rtt in [t - NS, t, t + NS, t + US, t + Duration::from_secs(60)] {
-            let mut rig = Rig::new(aimd(1, 20, 100, t));
-            rig.call(rtt, Outcome::Success);
-            assert_eq!(
-                rig.limiter.limit(),
-                if rtt > t { 18 } else { 20 },
-                "timeout {t:?} rtt {rtt:?}"
-            );
+            lone_success(t, rtt);
         }
     }
 }
