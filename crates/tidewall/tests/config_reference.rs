@@ -45,14 +45,19 @@ fn config(text: &str) -> Config {
 /// The breaker `[instances.a.breaker]` with `keys` builds, and the file's text.
 fn breaker_of(keys: &str) -> (String, tidewall::breaker::CircuitBreaker) {
     let text = format!("[instances.a.breaker]\n{keys}\n");
-    let built = config(&text)
+    let built = breaker_in(&text);
+    (text, built)
+}
+
+/// The breaker instance `a` of `text` builds.
+fn breaker_in(text: &str) -> tidewall::breaker::CircuitBreaker {
+    config(text)
         .instance("a")
         .unwrap()
         .breaker()
         .unwrap()
         .build()
-        .unwrap();
-    (text, built)
+        .unwrap()
 }
 
 fn refused(text: &str) -> Invalid {
@@ -232,14 +237,7 @@ fn breaker_keys_map_to_their_builder_calls() {
         assert_eq!(built.name(), "a");
     }
     // `breaker = {}` alone is a stage with every default.
-    let empty = config("[instances.a]\nbreaker = {}\n");
-    let built = empty
-        .instance("a")
-        .unwrap()
-        .breaker()
-        .unwrap()
-        .build()
-        .unwrap();
+    let built = breaker_in("[instances.a]\nbreaker = {}\n");
     assert_eq!(
         built.policy(),
         documented_breaker().build().unwrap().policy()
@@ -294,14 +292,7 @@ fn break_schedules_follow_the_documented_delays() {
         ("break_jitter = \"full\"", Jitter::Full),
         ("break_jitter = \"equal\"", Jitter::Equal),
     ] {
-        let text = format!("[instances.a.breaker]\nbreak_backoff = \"exponential\"\n{keys}\n");
-        let built = config(&text)
-            .instance("a")
-            .unwrap()
-            .breaker()
-            .unwrap()
-            .build()
-            .unwrap();
+        let (text, built) = breaker_of(&format!("break_backoff = \"exponential\"\n{keys}"));
         assert_eq!(
             built.policy().break_backoff().jitter_mode(),
             jitter,
@@ -314,13 +305,7 @@ fn break_schedules_follow_the_documented_delays() {
         );
     }
     let text = "[instances.a.breaker]\nbreak_backoff = \"decorrelated_jitter\"\n";
-    let built = config(text)
-        .instance("a")
-        .unwrap()
-        .breaker()
-        .unwrap()
-        .build()
-        .unwrap();
+    let built = breaker_in(text);
     for seed in 0..20 {
         let mut durations = built.policy().break_durations(seed);
         for _ in 0..6 {
