@@ -38,6 +38,11 @@ impl LatencyEstimator {
         }
     }
 
+    /// Whether it estimates this quantile once this many latencies were recorded.
+    pub(super) fn measures(&self, quantile: f64, min_samples: u64) -> bool {
+        self.quantile.to_bits() == quantile.to_bits() && self.min_samples == min_samples
+    }
+
     /// Records one latency. Lock-free. One recorder at a time decays the histogram (halving
     /// each counter with a compare-and-swap, so concurrent increments are kept and nothing
     /// underflows); the refresh may race, which only blurs an estimate that is approximate

@@ -49,8 +49,8 @@ pin_project! {
 pub(crate) enum HedgeRef<'h, R, K> {
     Borrowed(&'h Hedge<R, K>),
     #[cfg_attr(
-        not(feature = "tower"),
-        allow(dead_code, reason = "built only by tower")
+        not(any(feature = "tower", feature = "serde")),
+        allow(dead_code, reason = "built by tower and by a registry's live hedge")
     )]
     Owned(Hedge<R, K>),
 }

@@ -96,7 +96,8 @@ struct Inner<R> {
     rules: RetryRules,
     // The fixed delay, and the percentile delay's fallback until enough samples exist.
     fixed: Duration,
-    estimator: LatencyEstimator,
+    // Shared with the hedge a reload builds from this one, when it measures the same quantile.
+    estimator: Arc<LatencyEstimator>,
     percentile: bool,
     rt: R,
     telemetry: crate::telemetry::PolicyTelemetry,
@@ -183,8 +184,9 @@ impl<R, K> HedgeBuilder<R, K> {
     /// call not answered at once hedges at once.
     ///
     /// The estimate is computed when `min_samples` latencies were recorded and then again
-    /// every 64 (a quantile costs a pass over every bucket, too much for each call), so a
-    /// change in latency moves the delay within 64 calls; older latencies fade as the counts
+    /// whenever the count of latencies recorded is a multiple of 64 (a quantile costs a pass
+    /// over every bucket, too much for each call), so a change in latency moves the delay
+    /// within 64 calls; older latencies fade as the counts
     /// halve whenever they hold 4,096 latencies: after the first halving, every 2,048 or so.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
@@ -326,6 +328,20 @@ impl<R, K> HedgeBuilder<R, K> {
     where
         R: Clock,
     {
+        self.build_after::<K>(None)
+    }
+
+    /// Builds the hedge that takes over from `before` (a registry's reload): it keeps
+    /// `before`'s latency estimate when the quantile and `min_samples` are the same, and its
+    /// budget, given the new ratio, when both have one (the budget keeps its window's counts).
+    /// Nothing of `before` changes unless the settings are valid.
+    pub(crate) fn build_after<K0>(
+        self,
+        before: Option<&Hedge<R, K0>>,
+    ) -> Result<Hedge<R, K>, ConfigError>
+    where
+        R: Clock,
+    {
         crate::time::positive_duration("delay", self.delay)?;
         let (quantile, min_samples) = self.percentile.unwrap_or((0.5, 1));
         if !quantile.is_finite() {
@@ -343,15 +359,14 @@ impl<R, K> HedgeBuilder<R, K> {
                 field: "min_samples",
             });
         }
-        let budget = match self.budget_ratio {
-            Some(ratio) => {
-                let policy = RetryBudgetPolicy::builder()
+        let budget_policy = match self.budget_ratio {
+            Some(ratio) => Some(
+                RetryBudgetPolicy::builder()
                     .ratio(ratio)
                     .min_per_second(0)
                     .build()
-                    .map_err(as_budget_ratio)?;
-                Some(RetryBudget::new(policy, self.rt.now()))
-            }
+                    .map_err(as_budget_ratio)?,
+            ),
             None => None,
         };
         let attempts = self
@@ -369,13 +384,31 @@ impl<R, K> HedgeBuilder<R, K> {
             .max_delay(self.delay)
             .max_attempts(attempts)
             .build()?;
+        // Valid: from here on nothing fails, so `before`'s budget may take the new ratio.
+        let before = before.map(|hedge| &*hedge.inner);
+        let budget =
+            budget_policy.map(
+                |policy| match before.and_then(|inner| inner.rules.budget.clone()) {
+                    Some(kept) => {
+                        kept.reconfigure(policy);
+                        kept
+                    }
+                    None => RetryBudget::new(policy, self.rt.now()),
+                },
+            );
+        let estimator = before
+            .filter(|inner| inner.estimator.measures(quantile, min_samples))
+            .map_or_else(
+                || Arc::new(LatencyEstimator::new(quantile, min_samples)),
+                |inner| Arc::clone(&inner.estimator),
+            );
         let mut rules = RetryRules::new(schedule);
         rules.budget = budget;
         Ok(Hedge {
             inner: Arc::new(Inner {
                 rules,
                 fixed: self.delay,
-                estimator: LatencyEstimator::new(quantile, min_samples),
+                estimator,
                 percentile: self.percentile.is_some(),
                 rt: self.rt,
                 telemetry: crate::telemetry::PolicyTelemetry::new("hedge", &self.name, &[])
@@ -397,15 +430,23 @@ impl<R: Clock, K> Hedge<R, K> {
         HedgeFuture::new(future::HedgeRef::Borrowed(self), op)
     }
 
-    /// Like [`call`](Self::call), the future owning a handle to the policy (a tower
-    /// response future must not borrow its service).
-    #[cfg(feature = "tower")]
-    pub(crate) fn call_owned<F>(&self, op: Idempotent<F>) -> HedgeFuture<'static, F, R, K>
-    where
-        F: MakeAttempt,
-        K: Clone,
-    {
-        HedgeFuture::new(future::HedgeRef::Owned(self.clone()), op)
+    /// Like [`call`](Self::call), the future owning this handle to the policy (a tower
+    /// response future must not borrow its service, nor a live hedge's the one it replaced).
+    #[cfg(any(feature = "tower", feature = "serde"))]
+    pub(crate) fn into_call<F: MakeAttempt>(
+        self,
+        op: Idempotent<F>,
+    ) -> HedgeFuture<'static, F, R, K> {
+        HedgeFuture::new(future::HedgeRef::Owned(self), op)
+    }
+
+    /// The same policy (its estimate and budget), judging attempts with `classify`.
+    #[cfg(feature = "serde")]
+    pub(crate) fn judged_by<K2>(&self, classify: K2) -> Hedge<R, K2> {
+        Hedge {
+            inner: Arc::clone(&self.inner),
+            classify,
+        }
     }
 
     /// The delay a call starting now would hedge after.

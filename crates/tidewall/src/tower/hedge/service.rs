@@ -47,7 +47,7 @@ where
         let template = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, template.clone());
         let attempts = Attempts::new(ready, template, req);
-        ResponseFuture::new(self.hedge.call_owned(Idempotent(attempts)))
+        ResponseFuture::new(self.hedge.clone().into_call(Idempotent(attempts)))
     }
 }
 
