@@ -282,6 +282,28 @@ fn adaptive() -> BoxedStrategy<AdaptiveConfig> {
         .boxed()
 }
 
+fn hedge() -> BoxedStrategy<tidewall::config::HedgeConfig> {
+    (
+        proptest::option::of(duration()),
+        proptest::option::of(prop_oneof![small(), Just(u32::MAX), Just(u32::MAX - 1)]),
+        proptest::option::weighted(0.5, toggle(ratio())),
+        proptest::option::weighted(0.4, prop_oneof![1u64..=1000, Just(0), any::<u64>()]),
+        proptest::option::weighted(0.4, toggle(ratio())),
+    )
+        .prop_map(
+            |(delay, max_hedges, percentile, min_samples, budget_ratio)| {
+                let mut h = tidewall::config::HedgeConfig::default();
+                h.delay = delay;
+                h.max_hedges = max_hedges;
+                h.percentile = percentile;
+                h.min_samples = min_samples;
+                h.budget_ratio = budget_ratio;
+                h
+            },
+        )
+        .boxed()
+}
+
 #[cfg(feature = "chaos")]
 fn chaos() -> BoxedStrategy<tidewall::config::ChaosConfig> {
     (
@@ -321,9 +343,10 @@ fn policies() -> BoxedStrategy<Policies> {
         proptest::option::of(retry()),
         proptest::option::of(budget()),
         proptest::option::weighted(0.3, adaptive()),
+        proptest::option::weighted(0.3, hedge()),
     )
         .prop_map(
-            |(deadline, timeout, breaker, bulkhead, rate_limit, retry, budget, adaptive)| {
+            |(deadline, timeout, breaker, bulkhead, rate_limit, retry, budget, adaptive, hedge)| {
                 let mut p = Policies::default();
                 p.deadline = deadline;
                 p.attempt_timeout = timeout;
@@ -333,6 +356,7 @@ fn policies() -> BoxedStrategy<Policies> {
                 p.retry = retry;
                 p.budget = budget;
                 p.adaptive = adaptive;
+                p.hedge = hedge;
                 p
             },
         );

@@ -761,6 +761,10 @@ impl<'a> Instance<'a> {
         if present(adaptive) {
             settle(adaptive, self.check_adaptive(absent(adaptive)))?;
         }
+        let hedge = |p: &Policies| p.hedge.is_some();
+        if present(hedge) {
+            settle(hedge, self.hedge_on(()).map(drop))?;
+        }
         #[cfg(feature = "chaos")]
         {
             let chaos = |p: &Policies| p.chaos.is_some();

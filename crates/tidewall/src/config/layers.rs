@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::human::opt_duration;
 use super::sections::{
-    AdaptiveConfig, BreakerConfig, BudgetConfig, BulkheadConfig, KeysConfig, RateLimitConfig,
-    RetryConfig,
+    AdaptiveConfig, BreakerConfig, BudgetConfig, BulkheadConfig, HedgeConfig, KeysConfig,
+    RateLimitConfig, RetryConfig,
 };
 use super::{Instance, Invalid, Problem, Toggle, key};
 
@@ -105,6 +105,9 @@ pub struct Policies {
     /// `[.adaptive]`: an adaptive concurrency limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveConfig>,
+    /// `[.hedge]`: hedging, for [`Registry::hedge`](super::Registry::hedge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeConfig>,
     /// `[.chaos]`: fault injection (feature `chaos`).
     #[cfg(feature = "chaos")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

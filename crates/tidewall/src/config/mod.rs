@@ -87,7 +87,8 @@
 //!
 //! A [`Registry`] builds the policies of a configuration once and hands out shared handles by
 //! name: breakers, bulkheads, adaptive limiters ([`AdaptiveConfig`]), rate limiters, retry
-//! budgets and (feature `chaos`) fault injectors (`ChaosConfig`, [`Registry::chaos`]); an instance's whole pipeline
+//! budgets, hedges ([`HedgeConfig`], [`Registry::hedge`], a [`LiveHedge`]) and (feature
+//! `chaos`) fault injectors (`ChaosConfig`, [`Registry::chaos`]); an instance's whole pipeline
 //! ([`Registry::pipeline`], a [`LivePipeline`]); and keyed tables, a policy per key
 //! ([`Registry::keyed_breaker`] and its siblings, bounded by the instance's `[keys]`); and
 //! (feature `http`) an instance as an HTTP client, its sections per host
@@ -115,6 +116,7 @@ mod adaptive;
 mod chaos;
 mod discipline;
 mod error;
+mod hedge;
 #[cfg(feature = "http")]
 mod http;
 mod human;
@@ -129,6 +131,7 @@ mod watch;
 
 pub use adaptive::ConfiguredAdaptive;
 pub use error::{Invalid, Problem};
+pub use hedge::LiveHedge;
 pub use human::Toggle;
 pub use instance::Instance;
 pub use keyed::KeyedTable;
@@ -139,7 +142,7 @@ pub use registry::{Registry, RegistryBuilder, Reload};
 pub use sections::ChaosConfig;
 pub use sections::{
     AdaptiveConfig, AlgorithmKind, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig,
-    DisciplineKind, JitterKind, KeysConfig, RateLimitConfig, RetryConfig,
+    DisciplineKind, HedgeConfig, JitterKind, KeysConfig, RateLimitConfig, RetryConfig,
 };
 #[cfg(feature = "http")]
 pub use sections::{ClientErrors, HttpConfig};

@@ -17,8 +17,8 @@ use crate::telemetry::Listener;
 use std::sync::Arc;
 
 /// The policies of a configuration, by instance name: one circuit breaker, bulkhead,
-/// adaptive limiter, rate limiter and retry budget per name, shared by everyone who asks for
-/// it.
+/// adaptive limiter, rate limiter, retry budget and hedge per name, shared by everyone who
+/// asks for it.
 ///
 /// Building the registry validates the whole configuration and builds every policy an
 /// instance has (its own sections and its base's), so they are there to list from the start
@@ -84,6 +84,7 @@ pub struct Registry<R = DefaultRuntime> {
     limiters: Mutex<BTreeMap<Name, RateLimiter<R>>>,
     budgets: Mutex<BTreeMap<Name, RetryBudget>>,
     adaptive: Mutex<BTreeMap<Name, ConfiguredAdaptive<R>>>,
+    pub(super) hedges: super::hedge::Cells<R>,
     #[cfg(feature = "chaos")]
     pub(super) chaos: super::chaos::Handles<R>,
     /// Locked before any policy map: making a pipeline makes its policies.
@@ -271,6 +272,7 @@ impl<R> RegistryBuilder<R> {
             limiters: Mutex::default(),
             budgets: Mutex::default(),
             adaptive: Mutex::default(),
+            hedges: Mutex::default(),
             #[cfg(feature = "chaos")]
             chaos: Mutex::default(),
             pipelines: Mutex::default(),
@@ -445,6 +447,7 @@ impl<R: Clock> Registry<R> {
                 + lock(&self.limiters).len()
                 + lock(&self.budgets).len()
                 + lock(&self.adaptive).len()
+                + lock(&self.hedges).len()
                 + self.chaos_held()
                 + self.clients_held()
         };
@@ -475,6 +478,9 @@ impl<R: Clock> Registry<R> {
             }
             if plain(|p| p.adaptive.is_some()) {
                 self.adaptive_limiter(name)?;
+            }
+            if has(|p| p.hedge.is_some()) {
+                self.hedge(name)?;
             }
             #[cfg(feature = "chaos")]
             if has(|p| p.chaos.is_some()) {
@@ -514,7 +520,10 @@ impl<R: Clock> Registry<R> {
     ///   its algorithm and what it learned unless the algorithm changed (another kind, or
     ///   other values for its limits or its own keys): then it starts learning again from
     ///   the new initial limit ([`Reload::relearning`]). Callers already queued keep the
-    ///   wait they started with.
+    ///   wait they started with;
+    /// * a hedge takes its new delay and hedges for the calls that start after the reload,
+    ///   and keeps its latency estimate and its budget, which takes a new ratio at once (see
+    ///   [`LiveHedge`](super::LiveHedge)).
     ///
     /// Handles got before the reload are the same policies: they see the new settings.
     /// Policies of instances new in `config` are built; those of instances it no longer
@@ -584,6 +593,7 @@ impl<R: Clock> Registry<R> {
         let limiters = lock(&self.limiters);
         let budgets = lock(&self.budgets);
         let adaptive = lock(&self.adaptive);
+        let hedges = lock(&self.hedges);
         #[cfg(feature = "chaos")]
         let chaos = lock(&self.chaos);
         #[cfg(feature = "http")]
@@ -608,7 +618,7 @@ impl<R: Clock> Registry<R> {
                 .chain(bulkheads.keys())
                 .chain(limiters.keys()),
         );
-        held.extend(budgets.keys().chain(adaptive.keys()));
+        held.extend(budgets.keys().chain(adaptive.keys()).chain(hedges.keys()));
         #[cfg(feature = "chaos")]
         held.extend(chaos.keys());
         held.extend(held_tables.iter().flat_map(|table| table.keys()));
@@ -654,6 +664,7 @@ impl<R: Clock> Registry<R> {
             places(limiters.len(), &|n| limiters.contains_key(n), Some(0)),
             places(budgets.len(), &|n| budgets.contains_key(n), Some(2)),
             places(adaptive.len(), &|n| adaptive.contains_key(n), Some(4)),
+            places(hedges.len(), &|n| hedges.contains_key(n), None),
             #[cfg(feature = "chaos")]
             places(chaos.len(), &|n| chaos.contains_key(n), None),
             #[cfg(feature = "http")]
@@ -711,6 +722,7 @@ impl<R: Clock> Registry<R> {
                 ))
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
+        let hedge_plans = super::hedge::plans(&hedges, &config)?;
         #[cfg(feature = "chaos")]
         let chaos_plans = super::chaos::plans(&chaos, &config)?;
         #[cfg(feature = "http")]
@@ -727,6 +739,7 @@ impl<R: Clock> Registry<R> {
             limiters,
             budgets,
             adaptive,
+            hedges,
             held_tables,
         ));
         #[cfg(feature = "chaos")]
@@ -769,6 +782,11 @@ impl<R: Clock> Registry<R> {
         }
         for (budget, policy) in budget_plans {
             steps.run(|| budget.reconfigure(policy));
+            reload.retuned += 1;
+        }
+        for (cell, settings) in hedge_plans {
+            let settings = self.live_settings(settings);
+            steps.run(|| applied(cell.retune(settings)));
             reload.retuned += 1;
         }
         #[cfg(feature = "chaos")]

@@ -282,6 +282,50 @@ section! {
 }
 
 section! {
+    /// `[<layer>.hedge]`: a [`Hedge`](crate::hedge::Hedge), got by name with
+    /// [`Registry::hedge`](super::Registry::hedge): when a call is slow, a second copy of it,
+    /// and the first answer wins. Keys as the builder's setters, defaults as its own.
+    ///
+    /// `min_samples` without any layer setting `percentile` would be unused: it is refused
+    /// where an instance (or a name asked of the registry) takes it, at its key path. With
+    /// `percentile = "off"` it waits, unused, for a layer that turns it on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::config::{Config, Toggle};
+    ///
+    /// let config = Config::from_toml(r#"
+    ///     [instances.search.hedge]
+    ///     delay = "50ms"
+    ///     percentile = 0.95
+    ///     min_samples = 200
+    ///     max_hedges = 1
+    ///     budget_ratio = 0.05
+    /// "#)?;
+    /// let hedge = config.instances["search"].hedge.as_ref().unwrap();
+    /// assert_eq!(hedge.delay, Some(Duration::from_millis(50)));
+    /// assert_eq!(hedge.percentile, Some(Toggle::On(0.95)));
+    /// # Ok::<(), tidewall::config::Invalid>(())
+    /// ```
+    pub struct HedgeConfig {
+        /// Hedge after this long (default 100 ms); with a `percentile`, until the estimate
+        /// has `min_samples` latencies.
+        #[serde(with = "opt_duration")]
+        delay: Duration,
+        /// Extra attempts per call (default 1; 0 sends none).
+        max_hedges: u32,
+        /// Hedge after this quantile (in (0, 1]) of recent successful latencies, or `"off"`
+        /// (the default: after the fixed `delay`).
+        percentile: Toggle<f64>,
+        /// Latencies recorded before the percentile is used (default 100).
+        min_samples: u64,
+        /// Hedges may add at most this share of the calls (0, or 0.000001 ..= 1000), or
+        /// `"off"` (the default: no budget).
+        budget_ratio: Toggle<f64>,
+    }
+}
+
+section! {
     /// `[<layer>.adaptive]`: an [`AdaptiveLimiter`](crate::adaptive::AdaptiveLimiter), a
     /// limit on calls in flight that an algorithm sets from their latency and drops.
     /// `algorithm` has no default: some layer must choose one. Each algorithm takes its own
