@@ -32,6 +32,7 @@ fuzz_target!(|text: &str| {
     let _ = registry.rate_limiter("undeclared");
     let _ = registry.retry_budget("undeclared");
     let _ = registry.adaptive_limiter("undeclared");
+    let _ = registry.hedge("undeclared");
     let _ = registry.chaos("undeclared");
     // A stack of an undeclared name would have no stage: refused, with its own problem.
     if !config.instances.contains_key("undeclared") {
@@ -61,6 +62,7 @@ fuzz_target!(|text: &str| {
         let _ = registry.keyed_bulkhead::<u64>(name);
         let _ = registry.keyed_rate_limiter::<u64>(name);
         let _ = registry.keyed_adaptive_limiter::<u64>(name);
+        let _ = registry.hedge(name);
         // And its HTTP client, whose sections are per host.
         registry
             .http_client(name)
