@@ -38,6 +38,13 @@ fn config(text: &str) -> Config {
     Config::from_toml(text).unwrap_or_else(|e| panic!("a valid configuration: {e}\n{text}"))
 }
 
+/// Instance `s` hedging after 50 ms, its hedges paid for by a budget of `ratio`.
+fn budgeted(ratio: f64) -> Config {
+    config(&format!(
+        "[instances.s.hedge]\ndelay = \"50ms\"\nbudget_ratio = {ratio}\n"
+    ))
+}
+
 fn registry(text: &str) -> Registry {
     Registry::new(config(text)).expect("a valid registry")
 }
@@ -1889,12 +1896,7 @@ async fn a_snapshot_from_before_a_reload_shares_the_budget_window_with_its_succe
 
 #[tokio::test(start_paused = true)]
 async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
-    let text = |ratio: f64| {
-        config(&format!(
-            "[instances.s.hedge]\ndelay = \"50ms\"\nbudget_ratio = {ratio}\n"
-        ))
-    };
-    let (reg, heard) = listening_to(text(0.5));
+    let (reg, heard) = listening_to(budgeted(0.5));
     let s = reg.hedge("s").unwrap();
     fast_calls(&s, 10, 1).await;
     let running = {
@@ -1902,7 +1904,7 @@ async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
         tokio::spawn(async move { hedged(&s, stuck).await })
     };
     sleep(10 * MS).await;
-    reg.reload(text(0.0)).unwrap();
+    reg.reload(budgeted(0.0)).unwrap();
     assert_eq!(
         running.await.unwrap(),
         (Ok(1), 1),
@@ -1913,12 +1915,7 @@ async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_running_call_meets_a_raised_budget_ratio_at_once() {
-    let text = |ratio: f64| {
-        config(&format!(
-            "[instances.s.hedge]\ndelay = \"50ms\"\nbudget_ratio = {ratio}\n"
-        ))
-    };
-    let (reg, heard) = listening_to(text(0.0));
+    let (reg, heard) = listening_to(budgeted(0.0));
     let s = reg.hedge("s").unwrap();
     fast_calls(&s, 10, 1).await;
     let running = {
@@ -1926,7 +1923,7 @@ async fn a_running_call_meets_a_raised_budget_ratio_at_once() {
         tokio::spawn(async move { hedged(&s, stuck).await })
     };
     sleep(10 * MS).await;
-    reg.reload(text(0.5)).unwrap();
+    reg.reload(budgeted(0.5)).unwrap();
     assert_eq!(
         running.await.unwrap(),
         (Ok(2), 2),
@@ -1937,16 +1934,11 @@ async fn a_running_call_meets_a_raised_budget_ratio_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_snapshot_from_before_a_reload_is_judged_by_the_new_budget_ratio() {
-    let text = |ratio: f64| {
-        config(&format!(
-            "[instances.s.hedge]\ndelay = \"50ms\"\nbudget_ratio = {ratio}\n"
-        ))
-    };
-    let reg = Registry::new(text(0.5)).unwrap();
+    let reg = Registry::new(budgeted(0.5)).unwrap();
     let live = reg.hedge("s").unwrap();
     fast_calls(&live, 10, 1).await;
     let old = live.hedge();
-    reg.reload(text(0.0)).unwrap();
+    reg.reload(budgeted(0.0)).unwrap();
     let copies = AtomicU32::new(0);
     let answer = old
         .call(Idempotent(|| {
@@ -1966,21 +1958,16 @@ async fn a_snapshot_from_before_a_reload_is_judged_by_the_new_budget_ratio() {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_budget_in_between_keeps_the_window_for_when_the_ratio_comes_back() {
-    let text = |ratio: f64| {
-        config(&format!(
-            "[instances.s.hedge]\ndelay = \"50ms\"\nbudget_ratio = {ratio}\n"
-        ))
-    };
-    let reg = Registry::new(text(0.1)).unwrap();
+    let reg = Registry::new(budgeted(0.1)).unwrap();
     let s = reg.hedge("s").unwrap();
     fast_calls(&s, 20, 1).await;
-    reg.reload(text(0.0)).unwrap();
+    reg.reload(budgeted(0.0)).unwrap();
     assert_eq!(
         hedged(&s, stuck).await,
         (Ok(1), 1),
         "a zero budget sends no hedge"
     );
-    reg.reload(text(0.1)).unwrap();
+    reg.reload(budgeted(0.1)).unwrap();
     assert_eq!(
         hedged(&s, stuck).await,
         (Ok(2), 2),
