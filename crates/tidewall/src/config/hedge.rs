@@ -163,6 +163,27 @@ impl<R: Clock, K> LiveHedge<R, K> {
 
     /// Judges attempts with `classifier` instead (see [`HedgeBuilder::classify`]). The handle
     /// keeps it across reloads; other handles keep theirs.
+    ///
+    /// ```
+    /// use tidewall::classify::ErrorsWhere;
+    /// use tidewall::config::{Config, Registry};
+    /// use tidewall::hedge::Idempotent;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::new(Config::from_toml("[instances.search.hedge]\nmax_hedges = 2\n")?)?;
+    /// // Only an overloaded copy is worth another; "not found" ends the call at once.
+    /// let search = registry.hedge("search")?.classify(ErrorsWhere(|e: &&str| *e == "overloaded"));
+    /// let mut copies = 0;
+    /// let answer = search
+    ///     .call(Idempotent(|| {
+    ///         copies += 1;
+    ///         async { Err::<u32, _>("not found") }
+    ///     }))
+    ///     .await;
+    /// assert_eq!((answer, copies), (Err("not found"), 1));
+    /// # Ok(()) }
+    /// ```
     pub fn classify<K2>(self, classifier: K2) -> LiveHedge<R, K2> {
         LiveHedge {
             current: self.current,
@@ -188,7 +209,8 @@ impl<R: Clock> Cell<R> {
         }
     }
 
-    /// Replaces the hedge with one `settings` build, keeping what the one in force learned.
+    /// Replaces the hedge with the one `settings` build, which keeps what the hedge in force
+    /// learned.
     pub(super) fn retune(&self, settings: HedgeBuilder<R>) -> Result<(), crate::ConfigError> {
         let next = settings.build_after(Some(&*self.0.load_full()))?;
         self.0.store(next);
@@ -225,7 +247,17 @@ impl<R: Clock> Registry<R> {
         Ok(cell.handle())
     }
 
-    /// Every hedge so far, by name.
+    /// Every hedge so far, by name: the declared instances' with a `[hedge]` section from the
+    /// start, and any other name's once asked for.
+    ///
+    /// ```
+    /// use tidewall::config::{Config, Registry};
+    ///
+    /// let registry = Registry::new(Config::from_toml("[instances.search.hedge]\n[instances.pay]\n")?)?;
+    /// let names: Vec<String> = registry.hedges().iter().map(|(name, _)| name.to_string()).collect();
+    /// assert_eq!(names, ["search"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn hedges(&self) -> Vec<(Name, LiveHedge<R>)> {
         super::registry::listed(&self.hedges)
             .into_iter()
