@@ -159,15 +159,15 @@ where
         }
         loop {
             let next = Pin::new(&mut self.running).poll_next(cx);
+            if let Poll::Ready(Some((_, Ok(_)))) = next {
+                // Cancel the losers now, not whenever the race itself is dropped: before any
+                // drop panic comes out (the winner's own included), so none outlives it.
+                self.running.clear();
+            }
             // A finished contestant is dropped by the set as it yields.
             self.raise_drop_panic();
             match next {
-                Poll::Ready(Some((_, Ok(value)))) => {
-                    // Cancel the losers now, not whenever the race itself is dropped.
-                    self.running.clear();
-                    self.raise_drop_panic();
-                    return Poll::Ready(Ok(value));
-                }
+                Poll::Ready(Some((_, Ok(value)))) => return Poll::Ready(Ok(value)),
                 Poll::Ready(Some((index, Err(error)))) => self.errors[index] = Some(error),
                 Poll::Ready(None) => {
                     let errors = std::mem::take(&mut self.errors)
