@@ -308,3 +308,25 @@ async fn a_handle_keeps_its_classifier_across_reloads() {
         "not worth another copy, after the reload too"
     );
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn an_http_client_instance_has_its_hedge_too() {
+    let registry = Registry::new(config(
+        "[instances.api]\nhttp = {}\n[instances.api.retry]\nmax_attempts = 2\n\
+         [instances.api.hedge]\ndelay = \"20ms\"\n",
+    ))
+    .unwrap();
+    assert!(registry.http_client("api").is_ok());
+    let listed: Vec<String> = registry
+        .hedges()
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(listed, ["api"]);
+    let hedge = registry.hedge("api").unwrap();
+    assert_eq!(
+        hedged(&hedge, |n| if n == 1 { 1_000 } else { 10 }).await,
+        (Ok(2), 2)
+    );
+}
