@@ -91,6 +91,10 @@ impl Instance<'_> {
 /// `Err` may be hedged) unless [`classify`](Self::classify) sets another, which the handle
 /// keeps across reloads.
 ///
+/// A tower stack takes a [`Hedge`]: `HedgeLayer::new(live.hedge())` hedges with the one in
+/// force when the layer is made, and does not follow later reloads (as a `RetryLayer` made
+/// from [`Instance::backoff`] does not); calls through the handle do.
+///
 /// ```
 /// use std::time::Duration;
 /// use tidewall::config::{Config, Registry};
