@@ -1894,9 +1894,16 @@ async fn a_snapshot_from_before_a_reload_shares_the_budget_window_with_its_succe
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
-    let (reg, heard) = listening_to(budgeted(0.5));
+/// Ten fast calls under a budget of `from`, then a stuck call, then a reload to `to` while it
+/// runs: what it answers (and how many copies ran), and what the listener heard.
+async fn running_call_across_a_ratio_change(
+    from: f64,
+    to: f64,
+) -> (
+    (Result<u32, ()>, u32),
+    Vec<(&'static str, String, Option<String>, String)>,
+) {
+    let (reg, heard) = listening_to(budgeted(from));
     let s = reg.hedge("s").unwrap();
     fast_calls(&s, 10, 1).await;
     let running = {
@@ -1904,32 +1911,32 @@ async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
         tokio::spawn(async move { hedged(&s, stuck).await })
     };
     sleep(10 * MS).await;
-    reg.reload(budgeted(0.0)).unwrap();
+    reg.reload(budgeted(to)).unwrap();
+    let answered = running.await.unwrap();
+    let heard = heard.lock().unwrap().clone();
+    (answered, heard)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_call_meets_a_lowered_budget_ratio_at_once() {
+    let (answered, heard) = running_call_across_a_ratio_change(0.5, 0.0).await;
     assert_eq!(
-        running.await.unwrap(),
+        answered,
         (Ok(1), 1),
         "one budget, its new ratio at once: the running call's hedge is refused"
     );
-    assert_eq!(*heard.lock().unwrap(), vec![ev("s", "budget")]);
+    assert_eq!(heard, vec![ev("s", "budget")]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_running_call_meets_a_raised_budget_ratio_at_once() {
-    let (reg, heard) = listening_to(budgeted(0.0));
-    let s = reg.hedge("s").unwrap();
-    fast_calls(&s, 10, 1).await;
-    let running = {
-        let s = s.clone();
-        tokio::spawn(async move { hedged(&s, stuck).await })
-    };
-    sleep(10 * MS).await;
-    reg.reload(budgeted(0.5)).unwrap();
+    let (answered, heard) = running_call_across_a_ratio_change(0.0, 0.5).await;
     assert_eq!(
-        running.await.unwrap(),
+        answered,
         (Ok(2), 2),
         "the window kept, the new ratio at once: the running call's hedge is paid for"
     );
-    assert_eq!(*heard.lock().unwrap(), vec![ev("s", "launched 1")]);
+    assert_eq!(heard, vec![ev("s", "launched 1")]);
 }
 
 #[tokio::test(start_paused = true)]
