@@ -3,14 +3,15 @@
 //! the queue is served at once, the pipeline is made anew with the new deadline, and every
 //! call is answered); and
 //! an adaptive limit and a fault injector by name, chaos switched on by a reload and the
-//! limit learning from the latency it injects.
+//! limit learning from the latency it injects; and a hedge by name, turned off by a reload.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tidewall::classify::{DefaultClassifier, WithRetryAfter};
 use tidewall::config::{Config, LivePipeline, Registry};
+use tidewall::hedge::Idempotent;
 
 use super::bounded::{secs, until, within};
 use super::client::{Client, HttpError, Net, since};
@@ -47,7 +48,83 @@ pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Secti
     vec![
         reload_mid_traffic(&rt, server, size).await,
         game_day(&rt, server).await,
+        hedge_by_name(&rt, server).await,
     ]
+}
+
+/// The hedge's delay, and how long the first copy of each of its calls takes at the server
+/// (any later copy takes 5 ms).
+const HEDGE_AFTER: Duration = Duration::from_millis(20);
+const SLOW_COPY: Duration = Duration::from_millis(300);
+
+/// The hedge instance, with `max_hedges` hedges per call.
+fn hedge_config(max_hedges: u32) -> Config {
+    let text = format!(
+        "[instances.tour-hedge.hedge]\n\
+         delay = \"{}ms\"\n\
+         max_hedges = {max_hedges}\n",
+        HEDGE_AFTER.as_millis()
+    );
+    Config::from_toml(&text).expect("a valid configuration")
+}
+
+/// A hedge by name: a call whose first copy is slow is answered by the hedge sent after the
+/// configured delay; a reload to `max_hedges = 0` reaches the same handle, and the same call
+/// then waits for its one slow copy.
+async fn hedge_by_name<R: Net>(rt: &R, server: &Server) -> Section {
+    let mut s = Section::new(
+        "config: a hedge by name, turned off by a reload",
+        "[hedge] by name; registry.hedge(name).call(Idempotent(op)); Registry::reload",
+    );
+    settle(rt, server).await;
+    let registry = Registry::builder(hedge_config(1))
+        .runtime(rt.clone())
+        .build()
+        .expect("a valid registry");
+    let hedge = registry.hedge("tour-hedge").expect("a declared hedge");
+    let client = Client::new(rt.clone(), server.addr);
+    let slow = format!("/delay/{}", SLOW_COPY.as_millis());
+    // One call: its answer, the copies it sent, and how long it took.
+    let call = || async {
+        let copies = AtomicUsize::new(0);
+        let start = rt.now();
+        let answered = hedge
+            .call(Idempotent(|| {
+                let first = copies.fetch_add(1, SeqCst) == 0;
+                client.get(if first { &slow } else { "/delay/5" })
+            }))
+            .await
+            .is_ok();
+        (answered, copies.load(SeqCst), since(rt, start))
+    };
+    let hedged = call().await;
+    let reload = registry.reload(hedge_config(0));
+    let plain = call().await;
+    s.metric(
+        "first copy / any later copy",
+        format!("{} / 5 ms at the server", ms(SLOW_COPY)),
+    )
+    .metric(
+        "hedged after",
+        format!("{} (max_hedges 1 → 0 by a reload)", ms(HEDGE_AFTER)),
+    )
+    .metric(
+        "call before / after the reload",
+        format!("{} / {}", ms(hedged.2), ms(plain.2)),
+    )
+    .metric(
+        "copies sent before / after",
+        format!("{} / {}", hedged.1, plain.1),
+    );
+    s.check(
+        "the slow first copy was hedged after the configured delay, and the fast copy answered",
+        hedged.0 && hedged.1 == 2 && hedged.2 >= HEDGE_AFTER && hedged.2 < SLOW_COPY,
+    );
+    s.check(
+        "the reload reached the handle: the same call sent one copy and waited for it",
+        reload.is_ok_and(|r| r.retuned == 1) && plain.0 && plain.1 == 1 && plain.2 >= SLOW_COPY,
+    );
+    s
 }
 
 /// The latency the game day's fault injector adds to every call it draws for.
