@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::instance::{Checking, Get, checked};
+use super::live::Cell;
 use super::sections::HedgeConfig;
 use super::{Config, Instance, Invalid, Problem, Registry, key};
 use crate::Name;
@@ -20,10 +21,10 @@ const HEDGE_KEYS: &[(&str, &str)] = &[("quantile", "percentile")];
 const DEFAULT_MIN_SAMPLES: u64 = 100;
 
 /// The hedges a registry holds, by name.
-pub(super) type Cells<R> = Mutex<BTreeMap<Name, Cell<R>>>;
+pub(super) type Cells<R> = Mutex<BTreeMap<Name, Cell<Hedge<R>>>>;
 
 /// A held hedge and the settings a reload gives it.
-pub(super) type Plan<R> = (Cell<R>, HedgeBuilder<()>);
+pub(super) type Plan<R> = (Cell<Hedge<R>>, HedgeBuilder<()>);
 
 impl Instance<'_> {
     /// The hedging policy, on the default runtime (choose another with
@@ -196,19 +197,10 @@ impl<R: Clock, K> LiveHedge<R, K> {
     }
 }
 
-/// A registry's record of a hedge: the cell its handles read, replaced on reload.
-pub(super) struct Cell<R>(Arc<Swap<Hedge<R>>>);
-
-impl<R> Clone for Cell<R> {
-    fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
-    }
-}
-
-impl<R: Clock> Cell<R> {
+impl<R: Clock> Cell<Hedge<R>> {
     fn handle(&self) -> LiveHedge<R> {
         LiveHedge {
-            current: Arc::clone(&self.0),
+            current: self.shared(),
             classify: DefaultClassifier,
         }
     }
@@ -216,8 +208,7 @@ impl<R: Clock> Cell<R> {
     /// Replaces the hedge with the one `settings` build, which keeps what the hedge in force
     /// learned.
     pub(super) fn retune(&self, settings: HedgeBuilder<R>) -> Result<(), crate::ConfigError> {
-        let next = settings.build_after(Some(&*self.0.load_full()))?;
-        self.0.store(next);
+        self.replace(settings.build_after(Some(&*self.current()))?);
         Ok(())
     }
 }
@@ -242,11 +233,12 @@ impl<R: Clock> Registry<R> {
     /// As [`breaker`](Self::breaker).
     pub fn hedge(&self, name: &str) -> Result<LiveHedge<R>, Invalid> {
         let cell = self.held_or_made(&self.hedges, name, |config| {
+            let settings = config.instance(name)?.hedge_on(())?;
             let hedge = self
-                .hedge_settings(config, name)?
+                .live_settings(settings)
                 .build()
                 .map_err(|e| Invalid::new(hedge_path(name), Problem::Rule(e)))?;
-            Ok(Cell(Arc::new(Swap::new(hedge))))
+            Ok(Cell::new(hedge))
         })?;
         Ok(cell.handle())
     }
@@ -269,11 +261,6 @@ impl<R: Clock> Registry<R> {
             .collect()
     }
 
-    /// The settings `config` gives the hedge `name`, on the registry's runtime and listener.
-    fn hedge_settings(&self, config: &Config, name: &str) -> Result<HedgeBuilder<R>, Invalid> {
-        Ok(self.live_settings(config.instance(name)?.hedge_on(())?))
-    }
-
     /// `settings` on the registry's runtime, telling the registry's listener.
     pub(super) fn live_settings(&self, settings: HedgeBuilder<()>) -> HedgeBuilder<R> {
         let settings = settings.runtime(self.runtime().clone());
@@ -290,7 +277,7 @@ fn hedge_path(name: &str) -> String {
 
 /// The settings `config` gives each hedge held, checked.
 pub(super) fn plans<R: Clock>(
-    held: &MutexGuard<'_, BTreeMap<Name, Cell<R>>>,
+    held: &MutexGuard<'_, BTreeMap<Name, Cell<Hedge<R>>>>,
     config: &Config,
 ) -> Result<Vec<Plan<R>>, Invalid> {
     held.iter()

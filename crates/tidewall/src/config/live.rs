@@ -164,27 +164,40 @@ impl<R: Clock, K> LivePipeline<R, K> {
     }
 }
 
-/// A registry's record of a pipeline: the cell its handles read, replaced on reload.
-pub(super) struct Cell<R>(Arc<Swap<ConfiguredPipeline<R>>>);
+/// A registry's record of a policy that is made anew on reload (a pipeline, a hedge): the
+/// cell its live handles read, replaced whole.
+pub(super) struct Cell<T>(Arc<Swap<T>>);
 
-impl<R> Clone for Cell<R> {
+impl<T> Clone for Cell<T> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
     }
 }
 
-impl<R: Clock> Cell<R> {
-    pub(super) fn new(pipeline: ConfiguredPipeline<R>) -> Self {
-        Self(Arc::new(Swap::new(pipeline)))
+impl<T> Cell<T> {
+    pub(super) fn new(value: T) -> Self {
+        Self(Arc::new(Swap::new(value)))
     }
 
-    pub(super) fn replace(&self, pipeline: ConfiguredPipeline<R>) {
-        self.0.store(pipeline);
+    pub(super) fn replace(&self, value: T) {
+        self.0.store(value);
     }
 
+    /// The value in force now.
+    pub(super) fn current(&self) -> Arc<T> {
+        self.0.load_full()
+    }
+
+    /// What a handle reads: the cell itself, shared.
+    pub(super) fn shared(&self) -> Arc<Swap<T>> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl<R: Clock> Cell<ConfiguredPipeline<R>> {
     pub(super) fn handle(&self) -> LivePipeline<R> {
         LivePipeline {
-            current: Arc::clone(&self.0),
+            current: self.shared(),
             classify: DefaultClassifier,
         }
     }

@@ -88,7 +88,7 @@ pub struct Registry<R = DefaultRuntime> {
     #[cfg(feature = "chaos")]
     pub(super) chaos: super::chaos::Handles<R>,
     /// Locked before any policy map: making a pipeline makes its policies.
-    pipelines: Mutex<BTreeMap<Name, Cell<R>>>,
+    pipelines: Mutex<BTreeMap<Name, Cell<super::ConfiguredPipeline<R>>>>,
     pub(super) keyed_breakers: Tables,
     pub(super) keyed_bulkheads: Tables,
     pub(super) keyed_limiters: Tables,
