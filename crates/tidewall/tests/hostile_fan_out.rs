@@ -12,7 +12,7 @@
 //!
 //! Every scenario runs on every runtime adapter under `Clocked` (virtual time); the ones that
 //! could hang run with a real-time hang guard. No assertion is about real time; randomness is
-//! a local seeded splitmix64.
+//! the seeded SplitMix64 of `common::rng`.
 #![cfg(all(
     feature = "test-util",
     feature = "tokio",
@@ -46,37 +46,10 @@ use tidewall::rt::Runtime;
 use tidewall::time::FutureExt as _;
 
 use common::ms;
+use common::rng::{Rng, mix};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Seeded splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Counts the work running at once and remembers the peak.
 #[derive(Clone, Default)]
@@ -640,6 +613,35 @@ fn instant_work_on_real_threads_never_loses_a_wakeup_on_every_adapter() {
 // ---------------------------------------------------------------------------------------------
 // Cancel safety
 
+/// Plays `actions` on `results` (0: a poll that does not wait, 1: the next result, else a
+/// sleep of `arg` ms) until it ends or they run out, then drops it a quarter millisecond
+/// later: the work completed when it was dropped.
+async fn drive_then_drop<R: Runtime, S: futures_util::Stream>(
+    rt: &R,
+    results: S,
+    actions: &[(u64, u64)],
+    completed: &AtomicUsize,
+) -> usize {
+    let mut results = Box::pin(results);
+    for &(action, arg) in actions {
+        let ended = match action {
+            0 => futures_util::FutureExt::now_or_never(results.next()).is_some_and(|r| r.is_none()),
+            1 => results.next().await.is_none(),
+            _ => {
+                rt.sleep(ms(arg)).await;
+                false
+            }
+        };
+        if ended {
+            break;
+        }
+    }
+    rt.sleep(Duration::from_micros(250)).await;
+    let before = completed.load(SeqCst);
+    drop(results);
+    before
+}
+
 /// Module docs: "Cancel safety: dropping the stream aborts every task still running (no
 /// orphaned work) and drops the inputs not yet taken." Seeded random drop points over `run`
 /// and `try_run`, both orders; every event happens on whole milliseconds and the drop a
@@ -648,8 +650,8 @@ async fn drop_at_seeded_points<R: Runtime>(rt: R) {
     let mut rng = Rng::new(0xFA_0F_0D_0F);
     for case in 0..40 {
         let limit = 1 + rng.below(6) as usize;
-        let ordered = rng.chance(2);
-        let fail_fast = rng.chance(2);
+        let ordered = rng.one_in(2);
+        let fail_fast = rng.one_in(2);
         let n = rng.below(30);
         let steps = rng.below(12);
         let what = format!(
@@ -683,45 +685,11 @@ async fn drop_at_seeded_points<R: Runtime>(rt: R) {
             actions.push((rng.below(3), rng.below(4)));
         }
         let ended = if fail_fast {
-            let mut results = Box::pin(config.clone().try_run_iter(inputs, work));
-            let mut ended = false;
-            for (action, arg) in actions {
-                match action {
-                    0 => {
-                        ended = futures_util::FutureExt::now_or_never(results.next())
-                            .is_some_and(|r| r.is_none())
-                    }
-                    1 => ended = results.next().await.is_none(),
-                    _ => rt.sleep(ms(arg)).await,
-                }
-                if ended {
-                    break;
-                }
-            }
-            rt.sleep(Duration::from_micros(250)).await;
-            let before = completed.load(SeqCst);
-            drop(results);
-            before
+            let results = config.clone().try_run_iter(inputs, work);
+            drive_then_drop(&rt, results, &actions, &completed).await
         } else {
-            let mut results = Box::pin(config.clone().run_iter(inputs, work));
-            let mut ended = false;
-            for (action, arg) in actions {
-                match action {
-                    0 => {
-                        ended = futures_util::FutureExt::now_or_never(results.next())
-                            .is_some_and(|r| r.is_none())
-                    }
-                    1 => ended = results.next().await.is_none(),
-                    _ => rt.sleep(ms(arg)).await,
-                }
-                if ended {
-                    break;
-                }
-            }
-            rt.sleep(Duration::from_micros(250)).await;
-            let before = completed.load(SeqCst);
-            drop(results);
-            before
+            let results = config.clone().run_iter(inputs, work);
+            drive_then_drop(&rt, results, &actions, &completed).await
         };
         rt.sleep(ms(100)).await;
         assert_eq!(

@@ -26,7 +26,7 @@
 //! under `testing::Clocked`. There is no tower front and no builder for either module.
 //!
 //! Time is virtual (tokio's paused clock, `FakeClock` driven by hand, or `Clocked`) and
-//! randomness is a seeded local SplitMix64: every run is the same.
+//! randomness is the seeded SplitMix64 of `common::rng`: every run is the same.
 #![cfg(all(
     feature = "tokio",
     feature = "test-util",
@@ -56,6 +56,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::ms;
+use common::rng::Rng;
 use every_adapter::{clocked, describe, on_each, raw};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
@@ -69,38 +70,6 @@ use tidewall::time::{DeadlineExceeded, Elapsed};
 // ---------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------
-
-/// SplitMix64: a tiny seeded generator.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-}
 
 fn tnow() -> tokio::time::Instant {
     tokio::time::Instant::now()

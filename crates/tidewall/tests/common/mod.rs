@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+pub mod rng;
 #[cfg(feature = "metrics")]
 pub mod tally;
 
