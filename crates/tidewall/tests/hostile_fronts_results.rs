@@ -344,6 +344,7 @@ async fn huge_hint_with_deadline<R: Runtime>(rt: Clocked<R>) {
         Seen::DeadlineErr(ApiError::Throttled(Duration::MAX)),
         Seen::Err(ApiError::Throttled(Duration::MAX)),
         Seen::Err(ApiError::Throttled(Duration::MAX)),
+        Seen::Err(ApiError::Throttled(Duration::MAX)),
     ];
     for ((front, (starts, ends, seen)), expected) in
         all_fronts(&rt, &c).await.into_iter().zip(expected)
@@ -654,7 +655,7 @@ fn a_budget_idle_for_a_hundred_days_counts_only_its_last_window_on_every_front()
 // ---------------------------------------------------------------------------------------------
 
 /// One engine decides for every front ("so the fronts cannot drift"): with exactly
-/// `min_attempt_time` left at the retry instant, all three fronts must agree. (The docs say both
+/// `min_attempt_time` left at the retry instant, all four fronts must agree. (The docs say both
 /// "only if more than `budget` remains" and "with less than min_attempt_time left" no attempt
 /// starts; they disagree on the boundary, so only agreement is asserted here.)
 async fn boundary_agreement<R: Runtime>(rt: Clocked<R>) {
@@ -664,7 +665,7 @@ async fn boundary_agreement<R: Runtime>(rt: Clocked<R>) {
         min_attempt_time: ms(40),
         ..cfg(vec![instant(Err(ApiError::Busy)), instant(Ok(1))])
     };
-    let [(_, a), (_, b), (_, t)] = all_fronts(&rt, &c).await;
+    let [(_, a), (_, b), (_, t), (_, p)] = all_fronts(&rt, &c).await;
     let norm = |s: &Seen| match s {
         Seen::DeadlineErr(e) => Seen::Err(*e),
         other => other.clone(),
@@ -673,6 +674,12 @@ async fn boundary_agreement<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(a.0, t.0, "retry future vs tower: attempt starts");
     assert_eq!(norm(&a.2), norm(&b.2), "retry future vs pipeline: result");
     assert_eq!(norm(&a.2), norm(&t.2), "retry future vs tower: result");
+    assert_eq!(a.0, p.0, "retry future vs tower pipeline: attempt starts");
+    assert_eq!(
+        norm(&a.2),
+        norm(&p.2),
+        "retry future vs tower pipeline: result"
+    );
 }
 
 #[test]

@@ -92,9 +92,9 @@ impl Instance<'_> {
 /// `Err` may be hedged) unless [`classify`](Self::classify) sets another, which the handle
 /// keeps across reloads.
 ///
-/// A tower stack takes a [`Hedge`]: `HedgeLayer::new(live.hedge())` hedges with the one in
-/// force when the layer is made, and does not follow later reloads (as a `RetryLayer` made
-/// from [`Instance::backoff`] does not); calls through the handle do.
+/// In a tower stack (feature `tower`), `HedgeLayer::live(handle)` follows reloads as the
+/// handle does; `HedgeLayer::new(handle.hedge())` keeps the hedge in force when the layer is
+/// made.
 ///
 /// ```
 /// use std::time::Duration;
@@ -154,10 +154,15 @@ impl<R: Clock, K> LiveHedge<R, K> {
         F: MakeAttempt<Attempt: std::future::Future<Output = Result<T, E>>>,
         K: Classify<T, E> + Clone,
     {
-        self.current
-            .load_full()
-            .judged_by(self.classify.clone())
-            .into_call(op)
+        self.judged().into_call(op)
+    }
+
+    /// The hedge in force now, judging attempts with this handle's classifier.
+    pub(crate) fn judged(&self) -> Hedge<R, K>
+    where
+        K: Clone,
+    {
+        self.current.load_full().judged_by(self.classify.clone())
     }
 
     /// The hedge in force now (the next reload replaces it; this one stays usable, with the

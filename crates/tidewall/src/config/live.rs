@@ -46,6 +46,9 @@ pub type ConfiguredPipeline<R = DefaultRuntime> = Pipeline<
 /// `Err` is a retryable failure) unless [`classify`](Self::classify) sets another, which the
 /// handle keeps across reloads.
 ///
+/// In a tower stack (feature `tower`), `PipelineLayer::new(handle)` runs every request
+/// through it, following reloads as the handle does.
+///
 /// ```
 /// use std::time::Duration;
 /// use tidewall::config::{Config, Registry};

@@ -15,6 +15,10 @@
 //!   (backpressure, as `ConcurrencyLimit` and `RateLimit`), or in the response future.
 //! * [`BreakerLayer`] (reject, or hold callers in `poll_ready` until the breaker admits) and
 //!   [`HedgeLayer`] have no tower counterpart.
+//! * [`PipelineLayer`] is a whole [`Pipeline`](crate::pipeline::Pipeline) as one layer
+//!   (one deadline over every stage), or an instance's
+//!   [`LivePipeline`](crate::config::LivePipeline) from a configuration, following every
+//!   reload.
 //! * `http::ClientLayer` (feature `http`) is the whole outbound HTTP stack of
 //!   [`ClientPolicies`](crate::http::ClientPolicies), per authority, over a client service.
 //!
@@ -93,6 +97,7 @@ mod error;
 pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod pipeline;
 pub mod retry;
 pub mod timeout;
 
@@ -100,6 +105,7 @@ pub use admit::{AdmitLayer, AdmitMode, AdmitService};
 pub use breaker::{BreakerLayer, BreakerService};
 pub use error::PolicyError;
 pub use hedge::{HedgeLayer, HedgeService};
+pub use pipeline::{PipelineLayer, PipelineService};
 pub use retry::{RetryLayer, RetryService};
 pub use timeout::{TimeoutLayer, TimeoutService};
 

@@ -1,5 +1,5 @@
 //! The shared vocabulary of the `hostile_fronts_*` tests: an API error with hints, one
-//! classifier, and the three retry fronts driven with one configuration.
+//! classifier, and the four retry fronts driven with one configuration.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::future::{Future, IntoFuture};
@@ -17,7 +17,7 @@ use tidewall::pipeline::Pipeline;
 use tidewall::retry::{Outcome, RetryError, RetryEvent};
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::{Clocked, Scripted};
-use tidewall::tower::{BreakerLayer, HedgeLayer, RetryLayer};
+use tidewall::tower::{BreakerLayer, HedgeLayer, PipelineLayer, RetryLayer};
 use tidewall::{Backoff, ConfigError, Deadline, Error, Jitter, Rejected, RetryAfter, RetryExt};
 use tidewall_core::rng::SplitMix64;
 use tower::ServiceExt as _;
@@ -304,11 +304,51 @@ pub async fn via_tower<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
     (op.start_offsets(), rt.now() - start, seen)
 }
 
-pub async fn all_fronts<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> [(&'static str, Run); 3] {
+/// The pipeline as a tower layer: the service's error is the typed `Error<ApiError>`, its own
+/// errors `Error::Inner`, and the deadline the pipeline's own (from the call's start, as
+/// `Deadline::after` at the start is for the pipeline front). The builder refuses a deadline
+/// past `u64` nanoseconds (`DurationOverflow`), where `Deadline::after` saturates to "never":
+/// such a deadline is given as none.
+pub async fn via_tower_pipeline<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> Run {
+    let op = Scripted::with_latency(rt.clone(), c.script.clone());
+    let hints = c.hints;
+    let mut builder = Pipeline::builder().runtime(rt.clone());
+    let representable = |d: &Duration| u64::try_from(d.as_nanos()).is_ok();
+    if let Some(d) = c.deadline.filter(representable) {
+        builder = builder.deadline(d);
+    }
+    let mut builder = builder
+        .retry(c.backoff)
+        .classify(classify_typed)
+        .retry_after_with(move |r: Result<&u32, &Error<ApiError>>| match r {
+            Ok(v) => hinted(hints, Ok(v)),
+            Err(e) => hinted(hints, Err(e.inner()?)),
+        })
+        .min_attempt_time(c.min_attempt_time)
+        .seed(7);
+    if let Some(cap) = c.max_retry_after {
+        builder = builder.max_retry_after(cap);
+    }
+    if let Some(b) = budget_of(rt, c.budget) {
+        builder = builder.retry_budget(b);
+    }
+    let layer = PipelineLayer::new(builder.build().unwrap());
+    let service = layer.layer(scripted_service(&op).map_err(Error::Inner));
+    let start = rt.now();
+    let seen = match service.oneshot(()).await {
+        Ok(v) => Seen::Ok(v),
+        Err(Error::Inner(e)) => Seen::Err(e),
+        Err(other) => Seen::Other(format!("{other:?}")),
+    };
+    (op.start_offsets(), rt.now() - start, seen)
+}
+
+pub async fn all_fronts<R: Runtime>(rt: &Clocked<R>, c: &Cfg) -> [(&'static str, Run); 4] {
     [
         ("retry future", via_retry_future(rt, c).await),
         ("pipeline", via_pipeline(rt, c).await),
         ("tower RetryLayer", via_tower(rt, c).await),
+        ("tower PipelineLayer", via_tower_pipeline(rt, c).await),
     ]
 }
 

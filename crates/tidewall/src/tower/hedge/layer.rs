@@ -3,6 +3,7 @@
 use tower_layer::Layer;
 
 use super::HedgeService;
+use super::service::Source;
 use crate::classify::DefaultClassifier;
 use crate::hedge::Hedge;
 use crate::rt::{Clock, DefaultRuntime};
@@ -28,13 +29,68 @@ use crate::rt::{Clock, DefaultRuntime};
 /// # Ok(()) }
 /// ```
 pub struct HedgeLayer<R = DefaultRuntime, K = DefaultClassifier> {
-    hedge: Hedge<R, K>,
+    hedge: Source<R, K>,
 }
 
 impl<R, K> HedgeLayer<R, K> {
     /// A layer sharing `hedge` (its latency estimate, budget and classifier).
     pub fn new(hedge: Hedge<R, K>) -> Self {
-        Self { hedge }
+        Self {
+            hedge: Source::Fixed(hedge),
+        }
+    }
+
+    /// A layer hedging with the hedge `live` has in force when each call starts (feature
+    /// `serde`): it follows every [reload](crate::config::Registry::reload) of the
+    /// instance's `[hedge]` section, as calls through the handle do, and judges responses
+    /// with the handle's classifier.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::config::{Config, Registry};
+    /// use tidewall::tower::HedgeLayer;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::new(Config::from_toml("[instances.search.hedge]\ndelay = \"20ms\"\n")?)?;
+    /// let layer = HedgeLayer::live(registry.hedge("search")?);
+    /// // Every request takes 100 ms: a hedge sent after 20 ms does not answer sooner.
+    /// let slow = tower::service_fn(|x: u32| async move {
+    ///     tokio::time::sleep(Duration::from_millis(100)).await;
+    ///     Ok::<_, std::convert::Infallible>(x)
+    /// });
+    /// let started = tokio::time::Instant::now();
+    /// assert_eq!(layer.layer(slow.clone()).oneshot(1).await?, 1);
+    /// assert_eq!(started.elapsed(), Duration::from_millis(100));
+    ///
+    /// // The layer follows the reload.
+    /// registry.reload(Config::from_toml("[instances.search.hedge]\nmax_hedges = 0\n")?)?;
+    /// assert_eq!(layer.hedge().max_hedges(), 0);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "serde")]
+    pub fn live(hedge: crate::config::LiveHedge<R, K>) -> Self {
+        Self {
+            hedge: Source::Live(hedge),
+        }
+    }
+}
+
+impl<R: Clock, K: Clone> HedgeLayer<R, K> {
+    /// The hedge a call starting now would use.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::hedge::Hedge;
+    /// use tidewall::tower::HedgeLayer;
+    ///
+    /// let layer = HedgeLayer::new(Hedge::builder().delay(Duration::from_millis(30)).build()?);
+    /// assert_eq!(layer.hedge().delay(), Duration::from_millis(30));
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn hedge(&self) -> Hedge<R, K> {
+        self.hedge.current()
     }
 }
 

@@ -14,11 +14,52 @@ use crate::rt::{Clock, DefaultRuntime};
 /// The service of a [`HedgeLayer`](super::HedgeLayer).
 pub struct HedgeService<S, R = DefaultRuntime, K = DefaultClassifier> {
     inner: S,
-    hedge: Hedge<R, K>,
+    hedge: Source<R, K>,
+}
+
+/// Where a service's calls take their hedge from.
+pub(super) enum Source<R, K> {
+    /// One hedge, for good.
+    Fixed(Hedge<R, K>),
+    /// The one a configuration's handle has in force when the call starts.
+    #[cfg(feature = "serde")]
+    Live(crate::config::LiveHedge<R, K>),
+}
+
+impl<R: Clock, K: Clone> Source<R, K> {
+    /// The hedge a call starting now uses.
+    #[inline]
+    pub(super) fn current(&self) -> Hedge<R, K> {
+        match self {
+            Self::Fixed(hedge) => hedge.clone(),
+            #[cfg(feature = "serde")]
+            Self::Live(live) => live.judged(),
+        }
+    }
+}
+
+impl<R: Clock, K: Clone> Clone for Source<R, K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Fixed(hedge) => Self::Fixed(hedge.clone()),
+            #[cfg(feature = "serde")]
+            Self::Live(live) => Self::Live(live.clone()),
+        }
+    }
+}
+
+impl<R: Clock, K> std::fmt::Debug for Source<R, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(hedge) => hedge.fmt(f),
+            #[cfg(feature = "serde")]
+            Self::Live(live) => live.fmt(f),
+        }
+    }
 }
 
 impl<S, R, K> HedgeService<S, R, K> {
-    pub(super) fn new(inner: S, hedge: Hedge<R, K>) -> Self {
+    pub(super) fn new(inner: S, hedge: Source<R, K>) -> Self {
         Self { inner, hedge }
     }
 
@@ -47,7 +88,7 @@ where
         let template = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, template.clone());
         let attempts = Attempts::new(ready, template, req);
-        ResponseFuture::new(self.hedge.clone().into_call(Idempotent(attempts)))
+        ResponseFuture::new(self.hedge.current().into_call(Idempotent(attempts)))
     }
 }
 

@@ -1,0 +1,133 @@
+//! The layer: one pipeline shared by every service it makes.
+
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::PipelineService;
+
+/// Runs every request through a pipeline: a [`Pipeline`](crate::pipeline::Pipeline), or
+/// (feature `serde`) an instance's [`LivePipeline`](crate::config::LivePipeline) from a
+/// [`Registry`](crate::config::Registry), which follows every reload. It is the pipeline's
+/// own engine: one deadline over the admission waits, the attempts and the pauses between
+/// them; the same stages, order, classifier and metrics as
+/// [`Pipeline::call`](crate::pipeline::Pipeline::call).
+///
+/// What the service does with a request:
+///
+/// * **Attempts.** Each attempt is a clone of the request sent to a clone of the inner
+///   service, which is polled ready first, inside the attempt: after the pipeline's
+///   admission, under its attempt timeout, and timed by its breaker and adaptive limiter as
+///   the service's latency. A readiness error is that attempt's error. Requests are `Clone`
+///   (with `http::Request`, a `Clone` body such as `Full<Bytes>`), and only idempotent
+///   requests should go through a pipeline that retries.
+/// * **Readiness.** The service is always ready: it waits for nothing in `poll_ready`, and
+///   backpressure comes from the pipeline's own stages (a bulkhead's queue, a rate limiter's
+///   wait, refusals). So a service that queues in `poll_ready` (a `Buffer`, a concurrency
+///   limit) counts as a slower service: limit concurrency with the pipeline's bulkhead or
+///   adaptive limiter instead, whose waits are not counted.
+/// * **Results.** Judged by the pipeline's classifier (for a `LivePipeline`, the one set
+///   with [`classify`](crate::config::LivePipeline::classify)) as they come from the inner
+///   service: a refusal or timeout from a Tidewall layer below is an error like any other
+///   to it.
+/// * **Errors.** The inner service's error type, as every Tidewall layer returns (see
+///   [`PolicyError`](super::super::PolicyError)): a stage's refusal is
+///   `PolicyError::rejected`, an attempt timeout `PolicyError::timed_out`, and the
+///   service's own error comes back as it was.
+/// * **Cost.** Each call's future is boxed: one allocation per request, and one clone of
+///   the service and of the request per attempt.
+///
+/// **Cancel safety:** dropping the response future drops the running attempt and releases
+/// what the pipeline holds, as dropping [`Pipeline::call`](crate::pipeline::Pipeline::call)'s
+/// future does.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use tidewall::pipeline::Pipeline;
+/// use tidewall::tower::PipelineLayer;
+/// use tidewall::{Backoff, Error};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pipeline = Pipeline::builder()
+///     .deadline(Duration::from_secs(1))
+///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+///     .build()?;
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let seen = Arc::clone(&calls);
+/// // A service that fails its first request.
+/// let flaky = tower::service_fn(move |x: u32| {
+///     let n = seen.fetch_add(1, Ordering::SeqCst);
+///     async move { if n == 0 { Err(Error::Inner("busy")) } else { Ok(x * 2) } }
+/// });
+/// let service = PipelineLayer::new(pipeline).layer(flaky);
+/// assert_eq!(service.oneshot(21).await, Ok(42));
+/// assert_eq!(calls.load(Ordering::SeqCst), 2);
+/// # Ok(()) }
+/// ```
+///
+/// From a configuration, by name:
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::config::{Config, Registry};
+/// use tidewall::tower::PipelineLayer;
+/// use tidewall::{Error, Rejected};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = Registry::new(Config::from_toml("[instances.search]\ndeadline = \"1s\"\n")?)?;
+/// let layer = PipelineLayer::new(registry.pipeline("search")?);
+/// let slow = tower::service_fn(|x: u32| async move {
+///     tokio::time::sleep(Duration::from_millis(200)).await;
+///     Ok::<_, Error<&str>>(x)
+/// });
+/// assert_eq!(layer.layer(slow.clone()).oneshot(1).await, Ok(1));
+///
+/// // The layer follows the reload: the deadline is now 50 ms.
+/// registry.reload(Config::from_toml("[instances.search]\ndeadline = \"50ms\"\n")?)?;
+/// let cut = layer.layer(slow).oneshot(2).await;
+/// assert_eq!(cut, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+/// # Ok(()) }
+/// ```
+pub struct PipelineLayer<P> {
+    pipeline: Arc<P>,
+}
+
+impl<P> PipelineLayer<P> {
+    /// A layer running requests through `pipeline` (a `Pipeline` or a `LivePipeline`),
+    /// shared by every service it makes.
+    pub fn new(pipeline: P) -> Self {
+        Self {
+            pipeline: Arc::new(pipeline),
+        }
+    }
+}
+
+impl<P> Clone for PipelineLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            pipeline: Arc::clone(&self.pipeline),
+        }
+    }
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for PipelineLayer<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineLayer")
+            .field("pipeline", &self.pipeline)
+            .finish()
+    }
+}
+
+impl<S, P> Layer<S> for PipelineLayer<P> {
+    type Service = PipelineService<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PipelineService::new(inner, Arc::clone(&self.pipeline))
+    }
+}
