@@ -90,7 +90,7 @@ fn delay_log() -> (
 }
 
 /// A fresh key for the service's per-key failure counters (one server per tour run).
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!(
         "{name}-{}",

@@ -1,5 +1,6 @@
 //! The tour's tower section: the HTTP client behind tower layers, as a service team stacks
-//! them: a breaker that judges responses with a classifier, and a bulkhead that sheds.
+//! them: a breaker that judges responses with a classifier, a bulkhead that sheds, and a
+//! configured instance's whole pipeline as one layer, retuned by a reload.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -13,8 +14,9 @@ use http::StatusCode;
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
+use tidewall::config::{Config, Registry};
 use tidewall::http::HttpClassifier;
-use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer};
+use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, PipelineLayer};
 use tidewall::{Error, Rejected};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -22,7 +24,7 @@ use tower_service::Service;
 use super::client::{Client, HttpError, Net, since};
 use super::report::{Section, ms};
 use super::resilience::valid;
-use super::scenarios::{Size, settle};
+use super::scenarios::{Size, settle, unique};
 use super::server::Server;
 
 pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Section> {
@@ -30,6 +32,7 @@ pub(crate) async fn all<R: Net>(rt: R, server: &Server, size: Size) -> Vec<Secti
     vec![
         classified(&get, &rt, server, size).await,
         shedding(&get, &rt, server).await,
+        configured_pipeline(&get, &rt, server).await,
     ]
 }
 
@@ -196,5 +199,79 @@ async fn shedding<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
         !shed.is_empty() && slowest_shed < fastest_served,
     );
     s.check("every slot was free again", bulkhead.available() == SLOTS);
+    s
+}
+
+/// The instance behind the pipeline layer: three attempts 20 ms apart, or `attempts`.
+fn pipeline_config(attempts: u32) -> Config {
+    let text = format!(
+        "[instances.tour-tower-pipeline]\n\
+         deadline = \"5s\"\n\
+         [instances.tour-tower-pipeline.retry]\n\
+         backoff = \"constant\"\n\
+         initial_delay = \"20ms\"\n\
+         jitter = \"none\"\n\
+         max_attempts = {attempts}\n"
+    );
+    Config::from_toml(&text).expect("a valid configuration")
+}
+
+/// A configured instance's pipeline as one tower layer: a path that fails twice is retried
+/// to its answer; after a reload to one attempt, the same layer's services send one request
+/// and return the failure.
+async fn configured_pipeline<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
+    let mut s = Section::new(
+        "tower: a configured pipeline as one layer, retuned by a reload",
+        "PipelineLayer::new(registry.pipeline(name)?).layer(client); Registry::reload",
+    );
+    settle(rt, server).await;
+    let registry = Registry::builder(pipeline_config(3))
+        .runtime(rt.clone())
+        .build()
+        .expect("a valid registry");
+    let layer = PipelineLayer::new(
+        registry
+            .pipeline("tour-tower-pipeline")
+            .expect("a declared pipeline"),
+    );
+    // A path whose first two requests get a 503: its answer, and the requests it took.
+    let call = || async {
+        let path = format!("/flaky/{}/2/-", unique("tour-tower-pipeline"));
+        let before = server.stats.requests();
+        let mut service = layer.layer(get.clone());
+        let answer = call_once(&mut service, &path).await;
+        (answer, server.stats.requests() - before)
+    };
+    let (retried, retried_requests) = call().await;
+    let reload = registry.reload(pipeline_config(1));
+    let (single, single_requests) = call().await;
+    let status = |answer: &Result<Bytes, Error<HttpError>>| match answer {
+        Ok(_) => "200".to_owned(),
+        Err(Error::Inner(HttpError::Status { code, .. })) => code.to_string(),
+        Err(other) => other.to_string(),
+    };
+    s.metric("path", "503, 503, then 200")
+        .metric("max_attempts before / after the reload", "3 / 1")
+        .metric(
+            "answer before / after",
+            format!("{} / {}", status(&retried), status(&single)),
+        )
+        .metric(
+            "requests at the server before / after",
+            format!("{retried_requests} / {single_requests}"),
+        );
+    s.check(
+        "the layer retried the two 503s to the 200, three requests",
+        retried.is_ok() && retried_requests == 3,
+    );
+    s.check(
+        "the reload reached the layer: one request, and its 503 returned",
+        reload.is_ok()
+            && matches!(
+                single,
+                Err(Error::Inner(HttpError::Status { code: 503, .. }))
+            )
+            && single_requests == 1,
+    );
     s
 }
