@@ -161,10 +161,11 @@ fn retry() -> BoxedStrategy<RetryConfig> {
             proptest::option::of(small()),
             proptest::option::of(duration()),
             proptest::option::of(duration()),
+            proptest::option::of(any::<u64>()),
         ),
     )
         .prop_map(
-            |((kind, initial, step, factor, jitter), (cap, attempts, elapsed, hint))| {
+            |((kind, initial, step, factor, jitter), (cap, attempts, elapsed, hint, seed))| {
                 let mut r = RetryConfig::default();
                 r.backoff = kind;
                 r.initial_delay = initial;
@@ -175,6 +176,7 @@ fn retry() -> BoxedStrategy<RetryConfig> {
                 r.max_attempts = attempts;
                 r.max_elapsed = elapsed;
                 r.max_retry_after = hint;
+                r.seed = seed;
                 r
             },
         )

@@ -114,6 +114,9 @@ impl Instance<'_> {
             .attempt_timeout(self.attempt_timeout())
             .min_attempt_time(self.min_attempt_time())
             .max_retry_after(self.max_retry_after());
+        if let Some(seed) = self.retry_seed() {
+            b = b.seed(seed);
+        }
         b = if has(|p| p.retry.is_some()) {
             b.retry(self.backoff()?)
         } else {

@@ -590,8 +590,31 @@ impl<'a> Instance<'a> {
         if let Some(budget) = s.max_elapsed {
             b = b.max_elapsed(budget);
         }
+        let random = s.backoff == Some(BackoffKind::DecorrelatedJitter)
+            || s.jitter != Some(JitterKind::None);
+        if s.seed.is_some() && !random {
+            let path = self.key_path("retry", get, RetryConfig::sets, "seed", &at);
+            let reason = "`seed` fixes the jitter, and this schedule has none";
+            let unused = crate::ConfigError::Conflict { reason };
+            return Err(Invalid::new(path, Problem::Rule(unused)));
+        }
         b.build()
             .map_err(|e| self.placed("retry", get, RetryConfig::sets, RETRY_KEYS, &at, e))
+    }
+
+    /// The retry jitter's seed, if a layer fixes it (`None`: each call draws a fresh one).
+    /// A configured pipeline and HTTP client take it; give it to a retry made from
+    /// [`backoff`](Self::backoff) with its `seed` (as `RetryLayer::seed`).
+    ///
+    /// ```
+    /// use tidewall::config::Config;
+    ///
+    /// let config = Config::from_toml("[defaults.retry]\nseed = 7\n[instances.search]\nretry = {}\n")?;
+    /// assert_eq!(config.instance("search")?.retry_seed(), Some(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry_seed(&self) -> Option<u64> {
+        self.layers.iter().find_map(|(_, p)| p.retry.as_ref()?.seed)
     }
 
     /// A layer that names its schedule may set only that schedule's keys: a `factor` next to

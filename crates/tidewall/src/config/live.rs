@@ -259,6 +259,9 @@ impl<R: Clock> Registry<R> {
         if let Some(timeout) = instance.attempt_timeout() {
             builder = builder.attempt_timeout(timeout);
         }
+        if let Some(seed) = instance.retry_seed() {
+            builder = builder.seed(seed);
+        }
         if let Some(listener) = self.listener() {
             builder = builder.on_event(listener);
         }

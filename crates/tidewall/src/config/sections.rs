@@ -250,6 +250,10 @@ section! {
         /// The longest `Retry-After` hint honoured (default 60 s).
         #[serde(with = "opt_duration")]
         max_retry_after: Duration,
+        /// Fixes the jitter's seed, so the delays are the same on every run (default: each
+        /// call draws a fresh one). Refused where the schedule draws nothing at random
+        /// (`jitter = "none"`, other than with decorrelated jitter).
+        seed: u64,
     }
 }
 

@@ -46,6 +46,7 @@ pub struct ClientPoliciesBuilder<R = DefaultRuntime> {
     min_attempt_time: Duration,
     retry: Stage<Backoff>,
     max_retry_after: Duration,
+    seed: Option<u64>,
     budget: Stage<RetryBudgetPolicy>,
     breaker: Option<CircuitBreakerBuilder>,
     bulkhead: Option<BulkheadBuilder>,
@@ -117,6 +118,7 @@ impl<R> ClientPoliciesBuilder<R> {
             min_attempt_time: Duration::ZERO,
             retry: Stage::Standard,
             max_retry_after: crate::retry::DEFAULT_MAX_RETRY_AFTER,
+            seed: None,
             budget: Stage::Standard,
             breaker: Some(standard_breaker()),
             bulkhead: Some(Bulkhead::builder(512).reject_when_full()),
@@ -140,6 +142,7 @@ impl<R> ClientPoliciesBuilder<R> {
             min_attempt_time: self.min_attempt_time,
             retry: self.retry,
             max_retry_after: self.max_retry_after,
+            seed: self.seed,
             budget: self.budget,
             breaker: self.breaker,
             bulkhead: self.bulkhead,
@@ -297,6 +300,22 @@ impl<R> ClientPoliciesBuilder<R> {
     /// answered at once with the response, not retried sooner than the server asked.
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.max_retry_after = cap;
+        self
+    }
+
+    /// Fixes the retry jitter seed: every request draws its delays from this seed, so a test
+    /// in virtual time sees the same schedule each run (by default each request draws a fresh
+    /// one, so requests failing together do not retry in lockstep).
+    ///
+    /// ```
+    /// use tidewall::http::ClientPolicies;
+    ///
+    /// let policies = ClientPolicies::builder().seed(7).build()?;
+    /// # let _ = policies;
+    /// # Ok::<(), tidewall::ConfigError>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -550,6 +569,7 @@ impl<R> ClientPoliciesBuilder<R> {
             backoff,
             retries: retry.is_some(),
             max_retry_after: self.max_retry_after,
+            seed: self.seed,
             budgets,
             breakers,
             bulkheads,

@@ -112,6 +112,8 @@ struct Inner<R> {
     backoff: Backoff,
     retries: bool,
     max_retry_after: Duration,
+    /// The retry jitter's seed for every request (`None`: each draws a fresh one).
+    seed: Option<u64>,
     /// Shared with the stacks a reconfiguration makes, which keep its budgets.
     budgets: Option<Arc<Budgets>>,
     breakers: Option<KeyedCircuitBreaker<Authority, R>>,

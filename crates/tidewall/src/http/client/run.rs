@@ -191,6 +191,9 @@ impl<R: Clock> Inner<R> {
             .deadline(deadline)
             .min_attempt_time(self.min_attempt_time)
             .max_retry_after(self.max_retry_after);
+        if let Some(seed) = self.seed {
+            retry = retry.seed(seed);
+        }
         if wants_retry && let (Some(budgets), Some(authority)) = (&self.budgets, authority) {
             match budgets.get(authority, || self.rt.now()) {
                 Some(budget) => retry = retry.budget(budget),
