@@ -555,7 +555,9 @@ impl<'a> Instance<'a> {
         Ok(b.runtime(rt))
     }
 
-    /// The retry schedule.
+    /// The retry schedule. A retry made from it keeps it: for one that follows reloads, run
+    /// the calls through [`Registry::pipeline`](super::Registry::pipeline) (in a tower stack,
+    /// `PipelineLayer::new(registry.pipeline(name)?)`).
     ///
     /// # Errors
     ///
