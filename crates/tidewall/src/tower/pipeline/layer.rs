@@ -34,8 +34,10 @@ use super::PipelineService;
 ///   [`PolicyError`](super::super::PolicyError)): a stage's refusal is
 ///   `PolicyError::rejected`, an attempt timeout `PolicyError::timed_out`, and the
 ///   service's own error comes back as it was.
-/// * **Cost.** Each call's future is boxed: one allocation per request, and one clone of
-///   the service and of the request per attempt.
+/// * **Cost.** Each call's future is boxed: one allocation per request. The call keeps a
+///   clone of the service (one per call, made in `call`) and the request, and each attempt
+///   sends a clone of the request to a clone of that service: for `n` attempts, `n + 1`
+///   clones of the service and `n` of the request.
 ///
 /// **Cancel safety:** dropping the response future drops the running attempt and releases
 /// what the pipeline holds, as dropping [`Pipeline::call`](crate::pipeline::Pipeline::call)'s
