@@ -24,6 +24,11 @@
 //!   the attempt timeout. Tower has no breaker, so it has no tower peer. (Every limiter here
 //!   is on default settings: the tokio clock, real time, so its decisions read the CPU
 //!   timestamp counter.)
+//! * `tidewall_pipeline_layer_same_stages`: `tidewall_same_stages_as_tower`'s pipeline as one
+//!   tower layer (`tidewall::tower::PipelineLayer`) over the same `service_fn`, called as tower
+//!   is: the tower front of the pipeline against tower's own stack, both `Service`s. It boxes
+//!   each call's future (one allocation) and clones the service and the request (both free
+//!   here: a `Copy` closure and `()`).
 //! * `tower_2_layers` (ready operation only): `ConcurrencyLimit(64)` + `Timeout(1 s)`, the
 //!   smallest common stack, for scale.
 //! * `bare_future`: the operation awaited directly, the floor.
@@ -47,9 +52,10 @@ use tidewall::breaker::CircuitBreaker;
 use tidewall::bulkhead::Bulkhead;
 use tidewall::pipeline::{Pipeline, PipelineBuilder, RetryStage};
 use tidewall::rate::RateLimiter;
+use tidewall::tower::PipelineLayer;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const PER_SECOND: u32 = 1_000_000_000;
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -199,8 +205,8 @@ fn pipelines(c: &mut criterion::Criterion) {
 /// One group: every variant calls `op` (a plain `fn` item, so no variant pays for boxing it).
 fn bench_group<F, Fut>(c: &mut criterion::Criterion, rt: &Runtime, group_name: &str, op: F)
 where
-    F: Fn() -> Fut + Copy,
-    Fut: Future<Output = Result<u64, BoxError>>,
+    F: Fn() -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = Result<u64, BoxError>> + Send + 'static,
 {
     let same = same_stages_as_tower();
     let five = five_policies();
@@ -217,6 +223,9 @@ where
         rt.block_on(async { call_tower(&mut tower_2_layers(op)).await }),
         1
     );
+    let layered =
+        || PipelineLayer::new(same_stages_as_tower()).layer(tower::service_fn(move |()| op()));
+    assert_eq!(rt.block_on(async { call_tower(&mut layered()).await }), 1);
 
     let mut group = c.benchmark_group(group_name);
     group.bench_function("bare_future", |b| b.to_async(rt).iter(op));
@@ -238,6 +247,21 @@ where
             }
             let elapsed = start.elapsed();
             tower_same.set(Some(svc));
+            elapsed
+        })
+    });
+    // Timed as tower's stack is, for the same reason (`call` takes `&mut`).
+    let layer = Cell::new(Some(layered()));
+    let layer = &layer;
+    group.bench_function("tidewall_pipeline_layer_same_stages", |b| {
+        b.to_async(rt).iter_custom(move |iters| async move {
+            let mut svc = layer.take().expect("one sample at a time");
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(call_tower(&mut svc).await);
+            }
+            let elapsed = start.elapsed();
+            layer.set(Some(svc));
             elapsed
         })
     });
