@@ -59,6 +59,27 @@ fn constant(delay: Duration, attempts: u32) -> Backoff {
         .unwrap()
 }
 
+/// A pipeline of a retry over a breaker, on virtual time.
+type Retrying<R> =
+    Pipeline<Clocked<R>, (), (), tidewall::pipeline::RetryStage, CircuitBreaker<Clocked<R>>>;
+
+/// Three attempts 1 ms apart over a breaker that counts every outcome and never opens (100
+/// failures in a row): the breaker, and the pipeline.
+fn counting_retries<R: Runtime>(rt: &Clocked<R>) -> (CircuitBreaker<Clocked<R>>, Retrying<R>) {
+    let breaker = CircuitBreaker::builder()
+        .runtime(rt.clone())
+        .consecutive_failures(100)
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
+        .retry(constant(MS, 3))
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    (breaker, pipeline)
+}
+
 fn down(_: u32) -> Result<u32, &'static str> {
     Err("down")
 }
@@ -752,17 +773,7 @@ fn a_call_clones_the_service_once_and_once_more_per_attempt() {
 // Docs: "A readiness error is that attempt's error": the breaker counts it as a failure, the
 // retry stage retries it, and behind `BoxError` it is the service's own error.
 async fn readiness_errors_are_attempt_errors<R: Runtime>(rt: Clocked<R>) {
-    let breaker = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .consecutive_failures(100)
-        .build()
-        .unwrap();
-    let pipeline = Pipeline::builder()
-        .runtime(rt.clone())
-        .retry(constant(MS, 3))
-        .breaker(breaker.clone())
-        .build()
-        .unwrap();
+    let (breaker, pipeline) = counting_retries(&rt);
     let probe = Probe::new(&rt, |_, _| 0, fine).fail_readies(2);
     let tally = Arc::clone(&probe.tally);
     let answer = PipelineLayer::new(pipeline)
@@ -967,17 +978,7 @@ fn refusals_timeouts_and_own_errors_come_back_in_any_policy_error_type() {
 // the classifier (default: every `Err` retryable) and the breaker judge it.
 async fn refusals_from_below_are_errors_like_any_other<R: Runtime>(rt: Clocked<R>) {
     // A timeout below: retried, counted by the pipeline's breaker.
-    let breaker = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .consecutive_failures(100)
-        .build()
-        .unwrap();
-    let pipeline = Pipeline::builder()
-        .runtime(rt.clone())
-        .retry(constant(MS, 3))
-        .breaker(breaker.clone())
-        .build()
-        .unwrap();
+    let (breaker, pipeline) = counting_retries(&rt);
     let slow = Probe::new(&rt, |_, _| 100, fine);
     let tally = Arc::clone(&slow.tally);
     let service = ServiceBuilder::new()
@@ -1014,17 +1015,7 @@ async fn refusals_from_below_are_errors_like_any_other<R: Runtime>(rt: Clocked<R
         .build()
         .unwrap();
     let _held = below.try_acquire_owned().unwrap();
-    let breaker = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .consecutive_failures(100)
-        .build()
-        .unwrap();
-    let pipeline = Pipeline::builder()
-        .runtime(rt.clone())
-        .retry(constant(MS, 3))
-        .breaker(breaker.clone())
-        .build()
-        .unwrap();
+    let (breaker, pipeline) = counting_retries(&rt);
     let probe = Probe::new(&rt, |_, _| 1, fine);
     let tally = Arc::clone(&probe.tally);
     let service = ServiceBuilder::new()
