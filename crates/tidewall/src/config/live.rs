@@ -9,7 +9,7 @@ use crate::admission::Either;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::classify::{Classify, DefaultClassifier};
-use crate::pipeline::{Pipeline, RetryStage};
+use crate::pipeline::{Operation, Pipeline, RetryStage};
 use crate::rate::RateLimiter;
 use crate::rt::{Clock, DefaultRuntime};
 use crate::sync::Swap;
@@ -135,6 +135,20 @@ impl<R: Clock, K> LivePipeline<R, K> {
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
+        K: Classify<T, E>,
+    {
+        self.call_operation(deadline, op).await
+    }
+
+    /// [`call_before`](Self::call_before) for any [`Operation`] (a front's own, which may
+    /// end the call before the retry stage does).
+    pub(crate) async fn call_operation<O, T, E>(
+        &self,
+        deadline: Deadline,
+        op: O,
+    ) -> Result<T, Error<E>>
+    where
+        O: Operation<Attempt: Future<Output = Result<T, E>>>,
         K: Classify<T, E>,
     {
         // Held for the whole call: a reload during it builds a new pipeline for the calls

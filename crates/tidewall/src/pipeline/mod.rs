@@ -59,6 +59,7 @@
 
 mod boxed;
 mod builder;
+mod operation;
 mod run;
 mod stages;
 
@@ -68,6 +69,7 @@ use std::time::Duration;
 
 pub use boxed::{BoxCall, BoxPipeline};
 pub use builder::PipelineBuilder;
+pub(crate) use operation::Operation;
 pub use stages::{Gate, Retries, RetryStage};
 
 use crate::classify::{Classify, DefaultClassifier};
@@ -140,8 +142,7 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        self.judged(&self.config.classify, Deadline::none(), op)
-            .await
+        self.call_operation(Deadline::none(), op).await
     }
 
     /// Like [`call`](Self::call), also bounded by the caller's `deadline`.
@@ -161,21 +162,34 @@ where
         Fut: Future<Output = Result<T2, E>>,
         K: Classify<T2, E>,
     {
-        self.judged(&self.config.classify, deadline, op).await
+        self.call_operation(deadline, op).await
+    }
+
+    /// [`call_before`](Self::call_before) for any [`Operation`] (a front's own, which may
+    /// end the call before the retry stage does).
+    pub(crate) fn call_operation<O, T2, E>(
+        &self,
+        deadline: Deadline,
+        op: O,
+    ) -> impl Future<Output = Result<T2, Error<E>>>
+    where
+        O: Operation<Attempt: Future<Output = Result<T2, E>>>,
+        K: Classify<T2, E>,
+    {
+        self.judged(&self.config.classify, deadline, op)
     }
 
     /// A call whose results `classify` judges, in the pipeline's span: the one body behind
     /// every front (`call`, `call_before`, [`BoxPipeline`], the configured
     /// [`LivePipeline`](crate::config::LivePipeline), which brings its own classifier).
-    pub(crate) fn judged<'a, F, Fut, T2, E, K2>(
+    pub(crate) fn judged<'a, O, T2, E, K2>(
         &'a self,
         classify: &'a K2,
         deadline: Deadline,
-        op: F,
+        op: O,
     ) -> impl Future<Output = Result<T2, Error<E>>>
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T2, E>>,
+        O: Operation<Attempt: Future<Output = Result<T2, E>>>,
         K2: Classify<T2, E>,
     {
         let call = run::run(self, classify, deadline, op);

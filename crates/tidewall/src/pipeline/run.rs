@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::Pipeline;
+use super::operation::Operation;
 use super::stages::{Gate, Retries};
 use crate::admission::{Admission, Wait};
 use crate::breaker::Outcome;
@@ -20,11 +21,11 @@ use crate::{Deadline, Error, Rejected, RetryAfter};
 /// Runs `op` through `pipeline`'s stages, judging results with `classify` (the pipeline's
 /// own, or a [`LivePipeline`](crate::config::LivePipeline)'s, which keeps its classifier
 /// across the pipelines a reload builds).
-pub(crate) async fn run<R, L, B, T, C, K0, K, F, Fut, T2, E>(
+pub(crate) async fn run<R, L, B, T, C, K0, K, O, T2, E>(
     pipeline: &Pipeline<R, L, B, T, C, K0>,
     classify: &K,
     deadline: Deadline,
-    mut op: F,
+    mut op: O,
 ) -> Result<T2, Error<E>>
 where
     R: Clock,
@@ -33,8 +34,7 @@ where
     T: Retries,
     C: Gate,
     K: Classify<T2, E>,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T2, E>>,
+    O: Operation<Attempt: Future<Output = Result<T2, E>>>,
 {
     let config = &pipeline.config;
     let rt = &config.rt;
@@ -118,7 +118,10 @@ where
                         None => clock.deadline(),
                     };
                     called = Some(Outcome::Ignored);
-                    match bounded(rt, op(), &mut clock, attempt_end).await {
+                    let retry_possible =
+                        || rules.is_some_and(|r| r.retry_possible(&mut attempts, || clock.now()));
+                    let attempt = op.attempt(retry_possible);
+                    match bounded(rt, attempt, &mut clock, attempt_end).await {
                         Ok(result) => {
                             let (verdict, hint) = judge(classify, result.as_ref());
                             called = Some(verdict.breaker_outcome());
@@ -144,6 +147,10 @@ where
             let Some(rules) = rules else {
                 break 'call (last, Some(verdict));
             };
+            if !op.repeatable() {
+                // The operation gave its input to that attempt: it was the last one.
+                break 'call (last, Some(verdict));
+            }
             let after = clock.deadline();
             match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
                 Step::Retry(delay) => {

@@ -232,7 +232,6 @@ impl RetryRules {
     /// Whether a failure of the next attempt could still be retried: the schedule has a
     /// delay left and the budget a retry in it. Lets a front skip work (cloning a request)
     /// that only a retry needs.
-    #[cfg(feature = "tower")]
     pub(crate) fn retry_possible(
         &self,
         attempts: &mut Attempts,
