@@ -18,7 +18,8 @@
 //! * [`PipelineLayer`] is a whole [`Pipeline`](crate::pipeline::Pipeline) as one layer
 //!   (one deadline over every stage), or an instance's
 //!   [`LivePipeline`](crate::config::LivePipeline) from a configuration, following every
-//!   reload.
+//!   reload. Like `RetryLayer` it clones a request only while a retry could follow, and
+//!   [`clone_requests`](PipelineLayer::clone_requests) takes requests that are not `Clone`.
 //! * `http::ClientLayer` (feature `http`) is the whole outbound HTTP stack of
 //!   [`ClientPolicies`](crate::http::ClientPolicies), per authority, over a client service.
 //!

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::PipelineService;
+use super::{ByClone, PipelineService};
 
 /// Runs every request through a pipeline: a [`Pipeline`](crate::pipeline::Pipeline), or
 /// (feature `serde`) an instance's [`LivePipeline`](crate::config::LivePipeline) from a
@@ -15,12 +15,19 @@ use super::PipelineService;
 ///
 /// What the service does with a request:
 ///
-/// * **Attempts.** Each attempt is a clone of the request sent to a clone of the inner
-///   service, which is polled ready first, inside the attempt: after the pipeline's
-///   admission, under its attempt timeout, and timed by its breaker and adaptive limiter as
-///   the service's latency. A readiness error is that attempt's error. Requests are `Clone`
-///   (with `http::Request`, a `Clone` body such as `Full<Bytes>`), and only idempotent
-///   requests should go through a pipeline that retries.
+/// * **Attempts.** Each attempt sends the request to a clone of the inner service, which is
+///   polled ready first, inside the attempt: after the pipeline's admission, under its
+///   attempt timeout, and timed by its breaker and adaptive limiter as the service's
+///   latency. A readiness error is that attempt's error. Only idempotent requests should go
+///   through a pipeline that retries.
+/// * **Requests.** An attempt that a retry could follow (the schedule has an attempt left
+///   and the budget a retry) sends a clone; the last possible attempt sends the request
+///   itself. So requests are `Clone` (with `http::Request`, a `Clone` body such as
+///   `Full<Bytes>`), unless the layer is told how to copy them
+///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](super::NoClone) gives each
+///   request one attempt (a streaming body, an axum `Request<Body>`), and a closure copies
+///   those it can. A request that could not be copied is sent itself, and that attempt is
+///   the call's last.
 /// * **Readiness.** The service is always ready: it waits for nothing in `poll_ready`, and
 ///   backpressure comes from the pipeline's own stages (a bulkhead's queue, a rate limiter's
 ///   wait, refusals). So a service that queues in `poll_ready` (a `Buffer`, a concurrency
@@ -36,8 +43,9 @@ use super::PipelineService;
 ///   service's own error comes back as it was.
 /// * **Cost.** Each call's future is boxed: one allocation per request. The call keeps a
 ///   clone of the service (one per call, made in `call`) and the request, and each attempt
-///   sends a clone of the request to a clone of that service: for `n` attempts, `n + 1`
-///   clones of the service and `n` of the request.
+///   has a clone of that service: for `n` attempts, `n + 1` clones of the service, and of
+///   the request one per attempt a retry could follow (none for a pipeline without retry,
+///   `n - 1` for a call that used all `n` its schedule allows).
 ///
 /// **Cancel safety:** dropping the response future drops the running attempt and releases
 /// what the pipeline holds, as dropping [`Pipeline::call`](crate::pipeline::Pipeline::call)'s
@@ -96,40 +104,81 @@ use super::PipelineService;
 /// assert_eq!(cut, Err(Error::Rejected(Rejected::DeadlineExceeded)));
 /// # Ok(()) }
 /// ```
-pub struct PipelineLayer<P> {
+pub struct PipelineLayer<P, Q = ByClone> {
     pipeline: Arc<P>,
+    clones: Q,
 }
 
 impl<P> PipelineLayer<P> {
     /// A layer running requests through `pipeline` (a `Pipeline` or a `LivePipeline`),
-    /// shared by every service it makes.
+    /// shared by every service it makes. Requests are `Clone` ([`ByClone`]); see
+    /// [`clone_requests`](Self::clone_requests) for those that are not.
     pub fn new(pipeline: P) -> Self {
         Self {
             pipeline: Arc::new(pipeline),
+            clones: ByClone,
         }
     }
 }
 
-impl<P> Clone for PipelineLayer<P> {
+impl<P, Q> PipelineLayer<P, Q> {
+    /// Copies requests for attempts with `clones` instead (see [`CloneRequest`](super::CloneRequest)):
+    /// [`NoClone`](super::NoClone) gives each request one attempt and needs no `Clone`; a closure
+    /// `Fn(&Req) -> Option<Req>` copies the requests it can, and lets each of the others go
+    /// once. It is cloned into every call: keep it cheap to clone (a function, or what it
+    /// captures behind an `Arc`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::pipeline::Pipeline;
+    /// use tidewall::tower::PipelineLayer;
+    /// use tidewall::tower::pipeline::NoClone;
+    /// use tidewall::{Backoff, Error};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Sent once: not `Clone`.
+    /// struct Charge(u64);
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pipeline = Pipeline::builder()
+    ///     .deadline(Duration::from_secs(1))
+    ///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+    ///     .build()?;
+    /// let bank = tower::service_fn(|charge: Charge| async move { Ok::<_, Error<()>>(charge.0) });
+    /// let service = PipelineLayer::new(pipeline).clone_requests(NoClone).layer(bank);
+    /// assert_eq!(service.oneshot(Charge(250)).await, Ok(250));
+    /// # Ok(()) }
+    /// ```
+    pub fn clone_requests<Q2>(self, clones: Q2) -> PipelineLayer<P, Q2> {
+        PipelineLayer {
+            pipeline: self.pipeline,
+            clones,
+        }
+    }
+}
+
+impl<P, Q: Clone> Clone for PipelineLayer<P, Q> {
     fn clone(&self) -> Self {
         Self {
             pipeline: Arc::clone(&self.pipeline),
+            clones: self.clones.clone(),
         }
     }
 }
 
-impl<P: std::fmt::Debug> std::fmt::Debug for PipelineLayer<P> {
+impl<P: std::fmt::Debug, Q> std::fmt::Debug for PipelineLayer<P, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineLayer")
             .field("pipeline", &self.pipeline)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl<S, P> Layer<S> for PipelineLayer<P> {
-    type Service = PipelineService<S, P>;
+impl<S, P, Q: Clone> Layer<S> for PipelineLayer<P, Q> {
+    type Service = PipelineService<S, P, Q>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PipelineService::new(inner, Arc::clone(&self.pipeline))
+        PipelineService::new(inner, Arc::clone(&self.pipeline), self.clones.clone())
     }
 }

@@ -1,40 +1,50 @@
 //! The service: each request is one pipeline call whose attempts are requests to clones of
 //! the inner service.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::Error;
+use super::CloneRequest;
+use super::attempt::Attempts;
 use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::pipeline::{BoxCall, Gate, Pipeline, Retries};
 use crate::rt::Clock;
 use crate::tower::PolicyError;
+use crate::{Deadline, Error};
 
 /// The service of a [`PipelineLayer`](super::PipelineLayer).
-pub struct PipelineService<S, P> {
+pub struct PipelineService<S, P, Q = super::ByClone> {
     inner: S,
     pipeline: Arc<P>,
+    clones: Q,
 }
 
-impl<S, P> PipelineService<S, P> {
-    pub(super) fn new(inner: S, pipeline: Arc<P>) -> Self {
-        Self { inner, pipeline }
+impl<S, P, Q> PipelineService<S, P, Q> {
+    pub(super) fn new(inner: S, pipeline: Arc<P>, clones: Q) -> Self {
+        Self {
+            inner,
+            pipeline,
+            clones,
+        }
     }
 
     inner_service_accessors!("");
 }
 
-impl<S: Clone, P> Clone for PipelineService<S, P> {
+impl<S: Clone, P, Q: Clone> Clone for PipelineService<S, P, Q> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), Arc::clone(&self.pipeline))
+        Self::new(
+            self.inner.clone(),
+            Arc::clone(&self.pipeline),
+            self.clones.clone(),
+        )
     }
 }
 
-impl<S, P: std::fmt::Debug> std::fmt::Debug for PipelineService<S, P> {
+impl<S, P: std::fmt::Debug, Q> std::fmt::Debug for PipelineService<S, P, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineService")
             .field("pipeline", &self.pipeline)
@@ -42,13 +52,14 @@ impl<S, P: std::fmt::Debug> std::fmt::Debug for PipelineService<S, P> {
     }
 }
 
-impl<S, Req, R, L, B, T, C, K> Service<Req> for PipelineService<S, Pipeline<R, L, B, T, C, K>>
+impl<S, Req, Q, R, L, B, T, C, K> Service<Req> for PipelineService<S, Pipeline<R, L, B, T, C, K>, Q>
 where
     S: Service<Req, Future: Send, Error: PolicyError + Send, Response: Send>
         + Clone
         + Send
         + 'static,
-    Req: Clone + Send + 'static,
+    Req: Send + 'static,
+    Q: CloneRequest<Req> + Clone + Send + 'static,
     R: Clock,
     L: Admission + 'static,
     B: Admission + 'static,
@@ -68,20 +79,20 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let pipeline = Arc::clone(&self.pipeline);
-        let service = self.inner.clone();
-        let op = move || attempt(&service, &request);
-        Box::pin(async move { flatten(pipeline.call(op).await) })
+        let attempts = self.attempts(request);
+        Box::pin(async move { flatten(pipeline.call_operation(Deadline::none(), attempts).await) })
     }
 }
 
 #[cfg(feature = "serde")]
-impl<S, Req, R, K> Service<Req> for PipelineService<S, crate::config::LivePipeline<R, K>>
+impl<S, Req, Q, R, K> Service<Req> for PipelineService<S, crate::config::LivePipeline<R, K>, Q>
 where
     S: Service<Req, Future: Send, Error: PolicyError + Send, Response: Send>
         + Clone
         + Send
         + 'static,
-    Req: Clone + Send + 'static,
+    Req: Send + 'static,
+    Q: CloneRequest<Req> + Clone + Send + 'static,
     R: Clock,
     K: Classify<S::Response, S::Error> + Send + Sync + 'static,
 {
@@ -96,28 +107,17 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let pipeline = Arc::clone(&self.pipeline);
-        let service = self.inner.clone();
-        let op = move || attempt(&service, &request);
+        let attempts = self.attempts(request);
         // The pipeline in force when the call starts serves it to the end (see
         // `LivePipeline::call`).
-        Box::pin(async move { flatten(pipeline.call(op).await) })
+        Box::pin(async move { flatten(pipeline.call_operation(Deadline::none(), attempts).await) })
     }
 }
 
-/// One attempt: a clone of `request` to a clone of `service`, polled ready first.
-fn attempt<S, Req>(
-    service: &S,
-    request: &Req,
-) -> impl Future<Output = Result<S::Response, S::Error>> + Send + use<S, Req>
-where
-    S: Service<Req, Future: Send> + Clone + Send,
-    Req: Clone + Send,
-{
-    let mut service = service.clone();
-    let request = request.clone();
-    async move {
-        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-        service.call(request).await
+impl<S: Clone, P, Q: Clone> PipelineService<S, P, Q> {
+    /// The call's attempts: a clone of the service, the request and how to copy it.
+    fn attempts<Req>(&self, request: Req) -> Attempts<S, Req, Q> {
+        Attempts::new(self.inner.clone(), request, self.clones.clone())
     }
 }
 

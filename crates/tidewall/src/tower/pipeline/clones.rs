@@ -1,0 +1,138 @@
+//! How a [`PipelineLayer`](super::PipelineLayer) gets the request for an attempt that a
+//! retry could follow.
+
+/// Copies a request for an attempt that a retry could follow (tower's
+/// `Policy::clone_request`, for a [`PipelineLayer`](super::PipelineLayer)).
+///
+/// Before each attempt after which the pipeline could still retry (its schedule has an
+/// attempt left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and
+/// the request kept for a later attempt; `None` sends the request itself, and that attempt
+/// is the call's last (its result is the answer, as when the attempts run out). The last
+/// possible attempt sends the request itself without asking.
+///
+/// [`ByClone`] (the default) clones; [`NoClone`] never copies, so a request that is not
+/// `Clone` gets one attempt; a closure `Fn(&Req) -> Option<Req>` decides per request, e.g.
+/// copies an `http::Request` whose body is already in memory and lets a streaming one go
+/// once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use tidewall::pipeline::Pipeline;
+/// use tidewall::tower::PipelineLayer;
+/// use tidewall::{Backoff, Error};
+/// use tower::{Layer, ServiceExt};
+///
+/// /// A request whose body is a one-shot stream, or bytes that can be sent again.
+/// enum Body {
+///     Bytes(Vec<u8>),
+///     Stream(std::sync::mpsc::Receiver<Vec<u8>>),
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pipeline = Pipeline::builder()
+///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?)
+///     .build()?;
+/// let layer = PipelineLayer::new(pipeline).clone_requests(|body: &Body| match body {
+///     Body::Bytes(bytes) => Some(Body::Bytes(bytes.clone())),
+///     Body::Stream(_) => None,
+/// });
+/// let sent = Arc::new(AtomicU32::new(0));
+/// let seen = Arc::clone(&sent);
+/// let down = tower::service_fn(move |_: Body| {
+///     seen.fetch_add(1, Ordering::SeqCst);
+///     async { Err::<(), _>(Error::Inner("down")) }
+/// });
+///
+/// // Bytes are sent three times, a stream once: the same error either way.
+/// let bytes = layer.layer(down.clone()).oneshot(Body::Bytes(b"ping".to_vec())).await;
+/// assert_eq!((bytes, sent.swap(0, Ordering::SeqCst)), (Err(Error::Inner("down")), 3));
+/// let (_tx, rx) = std::sync::mpsc::channel();
+/// let stream = layer.layer(down).oneshot(Body::Stream(rx)).await;
+/// assert_eq!((stream, sent.swap(0, Ordering::SeqCst)), (Err(Error::Inner("down")), 1));
+/// # Ok(()) }
+/// ```
+pub trait CloneRequest<Req> {
+    /// A copy of `request` to send, or `None` to send `request` itself as the last attempt.
+    fn clone_request(&self, request: &Req) -> Option<Req>;
+}
+
+/// Requests are `Clone`, and each attempt a retry could follow sends a clone: the default of
+/// [`PipelineLayer`](super::PipelineLayer).
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewall::pipeline::Pipeline;
+/// use tidewall::tower::PipelineLayer;
+/// use tidewall::tower::pipeline::ByClone;
+/// use tidewall::{Backoff, Error};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pipeline = Pipeline::builder()
+///     .retry(Backoff::constant(Duration::from_millis(10)).max_attempts(2).build()?)
+///     .build()?;
+/// // The same as `PipelineLayer::new(pipeline)`.
+/// let layer = PipelineLayer::new(pipeline).clone_requests(ByClone);
+/// let echo = tower::service_fn(|name: String| async move { Ok::<_, Error<()>>(name) });
+/// assert_eq!(layer.layer(echo).oneshot("ada".to_owned()).await, Ok("ada".to_owned()));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByClone;
+
+impl<Req: Clone> CloneRequest<Req> for ByClone {
+    fn clone_request(&self, request: &Req) -> Option<Req> {
+        Some(request.clone())
+    }
+}
+
+/// Never copies: each request gets one attempt, whatever the pipeline's retry stage, and
+/// needs no `Clone` (a streaming body, an axum `Request<Body>`). The rest of the pipeline
+/// (its deadline, admission stages, breaker and attempt timeout) applies as ever.
+///
+/// An axum router behind a configured pipeline (here a deadline and a bulkhead), whose
+/// requests carry a streaming body:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use axum::body::Body;
+/// use axum::http::{Request, StatusCode};
+/// use tidewall::config::{Config, Registry};
+/// use tidewall::tower::PipelineLayer;
+/// use tidewall::tower::pipeline::NoClone;
+/// use tidewall::Error;
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let text = "[instances.orders]\ndeadline = \"2s\"\n[instances.orders.bulkhead]\nmax_concurrent = 64\n";
+/// let registry = Registry::new(Config::from_toml(text)?)?;
+/// let router = axum::Router::new()
+///     .route("/orders", axum::routing::post(|body: String| async move { (StatusCode::CREATED, body) }));
+/// let app = PipelineLayer::new(registry.pipeline("orders")?)
+///     .clone_requests(NoClone)
+///     .layer(ServiceExt::<Request<Body>>::map_err(router, Error::<Infallible>::Inner));
+///
+/// let request = Request::post("/orders").body(Body::from("one order"))?;
+/// let response = app.oneshot(request).await?;
+/// assert_eq!(response.status(), StatusCode::CREATED);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoClone;
+
+impl<Req> CloneRequest<Req> for NoClone {
+    fn clone_request(&self, _: &Req) -> Option<Req> {
+        None
+    }
+}
+
+impl<Req, F: Fn(&Req) -> Option<Req>> CloneRequest<Req> for F {
+    fn clone_request(&self, request: &Req) -> Option<Req> {
+        self(request)
+    }
+}
