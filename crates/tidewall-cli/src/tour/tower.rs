@@ -16,6 +16,7 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
 use tidewall::config::{Config, Registry};
 use tidewall::http::HttpClassifier;
+use tidewall::tower::pipeline::NoClone;
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, PipelineLayer};
 use tidewall::{Error, Rejected};
 use tower_layer::Layer;
@@ -63,12 +64,12 @@ impl<R: Net> Service<String> for Get<R> {
 }
 
 /// Calls `service` once, as tower's callers do: ready, then call.
-async fn call_once<S: Service<String>>(
+async fn call_once<S: Service<Req>, Req>(
     service: &mut S,
-    path: &str,
+    request: Req,
 ) -> Result<S::Response, S::Error> {
     poll_fn(|cx| service.poll_ready(cx)).await?;
-    service.call(path.to_owned()).await
+    service.call(request).await
 }
 
 /// The standard HTTP table (`tidewall::http::HttpClassifier`) judges the status this client
@@ -116,12 +117,12 @@ async fn classified<R: Net>(get: &Get<R>, rt: &R, server: &Server, size: Size) -
     let (mut not_found, mut naive_shed) = (0usize, 0usize);
     for _ in 0..calls {
         if let Err(Error::Inner(HttpError::Status { code: 404, .. })) =
-            call_once(&mut with_classifier, "/missing").await
+            call_once(&mut with_classifier, "/missing".to_owned()).await
         {
             not_found += 1;
         }
         if let Err(Error::Rejected(Rejected::CircuitOpen { .. })) =
-            call_once(&mut without, "/missing").await
+            call_once(&mut without, "/missing".to_owned()).await
         {
             naive_shed += 1;
         }
@@ -164,7 +165,7 @@ async fn shedding<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
         let mut service = service.clone();
         async move {
             let start = rt.now();
-            let result = call_once(&mut service, "/delay/150").await;
+            let result = call_once(&mut service, "/delay/150".to_owned()).await;
             (result, since(rt, start))
         }
     }))
@@ -222,7 +223,7 @@ fn pipeline_config(attempts: u32) -> Config {
 async fn configured_pipeline<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
     let mut s = Section::new(
         "tower: a configured pipeline as one layer, retuned by a reload",
-        "PipelineLayer::new(registry.pipeline(name)?).layer(client); Registry::reload",
+        "PipelineLayer::new(registry.pipeline(name)?).layer(client); Registry::reload; clone_requests(NoClone)",
     );
     settle(rt, server).await;
     let registry = Registry::builder(pipeline_config(3))
@@ -239,7 +240,7 @@ async fn configured_pipeline<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> S
         let path = format!("/flaky/{}/2/-", unique("tour-tower-pipeline"));
         let before = server.stats.requests();
         let mut service = layer.layer(get.clone());
-        let answer = call_once(&mut service, &path).await;
+        let answer = call_once(&mut service, path).await;
         (answer, server.stats.requests() - before)
     };
     let (retried, retried_requests) = call().await;
@@ -273,5 +274,50 @@ async fn configured_pipeline<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> S
             )
             && single_requests == 1,
     );
+    // Retries back on; a request that cannot be copied (as a streaming body cannot) still
+    // goes through the same pipeline, once.
+    let retuned = registry.reload(pipeline_config(3));
+    let once = PipelineLayer::new(
+        registry
+            .pipeline("tour-tower-pipeline")
+            .expect("a declared pipeline"),
+    )
+    .clone_requests(NoClone);
+    let path = format!("/flaky/{}/2/-", unique("tour-tower-pipeline"));
+    let before = server.stats.requests();
+    let mut service = once.layer(get.clone());
+    let sent_once = call_once(&mut service, OneShot(path)).await;
+    let once_requests = server.stats.requests() - before;
+    s.metric(
+        "a one-shot request (not Clone), max_attempts 3: answer, requests",
+        format!("{}, {once_requests}", status(&sent_once)),
+    );
+    s.check(
+        "a request that cannot be copied was sent once under a retrying pipeline (NoClone)",
+        retuned.is_ok()
+            && matches!(
+                sent_once,
+                Err(Error::Inner(HttpError::Status { code: 503, .. }))
+            )
+            && once_requests == 1,
+    );
     s
+}
+
+/// A request that can be sent once, as one with a streaming body: not `Clone`.
+struct OneShot(String);
+
+/// GET of a one-shot request's path.
+impl<R: Net> Service<OneShot> for Get<R> {
+    type Response = Bytes;
+    type Error = Error<HttpError>;
+    type Future = <Self as Service<String>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<String>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, request: OneShot) -> Self::Future {
+        self.call(request.0)
+    }
 }
