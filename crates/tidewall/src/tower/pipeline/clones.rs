@@ -8,10 +8,15 @@
 /// attempt left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and
 /// the request kept for a later attempt; `None` sends the request itself, and that attempt
 /// is the call's last (its result is the answer, as when the attempts run out). The last
-/// possible attempt sends the request itself without asking.
+/// possible attempt sends the request itself without asking. The deadline is not consulted:
+/// an attempt it leaves no time to retry may still send a copy.
+///
+/// An attempt the breaker refuses sends nothing and asks nothing; it still counts against
+/// the schedule, and is retried as the pipeline retries a refusal. So a request that is
+/// never copied is still sent once after the refusals before it.
 ///
 /// [`ByClone`] (the default) clones; [`NoClone`] never copies, so a request that is not
-/// `Clone` gets one attempt; a closure `Fn(&Req) -> Option<Req>` decides per request, e.g.
+/// `Clone` is sent once; a closure `Fn(&Req) -> Option<Req>` decides per request, e.g.
 /// copies an `http::Request` whose body is already in memory and lets a streaming one go
 /// once.
 ///
@@ -90,9 +95,11 @@ impl<Req: Clone> CloneRequest<Req> for ByClone {
     }
 }
 
-/// Never copies: each request gets one attempt, whatever the pipeline's retry stage, and
+/// Never copies: each request is sent at most once, whatever the pipeline's retry stage, and
 /// needs no `Clone` (a streaming body, an axum `Request<Body>`). The rest of the pipeline
-/// (its deadline, admission stages, breaker and attempt timeout) applies as ever.
+/// (its deadline, admission stages, breaker and attempt timeout) applies as ever; the
+/// breaker's refusals, which send nothing, are retried as the pipeline retries them (see
+/// [`CloneRequest`]).
 ///
 /// An axum router behind a configured pipeline (here a deadline and a bulkhead), whose
 /// requests carry a streaming body:

@@ -24,10 +24,10 @@ use super::{ByClone, PipelineService};
 ///   and the budget a retry) sends a clone; the last possible attempt sends the request
 ///   itself. So requests are `Clone` (with `http::Request`, a `Clone` body such as
 ///   `Full<Bytes>`), unless the layer is told how to copy them
-///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](super::NoClone) gives each
-///   request one attempt (a streaming body, an axum `Request<Body>`), and a closure copies
+///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](super::NoClone) sends each
+///   request at most once (a streaming body, an axum `Request<Body>`), and a closure copies
 ///   those it can. A request that could not be copied is sent itself, and that attempt is
-///   the call's last.
+///   the call's last. An attempt the breaker refuses sends nothing and needs no request.
 /// * **Readiness.** The service is always ready: it waits for nothing in `poll_ready`, and
 ///   backpressure comes from the pipeline's own stages (a bulkhead's queue, a rate limiter's
 ///   wait, refusals). So a service that queues in `poll_ready` (a `Buffer`, a concurrency
@@ -123,7 +123,7 @@ impl<P> PipelineLayer<P> {
 
 impl<P, Q> PipelineLayer<P, Q> {
     /// Copies requests for attempts with `clones` instead (see [`CloneRequest`](super::CloneRequest)):
-    /// [`NoClone`](super::NoClone) gives each request one attempt and needs no `Clone`; a closure
+    /// [`NoClone`](super::NoClone) sends each request at most once and needs no `Clone`; a closure
     /// `Fn(&Req) -> Option<Req>` copies the requests it can, and lets each of the others go
     /// once. It is cloned into every call: keep it cheap to clone (a function, or what it
     /// captures behind an `Arc`).
