@@ -16,7 +16,7 @@ use tidewall::bulkhead::Bulkhead;
 use tidewall::classify::Verdict;
 use tidewall::config::{Config, Registry};
 use tidewall::http::HttpClassifier;
-use tidewall::tower::pipeline::NoClone;
+use tidewall::tower::NoClone;
 use tidewall::tower::{AdmitLayer, AdmitMode, BreakerLayer, PipelineLayer};
 use tidewall::{Error, Rejected};
 use tower_layer::Layer;

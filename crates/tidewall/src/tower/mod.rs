@@ -7,7 +7,8 @@
 //!   left of the same budget (tower's timeout misses the readiness wait).
 //! * [`RetryLayer`] runs the same [retry engine](crate::retry) as the retry future and the
 //!   pipeline (classifier, hints, budget, deadline), and clones the request only when a retry
-//!   could follow the attempt; the last possible attempt sends the original.
+//!   could follow the attempt; the last possible attempt sends the original. A request that
+//!   is not `Clone` goes through it with a [`CloneRequest`] (`clone_requests`).
 //! * [`AdmitLayer`] is one service over any [`Admission`](crate::admission::Admission): the
 //!   rate limiter (GCRA, shared by clones, no window-edge double bursts), the bulkhead (a
 //!   bounded FIFO queue with a max wait), or a distributed stage deciding after a round trip.
@@ -94,6 +95,7 @@ macro_rules! inner_service_accessors {
 
 pub mod admit;
 pub mod breaker;
+mod clones;
 mod error;
 pub mod hedge;
 #[cfg(feature = "http")]
@@ -104,6 +106,7 @@ pub mod timeout;
 
 pub use admit::{AdmitLayer, AdmitMode, AdmitService};
 pub use breaker::{BreakerLayer, BreakerService};
+pub use clones::{ByClone, CloneRequest, NoClone};
 pub use error::PolicyError;
 pub use hedge::{HedgeLayer, HedgeService};
 pub use pipeline::{PipelineLayer, PipelineService};

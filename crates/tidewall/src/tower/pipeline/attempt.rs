@@ -8,8 +8,8 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::CloneRequest;
 use crate::pipeline::Operation;
+use crate::tower::CloneRequest;
 
 /// The pipeline's operation for one request.
 pub(super) struct Attempts<S, Req, Q> {

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::{ByClone, PipelineService};
+use super::PipelineService;
+use crate::tower::ByClone;
 
 /// Runs every request through a pipeline: a [`Pipeline`](crate::pipeline::Pipeline), or
 /// (feature `serde`) an instance's [`LivePipeline`](crate::config::LivePipeline) from a
@@ -24,7 +25,7 @@ use super::{ByClone, PipelineService};
 ///   and the budget a retry) sends a clone; the last possible attempt sends the request
 ///   itself. So requests are `Clone` (with `http::Request`, a `Clone` body such as
 ///   `Full<Bytes>`), unless the layer is told how to copy them
-///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](super::NoClone) sends each
+///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](crate::tower::NoClone) sends each
 ///   request at most once (a streaming body, an axum `Request<Body>`), and a closure copies
 ///   those it can. A request that could not be copied is sent itself, and that attempt is
 ///   the call's last. An attempt the breaker refuses sends nothing and needs no request.
@@ -122,8 +123,8 @@ impl<P> PipelineLayer<P> {
 }
 
 impl<P, Q> PipelineLayer<P, Q> {
-    /// Copies requests for attempts with `clones` instead (see [`CloneRequest`](super::CloneRequest)):
-    /// [`NoClone`](super::NoClone) sends each request at most once and needs no `Clone`; a closure
+    /// Copies requests for attempts with `clones` instead (see [`CloneRequest`](crate::tower::CloneRequest)):
+    /// [`NoClone`](crate::tower::NoClone) sends each request at most once and needs no `Clone`; a closure
     /// `Fn(&Req) -> Option<Req>` copies the requests it can, and lets each of the others go
     /// once. It is cloned into every call: keep it cheap to clone (a function, or what it
     /// captures behind an `Arc`).
@@ -132,7 +133,7 @@ impl<P, Q> PipelineLayer<P, Q> {
     /// use std::time::Duration;
     /// use tidewall::pipeline::Pipeline;
     /// use tidewall::tower::PipelineLayer;
-    /// use tidewall::tower::pipeline::NoClone;
+    /// use tidewall::tower::NoClone;
     /// use tidewall::{Backoff, Error};
     /// use tower::{Layer, ServiceExt};
     ///

@@ -2,10 +2,8 @@
 //! [`LivePipeline`](crate::config::LivePipeline) from a configuration, following every reload.
 
 mod attempt;
-mod clones;
 mod layer;
 mod service;
 
-pub use clones::{ByClone, CloneRequest, NoClone};
 pub use layer::PipelineLayer;
 pub use service::PipelineService;

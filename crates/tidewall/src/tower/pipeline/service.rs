@@ -6,17 +6,17 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::CloneRequest;
 use super::attempt::Attempts;
 use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::pipeline::{BoxCall, Gate, Pipeline, Retries};
 use crate::rt::Clock;
+use crate::tower::CloneRequest;
 use crate::tower::PolicyError;
 use crate::{Deadline, Error};
 
 /// The service of a [`PipelineLayer`](super::PipelineLayer).
-pub struct PipelineService<S, P, Q = super::ByClone> {
+pub struct PipelineService<S, P, Q = crate::tower::ByClone> {
     inner: S,
     pipeline: Arc<P>,
     clones: Q,

@@ -15,6 +15,7 @@ use crate::Deadline;
 use crate::classify::Classify;
 use crate::retry::engine::{Attempts, Step, Stop, keep_value};
 use crate::rt::Clock;
+use crate::tower::{ByClone, CloneRequest};
 
 pin_project! {
     /// The response future of a [`RetryService`](super::RetryService): the first attempt on
@@ -24,7 +25,7 @@ pin_project! {
     /// **Cancel safety:** dropping it drops the running attempt or the pause; nothing else is
     /// held (a retry budget's deposit for this call stays made).
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, Req, R, C>
+    pub struct ResponseFuture<S, Req, R, C, Q = ByClone>
     where
         S: Service<Req>,
         R: Clock,
@@ -36,7 +37,7 @@ pin_project! {
         request: Option<Req>,
         // The request of the attempt about to be made.
         next: Option<Req>,
-        layer: Arc<RetryLayer<R, C>>,
+        layer: Arc<RetryLayer<R, C, Q>>,
         deadline: Deadline,
         attempts: Attempts,
         // The latest response that was retried (judged a retryable failure): the answer if
@@ -60,13 +61,13 @@ pin_project! {
     }
 }
 
-impl<S: Service<Req>, Req, R: Clock, C> ResponseFuture<S, Req, R, C> {
+impl<S: Service<Req>, Req, R: Clock, C, Q> ResponseFuture<S, Req, R, C, Q> {
     /// The call, its first attempt already made on the service that was polled ready.
     #[inline]
     pub(super) fn first_attempt(
         first: S::Future,
         retries: Option<(S, Req)>,
-        layer: Arc<RetryLayer<R, C>>,
+        layer: Arc<RetryLayer<R, C, Q>>,
         deadline: Deadline,
         attempts: Attempts,
     ) -> Self {
@@ -84,10 +85,10 @@ impl<S: Service<Req>, Req, R: Clock, C> ResponseFuture<S, Req, R, C> {
     }
 }
 
-impl<S, Req, R, C> Future for ResponseFuture<S, Req, R, C>
+impl<S, Req, R, C, Q> Future for ResponseFuture<S, Req, R, C, Q>
 where
     S: Service<Req>,
-    Req: Clone,
+    Q: CloneRequest<Req>,
     R: Clock,
     C: Classify<S::Response, S::Error>,
 {
@@ -114,10 +115,10 @@ where
     }
 }
 
-impl<S, Req, R, C> ResponseFuture<S, Req, R, C>
+impl<S, Req, R, C, Q> ResponseFuture<S, Req, R, C, Q>
 where
     S: Service<Req>,
-    Req: Clone,
+    Q: CloneRequest<Req>,
     R: Clock,
     C: Classify<S::Response, S::Error>,
 {
@@ -141,13 +142,16 @@ where
                 StateProj::Starting => {
                     let rules = &this.layer.rules;
                     rules.begin(this.attempts, || rt.now());
-                    // Clone only when a retry could follow this attempt; the last possible
-                    // attempt sends the original.
-                    *this.next = if rules.retry_possible(this.attempts, || rt.now()) {
-                        this.request.clone()
-                    } else {
-                        this.request.take()
+                    // Copy only when a retry could follow this attempt; the last possible
+                    // attempt, or one whose request cannot be copied, sends the original
+                    // (and so is the last).
+                    let copy = match this.request.as_ref() {
+                        Some(request) if rules.retry_possible(this.attempts, || rt.now()) => {
+                            this.layer.clones.clone_request(request)
+                        }
+                        _ => None,
                     };
+                    *this.next = copy.or_else(|| this.request.take());
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -189,8 +193,8 @@ where
 /// the next attempt. `last`: the original request went out, so nothing is left to retry with
 /// (the engine still says why the call ends: the deadline's end keeps a retried response).
 #[inline(always)]
-fn judge<R: Clock, C, T, E>(
-    layer: &RetryLayer<R, C>,
+fn judge<R: Clock, C, Q, T, E>(
+    layer: &RetryLayer<R, C, Q>,
     attempts: &mut Attempts,
     deadline: Deadline,
     kept: &mut Option<Box<T>>,
@@ -246,7 +250,7 @@ fn pause<Call, R: Clock>(
     }
 }
 
-impl<S: Service<Req>, Req, R: Clock, C> std::fmt::Debug for ResponseFuture<S, Req, R, C> {
+impl<S: Service<Req>, Req, R: Clock, C, Q> std::fmt::Debug for ResponseFuture<S, Req, R, C, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("deadline", &self.deadline)

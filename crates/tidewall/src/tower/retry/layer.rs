@@ -11,6 +11,7 @@ use crate::budget::RetryBudget;
 use crate::classify::{DefaultClassifier, ErrorsWhere, Hinted, WithRetryAfter};
 use crate::retry::engine::RetryRules;
 use crate::rt::{Clock, DefaultRuntime};
+use crate::tower::ByClone;
 
 /// Retries failed calls with the same rules as [`Retry`](crate::retry::Retry) and the
 /// [`Pipeline`](crate::pipeline::Pipeline): a [`Backoff`] schedule, a
@@ -27,7 +28,8 @@ use crate::rt::{Clock, DefaultRuntime};
 /// The request is cloned before an attempt only if a retry could follow it — the backoff has
 /// a delay left and the budget has a retry in it; otherwise the original is sent. With
 /// `max_attempts(1)` or a spent budget, nothing is ever cloned. (tower's `Retry` clones
-/// before every attempt.)
+/// before every attempt.) With [`clone_requests`](Self::clone_requests), a request that
+/// cannot be copied is sent itself, and that attempt is the call's last.
 ///
 /// The service's error type is unchanged: when no retry follows, the last attempt's result is
 /// returned as it was (an `Ok` judged a failure stays `Ok`), except that when the
@@ -48,8 +50,10 @@ use crate::rt::{Clock, DefaultRuntime};
 /// **Cancel safety:** dropping the response future drops the running attempt or the backoff
 /// sleep; no further attempt is made.
 ///
-/// The request type must be `Clone` (a retry resends a copy): without it the layered service
-/// is not a `Service`, and the compiler says so in those words (``the trait bound `Req:
+/// The request type must be `Clone` (a retry resends a copy), unless the layer is told how
+/// to copy requests ([`clone_requests`](Self::clone_requests), for a streaming body, say):
+/// without either the layered service is not a `Service`, and the compiler says so in those
+/// words (``the trait bound `Req:
 /// Clone` is not satisfied``, with a hint to derive it):
 ///
 /// ```compile_fail,E0599
@@ -97,11 +101,12 @@ use crate::rt::{Clock, DefaultRuntime};
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier> {
+pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier, Q = ByClone> {
     pub(super) rt: R,
     pub(super) rules: RetryRules,
     pub(super) classify: C,
     pub(super) within: Option<Duration>,
+    pub(super) clones: Q,
 }
 
 impl RetryLayer {
@@ -112,39 +117,81 @@ impl RetryLayer {
             rules: RetryRules::new(backoff),
             classify: DefaultClassifier,
             within: None,
+            clones: ByClone,
         }
     }
 }
 
-impl<R, C> RetryLayer<R, C> {
+impl<R, C, Q> RetryLayer<R, C, Q> {
     /// Sleeps and reads the time on `rt`.
-    pub fn runtime<R2: Clock>(self, rt: R2) -> RetryLayer<R2, C> {
+    pub fn runtime<R2: Clock>(self, rt: R2) -> RetryLayer<R2, C, Q> {
         RetryLayer {
             rt,
             rules: self.rules,
             classify: self.classify,
             within: self.within,
+            clones: self.clones,
+        }
+    }
+
+    /// Copies requests for retries with `clones` instead of `Clone` (see
+    /// [`CloneRequest`](crate::tower::CloneRequest)):
+    /// a closure `Fn(&Req) -> Option<Req>` copies the requests it can, and one it cannot
+    /// copy is sent once, unretried. Shared by the layer's services, not cloned per call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tidewall::Backoff;
+    /// use tidewall::tower::RetryLayer;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Sent again only when it is a read: not `Clone`.
+    /// enum Op {
+    ///     Read(u32),
+    ///     Charge(u32),
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let backoff = Backoff::constant(Duration::from_millis(10)).max_attempts(3).build()?;
+    /// let layer = RetryLayer::new(backoff).clone_requests(|op: &Op| match op {
+    ///     Op::Read(key) => Some(Op::Read(*key)),
+    ///     Op::Charge(_) => None,
+    /// });
+    /// let down = tower::service_fn(|_: Op| async { Err::<u32, _>("down") });
+    /// assert_eq!(layer.layer(down).oneshot(Op::Read(1)).await, Err("down")); // three sent
+    /// assert_eq!(layer.layer(down).oneshot(Op::Charge(5)).await, Err("down")); // one sent
+    /// # Ok(()) }
+    /// ```
+    pub fn clone_requests<Q2>(self, clones: Q2) -> RetryLayer<R, C, Q2> {
+        RetryLayer {
+            rt: self.rt,
+            rules: self.rules,
+            classify: self.classify,
+            within: self.within,
+            clones,
         }
     }
 
     /// Judges each response with `classifier`: only a
     /// [`RetryableFailure`](crate::classify::Verdict::RetryableFailure) is retried.
-    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2> {
+    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<R, C2, Q> {
         self.map_classifier(|_| classifier)
     }
 
-    fn map_classifier<C2>(self, wrap: impl FnOnce(C) -> C2) -> RetryLayer<R, C2> {
+    fn map_classifier<C2>(self, wrap: impl FnOnce(C) -> C2) -> RetryLayer<R, C2, Q> {
         RetryLayer {
             rt: self.rt,
             rules: self.rules,
             classify: wrap(self.classify),
             within: self.within,
+            clones: self.clones,
         }
     }
 
     /// Retries only the errors `predicate` accepts. Shorthand for
     /// `.classify(ErrorsWhere(predicate))`.
-    pub fn when<P>(self, predicate: P) -> RetryLayer<R, ErrorsWhere<P>> {
+    pub fn when<P>(self, predicate: P) -> RetryLayer<R, ErrorsWhere<P>, Q> {
         self.classify(ErrorsWhere(predicate))
     }
 
@@ -155,7 +202,7 @@ impl<R, C> RetryLayer<R, C> {
     /// [`Rejected`](crate::Rejected) in its chain). For `Error<E>` with an `E` that has no
     /// hints, read the refusals' alone:
     /// `.retry_after_with(|r: Result<&Resp, &Error<E>>| r.err()?.rejection()?.retry_after())`.
-    pub fn honor_retry_after(self) -> RetryLayer<R, WithRetryAfter<C>> {
+    pub fn honor_retry_after(self) -> RetryLayer<R, WithRetryAfter<C>, Q> {
         self.map_classifier(WithRetryAfter)
     }
 
@@ -163,7 +210,7 @@ impl<R, C> RetryLayer<R, C> {
     /// closure `|r: Result<&Resp, &E>| -> Option<Duration>`, e.g. a 503's `Retry-After`).
     /// Wraps the classifier ([`Hinted`]): set [`classify`](Self::classify) or
     /// [`when`](Self::when) first, as they replace it.
-    pub fn retry_after_with<F>(self, source: F) -> RetryLayer<R, Hinted<C, F>> {
+    pub fn retry_after_with<F>(self, source: F) -> RetryLayer<R, Hinted<C, F>, Q> {
         self.map_classifier(|classify| Hinted(classify, source))
     }
 
@@ -211,8 +258,8 @@ impl<R, C> RetryLayer<R, C> {
     }
 }
 
-impl<S, R: Clone, C: Clone> Layer<S> for RetryLayer<R, C> {
-    type Service = RetryService<S, R, C>;
+impl<S, R: Clone, C: Clone, Q: Clone> Layer<S> for RetryLayer<R, C, Q> {
+    type Service = RetryService<S, R, C, Q>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService::new(inner, self.clone())

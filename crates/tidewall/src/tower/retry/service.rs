@@ -10,18 +10,19 @@ use crate::Deadline;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::retry::engine::Attempts;
 use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::tower::{ByClone, CloneRequest};
 
 /// The service of a [`RetryLayer`].
 #[derive(Debug, Clone)]
-pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier> {
+pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier, Q = ByClone> {
     inner: S,
     // Shared with every call's future: copying the rules into each would cost more than the
     // reference count.
-    layer: Arc<RetryLayer<R, C>>,
+    layer: Arc<RetryLayer<R, C, Q>>,
 }
 
-impl<S, R, C> RetryService<S, R, C> {
-    pub(super) fn new(inner: S, layer: RetryLayer<R, C>) -> Self {
+impl<S, R, C, Q> RetryService<S, R, C, Q> {
+    pub(super) fn new(inner: S, layer: RetryLayer<R, C, Q>) -> Self {
         Self {
             inner,
             layer: Arc::new(layer),
@@ -31,16 +32,16 @@ impl<S, R, C> RetryService<S, R, C> {
     inner_service_accessors!("");
 }
 
-impl<S, Req, R, C> Service<Req> for RetryService<S, R, C>
+impl<S, Req, R, C, Q> Service<Req> for RetryService<S, R, C, Q>
 where
     S: Service<Req> + Clone,
-    Req: Clone,
+    Q: CloneRequest<Req>,
     R: Clock,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Req, R, C>;
+    type Future = ResponseFuture<S, Req, R, C, Q>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -56,13 +57,18 @@ where
         });
         let mut attempts = Attempts::default();
         layer.rules.begin(&mut attempts, || layer.rt.now());
-        // The request is cloned only when a retry could follow the first attempt; else the
-        // original goes out and nothing is kept. The service polled ready makes the first
-        // attempt, and a clone of it (polled ready again) each retry.
-        let (first, retries) = if layer.rules.retry_possible(&mut attempts, || layer.rt.now()) {
-            (req.clone(), Some((self.inner.clone(), req)))
+        // The request is copied only when a retry could follow the first attempt; else (or
+        // when it cannot be copied) the original goes out and nothing is kept. The service
+        // polled ready makes the first attempt, and a clone of it (polled ready again) each
+        // retry.
+        let copy = if layer.rules.retry_possible(&mut attempts, || layer.rt.now()) {
+            layer.clones.clone_request(&req)
         } else {
-            (req, None)
+            None
+        };
+        let (first, retries) = match copy {
+            Some(copy) => (copy, Some((self.inner.clone(), req))),
+            None => (req, None),
         };
         let call = self.inner.call(first);
         ResponseFuture::first_attempt(call, retries, layer, deadline, attempts)

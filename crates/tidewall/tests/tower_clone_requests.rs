@@ -1,7 +1,7 @@
-//! How a `PipelineLayer` gets each attempt's request (`clone_requests`, `CloneRequest`): a
-//! clone only for an attempt a retry could follow, requests that are not `Clone` given one
-//! attempt (`NoClone`), a closure that copies what it can, and an axum `Request<Body>`
-//! through a retrying pipeline, on every runtime in virtual time.
+//! How the retrying tower layers (`PipelineLayer`, `RetryLayer`) get each attempt's request
+//! (`clone_requests`, `CloneRequest`): a clone only for an attempt a retry could follow,
+//! requests that are not `Clone` sent once (`NoClone`), a closure that copies what it can,
+//! and an axum `Request<Body>` through a retrying pipeline, on every runtime in virtual time.
 #![cfg(all(feature = "tower", feature = "toml"))]
 
 mod common;
@@ -18,8 +18,7 @@ use tidewall::config::{Config, Registry};
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
-use tidewall::tower::PipelineLayer;
-use tidewall::tower::pipeline::{CloneRequest, NoClone};
+use tidewall::tower::{CloneRequest, NoClone, PipelineLayer, RetryLayer};
 use tidewall::{Backoff, Error, Jitter};
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -361,4 +360,96 @@ async fn an_axum_request_goes_through_a_pipeline_once() {
         .unwrap();
     assert_eq!(&body[..], b"one order");
     assert_eq!(served.load(SeqCst), 1);
+}
+
+/// `RetryLayer::clone_requests`: a closure's copies are retried, a request it cannot copy is
+/// sent once with no pause after it, and one it stops copying part-way ends the call at the
+/// attempt that sent it. `NoClone` sends a request that is not `Clone` once.
+async fn a_retry_layer_copies_what_it_can<R: Runtime>(rt: Clocked<R>) {
+    let layer = RetryLayer::new(constant(5))
+        .runtime(rt.clone())
+        .clone_requests(|body: &Body| match body {
+            Body::Bytes(n) => Some(Body::Bytes(*n)),
+            Body::Stream => None,
+        });
+    let probe = Probe::new(rt.clone(), down);
+    let calls = Arc::clone(&probe.calls);
+    let bytes = layer.layer(probe.clone()).oneshot(Body::Bytes(1)).await;
+    assert_eq!(
+        (bytes, calls.swap(0, SeqCst)),
+        (Err(Error::Inner("down")), 5)
+    );
+    let started = rt.now();
+    let stream = layer.layer(probe.clone()).oneshot(Body::Stream).await;
+    assert_eq!(
+        (stream, calls.swap(0, SeqCst)),
+        (Err(Error::Inner("down")), 1)
+    );
+    assert_eq!(rt.now() - started, MS, "no pause after the only attempt");
+
+    let copies = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&copies);
+    let twice = move |order: &Order| (seen.fetch_add(1, SeqCst) < 2).then_some(Order(order.0));
+    let started = rt.now();
+    let answer = RetryLayer::new(constant(5))
+        .runtime(rt.clone())
+        .clone_requests(twice)
+        .layer(probe.clone())
+        .oneshot(Order(3))
+        .await;
+    assert_eq!(answer, Err(Error::Inner("down")));
+    assert_eq!((calls.swap(0, SeqCst), copies.load(SeqCst)), (3, 3));
+    assert_eq!(
+        rt.now() - started,
+        3 * MS + 2 * 10 * MS,
+        "no pause after the third"
+    );
+
+    let once = RetryLayer::new(constant(5))
+        .runtime(rt.clone())
+        .clone_requests(NoClone)
+        .layer(probe)
+        .oneshot(Order(4))
+        .await;
+    assert_eq!((once, calls.load(SeqCst)), (Err(Error::Inner("down")), 1));
+}
+
+#[test]
+fn a_retry_layer_copies_the_requests_it_can_and_sends_the_others_once() {
+    on_every_runtime!(a_retry_layer_copies_what_it_can);
+}
+
+/// `RetryLayer` asks its copier only for an attempt a retry could follow: never with one
+/// attempt allowed, and `n - 1` times for `n` attempts; an answer ends the asks.
+async fn a_retry_layer_asks_only_when_a_retry_could_follow<R: Runtime>(rt: Clocked<R>) {
+    for (attempts, answer, sent, asked) in [
+        (1, down as fn(u32) -> Result<u32, &'static str>, 1, 0),
+        (3, down, 3, 2),
+        (3, fine, 1, 1),
+    ] {
+        let asks = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&asks);
+        let copier = move |order: &Order| {
+            seen.fetch_add(1, SeqCst);
+            Some(Order(order.0))
+        };
+        let probe = Probe::new(rt.clone(), answer);
+        let calls = Arc::clone(&probe.calls);
+        let _ = RetryLayer::new(constant(attempts))
+            .runtime(rt.clone())
+            .clone_requests(copier)
+            .layer(probe)
+            .oneshot(Order(1))
+            .await;
+        assert_eq!(
+            (calls.load(SeqCst), asks.load(SeqCst)),
+            (sent, asked),
+            "{attempts} attempts"
+        );
+    }
+}
+
+#[test]
+fn a_retry_layer_asks_for_a_copy_only_when_a_retry_could_follow() {
+    on_every_runtime!(a_retry_layer_asks_only_when_a_retry_could_follow);
 }

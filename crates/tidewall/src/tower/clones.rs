@@ -1,19 +1,23 @@
-//! How a [`PipelineLayer`](super::PipelineLayer) gets the request for an attempt that a
-//! retry could follow.
+//! How a retrying layer ([`RetryLayer`](super::RetryLayer),
+//! [`PipelineLayer`](super::PipelineLayer)) gets the request for an attempt that a retry
+//! could follow.
 
 /// Copies a request for an attempt that a retry could follow (tower's
-/// `Policy::clone_request`, for a [`PipelineLayer`](super::PipelineLayer)).
+/// `Policy::clone_request`), for [`RetryLayer`](super::RetryLayer) and
+/// [`PipelineLayer`](super::PipelineLayer) (`clone_requests` on each).
 ///
-/// Before each attempt after which the pipeline could still retry (its schedule has an
-/// attempt left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and
-/// the request kept for a later attempt; `None` sends the request itself, and that attempt
-/// is the call's last (its result is the answer, as when the attempts run out). The last
+/// Before each attempt after which the layer could still retry (its schedule has an attempt
+/// left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and the
+/// request kept for a later attempt; `None` sends the request itself, and that attempt is
+/// the call's last (its result is the answer, as when the attempts run out). The last
 /// possible attempt sends the request itself without asking. The deadline is not consulted:
 /// an attempt it leaves no time to retry may still send a copy.
 ///
-/// An attempt the breaker refuses sends nothing and asks nothing; it still counts against
-/// the schedule, and is retried as the pipeline retries a refusal. So a request that is
-/// never copied is still sent once after the refusals before it.
+/// In a `PipelineLayer`, an attempt the pipeline's own breaker refuses sends nothing and
+/// asks nothing; it still counts against the schedule, and is retried as the pipeline
+/// retries a refusal. So a request that is never copied is still sent once after the
+/// refusals before it. (Under a `RetryLayer`, a `BreakerLayer` below is part of the service:
+/// its refusal is an attempt that took the request.)
 ///
 /// [`ByClone`] (the default) clones; [`NoClone`] never copies, so a request that is not
 /// `Clone` is sent once; a closure `Fn(&Req) -> Option<Req>` decides per request, e.g.
@@ -71,7 +75,7 @@ pub trait CloneRequest<Req> {
 /// use std::time::Duration;
 /// use tidewall::pipeline::Pipeline;
 /// use tidewall::tower::PipelineLayer;
-/// use tidewall::tower::pipeline::ByClone;
+/// use tidewall::tower::ByClone;
 /// use tidewall::{Backoff, Error};
 /// use tower::{Layer, ServiceExt};
 ///
@@ -110,7 +114,7 @@ impl<Req: Clone> CloneRequest<Req> for ByClone {
 /// use axum::http::{Request, StatusCode};
 /// use tidewall::config::{Config, Registry};
 /// use tidewall::tower::PipelineLayer;
-/// use tidewall::tower::pipeline::NoClone;
+/// use tidewall::tower::NoClone;
 /// use tidewall::Error;
 /// use tower::{Layer, ServiceExt};
 ///
