@@ -1,4 +1,4 @@
-//! How the retrying tower layers (`PipelineLayer`, `RetryLayer`) get each attempt's request
+//! How the retrying tower layers (`PipelineLayer`, `RetryLayer`, `HedgeLayer`) get each attempt's request
 //! (`clone_requests`, `CloneRequest`): a clone only for an attempt a retry could follow,
 //! requests that are not `Clone` sent once (`NoClone`), a closure that copies what it can,
 //! and an axum `Request<Body>` through a retrying pipeline, on every runtime in virtual time.
@@ -15,10 +15,11 @@ use tidewall::breaker::CircuitBreaker;
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
 use tidewall::config::{Config, Registry};
+use tidewall::hedge::Hedge;
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::testing::Clocked;
-use tidewall::tower::{CloneRequest, NoClone, PipelineLayer, RetryLayer};
+use tidewall::tower::{CloneRequest, HedgeLayer, NoClone, PipelineLayer, RetryLayer};
 use tidewall::{Backoff, Error, Jitter};
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -452,4 +453,127 @@ async fn a_retry_layer_asks_only_when_a_retry_could_follow<R: Runtime>(rt: Clock
 #[test]
 fn a_retry_layer_asks_for_a_copy_only_when_a_retry_could_follow() {
     on_every_runtime!(a_retry_layer_asks_only_when_a_retry_could_follow);
+}
+
+/// A request whose live values are counted: every copy and the original are dropped by the
+/// end of a call, however it ends.
+struct Live {
+    read: bool,
+    live: Arc<AtomicU32>,
+}
+
+impl Live {
+    fn new(read: bool, live: &Arc<AtomicU32>) -> Self {
+        live.fetch_add(1, SeqCst);
+        Self {
+            read,
+            live: Arc::clone(live),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Answers every request after 80 ms, counting them.
+fn slow<R: Clock>(
+    rt: &R,
+    sent: &Arc<AtomicU32>,
+) -> impl Service<Live, Response = bool, Error = Error<&'static str>, Future: Send>
++ Clone
++ Send
++ 'static {
+    let rt = rt.clone();
+    let sent = Arc::clone(sent);
+    tower::service_fn(move |request: Live| {
+        sent.fetch_add(1, SeqCst);
+        let wait = rt.sleep(80 * MS);
+        async move {
+            wait.await;
+            Ok(request.read)
+        }
+    })
+}
+
+/// `HedgeLayer::clone_requests`: a closure that copies reads hedges them (two sent, the
+/// hedge's answer first), a write it will not copy is sent once and never hedged, and every
+/// request value is dropped by the end of the call.
+async fn a_hedge_layer_hedges_only_what_it_can_copy<R: Runtime>(rt: Clocked<R>) {
+    let hedge = Hedge::builder()
+        .runtime(rt.clone())
+        .delay(50 * MS)
+        .max_hedges(3)
+        .build()
+        .unwrap();
+    let live = Arc::new(AtomicU32::new(0));
+    let copies = Arc::clone(&live);
+    let layer = HedgeLayer::new(hedge)
+        .clone_requests(move |request: &Live| request.read.then(|| Live::new(true, &copies)));
+    let sent = Arc::new(AtomicU32::new(0));
+    let started = rt.now();
+    let read = layer
+        .layer(slow(&rt, &sent))
+        .oneshot(Live::new(true, &live))
+        .await;
+    assert_eq!(read, Ok(true));
+    assert_eq!(
+        rt.now() - started,
+        80 * MS,
+        "the first attempt answered first"
+    );
+    assert_eq!(sent.swap(0, SeqCst), 2, "hedged once at 50 ms");
+    let started = rt.now();
+    let write = layer
+        .layer(slow(&rt, &sent))
+        .oneshot(Live::new(false, &live))
+        .await;
+    assert_eq!(write, Ok(false));
+    assert_eq!(rt.now() - started, 80 * MS);
+    assert_eq!(sent.swap(0, SeqCst), 1, "a write is never hedged");
+    assert_eq!(live.load(SeqCst), 0, "every copy and original dropped");
+}
+
+#[test]
+fn a_hedge_layer_hedges_only_the_requests_it_can_copy() {
+    on_every_runtime!(a_hedge_layer_hedges_only_what_it_can_copy);
+}
+
+/// A copier that copies once: the first attempt sends the copy, the first hedge the request
+/// itself, and no later hedge is launched though three are allowed. `NoClone` never hedges.
+async fn a_hedge_stops_when_the_request_is_given_away<R: Runtime>(rt: Clocked<R>) {
+    let hedge = || {
+        Hedge::builder()
+            .runtime(rt.clone())
+            .delay(20 * MS)
+            .max_hedges(3)
+            .build()
+            .unwrap()
+    };
+    let live = Arc::new(AtomicU32::new(0));
+    let asks = Arc::new(AtomicU32::new(0));
+    let (copies, seen) = (Arc::clone(&live), Arc::clone(&asks));
+    let once = move |_: &Live| (seen.fetch_add(1, SeqCst) == 0).then(|| Live::new(true, &copies));
+    let sent = Arc::new(AtomicU32::new(0));
+    let answer = HedgeLayer::new(hedge())
+        .clone_requests(once)
+        .layer(slow(&rt, &sent))
+        .oneshot(Live::new(true, &live))
+        .await;
+    assert_eq!(answer, Ok(true));
+    assert_eq!((sent.swap(0, SeqCst), asks.load(SeqCst)), (2, 2));
+    let answer = HedgeLayer::new(hedge())
+        .clone_requests(NoClone)
+        .layer(slow(&rt, &sent))
+        .oneshot(Live::new(true, &live))
+        .await;
+    assert_eq!((answer, sent.load(SeqCst)), (Ok(true), 1));
+    assert_eq!(live.load(SeqCst), 0);
+}
+
+#[test]
+fn a_hedge_launches_nothing_once_its_request_is_given_away() {
+    on_every_runtime!(a_hedge_stops_when_the_request_is_given_away);
 }

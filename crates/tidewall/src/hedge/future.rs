@@ -97,12 +97,14 @@ where
         let hedge: &Hedge<R, K> = this.hedge;
         let inner = &*hedge.inner;
         let rules = &inner.rules;
-        // Sets the wait for the next hedge, if the rules leave one.
-        let schedule_next = |attempts: &Attempts, mut timer: Pin<&mut Option<R::Sleep>>| {
-            if rules.attempt_left(attempts) {
-                timer.set(Some(inner.rt.sleep(hedge.delay())));
-            }
-        };
+        // Sets the wait for the next hedge, if the rules leave one and the operation can
+        // make it.
+        let schedule_next =
+            |attempts: &Attempts, repeatable: bool, mut timer: Pin<&mut Option<R::Sleep>>| {
+                if repeatable && rules.attempt_left(attempts) {
+                    timer.set(Some(inner.rt.sleep(hedge.delay())));
+                }
+            };
         // A retryable failure's hint: no hedge starts before it ends (capped as a retry's).
         let note_hint = |not_before: &mut Option<Instant>, result: &Result<T, E>| {
             if let Some(hint) = hedge.classify.retry_after(result.as_ref()) {
@@ -115,7 +117,7 @@ where
             rules.begin(this.attempts, || now);
             this.primary.set(Some(this.op.make_attempt()));
             *this.primary_started = Some(now);
-            schedule_next(this.attempts, this.timer.as_mut());
+            schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
         }
         let output = 'answered: loop {
             if let Some(primary) = this.primary.as_mut().as_pin_mut()
@@ -197,7 +199,7 @@ where
                         .telemetry
                         .hedge_launched(this.attempts.started().saturating_sub(1));
                     this.hedges.push((Box::pin(this.op.make_attempt()), now));
-                    schedule_next(this.attempts, this.timer.as_mut());
+                    schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
                     continue;
                 }
                 if rules.attempt_left(this.attempts) {

@@ -74,6 +74,13 @@ pub trait MakeAttempt {
 
     /// Starts an attempt.
     fn make_attempt(&mut self) -> Self::Attempt;
+
+    /// Whether another attempt can be started: false once the operation has given away what
+    /// each attempt needs (the tower layer's request, when it could not be copied). No hedge
+    /// is launched after that. A closure is always repeatable.
+    fn repeatable(&self) -> bool {
+        true
+    }
 }
 
 impl<F: FnMut() -> Fut, Fut: std::future::Future> MakeAttempt for F {

@@ -1,10 +1,10 @@
-//! How a retrying layer ([`RetryLayer`](super::RetryLayer),
-//! [`PipelineLayer`](super::PipelineLayer)) gets the request for an attempt that a retry
-//! could follow.
+//! How a retrying or hedging layer gets the request for an attempt that another could
+//! follow.
 
 /// Copies a request for an attempt that a retry could follow (tower's
-/// `Policy::clone_request`), for [`RetryLayer`](super::RetryLayer) and
-/// [`PipelineLayer`](super::PipelineLayer) (`clone_requests` on each).
+/// `Policy::clone_request`), for [`RetryLayer`](super::RetryLayer),
+/// [`PipelineLayer`](super::PipelineLayer) and [`HedgeLayer`](super::HedgeLayer)
+/// (`clone_requests` on each).
 ///
 /// Before each attempt after which the layer could still retry (its schedule has an attempt
 /// left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and the
@@ -12,6 +12,10 @@
 /// the call's last (its result is the answer, as when the attempts run out). The last
 /// possible attempt sends the request itself without asking. The deadline is not consulted:
 /// an attempt it leaves no time to retry may still send a copy.
+///
+/// A [`HedgeLayer`](super::HedgeLayer) asks before every attempt, the first included (its
+/// attempts run at once, so it cannot know which is the last): `None` sends the request
+/// itself, and no hedge is launched after it.
 ///
 /// In a `PipelineLayer`, an attempt the pipeline's own breaker refuses sends nothing and
 /// asks nothing; it still counts against the schedule, and is retried as the pipeline
@@ -69,7 +73,8 @@ pub trait CloneRequest<Req> {
 }
 
 /// Requests are `Clone`, and each attempt a retry could follow sends a clone: the default of
-/// [`PipelineLayer`](super::PipelineLayer).
+/// [`RetryLayer`](super::RetryLayer), [`PipelineLayer`](super::PipelineLayer) and
+/// [`HedgeLayer`](super::HedgeLayer).
 ///
 /// ```
 /// use std::time::Duration;
@@ -99,14 +104,14 @@ impl<Req: Clone> CloneRequest<Req> for ByClone {
     }
 }
 
-/// Never copies: each request is sent at most once, whatever the pipeline's retry stage, and
-/// needs no `Clone` (a streaming body, an axum `Request<Body>`). The rest of the pipeline
-/// (its deadline, admission stages, breaker and attempt timeout) applies as ever; the
-/// breaker's refusals, which send nothing, are retried as the pipeline retries them (see
-/// [`CloneRequest`]).
+/// Never copies: each request is sent at most once, whatever the layer's retries, and needs
+/// no `Clone` (a streaming body, an axum `Request<Body>`). In a `PipelineLayer` the rest of
+/// the pipeline (its deadline, admission stages, breaker and attempt timeout) applies as
+/// ever; the breaker's refusals, which send nothing, are retried as the pipeline retries them
+/// (see [`CloneRequest`]).
 ///
 /// An axum router behind a configured pipeline (here a deadline and a bulkhead), whose
-/// requests carry a streaming body:
+/// requests carry axum's `Body`, which is not `Clone`:
 ///
 /// ```
 /// use std::convert::Infallible;

@@ -8,7 +8,8 @@
 //! * [`RetryLayer`] runs the same [retry engine](crate::retry) as the retry future and the
 //!   pipeline (classifier, hints, budget, deadline), and clones the request only when a retry
 //!   could follow the attempt; the last possible attempt sends the original. A request that
-//!   is not `Clone` goes through it with a [`CloneRequest`] (`clone_requests`).
+//!   is not `Clone` goes through it, as through `HedgeLayer` and `PipelineLayer`, with a
+//!   [`CloneRequest`] (`clone_requests`).
 //! * [`AdmitLayer`] is one service over any [`Admission`](crate::admission::Admission): the
 //!   rate limiter (GCRA, shared by clones, no window-edge double bursts), the bulkhead (a
 //!   bounded FIFO queue with a max wait), or a distributed stage deciding after a round trip.

@@ -10,6 +10,7 @@ use tower_service::Service;
 use crate::classify::Classify;
 use crate::hedge::{HedgeFuture, MakeAttempt};
 use crate::rt::Clock;
+use crate::tower::{ByClone, CloneRequest};
 
 pin_project! {
     /// The response future of a [`HedgeService`](super::HedgeService): a
@@ -18,29 +19,35 @@ pin_project! {
     ///
     /// **Cancel safety:** dropping it drops every attempt still running.
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, Req, R, K>
+    pub struct ResponseFuture<S, Req, R, K, Q = ByClone>
     where
         S: Service<Req>,
         S: Clone,
-        Req: Clone,
+        Q: CloneRequest<Req>,
         R: Clock,
         K: 'static,
     {
         #[pin]
-        hedged: HedgeFuture<'static, Attempts<S, Req>, R, K>,
+        hedged: HedgeFuture<'static, Attempts<S, Req, Q>, R, K>,
     }
 }
 
-impl<S: Service<Req> + Clone, Req: Clone, R: Clock, K: 'static> ResponseFuture<S, Req, R, K> {
-    pub(super) fn new(hedged: HedgeFuture<'static, Attempts<S, Req>, R, K>) -> Self {
+impl<S, Req, R, K, Q> ResponseFuture<S, Req, R, K, Q>
+where
+    S: Service<Req> + Clone,
+    Q: CloneRequest<Req>,
+    R: Clock,
+    K: 'static,
+{
+    pub(super) fn new(hedged: HedgeFuture<'static, Attempts<S, Req, Q>, R, K>) -> Self {
         Self { hedged }
     }
 }
 
-impl<S, Req, R, K> Future for ResponseFuture<S, Req, R, K>
+impl<S, Req, R, K, Q> Future for ResponseFuture<S, Req, R, K, Q>
 where
     S: Service<Req> + Clone,
-    Req: Clone,
+    Q: CloneRequest<Req>,
     R: Clock,
     K: Classify<S::Response, S::Error> + 'static,
 {
@@ -51,8 +58,12 @@ where
     }
 }
 
-impl<S: Service<Req> + Clone, Req: Clone, R: Clock, K: 'static> std::fmt::Debug
-    for ResponseFuture<S, Req, R, K>
+impl<S, Req, R, K, Q> std::fmt::Debug for ResponseFuture<S, Req, R, K, Q>
+where
+    S: Service<Req> + Clone,
+    Q: CloneRequest<Req>,
+    R: Clock,
+    K: 'static,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
@@ -60,36 +71,50 @@ impl<S: Service<Req> + Clone, Req: Clone, R: Clock, K: 'static> std::fmt::Debug
 }
 
 /// The attempts of one hedged request: the first on the service polled ready, each later
-/// one on a fresh clone of the service.
-pub(super) struct Attempts<S, Req> {
+/// one on a fresh clone of the service; each sends a copy of the request, or the request
+/// itself when it cannot be copied (and then no hedge follows).
+pub(super) struct Attempts<S, Req, Q> {
     ready: Option<S>,
     template: S,
-    req: Req,
+    req: Option<Req>,
+    clones: Q,
 }
 
-impl<S, Req> Attempts<S, Req> {
-    pub(super) fn new(ready: S, template: S, req: Req) -> Self {
+impl<S, Req, Q> Attempts<S, Req, Q> {
+    pub(super) fn new(ready: S, template: S, req: Req, clones: Q) -> Self {
         Self {
             ready: Some(ready),
             template,
-            req,
+            req: Some(req),
+            clones,
         }
     }
 }
 
-impl<S: Service<Req> + Clone, Req: Clone> MakeAttempt for Attempts<S, Req> {
+impl<S: Service<Req> + Clone, Req, Q: CloneRequest<Req>> MakeAttempt for Attempts<S, Req, Q> {
     type Attempt = Attempt<S, Req>;
 
     fn make_attempt(&mut self) -> Attempt<S, Req> {
+        let copy = self
+            .req
+            .as_ref()
+            .and_then(|req| self.clones.clone_request(req));
+        let Some(req) = copy.or_else(|| self.req.take()) else {
+            unreachable!("the hedge starts no attempt once `repeatable` said no")
+        };
         match self.ready.take() {
             Some(mut ready) => Attempt::Calling {
-                call: ready.call(self.req.clone()),
+                call: ready.call(req),
             },
             None => Attempt::Readying {
                 service: self.template.clone(),
-                req: Some(self.req.clone()),
+                req: Some(req),
             },
         }
+    }
+
+    fn repeatable(&self) -> bool {
+        self.req.is_some()
     }
 }
 

@@ -7,9 +7,12 @@ use super::service::Source;
 use crate::classify::DefaultClassifier;
 use crate::hedge::Hedge;
 use crate::rt::{Clock, DefaultRuntime};
+use crate::tower::ByClone;
 
 /// Hedges every request with a [`Hedge`] policy. Apply it only to routes whose requests are
-/// idempotent: a hedge sends a clone of the request to a clone of the service. Responses are
+/// idempotent: each attempt sends a clone of the request to a clone of the service (or a copy
+/// made by [`clone_requests`](Self::clone_requests), which can also keep other requests from
+/// being hedged). Responses are
 /// judged by the hedge's [classifier](crate::hedge::HedgeBuilder::classify).
 ///
 /// ```
@@ -28,8 +31,9 @@ use crate::rt::{Clock, DefaultRuntime};
 /// assert_eq!(service.ready().await?.call(7).await?, 7);
 /// # Ok(()) }
 /// ```
-pub struct HedgeLayer<R = DefaultRuntime, K = DefaultClassifier> {
+pub struct HedgeLayer<R = DefaultRuntime, K = DefaultClassifier, Q = ByClone> {
     hedge: Source<R, K>,
+    clones: Q,
 }
 
 impl<R, K> HedgeLayer<R, K> {
@@ -37,6 +41,7 @@ impl<R, K> HedgeLayer<R, K> {
     pub fn new(hedge: Hedge<R, K>) -> Self {
         Self {
             hedge: Source::Fixed(hedge),
+            clones: ByClone,
         }
     }
 
@@ -73,11 +78,63 @@ impl<R, K> HedgeLayer<R, K> {
     pub fn live(hedge: crate::config::LiveHedge<R, K>) -> Self {
         Self {
             hedge: Source::Live(hedge),
+            clones: ByClone,
         }
     }
 }
 
-impl<R: Clock, K: Clone> HedgeLayer<R, K> {
+impl<R, K, Q> HedgeLayer<R, K, Q> {
+    /// Copies requests for attempts with `clones` instead of `Clone` (see
+    /// [`CloneRequest`](crate::tower::CloneRequest)): each attempt sends a copy, and a
+    /// request that cannot be copied is sent itself, with no hedge after it. A closure that
+    /// copies only idempotent requests hedges those alone. Cloned into each call.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// use tidewall::hedge::Hedge;
+    /// use tidewall::tower::HedgeLayer;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Hedged only when it is a read: not `Clone`.
+    /// enum Op {
+    ///     Read(u32),
+    ///     Write(u32),
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hedge = Hedge::builder().delay(Duration::from_millis(50)).build()?;
+    /// let layer = HedgeLayer::new(hedge).clone_requests(|op: &Op| match op {
+    ///     Op::Read(key) => Some(Op::Read(*key)),
+    ///     Op::Write(_) => None,
+    /// });
+    /// let sent = Arc::new(AtomicU32::new(0));
+    /// let seen = Arc::clone(&sent);
+    /// // Answers after 80 ms: a read is hedged at 50 ms, a write is not.
+    /// let slow = tower::service_fn(move |op: Op| {
+    ///     seen.fetch_add(1, Ordering::SeqCst);
+    ///     async move {
+    ///         tokio::time::sleep(Duration::from_millis(80)).await;
+    ///         Ok::<_, std::convert::Infallible>(match op { Op::Read(k) | Op::Write(k) => k })
+    ///     }
+    /// });
+    /// assert_eq!(layer.layer(slow.clone()).oneshot(Op::Read(1)).await?, 1);
+    /// assert_eq!(sent.swap(0, Ordering::SeqCst), 2);
+    /// assert_eq!(layer.layer(slow).oneshot(Op::Write(2)).await?, 2);
+    /// assert_eq!(sent.load(Ordering::SeqCst), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn clone_requests<Q2>(self, clones: Q2) -> HedgeLayer<R, K, Q2> {
+        HedgeLayer {
+            hedge: self.hedge,
+            clones,
+        }
+    }
+}
+
+impl<R: Clock, K: Clone, Q> HedgeLayer<R, K, Q> {
     /// The hedge a call starting now would use.
     ///
     /// ```
@@ -94,15 +151,16 @@ impl<R: Clock, K: Clone> HedgeLayer<R, K> {
     }
 }
 
-impl<R: Clock, K: Clone> Clone for HedgeLayer<R, K> {
+impl<R: Clock, K: Clone, Q: Clone> Clone for HedgeLayer<R, K, Q> {
     fn clone(&self) -> Self {
         Self {
             hedge: self.hedge.clone(),
+            clones: self.clones.clone(),
         }
     }
 }
 
-impl<R: Clock, K> std::fmt::Debug for HedgeLayer<R, K> {
+impl<R: Clock, K, Q> std::fmt::Debug for HedgeLayer<R, K, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HedgeLayer")
             .field("hedge", &self.hedge)
@@ -110,10 +168,10 @@ impl<R: Clock, K> std::fmt::Debug for HedgeLayer<R, K> {
     }
 }
 
-impl<S, R: Clock, K: Clone> Layer<S> for HedgeLayer<R, K> {
-    type Service = HedgeService<S, R, K>;
+impl<S, R: Clock, K: Clone, Q: Clone> Layer<S> for HedgeLayer<R, K, Q> {
+    type Service = HedgeService<S, R, K, Q>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HedgeService::new(inner, self.hedge.clone())
+        HedgeService::new(inner, self.hedge.clone(), self.clones.clone())
     }
 }

@@ -10,11 +10,13 @@ use super::future::Attempts;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::hedge::{Hedge, Idempotent};
 use crate::rt::{Clock, DefaultRuntime};
+use crate::tower::{ByClone, CloneRequest};
 
 /// The service of a [`HedgeLayer`](super::HedgeLayer).
-pub struct HedgeService<S, R = DefaultRuntime, K = DefaultClassifier> {
+pub struct HedgeService<S, R = DefaultRuntime, K = DefaultClassifier, Q = ByClone> {
     inner: S,
     hedge: Source<R, K>,
+    clones: Q,
 }
 
 /// Where a service's calls take their hedge from.
@@ -67,24 +69,28 @@ impl<R: Clock, K> std::fmt::Debug for Source<R, K> {
     }
 }
 
-impl<S, R, K> HedgeService<S, R, K> {
-    pub(super) fn new(inner: S, hedge: Source<R, K>) -> Self {
-        Self { inner, hedge }
+impl<S, R, K, Q> HedgeService<S, R, K, Q> {
+    pub(super) fn new(inner: S, hedge: Source<R, K>, clones: Q) -> Self {
+        Self {
+            inner,
+            hedge,
+            clones,
+        }
     }
 
     inner_service_accessors!("");
 }
 
-impl<S, Req, R, K> Service<Req> for HedgeService<S, R, K>
+impl<S, Req, R, K, Q> Service<Req> for HedgeService<S, R, K, Q>
 where
     S: Service<Req> + Clone,
-    Req: Clone,
+    Q: CloneRequest<Req> + Clone,
     R: Clock,
     K: Classify<S::Response, S::Error> + Clone + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Req, R, K>;
+    type Future = ResponseFuture<S, Req, R, K, Q>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -96,18 +102,18 @@ where
         // ready first.
         let template = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, template.clone());
-        let attempts = Attempts::new(ready, template, req);
+        let attempts = Attempts::new(ready, template, req, self.clones.clone());
         ResponseFuture::new(self.hedge.current().into_call(Idempotent(attempts)))
     }
 }
 
-impl<S: Clone, R: Clock, K: Clone> Clone for HedgeService<S, R, K> {
+impl<S: Clone, R: Clock, K: Clone, Q: Clone> Clone for HedgeService<S, R, K, Q> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.hedge.clone())
+        Self::new(self.inner.clone(), self.hedge.clone(), self.clones.clone())
     }
 }
 
-impl<S, R: Clock, K> std::fmt::Debug for HedgeService<S, R, K> {
+impl<S, R: Clock, K, Q> std::fmt::Debug for HedgeService<S, R, K, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HedgeService")
             .field("hedge", &self.hedge)

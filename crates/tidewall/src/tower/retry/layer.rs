@@ -137,7 +137,8 @@ impl<R, C, Q> RetryLayer<R, C, Q> {
     /// Copies requests for retries with `clones` instead of `Clone` (see
     /// [`CloneRequest`](crate::tower::CloneRequest)):
     /// a closure `Fn(&Req) -> Option<Req>` copies the requests it can, and one it cannot
-    /// copy is sent once, unretried. Shared by the layer's services, not cloned per call.
+    /// copy is sent once, unretried. Each service the layer makes gets a clone of it, which
+    /// that service's calls share.
     ///
     /// ```
     /// use std::time::Duration;
