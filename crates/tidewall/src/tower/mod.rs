@@ -95,6 +95,7 @@ macro_rules! inner_service_accessors {
 }
 
 pub mod admit;
+mod attempt;
 pub mod breaker;
 mod clones;
 mod error;

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -10,6 +10,7 @@ use tower_service::Service;
 use crate::classify::Classify;
 use crate::hedge::{HedgeFuture, MakeAttempt};
 use crate::rt::Clock;
+use crate::tower::attempt::Attempt;
 use crate::tower::{ByClone, CloneRequest};
 
 pin_project! {
@@ -115,39 +116,5 @@ impl<S: Service<Req> + Clone, Req, Q: CloneRequest<Req>> MakeAttempt for Attempt
 
     fn repeatable(&self) -> bool {
         self.req.is_some()
-    }
-}
-
-pin_project! {
-    /// One attempt: readying a fresh clone of the service, then the call.
-    #[project = AttemptProj]
-    pub(super) enum Attempt<S, Req>
-    where
-        S: Service<Req>,
-    {
-        /// Waiting for a clone of the service to be ready.
-        Readying { service: S, req: Option<Req> },
-        /// The call.
-        Calling { #[pin] call: S::Future },
-    }
-}
-
-impl<S: Service<Req>, Req> Future for Attempt<S, Req> {
-    type Output = Result<S::Response, S::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            match self.as_mut().project() {
-                AttemptProj::Readying { service, req } => {
-                    ready!(service.poll_ready(cx))?;
-                    let Some(req) = req.take() else {
-                        unreachable!("a readied attempt is called once")
-                    };
-                    let call = service.call(req);
-                    self.set(Attempt::Calling { call });
-                }
-                AttemptProj::Calling { call } => return call.poll(cx),
-            }
-        }
     }
 }

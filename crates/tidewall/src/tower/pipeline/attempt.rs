@@ -1,15 +1,11 @@
 //! A call's attempts: each a request, copied or the original, to a clone of the service,
 //! which is polled ready first.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::pipeline::Operation;
 use crate::tower::CloneRequest;
+use crate::tower::attempt::Attempt;
 
 /// The pipeline's operation for one request.
 pub(super) struct Attempts<S, Req, Q> {
@@ -47,54 +43,13 @@ where
         let Some(request) = copy.or_else(|| self.request.take()) else {
             unreachable!("the engine starts no attempt once `repeatable` said no")
         };
-        Attempt {
+        Attempt::Readying {
             service: self.service.clone(),
-            state: State::Readying {
-                request: Some(request),
-            },
+            req: Some(request),
         }
     }
 
     fn repeatable(&self) -> bool {
         self.request.is_some()
-    }
-}
-
-pin_project! {
-    /// One attempt: the service polled ready, then called. A readiness error is the
-    /// attempt's error.
-    pub(super) struct Attempt<S: Service<Req>, Req> {
-        service: S,
-        #[pin]
-        state: State<S::Future, Req>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, Req> {
-        Readying { request: Option<Req> },
-        Calling { #[pin] call: F },
-    }
-}
-
-impl<S: Service<Req>, Req> Future for Attempt<S, Req> {
-    type Output = Result<S::Response, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Readying { request } => {
-                    ready!(this.service.poll_ready(cx))?;
-                    let Some(request) = request.take() else {
-                        unreachable!("an attempt calls its service once")
-                    };
-                    let call = this.service.call(request);
-                    this.state.set(State::Calling { call });
-                }
-                StateProj::Calling { call } => return call.poll(cx),
-            }
-        }
     }
 }
