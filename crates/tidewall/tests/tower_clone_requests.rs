@@ -14,10 +14,12 @@ use std::time::Duration;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
+use tidewall::classify::Verdict;
 use tidewall::config::{Config, Registry};
 use tidewall::hedge::Hedge;
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::{Clock, Runtime};
+use tidewall::telemetry::{Event, EventKind};
 use tidewall::testing::Clocked;
 use tidewall::tower::{CloneRequest, HedgeLayer, NoClone, PipelineLayer, RetryLayer};
 use tidewall::{Backoff, Error, Jitter};
@@ -576,4 +578,105 @@ async fn a_hedge_stops_when_the_request_is_given_away<R: Runtime>(rt: Clocked<R>
 #[test]
 fn a_hedge_launches_nothing_once_its_request_is_given_away() {
     on_every_runtime!(a_hedge_stops_when_the_request_is_given_away);
+}
+
+/// Retryable below 500 is an answer; 500 and up, and every error, are retried.
+fn retry_5xx(result: Result<&u32, &Error<&'static str>>) -> Verdict {
+    match result {
+        Ok(status) if *status < 500 => Verdict::Success,
+        _ => Verdict::RetryableFailure,
+    }
+}
+
+/// 503, an error, 503, an error: what each attempt answers.
+fn flapping(n: u32) -> Result<u32, &'static str> {
+    if n % 2 == 1 { Ok(503) } else { Err("down") }
+}
+
+/// A copier's `None` ends the call with that attempt's result, but for the deadline's rule:
+/// when the deadline leaves no time for a retry either, the 503 an earlier attempt got comes
+/// back in place of the last attempt's error. The same in both retrying layers. (Attempts
+/// take 1 ms, pauses 10 ms: the fourth ends at 34 ms, and a fifth could start at 44 ms.)
+async fn a_refusal_meets_the_deadline_rule_in_both_layers<R: Runtime>(rt: Clocked<R>) {
+    let refusing_at_4 = || {
+        let asks = Arc::new(AtomicU32::new(0));
+        move |order: &Order| (asks.fetch_add(1, SeqCst) < 3).then_some(Order(order.0))
+    };
+    for (deadline, answer) in [
+        (Duration::from_millis(36), Ok(503)),
+        (Duration::from_secs(1), Err(Error::Inner("down"))),
+    ] {
+        let probe = Probe::new(rt.clone(), flapping);
+        let retried = RetryLayer::new(constant(9))
+            .runtime(rt.clone())
+            .classify(retry_5xx)
+            .deadline(deadline)
+            .clone_requests(refusing_at_4())
+            .layer(probe.clone())
+            .oneshot(Order(1))
+            .await;
+        assert_eq!(retried, answer, "RetryLayer, {deadline:?}");
+        let pipeline = Pipeline::builder()
+            .runtime(rt.clone())
+            .deadline(deadline)
+            .retry(constant(9))
+            .classify(retry_5xx)
+            .build()
+            .unwrap();
+        let piped = PipelineLayer::new(pipeline)
+            .clone_requests(refusing_at_4())
+            .layer(probe.clone())
+            .oneshot(Order(1))
+            .await;
+        assert_eq!(piped, answer, "PipelineLayer, {deadline:?}");
+        assert_eq!(probe.calls.load(SeqCst), 8, "four attempts each");
+    }
+}
+
+#[test]
+fn a_copier_refusal_meets_the_deadline_rule_in_both_retrying_layers() {
+    on_every_runtime!(a_refusal_meets_the_deadline_rule_in_both_layers);
+}
+
+/// A pipeline layer whose last attempt sends the request itself because the budget has no
+/// retry reports the spent budget as `Pipeline::call` does.
+async fn the_layer_reports_a_spent_budget_as_the_pipeline_does<R: Runtime>(rt: Clocked<R>) {
+    let spent = Arc::new(AtomicU32::new(0));
+    let pipeline = || {
+        let policy = RetryBudgetPolicy::builder()
+            .ratio(0.1)
+            .min_per_second(0)
+            .window(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let seen = Arc::clone(&spent);
+        Pipeline::builder()
+            .runtime(rt.clone())
+            .retry(constant(3))
+            .retry_budget(RetryBudget::new(policy, rt.now()))
+            .on_event(move |event: &Event<'_>| {
+                if matches!(event.kind, EventKind::BudgetExhausted) {
+                    seen.fetch_add(1, SeqCst);
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let direct = pipeline().call(|| async { Err::<u32, _>("down") }).await;
+    assert_eq!(direct, Err(Error::Inner("down")));
+    assert_eq!(spent.swap(0, SeqCst), 1, "Pipeline::call");
+    let layered = PipelineLayer::new(pipeline())
+        .layer(Probe::new(rt.clone(), down))
+        .oneshot(Counted {
+            id: 1,
+            clones: Arc::new(AtomicU32::new(0)),
+        })
+        .await;
+    assert_eq!(layered, Err(Error::Inner("down")));
+    assert_eq!(spent.load(SeqCst), 1, "PipelineLayer");
+}
+
+#[test]
+fn a_pipeline_layer_reports_a_spent_budget_as_the_pipeline_does() {
+    on_every_runtime!(the_layer_reports_a_spent_budget_as_the_pipeline_does);
 }

@@ -147,12 +147,15 @@ where
             let Some(rules) = rules else {
                 break 'call (last, Some(verdict));
             };
-            if !op.repeatable() {
-                // The operation gave its input to that attempt: it was the last one.
-                break 'call (last, Some(verdict));
-            }
             let after = clock.deadline();
-            match rules.after(&mut attempts, verdict, hinted, after, || clock.now()) {
+            let step = if op.repeatable() {
+                rules.after(&mut attempts, verdict, hinted, after, || clock.now())
+            } else {
+                // The operation gave its input to that attempt: the call ends as `after` would
+                // end it, with no retry (see `after_last`).
+                Step::Stop(rules.after_last(&mut attempts, verdict, hinted, after, || clock.now()))
+            };
+            match step {
                 Step::Retry(delay) => {
                     if let Ok(value) = last {
                         keep_value(&mut kept, value);

@@ -136,9 +136,9 @@ impl RetryRules {
 
     /// What [`after`](Self::after) answers for an attempt that no retry can follow, because
     /// the front sent its only copy of the request (`retry_possible` said no retry could
-    /// come): the same stop `after` would give, the deadline's included, in place of a retry
-    /// (a spent budget), and nothing withdrawn.
-    #[cfg(feature = "tower")]
+    /// come, or the request could not be copied): the same stop `after` would give, the
+    /// deadline's included; in place of a retry, a spent budget when the budget has none, else
+    /// the schedule's end (the request is gone, as the attempts are); nothing withdrawn.
     pub(crate) fn after_last(
         &self,
         attempts: &mut Attempts,
@@ -152,7 +152,15 @@ impl RetryRules {
         }
         match self.retry_delay(attempts, hint, deadline, now) {
             Err(stop) => stop,
-            Ok(_) => Stop::BudgetSpent,
+            Ok((_, Some(now)))
+                if self
+                    .budget
+                    .as_ref()
+                    .is_some_and(|budget| !budget.has_balance(now)) =>
+            {
+                Stop::BudgetSpent
+            }
+            Ok(_) => Stop::Exhausted,
         }
     }
 

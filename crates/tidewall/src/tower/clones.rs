@@ -9,9 +9,13 @@
 /// Before each attempt after which the layer could still retry (its schedule has an attempt
 /// left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and the
 /// request kept for a later attempt; `None` sends the request itself, and that attempt is
-/// the call's last (its result is the answer, as when the attempts run out). The last
-/// possible attempt sends the request itself without asking. The deadline is not consulted:
-/// an attempt it leaves no time to retry may still send a copy.
+/// the call's last. Its result is the answer, as when the attempts run out, but for the
+/// layer's deadline rule: when the deadline leaves no time for a retry either, a response
+/// an earlier attempt got and retried (a 503, say) comes back in place of a later error, as
+/// the deadline would have ended the call. The last possible attempt sends the request
+/// itself without asking. The deadline is not consulted before asking: an attempt it leaves
+/// no time to retry may still send a copy. The copy is made before the attempt's service is
+/// polled ready, so it is held through that wait (and dropped unsent if readiness fails).
 ///
 /// A [`HedgeLayer`](super::HedgeLayer) asks before every attempt, the first included (its
 /// attempts run at once, so it cannot know which is the last): `None` sends the request

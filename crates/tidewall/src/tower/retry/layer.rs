@@ -228,9 +228,9 @@ impl<R, C, Q> RetryLayer<R, C, Q> {
     /// Gives each call's retries `within` from the call: a retry whose sleep (plus
     /// [`min_attempt_time`](Self::min_attempt_time)) would end past it is not taken, and the
     /// last result is returned at once (or, when that is an error, the latest response an
-    /// earlier attempt got and was retried). The first attempt always starts, and a running
-    /// attempt is not cut off: put a [`TimeoutLayer`](crate::tower::TimeoutLayer) outside this
-    /// layer for that.
+    /// earlier attempt got and was retried). The first attempt always starts, and neither a
+    /// running attempt nor a retry's wait for its service to be ready is cut off: put a
+    /// [`TimeoutLayer`](crate::tower::TimeoutLayer) outside this layer for that.
     #[must_use]
     pub fn deadline(mut self, within: Duration) -> Self {
         self.within = Some(within);
