@@ -223,7 +223,8 @@ fn pipeline_config(attempts: u32) -> Config {
 async fn configured_pipeline<R: Net>(get: &Get<R>, rt: &R, server: &Server) -> Section {
     let mut s = Section::new(
         "tower: a configured pipeline as one layer, retuned by a reload",
-        "PipelineLayer::new(registry.pipeline(name)?).layer(client); Registry::reload; clone_requests(NoClone)",
+        "PipelineLayer::new(registry.pipeline(name)?).layer(client); Registry::reload; \
+         clone_requests(NoClone)",
     );
     settle(rt, server).await;
     let registry = Registry::builder(pipeline_config(3))

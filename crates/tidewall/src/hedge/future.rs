@@ -194,20 +194,24 @@ where
                     continue;
                 }
                 *this.refused = false;
-                if rules.launch(this.attempts, || now) {
-                    inner
-                        .telemetry
-                        .hedge_launched(this.attempts.started().saturating_sub(1));
-                    this.hedges.push((Box::pin(this.op.make_attempt()), now));
-                    schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
-                    continue;
+                // Asked again when due: an operation may stop being repeatable after the wait
+                // was set. It then launches nothing, and the call ends with what runs.
+                if this.op.repeatable() {
+                    if rules.launch(this.attempts, || now) {
+                        inner
+                            .telemetry
+                            .hedge_launched(this.attempts.started().saturating_sub(1));
+                        this.hedges.push((Box::pin(this.op.make_attempt()), now));
+                        schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
+                        continue;
+                    }
+                    if rules.attempt_left(this.attempts) {
+                        inner.telemetry.budget_spent();
+                    }
+                    // Refused while attempts run: asked for once more if they all fail.
+                    // Refused with none running: the call ends with the last failure.
+                    *this.refused = running;
                 }
-                if rules.attempt_left(this.attempts) {
-                    inner.telemetry.budget_spent();
-                }
-                // Refused while attempts run: asked for once more if they all fail. Refused
-                // with none running: the call ends with the last failure.
-                *this.refused = running;
             }
             if running || this.timer.is_some() {
                 return Poll::Pending;

@@ -76,8 +76,9 @@ pub trait MakeAttempt {
     fn make_attempt(&mut self) -> Self::Attempt;
 
     /// Whether another attempt can be started: false once the operation has given away what
-    /// each attempt needs (the tower layer's request, when it could not be copied). No hedge
-    /// is launched after that. A closure is always repeatable.
+    /// each attempt needs (the tower layer's request, when it could not be copied). The hedge
+    /// asks after each attempt it starts and again when the next is due, and launches no
+    /// attempt while the answer is false. A closure is always repeatable.
     fn repeatable(&self) -> bool {
         true
     }

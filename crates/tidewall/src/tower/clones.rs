@@ -6,10 +6,10 @@
 /// [`PipelineLayer`](super::PipelineLayer) and [`HedgeLayer`](super::HedgeLayer)
 /// (`clone_requests` on each).
 ///
-/// Before each attempt after which the layer could still retry (its schedule has an attempt
-/// left and its budget a retry), the layer asks for a copy: `Some(copy)` is sent and the
-/// request kept for a later attempt; `None` sends the request itself, and that attempt is
-/// the call's last. Its result is the answer, as when the attempts run out, but for the
+/// A `RetryLayer` or `PipelineLayer` asks before each attempt after which it could still
+/// retry (its schedule has an attempt left and its budget a retry): `Some(copy)` is sent
+/// and the request kept for a later attempt; `None` sends the request itself, and that
+/// attempt is the call's last. Its result is the answer, as when the attempts run out, but for the
 /// layer's deadline rule: when the deadline leaves no time for a retry either, a response
 /// an earlier attempt got and retried (a 503, say) comes back in place of a later error, as
 /// the deadline would have ended the call. The last possible attempt sends the request
@@ -17,9 +17,9 @@
 /// no time to retry may still send a copy. The copy is made before the attempt's service is
 /// polled ready, so it is held through that wait (and dropped unsent if readiness fails).
 ///
-/// A [`HedgeLayer`](super::HedgeLayer) asks before every attempt, the first included (its
-/// attempts run at once, so it cannot know which is the last): `None` sends the request
-/// itself, and no hedge is launched after it.
+/// A [`HedgeLayer`](super::HedgeLayer) asks as it sends each attempt, the first included,
+/// even when no hedge can follow (its attempts run at once, so it does not tell the last):
+/// `None` sends the request itself, and no hedge is launched after it.
 ///
 /// In a `PipelineLayer`, an attempt the pipeline's own breaker refuses sends nothing and
 /// asks nothing; it still counts against the schedule, and is retried as the pipeline
@@ -129,10 +129,11 @@ impl<Req: Clone> CloneRequest<Req> for ByClone {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let text = "[instances.orders]\ndeadline = \"2s\"\n[instances.orders.bulkhead]\nmax_concurrent = 64\n";
+/// let text = "[instances.orders]\ndeadline = \"2s\"\n\
+///             [instances.orders.bulkhead]\nmax_concurrent = 64\n";
 /// let registry = Registry::new(Config::from_toml(text)?)?;
-/// let router = axum::Router::new()
-///     .route("/orders", axum::routing::post(|body: String| async move { (StatusCode::CREATED, body) }));
+/// let created = |body: String| async move { (StatusCode::CREATED, body) };
+/// let router = axum::Router::new().route("/orders", axum::routing::post(created));
 /// let app = PipelineLayer::new(registry.pipeline("orders")?)
 ///     .clone_requests(NoClone)
 ///     .layer(ServiceExt::<Request<Body>>::map_err(router, Error::<Infallible>::Inner));

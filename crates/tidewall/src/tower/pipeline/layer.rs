@@ -123,8 +123,9 @@ impl<P> PipelineLayer<P> {
 }
 
 impl<P, Q> PipelineLayer<P, Q> {
-    /// Copies requests for attempts with `clones` instead (see [`CloneRequest`](crate::tower::CloneRequest)):
-    /// [`NoClone`](crate::tower::NoClone) sends each request at most once and needs no `Clone`; a closure
+    /// Copies requests for attempts with `clones` instead (see
+    /// [`CloneRequest`](crate::tower::CloneRequest)): [`NoClone`](crate::tower::NoClone)
+    /// sends each request at most once and needs no `Clone`; a closure
     /// `Fn(&Req) -> Option<Req>` copies the requests it can, and lets each of the others go
     /// once. It is cloned into every call: keep it cheap to clone (a function, or what it
     /// captures behind an `Arc`).
