@@ -6,6 +6,7 @@
 //! and during calls (from another thread too); nested layers and other Tidewall tower layers;
 //! extreme schedules and idle gaps. Every scenario runs on every runtime, in virtual time.
 
+mod clone_support;
 mod common;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use clone_support::Tagged;
 use common::rng::Rng;
 use tidewall::breaker::CircuitBreaker;
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
@@ -51,60 +53,6 @@ fn constant(delay: Duration, attempts: u32) -> Backoff {
 }
 
 // --- requests that know where they came from ------------------------------------------------
-
-/// A request that knows its lineage: generation 0 is the caller's own, `n > 0` the copier's
-/// copy made at its `n`th ask. Every value alive is counted in `live`; `Clone` (for `ByClone`
-/// layers) keeps the generation and counts in `clones`.
-#[derive(Debug)]
-struct Tagged {
-    id: u32,
-    generation: u32,
-    live: Arc<AtomicI64>,
-    clones: Arc<AtomicU32>,
-    /// Per-request tallies, shared by every copy: asks of a copier and attempts that reached
-    /// the service.
-    asks: Arc<AtomicU32>,
-    attempts: Arc<AtomicU32>,
-}
-
-impl Tagged {
-    fn new(id: u32, live: &Arc<AtomicI64>) -> Self {
-        live.fetch_add(1, SeqCst);
-        Self {
-            id,
-            generation: 0,
-            live: Arc::clone(live),
-            clones: Arc::new(AtomicU32::new(0)),
-            asks: Arc::new(AtomicU32::new(0)),
-            attempts: Arc::new(AtomicU32::new(0)),
-        }
-    }
-
-    fn copy(&self, generation: u32) -> Self {
-        self.live.fetch_add(1, SeqCst);
-        Self {
-            id: self.id,
-            generation,
-            live: Arc::clone(&self.live),
-            clones: Arc::clone(&self.clones),
-            asks: Arc::clone(&self.asks),
-            attempts: Arc::clone(&self.attempts),
-        }
-    }
-}
-
-impl Clone for Tagged {
-    fn clone(&self) -> Self {
-        self.clones.fetch_add(1, SeqCst);
-        self.copy(self.generation)
-    }
-}
-
-impl Drop for Tagged {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, SeqCst);
-    }
-}
 
 /// What the service records of a request.
 trait Tag {
