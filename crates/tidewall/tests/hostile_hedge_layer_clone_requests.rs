@@ -1842,3 +1842,44 @@ async fn limited_dropped_at_seeded_times<R: Runtime>(rt: Clocked<R>) {
 fn a_hedge_future_over_a_limited_operation_dropped_at_seeded_times_leaves_nothing() {
     on_every_runtime!(limited_dropped_at_seeded_times);
 }
+
+/// Docs (`MakeAttempt::repeatable`): "once the answer is false it launches nothing more and
+/// waits for nothing more (a failure's hint included)". An operation that stops being
+/// repeatable from outside (at 2 ms) while its primary runs: the primary's failure at 5 ms,
+/// with a 10 s hint, ends the call then, not after the hint. (Found by review: the hedge
+/// waited out the hint before asking, then launched nothing.)
+async fn not_repeatable_from_outside_waits_no_hint<R: Runtime>(rt: Clocked<R>) {
+    let hint = |r: Result<&u32, &Fault>| match r {
+        Err(Fault::Busy(ms)) => Some(Duration::from_millis(*ms)),
+        _ => None,
+    };
+    let policy = Hedge::builder()
+        .runtime(rt.clone())
+        .delay(20 * MS)
+        .max_hedges(3)
+        .classify(Hinted(DefaultClassifier, hint))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut op = limited(&rt, u32::MAX, |_| (5, Some(Fault::Busy(10_000))));
+    op.stop = Some(Arc::clone(&stop));
+    let made = Arc::clone(&op.made);
+    let started = rt.now();
+    let flip = async {
+        rt.sleep(2 * MS).await;
+        stop.store(true, SeqCst);
+    };
+    let (answer, ()) = join(policy.call(Idempotent(op)), flip).await;
+    assert_eq!(answer, Err(Fault::Busy(10_000)));
+    assert_eq!(made.attempts.load(SeqCst), 1);
+    assert_eq!(
+        rt.now() - started,
+        5 * MS,
+        "ended at the failure, not after its hint"
+    );
+}
+
+#[test]
+fn an_operation_no_longer_repeatable_waits_out_no_hint() {
+    on_every_runtime!(not_repeatable_from_outside_waits_no_hint);
+}

@@ -174,6 +174,13 @@ where
                 }
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
+            if (this.timer.is_some() || *this.refused) && !this.op.repeatable() {
+                // The operation stopped being repeatable after the next hedge was planned:
+                // nothing more can be launched, so nothing is waited for (a hint included).
+                this.timer.set(None);
+                *this.waiting_out_hint = false;
+                *this.refused = false;
+            }
             // The next hedge is due when its wait is over, or at once when every attempt
             // failed (a hedge the budget refused included); it starts if the budget pays.
             let due = match this.timer.as_mut().as_pin_mut() {
@@ -194,24 +201,20 @@ where
                     continue;
                 }
                 *this.refused = false;
-                // Asked again when due: an operation may stop being repeatable after the wait
-                // was set. It then launches nothing, and the call ends with what runs.
-                if this.op.repeatable() {
-                    if rules.launch(this.attempts, || now) {
-                        inner
-                            .telemetry
-                            .hedge_launched(this.attempts.started().saturating_sub(1));
-                        this.hedges.push((Box::pin(this.op.make_attempt()), now));
-                        schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
-                        continue;
-                    }
-                    if rules.attempt_left(this.attempts) {
-                        inner.telemetry.budget_spent();
-                    }
-                    // Refused while attempts run: asked for once more if they all fail.
-                    // Refused with none running: the call ends with the last failure.
-                    *this.refused = running;
+                if rules.launch(this.attempts, || now) {
+                    inner
+                        .telemetry
+                        .hedge_launched(this.attempts.started().saturating_sub(1));
+                    this.hedges.push((Box::pin(this.op.make_attempt()), now));
+                    schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
+                    continue;
                 }
+                if rules.attempt_left(this.attempts) {
+                    inner.telemetry.budget_spent();
+                }
+                // Refused while attempts run: asked for once more if they all fail. Refused
+                // with none running: the call ends with the last failure.
+                *this.refused = running;
             }
             if running || this.timer.is_some() {
                 return Poll::Pending;

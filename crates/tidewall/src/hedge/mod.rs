@@ -77,8 +77,9 @@ pub trait MakeAttempt {
 
     /// Whether another attempt can be started: false once the operation has given away what
     /// each attempt needs (the tower layer's request, when it could not be copied). The hedge
-    /// asks after each attempt it starts and again when the next is due, and launches no
-    /// attempt while the answer is false. A closure is always repeatable.
+    /// asks after each attempt it starts and whenever it polls with a hedge pending; once the
+    /// answer is false it launches nothing more and waits for nothing more (a failure's hint
+    /// included), so once false it should stay false. A closure is always repeatable.
     fn repeatable(&self) -> bool {
         true
     }

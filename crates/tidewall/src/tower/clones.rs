@@ -15,7 +15,11 @@
 /// the deadline would have ended the call. The last possible attempt sends the request
 /// itself without asking. The deadline is not consulted before asking: an attempt it leaves
 /// no time to retry may still send a copy. The copy is made before the attempt's service is
-/// polled ready, so it is held through that wait (and dropped unsent if readiness fails).
+/// polled ready, so it is held through that wait. A request handed to an attempt is that
+/// attempt's to send: if the service's readiness fails, or the attempt timeout or deadline
+/// ends the wait for it, the request is dropped unsent. So a request that is never copied
+/// is sent at most once, and a readiness failure on its attempt ends the call with that
+/// failure.
 ///
 /// A [`HedgeLayer`](super::HedgeLayer) asks as it sends each attempt, the first included,
 /// even when no hedge can follow (its attempts run at once, so it does not tell the last):
@@ -30,7 +34,8 @@
 /// [`ByClone`] (the default) clones; [`NoClone`] never copies, so a request that is not
 /// `Clone` is sent once; a closure `Fn(&Req) -> Option<Req>` decides per request, e.g.
 /// copies an `http::Request` whose body is already in memory and lets a streaming one go
-/// once.
+/// once. Write the closure's argument type (`|request: &Req| ..`): `clone_requests` takes
+/// any copier, so the compiler cannot infer it.
 ///
 /// ```
 /// use std::sync::Arc;

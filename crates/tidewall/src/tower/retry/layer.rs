@@ -100,7 +100,7 @@ use crate::tower::ByClone;
 /// assert_eq!(calls.load(Ordering::Relaxed), 3);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetryLayer<R = DefaultRuntime, C = DefaultClassifier, Q = ByClone> {
     pub(super) rt: R,
     pub(super) rules: RetryRules,
@@ -141,6 +141,8 @@ impl<R, C, Q> RetryLayer<R, C, Q> {
     /// that service's calls share.
     ///
     /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
     /// use std::time::Duration;
     /// use tidewall::Backoff;
     /// use tidewall::tower::RetryLayer;
@@ -159,9 +161,16 @@ impl<R, C, Q> RetryLayer<R, C, Q> {
     ///     Op::Read(key) => Some(Op::Read(*key)),
     ///     Op::Charge(_) => None,
     /// });
-    /// let down = tower::service_fn(|_: Op| async { Err::<u32, _>("down") });
-    /// assert_eq!(layer.layer(down).oneshot(Op::Read(1)).await, Err("down")); // three sent
-    /// assert_eq!(layer.layer(down).oneshot(Op::Charge(5)).await, Err("down")); // one sent
+    /// let sent = Arc::new(AtomicU32::new(0));
+    /// let seen = Arc::clone(&sent);
+    /// let down = tower::service_fn(move |_: Op| {
+    ///     seen.fetch_add(1, Ordering::SeqCst);
+    ///     async { Err::<u32, _>("down") }
+    /// });
+    /// assert_eq!(layer.layer(down.clone()).oneshot(Op::Read(1)).await, Err("down"));
+    /// assert_eq!(sent.swap(0, Ordering::SeqCst), 3);
+    /// assert_eq!(layer.layer(down).oneshot(Op::Charge(5)).await, Err("down"));
+    /// assert_eq!(sent.load(Ordering::SeqCst), 1);
     /// # Ok(()) }
     /// ```
     pub fn clone_requests<Q2>(self, clones: Q2) -> RetryLayer<R, C, Q2> {
@@ -256,6 +265,18 @@ impl<R, C, Q> RetryLayer<R, C, Q> {
     pub fn seed(mut self, seed: u64) -> Self {
         self.rules.seed = Some(seed);
         self
+    }
+}
+
+impl<R: std::fmt::Debug, C: std::fmt::Debug, Q> std::fmt::Debug for RetryLayer<R, C, Q> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the copier: a closure has no `Debug`.
+        f.debug_struct("RetryLayer")
+            .field("rt", &self.rt)
+            .field("rules", &self.rules)
+            .field("classify", &self.classify)
+            .field("within", &self.within)
+            .finish_non_exhaustive()
     }
 }
 

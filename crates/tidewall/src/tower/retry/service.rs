@@ -13,12 +13,23 @@ use crate::rt::{Clock, DefaultRuntime, instant_after};
 use crate::tower::{ByClone, CloneRequest};
 
 /// The service of a [`RetryLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetryService<S, R = DefaultRuntime, C = DefaultClassifier, Q = ByClone> {
     inner: S,
     // Shared with every call's future: copying the rules into each would cost more than the
     // reference count.
     layer: Arc<RetryLayer<R, C, Q>>,
+}
+
+impl<S: std::fmt::Debug, R: std::fmt::Debug, C: std::fmt::Debug, Q> std::fmt::Debug
+    for RetryService<S, R, C, Q>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
 }
 
 impl<S, R, C, Q> RetryService<S, R, C, Q> {
