@@ -162,3 +162,19 @@ impl<Req, F: Fn(&Req) -> Option<Req>> CloneRequest<Req> for F {
         self(request)
     }
 }
+
+/// The request for the next attempt: a copy while `another_could_follow` (asked only while the
+/// request is held) and `clones` can make one, else the request itself, taken from `request`.
+/// `None` once the request was given away. The one rule of every layer here.
+#[inline]
+pub(crate) fn next_request<Req, Q: CloneRequest<Req>>(
+    clones: &Q,
+    request: &mut Option<Req>,
+    another_could_follow: impl FnOnce() -> bool,
+) -> Option<Req> {
+    let copy = match request.as_ref() {
+        Some(held) if another_could_follow() => clones.clone_request(held),
+        _ => None,
+    };
+    copy.or_else(|| request.take())
+}

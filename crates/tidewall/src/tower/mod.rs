@@ -97,7 +97,7 @@ macro_rules! inner_service_accessors {
 pub mod admit;
 mod attempt;
 pub mod breaker;
-mod clones;
+pub(crate) mod clones;
 mod error;
 pub mod hedge;
 #[cfg(feature = "http")]

@@ -11,6 +11,7 @@ use crate::classify::Classify;
 use crate::hedge::{HedgeFuture, MakeAttempt};
 use crate::rt::Clock;
 use crate::tower::attempt::Attempt;
+use crate::tower::clones::next_request;
 use crate::tower::{ByClone, CloneRequest};
 
 pin_project! {
@@ -96,11 +97,8 @@ impl<S: Service<Req> + Clone, Req, Q: CloneRequest<Req>> MakeAttempt for Attempt
     type Attempt = Attempt<S, Req>;
 
     fn make_attempt(&mut self) -> Attempt<S, Req> {
-        let copy = self
-            .req
-            .as_ref()
-            .and_then(|req| self.clones.clone_request(req));
-        let Some(req) = copy.or_else(|| self.req.take()) else {
+        // Every attempt asks: the hedge does not tell which is its last.
+        let Some(req) = next_request(&self.clones, &mut self.req, || true) else {
             unreachable!("the hedge starts no attempt once `repeatable` said no")
         };
         match self.ready.take() {

@@ -6,6 +6,7 @@ use tower_service::Service;
 use crate::pipeline::Operation;
 use crate::tower::CloneRequest;
 use crate::tower::attempt::Attempt;
+use crate::tower::clones::next_request;
 
 /// The pipeline's operation for one request.
 pub(super) struct Attempts<S, Req, Q> {
@@ -36,11 +37,7 @@ where
     fn attempt(&mut self, retry_possible: impl FnOnce() -> bool) -> Attempt<S, Req> {
         // A copy only for an attempt a retry could follow: the last possible one sends the
         // request itself, as does one whose request cannot be copied (and so is the last).
-        let copy = match &self.request {
-            Some(request) if retry_possible() => self.clones.clone_request(request),
-            _ => None,
-        };
-        let Some(request) = copy.or_else(|| self.request.take()) else {
+        let Some(request) = next_request(&self.clones, &mut self.request, retry_possible) else {
             unreachable!("the engine starts no attempt once `repeatable` said no")
         };
         Attempt::Readying {

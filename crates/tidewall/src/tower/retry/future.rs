@@ -15,6 +15,7 @@ use crate::Deadline;
 use crate::classify::Classify;
 use crate::retry::engine::{Attempts, Step, Stop, keep_value};
 use crate::rt::Clock;
+use crate::tower::clones::next_request;
 use crate::tower::{ByClone, CloneRequest};
 
 pin_project! {
@@ -145,13 +146,9 @@ where
                     // Copy only when a retry could follow this attempt; the last possible
                     // attempt, or one whose request cannot be copied, sends the original
                     // (and so is the last).
-                    let copy = match this.request.as_ref() {
-                        Some(request) if rules.retry_possible(this.attempts, || rt.now()) => {
-                            this.layer.clones.clone_request(request)
-                        }
-                        _ => None,
-                    };
-                    *this.next = copy.or_else(|| this.request.take());
+                    *this.next = next_request(&this.layer.clones, this.request, || {
+                        rules.retry_possible(this.attempts, || rt.now())
+                    });
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {

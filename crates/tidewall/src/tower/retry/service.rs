@@ -10,6 +10,7 @@ use crate::Deadline;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::retry::engine::Attempts;
 use crate::rt::{Clock, DefaultRuntime, instant_after};
+use crate::tower::clones::next_request;
 use crate::tower::{ByClone, CloneRequest};
 
 /// The service of a [`RetryLayer`].
@@ -72,15 +73,13 @@ where
         // when it cannot be copied) the original goes out and nothing is kept. The service
         // polled ready makes the first attempt, and a clone of it (polled ready again) each
         // retry.
-        let copy = if layer.rules.retry_possible(&mut attempts, || layer.rt.now()) {
-            layer.clones.clone_request(&req)
-        } else {
-            None
+        let mut request = Some(req);
+        let Some(first) = next_request(&layer.clones, &mut request, || {
+            layer.rules.retry_possible(&mut attempts, || layer.rt.now())
+        }) else {
+            unreachable!("a request was just given")
         };
-        let (first, retries) = match copy {
-            Some(copy) => (copy, Some((self.inner.clone(), req))),
-            None => (req, None),
-        };
+        let retries = request.map(|req| (self.inner.clone(), req));
         let call = self.inner.call(first);
         ResponseFuture::first_attempt(call, retries, layer, deadline, attempts)
     }
