@@ -22,7 +22,15 @@
 //! 64 that waits in `poll_ready` when full (never full here) and learns from every response:
 //! tower-resilience 0.13's `AdaptiveLimiterLayer` (a tokio semaphore, `Instant::now` twice,
 //! a boxed future, its AIMD an atomic update) and Tidewall's `AdmitLayer` over an `AdaptiveLimiter` in
-//! `AdmitMode::WaitReady`; and, for scale, the same `AdmitLayer` over a `Bulkhead` of 64.
+//! `AdmitMode::WaitReady`; and, for scale, the same `AdmitLayer` over a `Bulkhead` of 64. The
+//! `_reject` rows are the same two layers in `AdmitMode::Reject`, which admits in `call` and
+//! keeps no guard between `poll_ready` and `call`: what the layer costs without that hand-over.
+//!
+//! Group `adaptive_pipeline`: `Pipeline::call` of a ready operation through a pipeline whose
+//! only stage is the admission (`PipelineBuilder::bulkhead`): the same AIMD limiter, and a
+//! bulkhead of 64; and `no_admission`, a pipeline with no stage, which the two rows less it
+//! leave what each admission costs. One call at a time in one task (current-thread tokio),
+//! each row timing its own loop.
 //!
 //! Run: `cargo bench -p tidewall-benches --bench adaptive`.
 
@@ -164,7 +172,19 @@ fn adaptive_tower(c: &mut Criterion) {
         &rt,
         AdmitLayer::new(ours.clone(), AdmitMode::WaitReady).layer(TYPED_ECHO),
     );
+    per_call(
+        &mut group,
+        "tidewall_aimd_reject",
+        &rt,
+        AdmitLayer::new(ours.clone(), AdmitMode::Reject).layer(TYPED_ECHO),
+    );
     let bulkhead = Bulkhead::builder(LIMIT as usize).build().unwrap();
+    per_call(
+        &mut group,
+        "tidewall_bulkhead_reject",
+        &rt,
+        AdmitLayer::new(bulkhead.clone(), AdmitMode::Reject).layer(TYPED_ECHO),
+    );
     per_call(
         &mut group,
         "tidewall_bulkhead",
@@ -175,10 +195,69 @@ fn adaptive_tower(c: &mut Criterion) {
     assert_eq!(ours.in_flight(), 0);
 }
 
+fn adaptive_pipeline(c: &mut Criterion) {
+    use std::convert::Infallible;
+    use std::hint::black_box;
+    use tidewall::pipeline::Pipeline;
+
+    let rt = tidewall_benches::tower_echo::current_thread();
+    let _entered = rt.enter();
+    let mut group = c.benchmark_group("adaptive_pipeline");
+    let ours = limiter(
+        Aimd::builder()
+            .min_limit(1)
+            .initial_limit(LIMIT)
+            .max_limit(1_000)
+            .build()
+            .unwrap(),
+    );
+    let aimd = Pipeline::builder().bulkhead(ours.clone()).build().unwrap();
+    let bulkhead = Pipeline::builder()
+        .bulkhead(Bulkhead::builder(LIMIT as usize).build().unwrap())
+        .build()
+        .unwrap();
+    let none = Pipeline::builder().build().unwrap();
+    // One closure a row: each pipeline's `call` has its own caller, as a service's would.
+    let (aimd, bulkhead, none) = (&aimd, &bulkhead, &none);
+    let one = &1u32;
+    group.bench_function("tidewall_aimd", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let out = aimd.call(|| async { Ok::<_, Infallible>(*black_box(one)) });
+                black_box(out.await.unwrap());
+            }
+            start.elapsed()
+        })
+    });
+    group.bench_function("tidewall_bulkhead", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let out = bulkhead.call(|| async { Ok::<_, Infallible>(*black_box(one)) });
+                black_box(out.await.unwrap());
+            }
+            start.elapsed()
+        })
+    });
+    group.bench_function("no_admission", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let out = none.call(|| async { Ok::<_, Infallible>(*black_box(one)) });
+                black_box(out.await.unwrap());
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    assert_eq!(ours.in_flight(), 0);
+}
+
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
-    use super::{adaptive, adaptive_tower, criterion_group};
-    criterion_group! { name = benches; config = tidewall_benches::criterion(); targets = adaptive, adaptive_tower }
+    use super::{adaptive, adaptive_pipeline, adaptive_tower, criterion_group};
+    criterion_group! { name = benches; config = tidewall_benches::criterion(); targets = adaptive, adaptive_tower, adaptive_pipeline }
 }
 criterion_main!(group::benches);
