@@ -447,23 +447,27 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
     fn permit(&self, held: usize) -> AdaptivePermit<A, R> {
         let shared = &*self.shared;
         AdaptivePermit {
-            inflight: u32::try_from(held).unwrap_or(u32::MAX),
+            held,
             started: shared.clock.nanos(shared.bulkhead.runtime()),
-            limiter: self.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
+}
 
-    /// Teaches the algorithm one call and applies the limit it gives.
+impl<A: LimitAlgorithm, R: Clock> Shared<A, R> {
+    /// Teaches the algorithm one call and applies the limit it gives. Out of line: the calls
+    /// that end without it (steady, ignored) then carry none of its code, which keeps
+    /// `finish` small enough to inline into a tower service's future or a pipeline's.
+    #[inline(never)]
     fn learn(&self, sample: &Sample) {
-        let shared = &*self.shared;
-        let mut algorithm = lock(&shared.algorithm);
+        let mut algorithm = lock(&self.algorithm);
         let before = applied_limit(algorithm.limit());
         let limit = applied_limit(algorithm.update(sample));
-        shared.steady.publish(algorithm.steady());
+        self.steady.publish(algorithm.steady());
         if limit != before {
             // Under the algorithm's lock: limits are applied in the order they were made.
             let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
-            shared.bulkhead.set_capacity(capacity);
+            self.bulkhead.set_capacity(capacity);
         }
     }
 }
@@ -473,10 +477,16 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 /// without one (a cancelled call), it frees the slot and teaches the algorithm nothing.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct AdaptivePermit<A, R: Clock> {
-    /// Holds the slot: [`Drop`] gives it back to the limiter's bulkhead.
-    limiter: AdaptiveLimiter<A, R>,
+    /// Holds the slot: [`Drop`] gives it back to the limiter's bulkhead. The limiter's state,
+    /// not a handle: a handle's priority byte would pad the permit, and moving a permit with
+    /// padding in it copied it in odd pieces that stalled their reads (measured under the
+    /// tower layer).
+    shared: Arc<Shared<A, R>>,
     started: u64,
-    inflight: u32,
+    /// The slots in use when it was admitted, its own included: the sample's `inflight`.
+    /// A whole word, as the other two: a narrower field leaves padding that a move copies
+    /// with the field, and reading the field and its padding back whole stalled (measured).
+    held: usize,
 }
 
 impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
@@ -503,29 +513,31 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
     /// which are not the dependency's latency.
     #[cfg(feature = "http")]
     pub(crate) fn start_now(&mut self) {
-        let shared = &*self.limiter.shared;
+        let shared = &*self.shared;
         self.started = shared.clock.nanos(shared.bulkhead.runtime());
     }
 
     /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
-    #[inline]
+    // Always, as `take`: out of line, the permit is passed through memory, and reading it
+    // back stalled on store forwarding (measured under the tower layer).
+    #[inline(always)]
     pub fn finish(self, outcome: Outcome) {
         let dropped = match outcome {
             Outcome::Success => false,
             Outcome::Failure => true,
             Outcome::Ignored => return,
         };
-        let limiter = &self.limiter;
-        let shared = &*limiter.shared;
+        let shared = &*self.shared;
         let now = shared.clock.nanos(shared.bulkhead.runtime());
         let rtt = now.saturating_sub(self.started);
-        if shared.steady.holds(rtt, self.inflight, dropped) {
+        let inflight = u32::try_from(self.held).unwrap_or(u32::MAX);
+        if shared.steady.holds(rtt, inflight, dropped) {
             // Nothing to learn: the update would leave the algorithm as it is.
             return;
         }
-        limiter.learn(&Sample {
+        shared.learn(&Sample {
             rtt: Duration::from_nanos(rtt),
-            inflight: self.inflight,
+            inflight,
             dropped,
             at: Duration::from_nanos(now),
         });
@@ -537,14 +549,14 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
 impl<A, R: Clock> Drop for AdaptivePermit<A, R> {
     #[inline]
     fn drop(&mut self) {
-        self.limiter.shared.bulkhead.release_slot();
+        self.shared.bulkhead.release_slot();
     }
 }
 
 impl<A, R: Clock> fmt::Debug for AdaptivePermit<A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptivePermit")
-            .field("inflight", &self.inflight)
+            .field("inflight", &self.held)
             .finish_non_exhaustive()
     }
 }
@@ -553,7 +565,10 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
     type Guard = AdaptivePermit<A, R>;
     type Admit = AdaptiveAdmit<A, R>;
 
-    #[inline]
+    // Always, as `take`: a tower service or a pipeline calls this, and out of line the
+    // permit came back through memory and stalled its reader (measured: 13 ns a call under
+    // the tower layer).
+    #[inline(always)]
     fn try_admit(&self) -> Option<Self::Guard> {
         self.take()
     }
@@ -565,6 +580,7 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
         }
     }
 
+    #[inline(always)]
     fn finish(guard: Self::Guard, outcome: Outcome) {
         guard.finish(outcome);
     }
