@@ -71,9 +71,9 @@ struct Keyed<K, A, R> {
 
 impl<A, R> Evict for AdaptiveLimiter<A, R> {
     fn eviction(&self, _now: u64) -> Eviction {
-        // Permits, waiters and handles all hold a clone, made only under the shard lock
-        // (where this runs) or from another clone: a count of one seen here stays one until
-        // the lock is released.
+        // Permits, waiters and handles all hold a clone of its shared state, made only under
+        // the shard lock (where this runs) or from another clone: a count of one seen here
+        // stays one until the lock is released.
         if self.handles() == 1 {
             Eviction::Now
         } else {

@@ -455,9 +455,9 @@ impl<A: LimitAlgorithm, R: Clock> AdaptiveLimiter<A, R> {
 }
 
 impl<A: LimitAlgorithm, R: Clock> Shared<A, R> {
-    /// Teaches the algorithm one call and applies the limit it gives. Out of line: the calls
-    /// that end without it (steady, ignored) then carry none of its code, which keeps
-    /// `finish` small enough to inline into a tower service's future or a pipeline's.
+    /// Teaches the algorithm one call and applies the limit it gives. Out of line: `finish`
+    /// is inlined into every caller, and the calls that end without learning (steady,
+    /// ignored) should carry only the steady check there, not the update.
     #[inline(never)]
     fn learn(&self, sample: &Sample) {
         let mut algorithm = lock(&self.algorithm);
@@ -477,15 +477,15 @@ impl<A: LimitAlgorithm, R: Clock> Shared<A, R> {
 /// without one (a cancelled call), it frees the slot and teaches the algorithm nothing.
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct AdaptivePermit<A, R: Clock> {
-    /// Holds the slot: [`Drop`] gives it back to the limiter's bulkhead. The limiter's state,
-    /// not a handle: a handle's priority byte would pad the permit, and moving a permit with
-    /// padding in it copied it in odd pieces that stalled their reads (measured under the
-    /// tower layer).
+    // Three whole words and no padding, and keep it so: a tower service or a pipeline
+    // moves the permit through memory, and a move copies padding with the fields in pieces
+    // whose reads stall on store forwarding (docs/BENCHMARKS.md, adaptive limiter: 7–13 ns a
+    // call under the tower layer). So the limiter's state, not a handle with its priority
+    // byte (a permit needs no priority), and the count as a `usize`.
+    /// Holds the slot: [`Drop`] gives it back to the limiter's bulkhead.
     shared: Arc<Shared<A, R>>,
     started: u64,
     /// The slots in use when it was admitted, its own included: the sample's `inflight`.
-    /// A whole word, as the other two: a narrower field leaves padding that a move copies
-    /// with the field, and reading the field and its padding back whole stalled (measured).
     held: usize,
 }
 
@@ -518,8 +518,8 @@ impl<A: LimitAlgorithm, R: Clock> AdaptivePermit<A, R> {
     }
 
     /// Ends the call with `outcome` ([`Outcome::Ignored`] teaches nothing).
-    // Always, as `take`: out of line, the permit is passed through memory, and reading it
-    // back stalled on store forwarding (measured under the tower layer).
+    // Always, as `take`: out of line, the permit is passed through memory, and its reads
+    // there stall on store forwarding.
     #[inline(always)]
     pub fn finish(self, outcome: Outcome) {
         let dropped = match outcome {
@@ -566,8 +566,7 @@ impl<A: LimitAlgorithm + Send + 'static, R: Clock> Admission for AdaptiveLimiter
     type Admit = AdaptiveAdmit<A, R>;
 
     // Always, as `take`: a tower service or a pipeline calls this, and out of line the
-    // permit came back through memory and stalled its reader (measured: 13 ns a call under
-    // the tower layer).
+    // permit comes back through memory, where its reader stalls on store forwarding.
     #[inline(always)]
     fn try_admit(&self) -> Option<Self::Guard> {
         self.take()
