@@ -5,7 +5,7 @@
 //! documented arithmetic through real permits, priority shares at their boundaries, extreme
 //! bounds, reconfiguration under held permits, and seeded storms with random outcomes and
 //! random drop points through `Pipeline` (bulkhead and rate-limit slots) and `AdmitLayer` in all
-//! three modes. Virtual time (`FakeClock`, `Clocked`, paused tokio) and a seeded xorshift
+//! three modes. Virtual time (`FakeClock`, `Clocked`, paused tokio) and a seeded generator
 //! throughout. Where a test ends permits on other threads (or outside any runtime, where the
 //! clock is the machine's), it asserts only what holds in any order and at any time: counts,
 //! bounds, every slot back.
@@ -22,6 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::ms;
+use common::rng::Rng;
 use tidewall::adaptive::{
     AdaptiveLimiter, AdaptivePermit, Aimd, FixedLimit, Gradient2, LimitAlgorithm, Priority, Sample,
     Vegas,
@@ -42,30 +43,6 @@ const DAY: Duration = Duration::from_secs(86_400);
 type OnFake<A> = AdaptiveLimiter<A, FakeClock>;
 
 // === shared pieces =========================================================================
-
-/// xorshift64*: seeded, no wall-clock randomness.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform enough in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn index(&mut self, len: usize) -> usize {
-        usize::try_from(self.below(len as u64)).unwrap()
-    }
-}
 
 /// What a [`Watched`] algorithm saw: its samples, drops, limits outside its bounds, and how
 /// many copies of it are alive (a leak check: every copy is dropped with the last handle,
@@ -185,6 +162,20 @@ fn aimd(min: u32, initial: u32, max: u32, backoff: f64, timeout: Duration) -> Ai
 fn on_fake<A: LimitAlgorithm + Clone + Send + 'static>(clock: &FakeClock, algo: A) -> OnFake<A> {
     AdaptiveLimiter::builder(algo)
         .runtime(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// A limiter on `rt` with a queue of `max_queue` whose callers wait as long as they need.
+fn queued<A: LimitAlgorithm + Clone + Send + 'static, R: Clock + Clone>(
+    rt: &R,
+    algo: A,
+    max_queue: usize,
+) -> AdaptiveLimiter<A, R> {
+    AdaptiveLimiter::builder(algo)
+        .max_queue(max_queue)
+        .max_wait(None)
+        .runtime(rt.clone())
         .build()
         .unwrap()
 }
@@ -355,12 +346,7 @@ fn a_clone_kept_elsewhere_sees_permits_of_dropped_handles_end_on_other_threads()
 fn admission_guards_and_waiters_outlive_their_handles_and_move_between_threads() {
     let clock = FakeClock::new();
     let (algo, watch) = Watched::new(Scripted::new(1));
-    let limiter = AdaptiveLimiter::builder(algo)
-        .max_queue(4)
-        .max_wait(None)
-        .runtime(clock.clone())
-        .build()
-        .unwrap();
+    let limiter = queued(&clock, algo, 4);
     let observer = limiter.clone();
     let finish = <OnFake<Watched<Scripted>> as Admission>::finish;
     let first = limiter.try_admit().expect("a free slot");
@@ -448,7 +434,7 @@ fn differential<A: LimitAlgorithm + Clone + Send + 'static>(what: &str, algo: A,
     let mut model = algo.clone();
     let (min, max) = model.bounds();
     let limiter = on_fake(&clock, algo);
-    let mut rng = XorShift::new(seed);
+    let mut rng = Rng::new(seed);
     let mut held: Vec<(AdaptivePermit<A, FakeClock>, u32, Duration)> = Vec::new();
     let steps = [
         Duration::ZERO,
@@ -669,7 +655,7 @@ fn limits_at_the_edges_of_u32_stay_within_bounds_through_permits() {
         let mut model = algo.clone();
         let limiter = on_fake(&clock, algo);
         assert_eq!(limiter.limit(), initial);
-        let mut rng = XorShift::new(u64::from(min) ^ u64::from(initial));
+        let mut rng = Rng::new(u64::from(min) ^ u64::from(initial));
         for _ in 0..200 {
             let p = limiter
                 .try_acquire()
@@ -780,12 +766,7 @@ fn each_priority_is_admitted_exactly_below_its_share_and_sheddable_is_refused_fi
 fn permits_held_across_reconfigure_teach_the_new_algorithm_even_from_another_thread() {
     let clock = FakeClock::new();
     let (old, old_watch) = Watched::new(Scripted::new(6));
-    let limiter = AdaptiveLimiter::builder(old)
-        .max_queue(2)
-        .max_wait(None)
-        .runtime(clock.clone())
-        .build()
-        .unwrap();
+    let limiter = queued(&clock, old, 2);
     let observer = limiter.clone();
     let held: Vec<_> = (0..6).map(|_| limiter.try_acquire().unwrap()).collect();
     let mut waiter = Box::pin(limiter.admit(Wait::Until(Deadline::none())));
@@ -871,7 +852,7 @@ fn keyed_permits_pin_their_key_outlive_the_table_and_end_on_other_threads() {
         }
     }
     assert_eq!(table.retain_in_use(), 0, "every key has a permit out");
-    let mut rng = XorShift::new(99);
+    let mut rng = Rng::new(99);
     let mut back = Vec::new();
     // Key 3's permits go to a thread and fail there: only key 3 backs off.
     let (three, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|(k, _)| *k == 3);
@@ -974,7 +955,7 @@ fn a_seeded_pipeline_storm_returns_every_slot_and_keeps_aimd_within_bounds() {
             .unwrap();
         // The front's limit is scripted to jump around under load (1 to 12).
         let script = Scripted::new(12);
-        let mut draws = XorShift::new(0xF207);
+        let mut draws = Rng::new(0xF207);
         for _ in 0..2_000 {
             script.then(1 + u32::try_from(draws.below(12)).unwrap());
         }
@@ -1006,7 +987,7 @@ fn a_seeded_pipeline_storm_returns_every_slot_and_keeps_aimd_within_bounds() {
             let (rt, limiter, told) = (rt.clone(), limiter.clone(), told.clone());
             let pipelines = &pipelines;
             async move {
-                let mut rng = XorShift::new(0x5EED ^ ((task + 1) * 0x9E37));
+                let mut rng = Rng::new(0x5EED ^ ((task + 1) * 0x9E37));
                 for _ in 0..200 {
                     if rng.below(50) == 0 {
                         rt.sleep(DAY).await; // a long idle gap
@@ -1147,7 +1128,7 @@ async fn storm_mode<A: LimitAlgorithm + Clone + Send + Sync + 'static>(
         let (rt, told, limiter) = (rt.clone(), told.clone(), limiter.clone());
         let template = template.clone();
         async move {
-            let mut rng = XorShift::new((seed + 1) * 0xC0FFEE + caller);
+            let mut rng = Rng::new((seed + 1) * 0xC0FFEE + caller);
             let mut svc = template.clone();
             for _ in 0..100 {
                 if rng.below(40) == 0 {
@@ -1242,12 +1223,7 @@ fn record(told: &Told, out: Option<Reply>) {
 fn wait_ready_services_dropped_after_admission_release_their_guards() {
     common::on_tokio_current_thread(|rt| async move {
         let (algo, watch) = Watched::new(Scripted::new(1));
-        let limiter = AdaptiveLimiter::builder(algo)
-            .max_queue(2)
-            .max_wait(None)
-            .runtime(rt.clone())
-            .build()
-            .unwrap();
+        let limiter = queued(&rt, algo, 2);
         let observer = limiter.clone();
         let inner = tower::service_fn(|x: u64| async move { Ok::<_, Error<u64>>(x) });
         let layer = AdmitLayer::new(limiter, AdmitMode::WaitReady).runtime(rt.clone());
@@ -1288,12 +1264,7 @@ fn tower_response_futures_dropped_mid_call_or_mid_wait_hold_and_teach_nothing() 
     common::on_tokio_current_thread(|rt| async move {
         for mode in [AdmitMode::Reject, AdmitMode::WaitReady, AdmitMode::WaitCall] {
             let (algo, watch) = Watched::new(Scripted::new(1));
-            let limiter = AdaptiveLimiter::builder(algo)
-                .max_queue(2)
-                .max_wait(None)
-                .runtime(rt.clone())
-                .build()
-                .unwrap();
+            let limiter = queued(&rt, algo, 2);
             let sleeper = rt.clone();
             let inner = tower::service_fn(move |x: u64| {
                 let rt = sleeper.clone();
@@ -1421,7 +1392,7 @@ fn permits_passed_between_threads_lose_no_slot_and_no_sample() {
             let (senders, clock, told) = (senders.clone(), clock.clone(), told.clone());
             std::thread::spawn(move || {
                 let mut handle = Some(handle);
-                let mut rng = XorShift::new(0xBEEF + t as u64);
+                let mut rng = Rng::new(0xBEEF + t as u64);
                 for i in 0..2_000 {
                     if i == 1_000 {
                         handle = None; // permits it took are still out there

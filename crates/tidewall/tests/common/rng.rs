@@ -16,6 +16,11 @@ impl Rng {
         self.next() % n
     }
 
+    /// An index into a slice of `len` items (`len` above 0).
+    pub fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).unwrap_or(0)
+    }
+
     pub fn one_in(&mut self, n: u64) -> bool {
         self.below(n) == 0
     }
