@@ -1077,13 +1077,12 @@ fn retryable_ok_values_come_back_as_the_docs_say_when_the_copier_or_deadline_end
     on_every_runtime!(retried_ok_values);
 }
 
-/// Docs (`CloneRequest`): "`None` sends the request itself, and that attempt is the call's
-/// last (its result is the answer, as when the attempts run out)". Attempts: a 501, an error,
-/// a 503, then an error on the fourth, which ends at 34 ms; a 40 ms deadline leaves no time
-/// for a fifth (nor does 36 ms). When the schedule (`max_attempts(4)`) makes the fourth the last, its error is
-/// the answer. When the copier does (refusing at the fourth ask of a longer schedule), the
-/// docs say the same: the fourth attempt's error. Observed: the third attempt's `Ok(503)`,
-/// as if the deadline, not the copier, had ended the call.
+/// Attempts: a 501, an error, a 503, then an error on the fourth, which ends at 34 ms. When
+/// the schedule (`max_attempts(4)`) makes the fourth the last, its error is the answer. When
+/// the copier does (refusing at the fourth ask of a longer schedule), the fourth attempt's
+/// result is the answer only while the deadline leaves time for a retry (1 s); with 36 or
+/// 40 ms it leaves none, so the deadline's rule answers with the latest retried response,
+/// the third attempt's `Ok(503)`.
 async fn a_copier_refusal_answers_by_the_rules<R: Runtime>(rt: Clocked<R>) {
     let live = Arc::new(AtomicI64::new(0));
     let script = |n: u32| {
@@ -1128,8 +1127,7 @@ async fn a_copier_refusal_answers_by_the_rules<R: Runtime>(rt: Clocked<R>) {
 
 // Docs (`CloneRequest`): "Its result is the answer, as when the attempts run out, but for the
 // layer's deadline rule: when the deadline leaves no time for a retry either, a response an
-// earlier attempt got and retried ... comes back in place of a later error". (Found by this
-// suite against an earlier sentence that promised the refused attempt's result always.)
+// earlier attempt got and retried ... comes back in place of a later error".
 #[test]
 fn a_copier_refusal_answers_with_the_last_result_or_by_the_deadlines_rule() {
     on_every_runtime!(a_copier_refusal_answers_by_the_rules);
