@@ -1737,10 +1737,9 @@ fn an_operation_never_repeatable_gets_exactly_its_primary() {
 }
 
 /// `repeatable` turning false between two hedges (an outside event at 10, 30 or 50 ms, the
-/// hedges due at 20, 40, 60...): the docs say the hedge asks "again when the next is due, and
-/// launches no attempt while the answer is false", so the hedges due after the flip are not
-/// launched; those launched before still run and may win. (Found by this suite: the hedge
-/// asked only when it set the wait, and launched the hedge due after the flip.)
+/// hedges due at 20, 40, 60...): the docs say the hedge asks "whenever it polls with a hedge
+/// pending; once the answer is false it launches nothing more", so the hedges due after the
+/// flip are not launched; those launched before still run and may win.
 async fn repeatable_turned_false_mid_call<R: Runtime>(rt: Clocked<R>) {
     let mut seen = Vec::new();
     for flip_at in [10, 30, 50] {

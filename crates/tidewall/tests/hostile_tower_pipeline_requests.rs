@@ -1059,9 +1059,7 @@ fn retry_after_hints_and_their_cap_with_a_copier() {
 
 /// A breaker opened for 25 ms. Docs: `NoClone` sends "each request at most once ... An
 /// attempt the breaker refuses sends nothing": the refusal is retried as the pipeline retries
-/// `CircuitOpen`, and the request is sent once, after the break. (Found by this suite
-/// against an earlier sentence, "each request gets one attempt", which promised
-/// `CircuitOpen` at once.)
+/// `CircuitOpen`, and the request is sent once, after the break.
 async fn no_clone_over_an_open_breaker<R: Runtime>(rt: Clocked<R>) {
     let live = Arc::new(AtomicI64::new(0));
     let breaker = CircuitBreaker::builder()
