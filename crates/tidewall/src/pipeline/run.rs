@@ -118,9 +118,11 @@ where
                         None => clock.deadline(),
                     };
                     called = Some(Outcome::Ignored);
-                    let retry_possible =
-                        || rules.is_some_and(|r| r.retry_possible(&mut attempts, || clock.now()));
-                    let attempt = op.attempt(retry_possible);
+                    let attempt = |clock: &mut CallClock<'_, R>| {
+                        op.attempt(|| {
+                            rules.is_some_and(|r| r.retry_possible(&mut attempts, || clock.now()))
+                        })
+                    };
                     match bounded(rt, attempt, &mut clock, attempt_end).await {
                         Ok(result) => {
                             let (verdict, hint) = judge(classify, result.as_ref());
@@ -263,15 +265,19 @@ impl<R: Clock> CallClock<'_, R> {
     }
 }
 
-/// Runs `attempt`, bounded by the deadline `end` computes. A first poll that finishes needs
-/// no clock and no timer, so the happy path registers nothing with the runtime.
+/// Runs the attempt `make` starts, bounded by the deadline `end` computes. A first poll that
+/// finishes needs no clock and no timer, so the happy path registers nothing with the runtime.
+///
+/// The attempt is made here, where it is pinned, rather than passed in: a future passed in is
+/// moved into place whole, and that copy reads back in wide loads what was just written in
+/// narrow stores, which stalls on store forwarding (docs/BENCHMARKS.md, pipeline).
 async fn bounded<'r, R: Clock, F: Future>(
     rt: &R,
-    attempt: F,
+    make: impl FnOnce(&mut CallClock<'r, R>) -> F,
     clock: &mut CallClock<'r, R>,
     end: impl FnOnce(&mut CallClock<'r, R>) -> Deadline,
 ) -> Result<F::Output, crate::time::DeadlineExceeded> {
-    let mut attempt = std::pin::pin!(attempt);
+    let mut attempt = std::pin::pin!(make(clock));
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(attempt.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(output) => Ok(output),
