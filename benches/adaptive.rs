@@ -204,6 +204,7 @@ fn adaptive_pipeline(c: &mut Criterion) {
     use std::convert::Infallible;
     use std::hint::black_box;
     use tidewall::pipeline::Pipeline;
+    use tidewall_benches::awaited_in_a_loop;
 
     let rt = tidewall_benches::tower_echo::current_thread();
     let _entered = rt.enter();
@@ -219,38 +220,17 @@ fn adaptive_pipeline(c: &mut Criterion) {
     let one = &1u32;
     let op = || async { Ok::<_, Infallible>(*black_box(one)) };
     // One closure a row: each pipeline's `call` has its own caller, as a service's would.
-    timed(&mut group, &rt, "tidewall_aimd", || async move {
+    awaited_in_a_loop(&mut group, &rt, "tidewall_aimd", || async move {
         aimd.call(op).await.unwrap()
     });
-    timed(&mut group, &rt, "tidewall_bulkhead", || async move {
+    awaited_in_a_loop(&mut group, &rt, "tidewall_bulkhead", || async move {
         bulkhead.call(op).await.unwrap()
     });
-    timed(&mut group, &rt, "no_admission", || async move {
+    awaited_in_a_loop(&mut group, &rt, "no_admission", || async move {
         none.call(op).await.unwrap()
     });
     group.finish();
     assert_eq!(ours.in_flight(), 0);
-}
-
-/// Times `iters` calls of `call`, awaited one after the other in one task.
-fn timed<F, Fut>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &tokio::runtime::Runtime,
-    name: &str,
-    call: F,
-) where
-    F: Fn() -> Fut + Copy,
-    Fut: std::future::Future,
-{
-    group.bench_function(name, |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                std::hint::black_box(call().await);
-            }
-            start.elapsed()
-        })
-    });
 }
 
 // criterion_group! generates an undocumented public function.

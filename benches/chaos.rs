@@ -67,13 +67,13 @@ fn handles() -> [(&'static str, Chaos); 3] {
     ]
 }
 
-/// Times `iters` calls of `call`, awaited one after the other in one task. The value was
-/// checked before; the loop keeps the result without unwrapping it, for the armed row's rare
+/// Times `iters` calls of `call`, awaited one after the other in one task, once its value is
+/// checked. The loop keeps each result without unwrapping it, for the armed row's rare
 /// injected errors.
-fn timed<'a, F, Fut, E>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, call: F)
+fn timed<F, Fut, E>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, call: F)
 where
-    F: Fn() -> Fut + Copy + 'a,
-    Fut: Future<Output = Result<u64, E>> + 'a,
+    F: Fn() -> Fut + Copy,
+    Fut: Future<Output = Result<u64, E>>,
     E: std::fmt::Debug,
 {
     assert_eq!(
@@ -81,15 +81,7 @@ where
         1,
         "{name}: the value, or the number means nothing"
     );
-    group.bench_function(name, |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let _ = black_box(call().await);
-            }
-            start.elapsed()
-        })
-    });
+    tidewall_benches::awaited_in_a_loop(group, rt, name, call);
 }
 
 fn operation(c: &mut criterion::Criterion, rt: &Runtime) {

@@ -16,6 +16,30 @@ pub fn criterion() -> Criterion {
         .noise_threshold(0.03)
 }
 
+/// Times `iters` calls of `call` in one criterion row, awaited one after the other in one
+/// task on `rt`: the whole loop is timed (`iter_custom`), so the harness's per-iteration cost
+/// is not in a difference between two rows. Each output goes through `black_box` and is
+/// dropped, unexamined: a row checks its value before, if it needs to.
+pub fn awaited_in_a_loop<F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    call: F,
+) where
+    F: Fn() -> Fut + Copy,
+    Fut: std::future::Future,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(call().await);
+            }
+            start.elapsed()
+        })
+    });
+}
+
 /// What the tower benches share: a trivial inner service and the per-call harness.
 pub mod tower_echo {
     use std::convert::Infallible;
