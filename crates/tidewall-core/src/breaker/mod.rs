@@ -48,7 +48,9 @@ pub enum Window {
         calls: u32,
     },
     /// The calls of the last `span`, kept in `buckets` equal buckets (the oldest bucket drops
-    /// out as a whole, so the window slides in steps of `span / buckets`).
+    /// out as a whole, so the window slides in steps of `span / buckets`). A bucket counts at
+    /// most 65,535 calls: once full it keeps the rates of the calls it holds, and the
+    /// outcomes past that wait for the next bucket, so at higher rates use more buckets.
     Time {
         /// Window length.
         span: Duration,
@@ -64,7 +66,7 @@ pub struct Counts {
     pub calls: u32,
     /// Calls classified as failures.
     pub failures: u32,
-    /// Calls slower than the slow-call threshold, failed or not.
+    /// Calls that took the slow-call threshold or longer, failed or not.
     pub slow: u32,
 }
 

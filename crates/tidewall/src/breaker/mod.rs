@@ -13,10 +13,17 @@
 //! Guarantees:
 //! * **Every outcome decides**: the thresholds are evaluated after every recorded outcome,
 //!   successes included (a success can bring the window to `minimum_calls` with the failure
-//!   rate already at its threshold, or arrive as older successes leave a time window).
+//!   rate already at its threshold, or arrive as older successes leave a time window). One
+//!   bound: a time window's bucket counts at most 65,535 calls, and keeps the rates of the
+//!   calls it holds once full; outcomes past that in the same bucket are not counted in the
+//!   window (a run of consecutive failures still counts every one), so a failure storm that
+//!   starts in a full bucket shows from the next bucket. Above 65,535 calls a bucket, use
+//!   more (shorter) buckets.
 //! * **Closed path**: admission is one atomic load; recording touches only the window
-//!   (no lock, no allocation). Without a time window or a slow-call rate it reads no clock;
-//!   a trip reads it once, so the break always starts when the breaker opens.
+//!   (no lock, no allocation). Without a time window or a slow-call rate a success reads no
+//!   clock and a failure reads it once (the time of the latest failure, by which a
+//!   [keyed table](KeyedCircuitBreaker) keeps a key); a trip reads it once more, so the break
+//!   always starts when the breaker opens.
 //! * **Any age**: a breaker behaves the same an hour, a month or a century after it was
 //!   built, and after any idle gap: a time window's stale buckets never count again, and
 //!   repeated trips cost one backoff step each however many came before.
@@ -223,7 +230,12 @@ impl<R: Clock> CircuitBreaker<R> {
         result.map_err(Error::Inner)
     }
 
-    /// The current state.
+    /// The state the breaker last moved to. It moves on calls (and when forced, reset or
+    /// reconfigured), not on its own: an `Open` breaker whose break has ended reads `Open`
+    /// until a caller is admitted as its probe, and a `HalfOpen` one whose probes hang past
+    /// [`max_half_open_wait`](CircuitBreakerBuilder::max_half_open_wait) reads `HalfOpen`
+    /// until the next caller reopens it. A health check that must see the break's end asks
+    /// for admission ([`try_acquire`](Self::try_acquire)) instead.
     pub fn state(&self) -> State {
         self.shared.state()
     }
