@@ -20,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::rng::Rng;
+use tidewall::adaptive::{AdaptiveLimiter, Aimd};
 use tidewall::breaker::{CircuitBreaker, State};
 use tidewall::budget::{RetryBudget, RetryBudgetPolicy};
 use tidewall::bulkhead::Bulkhead;
@@ -976,9 +977,14 @@ fn refusals_timeouts_and_own_errors_come_back_in_any_policy_error_type() {
     on_every_runtime!(errors_in_every_error_type);
 }
 
-// Docs: "a refusal or timeout from a Tidewall layer below is an error like any other to it" —
-// the classifier (default: every `Err` retryable) and the breaker judge it.
-async fn refusals_from_below_are_errors_like_any_other<R: Runtime>(rt: Clocked<R>) {
+// Docs: "a timeout from a Tidewall layer below is an error like any other to it" — the
+// classifier (default: every `Err` retryable) and the breaker judge it — while "a refusal from
+// a policy below ... is treated as the pipeline's own breaker's refusal: not shown to the
+// classifier, recorded as nothing by its breaker ..., retried after the refusal's
+// `retry_after`".
+async fn refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors<R: Runtime>(
+    rt: Clocked<R>,
+) {
     // A timeout below: retried, counted by the pipeline's breaker.
     let (breaker, pipeline) = counting_retries(&rt);
     let slow = Probe::new(&rt, |_, _| 100, fine);
@@ -1010,13 +1016,14 @@ async fn refusals_from_below_are_errors_like_any_other<R: Runtime>(rt: Clocked<R
     assert_eq!(service.oneshot(Req::new(1)).await, Err(Error::TimedOut));
     assert_eq!(tally.calls(), 1);
 
-    // A full bulkhead below (AdmitLayer, Reject): retried as any error, counted by the breaker.
+    // A full bulkhead below (AdmitLayer, Reject): retried, but recorded as nothing by the
+    // pipeline's breaker, even by one whose breaker would open at the first failure.
     let below = Bulkhead::builder(1)
         .runtime(rt.clone())
         .max_queue(0)
         .build()
         .unwrap();
-    let _held = below.try_acquire_owned().unwrap();
+    let held = below.try_acquire_owned().unwrap();
     let (breaker, pipeline) = counting_retries(&rt);
     let probe = Probe::new(&rt, |_, _| 1, fine);
     let tally = Arc::clone(&probe.tally);
@@ -1030,12 +1037,119 @@ async fn refusals_from_below_are_errors_like_any_other<R: Runtime>(rt: Clocked<R
     );
     assert_eq!(tally.calls(), 0);
     assert_eq!(below.rejected(), 3, "every attempt met the full bulkhead");
-    assert_eq!(breaker.counts().failures, 3, "judged as any error");
+    assert_eq!(
+        breaker.counts().calls,
+        0,
+        "a refusal from below teaches nothing"
+    );
+
+    // Retried even when the classifier would not retry an error: it is not shown one.
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
+        .retry(constant(MS, 3))
+        .classify(ErrorsWhere(busy_only))
+        .build()
+        .unwrap();
+    let probe = Probe::new(&rt, |_, _| 1, fine);
+    let tally = Arc::clone(&probe.tally);
+    let service = ServiceBuilder::new()
+        .layer(PipelineLayer::new(pipeline))
+        .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .service(probe);
+    assert_eq!(
+        service.oneshot(Req::new(1)).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(below.rejected(), 6);
+    assert_eq!(tally.calls(), 0);
+    // And a retry that finds the slot free calls the service.
+    let pipeline = Pipeline::builder()
+        .runtime(rt.clone())
+        .retry(constant(MS, 3))
+        .build()
+        .unwrap();
+    let probe = Probe::new(&rt, |_, _| 1, fine);
+    let tally = Arc::clone(&probe.tally);
+    let service = ServiceBuilder::new()
+        .layer(PipelineLayer::new(pipeline))
+        .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .service(probe);
+    let freed = async {
+        rt.sleep(MS / 2).await;
+        drop(held);
+    };
+    let (answer, ()) = futures_util::join!(service.oneshot(Req::new(1)), freed);
+    assert_eq!(answer, Ok(1));
+    assert_eq!(below.rejected(), 7, "the first attempt only");
+    assert_eq!(tally.calls(), 1);
 }
 
 #[test]
-fn a_refusal_or_timeout_from_a_layer_below_is_an_error_like_any_other() {
-    on_every_runtime!(refusals_from_below_are_errors_like_any_other);
+fn a_refusal_from_a_layer_below_is_retried_unrecorded_and_a_timeout_is_an_error() {
+    on_every_runtime!(refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors);
+}
+
+// Docs (`PipelineLayer`, Results): a refusal from a policy below is "recorded as nothing by its
+// breaker and adaptive limiter"; "One exception: a deadline below that ran out
+// (`DeadlineExceeded`: the service was called, too slowly) is, as the pipeline's own deadline,
+// a failure to the admission stages when it ends the call."
+async fn what_the_admission_stages_learn_from_below<R: Runtime>(rt: Clocked<R>) {
+    let aimd = Aimd::builder()
+        .min_limit(1)
+        .initial_limit(10)
+        .max_limit(10)
+        .build()
+        .unwrap();
+    let limiter = AdaptiveLimiter::builder(aimd)
+        .runtime(rt.clone())
+        .build()
+        .unwrap();
+    let over = |limiter: &AdaptiveLimiter<Aimd, Clocked<R>>| {
+        Pipeline::builder()
+            .runtime(rt.clone())
+            .bulkhead(limiter.clone())
+            .build()
+            .unwrap()
+    };
+    // A full bulkhead below: nothing learnt, the slot given back.
+    let below = Bulkhead::builder(1)
+        .runtime(rt.clone())
+        .max_queue(0)
+        .build()
+        .unwrap();
+    let held = below.try_acquire_owned().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(PipelineLayer::new(over(&limiter)))
+        .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .service(Probe::new(&rt, |_, _| 1, fine));
+    assert_eq!(
+        service.oneshot(Req::new(1)).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
+    drop(held);
+
+    // A deadline below that ran out while the service ran: a failure, so AIMD backs off.
+    let inner = Pipeline::builder()
+        .runtime(rt.clone())
+        .deadline(10 * MS)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(PipelineLayer::new(over(&limiter)))
+        .layer(PipelineLayer::new(inner))
+        .service(Probe::new(&rt, |_, _| 100, fine));
+    assert_eq!(
+        service.oneshot(Req::new(1)).await,
+        Err(Error::Rejected(Rejected::DeadlineExceeded))
+    );
+    assert!(limiter.limit() < 10, "a failure: {}", limiter.limit());
+    assert_eq!(limiter.in_flight(), 0);
+}
+
+#[test]
+fn the_admission_stages_learn_nothing_from_a_refusal_below_but_a_failure_from_a_deadline() {
+    on_every_runtime!(what_the_admission_stages_learn_from_below);
 }
 
 // === composed with other layers =============================================================

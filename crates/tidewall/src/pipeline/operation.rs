@@ -22,6 +22,16 @@ pub(crate) trait Operation {
     fn repeatable(&self) -> bool {
         true
     }
+
+    /// The refusal an attempt's `output` is, when a policy below the pipeline refused the
+    /// attempt without calling the service (a tower layer under a `PipelineLayer`: a full
+    /// bulkhead, an open breaker). The engine then treats it as its own breaker's refusal: it
+    /// teaches nothing, is not shown to the classifier, and is retried after the refusal's
+    /// `retry_after`; a call it ends counts as rejected.
+    fn refused(output: &<Self::Attempt as Future>::Output) -> Option<crate::Rejected> {
+        let _ = output;
+        None
+    }
 }
 
 impl<F, Fut> Operation for F

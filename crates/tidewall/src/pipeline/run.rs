@@ -56,6 +56,9 @@ where
     // admission stages nothing, and a later stage's refusal of a retry (an open breaker)
     // teaches them that attempt's outcome.
     let mut called = None;
+    // The refusal the last attempt met below the pipeline (see `Operation::refused`), if it
+    // was one: the call's outcome when that attempt ends it.
+    let mut refused_below = None;
     let (result, verdict) = 'call: {
         // A wait for admission must leave the first attempt its minimum time: one that could
         // not is refused at once instead of waiting only to be refused.
@@ -97,6 +100,7 @@ where
                 }
             }
             pipeline.telemetry.attempt(attempts.started() + 1);
+            refused_below = None;
             if let Some(rules) = rules {
                 rules.begin(&mut attempts, || clock.now());
             }
@@ -117,19 +121,40 @@ where
                         }
                         None => clock.deadline(),
                     };
-                    called = Some(Outcome::Ignored);
+                    let before = called.replace(Outcome::Ignored);
                     let attempt = |clock: &mut CallClock<'_, R>| {
                         op.attempt(|| {
                             rules.is_some_and(|r| r.retry_possible(&mut attempts, || clock.now()))
                         })
                     };
                     match bounded(rt, attempt, &mut clock, attempt_end).await {
-                        Ok(result) => {
-                            let (verdict, hint) = judge(classify, result.as_ref());
-                            called = Some(verdict.breaker_outcome());
-                            C::record(permit, verdict.breaker_outcome(), hint);
-                            (verdict, hint, result.map_err(Error::Inner))
-                        }
+                        Ok(result) => match O::refused(&result) {
+                            // Refused below the pipeline, the service uncalled: as the
+                            // pipeline breaker's own refusal (the arm above), it teaches
+                            // nothing and is retried after its own `retry_after`.
+                            Some(refusal) => {
+                                C::record(permit, Outcome::Ignored, None);
+                                // Uncalled, unless a deadline below cut the call short: that
+                                // one, as the pipeline's own, is a failure to the admission
+                                // stages if it ends the call.
+                                if refusal != Rejected::DeadlineExceeded {
+                                    called = before;
+                                }
+                                let hint = refusal.retry_after();
+                                refused_below = Some(refusal);
+                                (
+                                    Verdict::RetryableFailure,
+                                    hint,
+                                    result.map_err(Error::Inner),
+                                )
+                            }
+                            None => {
+                                let (verdict, hint) = judge(classify, result.as_ref());
+                                called = Some(verdict.breaker_outcome());
+                                C::record(permit, verdict.breaker_outcome(), hint);
+                                (verdict, hint, result.map_err(Error::Inner))
+                            }
+                        },
                         Err(_) => {
                             let now = clock.now();
                             if clock.deadline().is_expired(now) {
@@ -185,12 +210,14 @@ where
             }
         }
     };
-    let outcome = match (&result, verdict) {
-        (Err(Error::Rejected(why)), _) => CallOutcome::Rejected(why),
-        (Err(Error::TimedOut), _) => CallOutcome::TimedOut,
-        (_, Some(verdict)) => verdict.breaker_outcome().into(),
+    let outcome = match (&result, &refused_below, verdict) {
+        (Err(Error::Rejected(why)), _, _) | (Err(Error::Inner(_)), Some(why), _) => {
+            CallOutcome::Rejected(why)
+        }
+        (Err(Error::TimedOut), _, _) => CallOutcome::TimedOut,
+        (_, _, Some(verdict)) => verdict.breaker_outcome().into(),
         // Every other ending carries its verdict.
-        (_, None) => CallOutcome::Failure,
+        (_, _, None) => CallOutcome::Failure,
     };
     let learned = match (called, &outcome) {
         (None, _) => Outcome::Ignored,

@@ -23,8 +23,9 @@ use crate::{Error, Rejected, RetryAfter};
 /// error of their own and take any error type. A classifier on a layer above the `map_err`
 /// (a breaker's, a retry's) judges this one type: in a typed stack the service's own error
 /// is `Error::Inner(e)`, and a timeout from a layer below is a value it sees too (the default
-/// classifier counts every `Err` as a failure); a breaker records a refusal from below as
-/// nothing ([`rejection`](Self::rejection)).
+/// classifier counts every `Err` as a failure); a breaker, and a
+/// [`PipelineLayer`](super::PipelineLayer)'s stages, record a refusal from below as nothing
+/// ([`rejection`](Self::rejection)).
 ///
 /// ```
 /// use std::num::ParseIntError;
@@ -77,9 +78,10 @@ pub trait PolicyError {
     fn timed_out() -> Self;
 
     /// The refusal this error is, if a policy made it: a [`BreakerLayer`](super::BreakerLayer)
-    /// over the layer that refused records such an error as nothing (a full bulkhead below says
-    /// nothing about the service's health), before its classifier sees it. By default `None`:
-    /// implement it for your own enum so its refusals are not counted as the service's
+    /// or a [`PipelineLayer`](super::PipelineLayer) over the layer that refused records such an
+    /// error as nothing (a full bulkhead below says nothing about the service's health), before
+    /// its classifier sees it (the pipeline retries it after its `retry_after`). By default
+    /// `None`: implement it for your own enum so its refusals are not counted as the service's
     /// failures.
     fn rejection(&self) -> Option<Rejected> {
         None

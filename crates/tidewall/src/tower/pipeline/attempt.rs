@@ -3,10 +3,11 @@
 
 use tower_service::Service;
 
+use crate::Rejected;
 use crate::pipeline::Operation;
-use crate::tower::CloneRequest;
 use crate::tower::attempt::Attempt;
 use crate::tower::clones::next_request;
+use crate::tower::{CloneRequest, PolicyError};
 
 /// The pipeline's operation for one request.
 pub(super) struct Attempts<S, Req, Q> {
@@ -29,7 +30,7 @@ impl<S, Req, Q> Attempts<S, Req, Q> {
 
 impl<S, Req, Q> Operation for Attempts<S, Req, Q>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req, Error: PolicyError> + Clone,
     Q: CloneRequest<Req>,
 {
     type Attempt = Attempt<S, Req>;
@@ -48,5 +49,10 @@ where
 
     fn repeatable(&self) -> bool {
         self.request.is_some()
+    }
+
+    /// A layer below refused the attempt: the service was not called.
+    fn refused(output: &Result<S::Response, S::Error>) -> Option<Rejected> {
+        output.as_ref().err().and_then(PolicyError::rejection)
     }
 }

@@ -36,8 +36,18 @@ use crate::tower::ByClone;
 ///   adaptive limiter instead, whose waits are not counted.
 /// * **Results.** Judged by the pipeline's classifier (for a `LivePipeline`, the one set
 ///   with [`classify`](crate::config::LivePipeline::classify)) as they come from the inner
-///   service: a refusal or timeout from a Tidewall layer below is an error like any other
-///   to it.
+///   service: a timeout from a Tidewall layer below is an error like any other to it (by
+///   default a failure: retried, recorded by the pipeline's breaker and adaptive limiter,
+///   and counted `outcome="failure"` when it ends the call). A refusal from a policy below
+///   (an error whose [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is
+///   `Some`: a full bulkhead, an open breaker, a rate limit; the service was not called) is
+///   treated as the pipeline's own breaker's refusal: not shown to the classifier, recorded
+///   as nothing by its breaker and adaptive limiter, retried after the refusal's
+///   `retry_after`, and counted `outcome="rejected"` when it ends the call. One exception: a
+///   deadline below that ran out (`DeadlineExceeded`: the service was called, too slowly)
+///   is, as the pipeline's own deadline, a failure to the admission stages when it ends the
+///   call. So, as with a [`BreakerLayer`](crate::tower::BreakerLayer), admission may sit on
+///   either side of the layer.
 /// * **Errors.** The inner service's error type, as every Tidewall layer returns (see
 ///   [`PolicyError`](super::super::PolicyError)): a stage's refusal is
 ///   `PolicyError::rejected`, an attempt timeout `PolicyError::timed_out`, and the
