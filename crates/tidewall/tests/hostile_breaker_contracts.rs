@@ -2920,6 +2920,60 @@ fn a_full_time_bucket_keeps_its_rates_and_the_next_bucket_counts_again() {
     assert_eq!(breaker.state(), State::Open);
 }
 
+#[test]
+fn a_break_schedule_that_gives_no_delay_holds_at_its_cap_from_the_first_trip() {
+    // `break_backoff`: "a schedule that gives none at all (`max_attempts(1)`, or a
+    // `max_elapsed` shorter than its first delay) holds at its `max_delay` from the first
+    // trip"; past the schedule's end "every trip stays open for its last delay".
+    let cap = 7 * SEC;
+    let schedules = [
+        Backoff::exponential(SEC)
+            .jitter(Jitter::None)
+            .max_delay(cap)
+            .max_elapsed(SEC / 2)
+            .build()
+            .unwrap(),
+        Backoff::exponential(SEC)
+            .jitter(Jitter::None)
+            .max_delay(cap)
+            .max_attempts(1)
+            .build()
+            .unwrap(),
+    ];
+    for schedule in schedules {
+        let (clock, builder) = on_fake();
+        let breaker = builder
+            .consecutive_failures(1)
+            .break_backoff(schedule)
+            .build()
+            .unwrap();
+        for trip in 0..3 {
+            breaker.try_acquire().unwrap().failure();
+            assert_eq!(refusal(&breaker), cap, "trip {trip}");
+            clock.advance(cap);
+        }
+    }
+    // A schedule of two delays: the third trip and later hold at the second.
+    let (clock, builder) = on_fake();
+    let breaker = builder
+        .consecutive_failures(1)
+        .break_backoff(
+            Backoff::exponential(SEC)
+                .jitter(Jitter::None)
+                .max_delay(cap)
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    for expected in [SEC, 2 * SEC, 2 * SEC, 2 * SEC] {
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(refusal(&breaker), expected);
+        clock.advance(expected);
+    }
+}
+
 // === reconfigure ===========================================================================
 
 #[test]

@@ -106,8 +106,12 @@ impl BreakerPolicyBuilder {
     }
 
     /// Stay open longer on repeated trips: the k-th trip in a row (without a successful
-    /// close in between) stays open for the k-th delay of `backoff`, jitter included. A
-    /// schedule that starts at zero (or is capped at zero) is refused at `build`, as a zero
+    /// close in between) stays open for the k-th delay of `backoff`, jitter included. Past
+    /// the schedule's end (its `max_attempts` or `max_elapsed`) every trip stays open for its
+    /// last delay, and a schedule that gives none at all (`max_attempts(1)`, or a
+    /// `max_elapsed` shorter than its first delay) holds at its `max_delay` from the first
+    /// trip, as [`Backoff::next_delay_held`] does. A schedule that starts at zero (or is
+    /// capped at zero) is refused at `build`, as a zero
     /// [`break_duration`](Self::break_duration) is.
     #[must_use]
     pub fn break_backoff(mut self, backoff: Backoff) -> Self {

@@ -20,7 +20,7 @@
 //! | `tidewall_retries_total` | counter | `policy` (`pipeline`, `http_client`), `name` | retries scheduled |
 //! | `tidewall_hedges_total` | counter | `policy` (`hedge`), `name` | hedges launched (the primary attempt is not one) |
 //! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`, `http_client`), `name` | retries (hedges) the budget refused |
-//! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes (a keyed table's key series are made on a key's first change) |
+//! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes, each a `StateChanged` event (a closed breaker reset by a reconfiguration that changes its window counts one to `closed`; a keyed table's key series are made on a key's first change) |
 //! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`, `http_client`), `name` | a call's time, waits and retries included (not for cancelled calls) |
 //! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`, `adaptive`), `name` | time queued for a permit, for waits that ended admitted |
 //! | `tidewall_breaker_state` | gauge | `name`, `state` ([`State::as_str`](crate::breaker::State::as_str)) | 1 for the state the breaker is in, 0 for the others |

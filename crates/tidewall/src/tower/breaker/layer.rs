@@ -17,14 +17,15 @@ use crate::rt::{Clock, DefaultRuntime};
 ///
 /// Each result is counted as its [classifier](crate::classify) judges it (by default `Ok` a
 /// success, `Err` a failure); an [`Ignored`](crate::classify::Verdict::Ignored) result
-/// records nothing, and a call whose response future is dropped records nothing either.
+/// records nothing in the window (its metrics and events count it `ignored`), and a call
+/// whose response future is dropped records nothing at all.
 /// A refusal is the inner service's own error type, made with
 /// [`PolicyError::rejected`](crate::tower::PolicyError::rejected); the classifier judges that
 /// same type (in a typed stack, `Error<E>`: the service's own error is `Error::Inner`). A
 /// refusal from a layer below (an error whose
 /// [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is `Some`: a full
-/// bulkhead, a rate limit, another breaker) records nothing and is not shown to the
-/// classifier: it says nothing about the service's health, so admission may sit on either
+/// bulkhead, a rate limit, another breaker) is recorded as `Ignored` (nothing in the window)
+/// and is not shown to the classifier: it says nothing about the service's health, so admission may sit on either
 /// side of the breaker.
 ///
 /// ```
