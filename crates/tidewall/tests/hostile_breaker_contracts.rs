@@ -2782,8 +2782,8 @@ fn counting_breaker() -> (Counting, CircuitBreaker<Counting>) {
 #[test]
 fn a_count_window_without_a_slow_rule_reads_no_clock_for_successes_and_a_trip_reads_it_once() {
     // "Closed path: admission is one atomic load; recording touches only the window ...
-    // Without a time window or a slow-call rate it reads no clock; a trip reads it once, so
-    // the break always starts when the breaker opens."
+    // Without a time window or a slow-call rate a success reads no clock ...; a trip reads
+    // it once more, so the break always starts when the breaker opens."
     let (rt, breaker) = counting_breaker();
     for i in 0..10_000u32 {
         let permit = breaker.try_acquire().unwrap();
@@ -2889,8 +2889,8 @@ fn a_full_time_bucket_keeps_its_rates_and_the_next_bucket_counts_again() {
         "the full bucket kept its rates"
     );
     assert_eq!(breaker.state(), State::Closed);
-    // The next bucket counts again: the storm's failures there trip it at once (with the
-    // full bucket, half of the window's calls fail after 65,535 more).
+    // The next bucket counts again: the storm's failures there count, and trip it once half of
+    // the window's calls have failed (65,535 of them, beside the full bucket's 65,535).
     clock.advance(SEC);
     let mut failed = 0u32;
     while breaker.state() == State::Closed {

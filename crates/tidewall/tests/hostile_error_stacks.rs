@@ -548,8 +548,8 @@ fn the_breakers_classifier_is_shown_the_stacks_one_error_type() {
         assert_eq!(ready_and_call(&mut svc, 2).await, Ok(2));
         assert_eq!(ready_and_call(&mut svc, 3).await, Err(INNER(Boom(3))));
         assert_eq!(tripping.state(), State::Open);
-        // Docs (BreakerLayer): "A refusal from a layer below ... records nothing and is not
-        // shown to the classifier".
+        // Docs (BreakerLayer): "A refusal from a layer below ... is recorded as `Ignored`
+        // (nothing in the window) and is not shown to the classifier".
         let seen = seen.lock().unwrap().join(" ");
         let shown = "Err(TimedOut) Ok(2) Err(Inner(Boom(3)))";
         assert_eq!(seen, shown);

@@ -953,8 +953,9 @@ fn a_timeout_over_a_breaker_wait_holds_no_probe_it_was_not_given_and_gives_back_
 }
 
 // Docs (PolicyError): "[`RetryLayer`] and [`HedgeLayer`] never add an error of their own and
-// take any error type. ... a breaker records a refusal from below as nothing". (BreakerLayer)
-// "A refusal from a layer below ... records nothing and is not shown to the classifier".
+// take any error type. ... a breaker ... record[s] a refusal from below as `Ignored`, nothing
+// in a window". (BreakerLayer) "A refusal from a layer below ... is recorded as `Ignored`
+// (nothing in the window) and is not shown to the classifier".
 // (AdmitMode::WaitReady) "`poll_ready` then reports ready and the next call fails at once
 // with the refusal, without calling the inner service."
 #[test]

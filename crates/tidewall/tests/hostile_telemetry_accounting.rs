@@ -1834,8 +1834,9 @@ async fn a_breakers_random_walk_keeps_transitions_generations_and_the_state_gaug
 // admission on its own"; `tidewall_rejections_total` "refusals, as the caller was finally
 // refused (a wait that ends admitted is not one)"; `tidewall_wait_duration_seconds` "for waits
 // that ended admitted"; `Bulkhead::rejected` "Calls rejected so far"; `BreakerLayer`: "A
-// refusal from a layer below (... a full bulkhead ...) records nothing and is not shown to the
-// classifier ..., so admission may sit on either side of the breaker".
+// refusal from a layer below (... a full bulkhead ...) is recorded as `Ignored` (nothing in the
+// window) and is not shown to the classifier ..., so admission may sit on either side of the
+// breaker"; its `Ignored` results "its metrics and events count ... `ignored`".
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn tower_stacks_count_each_request_once_where_it_ended_whichever_side_admission_is_on() {
     type Stack = tower::util::BoxCloneService<(u64, bool), u64, Error<&'static str>>;
@@ -1919,17 +1920,15 @@ async fn tower_stacks_count_each_request_once_where_it_ended_whichever_side_admi
         );
         assert_eq!(books.calls("breaker", "tb", "success"), ok, "{ctx}");
         assert_eq!(books.calls("breaker", "tb", "failure"), failed, "{ctx}");
-        // A refusal from below "records nothing": the docs use those words both for an
-        // `Ignored` result (counted `ignored`, heard `Ignored`) and for a dropped call (counted
-        // nowhere), so either is read here, but nothing else: never a failure.
+        // A refusal from below is recorded as `Ignored`: counted `ignored`, never a failure.
         let below = if breaker_outside {
             books.refusals("bulkhead", "tb").values().sum::<u64>()
         } else {
             0
         };
         let ignored = books.calls("breaker", "tb", "ignored");
-        assert!(
-            ignored == 0 || ignored == below,
+        assert_eq!(
+            ignored, below,
             "{ctx}: {ignored} ignored, {below} refusals below"
         );
         check_breaker_outcomes(&books, &ear, "tb", &ctx);
@@ -2585,9 +2584,8 @@ fn endings_heard(ear: &Ear, name: &str) -> Vec<Heard> {
 // `timed_out` (`Error::TimedOut`) — its own: under a `PipelineLayer`, a timeout from a layer below
 // is the service's error, judged by the classifier like any other (`failure` by default)";
 // `PipelineLayer`: "A refusal from a policy below ... is treated as the pipeline's own breaker's
-// refusal: not shown to the classifier, recorded as nothing by its breaker and adaptive limiter,
-// retried after the refusal's `retry_after`, and counted `outcome="rejected"` when it ends the
-// call".
+// refusal: not shown to the classifier, recorded as `Ignored` by its breaker ..., retried after
+// the refusal's `retry_after`, and counted `outcome="rejected"` when it ends the call".
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn under_a_pipeline_layer_a_refusal_below_counts_rejected_and_a_timeout_below_failure() {
     let (books, ear) = calls_over_layers_that_refuse_and_time_out().await;
@@ -2616,8 +2614,9 @@ async fn under_a_pipeline_layer_a_refusal_below_counts_rejected_and_a_timeout_be
     assert_eq!(endings_heard(&ear, "over_timeout"), [Heard::Failed]);
 }
 
-// Docs: `BreakerLayer` "A refusal from a layer below ... records nothing"; `PipelineLayer`: a
-// refusal from a policy below is "recorded as nothing by its breaker", and a timeout below is "an
+// Docs: `BreakerLayer` "A refusal from a layer below ... is recorded as `Ignored` (nothing in
+// the window)"; `PipelineLayer`: a refusal from a policy below is "recorded as `Ignored` by its
+// breaker (nothing in its window)", and a timeout below is "an
 // error like any other" (the default classifier: every `Err` a retryable failure, which "the
 // breaker counts"); each call counted once, as heard.
 #[tokio::test(flavor = "current_thread", start_paused = true)]

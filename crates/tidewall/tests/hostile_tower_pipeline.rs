@@ -434,7 +434,7 @@ impl<R: Clock> Service<Req> for Pooled<R> {
             if ok {
                 Ok(request.id)
             } else {
-                Err(Error::Inner("down"))
+                Err::<u32, E>(Error::Inner("down"))
             }
         })
     }
@@ -980,8 +980,8 @@ fn refusals_timeouts_and_own_errors_come_back_in_any_policy_error_type() {
 // Docs: "a timeout from a Tidewall layer below is an error like any other to it" — the
 // classifier (default: every `Err` retryable) and the breaker judge it — while "a refusal from
 // a policy below ... is treated as the pipeline's own breaker's refusal: not shown to the
-// classifier, recorded as nothing by its breaker ..., retried after the refusal's
-// `retry_after`".
+// classifier, recorded as `Ignored` by its breaker (nothing in its window), ..., retried after
+// the refusal's `retry_after`".
 async fn refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors<R: Runtime>(
     rt: Clocked<R>,
 ) {
@@ -1016,8 +1016,8 @@ async fn refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors<R: R
     assert_eq!(service.oneshot(Req::new(1)).await, Err(Error::TimedOut));
     assert_eq!(tally.calls(), 1);
 
-    // A full bulkhead below (AdmitLayer, Reject): retried, but recorded as nothing by the
-    // pipeline's breaker, even by one whose breaker would open at the first failure.
+    // A full bulkhead below (AdmitLayer, Reject): retried, but nothing in the pipeline's
+    // breaker's window.
     let below = Bulkhead::builder(1)
         .runtime(rt.clone())
         .max_queue(0)
@@ -1082,6 +1082,22 @@ async fn refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors<R: R
     assert_eq!(answer, Ok(1));
     assert_eq!(below.rejected(), 7, "the first attempt only");
     assert_eq!(tally.calls(), 1);
+
+    // A refusal that can never pass (`InsufficientCapacity`) is not retried.
+    let sent = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&sent);
+    let too_big = tower::service_fn(move |_: Req| {
+        counted.fetch_add(1, SeqCst);
+        async { Err::<u32, E>(Error::Rejected(Rejected::InsufficientCapacity { burst: 1 })) }
+    });
+    let (breaker, pipeline) = counting_retries(&rt);
+    let service = PipelineLayer::new(pipeline).layer(too_big);
+    assert_eq!(
+        service.oneshot(Req::new(1)).await,
+        Err(Error::Rejected(Rejected::InsufficientCapacity { burst: 1 }))
+    );
+    assert_eq!(sent.load(SeqCst), 1);
+    assert_eq!(breaker.counts().calls, 0);
 }
 
 #[test]
@@ -1089,10 +1105,10 @@ fn a_refusal_from_a_layer_below_is_retried_unrecorded_and_a_timeout_is_an_error(
     on_every_runtime!(refusals_from_below_are_retried_unrecorded_and_timeouts_are_errors);
 }
 
-// Docs (`PipelineLayer`, Results): a refusal from a policy below is "recorded as nothing by its
-// breaker and adaptive limiter"; "One exception: a deadline below that ran out
-// (`DeadlineExceeded`: the service was called, too slowly) is, as the pipeline's own deadline,
-// a failure to the admission stages when it ends the call."
+// Docs (`PipelineLayer`, Results): a refusal from a policy below ("a full bulkhead, an open
+// breaker, a rate limit, a deadline below that ran out") is "teaching its admission stages
+// (bulkhead, adaptive limiter) nothing"; "The layer cannot tell which of them reached the
+// service ..., so none counts against it." A failure the service gave still counts.
 async fn what_the_admission_stages_learn_from_below<R: Runtime>(rt: Clocked<R>) {
     let aimd = Aimd::builder()
         .min_limit(1)
@@ -1104,10 +1120,11 @@ async fn what_the_admission_stages_learn_from_below<R: Runtime>(rt: Clocked<R>) 
         .runtime(rt.clone())
         .build()
         .unwrap();
-    let over = |limiter: &AdaptiveLimiter<Aimd, Clocked<R>>| {
+    let over = |limiter: &AdaptiveLimiter<Aimd, Clocked<R>>, attempts: u32| {
         Pipeline::builder()
             .runtime(rt.clone())
             .bulkhead(limiter.clone())
+            .retry(constant(MS, attempts))
             .build()
             .unwrap()
     };
@@ -1119,7 +1136,7 @@ async fn what_the_admission_stages_learn_from_below<R: Runtime>(rt: Clocked<R>) 
         .unwrap();
     let held = below.try_acquire_owned().unwrap();
     let service = ServiceBuilder::new()
-        .layer(PipelineLayer::new(over(&limiter)))
+        .layer(PipelineLayer::new(over(&limiter, 1)))
         .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
         .service(Probe::new(&rt, |_, _| 1, fine));
     assert_eq!(
@@ -1127,34 +1144,88 @@ async fn what_the_admission_stages_learn_from_below<R: Runtime>(rt: Clocked<R>) 
         Err(Error::Rejected(Rejected::BulkheadFull))
     );
     assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
-    drop(held);
 
-    // A deadline below that ran out while the service ran: a failure, so AIMD backs off.
+    // A wait below that ran out (an `AdmitLayer`'s `max_wait`): a `DeadlineExceeded` that never
+    // reached the service, nothing learnt.
+    let waiting = ServiceBuilder::new()
+        .layer(PipelineLayer::new(over(&limiter, 1)))
+        .layer(
+            AdmitLayer::new(
+                Bulkhead::builder(1)
+                    .runtime(rt.clone())
+                    .max_queue(4)
+                    .build()
+                    .unwrap(),
+                AdmitMode::WaitCall,
+            )
+            .max_wait(5 * MS)
+            .runtime(rt.clone()),
+        )
+        .service(Probe::new(&rt, |_, _| 100, fine));
+    let first = waiting.clone().oneshot(Req::new(1));
+    let second = async {
+        rt.sleep(MS).await;
+        waiting.clone().oneshot(Req::new(2)).await
+    };
+    let (first, second) = futures_util::join!(first, second);
+    assert_eq!(first, Ok(1));
+    assert_eq!(second, Err(Error::Rejected(Rejected::DeadlineExceeded)));
+    assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
+
+    // A deadline below that cut a slow call: nothing learnt either.
     let inner = Pipeline::builder()
         .runtime(rt.clone())
         .deadline(10 * MS)
         .build()
         .unwrap();
     let service = ServiceBuilder::new()
-        .layer(PipelineLayer::new(over(&limiter)))
+        .layer(PipelineLayer::new(over(&limiter, 1)))
         .layer(PipelineLayer::new(inner))
         .service(Probe::new(&rt, |_, _| 100, fine));
     assert_eq!(
         service.oneshot(Req::new(1)).await,
         Err(Error::Rejected(Rejected::DeadlineExceeded))
     );
-    assert!(limiter.limit() < 10, "a failure: {}", limiter.limit());
+    assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
+
+    // A failure the service gave, then a retry refused below: the failure is what the call
+    // teaches, and AIMD backs off.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let failing_then_full = tower::service_fn(move |_: Req| {
+        let n = counted.fetch_add(1, SeqCst);
+        async move {
+            if n == 0 {
+                Err::<u32, E>(Error::Inner("down"))
+            } else {
+                Err(Error::Rejected(Rejected::BulkheadFull))
+            }
+        }
+    });
+    let service = PipelineLayer::new(over(&limiter, 2)).layer(failing_then_full);
+    assert_eq!(
+        service.oneshot(Req::new(1)).await,
+        Err(Error::Rejected(Rejected::BulkheadFull))
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+    assert!(
+        limiter.limit() < 10,
+        "the earlier failure: {}",
+        limiter.limit()
+    );
     assert_eq!(limiter.in_flight(), 0);
+    drop(held);
 }
 
 #[test]
-fn the_admission_stages_learn_nothing_from_a_refusal_below_but_a_failure_from_a_deadline() {
+fn the_admission_stages_learn_nothing_from_a_refusal_below_but_the_services_failures() {
     on_every_runtime!(what_the_admission_stages_learn_from_below);
 }
 
 // === composed with other layers =============================================================
 
-// PolicyError docs: "a breaker records a refusal from below as nothing": a BreakerLayer over a
+// PolicyError docs: "a breaker ... record[s] a refusal from below as `Ignored`, nothing in a
+// window": a BreakerLayer over a
 // PipelineLayer does not count the pipeline's refusals (bulkhead full, deadline), but counts
 // its attempt timeout and the service's errors.
 async fn a_breaker_layer_over_the_pipeline<R: Runtime>(rt: Clocked<R>) {
@@ -1201,7 +1272,7 @@ async fn a_breaker_layer_over_the_pipeline<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(
         outer.counts().calls,
         0,
-        "refusals from below recorded as nothing"
+        "refusals from below: nothing in the window"
     );
 
     let timing_out = Pipeline::builder()

@@ -1782,8 +1782,9 @@ fn retry_and_timeout_layers_around_a_pipeline_layer_with_a_copier() {
 }
 
 /// An `AdmitLayer` (Reject) below over a full bulkhead: each attempt is refused by the layer
-/// below (an error like any other), the service never called; the copier is asked before
-/// every attempt but the last; copies are dropped by the refusing layer.
+/// below (retried as the pipeline's own breaker's refusals are), the service never called;
+/// the copier is asked before every attempt but the last; copies are dropped by the refusing
+/// layer.
 async fn an_admit_layer_below<R: Runtime>(rt: Clocked<R>) {
     let live = Arc::new(AtomicI64::new(0));
     let below = Bulkhead::builder(1)

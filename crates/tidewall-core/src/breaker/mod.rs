@@ -49,8 +49,9 @@ pub enum Window {
     },
     /// The calls of the last `span`, kept in `buckets` equal buckets (the oldest bucket drops
     /// out as a whole, so the window slides in steps of `span / buckets`). A bucket counts at
-    /// most 65,535 calls: once full it keeps the rates of the calls it holds, and the
-    /// outcomes past that wait for the next bucket, so at higher rates use more buckets.
+    /// most 65,535 calls: once full it keeps the rates of the calls it holds, the outcomes
+    /// past that are not counted in the window, and the next bucket counts again; so at
+    /// higher rates use more buckets.
     Time {
         /// Window length.
         span: Duration,

@@ -75,8 +75,8 @@ section! {
         failure_rate: Toggle<f64>,
         /// Trip at this share of slow calls (0.000001 ..= 1; default: not checked).
         slow_call_rate: f64,
-        /// A call that took this long or longer is slow (default 1 s). Used only with a `slow_call_rate`:
-        /// an instance with a threshold and no rate is refused at this key.
+        /// A call that took this long or longer is slow (default 1 s). Used only with a
+        /// `slow_call_rate`: an instance with a threshold and no rate is refused at this key.
         #[serde(with = "opt_duration")]
         slow_call_threshold: Duration,
         /// Trip after this many failures in a row, whatever the window says.

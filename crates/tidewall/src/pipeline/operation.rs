@@ -24,10 +24,11 @@ pub(crate) trait Operation {
     }
 
     /// The refusal an attempt's `output` is, when a policy below the pipeline refused the
-    /// attempt without calling the service (a tower layer under a `PipelineLayer`: a full
-    /// bulkhead, an open breaker). The engine then treats it as its own breaker's refusal: it
-    /// teaches nothing, is not shown to the classifier, and is retried after the refusal's
-    /// `retry_after`; a call it ends counts as rejected.
+    /// attempt (a tower layer under a `PipelineLayer`: a full bulkhead, an open breaker, a
+    /// deadline below). The engine then treats it as its own breaker's refusal: recorded as
+    /// `Ignored` by its breaker, teaching its admission stages nothing, not shown to the
+    /// classifier, and retried after the refusal's `retry_after` (unless it can never pass);
+    /// a call it ends counts as rejected.
     fn refused(output: &<Self::Attempt as Future>::Output) -> Option<crate::Rejected> {
         let _ = output;
         None

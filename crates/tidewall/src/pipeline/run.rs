@@ -51,10 +51,10 @@ where
     // drops them untold.
     let mut admitted = None;
     let mut slot = None;
-    // How the last attempt that called the operation went, if one did: an ending before any
-    // (a wait refused at the deadline, a first attempt with no time left) teaches the
-    // admission stages nothing, and a later stage's refusal of a retry (an open breaker)
-    // teaches them that attempt's outcome.
+    // How the last attempt that reached the service went, if one did: an ending before any
+    // (a wait refused at the deadline, a first attempt with no time left, every attempt
+    // refused below) teaches the admission stages nothing, and a later refusal of a retry (an
+    // open breaker, here or below) teaches them that attempt's outcome.
     let mut called = None;
     // The refusal the last attempt met below the pipeline (see `Operation::refused`), if it
     // was one: the call's outcome when that attempt ends it.
@@ -89,6 +89,7 @@ where
         // Boxed: only calls that retry a value pay for its room in the call's future.
         let mut kept: Option<Box<T2>> = None;
         loop {
+            refused_below = None;
             // Before a retry, when the caller brought a deadline, or once the pipeline's own
             // budget has started (a wait for the limiter or the bulkhead read the clock), check
             // it. Only a first attempt that nothing has waited before, with no caller deadline,
@@ -100,7 +101,6 @@ where
                 }
             }
             pipeline.telemetry.attempt(attempts.started() + 1);
-            refused_below = None;
             if let Some(rules) = rules {
                 rules.begin(&mut attempts, || clock.now());
             }
@@ -121,7 +121,7 @@ where
                         }
                         None => clock.deadline(),
                     };
-                    let before = called.replace(Outcome::Ignored);
+                    let called_before = called.replace(Outcome::Ignored);
                     let attempt = |clock: &mut CallClock<'_, R>| {
                         op.attempt(|| {
                             rules.is_some_and(|r| r.retry_possible(&mut attempts, || clock.now()))
@@ -129,24 +129,19 @@ where
                     };
                     match bounded(rt, attempt, &mut clock, attempt_end).await {
                         Ok(result) => match O::refused(&result) {
-                            // Refused below the pipeline, the service uncalled: as the
-                            // pipeline breaker's own refusal (the arm above), it teaches
-                            // nothing and is retried after its own `retry_after`.
+                            // Refused below the pipeline: as the pipeline breaker's own refusal
+                            // (the arm above), it teaches nothing and is retried after its own
+                            // `retry_after`, unless it can never pass.
                             Some(refusal) => {
                                 C::record(permit, Outcome::Ignored, None);
-                                // Uncalled, unless a deadline below cut the call short: that
-                                // one, as the pipeline's own, is a failure to the admission
-                                // stages if it ends the call.
-                                if refusal != Rejected::DeadlineExceeded {
-                                    called = before;
-                                }
+                                called = called_before;
+                                let verdict = match refusal {
+                                    Rejected::InsufficientCapacity { .. } => Verdict::Failure,
+                                    _ => Verdict::RetryableFailure,
+                                };
                                 let hint = refusal.retry_after();
                                 refused_below = Some(refusal);
-                                (
-                                    Verdict::RetryableFailure,
-                                    hint,
-                                    result.map_err(Error::Inner),
-                                )
+                                (verdict, hint, result.map_err(Error::Inner))
                             }
                             None => {
                                 let (verdict, hint) = judge(classify, result.as_ref());

@@ -24,8 +24,8 @@ use crate::{Error, Rejected, RetryAfter};
 /// (a breaker's, a retry's) judges this one type: in a typed stack the service's own error
 /// is `Error::Inner(e)`, and a timeout from a layer below is a value it sees too (the default
 /// classifier counts every `Err` as a failure); a breaker, and a
-/// [`PipelineLayer`](super::PipelineLayer)'s stages, record a refusal from below as nothing
-/// ([`rejection`](Self::rejection)).
+/// [`PipelineLayer`](super::PipelineLayer)'s breaker and admission stages, record a refusal
+/// from below as `Ignored`, nothing in a window ([`rejection`](Self::rejection)).
 ///
 /// ```
 /// use std::num::ParseIntError;
@@ -79,10 +79,10 @@ pub trait PolicyError {
 
     /// The refusal this error is, if a policy made it: a [`BreakerLayer`](super::BreakerLayer)
     /// or a [`PipelineLayer`](super::PipelineLayer) over the layer that refused records such an
-    /// error as nothing (a full bulkhead below says nothing about the service's health), before
-    /// its classifier sees it (the pipeline retries it after its `retry_after`). By default
-    /// `None`: implement it for your own enum so its refusals are not counted as the service's
-    /// failures.
+    /// error as `Ignored`, nothing in its window (a full bulkhead below says nothing about the
+    /// service's health), before its classifier sees it (the pipeline retries it after its
+    /// `retry_after`). By default `None`: implement it for your own enum so its refusals are
+    /// not counted as the service's failures.
     fn rejection(&self) -> Option<Rejected> {
         None
     }

@@ -15,7 +15,7 @@ use crate::tower::PolicyError;
 pin_project! {
     /// The response future of a [`BreakerService`](super::BreakerService): the breaker's
     /// rejection, or the call with its outcome recorded as the classifier judges it (a
-    /// refusal from a layer below recorded as nothing).
+    /// refusal from a layer below recorded as `Ignored`, nothing in the window).
     ///
     /// **Cancel safety:** dropping it before the call ends records nothing and gives a
     /// half-open probe slot back.

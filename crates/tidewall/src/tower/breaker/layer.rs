@@ -24,9 +24,9 @@ use crate::rt::{Clock, DefaultRuntime};
 /// same type (in a typed stack, `Error<E>`: the service's own error is `Error::Inner`). A
 /// refusal from a layer below (an error whose
 /// [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is `Some`: a full
-/// bulkhead, a rate limit, another breaker) is recorded as `Ignored` (nothing in the window)
-/// and is not shown to the classifier: it says nothing about the service's health, so admission may sit on either
-/// side of the breaker.
+/// bulkhead, a rate limit, another breaker) is recorded as `Ignored` (nothing in the
+/// window) and is not shown to the classifier: it says nothing about the service's health,
+/// so admission may sit on either side of the breaker.
 ///
 /// ```
 /// use std::time::Duration;

@@ -40,14 +40,17 @@ use crate::tower::ByClone;
 ///   default a failure: retried, recorded by the pipeline's breaker and adaptive limiter,
 ///   and counted `outcome="failure"` when it ends the call). A refusal from a policy below
 ///   (an error whose [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is
-///   `Some`: a full bulkhead, an open breaker, a rate limit; the service was not called) is
-///   treated as the pipeline's own breaker's refusal: not shown to the classifier, recorded
-///   as nothing by its breaker and adaptive limiter, retried after the refusal's
-///   `retry_after`, and counted `outcome="rejected"` when it ends the call. One exception: a
-///   deadline below that ran out (`DeadlineExceeded`: the service was called, too slowly)
-///   is, as the pipeline's own deadline, a failure to the admission stages when it ends the
-///   call. So, as with a [`BreakerLayer`](crate::tower::BreakerLayer), admission may sit on
-///   either side of the layer.
+///   `Some`: a full bulkhead, an open breaker, a rate limit, a deadline below that ran out)
+///   is treated as the pipeline's own breaker's refusal: not shown to the classifier,
+///   recorded as `Ignored` by its breaker (nothing in its window), teaching its admission
+///   stages (bulkhead, adaptive limiter) nothing (a call it ends teaches them what its last
+///   attempt that was not refused taught, if one was), retried after the refusal's
+///   `retry_after` (but for `InsufficientCapacity`, which can never pass), and counted
+///   `outcome="rejected"` when it ends the call. The layer cannot tell which of them
+///   reached the service (a `DeadlineExceeded` may end a wait below, or a slow call a
+///   pipeline below cut), so none counts against it. So, as with a
+///   [`BreakerLayer`](crate::tower::BreakerLayer), admission may sit on either side of the
+///   layer.
 /// * **Errors.** The inner service's error type, as every Tidewall layer returns (see
 ///   [`PolicyError`](super::super::PolicyError)): a stage's refusal is
 ///   `PolicyError::rejected`, an attempt timeout `PolicyError::timed_out`, and the
