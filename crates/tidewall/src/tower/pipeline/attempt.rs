@@ -51,7 +51,7 @@ where
         self.request.is_some()
     }
 
-    /// A layer below refused the attempt: the service was not called.
+    /// The refusal of a layer below, if the attempt met one ([`PolicyError::rejection`]).
     fn refused(output: &Result<S::Response, S::Error>) -> Option<Rejected> {
         output.as_ref().err().and_then(PolicyError::rejection)
     }
