@@ -71,12 +71,29 @@ impl BucketRing {
     }
 
     /// Adds `add` to the counters of bucket `epoch`; `false` if a counter is full (or the
-    /// slot already holds a newer bucket).
+    /// slot already holds a newer bucket). The retry budget's deposits: a full bucket stops
+    /// counting.
     pub(crate) fn add(&self, epoch: u64, add: [u64; 3]) -> bool {
+        self.update(epoch, |word| self.layout.add(word, stamp(epoch), add))
+    }
+
+    /// Adds `add` to the counters of bucket `epoch`, halving them first if one is full (see
+    /// [`Bucket::add_or_halve`]); `false` only if the slot already holds a newer bucket. The
+    /// breaker's window: it keeps counting at any rate.
+    pub(crate) fn add_or_halve(&self, epoch: u64, add: [u64; 3]) -> bool {
+        self.update(epoch, |word| {
+            self.layout.add_or_halve(word, stamp(epoch), add)
+        })
+    }
+
+    /// Replaces bucket `epoch`'s word with `next(word)` until it takes; `false` once `next`
+    /// declines.
+    #[inline]
+    fn update(&self, epoch: u64, next: impl Fn(u64) -> Option<u64>) -> bool {
         self.prepare(epoch);
         let cell = &self.words[self.slot(epoch)];
         let mut word = cell.load(Relaxed);
-        while let Some(next) = self.layout.add(word, stamp(epoch), add) {
+        while let Some(next) = next(word) {
             match cell.compare_exchange_weak(word, next, Relaxed, Relaxed) {
                 Ok(_) => return true,
                 Err(seen) => word = seen,
@@ -198,6 +215,27 @@ mod tests {
             ring.add(epoch, [1, 0, 0]);
         }
         assert_eq!(ring.totals((1 << 16) + 3, None)[1], 0);
+    }
+
+    #[test]
+    fn a_full_bucket_halves_and_keeps_counting() {
+        let ring = BucketRing::new(Bucket::BREAKER, 4);
+        for _ in 0..65_535 {
+            assert!(ring.add_or_halve(5, [1, 0, 0]));
+        }
+        assert_eq!(ring.totals(5, None), [65_535, 0, 0]);
+        assert!(
+            !ring.add(5, [1, 0, 0]),
+            "plain `add` stops at a full bucket"
+        );
+        // The failures after it count: the first halves the bucket, and then they add up.
+        for _ in 0..1_000 {
+            assert!(ring.add_or_halve(5, [1, 1, 0]));
+        }
+        assert_eq!(ring.totals(5, None), [32_767 + 1_000, 1_000, 0]);
+        // Buckets around it are untouched.
+        ring.add_or_halve(6, [1, 0, 0]);
+        assert_eq!(ring.totals(6, None), [32_767 + 1_001, 1_000, 0]);
     }
 
     #[test]

@@ -83,6 +83,9 @@ impl BreakerPolicyBuilder {
 
     /// Rates count only once the window holds this many calls (without consecutive
     /// failures, at most what the window can hold: its calls, or 65,535 per time bucket).
+    /// A time bucket that fills halves its counts ([`Window::Time`]), so under load it holds
+    /// 32,768 calls or more, but not always 65,535: to be sure to be reached, keep the
+    /// minimum at most 32,768 per bucket.
     #[must_use]
     pub fn minimum_calls(mut self, n: u32) -> Self {
         self.minimum_calls = n;

@@ -48,10 +48,11 @@ pub enum Window {
         calls: u32,
     },
     /// The calls of the last `span`, kept in `buckets` equal buckets (the oldest bucket drops
-    /// out as a whole, so the window slides in steps of `span / buckets`). A bucket counts at
-    /// most 65,535 calls: once full it keeps the rates of the calls it holds, the outcomes
-    /// past that are not counted in the window, and the next bucket counts again; so at
-    /// higher rates use more buckets.
+    /// out as a whole, so the window slides in steps of `span / buckets`). A bucket holds at
+    /// most 65,535 calls: the call that finds it full first halves its counts (each rounded
+    /// down), so it counts every call at any rate, and within a bucket that filled, later
+    /// calls weigh more (each halving halves the weight of the calls before it). Past 32,767
+    /// calls, then, a bucket holds between 32,768 and 65,535 of them.
     Time {
         /// Window length.
         span: Duration,

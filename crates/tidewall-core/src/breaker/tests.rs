@@ -236,9 +236,16 @@ fn stale_buckets_count_as_empty() {
     // A writer a little behind a boundary leaves the newer bucket alone.
     let newer = b.add(0, 10, [3, 0, 0]).unwrap();
     assert_eq!(b.add(newer, 9, [1, 0, 0]), None);
-    // A counter at its limit refuses instead of wrapping.
+    // A counter at its limit refuses instead of wrapping, or halves to make room.
     let full = b.add(0, 1, [65_535, 0, 0]).unwrap();
     assert_eq!(b.add(full, 1, [1, 0, 0]), None);
+    assert_eq!(
+        b.field(b.add_or_halve(full, 1, [1, 0, 0]).unwrap(), 0),
+        32_768
+    );
+    // Halving makes no room in a newer bucket, nor for an add too big for any bucket.
+    assert_eq!(b.add_or_halve(newer, 9, [1, 0, 0]), None);
+    assert_eq!(b.add_or_halve(0, 1, [65_536, 0, 0]), None);
     assert_eq!(
         Bucket::BUDGET.add(0, 1, [0, 0, 1]),
         None,
@@ -269,6 +276,38 @@ proptest! {
                 c
             });
             prop_assert_eq!(unpack_totals(totals), expect);
+        }
+    }
+
+    /// A bucket that fills halves every counter (rounding down) and then adds: it never
+    /// refuses a call of its own epoch, never wraps, and keeps failures and slow calls within
+    /// its calls.
+    #[test]
+    fn a_full_bucket_halves_and_adds(
+        calls in 0u64..=65_535,
+        failures_share in 0u64..=65_535,
+        slow_share in 0u64..=65_535,
+        failed in any::<bool>(),
+        slow in any::<bool>(),
+        stamp in any::<u16>(),
+    ) {
+        let b = Bucket::BREAKER;
+        let (failures, slow_calls) = (failures_share % (calls + 1), slow_share % (calls + 1));
+        let word = b.add(0, stamp, [calls, failures, slow_calls]).unwrap();
+        let add = [1, u64::from(failed), u64::from(slow)];
+        let next = b.add_or_halve(word, stamp, add).unwrap();
+        let fields = [0, 1, 2].map(|i| b.field(next, i));
+        let base = if calls == 65_535 {
+            [calls / 2, failures / 2, slow_calls / 2]
+        } else {
+            [calls, failures, slow_calls]
+        };
+        prop_assert_eq!(fields, [base[0] + 1, base[1] + add[1], base[2] + add[2]]);
+        prop_assert!(fields[1] <= fields[0] && fields[2] <= fields[0]);
+        prop_assert_eq!(Bucket::epoch(next), stamp);
+        // Where plain `add` succeeds, the two agree.
+        if calls < 65_535 {
+            prop_assert_eq!(b.add(word, stamp, add), Some(next));
         }
     }
 

@@ -121,7 +121,8 @@ impl Bucket {
 
     /// The word after adding `add` to the counters of the bucket for `epoch` (a bucket
     /// stamped with an older epoch starts from zero). `None` if a counter would overflow; the
-    /// caller decides whether that means "skip" (a sampled window) or "deny" (a budget).
+    /// caller decides whether that means "make room" (a sampled window:
+    /// [`add_or_halve`](Self::add_or_halve)) or "deny" (a budget).
     ///
     /// A bucket already stamped with a *newer* epoch is left alone (`None`): a writer whose
     /// clock reading is a little behind a bucket boundary must not wipe the new bucket. An
@@ -153,6 +154,51 @@ impl Bucket {
             i += 1;
         }
         Some(out)
+    }
+
+    /// The word after adding `add` to the bucket for `epoch`, as [`add`](Self::add), but a
+    /// bucket that a counter would overflow first halves every counter (rounding down), as
+    /// often as it takes to make room: a sampled window keeps counting at any rate, each halving giving the calls
+    /// before it half their weight, so the rates follow the latest calls. Halving keeps each
+    /// counter at most the first (failures never exceed calls). `None` only for a bucket
+    /// stamped with a newer epoch, or for an `add` that overflows an empty bucket.
+    ///
+    /// ```
+    /// use tidewall_core::breaker::window::Bucket;
+    ///
+    /// let b = Bucket::BREAKER;
+    /// // 65,535 calls, 1,001 of them failures: the bucket is full.
+    /// let full = b.add(0, 7, [65_535, 1_001, 0]).unwrap();
+    /// assert_eq!(b.add(full, 7, [1, 1, 0]), None);
+    /// // Halved (32,767 and 500), then the failure is counted.
+    /// let next = b.add_or_halve(full, 7, [1, 1, 0]).unwrap();
+    /// assert_eq!([b.field(next, 0), b.field(next, 1)], [32_768, 501]);
+    /// ```
+    pub const fn add_or_halve(&self, word: u64, epoch: u16, add: [u64; 3]) -> Option<u64> {
+        let mut word = word;
+        loop {
+            if let Some(next) = self.add(word, epoch, add) {
+                return Some(next);
+            }
+            if Self::epoch(word) != epoch || word & COUNTERS == 0 {
+                // A newer bucket (an older one would have started afresh), or an `add` too
+                // big for any bucket: halving makes no room.
+                return None;
+            }
+            // At most 16 rounds: each halves the counters, and an empty bucket ends it.
+            word = self.halved(word);
+        }
+    }
+
+    /// `word` with every counter halved, rounding down, and its stamp kept.
+    const fn halved(&self, word: u64) -> u64 {
+        let mut out = word & !COUNTERS;
+        let mut i = 0;
+        while i < 3 {
+            out |= (self.field(word, i) / 2) << self.shift(i);
+            i += 1;
+        }
+        out
     }
 
     /// The bucket number a stamp stands for: of the epochs with that stamp, the one nearest

@@ -13,12 +13,10 @@
 //! Guarantees:
 //! * **Every outcome decides**: the thresholds are evaluated after every recorded outcome,
 //!   successes included (a success can bring the window to `minimum_calls` with the failure
-//!   rate already at its threshold, or arrive as older successes leave a time window). One
-//!   bound: a time window's bucket counts at most 65,535 calls, and keeps the rates of the
-//!   calls it holds once full; outcomes past that in the same bucket are not counted in the
-//!   window (a run of consecutive failures still counts every one), so a failure storm that
-//!   starts in a full bucket shows from the next bucket. Above 65,535 calls a bucket, use
-//!   more (shorter) buckets.
+//!   rate already at its threshold, or arrive as older successes leave a time window). At
+//!   any rate: a time window's bucket holds at most 65,535 calls, and the call that finds it
+//!   full halves its counts first, so every call still counts and the bucket's rates follow
+//!   its latest calls (a failure storm that starts in a full bucket shows within it).
 //! * **Closed path**: admission is one atomic load; recording touches only the window
 //!   (no lock, no allocation). Without a time window or a slow-call rate a success reads no
 //!   clock and a failure reads it once (the time of the latest failure, by which a

@@ -115,8 +115,8 @@ impl SlidingWindow {
                 true
             }
             Self::Time { ring, bucket_nanos } => {
-                // A full bucket (65,535 calls) keeps the rates of the calls it holds.
-                ring.add(now / bucket_nanos, [1, u64::from(failed), u64::from(slow)]);
+                // A full bucket (65,535 calls) halves its counts and counts on.
+                ring.add_or_halve(now / bucket_nanos, [1, u64::from(failed), u64::from(slow)]);
                 true
             }
         }
