@@ -278,3 +278,61 @@ async fn dropped_mid_stop_aborts_the_child_being_stopped<R: Runtime>(rt: Clocked
 fn a_supervisor_dropped_mid_stop_aborts_the_child_being_stopped_on_every_runtime() {
     on_every_runtime!(dropped_mid_stop_aborts_the_child_being_stopped);
 }
+
+/// `a` fails on its own 50 ms into the stop, while `b` (stopped first, in reverse order)
+/// takes 100 ms: `a` had ended before it was told to stop, so its exit is its own (an
+/// `Exited` event), not a stop (`Ending::Stopped` means "it ended after it was told to
+/// stop"), and the report's `stopped` holds only `b`.
+async fn a_child_that_ended_before_its_turn_to_stop_is_an_exit<R: Runtime>(rt: Clocked<R>) {
+    let (log, hook) = recorder(&rt);
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .on_event(hook)
+        .child(failing(&rt, "a", ms(150)).shutdown_timeout(ms(1_000)))
+        .child(
+            ChildSpec::new("b", {
+                let rt = rt.clone();
+                move |stop: CancellationToken| {
+                    let rt = rt.clone();
+                    async move {
+                        stop.cancelled().await;
+                        rt.sleep(ms(100)).await;
+                        Ok::<(), std::io::Error>(())
+                    }
+                }
+            })
+            .shutdown_timeout(ms(1_000)),
+        )
+        .build()
+        .unwrap();
+    let stop = cancelled_after(&rt, ms(100), "shutdown");
+    let report = supervisor.run(stop).await.unwrap();
+    let stopped: Vec<_> = report
+        .stopped
+        .iter()
+        .map(|r| (&*r.name, r.exit.clone(), r.ending))
+        .collect();
+    assert_eq!(
+        stopped,
+        [("b", Exit::Ok(()), Ending::Stopped { took: ms(100) })]
+    );
+    let exits: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(at, event)| match event {
+            tidewall::task::supervisor::SupervisorEvent::Exited { child, exit } => {
+                Some((*at, child.to_string(), exit.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0].1, "a");
+    assert!(matches!(exits[0].2, Exit::Err(_)), "{exits:?}");
+}
+
+#[test]
+fn a_child_that_ended_before_its_turn_to_stop_is_an_exit_on_every_runtime() {
+    on_every_runtime!(a_child_that_ended_before_its_turn_to_stop_is_an_exit);
+}

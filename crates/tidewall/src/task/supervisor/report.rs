@@ -84,7 +84,9 @@ pub struct SupervisorReport {
     /// were added, whatever restarts happened): each one's exit, and [`Ending::Stopped`] (it
     /// ended within its shutdown timeout, `took` counted from the cancel) or
     /// [`Ending::Aborted`] (it was aborted: its exit is [`Exit::Aborted`], also when it
-    /// panicked as the abort dropped it).
+    /// panicked as the abort dropped it). A child that ended on its own before its turn to be
+    /// told (while a sibling was being stopped, or in the instant `stop` was cancelled) was
+    /// not stopped: it is not here, and its exit is told as a [`SupervisorEvent::Exited`].
     pub stopped: Vec<TaskReport>,
 }
 

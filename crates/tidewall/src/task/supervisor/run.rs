@@ -328,13 +328,17 @@ impl<R: Runtime> Supervisor<R> {
                 self.tell_exited(sibling, exit);
                 continue;
             }
-            if let Some((exit, ending)) = self.stop_one(sibling, &outside).await {
-                let child = Arc::clone(&self.slots[sibling].spec.name);
-                self.emit(SupervisorEvent::Stopped {
-                    child,
-                    exit,
-                    ending,
-                });
+            match self.stop_one(sibling, &outside).await {
+                Some((exit, Ending::Finished)) => self.tell_exited(sibling, exit),
+                Some((exit, ending)) => {
+                    let child = Arc::clone(&self.slots[sibling].spec.name);
+                    self.emit(SupervisorEvent::Stopped {
+                        child,
+                        exit,
+                        ending,
+                    });
+                }
+                None => {}
             }
         }
         let at = instant_after(now, delay);
@@ -391,7 +395,9 @@ impl<R: Runtime> Supervisor<R> {
 
     /// Cancels a running child's token, waits its shutdown timeout, then aborts it (a zero
     /// timeout aborts it first, without waiting). Returns how it ended, with
-    /// [`Ending::Stopped`] or [`Ending::Aborted`]; `None` when it was not running.
+    /// [`Ending::Stopped`] or [`Ending::Aborted`], or [`Ending::Finished`] for one whose task
+    /// had ended before it was told (its own exit, unseen yet: not a stop); `None` when it
+    /// was not running.
     ///
     /// The child stays in its slot until it has ended: if this future is dropped mid-wait
     /// (the supervisor's own `run` dropped or aborted), `Drop` still finds it and aborts it,
@@ -407,17 +413,22 @@ impl<R: Runtime> Supervisor<R> {
         let reason = format!("supervisor stopping `{}`", slot.spec.name);
         let timeout = slot.spec.shutdown_timeout;
         let cancelled_at = rt.now();
+        if let Some(exit) = ended_already::<R>(&mut running.handle) {
+            // It ended on its own before this stop (in the same instant, unseen yet): its
+            // exit is its own, not the stop's, and a panic of its own must not read as an
+            // abort's. The token is still cancelled, for whatever the child shared it with.
+            running.stop.cancel(reason);
+            slot.running = None;
+            let ending = lost_or(&exit, Ending::Finished);
+            return Some((exit, ending));
+        }
         let in_time = if timeout.is_zero() {
             // OTP's `brutal_kill`: aborted before the token is cancelled, so the child gets no
             // chance to see the stop and end on its own first. (The token is still cancelled,
-            // for whatever the child shared it with.) One that had already ended, unseen, is
-            // not aborted: a panic of its own must not read as the abort's.
-            let ended = ended_already::<R>(&mut running.handle);
-            if ended.is_none() {
-                running.handle.abort();
-            }
+            // for whatever the child shared it with.)
+            running.handle.abort();
             running.stop.cancel(reason);
-            ended
+            None
         } else {
             running.stop.cancel(reason);
             let deadline = instant_after(cancelled_at, timeout);
@@ -471,7 +482,11 @@ impl<R: Runtime> Supervisor<R> {
         }
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
-            if let Some((exit, ending)) = self.stop_one(index, &[]).await {
+            let stopped_one = self.stop_one(index, &[]).await;
+            if let Some((exit, Ending::Finished)) = stopped_one {
+                // Ended on its own before it was told: an exit, as those seen before.
+                self.tell_exited(index, exit);
+            } else if let Some((exit, ending)) = stopped_one {
                 let name = Arc::clone(&self.slots[index].spec.name);
                 self.emit(SupervisorEvent::Stopped {
                     child: Arc::clone(&name),
