@@ -222,6 +222,55 @@ async fn a_tower_layer_teaches_it_too() {
     assert_eq!(limiter.limit(), 1);
 }
 
+/// Answers a refusal of every kind from a layer "inside", or a timeout.
+#[derive(Clone)]
+struct Refusing;
+
+impl tower_service::Service<Option<Rejected>> for Refusing {
+    type Response = u32;
+    type Error = Error<&'static str>;
+    type Future = std::future::Ready<Result<u32, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, refusal: Option<Rejected>) -> Self::Future {
+        std::future::ready(Err(refusal.map_or(Error::TimedOut, Error::Rejected)))
+    }
+}
+
+/// `AdmitLayer`: "a refusal from a layer inside (... a `DeadlineExceeded` included) is
+/// ignored"; "an error a failure (a timeout from a layer inside included)".
+#[tokio::test(start_paused = true)]
+async fn a_tower_layer_ignores_every_refusal_from_inside_and_learns_timeouts() {
+    let limiter = AdaptiveLimiter::builder(aimd(8)).build().unwrap();
+    let mut service = AdmitLayer::new(limiter.clone(), AdmitMode::Reject).layer(Refusing);
+    for refusal in [
+        Rejected::DeadlineExceeded,
+        Rejected::BulkheadFull,
+        Rejected::CircuitOpen {
+            retry_after: Duration::from_secs(1),
+        },
+        Rejected::BudgetExhausted,
+        Rejected::RateLimited {
+            retry_after: Duration::from_secs(1),
+        },
+    ] {
+        assert_eq!(
+            service.call(Some(refusal)).await,
+            Err(Error::Rejected(refusal))
+        );
+        assert_eq!(limiter.limit(), 8, "{refusal:?} taught the limiter");
+        assert_eq!(limiter.in_flight(), 0);
+    }
+    assert_eq!(service.call(None).await, Err(Error::TimedOut));
+    assert_eq!(limiter.limit(), 4, "a timeout inside is a drop");
+}
+
 /// Gradient2 behind a pipeline of 16 callers: while the dependency answers in 10 ms the limit
 /// climbs (to its most, 24: the callers keep more than half of it in use); when it slows to
 /// 50 ms the limit backs off within the next calls. (A limit more than twice the calls in

@@ -125,15 +125,13 @@ where
 }
 
 /// How the call ended, for `Admission::finish`: an error is a failure, unless a layer inside
-/// refused the call (the dependency was not called), which is ignored; the deadline running
-/// out is a failure.
+/// refused the call, which is ignored: a `DeadlineExceeded` too, as a wait inside that ran
+/// out (the dependency not called) looks the same as a call a deadline inside cut.
 fn learned<T, E: PolicyError>(result: &Result<T, E>) -> Outcome {
     match result {
         Ok(_) => Outcome::Success,
-        Err(error) => match error.rejection() {
-            None | Some(Rejected::DeadlineExceeded) => Outcome::Failure,
-            Some(_) => Outcome::Ignored,
-        },
+        Err(error) if error.rejection().is_some() => Outcome::Ignored,
+        Err(_) => Outcome::Failure,
     }
 }
 

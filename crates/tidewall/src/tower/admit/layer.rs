@@ -14,7 +14,19 @@ use crate::rt::DefaultRuntime;
 ///
 /// The stage's guard (a bulkhead slot) is held until the response future completes, or is
 /// dropped with it. A refusal is the inner service's own error type, made with
-/// [`PolicyError::rejected`](crate::tower::PolicyError::rejected).
+/// [`PolicyError::rejected`](crate::tower::PolicyError::rejected). The inner service is
+/// `Clone`, in every mode: a call not admitted at once takes the service `poll_ready` made
+/// ready into its future, to call it once admitted, and leaves a clone in its place
+/// (tower's clone-and-swap).
+///
+/// A stage that learns (an [`AdaptiveLimiter`](crate::adaptive::AdaptiveLimiter)) is told
+/// how the call ended ([`Admission::finish`]): a response is a success, an error a failure
+/// (a timeout from a layer inside included), and a refusal from a layer inside (an error
+/// whose [`PolicyError::rejection`](crate::tower::PolicyError::rejection) is `Some`, a
+/// `DeadlineExceeded` included) is ignored, as a [`BreakerLayer`](crate::tower::BreakerLayer)
+/// and a [`PipelineLayer`](crate::tower::PipelineLayer) ignore it: the layer cannot tell a
+/// wait inside that ran out from a call that reached the service. To teach it slow calls,
+/// bound them with a timeout (a [`TimeoutLayer`](crate::tower::TimeoutLayer) inside).
 ///
 /// ```
 /// use std::time::Duration;
