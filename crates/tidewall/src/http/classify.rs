@@ -257,7 +257,7 @@ impl HttpClassifier {
     }
 
     /// The verdict on the 4xx statuses not named otherwise (default `Success`; `Ignored`
-    /// counts them as nothing).
+    /// leaves them out of the breaker's window and the adaptive limiter's samples).
     #[must_use]
     pub fn client_errors(mut self, verdict: Verdict) -> Self {
         self.client_errors = verdict;

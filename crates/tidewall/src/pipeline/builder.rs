@@ -87,9 +87,10 @@ impl<R, L, B, T, C, K> PipelineBuilder<R, L, B, T, C, K> {
     /// waited (for the limiter or the bulkhead) or brought its own deadline
     /// ([`call_before`](Pipeline::call_before)). A first attempt that waited for nothing
     /// starts at once, with the pipeline's whole `deadline` before it (its budget starts
-    /// then), whatever this minimum. A wait for the limiter or the bulkhead that would leave
-    /// less is refused at once with
-    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded).
+    /// then), whatever this minimum. A wait for the limiter or the bulkhead ends with
+    /// [`Rejected::DeadlineExceeded`](crate::Rejected::DeadlineExceeded) once it would leave
+    /// less: at once for a rate-limit wait known to be that long, and for a bulkhead's queue
+    /// (whose wait no one knows) when only the minimum is left.
     pub fn min_attempt_time(mut self, time: Duration) -> Self {
         self.min_attempt_time = time;
         self

@@ -124,7 +124,8 @@ where
     /// [`Error::Rejected`] when a stage refused (and retries, if any, ran out or could not
     /// finish before the deadline), and [`Rejected::DeadlineExceeded`] when the deadline
     /// ended the call, an attempt still running included (the deadline cut it, not the
-    /// service: the breaker records nothing for it); [`Error::TimedOut`] for a last attempt
+    /// service: the breaker records it as `Ignored`, nothing in its window, and a probe
+    /// gives its slot back); [`Error::TimedOut`] for a last attempt
     /// that its own `attempt_timeout` cut off; [`Error::Inner`] with the last attempt's own
     /// error.
     ///

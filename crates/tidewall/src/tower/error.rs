@@ -6,7 +6,8 @@ use crate::{Error, Rejected, RetryAfter};
 
 /// An error type that can also say "a policy refused the call" and "the call ran out of
 /// time": what a Tidewall layer that can refuse or time out ([`AdmitLayer`],
-/// [`BreakerLayer`], [`TimeoutLayer`]) needs from the service it wraps.
+/// [`BreakerLayer`], [`TimeoutLayer`], [`PipelineLayer`](super::PipelineLayer)) needs from
+/// the service it wraps.
 ///
 /// Each such layer returns its inner service's error type unchanged, so a stack has one
 /// error type however many layers it has: `Error<E>` through four layers is `Error<E>`, not

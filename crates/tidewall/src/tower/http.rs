@@ -29,6 +29,11 @@ use crate::rt::{Clock, DefaultRuntime};
 /// slower host: limit concurrency with the layer's own bulkhead or adaptive limit instead,
 /// whose waits are not counted.
 ///
+/// **Cancel safety:** dropping the response future is dropping
+/// [`ClientPolicies::run`]'s future: the attempt in flight and every permit it holds are
+/// dropped, no policy records anything for it, and with the `metrics` feature the request
+/// counts `cancelled` (once polled).
+///
 /// ```
 /// use std::convert::Infallible;
 /// use std::time::Duration;

@@ -25,8 +25,10 @@
 //! * `http::ClientLayer` (feature `http`) is the whole outbound HTTP stack of
 //!   [`ClientPolicies`](crate::http::ClientPolicies), per authority, over a client service.
 //!
-//! Response futures are named types (each middleware's module holds its `ResponseFuture`),
-//! so a stack can be stored without boxing; with one error type per stack, it can also be
+//! The policy layers' response futures are named types (each middleware's module holds its
+//! `ResponseFuture`), so a stack of them can be stored without boxing; `PipelineLayer` and
+//! `http::ClientLayer` box each call's future (one engine runs the whole call). With one
+//! error type per stack, a stack can also be
 //! stored without spelling its layers, as tower's `BoxCloneService<Req, Resp, Error<E>>`.
 //!
 //! A stack has one error type, however deep: every layer returns its inner service's error

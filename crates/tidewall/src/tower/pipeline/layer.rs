@@ -28,12 +28,16 @@ use crate::tower::ByClone;
 ///   ([`clone_requests`](Self::clone_requests)): [`NoClone`](crate::tower::NoClone) sends each
 ///   request at most once (a streaming body, an axum `Request<Body>`), and a closure copies
 ///   those it can. A request that could not be copied is sent itself, and that attempt is
-///   the call's last. An attempt the breaker refuses sends nothing and needs no request.
+///   the call's last, even if a layer below refuses it (the refusal took the request). An
+///   attempt the breaker refuses sends nothing and needs no request.
 /// * **Readiness.** The service is always ready: it waits for nothing in `poll_ready`, and
 ///   backpressure comes from the pipeline's own stages (a bulkhead's queue, a rate limiter's
 ///   wait, refusals). So a service that queues in `poll_ready` (a `Buffer`, a concurrency
 ///   limit) counts as a slower service: limit concurrency with the pipeline's bulkhead or
-///   adaptive limiter instead, whose waits are not counted.
+///   adaptive limiter instead, whose waits are not counted. The same holds for a layer
+///   below that waits in the call (an [`AdmitLayer`](crate::tower::AdmitLayer) in
+///   `WaitCall` or `WaitReady` mode): its wait is part of the attempt, and an attempt timeout
+///   or the deadline that ends it ends a slow attempt (a failure), not a refusal.
 /// * **Results.** Judged by the pipeline's classifier (for a `LivePipeline`, the one set
 ///   with [`classify`](crate::config::LivePipeline::classify)) as they come from the inner
 ///   service: a timeout from a Tidewall layer below is an error like any other to it (by
@@ -45,16 +49,19 @@ use crate::tower::ByClone;
 ///   recorded as `Ignored` by its breaker (nothing in its window), teaching its admission
 ///   stages (bulkhead, adaptive limiter) nothing (a call it ends teaches them what its last
 ///   attempt that was not refused taught, if one was), retried after the refusal's
-///   `retry_after` (but for `InsufficientCapacity`, which can never pass), and counted
+///   `retry_after` (but for `InsufficientCapacity`, which can never pass, and but for the
+///   call's last request, see *Requests*), and counted
 ///   `outcome="rejected"` when it ends the call. The layer cannot tell which of them
 ///   reached the service (a `DeadlineExceeded` may end a wait below, or a slow call a
 ///   pipeline below cut), so none counts against it. So, as with a
-///   [`BreakerLayer`](crate::tower::BreakerLayer), admission may sit on either side of the
-///   layer.
+///   [`BreakerLayer`](crate::tower::BreakerLayer), admission that refuses at once may sit
+///   on either side of the layer.
 /// * **Errors.** The inner service's error type, as every Tidewall layer returns (see
 ///   [`PolicyError`](super::super::PolicyError)): a stage's refusal is
 ///   `PolicyError::rejected`, an attempt timeout `PolicyError::timed_out`, and the
 ///   service's own error comes back as it was.
+/// * **Bounds.** The service, its response, error and future, and the request are `Send +
+///   'static`: each call runs as a boxed `Send` future of its own.
 /// * **Cost.** Each call's future is boxed: one allocation per request. The call keeps a
 ///   clone of the service (one per call, made in `call`) and the request, and each attempt
 ///   has a clone of that service: for `n` attempts, `n + 1` clones of the service, and of
