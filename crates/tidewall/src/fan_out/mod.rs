@@ -27,8 +27,9 @@
 //!   (no spawning). Caveat: like `buffer_unordered`, that work advances *only while the stream
 //!   is polled*; do not hold locks or permits across a slow consumer with it.
 //!
-//! **Cancel safety**: dropping the stream aborts every task still running (no orphaned work)
-//! and drops the inputs not yet taken.
+//! **Cancel safety**: dropping the stream aborts every task still running (no orphaned work:
+//! each is dropped at its next await point, as aborts take effect) and drops the inputs not
+//! yet taken.
 //!
 //! ```
 //! use futures_util::StreamExt;

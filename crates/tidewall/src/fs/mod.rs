@@ -61,6 +61,11 @@ use crate::rt::Spawn;
 /// not yet started when it shuts down), is reported as an [`io::Error`] of kind `Other`, never
 /// `Interrupted`: loops that retry `Interrupted` at once would spin against a runtime that is
 /// going away.
+///
+/// # Cancel safety
+///
+/// Dropping the future at any await point leaves the old file or the complete new one (see
+/// the [module docs](self)).
 pub async fn write_atomic<R: Spawn>(
     rt: &R,
     path: impl AsRef<Path>,

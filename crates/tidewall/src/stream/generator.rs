@@ -19,7 +19,9 @@ pub struct Yielder<T> {
 
 impl<T> Yielder<T> {
     /// Hands `item` to the stream, waiting for room in the buffer. Returns `false` once the
-    /// consumer has dropped the stream (the producer should stop).
+    /// consumer has dropped the stream (the producer should stop). The producer future
+    /// itself lives in the stream and is dropped with it, so only a `Yielder` moved elsewhere
+    /// (into a task of its own) can see `false`.
     ///
     /// **Cancel safety:** dropping the future drops `item` unsent.
     pub async fn yield_(&mut self, item: T) -> bool {

@@ -19,6 +19,10 @@
 //! it holds. **Bad input** — a zero limit, size, weight or period — is a [`ConfigError`],
 //! never a stream that hangs.
 //!
+//! **Cancel safety**: every stream here keeps its state in itself, not in a `next()` future:
+//! dropping a `next()` (as `select!` does with the branch that lost) loses no item, batch,
+//! pacing or in-flight work; the next poll goes on where it stopped.
+//!
 //! ```
 //! use std::time::Duration;
 //! use futures_util::{StreamExt, stream};

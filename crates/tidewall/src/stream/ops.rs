@@ -128,6 +128,9 @@ pub trait StreamOps: Stream + Sized {
 
     /// Delivers items as a GCRA [`RateLimiter`] admits them: bursts up to its burst, then
     /// its rate. The same limiter can pace several streams and callers. See [`RateLimit`].
+    /// A stream is paced, never refused: each item waits the whole `retry_after` the limiter
+    /// gives, whatever its `max_wait` and `jitter` (which bound and spread the waits of
+    /// callers that can be refused).
     fn rate_limit<R: Clock>(self, limiter: RateLimiter<R>) -> RateLimit<Self, R> {
         RateLimit::new(self, limiter)
     }

@@ -7,7 +7,7 @@
 //!   before every poll of the wrapped future (an always-ready future is still stopped);
 //!   a [`DropGuard`].
 //! * [`scope`]: a [`Scope`](scope::Scope) (and [`LocalScope`](scope::LocalScope) for `!Send`
-//!   futures) whose children cannot outlive it; cloneable spawners, an optional limit, results
+//!   futures) whose children cannot outlive its join or shutdown; cloneable spawners, an optional limit, results
 //!   as they complete, fail-fast or collect-all, panics as values, and a two-phase shutdown
 //!   (cancel, grace, abort) that reports how each child stopped.
 //! * [`supervisor`]: OTP-style restarts ([`Strategy`](supervisor::Strategy),

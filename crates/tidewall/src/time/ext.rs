@@ -12,8 +12,9 @@ use crate::rt::Clock;
 /// The methods without a runtime argument use tokio (feature `tokio`); the `_on` variants take
 /// any [`Clock`].
 pub trait FutureExt: Future + Sized {
-    /// Fails with [`Elapsed`](super::Elapsed) unless the future completes within `duration`.
-    /// A `duration` the clock cannot add to now (such as `Duration::MAX`) waits about thirty
+    /// Fails with [`Elapsed`](super::Elapsed) unless the future completes within `duration`,
+    /// counted from this call (as tokio's `timeout`), not from the first poll: a timeout made
+    /// early and awaited later has less left. A `duration` the clock cannot add to now (such as `Duration::MAX`) waits about thirty
     /// years instead, tokio's "forever" ([`instant_after`](crate::rt::instant_after)).
     ///
     /// **Cancel safety**: dropping it drops the inner future.
@@ -29,6 +30,8 @@ pub trait FutureExt: Future + Sized {
 
     /// Fails with [`DeadlineExceeded`](super::DeadlineExceeded) unless the future completes
     /// before `deadline` ([`Deadline::none`] never fails).
+    ///
+    /// **Cancel safety**: dropping it drops the inner future.
     #[cfg(feature = "tokio")]
     fn deadline(
         self,
@@ -45,6 +48,8 @@ pub trait FutureExt: Future + Sized {
 
     /// On an error that `fallback` handles, replaces it with the fallback's result; see
     /// [`crate::fallback`].
+    ///
+    /// **Cancel safety**: dropping it drops the inner future, or the fallback's once it runs.
     fn or_fallback<T, E, P>(self, fallback: P) -> FallbackFuture<Self, P, T, E>
     where
         Self: Future<Output = Result<T, E>>,

@@ -7,6 +7,11 @@
 //! period, aborts the rest and reports how each child stopped. For a fixed set of workers
 //! draining a queue, use [`WorkerPool`](super::pool::WorkerPool); for long-lived children that must
 //! be restarted, a [`Supervisor`](super::supervisor::Supervisor).
+//!
+//! Joining or shutting a scope down waits for every child to be gone. Dropping it unjoined
+//! cancels its token and aborts its children without waiting (a `Drop` cannot wait): each
+//! child is dropped at its next poll, so one in the middle of a poll on another thread, or
+//! one that never yields, runs on until it does.
 
 mod builder;
 mod child;

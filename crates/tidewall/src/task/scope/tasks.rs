@@ -189,7 +189,12 @@ where
     ///
     /// # Errors
     ///
-    /// [`SpawnError::Closed`] when the scope is cancelled.
+    /// [`SpawnError::Closed`] with the future, unpolled, when the scope is closed or
+    /// cancelled (also while waiting), as [`Spawner::spawn`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future before it resolves spawns nothing (and drops `future`).
     pub async fn spawn<F>(&self, future: F) -> Result<ChildId, SpawnError<F>>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,

@@ -333,7 +333,8 @@ impl<R: Runtime> Shutdown<R> {
     /// Let it finish. Dropping the future ends the shutdown there, as dropping a `Shutdown`
     /// does: every component not yet stopped has its token cancelled (reason "shutdown
     /// coordinator dropped") and is aborted at once, and so is the one being stopped at
-    /// that moment (its token already cancelled): no component outlives the coordinator.
+    /// that moment (its token already cancelled): no component outlives the coordinator by
+    /// more than the poll it is in (an abort takes effect at its next await point).
     pub async fn run(mut self) -> ShutdownReport {
         let cause = loop {
             match self.wait().await {

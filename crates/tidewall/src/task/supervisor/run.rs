@@ -520,8 +520,9 @@ impl<R: Runtime> Supervisor<R> {
 impl<R: Runtime> Drop for Supervisor<R> {
     /// A supervisor dropped before it stopped its children (its `run` future dropped, or
     /// aborted by a parent after its shutdown timeout) takes them down with it: each is told
-    /// to stop and aborted, so no worker outlives its supervisor or runs twice after a
-    /// restart of the tree.
+    /// to stop and aborted, so no worker outlives its supervisor by more than the poll it is
+    /// in: an abort takes effect at the child's next await point, so one blocked inside a
+    /// poll, or that never yields, runs on until it does, even past a restart of the tree.
     fn drop(&mut self) {
         for slot in &mut self.slots {
             if let Some(running) = slot.running.take() {
