@@ -277,3 +277,89 @@ async fn a_group_member_seen_exiting_is_restarted_once<R: Runtime>(rt: Clocked<R
 fn a_group_member_seen_exiting_is_restarted_once_on_every_runtime() {
     on_every_runtime!(a_group_member_seen_exiting_is_restarted_once);
 }
+
+/// One-for-all: b fails at 10 ms and the group is stopped in reverse, c first (it takes
+/// 100 ms); a fails on its own at 60 ms, before its turn. a's exit is its own (`Exited`), not
+/// a stop: `Ending::Stopped` is for a child "that ended after it was told to stop".
+async fn a_sibling_that_failed_before_its_turn_in_a_group_stop_is_an_exit<R: Runtime>(
+    rt: Clocked<R>,
+) {
+    use tidewall::task::supervisor::SupervisorEvent;
+    use tidewall::task::{Ending, Exit};
+    let (log, hook) = recorder(&rt);
+    let child = |name: &'static str, fails_at: Option<u64>, stop_takes: u64| {
+        let rt = rt.clone();
+        let runs = Arc::new(AtomicU32::new(0));
+        ChildSpec::new(name, move |stop: CancellationToken| {
+            let (rt, run) = (rt.clone(), runs.fetch_add(1, SeqCst));
+            async move {
+                if let (Some(at), 0) = (fails_at, run) {
+                    rt.sleep(ms(at)).await;
+                    return Err("crashed");
+                }
+                stop.cancelled().await;
+                rt.sleep(ms(stop_takes)).await;
+                Ok(())
+            }
+        })
+        .shutdown_timeout(ms(1_000))
+    };
+    let supervisor = Supervisor::builder()
+        .runtime(rt.clone())
+        .strategy(Strategy::OneForAll)
+        .backoff(fixed(ms(5)))
+        .on_event(hook)
+        .child(child("a", Some(60), 0))
+        .child(child("b", Some(10), 0))
+        .child(child("c", None, 100))
+        .build()
+        .unwrap();
+    let report = supervisor
+        .run(cancelled_after(&rt, ms(300), "done"))
+        .await
+        .unwrap();
+    let ends: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(at, event)| match event {
+            SupervisorEvent::Exited { child, exit } => {
+                Some((*at, child.to_string(), exit.clone(), None))
+            }
+            SupervisorEvent::Stopped {
+                child,
+                exit,
+                ending,
+                ..
+            } => Some((*at, child.to_string(), exit.clone(), Some(*ending))),
+            _ => None,
+        })
+        .take(3)
+        .collect();
+    let crashed = Exit::Err("crashed".into());
+    assert_eq!(
+        ends,
+        [
+            (ms(10), "b".to_owned(), crashed.clone(), None),
+            (
+                ms(110),
+                "c".to_owned(),
+                Exit::Ok(()),
+                Some(Ending::Stopped { took: ms(100) })
+            ),
+            (ms(110), "a".to_owned(), crashed, None),
+        ]
+    );
+    // The group came back together as soon as it was down (the 5 ms backoff, from b's exit
+    // at 10 ms, was long over), and the final stop found all three running.
+    for name in ["a", "b", "c"] {
+        assert_eq!(starts(&log, name), [ms(0), ms(110)], "{name}");
+    }
+    let stopped: Vec<&str> = report.stopped.iter().map(|r| &*r.name).collect();
+    assert_eq!(stopped, ["c", "b", "a"]);
+}
+
+#[test]
+fn a_sibling_that_failed_before_its_turn_in_a_group_stop_is_an_exit_on_every_runtime() {
+    on_every_runtime!(a_sibling_that_failed_before_its_turn_in_a_group_stop_is_an_exit);
+}
