@@ -149,6 +149,35 @@ async fn a_reload_retunes_every_key_and_keeps_what_they_hold() {
     limits.check_key_n(&"c", 4).unwrap();
 }
 
+/// `Reload::reset`: "a keyed table's [name] when any of its keys' [breakers] was [reset]",
+/// each name once.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_resets_a_keyed_tables_breakers_names_it_once() {
+    let registry = Registry::new(config(HOSTS)).unwrap();
+    let breakers = registry.keyed_breaker::<&'static str>("hosts").unwrap();
+    for key in ["a", "b"] {
+        for _ in 0..2 {
+            let _ = breakers.call(&key, || async { Err::<(), _>("down") }).await;
+        }
+        assert_eq!(breakers.state(&key), Some(State::Open));
+    }
+    let reshaped = HOSTS.replace(
+        "consecutive_failures = 2",
+        "consecutive_failures = 2\nwindow_calls = 20",
+    );
+    let reload = registry.reload(config(&reshaped)).unwrap();
+    assert_eq!(reload.reset, [Name::from_static("hosts")]);
+    assert_eq!(breakers.state(&"a"), Some(State::Closed));
+    assert_eq!(breakers.state(&"b"), Some(State::Closed));
+    // The same shape again resets nothing.
+    let reload = registry.reload(config(&reshaped)).unwrap();
+    assert!(reload.reset.is_empty(), "{:?}", reload.reset);
+    // With the plain breaker of the same instance reset too, the name is still there once.
+    let _ = registry.breaker("hosts").unwrap();
+    let reload = registry.reload(config(HOSTS)).unwrap();
+    assert_eq!(reload.reset, [Name::from_static("hosts")]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reload_that_changes_a_held_tables_bound_is_refused_whole() {
     let registry = Registry::new(config(HOSTS)).unwrap();

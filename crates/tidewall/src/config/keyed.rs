@@ -23,12 +23,23 @@ pub(super) trait Table: Send + Sync {
     fn key_type(&self) -> &'static str;
 
     /// The settings `config` gives the table of `name`, applied if `apply` (else only
-    /// checked): [`Problem::Fixed`] if they change the table's bounds. Whether its keys
-    /// start learning again (an adaptive limiter's algorithm changed).
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<bool, Invalid>;
+    /// checked): [`Problem::Fixed`] if they change the table's bounds. What the keys' state
+    /// went through.
+    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<Retuned, Invalid>;
 
     /// What a health or admin endpoint shows of it.
     fn summary(&self, name: &Name) -> KeyedTable;
+}
+
+/// What a table's retuning did to its keys' state, for [`Reload`](super::Reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retuned {
+    /// Kept as it was (or only checked).
+    Kept,
+    /// Some keys' breakers were reset to closed (their window changed shape).
+    Reset,
+    /// The keys' adaptive limits start learning again (their algorithm changed).
+    Relearning,
 }
 
 /// The tables of one kind, by instance name.
@@ -95,14 +106,13 @@ trait Kind: Clone + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Applies (`apply`) or checks the per-key settings the instance `name` gives; whether
-    /// its keys start learning again.
+    /// Applies (`apply`) or checks the per-key settings the instance `name` gives.
     fn retune_from(
         &self,
         instance: &Instance<'_>,
         name: &str,
         apply: bool,
-    ) -> Result<bool, Invalid>;
+    ) -> Result<Retuned, Invalid>;
 }
 
 impl<T: Kind> Table for T {
@@ -114,7 +124,7 @@ impl<T: Kind> Table for T {
         std::any::type_name::<T::Key>()
     }
 
-    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<bool, Invalid> {
+    fn retune(&self, config: &Config, name: &str, apply: bool) -> Result<Retuned, Invalid> {
         let instance = config.instance(name)?;
         let keys = instance.keys()?;
         same(
@@ -167,13 +177,17 @@ where
         instance: &Instance<'_>,
         name: &str,
         apply: bool,
-    ) -> Result<bool, Invalid> {
+    ) -> Result<Retuned, Invalid> {
         let settings = instance.breaker_on(())?;
         if apply {
-            self.reconfigure(settings)
+            let reset = self
+                .reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
+            if reset > 0 {
+                return Ok(Retuned::Reset);
+            }
         }
-        Ok(false)
+        Ok(Retuned::Kept)
     }
 }
 
@@ -200,13 +214,13 @@ where
         instance: &Instance<'_>,
         name: &str,
         apply: bool,
-    ) -> Result<bool, Invalid> {
+    ) -> Result<Retuned, Invalid> {
         let settings = instance.bulkhead_on(())?;
         if apply {
             self.reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(false)
+        Ok(Retuned::Kept)
     }
 }
 
@@ -233,13 +247,13 @@ where
         instance: &Instance<'_>,
         name: &str,
         apply: bool,
-    ) -> Result<bool, Invalid> {
+    ) -> Result<Retuned, Invalid> {
         let settings = instance.rate_limiter_on(())?;
         if apply {
             self.reconfigure(settings)
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(false)
+        Ok(Retuned::Kept)
     }
 }
 
@@ -266,7 +280,7 @@ where
         instance: &Instance<'_>,
         name: &str,
         apply: bool,
-    ) -> Result<bool, Invalid> {
+    ) -> Result<Retuned, Invalid> {
         let (algorithm, settings) = instance.adaptive_limiter_on(())?.split();
         // As a single limiter's: compared as built, so a default written out is no change.
         let relearn = self.algorithm_given() != algorithm;
@@ -274,7 +288,11 @@ where
             self.retune(&settings, relearn.then_some(algorithm))
                 .map_err(|e| placed(name, Self::SECTION, e))?;
         }
-        Ok(relearn)
+        Ok(if relearn {
+            Retuned::Relearning
+        } else {
+            Retuned::Kept
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::keyed::Tables;
+use super::keyed::{Retuned, Tables};
 use super::live::{Cell, LivePipeline, stages_of};
 use super::{Config, ConfiguredAdaptive, Invalid, Problem, key};
 use crate::Name;
@@ -350,7 +350,8 @@ pub struct Reload {
     /// HTTP client once, however many tables).
     pub retuned: usize,
     /// Breakers whose window changed shape: reset to closed with a state-change event (an
-    /// [HTTP client](Registry::http_client)'s name when any of its hosts' breakers was). A
+    /// [HTTP client](Registry::http_client)'s name when any of its hosts' breakers was, a
+    /// [keyed table](Registry::keyed_breaker)'s when any of its keys' was; each name once). A
     /// breaker forced open or closed by hand stays forced, and is not listed
     /// ([`Reconfigured::KeptForced`](crate::breaker::Reconfigured::KeptForced)). They count
     /// in `retuned` too.
@@ -820,8 +821,14 @@ impl<R: Clock> Registry<R> {
                 retuned.as_ref().is_none_or(Result::is_ok),
                 "a checked table was refused: {retuned:?}"
             );
-            if retuned == Some(Ok(true)) && !reload.relearning.contains(name) {
-                reload.relearning.push(name.clone());
+            match retuned {
+                Some(Ok(Retuned::Reset)) if !reload.reset.contains(name) => {
+                    reload.reset.push(name.clone());
+                }
+                Some(Ok(Retuned::Relearning)) if !reload.relearning.contains(name) => {
+                    reload.relearning.push(name.clone());
+                }
+                _ => {}
             }
             reload.retuned += 1;
         }
