@@ -680,6 +680,47 @@ fn codel_switched_on_from_lifo_counts_the_queue_from_its_start() {
     );
 }
 
+// The same, from a FIFO queue whose first waiter ever was critical (found by a doc audit):
+// the priority bookkeeping was made by that waiter's own arrival, after the moment the queue
+// began to stand was to be noted, so CoDel counted from the switch and let the joiner wait.
+#[test]
+fn codel_switched_on_counts_a_queue_from_its_first_priority_waiter() {
+    for first in [Priority::Critical, Priority::Sheddable] {
+        let clock = FakeClock::new();
+        let with = |discipline| {
+            AdaptiveLimiter::builder(FixedLimit(1))
+                .max_queue(4)
+                .max_wait(None)
+                .discipline(discipline)
+        };
+        let limiter = with(QueueDiscipline::Fifo)
+            .runtime(clock.clone())
+            .build()
+            .unwrap();
+        let _held = limiter.try_acquire().unwrap();
+        let waiting = limiter.with_priority(first);
+        let mut standing = Box::pin(waiting.admit(Wait::Until(Deadline::none())));
+        assert!(poll_once(standing.as_mut()).is_pending());
+        clock.advance(ms(200));
+        limiter
+            .reconfigure(with(QueueDiscipline::Codel {
+                target: ms(5),
+                interval: ms(100),
+            }))
+            .unwrap();
+        let mut joining = Box::pin(limiter.admit(Wait::Until(Deadline::none())));
+        assert!(poll_once(joining.as_mut()).is_pending());
+        clock.advance(ms(5));
+        assert!(
+            matches!(
+                poll_once(joining.as_mut()),
+                Poll::Ready(Err(Rejected::BulkheadFull))
+            ),
+            "{first:?} first: joined a queue standing 200 ms, its wait is cut to 5 ms"
+        );
+    }
+}
+
 #[cfg(all(feature = "serde", feature = "toml"))]
 mod retry_layers_above {
     use tidewall::config::Config;

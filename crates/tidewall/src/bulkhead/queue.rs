@@ -215,11 +215,6 @@ impl WaitQueue {
     }
 
     pub(super) fn push(&mut self, waker: Waker, priority: Priority, now: Instant) -> Place {
-        if self.waiting == 0
-            && let Some(more) = &mut self.more
-        {
-            more.busy_since = Some(now);
-        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let entry = Slot::Waiting {
@@ -240,8 +235,16 @@ impl WaitQueue {
             self.slots[slot] = entry;
             slot
         };
+        // May make `more`: the first critical or sheddable waiter ever.
         self.order(priority).push_back((slot, ticket));
         self.count(priority, true);
+        if let Some(more) = &mut self.more
+            && more.busy_since.is_none()
+        {
+            // The queue stands since now: exactly, if it was empty; at the latest, if it
+            // stood untracked (a plain FIFO queue until this first priority waiter).
+            more.busy_since = Some(now);
+        }
         Place { slot, ticket }
     }
 
