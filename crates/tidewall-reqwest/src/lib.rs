@@ -41,7 +41,9 @@
 //! [`Instance::http_client`](tidewall::config::Instance::http_client) for what becomes what).
 //! A [reload](tidewall::config::Registry::reload) reaches the middleware built from it:
 //! requests after it run on the new settings, each host's breaker keeps its state and its
-//! adaptive limit what it learned, and a change of the tables' bounds (`[keys]`) is refused.
+//! adaptive limit what it learned (unless the reload changes the breaker's window shape,
+//! which resets it to closed, or the limit's algorithm, which learns afresh), and a change
+//! of the tables' bounds (`[keys]`) is refused.
 //! Upstreams that need different settings are different instances: one `[http]` instance,
 //! and one middleware, per upstream service.
 //!
@@ -164,7 +166,7 @@
 //!
 //! | series | labels | what it counts |
 //! |---|---|---|
-//! | `tidewall_calls_total` | `policy="http_client"`, `name`, `outcome` | requests by how they ended, by the classifier's verdict on the answer: `success` (in the standard table a 2xx, 3xx or other 4xx), `failure` (a 5xx, 408 or 429 that ran out of retries, a connection error), `ignored` (what the classifier ignores), `rejected` (a policy refused the last attempt, or the deadline), `timed_out` (the last attempt's timeout), `cancelled` (the request's future dropped) |
+//! | `tidewall_calls_total` | `policy="http_client"`, `name`, `outcome` | requests by how they ended, by the classifier's verdict on the answer: `success` (in the standard table a 2xx, 3xx or other 4xx), `failure` (a 5xx, 408 or 429 that ran out of retries, a connection error), `ignored` (what the classifier ignores), `rejected` (a policy refused the last attempt, the client's own or one below it, or the deadline), `timed_out` (the last attempt's timeout), `cancelled` (the request's future dropped) |
 //! | `tidewall_retries_total` | `policy="http_client"`, `name` | retries scheduled |
 //! | `tidewall_retry_budget_exhausted_total` | `policy="http_client"`, `name` | retries a host's budget refused |
 //! | `tidewall_call_duration_seconds` | `policy="http_client"`, `name` | a request's time, retries and waits included (not for cancelled ones) |
@@ -223,7 +225,9 @@
 //!
 //! ## Features
 //! - `toml` (default): `Config::from_toml`, for the configuration file
-//!   (`tidewall/toml`); without it, read a `Config` through serde from any format.
+//!   (`tidewall/toml`).
+//! - `serde` (with `toml`): `tidewall::config` alone: without `toml`, read a `Config`
+//!   through serde from any format (`tidewall/serde`).
 //! - `watch`: `tidewall::config::watch_file_on`, which reloads a registry when its file
 //!   changes (`tidewall/watch`).
 //! - `metrics`, `tracing`: the telemetry above.

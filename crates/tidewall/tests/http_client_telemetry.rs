@@ -184,6 +184,64 @@ fn each_request_is_reported_once_by_its_ending_on_every_runtime() {
     on_every_runtime!(each_request_is_reported_once_by_its_ending);
 }
 
+/// A refusal from a policy below the stack (another middleware's rate limit) on every
+/// attempt: retried after its hint, never counted by the host's breaker, and the request
+/// counted `rejected` (the docs: "a policy refused the last attempt, the client's own or one
+/// below it"), heard as a refusal, not a failure.
+async fn a_refusal_from_below_is_counted_rejected<R: Runtime>(rt: Clocked<R>) {
+    use tidewall::Rejected;
+    let (builder, heard) = heard_by(builder(&rt, 1).name("stacked"));
+    let (policies, snapshotter) = recorded(|| builder.build().unwrap());
+    let sent = std::sync::atomic::AtomicU32::new(0);
+    let below = Rejected::RateLimited {
+        retry_after: ms(20),
+    };
+    let start = rt.now();
+    let answer = policies
+        .run(
+            http::Request::get("http://a/").body(()).unwrap(),
+            Overrides::new(),
+            |_request| {
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    Err::<http::Response<()>, _>(tidewall::Error::<std::io::Error>::Rejected(below))
+                }
+            },
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(tidewall::Error::Inner(tidewall::Error::Rejected(why))) if why == below),
+        "{answer:?}"
+    );
+    // Three attempts, each retry after the refusal's hint; the breaker (one failure opens
+    // it) never counted them.
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(rt.now() - start, ms(40));
+    assert_eq!(
+        take(&heard),
+        [
+            "http_client stacked http://a:80 retry 1 20ms",
+            "http_client stacked http://a:80 retry 2 20ms",
+            "http_client stacked http://a:80 rejected rate_limited",
+        ]
+    );
+    let all = snapshot(&snapshotter);
+    let calls = |outcome: &str| {
+        let labels = [
+            ("policy", "http_client"),
+            ("name", "stacked"),
+            ("outcome", outcome),
+        ];
+        series_total(&all, "tidewall_calls_total", &labels)
+    };
+    assert_eq!((calls("rejected"), calls("failure")), (1, 0));
+}
+
+#[test]
+fn a_refusal_from_below_is_counted_rejected_on_every_runtime() {
+    on_every_runtime!(a_refusal_from_below_is_counted_rejected);
+}
+
 /// A budget with nothing to grant refuses the first retry: heard and counted, and the
 /// failure is the answer.
 async fn a_refused_retry_is_reported<R: Runtime>(rt: Clocked<R>) {

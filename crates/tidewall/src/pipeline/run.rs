@@ -207,7 +207,7 @@ where
     };
     let outcome = match (&result, &refused_below, verdict) {
         (Err(Error::Rejected(why)), _, _) | (Err(Error::Inner(_)), Some(why), _) => {
-            CallOutcome::Rejected(why)
+            CallOutcome::Rejected(*why)
         }
         (Err(Error::TimedOut), _, _) => CallOutcome::TimedOut,
         (_, _, Some(verdict)) => verdict.breaker_outcome().into(),
@@ -216,7 +216,7 @@ where
     };
     let learned = match (called, &outcome) {
         (None, _) => Outcome::Ignored,
-        (Some(attempt), CallOutcome::Rejected(why)) if **why != Rejected::DeadlineExceeded => {
+        (Some(attempt), CallOutcome::Rejected(why)) if *why != Rejected::DeadlineExceeded => {
             attempt
         }
         (Some(_), outcome) => outcome.learned(),

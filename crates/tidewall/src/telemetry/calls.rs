@@ -8,16 +8,16 @@ use crate::Rejected;
 
 /// How a whole call ended, as `tidewall_calls_total` labels it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum CallOutcome<'a> {
+pub(crate) enum CallOutcome {
     Success,
     Failure,
     Ignored,
-    Rejected(&'a Rejected),
+    Rejected(Rejected),
     TimedOut,
     Cancelled,
 }
 
-impl From<crate::breaker::Outcome> for CallOutcome<'_> {
+impl From<crate::breaker::Outcome> for CallOutcome {
     /// An answer by the verdict its classifier gave it.
     fn from(outcome: crate::breaker::Outcome) -> Self {
         use crate::breaker::Outcome;
@@ -29,7 +29,7 @@ impl From<crate::breaker::Outcome> for CallOutcome<'_> {
     }
 }
 
-impl CallOutcome<'_> {
+impl CallOutcome {
     /// What a stage that learns from its calls (`Admission::finish`) makes of this ending: a
     /// deadline or a timeout that cut the call is a failure (the dependency was too slow); a
     /// refusal by a later stage (an open breaker, a spent budget) is ignored, since the
@@ -56,7 +56,7 @@ const LABELS: [&str; 6] = [
     "cancelled",
 ];
 
-impl CallOutcome<'_> {
+impl CallOutcome {
     /// Its place in [`LABELS`].
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     const fn index(self) -> usize {
@@ -198,7 +198,7 @@ impl CallTelemetry {
     #[allow(unused_variables)]
     pub(crate) fn finished(
         &self,
-        outcome: CallOutcome<'_>,
+        outcome: CallOutcome,
         elapsed: Option<Duration>,
         key: Option<&str>,
     ) {
@@ -213,7 +213,7 @@ impl CallTelemetry {
         }
         if self.listener.is_some() {
             self.event(
-                match outcome {
+                match &outcome {
                     CallOutcome::Success => EventKind::Succeeded,
                     CallOutcome::Failure => EventKind::Failed,
                     CallOutcome::Ignored => EventKind::Ignored,
@@ -262,7 +262,7 @@ impl CallTelemetry {
 
 impl Watch<'_> {
     #[allow(unused_variables)]
-    pub(crate) fn finish<R: crate::rt::Clock>(mut self, outcome: CallOutcome<'_>, rt: &R) {
+    pub(crate) fn finish<R: crate::rt::Clock>(mut self, outcome: CallOutcome, rt: &R) {
         #[cfg(feature = "metrics")]
         let elapsed = self.telemetry.map(|telemetry| {
             let now = telemetry.metrics.clock.nanos(rt);

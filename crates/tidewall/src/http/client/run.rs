@@ -219,13 +219,18 @@ impl<R: Clock> Inner<R> {
 
 /// How a request ended, as its telemetry counts it: a refusal or a timeout as such, any other
 /// answer by the classifier's verdict on it (a 503 that ran out of retries is a failure).
-fn request_outcome<'a, T: Inbound, E: HttpFailure>(
+fn request_outcome<T: Inbound, E: HttpFailure>(
     classifier: &HttpClassifier,
-    result: &'a Result<T, Error<E>>,
-) -> CallOutcome<'a> {
+    result: &Result<T, Error<E>>,
+) -> CallOutcome {
     match result {
-        Err(Error::Rejected(why)) => CallOutcome::Rejected(why),
+        Err(Error::Rejected(why)) => CallOutcome::Rejected(*why),
         Err(Error::TimedOut) => CallOutcome::TimedOut,
+        // A policy below the stack refused it (another middleware's limit or breaker): a
+        // refusal, as a `PipelineLayer` counts one from below.
+        Err(error @ Error::Inner(_)) if let FailureKind::Refused(why) = kind(error) => {
+            CallOutcome::Rejected(why)
+        }
         _ => Standard(classifier)
             .classify(result.as_ref())
             .breaker_outcome()
