@@ -196,7 +196,7 @@ impl RedisRateLimiter {
     /// key of its own name's (partition `%probe`, which no real partition has), so a user
     /// that may not load or run it, run a command it calls (`TIME`, `GET`, `SET`), or touch
     /// its keys is reported now, not met by the failure policy on every call. The probe's
-    /// key expires within a millisecond; the limit itself is not touched.
+    /// key expires within two milliseconds; the limit itself is not touched.
     ///
     /// **Cancel safety:** dropping it abandons the probe; nothing is left but the probe key.
     ///

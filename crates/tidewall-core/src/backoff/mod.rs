@@ -32,7 +32,10 @@
 //! 3. `max_delay` caps the *jittered* value too, so no delay ever exceeds the cap (backon's
 //!    jitter can push a delay past its maximum; ours cannot).
 //! 4. `max_attempts` bounds the number of delays (attempts − 1), and `max_elapsed` ends the
-//!    schedule before the sum of delays would exceed it.
+//!    schedule before the sum of delays would exceed it. Both count the schedule's own
+//!    delays: a retry that waits longer because a server's `Retry-After` hint asked for it
+//!    counts the schedule's delay, not the hint (bound hinted waits with the retry's
+//!    `max_retry_after` and a deadline).
 //!
 //! Randomness comes from a seeded [`SplitMix64`](crate::rng::SplitMix64): the same seed gives
 //! the same delays, which is what makes retry tests deterministic.

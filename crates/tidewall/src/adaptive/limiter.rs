@@ -163,7 +163,10 @@ impl<A, R> AdaptiveLimiterBuilder<A, R> {
     /// the wait and the discipline; [`ConfigError::OutOfRange`] (or `NotFinite`) for a share
     /// outside `(0, 1]` (the field is `critical_share`, `default_share` or
     /// `sheddable_share`), and [`ConfigError::Conflict`] for a critical share below 1 or a
-    /// less important priority's share above a more important one's.
+    /// less important priority's share above a more important one's;
+    /// [`ConfigError::Zero`] for `max_concurrent` when the algorithm's limit is 0 (as
+    /// [`FixedLimit(0)`](tidewall_core::adaptive::FixedLimit)'s: a limit it learns later is
+    /// applied as at least 1, but it must start with a slot).
     pub fn build(self) -> Result<AdaptiveLimiter<A, R>, ConfigError>
     where
         A: LimitAlgorithm,

@@ -385,12 +385,25 @@ impl<R: Clock> Bulkhead<R> {
     /// Waits for a slot, in the queue's order, up to the configured `max_wait`.
     ///
     /// **Cancel safety:** see [`Acquire`]; dropping the future leaks nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::BulkheadFull`] when every permit is held and the queue is full (at once,
+    /// also with `max_queue(0)`), when the wait reaches `max_wait`, or when a CoDel queue
+    /// cuts it (see [`QueueDiscipline`](crate::admission::QueueDiscipline)).
     pub fn acquire(&self) -> Acquire<'_, R> {
         Acquire::new(self, Deadline::none())
     }
 
-    /// Like [`acquire`](Self::acquire), but never waits past `deadline`
-    /// ([`Rejected::DeadlineExceeded`] then).
+    /// Like [`acquire`](Self::acquire), but never waits past `deadline`.
+    ///
+    /// **Cancel safety:** as [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), and [`Rejected::DeadlineExceeded`] when the deadline
+    /// ends the wait. A caller that cannot queue is refused `BulkheadFull` at once, even
+    /// past its deadline.
     pub fn acquire_before(&self, deadline: Deadline) -> Acquire<'_, R> {
         Acquire::new(self, deadline)
     }
@@ -534,6 +547,8 @@ impl<R: Clock> Bulkhead<R> {
     /// [`in_flight`](Self::in_flight) may exceed the capacity for a while. Callers already
     /// queued stay queued when the queue shrinks; until it is back within its bound, a caller
     /// that would queue is refused (and sheds nobody: shedding one waiter would not make room).
+    /// A queued caller keeps the wait it started with (its `max_wait`, or a CoDel cut); a new
+    /// discipline's order (FIFO or LIFO) picks who gets the next free permit.
     ///
     /// ```
     /// use tidewall::bulkhead::Bulkhead;

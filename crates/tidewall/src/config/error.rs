@@ -86,8 +86,9 @@ impl Invalid {
         }
     }
 
-    /// The key path of what is wrong (empty for a syntax error, whose message says where, and
-    /// for [`Problem::Reentrant`]).
+    /// The key path of what is wrong (empty for a syntax error, whose message says where, for
+    /// [`Problem::Reentrant`], and for a [`Problem::Read`] of the file watcher's own, which
+    /// names no file).
     pub fn path(&self) -> &str {
         &self.path
     }

@@ -39,8 +39,11 @@ pub type ConfiguredPipeline<R = DefaultRuntime> = Pipeline<
 /// breaker, bulkhead or adaptive limiter, rate limiter and retry budget) are the registry's
 /// shared ones and take their new settings at once, as [`Registry::reload`] says (its next
 /// attempt may meet a breaker the new thresholds opened). Every call after the reload runs on
-/// the new settings, and every handle sees the change. A reload that adds or removes a section
-/// adds or removes the stage.
+/// the new settings, and every handle sees the change. A reload that adds a section adds the
+/// stage. One that removes a section removes the stage when no layer left (the defaults, a
+/// base) gives that section; the registry keeps the policy built for it on those layers, so a
+/// removed `[bulkhead]`, `[rate_limit]` or `[adaptive]` whose defaults cannot build one is
+/// refused with the missing key's path (see [`Registry::reload`]).
 ///
 /// Results are judged by the [default classifier](DefaultClassifier) (`Ok` succeeds, every
 /// `Err` is a retryable failure) unless [`classify`](Self::classify) sets another, which the

@@ -532,7 +532,8 @@ impl<R: Clock> Registry<R> {
     /// [`Reload::removed`]. A reload that removes the instance of a pipeline or HTTP client
     /// the registry holds (of any policy it holds, when it is
     /// [strict](RegistryBuilder::strict)) is refused with [`Problem::Removed`], at the path of
-    /// the first such instance by name: the calls through it would lose every stage.
+    /// one such instance (the pipelines' first by name, then the HTTP clients', then, when
+    /// strict, the other policies'): the calls through it would lose every stage.
     ///
     /// A listener that panics as the reload applies (told of a reset it causes, say) leaves
     /// no reload half done: every policy still takes its settings and the reload is counted

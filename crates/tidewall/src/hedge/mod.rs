@@ -194,9 +194,12 @@ impl<R, K> HedgeBuilder<R, K> {
     ///
     /// The estimate is computed when `min_samples` latencies were recorded and then again
     /// whenever the count of latencies recorded is a multiple of 64 (a quantile costs a pass
-    /// over every bucket, too much for each call), so a change in latency moves the delay
-    /// within 64 calls; older latencies fade as the counts
-    /// halve whenever they hold 4,096 latencies: after the first halving, every 2,048 or so.
+    /// over every bucket, too much for each call): the delay is at most 64 calls behind the
+    /// latencies recorded. It follows a change in latency once the new latencies weigh
+    /// enough in the counts to move the quantile: a p95 within about a tenth of the counts, a
+    /// p50 within about half of them. Older latencies fade as the counts halve whenever they
+    /// hold 4,096 latencies (after the first halving, every 2,048 or so), so the counts hold
+    /// between 2,048 and 4,096 latencies once warm.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
         self
@@ -431,6 +434,9 @@ impl<R, K> HedgeBuilder<R, K> {
 
 impl<R: Clock, K> Hedge<R, K> {
     /// Runs `op`, hedging it per the policy. See [`HedgeFuture`].
+    ///
+    /// **Cancel safety:** dropping the future drops every attempt still running (see
+    /// [`HedgeFuture`]).
     pub fn call<F, T, E>(&self, op: Idempotent<F>) -> HedgeFuture<'_, F, R, K>
     where
         F: MakeAttempt<Attempt: std::future::Future<Output = Result<T, E>>>,

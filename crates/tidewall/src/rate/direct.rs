@@ -386,7 +386,8 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
     /// [`Rejected::RateLimited`] when it would be longer than a set
-    /// [`max_wait`](RateLimiterBuilder::max_wait); [`Rejected::InsufficientCapacity`] when
+    /// [`max_wait`](RateLimiterBuilder::max_wait) (checked first: a wait past both is
+    /// `RateLimited`, with the hint); [`Rejected::InsufficientCapacity`] when
     /// `cells` exceeds the burst.
     pub fn until_n_ready_before(&self, cells: u32, deadline: Deadline) -> UntilReady<R> {
         self.until_ready_within(cells, Wait::Until(deadline))
@@ -400,7 +401,8 @@ impl<R: Clock> RateLimiter<R> {
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
     /// [`Rejected::RateLimited`] when it would be longer than a set
-    /// [`max_wait`](RateLimiterBuilder::max_wait).
+    /// [`max_wait`](RateLimiterBuilder::max_wait) (checked first: a wait past both is
+    /// `RateLimited`, with the hint).
     pub fn until_ready_before(&self, deadline: Deadline) -> UntilReady<R> {
         self.until_n_ready_before(1, deadline)
     }
@@ -473,7 +475,9 @@ impl<R: Clock> RateLimiter<R> {
     /// new limit is capped there, and a later change rescales the capped debt: 4 billion cells
     /// taken at 1 ns each, then a limit of one an hour, then 1 ns again, owe 5 million cells,
     /// not 4 billion. Callers waiting in `until_ready` decide again with the new limit when
-    /// they wake. A decision racing the change uses the old limit or the new one.
+    /// they wake, at the time their wait was set for (a faster rate does not wake them
+    /// sooner), under the jitter and `max_wait` they started with. A decision racing the
+    /// change uses the old limit or the new one.
     ///
     /// ```
     /// use std::time::Duration;

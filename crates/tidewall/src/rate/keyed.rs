@@ -287,7 +287,8 @@ impl<K: Hash + Eq + Clone, R: Clock> KeyedRateLimiter<K, R> {
     ///
     /// [`Rejected::DeadlineExceeded`] as soon as the wait is known to end past the deadline;
     /// [`Rejected::RateLimited`] when it would be longer than a set
-    /// [`max_wait`](KeyedRateLimiterBuilder::max_wait).
+    /// [`max_wait`](KeyedRateLimiterBuilder::max_wait) (checked first: a wait past both is
+    /// `RateLimited`, with the hint).
     pub fn until_key_ready_before<'a>(
         &'a self,
         key: &'a K,

@@ -128,7 +128,9 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
     }
 
     /// Honours hints from errors that implement [`RetryAfter`](crate::RetryAfter): the next
-    /// delay is at least the hint, capped at [`Retry::max_retry_after`] (default 60 s). Wraps
+    /// delay is at least the hint, capped at [`Retry::max_retry_after`] (default 60 s). The
+    /// schedule's `max_elapsed` counts its own delays, not the hints' longer waits: the
+    /// deadline bounds those. Wraps
     /// the classifier ([`WithRetryAfter`]): set [`classify`](Self::classify) or
     /// [`when`](Self::when) first, as they replace it.
     pub fn honor_retry_after(self) -> Retry<Op, R, WithRetryAfter<C>, N> {
