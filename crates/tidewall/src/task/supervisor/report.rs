@@ -87,6 +87,10 @@ pub struct SupervisorReport {
     /// panicked as the abort dropped it). A child that ended on its own before its turn to be
     /// told (while a sibling was being stopped, or in the instant `stop` was cancelled) was
     /// not stopped: it is not here, and its exit is told as a [`SupervisorEvent::Exited`].
+    /// A `stop` that comes while a restart is stopping a failed child's siblings ends the
+    /// restart once the sibling being stopped is down: the siblings still running are
+    /// stopped by the final stop, and are here (the one the restart was stopping is not: its
+    /// [`SupervisorEvent::Stopped`] told its end).
     pub stopped: Vec<TaskReport>,
 }
 

@@ -191,7 +191,7 @@ impl<R: Runtime> Supervisor<R> {
                 Event::Stop => return Ok(self.stop_all(Ended::Stopped).await),
                 Event::RestartDue => self.start_due(),
                 Event::Exited(index, exited) => {
-                    if let Some(child) = self.on_exit(index, exited).await {
+                    if let Some(child) = self.on_exit(index, exited, &stop).await {
                         let max_restarts = self.max_restarts;
                         let period = self.period;
                         self.emit(SupervisorEvent::Escalating {
@@ -252,7 +252,12 @@ impl<R: Runtime> Supervisor<R> {
 
     /// Handles a child's own exit, dated by when it was seen. Returns the child's name if
     /// restarting it would exceed the intensity.
-    async fn on_exit(&mut self, index: usize, exited: ChildExit) -> Option<Arc<str>> {
+    async fn on_exit(
+        &mut self,
+        index: usize,
+        exited: ChildExit,
+        stop: &CancellationToken,
+    ) -> Option<Arc<str>> {
         let ChildExit {
             exit,
             at: now,
@@ -322,6 +327,11 @@ impl<R: Runtime> Supervisor<R> {
             .filter(|i| !group.contains(i))
             .collect();
         for sibling in siblings {
+            if stop.is_cancelled() {
+                // The supervisor was told to stop meanwhile: the siblings still running are
+                // the final stop's to stop, in its order and in its report.
+                break;
+            }
             // Ended on its own while an earlier stop was under way: told as the exit it was,
             // and restarted with the group, not once more on its own.
             if let Some(ChildExit { exit, .. }) = self.slots[sibling].seen_exit.take() {
