@@ -243,6 +243,18 @@ fn stale_buckets_count_as_empty() {
         b.field(b.add_or_halve(full, 1, [1, 0, 0]).unwrap(), 0),
         32_768
     );
+    // An add past u64 is refused, never wrapped or a panic, with or without halving.
+    let one = b.add(0, 7, [1, 0, 0]).unwrap();
+    assert_eq!(b.add(one, 7, [u64::MAX, 0, 0]), None);
+    assert_eq!(b.add_or_halve(one, 7, [u64::MAX, 0, 0]), None);
+    // A slot outside the ring, or a ring of no slots, holds nothing live and keeps nothing.
+    assert_eq!(b.live(one, 0, 0, 7), [0; 3]);
+    assert_eq!(b.live(one, 4, 4, 7), [0; 3]);
+    assert!(!Bucket::survives_sweep(one, 0, 0, 0, 7));
+    assert!(!Bucket::survives_sweep(one, 5, 4, 0, 7));
+    // Rings as large as u64 allows: no overflow working out a slot's epoch.
+    let top = b.add(0, 0xFFFE, [1, 0, 0]).unwrap(); // the stamp of bucket u64::MAX - 1
+    assert_eq!(b.live(top, u64::MAX - 1, u64::MAX, u64::MAX - 1), [1, 0, 0]);
     // Halving makes no room in a newer bucket, nor for an add too big for any bucket.
     assert_eq!(b.add_or_halve(newer, 9, [1, 0, 0]), None);
     assert_eq!(b.add_or_halve(0, 1, [65_536, 0, 0]), None);

@@ -141,7 +141,10 @@ impl Bucket {
         let mut i = 0;
         while i < 3 {
             let width = self.widths[i];
-            let value = self.field(base, i) + add[i];
+            // An `add` past u64 is past every width: refused, never wrapped.
+            let Some(value) = self.field(base, i).checked_add(add[i]) else {
+                return None;
+            };
             if width == 0 {
                 if add[i] != 0 {
                     return None;
@@ -216,7 +219,8 @@ impl Bucket {
     /// would come round again after 2¹⁶ buckets). `reference` is the bucket number of the
     /// previous sweep; every word written since is within 2¹⁵ buckets of it, which is what
     /// makes the stamp exact (see the module docs). A word *ahead* of `current` (written by a
-    /// caller whose clock is a little ahead) is kept.
+    /// caller whose clock is a little ahead) is kept. A slot outside the ring (or a ring of
+    /// no slots) keeps nothing.
     ///
     /// ```
     /// use tidewall_core::breaker::window::Bucket;
@@ -239,7 +243,9 @@ impl Bucket {
             return false;
         }
         let written = Self::unstamp(Self::epoch(word), reference);
-        let behind = (current % slots + slots - slot) % slots;
+        let Some(behind) = behind(slot, slots, current) else {
+            return false;
+        };
         match current.checked_sub(behind) {
             Some(expected) => written >= expected,
             None => true,
@@ -248,10 +254,13 @@ impl Bucket {
 
     /// The counters of bucket word `word` in slot `slot` of a ring of `slots` buckets, as seen
     /// at bucket number `current`: zero when the word holds any epoch but the one that slot
-    /// stands for now (within the last `slots` buckets).
+    /// stands for now (within the last `slots` buckets), and for a slot outside the ring (or a
+    /// ring of no slots).
     pub const fn live(&self, word: u64, slot: u64, slots: u64, current: u64) -> [u64; 3] {
         // The epoch this slot stands for: the latest e <= current with e % slots == slot.
-        let behind = (current % slots + slots - slot) % slots;
+        let Some(behind) = behind(slot, slots, current) else {
+            return [0; 3];
+        };
         let Some(expected) = current.checked_sub(behind) else {
             return [0; 3];
         };
@@ -267,4 +276,19 @@ impl Bucket {
             self.field(word, 2),
         ]
     }
+}
+
+/// How many buckets before `current` slot `slot` of a ring of `slots` last stood for (`0`:
+/// it stands for `current`); `None` for a slot outside the ring, or a ring of no slots, whose
+/// words hold nothing live. Computed without overflow for any ring size.
+const fn behind(slot: u64, slots: u64, current: u64) -> Option<u64> {
+    if slot >= slots {
+        return None;
+    }
+    let now = current % slots;
+    Some(if now >= slot {
+        now - slot
+    } else {
+        now + (slots - slot)
+    })
 }
