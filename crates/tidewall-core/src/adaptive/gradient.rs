@@ -16,7 +16,8 @@ use crate::ConfigError;
 ///
 /// clamped to `[min_limit, max_limit]`: latency above the long-term average (beyond the
 /// tolerance) shrinks the limit, and `queue_size` lets it grow while latency holds. A limit
-/// less than half used does not change. Unlike Netflix's (which ignores drops), a drop counts
+/// less than half used (fewer calls in flight than half the estimate, not of the published
+/// limit) does not change. Unlike Netflix's (which ignores drops), a drop counts
 /// as the steepest gradient, 0.5, and does not enter the average: a dependency that sheds
 /// load fast (a quick 503) must not read as a fast success.
 ///

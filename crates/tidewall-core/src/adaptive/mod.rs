@@ -26,6 +26,9 @@
 //! one beyond `u64::MAX` nanoseconds (584 years) as that many. A limit does not grow while a
 //! call found fewer than half its slots in use (an idle service says nothing about how much
 //! more the dependency could take); Gradient2's does not move at all then, drops included.
+//! "Half" is of the estimate, as Netflix's: for the three that keep a real number, a call
+//! that found exactly half the published limit in use (10 of 20) is under half an estimate
+//! of 20.8, so it does not grow it either.
 //!
 //! ```
 //! use core::time::Duration;

@@ -9,7 +9,9 @@ use crate::rng::SplitMix64;
 /// The no-load RTT is the least RTT seen, replaced by a fresh measurement every
 /// `probe_multiplier × limit` samples or so (jittered by a seeded draw in `[0.5, 1)`), so it
 /// follows a dependency that got slower for good. From it and each sample's RTT, the queue the
-/// limit builds is `ceil(limit × (1 − no_load / rtt))`, and with `log10(limit)` as the unit
+/// limit builds is `ceil(estimate × (1 − no_load / rtt))` (the estimate: the limit before its
+/// integer part is published, a whole number unless `smoothing` is below 1), and with
+/// `log10(limit)` as the unit
 /// (`max(1, ⌊log10 limit⌋)`: 1 below 100, 2 below 1,000, ...):
 ///
 /// * a queue of at most `threshold` (1 unit) grows the limit by `beta`;
@@ -22,7 +24,8 @@ use crate::rng::SplitMix64;
 /// one past a bound). Blending only approaches the new limit: with a `smoothing` below 1 a
 /// limit moving toward a bound may stay one short of it. A sample that sets or probes the
 /// no-load RTT changes nothing else, a drop included (as Netflix's: a drop faster than every
-/// call before it becomes the no-load RTT), and a limit less than half used does not move
+/// call before it becomes the no-load RTT), and a limit less than half used (fewer calls in
+/// flight than half the estimate) does not move
 /// but for a drop (as Netflix's: its queue says nothing then).
 ///
 /// ```

@@ -31,7 +31,8 @@ use crate::ConfigError;
 ///   `(1 + buffer) × capacity + √…`: a short queue that keeps the dependency busy. A window
 ///   with a drop in it halves the limit instead (a dependency that sheds load fast must not
 ///   read as a fast success), and a window whose calls all found the limit less than half used
-///   does not grow it.
+///   (fewer calls in flight than half the estimate, not of the published limit) does not grow
+///   it.
 ///
 /// Unlike Envoy's, the window is counted in samples (not 100 ms of them), its RTT is the mean
 /// (not a percentile, so no samples are stored), the measurement interval is not jittered, and

@@ -205,7 +205,8 @@ impl Backoff {
         self.schedule
     }
 
-    /// The jitter mode.
+    /// The jitter mode: [`Jitter::None`] for a decorrelated schedule too, whose randomness is
+    /// its own (not a jitter mode applied to a delay).
     pub fn jitter_mode(&self) -> Jitter {
         self.jitter
     }

@@ -390,7 +390,7 @@ impl<R: Clock> Bulkhead<R> {
     ///
     /// [`Rejected::BulkheadFull`] when every permit is held and the queue is full (at once,
     /// also with `max_queue(0)`), when the wait reaches `max_wait`, or when a CoDel queue
-    /// cuts it (see [`QueueDiscipline`](crate::admission::QueueDiscipline)).
+    /// cuts it (see [`QueueDiscipline`]).
     pub fn acquire(&self) -> Acquire<'_, R> {
         Acquire::new(self, Deadline::none())
     }

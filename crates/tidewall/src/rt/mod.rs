@@ -133,7 +133,8 @@ pub trait Clock: Clone + Send + Sync + 'static {
     fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
 
     /// Completes after `duration`. A duration too large to add to the clock sleeps "forever"
-    /// (about 30 years) instead of overflowing.
+    /// (about 30 years) instead of overflowing: sooner than a long duration that does fit (a
+    /// century, say), so "forever" is not the longest sleep.
     fn sleep(&self, duration: Duration) -> Self::Sleep {
         self.sleep_until(instant_after(self.now(), duration))
     }
@@ -198,7 +199,9 @@ pub trait Signals {
     ///
     /// # Errors
     ///
-    /// The OS error if a handler cannot be installed.
+    /// The OS error if a handler cannot be installed. On [`Tokio`] outside a runtime with its
+    /// I/O driver, an error of kind `Other`: tokio panics there, and the panic is caught (the
+    /// panic hook still reports it; under `panic = "abort"` the process aborts).
     fn shutdown_signals(&self) -> std::io::Result<ShutdownSignals>;
 }
 

@@ -7,7 +7,9 @@ use crate::rt::Runtime;
 
 /// An operation that plays back a script of outcomes, one per call, and records the instant
 /// (on its runtime's clock) at which each call started. After the script runs out, the last
-/// outcome repeats. Each step may take virtual time before it resolves.
+/// outcome repeats. Each step may take virtual time before it resolves. Its runtime is a
+/// [`Runtime`] (a [`Clocked`](super::Clocked), or an adapter under paused time), not a bare
+/// [`FakeClock`](super::FakeClock), which has no tasks to run a step on.
 ///
 /// ```
 /// use tidewall::rt::Tokio;

@@ -14,8 +14,11 @@ use crate::rt::Clock;
 pub trait FutureExt: Future + Sized {
     /// Fails with [`Elapsed`](super::Elapsed) unless the future completes within `duration`,
     /// counted from this call (as tokio's `timeout`), not from the first poll: a timeout made
-    /// early and awaited later has less left. A `duration` the clock cannot add to now (such as `Duration::MAX`) waits about thirty
-    /// years instead, tokio's "forever" ([`instant_after`](crate::rt::instant_after)).
+    /// early and awaited later has less left. The future is polled before the timer, so one
+    /// that completes on that poll succeeds however late it is (the module's bias toward
+    /// work done). A `duration` the clock cannot add to now (such as `Duration::MAX`) waits
+    /// about thirty years instead, tokio's "forever"
+    /// ([`instant_after`](crate::rt::instant_after)).
     ///
     /// **Cancel safety**: dropping it drops the inner future.
     #[cfg(feature = "tokio")]
@@ -29,7 +32,8 @@ pub trait FutureExt: Future + Sized {
     }
 
     /// Fails with [`DeadlineExceeded`](super::DeadlineExceeded) unless the future completes
-    /// before `deadline` ([`Deadline::none`] never fails).
+    /// before `deadline` ([`Deadline::none`] never fails). The future is polled before the
+    /// timer, so one that completes on that poll succeeds even past the deadline.
     ///
     /// **Cancel safety**: dropping it drops the inner future.
     #[cfg(feature = "tokio")]
