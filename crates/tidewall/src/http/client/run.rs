@@ -223,14 +223,16 @@ fn request_outcome<T: Inbound, E: HttpFailure>(
     classifier: &HttpClassifier,
     result: &Result<T, Error<E>>,
 ) -> CallOutcome {
+    // A policy below the stack refused it (another middleware's limit or breaker): a
+    // refusal, as a `PipelineLayer` counts one from below.
+    if let Err(error @ Error::Inner(_)) = result
+        && let FailureKind::Refused(why) = kind(error)
+    {
+        return CallOutcome::Rejected(why);
+    }
     match result {
         Err(Error::Rejected(why)) => CallOutcome::Rejected(*why),
         Err(Error::TimedOut) => CallOutcome::TimedOut,
-        // A policy below the stack refused it (another middleware's limit or breaker): a
-        // refusal, as a `PipelineLayer` counts one from below.
-        Err(error @ Error::Inner(_)) if let FailureKind::Refused(why) = kind(error) => {
-            CallOutcome::Rejected(why)
-        }
         _ => Standard(classifier)
             .classify(result.as_ref())
             .breaker_outcome()
