@@ -527,3 +527,31 @@ fn reloads_and_reconfigurations_racing_never_wait_for_each_other() {
         "{window:?}"
     );
 }
+
+/// `Reload::reset` names each instance once: an HTTP client whose host's breaker reset and a
+/// plain breaker of the same instance, both reset by one change of window shape.
+#[tokio::test(start_paused = true)]
+async fn a_reload_names_an_instance_reset_twice_once() {
+    let text = |calls: u32| {
+        format!(
+            "[instances.api]\nhttp = {{}}\n[instances.api.breaker]\nconsecutive_failures = 1\n\
+             window_calls = {calls}\n"
+        )
+    };
+    let registry = Registry::new(config(&text(10))).unwrap();
+    let client = registry.http_client("api").unwrap();
+    let plain = registry.breaker("api").unwrap();
+    let _ = plain.call(|| async { Err::<(), _>("down") }).await;
+    assert_eq!(plain.state(), State::Open);
+    let answer = client
+        .run(
+            http::Request::get("http://a/").body(()).unwrap(),
+            Overrides::new(),
+            |_request| async { Err::<http::Response<()>, _>(std::io::Error::other("down")) },
+        )
+        .await;
+    assert!(answer.is_err());
+    let reload = registry.reload(config(&text(20))).unwrap();
+    assert_eq!(reload.reset, [tidewall::Name::from_static("api")]);
+    assert_eq!(plain.state(), State::Closed);
+}

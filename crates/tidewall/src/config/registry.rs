@@ -769,7 +769,9 @@ impl<R: Clock> Registry<R> {
         let mut steps = crate::telemetry::ListenerPanics::default();
         for (name, breaker, settings) in breaker_plans {
             let reconfigured = steps.run(|| applied(breaker.reconfigure(settings)));
-            if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset) {
+            if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset)
+                && !reload.reset.contains(&name)
+            {
                 reload.reset.push(name.clone());
             }
             reload.retuned += 1;
@@ -806,7 +808,7 @@ impl<R: Clock> Registry<R> {
         #[cfg(feature = "http")]
         for (name, plan) in client_plans {
             if let Some(retuned) = steps.run(|| plan.apply()).flatten() {
-                if retuned.breakers_reset > 0 {
+                if retuned.breakers_reset > 0 && !reload.reset.contains(&name) {
                     reload.reset.push(name.clone());
                 }
                 if retuned.relearning {
