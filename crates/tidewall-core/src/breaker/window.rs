@@ -188,7 +188,8 @@ impl Bucket {
                 // big for any bucket: halving makes no room.
                 return None;
             }
-            // At most 16 rounds: each halves the counters, and an empty bucket ends it.
+            // At most one round per counter bit: each halves the counters, and an empty
+            // bucket ends it.
             word = self.halved(word);
         }
     }

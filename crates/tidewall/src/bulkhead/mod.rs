@@ -389,8 +389,8 @@ impl<R: Clock> Bulkhead<R> {
     /// # Errors
     ///
     /// [`Rejected::BulkheadFull`] when every permit is held and the queue is full (at once,
-    /// also with `max_queue(0)`), when the wait reaches `max_wait`, or when a CoDel queue
-    /// cuts it (see [`QueueDiscipline`]).
+    /// also with `max_queue(0)`), when the wait reaches `max_wait`, when a more important
+    /// caller sheds it from a full queue, or when a CoDel queue cuts it (see [`QueueDiscipline`]).
     pub fn acquire(&self) -> Acquire<'_, R> {
         Acquire::new(self, Deadline::none())
     }
@@ -402,8 +402,9 @@ impl<R: Clock> Bulkhead<R> {
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire), and [`Rejected::DeadlineExceeded`] when the deadline
-    /// ends the wait. A caller that cannot queue is refused `BulkheadFull` at once, even
-    /// past its deadline.
+    /// ends the wait, or has passed already when the caller would queue. A bulkhead with
+    /// `max_queue(0)` refuses a caller it cannot admit `BulkheadFull` at once, even past its
+    /// deadline.
     pub fn acquire_before(&self, deadline: Deadline) -> Acquire<'_, R> {
         Acquire::new(self, deadline)
     }

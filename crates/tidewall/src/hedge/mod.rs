@@ -196,8 +196,10 @@ impl<R, K> HedgeBuilder<R, K> {
     /// whenever the count of latencies recorded is a multiple of 64 (a quantile costs a pass
     /// over every bucket, too much for each call): the delay is at most 64 calls behind the
     /// latencies recorded. It follows a change in latency once the new latencies weigh
-    /// enough in the counts to move the quantile: a p95 within about a tenth of the counts, a
-    /// p50 within about half of them. Older latencies fade as the counts halve whenever they
+    /// enough in the counts to move the quantile: a p50 once they are about half of them; a
+    /// p95 once slower ones are about a twentieth, but faster ones only once the older, slower
+    /// latencies have faded to under a twentieth, which takes several halvings (thousands of
+    /// calls). Older latencies fade as the counts halve whenever they
     /// hold 4,096 latencies (after the first halving, every 2,048 or so), so the counts hold
     /// between 2,048 and 4,096 latencies once warm.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {

@@ -113,7 +113,10 @@ pub enum Ending {
     /// It ended after it was told to stop, within its grace period (a scope's grace, a
     /// supervisor child's shutdown timeout, a shutdown component's timeout or deadline).
     /// One that ended on its own after the stop, or returned just as the abort came (too late
-    /// for the abort to take effect), reads `Stopped` too.
+    /// for the abort to take effect), reads `Stopped` too, in a scope's and a shutdown's
+    /// reports, which list every task. A supervisor's report lists only the children it
+    /// stopped: one that ended on its own before its turn is an exit there
+    /// ([`SupervisorEvent::Exited`](super::supervisor::SupervisorEvent::Exited)).
     Stopped {
         /// From the stop to its end.
         took: Duration,
