@@ -85,8 +85,10 @@ pub struct SupervisorReport {
     /// ended within its shutdown timeout, `took` counted from the cancel) or
     /// [`Ending::Aborted`] (it was aborted: its exit is [`Exit::Aborted`], also when it
     /// panicked as the abort dropped it). A child that ended on its own before its turn to be
-    /// told (while a sibling was being stopped, or in the instant `stop` was cancelled) was
-    /// not stopped: it is not here, and its exit is told as a [`SupervisorEvent::Exited`].
+    /// told (while a sibling was being stopped, say) was not stopped: it is not here, and its
+    /// exit is told as a [`SupervisorEvent::Exited`]. In the instant `stop` was cancelled, the
+    /// child's end and the stop race (on a multi-threaded runtime, its task may publish its
+    /// end just after its turn came): it is then one or the other, never both.
     /// A `stop` that comes while a restart is stopping a failed child's siblings ends the
     /// restart once the sibling being stopped is down: the siblings still running are
     /// stopped by the final stop, and are here (the one the restart was stopping is not: its
