@@ -555,3 +555,33 @@ async fn a_reload_names_an_instance_reset_twice_once() {
     assert_eq!(reload.reset, [tidewall::Name::from_static("api")]);
     assert_eq!(plain.state(), State::Closed);
 }
+
+/// `Reload::relearning` names each instance once: an HTTP client's per-host limits, a plain
+/// adaptive limiter and a keyed table of the same instance, all relearning from one change of
+/// algorithm.
+#[tokio::test(start_paused = true)]
+async fn a_reload_names_an_instance_relearning_thrice_once() {
+    let text = |initial: u32| {
+        format!(
+            "[instances.api]\nhttp = {{}}\n[instances.api.adaptive]\nalgorithm = \"aimd\"\n\
+             min_limit = 1\ninitial_limit = {initial}\n[instances.api.keys]\nmax_keys = 10\n"
+        )
+    };
+    let registry = Registry::new(config(&text(4))).unwrap();
+    let client = registry.http_client("api").unwrap();
+    let plain = registry.adaptive_limiter("api").unwrap();
+    let keyed = registry.keyed_adaptive_limiter::<String>("api").unwrap();
+    let answer = client
+        .run(
+            http::Request::get("http://a/").body(()).unwrap(),
+            Overrides::new(),
+            |_request| async { Ok::<_, std::io::Error>(http::Response::new(())) },
+        )
+        .await;
+    assert!(answer.is_ok());
+    keyed.try_acquire(&"a".to_owned()).unwrap().success();
+    let reload = registry.reload(config(&text(8))).unwrap();
+    assert_eq!(reload.relearning, [tidewall::Name::from_static("api")]);
+    assert_eq!(plain.limit(), 8);
+    assert_eq!(keyed.limit(&"a".to_owned()), Some(8));
+}

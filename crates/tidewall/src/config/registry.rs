@@ -341,6 +341,12 @@ pub(super) fn listed_from<T: Clone>(map: &BTreeMap<Name, T>) -> Vec<(Name, T)> {
         .collect()
 }
 
+/// Keeps the first of each name, in order.
+fn first_of_each(names: &mut Vec<Name>) {
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+}
+
 /// What a [`Registry::reload`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -769,10 +775,8 @@ impl<R: Clock> Registry<R> {
         let mut steps = crate::telemetry::ListenerPanics::default();
         for (name, breaker, settings) in breaker_plans {
             let reconfigured = steps.run(|| applied(breaker.reconfigure(settings)));
-            if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset)
-                && !reload.reset.contains(&name)
-            {
-                reload.reset.push(name.clone());
+            if reconfigured.flatten() == Some(crate::breaker::Reconfigured::Reset) {
+                reload.reset.push(name);
             }
             reload.retuned += 1;
         }
@@ -808,7 +812,7 @@ impl<R: Clock> Registry<R> {
         #[cfg(feature = "http")]
         for (name, plan) in client_plans {
             if let Some(retuned) = steps.run(|| plan.apply()).flatten() {
-                if retuned.breakers_reset > 0 && !reload.reset.contains(&name) {
+                if retuned.breakers_reset > 0 {
                     reload.reset.push(name.clone());
                 }
                 if retuned.relearning {
@@ -825,16 +829,16 @@ impl<R: Clock> Registry<R> {
                 "a checked table was refused: {retuned:?}"
             );
             match retuned {
-                Some(Ok(Retuned::Reset)) if !reload.reset.contains(name) => {
-                    reload.reset.push(name.clone());
-                }
-                Some(Ok(Retuned::Relearning)) if !reload.relearning.contains(name) => {
-                    reload.relearning.push(name.clone());
-                }
+                Some(Ok(Retuned::Reset)) => reload.reset.push(name.clone()),
+                Some(Ok(Retuned::Relearning)) => reload.relearning.push(name.clone()),
                 _ => {}
             }
             reload.retuned += 1;
         }
+        // One instance's policies may each have been reset or relearning (its breaker and its
+        // HTTP client, say); the name is listed once, where it first came.
+        first_of_each(&mut reload.reset);
+        first_of_each(&mut reload.relearning);
         // Applied whole: counted as such before a listener's panic goes on to the caller (it
         // skips `counted`).
         steps.resume(|| self.reloads.count(true));
