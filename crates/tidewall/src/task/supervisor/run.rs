@@ -338,17 +338,8 @@ impl<R: Runtime> Supervisor<R> {
                 self.tell_exited(sibling, exit);
                 continue;
             }
-            match self.stop_one(sibling, &outside).await {
-                Some((exit, Ending::Finished)) => self.tell_exited(sibling, exit),
-                Some((exit, ending)) => {
-                    let child = Arc::clone(&self.slots[sibling].spec.name);
-                    self.emit(SupervisorEvent::Stopped {
-                        child,
-                        exit,
-                        ending,
-                    });
-                }
-                None => {}
+            if let Some(stopped) = self.stop_one(sibling, &outside).await {
+                self.tell_stopped(sibling, stopped);
             }
         }
         let at = instant_after(now, delay);
@@ -492,18 +483,8 @@ impl<R: Runtime> Supervisor<R> {
         }
         let mut stopped = Vec::new();
         for index in (0..self.slots.len()).rev() {
-            let stopped_one = self.stop_one(index, &[]).await;
-            if let Some((exit, Ending::Finished)) = stopped_one {
-                // Ended on its own before it was told: an exit, as those seen before.
-                self.tell_exited(index, exit);
-            } else if let Some((exit, ending)) = stopped_one {
-                let name = Arc::clone(&self.slots[index].spec.name);
-                self.emit(SupervisorEvent::Stopped {
-                    child: Arc::clone(&name),
-                    exit: exit.clone(),
-                    ending,
-                });
-                stopped.push(TaskReport { name, exit, ending });
+            if let Some(stopped_one) = self.stop_one(index, &[]).await {
+                stopped.extend(self.tell_stopped(index, stopped_one));
             }
         }
         SupervisorReport {
@@ -511,6 +492,23 @@ impl<R: Runtime> Supervisor<R> {
             restarts: self.total_restarts,
             stopped,
         }
+    }
+
+    /// Tells how a child [`stop_one`](Self::stop_one) stopped ended, and reports it: one that
+    /// had ended on its own before it was told is an exit, as those seen before, and not
+    /// reported as stopped.
+    fn tell_stopped(&self, index: usize, (exit, ending): (Exit, Ending)) -> Option<TaskReport> {
+        if ending == Ending::Finished {
+            self.tell_exited(index, exit);
+            return None;
+        }
+        let name = Arc::clone(&self.slots[index].spec.name);
+        self.emit(SupervisorEvent::Stopped {
+            child: Arc::clone(&name),
+            exit: exit.clone(),
+            ending,
+        });
+        Some(TaskReport { name, exit, ending })
     }
 
     fn tell_exited(&self, index: usize, exit: Exit) {
