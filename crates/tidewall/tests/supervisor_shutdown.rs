@@ -336,3 +336,43 @@ async fn a_child_that_ended_before_its_turn_to_stop_is_an_exit<R: Runtime>(rt: C
 fn a_child_that_ended_before_its_turn_to_stop_is_an_exit_on_every_runtime() {
     on_every_runtime!(a_child_that_ended_before_its_turn_to_stop_is_an_exit);
 }
+
+/// As above, at scale on tokio itself: 300 children fail on their own while the last one
+/// added (stopped first) takes 100 ms to stop, so the final stop finds all 300 ended, unseen,
+/// one after another without waiting. Each is an exit, none a stop: tokio's cooperative
+/// budget (about 128 polls a turn) must not make a finished child read as still running.
+#[tokio::test(start_paused = true)]
+async fn hundreds_of_children_ended_before_their_turn_are_exits_on_tokio() {
+    const ENDED: usize = 300;
+    let rt = tidewall::rt::Tokio;
+    let (log, hook) = recorder(&rt);
+    let mut builder = Supervisor::builder().on_event(hook);
+    for i in 0..ENDED {
+        builder = builder.child(failing(&rt, &format!("a{i}"), ms(150)));
+    }
+    let slow = ChildSpec::new("b", |stop: CancellationToken| async move {
+        stop.cancelled().await;
+        tokio::time::sleep(ms(100)).await;
+        Ok::<(), std::io::Error>(())
+    });
+    let supervisor = builder.child(slow).build().unwrap();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    drop(tokio::spawn(async move {
+        tokio::time::sleep(ms(100)).await;
+        stopper.cancel("shutdown");
+    }));
+    let report = supervisor.run(stop).await.unwrap();
+    let stopped: Vec<_> = report.stopped.iter().map(|r| (&*r.name, r.ending)).collect();
+    assert_eq!(stopped, [("b", Ending::Stopped { took: ms(100) })]);
+    let exited = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, event)| {
+            matches!(event, tidewall::task::supervisor::SupervisorEvent::Exited { child, .. }
+                if child.starts_with('a'))
+        })
+        .count();
+    assert_eq!(exited, ENDED);
+}

@@ -3,6 +3,8 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 /// A spawned task's handle: a future of the task's result, plus [`TaskHandle::abort`].
 ///
@@ -15,6 +17,38 @@ pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 
     /// to completion and awaiting the handle yields its result (on tokio, one that has not
     /// started yet may never start, and then yields `Cancelled`).
     fn abort(&self);
+
+    /// The task's result if it has finished, `None` while it runs: without waiting, and
+    /// without registering a waker. After it has given the result once, what a handle
+    /// answers is the adapter's (as for any future polled after it completed).
+    ///
+    /// The provided method polls the handle once with a waker that does nothing. An adapter
+    /// whose runtime may answer that poll `Pending` for a task that has finished overrides
+    /// it: tokio's handle does, since tokio's cooperative budget (about 128 polls a turn)
+    /// makes a handle polled late in a task's turn read as pending. The supervisor's and the
+    /// shutdown's stops use it to tell a task that ended on its own from one they stop.
+    ///
+    /// ```
+    /// use tidewall::rt::{Spawn, TaskHandle, Tokio};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let mut handle = Tokio.spawn(async move { rx.await.is_ok() });
+    /// tokio::task::yield_now().await;
+    /// assert!(handle.try_join().is_none(), "still waiting");
+    /// tx.send(()).unwrap();
+    /// tokio::task::yield_now().await;
+    /// assert!(handle.try_join().unwrap().unwrap(), "finished");
+    /// # }
+    /// ```
+    fn try_join(&mut self) -> Option<Result<T, JoinError>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(self).poll(&mut cx) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        }
+    }
 }
 
 /// Why a task did not produce its value.

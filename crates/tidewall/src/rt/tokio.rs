@@ -110,12 +110,7 @@ impl<T> Future for TokioJoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|result| {
-            result.map_err(|err| match err.try_into_panic() {
-                Ok(payload) => JoinError::Panicked(Panic::new(payload)),
-                Err(_) => JoinError::Cancelled,
-            })
-        })
+        Pin::new(&mut self.0).poll(cx).map(joined)
     }
 }
 
@@ -123,4 +118,23 @@ impl<T: Send + 'static> TaskHandle<T> for TokioJoinHandle<T> {
     fn abort(&self) {
         self.0.abort();
     }
+
+    /// Polled outside tokio's cooperative budget: within it, a finished task's handle polled
+    /// after the budget ran out would read as pending.
+    fn try_join(&mut self) -> Option<Result<T, JoinError>> {
+        let mut handle = tokio::task::unconstrained(&mut self.0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut handle).poll(&mut cx) {
+            Poll::Ready(result) => Some(joined(result)),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// tokio's join result with Tidewall's uniform [`JoinError`].
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, JoinError> {
+    result.map_err(|err| match err.try_into_panic() {
+        Ok(payload) => JoinError::Panicked(Panic::new(payload)),
+        Err(_) => JoinError::Cancelled,
+    })
 }

@@ -12,13 +12,10 @@
 //! | a supervisor's [`SupervisorEvent`](super::supervisor::SupervisorEvent)s | `Exited { exit, .. }`, `Stopped { exit, .. }` | `Stopped { ending, .. }` |
 //! | [`SupervisorReport::stopped`](super::supervisor::SupervisorReport::stopped), [`ShutdownReport::components`](super::shutdown::ShutdownReport::components) | [`TaskReport::exit`] | [`TaskReport::ending`] |
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::rt::{JoinError, JoinHandle, Runtime};
+use crate::rt::{JoinError, JoinHandle, Runtime, TaskHandle};
 use crate::task::supervisor::ChildError;
 
 /// How a task's future ended.
@@ -211,13 +208,9 @@ pub(crate) fn after_abort(result: Result<Exit, JoinError>, took: Duration) -> (E
 }
 
 /// The exit of a task whose handle has already resolved, without waiting: to tell one that
-/// had ended before a `brutal_kill` from one the abort ends.
+/// had ended on its own from one a stop or an abort ends.
 pub(crate) fn ended_already<R: Runtime>(handle: &mut JoinHandle<R, Exit>) -> Option<Exit> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(handle).poll(&mut cx) {
-        Poll::Ready(result) => Some(exit_of(result)),
-        Poll::Pending => None,
-    }
+    handle.try_join().map(exit_of)
 }
 
 /// How a task that ended without being aborted reads: `ending`, unless it was lost by its
