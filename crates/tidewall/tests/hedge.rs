@@ -262,3 +262,57 @@ async fn the_percentile_forgets_at_the_documented_pace() {
     let delay = hedge.delay();
     assert!(delay >= ms(100) && delay <= ms(113), "{delay:?}");
 }
+
+/// "Each count halves rounded down, so a latency seen once is gone at the next halving": one
+/// 5 s call, then 20,000 of 1 ms, and the 1.0 quantile (the slowest seen) is 1 ms again.
+/// Halved rounding up, the 5 s bucket kept its one latency for good.
+#[tokio::test(start_paused = true)]
+async fn the_slowest_latency_seen_once_fades() {
+    let hedge = Hedge::builder()
+        .delay(ms(10))
+        .percentile(1.0, 1)
+        .max_hedges(0)
+        .build()
+        .unwrap();
+    let slept = |latency: Duration| {
+        hedge.call(Idempotent(move || async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, ()>(())
+        }))
+    };
+    slept(ms(5_000)).await.unwrap();
+    for _ in 0..20_000 {
+        slept(ms(1)).await.unwrap();
+    }
+    let delay = hedge.delay();
+    assert!(delay >= ms(1) && delay <= ms(2), "{delay:?}");
+}
+
+/// A p99 after an incident whose slow latencies each fell in a bucket of their own (64
+/// latencies from 100 ms up, 13 % apart, more than the 1 % a warm histogram's top holds):
+/// once 20,000 calls of 1 ms have gone through, the p99 is 1 ms again.
+#[tokio::test(start_paused = true)]
+async fn an_incident_spread_over_many_buckets_fades_from_the_p99() {
+    let hedge = Hedge::builder()
+        .delay(ms(10))
+        .percentile(0.99, 1)
+        .max_hedges(0)
+        .build()
+        .unwrap();
+    let slept = |latency: Duration| {
+        hedge.call(Idempotent(move || async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, ()>(())
+        }))
+    };
+    let mut slow = 100_000_000_f64;
+    for _ in 0..64 {
+        slept(Duration::from_nanos(slow as u64)).await.unwrap();
+        slow *= 1.13;
+    }
+    for _ in 0..20_000 {
+        slept(ms(1)).await.unwrap();
+    }
+    let delay = hedge.delay();
+    assert!(delay >= ms(1) && delay <= ms(2), "{delay:?}");
+}

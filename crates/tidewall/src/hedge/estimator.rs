@@ -57,12 +57,14 @@ impl LatencyEstimator {
                 .compare_exchange(false, true, Acquire, Relaxed)
                 .is_ok()
         {
+            // Rounded down: a bucket of one latency empties, so no latency, however rare,
+            // holds a high quantile for good.
             let mut kept = 0;
             for count in self.counts.iter() {
                 let before = count
-                    .fetch_update(Relaxed, Relaxed, |v| Some(v - v / 2))
+                    .fetch_update(Relaxed, Relaxed, |v| Some(v / 2))
                     .unwrap_or(0);
-                kept += before - before / 2;
+                kept += before / 2;
             }
             self.total.store(kept, Relaxed);
             self.decaying.store(false, Release);

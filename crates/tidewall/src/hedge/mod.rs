@@ -201,7 +201,9 @@ impl<R, K> HedgeBuilder<R, K> {
     /// latencies have faded to under a twentieth, which takes several halvings (thousands of
     /// calls). Older latencies fade as the counts halve whenever they
     /// hold 4,096 latencies (after the first halving, every 2,048 or so), so the counts hold
-    /// between 2,048 and 4,096 latencies once warm.
+    /// about 2,000 to 4,096 latencies once warm. Each count halves rounded down, so a latency
+    /// seen once is gone at the next halving: however rare and slow, no latency holds even
+    /// the 1.0 quantile (the slowest seen) for good.
     pub fn percentile(mut self, quantile: f64, min_samples: u64) -> Self {
         self.percentile = Some((quantile, min_samples));
         self
