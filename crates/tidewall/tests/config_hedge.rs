@@ -224,6 +224,30 @@ async fn the_estimate_survives_a_reload_that_keeps_its_quantile_and_restarts_wit
     );
 }
 
+/// A fixed delay measures no quantile: a reload that turns on a percentile (even the median
+/// with one sample, the settings a fixed hedge was built with underneath) starts a new
+/// estimate, on the fixed delay, not one made of the fixed hedge's calls.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_turns_a_percentile_on_starts_a_new_estimate() {
+    let fixed = config("[instances.s.hedge]\ndelay = \"10ms\"\nmax_hedges = 0\n");
+    let registry = Registry::new(fixed).unwrap();
+    let hedge = registry.hedge("s").unwrap();
+    for _ in 0..64 {
+        assert_eq!(hedged(&hedge, |_| 30).await, (Ok(1), 1));
+    }
+    assert_eq!(hedge.hedge().delay(), 10 * MS);
+    registry
+        .reload(config(
+            "[instances.s.hedge]\ndelay = \"10ms\"\nmax_hedges = 0\npercentile = 0.5\n\
+             min_samples = 1\n",
+        ))
+        .unwrap();
+    assert_eq!(hedge.hedge().delay(), 10 * MS, "a new estimate, no sample yet");
+    assert_eq!(hedged(&hedge, |_| 30).await, (Ok(1), 1));
+    let learned = hedge.hedge().delay();
+    assert!(learned >= 30 * MS && learned < 40 * MS, "{learned:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_budget_keeps_its_window_across_a_reload() {
     let text = |delay: &str| {

@@ -126,10 +126,10 @@ where
                 this.primary.set(None);
                 match hedge.classify.classify(result.as_ref()) {
                     Verdict::Success => {
-                        if let Some(started) = *this.primary_started {
-                            inner
-                                .estimator
-                                .record(inner.rt.now().saturating_duration_since(started));
+                        if let (Some(estimator), Some(started)) =
+                            (&inner.estimator, *this.primary_started)
+                        {
+                            estimator.record(inner.rt.now().saturating_duration_since(started));
                         }
                         break 'answered result;
                     }
@@ -149,19 +149,17 @@ where
                 };
                 match hedge.classify.classify(result.as_ref()) {
                     Verdict::Success => {
-                        let now = inner.rt.now();
-                        inner
-                            .estimator
-                            .record(now.saturating_duration_since(*started));
-                        // The primary lost: its latency is at least what it has run so far.
-                        // Recording that lower bound keeps the percentile from drifting down
-                        // to the hedges' (faster) latencies alone.
-                        if this.primary.is_some()
-                            && let Some(primary_started) = *this.primary_started
-                        {
-                            inner
-                                .estimator
-                                .record(now.saturating_duration_since(primary_started));
+                        if let Some(estimator) = &inner.estimator {
+                            let now = inner.rt.now();
+                            estimator.record(now.saturating_duration_since(*started));
+                            // The primary lost: its latency is at least what it has run so
+                            // far. Recording that lower bound keeps the percentile from
+                            // drifting down to the hedges' (faster) latencies alone.
+                            if this.primary.is_some()
+                                && let Some(primary_started) = *this.primary_started
+                            {
+                                estimator.record(now.saturating_duration_since(primary_started));
+                            }
                         }
                         break 'answered result;
                     }

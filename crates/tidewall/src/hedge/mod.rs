@@ -105,9 +105,9 @@ struct Inner<R> {
     rules: RetryRules,
     // The fixed delay, and the percentile delay's fallback until enough samples exist.
     fixed: Duration,
-    // Shared with the hedge a reload builds from this one, when it measures the same quantile.
-    estimator: Arc<LatencyEstimator>,
-    percentile: bool,
+    // A percentile hedge's estimate (none for a fixed delay), shared with the hedge a reload
+    // builds from this one when it measures the same quantile.
+    estimator: Option<Arc<LatencyEstimator>>,
     rt: R,
     telemetry: crate::telemetry::PolicyTelemetry,
 }
@@ -412,12 +412,15 @@ impl<R, K> HedgeBuilder<R, K> {
                     None => RetryBudget::new(policy, self.rt.now()),
                 },
             );
-        let estimator = before
-            .filter(|inner| inner.estimator.measures(quantile, min_samples))
-            .map_or_else(
-                || Arc::new(LatencyEstimator::new(quantile, min_samples)),
-                |inner| Arc::clone(&inner.estimator),
-            );
+        let estimator = self.percentile.map(|_| {
+            before
+                .and_then(|inner| inner.estimator.as_ref())
+                .filter(|kept| kept.measures(quantile, min_samples))
+                .map_or_else(
+                    || Arc::new(LatencyEstimator::new(quantile, min_samples)),
+                    Arc::clone,
+                )
+        });
         let mut rules = RetryRules::new(schedule);
         rules.budget = budget;
         Ok(Hedge {
@@ -425,7 +428,6 @@ impl<R, K> HedgeBuilder<R, K> {
                 rules,
                 fixed: self.delay,
                 estimator,
-                percentile: self.percentile.is_some(),
                 rt: self.rt,
                 telemetry: crate::telemetry::PolicyTelemetry::new("hedge", &self.name, &[])
                     .with_hedges()
@@ -471,11 +473,11 @@ impl<R: Clock, K> Hedge<R, K> {
     /// The delay a call starting now would hedge after.
     pub fn delay(&self) -> Duration {
         let inner = &*self.inner;
-        if inner.percentile {
-            inner.estimator.estimate().unwrap_or(inner.fixed)
-        } else {
-            inner.fixed
-        }
+        inner
+            .estimator
+            .as_ref()
+            .and_then(|estimator| estimator.estimate())
+            .unwrap_or(inner.fixed)
     }
 
     /// The most hedges a call starts.
