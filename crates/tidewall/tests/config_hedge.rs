@@ -242,7 +242,11 @@ async fn a_reload_that_turns_a_percentile_on_starts_a_new_estimate() {
              min_samples = 1\n",
         ))
         .unwrap();
-    assert_eq!(hedge.hedge().delay(), 10 * MS, "a new estimate, no sample yet");
+    assert_eq!(
+        hedge.hedge().delay(),
+        10 * MS,
+        "a new estimate, no sample yet"
+    );
     assert_eq!(hedged(&hedge, |_| 30).await, (Ok(1), 1));
     let learned = hedge.hedge().delay();
     assert!(learned >= 30 * MS && learned < 40 * MS, "{learned:?}");

@@ -730,3 +730,59 @@ async fn a_refusal_from_below_is_not_a_failure_of_the_host() {
     }
     assert_eq!(policies.breakers().unwrap().state(&host), Some(State::Open));
 }
+
+/// A body that counts its copies.
+#[derive(Debug)]
+struct CountedBody(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Clone for CountedBody {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(std::sync::Arc::clone(&self.0))
+    }
+}
+
+/// A request is copied only while another attempt could follow: three 503s in three attempts
+/// take two copies (none for the last attempt), a request capped at one attempt none, and
+/// the last attempt's 503 is still the answer, after the same three sends.
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_sends_the_request_without_copying_it() {
+    let policies = ClientPolicies::builder()
+        .retry(
+            Backoff::constant(ms(10))
+                .jitter(Jitter::None)
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+        )
+        .retry_budget(None)
+        .breaker(None)
+        .build()
+        .unwrap();
+    let sends = std::sync::atomic::AtomicUsize::new(0);
+    let run = |overrides: Overrides| {
+        let copies = std::sync::Arc::default();
+        let request = Request::get("http://a/")
+            .body(CountedBody(std::sync::Arc::clone(&copies)))
+            .unwrap();
+        let sends = &sends;
+        let policies = &policies;
+        async move {
+            let answer = policies
+                .run(request, overrides, |_request| async move {
+                    sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(http::Response::builder().status(503).body(()).unwrap())
+                })
+                .await;
+            (
+                answer.map(|r| r.status().as_u16()).ok(),
+                copies.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        }
+    };
+    assert_eq!(run(Overrides::new()).await, (Some(503), 2));
+    assert_eq!(sends.swap(0, std::sync::atomic::Ordering::SeqCst), 3);
+    let once = Overrides::new().max_attempts(NonZeroU32::MIN);
+    assert_eq!(run(once).await, (Some(503), 0));
+    assert_eq!(sends.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

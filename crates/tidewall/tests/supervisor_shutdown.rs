@@ -363,7 +363,11 @@ async fn hundreds_of_children_ended_before_their_turn_are_exits_on_tokio() {
         stopper.cancel("shutdown");
     }));
     let report = supervisor.run(stop).await.unwrap();
-    let stopped: Vec<_> = report.stopped.iter().map(|r| (&*r.name, r.ending)).collect();
+    let stopped: Vec<_> = report
+        .stopped
+        .iter()
+        .map(|r| (&*r.name, r.ending))
+        .collect();
     assert_eq!(stopped, [("b", Ending::Stopped { took: ms(100) })]);
     let exited = log
         .lock()

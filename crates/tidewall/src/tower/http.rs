@@ -18,8 +18,10 @@ use crate::rt::{Clock, DefaultRuntime};
 /// The layer sits directly over the client: its error is [`Error<E>`] of the client's error
 /// `E` (which implements [`HttpFailure`]; for hyper-util's client, whose error does not, box
 /// it first: `tower::ServiceExt::map_err(client, |e| Box::<dyn std::error::Error + Send +
-/// Sync>::from(e))`, a `Box<dyn Error + Send + Sync>` being an `HttpFailure`). Requests are copied for retries, so the body type is `Clone` (hyper's `Full`
-/// and `Empty` are); per-request [`Overrides`] are read from the request's extensions. Each
+/// Sync>::from(e))`, a `Box<dyn Error + Send + Sync>` being an `HttpFailure`). A request
+/// that may be retried is copied before each attempt but the last the schedule allows, so
+/// the body type is `Clone` (hyper's `Full` and `Empty` are); per-request [`Overrides`] are
+/// read from the request's extensions. Each
 /// call's future is boxed: one allocation per request, next to a network call.
 ///
 /// Each attempt waits for the readiness of its own clone of the client after its

@@ -20,7 +20,9 @@ use crate::{Deadline, Error, Rejected, RetryAfter};
 impl<R: Clock> ClientPolicies<R> {
     /// Sends `request` through the policies: `send` makes one attempt with the request it is
     /// given (the original, or a copy for a retry). It is called only once the attempt is
-    /// admitted, so a call to it is an attempt the server may see.
+    /// admitted, so a call to it is an attempt the server may see. A request that may be
+    /// retried is copied ([`Outbound::try_clone`]) before each attempt but the last the
+    /// schedule allows; one that may not is never copied.
     ///
     /// Per attempt, in order: the authority's breaker, its bulkhead or adaptive limit, and its
     /// rate limit (each waiting no longer than the deadline; the rate limit last, so that
@@ -152,6 +154,7 @@ impl<R: Clock> Inner<R> {
                     .idempotency
                     .may_replay(request.method(), request.headers()));
         let backoff = attempts_for(self, overrides);
+        let max_attempts = backoff.max_attempts_total();
         // Cleared once no copy of the request is left to send: the judge then calls no
         // failure retryable, so the engine asks for no further attempt.
         let replayable = AtomicBool::new(wants_retry);
@@ -162,7 +165,11 @@ impl<R: Clock> Inner<R> {
             telemetry.attempt(started);
             let request = next.take();
             if replayable.load(Relaxed) {
-                next = request.as_ref().and_then(Q::try_clone);
+                // No copy for the last attempt the schedule allows: none could follow it
+                // (its failure ends the request as the schedule's end would).
+                next = (started < max_attempts)
+                    .then(|| request.as_ref().and_then(Q::try_clone))
+                    .flatten();
                 if next.is_none() {
                     replayable.store(false, Relaxed);
                 }
