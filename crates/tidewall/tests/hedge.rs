@@ -305,10 +305,10 @@ async fn an_incident_spread_over_many_buckets_fades_from_the_p99() {
             Ok::<_, ()>(())
         }))
     };
-    let mut slow = 100_000_000_f64;
+    let mut slow = ms(100);
     for _ in 0..64 {
-        slept(Duration::from_nanos(slow as u64)).await.unwrap();
-        slow *= 1.13;
+        slept(slow).await.unwrap();
+        slow = slow.mul_f64(1.13);
     }
     for _ in 0..20_000 {
         slept(ms(1)).await.unwrap();
