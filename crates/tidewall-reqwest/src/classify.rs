@@ -6,7 +6,7 @@ use tidewall::RetryAfter;
 use tidewall::classify::{Classify, Verdict};
 use tidewall::http::{FailureKind, HttpClassifier};
 
-use crate::exchange::{chain_kind, reqwest_kind};
+use crate::exchange::{middleware_kind, reqwest_kind};
 
 /// The [standard table](HttpClassifier) for reqwest's results, so a Tidewall
 /// [`Pipeline`](tidewall::pipeline::Pipeline), retry future or breaker can classify a
@@ -66,13 +66,6 @@ impl Classify<reqwest::Response, reqwest::Error> for ReqwestClassifier {
 
     fn retry_after(&self, result: Result<&reqwest::Response, &reqwest::Error>) -> Option<Duration> {
         self.hint(result.map_err(reqwest_kind))
-    }
-}
-
-fn middleware_kind(error: &reqwest_middleware::Error) -> FailureKind {
-    match error {
-        reqwest_middleware::Error::Reqwest(error) => reqwest_kind(error),
-        reqwest_middleware::Error::Middleware(error) => chain_kind(error.as_ref()),
     }
 }
 

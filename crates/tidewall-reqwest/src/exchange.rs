@@ -1,9 +1,7 @@
 //! reqwest's request, response and errors, as the client loop reads them.
 
 use http::{HeaderMap, Method, StatusCode};
-use tidewall::Rejected;
 use tidewall::http::{Authority, FailureKind, HttpFailure, Inbound, Outbound};
-use tidewall::time::{DeadlineExceeded, Elapsed};
 
 /// A reqwest request going out.
 pub(crate) struct Outgoing(pub(crate) reqwest::Request);
@@ -44,9 +42,18 @@ pub(crate) struct Failure(pub(crate) reqwest_middleware::Error);
 
 impl HttpFailure for Failure {
     fn failure_kind(&self) -> FailureKind {
-        match &self.0 {
-            reqwest_middleware::Error::Reqwest(error) => reqwest_kind(error),
-            reqwest_middleware::Error::Middleware(error) => chain_kind(error.as_ref()),
+        middleware_kind(&self.0)
+    }
+}
+
+/// How the standard table reads a reqwest-middleware error: reqwest's own by its kinds, a
+/// middleware's by its source chain.
+pub(crate) fn middleware_kind(error: &reqwest_middleware::Error) -> FailureKind {
+    match error {
+        reqwest_middleware::Error::Reqwest(error) => reqwest_kind(error),
+        reqwest_middleware::Error::Middleware(error) => {
+            let chained: &(dyn std::error::Error + Send + Sync) = error.as_ref();
+            chained.failure_kind()
         }
     }
 }
@@ -62,32 +69,9 @@ pub(crate) fn reqwest_kind(error: &reqwest::Error) -> FailureKind {
     } else if error.is_redirect() || error.is_decode() {
         FailureKind::Other
     } else {
-        chain_kind(error)
+        // Its source chain, as tidewall reads one: hyper's "incomplete message" and
+        // "canceled" included (the `hyper` feature).
+        let chained: &(dyn std::error::Error + Send + Sync) = error;
+        chained.failure_kind()
     }
-}
-
-/// The first refusal, timeout, I/O error or broken HTTP exchange in `error`'s source chain
-/// (itself included).
-pub(crate) fn chain_kind(error: &(dyn std::error::Error + 'static)) -> FailureKind {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(rejected) = error.downcast_ref::<Rejected>() {
-            return FailureKind::Refused(*rejected);
-        }
-        if error.is::<Elapsed>() || error.is::<DeadlineExceeded>() {
-            return FailureKind::Timeout;
-        }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return io.failure_kind();
-        }
-        // The server closed the connection before a whole response (hyper's "incomplete
-        // message"), or the connection went away under the request ("canceled").
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
-            && (hyper.is_incomplete_message() || hyper.is_canceled())
-        {
-            return FailureKind::Interrupted;
-        }
-        current = error.source();
-    }
-    FailureKind::Other
 }

@@ -29,12 +29,14 @@ pub enum FailureKind {
 }
 
 /// How the [standard table](HttpClassifier) reads an error. Implemented for
-/// [`std::io::Error`] (by its kind), for Tidewall's [`Error<E>`](crate::Error) and tower's
-/// `BoxError` (the first refusal, timeout or I/O error in the source chain; a timeout is
-/// Tidewall's [`Elapsed`](crate::time::Elapsed) or
+/// [`std::io::Error`] (by its kind), for Tidewall's [`Error<E>`](crate::Error), tower's
+/// `BoxError` and any `dyn Error + Send + Sync` (the first refusal, timeout or I/O error in
+/// the source chain; a timeout is Tidewall's [`Elapsed`](crate::time::Elapsed) or
 /// [`DeadlineExceeded`](crate::time::DeadlineExceeded): tower's own timeout error is not
-/// known here, and reads as `Other`), and for `Infallible`; implement it for your client's
-/// error type (the orphan rule allows it for your own types).
+/// known here, and reads as `Other`; with the `hyper` feature, a `hyper::Error` for a
+/// connection closed before the whole response or a request canceled with its connection is
+/// `Interrupted`), and for `Infallible`; implement it for your client's error type (the
+/// orphan rule allows it for your own types).
 ///
 /// `Error<E>` reads `E` through that chain, never through `E`'s own `HttpFailure`, which it
 /// cannot know of (Rust has no specialization). So under a Tidewall layer (a tower retry above
@@ -110,6 +112,37 @@ impl HttpFailure for Box<dyn std::error::Error + Send + Sync> {
     }
 }
 
+/// Any error, by its source chain (itself included), as a boxed one is read: for a client
+/// crate's own `HttpFailure`, once it has read its error's own kinds.
+///
+/// ```
+/// use tidewall::http::{FailureKind, HttpFailure};
+///
+/// #[derive(Debug)]
+/// struct Wrapped(std::io::Error);
+///
+/// impl std::fmt::Display for Wrapped {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("request failed")
+///     }
+/// }
+///
+/// impl std::error::Error for Wrapped {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// let error = Wrapped(std::io::ErrorKind::ConnectionReset.into());
+/// let read: &(dyn std::error::Error + Send + Sync) = &error;
+/// assert_eq!(read.failure_kind(), FailureKind::Interrupted);
+/// ```
+impl HttpFailure for dyn std::error::Error + Send + Sync {
+    fn failure_kind(&self) -> FailureKind {
+        chain_kind(self)
+    }
+}
+
 fn io_kind(kind: std::io::ErrorKind) -> FailureKind {
     use std::io::ErrorKind as K;
     match kind {
@@ -125,7 +158,8 @@ fn io_kind(kind: std::io::ErrorKind) -> FailureKind {
     }
 }
 
-/// The first refusal, timeout or I/O error in `error`'s source chain (itself included).
+/// The first refusal, timeout, I/O error or (with the `hyper` feature) broken HTTP exchange in
+/// `error`'s source chain (itself included).
 fn chain_kind(error: &(dyn std::error::Error + 'static)) -> FailureKind {
     let mut current = Some(error);
     while let Some(error) = current {
@@ -137,6 +171,15 @@ fn chain_kind(error: &(dyn std::error::Error + 'static)) -> FailureKind {
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             return io_kind(io.kind());
+        }
+        // The server closed the connection before a whole response (hyper's "incomplete
+        // message": most often a keep-alive connection it closed as the request went out),
+        // or the connection went away under the request ("canceled").
+        #[cfg(feature = "hyper")]
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_canceled())
+        {
+            return FailureKind::Interrupted;
         }
         current = error.source();
     }

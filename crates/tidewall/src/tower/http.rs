@@ -18,7 +18,10 @@ use crate::rt::{Clock, DefaultRuntime};
 /// The layer sits directly over the client: its error is [`Error<E>`] of the client's error
 /// `E` (which implements [`HttpFailure`]; for hyper-util's client, whose error does not, box
 /// it first: `tower::ServiceExt::map_err(client, |e| Box::<dyn std::error::Error + Send +
-/// Sync>::from(e))`, a `Box<dyn Error + Send + Sync>` being an `HttpFailure`). A request
+/// Sync>::from(e))`, a `Box<dyn Error + Send + Sync>` being an `HttpFailure`, and turn on
+/// the `hyper` feature, so that a connection the server closed before its response, hyper's
+/// "incomplete message", reads as `Interrupted` and is retried, as through tidewall-reqwest;
+/// without it that error reads as `Other`, a failure not retried). A request
 /// that may be retried is copied before each attempt but the last the schedule allows, so
 /// the body type is `Clone` (hyper's `Full` and `Empty` are); per-request [`Overrides`] are
 /// read from the request's extensions. Each
