@@ -10,7 +10,8 @@ use crate::{ConfigError, Name};
 
 /// Configures a [`Chaos`] handle: by default enabled, injecting nothing, on the default
 /// runtime, named `chaos`, with a fresh random seed (read it back with [`Chaos::seed`] to
-/// replay a run).
+/// replay a run). Given to [`Chaos::reconfigure`], its switch and every rate replace the
+/// handle's, those left at their defaults included.
 ///
 /// ```
 /// use std::time::Duration;

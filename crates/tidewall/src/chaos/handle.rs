@@ -402,13 +402,21 @@ impl<R> Chaos<R> {
         })
     }
 
-    /// Applies `settings`' switch and rates in place, all at once, for the calls that start
-    /// after this returns: checked together, so moving a share of calls from one fault to
-    /// another never passes through a sum above 1, as two `set_*` calls might, and a call
-    /// racing it acts on the old settings or the new, never on a mix. Its seed, name and
-    /// runtime are not read: the handle keeps its own, and its call numbers.
+    /// Replaces the switch and every rate with `settings`', in place, all at once, for the
+    /// calls that start after this returns: checked together, so moving a share of calls from
+    /// one fault to another never passes through a sum above 1, as two `set_*` calls might,
+    /// and a call racing it acts on the old settings or the new, never on a mix. Its seed,
+    /// name and runtime are not read: the handle keeps its own, and its call numbers.
+    ///
+    /// Nothing of the settings in force is kept: a field `settings` does not set takes the
+    /// builder's default (enabled, no latency, no fault). So
+    /// `reconfigure(Chaos::builder().error(0.2))` on a handle that was switched off turns it
+    /// on, and clears its latency and its other rates. No builder starts from the settings
+    /// in force: set every field wanted, reading the ones to keep from
+    /// [`settings`](Self::settings).
     ///
     /// ```
+    /// use std::time::Duration;
     /// use tidewall::chaos::{Chaos, Fault};
     ///
     /// let chaos = Chaos::builder().seed(3).error(0.6).hang(0.4).build()?;
@@ -418,6 +426,26 @@ impl<R> Chaos<R> {
     /// assert_eq!(chaos.seed(), 3, "kept");
     /// chaos.reconfigure(Chaos::builder().error(1.0).enabled(false))?;
     /// assert!(chaos.decide().is_none());
+    ///
+    /// // Switched off, with latency: a builder that sets neither turns it on, without latency.
+    /// chaos.set_latency(0.5, Duration::from_millis(20))?;
+    /// chaos.reconfigure(Chaos::builder().error(0.2))?;
+    /// assert!(chaos.settings().enabled);
+    /// assert_eq!(chaos.settings().latency_rate, 0.0);
+    ///
+    /// // To change one rate with `reconfigure`, carry the others over.
+    /// chaos.set_enabled(false);
+    /// chaos.set_latency(0.5, Duration::from_millis(20))?;
+    /// let now = chaos.settings();
+    /// chaos.reconfigure(
+    ///     Chaos::builder()
+    ///         .enabled(now.enabled)
+    ///         .latency(now.latency_rate, now.latency)
+    ///         .error(0.3)
+    ///         .hang(now.hang_rate)
+    ///         .alter(now.alter_rate),
+    /// )?;
+    /// assert_eq!((chaos.settings().enabled, chaos.settings().latency_rate), (false, 0.5));
     /// # Ok::<(), tidewall::ConfigError>(())
     /// ```
     ///

@@ -323,7 +323,8 @@ section! {
         percentile: Toggle<f64>,
         /// Latencies recorded before the percentile is used (default 100).
         min_samples: u64,
-        /// Hedges may add at most this share of the calls (0, or 0.000001 ..= 1000), or
+        /// Hedges may add at most this share of the calls of the last 10 s (0, or
+        /// 0.000001 ..= 1000), with no per-second floor (a quiet service hedges rarely), or
         /// `"off"` (the default: no budget).
         budget_ratio: Toggle<f64>,
     }

@@ -10,10 +10,16 @@
 //!   a lower bound of its latency, so the estimate does not drift down to the hedges'
 //!   alone), with a fixed fallback until enough samples exist.
 //! * At most `max_hedges` extra attempts per call, and an optional hedge budget: hedges may
-//!   add at most `budget_ratio` of the calls (the [`RetryBudget`] accounting). These are the
+//!   add at most `budget_ratio` of the calls of the last 10 s (the [`RetryBudget`]
+//!   accounting, without the per-second floor a retry budget has by default, so a quiet
+//!   service hedges rarely: see [`HedgeBuilder::budget_ratio`]). These are the
 //!   [retry engine](crate::retry)'s rules, as for a retry: they bound the attempts
 //!   (`1 + max_hedges`) and the budget pays for each hedge.
-//! * When every running attempt has failed, the next hedge starts at once instead of waiting.
+//! * When every running attempt has failed, the next hedge starts at once instead of waiting
+//!   for the delay (a failure's hint still holds it: see below). It is a hedge like the
+//!   others: the budget, if any, pays for it, and it is reported as
+//!   [`HedgeLaunched`](crate::telemetry::EventKind::HedgeLaunched) and counted in
+//!   `tidewall_hedges_total`, so on a failing dependency, hedges are retries.
 //! * A [classifier](crate::classify) ([`HedgeBuilder::classify`]) judges each attempt: a
 //!   success wins, a retryable failure (by default every `Err`) leaves the others running and
 //!   may start the next hedge, and any other verdict ends the call with that result at once
@@ -212,13 +218,22 @@ impl<R, K> HedgeBuilder<R, K> {
     /// Extra attempts per call (default 1; 0 disables hedging). Each waits for the hedge
     /// delay, except after every running attempt has failed: then the next starts at once, so
     /// an operation that fails at once can be started `1 + n` times back to back (bound it
-    /// with a budget, or keep `n` small).
+    /// with a budget, or keep `n` small). An attempt started early this way is a hedge all
+    /// the same: [`HedgeLaunched`](crate::telemetry::EventKind::HedgeLaunched) and
+    /// `tidewall_hedges_total` count it.
     pub fn max_hedges(mut self, n: u32) -> Self {
         self.max_hedges = n;
         self
     }
 
-    /// Hedges may add at most `ratio` of the calls (e.g. `0.05` for 5 %), over a 10 s window.
+    /// Hedges may add at most `ratio` of the calls (e.g. `0.05` for 5 %), over a 10 s window
+    /// (10 buckets of 1 s: a call counts for 9 to 10 s). Unlike a retry budget's default, a
+    /// hedge budget has no per-second floor, and none can be set: only the calls in the
+    /// window pay for hedges, and a hedge is granted while `ratio ×` those calls is at least
+    /// the hedges already granted in it plus one (with `0.05`, 20 calls in the window for
+    /// each hedge). A quiet service, or one just started, hedges rarely or not at all until
+    /// enough calls have gone through.
+    ///
     /// A hedge the budget refuses is not sent, and no later hedge of that call is scheduled;
     /// if every attempt then running fails, the budget is asked once more, at once, and a
     /// second refusal ends the call with the last failure.
@@ -234,9 +249,10 @@ impl<R, K> HedgeBuilder<R, K> {
         self
     }
 
-    /// Calls `listener` with each hedge launched (numbered from 1) and each refusal by the
-    /// hedge budget (a hedge asked for again, once every running attempt failed, and refused
-    /// again is told twice). On the caller's task, in the call (keep it short). See
+    /// Calls `listener` with each hedge launched (numbered from 1; one started at once because
+    /// every running attempt failed is one too) and each refusal by the hedge budget (a hedge
+    /// asked for again, once every running attempt failed, and refused again is told twice).
+    /// On the caller's task, in the call (keep it short). See
     /// [`Event`](crate::telemetry::Event).
     ///
     /// ```

@@ -18,8 +18,8 @@
 //! | `tidewall_calls_total` | counter | `policy` (`breaker`, `pipeline`, `http_client`), `name`, `outcome` | calls by how they ended: a breaker's `success`, `failure`, `ignored` as recorded; a pipeline's or an [HTTP client](crate::http::ClientPolicies)'s (a request, however many attempts it made) `success`, `failure`, `ignored` (its classifier's verdict on the final result), `rejected` (its error is [`Error::Rejected`](crate::Error::Rejected), or a policy below refused its last attempt: under a [`PipelineLayer`](crate::tower::PipelineLayer), or below an HTTP client, its error's [`FailureKind::Refused`](crate::http::FailureKind::Refused)), `timed_out` ([`Error::TimedOut`](crate::Error::TimedOut)) — its own: under a `PipelineLayer`, a timeout from a layer below is the service's error, judged by the classifier like any other (`failure` by default), `cancelled` (the call's future dropped after its first poll) |
 //! | `tidewall_rejections_total` | counter | `policy`, `name`, `reason` ([`Rejected::kind`](crate::Rejected::kind)) | the policy's refusals, each time it refuses: a pipeline's breaker refusing an attempt counts one even if a retry then passes (a wait that ends admitted is not one; a call's final answer is in `tidewall_calls_total`) |
 //! | `tidewall_retries_total` | counter | `policy` (`pipeline`, `http_client`), `name` | retries scheduled |
-//! | `tidewall_hedges_total` | counter | `policy` (`hedge`), `name` | hedges launched (the primary attempt is not one) |
-//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`, `http_client`), `name` | retries (hedges) the budget refused |
+//! | `tidewall_hedges_total` | counter | `policy` (`hedge`), `name` | hedges launched: every attempt after the primary, those started at once because every running attempt had failed included (on a failing dependency, these are retries) |
+//! | `tidewall_retry_budget_exhausted_total` | counter | `policy` (`pipeline`, `hedge`, `http_client`), `name` | retries (hedges) the budget refused; a hedge refused while attempts run, asked for again once they all failed and refused again, counts twice |
 //! | `tidewall_breaker_transitions_total` | counter | `policy` (`breaker`), `name`, `to` ([`State::as_str`](crate::breaker::State::as_str)), and `key` with [`key_label`](crate::breaker::KeyedCircuitBreakerBuilder::key_label) | state changes, each a `StateChanged` event (a closed breaker reset by a reconfiguration that changes its window counts one to `closed`; a keyed table's key series are made on a key's first change) |
 //! | `tidewall_call_duration_seconds` | histogram | `policy` (`pipeline`, `http_client`), `name` | a call's time, waits and retries included (not for cancelled calls) |
 //! | `tidewall_wait_duration_seconds` | histogram | `policy` (`bulkhead`, `adaptive`), `name` | time queued for a permit, for waits that ended admitted |
@@ -58,8 +58,9 @@
 //! With `tracing`, each [pipeline](crate::pipeline) call runs in a `tidewall.call` span (field
 //! `pipeline`: its name), and each HTTP client request in a `tidewall.http` span (fields
 //! `client`, `method`, `authority`), with a debug event per attempt, per retry scheduled (its
-//! delay) and at its end (its outcome); rejections, hedges launched, breaker state changes and reloads are
-//! events too, and (feature `chaos`) each injected fault is a debug event.
+//! delay), per retry its budget refused and at its end (its outcome); rejections, hedges
+//! launched, hedges the budget refused, breaker state changes and reloads are events too,
+//! and (feature `chaos`) each injected fault is a debug event.
 
 mod calls;
 #[cfg(feature = "chaos")]

@@ -15,8 +15,14 @@
 //!   bounded FIFO queue with a max wait), or a distributed stage deciding after a round trip.
 //!   Its [`AdmitMode`] says where a call waits: nowhere (load shedding), in `poll_ready`
 //!   (backpressure, as `ConcurrencyLimit` and `RateLimit`), or in the response future.
-//! * [`BreakerLayer`] (reject, or hold callers in `poll_ready` until the breaker admits) and
-//!   [`HedgeLayer`] have no tower counterpart.
+//! * [`BreakerLayer`] (reject, or hold callers in `poll_ready` until the breaker admits) has
+//!   no tower counterpart.
+//! * [`HedgeLayer`] runs the [hedge](crate::hedge) engine. tower's `hedge::Hedge` (feature
+//!   `hedge`) sends at most one hedge, after a percentile of a latency histogram it rotates
+//!   every period, with no budget of its own (its `Policy::can_retry` decides), and answers
+//!   with whichever attempt completes first, an error included; `HedgeLayer` also takes a
+//!   fixed delay, up to `max_hedges` hedges, a hedge budget and a classifier (a retryable
+//!   failure leaves the other attempts running).
 //! * [`PipelineLayer`] is a whole [`Pipeline`](crate::pipeline::Pipeline) as one layer
 //!   (one deadline over every stage), or an instance's
 //!   [`LivePipeline`](crate::config::LivePipeline) from a configuration, following every
