@@ -24,6 +24,7 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod common;
+mod hostile_support;
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -35,6 +36,9 @@ use std::time::Duration;
 use common::ms;
 use common::rng::Rng;
 use futures_util::FutureExt as _;
+use hostile_support::{
+    Changes, DAY, Fb, HOUR, PPM, Rules, SEC, on_fake, ppm, tally_trip, watch_changes,
+};
 use tidewall::breaker::{
     CircuitBreaker, CircuitBreakerBuilder, Counts, KeyedCircuitBreaker, Outcome, State, TripReason,
     Window,
@@ -52,23 +56,10 @@ use tidewall_core::breaker::{MAX_BUCKETS, MAX_COUNT_WINDOW, MAX_HALF_OPEN_PROBES
 use tower_layer::Layer;
 use tower_service::Service;
 
-const SEC: Duration = Duration::from_secs(1);
-const HOUR: Duration = Duration::from_secs(3_600);
-const DAY: Duration = Duration::from_secs(86_400);
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 const NS: Duration = Duration::from_nanos(1);
-const PPM: u64 = 1_000_000;
-
-type Fb = CircuitBreaker<FakeClock>;
 
 // === shared pieces =========================================================================
-
-/// A builder on a fresh virtual clock.
-fn on_fake() -> (FakeClock, CircuitBreakerBuilder<FakeClock>) {
-    let clock = FakeClock::new();
-    let builder = CircuitBreaker::builder().runtime(clock.clone());
-    (clock, builder)
-}
 
 /// Builds, turning a panic into a test failure that names the configuration.
 fn build_no_panic<R: Clock>(
@@ -92,20 +83,6 @@ fn refusal<R: Clock>(breaker: &CircuitBreaker<R>) -> Duration {
             breaker.state()
         ),
     }
-}
-
-/// Every state change as `(from, to, reason, generation)`.
-type Changes = Arc<Mutex<Vec<(State, State, Option<TripReason>, u32)>>>;
-
-fn watch_changes<R>(builder: CircuitBreakerBuilder<R>) -> (CircuitBreakerBuilder<R>, Changes) {
-    let changes: Changes = Arc::default();
-    let seen = Arc::clone(&changes);
-    let builder = builder.on_state_change(move |c| {
-        seen.lock()
-            .unwrap()
-            .push((c.from, c.to, c.reason, c.generation));
-    });
-    (builder, changes)
 }
 
 fn tos(changes: &Changes) -> Vec<State> {
@@ -684,10 +661,7 @@ fn a_success_can_trip_as_older_successes_leave_a_time_window() {
 /// The documented rules, applied to the last `n` recorded calls.
 struct Model {
     n: usize,
-    minimum: u64,
-    failure_ppm: Option<u64>,
-    slow_ppm: Option<u64>,
-    consecutive: Option<u32>,
+    rules: Rules,
     window: VecDeque<(bool, bool)>,
     run: u32,
 }
@@ -707,24 +681,13 @@ impl Model {
             self.window.pop_front();
         }
         self.run = if failed { self.run + 1 } else { 0 };
-        let (calls, failures, slows) = self.counts();
-        let (calls, failures, slows) = (u64::from(calls), u64::from(failures), u64::from(slows));
-        let mut reasons = Vec::new();
-        if calls >= self.minimum {
-            if self
-                .failure_ppm
-                .is_some_and(|p| failures * PPM >= p * calls)
-            {
-                reasons.push(TripReason::FailureRate);
-            }
-            if self.slow_ppm.is_some_and(|p| slows * PPM >= p * calls) {
-                reasons.push(TripReason::SlowCallRate);
-            }
-        }
-        if self.consecutive.is_some_and(|c| self.run >= c) {
-            reasons.push(TripReason::ConsecutiveFailures);
-        }
-        reasons
+        let (calls, failures, slow) = self.counts();
+        let held = Counts {
+            calls,
+            failures,
+            slow,
+        };
+        self.rules.trips(held, self.run)
     }
 
     fn reset(&mut self) {
@@ -759,10 +722,12 @@ fn count_window_agrees_with_the_documented_model_over_seeded_random_runs() {
         let breaker = builder.build().unwrap();
         let mut model = Model {
             n: n as usize,
-            minimum: u64::from(minimum),
-            failure_ppm: Some((f_rate * PPM as f64).round() as u64),
-            slow_ppm: Some((s_rate * PPM as f64).round() as u64),
-            consecutive,
+            rules: Rules {
+                minimum: u64::from(minimum),
+                failure_ppm: Some(ppm(f_rate)),
+                slow_ppm: Some(ppm(s_rate)),
+                consecutive,
+            },
             window: VecDeque::new(),
             run: 0,
         };
@@ -810,15 +775,12 @@ fn count_window_agrees_with_the_documented_model_over_seeded_random_runs() {
                     "{what}, step {step}: the model trips for {reasons:?} on {calls} calls, {failures} failed, {slows} slow"
                 );
                 let reason = changes.lock().unwrap().last().unwrap().2.unwrap();
-                assert!(
-                    reasons.contains(&reason),
-                    "{what}, step {step}: tripped for {reason:?}, the model for {reasons:?}"
+                tally_trip(
+                    &mut trips,
+                    reason,
+                    &reasons,
+                    &format!("{what}, step {step}"),
                 );
-                trips[match reason {
-                    TripReason::FailureRate => 0,
-                    TripReason::SlowCallRate => 1,
-                    _ => 2,
-                }] += 1;
                 breaker.reset();
                 model.reset();
                 assert_eq!(breaker.counts(), Counts::default(), "{what}: reset empties");

@@ -21,11 +21,22 @@
 #![cfg(all(feature = "tokio", feature = "test-util", feature = "tower"))]
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod hostile_support;
+// The seeded generator of `common`, by path: `mod common;` needs runtimes this file builds
+// without.
+#[path = "common/rng.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod rng;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use hostile_support::{
+    DAY, Fb, HOUR, Rules, SEC, last_reason, on_fake, ppm, tally_trip, watch_changes,
+};
+use rng::Rng;
 use tidewall::breaker::{
     CircuitBreaker, CircuitBreakerBuilder, Counts, KeyedCircuitBreaker, Outcome, State, TripReason,
     Window,
@@ -45,47 +56,24 @@ use tower_service::Service;
 
 /// The most calls a time bucket holds.
 const FULL: u32 = 65_535;
-const PPM: u64 = 1_000_000;
-const SEC: Duration = Duration::from_secs(1);
-const HOUR: Duration = Duration::from_secs(3_600);
-const DAY: Duration = Duration::from_secs(86_400);
 /// The slow-call threshold of every breaker here: a slow call is one the clock moved this
 /// much during.
 const SLOW: Duration = Duration::from_micros(1);
 
-type Fb = CircuitBreaker<FakeClock>;
+/// The draws of the model runs, on the shared generator.
+trait Draws {
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T;
+    /// True with probability `per_mille` / 1000.
+    fn chance(&mut self, per_mille: u64) -> bool;
+}
 
-/// SplitMix64: a tiny seeded generator (copied, not shared, so this file stands alone).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+impl Draws for Rng {
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
+        items[self.index(items.len())]
     }
-    /// True with probability `p` (in whole per-mille).
     fn chance(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
     }
-}
-
-/// A builder on a fresh virtual clock (the pattern of `hostile_breaker_contracts.rs`).
-fn on_fake() -> (FakeClock, CircuitBreakerBuilder<FakeClock>) {
-    let clock = FakeClock::new();
-    let builder = CircuitBreaker::builder().runtime(clock.clone());
-    (clock, builder)
 }
 
 fn time_window(width: Duration, buckets: u32) -> Window {
@@ -93,6 +81,22 @@ fn time_window(width: Duration, buckets: u32) -> Window {
         span: width * buckets,
         buckets,
     }
+}
+
+/// A builder on a fresh virtual clock that trips at a failure `rate` once its time window of
+/// `buckets` buckets of `width` holds `minimum` calls.
+fn rated(
+    rate: f64,
+    minimum: u32,
+    width: Duration,
+    buckets: u32,
+) -> (FakeClock, CircuitBreakerBuilder<FakeClock>) {
+    let (clock, builder) = on_fake();
+    let builder = builder
+        .failure_rate(rate)
+        .minimum_calls(minimum)
+        .window(time_window(width, buckets));
+    (clock, builder)
 }
 
 /// Records one call: a slow one takes `SLOW` on the virtual clock.
@@ -129,20 +133,6 @@ fn calls_after(n: u64) -> u32 {
     }
 }
 
-/// Every state change's `(to, reason)`.
-type Changes = Arc<Mutex<Vec<(State, Option<TripReason>)>>>;
-
-fn watch<R>(builder: CircuitBreakerBuilder<R>) -> (CircuitBreakerBuilder<R>, Changes) {
-    let changes: Changes = Arc::default();
-    let seen = Arc::clone(&changes);
-    let builder = builder.on_state_change(move |c| seen.lock().unwrap().push((c.to, c.reason)));
-    (builder, changes)
-}
-
-fn last_reason(changes: &Changes) -> Option<TripReason> {
-    changes.lock().unwrap().last().and_then(|c| c.1)
-}
-
 // === the reference model ===================================================================
 
 /// One bucket, as the docs describe it: the call that finds it full halves every counter
@@ -160,17 +150,13 @@ fn bucket_add(bucket: &mut [u32; 3], failed: bool, slow: bool) -> bool {
     halved
 }
 
-/// A time window of `buckets` buckets (keyed by bucket number) and the documented rules:
-/// rates count once the window holds `minimum` calls and trip at or above their threshold
-/// (exact integer arithmetic in parts per million); a run of failures trips regardless.
+/// A time window of `buckets` buckets (keyed by bucket number) and the documented rules
+/// (no rate and no run until set).
 struct Model {
     buckets: u64,
     live: BTreeMap<u64, [u32; 3]>,
     run: u32,
-    minimum: u64,
-    failure_ppm: Option<u64>,
-    slow_ppm: Option<u64>,
-    consecutive: Option<u32>,
+    rules: Rules,
     halvings: u64,
 }
 
@@ -180,10 +166,12 @@ impl Model {
             buckets,
             live: BTreeMap::new(),
             run: 0,
-            minimum: u64::from(minimum),
-            failure_ppm: None,
-            slow_ppm: None,
-            consecutive: None,
+            rules: Rules {
+                minimum: u64::from(minimum),
+                failure_ppm: None,
+                slow_ppm: None,
+                consecutive: None,
+            },
             halvings: 0,
         }
     }
@@ -211,35 +199,13 @@ impl Model {
     }
 
     fn reasons(&self, now: u64) -> Vec<TripReason> {
-        let c = self.counts(now);
-        let (calls, failures, slow) =
-            (u64::from(c.calls), u64::from(c.failures), u64::from(c.slow));
-        let mut reasons = Vec::new();
-        if calls >= self.minimum {
-            if self
-                .failure_ppm
-                .is_some_and(|p| failures * PPM >= p * calls)
-            {
-                reasons.push(TripReason::FailureRate);
-            }
-            if self.slow_ppm.is_some_and(|p| slow * PPM >= p * calls) {
-                reasons.push(TripReason::SlowCallRate);
-            }
-        }
-        if self.consecutive.is_some_and(|n| self.run >= n) {
-            reasons.push(TripReason::ConsecutiveFailures);
-        }
-        reasons
+        self.rules.trips(self.counts(now), self.run)
     }
 
     fn reset(&mut self) {
         self.live.clear();
         self.run = 0;
     }
-}
-
-fn ppm(rate: f64) -> u64 {
-    (rate * PPM as f64).round() as u64
 }
 
 /// Virtual time in nanoseconds since the breaker was built, in buckets of `width`; calls are
@@ -294,14 +260,8 @@ impl Time {
 
 #[test]
 fn a_full_bucket_halves_each_counter_rounding_down_then_counts_the_call() {
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(1.0)
-        .slow_call_rate(1.0, SLOW)
-        .minimum_calls(1)
-        .window(time_window(HOUR, 1))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(1.0, 1, HOUR, 1);
+    let breaker = builder.slow_call_rate(1.0, SLOW).build().unwrap();
     // 65,535 calls: a fast success first, 1,001 failures, 777 slow successes, successes.
     record(&clock, &breaker, false, false);
     for _ in 0..1_001 {
@@ -351,13 +311,8 @@ fn rounding_down_turns_65534_failures_of_65535_into_all_failed_and_trips_at_100_
     // the bucket full halves both to 32,767 (65,535 / 2 and 65,534 / 2, rounded down), then
     // counts itself: 32,768 of 32,768 failed, which reaches 100 %.
     for next_fails in [true, false] {
-        let (clock, builder) = on_fake();
-        let (builder, changes) = watch(
-            builder
-                .failure_rate(1.0)
-                .minimum_calls(1)
-                .window(time_window(HOUR, 1)),
-        );
+        let (clock, builder) = rated(1.0, 1, HOUR, 1);
+        let (builder, changes) = watch_changes(builder);
         let breaker = builder.build().unwrap();
         record(&clock, &breaker, false, false);
         for _ in 1..FULL {
@@ -383,7 +338,7 @@ fn rounding_down_turns_65534_failures_of_65535_into_all_failed_and_trips_at_100_
     // The same with slow calls under a 100 % slow-call rate (failures not judged).
     for next_slow in [true, false] {
         let (clock, builder) = on_fake();
-        let (builder, changes) = watch(
+        let (builder, changes) = watch_changes(
             builder
                 .no_failure_rate()
                 .slow_call_rate(1.0, SLOW)
@@ -436,14 +391,8 @@ fn failures_recorded_without_a_failure_rule_are_still_counted_and_halved() {
 
 #[test]
 fn half_a_million_calls_in_one_bucket_follow_the_closed_form_and_the_latest_calls() {
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(0.9)
-        .slow_call_rate(0.9, SLOW)
-        .minimum_calls(32_768)
-        .window(time_window(HOUR, 1))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(0.9, 32_768, HOUR, 1);
+    let breaker = builder.slow_call_rate(0.9, SLOW).build().unwrap();
     let mut model = Model::new(1, 32_768);
     let mut seen_past_32767 = false;
     let mut rng = Rng::new(0x5A1F);
@@ -491,7 +440,7 @@ fn storm(
     failed: bool,
     slow: bool,
 ) -> (u64, Counts, Option<TripReason>) {
-    let (builder, changes) = watch(builder.window(time_window(DAY, 1)));
+    let (builder, changes) = watch_changes(builder.window(time_window(DAY, 1)));
     let breaker = builder.build().unwrap();
     for _ in 0..FULL {
         record(clock, &breaker, false, false);
@@ -535,7 +484,7 @@ fn a_failure_storm_in_a_full_bucket_trips_within_it_at_the_modelled_call() {
         assert_eq!(reason, Some(TripReason::FailureRate), "{what}");
         // Cross-check with the model.
         let mut model = Model::new(1, minimum);
-        model.failure_ppm = Some(ppm(rate));
+        model.rules.failure_ppm = Some(ppm(rate));
         for _ in 0..FULL {
             assert!(model.record(0, false, false).is_empty());
         }
@@ -579,7 +528,7 @@ fn consecutive_failures_count_every_failure_across_halvings() {
     // 65,535 successes, then 39,999 failures: the first of them halved the bucket, and again
     // at 32,768; the run is 39,999 still, one short.
     let (clock, builder) = on_fake();
-    let (builder, changes) = watch(
+    let (builder, changes) = watch_changes(
         builder
             .no_failure_rate()
             .consecutive_failures(40_000)
@@ -609,14 +558,8 @@ fn consecutive_failures_count_every_failure_across_halvings() {
     assert_eq!(last_reason(&changes), Some(TripReason::ConsecutiveFailures));
 
     // Ignored and dropped calls in a full bucket neither break the run nor count.
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(1.0)
-        .minimum_calls(1)
-        .consecutive_failures(3)
-        .window(time_window(DAY, 1))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(1.0, 1, DAY, 1);
+    let breaker = builder.consecutive_failures(3).build().unwrap();
     for _ in 0..FULL {
         record(&clock, &breaker, false, false);
     }
@@ -674,17 +617,12 @@ fn minimum_calls_may_be_what_the_time_window_holds_and_not_one_more() {
 fn two_full_buckets_reach_a_minimum_of_131070_only_while_both_are_full() {
     // Two buckets; the older holds 65,535 successes; the newer 65,535 successes, then a
     // failure storm. The window holds 131,070 only when the newer is full again.
-    let (clock, builder) = on_fake();
-    let (builder, changes) = watch(
-        builder
-            .failure_rate(0.25)
-            .minimum_calls(2 * FULL)
-            .window(time_window(HOUR, 2)),
-    );
+    let (clock, builder) = rated(0.25, 2 * FULL, HOUR, 2);
+    let (builder, changes) = watch_changes(builder);
     let breaker = builder.build().unwrap();
     let mut time = Time::new(&clock, HOUR);
     let mut model = Model::new(2, 2 * FULL);
-    model.failure_ppm = Some(ppm(0.25));
+    model.rules.failure_ppm = Some(ppm(0.25));
     for bucket in 0..2 {
         for _ in 0..FULL {
             record(&clock, &breaker, false, false);
@@ -717,13 +655,8 @@ fn two_full_buckets_reach_a_minimum_of_131070_only_while_both_are_full() {
 
 #[test]
 fn halving_touches_only_the_full_bucket_and_a_halved_bucket_slides_out_whole() {
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(1.0)
-        .minimum_calls(1)
-        .window(time_window(HOUR, 3))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(1.0, 1, HOUR, 3);
+    let breaker = builder.build().unwrap();
     let mut time = Time::new(&clock, HOUR);
     // Bucket 0: a success then 999 failures.
     record(&clock, &breaker, false, false);
@@ -765,13 +698,8 @@ fn halving_touches_only_the_full_bucket_and_a_halved_bucket_slides_out_whole() {
 #[test]
 fn a_full_bucket_left_behind_does_not_halve_the_bucket_that_reuses_its_slot() {
     // One bucket: its slot is reused by every next bucket.
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(0.5)
-        .minimum_calls(1)
-        .window(time_window(SEC, 1))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(0.5, 1, SEC, 1);
+    let breaker = builder.build().unwrap();
     let mut time = Time::new(&clock, SEC);
     for _ in 0..FULL {
         record(&clock, &breaker, false, false);
@@ -799,21 +727,17 @@ fn seeded_random_runs_past_full_buckets_agree_with_the_model() {
         let f_rate = rng.pick(&[0.5, 0.6, 0.75, 0.9]);
         let s_rate = rng.pick(&[0.3, 0.5, 0.8]);
         let consecutive = rng.chance(500).then(|| rng.pick(&[500u32, 5_000, 40_000]));
-        let (clock, builder) = on_fake();
-        let mut builder = builder
-            .failure_rate(f_rate)
-            .slow_call_rate(s_rate, SLOW)
-            .minimum_calls(minimum)
-            .window(time_window(width, buckets));
+        let (clock, builder) = rated(f_rate, minimum, width, buckets);
+        let mut builder = builder.slow_call_rate(s_rate, SLOW);
         if let Some(n) = consecutive {
             builder = builder.consecutive_failures(n);
         }
-        let (builder, changes) = watch(builder);
+        let (builder, changes) = watch_changes(builder);
         let breaker = builder.build().unwrap();
         let mut model = Model::new(u64::from(buckets), minimum);
-        model.failure_ppm = Some(ppm(f_rate));
-        model.slow_ppm = Some(ppm(s_rate));
-        model.consecutive = consecutive;
+        model.rules.failure_ppm = Some(ppm(f_rate));
+        model.rules.slow_ppm = Some(ppm(s_rate));
+        model.rules.consecutive = consecutive;
         let mut time = Time::new(&clock, width);
         let what = format!(
             "seed {seed}: {buckets} buckets, minimum {minimum}, failure {f_rate}, slow {s_rate}, consecutive {consecutive:?}"
@@ -864,15 +788,8 @@ fn seeded_random_runs_past_full_buckets_agree_with_the_model() {
                         model.counts(time.bucket())
                     );
                     let reason = last_reason(&changes).unwrap();
-                    assert!(
-                        reasons.contains(&reason),
-                        "{what}, step {steps}: tripped for {reason:?}, the model for {reasons:?}"
-                    );
-                    trips[match reason {
-                        TripReason::FailureRate => 0,
-                        TripReason::SlowCallRate => 1,
-                        _ => 2,
-                    }] += 1;
+                    let at = format!("{what}, step {steps}");
+                    tally_trip(&mut trips, reason, &reasons, &at);
                     // Reset on a bucket boundary, so a fresh window's buckets line up.
                     time.goto_bucket_start(1);
                     breaker.reset();
@@ -954,13 +871,8 @@ fn per_key_a_full_bucket_halves_only_that_keys_window_and_refusals_count_nothing
 
 #[tokio::test(flavor = "current_thread")]
 async fn breaker_layer_in_a_full_bucket_ignores_what_it_should_and_trips_within_it() {
-    let (_clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(0.25)
-        .minimum_calls(10)
-        .window(time_window(HOUR, 1))
-        .build()
-        .unwrap();
+    let (_clock, builder) = rated(0.25, 10, HOUR, 1);
+    let breaker = builder.build().unwrap();
     let mut service = BreakerLayer::new(breaker.clone())
         .classify(|result: Result<&u16, &Error<&str>>| match result {
             Ok(404) => Verdict::Ignored,
@@ -1017,13 +929,8 @@ async fn breaker_layer_in_a_full_bucket_ignores_what_it_should_and_trips_within_
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_pipelines_breaker_stage_in_a_full_bucket_counts_what_its_classifier_says() {
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(0.5)
-        .minimum_calls(10)
-        .window(time_window(HOUR, 1))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(0.5, 10, HOUR, 1);
+    let breaker = builder.build().unwrap();
     let pipeline = Pipeline::builder()
         .runtime(clock.clone())
         .breaker(breaker.clone())
@@ -1075,15 +982,10 @@ async fn a_pipelines_breaker_stage_in_a_full_bucket_counts_what_its_classifier_s
 fn racing_threads_into_one_bucket_keep_its_invariants_and_exact_call_count() {
     const THREADS: u64 = 4;
     const EACH: u64 = 100_000;
-    let (_clock, builder) = on_fake();
     // A third of each thread's calls succeed, so the bucket can never be all failures and a
     // 100 % rate never trips: every call lands.
-    let breaker = builder
-        .failure_rate(1.0)
-        .minimum_calls(32_768)
-        .window(time_window(HOUR, 1))
-        .build()
-        .unwrap();
+    let (_clock, builder) = rated(1.0, 32_768, HOUR, 1);
+    let breaker = builder.build().unwrap();
     let recorded = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(THREADS as usize + 2));
@@ -1157,15 +1059,8 @@ fn racing_threads_into_one_bucket_keep_its_invariants_and_exact_call_count() {
 
 #[test]
 fn closing_after_a_storm_in_a_full_bucket_starts_a_fresh_window() {
-    let (clock, builder) = on_fake();
-    let (builder, changes) = watch(
-        builder
-            .failure_rate(0.5)
-            .minimum_calls(10)
-            .break_duration(SEC)
-            .half_open_probes(1)
-            .window(time_window(HOUR, 1)),
-    );
+    let (clock, builder) = rated(0.5, 10, HOUR, 1);
+    let (builder, changes) = watch_changes(builder.break_duration(SEC).half_open_probes(1));
     let breaker = builder.build().unwrap();
     for _ in 0..FULL {
         record(&clock, &breaker, false, false);
@@ -1212,13 +1107,8 @@ fn closing_after_a_storm_in_a_full_bucket_starts_a_fresh_window() {
 fn a_halved_bucket_never_counts_again_after_any_idle_gap() {
     // Buckets of 1 ms, so 2^16 of them (one turn of a 16-bit stamp) pass in 65.5 s.
     let width = Duration::from_millis(1);
-    let (clock, builder) = on_fake();
-    let breaker = builder
-        .failure_rate(0.5)
-        .minimum_calls(1)
-        .window(time_window(width, 4))
-        .build()
-        .unwrap();
+    let (clock, builder) = rated(0.5, 1, width, 4);
+    let breaker = builder.build().unwrap();
     let mut time = Time::new(&clock, width);
     let gaps: [u64; 12] = [
         4,

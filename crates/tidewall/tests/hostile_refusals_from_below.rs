@@ -33,21 +33,22 @@ mod support;
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::ms;
 use common::rng::mix;
 use futures_util::future::{Either, join_all, select};
 use metrics_util::debugging::Snapshotter;
-use support::Rng;
 use support::snapshot::{Series, recorded, series_total, snapshot};
+use support::{DAY, Gauge, HOUR, Rng};
 use tidewall::adaptive::{AdaptiveLimiter, AdaptiveLimiterBuilder, Aimd, AnyAlgorithm};
-use tidewall::breaker::{CircuitBreaker, State};
-use tidewall::bulkhead::Bulkhead;
+use tidewall::breaker::{CircuitBreaker, CircuitBreakerBuilder, State};
+use tidewall::bulkhead::{Bulkhead, BulkheadBuilder};
 use tidewall::http::{Authority, ClientPolicies, ClientPoliciesBuilder, Overrides};
-use tidewall::pipeline::Pipeline;
+use tidewall::pipeline::{Pipeline, PipelineBuilder, RetryStage};
 use tidewall::rate::RateLimiter;
 use tidewall::rt::{Clock, Runtime};
 use tidewall::telemetry::{Event, EventKind};
@@ -61,12 +62,6 @@ use tower_service::Service;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
-const HOUR: Duration = Duration::from_secs(3_600);
-const DAY: Duration = Duration::from_secs(86_400);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 type E = Error<&'static str>;
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -91,6 +86,19 @@ fn every_refusal() -> [Rejected; 9] {
         },
         Rejected::BackendUnavailable,
     ]
+}
+
+/// The wait a refusal asks for: its `retry_after`, or none.
+fn hint_of(why: Rejected) -> Duration {
+    match why {
+        Rejected::CircuitOpen { retry_after } | Rejected::RateLimited { retry_after } => {
+            retry_after
+        }
+        Rejected::KeysFull {
+            retry_after: Some(after),
+        } => after,
+        _ => Duration::ZERO,
+    }
 }
 
 fn constant(delay: Duration, attempts: u32) -> Backoff {
@@ -126,7 +134,120 @@ fn learner<C: Clock>(
         .name(name)
 }
 
-// --- a scripted service: the `n`th call since the last plan (from 1) answers as planned ---
+/// `stage` as a layer in `mode`, timing its waits on `rt`.
+fn admit<A: Clone, C: Clock>(stage: &A, mode: AdmitMode, rt: &C) -> AdmitLayer<A, C> {
+    AdmitLayer::new(stage.clone(), mode).runtime(rt.clone())
+}
+
+/// A breaker named `name` on `rt` that `failures` in a row open, with no failure rate.
+fn breaker<C: Clock>(rt: &C, name: &'static str, failures: u32) -> CircuitBreakerBuilder<C> {
+    CircuitBreaker::builder()
+        .runtime(rt.clone())
+        .name(name)
+        .no_failure_rate()
+        .consecutive_failures(failures)
+}
+
+/// A bulkhead of one slot named `name` on `rt`, queueing at most `max_queue` callers.
+fn one_slot<C: Clock>(rt: &C, name: &'static str, max_queue: usize) -> BulkheadBuilder<C> {
+    Bulkhead::builder(1)
+        .runtime(rt.clone())
+        .name(name)
+        .max_queue(max_queue)
+}
+
+/// The rate limiter "pace" on `rt`: one call per 100 ms.
+fn pace_limiter<C: Clock>(rt: &C) -> RateLimiter<C> {
+    RateLimiter::builder(1, 100 * MS)
+        .burst(1)
+        .runtime(rt.clone())
+        .name("pace")
+        .build()
+        .unwrap()
+}
+
+/// A pipeline named `name` on `rt` whose calls end by `deadline`.
+fn pipeline_named<C: Clock>(rt: &C, name: &'static str, deadline: Duration) -> PipelineBuilder<C> {
+    Pipeline::builder()
+        .runtime(rt.clone())
+        .name(name)
+        .deadline(deadline)
+}
+
+type Staged<C> = PipelineBuilder<C, (), AdaptiveLimiter<Aimd, C>, RetryStage, CircuitBreaker<C>>;
+
+/// As `pipeline_named`, with each attempt admitted by `stage`, three attempts 10 ms apart and the
+/// breaker `own`.
+fn staged<C: Clock>(
+    rt: &C,
+    name: &'static str,
+    deadline: Duration,
+    stage: &AdaptiveLimiter<Aimd, C>,
+    own: &CircuitBreaker<C>,
+) -> Staged<C> {
+    pipeline_named(rt, name, deadline)
+        .bulkhead(stage.clone())
+        .retry(constant(10 * MS, 3))
+        .breaker(own.clone())
+}
+
+// --- scripted peers: the `n`th request since the last plan (from 1) answers as planned ----
+
+type Plan<A> = Arc<dyn Fn(u32) -> A + Send + Sync>;
+
+/// A peer below the stack: it answers the `n`th request since its last plan (from 1) as the
+/// plan says, and counts the requests running.
+#[derive(Clone)]
+struct Planned<R, A> {
+    rt: R,
+    plan: Arc<Mutex<Plan<A>>>,
+    count: Arc<AtomicU32>,
+    running: Gauge,
+}
+
+impl<R: Clock, A: Copy + Send + Sync + 'static> Planned<R, A> {
+    fn answering(rt: &R, at_first: A) -> Self {
+        Self {
+            rt: rt.clone(),
+            plan: Arc::new(Mutex::new(Arc::new(move |_| at_first))),
+            count: Arc::default(),
+            running: Gauge::default(),
+        }
+    }
+    /// Answers by `plan` from now on, counting requests afresh.
+    fn plan(&self, plan: impl Fn(u32) -> A + Send + Sync + 'static) {
+        *self.plan.lock().unwrap() = Arc::new(plan);
+        self.count.store(0, SeqCst);
+    }
+    /// Requests since the last plan.
+    fn count(&self) -> u32 {
+        self.count.load(SeqCst)
+    }
+    /// Requests running now.
+    fn live(&self) -> usize {
+        self.running.now()
+    }
+    /// Takes the next request: its answer is what `answer` makes of its number and its
+    /// planned reply, after the ms `delay` reads from the reply (if any); it runs until then.
+    fn next<T: Send + 'static>(
+        &self,
+        delay: impl FnOnce(A) -> Option<u64>,
+        answer: impl FnOnce(u32, A) -> T + Send + 'static,
+    ) -> BoxFut<T> {
+        let n = self.count.fetch_add(1, SeqCst) + 1;
+        let plan = Arc::clone(&self.plan.lock().unwrap());
+        let reply = plan(n);
+        let running = self.running.enter();
+        let wait = delay(reply).map(|t| self.rt.sleep(ms(t)));
+        Box::pin(async move {
+            let _running = running;
+            if let Some(wait) = wait {
+                wait.await;
+            }
+            answer(n, reply)
+        })
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Reply {
@@ -140,55 +261,16 @@ enum Reply {
     TimedOut,
 }
 
-type Plan = Arc<dyn Fn(u32) -> Reply + Send + Sync>;
-
-struct Script<R> {
-    rt: R,
-    plan: Arc<Mutex<Plan>>,
-    calls: Arc<AtomicU32>,
-    live: Arc<AtomicUsize>,
-}
-
-impl<R: Clone> Clone for Script<R> {
-    fn clone(&self) -> Self {
-        Self {
-            rt: self.rt.clone(),
-            plan: Arc::clone(&self.plan),
-            calls: Arc::clone(&self.calls),
-            live: Arc::clone(&self.live),
-        }
-    }
-}
+/// A scripted service: `Ok(n)` for the `n`th call unless planned otherwise.
+type Script<R> = Planned<R, Reply>;
 
 impl<R: Clock> Script<R> {
     fn new(rt: &R) -> Self {
-        Self {
-            rt: rt.clone(),
-            plan: Arc::new(Mutex::new(Arc::new(|_| Reply::Ok(0)))),
-            calls: Arc::default(),
-            live: Arc::default(),
-        }
-    }
-    /// Answers by `plan` from now on, counting calls afresh.
-    fn plan(&self, plan: impl Fn(u32) -> Reply + Send + Sync + 'static) {
-        *self.plan.lock().unwrap() = Arc::new(plan);
-        self.calls.store(0, SeqCst);
+        Self::answering(rt, Reply::Ok(0))
     }
     /// Calls since the last plan.
     fn calls(&self) -> u32 {
-        self.calls.load(SeqCst)
-    }
-    /// Calls running now.
-    fn live(&self) -> usize {
-        self.live.load(SeqCst)
-    }
-}
-
-struct Live(Arc<AtomicUsize>);
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
+        self.count()
     }
 }
 
@@ -202,26 +284,15 @@ impl<R: Clock, Req: Send + 'static> Service<Req> for Script<R> {
     }
 
     fn call(&mut self, _: Req) -> Self::Future {
-        let n = self.calls.fetch_add(1, SeqCst) + 1;
-        let plan = Arc::clone(&self.plan.lock().unwrap());
-        let reply = plan(n);
-        self.live.fetch_add(1, SeqCst);
-        let live = Live(Arc::clone(&self.live));
-        let wait = match reply {
-            Reply::Ok(t) | Reply::Fail(t) if t > 0 => Some(self.rt.sleep(ms(t))),
+        let delay = |reply| match reply {
+            Reply::Ok(t) | Reply::Fail(t) if t > 0 => Some(t),
             _ => None,
         };
-        Box::pin(async move {
-            let _live = live;
-            if let Some(wait) = wait {
-                wait.await;
-            }
-            match reply {
-                Reply::Ok(_) => Ok(n),
-                Reply::Fail(_) => Err(Error::Inner("down")),
-                Reply::Refuse(why) => Err(Error::Rejected(why)),
-                Reply::TimedOut => Err(Error::TimedOut),
-            }
+        self.next(delay, |n, reply| match reply {
+            Reply::Ok(_) => Ok(n),
+            Reply::Fail(_) => Err(Error::Inner("down")),
+            Reply::Refuse(why) => Err(Error::Rejected(why)),
+            Reply::TimedOut => Err(Error::TimedOut),
         })
     }
 }
@@ -262,6 +333,15 @@ impl Ear {
 
 fn lines(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What `name`'s listener hears of a call retried twice, `delay` apart, that ends as `end`.
+fn retried_twice(name: &str, delay: Duration, end: String) -> Vec<String> {
+    vec![
+        format!("{name} retry 1 {delay:?}"),
+        format!("{name} retry 2 {delay:?}"),
+        end,
+    ]
 }
 
 // --- metrics: each read holds the counts since the previous one -------------------------------
@@ -332,24 +412,12 @@ async fn refusals_inside_an_adaptive_admit_layer<R: Runtime>(rt: Clocked<R>) {
                 .on_event(ear.listener())
                 .build()
                 .unwrap();
-            let gate = Bulkhead::builder(1)
-                .runtime(rt.clone())
-                .name("gate")
-                .max_queue(4)
-                .max_wait(None)
-                .build()
-                .unwrap();
-            let pool = Bulkhead::builder(1)
-                .runtime(rt.clone())
-                .name("pool")
-                .max_queue(4)
-                .max_wait(ms(30))
-                .build()
-                .unwrap();
+            let gate = one_slot(&rt, "gate", 4).max_wait(None).build().unwrap();
+            let pool = one_slot(&rt, "pool", 4).max_wait(ms(30)).build().unwrap();
             (outer, gate, pool)
         });
         let mut books = Books::new(snapshotter);
-        let layer = AdmitLayer::new(outer.clone(), mode).runtime(rt.clone());
+        let layer = admit(&outer, mode, &rt);
         let script = Script::new(&rt);
         let service = layer.layer(script.clone());
         let at = |what: &str| format!("{mode:?}: {what}");
@@ -477,8 +545,7 @@ async fn refusals_inside_an_adaptive_admit_layer<R: Runtime>(rt: Clocked<R>) {
         // A bulkhead layer inside whose wait the layer's `max_wait` ends: `DeadlineExceeded`
         // (the wait ran out, the dependency never called): ignored.
         let gated = layer.layer(
-            AdmitLayer::new(gate.clone(), AdmitMode::WaitCall)
-                .runtime(rt.clone())
+            admit(&gate, AdmitMode::WaitCall, &rt)
                 .max_wait(20 * MS)
                 .layer(script.clone()),
         );
@@ -499,11 +566,7 @@ async fn refusals_inside_an_adaptive_admit_layer<R: Runtime>(rt: Clocked<R>) {
         assert_eq!((gate.in_flight(), gate.queued()), (0, 0));
 
         // A bulkhead whose own `max_wait` runs out: `BulkheadFull`, ignored.
-        let pooled = layer.layer(
-            AdmitLayer::new(pool.clone(), AdmitMode::WaitCall)
-                .runtime(rt.clone())
-                .layer(script.clone()),
-        );
+        let pooled = layer.layer(admit(&pool, AdmitMode::WaitCall, &rt).layer(script.clone()));
         let pool_held = pool.try_acquire_owned().unwrap();
         let start = rt.now();
         assert_eq!(
@@ -521,10 +584,7 @@ async fn refusals_inside_an_adaptive_admit_layer<R: Runtime>(rt: Clocked<R>) {
 
         // A pipeline inside whose deadline cuts the call: ignored, though the service ran.
         script.plan(|_| Reply::Ok(100));
-        let deadline = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("inside_deadline")
-            .deadline(40 * MS)
+        let deadline = pipeline_named(&rt, "inside_deadline", 40 * MS)
             .build()
             .unwrap();
         let cut = layer.layer(PipelineLayer::new(deadline).layer(script.clone()));
@@ -595,9 +655,7 @@ fn an_adaptive_admit_layer_ignores_every_refusal_inside_and_learns_errors_and_ti
 async fn a_day_between_ready_and_call<R: Runtime>(rt: Clocked<R>) {
     let limiter = learner(&rt, "idle", 8, 8, SEC).build().unwrap();
     let script = Script::new(&rt);
-    let mut service = AdmitLayer::new(limiter.clone(), AdmitMode::WaitReady)
-        .runtime(rt.clone())
-        .layer(script.clone());
+    let mut service = admit(&limiter, AdmitMode::WaitReady, &rt).layer(script.clone());
     for why in every_refusal() {
         script.plan(move |_| Reply::Refuse(why));
         tower::ServiceExt::<u32>::ready(&mut service).await.unwrap();
@@ -679,9 +737,7 @@ async fn clone_and_swap<R: Runtime>(rt: Clocked<R>) {
         .unwrap();
     let picky = Picky::default();
     let unready = Arc::clone(&picky.unready_calls);
-    let mut service = AdmitLayer::new(limiter.clone(), AdmitMode::WaitCall)
-        .runtime(rt.clone())
-        .layer(picky);
+    let mut service = admit(&limiter, AdmitMode::WaitCall, &rt).layer(picky);
     let held = limiter.try_acquire().unwrap();
     poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
     let first = service.call(1);
@@ -728,27 +784,10 @@ async fn adaptive_over_pipeline_over_bulkhead<R: Runtime>(rt: Clocked<R>) {
         // 15 ms: a refusal that took longer would be a slow drop, were it a response.
         let outer = learner(&rt, "outer", 8, 8, 15 * MS).build().unwrap();
         let inner = learner(&rt, "inner", 8, 8, DAY).build().unwrap();
-        let own = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("own")
-            .no_failure_rate()
-            .consecutive_failures(5)
-            .build()
-            .unwrap();
-        let below = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("below")
-            .max_queue(0)
-            .build()
-            .unwrap();
-        let pipeline = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("mid")
-            .deadline(SEC)
+        let own = breaker(&rt, "own", 5).build().unwrap();
+        let below = one_slot(&rt, "below", 0).build().unwrap();
+        let pipeline = staged(&rt, "mid", SEC, &inner, &own)
             .on_event(ear.listener())
-            .bulkhead(inner.clone())
-            .retry(constant(10 * MS, 3))
-            .breaker(own.clone())
             .build()
             .unwrap();
         (outer, inner, own, below, pipeline)
@@ -756,9 +795,9 @@ async fn adaptive_over_pipeline_over_bulkhead<R: Runtime>(rt: Clocked<R>) {
     let mut books = Books::new(snapshotter);
     let script = Script::new(&rt);
     let service = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(pipeline.clone()))
-        .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&below, AdmitMode::Reject, &rt))
         .service(script.clone());
     let counts = |b: &CircuitBreaker<Clocked<R>>| {
         let c = b.counts();
@@ -892,7 +931,7 @@ async fn adaptive_over_pipeline_over_bulkhead<R: Runtime>(rt: Clocked<R>) {
     // (e) A timeout layer below the pipeline: every attempt times out.
     script.plan(|_| Reply::Ok(50));
     let timing_out = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(pipeline.clone()))
         .layer(TimeoutLayer::new(10 * MS).runtime(rt.clone()))
         .service(script.clone());
@@ -959,22 +998,12 @@ async fn every_kind_below_a_pipeline<R: Runtime>(rt: Clocked<R>) {
         // 15 ms: refusals that took 20-80 ms would be slow drops, were they responses.
         let outer = learner(&rt, "kinds_outer", 8, 8, 15 * MS).build().unwrap();
         let inner = learner(&rt, "kinds_inner", 4, 8, 15 * MS).build().unwrap();
-        let own = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("kinds_own")
-            .no_failure_rate()
-            .consecutive_failures(1)
+        let own = breaker(&rt, "kinds_own", 1)
             .break_duration(SEC)
             .build()
             .unwrap();
-        let pipeline = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("kinds")
-            .deadline(10 * SEC)
+        let pipeline = staged(&rt, "kinds", 10 * SEC, &inner, &own)
             .on_event(ear.listener())
-            .bulkhead(inner.clone())
-            .retry(constant(10 * MS, 3))
-            .breaker(own.clone())
             .build()
             .unwrap();
         (outer, inner, own, pipeline)
@@ -982,7 +1011,7 @@ async fn every_kind_below_a_pipeline<R: Runtime>(rt: Clocked<R>) {
     let mut books = Books::new(snapshotter);
     let script = Script::new(&rt);
     let service = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::WaitCall).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::WaitCall, &rt))
         .layer(PipelineLayer::new(pipeline))
         .service(script.clone());
     let mut retries = 0;
@@ -1002,27 +1031,10 @@ async fn every_kind_below_a_pipeline<R: Runtime>(rt: Clocked<R>) {
             assert_eq!(took, Duration::ZERO);
             assert_eq!(heard, [end]);
         } else {
-            let hint = match why {
-                Rejected::CircuitOpen { retry_after } | Rejected::RateLimited { retry_after } => {
-                    retry_after
-                }
-                Rejected::KeysFull {
-                    retry_after: Some(after),
-                } => after,
-                _ => Duration::ZERO,
-            };
-            let delay = hint.max(10 * MS);
+            let delay = hint_of(why).max(10 * MS);
             assert_eq!(script.calls(), 3, "{why:?}: retried");
             assert_eq!(took, 2 * delay, "{why:?}");
-            assert_eq!(
-                heard,
-                [
-                    format!("kinds retry 1 {delay:?}"),
-                    format!("kinds retry 2 {delay:?}"),
-                    end
-                ],
-                "{why:?}"
-            );
+            assert_eq!(heard, retried_twice("kinds", delay, end), "{why:?}");
             retries += 2;
         }
         assert_eq!(
@@ -1088,18 +1100,11 @@ struct Charge(u32);
 async fn the_only_request<R: Runtime>(rt: Clocked<R>) {
     let ear = Ear::default();
     let outer = learner(&rt, "once_outer", 8, 8, DAY).build().unwrap();
-    let own = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .name("once_own")
-        .no_failure_rate()
-        .consecutive_failures(1)
+    let own = breaker(&rt, "once_own", 1)
         .break_duration(30 * MS)
         .build()
         .unwrap();
-    let pipeline = Pipeline::builder()
-        .runtime(rt.clone())
-        .name("once")
-        .deadline(10 * SEC)
+    let pipeline = pipeline_named(&rt, "once", 10 * SEC)
         .on_event(ear.listener())
         .retry(constant(10 * MS, 3))
         .breaker(own.clone())
@@ -1107,7 +1112,7 @@ async fn the_only_request<R: Runtime>(rt: Clocked<R>) {
         .unwrap();
     let script = Script::new(&rt);
     let once = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(pipeline.clone()).clone_requests(NoClone))
         .service(script.clone());
 
@@ -1162,7 +1167,7 @@ async fn the_only_request<R: Runtime>(rt: Clocked<R>) {
 
     // A closure that copies even requests only: those are retried, odd ones sent once.
     let some = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(
             PipelineLayer::new(pipeline)
                 .clone_requests(|c: &Charge| c.0.is_multiple_of(2).then_some(Charge(c.0))),
@@ -1220,29 +1225,14 @@ fn a_request_sent_once_is_not_retried_after_a_refusal_below_but_is_after_the_bre
 async fn breaker_over_admission<R: Runtime>(rt: Clocked<R>) {
     let ear = Ear::default();
     let ((guard, pace, gate), snapshotter) = recorded(|| {
-        let guard = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("guard")
-            .no_failure_rate()
-            .consecutive_failures(1)
+        let guard = breaker(&rt, "guard", 1)
             .break_duration(SEC)
             .half_open_probes(1)
             .on_event(ear.listener())
             .build()
             .unwrap();
-        let pace = RateLimiter::builder(1, 100 * MS)
-            .burst(1)
-            .runtime(rt.clone())
-            .name("pace")
-            .build()
-            .unwrap();
-        let gate = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("gate")
-            .max_queue(2)
-            .max_wait(None)
-            .build()
-            .unwrap();
+        let pace = pace_limiter(&rt);
+        let gate = one_slot(&rt, "gate", 2).max_wait(None).build().unwrap();
         (guard, pace, gate)
     });
     let mut books = Books::new(snapshotter);
@@ -1254,7 +1244,7 @@ async fn breaker_over_admission<R: Runtime>(rt: Clocked<R>) {
 
     let paced = ServiceBuilder::new()
         .layer(BreakerLayer::new(guard.clone()))
-        .layer(AdmitLayer::new(pace.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&pace, AdmitMode::Reject, &rt))
         .service(script.clone());
     assert_eq!(paced.clone().oneshot(0u32).await, Ok(1));
     for i in 0..4u32 {
@@ -1347,11 +1337,7 @@ async fn breaker_over_admission<R: Runtime>(rt: Clocked<R>) {
     // A breaker waiting in `poll_ready`, over a bulkhead layer whose `max_wait` runs out.
     let gated = ServiceBuilder::new()
         .layer(BreakerLayer::new(guard.clone()).wait_in_ready(None))
-        .layer(
-            AdmitLayer::new(gate.clone(), AdmitMode::WaitCall)
-                .runtime(rt.clone())
-                .max_wait(20 * MS),
-        )
+        .layer(admit(&gate, AdmitMode::WaitCall, &rt).max_wait(20 * MS))
         .service(script.clone());
     let held = gate.try_acquire_owned().unwrap();
     let start = rt.now();
@@ -1392,18 +1378,8 @@ fn a_breaker_layer_records_every_refusal_below_as_ignored_and_gives_a_probe_back
 // inner breaker.
 async fn nested_breakers<R: Runtime>(rt: Clocked<R>) {
     let ((outer, inner), snapshotter) = recorded(|| {
-        let outer = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("outer_guard")
-            .no_failure_rate()
-            .consecutive_failures(2)
-            .build()
-            .unwrap();
-        let inner = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("inner_guard")
-            .no_failure_rate()
-            .consecutive_failures(1)
+        let outer = breaker(&rt, "outer_guard", 2).build().unwrap();
+        let inner = breaker(&rt, "inner_guard", 1)
             .break_duration(50 * MS)
             .build()
             .unwrap();
@@ -1473,8 +1449,8 @@ async fn nested_adaptive<R: Runtime>(rt: Clocked<R>) {
     let script = Script::new(&rt);
     for mode in MODES {
         let service = ServiceBuilder::new()
-            .layer(AdmitLayer::new(high.clone(), mode).runtime(rt.clone()))
-            .layer(AdmitLayer::new(low.clone(), AdmitMode::Reject).runtime(rt.clone()))
+            .layer(admit(&high, mode, &rt))
+            .layer(admit(&low, AdmitMode::Reject, &rt))
             .service(script.clone());
         let held: Vec<_> = (0..low.limit())
             .map(|_| low.try_acquire().unwrap())
@@ -1495,8 +1471,8 @@ async fn nested_adaptive<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(books.rejections_of("high"), 0);
     script.plan(|_| Reply::Fail(0));
     let service = ServiceBuilder::new()
-        .layer(AdmitLayer::new(high.clone(), AdmitMode::Reject).runtime(rt.clone()))
-        .layer(AdmitLayer::new(low.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&high, AdmitMode::Reject, &rt))
+        .layer(admit(&low, AdmitMode::Reject, &rt))
         .service(script.clone());
     assert_eq!(service.oneshot(0u32).await, Err(Error::Inner("down")));
     assert_eq!((high.limit(), low.limit()), (1, 1));
@@ -1523,59 +1499,25 @@ enum Said {
 
 type Sent = Result<http::Response<()>, Error<std::io::Error>>;
 type Answered = Result<http::Response<()>, Error<Error<std::io::Error>>>;
-type Say = Arc<dyn Fn(u32) -> Said + Send + Sync>;
 
-/// A host behind a client (or behind the policies below the stack): what it says to the
-/// `n`th request it sees since its last plan (from 1).
-struct Host<R> {
-    rt: R,
-    say: Arc<Mutex<Say>>,
-    sent: Arc<AtomicU32>,
-    live: Arc<AtomicUsize>,
-}
-
-impl<R: Clone> Clone for Host<R> {
-    fn clone(&self) -> Self {
-        Self {
-            rt: self.rt.clone(),
-            say: Arc::clone(&self.say),
-            sent: Arc::clone(&self.sent),
-            live: Arc::clone(&self.live),
-        }
-    }
-}
+/// A host behind a client (or behind the policies below the stack): 200 to every request
+/// unless planned otherwise.
+type Host<R> = Planned<R, Said>;
 
 impl<R: Clock> Host<R> {
     fn new(rt: &R) -> Self {
-        Self {
-            rt: rt.clone(),
-            say: Arc::new(Mutex::new(Arc::new(|_| Said::Status(200)))),
-            sent: Arc::default(),
-            live: Arc::default(),
-        }
+        Self::answering(rt, Said::Status(200))
     }
-    fn plan(&self, say: impl Fn(u32) -> Said + Send + Sync + 'static) {
-        *self.say.lock().unwrap() = Arc::new(say);
-        self.sent.store(0, SeqCst);
-    }
+    /// Requests sent since the last plan.
     fn sent(&self) -> u32 {
-        self.sent.load(SeqCst)
+        self.count()
     }
     fn send<B>(&self, _request: http::Request<B>) -> BoxFut<Sent> {
-        let n = self.sent.fetch_add(1, SeqCst) + 1;
-        let say = Arc::clone(&self.say.lock().unwrap());
-        let said = say(n);
-        self.live.fetch_add(1, SeqCst);
-        let live = Live(Arc::clone(&self.live));
-        let wait = match said {
-            Said::Slow(t) => Some(self.rt.sleep(ms(t))),
+        let delay = |said| match said {
+            Said::Slow(t) => Some(t),
             _ => None,
         };
-        Box::pin(async move {
-            let _live = live;
-            if let Some(wait) = wait {
-                wait.await;
-            }
+        self.next(delay, |_, said| {
             let status = |code: u16| http::Response::builder().status(code).body(()).unwrap();
             match said {
                 Said::Status(code) => Ok(status(code)),
@@ -1584,6 +1526,20 @@ impl<R: Clock> Host<R> {
                 Said::Connect => Err(Error::Inner(std::io::ErrorKind::ConnectionRefused.into())),
             }
         })
+    }
+    /// The host as a tower service.
+    fn service(
+        &self,
+    ) -> impl Service<
+        http::Request<String>,
+        Response = http::Response<()>,
+        Error = Error<std::io::Error>,
+        Future = BoxFut<Sent>,
+    > + Clone
+    + Send
+    + 'static {
+        let host = self.clone();
+        tower::service_fn(move |r: http::Request<String>| host.send(r))
     }
 }
 
@@ -1612,11 +1568,8 @@ async fn through<R: Clock>(
             policies.run(request, overrides, |r| host.send(r)).await
         }
         Front::Tower => {
-            let host = host.clone();
             ClientLayer::new(policies.clone())
-                .layer(tower::service_fn(move |r: http::Request<String>| {
-                    host.send(r)
-                }))
+                .layer(host.service())
                 .oneshot(request)
                 .await
         }
@@ -1634,6 +1587,20 @@ fn with(mut request: http::Request<String>, overrides: Overrides) -> http::Reque
 
 fn authority(uri: &str) -> Authority {
     Authority::from_uri(&uri.parse().unwrap()).unwrap()
+}
+
+/// The status of the response `answer` holds, if it holds one.
+fn status<E>(answer: &Result<http::Response<()>, E>) -> Option<u16> {
+    answer.as_ref().ok().map(|r| r.status().as_u16())
+}
+
+/// The `(calls, failures)` the host's breaker holds for `key`.
+fn host_counts<C: Clock>(policies: &ClientPolicies<C>, key: &Authority) -> Option<(u32, u32)> {
+    policies
+        .breakers()
+        .unwrap()
+        .counts(key)
+        .map(|c| (c.calls, c.failures))
 }
 
 fn refused_with(answer: &Answered) -> Option<Rejected> {
@@ -1673,20 +1640,27 @@ fn client<C: Clock>(
         )))))
 }
 
+/// The policies `client` makes with a fresh listener (built while a local recorder listens),
+/// that listener, the policies' metrics and a host behind them.
+fn served<C: Clock>(
+    rt: &C,
+    client: impl FnOnce(&Ear) -> ClientPoliciesBuilder<C>,
+) -> (Ear, ClientPolicies<C>, Books, Host<C>) {
+    let ear = Ear::default();
+    let (policies, snapshotter) = recorded(|| client(&ear).build().unwrap());
+    (ear, policies, Books::new(snapshotter), Host::new(rt))
+}
+
 /// Whether the refusal is retried by the standard table (`CircuitOpen`, `RateLimited`,
 /// `BulkheadFull`, `KeysFull`), and after how long (at least the backoff's 10 ms).
 fn http_retry(why: Rejected) -> Option<Duration> {
-    let hint = match why {
-        Rejected::CircuitOpen { retry_after } | Rejected::RateLimited { retry_after } => {
-            retry_after
-        }
-        Rejected::BulkheadFull | Rejected::KeysFull { retry_after: None } => Duration::ZERO,
-        Rejected::KeysFull {
-            retry_after: Some(after),
-        } => after,
-        _ => return None,
-    };
-    Some(hint.max(10 * MS))
+    match why {
+        Rejected::CircuitOpen { .. }
+        | Rejected::RateLimited { .. }
+        | Rejected::BulkheadFull
+        | Rejected::KeysFull { .. } => Some(hint_of(why).max(10 * MS)),
+        _ => None,
+    }
 }
 
 // Per front, per kind: attempts, elapsed time and events as the `HttpClassifier` table says
@@ -1699,11 +1673,7 @@ fn http_retry(why: Rejected) -> Option<Duration> {
 async fn every_kind_below_the_client<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://below.example/items";
     for front in FRONTS {
-        let ear = Ear::default();
-        let (policies, snapshotter) =
-            recorded(|| client(&rt, "below", 1, 2, &ear).build().unwrap());
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
+        let (ear, policies, mut books, host) = served(&rt, |ear| client(&rt, "below", 1, 2, ear));
         let key = authority(URI);
         let (mut retries, mut requests) = (0, 0);
         for why in every_refusal() {
@@ -1720,11 +1690,7 @@ async fn every_kind_below_the_client<R: Runtime>(rt: Clocked<R>) {
                     assert_eq!(took, 2 * delay, "{front:?} {why:?}");
                     assert_eq!(
                         heard,
-                        [
-                            format!("below retry 1 {delay:?}"),
-                            format!("below retry 2 {delay:?}"),
-                            end
-                        ],
+                        retried_twice("below", delay, end),
                         "{front:?} {why:?}"
                     );
                     retries += 2;
@@ -1836,7 +1802,7 @@ async fn every_kind_below_the_client<R: Runtime>(rt: Clocked<R>) {
         );
         assert_eq!(books.rejections_of("below"), 1, "{front:?}");
         assert_eq!(books.calls("http_client", "below", "rejected"), 1);
-        assert_eq!(host.live.load(SeqCst), 0);
+        assert_eq!(host.live(), 0);
     }
 }
 
@@ -1859,23 +1825,9 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     let ear = Ear::default();
     let ((policies, pace, pool, trip), snapshotter) = recorded(|| {
         let policies = client(&rt, "edge", 3, 4, &ear).build().unwrap();
-        let pace = RateLimiter::builder(1, 100 * MS)
-            .burst(1)
-            .runtime(rt.clone())
-            .name("pace")
-            .build()
-            .unwrap();
-        let pool = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("pool")
-            .max_queue(0)
-            .build()
-            .unwrap();
-        let trip = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("trip")
-            .no_failure_rate()
-            .consecutive_failures(1)
+        let pace = pace_limiter(&rt);
+        let pool = one_slot(&rt, "pool", 0).build().unwrap();
+        let trip = breaker(&rt, "trip", 1)
             .break_duration(50 * MS)
             .build()
             .unwrap();
@@ -1883,24 +1835,17 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     });
     let mut books = Books::new(snapshotter);
     let host = Host::new(&rt);
-    let to_host = {
-        let host = host.clone();
-        tower::service_fn(move |r: http::Request<String>| host.send(r))
-    };
+    let to_host = host.service();
     let key = authority(URI);
     let layer = ClientLayer::new(policies.clone());
 
     // A rate limit below: the second request waits out the limiter's 100 ms hint.
-    let paced = layer.layer(
-        AdmitLayer::new(pace.clone(), AdmitMode::Reject)
-            .runtime(rt.clone())
-            .layer(to_host.clone()),
-    );
+    let paced = layer.layer(admit(&pace, AdmitMode::Reject, &rt).layer(to_host.clone()));
     let first = paced.clone().oneshot(get(URI)).await;
-    assert_eq!(first.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(status(&first), Some(200));
     let start = rt.now();
     let second = paced.clone().oneshot(get(URI)).await;
-    assert_eq!(second.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(status(&second), Some(200));
     assert_eq!(rt.now() - start, 100 * MS);
     assert_eq!(host.sent(), 2, "the refused attempt never reached the host");
     assert_eq!(
@@ -1912,19 +1857,11 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(books.n("tidewall_rejections_total", &[]), 1);
     assert_eq!(books.calls("http_client", "edge", "success"), 2);
     assert_eq!(books.calls("http_client", "edge", "rejected"), 0);
-    let counts = policies
-        .breakers()
-        .unwrap()
-        .counts(&key)
-        .map(|c| (c.calls, c.failures));
+    let counts = host_counts(&policies, &key);
     assert_eq!(counts, Some((2, 0)), "the two answers only");
 
     // A full bulkhead below: three refusals, the request refused.
-    let pooled = layer.layer(
-        AdmitLayer::new(pool.clone(), AdmitMode::Reject)
-            .runtime(rt.clone())
-            .layer(to_host.clone()),
-    );
+    let pooled = layer.layer(admit(&pool, AdmitMode::Reject, &rt).layer(to_host.clone()));
     host.plan(|_| Said::Status(200));
     let held = pool.try_acquire_owned().unwrap();
     let start = rt.now();
@@ -1947,7 +1884,7 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     };
     let start = rt.now();
     let (answer, ()) = futures_util::join!(pooled.clone().oneshot(get(URI)), release);
-    assert_eq!(answer.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(status(&answer), Some(200));
     assert_eq!(rt.now() - start, 20 * MS);
     assert_eq!(
         ear.take(),
@@ -1958,11 +1895,7 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(books.n("tidewall_rejections_total", &[]), 5);
     assert_eq!(books.calls("http_client", "edge", "rejected"), 1);
     assert_eq!(books.calls("http_client", "edge", "success"), 1);
-    let counts = policies
-        .breakers()
-        .unwrap()
-        .counts(&key)
-        .map(|c| (c.calls, c.failures));
+    let counts = host_counts(&policies, &key);
     assert_eq!(counts, Some((3, 0)), "one more answer; no refusal counted");
     assert_eq!(policies.adaptive_limiters().unwrap().limit(&key), Some(4));
 
@@ -1979,7 +1912,7 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     });
     let start = rt.now();
     let answer = tripped.clone().oneshot(get(TRIP)).await;
-    assert_eq!(answer.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(status(&answer), Some(200));
     assert_eq!(rt.now() - start, 50 * MS);
     assert_eq!(host.sent(), 2);
     assert_eq!(
@@ -1987,11 +1920,7 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
         lines(&["edge retry 1 10ms", "edge retry 2 40ms", "edge Succeeded"])
     );
     let trip_key = authority(TRIP);
-    let counts = policies
-        .breakers()
-        .unwrap()
-        .counts(&trip_key)
-        .map(|c| (c.calls, c.failures));
+    let counts = host_counts(&policies, &trip_key);
     assert_eq!(
         counts,
         Some((2, 1)),
@@ -2009,7 +1938,7 @@ async fn client_layer_over_real_policies<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(books.calls("breaker", "trip", "failure"), 1);
     assert_eq!(books.calls("breaker", "trip", "success"), 1);
     assert_eq!(books.calls("http_client", "edge", "success"), 1);
-    assert_eq!(host.live.load(SeqCst), 0);
+    assert_eq!(host.live(), 0);
 }
 
 #[test]
@@ -2029,11 +1958,7 @@ fn a_client_layer_over_real_policies_retries_their_refusals_and_counts_each_once
 async fn hints_from_below<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://hint.example/";
     for front in FRONTS {
-        let ear = Ear::default();
-        let (policies, snapshotter) =
-            recorded(|| client(&rt, "hints", 1, 4, &ear).build().unwrap());
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
+        let (ear, policies, mut books, host) = served(&rt, |ear| client(&rt, "hints", 1, 4, ear));
         let key = authority(URI);
         let two_minutes = Rejected::RateLimited {
             retry_after: Duration::from_secs(120),
@@ -2094,11 +2019,7 @@ async fn hints_from_below<R: Runtime>(rt: Clocked<R>) {
             });
             let start = rt.now();
             let answer = through(front, &policies, &host, get(URI)).await;
-            assert_eq!(
-                answer.map(|r| r.status().as_u16()).ok(),
-                Some(200),
-                "{front:?}"
-            );
+            assert_eq!(status(&answer), Some(200), "{front:?}");
             assert_eq!(rt.now() - start, 30 * MS, "{front:?}");
             assert_eq!(
                 ear.take(),
@@ -2148,11 +2069,7 @@ async fn drop_after<T>(
 async fn http_drops<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://drops.example/";
     for seed in 0..3u64 {
-        let ear = Ear::default();
-        let (policies, snapshotter) =
-            recorded(|| client(&rt, "drops", 1, 4, &ear).build().unwrap());
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
+        let (ear, policies, mut books, host) = served(&rt, |ear| client(&rt, "drops", 1, 4, ear));
         host.plan(move |n| {
             let draw = mix(seed.wrapping_mul(0x9E37) ^ u64::from(n));
             match draw % 6 {
@@ -2209,7 +2126,7 @@ async fn http_drops<R: Runtime>(rt: Clocked<R>) {
             Some(0),
             "seed {seed}"
         );
-        assert_eq!(host.live.load(SeqCst), 0, "seed {seed}");
+        assert_eq!(host.live(), 0, "seed {seed}");
         books.read();
         let outcome = |o: &str| books.calls("http_client", "drops", o);
         assert_eq!(outcome("cancelled"), dropped, "seed {seed}");
@@ -2239,7 +2156,7 @@ async fn http_drops<R: Runtime>(rt: Clocked<R>) {
         // Still usable: a request now is answered at once.
         host.plan(|_| Said::Status(200));
         let answer = through(Front::Tower, &policies, &host, get(URI)).await;
-        assert_eq!(answer.map(|r| r.status().as_u16()).ok(), Some(200));
+        assert_eq!(status(&answer), Some(200));
     }
 }
 
@@ -2266,13 +2183,7 @@ async fn composition_drops<R: Runtime>(rt: Clocked<R>) {
             .build()
             .unwrap();
         let inner = learner(&rt, "drop_inner", 6, 6, DAY).build().unwrap();
-        let own = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("drop_own")
-            .no_failure_rate()
-            .consecutive_failures(1)
-            .build()
-            .unwrap();
+        let own = breaker(&rt, "drop_own", 1).build().unwrap();
         let below_breaker = CircuitBreaker::builder()
             .runtime(rt.clone())
             .name("drop_below_breaker")
@@ -2286,10 +2197,7 @@ async fn composition_drops<R: Runtime>(rt: Clocked<R>) {
             .max_queue(0)
             .build()
             .unwrap();
-        let pipeline = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("drop_mid")
-            .deadline(10 * SEC)
+        let pipeline = pipeline_named(&rt, "drop_mid", 10 * SEC)
             .bulkhead(inner.clone())
             .retry(constant(5 * MS, 4))
             .breaker(own.clone())
@@ -2298,10 +2206,10 @@ async fn composition_drops<R: Runtime>(rt: Clocked<R>) {
         let script = Script::new(&rt);
         script.plan(|n| Reply::Ok(5 + u64::from(n % 7)));
         let service = ServiceBuilder::new()
-            .layer(AdmitLayer::new(outer.clone(), mode).runtime(rt.clone()))
+            .layer(admit(&outer, mode, &rt))
             .layer(PipelineLayer::new(pipeline))
             .layer(BreakerLayer::new(below_breaker.clone()))
-            .layer(AdmitLayer::new(below.clone(), AdmitMode::Reject).runtime(rt.clone()))
+            .layer(admit(&below, AdmitMode::Reject, &rt))
             .service(script.clone());
         let mut calls = Vec::new();
         for i in 0..30u32 {
@@ -2361,13 +2269,7 @@ fn calls_dropped_at_seeded_points_through_the_whole_composition_leak_no_slot_or_
 // any refusal kind, whether the refusal comes from the service or from an admission layer;
 // the first response it sees opens the breaker.
 async fn classifier_not_consulted<R: Runtime>(rt: Clocked<R>) {
-    let guard = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .name("judged")
-        .no_failure_rate()
-        .consecutive_failures(1)
-        .build()
-        .unwrap();
+    let guard = breaker(&rt, "judged", 1).build().unwrap();
     let pool = Bulkhead::builder(1)
         .runtime(rt.clone())
         .max_queue(0)
@@ -2394,7 +2296,7 @@ async fn classifier_not_consulted<R: Runtime>(rt: Clocked<R>) {
     }
     let pooled = ServiceBuilder::new()
         .layer(BreakerLayer::new(guard.clone()).classify(everything_fails))
-        .layer(AdmitLayer::new(pool.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&pool, AdmitMode::Reject, &rt))
         .service(script.clone());
     let held = pool.try_acquire_owned().unwrap();
     assert_eq!(
@@ -2455,27 +2357,14 @@ async fn boxed_stacks<R: Runtime>(rt: Clocked<R>) {
     let ear = Ear::default();
     let ((learn, pool, guard, policies), snapshotter) = recorded(|| {
         let learn = learner(&rt, "boxed", 2, 8, DAY).build().unwrap();
-        let pool = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("boxed_pool")
-            .max_queue(0)
-            .build()
-            .unwrap();
-        let guard = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("boxed_guard")
-            .no_failure_rate()
-            .consecutive_failures(1)
-            .build()
-            .unwrap();
+        let pool = one_slot(&rt, "boxed_pool", 0).build().unwrap();
+        let guard = breaker(&rt, "boxed_guard", 1).build().unwrap();
         let policies = client(&rt, "boxed_client", 1, 2, &ear).build().unwrap();
         (learn, pool, guard, policies)
     });
     let mut books = Books::new(snapshotter);
     let script = Script::new(&rt);
-    let service = AdmitLayer::new(learn.clone(), AdmitMode::WaitReady)
-        .runtime(rt.clone())
-        .layer(boxed(&script));
+    let service = admit(&learn, AdmitMode::WaitReady, &rt).layer(boxed(&script));
     for why in every_refusal() {
         script.plan(move |_| Reply::Refuse(why));
         let answer = service.clone().oneshot(0u32).await;
@@ -2486,13 +2375,8 @@ async fn boxed_stacks<R: Runtime>(rt: Clocked<R>) {
             "{why:?} boxed: ignored (a success would add one)"
         );
     }
-    let pooled = AdmitLayer::new(learn.clone(), AdmitMode::Reject)
-        .runtime(rt.clone())
-        .layer(
-            AdmitLayer::new(pool.clone(), AdmitMode::Reject)
-                .runtime(rt.clone())
-                .layer(boxed(&script)),
-        );
+    let pooled = admit(&learn, AdmitMode::Reject, &rt)
+        .layer(admit(&pool, AdmitMode::Reject, &rt).layer(boxed(&script)));
     let held = pool.try_acquire_owned().unwrap();
     let answer = pooled.clone().oneshot(0u32).await;
     assert_eq!(boxed_rejection(&answer), Some(Rejected::BulkheadFull));
@@ -2514,13 +2398,11 @@ async fn boxed_stacks<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(service.clone().oneshot(0u32).await.ok(), Some(1));
     assert_eq!(learn.limit(), 2);
     script.plan(|_| Reply::Ok(50));
-    let timed = AdmitLayer::new(learn.clone(), AdmitMode::Reject)
-        .runtime(rt.clone())
-        .layer(
-            TimeoutLayer::new(10 * MS)
-                .runtime(rt.clone())
-                .layer(boxed(&script)),
-        );
+    let timed = admit(&learn, AdmitMode::Reject, &rt).layer(
+        TimeoutLayer::new(10 * MS)
+            .runtime(rt.clone())
+            .layer(boxed(&script)),
+    );
     let answer = timed.oneshot(0u32).await;
     assert!(
         answer
@@ -2578,11 +2460,8 @@ async fn boxed_stacks<R: Runtime>(rt: Clocked<R>) {
             async move { sent.await.map_err(|e| -> BoxError { Box::new(e) }) }
         })
     };
-    let stack = ClientLayer::new(policies.clone()).layer(
-        AdmitLayer::new(pool.clone(), AdmitMode::Reject)
-            .runtime(rt.clone())
-            .layer(to_host),
-    );
+    let stack = ClientLayer::new(policies.clone())
+        .layer(admit(&pool, AdmitMode::Reject, &rt).layer(to_host));
     let held = pool.try_acquire_owned().unwrap();
     let start = rt.now();
     let answer = stack.clone().oneshot(get(URI)).await;
@@ -2593,11 +2472,7 @@ async fn boxed_stacks<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(refused, Some(Rejected::BulkheadFull));
     assert_eq!((rt.now() - start, host.sent()), (20 * MS, 0));
     drop(held);
-    let counts = policies
-        .breakers()
-        .unwrap()
-        .counts(&key)
-        .map(|c| (c.calls, c.failures));
+    let counts = host_counts(&policies, &key);
     assert_eq!(counts, Some((0, 0)));
     assert_eq!(
         policies.adaptive_limiters().unwrap().limit(&key),
@@ -2676,7 +2551,7 @@ async fn half_open_host<R: Runtime>(rt: Clocked<R>) {
             if retried {
                 let delay = http_retry(why).unwrap();
                 assert_eq!(
-                    answer.as_ref().map(|r| r.status().as_u16()).ok(),
+                    status(&answer),
                     Some(200),
                     "{front:?} {why:?}: the retry was the probe: {answer:?}"
                 );
@@ -2702,7 +2577,7 @@ async fn half_open_host<R: Runtime>(rt: Clocked<R>) {
                 );
                 let answer = through(front, &policies, &host, get(URI)).await;
                 assert_eq!(
-                    answer.as_ref().map(|r| r.status().as_u16()).ok(),
+                    status(&answer),
                     Some(200),
                     "{front:?} {why:?}: the next request is the probe: {answer:?}"
                 );
@@ -2733,17 +2608,13 @@ fn a_half_open_host_probe_refused_below_gives_its_slot_back() {
 // slot is back.
 async fn wait_ready_over_waiting_breaker<R: Runtime>(rt: Clocked<R>) {
     let learn = learner(&rt, "ready", 2, 8, 10 * MS).build().unwrap();
-    let guard = CircuitBreaker::builder()
-        .runtime(rt.clone())
-        .name("waits")
-        .no_failure_rate()
-        .consecutive_failures(1)
+    let guard = breaker(&rt, "waits", 1)
         .break_duration(SEC)
         .build()
         .unwrap();
     let script = Script::new(&rt);
     let service = ServiceBuilder::new()
-        .layer(AdmitLayer::new(learn.clone(), AdmitMode::WaitReady).runtime(rt.clone()))
+        .layer(admit(&learn, AdmitMode::WaitReady, &rt))
         .layer(BreakerLayer::new(guard.clone()).wait_in_ready(30 * MS))
         .service(script.clone());
     guard.try_acquire().unwrap().failure();
@@ -2778,10 +2649,7 @@ fn a_wait_ready_adaptive_layer_ignores_a_breaker_that_gave_up_waiting_below_it()
 async fn a_503_kept_past_a_refusal<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://kept.example/";
     for front in FRONTS {
-        let ear = Ear::default();
-        let (policies, snapshotter) = recorded(|| client(&rt, "kept", 3, 4, &ear).build().unwrap());
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
+        let (ear, policies, mut books, host) = served(&rt, |ear| client(&rt, "kept", 3, 4, ear));
         host.plan(|n| {
             if n == 1 {
                 Said::Status(503)
@@ -2792,7 +2660,7 @@ async fn a_503_kept_past_a_refusal<R: Runtime>(rt: Clocked<R>) {
         let start = rt.now();
         let answer = through(front, &policies, &host, get(URI)).await;
         assert_eq!(
-            answer.as_ref().map(|r| r.status().as_u16()).ok(),
+            status(&answer),
             Some(503),
             "{front:?}: the latest response, not the refusal: {answer:?}"
         );
@@ -2803,11 +2671,7 @@ async fn a_503_kept_past_a_refusal<R: Runtime>(rt: Clocked<R>) {
             "{front:?}"
         );
         let key = authority(URI);
-        let counts = policies
-            .breakers()
-            .unwrap()
-            .counts(&key)
-            .map(|c| (c.calls, c.failures));
+        let counts = host_counts(&policies, &key);
         assert_eq!(counts, Some((1, 1)), "{front:?}: the 503 only");
         books.read();
         assert_eq!(
@@ -2839,10 +2703,7 @@ async fn a_value_kept_past_a_refusal<R: Runtime>(rt: Clocked<R>) {
     let ((outer, inner, pipeline), snapshotter) = recorded(|| {
         let outer = learner(&rt, "value_outer", 2, 8, DAY).build().unwrap();
         let inner = learner(&rt, "value_inner", 8, 8, DAY).build().unwrap();
-        let pipeline = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("value")
-            .deadline(SEC)
+        let pipeline = pipeline_named(&rt, "value", SEC)
             .on_event(ear.listener())
             .bulkhead(inner.clone())
             .retry(constant(10 * MS, 3))
@@ -2865,7 +2726,7 @@ async fn a_value_kept_past_a_refusal<R: Runtime>(rt: Clocked<R>) {
         }
     });
     let service = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(pipeline))
         .service(script.clone());
     let start = rt.now();
@@ -2909,11 +2770,8 @@ async fn sent_once<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://once.example/";
     let why = Rejected::BulkheadFull;
     for front in FRONTS {
-        let ear = Ear::default();
-        let (policies, snapshotter) =
-            recorded(|| client(&rt, "sent_once", 3, 2, &ear).build().unwrap());
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
+        let (ear, policies, mut books, host) =
+            served(&rt, |ear| client(&rt, "sent_once", 3, 2, ear));
         let post = || http::Request::post(URI).body("charge".to_owned()).unwrap();
         let keyed = || {
             http::Request::post(URI)
@@ -2958,11 +2816,7 @@ async fn sent_once<R: Runtime>(rt: Clocked<R>) {
             assert_eq!(heard.len(), sends as usize, "{front:?} {what}: {heard:?}");
         }
         let key = authority(URI);
-        let counts = policies
-            .breakers()
-            .unwrap()
-            .counts(&key)
-            .map(|c| (c.calls, c.failures));
+        let counts = host_counts(&policies, &key);
         assert_eq!(counts, Some((0, 0)), "{front:?}");
         assert_eq!(
             policies.adaptive_limiters().unwrap().limit(&key),
@@ -3000,36 +2854,20 @@ async fn waiting_below_the_client<R: Runtime>(rt: Clocked<R>) {
     let ear = Ear::default();
     let ((policies, short, long), snapshotter) = recorded(|| {
         let policies = client(&rt, "queued", 3, 2, &ear).build().unwrap();
-        let short = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("short_wait")
-            .max_queue(4)
+        let short = one_slot(&rt, "short_wait", 4)
             .max_wait(30 * MS)
             .build()
             .unwrap();
-        let long = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("long_wait")
-            .max_queue(4)
-            .max_wait(SEC)
-            .build()
-            .unwrap();
+        let long = one_slot(&rt, "long_wait", 4).max_wait(SEC).build().unwrap();
         (policies, short, long)
     });
     let mut books = Books::new(snapshotter);
     let host = Host::new(&rt);
-    let to_host = {
-        let host = host.clone();
-        tower::service_fn(move |r: http::Request<String>| host.send(r))
-    };
+    let to_host = host.service();
     let key = authority(URI);
     let layer = ClientLayer::new(policies.clone());
 
-    let refusing = layer.layer(
-        AdmitLayer::new(short.clone(), AdmitMode::WaitReady)
-            .runtime(rt.clone())
-            .layer(to_host.clone()),
-    );
+    let refusing = layer.layer(admit(&short, AdmitMode::WaitReady, &rt).layer(to_host.clone()));
     let held = short.try_acquire_owned().unwrap();
     let start = rt.now();
     let answer = refusing.clone().oneshot(get(URI)).await;
@@ -3053,20 +2891,12 @@ async fn waiting_below_the_client<R: Runtime>(rt: Clocked<R>) {
         ])
     );
     assert_eq!(short.queued(), 0);
-    let counts = policies
-        .breakers()
-        .unwrap()
-        .counts(&key)
-        .map(|c| (c.calls, c.failures));
+    let counts = host_counts(&policies, &key);
     assert_eq!(counts, Some((0, 0)), "refusals below: not counted");
     assert_eq!(policies.adaptive_limiters().unwrap().limit(&key), Some(2));
     drop(held);
 
-    let slow = layer.layer(
-        AdmitLayer::new(long.clone(), AdmitMode::WaitReady)
-            .runtime(rt.clone())
-            .layer(to_host.clone()),
-    );
+    let slow = layer.layer(admit(&long, AdmitMode::WaitReady, &rt).layer(to_host.clone()));
     let held = long.try_acquire_owned().unwrap();
     let start = rt.now();
     let answer = slow.clone().oneshot(get(URI)).await;
@@ -3120,48 +2950,27 @@ async fn waiting_below_a_pipeline<R: Runtime>(rt: Clocked<R>) {
     let ((outer, inner, own, gate, timed, cut), snapshotter) = recorded(|| {
         let outer = learner(&rt, "wait_outer", 2, 8, DAY).build().unwrap();
         let inner = learner(&rt, "wait_inner", 8, 8, DAY).build().unwrap();
-        let own = CircuitBreaker::builder()
-            .runtime(rt.clone())
-            .name("wait_own")
-            .no_failure_rate()
-            .consecutive_failures(10)
-            .build()
-            .unwrap();
-        let gate = Bulkhead::builder(1)
-            .runtime(rt.clone())
-            .name("wait_gate")
-            .max_queue(4)
+        let own = breaker(&rt, "wait_own", 10).build().unwrap();
+        let gate = one_slot(&rt, "wait_gate", 4)
             .max_wait(None)
             .build()
             .unwrap();
-        let timed = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("wait_timed")
-            .deadline(10 * SEC)
-            .bulkhead(inner.clone())
-            .retry(constant(10 * MS, 3))
-            .breaker(own.clone())
+        let timed = staged(&rt, "wait_timed", 10 * SEC, &inner, &own)
             .attempt_timeout(50 * MS)
             .build()
             .unwrap();
-        let cut = Pipeline::builder()
-            .runtime(rt.clone())
-            .name("wait_cut")
-            .deadline(100 * MS)
-            .bulkhead(inner.clone())
-            .retry(constant(10 * MS, 3))
-            .breaker(own.clone())
+        let cut = staged(&rt, "wait_cut", 100 * MS, &inner, &own)
             .build()
             .unwrap();
         (outer, inner, own, gate, timed, cut)
     });
     let mut books = Books::new(snapshotter);
     let script = Script::new(&rt);
-    let below = AdmitLayer::new(gate.clone(), AdmitMode::WaitCall).runtime(rt.clone());
+    let below = admit(&gate, AdmitMode::WaitCall, &rt);
     let held = gate.try_acquire_owned().unwrap();
 
     let slow = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(timed))
         .layer(below.clone())
         .service(script.clone());
@@ -3173,7 +2982,7 @@ async fn waiting_below_a_pipeline<R: Runtime>(rt: Clocked<R>) {
     assert_eq!((outer.limit(), inner.limit()), (1, 4));
 
     let deadline = ServiceBuilder::new()
-        .layer(AdmitLayer::new(outer.clone(), AdmitMode::Reject).runtime(rt.clone()))
+        .layer(admit(&outer, AdmitMode::Reject, &rt))
         .layer(PipelineLayer::new(cut))
         .layer(below)
         .service(script.clone());
@@ -3224,16 +3033,11 @@ async fn own_keys_full_versus_below<R: Runtime>(rt: Clocked<R>) {
     const HELD: &str = "http://held.example/";
     const NEW: &str = "http://new.example/";
     for front in FRONTS {
-        let ear = Ear::default();
-        let (policies, snapshotter) = recorded(|| {
-            client(&rt, "tables", 5, 2, &ear)
+        let (ear, policies, mut books, host) = served(&rt, |ear| {
+            client(&rt, "tables", 5, 2, ear)
                 .max_authorities(1)
                 .idle_ttl(HOUR)
-                .build()
-                .unwrap()
         });
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
         host.plan(|_| Said::Connect);
         let _ = through(front, &policies, &host, get(HELD)).await;
         assert_eq!(host.sent(), 3, "{front:?}: a connection failure is retried");
@@ -3297,20 +3101,14 @@ fn the_clients_own_keys_full_is_final_but_one_from_below_is_retried() {
 async fn spent_budget<R: Runtime>(rt: Clocked<R>) {
     const URI: &str = "http://frugal.example/";
     for front in FRONTS {
-        let ear = Ear::default();
         let none_left = tidewall::budget::RetryBudgetPolicy::builder()
             .ratio(0.0)
             .min_per_second(0)
             .build()
             .unwrap();
-        let (policies, snapshotter) = recorded(|| {
-            client(&rt, "frugal", 3, 2, &ear)
-                .retry_budget(Some(none_left))
-                .build()
-                .unwrap()
+        let (ear, policies, mut books, host) = served(&rt, |ear| {
+            client(&rt, "frugal", 3, 2, ear).retry_budget(Some(none_left))
         });
-        let mut books = Books::new(snapshotter);
-        let host = Host::new(&rt);
         let why = Rejected::RateLimited {
             retry_after: 20 * MS,
         };

@@ -233,6 +233,15 @@ fn spec<R: Runtime>(rt: &R, plan: &Plan, alive: &Arc<AtomicUsize>) -> ChildSpec 
     .shutdown_timeout(ms(plan.timeout))
 }
 
+/// A child that stops as soon as it is told, within a 1 s timeout.
+fn steady<R: Runtime>(rt: &R, name: &'static str, alive: &Arc<AtomicUsize>) -> ChildSpec {
+    spec(
+        rt,
+        &plan(name, Kind::Steady { stop_takes: 0 }, 1_000),
+        alive,
+    )
+}
+
 /// How a run of `kind` reads when it ends on its own.
 fn own_exit(kind: Kind) -> Exit {
     match kind {
@@ -288,17 +297,31 @@ fn exits_of(log: &[(Duration, SupervisorEvent)], name: &str) -> Vec<(Duration, E
         .collect()
 }
 
-fn stops_of(log: &[(Duration, SupervisorEvent)], name: &str) -> Vec<(Duration, Exit, Ending)> {
+/// Every `Stopped` event: when, and who stopped how.
+fn all_stops(log: &[(Duration, SupervisorEvent)]) -> Vec<(Duration, (String, Exit, Ending))> {
     log.iter()
         .filter_map(|(at, e)| match e {
             SupervisorEvent::Stopped {
                 child,
                 exit,
                 ending,
-            } if &**child == name => Some((*at, exit.clone(), *ending)),
+            } => Some((*at, entry(child, exit.clone(), *ending))),
             _ => None,
         })
         .collect()
+}
+
+fn stops_of(log: &[(Duration, SupervisorEvent)], name: &str) -> Vec<(Duration, Exit, Ending)> {
+    all_stops(log)
+        .into_iter()
+        .filter(|(_, (child, ..))| child == name)
+        .map(|(at, (_, exit, ending))| (at, exit, ending))
+        .collect()
+}
+
+/// A `Stopped` event at `at` ms of a child that returned `Ok` `took` ms after it was told.
+fn ok_stop_at(at: u64, took: u64) -> (Duration, Exit, Ending) {
+    (ms(at), Exit::Ok(()), Ending::Stopped { took: ms(took) })
 }
 
 fn starts_of(log: &[(Duration, SupervisorEvent)], name: &str) -> Vec<Duration> {
@@ -628,17 +651,43 @@ fn starts_after(log: &[(Duration, SupervisorEvent)], after: Duration) -> Vec<(Du
         .collect()
 }
 
-/// Builds, runs until `stop_at` and checks a supervisor of `plans`; returns the outcome and
-/// the log. Children missing from `stopped` though told after the stop are collected in
-/// `deferred` if given, else fail at once.
-#[allow(clippy::too_many_arguments)]
-async fn supervise<R: Runtime>(
-    rt: &Clocked<R>,
-    plans: &[Plan],
+/// How `supervise` sets a supervisor up, and when it cancels its `stop`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
     strategy: Strategy,
     intensity: (u32, Duration),
     backoff: Duration,
     stop_at: Duration,
+}
+
+impl Run {
+    /// One-for-one, restarting without limit 1 ms after each exit, stopped at `stop_at` ms.
+    fn stopped_at(stop_at: u64) -> Self {
+        Self {
+            strategy: Strategy::OneForOne,
+            intensity: GENEROUS,
+            backoff: ms(1),
+            stop_at: ms(stop_at),
+        }
+    }
+    fn strategy(self, strategy: Strategy) -> Self {
+        Self { strategy, ..self }
+    }
+    fn intensity(self, intensity: (u32, Duration)) -> Self {
+        Self { intensity, ..self }
+    }
+    fn backoff(self, backoff: Duration) -> Self {
+        Self { backoff, ..self }
+    }
+}
+
+/// Builds, runs until `run.stop_at` and checks a supervisor of `plans`; returns the outcome
+/// and the log. Children missing from `stopped` though told after the stop are collected in
+/// `deferred` if given, else fail at once.
+async fn supervise<R: Runtime>(
+    rt: &Clocked<R>,
+    plans: &[Plan],
+    run: Run,
     ctx: &str,
     deferred: Option<&Mutex<Vec<String>>>,
 ) -> (
@@ -650,16 +699,16 @@ async fn supervise<R: Runtime>(
     let (log, hook) = recorder(rt);
     let mut builder = Supervisor::builder()
         .runtime(rt.clone())
-        .strategy(strategy)
-        .intensity(intensity.0, intensity.1)
-        .backoff(fixed(backoff))
+        .strategy(run.strategy)
+        .intensity(run.intensity.0, run.intensity.1)
+        .backoff(fixed(run.backoff))
         .seed(7)
         .on_event(hook);
     for plan in plans {
         builder = builder.child(spec(rt, plan, &alive));
     }
     let supervisor = builder.build().unwrap();
-    let stop = cancelled_after(rt, stop_at, "deploy");
+    let stop = cancelled_after(rt, run.stop_at, "deploy");
     let outcome = supervisor.run(stop).await;
     assert_eq!(
         alive.load(SeqCst),
@@ -667,7 +716,7 @@ async fn supervise<R: Runtime>(
         "{ctx}: a child's future outlived its supervisor's return"
     );
     let log = log.lock().unwrap().clone();
-    let omissions = check_supervision(plans, &log, &outcome, stop_at, intensity, ctx);
+    let omissions = check_supervision(plans, &log, &outcome, run.stop_at, run.intensity, ctx);
     match deferred {
         Some(deferred) => deferred.lock().unwrap().extend(omissions),
         None => assert!(omissions.is_empty(), "{}", omissions.join("\n")),
@@ -695,17 +744,7 @@ async fn sibling_crashes_while_another_is_stopped<R: Runtime>(rt: Clocked<R>, pa
         plan("c", Kind::Steady { stop_takes: 100 }, 1_000),
     ];
     let ctx = format!("b crashes during c's stop (panics: {panics})");
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForOne,
-        GENEROUS,
-        ms(1),
-        ms(100),
-        &ctx,
-        None,
-    )
-    .await;
+    let (outcome, log) = supervise(&rt, &plans, Run::stopped_at(100), &ctx, None).await;
     let report = outcome.unwrap();
     assert_eq!(report.ended, Ended::Stopped);
     assert_eq!(
@@ -722,14 +761,8 @@ async fn sibling_crashes_while_another_is_stopped<R: Runtime>(rt: Clocked<R>, pa
         exits[0].0
     );
     assert!(stops_of(&log, "b").is_empty(), "{ctx}: b is never Stopped");
-    assert_eq!(
-        stops_of(&log, "c"),
-        [(ms(200), Exit::Ok(()), Ending::Stopped { took: ms(100) })]
-    );
-    assert_eq!(
-        stops_of(&log, "a"),
-        [(ms(200), Exit::Ok(()), Ending::Stopped { took: ms(0) })]
-    );
+    assert_eq!(stops_of(&log, "c"), [ok_stop_at(200, 100)]);
+    assert_eq!(stops_of(&log, "a"), [ok_stop_at(200, 0)]);
     assert_eq!(
         starts_of(&log, "b"),
         [ms(0)],
@@ -757,17 +790,7 @@ async fn brutal_kill_then_a_crash_after_being_told<R: Runtime>(rt: Clocked<R>) {
         plan("c", Kind::Stubborn, 0),
     ];
     let ctx = "brutal kill, then a crash after the tell";
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForOne,
-        GENEROUS,
-        ms(1),
-        ms(100),
-        ctx,
-        None,
-    )
-    .await;
+    let (outcome, log) = supervise(&rt, &plans, Run::stopped_at(100), ctx, None).await;
     let report = outcome.unwrap();
     assert_eq!(
         stopped_list(&report),
@@ -808,17 +831,7 @@ async fn crash_at_the_instant_of_its_turn<R: Runtime>(rt: Clocked<R>, b_timeout:
         plan("c", Kind::Steady { stop_takes: 100 }, 1_000),
     ];
     let ctx = format!("b crashes at the instant of its turn (timeout {b_timeout} ms)");
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForOne,
-        GENEROUS,
-        ms(1),
-        ms(100),
-        &ctx,
-        None,
-    )
-    .await;
+    let (outcome, log) = supervise(&rt, &plans, Run::stopped_at(100), &ctx, None).await;
     let report = outcome.unwrap();
     let list = stopped_list(&report);
     let b_exits = exits_of(&log, "b");
@@ -875,11 +888,7 @@ async fn crash_in_the_instant_stop_is_cancelled<R: Runtime>(rt: Clocked<R>, cras
         })
         .shutdown_timeout(ms(1_000))
     };
-    let steady = spec(
-        &rt,
-        &plan("steady", Kind::Steady { stop_takes: 0 }, 1_000),
-        &alive,
-    );
+    let steady = steady(&rt, "steady", &alive);
     let (log, hook) = recorder(&rt);
     let builder = Supervisor::builder()
         .runtime(rt.clone())
@@ -961,17 +970,8 @@ async fn escalation_stops_the_others<R: Runtime>(rt: Clocked<R>) {
     let ctx = "escalation";
     let start = rt.now();
     let intensity = (1, Duration::from_secs(1));
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForOne,
-        intensity,
-        ms(5),
-        ms(10_000),
-        ctx,
-        None,
-    )
-    .await;
+    let run = Run::stopped_at(10_000).intensity(intensity).backoff(ms(5));
+    let (outcome, log) = supervise(&rt, &plans, run, ctx, None).await;
     assert_eq!(rt.now() - start, ms(75), "{ctx}");
     let escalation = outcome.unwrap_err();
     assert_eq!(&*escalation.child, "b");
@@ -1010,17 +1010,8 @@ async fn a_crash_during_the_escalations_shutdown<R: Runtime>(rt: Clocked<R>) {
     ];
     let ctx = "a crash during the escalation's shutdown";
     let intensity = (0, Duration::from_secs(1));
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForOne,
-        intensity,
-        ms(5),
-        ms(10_000),
-        ctx,
-        None,
-    )
-    .await;
+    let run = Run::stopped_at(10_000).intensity(intensity).backoff(ms(5));
+    let (outcome, log) = supervise(&rt, &plans, run, ctx, None).await;
     let escalation = outcome.unwrap_err();
     assert_eq!(&*escalation.child, "b", "{ctx}");
     assert_eq!(escalation.report.restarts, 0, "{ctx}");
@@ -1081,17 +1072,9 @@ async fn nested_tree_with_a_crash_inside_its_stop<R: Runtime>(rt: Clocked<R>) {
     let supervisor = Supervisor::builder()
         .runtime(rt.clone())
         .on_event(hook)
-        .child(spec(
-            &rt,
-            &plan("db", Kind::Steady { stop_takes: 0 }, 1_000),
-            &alive,
-        ))
+        .child(steady(&rt, "db", &alive))
         .child(tree)
-        .child(spec(
-            &rt,
-            &plan("web", Kind::Steady { stop_takes: 0 }, 1_000),
-            &alive,
-        ))
+        .child(steady(&rt, "web", &alive))
         .build()
         .unwrap();
     let stop = cancelled_after(&rt, ms(100), "deploy");
@@ -1110,19 +1093,10 @@ async fn nested_tree_with_a_crash_inside_its_stop<R: Runtime>(rt: Clocked<R>) {
         exits_of(&log, "tree").is_empty(),
         "the tree stopped cleanly: {log:#?}"
     );
-    assert_eq!(
-        stops_of(&log, "tree"),
-        [(ms(150), Exit::Ok(()), Ending::Stopped { took: ms(50) })]
-    );
+    assert_eq!(stops_of(&log, "tree"), [ok_stop_at(150, 50)]);
     let inner = inner_log.lock().unwrap().clone();
-    assert_eq!(
-        stops_of(&inner, "g3"),
-        [(ms(120), Exit::Ok(()), Ending::Stopped { took: ms(20) })]
-    );
-    assert_eq!(
-        stops_of(&inner, "g1"),
-        [(ms(150), Exit::Ok(()), Ending::Stopped { took: ms(30) })]
-    );
+    assert_eq!(stops_of(&inner, "g3"), [ok_stop_at(120, 20)]);
+    assert_eq!(stops_of(&inner, "g1"), [ok_stop_at(150, 30)]);
     assert!(
         stops_of(&inner, "g2").is_empty(),
         "g2 ended before its turn: {inner:#?}"
@@ -1131,17 +1105,7 @@ async fn nested_tree_with_a_crash_inside_its_stop<R: Runtime>(rt: Clocked<R>) {
     assert_eq!(g2.len(), 1, "{inner:#?}");
     assert_eq!(g2[0].1, Exit::Err(FAILURE.into()));
     assert!((ms(110)..=ms(120)).contains(&g2[0].0), "{:?}", g2[0].0);
-    let inner_stops: Vec<_> = inner
-        .iter()
-        .filter_map(|(_, e)| match e {
-            SupervisorEvent::Stopped {
-                child,
-                exit,
-                ending,
-            } => Some(entry(child, exit.clone(), *ending)),
-            _ => None,
-        })
-        .collect();
+    let inner_stops: Vec<_> = all_stops(&inner).into_iter().map(|(_, s)| s).collect();
     assert_eq!(inner_stops, [ok_stopped("g3", 20), ok_stopped("g1", 30)]);
     assert_eq!(
         starts_of(&inner, "g2"),
@@ -1167,11 +1131,7 @@ async fn nested_escalations_are_exits_of_the_tree<R: Runtime>(rt: Clocked<R>) {
             Supervisor::builder()
                 .runtime(rt.clone())
                 .intensity(0, Duration::from_secs(1))
-                .child(spec(
-                    &rt,
-                    &plan("g0", Kind::Steady { stop_takes: 0 }, 1_000),
-                    &alive,
-                ))
+                .child(steady(&rt, "g0", &alive))
                 .child(spec(
                     &rt,
                     &plan("g", Kind::Fails { after: 10 }, 1_000),
@@ -1225,19 +1185,12 @@ async fn restart_by_strategy_then_stop<R: Runtime>(rt: Clocked<R>, strategy: Str
         plan("d", Kind::Steady { stop_takes: 0 }, 1_000),
     ];
     let ctx = format!("{strategy:?}, then a stop");
-    let (outcome, log) =
-        supervise(&rt, &plans, strategy, GENEROUS, ms(5), ms(120), &ctx, None).await;
+    let run = Run::stopped_at(120).strategy(strategy).backoff(ms(5));
+    let (outcome, log) = supervise(&rt, &plans, run, &ctx, None).await;
     let report = outcome.unwrap();
-    let restart_stops: Vec<_> = log
-        .iter()
-        .filter_map(|(at, e)| match e {
-            SupervisorEvent::Stopped {
-                child,
-                exit,
-                ending,
-            } if *at < ms(120) => Some((*at, entry(child, exit.clone(), *ending))),
-            _ => None,
-        })
+    let restart_stops: Vec<_> = all_stops(&log)
+        .into_iter()
+        .filter(|(at, _)| *at < ms(120))
         .collect();
     let one_for_all = strategy == Strategy::OneForAll;
     let mut expected = vec![(ms(50), ok_stopped("d", 0)), (ms(80), ok_stopped("c", 30))];
@@ -1317,17 +1270,10 @@ async fn a_crash_during_a_one_for_all_restart<R: Runtime>(rt: Clocked<R>) {
         plan("d", Kind::Steady { stop_takes: 0 }, 1_000),
     ];
     let ctx = "a crash during a one-for-all restart";
-    let (_, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForAll,
-        GENEROUS,
-        ms(5),
-        ms(100),
-        ctx,
-        None,
-    )
-    .await;
+    let run = Run::stopped_at(100)
+        .strategy(Strategy::OneForAll)
+        .backoff(ms(5));
+    let (_, log) = supervise(&rt, &plans, run, ctx, None).await;
     let a_first_end = log
         .iter()
         .find(|(_, e)| {
@@ -1342,14 +1288,8 @@ async fn a_crash_during_a_one_for_all_restart<R: Runtime>(rt: Clocked<R>) {
         (ms(70)..=ms(80)).contains(&a_first_end.0),
         "{ctx}: {a_first_end:?}"
     );
-    assert_eq!(
-        stops_of(&log, "d")[0],
-        (ms(50), Exit::Ok(()), Ending::Stopped { took: ms(0) })
-    );
-    assert_eq!(
-        stops_of(&log, "c")[0],
-        (ms(80), Exit::Ok(()), Ending::Stopped { took: ms(30) })
-    );
+    assert_eq!(stops_of(&log, "d")[0], ok_stop_at(50, 0));
+    assert_eq!(stops_of(&log, "c")[0], ok_stop_at(80, 30));
 }
 
 #[test]
@@ -1390,10 +1330,7 @@ async fn stop_in_the_middle_of_a_restart<R: Runtime>(rt: Clocked<R>, strategy: S
         [(ms(150), Exit::Aborted, Ending::Aborted { took: ms(100) })],
         "{ctx}"
     );
-    assert_eq!(
-        stops_of(&log, "b"),
-        [(ms(150), Exit::Ok(()), Ending::Stopped { took: ms(0) })]
-    );
+    assert_eq!(stops_of(&log, "b"), [ok_stop_at(150, 0)]);
     let list = stopped_list(&report);
     // `SupervisorReport::stopped`: "A `stop` that comes while a restart is stopping a failed
     // child's siblings ends the restart once the sibling being stopped is down: the siblings
@@ -1428,17 +1365,8 @@ async fn nothing_left_to_run<R: Runtime>(rt: Clocked<R>) {
     plans[1].restart = Restart::Temporary;
     let ctx = "nothing left to run";
     let start = rt.now();
-    let (outcome, log) = supervise(
-        &rt,
-        &plans,
-        Strategy::OneForAll,
-        GENEROUS,
-        ms(1),
-        ms(10_000),
-        ctx,
-        None,
-    )
-    .await;
+    let run = Run::stopped_at(10_000).strategy(Strategy::OneForAll);
+    let (outcome, log) = supervise(&rt, &plans, run, ctx, None).await;
     assert_eq!(rt.now() - start, ms(20), "{ctx}");
     let report = outcome.unwrap();
     assert_eq!(
@@ -1517,17 +1445,11 @@ async fn random_supervision<R: Runtime>(rt: Clocked<R>, seed: u64, deferred: &Mu
         "seed {seed}: {plans:?}, {strategy:?}, intensity {intensity:?}, backoff {backoff:?}, \
          stop at {stop_at} ms"
     );
-    let _ = supervise(
-        &rt,
-        &plans,
-        strategy,
-        intensity,
-        backoff,
-        ms(stop_at),
-        &ctx,
-        Some(deferred),
-    )
-    .await;
+    let run = Run::stopped_at(stop_at)
+        .strategy(strategy)
+        .intensity(intensity)
+        .backoff(backoff);
+    let _ = supervise(&rt, &plans, run, &ctx, Some(deferred)).await;
 }
 
 #[test]
@@ -1558,11 +1480,13 @@ async fn settle<R: Runtime>(rt: &Clocked<R>) {
     rt.sleep(ms(1)).await;
 }
 
-async fn spawn_holders<R: Runtime>(
-    rt: &Clocked<R>,
-    scope: &Scope<(), (), Clocked<R>>,
-    held: &Arc<()>,
-) {
+/// A scope of four running children, each holding a clone of `held`: one waits forever, one
+/// on a timer, one on the token then a timer, one in a loop.
+async fn holding_scope<R: Runtime>(rt: &Clocked<R>, held: &Arc<()>) -> Scope<(), (), Clocked<R>> {
+    let scope = Scope::builder()
+        .runtime(rt.clone())
+        .build::<(), ()>()
+        .unwrap();
     let token = scope.token();
     for i in 0..4 {
         let (held, rt2, token) = (Arc::clone(held), rt.clone(), token.clone());
@@ -1587,20 +1511,17 @@ async fn spawn_holders<R: Runtime>(
             .await;
         assert!(spawned.is_ok());
     }
+    settle(rt).await;
+    assert_eq!(Arc::strong_count(held), 5, "every child is running");
+    scope
 }
 
 /// Dropping a scope unjoined: its token is cancelled and each child is dropped at its next
 /// poll, however it waits (forever, on a timer, on the token then a timer, in a loop).
 async fn dropped_scope<R: Runtime>(rt: Clocked<R>) {
     let held = Arc::new(());
-    let scope = Scope::builder()
-        .runtime(rt.clone())
-        .build::<(), ()>()
-        .unwrap();
+    let scope = holding_scope(&rt, &held).await;
     let token = scope.token();
-    spawn_holders(&rt, &scope, &held).await;
-    settle(&rt).await;
-    assert_eq!(Arc::strong_count(&held), 5, "every child is running");
     drop(scope);
     assert!(token.is_cancelled(), "dropping cancels the scope's token");
     settle(&rt).await;
@@ -1621,13 +1542,7 @@ fn a_dropped_scope_drops_every_child_at_its_next_poll_on_every_runtime() {
 /// `block_on` runs the tasks woken meanwhile before it polls the main future again).
 async fn dropped_scope_one_yield<R: Runtime>(rt: Clocked<R>) {
     let held = Arc::new(());
-    let scope = Scope::builder()
-        .runtime(rt.clone())
-        .build::<(), ()>()
-        .unwrap();
-    spawn_holders(&rt, &scope, &held).await;
-    settle(&rt).await;
-    assert_eq!(Arc::strong_count(&held), 5);
+    let scope = holding_scope(&rt, &held).await;
     drop(scope);
     YieldOnce::default().await;
     assert_eq!(
@@ -1667,25 +1582,56 @@ fn a_dropped_local_scope_drops_its_children_at_once() {
     assert_eq!(Arc::strong_count(&held), 1);
 }
 
+/// The stop token each holder was given, by name.
+type Told = Arc<Mutex<Vec<(&'static str, CancellationToken)>>>;
+
+/// A holder's run: it holds `guard` until its token is cancelled, or, if it `ignores` the
+/// token, for an hour.
+async fn hold<R: Runtime>(
+    rt: Clocked<R>,
+    stop: CancellationToken,
+    ignores: bool,
+    guard: Alive,
+) -> Result<(), std::io::Error> {
+    let _guard = guard;
+    if ignores {
+        rt.sleep(Duration::from_secs(3_600)).await;
+    } else {
+        stop.cancelled().await;
+    }
+    Ok(())
+}
+
+/// After a drop that told every holder to stop: each was told, and each is gone at its next
+/// await, after one yield or once every task is idle.
+async fn assert_told_and_gone<R: Runtime>(
+    rt: &Clocked<R>,
+    tokens: &Told,
+    alive: &AtomicUsize,
+    one_yield: bool,
+    gone: &str,
+) {
+    for (name, token) in tokens.lock().unwrap().iter() {
+        assert!(token.is_cancelled(), "{name} was told to stop");
+    }
+    if one_yield {
+        YieldOnce::default().await;
+    } else {
+        settle(rt).await;
+    }
+    assert_eq!(alive.load(SeqCst), 0, "{gone}");
+}
+
 fn holder_specs<R: Runtime>(
     rt: &Clocked<R>,
     alive: &Arc<AtomicUsize>,
-    tokens: &Arc<Mutex<Vec<(&'static str, CancellationToken)>>>,
+    tokens: &Told,
 ) -> Vec<ChildSpec> {
     let make = |name: &'static str, ignores: bool, timeout: Duration| {
         let (rt, alive, tokens) = (rt.clone(), Arc::clone(alive), Arc::clone(tokens));
         ChildSpec::new(name, move |stop: CancellationToken| {
             tokens.lock().unwrap().push((name, stop.clone()));
-            let (rt, guard) = (rt.clone(), Alive::new(&alive));
-            async move {
-                let _guard = guard;
-                if ignores {
-                    rt.sleep(Duration::from_secs(3_600)).await;
-                } else {
-                    stop.cancelled().await;
-                }
-                Ok::<(), std::io::Error>(())
-            }
+            hold(rt.clone(), stop, ignores, Alive::new(&alive))
         })
         .shutdown_timeout(timeout)
     };
@@ -1731,19 +1677,8 @@ async fn dropped_supervisor<R: Runtime>(rt: Clocked<R>, mid_shutdown: bool, one_
         assert_eq!(told, ["c"], "c, added last, is being stopped first");
     }
     drop(run);
-    for (name, token) in tokens.lock().unwrap().iter() {
-        assert!(token.is_cancelled(), "{name} was told to stop");
-    }
-    if one_yield {
-        YieldOnce::default().await;
-    } else {
-        settle(&rt).await;
-    }
-    assert_eq!(
-        alive.load(SeqCst),
-        0,
-        "every child aborted at its next await (mid shutdown: {mid_shutdown})"
-    );
+    let gone = format!("every child aborted at its next await (mid shutdown: {mid_shutdown})");
+    assert_told_and_gone(&rt, &tokens, &alive, one_yield, &gone).await;
 }
 
 #[test]
@@ -1766,21 +1701,13 @@ fn register_holders<R: Runtime>(
     rt: &Clocked<R>,
     shutdown: &mut Shutdown<Clocked<R>>,
     alive: &Arc<AtomicUsize>,
-    tokens: &Arc<Mutex<Vec<(&'static str, CancellationToken)>>>,
+    tokens: &Told,
 ) {
     for (name, ignores) in [("db", false), ("cache", true), ("http", true)] {
         let (rt, guard, tokens) = (rt.clone(), Alive::new(alive), Arc::clone(tokens));
         let start = move |stop: CancellationToken| {
             tokens.lock().unwrap().push((name, stop.clone()));
-            async move {
-                let _guard = guard;
-                if ignores {
-                    rt.sleep(Duration::from_secs(3_600)).await;
-                } else {
-                    stop.cancelled().await;
-                }
-                Ok::<(), std::io::Error>(())
-            }
+            hold(rt, stop, ignores, guard)
         };
         shutdown.register_with_timeout(name, Duration::from_secs(3_600), start);
     }
@@ -1804,7 +1731,6 @@ async fn dropped_shutdown<R: Runtime>(rt: Clocked<R>, during_run: bool, one_yiel
         drop(shutdown);
     }
     for (name, token) in tokens.lock().unwrap().iter() {
-        assert!(token.is_cancelled(), "{name} was told to stop");
         if !during_run || *name != "http" {
             assert_eq!(
                 token.reason().map(|r| r.as_str().to_owned()).as_deref(),
@@ -1813,16 +1739,8 @@ async fn dropped_shutdown<R: Runtime>(rt: Clocked<R>, during_run: bool, one_yiel
             );
         }
     }
-    if one_yield {
-        YieldOnce::default().await;
-    } else {
-        settle(&rt).await;
-    }
-    assert_eq!(
-        alive.load(SeqCst),
-        0,
-        "every component aborted at its next await (during run: {during_run})"
-    );
+    let gone = format!("every component aborted at its next await (during run: {during_run})");
+    assert_told_and_gone(&rt, &tokens, &alive, one_yield, &gone).await;
 }
 
 #[test]
@@ -1884,9 +1802,28 @@ fn bulkhead(clock: &FakeClock, discipline: QueueDiscipline) -> Bulkhead<FakeCloc
         .unwrap()
 }
 
+type BulkheadPermit = tidewall::bulkhead::OwnedPermit<FakeClock>;
+
 /// A caller joining `bulkhead` now: polled once, it waits.
-fn join(bulkhead: &Bulkhead<FakeClock>) -> Waiting<tidewall::bulkhead::OwnedPermit<FakeClock>> {
+fn join(bulkhead: &Bulkhead<FakeClock>) -> Waiting<BulkheadPermit> {
     queued(bulkhead.acquire_owned(Deadline::none()))
+}
+
+/// A bulkhead of one slot under `discipline` on a fresh clock, its slot held and a first
+/// caller waiting from the clock's start.
+fn standing(
+    discipline: QueueDiscipline,
+) -> (
+    FakeClock,
+    Bulkhead<FakeClock>,
+    BulkheadPermit,
+    Waiting<BulkheadPermit>,
+) {
+    let clock = FakeClock::new();
+    let b = bulkhead(&clock, discipline);
+    let held = b.try_acquire_owned().unwrap();
+    let first = join(&b);
+    (clock, b, held, first)
 }
 
 /// The waiter is cut at `target` after it joined (refused `BulkheadFull` then, not before).
@@ -1918,10 +1855,7 @@ fn assert_not_cut<T>(clock: &FakeClock, waiter: &mut Waiting<T>, beyond: u64, wh
 /// `interval` after the switch is cut at `target`).
 #[test]
 fn a_fifo_queue_switched_to_codel_counts_from_the_switch() {
-    let clock = FakeClock::new();
-    let b = bulkhead(&clock, QueueDiscipline::Fifo);
-    let _held = b.try_acquire_owned().unwrap();
-    let mut first = join(&b);
+    let (clock, b, _held, mut first) = standing(QueueDiscipline::Fifo);
     clock.advance(ms(200));
     b.reconfigure(bulkhead_settings(codel(5, 100))).unwrap();
     let mut at_switch = join(&b);
@@ -1948,10 +1882,7 @@ fn a_fifo_queue_switched_to_codel_counts_from_the_switch() {
 /// stood `interval` already, and the next caller is cut at `target`.
 #[test]
 fn a_lifo_queue_switched_to_codel_counts_from_when_it_began() {
-    let clock = FakeClock::new();
-    let b = bulkhead(&clock, QueueDiscipline::Lifo);
-    let _held = b.try_acquire_owned().unwrap();
-    let mut first = join(&b);
+    let (clock, b, _held, mut first) = standing(QueueDiscipline::Lifo);
     clock.advance(ms(200));
     b.reconfigure(bulkhead_settings(codel(5, 100))).unwrap();
     let mut joiner = join(&b);
@@ -1971,10 +1902,7 @@ fn a_lifo_queue_switched_to_codel_counts_from_when_it_began() {
 /// under an `interval` of 40 ms cuts at once.
 #[test]
 fn codel_retuned_to_a_shorter_interval_counts_from_when_the_queue_began() {
-    let clock = FakeClock::new();
-    let b = bulkhead(&clock, codel(5, 100));
-    let _held = b.try_acquire_owned().unwrap();
-    let mut first = join(&b);
+    let (clock, b, _held, mut first) = standing(codel(5, 100));
     clock.advance(ms(50));
     b.reconfigure(bulkhead_settings(codel(10, 40))).unwrap();
     let mut joiner = join(&b);
@@ -1986,10 +1914,7 @@ fn codel_retuned_to_a_shorter_interval_counts_from_when_the_queue_began() {
 /// before, so it counts from when it began.
 #[test]
 fn codel_switched_off_and_on_again_counts_from_when_the_queue_began() {
-    let clock = FakeClock::new();
-    let b = bulkhead(&clock, codel(5, 100));
-    let _held = b.try_acquire_owned().unwrap();
-    let mut first = join(&b);
+    let (clock, b, _held, mut first) = standing(codel(5, 100));
     clock.advance(ms(150));
     b.reconfigure(bulkhead_settings(QueueDiscipline::Fifo))
         .unwrap();
@@ -2062,10 +1987,7 @@ fn a_codel_queue_that_empties_and_refills_counts_from_the_refill() {
 /// its first standing (0) nor from the switch.
 #[test]
 fn a_queue_that_had_lifo_knows_when_its_refill_began_standing() {
-    let clock = FakeClock::new();
-    let b = bulkhead(&clock, QueueDiscipline::Lifo);
-    let _held = b.try_acquire_owned().unwrap();
-    let first = join(&b);
+    let (clock, b, _held, first) = standing(QueueDiscipline::Lifo);
     clock.advance(ms(10));
     drop(first);
     clock.advance(ms(10)); // 20 ms
@@ -2088,19 +2010,6 @@ fn a_queue_that_had_lifo_knows_when_its_refill_began_standing() {
     assert!(poll(&mut refill).is_pending());
 }
 
-fn fixed_limiter(
-    clock: &FakeClock,
-    discipline: QueueDiscipline,
-) -> AdaptiveLimiter<FixedLimit, FakeClock> {
-    AdaptiveLimiter::builder(FixedLimit(1))
-        .max_queue(16)
-        .max_wait(Duration::from_secs(1))
-        .discipline(discipline)
-        .runtime(clock.clone())
-        .build()
-        .unwrap()
-}
-
 fn limiter_settings(
     discipline: QueueDiscipline,
 ) -> tidewall::adaptive::AdaptiveLimiterBuilder<FixedLimit> {
@@ -2110,15 +2019,30 @@ fn limiter_settings(
         .discipline(discipline)
 }
 
-fn admit_as(
-    limiter: &AdaptiveLimiter<FixedLimit, FakeClock>,
-    priority: Priority,
-) -> Waiting<tidewall::adaptive::AdaptivePermit<FixedLimit, FakeClock>> {
+type Limiter = AdaptiveLimiter<FixedLimit, FakeClock>;
+type LimiterPermit = tidewall::adaptive::AdaptivePermit<FixedLimit, FakeClock>;
+
+fn admit_as(limiter: &Limiter, priority: Priority) -> Waiting<LimiterPermit> {
     queued(
         limiter
             .with_priority(priority)
             .admit(Wait::Until(Deadline::none())),
     )
+}
+
+/// A plain FIFO limit of one on a fresh clock, its slot held and a first caller of
+/// `priority` waiting from the clock's start.
+fn standing_limiter(
+    priority: Priority,
+) -> (FakeClock, Limiter, LimiterPermit, Waiting<LimiterPermit>) {
+    let clock = FakeClock::new();
+    let limiter = limiter_settings(QueueDiscipline::Fifo)
+        .runtime(clock.clone())
+        .build()
+        .unwrap();
+    let held = limiter.try_acquire().unwrap();
+    let first = admit_as(&limiter, priority);
+    (clock, limiter, held, first)
 }
 
 /// The CHANGELOG's bug: a FIFO queue whose first waiter ever was critical or sheddable did
@@ -2133,10 +2057,7 @@ fn a_queue_whose_first_waiter_ever_had_a_priority_knows_when_it_began_to_stand()
         (Priority::Critical, Priority::Sheddable),
     ] {
         let what = format!("first waiter {first_priority:?}, joiner {joiner_priority:?}");
-        let clock = FakeClock::new();
-        let limiter = fixed_limiter(&clock, QueueDiscipline::Fifo);
-        let _held = limiter.try_acquire().unwrap();
-        let mut first = admit_as(&limiter, first_priority);
+        let (clock, limiter, _held, mut first) = standing_limiter(first_priority);
         assert_eq!(limiter.queued(), 1, "{what}");
         clock.advance(ms(200));
         limiter
@@ -2161,10 +2082,7 @@ fn a_queue_whose_first_waiter_ever_had_a_priority_knows_when_it_began_to_stand()
 /// switched to CoDel at 120 ms: it knew when the refill began standing.
 #[test]
 fn a_queue_that_had_priorities_knows_when_its_refill_began_standing() {
-    let clock = FakeClock::new();
-    let limiter = fixed_limiter(&clock, QueueDiscipline::Fifo);
-    let _held = limiter.try_acquire().unwrap();
-    let first = admit_as(&limiter, Priority::Critical);
+    let (clock, limiter, _held, first) = standing_limiter(Priority::Critical);
     clock.advance(ms(10));
     drop(first);
     assert_eq!(limiter.queued(), 0);
@@ -2190,10 +2108,7 @@ fn a_queue_that_had_priorities_knows_when_its_refill_began_standing() {
 /// from the switch, as a plain bulkhead does.
 #[test]
 fn a_limiter_queue_of_default_callers_switched_to_codel_counts_from_the_switch() {
-    let clock = FakeClock::new();
-    let limiter = fixed_limiter(&clock, QueueDiscipline::Fifo);
-    let _held = limiter.try_acquire().unwrap();
-    let mut first = admit_as(&limiter, Priority::Default);
+    let (clock, limiter, _held, mut first) = standing_limiter(Priority::Default);
     clock.advance(ms(200));
     limiter
         .reconfigure(limiter_settings(codel(5, 100)))
@@ -2310,6 +2225,11 @@ fn breakers_text(window_line: &str, a_line: &str) -> String {
 #[tokio::test(start_paused = true)]
 async fn reload_names_each_keyed_breaker_table_once_and_never_a_forced_one() {
     let registry = Registry::new(config(&breakers_text("window_calls = 10", ""))).unwrap();
+    let reload_with = |window_line: &str, a_line: &str| {
+        registry
+            .reload(config(&breakers_text(window_line, a_line)))
+            .unwrap()
+    };
     let keyed = |name: &str| registry.keyed_breaker::<String>(name).unwrap();
     let (a, b, c, e, f) = (keyed("a"), keyed("b"), keyed("c"), keyed("e"), keyed("f"));
     let plain = |name: &str| registry.breaker(name).unwrap();
@@ -2341,9 +2261,7 @@ async fn reload_names_each_keyed_breaker_table_once_and_never_a_forced_one() {
     );
     pf.force_closed();
 
-    let reload = registry
-        .reload(config(&breakers_text("window_calls = 20", "")))
-        .unwrap();
+    let reload = reload_with("window_calls = 20", "");
     assert_eq!(
         names(&reload.reset),
         ["a", "d", "e", "f"],
@@ -2384,36 +2302,22 @@ async fn reload_names_each_keyed_breaker_table_once_and_never_a_forced_one() {
     }
 
     // The same configuration again: every window keeps its shape, nothing is reset.
-    let again = registry
-        .reload(config(&breakers_text("window_calls = 20", "")))
-        .unwrap();
+    let again = reload_with("window_calls = 20", "");
     assert!(again.reset.is_empty(), "{again:?}");
 
     // Another length again: the same names, each once.
-    let third = registry
-        .reload(config(&breakers_text("window_calls = 30", "")))
-        .unwrap();
+    let third = reload_with("window_calls = 30", "");
     assert_eq!(names(&third.reset), ["a", "d", "e", "f"], "{third:?}");
 
     // Only a's own window: only a.
-    let fourth = registry
-        .reload(config(&breakers_text(
-            "window_calls = 30",
-            "window_calls = 40",
-        )))
-        .unwrap();
+    let fourth = reload_with("window_calls = 30", "window_calls = 40");
     assert_eq!(names(&fourth.reset), ["a"], "{fourth:?}");
     assert_eq!(a.policy().window(), Window::Count { calls: 40 });
     assert_eq!(pa.policy().window(), Window::Count { calls: 40 });
 
     // A key of a, forced now: a's other key and its plain breaker still reset: a once.
     a.get_or_make(&k("1")).unwrap().force_open();
-    let fifth = registry
-        .reload(config(&breakers_text(
-            "window_calls = 30",
-            "window_calls = 50",
-        )))
-        .unwrap();
+    let fifth = reload_with("window_calls = 30", "window_calls = 50");
     assert_eq!(names(&fifth.reset), ["a"], "{fifth:?}");
     assert_eq!(a.state(&k("1")), Some(State::ForcedOpen));
 }
