@@ -57,8 +57,9 @@ struct Inner {
     /// Replaced whole by `reconfigure`.
     current: Swap<Current>,
     origin: Instant,
-    /// Serializes withdrawals and reconfigurations; holds the epoch of the last withdrawal.
-    withdrawals: Mutex<u64>,
+    /// Serializes withdrawals and reconfigurations; holds the epoch of the last withdrawal in
+    /// the window in force (none yet, or none since its shape changed).
+    withdrawals: Mutex<Option<u64>>,
 }
 
 /// The policy in force and the window it counts in.
@@ -118,7 +119,7 @@ impl RetryBudget {
                     policy,
                 }),
                 origin,
-                withdrawals: Mutex::new(0),
+                withdrawals: Mutex::new(None),
             }),
         }
     }
@@ -177,7 +178,10 @@ impl RetryBudget {
         let mut last_epoch = lock(&self.inner.withdrawals);
         let budget = self.inner.current.load();
         let ring = &budget.window.ring;
-        let epoch = budget.window.epoch(self.inner.origin, now).max(*last_epoch);
+        let epoch = budget
+            .window
+            .epoch(self.inner.origin, now)
+            .max(last_epoch.unwrap_or(0));
         let slot = ring.slot(epoch);
         ring.prepare(epoch);
         loop {
@@ -190,7 +194,7 @@ impl RetryBudget {
                 return false;
             };
             if ring.replace(slot, current, next) {
-                *last_epoch = epoch;
+                *last_epoch = Some(epoch);
                 return true;
             }
         }
@@ -201,6 +205,18 @@ impl RetryBudget {
     #[cfg(feature = "http")]
     pub(crate) fn is_shared(&self) -> bool {
         Arc::strong_count(&self.inner) > 1
+    }
+
+    /// When the bucket of the latest withdrawal ends, in nanoseconds from `origin`
+    /// (saturated; zero when the window in force has none): a retry counts until `window`
+    /// after it.
+    #[cfg(feature = "http")]
+    pub(crate) fn withdrawn_until(&self) -> u64 {
+        let last_epoch = *lock(&self.inner.withdrawals);
+        let bucket_nanos = self.inner.current.load().window.bucket_nanos;
+        last_epoch.map_or(0, |epoch| {
+            epoch.saturating_add(1).saturating_mul(bucket_nanos)
+        })
     }
 
     /// The policy in force.
@@ -232,7 +248,7 @@ impl RetryBudget {
             if same_shape(&current.policy, &policy) {
                 std::sync::Arc::clone(&current.window)
             } else {
-                *last_epoch = 0;
+                *last_epoch = None;
                 std::sync::Arc::new(Window::new(&policy))
             }
         };

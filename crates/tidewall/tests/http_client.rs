@@ -786,3 +786,61 @@ async fn the_last_attempt_sends_the_request_without_copying_it() {
     assert_eq!(run(once).await, (Some(503), 0));
     assert_eq!(sends.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// "For the retry budgets, [an authority is forgotten only when] no call has drawn on its
+/// budget for the budget's window": a request whose first attempt took 10 s draws its two
+/// retries at 10 s, long after it took the budget. Its budget is not forgotten a window after
+/// the request began: a new authority, in a table of one, finds it still there and gets no
+/// budget, so its 503 is sent once, not retried on a fresh budget.
+#[tokio::test(start_paused = true)]
+async fn a_budget_is_kept_for_a_window_after_its_last_retry() {
+    let policies = ClientPolicies::builder()
+        .retry(
+            Backoff::constant(ms(100))
+                .jitter(Jitter::None)
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+        )
+        .retry_budget(Some(
+            RetryBudgetPolicy::builder()
+                .ratio(0.0)
+                .min_per_second(1)
+                .window(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        ))
+        .breaker(None)
+        .bulkhead(None)
+        .attempt_timeout(None)
+        .deadline(Some(Duration::from_secs(60)))
+        .max_authorities(1)
+        .build()
+        .unwrap();
+    let sends = std::sync::Mutex::new(Vec::new());
+    let send = |request: Request<String>| {
+        let host = request.uri().host().unwrap().to_owned();
+        let first = {
+            let mut sends = sends.lock().unwrap();
+            sends.push(host.clone());
+            sends.iter().filter(|h| **h == host).count() == 1
+        };
+        async move {
+            if host == "a" && first {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, std::io::Error>(http::Response::builder().status(503).body(()).unwrap())
+        }
+    };
+    let slow = policies.run(get("a"), Overrides::new(), send);
+    let later = async {
+        tokio::time::sleep(ms(10_300)).await;
+        policies.run(get("c"), Overrides::new(), send).await
+    };
+    let (slow, later) = tokio::join!(slow, later);
+    assert_eq!(slow.unwrap().status(), 503);
+    assert_eq!(later.unwrap().status(), 503);
+    let sends = sends.into_inner().unwrap();
+    let count = |host: &str| sends.iter().filter(|h| *h == host).count();
+    assert_eq!((count("a"), count("c")), (3, 1), "{sends:?}");
+}

@@ -23,7 +23,7 @@ pub(super) struct Budgets {
 
 struct Entry {
     budget: RetryBudget,
-    /// When a call last drew on it, on the table's clock.
+    /// When a call last took it (and deposited), on the table's clock, the budget's own.
     last_used: u64,
     window: u64,
 }
@@ -34,8 +34,10 @@ impl Evict for Entry {
         if self.budget.is_shared() {
             return Eviction::Blocked;
         }
-        // A window with no call in it is a fresh budget: forgetting it loses nothing.
-        let rested = self.last_used.saturating_add(self.window);
+        // A window with no call and no retry in it is a fresh budget: forgetting it loses
+        // nothing. A call's retries may come long after it took the budget.
+        let touched = self.last_used.max(self.budget.withdrawn_until());
+        let rested = touched.saturating_add(self.window);
         if now >= rested {
             Eviction::Now
         } else {
