@@ -179,7 +179,8 @@ impl<Op, R, C, N> Retry<Op, R, C, N> {
     }
 
     /// Draws every retry from a shared [`RetryBudget`](crate::budget::RetryBudget): the
-    /// first attempt deposits, each retry withdraws, and when the budget is spent the last
+    /// first attempt deposits, each retry withdraws when it is decided (before its wait: a
+    /// call dropped during the wait has spent it), and when the budget is spent the last
     /// failure is returned as if the attempts had run out.
     pub fn budget(mut self, budget: crate::budget::RetryBudget) -> Self {
         self.settings.rules.budget = Some(budget);

@@ -36,8 +36,9 @@ use crate::rt::{Clock, DefaultRuntime};
 ///
 /// **Cancel safety:** dropping the response future is dropping
 /// [`ClientPolicies::run`]'s future: the attempt in flight and every permit it holds are
-/// dropped, no policy records anything for it, and with the `metrics` feature the request
-/// counts `cancelled` (once polled).
+/// dropped, no policy records anything for that attempt (what the request drew on the retry
+/// budget stays drawn), and with the `metrics` feature the request counts `cancelled` (once
+/// polled).
 ///
 /// ```
 /// use std::convert::Infallible;

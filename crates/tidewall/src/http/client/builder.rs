@@ -297,7 +297,10 @@ impl<R> ClientPoliciesBuilder<R> {
     /// The longest a `Retry-After` may hold a retry back (default 60 s): a longer one is cut
     /// to this. The cut only shortens the sleep: the deadline is held against the server's
     /// whole `Retry-After`, so a request whose deadline ends before the server's time is
-    /// answered at once with the response, not retried sooner than the server asked.
+    /// answered at once with the response, not retried sooner than the server asked. It caps
+    /// the retry's wait only: how long a failure's `Retry-After` holds the authority's
+    /// breaker open is the breaker's own cap,
+    /// [`max_open_hint`](crate::breaker::CircuitBreakerBuilder::max_open_hint) (default 60 s).
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.max_retry_after = cap;
         self
@@ -386,9 +389,13 @@ impl<R> ClientPoliciesBuilder<R> {
     }
 
     /// The most authorities tracked at once by each per-authority table (default 10,000), a
-    /// hard bound; an authority is forgotten only when nothing depends on it. A new one
-    /// meeting a full table is refused with [`Rejected::KeysFull`](crate::Rejected::KeysFull)
-    /// (see [`KeyedCircuitBreakerBuilder::max_keys`](crate::breaker::KeyedCircuitBreakerBuilder::max_keys)),
+    /// hard bound; an authority is forgotten only when nothing depends on it. The bound is
+    /// split over up to 64 shards by the authority's hash, and a new authority is refused
+    /// when its own shard is full: so a table of busy authorities may refuse a new one while
+    /// it holds fewer than the bound (typically from 83 % of 10,000 on; the figures are in
+    /// [`KeyedCircuitBreakerBuilder::max_keys`](crate::breaker::KeyedCircuitBreakerBuilder::max_keys)).
+    /// A new one meeting a full shard is refused with
+    /// [`Rejected::KeysFull`](crate::Rejected::KeysFull),
     /// but for the rate limit's table, whose full shard answers `RateLimited` until a key
     /// rests: that is waited for within the deadline, as any rate-limit wait.
     pub fn max_authorities(mut self, max: usize) -> Self {

@@ -56,7 +56,8 @@ use crate::sync::{Arc, Swap};
 /// only when no call of its is in flight there and, for the breakers, its breaker is closed
 /// with a window empty or untouched for the breaker's `idle_ttl`
 /// ([`KeyedCircuitBreaker`](crate::breaker::KeyedCircuitBreaker)'s rule), for the retry
-/// budgets, no call has drawn on its budget for the budget's window, and for the rate
+/// budgets, no call has begun on it nor drawn a retry from it for the budget's window (a
+/// request's retries may come long after it began), and for the rate
 /// limits, its limit has rested to a full burst. One seen again starts
 /// afresh there (an adaptive limit from its initial value). A table full of authorities it
 /// may not forget refuses a new one with [`Rejected::KeysFull`](crate::Rejected::KeysFull),

@@ -35,8 +35,11 @@ impl<R: Clock> ClientPolicies<R> {
     /// refused): its response or error is the answer.
     ///
     /// **Cancel safety:** dropping the future drops the attempt in flight and every permit
-    /// it holds; no policy records anything for it, and the request's telemetry counts it
-    /// `cancelled` (once polled).
+    /// it holds; no policy records anything for that attempt, and the request's telemetry
+    /// counts it `cancelled` (once polled). What the request already drew on the authority's
+    /// retry budget stays drawn: its call, and a retry taken before the wait for it (a
+    /// request dropped during that wait spent a retry it never made, as with every retry
+    /// front, whose budget is drawn when a retry is decided).
     ///
     /// **Telemetry:** the request is reported once, however many attempts it made: to the
     /// [listener](super::ClientPoliciesBuilder::on_event), and with the `metrics` feature as
