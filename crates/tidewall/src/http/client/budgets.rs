@@ -73,6 +73,18 @@ impl Budgets {
         );
     }
 
+    /// The authorities whose budgets the table holds.
+    #[cfg(feature = "metrics")]
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The most authorities it holds at once.
+    #[cfg(feature = "metrics")]
+    pub(super) fn max_keys(&self) -> usize {
+        self.keys.max_keys()
+    }
+
     /// `authority`'s budget, made if new; `None` when the table is full of budgets in use.
     pub(super) fn get(
         &self,

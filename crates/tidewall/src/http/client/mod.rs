@@ -192,7 +192,9 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
     /// Sets the gauges of the stack's per-authority tables (feature `metrics`), labelled
     /// with its [name](ClientPoliciesBuilder::name): `tidewall_keyed_keys` and
     /// `tidewall_keyed_max_keys` of each table (`policy` `keyed_breaker`, `keyed_bulkhead`,
-    /// `keyed_adaptive`, `keyed_rate`; 0 and 0 for a stage the stack does not have), and
+    /// `keyed_adaptive`, `keyed_rate`, and `keyed_budget` for the retry budgets, whose full
+    /// table sends a new host's requests once, unretried; 0 and 0 for a stage the stack does
+    /// not have), and
     /// `tidewall_keyed_breaker_keys` (`state`): how many authorities' breakers are in each
     /// state, so a dashboard can show how many hosts are refused now (which ones: the transitions' `key` label, or
     /// [`not_closed`](KeyedCircuitBreaker::not_closed)). Call it before each scrape: gauges
@@ -243,6 +245,8 @@ impl<R: crate::rt::Clock> ClientPolicies<R> {
         gauges::keyed_table("keyed_adaptive", name, keys, max);
         let (keys, max) = sizes(inner.limiters.as_ref().map(|t| (t.len(), t.max_keys())));
         gauges::keyed_table("keyed_rate", name, keys, max);
+        let (keys, max) = sizes(inner.budgets.as_ref().map(|t| (t.len(), t.max_keys())));
+        gauges::keyed_table("keyed_budget", name, keys, max);
     }
 }
 
