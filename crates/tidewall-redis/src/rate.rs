@@ -265,7 +265,12 @@ impl RedisRateLimiter {
     ///
     /// # Errors
     ///
-    /// [`Rejected::BackendUnavailable`] when Redis did not answer; the cells stay held.
+    /// [`Rejected::BackendUnavailable`] when the give-back failed. When nothing was sent (the
+    /// breaker around Redis is open), the cells stay held, for a later call to give back.
+    /// When it was sent and no answer came in time (or the connection failed under it),
+    /// Redis may still have taken them back, so this replica gives them up: held as well,
+    /// they could be spent twice, and the fleet exceed its bound. The limit is then briefly
+    /// stricter, never looser.
     pub async fn return_unspent(&self) -> Result<u64, Rejected> {
         let inner = &*self.inner;
         let Some(lease) = &inner.lease else {
@@ -284,10 +289,12 @@ impl RedisRateLimiter {
             .await
         {
             Ok(_) => Ok(cells),
-            Err(_) => {
+            Err(Unavailable::BreakerOpen) => {
                 lease.restore(cells);
                 Err(Rejected::BackendUnavailable)
             }
+            // Sent: whether Redis ran it is unknown.
+            Err(_) => Err(Rejected::BackendUnavailable),
         }
     }
 

@@ -529,10 +529,11 @@ async fn giving_back_nothing_is_zero() {
     assert_eq!(exact.return_unspent().await, Ok(0));
 }
 
-/// Redis frozen, then killed: the give-back fails and the cells stay held (still spendable
-/// and given back later); after thawing every unspent cell is free again.
+/// Redis frozen, then killed: the give-back was sent and not answered, so the replica gives
+/// the cells up (Redis may have run it: kept too, they could be spent twice). After the thaw
+/// nothing is left to give back, and Redis never has more free than was not spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_give_back_that_fails_keeps_the_cells_for_the_next_one() {
+async fn a_give_back_sent_and_not_answered_gives_the_cells_up() {
     const BURST: u32 = 100;
     let mut server = RedisServer::start();
     let leased = Spec::new(1, HOUR, BURST)
@@ -558,21 +559,14 @@ async fn a_give_back_that_fails_keeps_the_cells_for_the_next_one() {
         started.elapsed()
     );
     server.thaw();
-    let given = eventually(async || leased.return_unspent().await.ok()).await;
-    assert!(given > 0, "the held cells were kept, and given back now");
+    assert_eq!(leased.return_unspent().await, Ok(0), "given up, not held");
     let free = drain_exact(&server, "outage", BURST).await;
     assert!(
         free <= u64::from(BURST) - spent,
-        "{free} free after {spent} spent ({given} given back after the thaw): given back twice"
-    );
-    assert_eq!(
-        free,
-        u64::from(BURST) - spent,
-        "{given} given back after the thaw: cells lost"
+        "{free} free after {spent} spent: given back twice"
     );
 
-    // Killed: the give-back fails, the held cells stay held (still spent locally), then a
-    // fresh server takes them back.
+    // Killed: the same, and the replica has nothing left to spend without Redis.
     let again = Spec::new(1, HOUR, BURST)
         .lease(64)
         .deadline(Duration::from_millis(200))
@@ -580,20 +574,49 @@ async fn a_give_back_that_fails_keeps_the_cells_for_the_next_one() {
     for _ in 0..40 {
         again.check().await.unwrap();
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill();
     assert_eq!(
         again.return_unspent().await,
         Err(Rejected::BackendUnavailable)
     );
-    // Still held: at least one cell is spendable without Redis.
-    again.check().await.unwrap();
-    server.restart();
-    let given = eventually(async || again.return_unspent().await.ok()).await;
-    assert!(
-        given > 0 && given <= 64,
-        "{given} given back after the restart"
+    assert_eq!(
+        again.check().await,
+        Err(Rejected::BackendUnavailable),
+        "nothing held, and no Redis to refill from"
     );
+    server.restart();
     assert_eq!(again.return_unspent().await, Ok(0));
+}
+
+/// A give-back while the breaker around Redis is open is not sent: the cells stay held,
+/// spendable without Redis, and a later give-back, once Redis answers again, returns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_the_breaker_stops_keeps_the_cells() {
+    const BURST: u32 = 100;
+    let mut server = RedisServer::start();
+    // A horizon that long makes every batch after the first the whole `max_batch`.
+    let leased = Spec::new(1, HOUR, BURST)
+        .lease_mode(LeaseMode::new(10).unwrap().horizon(Duration::MAX))
+        .deadline(Duration::from_millis(100))
+        .build(&server, "breaker-open");
+    leased.check().await.unwrap();
+    leased.check().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    // Asks larger than what is held go to Redis and fail, until the breaker opens (five
+    // failures in a row); the held cells are not touched.
+    for _ in 0..5 {
+        assert_eq!(leased.check_n(50).await, Err(Rejected::BackendUnavailable));
+    }
+    assert_eq!(
+        leased.return_unspent().await,
+        Err(Rejected::BackendUnavailable)
+    );
+    leased.check().await.expect("a held cell, spent without Redis");
+    server.restart();
+    let given = eventually(async || leased.return_unspent().await.ok()).await;
+    assert_eq!(given, 8, "the nine held, less the one spent");
 }
 
 /// Clones dropped one by one, the last inside the runtime: the held cells come back once,
@@ -1255,4 +1278,41 @@ async fn short_waits_on_a_healthy_redis_are_not_reported_unavailable() {
         counts.iter().all(|(_, n)| *n == 0),
         "a healthy Redis reported unavailable: {counts:?}"
     );
+}
+
+/// A give-back sent to a Redis that answers too late: Redis takes the cells back once it runs
+/// again, so the replica must not keep them too ("briefly stricter, never looser"). A frozen
+/// server holds the GIVE_BACK in its socket past the deadline, then runs it when thawed:
+/// what the replica spent, what it can still admit on its own and what Redis has free never
+/// add up to more than the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_answered_too_late_is_not_kept_too() {
+    const BURST: u32 = 20;
+    let server = RedisServer::start();
+    // A horizon that long makes every batch after the first the whole `max_batch`.
+    let leased = Spec::new(1, HOUR, BURST)
+        .lease_mode(LeaseMode::new(10).unwrap().horizon(Duration::MAX))
+        .deadline(Duration::from_millis(50))
+        .build(&server, "late-give-back");
+    // A first give-back, answered, loads its script: the late one then runs as sent.
+    leased.check().await.unwrap();
+    leased.check().await.unwrap();
+    assert_eq!(leased.return_unspent().await, Ok(9));
+    leased.check().await.unwrap();
+    let mut spent = 3u64;
+    let ran = server.calls("evalsha");
+    server.freeze();
+    let given = leased.return_unspent().await;
+    server.thaw();
+    assert_eq!(given, Err(Rejected::BackendUnavailable));
+    eventually(async || (server.calls("evalsha") > ran).then_some(())).await;
+    let free = drain_exact(&server, "late-give-back", BURST).await;
+    while spent + free <= u64::from(BURST) && Admission::try_admit(&leased).is_some() {
+        spent += 1;
+    }
+    assert!(
+        spent + free <= u64::from(BURST),
+        "{spent} spent + {free} free from a burst of {BURST}"
+    );
+    assert_eq!(leased.return_unspent().await, Ok(0), "nothing left to give back");
 }
