@@ -142,8 +142,8 @@ impl RedisBulkhead {
     }
 
     /// Checks at start-up that this limit can work: loads its scripts, then takes, renews and
-    /// releases one lease on a key of its own name's (partition `%probe`, which no real
-    /// partition has), so a user that may not load or run them, run a command they call
+    /// releases one lease on a key of its own (under its own hash tag, so on the Cluster node
+    /// that holds its state; its kind begins `%probe:`, which no real key's does), so a user that may not load or run them, run a command they call
     /// (`TIME`, `ZREMRANGEBYSCORE`, `ZCARD`, `ZADD`, `ZSCORE`, `PTTL`, `PEXPIRE`), release a
     /// lease (`ZREM`) or touch its keys is reported now, not met by the failure policy on
     /// every call. The limit itself is not touched.

@@ -11,11 +11,15 @@ pub(crate) fn key(name: &str, partition: &str, kind: &str) -> String {
     format!("{PREFIX}{{{}:{}}}:{kind}", escape(name), escape(partition))
 }
 
-/// The key of `kind` that a limit named `name` probes in `verify`: its name's hash tag (so the
-/// same Cluster slot and ACL key pattern as its real keys) with the partition `%probe`, which
-/// no real partition has (escaping writes every `%` as `%25`).
-pub(crate) fn probe_key(name: &str, kind: &str) -> String {
-    format!("{PREFIX}{{{}:%probe}}:{kind}", escape(name))
+/// The key of `kind` that a limit of `name` and `partition` probes in `verify`: its own hash
+/// tag (so the same Cluster slot, and node, as its real keys), then `%probe:` before the
+/// kind, which no real key has (its kinds are plain words).
+pub(crate) fn probe_key(name: &str, partition: &str, kind: &str) -> String {
+    format!(
+        "{PREFIX}{{{}:{}}}:%probe:{kind}",
+        escape(name),
+        escape(partition)
+    )
 }
 
 fn escape(part: &str) -> String {
@@ -45,12 +49,12 @@ mod tests {
             super::key("a:b", "c", "rate")
         );
         assert_eq!(
-            super::probe_key("api", "rate"),
-            "tidewall:v1:{api:%probe}:rate"
+            super::probe_key("api", "tenant-7", "rate"),
+            "tidewall:v1:{api:tenant-7}:%probe:rate"
         );
         assert_ne!(
-            super::probe_key("a", "rate"),
-            super::key("a", "%probe", "rate")
+            super::probe_key("a", "b", "rate"),
+            super::key("a", "b", "rate")
         );
         assert_eq!(
             super::key("x}", "{y%", "rate"),

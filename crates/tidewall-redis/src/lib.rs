@@ -42,7 +42,7 @@
 //!    password), [`InvalidSettings`](ConnectError::InvalidSettings).
 //! 2. Each limit's `verify` ([`RedisRateLimiter::verify`], [`RedisBulkhead::verify`],
 //!    [`BreakerQuorum::verify`]) loads its scripts and runs them once on probe keys under its
-//!    own name's hash tag: a [`Permission`](ConnectError::Permission) error names the command
+//!    own hash tag (name and partition, so on the Cluster node that holds its state): a [`Permission`](ConnectError::Permission) error names the command
 //!    (or the key) the user may not use.
 //!
 //! `rediss://` URLs need the `tls` feature (rustls); trust a private certificate authority with

@@ -51,7 +51,7 @@ impl Common {
 
     /// The key of this limit's `kind` of state that `verify` probes.
     pub(crate) fn probe_key(&self, kind: &str) -> String {
-        probe_key(&self.name, kind)
+        probe_key(&self.name, &self.partition, kind)
     }
 }
 

@@ -172,7 +172,8 @@ impl BreakerQuorum {
     }
 
     /// Checks at start-up that this layer can work: loads its script and runs it twice on
-    /// keys of its own name's (partition `%probe`, which no real partition has), once
+    /// keys of its own (under its own hash tag, so on the Cluster node that holds its state;
+    /// their kinds begin `%probe:`, which no real key's does), once
     /// reporting open and once closed, so a user that may not load or run it, run a command
     /// it calls (`TIME`, `ZADD`, `ZREM`, `ZREMRANGEBYSCORE`, `PTTL`, `PEXPIRE`, `ZCARD`) or
     /// touch its keys is reported now, not found by a quorum that never forms. The breaker

@@ -193,7 +193,8 @@ impl RedisRateLimiter {
     }
 
     /// Checks at start-up that this limit can work: loads its script and runs it once on a
-    /// key of its own name's (partition `%probe`, which no real partition has), so a user
+    /// key of its own (under its own hash tag, so on the Cluster node that holds its state;
+    /// its kind begins `%probe:`, which no real key's does), so a user
     /// that may not load or run it, run a command it calls (`TIME`, `GET`, `SET`), or touch
     /// its keys is reported now, not met by the failure policy on every call. The probe's
     /// key expires within two milliseconds; the limit itself is not touched.

@@ -613,7 +613,10 @@ async fn a_give_back_the_breaker_stops_keeps_the_cells() {
         leased.return_unspent().await,
         Err(Rejected::BackendUnavailable)
     );
-    leased.check().await.expect("a held cell, spent without Redis");
+    leased
+        .check()
+        .await
+        .expect("a held cell, spent without Redis");
     server.restart();
     let given = eventually(async || leased.return_unspent().await.ok()).await;
     assert_eq!(given, 8, "the nine held, less the one spent");
@@ -1314,5 +1317,9 @@ async fn a_give_back_answered_too_late_is_not_kept_too() {
         spent + free <= u64::from(BURST),
         "{spent} spent + {free} free from a burst of {BURST}"
     );
-    assert_eq!(leased.return_unspent().await, Ok(0), "nothing left to give back");
+    assert_eq!(
+        leased.return_unspent().await,
+        Ok(0),
+        "nothing left to give back"
+    );
 }

@@ -490,6 +490,56 @@ async fn keys_narrowed_to_one_limits_name_work_for_that_name_only() {
     }
 }
 
+/// `verify` probes "under its own hash tag (name and partition, so on the Cluster node that
+/// holds its state)": a user whose keys are narrowed to one partition's hash tag verifies
+/// that partition's limits, and no other partition's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_narrowed_to_one_partition_verify_that_partition() {
+    let certificates = Certificates::make();
+    let narrow = TIDEWALL_USER
+        .replace("user tidewall", "user tenant")
+        .replace("~tidewall:*", "~tidewall:v1:{api:tenant-7}*");
+    let server = SecureServer::start(&certificates, &[TIDEWALL_USER, &narrow], false);
+    let conn = tidewall_user(&server, &certificates)
+        .username("tenant")
+        .connect()
+        .await
+        .unwrap();
+    let second = Duration::from_secs(1);
+    for (partition, allowed) in [("tenant-7", true), ("tenant-8", false)] {
+        let verified = [
+            RedisRateLimiter::builder(&conn, "api", 1, Duration::from_secs(60))
+                .partition(partition)
+                .deadline(second)
+                .build()
+                .unwrap()
+                .verify()
+                .await,
+            RedisBulkhead::builder(&conn, "api", 1)
+                .partition(partition)
+                .deadline(second)
+                .build()
+                .unwrap()
+                .verify()
+                .await,
+            BreakerQuorum::builder(&conn, "api", breaker())
+                .partition(partition)
+                .deadline(second)
+                .build()
+                .unwrap()
+                .verify()
+                .await,
+        ];
+        for result in verified {
+            match (allowed, result) {
+                (true, Ok(())) => {}
+                (false, Err(error)) if is_permission(&error) => {}
+                (_, other) => panic!("partition {partition}: {other:?}"),
+            }
+        }
+    }
+}
+
 /// Which limit needs which command, from the docs of each `verify`.
 fn needed_by(command: &str) -> (bool, bool, bool) {
     const RATE: &[&str] = &["evalsha", "script|load", "time", "get", "set"];

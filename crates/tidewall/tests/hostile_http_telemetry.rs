@@ -1118,7 +1118,12 @@ async fn gauges_have_one_series_per_state_and_zero_for_an_empty_state() {
         let _ = fetch(&other, &format!("http://{host}/"), &[Answer::Status(200)]).await;
     }
     let snap = metrics.gauges(&other);
-    for table in ["keyed_breaker", "keyed_adaptive", "keyed_rate", "keyed_budget"] {
+    for table in [
+        "keyed_breaker",
+        "keyed_adaptive",
+        "keyed_rate",
+        "keyed_budget",
+    ] {
         assert_eq!(
             snap.table("tidewall_keyed_max_keys", "others", table),
             Some(7.0),
