@@ -41,10 +41,11 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    pub(crate) fn new(deadline: Duration) -> Result<Self, tidewall::ConfigError> {
+    /// The backend of the limit named `name`, whose breaker reports as `redis:<name>`.
+    pub(crate) fn new(deadline: Duration, name: &str) -> Result<Self, tidewall::ConfigError> {
         // Five failures in a row (timeouts included) open it for 500 ms, then one probe.
         let breaker = CircuitBreaker::builder()
-            .name("redis")
+            .name(format!("redis:{name}"))
             .consecutive_failures(5)
             .break_duration(Duration::from_millis(500))
             .runtime(Tokio)

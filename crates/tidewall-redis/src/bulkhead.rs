@@ -60,6 +60,13 @@ return 1
 /// it until it drops. Keep the lease many deadlines long. Cheap to clone; clones share
 /// everything.
 ///
+/// The renewals and the release run as tasks on the tokio runtime the permit was acquired
+/// on, and end with it: a permit dropped as that runtime shuts down (at the end of
+/// `#[tokio::main]`, say) may not be released, and holds its slot until its lease expires
+/// (30 s by default), and one held past its runtime's end is no longer renewed, so its lease
+/// lapses while it is held. Drop permits, and let their releases run, before the runtime
+/// ends.
+///
 /// Each acquire is one round trip within the deadline (default 10 ms); when Redis does not
 /// answer, the [`WhenUnavailable`] decides (`Local` uses an in-process bulkhead holding its
 /// share of the limit).
@@ -108,7 +115,8 @@ pub struct RedisBulkheadBuilder {
 }
 
 /// A slot in a [`RedisBulkhead`]: a lease in Redis (renewed while held), or a slot of the
-/// local fallback bulkhead. Dropping it releases the slot (a Redis lease in the background).
+/// local fallback bulkhead. Dropping it releases the slot (a Redis lease in the background,
+/// on the runtime it was acquired on, while that one runs: see [`RedisBulkhead`]).
 #[derive(Debug)]
 pub struct RedisPermit {
     held: Held,
@@ -479,7 +487,7 @@ impl RedisBulkheadBuilder {
                 conn: self.common.conn,
                 limit: self.limit,
                 lease: self.lease,
-                backend: Backend::new(self.common.deadline)?,
+                backend: Backend::new(self.common.deadline, &self.common.name)?,
                 policy: self.common.policy,
                 local,
                 instance,

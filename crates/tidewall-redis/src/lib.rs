@@ -25,8 +25,23 @@
 //!   goes through a circuit breaker around Redis itself: no decision ever waits longer than
 //!   its deadline, whatever Redis does. (A leased bulkhead's background renewals and releases
 //!   go past the breaker: nobody waits on them, and a held lease must not lapse.)
-//!   When Redis does not answer, the limit's [`WhenUnavailable`] decides: admit, refuse, or fall
-//!   back to a local limiter holding a configured share of the global limit.
+//!   When Redis does not answer in time, or answers with an error (an `OOM` from a full
+//!   Redis, a `NOPERM` after an ACL change, a `READONLY` from a demoted master), the limit's
+//!   [`WhenUnavailable`] decides: admit, refuse, or fall back to a local limiter holding a
+//!   configured share of the global limit. So under the default (`Open`), a Redis that
+//!   refuses every command admits everything: watch the breaker's metrics below, or choose
+//!   `Closed` or `Local`.
+//! * With tidewall's `metrics` or `tracing` feature, each limit's breaker around Redis
+//!   reports as a breaker named `redis:<name>` (the limit's name): its calls by outcome,
+//!   its transitions, and its refusals while open (`circuit_open`), counted even when the
+//!   policy then admits. A limit's own refusals (a rate limit reached, a bulkhead full) are
+//!   not counted in metrics.
+//! * **Memory.** Every key a limit writes has an expiry, which makes it a candidate for
+//!   eviction under a `volatile-*` (and any `allkeys-*`) `maxmemory-policy`: an evicted rate
+//!   key gives a whole burst again, and an evicted bulkhead set forgets every lease held, so
+//!   the limit is exceeded until those holders let go. Give the limits a Redis that never
+//!   evicts their keys: `maxmemory-policy noeviction` (a full Redis then answers `OOM`, and
+//!   the failure policy decides), or memory to spare.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.
 //!
@@ -108,8 +123,9 @@
 //! after a failover it finds the promoted replica (retries wait 5 ms doubling to 500 ms).
 //!
 //! **What a failover does.** While a master is gone (Redis notices after
-//! `cluster-node-timeout`, then elects its replica: 2.2–2.7 s in the tests with a 1 s
-//! timeout), each decision on its slots still returns within its deadline, decided by
+//! `cluster-node-timeout`, then elects its replica: decisions again 2.4–3.0 s after the
+//! kill in the failover runs of docs/BENCHMARKS.md, with a 1 s timeout), each decision on
+//! its slots still returns within its deadline, decided by
 //! [`WhenUnavailable`]. **What it can lose:** Redis replicates asynchronously, so writes the
 //! dead master acknowledged but had not yet sent to its replica are gone: for the rate
 //! limiter, cells it admitted (the promoted replica may admit them again, at most as many as

@@ -86,7 +86,8 @@ macro_rules! common_options {
     () => {
         crate::options::common_options!(no_policy);
 
-        /// What to do when Redis does not answer in time (default: admit).
+        /// What to do when Redis does not answer in time or answers with an error (default:
+        /// admit).
         #[must_use]
         pub fn when_unavailable(mut self, policy: crate::policy::WhenUnavailable) -> Self {
             self.common.policy = policy;

@@ -1,7 +1,7 @@
-//! What a limit does when Redis does not answer within its deadline.
+//! What a limit does when Redis does not answer within its deadline, or fails.
 
-/// What a limit does when Redis does not answer in time (or its breaker around Redis is
-/// open).
+/// What a limit does when Redis does not answer in time, answers with an error (`OOM`,
+/// `NOPERM`, `READONLY`, ...), or its breaker around Redis is open.
 ///
 /// ```
 /// use tidewall_redis::WhenUnavailable;

@@ -739,8 +739,11 @@ impl RedisRateLimiterBuilder {
     ///
     /// A zero count, period, burst or deadline; a `period / count` under 1 µs or more than
     /// 0.1 % above a whole number of µs, or a `burst × interval` over 2^50 µs
-    /// ([`ConfigError::OutOfRange`]); a period or deadline beyond `u64::MAX` nanoseconds; a
-    /// local share outside (0, 1]; an empty name.
+    /// ([`ConfigError::OutOfRange`]); [`ConfigError::DurationOverflow`] for a deadline beyond
+    /// `u64::MAX` nanoseconds, and for a period or a `burst × interval` the in-process rule
+    /// cannot hold in `u64` nanoseconds (checked first, as for
+    /// [`Gcra::new`](tidewall_core::gcra::Gcra::new)); a local share outside (0, 1]; an empty
+    /// name.
     pub fn build(self) -> Result<RedisRateLimiter, ConfigError> {
         let burst = self.burst.unwrap_or(self.count);
         // The in-process rule first (zero settings, overflow), then Redis's coarser clock.
@@ -771,7 +774,7 @@ impl RedisRateLimiterBuilder {
                 conn: self.common.conn,
                 interval_us,
                 burst,
-                backend: Backend::new(self.common.deadline)?,
+                backend: Backend::new(self.common.deadline, &self.common.name)?,
                 policy: self.common.policy,
                 local,
                 denied: Mutex::new(None),

@@ -1,0 +1,49 @@
+//! The breaker around Redis reports under its limit's name (`redis:<name>`), so two limits
+//! on a failing Redis count in series of their own. One test: it installs the global
+//! metrics recorder.
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tidewall::Rejected;
+use tidewall_redis::{RedisConn, RedisRateLimiter, WhenUnavailable};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limits_breaker_around_redis_counts_under_its_own_name() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::set_global_recorder(recorder).unwrap();
+    // A port nothing listens on: every call fails at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conn = RedisConn::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    for (name, calls) in [("a", 2), ("b", 3)] {
+        let limiter = RedisRateLimiter::builder(&conn, name, 10, Duration::from_secs(1))
+            .deadline(Duration::from_millis(200))
+            .when_unavailable(WhenUnavailable::Closed)
+            .build()
+            .unwrap();
+        for _ in 0..calls {
+            assert_eq!(limiter.check().await, Err(Rejected::BackendUnavailable));
+        }
+    }
+    // One snapshot: taking one resets the counters.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let failures = |name: &str| {
+        snapshot.iter().find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let label = |k: &str, v: &str| key.labels().any(|l| l.key() == k && l.value() == v);
+            (key.name() == "tidewall_calls_total"
+                && label("policy", "breaker")
+                && label("name", name)
+                && label("outcome", "failure"))
+            .then_some(value)
+        })
+    };
+    assert_eq!(failures("redis:a"), Some(&DebugValue::Counter(2)));
+    assert_eq!(failures("redis:b"), Some(&DebugValue::Counter(3)));
+    assert_eq!(failures("redis"), None, "no series shared by every limit");
+}
