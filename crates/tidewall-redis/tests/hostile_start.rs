@@ -449,18 +449,26 @@ async fn a_user_without_any_command_connects_and_every_verify_refuses() {
 // ---------------------------------------------------------------------------------------
 // The ACL rule: narrowed keys, each command missing.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_narrowed_to_one_limits_name_work_for_that_name_only() {
+/// A server with the Tidewall user and a user `narrow` whose keys are only those matching
+/// `keys`, and a connection as `narrow` (the certificates and the server live as long as the
+/// tuple).
+async fn narrowed_to(keys: &str) -> (Certificates, SecureServer, RedisConn) {
     let certificates = Certificates::make();
     let narrow = TIDEWALL_USER
         .replace("user tidewall", "user narrow")
-        .replace("~tidewall:*", "~tidewall:v1:{api:*");
+        .replace("~tidewall:*", &format!("~{keys}"));
     let server = SecureServer::start(&certificates, &[TIDEWALL_USER, &narrow], false);
     let conn = tidewall_user(&server, &certificates)
         .username("narrow")
         .connect()
         .await
         .unwrap();
+    (certificates, server, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_narrowed_to_one_limits_name_work_for_that_name_only() {
+    let (_certificates, _server, conn) = narrowed_to("tidewall:v1:{api:*").await;
 
     let api = rate(&conn, "api");
     api.verify().await.expect("the rate limit `api`");
@@ -495,16 +503,7 @@ async fn keys_narrowed_to_one_limits_name_work_for_that_name_only() {
 /// that partition's limits, and no other partition's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_narrowed_to_one_partition_verify_that_partition() {
-    let certificates = Certificates::make();
-    let narrow = TIDEWALL_USER
-        .replace("user tidewall", "user tenant")
-        .replace("~tidewall:*", "~tidewall:v1:{api:tenant-7}*");
-    let server = SecureServer::start(&certificates, &[TIDEWALL_USER, &narrow], false);
-    let conn = tidewall_user(&server, &certificates)
-        .username("tenant")
-        .connect()
-        .await
-        .unwrap();
+    let (_certificates, _server, conn) = narrowed_to("tidewall:v1:{api:tenant-7}*").await;
     let second = Duration::from_secs(1);
     for (partition, allowed) in [("tenant-7", true), ("tenant-8", false)] {
         let verified = [

@@ -263,14 +263,15 @@ async fn the_percentile_forgets_at_the_documented_pace() {
     assert!(delay >= ms(100) && delay <= ms(113), "{delay:?}");
 }
 
-/// "Each count halves rounded down, so a latency seen once is gone at the next halving": one
-/// 5 s call, then 20,000 of 1 ms, and the 1.0 quantile (the slowest seen) is 1 ms again.
-/// Halved rounding up, the 5 s bucket kept its one latency for good.
-#[tokio::test(start_paused = true)]
-async fn the_slowest_latency_seen_once_fades() {
+/// The hedge delay of a quantile estimated from one call per latency in `slow`, then 20,000
+/// of 1 ms, each in paused time, one after another (no hedges).
+async fn delay_after_an_incident(
+    quantile: f64,
+    slow: impl IntoIterator<Item = Duration>,
+) -> Duration {
     let hedge = Hedge::builder()
         .delay(ms(10))
-        .percentile(1.0, 1)
+        .percentile(quantile, 1)
         .max_hedges(0)
         .build()
         .unwrap();
@@ -280,11 +281,21 @@ async fn the_slowest_latency_seen_once_fades() {
             Ok::<_, ()>(())
         }))
     };
-    slept(ms(5_000)).await.unwrap();
+    for latency in slow {
+        slept(latency).await.unwrap();
+    }
     for _ in 0..20_000 {
         slept(ms(1)).await.unwrap();
     }
-    let delay = hedge.delay();
+    hedge.delay()
+}
+
+/// "Each count halves rounded down, so a latency seen once is gone at the next halving": one
+/// 5 s call, then 20,000 of 1 ms, and the 1.0 quantile (the slowest seen) is 1 ms again.
+/// Halved rounding up, the 5 s bucket kept its one latency for good.
+#[tokio::test(start_paused = true)]
+async fn the_slowest_latency_seen_once_fades() {
+    let delay = delay_after_an_incident(1.0, [ms(5_000)]).await;
     assert!(delay >= ms(1) && delay <= ms(2), "{delay:?}");
 }
 
@@ -293,26 +304,7 @@ async fn the_slowest_latency_seen_once_fades() {
 /// once 20,000 calls of 1 ms have gone through, the p99 is 1 ms again.
 #[tokio::test(start_paused = true)]
 async fn an_incident_spread_over_many_buckets_fades_from_the_p99() {
-    let hedge = Hedge::builder()
-        .delay(ms(10))
-        .percentile(0.99, 1)
-        .max_hedges(0)
-        .build()
-        .unwrap();
-    let slept = |latency: Duration| {
-        hedge.call(Idempotent(move || async move {
-            tokio::time::sleep(latency).await;
-            Ok::<_, ()>(())
-        }))
-    };
-    let mut slow = ms(100);
-    for _ in 0..64 {
-        slept(slow).await.unwrap();
-        slow = slow.mul_f64(1.13);
-    }
-    for _ in 0..20_000 {
-        slept(ms(1)).await.unwrap();
-    }
-    let delay = hedge.delay();
+    let slow = std::iter::successors(Some(ms(100)), |d| Some(d.mul_f64(1.13))).take(64);
+    let delay = delay_after_an_incident(0.99, slow).await;
     assert!(delay >= ms(1) && delay <= ms(2), "{delay:?}");
 }

@@ -731,6 +731,20 @@ async fn a_refusal_from_below_is_not_a_failure_of_the_host() {
     assert_eq!(policies.breakers().unwrap().state(&host), Some(State::Open));
 }
 
+/// On the default runtime (tokio, in paused time): three attempts `delay` apart, no jitter,
+/// no breaker.
+fn on_tokio(delay: Duration) -> ClientPoliciesBuilder {
+    ClientPolicies::builder()
+        .retry(
+            Backoff::constant(delay)
+                .jitter(Jitter::None)
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+        )
+        .breaker(None)
+}
+
 /// A body that counts its copies.
 #[derive(Debug)]
 struct CountedBody(std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -747,18 +761,7 @@ impl Clone for CountedBody {
 /// the last attempt's 503 is still the answer, after the same three sends.
 #[tokio::test(start_paused = true)]
 async fn the_last_attempt_sends_the_request_without_copying_it() {
-    let policies = ClientPolicies::builder()
-        .retry(
-            Backoff::constant(ms(10))
-                .jitter(Jitter::None)
-                .max_attempts(3)
-                .build()
-                .unwrap(),
-        )
-        .retry_budget(None)
-        .breaker(None)
-        .build()
-        .unwrap();
+    let policies = on_tokio(ms(10)).retry_budget(None).build().unwrap();
     let sends = std::sync::atomic::AtomicUsize::new(0);
     let run = |overrides: Overrides| {
         let copies = std::sync::Arc::default();
@@ -794,14 +797,7 @@ async fn the_last_attempt_sends_the_request_without_copying_it() {
 /// budget, so its 503 is sent once, not retried on a fresh budget.
 #[tokio::test(start_paused = true)]
 async fn a_budget_is_kept_for_a_window_after_its_last_retry() {
-    let policies = ClientPolicies::builder()
-        .retry(
-            Backoff::constant(ms(100))
-                .jitter(Jitter::None)
-                .max_attempts(3)
-                .build()
-                .unwrap(),
-        )
+    let policies = on_tokio(ms(100))
         .retry_budget(Some(
             RetryBudgetPolicy::builder()
                 .ratio(0.0)
@@ -810,7 +806,6 @@ async fn a_budget_is_kept_for_a_window_after_its_last_retry() {
                 .build()
                 .unwrap(),
         ))
-        .breaker(None)
         .bulkhead(None)
         .attempt_timeout(None)
         .deadline(Some(Duration::from_secs(60)))
