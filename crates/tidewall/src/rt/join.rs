@@ -18,15 +18,20 @@ pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 
     /// started yet may never start, and then yields `Cancelled`).
     fn abort(&self);
 
-    /// The task's result if it has finished, `None` while it runs: without waiting, and
-    /// without registering a waker. After it has given the result once, what a handle
-    /// answers is the adapter's (as for any future polled after it completed).
+    /// The task's result if it has finished, `None` while it runs, without waiting. After it
+    /// has given the result once, what a handle answers is the adapter's (as for any future
+    /// polled after it completed). The supervisor's and the shutdown's stops use it to tell a
+    /// task that ended on its own from one they stop.
     ///
-    /// The provided method polls the handle once with a waker that does nothing. An adapter
-    /// whose runtime may answer that poll `Pending` for a task that has finished overrides
-    /// it: tokio's handle does, since tokio's cooperative budget (about 128 polls a turn)
-    /// makes a handle polled late in a task's turn read as pending. The supervisor's and the
-    /// shutdown's stops use it to tell a task that ended on its own from one they stop.
+    /// The provided method polls the handle once with a waker that does nothing, so for a
+    /// task still running it replaces a waker an earlier poll of the handle registered: poll
+    /// the handle again before waiting on it. The tokio, smol and [`Clocked`] handles
+    /// override it to read a running task without a poll, and leave an earlier poll's waker
+    /// in place; tokio's also reads past tokio's cooperative budget (about 128 polls a turn),
+    /// within which a finished task's handle polled late in a turn would read as pending.
+    /// The async-std handle keeps the provided method.
+    ///
+    /// [`Clocked`]: crate::testing::Clocked
     ///
     /// ```
     /// use tidewall::rt::{Spawn, TaskHandle, Tokio};
@@ -43,11 +48,16 @@ pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 
     /// # }
     /// ```
     fn try_join(&mut self) -> Option<Result<T, JoinError>> {
-        let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(self).poll(&mut cx) {
-            Poll::Ready(result) => Some(result),
-            Poll::Pending => None,
-        }
+        poll_now(self)
+    }
+}
+
+/// `future`'s output if one poll with a waker that does nothing gives it.
+pub(crate) fn poll_now<F: Future + Unpin + ?Sized>(future: &mut F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(future).poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 

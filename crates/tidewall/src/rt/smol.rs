@@ -143,6 +143,14 @@ impl<T: Send + 'static> TaskHandle<T> for SmolJoinHandle<T> {
             abort.abort();
         }
     }
+
+    /// A running task is read without a poll: an earlier poll's waker stays registered.
+    fn try_join(&mut self) -> Option<Result<T, JoinError>> {
+        if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
+            return None;
+        }
+        super::join::poll_now(self)
+    }
 }
 
 /// Owns a smol executor and the threads that run it.

@@ -119,15 +119,14 @@ impl<T: Send + 'static> TaskHandle<T> for TokioJoinHandle<T> {
         self.0.abort();
     }
 
-    /// Polled outside tokio's cooperative budget: within it, a finished task's handle polled
-    /// after the budget ran out would read as pending.
+    /// A running task is read without a poll (an earlier poll's waker stays registered); a
+    /// finished one is polled outside tokio's cooperative budget, within which its handle,
+    /// polled after the budget ran out, would read as pending.
     fn try_join(&mut self) -> Option<Result<T, JoinError>> {
-        let mut handle = tokio::task::unconstrained(&mut self.0);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut handle).poll(&mut cx) {
-            Poll::Ready(result) => Some(joined(result)),
-            Poll::Pending => None,
+        if !self.0.is_finished() {
+            return None;
         }
+        super::join::poll_now(&mut tokio::task::unconstrained(&mut self.0)).map(joined)
     }
 }
 

@@ -161,6 +161,15 @@ impl<T: Send + 'static, H: TaskHandle<()>> TaskHandle<T> for ClockedJoinHandle<T
         }
         self.task.abort();
     }
+
+    /// Read from the result's channel without a poll: an earlier poll's waker stays
+    /// registered.
+    fn try_join(&mut self) -> Option<Result<T, JoinError>> {
+        match self.output.try_recv() {
+            Ok(received) => received.map(Output::into_result),
+            Err(oneshot::Canceled) => Some(Err(JoinError::Cancelled)),
+        }
+    }
 }
 
 /// The future returned by [`Clocked::drive`].
