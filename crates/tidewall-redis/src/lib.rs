@@ -41,7 +41,10 @@
 //!   key gives a whole burst again, and an evicted bulkhead set forgets every lease held, so
 //!   the limit is exceeded until those holders let go. Give the limits a Redis that never
 //!   evicts their keys: `maxmemory-policy noeviction` (a full Redis then answers `OOM`, and
-//!   the failure policy decides), or memory to spare.
+//!   the failure policy decides), or memory to spare. One exception: Redis refuses a script
+//!   for `OOM` only until it has written, and a bulkhead's acquire first clears expired
+//!   leases, so on a full Redis it may still take a lease (staying exact, past `maxmemory`)
+//!   rather than leave the decision to the policy.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.
 //!

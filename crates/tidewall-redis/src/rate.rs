@@ -258,7 +258,11 @@ impl RedisRateLimiter {
     /// outside lease mode, or with none held). That is not what the limit gained: its state
     /// never moves back past rest, so Redis credits fewer when the limit rested meanwhile,
     /// and none once its key expired (a whole burst's worth of idle time) or on a restarted
-    /// Redis; the count is the same.
+    /// Redis, while nothing has written the key since; the count is the same. Once another
+    /// replica has spent from a key made anew (after an expiry, or on a restarted Redis),
+    /// the give-back moves that new state back like any other, up to rest: the limit then
+    /// forgives up to the cells given back, within the fleet's bound (the exact limit plus a
+    /// batch per replica).
     ///
     /// **Cancel safety:** dropping the future after the round trip left may lose the cells
     /// (they were taken from this replica first); the limit is then briefly stricter, never
