@@ -1,0 +1,287 @@
+//! Black-box test of what each limit's breaker around Redis reports with tidewall's `metrics`
+//! feature, from the crate docs only: "a breaker named `redis:<name>` (the limit's name): its
+//! calls by outcome, its transitions, and its refusals while open (`circuit_open`), counted
+//! even when the policy then admits. A limit's own refusals (a rate limit reached, a
+//! bulkhead full) are not counted in metrics." One test: it installs the global recorder.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RedisServer, eventually};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tidewall::Rejected;
+use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
+
+/// A series' labels, sorted.
+type Labels = Vec<(String, String)>;
+
+/// One snapshot's counters: (metric, labels) → value. Taking it resets them.
+struct Counters(Vec<(String, Labels, u64)>);
+
+impl Counters {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        Self(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter_map(|(key, _, _, value)| {
+                    let DebugValue::Counter(n) = value else {
+                        return None;
+                    };
+                    let key = key.key();
+                    let mut labels: Vec<_> = key
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect();
+                    labels.sort();
+                    Some((key.name().to_owned(), labels, n))
+                })
+                .collect(),
+        )
+    }
+
+    /// The sum of `metric` over every series whose labels include all of `wanted`.
+    fn sum(&self, metric: &str, wanted: &[(&str, &str)]) -> u64 {
+        self.0
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == metric
+                    && wanted
+                        .iter()
+                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    fn calls(&self, name: &str, outcome: &str) -> u64 {
+        self.sum(
+            "tidewall_calls_total",
+            &[("policy", "breaker"), ("name", name), ("outcome", outcome)],
+        )
+    }
+
+    fn circuit_open(&self, name: &str) -> u64 {
+        self.sum(
+            "tidewall_rejections_total",
+            &[
+                ("policy", "breaker"),
+                ("name", name),
+                ("reason", "circuit_open"),
+            ],
+        )
+    }
+
+    fn transitions(&self, name: &str, to: &str) -> u64 {
+        self.sum(
+            "tidewall_breaker_transitions_total",
+            &[("policy", "breaker"), ("name", name), ("to", to)],
+        )
+    }
+
+    /// Every `name` label seen on a series with a non-zero count.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, _, n)| *n > 0)
+            .flat_map(|(_, labels, _)| labels.iter())
+            .filter(|(k, _)| k == "name")
+            .map(|(_, v)| v.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn acl_setuser(server: &RedisServer, user: &str, rules: &str) {
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER").arg(user);
+    for rule in rules.split_whitespace() {
+        command.arg(rule);
+    }
+    let _: () = command.query(&mut server.admin().unwrap()).unwrap();
+}
+
+fn rate(
+    conn: &RedisConn,
+    name: &str,
+    partition: &str,
+    policy: WhenUnavailable,
+) -> RedisRateLimiter {
+    RedisRateLimiter::builder(conn, name, 1, Duration::from_secs(3600))
+        .burst(2)
+        .partition(partition)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(policy)
+        .build()
+        .unwrap()
+}
+
+fn bulkhead(
+    conn: &RedisConn,
+    name: &str,
+    lease: Duration,
+    policy: WhenUnavailable,
+) -> RedisBulkhead {
+    RedisBulkhead::builder(conn, name, 1)
+        .lease(lease)
+        .deadline(Duration::from_secs(1))
+        .when_unavailable(policy)
+        .build()
+        .unwrap()
+}
+
+/// The name needs escaping in keys; the series carry it as given. Three partitions of it
+/// (two failing open, one closed) and a bulkhead failing open run as a user whose keys an ACL
+/// change takes away; a healthy rate limit and bulkhead refuse on their own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_as_redis_name() {
+    const ODD: &str = "m:{r}%";
+    const SERIES: &str = "redis:m:{r}%";
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::set_global_recorder(recorder).unwrap();
+
+    let server = RedisServer::start();
+    acl_setuser(&server, "metered", "on >pw ~* &* +@all");
+    let metered = RedisConn::builder(server.url())
+        .username("metered")
+        .password("pw")
+        .connect()
+        .await
+        .unwrap();
+    let healthy = RedisConn::builder(server.url()).connect().await.unwrap();
+    let open_a = rate(&metered, ODD, "p-a", WhenUnavailable::Open);
+    let open_b = rate(&metered, ODD, "p-b", WhenUnavailable::Open);
+    let closed_c = rate(&metered, ODD, "p-c", WhenUnavailable::Closed);
+    let open_bulkhead = bulkhead(
+        &metered,
+        "mb",
+        Duration::from_secs(30),
+        WhenUnavailable::Open,
+    );
+    let healthy_rate = rate(&healthy, "healthy-rate", "default", WhenUnavailable::Closed);
+    // Renewed every 20 ms while held: renewals go past the breaker.
+    let healthy_bulkhead = bulkhead(
+        &healthy,
+        "healthy-bh",
+        Duration::from_millis(60),
+        WhenUnavailable::Closed,
+    );
+
+    // 1. Healthy: answers, the limits' own refusals, renewals and a release.
+    open_a.check().await.unwrap();
+    assert_eq!(healthy_rate.check().await, Ok(()));
+    assert_eq!(healthy_rate.check().await, Ok(()));
+    for _ in 0..3 {
+        assert!(matches!(
+            healthy_rate.check().await,
+            Err(Rejected::RateLimited { .. })
+        ));
+    }
+    let held = healthy_bulkhead.try_acquire().await.unwrap();
+    assert!(held.is_shared());
+    assert_eq!(
+        healthy_bulkhead.try_acquire().await.map(drop),
+        Err(Rejected::BulkheadFull)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(held);
+    let key = healthy_bulkhead.key().to_owned();
+    eventually(async || {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(&key)
+            .query(&mut server.admin().unwrap())
+            .unwrap();
+        (held == 0).then_some(())
+    })
+    .await;
+    let healthy_phase = Counters::take(&snapshotter);
+    assert_eq!(
+        healthy_phase.calls(SERIES, "success"),
+        1,
+        "{:?}",
+        healthy_phase.0
+    );
+    // Two admissions and one denial from Redis; the later denials are remembered locally.
+    assert_eq!(healthy_phase.calls("redis:healthy-rate", "success"), 3);
+    // Two acquires; the ~30 renewals and the release go past the breaker.
+    assert_eq!(
+        healthy_phase.calls("redis:healthy-bh", "success"),
+        2,
+        "renewals or the release counted as calls of the breaker"
+    );
+    for name in ["redis:healthy-rate", "redis:healthy-bh", SERIES] {
+        assert_eq!(healthy_phase.calls(name, "failure"), 0, "{name}");
+    }
+    for reason in ["rate_limited", "bulkhead_full"] {
+        assert_eq!(
+            healthy_phase.sum("tidewall_rejections_total", &[("reason", reason)]),
+            0,
+            "a limit's own refusal ({reason}) counted in metrics"
+        );
+    }
+
+    // 2. The ACL takes the keys away: every call answered NOPERM, until each breaker opens.
+    acl_setuser(&server, "metered", "resetkeys ~other:*");
+    for _ in 0..20 {
+        assert_eq!(open_a.check().await, Ok(()));
+        assert_eq!(open_b.check().await, Ok(()));
+        assert_eq!(closed_c.check().await, Err(Rejected::BackendUnavailable));
+        let permit = open_bulkhead.try_acquire().await.unwrap();
+        assert!(!permit.is_shared());
+    }
+    let failing = Counters::take(&snapshotter);
+    let (failures, refusals) = (
+        failing.calls(SERIES, "failure"),
+        failing.circuit_open(SERIES),
+    );
+    assert!(
+        failures >= 3 && refusals >= 3,
+        "each of three breakers fails, opens and refuses: {failures} failures, \
+         {refusals} refusals"
+    );
+    assert_eq!(
+        failures + refusals,
+        60,
+        "each of the 60 decisions is one failed call or one refusal while open \
+         (admitted by the open policy or not)"
+    );
+    assert_eq!(failing.calls(SERIES, "success"), 0);
+    assert!(failing.transitions(SERIES, "open") >= 3, "{:?}", failing.0);
+    let (failures, refusals) = (
+        failing.calls("redis:mb", "failure"),
+        failing.circuit_open("redis:mb"),
+    );
+    assert!(failures >= 1 && refusals >= 1, "{failures}, {refusals}");
+    assert_eq!(failures + refusals, 20, "the bulkhead's 20 acquires");
+    assert!(failing.transitions("redis:mb", "open") >= 1);
+    // Named by the limit's name as given: never by its partition, its escaped form, nor one
+    // series shared by every limit.
+    for name in failing.names().iter().chain(healthy_phase.names().iter()) {
+        assert!(
+            !name.contains("p-a")
+                && !name.contains("p-b")
+                && !name.contains("p-c")
+                && !name.contains("%3A")
+                && name != "redis",
+            "a series named {name:?}"
+        );
+    }
+
+    // 3. Keys given back: the closed partition's breaker probes and closes again.
+    acl_setuser(&server, "metered", "~*");
+    eventually(async || closed_c.check().await.ok()).await;
+    let healed = Counters::take(&snapshotter);
+    assert!(
+        healed.transitions(SERIES, "half_open") >= 1,
+        "{:?}",
+        healed.0
+    );
+    assert!(healed.transitions(SERIES, "closed") >= 1, "{:?}", healed.0);
+    assert!(healed.calls(SERIES, "success") >= 1);
+}
