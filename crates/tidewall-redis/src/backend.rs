@@ -41,11 +41,16 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    /// The backend of the limit named `name`, whose breaker reports as `redis:<name>`.
-    pub(crate) fn new(deadline: Duration, name: &str) -> Result<Self, tidewall::ConfigError> {
+    /// The backend of the `kind` of limit (`rate`, `bulkhead`, `quorum`) named `name`, whose
+    /// breaker reports as `redis:<kind>:<name>`.
+    pub(crate) fn new(
+        deadline: Duration,
+        kind: &str,
+        name: &str,
+    ) -> Result<Self, tidewall::ConfigError> {
         // Five failures in a row (timeouts included) open it for 500 ms, then one probe.
         let breaker = CircuitBreaker::builder()
-            .name(format!("redis:{name}"))
+            .name(format!("redis:{kind}:{name}"))
             .consecutive_failures(5)
             .break_duration(Duration::from_millis(500))
             .runtime(Tokio)

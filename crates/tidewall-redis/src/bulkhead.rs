@@ -487,7 +487,7 @@ impl RedisBulkheadBuilder {
                 conn: self.common.conn,
                 limit: self.limit,
                 lease: self.lease,
-                backend: Backend::new(self.common.deadline, &self.common.name)?,
+                backend: Backend::new(self.common.deadline, "bulkhead", &self.common.name)?,
                 policy: self.common.policy,
                 local,
                 instance,

@@ -32,7 +32,8 @@
 //!   refuses every command admits everything: watch the breaker's metrics below, or choose
 //!   `Closed` or `Local`.
 //! * With tidewall's `metrics` or `tracing` feature, each limit's breaker around Redis
-//!   reports as a breaker named `redis:<name>` (the limit's name): its calls by outcome,
+//!   reports as a breaker named `redis:<kind>:<name>` (`rate`, `bulkhead` or `quorum`, and
+//!   the limit's name, as given; the partitions of one name share it): its calls by outcome,
 //!   its transitions, and its refusals while open (`circuit_open`), counted even when the
 //!   policy then admits. A limit's own refusals (a rate limit reached, a bulkhead full) are
 //!   not counted in metrics.

@@ -457,7 +457,7 @@ impl BreakerQuorumBuilder {
                 quorum: self.quorum,
                 every: self.every,
                 expiry_us,
-                backend: Backend::new(self.common.deadline, &self.common.name)?,
+                backend: Backend::new(self.common.deadline, "quorum", &self.common.name)?,
                 forced: Mutex::new(None),
                 refreshers: AtomicUsize::new(0),
                 script: redis::Script::new(REPORT),

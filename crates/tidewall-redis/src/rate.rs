@@ -272,10 +272,11 @@ impl RedisRateLimiter {
     ///
     /// [`Rejected::BackendUnavailable`] when the give-back failed. When nothing was sent (the
     /// breaker around Redis is open), the cells stay held, for a later call to give back.
-    /// When it was sent and no answer came in time (or the connection failed under it),
-    /// Redis may still have taken them back, so this replica gives them up: held as well,
-    /// they could be spent twice, and the fleet exceed its bound. The limit is then briefly
-    /// stricter, never looser.
+    /// When it was sent and failed (no answer came in time, the connection failed under it,
+    /// or Redis answered with an error), Redis may have taken them back, so this replica gives
+    /// them up: held as well, they could be spent twice, and the fleet exceed its bound. The
+    /// limit is then briefly stricter, never looser (after an error reply Redis still counts
+    /// them as taken: they are spent by nobody until time frees them).
     pub async fn return_unspent(&self) -> Result<u64, Rejected> {
         let inner = &*self.inner;
         let Some(lease) = &inner.lease else {
@@ -778,7 +779,7 @@ impl RedisRateLimiterBuilder {
                 conn: self.common.conn,
                 interval_us,
                 burst,
-                backend: Backend::new(self.common.deadline, &self.common.name)?,
+                backend: Backend::new(self.common.deadline, "rate", &self.common.name)?,
                 policy: self.common.policy,
                 local,
                 denied: Mutex::new(None),

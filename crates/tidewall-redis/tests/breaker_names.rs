@@ -1,6 +1,6 @@
-//! The breaker around Redis reports under its limit's name (`redis:<name>`), so two limits
-//! on a failing Redis count in series of their own. One test: it installs the global
-//! metrics recorder.
+//! The breaker around Redis reports under its limit's kind and name (`redis:<kind>:<name>`),
+//! so two limits on a failing Redis count in series of their own. One test: it installs the
+//! global metrics recorder.
 
 use std::time::Duration;
 
@@ -43,7 +43,8 @@ async fn each_limits_breaker_around_redis_counts_under_its_own_name() {
             .then_some(value)
         })
     };
-    assert_eq!(failures("redis:a"), Some(&DebugValue::Counter(2)));
-    assert_eq!(failures("redis:b"), Some(&DebugValue::Counter(3)));
+    assert_eq!(failures("redis:rate:a"), Some(&DebugValue::Counter(2)));
+    assert_eq!(failures("redis:rate:b"), Some(&DebugValue::Counter(3)));
     assert_eq!(failures("redis"), None, "no series shared by every limit");
+    assert_eq!(failures("redis:a"), None, "the kind is in the name");
 }

@@ -1,6 +1,7 @@
 //! Black-box test of what each limit's breaker around Redis reports with tidewall's `metrics`
-//! feature, from the crate docs only: "a breaker named `redis:<name>` (the limit's name): its
-//! calls by outcome, its transitions, and its refusals while open (`circuit_open`), counted
+//! feature, from the crate docs only: "a breaker named `redis:<kind>:<name>` (`rate`,
+//! `bulkhead` or `quorum`, and the limit's name, as given; the partitions of one name share
+//! it): its calls by outcome, its transitions, and its refusals while open (`circuit_open`), counted
 //! even when the policy then admits. A limit's own refusals (a rate limit reached, a
 //! bulkhead full) are not counted in metrics." One test: it installs the global recorder.
 
@@ -139,9 +140,10 @@ fn bulkhead(
 /// (two failing open, one closed) and a bulkhead failing open run as a user whose keys an ACL
 /// change takes away; a healthy rate limit and bulkhead refuse on their own meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_as_redis_name() {
+async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_as_redis_kind_and_name()
+ {
     const ODD: &str = "m:{r}%";
-    const SERIES: &str = "redis:m:{r}%";
+    const SERIES: &str = "redis:rate:m:{r}%";
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::set_global_recorder(recorder).unwrap();
@@ -208,14 +210,18 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
         healthy_phase.0
     );
     // Two admissions and one denial from Redis; the later denials are remembered locally.
-    assert_eq!(healthy_phase.calls("redis:healthy-rate", "success"), 3);
+    assert_eq!(healthy_phase.calls("redis:rate:healthy-rate", "success"), 3);
     // Two acquires; the ~30 renewals and the release go past the breaker.
     assert_eq!(
-        healthy_phase.calls("redis:healthy-bh", "success"),
+        healthy_phase.calls("redis:bulkhead:healthy-bh", "success"),
         2,
         "renewals or the release counted as calls of the breaker"
     );
-    for name in ["redis:healthy-rate", "redis:healthy-bh", SERIES] {
+    for name in [
+        "redis:rate:healthy-rate",
+        "redis:bulkhead:healthy-bh",
+        SERIES,
+    ] {
         assert_eq!(healthy_phase.calls(name, "failure"), 0, "{name}");
     }
     for reason in ["rate_limited", "bulkhead_full"] {
@@ -254,12 +260,12 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
     assert_eq!(failing.calls(SERIES, "success"), 0);
     assert!(failing.transitions(SERIES, "open") >= 3, "{:?}", failing.0);
     let (failures, refusals) = (
-        failing.calls("redis:mb", "failure"),
-        failing.circuit_open("redis:mb"),
+        failing.calls("redis:bulkhead:mb", "failure"),
+        failing.circuit_open("redis:bulkhead:mb"),
     );
     assert!(failures >= 1 && refusals >= 1, "{failures}, {refusals}");
     assert_eq!(failures + refusals, 20, "the bulkhead's 20 acquires");
-    assert!(failing.transitions("redis:mb", "open") >= 1);
+    assert!(failing.transitions("redis:bulkhead:mb", "open") >= 1);
     // Named by the limit's name as given: never by its partition, its escaped form, nor one
     // series shared by every limit.
     for name in failing.names().iter().chain(healthy_phase.names().iter()) {
