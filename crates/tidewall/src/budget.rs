@@ -212,7 +212,8 @@ impl RetryBudget {
     /// after it.
     #[cfg(feature = "http")]
     pub(crate) fn withdrawn_until(&self) -> u64 {
-        let last_epoch = *lock(&self.inner.withdrawals);
+        // Both under the lock, as a reconfiguration changes them together.
+        let last_epoch = lock(&self.inner.withdrawals);
         let bucket_nanos = self.inner.current.load().window.bucket_nanos;
         last_epoch.map_or(0, |epoch| {
             epoch.saturating_add(1).saturating_mul(bucket_nanos)

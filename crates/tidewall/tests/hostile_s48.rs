@@ -391,6 +391,31 @@ async fn try_join_leaves_an_earlier_waker_registered() {
     );
 }
 
+/// As above, on smol's own handle (not through `Clocked`): "The tokio, smol and [`Clocked`]
+/// handles override it to read a running task without a poll, and leave an earlier poll's
+/// waker in place."
+#[test]
+fn try_join_on_a_bare_smol_handle_leaves_an_earlier_waker_registered() {
+    let runtime = tidewall::rt::SmolRuntime::single_threaded();
+    let smol = runtime.handle();
+    let woken = runtime.block_on(async move {
+        let (tx, rx) = futures_channel::oneshot::channel::<()>();
+        let handle = smol.spawn(async move {
+            let _ = rx.await;
+        });
+        for _ in 0..8 {
+            smol::future::yield_now().await;
+        }
+        let settle = async {
+            for _ in 0..8 {
+                smol::future::yield_now().await;
+            }
+        };
+        earlier_waker_survives(handle, move || tx.send(()).unwrap(), settle).await
+    });
+    assert!(woken, "the waker registered before `try_join` was woken");
+}
+
 /// Doc (`SupervisorReport::stopped`): "A child that ended on its own before its turn to be
 /// told (while a sibling was being stopped, say) was not stopped: it is not here, and its exit
 /// is told as a `SupervisorEvent::Exited`." CHANGELOG: "a supervisor's final stop that found

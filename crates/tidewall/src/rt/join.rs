@@ -19,15 +19,17 @@ pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 
     fn abort(&self);
 
     /// The task's result if it has finished, `None` while it runs, without waiting. After it
-    /// has given the result once, what a handle answers is the adapter's (as for any future
-    /// polled after it completed). The supervisor's and the shutdown's stops use it to tell a
+    /// has given the result once, what a handle answers is the adapter's, as for any future
+    /// polled after it completed (tokio's panics; smol's and `Clocked`'s answer
+    /// [`JoinError::Cancelled`]). The supervisor's and the shutdown's stops use it to tell a
     /// task that ended on its own from one they stop.
     ///
     /// The provided method polls the handle once with a waker that does nothing, so for a
     /// task still running it replaces a waker an earlier poll of the handle registered: poll
     /// the handle again before waiting on it. The tokio, smol and [`Clocked`] handles
     /// override it to read a running task without a poll, and leave an earlier poll's waker
-    /// in place; tokio's also reads past tokio's cooperative budget (about 128 polls a turn),
+    /// in place (smol's but for a task its executor is dropping, which reads as finished
+    /// while its future is dropped: then it is polled, and answers `None`); tokio's also reads past tokio's cooperative budget (about 128 polls a turn),
     /// within which a finished task's handle polled late in a turn would read as pending.
     /// The async-std handle keeps the provided method.
     ///

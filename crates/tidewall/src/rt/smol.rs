@@ -144,7 +144,9 @@ impl<T: Send + 'static> TaskHandle<T> for SmolJoinHandle<T> {
         }
     }
 
-    /// A running task is read without a poll: an earlier poll's waker stays registered.
+    /// A running task is read without a poll: an earlier poll's waker stays registered (but
+    /// for a task its executor is dropping, which async-task reads as finished before its
+    /// future is dropped).
     fn try_join(&mut self) -> Option<Result<T, JoinError>> {
         if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
             return None;

@@ -397,7 +397,10 @@ impl<R> ClientPoliciesBuilder<R> {
     /// A new one meeting a full shard is refused with
     /// [`Rejected::KeysFull`](crate::Rejected::KeysFull),
     /// but for the rate limit's table, whose full shard answers `RateLimited` until a key
-    /// rests: that is waited for within the deadline, as any rate-limit wait.
+    /// rests (that is waited for within the deadline, as any rate-limit wait), and the retry
+    /// budgets' table, whose full shard gives the new authority no budget: its requests are
+    /// sent once, not retried (the `keyed_budget` gauge of
+    /// [`record_gauges`](ClientPolicies::record_gauges) shows it filling).
     pub fn max_authorities(mut self, max: usize) -> Self {
         self.max_authorities = max;
         self

@@ -67,7 +67,8 @@ use crate::sync::{Arc, Swap};
 ///
 /// Fronts: [`ClientLayer`](crate::tower::http::ClientLayer) for a tower `Service` of
 /// `http::Request` (hyper-util's client), and the `tidewall-reqwest` crate's middleware for
-/// reqwest. Both call [`run`](Self::run), so they behave alike.
+/// reqwest. Both call [`run`](Self::run), so they behave alike (under `ClientLayer` over
+/// hyper-util's client, with the `hyper` feature, for hyper's own errors to be read alike).
 ///
 /// **Hedging.** The stack has no hedge stage. A [`Hedge`](crate::hedge::Hedge) around
 /// [`run`](Self::run) launches whole requests, each with its own retries, its draws on the
