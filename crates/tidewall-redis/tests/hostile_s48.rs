@@ -106,6 +106,58 @@ async fn drain_settled(server: &RedisServer, name: &str, burst: u32) -> u64 {
     free
 }
 
+/// Admits `n` calls through Redis, one at a time, and returns how many cells they spent.
+async fn check_each(limiter: &RedisRateLimiter, n: u64) -> u64 {
+    for _ in 0..n {
+        limiter.check().await.unwrap();
+    }
+    n
+}
+
+/// Tries `tries` admissions from the cells the replica holds (no Redis round trip), and
+/// returns how many it admitted.
+fn admit_held(limiter: &RedisRateLimiter, tries: u32) -> u64 {
+    let mut admitted = 0;
+    for _ in 0..tries {
+        if Admission::try_admit(limiter).is_some() {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+/// What was spent and what Redis has free never add up to more than the burst.
+#[track_caller]
+fn assert_within_burst(spent: u64, free: u64, burst: u32) {
+    assert!(
+        spent + free <= u64::from(burst),
+        "{spent} spent + {free} free of a burst of {burst}"
+    );
+}
+
+/// Drains the limit in Redis and asserts that exactly the `spent` cells of `burst` are gone:
+/// every unspent one is free again, none twice.
+async fn assert_unspent_free(server: &RedisServer, name: &str, burst: u32, spent: u64, why: &str) {
+    assert_eq!(
+        drain(server, name, burst).await,
+        u64::from(burst) - spent,
+        "{why}"
+    );
+}
+
+/// Polls `bulkhead` every 50 ms for `span`, asserting that it stays full all along.
+async fn stays_full_for(bulkhead: &RedisBulkhead, span: Duration, why: &str) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        assert_eq!(
+            bulkhead.try_acquire().await.map(drop),
+            Err(Rejected::BulkheadFull),
+            "{why}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `EVALSHA`s Redis received (run or refused before running), from `INFO commandstats`.
 fn evalsha_received(server: &RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -342,11 +394,7 @@ async fn a_give_back_lost_in_a_partition_gives_the_cells_up() {
         whole_batches(10),
         Duration::from_millis(200),
     );
-    let mut spent = 0u64;
-    for _ in 0..2 {
-        leased.check().await.unwrap();
-        spent += 1;
-    }
+    let mut spent = check_each(&leased, 2).await;
     // An answered give-back first: the script is loaded, and the cells are free again.
     assert!(leased.return_unspent().await.unwrap() > 0);
     for _ in 0..3 {
@@ -370,12 +418,7 @@ async fn a_give_back_lost_in_a_partition_gives_the_cells_up() {
     let again = eventually(async || leased.return_unspent().await.ok()).await;
     assert_eq!(again, 0, "the cells were given up, not kept");
     let free = drain(&server, "partitioned", BURST).await;
-    let mut spent_after = 0u64;
-    for _ in 0..20 {
-        if Admission::try_admit(&leased).is_some() {
-            spent_after += 1;
-        }
-    }
+    let spent_after = admit_held(&leased, 20);
     assert_eq!(spent_after, 0, "cells given up were spent anyway");
     // (The connection the partition cut may fail one call while it reconnects.)
     let decided = eventually(async || match leased.check().await {
@@ -387,10 +430,7 @@ async fn a_give_back_lost_in_a_partition_gives_the_cells_up() {
         matches!(decided, Err(Rejected::RateLimited { .. })),
         "Redis is empty and the replica holds nothing: {decided:?}"
     );
-    assert!(
-        spent + free <= u64::from(BURST),
-        "{spent} spent + {free} free of a burst of {BURST}"
-    );
+    assert_within_burst(spent, free, BURST);
 }
 
 /// A give-back the breaker around Redis stops is not sent (Redis receives no `EVALSHA`), and
@@ -411,11 +451,7 @@ async fn a_give_back_an_open_breaker_stops_sends_nothing_and_keeps_the_cells() {
         WhenUnavailable::Closed,
         Duration::from_secs(1),
     );
-    let mut spent = 0u64;
-    for _ in 0..2 {
-        leased.check().await.unwrap();
-        spent += 1;
-    }
+    let mut spent = check_each(&leased, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     acl_setuser(&server, "spender", "resetkeys");
     // Requests larger than a batch are decided by Redis: refused with NOPERM until the
@@ -459,11 +495,14 @@ async fn a_give_back_an_open_breaker_stops_sends_nothing_and_keeps_the_cells() {
     acl_setuser(&server, "spender", "~*");
     let given = eventually(async || leased.return_unspent().await.ok()).await;
     assert!(given > 0, "the kept cells were given back");
-    assert_eq!(
-        drain(&server, "noperm-held", BURST).await,
-        u64::from(BURST) - spent,
-        "every unspent cell is free again, none twice"
-    );
+    assert_unspent_free(
+        &server,
+        "noperm-held",
+        BURST,
+        spent,
+        "every unspent cell is free again, none twice",
+    )
+    .await;
 }
 
 /// `return_unspent` gives back "after the batch being fetched, if any, has arrived": a refill
@@ -481,29 +520,24 @@ async fn a_give_back_waits_for_the_refill_in_flight_and_returns_it_too() {
         whole_batches(10),
         Duration::from_secs(2),
     );
-    let mut spent = 0u64;
-    for _ in 0..2 {
-        leased.check().await.unwrap();
-        spent += 1;
-    }
+    let mut spent = check_each(&leased, 2).await;
     // Anything fetched ahead lands.
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Spend held cells until fewer than half a batch is left: the next batch is fetched in
     // the background, and takes 150 ms to arrive.
-    for _ in 0..6 {
-        if Admission::try_admit(&leased).is_some() {
-            spent += 1;
-        }
-    }
+    spent += admit_held(&leased, 6);
     let given = leased.return_unspent().await.unwrap();
     assert!(given > 0);
     // Let anything that could still land, land.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        drain(&server, "refill-in-flight", BURST).await,
-        u64::from(BURST) - spent,
-        "a batch that arrived after the give-back is held, not free (given back {given})"
-    );
+    assert_unspent_free(
+        &server,
+        "refill-in-flight",
+        BURST,
+        spent,
+        &format!("a batch that arrived after the give-back is held, not free (given back {given})"),
+    )
+    .await;
 }
 
 /// A refill and then a give-back meet a frozen Redis (SIGSTOP), which runs both once thawed:
@@ -520,11 +554,7 @@ async fn a_refill_and_a_give_back_queued_in_a_frozen_redis_never_free_a_cell_twi
         whole_batches(10),
         Duration::from_millis(100),
     );
-    let mut spent = 0u64;
-    for _ in 0..2 {
-        leased.check().await.unwrap();
-        spent += 1;
-    }
+    let mut spent = check_each(&leased, 2).await;
     // One answered give-back loads the script, then one more batch.
     leased.return_unspent().await.unwrap();
     for _ in 0..2 {
@@ -534,11 +564,7 @@ async fn a_refill_and_a_give_back_queued_in_a_frozen_redis_never_free_a_cell_twi
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ran = server.calls("evalsha");
     // Below half a batch: a refill goes out, and Redis freezes under it.
-    for _ in 0..6 {
-        if Admission::try_admit(&leased).is_some() {
-            spent += 1;
-        }
-    }
+    spent += admit_held(&leased, 6);
     server.freeze();
     let given = leased.return_unspent().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -675,11 +701,7 @@ async fn concurrent_give_backs_from_clones_return_each_cell_once() {
             whole_batches(32),
             Duration::from_millis(100),
         );
-        let mut spent = 0u64;
-        for _ in 0..5 {
-            leased.check().await.unwrap();
-            spent += 1;
-        }
+        let mut spent = check_each(&leased, 5).await;
         if frozen {
             // A first give-back loads the script; then one more batch.
             leased.return_unspent().await.unwrap();
@@ -724,11 +746,7 @@ async fn concurrent_give_backs_from_clones_return_each_cell_once() {
                 given <= 32,
                 "more given back than a replica holds: {results:?}"
             );
-            assert_eq!(
-                drain(&server, name, BURST).await,
-                u64::from(BURST) - spent,
-                "{results:?}"
-            );
+            assert_unspent_free(&server, name, BURST, spent, &format!("{results:?}")).await;
         }
     }
 }
@@ -865,10 +883,7 @@ async fn the_fleet_stays_within_the_burst_through_freezes_give_backs_drops_and_c
     let admitted = admitted.load(Ordering::Relaxed);
     let free = drain_settled(&server, NAME, BURST).await;
     assert!(admitted > 100, "the run spent only {admitted} cells");
-    assert!(
-        admitted + free <= u64::from(BURST),
-        "{admitted} spent + {free} free of a burst of {BURST}"
-    );
+    assert_within_burst(admitted, free, BURST);
 }
 
 /// Redis killed and restarted under three lease replicas holding whole batches: from the
@@ -982,6 +997,32 @@ fn odd_quorum(conn: &RedisConn, name: &str, partition: &str) -> BreakerQuorum {
         .unwrap()
 }
 
+/// The rate limit, bulkhead and quorum under `ODD_NAME` and `ODD_PARTITION`.
+fn odd_limits(conn: &RedisConn) -> (RedisRateLimiter, RedisBulkhead, BreakerQuorum) {
+    (
+        odd_rate(conn, ODD_NAME, ODD_PARTITION),
+        odd_bulkhead(conn, ODD_NAME, ODD_PARTITION),
+        odd_quorum(conn, ODD_NAME, ODD_PARTITION),
+    )
+}
+
+/// What `verify` answers for each kind of limit under `name` and `partition`, one after the
+/// other, labelled.
+async fn verify_each(
+    conn: &RedisConn,
+    name: &str,
+    partition: &str,
+) -> [(&'static str, Result<(), ConnectError>); 3] {
+    [
+        ("rate", odd_rate(conn, name, partition).verify().await),
+        (
+            "bulkhead",
+            odd_bulkhead(conn, name, partition).verify().await,
+        ),
+        ("quorum", odd_quorum(conn, name, partition).verify().await),
+    ]
+}
+
 /// Every key each `verify` touches (as `MONITOR` shows it, in the script's calls too) is a
 /// probe key (`%probe:` kind) under exactly the limit's own hash tag, escaped as the docs
 /// say; the real keys carry the same tag and none is touched by a `verify`.
@@ -989,9 +1030,7 @@ fn odd_quorum(conn: &RedisConn, name: &str, partition: &str) -> BreakerQuorum {
 async fn every_key_a_verify_touches_is_a_probe_under_the_limits_own_escaped_tag() {
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
-    let rate = odd_rate(&conn, ODD_NAME, ODD_PARTITION);
-    let bulkhead = odd_bulkhead(&conn, ODD_NAME, ODD_PARTITION);
-    let quorum = odd_quorum(&conn, ODD_NAME, ODD_PARTITION);
+    let (rate, bulkhead, quorum) = odd_limits(&conn);
     let prefix = format!("tidewall:v1:{{{ODD_TAG}}}:");
     assert!(rate.key().starts_with(&prefix), "{}", rate.key());
     assert!(bulkhead.key().starts_with(&prefix), "{}", bulkhead.key());
@@ -1049,9 +1088,7 @@ async fn a_user_narrowed_to_one_escaped_partition_verifies_that_one_only() {
         &documented_rule(&format!("tidewall:v1:{{{ODD_TAG}}}*")),
     );
     let conn = connect_as(&server, "narrow").await;
-    let rate = odd_rate(&conn, ODD_NAME, ODD_PARTITION);
-    let bulkhead = odd_bulkhead(&conn, ODD_NAME, ODD_PARTITION);
-    let quorum = odd_quorum(&conn, ODD_NAME, ODD_PARTITION);
+    let (rate, bulkhead, quorum) = odd_limits(&conn);
     rate.verify().await.expect("rate, own partition");
     bulkhead.verify().await.expect("bulkhead, own partition");
     quorum.verify().await.expect("quorum, own partition");
@@ -1073,14 +1110,7 @@ async fn a_user_narrowed_to_one_escaped_partition_verifies_that_one_only() {
         ("n", "{x}%:a%b:c{d}"),
         ("n:{x}%:a%b", "c{d}"),
     ] {
-        for (what, verified) in [
-            ("rate", odd_rate(&conn, name, partition).verify().await),
-            (
-                "bulkhead",
-                odd_bulkhead(&conn, name, partition).verify().await,
-            ),
-            ("quorum", odd_quorum(&conn, name, partition).verify().await),
-        ] {
+        for (what, verified) in verify_each(&conn, name, partition).await {
             if !is_permission(&verified) {
                 wrong.push(format!("{what} ({name:?}, {partition:?}): {verified:?}"));
             }
@@ -1103,30 +1133,13 @@ async fn a_user_narrowed_to_one_escaped_name_verifies_its_partitions_only() {
     );
     let conn = connect_as(&server, "by-name").await;
     for partition in ["default", ODD_PARTITION, "}", "{", "%", ":", "%probe"] {
-        for (what, verified) in [
-            ("rate", odd_rate(&conn, ODD_NAME, partition).verify().await),
-            (
-                "bulkhead",
-                odd_bulkhead(&conn, ODD_NAME, partition).verify().await,
-            ),
-            (
-                "quorum",
-                odd_quorum(&conn, ODD_NAME, partition).verify().await,
-            ),
-        ] {
+        for (what, verified) in verify_each(&conn, ODD_NAME, partition).await {
             verified.unwrap_or_else(|e| panic!("{what} in partition {partition:?}: {e:?}"));
         }
     }
     let mut wrong = Vec::new();
     for name in ["n:{x}", "n", "n%3A%7Bx%7D%25", "n:{x}%%", "N:{x}%"] {
-        for (what, verified) in [
-            ("rate", odd_rate(&conn, name, "default").verify().await),
-            (
-                "bulkhead",
-                odd_bulkhead(&conn, name, "default").verify().await,
-            ),
-            ("quorum", odd_quorum(&conn, name, "default").verify().await),
-        ] {
+        for (what, verified) in verify_each(&conn, name, "default").await {
             if !is_permission(&verified) {
                 wrong.push(format!("{what} ({name:?}): {verified:?}"));
             }
@@ -1548,15 +1561,12 @@ async fn a_permit_held_past_its_runtime_lapses_and_its_late_drop_frees_nothing()
     assert!(successor.is_shared());
     std::thread::spawn(move || drop(orphan)).join().unwrap();
     // The successor's lease is renewed here, and nobody's late release frees it.
-    let until = Instant::now() + 3 * lease;
-    while Instant::now() < until {
-        assert_eq!(
-            other.try_acquire().await.map(drop),
-            Err(Rejected::BulkheadFull),
-            "the orphan's late drop freed its successor's slot"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stays_full_for(
+        &other,
+        3 * lease,
+        "the orphan's late drop freed its successor's slot",
+    )
+    .await;
     drop(successor);
     whole_limit_free(&other, 1).await;
 }
@@ -1580,15 +1590,7 @@ async fn a_permit_held_on_a_plain_thread_is_renewed_on_its_runtime() {
         1,
         lease,
     );
-    let until = Instant::now() + 3 * lease;
-    while Instant::now() < until {
-        assert_eq!(
-            checker.try_acquire().await.map(drop),
-            Err(Rejected::BulkheadFull),
-            "a held permit's lease lapsed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stays_full_for(&checker, 3 * lease, "a held permit's lease lapsed").await;
     tokio::task::spawn_blocking(move || holder.join().unwrap())
         .await
         .unwrap();

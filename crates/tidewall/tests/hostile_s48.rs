@@ -69,7 +69,44 @@ fn fixed(delay: Duration) -> Backoff {
         .unwrap()
 }
 
+/// Three attempts, 10 ms apart.
+fn backoff_three_attempts() -> Backoff {
+    Backoff::constant(ms(10))
+        .jitter(Jitter::None)
+        .max_attempts(3)
+        .build()
+        .unwrap()
+}
+
 // === 1. try_join, supervisors and shutdowns at scale on plain tokio ========================
+
+/// Spawns 400 tasks on `$rt`, lets them finish, and asserts that `try_join` reads each one's
+/// value. A macro, as the runtime adapters share no trait that spawns a value-returning task.
+macro_rules! assert_reads_400_finished {
+    ($rt:ident, $what:literal) => {{
+        let mut handles: Vec<_> = (0..400_u32).map(|i| $rt.spawn(async move { i })).collect();
+        $rt.sleep(ms(1)).await;
+        let read: Vec<Option<u32>> = handles
+            .iter_mut()
+            .map(|h| h.try_join().map(Result::unwrap))
+            .collect();
+        assert_eq!(read, (0..400).map(Some).collect::<Vec<_>>(), $what);
+    }};
+}
+
+/// `earlier_waker_survives` for a task of `$rt` that ends once released, settled by `$rt`'s
+/// own clock.
+macro_rules! earlier_waker_survives_on {
+    ($rt:ident) => {{
+        let (tx, rx) = futures_channel::oneshot::channel::<()>();
+        let handle = $rt.spawn(async move {
+            let _ = rx.await;
+        });
+        $rt.sleep(ms(1)).await;
+        let settle = $rt.sleep(ms(1));
+        earlier_waker_survives(handle, move || tx.send(()).unwrap(), settle).await
+    }};
+}
 
 /// Supervisor events with the (paused) tokio time each came at, since the log was made.
 type Log = Arc<Mutex<Vec<(Duration, SupervisorEvent)>>>;
@@ -161,6 +198,23 @@ fn slow_child(name: &str, drain: Duration) -> ChildSpec {
     })
 }
 
+/// The children named by the log's `Stopped` events, in order.
+fn stopped_events(log: &Log) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SupervisorEvent::Stopped { child, .. } => Some(child.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `even` for the even-numbered children, `odd` for the rest.
+fn alternating(i: usize, even: Kind, odd: Kind) -> Kind {
+    if i.is_multiple_of(2) { even } else { odd }
+}
+
 /// The `Exited` events of the log, by child name (each name's exits in order).
 fn exits(log: &Log) -> BTreeMap<String, Vec<Exit>> {
     let mut exits: BTreeMap<String, Vec<Exit>> = BTreeMap::new();
@@ -195,6 +249,17 @@ fn rows(reports: &[TaskReport]) -> Vec<(String, Exit, Ending)> {
 
 fn names(reports: &[TaskReport]) -> Vec<String> {
     reports.iter().map(|r| r.name.to_string()).collect()
+}
+
+/// The report's `stopped` lists the slow child alone (the first other one shows on failure).
+#[track_caller]
+fn assert_only_slow_stopped(report: &SupervisorReport) {
+    assert_eq!(
+        names(&report.stopped),
+        ["slow"],
+        "{:?}",
+        report.stopped.get(1)
+    );
 }
 
 /// Doc (`TaskHandle::try_join`): "The task's result if it has finished, `None` while it runs:
@@ -287,31 +352,11 @@ async fn try_join_reads_hundreds_of_finished_tokio_tasks_in_one_turn() {
 #[test]
 fn try_join_reads_finished_tasks_on_clocked_tokio_and_smol() {
     common::on_tokio_current_thread(|rt| async move {
-        let mut handles: Vec<_> = (0..400_u32).map(|i| rt.spawn(async move { i })).collect();
-        rt.sleep(ms(1)).await;
-        let read: Vec<Option<u32>> = handles
-            .iter_mut()
-            .map(|h| h.try_join().map(Result::unwrap))
-            .collect();
-        assert_eq!(
-            read,
-            (0..400).map(Some).collect::<Vec<_>>(),
-            "Clocked<Tokio>"
-        );
+        assert_reads_400_finished!(rt, "Clocked<Tokio>")
     });
-    common::on_smol_single_thread(|rt| async move {
-        let mut handles: Vec<_> = (0..400_u32).map(|i| rt.spawn(async move { i })).collect();
-        rt.sleep(ms(1)).await;
-        let read: Vec<Option<u32>> = handles
-            .iter_mut()
-            .map(|h| h.try_join().map(Result::unwrap))
-            .collect();
-        assert_eq!(
-            read,
-            (0..400).map(Some).collect::<Vec<_>>(),
-            "Clocked<Smol>"
-        );
-    });
+    common::on_smol_single_thread(
+        |rt| async move { assert_reads_400_finished!(rt, "Clocked<Smol>") },
+    );
 }
 
 /// A waker that records that it was woken.
@@ -363,27 +408,12 @@ async fn try_join_leaves_an_earlier_waker_registered() {
     let tokio_woken = earlier_waker_survives(handle, move || tx.send(()).unwrap(), settle).await;
 
     let clocked_woken = std::thread::spawn(|| {
-        common::on_tokio_current_thread(|rt| async move {
-            let (tx, rx) = futures_channel::oneshot::channel::<()>();
-            let handle = rt.spawn(async move {
-                let _ = rx.await;
-            });
-            rt.sleep(ms(1)).await;
-            let settle = rt.sleep(ms(1));
-            earlier_waker_survives(handle, move || tx.send(()).unwrap(), settle).await
-        })
+        common::on_tokio_current_thread(|rt| async move { earlier_waker_survives_on!(rt) })
     })
     .join()
     .unwrap();
-    let smol_woken = common::on_smol_single_thread(|rt| async move {
-        let (tx, rx) = futures_channel::oneshot::channel::<()>();
-        let handle = rt.spawn(async move {
-            let _ = rx.await;
-        });
-        rt.sleep(ms(1)).await;
-        let settle = rt.sleep(ms(1));
-        earlier_waker_survives(handle, move || tx.send(()).unwrap(), settle).await
-    });
+    let smol_woken =
+        common::on_smol_single_thread(|rt| async move { earlier_waker_survives_on!(rt) });
     assert_eq!(
         (tokio_woken, clocked_woken, smol_woken),
         (true, true, true),
@@ -497,15 +527,7 @@ async fn final_stop_tells_hundreds_of_children_that_ended_during_it_as_exits() {
         "no child starts again once the stop came"
     );
     // Each stopped child has one Stopped event; no Stopped event for one that exited.
-    let stopped_events: Vec<String> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(_, e)| match e {
-            SupervisorEvent::Stopped { child, .. } => Some(child.to_string()),
-            _ => None,
-        })
-        .collect();
+    let stopped_events = stopped_events(&log);
     let expected_names: Vec<String> = expected.into_iter().map(|(name, _, _)| name).collect();
     assert_eq!(stopped_events, expected_names);
 }
@@ -524,11 +546,7 @@ async fn brutal_kill_children_that_ended_before_their_turn_are_exits_not_aborts(
     let (log, hook) = recorder();
     let mut builder = Supervisor::builder().on_event(hook);
     for i in 0..N {
-        let kind = if i.is_multiple_of(2) {
-            Kind::Fails
-        } else {
-            Kind::Panics
-        };
+        let kind = alternating(i, Kind::Fails, Kind::Panics);
         builder = builder.child(
             scale_child(i, kind, at)
                 .restart(Restart::Transient)
@@ -537,20 +555,11 @@ async fn brutal_kill_children_that_ended_before_their_turn_are_exits_not_aborts(
     }
     let supervisor = builder.child(slow_child("slow", ms(60))).build().unwrap();
     let report = supervisor.run(stop_after(ms(5))).await.unwrap();
-    assert_eq!(
-        names(&report.stopped),
-        ["slow"],
-        "{:?}",
-        report.stopped.get(1)
-    );
+    assert_only_slow_stopped(&report);
     let exits = exits(&log);
     assert_eq!(exits.len(), N);
     for i in 0..N {
-        let kind = if i.is_multiple_of(2) {
-            Kind::Fails
-        } else {
-            Kind::Panics
-        };
+        let kind = alternating(i, Kind::Fails, Kind::Panics);
         assert_eq!(
             exits[&format!("c{i:03}")],
             [own_exit(kind, i)],
@@ -591,11 +600,7 @@ async fn a_nested_supervisor_escalating_during_the_parents_stop_is_an_exit_at_bo
         for i in 0..N {
             builder = builder.child(scale_child(
                 i,
-                if i.is_multiple_of(2) {
-                    Kind::Fails
-                } else {
-                    Kind::Returns
-                },
+                alternating(i, Kind::Fails, Kind::Returns),
                 at,
             ));
         }
@@ -643,11 +648,7 @@ async fn a_nested_supervisor_escalating_during_the_parents_stop_is_an_exit_at_bo
     );
     let inner_exits = exits(&inner_log);
     for i in 0..N {
-        let kind = if i.is_multiple_of(2) {
-            Kind::Fails
-        } else {
-            Kind::Returns
-        };
+        let kind = alternating(i, Kind::Fails, Kind::Returns);
         assert_eq!(
             inner_exits.get(&format!("c{i:03}")).map(Vec::as_slice),
             Some(&[own_exit(kind, i)][..]),
@@ -785,15 +786,7 @@ async fn a_stop_during_a_rest_for_one_restart_stops_everyone_left_once() {
     let report = supervisor.run(stop_after(ms(30))).await.unwrap();
     let expected: Vec<String> = (0..300).rev().map(|i| format!("c{i:03}")).collect();
     assert_eq!(names(&report.stopped), expected);
-    let stopped_events: Vec<String> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(_, e)| match e {
-            SupervisorEvent::Stopped { child, .. } => Some(child.to_string()),
-            _ => None,
-        })
-        .collect();
+    let stopped_events = stopped_events(&log);
     let mut all = vec!["slow".to_owned()];
     all.extend(expected);
     assert_eq!(
@@ -1042,19 +1035,10 @@ fn final_stop_at_scale_on_a_multi_thread_runtime() {
             stopper.cancel("deploy");
         }));
         let report = builder.build().unwrap().run(stop).await.unwrap();
-        assert_eq!(
-            names(&report.stopped),
-            ["slow"],
-            "{:?}",
-            report.stopped.get(1)
-        );
+        assert_only_slow_stopped(&report);
         let exits = exits(&log);
         for i in 0..N {
-            let kind = if i.is_multiple_of(2) {
-                Kind::Fails
-            } else {
-                Kind::Panics
-            };
+            let kind = alternating(i, Kind::Fails, Kind::Panics);
             assert_eq!(
                 exits.get(&format!("c{i:03}")).map(Vec::as_slice),
                 Some(&[own_exit(kind, i)][..])
@@ -1077,11 +1061,7 @@ async fn a_nested_supervisors_own_final_stop_tells_its_children_that_ended_as_ex
         let hook = Arc::clone(&inner_hook);
         let mut builder = Supervisor::builder().on_event(move |e| hook(e));
         for i in 0..N {
-            let kind = if i.is_multiple_of(2) {
-                Kind::Panics
-            } else {
-                Kind::Fails
-            };
+            let kind = alternating(i, Kind::Panics, Kind::Fails);
             builder = builder
                 .child(scale_child(i, kind, start + ms(40)).shutdown_timeout(Duration::ZERO));
         }
@@ -1104,26 +1084,14 @@ async fn a_nested_supervisors_own_final_stop_tells_its_children_that_ended_as_ex
     );
     let exits = exits(&inner_log);
     for i in 0..N {
-        let kind = if i.is_multiple_of(2) {
-            Kind::Panics
-        } else {
-            Kind::Fails
-        };
+        let kind = alternating(i, Kind::Panics, Kind::Fails);
         assert_eq!(
             exits.get(&format!("c{i:03}")).map(Vec::as_slice),
             Some(&[own_exit(kind, i)][..]),
             "grandchild {i}"
         );
     }
-    let inner_stops: Vec<String> = inner_log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(_, e)| match e {
-            SupervisorEvent::Stopped { child, .. } => Some(child.to_string()),
-            _ => None,
-        })
-        .collect();
+    let inner_stops = stopped_events(&inner_log);
     assert_eq!(inner_stops, ["g_slow"]);
 }
 
@@ -1250,6 +1218,35 @@ async fn timed_call(hedge: &Hedge<Tokio>, latency: Duration) -> u32 {
         .expect("every copy succeeds")
 }
 
+/// A hedge whose delay is the `quantile` of the latencies it records, from the first one on.
+fn percentile_hedge(delay: Duration, quantile: f64, max_hedges: Option<u32>) -> Hedge<Tokio> {
+    let builder = Hedge::builder().delay(delay).percentile(quantile, 1);
+    match max_hedges {
+        Some(n) => builder.max_hedges(n).build().unwrap(),
+        None => builder.build().unwrap(),
+    }
+}
+
+/// Calls the primary answers in 2 ms, numbered by `calls` (the range says where in the
+/// halving schedule they fall).
+async fn fast_calls(hedge: &Hedge<Tokio>, calls: std::ops::Range<u32>) {
+    for _ in calls {
+        timed_call(hedge, ms(2)).await;
+    }
+}
+
+#[track_caller]
+fn assert_delay_at_least(hedge: &Hedge<Tokio>, bound: Duration, why: &str) {
+    let delay = hedge.delay();
+    assert!(delay >= bound, "{why}{delay:?}");
+}
+
+#[track_caller]
+fn assert_delay_at_most(hedge: &Hedge<Tokio>, bound: Duration, why: &str) {
+    let delay = hedge.delay();
+    assert!(delay <= bound, "{why}{delay:?}");
+}
+
 /// Doc (`HedgeBuilder::percentile`): "Each count halves rounded down, so a latency seen once is
 /// gone at the next halving: however rare and slow, no latency holds even the 1.0 quantile
 /// (the slowest seen) for good." And: "Older latencies fade as the counts halve whenever they
@@ -1259,39 +1256,24 @@ async fn timed_call(hedge: &Hedge<Tokio>, latency: Duration) -> u32 {
 /// the first halving (checked at 4,032 calls, a multiple of 64), and is gone after it.
 #[tokio::test(start_paused = true)]
 async fn a_single_slow_latency_fades_from_the_one_quantile() {
-    let hedge = Hedge::builder()
-        .delay(Duration::from_secs(1))
-        .percentile(1.0, 1)
-        .max_hedges(1)
-        .build()
-        .unwrap();
+    let hedge = percentile_hedge(Duration::from_secs(1), 1.0, Some(1));
     timed_call(&hedge, Duration::from_secs(5)).await;
-    assert!(
-        hedge.delay() >= Duration::from_secs(5),
-        "{:?}",
-        hedge.delay()
+    assert_delay_at_least(&hedge, Duration::from_secs(5), "");
+    fast_calls(&hedge, 1..4_032).await;
+    assert_delay_at_least(
+        &hedge,
+        Duration::from_secs(5),
+        "before the first halving the slowest latency is the 1.0 quantile: ",
     );
-    for _ in 1..4_032 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() >= Duration::from_secs(5),
-        "before the first halving the slowest latency is the 1.0 quantile: {:?}",
-        hedge.delay()
-    );
-    for _ in 4_032..4_352 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() <= ms(10),
-        "the one slow latency is gone after the halving: {:?}",
-        hedge.delay()
+    fast_calls(&hedge, 4_032..4_352).await;
+    assert_delay_at_most(
+        &hedge,
+        ms(10),
+        "the one slow latency is gone after the halving: ",
     );
     // And it stays gone, halving after halving.
-    for _ in 4_352..12_800 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(hedge.delay() <= ms(10), "{:?}", hedge.delay());
+    fast_calls(&hedge, 4_352..12_800).await;
+    assert_delay_at_most(&hedge, ms(10), "");
 }
 
 /// CHANGELOG: "a slow incident spread over a few dozen buckets pinned a p99 (and the 1.0
@@ -1303,40 +1285,27 @@ async fn a_single_slow_latency_fades_from_the_one_quantile() {
 /// the counts halve, and stays down.
 #[tokio::test(start_paused = true)]
 async fn a_slow_incident_spread_over_many_buckets_fades_from_the_p99() {
-    let hedge = Hedge::builder()
-        .delay(Duration::from_secs(1))
-        .percentile(0.99, 1)
-        .max_hedges(1)
-        .build()
-        .unwrap();
-    for _ in 0..3_000 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(hedge.delay() <= ms(10), "{:?}", hedge.delay());
+    let hedge = percentile_hedge(Duration::from_secs(1), 0.99, Some(1));
+    fast_calls(&hedge, 0..3_000).await;
+    assert_delay_at_most(&hedge, ms(10), "");
     for k in 0..40_u64 {
         timed_call(&hedge, ms(1_000 + 100 * k)).await;
     }
     // 3,040 calls: the estimate is recomputed at 3,072; the 40 slow ones are 1.3 % of them.
-    for _ in 3_040..3_072 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() >= Duration::from_secs(1),
-        "the incident is the p99 for now: {:?}",
-        hedge.delay()
+    fast_calls(&hedge, 3_040..3_072).await;
+    assert_delay_at_least(
+        &hedge,
+        Duration::from_secs(1),
+        "the incident is the p99 for now: ",
     );
-    for _ in 3_072..4_352 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() <= ms(10),
-        "after a halving, the incident's latencies (one each) are gone: {:?}",
-        hedge.delay()
+    fast_calls(&hedge, 3_072..4_352).await;
+    assert_delay_at_most(
+        &hedge,
+        ms(10),
+        "after a halving, the incident's latencies (one each) are gone: ",
     );
-    for _ in 4_352..16_384 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(hedge.delay() <= ms(10), "{:?}", hedge.delay());
+    fast_calls(&hedge, 4_352..16_384).await;
+    assert_delay_at_most(&hedge, ms(10), "");
 }
 
 /// Doc (`HedgeBuilder::percentile`): "Each count halves rounded down" and "(after the first
@@ -1344,29 +1313,17 @@ async fn a_slow_incident_spread_over_many_buckets_fades_from_the_p99() {
 /// first halving (2 halves to 1) and is gone after the second (1 halves to 0).
 #[tokio::test(start_paused = true)]
 async fn a_latency_seen_twice_outlives_one_halving_and_not_two() {
-    let hedge = Hedge::builder()
-        .delay(Duration::from_secs(1))
-        .percentile(1.0, 1)
-        .build()
-        .unwrap();
+    let hedge = percentile_hedge(Duration::from_secs(1), 1.0, None);
     timed_call(&hedge, Duration::from_secs(3)).await;
     timed_call(&hedge, Duration::from_secs(3)).await;
-    for _ in 2..4_352 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() >= Duration::from_secs(3),
-        "one halving leaves one of the two: {:?}",
-        hedge.delay()
+    fast_calls(&hedge, 2..4_352).await;
+    assert_delay_at_least(
+        &hedge,
+        Duration::from_secs(3),
+        "one halving leaves one of the two: ",
     );
-    for _ in 4_352..7_040 {
-        timed_call(&hedge, ms(2)).await;
-    }
-    assert!(
-        hedge.delay() <= ms(10),
-        "the second halving takes the last: {:?}",
-        hedge.delay()
-    );
+    fast_calls(&hedge, 4_352..7_040).await;
+    assert_delay_at_most(&hedge, ms(10), "the second halving takes the last: ");
 }
 
 /// Doc (`budget_ratio`): "over a 10 s window (10 buckets of 1 s: a call counts for 9 to 10 s)";
@@ -1410,11 +1367,7 @@ async fn hedge_budget_calls_count_nine_to_ten_seconds() {
 /// both at least 30 ms): the median moves to them, and the delay must follow within 64 calls.
 #[tokio::test(start_paused = true)]
 async fn hedge_won_calls_counting_twice_still_move_the_estimate() {
-    let hedge = Hedge::builder()
-        .delay(ms(100))
-        .percentile(0.5, 1)
-        .build()
-        .unwrap();
+    let hedge = percentile_hedge(ms(100), 0.5, None);
     timed_call(&hedge, ms(1)).await;
     let first = hedge.delay();
     assert!(first <= ms(2), "one latency of 1 ms: {first:?}");
@@ -1787,13 +1740,7 @@ async fn attempts_and_clones(
 
 fn three_attempts() -> ClientPolicies {
     ClientPolicies::builder()
-        .retry(
-            Backoff::constant(ms(10))
-                .jitter(Jitter::None)
-                .max_attempts(3)
-                .build()
-                .unwrap(),
-        )
+        .retry(backoff_three_attempts())
         .retry_budget(None)
         .breaker(None)
         .build()
@@ -2020,32 +1967,23 @@ async fn a_request_is_copied_only_before_an_attempt_another_could_follow() {
 
     // A client that never retries, or allows one attempt, copies nothing.
     let once = ClientPolicies::builder().no_retry().build().unwrap();
-    assert_eq!(
-        attempts_and_clones(
-            &once,
-            http::Method::GET,
-            &[],
-            Overrides::new(),
-            &[Status(503)]
-        )
-        .await,
-        (1, 0)
-    );
     let single = ClientPolicies::builder()
         .retry(Backoff::constant(ms(10)).max_attempts(1).build().unwrap())
         .build()
         .unwrap();
-    assert_eq!(
-        attempts_and_clones(
-            &single,
-            http::Method::GET,
-            &[],
-            Overrides::new(),
-            &[Status(503)]
-        )
-        .await,
-        (1, 0)
-    );
+    for sent_once in [&once, &single] {
+        assert_eq!(
+            attempts_and_clones(
+                sent_once,
+                http::Method::GET,
+                &[],
+                Overrides::new(),
+                &[Status(503)]
+            )
+            .await,
+            (1, 0)
+        );
+    }
 }
 
 /// Doc (`ClientPolicies`): a full budgets' table "gives it no budget (its call is sent once, not
@@ -2059,13 +1997,7 @@ async fn a_request_the_full_budget_table_sends_once_is_never_copied() {
     let policies = ClientPolicies::builder()
         .max_authorities(1)
         .breaker(None)
-        .retry(
-            Backoff::constant(ms(10))
-                .jitter(Jitter::None)
-                .max_attempts(3)
-                .build()
-                .unwrap(),
-        )
+        .retry(backoff_three_attempts())
         .on_event(move |event: &Event<'_>| {
             sink.lock()
                 .unwrap()
