@@ -27,6 +27,8 @@
 ))]
 
 mod common;
+#[path = "common/supervisor.rs"]
+mod supervisor;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +41,7 @@ use common::ms;
 use common::rng::Rng;
 use futures_util::future::{Either, select};
 use futures_util::task::noop_waker_ref;
+use supervisor::{cancelled_after, fixed, recorder};
 use tidewall::adaptive::{AdaptiveLimiter, FixedLimit, Priority, QueueDiscipline};
 use tidewall::admission::{Admission, Wait};
 use tidewall::breaker::{State, Window};
@@ -52,7 +55,7 @@ use tidewall::task::supervisor::{
 };
 use tidewall::task::{CancellationToken, Ending, Exit, TaskReport};
 use tidewall::testing::{Clocked, FakeClock};
-use tidewall::{Backoff, Deadline, Jitter, Rejected};
+use tidewall::{Deadline, Rejected};
 
 // ---------------------------------------------------------------------------------------
 // Shared helpers
@@ -78,41 +81,6 @@ fn quiet_child_panics() {
             }
         }));
     });
-}
-
-/// A constant backoff without jitter that never runs out.
-fn fixed(delay: Duration) -> Backoff {
-    Backoff::constant(delay)
-        .jitter(Jitter::None)
-        .max_attempts(u32::MAX)
-        .build()
-        .unwrap()
-}
-
-/// Supervisor events with the virtual time each came at.
-type Log = Arc<Mutex<Vec<(Duration, SupervisorEvent)>>>;
-
-fn recorder<R: Runtime>(rt: &R) -> (Log, impl Fn(&SupervisorEvent) + Send + Sync + 'static) {
-    let log: Log = Arc::default();
-    let (sink, rt, start) = (Arc::clone(&log), rt.clone(), rt.now());
-    (log, move |event: &SupervisorEvent| {
-        sink.lock().unwrap().push((rt.now() - start, event.clone()));
-    })
-}
-
-/// A stop token that a task cancels with `reason` after `after` of virtual time.
-fn cancelled_after<R: Runtime>(
-    rt: &Clocked<R>,
-    after: Duration,
-    reason: &'static str,
-) -> CancellationToken {
-    let stop = CancellationToken::new();
-    let (stopper, rt2) = (stop.clone(), rt.clone());
-    drop(rt.spawn(async move {
-        rt2.sleep(after).await;
-        stopper.cancel(reason);
-    }));
-    stop
 }
 
 /// Counts live child futures: one more while each lives.
