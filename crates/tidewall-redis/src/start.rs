@@ -155,14 +155,17 @@ pub(crate) async fn probe<T>(
     call: impl Future<Output = RedisResult<T>>,
     script: Option<&str>,
 ) -> Result<T, ConnectError> {
-    within(PROBE_TIMEOUT, call)
-        .await
-        .map_err(|error| match (error, script) {
-            (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
-                reason: with_script_line(reason, script),
-            },
-            (error, _) => error,
-        })
+    let Ok(answer) = tokio::time::timeout(PROBE_TIMEOUT, call).await else {
+        return Err(ConnectError::Unreachable {
+            reason: format!("no answer to a verify probe within {PROBE_TIMEOUT:?}"),
+        });
+    };
+    answer.map_err(|error| match (ConnectError::from_redis(&error), script) {
+        (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
+            reason: with_script_line(reason, script),
+        },
+        (error, _) => error,
+    })
 }
 
 /// `reason` with the line of `script` it names (`@user_script:N`), which Redis leaves out:

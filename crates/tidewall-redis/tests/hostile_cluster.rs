@@ -278,11 +278,19 @@ async fn partitions_and_odd_names_keep_one_slot_and_stay_exact() {
             continue;
         };
         accepted += 1;
+        let started = Instant::now();
         if let Err(e) = limiter.verify().await {
-            failures.push(format!("{what}: rate verify {e:?}"));
+            let (took, state) = (started.elapsed(), cluster.describe());
+            failures.push(format!(
+                "{what}: rate verify {e:?} after {took:?} ({state})"
+            ));
         }
+        let started = Instant::now();
         if let Err(e) = pool.verify().await {
-            failures.push(format!("{what}: bulkhead verify {e:?}"));
+            let (took, state) = (started.elapsed(), cluster.describe());
+            failures.push(format!(
+                "{what}: bulkhead verify {e:?} after {took:?} ({state})"
+            ));
         }
         let first = limiter.check().await;
         let second = limiter.check().await;
@@ -327,8 +335,12 @@ async fn partitions_and_odd_names_keep_one_slot_and_stay_exact() {
         ) else {
             continue;
         };
+        let started = Instant::now();
         if let Err(e) = a.verify().await {
-            failures.push(format!("{what}: quorum verify {e:?}"));
+            let (took, state) = (started.elapsed(), cluster.describe());
+            failures.push(format!(
+                "{what}: quorum verify {e:?} after {took:?} ({state})"
+            ));
         }
         match (a.refresh().await, b.refresh().await) {
             (Ok(_), Ok(view)) if (view.open, view.live) == (1, 2) => {}

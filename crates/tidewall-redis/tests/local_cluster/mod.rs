@@ -218,6 +218,34 @@ impl Cluster {
         });
     }
 
+    /// What a failure message needs to tell a failover from a slow answer: the live masters
+    /// and each live node's view of the cluster's state and current epoch.
+    pub(crate) fn describe(&self) -> String {
+        let views: Vec<String> = self
+            .live_ports()
+            .map(|port| {
+                let info: redis::RedisResult<String> = connection(port)
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c));
+                let field = |info: &str, name: &str| {
+                    info.lines()
+                        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                        .unwrap_or("?")
+                        .trim()
+                        .to_owned()
+                };
+                match info {
+                    Ok(info) => format!(
+                        "{port}: {} epoch {}",
+                        field(&info, "cluster_state"),
+                        field(&info, "cluster_current_epoch")
+                    ),
+                    Err(e) => format!("{port}: {e}"),
+                }
+            })
+            .collect();
+        format!("masters {:?}; {}", self.masters(), views.join(", "))
+    }
+
     /// The live masters' ports, from a live node's `CLUSTER NODES`.
     pub(crate) fn masters(&self) -> Vec<u16> {
         let Some(port) = self.live_ports().next() else {
