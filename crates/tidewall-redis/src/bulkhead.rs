@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tidewall::admission::{Admission, Wait};
 use tidewall::bulkhead::{Bulkhead, OwnedPermit};
 use tidewall::rt::{Clock as _, Tokio, instant_after};
+use tidewall::telemetry::Refusals;
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::rng::SplitMix64;
 
@@ -16,16 +17,23 @@ use crate::options::{Common, common_options};
 use crate::policy::WhenUnavailable;
 use crate::start::{ConnectError, fresh_probe_key, probe};
 
-/// Reaps expired leases, then admits if fewer than the limit are held. The score of a lease
-/// is its expiry on Redis's clock (µs). Returns 1 when admitted, 0 when full.
+/// Admits if fewer than the limit of leases are live, then reaps the expired ones. The score
+/// of a lease is its expiry on Redis's clock (µs). Returns 1 when admitted, 0 when full.
+/// The lease is its first write: Redis refuses a script for `OOM` only before it has written,
+/// so on a full Redis an acquire is refused (and the failure policy decides) rather than
+/// taking a lease past `maxmemory` behind a reap.
 const ACQUIRE: &str = r"
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-if redis.call('ZCARD', KEYS[1]) < limit then
+local stamp = string.format('%.0f', now)
+local admitted = redis.call('ZCOUNT', KEYS[1], '(' .. stamp, '+inf') < limit
+if admitted then
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease), ARGV[3])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', stamp)
+if admitted then
   local keep = math.ceil(lease / 1000) + 1000
   if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
   return 1
@@ -104,6 +112,8 @@ struct Inner {
     leases: AtomicU64,
     acquire: redis::Script,
     renew: redis::Script,
+    /// Counts this limit's answers that refuse (`redis_bulkhead`).
+    refusals: Refusals,
 }
 
 /// Builds a [`RedisBulkhead`]; see [`RedisBulkhead::builder`].
@@ -152,7 +162,7 @@ impl RedisBulkhead {
     /// Checks at start-up that this limit can work: loads its scripts, then takes, renews and
     /// releases one lease on a key of its own (under its own hash tag, so on the Cluster node
     /// that holds its state; its kind begins `%probe:`, which no real key's does), so a user that may not load or run them, run a command they call
-    /// (`TIME`, `ZREMRANGEBYSCORE`, `ZCARD`, `ZADD`, `ZSCORE`, `PTTL`, `PEXPIRE`), release a
+    /// (`TIME`, `ZCOUNT`, `ZADD`, `ZREMRANGEBYSCORE`, `ZSCORE`, `PTTL`, `PEXPIRE`), release a
     /// lease (`ZREM`) or touch its keys is reported now, not met by the failure policy on
     /// every call. The limit itself is not touched.
     ///
@@ -217,7 +227,9 @@ impl RedisBulkhead {
     /// [`Rejected::BulkheadFull`], or [`Rejected::BackendUnavailable`] when Redis did not
     /// answer and the policy is to fail closed.
     pub async fn try_acquire(&self) -> Result<RedisPermit, Rejected> {
-        self.try_acquire_within(None).await
+        self.try_acquire_within(None)
+            .await
+            .inspect_err(|refused| self.inner.refusals.refused(refused))
     }
 
     /// [`try_acquire`](Self::try_acquire) with the round trip also cut short at `cap` (what
@@ -300,6 +312,13 @@ impl RedisBulkhead {
     /// deadline already passed that Redis did not answer within 1 ms; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
+        self.acquire_until(deadline)
+            .await
+            .inspect_err(|refused| self.inner.refusals.refused(refused))
+    }
+
+    /// [`acquire_before`](Self::acquire_before), its refusal not counted yet.
+    async fn acquire_until(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
         // Seeded per call, so the waiters of one replica do not retry in step.
         let mut rng = SplitMix64::new(random_id());
         let mut first = true;
@@ -473,6 +492,7 @@ impl RedisBulkheadBuilder {
                 let slots = crate::rate::share_of(self.limit, share)?;
                 Some(
                     Bulkhead::builder(usize::try_from(slots).unwrap_or(usize::MAX))
+                        .name(format!("redis:bulkhead:{}", self.common.name))
                         .runtime(Tokio)
                         .build()?,
                 )
@@ -494,6 +514,15 @@ impl RedisBulkheadBuilder {
                 leases: AtomicU64::new(0),
                 acquire: redis::Script::new(ACQUIRE),
                 renew: redis::Script::new(RENEW),
+                refusals: Refusals::new(
+                    "redis_bulkhead",
+                    self.common.name,
+                    &[
+                        Rejected::BulkheadFull,
+                        Rejected::BackendUnavailable,
+                        Rejected::DeadlineExceeded,
+                    ],
+                ),
             }),
         })
     }

@@ -35,17 +35,22 @@
 //!   reports as a breaker named `redis:<kind>:<name>` (`rate`, `bulkhead` or `quorum`, and
 //!   the limit's name, as given; the partitions of one name share it): its calls by outcome,
 //!   its transitions, and its refusals while open (`circuit_open`), counted even when the
-//!   policy then admits. A limit's own refusals (a rate limit reached, a bulkhead full) are
-//!   not counted in metrics.
+//!   policy then admits. A limit's own refusals count as Tidewall's in-process limits' do,
+//!   in `tidewall_rejections_total{policy, name, reason}` and a debug event `call rejected`,
+//!   with `policy` `redis_rate` or `redis_bulkhead` and `name` the limit's name (partitions
+//!   share it): each answer that refuses, whatever decided it (Redis, a remembered denial,
+//!   lease mode's local cells, [`WhenUnavailable::Closed`] as `backend_unavailable`, or the
+//!   `Local` share), once per call (a wait that asks again counts only its final answer). A
+//!   bulkhead's `Local` share is an in-process bulkhead that reports as a bulkhead named
+//!   `redis:bulkhead:<name>` too.
 //! * **Memory.** Every key a limit writes has an expiry, which makes it a candidate for
 //!   eviction under a `volatile-*` (and any `allkeys-*`) `maxmemory-policy`: an evicted rate
 //!   key gives a whole burst again, and an evicted bulkhead set forgets every lease held, so
 //!   the limit is exceeded until those holders let go. Give the limits a Redis that never
 //!   evicts their keys: `maxmemory-policy noeviction` (a full Redis then answers `OOM`, and
-//!   the failure policy decides), or memory to spare. One exception: Redis refuses a script
-//!   for `OOM` only until it has written, and a bulkhead's acquire first clears expired
-//!   leases, so on a full Redis it may still take a lease (staying exact, past `maxmemory`)
-//!   rather than leave the decision to the policy.
+//!   the failure policy decides: a bulkhead's acquire too, as its lease is its first write),
+//!   or memory to spare. A held lease's renewal is refused alike, and tried again (see
+//!   [`RedisBulkhead`]); its release is not refused.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.
 //!
@@ -71,7 +76,7 @@
 //!
 //! ```text
 //! user tidewall on >PASSWORD resetkeys ~tidewall:* resetchannels -@all +evalsha +script|load
-//!   +zrem +time +get +set +zremrangebyscore +zcard +zadd +zscore +pttl +pexpire
+//!   +zrem +time +get +set +zremrangebyscore +zcount +zcard +zadd +zscore +pttl +pexpire
 //! ```
 //!
 //! (one line in `users.acl` or `redis.conf`; narrow `~tidewall:*` to

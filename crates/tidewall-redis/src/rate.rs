@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tidewall_core::rng::SplitMix64;
 
 use tidewall::rt::{Clock as _, Tokio, instant_after};
+use tidewall::telemetry::Refusals;
 use tidewall::{ConfigError, Deadline, Rejected};
 use tidewall_core::gcra::{Denied, Gcra, Resolution, emission_interval};
 use tokio::runtime::Handle;
@@ -92,6 +93,8 @@ struct Inner {
     script: redis::Script,
     /// Lease mode's cells, if it is on.
     lease: Option<Leased>,
+    /// Counts this limit's answers that refuse (`redis_rate`).
+    refusals: Refusals,
     /// The tokio runtime it was built on, else the first it refilled on: where lease mode's
     /// unspent cells are given back when the last handle is dropped outside any runtime.
     runtime: OnceLock<Handle>,
@@ -189,7 +192,9 @@ impl RedisRateLimiter {
     /// As [`check`](Self::check), and [`Rejected::InsufficientCapacity`] for more cells than
     /// the burst.
     pub async fn check_n(&self, cells: u32) -> Result<(), Rejected> {
-        self.check_n_within(cells, None).await
+        self.check_n_within(cells, None)
+            .await
+            .inspect_err(|refused| self.inner.refusals.refused(refused))
     }
 
     /// Checks at start-up that this limit can work: loads its script and runs it once on a
@@ -597,6 +602,13 @@ impl RedisRateLimiter {
     /// left is not "unavailable"), or for a deadline already passed that Redis did not answer
     /// within 1 ms; otherwise as [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
+        self.wait_until_ready(deadline)
+            .await
+            .inspect_err(|refused| self.inner.refusals.refused(refused))
+    }
+
+    /// [`until_ready_before`](Self::until_ready_before), its refusal not counted yet.
+    async fn wait_until_ready(&self, deadline: Deadline) -> Result<(), Rejected> {
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
         let mut jitter = SplitMix64::new(crate::bulkhead::random_id());
@@ -786,6 +798,18 @@ impl RedisRateLimiterBuilder {
                 script: redis::Script::new(GCRA),
                 lease: self.lease.map(|mode| Leased::new(mode, interval_us)),
                 runtime,
+                refusals: Refusals::new(
+                    "redis_rate",
+                    self.common.name,
+                    &[
+                        Rejected::RateLimited {
+                            retry_after: Duration::ZERO,
+                        },
+                        Rejected::BackendUnavailable,
+                        Rejected::DeadlineExceeded,
+                        Rejected::InsufficientCapacity { burst },
+                    ],
+                ),
             }),
         })
     }

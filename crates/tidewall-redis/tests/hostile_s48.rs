@@ -204,7 +204,7 @@ async fn connect_as(server: &RedisServer, user: &str) -> RedisConn {
 fn documented_rule(keys: &str) -> String {
     format!(
         "on >pw resetkeys ~{keys} resetchannels -@all +evalsha +script|load +zrem +time +get \
-         +set +zremrangebyscore +zcard +zadd +zscore +pttl +pexpire"
+         +set +zremrangebyscore +zcount +zcard +zadd +zscore +pttl +pexpire"
     )
 }
 
@@ -1389,39 +1389,23 @@ async fn oom_replies_are_decided_by_each_policy_for_the_rate_limiter() {
     redis_decides_again(&conn, "oom").await;
 }
 
-/// `OOM` from a full Redis: the bulkhead. "Redis refuses a script for `OOM` only until it has
-/// written, and a bulkhead's acquire first clears expired leases, so on a full Redis it may
-/// still take a lease (staying exact, past `maxmemory`) rather than leave the decision to
-/// the policy": with a limit of one, under `Closed`, each acquire is a shared lease or
-/// refused, and never two leases at once.
+/// `OOM` from a full Redis: the bulkhead. "A full Redis then answers `OOM`, and the failure
+/// policy decides: a bulkhead's acquire too, as its lease is its first write": each policy
+/// decides, as under any other error reply, and no lease is written past `maxmemory`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_redis_keeps_the_bulkhead_exact() {
+async fn oom_replies_are_decided_by_each_policy_for_the_bulkhead() {
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
     fill_up(&server);
-    let closed = RedisBulkhead::builder(&conn, "oom-first", 1)
-        .deadline(Duration::from_secs(1))
-        .when_unavailable(WhenUnavailable::Closed)
-        .build()
+    bulkhead_policies_decide_under_error_replies(&conn, "oom").await;
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg("tidewall:*bulkhead*")
+        .query(&mut server.admin().unwrap())
         .unwrap();
-    let mut shared = Vec::new();
-    for i in 0..5 {
-        match closed.try_acquire().await {
-            Ok(permit) => {
-                assert!(permit.is_shared(), "#{i}: Closed never admits locally");
-                shared.push(permit);
-            }
-            Err(refused) => assert!(
-                matches!(
-                    refused,
-                    Rejected::BackendUnavailable | Rejected::BulkheadFull
-                ),
-                "#{i}: {refused:?}"
-            ),
-        }
-        assert!(shared.len() <= 1, "#{i}: {} leases at once", shared.len());
-    }
-    drop(shared);
+    assert!(
+        leases.is_empty(),
+        "leases written on a full Redis: {leases:?}"
+    );
     admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "0"]);
     redis_decides_again(&conn, "oom").await;
 }

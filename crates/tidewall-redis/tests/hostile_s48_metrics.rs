@@ -2,8 +2,10 @@
 //! feature, from the crate docs only: "a breaker named `redis:<kind>:<name>` (`rate`,
 //! `bulkhead` or `quorum`, and the limit's name, as given; the partitions of one name share
 //! it): its calls by outcome, its transitions, and its refusals while open (`circuit_open`), counted
-//! even when the policy then admits. A limit's own refusals (a rate limit reached, a
-//! bulkhead full) are not counted in metrics." One test: it installs the global recorder.
+//! even when the policy then admits. A limit's own refusals count [...] in
+//! `tidewall_rejections_total{policy, name, reason}` [...] with `policy` `redis_rate` or
+//! `redis_bulkhead` and `name` the limit's name (partitions share it): each answer that
+//! refuses [...] once per call." One test: it installs the global recorder.
 
 mod common;
 
@@ -224,13 +226,26 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
     ] {
         assert_eq!(healthy_phase.calls(name, "failure"), 0, "{name}");
     }
-    for reason in ["rate_limited", "bulkhead_full"] {
+    // The limits' own refusals: three rate denials (one from Redis, two remembered), one
+    // full bulkhead; nothing else refused.
+    for (policy, name, reason, count) in [
+        ("redis_rate", "healthy-rate", "rate_limited", 3),
+        ("redis_bulkhead", "healthy-bh", "bulkhead_full", 1),
+    ] {
+        let wanted = [("policy", policy), ("name", name), ("reason", reason)];
         assert_eq!(
-            healthy_phase.sum("tidewall_rejections_total", &[("reason", reason)]),
-            0,
-            "a limit's own refusal ({reason}) counted in metrics"
+            healthy_phase.sum("tidewall_rejections_total", &wanted),
+            count,
+            "{wanted:?}: {:?}",
+            healthy_phase.0
         );
     }
+    assert_eq!(
+        healthy_phase.sum("tidewall_rejections_total", &[]),
+        4,
+        "{:?}",
+        healthy_phase.0
+    );
 
     // 2. The ACL takes the keys away: every call answered NOPERM, until each breaker opens.
     acl_setuser(&server, "metered", "resetkeys ~other:*");
@@ -258,6 +273,27 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
          (admitted by the open policy or not)"
     );
     assert_eq!(failing.calls(SERIES, "success"), 0);
+    // Only the closed partition refuses; the open ones and the open bulkhead admit.
+    assert_eq!(
+        failing.sum(
+            "tidewall_rejections_total",
+            &[("policy", "redis_rate"), ("name", ODD)]
+        ),
+        20,
+        "{:?}",
+        failing.0
+    );
+    assert_eq!(
+        failing.sum(
+            "tidewall_rejections_total",
+            &[("policy", "redis_rate"), ("reason", "backend_unavailable")]
+        ),
+        20
+    );
+    assert_eq!(
+        failing.sum("tidewall_rejections_total", &[("policy", "redis_bulkhead")]),
+        0
+    );
     assert!(failing.transitions(SERIES, "open") >= 3, "{:?}", failing.0);
     let (failures, refusals) = (
         failing.calls("redis:bulkhead:mb", "failure"),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The rule the crate docs give for the user Tidewall needs, with the password `secret`.
-pub(crate) const TIDEWALL_USER: &str = "user tidewall on >secret resetkeys ~tidewall:* resetchannels -@all +evalsha +script|load +zrem +time +get +set +zremrangebyscore +zcard +zadd +zscore +pttl +pexpire";
+pub(crate) const TIDEWALL_USER: &str = "user tidewall on >secret resetkeys ~tidewall:* resetchannels -@all +evalsha +script|load +zrem +time +get +set +zremrangebyscore +zcount +zcard +zadd +zscore +pttl +pexpire";
 
 /// Certificates in a temporary directory.
 pub(crate) struct Certificates {

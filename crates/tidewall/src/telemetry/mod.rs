@@ -40,7 +40,9 @@
 //! the table's name, with the `policy` each key is (`breaker`, `bulkhead`, `adaptive`): the series a
 //! plain policy of that name counts in too, if one is also used (a
 //! [registry](crate::config::Registry)'s pipeline of the instance, say). A keyed rate
-//! limiter's refusals count under `keyed_rate`.
+//! limiter's refusals count under `keyed_rate`. A policy built outside this crate counts its
+//! refusals in the same series through [`Refusals`]: `tidewall-redis`'s limits do, as
+//! `redis_rate` and `redis_bulkhead`.
 //!
 //! Gauges cost the calls nothing: they are read from the policies when you ask, with
 //! [`Registry::record_gauges`](crate::config::Registry::record_gauges) (features `metrics` and
@@ -70,6 +72,7 @@ mod events;
 pub(crate) mod gauges;
 mod listener;
 mod policy;
+mod refusals;
 
 pub(crate) use calls::{CallOutcome, CallTelemetry};
 #[cfg(feature = "chaos")]
@@ -82,3 +85,4 @@ pub(crate) use gauges::record_gauges;
 pub use listener::{Event, EventKind};
 pub(crate) use listener::{Listener, ListenerPanics, tell_or_give_back};
 pub(crate) use policy::PolicyTelemetry;
+pub use refusals::Refusals;

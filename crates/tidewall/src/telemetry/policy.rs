@@ -62,6 +62,11 @@ impl PolicyTelemetry {
         telemetry
     }
 
+    /// The `policy` label.
+    pub(crate) fn policy(&self) -> &'static str {
+        self.policy
+    }
+
     /// Also calls `listener` with every event.
     #[must_use]
     pub(crate) fn with_listener(self, listener: Option<Listener>) -> Self {
