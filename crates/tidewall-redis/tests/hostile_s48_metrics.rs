@@ -195,15 +195,7 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop(held);
-    let key = healthy_bulkhead.key().to_owned();
-    eventually(async || {
-        let held: u64 = redis::cmd("ZCARD")
-            .arg(&key)
-            .query(&mut server.admin().unwrap())
-            .unwrap();
-        (held == 0).then_some(())
-    })
-    .await;
+    server.until_no_lease(healthy_bulkhead.key()).await;
     let healthy_phase = Counters::take(&snapshotter);
     assert_eq!(
         healthy_phase.calls(SERIES, "success"),

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, eventually};
+use common::RedisServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::Tokio;
@@ -98,15 +98,7 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
     );
     drop(held);
     // Released in the background; once Redis holds no lease, admitted, which counts nothing.
-    let key = bulkhead.key().to_owned();
-    eventually(async || {
-        let held: u64 = redis::cmd("ZCARD")
-            .arg(&key)
-            .query(&mut server.admin().unwrap())
-            .unwrap();
-        (held == 0).then_some(())
-    })
-    .await;
+    server.until_no_lease(bulkhead.key()).await;
     drop(bulkhead.try_acquire().await.unwrap());
 
     // Redis unreachable: the closed policy refuses, and a local share refuses once its

@@ -243,6 +243,19 @@ impl RedisServer {
             .expect("CLIENT PAUSE");
     }
 
+    /// Until the bulkhead whose leases are at `key` holds none (releases run in the
+    /// background).
+    pub(crate) async fn until_no_lease(&self, key: &str) {
+        eventually(async || {
+            let held: u64 = redis::cmd("ZCARD")
+                .arg(key)
+                .query(&mut self.admin().unwrap())
+                .unwrap();
+            (held == 0).then_some(())
+        })
+        .await;
+    }
+
     /// How many times a command ran (`INFO commandstats`), e.g. `"evalsha"`.
     pub(crate) fn calls(&self, command: &str) -> u64 {
         let info: String = redis::cmd("INFO")
