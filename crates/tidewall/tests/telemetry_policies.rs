@@ -313,6 +313,68 @@ async fn registry_gauges_read_every_policy_it_holds() {
     assert_eq!(seen.gauge("tidewall_rate_limit_available", &api), 5.0);
 }
 
+/// A registry hedge with a budget is gauged with what its budget would grant now; one
+/// without a budget has no gauge.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn registry_gauges_read_each_hedge_budget() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let config = Config::from_toml(
+        r#"
+        [instances.budgeted.hedge]
+        delay = "10ms"
+        budget_ratio = 0.5
+        [instances.free.hedge]
+        delay = "10ms"
+        "#,
+    )
+    .unwrap();
+    let registry = metrics::with_local_recorder(&recorder, || Registry::new(config).unwrap());
+    let budgeted = registry.hedge("budgeted").unwrap();
+    let free = registry.hedge("free").unwrap();
+    let gauges = || {
+        metrics::with_local_recorder(&recorder, || registry.record_gauges());
+        Seen::now(&snapshotter)
+    };
+    let budgeted_gauge =
+        |seen: &Seen| seen.gauge("tidewall_hedge_budget_balance", &[("name", "budgeted")]);
+    assert_eq!(
+        budgeted_gauge(&gauges()),
+        0.0,
+        "no call yet: nothing to grant"
+    );
+
+    // Four calls that answer at once deposit four; half of them may hedge.
+    for _ in 0..4 {
+        let answer = budgeted
+            .call(tidewall::hedge::Idempotent(|| async { Ok::<_, ()>(1) }))
+            .await;
+        assert_eq!(answer, Ok(1));
+    }
+    assert_eq!(budgeted.hedge().budget_balance(), Some(2));
+    assert_eq!(budgeted_gauge(&gauges()), 2.0);
+    // A slow call hedges once, spending one.
+    let answer = budgeted
+        .call(tidewall::hedge::Idempotent(|| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, ()>(2)
+        }))
+        .await;
+    assert_eq!(answer, Ok(2));
+    let seen = gauges();
+    assert_eq!(
+        budgeted_gauge(&seen),
+        budgeted.hedge().budget_balance().unwrap() as f64
+    );
+    assert!(budgeted_gauge(&seen) < 3.0, "the hedge was paid for");
+    assert_eq!(free.hedge().budget_balance(), None);
+    assert!(
+        seen.value("tidewall_hedge_budget_balance", &[("name", "free")])
+            .is_none(),
+        "a hedge without a budget is gauged"
+    );
+}
+
 #[test]
 fn reloads_are_counted_applied_or_refused() {
     let recorder = DebuggingRecorder::new();

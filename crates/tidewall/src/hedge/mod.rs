@@ -507,4 +507,25 @@ impl<R: Clock, K> Hedge<R, K> {
     pub fn max_hedges(&self) -> u32 {
         self.inner.rules.backoff.max_attempts_total() - 1
     }
+
+    /// The hedges its [budget](HedgeBuilder::budget_ratio) would grant now (read on the
+    /// hedge's runtime clock), or `None` for a hedge without a budget. A registry's hedges
+    /// report it as the gauge `tidewall_hedge_budget_balance`
+    /// ([`telemetry`](crate::telemetry)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tidewall::ConfigError> {
+    /// use tidewall::hedge::Hedge;
+    ///
+    /// assert_eq!(Hedge::builder().build()?.budget_balance(), None);
+    /// // No call yet: a budget without a per-second floor grants nothing.
+    /// let budgeted = Hedge::builder().budget_ratio(0.1).build()?;
+    /// assert_eq!(budgeted.budget_balance(), Some(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn budget_balance(&self) -> Option<u64> {
+        let inner = &*self.inner;
+        let budget = inner.rules.budget.as_ref()?;
+        Some(budget.balance(inner.rt.now()))
+    }
 }

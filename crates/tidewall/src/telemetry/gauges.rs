@@ -68,6 +68,12 @@ pub(crate) fn record_gauges<R: Clock>(registry: &Registry<R>) {
     for (_, client) in registry.http_clients() {
         client.record_gauges();
     }
+    for (name, hedge) in registry.hedges() {
+        if let Some(balance) = hedge.hedge().budget_balance() {
+            metrics::gauge!("tidewall_hedge_budget_balance", "name" => name.label())
+                .set(balance as f64);
+        }
+    }
     let now = registry.runtime().now();
     for (name, budget) in registry.retry_budgets() {
         metrics::gauge!("tidewall_retry_budget_balance", "name" => name.label())
