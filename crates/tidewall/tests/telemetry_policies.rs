@@ -583,6 +583,7 @@ async fn a_hedge_counts_and_tells_each_hedge_launched_and_each_its_budget_refuse
             "hedge replicas: HedgeLaunched { hedge: 1 }",
             "hedge replicas: HedgeLaunched { hedge: 2 }",
             "hedge replicas: HedgeLaunched { hedge: 3 }",
+            "hedge replicas: Succeeded",
         ]
     );
     // A budget of nothing (ratio 0, no floor): every hedge is refused.
@@ -602,6 +603,29 @@ async fn a_hedge_counts_and_tells_each_hedge_launched_and_each_its_budget_refuse
         }))
         .await;
     assert_eq!(alone, Ok(2));
+    assert_eq!(
+        heard.take(),
+        ["hedge stingy: BudgetExhausted", "hedge stingy: Succeeded"]
+    );
+    // Every attempt fails (retryable): the last failure is the answer, one failed call.
+    let failing = stingy
+        .call(tidewall::hedge::Idempotent(|| async { Err::<u32, _>(()) }))
+        .await;
+    assert_eq!(failing, Err(()));
+    assert_eq!(
+        heard.take(),
+        ["hedge stingy: BudgetExhausted", "hedge stingy: Failed"]
+    );
+    // A call dropped before it resolved counts nothing.
+    let dropped = stingy.call(tidewall::hedge::Idempotent(|| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, ()>(3)
+    }));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), dropped)
+            .await
+            .is_err()
+    );
     assert_eq!(heard.take(), ["hedge stingy: BudgetExhausted"]);
 
     let seen = Seen::now(&snapshotter);
@@ -610,6 +634,10 @@ async fn a_hedge_counts_and_tells_each_hedge_launched_and_each_its_budget_refuse
     assert_eq!(seen.counter("tidewall_hedges_total", &of("stingy")), 0);
     assert_eq!(
         seen.counter("tidewall_retry_budget_exhausted_total", &of("stingy")),
-        1
+        3
     );
+    assert_eq!(seen.calls("hedge", "replicas", "success"), 1);
+    assert_eq!(seen.calls("hedge", "stingy", "success"), 1);
+    assert_eq!(seen.calls("hedge", "stingy", "failure"), 1);
+    assert_eq!(seen.calls("hedge", "stingy", "ignored"), 0);
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 
 use super::{Hedge, Idempotent, MakeAttempt};
+use crate::breaker::Outcome;
 use crate::classify::{Classify, Verdict};
 use crate::retry::engine::Attempts;
 use crate::rt::{Clock, instant_after};
@@ -18,7 +19,16 @@ pin_project! {
     /// every attempt failed and no hedge is left. The attempts still running are dropped as
     /// it resolves.
     ///
-    /// **Cancel safety:** dropping it drops every attempt still running.
+    /// **Telemetry:** each call that resolves counts once in
+    /// `tidewall_calls_total{policy="hedge", name, outcome}` by the classifier's verdict on
+    /// its answer (`success`; `failure`, a retryable one when every attempt failed included;
+    /// `ignored`), and tells the listener
+    /// [`Succeeded`](crate::telemetry::EventKind::Succeeded),
+    /// [`Failed`](crate::telemetry::EventKind::Failed) or
+    /// [`Ignored`](crate::telemetry::EventKind::Ignored) after its hedges' events.
+    ///
+    /// **Cancel safety:** dropping it drops every attempt still running; a call dropped
+    /// before it resolved counts nothing.
     #[must_use = "futures do nothing unless polled"]
     pub struct HedgeFuture<'h, F: MakeAttempt, R: Clock, K> {
         hedge: HedgeRef<'h, R, K>,
@@ -119,7 +129,7 @@ where
             *this.primary_started = Some(now);
             schedule_next(this.attempts, this.op.repeatable(), this.timer.as_mut());
         }
-        let output = 'answered: loop {
+        let (output, outcome) = 'answered: loop {
             if let Some(primary) = this.primary.as_mut().as_pin_mut()
                 && let Poll::Ready(result) = primary.poll(cx)
             {
@@ -131,13 +141,14 @@ where
                         {
                             estimator.record(inner.rt.now().saturating_duration_since(started));
                         }
-                        break 'answered result;
+                        break 'answered (result, Outcome::Success);
                     }
                     Verdict::RetryableFailure => {
                         note_hint(this.not_before, &result);
                         *this.last_failure = Some(result);
                     }
-                    Verdict::Failure | Verdict::Ignored => break 'answered result,
+                    Verdict::Failure => break 'answered (result, Outcome::Failure),
+                    Verdict::Ignored => break 'answered (result, Outcome::Ignored),
                 }
             }
             let mut i = 0;
@@ -161,14 +172,15 @@ where
                                 estimator.record(now.saturating_duration_since(primary_started));
                             }
                         }
-                        break 'answered result;
+                        break 'answered (result, Outcome::Success);
                     }
                     Verdict::RetryableFailure => {
                         note_hint(this.not_before, &result);
                         *this.last_failure = Some(result);
                         drop(this.hedges.swap_remove(i));
                     }
-                    Verdict::Failure | Verdict::Ignored => break 'answered result,
+                    Verdict::Failure => break 'answered (result, Outcome::Failure),
+                    Verdict::Ignored => break 'answered (result, Outcome::Ignored),
                 }
             }
             let running = this.primary.is_some() || !this.hedges.is_empty();
@@ -217,15 +229,17 @@ where
             if running || this.timer.is_some() {
                 return Poll::Pending;
             }
-            break 'answered this
+            let failure = this
                 .last_failure
                 .take()
                 .unwrap_or_else(unreachable_no_attempt);
+            break 'answered (failure, Outcome::Failure);
         };
         // The call is answered: the losers are dropped now, not when this future is.
         this.primary.set(None);
         this.hedges.clear();
         this.timer.set(None);
+        inner.telemetry.outcome(outcome, None);
         Poll::Ready(output)
     }
 }

@@ -250,8 +250,10 @@ impl<R, K> HedgeBuilder<R, K> {
     }
 
     /// Calls `listener` with each hedge launched (numbered from 1; one started at once because
-    /// every running attempt failed is one too) and each refusal by the hedge budget (a hedge
-    /// asked for again, once every running attempt failed, and refused again is told twice).
+    /// every running attempt failed is one too), each refusal by the hedge budget (a hedge
+    /// asked for again, once every running attempt failed, and refused again is told twice),
+    /// and how each call that resolved ended (`Succeeded`, `Failed` or `Ignored`, by the
+    /// classifier's verdict on its answer; a call dropped first, nothing).
     /// On the caller's task, in the call (keep it short). See
     /// [`Event`](crate::telemetry::Event).
     ///
@@ -447,6 +449,7 @@ impl<R, K> HedgeBuilder<R, K> {
                 rt: self.rt,
                 telemetry: crate::telemetry::PolicyTelemetry::new("hedge", &self.name, &[])
                     .with_hedges()
+                    .with_outcomes()
                     .with_listener(self.events),
             }),
             classify: self.classify,
