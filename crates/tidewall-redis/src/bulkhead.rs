@@ -282,9 +282,13 @@ impl RedisBulkhead {
             Err(_) if cap.is_some_and(|cap| cap.is_zero()) => Err(Rejected::DeadlineExceeded),
             Err(_) => match (&inner.policy, &inner.local) {
                 (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
-                (WhenUnavailable::Local { .. }, Some(local)) => Ok(RedisPermit {
-                    held: Held::Local(local.try_acquire_owned()?),
-                }),
+                // Tried quietly: the share's answer is the limit's, counted once by the
+                // limit (a wait asks the share every few milliseconds).
+                (WhenUnavailable::Local { .. }, Some(local)) => Admission::try_admit(local)
+                    .map(|slot| RedisPermit {
+                        held: Held::Local(slot),
+                    })
+                    .ok_or(Rejected::BulkheadFull),
                 _ => Ok(RedisPermit {
                     held: Held::Unlimited,
                 }),
@@ -492,7 +496,6 @@ impl RedisBulkheadBuilder {
                 let slots = crate::rate::share_of(self.limit, share)?;
                 Some(
                     Bulkhead::builder(usize::try_from(slots).unwrap_or(usize::MAX))
-                        .name(format!("redis:bulkhead:{}", self.common.name))
                         .runtime(Tokio)
                         .build()?,
                 )

@@ -40,15 +40,18 @@
 //!   with `policy` `redis_rate` or `redis_bulkhead` and `name` the limit's name (partitions
 //!   share it): each answer that refuses, whatever decided it (Redis, a remembered denial,
 //!   lease mode's local cells, [`WhenUnavailable::Closed`] as `backend_unavailable`, or the
-//!   `Local` share), once per call (a wait that asks again counts only its final answer). A
-//!   bulkhead's `Local` share is an in-process bulkhead that reports as a bulkhead named
-//!   `redis:bulkhead:<name>` too.
+//!   `Local` share), once per call (a wait that asks again counts only its final answer);
+//!   the `Local` share reports nothing of its own. The series of every reason a limit can
+//!   give are registered, at zero, when it is built: `rate_limited`,
+//!   `insufficient_capacity`, `deadline_exceeded` and `backend_unavailable` for a rate
+//!   limiter; `bulkhead_full`, `deadline_exceeded` and `backend_unavailable` for a bulkhead.
 //! * **Memory.** Every key a limit writes has an expiry, which makes it a candidate for
 //!   eviction under a `volatile-*` (and any `allkeys-*`) `maxmemory-policy`: an evicted rate
 //!   key gives a whole burst again, and an evicted bulkhead set forgets every lease held, so
 //!   the limit is exceeded until those holders let go. Give the limits a Redis that never
 //!   evicts their keys: `maxmemory-policy noeviction` (a full Redis then answers `OOM`, and
-//!   the failure policy decides: a bulkhead's acquire too, as its lease is its first write),
+//!   the failure policy decides: a bulkhead's acquire too, as its lease is its first write;
+//!   one that finds the bulkhead full writes nothing, and is refused as full),
 //!   or memory to spare. A held lease's renewal is refused alike, and tried again (see
 //!   [`RedisBulkhead`]); its release is not refused.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster

@@ -102,7 +102,7 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
     drop(bulkhead.try_acquire().await.unwrap());
 
     // Redis unreachable: the closed policy refuses, and a local share refuses once its
-    // slot is taken (also counted by the share's own bulkhead, `redis:bulkhead:<name>`).
+    // slot is taken (counted by the limit alone: the share reports nothing of its own).
     let closed = RedisRateLimiter::builder(&dead, "closed", 10, Duration::from_secs(1))
         .deadline(Duration::from_millis(200))
         .when_unavailable(WhenUnavailable::Closed)
@@ -122,6 +122,12 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
     );
     drop(local);
 
+    // Limits that never refuse have every reason they can give registered, at zero.
+    let _idle_rate = RedisRateLimiter::builder(&conn, "idle", 1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let _idle_bulkhead = RedisBulkhead::builder(&conn, "idle", 1).build().unwrap();
+
     // One snapshot: taking one resets the counters.
     let mut refusals: Vec<(String, String, String, u64)> = snapshotter
         .snapshot()
@@ -132,7 +138,7 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
             let DebugValue::Counter(n) = value else {
                 return None;
             };
-            if key.name() != "tidewall_rejections_total" || n == 0 {
+            if key.name() != "tidewall_rejections_total" {
                 return None;
             }
             let label = |k: &str| {
@@ -144,13 +150,30 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
         })
         .collect();
     refusals.sort();
+    let idle: Vec<_> = refusals
+        .iter()
+        .filter(|(_, name, _, _)| name == "idle")
+        .map(|(policy, _, reason, n)| (policy.as_str(), reason.as_str(), *n))
+        .collect();
+    assert_eq!(
+        idle,
+        [
+            ("redis_bulkhead", "backend_unavailable", 0),
+            ("redis_bulkhead", "bulkhead_full", 0),
+            ("redis_bulkhead", "deadline_exceeded", 0),
+            ("redis_rate", "backend_unavailable", 0),
+            ("redis_rate", "deadline_exceeded", 0),
+            ("redis_rate", "insufficient_capacity", 0),
+            ("redis_rate", "rate_limited", 0),
+        ]
+    );
+    refusals.retain(|(_, _, _, n)| *n > 0);
     let row = |policy: &str, name: &str, reason: &str, n: u64| {
         (policy.to_owned(), name.to_owned(), reason.to_owned(), n)
     };
     assert_eq!(
         refusals,
         vec![
-            row("bulkhead", "redis:bulkhead:local", "bulkhead_full", 1),
             row("redis_bulkhead", "b", "bulkhead_full", 1),
             row("redis_bulkhead", "b", "deadline_exceeded", 1),
             row("redis_bulkhead", "local", "bulkhead_full", 1),

@@ -1,0 +1,114 @@
+//! Black-box test, from the public docs only, of a Redis bulkhead's `Local` share in a wait
+//! that ends admitted. The crate docs: "each answer that refuses [...] once per call (a wait
+//! that asks again counts only its final answer); the `Local` share reports nothing of its
+//! own"; the telemetry table for `tidewall_rejections_total`: "a wait that ends admitted is
+//! not one". So a wait that the share admits once a slot frees counts nothing, and a wait
+//! that runs out counts once, in the limit's series, however often it asked the share.
+//! (The share counted every try of a wait in a series of its own, until that was fixed.)
+//!
+//! One test: it installs the global metrics recorder.
+
+mod common;
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tidewall::pipeline::Pipeline;
+use tidewall::rt::Tokio;
+use tidewall::{Deadline, Rejected};
+use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_the_local_share_admits_counts_no_refusal() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::set_global_recorder(recorder).unwrap();
+    // Nothing listens: every call fails at once, and the `Local` share decides.
+    let dead = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        RedisConn::open(format!("redis://127.0.0.1:{port}")).unwrap()
+    };
+    let shared = RedisBulkhead::builder(&dead, "s49-share-wait", 4)
+        .deadline(Duration::from_millis(200))
+        .when_unavailable(WhenUnavailable::Local { share: 0.5 })
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .deadline(Duration::from_secs(3))
+        .bulkhead(shared.clone())
+        .build()
+        .unwrap();
+    for front in ["acquire_before", "pipeline"] {
+        // Both slots of the share held, one freed 300 ms into the wait.
+        let first = shared.try_acquire().await.unwrap();
+        let second = shared.try_acquire().await.unwrap();
+        assert!(!first.is_shared() && !second.is_shared());
+        let freer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(first);
+        });
+        match front {
+            "acquire_before" => {
+                let waited = shared
+                    .acquire_before(Deadline::after(&Tokio, Duration::from_secs(3)))
+                    .await;
+                assert!(waited.is_ok_and(|permit| !permit.is_shared()));
+            }
+            _ => assert_eq!(pipeline.call(|| async { Ok::<_, ()>(()) }).await, Ok(())),
+        }
+        freer.await.unwrap();
+        drop(second);
+    }
+    // One refusal at once, and one wait of 300 ms that runs out: one count each.
+    let first = shared.try_acquire().await.unwrap();
+    let second = shared.try_acquire().await.unwrap();
+    assert_eq!(
+        shared.try_acquire().await.map(drop),
+        Err(Rejected::BulkheadFull)
+    );
+    let ran_out = shared
+        .acquire_before(Deadline::after(&Tokio, Duration::from_millis(300)))
+        .await
+        .map(drop)
+        .unwrap_err();
+    drop((first, second));
+
+    let mut refusals: Vec<(String, String, String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let key = key.key();
+            let DebugValue::Counter(n) = value else {
+                return None;
+            };
+            let label = |k: &str| {
+                key.labels()
+                    .find(|l| l.key() == k)
+                    .map_or_else(String::new, |l| l.value().to_owned())
+            };
+            (key.name() == "tidewall_rejections_total" && n > 0 && label("policy") != "breaker")
+                .then(|| (label("policy"), label("name"), label("reason"), n))
+        })
+        .collect();
+    refusals.sort();
+    let row = |policy: &str, name: &str, reason: &str, n: u64| {
+        (policy.to_owned(), name.to_owned(), reason.to_owned(), n)
+    };
+    let mut expected = vec![row("redis_bulkhead", "s49-share-wait", "bulkhead_full", 1)];
+    if ran_out == Rejected::BulkheadFull {
+        expected[0].3 = 2;
+    } else {
+        expected.push(row("redis_bulkhead", "s49-share-wait", ran_out.kind(), 1));
+    }
+    expected.sort();
+    assert_eq!(
+        refusals, expected,
+        "two waits that ended admitted count nothing; one refusal at once and one wait that \
+         ran out count once each"
+    );
+}
