@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewall::admission::{Admission, Wait};
-use tidewall::bulkhead::{Bulkhead, OwnedPermit};
 use tidewall::rt::{Clock as _, Tokio, instant_after};
 use tidewall::telemetry::Refusals;
 use tidewall::{ConfigError, Deadline, Rejected};
@@ -106,7 +105,9 @@ struct Inner {
     lease: Duration,
     backend: Backend,
     policy: WhenUnavailable,
-    local: Option<Bulkhead<Tokio>>,
+    /// The slots of [`WhenUnavailable::Local`]'s share: tried, never waited for, and never
+    /// reported on their own (the limit counts its answer).
+    local: Option<Arc<tokio::sync::Semaphore>>,
     /// This instance's random prefix and a counter: every lease has its own member name.
     instance: u64,
     leases: AtomicU64,
@@ -143,7 +144,7 @@ enum Held {
         runtime: Option<tokio::runtime::Handle>,
     },
     /// A slot of the local fallback, held until the permit drops.
-    Local(#[allow(dead_code, reason = "held for its drop")] OwnedPermit<Tokio>),
+    Local(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
     /// Admitted without a slot (fail open).
     Unlimited,
 }
@@ -227,9 +228,8 @@ impl RedisBulkhead {
     /// [`Rejected::BulkheadFull`], or [`Rejected::BackendUnavailable`] when Redis did not
     /// answer and the policy is to fail closed.
     pub async fn try_acquire(&self) -> Result<RedisPermit, Rejected> {
-        self.try_acquire_within(None)
-            .await
-            .inspect_err(|refused| self.inner.refusals.refused(refused))
+        let answer = self.try_acquire_within(None).await;
+        self.inner.refusals.counted(answer)
     }
 
     /// [`try_acquire`](Self::try_acquire) with the round trip also cut short at `cap` (what
@@ -282,13 +282,12 @@ impl RedisBulkhead {
             Err(_) if cap.is_some_and(|cap| cap.is_zero()) => Err(Rejected::DeadlineExceeded),
             Err(_) => match (&inner.policy, &inner.local) {
                 (WhenUnavailable::Closed, _) => Err(Rejected::BackendUnavailable),
-                // Tried quietly: the share's answer is the limit's, counted once by the
-                // limit (a wait asks the share every few milliseconds).
-                (WhenUnavailable::Local { .. }, Some(local)) => Admission::try_admit(local)
+                (WhenUnavailable::Local { .. }, Some(local)) => Arc::clone(local)
+                    .try_acquire_owned()
                     .map(|slot| RedisPermit {
                         held: Held::Local(slot),
                     })
-                    .ok_or(Rejected::BulkheadFull),
+                    .map_err(|_| Rejected::BulkheadFull),
                 _ => Ok(RedisPermit {
                     held: Held::Unlimited,
                 }),
@@ -316,13 +315,12 @@ impl RedisBulkhead {
     /// deadline already passed that Redis did not answer within 1 ms; otherwise as
     /// [`try_acquire`](Self::try_acquire).
     pub async fn acquire_before(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
-        self.acquire_until(deadline)
-            .await
-            .inspect_err(|refused| self.inner.refusals.refused(refused))
+        let answer = self.acquire_before_uncounted(deadline).await;
+        self.inner.refusals.counted(answer)
     }
 
     /// [`acquire_before`](Self::acquire_before), its refusal not counted yet.
-    async fn acquire_until(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
+    async fn acquire_before_uncounted(&self, deadline: Deadline) -> Result<RedisPermit, Rejected> {
         // Seeded per call, so the waiters of one replica do not retry in step.
         let mut rng = SplitMix64::new(random_id());
         let mut first = true;
@@ -471,7 +469,8 @@ impl RedisBulkheadBuilder {
     ///
     /// [`ConfigError::Zero`] for a zero limit, lease or deadline, or an empty name;
     /// [`ConfigError::OutOfRange`] for a lease under 3 ms (renewed every third) or over
-    /// 2^50 µs, or a local share outside (0, 1]; [`ConfigError::DurationOverflow`] for a lease
+    /// 2^50 µs, or a local share outside (0, 1] (or, on a 32-bit target, of more slots than
+    /// tokio's `Semaphore::MAX_PERMITS`); [`ConfigError::DurationOverflow`] for a lease
     /// or deadline beyond `u64::MAX` nanoseconds.
     pub fn build(self) -> Result<RedisBulkhead, ConfigError> {
         if self.limit == 0 {
@@ -494,11 +493,15 @@ impl RedisBulkheadBuilder {
         let local = match self.common.policy {
             WhenUnavailable::Local { share } => {
                 let slots = crate::rate::share_of(self.limit, share)?;
-                Some(
-                    Bulkhead::builder(usize::try_from(slots).unwrap_or(usize::MAX))
-                        .runtime(Tokio)
-                        .build()?,
-                )
+                let slots = usize::try_from(slots)
+                    .ok()
+                    .filter(|&slots| slots <= tokio::sync::Semaphore::MAX_PERMITS)
+                    .ok_or(ConfigError::OutOfRange {
+                        field: "limit",
+                        value: f64::from(self.limit),
+                        allowed: "a local share of at most tokio's Semaphore::MAX_PERMITS slots",
+                    })?;
+                Some(Arc::new(tokio::sync::Semaphore::new(slots)))
             }
             WhenUnavailable::Open | WhenUnavailable::Closed => None,
         };

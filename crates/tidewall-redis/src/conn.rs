@@ -10,7 +10,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, RedisResult, Value};
 
-use crate::start::{ConnectError, within};
+use crate::start::{Awaited, ConnectError, within};
 
 /// One multiplexed, reconnecting connection to Redis (redis-rs's `ConnectionManager`), or to
 /// a Redis Cluster (redis-rs's cluster client: a connection per node, commands sent to the
@@ -352,7 +352,10 @@ impl RedisConnBuilder {
         // One timeout for the whole start: TCP, the TLS handshake and authentication.
         let config = redis::AsyncConnectionConfig::new().set_connection_timeout(None);
         let check = client.get_multiplexed_async_connection_with_config(&config);
-        within(timeout, async { hello(check.await?).await }).await?;
+        within(Awaited::Connection, timeout, async {
+            hello(check.await?).await
+        })
+        .await?;
         RedisConn::managed(client).map_err(|error| ConnectError::from_redis(&error))
     }
 
@@ -410,7 +413,7 @@ impl RedisConnBuilder {
         let client = builder
             .build()
             .map_err(|error| ConnectError::from_redis(&error))?;
-        let connection = within(timeout, async {
+        let connection = within(Awaited::Connection, timeout, async {
             hello(client.get_async_connection().await?).await
         })
         .await?;

@@ -51,8 +51,10 @@
 //!   the limit is exceeded until those holders let go. Give the limits a Redis that never
 //!   evicts their keys: `maxmemory-policy noeviction` (a full Redis then answers `OOM`, and
 //!   the failure policy decides: a bulkhead's acquire too, as its lease is its first write;
-//!   one that finds the bulkhead full writes nothing, and is refused as full),
-//!   or memory to spare. A held lease's renewal is refused alike, and tried again (see
+//!   one that finds the bulkhead full takes no lease, and is refused as full), or memory to
+//!   spare. Under the default [`WhenUnavailable::Open`] a full Redis admits every call the
+//!   limits would have decided: choose `Closed` or `Local` where that is worse than a
+//!   refusal. A held lease's renewal is refused alike, and tried again (see
 //!   [`RedisBulkhead`]); its release is not refused.
 //! * Keys are `tidewall:v1:{<name>:<partition>}:<kind>`: a format version, and a Redis Cluster
 //!   hash tag so everything one limit touches lives in one slot.

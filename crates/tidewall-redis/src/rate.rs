@@ -192,9 +192,8 @@ impl RedisRateLimiter {
     /// As [`check`](Self::check), and [`Rejected::InsufficientCapacity`] for more cells than
     /// the burst.
     pub async fn check_n(&self, cells: u32) -> Result<(), Rejected> {
-        self.check_n_within(cells, None)
-            .await
-            .inspect_err(|refused| self.inner.refusals.refused(refused))
+        let answer = self.check_n_within(cells, None).await;
+        self.inner.refusals.counted(answer)
     }
 
     /// Checks at start-up that this limit can work: loads its script and runs it once on a
@@ -602,13 +601,12 @@ impl RedisRateLimiter {
     /// left is not "unavailable"), or for a deadline already passed that Redis did not answer
     /// within 1 ms; otherwise as [`check`](Self::check).
     pub async fn until_ready_before(&self, deadline: Deadline) -> Result<(), Rejected> {
-        self.wait_until_ready(deadline)
-            .await
-            .inspect_err(|refused| self.inner.refusals.refused(refused))
+        let answer = self.until_ready_before_uncounted(deadline).await;
+        self.inner.refusals.counted(answer)
     }
 
     /// [`until_ready_before`](Self::until_ready_before), its refusal not counted yet.
-    async fn wait_until_ready(&self, deadline: Deadline) -> Result<(), Rejected> {
+    async fn until_ready_before_uncounted(&self, deadline: Deadline) -> Result<(), Rejected> {
         // Waiters that share a denial would all wake at its end and ask together: each adds
         // up to a millisecond of its own.
         let mut jitter = SplitMix64::new(crate::bulkhead::random_id());

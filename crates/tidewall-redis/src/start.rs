@@ -79,14 +79,25 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// What a start-up step waits for, to say what did not come in time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Awaited {
+    /// A connection: connected, TLS handshake and authentication.
+    Connection,
+    /// The answer to one of a limit's `verify` probes.
+    ProbeAnswer,
+}
+
 impl ConnectError {
-    /// No connection within `timeout`.
-    pub(crate) fn unanswered(timeout: Duration) -> Self {
-        Self::Unreachable {
-            reason: format!(
+    /// No `awaited` within `timeout`.
+    fn unanswered(awaited: Awaited, timeout: Duration) -> Self {
+        let reason = match awaited {
+            Awaited::Connection => format!(
                 "no connection within {timeout:?} (connected, TLS handshake and authentication)"
             ),
-        }
+            Awaited::ProbeAnswer => format!("no answer to a verify probe within {timeout:?}"),
+        };
+        Self::Unreachable { reason }
     }
 
     /// What `error` says stops the start.
@@ -138,34 +149,32 @@ fn is_tls_library_error(_: &(dyn std::error::Error + Send + Sync + 'static)) -> 
     false
 }
 
-/// `call` within `timeout`, what stops it said as a [`ConnectError`].
+/// `call` (waiting for `awaited`) within `timeout`, what stops it said as a [`ConnectError`].
 pub(crate) async fn within<T>(
+    awaited: Awaited,
     timeout: Duration,
     call: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, ConnectError> {
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(ConnectError::unanswered(timeout)),
+        Err(_) => Err(ConnectError::unanswered(awaited, timeout)),
         Ok(result) => result.map_err(|error| ConnectError::from_redis(&error)),
     }
 }
 
-/// Runs one of a limit's `verify` probes, with the same reporting as a connection; a
-/// refusal inside `script` (its source) is told with the line Redis names.
+/// Runs one of a limit's `verify` probes, reported as a connection's step is; a refusal
+/// inside `script` (its source) is told with the line Redis names.
 pub(crate) async fn probe<T>(
     call: impl Future<Output = RedisResult<T>>,
     script: Option<&str>,
 ) -> Result<T, ConnectError> {
-    let Ok(answer) = tokio::time::timeout(PROBE_TIMEOUT, call).await else {
-        return Err(ConnectError::Unreachable {
-            reason: format!("no answer to a verify probe within {PROBE_TIMEOUT:?}"),
-        });
-    };
-    answer.map_err(|error| match (ConnectError::from_redis(&error), script) {
-        (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
-            reason: with_script_line(reason, script),
-        },
-        (error, _) => error,
-    })
+    within(Awaited::ProbeAnswer, PROBE_TIMEOUT, call)
+        .await
+        .map_err(|error| match (error, script) {
+            (ConnectError::Permission { reason }, Some(script)) => ConnectError::Permission {
+                reason: with_script_line(reason, script),
+            },
+            (error, _) => error,
+        })
 }
 
 /// `reason` with the line of `script` it names (`@user_script:N`), which Redis leaves out:

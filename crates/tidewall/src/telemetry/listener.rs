@@ -83,8 +83,8 @@ pub struct Event<'a> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum EventKind<'a> {
-    /// A call ended well: a breaker's permit recorded a success, or a pipeline call's (or an
-    /// HTTP client request's) final result was judged one by its classifier.
+    /// A call ended well: a breaker's permit recorded a success, or a pipeline call's (an
+    /// HTTP client request's, a hedged call's) final result was judged one by its classifier.
     Succeeded,
     /// A call failed (as above).
     Failed,

@@ -30,7 +30,7 @@
 //! | `tidewall_keyed_keys`, `tidewall_keyed_max_keys` | gauge | `policy`, `name` | a [keyed table](crate::config::KeyedTable)'s keys held, and its bound (an HTTP client's per-authority tables too) |
 //! | `tidewall_keyed_breaker_keys` | gauge | `name`, `state` | an HTTP client's authorities whose breaker is in each state |
 //! | `tidewall_retry_budget_balance` | gauge | `name` | retries the budget would grant now |
-//! | `tidewall_hedge_budget_balance` | gauge | `name` | hedges a registry hedge's budget would grant now ([`Hedge::budget_balance`](crate::hedge::Hedge::budget_balance); hedges without a budget have none) |
+//! | `tidewall_hedge_budget_balance` | gauge | `name` | hedges a registry hedge's budget would grant now ([`Hedge::budget_balance`](crate::hedge::Hedge::budget_balance); hedges without a budget have none; one whose budget a reload removed keeps its last value, as the `metrics` facade cannot drop a series) |
 //! | `tidewall_config_reloads_total` | counter | `registry` ([`RegistryBuilder::name`](crate::config::RegistryBuilder::name), default `registry`), `outcome` (`applied`, `refused`) | [`Registry::reload`](crate::config::Registry::reload)s, from a watched file too |
 //! | `tidewall_config_last_reload_successful` | gauge | `registry` | 1 when the registry's last reload was applied (or none was tried since it was built), 0 when it was refused: the file on disk is not the configuration in force |
 //! | `tidewall_config_last_reload_success_timestamp_seconds` | gauge | `registry` | when the registry's configuration was last applied (built, or reloaded), in wall-clock seconds since the Unix epoch; registries of one name share these series (the last to build or reload sets them), so give each registry of a process its own name |

@@ -5,11 +5,12 @@ use crate::{Name, Rejected};
 
 /// Reports the refusals of an admission policy built outside this crate (the Redis-backed
 /// limits of `tidewall-redis`, or an [`Admission`](crate::admission::Admission) of your own)
-/// as Tidewall's own policies report theirs: with the `metrics` feature, the counter
+/// in the series Tidewall's own policies report theirs in: with the `metrics` feature, the counter
 /// `tidewall_rejections_total{policy, name, reason}` (`reason`: [`Rejected::kind`]); with
 /// `tracing`, a debug event `call rejected` (target `tidewall::telemetry::policy`, fields
 /// `policy`, `name`, `reason`, `retry_after`). Without either feature it reports nothing, and
-/// [`refused`](Self::refused) costs a test of a constant.
+/// [`refused`](Self::refused) costs a test of a constant. It tells no
+/// [listener](crate::telemetry::Event): a policy of your own tells its own.
 ///
 /// The counters of the `reasons` given to [`new`](Self::new) are registered then, so install
 /// the recorder before building the policy; any other reason's counter registers on its first
@@ -26,6 +27,9 @@ use crate::{Name, Rejected};
 /// if let Err(rejected) = &answer {
 ///     refusals.refused(rejected);
 /// }
+/// // Or on the way out: the answer passes through, its refusal (if any) counted.
+/// let answer: Result<u32, Rejected> = refusals.counted(Ok(7));
+/// assert_eq!(answer, Ok(7));
 /// assert_eq!(refusals.policy(), "quota");
 /// assert_eq!(refusals.name(), "tenant_api");
 /// ```
@@ -43,6 +47,16 @@ impl Refusals {
     #[inline]
     pub fn refused(&self, reason: &Rejected) {
         self.0.refused(reason, None);
+    }
+
+    /// `answer`, its refusal counted (as [`refused`](Self::refused)) if it is one.
+    ///
+    /// # Errors
+    ///
+    /// `answer`'s refusal, unchanged.
+    #[inline]
+    pub fn counted<T>(&self, answer: Result<T, Rejected>) -> Result<T, Rejected> {
+        answer.inspect_err(|reason| self.refused(reason))
     }
 
     /// The `policy` label.
