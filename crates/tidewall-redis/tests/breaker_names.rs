@@ -2,24 +2,19 @@
 //! so two limits on a failing Redis count in series of their own. One test: it installs the
 //! global metrics recorder.
 
+mod common;
+
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::DebugValue;
 use tidewall::Rejected;
-use tidewall_redis::{RedisConn, RedisRateLimiter, WhenUnavailable};
+use tidewall_redis::{RedisRateLimiter, WhenUnavailable};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_limits_breaker_around_redis_counts_under_its_own_name() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).unwrap();
+    let snapshotter = common::metrics::install_recorder();
     // A port nothing listens on: every call fails at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conn = RedisConn::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let conn = common::unreachable_conn();
     for (name, calls) in [("a", 2), ("b", 3)] {
         let limiter = RedisRateLimiter::builder(&conn, name, 10, Duration::from_secs(1))
             .deadline(Duration::from_millis(200))

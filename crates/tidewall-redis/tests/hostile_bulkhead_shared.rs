@@ -71,16 +71,9 @@ fn replica(server: &RedisServer, name: &str, limit: u32) -> RedisBulkhead {
     )
 }
 
-fn zcard(server: &RedisServer, key: &str) -> u64 {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query(&mut server.admin().unwrap())
-        .unwrap()
-}
-
 /// Every lease gone from the sorted set: released, not expired (the lease is 30 s).
 async fn no_leases_left(server: &RedisServer, key: &str) {
-    eventually(async || (zcard(server, key) == 0).then_some(())).await;
+    eventually(async || (server.zcard(key) == 0).then_some(())).await;
 }
 
 fn micros(us: u64) -> Duration {
@@ -364,7 +357,7 @@ async fn a_limit_of_u32_max_admits_shared_leases_and_releases_them() {
         assert!(permit.is_shared());
         held.push(permit);
     }
-    assert_eq!(zcard(&server, bulkhead.key()), 64);
+    assert_eq!(server.zcard(bulkhead.key()), 64);
     drop(held);
     no_leases_left(&server, bulkhead.key()).await;
 }
@@ -861,7 +854,7 @@ async fn a_restart_while_permits_are_held_gives_the_full_limit_and_stale_renewal
     .await;
     // Several renewal periods of the stale permits (every 200 ms): none may come back.
     tokio::time::sleep(lease * 2).await;
-    assert_eq!(zcard(&server, a.key()), 3, "stale leases written back");
+    assert_eq!(server.zcard(a.key()), 3, "stale leases written back");
     assert_eq!(b.try_acquire().await.err(), Some(Rejected::BulkheadFull));
     drop(stale);
     drop(fresh);
@@ -1564,8 +1557,8 @@ async fn verify_on_a_full_limit_succeeds_and_touches_nothing() {
         plain.verify().await.unwrap();
         probe_named.verify().await.unwrap();
     }
-    assert_eq!(zcard(&server, plain.key()), 2);
-    assert_eq!(zcard(&server, probe_named.key()), 1);
+    assert_eq!(server.zcard(plain.key()), 2);
+    assert_eq!(server.zcard(probe_named.key()), 1);
     assert_eq!(
         plain.try_acquire().await.err(),
         Some(Rejected::BulkheadFull)

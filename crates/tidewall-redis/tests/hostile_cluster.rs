@@ -25,14 +25,6 @@ use tidewall_redis::{
 };
 use tower::{Service, ServiceExt};
 
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("its address").port();
-    drop(listener);
-    port
-}
-
 /// A listener that never accepts: the kernel completes the handshake, nobody ever answers.
 fn hung_node() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -129,7 +121,7 @@ async fn cluster_builder_with_no_node_or_a_garbage_url_is_invalid_settings() {
         "no node at all: {:?}",
         none.map(drop)
     );
-    let dead = format!("redis://127.0.0.1:{}", closed_port());
+    let dead = format!("redis://127.0.0.1:{}", common::closed_port());
     for nodes in [
         vec!["not a url".to_owned()],
         vec!["http://127.0.0.1:6379".to_owned()],
@@ -156,7 +148,7 @@ async fn cluster_builder_with_no_node_or_a_garbage_url_is_invalid_settings() {
 async fn cluster_connect_with_no_reachable_node_is_unreachable_within_the_timeout() {
     // Refused at once.
     let refused: Vec<String> = (0..3)
-        .map(|_| format!("redis://127.0.0.1:{}", closed_port()))
+        .map(|_| format!("redis://127.0.0.1:{}", common::closed_port()))
         .collect();
     let started = Instant::now();
     let outcome = RedisConn::cluster_builder(refused)
@@ -499,7 +491,7 @@ async fn connect_with_nodes_down_or_through_a_replica_only() {
     let cluster = Cluster::start();
     let urls = cluster.urls();
 
-    let dead = format!("redis://127.0.0.1:{}", closed_port());
+    let dead = format!("redis://127.0.0.1:{}", common::closed_port());
     let conn = RedisConn::cluster_builder([dead, urls[0].clone()])
         .connect_timeout(Duration::from_secs(2))
         .connect()

@@ -94,16 +94,6 @@ async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(at.into()).await;
 }
 
-fn admin_cmd(server: &RedisServer, args: &[&str]) {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    let _: redis::Value = cmd
-        .query(&mut server.admin().expect("admin connection"))
-        .expect("admin command");
-}
-
 // === 1. an outage from the acquire on: no renewal answered at all =============================
 
 /// "counted from when the last answered renewal, or the acquire, was sent": no renewal is
@@ -301,7 +291,7 @@ async fn a_lease_deleted_under_its_holder_is_not_renewed_again_nor_resurrected()
     let (permit, asked) = acquire(&holder).await;
     let acquired = Instant::now();
     sleep_until(asked + Duration::from_millis(200)).await;
-    admin_cmd(&server, &["DEL", holder.key()]);
+    server.command(&["DEL", holder.key()]);
     // The renewal at 0.5 s finds it gone.
     sleep_until(asked + Duration::from_millis(1200)).await;
     let taken = other
@@ -383,10 +373,10 @@ async fn a_lease_survives_renewals_refused_with_errors_for_most_of_the_term() {
     assert!(other.verify().await.is_ok());
     let (permit, asked) = acquire(&holder).await;
     sleep_until(asked + Duration::from_millis(300)).await;
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "1"]);
+    server.command(&["CONFIG", "SET", "maxmemory", "1"]);
     // Writes are refused now: a renewal meets the error.
     sleep_until(asked + lease - Duration::from_millis(1100)).await;
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "0"]);
+    server.command(&["CONFIG", "SET", "maxmemory", "0"]);
     stays_full(&other, asked + lease + Duration::from_secs(1), asked, "OOM").await;
     drop(permit);
     eventually(async || other.try_acquire().await.ok()).await;

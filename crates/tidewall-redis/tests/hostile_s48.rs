@@ -178,18 +178,6 @@ fn evalsha_received(server: &RedisServer) -> u64 {
     field("calls=") + field("rejected_calls=")
 }
 
-/// `ACL SETUSER user <rules>` on `server`.
-fn acl_setuser(server: &RedisServer, user: &str, rules: &str) {
-    let mut command = redis::cmd("ACL");
-    command.arg("SETUSER").arg(user);
-    for rule in rules.split_whitespace() {
-        command.arg(rule);
-    }
-    let _: () = command
-        .query(&mut server.admin().unwrap())
-        .expect("ACL SETUSER");
-}
-
 /// A connection as `user` (password `pw`), checked at start-up.
 async fn connect_as(server: &RedisServer, user: &str) -> RedisConn {
     RedisConn::builder(server.url())
@@ -206,16 +194,6 @@ fn documented_rule(keys: &str) -> String {
         "on >pw resetkeys ~{keys} resetchannels -@all +evalsha +script|load +zrem +time +get \
          +set +zremrangebyscore +zcount +zcard +zadd +zscore +pttl +pexpire"
     )
-}
-
-fn admin_cmd(server: &RedisServer, args: &[&str]) {
-    let mut command = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        command.arg(*arg);
-    }
-    let _: redis::Value = command
-        .query(&mut server.admin().unwrap())
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
 }
 
 fn breaker() -> CircuitBreaker<Tokio> {
@@ -441,7 +419,7 @@ async fn a_give_back_lost_in_a_partition_gives_the_cells_up() {
 async fn a_give_back_an_open_breaker_stops_sends_nothing_and_keeps_the_cells() {
     const BURST: u32 = 100;
     let server = RedisServer::start();
-    acl_setuser(&server, "spender", "on >pw ~* &* +@all");
+    server.acl_setuser("spender", "on >pw ~* &* +@all");
     let conn = connect_as(&server, "spender").await;
     let leased = hourly_on(
         &conn,
@@ -453,7 +431,7 @@ async fn a_give_back_an_open_breaker_stops_sends_nothing_and_keeps_the_cells() {
     );
     let mut spent = check_each(&leased, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    acl_setuser(&server, "spender", "resetkeys");
+    server.acl_setuser("spender", "resetkeys");
     // Requests larger than a batch are decided by Redis: refused with NOPERM until the
     // breaker opens and no request reaches Redis any more.
     let mut opened = false;
@@ -492,7 +470,7 @@ async fn a_give_back_an_open_breaker_stops_sends_nothing_and_keeps_the_cells() {
         before,
         "sent through an open breaker"
     );
-    acl_setuser(&server, "spender", "~*");
+    server.acl_setuser("spender", "~*");
     let given = eventually(async || leased.return_unspent().await.ok()).await;
     assert!(given > 0, "the kept cells were given back");
     assert_unspent_free(
@@ -1082,8 +1060,7 @@ async fn every_key_a_verify_touches_is_a_probe_under_the_limits_own_escaped_tag(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_narrowed_to_one_escaped_partition_verifies_that_one_only() {
     let server = RedisServer::start();
-    acl_setuser(
-        &server,
+    server.acl_setuser(
         "narrow",
         &documented_rule(&format!("tidewall:v1:{{{ODD_TAG}}}*")),
     );
@@ -1126,8 +1103,7 @@ async fn a_user_narrowed_to_one_escaped_partition_verifies_that_one_only() {
 async fn a_user_narrowed_to_one_escaped_name_verifies_its_partitions_only() {
     let server = RedisServer::start();
     let escaped_name = ODD_TAG.split(':').next().unwrap();
-    acl_setuser(
-        &server,
+    server.acl_setuser(
         "by-name",
         &documented_rule(&format!("tidewall:v1:{{{escaped_name}:*")),
     );
@@ -1371,21 +1347,14 @@ async fn redis_decides_again(conn: &RedisConn, tag: &str) {
     eventually(async || healed.check().await.ok()).await;
 }
 
-/// A Redis full to its `maxmemory` under `noeviction` ("a full Redis then answers `OOM`, and
-/// the failure policy decides").
-fn fill_up(server: &RedisServer) {
-    admin_cmd(server, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-    admin_cmd(server, &["CONFIG", "SET", "maxmemory", "1"]);
-}
-
 /// `OOM` from a full Redis: the rate limiter, exact and in lease mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_replies_are_decided_by_each_policy_for_the_rate_limiter() {
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
-    fill_up(&server);
+    server.fill_up();
     rate_policies_decide_under_error_replies(&conn, "oom").await;
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "0"]);
+    server.make_room();
     redis_decides_again(&conn, "oom").await;
 }
 
@@ -1396,7 +1365,7 @@ async fn oom_replies_are_decided_by_each_policy_for_the_rate_limiter() {
 async fn oom_replies_are_decided_by_each_policy_for_the_bulkhead() {
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
-    fill_up(&server);
+    server.fill_up();
     bulkhead_policies_decide_under_error_replies(&conn, "oom").await;
     let leases: Vec<String> = redis::cmd("KEYS")
         .arg("tidewall:*bulkhead*")
@@ -1406,7 +1375,7 @@ async fn oom_replies_are_decided_by_each_policy_for_the_bulkhead() {
         leases.is_empty(),
         "leases written on a full Redis: {leases:?}"
     );
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "0"]);
+    server.make_room();
     redis_decides_again(&conn, "oom").await;
 }
 
@@ -1414,14 +1383,14 @@ async fn oom_replies_are_decided_by_each_policy_for_the_bulkhead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noperm_replies_after_an_acl_change_are_decided_by_each_policy() {
     let server = RedisServer::start();
-    acl_setuser(&server, "changed", "on >pw ~* &* +@all");
+    server.acl_setuser("changed", "on >pw ~* &* +@all");
     let conn = connect_as(&server, "changed").await;
     // Connected and working first.
     redis_decides_again(&conn, "noperm-before").await;
-    acl_setuser(&server, "changed", "resetkeys ~other:*");
+    server.acl_setuser("changed", "resetkeys ~other:*");
     rate_policies_decide_under_error_replies(&conn, "noperm").await;
     bulkhead_policies_decide_under_error_replies(&conn, "noperm").await;
-    acl_setuser(&server, "changed", "~*");
+    server.acl_setuser("changed", "~*");
     redis_decides_again(&conn, "noperm").await;
 }
 
@@ -1433,7 +1402,7 @@ async fn readonly_replies_from_a_demoted_master_are_decided_by_each_policy() {
     let conn = RedisConn::builder(demoted.url()).connect().await.unwrap();
     redis_decides_again(&conn, "readonly-before").await;
     let port = master.port().to_string();
-    admin_cmd(&demoted, &["REPLICAOF", "127.0.0.1", &port]);
+    demoted.command(&["REPLICAOF", "127.0.0.1", &port]);
     // Demoted: writes are refused.
     eventually(async || {
         let written: redis::RedisResult<()> = redis::cmd("SET")
@@ -1447,7 +1416,7 @@ async fn readonly_replies_from_a_demoted_master_are_decided_by_each_policy() {
     .await;
     rate_policies_decide_under_error_replies(&conn, "readonly").await;
     bulkhead_policies_decide_under_error_replies(&conn, "readonly").await;
-    admin_cmd(&demoted, &["REPLICAOF", "NO", "ONE"]);
+    demoted.command(&["REPLICAOF", "NO", "ONE"]);
     redis_decides_again(&conn, "readonly").await;
 }
 

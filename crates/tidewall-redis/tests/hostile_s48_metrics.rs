@@ -11,103 +11,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, eventually};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::metrics::Counters;
+use common::{RedisServer, eventually, hourly};
 use tidewall::Rejected;
 use tidewall_redis::{RedisBulkhead, RedisConn, RedisRateLimiter, WhenUnavailable};
-
-/// A series' labels, sorted.
-type Labels = Vec<(String, String)>;
-
-/// One snapshot's counters: (metric, labels) → value. Taking it resets them.
-struct Counters(Vec<(String, Labels, u64)>);
-
-impl Counters {
-    fn take(snapshotter: &Snapshotter) -> Self {
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter_map(|(key, _, _, value)| {
-                    let DebugValue::Counter(n) = value else {
-                        return None;
-                    };
-                    let key = key.key();
-                    let mut labels: Vec<_> = key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    labels.sort();
-                    Some((key.name().to_owned(), labels, n))
-                })
-                .collect(),
-        )
-    }
-
-    /// The sum of `metric` over every series whose labels include all of `wanted`.
-    fn sum(&self, metric: &str, wanted: &[(&str, &str)]) -> u64 {
-        self.0
-            .iter()
-            .filter(|(name, labels, _)| {
-                name == metric
-                    && wanted
-                        .iter()
-                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, n)| n)
-            .sum()
-    }
-
-    fn calls(&self, name: &str, outcome: &str) -> u64 {
-        self.sum(
-            "tidewall_calls_total",
-            &[("policy", "breaker"), ("name", name), ("outcome", outcome)],
-        )
-    }
-
-    fn circuit_open(&self, name: &str) -> u64 {
-        self.sum(
-            "tidewall_rejections_total",
-            &[
-                ("policy", "breaker"),
-                ("name", name),
-                ("reason", "circuit_open"),
-            ],
-        )
-    }
-
-    fn transitions(&self, name: &str, to: &str) -> u64 {
-        self.sum(
-            "tidewall_breaker_transitions_total",
-            &[("policy", "breaker"), ("name", name), ("to", to)],
-        )
-    }
-
-    /// Every `name` label seen on a series with a non-zero count.
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .0
-            .iter()
-            .filter(|(_, _, n)| *n > 0)
-            .flat_map(|(_, labels, _)| labels.iter())
-            .filter(|(k, _)| k == "name")
-            .map(|(_, v)| v.clone())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-}
-
-fn acl_setuser(server: &RedisServer, user: &str, rules: &str) {
-    let mut command = redis::cmd("ACL");
-    command.arg("SETUSER").arg(user);
-    for rule in rules.split_whitespace() {
-        command.arg(rule);
-    }
-    let _: () = command.query(&mut server.admin().unwrap()).unwrap();
-}
 
 fn rate(
     conn: &RedisConn,
@@ -115,13 +22,7 @@ fn rate(
     partition: &str,
     policy: WhenUnavailable,
 ) -> RedisRateLimiter {
-    RedisRateLimiter::builder(conn, name, 1, Duration::from_secs(3600))
-        .burst(2)
-        .partition(partition)
-        .deadline(Duration::from_secs(1))
-        .when_unavailable(policy)
-        .build()
-        .unwrap()
+    hourly(conn, name, partition, 2, policy, Duration::from_secs(1))
 }
 
 fn bulkhead(
@@ -146,12 +47,10 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
  {
     const ODD: &str = "m:{r}%";
     const SERIES: &str = "redis:rate:m:{r}%";
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).unwrap();
+    let snapshotter = common::metrics::install_recorder();
 
     let server = RedisServer::start();
-    acl_setuser(&server, "metered", "on >pw ~* &* +@all");
+    server.acl_setuser("metered", "on >pw ~* &* +@all");
     let metered = RedisConn::builder(server.url())
         .username("metered")
         .password("pw")
@@ -240,7 +139,7 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
     );
 
     // 2. The ACL takes the keys away: every call answered NOPERM, until each breaker opens.
-    acl_setuser(&server, "metered", "resetkeys ~other:*");
+    server.acl_setuser("metered", "resetkeys ~other:*");
     for _ in 0..20 {
         assert_eq!(open_a.check().await, Ok(()));
         assert_eq!(open_b.check().await, Ok(()));
@@ -308,7 +207,7 @@ async fn each_breaker_around_redis_reports_calls_transitions_and_open_refusals_a
     }
 
     // 3. Keys given back: the closed partition's breaker probes and closes again.
-    acl_setuser(&server, "metered", "~*");
+    server.acl_setuser("metered", "~*");
     eventually(async || closed_c.check().await.ok()).await;
     let healed = Counters::take(&snapshotter);
     assert!(

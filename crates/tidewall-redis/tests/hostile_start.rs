@@ -8,7 +8,7 @@ mod secure;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, eventually};
+use common::{RedisServer, closed_port, eventually};
 use secure::{Certificates, SecureServer, TIDEWALL_USER, openssl};
 use tidewall::Rejected;
 use tidewall::breaker::{CircuitBreaker, State};
@@ -76,15 +76,6 @@ fn assert_clean(error: &ConnectError, secrets: &[&str]) {
         "Display starts with a capital: {shown}"
     );
     assert!(!shown.is_empty());
-}
-
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn connected_clients(admin: &mut redis::Connection) -> u64 {

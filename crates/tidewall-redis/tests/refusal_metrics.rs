@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::RedisServer;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use common::metrics::{Counters, row};
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::Tokio;
 use tidewall::tower::{AdmitLayer, AdmitMode};
@@ -18,19 +18,10 @@ use tower::{Service as _, ServiceExt as _};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).unwrap();
+    let snapshotter = common::metrics::install_recorder();
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
-    let dead = {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisConn::open(format!("redis://127.0.0.1:{port}")).unwrap()
-    };
+    let dead = common::unreachable_conn();
 
     // A rate limit of two cells an hour: two admissions, then refusals from Redis, from the
     // remembered denial, for more cells than the burst, and a wait that cannot end in time
@@ -129,27 +120,7 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
     let _idle_bulkhead = RedisBulkhead::builder(&conn, "idle", 1).build().unwrap();
 
     // One snapshot: taking one resets the counters.
-    let mut refusals: Vec<(String, String, String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(key, _, _, value)| {
-            let key = key.key();
-            let DebugValue::Counter(n) = value else {
-                return None;
-            };
-            if key.name() != "tidewall_rejections_total" {
-                return None;
-            }
-            let label = |k: &str| {
-                key.labels()
-                    .find(|l| l.key() == k)
-                    .map_or_else(String::new, |l| l.value().to_owned())
-            };
-            Some((label("policy"), label("name"), label("reason"), n))
-        })
-        .collect();
-    refusals.sort();
+    let mut refusals = Counters::take(&snapshotter).rejections();
     let idle: Vec<_> = refusals
         .iter()
         .filter(|(_, name, _, _)| name == "idle")
@@ -167,10 +138,14 @@ async fn each_refusing_answer_counts_once_under_the_limits_kind_and_name() {
             ("redis_rate", "rate_limited", 0),
         ]
     );
+    // The local share registered no series of its own, not even at zero.
+    assert!(
+        refusals
+            .iter()
+            .all(|(policy, _, _, _)| policy.starts_with("redis_") || policy == "breaker"),
+        "{refusals:?}"
+    );
     refusals.retain(|(_, _, _, n)| *n > 0);
-    let row = |policy: &str, name: &str, reason: &str, n: u64| {
-        (policy.to_owned(), name.to_owned(), reason.to_owned(), n)
-    };
     assert_eq!(
         refusals,
         vec![

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 pub(crate) mod gate;
+pub(crate) mod metrics;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -110,6 +111,25 @@ pub(crate) fn limiter_per(
     .unwrap()
 }
 
+/// A rate limit of one cell an hour on `partition` of `name`, bursts of `burst`: exact counts
+/// stay exact however slowly a loaded host runs the test (no cell frees meanwhile).
+pub(crate) fn hourly(
+    conn: &tidewall_redis::RedisConn,
+    name: &str,
+    partition: &str,
+    burst: u32,
+    policy: tidewall_redis::WhenUnavailable,
+    deadline: Duration,
+) -> tidewall_redis::RedisRateLimiter {
+    tidewall_redis::RedisRateLimiter::builder(conn, name, 1, Duration::from_secs(3600))
+        .burst(burst)
+        .partition(partition)
+        .deadline(deadline)
+        .when_unavailable(policy)
+        .build()
+        .unwrap()
+}
+
 /// Until all `limit` permits of `bulkhead` are taken at once (nothing leaked: leases released
 /// in the background are eventually free), then one more is refused; the permits are
 /// released on return.
@@ -127,6 +147,21 @@ pub(crate) async fn whole_limit_free(bulkhead: &tidewall_redis::RedisBulkhead, l
         Err(tidewall::Rejected::BulkheadFull),
         "more than the limit of {limit}"
     );
+}
+
+/// A port nothing listens on (free when asked for): connecting to it is refused at once.
+pub(crate) fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// A connection to a port nothing listens on: every call fails at once.
+pub(crate) fn unreachable_conn() -> tidewall_redis::RedisConn {
+    tidewall_redis::RedisConn::open(format!("redis://127.0.0.1:{}", closed_port()))
+        .expect("a valid URL")
 }
 
 pub(crate) struct RedisServer {
@@ -218,6 +253,44 @@ impl RedisServer {
         redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
     }
 
+    /// Runs `args` (the command and its arguments) on an admin connection; panics on an
+    /// error reply.
+    pub(crate) fn command(&self, args: &[&str]) {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        let _: redis::Value = command
+            .query(&mut self.admin().expect("admin connection"))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+
+    /// `ACL SETUSER user <rules>` (rules separated by white space).
+    pub(crate) fn acl_setuser(&self, user: &str, rules: &str) {
+        let mut args = vec!["ACL", "SETUSER", user];
+        args.extend(rules.split_whitespace());
+        self.command(&args);
+    }
+
+    /// Full to its `maxmemory` under `noeviction`: every write answered `OOM`.
+    pub(crate) fn fill_up(&self) {
+        self.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+        self.command(&["CONFIG", "SET", "maxmemory", "1"]);
+    }
+
+    /// No `maxmemory` (after [`fill_up`](Self::fill_up)): writes fit again.
+    pub(crate) fn make_room(&self) {
+        self.command(&["CONFIG", "SET", "maxmemory", "0"]);
+    }
+
+    /// `ZCARD key`: how many leases the bulkhead whose leases are at `key` holds.
+    pub(crate) fn zcard(&self, key: &str) -> u64 {
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query(&mut self.admin().expect("admin connection"))
+            .expect("ZCARD")
+    }
+
     fn dir_is_ours(&self) -> bool {
         let dir: redis::RedisResult<Vec<String>> = self
             .admin()
@@ -246,14 +319,7 @@ impl RedisServer {
     /// Until the bulkhead whose leases are at `key` holds none (releases run in the
     /// background).
     pub(crate) async fn until_no_lease(&self, key: &str) {
-        eventually(async || {
-            let held: u64 = redis::cmd("ZCARD")
-                .arg(key)
-                .query(&mut self.admin().unwrap())
-                .unwrap();
-            (held == 0).then_some(())
-        })
-        .await;
+        eventually(async || (self.zcard(key) == 0).then_some(())).await;
     }
 
     /// How many times a command ran (`INFO commandstats`), e.g. `"evalsha"`.

@@ -17,8 +17,8 @@ mod common;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use common::{RedisServer, eventually};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::metrics::{Counters, REJECTIONS, Row, row};
+use common::{RedisServer, eventually, hourly};
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::Tokio;
 use tidewall::telemetry::Refusals;
@@ -29,98 +29,9 @@ use tidewall_redis::{LeaseMode, RedisBulkhead, RedisConn, RedisRateLimiter, When
 use tower::ServiceExt as _;
 
 const HOUR: Duration = Duration::from_secs(3600);
-const REJECTIONS: &str = "tidewall_rejections_total";
-
-/// A series' labels, sorted.
-type Labels = Vec<(String, String)>;
-
-/// One snapshot's counters: (metric, sorted labels, value). Taking it resets them.
-struct Counters(Vec<(String, Labels, u64)>);
-
-impl Counters {
-    fn take(snapshotter: &Snapshotter) -> Self {
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter_map(|(key, _, _, value)| {
-                    let DebugValue::Counter(n) = value else {
-                        return None;
-                    };
-                    let key = key.key();
-                    let mut labels: Vec<_> = key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    labels.sort();
-                    Some((key.name().to_owned(), labels, n))
-                })
-                .collect(),
-        )
-    }
-
-    fn label<'a>(labels: &'a [(String, String)], key: &str) -> &'a str {
-        labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or("", |(_, v)| v.as_str())
-    }
-
-    /// Every non-zero refusal series of a limit (`policy` not `breaker`, `pipeline`):
-    /// (policy, name, reason, count), sorted.
-    fn refusals(&self) -> Vec<(String, String, String, u64)> {
-        let mut rows: Vec<_> = self
-            .0
-            .iter()
-            .filter(|(metric, labels, n)| {
-                metric == REJECTIONS && *n > 0 && Self::label(labels, "policy") != "breaker"
-            })
-            .map(|(_, labels, n)| {
-                (
-                    Self::label(labels, "policy").to_owned(),
-                    Self::label(labels, "name").to_owned(),
-                    Self::label(labels, "reason").to_owned(),
-                    *n,
-                )
-            })
-            .collect();
-        rows.sort();
-        rows
-    }
-
-    /// Whether a `tidewall_rejections_total` series with these labels exists (registered),
-    /// whatever its count.
-    fn registered(&self, policy: &str, name: &str, reason: &str) -> bool {
-        self.0.iter().any(|(metric, labels, _)| {
-            metric == REJECTIONS
-                && Self::label(labels, "policy") == policy
-                && Self::label(labels, "name") == name
-                && Self::label(labels, "reason") == reason
-        })
-    }
-
-    /// The sum of `metric` over every series whose labels include all of `wanted`.
-    fn sum(&self, metric: &str, wanted: &[(&str, &str)]) -> u64 {
-        self.0
-            .iter()
-            .filter(|(name, labels, _)| {
-                name == metric
-                    && wanted
-                        .iter()
-                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, n)| n)
-            .sum()
-    }
-}
-
-fn row(policy: &str, name: &str, reason: &str, n: u64) -> (String, String, String, u64) {
-    (policy.to_owned(), name.to_owned(), reason.to_owned(), n)
-}
 
 /// Rows for the refusals observed by callers: `policy`/`name` with each reason's count.
-fn rows_of(policy: &str, name: &str, observed: &[Rejected]) -> Vec<(String, String, String, u64)> {
+fn rows_of(policy: &str, name: &str, observed: &[Rejected]) -> Vec<Row> {
     let mut by_reason = std::collections::BTreeMap::<&str, u64>::new();
     for r in observed {
         *by_reason.entry(r.kind()).or_default() += 1;
@@ -131,43 +42,9 @@ fn rows_of(policy: &str, name: &str, observed: &[Rejected]) -> Vec<(String, Stri
         .collect()
 }
 
-fn sorted(mut rows: Vec<(String, String, String, u64)>) -> Vec<(String, String, String, u64)> {
+fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
     rows.sort();
     rows
-}
-
-fn admin_cmd(server: &RedisServer, args: &[&str]) {
-    let mut command = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        command.arg(*arg);
-    }
-    let _: redis::Value = command
-        .query(&mut server.admin().unwrap())
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-}
-
-fn zcard(server: &RedisServer, key: &str) -> u64 {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query(&mut server.admin().unwrap())
-        .unwrap()
-}
-
-fn hourly(
-    conn: &RedisConn,
-    name: &str,
-    partition: &str,
-    burst: u32,
-    policy: WhenUnavailable,
-    deadline: Duration,
-) -> RedisRateLimiter {
-    RedisRateLimiter::builder(conn, name, 1, HOUR)
-        .burst(burst)
-        .partition(partition)
-        .deadline(deadline)
-        .when_unavailable(policy)
-        .build()
-        .unwrap()
 }
 
 fn bulkhead(
@@ -246,9 +123,7 @@ async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusing_answer_counts_once_under_its_limits_policy_name_and_reason() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).unwrap();
+    let snapshotter = common::metrics::install_recorder();
     let server = RedisServer::start();
     let conn = RedisConn::builder(server.url()).connect().await.unwrap();
     let second = Duration::from_secs(1);
@@ -343,7 +218,7 @@ async fn every_refusing_answer_counts_once_under_its_limits_policy_name_and_reas
             .await
         })
     };
-    eventually(async || (zcard(&server, pipe_bh.key()) == 1).then_some(())).await;
+    eventually(async || (server.zcard(pipe_bh.key()) == 1).then_some(())).await;
     let deadline_exceeded = Err(Error::Rejected(Rejected::DeadlineExceeded));
     let ok = || async { Ok::<u32, ()>(0) };
     // t2's first cell, then the bulkhead's wait runs out: the bulkhead's refusal.
@@ -702,11 +577,7 @@ async fn every_refusing_answer_counts_once_under_its_limits_policy_name_and_reas
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    admin_cmd(
-        &server,
-        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
-    );
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "1"]);
+    server.fill_up();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(wait_held);
     let waiter_told = waiter.await.unwrap().unwrap_err();
@@ -787,7 +658,7 @@ async fn every_refusing_answer_counts_once_under_its_limits_policy_name_and_reas
         breaker_seen, 2,
         "the held bulkhead's two acquires only: renewals and the release go past the breaker"
     );
-    admin_cmd(&server, &["CONFIG", "SET", "maxmemory", "0"]);
+    server.make_room();
     eventually(async || held_bh.try_acquire().await.ok()).await;
     drop(Counters::take(&snapshotter));
 
@@ -851,7 +722,7 @@ async fn every_refusing_answer_counts_once_under_its_limits_policy_name_and_reas
         .await
         .map(drop)
         .unwrap_err();
-    // (A wait on the share that a freed slot ends: see `hostile_s49_metrics_b.rs`.)
+    // (A wait on the share that a freed slot ends: see `hostile_local_share_metrics.rs`.)
     drop((local_a, local_b));
     let mut tasks = Vec::new();
     for i in 0..16 {

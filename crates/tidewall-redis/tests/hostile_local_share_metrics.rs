@@ -4,7 +4,6 @@
 //! own"; the telemetry table for `tidewall_rejections_total`: "a wait that ends admitted is
 //! not one". So a wait that the share admits once a slot frees counts nothing, and a wait
 //! that runs out counts once, in the limit's series, however often it asked the share.
-//! (The share counted every try of a wait in a series of its own, until that was fixed.)
 //!
 //! One test: it installs the global metrics recorder.
 
@@ -12,26 +11,17 @@ mod common;
 
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use common::metrics::{Counters, row};
 use tidewall::pipeline::Pipeline;
 use tidewall::rt::Tokio;
 use tidewall::{Deadline, Rejected};
-use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
+use tidewall_redis::{RedisBulkhead, WhenUnavailable};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_the_local_share_admits_counts_no_refusal() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).unwrap();
+    let snapshotter = common::metrics::install_recorder();
     // Nothing listens: every call fails at once, and the `Local` share decides.
-    let dead = {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisConn::open(format!("redis://127.0.0.1:{port}")).unwrap()
-    };
+    let dead = common::unreachable_conn();
     let shared = RedisBulkhead::builder(&dead, "s49-share-wait", 4)
         .deadline(Duration::from_millis(200))
         .when_unavailable(WhenUnavailable::Local { share: 0.5 })
@@ -77,28 +67,7 @@ async fn a_wait_the_local_share_admits_counts_no_refusal() {
         .unwrap_err();
     drop((first, second));
 
-    let mut refusals: Vec<(String, String, String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(key, _, _, value)| {
-            let key = key.key();
-            let DebugValue::Counter(n) = value else {
-                return None;
-            };
-            let label = |k: &str| {
-                key.labels()
-                    .find(|l| l.key() == k)
-                    .map_or_else(String::new, |l| l.value().to_owned())
-            };
-            (key.name() == "tidewall_rejections_total" && n > 0 && label("policy") != "breaker")
-                .then(|| (label("policy"), label("name"), label("reason"), n))
-        })
-        .collect();
-    refusals.sort();
-    let row = |policy: &str, name: &str, reason: &str, n: u64| {
-        (policy.to_owned(), name.to_owned(), reason.to_owned(), n)
-    };
+    let refusals = Counters::take(&snapshotter).refusals();
     let mut expected = vec![row("redis_bulkhead", "s49-share-wait", "bulkhead_full", 1)];
     if ran_out == Rejected::BulkheadFull {
         expected[0].3 = 2;

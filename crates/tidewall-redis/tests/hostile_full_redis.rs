@@ -5,7 +5,7 @@
 //! `RedisBulkhead`); its release is not refused." Composed as users compose the bulkhead:
 //! alone, in a pipeline, behind an `AdmitLayer` in every mode, with held leases when Redis
 //! fills up, holders dropped at random (seeded) points. No metrics recorder here (see
-//! `hostile_s49_metrics.rs`).
+//! `hostile_refusal_metrics.rs`).
 
 mod common;
 
@@ -22,39 +22,12 @@ use tidewall_core::rng::SplitMix64;
 use tidewall_redis::{RedisBulkhead, RedisConn, WhenUnavailable};
 use tower::{Service as _, ServiceExt as _};
 
-fn admin_cmd(server: &RedisServer, args: &[&str]) {
-    let mut command = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        command.arg(*arg);
-    }
-    let _: redis::Value = command
-        .query(&mut server.admin().unwrap())
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-}
-
-/// Full to its `maxmemory` under `noeviction`: every write answered `OOM`.
-fn fill_up(server: &RedisServer) {
-    admin_cmd(server, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-    admin_cmd(server, &["CONFIG", "SET", "maxmemory", "1"]);
-}
-
-fn make_room(server: &RedisServer) {
-    admin_cmd(server, &["CONFIG", "SET", "maxmemory", "0"]);
-}
-
 fn is_full(server: &RedisServer) -> bool {
     let written: redis::RedisResult<()> = redis::cmd("SET")
         .arg("s49-probe-write")
         .arg(1)
         .query(&mut server.admin().unwrap());
     written.is_err_and(|e| e.to_string().to_ascii_uppercase().contains("OOM"))
-}
-
-fn zcard(server: &RedisServer, key: &str) -> u64 {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query(&mut server.admin().unwrap())
-        .unwrap()
 }
 
 fn bulkhead(
@@ -99,7 +72,7 @@ async fn a_held_lease_outlives_a_full_redis_shorter_than_the_lease() {
     let permit = holder.try_acquire().await.unwrap();
     assert!(permit.is_shared());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    fill_up(&server);
+    server.fill_up();
     assert!(is_full(&server));
     // Meanwhile the slot is not given (the limit is reached, and no lease can be written).
     let meanwhile = other.try_acquire().await.map(drop);
@@ -114,7 +87,7 @@ async fn a_held_lease_outlives_a_full_redis_shorter_than_the_lease() {
         (start + Duration::from_millis(2300)).saturating_duration_since(Instant::now()),
     )
     .await;
-    make_room(&server);
+    server.make_room();
     // Past the lease's first term (3 s), and past a renewal on the regular schedule.
     stays_full_until(
         &other,
@@ -144,8 +117,8 @@ async fn releases_on_a_full_redis_free_their_slots() {
         bh.try_acquire().await.unwrap(),
         bh.try_acquire().await.unwrap(),
     ];
-    assert_eq!(zcard(&server, bh.key()), 3);
-    fill_up(&server);
+    assert_eq!(server.zcard(bh.key()), 3);
+    server.fill_up();
     drop(permits);
     server.until_no_lease(bh.key()).await;
     assert!(is_full(&server), "released only once Redis had room");
@@ -154,7 +127,7 @@ async fn releases_on_a_full_redis_free_their_slots() {
         bh.try_acquire().await.map(drop),
         Err(Rejected::BackendUnavailable)
     );
-    make_room(&server);
+    server.make_room();
     whole_limit_free(&bh, 3).await;
 }
 
@@ -186,7 +159,7 @@ async fn a_full_redis_refuses_acquires_through_every_front_by_the_failure_policy
         drop(bh.try_acquire().await.unwrap());
         server.until_no_lease(bh.key()).await;
     }
-    fill_up(&server);
+    server.fill_up();
     let ran = Arc::new(AtomicU32::new(0));
     let op = || {
         let ran = Arc::clone(&ran);
@@ -265,13 +238,9 @@ async fn a_full_redis_refuses_acquires_through_every_front_by_the_failure_policy
     );
     drop((a, b));
     for bh in [&closed, &open, &local] {
-        assert_eq!(
-            zcard(&server, bh.key()),
-            0,
-            "a lease written on a full Redis"
-        );
+        assert_eq!(server.zcard(bh.key()), 0, "a lease written on a full Redis");
     }
-    make_room(&server);
+    server.make_room();
     whole_limit_free(&closed, 2).await;
     whole_limit_free(&local, 4).await;
 }
@@ -295,7 +264,7 @@ async fn holders_dropped_and_callers_cut_while_redis_is_full_leave_the_limit_exa
         holders.push(permit);
     }
     let filled = Instant::now();
-    fill_up(&server);
+    server.fill_up();
     // Three holders go at random points while full; two stay.
     let mut leaving = Vec::new();
     for permit in holders.drain(2..) {
@@ -349,13 +318,13 @@ async fn holders_dropped_and_callers_cut_while_redis_is_full_leave_the_limit_exa
     }
     assert!(answered > 0);
     // The dropped holders' leases are gone while Redis is still full.
-    eventually(async || (zcard(&server, bh.key()) == 2).then_some(())).await;
+    eventually(async || (server.zcard(bh.key()) == 2).then_some(())).await;
     assert!(is_full(&server));
     assert!(
         filled.elapsed() < Duration::from_millis(2500),
         "too slow a host"
     );
-    make_room(&server);
+    server.make_room();
     // Exactly three slots are free, now and past the kept leases' first term.
     let mut taken = Vec::new();
     eventually(async || {
