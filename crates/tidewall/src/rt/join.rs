@@ -29,8 +29,9 @@ pub trait TaskHandle<T>: Future<Output = Result<T, JoinError>> + Send + Unpin + 
     /// the handle again before waiting on it. The tokio, smol and [`Clocked`] handles
     /// override it to read a running task without a poll, and leave an earlier poll's waker
     /// in place (smol's but for a task its executor is dropping, which reads as finished
-    /// while its future is dropped: then it is polled, and answers `None`); tokio's also reads past tokio's cooperative budget (about 128 polls a turn),
-    /// within which a finished task's handle polled late in a turn would read as pending.
+    /// while its future is dropped: then it is polled, and answers `None`); tokio's also
+    /// reads past tokio's cooperative budget (about 128 polls a turn), within which a
+    /// finished task's handle polled late in a turn would read as pending.
     /// The async-std handle keeps the provided method.
     ///
     /// [`Clocked`]: crate::testing::Clocked
